@@ -1,0 +1,294 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// Mode says how much inbound traffic the kernel layers police.
+type Mode string
+
+const (
+	// ModeListeners polices the listeners' ports only; other ports pass.
+	ModeListeners Mode = "listeners"
+	// ModeStrict drops every new inbound flow that is neither to a listener
+	// from an admitted source nor to a management port from a management range.
+	ModeStrict Mode = "strict"
+)
+
+// XDPMode says how the XDP program is attached.
+type XDPMode string
+
+const (
+	XDPAuto    XDPMode = "auto" // native first, generic when native fails
+	XDPNative  XDPMode = "native"
+	XDPGeneric XDPMode = "generic"
+	XDPOff     XDPMode = "off"
+)
+
+// Protocol is what a listener speaks once TLS is terminated.
+type Protocol string
+
+const (
+	ProtoHTTPS  Protocol = "https"
+	ProtoSOAP   Protocol = "soap"
+	ProtoTN3270 Protocol = "tn3270"
+	ProtoTN5250 Protocol = "tn5250"
+	ProtoTCP    Protocol = "tcp"
+)
+
+// Protocols lists every protocol a listener may have, in a stable order.
+var Protocols = []Protocol{ProtoHTTPS, ProtoSOAP, ProtoTN3270, ProtoTN5250, ProtoTCP}
+
+// Rate is a token bucket: PerSecond sustained, Burst at once. Zero PerSecond
+// means no limit.
+type Rate struct {
+	PerSecond uint32
+	Burst     uint32
+}
+
+// ScanBlock configures port-scan detection: a source that touches
+// DistinctPorts closed ports within Window is blocked for BlockFor.
+// Zero DistinctPorts disables detection.
+type ScanBlock struct {
+	DistinctPorts int
+	Window        time.Duration
+	BlockFor      time.Duration
+}
+
+// Management is a range allowed to reach the appliance's own services
+// (ssh, the metrics port) in strict mode.
+type Management struct {
+	Prefix netip.Prefix
+	Ports  []uint16
+}
+
+// Enforcement is what the kernel layers do.
+type Enforcement struct {
+	XDP         XDPMode
+	NFTables    bool
+	Mode        Mode
+	Management  []Management
+	ScanBlock   ScanBlock
+	NewConnRate Rate
+	// MaxConnsPerSource caps concurrent connections from one source address
+	// to the listener ports (nftables ct count). Zero means no cap.
+	MaxConnsPerSource uint32
+}
+
+// Identities narrow which certificates from a tenant's CA belong to the
+// tenant. All lists empty means any certificate the tenant's CA issued.
+type Identities struct {
+	URISAN             []string // exact or with '*' wildcards
+	DNSSAN             []string
+	CommonName         []string
+	OrganizationalUnit []string
+	FingerprintSHA256  []string // hex of SHA-256 over the DER certificate
+	SPKISHA256         []string // hex of SHA-256 over the DER SubjectPublicKeyInfo
+}
+
+// Empty reports whether no identity narrows the tenant.
+func (i Identities) Empty() bool {
+	return len(i.URISAN)+len(i.DNSSAN)+len(i.CommonName)+len(i.OrganizationalUnit)+
+		len(i.FingerprintSHA256)+len(i.SPKISHA256) == 0
+}
+
+// Tenant is a customer of the integration platform, proven by its client
+// certificate.
+type Tenant struct {
+	ID         string
+	ClientCA   string // PEM file of the CA(s) that issue this tenant's client certificates
+	CRL        string // optional CRL file (PEM or DER)
+	Identities Identities
+}
+
+// Route carries one tenant's traffic on a listener to one internal backend.
+type Route struct {
+	Tenant string
+	// Host matches SNI or the HTTP Host header; empty matches any.
+	Host string
+	// Path is a URL path prefix for https and soap; empty means "/".
+	Path string
+	// Backend is a URL (http://, https://) for https and soap, host:port otherwise.
+	Backend     string
+	BackendCA   string // verify a TLS backend against this CA
+	BackendCert string // optional client certificate towards the backend
+	BackendKey  string
+	BackendTLS  bool // telnet/tcp: connect to the backend with TLS
+
+	SOAPActions      []string // soap: allowed operations
+	AllowWSDL        bool
+	LUNames          []string // tn3270: allowed LU names (exact or '*' pattern)
+	TerminalTypes    []string // tn3270, tn5250
+	ForceLU          string   // tn3270
+	DevNames         []string // tn5250: allowed DEVNAME patterns
+	RefuseAutoSignOn bool     // tn5250: refuse USER/IBMRSEED/IBMSUBSPW
+}
+
+// Listener is a TLS endpoint of the appliance.
+type Listener struct {
+	Name string
+	// Addr is the address to bind; invalid (zero) means every address.
+	Addr       netip.Addr
+	Port       uint16
+	Protocol   Protocol
+	ServerCert string
+	ServerKey  string
+	StartTLS   bool // tn3270/tn5250: Telnet START_TLS instead of implicit TLS
+	Routes     []Route
+}
+
+// ListenAddress returns the address in the form net.Listen takes.
+func (l Listener) ListenAddress() string {
+	if !l.Addr.IsValid() {
+		return fmt.Sprintf(":%d", l.Port)
+	}
+	return netip.AddrPortFrom(l.Addr, l.Port).String()
+}
+
+// Admitted is the set of source ranges allowed to reach the listeners, one
+// list per family. Each list is sorted, canonical (no host bits) and has no
+// overlapping or adjacent-mergeable prefixes: the kernel layers load it as is.
+type Admitted struct {
+	V4 []netip.Prefix
+	V6 []netip.Prefix
+	// PerFeed counts the prefixes each source contributed before the union,
+	// for the admitted_prefixes metric; "static" is static_ranges.
+	PerFeed map[string]FamilyCount
+}
+
+// FamilyCount is a number of prefixes per address family.
+type FamilyCount struct{ V4, V6 int }
+
+// Contains reports whether addr lies in the admitted set. It is a plain
+// binary search, meant for tests and tools, not the packet path.
+func (a Admitted) Contains(addr netip.Addr) bool {
+	addr = addr.Unmap()
+	list := a.V6
+	if addr.Is4() {
+		list = a.V4
+	}
+	i, _ := slices.BinarySearchFunc(list, addr, func(p netip.Prefix, x netip.Addr) int {
+		return p.Addr().Compare(x)
+	})
+	// list[i-1] is the last prefix starting at or before addr (or list[i] equals it).
+	if i < len(list) && list[i].Addr() == addr {
+		return true
+	}
+	return i > 0 && list[i-1].Contains(addr)
+}
+
+// Port is a transport port the kernel layers protect.
+type Port struct {
+	Proto string // "tcp" or "udp"
+	Num   uint16
+}
+
+// Policy is one compiled, immutable generation of everything gatehouse
+// enforces. Components receive a *Policy and must not modify it.
+type Policy struct {
+	Generation  uint64
+	Interface   string
+	StateDir    string
+	Enforcement Enforcement
+	Admitted    Admitted
+	Tenants     []Tenant
+	Listeners   []Listener
+}
+
+// ProtectedPorts returns the listeners' ports, sorted and without repeats.
+// Every listener is TCP.
+func (p *Policy) ProtectedPorts() []Port {
+	var ports []Port
+	for _, l := range p.Listeners {
+		ports = append(ports, Port{Proto: "tcp", Num: l.Port})
+	}
+	slices.SortFunc(ports, func(a, b Port) int {
+		if a.Proto != b.Proto {
+			if a.Proto < b.Proto {
+				return -1
+			}
+			return 1
+		}
+		return int(a.Num) - int(b.Num)
+	})
+	return slices.Compact(ports)
+}
+
+// Tenant returns the tenant with the given id.
+func (p *Policy) Tenant(id string) (Tenant, bool) {
+	for _, t := range p.Tenants {
+		if t.ID == id {
+			return t, true
+		}
+	}
+	return Tenant{}, false
+}
+
+// Listener returns the listener with the given name.
+func (p *Policy) Listener(name string) (Listener, bool) {
+	for _, l := range p.Listeners {
+		if l.Name == name {
+			return l, true
+		}
+	}
+	return Listener{}, false
+}
+
+// Errors returned by Validate.
+var (
+	ErrNotCanonical = errors.New("prefix has host bits set")
+	ErrNotSorted    = errors.New("admitted prefixes are not sorted and disjoint")
+	ErrWrongFamily  = errors.New("prefix of the wrong address family")
+)
+
+// Validate checks the invariants the kernel layers rely on: admitted lists
+// canonical, of their family, sorted and disjoint. It does not re-check what
+// the config loader already proved (names, routes, files).
+func (p *Policy) Validate() error {
+	var errs []error
+	check := func(name string, list []netip.Prefix, want4 bool) {
+		for i, pr := range list {
+			if !pr.IsValid() || pr.Addr().Is4() != want4 || pr.Addr().Is4In6() {
+				errs = append(errs, fmt.Errorf("admitted.%s[%d] %s: %w", name, i, pr, ErrWrongFamily))
+				continue
+			}
+			if pr.Masked() != pr {
+				errs = append(errs, fmt.Errorf("admitted.%s[%d] %s: %w", name, i, pr, ErrNotCanonical))
+			}
+			if i > 0 && !lastBefore(list[i-1], pr) {
+				errs = append(errs, fmt.Errorf("admitted.%s[%d] %s after %s: %w", name, i, pr, list[i-1], ErrNotSorted))
+			}
+		}
+	}
+	check("v4", p.Admitted.V4, true)
+	check("v6", p.Admitted.V6, false)
+	return errors.Join(errs...)
+}
+
+// lastBefore reports whether a ends before b begins.
+func lastBefore(a, b netip.Prefix) bool {
+	return LastAddr(a).Less(b.Addr())
+}
+
+// LastAddr returns the highest address inside p.
+func LastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	bits := p.Bits()
+	for i := range b {
+		switch {
+		case bits >= 8:
+			bits -= 8
+		case bits > 0:
+			b[i] |= 0xff >> bits
+			bits = 0
+		default:
+			b[i] = 0xff
+		}
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
