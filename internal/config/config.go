@@ -1,0 +1,354 @@
+package config
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/spf13/viper"
+)
+
+// Default is the embedded default configuration, with a comment on every key.
+//
+//go:embed default.yaml
+var Default []byte
+
+// DefaultPath is where the daemon looks for its configuration.
+const DefaultPath = "/etc/gatehouse/gatehouse.yaml"
+
+// EnvPrefix is the prefix of environment variables that override keys.
+const EnvPrefix = "GATEHOUSE"
+
+// Config is the configuration file, decoded strictly. Field tags are the
+// YAML keys; DESIGN.md documents the schema.
+type Config struct {
+	Interface     string        `mapstructure:"interface"`
+	StateDir      string        `mapstructure:"state_dir"`
+	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
+	Enforcement   Enforcement   `mapstructure:"enforcement"`
+	Metrics       Metrics       `mapstructure:"metrics"`
+	Feeds         []Feed        `mapstructure:"feeds"`
+	StaticRanges  []string      `mapstructure:"static_ranges"`
+	Tenants       []Tenant      `mapstructure:"tenants"`
+	Listeners     []Listener    `mapstructure:"listeners"`
+	Rules         Rules         `mapstructure:"rules"`
+}
+
+// Enforcement configures the kernel layers.
+type Enforcement struct {
+	XDP               string       `mapstructure:"xdp"`
+	NFTables          bool         `mapstructure:"nftables"`
+	Mode              string       `mapstructure:"mode"`
+	Management        []Management `mapstructure:"management"`
+	ScanBlock         ScanBlock    `mapstructure:"scan_block"`
+	NewConnRate       ConnRate     `mapstructure:"new_conn_rate"`
+	MaxConnsPerSource uint32       `mapstructure:"max_conns_per_source"`
+}
+
+// Management is a range allowed to the appliance's own ports.
+type Management struct {
+	CIDR  string   `mapstructure:"cidr"`
+	Ports []uint16 `mapstructure:"ports"`
+}
+
+// ScanBlock configures port-scan detection.
+type ScanBlock struct {
+	DistinctPorts int           `mapstructure:"distinct_ports"`
+	Window        time.Duration `mapstructure:"window"`
+	BlockFor      time.Duration `mapstructure:"block_for"`
+}
+
+// ConnRate limits new connections per source.
+type ConnRate struct {
+	PerSource string `mapstructure:"per_source"`
+	Burst     uint32 `mapstructure:"burst"`
+}
+
+// Metrics configures the Prometheus endpoint.
+type Metrics struct {
+	Listen string `mapstructure:"listen"`
+}
+
+// Feed is one signed range feed.
+type Feed struct {
+	Name         string              `mapstructure:"name"`
+	Source       string              `mapstructure:"source"`
+	Format       string              `mapstructure:"format"`
+	Select       map[string][]string `mapstructure:"select"`
+	MinisignKeys []string            `mapstructure:"minisign_keys"`
+	Threshold    int                 `mapstructure:"threshold"`
+	Refresh      time.Duration       `mapstructure:"refresh"`
+	MaxShrink    float64             `mapstructure:"max_shrink"`
+	MaxGrow      float64             `mapstructure:"max_grow"`
+	CA           string              `mapstructure:"ca"`
+}
+
+// Tenant is a customer proven by its client certificate.
+type Tenant struct {
+	ID         string     `mapstructure:"id"`
+	ClientCA   string     `mapstructure:"client_ca"`
+	CRL        string     `mapstructure:"crl"`
+	Identities Identities `mapstructure:"identities"`
+}
+
+// Identities narrow which certificates of the tenant's CA count.
+type Identities struct {
+	URISAN             []string `mapstructure:"uri_san"`
+	DNSSAN             []string `mapstructure:"dns_san"`
+	CN                 []string `mapstructure:"cn"`
+	OU                 []string `mapstructure:"ou"`
+	FingerprintsSHA256 []string `mapstructure:"fingerprints_sha256"`
+	SPKISHA256         []string `mapstructure:"spki_sha256"`
+}
+
+// Listener is a TLS endpoint.
+type Listener struct {
+	Name       string  `mapstructure:"name"`
+	Listen     string  `mapstructure:"listen"`
+	Protocol   string  `mapstructure:"protocol"`
+	ServerCert string  `mapstructure:"server_cert"`
+	ServerKey  string  `mapstructure:"server_key"`
+	StartTLS   bool    `mapstructure:"starttls"`
+	Routes     []Route `mapstructure:"routes"`
+}
+
+// Route carries one tenant's traffic to one backend.
+type Route struct {
+	Tenant           string   `mapstructure:"tenant"`
+	Host             string   `mapstructure:"host"`
+	Path             string   `mapstructure:"path"`
+	Backend          string   `mapstructure:"backend"`
+	BackendCA        string   `mapstructure:"backend_ca"`
+	BackendCert      string   `mapstructure:"backend_cert"`
+	BackendKey       string   `mapstructure:"backend_key"`
+	BackendTLS       bool     `mapstructure:"backend_tls"`
+	SOAPActions      []string `mapstructure:"soap_actions"`
+	AllowWSDL        bool     `mapstructure:"allow_wsdl"`
+	LUNames          []string `mapstructure:"lu_names"`
+	TerminalTypes    []string `mapstructure:"terminal_types"`
+	ForceLU          string   `mapstructure:"force_lu"`
+	DevNames         []string `mapstructure:"devnames"`
+	RefuseAutoSignOn bool     `mapstructure:"refuse_auto_sign_on"`
+}
+
+// Rules configures the feed guards.
+type Rules struct {
+	MinPrefix      MinPrefix `mapstructure:"min_prefix"`
+	ReservedExempt []string  `mapstructure:"reserved_exempt"`
+}
+
+// MinPrefix is the shortest prefix a feed may carry, per family.
+type MinPrefix struct {
+	V4 int `mapstructure:"v4"`
+	V6 int `mapstructure:"v6"`
+}
+
+// Problems is every problem found in a configuration, each with its key path.
+type Problems []Problem
+
+// Problem is one configuration error at one key path.
+type Problem struct {
+	Path string
+	Msg  string
+}
+
+func (p Problem) String() string {
+	if p.Path == "" {
+		return p.Msg
+	}
+	return p.Path + ": " + p.Msg
+}
+
+func (ps Problems) Error() string {
+	lines := make([]string, len(ps))
+	for i, p := range ps {
+		lines[i] = p.String()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// ErrInvalid is wrapped by every error Load returns for a bad configuration.
+var ErrInvalid = errors.New("invalid configuration")
+
+// Load reads the file at path over the embedded default, applies GATEHOUSE_…
+// environment overrides from env (nil: the process environment), decodes it
+// strictly and validates it. A returned error lists every problem found.
+func Load(path string, env func(string) (string, bool)) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(data, path, env)
+}
+
+// Parse is Load for configuration bytes; name is used in messages.
+func Parse(data []byte, name string, env func(string) (string, bool)) (*Config, error) {
+	if env == nil {
+		env = os.LookupEnv
+	}
+	v := viper.NewWithOptions(viper.EnvKeyReplacer(strings.NewReplacer(".", "_")))
+	v.SetConfigType("yaml")
+	if err := v.ReadConfig(bytes.NewReader(Default)); err != nil {
+		return nil, fmt.Errorf("embedded default config: %w", err)
+	}
+	// Decode the user's file on its own first, so that an unknown key is
+	// reported against what the admin wrote, not against the merged tree.
+	user := viper.New()
+	user.SetConfigType("yaml")
+	if err := user.ReadConfig(bytes.NewReader(data)); err != nil {
+		return nil, fmt.Errorf("%s: %w: %v", name, ErrInvalid, err)
+	}
+	var problems Problems
+	unknownKeys("", user.AllSettings(), reflect.TypeFor[Config](), &problems)
+	if err := v.MergeConfigMap(user.AllSettings()); err != nil {
+		return nil, fmt.Errorf("%s: %w: %v", name, ErrInvalid, err)
+	}
+	applyEnv(v, env)
+
+	var c Config
+	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
+		Result:      &c,
+		ErrorUnused: true,
+		DecodeHook:  mapstructure.StringToTimeDurationHookFunc(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	// Unknown keys do not stop validation, so that every problem is listed at
+	// once; a value of the wrong type does, as the struct is then incomplete.
+	if err := dec.Decode(v.AllSettings()); err != nil {
+		if typeProblems := decodeProblems(err); len(typeProblems) > 0 {
+			problems = append(problems, typeProblems...)
+		}
+	}
+	if !hasTypeProblem(problems) {
+		problems = append(problems, c.validate()...)
+	}
+	if len(problems) > 0 {
+		sortProblems(problems)
+		return nil, fmt.Errorf("%s: %w:\n%w", name, ErrInvalid, problems)
+	}
+	return &c, nil
+}
+
+// applyEnv sets every scalar key for which a GATEHOUSE_… variable exists.
+// Lists of tables (tenants, listeners, feeds) cannot be overridden this way.
+func applyEnv(v *viper.Viper, env func(string) (string, bool)) {
+	for _, key := range v.AllKeys() {
+		name := EnvPrefix + "_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+		if val, ok := env(name); ok {
+			if _, isList := v.Get(key).([]any); isList {
+				v.Set(key, splitList(val))
+				continue
+			}
+			v.Set(key, val)
+		}
+	}
+}
+
+func splitList(s string) []any {
+	var out []any
+	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' }) {
+		out = append(out, f)
+	}
+	return out
+}
+
+// unknownKeys walks the raw tree against the struct and reports every key
+// the schema does not have, with its full path.
+func unknownKeys(path string, raw any, t reflect.Type, problems *Problems) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		m, ok := raw.(map[string]any)
+		if !ok {
+			return // a type mismatch; the decoder reports it
+		}
+		fields := map[string]reflect.Type{}
+		for i := range t.NumField() {
+			f := t.Field(i)
+			fields[f.Tag.Get("mapstructure")] = f.Type
+		}
+		for k, v := range m {
+			ft, ok := fields[k]
+			if !ok {
+				*problems = append(*problems, Problem{join(path, k), "unknown key"})
+				continue
+			}
+			unknownKeys(join(path, k), v, ft, problems)
+		}
+	case reflect.Slice:
+		list, ok := raw.([]any)
+		if !ok {
+			return
+		}
+		for i, v := range list {
+			unknownKeys(fmt.Sprintf("%s[%d]", path, i), v, t.Elem(), problems)
+		}
+	}
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+// decodeProblems turns the decoder's joined errors into key-path problems.
+func decodeProblems(err error) Problems {
+	var out Problems
+	var walk func(error)
+	walk = func(err error) {
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			for _, e := range j.Unwrap() {
+				walk(e)
+			}
+			return
+		}
+		if strings.Contains(err.Error(), "has invalid keys") {
+			return // reported with full paths by unknownKeys
+		}
+		var de *mapstructure.DecodeError
+		if errors.As(err, &de) {
+			out = append(out, Problem{de.Name(), cleanDecodeMsg(de.Unwrap())})
+			return
+		}
+		out = append(out, Problem{"", err.Error()})
+	}
+	walk(err)
+	return out
+}
+
+func hasTypeProblem(ps Problems) bool {
+	for _, p := range ps {
+		if p.Msg != "unknown key" {
+			return true
+		}
+	}
+	return false
+}
+
+func cleanDecodeMsg(err error) string {
+	if err == nil {
+		return "invalid value"
+	}
+	msg := err.Error()
+	if strings.Contains(msg, "time: ") {
+		return "not a duration (use e.g. 30s, 15m, 1h): " + msg
+	}
+	return msg
+}
+
+func sortProblems(ps Problems) {
+	sort.SliceStable(ps, func(i, j int) bool { return ps[i].Path < ps[j].Path })
+}

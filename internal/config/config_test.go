@@ -1,0 +1,220 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+// fixture writes the files a good configuration refers to and returns the
+// directory, for use as ${DIR} in the YAML.
+func fixture(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, f := range []string{"acme-ca.pem", "globex-ca.pem", "server.pem", "server.key", "internal-ca.pem"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("placeholder\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+const goodYAML = `
+interface: veth-dmz
+state_dir: /var/lib/gatehouse
+enforcement:
+  mode: strict
+  management: [{cidr: 198.51.100.0/28, ports: [22]}]
+  new_conn_rate: {per_source: 3000/m, burst: 10}
+static_ranges: [203.0.113.0/24, "2001:db8::/48"]
+tenants:
+  - id: acme
+    client_ca: ${DIR}/acme-ca.pem
+    identities: {uri_san: ["spiffe://acme/*"], fingerprints_sha256: ["AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99"]}
+  - id: globex
+    client_ca: ${DIR}/globex-ca.pem
+listeners:
+  - name: web
+    listen: ":443"
+    protocol: https
+    server_cert: ${DIR}/server.pem
+    server_key: ${DIR}/server.key
+    routes:
+      - {tenant: acme, host: acme.portal.example, path: /, backend: "https://192.0.2.5:8443", backend_ca: ${DIR}/internal-ca.pem}
+      - {tenant: globex, backend: "http://192.0.2.6"}
+  - name: mainframe
+    listen: "192.0.2.1:992"
+    protocol: tn3270
+    server_cert: ${DIR}/server.pem
+    server_key: ${DIR}/server.key
+    routes:
+      - {tenant: acme, backend: "192.0.2.7:23", lu_names: ["ACMELU0*"], terminal_types: ["IBM-3278-2-E"]}
+`
+
+func parse(t *testing.T, yaml string, env map[string]string) (*Config, error) {
+	t.Helper()
+	dir := fixture(t)
+	yaml = strings.ReplaceAll(yaml, "${DIR}", dir)
+	return Parse([]byte(yaml), "test.yaml", func(k string) (string, bool) {
+		v, ok := env[k]
+		return v, ok
+	})
+}
+
+func TestGoodConfig(t *testing.T) {
+	cfg, err := parse(t, goodYAML, nil)
+	if err != nil {
+		t.Fatalf("good config refused: %v", err)
+	}
+	p := cfg.Policy()
+	if p.Enforcement.Mode != policy.ModeStrict || p.Enforcement.XDP != policy.XDPAuto || !p.Enforcement.NFTables {
+		t.Errorf("enforcement = %+v", p.Enforcement)
+	}
+	if got := p.Enforcement.NewConnRate; got.PerSecond != 50 || got.Burst != 10 {
+		t.Errorf("rate = %+v, want 50/s burst 10", got)
+	}
+	if got := p.Enforcement.ScanBlock; got.DistinctPorts != 10 || got.Window != 10*time.Second || got.BlockFor != 10*time.Minute {
+		t.Errorf("scan block defaults = %+v", got)
+	}
+	if len(p.Listeners) != 2 || p.Listeners[0].Port != 443 || p.Listeners[0].Addr.IsValid() || p.Listeners[1].Addr.String() != "192.0.2.1" {
+		t.Errorf("listeners = %+v", p.Listeners)
+	}
+	if p.Listeners[0].Routes[1].Path != "/" {
+		t.Errorf("https route without path should default to /, got %q", p.Listeners[0].Routes[1].Path)
+	}
+	if fp := p.Tenants[0].Identities.FingerprintSHA256[0]; fp != "aabbccddeeff00112233445566778899aabbccddeeff00112233445566778899" {
+		t.Errorf("fingerprint not normalised: %q", fp)
+	}
+	if got := cfg.StaticPrefixes(); len(got) != 2 || got[1].String() != "2001:db8::/48" {
+		t.Errorf("static = %v", got)
+	}
+	if cfg.Metrics.Listen != "127.0.0.1:9477" || cfg.ShutdownGrace != 15*time.Second {
+		t.Errorf("defaults not applied: %q %s", cfg.Metrics.Listen, cfg.ShutdownGrace)
+	}
+}
+
+func TestEnvOverride(t *testing.T) {
+	cfg, err := parse(t, goodYAML, map[string]string{
+		"GATEHOUSE_METRICS_LISTEN":                "127.0.0.1:9600",
+		"GATEHOUSE_ENFORCEMENT_SCAN_BLOCK_WINDOW": "30s",
+		"GATEHOUSE_STATIC_RANGES":                 "198.51.100.0/24,192.0.2.0/24",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Metrics.Listen != "127.0.0.1:9600" || cfg.Enforcement.ScanBlock.Window != 30*time.Second {
+		t.Errorf("env not applied: %q %s", cfg.Metrics.Listen, cfg.Enforcement.ScanBlock.Window)
+	}
+	if len(cfg.StaticRanges) != 2 || cfg.StaticRanges[0] != "198.51.100.0/24" {
+		t.Errorf("static_ranges from env = %v", cfg.StaticRanges)
+	}
+	if _, err := parse(t, goodYAML, map[string]string{"GATEHOUSE_ENFORCEMENT_SCAN_BLOCK_WINDOW": "soon"}); err == nil ||
+		!strings.Contains(err.Error(), "enforcement.scan_block.window: not a duration") {
+		t.Errorf("bad env duration: %v", err)
+	}
+}
+
+// TestProblems covers every error class: each case edits the good file and
+// names the problem line it must produce.
+func TestProblems(t *testing.T) {
+	cases := []struct {
+		name, from, to string
+		want           []string
+	}{
+		{"unknown top key", "state_dir:", "colour: blue\nstate_dir:", []string{"colour: unknown key"}},
+		{"unknown nested key", "mode: strict", "mode: strict\n  turbo: true", []string{"enforcement.turbo: unknown key"}},
+		{"unknown route key", "lu_names:", "lu_nmes: [X], lu_names:", []string{"listeners[1].routes[0].lu_nmes: unknown key"}},
+		{"bad duration", "mode: strict", "mode: strict\n  scan_block: {window: tenminutes}", []string{"enforcement.scan_block.window: not a duration"}},
+		{"bad enum", "mode: strict", "mode: paranoid", []string{`enforcement.mode: "paranoid" is not one of listeners, strict`}},
+		{"bad cidr", "203.0.113.0/24,", "203.0.113.0/33,", []string{`static_ranges[0]: "203.0.113.0/33" is not a CIDR prefix`}},
+		{"host bits", "203.0.113.0/24,", "203.0.113.7/24,", []string{`static_ranges[0]: "203.0.113.7/24" has host bits set (did you mean 203.0.113.0/24?)`}},
+		{"bad management", "198.51.100.0/28, ports: [22]", "198.51.100.0/28, ports: []", []string{"enforcement.management[0].ports: at least one port"}},
+		{"bad listen", `listen: ":443"`, `listen: "443"`, []string{`listeners[0].listen: "443" is not [address]:port`}},
+		{"listen by name", `listen: ":443"`, `listen: "gate.example:443"`, []string{"listeners[0].listen: \"gate.example:443\": listen on an IP address"}},
+		{"bad backend host:port", `backend: "192.0.2.7:23"`, `backend: "192.0.2.7"`, []string{`listeners[1].routes[0].backend: "192.0.2.7" is not host:port`}},
+		{"bad backend url", `backend: "http://192.0.2.6"`, `backend: "ftp://192.0.2.6"`, []string{"listeners[0].routes[1].backend: must be an http:// or https:// URL"}},
+		{"unreadable file", "${DIR}/globex-ca.pem", "${DIR}/missing.pem", []string{"tenants[1].client_ca: cannot read", "no such file or directory"}},
+		{"duplicate tenant", "id: globex", "id: acme", []string{`tenants[1].id: duplicate tenant "acme" (also at tenants[0].id)`}},
+		{"duplicate listener", "name: mainframe", "name: web", []string{`listeners[1].name: duplicate listener "web"`}},
+		{"unknown tenant", "{tenant: globex,", "{tenant: acme2,", []string{`listeners[0].routes[1].tenant: unknown tenant "acme2"`}},
+		{"two listeners one port", `"192.0.2.1:992"`, `"192.0.2.1:443"`, []string{"listeners[1].listen: port 443 is already used by listeners[0]"}},
+		{"no routes", "routes:\n      - {tenant: acme, backend: \"192.0.2.7:23\", lu_names: [\"ACMELU0*\"], terminal_types: [\"IBM-3278-2-E\"]}", "routes: []", []string{"listeners[1].routes: a listener needs at least one route"}},
+		{"overlapping routes", "{tenant: globex, backend: \"http://192.0.2.6\"}", "{tenant: acme, host: ACME.portal.example, backend: \"http://192.0.2.6\"}", []string{"listeners[0].routes[1]: overlaps listeners[0].routes[0]"}},
+		{"option of another protocol", "lu_names:", "soap_actions: [x], lu_names:", []string{"listeners[1].routes[0].soap_actions: does not apply to a tn3270 listener"}},
+		{"bad fingerprint", `fingerprints_sha256: ["AA:BB`, `fingerprints_sha256: ["ZZ:BB`, []string{"tenants[0].identities.fingerprints_sha256[0]: "}},
+		{"bad rate", "per_source: 3000/m", "per_source: lots", []string{`enforcement.new_conn_rate.per_source: "lots" is not a rate`}},
+		{"interface required", "interface: veth-dmz", "interface: \"\"", []string{"interface: required when enforcement.xdp is not off"}},
+		{"wrong type", "burst: 10", "burst: many", []string{"enforcement.new_conn_rate.burst"}},
+		{"not yaml", "tenants:", "tenants: [", []string{"invalid configuration"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if !strings.Contains(goodYAML, tc.from) {
+				t.Fatalf("fixture does not contain %q", tc.from)
+			}
+			_, err := parse(t, strings.Replace(goodYAML, tc.from, tc.to, 1), nil)
+			if err == nil {
+				t.Fatal("bad config accepted")
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error does not wrap ErrInvalid: %v", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+}
+
+func TestAllProblemsAtOnce(t *testing.T) {
+	bad := strings.NewReplacer(
+		"mode: strict", "mode: paranoid",
+		"id: globex", "id: acme",
+		"{tenant: globex,", "{tenant: nobody,",
+		"state_dir:", "colour: blue\nstate_dir:",
+		`"192.0.2.1:992"`, `":443"`,
+	).Replace(goodYAML)
+	_, err := parse(t, bad, nil)
+	var ps Problems
+	if !errors.As(err, &ps) {
+		t.Fatalf("want Problems, got %v", err)
+	}
+	if len(ps) != 5 {
+		t.Errorf("want 5 problems, got %d:\n%v", len(ps), err)
+	}
+}
+
+func TestDefaultIsDocumented(t *testing.T) {
+	// Every key line of the embedded default carries a comment above it or
+	// belongs to a commented block, so --print-default explains itself.
+	lines := strings.Split(string(Default), "\n")
+	for i, l := range lines {
+		trim := strings.TrimSpace(l)
+		if trim == "" || strings.HasPrefix(trim, "#") {
+			continue
+		}
+		if i == 0 || strings.TrimSpace(lines[i-1]) == "" {
+			t.Errorf("default.yaml line %d %q has no comment above it", i+1, trim)
+		}
+	}
+}
+
+func TestParseRate(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want uint32
+		ok   bool
+	}{{"50/s", 50, true}, {"3000/m", 50, true}, {"", 0, true}, {"90/m", 0, false}, {"0/s", 0, false}, {"5/h", 0, false}, {"x/s", 0, false}} {
+		got, err := ParseRate(tc.in)
+		if (err == nil) != tc.ok || got.PerSecond != tc.want {
+			t.Errorf("ParseRate(%q) = %+v, %v", tc.in, got, err)
+		}
+	}
+}

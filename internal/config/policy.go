@@ -1,0 +1,109 @@
+package config
+
+import (
+	"net/netip"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+// StaticPrefixes returns static_ranges as prefixes, in file order. Load has
+// already proved them valid.
+func (cfg *Config) StaticPrefixes() []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(cfg.StaticRanges))
+	for _, s := range cfg.StaticRanges {
+		if p, err := parsePrefix(s); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Policy compiles the configuration into a policy without admitted ranges:
+// the daemon unites static_ranges and the feeds into Admitted.
+func (cfg *Config) Policy() *policy.Policy {
+	e := cfg.Enforcement
+	rate, _ := ParseRate(e.NewConnRate.PerSource)
+	if rate.PerSecond > 0 {
+		rate.Burst = e.NewConnRate.Burst
+		if rate.Burst == 0 {
+			rate.Burst = rate.PerSecond
+		}
+	}
+	p := &policy.Policy{
+		Interface: cfg.Interface,
+		StateDir:  cfg.StateDir,
+		Enforcement: policy.Enforcement{
+			XDP:      policy.XDPMode(e.XDP),
+			NFTables: e.NFTables,
+			Mode:     policy.Mode(e.Mode),
+			ScanBlock: policy.ScanBlock{
+				DistinctPorts: e.ScanBlock.DistinctPorts,
+				Window:        e.ScanBlock.Window,
+				BlockFor:      e.ScanBlock.BlockFor,
+			},
+			NewConnRate:       rate,
+			MaxConnsPerSource: e.MaxConnsPerSource,
+		},
+	}
+	for _, m := range e.Management {
+		pr, _ := parsePrefix(m.CIDR)
+		p.Enforcement.Management = append(p.Enforcement.Management, policy.Management{Prefix: pr, Ports: append([]uint16(nil), m.Ports...)})
+	}
+	for _, t := range cfg.Tenants {
+		id := t.Identities
+		p.Tenants = append(p.Tenants, policy.Tenant{
+			ID:       t.ID,
+			ClientCA: t.ClientCA,
+			CRL:      t.CRL,
+			Identities: policy.Identities{
+				URISAN:             id.URISAN,
+				DNSSAN:             id.DNSSAN,
+				CommonName:         id.CN,
+				OrganizationalUnit: id.OU,
+				FingerprintSHA256:  normaliseAll(id.FingerprintsSHA256),
+				SPKISHA256:         normaliseAll(id.SPKISHA256),
+			},
+		})
+	}
+	for _, l := range cfg.Listeners {
+		ap, _ := parseListen(l.Listen)
+		pl := policy.Listener{
+			Name:       l.Name,
+			Addr:       ap.Addr(),
+			Port:       ap.Port(),
+			Protocol:   policy.Protocol(l.Protocol),
+			ServerCert: l.ServerCert,
+			ServerKey:  l.ServerKey,
+			StartTLS:   l.StartTLS,
+		}
+		for _, r := range l.Routes {
+			pl.Routes = append(pl.Routes, policy.Route{
+				Tenant:           r.Tenant,
+				Host:             r.Host,
+				Path:             routePath(pl.Protocol, r.Path),
+				Backend:          r.Backend,
+				BackendCA:        r.BackendCA,
+				BackendCert:      r.BackendCert,
+				BackendKey:       r.BackendKey,
+				BackendTLS:       r.BackendTLS,
+				SOAPActions:      r.SOAPActions,
+				AllowWSDL:        r.AllowWSDL,
+				LUNames:          r.LUNames,
+				TerminalTypes:    r.TerminalTypes,
+				ForceLU:          r.ForceLU,
+				DevNames:         r.DevNames,
+				RefuseAutoSignOn: r.RefuseAutoSignOn,
+			})
+		}
+		p.Listeners = append(p.Listeners, pl)
+	}
+	return p
+}
+
+func normaliseAll(in []string) []string {
+	out := make([]string, len(in))
+	for i, s := range in {
+		out[i] = normaliseHex(s)
+	}
+	return out
+}

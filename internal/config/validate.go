@@ -1,0 +1,419 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+var (
+	nameRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+	hexSHA256 = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	// Interface names as the kernel accepts them (IFNAMSIZ-1, no '/', no blanks).
+	ifnameRE = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,15}$`)
+)
+
+// FeedFormats are the feed formats gatehouse parses.
+var FeedFormats = []string{"aws", "gcp", "azure", "oracle", "cidr"}
+
+type checker struct{ problems Problems }
+
+func (c *checker) add(path, format string, args ...any) {
+	c.problems = append(c.problems, Problem{path, fmt.Sprintf(format, args...)})
+}
+
+func (c *checker) file(path, name string, required bool) {
+	if name == "" {
+		if required {
+			c.add(path, "required")
+		}
+		return
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		c.add(path, "cannot read %q: %v", name, unwrapPathError(err))
+		return
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.IsDir() {
+		c.add(path, "%q is a directory, not a file", name)
+	}
+}
+
+func unwrapPathError(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}
+
+func (c *checker) duration(path string, d time.Duration, min time.Duration) {
+	if d < min {
+		c.add(path, "must be at least %s, got %s", min, d)
+	}
+}
+
+func (c *checker) oneOf(path, val string, allowed ...string) {
+	if !slices.Contains(allowed, val) {
+		c.add(path, "%q is not one of %s", val, strings.Join(allowed, ", "))
+	}
+}
+
+func (c *checker) unique(path string, seen map[string]string, key, what string) {
+	if prev, ok := seen[key]; ok {
+		c.add(path, "duplicate %s %q (also at %s)", what, key, prev)
+		return
+	}
+	seen[key] = path
+}
+
+// validate reports every problem of a decoded configuration.
+func (cfg *Config) validate() Problems {
+	c := &checker{}
+	e := cfg.Enforcement
+	c.oneOf("enforcement.xdp", e.XDP, string(policy.XDPAuto), string(policy.XDPNative), string(policy.XDPGeneric), string(policy.XDPOff))
+	c.oneOf("enforcement.mode", e.Mode, string(policy.ModeListeners), string(policy.ModeStrict))
+	if e.XDP != string(policy.XDPOff) {
+		if cfg.Interface == "" {
+			c.add("interface", "required when enforcement.xdp is not off")
+		} else if !ifnameRE.MatchString(cfg.Interface) {
+			c.add("interface", "%q is not a valid interface name", cfg.Interface)
+		}
+	}
+	if cfg.StateDir == "" || !strings.HasPrefix(cfg.StateDir, "/") {
+		c.add("state_dir", "must be an absolute path, got %q", cfg.StateDir)
+	}
+	c.duration("shutdown_grace", cfg.ShutdownGrace, 0)
+	for i, m := range e.Management {
+		p := fmt.Sprintf("enforcement.management[%d]", i)
+		if _, err := parsePrefix(m.CIDR); err != nil {
+			c.add(p+".cidr", "%v", err)
+		}
+		if len(m.Ports) == 0 {
+			c.add(p+".ports", "at least one port is required")
+		}
+		for j, port := range m.Ports {
+			if port == 0 {
+				c.add(fmt.Sprintf("%s.ports[%d]", p, j), "port 0 is not a port")
+			}
+		}
+	}
+	if sb := e.ScanBlock; sb.DistinctPorts != 0 {
+		if sb.DistinctPorts < 2 || sb.DistinctPorts > 65535 {
+			c.add("enforcement.scan_block.distinct_ports", "must be 0 (off) or 2..65535, got %d", sb.DistinctPorts)
+		}
+		c.duration("enforcement.scan_block.window", sb.Window, time.Second)
+		c.duration("enforcement.scan_block.block_for", sb.BlockFor, time.Second)
+	}
+	if _, err := ParseRate(e.NewConnRate.PerSource); err != nil {
+		c.add("enforcement.new_conn_rate.per_source", "%v", err)
+	}
+	if _, _, err := net.SplitHostPort(cfg.Metrics.Listen); err != nil {
+		c.add("metrics.listen", "not host:port: %v", err)
+	} else if _, err := parseListen(cfg.Metrics.Listen); err != nil {
+		c.add("metrics.listen", "%v", err)
+	}
+	for i, s := range cfg.StaticRanges {
+		if _, err := parsePrefix(s); err != nil {
+			c.add(fmt.Sprintf("static_ranges[%d]", i), "%v", err)
+		}
+	}
+	cfg.validateFeeds(c)
+	tenants := cfg.validateTenants(c)
+	cfg.validateListeners(c, tenants)
+	if cfg.Rules.MinPrefix.V4 < 0 || cfg.Rules.MinPrefix.V4 > 32 {
+		c.add("rules.min_prefix.v4", "must be 0..32, got %d", cfg.Rules.MinPrefix.V4)
+	}
+	if cfg.Rules.MinPrefix.V6 < 0 || cfg.Rules.MinPrefix.V6 > 128 {
+		c.add("rules.min_prefix.v6", "must be 0..128, got %d", cfg.Rules.MinPrefix.V6)
+	}
+	for i, s := range cfg.Rules.ReservedExempt {
+		if _, err := parsePrefix(s); err != nil {
+			c.add(fmt.Sprintf("rules.reserved_exempt[%d]", i), "%v", err)
+		}
+	}
+	return c.problems
+}
+
+func (cfg *Config) validateFeeds(c *checker) {
+	names := map[string]string{}
+	for i, f := range cfg.Feeds {
+		p := fmt.Sprintf("feeds[%d]", i)
+		if !nameRE.MatchString(f.Name) {
+			c.add(p+".name", "%q must be lowercase letters, digits, '-' or '_'", f.Name)
+		} else {
+			c.unique(p+".name", names, f.Name, "feed")
+		}
+		if u, err := url.Parse(f.Source); err != nil || (u.Scheme != "https" && u.Scheme != "file") || (u.Scheme == "https" && u.Host == "") || (u.Scheme == "file" && u.Path == "") {
+			c.add(p+".source", "must be an https:// or file:// URL of a manifest, got %q", f.Source)
+		}
+		c.oneOf(p+".format", f.Format, FeedFormats...)
+		if len(f.MinisignKeys) == 0 {
+			c.add(p+".minisign_keys", "at least one trusted public key is required")
+		}
+		if f.Threshold < 1 || f.Threshold > len(f.MinisignKeys) {
+			c.add(p+".threshold", "must be between 1 and the number of minisign_keys (%d), got %d", len(f.MinisignKeys), f.Threshold)
+		}
+		c.duration(p+".refresh", f.Refresh, time.Minute)
+		if f.MaxShrink < 0 || f.MaxShrink > 1 {
+			c.add(p+".max_shrink", "must be between 0 and 1, got %g", f.MaxShrink)
+		}
+		if f.MaxGrow < 0 {
+			c.add(p+".max_grow", "must not be negative, got %g", f.MaxGrow)
+		}
+		c.file(p+".ca", f.CA, false)
+	}
+}
+
+func (cfg *Config) validateTenants(c *checker) map[string]bool {
+	ids := map[string]string{}
+	known := map[string]bool{}
+	for i, t := range cfg.Tenants {
+		p := fmt.Sprintf("tenants[%d]", i)
+		if !nameRE.MatchString(t.ID) {
+			c.add(p+".id", "%q must be lowercase letters, digits, '-' or '_'", t.ID)
+		} else {
+			c.unique(p+".id", ids, t.ID, "tenant")
+			known[t.ID] = true
+		}
+		c.file(p+".client_ca", t.ClientCA, true)
+		c.file(p+".crl", t.CRL, false)
+		for j, fp := range t.Identities.FingerprintsSHA256 {
+			if !hexSHA256.MatchString(normaliseHex(fp)) {
+				c.add(fmt.Sprintf("%s.identities.fingerprints_sha256[%d]", p, j), "%q is not a SHA-256 in hex", fp)
+			}
+		}
+		for j, fp := range t.Identities.SPKISHA256 {
+			if !hexSHA256.MatchString(normaliseHex(fp)) {
+				c.add(fmt.Sprintf("%s.identities.spki_sha256[%d]", p, j), "%q is not a SHA-256 in hex", fp)
+			}
+		}
+		for j, u := range t.Identities.URISAN {
+			if u == "" || strings.ContainsAny(u, " \t") {
+				c.add(fmt.Sprintf("%s.identities.uri_san[%d]", p, j), "%q is not a URI pattern", u)
+			}
+		}
+	}
+	if len(cfg.Tenants) == 0 {
+		c.add("tenants", "at least one tenant is required: without one no client certificate is accepted")
+	}
+	return known
+}
+
+// normaliseHex accepts fingerprints as openssl prints them (AA:BB:…) too.
+func normaliseHex(s string) string {
+	return strings.ToLower(strings.ReplaceAll(s, ":", ""))
+}
+
+func (cfg *Config) validateListeners(c *checker, tenants map[string]bool) {
+	names := map[string]string{}
+	ports := map[uint16]string{}
+	var protos []string
+	for _, p := range policy.Protocols {
+		protos = append(protos, string(p))
+	}
+	for i, l := range cfg.Listeners {
+		p := fmt.Sprintf("listeners[%d]", i)
+		if !nameRE.MatchString(l.Name) {
+			c.add(p+".name", "%q must be lowercase letters, digits, '-' or '_'", l.Name)
+		} else {
+			c.unique(p+".name", names, l.Name, "listener")
+		}
+		if ap, err := parseListen(l.Listen); err != nil {
+			c.add(p+".listen", "%v", err)
+		} else {
+			port := ap.Port()
+			if prev, ok := ports[port]; ok {
+				c.add(p+".listen", "port %d is already used by %s", port, prev)
+			} else {
+				ports[port] = p
+			}
+		}
+		c.oneOf(p+".protocol", l.Protocol, protos...)
+		c.file(p+".server_cert", l.ServerCert, true)
+		c.file(p+".server_key", l.ServerKey, true)
+		proto := policy.Protocol(l.Protocol)
+		if l.StartTLS && proto != policy.ProtoTN3270 && proto != policy.ProtoTN5250 {
+			c.add(p+".starttls", "only tn3270 and tn5250 listeners negotiate START_TLS")
+		}
+		if len(l.Routes) == 0 {
+			c.add(p+".routes", "a listener needs at least one route: without one every tenant is refused")
+		}
+		seen := map[string]string{}
+		for j, r := range l.Routes {
+			rp := fmt.Sprintf("%s.routes[%d]", p, j)
+			if r.Tenant == "" {
+				c.add(rp+".tenant", "required")
+			} else if !tenants[r.Tenant] {
+				c.add(rp+".tenant", "unknown tenant %q", r.Tenant)
+			}
+			validateRoute(c, rp, proto, r)
+			key := r.Tenant + "|" + strings.ToLower(r.Host) + "|" + routePath(proto, r.Path)
+			if prev, ok := seen[key]; ok {
+				c.add(rp, "overlaps %s: same tenant, host and path", prev)
+			} else {
+				seen[key] = rp
+			}
+		}
+	}
+	if len(cfg.Listeners) == 0 {
+		c.add("listeners", "at least one listener is required")
+	}
+}
+
+func routePath(proto policy.Protocol, path string) string {
+	if proto == policy.ProtoHTTPS || proto == policy.ProtoSOAP {
+		if path == "" {
+			return "/"
+		}
+	}
+	return path
+}
+
+func validateRoute(c *checker, rp string, proto policy.Protocol, r Route) {
+	httpish := proto == policy.ProtoHTTPS || proto == policy.ProtoSOAP
+	switch {
+	case httpish:
+		u, err := url.Parse(r.Backend)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			c.add(rp+".backend", "must be an http:// or https:// URL, got %q", r.Backend)
+		} else if _, err := hostPort(u.Host, defaultPort(u.Scheme)); err != nil {
+			c.add(rp+".backend", "%v", err)
+		}
+		if r.Path != "" && !strings.HasPrefix(r.Path, "/") {
+			c.add(rp+".path", "must begin with '/', got %q", r.Path)
+		}
+		if r.BackendTLS {
+			c.add(rp+".backend_tls", "https and soap routes choose TLS by the backend URL scheme")
+		}
+	default:
+		if _, err := hostPort(r.Backend, ""); err != nil {
+			c.add(rp+".backend", "%v", err)
+		}
+		if r.Path != "" {
+			c.add(rp+".path", "only https and soap routes match a path")
+		}
+	}
+	if r.Host != "" && (strings.ContainsAny(r.Host, "/: ") || len(r.Host) > 253) {
+		c.add(rp+".host", "%q is not a host name", r.Host)
+	}
+	c.file(rp+".backend_ca", r.BackendCA, false)
+	c.file(rp+".backend_cert", r.BackendCert, false)
+	c.file(rp+".backend_key", r.BackendKey, r.BackendCert != "")
+	if r.BackendKey != "" && r.BackendCert == "" {
+		c.add(rp+".backend_cert", "required with backend_key")
+	}
+	only := func(key string, set bool, allowed ...policy.Protocol) {
+		if set && !slices.Contains(allowed, proto) {
+			c.add(rp+"."+key, "does not apply to a %s listener", proto)
+		}
+	}
+	only("soap_actions", len(r.SOAPActions) > 0, policy.ProtoSOAP)
+	only("allow_wsdl", r.AllowWSDL, policy.ProtoSOAP)
+	only("lu_names", len(r.LUNames) > 0, policy.ProtoTN3270)
+	only("force_lu", r.ForceLU != "", policy.ProtoTN3270)
+	only("terminal_types", len(r.TerminalTypes) > 0, policy.ProtoTN3270, policy.ProtoTN5250)
+	only("devnames", len(r.DevNames) > 0, policy.ProtoTN5250)
+	only("refuse_auto_sign_on", r.RefuseAutoSignOn, policy.ProtoTN5250)
+	if proto == policy.ProtoSOAP && len(r.SOAPActions) == 0 {
+		c.add(rp+".soap_actions", "a soap route needs at least one allowed operation")
+	}
+}
+
+func defaultPort(scheme string) string {
+	if scheme == "https" {
+		return "443"
+	}
+	return "80"
+}
+
+// hostPort checks host:port (the port may default).
+func hostPort(s, defPort string) (string, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		if defPort == "" || strings.Count(s, ":") > 1 && !strings.HasPrefix(s, "[") {
+			return "", fmt.Errorf("%q is not host:port", s)
+		}
+		host, port = s, defPort
+	}
+	if host == "" {
+		return "", fmt.Errorf("%q has no host", s)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return "", fmt.Errorf("%q: port must be 1..65535", s)
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// parseListen parses ":443" or "addr:port" into an AddrPort whose address is
+// invalid for "every address".
+func parseListen(s string) (netip.AddrPort, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q is not [address]:port", s)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return netip.AddrPort{}, fmt.Errorf("%q: port must be 1..65535", s)
+	}
+	if host == "" {
+		return netip.AddrPortFrom(netip.Addr{}, uint16(n)), nil
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q: listen on an IP address, not a name", s)
+	}
+	return netip.AddrPortFrom(a, uint16(n)), nil
+}
+
+// parsePrefix parses a CIDR and insists it is canonical: an admin who wrote
+// 192.0.2.1/24 probably meant something else, so it is refused, not masked.
+func parsePrefix(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(strings.TrimSpace(s))
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR prefix", s)
+	}
+	if p.Addr().Is4In6() {
+		return netip.Prefix{}, fmt.Errorf("%q: write IPv4 prefixes in dotted form, not as IPv4-mapped IPv6", s)
+	}
+	if p.Addr().Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("%q: zones are not allowed", s)
+	}
+	if p.Masked() != p {
+		return netip.Prefix{}, fmt.Errorf("%q has host bits set (did you mean %s?)", s, p.Masked())
+	}
+	return p, nil
+}
+
+// ParseRate parses "50/s" or "3000/m" (also "/second", "/minute"); "" means
+// no limit.
+func ParseRate(s string) (policy.Rate, error) {
+	if s == "" {
+		return policy.Rate{}, nil
+	}
+	num, unit, ok := strings.Cut(s, "/")
+	n, err := strconv.ParseUint(strings.TrimSpace(num), 10, 32)
+	if !ok || err != nil || n == 0 {
+		return policy.Rate{}, fmt.Errorf("%q is not a rate like 50/s or 3000/m", s)
+	}
+	switch strings.TrimSpace(unit) {
+	case "s", "second":
+		return policy.Rate{PerSecond: uint32(n)}, nil
+	case "m", "minute":
+		if n%60 != 0 {
+			return policy.Rate{}, fmt.Errorf("%q: a per-minute rate must be a multiple of 60 (the kernel layers count per second)", s)
+		}
+		return policy.Rate{PerSecond: uint32(n / 60)}, nil
+	}
+	return policy.Rate{}, fmt.Errorf("%q: unit must be s or m", s)
+}
