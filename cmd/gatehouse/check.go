@@ -1,0 +1,220 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gatehouse-dmz/gatehouse/internal/config"
+	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/rules"
+)
+
+func newCheckCmd(g *globals) *cobra.Command {
+	var printDefault bool
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Validate the configuration and summarise what it enforces (like nginx -t)",
+		Long: `check reads the configuration as "run" would, reports every problem with its key
+path and exits 1, or prints a one-screen summary and exits 0. Nothing is changed.`,
+		Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			if printDefault {
+				_, err := g.stdout.Write(config.Default)
+				return err
+			}
+			cfg, err := config.Load(g.configPath, nil)
+			if err != nil {
+				var ps config.Problems
+				if errors.As(err, &ps) {
+					var b strings.Builder
+					fmt.Fprintf(&b, "gatehouse: %s: %d problem(s):\n", g.configPath, len(ps))
+					for _, p := range ps {
+						fmt.Fprintf(&b, "  %s\n", p)
+					}
+					fmt.Fprintf(&b, "configuration %s is NOT valid", g.configPath)
+					return exitError{code: 1, msg: b.String()}
+				}
+				return exitError{code: 1, msg: "gatehouse: " + err.Error()}
+			}
+			return summarise(g.stdout, g.configPath, cfg)
+		},
+	}
+	cmd.Flags().BoolVar(&printDefault, "print-default", false, "print the embedded default configuration, every key commented")
+	return cmd
+}
+
+// summarise prints what a valid configuration will enforce, on one screen.
+func summarise(w io.Writer, path string, cfg *config.Config) error {
+	p := cfg.Policy()
+	static := rules.Aggregate(cfg.StaticPrefixes())
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "configuration %s is valid\n\n", path)
+
+	e := p.Enforcement
+	fmt.Fprintln(tw, "Enforcement")
+	if e.XDP == policy.XDPOff {
+		fmt.Fprintln(tw, "  xdp\toff")
+	} else {
+		fmt.Fprintf(tw, "  xdp\t%s on %s\n", e.XDP, p.Interface)
+	}
+	if e.NFTables {
+		fmt.Fprintln(tw, "  nftables\ttable inet gatehouse")
+	} else {
+		fmt.Fprintln(tw, "  nftables\toff")
+	}
+	fmt.Fprintf(tw, "  mode\t%s\t%s\n", e.Mode, modeText(e.Mode))
+	var ports []string
+	for _, pt := range p.ProtectedPorts() {
+		ports = append(ports, fmt.Sprintf("%s/%d", pt.Proto, pt.Num))
+	}
+	fmt.Fprintf(tw, "  protected ports\t%s\n", strings.Join(ports, ", "))
+	for _, m := range e.Management {
+		fmt.Fprintf(tw, "  management\t%s\tports %s\n", m.Prefix, joinPorts(m.Ports))
+	}
+	if e.ScanBlock.DistinctPorts > 0 {
+		fmt.Fprintf(tw, "  scan block\t%d closed ports in %s\tblocked for %s\n", e.ScanBlock.DistinctPorts, e.ScanBlock.Window, e.ScanBlock.BlockFor)
+	} else {
+		fmt.Fprintln(tw, "  scan block\toff")
+	}
+	if r := e.NewConnRate; r.PerSecond > 0 {
+		fmt.Fprintf(tw, "  new connections\t%d/s per source, burst %d\n", r.PerSecond, r.Burst)
+	} else {
+		fmt.Fprintln(tw, "  new connections\tno rate limit")
+	}
+	if e.MaxConnsPerSource > 0 {
+		fmt.Fprintf(tw, "  concurrent\t%d per source\n", e.MaxConnsPerSource)
+	}
+
+	fmt.Fprintln(tw, "\nAdmitted sources")
+	v4, v6 := splitFamilies(static)
+	fmt.Fprintf(tw, "  static_ranges\t%d IPv4, %d IPv6 prefixes after aggregation\t%s\n", len(v4), len(v6), abbreviate(static, 4))
+	for _, f := range cfg.Feeds {
+		fmt.Fprintf(tw, "  feed %s\t%s, %d of %d signatures\t%s\n", f.Name, f.Format, f.Threshold, len(f.MinisignKeys), f.Source)
+	}
+	if len(static) == 0 && len(cfg.Feeds) == 0 {
+		fmt.Fprintln(tw, "  (none: every source is refused on the protected ports)")
+	}
+
+	fmt.Fprintln(tw, "\nTenants")
+	for _, t := range p.Tenants {
+		fmt.Fprintf(tw, "  %s\tCA %s\t%s\n", t.ID, t.ClientCA, describeIdentities(t))
+		if t.CRL != "" {
+			fmt.Fprintf(tw, "  \tCRL %s\n", t.CRL)
+		}
+	}
+
+	fmt.Fprintln(tw, "\nListeners")
+	for _, l := range p.Listeners {
+		start := ""
+		if l.StartTLS {
+			start = ", START_TLS"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s%s\n", l.Name, l.ListenAddress(), l.Protocol, start)
+		for _, r := range l.Routes {
+			match := r.Tenant
+			if r.Host != "" {
+				match += " host " + r.Host
+			}
+			if r.Path != "" {
+				match += " path " + r.Path
+			}
+			fmt.Fprintf(tw, "    → %s\t%s\t%s\n", match, r.Backend, routeExtras(r))
+		}
+	}
+	return tw.Flush()
+}
+
+func modeText(m policy.Mode) string {
+	if m == policy.ModeStrict {
+		return "(new inbound flows dropped except listeners and management)"
+	}
+	return "(only the listeners' ports are policed)"
+}
+
+// describeIdentities says which certificates of the tenant's CA count.
+func describeIdentities(t policy.Tenant) string {
+	id := t.Identities
+	if id.Empty() {
+		return "any certificate issued by this CA (no identities narrow it)"
+	}
+	var parts []string
+	add := func(what string, list []string) {
+		if len(list) > 0 {
+			parts = append(parts, what+" "+strings.Join(list, "|"))
+		}
+	}
+	add("URI SAN", id.URISAN)
+	add("DNS SAN", id.DNSSAN)
+	add("CN", id.CommonName)
+	add("OU", id.OrganizationalUnit)
+	if n := len(id.FingerprintSHA256); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d pinned certificate(s)", n))
+	}
+	if n := len(id.SPKISHA256); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d pinned key(s)", n))
+	}
+	return "only " + strings.Join(parts, "; ")
+}
+
+func routeExtras(r policy.Route) string {
+	var parts []string
+	if len(r.SOAPActions) > 0 {
+		parts = append(parts, "actions "+strings.Join(r.SOAPActions, " "))
+	}
+	if r.AllowWSDL {
+		parts = append(parts, "WSDL allowed")
+	}
+	if len(r.LUNames) > 0 {
+		parts = append(parts, "LU "+strings.Join(r.LUNames, " "))
+	}
+	if r.ForceLU != "" {
+		parts = append(parts, "forced LU "+r.ForceLU)
+	}
+	if len(r.DevNames) > 0 {
+		parts = append(parts, "DEVNAME "+strings.Join(r.DevNames, " "))
+	}
+	if len(r.TerminalTypes) > 0 {
+		parts = append(parts, "terminals "+strings.Join(r.TerminalTypes, " "))
+	}
+	if r.BackendCA != "" || r.BackendTLS {
+		parts = append(parts, "backend TLS verified")
+	}
+	return strings.Join(parts, "; ")
+}
+
+func joinPorts(ports []uint16) string {
+	s := make([]string, len(ports))
+	for i, p := range ports {
+		s[i] = fmt.Sprint(p)
+	}
+	return strings.Join(s, ",")
+}
+
+func splitFamilies(list []netip.Prefix) (v4, v6 []netip.Prefix) {
+	for _, p := range list {
+		if p.Addr().Is4() {
+			v4 = append(v4, p)
+		} else {
+			v6 = append(v6, p)
+		}
+	}
+	return v4, v6
+}
+
+func abbreviate(list []netip.Prefix, n int) string {
+	var s []string
+	for i, p := range list {
+		if i == n {
+			s = append(s, fmt.Sprintf("… %d more", len(list)-n))
+			break
+		}
+		s = append(s, p.String())
+	}
+	return strings.Join(s, " ")
+}

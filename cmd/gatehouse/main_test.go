@@ -1,0 +1,92 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/gatehouse-dmz/gatehouse/internal/config"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("output differs from %s (go test -update rewrites it):\n--- got\n%s\n--- want\n%s", path, got, want)
+	}
+}
+
+func runCLI(args ...string) (stdout, stderr string, err error) {
+	var out, errb bytes.Buffer
+	err = run(context.Background(), args, &out, &errb)
+	return out.String(), errb.String(), err
+}
+
+func TestCheckGood(t *testing.T) {
+	out, _, err := runCLI("check", "-c", "testdata/check/good.yaml")
+	if err != nil {
+		t.Fatalf("check of a good file failed: %v", err)
+	}
+	golden(t, "check-good.golden", []byte(out))
+}
+
+func TestCheckBad(t *testing.T) {
+	_, _, err := runCLI("check", "-c", "testdata/check/bad.yaml")
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != 1 {
+		t.Fatalf("check of a bad file: want exit 1, got %v", err)
+	}
+	golden(t, "check-bad.golden", []byte(ee.msg+"\n"))
+}
+
+func TestCheckMissingFile(t *testing.T) {
+	_, _, err := runCLI("check", "-c", "testdata/check/nope.yaml")
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(ee.msg, "no such file") {
+		t.Fatalf("want exit 1 naming the missing file, got %v", err)
+	}
+}
+
+func TestPrintDefault(t *testing.T) {
+	out, _, err := runCLI("check", "--print-default")
+	if err != nil || out != string(config.Default) {
+		t.Fatalf("--print-default: %v", err)
+	}
+}
+
+func TestBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"check", "--no-such-flag"},
+		{"run", "--log-format", "xml", "-c", "testdata/check/good.yaml"},
+		{"run", "--log-level", "loud", "-c", "testdata/check/good.yaml"},
+		{"version", "extra"},
+		{"frobnicate"},
+	} {
+		if _, _, err := runCLI(args...); err == nil {
+			t.Errorf("%v: accepted", args)
+		}
+	}
+}
+
+func TestVersion(t *testing.T) {
+	out, _, err := runCLI("version")
+	if err != nil || !strings.HasPrefix(out, "gatehouse ") {
+		t.Fatalf("version: %q %v", out, err)
+	}
+}

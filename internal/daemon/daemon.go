@@ -1,0 +1,299 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/gatehouse-dmz/gatehouse/internal/config"
+	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/rules"
+)
+
+// Component is one part of the daemon that enforces a policy generation.
+// Apply must be atomic: on error, the previous generation stays in force.
+type Component interface {
+	Name() string
+	Apply(p *policy.Policy) error
+	Close() error
+}
+
+// Runner is a component with a background loop (reconcile, file watch).
+// Run returns nil when ctx is cancelled.
+type Runner interface {
+	Run(ctx context.Context) error
+}
+
+// Drainer is a component that lets open sessions finish on shutdown.
+type Drainer interface {
+	Shutdown(ctx context.Context) error
+}
+
+// Builder creates the daemon's components for a first configuration. It is
+// called once; later generations go through Apply.
+type Builder func(env *Env) ([]Component, error)
+
+// Env is what a Builder gets: the first configuration and compiled policy,
+// a logger, and the registry to put collectors in.
+type Env struct {
+	Config   *config.Config
+	Policy   *policy.Policy
+	Logger   *slog.Logger
+	Registry *prometheus.Registry
+}
+
+// Options configure a Daemon.
+type Options struct {
+	ConfigPath string
+	Logger     *slog.Logger
+	// LookupEnv reads GATEHOUSE_… overrides; nil means the process environment.
+	LookupEnv func(string) (string, bool)
+	// Build creates the components; nil means the real ones (BuildComponents).
+	Build Builder
+	// Signals, when true, makes Run reload on SIGHUP.
+	Signals bool
+}
+
+// Daemon is the running gatehouse: one policy generation in force at a time.
+type Daemon struct {
+	opts       Options
+	log        *slog.Logger
+	reg        *prometheus.Registry
+	m          *metrics
+	components []Component
+
+	mu      sync.Mutex // serialises Reload
+	current atomic.Pointer[policy.Policy]
+	cfg     atomic.Pointer[config.Config]
+	ready   atomic.Bool
+	gen     uint64
+}
+
+// New loads the configuration and compiles the first policy. It starts
+// nothing: Run does.
+func New(opts Options) (*Daemon, error) {
+	if opts.Logger == nil {
+		return nil, errors.New("daemon: a logger is required")
+	}
+	if opts.Build == nil {
+		opts.Build = BuildComponents
+	}
+	d := &Daemon{opts: opts, log: opts.Logger.With("component", "daemon"), reg: prometheus.NewRegistry()}
+	d.m = newMetrics(d.reg)
+	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cfg, p, err := d.compile()
+	if err != nil {
+		return nil, err
+	}
+	d.cfg.Store(cfg)
+	comps, err := opts.Build(&Env{Config: cfg, Policy: p, Logger: opts.Logger, Registry: d.reg})
+	if err != nil {
+		return nil, fmt.Errorf("build components: %w", err)
+	}
+	d.components = comps
+	d.current.Store(p)
+	return d, nil
+}
+
+// Registry is the daemon's own Prometheus registry.
+func (d *Daemon) Registry() *prometheus.Registry { return d.reg }
+
+// Policy is the generation in force (nil before the first Apply).
+func (d *Daemon) Policy() *policy.Policy {
+	if !d.ready.Load() {
+		return nil
+	}
+	return d.current.Load()
+}
+
+// compile loads the configuration and builds a complete, validated policy.
+func (d *Daemon) compile() (*config.Config, *policy.Policy, error) {
+	cfg, err := config.Load(d.opts.ConfigPath, d.opts.LookupEnv)
+	if err != nil {
+		return nil, nil, err
+	}
+	p := cfg.Policy()
+	adm, err := rules.Union(map[string][]netip.Prefix{"static": cfg.StaticPrefixes()})
+	if err != nil {
+		return nil, nil, fmt.Errorf("admitted ranges: %w", err)
+	}
+	p.Admitted = adm
+	d.gen++
+	p.Generation = d.gen
+	if err := p.Validate(); err != nil {
+		return nil, nil, fmt.Errorf("compiled policy: %w", err)
+	}
+	return cfg, p, nil
+}
+
+// apply hands p to every component in order. When one fails, those already
+// updated are given prev again, so all of them keep one generation.
+func (d *Daemon) apply(p, prev *policy.Policy) error {
+	for i, c := range d.components {
+		start := time.Now()
+		err := c.Apply(p)
+		d.m.applySeconds.WithLabelValues(c.Name()).Observe(time.Since(start).Seconds())
+		if err == nil {
+			continue
+		}
+		err = fmt.Errorf("apply generation %d to %s: %w", p.Generation, c.Name(), err)
+		if prev == nil {
+			return err
+		}
+		for _, done := range d.components[:i] {
+			if rerr := done.Apply(prev); rerr != nil {
+				d.log.Error("restoring previous generation failed", "layer", done.Name(), "generation", prev.Generation, "err", rerr)
+				err = errors.Join(err, fmt.Errorf("restore %s: %w", done.Name(), rerr))
+			}
+		}
+		return err
+	}
+	d.current.Store(p)
+	d.m.observePolicy(p)
+	return nil
+}
+
+// Reload rebuilds the whole configuration and policy and swaps them in. On
+// any error the generation in force stays, and the error says why.
+func (d *Daemon) Reload() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cfg, p, err := d.compile()
+	if err == nil {
+		err = d.apply(p, d.current.Load())
+	}
+	if err != nil {
+		d.m.reloads.WithLabelValues("error").Inc()
+		d.log.Error("reload refused; previous configuration stays in force", "generation", d.current.Load().Generation, "err", err)
+		return err
+	}
+	d.cfg.Store(cfg)
+	d.m.reloads.WithLabelValues("ok").Inc()
+	d.log.Info("configuration reloaded", "generation", p.Generation,
+		"admitted_v4", len(p.Admitted.V4), "admitted_v6", len(p.Admitted.V6))
+	return nil
+}
+
+// Run applies the first policy, serves metrics, runs every component's loop
+// and returns when ctx is cancelled (nil) or something fails. On the way out
+// it drains the proxies for shutdown_grace and closes every component; the
+// kernel layers stay in force.
+func (d *Daemon) Run(ctx context.Context) (err error) {
+	defer func() { err = errors.Join(err, d.close()) }()
+	cfg := d.cfg.Load()
+	ln, err := net.Listen("tcp", cfg.Metrics.Listen)
+	if err != nil {
+		return fmt.Errorf("metrics listener: %w", err)
+	}
+	srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 5 * time.Second}
+
+	if err := d.apply(d.current.Load(), nil); err != nil {
+		ln.Close()
+		return err
+	}
+	d.ready.Store(true)
+	p := d.current.Load()
+	d.log.Info("policy in force", "generation", p.Generation, "listeners", len(p.Listeners),
+		"tenants", len(p.Tenants), "admitted_v4", len(p.Admitted.V4), "admitted_v6", len(p.Admitted.V6))
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("metrics server: %w", err)
+		}
+		return nil
+	})
+	for _, c := range d.components {
+		if r, ok := c.(Runner); ok {
+			g.Go(func() error {
+				if err := r.Run(gctx); err != nil && !errors.Is(err, context.Canceled) {
+					return fmt.Errorf("%s: %w", c.Name(), err)
+				}
+				return nil
+			})
+		}
+	}
+	if d.opts.Signals {
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		g.Go(func() error {
+			defer signal.Stop(hup)
+			for {
+				select {
+				case <-gctx.Done():
+					return nil
+				case <-hup:
+					d.log.Info("SIGHUP: reloading", "config", d.opts.ConfigPath)
+					_ = d.Reload() // logged and counted; the old state stays
+				}
+			}
+		})
+	}
+	g.Go(func() error {
+		<-gctx.Done()
+		d.ready.Store(false)
+		grace := d.cfg.Load().ShutdownGrace
+		d.log.Info("stopping: draining sessions", "grace", grace)
+		dctx, cancel := context.WithTimeout(context.Background(), grace)
+		defer cancel()
+		var errs []error
+		for _, c := range d.components {
+			if dr, ok := c.(Drainer); ok {
+				if err := dr.Shutdown(dctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+					errs = append(errs, fmt.Errorf("drain %s: %w", c.Name(), err))
+				}
+			}
+		}
+		sctx, scancel := context.WithTimeout(context.Background(), time.Second)
+		defer scancel()
+		errs = append(errs, srv.Shutdown(sctx))
+		return errors.Join(errs...)
+	})
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+func (d *Daemon) close() error {
+	var errs []error
+	for i := len(d.components) - 1; i >= 0; i-- {
+		if err := d.components[i].Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close %s: %w", d.components[i].Name(), err))
+		}
+	}
+	d.components = nil
+	return errors.Join(errs...)
+}
+
+func (d *Daemon) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Registry: d.reg, ErrorHandling: promhttp.ContinueOnError}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if p := d.Policy(); p != nil {
+			fmt.Fprintf(w, "ready: generation %d\n", p.Generation)
+			return
+		}
+		http.Error(w, "not ready: no policy applied yet", http.StatusServiceUnavailable)
+	})
+	return mux
+}

@@ -1,0 +1,238 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+// recorder is a component that remembers every generation it was given and
+// refuses the ones it is told to.
+type recorder struct {
+	name   string
+	mu     sync.Mutex
+	seen   []uint64
+	refuse func(*policy.Policy) bool
+	closed bool
+}
+
+func (r *recorder) Name() string { return r.name }
+func (r *recorder) Apply(p *policy.Policy) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.refuse != nil && r.refuse(p) {
+		return fmt.Errorf("%s refuses generation %d", r.name, p.Generation)
+	}
+	r.seen = append(r.seen, p.Generation)
+	return nil
+}
+func (r *recorder) Close() error { r.closed = true; return nil }
+func (r *recorder) last() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.seen) == 0 {
+		return 0
+	}
+	return r.seen[len(r.seen)-1]
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// writeConfig writes a minimal valid configuration and returns its path.
+func writeConfig(t *testing.T, dir, metrics, static string) string {
+	t.Helper()
+	for _, f := range []string{"ca.pem", "server.pem", "server.key"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := fmt.Sprintf(`
+enforcement: {xdp: "off", nftables: false}
+state_dir: %[1]s
+metrics: {listen: "%[2]s"}
+shutdown_grace: 1s
+static_ranges: [%[3]s]
+tenants: [{id: acme, client_ca: %[1]s/ca.pem}]
+listeners:
+  - {name: web, listen: "127.0.0.1:1443", protocol: https, server_cert: %[1]s/server.pem, server_key: %[1]s/server.key,
+     routes: [{tenant: acme, backend: "http://127.0.0.1:1"}]}
+`, dir, metrics, static)
+	path := filepath.Join(dir, "gatehouse.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func start(t *testing.T, comps ...Component) (*Daemon, string, string, func() error) {
+	t.Helper()
+	dir := t.TempDir()
+	metrics := freePort(t)
+	path := writeConfig(t, dir, metrics, "203.0.113.0/24")
+	d, err := New(Options{ConfigPath: path, Logger: quietLogger(), Build: func(*Env) ([]Component, error) { return comps, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	waitReady(t, metrics)
+	return d, dir, metrics, func() error {
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(10 * time.Second):
+			return errors.New("daemon did not stop")
+		}
+	}
+}
+
+func waitReady(t *testing.T, metrics string) {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		resp, err := http.Get("http://" + metrics + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("daemon never became ready")
+}
+
+func TestReloadBadConfigKeepsOldState(t *testing.T) {
+	a := &recorder{name: "a"}
+	d, dir, metrics, stop := start(t, a)
+	if a.last() != 1 {
+		t.Fatalf("first generation not applied: %v", a.seen)
+	}
+	// A good reload moves every component to generation 2.
+	writeConfig(t, dir, metrics, "198.51.100.0/24")
+	if err := d.Reload(); err != nil {
+		t.Fatalf("good reload: %v", err)
+	}
+	if a.last() != 2 || !d.Policy().Admitted.Contains(mustAddr("198.51.100.9")) {
+		t.Fatalf("good reload not in force: seen %v", a.seen)
+	}
+	// A broken file is refused: nothing reaches the components.
+	if err := os.WriteFile(filepath.Join(dir, "gatehouse.yaml"), []byte("tenants: [\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Reload(); err == nil {
+		t.Fatal("broken config reloaded")
+	}
+	if a.last() != 2 || d.Policy().Generation != 2 {
+		t.Errorf("broken reload changed state: seen %v, generation %d", a.seen, d.Policy().Generation)
+	}
+	if got := testutil.ToFloat64(d.m.reloads.WithLabelValues("error")); got != 1 {
+		t.Errorf("config_reloads_total{result=error} = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(d.m.reloads.WithLabelValues("ok")); got != 1 {
+		t.Errorf("config_reloads_total{result=ok} = %v, want 1", got)
+	}
+	// Still serving.
+	resp, err := http.Get("http://" + metrics + "/readyz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Errorf("not ready after refused reload: %v", err)
+	}
+	if err := stop(); err != nil {
+		t.Errorf("Run returned %v after cancel, want nil", err)
+	}
+	if !a.closed {
+		t.Error("component not closed on stop")
+	}
+}
+
+func TestReloadRollsBackEarlierLayers(t *testing.T) {
+	a := &recorder{name: "a"}
+	b := &recorder{name: "b", refuse: func(p *policy.Policy) bool { return p.Admitted.Contains(mustAddr("192.0.2.1")) }}
+	d, dir, metrics, stop := start(t, a, b)
+	defer stop()
+	writeConfig(t, dir, metrics, "192.0.2.0/24")
+	err := d.Reload()
+	if err == nil || !strings.Contains(err.Error(), "to b") {
+		t.Fatalf("reload refused by b should fail naming b, got %v", err)
+	}
+	// a took generation 2, then was given generation 1 back.
+	if got := a.seen; len(got) != 3 || got[1] != 2 || got[2] != 1 {
+		t.Errorf("a saw %v, want [1 2 1]", got)
+	}
+	if b.last() != 1 || d.Policy().Generation != 1 {
+		t.Errorf("b at %d, daemon at %d; want 1", b.last(), d.Policy().Generation)
+	}
+}
+
+func TestFirstApplyFailureIsFatal(t *testing.T) {
+	dir := t.TempDir()
+	path := writeConfig(t, dir, freePort(t), "203.0.113.0/24")
+	bad := &recorder{name: "xdp", refuse: func(*policy.Policy) bool { return true }}
+	d, err := New(Options{ConfigPath: path, Logger: quietLogger(), Build: func(*Env) ([]Component, error) { return []Component{bad}, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "xdp refuses") {
+		t.Fatalf("Run = %v, want the refusal", err)
+	}
+	if d.Policy() != nil {
+		t.Error("a policy is reported in force although none was applied")
+	}
+}
+
+func TestMetricsExposition(t *testing.T) {
+	_, _, metrics, stop := start(t, &recorder{name: "a"})
+	defer stop()
+	resp, err := http.Get("http://" + metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`gatehouse_admitted_prefixes{family="ipv4",feed="static"} 1`,
+		`gatehouse_config_reloads_total{result="error"} 0`,
+		`gatehouse_policy_apply_seconds_count{layer="a"} 1`,
+		"go_goroutines", "process_open_fds",
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("exposition lacks %q", want)
+		}
+	}
+	problems, err := promlint.New(strings.NewReader(string(body))).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+}
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }

@@ -1,0 +1,7 @@
+// Package daemon is gatehouse's composition root: it builds every component
+// from the configuration, applies one policy generation to all of them, runs
+// their loops under one errgroup, reloads as build → validate → swap (rolling
+// back the layers already updated when a later one refuses), serves the
+// metrics endpoint, and drains on shutdown. No other package wires
+// components together.
+package daemon
