@@ -15,12 +15,19 @@ DEB_PACKAGES := \
 # Test timeout for the whole suite; CI allows 90 minutes, we aim for 15.
 TEST_TIMEOUT ?= 20m
 
-.PHONY: all build deps test test-unit generate generate-check lint bench clean
+CONFIG ?= /etc/gatehouse/gatehouse.yaml
+
+.PHONY: all build run deps test test-unit generate generate-check lint bench clean
 
 all: build
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/gatehouse
+
+# run is the main job: set up, build, and run the daemon on $(CONFIG).
+run: deps build
+	$(BIN) check -c $(CONFIG)
+	exec $(BIN) run -c $(CONFIG)
 
 # deps is idempotent: it installs only what is missing and says so.
 deps:
