@@ -1,0 +1,394 @@
+package nft
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"github.com/mdlayher/netlink/nltest"
+	"golang.org/x/sys/unix"
+)
+
+// Config configures an Enforcer.
+type Config struct {
+	Logger *slog.Logger
+	// NetNS is an open file descriptor of the network namespace to work in;
+	// 0 means the current one. The caller keeps it open and closes it.
+	NetNS int
+	// ReconcileInterval is how often Run checks the table for drift.
+	// Zero means DefaultReconcileInterval.
+	ReconcileInterval time.Duration
+	// BlockPollInterval is how often Run reads the blocked sets for new
+	// scanners. Zero means DefaultBlockPollInterval.
+	BlockPollInterval time.Duration
+	// OnBlock, if set, is called once for every source the scan rule has
+	// newly put into a blocked set, with the time it stays blocked; it
+	// pushes the source into the XDP blocklist. An error is logged and the
+	// call repeated at the next poll.
+	OnBlock func(addr netip.Addr, d time.Duration) error
+}
+
+// Defaults for Config.
+const (
+	DefaultReconcileInterval = 10 * time.Second
+	DefaultBlockPollInterval = time.Second
+)
+
+// Errors.
+var (
+	ErrClosed     = errors.New("nft enforcer closed")
+	ErrNoPolicy   = errors.New("no policy applied yet")
+	ErrBadNetNS   = errors.New("netns must be 0 or an open file descriptor")
+	errTableFound = errors.New("table found")
+)
+
+// Buffers of the netlink socket. A generation with 100k ranges is one
+// batch of several megabytes, and a batch has to be one sendmsg; the
+// *FORCE options pass net.core.wmem_max, which the daemon may (it runs with
+// CAP_NET_ADMIN to use nftables at all).
+const (
+	sendBuffer = 64 << 20
+	recvBuffer = 8 << 20
+	ioTimeout  = 30 * time.Second
+)
+
+// Enforcer owns the table inet gatehouse in one network namespace.
+type Enforcer struct {
+	log     *slog.Logger
+	netns   int
+	every   time.Duration
+	pollGap time.Duration
+	onBlock func(netip.Addr, time.Duration) error
+
+	// testDial, when set, replaces the kernel with a fake (unit tests).
+	testDial nltest.Func
+
+	mu      sync.Mutex // serialises Apply, reconcile and the block poll
+	closed  bool
+	cur     *spec    // what the kernel holds, nil before the first Apply
+	curRS   *ruleset // the objects cur was built into
+	lastGen uint32   // ruleset generation seen at the last clean check
+	blocked map[netip.Addr]time.Time
+
+	metrics *metrics
+}
+
+// New validates cfg and returns an Enforcer. It does not touch the kernel:
+// the first Apply adopts (replaces) an existing table.
+func New(cfg Config) (*Enforcer, error) {
+	if cfg.NetNS < 0 {
+		return nil, ErrBadNetNS
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	e := &Enforcer{
+		log:     logger.With("component", "nft"),
+		netns:   cfg.NetNS,
+		every:   cfg.ReconcileInterval,
+		pollGap: cfg.BlockPollInterval,
+		onBlock: cfg.OnBlock,
+		blocked: map[netip.Addr]time.Time{},
+		metrics: newMetrics(),
+	}
+	if e.every <= 0 {
+		e.every = DefaultReconcileInterval
+	}
+	if e.pollGap <= 0 {
+		e.pollGap = DefaultBlockPollInterval
+	}
+	e.metrics.e = e
+	return e, nil
+}
+
+// conn returns a netlink connection for one operation. Every operation
+// dials afresh, so the socket options below apply to each batch.
+func (e *Enforcer) conn() (*nftables.Conn, error) {
+	return newConn(e.netns, e.testDial)
+}
+
+func newConn(netns int, testDial nltest.Func) (*nftables.Conn, error) {
+	opts := []nftables.ConnOption{nftables.WithNetNSFd(netns)}
+	if testDial != nil {
+		opts = append(opts, nftables.WithTestDial(testDial))
+	} else {
+		opts = append(opts, nftables.WithSockOptions(socketOptions))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nftables connection: %w", err)
+	}
+	return c, nil
+}
+
+func socketOptions(c *netlink.Conn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = raw.Control(func(fd uintptr) {
+		serr = errors.Join(
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBuffer),
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, recvBuffer),
+		)
+	})
+	if err = errors.Join(err, serr); err != nil {
+		return fmt.Errorf("netlink socket buffers: %w", err)
+	}
+	// An error echoes the whole failed message; with 60 kB element chunks
+	// that would fill the receive buffer. Keep acks small, errors explained.
+	if err := c.SetOption(netlink.CapAcknowledge, true); err != nil {
+		return err
+	}
+	if err := c.SetOption(netlink.ExtendedAcknowledge, true); err != nil {
+		return err
+	}
+	return c.SetDeadline(time.Now().Add(ioTimeout))
+}
+
+// Apply installs one policy generation in one netlink batch: all or nothing.
+// The first generation, a change of rule shape (mode, rates, scan settings)
+// or a repair replaces the whole table in the batch; later generations that
+// only change set contents are sent as element additions and deletions
+// computed from the generation in memory. On error the kernel keeps the
+// previous generation.
+func (e *Enforcer) Apply(p *policy.Policy) error {
+	next, err := newSpec(p)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return ErrClosed
+	}
+	if e.cur != nil && e.cur.sameShape(next) {
+		err = e.applyDiff(next)
+	} else {
+		err = e.applyFull(next)
+	}
+	if err != nil {
+		return fmt.Errorf("apply generation %d: %w", p.Generation, err)
+	}
+	d := time.Since(start)
+	e.metrics.applySeconds.Set(d.Seconds())
+	e.log.Info("policy applied", "generation", p.Generation, "duration", d,
+		"admitted_v4", len(next.adm4), "admitted_v6", len(next.adm6), "strict", next.strict)
+	return nil
+}
+
+// applyFull replaces the table in one batch: create it if absent, delete it,
+// create it with everything. Sources still blocked in the old table are
+// carried over with their remaining time, and counter values are folded into
+// the exported totals so they stay monotonic.
+func (e *Enforcer) applyFull(next *spec) error {
+	c, err := e.conn()
+	if err != nil {
+		return err
+	}
+	carried := e.readBlocked(c)
+	e.metrics.foldCounters(c)
+	rs := next.build()
+	t := rs.table
+	c.AddTable(t)
+	c.DelTable(t)
+	if err := queueRuleset(c, rs, carried); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("replace table: %w", err)
+	}
+	e.cur, e.curRS, e.lastGen = next, rs, 0
+	return nil
+}
+
+// queueRuleset queues the creation of every object of rs on c.
+func queueRuleset(c *nftables.Conn, rs *ruleset, carried map[bool][]nftables.SetElement) error {
+	c.AddTable(rs.table)
+	for _, name := range rs.counters {
+		c.AddObj(&nftables.CounterObj{Table: rs.table, Name: name})
+	}
+	for _, s := range rs.sets {
+		if err := c.AddSet(s, nil); err != nil {
+			return fmt.Errorf("set %s: %w", s.Name, err)
+		}
+		if err := addChunked(c, s, rs.elems[s.Name]); err != nil {
+			return err
+		}
+	}
+	for _, v6 := range []bool{false, true} {
+		if len(carried[v6]) == 0 {
+			continue
+		}
+		s := setByName(rs, setName(setBlocked, v6))
+		if err := addChunked(c, s, carried[v6]); err != nil {
+			return err
+		}
+	}
+	for _, a := range rs.anon {
+		if err := c.AddSet(a.set, a.elems); err != nil {
+			return fmt.Errorf("anonymous set: %w", err)
+		}
+	}
+	c.AddChain(rs.chain)
+	for _, r := range rs.rules {
+		c.AddRule(r)
+	}
+	return nil
+}
+
+func setByName(rs *ruleset, name string) *nftables.Set {
+	for _, s := range rs.sets {
+		if s.Name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+func addChunked(c *nftables.Conn, s *nftables.Set, elems []nftables.SetElement) error {
+	for _, chunk := range chunkElements(elems) {
+		if err := c.SetAddElements(s, chunk); err != nil {
+			return fmt.Errorf("set %s: %w", s.Name, err)
+		}
+	}
+	return nil
+}
+
+func delChunked(c *nftables.Conn, s *nftables.Set, elems []nftables.SetElement) error {
+	for _, chunk := range chunkElements(elems) {
+		if err := c.SetDeleteElements(s, chunk); err != nil {
+			return fmt.Errorf("set %s: %w", s.Name, err)
+		}
+	}
+	return nil
+}
+
+// applyDiff sends only what changed: admitted ranges as element deletions
+// then additions, the small port and management sets flushed and refilled.
+func (e *Enforcer) applyDiff(next *spec) error {
+	c, err := e.conn()
+	if err != nil {
+		return err
+	}
+	rs := next.build()
+	changed := false
+	for _, v6 := range []bool{false, true} {
+		_, oldAdm := e.cur.family(v6)
+		_, newAdm := next.family(v6)
+		del, add := diffRanges(oldAdm, newAdm)
+		s := setByName(rs, setName(setAdmitted, v6))
+		if err := delChunked(c, s, intervalElements(del)); err != nil {
+			return err
+		}
+		if err := addChunked(c, s, intervalElements(add)); err != nil {
+			return err
+		}
+		changed = changed || len(del)+len(add) > 0
+	}
+	for _, v6 := range []bool{false, true} {
+		oldM, _ := e.cur.family(v6)
+		newM, _ := next.family(v6)
+		if slices.Equal(oldM, newM) {
+			continue
+		}
+		s := setByName(rs, setName(setManagement, v6))
+		c.FlushSet(s)
+		if err := addChunked(c, s, mgmtElements(newM)); err != nil {
+			return err
+		}
+		changed = true
+	}
+	if !slices.Equal(e.cur.ports, next.ports) {
+		s := setByName(rs, setPorts)
+		c.FlushSet(s)
+		if err := addChunked(c, s, portElements(next.ports)); err != nil {
+			return err
+		}
+		changed = true
+	}
+	if changed {
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("update sets: %w", err)
+		}
+	}
+	e.cur, e.curRS = next, rs
+	return nil
+}
+
+// readBlocked reads the blocked sets of an existing table, to carry their
+// sources over a table replacement. A missing table gives nothing.
+func (e *Enforcer) readBlocked(c *nftables.Conn) map[bool][]nftables.SetElement {
+	out := map[bool][]nftables.SetElement{}
+	for _, v6 := range []bool{false, true} {
+		elems, err := c.GetSetElements(&nftables.Set{Table: ourTable(), Name: setName(setBlocked, v6)})
+		if err != nil {
+			continue
+		}
+		for _, el := range elems {
+			if el.Expires <= 0 {
+				continue
+			}
+			out[v6] = append(out[v6], nftables.SetElement{Key: el.Key, Timeout: el.Expires})
+		}
+	}
+	return out
+}
+
+// Close stops the Enforcer from applying further generations. The table
+// stays in force: only Teardown removes it.
+func (e *Enforcer) Close() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.closed = true
+	return nil
+}
+
+// Teardown deletes the table inet gatehouse in the namespace netnsFd
+// (0: the current one). It is a no-op when the table does not exist, and it
+// touches no other table.
+func Teardown(netnsFd int) error {
+	return teardown(netnsFd, nil)
+}
+
+func teardown(netnsFd int, testDial nltest.Func) error {
+	c, err := newConn(netnsFd, testDial)
+	if err != nil {
+		return err
+	}
+	found, err := tableExists(c)
+	if err != nil {
+		return fmt.Errorf("teardown: %w", err)
+	}
+	if !found {
+		return nil
+	}
+	c.DelTable(ourTable())
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("teardown: delete table: %w", err)
+	}
+	return nil
+}
+
+func tableExists(c *nftables.Conn) (bool, error) {
+	ts, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, fmt.Errorf("list tables: %w", err)
+	}
+	for _, t := range ts {
+		if t.Name == TableName {
+			return true, nil
+		}
+	}
+	return false, nil
+}

@@ -1,0 +1,174 @@
+package nft
+
+import (
+	"net/netip"
+	"slices"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/google/nftables"
+)
+
+// addrRange is an inclusive address range. The admitted sets hold ranges,
+// not prefixes: adjacent prefixes that do not merge into one prefix (a /24
+// followed by a /23) would otherwise give an end element and a start element
+// with the same key, and fewer elements load faster.
+type addrRange struct{ from, to netip.Addr }
+
+// toRanges turns sorted, disjoint prefixes into sorted ranges, joining
+// neighbours.
+func toRanges(prefixes []netip.Prefix) []addrRange {
+	out := make([]addrRange, 0, len(prefixes))
+	for _, p := range prefixes {
+		r := addrRange{p.Addr(), policy.LastAddr(p)}
+		if n := len(out); n > 0 && out[n-1].to.Next() == r.from {
+			out[n-1].to = r.to
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// diffRanges returns the ranges only in old (to delete) and only in next (to
+// add). Both inputs are sorted; a range that changed shape is deleted and
+// added again, which the kernel does inside the same transaction.
+func diffRanges(old, next []addrRange) (del, add []addrRange) {
+	i, j := 0, 0
+	for i < len(old) && j < len(next) {
+		switch c := compareRange(old[i], next[j]); {
+		case c == 0:
+			i++
+			j++
+		case c < 0:
+			del = append(del, old[i])
+			i++
+		default:
+			add = append(add, next[j])
+			j++
+		}
+	}
+	del = append(del, old[i:]...)
+	add = append(add, next[j:]...)
+	return del, add
+}
+
+func compareRange(a, b addrRange) int {
+	if c := a.from.Compare(b.from); c != 0 {
+		return c
+	}
+	return a.to.Compare(b.to)
+}
+
+// intervalElements encodes ranges for a non-concatenated interval set: a
+// start element at from and an end element at to+1. A range that reaches the
+// top of the address space has no end element, as nft itself does it.
+func intervalElements(rs []addrRange) []nftables.SetElement {
+	out := make([]nftables.SetElement, 0, 2*len(rs))
+	for _, r := range rs {
+		out = append(out, nftables.SetElement{Key: r.from.AsSlice()})
+		if end := r.to.Next(); end.IsValid() {
+			out = append(out, nftables.SetElement{Key: end.AsSlice(), IntervalEnd: true})
+		}
+	}
+	return out
+}
+
+// maxElemBytes bounds the encoded element list of one NEWSETELEM message:
+// the list is one netlink attribute, whose length field has 16 bits.
+const maxElemBytes = 60000
+
+// elementSize is the encoded size of one element as makeElemList in
+// google/nftables writes it: the element nest, the key nest with its value,
+// an optional key-end nest, and the flags attribute of an interval end.
+func elementSize(e nftables.SetElement) int {
+	n := 4 + 4 + 4 + align4(len(e.Key))
+	if len(e.KeyEnd) > 0 {
+		n += 4 + 4 + align4(len(e.KeyEnd))
+	}
+	if e.IntervalEnd {
+		n += 8
+	}
+	if e.Timeout != 0 {
+		n += 12
+	}
+	return n
+}
+
+func align4(n int) int { return (n + 3) &^ 3 }
+
+// chunkElements splits elements so that each chunk encodes below
+// maxElemBytes. An interval's start and end element stay in one chunk
+// (Kernel checks pairs only within a batch, but keeping them together makes
+// every message readable on its own.)
+func chunkElements(elems []nftables.SetElement) [][]nftables.SetElement {
+	var chunks [][]nftables.SetElement
+	start, size := 0, 0
+	for i, e := range elems {
+		s := elementSize(e)
+		if size+s > maxElemBytes && i > start && !e.IntervalEnd {
+			chunks = append(chunks, elems[start:i])
+			start, size = i, 0
+		}
+		size += s
+	}
+	if start < len(elems) {
+		chunks = append(chunks, elems[start:])
+	}
+	return chunks
+}
+
+// mgmtEntry is one element of a management set: a range of sources and one
+// TCP port, matched together (ip saddr . tcp dport), so a range reaches only
+// its own ports.
+type mgmtEntry struct {
+	r    addrRange
+	port uint16
+}
+
+func mgmtEntries(ms []policy.Management, want4 bool) []mgmtEntry {
+	var out []mgmtEntry
+	for _, m := range ms {
+		p := m.Prefix.Masked()
+		if p.Addr().Is4() != want4 {
+			continue
+		}
+		for _, port := range m.Ports {
+			out = append(out, mgmtEntry{addrRange{p.Addr(), policy.LastAddr(p)}, port})
+		}
+	}
+	slices.SortFunc(out, func(a, b mgmtEntry) int {
+		if c := compareRange(a.r, b.r); c != 0 {
+			return c
+		}
+		return int(a.port) - int(b.port)
+	})
+	return slices.Compact(out)
+}
+
+// concatKey is an address followed by a port padded to a 32-bit register,
+// the layout of an ipv4_addr . inet_service (or ipv6_addr . inet_service) key.
+func concatKey(a netip.Addr, port uint16) []byte {
+	b := a.AsSlice()
+	return append(b, byte(port>>8), byte(port), 0, 0)
+}
+
+// mgmtElements encodes management entries for a concatenated interval set,
+// where every element carries an inclusive key end.
+func mgmtElements(es []mgmtEntry) []nftables.SetElement {
+	out := make([]nftables.SetElement, 0, len(es))
+	for _, e := range es {
+		out = append(out, nftables.SetElement{
+			Key:    concatKey(e.r.from, e.port),
+			KeyEnd: concatKey(e.r.to, e.port),
+		})
+	}
+	return out
+}
+
+func portElements(ports []uint16) []nftables.SetElement {
+	out := make([]nftables.SetElement, 0, len(ports))
+	for _, p := range ports {
+		out = append(out, nftables.SetElement{Key: []byte{byte(p >> 8), byte(p)}})
+	}
+	return out
+}

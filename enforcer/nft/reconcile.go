@@ -1,0 +1,281 @@
+package nft
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Run repairs drift every reconcile interval and watches the blocked sets
+// until ctx ends. It returns nil when ctx is cancelled.
+func (e *Enforcer) Run(ctx context.Context) error {
+	recon := time.NewTicker(e.every)
+	defer recon.Stop()
+	poll := time.NewTicker(e.pollGap)
+	defer poll.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-recon.C:
+			if err := e.Reconcile(); err != nil && !errors.Is(err, ErrNoPolicy) {
+				e.log.Error("reconcile failed", "err", err)
+			}
+		case <-poll.C:
+			if err := e.PollBlocked(); err != nil && !errors.Is(err, ErrNoPolicy) {
+				e.log.Warn("reading blocked sets failed", "err", err)
+			}
+		}
+	}
+}
+
+// Reconcile checks the table once and rebuilds it when it was deleted or
+// edited. The check is cheap when nothing in the namespace's ruleset changed
+// (one generation read); otherwise it reads the table's chains, rules, set
+// headers, counters and the small sets, never the admitted sets. It reports
+// whether it repaired something through the drift counter.
+func (e *Enforcer) Reconcile() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return ErrClosed
+	}
+	if e.cur == nil {
+		return ErrNoPolicy
+	}
+	gen, err := e.generation()
+	if err != nil {
+		return err
+	}
+	if gen == e.lastGen && gen != 0 {
+		return nil
+	}
+	c, err := e.conn()
+	if err != nil {
+		return err
+	}
+	reason, err := e.drift(c)
+	if err != nil {
+		return err
+	}
+	if reason == "" {
+		e.lastGen = gen
+		return nil
+	}
+	e.metrics.drift.Inc()
+	e.log.Warn("table drifted, rebuilding", "reason", reason)
+	if err := e.applyFull(e.cur); err != nil {
+		return fmt.Errorf("repair: %w", err)
+	}
+	return nil
+}
+
+// drift compares the kernel's table with the last generation and returns
+// what differs, or "" when it matches.
+func (e *Enforcer) drift(c *nftables.Conn) (string, error) {
+	rs := e.curRS
+	found, err := tableExists(c)
+	if err != nil {
+		return "", err
+	}
+	if !found {
+		return "table missing", nil
+	}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return "", fmt.Errorf("list chains: %w", err)
+	}
+	var ours []*nftables.Chain
+	for _, ch := range chains {
+		if ch.Table != nil && ch.Table.Name == TableName {
+			ours = append(ours, ch)
+		}
+	}
+	if len(ours) != 1 || ours[0].Name != rs.chain.Name {
+		return fmt.Sprintf("chains changed (%d in table)", len(ours)), nil
+	}
+	ch := ours[0]
+	if ch.Hooknum == nil || *ch.Hooknum != *rs.chain.Hooknum || ch.Priority == nil ||
+		*ch.Priority != *rs.chain.Priority || ch.Policy == nil || *ch.Policy != *rs.chain.Policy {
+		return "chain input changed", nil
+	}
+	rules, err := c.GetRules(rs.table, rs.chain)
+	if err != nil {
+		return "", fmt.Errorf("list rules: %w", err)
+	}
+	if len(rules) != len(rs.tags) {
+		return fmt.Sprintf("%d rules, want %d", len(rules), len(rs.tags)), nil
+	}
+	for i, r := range rules {
+		if !bytes.Equal(userdata.Get(r.UserData, tagType), rs.tags[i]) {
+			return fmt.Sprintf("rule %d (handle %d) changed", i, r.Handle), nil
+		}
+	}
+	sets, err := c.GetSets(rs.table)
+	if err != nil {
+		return "", fmt.Errorf("list sets: %w", err)
+	}
+	var names []string
+	for _, s := range sets {
+		if !s.Anonymous {
+			names = append(names, s.Name)
+		}
+	}
+	var want []string
+	for _, s := range rs.sets {
+		want = append(want, s.Name)
+	}
+	slices.Sort(names)
+	slices.Sort(want)
+	if !slices.Equal(names, want) {
+		return fmt.Sprintf("sets %v, want %v", names, want), nil
+	}
+	objs, err := c.GetNamedObjects(rs.table)
+	if err != nil {
+		return "", fmt.Errorf("list counters: %w", err)
+	}
+	var counters []string
+	for _, o := range objs {
+		if no, ok := o.(*nftables.NamedObj); ok && no.Type == nftables.ObjTypeCounter {
+			counters = append(counters, no.Name)
+		}
+	}
+	slices.Sort(counters)
+	wantCounters := slices.Sorted(slices.Values(rs.counters))
+	if !slices.Equal(counters, wantCounters) {
+		return "counters changed", nil
+	}
+	for _, name := range []string{setPorts, setName(setManagement, false), setName(setManagement, true)} {
+		s := setByName(rs, name)
+		got, err := c.GetSetElements(s)
+		if err != nil {
+			return "", fmt.Errorf("read set %s: %w", name, err)
+		}
+		if !sameKeys(got, rs.elems[name]) {
+			return "elements of " + name + " changed", nil
+		}
+	}
+	return "", nil
+}
+
+// sameKeys compares element keys regardless of order.
+func sameKeys(got, want []nftables.SetElement) bool {
+	if len(got) != len(want) {
+		return false
+	}
+	key := func(el nftables.SetElement) string {
+		return string(el.Key) + "|" + string(el.KeyEnd) + fmt.Sprint(el.IntervalEnd)
+	}
+	g := make([]string, len(got))
+	w := make([]string, len(want))
+	for i := range got {
+		g[i], w[i] = key(got[i]), key(want[i])
+	}
+	slices.Sort(g)
+	slices.Sort(w)
+	return slices.Equal(g, w)
+}
+
+// generation reads the ruleset generation of the namespace; it changes with
+// every committed batch, ours or anyone's.
+func (e *Enforcer) generation() (uint32, error) {
+	if e.testDial != nil {
+		return 0, nil
+	}
+	nl, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: e.netns})
+	if err != nil {
+		return 0, fmt.Errorf("netlink dial: %w", err)
+	}
+	defer nl.Close()
+	if err := nl.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
+		return 0, err
+	}
+	msgs, err := nl.Execute(netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN),
+			Flags: netlink.Request,
+		},
+		Data: []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read generation: %w", err)
+	}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return 0, err
+		}
+		ad.ByteOrder = binary.BigEndian
+		for ad.Next() {
+			if ad.Type() == unix.NFTA_GEN_ID {
+				return ad.Uint32(), nil
+			}
+		}
+	}
+	return 0, errors.New("read generation: no generation in reply")
+}
+
+// PollBlocked reads the blocked sets, updates the blocked-sources gauge and
+// calls OnBlock for every source not seen blocked before.
+func (e *Enforcer) PollBlocked() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.cur == nil {
+		return ErrNoPolicy
+	}
+	c, err := e.conn()
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	seen := map[netip.Addr]bool{}
+	var errs []error
+	for _, v6 := range []bool{false, true} {
+		elems, err := c.GetSetElements(&nftables.Set{Table: ourTable(), Name: setName(setBlocked, v6)})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("read %s: %w", setName(setBlocked, v6), err))
+			continue
+		}
+		for _, el := range elems {
+			addr, ok := netip.AddrFromSlice(el.Key)
+			if !ok {
+				continue
+			}
+			seen[addr] = true
+			if until, known := e.blocked[addr]; known && now.Before(until) {
+				continue
+			}
+			left := el.Expires
+			if e.onBlock != nil {
+				if err := e.onBlock(addr, left); err != nil {
+					e.log.Error("pushing blocked source failed", "source", addr, "err", err)
+					continue
+				}
+			}
+			e.log.Warn("scanner blocked", "source", addr, "for", left)
+			e.blocked[addr] = now.Add(left)
+		}
+	}
+	if len(errs) == 0 {
+		for a := range e.blocked {
+			if !seen[a] {
+				delete(e.blocked, a)
+			}
+		}
+		e.metrics.blockedSources.Set(float64(len(seen)))
+	}
+	return errors.Join(errs...)
+}

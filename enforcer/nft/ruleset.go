@@ -1,0 +1,468 @@
+package nft
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+)
+
+// TableName is the one table this package owns, in family inet.
+const TableName = "gatehouse"
+
+// Rule names: the named counter of each rule, and the rule label of
+// gatehouse_nft_packets_total. The IPv4 and IPv6 twin of a rule share one.
+const (
+	ruleLoopback    = "loopback"
+	ruleBlocked     = "blocked"
+	ruleEstablished = "established"
+	ruleInvalid     = "invalid"
+	ruleICMP        = "icmp_allowed"
+	ruleNotAdmitted = "not_admitted"
+	ruleRateLimited = "rate_limited"
+	ruleConnLimited = "conn_limited"
+	ruleAdmitted    = "admitted"
+	ruleManagement  = "management"
+	ruleScan        = "scan_detected"
+	ruleStrictDrop  = "strict_drop"
+)
+
+// Defaults for knobs the policy may leave zero.
+const (
+	defaultBlockFor = 10 * time.Minute
+	rateIdle        = time.Minute // a rate bucket untouched this long is forgotten
+	dynamicSetSize  = 65535
+	chainPriority   = -10 // before the usual filter chains at 0, after conntrack
+)
+
+// tagType is a private userdata TLV on every rule we install. It holds a hash
+// of the rule's expressions; nft ignores unknown types, and a rule replaced
+// or added by hand lacks it, which is how reconcile tells our rules apart.
+const tagType userdata.Type = 0x47
+
+var errBadPolicy = errors.New("invalid policy for nftables")
+
+// spec is the desired state of one generation, kept in memory so the next
+// generation is applied as a diff without reading sets back.
+type spec struct {
+	strict   bool
+	rate     policy.Rate
+	maxConns uint32
+	scan     policy.ScanBlock
+	blockFor time.Duration
+
+	ports        []uint16
+	mgmt4, mgmt6 []mgmtEntry
+	adm4, adm6   []addrRange
+}
+
+func newSpec(p *policy.Policy) (*spec, error) {
+	if p == nil {
+		return nil, fmt.Errorf("%w: nil policy", errBadPolicy)
+	}
+	if err := p.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", errBadPolicy, err)
+	}
+	en := p.Enforcement
+	s := &spec{
+		strict:   en.Mode == policy.ModeStrict,
+		rate:     en.NewConnRate,
+		maxConns: en.MaxConnsPerSource,
+		scan:     en.ScanBlock,
+		blockFor: en.ScanBlock.BlockFor,
+		adm4:     toRanges(p.Admitted.V4),
+		adm6:     toRanges(p.Admitted.V6),
+	}
+	switch en.Mode {
+	case policy.ModeStrict, policy.ModeListeners, "":
+	default:
+		return nil, fmt.Errorf("%w: unknown mode %q", errBadPolicy, en.Mode)
+	}
+	if s.blockFor <= 0 {
+		s.blockFor = defaultBlockFor
+	}
+	if s.scan.DistinctPorts < 0 {
+		return nil, fmt.Errorf("%w: scan_block.distinct_ports %d below zero", errBadPolicy, s.scan.DistinctPorts)
+	}
+	if s.scan.DistinctPorts > 0 && s.scan.Window < time.Millisecond {
+		return nil, fmt.Errorf("%w: scan_block.window %s too short", errBadPolicy, s.scan.Window)
+	}
+	if s.scan.DistinctPorts == 0 {
+		s.scan = policy.ScanBlock{}
+	}
+	if s.rate.PerSecond == 0 {
+		s.rate = policy.Rate{}
+	}
+	for _, pt := range p.ProtectedPorts() {
+		if pt.Proto != "tcp" {
+			return nil, fmt.Errorf("%w: listener port %d/%s: only tcp is policed", errBadPolicy, pt.Num, pt.Proto)
+		}
+		if pt.Num == 0 {
+			return nil, fmt.Errorf("%w: listener port 0", errBadPolicy)
+		}
+		s.ports = append(s.ports, pt.Num)
+	}
+	for i, m := range en.Management {
+		if !m.Prefix.IsValid() || m.Prefix.Addr().Is4In6() {
+			return nil, fmt.Errorf("%w: management[%d]: invalid prefix %s", errBadPolicy, i, m.Prefix)
+		}
+		if len(m.Ports) == 0 || slices.Contains(m.Ports, 0) {
+			return nil, fmt.Errorf("%w: management[%d] %s: needs ports other than 0", errBadPolicy, i, m.Prefix)
+		}
+	}
+	s.mgmt4 = mgmtEntries(en.Management, true)
+	s.mgmt6 = mgmtEntries(en.Management, false)
+	return s, nil
+}
+
+// sameShape reports whether two generations differ only in set contents, so
+// the newer one can be applied as element changes.
+func (s *spec) sameShape(o *spec) bool {
+	return s.strict == o.strict && s.rate == o.rate && s.maxConns == o.maxConns &&
+		s.scan == o.scan && s.blockFor == o.blockFor
+}
+
+func (s *spec) family(v6 bool) (mgmt []mgmtEntry, adm []addrRange) {
+	if v6 {
+		return s.mgmt6, s.adm6
+	}
+	return s.mgmt4, s.adm4
+}
+
+// ruleset is everything one generation installs, built without the kernel.
+type ruleset struct {
+	table    *nftables.Table
+	chain    *nftables.Chain
+	sets     []*nftables.Set
+	elems    map[string][]nftables.SetElement // initial elements per set name
+	anon     []anonSet
+	counters []string
+	rules    []*nftables.Rule
+	tags     [][]byte
+}
+
+type anonSet struct {
+	set   *nftables.Set
+	elems []nftables.SetElement
+}
+
+func ourTable() *nftables.Table {
+	return &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+}
+
+var (
+	ipv4Service = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
+	ipv6Service = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetService)
+)
+
+// Set names.
+func setName(base string, v6 bool) string {
+	if v6 {
+		return base + "_v6"
+	}
+	return base + "_v4"
+}
+
+const (
+	setAdmitted   = "admitted"
+	setManagement = "management"
+	setBlocked    = "blocked"
+	setRate       = "rate"
+	setConns      = "conns"
+	setScanPorts  = "scan_ports"
+	setScanCount  = "scan_count"
+	setPorts      = "listener_ports"
+)
+
+// build turns a spec into the objects of the table. Set IDs are assigned
+// here, in order, so the same spec always gives the same bytes.
+func (s *spec) build() *ruleset {
+	t := ourTable()
+	policyVerdict := nftables.ChainPolicyAccept
+	if s.strict {
+		policyVerdict = nftables.ChainPolicyDrop
+	}
+	rs := &ruleset{
+		table: t,
+		chain: &nftables.Chain{
+			Name: "input", Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityRef(chainPriority),
+			Policy: &policyVerdict,
+		},
+		elems: map[string][]nftables.SetElement{},
+	}
+	var id uint32
+	addSet := func(set *nftables.Set, elems []nftables.SetElement) *nftables.Set {
+		id++
+		set.ID = id
+		set.Table = t
+		rs.sets = append(rs.sets, set)
+		rs.elems[set.Name] = elems
+		return set
+	}
+	byName := map[string]*nftables.Set{}
+	for _, v6 := range []bool{false, true} {
+		addrType, concatType := nftables.TypeIPAddr, ipv4Service
+		if v6 {
+			addrType, concatType = nftables.TypeIP6Addr, ipv6Service
+		}
+		mgmt, adm := s.family(v6)
+		dyn := func(base string, key nftables.SetDatatype, timeout time.Duration) {
+			n := setName(base, v6)
+			byName[n] = addSet(&nftables.Set{Name: n, KeyType: key, Dynamic: true,
+				HasTimeout: timeout > 0, Timeout: timeout, Size: dynamicSetSize,
+				Concatenation: key.Bytes > addrType.Bytes, KeyByteOrder: binaryutil.BigEndian}, nil)
+		}
+		n := setName(setAdmitted, v6)
+		byName[n] = addSet(&nftables.Set{Name: n, KeyType: addrType, Interval: true}, intervalElements(adm))
+		n = setName(setManagement, v6)
+		byName[n] = addSet(&nftables.Set{Name: n, KeyType: concatType, Interval: true, Concatenation: true}, mgmtElements(mgmt))
+		dyn(setBlocked, addrType, s.blockFor)
+		if s.rate.PerSecond > 0 {
+			dyn(setRate, addrType, rateIdle)
+		}
+		if s.maxConns > 0 {
+			dyn(setConns, addrType, 0)
+		}
+		if s.scan.DistinctPorts > 0 {
+			dyn(setScanPorts, concatType, s.scan.Window)
+			if s.scan.DistinctPorts > 1 {
+				dyn(setScanCount, addrType, s.scan.Window)
+			}
+		}
+	}
+	byName[setPorts] = addSet(&nftables.Set{Name: setPorts, KeyType: nftables.TypeInetService, KeyByteOrder: binaryutil.BigEndian}, portElements(s.ports))
+	// Sets sorted by name read better in nft list; IDs stay as assigned.
+	slices.SortStableFunc(rs.sets, func(a, b *nftables.Set) int { return compareStrings(a.Name, b.Name) })
+
+	r := &ruleBuilder{rs: rs, sets: byName, nextID: &id}
+	r.add(ruleLoopback, verdictAccept, iifname("lo")...)
+	for _, v6 := range []bool{false, true} {
+		r.add(ruleBlocked, verdictDrop, concat(saddr(v6), lookup(byName[setName(setBlocked, v6)], false))...)
+	}
+	r.add(ruleEstablished, verdictAccept, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)...)
+	r.add(ruleInvalid, verdictDrop, ctState(expr.CtStateBitINVALID)...)
+	if s.strict {
+		r.add(ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMP), icmpType(), cmpEq([]byte{8}))...) // echo-request
+		r.add(ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMPV6), icmpType(),
+			r.anonLookup(nftables.TypeICMP6Type, icmpv6Essentials))...)
+	}
+	listener := func() []expr.Any { return concat(l4proto(unix.IPPROTO_TCP), dport(1), lookup(byName[setPorts], false)) }
+	for _, v6 := range []bool{false, true} {
+		r.add(ruleNotAdmitted, verdictDrop, concat(listener(), saddr(v6), lookup(byName[setName(setAdmitted, v6)], true))...)
+	}
+	if s.rate.PerSecond > 0 {
+		burst := s.rate.Burst
+		if burst == 0 {
+			burst = s.rate.PerSecond
+		}
+		for _, v6 := range []bool{false, true} {
+			r.add(ruleRateLimited, verdictDrop, concat(listener(), saddr(v6), dynset(byName[setName(setRate, v6)], unix.NFT_DYNSET_OP_UPDATE, 0,
+				&expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(s.rate.PerSecond), Unit: expr.LimitTimeSecond, Burst: burst, Over: true}))...)
+		}
+	}
+	if s.maxConns > 0 {
+		for _, v6 := range []bool{false, true} {
+			r.add(ruleConnLimited, verdictDrop, concat(listener(), saddr(v6), dynset(byName[setName(setConns, v6)], unix.NFT_DYNSET_OP_ADD, 0,
+				&expr.Connlimit{Count: s.maxConns, Flags: expr.NFT_CONNLIMIT_F_INV}))...)
+		}
+	}
+	r.add(ruleAdmitted, verdictAccept, listener()...)
+	for _, v6 := range []bool{false, true} {
+		r.add(ruleManagement, verdictAccept, concat(l4proto(unix.IPPROTO_TCP), saddr(v6), dport(concatPortReg(v6)),
+			lookup(byName[setName(setManagement, v6)], false))...)
+	}
+	if s.scan.DistinctPorts > 0 {
+		for _, v6 := range []bool{false, true} {
+			pairs := byName[setName(setScanPorts, v6)]
+			e := concat(l4proto(unix.IPPROTO_TCP), ctState(expr.CtStateBitNEW), saddr(v6), dport(concatPortReg(v6)),
+				lookup(pairs, true), dynset(pairs, unix.NFT_DYNSET_OP_ADD, 0))
+			if s.scan.DistinctPorts > 1 {
+				rate, unit := scanRate(s.scan)
+				e = append(e, dynset(byName[setName(setScanCount, v6)], unix.NFT_DYNSET_OP_UPDATE, 0,
+					&expr.Limit{Type: expr.LimitTypePkts, Rate: rate, Unit: unit, Burst: uint32(s.scan.DistinctPorts - 1), Over: true})...)
+			}
+			e = append(e, dynset(byName[setName(setBlocked, v6)], unix.NFT_DYNSET_OP_ADD, s.blockFor)...)
+			r.add(ruleScan, verdictDrop, e...)
+		}
+	}
+	if s.strict {
+		r.add(ruleStrictDrop, verdictDrop)
+	}
+	return rs
+}
+
+// icmpv6Essentials are the ICMPv6 types a strict appliance must still
+// receive unsolicited: echo-request, MLD queries (so snooping switches keep
+// forwarding solicited-node multicast), router advertisements, and neighbour
+// solicitation and advertisement. Errors about our own flows arrive as ct
+// related and are accepted by the established rule.
+var icmpv6Essentials = []byte{128, 130, 134, 135, 136}
+
+// scanRate turns "DistinctPorts within Window" into the refill rate of a
+// token bucket that holds DistinctPorts-1 tokens: a source may open that many
+// new (source, port) pairs at once, and gets them back at DistinctPorts per
+// Window. The limit expression knows only whole rates per second, minute,
+// hour or day; the smallest unit that gives at least 1 is used, rounded.
+func scanRate(sb policy.ScanBlock) (uint64, expr.LimitTime) {
+	for _, u := range []expr.LimitTime{expr.LimitTimeSecond, expr.LimitTimeMinute, expr.LimitTimeHour, expr.LimitTimeDay} {
+		per := float64(sb.DistinctPorts) * float64(u) / sb.Window.Seconds()
+		if per >= 1 {
+			return uint64(math.Round(per)), u
+		}
+	}
+	return 1, expr.LimitTimeDay
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+type verdict = expr.VerdictKind
+
+const (
+	verdictAccept = expr.VerdictAccept
+	verdictDrop   = expr.VerdictDrop
+)
+
+type ruleBuilder struct {
+	rs     *ruleset
+	sets   map[string]*nftables.Set
+	nextID *uint32
+}
+
+// add appends a rule: match expressions, the rule's named counter, verdict.
+func (b *ruleBuilder) add(name string, v verdict, match ...expr.Any) {
+	exprs := append(slices.Clip(match),
+		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: name},
+		&expr.Verdict{Kind: v})
+	if !slices.Contains(b.rs.counters, name) {
+		b.rs.counters = append(b.rs.counters, name)
+	}
+	tag := ruleTag(len(b.rs.rules), exprs)
+	b.rs.rules = append(b.rs.rules, &nftables.Rule{
+		Table: b.rs.table, Chain: b.rs.chain, Exprs: exprs,
+		UserData: userdata.Append(nil, tagType, tag),
+	})
+	b.rs.tags = append(b.rs.tags, tag)
+}
+
+// anonLookup creates a constant anonymous set (nft's inline { a, b }).
+func (b *ruleBuilder) anonLookup(key nftables.SetDatatype, vals []byte) []expr.Any {
+	*b.nextID++
+	set := &nftables.Set{Table: b.rs.table, ID: *b.nextID, Name: "__set%d", Anonymous: true, Constant: true, KeyType: key}
+	elems := make([]nftables.SetElement, len(vals))
+	for i, v := range vals {
+		elems[i] = nftables.SetElement{Key: []byte{v}}
+	}
+	b.rs.anon = append(b.rs.anon, anonSet{set, elems})
+	return lookup(set, false)
+}
+
+// ruleTag hashes a rule's position and expressions.
+func ruleTag(pos int, exprs []expr.Any) []byte {
+	h := fnv.New64a()
+	var p [8]byte
+	binary.BigEndian.PutUint64(p[:], uint64(pos))
+	h.Write(p[:])
+	for _, e := range exprs {
+		b, err := expr.Marshal(byte(nftables.TableFamilyINet), e)
+		if err != nil {
+			// Marshal fails only for expressions we never build; the
+			// Flush reports the same error.
+			continue
+		}
+		h.Write(b)
+	}
+	return h.Sum(nil)
+}
+
+func concat(parts ...[]expr.Any) []expr.Any {
+	var out []expr.Any
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+func cmpEq(data []byte) []expr.Any {
+	return []expr.Any{&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: data}}
+}
+
+func iifname(name string) []expr.Any {
+	return concat([]expr.Any{&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}}, cmpEq([]byte(name+"\x00")))
+}
+
+func l4proto(p byte) []expr.Any {
+	return concat([]expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}}, cmpEq([]byte{p}))
+}
+
+func nfproto(v6 bool) []expr.Any {
+	p := byte(unix.NFPROTO_IPV4)
+	if v6 {
+		p = unix.NFPROTO_IPV6
+	}
+	return concat([]expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1}}, cmpEq([]byte{p}))
+}
+
+// saddr loads the source address into register 1, behind the family check
+// an inet table needs.
+func saddr(v6 bool) []expr.Any {
+	off, n := uint32(12), uint32(4)
+	if v6 {
+		off, n = 8, 16
+	}
+	return append(nfproto(v6), &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n})
+}
+
+// dport loads the transport destination port into reg.
+func dport(reg uint32) []expr.Any {
+	return []expr.Any{&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}}
+}
+
+// concatPortReg is the register right behind the source address in a
+// concatenation: the second 32-bit register for IPv4 (nft's reg 9), the
+// second 128-bit one for IPv6.
+func concatPortReg(v6 bool) uint32 {
+	if v6 {
+		return 2
+	}
+	return 9
+}
+
+func icmpType() []expr.Any {
+	return []expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1}}
+}
+
+func ctState(bits uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(bits), Xor: binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+	}
+}
+
+func lookup(set *nftables.Set, invert bool) []expr.Any {
+	return []expr.Any{&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: invert}}
+}
+
+func dynset(set *nftables.Set, op uint32, timeout time.Duration, exprs ...expr.Any) []expr.Any {
+	return []expr.Any{&expr.Dynset{SrcRegKey: 1, SetName: set.Name, SetID: set.ID, Operation: op, Timeout: timeout, Exprs: exprs}}
+}
