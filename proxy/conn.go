@@ -1,0 +1,250 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
+)
+
+// conn is one client connection from accept to close.
+type conn struct {
+	sock     *socket
+	listener string
+	source   netip.AddrPort
+	raw      *relay.CountingConn
+	tls      *tls.Conn
+	closed   chan struct{}
+
+	identified atomic.Bool
+	idMu       sync.Mutex
+	id         Identity
+
+	// Bytes seen before the tenant is known; moved to the tenant's series
+	// when it is, to "unknown" otherwise.
+	preIn, preOut atomic.Int64
+}
+
+func (c *conn) identity() Identity {
+	c.idMu.Lock()
+	defer c.idMu.Unlock()
+	return c.id
+}
+
+// Count implements relay.Counter for the handshake phase.
+func (c *conn) Count(in bool, n int) {
+	if in {
+		c.preIn.Add(int64(n))
+	} else {
+		c.preOut.Add(int64(n))
+	}
+}
+
+// tenantBytes counts into one listener's and tenant's series.
+type tenantBytes struct{ in, out prometheus.Counter }
+
+func (t tenantBytes) Count(in bool, n int) {
+	if in {
+		t.in.Add(float64(n))
+	} else {
+		t.out.Add(float64(n))
+	}
+}
+
+func (s *Server) tenantBytes(listener, tenant string) tenantBytes {
+	return tenantBytes{
+		in:  s.bytes.WithLabelValues(listener, tenant, "in"),
+		out: s.bytes.WithLabelValues(listener, tenant, "out"),
+	}
+}
+
+// handle owns one accepted connection until it closes: handshake, identify,
+// limit, then the listener's protocol. It returns only when the connection
+// is closed, so the accept loop's connection cap counts it all along.
+func (s *Server) handle(sk *socket, nc net.Conn) {
+	st := sk.state.Load()
+	c := &conn{
+		sock:     sk,
+		listener: st.l.Name,
+		source:   addrPort(nc.RemoteAddr()),
+		closed:   make(chan struct{}),
+	}
+	c.raw = relay.NewCountingConn(nc, c, func() { s.forget(c) })
+	c.tls = tls.Server(c.raw, st.tls)
+	s.connMu.Lock()
+	s.conns[c] = struct{}{}
+	s.connMu.Unlock()
+	defer func() { <-c.closed }()
+
+	if err := relay.Handshake(sk.ctx, c.tls, s.limits.HandshakeTimeout); err != nil {
+		s.tlsSrc.HandshakeFailed(c.listener, err)
+		s.logger.Debug("handshake failed", "listener", c.listener, "source", c.source.String(), "err", err)
+		c.raw.Close()
+		return
+	}
+	cs := c.tls.ConnectionState()
+	if len(cs.PeerCertificates) == 0 || len(cs.VerifiedChains) == 0 {
+		// The TLS config should have made this impossible; fail closed.
+		s.logger.Warn("connection without verified client certificate closed", "listener", c.listener, "source", c.source.String())
+		c.raw.Close()
+		return
+	}
+	id, err := s.tlsSrc.Identify(cs)
+	if err != nil || id.Tenant == "" {
+		s.logger.Info("client certificate not accepted", "listener", c.listener, "source", c.source.String(), "err", err)
+		c.raw.Close()
+		return
+	}
+	if !s.admit(c, id) {
+		s.logger.Warn("connection refused: tenant at its connection limit", "listener", c.listener,
+			"tenant", id.Tenant, "source", c.source.String())
+		c.raw.Close()
+		return
+	}
+
+	switch {
+	case st.http != nil:
+		s.byTLS.Store(c.tls, c)
+		if !sk.queue.push(c.tls) {
+			c.raw.Close()
+		}
+	case st.tcp != nil:
+		s.relayTCP(c, st)
+	default:
+		c.raw.Close()
+	}
+}
+
+// admit records c's identity and counts it against its tenant's share of
+// the listener.
+func (s *Server) admit(c *conn, id Identity) bool {
+	k := [2]string{c.listener, id.Tenant}
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	if _, open := s.conns[c]; !open {
+		return false // closed meanwhile (Revalidate, drain)
+	}
+	if s.perTen[k] >= s.limits.MaxConnsPerTenant {
+		return false
+	}
+	s.perTen[k]++
+	c.idMu.Lock()
+	c.id = id
+	c.idMu.Unlock()
+	c.identified.Store(true)
+	tb := s.tenantBytes(c.listener, id.Tenant)
+	tb.Count(true, int(c.preIn.Swap(0)))
+	tb.Count(false, int(c.preOut.Swap(0)))
+	c.raw.SetCounter(tb)
+	s.active.WithLabelValues(c.listener, id.Tenant).Inc()
+	return true
+}
+
+// forget runs once when c's socket closes.
+func (s *Server) forget(c *conn) {
+	s.byTLS.Delete(c.tls)
+	s.connMu.Lock()
+	delete(s.conns, c)
+	if c.identified.Load() {
+		id := c.identity()
+		k := [2]string{c.listener, id.Tenant}
+		if s.perTen[k]--; s.perTen[k] <= 0 {
+			delete(s.perTen, k)
+		}
+		s.active.WithLabelValues(c.listener, id.Tenant).Dec()
+	} else {
+		tb := s.tenantBytes(c.listener, unknownTenant)
+		tb.Count(true, int(c.preIn.Swap(0)))
+		tb.Count(false, int(c.preOut.Swap(0)))
+	}
+	s.connMu.Unlock()
+	close(c.closed)
+}
+
+// tcpRoute is where a tcp listener sends one tenant.
+type tcpRoute struct {
+	backend string
+	tls     *tls.Config // nil: plain TCP to the backend
+}
+
+func buildTCPRoutes(l policy.Listener) (map[string]*tcpRoute, error) {
+	routes := map[string]*tcpRoute{}
+	for i, r := range l.Routes {
+		if r.Tenant == "" {
+			return nil, fmt.Errorf("%w: listener %q route %d: no tenant", ErrConfig, l.Name, i)
+		}
+		if _, dup := routes[r.Tenant]; dup {
+			return nil, fmt.Errorf("%w: listener %q route %d: tenant %q has two tcp routes", ErrConfig, l.Name, i, r.Tenant)
+		}
+		host, _, err := net.SplitHostPort(r.Backend)
+		if err != nil {
+			return nil, fmt.Errorf("%w: listener %q route %d: backend %q: %w", ErrConfig, l.Name, i, r.Backend, err)
+		}
+		rt := &tcpRoute{backend: r.Backend}
+		if r.BackendTLS {
+			tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
+			if r.BackendCA != "" {
+				pem, err := os.ReadFile(r.BackendCA)
+				if err != nil {
+					return nil, fmt.Errorf("listener %q route %d: backend ca: %w", l.Name, i, err)
+				}
+				tc.RootCAs = x509.NewCertPool()
+				if !tc.RootCAs.AppendCertsFromPEM(pem) {
+					return nil, fmt.Errorf("%w: listener %q route %d: backend ca holds no certificate", ErrConfig, l.Name, i)
+				}
+			}
+			if r.BackendCert != "" || r.BackendKey != "" {
+				kp, err := tls.LoadX509KeyPair(r.BackendCert, r.BackendKey)
+				if err != nil {
+					return nil, fmt.Errorf("listener %q route %d: backend client certificate: %w", l.Name, i, err)
+				}
+				tc.Certificates = []tls.Certificate{kp}
+			}
+			rt.tls = tc
+		} else if r.BackendCA != "" || r.BackendCert != "" {
+			return nil, fmt.Errorf("%w: listener %q route %d: backend_ca/backend_cert need backend_tls", ErrConfig, l.Name, i)
+		}
+		routes[r.Tenant] = rt
+	}
+	return routes, nil
+}
+
+// relayTCP connects the tenant to its one backend and copies both ways.
+func (s *Server) relayTCP(c *conn, st *listenerState) {
+	tenant := c.identity().Tenant
+	rt := st.tcp[tenant]
+	if rt == nil {
+		s.logger.Info("tcp connection refused: no route", "listener", c.listener, "tenant", tenant)
+		c.raw.Close()
+		return
+	}
+	d := &net.Dialer{Timeout: s.limits.BackendDialTimeout}
+	var (
+		bc  net.Conn
+		err error
+	)
+	if rt.tls != nil {
+		bc, err = (&tls.Dialer{NetDialer: d, Config: rt.tls}).DialContext(c.sock.ctx, "tcp", rt.backend)
+	} else {
+		bc, err = d.DialContext(c.sock.ctx, "tcp", rt.backend)
+	}
+	if err != nil {
+		s.logger.Warn("tcp backend unreachable", "listener", c.listener, "tenant", tenant, "err", err)
+		c.raw.Close()
+		return
+	}
+	in, out, err := relay.Pipe(c.tls, bc)
+	c.raw.Close()
+	s.logger.Info("tcp session ended", "listener", c.listener, "tenant", tenant,
+		"fingerprint", c.identity().FingerprintSHA256, "source", c.source.String(),
+		"bytes_in", in, "bytes_out", out, "err", err)
+}

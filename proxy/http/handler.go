@@ -1,0 +1,558 @@
+package httpproxy
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+// Errors returned by New.
+var (
+	ErrProtocol = errors.New("listener protocol is neither https nor soap")
+	ErrRoute    = errors.New("invalid route")
+)
+
+// Peer is the authenticated client of a connection, as the TLS layer proved
+// it. Tenant is the only input routing trusts.
+type Peer struct {
+	Tenant      string
+	Fingerprint string // hex SHA-256 of the client certificate
+	Subject     string
+	Source      netip.AddrPort
+	SNI         string
+}
+
+type peerKey struct{}
+
+// WithPeer returns ctx carrying the connection's peer.
+func WithPeer(ctx context.Context, p Peer) context.Context {
+	return context.WithValue(ctx, peerKey{}, p)
+}
+
+// PeerFrom returns the peer WithPeer stored.
+func PeerFrom(ctx context.Context) (Peer, bool) {
+	p, ok := ctx.Value(peerKey{}).(Peer)
+	return p, ok && p.Tenant != ""
+}
+
+// Config configures a Handler for one listener generation.
+type Config struct {
+	Listener string
+	Protocol policy.Protocol
+	Routes   []policy.Route
+	Limits   Limits
+	// InFlight counts requests per tenant. Pass the same one to every
+	// generation of a listener so a reload does not reset the count; nil
+	// makes a new one.
+	InFlight  *InFlight
+	Metrics   *Metrics // nil: not counted
+	AccessLog *slog.Logger
+	Logger    *slog.Logger
+}
+
+// Handler proxies one listener's requests. It is immutable once built; a new
+// policy generation builds a new Handler.
+type Handler struct {
+	listener string
+	soap     bool
+	limits   Limits
+	byTenant map[string][]*route
+	inFlight *InFlight
+	metrics  *Metrics
+	access   *slog.Logger
+	logger   *slog.Logger
+}
+
+type route struct {
+	tenant    string
+	host      string // lower case, no port; "" matches any
+	prefix    string
+	label     string // host+prefix, the route's name in logs
+	backend   *url.URL
+	transport *http.Transport
+	proxy     *httputil.ReverseProxy
+	actions   map[string]bool
+	allowWSDL bool
+	soap      bool
+}
+
+// New validates cfg and builds the handler: every backend URL parsed, every
+// backend CA and client certificate loaded. Any error leaves nothing behind.
+func New(cfg Config) (*Handler, error) {
+	if cfg.Protocol != policy.ProtoHTTPS && cfg.Protocol != policy.ProtoSOAP {
+		return nil, fmt.Errorf("listener %q: %w: %q", cfg.Listener, ErrProtocol, cfg.Protocol)
+	}
+	h := &Handler{
+		listener: cfg.Listener,
+		soap:     cfg.Protocol == policy.ProtoSOAP,
+		limits:   cfg.Limits.withDefaults(),
+		byTenant: map[string][]*route{},
+		inFlight: cfg.InFlight,
+		metrics:  cfg.Metrics,
+		access:   cfg.AccessLog,
+		logger:   cfg.Logger,
+	}
+	if h.inFlight == nil {
+		h.inFlight = NewInFlight()
+	}
+	if h.access == nil {
+		h.access = slog.New(slog.DiscardHandler)
+	}
+	if h.logger == nil {
+		h.logger = slog.New(slog.DiscardHandler)
+	}
+	seen := map[string]bool{}
+	for i, pr := range cfg.Routes {
+		rt, err := h.newRoute(pr)
+		if err != nil {
+			h.Close()
+			return nil, fmt.Errorf("listener %q route %d: %w", cfg.Listener, i, err)
+		}
+		key := rt.tenant + "\x00" + rt.label
+		if seen[key] {
+			h.Close()
+			return nil, fmt.Errorf("listener %q route %d: %w: tenant %q has two routes for %s", cfg.Listener, i, ErrRoute, rt.tenant, rt.label)
+		}
+		seen[key] = true
+		h.byTenant[rt.tenant] = append(h.byTenant[rt.tenant], rt)
+	}
+	for _, rts := range h.byTenant {
+		// Most specific first: longest prefix, then a named host before "any".
+		slices.SortStableFunc(rts, func(a, b *route) int {
+			if c := cmp.Compare(len(b.prefix), len(a.prefix)); c != 0 {
+				return c
+			}
+			return cmp.Compare(len(b.host), len(a.host))
+		})
+	}
+	return h, nil
+}
+
+func (h *Handler) newRoute(pr policy.Route) (*route, error) {
+	if pr.Tenant == "" {
+		return nil, fmt.Errorf("%w: no tenant", ErrRoute)
+	}
+	u, err := url.Parse(pr.Backend)
+	if err != nil {
+		return nil, fmt.Errorf("%w: backend %q: %w", ErrRoute, pr.Backend, err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("%w: backend %q must be http(s)://host[:port][/path]", ErrRoute, pr.Backend)
+	}
+	prefix := cmp.Or(pr.Path, "/")
+	if !strings.HasPrefix(prefix, "/") || hasDotSegment(prefix) {
+		return nil, fmt.Errorf("%w: path %q must be an absolute clean path", ErrRoute, pr.Path)
+	}
+	host := normHost(pr.Host)
+	rt := &route{
+		tenant:    pr.Tenant,
+		host:      host,
+		prefix:    prefix,
+		label:     host + prefix,
+		backend:   u,
+		allowWSDL: pr.AllowWSDL,
+		soap:      h.soap,
+		actions:   map[string]bool{},
+	}
+	for _, a := range pr.SOAPActions {
+		rt.actions[a] = true
+	}
+	tr, err := h.newTransport(u, pr)
+	if err != nil {
+		return nil, err
+	}
+	rt.transport = tr
+	rt.proxy = &httputil.ReverseProxy{
+		Rewrite:      rt.rewrite,
+		Transport:    tr,
+		ErrorHandler: h.proxyError,
+		// Negative: flush at once, so streamed and long-polled responses
+		// are not held back by the proxy.
+		FlushInterval: -1,
+		ErrorLog:      slog.NewLogLogger(h.logger.Handler(), slog.LevelWarn),
+	}
+	return rt, nil
+}
+
+func (h *Handler) newTransport(u *url.URL, pr policy.Route) (*http.Transport, error) {
+	d := &net.Dialer{Timeout: h.limits.DialTimeout, KeepAlive: 30 * time.Second}
+	tr := &http.Transport{
+		Proxy:                 nil, // never an environment proxy: backends are internal
+		DialContext:           d.DialContext,
+		MaxIdleConns:          256,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   h.limits.DialTimeout,
+		ResponseHeaderTimeout: h.limits.BackendTimeout,
+		ExpectContinueTimeout: time.Second,
+	}
+	if u.Scheme != "https" {
+		if pr.BackendCA != "" || pr.BackendCert != "" {
+			return nil, fmt.Errorf("%w: backend_ca/backend_cert need an https backend", ErrRoute)
+		}
+		return tr, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: u.Hostname()}
+	if pr.BackendCA != "" {
+		pem, err := os.ReadFile(pr.BackendCA)
+		if err != nil {
+			return nil, fmt.Errorf("backend ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%w: backend ca %s holds no PEM certificate", ErrRoute, pr.BackendCA)
+		}
+		tc.RootCAs = pool
+	}
+	if (pr.BackendCert == "") != (pr.BackendKey == "") {
+		return nil, fmt.Errorf("%w: backend_cert and backend_key go together", ErrRoute)
+	}
+	if pr.BackendCert != "" {
+		kp, err := tls.LoadX509KeyPair(pr.BackendCert, pr.BackendKey)
+		if err != nil {
+			return nil, fmt.Errorf("backend client certificate: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{kp}
+	}
+	tr.TLSClientConfig = tc
+	return tr, nil
+}
+
+// Close releases the idle backend connections of this generation; requests
+// still running finish on theirs.
+func (h *Handler) Close() {
+	for _, rts := range h.byTenant {
+		for _, rt := range rts {
+			rt.transport.CloseIdleConnections()
+		}
+	}
+}
+
+// match returns the tenant's most specific route for host and path. The
+// tenant comes from the certificate; nothing in the request can select
+// another tenant's routes.
+func (h *Handler) match(tenant, host, p string) *route {
+	for _, rt := range h.byTenant[tenant] {
+		if rt.host != "" && rt.host != host {
+			continue
+		}
+		if pathHasPrefix(p, rt.prefix) {
+			return rt
+		}
+	}
+	return nil
+}
+
+func pathHasPrefix(p, prefix string) bool {
+	if !strings.HasPrefix(p, prefix) {
+		return false
+	}
+	return len(p) == len(prefix) || strings.HasSuffix(prefix, "/") || p[len(prefix)] == '/'
+}
+
+func hasDotSegment(p string) bool {
+	for seg := range strings.SplitSeq(p, "/") {
+		if seg == "." || seg == ".." {
+			return true
+		}
+	}
+	return strings.Contains(p, `\`)
+}
+
+func normHost(h string) string {
+	if host, _, err := net.SplitHostPort(h); err == nil {
+		h = host
+	}
+	return strings.TrimSuffix(strings.ToLower(h), ".")
+}
+
+// requestState travels with one request through the proxy.
+type requestState struct {
+	peer Peer
+	id   string
+	// bodyErr is the first read error of the client's body (bad chunking,
+	// over the limit). The transport reads the body on its own goroutine.
+	bodyErr atomic.Pointer[error]
+}
+
+func (st *requestState) bodyError() error {
+	if p := st.bodyErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+type stateKey struct{}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w}
+	st := &requestState{id: newID()}
+	peer, ok := PeerFrom(r.Context())
+	st.peer = peer
+	var body *countingBody
+	if r.Body != nil && r.Body != http.NoBody {
+		body = &countingBody{rc: http.MaxBytesReader(sw, r.Body, h.maxBody()), st: st}
+		r.Body = body
+	}
+	rt := h.serve(sw, r, st, ok)
+	status := cmp.Or(sw.status, http.StatusOK)
+	if sw.status == 0 && !sw.wrote {
+		// The handler returned without writing: net/http sends 200.
+		status = http.StatusOK
+	}
+	var in int64
+	if body != nil {
+		in = body.n.Load()
+	}
+	label := "-"
+	if rt != nil {
+		label = rt.label
+	}
+	d := time.Since(start)
+	tenant := cmp.Or(peer.Tenant, "-")
+	if h.metrics != nil {
+		h.metrics.requests.WithLabelValues(h.listener, tenant, strconv.Itoa(status)).Inc()
+		h.metrics.duration.WithLabelValues(h.listener, tenant).Observe(d.Seconds())
+	}
+	h.access.LogAttrs(r.Context(), slog.LevelInfo, "request",
+		slog.String("id", st.id),
+		slog.String("listener", h.listener),
+		slog.String("tenant", tenant),
+		slog.String("fingerprint", peer.Fingerprint),
+		slog.String("source", peer.Source.String()),
+		slog.String("proto", r.Proto),
+		slog.String("method", r.Method),
+		slog.String("route", label),
+		slog.Int("status", status),
+		slog.Int64("bytes_in", in),
+		slog.Int64("bytes_out", sw.n),
+		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
+	)
+}
+
+func (h *Handler) maxBody() int64 {
+	if h.soap {
+		return max(h.limits.MaxBodyBytes, h.limits.XML.MaxBytes)
+	}
+	return h.limits.MaxBodyBytes
+}
+
+// serve answers the request and returns the route it took, if any.
+func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, authed bool) *route {
+	if !authed {
+		// Unreachable through the listener (no tenant, no connection), but
+		// the handler must not trust its caller: fail closed.
+		refuse(w, http.StatusForbidden, "forbidden: no tenant")
+		return nil
+	}
+	if r.Method == http.MethodConnect || !strings.HasPrefix(r.URL.Path, "/") || hasDotSegment(r.URL.Path) {
+		refuse(w, http.StatusBadRequest, "bad request: path")
+		return nil
+	}
+	host := normHost(r.Host)
+	if host == "" {
+		host = normHost(st.peer.SNI)
+	}
+	rt := h.match(st.peer.Tenant, host, r.URL.Path)
+	if rt == nil {
+		refuse(w, http.StatusForbidden, "forbidden: no route")
+		return nil
+	}
+	if r.ContentLength > h.maxBody() {
+		refuse(w, http.StatusRequestEntityTooLarge, "request body too large")
+		return rt
+	}
+	release, ok := h.inFlight.acquire(h.listener, st.peer.Tenant, h.limits.MaxInFlightPerTenant)
+	if !ok {
+		w.Header().Set("Retry-After", "1")
+		refuse(w, http.StatusServiceUnavailable, "too many requests in flight")
+		return rt
+	}
+	defer release()
+	if rt.soap {
+		if !h.checkSOAP(w, r, rt, st) {
+			return rt
+		}
+	}
+	r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
+	rt.proxy.ServeHTTP(w, r)
+	return rt
+}
+
+// identityHeaders are the names the backend trusts. Whatever the client sent
+// under these names, or under look-alikes a backend could fold into them
+// (underscores, any case), is dropped before ours are set.
+var identityHeaders = []string{
+	"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port",
+	"forwarded", "x-real-ip",
+	"x-gatehouse-tenant", "x-client-cert-fingerprint", "x-client-cert-subject",
+}
+
+func isIdentityHeader(name string) bool {
+	n := strings.ToLower(strings.ReplaceAll(name, "_", "-"))
+	return slices.Contains(identityHeaders, n) || strings.HasPrefix(n, "x-gatehouse-") || strings.HasPrefix(n, "x-client-cert")
+}
+
+func (rt *route) rewrite(pr *httputil.ProxyRequest) {
+	st, _ := pr.In.Context().Value(stateKey{}).(*requestState)
+	pr.SetURL(rt.backend)
+	for name := range pr.Out.Header {
+		if isIdentityHeader(name) {
+			delete(pr.Out.Header, name)
+		}
+	}
+	if st == nil {
+		return // unreachable: serve always sets it; send no identity rather than a wrong one
+	}
+	hdr := pr.Out.Header
+	hdr.Set("X-Forwarded-For", st.peer.Source.Addr().Unmap().String())
+	hdr.Set("X-Forwarded-Proto", "https")
+	if pr.In.Host != "" {
+		hdr.Set("X-Forwarded-Host", headerSafe(pr.In.Host))
+	}
+	hdr.Set("X-Gatehouse-Tenant", st.peer.Tenant)
+	hdr.Set("X-Client-Cert-Fingerprint", st.peer.Fingerprint)
+	hdr.Set("X-Client-Cert-Subject", headerSafe(st.peer.Subject))
+}
+
+// headerSafe keeps printable ASCII; anything else becomes '?', so a
+// certificate subject can never break the header block.
+func headerSafe(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
+// proxyError answers a failed round trip: 413 or 400 when the client's body
+// was at fault, 502 otherwise (backend refused, reset, timed out).
+func (h *Handler) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	st, _ := r.Context().Value(stateKey{}).(*requestState)
+	var mbe *http.MaxBytesError
+	switch {
+	case st != nil && errors.As(st.bodyError(), &mbe):
+		refuse(w, http.StatusRequestEntityTooLarge, "request body too large")
+	case st != nil && st.bodyError() != nil:
+		refuse(w, http.StatusBadRequest, "bad request body")
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		// The client went away; nobody reads the answer.
+		w.WriteHeader(499)
+	default:
+		h.logger.Warn("backend failed", "listener", h.listener, "err", err)
+		refuse(w, http.StatusBadGateway, "bad gateway")
+	}
+}
+
+func refuse(w http.ResponseWriter, code int, msg string) {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	io.WriteString(w, msg+"\n")
+}
+
+func newID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// statusWriter remembers the status and counts the body bytes written.
+// Unwrap lets http.ResponseController reach Flush and Hijack underneath.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	wrote  bool
+	n      int64
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 || (w.status < 200 && code >= 100) {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	w.wrote = true
+	n, err := w.ResponseWriter.Write(p)
+	w.n += int64(n)
+	return n, err
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// countingBody counts what the client sent and remembers why reading it
+// failed, so a bad chunk or an oversize body is answered as the client's
+// fault, not the backend's.
+type countingBody struct {
+	rc io.ReadCloser
+	st *requestState
+	n  atomic.Int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	b.n.Add(int64(n))
+	if err != nil && err != io.EOF {
+		b.st.bodyErr.CompareAndSwap(nil, &err)
+	}
+	return n, err
+}
+
+func (b *countingBody) Close() error { return b.rc.Close() }
+
+// InFlight counts requests in flight per listener and tenant.
+type InFlight struct {
+	mu sync.Mutex
+	m  map[[2]string]int
+}
+
+// NewInFlight returns an empty counter.
+func NewInFlight() *InFlight { return &InFlight{m: map[[2]string]int{}} }
+
+func (f *InFlight) acquire(listener, tenant string, limit int) (release func(), ok bool) {
+	k := [2]string{listener, tenant}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.m[k] >= limit {
+		return nil, false
+	}
+	f.m[k]++
+	return func() {
+		f.mu.Lock()
+		if f.m[k]--; f.m[k] <= 0 {
+			delete(f.m, k)
+		}
+		f.mu.Unlock()
+	}, true
+}

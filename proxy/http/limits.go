@@ -1,0 +1,85 @@
+package httpproxy
+
+import "time"
+
+// Defaults for Limits. They are sized for integration traffic (API calls,
+// SOAP messages, file transfers of a few megabytes), not for media streaming.
+const (
+	// DefaultMaxBodyBytes caps an HTTPS request body.
+	DefaultMaxBodyBytes = 32 << 20
+	// DefaultMaxInFlightPerTenant caps the requests one tenant has in flight
+	// on one listener; more get 503 at once, so a flood from one tenant
+	// queues neither in the proxy nor at other tenants' backends.
+	DefaultMaxInFlightPerTenant = 256
+	// DefaultBackendTimeout bounds the wait for a backend's response headers.
+	DefaultBackendTimeout = 60 * time.Second
+	// DefaultDialTimeout bounds connecting to a backend; refused connections
+	// fail at once, unreachable ones after this.
+	DefaultDialTimeout = 5 * time.Second
+
+	// SOAP inspection limits.
+	DefaultMaxSOAPBytes    = 4 << 20
+	DefaultMaxXMLDepth     = 64
+	DefaultMaxXMLElements  = 50_000
+	DefaultMaxXMLAttrs     = 32
+	DefaultMaxXMLNameLen   = 512
+	DefaultMaxXMLTextBytes = 2 << 20
+)
+
+// Limits bound what one request may cost. Zero fields take the defaults.
+type Limits struct {
+	MaxBodyBytes         int64
+	MaxInFlightPerTenant int
+	BackendTimeout       time.Duration
+	DialTimeout          time.Duration
+	XML                  XMLLimits
+}
+
+// XMLLimits bound the SOAP inspector. Zero fields take the defaults.
+type XMLLimits struct {
+	MaxBytes    int64 // whole body
+	MaxDepth    int   // element nesting
+	MaxElements int   // elements in the document
+	MaxAttrs    int   // attributes on one element, namespace declarations included
+	MaxNameLen  int   // local name, prefix or namespace URI
+	MaxTextLen  int   // one run of character data or one attribute value
+}
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxBodyBytes <= 0 {
+		l.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if l.MaxInFlightPerTenant <= 0 {
+		l.MaxInFlightPerTenant = DefaultMaxInFlightPerTenant
+	}
+	if l.BackendTimeout <= 0 {
+		l.BackendTimeout = DefaultBackendTimeout
+	}
+	if l.DialTimeout <= 0 {
+		l.DialTimeout = DefaultDialTimeout
+	}
+	l.XML = l.XML.withDefaults()
+	return l
+}
+
+func (l XMLLimits) withDefaults() XMLLimits {
+	if l.MaxBytes <= 0 {
+		l.MaxBytes = DefaultMaxSOAPBytes
+	}
+	if l.MaxDepth <= 0 {
+		l.MaxDepth = DefaultMaxXMLDepth
+	}
+	if l.MaxElements <= 0 {
+		l.MaxElements = DefaultMaxXMLElements
+	}
+	if l.MaxAttrs <= 0 {
+		l.MaxAttrs = DefaultMaxXMLAttrs
+	}
+	if l.MaxNameLen <= 0 {
+		l.MaxNameLen = DefaultMaxXMLNameLen
+	}
+	if l.MaxTextLen <= 0 {
+		l.MaxTextLen = DefaultMaxXMLTextBytes
+	}
+	return l
+}

@@ -1,0 +1,167 @@
+package httpproxy
+
+import (
+	"bytes"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// SOAP media types.
+const (
+	mediaSOAP11 = "text/xml"
+	mediaSOAP12 = "application/soap+xml"
+)
+
+// checkSOAP applies the SOAP rules to a routed request. It returns true when
+// the request may go on to the backend, with its body replaced by the exact
+// bytes inspected; otherwise it has answered with a SOAP Fault.
+func (h *Handler) checkSOAP(w http.ResponseWriter, r *http.Request, rt *route, st *requestState) bool {
+	version := SOAP11
+	mt, params, ctErr := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if ctErr == nil && mt == mediaSOAP12 {
+		version = SOAP12
+	}
+	fail := func(rej *Rejection) bool {
+		h.soapFault(w, r, version, st, rej)
+		return false
+	}
+	if isMetadataQuery(r.URL.RawQuery) {
+		if !rt.allowWSDL {
+			return fail(reject(ReasonWSDL, "metadata query"))
+		}
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			return fail(reject(ReasonMethod, "%s for metadata", r.Method))
+		}
+		return true
+	}
+	if r.Method != http.MethodPost {
+		return fail(reject(ReasonMethod, "%.16q", r.Method))
+	}
+	if ctErr != nil || (mt != mediaSOAP11 && mt != mediaSOAP12) {
+		return fail(reject(ReasonContentType, "%.64q", r.Header.Get("Content-Type")))
+	}
+	if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") && !strings.EqualFold(cs, "us-ascii") {
+		return fail(reject(ReasonContentType, "charset %.32q", cs))
+	}
+	if r.Body == nil {
+		return fail(reject(ReasonNotEnvelope, "no body"))
+	}
+	msg, raw, err := Inspect(r.Body, version, h.limits.XML)
+	if err != nil {
+		var rej *Rejection
+		if !errors.As(err, &rej) {
+			rej = reject(ReasonMalformed, "%v", err)
+		}
+		var mbe *http.MaxBytesError
+		if errors.As(st.bodyError(), &mbe) {
+			rej = reject(ReasonTooLarge, "body over %d bytes", mbe.Limit)
+		}
+		return fail(rej)
+	}
+
+	var transport string
+	switch version {
+	case SOAP11:
+		vals := r.Header.Values("SOAPAction")
+		if len(vals) > 1 {
+			return fail(reject(ReasonActionMismatch, "several SOAPAction headers"))
+		}
+		if len(vals) == 1 {
+			transport = unquote(vals[0])
+		}
+	case SOAP12:
+		transport = params["action"]
+	}
+	action := transport
+	if msg.WSAAction != "" {
+		if transport != "" && transport != msg.WSAAction {
+			return fail(reject(ReasonActionMismatch, "transport action and wsa:Action differ"))
+		}
+		action = msg.WSAAction
+	}
+	switch {
+	case action == "":
+		return fail(reject(ReasonActionMissing, ""))
+	case !rt.actions[action]:
+		return fail(reject(ReasonNotAllowed, "%.256q", action))
+	case operationOf(action) != msg.Operation.Local:
+		return fail(reject(ReasonOperation, "action %.256q, body %.128q", action, msg.Operation.Local))
+	}
+	r.Body = io.NopCloser(bytes.NewReader(raw))
+	r.ContentLength = int64(len(raw))
+	r.TransferEncoding = nil
+	return true
+}
+
+// isMetadataQuery reports a WSDL or schema request (?wsdl, ?xsd=…,
+// ?singleWsdl), whatever the case.
+func isMetadataQuery(raw string) bool {
+	for kv := range strings.SplitSeq(raw, "&") {
+		k, _, _ := strings.Cut(kv, "=")
+		if uk, err := url.QueryUnescape(k); err == nil {
+			k = uk
+		}
+		switch strings.ToLower(strings.TrimSpace(k)) {
+		case "wsdl", "xsd", "singlewsdl":
+			return true
+		}
+	}
+	return false
+}
+
+func unquote(s string) string {
+	s = strings.TrimSpace(s)
+	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
+		s = s[1 : len(s)-1]
+	}
+	return s
+}
+
+// soapFault answers a refused SOAP request with a Fault of the caller's
+// version: 1.1 soap:Client with HTTP 500, 1.2 env:Sender with HTTP 400. The
+// correlation id is in the Fault, a response header and the log; the detail
+// of the refusal stays in the log.
+func (h *Handler) soapFault(w http.ResponseWriter, r *http.Request, v SOAPVersion, st *requestState, rej *Rejection) {
+	if h.metrics != nil {
+		h.metrics.soapRejections.WithLabelValues(st.peer.Tenant, rej.Reason).Inc()
+	}
+	h.logger.Info("soap request refused", "listener", h.listener, "tenant", st.peer.Tenant,
+		"id", st.id, "reason", rej.Reason, "detail", rej.Detail)
+	var b bytes.Buffer
+	b.WriteString(xml.Header)
+	text := "request refused: " + rej.Reason
+	if v == SOAP12 {
+		fmt.Fprintf(&b, `<env:Envelope xmlns:env="%s"><env:Body><env:Fault>`+
+			`<env:Code><env:Value>env:Sender</env:Value></env:Code>`+
+			`<env:Reason><env:Text xml:lang="en">%s</env:Text></env:Reason>`+
+			`<env:Detail><gh:correlationId xmlns:gh="urn:gatehouse">%s</gh:correlationId></env:Detail>`+
+			`</env:Fault></env:Body></env:Envelope>`, NSSOAP12, escape(text), escape(st.id))
+		w.Header().Set("Content-Type", mediaSOAP12+"; charset=utf-8")
+	} else {
+		fmt.Fprintf(&b, `<soap:Envelope xmlns:soap="%s"><soap:Body><soap:Fault>`+
+			`<faultcode>soap:Client</faultcode><faultstring>%s</faultstring>`+
+			`<detail><gh:correlationId xmlns:gh="urn:gatehouse">%s</gh:correlationId></detail>`+
+			`</soap:Fault></soap:Body></soap:Envelope>`, NSSOAP11, escape(text), escape(st.id))
+		w.Header().Set("Content-Type", mediaSOAP11+"; charset=utf-8")
+	}
+	w.Header().Set("X-Correlation-Id", st.id)
+	w.Header().Set("Cache-Control", "no-store")
+	code := http.StatusInternalServerError
+	if v == SOAP12 {
+		code = http.StatusBadRequest
+	}
+	w.WriteHeader(code)
+	w.Write(b.Bytes())
+}
+
+func escape(s string) string {
+	var b strings.Builder
+	xml.EscapeText(&b, []byte(s))
+	return b.String()
+}

@@ -1,0 +1,25 @@
+package proxy
+
+import "crypto/tls"
+
+// Identity is who a verified client certificate proves the peer to be.
+type Identity struct {
+	Tenant            string
+	FingerprintSHA256 string // hex SHA-256 over the DER certificate
+	Subject           string
+}
+
+// TLSSource supplies the TLS side of every listener; the daemon adapts the
+// certificate manager to it. proxy relies on it for every trust decision it
+// makes about a peer.
+type TLSSource interface {
+	// TLSConfig returns the server configuration of a listener. It must
+	// require and verify a client certificate, and authorise the tenant in
+	// VerifyConnection so resumed sessions are authorised too.
+	TLSConfig(listener string) (*tls.Config, error)
+	// Identify says which tenant the verified peer is, re-checking
+	// revocation.
+	Identify(cs tls.ConnectionState) (Identity, error)
+	// HandshakeFailed lets the TLS layer count a failed handshake.
+	HandshakeFailed(listener string, err error)
+}

@@ -1,0 +1,230 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Accept-loop backoff bounds for temporary errors such as EMFILE.
+const (
+	minBackoff = 5 * time.Millisecond
+	maxBackoff = time.Second
+)
+
+// AcceptConfig configures Accept.
+type AcceptConfig struct {
+	// MaxConns caps the connections held at once; zero means no cap. A
+	// connection over the cap is closed at once rather than left queued, so
+	// the client learns quickly and the backlog never hides a flood.
+	MaxConns int
+	// Refused, when set, is called for each connection closed over the cap.
+	Refused func(net.Conn)
+	Logger  *slog.Logger
+}
+
+// Accept runs the accept loop of ln until ln is closed, handing every
+// connection to handle in its own goroutine. Temporary accept errors back off
+// exponentially instead of spinning. handle owns the connection; the slot it
+// holds under MaxConns is released when handle returns. Accept returns nil
+// once ln is closed and every handle has returned.
+func Accept(ln net.Listener, cfg AcceptConfig, handle func(net.Conn)) error {
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	var (
+		wg      sync.WaitGroup
+		active  atomic.Int64
+		backoff time.Duration
+	)
+	defer wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
+				backoff = min(max(backoff*2, minBackoff), maxBackoff)
+				logger.Warn("accept failed, backing off", "err", err, "backoff", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		backoff = 0
+		if cfg.MaxConns > 0 && active.Load() >= int64(cfg.MaxConns) {
+			if cfg.Refused != nil {
+				cfg.Refused(c)
+			}
+			c.Close()
+			continue
+		}
+		active.Add(1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer active.Add(-1)
+			handle(c)
+		}()
+	}
+}
+
+// isTemporary reports accept errors that go away by themselves (descriptor
+// exhaustion, aborted handshakes in the kernel queue).
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+// Handshake runs the server side of a TLS handshake bounded by timeout, and
+// clears the deadline afterwards.
+func Handshake(ctx context.Context, c *tls.Conn, timeout time.Duration) error {
+	if timeout > 0 {
+		if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
+			return fmt.Errorf("set handshake deadline: %w", err)
+		}
+		ctx2, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		ctx = ctx2
+	}
+	if err := c.HandshakeContext(ctx); err != nil {
+		return fmt.Errorf("tls handshake: %w", err)
+	}
+	if err := c.SetDeadline(time.Time{}); err != nil {
+		return fmt.Errorf("clear handshake deadline: %w", err)
+	}
+	return nil
+}
+
+// Counter receives byte counts as they cross a connection.
+type Counter interface {
+	// Count adds n bytes read from (in) or written to (!in) the peer.
+	Count(in bool, n int)
+}
+
+// CountingConn counts the bytes read from and written to the wrapped
+// connection and runs OnClose exactly once when it is first closed.
+type CountingConn struct {
+	net.Conn
+	counter atomic.Pointer[counterBox]
+	closed  sync.Once
+	onClose func()
+}
+
+type counterBox struct{ c Counter }
+
+// NewCountingConn wraps c; onClose may be nil.
+func NewCountingConn(c net.Conn, counter Counter, onClose func()) *CountingConn {
+	cc := &CountingConn{Conn: c, onClose: onClose}
+	cc.SetCounter(counter)
+	return cc
+}
+
+// SetCounter redirects future counts, for example once the peer's tenant is
+// known.
+func (c *CountingConn) SetCounter(counter Counter) {
+	c.counter.Store(&counterBox{counter})
+}
+
+func (c *CountingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		if b := c.counter.Load(); b.c != nil {
+			b.c.Count(true, n)
+		}
+	}
+	return n, err
+}
+
+func (c *CountingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if n > 0 {
+		if b := c.counter.Load(); b.c != nil {
+			b.c.Count(false, n)
+		}
+	}
+	return n, err
+}
+
+// Close closes the connection and runs the close hook once.
+func (c *CountingConn) Close() error {
+	err := c.Conn.Close()
+	c.closed.Do(func() {
+		if c.onClose != nil {
+			c.onClose()
+		}
+	})
+	return err
+}
+
+// CloseWrite half-closes the wrapped connection when it supports it.
+func (c *CountingConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// bufSize is the copy buffer: large enough for a full TLS record plus
+// framing, small enough that ten thousand idle relays stay cheap (buffers are
+// only held while a copy is running).
+const bufSize = 32 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
+// Pipe copies a→b and b→a until both directions end, half-closing the
+// receiving side when a sender finishes so protocols that signal the end of a
+// request with a FIN keep working. It closes both connections before it
+// returns the byte counts (a→b, b→a) and the first error that was not a
+// plain end of stream.
+func Pipe(a, b net.Conn) (aToB, bToA int64, err error) {
+	var wg sync.WaitGroup
+	var errAB, errBA error
+	wg.Add(2)
+	go func() { defer wg.Done(); aToB, errAB = halfCopy(b, a) }()
+	go func() { defer wg.Done(); bToA, errBA = halfCopy(a, b) }()
+	wg.Wait()
+	a.Close()
+	b.Close()
+	return aToB, bToA, errors.Join(quiet(errAB), quiet(errBA))
+}
+
+// halfCopy copies src to dst, then half-closes dst; if dst cannot be half
+// closed, or the copy failed, both ends are closed so the other direction
+// ends too.
+func halfCopy(dst, src net.Conn) (int64, error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	n, err := io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
+	if err == nil {
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+			return n, nil
+		}
+	}
+	dst.Close()
+	src.Close()
+	return n, err
+}
+
+// quiet drops the errors every relay ends with.
+func quiet(err error) error {
+	if err == nil || errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
+}
+
+// readerOnly and writerOnly hide ReadFrom/WriteTo so io.CopyBuffer really
+// uses the pooled buffer instead of allocating its own.
+type readerOnly struct{ io.Reader }
+type writerOnly struct{ io.Writer }

@@ -1,0 +1,538 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+	httpproxy "github.com/gatehouse-dmz/gatehouse/proxy/http"
+	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
+)
+
+// Errors of Server.
+var (
+	ErrUnsupported = errors.New("protocol not supported yet")
+	ErrClosed      = errors.New("proxy server closed")
+	ErrConfig      = errors.New("invalid proxy configuration")
+	ErrTLSConfig   = errors.New("tls config does not require a verified client certificate")
+)
+
+// unknownTenant labels bytes of connections that never proved a tenant.
+const unknownTenant = "unknown"
+
+// Config configures a Server.
+type Config struct {
+	Logger *slog.Logger
+	TLS    TLSSource
+	// AccessLog receives one line per HTTP request; give it a JSON handler.
+	// Nil discards.
+	AccessLog *slog.Logger
+	// Limits; zero fields take the package defaults.
+	Limits Limits
+}
+
+// Server owns every listener socket and every client connection.
+type Server struct {
+	logger *slog.Logger
+	tlsSrc TLSSource
+	access *slog.Logger
+	limits Limits
+
+	mu      sync.Mutex // serialises Apply, Shutdown and Close
+	sockets map[string]*socket
+	closed  bool
+	drains  sync.WaitGroup
+
+	connMu  sync.Mutex
+	conns   map[*conn]struct{}
+	perTen  map[[2]string]int // identified connections per listener and tenant
+	byTLS   sync.Map          // *tls.Conn → *conn, for http.Server.ConnContext
+	inFlite *httpproxy.InFlight
+
+	httpMetrics *httpproxy.Metrics
+	active      *prometheus.GaugeVec
+	bytes       *prometheus.CounterVec
+}
+
+var _ prometheus.Collector = (*Server)(nil)
+
+// New validates cfg and returns a Server with no listeners; Apply starts them.
+func New(cfg Config) (*Server, error) {
+	if cfg.TLS == nil {
+		return nil, fmt.Errorf("%w: no TLS source", ErrConfig)
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	access := cfg.AccessLog
+	if access == nil {
+		access = slog.New(slog.DiscardHandler)
+	}
+	return &Server{
+		logger:      logger.With("component", "proxy"),
+		tlsSrc:      cfg.TLS,
+		access:      access,
+		limits:      cfg.Limits.withDefaults(),
+		sockets:     map[string]*socket{},
+		conns:       map[*conn]struct{}{},
+		perTen:      map[[2]string]int{},
+		inFlite:     httpproxy.NewInFlight(),
+		httpMetrics: httpproxy.NewMetrics(),
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gatehouse_proxy_connections_active",
+			Help: "Client connections open after a tenant was identified.",
+		}, []string{"listener", "tenant"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatehouse_proxy_bytes_total",
+			Help: "Bytes on the client side of the listeners, TLS records included; direction in is from the client.",
+		}, []string{"listener", "tenant", "direction"}),
+	}, nil
+}
+
+// Describe implements prometheus.Collector.
+func (s *Server) Describe(ch chan<- *prometheus.Desc) {
+	s.active.Describe(ch)
+	s.bytes.Describe(ch)
+	s.httpMetrics.Describe(ch)
+}
+
+// Collect implements prometheus.Collector.
+func (s *Server) Collect(ch chan<- prometheus.Metric) {
+	s.active.Collect(ch)
+	s.bytes.Collect(ch)
+	s.httpMetrics.Collect(ch)
+}
+
+// socket is one bound address. Its state (which listener it is, TLS
+// config, routes) is swapped as a whole by Apply; connections read it when
+// they need it, so a reload reaches keep-alive connections at their next
+// request.
+type socket struct {
+	addr   string
+	ln     net.Listener
+	state  atomic.Pointer[listenerState]
+	hs     *http.Server
+	queue  *connQueue
+	done   chan struct{} // accept loop and every connection of it ended
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// listenerState is one generation of one listener.
+type listenerState struct {
+	l    policy.Listener
+	tls  *tls.Config
+	http *httpproxy.Handler
+	tcp  map[string]*tcpRoute
+}
+
+func (st *listenerState) close() {
+	if st.http != nil {
+		st.http.Close()
+	}
+}
+
+// Apply makes p's listeners the running ones. It builds every listener's
+// state and binds every new address first; if anything fails nothing
+// changes. Then it swaps all states at once and lets listeners p no longer
+// has drain in the background.
+func (s *Server) Apply(p *policy.Policy) error {
+	if p == nil {
+		return fmt.Errorf("%w: nil policy", ErrConfig)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	states := make(map[string]*listenerState, len(p.Listeners))
+	fail := func(err error) error {
+		for _, st := range states {
+			st.close()
+		}
+		return err
+	}
+	names := map[string]bool{}
+	for _, l := range p.Listeners {
+		addr := l.ListenAddress()
+		if _, dup := states[addr]; dup {
+			return fail(fmt.Errorf("%w: listener %q: address %s used twice", ErrConfig, l.Name, addr))
+		}
+		if names[l.Name] {
+			return fail(fmt.Errorf("%w: listener name %q used twice", ErrConfig, l.Name))
+		}
+		names[l.Name] = true
+		st, err := s.buildState(l)
+		if err != nil {
+			return fail(err)
+		}
+		states[addr] = st
+	}
+	var opened []*socket
+	for addr := range states {
+		if _, ok := s.sockets[addr]; ok {
+			continue
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, sk := range opened {
+				sk.ln.Close()
+			}
+			return fail(fmt.Errorf("listen %s for %q: %w", addr, states[addr].l.Name, err))
+		}
+		opened = append(opened, s.newSocket(addr, ln))
+	}
+	// Commit: nothing below can fail.
+	for _, sk := range opened {
+		s.sockets[sk.addr] = sk
+	}
+	for addr, st := range states {
+		if old := s.sockets[addr].state.Swap(st); old != nil {
+			old.close()
+		}
+	}
+	for _, sk := range opened {
+		s.start(sk)
+	}
+	for addr, sk := range s.sockets {
+		if _, keep := states[addr]; keep {
+			continue
+		}
+		delete(s.sockets, addr)
+		s.drains.Add(1)
+		go func() {
+			defer s.drains.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), s.limits.DrainTimeout)
+			defer cancel()
+			s.drain(ctx, sk)
+		}()
+	}
+	s.logger.Info("listeners applied", "generation", p.Generation, "listeners", len(states), "new", len(opened))
+	return nil
+}
+
+func (s *Server) buildState(l policy.Listener) (*listenerState, error) {
+	st := &listenerState{l: l}
+	var alpn []string
+	switch l.Protocol {
+	case policy.ProtoHTTPS, policy.ProtoSOAP:
+		h, err := httpproxy.New(httpproxy.Config{
+			Listener:  l.Name,
+			Protocol:  l.Protocol,
+			Routes:    l.Routes,
+			Limits:    s.limits.HTTP,
+			InFlight:  s.inFlite,
+			Metrics:   s.httpMetrics,
+			AccessLog: s.access,
+			Logger:    s.logger,
+		})
+		if err != nil {
+			return nil, err
+		}
+		st.http = h
+		alpn = []string{"h2", "http/1.1"}
+	case policy.ProtoTCP:
+		routes, err := buildTCPRoutes(l)
+		if err != nil {
+			return nil, err
+		}
+		st.tcp = routes
+	default:
+		return nil, fmt.Errorf("listener %q: %w: %q", l.Name, ErrUnsupported, l.Protocol)
+	}
+	tc, err := s.tlsSrc.TLSConfig(l.Name)
+	if err != nil {
+		st.close()
+		return nil, fmt.Errorf("listener %q: tls config: %w", l.Name, err)
+	}
+	if tc == nil || (tc.GetConfigForClient == nil && !demandsClientCert(tc)) {
+		st.close()
+		return nil, fmt.Errorf("listener %q: %w", l.Name, ErrTLSConfig)
+	}
+	st.tls = withALPN(tc, alpn)
+	return st, nil
+}
+
+// withALPN returns a copy of c offering protos, also on the configs its
+// GetConfigForClient picks, and refusing any such config that does not
+// demand a verified client certificate.
+func withALPN(c *tls.Config, protos []string) *tls.Config {
+	c = c.Clone()
+	c.NextProtos = protos
+	c.MinVersion = max(c.MinVersion, tls.VersionTLS12)
+	if get := c.GetConfigForClient; get != nil {
+		c.GetConfigForClient = func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+			cc, err := get(chi)
+			if err != nil || cc == nil {
+				return cc, err
+			}
+			if !demandsClientCert(cc) {
+				return nil, ErrTLSConfig
+			}
+			cc = cc.Clone()
+			cc.NextProtos = protos
+			cc.MinVersion = max(cc.MinVersion, tls.VersionTLS12)
+			return cc, nil
+		}
+	}
+	return c
+}
+
+// demandsClientCert reports whether c fails every handshake without a client
+// certificate that checks out: either crypto/tls verifies the chain, or the
+// TLS layer verifies it itself in VerifyConnection (which also runs on
+// resumed sessions).
+func demandsClientCert(c *tls.Config) bool {
+	switch c.ClientAuth {
+	case tls.RequireAndVerifyClientCert:
+		return true
+	case tls.RequireAnyClientCert:
+		return c.VerifyConnection != nil
+	}
+	return false
+}
+
+func (s *Server) newSocket(addr string, ln net.Listener) *socket {
+	ctx, cancel := context.WithCancel(context.Background())
+	sk := &socket{addr: addr, ln: ln, done: make(chan struct{}), ctx: ctx, cancel: cancel}
+	sk.queue = newConnQueue(ln.Addr())
+	sk.hs = &http.Server{
+		Handler:           http.HandlerFunc(sk.serveHTTP),
+		ReadHeaderTimeout: s.limits.ReadHeaderTimeout,
+		IdleTimeout:       s.limits.IdleTimeout,
+		MaxHeaderBytes:    s.limits.MaxHeaderBytes,
+		ConnContext:       s.connContext,
+		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	sk.hs.Protocols = new(http.Protocols)
+	sk.hs.Protocols.SetHTTP1(true)
+	sk.hs.Protocols.SetHTTP2(true)
+	return sk
+}
+
+func (s *Server) start(sk *socket) {
+	go func() {
+		// Serve returns when the queue is closed by Shutdown.
+		if err := sk.hs.Serve(sk.queue); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.logger.Error("http server ended", "addr", sk.addr, "err", err)
+		}
+	}()
+	go func() {
+		defer close(sk.done)
+		err := relay.Accept(sk.ln, relay.AcceptConfig{
+			MaxConns: s.limits.MaxConnsPerListener,
+			Logger:   s.logger,
+			Refused: func(c net.Conn) {
+				s.logger.Warn("connection refused: listener full", "addr", sk.addr, "source", c.RemoteAddr().String())
+			},
+		}, func(c net.Conn) { s.handle(sk, c) })
+		if err != nil {
+			s.logger.Error("accept loop ended", "addr", sk.addr, "err", err)
+		}
+	}()
+}
+
+// serveHTTP hands a request to the socket's current HTTP handler.
+func (sk *socket) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	st := sk.state.Load()
+	if st == nil || st.http == nil {
+		// The listener became another protocol under this connection.
+		http.Error(w, "misdirected request", http.StatusMisdirectedRequest)
+		return
+	}
+	st.http.ServeHTTP(w, r)
+}
+
+func (s *Server) connContext(ctx context.Context, c net.Conn) context.Context {
+	v, ok := s.byTLS.Load(c)
+	if !ok {
+		return ctx
+	}
+	cn := v.(*conn)
+	id := cn.identity()
+	return httpproxy.WithPeer(ctx, httpproxy.Peer{
+		Tenant:      id.Tenant,
+		Fingerprint: id.FingerprintSHA256,
+		Subject:     id.Subject,
+		Source:      cn.source,
+		SNI:         cn.tls.ConnectionState().ServerName,
+	})
+}
+
+// Shutdown stops accepting on every listener, lets open connections finish
+// until ctx ends, then closes what is left. It returns ctx's error when it
+// had to close connections that were still busy.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	socks := s.sockets
+	s.sockets = map[string]*socket{}
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	var forced atomic.Bool
+	for _, sk := range socks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if !s.drain(ctx, sk) {
+				forced.Store(true)
+			}
+		}()
+	}
+	wg.Wait()
+	// Listeners an earlier Apply removed are draining on their own clock;
+	// end them now too.
+	done := make(chan struct{})
+	go func() { s.drains.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.closeConns(func(*conn) bool { return true })
+		<-done
+		forced.Store(true)
+	}
+	if forced.Load() {
+		return fmt.Errorf("shutdown: connections closed while busy: %w", ctx.Err())
+	}
+	return nil
+}
+
+// Close closes every listener and connection at once.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	s.Shutdown(ctx)
+	return nil
+}
+
+// drain stops sk and waits for its connections until ctx ends, then closes
+// them. It reports whether they all ended by themselves.
+func (s *Server) drain(ctx context.Context, sk *socket) bool {
+	sk.ln.Close()
+	shut := make(chan struct{})
+	go func() {
+		defer close(shut)
+		sk.hs.Shutdown(ctx) // closes idle keep-alive connections as they go idle
+	}()
+	clean := true
+	select {
+	case <-sk.done:
+	case <-ctx.Done():
+		clean = false
+		sk.cancel()
+		s.closeConns(func(c *conn) bool { return c.sock == sk })
+		<-sk.done
+	}
+	sk.cancel()
+	sk.hs.Close()
+	<-shut
+	if st := sk.state.Load(); st != nil {
+		st.close()
+	}
+	return clean
+}
+
+// Revalidate runs check on the TLS state of every identified connection and
+// closes those it rejects, for example after a CRL update or a tenant's CA
+// changed. It returns how many it closed.
+func (s *Server) Revalidate(check func(tls.ConnectionState) error) int {
+	return s.closeConns(func(c *conn) bool {
+		if !c.identified.Load() {
+			return false // still handshaking: it will be identified against the new state
+		}
+		if err := check(c.tls.ConnectionState()); err != nil {
+			s.logger.Info("connection closed: identity no longer valid", "listener", c.listener,
+				"tenant", c.identity().Tenant, "source", c.source.String(), "err", err)
+			return true
+		}
+		return false
+	})
+}
+
+func (s *Server) closeConns(pick func(*conn) bool) int {
+	s.connMu.Lock()
+	var victims []*conn
+	for c := range s.conns {
+		if pick(c) {
+			victims = append(victims, c)
+		}
+	}
+	s.connMu.Unlock()
+	for _, c := range victims {
+		// The raw socket, not the TLS layer: a close_notify could block on
+		// a peer that does not read.
+		c.raw.Close()
+	}
+	return len(victims)
+}
+
+// connQueue is the net.Listener http.Server serves: it yields connections
+// whose handshake and identification already succeeded.
+type connQueue struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+	addr net.Addr
+}
+
+func newConnQueue(addr net.Addr) *connQueue {
+	return &connQueue{ch: make(chan net.Conn), done: make(chan struct{}), addr: addr}
+}
+
+func (q *connQueue) Accept() (net.Conn, error) {
+	select {
+	case c := <-q.ch:
+		return c, nil
+	case <-q.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (q *connQueue) push(c net.Conn) bool {
+	select {
+	case q.ch <- c:
+		return true
+	case <-q.done:
+		return false
+	}
+}
+
+func (q *connQueue) Close() error {
+	q.once.Do(func() { close(q.done) })
+	return nil
+}
+
+func (q *connQueue) Addr() net.Addr { return q.addr }
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+// Addr returns the bound address of the named listener, useful when the
+// policy asked for port 0.
+func (s *Server) Addr(listener string) (net.Addr, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, sk := range s.sockets {
+		if st := sk.state.Load(); st != nil && st.l.Name == listener {
+			return sk.ln.Addr(), true
+		}
+	}
+	return nil, false
+}
