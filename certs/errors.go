@@ -1,0 +1,70 @@
+package certs
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Errors of configuration and loading.
+var (
+	ErrUnknownListener = errors.New("unknown listener")
+	ErrNoServerCert    = errors.New("listener has no server certificate")
+	ErrNoCA            = errors.New("tenant has no client CA")
+	ErrNotCA           = errors.New("certificate is not a CA (basicConstraints CA:TRUE missing)")
+	ErrNoCertificates  = errors.New("no certificates found")
+	ErrCRLSignature    = errors.New("CRL is not signed by any CA of the tenant")
+	ErrEmptyIdentity   = errors.New("empty identity")
+	ErrBadFingerprint  = errors.New("not a hex SHA-256 digest")
+	ErrBadCRLStale     = errors.New(`crl_stale must be "fail" or "warn"`)
+	ErrDuplicate       = errors.New("duplicate name")
+)
+
+// Result is the outcome of one handshake or authorisation, a bounded label
+// of gatehouse_tls_handshakes_total.
+type Result string
+
+// Results. Everything a client can cause maps to one of these.
+const (
+	ResultOK              Result = "ok"
+	ResultNoCert          Result = "no_cert"
+	ResultUnknownCA       Result = "unknown_ca"
+	ResultExpired         Result = "expired"
+	ResultNotYetValid     Result = "not_yet_valid"
+	ResultRevoked         Result = "revoked"
+	ResultCRLStale        Result = "crl_stale"
+	ResultNoTenant        Result = "no_tenant"
+	ResultAmbiguousTenant Result = "ambiguous_tenant"
+	ResultProtocolVersion Result = "protocol_version"
+	ResultOther           Result = "other"
+)
+
+// AuthError is a refused client certificate, with the result that
+// classifies it. Handshakes fail with it (wrapped by nothing: crypto/tls
+// returns VerifyConnection's error as is), and Identify returns it.
+type AuthError struct {
+	Result Result
+	Tenant string // known for revoked and stale-CRL refusals, else empty
+	Detail string
+	// counted is set when VerifyConnection already counted the failure, so
+	// HandshakeFailed does not count it twice.
+	counted bool
+}
+
+func (e *AuthError) Error() string {
+	if e.Tenant != "" {
+		return fmt.Sprintf("client certificate refused (%s, tenant %s): %s", e.Result, e.Tenant, e.Detail)
+	}
+	return fmt.Sprintf("client certificate refused (%s): %s", e.Result, e.Detail)
+}
+
+// ResultOf classifies an error returned by a handshake or by Identify.
+func ResultOf(err error) Result {
+	var ae *AuthError
+	switch {
+	case err == nil:
+		return ResultOK
+	case errors.As(err, &ae):
+		return ae.Result
+	}
+	return classifyHandshakeError(err)
+}

@@ -1,0 +1,182 @@
+package certs
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"strings"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+// matcher is a tenant's compiled identity list. A certificate matches when
+// any single entry matches; an empty matcher matches every certificate of
+// the tenant's CA.
+type matcher struct {
+	uris  []string // patterns, '*' within one path segment
+	dns   []string // lower case patterns, '*' within one label
+	cns   []string
+	ous   []string
+	fps   map[string]bool // lower-case hex SHA-256 of the DER certificate
+	spkis map[string]bool // lower-case hex SHA-256 of the SubjectPublicKeyInfo
+	empty bool
+}
+
+func compileIdentities(id policy.Identities) (*matcher, error) {
+	m := &matcher{
+		uris:  id.URISAN,
+		cns:   id.CommonName,
+		ous:   id.OrganizationalUnit,
+		fps:   map[string]bool{},
+		spkis: map[string]bool{},
+		empty: id.Empty(),
+	}
+	for _, d := range id.DNSSAN {
+		m.dns = append(m.dns, strings.ToLower(d))
+	}
+	for _, u := range id.URISAN {
+		if u == "" {
+			return nil, fmt.Errorf("uri_san: %w", ErrEmptyIdentity)
+		}
+	}
+	for _, set := range []struct {
+		name string
+		in   []string
+		out  map[string]bool
+	}{{"fingerprints_sha256", id.FingerprintSHA256, m.fps}, {"spki_sha256", id.SPKISHA256, m.spkis}} {
+		for _, s := range set.in {
+			h, err := normalizeHash(s)
+			if err != nil {
+				return nil, fmt.Errorf("%s %q: %w", set.name, s, err)
+			}
+			set.out[h] = true
+		}
+	}
+	return m, nil
+}
+
+// normalizeHash accepts hex with or without colons, any case.
+func normalizeHash(s string) (string, error) {
+	h := strings.ToLower(strings.ReplaceAll(strings.TrimSpace(s), ":", ""))
+	b, err := hex.DecodeString(h)
+	if err != nil || len(b) != sha256.Size {
+		return "", ErrBadFingerprint
+	}
+	return h, nil
+}
+
+// match reports whether cert is one of the identities.
+func (m *matcher) match(cert *x509.Certificate) bool {
+	if m.empty {
+		return true
+	}
+	if len(m.fps) > 0 && m.fps[FingerprintSHA256(cert)] {
+		return true
+	}
+	if len(m.spkis) > 0 && m.spkis[SPKISHA256(cert)] {
+		return true
+	}
+	for _, p := range m.uris {
+		for _, u := range cert.URIs {
+			if glob(p, u.String(), '/') {
+				return true
+			}
+		}
+	}
+	for _, p := range m.dns {
+		for _, d := range cert.DNSNames {
+			if glob(p, strings.ToLower(d), '.') {
+				return true
+			}
+		}
+	}
+	for _, cn := range m.cns {
+		if cert.Subject.CommonName == cn {
+			return true
+		}
+	}
+	for _, want := range m.ous {
+		for _, ou := range cert.Subject.OrganizationalUnit {
+			if ou == want {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// glob matches s against pattern, where '*' stands for any run of
+// characters other than sep (possibly empty) and everything else matches
+// itself. Keeping '*' inside one segment means "spiffe://acme/*" cannot be
+// stretched to "spiffe://acme/../other" style surprises across segments, and
+// "*.acme.example" matches one label only, as in certificate wildcards.
+func glob(pattern, s string, sep byte) bool {
+	// Iterative matching with one backtrack point: linear in practice and
+	// never exponential, as patterns come from configuration but s comes
+	// from outside.
+	p, i := 0, 0
+	starP, starI := -1, 0
+	for i < len(s) {
+		switch {
+		case p < len(pattern) && pattern[p] == '*':
+			starP, starI = p, i
+			p++
+		case p < len(pattern) && pattern[p] == s[i]:
+			p++
+			i++
+		case starP >= 0 && s[starI] != sep:
+			// Let the last star swallow one more character, unless that
+			// character is a separator.
+			starI++
+			i = starI
+			p = starP + 1
+		default:
+			return false
+		}
+	}
+	for p < len(pattern) && pattern[p] == '*' {
+		p++
+	}
+	return p == len(pattern)
+}
+
+// FingerprintSHA256 returns the lower-case hex SHA-256 of the DER certificate.
+func FingerprintSHA256(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// SPKISHA256 returns the lower-case hex SHA-256 of the certificate's
+// DER SubjectPublicKeyInfo, the value to pin a key across renewals.
+func SPKISHA256(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	return hex.EncodeToString(sum[:])
+}
+
+// DescribeTenant says in one line which client certificates the tenant
+// accepts, for `gatehouse check`.
+func DescribeTenant(t policy.Tenant) string {
+	id := t.Identities
+	crl := "no CRL"
+	if t.CRL != "" {
+		crl = "CRL " + t.CRL
+	}
+	if id.Empty() {
+		return fmt.Sprintf("tenant %s: ANY certificate issued by a CA in %s (no identities narrow it); %s", t.ID, t.ClientCA, crl)
+	}
+	var parts []string
+	add := func(kind string, list []string) {
+		if len(list) > 0 {
+			parts = append(parts, kind+" "+strings.Join(list, ", "))
+		}
+	}
+	add("URI SAN", id.URISAN)
+	add("DNS SAN", id.DNSSAN)
+	add("CN", id.CommonName)
+	add("OU", id.OrganizationalUnit)
+	add("certificate SHA-256", id.FingerprintSHA256)
+	add("SPKI SHA-256", id.SPKISHA256)
+	return fmt.Sprintf("tenant %s: certificates issued by a CA in %s matching any of: %s; %s",
+		t.ID, t.ClientCA, strings.Join(parts, "; "), crl)
+}

@@ -1,0 +1,445 @@
+package certs
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+// Config configures a Manager.
+type Config struct {
+	Logger *slog.Logger
+	// StateDir holds the session-ticket keys (tls-tickets/<listener>). Empty
+	// falls back to the policy's StateDir; when both are empty the keys live
+	// in memory only and resumption does not survive a restart.
+	StateDir string
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// CRLStale says what a CRL past its nextUpdate does: "fail" (default)
+	// refuses the tenant's certificates, "warn" logs and accepts.
+	CRLStale string
+	// TicketKeyRotation is how often a listener gets a new session-ticket
+	// key; zero means 6 hours. Three keys are kept for decryption.
+	TicketKeyRotation time.Duration
+	// PollInterval is how often Watch looks at the files; zero means 1s.
+	PollInterval time.Duration
+}
+
+// Identity is who a client certificate proves.
+type Identity struct {
+	Tenant            string
+	FingerprintSHA256 string
+	Subject           string
+	NotAfter          time.Time
+}
+
+// Manager serves TLS configurations for the listeners and maps client
+// certificates to tenants. All methods are safe for concurrent use.
+type Manager struct {
+	logger         *slog.Logger
+	now            func() time.Time
+	stateDir       string
+	failOnStaleCRL bool
+	rotation       time.Duration
+	poll           time.Duration
+
+	state atomic.Pointer[state]
+
+	mu        sync.Mutex // serialises writers: Apply, reload, ticket rotation
+	tickets   map[string]*ticketSet
+	onChange  []func()
+	failedSig [32]byte // digest of the file contents that last failed to load
+
+	handshakes *prometheus.CounterVec
+	expiryDesc *prometheus.Desc
+}
+
+var _ prometheus.Collector = (*Manager)(nil)
+
+// New returns a Manager without listeners or tenants; every handshake fails
+// until Apply succeeds.
+func New(cfg Config) (*Manager, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	switch cfg.CRLStale {
+	case "", "fail", "warn":
+	default:
+		return nil, fmt.Errorf("certs config %q: %w", cfg.CRLStale, ErrBadCRLStale)
+	}
+	if cfg.TicketKeyRotation <= 0 {
+		cfg.TicketKeyRotation = 6 * time.Hour
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = time.Second
+	}
+	m := &Manager{
+		logger:         cfg.Logger.With("component", "certs"),
+		now:            cfg.Now,
+		stateDir:       cfg.StateDir,
+		failOnStaleCRL: cfg.CRLStale != "warn",
+		rotation:       cfg.TicketKeyRotation,
+		poll:           cfg.PollInterval,
+		tickets:        map[string]*ticketSet{},
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatehouse_tls_handshakes_total",
+			Help: "TLS handshakes on the listeners by tenant and result.",
+		}, []string{"listener", "tenant", "result"}),
+		expiryDesc: prometheus.NewDesc("gatehouse_cert_expiry_timestamp_seconds",
+			"When a server certificate or tenant CA expires (earliest in the bundle), or a CRL's nextUpdate.",
+			[]string{"kind", "name"}, nil),
+	}
+	m.state.Store(&state{listeners: map[string]*listenerState{}, pool: x509.NewCertPool()})
+	return m, nil
+}
+
+// Apply loads every server certificate and key, tenant CA bundle, CRL and
+// identity list the policy names, then publishes them at once. On any error
+// the previous generation stays in force.
+func (m *Manager) Apply(p *policy.Policy) error {
+	if err := m.apply(p, "apply"); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Reload re-reads the files of the current policy (SIGHUP).
+func (m *Manager) Reload() error {
+	p := m.state.Load().policy
+	if p == nil {
+		return nil
+	}
+	return m.apply(p, "reload")
+}
+
+func (m *Manager) apply(p *policy.Policy, why string) error {
+	m.mu.Lock()
+	st, err := m.build(p)
+	if err == nil {
+		err = m.ensureTickets(p)
+	}
+	if err != nil {
+		m.mu.Unlock()
+		m.logger.Error("tls state not loaded, previous stays in force", "reason", why, "generation", p.Generation, "err", err)
+		return fmt.Errorf("certs: %w", err)
+	}
+	m.state.Store(st)
+	m.failedSig = [32]byte{}
+	fns := append([]func(){}, m.onChange...)
+	m.mu.Unlock()
+	m.logger.Info("tls state loaded", "reason", why, "generation", p.Generation,
+		"listeners", len(st.listeners), "tenants", len(st.tenants), "files", len(st.files))
+	for _, fn := range fns {
+		fn()
+	}
+	return nil
+}
+
+// OnChange registers fn to run after every successful swap (Apply, Reload,
+// a file change) and when a CRL goes stale, so that live connections can be
+// re-validated with Identify.
+func (m *Manager) OnChange(fn func()) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.onChange = append(m.onChange, fn)
+}
+
+// TLS 1.2 suites: ECDHE and AEAD only. TLS 1.3 suites are all AEAD and not
+// configurable.
+var cipherSuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
+// innerConfig is the per-generation config a listener's handshakes run on.
+func (m *Manager) innerConfig(st *state, ls *listenerState) *tls.Config {
+	name := ls.name
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		CipherSuites:   cipherSuites,
+		GetCertificate: ls.certificate,
+		// Any certificate is requested and the chain is verified in
+		// VerifyConnection, which runs on resumed sessions too and can tell
+		// unknown_ca from expired or revoked. ClientCAs stays nil on
+		// purpose: it would list every tenant's CA name in the
+		// CertificateRequest to anyone who connects, disclosing who the
+		// customers are. An empty list means "any CA" to clients.
+		ClientAuth: tls.RequireAnyClientCert,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return m.verifyConnection(name, cs)
+		},
+		Time: m.now,
+	}
+}
+
+// TLSConfig returns the server config for a listener. It stays valid across
+// reloads: every handshake reads the current generation, and fails when the
+// listener no longer exists. NextProtos set on the returned config before use
+// are offered on every handshake.
+func (m *Manager) TLSConfig(listener string) (*tls.Config, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.state.Load().listeners[listener]; !ok {
+		return nil, fmt.Errorf("tls config %q: %w", listener, ErrUnknownListener)
+	}
+	outer := &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		CipherSuites: cipherSuites,
+		ClientAuth:   tls.RequireAnyClientCert,
+	}
+	outer.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		ls, ok := m.state.Load().listeners[listener]
+		if !ok {
+			return nil, fmt.Errorf("listener %q: %w", listener, ErrUnknownListener)
+		}
+		if len(outer.NextProtos) == 0 {
+			return ls.config, nil
+		}
+		key := strings.Join(outer.NextProtos, "\x00")
+		if c, ok := ls.alpn.Load(key); ok {
+			return c.(*tls.Config), nil
+		}
+		c := ls.config.Clone()
+		c.NextProtos = append([]string(nil), outer.NextProtos...)
+		actual, _ := ls.alpn.LoadOrStore(key, c)
+		return actual.(*tls.Config), nil
+	}
+	// Ticket keys live on this outer config: crypto/tls uses them when the
+	// config from GetConfigForClient has none, so they survive reloads.
+	ts := m.tickets[listener]
+	ts.configs = append(ts.configs, outer)
+	outer.SetSessionTicketKeys(ts.keys)
+	return outer, nil
+}
+
+func (m *Manager) verifyConnection(listener string, cs tls.ConnectionState) error {
+	st := m.state.Load()
+	if _, ok := st.listeners[listener]; !ok {
+		err := &AuthError{Result: ResultOther, Detail: "listener " + listener + " removed", counted: true}
+		m.count(listener, "", ResultOther)
+		return err
+	}
+	id, err := m.authorize(st, cs.PeerCertificates)
+	if err != nil {
+		err.counted = true
+		m.count(listener, err.Tenant, err.Result)
+		m.logger.Debug("client certificate refused", "listener", listener, "result", err.Result,
+			"tenant", err.Tenant, "detail", err.Detail, "resumed", cs.DidResume)
+		return err
+	}
+	m.count(listener, id.Tenant, ResultOK)
+	return nil
+}
+
+// Identify re-checks the connection's client certificate against the
+// current generation (CAs, CRLs, identities, validity) and returns its
+// tenant. Proxies call it after the handshake and again for live
+// connections after OnChange.
+func (m *Manager) Identify(cs tls.ConnectionState) (Identity, error) {
+	id, err := m.authorize(m.state.Load(), cs.PeerCertificates)
+	if err != nil {
+		return Identity{}, err
+	}
+	return id, nil
+}
+
+// authorize verifies the chain against the union of the tenants' CAs, checks
+// the CRLs, and maps the certificate to exactly one tenant.
+func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *AuthError) {
+	if len(chain) == 0 {
+		return Identity{}, &AuthError{Result: ResultNoCert, Detail: "no client certificate"}
+	}
+	leaf := chain[0]
+	now := m.now()
+	if now.Before(leaf.NotBefore) {
+		return Identity{}, &AuthError{Result: ResultNotYetValid, Detail: "valid from " + leaf.NotBefore.UTC().Format(time.RFC3339)}
+	}
+	if now.After(leaf.NotAfter) {
+		return Identity{}, &AuthError{Result: ResultExpired, Detail: "expired " + leaf.NotAfter.UTC().Format(time.RFC3339)}
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	chains, err := leaf.Verify(x509.VerifyOptions{
+		Roots:         st.pool,
+		Intermediates: inter,
+		CurrentTime:   now,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return Identity{}, classifyVerify(err)
+	}
+	// Tenants whose CA anchors any verified chain.
+	var cands []int
+	for _, ch := range chains {
+		for _, i := range st.byCA[sha256Sum(ch[len(ch)-1].Raw)] {
+			if !containsInt(cands, i) {
+				cands = append(cands, i)
+			}
+		}
+	}
+	for _, i := range cands {
+		t := st.tenants[i]
+		if t.crl == nil {
+			continue
+		}
+		for _, ch := range chains {
+			for _, c := range ch[:len(ch)-1] {
+				if !bytes.Equal(c.RawIssuer, t.crl.RawIssuer) {
+					continue
+				}
+				if t.revoked[c.SerialNumber.String()] {
+					return Identity{}, &AuthError{Result: ResultRevoked, Tenant: t.id,
+						Detail: fmt.Sprintf("serial %x on CRL %s", c.SerialNumber, t.crlFile)}
+				}
+				if !t.crl.NextUpdate.IsZero() && now.After(t.crl.NextUpdate) {
+					if m.failOnStaleCRL {
+						return Identity{}, &AuthError{Result: ResultCRLStale, Tenant: t.id,
+							Detail: "CRL " + t.crlFile + " past nextUpdate " + t.crl.NextUpdate.UTC().Format(time.RFC3339)}
+					}
+					if _, warned := st.warnedStale.LoadOrStore(t.id, struct{}{}); !warned {
+						m.logger.Warn("CRL past nextUpdate, accepting certificates anyway (crl_stale: warn)",
+							"tenant", t.id, "file", t.crlFile, "next_update", t.crl.NextUpdate)
+					}
+				}
+			}
+		}
+	}
+	var match []int
+	for _, i := range cands {
+		if st.tenants[i].match.match(leaf) {
+			match = append(match, i)
+		}
+	}
+	switch len(match) {
+	case 0:
+		return Identity{}, &AuthError{Result: ResultNoTenant, Detail: "certificate " + leaf.Subject.String() + " matches no tenant's identities"}
+	case 1:
+	default:
+		ids := make([]string, len(match))
+		for k, i := range match {
+			ids[k] = st.tenants[i].id
+		}
+		return Identity{}, &AuthError{Result: ResultAmbiguousTenant, Detail: "certificate matches tenants " + strings.Join(ids, ", ")}
+	}
+	return Identity{
+		Tenant:            st.tenants[match[0]].id,
+		FingerprintSHA256: FingerprintSHA256(leaf),
+		Subject:           leaf.Subject.String(),
+		NotAfter:          leaf.NotAfter,
+	}, nil
+}
+
+func classifyVerify(err error) *AuthError {
+	var ua x509.UnknownAuthorityError
+	var ci x509.CertificateInvalidError
+	switch {
+	case errors.As(err, &ua):
+		return &AuthError{Result: ResultUnknownCA, Detail: err.Error()}
+	case errors.As(err, &ci) && ci.Reason == x509.Expired:
+		// The leaf was checked before; this is an intermediate or CA.
+		return &AuthError{Result: ResultExpired, Detail: err.Error()}
+	}
+	return &AuthError{Result: ResultOther, Detail: err.Error()}
+}
+
+// HandshakeFailed counts a failed handshake of the listener. Failures that
+// VerifyConnection refused are already counted and are ignored here; the
+// rest (no certificate, old protocol versions, garbage) are classified.
+func (m *Manager) HandshakeFailed(listener string, err error) {
+	if err == nil {
+		return
+	}
+	var ae *AuthError
+	if errors.As(err, &ae) && ae.counted {
+		return
+	}
+	m.count(listener, "", ResultOf(err))
+}
+
+func classifyHandshakeError(err error) Result {
+	s := err.Error()
+	switch {
+	case strings.Contains(s, "didn't provide a certificate"):
+		return ResultNoCert
+	case strings.Contains(s, "unsupported versions"), strings.Contains(s, "protocol version"),
+		strings.Contains(s, "unsupported SSLv2"):
+		return ResultProtocolVersion
+	}
+	var ae tls.AlertError
+	if errors.As(err, &ae) && uint8(ae) == 70 { // protocol_version
+		return ResultProtocolVersion
+	}
+	return ResultOther
+}
+
+func (m *Manager) count(listener, tenant string, r Result) {
+	if tenant == "" {
+		tenant = "none"
+	}
+	m.handshakes.WithLabelValues(listener, tenant, string(r)).Inc()
+}
+
+// Describe implements prometheus.Collector.
+func (m *Manager) Describe(ch chan<- *prometheus.Desc) {
+	m.handshakes.Describe(ch)
+	ch <- m.expiryDesc
+}
+
+// Collect implements prometheus.Collector.
+func (m *Manager) Collect(ch chan<- prometheus.Metric) {
+	m.handshakes.Collect(ch)
+	st := m.state.Load()
+	for name, ls := range st.listeners {
+		ch <- prometheus.MustNewConstMetric(m.expiryDesc, prometheus.GaugeValue,
+			float64(ls.certs[0].Leaf.NotAfter.Unix()), "server", name)
+	}
+	for _, t := range st.tenants {
+		first := t.cas[0].NotAfter
+		for _, ca := range t.cas[1:] {
+			if ca.NotAfter.Before(first) {
+				first = ca.NotAfter
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(m.expiryDesc, prometheus.GaugeValue, float64(first.Unix()), "tenant_ca", t.id)
+		if t.crl != nil && !t.crl.NextUpdate.IsZero() {
+			ch <- prometheus.MustNewConstMetric(m.expiryDesc, prometheus.GaugeValue,
+				float64(t.crl.NextUpdate.Unix()), "crl_next_update", t.id)
+		}
+	}
+}
+
+// Close stops nothing that runs on its own (Watch ends with its context); it
+// exists for the daemon's uniform component shape.
+func (m *Manager) Close() error { return nil }
+
+func containsInt(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }

@@ -1,0 +1,250 @@
+package certs
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+// state is one immutable generation of everything TLS needs. Handshakes read
+// it through Manager.state; reloads build a new one and swap the pointer.
+type state struct {
+	policy    *policy.Policy
+	listeners map[string]*listenerState
+	tenants   []*tenantState
+	pool      *x509.CertPool     // union of all tenants' CAs
+	byCA      map[[32]byte][]int // SHA-256 of a CA's DER → indexes into tenants
+	files     map[string][32]byte
+	loaded    time.Time
+
+	warnedStale sync.Map     // tenant id → struct{}: stale CRL already logged
+	staleCount  atomic.Int32 // stale CRLs last seen by the watcher
+}
+
+type listenerState struct {
+	name   string
+	certs  []*tls.Certificate // first is the default
+	config *tls.Config        // what GetConfigForClient hands out
+	alpn   sync.Map           // joined NextProtos → clone of config
+}
+
+type tenantState struct {
+	id      string
+	caFile  string
+	crlFile string
+	cas     []*x509.Certificate
+	crl     *x509.RevocationList
+	revoked map[string]bool // decimal serials on the CRL
+	match   *matcher
+}
+
+// loader reads the files of one generation and remembers their digests, so
+// that the watcher can tell when any of them changed.
+type loader struct {
+	files map[string][32]byte
+}
+
+func (ld *loader) read(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	ld.files[path] = sha256.Sum256(b)
+	return b, nil
+}
+
+// build parses everything the policy names. It touches nothing shared: on
+// any error the caller keeps the old state.
+func (m *Manager) build(p *policy.Policy) (*state, error) {
+	ld := &loader{files: map[string][32]byte{}}
+	st := &state{
+		policy:    p,
+		listeners: map[string]*listenerState{},
+		pool:      x509.NewCertPool(),
+		byCA:      map[[32]byte][]int{},
+		loaded:    m.now(),
+	}
+	for _, t := range p.Tenants {
+		for _, other := range st.tenants {
+			if other.id == t.ID {
+				return nil, fmt.Errorf("tenant %q: %w", t.ID, ErrDuplicate)
+			}
+		}
+		ts, err := loadTenant(ld, t)
+		if err != nil {
+			return nil, fmt.Errorf("tenant %q: %w", t.ID, err)
+		}
+		idx := len(st.tenants)
+		st.tenants = append(st.tenants, ts)
+		for _, ca := range ts.cas {
+			sum := sha256.Sum256(ca.Raw)
+			if len(st.byCA[sum]) == 0 {
+				st.pool.AddCert(ca)
+			}
+			st.byCA[sum] = append(st.byCA[sum], idx)
+		}
+	}
+	for _, l := range p.Listeners {
+		if _, dup := st.listeners[l.Name]; dup {
+			return nil, fmt.Errorf("listener %q: %w", l.Name, ErrDuplicate)
+		}
+		ls, err := m.loadListener(ld, st, l)
+		if err != nil {
+			return nil, fmt.Errorf("listener %q: %w", l.Name, err)
+		}
+		st.listeners[l.Name] = ls
+	}
+	st.files = ld.files
+	return st, nil
+}
+
+func loadTenant(ld *loader, t policy.Tenant) (*tenantState, error) {
+	ts := &tenantState{id: t.ID, caFile: t.ClientCA, crlFile: t.CRL}
+	if t.ClientCA == "" {
+		return nil, ErrNoCA
+	}
+	data, err := ld.read(t.ClientCA)
+	if err != nil {
+		return nil, fmt.Errorf("client CA: %w", err)
+	}
+	cas, err := parseCertsPEM(data)
+	if err != nil {
+		return nil, fmt.Errorf("client CA %s: %w", t.ClientCA, err)
+	}
+	for _, ca := range cas {
+		if !ca.IsCA {
+			return nil, fmt.Errorf("client CA %s: %q: %w", t.ClientCA, ca.Subject.String(), ErrNotCA)
+		}
+	}
+	ts.cas = cas
+	if ts.match, err = compileIdentities(t.Identities); err != nil {
+		return nil, fmt.Errorf("identities: %w", err)
+	}
+	if t.CRL == "" {
+		return ts, nil
+	}
+	data, err = ld.read(t.CRL)
+	if err != nil {
+		return nil, fmt.Errorf("crl: %w", err)
+	}
+	crl, err := ParseCRL(data)
+	if err != nil {
+		return nil, fmt.Errorf("crl %s: %w", t.CRL, err)
+	}
+	signed := false
+	for _, ca := range cas {
+		if bytes.Equal(ca.RawSubject, crl.RawIssuer) && crl.CheckSignatureFrom(ca) == nil {
+			signed = true
+			break
+		}
+	}
+	if !signed {
+		return nil, fmt.Errorf("crl %s: %w", t.CRL, ErrCRLSignature)
+	}
+	ts.crl = crl
+	ts.revoked = make(map[string]bool, len(crl.RevokedCertificateEntries))
+	for _, e := range crl.RevokedCertificateEntries {
+		ts.revoked[e.SerialNumber.String()] = true
+	}
+	return ts, nil
+}
+
+func (m *Manager) loadListener(ld *loader, st *state, l policy.Listener) (*listenerState, error) {
+	if l.ServerCert == "" || l.ServerKey == "" {
+		return nil, ErrNoServerCert
+	}
+	certPEM, err := ld.read(l.ServerCert)
+	if err != nil {
+		return nil, fmt.Errorf("server cert: %w", err)
+	}
+	keyPEM, err := ld.read(l.ServerKey)
+	if err != nil {
+		return nil, fmt.Errorf("server key: %w", err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		// Never echo key material: crypto/tls errors do not contain it.
+		return nil, fmt.Errorf("server cert %s / key %s: %w", l.ServerCert, l.ServerKey, err)
+	}
+	if pair.Leaf == nil {
+		if pair.Leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
+			return nil, fmt.Errorf("server cert %s: %w", l.ServerCert, err)
+		}
+	}
+	if now := m.now(); now.After(pair.Leaf.NotAfter) {
+		m.logger.Warn("server certificate has expired", "listener", l.Name, "file", l.ServerCert, "not_after", pair.Leaf.NotAfter)
+	}
+	ls := &listenerState{name: l.Name, certs: []*tls.Certificate{&pair}}
+	ls.config = m.innerConfig(st, ls)
+	return ls, nil
+}
+
+// certificate picks the server certificate for the SNI name: an exact or
+// wildcard match among the listener's certificates that the client can use,
+// else the default (the first). Clients without SNI get the default.
+func (ls *listenerState) certificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	name := strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))
+	if name != "" && len(ls.certs) > 1 {
+		var fallback *tls.Certificate
+		for _, c := range ls.certs {
+			if c.Leaf.VerifyHostname(name) != nil {
+				continue
+			}
+			if hello.SupportsCertificate(c) == nil {
+				return c, nil
+			}
+			if fallback == nil {
+				fallback = c
+			}
+		}
+		if fallback != nil {
+			return fallback, nil
+		}
+	}
+	return ls.certs[0], nil
+}
+
+// parseCertsPEM returns every CERTIFICATE block of a PEM bundle.
+func parseCertsPEM(data []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d: %w", len(out)+1, err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, ErrNoCertificates
+	}
+	return out, nil
+}
+
+// ParseCRL parses a CRL in PEM ("X509 CRL") or DER form.
+func ParseCRL(data []byte) (*x509.RevocationList, error) {
+	if b, _ := pem.Decode(data); b != nil {
+		if b.Type != "X509 CRL" {
+			return nil, fmt.Errorf("PEM block %q, want X509 CRL", b.Type)
+		}
+		data = b.Bytes
+	}
+	return x509.ParseRevocationList(data)
+}

@@ -1,0 +1,184 @@
+package certs
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+// keepTicketKeys is how many keys a listener keeps: the newest encrypts,
+// all decrypt, so a ticket lives at most keepTicketKeys rotations.
+const keepTicketKeys = 3
+
+// ticketSet is one listener's session-ticket keys, newest first, and the
+// configs that use them.
+type ticketSet struct {
+	path    string // empty: memory only
+	keys    [][32]byte
+	created []time.Time
+	configs []*tls.Config
+}
+
+// ensureTickets gives every listener of p its keys, loaded from the state
+// directory or created there. Listeners never share keys, so a ticket from
+// one listener cannot resume on another. Called with m.mu held.
+func (m *Manager) ensureTickets(p *policy.Policy) error {
+	dir := m.stateDir
+	if dir == "" {
+		dir = p.StateDir
+	}
+	for _, l := range p.Listeners {
+		if _, ok := m.tickets[l.Name]; ok {
+			continue
+		}
+		ts := &ticketSet{}
+		if dir != "" {
+			ts.path = filepath.Join(dir, "tls-tickets", safeFileName(l.Name))
+			if err := ts.load(); err != nil && !os.IsNotExist(err) {
+				m.logger.Warn("session ticket keys unreadable, starting new ones", "listener", l.Name, "file", ts.path, "err", err)
+				ts.keys, ts.created = nil, nil
+			}
+		}
+		if len(ts.keys) == 0 || m.now().Sub(ts.created[0]) >= m.rotation {
+			if err := ts.rotate(m.now()); err != nil {
+				return fmt.Errorf("listener %q: session ticket keys: %w", l.Name, err)
+			}
+		}
+		m.tickets[l.Name] = ts
+	}
+	return nil
+}
+
+// rotateTickets gives each listener whose newest key is older than the
+// rotation period a new key.
+func (m *Manager) rotateTickets() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	for name, ts := range m.tickets {
+		if now.Sub(ts.created[0]) < m.rotation {
+			continue
+		}
+		if err := ts.rotate(now); err != nil {
+			m.logger.Error("session ticket key rotation failed", "listener", name, "err", err)
+			continue
+		}
+		m.logger.Info("session ticket key rotated", "listener", name)
+	}
+}
+
+func (ts *ticketSet) rotate(now time.Time) error {
+	var k [32]byte
+	if _, err := rand.Read(k[:]); err != nil {
+		return err
+	}
+	keys := append([][32]byte{k}, ts.keys...)
+	created := append([]time.Time{now}, ts.created...)
+	if len(keys) > keepTicketKeys {
+		keys, created = keys[:keepTicketKeys], created[:keepTicketKeys]
+	}
+	if ts.path != "" {
+		if err := writeTicketFile(ts.path, keys, created); err != nil {
+			return err
+		}
+	}
+	ts.keys, ts.created = keys, created
+	for _, c := range ts.configs {
+		c.SetSessionTicketKeys(keys)
+	}
+	return nil
+}
+
+// The file has one key a line: unix seconds of creation, space, 64 hex digits.
+func (ts *ticketSet) load() error {
+	data, err := os.ReadFile(ts.path)
+	if err != nil {
+		return err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		f := strings.Fields(sc.Text())
+		if len(f) == 0 {
+			continue
+		}
+		if len(f) != 2 {
+			return fmt.Errorf("line %d: want \"<unix-time> <hex key>\"", n)
+		}
+		sec, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return fmt.Errorf("line %d: %w", n, err)
+		}
+		b, err := hex.DecodeString(f[1])
+		if err != nil || len(b) != 32 {
+			return fmt.Errorf("line %d: key is not 32 bytes of hex", n)
+		}
+		ts.keys = append(ts.keys, [32]byte(b))
+		ts.created = append(ts.created, time.Unix(sec, 0))
+		if len(ts.keys) == keepTicketKeys {
+			break
+		}
+	}
+	return nil
+}
+
+func writeTicketFile(path string, keys [][32]byte, created []time.Time) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	var b strings.Builder
+	for i, k := range keys {
+		fmt.Fprintf(&b, "%d %s\n", created[i].Unix(), hex.EncodeToString(k[:]))
+	}
+	return writeFileAtomic(path, []byte(b.String()), 0o600)
+}
+
+// writeFileAtomic writes a temporary file beside path and renames it over
+// path, so that readers see the old or the new content, never a mix.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after a successful rename
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// safeFileName keeps a listener name usable as a file name.
+func safeFileName(s string) string {
+	ok := s != "" && s != "." && s != ".."
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			ok = false
+		}
+	}
+	if ok {
+		return s
+	}
+	return "x-" + hex.EncodeToString([]byte(s))
+}
