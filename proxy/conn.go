@@ -92,9 +92,11 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 		return
 	}
 	cs := c.tls.ConnectionState()
-	if len(cs.PeerCertificates) == 0 || len(cs.VerifiedChains) == 0 {
-		// The TLS config should have made this impossible; fail closed.
-		s.logger.Warn("connection without verified client certificate closed", "listener", c.listener, "source", c.source.String())
+	// The chain may have been verified by crypto/tls (VerifiedChains) or by
+	// the TLS layer's own VerifyConnection; Identify below re-checks it
+	// either way. No certificate at all should be impossible: fail closed.
+	if len(cs.PeerCertificates) == 0 {
+		s.logger.Warn("connection without client certificate closed", "listener", c.listener, "source", c.source.String())
 		c.raw.Close()
 		return
 	}
