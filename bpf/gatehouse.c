@@ -1,0 +1,665 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// gatehouse XDP admission filter.
+//
+// Every IP packet is parsed down to its transport header and given a verdict
+// from one "generation": a single BPF array map of 64 KiB pages that holds the
+// mode, the port flags, the management ranges and the admitted set of both
+// families. A new generation is built beside the old one and published with
+// one update of the outer map gh_gen, so a packet sees one whole generation.
+//
+// Admitted lookup (the default build):
+//   IPv4: two bits per /24 over the top 24 bits (4 MiB, sparse pages): none,
+//         whole /24 admitted, or partial. A partial /24 has a 256-bit bitmap
+//         of its addresses in a two-choice bucketed hash table.
+//   IPv6: the same two bits per top-24-bit block; a partial block has an
+//         entry in a two-choice hash table listing the prefix lengths (up to
+//         15) present under it, and each length is one exact-match probe.
+// Built with -DGH_LPM the same program looks both families up in plain LPM
+// tries instead (the reference for equality tests and benchmarks).
+//
+// Where the stateless line is (strict mode): TCP segments that are not a bare
+// SYN (any ACK, RST or FIN without SYN), UDP to the local ephemeral port range
+// and ICMP errors and echo replies pass as "passthrough": they may be return
+// traffic of the appliance's own connections, and nftables' conntrack decides.
+// A bare SYN, UDP to any other port, an echo request or any other IP protocol
+// is a new flow and is dropped unless it is admitted or management.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+#define GH_PAGE_SIZE 65536
+#define GH_MAGIC 0x67680001 // "gh" layout 1: bump when the page layout changes
+#define GH_DIR_PAGES 64     // 2 bits per /24 = 4 MiB = 64 pages
+#define GH_MAX_MGMT 32
+#define GH_MAX_LENS 15
+#define GH_MAX_EXT 8 // IPv6 extension headers walked before giving up
+
+// Verdict reasons; the counter index is action*GH_REASONS + reason.
+enum gh_reason {
+	GH_ADMITTED = 0,
+	GH_NOT_ADMITTED = 1,
+	GH_BLOCKED = 2,
+	GH_MALFORMED = 3,
+	GH_MANAGEMENT = 4,
+	GH_PASSTHROUGH = 5,
+	GH_REASONS = 8,
+};
+
+enum gh_action {
+	GH_ACT_PASS = 0,
+	GH_ACT_DROP = 1,
+	GH_ACTIONS = 2,
+};
+
+// Port flags, one byte per port in the ports page.
+#define GH_PORT_TCP 0x01
+#define GH_PORT_UDP 0x02
+#define GH_PORT_MGMT_TCP 0x04
+#define GH_PORT_MGMT_UDP 0x08
+
+#define GH_FLAG_STRICT 0x01
+
+struct gh_page {
+	__u8 b[GH_PAGE_SIZE];
+};
+
+struct gh_mgmt {
+	__u8 family; // 4 or 6
+	__u8 plen;   // 0..32 or 0..128
+	__u16 port;
+	__u32 pad;
+	__u64 hi; // address, host order; IPv4 in the top 32 bits of hi
+	__u64 lo;
+};
+
+struct gh_hdr {
+	__u32 magic;
+	__u32 flags;
+	__u16 eph_lo;
+	__u16 eph_hi;
+	__u16 ports_page;
+	__u16 v4_keys_page; // 0: no IPv4 second level
+	__u16 v4_vals_page;
+	__u16 v6_tab_page; // 0: no IPv6 table
+	__u32 v4_mask;     // buckets - 1
+	__u32 v6_mask;
+	__u32 mgmt_count;
+	__u32 pad;
+	__u16 v4dir[GH_DIR_PAGES]; // page of each 64 KiB of the 2-bit map; 0 = all zero
+	__u16 v6dir[GH_DIR_PAGES];
+	__u32 pad2;
+	struct gh_mgmt mgmt[GH_MAX_MGMT];
+};
+
+// The Go encoder writes these offsets; keep both sides in step.
+_Static_assert(__builtin_offsetof(struct gh_hdr, v4dir) == 36, "gh_hdr layout");
+_Static_assert(__builtin_offsetof(struct gh_hdr, v6dir) == 164, "gh_hdr layout");
+_Static_assert(__builtin_offsetof(struct gh_hdr, mgmt) == 296, "gh_hdr layout");
+_Static_assert(sizeof(struct gh_mgmt) == 24, "gh_mgmt layout");
+_Static_assert(sizeof(struct gh_hdr) <= GH_PAGE_SIZE, "gh_hdr layout");
+
+// One IPv6 table entry (32 bytes, four to a bucket). For a prefix, tag is its
+// length and val is unused. For a top-24 block (tag byte 0 == 24), the other
+// tag bytes and val hold the prefix lengths present under it, longest first,
+// zero-terminated.
+struct gh_v6ent {
+	__u64 hi;
+	__u64 lo;
+	__u64 tag;
+	__u64 val;
+};
+
+// The outer map holds the generation in force; inner maps are sized per
+// generation (BPF_F_INNER_MAP), so only the pages a policy needs exist.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_ARRAY);
+		__uint(map_flags, BPF_F_INNER_MAP);
+		__uint(max_entries, 1);
+		__uint(key_size, 4);
+		__uint(value_size, GH_PAGE_SIZE);
+	});
+} gh_gen SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, GH_ACTIONS *GH_REASONS);
+	__type(key, __u32);
+	__type(value, __u64);
+} gh_counters SEC(".maps");
+
+struct gh_state {
+	__u32 block_active; // nonzero when the blocklists may hold an entry
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gh_state);
+} gh_state SEC(".maps");
+
+struct gh_in6 {
+	__u8 a[16];
+};
+
+// Blocklists: source address → bpf_ktime_get_ns deadline.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32); // network order
+	__type(value, __u64);
+} gh_block4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct gh_in6);
+	__type(value, __u64);
+} gh_block6 SEC(".maps");
+
+#ifdef GH_LPM
+struct gh_lpm4_key {
+	__u32 prefixlen;
+	__u32 addr; // network order
+};
+
+struct gh_lpm6_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1 << 20);
+	__type(key, struct gh_lpm4_key);
+	__type(value, __u8);
+} gh_lpm4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1 << 20);
+	__type(key, struct gh_lpm6_key);
+	__type(value, __u8);
+} gh_lpm6 SEC(".maps");
+#endif
+
+struct vlan_hdr {
+	__be16 tci;
+	__be16 proto;
+};
+
+struct ipv6_ext {
+	__u8 next;
+	__u8 len;
+	__be16 frag; // fragment header: offset<<3 | flags
+};
+
+struct gh_pkt {
+	__u64 hi; // source address, host order (IPv4: top 32 bits of hi)
+	__u64 lo;
+	__u32 saddr4; // network order, IPv4 only
+	__u8 v6;
+	__u8 l4;     // IPPROTO_*, 0 when no transport header (later fragment)
+	__u16 dport; // host order
+	__u8 tcp_flags;
+	__u8 icmp_type;
+	__u8 later_frag;
+	__u8 pad;
+	struct gh_in6 saddr6;
+};
+
+static __always_inline int count(__u32 action, __u32 reason)
+{
+	__u32 key = action * GH_REASONS + reason;
+	__u64 *c = bpf_map_lookup_elem(&gh_counters, &key);
+	if (c)
+		*c += 1;
+	return action == GH_ACT_DROP ? XDP_DROP : XDP_PASS;
+}
+
+static __always_inline void *page(void *gen, __u32 idx)
+{
+	return bpf_map_lookup_elem(gen, &idx);
+}
+
+#ifndef GH_LPM
+// Two-choice bucket indexes, identical to the Go builder.
+static __always_inline __u64 mix(__u64 h)
+{
+	h ^= h >> 31;
+	h *= 0x94d049bb133111ebULL;
+	h ^= h >> 29;
+	return h;
+}
+
+// state2 returns the 2-bit state of a top-24-bit block: 0 none, 1 whole, 2 partial.
+static __always_inline __u32 state2(void *gen, __u16 *dir, __u32 idx24)
+{
+	__u32 byte = idx24 >> 2;
+	__u32 d = byte >> 16;
+	if (d >= GH_DIR_PAGES)
+		return 0;
+	__u16 pg = dir[d];
+	if (pg == 0)
+		return 0;
+	__u8 *p = page(gen, pg);
+	if (!p)
+		return 0;
+	return (p[byte & 0xffff] >> ((idx24 & 3) * 2)) & 3;
+}
+
+static __always_inline int v4_probe(void *gen, struct gh_hdr *h, __u32 bucket, __u32 key, __u32 host)
+{
+	// 8 keys of 4 bytes per bucket: 2048 buckets per page.
+	__u32 *keys = page(gen, (__u32)h->v4_keys_page + (bucket >> 11));
+	if (!keys)
+		return -1;
+	__u32 base = (bucket & 2047) * 8;
+#pragma clang loop unroll(full)
+	for (int i = 0; i < 8; i++) {
+		__u32 k = keys[(base + i) & 16383];
+		if (k == 0)
+			return -1;
+		if (k == key) {
+			__u32 slot = bucket * 8 + i;
+			// 32-byte bitmaps: 2048 per page.
+			__u8 *bits = page(gen, (__u32)h->v4_vals_page + (slot >> 11));
+			if (!bits)
+				return 0;
+			__u32 off = (slot & 2047) * 32 + ((host & 0xff) >> 3);
+			return (bits[off & 0xffff] >> (host & 7)) & 1;
+		}
+	}
+	return -1;
+}
+
+#endif
+
+static __always_inline int v4_admitted(void *gen, struct gh_hdr *h, struct gh_pkt *pk)
+{
+#ifdef GH_LPM
+	struct gh_lpm4_key k = {.prefixlen = 32, .addr = pk->saddr4};
+	return bpf_map_lookup_elem(&gh_lpm4, &k) != NULL;
+#else
+	__u32 host = pk->hi >> 32;
+	__u32 idx24 = host >> 8;
+	__u32 st = state2(gen, h->v4dir, idx24);
+	if (st != 2)
+		return st == 1;
+	if (h->v4_keys_page == 0)
+		return 0;
+	__u32 key = idx24 + 1;
+	__u64 m = mix((__u64)key * 0x9e3779b97f4a7c15ULL);
+	int r = v4_probe(gen, h, (__u32)(m >> 32) & h->v4_mask, key, host);
+	if (r >= 0)
+		return r;
+	r = v4_probe(gen, h, (__u32)m & h->v4_mask, key, host);
+	return r > 0;
+#endif
+}
+
+#ifndef GH_LPM
+static __always_inline struct gh_v6ent *v6_probe(void *gen, struct gh_hdr *h, __u32 b, __u64 hi, __u64 lo, __u32 len)
+{
+	// 4 entries of 32 bytes per bucket: 512 buckets per page.
+	struct gh_v6ent *e = page(gen, (__u32)h->v6_tab_page + (b >> 9));
+	if (!e)
+		return NULL;
+	__u32 base = (b & 511) * 4;
+#pragma clang loop unroll(full)
+	for (int i = 0; i < 4; i++) {
+		struct gh_v6ent *x = &e[(base + i) & 2047];
+		if (x->tag == 0)
+			return NULL;
+		if ((x->tag & 0xff) == len && x->hi == hi && x->lo == lo)
+			return x;
+	}
+	return NULL;
+}
+
+// v6_find returns the table entry for (hi, lo, len) or NULL.
+static __always_inline struct gh_v6ent *v6_find(void *gen, struct gh_hdr *h, __u64 hi, __u64 lo, __u32 len)
+{
+	__u64 m = mix(hi * 0x9e3779b97f4a7c15ULL ^ lo * 0xc2b2ae3d27d4eb4fULL ^ ((__u64)len + 1) * 0x165667b19e3779f9ULL);
+	struct gh_v6ent *x = v6_probe(gen, h, (__u32)(m >> 32) & h->v6_mask, hi, lo, len);
+	if (x)
+		return x;
+	return v6_probe(gen, h, (__u32)m & h->v6_mask, hi, lo, len);
+}
+#endif
+
+static __always_inline int v6_admitted(void *gen, struct gh_hdr *h, struct gh_pkt *pk)
+{
+#ifdef GH_LPM
+	struct gh_lpm6_key k = {.prefixlen = 128};
+	__builtin_memcpy(k.addr, pk->saddr6.a, 16);
+	return bpf_map_lookup_elem(&gh_lpm6, &k) != NULL;
+#else
+	__u32 idx24 = pk->hi >> 40;
+	__u32 st = state2(gen, h->v6dir, idx24);
+	if (st != 2)
+		return st == 1;
+	if (h->v6_tab_page == 0)
+		return 0;
+	struct gh_v6ent *blk = v6_find(gen, h, pk->hi & 0xffffff0000000000ULL, 0, 24);
+	if (!blk)
+		return 0;
+	__u64 lens0 = blk->tag >> 8; // 7 lengths
+	__u64 lens1 = blk->val;      // 8 more
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < GH_MAX_LENS; i++) {
+		__u32 l;
+		if (i < 7)
+			l = (lens0 >> (i * 8)) & 0xff;
+		else
+			l = (lens1 >> ((i - 7) * 8)) & 0xff;
+		if (l == 0 || l > 128)
+			return 0;
+		__u64 hi = pk->hi, lo = pk->lo;
+		if (l <= 64) {
+			hi &= ~0ULL << (64 - l);
+			lo = 0;
+		} else {
+			lo &= ~0ULL << (128 - l);
+		}
+		if (v6_find(gen, h, hi, lo, l))
+			return 1;
+	}
+	return 0;
+#endif
+}
+
+static __always_inline int mgmt_match(struct gh_hdr *h, struct gh_pkt *pk)
+{
+	__u32 n = h->mgmt_count;
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < GH_MAX_MGMT; i++) {
+		if (i >= n)
+			return 0;
+		struct gh_mgmt *m = &h->mgmt[i];
+		if (m->port != pk->dport || m->family != (pk->v6 ? 6 : 4))
+			continue;
+		__u32 l = m->plen;
+		__u64 mh, ml;
+		if (l == 0) {
+			mh = 0;
+			ml = 0;
+		} else if (l <= 64) {
+			mh = ~0ULL << (64 - l);
+			ml = 0;
+		} else {
+			mh = ~0ULL;
+			ml = ~0ULL << ((128 - l) & 63);
+		}
+		if ((pk->hi & mh) == m->hi && (pk->lo & ml) == m->lo)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int blocked(struct gh_pkt *pk)
+{
+	__u32 zero = 0;
+	struct gh_state *s = bpf_map_lookup_elem(&gh_state, &zero);
+	if (!s || !s->block_active)
+		return 0;
+	__u64 *deadline;
+	if (pk->v6)
+		deadline = bpf_map_lookup_elem(&gh_block6, &pk->saddr6);
+	else
+		deadline = bpf_map_lookup_elem(&gh_block4, &pk->saddr4);
+	return deadline && bpf_ktime_get_ns() < *deadline;
+}
+
+static __always_inline int pass(struct gh_pkt *pk, __u32 reason)
+{
+	if (blocked(pk))
+		return count(GH_ACT_DROP, GH_BLOCKED);
+	return count(GH_ACT_PASS, reason);
+}
+
+#define GH_CHECK 0x100 // decide by the admitted set
+
+// classify returns a pass reason, GH_DROP|reason, or GH_CHECK.
+#define GH_DROP 0x200
+
+static __always_inline __u32 classify(void *gen, struct gh_hdr *h, struct gh_pkt *pk)
+{
+	int strict = h->flags & GH_FLAG_STRICT;
+
+	if (pk->later_frag)
+		return GH_CHECK; // no transport header: only the source can be judged
+
+	if (pk->l4 == IPPROTO_TCP || pk->l4 == IPPROTO_UDP) {
+		__u8 *ports = page(gen, h->ports_page);
+		__u8 f = 0;
+		if (ports)
+			f = ports[pk->dport];
+		int tcp = pk->l4 == IPPROTO_TCP;
+		if ((f & (tcp ? GH_PORT_MGMT_TCP : GH_PORT_MGMT_UDP)) && mgmt_match(h, pk))
+			return GH_MANAGEMENT;
+		if (f & (tcp ? GH_PORT_TCP : GH_PORT_UDP))
+			return GH_CHECK;
+		if (!strict)
+			return GH_PASSTHROUGH;
+		if (tcp) {
+			// A bare SYN opens a flow; everything else may be return
+			// traffic and is conntrack's to judge.
+			if ((pk->tcp_flags & 0x12) != 0x02)
+				return GH_PASSTHROUGH;
+		} else if (h->eph_lo != 0 && pk->dport >= h->eph_lo && pk->dport <= h->eph_hi) {
+			return GH_PASSTHROUGH;
+		}
+		return GH_DROP | GH_NOT_ADMITTED;
+	}
+
+	if (pk->l4 == IPPROTO_ICMP || pk->l4 == IPPROTO_ICMPV6) {
+		if (!strict)
+			return GH_PASSTHROUGH;
+		// Errors and echo replies answer our own traffic; echo requests
+		// and the rest are new and need an admitted source.
+		__u8 t = pk->icmp_type;
+		int answer = pk->v6 ? (t >= 1 && t <= 4) || t == 129 : t == 0 || t == 3 || t == 11 || t == 12;
+		return answer ? GH_PASSTHROUGH : GH_CHECK;
+	}
+
+	// Other IP protocols (and IPv6 without a transport header).
+	return strict ? GH_DROP | GH_NOT_ADMITTED : GH_PASSTHROUGH;
+}
+
+static __always_inline int verdict(struct gh_pkt *pk)
+{
+	__u32 zero = 0;
+	void *gen = bpf_map_lookup_elem(&gh_gen, &zero);
+	if (!gen)
+		return pass(pk, GH_PASSTHROUGH); // no policy applied yet
+	struct gh_hdr *h = page(gen, 0);
+	if (!h || h->magic != GH_MAGIC)
+		return pass(pk, GH_PASSTHROUGH);
+	__u32 c = classify(gen, h, pk);
+	if (c & GH_DROP)
+		return count(GH_ACT_DROP, c & 0xff);
+	if (c == GH_CHECK) {
+		int ok = pk->v6 ? v6_admitted(gen, h, pk) : v4_admitted(gen, h, pk);
+		if (!ok)
+			return count(GH_ACT_DROP, GH_NOT_ADMITTED);
+		c = GH_ADMITTED;
+	}
+	return pass(pk, c);
+}
+
+static __always_inline int parse_l4(struct gh_pkt *pk, void *l4, void *end, __u32 avail)
+{
+	if (pk->l4 == IPPROTO_TCP) {
+		struct tcphdr *t = l4;
+		if ((void *)(t + 1) > end || avail < sizeof(*t))
+			return -1;
+		__u32 doff = t->doff * 4;
+		if (doff < sizeof(*t) || doff > avail)
+			return -1;
+		pk->dport = bpf_ntohs(t->dest);
+		pk->tcp_flags = ((__u8 *)t)[13];
+		return 0;
+	}
+	if (pk->l4 == IPPROTO_UDP) {
+		struct udphdr *u = l4;
+		if ((void *)(u + 1) > end || avail < sizeof(*u))
+			return -1;
+		pk->dport = bpf_ntohs(u->dest);
+		return 0;
+	}
+	if (pk->l4 == IPPROTO_ICMP || pk->l4 == IPPROTO_ICMPV6) {
+		__u8 *ic = l4;
+		if ((void *)(ic + 8) > end || avail < 8)
+			return -1;
+		pk->icmp_type = ic[0];
+		return 0;
+	}
+	return 0;
+}
+
+static __always_inline int handle_v4(void *cur, void *end)
+{
+	struct gh_pkt pk = {};
+	struct iphdr *ip = cur;
+	if ((void *)(ip + 1) > end)
+		return count(GH_ACT_DROP, GH_MALFORMED);
+	__u32 ihl = ip->ihl * 4;
+	__u32 tot = bpf_ntohs(ip->tot_len);
+	if (ip->version != 4 || ihl < sizeof(*ip) || tot < ihl || cur + tot > end)
+		return count(GH_ACT_DROP, GH_MALFORMED);
+	if (cur + ihl > end)
+		return count(GH_ACT_DROP, GH_MALFORMED);
+	pk.saddr4 = ip->saddr;
+	pk.hi = (__u64)bpf_ntohl(ip->saddr) << 32;
+	pk.l4 = ip->protocol == IPPROTO_ICMPV6 ? 255 : ip->protocol;
+	__u16 frag = bpf_ntohs(ip->frag_off);
+	if (frag & 0x1fff) {
+		pk.later_frag = 1;
+		pk.l4 = 0;
+	} else if (parse_l4(&pk, cur + ihl, end, tot - ihl) < 0) {
+		return count(GH_ACT_DROP, GH_MALFORMED);
+	}
+	return verdict(&pk);
+}
+
+static __always_inline int is_ext(__u8 next)
+{
+	return next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS ||
+	       next == IPPROTO_FRAGMENT || next == IPPROTO_AH;
+}
+
+static __always_inline int handle_v6(void *cur, void *end)
+{
+	struct gh_pkt pk = {.v6 = 1};
+	struct ipv6hdr *ip = cur;
+	if ((void *)(ip + 1) > end)
+		return count(GH_ACT_DROP, GH_MALFORMED);
+	__u32 avail = bpf_ntohs(ip->payload_len);
+	if (ip->version != 6 || cur + sizeof(*ip) + avail > end)
+		return count(GH_ACT_DROP, GH_MALFORMED);
+	__builtin_memcpy(pk.saddr6.a, &ip->saddr, 16);
+	pk.hi = ((__u64)bpf_ntohl(ip->saddr.in6_u.u6_addr32[0]) << 32) | bpf_ntohl(ip->saddr.in6_u.u6_addr32[1]);
+	pk.lo = ((__u64)bpf_ntohl(ip->saddr.in6_u.u6_addr32[2]) << 32) | bpf_ntohl(ip->saddr.in6_u.u6_addr32[3]);
+
+	__u8 next = ip->nexthdr;
+	cur += sizeof(*ip);
+	int done = 0;
+#pragma clang loop unroll(full)
+	for (int i = 0; i < GH_MAX_EXT; i++) {
+		if (!is_ext(next)) {
+			done = 1;
+			break;
+		}
+		struct ipv6_ext *x = cur;
+		if ((void *)(x + 1) > end || avail < 8)
+			return count(GH_ACT_DROP, GH_MALFORMED);
+		__u32 len;
+		if (next == IPPROTO_FRAGMENT) {
+			len = 8;
+			if (bpf_ntohs(x->frag) & 0xfff8) {
+				pk.later_frag = 1;
+				next = 0;
+				done = 1;
+				break;
+			}
+		} else if (next == IPPROTO_AH) {
+			len = (x->len + 2) * 4;
+		} else {
+			len = (x->len + 1) * 8;
+		}
+		if (len > avail)
+			return count(GH_ACT_DROP, GH_MALFORMED);
+		avail -= len;
+		next = x->next;
+		cur += len;
+	}
+	if (!done && is_ext(next))
+		return count(GH_ACT_DROP, GH_MALFORMED); // longer chain than we walk
+	if (!pk.later_frag) {
+		pk.l4 = next;
+		if (next == IPPROTO_ICMPV6) {
+			if (parse_l4(&pk, cur, end, avail) < 0)
+				return count(GH_ACT_DROP, GH_MALFORMED);
+			// Neighbour discovery and router advertisements always pass:
+			// without them the link itself breaks.
+			if (pk.icmp_type >= 133 && pk.icmp_type <= 137)
+				return count(GH_ACT_PASS, GH_PASSTHROUGH);
+		} else if (next == IPPROTO_TCP || next == IPPROTO_UDP) {
+			if (parse_l4(&pk, cur, end, avail) < 0)
+				return count(GH_ACT_DROP, GH_MALFORMED);
+		} else if (next == IPPROTO_ICMP) {
+			pk.l4 = 255; // ICMPv4 inside IPv6 is not ICMP
+		}
+	}
+	return verdict(&pk);
+}
+
+SEC("xdp")
+int gatehouse_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return count(GH_ACT_DROP, GH_MALFORMED);
+	void *cur = eth + 1;
+	__u16 proto = eth->h_proto;
+#pragma clang loop unroll(full)
+	for (int i = 0; i < 2; i++) {
+		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+			break;
+		struct vlan_hdr *v = cur;
+		if ((void *)(v + 1) > end)
+			return count(GH_ACT_DROP, GH_MALFORMED);
+		proto = v->proto;
+		cur = v + 1;
+	}
+	if (proto == bpf_htons(ETH_P_IP))
+		return handle_v4(cur, end);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return handle_v6(cur, end);
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD))
+		return count(GH_ACT_DROP, GH_MALFORMED); // more tags than we read
+	// ARP and every other non-IP frame: nothing here reaches a socket.
+	return count(GH_ACT_PASS, GH_PASSTHROUGH);
+}

@@ -1,0 +1,541 @@
+package bpf
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/bits"
+	"net/netip"
+	"slices"
+)
+
+// Page layout shared with gatehouse.c. A generation is one BPF array map of
+// PageSize-byte pages; page 0 is the header.
+const (
+	PageSize = 65536
+	// Magic is the layout version the program checks in every header.
+	Magic = 0x67680001
+
+	dirPages   = 64 // 2 bits per top-24-bit block = 4 MiB = 64 pages
+	maxMgmt    = 32
+	maxLens    = 15 // prefix lengths probed under one IPv6 block
+	maxExpand  = 16 // most bits one IPv6 prefix is expanded by to merge lengths
+	v4Slots    = 8  // keys per IPv4 bucket
+	v6Slots    = 4  // entries per IPv6 bucket
+	v6EntSize  = 32
+	bitmapSize = 32 // one partial IPv4 /24: 256 bits
+
+	hdrV4Dir = 36
+	hdrV6Dir = 164
+	hdrMgmt  = 296
+	mgmtSize = 24
+
+	stateNone    = 0
+	stateWhole   = 1
+	statePartial = 2
+
+	portTCP     = 0x01
+	portUDP     = 0x02
+	portMgmtTCP = 0x04
+	portMgmtUDP = 0x08
+
+	flagStrict = 0x01
+)
+
+// Errors returned by Encode.
+var (
+	ErrTooManyManagement = errors.New("too many management range and port pairs")
+	ErrBadPrefix         = errors.New("invalid prefix")
+	ErrBadPort           = errors.New("invalid port")
+	ErrTooManyLengths    = errors.New("too many distinct IPv6 prefix lengths under one /24")
+)
+
+// Port is a transport port whose packets must come from an admitted source.
+type Port struct {
+	Proto string // "tcp" or "udp"
+	Num   uint16
+}
+
+// Management lets a range reach some ports whatever the admitted set says.
+// Its ports apply to TCP and UDP.
+type Management struct {
+	Prefix netip.Prefix
+	Ports  []uint16
+}
+
+// Generation is everything one program generation decides on.
+type Generation struct {
+	Strict bool
+	// EphemeralLo..EphemeralHi is the local port range of outbound
+	// connections; in strict mode UDP to it passes to conntrack. Zero Lo
+	// turns that off.
+	EphemeralLo, EphemeralHi uint16
+	Ports                    []Port
+	Management               []Management
+	V4, V6                   []netip.Prefix
+}
+
+// Pages is an encoded generation: Count pages, of which only those in Data
+// are not all zero.
+type Pages struct {
+	Count uint32
+	Data  map[uint32][]byte
+}
+
+type pager struct {
+	next  uint32
+	pages map[uint32][]byte
+}
+
+func (p *pager) alloc(n uint32) uint32 {
+	first := p.next
+	p.next += n
+	return first
+}
+
+func (p *pager) put(first uint32, data []byte) {
+	for i := 0; i*PageSize < len(data); i++ {
+		chunk := data[i*PageSize : min(len(data), (i+1)*PageSize)]
+		if allZero(chunk) {
+			continue
+		}
+		pg := make([]byte, PageSize)
+		copy(pg, chunk)
+		p.pages[first+uint32(i)] = pg
+	}
+}
+
+func allZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Encode lays the generation out in pages. It fails without side effects on
+// bad input.
+func (g *Generation) Encode() (*Pages, error) {
+	p := &pager{pages: map[uint32][]byte{}}
+	hdr := make([]byte, PageSize)
+	p.alloc(1) // header
+	le := binary.LittleEndian
+	le.PutUint32(hdr[0:], Magic)
+	var flags uint32
+	if g.Strict {
+		flags |= flagStrict
+	}
+	le.PutUint32(hdr[4:], flags)
+	le.PutUint16(hdr[8:], g.EphemeralLo)
+	le.PutUint16(hdr[10:], g.EphemeralHi)
+
+	ports := make([]byte, PageSize)
+	for _, pt := range g.Ports {
+		switch {
+		case pt.Num == 0:
+			return nil, fmt.Errorf("port %s/0: %w", pt.Proto, ErrBadPort)
+		case pt.Proto == "tcp":
+			ports[pt.Num] |= portTCP
+		case pt.Proto == "udp":
+			ports[pt.Num] |= portUDP
+		default:
+			return nil, fmt.Errorf("port %s/%d: %w", pt.Proto, pt.Num, ErrBadPort)
+		}
+	}
+	var nmgmt int
+	for _, m := range g.Management {
+		if !m.Prefix.IsValid() || m.Prefix.Addr().Is4In6() {
+			return nil, fmt.Errorf("management %s: %w", m.Prefix, ErrBadPrefix)
+		}
+		for _, port := range m.Ports {
+			if port == 0 {
+				return nil, fmt.Errorf("management %s port 0: %w", m.Prefix, ErrBadPort)
+			}
+			if nmgmt == maxMgmt {
+				return nil, fmt.Errorf("more than %d: %w", maxMgmt, ErrTooManyManagement)
+			}
+			ports[port] |= portMgmtTCP | portMgmtUDP
+			e := hdr[hdrMgmt+nmgmt*mgmtSize:]
+			pr := m.Prefix.Masked()
+			hi, lo := addrWords(pr.Addr())
+			if pr.Addr().Is4() {
+				e[0] = 4
+			} else {
+				e[0] = 6
+			}
+			e[1] = byte(pr.Bits())
+			le.PutUint16(e[2:], port)
+			le.PutUint64(e[8:], hi)
+			le.PutUint64(e[16:], lo)
+			nmgmt++
+		}
+	}
+	le.PutUint32(hdr[28:], uint32(nmgmt))
+	portsPage := p.alloc(1)
+	le.PutUint16(hdr[12:], uint16(portsPage))
+	p.put(portsPage, ports)
+
+	v4, err := buildV4(g.V4)
+	if err != nil {
+		return nil, err
+	}
+	v6, err := buildV6(g.V6)
+	if err != nil {
+		return nil, err
+	}
+	putDir := func(off int, state []byte) {
+		for d := range dirPages {
+			chunk := state[d*PageSize : (d+1)*PageSize]
+			if allZero(chunk) {
+				continue
+			}
+			pg := p.alloc(1)
+			le.PutUint16(hdr[off+2*d:], uint16(pg))
+			p.put(pg, chunk)
+		}
+	}
+	putDir(hdrV4Dir, v4.state)
+	putDir(hdrV6Dir, v6.state)
+	if v4.buckets > 0 {
+		keys := p.alloc(pagesFor(len(v4.keys) * 4))
+		vals := p.alloc(pagesFor(len(v4.vals)))
+		le.PutUint16(hdr[14:], uint16(keys))
+		le.PutUint16(hdr[16:], uint16(vals))
+		le.PutUint32(hdr[20:], uint32(v4.buckets-1))
+		kb := make([]byte, len(v4.keys)*4)
+		for i, k := range v4.keys {
+			le.PutUint32(kb[4*i:], k)
+		}
+		p.put(keys, kb)
+		p.put(vals, v4.vals)
+	}
+	if v6.buckets > 0 {
+		tab := p.alloc(pagesFor(len(v6.table)))
+		le.PutUint16(hdr[18:], uint16(tab))
+		le.PutUint32(hdr[24:], uint32(v6.buckets-1))
+		p.put(tab, v6.table)
+	}
+	if p.next > 0xffff {
+		return nil, fmt.Errorf("generation needs %d pages, more than the 65535 addressable", p.next)
+	}
+	p.pages[0] = hdr
+	return &Pages{Count: p.next, Data: p.pages}, nil
+}
+
+func pagesFor(n int) uint32 { return uint32((n + PageSize - 1) / PageSize) }
+
+// addrWords returns the address as two host-order words; an IPv4 address
+// sits in the top 32 bits of hi.
+func addrWords(a netip.Addr) (hi, lo uint64) {
+	if a.Is4() {
+		b := a.As4()
+		return uint64(binary.BigEndian.Uint32(b[:])) << 32, 0
+	}
+	b := a.As16()
+	return binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
+}
+
+func mix(h uint64) uint64 {
+	h ^= h >> 31
+	h *= 0x94d049bb133111eb
+	h ^= h >> 29
+	return h
+}
+
+// setState sets the 2-bit state of blocks [lo, hi) in a 4 MiB map.
+func setState(state []byte, lo, hi uint32, s byte) {
+	for i := lo; i < hi; {
+		if i&3 == 0 && hi-i >= 4 {
+			// Whole bytes at once.
+			n := (hi - i) / 4
+			fill := s | s<<2 | s<<4 | s<<6
+			b := state[i/4 : i/4+n]
+			for j := range b {
+				b[j] = fill
+			}
+			i += n * 4
+			continue
+		}
+		sh := (i & 3) * 2
+		state[i/4] = state[i/4]&^(3<<sh) | s<<sh
+		i++
+	}
+}
+
+func getState(state []byte, i uint32) byte { return state[i/4] >> ((i & 3) * 2) & 3 }
+
+type v4Tables struct {
+	state   []byte
+	buckets int
+	keys    []uint32 // buckets*v4Slots, idx24+1 or 0
+	vals    []byte   // 32-byte bitmaps, one per key slot
+}
+
+func v4Buckets(key uint32, mask uint32) (uint32, uint32) {
+	m := mix(uint64(key) * 0x9e3779b97f4a7c15)
+	return uint32(m>>32) & mask, uint32(m) & mask
+}
+
+func buildV4(list []netip.Prefix) (*v4Tables, error) {
+	t := &v4Tables{state: make([]byte, dirPages*PageSize)}
+	partial := map[uint32]*[bitmapSize]byte{}
+	for _, pr := range list {
+		if !pr.IsValid() || !pr.Addr().Is4() {
+			return nil, fmt.Errorf("admitted IPv4 %s: %w", pr, ErrBadPrefix)
+		}
+		pr = pr.Masked()
+		b := pr.Addr().As4()
+		a := binary.BigEndian.Uint32(b[:])
+		if pr.Bits() <= 24 {
+			n := uint32(1) << (24 - pr.Bits())
+			setState(t.state, a>>8, a>>8+n, stateWhole)
+			continue
+		}
+		bm := partial[a>>8]
+		if bm == nil {
+			bm = new([bitmapSize]byte)
+			partial[a>>8] = bm
+		}
+		first := a & 0xff
+		for h := first; h < first+1<<(32-pr.Bits()); h++ {
+			bm[h/8] |= 1 << (h % 8)
+		}
+	}
+	var idxs []uint32
+	for idx, bm := range partial {
+		if getState(t.state, idx) == stateWhole {
+			continue
+		}
+		full := true
+		for _, x := range bm {
+			full = full && x == 0xff
+		}
+		if full {
+			setState(t.state, idx, idx+1, stateWhole)
+			continue
+		}
+		setState(t.state, idx, idx+1, statePartial)
+		idxs = append(idxs, idx)
+	}
+	if len(idxs) == 0 {
+		return t, nil
+	}
+	slices.Sort(idxs) // a deterministic layout for a given set
+	nb := 1 << bits.Len(uint(len(idxs)*5/4/v4Slots))
+	for ; ; nb *= 2 {
+		keys := make([]uint32, nb*v4Slots)
+		fill := make([]uint8, nb)
+		ok := true
+		for _, idx := range idxs {
+			b1, b2 := v4Buckets(idx+1, uint32(nb-1))
+			b := b1
+			if fill[b2] < fill[b1] {
+				b = b2
+			}
+			if fill[b] == v4Slots {
+				ok = false
+				break
+			}
+			keys[int(b)*v4Slots+int(fill[b])] = idx + 1
+			fill[b]++
+		}
+		if !ok {
+			continue
+		}
+		t.buckets, t.keys = nb, keys
+		t.vals = make([]byte, len(keys)*bitmapSize)
+		for i, k := range keys {
+			if k != 0 {
+				copy(t.vals[i*bitmapSize:], partial[k-1][:])
+			}
+		}
+		return t, nil
+	}
+}
+
+type v6Tables struct {
+	state   []byte
+	buckets int
+	table   []byte // buckets*v6Slots entries of 32 bytes
+}
+
+type v6Key struct {
+	hi, lo uint64
+	len    uint8
+}
+
+func v6Buckets(k v6Key, mask uint32) (uint32, uint32) {
+	m := mix(k.hi*0x9e3779b97f4a7c15 ^ k.lo*0xc2b2ae3d27d4eb4f ^ (uint64(k.len)+1)*0x165667b19e3779f9)
+	return uint32(m>>32) & mask, uint32(m) & mask
+}
+
+func maskWords(hi, lo uint64, l int) (uint64, uint64) {
+	switch {
+	case l == 0:
+		return 0, 0
+	case l <= 64:
+		return hi & (^uint64(0) << (64 - l)), 0
+	default:
+		return hi, lo & (^uint64(0) << (128 - l))
+	}
+}
+
+func buildV6(list []netip.Prefix) (*v6Tables, error) {
+	t := &v6Tables{state: make([]byte, dirPages*PageSize)}
+	// Prefixes longer than /24, per top-24-bit block, per length.
+	blocks := map[uint32]map[uint8]map[[2]uint64]struct{}{}
+	for _, pr := range list {
+		if !pr.IsValid() || !pr.Addr().Is6() || pr.Addr().Is4In6() {
+			return nil, fmt.Errorf("admitted IPv6 %s: %w", pr, ErrBadPrefix)
+		}
+		pr = pr.Masked()
+		hi, lo := addrWords(pr.Addr())
+		idx := uint32(hi >> 40)
+		if pr.Bits() <= 24 {
+			setState(t.state, idx, idx+1<<(24-pr.Bits()), stateWhole)
+			continue
+		}
+		bl := blocks[idx]
+		if bl == nil {
+			bl = map[uint8]map[[2]uint64]struct{}{}
+			blocks[idx] = bl
+		}
+		l := uint8(pr.Bits())
+		if bl[l] == nil {
+			bl[l] = map[[2]uint64]struct{}{}
+		}
+		bl[l][[2]uint64{hi, lo}] = struct{}{}
+	}
+	var entries []v6Key
+	var lensOf = map[uint32][]uint8{}
+	for idx, bl := range blocks {
+		if getState(t.state, idx) == stateWhole {
+			continue
+		}
+		if err := mergeLengths(idx, bl); err != nil {
+			return nil, err
+		}
+		lens := make([]uint8, 0, len(bl))
+		for l, set := range bl {
+			lens = append(lens, l)
+			for a := range set {
+				entries = append(entries, v6Key{a[0], a[1], l})
+			}
+		}
+		slices.Sort(lens)
+		slices.Reverse(lens) // longest first
+		lensOf[idx] = lens
+		entries = append(entries, v6Key{uint64(idx) << 40, 0, 24})
+		setState(t.state, idx, idx+1, statePartial)
+	}
+	if len(entries) == 0 {
+		return t, nil
+	}
+	slices.SortFunc(entries, func(a, b v6Key) int {
+		if c := cmpU64(a.hi, b.hi); c != 0 {
+			return c
+		}
+		if c := cmpU64(a.lo, b.lo); c != 0 {
+			return c
+		}
+		return int(a.len) - int(b.len)
+	})
+	le := binary.LittleEndian
+	nb := 1 << bits.Len(uint(len(entries)*5/4/v6Slots))
+	for ; ; nb *= 2 {
+		tab := make([]byte, nb*v6Slots*v6EntSize)
+		fill := make([]uint8, nb)
+		ok := true
+		for _, k := range entries {
+			b1, b2 := v6Buckets(k, uint32(nb-1))
+			b := b1
+			if fill[b2] < fill[b1] {
+				b = b2
+			}
+			if fill[b] == v6Slots {
+				ok = false
+				break
+			}
+			e := tab[(int(b)*v6Slots+int(fill[b]))*v6EntSize:]
+			fill[b]++
+			le.PutUint64(e[0:], k.hi)
+			le.PutUint64(e[8:], k.lo)
+			tag, val := uint64(k.len), uint64(0)
+			if k.len == 24 {
+				for i, l := range lensOf[uint32(k.hi>>40)] {
+					if i < 7 {
+						tag |= uint64(l) << (8 * (i + 1))
+					} else {
+						val |= uint64(l) << (8 * (i - 7))
+					}
+				}
+			}
+			le.PutUint64(e[16:], tag)
+			le.PutUint64(e[24:], val)
+		}
+		if ok {
+			t.buckets, t.table = nb, tab
+			return t, nil
+		}
+	}
+}
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// mergeLengths expands the shortest prefixes of a block into the next
+// length up until at most maxLens lengths remain: the lookup probes each
+// length once, so their number bounds its cost.
+func mergeLengths(idx uint32, bl map[uint8]map[[2]uint64]struct{}) error {
+	for len(bl) > maxLens {
+		lens := make([]int, 0, len(bl))
+		for l := range bl {
+			lens = append(lens, int(l))
+		}
+		slices.Sort(lens)
+		// Merge the adjacent pair that costs the fewest expanded prefixes.
+		best, bestCost := -1, 0
+		for i := 0; i+1 < len(lens); i++ {
+			d := lens[i+1] - lens[i]
+			if d > maxExpand {
+				continue
+			}
+			cost := len(bl[uint8(lens[i])]) << d
+			if best < 0 || cost < bestCost {
+				best, bestCost = i, cost
+			}
+		}
+		if best < 0 {
+			return fmt.Errorf("block %06x::/24: %w", idx, ErrTooManyLengths)
+		}
+		from, to := lens[best], lens[best+1]
+		for a := range bl[uint8(from)] {
+			for i := uint64(0); i < 1<<(to-from); i++ {
+				hi, lo := a[0], a[1]
+				// Set the bits between from and to to i.
+				for j := range to - from {
+					bit := from + j // 0 = most significant
+					if i>>(to-from-1-j)&1 == 0 {
+						continue
+					}
+					if bit < 64 {
+						hi |= 1 << (63 - bit)
+					} else {
+						lo |= 1 << (127 - bit)
+					}
+				}
+				bl[uint8(to)][[2]uint64{hi, lo}] = struct{}{}
+			}
+		}
+		delete(bl, uint8(from))
+	}
+	return nil
+}

@@ -1,0 +1,114 @@
+package bpf
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+)
+
+// Names of the program and maps in both objects.
+const (
+	ProgXDP     = "gatehouse_xdp"
+	MapGen      = "gh_gen"
+	MapCounters = "gh_counters"
+	MapState    = "gh_state"
+	MapBlock4   = "gh_block4"
+	MapBlock6   = "gh_block6"
+	MapLPM4     = "gh_lpm4" // LPM build only
+	MapLPM6     = "gh_lpm6" // LPM build only
+)
+
+// Counter layout: the counter of (action, reason) is at index
+// action*len(reasons slot) + reason.
+const reasonSlots = 8
+
+// Actions and Reasons name the counters, in the program's numbering.
+var (
+	Actions = []string{"pass", "drop"}
+	Reasons = []string{"admitted", "not_admitted", "blocked", "malformed", "management", "passthrough"}
+)
+
+// CounterIndex returns the gh_counters key of an action and reason index.
+func CounterIndex(action, reason int) uint32 { return uint32(action*reasonSlots + reason) }
+
+// Spec returns the collection spec of the fast build, or of the plain LPM
+// trie build when lpm is true.
+func Spec(lpm bool) (*ebpf.CollectionSpec, error) {
+	if lpm {
+		return loadGatehouseLPM()
+	}
+	return loadGatehouse()
+}
+
+// NewGenerationMap creates an inner map holding the pages. The map is not
+// referenced by any program until Publish puts it into the outer map.
+func NewGenerationMap(outer *ebpf.Map, p *Pages) (*ebpf.Map, error) {
+	if p == nil || p.Count == 0 {
+		return nil, errors.New("empty generation")
+	}
+	inner := &ebpf.MapSpec{
+		Name:       "gh_generation",
+		Type:       ebpf.Array,
+		KeySize:    4,
+		ValueSize:  PageSize,
+		MaxEntries: p.Count,
+		Flags:      innerMapFlag,
+	}
+	m, err := ebpf.NewMap(inner)
+	if err != nil {
+		return nil, fmt.Errorf("create generation map: %w", err)
+	}
+	for idx, data := range p.Data {
+		if err := m.Update(idx, data, ebpf.UpdateAny); err != nil {
+			m.Close()
+			return nil, fmt.Errorf("write generation page %d: %w", idx, err)
+		}
+	}
+	return m, nil
+}
+
+// innerMapFlag is BPF_F_INNER_MAP: inner maps of different sizes may share
+// the outer map.
+const innerMapFlag = 1 << 12
+
+// Publish makes gen the generation in force with one update of the outer
+// map: a packet sees either the old generation or the new one, whole.
+func Publish(outer, gen *ebpf.Map) error {
+	if err := outer.Update(uint32(0), gen, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("publish generation: %w", err)
+	}
+	return nil
+}
+
+// FillLPM loads prefixes into the LPM build's tries (reference and
+// benchmarks only; they are not swapped atomically).
+func FillLPM(lpm4, lpm6 *ebpf.Map, v4, v6 []netip.Prefix) error {
+	for _, pr := range v4 {
+		if !pr.Addr().Is4() {
+			return fmt.Errorf("lpm4 %s: %w", pr, ErrBadPrefix)
+		}
+		key := make([]byte, 8)
+		binary.LittleEndian.PutUint32(key, uint32(pr.Bits()))
+		a := pr.Masked().Addr().As4()
+		copy(key[4:], a[:])
+		if err := lpm4.Update(key, uint8(1), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("lpm4 %s: %w", pr, err)
+		}
+	}
+	for _, pr := range v6 {
+		if !pr.Addr().Is6() {
+			return fmt.Errorf("lpm6 %s: %w", pr, ErrBadPrefix)
+		}
+		key := make([]byte, 20)
+		binary.LittleEndian.PutUint32(key, uint32(pr.Bits()))
+		a := pr.Masked().Addr().As16()
+		copy(key[4:], a[:])
+		if err := lpm6.Update(key, uint8(1), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("lpm6 %s: %w", pr, err)
+		}
+	}
+	return nil
+}
