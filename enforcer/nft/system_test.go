@@ -4,15 +4,25 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/test/netns"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 )
 
@@ -122,5 +132,408 @@ func mustAbs(t testing.TB, p string) string {
 	return a
 }
 
-var _ = context.Background
-var _ = strings.Contains
+// Addresses of the two-namespace topology. The admitted ranges are
+// 192.0.2.0/25 and 2001:db8::/120: .10 and .30 are inside, .200 outside.
+const (
+	gateV4     = "192.0.2.1"
+	gateV6     = "2001:db8::1"
+	admittedV4 = "192.0.2.10"
+	scannerV4  = "192.0.2.30"
+	outsideV4  = "192.0.2.200" // not admitted; the management host in strict tests
+	admittedV6 = "2001:db8::10"
+	outsideV6  = "2001:db8::200"
+	listenPort = 443
+	mgmtPort   = 2200
+	otherPort  = 8080
+)
+
+func testPolicy(mode policy.Mode) *policy.Policy {
+	return &policy.Policy{
+		Generation: 1,
+		Enforcement: policy.Enforcement{
+			NFTables: true,
+			Mode:     mode,
+			Management: []policy.Management{
+				{Prefix: netip.MustParsePrefix(outsideV4 + "/32"), Ports: []uint16{mgmtPort}},
+				{Prefix: netip.MustParsePrefix(outsideV6 + "/128"), Ports: []uint16{mgmtPort}},
+			},
+		},
+		Admitted: policy.Admitted{
+			V4: prefixes("192.0.2.0/25"),
+			V6: prefixes("2001:db8::/120"),
+		},
+		Listeners: []policy.Listener{{Name: "web", Port: listenPort, Protocol: policy.ProtoHTTPS}},
+	}
+}
+
+type topo struct {
+	*gate
+	client *netns.NS
+}
+
+func newTopo(t *testing.T, cfg Config) *topo {
+	t.Helper()
+	client := netns.New(t, "cloud")
+	gns := netns.New(t, "gate")
+	netns.Connect(t, client, []string{admittedV4 + "/24", scannerV4 + "/24", outsideV4 + "/24", admittedV6 + "/64", outsideV6 + "/64"},
+		gns, []string{gateV4 + "/24", gateV6 + "/64"})
+	tp := &topo{gate: newGateIn(t, gns, cfg), client: client}
+	for _, port := range []int{listenPort, mgmtPort, otherPort} {
+		tp.serve(t, port)
+	}
+	return tp
+}
+
+// serve accepts on port (both families) and closes each connection when
+// the peer does, so closed connections leave conntrack's count.
+func (tp *topo) serve(t *testing.T, port int) {
+	l := tp.ns.Listen(t, "tcp", fmt.Sprintf(":%d", port))
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				io.Copy(io.Discard, c)
+				c.Close()
+			}()
+		}
+	}()
+}
+
+// dial connects from src to the gate's port; a dropped SYN shows as a
+// timeout. The bound stays below TCP's first SYN retransmission (1 s), so
+// one attempt is one SYN.
+func (tp *topo) dial(src, dst string, port int) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel()
+	return tp.client.DialContext(ctx, "tcp", net.JoinHostPort(src, "0"), net.JoinHostPort(dst, fmt.Sprint(port)))
+}
+
+func (tp *topo) reach(src, dst string, port int) bool {
+	c, err := tp.dial(src, dst, port)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+func (g *gate) counters(t testing.TB) map[string]uint64 {
+	t.Helper()
+	c, err := g.e.conn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := readCounters(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestAdmission(t *testing.T) {
+	tp := newTopo(t, Config{})
+	if err := tp.e.Apply(testPolicy(policy.ModeListeners)); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		src, dst string
+		port     int
+		want     bool
+	}{
+		{admittedV4, gateV4, listenPort, true},
+		{outsideV4, gateV4, listenPort, false},
+		{admittedV6, gateV6, listenPort, true},
+		{outsideV6, gateV6, listenPort, false},
+		// listeners mode polices the listener ports only
+		{outsideV4, gateV4, otherPort, true},
+	} {
+		if got := tp.reach(tc.src, tc.dst, tc.port); got != tc.want {
+			t.Errorf("%s -> %s:%d: reached %v, want %v", tc.src, tc.dst, tc.port, got, tc.want)
+		}
+	}
+	c := tp.counters(t)
+	if c[ruleNotAdmitted] < 2 || c[ruleAdmitted] < 2 {
+		t.Errorf("counters %v: want not_admitted and admitted at least 2 each", c)
+	}
+	// The same numbers through the Prometheus collector.
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(tp.e)
+	if got := gathered(t, reg, "gatehouse_nft_packets_total", ruleNotAdmitted); got < 2 {
+		t.Errorf("gatehouse_nft_packets_total{rule=not_admitted} = %v", got)
+	}
+	n, err := testutil.GatherAndCount(reg, "gatehouse_nft_packets_total", "gatehouse_policy_apply_seconds",
+		"gatehouse_nft_drift_total", "gatehouse_nft_blocked_sources")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := len(tp.e.curRS.counters) + 3; n != want {
+		t.Errorf("%d series gathered, want %d", n, want)
+	}
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP gatehouse_nft_drift_total Times reconcile found table inet gatehouse deleted or edited and rebuilt it.
+# TYPE gatehouse_nft_drift_total counter
+gatehouse_nft_drift_total 0
+`), "gatehouse_nft_drift_total"); err != nil {
+		t.Error(err)
+	}
+}
+
+// gathered returns the value of the series of name whose first label is
+// label (any label for "").
+func gathered(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if label != "" && (len(m.GetLabel()) == 0 || m.GetLabel()[0].GetValue() != label) {
+				continue
+			}
+			if m.GetCounter() != nil {
+				return m.GetCounter().GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return -1
+}
+
+func TestRateLimit(t *testing.T) {
+	const rate, burst, attempts = 5, 5, 20
+	tp := newTopo(t, Config{})
+	p := testPolicy(policy.ModeListeners)
+	p.Enforcement.NewConnRate = policy.Rate{PerSecond: rate, Burst: burst}
+	if err := tp.e.Apply(p); err != nil {
+		t.Fatal(err)
+	}
+	// All attempts at once: the bucket holds burst, refills at rate.
+	var ok atomic.Int32
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range attempts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if tp.reach(admittedV4, gateV4, listenPort) {
+				ok.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	maxOK := burst + int(elapsed.Seconds()*rate) + 1
+	if got := int(ok.Load()); got < burst || got > maxOK {
+		t.Errorf("%d of %d connections got through in %s, want %d..%d (burst %d, %d/s)",
+			got, attempts, elapsed, burst, maxOK, burst, rate)
+	}
+	if c := tp.counters(t); c[ruleRateLimited] == 0 {
+		t.Errorf("rate_limited counter is 0: %v", c)
+	}
+	// Another source has its own bucket.
+	if !tp.reach(admittedV6, gateV6, listenPort) {
+		t.Error("an IPv6 source was limited by the IPv4 source's bucket")
+	}
+}
+
+func TestConnCap(t *testing.T) {
+	const limit = 3
+	tp := newTopo(t, Config{})
+	p := testPolicy(policy.ModeListeners)
+	p.Enforcement.MaxConnsPerSource = limit
+	if err := tp.e.Apply(p); err != nil {
+		t.Fatal(err)
+	}
+	var held []net.Conn
+	for i := range limit {
+		c, err := tp.dial(admittedV4, gateV4, listenPort)
+		if err != nil {
+			t.Fatalf("connection %d of %d: %v", i+1, limit, err)
+		}
+		held = append(held, c)
+	}
+	if tp.reach(admittedV4, gateV4, listenPort) {
+		t.Errorf("connection %d got through a cap of %d", limit+1, limit)
+	}
+	if c := tp.counters(t); c[ruleConnLimited] == 0 {
+		t.Errorf("conn_limited counter is 0: %v", c)
+	}
+	held[0].Close()
+	// Once both ends closed, the connection leaves the count.
+	if !eventually(3*time.Second, func() bool { return tp.reach(admittedV4, gateV4, listenPort) }) {
+		t.Error("no new connection after one of the capped ones closed")
+	}
+	for _, c := range held[1:] {
+		c.Close()
+	}
+}
+
+// eventually polls cond until it holds or d passes.
+func eventually(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestScanBlock(t *testing.T) {
+	const ports = 5
+	blockFor := 2 * time.Second
+	var mu sync.Mutex
+	pushed := map[netip.Addr]time.Duration{}
+	tp := newTopo(t, Config{OnBlock: func(a netip.Addr, d time.Duration) error {
+		mu.Lock()
+		defer mu.Unlock()
+		pushed[a] = d
+		return nil
+	}})
+	p := testPolicy(policy.ModeListeners)
+	p.Enforcement.ScanBlock = policy.ScanBlock{DistinctPorts: ports, Window: 10 * time.Second, BlockFor: blockFor}
+	if err := tp.e.Apply(p); err != nil {
+		t.Fatal(err)
+	}
+	scanner := netip.MustParseAddr(scannerV4)
+	touch := func(port int) { tp.reach(scannerV4, gateV4, port) }
+	// One port short of the threshold, and the same ports again: no block.
+	for port := 1001; port < 1001+ports-1; port++ {
+		touch(port)
+		touch(port)
+	}
+	if err := tp.e.PollBlocked(); err != nil {
+		t.Fatal(err)
+	}
+	if len(pushed) != 0 {
+		t.Fatalf("blocked after %d distinct ports: %v", ports-1, pushed)
+	}
+	if !tp.reach(scannerV4, gateV4, listenPort) {
+		t.Fatal("scanner below the threshold cannot reach the listener")
+	}
+	touch(1001 + ports)
+	if err := tp.e.PollBlocked(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	d, ok := pushed[scanner]
+	mu.Unlock()
+	if !ok || d <= 0 || d > blockFor {
+		t.Fatalf("OnBlock got %v, want %s for up to %s", pushed, scanner, blockFor)
+	}
+	if out := tp.ns.Exec(t, "nft", "list", "set", "inet", TableName, "blocked_v4"); !strings.Contains(out, scannerV4) {
+		t.Errorf("blocked_v4 lacks the scanner:\n%s", out)
+	}
+	if tp.reach(scannerV4, gateV4, listenPort) {
+		t.Error("blocked scanner reached the listener")
+	}
+	if !tp.reach(admittedV4, gateV4, listenPort) {
+		t.Error("another source was blocked with the scanner")
+	}
+	if c := tp.counters(t); c[ruleScan] != 1 || c[ruleBlocked] == 0 {
+		t.Errorf("counters %v: want scan_detected 1 and blocked > 0", c)
+	}
+	// The block expires after block_for.
+	expired := eventually(blockFor+3*time.Second, func() bool {
+		if err := tp.e.PollBlocked(); err != nil {
+			t.Fatal(err)
+		}
+		return !strings.Contains(tp.ns.Exec(t, "nft", "list", "set", "inet", TableName, "blocked_v4"), scannerV4)
+	})
+	if !expired {
+		t.Fatal("scanner still blocked long after block_for")
+	}
+	if !tp.reach(scannerV4, gateV4, listenPort) {
+		t.Error("scanner cannot reach the listener after the block expired")
+	}
+}
+
+func TestStrictMode(t *testing.T) {
+	tp := newTopo(t, Config{})
+	if err := tp.e.Apply(testPolicy(policy.ModeStrict)); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		src, dst string
+		port     int
+		want     bool
+	}{
+		{admittedV4, gateV4, listenPort, true},
+		{admittedV4, gateV4, otherPort, false},
+		{admittedV4, gateV4, mgmtPort, false}, // management is per source range
+		{outsideV4, gateV4, mgmtPort, true},
+		{outsideV4, gateV4, otherPort, false},
+		{outsideV4, gateV4, listenPort, false},
+		{admittedV6, gateV6, listenPort, true},
+		{outsideV6, gateV6, mgmtPort, true},
+		{outsideV6, gateV6, otherPort, false},
+	} {
+		if got := tp.reach(tc.src, tc.dst, tc.port); got != tc.want {
+			t.Errorf("strict: %s -> %s:%d: reached %v, want %v", tc.src, tc.dst, tc.port, got, tc.want)
+		}
+	}
+	if c := tp.counters(t); c[ruleStrictDrop] == 0 || c[ruleManagement] < 2 {
+		t.Errorf("counters %v: want strict_drop and management counted", c)
+	}
+	// Neighbour discovery from scratch, and echo, keep working.
+	tp.client.Exec(t, "ip", "neigh", "flush", "all")
+	tp.ns.Exec(t, "ip", "neigh", "flush", "all")
+	for _, dst := range []string{gateV6, gateV4} {
+		if err := echo(tp.client, dst); err != nil {
+			t.Errorf("strict: echo to %s: %v", dst, err)
+		}
+	}
+	if c := tp.counters(t); c[ruleICMP] == 0 {
+		t.Errorf("icmp_allowed counter is 0: %v", c)
+	}
+}
+
+// echo sends one ICMP or ICMPv6 echo request from ns and waits for the reply.
+func echo(ns *netns.NS, dst string) error {
+	addr := netip.MustParseAddr(dst)
+	network, proto, typ := "ip4:icmp", 1, icmp.Type(ipv4.ICMPTypeEcho)
+	if addr.Is6() {
+		network, proto, typ = "ip6:ipv6-icmp", 58, ipv6.ICMPTypeEchoRequest
+	}
+	var pc *icmp.PacketConn
+	if err := ns.Do(func() (err error) {
+		pc, err = icmp.ListenPacket(network, "")
+		return err
+	}); err != nil {
+		return err
+	}
+	defer pc.Close()
+	msg := icmp.Message{Type: typ, Body: &icmp.Echo{ID: 0x4748, Seq: 1, Data: []byte("gatehouse")}}
+	b, err := msg.Marshal(nil)
+	if err != nil {
+		return err
+	}
+	if _, err := pc.WriteTo(b, &net.IPAddr{IP: addr.AsSlice()}); err != nil {
+		return err
+	}
+	pc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 1500)
+	for {
+		n, _, err := pc.ReadFrom(buf)
+		if err != nil {
+			return err
+		}
+		m, err := icmp.ParseMessage(proto, buf[:n])
+		if err != nil {
+			continue
+		}
+		if m.Type == ipv4.ICMPTypeEchoReply || m.Type == ipv6.ICMPTypeEchoReply {
+			return nil
+		}
+	}
+}
