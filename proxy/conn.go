@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
+	httpproxy "github.com/gatehouse-dmz/gatehouse/proxy/http"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
 
@@ -23,6 +24,7 @@ type conn struct {
 	source   netip.AddrPort
 	raw      *relay.CountingConn
 	tls      *tls.Conn
+	httpConn net.Conn // what http.Server serves: tls, or a guard over it
 	closed   chan struct{}
 
 	identified atomic.Bool
@@ -115,8 +117,17 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 
 	switch {
 	case st.http != nil:
-		s.byTLS.Store(c.tls, c)
-		if !sk.queue.push(c.tls) {
+		// HTTP/2 frames itself; HTTP/1 goes through the framing guard,
+		// which refuses what a backend could read differently.
+		var hc net.Conn = c.tls
+		if c.tls.ConnectionState().NegotiatedProtocol != "h2" {
+			hc = httpproxy.NewFramingGuard(c.tls)
+		}
+		s.connMu.Lock()
+		c.httpConn = hc
+		s.byTLS.Store(hc, c)
+		s.connMu.Unlock()
+		if !sk.queue.push(hc) {
 			c.raw.Close()
 		}
 	case st.tcp != nil:
@@ -153,8 +164,10 @@ func (s *Server) admit(c *conn, id Identity) bool {
 
 // forget runs once when c's socket closes.
 func (s *Server) forget(c *conn) {
-	s.byTLS.Delete(c.tls)
 	s.connMu.Lock()
+	if c.httpConn != nil {
+		s.byTLS.Delete(c.httpConn)
+	}
 	delete(s.conns, c)
 	if c.identified.Load() {
 		id := c.identity()

@@ -29,9 +29,10 @@ type backend struct {
 	srv  *httptest.Server
 	hits atomic.Int64
 
-	mu   sync.Mutex
-	last *http.Request
-	body []byte
+	mu       sync.Mutex
+	last     *http.Request
+	body     []byte
+	complete atomic.Int64 // requests whose body was read to its end
 }
 
 type echo struct {
@@ -52,7 +53,10 @@ func newBackend(t testing.TB, name string) *backend {
 
 func (b *backend) serve(w http.ResponseWriter, r *http.Request) {
 	b.hits.Add(1)
-	body, _ := io.ReadAll(r.Body)
+	body, err := io.ReadAll(r.Body)
+	if err == nil {
+		b.complete.Add(1)
+	}
 	b.mu.Lock()
 	b.last = r
 	b.body = body
@@ -82,10 +86,19 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) lines() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return strings.Split(strings.TrimSpace(s.b.String()), "\n")
+// lines returns the log lines once one contains want; the log is written
+// after the response, so it may trail the client a little.
+func (s *syncBuffer) lines(want string) []string {
+	for range 500 {
+		s.mu.Lock()
+		text := strings.TrimSpace(s.b.String())
+		s.mu.Unlock()
+		if strings.Contains(text, want) {
+			return strings.Split(text, "\n")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil
 }
 
 type harness struct {
