@@ -24,13 +24,13 @@ const (
 type guardState int
 
 const (
-	gHead       guardState = iota // request line and header fields
-	gBody                         // Content-Length body bytes
-	gChunkSize                    // chunk-size [; ext] CRLF
-	gChunkData                    // chunk bytes
-	gChunkCRLF                    // CRLF after chunk data
-	gTrailers                     // trailer fields after the last chunk
-	gPassthrough                  // after an Upgrade request: not HTTP/1 any more
+	gHead        guardState = iota // request line and header fields
+	gBody                          // Content-Length body bytes
+	gChunkSize                     // chunk-size [; ext] CRLF
+	gChunkData                     // chunk bytes
+	gChunkCRLF                     // CRLF after chunk data
+	gTrailers                      // trailer fields after the last chunk
+	gPassthrough                   // after an Upgrade request: not HTTP/1 any more
 )
 
 // FramingGuard wraps the plaintext of an HTTP/1.1 client connection and

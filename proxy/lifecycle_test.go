@@ -1,0 +1,345 @@
+package proxy_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/proxy"
+)
+
+func TestHTTP2Downstream(t *testing.T) {
+	b := newBackend(t, "a")
+	h := newHarness(t, testLimits(), listener("web", policy.ProtoHTTPS,
+		policy.Route{Tenant: "acme", Backend: b.url()}))
+	r := h.mustDo(h.client(h.pki.acme, true), "web", "POST", "", "/h2", nil, strings.NewReader("hello"))
+	if r.status != 200 || r.resp.Proto != "HTTP/2.0" {
+		t.Fatalf("status %d proto %s, want 200 over HTTP/2.0", r.status, r.resp.Proto)
+	}
+	if r.echo.Header.Get("X-Gatehouse-Tenant") != "acme" || r.echo.BodyLen != 5 {
+		t.Errorf("backend saw tenant %q body %d", r.echo.Header.Get("X-Gatehouse-Tenant"), r.echo.BodyLen)
+	}
+	g := h.mustDo(h.client(h.pki.globex, true), "web", "GET", "", "/", nil, nil)
+	if g.status != 403 {
+		t.Errorf("globex over HTTP/2: status %d, want 403", g.status)
+	}
+}
+
+// TestUpgradePassthrough upgrades to an echo protocol the way WebSocket
+// does and checks bytes flow both ways through the proxy.
+func TestUpgradePassthrough(t *testing.T) {
+	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "echo" || r.Header.Get("X-Gatehouse-Tenant") != "acme" {
+			http.Error(w, "no upgrade", 400)
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		line, _ := brw.ReadString('\n')
+		io.WriteString(c, "echo: "+line)
+	})}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	go up.Serve(ln)
+	t.Cleanup(func() { up.Close() })
+	h := newHarness(t, testLimits(), listener("web", policy.ProtoHTTPS,
+		policy.Route{Tenant: "acme", Backend: "http://" + ln.Addr().String()}))
+	c := h.rawTLS(h.pki.acme, "web")
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("status %d, want 101", resp.StatusCode)
+	}
+	io.WriteString(c, "Transfer-Encoding: chunked\r\n")
+	line, err := br.ReadString('\n')
+	if err != nil || line != "echo: Transfer-Encoding: chunked\r\n" {
+		t.Fatalf("upgraded stream answered %q, %v", line, err)
+	}
+}
+
+func TestRevalidateClosesRevokedConnections(t *testing.T) {
+	b := newBackend(t, "a")
+	h := newHarness(t, testLimits(), listener("web", policy.ProtoHTTPS,
+		policy.Route{Tenant: "acme", Backend: b.url()},
+		policy.Route{Tenant: "globex", Backend: b.url()}))
+	c := h.rawTLS(h.pki.acme, "web")
+	br := bufio.NewReader(c)
+	get := func() error {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := get(); err != nil {
+		t.Fatal(err)
+	}
+	gc := h.client(h.pki.globex, false)
+	h.mustDo(gc, "web", "GET", "", "/", nil, nil) // a globex connection that must survive
+	check := func(cs tls.ConnectionState) error { _, err := h.pki.src.Identify(cs); return err }
+	if n := h.srv.Revalidate(check); n != 0 {
+		t.Fatalf("nothing revoked yet, Revalidate closed %d", n)
+	}
+	h.pki.src.revoke(fingerprint(h.pki.acme))
+	if n := h.srv.Revalidate(check); n != 1 {
+		t.Fatalf("Revalidate closed %d connections, want 1", n)
+	}
+	if err := get(); err == nil {
+		t.Fatal("revoked connection still answers")
+	}
+	if r := h.mustDo(gc, "web", "GET", "", "/", nil, nil); r.status != 200 {
+		t.Errorf("globex after revalidation: status %d", r.status)
+	}
+	if _, err := h.do(h.client(h.pki.acme, false), "web", "GET", "", "/", nil, nil); err == nil {
+		t.Error("revoked certificate accepted on a new connection")
+	}
+}
+
+func TestApplyBindFailureKeepsOldState(t *testing.T) {
+	old := newBackend(t, "old")
+	next := newBackend(t, "next")
+	h := newHarness(t, testLimits(), listener("web", policy.ProtoHTTPS,
+		policy.Route{Tenant: "acme", Backend: old.url()}))
+	webAddr := h.addr("web")
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	busyPort := uint16(busy.Addr().(*net.TCPAddr).Port)
+	bad := &policy.Policy{Generation: 2, Listeners: []policy.Listener{
+		listener("web", policy.ProtoHTTPS, policy.Route{Tenant: "acme", Backend: next.url()}),
+		{Name: "second", Addr: loopback, Port: busyPort, Protocol: policy.ProtoHTTPS,
+			Routes: []policy.Route{{Tenant: "acme", Backend: next.url()}}},
+	}}
+	if err := h.srv.Apply(bad); err == nil {
+		t.Fatal("Apply with an address in use succeeded")
+	}
+	if _, ok := h.srv.Addr("second"); ok {
+		t.Error("the failed listener is running")
+	}
+	if h.addr("web") != webAddr {
+		t.Error("web listener moved")
+	}
+	if r := h.mustDo(h.client(h.pki.acme, false), "web", "GET", "", "/", nil, nil); r.echo.Backend != "old" {
+		t.Errorf("after a failed Apply requests go to %q, want old", r.echo.Backend)
+	}
+
+	// Bad routes and unsupported protocols are refused the same way.
+	for name, p := range map[string]*policy.Policy{
+		"bad backend": {Listeners: []policy.Listener{listener("web", policy.ProtoHTTPS, policy.Route{Tenant: "acme", Backend: "ftp://x"})}},
+		"missing ca": {Listeners: []policy.Listener{listener("web", policy.ProtoHTTPS,
+			policy.Route{Tenant: "acme", Backend: "https://127.0.0.1:1", BackendCA: filepath.Join(t.TempDir(), "none.pem")})}},
+		"tn3270":         {Listeners: []policy.Listener{listener("web", policy.ProtoTN3270, policy.Route{Tenant: "acme", Backend: "127.0.0.1:23"})}},
+		"duplicate name": {Listeners: []policy.Listener{listener("web", policy.ProtoHTTPS), {Name: "web", Addr: loopback, Port: 1, Protocol: policy.ProtoHTTPS}}},
+	} {
+		if err := h.srv.Apply(p); err == nil {
+			t.Errorf("%s: Apply succeeded", name)
+		} else if name == "tn3270" && !errors.Is(err, proxy.ErrUnsupported) {
+			t.Errorf("tn3270: %v, want ErrUnsupported", err)
+		}
+	}
+	if r := h.mustDo(h.client(h.pki.acme, false), "web", "GET", "", "/", nil, nil); r.echo.Backend != "old" {
+		t.Errorf("after refused Applys requests go to %q, want old", r.echo.Backend)
+	}
+
+	// A good Apply swaps routes under a live keep-alive connection.
+	keep := h.client(h.pki.acme, false)
+	h.mustDo(keep, "web", "GET", "", "/", nil, nil)
+	good := &policy.Policy{Generation: 3, Listeners: []policy.Listener{
+		listener("web", policy.ProtoHTTPS, policy.Route{Tenant: "acme", Backend: next.url()})}}
+	if err := h.srv.Apply(good); err != nil {
+		t.Fatal(err)
+	}
+	if r := h.mustDo(keep, "web", "GET", "", "/", nil, nil); r.echo.Backend != "next" {
+		t.Errorf("after Apply a kept connection reaches %q, want next", r.echo.Backend)
+	}
+}
+
+func freePort(t testing.TB) uint16 {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return uint16(ln.Addr().(*net.TCPAddr).Port)
+}
+
+// slowBackend answers once release is closed, after signalling entered.
+func slowBackend(t testing.TB) (url string, entered chan struct{}, release chan struct{}) {
+	entered, release = make(chan struct{}, 8), make(chan struct{})
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		<-release
+		io.WriteString(w, "finished")
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String(), entered, release
+}
+
+func TestApplyRemovesListenerAndShutdownDrains(t *testing.T) {
+	slowURL, entered, release := slowBackend(t)
+	b := newBackend(t, "b")
+	slowL := policy.Listener{Name: "slow", Addr: loopback, Port: freePort(t), Protocol: policy.ProtoHTTPS,
+		Routes: []policy.Route{{Tenant: "acme", Backend: slowURL}}}
+	otherL := policy.Listener{Name: "other", Addr: loopback, Port: freePort(t), Protocol: policy.ProtoHTTPS,
+		Routes: []policy.Route{{Tenant: "acme", Path: "/", Backend: b.url()}, {Tenant: "acme", Path: "/slow", Backend: slowURL}}}
+	h := newHarness(t, testLimits(), slowL, otherL)
+	slowAddr := h.addr("slow")
+
+	done := make(chan result, 2)
+	go func() {
+		r, _ := h.do(h.client(h.pki.acme, false), "slow", "GET", "", "/", nil, nil)
+		done <- r
+	}()
+	<-entered
+	if err := h.srv.Apply(&policy.Policy{Generation: 2, Listeners: []policy.Listener{otherL}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := h.srv.Addr("slow"); ok {
+		t.Error("removed listener still reported")
+	}
+	if c, err := net.DialTimeout("tcp", slowAddr, 5*time.Second); err == nil {
+		c.Close()
+		t.Error("removed listener still accepts")
+	}
+	close(release)
+	if r := <-done; r.status != 200 || r.body != "finished" {
+		t.Errorf("request on the removed listener: status %d body %q, want it to finish", r.status, r.body)
+	}
+
+	// Shutdown lets a running request finish.
+	go func() {
+		r, _ := h.do(h.client(h.pki.acme, false), "other", "GET", "", "/slow", nil, nil)
+		done <- r
+	}()
+	<-entered
+	if err := h.srv.Shutdown(ctxTimeout(t, 10*time.Second)); err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	if r := <-done; r.status != 200 {
+		t.Errorf("request during Shutdown: status %d", r.status)
+	}
+	if err := h.srv.Apply(&policy.Policy{Listeners: []policy.Listener{otherL}}); !errors.Is(err, proxy.ErrClosed) {
+		t.Errorf("Apply after Shutdown: %v, want ErrClosed", err)
+	}
+}
+
+func TestShutdownClosesBusyConnectionsAtDeadline(t *testing.T) {
+	slowURL, entered, release := slowBackend(t)
+	defer close(release)
+	h := newHarness(t, testLimits(), listener("web", policy.ProtoHTTPS,
+		policy.Route{Tenant: "acme", Backend: slowURL}))
+	done := make(chan error, 1)
+	go func() {
+		_, err := h.do(h.client(h.pki.acme, false), "web", "GET", "", "/", nil, nil)
+		done <- err
+	}()
+	<-entered
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := h.srv.Shutdown(ctx); err == nil {
+		t.Error("Shutdown with a stuck request reported a clean drain")
+	}
+	if err := <-done; err == nil {
+		t.Error("stuck request finished normally after a forced shutdown")
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	b := newBackend(t, "a")
+	h := newHarness(t, testLimits(), listener("web", policy.ProtoHTTPS,
+		policy.Route{Tenant: "acme", Backend: b.url()}))
+	acme := h.client(h.pki.acme, false)
+	h.mustDo(acme, "web", "GET", "", "/", nil, nil)
+	h.mustDo(h.client(h.pki.globex, false), "web", "GET", "", "/", nil, nil)
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(h.srv); err != nil {
+		t.Fatal(err)
+	}
+	h.access.lines(`"tenant":"globex"`) // both requests done and counted
+	want := `
+# HELP gatehouse_http_requests_total HTTP requests answered, by listener, tenant and status code.
+# TYPE gatehouse_http_requests_total counter
+gatehouse_http_requests_total{code="200",listener="web",tenant="acme"} 1
+gatehouse_http_requests_total{code="403",listener="web",tenant="globex"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "gatehouse_http_requests_total"); err != nil {
+		t.Error(err)
+	}
+	if n := activeGauge(t, reg, "acme"); n != 1 {
+		t.Errorf("acme active connections %v, want 1", n)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, mf := range mfs {
+		names[mf.GetName()] = true
+	}
+	for _, n := range []string{"gatehouse_proxy_connections_active", "gatehouse_proxy_bytes_total", "gatehouse_http_request_duration_seconds"} {
+		if !names[n] {
+			t.Errorf("metric %s missing", n)
+		}
+	}
+}
+
+func activeGauge(t testing.TB, reg *prometheus.Registry, tenant string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "gatehouse_proxy_connections_active" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "tenant" && l.GetValue() == tenant {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+var (
+	_ = os.Getenv
+	_ = exec.LookPath
+)
