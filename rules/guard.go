@@ -42,40 +42,40 @@ func (g Guards) minV6() int {
 // updates), the reserved 240/4 and multicast. IPv6 outside 2000::/3 is
 // refused as well (see CheckPrefix).
 var SpecialPurpose = mustPrefixes(
-	"0.0.0.0/8",          // "this network"
-	"10.0.0.0/8",         // private
-	"100.64.0.0/10",      // shared address space (CGN)
-	"127.0.0.0/8",        // loopback
-	"169.254.0.0/16",     // link local
-	"172.16.0.0/12",      // private
-	"192.0.0.0/24",       // IETF protocol assignments
-	"192.0.2.0/24",       // documentation TEST-NET-1
-	"192.31.196.0/24",    // AS112-v4
-	"192.52.193.0/24",    // AMT
-	"192.88.99.0/24",     // deprecated 6to4 relay anycast
-	"192.168.0.0/16",     // private
-	"192.175.48.0/24",    // direct delegation AS112
-	"198.18.0.0/15",      // benchmarking
-	"198.51.100.0/24",    // documentation TEST-NET-2
-	"203.0.113.0/24",     // documentation TEST-NET-3
-	"224.0.0.0/4",        // multicast
-	"240.0.0.0/4",        // reserved, includes 255.255.255.255
-	"::/128",             // unspecified
-	"::1/128",            // loopback
-	"::ffff:0:0/96",      // IPv4-mapped
-	"64:ff9b::/96",       // IPv4/IPv6 translation
-	"64:ff9b:1::/48",     // local-use translation
-	"100::/64",           // discard only
-	"2001::/23",          // IETF protocol assignments
-	"2001:db8::/32",      // documentation
-	"2002::/16",          // 6to4
-	"2620:4f:8000::/48",  // direct delegation AS112
-	"3fff::/20",          // documentation (RFC 9637)
-	"5f00::/16",          // SRv6 SIDs
-	"fc00::/7",           // unique local
-	"fe80::/10",          // link local
-	"fec0::/10",          // deprecated site local
-	"ff00::/8",           // multicast
+	"0.0.0.0/8",         // "this network"
+	"10.0.0.0/8",        // private
+	"100.64.0.0/10",     // shared address space (CGN)
+	"127.0.0.0/8",       // loopback
+	"169.254.0.0/16",    // link local
+	"172.16.0.0/12",     // private
+	"192.0.0.0/24",      // IETF protocol assignments
+	"192.0.2.0/24",      // documentation TEST-NET-1
+	"192.31.196.0/24",   // AS112-v4
+	"192.52.193.0/24",   // AMT
+	"192.88.99.0/24",    // deprecated 6to4 relay anycast
+	"192.168.0.0/16",    // private
+	"192.175.48.0/24",   // direct delegation AS112
+	"198.18.0.0/15",     // benchmarking
+	"198.51.100.0/24",   // documentation TEST-NET-2
+	"203.0.113.0/24",    // documentation TEST-NET-3
+	"224.0.0.0/4",       // multicast
+	"240.0.0.0/4",       // reserved, includes 255.255.255.255
+	"::/128",            // unspecified
+	"::1/128",           // loopback
+	"::ffff:0:0/96",     // IPv4-mapped
+	"64:ff9b::/96",      // IPv4/IPv6 translation
+	"64:ff9b:1::/48",    // local-use translation
+	"100::/64",          // discard only
+	"2001::/23",         // IETF protocol assignments
+	"2001:db8::/32",     // documentation
+	"2002::/16",         // 6to4
+	"2620:4f:8000::/48", // direct delegation AS112
+	"3fff::/20",         // documentation (RFC 9637)
+	"5f00::/16",         // SRv6 SIDs
+	"fc00::/7",          // unique local
+	"fe80::/10",         // link local
+	"fec0::/10",         // deprecated site local
+	"ff00::/8",          // multicast
 )
 
 var globalUnicast6 = netip.MustParsePrefix("2000::/3")
