@@ -1,0 +1,110 @@
+package proxy_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+// TestCurlWithClientCertificate drives the proxy with curl --cert, the way
+// an operator checks a listener by hand.
+func TestCurlWithClientCertificate(t *testing.T) {
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		if os.Getenv("GATEHOUSE_REQUIRE_PRIV") == "1" {
+			t.Fatal("curl not installed")
+		}
+		t.Skip("curl not installed")
+	}
+	b := newBackend(t, "a")
+	h := newHarness(t, testLimits(), listener("web", policy.ProtoHTTPS,
+		policy.Route{Tenant: "acme", Host: "a.example", Path: "/orders", Backend: b.url()}))
+	dir := t.TempDir()
+	cert, key := writePEM(t, dir, "acme", h.pki.acme)
+	ca := writeCAPEM(t, dir, "server-ca", h.pki.serverCA)
+	_, port, _ := net.SplitHostPort(h.addr("web"))
+	run := func(args ...string) (string, error) {
+		base := []string{"--silent", "--show-error", "--max-time", "10", "--cacert", ca,
+			"--resolve", "a.example:" + port + ":127.0.0.1"}
+		out, err := exec.Command(curl, append(base, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	url := "https://a.example:" + port + "/orders/42?x=1"
+	out, err := run("--cert", cert, "--key", key, "-H", "X-Gatehouse-Tenant: globex", url)
+	if err != nil {
+		t.Fatalf("curl: %v: %s", err, out)
+	}
+	var e echo
+	if err := json.Unmarshal([]byte(out), &e); err != nil {
+		t.Fatalf("curl output %q: %v", out, err)
+	}
+	if e.Path != "/orders/42" || e.Header.Get("X-Gatehouse-Tenant") != "acme" ||
+		e.Header.Get("X-Client-Cert-Fingerprint") != fingerprint(h.pki.acme) {
+		t.Errorf("backend saw path %q tenant %q fingerprint %q", e.Path,
+			e.Header.Get("X-Gatehouse-Tenant"), e.Header.Get("X-Client-Cert-Fingerprint"))
+	}
+	out, err = run("--cert", cert, "--key", key, "-o", "/dev/null", "-w", "%{http_code}", "https://a.example:"+port+"/admin")
+	if err != nil || out != "403" {
+		t.Errorf("curl to an unrouted path: %q %v, want 403", out, err)
+	}
+	if out, err := run(url); err == nil {
+		t.Errorf("curl without a client certificate succeeded: %s", out)
+	}
+}
+
+func TestTCPRelay(t *testing.T) {
+	echoLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { echoLn.Close() })
+	go func() {
+		for {
+			c, err := echoLn.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				// Echo until the client half-closes, then say goodbye: only
+				// works if the relay passes the FIN on and keeps reading.
+				io.Copy(c, c)
+				io.WriteString(c, "bye\n")
+				c.Close()
+			}()
+		}
+	}()
+	h := newHarness(t, testLimits(), listener("raw", policy.ProtoTCP,
+		policy.Route{Tenant: "acme", Backend: echoLn.Addr().String()}))
+	c := h.rawTLS(h.pki.acme, "raw")
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "hello\n")
+	br := bufio.NewReader(c)
+	if line, _ := br.ReadString('\n'); line != "hello\n" {
+		t.Fatalf("echo %q", line)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	rest, _ := io.ReadAll(br)
+	if string(rest) != "bye\n" {
+		t.Errorf("after half-close got %q, want bye", rest)
+	}
+	// A tenant without a tcp route gets nothing.
+	g := h.rawTLS(h.pki.globex, "raw")
+	g.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(g, "hello\n")
+	if b, _ := io.ReadAll(g); len(b) != 0 {
+		t.Errorf("globex without a route got %q", b)
+	}
+	if !strings.Contains(h.addr("raw"), "127.0.0.1") {
+		t.Error("tcp listener not on loopback")
+	}
+}
