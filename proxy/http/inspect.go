@@ -296,9 +296,15 @@ func inspectTokens(d *xml.Decoder, version SOAPVersion, lim XMLLimits) (Message,
 	return msg, nil
 }
 
+// checkName bounds a local name by MaxNameLen. Namespace URIs are
+// attribute values (xmlns declarations) and are bounded like them, by
+// MaxTextLen: real ones are often long.
 func checkName(n xml.Name, lim XMLLimits) error {
-	if len(n.Local) > lim.MaxNameLen || len(n.Space) > lim.MaxNameLen {
-		return reject(ReasonNameLen, "name of %d bytes", max(len(n.Local), len(n.Space)))
+	if len(n.Local) > lim.MaxNameLen {
+		return reject(ReasonNameLen, "name of %d bytes", len(n.Local))
+	}
+	if len(n.Space) > lim.MaxTextLen {
+		return reject(ReasonNameLen, "namespace of %d bytes", len(n.Space))
 	}
 	return nil
 }

@@ -41,7 +41,7 @@ type XMLLimits struct {
 	MaxDepth    int   // element nesting
 	MaxElements int   // elements in the document
 	MaxAttrs    int   // attributes on one element, namespace declarations included
-	MaxNameLen  int   // local name, prefix or namespace URI
+	MaxNameLen  int   // local name of an element or attribute
 	MaxTextLen  int   // one run of character data or one attribute value
 }
 

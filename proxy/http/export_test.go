@@ -1,0 +1,8 @@
+package httpproxy
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// MetricsRejections exposes one rejection counter to the tests.
+func MetricsRejections(m *Metrics, tenant, reason string) prometheus.Counter {
+	return m.soapRejections.WithLabelValues(tenant, reason)
+}
