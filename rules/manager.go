@@ -1,0 +1,505 @@
+package rules
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Schedule defaults.
+const (
+	DefaultRefresh = 15 * time.Minute
+	backoffBase    = 30 * time.Second
+	acceptPoll     = 2 * time.Second
+)
+
+// ManagerConfig configures a Manager.
+type ManagerConfig struct {
+	Logger   *slog.Logger
+	StateDir string
+	Feeds    []FeedConfig
+	Guards   Guards
+	// HTTPClient fetches https:// sources; nil builds one per feed with
+	// timeouts (and the feed's CAFile as the only trusted CA). A feed with
+	// a CAFile always gets its own client.
+	HTTPClient *http.Client
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Manager keeps every configured feed current: it fetches, verifies and
+// guards new releases, hands the accepted ones to the daemon and persists
+// them as last known good once the daemon has applied them.
+type Manager struct {
+	log   *slog.Logger
+	store *Store
+	now   func() time.Time
+	feeds []*feed
+
+	applyMu sync.Mutex // one onUpdate at a time
+
+	descSerial, descSuccess, descUpdates, descExpired *prometheus.Desc
+}
+
+// feed is one feed's state; mu guards the fields below it.
+type feed struct {
+	cfg   FeedConfig
+	v     *Verifier
+	fetch *fetcher
+	wake  chan struct{}
+
+	mu          sync.Mutex
+	current     *Verified // in force
+	pending     *Verified // held in quarantine
+	val         *validators
+	lastSuccess time.Time
+	expired     bool
+	failures    int
+	updates     map[string]uint64
+}
+
+var _ prometheus.Collector = (*Manager)(nil)
+
+// NewManager compiles every feed, opens the store in StateDir and loads
+// each feed's last known good release, verified again (an expired one is
+// kept, flagged expired). A stored release that no longer verifies is
+// logged and ignored.
+func NewManager(cfg ManagerConfig) (*Manager, error) {
+	if cfg.Logger == nil {
+		return nil, errors.New("feed manager: no logger")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	store, err := OpenStore(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	m := &Manager{
+		log:   cfg.Logger.With("component", "feeds"),
+		store: store,
+		now:   cfg.Now,
+		descSerial: prometheus.NewDesc("gatehouse_feed_serial",
+			"Serial of the feed release in force.", []string{"feed"}, nil),
+		descSuccess: prometheus.NewDesc("gatehouse_feed_last_success_timestamp_seconds",
+			"When the feed was last fetched and verified (applied or unchanged).", []string{"feed"}, nil),
+		descUpdates: prometheus.NewDesc("gatehouse_feed_updates_total",
+			"Feed update attempts by result: applied, unchanged, accepted, or the reason for refusal.", []string{"feed", "result"}, nil),
+		descExpired: prometheus.NewDesc("gatehouse_feed_expired",
+			"1 when the feed release in force has expired (it stays enforced).", []string{"feed"}, nil),
+	}
+	seen := map[string]bool{}
+	for _, fc := range cfg.Feeds {
+		if seen[fc.Name] {
+			return nil, fmt.Errorf("feed %s: configured twice", fc.Name)
+		}
+		seen[fc.Name] = true
+		v, err := NewVerifier(fc, cfg.Guards, cfg.Now)
+		if err != nil {
+			return nil, err
+		}
+		fe, err := newFetcher(fc.Source, fc.CAFile, cfg.HTTPClient)
+		if err != nil {
+			return nil, fmt.Errorf("feed %s: %w", fc.Name, err)
+		}
+		f := &feed{cfg: fc, v: v, fetch: fe, wake: make(chan struct{}, 1), updates: map[string]uint64{}}
+		m.feeds = append(m.feeds, f)
+		m.loadLastKnownGood(f)
+	}
+	return m, nil
+}
+
+func (m *Manager) loadLastKnownGood(f *feed) {
+	log := m.log.With("feed", f.cfg.Name)
+	b, err := m.store.Load(f.cfg.Name)
+	if errors.Is(err, os.ErrNotExist) {
+		log.Info("no last known good release yet")
+		return
+	}
+	if err != nil {
+		log.Error("last known good release unreadable, ignored", "err", err)
+		return
+	}
+	ver, err := f.v.Verify(b, nil, VerifyOptions{IgnoreExpiry: true})
+	if err != nil {
+		log.Error("last known good release no longer verifies, ignored", "reason", ReasonOf(err), "err", err)
+		return
+	}
+	f.current = ver
+	f.expired = ver.Expired
+	log.Info("last known good release loaded", "serial", ver.Manifest.Serial, "prefixes", len(ver.Prefixes), "expired", ver.Expired)
+}
+
+// Current returns the aggregated prefixes in force per feed (feeds without
+// a verified release are absent).
+func (m *Manager) Current() map[string][]netip.Prefix {
+	out := map[string][]netip.Prefix{}
+	for _, f := range m.feeds {
+		f.mu.Lock()
+		if f.current != nil {
+			out[f.cfg.Name] = slices.Clone(f.current.Prefixes)
+		}
+		f.mu.Unlock()
+	}
+	return out
+}
+
+func (m *Manager) feed(name string) (*feed, error) {
+	for _, f := range m.feeds {
+		if f.cfg.Name == name {
+			return f, nil
+		}
+	}
+	return nil, fmt.Errorf("%w %q", ErrUnknownFeed, name)
+}
+
+// Accept lets the release of feed name held in quarantine through on the
+// feed's next cycle (Run wakes it at once). The acceptance is recorded in
+// the store, so `gatehouse feed accept` run beside the daemon does the
+// same.
+func (m *Manager) Accept(name string) error {
+	f, err := m.feed(name)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	p := f.pending
+	f.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("feed %s: %w", name, ErrNothingQuarantined)
+	}
+	if err := m.store.WriteAccept(name, p.Digest); err != nil {
+		return err
+	}
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Run keeps every feed current until ctx ends, then returns nil. onUpdate
+// receives a feed's new aggregated prefixes and returns nil only once the
+// daemon applied a policy with them; only then is the release persisted as
+// last known good. Calls to onUpdate never overlap.
+func (m *Manager) Run(ctx context.Context, onUpdate func(name string, prefixes []netip.Prefix) error) error {
+	var wg sync.WaitGroup
+	for _, f := range m.feeds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m.loop(ctx, f, onUpdate)
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+func (m *Manager) loop(ctx context.Context, f *feed, onUpdate func(string, []netip.Prefix) error) {
+	poll := time.NewTicker(acceptPoll)
+	defer poll.Stop()
+	for {
+		ok := m.Cycle(ctx, f.cfg.Name, onUpdate) == nil
+		timer := time.NewTimer(m.nextDelay(f, ok))
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				return
+			case <-timer.C:
+				break wait
+			case <-f.wake:
+				timer.Stop()
+				break wait
+			case <-poll.C:
+				m.checkExpiry(f)
+				if m.acceptPending(f, onUpdate) {
+					timer.Stop()
+					break wait
+				}
+			}
+		}
+	}
+}
+
+// nextDelay is the refresh interval with ±10 % jitter after success, and
+// exponential backoff from 30 s up to the refresh interval after failures.
+func (m *Manager) nextDelay(f *feed, ok bool) time.Duration {
+	refresh := f.cfg.Refresh
+	if refresh <= 0 {
+		refresh = DefaultRefresh
+	}
+	f.mu.Lock()
+	if ok {
+		f.failures = 0
+	} else {
+		f.failures++
+	}
+	n := f.failures
+	f.mu.Unlock()
+	d := refresh
+	if n > 0 {
+		d = backoffBase << min(n-1, 16)
+		d = min(d, refresh)
+	}
+	return time.Duration(float64(d) * (0.9 + 0.2*rand.Float64()))
+}
+
+func (m *Manager) count(f *feed, result string) {
+	f.mu.Lock()
+	f.updates[result]++
+	f.mu.Unlock()
+}
+
+func (m *Manager) checkExpiry(f *feed) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.current == nil {
+		return
+	}
+	exp := !m.now().Before(f.current.Manifest.Expires)
+	if exp && !f.expired {
+		m.log.Warn("feed release in force has expired; it stays enforced", "feed", f.cfg.Name,
+			"serial", f.current.Manifest.Serial, "expired_at", f.current.Manifest.Expires)
+	}
+	f.expired = exp
+}
+
+// Cycle runs one fetch-verify-apply round for feed name: what Run does on
+// every refresh. A refusal is logged once, counted, and returned; nil
+// means applied or unchanged.
+func (m *Manager) Cycle(ctx context.Context, name string, onUpdate func(string, []netip.Prefix) error) error {
+	f, err := m.feed(name)
+	if err != nil {
+		return err
+	}
+	defer m.checkExpiry(f)
+	log := m.log.With("feed", name)
+	result, ver, err := m.fetchAndVerify(ctx, f)
+	if err != nil {
+		r := ReasonOf(err)
+		if r == "" {
+			r = ReasonFetch
+		}
+		m.count(f, string(r))
+		switch r {
+		case ReasonSerialReuse:
+			log.Error("feed update refused: serial reused with different content (ALERT: possible key compromise or publisher error)", "reason", r, "err", err)
+		case ReasonQuarantined:
+			log.Warn("feed update held in quarantine; run `gatehouse feed accept "+name+"` to apply it", "reason", r, "serial", ver.Manifest.Serial, "err", err)
+		default:
+			log.Warn("feed update refused; last known good stays in force", "reason", r, "err", err)
+		}
+		return err
+	}
+	if result == ResultUnchanged {
+		m.count(f, ResultUnchanged)
+		log.Debug("feed unchanged")
+		return nil
+	}
+	return m.apply(f, ver, result, onUpdate)
+}
+
+// fetchAndVerify returns ResultUnchanged, or a release ready to apply
+// (result ResultApplied or ResultAccepted), or a refusal. A quarantined
+// release is returned with its refusal.
+func (m *Manager) fetchAndVerify(ctx context.Context, f *feed) (string, *Verified, error) {
+	f.mu.Lock()
+	var prior *Prior
+	if f.current != nil {
+		prior = &Prior{Serial: f.current.Manifest.Serial, Digest: f.current.Digest}
+	}
+	val := f.val
+	f.mu.Unlock()
+
+	raw, newVal, notModified, err := f.fetch.get(ctx, ManifestName, MaxManifestSize, val)
+	if err != nil {
+		return "", nil, fetchErr(ManifestName, err)
+	}
+	if notModified {
+		m.markSuccess(f, val)
+		return ResultUnchanged, nil, nil
+	}
+	var sigs [][]byte
+	for i := 1; i <= len(f.cfg.Keys) && i <= MaxSignatures; i++ {
+		s, _, _, err := f.fetch.get(ctx, SignatureName(i), MaxSignatureSize, nil)
+		if errors.Is(err, errNotFound) {
+			continue
+		}
+		if err != nil {
+			return "", nil, fetchErr(SignatureName(i), err)
+		}
+		sigs = append(sigs, s)
+	}
+	man, _, err := f.v.VerifyManifest(raw, sigs, prior, VerifyOptions{})
+	if errors.Is(err, ErrUnchanged) {
+		m.markSuccess(f, &newVal)
+		return ResultUnchanged, nil, nil
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	b := Bundle{Manifest: raw, Signatures: sigs, Files: map[string][]byte{}}
+	for _, mf := range man.Files {
+		data, _, _, err := f.fetch.get(ctx, mf.Name, min(mf.Length, MaxFileSize), nil)
+		if err != nil {
+			if ReasonOf(err) == ReasonTooLarge {
+				return "", nil, &Error{Reason: ReasonHashMismatch, Err: fmt.Errorf("file %s: longer than the manifest's %d bytes", mf.Name, mf.Length)}
+			}
+			return "", nil, fetchErr(mf.Name, err)
+		}
+		b.Files[mf.Name] = data
+	}
+	ver, err := f.v.VerifyPayload(man, b.Files)
+	if err != nil {
+		return "", nil, err
+	}
+	ver.Bundle, ver.Digest = b, b.Digest()
+	ver.Manifest = man
+
+	result := ResultApplied
+	f.mu.Lock()
+	cur := f.current
+	f.mu.Unlock()
+	if cur != nil {
+		if cerr := CheckCoverage(cur.Coverage, ver.Coverage, f.cfg.maxShrink(), f.cfg.maxGrow()); cerr != nil {
+			accepted, ok, aerr := m.store.ReadAccept(f.cfg.Name)
+			if aerr != nil {
+				m.log.Warn("cannot read feed acceptance", "feed", f.cfg.Name, "err", aerr)
+			}
+			if !ok || accepted != ver.Digest {
+				m.quarantine(f, ver)
+				return "", ver, cerr
+			}
+			result = ResultAccepted
+		}
+	}
+	f.mu.Lock()
+	f.val = &newVal
+	f.mu.Unlock()
+	return result, ver, nil
+}
+
+func fetchErr(name string, err error) error {
+	if ReasonOf(err) != "" {
+		return err
+	}
+	return &Error{Reason: ReasonFetch, Err: fmt.Errorf("fetch %s: %w", name, err)}
+}
+
+func (m *Manager) markSuccess(f *feed, val *validators) {
+	f.mu.Lock()
+	f.lastSuccess = m.now()
+	if val != nil {
+		f.val = val
+	}
+	f.mu.Unlock()
+}
+
+func (m *Manager) quarantine(f *feed, ver *Verified) {
+	f.mu.Lock()
+	same := f.pending != nil && f.pending.Digest == ver.Digest
+	f.pending = ver
+	f.mu.Unlock()
+	if same {
+		return
+	}
+	if err := m.store.SaveQuarantine(f.cfg.Name, ver.Manifest.Serial, ver.Bundle); err != nil {
+		m.log.Warn("cannot record quarantined release", "feed", f.cfg.Name, "err", err)
+	}
+}
+
+// acceptPending applies the quarantined release when the store records
+// its acceptance; it reports whether it tried.
+func (m *Manager) acceptPending(f *feed, onUpdate func(string, []netip.Prefix) error) bool {
+	f.mu.Lock()
+	p, cur := f.pending, f.current
+	f.mu.Unlock()
+	if p == nil {
+		return false
+	}
+	d, ok, err := m.store.ReadAccept(f.cfg.Name)
+	if err != nil || !ok || d != p.Digest {
+		return false
+	}
+	if cur != nil && p.Manifest.Serial <= cur.Manifest.Serial {
+		f.mu.Lock()
+		f.pending = nil
+		f.mu.Unlock()
+		_ = m.store.ClearQuarantine(f.cfg.Name)
+		return false
+	}
+	_ = m.apply(f, p, ResultAccepted, onUpdate)
+	return true
+}
+
+func (m *Manager) apply(f *feed, ver *Verified, result string, onUpdate func(string, []netip.Prefix) error) error {
+	log := m.log.With("feed", f.cfg.Name, "serial", ver.Manifest.Serial)
+	m.applyMu.Lock()
+	err := onUpdate(f.cfg.Name, slices.Clone(ver.Prefixes))
+	m.applyMu.Unlock()
+	if err != nil {
+		m.count(f, string(ReasonApply))
+		log.Warn("feed update not applied; last known good stays in force", "reason", ReasonApply, "err", err)
+		return &Error{Reason: ReasonApply, Err: err}
+	}
+	f.mu.Lock()
+	f.current, f.pending = ver, nil
+	f.expired = false
+	f.lastSuccess = m.now()
+	f.updates[result]++
+	f.mu.Unlock()
+	log.Info("feed update applied", "result", result, "prefixes", len(ver.Prefixes),
+		"ipv4_addresses", ver.Coverage.V4, "entries", ver.Entries, "selected", ver.Selected)
+	if err := m.store.Save(f.cfg.Name, ver.Manifest.Serial, ver.Bundle); err != nil {
+		m.count(f, string(ReasonStore))
+		log.Error("feed update applied but not persisted; a restart falls back to the previous release", "err", err)
+		return &Error{Reason: ReasonStore, Err: err}
+	}
+	if err := m.store.ClearQuarantine(f.cfg.Name); err != nil {
+		log.Warn("cannot clear quarantine", "err", err)
+	}
+	return nil
+}
+
+// Describe implements prometheus.Collector.
+func (m *Manager) Describe(ch chan<- *prometheus.Desc) {
+	ch <- m.descSerial
+	ch <- m.descSuccess
+	ch <- m.descUpdates
+	ch <- m.descExpired
+}
+
+// Collect implements prometheus.Collector.
+func (m *Manager) Collect(ch chan<- prometheus.Metric) {
+	for _, f := range m.feeds {
+		f.mu.Lock()
+		name := f.cfg.Name
+		if f.current != nil {
+			ch <- prometheus.MustNewConstMetric(m.descSerial, prometheus.GaugeValue, float64(f.current.Manifest.Serial), name)
+		}
+		if !f.lastSuccess.IsZero() {
+			ch <- prometheus.MustNewConstMetric(m.descSuccess, prometheus.GaugeValue, float64(f.lastSuccess.UnixNano())/1e9, name)
+		}
+		exp := 0.0
+		if f.expired {
+			exp = 1
+		}
+		ch <- prometheus.MustNewConstMetric(m.descExpired, prometheus.GaugeValue, exp, name)
+		for _, r := range sortedKeys(f.updates) {
+			ch <- prometheus.MustNewConstMetric(m.descUpdates, prometheus.CounterValue, float64(f.updates[r]), name, r)
+		}
+		f.mu.Unlock()
+	}
+}
