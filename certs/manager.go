@@ -276,18 +276,9 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 	if now.After(leaf.NotAfter) {
 		return Identity{}, &AuthError{Result: ResultExpired, Detail: "expired " + leaf.NotAfter.UTC().Format(time.RFC3339)}
 	}
-	inter := x509.NewCertPool()
-	for _, c := range chain[1:] {
-		inter.AddCert(c)
-	}
-	chains, err := leaf.Verify(x509.VerifyOptions{
-		Roots:         st.pool,
-		Intermediates: inter,
-		CurrentTime:   now,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
-	if err != nil {
-		return Identity{}, classifyVerify(err)
+	chains, aerr := st.verifyChain(chain, now)
+	if aerr != nil {
+		return Identity{}, aerr
 	}
 	// Tenants whose CA anchors any verified chain.
 	var cands []int
@@ -348,6 +339,63 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 		Subject:           leaf.Subject.String(),
 		NotAfter:          leaf.NotAfter,
 	}, nil
+}
+
+// verifyChain verifies the presented chain against the union of the
+// tenants' CAs. Successful results are cached per generation, keyed by the
+// presented certificates, so that Identify after a handshake, resumptions
+// and the re-validation of live connections do not repeat the signature
+// checks; a hit still re-checks every certificate's validity period.
+func (st *state) verifyChain(chain []*x509.Certificate, now time.Time) ([][]*x509.Certificate, *AuthError) {
+	h := sha256.New()
+	for _, c := range chain {
+		h.Write(c.Raw)
+	}
+	var key [32]byte
+	h.Sum(key[:0])
+	if v, ok := st.verified.Load(key); ok {
+		e := v.(*verifiedEntry)
+		if !now.Before(e.from) && !now.After(e.until) {
+			return e.chains, nil
+		}
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	chains, err := chain[0].Verify(x509.VerifyOptions{
+		Roots:         st.pool,
+		Intermediates: inter,
+		CurrentTime:   now,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return nil, classifyVerify(err)
+	}
+	if st.verifiedN.Add(1) <= maxVerifiedCache {
+		e := &verifiedEntry{chains: chains, from: chains[0][0].NotBefore, until: chains[0][0].NotAfter}
+		for _, ch := range chains {
+			for _, c := range ch {
+				if c.NotBefore.After(e.from) {
+					e.from = c.NotBefore
+				}
+				if c.NotAfter.Before(e.until) {
+					e.until = c.NotAfter
+				}
+			}
+		}
+		st.verified.Store(key, e)
+	}
+	return chains, nil
+}
+
+// maxVerifiedCache bounds the per-generation cache of verified chains; past
+// it, chains are verified every time.
+const maxVerifiedCache = 10000
+
+type verifiedEntry struct {
+	chains      [][]*x509.Certificate
+	from, until time.Time // the window in which every certificate of every chain is valid
 }
 
 func classifyVerify(err error) *AuthError {

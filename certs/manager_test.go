@@ -738,3 +738,28 @@ func copyFile(t testing.TB, from, to string) {
 	}
 	certstest.WriteFile(t, to, b)
 }
+
+// TestVerifiedCacheHonoursCAExpiry: a chain verified (and cached) while its
+// CA was valid is refused once the CA expires, though the leaf is still valid.
+func TestVerifiedCacheHonoursCAExpiry(t *testing.T) {
+	k := newPKI(t)
+	start := time.Now()
+	ca := certstest.NewCAValid(t, "short CA", start.Add(-time.Hour), start.Add(time.Hour))
+	leaf := ca.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "long"},
+		NotAfter: start.Add(48 * time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	p := clonePolicy(k.policy)
+	p.Tenants = []policy.Tenant{{ID: "short", ClientCA: ca.CertFile}}
+	var now atomic.Int64
+	now.Store(start.Unix())
+	m := newManager(t, Config{Now: func() time.Time { return time.Unix(now.Load(), 0) }}, p)
+	cs := tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf.Cert}}
+	for i := 0; i < 2; i++ {
+		if id, err := m.Identify(cs); err != nil || id.Tenant != "short" {
+			t.Fatalf("Identify %d: %v %v", i, id, err)
+		}
+	}
+	now.Add(2 * 3600)
+	if _, err := m.Identify(cs); ResultOf(err) != ResultExpired {
+		t.Fatalf("after the CA expired: %v, want expired", err)
+	}
+}

@@ -27,6 +27,8 @@ type state struct {
 	files     map[string][32]byte
 	loaded    time.Time
 
+	verified    sync.Map     // SHA-256 of the presented chain → *verifiedEntry
+	verifiedN   atomic.Int64 // entries stored in verified
 	warnedStale sync.Map     // tenant id → struct{}: stale CRL already logged
 	staleCount  atomic.Int32 // stale CRLs last seen by the watcher
 }
