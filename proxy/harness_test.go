@@ -248,3 +248,15 @@ func testLimits() proxy.Limits {
 		DrainTimeout:      2 * time.Second,
 	}
 }
+
+// waitFor polls cond for up to five seconds, for effects that trail the
+// client's view (logs, counters written after the response).
+func waitFor(cond func() bool) bool {
+	for range 500 {
+		if cond() {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return false
+}

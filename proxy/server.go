@@ -210,6 +210,7 @@ func (s *Server) Apply(p *policy.Policy) error {
 			continue
 		}
 		delete(s.sockets, addr)
+		sk.ln.Close() // stop accepting now; the drain below may take a while
 		s.drains.Add(1)
 		go func() {
 			defer s.drains.Done()
