@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -187,5 +188,60 @@ func TestInFlightLimitPerTenant(t *testing.T) {
 	close(release)
 	if r := <-done; r.status != 200 {
 		t.Errorf("first acme request: status %d", r.status)
+	}
+}
+
+func TestConnectionLimitPerTenant(t *testing.T) {
+	b := newBackend(t, "a")
+	lim := testLimits()
+	lim.MaxConnsPerTenant = 1
+	h := newHarness(t, lim, listener("web", policy.ProtoHTTPS,
+		policy.Route{Tenant: "acme", Backend: b.url()},
+		policy.Route{Tenant: "globex", Backend: b.url()}))
+	first := h.rawTLS(h.pki.acme, "web")
+	if code, _ := rawExchange(t, first, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); code != 200 {
+		t.Fatalf("first acme connection: %d", code)
+	}
+	second := h.rawTLS(h.pki.acme, "web")
+	if code, _ := rawExchange(t, second, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); code != 0 {
+		t.Errorf("second acme connection answered %d, want it closed", code)
+	}
+	other := h.rawTLS(h.pki.globex, "web")
+	if code, _ := rawExchange(t, other, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); code != 200 {
+		t.Errorf("globex connection answered %d while acme is at its limit", code)
+	}
+	// Closing the first frees the slot.
+	first.Close()
+	if !waitFor(func() bool {
+		c, err := tls.Dial("tcp", h.addr("web"), h.pki.clientTLS(h.pki.acme, "localhost", "http/1.1"))
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		code, _ := rawExchange(t, c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		return code == 200
+	}) {
+		t.Error("acme slot not freed after its connection closed")
+	}
+}
+
+func TestSOAPThroughTLS(t *testing.T) {
+	b := newBackend(t, "soap")
+	h := newHarness(t, testLimits(), listener("services", policy.ProtoSOAP,
+		policy.Route{Tenant: "acme", Backend: b.url(), SOAPActions: []string{"urn:acme:GetOrder"}}))
+	env := `<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><GetOrder xmlns="urn:acme"/></s:Body></s:Envelope>`
+	for _, h2 := range []bool{false, true} {
+		c := h.client(h.pki.acme, h2)
+		hdr := http.Header{"Content-Type": {"text/xml; charset=utf-8"}, "Soapaction": {`"urn:acme:GetOrder"`}}
+		if r := h.mustDo(c, "services", "POST", "", "/svc", hdr, strings.NewReader(env)); r.status != 200 || string(b.lastBody()) != env {
+			t.Errorf("h2=%v good request: status %d, backend body %q", h2, r.status, b.lastBody())
+		}
+		hdr.Set("Soapaction", `"urn:acme:DeleteOrder"`)
+		if r := h.mustDo(c, "services", "POST", "", "/svc", hdr, strings.NewReader(env)); r.status != 500 || !strings.Contains(r.body, "soap:Client") {
+			t.Errorf("h2=%v forged action: status %d body %q", h2, r.status, r.body)
+		}
+	}
+	if b.hits.Load() != 2 {
+		t.Errorf("backend hits %d, want 2", b.hits.Load())
 	}
 }

@@ -1,0 +1,139 @@
+package relay_test
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
+)
+
+func tcpPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		ch <- c
+	}()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = <-ch
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+type counts struct{ in, out atomic.Int64 }
+
+func (c *counts) Count(in bool, n int) {
+	if in {
+		c.in.Add(int64(n))
+	} else {
+		c.out.Add(int64(n))
+	}
+}
+
+// TestPipeHalfClose relays client ⇄ backend: the client sends a request and
+// half-closes; the backend answers only after it saw the end of the
+// request, and the answer still reaches the client.
+func TestPipeHalfClose(t *testing.T) {
+	client, front := tcpPair(t)
+	back, backend := tcpPair(t)
+	var cnt counts
+	var closes atomic.Int64
+	fc := relay.NewCountingConn(front, &cnt, func() { closes.Add(1) })
+	type res struct{ ab, ba int64 }
+	done := make(chan res, 1)
+	go func() {
+		ab, ba, err := relay.Pipe(fc, back)
+		if err != nil {
+			t.Errorf("pipe: %v", err)
+		}
+		done <- res{ab, ba}
+	}()
+	go func() {
+		req, _ := io.ReadAll(backend) // until the relayed FIN
+		backend.Write(append([]byte("got "), req...))
+		backend.Close()
+	}()
+	payload := bytes.Repeat([]byte("x"), 100_000)
+	client.Write(payload)
+	client.(*net.TCPConn).CloseWrite()
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	answer, err := io.ReadAll(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(answer, append([]byte("got "), payload...)) {
+		t.Fatalf("answer of %d bytes, want %d", len(answer), len(payload)+4)
+	}
+	r := <-done
+	if r.ab != int64(len(payload)) || r.ba != int64(len(payload)+4) {
+		t.Errorf("pipe counted %d/%d", r.ab, r.ba)
+	}
+	if cnt.in.Load() != r.ab || cnt.out.Load() != r.ba {
+		t.Errorf("counting conn saw %d in, %d out; pipe %d/%d", cnt.in.Load(), cnt.out.Load(), r.ab, r.ba)
+	}
+	fc.Close()
+	if closes.Load() != 1 {
+		t.Errorf("close hook ran %d times, want 1", closes.Load())
+	}
+}
+
+func TestAcceptLimit(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var refused atomic.Int64
+	hold := make(chan struct{})
+	var handled sync.WaitGroup
+	handled.Add(2)
+	done := make(chan error, 1)
+	go func() {
+		done <- relay.Accept(ln, relay.AcceptConfig{MaxConns: 2, Refused: func(net.Conn) { refused.Add(1) }},
+			func(c net.Conn) {
+				handled.Done()
+				<-hold
+				c.Close()
+			})
+	}()
+	var conns []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	handled.Wait()
+	third, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	third.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := third.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("connection over the cap: read %v, want EOF", err)
+	}
+	if refused.Load() != 1 {
+		t.Errorf("refused %d, want 1", refused.Load())
+	}
+	ln.Close()
+	close(hold)
+	if err := <-done; err != nil {
+		t.Errorf("Accept: %v", err)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+}
