@@ -763,3 +763,64 @@ func TestVerifiedCacheHonoursCAExpiry(t *testing.T) {
 		t.Fatalf("after the CA expired: %v, want expired", err)
 	}
 }
+
+// TestSNISelection: with several certificates a listener picks by SNI
+// (exact or wildcard), and falls back to the first for no or unknown SNI.
+func TestSNISelection(t *testing.T) {
+	ca := certstest.NewCA(t, "srv")
+	first := ca.Server(t, "gw.example")
+	wild := ca.Server(t, "*.tenants.example")
+	ls := &listenerState{certs: []*tls.Certificate{&first.TLS, &wild.TLS}}
+	for _, tc := range []struct {
+		sni  string
+		want *certstest.Leaf
+	}{
+		{"", first},
+		{"gw.example", first},
+		{"acme.tenants.example", wild},
+		{"ACME.Tenants.Example.", wild},
+		{"a.b.tenants.example", first},
+		{"unknown.example", first},
+	} {
+		got, err := ls.certificate(&tls.ClientHelloInfo{ServerName: tc.sni})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Leaf != tc.want.Cert {
+			t.Errorf("SNI %q got %v, want %v", tc.sni, got.Leaf.DNSNames, tc.want.Cert.DNSNames)
+		}
+	}
+}
+
+// TestSSLv3Refused sends a bare SSLv3 ClientHello (no supported_versions
+// extension), as an old emulator would.
+func TestSSLv3Refused(t *testing.T) {
+	k := newPKI(t)
+	m := newManager(t, Config{}, k.policy)
+	srv, _ := m.TLSConfig("mainframe")
+	hello := []byte{0x03, 0x00} // client_version SSL 3.0
+	hello = append(hello, make([]byte, 32)...)
+	hello = append(hello, 0x00)                   // session id
+	hello = append(hello, 0x00, 0x02, 0x00, 0x2f) // TLS_RSA_WITH_AES_128_CBC_SHA
+	hello = append(hello, 0x01, 0x00)             // null compression
+	hs := append([]byte{0x01, 0x00, byte(len(hello) >> 8), byte(len(hello))}, hello...)
+	record := append([]byte{0x16, 0x03, 0x00, byte(len(hs) >> 8), byte(len(hs))}, hs...)
+
+	c1, c2 := net.Pipe()
+	go func() {
+		c2.Write(record)
+		io.Copy(io.Discard, c2)
+	}()
+	sc := tls.Server(c1, srv)
+	err := sc.Handshake()
+	c1.Close()
+	c2.Close()
+	if err == nil {
+		t.Fatal("SSLv3 handshake succeeded")
+	}
+	before := counter(t, m, "mainframe", "none", ResultProtocolVersion)
+	m.HandshakeFailed("mainframe", err)
+	if ResultOf(err) != ResultProtocolVersion || counter(t, m, "mainframe", "none", ResultProtocolVersion) != before+1 {
+		t.Fatalf("SSLv3: %v classified %s", err, ResultOf(err))
+	}
+}
