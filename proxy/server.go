@@ -273,10 +273,18 @@ func withALPN(c *tls.Config, protos []string) *tls.Config {
 	c.NextProtos = protos
 	c.MinVersion = max(c.MinVersion, tls.VersionTLS12)
 	if get := c.GetConfigForClient; get != nil {
+		outerOK := c.ClientAuth == tls.RequireAndVerifyClientCert
 		c.GetConfigForClient = func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
 			cc, err := get(chi)
-			if err != nil || cc == nil {
-				return cc, err
+			if err != nil {
+				return nil, err
+			}
+			if cc == nil {
+				// The outer config applies: only if it demands a certificate.
+				if !outerOK {
+					return nil, ErrTLSConfig
+				}
+				return nil, nil
 			}
 			if !demandsClientCert(cc) {
 				return nil, ErrTLSConfig

@@ -318,11 +318,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = body
 	}
 	rt := h.serve(sw, r, st, ok)
+	// A handler that wrote nothing gets net/http's implicit 200.
 	status := cmp.Or(sw.status, http.StatusOK)
-	if sw.status == 0 && !sw.wrote {
-		// The handler returned without writing: net/http sends 200.
-		status = http.StatusOK
-	}
 	var in int64
 	if body != nil {
 		in = body.n.Load()
@@ -488,7 +485,6 @@ func newID() string {
 type statusWriter struct {
 	http.ResponseWriter
 	status int
-	wrote  bool
 	n      int64
 }
 
@@ -503,7 +499,6 @@ func (w *statusWriter) Write(p []byte) (int, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
-	w.wrote = true
 	n, err := w.ResponseWriter.Write(p)
 	w.n += int64(n)
 	return n, err
