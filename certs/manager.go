@@ -129,9 +129,10 @@ func (m *Manager) Reload() error {
 
 func (m *Manager) apply(p *policy.Policy, why string) error {
 	m.mu.Lock()
-	st, err := m.build(p)
+	err := m.ensureTickets(p)
+	var st *state
 	if err == nil {
-		err = m.ensureTickets(p)
+		st, err = m.build(p)
 	}
 	if err != nil {
 		m.mu.Unlock()
@@ -171,9 +172,13 @@ var cipherSuites = []uint16{
 }
 
 // innerConfig is the per-generation config a listener's handshakes run on.
-func (m *Manager) innerConfig(st *state, ls *listenerState) *tls.Config {
+// It carries the listener's session-ticket keys: crypto/tls prefers the keys
+// of the config GetConfigForClient returns, and callers that wrap our
+// GetConfigForClient and clone its result still copy the current keys.
+// Called with m.mu held.
+func (m *Manager) innerConfig(ls *listenerState) *tls.Config {
 	name := ls.name
-	return &tls.Config{
+	c := &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		CipherSuites:   cipherSuites,
 		GetCertificate: ls.certificate,
@@ -189,6 +194,8 @@ func (m *Manager) innerConfig(st *state, ls *listenerState) *tls.Config {
 		},
 		Time: m.now,
 	}
+	c.SetSessionTicketKeys(m.tickets[name].keys)
+	return c
 }
 
 // TLSConfig returns the server config for a listener. It stays valid across
@@ -196,8 +203,6 @@ func (m *Manager) innerConfig(st *state, ls *listenerState) *tls.Config {
 // listener no longer exists. NextProtos set on the returned config before use
 // are offered on every handshake.
 func (m *Manager) TLSConfig(listener string) (*tls.Config, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	if _, ok := m.state.Load().listeners[listener]; !ok {
 		return nil, fmt.Errorf("tls config %q: %w", listener, ErrUnknownListener)
 	}
@@ -214,20 +219,12 @@ func (m *Manager) TLSConfig(listener string) (*tls.Config, error) {
 		if len(outer.NextProtos) == 0 {
 			return ls.config, nil
 		}
-		key := strings.Join(outer.NextProtos, "\x00")
-		if c, ok := ls.alpn.Load(key); ok {
-			return c.(*tls.Config), nil
-		}
+		// A clone per handshake costs about a microsecond, nothing beside
+		// the handshake, and always carries the current ticket keys.
 		c := ls.config.Clone()
-		c.NextProtos = append([]string(nil), outer.NextProtos...)
-		actual, _ := ls.alpn.LoadOrStore(key, c)
-		return actual.(*tls.Config), nil
+		c.NextProtos = outer.NextProtos
+		return c, nil
 	}
-	// Ticket keys live on this outer config: crypto/tls uses them when the
-	// config from GetConfigForClient has none, so they survive reloads.
-	ts := m.tickets[listener]
-	ts.configs = append(ts.configs, outer)
-	outer.SetSessionTicketKeys(ts.keys)
 	return outer, nil
 }
 

@@ -412,7 +412,19 @@ func TestTicketRotation(t *testing.T) {
 	now.Store(time.Now().Unix())
 	clock := func() time.Time { return time.Unix(now.Load(), 0) }
 	m := newManager(t, Config{StateDir: dir, Now: clock, TicketKeyRotation: time.Hour}, k.policy)
-	srv, _ := m.TLSConfig("web")
+	outer, _ := m.TLSConfig("web")
+	// Wrap it the way a proxy does (clone, clone the per-handshake config
+	// too), so that rotation must reach configs we never handed out.
+	srv := outer.Clone()
+	srv.GetConfigForClient = func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+		c, err := outer.GetConfigForClient(chi)
+		if err != nil {
+			return nil, err
+		}
+		c = c.Clone()
+		c.NextProtos = []string{"x"}
+		return c, nil
+	}
 	read := func() string {
 		b, err := os.ReadFile(filepath.Join(dir, "tls-tickets", "web"))
 		if err != nil {
@@ -425,11 +437,21 @@ func TestTicketRotation(t *testing.T) {
 	cc.MaxVersion = tls.VersionTLS12 // a TLS 1.2 ticket carries no age limit of its own
 	cc.ClientSessionCache = tls.NewLRUClientSessionCache(8)
 	handshake(t, srv, cc, false)
+	prev := k.clientConfig(k.acme)
+	prev.MaxVersion = tls.VersionTLS12
+	prev.ClientSessionCache = tls.NewLRUClientSessionCache(8)
+	handshake(t, srv, prev, false)
 	for i := 1; i <= keepTicketKeys; i++ {
 		now.Add(3601)
 		m.rotateTickets()
 		if lines := strings.Count(read(), "\n"); lines != min(i+1, keepTicketKeys) {
 			t.Fatalf("after %d rotations %d keys", i, lines)
+		}
+		if i == 1 {
+			// A ticket under the previous key still resumes.
+			if r := handshake(t, srv, prev, false); !r.server.DidResume {
+				t.Fatalf("ticket under the previous key did not resume: %v", r.serverErr)
+			}
 		}
 	}
 	if strings.Contains(read(), strings.Fields(first)[1]) {

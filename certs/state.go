@@ -37,7 +37,6 @@ type listenerState struct {
 	name   string
 	certs  []*tls.Certificate // first is the default
 	config *tls.Config        // what GetConfigForClient hands out
-	alpn   sync.Map           // joined NextProtos → clone of config
 }
 
 type tenantState struct {
@@ -187,7 +186,7 @@ func (m *Manager) loadListener(ld *loader, st *state, l policy.Listener) (*liste
 		m.logger.Warn("server certificate has expired", "listener", l.Name, "file", l.ServerCert, "not_after", pair.Leaf.NotAfter)
 	}
 	ls := &listenerState{name: l.Name, certs: []*tls.Certificate{&pair}}
-	ls.config = m.innerConfig(st, ls)
+	ls.config = m.innerConfig(ls)
 	return ls, nil
 }
 

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -20,13 +19,11 @@ import (
 // all decrypt, so a ticket lives at most keepTicketKeys rotations.
 const keepTicketKeys = 3
 
-// ticketSet is one listener's session-ticket keys, newest first, and the
-// configs that use them.
+// ticketSet is one listener's session-ticket keys, newest first.
 type ticketSet struct {
 	path    string // empty: memory only
 	keys    [][32]byte
 	created []time.Time
-	configs []*tls.Config
 }
 
 // ensureTickets gives every listener of p its keys, loaded from the state
@@ -73,6 +70,9 @@ func (m *Manager) rotateTickets() {
 			m.logger.Error("session ticket key rotation failed", "listener", name, "err", err)
 			continue
 		}
+		if ls, ok := m.state.Load().listeners[name]; ok {
+			ls.config.SetSessionTicketKeys(ts.keys)
+		}
 		m.logger.Info("session ticket key rotated", "listener", name)
 	}
 }
@@ -93,9 +93,6 @@ func (ts *ticketSet) rotate(now time.Time) error {
 		}
 	}
 	ts.keys, ts.created = keys, created
-	for _, c := range ts.configs {
-		c.SetSessionTicketKeys(keys)
-	}
 	return nil
 }
 
