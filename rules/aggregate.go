@@ -44,10 +44,18 @@ func Union(sources map[string][]netip.Prefix) (policy.Admitted, error) {
 // Aggregate merges one list of prefixes into the fewest covering the same
 // addresses, sorted, IPv4 before IPv6.
 func Aggregate(prefixes []netip.Prefix) []netip.Prefix {
-	var b netipx.IPSetBuilder
+	var v4, v6 []netip.Prefix
 	for _, p := range prefixes {
-		b.AddPrefix(p.Masked())
+		if !p.IsValid() {
+			continue
+		}
+		if p.Addr().Is4() {
+			v4 = append(v4, p)
+		} else {
+			v6 = append(v6, p)
+		}
 	}
-	set, _ := b.IPSet()
-	return set.Prefixes()
+	out := make([]netip.Prefix, 0, len(v4)/4+len(v6)/4+1)
+	out = aggregateFamily(v4, true, out)
+	return aggregateFamily(v6, false, out)
 }

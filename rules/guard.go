@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/big"
 	"net/netip"
+	"slices"
 )
 
 // Guards are the checks every prefix of a feed must pass before selection.
@@ -78,7 +79,39 @@ var SpecialPurpose = mustPrefixes(
 	"ff00::/8",          // multicast
 )
 
-var globalUnicast6 = netip.MustParsePrefix("2000::/3")
+var (
+	globalUnicast6 = netip.MustParsePrefix("2000::/3")
+	// special4 and special6 are SpecialPurpose as merged, sorted spans,
+	// for a binary search per feed prefix.
+	special4 = spansOf(SpecialPurpose, true)
+	special6 = spansOf(SpecialPurpose, false)
+)
+
+func spansOf(ps []netip.Prefix, is4 bool) []span {
+	var fam []netip.Prefix
+	for _, p := range ps {
+		if p.Addr().Is4() == is4 {
+			fam = append(fam, p)
+		}
+	}
+	var out []span
+	for _, p := range aggregateFamily(fam, is4, nil) {
+		out = append(out, spanOf(p))
+	}
+	return out
+}
+
+// overlapsAny reports whether p overlaps one of the sorted, disjoint spans.
+func overlapsAny(spans []span, p netip.Prefix) bool {
+	s := spanOf(p)
+	i, _ := slices.BinarySearchFunc(spans, s.first, func(e span, t u128) int {
+		if e.last.cmp(t) < 0 {
+			return -1
+		}
+		return 1
+	})
+	return i < len(spans) && spans[i].first.cmp(s.last) <= 0
+}
 
 func mustPrefixes(ss ...string) []netip.Prefix {
 	out := make([]netip.Prefix, len(ss))
@@ -116,6 +149,13 @@ func (g Guards) CheckPrefix(p netip.Prefix) error {
 	}
 	if p.Addr().Is6() && !globalUnicast6.Overlaps(p) {
 		return refuse(ReasonBogon, "%s is outside IPv6 global unicast 2000::/3", p)
+	}
+	special := special6
+	if p.Addr().Is4() {
+		special = special4
+	}
+	if !overlapsAny(special, p) {
+		return nil
 	}
 	for _, s := range SpecialPurpose {
 		if s.Overlaps(p) {

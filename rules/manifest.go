@@ -81,7 +81,7 @@ func ParseManifest(raw []byte) (*Manifest, error) {
 		return nil, refuse(ReasonBadManifest, "manifest: %v", err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, refuse(ReasonBadManifest, "manifest: %v", errTrailing)
+		return nil, refuse(ReasonBadManifest, "manifest: %v", errors.New("data after the JSON document"))
 	}
 	switch {
 	case m.Source == nil || m.Serial == nil || m.Issued == nil || m.Expires == nil || m.Files == nil:

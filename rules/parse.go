@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"slices"
 	"sort"
@@ -183,8 +182,6 @@ func Parse(format string, data []byte) (*Ranges, error) {
 	return r, nil
 }
 
-var errTrailing = errors.New("data after the JSON document")
-
 // decodeJSON decodes exactly one JSON object from data into v.
 func decodeJSON(data []byte, v any) error {
 	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
@@ -194,14 +191,8 @@ func decodeJSON(data []byte, v any) error {
 	if c := bytes.TrimSpace(data)[0]; c != '{' {
 		return fmt.Errorf("not a JSON object (starts with %q)", c)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return errTrailing
-	}
-	return nil
+	// Unmarshal refuses anything after the document, unlike a Decoder.
+	return json.Unmarshal(data, v)
 }
 
 // prefix parses s as a prefix of the given family (4 or 6).
