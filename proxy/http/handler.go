@@ -459,10 +459,18 @@ func (h *Handler) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		// The client went away; nobody reads the answer.
 		w.WriteHeader(499)
+	case isTimeout(err):
+		h.logger.Warn("backend timed out", "listener", h.listener, "err", err)
+		refuse(w, http.StatusGatewayTimeout, "gateway timeout")
 	default:
 		h.logger.Warn("backend failed", "listener", h.listener, "err", err)
 		refuse(w, http.StatusBadGateway, "bad gateway")
 	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
 func refuse(w http.ResponseWriter, code int, msg string) {
