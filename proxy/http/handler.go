@@ -190,6 +190,7 @@ func (h *Handler) newRoute(pr policy.Route) (*route, error) {
 		// Negative: flush at once, so streamed and long-polled responses
 		// are not held back by the proxy.
 		FlushInterval: -1,
+		BufferPool:    copyBuffers,
 		ErrorLog:      slog.NewLogLogger(h.logger.Handler(), slog.LevelWarn),
 	}
 	return rt, nil
@@ -533,6 +534,15 @@ func (b *countingBody) Read(p []byte) (int, error) {
 }
 
 func (b *countingBody) Close() error { return b.rc.Close() }
+
+// copyBuffers recycles the 32 KiB buffers of response copies, which
+// ReverseProxy would otherwise allocate per request.
+var copyBuffers = &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte  { return *b.p.Get().(*[]byte) }
+func (b *bufferPool) Put(s []byte) { b.p.Put(&s) }
 
 // InFlight counts requests in flight per listener and tenant.
 type InFlight struct {
