@@ -846,3 +846,51 @@ func TestSSLv3Refused(t *testing.T) {
 		t.Fatalf("SSLv3: %v classified %s", err, ResultOf(err))
 	}
 }
+
+// TestIntermediateChains: a tenant trusts its root; clients present leaf
+// and intermediate. The root's CRL can revoke the intermediate, and a
+// tenant that trusts only the intermediate gets exactly its leaves.
+func TestIntermediateChains(t *testing.T) {
+	k := newPKI(t)
+	root := certstest.NewCA(t, "corp root")
+	issuing := root.Intermediate(t, "corp issuing")
+	other := root.Intermediate(t, "corp other")
+	viaIssuing := issuing.Client(t, "svc", "spiffe://corp/svc")
+	viaOther := other.Client(t, "svc2", "spiffe://corp/svc2")
+	rootCRL := root.CRL(t, filepath.Join(t.TempDir(), "root.crl"), time.Now().Add(time.Hour))
+
+	p := clonePolicy(k.policy)
+	p.Tenants = []policy.Tenant{
+		{ID: "corp", ClientCA: root.CertFile, CRL: rootCRL},
+		{ID: "narrow", ClientCA: issuing.CertFile, Identities: policy.Identities{CommonName: []string{"svc"}}},
+	}
+	m := newManager(t, Config{}, p)
+	srv, _ := m.TLSConfig("web")
+	try := func(l *certstest.Leaf) (Result, string) {
+		r := handshake(t, srv, k.clientConfig(l), false)
+		if r.serverErr != nil {
+			return ResultOf(r.serverErr), ""
+		}
+		id, err := m.Identify(r.server)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ResultOK, id.Tenant
+	}
+	// svc chains to both the root (corp) and the issuing CA (narrow, by CN).
+	if res, _ := try(viaIssuing); res != ResultAmbiguousTenant {
+		t.Errorf("svc: %s, want ambiguous_tenant", res)
+	}
+	if res, tenant := try(viaOther); res != ResultOK || tenant != "corp" {
+		t.Errorf("svc2: %s %q, want corp", res, tenant)
+	}
+	// The root revokes the other intermediate: its leaves are refused.
+	b := &certstest.Leaf{Cert: other.Cert}
+	root.CRL(t, rootCRL, time.Now().Add(time.Hour), b)
+	if err := m.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if res, _ := try(viaOther); res != ResultRevoked {
+		t.Errorf("svc2 under a revoked intermediate: %s, want revoked", res)
+	}
+}

@@ -30,9 +30,13 @@ type CA struct {
 	KeyFile  string // PEM PKCS#8 key, mode 0600
 	dir      string
 	crlNum   atomic.Int64
+	// chain holds the DER of this CA and its issuers up to, not including,
+	// the root, for an intermediate; leaves present it after themselves.
+	chain [][]byte
 }
 
-// Leaf is an issued certificate with its key.
+// Leaf is an issued certificate with its key. CertFile and TLS hold the
+// leaf followed by any intermediates of its CA.
 type Leaf struct {
 	Cert     *x509.Certificate
 	Key      crypto.Signer
@@ -78,6 +82,37 @@ func NewCAValid(t testing.TB, name string, notBefore, notAfter time.Time) *CA {
 	writePEM(t, ca.CertFile, "CERTIFICATE", der, 0o644)
 	writeKey(t, ca.KeyFile, key)
 	return ca
+}
+
+// Intermediate creates a CA signed by ca. Leaves it issues carry it in
+// their tls.Certificate chain and their PEM file.
+func (ca *CA) Intermediate(t testing.TB, name string) *CA {
+	t.Helper()
+	key := newKey(t)
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(t),
+		Subject:               pkix.Name{CommonName: name, Organization: []string{"gatehouse test"}},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              ca.Cert.NotAfter,
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
+	if err != nil {
+		t.Fatalf("certstest: create intermediate %s: %v", name, err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := &CA{Name: name, Cert: cert, Key: key, dir: t.TempDir()}
+	in.chain = append([][]byte{der}, ca.chain...)
+	in.CertFile = filepath.Join(in.dir, fileName(name)+"-ca.pem")
+	in.KeyFile = filepath.Join(in.dir, fileName(name)+"-ca.key")
+	writePEM(t, in.CertFile, "CERTIFICATE", der, 0o644)
+	writeKey(t, in.KeyFile, key)
+	return in
 }
 
 // Dir is the directory the CA writes its files into.
@@ -155,11 +190,15 @@ func (ca *CA) IssueKey(t testing.TB, tmpl *x509.Certificate, key crypto.Signer) 
 	l := &Leaf{
 		Cert:     cert,
 		Key:      key,
-		TLS:      tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert},
+		TLS:      tls.Certificate{Certificate: append([][]byte{der}, ca.chain...), PrivateKey: key, Leaf: cert},
 		CertFile: base + ".pem",
 		KeyFile:  base + ".key",
 	}
-	writePEM(t, l.CertFile, "CERTIFICATE", der, 0o644)
+	var pemData []byte
+	for _, d := range l.TLS.Certificate {
+		pemData = append(pemData, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: d})...)
+	}
+	replaceFile(t, l.CertFile, pemData, 0o644)
 	writeKey(t, l.KeyFile, key)
 	return l
 }
