@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"net/http"
 	"slices"
@@ -8,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/proxy"
 )
 
 // routedWorld is two tenants on one https listener with four backends.
@@ -210,5 +212,35 @@ func TestIdentityHeadersOverwritten(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("no access log line for the request: %q", w.access.lines(""))
+	}
+}
+
+// TestChainVerifiedInVerifyConnection runs with a TLS source that asks for
+// any certificate and verifies the chain itself, as the certificate manager
+// does.
+func TestChainVerifiedInVerifyConnection(t *testing.T) {
+	b := newBackend(t, "a")
+	p := newPKI(t)
+	p.src.anyCert = true
+	srv, err := proxy.New(proxy.Config{TLS: p.src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	if err := srv.Apply(&policy.Policy{Listeners: []policy.Listener{listener("web", policy.ProtoHTTPS,
+		policy.Route{Tenant: "acme", Backend: b.url()})}}); err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, pki: p, srv: srv, access: &syncBuffer{}}
+	if r := h.mustDo(h.client(p.acme, true), "web", "GET", "", "/", nil, nil); r.status != 200 {
+		t.Errorf("acme: status %d", r.status)
+	}
+	for name, cert := range map[string]tls.Certificate{"rogue": p.rogue, "none": tlsZero} {
+		if _, err := h.do(h.client(cert, false), "web", "GET", "", "/", nil, nil); err == nil {
+			t.Errorf("%s certificate accepted", name)
+		}
+	}
+	if b.hits.Load() != 1 {
+		t.Errorf("backend hits %d, want 1", b.hits.Load())
 	}
 }

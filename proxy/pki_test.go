@@ -139,6 +139,7 @@ type testSource struct {
 	revoked map[string]bool
 	broken  map[string]error // listener → TLSConfig error
 	failed  atomic.Int64
+	anyCert bool // verify in VerifyConnection, not in crypto/tls
 }
 
 var errRevoked = errors.New("certificate revoked")
@@ -149,6 +150,31 @@ func (s *testSource) TLSConfig(listener string) (*tls.Config, error) {
 	s.mu.Unlock()
 	if err != nil {
 		return nil, err
+	}
+	if s.anyCert {
+		// The certificate manager's way: ask for any certificate (so the
+		// CertificateRequest names no tenant CA) and verify the chain in
+		// VerifyConnection, which also runs on resumed sessions.
+		return &tls.Config{
+			Certificates: []tls.Certificate{s.server},
+			ClientAuth:   tls.RequireAnyClientCert,
+			MinVersion:   tls.VersionTLS12,
+			VerifyConnection: func(cs tls.ConnectionState) error {
+				if len(cs.PeerCertificates) == 0 {
+					return errors.New("no client certificate")
+				}
+				inter := x509.NewCertPool()
+				for _, c := range cs.PeerCertificates[1:] {
+					inter.AddCert(c)
+				}
+				if _, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: s.clients, Intermediates: inter,
+					KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+					return err
+				}
+				_, err := s.Identify(cs)
+				return err
+			},
+		}, nil
 	}
 	return &tls.Config{
 		Certificates: []tls.Certificate{s.server},

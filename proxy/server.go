@@ -273,7 +273,7 @@ func withALPN(c *tls.Config, protos []string) *tls.Config {
 	c.NextProtos = protos
 	c.MinVersion = max(c.MinVersion, tls.VersionTLS12)
 	if get := c.GetConfigForClient; get != nil {
-		outerOK := c.ClientAuth == tls.RequireAndVerifyClientCert
+		outerOK := demandsClientCert(c)
 		c.GetConfigForClient = func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
 			cc, err := get(chi)
 			if err != nil {
