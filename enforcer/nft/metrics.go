@@ -19,7 +19,6 @@ var (
 type metrics struct {
 	e *Enforcer
 
-	applySeconds   prometheus.Gauge
 	drift          prometheus.Counter
 	blockedSources prometheus.Gauge
 
@@ -29,11 +28,6 @@ type metrics struct {
 
 func newMetrics() *metrics {
 	return &metrics{
-		applySeconds: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name:        "gatehouse_policy_apply_seconds",
-			Help:        "Duration of the last successful policy apply, per kernel layer.",
-			ConstLabels: prometheus.Labels{"layer": "nftables"},
-		}),
 		drift: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gatehouse_nft_drift_total",
 			Help: "Times reconcile found table inet gatehouse deleted or edited and rebuilt it.",
@@ -49,7 +43,6 @@ func newMetrics() *metrics {
 // Describe implements prometheus.Collector.
 func (e *Enforcer) Describe(ch chan<- *prometheus.Desc) {
 	ch <- packetsDesc
-	e.metrics.applySeconds.Describe(ch)
 	e.metrics.drift.Describe(ch)
 	e.metrics.blockedSources.Describe(ch)
 }
@@ -57,7 +50,6 @@ func (e *Enforcer) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector. It reads the named counters of
 // the table, one small dump, never a set.
 func (e *Enforcer) Collect(ch chan<- prometheus.Metric) {
-	e.metrics.applySeconds.Collect(ch)
 	e.metrics.drift.Collect(ch)
 	e.metrics.blockedSources.Collect(ch)
 	c, err := e.conn()
