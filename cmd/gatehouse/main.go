@@ -116,7 +116,8 @@ for shutdown_grace and exit. The kernel filters stay in force after exit: only
 			if err != nil {
 				return err
 			}
-			d, err := daemon.New(daemon.Options{ConfigPath: g.configPath, Logger: log, Signals: true})
+			access := slog.New(slog.NewJSONHandler(g.stdout, nil)).With("log", "access")
+			d, err := daemon.New(daemon.Options{ConfigPath: g.configPath, Logger: log, AccessLog: access, Signals: true})
 			if err != nil {
 				return err
 			}

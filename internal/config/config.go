@@ -44,6 +44,7 @@ type Config struct {
 // Enforcement configures the kernel layers.
 type Enforcement struct {
 	XDP               string       `mapstructure:"xdp"`
+	PinDir            string       `mapstructure:"pin_dir"`
 	NFTables          bool         `mapstructure:"nftables"`
 	Mode              string       `mapstructure:"mode"`
 	Management        []Management `mapstructure:"management"`

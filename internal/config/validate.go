@@ -89,6 +89,9 @@ func (cfg *Config) validate() Problems {
 			c.add("interface", "%q is not a valid interface name", cfg.Interface)
 		}
 	}
+	if e.XDP != string(policy.XDPOff) && !strings.HasPrefix(e.PinDir, "/") {
+		c.add("enforcement.pin_dir", "must be an absolute path on a bpffs mount, got %q", e.PinDir)
+	}
 	if cfg.StateDir == "" || !strings.HasPrefix(cfg.StateDir, "/") {
 		c.add("state_dir", "must be an absolute path, got %q", cfg.StateDir)
 	}

@@ -1,9 +1,110 @@
 package daemon
 
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/gatehouse-dmz/gatehouse/certs"
+	"github.com/gatehouse-dmz/gatehouse/enforcer/nft"
+	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/proxy"
+)
+
+// layer adapts one package's component to the daemon's interfaces; the
+// optional loops are nil where a package has none.
+type layer struct {
+	name     string
+	apply    func(*policy.Policy) error
+	close    func() error
+	run      func(context.Context) error
+	shutdown func(context.Context) error
+}
+
+var (
+	_ Component = (*layer)(nil)
+	_ Runner    = (*layer)(nil)
+	_ Drainer   = (*layer)(nil)
+)
+
+func (l *layer) Name() string                 { return l.name }
+func (l *layer) Apply(p *policy.Policy) error { return l.apply(p) }
+func (l *layer) Close() error                 { return l.close() }
+func (l *layer) Run(ctx context.Context) error {
+	if l.run == nil {
+		return nil
+	}
+	return l.run(ctx)
+}
+func (l *layer) Shutdown(ctx context.Context) error {
+	if l.shutdown == nil {
+		return nil
+	}
+	return l.shutdown(ctx)
+}
+
 // BuildComponents creates the real components in the order a generation is
 // applied: certificates first (so a new tenant's CA is known before a route
 // leads to it), then the kernel layers, then the proxies.
-func BuildComponents(env *Env) ([]Component, error) {
-	var comps []Component
+func BuildComponents(env *Env) (comps []Component, err error) {
+	p := env.Policy
+	defer func() {
+		if err != nil {
+			for _, c := range comps {
+				err = errors.Join(err, c.Close())
+			}
+			comps = nil
+		}
+	}()
+
+	cm, err := certs.New(certs.Config{Logger: env.Logger, StateDir: p.StateDir})
+	if err != nil {
+		return nil, fmt.Errorf("certificates: %w", err)
+	}
+	env.Registry.MustRegister(cm)
+	comps = append(comps, &layer{name: "certs", apply: cm.Apply, close: cm.Close, run: cm.Watch})
+
+	if p.Enforcement.NFTables {
+		ne, err := nft.New(nft.Config{Logger: env.Logger})
+		if err != nil {
+			return comps, fmt.Errorf("nftables: %w", err)
+		}
+		env.Registry.MustRegister(ne)
+		comps = append(comps, &layer{name: "nftables", apply: ne.Apply, close: ne.Close, run: ne.Run})
+	}
+
+	access := env.AccessLog
+	if access == nil {
+		access = slog.New(slog.DiscardHandler)
+	}
+	px, err := proxy.New(proxy.Config{Logger: env.Logger, TLS: tlsSource{cm}, AccessLog: access})
+	if err != nil {
+		return comps, fmt.Errorf("proxy: %w", err)
+	}
+	env.Registry.MustRegister(px)
+	// A changed CRL, CA or tenant list is checked against every live
+	// session at once: a revoked certificate loses its connections.
+	cm.OnChange(func() {
+		if n := px.Revalidate(func(cs tls.ConnectionState) error { _, err := cm.Identify(cs); return err }); n > 0 {
+			env.Logger.Info("closed sessions whose certificate no longer checks out", "component", "proxy", "count", n)
+		}
+	})
+	comps = append(comps, &layer{name: "proxy", apply: px.Apply, close: px.Close, shutdown: px.Shutdown})
 	return comps, nil
+}
+
+// tlsSource lets the proxies ask the certificate manager who is calling
+// without importing it.
+type tlsSource struct{ m *certs.Manager }
+
+func (s tlsSource) TLSConfig(listener string) (*tls.Config, error) { return s.m.TLSConfig(listener) }
+func (s tlsSource) HandshakeFailed(listener string, err error)     { s.m.HandshakeFailed(listener, err) }
+func (s tlsSource) Identify(cs tls.ConnectionState) (proxy.Identity, error) {
+	id, err := s.m.Identify(cs)
+	if err != nil {
+		return proxy.Identity{}, err
+	}
+	return proxy.Identity{Tenant: id.Tenant, FingerprintSHA256: id.FingerprintSHA256, Subject: id.Subject}, nil
 }

@@ -55,6 +55,8 @@ type Env struct {
 	Policy   *policy.Policy
 	Logger   *slog.Logger
 	Registry *prometheus.Registry
+	// AccessLog receives one JSON line per request or session; nil discards.
+	AccessLog *slog.Logger
 }
 
 // Options configure a Daemon.
@@ -65,6 +67,8 @@ type Options struct {
 	LookupEnv func(string) (string, bool)
 	// Build creates the components; nil means the real ones (BuildComponents).
 	Build Builder
+	// AccessLog receives the proxies' access log; nil discards it.
+	AccessLog *slog.Logger
 	// Signals, when true, makes Run reload on SIGHUP.
 	Signals bool
 }
@@ -101,7 +105,7 @@ func New(opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.cfg.Store(cfg)
-	comps, err := opts.Build(&Env{Config: cfg, Policy: p, Logger: opts.Logger, Registry: d.reg})
+	comps, err := opts.Build(&Env{Config: cfg, Policy: p, Logger: opts.Logger, Registry: d.reg, AccessLog: opts.AccessLog})
 	if err != nil {
 		return nil, fmt.Errorf("build components: %w", err)
 	}

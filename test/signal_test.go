@@ -1,0 +1,246 @@
+package test
+
+import (
+	"bytes"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
+)
+
+// buildBinary compiles gatehouse once per test binary.
+var buildOnce struct {
+	sync.Once
+	path string
+	err  error
+}
+
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "gatehouse-bin-")
+		if err != nil {
+			buildOnce.err = err
+			return
+		}
+		buildOnce.path = filepath.Join(dir, "gatehouse")
+		out, err := exec.Command("go", "build", "-o", buildOnce.path, module+"/cmd/gatehouse").CombinedOutput()
+		if err != nil {
+			buildOnce.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildOnce.err != nil {
+		t.Fatal(buildOnce.err)
+	}
+	return buildOnce.path
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// lockedBuffer collects a child's output while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+type daemonProc struct {
+	cmd     *exec.Cmd
+	out     *lockedBuffer
+	metrics string
+	listen  string
+	exited  chan struct{} // closed when the process has exited
+	exitErr error         // valid once exited is closed
+	// http reaches the metrics endpoint (from inside the daemon's namespace
+	// where it runs in one).
+	http *http.Client
+}
+
+// launch starts cmd (a gatehouse run) and waits until it is ready.
+func launch(t *testing.T, cmd *exec.Cmd, metrics string, client *http.Client) *daemonProc {
+	t.Helper()
+	d := &daemonProc{cmd: cmd, out: &lockedBuffer{}, metrics: metrics, exited: make(chan struct{}), http: client}
+	cmd.Stdout, cmd.Stderr = d.out, d.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.exitErr = cmd.Wait(); close(d.exited) }()
+	t.Cleanup(func() { d.kill() })
+	d.waitFor(t, "readiness", func() bool { code, _ := d.get(t, "/readyz"); return code == 200 })
+	return d
+}
+
+// kill ends the daemon at once (SIGKILL) if it is still running.
+func (d *daemonProc) kill() {
+	select {
+	case <-d.exited:
+	default:
+		_ = d.cmd.Process.Kill()
+		<-d.exited
+	}
+}
+
+func (d *daemonProc) get(t *testing.T, path string) (int, string) {
+	t.Helper()
+	resp, err := d.http.Get("http://" + d.metrics + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func (d *daemonProc) waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if ok() {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s; daemon output:\n%s", what, d.out.String())
+}
+
+// startDaemon runs the real binary with xdp and nftables off (they have
+// their own privileged tests), a real HTTPS listener and a real backend.
+func startDaemon(t *testing.T) (*daemonProc, string, *certstest.CA, *certstest.Leaf) {
+	t.Helper()
+	ca := certstest.NewCA(t, "acme")
+	server := ca.Server(t, "localhost")
+	client := ca.Client(t, "acme-cloud", "spiffe://acme/cloud")
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello %s", r.Header.Get("X-Gatehouse-Tenant"))
+	}))
+	t.Cleanup(backend.Close)
+
+	dir := t.TempDir()
+	metrics, listen := freeAddr(t), freeAddr(t)
+	cfg := fmt.Sprintf(`
+enforcement: {xdp: "off", nftables: false}
+state_dir: %s
+shutdown_grace: 2s
+metrics: {listen: "%s"}
+tenants: [{id: acme, client_ca: %s, identities: {uri_san: ["spiffe://acme/*"]}}]
+listeners:
+  - {name: web, listen: "%s", protocol: https, server_cert: %s, server_key: %s,
+     routes: [{tenant: acme, backend: "%s"}]}
+`, dir, metrics, ca.CertFile, listen, server.CertFile, server.KeyFile, backend.URL)
+	path := filepath.Join(dir, "gatehouse.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := launch(t, exec.Command(binary(t), "run", "-c", path), metrics, http.DefaultClient)
+	d.listen = listen
+	return d, path, ca, client
+}
+
+func tlsGet(t *testing.T, addr string, ca *certstest.CA, client *certstest.Leaf) (string, error) {
+	t.Helper()
+	tr := &http.Transport{TLSClientConfig: &tls.Config{
+		RootCAs: ca.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{client.TLS},
+	}}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + addr + "/")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+func TestSIGHUPBrokenConfigChangesNothing(t *testing.T) {
+	d, path, ca, client := startDaemon(t)
+	if body, err := tlsGet(t, d.listen, ca, client); err != nil || body != "hello acme" {
+		t.Fatalf("request through the daemon: %q %v\n%s", body, err, d.out.String())
+	}
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A configuration that refers to a tenant nobody defined.
+	if err := os.WriteFile(path, bytes.Replace(good, []byte("tenant: acme"), []byte("tenant: acme2"), 1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor(t, "the refused reload to be counted", func() bool {
+		_, m := d.get(t, "/metrics")
+		return strings.Contains(m, `gatehouse_config_reloads_total{result="error"} 1`)
+	})
+	if !strings.Contains(d.out.String(), `unknown tenant \"acme2\"`) {
+		t.Errorf("log does not say why the reload was refused:\n%s", d.out.String())
+	}
+	if body, err := tlsGet(t, d.listen, ca, client); err != nil || body != "hello acme" {
+		t.Errorf("after a refused reload the old state must serve: %q %v", body, err)
+	}
+	if code, _ := d.get(t, "/readyz"); code != 200 {
+		t.Errorf("not ready after a refused reload: %d", code)
+	}
+}
+
+func TestSIGTERMDrainsAndExitsZero(t *testing.T) {
+	d, _, ca, client := startDaemon(t)
+	if _, err := tlsGet(t, d.listen, ca, client); err != nil {
+		t.Fatalf("request through the daemon: %v\n%s", err, d.out.String())
+	}
+	// A session open at SIGTERM: the daemon must stop accepting, then
+	// exit 0 once it is gone or the grace period ends.
+	conn, err := tls.Dial("tcp", d.listen, &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{client.TLS}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-d.exited:
+		if d.exitErr != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", d.exitErr, d.out.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("daemon did not exit after SIGTERM\n%s", d.out.String())
+	}
+	if !strings.Contains(d.out.String(), "draining sessions") || !strings.Contains(d.out.String(), "gatehouse stopped") {
+		t.Errorf("log does not show the drain:\n%s", d.out.String())
+	}
+	if c, err := net.DialTimeout("tcp", d.listen, time.Second); err == nil {
+		c.Close()
+		t.Error("listener still accepts after exit")
+	}
+}
