@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
+	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
@@ -236,3 +237,54 @@ func TestMetricsExposition(t *testing.T) {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// TestRealComponentsExposition builds the real certificate and proxy
+// components (the kernel layers need root and have their own tests) and
+// lints everything they register together: a clash of metric names panics
+// here instead of at the daemon's start.
+func TestRealComponentsExposition(t *testing.T) {
+	ca := certstest.NewCA(t, "acme")
+	srv := ca.Server(t, "localhost")
+	dir := t.TempDir()
+	cfg := fmt.Sprintf(`
+enforcement: {xdp: "off", nftables: false}
+state_dir: %[1]s
+metrics: {listen: "%[2]s"}
+tenants: [{id: acme, client_ca: %[3]s}]
+listeners:
+  - {name: web, listen: "%[4]s", protocol: https, server_cert: %[5]s, server_key: %[6]s,
+     routes: [{tenant: acme, backend: "http://127.0.0.1:1"}]}
+`, dir, freePort(t), ca.CertFile, freePort(t), srv.CertFile, srv.KeyFile)
+	path := filepath.Join(dir, "gatehouse.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Options{ConfigPath: path, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.close()
+	if err := d.apply(d.current.Load(), nil); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := d.Registry().Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	names := map[string]bool{}
+	for _, mf := range mfs {
+		names[mf.GetName()] = true
+	}
+	for _, want := range []string{"gatehouse_cert_expiry_timestamp_seconds", "gatehouse_policy_apply_seconds", "gatehouse_config_reloads_total"} {
+		if !names[want] {
+			t.Errorf("real components do not expose %s", want)
+		}
+	}
+	problems, err := promlint.NewWithMetricFamilies(mfs).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+}
