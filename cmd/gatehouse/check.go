@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/rules"
@@ -103,10 +104,7 @@ func summarise(w io.Writer, path string, cfg *config.Config) error {
 
 	fmt.Fprintln(tw, "\nTenants")
 	for _, t := range p.Tenants {
-		fmt.Fprintf(tw, "  %s\tCA %s\t%s\n", t.ID, t.ClientCA, describeIdentities(t))
-		if t.CRL != "" {
-			fmt.Fprintf(tw, "  \tCRL %s\n", t.CRL)
-		}
+		fmt.Fprintf(tw, "  %s\n", certs.DescribeTenant(t))
 	}
 
 	fmt.Fprintln(tw, "\nListeners")
@@ -135,31 +133,6 @@ func modeText(m policy.Mode) string {
 		return "(new inbound flows dropped except listeners and management)"
 	}
 	return "(only the listeners' ports are policed)"
-}
-
-// describeIdentities says which certificates of the tenant's CA count.
-func describeIdentities(t policy.Tenant) string {
-	id := t.Identities
-	if id.Empty() {
-		return "any certificate issued by this CA (no identities narrow it)"
-	}
-	var parts []string
-	add := func(what string, list []string) {
-		if len(list) > 0 {
-			parts = append(parts, what+" "+strings.Join(list, "|"))
-		}
-	}
-	add("URI SAN", id.URISAN)
-	add("DNS SAN", id.DNSSAN)
-	add("CN", id.CommonName)
-	add("OU", id.OrganizationalUnit)
-	if n := len(id.FingerprintSHA256); n > 0 {
-		parts = append(parts, fmt.Sprintf("%d pinned certificate(s)", n))
-	}
-	if n := len(id.SPKISHA256); n > 0 {
-		parts = append(parts, fmt.Sprintf("%d pinned key(s)", n))
-	}
-	return "only " + strings.Join(parts, "; ")
 }
 
 func routeExtras(r policy.Route) string {
