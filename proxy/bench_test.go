@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"io"
+	"syscall"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -34,6 +35,24 @@ func fetch(b *testing.B, c *http.Client, url string, want int) {
 	}
 }
 
+// cpuTime is the process's user+system CPU time. The benchmarks run client,
+// proxy and backend in one process, so it is the whole chain's cost.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// reportCPU adds the CPU share and the rate per CPU-second to a benchmark.
+func reportCPU(b *testing.B, cpu0 time.Duration, perOp float64, unit string) {
+	cpu := (cpuTime() - cpu0).Seconds()
+	if cpu <= 0 {
+		return
+	}
+	b.ReportMetric(cpu/b.Elapsed().Seconds(), "cpu-cores")
+	b.ReportMetric(float64(b.N)*perOp/cpu, unit+"/cpu-s")
+}
+
 // BenchmarkKeepAlive1KiB measures one keep-alive client fetching 1 KiB,
 // directly from the backend and through the proxy (mutual TLS on the
 // client side, plain HTTP to the backend). The difference of the p99
@@ -57,6 +76,7 @@ func BenchmarkKeepAlive1KiB(b *testing.B) {
 			}
 			fetch(b, c, url, 1024) // connect and handshake outside the timing
 			lat := make([]time.Duration, 0, b.N)
+			cpu0 := cpuTime()
 			b.ResetTimer()
 			for range b.N {
 				t0 := time.Now()
@@ -68,6 +88,7 @@ func BenchmarkKeepAlive1KiB(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
 			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+			reportCPU(b, cpu0, 1, "req")
 		})
 	}
 }
@@ -84,6 +105,7 @@ func BenchmarkKeepAlive1KiBParallel(b *testing.B) {
 	url := "https://" + h.addr("web") + "/"
 	fetch(b, c, url, 1024)
 	b.SetParallelism(4)
+	cpu0 := cpuTime()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
@@ -91,6 +113,7 @@ func BenchmarkKeepAlive1KiBParallel(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+	reportCPU(b, cpu0, 1, "req")
 }
 
 // BenchmarkBulk1MiB is the throughput of 1 MiB responses through the proxy.
@@ -110,11 +133,13 @@ func BenchmarkBulk1MiB(b *testing.B) {
 			}
 			fetch(b, c, url, size)
 			b.SetBytes(size)
+			cpu0 := cpuTime()
 			b.ResetTimer()
 			for range b.N {
 				fetch(b, c, url, size)
 			}
 			b.ReportMetric(float64(b.N)*size/(1<<20)/b.Elapsed().Seconds(), "MiB/s")
+			reportCPU(b, cpu0, 1, "MiB")
 		})
 	}
 }
