@@ -2,10 +2,10 @@ package proxy_test
 
 import (
 	"io"
-	"syscall"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
