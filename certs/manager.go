@@ -57,10 +57,11 @@ type Manager struct {
 
 	state atomic.Pointer[state]
 
-	mu        sync.Mutex // serialises writers: Apply, reload, ticket rotation
-	tickets   map[string]*ticketSet
-	onChange  []func()
-	failedSig [32]byte // digest of the file contents that last failed to load
+	mu         sync.Mutex // serialises writers: Apply, reload, ticket rotation
+	tickets    map[string]*ticketSet
+	onChange   []func()
+	failedSig  [32]byte // digest of the file contents that last failed to load
+	pendingSig [32]byte // digest of the changed file contents seen at the last poll
 
 	handshakes *prometheus.CounterVec
 	expiryDesc *prometheus.Desc

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -893,4 +894,98 @@ func TestIntermediateChains(t *testing.T) {
 	if res, _ := try(viaOther); res != ResultRevoked {
 		t.Errorf("svc2 under a revoked intermediate: %s, want revoked", res)
 	}
+}
+
+// syncBuffer is a log sink safe for the watcher's goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestWatchServerCert: touch reloads nothing, a new certificate is picked
+// up, a broken key is refused once (not every poll) and the old pair keeps
+// serving, and fixing the file recovers.
+func TestWatchServerCert(t *testing.T) {
+	k := newPKI(t)
+	var logs syncBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	m := newManager(t, Config{PollInterval: 10 * time.Millisecond, Logger: logger}, k.policy)
+	srv, _ := m.TLSConfig("web")
+	changed := make(chan struct{}, 8)
+	m.OnChange(func() { changed <- struct{}{} })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- m.Watch(ctx) }()
+	defer func() { cancel(); <-done }()
+	quiet := func(what string) {
+		t.Helper()
+		time.Sleep(150 * time.Millisecond)
+		select {
+		case <-changed:
+			t.Fatalf("OnChange fired after %s", what)
+		default:
+		}
+	}
+	waitChange := func(what string) {
+		t.Helper()
+		select {
+		case <-changed:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no reload after %s", what)
+		}
+	}
+	serial := func() string {
+		t.Helper()
+		r := handshake(t, srv, k.clientConfig(k.acme), false)
+		if r.serverErr != nil {
+			t.Fatal(r.serverErr)
+		}
+		return r.client.PeerCertificates[0].SerialNumber.String()
+	}
+
+	future := time.Now().Add(time.Hour)
+	if err := os.Chtimes(k.server.CertFile, future, future); err != nil {
+		t.Fatal(err)
+	}
+	quiet("touch")
+
+	next := k.serverCA.Server(t, "gw.example")
+	keyBefore, _ := os.ReadFile(k.server.KeyFile)
+	copyFile(t, next.CertFile, k.server.CertFile)
+	copyFile(t, next.KeyFile, k.server.KeyFile)
+	waitChange("a new certificate and key")
+	if got := serial(); got != next.Cert.SerialNumber.String() {
+		t.Fatalf("serving serial %s, want the new %s", got, next.Cert.SerialNumber)
+	}
+
+	certstest.WriteFile(t, k.server.KeyFile, keyBefore) // the old key: does not fit the new certificate
+	refusals := func() int { return strings.Count(logs.String(), "tls state not loaded") }
+	for deadline := time.Now().Add(10 * time.Second); refusals() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a key that does not fit was never refused")
+		}
+	}
+	quiet("a key that does not fit")
+	if got := serial(); got != next.Cert.SerialNumber.String() {
+		t.Fatalf("after a bad key serving %s, want the previous pair", got)
+	}
+	if n := refusals(); n != 1 {
+		t.Errorf("bad key logged %d times over several polls, want once", n)
+	}
+	copyFile(t, next.KeyFile, k.server.KeyFile)
+	// Same content as loaded: nothing to reload, but the next bad change
+	// must be reported again.
+	quiet("restoring the loaded key")
 }

@@ -24,7 +24,7 @@ type state struct {
 	tenants   []*tenantState
 	pool      *x509.CertPool     // union of all tenants' CAs
 	byCA      map[[32]byte][]int // SHA-256 of a CA's DER → indexes into tenants
-	files     map[string][32]byte
+	files     map[string]fileSig
 	loaded    time.Time
 
 	verified    sync.Map     // SHA-256 of the presented chain → *verifiedEntry
@@ -52,22 +52,37 @@ type tenantState struct {
 // loader reads the files of one generation and remembers their digests, so
 // that the watcher can tell when any of them changed.
 type loader struct {
-	files map[string][32]byte
+	files map[string]fileSig
+}
+
+// fileSig identifies a file's content: its digest, and the size and mtime
+// seen before reading it, which let the watcher skip unchanged files
+// without reading them.
+type fileSig struct {
+	sum   [32]byte
+	size  int64
+	mtime time.Time
 }
 
 func (ld *loader) read(path string) ([]byte, error) {
+	// Stat before reading: if the file changes in between, the next poll
+	// sees a new mtime and compares content again.
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	ld.files[path] = sha256.Sum256(b)
+	ld.files[path] = fileSig{sum: sha256.Sum256(b), size: fi.Size(), mtime: fi.ModTime()}
 	return b, nil
 }
 
 // build parses everything the policy names. It touches nothing shared: on
 // any error the caller keeps the old state.
 func (m *Manager) build(p *policy.Policy) (*state, error) {
-	ld := &loader{files: map[string][32]byte{}}
+	ld := &loader{files: map[string]fileSig{}}
 	st := &state{
 		policy:    p,
 		listeners: map[string]*listenerState{},

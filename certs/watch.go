@@ -9,7 +9,8 @@ import (
 )
 
 // Watch re-reads the current generation's files (server certificates and
-// keys, CA bundles, CRLs) every poll interval and reloads when any changed;
+// keys, CA bundles, CRLs) every poll interval and reloads once a change has
+// held still for one more poll;
 // it also rotates session-ticket keys and notices CRLs going stale. A change
 // that fails to load is logged once and the old state stays in force. Watch
 // returns nil when ctx ends.
@@ -29,8 +30,8 @@ func (m *Manager) Watch(ctx context.Context) error {
 }
 
 // checkFiles reloads when any file's content differs from what the current
-// generation loaded. Comparing content rather than mtimes catches
-// same-second rewrites and ignores touch.
+// generation loaded. Files whose size and mtime are unchanged are not read;
+// the others are compared by content, so touch alone reloads nothing.
 func (m *Manager) checkFiles() {
 	st := m.state.Load()
 	if st.policy == nil {
@@ -44,12 +45,14 @@ func (m *Manager) checkFiles() {
 	changed := false
 	all := sha256.New()
 	for _, p := range paths {
-		b, err := os.ReadFile(p)
+		was := st.files[p]
 		var sum [32]byte
-		if err == nil {
+		if fi, err := os.Stat(p); err == nil && fi.Size() == was.size && fi.ModTime().Equal(was.mtime) {
+			sum = was.sum
+		} else if b, err := os.ReadFile(p); err == nil {
 			sum = sha256.Sum256(b)
 		}
-		if sum != st.files[p] {
+		if sum != was.sum {
 			changed = true
 		}
 		all.Write([]byte(p))
@@ -61,9 +64,14 @@ func (m *Manager) checkFiles() {
 	var sig [32]byte
 	copy(sig[:], all.Sum(nil))
 	m.mu.Lock()
-	same := sig == m.failedSig
+	failed := sig == m.failedSig
+	// Wait until the files have been the same for two polls: a certificate
+	// and its key are written one after the other, and loading in between
+	// would only log a mismatch.
+	settled := sig == m.pendingSig
+	m.pendingSig = sig
 	m.mu.Unlock()
-	if same {
+	if failed || !settled {
 		return
 	}
 	if err := m.apply(st.policy, "file change"); err != nil {
