@@ -16,6 +16,11 @@ const (
 	// Magic is the layout version the program checks in every header.
 	Magic = 0x67680001
 
+	// MaxPages is the size of every generation map (24 MiB): enough for
+	// 100k random IPv4 and about 60k random IPv6 prefixes; real feeds need
+	// far less (all of AWS: 51 pages).
+	MaxPages = 384
+
 	dirPages   = 64 // 2 bits per top-24-bit block = 4 MiB = 64 pages
 	maxMgmt    = 32
 	maxLens    = 15 // prefix lengths probed under one IPv6 block
@@ -48,6 +53,7 @@ var (
 	ErrBadPrefix         = errors.New("invalid prefix")
 	ErrBadPort           = errors.New("invalid port")
 	ErrTooManyLengths    = errors.New("too many distinct IPv6 prefix lengths under one /24")
+	ErrTooLarge          = errors.New("admitted set too large for one generation map")
 )
 
 // Port is a transport port whose packets must come from an admitted source.
@@ -216,8 +222,8 @@ func (g *Generation) Encode() (*Pages, error) {
 		le.PutUint32(hdr[24:], uint32(v6.buckets-1))
 		p.put(tab, v6.table)
 	}
-	if p.next > 0xffff {
-		return nil, fmt.Errorf("generation needs %d pages, more than the 65535 addressable", p.next)
+	if p.next > MaxPages {
+		return nil, fmt.Errorf("generation needs %d pages of %d: %w", p.next, MaxPages, ErrTooLarge)
 	}
 	p.pages[0] = hdr
 	return &Pages{Count: p.next, Data: p.pages}, nil

@@ -46,16 +46,15 @@ func Spec(lpm bool) (*ebpf.CollectionSpec, error) {
 // NewGenerationMap creates an inner map holding the pages. The map is not
 // referenced by any program until Publish puts it into the outer map.
 func NewGenerationMap(outer *ebpf.Map, p *Pages) (*ebpf.Map, error) {
-	if p == nil || p.Count == 0 {
-		return nil, errors.New("empty generation")
+	if p == nil || p.Count == 0 || p.Count > MaxPages {
+		return nil, errors.New("generation without pages or too large")
 	}
 	inner := &ebpf.MapSpec{
 		Name:       "gh_generation",
 		Type:       ebpf.Array,
 		KeySize:    4,
 		ValueSize:  PageSize,
-		MaxEntries: p.Count,
-		Flags:      innerMapFlag,
+		MaxEntries: MaxPages,
 	}
 	m, err := ebpf.NewMap(inner)
 	if err != nil {
@@ -69,10 +68,6 @@ func NewGenerationMap(outer *ebpf.Map, p *Pages) (*ebpf.Map, error) {
 	}
 	return m, nil
 }
-
-// innerMapFlag is BPF_F_INNER_MAP: inner maps of different sizes may share
-// the outer map.
-const innerMapFlag = 1 << 12
 
 // Publish makes gen the generation in force with one update of the outer
 // map: a packet sees either the old generation or the new one, whole.

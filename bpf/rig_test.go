@@ -270,4 +270,3 @@ func feedPrefixes(t testing.TB, path string) (v4, v6 []netip.Prefix) {
 	}
 	return v4, v6
 }
-

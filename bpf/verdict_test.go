@@ -325,4 +325,3 @@ func TestEncodeRejects(t *testing.T) {
 		}
 	}
 }
-
