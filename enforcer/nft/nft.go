@@ -223,7 +223,11 @@ func queueRuleset(c *nftables.Conn, rs *ruleset, carried map[bool][]nftables.Set
 		if err := c.AddSet(s, nil); err != nil {
 			return fmt.Errorf("set %s: %w", s.Name, err)
 		}
-		if err := addChunked(c, s, rs.elems[s.Name]); err != nil {
+		elems := rs.elems[s.Name]
+		if r, ok := rs.ranges[s.Name]; ok {
+			elems = intervalElements(r)
+		}
+		if err := addChunked(c, s, elems); err != nil {
 			return err
 		}
 	}

@@ -144,7 +144,8 @@ type ruleset struct {
 	table    *nftables.Table
 	chain    *nftables.Chain
 	sets     []*nftables.Set
-	elems    map[string][]nftables.SetElement // initial elements per set name
+	elems    map[string][]nftables.SetElement // initial elements of the small sets
+	ranges   map[string][]addrRange           // admitted sets, encoded only when sent whole
 	anon     []anonSet
 	counters []string
 	rules    []*nftables.Rule
@@ -199,7 +200,8 @@ func (s *spec) build() *ruleset {
 			Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityRef(chainPriority),
 			Policy: &policyVerdict,
 		},
-		elems: map[string][]nftables.SetElement{},
+		elems:  map[string][]nftables.SetElement{},
+		ranges: map[string][]addrRange{},
 	}
 	var id uint32
 	addSet := func(set *nftables.Set, elems []nftables.SetElement) *nftables.Set {
@@ -224,7 +226,8 @@ func (s *spec) build() *ruleset {
 				Concatenation: key.Bytes > addrType.Bytes, KeyByteOrder: binaryutil.BigEndian}, nil)
 		}
 		n := setName(setAdmitted, v6)
-		byName[n] = addSet(&nftables.Set{Name: n, KeyType: addrType, Interval: true}, intervalElements(adm))
+		byName[n] = addSet(&nftables.Set{Name: n, KeyType: addrType, Interval: true}, nil)
+		rs.ranges[n] = adm
 		n = setName(setManagement, v6)
 		byName[n] = addSet(&nftables.Set{Name: n, KeyType: concatType, Interval: true, Concatenation: true}, mgmtElements(mgmt))
 		dyn(setBlocked, addrType, s.blockFor)
