@@ -985,7 +985,13 @@ func TestWatchServerCert(t *testing.T) {
 		t.Errorf("bad key logged %d times over several polls, want once", n)
 	}
 	copyFile(t, next.KeyFile, k.server.KeyFile)
-	// Same content as loaded: nothing to reload, but the next bad change
-	// must be reported again.
+	// Same content as loaded: nothing to reload, but the same bad change
+	// made again must be reported again.
 	quiet("restoring the loaded key")
+	certstest.WriteFile(t, k.server.KeyFile, keyBefore)
+	for deadline := time.Now().Add(10 * time.Second); refusals() < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the bad key, written again, was not reported again")
+		}
+	}
 }

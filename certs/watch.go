@@ -59,6 +59,11 @@ func (m *Manager) checkFiles() {
 		all.Write(sum[:])
 	}
 	if !changed {
+		// Back to what is loaded: forget earlier failures, so that the
+		// same bad change made again is reported again.
+		m.mu.Lock()
+		m.failedSig, m.pendingSig = [32]byte{}, [32]byte{}
+		m.mu.Unlock()
 		return
 	}
 	var sig [32]byte
