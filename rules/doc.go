@@ -1,5 +1,21 @@
-// Package rules turns range feeds into admitted sets: it parses the
-// providers' formats, verifies signed manifests, guards against bogons,
-// rollbacks and shrinking feeds, aggregates prefixes and keeps the last known
-// good. It knows nothing of the kernel: its output is policy.Admitted.
+// Package rules turns signed range feeds into admitted prefixes. It parses
+// the providers' files exactly as published (aws, gcp, azure, oracle,
+// cidr), selects, guards and aggregates their prefixes, verifies
+// minisign-signed manifests, keeps the last known good release of each
+// feed in state_dir, and runs the fetch loop (Manager). It knows nothing of
+// the kernel or the configuration file: its output is prefixes per feed,
+// which the daemon unites (Union) into policy.Admitted.
+//
+// A release is refused at the first failing check, in this order: size
+// limits, threshold of signatures over the raw manifest bytes, strict
+// manifest parse, source name, expiry and clock skew, serial (rollback,
+// no-op, reuse), each file's length and SHA-256, strict payload parse, the
+// guards on every prefix (canonical, minimum length, special-purpose
+// ranges), selection, aggregation, and the coverage guard against the set
+// in force. Every refusal carries a bounded Reason for metrics.
+//
+// A release held in quarantine by the coverage guard is written to
+// state_dir/feeds/NAME.quarantine.json; `gatehouse feed accept NAME` (or
+// Manager.Accept) writes NAME.accept with the SHA-256 of its manifest, and
+// the manager applies exactly that release on its next check.
 package rules
