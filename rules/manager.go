@@ -286,7 +286,7 @@ func (m *Manager) Cycle(ctx context.Context, name string, onUpdate func(string, 
 	}
 	defer m.checkExpiry(f)
 	log := m.log.With("feed", name)
-	result, ver, err := m.fetchAndVerify(ctx, f)
+	result, ver, val, err := m.fetchAndVerify(ctx, f)
 	if err != nil {
 		r := ReasonOf(err)
 		if r == "" {
@@ -308,13 +308,22 @@ func (m *Manager) Cycle(ctx context.Context, name string, onUpdate func(string, 
 		log.Debug("feed unchanged")
 		return nil
 	}
-	return m.apply(f, ver, result, onUpdate)
+	err = m.apply(f, ver, result, onUpdate)
+	if err == nil || ReasonOf(err) == ReasonStore {
+		// Remember the validators only once the release is in force, so
+		// that a release the daemon failed to apply is fetched again.
+		f.mu.Lock()
+		f.val = val
+		f.mu.Unlock()
+	}
+	return err
 }
 
 // fetchAndVerify returns ResultUnchanged, or a release ready to apply
-// (result ResultApplied or ResultAccepted), or a refusal. A quarantined
-// release is returned with its refusal.
-func (m *Manager) fetchAndVerify(ctx context.Context, f *feed) (string, *Verified, error) {
+// (result ResultApplied or ResultAccepted) with the manifest's cache
+// validators, or a refusal. A quarantined release is returned with its
+// refusal.
+func (m *Manager) fetchAndVerify(ctx context.Context, f *feed) (string, *Verified, *validators, error) {
 	f.mu.Lock()
 	var prior *Prior
 	if f.current != nil {
@@ -325,11 +334,11 @@ func (m *Manager) fetchAndVerify(ctx context.Context, f *feed) (string, *Verifie
 
 	raw, newVal, notModified, err := f.fetch.get(ctx, ManifestName, MaxManifestSize, val)
 	if err != nil {
-		return "", nil, fetchErr(ManifestName, err)
+		return "", nil, nil, fetchErr(ManifestName, err)
 	}
 	if notModified {
 		m.markSuccess(f, val)
-		return ResultUnchanged, nil, nil
+		return ResultUnchanged, nil, nil, nil
 	}
 	var sigs [][]byte
 	for i := 1; i <= len(f.cfg.Keys) && i <= MaxSignatures; i++ {
@@ -338,32 +347,32 @@ func (m *Manager) fetchAndVerify(ctx context.Context, f *feed) (string, *Verifie
 			continue
 		}
 		if err != nil {
-			return "", nil, fetchErr(SignatureName(i), err)
+			return "", nil, nil, fetchErr(SignatureName(i), err)
 		}
 		sigs = append(sigs, s)
 	}
 	man, _, err := f.v.VerifyManifest(raw, sigs, prior, VerifyOptions{})
 	if errors.Is(err, ErrUnchanged) {
 		m.markSuccess(f, &newVal)
-		return ResultUnchanged, nil, nil
+		return ResultUnchanged, nil, nil, nil
 	}
 	if err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
 	b := Bundle{Manifest: raw, Signatures: sigs, Files: map[string][]byte{}}
 	for _, mf := range man.Files {
 		data, _, _, err := f.fetch.get(ctx, mf.Name, min(mf.Length, MaxFileSize), nil)
 		if err != nil {
 			if ReasonOf(err) == ReasonTooLarge {
-				return "", nil, &Error{Reason: ReasonHashMismatch, Err: fmt.Errorf("file %s: longer than the manifest's %d bytes", mf.Name, mf.Length)}
+				return "", nil, nil, &Error{Reason: ReasonHashMismatch, Err: fmt.Errorf("file %s: longer than the manifest's %d bytes", mf.Name, mf.Length)}
 			}
-			return "", nil, fetchErr(mf.Name, err)
+			return "", nil, nil, fetchErr(mf.Name, err)
 		}
 		b.Files[mf.Name] = data
 	}
 	ver, err := f.v.VerifyPayload(man, b.Files)
 	if err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
 	ver.Bundle, ver.Digest = b, b.Digest()
 	ver.Manifest = man
@@ -380,15 +389,12 @@ func (m *Manager) fetchAndVerify(ctx context.Context, f *feed) (string, *Verifie
 			}
 			if !ok || accepted != ver.Digest {
 				m.quarantine(f, ver)
-				return "", ver, cerr
+				return "", ver, nil, cerr
 			}
 			result = ResultAccepted
 		}
 	}
-	f.mu.Lock()
-	f.val = &newVal
-	f.mu.Unlock()
-	return result, ver, nil
+	return result, ver, &newVal, nil
 }
 
 func fetchErr(name string, err error) error {

@@ -421,6 +421,21 @@ func TestManagerHTTPS(t *testing.T) {
 	if got := m.Current()["test"]; len(got) != 3 || u.count() != 2 {
 		t.Errorf("current %v, %d updates", got, u.count())
 	}
+
+	// A release the daemon failed to apply is fetched in full again, not
+	// answered 304 from the cache validators.
+	set(newRelease(102, k).build(t), `"r3"`)
+	u.fail = errors.New("apply failed")
+	if err := m.Cycle(ctx, "test", u.apply); ReasonOf(err) != ReasonApply {
+		t.Fatalf("apply failure: %v", err)
+	}
+	u.fail = nil
+	if err := m.Cycle(ctx, "test", u.apply); err != nil || u.count() != 3 {
+		t.Fatalf("retry after apply failure: %v, %d updates", err, u.count())
+	}
+	if err := m.Cycle(ctx, "test", u.apply); err != nil || sawINM != 2 {
+		t.Errorf("after the retry: %v, %d conditional hits", err, sawINM)
+	}
 }
 
 func TestStoreAtomicAndNames(t *testing.T) {
