@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,7 +43,9 @@ func TestHTTP2Downstream(t *testing.T) {
 // TestUpgradePassthrough upgrades to an echo protocol the way WebSocket
 // does and checks bytes flow both ways through the proxy.
 func TestUpgradePassthrough(t *testing.T) {
+	var upHits atomic.Int64
 	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		upHits.Add(1)
 		if r.Header.Get("Upgrade") != "echo" || r.Header.Get("X-Gatehouse-Tenant") != "acme" {
 			http.Error(w, "no upgrade", 400)
 			return
@@ -76,6 +79,35 @@ func TestUpgradePassthrough(t *testing.T) {
 	line, err := br.ReadString('\n')
 	if err != nil || line != "echo: Transfer-Encoding: chunked\r\n" {
 		t.Fatalf("upgraded stream answered %q, %v", line, err)
+	}
+
+	// A declined upgrade ends the connection after the answer: the framing
+	// guard stepped aside for it, so nothing may follow on it.
+	c2 := h.rawTLS(h.pki.acme, "web")
+	c2.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c2, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: other\r\n\r\n"+
+		"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+	br2 := bufio.NewReader(c2)
+	resp, err = http.ReadResponse(br2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != 400 || !resp.Close {
+		t.Errorf("declined upgrade: status %d close %v, want 400 and close", resp.StatusCode, resp.Close)
+	}
+	if rest, _ := io.ReadAll(br2); len(rest) != 0 {
+		t.Errorf("connection went on after a declined upgrade: %q", rest)
+	}
+
+	// h2c would tunnel later requests past routing.
+	c3 := h.rawTLS(h.pki.acme, "web")
+	before := upHits.Load()
+	if code, _ := rawExchange(t, c3, "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"); code != 400 {
+		t.Errorf("h2c upgrade: status %d, want 400", code)
+	}
+	if upHits.Load() != before {
+		t.Error("h2c upgrade reached the backend")
 	}
 }
 

@@ -383,6 +383,18 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 		refuse(w, http.StatusRequestEntityTooLarge, "request body too large")
 		return rt
 	}
+	if isUpgrade(r) {
+		if hasToken(r.Header.Values("Upgrade"), "h2c") {
+			// Cleartext HTTP/2 to the backend would carry later requests
+			// past routing, inside one tunnel.
+			refuse(w, http.StatusBadRequest, "bad request: h2c upgrade")
+			return rt
+		}
+		// The framing guard stops reading HTTP once a connection asks to
+		// switch protocols; if the backend declines, end the connection
+		// after the answer so nothing follows unguarded.
+		w.closeUnlessSwitch = true
+	}
 	release, ok := h.inFlight.acquire(h.listener, st.peer.Tenant, h.limits.MaxInFlightPerTenant)
 	if !ok {
 		w.Header().Set("Retry-After", "1")
@@ -469,6 +481,23 @@ func (h *Handler) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	}
 }
 
+// isUpgrade reports an HTTP/1 request asking to switch protocols.
+func isUpgrade(r *http.Request) bool {
+	return r.ProtoMajor == 1 && r.Header.Get("Upgrade") != "" && hasToken(r.Header.Values("Connection"), "upgrade")
+}
+
+// hasToken reports whether a comma-separated header holds tok, in any case.
+func hasToken(values []string, tok string) bool {
+	for _, v := range values {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), tok) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
@@ -493,20 +522,24 @@ func newID() string {
 // Unwrap lets http.ResponseController reach Flush and Hijack underneath.
 type statusWriter struct {
 	http.ResponseWriter
-	status int
-	n      int64
+	status            int
+	n                 int64
+	closeUnlessSwitch bool // an HTTP/1 upgrade request: close unless it gets 101
 }
 
 func (w *statusWriter) WriteHeader(code int) {
 	if w.status == 0 || (w.status < 200 && code >= 100) {
 		w.status = code
 	}
+	if w.closeUnlessSwitch && code >= 200 {
+		w.Header().Set("Connection", "close")
+	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *statusWriter) Write(p []byte) (int, error) {
 	if w.status == 0 {
-		w.status = http.StatusOK
+		w.WriteHeader(http.StatusOK)
 	}
 	n, err := w.ResponseWriter.Write(p)
 	w.n += int64(n)
