@@ -102,7 +102,7 @@ func New(cfg Config) (*Manager, error) {
 			Help: "TLS handshakes on the listeners by tenant and result.",
 		}, []string{"listener", "tenant", "result"}),
 		expiryDesc: prometheus.NewDesc("gatehouse_cert_expiry_timestamp_seconds",
-			"When a server certificate or tenant CA expires (earliest in the bundle), or a CRL's nextUpdate.",
+			"When a server certificate or tenant CA expires (earliest in the bundle), or a tenant's CRL is due (earliest nextUpdate).",
 			[]string{"kind", "name"}, nil),
 	}
 	m.state.Store(&state{listeners: map[string]*listenerState{}, pool: x509.NewCertPool()})
@@ -289,26 +289,26 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 	}
 	for _, i := range cands {
 		t := st.tenants[i]
-		if t.crl == nil {
-			continue
-		}
-		for _, ch := range chains {
-			for _, c := range ch[:len(ch)-1] {
-				if !bytes.Equal(c.RawIssuer, t.crl.RawIssuer) {
-					continue
-				}
-				if t.revoked[c.SerialNumber.String()] {
-					return Identity{}, &AuthError{Result: ResultRevoked, Tenant: t.id,
-						Detail: fmt.Sprintf("serial %x on CRL %s", c.SerialNumber, t.crlFile)}
-				}
-				if !t.crl.NextUpdate.IsZero() && now.After(t.crl.NextUpdate) {
+		for _, crl := range t.crls {
+			for _, ch := range chains {
+				for _, c := range ch[:len(ch)-1] {
+					if !bytes.Equal(c.RawIssuer, crl.list.RawIssuer) {
+						continue
+					}
+					if crl.revoked[c.SerialNumber.String()] {
+						return Identity{}, &AuthError{Result: ResultRevoked, Tenant: t.id,
+							Detail: fmt.Sprintf("serial %x (%s) on CRL %s", c.SerialNumber, c.Subject, t.crlFile)}
+					}
+					if !crl.stale(now) {
+						continue
+					}
 					if m.failOnStaleCRL {
 						return Identity{}, &AuthError{Result: ResultCRLStale, Tenant: t.id,
-							Detail: "CRL " + t.crlFile + " past nextUpdate " + t.crl.NextUpdate.UTC().Format(time.RFC3339)}
+							Detail: "CRL " + t.crlFile + " past nextUpdate " + crl.list.NextUpdate.UTC().Format(time.RFC3339)}
 					}
 					if _, warned := st.warnedStale.LoadOrStore(t.id, struct{}{}); !warned {
 						m.logger.Warn("CRL past nextUpdate, accepting certificates anyway (crl_stale: warn)",
-							"tenant", t.id, "file", t.crlFile, "next_update", t.crl.NextUpdate)
+							"tenant", t.id, "file", t.crlFile, "issuer", crl.list.Issuer.String(), "next_update", crl.list.NextUpdate)
 					}
 				}
 			}
@@ -468,9 +468,15 @@ func (m *Manager) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 		ch <- prometheus.MustNewConstMetric(m.expiryDesc, prometheus.GaugeValue, float64(first.Unix()), "tenant_ca", t.id)
-		if t.crl != nil && !t.crl.NextUpdate.IsZero() {
+		var next time.Time
+		for _, c := range t.crls {
+			if nu := c.list.NextUpdate; !nu.IsZero() && (next.IsZero() || nu.Before(next)) {
+				next = nu
+			}
+		}
+		if !next.IsZero() {
 			ch <- prometheus.MustNewConstMetric(m.expiryDesc, prometheus.GaugeValue,
-				float64(t.crl.NextUpdate.Unix()), "crl_next_update", t.id)
+				float64(next.Unix()), "crl_next_update", t.id)
 		}
 	}
 }

@@ -713,7 +713,7 @@ func TestExpiryMetrics(t *testing.T) {
 	want := map[string]float64{
 		"server/web":           float64(k.server.Cert.NotAfter.Unix()),
 		"tenant_ca/acme":       float64(k.acmeCA.Cert.NotAfter.Unix()),
-		"crl_next_update/acme": float64(m.state.Load().tenants[0].crl.NextUpdate.Unix()),
+		"crl_next_update/acme": float64(m.state.Load().tenants[0].crls[0].list.NextUpdate.Unix()),
 		"tenant_ca/globex":     float64(k.globexCA.Cert.NotAfter.Unix()),
 	}
 	for key, v := range want {
@@ -993,5 +993,48 @@ func TestWatchServerCert(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("the bad key, written again, was not reported again")
 		}
+	}
+}
+
+// TestCRLBundle: one PEM file with the CRLs of a root and of its
+// intermediate, both in the tenant's bundle.
+func TestCRLBundle(t *testing.T) {
+	k := newPKI(t)
+	root := certstest.NewCA(t, "corp root")
+	inter := root.Intermediate(t, "corp issuing")
+	bad := inter.Client(t, "bad")
+	good := inter.Client(t, "good")
+	dir := t.TempDir()
+	rootCRL, _ := os.ReadFile(root.CRL(t, filepath.Join(dir, "root.crl"), time.Now().Add(2*time.Hour)))
+	interCRL, _ := os.ReadFile(inter.CRL(t, filepath.Join(dir, "inter.crl"), time.Now().Add(time.Hour), bad))
+	both := filepath.Join(dir, "both.crl")
+	certstest.WriteFile(t, both, append(append([]byte{}, rootCRL...), interCRL...))
+	twice := filepath.Join(dir, "twice.crl")
+	certstest.WriteFile(t, twice, append(append([]byte{}, interCRL...), interCRL...))
+
+	p := clonePolicy(k.policy)
+	p.Tenants = []policy.Tenant{{ID: "corp", ClientCA: certstest.Bundle(t, root, inter), CRL: both}}
+	m := newManager(t, Config{}, p)
+	for _, tc := range []struct {
+		leaf *certstest.Leaf
+		want Result
+	}{{good, ResultOK}, {bad, ResultRevoked}} {
+		_, err := m.Identify(tls.ConnectionState{PeerCertificates: []*x509.Certificate{tc.leaf.Cert, inter.Cert}})
+		if got := ResultOf(err); got != tc.want {
+			t.Errorf("%s: %s (%v), want %s", tc.leaf.Cert.Subject.CommonName, got, err, tc.want)
+		}
+	}
+	if next := m.state.Load().tenants[0].crls; len(next) != 2 {
+		t.Fatalf("%d CRLs loaded, want 2", len(next))
+	}
+
+	p.Tenants[0].CRL = twice
+	if err := m.Apply(p); !errors.Is(err, ErrDuplicate) {
+		t.Errorf("two CRLs of one issuer: %v", err)
+	}
+	p.Tenants[0].ClientCA = root.CertFile // the intermediate's CRL has no CA to check it against
+	p.Tenants[0].CRL = both
+	if err := m.Apply(p); !errors.Is(err, ErrCRLSignature) {
+		t.Errorf("CRL of a CA outside the bundle: %v", err)
 	}
 }

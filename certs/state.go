@@ -44,9 +44,18 @@ type tenantState struct {
 	caFile  string
 	crlFile string
 	cas     []*x509.Certificate
-	crl     *x509.RevocationList
-	revoked map[string]bool // decimal serials on the CRL
+	crls    []*crlState // one per issuing CA that publishes one
 	match   *matcher
+}
+
+type crlState struct {
+	list    *x509.RevocationList
+	revoked map[string]bool // decimal serials on the CRL
+}
+
+// stale reports whether the CRL is past its nextUpdate.
+func (c *crlState) stale(now time.Time) bool {
+	return !c.list.NextUpdate.IsZero() && now.After(c.list.NextUpdate)
 }
 
 // loader reads the files of one generation and remembers their digests, so
@@ -153,24 +162,31 @@ func loadTenant(ld *loader, t policy.Tenant) (*tenantState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("crl: %w", err)
 	}
-	crl, err := ParseCRL(data)
+	lists, err := ParseCRLs(data)
 	if err != nil {
 		return nil, fmt.Errorf("crl %s: %w", t.CRL, err)
 	}
-	signed := false
-	for _, ca := range cas {
-		if bytes.Equal(ca.RawSubject, crl.RawIssuer) && crl.CheckSignatureFrom(ca) == nil {
-			signed = true
-			break
+	for n, crl := range lists {
+		signed := false
+		for _, ca := range cas {
+			if bytes.Equal(ca.RawSubject, crl.RawIssuer) && crl.CheckSignatureFrom(ca) == nil {
+				signed = true
+				break
+			}
 		}
-	}
-	if !signed {
-		return nil, fmt.Errorf("crl %s: %w", t.CRL, ErrCRLSignature)
-	}
-	ts.crl = crl
-	ts.revoked = make(map[string]bool, len(crl.RevokedCertificateEntries))
-	for _, e := range crl.RevokedCertificateEntries {
-		ts.revoked[e.SerialNumber.String()] = true
+		if !signed {
+			return nil, fmt.Errorf("crl %s (#%d, issuer %s): %w", t.CRL, n+1, crl.Issuer, ErrCRLSignature)
+		}
+		for _, other := range ts.crls {
+			if bytes.Equal(other.list.RawIssuer, crl.RawIssuer) {
+				return nil, fmt.Errorf("crl %s: two CRLs from %s: %w", t.CRL, crl.Issuer, ErrDuplicate)
+			}
+		}
+		cs := &crlState{list: crl, revoked: make(map[string]bool, len(crl.RevokedCertificateEntries))}
+		for _, e := range crl.RevokedCertificateEntries {
+			cs.revoked[e.SerialNumber.String()] = true
+		}
+		ts.crls = append(ts.crls, cs)
 	}
 	return ts, nil
 }
@@ -254,7 +270,7 @@ func parseCertsPEM(data []byte) ([]*x509.Certificate, error) {
 	return out, nil
 }
 
-// ParseCRL parses a CRL in PEM ("X509 CRL") or DER form.
+// ParseCRL parses one CRL in PEM ("X509 CRL") or DER form.
 func ParseCRL(data []byte) (*x509.RevocationList, error) {
 	if b, _ := pem.Decode(data); b != nil {
 		if b.Type != "X509 CRL" {
@@ -263,4 +279,29 @@ func ParseCRL(data []byte) (*x509.RevocationList, error) {
 		data = b.Bytes
 	}
 	return x509.ParseRevocationList(data)
+}
+
+// ParseCRLs parses a DER CRL or every CRL of a PEM file, as for a tenant
+// whose bundle holds a root and intermediates that each publish one.
+func ParseCRLs(data []byte) ([]*x509.RevocationList, error) {
+	b, rest := pem.Decode(data)
+	if b == nil {
+		l, err := x509.ParseRevocationList(data)
+		if err != nil {
+			return nil, err
+		}
+		return []*x509.RevocationList{l}, nil
+	}
+	var out []*x509.RevocationList
+	for ; b != nil; b, rest = pem.Decode(rest) {
+		if b.Type != "X509 CRL" {
+			return nil, fmt.Errorf("PEM block %q, want X509 CRL", b.Type)
+		}
+		l, err := x509.ParseRevocationList(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("CRL %d: %w", len(out)+1, err)
+		}
+		out = append(out, l)
+	}
+	return out, nil
 }

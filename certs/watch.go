@@ -93,8 +93,10 @@ func (m *Manager) checkStaleCRLs() {
 	now := m.now()
 	var n int32
 	for _, t := range st.tenants {
-		if t.crl != nil && !t.crl.NextUpdate.IsZero() && now.After(t.crl.NextUpdate) {
-			n++
+		for _, c := range t.crls {
+			if c.stale(now) {
+				n++
+			}
 		}
 	}
 	if old := st.staleCount.Swap(n); n > old {
