@@ -468,7 +468,7 @@ func (m *Manager) apply(f *feed, ver *Verified, result string, onUpdate func(str
 	f.mu.Unlock()
 	log.Info("feed update applied", "result", result, "prefixes", len(ver.Prefixes),
 		"ipv4_addresses", ver.Coverage.V4, "entries", ver.Entries, "selected", ver.Selected)
-	if err := m.store.Save(f.cfg.Name, ver.Manifest.Serial, ver.Bundle); err != nil {
+	if err := m.store.Commit(f.cfg.Name, ver); err != nil {
 		m.count(f, string(ReasonStore))
 		log.Error("feed update applied but not persisted; a restart falls back to the previous release", "err", err)
 		return &Error{Reason: ReasonStore, Err: err}

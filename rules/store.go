@@ -55,6 +55,12 @@ func (s *Store) Save(name string, serial uint64, b Bundle) error {
 	return s.saveBundle(name, ".lkg.json", serial, b)
 }
 
+// Commit records a verified release as the last known good of feed name.
+// Call it only once the daemon has applied a policy with the release.
+func (s *Store) Commit(name string, v *Verified) error {
+	return s.Save(name, v.Manifest.Serial, v.Bundle)
+}
+
 // Load returns the last known good release of feed name; the error
 // satisfies errors.Is(err, os.ErrNotExist) when there is none.
 func (s *Store) Load(name string) (Bundle, error) { return s.loadBundle(name, ".lkg.json") }
