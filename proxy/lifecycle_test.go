@@ -100,6 +100,15 @@ func TestUpgradePassthrough(t *testing.T) {
 		t.Errorf("connection went on after a declined upgrade: %q", rest)
 	}
 
+	// The same when the proxy itself refuses the upgrade (no route).
+	c4 := h.rawTLS(h.pki.globex, "web")
+	c4.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c4, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	br4 := bufio.NewReader(c4)
+	if resp, err := http.ReadResponse(br4, nil); err != nil || resp.StatusCode != 403 || !resp.Close {
+		t.Errorf("upgrade without a route: %v %v, want 403 and close", resp, err)
+	}
+
 	// h2c would tunnel later requests past routing.
 	c3 := h.rawTLS(h.pki.acme, "web")
 	before := upHits.Load()

@@ -309,7 +309,10 @@ type stateKey struct{}
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	sw := &statusWriter{ResponseWriter: w}
+	// The framing guard stops reading HTTP once a connection asks to switch
+	// protocols; unless the switch happens, end the connection after the
+	// answer (whoever refuses it) so nothing follows unguarded.
+	sw := &statusWriter{ResponseWriter: w, closeUnlessSwitch: isUpgrade(r)}
 	st := &requestState{id: newID()}
 	peer, ok := PeerFrom(r.Context())
 	st.peer = peer
@@ -383,17 +386,11 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 		refuse(w, http.StatusRequestEntityTooLarge, "request body too large")
 		return rt
 	}
-	if isUpgrade(r) {
-		if hasToken(r.Header.Values("Upgrade"), "h2c") {
-			// Cleartext HTTP/2 to the backend would carry later requests
-			// past routing, inside one tunnel.
-			refuse(w, http.StatusBadRequest, "bad request: h2c upgrade")
-			return rt
-		}
-		// The framing guard stops reading HTTP once a connection asks to
-		// switch protocols; if the backend declines, end the connection
-		// after the answer so nothing follows unguarded.
-		w.closeUnlessSwitch = true
+	if w.closeUnlessSwitch && hasToken(r.Header.Values("Upgrade"), "h2c") {
+		// Cleartext HTTP/2 to the backend would carry later requests past
+		// routing, inside one tunnel.
+		refuse(w, http.StatusBadRequest, "bad request: h2c upgrade")
+		return rt
 	}
 	release, ok := h.inFlight.acquire(h.listener, st.peer.Tenant, h.limits.MaxInFlightPerTenant)
 	if !ok {
