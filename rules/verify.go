@@ -110,6 +110,11 @@ func NewVerifier(cfg FeedConfig, g Guards, now func() time.Time) (*Verifier, err
 		if err != nil {
 			return nil, fmt.Errorf("feed %s: key %d: %w", cfg.Name, i+1, err)
 		}
+		for _, o := range v.keys {
+			if o.Equal(k) {
+				return nil, fmt.Errorf("feed %s: key %d (%016X) is listed twice", cfg.Name, i+1, k.ID())
+			}
+		}
 		v.keys = append(v.keys, k)
 	}
 	if cfg.Threshold < 1 || cfg.Threshold > len(v.keys) {

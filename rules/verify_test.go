@@ -322,6 +322,7 @@ func TestNewVerifierRefusesBadConfig(t *testing.T) {
 		"threshold high":  func(fc *FeedConfig) { fc.Threshold = 2 },
 		"threshold zero":  func(fc *FeedConfig) { fc.Threshold = 0 },
 		"negative shrink": func(fc *FeedConfig) { fc.MaxShrink = -1 },
+		"same key twice":  func(fc *FeedConfig) { fc.Keys, fc.Threshold = append(fc.Keys, fc.Keys[0]), 2 },
 	}
 	for name, mut := range tests {
 		fc := good
