@@ -185,7 +185,10 @@ type CA struct {
 	Dir  string
 	Cert *x509.Certificate
 	Key  crypto.Signer
-	now  func() time.Time
+	// Chain is the rest of ca.pem for an intermediate: its issuers, up to
+	// and including the root.
+	Chain []*x509.Certificate
+	now   func() time.Time
 }
 
 // CAOptions describe a new CA.
@@ -195,9 +198,18 @@ type CAOptions struct {
 	Organization string
 	KeyType      KeyType
 	Validity     time.Duration // zero: 10 years
-	Force        bool
-	Now          func() time.Time
+	// MaxPathLen is how many intermediates may follow this CA; 0 means it
+	// signs end-entity certificates only.
+	MaxPathLen int
+	// Parent, when set, signs the new CA (an intermediate) instead of the
+	// CA signing itself.
+	Parent *CA
+	Force  bool
+	Now    func() time.Time
 }
+
+// ErrPathLen is returned when a parent CA may not sign another CA.
+var ErrPathLen = errors.New("parent CA's path length does not allow another CA below it (create it with a larger --path-len)")
 
 // InitCA creates a self-signed CA in opts.Dir. It refuses to overwrite an
 // existing CA unless Force is set.
@@ -231,10 +243,29 @@ func InitCA(opts CAOptions) (*CA, error) {
 		NotAfter:              now.Add(opts.Validity),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
-		MaxPathLenZero:        true, // signs end-entity certificates only
+		MaxPathLen:            opts.MaxPathLen,
+		MaxPathLenZero:        opts.MaxPathLen == 0,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if opts.MaxPathLen < 0 {
+		return nil, errors.New("init ca: negative path length")
+	}
+	issuer, signer := tmpl, key
+	var chain []*x509.Certificate
+	if p := opts.Parent; p != nil {
+		pc := p.Cert
+		// A parsed certificate has MaxPathLen -1 when it sets no limit;
+		// otherwise it must leave room for this CA's own limit plus itself.
+		if pc.MaxPathLen >= 0 && pc.MaxPathLen <= opts.MaxPathLen {
+			return nil, fmt.Errorf("init ca: parent %s (path length %d): %w", pc.Subject, pc.MaxPathLen, ErrPathLen)
+		}
+		if tmpl.NotAfter.After(pc.NotAfter) {
+			tmpl.NotAfter = pc.NotAfter
+		}
+		issuer, signer = pc, p.Key
+		chain = append([]*x509.Certificate{pc}, p.Chain...)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, key.Public(), signer)
 	if err != nil {
 		return nil, fmt.Errorf("init ca: %w", err)
 	}
@@ -248,10 +279,14 @@ func InitCA(opts CAOptions) (*CA, error) {
 	if err := WriteKeyFile(filepath.Join(opts.Dir, CAKeyFile), key, opts.Force); err != nil {
 		return nil, fmt.Errorf("init ca: %w", err)
 	}
-	if err := WriteCertFile(filepath.Join(opts.Dir, CACertFile), opts.Force, der); err != nil {
+	ders := [][]byte{der}
+	for _, c := range chain {
+		ders = append(ders, c.Raw)
+	}
+	if err := WriteCertFile(filepath.Join(opts.Dir, CACertFile), opts.Force, ders...); err != nil {
 		return nil, fmt.Errorf("init ca: %w", err)
 	}
-	return &CA{Dir: opts.Dir, Cert: cert, Key: key, now: opts.Now}, nil
+	return &CA{Dir: opts.Dir, Cert: cert, Key: key, Chain: chain, now: opts.Now}, nil
 }
 
 // OpenCA loads the CA in dir. The certificate and key may come from OpenSSL.
@@ -271,7 +306,7 @@ func OpenCA(dir string) (*CA, error) {
 	if !cert.IsCA {
 		return nil, fmt.Errorf("open ca %s: %w", dir, ErrNotCA)
 	}
-	return &CA{Dir: dir, Cert: cert, Key: key, now: time.Now}, nil
+	return &CA{Dir: dir, Cert: cert, Key: key, Chain: certs[1:], now: time.Now}, nil
 }
 
 func publicKeyEqual(a, b crypto.PublicKey) bool {

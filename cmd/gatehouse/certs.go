@@ -40,15 +40,22 @@ ed25519 is given, written as PKCS#8 PEM with mode 0600, and never printed.`,
 
 func pkiInitCACmd() *cobra.Command {
 	var o certs.CAOptions
-	var keyType string
+	var keyType, parent string
 	var days int
 	c := &cobra.Command{
-		Use:   "init-ca --dir DIR --cn NAME",
-		Short: "Create a self-signed CA in a directory",
+		Use:   "init-ca --dir DIR --cn NAME [--parent DIR] [--path-len N]",
+		Short: "Create a CA in a directory: self-signed, or an intermediate signed by --parent",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.KeyType = certs.KeyType(keyType)
 			o.Validity = pkiDays(days)
+			if parent != "" {
+				p, err := certs.OpenCA(parent)
+				if err != nil {
+					return err
+				}
+				o.Parent = p
+			}
 			ca, err := certs.InitCA(o)
 			if err != nil {
 				return err
@@ -66,6 +73,8 @@ func pkiInitCACmd() *cobra.Command {
 	f.StringVar(&keyType, "key-type", string(certs.KeyECDSAP256), "ecdsa-p256, rsa-3072 or ed25519")
 	f.IntVar(&days, "days", 3650, "validity in days")
 	f.BoolVar(&o.Force, "force", false, "replace an existing CA")
+	f.StringVar(&parent, "parent", "", "directory of the CA that signs this one (an intermediate)")
+	f.IntVar(&o.MaxPathLen, "path-len", 0, "how many CA levels may follow below this CA (0: it signs only end-entity certificates)")
 	pkiRequire(c, "dir", "cn")
 	return c
 }
@@ -135,7 +144,7 @@ func pkiIssueCmd() *cobra.Command {
 	f.StringVar(&caDir, "ca", "", "CA directory")
 	f.StringVar(&out, "out", "", "output prefix: writes PREFIX.pem and PREFIX.key")
 	f.StringVar(&keyType, "key-type", string(certs.KeyECDSAP256), "ecdsa-p256, rsa-3072 or ed25519")
-	f.BoolVar(&chain, "chain", false, "append the CA certificate to PREFIX.pem")
+	f.BoolVar(&chain, "chain", false, "append the CA certificate and its issuers to PREFIX.pem")
 	f.BoolVar(&force, "force", false, "replace existing files")
 	pkiRequire(c, "ca", "out")
 	return c
@@ -144,7 +153,7 @@ func pkiIssueCmd() *cobra.Command {
 func pkiWritePair(out io.Writer, prefix string, der []byte, key crypto.Signer, ca *certs.CA, chain, force bool) error {
 	ders := [][]byte{der}
 	if chain {
-		ders = append(ders, ca.Cert.Raw)
+		ders = append(ders, pkiChain(ca)...)
 	}
 	keyPath, certPath := prefix+".key", prefix+".pem"
 	if key != nil {
@@ -248,7 +257,7 @@ func pkiSignCSRCmd() *cobra.Command {
 			}
 			ders := [][]byte{der}
 			if chain {
-				ders = append(ders, ca.Cert.Raw)
+				ders = append(ders, pkiChain(ca)...)
 			}
 			if err := certs.WriteCertFile(out, force, ders...); err != nil {
 				return err
@@ -262,7 +271,7 @@ func pkiSignCSRCmd() *cobra.Command {
 	f.StringVar(&caDir, "ca", "", "CA directory")
 	f.StringVar(&csrPath, "csr", "", "PKCS#10 request (PEM or DER)")
 	f.StringVar(&out, "out", "", "certificate file (PEM)")
-	f.BoolVar(&chain, "chain", false, "append the CA certificate")
+	f.BoolVar(&chain, "chain", false, "append the CA certificate and its issuers")
 	f.BoolVar(&force, "force", false, "replace an existing file")
 	pkiRequire(c, "ca", "csr", "out")
 	return c
@@ -592,4 +601,13 @@ func pkiReasonNames() []string {
 	}
 	slices.Sort(names)
 	return names
+}
+
+// pkiChain is the CA certificate and its issuers, as DER.
+func pkiChain(ca *certs.CA) [][]byte {
+	out := [][]byte{ca.Cert.Raw}
+	for _, c := range ca.Chain {
+		out = append(out, c.Raw)
+	}
+	return out
 }

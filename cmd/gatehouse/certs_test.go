@@ -262,3 +262,29 @@ func sameFirstCert(t *testing.T, a, b string) bool {
 	}
 	return la[0].Equal(lb[0])
 }
+
+// TestCertsIntermediateCA: a root that allows one level, an intermediate
+// under it, a client certificate with its chain; OpenSSL verifies it to the
+// root. A root without room for an intermediate refuses to sign one.
+func TestCertsIntermediateCA(t *testing.T) {
+	needOpenSSL(t)
+	d := t.TempDir()
+	p := func(name string) string { return filepath.Join(d, name) }
+	pkiRun(t, "init-ca", "--dir", p("root"), "--cn", "Corp Root", "--path-len", "1")
+	out := pkiRun(t, "init-ca", "--dir", p("inter"), "--cn", "Corp Issuing", "--parent", p("root"))
+	if !strings.Contains(out, "Issuer:     CN=Corp Root") || !strings.Contains(out, "path length 0") {
+		t.Errorf("intermediate summary:\n%s", out)
+	}
+	pkiRun(t, "issue", "--ca", p("inter"), "--client", "--tenant", "corp", "--chain", "--out", p("client"))
+	list, err := certs.ReadCertsFile(p("client.pem"))
+	if err != nil || len(list) != 3 {
+		t.Fatalf("client.pem holds %d certificates, want leaf, intermediate, root (%v)", len(list), err)
+	}
+	openssl(t, d, "verify", "-CAfile", "root/ca.pem", "-untrusted", "inter/ca.pem", "-purpose", "sslclient", "client.pem")
+
+	pkiRun(t, "init-ca", "--dir", p("flat"), "--cn", "Flat Root")
+	if _, err := pkiTry("init-ca", "--dir", p("sub"), "--cn", "Sub", "--parent", p("flat")); err == nil ||
+		!strings.Contains(err.Error(), "path length") {
+		t.Errorf("intermediate under a path-length-0 root: %v", err)
+	}
+}
