@@ -1,0 +1,116 @@
+package xdp
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gatehouse-dmz/gatehouse/bpf"
+)
+
+var _ prometheus.Collector = (*Enforcer)(nil)
+
+var (
+	packetsDesc = prometheus.NewDesc("gatehouse_xdp_packets_total",
+		"Packets the XDP filter judged, by action and reason (per-CPU counters summed).",
+		[]string{"action", "reason"}, nil)
+	attachDesc = prometheus.NewDesc("gatehouse_xdp_attach_mode",
+		"1 for the mode the XDP filter is attached in (native or generic), 0 for the other.",
+		[]string{"mode"}, nil)
+)
+
+type metrics struct {
+	applySeconds prometheus.Gauge
+
+	mu   sync.Mutex
+	mode string
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		applySeconds: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name:        "gatehouse_policy_apply_seconds",
+			Help:        "Duration of the last successful policy apply, per kernel layer.",
+			ConstLabels: prometheus.Labels{"layer": "xdp"},
+		}),
+	}
+}
+
+func (m *metrics) setMode(mode string) {
+	m.mu.Lock()
+	m.mode = mode
+	m.mu.Unlock()
+}
+
+// Describe implements prometheus.Collector.
+func (e *Enforcer) Describe(ch chan<- *prometheus.Desc) {
+	ch <- packetsDesc
+	ch <- attachDesc
+	e.metrics.applySeconds.Describe(ch)
+}
+
+// Collect implements prometheus.Collector. The counters live in the pinned
+// map, so they survive restarts of the daemon.
+func (e *Enforcer) Collect(ch chan<- prometheus.Metric) {
+	e.metrics.applySeconds.Collect(ch)
+	e.metrics.mu.Lock()
+	mode := e.metrics.mode
+	e.metrics.mu.Unlock()
+	for _, m := range []string{ModeNative, ModeGeneric} {
+		v := 0.0
+		if m == mode {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(attachDesc, prometheus.GaugeValue, v, m)
+	}
+	counts, err := e.Counters()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(packetsDesc, err)
+		return
+	}
+	for k, v := range counts {
+		ch <- prometheus.MustNewConstMetric(packetsDesc, prometheus.CounterValue, float64(v), k.Action, k.Reason)
+	}
+}
+
+// CounterKey names one of the program's counters.
+type CounterKey struct{ Action, Reason string }
+
+// Counters returns the program's packet counters, summed over CPUs. Only
+// the pairs the program can produce are returned.
+func (e *Enforcer) Counters() (map[CounterKey]uint64, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil, ErrClosed
+	}
+	out := map[CounterKey]uint64{}
+	m := e.coll.Maps[bpf.MapCounters]
+	for a, action := range bpf.Actions {
+		for r, reason := range bpf.Reasons {
+			if !possible(action, reason) {
+				continue
+			}
+			var per []uint64
+			if err := m.Lookup(bpf.CounterIndex(a, r), &per); err != nil {
+				return nil, err
+			}
+			var sum uint64
+			for _, v := range per {
+				sum += v
+			}
+			out[CounterKey{action, reason}] = sum
+		}
+	}
+	return out, nil
+}
+
+// possible reports whether the program ever counts this pair.
+func possible(action, reason string) bool {
+	switch reason {
+	case "admitted", "management", "passthrough":
+		return action == "pass"
+	default:
+		return action == "drop"
+	}
+}

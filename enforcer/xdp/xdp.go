@@ -1,0 +1,560 @@
+package xdp
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/gatehouse-dmz/gatehouse/bpf"
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+// DefaultPinDir is where the link and maps are pinned, one directory per
+// interface.
+const DefaultPinDir = "/sys/fs/bpf/gatehouse"
+
+// Attach modes reported by AttachMode and gatehouse_xdp_attach_mode.
+const (
+	ModeNative  = "native"
+	ModeGeneric = "generic"
+)
+
+// Errors returned by New, Apply and Block.
+var (
+	ErrNoInterface = errors.New("xdp: no interface configured")
+	ErrOff         = errors.New("xdp: enforcement.xdp is off")
+	ErrBadMode     = errors.New("xdp: unknown attach mode")
+	ErrNotBPFFS    = errors.New("xdp: pin directory is not on a bpf filesystem")
+	ErrClosed      = errors.New("xdp: enforcer closed")
+	ErrBadAddr     = errors.New("xdp: invalid address")
+)
+
+// pinned maps, by their name in the object; each is pinned under its name.
+var pinnedMaps = []string{bpf.MapGen, bpf.MapCounters, bpf.MapState, bpf.MapBlock4, bpf.MapBlock6}
+
+// Config configures the XDP layer of one interface.
+type Config struct {
+	Interface string
+	Mode      policy.XDPMode
+	// PinDir holds one directory per interface with the pinned link and
+	// maps. Empty means DefaultPinDir.
+	PinDir string
+	Logger *slog.Logger
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Interface == "" || strings.ContainsAny(c.Interface, "/\x00") || c.Interface == "." || c.Interface == "..":
+		return fmt.Errorf("%w: %q", ErrNoInterface, c.Interface)
+	case c.Mode == policy.XDPOff:
+		return ErrOff
+	case c.Mode != policy.XDPAuto && c.Mode != policy.XDPNative && c.Mode != policy.XDPGeneric && c.Mode != "":
+		return fmt.Errorf("%w: %q", ErrBadMode, c.Mode)
+	}
+	return nil
+}
+
+// Enforcer is the XDP admission filter on one interface: a loaded program,
+// its pinned maps and its pinned bpf_link.
+type Enforcer struct {
+	log     *slog.Logger
+	iface   string
+	ifindex int
+	dir     string
+	mode    string
+	eph     [2]uint16
+
+	mu      sync.Mutex
+	closed  bool
+	coll    *ebpf.Collection
+	link    link.Link
+	pending bool // maps are new: repin and move the link at the first Apply
+	lastGC  time.Time
+	metrics *metrics
+}
+
+// New loads the program and attaches it to the interface, in the network
+// namespace of the calling thread. When a compatible link and maps are
+// pinned already (a restart), it adopts them: the maps keep their contents
+// and the link is moved to the new program in place, so there is no moment
+// without a filter. Incompatible pinned maps (an older layout) are replaced
+// at the first Apply, while the old program keeps enforcing until then.
+func New(cfg Config) (*Enforcer, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	pinDir := cfg.PinDir
+	if pinDir == "" {
+		pinDir = DefaultPinDir
+	}
+	e := &Enforcer{
+		log:     logger.With("component", "xdp", "interface", cfg.Interface),
+		iface:   cfg.Interface,
+		dir:     filepath.Join(pinDir, cfg.Interface),
+		metrics: newMetrics(),
+	}
+	if err := ensureBPFFS(pinDir, pinDir == DefaultPinDir, e.log); err != nil {
+		return nil, err
+	}
+	ifc, err := net.InterfaceByName(cfg.Interface)
+	if err != nil {
+		return nil, fmt.Errorf("xdp: interface %q: %w", cfg.Interface, err)
+	}
+	e.ifindex = ifc.Index
+	e.eph = ephemeralPorts()
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("xdp: memlock: %w", err)
+	}
+	if err := os.MkdirAll(e.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("xdp: pin directory: %w", err)
+	}
+	if err := e.load(); err != nil {
+		return nil, err
+	}
+	if err := e.attach(cfg.Mode); err != nil {
+		e.coll.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
+// load loads the program, reusing the pinned maps when all are compatible.
+func (e *Enforcer) load() error {
+	spec, err := bpf.Spec(false)
+	if err != nil {
+		return fmt.Errorf("xdp: %w", err)
+	}
+	replace, err := e.pinnedCompatible(spec)
+	if err != nil {
+		return err
+	}
+	opts := ebpf.CollectionOptions{MapReplacements: replace}
+	coll, err := ebpf.NewCollectionWithOptions(spec, opts)
+	for _, m := range replace {
+		m.Close() // the collection holds clones
+	}
+	if err != nil {
+		return fmt.Errorf("xdp: load program: %w", err)
+	}
+	e.coll = coll
+	if replace == nil {
+		e.pending = true
+	}
+	return nil
+}
+
+// pinnedCompatible returns the pinned maps if every one is there and
+// matches the spec (and the generation in force has the current layout);
+// nil means "start with fresh maps".
+func (e *Enforcer) pinnedCompatible(spec *ebpf.CollectionSpec) (map[string]*ebpf.Map, error) {
+	out := map[string]*ebpf.Map{}
+	fail := func(reason string, args ...any) (map[string]*ebpf.Map, error) {
+		for _, m := range out {
+			m.Close()
+		}
+		e.log.Info("pinned maps not adopted, replacing them", append([]any{"reason", reason}, args...)...)
+		return nil, nil
+	}
+	for _, name := range pinnedMaps {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(e.dir, name), nil)
+		if errors.Is(err, fs.ErrNotExist) {
+			if len(out) == 0 {
+				return nil, nil // nothing pinned: a first start
+			}
+			return fail("missing", "map", name)
+		}
+		if err != nil {
+			return fail("unreadable", "map", name, "error", err)
+		}
+		out[name] = m
+		if err := spec.Maps[name].Compatible(m); err != nil {
+			return fail("incompatible", "map", name, "error", err)
+		}
+	}
+	if ok, err := currentLayout(out[bpf.MapGen]); !ok {
+		return fail("generation layout", "error", err)
+	}
+	e.log.Info("adopting pinned maps", "dir", e.dir)
+	return out, nil
+}
+
+// currentLayout reports whether the outer map is empty or holds a
+// generation with this build's magic.
+func currentLayout(outer *ebpf.Map) (bool, error) {
+	var id uint32
+	if err := outer.Lookup(uint32(0), &id); err != nil || id == 0 {
+		return true, nil // no generation yet
+	}
+	inner, err := ebpf.NewMapFromID(ebpf.MapID(id))
+	if err != nil {
+		return false, err
+	}
+	defer inner.Close()
+	if inner.ValueSize() != bpf.PageSize || inner.MaxEntries() != bpf.MaxPages {
+		return false, fmt.Errorf("generation map of %d×%d", inner.MaxEntries(), inner.ValueSize())
+	}
+	hdr := make([]byte, bpf.PageSize)
+	if err := inner.Lookup(uint32(0), &hdr); err != nil {
+		return false, err
+	}
+	magic := uint32(hdr[0]) | uint32(hdr[1])<<8 | uint32(hdr[2])<<16 | uint32(hdr[3])<<24
+	if magic != bpf.Magic {
+		return false, fmt.Errorf("layout %#x, want %#x", magic, bpf.Magic)
+	}
+	return true, nil
+}
+
+func linkPin(dir, mode string) string { return filepath.Join(dir, "link_"+mode) }
+
+// attach adopts the pinned link or attaches a new one.
+func (e *Enforcer) attach(want policy.XDPMode) error {
+	prog := e.coll.Programs[bpf.ProgXDP]
+	for _, mode := range []string{ModeNative, ModeGeneric} {
+		l, err := link.LoadPinnedLink(linkPin(e.dir, mode), nil)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err == nil {
+			err = e.sameInterface(l)
+		}
+		if err != nil {
+			e.log.Warn("pinned link not adopted, attaching anew", "error", err)
+			if l != nil {
+				l.Close()
+			}
+			os.Remove(linkPin(e.dir, mode))
+			continue
+		}
+		if !e.pending {
+			// Same maps: the new program takes over in place.
+			if err := l.Update(prog); err != nil {
+				l.Close()
+				return fmt.Errorf("xdp: update pinned link: %w", err)
+			}
+		}
+		e.link, e.mode = l, mode
+		e.log.Info("adopted pinned link", "mode", mode, "program_moved", !e.pending)
+		e.metrics.setMode(mode)
+		return nil
+	}
+
+	modes := []string{ModeNative, ModeGeneric}
+	switch want {
+	case policy.XDPNative:
+		modes = []string{ModeNative}
+	case policy.XDPGeneric:
+		modes = []string{ModeGeneric}
+	}
+	var errs []error
+	for _, mode := range modes {
+		flags := link.XDPDriverMode
+		if mode == ModeGeneric {
+			flags = link.XDPGenericMode
+		}
+		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: e.ifindex, Flags: flags})
+		if err != nil {
+			e.log.Warn("attach failed", "mode", mode, "error", err)
+			errs = append(errs, fmt.Errorf("%s: %w", mode, err))
+			continue
+		}
+		// Pin the maps first: a pinned link whose maps are not pinned
+		// could not be adopted.
+		if err := e.pinMaps(); err != nil {
+			l.Close()
+			return err
+		}
+		if err := l.Pin(linkPin(e.dir, mode)); err != nil {
+			l.Close()
+			return fmt.Errorf("xdp: pin link: %w", err)
+		}
+		e.pending = false
+		e.link, e.mode = l, mode
+		e.log.Info("attached", "mode", mode, "ifindex", e.ifindex)
+		e.metrics.setMode(mode)
+		return nil
+	}
+	return fmt.Errorf("xdp: attach to %s: %w", e.iface, errors.Join(errs...))
+}
+
+func (e *Enforcer) sameInterface(l link.Link) error {
+	info, err := l.Info()
+	if err != nil {
+		return err
+	}
+	x := info.XDP()
+	if x == nil || int(x.Ifindex) != e.ifindex {
+		return fmt.Errorf("pinned link is not attached to ifindex %d", e.ifindex)
+	}
+	return nil
+}
+
+// pinMaps pins this collection's maps, replacing whatever is pinned.
+func (e *Enforcer) pinMaps() error {
+	for _, name := range pinnedMaps {
+		path := filepath.Join(e.dir, name)
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("xdp: unpin old %s: %w", name, err)
+		}
+		if err := e.coll.Maps[name].Pin(path); err != nil {
+			return fmt.Errorf("xdp: pin %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// AttachMode is "native" or "generic".
+func (e *Enforcer) AttachMode() string { return e.mode }
+
+// Apply makes p the policy in force with one update of the outer map. On
+// error the previous generation stays in force.
+func (e *Enforcer) Apply(p *policy.Policy) error {
+	start := time.Now()
+	if p == nil {
+		return errors.New("xdp: nil policy")
+	}
+	if err := p.Validate(); err != nil {
+		return fmt.Errorf("xdp: %w", err)
+	}
+	g := &bpf.Generation{
+		Strict:      p.Enforcement.Mode == policy.ModeStrict,
+		EphemeralLo: e.eph[0],
+		EphemeralHi: e.eph[1],
+		V4:          p.Admitted.V4,
+		V6:          p.Admitted.V6,
+	}
+	for _, pt := range p.ProtectedPorts() {
+		g.Ports = append(g.Ports, bpf.Port{Proto: pt.Proto, Num: pt.Num})
+	}
+	for _, m := range p.Enforcement.Management {
+		g.Management = append(g.Management, bpf.Management{Prefix: m.Prefix, Ports: m.Ports})
+	}
+	pages, err := g.Encode()
+	if err != nil {
+		return fmt.Errorf("xdp: encode generation %d: %w", p.Generation, err)
+	}
+
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return ErrClosed
+	}
+	outer := e.coll.Maps[bpf.MapGen]
+	gen, err := bpf.NewGenerationMap(outer, pages)
+	if err != nil {
+		return fmt.Errorf("xdp: generation %d: %w", p.Generation, err)
+	}
+	defer gen.Close() // the outer map keeps its own reference
+	if err := bpf.Publish(outer, gen); err != nil {
+		return fmt.Errorf("xdp: generation %d: %w", p.Generation, err)
+	}
+	if e.pending {
+		// Fresh maps beside an adopted link: now that they hold the
+		// policy, move the link to the new program and the pins to the
+		// new maps.
+		if err := e.link.Update(e.coll.Programs[bpf.ProgXDP]); err != nil {
+			return fmt.Errorf("xdp: move link to new program: %w", err)
+		}
+		if err := e.pinMaps(); err != nil {
+			return err
+		}
+		e.pending = false
+		e.log.Info("replaced pinned maps of an older layout")
+	}
+	d := time.Since(start)
+	e.metrics.applySeconds.Set(d.Seconds())
+	e.log.Info("applied", "generation", p.Generation, "v4", len(g.V4), "v6", len(g.V6),
+		"pages", pages.Count, "duration", d)
+	return nil
+}
+
+// Block drops every packet from addr for d, on every port, until the
+// deadline passes (the nftables layer's scan detection calls it).
+func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
+	if !addr.IsValid() || d <= 0 {
+		return fmt.Errorf("%w: %s for %s", ErrBadAddr, addr, d)
+	}
+	addr = addr.Unmap()
+	now := monotonic()
+	deadline := now + uint64(d.Nanoseconds())
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return ErrClosed
+	}
+	var err error
+	if addr.Is4() {
+		err = e.coll.Maps[bpf.MapBlock4].Put(addr.As4(), deadline)
+	} else {
+		err = e.coll.Maps[bpf.MapBlock6].Put(addr.As16(), deadline)
+	}
+	if err != nil {
+		return fmt.Errorf("xdp: block %s: %w", addr, err)
+	}
+	if err := e.coll.Maps[bpf.MapState].Put(uint32(0), [2]uint32{1, 0}); err != nil {
+		return fmt.Errorf("xdp: activate blocklist: %w", err)
+	}
+	if time.Since(e.lastGC) > time.Minute {
+		e.lastGC = time.Now()
+		e.sweepLocked(now)
+	}
+	return nil
+}
+
+// sweepLocked deletes expired blocklist entries.
+func (e *Enforcer) sweepLocked(now uint64) {
+	for _, name := range []string{bpf.MapBlock4, bpf.MapBlock6} {
+		m := e.coll.Maps[name]
+		var key []byte
+		var deadline uint64
+		var expired [][]byte
+		it := m.Iterate()
+		for it.Next(&key, &deadline) {
+			if deadline <= now {
+				expired = append(expired, append([]byte(nil), key...))
+			}
+		}
+		for _, k := range expired {
+			_ = m.Delete(k) // gone already is fine
+		}
+	}
+}
+
+// Close releases this process's handles. The pinned link and maps stay:
+// the filter keeps dropping until Teardown.
+func (e *Enforcer) Close() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil
+	}
+	e.closed = true
+	var errs []error
+	if e.link != nil {
+		errs = append(errs, e.link.Close())
+	}
+	e.coll.Close()
+	return errors.Join(errs...)
+}
+
+// Teardown removes the filter from the interface: it detaches the pinned
+// link and deletes the pinned maps and the directory. Nothing pinned is not
+// an error.
+func Teardown(pinDir, iface string) error {
+	if pinDir == "" {
+		pinDir = DefaultPinDir
+	}
+	if iface == "" || strings.ContainsAny(iface, "/\x00") {
+		return fmt.Errorf("%w: %q", ErrNoInterface, iface)
+	}
+	dir := filepath.Join(pinDir, iface)
+	var errs []error
+	for _, mode := range []string{ModeNative, ModeGeneric} {
+		path := linkPin(dir, mode)
+		l, err := link.LoadPinnedLink(path, nil)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("xdp: load pinned link: %w", err))
+			continue
+		}
+		// Detach at once, even if another process still holds the link.
+		if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+			errs = append(errs, fmt.Errorf("xdp: detach: %w", err))
+		}
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("xdp: unpin link: %w", err))
+		}
+		l.Close()
+	}
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return errors.Join(errs...)
+	}
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("xdp: %w", err))...)
+	}
+	for _, ent := range entries {
+		if err := os.Remove(filepath.Join(dir, ent.Name())); err != nil {
+			errs = append(errs, fmt.Errorf("xdp: unpin %s: %w", ent.Name(), err))
+		}
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("xdp: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// ensureBPFFS checks that dir is on a bpf filesystem. For the default
+// directory it mounts one at /sys/fs/bpf when none is there.
+func ensureBPFFS(dir string, isDefault bool, log *slog.Logger) error {
+	root := dir
+	if isDefault {
+		root = filepath.Dir(DefaultPinDir)
+	}
+	if onBPFFS(root) {
+		return nil
+	}
+	if !isDefault {
+		// A non-default directory may not exist yet: check its parent.
+		if _, err := os.Stat(root); errors.Is(err, fs.ErrNotExist) && onBPFFS(filepath.Dir(root)) {
+			return nil
+		}
+		return fmt.Errorf("%w: %s", ErrNotBPFFS, dir)
+	}
+	if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("xdp: mount bpffs at %s: %w", root, err)
+	}
+	log.Info("mounted bpffs", "path", root)
+	return nil
+}
+
+func onBPFFS(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && uint32(st.Type) == unix.BPF_FS_MAGIC
+}
+
+// ephemeralPorts reads the local port range of the calling thread's
+// namespace; the Linux default when it cannot.
+func ephemeralPorts() [2]uint16 {
+	def := [2]uint16{32768, 60999}
+	// /proc/sys/net shows the namespace of the thread that opens it.
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return def
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return def
+	}
+	lo, err1 := strconv.ParseUint(f[0], 10, 16)
+	hi, err2 := strconv.ParseUint(f[1], 10, 16)
+	if err1 != nil || err2 != nil || lo == 0 || lo > hi {
+		return def
+	}
+	return [2]uint16{uint16(lo), uint16(hi)}
+}
+
+func monotonic() uint64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) // cannot fail for this clock
+	return uint64(ts.Nano())
+}

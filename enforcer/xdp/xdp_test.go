@@ -1,0 +1,330 @@
+package xdp
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/gatehouse-dmz/gatehouse/bpf"
+	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/test/netns"
+)
+
+// Addresses: the cloud side has an admitted and a non-admitted address of
+// each family; the gate listens on a protected and an unprotected port.
+const (
+	cloudIn4  = "198.51.100.10"
+	cloudOut4 = "198.51.100.20"
+	gate4     = "198.51.100.1"
+	cloudIn6  = "2001:db8:1::10"
+	cloudOut6 = "2001:db8:1::20"
+	gate6     = "2001:db8:1::1"
+	protected = 8443
+	open      = 8080
+)
+
+type topo struct {
+	cloud, gate *netns.NS
+	iface       string // XDP interface, in gate
+	pinDir      string
+	listeners   []net.Listener
+}
+
+// bpffsDir mounts a fresh bpf filesystem in a temporary directory.
+func bpffsDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatalf("mount bpffs: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, 0); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+	return dir
+}
+
+func newTopo(t *testing.T) *topo {
+	t.Helper()
+	netns.RequirePriv(t)
+	tp := &topo{cloud: netns.New(t, "cloud"), gate: netns.New(t, "gate")}
+	v := netns.Connect(t,
+		tp.cloud, []string{cloudIn4 + "/24", cloudOut4 + "/24", cloudIn6 + "/64", cloudOut6 + "/64"},
+		tp.gate, []string{gate4 + "/24", gate6 + "/64"})
+	tp.iface = v.B
+	tp.pinDir = bpffsDir(t)
+	for _, addr := range []string{"0.0.0.0:8443", "0.0.0.0:8080", "[::]:8443", "[::]:8080"} {
+		network := "tcp4"
+		if strings.HasPrefix(addr, "[") {
+			network = "tcp6"
+		}
+		tp.listeners = append(tp.listeners, tp.gate.Listen(t, network, addr))
+	}
+	for _, l := range tp.listeners {
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+	}
+	return tp
+}
+
+func testPolicy(mode policy.Mode) *policy.Policy {
+	return &policy.Policy{
+		Generation:  1,
+		Enforcement: policy.Enforcement{XDP: policy.XDPAuto, Mode: mode},
+		Admitted: policy.Admitted{
+			V4: []netip.Prefix{netip.MustParsePrefix("198.51.100.8/29")},
+			V6: []netip.Prefix{netip.MustParsePrefix("2001:db8:1::10/127")},
+		},
+		Listeners: []policy.Listener{{Name: "web", Port: protected, Protocol: policy.ProtoTCP}},
+	}
+}
+
+func (tp *topo) newEnforcer(t *testing.T) *Enforcer {
+	t.Helper()
+	var e *Enforcer
+	err := tp.gate.Do(func() error {
+		var err error
+		e, err = New(Config{Interface: tp.iface, Mode: policy.XDPAuto, PinDir: tp.pinDir})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return e
+}
+
+// connects reports whether a TCP connection from src to the gate's port
+// completes.
+func (tp *topo) connects(t *testing.T, src string, port int) bool {
+	t.Helper()
+	dst := gate4
+	if strings.Contains(src, ":") {
+		dst = gate6
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 600*time.Millisecond)
+	defer cancel()
+	c, err := tp.cloud.DialContext(ctx, "tcp", net.JoinHostPort(src, "0"), net.JoinHostPort(dst, strconv.Itoa(port)))
+	if err != nil {
+		var ne net.Error
+		if !errors.Is(err, context.DeadlineExceeded) && !(errors.As(err, &ne) && ne.Timeout()) {
+			t.Fatalf("dial %s → %d: unexpected error %v", src, port, err)
+		}
+		return false
+	}
+	c.Close()
+	return true
+}
+
+type probe struct {
+	src  string
+	port int
+	want bool
+}
+
+func (tp *topo) expect(t *testing.T, stage string, probes []probe) {
+	t.Helper()
+	for _, p := range probes {
+		if got := tp.connects(t, p.src, p.port); got != p.want {
+			t.Errorf("%s: %s → %d connected=%v, want %v", stage, p.src, p.port, got, p.want)
+		}
+	}
+}
+
+func counter(t *testing.T, e *Enforcer, action, reason string) uint64 {
+	t.Helper()
+	c, err := e.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c[CounterKey{action, reason}]
+}
+
+var listenersProbes = []probe{
+	{cloudIn4, protected, true},
+	{cloudOut4, protected, false},
+	{cloudOut4, open, true},
+	{cloudIn6, protected, true},
+	{cloudOut6, protected, false},
+	{cloudOut6, open, true},
+}
+
+var strictProbes = []probe{
+	{cloudIn4, protected, true},
+	{cloudOut4, protected, false},
+	{cloudIn4, open, false},
+	{cloudOut4, open, false},
+	{cloudIn6, protected, true},
+	{cloudOut6, protected, false},
+	{cloudOut6, open, false},
+}
+
+func TestAdmission(t *testing.T) {
+	tp := newTopo(t)
+	e := tp.newEnforcer(t)
+	t.Cleanup(func() { Teardown(tp.pinDir, tp.iface); e.Close() })
+	if m := e.AttachMode(); m != ModeNative && m != ModeGeneric {
+		t.Fatalf("AttachMode %q", m)
+	}
+	t.Logf("attached in %s mode", e.AttachMode())
+
+	if err := e.Apply(testPolicy(policy.ModeListeners)); err != nil {
+		t.Fatal(err)
+	}
+	before := counter(t, e, "drop", "not_admitted")
+	tp.expect(t, "listeners", listenersProbes)
+	if got := counter(t, e, "drop", "not_admitted") - before; got < 2 {
+		t.Errorf("not_admitted counted %d drops, want at least one per refused SYN", got)
+	}
+	if counter(t, e, "pass", "admitted") == 0 {
+		t.Error("admitted counter did not move")
+	}
+
+	p := testPolicy(policy.ModeStrict)
+	p.Generation = 2
+	if err := e.Apply(p); err != nil {
+		t.Fatal(err)
+	}
+	tp.expect(t, "strict", strictProbes)
+
+	// Scan detection blocks an admitted source on every port.
+	if err := e.Apply(testPolicy(policy.ModeListeners)); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Block(netip.MustParseAddr(cloudIn4), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	tp.expect(t, "blocked", []probe{{cloudIn4, protected, false}, {cloudIn4, open, false}, {cloudIn6, protected, true}})
+	if counter(t, e, "drop", "blocked") == 0 {
+		t.Error("blocked counter did not move")
+	}
+}
+
+func TestRestartAdoptsAndTeardownRemoves(t *testing.T) {
+	tp := newTopo(t)
+	e := tp.newEnforcer(t)
+	if err := e.Apply(testPolicy(policy.ModeListeners)); err != nil {
+		t.Fatal(err)
+	}
+	tp.expect(t, "before", listenersProbes)
+	linkID := pinnedLinkID(t, tp, e.AttachMode())
+	dropped := counter(t, e, "drop", "not_admitted")
+
+	// A killed daemon releases its handles without any teardown.
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	tp.expect(t, "during (no daemon)", listenersProbes)
+
+	e2 := tp.newEnforcer(t)
+	t.Cleanup(func() { e2.Close() })
+	if got := pinnedLinkID(t, tp, e2.AttachMode()); got != linkID {
+		t.Errorf("link %d after restart, want the adopted link %d", got, linkID)
+	}
+	// Adopted maps: the old generation and counters are in force before
+	// the first Apply.
+	tp.expect(t, "after restart, before apply", listenersProbes)
+	if got := counter(t, e2, "drop", "not_admitted"); got < dropped {
+		t.Errorf("counters restarted at %d, had %d", got, dropped)
+	}
+	if err := e2.Apply(testPolicy(policy.ModeListeners)); err != nil {
+		t.Fatal(err)
+	}
+	tp.expect(t, "after", listenersProbes)
+
+	if err := Teardown(tp.pinDir, tp.iface); err != nil {
+		t.Fatal(err)
+	}
+	tp.expect(t, "after teardown", []probe{{cloudOut4, protected, true}, {cloudOut6, protected, true}})
+	if _, err := os.Stat(filepath.Join(tp.pinDir, tp.iface)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin directory still there: %v", err)
+	}
+	if out := tp.gate.Exec(t, "ip", "link", "show", "dev", tp.iface); strings.Contains(out, "xdp") {
+		t.Errorf("interface still has XDP after teardown: %s", out)
+	}
+	if err := Teardown(tp.pinDir, tp.iface); err != nil {
+		t.Errorf("second teardown: %v", err)
+	}
+}
+
+func pinnedLinkID(t *testing.T, tp *topo, mode string) uint32 {
+	t.Helper()
+	out, err := exec.Command("bpftool", "link", "show", "pinned", linkPin(filepath.Join(tp.pinDir, tp.iface), mode)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("bpftool: %v: %s", err, out)
+	}
+	var id uint32
+	for _, c := range string(out) {
+		if c < '0' || c > '9' {
+			break
+		}
+		id = id*10 + uint32(c-'0')
+	}
+	if id == 0 {
+		t.Fatalf("no link id in %q", out)
+	}
+	return id
+}
+
+// TestIncompatiblePinnedMapReplaced pins a map of an older layout where the
+// counters belong: New must not fail, and the first Apply replaces it.
+func TestIncompatiblePinnedMapReplaced(t *testing.T) {
+	tp := newTopo(t)
+	dir := filepath.Join(tp.pinDir, tp.iface)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 4, MaxEntries: 6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Pin(filepath.Join(dir, bpf.MapCounters)); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	e := tp.newEnforcer(t)
+	t.Cleanup(func() { Teardown(tp.pinDir, tp.iface); e.Close() })
+	if err := e.Apply(testPolicy(policy.ModeListeners)); err != nil {
+		t.Fatal(err)
+	}
+	tp.expect(t, "replaced", listenersProbes)
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, bpf.MapCounters), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if m.ValueSize() != 8 {
+		t.Errorf("pinned counters still of the old layout (value size %d)", m.ValueSize())
+	}
+}
+
+func TestConfigRejects(t *testing.T) {
+	for name, c := range map[string]Config{
+		"no interface": {Mode: policy.XDPAuto},
+		"off":          {Interface: "eth1", Mode: policy.XDPOff},
+		"bad mode":     {Interface: "eth1", Mode: "turbo"},
+		"path":         {Interface: "../eth1", Mode: policy.XDPAuto},
+	} {
+		if _, err := New(c); err == nil {
+			t.Errorf("%s: New succeeded", name)
+		}
+	}
+}
