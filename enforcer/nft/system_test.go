@@ -265,12 +265,12 @@ func TestAdmission(t *testing.T) {
 	if got := gathered(t, reg, "gatehouse_nft_packets_total", ruleNotAdmitted); got < 2 {
 		t.Errorf("gatehouse_nft_packets_total{rule=not_admitted} = %v", got)
 	}
-	n, err := testutil.GatherAndCount(reg, "gatehouse_nft_packets_total", "gatehouse_policy_apply_seconds",
+	n, err := testutil.GatherAndCount(reg, "gatehouse_nft_packets_total",
 		"gatehouse_nft_drift_total", "gatehouse_nft_blocked_sources")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := len(tp.e.curRS.counters) + 3; n != want {
+	if want := len(tp.e.curRS.counters) + 2; n != want {
 		t.Errorf("%d series gathered, want %d", n, want)
 	}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
