@@ -21,6 +21,9 @@ import (
 // number of blocks, or one DER object) in a screen of text. Private keys are
 // named, never shown.
 func Inspect(data []byte, now time.Time) (string, error) {
+	if certs, err := parseCertsPEM(data); err == nil && len(certs) > 3 && onlyCertificates(data) {
+		return describeBundle(certs, now), nil
+	}
 	var b strings.Builder
 	rest := data
 	n := 0
@@ -98,7 +101,7 @@ func inspectBlock(b *strings.Builder, typ string, der []byte, now time.Time) err
 				fmt.Fprintf(b, "    … %d more\n", len(l.RevokedCertificateEntries)-show)
 				break
 			}
-			fmt.Fprintf(b, "    %s  %s  reason %d\n", colonHex(e.SerialNumber.Bytes()), e.RevocationTime.UTC().Format(time.RFC3339), e.ReasonCode)
+			fmt.Fprintf(b, "    %s  %s  %s\n", colonHex(e.SerialNumber.Bytes()), e.RevocationTime.UTC().Format(time.RFC3339), reasonName(e.ReasonCode))
 		}
 	case "PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY":
 		k, err := ParseKeyPEM(pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}))
@@ -251,4 +254,43 @@ func looksLikePKCS12(data []byte) bool {
 	}
 	_, err := asn1.Unmarshal(data, &pfx)
 	return err == nil && pfx.Version == 3
+}
+
+func reasonName(code int) string {
+	for n, c := range Reasons {
+		if c == code {
+			return n
+		}
+	}
+	return fmt.Sprintf("reason %d", code)
+}
+
+// onlyCertificates reports whether every PEM block is a certificate.
+func onlyCertificates(data []byte) bool {
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			return true
+		}
+		if b.Type != "CERTIFICATE" {
+			return false
+		}
+	}
+}
+
+// describeBundle gives a bundle of many certificates one line each, so that
+// it still fits a screen.
+func describeBundle(certs []*x509.Certificate, now time.Time) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Bundle of %d certificates (subject, expiry, SHA-256 prefix)\n", len(certs))
+	for i, c := range certs {
+		kind := "   "
+		if c.IsCA {
+			kind = "CA "
+		}
+		fmt.Fprintf(&b, "%3d %s%s  %s%s  %s\n", i+1, kind, c.Subject, c.NotAfter.UTC().Format("2006-01-02"),
+			validity(now, c), FingerprintSHA256(c)[:16])
+	}
+	return b.String()
 }

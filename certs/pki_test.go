@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"math/big"
 	"net/url"
 	"os"
 	"os/exec"
@@ -239,4 +240,40 @@ func FuzzInspect(f *testing.F) {
 			t.Fatal("no error and no output")
 		}
 	})
+}
+
+func TestInspectBundleAndReasons(t *testing.T) {
+	var bundle []byte
+	for _, n := range []string{"a", "b", "c", "d"} {
+		b, _ := os.ReadFile(certstest.NewCA(t, n).CertFile)
+		bundle = append(bundle, b...)
+	}
+	out, err := Inspect(bundle, time.Now())
+	if err != nil || !strings.HasPrefix(out, "Bundle of 4 certificates") || strings.Count(out, "\n") != 5 {
+		t.Fatalf("bundle: %v\n%s", err, out)
+	}
+	ca, err := InitCA(CAOptions{Dir: t.TempDir(), CommonName: "CA"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.Revoke(parseSerialMust(t, "0a"), Reasons["superseded"]); err != nil {
+		t.Fatal(err)
+	}
+	der, err := ca.CRL(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err = Inspect(der, time.Now())
+	if err != nil || !strings.Contains(out, "0a  ") || !strings.Contains(out, "superseded") {
+		t.Fatalf("CRL: %v\n%s", err, out)
+	}
+}
+
+func parseSerialMust(t *testing.T, s string) *big.Int {
+	t.Helper()
+	n, err := ParseSerial(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
