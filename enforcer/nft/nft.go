@@ -174,6 +174,14 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 	}
 	if e.cur != nil && e.cur.sameShape(next) {
 		err = e.applyDiff(next)
+		if err != nil {
+			// The batch changed nothing, so the kernel no longer holds
+			// what memory says (someone deleted the table or a set):
+			// install the whole generation instead.
+			e.metrics.drift.Inc()
+			e.log.Warn("set update refused, replacing the table", "err", err)
+			err = e.applyFull(next)
+		}
 	} else {
 		err = e.applyFull(next)
 	}

@@ -713,6 +713,26 @@ func withoutBlocked(s string) string {
 	return strings.Join(out, "\n")
 }
 
+func TestApplyAfterTableDeleted(t *testing.T) {
+	g := newGate(t, Config{})
+	if err := g.e.Apply(goldenPolicy()); err != nil {
+		t.Fatal(err)
+	}
+	g.ns.Exec(t, "nft", "delete", "table", "inet", TableName)
+	p := goldenPolicy()
+	p.Generation = 2
+	p.Admitted.V4 = prefixes("198.51.100.0/24")
+	if err := g.e.Apply(p); err != nil {
+		t.Fatal(err)
+	}
+	if out := g.ns.Exec(t, "nft", "list", "set", "inet", TableName, "admitted_v4"); !strings.Contains(out, "198.51.100.0/24") {
+		t.Errorf("generation 2 not installed after the table was deleted:\n%s", out)
+	}
+	if d := testutil.ToFloat64(g.e.metrics.drift); d != 1 {
+		t.Errorf("drift %v, want 1", d)
+	}
+}
+
 func TestRunRepairsInBackground(t *testing.T) {
 	g := newGate(t, Config{ReconcileInterval: 50 * time.Millisecond, BlockPollInterval: 50 * time.Millisecond})
 	if err := g.e.Apply(goldenPolicy()); err != nil {
