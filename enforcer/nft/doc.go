@@ -3,7 +3,39 @@
 // rate and connection caps, scan detection with a timed blocklist, strict mode),
 // filled from one compiled policy.Policy per netlink batch.
 //
-// It owns that one table and nothing else: it never lists, flushes or edits
-// another table, and it leaves its own table in force when the daemon stops,
-// so a crash or restart never opens a window. Teardown is the only remover.
+// It owns that one table and nothing else: every message it sends names table
+// inet gatehouse, it never flushes the ruleset or another table, and it leaves
+// its own table in force when the daemon stops (no owner flag), so a crash or
+// restart never opens a window. Teardown is the only remover.
+//
+// The input chain (priority filter - 10) reads, in order: loopback accept;
+// sources in blocked_v4/v6 dropped; ct state established,related accept; ct
+// state invalid drop; in strict mode ICMP echo-request and the ICMPv6 types
+// a host needs (echo-request, MLD query, router advertisement, neighbour
+// solicitation and advertisement); new TCP to listener_ports dropped unless
+// from admitted_v4/v6, over the per-source rate (update @rate_* with limit),
+// or over the per-source connection cap (add @conns_* with ct count), else
+// accepted; management (source . port, both in one concatenated set)
+// accepted; scan detection; in strict mode everything else dropped.
+//
+// Scan detection is an approximation of "DistinctPorts closed ports within
+// Window". A new TCP connection that got this far (not to a listener, not
+// management) adds (source . port) to scan_ports_* for Window; only when the
+// pair was new does it take a token from the source's bucket in scan_count_*,
+// which holds DistinctPorts-1 tokens and refills at DistinctPorts per Window.
+// The source that finds the bucket empty goes into blocked_* for BlockFor.
+// So a burst of DistinctPorts new ports blocks at once; a slow scan that stays
+// under DistinctPorts per Window never does; and in listeners mode "closed"
+// means "not a listener and not management for this source", open ports of
+// other services included. Only TCP is counted, and IPv6 sources are keyed
+// per address, not per /64.
+//
+// Dynamic sets hold at most 65535 entries. When rate_* or conns_* is full,
+// a new source is not limited until entries expire (the rate buckets after a
+// minute idle, the connection counts when their connections close).
+//
+// Reconcile notices a deleted table, chain, set or counter, a changed chain
+// or rule (every rule carries a hash in a private userdata field), and changed
+// elements of the small sets; it does not read the admitted sets back, so an
+// element deleted from them by hand stays deleted until the next full replace.
 package nft
