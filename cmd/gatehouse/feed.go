@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
+	"github.com/gatehouse-dmz/gatehouse/internal/daemon"
 	"github.com/gatehouse-dmz/gatehouse/rules"
 )
 
@@ -291,25 +292,6 @@ func feedConfigPath(cmd *cobra.Command) string {
 
 // FeedConfigs converts the configuration's feeds and guards to the rules
 // package's types.
-func feedConfigs(cfg *config.Config) ([]rules.FeedConfig, rules.Guards, error) {
-	g := rules.Guards{MinPrefixV4: cfg.Rules.MinPrefix.V4, MinPrefixV6: cfg.Rules.MinPrefix.V6}
-	for _, s := range cfg.Rules.ReservedExempt {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return nil, rules.Guards{}, fmt.Errorf("rules.reserved_exempt: %w", err)
-		}
-		g.ReservedExempt = append(g.ReservedExempt, p)
-	}
-	var out []rules.FeedConfig
-	for _, f := range cfg.Feeds {
-		out = append(out, rules.FeedConfig{
-			Name: f.Name, Source: f.Source, Format: f.Format, Select: f.Select,
-			Keys: f.MinisignKeys, Threshold: f.Threshold, Refresh: f.Refresh,
-			MaxShrink: f.MaxShrink, MaxGrow: f.MaxGrow, CAFile: f.CA,
-		})
-	}
-	return out, g, nil
-}
 
 // readBundle reads a release from a directory (or the path of its
 // manifest.json): manifest, signatures, and the files the manifest names.
@@ -377,7 +359,7 @@ reason when the release would be refused.`,
 				if err != nil {
 					return err
 				}
-				fcs, cg, err := feedConfigs(cfg)
+				fcs, cg, err := daemon.FeedConfigs(cfg)
 				if err != nil {
 					return err
 				}

@@ -81,11 +81,15 @@ type Daemon struct {
 	m          *metrics
 	components []Component
 
-	mu      sync.Mutex // serialises Reload
+	mu      sync.Mutex // serialises every change of generation
 	current atomic.Pointer[policy.Policy]
-	cfg     atomic.Pointer[config.Config]
-	ready   atomic.Bool
-	gen     uint64
+	// feeds and feedSets (each feed's set in force) change under mu.
+	feeds       *feedState
+	feedSets    map[string][]netip.Prefix
+	feedRestart chan struct{}
+	cfg         atomic.Pointer[config.Config]
+	ready       atomic.Bool
+	gen         uint64
 }
 
 // New loads the configuration and compiles the first policy. It starts
@@ -97,13 +101,25 @@ func New(opts Options) (*Daemon, error) {
 	if opts.Build == nil {
 		opts.Build = BuildComponents
 	}
-	d := &Daemon{opts: opts, log: opts.Logger.With("component", "daemon"), reg: prometheus.NewRegistry()}
+	d := &Daemon{opts: opts, log: opts.Logger.With("component", "daemon"), reg: prometheus.NewRegistry(), feedRestart: make(chan struct{}, 1)}
 	d.m = newMetrics(d.reg)
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	cfg, p, err := d.compile()
+	cfg, err := config.Load(opts.ConfigPath, opts.LookupEnv)
 	if err != nil {
 		return nil, err
 	}
+	fs, err := d.newFeedState(cfg)
+	if err != nil {
+		return nil, err
+	}
+	sets := fs.current()
+	p, err := d.build(cfg, sets)
+	if err != nil {
+		return nil, err
+	}
+	d.swapFeeds(fs)
+	<-d.feedRestart // nothing runs the feeds yet
+	d.feedSets = sets
 	d.cfg.Store(cfg)
 	comps, err := opts.Build(&Env{Config: cfg, Policy: p, Logger: opts.Logger, Registry: d.reg, AccessLog: opts.AccessLog})
 	if err != nil {
@@ -125,24 +141,26 @@ func (d *Daemon) Policy() *policy.Policy {
 	return d.current.Load()
 }
 
-// compile loads the configuration and builds a complete, validated policy.
-func (d *Daemon) compile() (*config.Config, *policy.Policy, error) {
-	cfg, err := config.Load(d.opts.ConfigPath, d.opts.LookupEnv)
-	if err != nil {
-		return nil, nil, err
-	}
+// build compiles a configuration and the feeds' sets into a complete,
+// validated policy generation: the admitted set is static_ranges united with
+// every configured feed's set.
+func (d *Daemon) build(cfg *config.Config, feedSets map[string][]netip.Prefix) (*policy.Policy, error) {
 	p := cfg.Policy()
-	adm, err := rules.Union(map[string][]netip.Prefix{"static": cfg.StaticPrefixes()})
+	sources := map[string][]netip.Prefix{"static": cfg.StaticPrefixes()}
+	for _, f := range cfg.Feeds {
+		sources[f.Name] = feedSets[f.Name] // nil until a release verifies: fail closed
+	}
+	adm, err := rules.Union(sources)
 	if err != nil {
-		return nil, nil, fmt.Errorf("admitted ranges: %w", err)
+		return nil, fmt.Errorf("admitted ranges: %w", err)
 	}
 	p.Admitted = adm
 	d.gen++
 	p.Generation = d.gen
 	if err := p.Validate(); err != nil {
-		return nil, nil, fmt.Errorf("compiled policy: %w", err)
+		return nil, fmt.Errorf("compiled policy: %w", err)
 	}
-	return cfg, p, nil
+	return p, nil
 }
 
 // apply hands p to every component in order. When one fails, those already
@@ -177,7 +195,7 @@ func (d *Daemon) apply(p, prev *policy.Policy) error {
 func (d *Daemon) Reload() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	cfg, p, err := d.compile()
+	cfg, fs, p, err := d.prepareReload()
 	if err == nil {
 		err = d.apply(p, d.current.Load())
 	}
@@ -187,10 +205,38 @@ func (d *Daemon) Reload() error {
 		return err
 	}
 	d.cfg.Store(cfg)
+	if fs != nil {
+		d.swapFeeds(fs)
+		d.feedSets = fs.current()
+	}
 	d.m.reloads.WithLabelValues("ok").Inc()
 	d.log.Info("configuration reloaded", "generation", p.Generation,
 		"admitted_v4", len(p.Admitted.V4), "admitted_v6", len(p.Admitted.V6))
 	return nil
+}
+
+// prepareReload reads the configuration and builds the generation a reload
+// would apply. A changed feeds or rules section gets a new feed manager
+// (returned, not yet in force) whose last-known-good sets are used.
+func (d *Daemon) prepareReload() (*config.Config, *feedState, *policy.Policy, error) {
+	cfg, err := config.Load(d.opts.ConfigPath, d.opts.LookupEnv)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cfgs, guards, err := FeedConfigs(cfg)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var fs *feedState
+	sets := d.feedSets
+	if !d.feeds.sameConfig(cfgs, guards) {
+		if fs, err = d.newFeedState(cfg); err != nil {
+			return nil, nil, nil, err
+		}
+		sets = fs.current()
+	}
+	p, err := d.build(cfg, sets)
+	return cfg, fs, p, err
 }
 
 // Run applies the first policy, serves metrics, runs every component's loop
@@ -232,6 +278,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 			})
 		}
 	}
+	g.Go(func() error { return d.runFeeds(gctx) })
 	if d.opts.Signals {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)

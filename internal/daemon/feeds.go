@@ -1,0 +1,162 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"reflect"
+
+	"github.com/gatehouse-dmz/gatehouse/internal/config"
+	"github.com/gatehouse-dmz/gatehouse/rules"
+)
+
+// FeedConfigs converts the feeds and rules sections of a configuration to
+// what the rules package takes. The configuration was validated already; an
+// unknown selection key or a bad public key is caught by rules.NewManager.
+func FeedConfigs(cfg *config.Config) ([]rules.FeedConfig, rules.Guards, error) {
+	g := rules.Guards{MinPrefixV4: cfg.Rules.MinPrefix.V4, MinPrefixV6: cfg.Rules.MinPrefix.V6}
+	for i, s := range cfg.Rules.ReservedExempt {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, rules.Guards{}, fmt.Errorf("rules.reserved_exempt[%d]: %w", i, err)
+		}
+		g.ReservedExempt = append(g.ReservedExempt, p)
+	}
+	var out []rules.FeedConfig
+	for _, f := range cfg.Feeds {
+		out = append(out, rules.FeedConfig{
+			Name: f.Name, Source: f.Source, Format: f.Format, Select: f.Select,
+			Keys: f.MinisignKeys, Threshold: f.Threshold, Refresh: f.Refresh,
+			MaxShrink: f.MaxShrink, MaxGrow: f.MaxGrow, CAFile: f.CA,
+		})
+	}
+	return out, g, nil
+}
+
+// feedState is one feed manager and the configuration it was built from.
+type feedState struct {
+	mgr    *rules.Manager // nil when no feed is configured
+	cfgs   []rules.FeedConfig
+	guards rules.Guards
+}
+
+func (d *Daemon) newFeedState(cfg *config.Config) (*feedState, error) {
+	cfgs, guards, err := FeedConfigs(cfg)
+	if err != nil {
+		return nil, err
+	}
+	fs := &feedState{cfgs: cfgs, guards: guards}
+	if len(cfgs) == 0 {
+		return fs, nil
+	}
+	fs.mgr, err = rules.NewManager(rules.ManagerConfig{
+		Logger: d.opts.Logger, StateDir: cfg.StateDir, Feeds: cfgs, Guards: guards,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("feeds: %w", err)
+	}
+	return fs, nil
+}
+
+func (fs *feedState) sameConfig(cfgs []rules.FeedConfig, guards rules.Guards) bool {
+	return reflect.DeepEqual(fs.cfgs, cfgs) && reflect.DeepEqual(fs.guards, guards)
+}
+
+// current returns each feed's last-known-good set, loaded and re-verified
+// from state_dir when the manager was built.
+func (fs *feedState) current() map[string][]netip.Prefix {
+	if fs.mgr == nil {
+		return map[string][]netip.Prefix{}
+	}
+	return fs.mgr.Current()
+}
+
+// swapFeeds puts a new feed manager in force after a reload applied the
+// policy built from its sets, and tells runFeeds to restart with it.
+// Called with d.mu held.
+func (d *Daemon) swapFeeds(fs *feedState) {
+	old := d.feeds
+	if old != nil && old.mgr != nil {
+		d.reg.Unregister(old.mgr)
+	}
+	if fs.mgr != nil {
+		if err := d.reg.Register(fs.mgr); err != nil {
+			d.log.Error("feed metrics not registered", "err", err)
+		}
+	}
+	d.feeds = fs
+	select {
+	case d.feedRestart <- struct{}{}:
+	default: // a restart is already pending; it will pick up fs
+	}
+}
+
+// onFeedUpdate is called by a feed manager with a verified new set. It
+// builds and applies a whole new generation; the manager persists the
+// release only when this returns nil.
+func (d *Daemon) onFeedUpdate(mgr *rules.Manager, name string, prefixes []netip.Prefix) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.feeds == nil || d.feeds.mgr != mgr {
+		return errors.New("feed manager was replaced by a reload")
+	}
+	sets := maps.Clone(d.feedSets)
+	sets[name] = prefixes
+	p, err := d.build(d.cfg.Load(), sets)
+	if err == nil {
+		err = d.apply(p, d.current.Load())
+	}
+	if err != nil {
+		d.log.Error("feed update not applied; previous admitted set stays in force", "feed", name, "err", err)
+		return err
+	}
+	d.feedSets = sets
+	d.log.Info("feed update in force", "feed", name, "generation", p.Generation,
+		"admitted_v4", len(p.Admitted.V4), "admitted_v6", len(p.Admitted.V6))
+	return nil
+}
+
+// runFeeds runs the feed manager in force, restarting it when a reload
+// replaces it, until ctx ends.
+func (d *Daemon) runFeeds(ctx context.Context) error {
+	for {
+		d.mu.Lock()
+		fs := d.feeds
+		d.mu.Unlock()
+		mctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		if fs.mgr != nil {
+			go func() {
+				done <- fs.mgr.Run(mctx, func(name string, p []netip.Prefix) error {
+					return d.onFeedUpdate(fs.mgr, name, p)
+				})
+			}()
+		}
+		select {
+		case <-ctx.Done():
+			cancel()
+			if fs.mgr != nil {
+				<-done
+			}
+			return nil
+		case <-d.feedRestart:
+			cancel()
+			if fs.mgr != nil {
+				<-done
+			}
+		case err := <-done:
+			cancel()
+			if err != nil && !errors.Is(err, context.Canceled) {
+				return fmt.Errorf("feeds: %w", err)
+			}
+			// The manager stopped by itself: wait for a reload or the end.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-d.feedRestart:
+			}
+		}
+	}
+}

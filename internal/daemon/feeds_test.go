@@ -1,0 +1,109 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"aead.dev/minisign"
+
+	"github.com/gatehouse-dmz/gatehouse/rules"
+)
+
+// writeRelease publishes a signed cidr feed release in dir.
+func writeRelease(t *testing.T, dir string, key minisign.PrivateKey, serial uint64, body string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, "lab.txt"), []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	m := rules.Manifest{Source: "lab", Serial: serial, Issued: now.Add(-time.Minute), Expires: now.Add(time.Hour),
+		Files: []rules.ManifestFile{rules.NewManifestFile("lab.txt", "cidr", []byte(body))}}
+	raw, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "manifest.json"), raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "manifest.json.minisig"), rules.SignManifest(raw, key, "test"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSignedFeedReachesPolicy: a release signed with a trusted key becomes
+// part of the admitted set of a new generation handed to every component,
+// and is enforced from the first generation after a restart. (Refusals of
+// bad releases are the rules package's tests.)
+func TestSignedFeedReachesPolicy(t *testing.T) {
+	pub, key, err := minisign.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	feedDir := t.TempDir()
+	writeRelease(t, feedDir, key, 100, "# lab ranges\n198.51.100.0/25\n198.51.100.128/25")
+
+	dir := t.TempDir()
+	path := writeConfig(t, dir, freePort(t), "203.0.113.0/24")
+	extra := fmt.Sprintf(`
+feeds:
+  - {name: lab, source: "file://%s/manifest.json", format: cidr, minisign_keys: ["%s"], threshold: 1, refresh: 1m}
+rules: {reserved_exempt: [198.51.100.0/24]}
+`, feedDir, pub.String())
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(extra)
+	f.Close()
+
+	a := &recorder{name: "a"}
+	d, err := New(Options{ConfigPath: path, Logger: quietLogger(), Build: func(*Env) ([]Component, error) { return []Component{a}, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	waitFor(t, "the feed in the admitted set", func() bool {
+		p := d.Policy()
+		return p != nil && p.Admitted.Contains(mustAddr("198.51.100.200")) && p.Admitted.Contains(mustAddr("203.0.113.1"))
+	})
+	if got := d.Policy().Admitted.V4; len(got) != 2 || got[0].String() != "198.51.100.0/24" {
+		t.Errorf("admitted v4 = %v, want the feed aggregated beside static", got)
+	}
+	if a.last() != d.Policy().Generation {
+		t.Errorf("component at generation %d, daemon at %d", a.last(), d.Policy().Generation)
+	}
+	// The release is persisted as last known good: a new daemon starts
+	// with it before fetching anything.
+	d2, err := New(Options{ConfigPath: path, Logger: quietLogger(), Build: func(*Env) ([]Component, error) { return nil, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d2.current.Load().Admitted.Contains(mustAddr("198.51.100.7")) {
+		t.Error("last-known-good feed not enforced from the first generation after a restart")
+	}
+	d2.close()
+}
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if ok() {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
