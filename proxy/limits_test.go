@@ -245,3 +245,46 @@ func TestSOAPThroughTLS(t *testing.T) {
 		t.Errorf("backend hits %d, want 2", b.hits.Load())
 	}
 }
+
+func TestSlowBody(t *testing.T) {
+	b := newBackend(t, "a")
+	lim := testLimits()
+	lim.HTTP.BodyReadTimeout = 300 * time.Millisecond
+	h := newHarness(t, lim, listener("web", policy.ProtoHTTPS,
+		policy.Route{Tenant: "acme", Backend: b.url()}))
+	c := h.rawTLS(h.pki.acme, "web")
+	// Half the promised body, then nothing: the proxy must give up by
+	// itself (the 10 s deadline in rawExchange only stops a broken test).
+	code, _ := rawExchange(t, c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"+strings.Repeat("x", 50))
+	if code != http.StatusRequestTimeout {
+		t.Errorf("stalled body: status %d, want 408", code)
+	}
+	if b.complete.Load() != 0 {
+		t.Error("backend read a complete body")
+	}
+}
+
+// TestRefusedBodyIsNotDrained: a refused request whose body never comes
+// must not keep its connection waiting for it.
+func TestRefusedBodyIsNotDrained(t *testing.T) {
+	b := newBackend(t, "a")
+	h := newHarness(t, testLimits(), listener("web", policy.ProtoHTTPS,
+		policy.Route{Tenant: "acme", Path: "/ok", Backend: b.url()}))
+	c := h.rawTLS(h.pki.acme, "web")
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "POST /elsewhere HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"+strings.Repeat("x", 50))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != 403 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	_, err = io.ReadAll(br)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Error("connection kept waiting for the body of a refused request")
+	}
+}

@@ -318,10 +318,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.peer = peer
 	var body *countingBody
 	if r.Body != nil && r.Body != http.NoBody {
-		body = &countingBody{rc: http.MaxBytesReader(sw, r.Body, h.maxBody()), st: st}
+		body = &countingBody{rc: http.MaxBytesReader(sw, r.Body, h.maxBody()), st: st,
+			ctl: http.NewResponseController(w), idle: h.limits.BodyReadTimeout}
 		r.Body = body
 	}
 	rt := h.serve(sw, r, st, ok)
+	if body != nil && !body.eof.Load() {
+		// Refused, or answered without reading the body: net/http would
+		// try to drain what is left, waiting on the client without bound.
+		// Give up on the rest instead; the connection closes after the
+		// answer.
+		body.ctl.SetReadDeadline(time.Now())
+	}
 	// A handler that wrote nothing gets net/http's implicit 200.
 	status := cmp.Or(sw.status, http.StatusOK)
 	var in int64
@@ -464,6 +472,8 @@ func (h *Handler) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	switch {
 	case st != nil && errors.As(st.bodyError(), &mbe):
 		refuse(w, http.StatusRequestEntityTooLarge, "request body too large")
+	case st != nil && isTimeout(st.bodyError()):
+		refuse(w, http.StatusRequestTimeout, "request body timed out")
 	case st != nil && st.bodyError() != nil:
 		refuse(w, http.StatusBadRequest, "bad request body")
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
@@ -549,15 +559,29 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // failed, so a bad chunk or an oversize body is answered as the client's
 // fault, not the backend's.
 type countingBody struct {
-	rc io.ReadCloser
-	st *requestState
-	n  atomic.Int64
+	rc   io.ReadCloser
+	st   *requestState
+	n    atomic.Int64
+	ctl  *http.ResponseController
+	idle time.Duration
+	eof  atomic.Bool
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
+	// Each read may wait idle long. The deadline is lifted once the body
+	// ends, so a slow backend answer does not trip it; after a failed
+	// body it is moved to now, so net/http's attempt to drain the rest
+	// (when the transport closes the body) cannot hang on a stalled
+	// client, and the connection, out of step now, is closed.
+	b.ctl.SetReadDeadline(time.Now().Add(b.idle))
 	n, err := b.rc.Read(p)
 	b.n.Add(int64(n))
-	if err != nil && err != io.EOF {
+	switch {
+	case err == io.EOF:
+		b.eof.Store(true)
+		b.ctl.SetReadDeadline(time.Time{})
+	case err != nil:
+		b.ctl.SetReadDeadline(time.Now())
 		b.st.bodyErr.CompareAndSwap(nil, &err)
 	}
 	return n, err

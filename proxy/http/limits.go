@@ -16,6 +16,11 @@ const (
 	// DefaultDialTimeout bounds connecting to a backend; refused connections
 	// fail at once, unreachable ones after this.
 	DefaultDialTimeout = 5 * time.Second
+	// DefaultBodyReadTimeout bounds how long the proxy waits for the next
+	// bytes of a request body, so a client trickling a body cannot hold an
+	// in-flight slot and a backend connection for ever. It is an idle
+	// bound, not a total one: large uploads at a steady pace are fine.
+	DefaultBodyReadTimeout = 30 * time.Second
 
 	// SOAP inspection limits.
 	DefaultMaxSOAPBytes    = 4 << 20
@@ -32,6 +37,7 @@ type Limits struct {
 	MaxInFlightPerTenant int
 	BackendTimeout       time.Duration
 	DialTimeout          time.Duration
+	BodyReadTimeout      time.Duration
 	XML                  XMLLimits
 }
 
@@ -54,6 +60,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.BackendTimeout <= 0 {
 		l.BackendTimeout = DefaultBackendTimeout
+	}
+	if l.BodyReadTimeout <= 0 {
+		l.BodyReadTimeout = DefaultBodyReadTimeout
 	}
 	if l.DialTimeout <= 0 {
 		l.DialTimeout = DefaultDialTimeout
