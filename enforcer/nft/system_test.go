@@ -273,6 +273,18 @@ func TestAdmission(t *testing.T) {
 	if want := len(tp.e.curRS.counters) + 2; n != want {
 		t.Errorf("%d series gathered, want %d", n, want)
 	}
+	// A full replace (here: a mode change) resets the kernel's counters;
+	// the exported totals must not go backwards.
+	before := gathered(t, reg, "gatehouse_nft_packets_total", ruleNotAdmitted)
+	if err := tp.e.Apply(testPolicy(policy.ModeStrict)); err != nil {
+		t.Fatal(err)
+	}
+	if c := tp.counters(t); c[ruleNotAdmitted] != 0 {
+		t.Fatalf("kernel counter %d after the replace, want a fresh 0", c[ruleNotAdmitted])
+	}
+	if after := gathered(t, reg, "gatehouse_nft_packets_total", ruleNotAdmitted); after != before {
+		t.Errorf("not_admitted went from %v to %v over a table replace", before, after)
+	}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
 # HELP gatehouse_nft_drift_total Times reconcile found table inet gatehouse deleted or edited and rebuilt it.
 # TYPE gatehouse_nft_drift_total counter
