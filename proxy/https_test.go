@@ -151,6 +151,7 @@ func TestIdentityHeadersOverwritten(t *testing.T) {
 		"X-Client-Cert-Fingerprint": {"00ff"},
 		"X-Client-Cert-Subject":     {"CN=admin"},
 		"X_client_cert_subject":     {"CN=admin"},
+		"X-Gatehouse-Request-Id":    {"forged"},
 		"Connection":                {"X-Secret-Hop"},
 		"X-Secret-Hop":              {"must not pass"},
 		"Keep-Alive":                {"timeout=5"},
@@ -204,6 +205,9 @@ func TestIdentityHeadersOverwritten(t *testing.T) {
 				if _, ok := rec[k]; !ok {
 					t.Errorf("access log lacks %q: %s", k, line)
 				}
+			}
+			if rec["id"] != h.Get("X-Gatehouse-Request-Id") {
+				t.Errorf("access log id %v, backend saw request id %q", rec["id"], h.Get("X-Gatehouse-Request-Id"))
 			}
 			if rec["tenant"] != "acme" || rec["fingerprint"] != fingerprint(w.pki.acme) || rec["status"] != float64(200) {
 				t.Errorf("access log line %s", line)

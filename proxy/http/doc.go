@@ -4,5 +4,34 @@
 // headers the backend may trust, enforces request limits, and, for SOAP
 // listeners, inspects the XML envelope and its operation before a byte
 // reaches the backend. It never decides who the tenant is: that comes from the
-// verified client certificate, handed in through the request context.
+// verified client certificate, handed in through the request context
+// (WithPeer), and nothing in a request can name another tenant's routes.
+//
+// Routing: among the tenant's routes, the longest path prefix (matched on
+// whole segments) wins, then a route naming the request's host over one for
+// any host. Paths with dot segments or backslashes are refused. No route
+// means 403 and no backend is contacted.
+//
+// To the backend: X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host,
+// X-Gatehouse-Tenant, X-Client-Cert-Fingerprint, X-Client-Cert-Subject and
+// X-Gatehouse-Request-Id are always set by the proxy; whatever the client
+// sent under those names, under look-alikes with underscores, or as
+// Forwarded / X-Real-IP, is dropped. Hop-by-hop headers are stripped.
+//
+// HTTP/1 framing: FramingGuard refuses what two parsers could read
+// differently (Content-Length with Transfer-Encoding, obs-fold, bad chunks)
+// before net/http sees it. h2c upgrades are refused; a connection whose
+// upgrade is declined is closed after the answer.
+//
+// SOAP: POST only; text/xml carries a SOAP 1.1 envelope, application/soap+xml
+// a 1.2 one. The body is read and checked as it streams in (Inspect: size,
+// depth, element count, attributes, name and text lengths, no DOCTYPE, no
+// processing instructions, UTF-8 only), then the exact bytes read are
+// forwarded. The action comes from SOAPAction (1.1), the action parameter
+// (1.2) or wsa:Action, which must agree when several are present; it must be
+// in the route's allow-list (empty denies all), and its last segment (after
+// '/', ':' or '#') must equal the local name of the single element in the
+// Body. Refusals answer a Fault in the caller's version with a correlation
+// id that is also logged and sent as X-Correlation-Id. ?wsdl, ?xsd and
+// ?singleWsdl are refused unless the route allows WSDL.
 package httpproxy

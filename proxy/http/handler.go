@@ -451,6 +451,8 @@ func (rt *route) rewrite(pr *httputil.ProxyRequest) {
 	hdr.Set("X-Gatehouse-Tenant", st.peer.Tenant)
 	hdr.Set("X-Client-Cert-Fingerprint", st.peer.Fingerprint)
 	hdr.Set("X-Client-Cert-Subject", headerSafe(st.peer.Subject))
+	// The access log's id, so the backend's logs can be matched with ours.
+	hdr.Set("X-Gatehouse-Request-Id", st.id)
 }
 
 // headerSafe keeps printable ASCII; anything else becomes '?', so a
