@@ -4,4 +4,13 @@
 // swaps whole generations atomically, feeds the blocklist and exports the
 // program's counters. It does not decide policy and never removes the filter
 // except through Teardown.
+//
+// The filter is stateless. In strict mode it drops a new flow (a bare TCP
+// SYN, UDP to a port outside the local ephemeral range, an ICMP echo
+// request, any other IP protocol) unless it comes from an admitted source to
+// a listener port or from a management range to a management port. TCP
+// segments that are not a bare SYN, UDP to the ephemeral range, ICMP errors
+// and echo replies pass as "passthrough": they may answer the appliance's own
+// connections, and nftables' conntrack is where that is decided. ARP, IPv6
+// neighbour discovery and router advertisements always pass.
 package xdp

@@ -251,6 +251,11 @@ func (e *Enforcer) attach(want policy.XDPMode) error {
 			}
 		}
 		e.link, e.mode = l, mode
+		if (want == policy.XDPNative || want == policy.XDPGeneric) && string(want) != mode {
+			// Re-attaching in the other mode would open a window; a mode
+			// change takes effect after `gatehouse teardown`.
+			e.log.Warn("pinned link kept in its mode; tear down to change it", "mode", mode, "configured", want)
+		}
 		e.log.Info("adopted pinned link", "mode", mode, "program_moved", !e.pending)
 		e.metrics.setMode(mode)
 		return nil
