@@ -117,7 +117,8 @@ for shutdown_grace and exit. The kernel filters stay in force after exit: only
 				return err
 			}
 			access := slog.New(slog.NewJSONHandler(g.stdout, nil)).With("log", "access")
-			d, err := daemon.New(daemon.Options{ConfigPath: g.configPath, Logger: log, AccessLog: access, Signals: true})
+			d, err := daemon.New(daemon.Options{ConfigPath: g.configPath, Logger: log, AccessLog: access, Signals: true,
+				NotifySocket: os.Getenv("NOTIFY_SOCKET"), WatchdogUSec: os.Getenv("WATCHDOG_USEC"), WatchdogPID: os.Getenv("WATCHDOG_PID")})
 			if err != nil {
 				return err
 			}

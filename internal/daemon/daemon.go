@@ -69,6 +69,9 @@ type Options struct {
 	Build Builder
 	// AccessLog receives the proxies' access log; nil discards it.
 	AccessLog *slog.Logger
+	// NotifySocket is systemd's NOTIFY_SOCKET; WatchdogUSec and
+	// WatchdogPID are WATCHDOG_USEC and WATCHDOG_PID. Empty: no systemd.
+	NotifySocket, WatchdogUSec, WatchdogPID string
 	// Signals, when true, makes Run reload on SIGHUP.
 	Signals bool
 }
@@ -257,6 +260,10 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		return err
 	}
 	d.ready.Store(true)
+	sd := newNotifier(d.opts.NotifySocket)
+	if err := sd.notify("READY=1\nSTATUS=policy in force"); err != nil {
+		d.log.Warn("systemd notify failed", "err", err)
+	}
 	p := d.current.Load()
 	d.log.Info("policy in force", "generation", p.Generation, "listeners", len(p.Listeners),
 		"tenants", len(p.Tenants), "admitted_v4", len(p.Admitted.V4), "admitted_v6", len(p.Admitted.V6))
@@ -279,6 +286,20 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		}
 	}
 	g.Go(func() error { return d.runFeeds(gctx) })
+	if every := watchdogInterval(d.opts.WatchdogUSec, d.opts.WatchdogPID, os.Getpid()); every > 0 {
+		g.Go(func() error {
+			t := time.NewTicker(every)
+			defer t.Stop()
+			for {
+				select {
+				case <-gctx.Done():
+					return nil
+				case <-t.C:
+					_ = sd.notify("WATCHDOG=1")
+				}
+			}
+		})
+	}
 	if d.opts.Signals {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
@@ -290,7 +311,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 					return nil
 				case <-hup:
 					d.log.Info("SIGHUP: reloading", "config", d.opts.ConfigPath)
+					_ = sd.notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
 					_ = d.Reload() // logged and counted; the old state stays
+					_ = sd.notify("READY=1")
 				}
 			}
 		})
@@ -298,6 +321,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	g.Go(func() error {
 		<-gctx.Done()
 		d.ready.Store(false)
+		_ = sd.notify("STOPPING=1")
 		grace := d.cfg.Load().ShutdownGrace
 		d.log.Info("stopping: draining sessions", "grace", grace)
 		dctx, cancel := context.WithTimeout(context.Background(), grace)

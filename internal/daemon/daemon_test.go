@@ -288,3 +288,63 @@ listeners:
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
 }
+
+// TestSystemdNotify listens where systemd would and checks the sequence:
+// READY=1 once the first policy is in force, WATCHDOG=1 while running,
+// STOPPING=1 on the way out.
+func TestSystemdNotify(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	ln, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dir := t.TempDir()
+	path := writeConfig(t, dir, freePort(t), "203.0.113.0/24")
+	d, err := New(Options{ConfigPath: path, Logger: quietLogger(), NotifySocket: sock, WatchdogUSec: "100000",
+		Build: func(*Env) ([]Component, error) { return []Component{&recorder{name: "a"}}, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	read := func() string {
+		buf := make([]byte, 512)
+		ln.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := ln.Read(buf)
+		if err != nil {
+			t.Fatalf("no notification: %v", err)
+		}
+		return string(buf[:n])
+	}
+	if msg := read(); !strings.HasPrefix(msg, "READY=1") {
+		t.Fatalf("first notification %q, want READY=1", msg)
+	}
+	if d.Policy() == nil {
+		t.Error("READY=1 sent before the policy was in force")
+	}
+	if msg := read(); msg != "WATCHDOG=1" {
+		t.Errorf("second notification %q, want WATCHDOG=1", msg)
+	}
+	cancel()
+	for {
+		if msg := read(); msg == "STOPPING=1" {
+			break
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestWatchdogInterval(t *testing.T) {
+	for _, tc := range []struct {
+		usec, pid string
+		want      time.Duration
+	}{{"", "", 0}, {"30000000", "", 15 * time.Second}, {"30000000", "1", 0}, {"x", "", 0}, {"-5", "", 0}} {
+		if got := watchdogInterval(tc.usec, tc.pid, 42); got != tc.want {
+			t.Errorf("watchdogInterval(%q, %q) = %v, want %v", tc.usec, tc.pid, got, tc.want)
+		}
+	}
+}
