@@ -43,10 +43,9 @@ const (
 
 // Errors.
 var (
-	ErrClosed     = errors.New("nft enforcer closed")
-	ErrNoPolicy   = errors.New("no policy applied yet")
-	ErrBadNetNS   = errors.New("netns must be 0 or an open file descriptor")
-	errTableFound = errors.New("table found")
+	ErrClosed   = errors.New("nft enforcer closed")
+	ErrNoPolicy = errors.New("no policy applied yet")
+	ErrBadNetNS = errors.New("netns must be 0 or an open file descriptor")
 )
 
 // Buffers of the netlink socket. A generation with 100k ranges is one

@@ -17,8 +17,14 @@ import (
 )
 
 // Run repairs drift every reconcile interval and watches the blocked sets
-// until ctx ends. It returns nil when ctx is cancelled.
+// until ctx ends or the Enforcer is closed; both return nil.
 func (e *Enforcer) Run(ctx context.Context) error {
+	e.mu.Lock()
+	closed := e.closed
+	e.mu.Unlock()
+	if closed {
+		return nil
+	}
 	recon := time.NewTicker(e.every)
 	defer recon.Stop()
 	poll := time.NewTicker(e.pollGap)
@@ -28,11 +34,19 @@ func (e *Enforcer) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-recon.C:
-			if err := e.Reconcile(); err != nil && !errors.Is(err, ErrNoPolicy) {
+			err := e.Reconcile()
+			switch {
+			case errors.Is(err, ErrClosed):
+				return nil
+			case err != nil && !errors.Is(err, ErrNoPolicy):
 				e.log.Error("reconcile failed", "err", err)
 			}
 		case <-poll.C:
-			if err := e.PollBlocked(); err != nil && !errors.Is(err, ErrNoPolicy) {
+			err := e.PollBlocked()
+			switch {
+			case errors.Is(err, ErrClosed):
+				return nil
+			case err != nil && !errors.Is(err, ErrNoPolicy):
 				e.log.Warn("reading blocked sets failed", "err", err)
 			}
 		}
@@ -233,6 +247,9 @@ func (e *Enforcer) generation() (uint32, error) {
 func (e *Enforcer) PollBlocked() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.closed {
+		return ErrClosed
+	}
 	if e.cur == nil {
 		return ErrNoPolicy
 	}

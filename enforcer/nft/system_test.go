@@ -605,6 +605,9 @@ func TestForeignTablesSurvive(t *testing.T) {
 	if err := g.e.Close(); err != nil {
 		t.Fatal(err)
 	}
+	if err := g.e.Run(context.Background()); err != nil {
+		t.Errorf("Run after Close: %v", err)
+	}
 	check("close")
 	if err := Teardown(g.fd); err != nil {
 		t.Fatal(err)
