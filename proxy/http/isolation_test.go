@@ -91,4 +91,3 @@ func BenchmarkInspect(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)*float64(len(doc))/(1<<20)/b.Elapsed().Seconds(), "MiB/s")
 }
-
