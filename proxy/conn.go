@@ -124,6 +124,10 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 			hc = httpproxy.NewFramingGuard(c.tls)
 		}
 		s.connMu.Lock()
+		if _, open := s.conns[c]; !open {
+			s.connMu.Unlock() // closed meanwhile (Revalidate, drain)
+			return
+		}
 		c.httpConn = hc
 		s.byTLS.Store(hc, c)
 		s.connMu.Unlock()
