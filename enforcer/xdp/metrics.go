@@ -20,20 +20,12 @@ var (
 )
 
 type metrics struct {
-	applySeconds prometheus.Gauge
-
 	mu   sync.Mutex
 	mode string
 }
 
 func newMetrics() *metrics {
-	return &metrics{
-		applySeconds: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name:        "gatehouse_policy_apply_seconds",
-			Help:        "Duration of the last successful policy apply, per kernel layer.",
-			ConstLabels: prometheus.Labels{"layer": "xdp"},
-		}),
-	}
+	return &metrics{}
 }
 
 func (m *metrics) setMode(mode string) {
@@ -46,13 +38,11 @@ func (m *metrics) setMode(mode string) {
 func (e *Enforcer) Describe(ch chan<- *prometheus.Desc) {
 	ch <- packetsDesc
 	ch <- attachDesc
-	e.metrics.applySeconds.Describe(ch)
 }
 
 // Collect implements prometheus.Collector. The counters live in the pinned
 // map, so they survive restarts of the daemon.
 func (e *Enforcer) Collect(ch chan<- prometheus.Metric) {
-	e.metrics.applySeconds.Collect(ch)
 	e.metrics.mu.Lock()
 	mode := e.metrics.mode
 	e.metrics.mu.Unlock()
