@@ -370,6 +370,7 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 	if err := bpf.Publish(outer, gen); err != nil {
 		return fmt.Errorf("xdp: generation %d: %w", p.Generation, err)
 	}
+	e.sweepLocked(monotonic())
 	if e.pending {
 		// Fresh maps beside an adopted link: now that they hold the
 		// policy, move the link to the new program and the pins to the
@@ -424,8 +425,10 @@ func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
 	return nil
 }
 
-// sweepLocked deletes expired blocklist entries.
+// sweepLocked deletes expired blocklist entries and, when none is left,
+// tells the program to skip the blocklist lookups.
 func (e *Enforcer) sweepLocked(now uint64) {
+	left := 0
 	for _, name := range []string{bpf.MapBlock4, bpf.MapBlock6} {
 		m := e.coll.Maps[name]
 		var key []byte
@@ -435,10 +438,20 @@ func (e *Enforcer) sweepLocked(now uint64) {
 		for it.Next(&key, &deadline) {
 			if deadline <= now {
 				expired = append(expired, append([]byte(nil), key...))
+			} else {
+				left++
 			}
+		}
+		if it.Err() != nil {
+			left++ // unsure: keep the lookups on
 		}
 		for _, k := range expired {
 			_ = m.Delete(k) // gone already is fine
+		}
+	}
+	if left == 0 {
+		if err := e.coll.Maps[bpf.MapState].Put(uint32(0), [2]uint32{0, 0}); err != nil {
+			e.log.Warn("blocklist state", "error", err)
 		}
 	}
 }

@@ -217,6 +217,15 @@ func TestAdmission(t *testing.T) {
 	if counter(t, e, "drop", "blocked") == 0 {
 		t.Error("blocked counter did not move")
 	}
+	// A block ends at its deadline (the failed dial outlasts it).
+	if err := e.Block(netip.MustParseAddr(cloudIn6), 300*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	tp.expect(t, "short block", []probe{{cloudIn6, protected, false}})
+	tp.expect(t, "short block over", []probe{{cloudIn6, protected, true}})
+	if err := e.Block(netip.Addr{}, time.Minute); err == nil {
+		t.Error("Block of an invalid address succeeded")
+	}
 }
 
 func TestRestartAdoptsAndTeardownRemoves(t *testing.T) {
