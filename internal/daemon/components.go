@@ -6,9 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/enforcer/nft"
+	"github.com/gatehouse-dmz/gatehouse/enforcer/xdp"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/proxy"
 )
@@ -63,16 +68,34 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("certificates: %w", err)
 	}
-	env.Registry.MustRegister(cm)
+	if err := register(env, "certs", cm); err != nil {
+		return comps, err
+	}
 	comps = append(comps, &layer{name: "certs", apply: cm.Apply, close: cm.Close, run: cm.Watch})
 
+	var onBlock func(netip.Addr, time.Duration) error
+	if p.Enforcement.XDP != policy.XDPOff {
+		xe, err := xdp.New(xdp.Config{Interface: p.Interface, Mode: p.Enforcement.XDP, PinDir: env.Config.Enforcement.PinDir, Logger: env.Logger})
+		if err != nil {
+			return comps, fmt.Errorf("xdp on %s: %w", p.Interface, err)
+		}
+		comps = append(comps, &layer{name: "xdp", apply: xe.Apply, close: xe.Close})
+		if err := register(env, "xdp", xe); err != nil {
+			return comps, err
+		}
+		// A scanner caught by nftables is dropped at the driver too.
+		onBlock = xe.Block
+	}
+
 	if p.Enforcement.NFTables {
-		ne, err := nft.New(nft.Config{Logger: env.Logger})
+		ne, err := nft.New(nft.Config{Logger: env.Logger, OnBlock: onBlock})
 		if err != nil {
 			return comps, fmt.Errorf("nftables: %w", err)
 		}
-		env.Registry.MustRegister(ne)
 		comps = append(comps, &layer{name: "nftables", apply: ne.Apply, close: ne.Close, run: ne.Run})
+		if err := register(env, "nftables", ne); err != nil {
+			return comps, err
+		}
 	}
 
 	access := env.AccessLog
@@ -83,7 +106,9 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 	if err != nil {
 		return comps, fmt.Errorf("proxy: %w", err)
 	}
-	env.Registry.MustRegister(px)
+	if err := register(env, "proxy", px); err != nil {
+		return comps, errors.Join(err, px.Close())
+	}
 	// A changed CRL, CA or tenant list is checked against every live
 	// session at once: a revoked certificate loses its connections.
 	cm.OnChange(func() {
@@ -93,6 +118,15 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 	})
 	comps = append(comps, &layer{name: "proxy", apply: px.Apply, close: px.Close, shutdown: px.Shutdown})
 	return comps, nil
+}
+
+// register adds a component's collector; a clash of metric names is a
+// programming error, reported instead of panicking.
+func register(env *Env, name string, c prometheus.Collector) error {
+	if err := env.Registry.Register(c); err != nil {
+		return fmt.Errorf("%s metrics: %w", name, err)
+	}
+	return nil
 }
 
 // tlsSource lets the proxies ask the certificate manager who is calling

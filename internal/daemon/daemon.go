@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -24,6 +25,10 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/rules"
 )
+
+// ErrNeedsRestart is returned by Reload when a changed key can only take
+// effect at start.
+var ErrNeedsRestart = errors.New("changed keys take effect only on restart (systemctl restart gatehouse); reload refused")
 
 // Component is one part of the daemon that enforces a policy generation.
 // Apply must be atomic: on error, the previous generation stays in force.
@@ -226,6 +231,9 @@ func (d *Daemon) prepareReload() (*config.Config, *feedState, *policy.Policy, er
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	if err := needsRestart(d.cfg.Load(), cfg); err != nil {
+		return nil, nil, nil, err
+	}
 	cfgs, guards, err := FeedConfigs(cfg)
 	if err != nil {
 		return nil, nil, nil, err
@@ -240,6 +248,28 @@ func (d *Daemon) prepareReload() (*config.Config, *feedState, *policy.Policy, er
 	}
 	p, err := d.build(cfg, sets)
 	return cfg, fs, p, err
+}
+
+// needsRestart refuses a reload that changes what is wired at start: where
+// XDP is attached and pinned, whether nftables is used, where state and
+// metrics live. Those keys take a restart, which the kernel layers survive.
+func needsRestart(old, next *config.Config) error {
+	var changed []string
+	check := func(key string, a, b any) {
+		if a != b {
+			changed = append(changed, fmt.Sprintf("%s (%v → %v)", key, a, b))
+		}
+	}
+	check("interface", old.Interface, next.Interface)
+	check("enforcement.xdp", old.Enforcement.XDP, next.Enforcement.XDP)
+	check("enforcement.pin_dir", old.Enforcement.PinDir, next.Enforcement.PinDir)
+	check("enforcement.nftables", old.Enforcement.NFTables, next.Enforcement.NFTables)
+	check("state_dir", old.StateDir, next.StateDir)
+	check("metrics.listen", old.Metrics.Listen, next.Metrics.Listen)
+	if len(changed) > 0 {
+		return fmt.Errorf("%w: %s", ErrNeedsRestart, strings.Join(changed, ", "))
+	}
+	return nil
 }
 
 // Run applies the first policy, serves metrics, runs every component's loop

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -346,5 +347,24 @@ func TestWatchdogInterval(t *testing.T) {
 		if got := watchdogInterval(tc.usec, tc.pid, 42); got != tc.want {
 			t.Errorf("watchdogInterval(%q, %q) = %v, want %v", tc.usec, tc.pid, got, tc.want)
 		}
+	}
+}
+
+func TestReloadRefusesRestartOnlyKeys(t *testing.T) {
+	a := &recorder{name: "a"}
+	d, dir, _, stop := start(t, a)
+	defer stop()
+	path := filepath.Join(dir, "gatehouse.yaml")
+	b, _ := os.ReadFile(path)
+	moved := regexp.MustCompile(`metrics: \{listen: "[^"]+"\}`).ReplaceAllString(string(b), `metrics: {listen: "127.0.0.2:9477"}`)
+	if err := os.WriteFile(path, []byte(moved), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := d.Reload()
+	if !errors.Is(err, ErrNeedsRestart) || !strings.Contains(err.Error(), "metrics.listen") {
+		t.Fatalf("Reload = %v, want ErrNeedsRestart naming metrics.listen", err)
+	}
+	if a.last() != 1 {
+		t.Errorf("a refused reload reached a component: %v", a.seen)
 	}
 }

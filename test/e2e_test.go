@@ -1,0 +1,242 @@
+package test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
+	"github.com/gatehouse-dmz/gatehouse/test/netns"
+)
+
+// topology is the smallest real deployment: a "cloud" namespace whose
+// address 192.0.2.10 is admitted and whose second address 198.51.100.66 is
+// not (the intruder, on the same wire), the "dmz" namespace running the
+// gatehouse binary with XDP on its outside veth and its nftables table, and
+// an "internal" namespace with the tenant's HTTPS backend.
+type topology struct {
+	cloud, dmz, internal *netns.NS
+	outside              netns.Veth
+	serverCA, tenantCA   *certstest.CA
+	client               *certstest.Leaf
+	dir                  string
+	d                    *daemonProc
+}
+
+const (
+	cloudAddr    = "192.0.2.10"
+	intruderAddr = "198.51.100.66"
+	gateV4       = "192.0.2.1"
+	gateV4Alt    = "198.51.100.1"
+	cloudV6      = "2001:db8:1::10"
+	intruderV6   = "2001:db8:1::ff:66"
+	gateV6       = "2001:db8:1::1"
+	backendAddr  = "203.0.113.10"
+)
+
+func newTopology(t *testing.T) *topology {
+	t.Helper()
+	netns.RequirePriv(t)
+	tp := &topology{dir: t.TempDir()}
+	tp.cloud = netns.New(t, "cloud")
+	tp.dmz = netns.New(t, "dmz")
+	tp.internal = netns.New(t, "internal")
+	tp.outside = netns.Connect(t,
+		tp.cloud, []string{cloudAddr + "/24", intruderAddr + "/24", cloudV6 + "/64", intruderV6 + "/64"},
+		tp.dmz, []string{gateV4 + "/24", gateV4Alt + "/24", gateV6 + "/64"})
+	netns.Connect(t, tp.dmz, []string{"203.0.113.1/24"}, tp.internal, []string{backendAddr + "/24"})
+
+	// The tenant's internal backend speaks TLS with its own CA.
+	internalCA := certstest.NewCA(t, "internal")
+	backendCert := internalCA.Server(t, backendAddr)
+	ln := tp.internal.Listen(t, "tcp", backendAddr+":8443")
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "backend of %s: client %s", r.Header.Get("X-Gatehouse-Tenant"), r.Header.Get("X-Forwarded-For"))
+		}),
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{backendCert.TLS}},
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+	go srv.ServeTLS(ln, "", "")
+	t.Cleanup(func() { srv.Close() })
+
+	tp.serverCA = certstest.NewCA(t, "gatehouse")
+	server := tp.serverCA.Server(t, "gate.example")
+	tp.tenantCA = certstest.NewCA(t, "acme")
+	tp.client = tp.tenantCA.Client(t, "acme-cloud", "spiffe://acme/cloud")
+
+	pinDir := filepath.Join(tp.dir, "bpffs")
+	if err := os.MkdirAll(pinDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "bpf", "bpf", pinDir).CombinedOutput(); err != nil {
+		t.Fatalf("mount bpffs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", pinDir).Run() })
+
+	cfg := fmt.Sprintf(`
+interface: %[1]s
+state_dir: %[2]s
+shutdown_grace: 2s
+enforcement:
+  xdp: auto
+  pin_dir: %[3]s/gatehouse
+  nftables: true
+  mode: listeners
+  scan_block: {distinct_ports: 0}
+metrics: {listen: "127.0.0.1:9477"}
+static_ranges: [192.0.2.0/25, "2001:db8:1::/112"]
+tenants:
+  - {id: acme, client_ca: %[4]s, identities: {uri_san: ["spiffe://acme/*"]}}
+listeners:
+  - name: web
+    listen: ":443"
+    protocol: https
+    server_cert: %[5]s
+    server_key: %[6]s
+    routes:
+      - {tenant: acme, backend: "https://%[7]s:8443", backend_ca: %[8]s}
+`, tp.outside.B, tp.dir, pinDir, tp.tenantCA.CertFile, server.CertFile, server.KeyFile, backendAddr, internalCA.CertFile)
+	path := filepath.Join(tp.dir, "gatehouse.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	metricsClient := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return tp.dmz.DialContext(ctx, network, "", addr)
+		},
+	}}
+	tp.d = launch(t, tp.dmz.Command(binary(t), "run", "-c", path), "127.0.0.1:9477", metricsClient)
+	return tp
+}
+
+// get makes one HTTPS request from the cloud namespace, from source src,
+// presenting cert (nil: none).
+func (tp *topology) get(ctx context.Context, src, dst string, cert *certstest.Leaf) (string, error) {
+	tc := &tls.Config{RootCAs: tp.serverCA.Pool(), ServerName: "gate.example"}
+	if cert != nil {
+		tc.Certificates = []tls.Certificate{cert.TLS}
+	}
+	tr := &http.Transport{
+		TLSClientConfig: tc,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return tp.cloud.DialContext(ctx, network, net.JoinHostPort(src, "0"), addr)
+		},
+	}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, "GET", "https://"+net.JoinHostPort(dst, "443")+"/orders", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return string(b), fmt.Errorf("status %d: %s", resp.StatusCode, b)
+	}
+	return string(b), err
+}
+
+// metric returns the value of the first exposition line matching re.
+func (tp *topology) metric(t *testing.T, re string) float64 {
+	t.Helper()
+	_, body := tp.d.get(t, "/metrics")
+	m := regexp.MustCompile("(?m)^" + re + ` ([0-9.e+]+)$`).FindStringSubmatch(body)
+	if m == nil {
+		return -1
+	}
+	v, _ := strconv.ParseFloat(m[1], 64)
+	return v
+}
+
+// TestEndToEndHTTPS sends one real connection through XDP, nftables,
+// mutual TLS and the HTTPS proxy to an internal backend, and checks that
+// each layer refuses what it must.
+func TestEndToEndHTTPS(t *testing.T) {
+	tp := newTopology(t)
+
+	t.Run("admitted tenant reaches its backend", func(t *testing.T) {
+		for _, dst := range []string{gateV4, gateV6} {
+			src := cloudAddr
+			if strings.Contains(dst, ":") {
+				src = cloudV6
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			body, err := tp.get(ctx, src, dst, tp.client)
+			cancel()
+			if err != nil {
+				t.Fatalf("%s → %s: %v\n%s", src, dst, err, tp.d.out.String())
+			}
+			if want := "backend of acme: client " + src; body != want {
+				t.Errorf("%s: body %q, want %q", dst, body, want)
+			}
+		}
+	})
+
+	t.Run("no client certificate fails the handshake", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := tp.get(ctx, cloudAddr, gateV4, nil)
+		if err == nil {
+			t.Fatal("request without a client certificate succeeded")
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("want a refused handshake, got a timeout: %v", err)
+		}
+		tp.d.waitFor(t, "no_cert counted", func() bool {
+			return tp.metric(t, `gatehouse_tls_handshakes_total\{[^}]*result="no_cert"[^}]*\}`) >= 1
+		})
+	})
+
+	t.Run("intruder is dropped before the listener", func(t *testing.T) {
+		for _, c := range []struct{ src, dst string }{{intruderAddr, gateV4Alt}, {intruderAddr, gateV4}, {intruderV6, gateV6}} {
+			ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+			conn, err := tp.cloud.DialContext(ctx, "tcp", net.JoinHostPort(c.src, "0"), net.JoinHostPort(c.dst, "443"))
+			cancel()
+			if err == nil {
+				conn.Close()
+				t.Fatalf("%s reached %s:443", c.src, c.dst)
+			}
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("%s → %s: want the SYN silently dropped (timeout), got %v", c.src, c.dst, err)
+			}
+		}
+		if v := tp.metric(t, `gatehouse_xdp_packets_total\{[^}]*reason="not_admitted"[^}]*\}`); v < 3 {
+			t.Errorf("xdp not_admitted drops = %v, want ≥ 3", v)
+		}
+	})
+
+	t.Run("kernel state is in place", func(t *testing.T) {
+		out := tp.dmz.Exec(t, "nft", "list", "table", "inet", "gatehouse")
+		for _, want := range []string{"admitted_v4", "192.0.2.0/25", "2001:db8:1::/112"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("nft table lacks %q:\n%s", want, out)
+			}
+		}
+		// One gauge per mode, 1 for the mode in force.
+		native := tp.metric(t, `gatehouse_xdp_attach_mode\{mode="native"\}`)
+		generic := tp.metric(t, `gatehouse_xdp_attach_mode\{mode="generic"\}`)
+		if native+generic != 1 || native*generic != 0 {
+			t.Errorf("xdp attach mode: native=%v generic=%v, want exactly one 1", native, generic)
+		}
+		if out := tp.dmz.Exec(t, "ip", "link", "show", tp.outside.B); !strings.Contains(out, "xdp") {
+			t.Errorf("no XDP program on %s:\n%s", tp.outside.B, out)
+		}
+	})
+}
