@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -452,5 +453,61 @@ func TestTLSConfigMustRequireClientCertificates(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Errorf("per-SNI config with a certificate: status %d", resp.StatusCode)
+	}
+}
+
+// TestApplyUnderLoad swaps routes back and forth while a client keeps
+// sending: every request is answered by one of the two backends, none is
+// refused or lost in between.
+func TestApplyUnderLoad(t *testing.T) {
+	one, two := newBackend(t, "one"), newBackend(t, "two")
+	gen := func(n uint64, b *backend) *policy.Policy {
+		return &policy.Policy{Generation: n, Listeners: []policy.Listener{
+			listener("web", policy.ProtoHTTPS, policy.Route{Tenant: "acme", Backend: b.url()})}}
+	}
+	h := newHarness(t, testLimits(), gen(1, one).Listeners...)
+	stop := make(chan struct{})
+	errs := make(chan string, 1)
+	done := make(chan int)
+	go func() {
+		c := h.client(h.pki.acme, false)
+		n := 0
+		defer func() { done <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			r, err := h.do(c, "web", "GET", "", "/", nil, nil)
+			if err != nil || r.status != 200 || (r.echo.Backend != "one" && r.echo.Backend != "two") {
+				select {
+				case errs <- fmt.Sprintf("request %d: %v status %d backend %q", n, err, r.status, r.echo.Backend):
+				default:
+				}
+				return
+			}
+			n++
+		}
+	}()
+	for i := range 20 {
+		b := one
+		if i%2 == 0 {
+			b = two
+		}
+		if err := h.srv.Apply(gen(uint64(i+2), b)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(stop)
+	n := <-done
+	select {
+	case e := <-errs:
+		t.Fatal(e)
+	default:
+	}
+	if n == 0 {
+		t.Fatal("no request completed")
 	}
 }
