@@ -34,8 +34,11 @@
 // a new source is not limited until entries expire (the rate buckets after a
 // minute idle, the connection counts when their connections close).
 //
-// Reconcile notices a deleted table, chain, set or counter, a changed chain
+// Reconcile runs its checks only when the namespace's ruleset generation
+// moved. It notices a deleted table, chain, set or counter, a changed chain
 // or rule (every rule carries a hash in a private userdata field), and changed
-// elements of the small sets; it does not read the admitted sets back, so an
-// element deleted from them by hand stays deleted until the next full replace.
+// elements of the small sets. The admitted sets are never dumped (100k ranges
+// take seconds to read back): 16 sampled ranges per set, the first and last
+// among them, are probed with single-element gets, which catches a flushed or
+// replaced set at once but a single element deleted by hand only by chance.
 package nft

@@ -685,6 +685,8 @@ func TestDriftRepaired(t *testing.T) {
 		{"management element", []string{"add", "element", "inet", TableName, "management_v4", "{ 192.0.2.0/24 . 22 }"}},
 		{"chain added", []string{"add", "chain", "inet", TableName, "sneaky"}},
 		{"counter deleted", []string{"delete", "counter", "inet", TableName, ruleStrictDrop}},
+		{"admitted flushed", []string{"flush", "set", "inet", TableName, "admitted_v6"}},
+		{"admitted gap filled", []string{"add", "element", "inet", TableName, "admitted_v4", "{ 192.0.3.0/24 }"}},
 	}
 	for i, ed := range edits {
 		// Rules referencing the counter block its deletion; drop the
