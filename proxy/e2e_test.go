@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/json"
 	"io"
 	"net"
@@ -106,5 +107,40 @@ func TestTCPRelay(t *testing.T) {
 	}
 	if !strings.Contains(h.addr("raw"), "127.0.0.1") {
 		t.Error("tcp listener not on loopback")
+	}
+}
+
+func TestTCPRelayToTLSBackend(t *testing.T) {
+	internalCA := newCA(t, "internal ca")
+	dir := t.TempDir()
+	caFile := writeCAPEM(t, dir, "internal-ca", internalCA)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{internalCA.issue(t, "backend", true, "127.0.0.1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	h := newHarness(t, testLimits(), listener("raw", policy.ProtoTCP,
+		policy.Route{Tenant: "acme", Backend: ln.Addr().String(), BackendTLS: true, BackendCA: caFile},
+		policy.Route{Tenant: "globex", Backend: ln.Addr().String(), BackendTLS: true})) // system roots: must fail
+	c := h.rawTLS(h.pki.acme, "raw")
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "over tls\n")
+	if line, _ := bufio.NewReader(c).ReadString('\n'); line != "over tls\n" {
+		t.Errorf("echo over a TLS backend: %q", line)
+	}
+	g := h.rawTLS(h.pki.globex, "raw")
+	g.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(g, "x\n")
+	if b, _ := io.ReadAll(g); len(b) != 0 {
+		t.Errorf("unverified TLS backend relayed %q", b)
 	}
 }
