@@ -3,6 +3,7 @@ package xdp
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -101,10 +103,15 @@ func testPolicy(mode policy.Mode) *policy.Policy {
 
 func (tp *topo) newEnforcer(t *testing.T) *Enforcer {
 	t.Helper()
+	return tp.newEnforcerMode(t, policy.XDPAuto)
+}
+
+func (tp *topo) newEnforcerMode(t *testing.T, mode policy.XDPMode) *Enforcer {
+	t.Helper()
 	var e *Enforcer
 	err := tp.gate.Do(func() error {
 		var err error
-		e, err = New(Config{Interface: tp.iface, Mode: policy.XDPAuto, PinDir: tp.pinDir})
+		e, err = New(Config{Interface: tp.iface, Mode: mode, PinDir: tp.pinDir})
 		return err
 	})
 	if err != nil {
@@ -114,9 +121,8 @@ func (tp *topo) newEnforcer(t *testing.T) *Enforcer {
 }
 
 // connects reports whether a TCP connection from src to the gate's port
-// completes.
-func (tp *topo) connects(t *testing.T, src string, port int) bool {
-	t.Helper()
+// completes; a timeout means the SYN was dropped.
+func (tp *topo) connects(src string, port int) (bool, error) {
 	dst := gate4
 	if strings.Contains(src, ":") {
 		dst = gate6
@@ -127,12 +133,12 @@ func (tp *topo) connects(t *testing.T, src string, port int) bool {
 	if err != nil {
 		var ne net.Error
 		if !errors.Is(err, context.DeadlineExceeded) && !(errors.As(err, &ne) && ne.Timeout()) {
-			t.Fatalf("dial %s → %d: unexpected error %v", src, port, err)
+			return false, fmt.Errorf("dial %s → %d: unexpected error %w", src, port, err)
 		}
-		return false
+		return false, nil
 	}
 	c.Close()
-	return true
+	return true, nil
 }
 
 type probe struct {
@@ -141,11 +147,26 @@ type probe struct {
 	want bool
 }
 
+// expect runs the probes at once (a dropped SYN costs a dial timeout each).
 func (tp *topo) expect(t *testing.T, stage string, probes []probe) {
 	t.Helper()
-	for _, p := range probes {
-		if got := tp.connects(t, p.src, p.port); got != p.want {
-			t.Errorf("%s: %s → %d connected=%v, want %v", stage, p.src, p.port, got, p.want)
+	got := make([]bool, len(probes))
+	errs := make([]error, len(probes))
+	var wg sync.WaitGroup
+	for i, p := range probes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i], errs[i] = tp.connects(p.src, p.port)
+		}()
+	}
+	wg.Wait()
+	for i, p := range probes {
+		if errs[i] != nil {
+			t.Fatalf("%s: %v", stage, errs[i])
+		}
+		if got[i] != p.want {
+			t.Errorf("%s: %s → %d connected=%v, want %v", stage, p.src, p.port, got[i], p.want)
 		}
 	}
 }
@@ -179,13 +200,22 @@ var strictProbes = []probe{
 }
 
 func TestAdmission(t *testing.T) {
+	for _, mode := range []policy.XDPMode{policy.XDPAuto, policy.XDPGeneric} {
+		t.Run(string(mode), func(t *testing.T) { testAdmission(t, mode) })
+	}
+}
+
+func testAdmission(t *testing.T, mode policy.XDPMode) {
 	tp := newTopo(t)
-	e := tp.newEnforcer(t)
+	e := tp.newEnforcerMode(t, mode)
 	t.Cleanup(func() { Teardown(tp.pinDir, tp.iface); e.Close() })
-	if m := e.AttachMode(); m != ModeNative && m != ModeGeneric {
-		t.Fatalf("AttachMode %q", m)
+	if m := e.AttachMode(); m != ModeNative && m != ModeGeneric || mode == policy.XDPGeneric && m != ModeGeneric {
+		t.Fatalf("AttachMode %q with %s", m, mode)
 	}
 	t.Logf("attached in %s mode", e.AttachMode())
+	if out := tp.gate.Exec(t, "ip", "link", "show", "dev", tp.iface); !strings.Contains(out, "prog/xdp") {
+		t.Errorf("ip link shows no XDP program: %s", out)
+	}
 
 	if err := e.Apply(testPolicy(policy.ModeListeners)); err != nil {
 		t.Fatal(err)
