@@ -117,8 +117,8 @@ func align4(n int) int { return (n + 3) &^ 3 }
 // chunkElements splits elements so that each chunk encodes below
 // maxElemBytes. An interval's start and end element stay in one chunk, so
 // every message describes whole ranges. With 24 bytes per IPv4 and 36 per
-// IPv6 element that is about 2,500 IPv4 or 1,660 IPv6 elements a message;
-// the 10k a message that nft sends do not fit the 16-bit attribute length.
+// IPv6 element that is about 2,500 IPv4 or 1,660 IPv6 elements a message:
+// 10k elements would not fit the 16-bit length of the element list.
 func chunkElements(elems []nftables.SetElement) [][]nftables.SetElement {
 	var chunks [][]nftables.SetElement
 	start, size := 0, 0
