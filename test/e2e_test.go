@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -31,7 +32,8 @@ type topology struct {
 	outside              netns.Veth
 	serverCA, tenantCA   *certstest.CA
 	client               *certstest.Leaf
-	dir                  string
+	dir, config, pinDir  string
+	metricsClient        *http.Client
 	d                    *daemonProc
 }
 
@@ -78,6 +80,7 @@ func newTopology(t *testing.T) *topology {
 	tp.client = tp.tenantCA.Client(t, "acme-cloud", "spiffe://acme/cloud")
 
 	pinDir := filepath.Join(tp.dir, "bpffs")
+	tp.pinDir = pinDir + "/gatehouse"
 	if err := os.MkdirAll(pinDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -118,8 +121,37 @@ listeners:
 			return tp.dmz.DialContext(ctx, network, "", addr)
 		},
 	}}
-	tp.d = launch(t, tp.dmz.Command(binary(t), "run", "-c", path), "127.0.0.1:9477", metricsClient)
+	tp.config, tp.metricsClient = path, metricsClient
+	tp.start(t)
 	return tp
+}
+
+// start runs the daemon in the dmz namespace and waits until it is ready.
+func (tp *topology) start(t *testing.T) {
+	t.Helper()
+	tp.d = launch(t, tp.dmz.Command(binary(t), "run", "-c", tp.config), "127.0.0.1:9477", tp.metricsClient)
+}
+
+// probe opens a TCP connection from src to dst:443 in the cloud namespace
+// and says what happened to it: "connected", "refused" (a RST came back: the
+// packet reached the host) or "dropped" (no answer: filtered).
+func (tp *topology) probe(t *testing.T, src, dst string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	c, err := tp.cloud.DialContext(ctx, "tcp", net.JoinHostPort(src, "0"), net.JoinHostPort(dst, "443"))
+	var ne net.Error
+	switch {
+	case err == nil:
+		c.Close()
+		return "connected"
+	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
+		return "dropped"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	}
+	t.Fatalf("probe %s → %s: %v", src, dst, err)
+	return ""
 }
 
 // get makes one HTTPS request from the cloud namespace, from source src,
@@ -206,15 +238,8 @@ func TestEndToEndHTTPS(t *testing.T) {
 
 	t.Run("intruder is dropped before the listener", func(t *testing.T) {
 		for _, c := range []struct{ src, dst string }{{intruderAddr, gateV4Alt}, {intruderAddr, gateV4}, {intruderV6, gateV6}} {
-			ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
-			conn, err := tp.cloud.DialContext(ctx, "tcp", net.JoinHostPort(c.src, "0"), net.JoinHostPort(c.dst, "443"))
-			cancel()
-			if err == nil {
-				conn.Close()
-				t.Fatalf("%s reached %s:443", c.src, c.dst)
-			}
-			if !errors.Is(err, context.DeadlineExceeded) {
-				t.Errorf("%s → %s: want the SYN silently dropped (timeout), got %v", c.src, c.dst, err)
+			if got := tp.probe(t, c.src, c.dst); got != "dropped" {
+				t.Errorf("%s → %s:443: %s, want the SYN silently dropped", c.src, c.dst, got)
 			}
 		}
 		if v := tp.metric(t, `gatehouse_xdp_packets_total\{[^}]*reason="not_admitted"[^}]*\}`); v < 3 {
@@ -239,4 +264,68 @@ func TestEndToEndHTTPS(t *testing.T) {
 			t.Errorf("no XDP program on %s:\n%s", tp.outside.B, out)
 		}
 	})
+}
+
+// TestCrashRestartTeardown: the kernel filters outlive the daemon. After a
+// kill -9 the intruder is still dropped while the admitted source reaches
+// the (now closed) port; a restarted daemon adopts the pinned filter and
+// serves again; only teardown removes the filters.
+func TestCrashRestartTeardown(t *testing.T) {
+	tp := newTopology(t)
+	if got := tp.probe(t, cloudAddr, gateV4); got != "connected" {
+		t.Fatalf("admitted source before the crash: %s", got)
+	}
+
+	if err := tp.d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-tp.d.exited
+	// Both layers stay: XDP attached through its pinned link, the table.
+	if link := tp.dmz.Exec(t, "ip", "link", "show", tp.outside.B); !strings.Contains(link, "xdp") {
+		t.Errorf("XDP detached by kill -9:\n%s", link)
+	}
+	tp.dmz.Exec(t, "nft", "list", "table", "inet", "gatehouse")
+	if got := tp.probe(t, intruderAddr, gateV4Alt); got != "dropped" {
+		t.Errorf("intruder after kill -9: %s, want dropped", got)
+	}
+	if got := tp.probe(t, cloudAddr, gateV4); got != "refused" {
+		t.Errorf("admitted source after kill -9: %s, want refused (no listener, not filtered)", got)
+	}
+
+	tp.start(t)
+	if !strings.Contains(tp.d.out.String(), "adopt") {
+		t.Errorf("restarted daemon did not say it adopted the pinned filter:\n%s", tp.d.out.String())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	if _, err := tp.get(ctx, cloudAddr, gateV4, tp.client); err != nil {
+		t.Errorf("admitted tenant after restart: %v", err)
+	}
+	cancel()
+	if got := tp.probe(t, intruderAddr, gateV4Alt); got != "dropped" {
+		t.Errorf("intruder after restart: %s, want dropped", got)
+	}
+
+	if err := tp.d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-tp.d.exited
+	if got := tp.probe(t, intruderAddr, gateV4Alt); got != "dropped" {
+		t.Errorf("intruder after a clean stop: %s, want dropped", got)
+	}
+	out, err := tp.dmz.Command(binary(t), "teardown", "--yes", "-c", tp.config).CombinedOutput()
+	if err != nil {
+		t.Fatalf("teardown: %v\n%s", err, out)
+	}
+	if got := tp.probe(t, intruderAddr, gateV4Alt); got != "refused" {
+		t.Errorf("intruder after teardown: %s, want refused (nothing filters, nothing listens)", got)
+	}
+	if err := tp.dmz.Command("nft", "list", "table", "inet", "gatehouse").Run(); err == nil {
+		t.Error("table inet gatehouse survived teardown")
+	}
+	if link := tp.dmz.Exec(t, "ip", "link", "show", tp.outside.B); strings.Contains(link, "xdp") {
+		t.Errorf("XDP still attached after teardown:\n%s", link)
+	}
+	if entries, _ := os.ReadDir(tp.pinDir); len(entries) != 0 {
+		t.Errorf("pins left after teardown: %v", entries)
+	}
 }

@@ -97,7 +97,7 @@ tenant's HTTPS, SOAP and TN3270/TN5250 sessions go to its own internal hosts.`,
 	pf.StringVarP(&g.configPath, "config", "c", config.DefaultPath, "configuration file")
 	pf.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	root.AddCommand(newRunCmd(g), newCheckCmd(g), newVersionCmd(g), newCertsCmd(), newFeedCmd())
+	root.AddCommand(newRunCmd(g), newCheckCmd(g), newVersionCmd(g), newTeardownCmd(g), newCertsCmd(), newFeedCmd())
 	return root
 }
 

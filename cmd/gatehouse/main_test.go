@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -88,5 +89,25 @@ func TestVersion(t *testing.T) {
 	out, _, err := runCLI("version")
 	if err != nil || !strings.HasPrefix(out, "gatehouse ") {
 		t.Fatalf("version: %q %v", out, err)
+	}
+}
+
+func TestTeardownNeedsConfirmation(t *testing.T) {
+	root := newRootCmd(&bytes.Buffer{}, &bytes.Buffer{})
+	root.SetIn(strings.NewReader("n\n"))
+	root.SetArgs([]string{"teardown", "--pin-dir", t.TempDir(), "--interface", "eth9", "-c", "testdata/check/good.yaml"})
+	err := root.Execute()
+	var ee exitError
+	if !errors.As(err, &ee) || !strings.Contains(ee.msg, "nothing removed") {
+		t.Fatalf("teardown without a yes: %v", err)
+	}
+}
+
+func TestConfirm(t *testing.T) {
+	for in, want := range map[string]bool{"y\n": true, "YES\n": true, "n\n": false, "\n": false, "": false, "yes please\n": false} {
+		got, err := confirm(strings.NewReader(in), io.Discard, "? ")
+		if err != nil || got != want {
+			t.Errorf("confirm(%q) = %v, %v", in, got, err)
+		}
 	}
 }
