@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -93,6 +94,7 @@ func newTopology(t *testing.T) *topology {
 interface: %[1]s
 state_dir: %[2]s
 shutdown_grace: 2s
+admin_socket: %[2]s/admin.sock
 enforcement:
   xdp: auto
   pin_dir: %[3]s/gatehouse
@@ -244,6 +246,30 @@ func TestEndToEndHTTPS(t *testing.T) {
 		}
 		if v := tp.metric(t, `gatehouse_xdp_packets_total\{[^}]*reason="not_admitted"[^}]*\}`); v < 3 {
 			t.Errorf("xdp not_admitted drops = %v, want ≥ 3", v)
+		}
+	})
+
+	t.Run("status shows the generation in force", func(t *testing.T) {
+		out, err := exec.Command(binary(t), "status", "-c", tp.config).CombinedOutput()
+		if err != nil {
+			t.Fatalf("status: %v\n%s", err, out)
+		}
+		for _, want := range []string{"generation 1", "xdp  native on " + tp.outside.B, "nftables on", "static", "acme",
+			`xdp_packets_total{action="drop",reason="not_admitted"}`, "web :443 https"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("status lacks %q:\n%s", want, out)
+			}
+		}
+		raw, err := exec.Command(binary(t), "status", "--json", "-c", tp.config).Output()
+		var st struct {
+			Generation uint64 `json:"generation"`
+			XDPMode    string `json:"xdp_mode"`
+		}
+		if err != nil || json.Unmarshal(raw, &st) != nil || st.Generation != 1 || st.XDPMode != "native" {
+			t.Errorf("status --json: %v %+v\n%s", err, st, raw)
+		}
+		if fi, err := os.Stat(filepath.Join(tp.dir, "admin.sock")); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("admin socket: %v, mode %v, want 0600", err, fi.Mode().Perm())
 		}
 	})
 

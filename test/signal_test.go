@@ -152,6 +152,7 @@ func startDaemon(t *testing.T) (*daemonProc, string, *certstest.CA, *certstest.L
 enforcement: {xdp: "off", nftables: false}
 state_dir: %s
 shutdown_grace: 2s
+admin_socket: %[1]s/admin.sock
 metrics: {listen: "%s"}
 tenants: [{id: acme, client_ca: %s, identities: {uri_san: ["spiffe://acme/*"]}}]
 listeners:

@@ -32,6 +32,7 @@ type Config struct {
 	Interface     string        `mapstructure:"interface"`
 	StateDir      string        `mapstructure:"state_dir"`
 	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
+	AdminSocket   string        `mapstructure:"admin_socket"`
 	Enforcement   Enforcement   `mapstructure:"enforcement"`
 	Metrics       Metrics       `mapstructure:"metrics"`
 	Feeds         []Feed        `mapstructure:"feeds"`

@@ -96,6 +96,9 @@ func (cfg *Config) validate() Problems {
 		c.add("state_dir", "must be an absolute path, got %q", cfg.StateDir)
 	}
 	c.duration("shutdown_grace", cfg.ShutdownGrace, 0)
+	if cfg.AdminSocket != "" && !strings.HasPrefix(cfg.AdminSocket, "/") {
+		c.add("admin_socket", "must be an absolute path or empty, got %q", cfg.AdminSocket)
+	}
 	for i, m := range e.Management {
 		p := fmt.Sprintf("enforcement.management[%d]", i)
 		if _, err := parsePrefix(m.CIDR); err != nil {

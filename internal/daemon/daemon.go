@@ -77,6 +77,8 @@ type Options struct {
 	// NotifySocket is systemd's NOTIFY_SOCKET; WatchdogUSec and
 	// WatchdogPID are WATCHDOG_USEC and WATCHDOG_PID. Empty: no systemd.
 	NotifySocket, WatchdogUSec, WatchdogPID string
+	// Version is reported by status.
+	Version string
 	// Signals, when true, makes Run reload on SIGHUP.
 	Signals bool
 }
@@ -98,6 +100,7 @@ type Daemon struct {
 	cfg         atomic.Pointer[config.Config]
 	ready       atomic.Bool
 	gen         uint64
+	started     time.Time
 }
 
 // New loads the configuration and compiles the first policy. It starts
@@ -266,6 +269,7 @@ func needsRestart(old, next *config.Config) error {
 	check("enforcement.nftables", old.Enforcement.NFTables, next.Enforcement.NFTables)
 	check("state_dir", old.StateDir, next.StateDir)
 	check("metrics.listen", old.Metrics.Listen, next.Metrics.Listen)
+	check("admin_socket", old.AdminSocket, next.AdminSocket)
 	if len(changed) > 0 {
 		return fmt.Errorf("%w: %s", ErrNeedsRestart, strings.Join(changed, ", "))
 	}
@@ -290,6 +294,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		return err
 	}
 	d.ready.Store(true)
+	d.started = time.Now()
 	sd := newNotifier(d.opts.NotifySocket)
 	if err := sd.notify("READY=1\nSTATUS=policy in force"); err != nil {
 		d.log.Warn("systemd notify failed", "err", err)
@@ -316,6 +321,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		}
 	}
 	g.Go(func() error { return d.runFeeds(gctx) })
+	if sock := cfg.AdminSocket; sock != "" {
+		g.Go(func() error { return d.serveAdmin(gctx, sock) })
+	}
 	if every := watchdogInterval(d.opts.WatchdogUSec, d.opts.WatchdogPID, os.Getpid()); every > 0 {
 		g.Go(func() error {
 			t := time.NewTicker(every)

@@ -77,6 +77,7 @@ enforcement: {xdp: "off", nftables: false}
 state_dir: %[1]s
 metrics: {listen: "%[2]s"}
 shutdown_grace: 1s
+admin_socket: %[1]s/admin.sock
 static_ranges: [%[3]s]
 tenants: [{id: acme, client_ca: %[1]s/ca.pem}]
 listeners:

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gatehouse-dmz/gatehouse/internal/config"
+	"github.com/gatehouse-dmz/gatehouse/internal/daemon"
+)
+
+// defaultAdminSocket is used when the configuration cannot be read.
+const defaultAdminSocket = "/run/gatehouse/admin.sock"
+
+func newStatusCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	var socket string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Ask the running daemon what it enforces, on one screen (--json for machines)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if socket == "" {
+				socket = defaultAdminSocket
+				if cfg, err := config.Load(g.configPath, nil); err == nil && cfg.AdminSocket != "" {
+					socket = cfg.AdminSocket
+				}
+			}
+			raw, st, err := fetchStatus(cmd.Context(), socket)
+			if err != nil {
+				return exitError{code: 3, msg: fmt.Sprintf("gatehouse status: no answer from the daemon on %s: %v", socket, err)}
+			}
+			if asJSON {
+				_, err := g.stdout.Write(raw)
+				return err
+			}
+			return printStatus(g.stdout, st, time.Now())
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
+	cmd.Flags().StringVar(&socket, "socket", "", "admin socket (default: admin_socket of the configuration)")
+	return cmd
+}
+
+func fetchStatus(ctx context.Context, socket string) ([]byte, *daemon.Status, error) {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+		},
+	}}
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://gatehouse/status", nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return nil, nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, nil, fmt.Errorf("%s", resp.Status)
+	}
+	var st daemon.Status
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return nil, nil, fmt.Errorf("bad status: %w", err)
+	}
+	return raw, &st, nil
+}
+
+func printStatus(w io.Writer, st *daemon.Status, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "gatehouse %s, pid %d, up %s, generation %d\n", st.Version, st.PID, now.Sub(st.Started).Round(time.Second), st.Generation)
+	if st.Generation == 0 {
+		fmt.Fprintln(tw, "no policy in force yet")
+		return tw.Flush()
+	}
+	fmt.Fprintf(tw, "xdp\t%s on %s\tnftables %s\tmode %s\n", st.XDPMode, st.Interface, onOff(st.NFTables), st.Mode)
+	if st.ReloadError > 0 {
+		fmt.Fprintf(tw, "reloads refused\t%d (see the log)\n", st.ReloadError)
+	}
+	fmt.Fprintln(tw, "\nAdmitted prefixes\tIPv4\tIPv6")
+	for _, a := range st.Admitted {
+		fmt.Fprintf(tw, "  %s\t%d\t%d\n", a.Source, a.V4, a.V6)
+	}
+	if len(st.Feeds) > 0 {
+		fmt.Fprintln(tw, "\nFeeds\tserial\tlast success")
+		for _, f := range st.Feeds {
+			age := "never"
+			if !f.LastSuccess.IsZero() {
+				age = now.Sub(f.LastSuccess).Round(time.Second).String() + " ago"
+			}
+			exp := ""
+			if f.Expired {
+				exp = "EXPIRED (still enforced)"
+			}
+			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\n", f.Name, f.Serial, age, exp)
+		}
+	}
+	fmt.Fprintln(tw, "\nTenants\tsessions")
+	for _, t := range st.Tenants {
+		fmt.Fprintf(tw, "  %s\t%d\n", t.ID, t.Sessions)
+	}
+	fmt.Fprintln(tw, "\nListeners")
+	for _, l := range st.Listeners {
+		fmt.Fprintf(tw, "  %s %s %s\t%s %s\t→ %s\n", l.Listener, l.Listen, l.Protocol, l.Tenant, l.Match, l.Backend)
+	}
+	if len(st.Certs) > 0 {
+		fmt.Fprintln(tw, "\nExpiring soonest")
+		for i, c := range st.Certs {
+			if i == 5 {
+				break
+			}
+			fmt.Fprintf(tw, "  %s %s\t%s\tin %s\n", c.Kind, c.Name, c.Expires.UTC().Format(time.DateOnly), c.Expires.Sub(now).Round(time.Hour))
+		}
+	}
+	if len(st.Counters) > 0 {
+		fmt.Fprintln(tw, "\nCounters")
+		for _, c := range st.Counters {
+			fmt.Fprintf(tw, "  %s\t%.0f\n", strings.TrimPrefix(c.Name, "gatehouse_"), c.Value)
+		}
+	}
+	return tw.Flush()
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}

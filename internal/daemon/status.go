@@ -1,0 +1,232 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+)
+
+// Status is what `gatehouse status` shows: the generation in force and
+// what the layers report of it.
+type Status struct {
+	Version     string          `json:"version"`
+	PID         int             `json:"pid"`
+	Started     time.Time       `json:"started"`
+	Generation  uint64          `json:"generation"`
+	Interface   string          `json:"interface"`
+	XDPMode     string          `json:"xdp_mode"` // native, generic, off
+	NFTables    bool            `json:"nftables"`
+	Mode        string          `json:"mode"`
+	Admitted    []AdmittedCount `json:"admitted"`
+	Feeds       []FeedStatus    `json:"feeds"`
+	Tenants     []TenantStatus  `json:"tenants"`
+	Listeners   []ListenerRoute `json:"listeners"`
+	Certs       []CertExpiry    `json:"certificates"`
+	Counters    []Counter       `json:"counters"`
+	LastReload  string          `json:"last_reload,omitempty"`
+	ReloadError uint64          `json:"reload_errors"`
+}
+
+// AdmittedCount is the number of prefixes one source contributes.
+type AdmittedCount struct {
+	Source string `json:"source"`
+	V4     int    `json:"v4"`
+	V6     int    `json:"v6"`
+}
+
+// FeedStatus is one feed's serial and age.
+type FeedStatus struct {
+	Name        string    `json:"name"`
+	Serial      uint64    `json:"serial"`
+	LastSuccess time.Time `json:"last_success,omitzero"`
+	Expired     bool      `json:"expired"`
+}
+
+// TenantStatus is one tenant and its live sessions.
+type TenantStatus struct {
+	ID       string `json:"id"`
+	Sessions int    `json:"sessions"`
+}
+
+// ListenerRoute is one route of one listener.
+type ListenerRoute struct {
+	Listener string `json:"listener"`
+	Listen   string `json:"listen"`
+	Protocol string `json:"protocol"`
+	Tenant   string `json:"tenant"`
+	Match    string `json:"match,omitempty"`
+	Backend  string `json:"backend"`
+}
+
+// CertExpiry is when a certificate or CRL runs out.
+type CertExpiry struct {
+	Kind    string    `json:"kind"`
+	Name    string    `json:"name"`
+	Expires time.Time `json:"expires"`
+}
+
+// Counter is one counter series, labels folded into its name.
+type Counter struct {
+	Name  string  `json:"name"`
+	Value float64 `json:"value"`
+}
+
+// Status reports the generation in force.
+func (d *Daemon) Status() Status {
+	st := Status{Version: d.opts.Version, PID: os.Getpid(), Started: d.started}
+	p := d.Policy()
+	if p == nil {
+		return st
+	}
+	st.Generation, st.Interface, st.Mode = p.Generation, p.Interface, string(p.Enforcement.Mode)
+	st.XDPMode, st.NFTables = "off", p.Enforcement.NFTables
+	for src, c := range p.Admitted.PerFeed {
+		st.Admitted = append(st.Admitted, AdmittedCount{Source: src, V4: c.V4, V6: c.V6})
+	}
+	sort.Slice(st.Admitted, func(i, j int) bool { return st.Admitted[i].Source < st.Admitted[j].Source })
+	st.Admitted = append(st.Admitted, AdmittedCount{Source: "in force (aggregated)", V4: len(p.Admitted.V4), V6: len(p.Admitted.V6)})
+	for _, l := range p.Listeners {
+		for _, r := range l.Routes {
+			match := r.Host
+			if r.Path != "" && r.Path != "/" {
+				match += r.Path
+			}
+			st.Listeners = append(st.Listeners, ListenerRoute{Listener: l.Name, Listen: l.ListenAddress(),
+				Protocol: string(l.Protocol), Tenant: r.Tenant, Match: match, Backend: r.Backend})
+		}
+	}
+
+	mfs, _ := d.reg.Gather() // partial results are still worth showing
+	sessions := map[string]int{}
+	feeds := map[string]*FeedStatus{}
+	feed := func(name string) *FeedStatus {
+		if feeds[name] == nil {
+			feeds[name] = &FeedStatus{Name: name}
+		}
+		return feeds[name]
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			lbl := labels(m)
+			v := value(m)
+			switch mf.GetName() {
+			case "gatehouse_xdp_attach_mode":
+				if v == 1 {
+					st.XDPMode = lbl["mode"]
+				}
+			case "gatehouse_proxy_connections_active":
+				sessions[lbl["tenant"]] += int(v)
+			case "gatehouse_feed_serial":
+				feed(lbl["feed"]).Serial = uint64(v)
+			case "gatehouse_feed_last_success_timestamp_seconds":
+				if v > 0 {
+					feed(lbl["feed"]).LastSuccess = time.Unix(int64(v), 0)
+				}
+			case "gatehouse_feed_expired":
+				feed(lbl["feed"]).Expired = v == 1
+			case "gatehouse_cert_expiry_timestamp_seconds":
+				st.Certs = append(st.Certs, CertExpiry{Kind: lbl["kind"], Name: lbl["name"], Expires: time.Unix(int64(v), 0)})
+			case "gatehouse_config_reloads_total":
+				if lbl["result"] == "error" {
+					st.ReloadError = uint64(v)
+				}
+			case "gatehouse_xdp_packets_total", "gatehouse_nft_packets_total", "gatehouse_tls_handshakes_total",
+				"gatehouse_feed_updates_total", "gatehouse_soap_rejections_total", "gatehouse_telnet_sessions_total":
+				if v > 0 {
+					st.Counters = append(st.Counters, Counter{Name: seriesName(mf.GetName(), lbl), Value: v})
+				}
+			}
+		}
+	}
+	for _, t := range p.Tenants {
+		st.Tenants = append(st.Tenants, TenantStatus{ID: t.ID, Sessions: sessions[t.ID]})
+	}
+	for _, f := range feeds {
+		st.Feeds = append(st.Feeds, *f)
+	}
+	sort.Slice(st.Feeds, func(i, j int) bool { return st.Feeds[i].Name < st.Feeds[j].Name })
+	sort.Slice(st.Certs, func(i, j int) bool { return st.Certs[i].Expires.Before(st.Certs[j].Expires) })
+	sort.Slice(st.Counters, func(i, j int) bool { return st.Counters[i].Name < st.Counters[j].Name })
+	return st
+}
+
+func labels(m *dto.Metric) map[string]string {
+	out := map[string]string{}
+	for _, lp := range m.GetLabel() {
+		out[lp.GetName()] = lp.GetValue()
+	}
+	return out
+}
+
+func value(m *dto.Metric) float64 {
+	switch {
+	case m.GetCounter() != nil:
+		return m.GetCounter().GetValue()
+	case m.GetGauge() != nil:
+		return m.GetGauge().GetValue()
+	}
+	return 0
+}
+
+func seriesName(name string, lbl map[string]string) string {
+	keys := make([]string, 0, len(lbl))
+	for k := range lbl {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	s := name + "{"
+	for i, k := range keys {
+		if i > 0 {
+			s += ","
+		}
+		s += fmt.Sprintf("%s=%q", k, lbl[k])
+	}
+	return s + "}"
+}
+
+// serveAdmin answers `gatehouse status` on a unix socket only root can
+// reach (mode 0600 in a 0700 directory), until ctx ends.
+func (d *Daemon) serveAdmin(ctx context.Context, path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	// A socket left by a killed daemon would make Listen fail; nobody else
+	// answers on it (the pid file of systemd and the lock are ours).
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(d.Status())
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	os.Remove(path)
+	return nil
+}
