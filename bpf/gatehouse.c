@@ -539,9 +539,23 @@ static __always_inline int parse_l4(struct gh_pkt *pk, void *l4, void *end, __u3
 	return 0;
 }
 
+// gh_pkt is filled field by field: zeroing the whole struct cost a row of
+// stores on every packet.
+static __always_inline void pkt_init(struct gh_pkt *pk, __u8 v6)
+{
+	pk->lo = 0;
+	pk->v6 = v6;
+	pk->l4 = 0;
+	pk->dport = 0;
+	pk->tcp_flags = 0;
+	pk->icmp_type = 0;
+	pk->later_frag = 0;
+}
+
 static __always_inline int handle_v4(void *cur, void *end)
 {
-	struct gh_pkt pk = {};
+	struct gh_pkt pk;
+	pkt_init(&pk, 0);
 	struct iphdr *ip = cur;
 	if ((void *)(ip + 1) > end)
 		return count(GH_ACT_DROP, GH_MALFORMED);
@@ -572,7 +586,8 @@ static __always_inline int is_ext(__u8 next)
 
 static __always_inline int handle_v6(void *cur, void *end)
 {
-	struct gh_pkt pk = {.v6 = 1};
+	struct gh_pkt pk;
+	pkt_init(&pk, 1);
 	struct ipv6hdr *ip = cur;
 	if ((void *)(ip + 1) > end)
 		return count(GH_ACT_DROP, GH_MALFORMED);
@@ -645,7 +660,8 @@ int gatehouse_xdp(struct xdp_md *ctx)
 	if ((void *)(eth + 1) > end)
 		return count(GH_ACT_DROP, GH_MALFORMED);
 	void *cur = eth + 1;
-	__u16 proto = eth->h_proto;
+	// struct ethhdr is packed: read the type as one 16-bit load.
+	__u16 proto = *(__u16 *)((__u8 *)data + 12);
 #pragma clang loop unroll(full)
 	for (int i = 0; i < 2; i++) {
 		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
