@@ -1,0 +1,212 @@
+package telnet
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+// Defaults for Limits.
+const (
+	// DefaultNegotiationTimeout bounds the time from connect to the data
+	// phase (the host's first screen after the terminal was accepted).
+	DefaultNegotiationTimeout = 30 * time.Second
+	// DefaultMaxNegotiations caps option negotiations and
+	// sub-negotiations, both directions together, before the data phase.
+	DefaultMaxNegotiations = 256
+	// DefaultDialTimeout bounds connecting to the host.
+	DefaultDialTimeout = 5 * time.Second
+	// DefaultHandshakeTimeout bounds the START_TLS exchange and handshake.
+	DefaultHandshakeTimeout = 10 * time.Second
+)
+
+// Limits bound a terminal session. Zero fields take the defaults; the
+// idle timeout, the session length and the sessions per tenant are off
+// when zero, since terminal sessions legitimately sit idle for hours.
+type Limits struct {
+	NegotiationTimeout time.Duration
+	MaxNegotiations    int
+	MaxSubnegotiation  int // wire bytes of one IAC SB … IAC SE
+	DialTimeout        time.Duration
+	HandshakeTimeout   time.Duration
+	// IdleTimeout ends a session without a byte either way this long.
+	IdleTimeout time.Duration
+	// MaxSessionLength ends any session this long after it began.
+	MaxSessionLength time.Duration
+	// MaxSessionsPerTenant caps one tenant's open sessions on a listener.
+	MaxSessionsPerTenant int
+}
+
+func (l Limits) withDefaults() Limits {
+	if l.NegotiationTimeout <= 0 {
+		l.NegotiationTimeout = DefaultNegotiationTimeout
+	}
+	if l.MaxNegotiations <= 0 {
+		l.MaxNegotiations = DefaultMaxNegotiations
+	}
+	if l.MaxSubnegotiation <= 0 {
+		l.MaxSubnegotiation = DefaultMaxSub
+	}
+	if l.DialTimeout <= 0 {
+		l.DialTimeout = DefaultDialTimeout
+	}
+	if l.HandshakeTimeout <= 0 {
+		l.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	return l
+}
+
+// Config configures a Handler: one listener of one policy generation.
+type Config struct {
+	Listener string
+	Protocol policy.Protocol // tn3270 or tn5250
+	Routes   []policy.Route
+	Limits   Limits
+	// Sessions is shared by every generation of the listener; nil gives
+	// the handler its own.
+	Sessions *Sessions
+	Logger   *slog.Logger
+	// SessionLog receives the start and end line of every session; nil
+	// uses Logger.
+	SessionLog *slog.Logger
+}
+
+// Peer is who the caller proved the client to be.
+type Peer struct {
+	Tenant      string
+	Fingerprint string // hex SHA-256 of the client certificate
+	Subject     string
+	Source      netip.AddrPort
+}
+
+// Admit proves the tenant of a connection that just completed its
+// START_TLS handshake and counts it against the caller's limits. An error
+// closes the connection.
+type Admit func(cs tls.ConnectionState) (Peer, error)
+
+// Handler runs the terminal sessions of one listener generation.
+type Handler struct {
+	listener string
+	proto    policy.Protocol
+	routes   map[string]*route
+	limits   Limits
+	sessions *Sessions
+	logger   *slog.Logger
+	slog     *slog.Logger
+}
+
+// New validates cfg and compiles its routes.
+func New(cfg Config) (*Handler, error) {
+	if cfg.Protocol != policy.ProtoTN3270 && cfg.Protocol != policy.ProtoTN5250 {
+		return nil, fmt.Errorf("%w: listener %q: protocol %q", ErrConfig, cfg.Listener, cfg.Protocol)
+	}
+	if cfg.Limits.MaxSubnegotiation < 0 || cfg.Limits.MaxNegotiations < 0 || cfg.Limits.MaxSessionsPerTenant < 0 {
+		return nil, fmt.Errorf("%w: listener %q: negative limit", ErrConfig, cfg.Listener)
+	}
+	routes, err := buildRoutes(cfg.Listener, cfg.Protocol, cfg.Routes)
+	if err != nil {
+		return nil, err
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	logger = logger.With("component", "telnet", "listener", cfg.Listener)
+	sl := cfg.SessionLog
+	if sl == nil {
+		sl = logger
+	}
+	ss := cfg.Sessions
+	if ss == nil {
+		ss = NewSessions()
+	}
+	return &Handler{
+		listener: cfg.Listener,
+		proto:    cfg.Protocol,
+		routes:   routes,
+		limits:   cfg.Limits.withDefaults(),
+		sessions: ss,
+		logger:   logger,
+		slog:     sl,
+	}, nil
+}
+
+// Serve carries one session of a client whose TLS the caller terminated
+// and whose tenant it proved. It returns when the session ended, having
+// closed client; the error says why a session ended other than by a peer
+// closing it.
+func (h *Handler) Serve(ctx context.Context, client net.Conn, peer Peer) error {
+	defer client.Close()
+	rt := h.routes[peer.Tenant]
+	if rt == nil {
+		h.sessions.count(h.listener, peer.Tenant, ResultNoRoute)
+		h.logger.Info("telnet session refused: no route", "tenant", peer.Tenant, "source", peer.Source.String())
+		return fmt.Errorf("tenant %q: %w", peer.Tenant, ErrNoRoute)
+	}
+	if !h.sessions.acquire(h.listener, peer.Tenant, h.limits.MaxSessionsPerTenant) {
+		h.sessions.count(h.listener, peer.Tenant, ResultLimit)
+		h.logger.Warn("telnet session refused: tenant at its session limit", "tenant", peer.Tenant,
+			"source", peer.Source.String(), "limit", h.limits.MaxSessionsPerTenant)
+		return fmt.Errorf("tenant %q: %w", peer.Tenant, ErrSessionLimit)
+	}
+	defer h.sessions.release(h.listener, peer.Tenant)
+
+	start := time.Now()
+	host, err := h.dial(ctx, rt)
+	if err != nil {
+		h.sessions.count(h.listener, peer.Tenant, ResultBackend)
+		h.logger.Warn("telnet host unreachable", "tenant", peer.Tenant, "backend", rt.backend, "err", err)
+		return err
+	}
+	s := newSession(h, rt, peer, client, host, start)
+	h.slog.Info("telnet session started", "listener", h.listener, "tenant", peer.Tenant,
+		"fingerprint", peer.Fingerprint, "source", peer.Source.String(), "backend", rt.backend)
+	err = s.run(ctx)
+	s.mu.Lock()
+	lu, dev, tt := s.lu, s.dev, s.ttype
+	s.mu.Unlock()
+	h.sessions.count(h.listener, peer.Tenant, s.result)
+	h.slog.Info("telnet session ended", "listener", h.listener, "tenant", peer.Tenant,
+		"fingerprint", peer.Fingerprint, "source", peer.Source.String(),
+		"lu", lu, "device", dev, "terminal_type", tt,
+		"bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),
+		"duration", time.Since(start).Round(time.Millisecond).String(),
+		"reason", s.reason, "result", s.result)
+	return err
+}
+
+func (h *Handler) dial(ctx context.Context, rt *route) (net.Conn, error) {
+	d := &net.Dialer{Timeout: h.limits.DialTimeout}
+	var (
+		c   net.Conn
+		err error
+	)
+	if rt.tls != nil {
+		c, err = (&tls.Dialer{NetDialer: d, Config: rt.tls}).DialContext(ctx, "tcp", rt.backend)
+	} else {
+		c, err = d.DialContext(ctx, "tcp", rt.backend)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("dial host %s: %w", rt.backend, err)
+	}
+	return c, nil
+}
+
+// Errors of Serve and ServeStartTLS.
+var (
+	ErrNoRoute       = errors.New("no telnet route for tenant")
+	ErrSessionLimit  = errors.New("tenant at its telnet session limit")
+	ErrRefused       = errors.New("refused by the tenant's terminal policy")
+	ErrStartTLS      = errors.New("start_tls refused or broken")
+	ErrNegotiation   = errors.New("negotiation did not reach the data phase in time")
+	ErrIdle          = errors.New("session idle too long")
+	ErrSessionLength = errors.New("session reached its maximum length")
+	ErrShutdown      = errors.New("listener shut down")
+)

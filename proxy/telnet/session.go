@@ -1,0 +1,488 @@
+package telnet
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+// readSize is each direction's read buffer. Reads of a TLS connection are
+// served from its decrypted record, so a small buffer costs calls, not
+// copies, and keeps an idle session cheap.
+const readSize = 4 << 10
+
+// outPool holds the buffers a direction assembles its output in; they are
+// only held between a read and the write that follows it.
+var outPool = sync.Pool{New: func() any { b := make([]byte, 0, readSize+64); return &b }}
+
+// session is one client connection and its host connection.
+type session struct {
+	h      *Handler
+	rt     *route
+	peer   Peer
+	client net.Conn
+	host   net.Conn
+	start  time.Time
+
+	clientMu sync.Mutex // writes to client: host output and the proxy's own replies
+	hostMu   sync.Mutex // writes to host: client output and the proxy's own replies
+
+	mu      sync.Mutex // the negotiated state below
+	vetType bool       // terminal type (and LU) accepted
+	vetDev  bool       // tn5250: DEVNAME accepted, or none required
+	lu      string
+	dev     string
+	ttype   string
+
+	dataPhase atomic.Bool
+	negos     atomic.Int32
+	last      atomic.Int64 // unix nanoseconds of the last byte either way
+	bytesIn   atomic.Int64 // from the client
+	bytesOut  atomic.Int64 // to the client
+
+	endOnce sync.Once
+	endErr  error
+	reason  string
+	result  string
+	timers  []*time.Timer
+}
+
+func newSession(h *Handler, rt *route, peer Peer, client, host net.Conn, start time.Time) *session {
+	s := &session{h: h, rt: rt, peer: peer, client: client, host: host, start: start}
+	s.vetDev = h.proto != policy.ProtoTN5250 || len(rt.devNames) == 0
+	s.last.Store(start.UnixNano())
+	return s
+}
+
+// end records why the session ends (the first caller wins) and closes both
+// connections, which ends both directions.
+func (s *session) end(reason, result string, err error) {
+	s.endOnce.Do(func() {
+		s.reason, s.result, s.endErr = reason, result, err
+		s.client.Close()
+		s.host.Close()
+	})
+}
+
+func (s *session) run(ctx context.Context) error {
+	lim := s.h.limits
+	s.timers = append(s.timers, time.AfterFunc(lim.NegotiationTimeout, func() {
+		if !s.dataPhase.Load() {
+			s.end("negotiation timeout", ResultTimeout, ErrNegotiation)
+		}
+	}))
+	if lim.MaxSessionLength > 0 {
+		s.timers = append(s.timers, time.AfterFunc(lim.MaxSessionLength, func() {
+			s.end("maximum session length", ResultTimeout, ErrSessionLength)
+		}))
+	}
+	if lim.IdleTimeout > 0 {
+		var t *time.Timer
+		t = time.AfterFunc(lim.IdleTimeout, func() {
+			idle := time.Since(time.Unix(0, s.last.Load()))
+			if idle >= lim.IdleTimeout {
+				s.end("idle timeout", ResultTimeout, ErrIdle)
+				return
+			}
+			t.Reset(lim.IdleTimeout - idle)
+		})
+		s.timers = append(s.timers, t)
+	}
+	stop := context.AfterFunc(ctx, func() { s.end("shutdown", ResultShutdown, ErrShutdown) })
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.pump(false)
+	}()
+	s.pump(true)
+	<-done
+	stop()
+	for _, t := range s.timers {
+		t.Stop()
+	}
+	return s.endErr
+}
+
+// direction is one way through the session with its own parser state.
+type direction struct {
+	s          *session
+	fromClient bool
+	p          Parser
+	out        []byte // bytes for the other side
+	reply      []byte // the proxy's own answer to this side
+}
+
+func (s *session) pump(fromClient bool) {
+	src, dst := s.host, s.client
+	srcMu, dstMu := &s.hostMu, &s.clientMu
+	if fromClient {
+		src, dst = s.client, s.host
+		srcMu, dstMu = &s.clientMu, &s.hostMu
+	}
+	d := &direction{s: s, fromClient: fromClient, p: Parser{MaxSub: s.h.limits.MaxSubnegotiation}}
+	buf := make([]byte, readSize)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			s.last.Store(time.Now().UnixNano())
+			if fromClient {
+				s.bytesIn.Add(int64(n))
+			}
+			ob := outPool.Get().(*[]byte)
+			d.out, d.reply = (*ob)[:0], nil
+			ferr := d.p.Feed(buf[:n], d.token)
+			werr := write(dstMu, dst, d.out)
+			if werr == nil && !fromClient {
+				s.bytesOut.Add(int64(len(d.out)))
+			}
+			if cap(d.out) <= 4*readSize {
+				*ob = d.out[:0]
+				outPool.Put(ob)
+			}
+			d.out = nil
+			if werr == nil && len(d.reply) > 0 {
+				werr = write(srcMu, src, d.reply)
+				if werr == nil && fromClient {
+					s.bytesOut.Add(int64(len(d.reply)))
+				}
+			}
+			if ferr != nil {
+				s.fail(ferr)
+				return
+			}
+			if werr != nil {
+				s.closed(!fromClient, werr)
+				return
+			}
+		}
+		if err != nil {
+			s.closed(fromClient, err)
+			return
+		}
+	}
+}
+
+func write(mu *sync.Mutex, c net.Conn, b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	_, err := c.Write(b)
+	return err
+}
+
+// closed ends the session after a read or write error on one side.
+func (s *session) closed(client bool, err error) {
+	who := "host"
+	if client {
+		who = "client"
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		s.end(who+" closed", ResultOK, nil)
+		return
+	}
+	s.end(who+" connection failed", ResultOK, nil)
+}
+
+// refusal is a policy decision that ends the session.
+type refusal struct{ why string }
+
+func (r *refusal) Error() string { return r.why }
+func (r *refusal) Unwrap() error { return ErrRefused }
+
+func refuse(format string, args ...any) error { return &refusal{fmt.Sprintf(format, args...)} }
+
+func (s *session) fail(err error) {
+	var r *refusal
+	switch {
+	case errors.As(err, &r):
+		s.h.logger.Info("telnet session refused", "tenant", s.peer.Tenant, "source", s.peer.Source.String(), "why", r.why)
+		s.end("refused: "+r.why, ResultRefused, err)
+	case errors.Is(err, ErrTooManyNego), errors.Is(err, ErrSubTooLong):
+		s.end(err.Error(), ResultLimit, err)
+	default:
+		s.end(err.Error(), ResultProtocol, err)
+	}
+}
+
+func (s *session) vetted() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.vetType && s.vetDev
+}
+
+// token decides what happens to one token of this direction.
+func (d *direction) token(t Token) error {
+	s := d.s
+	switch t.Kind {
+	case Data:
+		if !s.dataPhase.Load() {
+			if d.fromClient {
+				// Nothing but negotiation reaches the host before the
+				// policy accepted the terminal.
+				if !s.vetted() {
+					return refuse("data before the terminal was accepted")
+				}
+			} else if s.vetted() {
+				s.dataPhase.Store(true)
+			}
+		}
+	case Negotiation:
+		if err := d.countNego(); err != nil {
+			return err
+		}
+		if t.Opt == optStartTLS {
+			// TLS between client and host would blind the policy: answer
+			// for the other side and pass nothing on.
+			switch t.Cmd {
+			case cmdWILL:
+				d.reply = append(d.reply, cmdIAC, cmdDONT, optStartTLS)
+			case cmdDO:
+				d.reply = append(d.reply, cmdIAC, cmdWONT, optStartTLS)
+			}
+			return nil
+		}
+	case Sub:
+		if err := d.countNego(); err != nil {
+			return err
+		}
+		keep, err := d.sub(t)
+		if err != nil || !keep {
+			return err
+		}
+	}
+	d.out = append(d.out, t.Raw...)
+	return nil
+}
+
+func (d *direction) countNego() error {
+	if d.s.dataPhase.Load() {
+		return nil
+	}
+	if int(d.s.negos.Add(1)) > d.s.h.limits.MaxNegotiations {
+		return fmt.Errorf("%w: over %d", ErrTooManyNego, d.s.h.limits.MaxNegotiations)
+	}
+	return nil
+}
+
+// sub applies the policy to a sub-negotiation. It reports whether the
+// token passes unchanged; a rewritten or dropped token has already put
+// what replaces it into out or reply.
+func (d *direction) sub(t Token) (bool, error) {
+	s := d.s
+	if len(t.Payload) == 0 {
+		return true, nil
+	}
+	switch t.Opt {
+	case optStartTLS:
+		return false, nil
+	case optTTYPE:
+		if d.fromClient && t.Payload[0] == ttypeIS {
+			return d.terminalType(t.Payload[1:])
+		}
+	case optTN3270E:
+		if s.h.proto != policy.ProtoTN3270 || len(t.Payload) < 2 || t.Payload[0] != tnDeviceType {
+			return true, nil
+		}
+		if d.fromClient && t.Payload[1] == tnRequest {
+			return d.deviceTypeRequest(t.Payload[2:])
+		}
+		if !d.fromClient && t.Payload[1] == tnIS {
+			return d.deviceTypeIs(t.Payload[2:])
+		}
+	case optNewEnviron:
+		if s.h.proto == policy.ProtoTN5250 && d.fromClient && (t.Payload[0] == envIS || t.Payload[0] == envINFO) {
+			return d.environ(t.Payload)
+		}
+	}
+	return true, nil
+}
+
+// terminalType checks TERMINAL-TYPE IS, with its RFC 1646 "type@LU" form.
+func (d *direction) terminalType(v []byte) (bool, error) {
+	s, rt := d.s, d.s.rt
+	typ, lu, hasLU := splitTTYPE(v)
+	if !validTermType(typ) {
+		return false, refuse("terminal type %q is malformed", printable(v))
+	}
+	if !rt.termAllowed(string(typ)) {
+		return false, refuse("terminal type %q not allowed", string(typ))
+	}
+	if s.h.proto == policy.ProtoTN5250 {
+		if hasLU {
+			return false, refuse("terminal type %q names a device", printable(v))
+		}
+		s.mu.Lock()
+		s.ttype, s.vetType = string(typ), true
+		s.mu.Unlock()
+		return true, nil
+	}
+	if hasLU && !validLU(lu) {
+		return false, refuse("LU %q is malformed", printable([]byte(lu)))
+	}
+	keep := true
+	switch {
+	case rt.forceLU != "":
+		if !hasLU || lu != rt.forceLU {
+			keep = false
+			p := append([]byte{ttypeIS}, typ...)
+			p = append(p, '@')
+			p = append(p, rt.forceLU...)
+			d.out = appendSub(d.out, optTTYPE, p)
+			lu = rt.forceLU
+		}
+	case !hasLU && len(rt.luNames) > 0:
+		return false, refuse("terminal type %q names no LU and the route restricts LUs", string(typ))
+	case hasLU && !rt.luAllowed(lu):
+		return false, refuse("LU %q not allowed", lu)
+	}
+	s.mu.Lock()
+	s.ttype, s.lu, s.vetType = string(typ), lu, true
+	s.mu.Unlock()
+	return keep, nil
+}
+
+// deviceTypeRequest checks TN3270E DEVICE-TYPE REQUEST type [CONNECT|ASSOCIATE name];
+// a refused request is answered with DEVICE-TYPE REJECT and never reaches
+// the host, which still waits for a request the client may retry or drop
+// (falling back to TN3270, where TERMINAL-TYPE is checked again).
+func (d *direction) deviceTypeRequest(v []byte) (bool, error) {
+	rt := d.s.rt
+	typ, rest := v, []byte(nil)
+	if i := bytes.IndexAny(v, "\x00\x01"); i >= 0 {
+		typ, rest = v[:i], v[i:]
+	}
+	reject := func(reason byte) (bool, error) {
+		d.reply = appendSub(d.reply, optTN3270E, []byte{tnDeviceType, tnReject, tnReason, reason})
+		return false, nil
+	}
+	if !validTermType(typ) || !rt.termAllowed(string(typ)) {
+		d.s.h.logger.Info("tn3270e device type rejected", "tenant", d.s.peer.Tenant, "terminal_type", printable(typ))
+		return reject(reasonInvDeviceType)
+	}
+	var name string
+	if len(rest) > 0 {
+		name = string(rest[1:])
+		if !validLU(name) {
+			d.s.h.logger.Info("tn3270e device name rejected", "tenant", d.s.peer.Tenant, "lu", printable(rest[1:]))
+			return reject(reasonInvDeviceName)
+		}
+		if rest[0] == tnAssociate {
+			if !rt.luAllowed(name) {
+				d.s.h.logger.Info("tn3270e associate rejected", "tenant", d.s.peer.Tenant, "lu", name)
+				return reject(reasonInvAssociate)
+			}
+			return true, nil
+		}
+	}
+	if rt.forceLU != "" {
+		if name == rt.forceLU {
+			return true, nil
+		}
+		p := append([]byte{tnDeviceType, tnRequest}, typ...)
+		p = append(p, tnConnect)
+		p = append(p, rt.forceLU...)
+		d.out = appendSub(d.out, optTN3270E, p)
+		return false, nil
+	}
+	if name != "" && !rt.luAllowed(name) {
+		d.s.h.logger.Info("tn3270e device name rejected", "tenant", d.s.peer.Tenant, "lu", name)
+		return reject(reasonInvDeviceName)
+	}
+	// A generic request is checked when the host says which LU it gave.
+	return true, nil
+}
+
+// deviceTypeIs checks the host's DEVICE-TYPE IS type CONNECT name: the LU
+// the session really got.
+func (d *direction) deviceTypeIs(v []byte) (bool, error) {
+	s, rt := d.s, d.s.rt
+	i := bytes.IndexByte(v, tnConnect)
+	if i < 0 {
+		return false, refuse("host's device type names no LU")
+	}
+	typ, lu := string(v[:i]), string(v[i+1:])
+	if rt.luRestricted() && (!validLU(lu) || !rt.luAllowed(lu)) {
+		return false, refuse("host assigned LU %q outside the route", printable(v[i+1:]))
+	}
+	s.mu.Lock()
+	s.ttype, s.lu, s.vetType = typ, lu, true
+	s.mu.Unlock()
+	return true, nil
+}
+
+// environ checks a TN5250 NEW-ENVIRON IS or INFO list: DEVNAME against the
+// route and, when the route refuses auto sign-on, drops USER, IBMRSEED and
+// IBMSUBSPW so the host shows its sign-on screen.
+func (d *direction) environ(payload []byte) (bool, error) {
+	s, rt := d.s, d.s.rt
+	vars, err := parseEnviron(payload)
+	if err != nil {
+		return false, err
+	}
+	seen := map[string]bool{}
+	drop := false
+	for _, v := range vars {
+		up := strings.ToUpper(v.name)
+		switch up {
+		case envDevName, envUser, envRSeed, envSubPW:
+			if seen[up] {
+				return false, refuse("NEW-ENVIRON names %s twice", up)
+			}
+			seen[up] = true
+		}
+		switch {
+		case up == envDevName:
+			dev := string(v.value)
+			if !validDevName(dev) {
+				return false, refuse("device name %q is malformed", printable(v.value))
+			}
+			if !rt.devAllowed(dev) {
+				return false, refuse("device name %q not allowed", dev)
+			}
+			s.mu.Lock()
+			s.dev, s.vetDev = dev, true
+			s.mu.Unlock()
+		case up == envRSeed && v.hasValue && len(v.value) != rseedLength:
+			return false, refuse("IBMRSEED of %d bytes, not %d", len(v.value), rseedLength)
+		}
+		if rt.refuseAutoSignOn && isAutoSignOn(v.name) {
+			drop = true
+		}
+	}
+	if !drop {
+		return true, nil
+	}
+	p := []byte{payload[0]}
+	var dropped []string
+	for _, v := range vars {
+		if isAutoSignOn(v.name) {
+			dropped = append(dropped, strings.ToUpper(v.name))
+			continue
+		}
+		p = append(p, v.raw...)
+	}
+	s.h.logger.Info("auto sign-on refused", "tenant", s.peer.Tenant, "source", s.peer.Source.String(), "dropped", dropped)
+	d.out = appendSub(d.out, optNewEnviron, p)
+	return false, nil
+}
+
+// printable renders untrusted bytes for a log line.
+func printable(b []byte) string {
+	const max = 40
+	if len(b) > max {
+		b = b[:max]
+	}
+	return strings.ToValidUTF8(fmt.Sprintf("%q", b), "?")
+}
