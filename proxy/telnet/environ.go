@@ -77,14 +77,14 @@ func parseEnviron(payload []byte) ([]envVar, error) {
 
 // Names of the RFC 4777 variables the policy looks at.
 const (
-	envDevName   = "DEVNAME"
-	envUser      = "USER"
-	envRSeed     = "IBMRSEED"
-	envSubPW     = "IBMSUBSPW"
-	rseedLength  = 8
-	maxDevName   = 10
-	maxLUName    = 8
-	maxTermType  = 40
+	envDevName  = "DEVNAME"
+	envUser     = "USER"
+	envRSeed    = "IBMRSEED"
+	envSubPW    = "IBMSUBSPW"
+	rseedLength = 8
+	maxDevName  = 10
+	maxLUName   = 8
+	maxTermType = 40
 )
 
 func isAutoSignOn(name string) bool {
