@@ -270,3 +270,50 @@ func feedPrefixes(t testing.TB, path string) (v4, v6 []netip.Prefix) {
 	}
 	return v4, v6
 }
+
+// azurePrefixes reads every string of every "addressPrefixes" array of an
+// Azure service tags file.
+func azurePrefixes(t testing.TB, path string) (v4, v6 []netip.Prefix) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		t.Skipf("feed file %s not present", path)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := []byte(`"addressPrefixes"`)
+	seen := map[netip.Prefix]bool{}
+	for rest := data; ; {
+		i := bytes.Index(rest, key)
+		if i < 0 {
+			break
+		}
+		rest = rest[i+len(key):]
+		end := bytes.IndexByte(rest, ']')
+		if end < 0 {
+			t.Fatalf("%s: unterminated addressPrefixes", path)
+		}
+		for _, f := range bytes.Split(rest[:end], []byte(",")) {
+			f = bytes.Trim(f, " \t\r\n:[\"")
+			if len(f) == 0 {
+				continue
+			}
+			pr, err := netip.ParsePrefix(string(f))
+			if err != nil {
+				t.Fatalf("%s: %v", path, err)
+			}
+			if seen[pr] {
+				continue
+			}
+			seen[pr] = true
+			if pr.Addr().Is4() {
+				v4 = append(v4, pr)
+			} else {
+				v6 = append(v6, pr)
+			}
+		}
+		rest = rest[end:]
+	}
+	return v4, v6
+}
