@@ -186,6 +186,9 @@ func TestLookupEqualsLPM(t *testing.T) {
 		}},
 		{"random", fixed(rnd4, rnd6)},
 		{"random aggregated", fixed(aggregate(t, rnd4), aggregate(t, rnd6))},
+		{"random 100k", func(t *testing.T) ([]netip.Prefix, []netip.Prefix) {
+			return benchSet(t, rng, false, 100000), benchSet(t, rng, true, 50000)
+		}},
 		{"crowded v6 block", fixed(nil, crowded)},
 		{"everything", fixed([]netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, []netip.Prefix{netip.MustParsePrefix("::/0")})},
 		{"empty", fixed(nil, nil)},
