@@ -1,0 +1,417 @@
+package telnet
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+// rig is a handler with a scripted host listener.
+type rig struct {
+	h      *Handler
+	ss     *Sessions
+	hostLn net.Listener
+	log    *bytes.Buffer
+}
+
+func newRig(t *testing.T, proto policy.Protocol, r policy.Route, lim Limits) *rig {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	if r.Backend == "" {
+		r.Backend = ln.Addr().String()
+	}
+	if r.Tenant == "" {
+		r.Tenant = "acme"
+	}
+	rg := &rig{ss: NewSessions(), hostLn: ln, log: &bytes.Buffer{}}
+	rg.h, err = New(Config{Listener: "mf", Protocol: proto, Routes: []policy.Route{r}, Limits: lim,
+		Sessions: rg.ss, SessionLog: slog.New(slog.NewJSONHandler(rg.log, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rg
+}
+
+func (rg *rig) acceptHost(t *testing.T) net.Conn {
+	t.Helper()
+	rg.hostLn.(*net.TCPListener).SetDeadline(time.Now().Add(stepTimeout))
+	c, err := rg.hostLn.Accept()
+	if err != nil {
+		t.Fatalf("host: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func (rg *rig) serve(t *testing.T, ctx context.Context, c net.Conn, p Peer) chan error {
+	ch := make(chan error, 1)
+	go func() { ch <- rg.h.Serve(ctx, c, p) }()
+	return ch
+}
+
+func waitErr(t *testing.T, ch chan error) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatal("session did not end")
+		return nil
+	}
+}
+
+func mustTokens(t testing.TB, s string) []byte {
+	t.Helper()
+	b, err := parseTokens(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func expectRead(t *testing.T, c net.Conn, want []byte) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(stepTimeout))
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read % x (%v), want % x", got, err, want)
+	}
+}
+
+// negotiate runs a plain TN3270 negotiation and the first screen, leaving
+// the session in the data phase.
+func negotiate(t *testing.T, cli, host net.Conn) {
+	t.Helper()
+	for _, s := range []struct {
+		from, to net.Conn
+		tok      string
+	}{
+		{host, cli, `IAC DO TTYPE IAC SB TTYPE SEND IAC SE`},
+		{cli, host, `IAC WILL TTYPE IAC SB TTYPE IS "IBM-3278-2-E@ACMELU01" IAC SE`},
+		{host, cli, `0xF5 0xC3 "HELLO SECRET SCREEN" IAC EOR`},
+	} {
+		b := mustTokens(t, s.tok)
+		if _, err := s.from.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		expectRead(t, s.to, b)
+	}
+}
+
+func TestLimits(t *testing.T) {
+	route := policy.Route{LUNames: []string{"ACMELU0*"}}
+	t.Run("idle", func(t *testing.T) {
+		rg := newRig(t, policy.ProtoTN3270, route, Limits{IdleTimeout: 150 * time.Millisecond})
+		cli, srv := tcpPair(t)
+		ch := rg.serve(t, context.Background(), srv, testPeer())
+		negotiate(t, cli, rg.acceptHost(t))
+		if err := waitErr(t, ch); !errors.Is(err, ErrIdle) {
+			t.Fatalf("err %v, want idle", err)
+		}
+		if v := testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", ResultTimeout)); v != 1 {
+			t.Fatalf("timeout count %v", v)
+		}
+	})
+	t.Run("session length", func(t *testing.T) {
+		rg := newRig(t, policy.ProtoTN3270, route, Limits{MaxSessionLength: 300 * time.Millisecond, IdleTimeout: time.Hour})
+		cli, srv := tcpPair(t)
+		ch := rg.serve(t, context.Background(), srv, testPeer())
+		negotiate(t, cli, rg.acceptHost(t))
+		if err := waitErr(t, ch); !errors.Is(err, ErrSessionLength) {
+			t.Fatalf("err %v, want session length", err)
+		}
+	})
+	t.Run("negotiation time", func(t *testing.T) {
+		rg := newRig(t, policy.ProtoTN3270, route, Limits{NegotiationTimeout: 100 * time.Millisecond})
+		_, srv := tcpPair(t)
+		ch := rg.serve(t, context.Background(), srv, testPeer())
+		rg.acceptHost(t)
+		if err := waitErr(t, ch); !errors.Is(err, ErrNegotiation) {
+			t.Fatalf("err %v, want negotiation timeout", err)
+		}
+	})
+	t.Run("negotiation count", func(t *testing.T) {
+		rg := newRig(t, policy.ProtoTN3270, route, Limits{MaxNegotiations: 4})
+		cli, srv := tcpPair(t)
+		ch := rg.serve(t, context.Background(), srv, testPeer())
+		rg.acceptHost(t)
+		cli.Write(bytes.Repeat(mustTokens(t, `IAC WILL BINARY`), 5))
+		if err := waitErr(t, ch); !errors.Is(err, ErrTooManyNego) {
+			t.Fatalf("err %v", err)
+		}
+		if v := testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", ResultLimit)); v != 1 {
+			t.Fatalf("limit count %v", v)
+		}
+	})
+	t.Run("keepalives after the data phase are not capped", func(t *testing.T) {
+		rg := newRig(t, policy.ProtoTN3270, route, Limits{MaxNegotiations: 4})
+		cli, srv := tcpPair(t)
+		ch := rg.serve(t, context.Background(), srv, testPeer())
+		host := rg.acceptHost(t)
+		negotiate(t, cli, host)
+		tm := bytes.Repeat(mustTokens(t, `IAC DO TIMING-MARK`), 20)
+		host.Write(tm)
+		expectRead(t, cli, tm)
+		cli.Close()
+		if err := waitErr(t, ch); err != nil {
+			t.Fatalf("err %v", err)
+		}
+	})
+	t.Run("sub-negotiation length", func(t *testing.T) {
+		rg := newRig(t, policy.ProtoTN3270, route, Limits{MaxSubnegotiation: 32})
+		cli, srv := tcpPair(t)
+		ch := rg.serve(t, context.Background(), srv, testPeer())
+		rg.acceptHost(t)
+		cli.Write(append(mustTokens(t, `IAC SB TTYPE IS`), bytes.Repeat([]byte("A"), 64)...))
+		if err := waitErr(t, ch); !errors.Is(err, ErrSubTooLong) {
+			t.Fatalf("err %v", err)
+		}
+	})
+	t.Run("sessions per tenant", func(t *testing.T) {
+		rg := newRig(t, policy.ProtoTN3270, route, Limits{MaxSessionsPerTenant: 1})
+		cli, srv := tcpPair(t)
+		ch := rg.serve(t, context.Background(), srv, testPeer())
+		rg.acceptHost(t)
+		_, srv2 := tcpPair(t)
+		if err := rg.h.Serve(context.Background(), srv2, testPeer()); !errors.Is(err, ErrSessionLimit) {
+			t.Fatalf("second session: %v", err)
+		}
+		cli.Close()
+		waitErr(t, ch)
+		if n := rg.ss.Active("mf", "acme"); n != 0 {
+			t.Fatalf("active %d", n)
+		}
+	})
+	t.Run("no route", func(t *testing.T) {
+		rg := newRig(t, policy.ProtoTN3270, route, Limits{})
+		_, srv := tcpPair(t)
+		p := testPeer()
+		p.Tenant = "other"
+		if err := rg.h.Serve(context.Background(), srv, p); !errors.Is(err, ErrNoRoute) {
+			t.Fatalf("err %v", err)
+		}
+	})
+	t.Run("host unreachable", func(t *testing.T) {
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		addr := ln.Addr().String()
+		ln.Close()
+		rg := newRig(t, policy.ProtoTN3270, policy.Route{Backend: addr}, Limits{})
+		_, srv := tcpPair(t)
+		if err := rg.h.Serve(context.Background(), srv, testPeer()); err == nil {
+			t.Fatal("no error")
+		}
+		if v := testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", ResultBackend)); v != 1 {
+			t.Fatalf("backend count %v", v)
+		}
+	})
+	t.Run("shutdown", func(t *testing.T) {
+		rg := newRig(t, policy.ProtoTN3270, route, Limits{})
+		ctx, cancel := context.WithCancel(context.Background())
+		cli, srv := tcpPair(t)
+		ch := rg.serve(t, ctx, srv, testPeer())
+		negotiate(t, cli, rg.acceptHost(t))
+		cancel()
+		if err := waitErr(t, ch); !errors.Is(err, ErrShutdown) {
+			t.Fatalf("err %v", err)
+		}
+	})
+}
+
+// TestSessionLog wants a start and an end line with the session's facts
+// and none of the screen's contents.
+func TestSessionLog(t *testing.T) {
+	rg := newRig(t, policy.ProtoTN3270, policy.Route{LUNames: []string{"ACMELU0*"}}, Limits{})
+	cli, srv := tcpPair(t)
+	ch := rg.serve(t, context.Background(), srv, testPeer())
+	negotiate(t, cli, rg.acceptHost(t))
+	cli.Close()
+	if err := waitErr(t, ch); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(rg.log.String(), "SECRET") {
+		t.Fatal("screen contents in the session log")
+	}
+	lines := strings.Split(strings.TrimSpace(rg.log.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("want 2 lines, got %q", lines)
+	}
+	var end map[string]any
+	if err := json.Unmarshal([]byte(lines[1]), &end); err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]any{"msg": "telnet session ended", "tenant": "acme", "fingerprint": "ab12",
+		"source": "192.0.2.10:40000", "lu": "ACMELU01", "terminal_type": "IBM-3278-2-E", "result": "ok",
+		"reason": "client closed", "listener": "mf"} {
+		if end[k] != want {
+			t.Errorf("%s = %v, want %v", k, end[k], want)
+		}
+	}
+	if end["bytes_in"].(float64) < 30 || end["bytes_out"].(float64) < 30 || end["duration"] == "" {
+		t.Errorf("bytes or duration missing: %v", end)
+	}
+}
+
+type testPKI struct {
+	ca        *certstest.CA
+	server    *certstest.Leaf
+	client    *certstest.Leaf
+	serverTLS *tls.Config
+}
+
+func newPKI(t testing.TB) *testPKI {
+	ca := certstest.NewCA(t, "acme tenants")
+	p := &testPKI{ca: ca, server: ca.Server(t, "localhost"), client: ca.Client(t, "acme-cloud", "spiffe://acme/cloud")}
+	p.serverTLS = &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		Certificates: []tls.Certificate{p.server.TLS},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    ca.Pool(),
+	}
+	return p
+}
+
+func (p *testPKI) clientTLS() *tls.Config {
+	return &tls.Config{RootCAs: p.ca.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{p.client.TLS}}
+}
+
+func admitAcme(cs tls.ConnectionState) (Peer, error) {
+	if len(cs.PeerCertificates) == 0 || cs.PeerCertificates[0].Subject.CommonName != "acme-cloud" {
+		return Peer{}, errors.New("not acme")
+	}
+	sum := sha256.Sum256(cs.PeerCertificates[0].Raw)
+	return Peer{Tenant: "acme", Fingerprint: hex.EncodeToString(sum[:])}, nil
+}
+
+func TestStartTLS(t *testing.T) {
+	pki := newPKI(t)
+	route := policy.Route{LUNames: []string{"ACMELU0*"}}
+	doStartTLS := mustTokens(t, `IAC DO START-TLS`)
+	follows := mustTokens(t, `IAC SB START-TLS FOLLOWS IAC SE`)
+
+	t.Run("accepted", func(t *testing.T) {
+		rg := newRig(t, policy.ProtoTN3270, route, Limits{})
+		cli, srv := tcpPair(t)
+		ch := make(chan error, 1)
+		go func() { ch <- rg.h.ServeStartTLS(context.Background(), srv, pki.serverTLS, admitAcme) }()
+		expectRead(t, cli, doStartTLS)
+		// x3270 style: WILL and FOLLOWS at once, before the server's FOLLOWS.
+		cli.Write(append(mustTokens(t, `IAC WILL START-TLS`), follows...))
+		expectRead(t, cli, follows)
+		tc := tls.Client(cli, pki.clientTLS())
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		negotiate(t, tc, rg.acceptHost(t))
+		tc.Close()
+		if err := waitErr(t, ch); err != nil {
+			t.Fatal(err)
+		}
+	})
+	refused := func(t *testing.T, client func(t *testing.T, cli net.Conn)) {
+		rg := newRig(t, policy.ProtoTN3270, route, Limits{HandshakeTimeout: 2 * time.Second})
+		cli, srv := tcpPair(t)
+		ch := make(chan error, 1)
+		go func() { ch <- rg.h.ServeStartTLS(context.Background(), srv, pki.serverTLS, admitAcme) }()
+		expectRead(t, cli, doStartTLS)
+		client(t, cli)
+		if err := waitErr(t, ch); err == nil {
+			t.Fatal("session served")
+		}
+		// No byte reached a host: the proxy never even connected.
+		rg.hostLn.(*net.TCPListener).SetDeadline(time.Now().Add(50 * time.Millisecond))
+		if c, err := rg.hostLn.Accept(); err == nil {
+			c.Close()
+			t.Fatal("the proxy connected to the host")
+		}
+	}
+	t.Run("client refuses", func(t *testing.T) {
+		refused(t, func(t *testing.T, cli net.Conn) { cli.Write(mustTokens(t, `IAC WONT START-TLS`)) })
+	})
+	t.Run("client talks telnet instead", func(t *testing.T) {
+		refused(t, func(t *testing.T, cli net.Conn) {
+			cli.Write(mustTokens(t, `IAC WILL TTYPE IAC SB TTYPE IS "IBM-3278-2-E@ACMELU01" IAC SE`))
+		})
+	})
+	t.Run("no client certificate", func(t *testing.T) {
+		refused(t, func(t *testing.T, cli net.Conn) {
+			cli.Write(append(mustTokens(t, `IAC WILL START-TLS`), follows...))
+			expectRead(t, cli, follows)
+			cfg := pki.clientTLS()
+			cfg.Certificates = nil
+			tc := tls.Client(cli, cfg)
+			tc.Handshake()
+			tc.Read(make([]byte, 1))
+		})
+	})
+	t.Run("foreign tenant", func(t *testing.T) {
+		other := certstest.NewCA(t, "other").Client(t, "intruder")
+		refused(t, func(t *testing.T, cli net.Conn) {
+			cli.Write(append(mustTokens(t, `IAC WILL START-TLS`), follows...))
+			expectRead(t, cli, follows)
+			cfg := pki.clientTLS()
+			cfg.Certificates = []tls.Certificate{other.TLS}
+			tc := tls.Client(cli, cfg)
+			tc.Handshake()
+			tc.Read(make([]byte, 1))
+		})
+	})
+}
+
+// TestBackendTLS carries a session to a host that speaks TLS, verified
+// against the route's backend CA.
+func TestBackendTLS(t *testing.T) {
+	pki := newPKI(t)
+	hostLn, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{pki.ca.Server(t, "127.0.0.1").TLS}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostLn.Close()
+	rg := newRig(t, policy.ProtoTN3270, policy.Route{Backend: hostLn.Addr().String(), BackendTLS: true,
+		BackendCA: pki.ca.CertFile, LUNames: []string{"ACMELU0*"}}, Limits{})
+	rg.hostLn = hostLn
+	cli, srv := tcpPair(t)
+	ch := rg.serve(t, context.Background(), srv, testPeer())
+	host, err := hostLn.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Close()
+	negotiate(t, cli, host)
+	cli.Close()
+	if err := waitErr(t, ch); err != nil {
+		t.Fatal(err)
+	}
+
+	// A host whose certificate the backend CA did not issue is refused.
+	rg2 := newRig(t, policy.ProtoTN3270, policy.Route{Backend: hostLn.Addr().String(), BackendTLS: true,
+		BackendCA: certstest.NewCA(t, "elsewhere").CertFile}, Limits{})
+	go func() {
+		if c, err := hostLn.Accept(); err == nil {
+			c.(*tls.Conn).Handshake()
+			c.Close()
+		}
+	}()
+	_, srv2 := tcpPair(t)
+	if err := rg2.h.Serve(context.Background(), srv2, testPeer()); err == nil {
+		t.Fatal("untrusted host accepted")
+	}
+}
