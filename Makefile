@@ -6,7 +6,7 @@ GO        ?= go
 BIN       := bin/gatehouse
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
-STATICCHECK_VERSION := 2026.2.2
+STATICCHECK_VERSION := v0.8.2
 # Debian packages the build and the tests need (each named by what uses it).
 DEB_PACKAGES := \
 	clang llvm libbpf-dev linux-libc-dev \
