@@ -11,7 +11,8 @@ STATICCHECK_VERSION := v0.8.2
 DEB_PACKAGES := \
 	clang llvm libbpf-dev linux-libc-dev \
 	nftables iproute2 bpftool \
-	minisign openssl curl ca-certificates s3270
+	minisign openssl curl ca-certificates s3270 \
+	prometheus
 # Test timeout for the whole suite; CI allows 90 minutes, we aim for 15.
 TEST_TIMEOUT ?= 20m
 
