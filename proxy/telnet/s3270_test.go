@@ -1,0 +1,232 @@
+package telnet
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+// requireS3270 skips without the emulator, unless GATEHOUSE_REQUIRE_PRIV=1
+// says every test must run.
+func requireS3270(t *testing.T) string {
+	t.Helper()
+	path, err := exec.LookPath("s3270")
+	if err != nil {
+		if os.Getenv("GATEHOUSE_REQUIRE_PRIV") == "1" {
+			t.Fatalf("s3270 required: %v", err)
+		}
+		t.Skip("s3270 not installed")
+	}
+	return path
+}
+
+// ebcdic encodes upper-case letters, digits and spaces (code page 037).
+func ebcdic(s string) []byte {
+	var b []byte
+	for _, c := range s {
+		switch {
+		case c >= 'A' && c <= 'I':
+			b = append(b, 0xC1+byte(c-'A'))
+		case c >= 'J' && c <= 'R':
+			b = append(b, 0xD1+byte(c-'J'))
+		case c >= 'S' && c <= 'Z':
+			b = append(b, 0xE2+byte(c-'S'))
+		case c >= '0' && c <= '9':
+			b = append(b, 0xF0+byte(c-'0'))
+		default:
+			b = append(b, 0x40)
+		}
+	}
+	return b
+}
+
+// tn3270Host plays a small TN3270 host on c: TERMINAL-TYPE, EOR and
+// BINARY both ways, then one Erase/Write screen; it reads until the end.
+func tn3270Host(c net.Conn, text string) {
+	defer c.Close()
+	c.Write([]byte{cmdIAC, cmdDO, optTTYPE})
+	want := map[[2]byte]bool{{cmdWILL, optEOR}: true, {cmdDO, optEOR}: true, {cmdWILL, optBinary}: true, {cmdDO, optBinary}: true}
+	var p Parser
+	sent := false
+	buf := make([]byte, 4096)
+	for {
+		n, err := c.Read(buf)
+		p.Feed(buf[:n], func(t Token) error {
+			switch {
+			case t.Kind == Negotiation && t.Cmd == cmdWILL && t.Opt == optTTYPE:
+				c.Write([]byte{cmdIAC, cmdSB, optTTYPE, ttypeSEND, cmdIAC, cmdSE})
+			case t.Kind == Sub && t.Opt == optTTYPE:
+				c.Write([]byte{cmdIAC, cmdDO, optEOR, cmdIAC, cmdWILL, optEOR, cmdIAC, cmdDO, optBinary, cmdIAC, cmdWILL, optBinary})
+			case t.Kind == Negotiation:
+				delete(want, [2]byte{t.Cmd, t.Opt})
+			}
+			return nil
+		})
+		if len(want) == 0 && !sent {
+			sent = true
+			screen := []byte{0xF5, 0xC3, 0x11, 0x40, 0x40} // Erase/Write, WCC, SBA row 1 col 1
+			screen = append(screen, ebcdic(text)...)
+			c.Write(append(screen, cmdIAC, cmdEOR))
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// s3270 drives the emulator through its stdin/stdout script interface.
+type s3270 struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Reader
+}
+
+func startS3270(t *testing.T, path string, pki *testPKI) *s3270 {
+	cmd := exec.Command(path, "-cafile", pki.ca.CertFile, "-certfile", pki.client.CertFile,
+		"-keyfile", pki.client.KeyFile, "-model", "3278-2-E")
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		in.Close()
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	return &s3270{cmd: cmd, in: in, out: bufio.NewReader(out)}
+}
+
+// do runs one action and returns its data lines and whether it succeeded.
+func (s *s3270) do(t *testing.T, action string) ([]string, bool) {
+	t.Helper()
+	if _, err := fmt.Fprintln(s.in, action); err != nil {
+		t.Fatalf("%s: %v", action, err)
+	}
+	var data []string
+	for {
+		line, err := s.out.ReadString('\n')
+		if err != nil {
+			t.Fatalf("%s: s3270 output: %v", action, err)
+		}
+		line = strings.TrimRight(line, "\n")
+		switch {
+		case line == "ok":
+			return data, true
+		case line == "error":
+			return data, false
+		case strings.HasPrefix(line, "data: "):
+			data = append(data, strings.TrimPrefix(line, "data: "))
+		}
+	}
+}
+
+// TestS3270 connects the real emulator over TLS with the tenant's client
+// certificate, through the handler, to a scripted TN3270 host and reads the
+// host's first screen; then it asks for a foreign LU and is refused.
+func TestS3270(t *testing.T) {
+	path := requireS3270(t)
+	pki := newPKI(t)
+	rg := newRig(t, policy.ProtoTN3270, policy.Route{LUNames: []string{"ACMELU0*"}, TerminalTypes: []string{"IBM-327*"}}, Limits{})
+	go func() {
+		for {
+			c, err := rg.hostLn.Accept()
+			if err != nil {
+				return
+			}
+			go tn3270Host(c, "HELLO FROM THE MAINFRAME")
+		}
+	}()
+	// s3270 checks the certificate by DNS name and resolves localhost
+	// itself; listen on both loopbacks so either address works.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	lns := []net.Listener{ln}
+	if ln6, err := net.Listen("tcp", fmt.Sprintf("[::1]:%d", port)); err == nil {
+		defer ln6.Close()
+		lns = append(lns, ln6)
+	}
+	for _, l := range lns {
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					tc := tls.Server(c, pki.serverTLS)
+					if err := tc.Handshake(); err != nil {
+						c.Close()
+						return
+					}
+					peer, err := admitAcme(tc.ConnectionState())
+					if err != nil {
+						c.Close()
+						return
+					}
+					rg.h.Serve(context.Background(), tc, peer)
+				}()
+			}
+		}()
+	}
+
+	em := startS3270(t, path, pki)
+	if out, ok := em.do(t, fmt.Sprintf("Connect(L:ACMELU01@localhost:%d)", port)); !ok {
+		t.Fatalf("connect failed: %q", out)
+	}
+	var screen string
+	for range 20 {
+		out, ok := em.do(t, "Ascii()")
+		screen = strings.Join(out, "\n")
+		if ok && strings.Contains(screen, "HELLO FROM THE MAINFRAME") {
+			break
+		}
+		em.do(t, "Wait(1,Output)")
+	}
+	if !strings.Contains(screen, "HELLO FROM THE MAINFRAME") {
+		t.Fatalf("host screen not shown; s3270 sees:\n%s", screen)
+	}
+	em.do(t, "Disconnect()")
+
+	// A foreign LU is refused: the emulator never reaches 3270 mode.
+	em.do(t, fmt.Sprintf("Connect(L:OTHERLU1@localhost:%d)", port))
+	em.do(t, "Wait(3,3270Mode)")
+	deadline := time.Now().Add(stepTimeout)
+	for testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", ResultRefused)) != 1 ||
+		testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", ResultOK)) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("want one session ended ok and the foreign LU refused")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("screen through the proxy:\n%s", screen)
+}
