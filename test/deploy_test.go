@@ -924,3 +924,126 @@ func TestDeployMetricNameScan(t *testing.T) {
 		t.Fatalf("metric scan found %v", got)
 	}
 }
+
+// --- the unit's privileges, for real ------------------------------------------
+
+// unitCapabilities returns the capability names of the unit's
+// CapabilityBoundingSet= and checks that AmbientCapabilities= grants the
+// same.
+func unitCapabilities(t *testing.T, unit string) []string {
+	t.Helper()
+	get := func(key string) []string {
+		m := regexp.MustCompile(`(?m)^` + key + `=(.*)$`).FindStringSubmatch(unit)
+		if m == nil {
+			t.Fatalf("gatehouse.service has no %s=", key)
+		}
+		return strings.Fields(m[1])
+	}
+	bounding, ambient := get("CapabilityBoundingSet"), get("AmbientCapabilities")
+	if !slices.Equal(bounding, ambient) {
+		t.Fatalf("CapabilityBoundingSet %v and AmbientCapabilities %v differ", bounding, ambient)
+	}
+	return bounding
+}
+
+// capabilityBits maps the capabilities the unit may name to their numbers
+// (linux/capability.h).
+var capabilityBits = map[string]uint{
+	"CAP_NET_BIND_SERVICE": 10,
+	"CAP_NET_ADMIN":        12,
+	"CAP_SYS_ADMIN":        21,
+	"CAP_PERFMON":          38,
+	"CAP_BPF":              39,
+}
+
+// procCaps reads one capability set (CapEff, CapBnd …) of a process.
+func procCaps(t *testing.T, pid int, set string) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^` + set + `:\s*([0-9a-f]+)$`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("/proc/%d/status has no %s", pid, set)
+	}
+	v, err := strconv.ParseUint(string(m[1]), 16, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// TestDeployUnitCapabilitiesSuffice runs the daemon with exactly the
+// privileges the unit gives it: uid 0 without root's implicit capabilities
+// (SecureBits=noroot-locked), no_new_privs, and only the unit's ambient and
+// bounding capabilities (applied with setpriv, as systemd is not PID 1 in a
+// test). From a torn-down state it must load and attach XDP, build its
+// nftables table, pin into bpffs (which the test mounted, as systemd does),
+// and carry an admitted tenant's request while dropping the intruder. This
+// is what proves CAP_SYS_ADMIN unnecessary. The unit's file-system and
+// system-call sandbox is not reproduced here; systemd-analyze checks it.
+func TestDeployUnitCapabilitiesSuffice(t *testing.T) {
+	netns.RequirePriv(t)
+	setpriv := deployTool(t, "setpriv", "util-linux")
+	unit := string(readDeployFile(t, "gatehouse.service"))
+	caps := unitCapabilities(t, unit)
+	var want uint64
+	var names []string
+	for _, c := range caps {
+		bit, ok := capabilityBits[c]
+		if !ok {
+			t.Fatalf("gatehouse.service names %s, unknown to this test", c)
+		}
+		want |= 1 << bit
+		names = append(names, "+"+strings.ToLower(strings.TrimPrefix(c, "CAP_")))
+	}
+	if !strings.Contains(unit, "\nNoNewPrivileges=yes") || !strings.Contains(unit, "\nSecureBits=noroot-locked") {
+		t.Fatal("the unit no longer sets NoNewPrivileges=yes and SecureBits=noroot-locked as this test assumes")
+	}
+
+	tp := newTopology(t)
+	// Start from nothing: stop the root daemon and remove its kernel state,
+	// so the restricted one has to create everything, not adopt it.
+	if err := tp.d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-tp.d.exited
+	if out, err := tp.dmz.Command(binary(t), "teardown", "--yes", "-c", tp.config).CombinedOutput(); err != nil {
+		t.Fatalf("teardown: %v\n%s", err, out)
+	}
+	if link := tp.dmz.Exec(t, "ip", "link", "show", tp.outside.B); strings.Contains(link, "xdp") {
+		t.Fatalf("XDP still attached after teardown:\n%s", link)
+	}
+
+	set := "-all," + strings.Join(names, ",")
+	cmd := tp.dmz.Command(setpriv,
+		"--no-new-privs",
+		"--securebits=+noroot,+noroot_locked",
+		"--bounding-set="+set, "--inh-caps="+set, "--ambient-caps="+set,
+		"--", binary(t), "run", "-c", tp.config)
+	tp.d = launch(t, cmd, "127.0.0.1:9477", tp.metricsClient)
+
+	pid := tp.d.cmd.Process.Pid
+	for _, s := range []string{"CapEff", "CapPrm", "CapBnd"} {
+		if got := procCaps(t, pid, s); got != want {
+			t.Fatalf("daemon %s = %#x, want exactly the unit's %#x (%v)", s, got, want, caps)
+		}
+	}
+
+	if link := tp.dmz.Exec(t, "ip", "link", "show", tp.outside.B); !strings.Contains(link, "xdp") {
+		t.Errorf("restricted daemon attached no XDP program:\n%s", link)
+	}
+	tp.dmz.Exec(t, "nft", "list", "table", "inet", "gatehouse")
+	if entries, _ := os.ReadDir(tp.pinDir); len(entries) == 0 {
+		t.Errorf("restricted daemon pinned nothing under %s", tp.pinDir)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := tp.get(ctx, cloudAddr, gateV4, tp.client); err != nil {
+		t.Errorf("admitted tenant through the restricted daemon: %v\n%s", err, tp.d.out.String())
+	}
+	if got := tp.probe(t, intruderAddr, gateV4Alt); got != "dropped" {
+		t.Errorf("intruder with the restricted daemon: %s, want dropped", got)
+	}
+}
