@@ -25,7 +25,8 @@
 // and ICMP errors and echo replies pass as "passthrough": they may be return
 // traffic of the appliance's own connections, and nftables' conntrack decides.
 // A bare SYN, UDP to any other port, an echo request or any other IP protocol
-// is a new flow and is dropped unless it is admitted or management.
+// is a new flow and is dropped unless it is admitted or management. ARP,
+// IPv6 neighbour discovery, router advertisements and MLD always pass.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -637,9 +638,10 @@ static __always_inline int handle_v6(void *cur, void *end)
 		if (next == IPPROTO_ICMPV6) {
 			if (parse_l4(&pk, cur, end, avail) < 0)
 				return count(GH_ACT_DROP, GH_MALFORMED);
-			// Neighbour discovery and router advertisements always pass:
-			// without them the link itself breaks.
-			if (pk.icmp_type >= 133 && pk.icmp_type <= 137)
+			// Neighbour discovery, router advertisements and multicast
+			// listener discovery always pass: the link itself needs them.
+			__u8 t = pk.icmp_type;
+			if ((t >= 133 && t <= 137) || (t >= 130 && t <= 132) || t == 143)
 				return count(GH_ACT_PASS, GH_PASSTHROUGH);
 		} else if (next == IPPROTO_TCP || next == IPPROTO_UDP) {
 			if (parse_l4(&pk, cur, end, avail) < 0)

@@ -118,6 +118,10 @@ func verdictCases() []verdictCase {
 		{name: "strict v6 neighbour solicitation", strict: true, f: with(ipv6("fe80::1", 58, 0), func(f *frame) { f.icmpType = 135 }), action: 0, reason: "passthrough"},
 		{name: "strict v6 router advertisement", strict: true, f: with(ipv6("fe80::1", 58, 0), func(f *frame) { f.icmpType = 134 }), action: 0, reason: "passthrough"},
 		{name: "strict arp", strict: true, raw: arp, action: 0, reason: "passthrough"},
+		{name: "strict v6 MLDv2 report", strict: true, f: with(ipv6("fe80::1", 58, 0), func(f *frame) { f.icmpType = 143 }), action: 0, reason: "passthrough"},
+		{name: "strict v6 MLD query", strict: true, f: with(ipv6("fe80::1", 58, 0), func(f *frame) { f.icmpType = 130 }), action: 0, reason: "passthrough"},
+		{name: "strict v6 redirect", strict: true, f: with(ipv6("fe80::1", 58, 0), func(f *frame) { f.icmpType = 137 }), action: 0, reason: "passthrough"},
+		{name: "strict v6 node information query", strict: true, f: with(ipv6(out6, 58, 0), func(f *frame) { f.icmpType = 139 }), action: 1, reason: "not_admitted"},
 		{name: "icmp in v6 is not icmp", strict: true, f: with(ipv6(out6, 1, 0), func(f *frame) { f.icmpType = 0 }), action: 1, reason: "not_admitted"},
 
 		// VLAN tags.

@@ -12,5 +12,5 @@
 // segments that are not a bare SYN, UDP to the ephemeral range, ICMP errors
 // and echo replies pass as "passthrough": they may answer the appliance's own
 // connections, and nftables' conntrack is where that is decided. ARP, IPv6
-// neighbour discovery and router advertisements always pass.
+// neighbour discovery, router advertisements and MLD always pass.
 package xdp
