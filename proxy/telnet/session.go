@@ -44,6 +44,7 @@ type session struct {
 	ttype   string
 
 	dataPhase atomic.Bool
+	finished  atomic.Bool // both directions ended; timers must not re-arm
 	negos     atomic.Int32
 	last      atomic.Int64 // unix nanoseconds of the last byte either way
 	bytesIn   atomic.Int64 // from the client
@@ -88,6 +89,9 @@ func (s *session) run(ctx context.Context) error {
 	if lim.IdleTimeout > 0 {
 		var t *time.Timer
 		t = time.AfterFunc(lim.IdleTimeout, func() {
+			if s.finished.Load() {
+				return
+			}
 			idle := time.Since(time.Unix(0, s.last.Load()))
 			if idle >= lim.IdleTimeout {
 				s.end("idle timeout", ResultTimeout, ErrIdle)
@@ -106,6 +110,7 @@ func (s *session) run(ctx context.Context) error {
 	}()
 	s.pump(true)
 	<-done
+	s.finished.Store(true)
 	stop()
 	for _, t := range s.timers {
 		t.Stop()
