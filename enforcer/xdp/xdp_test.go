@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
 	"github.com/gatehouse-dmz/gatehouse/bpf"
@@ -228,6 +229,7 @@ func testAdmission(t *testing.T, mode policy.XDPMode) {
 	if counter(t, e, "pass", "admitted") == 0 {
 		t.Error("admitted counter did not move")
 	}
+	checkMetrics(t, e)
 
 	p := testPolicy(policy.ModeStrict)
 	p.Generation = 2
@@ -459,4 +461,37 @@ func sendRaw(dev string, frame []byte, n int) error {
 		}
 	}
 	return nil
+}
+
+// checkMetrics gathers the collector through a registry of its own.
+func checkMetrics(t *testing.T, e *Enforcer) {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(e); err != nil {
+		t.Fatal(err)
+	}
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range fams {
+		for _, m := range f.GetMetric() {
+			key := f.GetName()
+			for _, l := range m.GetLabel() {
+				key += "," + l.GetName() + "=" + l.GetValue()
+			}
+			v := m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			got[key] = v
+		}
+	}
+	if got["gatehouse_xdp_packets_total,action=drop,reason=not_admitted"] == 0 {
+		t.Errorf("no not_admitted drops exported: %v", got)
+	}
+	if _, ok := got["gatehouse_xdp_packets_total,action=pass,reason=passthrough"]; !ok {
+		t.Errorf("passthrough missing: %v", got)
+	}
+	if got["gatehouse_xdp_attach_mode,mode="+e.AttachMode()] != 1 {
+		t.Errorf("attach mode %s not exported as 1: %v", e.AttachMode(), got)
+	}
 }
