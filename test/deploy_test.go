@@ -1047,3 +1047,160 @@ func TestDeployUnitCapabilitiesSuffice(t *testing.T) {
 		t.Errorf("intruder with the restricted daemon: %s, want dropped", got)
 	}
 }
+
+// syscallFilterSet expands a list of SystemCallFilter= items (system calls
+// and @groups, nested) with systemd-analyze.
+func syscallFilterSet(t *testing.T, analyze string, items []string) map[string]bool {
+	t.Helper()
+	out := map[string]bool{}
+	seen := map[string]bool{}
+	var expand func(string)
+	expand = func(item string) {
+		if !strings.HasPrefix(item, "@") {
+			out[item] = true
+			return
+		}
+		if seen[item] {
+			return
+		}
+		seen[item] = true
+		text, err := runTool(t, nil, analyze, "syscall-filter", "--no-pager", item)
+		if err != nil {
+			t.Fatalf("systemd-analyze syscall-filter %s: %v\n%s", item, err, text)
+		}
+		for _, line := range strings.Split(text, "\n")[1:] {
+			f := strings.TrimSpace(line)
+			if f == "" || strings.HasPrefix(f, "#") {
+				continue
+			}
+			expand(f)
+		}
+	}
+	for _, item := range items {
+		expand(item)
+	}
+	return out
+}
+
+// unitAllowedSyscalls applies the unit's SystemCallFilter= lines in order,
+// as systemd merges them: the first (an allow list) sets, a later "~" line
+// removes, a later plain line adds.
+func unitAllowedSyscalls(t *testing.T, analyze, unit string) map[string]bool {
+	t.Helper()
+	lines := regexp.MustCompile(`(?m)^SystemCallFilter=(.*)$`).FindAllStringSubmatch(unit, -1)
+	if len(lines) == 0 || strings.HasPrefix(lines[0][1], "~") {
+		t.Fatal("gatehouse.service: want SystemCallFilter= to start with an allow list")
+	}
+	allowed := map[string]bool{}
+	for _, l := range lines {
+		items, deny := l[1], false
+		if rest, ok := strings.CutPrefix(items, "~"); ok {
+			items, deny = rest, true
+		}
+		for name := range syscallFilterSet(t, analyze, strings.Fields(items)) {
+			if deny {
+				delete(allowed, name)
+			} else {
+				allowed[name] = true
+			}
+		}
+	}
+	if len(allowed) < 100 || !allowed["read"] {
+		t.Fatalf("filter expansion looks wrong: %d system calls, read allowed: %v", len(allowed), allowed["read"])
+	}
+	return allowed
+}
+
+// TestDeployUnitSyscallFilter traces the daemon through a start from a
+// torn-down state (load, pin, attach, nftables), an admitted request, an
+// intruder's probe, a status query, a reload and a clean stop, and checks
+// that every system call it made is one the unit's SystemCallFilter= lets
+// through. (Paths not taken here, feed fetches among them, are not covered;
+// the filter answers EPERM rather than killing, so a miss shows as an error
+// in the journal.)
+func TestDeployUnitSyscallFilter(t *testing.T) {
+	netns.RequirePriv(t)
+	analyze := deployTool(t, "systemd-analyze", "systemd")
+	strace := deployTool(t, "strace", "strace")
+	allowed := unitAllowedSyscalls(t, analyze, string(readDeployFile(t, "gatehouse.service")))
+
+	tp := newTopology(t)
+	if err := tp.d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-tp.d.exited
+	if out, err := tp.dmz.Command(binary(t), "teardown", "--yes", "-c", tp.config).CombinedOutput(); err != nil {
+		t.Fatalf("teardown: %v\n%s", err, out)
+	}
+	trace := filepath.Join(t.TempDir(), "strace.out")
+	tp.d = launch(t, tp.dmz.Command(strace, "-f", "-qq", "-o", trace, binary(t), "run", "-c", tp.config), "127.0.0.1:9477", tp.metricsClient)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := tp.get(ctx, cloudAddr, gateV4, tp.client); err != nil {
+		t.Errorf("admitted tenant under strace: %v", err)
+	}
+	if got := tp.probe(t, intruderAddr, gateV4Alt); got != "dropped" {
+		t.Errorf("intruder under strace: %s, want dropped", got)
+	}
+
+	// The admin socket answers (status is the client side of it).
+	if out, err := exec.Command(binary(t), "status", "-c", tp.config).CombinedOutput(); err != nil {
+		t.Errorf("status under strace: %v\n%s", err, out)
+	}
+
+	// The daemon is strace's child; signal it, not strace.
+	children, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%[1]d/children", tp.d.cmd.Process.Pid))
+	fields := strings.Fields(string(children))
+	if err != nil || len(fields) != 1 {
+		t.Fatalf("children of strace: %q %v", children, err)
+	}
+	daemon, err := strconv.Atoi(fields[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(daemon, syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	tp.d.waitFor(t, "the reload", func() bool {
+		return tp.metric(t, `gatehouse_config_reloads_total\{result="ok"\}`) >= 1
+	})
+	if err := syscall.Kill(daemon, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-tp.d.exited:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("daemon did not stop on SIGTERM:\n%s", tp.d.out.String())
+	}
+
+	raw, err := os.ReadFile(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Only what follows the daemon's own execve counts (strace's start-up
+	// of the child precedes it).
+	_, after, ok := strings.Cut(string(raw), binary(t)+"\"")
+	if !ok {
+		t.Fatal("no execve of the daemon in the trace")
+	}
+	call := regexp.MustCompile(`(?m)^\d+\s+(?:<\.\.\. )?([a-z0-9_]+)[( ]`)
+	used := map[string]int{}
+	for _, m := range call.FindAllStringSubmatch(after, -1) {
+		used[m[1]]++
+	}
+	if used["bpf"] == 0 || used["sendmsg"]+used["sendto"] == 0 {
+		t.Fatalf("trace looks incomplete (bpf %d, sendmsg/sendto %d calls)", used["bpf"], used["sendmsg"]+used["sendto"])
+	}
+	var denied []string
+	for name := range used {
+		if !allowed[name] {
+			denied = append(denied, name)
+		}
+	}
+	slices.Sort(denied)
+	if len(denied) > 0 {
+		t.Fatalf("the daemon made system calls the unit's SystemCallFilter= refuses (EPERM): %v", denied)
+	}
+	t.Logf("%d distinct system calls, all allowed", len(used))
+}
