@@ -87,9 +87,10 @@ type Peer struct {
 }
 
 // Admit proves the tenant of a connection that just completed its
-// START_TLS handshake and counts it against the caller's limits. An error
-// closes the connection.
-type Admit func(cs tls.ConnectionState) (Peer, error)
+// START_TLS handshake and counts it against the caller's limits; the caller
+// may keep tc to re-check its certificate later. An error closes the
+// connection.
+type Admit func(tc *tls.Conn) (Peer, error)
 
 // Handler runs the terminal sessions of one listener generation.
 type Handler struct {
@@ -205,6 +206,7 @@ var (
 	ErrSessionLimit  = errors.New("tenant at its telnet session limit")
 	ErrRefused       = errors.New("refused by the tenant's terminal policy")
 	ErrStartTLS      = errors.New("start_tls refused or broken")
+	ErrHandshake     = errors.New("tls handshake after start_tls failed")
 	ErrNegotiation   = errors.New("negotiation did not reach the data phase in time")
 	ErrIdle          = errors.New("session idle too long")
 	ErrSessionLength = errors.New("session reached its maximum length")

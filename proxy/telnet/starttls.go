@@ -15,6 +15,8 @@ import (
 // tc (which must demand a client certificate), lets admit prove the tenant
 // and only then connects to the host. A client that refuses START_TLS, or
 // sends anything else first, is disconnected; no byte of it reaches a host.
+// A failed handshake is reported as ErrHandshake, for the caller's TLS
+// metrics.
 func (h *Handler) ServeStartTLS(ctx context.Context, raw net.Conn, tc *tls.Config, admit Admit) error {
 	defer raw.Close()
 	tconn, err := h.startTLS(ctx, raw, tc)
@@ -23,7 +25,7 @@ func (h *Handler) ServeStartTLS(ctx context.Context, raw net.Conn, tc *tls.Confi
 		h.logger.Info("start_tls failed", "source", raw.RemoteAddr().String(), "err", err)
 		return err
 	}
-	peer, err := admit(tconn.ConnectionState())
+	peer, err := admit(tconn)
 	if err != nil {
 		h.sessions.count(h.listener, "unknown", ResultRefused)
 		h.logger.Info("start_tls client not admitted", "source", raw.RemoteAddr().String(), "err", err)
@@ -92,7 +94,7 @@ func (h *Handler) startTLS(ctx context.Context, raw net.Conn, tc *tls.Config) (*
 	}
 	tconn := tls.Server(&prefixConn{Conn: raw, prefix: rest}, tc)
 	if err := tconn.HandshakeContext(ctx); err != nil {
-		return nil, fmt.Errorf("tls handshake: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrHandshake, err)
 	}
 	if len(tconn.ConnectionState().PeerCertificates) == 0 {
 		return nil, fmt.Errorf("%w: no client certificate", ErrStartTLS)
