@@ -41,7 +41,7 @@ func benchProxy(b *testing.B, pki *testPKI, h *Handler) net.Listener {
 					c.Close()
 					return
 				}
-				peer, err := admitAcme(tc)
+				peer, err := admitAcme(tc.ConnectionState())
 				if err != nil {
 					c.Close()
 					return
@@ -210,7 +210,7 @@ func serveTLS(ln net.Listener, pki *testPKI, h *atomic.Pointer[Handler]) {
 				c.Close()
 				return
 			}
-			peer, err := admitAcme(tc)
+			peer, err := admitAcme(tc.ConnectionState())
 			if err != nil {
 				c.Close()
 				return

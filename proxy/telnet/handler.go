@@ -88,9 +88,9 @@ type Peer struct {
 
 // Admit proves the tenant of a connection that just completed its
 // START_TLS handshake and counts it against the caller's limits; the caller
-// may keep tc to re-check its certificate later. An error closes the
+// may keep cs to re-check the certificate later. An error closes the
 // connection.
-type Admit func(tc *tls.Conn) (Peer, error)
+type Admit func(cs tls.ConnectionState) (Peer, error)
 
 // Handler runs the terminal sessions of one listener generation.
 type Handler struct {

@@ -293,8 +293,7 @@ func (p *testPKI) clientTLS() *tls.Config {
 	return &tls.Config{RootCAs: p.ca.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{p.client.TLS}}
 }
 
-func admitAcme(tc *tls.Conn) (Peer, error) {
-	cs := tc.ConnectionState()
+func admitAcme(cs tls.ConnectionState) (Peer, error) {
 	if len(cs.PeerCertificates) == 0 || cs.PeerCertificates[0].Subject.CommonName != "acme-cloud" {
 		return Peer{}, errors.New("not acme")
 	}

@@ -188,7 +188,7 @@ func TestS3270(t *testing.T) {
 						c.Close()
 						return
 					}
-					peer, err := admitAcme(tc)
+					peer, err := admitAcme(tc.ConnectionState())
 					if err != nil {
 						c.Close()
 						return

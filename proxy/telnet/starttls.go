@@ -25,7 +25,7 @@ func (h *Handler) ServeStartTLS(ctx context.Context, raw net.Conn, tc *tls.Confi
 		h.logger.Info("start_tls failed", "source", raw.RemoteAddr().String(), "err", err)
 		return err
 	}
-	peer, err := admit(tconn)
+	peer, err := admit(tconn.ConnectionState())
 	if err != nil {
 		h.sessions.count(h.listener, "unknown", ResultRefused)
 		h.logger.Info("start_tls client not admitted", "source", raw.RemoteAddr().String(), "err", err)
