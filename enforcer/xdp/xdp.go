@@ -189,23 +189,38 @@ func (e *Enforcer) pinnedCompatible(spec *ebpf.CollectionSpec) (map[string]*ebpf
 			return fail("incompatible", "map", name, "error", err)
 		}
 	}
-	if ok, err := currentLayout(out[bpf.MapGen]); !ok {
+	if ok, err := e.currentLayout(out[bpf.MapGen]); !ok {
 		return fail("generation layout", "error", err)
 	}
 	e.log.Info("adopting pinned maps", "dir", e.dir)
 	return out, nil
 }
 
+// genPin is the pin of the generation in force, kept so that a restarted
+// daemon can check its layout with CAP_BPF alone (looking a map up by ID
+// needs CAP_SYS_ADMIN).
+const genPin = "gh_generation"
+
 // currentLayout reports whether the outer map is empty or holds a
-// generation with this build's magic.
-func currentLayout(outer *ebpf.Map) (bool, error) {
+// generation with this build's layout.
+func (e *Enforcer) currentLayout(outer *ebpf.Map) (bool, error) {
 	var id uint32
 	if err := outer.Lookup(uint32(0), &id); err != nil || id == 0 {
 		return true, nil // no generation yet
 	}
-	inner, err := ebpf.NewMapFromID(ebpf.MapID(id))
+	inner, err := ebpf.LoadPinnedMap(filepath.Join(e.dir, genPin), nil)
+	if err == nil {
+		info, ierr := inner.Info()
+		if mid, ok := info.ID(); ierr != nil || !ok || uint32(mid) != id {
+			inner.Close()
+			inner, err = nil, fmt.Errorf("pinned generation is not the one in force")
+		}
+	}
 	if err != nil {
-		return false, err
+		var berr error
+		if inner, berr = ebpf.NewMapFromID(ebpf.MapID(id)); berr != nil {
+			return false, errors.Join(err, berr)
+		}
 	}
 	defer inner.Close()
 	if inner.ValueSize() != bpf.PageSize || inner.MaxEntries() != bpf.MaxPages {
@@ -369,6 +384,13 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 	defer gen.Close() // the outer map keeps its own reference
 	if err := bpf.Publish(outer, gen); err != nil {
 		return fmt.Errorf("xdp: generation %d: %w", p.Generation, err)
+	}
+	// Best effort: without the pin a restart checks the layout by ID.
+	pin := filepath.Join(e.dir, genPin)
+	if err := os.Remove(pin); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		e.log.Warn("unpin previous generation", "error", err)
+	} else if err := gen.Pin(pin); err != nil {
+		e.log.Warn("pin generation", "error", err)
 	}
 	e.sweepLocked(monotonic())
 	if e.pending {

@@ -267,6 +267,30 @@ func TestRestartAdoptsAndTeardownRemoves(t *testing.T) {
 		t.Fatal(err)
 	}
 	tp.expect(t, "before", listenersProbes)
+	// The pinned generation is the one in force: a restarted daemon with
+	// CAP_BPF only checks its layout through this pin.
+	if ok, err := e.currentLayout(e.coll.Maps[bpf.MapGen]); !ok {
+		t.Errorf("layout of the generation in force: %v", err)
+	}
+	func() {
+		pinned, err := ebpf.LoadPinnedMap(filepath.Join(tp.pinDir, tp.iface, genPin), nil)
+		if err != nil {
+			t.Fatalf("generation in force not pinned: %v", err)
+		}
+		defer pinned.Close()
+		info, err := pinned.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid, _ := info.ID()
+		var inForce uint32
+		if err := e.coll.Maps[bpf.MapGen].Lookup(uint32(0), &inForce); err != nil {
+			t.Fatal(err)
+		}
+		if uint32(pid) != inForce {
+			t.Errorf("pinned generation %d, in force %d", pid, inForce)
+		}
+	}()
 	linkID := pinnedLinkID(t, tp, e.AttachMode())
 	dropped := counter(t, e, "drop", "not_admitted")
 
