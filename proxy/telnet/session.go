@@ -307,9 +307,13 @@ func (d *direction) sub(t Token) (bool, error) {
 			return d.deviceTypeIs(t.Payload[2:])
 		}
 	case optNewEnviron:
-		if s.h.proto == policy.ProtoTN5250 && d.fromClient && (t.Payload[0] == envIS || t.Payload[0] == envINFO) {
+		if !d.fromClient || (t.Payload[0] != envIS && t.Payload[0] != envINFO) {
+			return true, nil
+		}
+		if s.h.proto == policy.ProtoTN5250 {
 			return d.environ(t.Payload)
 		}
+		return d.environ3270(t.Payload)
 	}
 	return true, nil
 }
@@ -481,6 +485,28 @@ func (d *direction) environ(payload []byte) (bool, error) {
 	s.h.logger.Info("auto sign-on refused", "tenant", s.peer.Tenant, "source", s.peer.Source.String(), "dropped", dropped)
 	d.out = appendSub(d.out, optNewEnviron, p)
 	return false, nil
+}
+
+// environ3270 closes a side door on TN3270 listeners: some hosts (IBM i
+// among them) also take a device name from NEW-ENVIRON, so on a route that
+// restricts LUs a DEVNAME must be an allowed LU too. The list passes
+// unchanged.
+func (d *direction) environ3270(payload []byte) (bool, error) {
+	if !d.s.rt.luRestricted() {
+		return true, nil
+	}
+	vars, err := parseEnviron(payload)
+	if err != nil {
+		return false, err
+	}
+	for _, v := range vars {
+		if strings.EqualFold(v.name, envDevName) && v.hasValue {
+			if lu := string(v.value); !validLU(lu) || !d.s.rt.luAllowed(lu) {
+				return false, refuse("NEW-ENVIRON device name %q outside the route", printable(v.value))
+			}
+		}
+	}
+	return true, nil
 }
 
 // printable renders untrusted bytes for a log line.
