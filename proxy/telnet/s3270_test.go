@@ -162,42 +162,19 @@ func TestS3270(t *testing.T) {
 			go tn3270Host(c, "HELLO FROM THE MAINFRAME")
 		}
 	}()
-	// s3270 checks the certificate by DNS name and resolves localhost
-	// itself; listen on both loopbacks so either address works.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	port := ln.Addr().(*net.TCPAddr).Port
-	lns := []net.Listener{ln}
-	if ln6, err := net.Listen("tcp", fmt.Sprintf("[::1]:%d", port)); err == nil {
-		defer ln6.Close()
-		lns = append(lns, ln6)
-	}
-	for _, l := range lns {
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					tc := tls.Server(c, pki.serverTLS)
-					if err := tc.Handshake(); err != nil {
-						c.Close()
-						return
-					}
-					peer, err := admitAcme(tc.ConnectionState())
-					if err != nil {
-						c.Close()
-						return
-					}
-					rg.h.Serve(context.Background(), tc, peer)
-				}()
-			}
-		}()
-	}
+	port := listenLoopbacks(t, func(c net.Conn) {
+		tc := tls.Server(c, pki.serverTLS)
+		if err := tc.Handshake(); err != nil {
+			c.Close()
+			return
+		}
+		peer, err := admitAcme(tc.ConnectionState())
+		if err != nil {
+			c.Close()
+			return
+		}
+		rg.h.Serve(context.Background(), tc, peer)
+	})
 
 	em := startS3270(t, path, pki)
 	if out, ok := em.do(t, fmt.Sprintf("Connect(L:ACMELU01@localhost:%d)", port)); !ok {
@@ -229,4 +206,74 @@ func TestS3270(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Logf("screen through the proxy:\n%s", screen)
+}
+
+// listenLoopbacks listens on 127.0.0.1 and, where it exists, ::1 on the
+// same port, since s3270 resolves localhost itself and checks the
+// certificate by that name; serve runs per connection.
+func listenLoopbacks(t *testing.T, serve func(net.Conn)) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	port := ln.Addr().(*net.TCPAddr).Port
+	lns := []net.Listener{ln}
+	if ln6, err := net.Listen("tcp", fmt.Sprintf("[::1]:%d", port)); err == nil {
+		t.Cleanup(func() { ln6.Close() })
+		lns = append(lns, ln6)
+	}
+	for _, l := range lns {
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go serve(c)
+			}
+		}()
+	}
+	return port
+}
+
+// TestS3270StartTLS has the emulator connect in plain Telnet to a
+// `starttls: true` listener: the proxy asks for START_TLS, s3270 answers
+// the FOLLOWS exchange and the handshake with the tenant certificate, and
+// only then does the session reach the host.
+func TestS3270StartTLS(t *testing.T) {
+	path := requireS3270(t)
+	pki := newPKI(t)
+	rg := newRig(t, policy.ProtoTN3270, policy.Route{LUNames: []string{"ACMELU0*"}}, Limits{})
+	go func() {
+		for {
+			c, err := rg.hostLn.Accept()
+			if err != nil {
+				return
+			}
+			go tn3270Host(c, "STARTTLS WORKS")
+		}
+	}()
+	port := listenLoopbacks(t, func(c net.Conn) {
+		rg.h.ServeStartTLS(context.Background(), c, pki.serverTLS, admitAcme)
+	})
+	em := startS3270(t, path, pki)
+	if out, ok := em.do(t, fmt.Sprintf("Connect(ACMELU01@localhost:%d)", port)); !ok {
+		t.Fatalf("connect failed: %q", out)
+	}
+	var screen string
+	for range 20 {
+		out, ok := em.do(t, "Ascii()")
+		screen = strings.Join(out, "\n")
+		if ok && strings.Contains(screen, "STARTTLS WORKS") {
+			break
+		}
+		em.do(t, "Wait(1,Output)")
+	}
+	if !strings.Contains(screen, "STARTTLS WORKS") {
+		t.Fatalf("host screen not shown; s3270 sees:\n%s", screen)
+	}
+	if out, _ := em.do(t, "Query(Tls)"); len(out) == 0 || !strings.HasPrefix(out[0], "secure") {
+		t.Fatalf("s3270 says the session is not secured: %q", out)
+	}
 }
