@@ -1,0 +1,127 @@
+package main
+
+import (
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// runBackends is the hidden sub-command that plays the internal network,
+// run inside the internal namespace: the tenant's HTTPS backend, its SOAP
+// service and its TN3270 host. It prints "ready" once all three listen and
+// serves until it is killed.
+func runBackends(args []string) error {
+	fs := flag.NewFlagSet(subBackends, flag.ContinueOnError)
+	httpsAddr := fs.String("https", "", "HTTPS backend address")
+	soapAddr := fs.String("soap", "", "SOAP backend address (plain HTTP)")
+	tnAddr := fs.String("tn3270", "", "TN3270 host address (plain Telnet)")
+	certFile := fs.String("cert", "", "HTTPS backend certificate")
+	keyFile := fs.String("key", "", "HTTPS backend key")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *httpsAddr == "" || *soapAddr == "" || *tnAddr == "" || *certFile == "" || *keyFile == "" {
+		return fmt.Errorf("%w: %s --https ADDR --soap ADDR --tn3270 ADDR --cert FILE --key FILE", errUsage, subBackends)
+	}
+	cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+	if err != nil {
+		return fmt.Errorf("backend certificate: %w", err)
+	}
+	httpsLn, err := net.Listen("tcp", *httpsAddr)
+	if err != nil {
+		return err
+	}
+	soapLn, err := net.Listen("tcp", *soapAddr)
+	if err != nil {
+		return err
+	}
+	tnLn, err := net.Listen("tcp", *tnAddr)
+	if err != nil {
+		return err
+	}
+
+	errc := make(chan error, 3)
+	httpsSrv := &http.Server{
+		Handler:           http.HandlerFunc(serveOrders),
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	go func() { errc <- httpsSrv.ServeTLS(httpsLn, "", "") }()
+	soapSrv := &http.Server{Handler: http.HandlerFunc(serveSOAP), ReadHeaderTimeout: 10 * time.Second}
+	go func() { errc <- soapSrv.Serve(soapLn) }()
+	go func() { errc <- serveTN3270(tnLn, os.Stderr) }()
+
+	fmt.Println("ready")
+	return <-errc
+}
+
+// serveOrders is the tenant's internal HTTPS application. It echoes what
+// gatehouse told it about the caller, so the demo shows the tenant comes
+// from the certificate and the client address is the cloud's.
+func serveOrders(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintf(w, "internal HTTPS backend: order service for tenant=%s client=%s path=%s\n",
+		r.Header.Get("X-Gatehouse-Tenant"), r.Header.Get("X-Forwarded-For"), r.URL.Path)
+}
+
+// serveSOAP is the tenant's internal SOAP 1.1 service: it answers GetOrder.
+// gatehouse lets only allowed operations reach it.
+func serveSOAP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	if r.Method != http.MethodPost || !strings.Contains(string(body), "GetOrder") {
+		w.WriteHeader(http.StatusInternalServerError)
+		fmt.Fprint(w, `<?xml version="1.0"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>`+
+			`<soap:Fault><faultcode>soap:Client</faultcode><faultstring>backend: unknown operation</faultstring></soap:Fault>`+
+			`</soap:Body></soap:Envelope>`)
+		return
+	}
+	fmt.Fprintf(w, `<?xml version="1.0"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>`+
+		`<GetOrderResponse xmlns="urn:acme"><order id="42" status="shipped" tenant="%s"/></GetOrderResponse>`+
+		`</soap:Body></soap:Envelope>`, r.Header.Get("X-Gatehouse-Tenant"))
+}
+
+// runScan is the hidden sub-command for the intruder's port scan: one TCP
+// connection attempt to each of count ports from first on host, each given
+// timeout. It prints one line per port ("open", "refused" or "dropped") and
+// never more than count attempts, so the scan is bounded in count and time.
+func runScan(args []string) error {
+	if len(args) != 4 {
+		return fmt.Errorf("%w: %s HOST FIRST-PORT COUNT TIMEOUT", errUsage, subScan)
+	}
+	host := args[0]
+	first, err1 := strconv.Atoi(args[1])
+	count, err2 := strconv.Atoi(args[2])
+	timeout, err3 := time.ParseDuration(args[3])
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return err
+	}
+	if count < 1 || count > 100 || first < 1 || first+count > 65536 || timeout <= 0 || timeout > 2*time.Second {
+		return errors.New("scan: want 1-100 ports and a timeout up to 2s")
+	}
+	for port := first; port < first+count; port++ {
+		c, err := net.DialTimeout("tcp", net.JoinHostPort(host, strconv.Itoa(port)), timeout)
+		var ne net.Error
+		switch {
+		case err == nil:
+			c.Close()
+			fmt.Println(port, "open")
+		case errors.Is(err, syscall.ECONNREFUSED):
+			fmt.Println(port, "refused")
+		case errors.As(err, &ne) && ne.Timeout():
+			fmt.Println(port, "dropped")
+		default:
+			fmt.Println(port, "error", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,25 @@
+// Command demo builds the smallest real gatehouse deployment out of network
+// namespaces on this machine and shows, with real clients, what gatehouse
+// lets through and what it refuses. `make demo` runs it as root.
+//
+// Topology (documentation addresses only; nothing touches the machine's own
+// interfaces, routes or firewall):
+//
+//	cloud 192.0.2.10 ──┐                              ┌── 203.0.113.10:8443  HTTPS backend
+//	(admitted by feed) │   wan        dmz             │   203.0.113.20:8080  SOAP backend
+//	                   ├── br0 ── outside│gatehouse│inside ── 203.0.113.30:23    TN3270 host
+//	intruder           │        192.0.2.1  XDP+nft  203.0.113.1   (internal)
+//	192.0.2.200 ───────┘
+//
+// The program owns everything it creates: namespaces with a random
+// "ghdemo-<id>-" prefix, a bpffs mounted under its temporary directory (the
+// daemon's enforcement.pin_dir), /etc/netns/<namespace>/hosts files for the
+// client namespaces, and the processes it starts. On exit (Ctrl-C, SIGTERM,
+// --check finishing, or a failed step) it stops them by PID, runs
+// `gatehouse teardown --yes` and removes all of it.
+//
+// The internal hosts and the intruder's port scan are this same program,
+// re-executed with a hidden sub-command inside the right namespace, so the
+// demo needs no other binary than gatehouse and the Debian tools it checks
+// for at start.
+package main

@@ -1,0 +1,97 @@
+package test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/test/netns"
+)
+
+// TestDemoCheck runs the demo (test/demo, what `make demo` shows) once
+// with --check: every step must pass with a real client, and afterwards
+// nothing the demo created may be left: namespaces, the bpffs mount, the
+// /etc/netns entries and the work directory.
+func TestDemoCheck(t *testing.T) {
+	netns.RequirePriv(t)
+	demo := filepath.Join(t.TempDir(), "demo")
+	if out, err := exec.Command("go", "build", "-o", demo, "./demo").CombinedOutput(); err != nil {
+		t.Fatalf("go build ./demo: %v\n%s", err, out)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, demo, "--check", "--gatehouse", binary(t))
+	// On timeout the demo is interrupted, not killed, so it still removes
+	// what it created; WaitDelay bounds how long that may take.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGINT) }
+	cmd.WaitDelay = 30 * time.Second
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	text := out.String()
+	if err != nil {
+		t.Errorf("demo --check: %v\n%s", err, text)
+	}
+
+	var steps, failed []string
+	for _, l := range strings.Split(text, "\n") {
+		switch {
+		case strings.HasPrefix(l, "  ✔ "):
+			steps = append(steps, l)
+		case strings.HasPrefix(l, "  ✘ "):
+			failed = append(failed, l)
+		}
+	}
+	if len(failed) > 0 {
+		t.Errorf("failed steps:\n%s", strings.Join(failed, "\n"))
+	}
+	for _, want := range []string{
+		"the kernel filters are in place",
+		"reaches its HTTPS backend (IPv4)",
+		"reaches its HTTPS backend over IPv6",
+		"without a client certificate is refused at the TLS handshake",
+		"the intruder's connection is dropped by XDP",
+		"urn:acme:GetOrder is allowed",
+		"urn:acme:DeleteOrder is refused by gatehouse with a SOAP Fault",
+		"a TN3270 screen is read through the proxy with s3270",
+		"the intruder's port scan gets it blocked",
+	} {
+		found := false
+		for _, s := range steps {
+			found = found || strings.Contains(s, want)
+		}
+		if !found {
+			t.Errorf("no passed step %q in the output:\n%s", want, text)
+		}
+	}
+
+	// Nothing left behind.
+	m := regexp.MustCompile(`ghdemo-[0-9a-f]{4}`).FindString(text)
+	if m == "" {
+		t.Fatalf("demo output names no namespace:\n%s", text)
+	}
+	if list, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(list), m) {
+		t.Errorf("namespaces %s-* left behind:\n%s", m, list)
+	}
+	if entries, _ := filepath.Glob("/etc/netns/" + m + "-*"); len(entries) > 0 {
+		t.Errorf("/etc/netns entries left behind: %v", entries)
+	}
+	if dir := regexp.MustCompile(`work directory (\S+)`).FindStringSubmatch(text); dir == nil {
+		t.Errorf("demo output names no work directory")
+	} else {
+		if _, err := os.Stat(dir[1]); err == nil {
+			t.Errorf("work directory %s left behind", dir[1])
+		}
+		if mounts, _ := os.ReadFile("/proc/self/mounts"); strings.Contains(string(mounts), dir[1]) {
+			t.Errorf("bpffs under %s still mounted", dir[1])
+		}
+	}
+}
