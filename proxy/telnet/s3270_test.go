@@ -2,6 +2,7 @@ package telnet
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -275,5 +277,133 @@ func TestS3270StartTLS(t *testing.T) {
 	}
 	if out, _ := em.do(t, "Query(Tls)"); len(out) == 0 || !strings.HasPrefix(out[0], "secure") {
 		t.Fatalf("s3270 says the session is not secured: %q", out)
+	}
+}
+
+// tn3270eHost plays a TN3270E host (RFC 2355): DEVICE-TYPE, an empty
+// FUNCTIONS set, then one screen behind a 3270-DATA header. A client that
+// declines TN3270E falls back to TERMINAL-TYPE, EOR and BINARY.
+func tn3270eHost(c net.Conn, text string, requests *atomic.Int32) {
+	defer c.Close()
+	screen := append([]byte{0xF5, 0xC3, 0x11, 0x40, 0x40}, ebcdic(text)...)
+	screen = append(screen, cmdIAC, cmdEOR)
+	c.Write([]byte{cmdIAC, cmdDO, optTN3270E})
+	var p Parser
+	buf := make([]byte, 4096)
+	basic := map[[2]byte]bool{{cmdWILL, optEOR}: true, {cmdDO, optEOR}: true, {cmdWILL, optBinary}: true, {cmdDO, optBinary}: true}
+	fallback, sent := false, false
+	for {
+		n, err := c.Read(buf)
+		p.Feed(buf[:n], func(t Token) error {
+			switch {
+			case t.Kind == Negotiation && t.Opt == optTN3270E && t.Cmd == cmdWILL:
+				c.Write([]byte{cmdIAC, cmdSB, optTN3270E, 8, tnDeviceType, cmdIAC, cmdSE})
+			case t.Kind == Negotiation && t.Opt == optTN3270E && t.Cmd == cmdWONT:
+				fallback = true
+				c.Write([]byte{cmdIAC, cmdDO, optTTYPE})
+			case t.Kind == Negotiation && t.Cmd == cmdWILL && t.Opt == optTTYPE:
+				c.Write([]byte{cmdIAC, cmdSB, optTTYPE, ttypeSEND, cmdIAC, cmdSE})
+			case t.Kind == Sub && t.Opt == optTTYPE:
+				c.Write([]byte{cmdIAC, cmdDO, optEOR, cmdIAC, cmdWILL, optEOR, cmdIAC, cmdDO, optBinary, cmdIAC, cmdWILL, optBinary})
+			case t.Kind == Negotiation:
+				delete(basic, [2]byte{t.Cmd, t.Opt})
+			case t.Kind == Sub && t.Opt == optTN3270E && len(t.Payload) > 2 && t.Payload[0] == tnDeviceType && t.Payload[1] == tnRequest:
+				requests.Add(1)
+				typ, lu, _ := bytes.Cut(t.Payload[2:], []byte{tnConnect})
+				if len(lu) == 0 {
+					lu = []byte("POOL0001")
+				}
+				is := append([]byte{tnDeviceType, tnIS}, typ...)
+				is = append(append(is, tnConnect), lu...)
+				c.Write(appendSub(nil, optTN3270E, is))
+			case t.Kind == Sub && t.Opt == optTN3270E && len(t.Payload) > 1 && t.Payload[0] == 3 && t.Payload[1] == tnRequest:
+				c.Write(appendSub(nil, optTN3270E, []byte{3, tnIS}))
+				if !sent {
+					sent = true
+					c.Write(append([]byte{0, 0, 0, 0, 0}, screen...))
+				}
+			}
+			return nil
+		})
+		if fallback && len(basic) == 0 && !sent {
+			sent = true
+			c.Write(screen)
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// TestS3270TN3270E runs the emulator in TN3270E: an allowed LU reaches the
+// host's screen through DEVICE-TYPE REQUEST; a foreign LU is rejected by
+// the proxy, and whatever the emulator tries next (retry or fallback to
+// TERMINAL-TYPE "type@LU") never gets a session.
+func TestS3270TN3270E(t *testing.T) {
+	path := requireS3270(t)
+	pki := newPKI(t)
+	rg := newRig(t, policy.ProtoTN3270, policy.Route{LUNames: []string{"ACMELU0*"}}, Limits{})
+	var requests atomic.Int32
+	go func() {
+		for {
+			c, err := rg.hostLn.Accept()
+			if err != nil {
+				return
+			}
+			go tn3270eHost(c, "TN3270E SESSION", &requests)
+		}
+	}()
+	port := listenLoopbacks(t, func(c net.Conn) {
+		tc := tls.Server(c, pki.serverTLS)
+		if tc.Handshake() != nil {
+			c.Close()
+			return
+		}
+		if peer, err := admitAcme(tc.ConnectionState()); err == nil {
+			rg.h.Serve(context.Background(), tc, peer)
+		}
+		c.Close()
+	})
+	em := startS3270(t, path, pki)
+	if out, ok := em.do(t, fmt.Sprintf("Connect(L:ACMELU03@localhost:%d)", port)); !ok {
+		t.Fatalf("connect failed: %q", out)
+	}
+	var screen string
+	for range 20 {
+		out, ok := em.do(t, "Ascii()")
+		screen = strings.Join(out, "\n")
+		if ok && strings.Contains(screen, "TN3270E SESSION") {
+			break
+		}
+		em.do(t, "Wait(1,Output)")
+	}
+	if !strings.Contains(screen, "TN3270E SESSION") {
+		t.Fatalf("host screen not shown; s3270 sees:\n%s", screen)
+	}
+	if requests.Load() != 1 {
+		t.Fatalf("the host saw %d DEVICE-TYPE REQUESTs, want 1", requests.Load())
+	}
+	em.do(t, "Disconnect()")
+
+	em.do(t, fmt.Sprintf("Connect(L:OTHERLU1@localhost:%d)", port))
+	em.do(t, "Wait(3,3270Mode)")
+	out, _ := em.do(t, "Ascii()")
+	if strings.Contains(strings.Join(out, "\n"), "TN3270E SESSION") {
+		t.Fatal("a foreign LU got the host's screen")
+	}
+	deadline := time.Now().Add(stepTimeout)
+	for testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", ResultRefused)) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("foreign LU was not refused; session log:\n%s", rg.log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if requests.Load() != 1 {
+		t.Fatalf("a rejected DEVICE-TYPE REQUEST reached the host")
+	}
+	// s3270 answers the REJECT by falling back to TN3270 and naming the LU
+	// in TERMINAL-TYPE: the second check is the one that ends it.
+	if !strings.Contains(rg.log.String(), `refused: LU \"OTHERLU1\" not allowed`) {
+		t.Errorf("the fallback was not what refused the session:\n%s", rg.log)
 	}
 }
