@@ -3,6 +3,7 @@ package proxy
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -15,6 +16,7 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	httpproxy "github.com/gatehouse-dmz/gatehouse/proxy/http"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
+	"github.com/gatehouse-dmz/gatehouse/proxy/telnet"
 )
 
 // conn is one client connection from accept to close.
@@ -30,10 +32,24 @@ type conn struct {
 	identified atomic.Bool
 	idMu       sync.Mutex
 	id         Identity
+	// cs is the TLS state of a START_TLS session, whose TLS connection
+	// lives inside the telnet handler (tls is nil then).
+	cs *tls.ConnectionState
 
 	// Bytes seen before the tenant is known; moved to the tenant's series
 	// when it is, to "unknown" otherwise.
 	preIn, preOut atomic.Int64
+}
+
+// state returns the connection's TLS state for revalidation.
+func (c *conn) state() tls.ConnectionState {
+	c.idMu.Lock()
+	cs := c.cs
+	c.idMu.Unlock()
+	if cs != nil {
+		return *cs
+	}
+	return c.tls.ConnectionState()
 }
 
 func (c *conn) identity() Identity {
@@ -81,12 +97,17 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 		closed:   make(chan struct{}),
 	}
 	c.raw = relay.NewCountingConn(nc, c, func() { s.forget(c) })
-	c.tls = tls.Server(c.raw, st.tls)
 	s.connMu.Lock()
 	s.conns[c] = struct{}{}
 	s.connMu.Unlock()
 	defer func() { <-c.closed }()
 
+	if st.telnet != nil && st.l.StartTLS {
+		// The handshake happens inside the Telnet START_TLS exchange.
+		s.serveStartTLS(c, st)
+		return
+	}
+	c.tls = tls.Server(c.raw, st.tls)
 	if err := relay.Handshake(sk.ctx, c.tls, s.limits.HandshakeTimeout); err != nil {
 		s.tlsSrc.HandshakeFailed(c.listener, err)
 		s.logger.Debug("handshake failed", "listener", c.listener, "source", c.source.String(), "err", err)
@@ -136,6 +157,9 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 		}
 	case st.tcp != nil:
 		s.relayTCP(c, st)
+	case st.telnet != nil:
+		st.telnet.Serve(sk.ctx, c.tls, telnetPeer(c, id))
+		c.raw.Close()
 	default:
 		c.raw.Close()
 	}
@@ -187,6 +211,39 @@ func (s *Server) forget(c *conn) {
 	}
 	s.connMu.Unlock()
 	close(c.closed)
+}
+
+func telnetPeer(c *conn, id Identity) telnet.Peer {
+	return telnet.Peer{Tenant: id.Tenant, Fingerprint: id.FingerprintSHA256, Subject: id.Subject, Source: c.source}
+}
+
+// serveStartTLS hands the plain connection of a START_TLS listener to the
+// telnet handler, which runs the handshake and calls back to learn the
+// tenant before it connects anywhere.
+func (s *Server) serveStartTLS(c *conn, st *listenerState) {
+	admit := func(cs tls.ConnectionState) (telnet.Peer, error) {
+		if len(cs.PeerCertificates) == 0 {
+			return telnet.Peer{}, ErrTLSConfig
+		}
+		id, err := s.tlsSrc.Identify(cs)
+		if err != nil {
+			return telnet.Peer{}, err
+		}
+		if id.Tenant == "" {
+			return telnet.Peer{}, fmt.Errorf("%w: no tenant", ErrConfig)
+		}
+		c.idMu.Lock()
+		c.cs = &cs
+		c.idMu.Unlock()
+		if !s.admit(c, id) {
+			return telnet.Peer{}, ErrConnLimit
+		}
+		return telnetPeer(c, id), nil
+	}
+	if err := st.telnet.ServeStartTLS(c.sock.ctx, c.raw, st.tls, admit); errors.Is(err, telnet.ErrHandshake) {
+		s.tlsSrc.HandshakeFailed(c.listener, err)
+	}
+	c.raw.Close()
 }
 
 // tcpRoute is where a tcp listener sends one tenant.

@@ -2,7 +2,9 @@
 // TLS with the client certificate the TLSSource demands, learns the tenant
 // from the verified certificate, and hands each connection to its protocol:
 // HTTPS and SOAP (proxy/http), a plain TLS relay for tcp (proxy/relay), and
-// later TN3270/TN5250 (proxy/telnet). It applies whole policy generations
+// TN3270/TN5250 sessions (proxy/telnet; on a StartTLS listener the telnet
+// handler runs the handshake inside Telnet START_TLS and calls back here to
+// identify and admit the tenant). It applies whole policy generations
 // atomically (bind new addresses first, then swap), drains what a reload
 // removes, and closes connections whose certificate stops checking out
 // (Revalidate). It never loads certificates itself.
@@ -16,5 +18,6 @@
 // Metrics: gatehouse_proxy_connections_active{listener,tenant},
 // gatehouse_proxy_bytes_total{listener,tenant,direction} (client side, TLS
 // records included), and from proxy/http gatehouse_http_requests_total,
-// gatehouse_http_request_duration_seconds and gatehouse_soap_rejections_total.
+// gatehouse_http_request_duration_seconds and gatehouse_soap_rejections_total,
+// and from proxy/telnet gatehouse_telnet_sessions_total.
 package proxy

@@ -199,13 +199,14 @@ func TestApplyBindFailureKeepsOldState(t *testing.T) {
 		"bad backend": {Listeners: []policy.Listener{listener("web", policy.ProtoHTTPS, policy.Route{Tenant: "acme", Backend: "ftp://x"})}},
 		"missing ca": {Listeners: []policy.Listener{listener("web", policy.ProtoHTTPS,
 			policy.Route{Tenant: "acme", Backend: "https://127.0.0.1:1", BackendCA: filepath.Join(t.TempDir(), "none.pem")})}},
-		"tn3270":         {Listeners: []policy.Listener{listener("web", policy.ProtoTN3270, policy.Route{Tenant: "acme", Backend: "127.0.0.1:23"})}},
-		"duplicate name": {Listeners: []policy.Listener{listener("web", policy.ProtoHTTPS), {Name: "web", Addr: loopback, Port: 1, Protocol: policy.ProtoHTTPS}}},
+		"unknown protocol": {Listeners: []policy.Listener{listener("web", policy.Protocol("gopher"), policy.Route{Tenant: "acme", Backend: "127.0.0.1:70"})}},
+		"bad tn3270 route": {Listeners: []policy.Listener{listener("web", policy.ProtoTN3270, policy.Route{Tenant: "acme", Backend: "no port"})}},
+		"duplicate name":   {Listeners: []policy.Listener{listener("web", policy.ProtoHTTPS), {Name: "web", Addr: loopback, Port: 1, Protocol: policy.ProtoHTTPS}}},
 	} {
 		if err := h.srv.Apply(p); err == nil {
 			t.Errorf("%s: Apply succeeded", name)
-		} else if name == "tn3270" && !errors.Is(err, proxy.ErrUnsupported) {
-			t.Errorf("tn3270: %v, want ErrUnsupported", err)
+		} else if name == "unknown protocol" && !errors.Is(err, proxy.ErrUnsupported) {
+			t.Errorf("unknown protocol: %v, want ErrUnsupported", err)
 		}
 	}
 	if r := h.mustDo(h.client(h.pki.acme, false), "web", "GET", "", "/", nil, nil); r.echo.Backend != "old" {

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	httpproxy "github.com/gatehouse-dmz/gatehouse/proxy/http"
+	"github.com/gatehouse-dmz/gatehouse/proxy/telnet"
 )
 
 // Defaults for Limits.
@@ -41,6 +42,10 @@ type Limits struct {
 	BackendDialTimeout  time.Duration
 	// HTTP holds the per-request limits of https and soap listeners.
 	HTTP httpproxy.Limits
+	// Telnet holds the session limits of tn3270 and tn5250 listeners;
+	// zero dial and handshake timeouts take BackendDialTimeout and
+	// HandshakeTimeout.
+	Telnet telnet.Limits
 }
 
 func (l Limits) withDefaults() Limits {

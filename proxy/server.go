@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	httpproxy "github.com/gatehouse-dmz/gatehouse/proxy/http"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
+	"github.com/gatehouse-dmz/gatehouse/proxy/telnet"
 )
 
 // Errors of Server.
@@ -25,6 +27,7 @@ var (
 	ErrClosed      = errors.New("proxy server closed")
 	ErrConfig      = errors.New("invalid proxy configuration")
 	ErrTLSConfig   = errors.New("tls config does not require a verified client certificate")
+	ErrConnLimit   = errors.New("tenant at its connection limit")
 )
 
 // unknownTenant labels bytes of connections that never proved a tenant.
@@ -60,6 +63,7 @@ type Server struct {
 	inFlite *httpproxy.InFlight
 
 	httpMetrics *httpproxy.Metrics
+	sessions    *telnet.Sessions // terminal sessions, shared by every generation
 	active      *prometheus.GaugeVec
 	bytes       *prometheus.CounterVec
 }
@@ -89,6 +93,7 @@ func New(cfg Config) (*Server, error) {
 		perTen:      map[[2]string]int{},
 		inFlite:     httpproxy.NewInFlight(),
 		httpMetrics: httpproxy.NewMetrics(),
+		sessions:    telnet.NewSessions(),
 		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "gatehouse_proxy_connections_active",
 			Help: "Client connections open after a tenant was identified.",
@@ -105,6 +110,7 @@ func (s *Server) Describe(ch chan<- *prometheus.Desc) {
 	s.active.Describe(ch)
 	s.bytes.Describe(ch)
 	s.httpMetrics.Describe(ch)
+	s.sessions.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -112,6 +118,7 @@ func (s *Server) Collect(ch chan<- prometheus.Metric) {
 	s.active.Collect(ch)
 	s.bytes.Collect(ch)
 	s.httpMetrics.Collect(ch)
+	s.sessions.Collect(ch)
 }
 
 // socket is one bound address. Its state (which listener it is, TLS
@@ -131,10 +138,11 @@ type socket struct {
 
 // listenerState is one generation of one listener.
 type listenerState struct {
-	l    policy.Listener
-	tls  *tls.Config
-	http *httpproxy.Handler
-	tcp  map[string]*tcpRoute
+	l      policy.Listener
+	tls    *tls.Config
+	http   *httpproxy.Handler
+	tcp    map[string]*tcpRoute
+	telnet *telnet.Handler
 }
 
 func (st *listenerState) close() {
@@ -249,6 +257,24 @@ func (s *Server) buildState(l policy.Listener) (*listenerState, error) {
 			return nil, err
 		}
 		st.tcp = routes
+	case policy.ProtoTN3270, policy.ProtoTN5250:
+		lim := s.limits.Telnet
+		lim.DialTimeout = cmp.Or(lim.DialTimeout, s.limits.BackendDialTimeout)
+		lim.HandshakeTimeout = cmp.Or(lim.HandshakeTimeout, s.limits.HandshakeTimeout)
+		h, err := telnet.New(telnet.Config{
+			Listener: l.Name,
+			Protocol: l.Protocol,
+			Routes:   l.Routes,
+			Limits:   lim,
+			Sessions: s.sessions,
+			Logger:   s.logger,
+			// Session start and end lines are the terminal access log.
+			SessionLog: s.access,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("listener %q: %w", l.Name, err)
+		}
+		st.telnet = h
 	default:
 		return nil, fmt.Errorf("listener %q: %w: %q", l.Name, ErrUnsupported, l.Protocol)
 	}
@@ -461,7 +487,7 @@ func (s *Server) Revalidate(check func(tls.ConnectionState) error) int {
 		if !c.identified.Load() {
 			return false // still handshaking: it will be identified against the new state
 		}
-		if err := check(c.tls.ConnectionState()); err != nil {
+		if err := check(c.state()); err != nil {
 			s.logger.Info("connection closed: identity no longer valid", "listener", c.listener,
 				"tenant", c.identity().Tenant, "source", c.source.String(), "err", err)
 			return true
