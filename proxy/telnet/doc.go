@@ -1,17 +1,44 @@
 // Package telnet carries TN3270, TN3270E and TN5250 sessions from a
 // TLS-terminated client connection to one tenant's internal host, policing
-// the Telnet negotiation on the way: allowed terminal types, LU names
-// (TN3270E DEVICE-TYPE REQUEST and TN3270 TERMINAL-TYPE "type@LU"), a
-// forced LU, TN5250 device names and auto-sign-on variables in NEW-ENVIRON
-// (RFC 4777). Everything the policy does not look at passes byte for byte.
+// the Telnet negotiation on the way. Everything the policy does not look at
+// (the data stream, EOR records, NOP and TIMING-MARK keepalives, ATTN and
+// SYSREQ, FUNCTIONS lists, other NEW-ENVIRON variables) passes byte for
+// byte.
 //
 // A streaming Parser splits either direction into data runs, commands,
 // option negotiations and sub-negotiations without ever assuming that one
-// read holds one command; the session caps the number of negotiations, the
-// length of a sub-negotiation and the time to reach the data phase.
+// read holds one command. A session caps the negotiations and the time
+// before the data phase (the host's first data after the terminal was
+// accepted) and the wire length of any sub-negotiation; idle time, session
+// length and sessions per tenant are capped when configured.
 //
-// The package knows nothing of listeners, certificates or the proxy that
-// calls it: the caller terminates TLS (or hands over the raw connection of a
-// START_TLS listener together with the TLS configuration and an Admit
-// callback) and says who the peer is. It never logs screen contents.
+// The policy of a route, fail closed:
+//   - Client data never reaches the host before the terminal was accepted.
+//   - TERMINAL-TYPE IS: the type must match TerminalTypes; on tn3270 an LU
+//     in the RFC 1646 "type@LU" form must match LUNames, and a route that
+//     restricts LUs refuses a type without one. Refusal ends the session.
+//   - TN3270E DEVICE-TYPE REQUEST: a type or CONNECT/ASSOCIATE name outside
+//     the route is answered by the proxy with DEVICE-TYPE REJECT
+//     (INV-DEVICE-TYPE, INV-DEVICE-NAME, INV-ASSOCIATE) and never reaches
+//     the host; clients then retry or fall back to TERMINAL-TYPE, which is
+//     checked again. The host's DEVICE-TYPE IS must name an allowed LU, so
+//     a generic request cannot land outside the route either.
+//   - ForceLU replaces the LU of every request (TERMINAL-TYPE and
+//     DEVICE-TYPE REQUEST) and the host must confirm it.
+//   - TN5250 NEW-ENVIRON IS/INFO (RFC 4777, ESC-escaped binary values):
+//     DEVNAME must match DevNames (and is required when DevNames is set);
+//     IBMRSEED must be eight bytes; a variable the policy reads may appear
+//     once; RefuseAutoSignOn drops USER, IBMRSEED and IBMSUBSPW, so the host
+//     shows its sign-on screen. On LU-restricted tn3270 routes a DEVNAME
+//     must be an allowed LU.
+//   - START_TLS between client and host is declined by the proxy for the
+//     other side: TLS inside the session would blind the policy.
+//
+// The package knows nothing of listeners or certificates: the caller
+// terminates TLS and says who the peer is (Serve), or hands over the raw
+// connection of a `starttls: true` listener with its TLS configuration and
+// an Admit callback (ServeStartTLS). The session log has a line at start
+// and end with tenant, certificate fingerprint, source, LU or device,
+// terminal type, bytes each way, duration and end reason; never screen
+// contents. Sessions exports gatehouse_telnet_sessions_total.
 package telnet

@@ -18,6 +18,9 @@ var (
 // under a kilobyte.
 const DefaultMaxSub = 4096
 
+// keepSub is the largest buffer a parser keeps between sub-negotiations.
+const keepSub = 512
+
 // TokenKind says what a Token is.
 type TokenKind uint8
 
@@ -179,6 +182,10 @@ func (p *Parser) Feed(b []byte, emit func(Token) error) error {
 				p.st = stData
 				if err := emit(Token{Kind: Sub, Cmd: cmdSB, Opt: p.raw[2], Payload: p.payload, Raw: p.raw}); err != nil {
 					return fail(err)
+				}
+				if cap(p.raw) > keepSub {
+					// Do not let one long list weigh on an idle session.
+					p.raw, p.payload = nil, nil
 				}
 			default:
 				// Only IAC IAC and IAC SE mean something inside SB; anything
