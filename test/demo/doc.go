@@ -5,11 +5,16 @@
 // Topology (documentation addresses only; nothing touches the machine's own
 // interfaces, routes or firewall):
 //
-//	cloud 192.0.2.10 ──┐                              ┌── 203.0.113.10:8443  HTTPS backend
-//	(admitted by feed) │   wan        dmz             │   203.0.113.20:8080  SOAP backend
-//	                   ├── br0 ── outside│gatehouse│inside ── 203.0.113.30:23    TN3270 host
-//	intruder           │        192.0.2.1  XDP+nft  203.0.113.1   (internal)
-//	192.0.2.200 ───────┘
+//	cloud     192.0.2.10  ──┐
+//	                        ├── br0 ── outside 192.0.2.1 ┃ dmz ┃ inside 203.0.113.1 ── internal
+//	intruder  192.0.2.200 ──┘    (wan)  XDP attached here  ┃ gatehouse run, table inet gatehouse
+//
+//	internal: 203.0.113.10:8443 HTTPS backend, 203.0.113.20:8080 SOAP service,
+//	          203.0.113.30:23 TN3270 host
+//
+// The cloud's range 192.0.2.0/26 (and 2001:db8:1::/112) reaches gatehouse
+// only through a signed feed: static_ranges is empty. The intruder shares
+// the wire but not the range.
 //
 // The program owns everything it creates: namespaces with a random
 // "ghdemo-<id>-" prefix, a bpffs mounted under its temporary directory (the

@@ -109,6 +109,9 @@ func run() int {
 		return 1
 	}
 	d.printStatus(ctx)
+	if d.failed {
+		d.showDaemonLog()
+	}
 
 	if d.check && !(d.failed && *keep) {
 		return d.summary()

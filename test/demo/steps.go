@@ -336,6 +336,7 @@ func (d *demo) printHandsOn() {
 	lines = append(lines,
 		"# the kernel state",
 		fmt.Sprintf("ip netns exec %s nft list table inet gatehouse", ns["dmz"]),
+		fmt.Sprintf("ip netns exec %s nft list set inet gatehouse blocked_v4", ns["dmz"]),
 		fmt.Sprintf("ip netns exec %s bpftool net show dev %s", ns["dmz"], outsideIf),
 		fmt.Sprintf("ip netns exec %s curl -s http://%s/metrics | grep ^gatehouse_", ns["dmz"], metricsAddr),
 		"# the daemon",
