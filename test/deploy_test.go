@@ -480,6 +480,19 @@ func TestDeployExampleConfigContent(t *testing.T) {
 	if err != nil {
 		t.Fatalf("example configuration with its files present: %v", err)
 	}
+	// systemd kills what is still running at TimeoutStopSec; the drain must
+	// end before that.
+	m := regexp.MustCompile(`(?m)^TimeoutStopSec=(\S+)$`).FindStringSubmatch(string(readDeployFile(t, "gatehouse.service")))
+	if m == nil {
+		t.Fatal("gatehouse.service has no TimeoutStopSec=")
+	}
+	stop, err := time.ParseDuration(m[1])
+	if err != nil {
+		t.Fatalf("TimeoutStopSec=%s: %v", m[1], err)
+	}
+	if cfg.ShutdownGrace >= stop {
+		t.Errorf("example shutdown_grace %v is not below the unit's TimeoutStopSec %v", cfg.ShutdownGrace, stop)
+	}
 	protocols := map[string]bool{}
 	for _, l := range cfg.Listeners {
 		protocols[l.Protocol] = true
