@@ -12,13 +12,13 @@ DEB_PACKAGES := \
 	clang llvm libbpf-dev linux-libc-dev \
 	nftables iproute2 bpftool \
 	minisign openssl curl ca-certificates s3270 \
-	prometheus
+	prometheus strace systemd util-linux
 # Test timeout for the whole suite; CI allows 90 minutes, we aim for 15.
 TEST_TIMEOUT ?= 20m
 
 CONFIG ?= /etc/gatehouse/gatehouse.yaml
 
-.PHONY: all build run deps test test-unit generate generate-check lint bench clean
+.PHONY: all build run install deps test test-unit generate generate-check lint bench clean
 
 all: build
 
@@ -29,6 +29,19 @@ build:
 run: deps build
 	$(BIN) check -c $(CONFIG)
 	exec $(BIN) run -c $(CONFIG)
+
+# install puts the binary, the systemd unit and (only if none exists) the
+# example configuration in place. PREFIX and DESTDIR as usual.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/gatehouse
+	install -D -m 0644 deploy/gatehouse.service $(DESTDIR)/etc/systemd/system/gatehouse.service
+	install -d -m 0750 $(DESTDIR)/etc/gatehouse
+	[ -e $(DESTDIR)/etc/gatehouse/gatehouse.yaml ] || install -m 0600 deploy/gatehouse.yaml $(DESTDIR)/etc/gatehouse/gatehouse.yaml
+	install -d -m 0700 $(DESTDIR)/var/lib/gatehouse
+	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed; edit /etc/gatehouse/gatehouse.yaml, check it with: gatehouse check, then: systemctl enable --now gatehouse"
 
 # deps is idempotent: it installs only what is missing and says so.
 deps:
