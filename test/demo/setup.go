@@ -254,6 +254,12 @@ func (d *demo) buildTopology(ctx context.Context) error {
 		if _, err := d.cmd(ctx, "", "ip", "-n", name, "link", "set", "lo", "up"); err != nil {
 			return err
 		}
+		// IPv6 on, whatever a new namespace inherits from the host's
+		// defaults; the write happens inside the namespace, so it is the
+		// namespace's own setting. Without IPv6 in the kernel only the IPv6
+		// step fails.
+		_, _ = d.cmd(ctx, role, "sh", "-c",
+			"for f in /proc/sys/net/ipv6/conf/all/disable_ipv6 /proc/sys/net/ipv6/conf/default/disable_ipv6; do [ -w $f ] && echo 0 > $f; done; true")
 	}
 
 	// Links: in namespace a, interface ifA, its peer ifB in namespace b.
