@@ -63,7 +63,7 @@ func run() int {
 	check := fs.Bool("check", os.Getenv("GATEHOUSE_DEMO_CHECK") == "1",
 		"run every step once, print the results and exit (0 only if every step passed) instead of waiting for Ctrl-C")
 	bin := fs.String("gatehouse", os.Getenv("GATEHOUSE_BIN"),
-		"gatehouse binary (default: bin/gatehouse, else built with `go build` into the temporary directory)")
+		"gatehouse `PATH` (default: bin/gatehouse, else built with go build into the temporary directory)")
 	keep := fs.Bool("keep-on-failure", false, "in --check mode, wait for Ctrl-C after a failed step instead of cleaning up at once")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: demo [--check] [--gatehouse PATH]\n\n"+
