@@ -18,7 +18,7 @@ TEST_TIMEOUT ?= 20m
 
 CONFIG ?= /etc/gatehouse/gatehouse.yaml
 
-.PHONY: all build run install deps test test-unit generate generate-check lint bench clean
+.PHONY: all build run demo install deps test test-unit generate generate-check lint bench clean
 
 all: build
 
@@ -29,6 +29,13 @@ build:
 run: deps build
 	$(BIN) check -c $(CONFIG)
 	exec $(BIN) run -c $(CONFIG)
+
+# demo builds gatehouse and runs the demo topology in network namespaces (as
+# root); Ctrl-C removes everything it created. DEMO_FLAGS=--check runs every
+# step once and exits (0 only if every step passed).
+demo: deps build
+	@[ "$$(id -u)" = 0 ] || { echo "make demo: needs root: sudo make demo"; exit 1; }
+	$(GO) run ./test/demo --gatehouse $(BIN) $(DEMO_FLAGS)
 
 # install puts the binary, the systemd unit and (only if none exists) the
 # example configuration in place. PREFIX and DESTDIR as usual.
