@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
 )
@@ -108,6 +109,18 @@ func TestConfirm(t *testing.T) {
 		got, err := confirm(strings.NewReader(in), io.Discard, "? ")
 		if err != nil || got != want {
 			t.Errorf("confirm(%q) = %v, %v", in, got, err)
+		}
+	}
+}
+
+func TestUntilText(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		365 * 24 * time.Hour: "in 365 days",
+		30 * time.Hour:       "in 30h0m0s",
+		-2 * time.Hour:       "EXPIRED 2h0m0s ago",
+	} {
+		if got := untilText(d); got != want {
+			t.Errorf("untilText(%v) = %q, want %q", d, got, want)
 		}
 	}
 }

@@ -122,7 +122,7 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) error {
 			if i == 5 {
 				break
 			}
-			fmt.Fprintf(tw, "  %s %s\t%s\tin %s\n", c.Kind, c.Name, c.Expires.UTC().Format(time.DateOnly), c.Expires.Sub(now).Round(time.Hour))
+			fmt.Fprintf(tw, "  %s %s\t%s\t%s\n", c.Kind, c.Name, c.Expires.UTC().Format(time.DateOnly), untilText(c.Expires.Sub(now)))
 		}
 	}
 	if len(st.Counters) > 0 {
@@ -132,6 +132,17 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) error {
 		}
 	}
 	return tw.Flush()
+}
+
+// untilText says how long until an expiry, in days once it is more than two.
+func untilText(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "EXPIRED " + (-d).Round(time.Minute).String() + " ago"
+	case d < 48*time.Hour:
+		return "in " + d.Round(time.Minute).String()
+	}
+	return fmt.Sprintf("in %d days", int(d.Hours()/24))
 }
 
 func onOff(b bool) string {
