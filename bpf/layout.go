@@ -105,9 +105,12 @@ func (p *pager) put(first uint32, data []byte) {
 		if allZero(chunk) {
 			continue
 		}
-		pg := make([]byte, PageSize)
-		copy(pg, chunk)
-		p.pages[first+uint32(i)] = pg
+		if len(chunk) < PageSize {
+			pg := make([]byte, PageSize)
+			copy(pg, chunk)
+			chunk = pg
+		}
+		p.pages[first+uint32(i)] = chunk
 	}
 }
 
@@ -283,9 +286,16 @@ func v4Buckets(key uint32, mask uint32) (uint32, uint32) {
 	return uint32(m>>32) & mask, uint32(m) & mask
 }
 
+// v4Part is a prefix longer than /24: addresses first..first+n-1 of /24
+// number idx.
+type v4Part struct {
+	idx      uint32
+	first, n uint16
+}
+
 func buildV4(list []netip.Prefix) (*v4Tables, error) {
 	t := &v4Tables{state: make([]byte, dirPages*PageSize)}
-	partial := map[uint32]*[bitmapSize]byte{}
+	var parts []v4Part
 	for _, pr := range list {
 		if !pr.IsValid() || !pr.Addr().Is4() {
 			return nil, fmt.Errorf("admitted IPv4 %s: %w", pr, ErrBadPrefix)
@@ -298,18 +308,20 @@ func buildV4(list []netip.Prefix) (*v4Tables, error) {
 			setState(t.state, a>>8, a>>8+n, stateWhole)
 			continue
 		}
-		bm := partial[a>>8]
-		if bm == nil {
-			bm = new([bitmapSize]byte)
-			partial[a>>8] = bm
-		}
-		first := a & 0xff
-		for h := first; h < first+1<<(32-pr.Bits()); h++ {
-			bm[h/8] |= 1 << (h % 8)
-		}
+		parts = append(parts, v4Part{a >> 8, uint16(a & 0xff), uint16(1) << (32 - pr.Bits())})
 	}
+	slices.SortFunc(parts, func(x, y v4Part) int { return cmpU64(uint64(x.idx), uint64(y.idx)) })
+	// One bitmap per partial /24, in idx order.
 	var idxs []uint32
-	for idx, bm := range partial {
+	var maps []byte
+	for i := 0; i < len(parts); {
+		idx := parts[i].idx
+		var bm [bitmapSize]byte
+		for ; i < len(parts) && parts[i].idx == idx; i++ {
+			for h := parts[i].first; h < parts[i].first+parts[i].n; h++ {
+				bm[h/8] |= 1 << (h % 8)
+			}
+		}
 		if getState(t.state, idx) == stateWhole {
 			continue
 		}
@@ -323,17 +335,18 @@ func buildV4(list []netip.Prefix) (*v4Tables, error) {
 		}
 		setState(t.state, idx, idx+1, statePartial)
 		idxs = append(idxs, idx)
+		maps = append(maps, bm[:]...)
 	}
 	if len(idxs) == 0 {
 		return t, nil
 	}
-	slices.Sort(idxs) // a deterministic layout for a given set
 	nb := 1 << bits.Len(uint(len(idxs)*5/4/v4Slots))
 	for ; ; nb *= 2 {
 		keys := make([]uint32, nb*v4Slots)
+		where := make([]int32, len(idxs)) // slot of each idx
 		fill := make([]uint8, nb)
 		ok := true
-		for _, idx := range idxs {
+		for j, idx := range idxs {
 			b1, b2 := v4Buckets(idx+1, uint32(nb-1))
 			b := b1
 			if fill[b2] < fill[b1] {
@@ -343,22 +356,24 @@ func buildV4(list []netip.Prefix) (*v4Tables, error) {
 				ok = false
 				break
 			}
-			keys[int(b)*v4Slots+int(fill[b])] = idx + 1
+			slot := int(b)*v4Slots + int(fill[b])
+			keys[slot] = idx + 1
+			where[j] = int32(slot)
 			fill[b]++
 		}
 		if !ok {
 			continue
 		}
 		t.buckets, t.keys = nb, keys
-		t.vals = make([]byte, len(keys)*bitmapSize)
-		for i, k := range keys {
-			if k != 0 {
-				copy(t.vals[i*bitmapSize:], partial[k-1][:])
-			}
+		t.vals = make([]byte, roundPage(len(keys)*bitmapSize))
+		for j, slot := range where {
+			copy(t.vals[int(slot)*bitmapSize:], maps[j*bitmapSize:(j+1)*bitmapSize])
 		}
 		return t, nil
 	}
 }
+
+func roundPage(n int) int { return (n + PageSize - 1) / PageSize * PageSize }
 
 type v6Tables struct {
 	state   []byte
@@ -376,21 +391,10 @@ func v6Buckets(k v6Key, mask uint32) (uint32, uint32) {
 	return uint32(m>>32) & mask, uint32(m) & mask
 }
 
-func maskWords(hi, lo uint64, l int) (uint64, uint64) {
-	switch {
-	case l == 0:
-		return 0, 0
-	case l <= 64:
-		return hi & (^uint64(0) << (64 - l)), 0
-	default:
-		return hi, lo & (^uint64(0) << (128 - l))
-	}
-}
-
 func buildV6(list []netip.Prefix) (*v6Tables, error) {
 	t := &v6Tables{state: make([]byte, dirPages*PageSize)}
-	// Prefixes longer than /24, per top-24-bit block, per length.
-	blocks := map[uint32]map[uint8]map[[2]uint64]struct{}{}
+	// Prefixes longer than /24, sorted by block, then length, then address.
+	var long []v6Key
 	for _, pr := range list {
 		if !pr.IsValid() || !pr.Addr().Is6() || pr.Addr().Is4In6() {
 			return nil, fmt.Errorf("admitted IPv6 %s: %w", pr, ErrBadPrefix)
@@ -402,55 +406,57 @@ func buildV6(list []netip.Prefix) (*v6Tables, error) {
 			setState(t.state, idx, idx+1<<(24-pr.Bits()), stateWhole)
 			continue
 		}
-		bl := blocks[idx]
-		if bl == nil {
-			bl = map[uint8]map[[2]uint64]struct{}{}
-			blocks[idx] = bl
-		}
-		l := uint8(pr.Bits())
-		if bl[l] == nil {
-			bl[l] = map[[2]uint64]struct{}{}
-		}
-		bl[l][[2]uint64{hi, lo}] = struct{}{}
+		long = append(long, v6Key{hi, lo, uint8(pr.Bits())})
 	}
+	slices.SortFunc(long, func(a, b v6Key) int {
+		if c := cmpU64(a.hi>>40, b.hi>>40); c != 0 {
+			return c
+		}
+		if c := int(a.len) - int(b.len); c != 0 {
+			return c
+		}
+		if c := cmpU64(a.hi, b.hi); c != 0 {
+			return c
+		}
+		return cmpU64(a.lo, b.lo)
+	})
+	long = slices.Compact(long)
 	var entries []v6Key
-	var lensOf = map[uint32][]uint8{}
-	for idx, bl := range blocks {
+	lensOf := map[uint32][]uint8{}
+	for i := 0; i < len(long); {
+		idx := uint32(long[i].hi >> 40)
+		j := i
+		for j < len(long) && uint32(long[j].hi>>40) == idx {
+			j++
+		}
+		block := long[i:j]
+		i = j
 		if getState(t.state, idx) == stateWhole {
 			continue
 		}
-		if err := mergeLengths(idx, bl); err != nil {
+		block, err := mergeLengths(idx, block)
+		if err != nil {
 			return nil, err
 		}
-		lens := make([]uint8, 0, len(bl))
-		for l, set := range bl {
-			lens = append(lens, l)
-			for a := range set {
-				entries = append(entries, v6Key{a[0], a[1], l})
+		var lens []uint8
+		for _, k := range block {
+			if len(lens) == 0 || lens[len(lens)-1] != k.len {
+				lens = append(lens, k.len)
 			}
 		}
-		slices.Sort(lens)
 		slices.Reverse(lens) // longest first
 		lensOf[idx] = lens
+		entries = append(entries, block...)
 		entries = append(entries, v6Key{uint64(idx) << 40, 0, 24})
 		setState(t.state, idx, idx+1, statePartial)
 	}
 	if len(entries) == 0 {
 		return t, nil
 	}
-	slices.SortFunc(entries, func(a, b v6Key) int {
-		if c := cmpU64(a.hi, b.hi); c != 0 {
-			return c
-		}
-		if c := cmpU64(a.lo, b.lo); c != 0 {
-			return c
-		}
-		return int(a.len) - int(b.len)
-	})
 	le := binary.LittleEndian
 	nb := 1 << bits.Len(uint(len(entries)*5/4/v6Slots))
 	for ; ; nb *= 2 {
-		tab := make([]byte, nb*v6Slots*v6EntSize)
+		tab := make([]byte, roundPage(nb*v6Slots*v6EntSize))
 		fill := make([]uint8, nb)
 		ok := true
 		for _, k := range entries {
@@ -499,14 +505,21 @@ func cmpU64(a, b uint64) int {
 
 // mergeLengths expands the shortest prefixes of a block into the next
 // length up until at most maxLens lengths remain: the lookup probes each
-// length once, so their number bounds its cost.
-func mergeLengths(idx uint32, bl map[uint8]map[[2]uint64]struct{}) error {
-	for len(bl) > maxLens {
-		lens := make([]int, 0, len(bl))
-		for l := range bl {
-			lens = append(lens, int(l))
+// length once, so their number bounds its cost. block is sorted by length,
+// then address, and so is the result.
+func mergeLengths(idx uint32, block []v6Key) ([]v6Key, error) {
+	for {
+		var lens []int
+		count := map[int]int{}
+		for _, k := range block {
+			if len(lens) == 0 || lens[len(lens)-1] != int(k.len) {
+				lens = append(lens, int(k.len))
+			}
+			count[int(k.len)]++
 		}
-		slices.Sort(lens)
+		if len(lens) <= maxLens {
+			return block, nil
+		}
 		// Merge the adjacent pair that costs the fewest expanded prefixes.
 		best, bestCost := -1, 0
 		for i := 0; i+1 < len(lens); i++ {
@@ -514,18 +527,23 @@ func mergeLengths(idx uint32, bl map[uint8]map[[2]uint64]struct{}) error {
 			if d > maxExpand {
 				continue
 			}
-			cost := len(bl[uint8(lens[i])]) << d
+			cost := count[lens[i]] << d
 			if best < 0 || cost < bestCost {
 				best, bestCost = i, cost
 			}
 		}
 		if best < 0 {
-			return fmt.Errorf("block %06x::/24: %w", idx, ErrTooManyLengths)
+			return nil, fmt.Errorf("block %06x::/24: %w", idx, ErrTooManyLengths)
 		}
 		from, to := lens[best], lens[best+1]
-		for a := range bl[uint8(from)] {
+		var next []v6Key
+		for _, k := range block {
+			if int(k.len) != from {
+				next = append(next, k)
+				continue
+			}
 			for i := uint64(0); i < 1<<(to-from); i++ {
-				hi, lo := a[0], a[1]
+				hi, lo := k.hi, k.lo
 				// Set the bits between from and to to i.
 				for j := range to - from {
 					bit := from + j // 0 = most significant
@@ -538,10 +556,18 @@ func mergeLengths(idx uint32, bl map[uint8]map[[2]uint64]struct{}) error {
 						lo |= 1 << (127 - bit)
 					}
 				}
-				bl[uint8(to)][[2]uint64{hi, lo}] = struct{}{}
+				next = append(next, v6Key{hi, lo, uint8(to)})
 			}
 		}
-		delete(bl, uint8(from))
+		slices.SortFunc(next, func(a, b v6Key) int {
+			if c := int(a.len) - int(b.len); c != 0 {
+				return c
+			}
+			if c := cmpU64(a.hi, b.hi); c != 0 {
+				return c
+			}
+			return cmpU64(a.lo, b.lo)
+		})
+		block = slices.Compact(next)
 	}
-	return nil
 }
