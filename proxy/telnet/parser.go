@@ -97,9 +97,21 @@ func (p *Parser) Feed(b []byte, emit func(Token) error) error {
 	for len(b) > 0 {
 		switch p.st {
 		case stData:
-			i := bytes.IndexByte(b, cmdIAC)
-			if i < 0 {
-				i = len(b)
+			// One run up to the next IAC that starts a command: escaped
+			// 0xFF bytes (IAC IAC) stay inside the run.
+			i := 0
+			for {
+				j := bytes.IndexByte(b[i:], cmdIAC)
+				if j < 0 {
+					i = len(b)
+					break
+				}
+				i += j
+				if i+1 < len(b) && b[i+1] == cmdIAC {
+					i += 2
+					continue
+				}
+				break
 			}
 			if i > 0 {
 				if err := emit(Token{Kind: Data, Raw: b[:i]}); err != nil {

@@ -59,7 +59,7 @@ func TestParser(t *testing.T) {
 		err  error
 	}{
 		{"data", "abc", []TokenKind{Data}, nil},
-		{"iac iac", "a\xff\xffb", []TokenKind{Data, Data, Data}, nil},
+		{"iac iac", "a\xff\xffb", []TokenKind{Data}, nil},
 		{"nego", "\xff\xfd\x18", []TokenKind{Negotiation}, nil},
 		{"commands", "\xff\xf1\xff\xef\xff\xf4\xff\xf3", []TokenKind{Command, Command, Command, Command}, nil},
 		{"sub", "\xff\xfa\x18\x01\xff\xf0", []TokenKind{Sub}, nil},

@@ -20,9 +20,16 @@ import (
 // copies, and keeps an idle session cheap.
 const readSize = 4 << 10
 
+// bulkPool holds the read buffers of directions in a bulk transfer: a full
+// TLS record and then some.
+var bulkPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
 // outPool holds the buffers a direction assembles its output in; they are
 // only held between a read and the write that follows it.
 var outPool = sync.Pool{New: func() any { b := make([]byte, 0, readSize+64); return &b }}
+
+// maxPooledOut is the largest output buffer returned to outPool.
+const maxPooledOut = 40 << 10
 
 // session is one client connection and its host connection.
 type session struct {
@@ -135,9 +142,29 @@ func (s *session) pump(fromClient bool) {
 		srcMu, dstMu = &s.clientMu, &s.hostMu
 	}
 	d := &direction{s: s, fromClient: fromClient, p: Parser{MaxSub: s.h.limits.MaxSubnegotiation}}
-	buf := make([]byte, readSize)
+	small := make([]byte, readSize)
+	// A read that fills the small buffer means a bulk transfer: borrow a
+	// large one until reads get short again, so bulk moves in few writes
+	// and an idle session keeps only the small one.
+	var large *[]byte
+	defer func() {
+		if large != nil {
+			bulkPool.Put(large)
+		}
+	}()
 	for {
+		buf := small
+		if large != nil {
+			buf = *large
+		}
 		n, err := src.Read(buf)
+		switch {
+		case large == nil && n == len(small):
+			large = bulkPool.Get().(*[]byte)
+		case large != nil && n < readSize:
+			bulkPool.Put(large)
+			large = nil
+		}
 		if n > 0 {
 			s.last.Store(time.Now().UnixNano())
 			if fromClient {
@@ -150,7 +177,7 @@ func (s *session) pump(fromClient bool) {
 			if werr == nil && !fromClient {
 				s.bytesOut.Add(int64(len(d.out)))
 			}
-			if cap(d.out) <= 4*readSize {
+			if cap(d.out) <= maxPooledOut {
 				*ob = d.out[:0]
 				outPool.Put(ob)
 			}
