@@ -2,6 +2,8 @@ package bpf
 
 import (
 	"encoding/binary"
+	"errors"
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
@@ -327,5 +329,24 @@ func TestEncodeRejects(t *testing.T) {
 		if p, err := g.Encode(); err == nil {
 			t.Errorf("%s: Encode gave %d pages, want an error", name, p.Count)
 		}
+	}
+}
+
+// TestEncodeTooLarge: a set beyond MaxPages is refused with ErrTooLarge,
+// not truncated.
+func TestEncodeTooLarge(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds 400k prefixes")
+	}
+	rng := rand.New(rand.NewPCG(5, 5))
+	v6 := make([]netip.Prefix, 400000)
+	for i := range v6 {
+		var a [16]byte
+		fillRandom(rng, a[:])
+		v6[i] = netip.PrefixFrom(netip.AddrFrom16(a), 128)
+	}
+	_, err := (&Generation{V6: v6}).Encode()
+	if !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("Encode of 400k /128s: %v, want ErrTooLarge", err)
 	}
 }
