@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	mrand "math/rand/v2"
@@ -436,19 +437,17 @@ func TestBackendTLS(t *testing.T) {
 	}
 }
 
-// TestDataPassesUnchanged streams random 3270 data both ways, cut into
-// random writes, and wants every byte on the other side as it was sent.
+// TestDataPassesUnchanged streams random 3270 data both ways through
+// several sessions at once, cut into random writes large enough to switch
+// the sessions to their bulk buffers and back, and wants every byte on the
+// other side as it was sent.
 func TestDataPassesUnchanged(t *testing.T) {
 	rg := newRig(t, policy.ProtoTN3270, policy.Route{LUNames: []string{"ACMELU0*"}}, Limits{})
-	cli, srv := tcpPair(t)
-	ch := rg.serve(t, context.Background(), srv, testPeer())
-	host := rg.acceptHost(t)
-	negotiate(t, cli, host)
-	rnd := mrand.New(mrand.NewPCG(1, 2))
-	stream := func() []byte {
+	stream := func(seed uint64) []byte {
+		rnd := mrand.New(mrand.NewPCG(seed, 2))
 		var b []byte
-		for len(b) < 256<<10 {
-			rec := make([]byte, rnd.IntN(2000))
+		for len(b) < 512<<10 {
+			rec := make([]byte, rnd.IntN(6000))
 			for i := range rec {
 				rec[i] = byte(rnd.UintN(256))
 			}
@@ -460,37 +459,61 @@ func TestDataPassesUnchanged(t *testing.T) {
 		}
 		return b
 	}
-	send := func(c net.Conn, b []byte, seed uint64) {
+	send := func(c net.Conn, b []byte, seed uint64) error {
 		rnd := mrand.New(mrand.NewPCG(seed, 3))
 		for len(b) > 0 {
-			n := min(len(b), 1+rnd.IntN(3000))
+			n := min(len(b), 1+rnd.IntN(40000))
 			if _, err := c.Write(b[:n]); err != nil {
-				t.Error(err)
-				return
+				return err
 			}
 			b = b[n:]
 		}
+		return nil
 	}
-	up, down := stream(), stream()
-	got := make(chan []byte, 2)
-	read := func(c net.Conn, n int) {
+	recv := func(c net.Conn, n int) ([]byte, error) {
 		b := make([]byte, n)
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		io.ReadFull(c, b)
-		got <- b
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		_, err := io.ReadFull(c, b)
+		return b, err
 	}
-	go read(host, len(up))
-	go read(cli, len(down))
-	sendDone := make(chan struct{})
-	go func() { send(host, down, 4); close(sendDone) }()
-	send(cli, up, 5)
-	<-sendDone
-	a, b := <-got, <-got
-	if !(bytes.Equal(a, up) && bytes.Equal(b, down) || bytes.Equal(a, down) && bytes.Equal(b, up)) {
-		t.Fatal("data changed on the way")
+	const sessions = 4
+	var wg sync.WaitGroup
+	errs := make(chan error, 4*sessions)
+	for i := range sessions {
+		cli, srv := tcpPair(t)
+		ch := rg.serve(t, context.Background(), srv, testPeer())
+		host := rg.acceptHost(t)
+		negotiate(t, cli, host)
+		up, down := stream(uint64(2*i)), stream(uint64(2*i+1))
+		wg.Add(4)
+		go func() { defer wg.Done(); errs <- send(cli, up, uint64(i)) }()
+		go func() { defer wg.Done(); errs <- send(host, down, uint64(i+100)) }()
+		go func() {
+			defer wg.Done()
+			b, err := recv(host, len(up))
+			if err == nil && !bytes.Equal(b, up) {
+				err = fmt.Errorf("session %d: client-to-host data changed", i)
+			}
+			errs <- err
+		}()
+		go func() {
+			defer wg.Done()
+			b, err := recv(cli, len(down))
+			if err == nil && !bytes.Equal(b, down) {
+				err = fmt.Errorf("session %d: host-to-client data changed", i)
+			}
+			errs <- err
+			cli.Close()
+			if err := waitErr(t, ch); err != nil {
+				errs <- err
+			}
+		}()
 	}
-	cli.Close()
-	if err := waitErr(t, ch); err != nil {
-		t.Fatal(err)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
 	}
 }

@@ -158,13 +158,6 @@ func (s *session) pump(fromClient bool) {
 			buf = *large
 		}
 		n, err := src.Read(buf)
-		switch {
-		case large == nil && n == len(small):
-			large = bulkPool.Get().(*[]byte)
-		case large != nil && n < readSize:
-			bulkPool.Put(large)
-			large = nil
-		}
 		if n > 0 {
 			s.last.Store(time.Now().UnixNano())
 			if fromClient {
@@ -196,6 +189,14 @@ func (s *session) pump(fromClient bool) {
 				s.closed(!fromClient, werr)
 				return
 			}
+		}
+		// Only now is buf done with.
+		switch {
+		case large == nil && n == len(small):
+			large = bulkPool.Get().(*[]byte)
+		case large != nil && n < readSize:
+			bulkPool.Put(large)
+			large = nil
 		}
 		if err != nil {
 			s.closed(fromClient, err)
