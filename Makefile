@@ -66,7 +66,7 @@ deps:
 
 # test runs every test; as root the privileged ones (namespaces, XDP,
 # nftables) run too. GATEHOUSE_REQUIRE_PRIV=1 turns their skips into failures.
-test: deps
+test: deps generate-check
 	@[ "$$(id -u)" = 0 ] || echo "make test: not root: privileged tests will SKIP (run as root for the full suite)"
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
