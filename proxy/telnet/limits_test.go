@@ -478,34 +478,36 @@ func TestDataPassesUnchanged(t *testing.T) {
 	}
 	const sessions = 4
 	var wg sync.WaitGroup
-	errs := make(chan error, 4*sessions)
+	errs := make(chan error, 5*sessions)
 	for i := range sessions {
 		cli, srv := tcpPair(t)
 		ch := rg.serve(t, context.Background(), srv, testPeer())
 		host := rg.acceptHost(t)
 		negotiate(t, cli, host)
 		up, down := stream(uint64(2*i)), stream(uint64(2*i+1))
-		wg.Add(4)
-		go func() { defer wg.Done(); errs <- send(cli, up, uint64(i)) }()
-		go func() { defer wg.Done(); errs <- send(host, down, uint64(i+100)) }()
+		check := func(c net.Conn, want []byte, what string) error {
+			b, err := recv(c, len(want))
+			if err == nil && !bytes.Equal(b, want) {
+				err = fmt.Errorf("session %d: %s data changed", i, what)
+			}
+			return err
+		}
+		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			b, err := recv(host, len(up))
-			if err == nil && !bytes.Equal(b, up) {
-				err = fmt.Errorf("session %d: client-to-host data changed", i)
-			}
-			errs <- err
-		}()
-		go func() {
-			defer wg.Done()
-			b, err := recv(cli, len(down))
-			if err == nil && !bytes.Equal(b, down) {
-				err = fmt.Errorf("session %d: host-to-client data changed", i)
-			}
-			errs <- err
+			var inner sync.WaitGroup
+			inner.Add(4)
+			go func() { defer inner.Done(); errs <- send(cli, up, uint64(i)) }()
+			go func() { defer inner.Done(); errs <- send(host, down, uint64(i+100)) }()
+			go func() { defer inner.Done(); errs <- check(host, up, "client-to-host") }()
+			go func() { defer inner.Done(); errs <- check(cli, down, "host-to-client") }()
+			inner.Wait()
 			cli.Close()
-			if err := waitErr(t, ch); err != nil {
+			select {
+			case err := <-ch:
 				errs <- err
+			case <-time.After(10 * time.Second):
+				errs <- fmt.Errorf("session %d did not end", i)
 			}
 		}()
 	}
