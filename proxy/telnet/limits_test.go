@@ -141,7 +141,7 @@ func negotiate(t *testing.T, cli, host net.Conn) {
 func TestLimits(t *testing.T) {
 	route := policy.Route{LUNames: []string{"ACMELU0*"}}
 	t.Run("idle", func(t *testing.T) {
-		rg := newRig(t, policy.ProtoTN3270, route, Limits{IdleTimeout: 150 * time.Millisecond})
+		rg := newRig(t, policy.ProtoTN3270, route, Limits{IdleTimeout: 500 * time.Millisecond})
 		cli, srv := tcpPair(t)
 		ch := rg.serve(t, context.Background(), srv, testPeer())
 		negotiate(t, cli, rg.acceptHost(t))
@@ -153,7 +153,7 @@ func TestLimits(t *testing.T) {
 		}
 	})
 	t.Run("session length", func(t *testing.T) {
-		rg := newRig(t, policy.ProtoTN3270, route, Limits{MaxSessionLength: 300 * time.Millisecond, IdleTimeout: time.Hour})
+		rg := newRig(t, policy.ProtoTN3270, route, Limits{MaxSessionLength: time.Second, IdleTimeout: time.Hour})
 		cli, srv := tcpPair(t)
 		ch := rg.serve(t, context.Background(), srv, testPeer())
 		negotiate(t, cli, rg.acceptHost(t))
