@@ -66,9 +66,8 @@ deps:
 
 # test runs every test; as root the privileged ones (namespaces, XDP,
 # nftables) run too. GATEHOUSE_REQUIRE_PRIV=1 turns their skips into failures.
-test: deps generate-check
+test: deps generate-check lint
 	@[ "$$(id -u)" = 0 ] || echo "make test: not root: privileged tests will SKIP (run as root for the full suite)"
-	$(GO) vet ./...
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 # test-unit runs what needs neither root nor the kernel.

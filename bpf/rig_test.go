@@ -119,7 +119,6 @@ type frame struct {
 	more     bool
 	l4Len    int // transport bytes present; 0 means the full header
 	mutate   func(b []byte, l3, l4 int)
-	noFix    bool // keep length fields as built before mutate
 }
 
 type ext struct {

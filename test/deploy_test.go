@@ -268,7 +268,7 @@ func TestDeployDashboardShape(t *testing.T) {
 			for y := g.Y; y < g.Y+g.H; y++ {
 				if other, ok := taken[cell{x, y}]; ok {
 					t.Errorf("panel %q overlaps %q at column %d row %d", p.Title, other, x, y)
-					x, y = g.X+g.W, g.Y+g.H
+					x = g.X + g.W // one report per pair of panels: leave both loops
 					break
 				}
 				taken[cell{x, y}] = p.Title

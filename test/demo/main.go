@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -175,21 +174,6 @@ func findGatehouse(ctx context.Context, flagged, dir string) (string, error) {
 		return "", fmt.Errorf("go build ./cmd/gatehouse (run the demo from the repository root): %w\n%s", err, out)
 	}
 	return p, nil
-}
-
-// lineWriter copies whatever a child writes to w, each line prefixed.
-type lineWriter struct {
-	w      io.Writer
-	prefix string
-}
-
-func (l lineWriter) Write(p []byte) (int, error) {
-	for _, line := range strings.SplitAfter(string(p), "\n") {
-		if line != "" {
-			fmt.Fprint(l.w, l.prefix+line)
-		}
-	}
-	return len(p), nil
 }
 
 // waitUntil polls ok every 50 ms until it returns true, ctx ends or limit
