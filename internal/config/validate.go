@@ -68,12 +68,19 @@ func (c *checker) oneOf(path, val string, allowed ...string) {
 	}
 }
 
-func (c *checker) unique(path string, seen map[string]string, key, what string) {
-	if prev, ok := seen[key]; ok {
-		c.add(path, "duplicate %s %q (also at %s)", what, key, prev)
-		return
+// name checks that a name is well formed and not used twice; it reports
+// whether the name is usable.
+func (c *checker) name(path string, seen map[string]string, name, what string) bool {
+	if !nameRE.MatchString(name) {
+		c.add(path, "%q must be lowercase letters, digits, '-' or '_'", name)
+		return false
 	}
-	seen[key] = path
+	if prev, ok := seen[name]; ok {
+		c.add(path, "duplicate %s %q (also at %s)", what, name, prev)
+		return false
+	}
+	seen[name] = path
+	return true
 }
 
 // validate reports every problem of a decoded configuration.
@@ -154,11 +161,7 @@ func (cfg *Config) validateFeeds(c *checker) {
 	names := map[string]string{}
 	for i, f := range cfg.Feeds {
 		p := fmt.Sprintf("feeds[%d]", i)
-		if !nameRE.MatchString(f.Name) {
-			c.add(p+".name", "%q must be lowercase letters, digits, '-' or '_'", f.Name)
-		} else {
-			c.unique(p+".name", names, f.Name, "feed")
-		}
+		c.name(p+".name", names, f.Name, "feed")
 		if u, err := url.Parse(f.Source); err != nil || (u.Scheme != "https" && u.Scheme != "file") || (u.Scheme == "https" && u.Host == "") || (u.Scheme == "file" && u.Path == "") {
 			c.add(p+".source", "must be an https:// or file:// URL of a manifest, got %q", f.Source)
 		}
@@ -185,10 +188,7 @@ func (cfg *Config) validateTenants(c *checker) map[string]bool {
 	known := map[string]bool{}
 	for i, t := range cfg.Tenants {
 		p := fmt.Sprintf("tenants[%d]", i)
-		if !nameRE.MatchString(t.ID) {
-			c.add(p+".id", "%q must be lowercase letters, digits, '-' or '_'", t.ID)
-		} else {
-			c.unique(p+".id", ids, t.ID, "tenant")
+		if c.name(p+".id", ids, t.ID, "tenant") {
 			known[t.ID] = true
 		}
 		c.file(p+".client_ca", t.ClientCA, true)
@@ -229,11 +229,7 @@ func (cfg *Config) validateListeners(c *checker, tenants map[string]bool) {
 	}
 	for i, l := range cfg.Listeners {
 		p := fmt.Sprintf("listeners[%d]", i)
-		if !nameRE.MatchString(l.Name) {
-			c.add(p+".name", "%q must be lowercase letters, digits, '-' or '_'", l.Name)
-		} else {
-			c.unique(p+".name", names, l.Name, "listener")
-		}
+		c.name(p+".name", names, l.Name, "listener")
 		if ap, err := parseListen(l.Listen); err != nil {
 			c.add(p+".listen", "%v", err)
 		} else {
