@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -615,16 +616,24 @@ func TestDeploySystemdUnitSecurity(t *testing.T) {
 // promServer is a Prometheus server the test started, scraping one target
 // every second.
 type promServer struct {
-	addr string
-	cmd  *exec.Cmd
-	out  *lockedBuffer
-	done chan struct{}
+	addr   string
+	client *http.Client // reaches addr (inside the namespace, if any)
+	cmd    *exec.Cmd
+	out    *lockedBuffer
+	done   chan struct{}
 }
 
 // startPromServer runs prometheus against target (host:port serving
 // /metrics) in job "gatehouse", with the given rule files, and waits until
 // it is ready. It is stopped, by its PID, when the test ends.
 func startPromServer(t *testing.T, target string, ruleFiles ...string) *promServer {
+	t.Helper()
+	return startPromServerIn(t, nil, target, ruleFiles...)
+}
+
+// startPromServerIn is startPromServer inside network namespace ns (nil: the
+// test's own), so that it can scrape a daemon that listens there.
+func startPromServerIn(t *testing.T, ns *netns.NS, target string, ruleFiles ...string) *promServer {
 	t.Helper()
 	bin := deployTool(t, "prometheus", "prometheus")
 	dir := t.TempDir()
@@ -654,13 +663,20 @@ scrape_configs:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := &promServer{addr: freeAddr(t), out: &lockedBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin,
-		"--config.file="+cfgPath,
-		"--storage.tsdb.path="+filepath.Join(dir, "data"),
-		"--web.listen-address="+p.addr,
+	p := &promServer{addr: freeAddr(t), client: &http.Client{Timeout: 5 * time.Second}, out: &lockedBuffer{}, done: make(chan struct{})}
+	args := []string{
+		"--config.file=" + cfgPath,
+		"--storage.tsdb.path=" + filepath.Join(dir, "data"),
+		"--web.listen-address=" + p.addr,
 		"--log.level=warn",
-	)
+	}
+	p.cmd = exec.Command(bin, args...)
+	if ns != nil {
+		p.cmd = ns.Command(bin, args...)
+		p.client.Transport = &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return ns.DialContext(ctx, network, "", addr)
+		}}
+	}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -668,7 +684,7 @@ scrape_configs:
 	go func() { _ = p.cmd.Wait(); close(p.done) }()
 	t.Cleanup(p.stop)
 	p.waitFor(t, "prometheus to be ready", func() (bool, error) {
-		resp, err := http.Get("http://" + p.addr + "/-/ready")
+		resp, err := p.client.Get("http://" + p.addr + "/-/ready")
 		if err != nil {
 			return false, nil
 		}
@@ -723,7 +739,7 @@ type promSample struct {
 
 // api GETs /api/v1/<path> and decodes the data of a successful answer.
 func (p *promServer) api(path string, params url.Values, data any) error {
-	resp, err := http.Get("http://" + p.addr + "/api/v1/" + path + "?" + params.Encode())
+	resp, err := p.client.Get("http://" + p.addr + "/api/v1/" + path + "?" + params.Encode())
 	if err != nil {
 		return err
 	}

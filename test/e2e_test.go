@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -139,21 +140,29 @@ func (tp *topology) start(t *testing.T) {
 // packet reached the host) or "dropped" (no answer: filtered).
 func (tp *topology) probe(t *testing.T, src, dst string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	got, err := tp.tryProbe(src, dst, 1500*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// tryProbe is probe for other goroutines than the test's own.
+func (tp *topology) tryProbe(src, dst string, wait time.Duration) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	c, err := tp.cloud.DialContext(ctx, "tcp", net.JoinHostPort(src, "0"), net.JoinHostPort(dst, "443"))
 	var ne net.Error
 	switch {
 	case err == nil:
 		c.Close()
-		return "connected"
+		return "connected", nil
 	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
-		return "dropped"
+		return "dropped", nil
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return "refused"
+		return "refused", nil
 	}
-	t.Fatalf("probe %s → %s: %v", src, dst, err)
-	return ""
+	return "", fmt.Errorf("probe %s → %s: %w", src, dst, err)
 }
 
 // get makes one HTTPS request from the cloud namespace, from source src,
@@ -273,6 +282,16 @@ func TestEndToEndHTTPS(t *testing.T) {
 		}
 	})
 
+	t.Run("prometheus scrapes the daemon", func(t *testing.T) {
+		_, exposition := tp.d.get(t, "/metrics")
+		promtoolCheckMetrics(t, []byte(exposition))
+		p := startPromServerIn(t, tp.dmz, "127.0.0.1:9477")
+		got := p.waitValue(t, `gatehouse_xdp_packets_total{action="drop",reason="not_admitted"}`)
+		if got.Value < 3 {
+			t.Errorf("PromQL: XDP not_admitted drops = %v, want ≥ 3", got.Value)
+		}
+	})
+
 	t.Run("kernel state is in place", func(t *testing.T) {
 		out := tp.dmz.Exec(t, "nft", "list", "table", "inet", "gatehouse")
 		for _, want := range []string{"admitted_v4", "192.0.2.0/25", "2001:db8:1::/112"} {
@@ -354,4 +373,105 @@ func TestCrashRestartTeardown(t *testing.T) {
 	if entries, _ := os.ReadDir(tp.pinDir); len(entries) != 0 {
 		t.Errorf("pins left after teardown: %v", entries)
 	}
+}
+
+// TestRestartUnderTraffic: while an admitted tenant makes a new request
+// every 100 ms and the intruder probes just as often, the daemon is killed
+// with SIGKILL and started again. The tenant's requests fail at most for
+// the time the daemon is down, and not one intruder packet gets through
+// (a refused connection would mean its SYN reached the host).
+func TestRestartUnderTraffic(t *testing.T) {
+	tp := newTopology(t)
+	type sample struct {
+		at time.Time
+		ok bool
+	}
+	var (
+		mu        sync.Mutex
+		tenant    []sample
+		intrusion []string
+		probes    int
+	)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { // the tenant
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_, err := tp.get(ctx, cloudAddr, gateV4, tp.client)
+			cancel()
+			mu.Lock()
+			tenant = append(tenant, sample{time.Now(), err == nil})
+			mu.Unlock()
+		}
+	}()
+	go func() { // the intruder
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			got, err := tp.tryProbe(intruderAddr, gateV4Alt, 200*time.Millisecond) // a RST takes well under 1 ms here
+			mu.Lock()
+			probes++
+			if err != nil || got != "dropped" {
+				intrusion = append(intrusion, fmt.Sprintf("%s: %s %v", time.Now().Format("15:04:05.000"), got, err))
+			}
+			mu.Unlock()
+		}
+	}()
+
+	time.Sleep(time.Second)
+	down := time.Now()
+	if err := tp.d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-tp.d.exited
+	tp.start(t) // returns once the new daemon is ready
+	up := time.Now()
+	time.Sleep(1500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+
+	if len(intrusion) > 0 {
+		t.Errorf("intruder packets got through during the restart: %v", intrusion)
+	}
+	// The longest run of failed tenant requests must lie within the
+	// restart, give or take one request's timeout.
+	var failStart time.Time
+	var longest time.Duration
+	for _, s := range tenant {
+		switch {
+		case !s.ok && failStart.IsZero():
+			failStart = s.at
+		case s.ok && !failStart.IsZero():
+			longest = max(longest, s.at.Sub(failStart))
+			failStart = time.Time{}
+		}
+	}
+	if !failStart.IsZero() {
+		t.Errorf("the tenant's requests still fail after the restart")
+	}
+	if restart := up.Sub(down); longest > restart+2*time.Second {
+		t.Errorf("tenant requests failed for %s, the restart took %s", longest, restart)
+	}
+	okAfter := 0
+	for _, s := range tenant {
+		if s.at.After(up) && s.ok {
+			okAfter++
+		}
+	}
+	if len(tenant) < 20 || okAfter < 5 || probes < 5 {
+		t.Errorf("too little traffic to judge: %d requests (%d after the restart), %d intruder probes", len(tenant), okAfter, probes)
+	}
+	t.Logf("restart took %s; longest tenant outage %s; %d tenant requests; %d intruder probes, none through",
+		up.Sub(down).Round(time.Millisecond), longest.Round(time.Millisecond), len(tenant), probes)
 }
