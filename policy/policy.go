@@ -74,6 +74,10 @@ type Enforcement struct {
 	Management  []Management
 	ScanBlock   ScanBlock
 	NewConnRate Rate
+	// Forward also polices traffic routed through the appliance to the
+	// listener ports of internal hosts (nftables forward chain), for DMZ
+	// designs where gatehouse routes rather than terminates.
+	Forward bool
 	// MaxConnsPerSource caps concurrent connections from one source address
 	// to the listener ports (nftables ct count). Zero means no cap.
 	MaxConnsPerSource uint32
@@ -112,12 +116,19 @@ type Route struct {
 	Host string
 	// Path is a URL path prefix for https and soap; empty means "/".
 	Path string
-	// Backend is a URL (http://, https://) for https and soap, host:port otherwise.
-	Backend     string
-	BackendCA   string // verify a TLS backend against this CA
-	BackendCert string // optional client certificate towards the backend
-	BackendKey  string
-	BackendTLS  bool // telnet/tcp: connect to the backend with TLS
+	// Backend is a URL (http://, https://) for https and soap, host:port
+	// otherwise. Backends, when set, lists every backend of the route
+	// (Backend is then its first): a failing one is skipped for a while.
+	Backend  string
+	Backends []string
+	// HealthPath, when set on an https or soap route, is fetched from every
+	// backend every HealthInterval; a backend that fails it is skipped.
+	HealthPath     string
+	HealthInterval time.Duration
+	BackendCA      string // verify a TLS backend against this CA
+	BackendCert    string // optional client certificate towards the backend
+	BackendKey     string
+	BackendTLS     bool // telnet/tcp: connect to the backend with TLS
 
 	SOAPActions      []string // soap: allowed operations
 	AllowWSDL        bool
@@ -128,6 +139,9 @@ type Route struct {
 	RefuseAutoSignOn bool     // tn5250: refuse USER/IBMRSEED/IBMSUBSPW
 }
 
+// CertKey is a certificate file and its key file.
+type CertKey struct{ Cert, Key string }
+
 // Listener is a TLS endpoint of the appliance.
 type Listener struct {
 	Name string
@@ -135,8 +149,10 @@ type Listener struct {
 	Addr       netip.Addr
 	Port       uint16
 	Protocol   Protocol
-	ServerCert string
+	ServerCert string // the default certificate (no SNI, or no SNI match)
 	ServerKey  string
+	// ExtraCerts are further certificates chosen by SNI.
+	ExtraCerts []CertKey
 	StartTLS   bool // tn3270/tn5250: Telnet START_TLS instead of implicit TLS
 	Routes     []Route
 }

@@ -137,6 +137,12 @@ func modeText(m policy.Mode) string {
 
 func routeExtras(r policy.Route) string {
 	var parts []string
+	if len(r.Backends) > 1 {
+		parts = append(parts, "also "+strings.Join(r.Backends[1:], " "))
+	}
+	if r.HealthPath != "" {
+		parts = append(parts, fmt.Sprintf("health %s every %s", r.HealthPath, r.HealthInterval))
+	}
 	if len(r.SOAPActions) > 0 {
 		parts = append(parts, "actions "+strings.Join(r.SOAPActions, " "))
 	}

@@ -52,6 +52,7 @@ type Enforcement struct {
 	ScanBlock         ScanBlock    `mapstructure:"scan_block"`
 	NewConnRate       ConnRate     `mapstructure:"new_conn_rate"`
 	MaxConnsPerSource uint32       `mapstructure:"max_conns_per_source"`
+	Forward           bool         `mapstructure:"forward"`
 }
 
 // Management is a range allowed to the appliance's own ports.
@@ -112,32 +113,42 @@ type Identities struct {
 
 // Listener is a TLS endpoint.
 type Listener struct {
-	Name       string  `mapstructure:"name"`
-	Listen     string  `mapstructure:"listen"`
-	Protocol   string  `mapstructure:"protocol"`
-	ServerCert string  `mapstructure:"server_cert"`
-	ServerKey  string  `mapstructure:"server_key"`
-	StartTLS   bool    `mapstructure:"starttls"`
-	Routes     []Route `mapstructure:"routes"`
+	Name       string    `mapstructure:"name"`
+	Listen     string    `mapstructure:"listen"`
+	Protocol   string    `mapstructure:"protocol"`
+	ServerCert string    `mapstructure:"server_cert"`
+	ServerKey  string    `mapstructure:"server_key"`
+	ExtraCerts []CertKey `mapstructure:"extra_certs"`
+	StartTLS   bool      `mapstructure:"starttls"`
+	Routes     []Route   `mapstructure:"routes"`
+}
+
+// CertKey is a further server certificate, chosen by SNI.
+type CertKey struct {
+	Cert string `mapstructure:"cert"`
+	Key  string `mapstructure:"key"`
 }
 
 // Route carries one tenant's traffic to one backend.
 type Route struct {
-	Tenant           string   `mapstructure:"tenant"`
-	Host             string   `mapstructure:"host"`
-	Path             string   `mapstructure:"path"`
-	Backend          string   `mapstructure:"backend"`
-	BackendCA        string   `mapstructure:"backend_ca"`
-	BackendCert      string   `mapstructure:"backend_cert"`
-	BackendKey       string   `mapstructure:"backend_key"`
-	BackendTLS       bool     `mapstructure:"backend_tls"`
-	SOAPActions      []string `mapstructure:"soap_actions"`
-	AllowWSDL        bool     `mapstructure:"allow_wsdl"`
-	LUNames          []string `mapstructure:"lu_names"`
-	TerminalTypes    []string `mapstructure:"terminal_types"`
-	ForceLU          string   `mapstructure:"force_lu"`
-	DevNames         []string `mapstructure:"devnames"`
-	RefuseAutoSignOn bool     `mapstructure:"refuse_auto_sign_on"`
+	Tenant           string        `mapstructure:"tenant"`
+	Host             string        `mapstructure:"host"`
+	Path             string        `mapstructure:"path"`
+	Backend          string        `mapstructure:"backend"`
+	Backends         []string      `mapstructure:"backends"`
+	HealthPath       string        `mapstructure:"health_path"`
+	HealthInterval   time.Duration `mapstructure:"health_interval"`
+	BackendCA        string        `mapstructure:"backend_ca"`
+	BackendCert      string        `mapstructure:"backend_cert"`
+	BackendKey       string        `mapstructure:"backend_key"`
+	BackendTLS       bool          `mapstructure:"backend_tls"`
+	SOAPActions      []string      `mapstructure:"soap_actions"`
+	AllowWSDL        bool          `mapstructure:"allow_wsdl"`
+	LUNames          []string      `mapstructure:"lu_names"`
+	TerminalTypes    []string      `mapstructure:"terminal_types"`
+	ForceLU          string        `mapstructure:"force_lu"`
+	DevNames         []string      `mapstructure:"devnames"`
+	RefuseAutoSignOn bool          `mapstructure:"refuse_auto_sign_on"`
 }
 
 // Rules configures the feed guards.

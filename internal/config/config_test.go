@@ -93,6 +93,13 @@ func TestGoodConfig(t *testing.T) {
 	if got := cfg.StaticPrefixes(); len(got) != 2 || got[1].String() != "2001:db8::/48" {
 		t.Errorf("static = %v", got)
 	}
+	several, err := parse(t, strings.Replace(goodYAML, `backend: "http://192.0.2.6"`, `backends: ["http://192.0.2.6", "http://192.0.2.9"], health_path: /ping`, 1), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := several.Policy().Listeners[0].Routes[1]; r.Backend != "http://192.0.2.6" || len(r.Backends) != 2 || r.HealthInterval != 10*time.Second {
+		t.Errorf("route with backends = %+v", r)
+	}
 	if cfg.Metrics.Listen != "127.0.0.1:9477" || cfg.ShutdownGrace != 15*time.Second {
 		t.Errorf("defaults not applied: %q %s", cfg.Metrics.Listen, cfg.ShutdownGrace)
 	}
@@ -145,12 +152,18 @@ func TestProblems(t *testing.T) {
 		{"two listeners one port", `"192.0.2.1:992"`, `"192.0.2.1:443"`, []string{"listeners[1].listen: port 443 is already used by listeners[0]"}},
 		{"no routes", "routes:\n      - {tenant: acme, backend: \"192.0.2.7:23\", lu_names: [\"ACMELU0*\"], terminal_types: [\"IBM-3278-2-E\"]}", "routes: []", []string{"listeners[1].routes: a listener needs at least one route"}},
 		{"overlapping routes", "{tenant: globex, backend: \"http://192.0.2.6\"}", "{tenant: acme, host: ACME.portal.example, backend: \"http://192.0.2.6\"}", []string{"listeners[0].routes[1]: overlaps listeners[0].routes[0]"}},
+		{"backends on telnet", `backend: "192.0.2.7:23"`, `backends: ["192.0.2.7:23", "192.0.2.8:23"]`, []string{"listeners[1].routes[0].backends: does not apply to a tn3270 listener"}},
 		{"option of another protocol", "lu_names:", "soap_actions: [x], lu_names:", []string{"listeners[1].routes[0].soap_actions: does not apply to a tn3270 listener"}},
 		{"bad fingerprint", `fingerprints_sha256: ["AA:BB`, `fingerprints_sha256: ["ZZ:BB`, []string{"tenants[0].identities.fingerprints_sha256[0]: "}},
 		{"bad rate", "per_source: 3000/m", "per_source: lots", []string{`enforcement.new_conn_rate.per_source: "lots" is not a rate`}},
 		{"interface required", "interface: veth-dmz", "interface: \"\"", []string{"interface: required when enforcement.xdp is not off"}},
 		{"wrong type", "burst: 10", "burst: many", []string{"enforcement.new_conn_rate.burst"}},
 		{"not yaml", "tenants:", "tenants: [", []string{"invalid configuration"}},
+		{"backend and backends", `backend: "http://192.0.2.6"`, `backend: "http://192.0.2.6", backends: ["http://192.0.2.7"]`, []string{"listeners[0].routes[1].backends: give either backend or backends, not both"}},
+		{"no backend", `backend: "http://192.0.2.6"`, `host: x.example`, []string{"listeners[0].routes[1].backend: required (or backends)"}},
+		{"bad backends entry", `backend: "http://192.0.2.6"`, `backends: ["http://192.0.2.6", "gopher://192.0.2.7"]`, []string{`listeners[0].routes[1].backends[1]: must be an http:// or https:// URL, got "gopher://192.0.2.7"`}},
+		{"health path on telnet", `backend: "192.0.2.7:23"`, `backend: "192.0.2.7:23", health_path: /ping`, []string{"listeners[1].routes[0].health_path: an https or soap route's URL path"}},
+		{"missing extra cert", "    server_key: ${DIR}/server.key\n    routes:\n      - {tenant: acme, host", "    server_key: ${DIR}/server.key\n    extra_certs: [{cert: ${DIR}/nope.pem, key: ${DIR}/server.key}]\n    routes:\n      - {tenant: acme, host", []string{`listeners[0].extra_certs[0].cert: cannot read`}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

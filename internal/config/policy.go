@@ -2,6 +2,7 @@ package config
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
@@ -43,6 +44,7 @@ func (cfg *Config) Policy() *policy.Policy {
 			},
 			NewConnRate:       rate,
 			MaxConnsPerSource: e.MaxConnsPerSource,
+			Forward:           e.Forward,
 		},
 	}
 	for _, m := range e.Management {
@@ -76,12 +78,18 @@ func (cfg *Config) Policy() *policy.Policy {
 			ServerKey:  l.ServerKey,
 			StartTLS:   l.StartTLS,
 		}
+		for _, ck := range l.ExtraCerts {
+			pl.ExtraCerts = append(pl.ExtraCerts, policy.CertKey{Cert: ck.Cert, Key: ck.Key})
+		}
 		for _, r := range l.Routes {
 			pl.Routes = append(pl.Routes, policy.Route{
 				Tenant:           r.Tenant,
 				Host:             r.Host,
 				Path:             routePath(pl.Protocol, r.Path),
-				Backend:          r.Backend,
+				Backend:          firstBackend(r),
+				Backends:         r.Backends,
+				HealthPath:       r.HealthPath,
+				HealthInterval:   healthInterval(r),
 				BackendCA:        r.BackendCA,
 				BackendCert:      r.BackendCert,
 				BackendKey:       r.BackendKey,
@@ -98,6 +106,22 @@ func (cfg *Config) Policy() *policy.Policy {
 		p.Listeners = append(p.Listeners, pl)
 	}
 	return p
+}
+
+// firstBackend is the route's backend, or the first of its backends.
+func firstBackend(r Route) string {
+	if r.Backend == "" && len(r.Backends) > 0 {
+		return r.Backends[0]
+	}
+	return r.Backend
+}
+
+// healthInterval defaults to 10s when a health path is set.
+func healthInterval(r Route) time.Duration {
+	if r.HealthPath != "" && r.HealthInterval == 0 {
+		return 10 * time.Second
+	}
+	return r.HealthInterval
 }
 
 func normaliseAll(in []string) []string {

@@ -243,6 +243,10 @@ func (cfg *Config) validateListeners(c *checker, tenants map[string]bool) {
 		c.oneOf(p+".protocol", l.Protocol, protos...)
 		c.file(p+".server_cert", l.ServerCert, true)
 		c.file(p+".server_key", l.ServerKey, true)
+		for j, ck := range l.ExtraCerts {
+			c.file(fmt.Sprintf("%s.extra_certs[%d].cert", p, j), ck.Cert, true)
+			c.file(fmt.Sprintf("%s.extra_certs[%d].key", p, j), ck.Key, true)
+		}
 		proto := policy.Protocol(l.Protocol)
 		if l.StartTLS && proto != policy.ProtoTN3270 && proto != policy.ProtoTN5250 {
 			c.add(p+".starttls", "only tn3270 and tn5250 listeners negotiate START_TLS")
@@ -283,14 +287,30 @@ func routePath(proto policy.Protocol, path string) string {
 
 func validateRoute(c *checker, rp string, proto policy.Protocol, r Route) {
 	httpish := proto == policy.ProtoHTTPS || proto == policy.ProtoSOAP
+	backends := map[string]string{rp + ".backend": r.Backend}
+	switch {
+	case r.Backend != "" && len(r.Backends) > 0:
+		c.add(rp+".backends", "give either backend or backends, not both")
+	case r.Backend == "" && len(r.Backends) == 0:
+		c.add(rp+".backend", "required (or backends)")
+		backends = nil
+	case len(r.Backends) > 0:
+		backends = map[string]string{}
+		for i, b := range r.Backends {
+			backends[fmt.Sprintf("%s.backends[%d]", rp, i)] = b
+		}
+	}
+	if r.HealthPath != "" && (!httpish || !strings.HasPrefix(r.HealthPath, "/")) {
+		c.add(rp+".health_path", "an https or soap route's URL path beginning with '/', got %q", r.HealthPath)
+	}
+	if r.HealthInterval != 0 && r.HealthInterval < time.Second {
+		c.add(rp+".health_interval", "must be at least 1s, got %s", r.HealthInterval)
+	}
+	for key, b := range backends {
+		validateBackend(c, key, httpish, b)
+	}
 	switch {
 	case httpish:
-		u, err := url.Parse(r.Backend)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			c.add(rp+".backend", "must be an http:// or https:// URL, got %q", r.Backend)
-		} else if _, err := hostPort(u.Host, defaultPort(u.Scheme)); err != nil {
-			c.add(rp+".backend", "%v", err)
-		}
 		if r.Path != "" && !strings.HasPrefix(r.Path, "/") {
 			c.add(rp+".path", "must begin with '/', got %q", r.Path)
 		}
@@ -298,9 +318,6 @@ func validateRoute(c *checker, rp string, proto policy.Protocol, r Route) {
 			c.add(rp+".backend_tls", "https and soap routes choose TLS by the backend URL scheme")
 		}
 	default:
-		if _, err := hostPort(r.Backend, ""); err != nil {
-			c.add(rp+".backend", "%v", err)
-		}
 		if r.Path != "" {
 			c.add(rp+".path", "only https and soap routes match a path")
 		}
@@ -319,6 +336,7 @@ func validateRoute(c *checker, rp string, proto policy.Protocol, r Route) {
 			c.add(rp+"."+key, "does not apply to a %s listener", proto)
 		}
 	}
+	only("backends", len(r.Backends) > 0, policy.ProtoHTTPS, policy.ProtoSOAP)
 	only("soap_actions", len(r.SOAPActions) > 0, policy.ProtoSOAP)
 	only("allow_wsdl", r.AllowWSDL, policy.ProtoSOAP)
 	only("lu_names", len(r.LUNames) > 0, policy.ProtoTN3270)
@@ -328,6 +346,23 @@ func validateRoute(c *checker, rp string, proto policy.Protocol, r Route) {
 	only("refuse_auto_sign_on", r.RefuseAutoSignOn, policy.ProtoTN5250)
 	if proto == policy.ProtoSOAP && len(r.SOAPActions) == 0 {
 		c.add(rp+".soap_actions", "a soap route needs at least one allowed operation")
+	}
+}
+
+// validateBackend checks one backend address: a URL for https and soap, else
+// host:port.
+func validateBackend(c *checker, key string, httpish bool, b string) {
+	if !httpish {
+		if _, err := hostPort(b, ""); err != nil {
+			c.add(key, "%v", err)
+		}
+		return
+	}
+	u, err := url.Parse(b)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		c.add(key, "must be an http:// or https:// URL, got %q", b)
+	} else if _, err := hostPort(u.Host, defaultPort(u.Scheme)); err != nil {
+		c.add(key, "%v", err)
 	}
 }
 
