@@ -61,15 +61,14 @@ type demo struct {
 	bin      string            // gatehouse binary
 	config   string
 	bpffs    string // bpffs mount point; the daemon pins under bpffs/gatehouse
-	tn3270   bool   // the proxy in this build carries tn3270 (else :992 is a tcp relay)
 	daemon   *exec.Cmd
 	daemonCh chan struct{} // closed when the daemon exited
 	log      string        // daemon log file
 
 	cleanups []func() // run in reverse order by cleanup
 
-	passed, failedN, skipped int
-	failed                   bool
+	passed, failedN int
+	failed          bool
 }
 
 // Progress lines. Every line of a step starts with one of these marks; the
@@ -77,7 +76,6 @@ type demo struct {
 const (
 	markOK   = "✔"
 	markFail = "✘"
-	markSkip = "–"
 )
 
 func (d *demo) ok(format string, a ...any) {
@@ -89,11 +87,6 @@ func (d *demo) fail(what string, err error) {
 	d.failedN++
 	d.failed = true
 	fmt.Fprintf(d.out, "  %s %s: %v\n", markFail, what, err)
-}
-
-func (d *demo) skip(format string, a ...any) {
-	d.skipped++
-	fmt.Fprintf(d.out, "  %s %s\n", markSkip, fmt.Sprintf(format, a...))
 }
 
 func (d *demo) section(title string) { fmt.Fprintf(d.out, "\n%s\n", title) }
@@ -112,7 +105,7 @@ func (d *demo) cleanup() {
 
 // summary prints the tally and returns the exit code.
 func (d *demo) summary() int {
-	fmt.Fprintf(d.out, "\n%d step(s) passed, %d failed, %d not available in this build\n", d.passed, d.failedN, d.skipped)
+	fmt.Fprintf(d.out, "\n%d step(s) passed, %d failed\n", d.passed, d.failedN)
 	if d.failed {
 		return 1
 	}
@@ -194,12 +187,6 @@ func (d *demo) setup(ctx context.Context, bin string) error {
 	}
 	d.ok("internal hosts: HTTPS %s, SOAP %s, TN3270 %s", httpsAddr, soapAddr, tn3270Addr)
 
-	// The mainframe listener speaks tn3270 when this build's proxy carries
-	// it. A daemon whose proxy does not support the protocol yet refuses to
-	// start; the demo then says so and carries the TN3270 session over
-	// gatehouse's plain tcp relay (TLS and client certificate still
-	// required, but no Telnet policing).
-	d.tn3270 = true
 	if err := d.writeConfig(pub); err != nil {
 		return err
 	}
@@ -208,16 +195,7 @@ func (d *demo) setup(ctx context.Context, bin string) error {
 	}
 	d.ok("gatehouse check: configuration %s is valid", d.config)
 
-	err = d.startDaemon(ctx)
-	if err != nil && d.tn3270 && strings.Contains(d.logText(), "protocol not supported yet") {
-		d.skip("tn3270 protocol: not available in this build (the proxy does not carry it yet); listener :992 uses the tcp relay instead")
-		d.tn3270 = false
-		if err := d.writeConfig(pub); err != nil {
-			return err
-		}
-		err = d.startDaemon(ctx)
-	}
-	if err != nil {
+	if err := d.startDaemon(ctx); err != nil {
 		return fmt.Errorf("gatehouse run: %w", err)
 	}
 	d.ok("gatehouse run in %s: ready (pid %d, log %s)", d.ns["dmz"], d.daemon.Process.Pid, d.log)
@@ -538,7 +516,7 @@ func (d *demo) writeConfig(pub string) error {
     server_key: %[1]s/server.key
     routes:
       - {tenant: %[2]s, backend: "%[3]s"}
-`, p, tenant, tn3270Addr, d.mainframeProto())
+`, p, tenant, tn3270Addr, "tn3270")
 	cfg := fmt.Sprintf(`# gatehouse demo configuration (written by test/demo)
 interface: %[1]s
 state_dir: %[2]s/state
@@ -658,15 +636,6 @@ func (d *demo) showDaemonLog() {
 	for _, l := range lines {
 		fmt.Fprintln(d.out, "  | "+l)
 	}
-}
-
-// mainframeProto is the protocol of the :992 listener: tn3270, or the tcp
-// relay when this build's proxy has no tn3270.
-func (d *demo) mainframeProto() string {
-	if d.tn3270 {
-		return "tn3270"
-	}
-	return "tcp"
 }
 
 func (d *demo) path(rel string) string { return filepath.Join(d.dir, rel) }
