@@ -1,0 +1,3 @@
+module github.com/gatehouse-dmz/gatehouse/bench
+
+go 1.26
