@@ -184,9 +184,9 @@ func tlsConfig(o opts) (*tls.Config, error) {
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			return &pairs[(turn.Add(1)-1)%uint64(len(pairs))], nil
 		},
-		RootCAs:      pool,
-		ServerName:   o.sni,
-		MinVersion:   tls.VersionTLS13,
+		RootCAs:    pool,
+		ServerName: o.sni,
+		MinVersion: tls.VersionTLS13,
 		// The same key exchange for every server: the OpenSSL 3.0 peers
 		// do not offer the hybrid post-quantum group Go prefers.
 		CurvePreferences: []tls.CurveID{tls.X25519},
