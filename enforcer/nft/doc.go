@@ -18,6 +18,37 @@
 // accepted; management (source . port, both in one concatenated set)
 // accepted; scan detection; in strict mode everything else dropped.
 //
+// With enforcement.forward set, the same table has a forward chain (filter
+// hook forward, priority filter - 10) for DMZ designs where the appliance
+// routes to internal hosts instead of terminating: blocked sources dropped;
+// ct state established,related accept; ct state invalid drop; flows that
+// entered on another interface than the policy's Interface accepted
+// (fwd_internal); in strict mode ICMP and ICMPv6 echo-request; then the
+// listener admission of the input chain, for new TCP to listener_ports on
+// any internal host; in strict mode everything else dropped. There is no
+// loopback, management or scan rule: management reaches the appliance's own
+// services, and scan detection stays in the input chain (a source it
+// blocks is dropped here too). Both chains update the same rate_* and
+// conns_* sets, so one source has one rate bucket and one connection cap
+// for the appliance's listeners and the routed ones together. The forward
+// counters are the input ones prefixed fwd_ (fwd_admitted,
+// fwd_not_admitted, fwd_strict_drop, ...), a fixed set of rule labels.
+//
+// The forward chain's policy follows the mode, and what a router's admin
+// expects shapes it. In listeners mode it is accept: gatehouse polices the
+// listener ports of internal hosts and has no opinion on other routed
+// traffic, which the admin's own forward chains still judge (an accept in
+// one base chain does not skip the others; a drop anywhere is final). In
+// strict mode it is drop, and because no other table can undo that drop,
+// strict polices only what enters on the outside interface: internal hosts
+// keep opening flows outwards and to each other, and their replies come
+// back as established. Without an Interface every interface counts as
+// outside, so strict closes the router for everything but admitted
+// sources to listener ports (and echo-request). Switching forward on or
+// off, or changing the Interface, replaces the table in one batch like a
+// mode change; reconcile treats the forward chain as part of the desired
+// state, and a forward chain someone adds while forward is off is drift.
+//
 // Scan detection is an approximation of "DistinctPorts closed ports within
 // Window". A new TCP connection that got this far (not to a listener, not
 // management) adds (source . port) to scan_ports_* for Window; only when the

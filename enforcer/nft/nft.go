@@ -191,7 +191,7 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 	// times every layer's Apply alike.
 	d := time.Since(start)
 	e.log.Info("policy applied", "generation", p.Generation, "duration", d,
-		"admitted_v4", len(next.adm4), "admitted_v6", len(next.adm6), "strict", next.strict)
+		"admitted_v4", len(next.adm4), "admitted_v6", len(next.adm6), "strict", next.strict, "forward", next.forward)
 	return nil
 }
 
@@ -252,7 +252,9 @@ func queueRuleset(c *nftables.Conn, rs *ruleset, carried map[bool][]nftables.Set
 			return fmt.Errorf("anonymous set: %w", err)
 		}
 	}
-	c.AddChain(rs.chain)
+	for _, ch := range rs.chains {
+		c.AddChain(ch)
+	}
 	for _, r := range rs.rules {
 		c.AddRule(r)
 	}

@@ -115,24 +115,39 @@ func (e *Enforcer) drift(c *nftables.Conn) (string, error) {
 			ours = append(ours, ch)
 		}
 	}
-	if len(ours) != 1 || ours[0].Name != rs.chain.Name {
-		return fmt.Sprintf("chains changed (%d in table)", len(ours)), nil
+	if len(ours) != len(rs.chains) {
+		return fmt.Sprintf("chains changed (%d in table, want %d)", len(ours), len(rs.chains)), nil
 	}
-	ch := ours[0]
-	if ch.Hooknum == nil || *ch.Hooknum != *rs.chain.Hooknum || ch.Priority == nil ||
-		*ch.Priority != *rs.chain.Priority || ch.Policy == nil || *ch.Policy != *rs.chain.Policy {
-		return "chain input changed", nil
-	}
-	rules, err := c.GetRules(rs.table, rs.chain)
-	if err != nil {
-		return "", fmt.Errorf("list rules: %w", err)
-	}
-	if len(rules) != len(rs.tags) {
-		return fmt.Sprintf("%d rules, want %d", len(rules), len(rs.tags)), nil
-	}
-	for i, r := range rules {
-		if !bytes.Equal(userdata.Get(r.UserData, tagType), rs.tags[i]) {
-			return fmt.Sprintf("rule %d (handle %d) changed", i, r.Handle), nil
+	for _, want := range rs.chains {
+		i := slices.IndexFunc(ours, func(ch *nftables.Chain) bool { return ch.Name == want.Name })
+		if i < 0 {
+			return "chain " + want.Name + " missing", nil
+		}
+		ch := ours[i]
+		if ch.Hooknum == nil || *ch.Hooknum != *want.Hooknum || ch.Priority == nil ||
+			*ch.Priority != *want.Priority || ch.Policy == nil || *ch.Policy != *want.Policy {
+			return "chain " + want.Name + " changed", nil
+		}
+		rules, err := c.GetRules(rs.table, want)
+		if err != nil {
+			return "", fmt.Errorf("list rules of %s: %w", want.Name, err)
+		}
+		// The rules of one chain are a run of rs.rules; their tags hash
+		// their position in the whole table.
+		first := slices.IndexFunc(rs.rules, func(r *nftables.Rule) bool { return r.Chain == want })
+		n := 0
+		for _, r := range rs.rules {
+			if r.Chain == want {
+				n++
+			}
+		}
+		if len(rules) != n {
+			return fmt.Sprintf("%s: %d rules, want %d", want.Name, len(rules), n), nil
+		}
+		for j, r := range rules {
+			if !bytes.Equal(userdata.Get(r.UserData, tagType), rs.tags[first+j]) {
+				return fmt.Sprintf("%s: rule %d (handle %d) changed", want.Name, j, r.Handle), nil
+			}
 		}
 	}
 	sets, err := c.GetSets(rs.table)

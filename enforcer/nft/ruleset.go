@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"math"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
@@ -37,6 +38,14 @@ const (
 	ruleStrictDrop  = "strict_drop"
 )
 
+// fwdPrefix names the counters of the forward chain: fwd_ and the name of
+// the input rule that does the same (fwd_admitted, fwd_not_admitted, ...),
+// plus fwd_internal for flows that did not enter on the outside interface.
+const (
+	fwdPrefix       = "fwd_"
+	ruleFwdInternal = fwdPrefix + "internal"
+)
+
 // Defaults for knobs the policy may leave zero.
 const (
 	defaultBlockFor = 10 * time.Minute
@@ -60,6 +69,10 @@ type spec struct {
 	maxConns uint32
 	scan     policy.ScanBlock
 	blockFor time.Duration
+	// forward adds the forward chain; outside is the interface whose
+	// forwarded flows it polices ("" means every interface).
+	forward bool
+	outside string
 
 	ports        []uint16
 	mgmt4, mgmt6 []mgmtEntry
@@ -80,6 +93,7 @@ func newSpec(p *policy.Policy) (*spec, error) {
 		maxConns: en.MaxConnsPerSource,
 		scan:     en.ScanBlock,
 		blockFor: en.ScanBlock.BlockFor,
+		forward:  en.Forward,
 		adm4:     toRanges(p.Admitted.V4),
 		adm6:     toRanges(p.Admitted.V6),
 	}
@@ -87,6 +101,12 @@ func newSpec(p *policy.Policy) (*spec, error) {
 	case policy.ModeStrict, policy.ModeListeners, "":
 	default:
 		return nil, fmt.Errorf("%w: unknown mode %q", errBadPolicy, en.Mode)
+	}
+	if s.forward {
+		s.outside = p.Interface
+		if len(s.outside) >= unix.IFNAMSIZ || strings.ContainsRune(s.outside, 0) {
+			return nil, fmt.Errorf("%w: interface %q is not an interface name", errBadPolicy, s.outside)
+		}
 	}
 	if s.blockFor <= 0 {
 		s.blockFor = defaultBlockFor
@@ -129,7 +149,7 @@ func newSpec(p *policy.Policy) (*spec, error) {
 // the newer one can be applied as element changes.
 func (s *spec) sameShape(o *spec) bool {
 	return s.strict == o.strict && s.rate == o.rate && s.maxConns == o.maxConns &&
-		s.scan == o.scan && s.blockFor == o.blockFor
+		s.scan == o.scan && s.blockFor == o.blockFor && s.forward == o.forward && s.outside == o.outside
 }
 
 func (s *spec) family(v6 bool) (mgmt []mgmtEntry, adm []addrRange) {
@@ -142,14 +162,14 @@ func (s *spec) family(v6 bool) (mgmt []mgmtEntry, adm []addrRange) {
 // ruleset is everything one generation installs, built without the kernel.
 type ruleset struct {
 	table    *nftables.Table
-	chain    *nftables.Chain
+	chains   []*nftables.Chain // input, then forward when configured
 	sets     []*nftables.Set
 	elems    map[string][]nftables.SetElement // initial elements of the small sets
 	ranges   map[string][]addrRange           // admitted sets, encoded only when sent whole
 	anon     []anonSet
 	counters []string
-	rules    []*nftables.Rule
-	tags     [][]byte
+	rules    []*nftables.Rule // of every chain, in chain order
+	tags     [][]byte         // the tag of each rule, hashed with its position in rules
 }
 
 type anonSet struct {
@@ -193,13 +213,15 @@ func (s *spec) build() *ruleset {
 	if s.strict {
 		policyVerdict = nftables.ChainPolicyDrop
 	}
-	rs := &ruleset{
-		table: t,
-		chain: &nftables.Chain{
-			Name: "input", Table: t, Type: nftables.ChainTypeFilter,
-			Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityRef(chainPriority),
+	baseChain := func(name string, hook *nftables.ChainHook) *nftables.Chain {
+		return &nftables.Chain{
+			Name: name, Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: hook, Priority: nftables.ChainPriorityRef(chainPriority),
 			Policy: &policyVerdict,
-		},
+		}
+	}
+	rs := &ruleset{
+		table:  t,
 		elems:  map[string][]nftables.SetElement{},
 		ranges: map[string][]addrRange{},
 	}
@@ -249,6 +271,7 @@ func (s *spec) build() *ruleset {
 	slices.SortStableFunc(rs.sets, func(a, b *nftables.Set) int { return compareStrings(a.Name, b.Name) })
 
 	r := &ruleBuilder{rs: rs, sets: byName, nextID: &id}
+	r.chain(baseChain("input", nftables.ChainHookInput))
 	r.add(ruleLoopback, verdictAccept, iifname("lo")...)
 	for _, v6 := range []bool{false, true} {
 		r.add(ruleBlocked, verdictDrop, concat(saddr(v6), lookup(byName[setName(setBlocked, v6)], false))...)
@@ -260,27 +283,7 @@ func (s *spec) build() *ruleset {
 		r.add(ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMPV6), icmpType(),
 			r.anonLookup(nftables.TypeICMP6Type, icmpv6Essentials))...)
 	}
-	listener := func() []expr.Any { return concat(l4proto(unix.IPPROTO_TCP), dport(1), lookup(byName[setPorts], false)) }
-	for _, v6 := range []bool{false, true} {
-		r.add(ruleNotAdmitted, verdictDrop, concat(listener(), saddr(v6), lookup(byName[setName(setAdmitted, v6)], true))...)
-	}
-	if s.rate.PerSecond > 0 {
-		burst := s.rate.Burst
-		if burst == 0 {
-			burst = s.rate.PerSecond
-		}
-		for _, v6 := range []bool{false, true} {
-			r.add(ruleRateLimited, verdictDrop, concat(listener(), saddr(v6), dynset(byName[setName(setRate, v6)], unix.NFT_DYNSET_OP_UPDATE, 0,
-				&expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(s.rate.PerSecond), Unit: expr.LimitTimeSecond, Burst: burst, Over: true}))...)
-		}
-	}
-	if s.maxConns > 0 {
-		for _, v6 := range []bool{false, true} {
-			r.add(ruleConnLimited, verdictDrop, concat(listener(), saddr(v6), dynset(byName[setName(setConns, v6)], unix.NFT_DYNSET_OP_ADD, 0,
-				&expr.Connlimit{Count: s.maxConns, Flags: expr.NFT_CONNLIMIT_F_INV}))...)
-		}
-	}
-	r.add(ruleAdmitted, verdictAccept, listener()...)
+	r.admission(s, "")
 	for _, v6 := range []bool{false, true} {
 		r.add(ruleManagement, verdictAccept, concat(l4proto(unix.IPPROTO_TCP), saddr(v6), dport(concatPortReg(v6)),
 			lookup(byName[setName(setManagement, v6)], false))...)
@@ -302,7 +305,67 @@ func (s *spec) build() *ruleset {
 	if s.strict {
 		r.add(ruleStrictDrop, verdictDrop)
 	}
+	if s.forward {
+		s.buildForward(r, baseChain("forward", nftables.ChainHookForward))
+	}
 	return rs
+}
+
+// buildForward adds the forward chain: the admission of the input chain for
+// flows routed through the appliance to listener ports of internal hosts.
+// There is no loopback, management or scan rule: management reaches the
+// appliance itself, and scan detection stays with the input chain (a
+// source it blocks is dropped here too). Flows that enter on another
+// interface than the outside one are internal and pass.
+func (s *spec) buildForward(r *ruleBuilder, ch *nftables.Chain) {
+	byName := r.sets
+	r.chain(ch)
+	for _, v6 := range []bool{false, true} {
+		r.add(fwdPrefix+ruleBlocked, verdictDrop, concat(saddr(v6), lookup(byName[setName(setBlocked, v6)], false))...)
+	}
+	r.add(fwdPrefix+ruleEstablished, verdictAccept, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)...)
+	r.add(fwdPrefix+ruleInvalid, verdictDrop, ctState(expr.CtStateBitINVALID)...)
+	if s.outside != "" {
+		r.add(ruleFwdInternal, verdictAccept, iifnameNot(s.outside)...)
+	}
+	if s.strict {
+		r.add(fwdPrefix+ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMP), icmpType(), cmpEq([]byte{8}))...)     // echo-request
+		r.add(fwdPrefix+ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMPV6), icmpType(), cmpEq([]byte{128}))...) // echo-request
+	}
+	r.admission(s, fwdPrefix)
+	if s.strict {
+		r.add(fwdPrefix+ruleStrictDrop, verdictDrop)
+	}
+}
+
+// admission adds the rules for new TCP to listener_ports to the current
+// chain: dropped unless admitted, over the rate, over the connection cap,
+// else accepted. The counters are named prefix plus the rule. Both chains
+// update the same rate_* and conns_* sets, so a source has one budget for
+// the appliance's listeners and the routed ones together.
+func (r *ruleBuilder) admission(s *spec, prefix string) {
+	byName := r.sets
+	listener := func() []expr.Any { return concat(l4proto(unix.IPPROTO_TCP), dport(1), lookup(byName[setPorts], false)) }
+	for _, v6 := range []bool{false, true} {
+		r.add(prefix+ruleNotAdmitted, verdictDrop, concat(listener(), saddr(v6), lookup(byName[setName(setAdmitted, v6)], true))...)
+	}
+	if s.rate.PerSecond > 0 {
+		burst := s.rate.Burst
+		if burst == 0 {
+			burst = s.rate.PerSecond
+		}
+		for _, v6 := range []bool{false, true} {
+			r.add(prefix+ruleRateLimited, verdictDrop, concat(listener(), saddr(v6), dynset(byName[setName(setRate, v6)], unix.NFT_DYNSET_OP_UPDATE, 0,
+				&expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(s.rate.PerSecond), Unit: expr.LimitTimeSecond, Burst: burst, Over: true}))...)
+		}
+	}
+	if s.maxConns > 0 {
+		for _, v6 := range []bool{false, true} {
+			r.add(prefix+ruleConnLimited, verdictDrop, concat(listener(), saddr(v6), dynset(byName[setName(setConns, v6)], unix.NFT_DYNSET_OP_ADD, 0,
+				&expr.Connlimit{Count: s.maxConns, Flags: expr.NFT_CONNLIMIT_F_INV}))...)
+		}
+	}
+	r.add(prefix+ruleAdmitted, verdictAccept, listener()...)
 }
 
 // icmpv6Essentials are the ICMPv6 types a strict appliance must still
@@ -346,8 +409,15 @@ const (
 
 type ruleBuilder struct {
 	rs     *ruleset
+	cur    *nftables.Chain
 	sets   map[string]*nftables.Set
 	nextID *uint32
+}
+
+// chain makes ch the chain the next rules go into.
+func (b *ruleBuilder) chain(ch *nftables.Chain) {
+	b.rs.chains = append(b.rs.chains, ch)
+	b.cur = ch
 }
 
 // add appends a rule: match expressions, the rule's named counter, verdict.
@@ -360,7 +430,7 @@ func (b *ruleBuilder) add(name string, v verdict, match ...expr.Any) {
 	}
 	tag := ruleTag(len(b.rs.rules), exprs)
 	b.rs.rules = append(b.rs.rules, &nftables.Rule{
-		Table: b.rs.table, Chain: b.rs.chain, Exprs: exprs,
+		Table: b.rs.table, Chain: b.cur, Exprs: exprs,
 		UserData: userdata.Append(nil, tagType, tag),
 	})
 	b.rs.tags = append(b.rs.tags, tag)
@@ -410,6 +480,13 @@ func cmpEq(data []byte) []expr.Any {
 
 func iifname(name string) []expr.Any {
 	return concat([]expr.Any{&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}}, cmpEq([]byte(name+"\x00")))
+}
+
+func iifnameNot(name string) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte(name + "\x00")},
+	}
 }
 
 func l4proto(p byte) []expr.Any {

@@ -56,6 +56,15 @@ func goldenPolicy() *policy.Policy {
 	}
 }
 
+// forwardPolicy is goldenPolicy on a router: the forward chain polices
+// flows entering on eth1 (testdata/golden-forward.nft).
+func forwardPolicy() *policy.Policy {
+	p := goldenPolicy()
+	p.Interface = "eth1"
+	p.Enforcement.Forward = true
+	return p
+}
+
 func prefixes(ss ...string) []netip.Prefix {
 	out := make([]netip.Prefix, len(ss))
 	for i, s := range ss {
@@ -100,28 +109,37 @@ func (g *gate) list(t testing.TB) string {
 
 func TestGolden(t *testing.T) {
 	netns.RequirePriv(t)
-	g := newGate(t, Config{})
-	if err := g.e.Apply(goldenPolicy()); err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		file string
+		p    *policy.Policy
+	}{
+		{"golden.nft", goldenPolicy()},
+		{"golden-forward.nft", forwardPolicy()},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			g := newGate(t, Config{})
+			if err := g.e.Apply(tc.p); err != nil {
+				t.Fatal(err)
+			}
+			got := g.list(t)
+			path := filepath.Join("testdata", tc.file)
+			if *update {
+				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run with -update to create it)", err)
+			}
+			if !bytes.Equal([]byte(got), want) {
+				t.Errorf("nft list table differs from %s (-update to accept):\n%s", path, got)
+			}
+			// What the listing shows, nft must read back: the golden file
+			// is a rule set an admin could load by hand.
+			netns.New(t, "reload").Exec(t, "nft", "-c", "-f", filepath.Join(mustAbs(t, "testdata"), tc.file))
+		})
 	}
-	got := g.list(t)
-	path := filepath.Join("testdata", "golden.nft")
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	if !bytes.Equal([]byte(got), want) {
-		t.Errorf("nft list table differs from %s (-update to accept):\n%s", path, got)
-	}
-	// What the listing shows, nft must read back: the golden file is a
-	// rule set an admin could load by hand.
-	ns2 := netns.New(t, "reload")
-	ns2.Exec(t, "nft", "-c", "-f", filepath.Join(mustAbs(t, "testdata"), "golden.nft"))
 }
 
 func mustAbs(t testing.TB, p string) string {
@@ -187,8 +205,11 @@ func newTopo(t *testing.T, cfg Config) *topo {
 
 // serve accepts on port (both families) and closes each connection when
 // the peer does, so closed connections leave conntrack's count.
-func (tp *topo) serve(t *testing.T, port int) {
-	l := tp.ns.Listen(t, "tcp", fmt.Sprintf(":%d", port))
+func (tp *topo) serve(t *testing.T, port int) { serveOn(t, tp.ns, port) }
+
+// serveOn accepts on port in ns, both families, like topo.serve.
+func serveOn(t *testing.T, ns *netns.NS, port int) {
+	l := ns.Listen(t, "tcp", fmt.Sprintf(":%d", port))
 	go func() {
 		for {
 			c, err := l.Accept()
