@@ -157,6 +157,7 @@ func TestProblems(t *testing.T) {
 		{"bad fingerprint", `fingerprints_sha256: ["AA:BB`, `fingerprints_sha256: ["ZZ:BB`, []string{"tenants[0].identities.fingerprints_sha256[0]: "}},
 		{"bad rate", "per_source: 3000/m", "per_source: lots", []string{`enforcement.new_conn_rate.per_source: "lots" is not a rate`}},
 		{"interface required", "interface: veth-dmz", "interface: \"\"", []string{"interface: required when enforcement.xdp is not off"}},
+		{"strict forward without interface", "interface: veth-dmz\nstate_dir: /var/lib/gatehouse\nenforcement:\n  mode: strict", "interface: \"\"\nstate_dir: /var/lib/gatehouse\nenforcement:\n  mode: strict\n  xdp: \"off\"\n  forward: true", []string{"enforcement.forward: in strict mode the forward chain needs interface"}},
 		{"wrong type", "burst: 10", "burst: many", []string{"enforcement.new_conn_rate.burst"}},
 		{"not yaml", "tenants:", "tenants: [", []string{"invalid configuration"}},
 		{"backend and backends", `backend: "http://192.0.2.6"`, `backend: "http://192.0.2.6", backends: ["http://192.0.2.7"]`, []string{"listeners[0].routes[1].backends: give either backend or backends, not both"}},

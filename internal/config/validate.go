@@ -96,6 +96,9 @@ func (cfg *Config) validate() Problems {
 			c.add("interface", "%q is not a valid interface name", cfg.Interface)
 		}
 	}
+	if e.Forward && e.Mode == string(policy.ModeStrict) && cfg.Interface == "" {
+		c.add("enforcement.forward", "in strict mode the forward chain needs interface (the outside): without it internal hosts could not open connections through the appliance")
+	}
 	if e.XDP != string(policy.XDPOff) && !strings.HasPrefix(e.PinDir, "/") {
 		c.add("enforcement.pin_dir", "must be an absolute path on a bpffs mount, got %q", e.PinDir)
 	}
