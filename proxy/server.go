@@ -145,6 +145,12 @@ type listenerState struct {
 	telnet *telnet.Handler
 }
 
+func (st *listenerState) start() {
+	if st.http != nil {
+		st.http.Start()
+	}
+}
+
 func (st *listenerState) close() {
 	if st.http != nil {
 		st.http.Close()
@@ -209,6 +215,9 @@ func (s *Server) Apply(p *policy.Policy) error {
 		if old := s.sockets[addr].state.Swap(st); old != nil {
 			old.close()
 		}
+		// After the old generation stopped, so one listener's backends
+		// are checked and counted once.
+		st.start()
 	}
 	for _, sk := range opened {
 		s.start(sk)
@@ -236,7 +245,14 @@ func (s *Server) buildState(l policy.Listener) (*listenerState, error) {
 	var alpn []string
 	switch l.Protocol {
 	case policy.ProtoHTTPS, policy.ProtoSOAP:
+		var prev *httpproxy.Handler
+		if sk, ok := s.sockets[l.ListenAddress()]; ok {
+			if old := sk.state.Load(); old != nil && old.l.Name == l.Name {
+				prev = old.http
+			}
+		}
 		h, err := httpproxy.New(httpproxy.Config{
+			Previous:  prev,
 			Listener:  l.Name,
 			Protocol:  l.Protocol,
 			Routes:    l.Routes,

@@ -12,6 +12,22 @@
 // any host. Paths with dot segments or backslashes are refused. No route
 // means 403 and no backend is contacted.
 //
+// Backends: a route may have several. Requests take them round robin,
+// skipping those marked down. A request that fails on a backend's connection
+// (refused, reset, TLS failure, closed before the answer; not a slow answer)
+// marks it down for BackendDownTime, doubling with each further failure up
+// to BackendDownMax, and goes to the next backend only when that is safe:
+// no connection was had (nothing of it was sent), or it is an idempotent
+// method without a body. When every backend is down the answer is 502 at
+// once, without contacting any. A route with one backend always tries it.
+// With a health path, Start runs one checker per backend that GETs the path
+// (on the backend's host, over the route's backend TLS settings) every
+// interval; an error or a status outside 2xx/3xx keeps the backend out until
+// a check passes. Close stops the checkers. A new generation inherits the
+// state of the previous one's matching backends. gatehouse_backend_up
+// reports each backend by listener, tenant, route and backend position; the
+// access log names the backend (index, -1 none) and the attempts.
+//
 // To the backend: X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host,
 // X-Gatehouse-Tenant, X-Client-Cert-Fingerprint, X-Client-Cert-Subject and
 // X-Gatehouse-Request-Id are always set by the proxy; whatever the client

@@ -65,8 +65,12 @@ type Config struct {
 	// InFlight counts requests per tenant. Pass the same one to every
 	// generation of a listener so a reload does not reset the count; nil
 	// makes a new one.
-	InFlight  *InFlight
-	Metrics   *Metrics // nil: not counted
+	InFlight *InFlight
+	Metrics  *Metrics // nil: not counted
+	// Previous is the listener's running generation, if any: a backend
+	// it knows as down (same tenant, route and URL) stays down, so a
+	// reload does not send requests to hosts known to fail.
+	Previous  *Handler
 	AccessLog *slog.Logger
 	Logger    *slog.Logger
 }
@@ -82,15 +86,21 @@ type Handler struct {
 	metrics  *Metrics
 	access   *slog.Logger
 	logger   *slog.Logger
+
+	// Active health checks: started by Start, stopped by Close.
+	stop      context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
 }
 
 type route struct {
+	index     int // position in the listener's routes, the backend_up label
 	tenant    string
 	host      string // lower case, no port; "" matches any
 	prefix    string
 	label     string // host+prefix, the route's name in logs
-	backend   *url.URL
-	transport *http.Transport
+	backends  []*backend
+	interval  time.Duration // active health check period; 0 none
 	proxy     *httputil.ReverseProxy
 	actions   map[string]bool
 	allowWSDL bool
@@ -124,7 +134,7 @@ func New(cfg Config) (*Handler, error) {
 	}
 	seen := map[string]bool{}
 	for i, pr := range cfg.Routes {
-		rt, err := h.newRoute(pr)
+		rt, err := h.newRoute(i, pr)
 		if err != nil {
 			h.Close()
 			return nil, fmt.Errorf("listener %q route %d: %w", cfg.Listener, i, err)
@@ -136,6 +146,9 @@ func New(cfg Config) (*Handler, error) {
 		}
 		seen[key] = true
 		h.byTenant[rt.tenant] = append(h.byTenant[rt.tenant], rt)
+	}
+	if cfg.Previous != nil {
+		h.inherit(cfg.Previous)
 	}
 	for _, rts := range h.byTenant {
 		// Most specific first: longest prefix, then a named host before "any".
@@ -149,16 +162,36 @@ func New(cfg Config) (*Handler, error) {
 	return h, nil
 }
 
-func (h *Handler) newRoute(pr policy.Route) (*route, error) {
+func (h *Handler) newRoute(index int, pr policy.Route) (*route, error) {
 	if pr.Tenant == "" {
 		return nil, fmt.Errorf("%w: no tenant", ErrRoute)
 	}
-	u, err := url.Parse(pr.Backend)
-	if err != nil {
-		return nil, fmt.Errorf("%w: backend %q: %w", ErrRoute, pr.Backend, err)
+	addrs := pr.Backends
+	switch {
+	case len(addrs) == 0:
+		addrs = []string{pr.Backend}
+	case pr.Backend != "" && pr.Backend != addrs[0]:
+		return nil, fmt.Errorf("%w: backend %q is not the first of backends", ErrRoute, pr.Backend)
 	}
-	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Errorf("%w: backend %q must be http(s)://host[:port][/path]", ErrRoute, pr.Backend)
+	var urls []*url.URL
+	for _, addr := range addrs {
+		u, err := url.Parse(addr)
+		if err != nil {
+			return nil, fmt.Errorf("%w: backend %q: %w", ErrRoute, addr, err)
+		}
+		if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+			return nil, fmt.Errorf("%w: backend %q must be http(s)://host[:port][/path]", ErrRoute, addr)
+		}
+		if slices.ContainsFunc(urls, func(o *url.URL) bool { return o.String() == u.String() }) {
+			return nil, fmt.Errorf("%w: backend %q listed twice", ErrRoute, addr)
+		}
+		urls = append(urls, u)
+	}
+	if pr.HealthPath == "" && pr.HealthInterval != 0 {
+		return nil, fmt.Errorf("%w: health interval without a health path", ErrRoute)
+	}
+	if pr.HealthPath != "" && pr.HealthInterval <= 0 {
+		return nil, fmt.Errorf("%w: health path %q needs a positive interval", ErrRoute, pr.HealthPath)
 	}
 	prefix := cmp.Or(pr.Path, "/")
 	if !strings.HasPrefix(prefix, "/") || hasDotSegment(prefix) {
@@ -166,11 +199,12 @@ func (h *Handler) newRoute(pr policy.Route) (*route, error) {
 	}
 	host := normHost(pr.Host)
 	rt := &route{
+		index:     index,
 		tenant:    pr.Tenant,
 		host:      host,
 		prefix:    prefix,
 		label:     host + prefix,
-		backend:   u,
+		interval:  pr.HealthInterval,
 		allowWSDL: pr.AllowWSDL,
 		soap:      h.soap,
 		actions:   map[string]bool{},
@@ -178,14 +212,27 @@ func (h *Handler) newRoute(pr policy.Route) (*route, error) {
 	for _, a := range pr.SOAPActions {
 		rt.actions[a] = true
 	}
-	tr, err := h.newTransport(u, pr)
+	tc, err := backendTLS(urls, pr)
 	if err != nil {
 		return nil, err
 	}
-	rt.transport = tr
+	for i, u := range urls {
+		b := &backend{index: i, url: u, transport: h.newTransport(u, tc)}
+		if pr.HealthPath != "" {
+			if b.health, err = healthURL(u, pr.HealthPath); err != nil {
+				return nil, err
+			}
+			b.client = &http.Client{
+				Transport: b.transport,
+				// A redirect passes; following it would check another host.
+				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+			}
+		}
+		rt.backends = append(rt.backends, b)
+	}
 	rt.proxy = &httputil.ReverseProxy{
 		Rewrite:      rt.rewrite,
-		Transport:    tr,
+		Transport:    &pool{h: h, rt: rt, backends: rt.backends},
 		ErrorHandler: h.proxyError,
 		// Negative: flush at once, so streamed and long-polled responses
 		// are not held back by the proxy.
@@ -196,25 +243,16 @@ func (h *Handler) newRoute(pr policy.Route) (*route, error) {
 	return rt, nil
 }
 
-func (h *Handler) newTransport(u *url.URL, pr policy.Route) (*http.Transport, error) {
-	d := &net.Dialer{Timeout: h.limits.DialTimeout, KeepAlive: 30 * time.Second}
-	tr := &http.Transport{
-		Proxy:                 nil, // never an environment proxy: backends are internal
-		DialContext:           d.DialContext,
-		MaxIdleConns:          256,
-		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   h.limits.DialTimeout,
-		ResponseHeaderTimeout: h.limits.BackendTimeout,
-		ExpectContinueTimeout: time.Second,
-	}
-	if u.Scheme != "https" {
+// backendTLS loads the route's backend CA and client certificate once for
+// all its backends; nil when no backend is https.
+func backendTLS(urls []*url.URL, pr policy.Route) (*tls.Config, error) {
+	if !slices.ContainsFunc(urls, func(u *url.URL) bool { return u.Scheme == "https" }) {
 		if pr.BackendCA != "" || pr.BackendCert != "" {
 			return nil, fmt.Errorf("%w: backend_ca/backend_cert need an https backend", ErrRoute)
 		}
-		return tr, nil
+		return nil, nil
 	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: u.Hostname()}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
 	if pr.BackendCA != "" {
 		pem, err := os.ReadFile(pr.BackendCA)
 		if err != nil {
@@ -236,18 +274,90 @@ func (h *Handler) newTransport(u *url.URL, pr policy.Route) (*http.Transport, er
 		}
 		tc.Certificates = []tls.Certificate{kp}
 	}
-	tr.TLSClientConfig = tc
-	return tr, nil
+	return tc, nil
 }
 
-// Close releases the idle backend connections of this generation; requests
-// still running finish on theirs.
-func (h *Handler) Close() {
-	for _, rts := range h.byTenant {
+func (h *Handler) newTransport(u *url.URL, tc *tls.Config) *http.Transport {
+	d := &net.Dialer{Timeout: h.limits.DialTimeout, KeepAlive: 30 * time.Second}
+	tr := &http.Transport{
+		Proxy:                 nil, // never an environment proxy: backends are internal
+		DialContext:           d.DialContext,
+		MaxIdleConns:          256,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   h.limits.DialTimeout,
+		ResponseHeaderTimeout: h.limits.BackendTimeout,
+		ExpectContinueTimeout: time.Second,
+	}
+	if u.Scheme == "https" {
+		tc = tc.Clone()
+		tc.ServerName = u.Hostname()
+		tr.TLSClientConfig = tc
+	}
+	return tr
+}
+
+// inherit copies the health of prev's backends into h's matching ones.
+func (h *Handler) inherit(prev *Handler) {
+	for tenant, rts := range h.byTenant {
 		for _, rt := range rts {
-			rt.transport.CloseIdleConnections()
+			i := slices.IndexFunc(prev.byTenant[tenant], func(o *route) bool { return o.label == rt.label })
+			if i < 0 {
+				continue
+			}
+			for _, b := range rt.backends {
+				for _, o := range prev.byTenant[tenant][i].backends {
+					if o.url.String() == b.url.String() {
+						b.copyHealth(o)
+					}
+				}
+			}
 		}
 	}
+}
+
+// Start begins the active health checks of the routes that have a health
+// path, one goroutine per backend, each checking at once and then every
+// interval, and makes the backends visible in the metrics. Call it once,
+// when the handler is put in service; Close stops it.
+func (h *Handler) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	h.stop = cancel
+	for _, rts := range h.byTenant {
+		for _, rt := range rts {
+			for _, b := range rt.backends {
+				if b.health != nil {
+					h.wg.Add(1)
+					go h.watch(ctx, rt, b)
+				}
+			}
+		}
+	}
+	if h.metrics != nil {
+		h.metrics.add(h)
+	}
+}
+
+// Close stops the health checks, waiting for them, and releases the idle
+// backend connections of this generation; requests still running finish on
+// theirs (with the health their backends had).
+func (h *Handler) Close() {
+	h.closeOnce.Do(func() {
+		if h.stop != nil {
+			h.stop()
+			h.wg.Wait()
+		}
+		if h.metrics != nil {
+			h.metrics.remove(h)
+		}
+		for _, rts := range h.byTenant {
+			for _, rt := range rts {
+				for _, b := range rt.backends {
+					b.transport.CloseIdleConnections()
+				}
+			}
+		}
+	})
 }
 
 // match returns the tenant's most specific route for host and path. The
@@ -292,6 +402,12 @@ func normHost(h string) string {
 type requestState struct {
 	peer Peer
 	id   string
+	// inURL is the client's URL, for aiming it at each backend tried.
+	inURL url.URL
+	// backend is the index of the last backend tried, -1 none; attempts
+	// counts the backends tried. Only the handler's goroutine writes them.
+	backend  int
+	attempts int
 	// bodyErr is the first read error of the client's body (bad chunking,
 	// over the limit). The transport reads the body on its own goroutine.
 	bodyErr atomic.Pointer[error]
@@ -313,7 +429,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// protocols; unless the switch happens, end the connection after the
 	// answer (whoever refuses it) so nothing follows unguarded.
 	sw := &statusWriter{ResponseWriter: w, closeUnlessSwitch: isUpgrade(r)}
-	st := &requestState{id: newID()}
+	st := &requestState{id: newID(), backend: -1}
 	peer, ok := PeerFrom(r.Context())
 	st.peer = peer
 	var body *countingBody
@@ -355,6 +471,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		slog.String("proto", r.Proto),
 		slog.String("method", r.Method),
 		slog.String("route", label),
+		slog.Int("backend", st.backend),
+		slog.Int("attempts", st.attempts),
 		slog.Int("status", status),
 		slog.Int64("bytes_in", in),
 		slog.Int64("bytes_out", sw.n),
@@ -433,7 +551,10 @@ func isIdentityHeader(name string) bool {
 
 func (rt *route) rewrite(pr *httputil.ProxyRequest) {
 	st, _ := pr.In.Context().Value(stateKey{}).(*requestState)
-	pr.SetURL(rt.backend)
+	if st != nil && len(rt.backends) > 1 {
+		st.inURL = *pr.Out.URL
+	}
+	pr.SetURL(rt.backends[0].url)
 	for name := range pr.Out.Header {
 		if isIdentityHeader(name) {
 			delete(pr.Out.Header, name)
@@ -481,6 +602,9 @@ func (h *Handler) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		// The client went away; nobody reads the answer.
 		w.WriteHeader(499)
+	case errors.Is(err, errAllDown):
+		h.logger.Warn("no backend up", "listener", h.listener)
+		refuse(w, http.StatusBadGateway, "bad gateway: no backend available")
 	case isTimeout(err):
 		h.logger.Warn("backend timed out", "listener", h.listener, "err", err)
 		refuse(w, http.StatusGatewayTimeout, "gateway timeout")

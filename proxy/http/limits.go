@@ -21,6 +21,14 @@ const (
 	// in-flight slot and a backend connection for ever. It is an idle
 	// bound, not a total one: large uploads at a steady pace are fine.
 	DefaultBodyReadTimeout = 30 * time.Second
+	// DefaultBackendDownTime is how long a backend that failed a request
+	// is skipped when its route has others; each further failure doubles
+	// it, up to DefaultBackendDownMax.
+	DefaultBackendDownTime = 10 * time.Second
+	DefaultBackendDownMax  = 60 * time.Second
+	// DefaultHealthTimeout bounds one active health check (and never
+	// exceeds the route's interval).
+	DefaultHealthTimeout = 2 * time.Second
 
 	// SOAP inspection limits.
 	DefaultMaxSOAPBytes    = 4 << 20
@@ -38,6 +46,9 @@ type Limits struct {
 	BackendTimeout       time.Duration
 	DialTimeout          time.Duration
 	BodyReadTimeout      time.Duration
+	BackendDownTime      time.Duration
+	BackendDownMax       time.Duration
+	HealthTimeout        time.Duration
 	XML                  XMLLimits
 }
 
@@ -66,6 +77,16 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.DialTimeout <= 0 {
 		l.DialTimeout = DefaultDialTimeout
+	}
+	if l.BackendDownTime <= 0 {
+		l.BackendDownTime = DefaultBackendDownTime
+	}
+	if l.BackendDownMax <= 0 {
+		l.BackendDownMax = DefaultBackendDownMax
+	}
+	l.BackendDownMax = max(l.BackendDownMax, l.BackendDownTime)
+	if l.HealthTimeout <= 0 {
+		l.HealthTimeout = DefaultHealthTimeout
 	}
 	l.XML = l.XML.withDefaults()
 	return l
