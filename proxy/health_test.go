@@ -1,12 +1,15 @@
 package proxy_test
 
 import (
+	"bufio"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -391,5 +394,69 @@ func TestHealthSurvivesReload(t *testing.T) {
 	}
 	if v := backendUp(t, registry(t, h), "0", "0"); v != 0 {
 		t.Errorf("failed backend after reloads: up %v, want 0", v)
+	}
+}
+
+// TestReusedConnectionFailure: a backend dropping a kept-alive connection
+// with a request on it (as one does when its idle timeout strikes as the
+// request goes out) answers 502 for that request, which was sent and is not
+// retried, but is not marked down: its next new connection works.
+func TestReusedConnectionFailure(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var served atomic.Int64
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for i := 0; ; i++ {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					if i > 0 {
+						return // the second request on a connection is dropped
+					}
+					served.Add(1)
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 7\r\n\r\ndropper")
+				}
+			}()
+		}
+	}()
+	good := newBackend(t, "good")
+	h := newHarness(t, testLimits(), listener("web", policy.ProtoHTTPS,
+		policy.Route{Tenant: "acme", Backends: []string{"http://" + ln.Addr().String(), good.url()}}))
+	acme := h.client(h.pki.acme, false)
+	post := func() result {
+		return h.mustDo(acme, "web", "POST", "", "/", nil, strings.NewReader("payload"))
+	}
+	if r := post(); r.status != 200 || r.body != "dropper" {
+		t.Fatalf("first: %d %q", r.status, r.body)
+	}
+	if r := post(); r.status != 200 || r.echo.Backend != "good" {
+		t.Fatalf("second: %d %q", r.status, r.body)
+	}
+	if r := post(); r.status != http.StatusBadGateway || good.hits.Load() != 1 {
+		t.Fatalf("third (dropped on the kept-alive connection): %d, good backend hits %d", r.status, good.hits.Load())
+	}
+	if r := post(); r.status != 200 || r.echo.Backend != "good" {
+		t.Fatalf("fourth: %d %q", r.status, r.body)
+	}
+	if r := post(); r.status != 200 || r.body != "dropper" || served.Load() != 2 {
+		t.Errorf("fifth: %d %q, dropper served %d, want its second new connection", r.status, r.body, served.Load())
 	}
 }

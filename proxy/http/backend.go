@@ -106,7 +106,7 @@ func (p *pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		b := p.backends[0]
 		st.backend, st.attempts = 0, 1
 		resp, err := b.transport.RoundTrip(req)
-		p.observe(b, req, st, err, true)
+		p.observe(b, req, st, err, true, false)
 		return resp, err
 	}
 	n := uint32(len(p.backends))
@@ -117,9 +117,12 @@ func (p *pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		if !b.usable(time.Now()) {
 			continue
 		}
-		var connected atomic.Bool
+		var connected, reused atomic.Bool
 		ctx := httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
-			GotConn: func(httptrace.GotConnInfo) { connected.Store(true) },
+			GotConn: func(ci httptrace.GotConnInfo) {
+				connected.Store(true)
+				reused.Store(ci.Reused)
+			},
 		})
 		out := req.WithContext(ctx)
 		out.URL = targetURL(b.url, st.inURL)
@@ -133,10 +136,10 @@ func (p *pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		st.attempts++
 		resp, err := b.transport.RoundTrip(out)
 		if err == nil {
-			p.observe(b, req, st, nil, connected.Load())
+			p.observe(b, req, st, nil, true, false)
 			return resp, nil
 		}
-		if !p.observe(b, req, st, err, connected.Load()) {
+		if !p.observe(b, req, st, err, connected.Load(), reused.Load()) {
 			return nil, err // the client's fault, or its own cancel
 		}
 		lastErr = err
@@ -152,7 +155,7 @@ func (p *pool) RoundTrip(req *http.Request) (*http.Response, error) {
 
 // observe updates b's passive state after a round trip. It reports whether
 // the failure was the backend's (so another backend may be asked).
-func (p *pool) observe(b *backend, req *http.Request, st *requestState, err error, connected bool) bool {
+func (p *pool) observe(b *backend, req *http.Request, st *requestState, err error, connected, reused bool) bool {
 	if err == nil {
 		if b.succeeded() {
 			p.h.logger.Info("backend up", "listener", p.h.listener, "tenant", p.rt.tenant,
@@ -163,9 +166,11 @@ func (p *pool) observe(b *backend, req *http.Request, st *requestState, err erro
 	if req.Context().Err() != nil || st.bodyError() != nil {
 		return false
 	}
-	if connected && isTimeout(err) {
+	if connected && (reused || isTimeout(err)) {
 		// A slow answer says something of the request, not of the host:
-		// the 504 is enough.
+		// the 504 is enough. A kept-alive connection may have been
+		// closed by the backend as it went out (its idle timeout); the
+		// next new connection shows whether the host is down.
 		return true
 	}
 	if d, ok := b.failed(time.Now(), p.h.limits.BackendDownTime, p.h.limits.BackendDownMax); ok {
