@@ -149,7 +149,11 @@ clang -O2 -g -target bpf -I"/usr/include/$(uname -m)-linux-gnu" -c "$BENCH/xdpdr
 LG=$OUT/loadgen
 if [ "$GOBENCH" = 1 ]; then
 	for p in bpf enforcer/nft certs rules; do
-		(cd "$ROOT" && go test -c -o "$OUT/$(basename "$p").test" "./$p")
+		# A package that does not build is reported, not fatal: the rest runs.
+		rm -f "$OUT/$(basename "$p").test"
+		if ! (cd "$ROOT" && go test -c -o "$OUT/$(basename "$p").test" "./$p") >"$LOGS/build-$(basename "$p").log" 2>&1; then
+			raw "fail/go/$p/build" "does not build: $(logtail "$LOGS/build-$(basename "$p").log" 2)"
+		fi
 	done
 fi
 
@@ -227,6 +231,7 @@ gobench() {
 	shift 3
 	bin=$OUT/$(basename "$pkg").test
 	log=$LOGS/go-$(basename "$pkg")-$(tr -c 'a-zA-Z0-9' _ <<<"$pat").log
+	[ -x "$bin" ] || return 0
 	if ! (cd "$ROOT/$pkg" && env "$@" timeout 600 taskset -c $SRV_CPU "$bin" -test.run '^$' -test.bench "$pat" \
 		-test.benchtime "$bt" -test.cpu 1 -test.timeout 590s) >"$log" 2>&1; then
 		say "go benchmark $pkg $pat failed (see $log)"
@@ -453,7 +458,7 @@ EOF
 cat >"$W/stunnel/stunnel.conf" <<EOF
 foreground = yes
 pid =
-output = $W/stunnel/stunnel.log
+output = $LOGS/stunnel.log
 debug = warning
 [https]
 accept = 127.0.0.1:8446
@@ -494,10 +499,9 @@ start_server() {
 		say "$s did not start"
 		local extra=""
 		[ "$s" = nginx ] && extra=$(logtail "$W/nginx/error.log" 4)
-		[ "$s" = stunnel ] && extra=$(logtail "$W/stunnel/stunnel.log" 4)
+		[ "$s" = stunnel ] && extra=$(logtail "$LOGS/stunnel.log" 4)
 		raw "fail/tls/$s" "$(logtail "$LOGS/$s.err" 4) $extra"
 		cp "$W/nginx/error.log" "$LOGS/nginx-error.log" 2>/dev/null || true
-		cp "$W/stunnel/stunnel.log" "$LOGS/stunnel.log" 2>/dev/null || true
 		stop_pid "$LAST"
 		unset "SPID[$s]"
 	fi
@@ -586,7 +590,20 @@ for want in $IDLE_SESSIONS; do
 	done
 done
 
-for s in $SERVERS; do [ -n "${SPID[$s]:-}" ] && stop_pid "${SPID[$s]}"; done
+# A server that died during the run is reported with its log.
+for s in $SERVERS; do
+	[ -n "${SPID[$s]:-}" ] || continue
+	if ! kill -0 "${SPID[$s]}" 2>/dev/null; then
+		wait "${SPID[$s]}" 2>/dev/null && rc=0 || rc=$?
+		say "$s exited during the run (status $rc)"
+		extra=""
+		[ "$s" = nginx ] && extra=$(logtail "$W/nginx/error.log" 3)
+		[ "$s" = stunnel ] && extra=$(logtail "$LOGS/stunnel.log" 3)
+		raw "died/$s" "exited during the run with status $rc (after: $(tail -n 1 "$W/runs.txt" | cut -f1)): $(logtail "$LOGS/$s.err" 3) $extra"
+	fi
+	stop_pid "${SPID[$s]}"
+done
+cp "$W/nginx/error.log" "$LOGS/nginx-error.log" 2>/dev/null || true
 stop_pid "$BACKEND_PID"
 BACKEND_CONNS=$(sed -n 's/^backend connections=//p' "$LOGS/backend.err")
 
@@ -614,7 +631,7 @@ e=$(med "go/BenchmarkEmpty/ns/pkt")
 a=$(med "go/BenchmarkEmpty/arp-ns/pkt")
 f100=$(med "go/BenchmarkLookup/v4/100k/ns/pkt")
 row "XDP per packet" "limit: empty XDP program (return XDP_PASS)" "$(num "$e" 1) ns" "v4 100k = $(ratio "$f100" "$e" 1) the empty program" "" "gatehouse on an ARP frame (parse + counter): $(num "$a" 1) ns"
-[ -n "$(fails go/bpf)" ] && row "XDP per packet" "bpf benchmarks" "FAILED" "" "" "$(fails go/bpf)"
+if [ -n "$(fails go/bpf)" ]; then row "XDP per packet" "bpf benchmarks" "FAILED" "" "" "$(fails go/bpf)"; fi
 
 # 2. flood
 xd=$(med flood/xdp/drop-pps)
@@ -651,10 +668,10 @@ row "Policy apply" "XDP: 100k v4 + 20k v6 prefixes, encode + new map + swap" "$(
 nf=$(med go/BenchmarkNftFileFull/ms/apply)
 nd=$(med go/BenchmarkNftFileDiff/ms/apply)
 row "Policy apply" "nftables: full table with 100k v4 prefixes vs nft -f of the set alone" "$(num "$(med go/BenchmarkApplyFull/ms/apply)" 0) ms vs $(num "$nf" 0) ms" \
-	"$(ratio "$(med go/BenchmarkApplyFull/ms/apply)" "$nf") the time of nft -f" "" "enforcer/nft benchmarks: 100k random prefixes, one netlink batch. The real Azure file aggregates to $(num "$(med go/BenchmarkAzure/all/prefixes)") prefixes (Feed pipeline rows), so 100k is synthetic"
+	"nft -f takes $(ratio "$nf" "$(med go/BenchmarkApplyFull/ms/apply)") as long" "" "enforcer/nft benchmarks: 100k random prefixes, one netlink batch. The real Azure file aggregates to $(num "$(med go/BenchmarkAzure/all/prefixes)") prefixes (Feed pipeline rows), so 100k is synthetic"
 row "Policy apply" "nftables: 1 % diff of 100k vs nft -f add/delete element" "$(num "$(med go/BenchmarkApplyDiff/ms/apply)" 1) ms vs $(num "$nd" 1) ms" \
-	"$(ratio "$(med go/BenchmarkApplyDiff/ms/apply)" "$nd") the time of nft -f" "" ""
-[ -n "$(fails go/enforcer)" ] && row "Policy apply" "nft benchmarks" "FAILED" "" "" "$(fails go/enforcer)"
+	"nft -f takes $(ratio "$nd" "$(med go/BenchmarkApplyDiff/ms/apply)" 0) as long" "" "nft -f of a few hundred add/delete element lines into a 100k interval set, run once"
+if [ -n "$(fails go/enforcer)" ]; then row "Policy apply" "nft benchmarks" "FAILED" "" "" "$(fails go/enforcer)"; fi
 
 # 4. mTLS
 row "Machine limit" "OpenSSL $(openssl version | awk '{print $2}'), one core" "ECDSA P-256 $(num "$OSSL_SIGN") sign/s, $(num "$OSSL_VERIFY") verify/s; X25519 $(num "$OSSL_X25519")/s; AES-128-GCM $(num "$OSSL_AES_MIB") MiB/s" \
@@ -662,6 +679,7 @@ row "Machine limit" "OpenSSL $(openssl version | awk '{print $2}'), one core" "E
 gl=$(med go/BenchmarkHandshakeServer/x25519/handshakes/cpu-s)
 row "Machine limit" "Go crypto/tls server handshake, X25519, 4 clients on core $CLI_CPU" "$(num "$gl") handshakes per core-second" "$(frac "$gl" "$OSSL_HS") of the OpenSSL bound" "" \
 	"certs BenchmarkHandshakeServer (default curves: $(num "$(med go/BenchmarkHandshakeServer/default/handshakes/cpu-s)")/core-s)"
+if [ -n "$(fails go/certs)" ]; then row "Machine limit" "certs benchmarks" "FAILED" "" "" "$(fails go/certs)"; fi
 for m in hs ka bulk; do
 	case $m in
 	hs) what="new mTLS handshakes/s (1 KiB, Connection: close, 8 clients)" unit="/s" f=rate lim=$OSSL_HS ;;
@@ -729,10 +747,15 @@ for n in $IDLE_SESSIONS; do
 	done
 done
 
+awk -F'\t' 'index($1, "died/")==1{print substr($1, 6)"\t"$2}' "$RAW" | while IFS=$'\t' read -r s l; do
+	row "Server exits" "$s" "exited during the run" "" "" "$l"
+done
+
 # 6. feeds
 row "Feed pipeline" "Azure (90,493 entries): signature + SHA-256 + strict parse + guards + aggregation" \
 	"$(num "$(med go/BenchmarkAzure/all/ms/op)" 0) ms (all), $(num "$(med go/BenchmarkAzure/AzureCloud/ms/op)" 0) ms (AzureCloud)" \
 	"$(num "$(med go/BenchmarkAzure/all/cpu-ms/op)" 0) CPU-ms, heap ≤ $(num "$(med go/BenchmarkAzure/all/MiB-heap-bound)") MiB" "" "rules BenchmarkAzure, $(num "$(med go/BenchmarkAzure/all/prefixes)") prefixes after aggregation"
+if [ -n "$(fails go/rules)" ]; then row "Feed pipeline" "rules benchmarks" "FAILED" "" "" "$(fails go/rules)"; fi
 for b in $FEEDLIST; do
 	row "Feed pipeline" "gatehouse feed verify $b" "$(num "$(med "feed/$b/ms")") ms" "$(num "$(med "feed/$b/cpu-ms")") CPU-ms" "" \
 		"whole command (process start included), median of 3; $(awk -F'\t' -v k="feed/$b/summary" '$1==k{print $2}' "$RAW")"
@@ -742,7 +765,7 @@ awk -F'\t' 'index($1, "fail/feed/")==1{print $1": "$2}' "$RAW" | while read -r l
 {
 	echo "# gatehouse benchmarks"
 	echo
-	echo "Written by \`bench/run.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC') in $(( $(date +%s) - T0 )) s."
+	echo "Written by \`bench/run.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC') in $(( $(date +%s) - T0 )) s, tree $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown)."
 	echo "Machine: $(nproc) vCPUs, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)," \
 		"$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo); Go $(go env GOVERSION | sed 's/^go//');" \
 		"steal $STEAL_BEFORE % before, $STEAL_AFTER % after, $STEAL_RUN % over the run."
