@@ -17,6 +17,8 @@ var (
 	ErrBadFingerprint  = errors.New("not a hex SHA-256 digest")
 	ErrBadCRLStale     = errors.New(`crl_stale must be "fail" or "warn"`)
 	ErrDuplicate       = errors.New("duplicate name")
+	ErrSNIConflict     = errors.New("two certificates of one listener claim the same name")
+	ErrNoDNSNames      = errors.New("certificate has no DNS name in its subjectAltName, so no SNI can choose it")
 )
 
 // Result is the outcome of one handshake or authorisation, a bounded label

@@ -456,9 +456,14 @@ func (m *Manager) Describe(ch chan<- *prometheus.Desc) {
 func (m *Manager) Collect(ch chan<- prometheus.Metric) {
 	m.handshakes.Collect(ch)
 	st := m.state.Load()
-	for name, ls := range st.listeners {
-		ch <- prometheus.MustNewConstMetric(m.expiryDesc, prometheus.GaugeValue,
-			float64(ls.certs[0].Leaf.NotAfter.Unix()), "server", name)
+	// One series per configured certificate: the default one is named
+	// after the listener, the extra ones after the listener and their first
+	// DNS name, which Apply keeps unique per listener.
+	for _, ls := range st.listeners {
+		for _, c := range ls.certs {
+			ch <- prometheus.MustNewConstMetric(m.expiryDesc, prometheus.GaugeValue,
+				float64(c.tls.Leaf.NotAfter.Unix()), "server", c.metric)
+		}
 	}
 	for _, t := range st.tenants {
 		first := t.cas[0].NotAfter

@@ -787,34 +787,6 @@ func TestVerifiedCacheHonoursCAExpiry(t *testing.T) {
 	}
 }
 
-// TestSNISelection: with several certificates a listener picks by SNI
-// (exact or wildcard), and falls back to the first for no or unknown SNI.
-func TestSNISelection(t *testing.T) {
-	ca := certstest.NewCA(t, "srv")
-	first := ca.Server(t, "gw.example")
-	wild := ca.Server(t, "*.tenants.example")
-	ls := &listenerState{certs: []*tls.Certificate{&first.TLS, &wild.TLS}}
-	for _, tc := range []struct {
-		sni  string
-		want *certstest.Leaf
-	}{
-		{"", first},
-		{"gw.example", first},
-		{"acme.tenants.example", wild},
-		{"ACME.Tenants.Example.", wild},
-		{"a.b.tenants.example", first},
-		{"unknown.example", first},
-	} {
-		got, err := ls.certificate(&tls.ClientHelloInfo{ServerName: tc.sni})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got.Leaf != tc.want.Cert {
-			t.Errorf("SNI %q got %v, want %v", tc.sni, got.Leaf.DNSNames, tc.want.Cert.DNSNames)
-		}
-	}
-}
-
 // TestSSLv3Refused sends a bare SSLv3 ClientHello (no supported_versions
 // extension), as an old emulator would.
 func TestSSLv3Refused(t *testing.T) {

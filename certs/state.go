@@ -34,9 +34,18 @@ type state struct {
 }
 
 type listenerState struct {
-	name   string
-	certs  []*tls.Certificate // first is the default
-	config *tls.Config        // what GetConfigForClient hands out
+	name     string
+	certs    []serverCert                // first is the default, then the extra certificates
+	exact    map[string]*tls.Certificate // DNS SAN (lower case) → certificate
+	wildcard map[string]*tls.Certificate // "example" for a "*.example" SAN → certificate
+	config   *tls.Config                 // what GetConfigForClient hands out
+}
+
+// serverCert is one server certificate of a listener.
+type serverCert struct {
+	tls    *tls.Certificate // Leaf is always set
+	file   string
+	metric string // name label of gatehouse_cert_expiry_timestamp_seconds
 }
 
 type tenantState struct {
@@ -123,7 +132,7 @@ func (m *Manager) build(p *policy.Policy) (*state, error) {
 		if _, dup := st.listeners[l.Name]; dup {
 			return nil, fmt.Errorf("listener %q: %w", l.Name, ErrDuplicate)
 		}
-		ls, err := m.loadListener(ld, st, l)
+		ls, err := m.loadListener(ld, l)
 		if err != nil {
 			return nil, fmt.Errorf("listener %q: %w", l.Name, err)
 		}
@@ -191,59 +200,125 @@ func loadTenant(ld *loader, t policy.Tenant) (*tenantState, error) {
 	return ts, nil
 }
 
-func (m *Manager) loadListener(ld *loader, st *state, l policy.Listener) (*listenerState, error) {
+func (m *Manager) loadListener(ld *loader, l policy.Listener) (*listenerState, error) {
 	if l.ServerCert == "" || l.ServerKey == "" {
 		return nil, ErrNoServerCert
 	}
-	certPEM, err := ld.read(l.ServerCert)
+	ls := &listenerState{name: l.Name}
+	def, err := m.loadServerPair(ld, l.Name, "server cert", l.ServerCert, l.ServerKey)
 	if err != nil {
-		return nil, fmt.Errorf("server cert: %w", err)
+		return nil, err
 	}
-	keyPEM, err := ld.read(l.ServerKey)
-	if err != nil {
-		return nil, fmt.Errorf("server key: %w", err)
-	}
-	pair, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		// Never echo key material: crypto/tls errors do not contain it.
-		return nil, fmt.Errorf("server cert %s / key %s: %w", l.ServerCert, l.ServerKey, err)
-	}
-	if pair.Leaf == nil {
-		if pair.Leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
-			return nil, fmt.Errorf("server cert %s: %w", l.ServerCert, err)
+	ls.certs = append(ls.certs, serverCert{tls: def, file: l.ServerCert, metric: l.Name})
+	for i, ck := range l.ExtraCerts {
+		what := fmt.Sprintf("extra cert %d", i+1)
+		if ck.Cert == "" || ck.Key == "" {
+			return nil, fmt.Errorf("%s: %w", what, ErrNoServerCert)
 		}
+		pair, err := m.loadServerPair(ld, l.Name, what, ck.Cert, ck.Key)
+		if err != nil {
+			return nil, err
+		}
+		names := pair.Leaf.DNSNames
+		if len(names) == 0 {
+			return nil, fmt.Errorf("%s %s: %w", what, ck.Cert, ErrNoDNSNames)
+		}
+		ls.certs = append(ls.certs, serverCert{tls: pair, file: ck.Cert, metric: l.Name + "/" + normalizeName(names[0])})
 	}
-	if now := m.now(); now.After(pair.Leaf.NotAfter) {
-		m.logger.Warn("server certificate has expired", "listener", l.Name, "file", l.ServerCert, "not_after", pair.Leaf.NotAfter)
+	if err := ls.index(); err != nil {
+		return nil, err
 	}
-	ls := &listenerState{name: l.Name, certs: []*tls.Certificate{&pair}}
 	ls.config = m.innerConfig(ls)
 	return ls, nil
 }
 
-// certificate picks the server certificate for the SNI name: an exact or
-// wildcard match among the listener's certificates that the client can use,
-// else the default (the first). Clients without SNI get the default.
-func (ls *listenerState) certificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	name := strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))
-	if name != "" && len(ls.certs) > 1 {
-		var fallback *tls.Certificate
-		for _, c := range ls.certs {
-			if c.Leaf.VerifyHostname(name) != nil {
-				continue
-			}
-			if hello.SupportsCertificate(c) == nil {
-				return c, nil
-			}
-			if fallback == nil {
-				fallback = c
-			}
-		}
-		if fallback != nil {
-			return fallback, nil
+// loadServerPair reads and parses one certificate and its key; what says
+// which of the listener's certificates it is, for errors and logs.
+func (m *Manager) loadServerPair(ld *loader, listener, what, certFile, keyFile string) (*tls.Certificate, error) {
+	certPEM, err := ld.read(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	keyPEM, err := ld.read(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("key of %s: %w", what, err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		// Never echo key material: crypto/tls errors do not contain it.
+		return nil, fmt.Errorf("%s %s / key %s: %w", what, certFile, keyFile, err)
+	}
+	if pair.Leaf == nil {
+		if pair.Leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
+			return nil, fmt.Errorf("%s %s: %w", what, certFile, err)
 		}
 	}
-	return ls.certs[0], nil
+	if now := m.now(); now.After(pair.Leaf.NotAfter) {
+		m.logger.Warn("server certificate has expired", "listener", listener, "file", certFile, "not_after", pair.Leaf.NotAfter)
+	}
+	return &pair, nil
+}
+
+// index fills the SNI tables from the DNS SANs of every certificate of the
+// listener, the default's included. A name claimed by two certificates,
+// exact or wildcard alike, is refused: which one a client gets would
+// otherwise depend on the order of the configuration.
+func (ls *listenerState) index() error {
+	ls.exact = map[string]*tls.Certificate{}
+	ls.wildcard = map[string]*tls.Certificate{}
+	owner := map[string]int{} // normalised name → index into certs
+	for i, c := range ls.certs {
+		for j := range i {
+			if ls.certs[j].file == c.file {
+				return fmt.Errorf("certificate %s listed twice: %w", c.file, ErrDuplicate)
+			}
+		}
+		for _, raw := range c.tls.Leaf.DNSNames {
+			name := normalizeName(raw)
+			if name == "" {
+				continue
+			}
+			if prev, ok := owner[name]; ok {
+				if prev == i {
+					continue // the same SAN twice in one certificate
+				}
+				return fmt.Errorf("certificates %s and %s both claim %q: %w",
+					ls.certs[prev].file, c.file, name, ErrSNIConflict)
+			}
+			owner[name] = i
+			if parent, ok := strings.CutPrefix(name, "*."); ok {
+				ls.wildcard[parent] = c.tls
+			} else {
+				ls.exact[name] = c.tls
+			}
+		}
+	}
+	return nil
+}
+
+// normalizeName lower-cases a DNS name and drops a trailing dot.
+func normalizeName(s string) string {
+	return strings.ToLower(strings.TrimSuffix(s, "."))
+}
+
+// certificate picks the server certificate for the SNI name: the
+// certificate claiming the exact name, else the one whose wildcard covers
+// its first label (RFC 6125: "*.example" matches "a.example", not
+// "a.b.example" nor "example"), else the default. Clients without SNI get
+// the default. Names are unique per listener, so no order or key-type
+// preference is needed.
+func (ls *listenerState) certificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if name := normalizeName(hello.ServerName); name != "" {
+		if c, ok := ls.exact[name]; ok {
+			return c, nil
+		}
+		if i := strings.IndexByte(name, '.'); i > 0 {
+			if c, ok := ls.wildcard[name[i+1:]]; ok {
+				return c, nil
+			}
+		}
+	}
+	return ls.certs[0].tls, nil
 }
 
 // parseCertsPEM returns every CERTIFICATE block of a PEM bundle.
