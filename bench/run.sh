@@ -138,7 +138,16 @@ delns() { ip netns del "$1" 2>/dev/null || true; }
 ulimit -n "$(ulimit -Hn)"
 NOFILE=$(ulimit -n)
 MAXCONN=$(( (NOFILE - 200) / 2 ))
-( sleep "$BUDGET"; echo "bench/run.sh: time budget of ${BUDGET}s spent, stopping" >&2; kill -TERM $$ ) &
+# The watchdog stops the run after $BUDGET seconds; stopping the watchdog
+# stops its sleep too.
+(
+	trap 'kill "$sp" 2>/dev/null; exit 0' TERM
+	sleep "$BUDGET" &
+	sp=$!
+	wait "$sp"
+	echo "bench/run.sh: time budget of ${BUDGET}s spent, stopping" >&2
+	kill -TERM $$
+) &
 WATCHDOG=$!
 
 say "building"
@@ -232,8 +241,8 @@ gobench() {
 	bin=$OUT/$(basename "$pkg").test
 	log=$LOGS/go-$(basename "$pkg")-$(tr -c 'a-zA-Z0-9' _ <<<"$pat").log
 	[ -x "$bin" ] || return 0
-	if ! (cd "$ROOT/$pkg" && env "$@" timeout 600 taskset -c $SRV_CPU "$bin" -test.run '^$' -test.bench "$pat" \
-		-test.benchtime "$bt" -test.cpu 1 -test.timeout 590s) >"$log" 2>&1; then
+	if ! (cd "$ROOT/$pkg" && env "$@" timeout 300 taskset -c $SRV_CPU "$bin" -test.run '^$' -test.bench "$pat" \
+		-test.benchtime "$bt" -test.cpu 1 -test.timeout 290s) >"$log" 2>&1; then
 		say "go benchmark $pkg $pat failed (see $log)"
 		raw "fail/go/$pkg/$pat" "$(logtail "$log" 3)"
 	fi
