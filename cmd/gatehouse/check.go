@@ -43,11 +43,28 @@ path and exits 1, or prints a one-screen summary and exits 0. Nothing is changed
 				}
 				return exitError{code: 1, msg: "gatehouse: " + err.Error()}
 			}
+			if err := checkCertificates(cfg); err != nil {
+				return exitError{code: 1, msg: fmt.Sprintf("gatehouse: %s: %v\nconfiguration %s is NOT valid", g.configPath, err, g.configPath)}
+			}
 			return summarise(g.stdout, g.configPath, cfg)
 		},
 	}
 	cmd.Flags().BoolVar(&printDefault, "print-default", false, "print the embedded default configuration, every key commented")
 	return cmd
+}
+
+// checkCertificates loads every server certificate and key, tenant CA and
+// CRL exactly as the daemon will, in memory only (no session-ticket keys are
+// written), so that a certificate the daemon would refuse fails check too.
+func checkCertificates(cfg *config.Config) error {
+	p := cfg.Policy()
+	p.StateDir = ""
+	m, err := certs.New(certs.Config{})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	return m.Apply(p)
 }
 
 // summarise prints what a valid configuration will enforce, on one screen.

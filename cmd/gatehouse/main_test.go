@@ -124,3 +124,22 @@ func TestUntilText(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckLoadsCertificates: a file that exists but is not the key of the
+// server certificate fails check, as it would fail the daemon's start.
+func TestCheckLoadsCertificates(t *testing.T) {
+	good, err := os.ReadFile("testdata/check/good.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := bytes.Replace(good, []byte("server_key: testdata/check/server.key"), []byte("server_key: testdata/check/acme-ca.pem"), 1)
+	path := filepath.Join(t.TempDir(), "badkey.yaml")
+	if err := os.WriteFile(path, bad, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = runCLI("check", "-c", path)
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(ee.msg, "acme-ca.pem") || !strings.Contains(ee.msg, "NOT valid") {
+		t.Fatalf("check with a CA as the server key: want exit 1 naming the file, got %v", err)
+	}
+}
