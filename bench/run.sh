@@ -723,6 +723,7 @@ for m in hs ka bulk; do
 		vs=""
 		[ "$s" = gatehouse ] && vs="$(ratio "$v" "$best") the best peer's rate, $(ratio "$per" "$bestper") its rate per core-s"
 		[ -n "$lim" ] && vs="${vs:+$vs; }$(frac "$per" "$lim") of the machine limit"
+		if [ "$s" = gatehouse ] && [ "$m" = hs ]; then vs="$vs, $(frac "$per" "$gl") of Go's own handshake limit"; fi
 		if [ "$s" = gatehouse ] && [ "$m" = ka ]; then vs="$vs; p99 $(ratio "$(pick "tls/$m/$s" p99us)" "$bestp99") the lowest peer p99"; fi
 		row "mTLS $m" "$s (${MODE[$s]} mode): $what" "$(num "$v")$unit$lat" "CPU $(num "$cpu" 2) cores, $(num "$per")$unit per core-s" "$vs" "$note"
 	done
