@@ -42,6 +42,7 @@ mkdir -p "$OUT" "$LOGS"
 T0=$(date +%s)
 
 PIDS=()     # every background process this script started
+declare -A PNAME=()  # their names, for the report
 NSS=()      # every namespace it created
 MOUNTS=()   # bpffs mounts
 WATCHDOG=""
@@ -72,7 +73,13 @@ stop_pid() {
 		sleep 0.1
 	done
 	kill -KILL "$p" 2>/dev/null || true
-	wait "$p" 2>/dev/null || true
+	local rc=0
+	wait "$p" 2>/dev/null || rc=$?
+	# 143 and 137 are our own TERM and KILL; another signal is a crash.
+	if [ "$rc" -gt 128 ] && [ "$rc" != 143 ] && [ "$rc" != 137 ]; then
+		say "${PNAME[$p]:-pid $p} ended by signal $((rc - 128)) when stopped"
+		raw "crash/${PNAME[$p]:-$p}" "ended by signal $((rc - 128)) when stopped with SIGTERM"
+	fi
 }
 
 # bg NAME CMD…: start in the background, logs to $LOGS/NAME.{out,err}; sets LAST.
@@ -82,6 +89,7 @@ bg() {
 	"$@" >"$LOGS/$name.out" 2>"$LOGS/$name.err" &
 	LAST=$!
 	PIDS+=("$LAST")
+	PNAME[$LAST]=$name
 }
 
 say() { printf '[%4ds] %s\n' $(($(date +%s) - T0)) "$*" >&2; }
@@ -759,6 +767,10 @@ done
 
 awk -F'\t' 'index($1, "died/")==1{print substr($1, 6)"\t"$2}' "$RAW" | while IFS=$'\t' read -r s l; do
 	row "Server exits" "$s" "exited during the run" "" "" "$l"
+done
+
+awk -F'\t' 'index($1, "crash/")==1{print substr($1, 7)"\t"$2}' "$RAW" | while IFS=$'\t' read -r s l; do
+	row "Server exits" "$s" "crashed when stopped" "" "" "$l (figures above were taken before)"
 done
 
 # 6. feeds
