@@ -18,7 +18,7 @@ TEST_TIMEOUT ?= 20m
 
 CONFIG ?= /etc/gatehouse/gatehouse.yaml
 
-.PHONY: all build run demo install deps test test-unit generate generate-check lint bench clean
+.PHONY: all build run demo install deps bench bench-go test test-unit generate generate-check lint bench clean
 
 all: build
 
@@ -87,7 +87,23 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt needed:"; echo "$$out"; exit 1; }
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
+# Debian packages only the benchmarks need: the peers gatehouse is measured against.
+BENCH_PACKAGES := haproxy nginx libnginx-mod-stream stunnel4 iptables
+
+# bench (root): bench/run.sh measures gatehouse beside XDP/nftables/iptables,
+# HAProxy, nginx and stunnel in one run (about 8 minutes, 20 at most), bounded
+# and on loopback or its own namespaces only, and rewrites bench/RESULTS.md.
 bench: deps
+	@[ "$$(id -u)" = 0 ] || { echo "make bench: run as root (namespaces, XDP, nftables)"; exit 1; }
+	@missing=""; for p in $(BENCH_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then echo "make bench: installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
+	bench/run.sh
+
+# bench-go: every Go benchmark on its own.
+bench-go: deps
 	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./...
 
 clean:

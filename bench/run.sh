@@ -749,7 +749,7 @@ for s in gatehouse stunnel; do
 	[ "$s" = gatehouse ] && vs="$(ratio "$v" "$(pick stream/stunnel mibps)") stunnel"
 	row "TLS stream" "$s: TLS-terminated TCP stream to a sink (64 KiB writes)" "$(num "$v") MiB/s" \
 		"CPU $(num "$cpu" 2) cores, $(num "$(awk -v v="$v" -v c="$cpu" 'BEGIN{if(c>0) print v/c}')") MiB/s per core-s" "$vs" \
-		"gatehouse: listener protocol tcp (the Telnet listeners are not wired into the daemon yet); stunnel: same blind tunnel"
+		"gatehouse: listener protocol tcp (a blind tunnel, as stunnel does; the tn3270/tn5250 listeners add Telnet parsing, see proxy/telnet benchmarks); stunnel: same blind tunnel"
 done
 for n in $IDLE_SESSIONS; do
 	for s in gatehouse stunnel; do
