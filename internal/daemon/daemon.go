@@ -128,9 +128,7 @@ func New(opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.swapFeeds(fs)
-	<-d.feedRestart // nothing runs the feeds yet
-	d.feedSets = sets
+	d.useFeeds(fs, sets)
 	d.cfg.Store(cfg)
 	comps, err := opts.Build(&Env{Config: cfg, Policy: p, Logger: opts.Logger, Registry: d.reg, AccessLog: opts.AccessLog})
 	if err != nil {
@@ -206,7 +204,7 @@ func (d *Daemon) apply(p, prev *policy.Policy) error {
 func (d *Daemon) Reload() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	cfg, fs, p, err := d.prepareReload()
+	cfg, fs, sets, p, err := d.prepareReload()
 	if err == nil {
 		err = d.apply(p, d.current.Load())
 	}
@@ -217,8 +215,8 @@ func (d *Daemon) Reload() error {
 	}
 	d.cfg.Store(cfg)
 	if fs != nil {
-		d.swapFeeds(fs)
-		d.feedSets = fs.current()
+		d.useFeeds(fs, sets)
+		d.restartFeeds()
 	}
 	d.m.reloads.WithLabelValues("ok").Inc()
 	d.log.Info("configuration reloaded", "generation", p.Generation,
@@ -228,29 +226,28 @@ func (d *Daemon) Reload() error {
 
 // prepareReload reads the configuration and builds the generation a reload
 // would apply. A changed feeds or rules section gets a new feed manager
-// (returned, not yet in force) whose last-known-good sets are used.
-func (d *Daemon) prepareReload() (*config.Config, *feedState, *policy.Policy, error) {
-	cfg, err := config.Load(d.opts.ConfigPath, d.opts.LookupEnv)
-	if err != nil {
-		return nil, nil, nil, err
+// (returned, not yet in force) whose last-known-good sets are used; sets are
+// the feed sets the generation is built from.
+func (d *Daemon) prepareReload() (cfg *config.Config, fs *feedState, sets map[string][]netip.Prefix, p *policy.Policy, err error) {
+	if cfg, err = config.Load(d.opts.ConfigPath, d.opts.LookupEnv); err != nil {
+		return nil, nil, nil, nil, err
 	}
-	if err := needsRestart(d.cfg.Load(), cfg); err != nil {
-		return nil, nil, nil, err
+	if err = needsRestart(d.cfg.Load(), cfg); err != nil {
+		return nil, nil, nil, nil, err
 	}
 	cfgs, guards, err := FeedConfigs(cfg)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
-	var fs *feedState
-	sets := d.feedSets
+	sets = d.feedSets
 	if !d.feeds.sameConfig(cfgs, guards) {
 		if fs, err = d.newFeedState(cfg); err != nil {
-			return nil, nil, nil, err
+			return nil, nil, nil, nil, err
 		}
 		sets = fs.current()
 	}
-	p, err := d.build(cfg, sets)
-	return cfg, fs, p, err
+	p, err = d.build(cfg, sets)
+	return cfg, fs, sets, p, err
 }
 
 // needsRestart refuses a reload that changes what is wired at start: where

@@ -119,17 +119,14 @@ func start(t *testing.T, comps ...Component) (*Daemon, string, string, func() er
 
 func waitReady(t *testing.T, metrics string) {
 	t.Helper()
-	for i := 0; i < 200; i++ {
+	waitFor(t, "the daemon to be ready", func() bool {
 		resp, err := http.Get("http://" + metrics + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
+		if err != nil {
+			return false
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("daemon never became ready")
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
 }
 
 func TestReloadBadConfigKeepsOldState(t *testing.T) {

@@ -73,12 +73,10 @@ func (fs *feedState) current() map[string][]netip.Prefix {
 	return fs.mgr.Current()
 }
 
-// swapFeeds puts a new feed manager in force after a reload applied the
-// policy built from its sets, and tells runFeeds to restart with it.
-// Called with d.mu held.
-func (d *Daemon) swapFeeds(fs *feedState) {
-	old := d.feeds
-	if old != nil && old.mgr != nil {
+// useFeeds puts a feed manager, and the sets the generation in force was
+// built from, in place of the old ones. Called with d.mu held (or before Run).
+func (d *Daemon) useFeeds(fs *feedState, sets map[string][]netip.Prefix) {
+	if old := d.feeds; old != nil && old.mgr != nil {
 		d.reg.Unregister(old.mgr)
 	}
 	if fs.mgr != nil {
@@ -86,10 +84,14 @@ func (d *Daemon) swapFeeds(fs *feedState) {
 			d.log.Error("feed metrics not registered", "err", err)
 		}
 	}
-	d.feeds = fs
+	d.feeds, d.feedSets = fs, sets
+}
+
+// restartFeeds tells runFeeds to pick up the manager now in place.
+func (d *Daemon) restartFeeds() {
 	select {
 	case d.feedRestart <- struct{}{}:
-	default: // a restart is already pending; it will pick up fs
+	default: // a restart is already pending; it will pick up the new one
 	}
 }
 
