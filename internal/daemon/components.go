@@ -52,7 +52,8 @@ func (l *layer) Shutdown(ctx context.Context) error {
 
 // BuildComponents creates the real components in the order a generation is
 // applied: certificates first (so a new tenant's CA is known before a route
-// leads to it), then the kernel layers, then the proxies.
+// leads to it), then the kernel layers, then the proxies. Each is added to
+// the list before anything else can fail, so an error closes all built so far.
 func BuildComponents(env *Env) (comps []Component, err error) {
 	p := env.Policy
 	defer func() {
@@ -68,10 +69,10 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("certificates: %w", err)
 	}
+	comps = append(comps, &layer{name: "certs", apply: cm.Apply, close: cm.Close, run: cm.Watch})
 	if err := register(env, "certs", cm); err != nil {
 		return comps, err
 	}
-	comps = append(comps, &layer{name: "certs", apply: cm.Apply, close: cm.Close, run: cm.Watch})
 
 	var onBlock func(netip.Addr, time.Duration) error
 	if p.Enforcement.XDP != policy.XDPOff {
@@ -106,8 +107,9 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 	if err != nil {
 		return comps, fmt.Errorf("proxy: %w", err)
 	}
+	comps = append(comps, &layer{name: "proxy", apply: px.Apply, close: px.Close, shutdown: px.Shutdown})
 	if err := register(env, "proxy", px); err != nil {
-		return comps, errors.Join(err, px.Close())
+		return comps, err
 	}
 	// A changed CRL, CA or tenant list is checked against every live
 	// session at once: a revoked certificate loses its connections.
@@ -116,7 +118,6 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 			env.Logger.Info("closed sessions whose certificate no longer checks out", "component", "proxy", "count", n)
 		}
 	})
-	comps = append(comps, &layer{name: "proxy", apply: px.Apply, close: px.Close, shutdown: px.Shutdown})
 	return comps, nil
 }
 
