@@ -30,6 +30,9 @@ import (
 // effect at start.
 var ErrNeedsRestart = errors.New("changed keys take effect only on restart (systemctl restart gatehouse); reload refused")
 
+// ErrAdminSocketInUse means another daemon answers on the admin socket.
+var ErrAdminSocketInUse = errors.New("another gatehouse answers on it: stop it first, or give this one its own admin_socket")
+
 // Component is one part of the daemon that enforces a policy generation.
 // Apply must be atomic: on error, the previous generation stays in force.
 type Component interface {

@@ -199,8 +199,12 @@ func (d *Daemon) serveAdmin(ctx context.Context, path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("admin socket: %w", err)
 	}
-	// A socket left by a killed daemon would make Listen fail; nobody else
-	// answers on it (the pid file of systemd and the lock are ours).
+	// A socket left by a killed daemon would make Listen fail, so a stale
+	// one is removed; one that answers belongs to a running daemon.
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("admin socket %s: %w", path, ErrAdminSocketInUse)
+	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("admin socket: %w", err)
 	}
