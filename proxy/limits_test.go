@@ -288,3 +288,31 @@ func TestRefusedBodyIsNotDrained(t *testing.T) {
 		t.Error("connection kept waiting for the body of a refused request")
 	}
 }
+
+// TestUpgradeWithoutConnectionTokenEndsConnection: the framing guard stops
+// reading a connection once a request carries Upgrade, so such a request's
+// connection must end after its answer even when Connection does not name
+// upgrade; a request pipelined behind it never reaches the backend.
+func TestUpgradeWithoutConnectionTokenEndsConnection(t *testing.T) {
+	b := newBackend(t, "a")
+	h := newHarness(t, testLimits(), listener("web", policy.ProtoHTTPS,
+		policy.Route{Tenant: "acme", Path: "/ok", Backend: b.url()}))
+	c := h.rawTLS(h.pki.acme, "web")
+	before := b.hits.Load()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET /ok HTTP/1.1\r\nHost: x\r\nUpgrade: x\r\n\r\n"+
+		"POST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+	br := bufio.NewReader(c)
+	first, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, first.Body)
+	first.Body.Close()
+	if second, err := http.ReadResponse(br, nil); err == nil {
+		t.Errorf("a second response (%d) came on the connection of an Upgrade request", second.StatusCode)
+	}
+	if got := b.hits.Load() - before; got != 1 {
+		t.Errorf("backend saw %d requests, want only the first", got)
+	}
+}

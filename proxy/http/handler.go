@@ -428,7 +428,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The framing guard stops reading HTTP once a connection asks to switch
 	// protocols; unless the switch happens, end the connection after the
 	// answer (whoever refuses it) so nothing follows unguarded.
-	sw := &statusWriter{ResponseWriter: w, closeUnlessSwitch: isUpgrade(r)}
+	// The guard steps aside on any Upgrade header, with or without
+	// "Connection: upgrade", so the same condition decides here.
+	sw := &statusWriter{ResponseWriter: w, closeUnlessSwitch: r.ProtoMajor == 1 && r.Header.Get("Upgrade") != ""}
 	st := &requestState{id: newID(), backend: -1}
 	peer, ok := PeerFrom(r.Context())
 	st.peer = peer
