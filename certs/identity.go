@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
@@ -35,9 +36,13 @@ func compileIdentities(id policy.Identities) (*matcher, error) {
 	for _, d := range id.DNSSAN {
 		m.dns = append(m.dns, strings.ToLower(d))
 	}
-	for _, u := range id.URISAN {
-		if u == "" {
-			return nil, fmt.Errorf("uri_san: %w", ErrEmptyIdentity)
+	// An empty entry would match a certificate that lacks the field.
+	for _, list := range []struct {
+		name string
+		in   []string
+	}{{"uri_san", id.URISAN}, {"dns_san", id.DNSSAN}, {"cn", id.CommonName}, {"ou", id.OrganizationalUnit}} {
+		if slices.Contains(list.in, "") {
+			return nil, fmt.Errorf("%s: %w", list.name, ErrEmptyIdentity)
 		}
 	}
 	for _, set := range []struct {

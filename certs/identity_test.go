@@ -3,6 +3,7 @@ package certs
 import (
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"net/url"
 	"regexp"
 	"strings"
@@ -158,6 +159,21 @@ func TestMatcherKinds(t *testing.T) {
 		}
 		if got := m.match(leaf); got != tc.want {
 			t.Errorf("%s: match = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestEmptyIdentityRefused: an empty entry in any name list would match a
+// certificate that lacks the field, so it is refused.
+func TestEmptyIdentityRefused(t *testing.T) {
+	for name, id := range map[string]policy.Identities{
+		"cn":      {CommonName: []string{""}},
+		"ou":      {OrganizationalUnit: []string{"ops", ""}},
+		"dns_san": {DNSSAN: []string{""}},
+		"uri_san": {URISAN: []string{""}},
+	} {
+		if _, err := compileIdentities(id); !errors.Is(err, ErrEmptyIdentity) {
+			t.Errorf("%s: compileIdentities = %v, want ErrEmptyIdentity", name, err)
 		}
 	}
 }

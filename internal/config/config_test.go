@@ -155,6 +155,7 @@ func TestProblems(t *testing.T) {
 		{"backends on telnet", `backend: "192.0.2.7:23"`, `backends: ["192.0.2.7:23", "192.0.2.8:23"]`, []string{"listeners[1].routes[0].backends: does not apply to a tn3270 listener"}},
 		{"option of another protocol", "lu_names:", "soap_actions: [x], lu_names:", []string{"listeners[1].routes[0].soap_actions: does not apply to a tn3270 listener"}},
 		{"bad fingerprint", `fingerprints_sha256: ["AA:BB`, `fingerprints_sha256: ["ZZ:BB`, []string{"tenants[0].identities.fingerprints_sha256[0]: "}},
+		{"empty identity", `uri_san: ["spiffe://acme/*"]`, `uri_san: ["spiffe://acme/*"], cn: [""]`, []string{"tenants[0].identities.cn[0]: empty: it would match every certificate without a cn"}},
 		{"bad rate", "per_source: 3000/m", "per_source: lots", []string{`enforcement.new_conn_rate.per_source: "lots" is not a rate`}},
 		{"interface required", "interface: veth-dmz", "interface: \"\"", []string{"interface: required when enforcement.xdp is not off"}},
 		{"strict forward without interface", "interface: veth-dmz\nstate_dir: /var/lib/gatehouse\nenforcement:\n  mode: strict", "interface: \"\"\nstate_dir: /var/lib/gatehouse\nenforcement:\n  mode: strict\n  xdp: \"off\"\n  forward: true", []string{"enforcement.forward: in strict mode the forward chain needs interface"}},

@@ -211,6 +211,13 @@ func (cfg *Config) validateTenants(c *checker) map[string]bool {
 				c.add(fmt.Sprintf("%s.identities.uri_san[%d]", p, j), "%q is not a URI pattern", u)
 			}
 		}
+		for key, list := range map[string][]string{"dns_san": t.Identities.DNSSAN, "cn": t.Identities.CN, "ou": t.Identities.OU} {
+			for j, v := range list {
+				if strings.TrimSpace(v) == "" {
+					c.add(fmt.Sprintf("%s.identities.%s[%d]", p, key, j), "empty: it would match every certificate without a %s", key)
+				}
+			}
+		}
 	}
 	if len(cfg.Tenants) == 0 {
 		c.add("tenants", "at least one tenant is required: without one no client certificate is accepted")
