@@ -56,9 +56,15 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// validInterface refuses names that would not stay one directory below the
+// pin directory ("..", ".", anything with a slash).
+func validInterface(name string) bool {
+	return name != "" && name != "." && name != ".." && !strings.ContainsAny(name, "/\x00")
+}
+
 func (c *Config) validate() error {
 	switch {
-	case c.Interface == "" || strings.ContainsAny(c.Interface, "/\x00") || c.Interface == "." || c.Interface == "..":
+	case !validInterface(c.Interface):
 		return fmt.Errorf("%w: %q", ErrNoInterface, c.Interface)
 	case c.Mode == policy.XDPOff:
 		return ErrOff
@@ -502,7 +508,7 @@ func Teardown(pinDir, iface string) error {
 	if pinDir == "" {
 		pinDir = DefaultPinDir
 	}
-	if iface == "" || strings.ContainsAny(iface, "/\x00") {
+	if !validInterface(iface) {
 		return fmt.Errorf("%w: %q", ErrNoInterface, iface)
 	}
 	dir := filepath.Join(pinDir, iface)

@@ -519,3 +519,21 @@ func checkMetrics(t *testing.T, e *Enforcer) {
 		t.Errorf("attach mode %s not exported as 1: %v", e.AttachMode(), got)
 	}
 }
+
+// TestTeardownRefusesPathNames: an interface name that would leave the pin
+// directory ("..", ".") is refused before anything is touched.
+func TestTeardownRefusesPathNames(t *testing.T) {
+	dir := t.TempDir()
+	keep := filepath.Join(dir, "foreign-pin")
+	if err := os.WriteFile(keep, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"..", ".", "", "a/b"} {
+		if err := Teardown(filepath.Join(dir, "gatehouse"), name); !errors.Is(err, ErrNoInterface) {
+			t.Errorf("Teardown(%q) = %v, want ErrNoInterface", name, err)
+		}
+	}
+	if _, err := os.Stat(keep); err != nil {
+		t.Errorf("a file beside the pin directory was removed: %v", err)
+	}
+}
