@@ -1038,7 +1038,7 @@ func TestDeployUnitCapabilitiesSuffice(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-tp.d.exited
-	if out, err := tp.dmz.Command(binary(t), "teardown", "--yes", "-c", tp.config).CombinedOutput(); err != nil {
+	if out, err := tp.dmz.Command(binary(t), "teardown", "--yes", "--pin-dir", tp.pinDir, "-c", tp.config).CombinedOutput(); err != nil {
 		t.Fatalf("teardown: %v\n%s", err, out)
 	}
 	if link := tp.dmz.Exec(t, "ip", "link", "show", tp.outside.B); strings.Contains(link, "xdp") {
@@ -1158,7 +1158,7 @@ func TestDeployUnitSyscallFilter(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-tp.d.exited
-	if out, err := tp.dmz.Command(binary(t), "teardown", "--yes", "-c", tp.config).CombinedOutput(); err != nil {
+	if out, err := tp.dmz.Command(binary(t), "teardown", "--yes", "--pin-dir", tp.pinDir, "-c", tp.config).CombinedOutput(); err != nil {
 		t.Fatalf("teardown: %v\n%s", err, out)
 	}
 	trace := filepath.Join(t.TempDir(), "strace.out")

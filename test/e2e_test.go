@@ -277,8 +277,10 @@ func TestEndToEndHTTPS(t *testing.T) {
 		if err != nil || json.Unmarshal(raw, &st) != nil || st.Generation != 1 || st.XDPMode != "native" {
 			t.Errorf("status --json: %v %+v\n%s", err, st, raw)
 		}
-		if fi, err := os.Stat(filepath.Join(tp.dir, "admin.sock")); err != nil || fi.Mode().Perm() != 0o600 {
-			t.Errorf("admin socket: %v, mode %v, want 0600", err, fi.Mode().Perm())
+		if fi, err := os.Stat(filepath.Join(tp.dir, "admin.sock")); err != nil {
+			t.Errorf("admin socket: %v", err)
+		} else if fi.Mode().Perm() != 0o600 {
+			t.Errorf("admin socket mode %v, want 0600", fi.Mode().Perm())
 		}
 	})
 
@@ -357,7 +359,7 @@ func TestCrashRestartTeardown(t *testing.T) {
 	if got := tp.probe(t, intruderAddr, gateV4Alt); got != "dropped" {
 		t.Errorf("intruder after a clean stop: %s, want dropped", got)
 	}
-	out, err := tp.dmz.Command(binary(t), "teardown", "--yes", "-c", tp.config).CombinedOutput()
+	out, err := tp.dmz.Command(binary(t), "teardown", "--yes", "--pin-dir", tp.pinDir, "-c", tp.config).CombinedOutput()
 	if err != nil {
 		t.Fatalf("teardown: %v\n%s", err, out)
 	}

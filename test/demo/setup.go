@@ -612,7 +612,7 @@ func (d *demo) startDaemon(ctx context.Context) error {
 // teardown lifts the daemon's kernel filters: the XDP program pinned in the
 // private bpffs and table inet gatehouse in the dmz namespace.
 func (d *demo) teardown() {
-	out, err := exec.Command("ip", "netns", "exec", d.ns["dmz"], d.bin, "teardown", "--yes", "-c", d.config).CombinedOutput()
+	out, err := exec.Command("ip", "netns", "exec", d.ns["dmz"], d.bin, "teardown", "--yes", "--pin-dir", filepath.Join(d.bpffs, "gatehouse"), "-c", d.config).CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(d.out, "cleanup: gatehouse teardown: %v\n%s", err, out)
 	}
