@@ -158,6 +158,12 @@ func TestIdentityHeadersOverwritten(t *testing.T) {
 		"Proxy-Authorization":       {"Basic Zm9vOmJhcg=="},
 		"Te":                        {"trailers, deflate"},
 		"X-Ordinary":                {"kept"},
+		"X-Forwarded-Prefix":        {"/admin"},
+		"X-Original-Url":            {"/admin/delete"},
+		"X-Rewrite-Url":             {"/admin/delete"},
+		"True-Client-Ip":            {"198.51.100.7"},
+		"X-Client-Ip":               {"198.51.100.7"},
+		"X-Cluster-Client-Ip":       {"198.51.100.7"},
 	}
 	r := w.mustDo(acme, "web", "GET", "", "/api/h?secret=1", spoof, nil)
 	if r.status != 200 {
@@ -178,7 +184,8 @@ func TestIdentityHeadersOverwritten(t *testing.T) {
 		}
 	}
 	for _, k := range []string{"X-Real-Ip", "Forwarded", "X_Gatehouse_Tenant", "X_client_cert_subject",
-		"X-Secret-Hop", "Keep-Alive", "Proxy-Authorization", "Connection"} {
+		"X-Secret-Hop", "Keep-Alive", "Proxy-Authorization", "Connection",
+		"X-Forwarded-Prefix", "X-Original-Url", "X-Rewrite-Url", "True-Client-Ip", "X-Client-Ip", "X-Cluster-Client-Ip"} {
 		if v, ok := h[k]; ok {
 			t.Errorf("backend saw %s = %q", k, v)
 		}

@@ -537,18 +537,19 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 	return rt
 }
 
-// identityHeaders are the names the backend trusts. Whatever the client sent
-// under these names, or under look-alikes a backend could fold into them
+// identityHeaders are names backends trust for who is calling or which URL
+// was asked for. Whatever the client sent under these names, under any
+// X-Forwarded-* name, or under look-alikes a backend could fold into them
 // (underscores, any case), is dropped before ours are set.
 var identityHeaders = []string{
-	"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port",
-	"forwarded", "x-real-ip",
-	"x-gatehouse-tenant", "x-client-cert-fingerprint", "x-client-cert-subject",
+	"forwarded", "x-real-ip", "true-client-ip", "x-client-ip", "x-cluster-client-ip",
+	"x-original-forwarded-for", "x-original-url", "x-rewrite-url",
 }
 
 func isIdentityHeader(name string) bool {
 	n := strings.ToLower(strings.ReplaceAll(name, "_", "-"))
-	return slices.Contains(identityHeaders, n) || strings.HasPrefix(n, "x-gatehouse-") || strings.HasPrefix(n, "x-client-cert")
+	return slices.Contains(identityHeaders, n) || strings.HasPrefix(n, "x-forwarded-") ||
+		strings.HasPrefix(n, "x-gatehouse-") || strings.HasPrefix(n, "x-client-cert")
 }
 
 func (rt *route) rewrite(pr *httputil.ProxyRequest) {
