@@ -240,6 +240,9 @@ func CheckCoverage(old, new Coverage, maxShrink, maxGrow float64) error {
 		if o == 0 {
 			return refuse(ReasonQuarantined, "%s coverage appears: 0 → %.0f addresses", family, n)
 		}
+		if n == 0 { // whatever max_shrink says, even 1
+			return refuse(ReasonQuarantined, "%s coverage vanishes: %.0f → 0 addresses", family, o)
+		}
 		r := n/o - 1
 		switch {
 		case r < -maxShrink:

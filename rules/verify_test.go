@@ -406,6 +406,9 @@ func TestCheckCoverage(t *testing.T) {
 	if err := CheckCoverage(cov("8.8.0.0/16"), cov("8.8.0.0/16", "2600::/32"), 0.25, 0.25); ReasonOf(err) != ReasonQuarantined {
 		t.Errorf("v6 appearing: %v", err)
 	}
+	if err := CheckCoverage(old, cov("8.8.0.0/16"), 1, 0.25); ReasonOf(err) != ReasonQuarantined {
+		t.Errorf("v6 vanishing with max_shrink 1: %v, want quarantined", err)
+	}
 	if err := CheckCoverage(old, cov("8.8.0.0/17", "2600::/32"), 0.6, 0.25); err != nil {
 		t.Errorf("shrink within a 60 %% limit: %v", err)
 	}
