@@ -617,11 +617,6 @@ func (h *Handler) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	}
 }
 
-// isUpgrade reports an HTTP/1 request asking to switch protocols.
-func isUpgrade(r *http.Request) bool {
-	return r.ProtoMajor == 1 && r.Header.Get("Upgrade") != "" && hasToken(r.Header.Values("Connection"), "upgrade")
-}
-
 // hasToken reports whether a comma-separated header holds tok, in any case.
 func hasToken(values []string, tok string) bool {
 	for _, v := range values {
