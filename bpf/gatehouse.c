@@ -9,11 +9,12 @@
 // mode, the port flags, the management ranges and the admitted set of both
 // families. A new generation is built beside the old one and published with
 // one update of the outer map gh_gen, so a packet sees one whole generation.
+// Page 0 is the header, with four flag bits per port from GH_PORTS_OFF.
 //
 // Admitted lookup (the default build):
-//   IPv4: two bits per /24 over the top 24 bits (4 MiB, sparse pages): none,
-//         whole /24 admitted, or partial. A partial /24 has a 256-bit bitmap
-//         of its addresses in a two-choice bucketed hash table.
+//   IPv4: two bits per /24 over the top 24 bits (4 MiB, always pages 1-64):
+//         none, whole /24 admitted, or partial. A partial /24 has a 256-bit
+//         bitmap of its addresses in a two-choice bucketed hash table.
 //   IPv6: the same two bits per top-24-bit block; a partial block has an
 //         entry in a two-choice hash table listing the prefix lengths (up to
 //         15) present under it, and each length is one exact-match probe.
@@ -41,12 +42,14 @@
 char __license[] SEC("license") = "Dual BSD/GPL";
 
 #define GH_PAGE_SIZE 65536
-#define GH_MAGIC 0x67680001 // "gh" layout 1: bump when the page layout changes
+#define GH_MAGIC 0x67680002 // "gh" layout 2: bump when the page layout changes
 #define GH_DIR_PAGES 64     // 2 bits per /24 = 4 MiB = 64 pages
+#define GH_V4_DIR 1         // first page of the IPv4 directory
 #define GH_MAX_PAGES 384    // 24 MiB per generation; see MaxPages in layout.go
 #define GH_MAX_MGMT 32
 #define GH_MAX_LENS 15
 #define GH_MAX_EXT 8 // IPv6 extension headers walked before giving up
+#define GH_PORTS_OFF 32768 // port flags in the header page, four bits per port
 
 // Verdict reasons; the counter index is action*GH_REASONS + reason.
 enum gh_reason {
@@ -65,7 +68,7 @@ enum gh_action {
 	GH_ACTIONS = 2,
 };
 
-// Port flags, one byte per port in the ports page.
+// Port flags, four bits per port from GH_PORTS_OFF of the header page.
 #define GH_PORT_TCP 0x01
 #define GH_PORT_UDP 0x02
 #define GH_PORT_MGMT_TCP 0x04
@@ -91,7 +94,7 @@ struct gh_hdr {
 	__u32 flags;
 	__u16 eph_lo;
 	__u16 eph_hi;
-	__u16 ports_page;
+	__u16 pad0;
 	__u16 v4_keys_page; // 0: no IPv4 second level
 	__u16 v4_vals_page;
 	__u16 v6_tab_page; // 0: no IPv6 table
@@ -99,7 +102,8 @@ struct gh_hdr {
 	__u32 v6_mask;
 	__u32 mgmt_count;
 	__u32 pad;
-	__u16 v4dir[GH_DIR_PAGES]; // page of each 64 KiB of the 2-bit map; 0 = all zero
+	__u16 v4dir[GH_DIR_PAGES]; // written as GH_V4_DIR + i; the program computes it
+	// v6dir: page of each 64 KiB of the IPv6 2-bit map; 0 = all zero
 	__u16 v6dir[GH_DIR_PAGES];
 	__u32 pad2;
 	struct gh_mgmt mgmt[GH_MAX_MGMT];
@@ -110,7 +114,7 @@ _Static_assert(__builtin_offsetof(struct gh_hdr, v4dir) == 36, "gh_hdr layout");
 _Static_assert(__builtin_offsetof(struct gh_hdr, v6dir) == 164, "gh_hdr layout");
 _Static_assert(__builtin_offsetof(struct gh_hdr, mgmt) == 296, "gh_hdr layout");
 _Static_assert(sizeof(struct gh_mgmt) == 24, "gh_mgmt layout");
-_Static_assert(sizeof(struct gh_hdr) <= GH_PAGE_SIZE, "gh_hdr layout");
+_Static_assert(sizeof(struct gh_hdr) <= GH_PORTS_OFF, "gh_hdr layout");
 
 // One IPv6 table entry (32 bytes, four to a bucket). For a prefix, tag is its
 // length and val is unused. For a top-24 block (tag byte 0 == 24), the other
@@ -146,17 +150,10 @@ struct {
 	__type(value, __u64);
 } gh_counters SEC(".maps");
 
-struct gh_state {
-	__u32 block_active; // nonzero when the blocklists may hold an entry
-	__u32 pad;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct gh_state);
-} gh_state SEC(".maps");
+// Nonzero when the blocklists may hold an entry. A global variable is read
+// with one load; the array lookup it replaces cost a row of instructions on
+// every packet that passes.
+volatile __u32 gh_block_active SEC(".data.state") = 0;
 
 struct gh_in6 {
 	__u8 a[16];
@@ -270,6 +267,17 @@ static __always_inline __u32 state2(void *gen, __u16 *dir, __u32 idx24)
 	return (p[byte & 0xffff] >> ((idx24 & 3) * 2)) & 3;
 }
 
+// state2_v4 is state2 for the IPv4 directory, which always takes pages
+// GH_V4_DIR to GH_V4_DIR + GH_DIR_PAGES - 1.
+static __always_inline __u32 state2_v4(void *gen, __u32 idx24)
+{
+	__u32 byte = idx24 >> 2;
+	__u8 *p = page(gen, GH_V4_DIR + ((byte >> 16) & (GH_DIR_PAGES - 1)));
+	if (!p)
+		return 0;
+	return (p[byte & 0xffff] >> ((idx24 & 3) * 2)) & 3;
+}
+
 static __always_inline int v4_probe(void *gen, struct gh_hdr *h, __u32 bucket, __u32 key, __u32 host)
 {
 	// 8 keys of 4 bytes per bucket: 2048 buckets per page.
@@ -297,15 +305,16 @@ static __always_inline int v4_probe(void *gen, struct gh_hdr *h, __u32 bucket, _
 
 #endif
 
-static __always_inline int v4_admitted(void *gen, struct gh_hdr *h, struct gh_pkt *pk)
+// v4_admitted looks up an IPv4 source (network order).
+static __always_inline int v4_admitted(void *gen, struct gh_hdr *h, __u32 saddr)
 {
 #ifdef GH_LPM
-	struct gh_lpm4_key k = {.prefixlen = 32, .addr = pk->saddr4};
+	struct gh_lpm4_key k = {.prefixlen = 32, .addr = saddr};
 	return bpf_map_lookup_elem(&gh_lpm4, &k) != NULL;
 #else
-	__u32 host = pk->hi >> 32;
+	__u32 host = bpf_ntohl(saddr);
 	__u32 idx24 = host >> 8;
-	__u32 st = state2(gen, h->v4dir, idx24);
+	__u32 st = state2_v4(gen, idx24);
 	if (st != 2)
 		return st == 1;
 	if (h->v4_keys_page == 0)
@@ -391,7 +400,7 @@ static __always_inline int v6_admitted(void *gen, struct gh_hdr *h, struct gh_pk
 #endif
 }
 
-static __always_inline int mgmt_match(struct gh_hdr *h, struct gh_pkt *pk)
+static __always_inline int mgmt_match(struct gh_hdr *h, struct gh_pkt *pk, const int v6)
 {
 	__u32 n = h->mgmt_count;
 #pragma clang loop unroll(disable)
@@ -399,7 +408,7 @@ static __always_inline int mgmt_match(struct gh_hdr *h, struct gh_pkt *pk)
 		if (i >= n)
 			return 0;
 		struct gh_mgmt *m = &h->mgmt[i];
-		if (m->port != pk->dport || m->family != (pk->v6 ? 6 : 4))
+		if (m->port != pk->dport || m->family != (v6 ? 6 : 4))
 			continue;
 		__u32 l = m->plen;
 		__u64 mh, ml;
@@ -419,25 +428,23 @@ static __always_inline int mgmt_match(struct gh_hdr *h, struct gh_pkt *pk)
 	return 0;
 }
 
-static __always_inline int blocked(struct gh_pkt *pk)
+static __always_inline int blocked(struct gh_pkt *pk, const int v6)
 {
-	__u32 zero = 0;
-	struct gh_state *s = bpf_map_lookup_elem(&gh_state, &zero);
-	if (!s || !s->block_active)
+	if (!gh_block_active)
 		return 0;
 	__u64 *deadline;
-	if (pk->v6)
+	if (v6)
 		deadline = bpf_map_lookup_elem(&gh_block6, &pk->saddr6);
 	else
 		deadline = bpf_map_lookup_elem(&gh_block4, &pk->saddr4);
 	return deadline && bpf_ktime_get_ns() < *deadline;
 }
 
-static __always_inline int pass(struct gh_pkt *pk, __u32 reason)
+// port_flags returns the four flag bits of a port.
+static __always_inline __u32 port_flags(struct gh_hdr *h, __u32 port)
 {
-	if (blocked(pk))
-		return count(GH_ACT_DROP, GH_BLOCKED);
-	return count(GH_ACT_PASS, reason);
+	__u8 b = ((__u8 *)h)[GH_PORTS_OFF + ((port >> 1) & 0x7fff)];
+	return (b >> ((port & 1) * 4)) & 0xf;
 }
 
 #define GH_CHECK 0x100 // decide by the admitted set
@@ -445,20 +452,19 @@ static __always_inline int pass(struct gh_pkt *pk, __u32 reason)
 // classify returns a pass reason, GH_DROP|reason, or GH_CHECK.
 #define GH_DROP 0x200
 
-static __always_inline __u32 classify(void *gen, struct gh_hdr *h, struct gh_pkt *pk)
+// tcp_seg is a constant: 1 when the caller knows pk is a TCP segment with its
+// header (the common case gets code of its own, without the tests below).
+static __always_inline __u32 classify(struct gh_hdr *h, struct gh_pkt *pk, const int v6, const int tcp_seg)
 {
 	int strict = h->flags & GH_FLAG_STRICT;
 
-	if (pk->later_frag)
+	if (!tcp_seg && pk->later_frag)
 		return GH_CHECK; // no transport header: only the source can be judged
 
-	if (pk->l4 == IPPROTO_TCP || pk->l4 == IPPROTO_UDP) {
-		__u8 *ports = page(gen, h->ports_page);
-		__u8 f = 0;
-		if (ports)
-			f = ports[pk->dport];
-		int tcp = pk->l4 == IPPROTO_TCP;
-		if ((f & (tcp ? GH_PORT_MGMT_TCP : GH_PORT_MGMT_UDP)) && mgmt_match(h, pk))
+	if (tcp_seg || pk->l4 == IPPROTO_TCP || pk->l4 == IPPROTO_UDP) {
+		__u32 f = port_flags(h, pk->dport);
+		int tcp = tcp_seg || pk->l4 == IPPROTO_TCP;
+		if ((f & (tcp ? GH_PORT_MGMT_TCP : GH_PORT_MGMT_UDP)) && mgmt_match(h, pk, v6))
 			return GH_MANAGEMENT;
 		if (f & (tcp ? GH_PORT_TCP : GH_PORT_UDP))
 			return GH_CHECK;
@@ -481,7 +487,7 @@ static __always_inline __u32 classify(void *gen, struct gh_hdr *h, struct gh_pkt
 		// Errors and echo replies answer our own traffic; echo requests
 		// and the rest are new and need an admitted source.
 		__u8 t = pk->icmp_type;
-		int answer = pk->v6 ? (t >= 1 && t <= 4) || t == 129 : t == 0 || t == 3 || t == 11 || t == 12;
+		int answer = v6 ? (t >= 1 && t <= 4) || t == 129 : t == 0 || t == 3 || t == 11 || t == 12;
 		return answer ? GH_PASSTHROUGH : GH_CHECK;
 	}
 
@@ -489,25 +495,30 @@ static __always_inline __u32 classify(void *gen, struct gh_hdr *h, struct gh_pkt
 	return strict ? GH_DROP | GH_NOT_ADMITTED : GH_PASSTHROUGH;
 }
 
-static __always_inline int verdict(struct gh_pkt *pk)
+// verdict is instantiated once per family (v6 is a constant), so that each
+// copy is straight-line code for its own family.
+static __always_inline int verdict(struct gh_pkt *pk, const int v6, const int tcp_seg)
 {
 	__u32 zero = 0;
+	__u32 c = GH_PASSTHROUGH; // no policy applied yet
 	void *gen = bpf_map_lookup_elem(&gh_gen, &zero);
-	if (!gen)
-		return pass(pk, GH_PASSTHROUGH); // no policy applied yet
-	struct gh_hdr *h = page(gen, 0);
-	if (!h || h->magic != GH_MAGIC)
-		return pass(pk, GH_PASSTHROUGH);
-	__u32 c = classify(gen, h, pk);
-	if (c & GH_DROP)
-		return count(GH_ACT_DROP, c & 0xff);
-	if (c == GH_CHECK) {
-		int ok = pk->v6 ? v6_admitted(gen, h, pk) : v4_admitted(gen, h, pk);
-		if (!ok)
-			return count(GH_ACT_DROP, GH_NOT_ADMITTED);
-		c = GH_ADMITTED;
+	if (gen) {
+		struct gh_hdr *h = page(gen, 0);
+		if (h && h->magic == GH_MAGIC) {
+			c = classify(h, pk, v6, tcp_seg);
+			if (c & GH_DROP)
+				return count(GH_ACT_DROP, c & 0xff);
+			if (c == GH_CHECK) {
+				int ok = v6 ? v6_admitted(gen, h, pk) : v4_admitted(gen, h, pk->saddr4);
+				if (!ok)
+					return count(GH_ACT_DROP, GH_NOT_ADMITTED);
+				c = GH_ADMITTED;
+			}
+		}
 	}
-	return pass(pk, c);
+	if (blocked(pk, v6))
+		return count(GH_ACT_DROP, GH_BLOCKED);
+	return count(GH_ACT_PASS, c);
 }
 
 static __always_inline int parse_l4(struct gh_pkt *pk, void *l4, void *end, __u32 avail)
@@ -566,17 +577,19 @@ static __always_inline int handle_v4(void *cur, void *end)
 		return count(GH_ACT_DROP, GH_MALFORMED);
 	if (cur + ihl > end)
 		return count(GH_ACT_DROP, GH_MALFORMED);
+	__u16 frag = bpf_ntohs(ip->frag_off);
 	pk.saddr4 = ip->saddr;
 	pk.hi = (__u64)bpf_ntohl(ip->saddr) << 32;
 	pk.l4 = ip->protocol == IPPROTO_ICMPV6 ? 255 : ip->protocol;
-	__u16 frag = bpf_ntohs(ip->frag_off);
 	if (frag & 0x1fff) {
 		pk.later_frag = 1;
 		pk.l4 = 0;
 	} else if (parse_l4(&pk, cur + ihl, end, tot - ihl) < 0) {
 		return count(GH_ACT_DROP, GH_MALFORMED);
+	} else if (pk.l4 == IPPROTO_TCP) {
+		return verdict(&pk, 0, 1);
 	}
-	return verdict(&pk);
+	return verdict(&pk, 0, 0);
 }
 
 static __always_inline int is_ext(__u8 next)
@@ -650,7 +663,7 @@ static __always_inline int handle_v6(void *cur, void *end)
 			pk.l4 = 255; // ICMPv4 inside IPv6 is not ICMP
 		}
 	}
-	return verdict(&pk);
+	return verdict(&pk, 1, 0);
 }
 
 SEC("xdp")

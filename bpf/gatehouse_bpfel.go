@@ -18,12 +18,6 @@ type gatehouseGhIn6 struct {
 	A [16]uint8
 }
 
-type gatehouseGhState struct {
-	_           structs.HostLayout
-	BlockActive uint32
-	Pad         uint32
-}
-
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -32,8 +26,8 @@ const (
 	gatehouseMapGhBlock6      = "gh_block6"
 	gatehouseMapGhCounters    = "gh_counters"
 	gatehouseMapGhGen         = "gh_gen"
-	gatehouseMapGhState       = "gh_state"
 	gatehouseProgGatehouseXdp = "gatehouse_xdp"
+	gatehouseVarGhBlockActive = "gh_block_active"
 )
 
 // loadGatehouse returns the embedded CollectionSpec for gatehouse.
@@ -89,13 +83,13 @@ type gatehouseMapSpecs struct {
 	GhBlock6   *ebpf.MapSpec `ebpf:"gh_block6"`
 	GhCounters *ebpf.MapSpec `ebpf:"gh_counters"`
 	GhGen      *ebpf.MapSpec `ebpf:"gh_gen"`
-	GhState    *ebpf.MapSpec `ebpf:"gh_state"`
 }
 
 // gatehouseVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gatehouseVariableSpecs struct {
+	GhBlockActive *ebpf.VariableSpec `ebpf:"gh_block_active"`
 }
 
 // gatehouseObjects contains all objects after they have been loaded into the kernel.
@@ -122,7 +116,6 @@ type gatehouseMaps struct {
 	GhBlock6   *ebpf.Map `ebpf:"gh_block6"`
 	GhCounters *ebpf.Map `ebpf:"gh_counters"`
 	GhGen      *ebpf.Map `ebpf:"gh_gen"`
-	GhState    *ebpf.Map `ebpf:"gh_state"`
 }
 
 func (m *gatehouseMaps) Close() error {
@@ -131,7 +124,6 @@ func (m *gatehouseMaps) Close() error {
 		m.GhBlock6,
 		m.GhCounters,
 		m.GhGen,
-		m.GhState,
 	)
 }
 
@@ -139,6 +131,7 @@ func (m *gatehouseMaps) Close() error {
 //
 // It can be passed to loadGatehouseObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gatehouseVariables struct {
+	GhBlockActive *ebpf.Variable `ebpf:"gh_block_active"`
 }
 
 // gatehousePrograms contains all programs after they have been loaded into the kernel.

@@ -30,12 +30,6 @@ type gatehouseLPMGhLpm6Key struct {
 	Addr      [16]uint8
 }
 
-type gatehouseLPMGhState struct {
-	_           structs.HostLayout
-	BlockActive uint32
-	Pad         uint32
-}
-
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -46,8 +40,8 @@ const (
 	gatehouseLPMMapGhGen         = "gh_gen"
 	gatehouseLPMMapGhLpm4        = "gh_lpm4"
 	gatehouseLPMMapGhLpm6        = "gh_lpm6"
-	gatehouseLPMMapGhState       = "gh_state"
 	gatehouseLPMProgGatehouseXdp = "gatehouse_xdp"
+	gatehouseLPMVarGhBlockActive = "gh_block_active"
 )
 
 // loadGatehouseLPM returns the embedded CollectionSpec for gatehouseLPM.
@@ -105,13 +99,13 @@ type gatehouseLPMMapSpecs struct {
 	GhGen      *ebpf.MapSpec `ebpf:"gh_gen"`
 	GhLpm4     *ebpf.MapSpec `ebpf:"gh_lpm4"`
 	GhLpm6     *ebpf.MapSpec `ebpf:"gh_lpm6"`
-	GhState    *ebpf.MapSpec `ebpf:"gh_state"`
 }
 
 // gatehouseLPMVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gatehouseLPMVariableSpecs struct {
+	GhBlockActive *ebpf.VariableSpec `ebpf:"gh_block_active"`
 }
 
 // gatehouseLPMObjects contains all objects after they have been loaded into the kernel.
@@ -140,7 +134,6 @@ type gatehouseLPMMaps struct {
 	GhGen      *ebpf.Map `ebpf:"gh_gen"`
 	GhLpm4     *ebpf.Map `ebpf:"gh_lpm4"`
 	GhLpm6     *ebpf.Map `ebpf:"gh_lpm6"`
-	GhState    *ebpf.Map `ebpf:"gh_state"`
 }
 
 func (m *gatehouseLPMMaps) Close() error {
@@ -151,7 +144,6 @@ func (m *gatehouseLPMMaps) Close() error {
 		m.GhGen,
 		m.GhLpm4,
 		m.GhLpm6,
-		m.GhState,
 	)
 }
 
@@ -159,6 +151,7 @@ func (m *gatehouseLPMMaps) Close() error {
 //
 // It can be passed to loadGatehouseLPMObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gatehouseLPMVariables struct {
+	GhBlockActive *ebpf.Variable `ebpf:"gh_block_active"`
 }
 
 // gatehouseLPMPrograms contains all programs after they have been loaded into the kernel.

@@ -14,7 +14,7 @@ import (
 const (
 	PageSize = 65536
 	// Magic is the layout version the program checks in every header.
-	Magic = 0x67680001
+	Magic = 0x67680002
 
 	// MaxPages is the size of every generation map (24 MiB): enough for
 	// 100k random IPv4 and about 60k random IPv6 prefixes; real feeds need
@@ -30,10 +30,14 @@ const (
 	v6EntSize  = 32
 	bitmapSize = 32 // one partial IPv4 /24: 256 bits
 
-	hdrV4Dir = 36
-	hdrV6Dir = 164
-	hdrMgmt  = 296
-	mgmtSize = 24
+	hdrV4Dir  = 36
+	v4DirPage = 1 // first page of the IPv4 directory
+	hdrV6Dir  = 164
+	hdrMgmt   = 296
+	mgmtSize  = 24
+	// hdrPorts is where the port flags start in the header page: four bits
+	// per port, the even port in the low nibble.
+	hdrPorts = 32768
 
 	stateNone    = 0
 	stateWhole   = 1
@@ -129,6 +133,10 @@ func (g *Generation) Encode() (*Pages, error) {
 	p := &pager{pages: map[uint32][]byte{}}
 	hdr := make([]byte, PageSize)
 	p.alloc(1) // header
+	// The IPv4 directory always takes pages 1 to dirPages, so the program
+	// finds its page without reading the header; all-zero pages are not
+	// written.
+	p.alloc(dirPages)
 	le := binary.LittleEndian
 	le.PutUint32(hdr[0:], Magic)
 	var flags uint32
@@ -139,7 +147,7 @@ func (g *Generation) Encode() (*Pages, error) {
 	le.PutUint16(hdr[8:], g.EphemeralLo)
 	le.PutUint16(hdr[10:], g.EphemeralHi)
 
-	ports := make([]byte, PageSize)
+	ports := make([]byte, 65536) // flags per port, packed into hdr below
 	for _, pt := range g.Ports {
 		switch {
 		case pt.Num == 0:
@@ -181,9 +189,9 @@ func (g *Generation) Encode() (*Pages, error) {
 		}
 	}
 	le.PutUint32(hdr[28:], uint32(nmgmt))
-	portsPage := p.alloc(1)
-	le.PutUint16(hdr[12:], uint16(portsPage))
-	p.put(portsPage, ports)
+	for port, f := range ports {
+		hdr[hdrPorts+port/2] |= f << ((port & 1) * 4)
+	}
 
 	v4, err := buildV4(g.V4)
 	if err != nil {
@@ -204,7 +212,10 @@ func (g *Generation) Encode() (*Pages, error) {
 			p.put(pg, chunk)
 		}
 	}
-	putDir(hdrV4Dir, v4.state)
+	for d := range dirPages {
+		le.PutUint16(hdr[hdrV4Dir+2*d:], uint16(v4DirPage+d))
+	}
+	p.put(v4DirPage, v4.state)
 	putDir(hdrV6Dir, v6.state)
 	if v4.buckets > 0 {
 		keys := p.alloc(pagesFor(len(v4.keys) * 4))

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // Names of the program and maps in both objects.
@@ -14,12 +15,21 @@ const (
 	ProgXDP     = "gatehouse_xdp"
 	MapGen      = "gh_gen"
 	MapCounters = "gh_counters"
-	MapState    = "gh_state"
+	MapState    = ".data.state"
 	MapBlock4   = "gh_block4"
 	MapBlock6   = "gh_block6"
 	MapLPM4     = "gh_lpm4" // LPM build only
 	MapLPM6     = "gh_lpm6" // LPM build only
 )
+
+// SetBlockActive sets gh_block_active in the state map of either build.
+func SetBlockActive(state *ebpf.Map, active bool) error {
+	var v uint32
+	if active {
+		v = 1
+	}
+	return state.Update(uint32(0), v, ebpf.UpdateAny)
+}
 
 // Counter layout: the counter of (action, reason) is at index
 // action*len(reasons slot) + reason.
@@ -36,11 +46,23 @@ func CounterIndex(action, reason int) uint32 { return uint32(action*reasonSlots 
 
 // Spec returns the collection spec of the fast build, or of the plain LPM
 // trie build when lpm is true.
+//
+// The state section gets BPF_F_MMAPABLE in the spec, as the loader gives it
+// to every data section it creates, so that a pinned state map compares
+// equal to the spec when a restarted daemon adopts it.
 func Spec(lpm bool) (*ebpf.CollectionSpec, error) {
+	load := loadGatehouse
 	if lpm {
-		return loadGatehouseLPM()
+		load = loadGatehouseLPM
 	}
-	return loadGatehouse()
+	spec, err := load()
+	if err != nil {
+		return nil, err
+	}
+	if m := spec.Maps[MapState]; m != nil {
+		m.Flags |= unix.BPF_F_MMAPABLE
+	}
+	return spec, nil
 }
 
 // NewGenerationMap creates an inner map holding the pages. The map is not

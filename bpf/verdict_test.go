@@ -287,7 +287,7 @@ func TestBlocklist(t *testing.T) {
 	if got := r.run(t, block.bytes()); got != xdpPass {
 		t.Fatalf("inactive blocklist: action %d, want pass", got)
 	}
-	if err := r.coll.Maps[MapState].Put(uint32(0), [2]uint32{1, 0}); err != nil {
+	if err := SetBlockActive(r.coll.Maps[MapState], true); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []struct {

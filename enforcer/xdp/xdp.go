@@ -43,8 +43,16 @@ var (
 	ErrBadAddr     = errors.New("xdp: invalid address")
 )
 
-// pinned maps, by their name in the object; each is pinned under its name.
+// pinned maps, by their name in the object; each is pinned under its name,
+// except the data section of gh_block_active, pinned as gh_state.
 var pinnedMaps = []string{bpf.MapGen, bpf.MapCounters, bpf.MapState, bpf.MapBlock4, bpf.MapBlock6}
+
+func pinName(name string) string {
+	if name == bpf.MapState {
+		return "gh_state"
+	}
+	return name
+}
 
 // Config configures the XDP layer of one interface.
 type Config struct {
@@ -180,7 +188,7 @@ func (e *Enforcer) pinnedCompatible(spec *ebpf.CollectionSpec) (map[string]*ebpf
 		return nil, nil
 	}
 	for _, name := range pinnedMaps {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(e.dir, name), nil)
+		m, err := ebpf.LoadPinnedMap(filepath.Join(e.dir, pinName(name)), nil)
 		if errors.Is(err, fs.ErrNotExist) {
 			if len(out) == 0 {
 				return nil, nil // nothing pinned: a first start
@@ -335,7 +343,7 @@ func (e *Enforcer) sameInterface(l link.Link) error {
 // pinMaps pins this collection's maps, replacing whatever is pinned.
 func (e *Enforcer) pinMaps() error {
 	for _, name := range pinnedMaps {
-		path := filepath.Join(e.dir, name)
+		path := filepath.Join(e.dir, pinName(name))
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("xdp: unpin old %s: %w", name, err)
 		}
@@ -443,7 +451,7 @@ func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("xdp: block %s: %w", addr, err)
 	}
-	if err := e.coll.Maps[bpf.MapState].Put(uint32(0), [2]uint32{1, 0}); err != nil {
+	if err := bpf.SetBlockActive(e.coll.Maps[bpf.MapState], true); err != nil {
 		return fmt.Errorf("xdp: activate blocklist: %w", err)
 	}
 	if time.Since(e.lastGC) > time.Minute {
@@ -478,7 +486,7 @@ func (e *Enforcer) sweepLocked(now uint64) {
 		}
 	}
 	if left == 0 {
-		if err := e.coll.Maps[bpf.MapState].Put(uint32(0), [2]uint32{0, 0}); err != nil {
+		if err := bpf.SetBlockActive(e.coll.Maps[bpf.MapState], false); err != nil {
 			e.log.Warn("blocklist state", "error", err)
 		}
 	}
