@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -88,8 +89,10 @@ type Enforcer struct {
 	log     *slog.Logger
 	iface   string
 	ifindex int
+	netns   int // fd of the network namespace ifindex belongs to
 	dir     string
-	mode    string
+	mode    string // "" until attached
+	want    policy.XDPMode
 	eph     [2]uint16
 
 	mu      sync.Mutex
@@ -101,12 +104,14 @@ type Enforcer struct {
 	metrics *metrics
 }
 
-// New loads the program and attaches it to the interface, in the network
-// namespace of the calling thread. When a compatible link and maps are
-// pinned already (a restart), it adopts them: the maps keep their contents
-// and the link is moved to the new program in place, so there is no moment
-// without a filter. Incompatible pinned maps (an older layout) are replaced
-// at the first Apply, while the old program keeps enforcing until then.
+// New loads the program for the interface, in the network namespace of the
+// calling thread. When a compatible link and maps are pinned already (a
+// restart), it adopts them: the maps keep their contents and the link is
+// moved to the new program in place, so there is no moment without a
+// filter. Incompatible pinned maps (an older layout) are replaced at the
+// first Apply, while the old program keeps enforcing until then. With
+// nothing pinned, the first successful Apply attaches the program: it never
+// runs without a policy.
 func New(cfg Config) (*Enforcer, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -133,6 +138,12 @@ func New(cfg Config) (*Enforcer, error) {
 		return nil, fmt.Errorf("xdp: interface %q: %w", cfg.Interface, err)
 	}
 	e.ifindex = ifc.Index
+	// The index means this interface only in this network namespace; the
+	// first Apply, which attaches, may run on a thread of another.
+	e.netns, err = unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("xdp: network namespace: %w", err)
+	}
 	e.eph = ephemeralPorts()
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("xdp: memlock: %w", err)
@@ -143,8 +154,9 @@ func New(cfg Config) (*Enforcer, error) {
 	if err := e.load(); err != nil {
 		return nil, err
 	}
-	if err := e.attach(cfg.Mode); err != nil {
+	if err := e.adopt(cfg.Mode); err != nil {
 		e.coll.Close()
+		unix.Close(e.netns)
 		return nil, err
 	}
 	return e, nil
@@ -253,8 +265,12 @@ func (e *Enforcer) currentLayout(outer *ebpf.Map) (bool, error) {
 
 func linkPin(dir, mode string) string { return filepath.Join(dir, "link_"+mode) }
 
-// attach adopts the pinned link or attaches a new one.
-func (e *Enforcer) attach(want policy.XDPMode) error {
+// adopt takes over a pinned link of this interface, if there is one. A
+// first start attaches nothing here: the program is attached by the first
+// Apply, once it holds a policy, so a daemon that fails to apply its first
+// policy never leaves a filter behind that passes everything.
+func (e *Enforcer) adopt(want policy.XDPMode) error {
+	e.want = want
 	prog := e.coll.Programs[bpf.ProgXDP]
 	for _, mode := range []string{ModeNative, ModeGeneric} {
 		l, err := link.LoadPinnedLink(linkPin(e.dir, mode), nil)
@@ -289,9 +305,16 @@ func (e *Enforcer) attach(want policy.XDPMode) error {
 		e.metrics.setMode(mode)
 		return nil
 	}
+	e.log.Info("no pinned filter; attaching with the first policy")
+	return nil
+}
 
+// attachNew attaches the program in the configured mode (native first for
+// auto) and pins the maps and the link.
+func (e *Enforcer) attachNew() error {
+	prog := e.coll.Programs[bpf.ProgXDP]
 	modes := []string{ModeNative, ModeGeneric}
-	switch want {
+	switch e.want {
 	case policy.XDPNative:
 		modes = []string{ModeNative}
 	case policy.XDPGeneric:
@@ -303,7 +326,11 @@ func (e *Enforcer) attach(want policy.XDPMode) error {
 		if mode == ModeGeneric {
 			flags = link.XDPGenericMode
 		}
-		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: e.ifindex, Flags: flags})
+		var l link.Link
+		err := inNetns(e.netns, func() (err error) {
+			l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: e.ifindex, Flags: flags})
+			return err
+		})
 		if err != nil {
 			e.log.Warn("attach failed", "mode", mode, "error", err)
 			errs = append(errs, fmt.Errorf("%s: %w", mode, err))
@@ -354,7 +381,8 @@ func (e *Enforcer) pinMaps() error {
 	return nil
 }
 
-// AttachMode is "native" or "generic".
+// AttachMode is "native" or "generic"; "" before the first Apply of a
+// first start.
 func (e *Enforcer) AttachMode() string { return e.mode }
 
 // Apply makes p the policy in force with one update of the outer map. On
@@ -407,7 +435,12 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 		e.log.Warn("pin generation", "error", err)
 	}
 	e.sweepLocked(monotonic())
-	if e.pending {
+	if e.link == nil {
+		// First start: attach now that the maps hold a policy.
+		if err := e.attachNew(); err != nil {
+			return err
+		}
+	} else if e.pending {
 		// Fresh maps beside an adopted link: now that they hold the
 		// policy, move the link to the new program and the pins to the
 		// new maps.
@@ -506,7 +539,48 @@ func (e *Enforcer) Close() error {
 		errs = append(errs, e.link.Close())
 	}
 	e.coll.Close()
+	unix.Close(e.netns)
 	return errors.Join(errs...)
+}
+
+// inNetns runs f in the network namespace nsfd. A daemon calls it from its
+// own namespace, where f runs on the calling thread (entering a namespace
+// needs CAP_SYS_ADMIN, which the service does not have). From another
+// namespace f runs on a thread of its own that is never unlocked, so the
+// runtime discards it afterwards instead of handing it to other goroutines.
+func inNetns(nsfd int, f func() error) error {
+	runtime.LockOSThread()
+	same, err := sameNetns(nsfd)
+	if err != nil || same {
+		defer runtime.UnlockOSThread()
+		if err != nil {
+			return fmt.Errorf("xdp: network namespace: %w", err)
+		}
+		return f()
+	}
+	runtime.UnlockOSThread()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := unix.Setns(nsfd, unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("xdp: enter network namespace: %w", err)
+			return
+		}
+		errc <- f()
+	}()
+	return <-errc
+}
+
+// sameNetns reports whether the calling thread is in the namespace nsfd.
+func sameNetns(nsfd int) (bool, error) {
+	var want, cur unix.Stat_t
+	if err := unix.Fstat(nsfd, &want); err != nil {
+		return false, err
+	}
+	if err := unix.Stat("/proc/thread-self/ns/net", &cur); err != nil {
+		return false, err
+	}
+	return want.Dev == cur.Dev && want.Ino == cur.Ino, nil
 }
 
 // Teardown removes the filter from the interface: it detaches the pinned

@@ -210,16 +210,25 @@ func testAdmission(t *testing.T, mode policy.XDPMode) {
 	tp := newTopo(t)
 	e := tp.newEnforcerMode(t, mode)
 	t.Cleanup(func() { Teardown(tp.pinDir, tp.iface); e.Close() })
+	// Nothing runs before there is a policy to enforce.
+	if m := e.AttachMode(); m != "" {
+		t.Errorf("attached in %q mode before the first Apply", m)
+	}
+	if out := tp.gate.Exec(t, "ip", "link", "show", "dev", tp.iface); strings.Contains(out, "xdp") {
+		t.Errorf("XDP attached before the first Apply: %s", out)
+	}
+
+	// Applied from this goroutine, in another network namespace than the
+	// interface's: the enforcer attaches in the namespace of New.
+	if err := e.Apply(testPolicy(policy.ModeListeners)); err != nil {
+		t.Fatal(err)
+	}
 	if m := e.AttachMode(); m != ModeNative && m != ModeGeneric || mode == policy.XDPGeneric && m != ModeGeneric {
 		t.Fatalf("AttachMode %q with %s", m, mode)
 	}
 	t.Logf("attached in %s mode", e.AttachMode())
 	if out := tp.gate.Exec(t, "ip", "link", "show", "dev", tp.iface); !strings.Contains(out, "prog/xdp") {
 		t.Errorf("ip link shows no XDP program: %s", out)
-	}
-
-	if err := e.Apply(testPolicy(policy.ModeListeners)); err != nil {
-		t.Fatal(err)
 	}
 	before := counter(t, e, "drop", "not_admitted")
 	tp.expect(t, "listeners", listenersProbes)
@@ -258,6 +267,35 @@ func testAdmission(t *testing.T, mode policy.XDPMode) {
 	if err := e.Block(netip.Addr{}, time.Minute); err == nil {
 		t.Error("Block of an invalid address succeeded")
 	}
+}
+
+// TestFailedFirstApplyAttachesNothing: a first start whose policy cannot be
+// applied leaves no filter and no pinned link behind (a filter without a
+// policy would pass everything), and the next good Apply attaches.
+func TestFailedFirstApplyAttachesNothing(t *testing.T) {
+	tp := newTopo(t)
+	e := tp.newEnforcer(t)
+	t.Cleanup(func() { Teardown(tp.pinDir, tp.iface); e.Close() })
+	bad := testPolicy(policy.ModeListeners)
+	for i := range 40 { // more management pairs than a generation holds
+		bad.Enforcement.Management = append(bad.Enforcement.Management, policy.Management{
+			Prefix: netip.MustParsePrefix("192.0.2.0/24"), Ports: []uint16{uint16(2000 + i)}})
+	}
+	if err := e.Apply(bad); !errors.Is(err, bpf.ErrTooManyManagement) {
+		t.Fatalf("Apply of 40 management pairs: %v, want ErrTooManyManagement", err)
+	}
+	if out := tp.gate.Exec(t, "ip", "link", "show", "dev", tp.iface); strings.Contains(out, "xdp") {
+		t.Errorf("XDP attached after a failed first Apply: %s", out)
+	}
+	for _, mode := range []string{ModeNative, ModeGeneric} {
+		if _, err := os.Stat(linkPin(filepath.Join(tp.pinDir, tp.iface), mode)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("link pinned after a failed first Apply: %v", err)
+		}
+	}
+	if err := e.Apply(testPolicy(policy.ModeListeners)); err != nil {
+		t.Fatal(err)
+	}
+	tp.expect(t, "after the good Apply", listenersProbes)
 }
 
 func TestRestartAdoptsAndTeardownRemoves(t *testing.T) {
