@@ -700,3 +700,55 @@ func TestNewRejectsBadNetNS(t *testing.T) {
 		t.Errorf("NetNS -1: %v", err)
 	}
 }
+
+// TestIntervalChunks: the streamed chunks of a full replace hold exactly the
+// elements of intervalElements, in order, each chunk within maxElemBytes and
+// starting with a start element, for IPv4 (with a range to the top of the
+// space) and IPv6.
+func TestIntervalChunks(t *testing.T) {
+	v4 := append(randomPrefixes(20_000, 5), netip.MustParsePrefix("255.255.255.0/24"))
+	slices.SortFunc(v4, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	r := rand.New(rand.NewPCG(6, 6))
+	var v6 []netip.Prefix
+	for i := range 8000 {
+		var a [16]byte
+		copy(a[:], []byte{0x20, 0x01, 0x0d, 0xb8, byte(i >> 8), byte(i)})
+		a[6] = byte(r.IntN(256))
+		v6 = append(v6, netip.PrefixFrom(netip.AddrFrom16(a), 48+r.IntN(80)).Masked())
+	}
+	slices.SortFunc(v6, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	for _, set := range [][]netip.Prefix{v4, v6} {
+		rs := toRanges(set)
+		var got []nftables.SetElement
+		chunks := 0
+		err := forIntervalChunks(rs, func(c []nftables.SetElement) error {
+			chunks++
+			size := 0
+			for _, e := range c {
+				size += elementSize(e)
+				// The keys live in a buffer reused for the next chunk.
+				got = append(got, nftables.SetElement{Key: slices.Clone(e.Key), IntervalEnd: e.IntervalEnd})
+			}
+			if size > maxElemBytes {
+				t.Errorf("chunk %d: %d bytes", chunks, size)
+			}
+			if c[0].IntervalEnd {
+				t.Errorf("chunk %d starts with an interval end", chunks)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := intervalElements(rs)
+		if chunks < 2 || !slices.EqualFunc(got, want, func(a, b nftables.SetElement) bool {
+			return slices.Equal(a.Key, b.Key) && a.IntervalEnd == b.IntervalEnd
+		}) {
+			t.Fatalf("%d chunks; elements equal to intervalElements: false (%d, want %d)", chunks, len(got), len(want))
+		}
+	}
+	wantErr := errors.New("refused")
+	if err := forIntervalChunks(toRanges(v4), func([]nftables.SetElement) error { return wantErr }); !errors.Is(err, wantErr) {
+		t.Errorf("error of the callback: %v", err)
+	}
+}

@@ -91,6 +91,56 @@ func intervalElements(rs []addrRange) []nftables.SetElement {
 	return out
 }
 
+// forIntervalChunks encodes ranges as intervalElements does, one message's
+// worth at a time (chunks as chunkElements cuts them) into buffers reused
+// for every chunk, and calls f with each: a full replace of 100k ranges then
+// builds no 200k-element slice for the collector to clear and scan. f must
+// not keep the chunk; SetAddElements copies it into the message.
+func forIntervalChunks(rs []addrRange, f func([]nftables.SetElement) error) error {
+	var elems []nftables.SetElement
+	var keys []byte
+	size := 0
+	key := func(a netip.Addr) []byte {
+		start := len(keys)
+		if a.Is4() {
+			b := a.As4()
+			keys = append(keys, b[:]...)
+		} else {
+			b := a.As16()
+			keys = append(keys, b[:]...)
+		}
+		return keys[start:len(keys):len(keys)]
+	}
+	flush := func() error {
+		if len(elems) == 0 {
+			return nil
+		}
+		err := f(elems)
+		elems, keys, size = elems[:0], keys[:0], 0
+		return err
+	}
+	var zero [16]byte
+	for _, r := range rs {
+		w := zero[:r.from.BitLen()/8]
+		end := r.to.Next()
+		n := elementSize(nftables.SetElement{Key: w})
+		if end.IsValid() {
+			n += elementSize(nftables.SetElement{Key: w, IntervalEnd: true})
+		}
+		if size+n > maxElemBytes {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		elems = append(elems, nftables.SetElement{Key: key(r.from)})
+		if end.IsValid() {
+			elems = append(elems, nftables.SetElement{Key: key(end), IntervalEnd: true})
+		}
+		size += n
+	}
+	return flush()
+}
+
 // maxElemBytes bounds the encoded element list of one NEWSETELEM message:
 // the list is one netlink attribute, whose length field has 16 bits.
 const maxElemBytes = 60000

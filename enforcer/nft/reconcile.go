@@ -89,6 +89,7 @@ func (e *Enforcer) Reconcile() error {
 	e.metrics.drift.Inc()
 	e.log.Warn("table drifted, rebuilding", "reason", reason)
 	if err := e.applyFull(e.cur); err != nil {
+		e.dropWriter()
 		return fmt.Errorf("repair: %w", err)
 	}
 	return nil
