@@ -34,6 +34,7 @@ const (
 	ResultNotYetValid     Result = "not_yet_valid"
 	ResultRevoked         Result = "revoked"
 	ResultCRLStale        Result = "crl_stale"
+	ResultNoCRL           Result = "no_crl" // the tenant has CRLs, none from the certificate's issuer
 	ResultNoTenant        Result = "no_tenant"
 	ResultAmbiguousTenant Result = "ambiguous_tenant"
 	ResultProtocolVersion Result = "protocol_version"
@@ -45,7 +46,7 @@ const (
 // returns VerifyConnection's error as is), and Identify returns it.
 type AuthError struct {
 	Result Result
-	Tenant string // known for revoked and stale-CRL refusals, else empty
+	Tenant string // known for revoked, stale-CRL and no-CRL refusals, else empty
 	Detail string
 	// counted is set when VerifyConnection already counted the failure, so
 	// HandshakeFailed does not count it twice.

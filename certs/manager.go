@@ -331,6 +331,14 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 		}
 		return Identity{}, &AuthError{Result: ResultAmbiguousTenant, Detail: "certificate matches tenants " + strings.Join(ids, ", ")}
 	}
+	// A tenant with CRLs has revocation checked for every certificate it
+	// admits: when none of its CRLs is from the certificate's issuer, the
+	// certificate could be revoked without gatehouse knowing, so it is
+	// refused (as openssl verify -crl_check does) rather than let through.
+	if t := st.tenants[match[0]]; len(t.crls) > 0 && !t.hasCRLFrom(leaf.RawIssuer) {
+		return Identity{}, &AuthError{Result: ResultNoCRL, Tenant: t.id,
+			Detail: fmt.Sprintf("no CRL from %s, the issuer of %s, in %s", leaf.Issuer, leaf.Subject, t.crlFile)}
+	}
 	return Identity{
 		Tenant:            st.tenants[match[0]].id,
 		FingerprintSHA256: FingerprintSHA256(leaf),

@@ -833,8 +833,14 @@ func TestIntermediateChains(t *testing.T) {
 	rootCRL := root.CRL(t, filepath.Join(t.TempDir(), "root.crl"), time.Now().Add(time.Hour))
 
 	p := clonePolicy(k.policy)
+	// corp trusts the root and lists the other intermediate beside it, so
+	// that a CRL the intermediate signs can be verified.
+	corpCA := filepath.Join(t.TempDir(), "corp-ca.pem")
+	if err := os.WriteFile(corpCA, append(readFile(t, root.CertFile), readFile(t, other.CertFile)...), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	p.Tenants = []policy.Tenant{
-		{ID: "corp", ClientCA: root.CertFile, CRL: rootCRL},
+		{ID: "corp", ClientCA: corpCA, CRL: rootCRL},
 		{ID: "narrow", ClientCA: issuing.CertFile, Identities: policy.Identities{CommonName: []string{"svc"}}},
 	}
 	m := newManager(t, Config{}, p)
@@ -854,15 +860,30 @@ func TestIntermediateChains(t *testing.T) {
 	if res, _ := try(viaIssuing); res != ResultAmbiguousTenant {
 		t.Errorf("svc: %s, want ambiguous_tenant", res)
 	}
+	// corp's CRL file holds only the root's CRL: nothing says whether the
+	// other intermediate revoked svc2, so svc2 is refused, not let through.
+	if res, _ := try(viaOther); res != ResultNoCRL {
+		t.Errorf("svc2 without a CRL from its issuer: %s, want no_crl", res)
+	}
+	// With the other intermediate's CRL beside the root's, svc2 is corp.
+	dir := t.TempDir()
+	bundle := func(revokedByRoot ...*certstest.Leaf) {
+		t.Helper()
+		r := readFile(t, root.CRL(t, filepath.Join(dir, "root.crl"), time.Now().Add(time.Hour), revokedByRoot...))
+		o := readFile(t, other.CRL(t, filepath.Join(dir, "other.crl"), time.Now().Add(time.Hour)))
+		if err := os.WriteFile(rootCRL, append(r, o...), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Reload(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bundle()
 	if res, tenant := try(viaOther); res != ResultOK || tenant != "corp" {
 		t.Errorf("svc2: %s %q, want corp", res, tenant)
 	}
 	// The root revokes the other intermediate: its leaves are refused.
-	b := &certstest.Leaf{Cert: other.Cert}
-	root.CRL(t, rootCRL, time.Now().Add(time.Hour), b)
-	if err := m.Reload(); err != nil {
-		t.Fatal(err)
-	}
+	bundle(&certstest.Leaf{Cert: other.Cert})
 	if res, _ := try(viaOther); res != ResultRevoked {
 		t.Errorf("svc2 under a revoked intermediate: %s, want revoked", res)
 	}
@@ -1009,4 +1030,13 @@ func TestCRLBundle(t *testing.T) {
 	if err := m.Apply(p); !errors.Is(err, ErrCRLSignature) {
 		t.Errorf("CRL of a CA outside the bundle: %v", err)
 	}
+}
+
+func readFile(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -62,6 +62,17 @@ type crlState struct {
 	revoked map[string]bool // decimal serials on the CRL
 }
 
+// hasCRLFrom reports whether one of the tenant's CRLs is issued by the
+// name rawIssuer (DER).
+func (t *tenantState) hasCRLFrom(rawIssuer []byte) bool {
+	for _, c := range t.crls {
+		if bytes.Equal(c.list.RawIssuer, rawIssuer) {
+			return true
+		}
+	}
+	return false
+}
+
 // stale reports whether the CRL is past its nextUpdate.
 func (c *crlState) stale(now time.Time) bool {
 	return !c.list.NextUpdate.IsZero() && now.After(c.list.NextUpdate)
