@@ -187,8 +187,24 @@ func (g Guards) Validate() error {
 		if !e.IsValid() || e.Masked() != e {
 			return fmt.Errorf("reserved exempt %s: not a canonical prefix", e)
 		}
+		if !exemptable(e) {
+			return fmt.Errorf("reserved exempt %s: not inside one special-purpose range; name only the reserved ranges a feed may carry (such as 192.0.2.0/24), not public address space", e)
+		}
 	}
 	return nil
+}
+
+// exemptable reports whether e lies wholly in space the bogon check
+// refuses: inside one special-purpose range, or IPv6 outside 2000::/3. An
+// exemption reaching beyond it (0.0.0.0/0, 8.0.0.0/8) would switch the check
+// off for public space and is refused.
+func exemptable(e netip.Prefix) bool {
+	for _, s := range SpecialPurpose {
+		if s.Bits() <= e.Bits() && s.Contains(e.Addr()) {
+			return true
+		}
+	}
+	return e.Addr().Is6() && !globalUnicast6.Overlaps(e)
 }
 
 // Coverage is the address space an aggregated set covers, per family.

@@ -381,6 +381,30 @@ func TestGuards(t *testing.T) {
 	}
 }
 
+// TestGuardsValidateExempt: an exemption must stay inside reserved space.
+func TestGuardsValidateExempt(t *testing.T) {
+	for _, tc := range []struct {
+		exempt string
+		ok     bool
+	}{
+		{"192.0.2.0/24", true},
+		{"192.0.2.128/25", true},
+		{"10.0.0.0/8", true},
+		{"2001:db8::/32", true},
+		{"fc00::/7", true}, // outside 2000::/3
+		{"0.0.0.0/0", false},
+		{"::/0", false},
+		{"8.0.0.0/8", false},
+		{"192.0.0.0/16", false}, // holds special ranges and public space
+		{"2600::/16", false},
+	} {
+		err := Guards{ReservedExempt: mustPrefixes(tc.exempt)}.Validate()
+		if (err == nil) != tc.ok {
+			t.Errorf("reserved_exempt %s: %v, want ok=%v", tc.exempt, err, tc.ok)
+		}
+	}
+}
+
 func TestCheckCoverage(t *testing.T) {
 	cov := func(ss ...string) Coverage { return CoverageOf(Aggregate(mustPrefixes(ss...))) }
 	old := cov("8.8.0.0/16", "2600::/32")

@@ -7,11 +7,13 @@ import (
 	"net/netip"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
+	"github.com/gatehouse-dmz/gatehouse/internal/daemon"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/rules"
 )
@@ -43,7 +45,7 @@ path and exits 1, or prints a one-screen summary and exits 0. Nothing is changed
 				}
 				return exitError{code: 1, msg: "gatehouse: " + err.Error()}
 			}
-			if err := checkCertificates(cfg); err != nil {
+			if err := errors.Join(checkCertificates(cfg), checkFeeds(cfg)); err != nil {
 				return exitError{code: 1, msg: fmt.Sprintf("gatehouse: %s: %v\nconfiguration %s is NOT valid", g.configPath, err, g.configPath)}
 			}
 			return summarise(g.stdout, g.configPath, cfg)
@@ -65,6 +67,22 @@ func checkCertificates(cfg *config.Config) error {
 	}
 	defer m.Close()
 	return m.Apply(p)
+}
+
+// checkFeeds builds every feed's verifier as the daemon will (trusted keys,
+// selection, guards), without fetching anything.
+func checkFeeds(cfg *config.Config) error {
+	fcs, guards, err := daemon.FeedConfigs(cfg)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, fc := range fcs {
+		if _, err := rules.NewVerifier(fc, guards, time.Now); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // summarise prints what a valid configuration will enforce, on one screen.

@@ -143,3 +143,22 @@ func TestCheckLoadsCertificates(t *testing.T) {
 		t.Fatalf("check with a CA as the server key: want exit 1 naming the file, got %v", err)
 	}
 }
+
+// TestCheckFeedGuards: check builds the feed verifiers as run does, so a
+// reserved_exempt that would switch the bogon check off for public space
+// fails check, named.
+func TestCheckFeedGuards(t *testing.T) {
+	good, err := os.ReadFile("testdata/check/good.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "exempt.yaml")
+	if err := os.WriteFile(path, append(good, []byte("rules:\n  reserved_exempt: [192.0.2.0/24, 0.0.0.0/0]\n")...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = runCLI("check", "-c", path)
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(ee.msg, "reserved exempt 0.0.0.0/0") {
+		t.Fatalf("check with reserved_exempt 0.0.0.0/0: want exit 1 naming it, got %v", err)
+	}
+}

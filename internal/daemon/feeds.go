@@ -24,6 +24,9 @@ func FeedConfigs(cfg *config.Config) ([]rules.FeedConfig, rules.Guards, error) {
 		}
 		g.ReservedExempt = append(g.ReservedExempt, p)
 	}
+	if err := g.Validate(); err != nil {
+		return nil, rules.Guards{}, fmt.Errorf("rules: %w", err)
+	}
 	var out []rules.FeedConfig
 	for _, f := range cfg.Feeds {
 		out = append(out, rules.FeedConfig{
