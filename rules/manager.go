@@ -178,6 +178,10 @@ func (m *Manager) Accept(name string) error {
 	if p == nil {
 		return fmt.Errorf("feed %s: %w", name, ErrNothingQuarantined)
 	}
+	if !m.now().Before(p.Manifest.Expires) {
+		return fmt.Errorf("feed %s: %w", name, refuse(ReasonExpired, "release %d in quarantine expired at %s",
+			p.Manifest.Serial, p.Manifest.Expires.UTC().Format(time.RFC3339)))
+	}
 	if err := m.store.WriteAccept(name, p.Digest); err != nil {
 		return err
 	}
@@ -437,6 +441,20 @@ func (m *Manager) acceptPending(f *feed, onUpdate func(string, []netip.Prefix) e
 	}
 	d, ok, err := m.store.ReadAccept(f.cfg.Name)
 	if err != nil || !ok || d != p.Digest {
+		return false
+	}
+	if !m.now().Before(p.Manifest.Expires) {
+		// Consent covers the release as it was; once expired it is not
+		// applied (a fresh fetch would refuse it too).
+		f.mu.Lock()
+		if f.pending == p {
+			f.pending = nil
+		}
+		f.mu.Unlock()
+		_ = m.store.ClearQuarantine(f.cfg.Name)
+		m.count(f, string(ReasonExpired))
+		m.log.Warn("accepted feed release expired in quarantine; discarded, the release in force stays",
+			"feed", f.cfg.Name, "serial", p.Manifest.Serial, "expired_at", p.Manifest.Expires)
 		return false
 	}
 	if cur != nil && p.Manifest.Serial <= cur.Manifest.Serial {

@@ -293,6 +293,55 @@ func TestManagerAcceptFromMarker(t *testing.T) {
 	}
 }
 
+// TestAcceptExpiredQuarantine: a release that expired while it waited in
+// quarantine is not accepted, neither by Accept nor by a consent the CLI
+// wrote earlier; it is discarded and the release in force stays.
+func TestAcceptExpiredQuarantine(t *testing.T) {
+	k := newTestKey(t)
+	pub, state := t.TempDir(), t.TempDir()
+	fc := testFeedConfig(1, k)
+	fc.Source = "file://" + filepath.Join(pub, ManifestName)
+	clk := &clock{t: testNow}
+	m, err := NewManager(ManagerConfig{Logger: testLogger(t), StateDir: state, Feeds: []FeedConfig{fc}, Guards: docGuards, Now: clk.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &updates{}
+	ctx := context.Background()
+	publish(t, pub, newRelease(100, k).build(t))
+	if err := m.Cycle(ctx, "test", u.apply); err != nil {
+		t.Fatal(err)
+	}
+	grown := newRelease(101, k).setFile([]byte("192.0.2.0/24\n198.51.100.0/24\n203.0.113.0/24\n2001:db8:1::/48\n")).build(t)
+	publish(t, pub, grown)
+	if err := m.Cycle(ctx, "test", u.apply); ReasonOf(err) != ReasonQuarantined {
+		t.Fatalf("grown release: %v, want quarantined", err)
+	}
+	q, err := m.store.LoadQuarantine("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.store.WriteAccept("test", q.Digest()); err != nil { // consent given in time
+		t.Fatal(err)
+	}
+	clk.set(testNow.Add(48 * time.Hour)) // then the release expires
+	if err := m.Accept("test"); ReasonOf(err) != ReasonExpired {
+		t.Errorf("Accept of an expired release: %v, want expired", err)
+	}
+	if m.acceptPending(m.feeds[0], u.apply) {
+		t.Fatal("expired release applied on an earlier consent")
+	}
+	if u.count() != 1 || len(m.Current()["test"]) != 3 {
+		t.Errorf("after the expired consent: %d updates, in force %v", u.count(), m.Current()["test"])
+	}
+	if _, err := m.store.LoadQuarantine("test"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("expired quarantine not discarded: %v", err)
+	}
+	if got := counter(t, m, "test", "expired"); got != 1 {
+		t.Errorf("updates_total{result=expired} = %v, want 1", got)
+	}
+}
+
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)

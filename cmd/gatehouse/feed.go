@@ -631,6 +631,10 @@ release is not covered by this consent.`,
 			if err != nil {
 				return fmt.Errorf("quarantined release of %s: %w", name, err)
 			}
+			if !time.Now().Before(m.Expires) {
+				return exitError{code: 1, msg: fmt.Sprintf("gatehouse: feed %s: the release in quarantine (serial %d) expired at %s; nothing to accept, the release in force stays",
+					name, m.Serial, m.Expires.UTC().Format(time.RFC3339))}
+			}
 			d := b.Digest()
 			if err := st.WriteAccept(name, d); err != nil {
 				return err

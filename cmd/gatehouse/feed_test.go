@@ -192,4 +192,18 @@ func TestFeedAccept(t *testing.T) {
 	if err != nil || !ok || d != b.Digest() {
 		t.Errorf("acceptance not recorded: %v %v", ok, err)
 	}
+
+	// A release that expired in quarantine is not accepted.
+	m.Serial, m.Issued, m.Expires = 43, now.Add(-2*time.Hour), now.Add(-time.Hour)
+	raw, _ = m.Marshal()
+	old := rules.Bundle{Manifest: raw, Files: b.Files}
+	if err := st.SaveQuarantine("aws", 43, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := feedTry("accept", "--state-dir", state, "aws"); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Errorf("accept of an expired release: %v, want a refusal naming the expiry", err)
+	}
+	if d, _, _ := st.ReadAccept("aws"); d == old.Digest() {
+		t.Error("consent recorded for an expired release")
+	}
 }
