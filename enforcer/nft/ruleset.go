@@ -279,14 +279,23 @@ func (s *spec) build() *ruleset {
 	r.add(ruleEstablished, verdictAccept, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)...)
 	r.add(ruleInvalid, verdictDrop, ctState(expr.CtStateBitINVALID)...)
 	if s.strict {
-		r.add(ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMP), icmpType(), cmpEq([]byte{8}))...) // echo-request
+		// Echo requests from admitted sources only, as the XDP layer
+		// decides them; neighbour discovery, router adverts and MLD
+		// queries from anyone.
+		r.add(ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMP), icmpType(), cmpEq([]byte{8}),
+			saddr(false), lookup(byName[setName(setAdmitted, false)], false))...)
+		r.add(ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMPV6), icmpType(), cmpEq([]byte{128}),
+			saddr(true), lookup(byName[setName(setAdmitted, true)], false))...)
 		r.add(ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMPV6), icmpType(),
 			r.anonLookup(nftables.TypeICMP6Type, icmpv6Essentials))...)
 	}
 	r.admission(s, "")
+	// Management ranges reach their ports over TCP and UDP, as in XDP.
 	for _, v6 := range []bool{false, true} {
-		r.add(ruleManagement, verdictAccept, concat(l4proto(unix.IPPROTO_TCP), saddr(v6), dport(concatPortReg(v6)),
-			lookup(byName[setName(setManagement, v6)], false))...)
+		for _, proto := range []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
+			r.add(ruleManagement, verdictAccept, concat(l4proto(proto), saddr(v6), dport(concatPortReg(v6)),
+				lookup(byName[setName(setManagement, v6)], false))...)
+		}
 	}
 	if s.scan.DistinctPorts > 0 {
 		for _, v6 := range []bool{false, true} {
@@ -369,11 +378,12 @@ func (r *ruleBuilder) admission(s *spec, prefix string) {
 }
 
 // icmpv6Essentials are the ICMPv6 types a strict appliance must still
-// receive unsolicited: echo-request, MLD queries (so snooping switches keep
+// receive unsolicited from anyone: MLD queries (so snooping switches keep
 // forwarding solicited-node multicast), router advertisements, and neighbour
-// solicitation and advertisement. Errors about our own flows arrive as ct
-// related and are accepted by the established rule.
-var icmpv6Essentials = []byte{128, 130, 134, 135, 136}
+// solicitation and advertisement. Echo requests need an admitted source;
+// errors about our own flows arrive as ct related and are accepted by the
+// established rule.
+var icmpv6Essentials = []byte{130, 134, 135, 136}
 
 // scanRate turns "DistinctPorts within Window" into the refill rate of a
 // token bucket that holds DistinctPorts-1 tokens: a source may open that many

@@ -519,12 +519,36 @@ func TestStrictMode(t *testing.T) {
 	if c := tp.counters(t); c[ruleStrictDrop] == 0 || c[ruleManagement] < 2 {
 		t.Errorf("counters %v: want strict_drop and management counted", c)
 	}
-	// Neighbour discovery from scratch, and echo, keep working.
+	// Management reaches its port over UDP too (as XDP lets it); nobody
+	// else does.
+	serveUDP(t, tp.ns, mgmtPort)
+	for _, tc := range []struct {
+		src, dst string
+		want     bool
+	}{
+		{outsideV4, gateV4, true},
+		{outsideV6, gateV6, true},
+		{admittedV4, gateV4, false},
+	} {
+		if got := udpEcho(tp.client, tc.src, tc.dst, mgmtPort) == nil; got != tc.want {
+			t.Errorf("strict: UDP %s -> %s:%d answered %v, want %v", tc.src, tc.dst, mgmtPort, got, tc.want)
+		}
+	}
+	// Neighbour discovery from scratch keeps working, and echo requests
+	// are answered for admitted sources only, as XDP decides them.
 	tp.client.Exec(t, "ip", "neigh", "flush", "all")
 	tp.ns.Exec(t, "ip", "neigh", "flush", "all")
-	for _, dst := range []string{gateV6, gateV4} {
-		if err := echo(tp.client, dst); err != nil {
-			t.Errorf("strict: echo to %s: %v", dst, err)
+	for _, tc := range []struct {
+		src, dst string
+		want     bool
+	}{
+		{admittedV6, gateV6, true},
+		{admittedV4, gateV4, true},
+		{outsideV4, gateV4, false},
+		{outsideV6, gateV6, false},
+	} {
+		if err := echo(tp.client, tc.src, tc.dst); (err == nil) != tc.want {
+			t.Errorf("strict: echo %s -> %s: %v, want answered %v", tc.src, tc.dst, err, tc.want)
 		}
 	}
 	if c := tp.counters(t); c[ruleICMP] == 0 {
@@ -532,8 +556,53 @@ func TestStrictMode(t *testing.T) {
 	}
 }
 
-// echo sends one ICMP or ICMPv6 echo request from ns and waits for the reply.
-func echo(ns *netns.NS, dst string) error {
+// serveUDP echoes datagrams on port in ns, both families.
+func serveUDP(t *testing.T, ns *netns.NS, port int) {
+	var pc net.PacketConn
+	if err := ns.Do(func() (err error) {
+		pc, err = net.ListenPacket("udp", fmt.Sprintf(":%d", port))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+}
+
+// udpEcho sends one datagram from src in ns and waits for the echo.
+func udpEcho(ns *netns.NS, src, dst string, port int) error {
+	var pc net.PacketConn
+	if err := ns.Do(func() (err error) {
+		pc, err = net.ListenPacket("udp", net.JoinHostPort(src, "0"))
+		return err
+	}); err != nil {
+		return err
+	}
+	defer pc.Close()
+	to, err := net.ResolveUDPAddr("udp", net.JoinHostPort(dst, fmt.Sprint(port)))
+	if err != nil {
+		return err
+	}
+	if _, err := pc.WriteTo([]byte("gatehouse"), to); err != nil {
+		return err
+	}
+	pc.SetReadDeadline(time.Now().Add(time.Second))
+	_, _, err = pc.ReadFrom(make([]byte, 64))
+	return err
+}
+
+// echo sends one ICMP or ICMPv6 echo request from src in ns and waits for
+// the reply.
+func echo(ns *netns.NS, src, dst string) error {
 	addr := netip.MustParseAddr(dst)
 	network, proto, typ := "ip4:icmp", 1, icmp.Type(ipv4.ICMPTypeEcho)
 	if addr.Is6() {
@@ -541,7 +610,7 @@ func echo(ns *netns.NS, dst string) error {
 	}
 	var pc *icmp.PacketConn
 	if err := ns.Do(func() (err error) {
-		pc, err = icmp.ListenPacket(network, "")
+		pc, err = icmp.ListenPacket(network, src)
 		return err
 	}); err != nil {
 		return err
@@ -555,7 +624,7 @@ func echo(ns *netns.NS, dst string) error {
 	if _, err := pc.WriteTo(b, &net.IPAddr{IP: addr.AsSlice()}); err != nil {
 		return err
 	}
-	pc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	pc.SetReadDeadline(time.Now().Add(time.Second))
 	buf := make([]byte, 1500)
 	for {
 		n, _, err := pc.ReadFrom(buf)
