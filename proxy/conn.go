@@ -39,6 +39,11 @@ type conn struct {
 	// Bytes seen before the tenant is known; moved to the tenant's series
 	// when it is, to "unknown" otherwise.
 	preIn, preOut atomic.Int64
+
+	// route is the tenant's route a tcp or telnet session was admitted on
+	// (routeKey), "" for HTTP, whose requests are routed one by one. Set
+	// and read under Server.connMu.
+	route string
 }
 
 // state returns the connection's TLS state for revalidation.
@@ -135,6 +140,9 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 		c.raw.Close()
 		return
 	}
+	// Route with the generation in force now: a reload during the
+	// handshake must not send the session where the new policy does not.
+	st = sk.state.Load()
 
 	switch {
 	case st.http != nil:
@@ -166,7 +174,10 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 }
 
 // admit records c's identity and counts it against its tenant's share of
-// the listener.
+// the listener. A tcp or telnet session also records the route it is
+// admitted on, read from the generation in force under connMu, so that
+// Apply's sweep for changed routes sees every session either with its route
+// or after it.
 func (s *Server) admit(c *conn, id Identity) bool {
 	k := [2]string{c.listener, id.Tenant}
 	s.connMu.Lock()
@@ -174,6 +185,7 @@ func (s *Server) admit(c *conn, id Identity) bool {
 	if _, open := s.conns[c]; !open {
 		return false // closed meanwhile (Revalidate, drain)
 	}
+	c.route = c.sock.state.Load().routeKey(id.Tenant)
 	if s.perTen[k] >= s.limits.MaxConnsPerTenant {
 		return false
 	}
@@ -237,6 +249,11 @@ func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 		c.idMu.Unlock()
 		if !s.admit(c, id) {
 			return telnet.Peer{}, ErrConnLimit
+		}
+		if c.route != st.routeKey(id.Tenant) {
+			// A reload changed this tenant's route during the handshake;
+			// the handler below still holds the old one.
+			return telnet.Peer{}, fmt.Errorf("%w: route of tenant %q changed by a reload", ErrConfig, id.Tenant)
 		}
 		return telnetPeer(c, id), nil
 	}

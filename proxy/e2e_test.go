@@ -144,3 +144,71 @@ func TestTCPRelayToTLSBackend(t *testing.T) {
 		t.Errorf("unverified TLS backend relayed %q", b)
 	}
 }
+
+// TestReloadEndsSessionsOfChangedRoutes: a tcp session lives on the route
+// it was admitted on. A reload that moves acme's route ends acme's session;
+// globex, whose route stayed, keeps its session; a new acme session goes to
+// the new backend.
+func TestReloadEndsSessionsOfChangedRoutes(t *testing.T) {
+	echo := func(name string) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					br := bufio.NewReader(c)
+					for {
+						line, err := br.ReadString('\n')
+						if err != nil {
+							return
+						}
+						io.WriteString(c, name+":"+line)
+					}
+				}()
+			}
+		}()
+		return ln.Addr().String()
+	}
+	one, two, three := echo("one"), echo("two"), echo("three")
+	h := newHarness(t, testLimits(), listener("raw", policy.ProtoTCP,
+		policy.Route{Tenant: "acme", Backend: one},
+		policy.Route{Tenant: "globex", Backend: two}))
+	say := func(c *tls.Conn, br *bufio.Reader) (string, error) {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, "hi\n"); err != nil {
+			return "", err
+		}
+		return br.ReadString('\n')
+	}
+	a, g := h.rawTLS(h.pki.acme, "raw"), h.rawTLS(h.pki.globex, "raw")
+	ar, gr := bufio.NewReader(a), bufio.NewReader(g)
+	if got, err := say(a, ar); got != "one:hi\n" {
+		t.Fatalf("acme before the reload: %q %v", got, err)
+	}
+	if got, err := say(g, gr); got != "two:hi\n" {
+		t.Fatalf("globex before the reload: %q %v", got, err)
+	}
+	if err := h.srv.Apply(&policy.Policy{Generation: 2, Listeners: []policy.Listener{listener("raw", policy.ProtoTCP,
+		policy.Route{Tenant: "acme", Backend: three},
+		policy.Route{Tenant: "globex", Backend: two})}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := say(a, ar); err == nil {
+		t.Errorf("acme's session on its old route still answers after the reload: %q", got)
+	}
+	if got, err := say(g, gr); got != "two:hi\n" {
+		t.Errorf("globex's unchanged route lost its session: %q %v", got, err)
+	}
+	a2 := h.rawTLS(h.pki.acme, "raw")
+	if got, err := say(a2, bufio.NewReader(a2)); got != "three:hi\n" {
+		t.Errorf("new acme session: %q %v, want the new backend", got, err)
+	}
+}

@@ -157,6 +157,21 @@ func (st *listenerState) close() {
 	}
 }
 
+// routeKey identifies the route a tcp or telnet session of tenant runs on:
+// everything of it the session depends on. It is "" for HTTP listeners
+// (routed per request) and "-" when the tenant has no route here.
+func (st *listenerState) routeKey(tenant string) string {
+	if st == nil || st.http != nil {
+		return ""
+	}
+	for _, r := range st.l.Routes {
+		if r.Tenant == tenant {
+			return fmt.Sprintf("%s|%s|%+v", st.l.Protocol, st.l.Name, r)
+		}
+	}
+	return "-"
+}
+
 // Apply makes p's listeners the running ones. It builds every listener's
 // state and binds every new address first; if anything fails nothing
 // changes. Then it swaps all states at once and lets listeners p no longer
@@ -222,6 +237,20 @@ func (s *Server) Apply(p *policy.Policy) error {
 	for _, sk := range opened {
 		s.start(sk)
 	}
+	// A tcp or telnet session lives on the route it was admitted on: end
+	// those whose route this generation removed or changed.
+	ended := s.closeConns(func(c *conn) bool {
+		if c.route == "" {
+			return false
+		}
+		now := c.sock.state.Load().routeKey(c.identity().Tenant)
+		if now == c.route {
+			return false
+		}
+		s.logger.Info("session closed: its route was removed or changed by a reload", "listener", c.listener,
+			"tenant", c.identity().Tenant, "source", c.source.String(), "generation", p.Generation)
+		return true
+	})
 	for addr, sk := range s.sockets {
 		if _, keep := states[addr]; keep {
 			continue
@@ -236,7 +265,8 @@ func (s *Server) Apply(p *policy.Policy) error {
 			s.drain(ctx, sk)
 		}()
 	}
-	s.logger.Info("listeners applied", "generation", p.Generation, "listeners", len(states), "new", len(opened))
+	s.logger.Info("listeners applied", "generation", p.Generation, "listeners", len(states), "new", len(opened),
+		"sessions_ended", ended)
 	return nil
 }
 
