@@ -271,6 +271,14 @@ func (d *direction) token(t Token) error {
 				s.dataPhase.Store(true)
 			}
 		}
+	case Command:
+		// IAC NOP, EOR, IP, BRK, AO … are part of the session, not of the
+		// negotiation: from the client they reach the host only once the
+		// terminal is accepted. Before that they are counted like
+		// negotiation and dropped (clients send NOP keepalives early).
+		if d.fromClient && !s.dataPhase.Load() && !s.vetted() {
+			return d.countNego()
+		}
 	case Negotiation:
 		if err := d.countNego(); err != nil {
 			return err
