@@ -10,6 +10,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -115,7 +116,7 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 	c.tls = tls.Server(c.raw, st.tls)
 	if err := relay.Handshake(sk.ctx, c.tls, s.limits.HandshakeTimeout); err != nil {
 		s.tlsSrc.HandshakeFailed(c.listener, err)
-		s.logger.Debug("handshake failed", "listener", c.listener, "source", c.source.String(), "err", err)
+		s.logRefusal(c, err)
 		c.raw.Close()
 		return
 	}
@@ -171,6 +172,21 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 	default:
 		c.raw.Close()
 	}
+}
+
+// logRefusal logs a failed handshake with its source and cause (which
+// names the certificate check that refused it), at most 10 lines a second
+// after a burst of 50: any client can cause one.
+func (s *Server) logRefusal(c *conn, err error) {
+	ok, held := s.refusals.allow(time.Now())
+	if !ok {
+		return
+	}
+	args := []any{"listener", c.listener, "source", c.source.String(), "err", err}
+	if held > 0 {
+		args = append(args, "similar_lines_suppressed", held)
+	}
+	s.logger.Info("TLS handshake refused", args...)
 }
 
 // admit records c's identity and counts it against its tenant's share of
@@ -259,6 +275,7 @@ func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 	}
 	if err := st.telnet.ServeStartTLS(c.sock.ctx, c.raw, st.tls, admit); errors.Is(err, telnet.ErrHandshake) {
 		s.tlsSrc.HandshakeFailed(c.listener, err)
+		s.logRefusal(c, err)
 	}
 	c.raw.Close()
 }

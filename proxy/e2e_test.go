@@ -212,3 +212,25 @@ func TestReloadEndsSessionsOfChangedRoutes(t *testing.T) {
 		t.Errorf("new acme session: %q %v, want the new backend", got, err)
 	}
 }
+
+// TestRefusedHandshakeIsLogged: a certificate no tenant trusts is refused
+// in the handshake, and the proxy's log names the source and the check.
+func TestRefusedHandshakeIsLogged(t *testing.T) {
+	h := newHarness(t, testLimits(), listener("raw", policy.ProtoTCP, policy.Route{Tenant: "acme", Backend: "127.0.0.1:9"}))
+	c, err := tls.Dial("tcp", h.addr("raw"), h.pki.clientTLS(h.pki.rogue, "localhost", "http/1.1"))
+	if err == nil {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Read(make([]byte, 1)) // TLS 1.3: the refusal arrives after the client's Finished
+		c.Close()
+	}
+	lines := h.logs.lines("TLS handshake refused")
+	var line string
+	for _, l := range lines {
+		if strings.Contains(l, "TLS handshake refused") {
+			line = l
+		}
+	}
+	if !strings.Contains(line, "source=127.0.0.1:") || !strings.Contains(line, "listener=raw") || !strings.Contains(line, "certificate") {
+		t.Errorf("refusal log line %q: want listener, source and cause", line)
+	}
+}

@@ -110,15 +110,19 @@ type harness struct {
 	pki    *pki
 	srv    *proxy.Server
 	access *syncBuffer
+	logs   *syncBuffer // the proxy's own log, as text
 }
 
 var loopback = netip.MustParseAddr("127.0.0.1")
 
 func newHarness(t testing.TB, limits proxy.Limits, listeners ...policy.Listener) *harness {
 	t.Helper()
-	h := &harness{t: t, pki: newPKI(t), access: &syncBuffer{}}
+	h := &harness{t: t, pki: newPKI(t), access: &syncBuffer{}, logs: &syncBuffer{}}
+	if _, bench := t.(*testing.B); bench {
+		h.logs.discard.Store(true)
+	}
 	srv, err := proxy.New(proxy.Config{
-		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger:    slog.New(slog.NewTextHandler(h.logs, nil)),
 		TLS:       h.pki.src,
 		AccessLog: slog.New(slog.NewJSONHandler(h.access, nil)),
 		Limits:    limits,

@@ -64,6 +64,7 @@ type Server struct {
 
 	httpMetrics *httpproxy.Metrics
 	sessions    *telnet.Sessions // terminal sessions, shared by every generation
+	refusals    *logLimiter      // "TLS handshake refused" lines
 	active      *prometheus.GaugeVec
 	bytes       *prometheus.CounterVec
 }
@@ -85,6 +86,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	return &Server{
 		logger:      logger.With("component", "proxy"),
+		refusals:    newLogLimiter(10, 50),
 		tlsSrc:      cfg.TLS,
 		access:      access,
 		limits:      cfg.Limits.withDefaults(),
