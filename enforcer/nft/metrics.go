@@ -24,6 +24,12 @@ type metrics struct {
 
 	mu   sync.Mutex
 	base map[string]uint64 // packets counted by tables we replaced
+
+	// swap is held by a full replace from reading the old table's counters
+	// until they are in base, and shared by Collect: a scrape sees the old
+	// table or the new one with its base, never both or neither, so the
+	// counters never step back.
+	swap sync.RWMutex
 }
 
 func newMetrics() *metrics {
@@ -52,6 +58,8 @@ func (e *Enforcer) Describe(ch chan<- *prometheus.Desc) {
 func (e *Enforcer) Collect(ch chan<- prometheus.Metric) {
 	e.metrics.drift.Collect(ch)
 	e.metrics.blockedSources.Collect(ch)
+	e.metrics.swap.RLock()
+	defer e.metrics.swap.RUnlock()
 	c, err := e.conn()
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(packetsDesc, err)
@@ -96,13 +104,9 @@ func readCounters(c *nftables.Conn) (map[string]uint64, error) {
 	return out, nil
 }
 
-// foldCounters adds the counters of the table about to be replaced to the
-// base, so gatehouse_nft_packets_total does not fall back to zero.
-func (m *metrics) foldCounters(c *nftables.Conn) {
-	counts, err := readCounters(c)
-	if err != nil {
-		return
-	}
+// fold adds the counters of a table that was replaced to the base, so
+// gatehouse_nft_packets_total does not fall back to zero.
+func (m *metrics) fold(counts map[string]uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for name, v := range counts {

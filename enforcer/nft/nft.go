@@ -241,15 +241,18 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 
 // applyFull replaces the table in one batch: create it if absent, delete it,
 // create it with everything. Sources still blocked in the old table are
-// carried over with their remaining time, and counter values are folded into
-// the exported totals so they stay monotonic.
+// carried over with their remaining time, and once the batch succeeded the
+// old counter values are folded into the exported totals so they stay
+// monotonic.
 func (e *Enforcer) applyFull(next *spec) error {
 	c, err := e.writer()
 	if err != nil {
 		return err
 	}
 	carried := e.readBlocked(c)
-	e.metrics.foldCounters(c)
+	e.metrics.swap.Lock()
+	defer e.metrics.swap.Unlock()
+	old, _ := readCounters(c) // none when there is no table yet
 	rs := next.build()
 	t := rs.table
 	c.AddTable(t)
@@ -258,8 +261,9 @@ func (e *Enforcer) applyFull(next *spec) error {
 		return err
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("replace table: %w", err)
+		return fmt.Errorf("replace table: %w", err) // the old table and its counters stay
 	}
+	e.metrics.fold(old)
 	e.cur, e.curRS, e.lastGen = next, rs, 0
 	return nil
 }

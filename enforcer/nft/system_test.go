@@ -306,6 +306,25 @@ func TestAdmission(t *testing.T) {
 	if after := gathered(t, reg, "gatehouse_nft_packets_total", ruleNotAdmitted); after != before {
 		t.Errorf("not_admitted went from %v to %v over a table replace", before, after)
 	}
+	// A replace the kernel refuses (overlapping intervals) leaves the old
+	// table and the totals as they were: nothing is folded twice.
+	tp.reach(outsideV4, gateV4, listenPort)
+	before = gathered(t, reg, "gatehouse_nft_packets_total", ruleNotAdmitted)
+	bad, err := newSpec(testPolicy(policy.ModeListeners))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := bad.adm4[0]
+	bad.adm4 = append(bad.adm4, addrRange{r.from.Next(), r.to})
+	tp.e.mu.Lock()
+	err = tp.e.applyFull(bad)
+	tp.e.mu.Unlock()
+	if err == nil {
+		t.Fatal("the kernel accepted overlapping intervals")
+	}
+	if after := gathered(t, reg, "gatehouse_nft_packets_total", ruleNotAdmitted); after != before {
+		t.Errorf("not_admitted went from %v to %v over a refused replace", before, after)
+	}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
 # HELP gatehouse_nft_drift_total Times reconcile found table inet gatehouse deleted or edited and rebuilt it.
 # TYPE gatehouse_nft_drift_total counter
