@@ -28,12 +28,24 @@ func FuzzVerdict(f *testing.F) {
 			return // BPF_PROG_TEST_RUN refuses frames shorter than Ethernet
 		}
 		r := rigs[strict]
+		before := r[0].counters(t)
 		a, b := r[0].run(t, pkt), r[1].run(t, pkt)
 		if a != b {
 			t.Fatalf("fast %d, lpm %d for %x", a, b, pkt)
 		}
-		if a != xdpPass && a != xdpDrop {
-			t.Fatalf("action %d", a)
+		// Every frame is counted exactly once, under the action returned.
+		var counted [][2]int
+		for k, v := range r[0].counters(t) {
+			for range v - before[k] {
+				counted = append(counted, k)
+			}
+		}
+		want := 0 // pass
+		if a == xdpDrop {
+			want = 1
+		}
+		if len(counted) != 1 || counted[0][0] != want {
+			t.Fatalf("action %d for %x counted as %v (action index, reason)", a, pkt, counted)
 		}
 	})
 }
