@@ -76,6 +76,7 @@ func (l *lockedBuffer) String() string {
 }
 
 type daemonProc struct {
+	slow    chan struct{} // startDaemon: the backend got a request for /slow
 	cmd     *exec.Cmd
 	out     *lockedBuffer
 	metrics string
@@ -141,7 +142,12 @@ func startDaemon(t *testing.T) (*daemonProc, string, *certstest.CA, *certstest.L
 	ca := certstest.NewCA(t, "acme")
 	server := ca.Server(t, "localhost")
 	client := ca.Client(t, "acme-cloud", "spiffe://acme/cloud")
+	slow := make(chan struct{}, 1)
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" { // a request still in flight a second later
+			slow <- struct{}{}
+			time.Sleep(time.Second)
+		}
 		fmt.Fprintf(w, "hello %s", r.Header.Get("X-Gatehouse-Tenant"))
 	}))
 	t.Cleanup(backend.Close)
@@ -164,17 +170,21 @@ listeners:
 		t.Fatal(err)
 	}
 	d := launch(t, exec.Command(binary(t), "run", "-c", path), metrics, http.DefaultClient)
-	d.listen = listen
+	d.listen, d.slow = listen, slow
 	return d, path, ca, client
 }
 
 func tlsGet(t *testing.T, addr string, ca *certstest.CA, client *certstest.Leaf) (string, error) {
 	t.Helper()
+	return tlsGetPath(addr, "/", ca, client)
+}
+
+func tlsGetPath(addr, path string, ca *certstest.CA, client *certstest.Leaf) (string, error) {
 	tr := &http.Transport{TLSClientConfig: &tls.Config{
 		RootCAs: ca.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{client.TLS},
 	}}
 	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + addr + "/")
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + addr + path)
 	if err != nil {
 		return "", err
 	}
@@ -219,15 +229,36 @@ func TestSIGTERMDrainsAndExitsZero(t *testing.T) {
 	if _, err := tlsGet(t, d.listen, ca, client); err != nil {
 		t.Fatalf("request through the daemon: %v\n%s", err, d.out.String())
 	}
-	// A session open at SIGTERM: the daemon must stop accepting, then
-	// exit 0 once it is gone or the grace period ends.
-	conn, err := tls.Dial("tcp", d.listen, &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{client.TLS}})
-	if err != nil {
-		t.Fatal(err)
+	// A request in flight at SIGTERM: the daemon stops accepting at once,
+	// lets the request finish within shutdown_grace (2 s), then exits 0.
+	inFlight := make(chan string, 1)
+	go func() {
+		body, err := tlsGetPath(d.listen, "/slow", ca, client)
+		if err != nil {
+			body = err.Error()
+		}
+		inFlight <- body
+	}()
+	select {
+	case <-d.slow:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the slow request never reached the backend\n%s", d.out.String())
 	}
-	defer conn.Close()
 	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
+	}
+	d.waitFor(t, "the drain", func() bool { return strings.Contains(d.out.String(), "draining sessions") })
+	select {
+	case <-d.exited:
+		t.Fatalf("daemon exited with a request in flight\n%s", d.out.String())
+	default:
+	}
+	if c, err := net.DialTimeout("tcp", d.listen, time.Second); err == nil {
+		c.Close()
+		t.Error("listener still accepts while draining")
+	}
+	if body := <-inFlight; body != "hello acme" {
+		t.Errorf("the request in flight at SIGTERM: %q, want it answered", body)
 	}
 	select {
 	case <-d.exited:
@@ -237,11 +268,8 @@ func TestSIGTERMDrainsAndExitsZero(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatalf("daemon did not exit after SIGTERM\n%s", d.out.String())
 	}
-	if !strings.Contains(d.out.String(), "draining sessions") || !strings.Contains(d.out.String(), "gatehouse stopped") {
-		t.Errorf("log does not show the drain:\n%s", d.out.String())
+	if !strings.Contains(d.out.String(), "gatehouse stopped") {
+		t.Errorf("log does not show the stop:\n%s", d.out.String())
 	}
-	if c, err := net.DialTimeout("tcp", d.listen, time.Second); err == nil {
-		c.Close()
-		t.Error("listener still accepts after exit")
-	}
+
 }
