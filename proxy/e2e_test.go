@@ -61,29 +61,36 @@ func TestCurlWithClientCertificate(t *testing.T) {
 	}
 }
 
-func TestTCPRelay(t *testing.T) {
-	echoLn, err := net.Listen("tcp", "127.0.0.1:0")
+// serveTCP runs serve on every connection to a loopback listener and
+// returns its address.
+func serveTCP(t testing.TB, serve func(net.Conn)) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { echoLn.Close() })
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
-			c, err := echoLn.Accept()
+			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go func() {
-				// Echo until the client half-closes, then say goodbye: only
-				// works if the relay passes the FIN on and keeps reading.
-				io.Copy(c, c)
-				io.WriteString(c, "bye\n")
-				c.Close()
-			}()
+			go serve(c)
 		}
 	}()
+	return ln.Addr().String()
+}
+
+func TestTCPRelay(t *testing.T) {
+	echo := serveTCP(t, func(c net.Conn) {
+		// Echo until the client half-closes, then say goodbye: only
+		// works if the relay passes the FIN on and keeps reading.
+		io.Copy(c, c)
+		io.WriteString(c, "bye\n")
+		c.Close()
+	})
 	h := newHarness(t, testLimits(), listener("raw", policy.ProtoTCP,
-		policy.Route{Tenant: "acme", Backend: echoLn.Addr().String()}))
+		policy.Route{Tenant: "acme", Backend: echo}))
 	c := h.rawTLS(h.pki.acme, "raw")
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	io.WriteString(c, "hello\n")
@@ -151,31 +158,17 @@ func TestTCPRelayToTLSBackend(t *testing.T) {
 // the new backend.
 func TestReloadEndsSessionsOfChangedRoutes(t *testing.T) {
 	echo := func(name string) string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
+		return serveTCP(t, func(c net.Conn) {
+			defer c.Close()
+			br := bufio.NewReader(c)
 			for {
-				c, err := ln.Accept()
+				line, err := br.ReadString('\n')
 				if err != nil {
 					return
 				}
-				go func() {
-					defer c.Close()
-					br := bufio.NewReader(c)
-					for {
-						line, err := br.ReadString('\n')
-						if err != nil {
-							return
-						}
-						io.WriteString(c, name+":"+line)
-					}
-				}()
+				io.WriteString(c, name+":"+line)
 			}
-		}()
-		return ln.Addr().String()
+		})
 	}
 	one, two, three := echo("one"), echo("two"), echo("three")
 	h := newHarness(t, testLimits(), listener("raw", policy.ProtoTCP,

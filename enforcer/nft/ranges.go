@@ -69,26 +69,31 @@ func intervalElements(rs []addrRange) []nftables.SetElement {
 	}
 	// One backing array for all keys: 200k small allocations are most of
 	// the user time of a full replace otherwise.
-	width := rs[0].from.BitLen() / 8
-	buf := make([]byte, 0, 2*width*len(rs))
-	key := func(a netip.Addr) []byte {
-		start := len(buf)
-		if a.Is4() {
-			b := a.As4()
-			buf = append(buf, b[:]...)
-		} else {
-			b := a.As16()
-			buf = append(buf, b[:]...)
-		}
-		return buf[start:len(buf):len(buf)]
-	}
+	buf := make([]byte, 0, 2*rs[0].from.BitLen()/8*len(rs))
 	for _, r := range rs {
-		out = append(out, nftables.SetElement{Key: key(r.from)})
+		var k []byte
+		buf, k = appendKey(buf, r.from)
+		out = append(out, nftables.SetElement{Key: k})
 		if end := r.to.Next(); end.IsValid() {
-			out = append(out, nftables.SetElement{Key: key(end), IntervalEnd: true})
+			buf, k = appendKey(buf, end)
+			out = append(out, nftables.SetElement{Key: k, IntervalEnd: true})
 		}
 	}
 	return out
+}
+
+// appendKey appends a's bytes (4 or 16) to buf and returns buf and the key,
+// a slice of it that appending to buf cannot overwrite.
+func appendKey(buf []byte, a netip.Addr) ([]byte, []byte) {
+	start := len(buf)
+	if a.Is4() {
+		b := a.As4()
+		buf = append(buf, b[:]...)
+	} else {
+		b := a.As16()
+		buf = append(buf, b[:]...)
+	}
+	return buf, buf[start:len(buf):len(buf)]
 }
 
 // forIntervalChunks encodes ranges as intervalElements does, one message's
@@ -101,15 +106,9 @@ func forIntervalChunks(rs []addrRange, f func([]nftables.SetElement) error) erro
 	var keys []byte
 	size := 0
 	key := func(a netip.Addr) []byte {
-		start := len(keys)
-		if a.Is4() {
-			b := a.As4()
-			keys = append(keys, b[:]...)
-		} else {
-			b := a.As16()
-			keys = append(keys, b[:]...)
-		}
-		return keys[start:len(keys):len(keys)]
+		var k []byte
+		keys, k = appendKey(keys, a)
+		return k
 	}
 	flush := func() error {
 		if len(elems) == 0 {
