@@ -2,12 +2,10 @@ package proxy
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -301,27 +299,11 @@ func buildTCPRoutes(l policy.Listener) (map[string]*tcpRoute, error) {
 		}
 		rt := &tcpRoute{backend: r.Backend}
 		if r.BackendTLS {
-			tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
-			if r.BackendCA != "" {
-				pem, err := os.ReadFile(r.BackendCA)
-				if err != nil {
-					return nil, fmt.Errorf("listener %q route %d: backend ca: %w", l.Name, i, err)
-				}
-				tc.RootCAs = x509.NewCertPool()
-				if !tc.RootCAs.AppendCertsFromPEM(pem) {
-					return nil, fmt.Errorf("%w: listener %q route %d: backend ca holds no certificate", ErrConfig, l.Name, i)
-				}
+			if rt.tls, err = r.BackendTLSConfig(host); err != nil {
+				return nil, fmt.Errorf("%w: listener %q route %d: %w", ErrConfig, l.Name, i, err)
 			}
-			if r.BackendCert != "" || r.BackendKey != "" {
-				kp, err := tls.LoadX509KeyPair(r.BackendCert, r.BackendKey)
-				if err != nil {
-					return nil, fmt.Errorf("listener %q route %d: backend client certificate: %w", l.Name, i, err)
-				}
-				tc.Certificates = []tls.Certificate{kp}
-			}
-			rt.tls = tc
-		} else if r.BackendCA != "" || r.BackendCert != "" {
-			return nil, fmt.Errorf("%w: listener %q route %d: backend_ca/backend_cert need backend_tls", ErrConfig, l.Name, i)
+		} else if err := r.CheckPlainBackend(); err != nil {
+			return nil, fmt.Errorf("%w: listener %q route %d: %w", ErrConfig, l.Name, i, err)
 		}
 		routes[r.Tenant] = rt
 	}

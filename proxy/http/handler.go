@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -16,7 +15,6 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -247,32 +245,14 @@ func (h *Handler) newRoute(index int, pr policy.Route) (*route, error) {
 // all its backends; nil when no backend is https.
 func backendTLS(urls []*url.URL, pr policy.Route) (*tls.Config, error) {
 	if !slices.ContainsFunc(urls, func(u *url.URL) bool { return u.Scheme == "https" }) {
-		if pr.BackendCA != "" || pr.BackendCert != "" {
-			return nil, fmt.Errorf("%w: backend_ca/backend_cert need an https backend", ErrRoute)
+		if err := pr.CheckPlainBackend(); err != nil {
+			return nil, fmt.Errorf("%w: %w (an https backend)", ErrRoute, err)
 		}
 		return nil, nil
 	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if pr.BackendCA != "" {
-		pem, err := os.ReadFile(pr.BackendCA)
-		if err != nil {
-			return nil, fmt.Errorf("backend ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%w: backend ca %s holds no PEM certificate", ErrRoute, pr.BackendCA)
-		}
-		tc.RootCAs = pool
-	}
-	if (pr.BackendCert == "") != (pr.BackendKey == "") {
-		return nil, fmt.Errorf("%w: backend_cert and backend_key go together", ErrRoute)
-	}
-	if pr.BackendCert != "" {
-		kp, err := tls.LoadX509KeyPair(pr.BackendCert, pr.BackendKey)
-		if err != nil {
-			return nil, fmt.Errorf("backend client certificate: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{kp}
+	tc, err := pr.BackendTLSConfig("") // ServerName per backend, in newTransport
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRoute, err)
 	}
 	return tc, nil
 }

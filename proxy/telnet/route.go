@@ -3,11 +3,9 @@ package telnet
 import (
 	"bytes"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strings"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
@@ -68,27 +66,11 @@ func buildRoutes(listener string, proto policy.Protocol, rs []policy.Route) (map
 			return nil, fmt.Errorf("%w: %s: protocol %q is not telnet", ErrConfig, where, proto)
 		}
 		if r.BackendTLS {
-			tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
-			if r.BackendCA != "" {
-				pem, err := os.ReadFile(r.BackendCA)
-				if err != nil {
-					return nil, fmt.Errorf("%s: backend ca: %w", where, err)
-				}
-				tc.RootCAs = x509.NewCertPool()
-				if !tc.RootCAs.AppendCertsFromPEM(pem) {
-					return nil, fmt.Errorf("%w: %s: backend ca holds no certificate", ErrConfig, where)
-				}
+			if rt.tls, err = r.BackendTLSConfig(host); err != nil {
+				return nil, fmt.Errorf("%w: %s: %w", ErrConfig, where, err)
 			}
-			if r.BackendCert != "" || r.BackendKey != "" {
-				kp, err := tls.LoadX509KeyPair(r.BackendCert, r.BackendKey)
-				if err != nil {
-					return nil, fmt.Errorf("%s: backend client certificate: %w", where, err)
-				}
-				tc.Certificates = []tls.Certificate{kp}
-			}
-			rt.tls = tc
-		} else if r.BackendCA != "" || r.BackendCert != "" {
-			return nil, fmt.Errorf("%w: %s: backend_ca/backend_cert need backend_tls", ErrConfig, where)
+		} else if err := r.CheckPlainBackend(); err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrConfig, where, err)
 		}
 		routes[r.Tenant] = rt
 	}
