@@ -153,9 +153,13 @@ func (s *Store) loadBundle(name, suffix string) (Bundle, error) {
 	return Bundle{Manifest: sb.Manifest, Signatures: sb.Signatures, Files: sb.Files}, nil
 }
 
-// writeAtomic replaces path with data so that a crash leaves either the
-// old or the new file, never a torn one.
-func writeAtomic(path string, data []byte) error {
+// writeAtomic writes a store file (mode 0600).
+func writeAtomic(path string, data []byte) error { return WriteFileAtomic(path, data, 0o600) }
+
+// WriteFileAtomic replaces path with data, with mode, so that a crash leaves
+// either the old or the new file, never a torn one: a temporary file
+// beside it, synced, renamed over it, and the directory synced.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -163,6 +167,9 @@ func writeAtomic(path string, data []byte) error {
 	}
 	tmp := f.Name()
 	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(mode)
+	}
 	if err == nil {
 		err = f.Sync()
 	}

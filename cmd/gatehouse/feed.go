@@ -199,7 +199,7 @@ DIR: how a second key holder co-signs for a threshold.`,
 						return err
 					}
 				}
-				if err := writeFileAtomic(mPath, raw, 0o644); err != nil {
+				if err := rules.WriteFileAtomic(mPath, raw, 0o644); err != nil {
 					return err
 				}
 				fmt.Fprintf(w, "wrote %s: source %s, serial %d, expires %s\n", mPath, source, serial, m.Expires.Format(time.RFC3339))
@@ -208,7 +208,7 @@ DIR: how a second key holder co-signs for a threshold.`,
 				comment = fmt.Sprintf("timestamp:%d\tfile:%s\thashed", time.Now().Unix(), rules.ManifestName)
 			}
 			sigPath := filepath.Join(dir, rules.SignatureName(index))
-			if err := writeFileAtomic(sigPath, rules.SignManifest(raw, key, comment), 0o644); err != nil {
+			if err := rules.WriteFileAtomic(sigPath, rules.SignManifest(raw, key, comment), 0o644); err != nil {
 				return err
 			}
 			fmt.Fprintf(w, "wrote %s (key id %016X)\n", sigPath, key.ID())
@@ -226,31 +226,6 @@ DIR: how a second key holder co-signs for a threshold.`,
 	f.IntVar(&index, "index", 1, "signature number: 1 writes manifest.json.minisig, N manifest.json.minisig.N")
 	f.StringVar(&comment, "trusted-comment", "", "trusted comment of the signature")
 	return c
-}
-
-// writeFileAtomic replaces path with data via a temporary file and rename.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(mode)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-	}
-	return err
 }
 
 // feedSelectFlag collects repeated --select key=v1,v2 flags.
