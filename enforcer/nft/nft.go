@@ -249,10 +249,24 @@ func (e *Enforcer) applyFull(next *spec) error {
 	if err != nil {
 		return err
 	}
-	carried := e.readBlocked(c)
 	e.metrics.swap.Lock()
 	defer e.metrics.swap.Unlock()
-	old, _ := readCounters(c) // none when there is no table yet
+	// What the table in force holds: sources still blocked, and counters.
+	// Both reads fail when there is no table yet (or a set was deleted by
+	// hand); the socket is then dialled anew, so the batch below never
+	// reads a reply left over from a failed read.
+	carried, rerr := e.readBlocked(c)
+	old, cerr := readCounters(c)
+	if rerr != nil || cerr != nil {
+		if e.cur != nil {
+			e.log.Warn("reading the table in force failed; replacing it without what could not be read",
+				"err", errors.Join(rerr, cerr))
+		}
+		e.dropWriter()
+		if c, err = e.writer(); err != nil {
+			return err
+		}
+	}
 	rs := next.build()
 	t := rs.table
 	c.AddTable(t)
@@ -395,11 +409,13 @@ func (e *Enforcer) applyDiff(next *spec) error {
 
 // readBlocked reads the blocked sets of an existing table, to carry their
 // sources over a table replacement. A missing table gives nothing.
-func (e *Enforcer) readBlocked(c *nftables.Conn) map[bool][]nftables.SetElement {
+func (e *Enforcer) readBlocked(c *nftables.Conn) (map[bool][]nftables.SetElement, error) {
 	out := map[bool][]nftables.SetElement{}
+	var errs []error
 	for _, v6 := range []bool{false, true} {
 		elems, err := c.GetSetElements(&nftables.Set{Table: ourTable(), Name: setName(setBlocked, v6)})
 		if err != nil {
+			errs = append(errs, err)
 			continue
 		}
 		for _, el := range elems {
@@ -409,7 +425,7 @@ func (e *Enforcer) readBlocked(c *nftables.Conn) map[bool][]nftables.SetElement 
 			out[v6] = append(out[v6], nftables.SetElement{Key: el.Key, Timeout: el.Expires})
 		}
 	}
-	return out
+	return out, errors.Join(errs...)
 }
 
 // Close stops the Enforcer from applying further generations. The table

@@ -338,8 +338,12 @@ func (s *spec) buildForward(r *ruleBuilder, ch *nftables.Chain) {
 		r.add(ruleFwdInternal, verdictAccept, iifnameNot(s.outside)...)
 	}
 	if s.strict {
-		r.add(fwdPrefix+ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMP), icmpType(), cmpEq([]byte{8}))...)     // echo-request
-		r.add(fwdPrefix+ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMPV6), icmpType(), cmpEq([]byte{128}))...) // echo-request
+		// Echo requests to internal hosts from admitted sources only, as
+		// in the input chain and XDP.
+		r.add(fwdPrefix+ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMP), icmpType(), cmpEq([]byte{8}),
+			saddr(false), lookup(byName[setName(setAdmitted, false)], false))...)
+		r.add(fwdPrefix+ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMPV6), icmpType(), cmpEq([]byte{128}),
+			saddr(true), lookup(byName[setName(setAdmitted, true)], false))...)
 	}
 	r.admission(s, fwdPrefix)
 	if s.strict {
