@@ -144,22 +144,30 @@ func New(cfg Config) (*Enforcer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("xdp: network namespace: %w", err)
 	}
-	e.eph = ephemeralPorts()
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("xdp: memlock: %w", err)
-	}
-	if err := os.MkdirAll(e.dir, 0o700); err != nil {
-		return nil, fmt.Errorf("xdp: pin directory: %w", err)
-	}
-	if err := e.load(); err != nil {
-		return nil, err
-	}
-	if err := e.adopt(cfg.Mode); err != nil {
-		e.coll.Close()
+	if err := e.init(cfg.Mode); err != nil {
 		unix.Close(e.netns)
 		return nil, err
 	}
 	return e, nil
+}
+
+// init is New after the namespace is open: on error New closes it.
+func (e *Enforcer) init(mode policy.XDPMode) error {
+	e.eph = ephemeralPorts()
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("xdp: memlock: %w", err)
+	}
+	if err := os.MkdirAll(e.dir, 0o700); err != nil {
+		return fmt.Errorf("xdp: pin directory: %w", err)
+	}
+	if err := e.load(); err != nil {
+		return err
+	}
+	if err := e.adopt(mode); err != nil {
+		e.coll.Close()
+		return err
+	}
+	return nil
 }
 
 // load loads the program, reusing the pinned maps when all are compatible.
@@ -383,7 +391,11 @@ func (e *Enforcer) pinMaps() error {
 
 // AttachMode is "native" or "generic"; "" before the first Apply of a
 // first start.
-func (e *Enforcer) AttachMode() string { return e.mode }
+func (e *Enforcer) AttachMode() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.mode
+}
 
 // Apply makes p the policy in force with one update of the outer map. On
 // error the previous generation stays in force.
