@@ -133,15 +133,15 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 		c.raw.Close()
 		return
 	}
-	if !s.admit(c, id) {
+	// Route with the generation in force at admission: a reload during
+	// the handshake must not send the session where the new policy does
+	// not.
+	if st = s.admit(c, id); st == nil {
 		s.logger.Warn("connection refused: tenant at its connection limit", "listener", c.listener,
 			"tenant", id.Tenant, "source", c.source.String())
 		c.raw.Close()
 		return
 	}
-	// Route with the generation in force now: a reload during the
-	// handshake must not send the session where the new policy does not.
-	st = sk.state.Load()
 
 	switch {
 	case st.http != nil:
@@ -187,22 +187,24 @@ func (s *Server) logRefusal(c *conn, err error) {
 	s.logger.Info("TLS handshake refused", args...)
 }
 
-// admit records c's identity and counts it against its tenant's share of
-// the listener. A tcp or telnet session also records the route it is
-// admitted on, read from the generation in force under connMu, so that
-// Apply's sweep for changed routes sees every session either with its route
-// or after it.
-func (s *Server) admit(c *conn, id Identity) bool {
+// admit records c's identity, counts it against its tenant's share of the
+// listener, and returns the generation of the listener in force, which the
+// connection is served with; nil when it is refused. A tcp or telnet
+// session also records the route of that generation, read under connMu,
+// so that Apply's sweep for changed routes sees every session either with
+// its route or after it.
+func (s *Server) admit(c *conn, id Identity) *listenerState {
 	k := [2]string{c.listener, id.Tenant}
 	s.connMu.Lock()
 	defer s.connMu.Unlock()
 	if _, open := s.conns[c]; !open {
-		return false // closed meanwhile (Revalidate, drain)
+		return nil // closed meanwhile (Revalidate, drain)
 	}
-	c.route = c.sock.state.Load().routeKey(id.Tenant)
 	if s.perTen[k] >= s.limits.MaxConnsPerTenant {
-		return false
+		return nil
 	}
+	st := c.sock.state.Load()
+	c.route = st.routeKey(id.Tenant)
 	s.perTen[k]++
 	c.idMu.Lock()
 	c.id = id
@@ -213,7 +215,7 @@ func (s *Server) admit(c *conn, id Identity) bool {
 	tb.Count(false, int(c.preOut.Swap(0)))
 	c.raw.SetCounter(tb)
 	s.active.WithLabelValues(c.listener, id.Tenant).Inc()
-	return true
+	return st
 }
 
 // forget runs once when c's socket closes.
@@ -261,7 +263,7 @@ func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 		c.idMu.Lock()
 		c.cs = &cs
 		c.idMu.Unlock()
-		if !s.admit(c, id) {
+		if s.admit(c, id) == nil {
 			return telnet.Peer{}, ErrConnLimit
 		}
 		if c.route != st.routeKey(id.Tenant) {

@@ -242,17 +242,12 @@ func (s *Server) Apply(p *policy.Policy) error {
 	// A tcp or telnet session lives on the route it was admitted on: end
 	// those whose route this generation removed or changed.
 	ended := s.closeConns(func(c *conn) bool {
-		if c.route == "" {
-			return false
-		}
-		now := c.sock.state.Load().routeKey(c.identity().Tenant)
-		if now == c.route {
-			return false
-		}
+		return c.route != "" && c.sock.state.Load().routeKey(c.identity().Tenant) != c.route
+	})
+	for _, c := range ended {
 		s.logger.Info("session closed: its route was removed or changed by a reload", "listener", c.listener,
 			"tenant", c.identity().Tenant, "source", c.source.String(), "generation", p.Generation)
-		return true
-	})
+	}
 	for addr, sk := range s.sockets {
 		if _, keep := states[addr]; keep {
 			continue
@@ -268,7 +263,7 @@ func (s *Server) Apply(p *policy.Policy) error {
 		}()
 	}
 	s.logger.Info("listeners applied", "generation", p.Generation, "listeners", len(states), "new", len(opened),
-		"sessions_ended", ended)
+		"sessions_ended", len(ended))
 	return nil
 }
 
@@ -531,20 +526,25 @@ func (s *Server) drain(ctx context.Context, sk *socket) bool {
 // closes those it rejects, for example after a CRL update or a tenant's CA
 // changed. It returns how many it closed.
 func (s *Server) Revalidate(check func(tls.ConnectionState) error) int {
-	return s.closeConns(func(c *conn) bool {
+	why := map[*conn]error{}
+	closed := s.closeConns(func(c *conn) bool {
 		if !c.identified.Load() {
 			return false // still handshaking: it will be identified against the new state
 		}
-		if err := check(c.state()); err != nil {
-			s.logger.Info("connection closed: identity no longer valid", "listener", c.listener,
-				"tenant", c.identity().Tenant, "source", c.source.String(), "err", err)
-			return true
-		}
-		return false
+		err := check(c.state())
+		why[c] = err
+		return err != nil
 	})
+	for _, c := range closed {
+		s.logger.Info("connection closed: identity no longer valid", "listener", c.listener,
+			"tenant", c.identity().Tenant, "source", c.source.String(), "err", why[c])
+	}
+	return len(closed)
 }
 
-func (s *Server) closeConns(pick func(*conn) bool) int {
+// closeConns closes the connections pick chooses (pick runs under connMu)
+// and returns them.
+func (s *Server) closeConns(pick func(*conn) bool) []*conn {
 	s.connMu.Lock()
 	var victims []*conn
 	for c := range s.conns {
@@ -558,7 +558,7 @@ func (s *Server) closeConns(pick func(*conn) bool) int {
 		// a peer that does not read.
 		c.raw.Close()
 	}
-	return len(victims)
+	return victims
 }
 
 // connQueue is the net.Listener http.Server serves: it yields connections
