@@ -33,6 +33,9 @@ func FuzzVerdict(f *testing.F) {
 		if a != b {
 			t.Fatalf("fast %d, lpm %d for %x", a, b, pkt)
 		}
+		if a != xdpPass && a != xdpDrop {
+			t.Fatalf("action %d for %x", a, pkt)
+		}
 		// Every frame is counted exactly once, under the action returned.
 		var counted [][2]int
 		for k, v := range r[0].counters(t) {
