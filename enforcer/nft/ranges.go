@@ -186,7 +186,7 @@ func chunkElements(elems []nftables.SetElement) [][]nftables.SetElement {
 }
 
 // mgmtEntry is one element of a management set: a range of sources and one
-// TCP port, matched together (ip saddr . tcp dport), so a range reaches only
+// port, matched together (ip saddr . tcp/udp dport), so a range reaches only
 // its own ports.
 type mgmtEntry struct {
 	r    addrRange
