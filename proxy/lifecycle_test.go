@@ -512,3 +512,48 @@ func TestApplyUnderLoad(t *testing.T) {
 		t.Fatal("no request completed")
 	}
 }
+
+// TestStreamedResponseIsNotHeldBack: a response without a length (a
+// stream, a long poll) reaches the client chunk by chunk, each as the
+// backend flushes it, over HTTP/1.1 and HTTP/2.
+func TestStreamedResponseIsNotHeldBack(t *testing.T) {
+	release := make(chan struct{})
+	backend := serveTCP(t, func(c net.Conn) {
+		defer c.Close()
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n")
+		io.WriteString(c, "6\r\nfirst\n\r\n")
+		select {
+		case <-release:
+		case <-time.After(10 * time.Second):
+		}
+		io.WriteString(c, "7\r\nsecond\n\r\n0\r\n\r\n")
+	})
+	h := newHarness(t, testLimits(), listener("web", policy.ProtoHTTPS,
+		policy.Route{Tenant: "acme", Backend: "http://" + backend}))
+	for _, h2 := range []bool{false, true} {
+		resp, err := h.client(h.pki.acme, h2).Get("https://" + h.addr("web") + "/stream")
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := make(chan string, 1)
+		br := bufio.NewReader(resp.Body)
+		go func() { line, _ := br.ReadString('\n'); first <- line }()
+		select {
+		case line := <-first:
+			if line != "first\n" {
+				t.Errorf("h2=%v: first chunk %q", h2, line)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("h2=%v: the first chunk was held back while the backend waited", h2)
+		}
+		release <- struct{}{}
+		if rest, _ := io.ReadAll(br); string(rest) != "second\n" {
+			t.Errorf("h2=%v: rest %q", h2, rest)
+		}
+		resp.Body.Close()
+	}
+}

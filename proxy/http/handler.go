@@ -232,9 +232,11 @@ func (h *Handler) newRoute(index int, pr policy.Route) (*route, error) {
 		Rewrite:      rt.rewrite,
 		Transport:    &pool{h: h, rt: rt, backends: rt.backends},
 		ErrorHandler: h.proxyError,
-		// Negative: flush at once, so streamed and long-polled responses
-		// are not held back by the proxy.
-		FlushInterval: -1,
+		// Zero: a response of known length goes out in as few writes as
+		// possible; ReverseProxy still flushes every write at once for a
+		// response without a length (chunked, long-polled) and for
+		// text/event-stream, so streams are not held back.
+		FlushInterval: 0,
 		BufferPool:    copyBuffers,
 		ErrorLog:      slog.NewLogLogger(h.logger.Handler(), slog.LevelWarn),
 	}
