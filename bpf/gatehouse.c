@@ -573,9 +573,9 @@ static __always_inline int handle_v4(void *cur, void *end)
 		return count(GH_ACT_DROP, GH_MALFORMED);
 	__u32 ihl = ip->ihl * 4;
 	__u32 tot = bpf_ntohs(ip->tot_len);
+	// tot >= ihl and cur + tot <= end: the options end inside the frame
+	// (parse_l4 checks its own header against end for the verifier).
 	if (ip->version != 4 || ihl < sizeof(*ip) || tot < ihl || cur + tot > end)
-		return count(GH_ACT_DROP, GH_MALFORMED);
-	if (cur + ihl > end)
 		return count(GH_ACT_DROP, GH_MALFORMED);
 	__u16 frag = bpf_ntohs(ip->frag_off);
 	pk.saddr4 = ip->saddr;
