@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -321,7 +322,7 @@ func buildV4(list []netip.Prefix) (*v4Tables, error) {
 		}
 		parts = append(parts, v4Part{a >> 8, uint16(a & 0xff), uint16(1) << (32 - pr.Bits())})
 	}
-	slices.SortFunc(parts, func(x, y v4Part) int { return cmpU64(uint64(x.idx), uint64(y.idx)) })
+	slices.SortFunc(parts, func(x, y v4Part) int { return cmp.Compare(x.idx, y.idx) })
 	// One bitmap per partial /24, in idx order.
 	var idxs []uint32
 	var maps []byte
@@ -420,16 +421,16 @@ func buildV6(list []netip.Prefix) (*v6Tables, error) {
 		long = append(long, v6Key{hi, lo, uint8(pr.Bits())})
 	}
 	slices.SortFunc(long, func(a, b v6Key) int {
-		if c := cmpU64(a.hi>>40, b.hi>>40); c != 0 {
+		if c := cmp.Compare(a.hi>>40, b.hi>>40); c != 0 {
 			return c
 		}
 		if c := int(a.len) - int(b.len); c != 0 {
 			return c
 		}
-		if c := cmpU64(a.hi, b.hi); c != 0 {
+		if c := cmp.Compare(a.hi, b.hi); c != 0 {
 			return c
 		}
-		return cmpU64(a.lo, b.lo)
+		return cmp.Compare(a.lo, b.lo)
 	})
 	long = slices.Compact(long)
 	var entries []v6Key
@@ -504,16 +505,6 @@ func buildV6(list []netip.Prefix) (*v6Tables, error) {
 	}
 }
 
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
 // mergeLengths expands the shortest prefixes of a block into the next
 // length up until at most maxLens lengths remain: the lookup probes each
 // length once, so their number bounds its cost. block is sorted by length,
@@ -574,10 +565,10 @@ func mergeLengths(idx uint32, block []v6Key) ([]v6Key, error) {
 			if c := int(a.len) - int(b.len); c != 0 {
 				return c
 			}
-			if c := cmpU64(a.hi, b.hi); c != 0 {
+			if c := cmp.Compare(a.hi, b.hi); c != 0 {
 				return c
 			}
-			return cmpU64(a.lo, b.lo)
+			return cmp.Compare(a.lo, b.lo)
 		})
 		block = slices.Compact(next)
 	}

@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -268,7 +269,7 @@ func (s *spec) build() *ruleset {
 	}
 	byName[setPorts] = addSet(&nftables.Set{Name: setPorts, KeyType: nftables.TypeInetService, KeyByteOrder: binaryutil.BigEndian}, portElements(s.ports))
 	// Sets sorted by name read better in nft list; IDs stay as assigned.
-	slices.SortStableFunc(rs.sets, func(a, b *nftables.Set) int { return compareStrings(a.Name, b.Name) })
+	slices.SortStableFunc(rs.sets, func(a, b *nftables.Set) int { return cmp.Compare(a.Name, b.Name) })
 
 	r := &ruleBuilder{rs: rs, sets: byName, nextID: &id}
 	r.chain(baseChain("input", nftables.ChainHookInput))
@@ -402,16 +403,6 @@ func scanRate(sb policy.ScanBlock) (uint64, expr.LimitTime) {
 		}
 	}
 	return 1, expr.LimitTimeDay
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 type verdict = expr.VerdictKind
