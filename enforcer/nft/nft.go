@@ -220,9 +220,10 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 			// The batch changed nothing, so the kernel no longer holds
 			// what memory says (someone deleted the table or a set):
 			// install the whole generation instead.
-			e.metrics.drift.Inc()
 			e.log.Warn("set update refused, replacing the table", "err", err)
-			err = e.applyFull(next)
+			if err = e.applyFull(next); err == nil {
+				e.metrics.drift.Inc()
+			}
 		}
 	} else {
 		err = e.applyFull(next)

@@ -86,12 +86,12 @@ func (e *Enforcer) Reconcile() error {
 		e.lastGen = gen
 		return nil
 	}
-	e.metrics.drift.Inc()
 	e.log.Warn("table drifted, rebuilding", "reason", reason)
 	if err := e.applyFull(e.cur); err != nil {
 		e.dropWriter()
 		return fmt.Errorf("repair: %w", err)
 	}
+	e.metrics.drift.Inc()
 	return nil
 }
 
