@@ -17,19 +17,15 @@ var (
 )
 
 type metrics struct {
-	e *Enforcer
-
 	drift          prometheus.Counter
 	blockedSources prometheus.Gauge
-
-	mu   sync.Mutex
-	base map[string]uint64 // packets counted by tables we replaced
 
 	// swap is held by a full replace from reading the old table's counters
 	// until they are in base, and shared by Collect: a scrape sees the old
 	// table or the new one with its base, never both or neither, so the
-	// counters never step back.
+	// counters never step back. It also guards base.
 	swap sync.RWMutex
+	base map[string]uint64 // packets counted by tables we replaced
 }
 
 func newMetrics() *metrics {
@@ -67,17 +63,13 @@ func (e *Enforcer) Collect(ch chan<- prometheus.Metric) {
 	}
 	counts, err := readCounters(c)
 	if err != nil {
-		// No table yet (before the first Apply) is not an error worth
-		// failing the scrape for; the rule series are simply absent.
-		e.log.Debug("reading counters failed", "err", err)
+		// Exporting the base alone would step the totals back; leave the
+		// rule series out of this scrape instead. (No table yet reads as
+		// no counters, not as an error.)
+		e.log.Warn("reading nftables counters failed", "err", err)
+		return
 	}
-	m := e.metrics
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for name, base := range m.base {
-		if _, ok := counts[name]; !ok {
-			counts[name] = 0
-		}
+	for name, base := range e.metrics.base {
 		counts[name] += base
 	}
 	for name, v := range counts {
@@ -105,10 +97,9 @@ func readCounters(c *nftables.Conn) (map[string]uint64, error) {
 }
 
 // fold adds the counters of a table that was replaced to the base, so
-// gatehouse_nft_packets_total does not fall back to zero.
+// gatehouse_nft_packets_total does not fall back to zero. The caller holds
+// swap.
 func (m *metrics) fold(counts map[string]uint64) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	for name, v := range counts {
 		m.base[name] += v
 	}

@@ -106,7 +106,6 @@ func New(cfg Config) (*Enforcer, error) {
 	if e.pollGap <= 0 {
 		e.pollGap = DefaultBlockPollInterval
 	}
-	e.metrics.e = e
 	return e, nil
 }
 
