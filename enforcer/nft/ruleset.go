@@ -112,6 +112,7 @@ func newSpec(p *policy.Policy) (*spec, error) {
 	if s.blockFor <= 0 {
 		s.blockFor = defaultBlockFor
 	}
+	s.scan.BlockFor = s.blockFor // unset and the default are one shape
 	if s.scan.DistinctPorts < 0 {
 		return nil, fmt.Errorf("%w: scan_block.distinct_ports %d below zero", errBadPolicy, s.scan.DistinctPorts)
 	}
