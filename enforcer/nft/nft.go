@@ -346,15 +346,6 @@ func addChunked(c *nftables.Conn, s *nftables.Set, elems []nftables.SetElement) 
 	return nil
 }
 
-func delChunked(c *nftables.Conn, s *nftables.Set, elems []nftables.SetElement) error {
-	for _, chunk := range chunkElements(elems) {
-		if err := c.SetDeleteElements(s, chunk); err != nil {
-			return fmt.Errorf("set %s: %w", s.Name, err)
-		}
-	}
-	return nil
-}
-
 // applyDiff sends only what changed: admitted ranges as element deletions
 // then additions, the small port and management sets flushed and refilled.
 func (e *Enforcer) applyDiff(next *spec) error {
@@ -369,11 +360,11 @@ func (e *Enforcer) applyDiff(next *spec) error {
 		_, newAdm := next.family(v6)
 		del, add := diffRanges(oldAdm, newAdm)
 		s := setByName(rs, setName(setAdmitted, v6))
-		if err := delChunked(c, s, intervalElements(del)); err != nil {
-			return err
+		if err := forIntervalChunks(del, func(ch []nftables.SetElement) error { return c.SetDeleteElements(s, ch) }); err != nil {
+			return fmt.Errorf("set %s: %w", s.Name, err)
 		}
-		if err := addChunked(c, s, intervalElements(add)); err != nil {
-			return err
+		if err := forIntervalChunks(add, func(ch []nftables.SetElement) error { return c.SetAddElements(s, ch) }); err != nil {
+			return fmt.Errorf("set %s: %w", s.Name, err)
 		}
 		changed = changed || len(del)+len(add) > 0
 	}

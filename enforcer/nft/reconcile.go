@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"time"
@@ -34,20 +35,12 @@ func (e *Enforcer) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-recon.C:
-			err := e.Reconcile()
-			switch {
-			case errors.Is(err, ErrClosed):
+			if stop := e.report(e.Reconcile(), slog.LevelError, "reconcile failed"); stop {
 				return nil
-			case err != nil && !errors.Is(err, ErrNoPolicy):
-				e.log.Error("reconcile failed", "err", err)
 			}
 		case <-poll.C:
-			err := e.PollBlocked()
-			switch {
-			case errors.Is(err, ErrClosed):
+			if stop := e.report(e.PollBlocked(), slog.LevelWarn, "reading blocked sets failed"); stop {
 				return nil
-			case err != nil && !errors.Is(err, ErrNoPolicy):
-				e.log.Warn("reading blocked sets failed", "err", err)
 			}
 		}
 	}
@@ -61,11 +54,8 @@ func (e *Enforcer) Run(ctx context.Context) error {
 func (e *Enforcer) Reconcile() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.closed {
-		return ErrClosed
-	}
-	if e.cur == nil {
-		return ErrNoPolicy
+	if err := e.ready(); err != nil {
+		return err
 	}
 	gen, err := e.generation()
 	if err != nil {
@@ -226,20 +216,54 @@ func sameKeys(got, want []nftables.SetElement) bool {
 	return slices.Equal(g, w)
 }
 
+// report logs a failed periodic check at level, and reports whether the
+// loop should stop (the Enforcer is closed).
+func (e *Enforcer) report(err error, level slog.Level, msg string) bool {
+	switch {
+	case errors.Is(err, ErrClosed):
+		return true
+	case err != nil && !errors.Is(err, ErrNoPolicy):
+		e.log.Log(context.Background(), level, msg, "err", err)
+	}
+	return false
+}
+
+// ready is the guard of the periodic checks; the caller holds e.mu.
+func (e *Enforcer) ready() error {
+	if e.closed {
+		return ErrClosed
+	}
+	if e.cur == nil {
+		return ErrNoPolicy
+	}
+	return nil
+}
+
+// rawConn dials a plain netfilter socket in our namespace, for the
+// messages google/nftables has no call for.
+func (e *Enforcer) rawConn() (*netlink.Conn, error) {
+	nl, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: e.netns})
+	if err != nil {
+		return nil, fmt.Errorf("netlink dial: %w", err)
+	}
+	if err := nl.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
+		nl.Close()
+		return nil, err
+	}
+	return nl, nil
+}
+
 // generation reads the ruleset generation of the namespace; it changes with
 // every committed batch, ours or anyone's.
 func (e *Enforcer) generation() (uint32, error) {
 	if e.testDial != nil {
 		return 0, nil
 	}
-	nl, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: e.netns})
+	nl, err := e.rawConn()
 	if err != nil {
-		return 0, fmt.Errorf("netlink dial: %w", err)
-	}
-	defer nl.Close()
-	if err := nl.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
 		return 0, err
 	}
+	defer nl.Close()
 	msgs, err := nl.Execute(netlink.Message{
 		Header: netlink.Header{
 			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN),
@@ -273,11 +297,8 @@ func (e *Enforcer) generation() (uint32, error) {
 func (e *Enforcer) PollBlocked() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.closed {
-		return ErrClosed
-	}
-	if e.cur == nil {
-		return ErrNoPolicy
+	if err := e.ready(); err != nil {
+		return err
 	}
 	c, err := e.conn()
 	if err != nil {

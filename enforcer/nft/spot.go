@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"time"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -24,14 +23,11 @@ func (e *Enforcer) spotCheck(set string, ranges []addrRange) (string, error) {
 	if len(ranges) == 0 {
 		return "", nil
 	}
-	nl, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: e.netns})
+	nl, err := e.rawConn()
 	if err != nil {
-		return "", fmt.Errorf("netlink dial: %w", err)
-	}
-	defer nl.Close()
-	if err := nl.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
 		return "", err
 	}
+	defer nl.Close()
 	idx := []int{0, len(ranges) - 1}
 	for range spotSamples - 2 {
 		idx = append(idx, rand.IntN(len(ranges)))
