@@ -1,7 +1,6 @@
 package certs
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -287,13 +286,20 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 			}
 		}
 	}
+	// Revocation: each certificate of a verified chain is checked against
+	// the tenant's CRL from the CA that issued it in that chain.
+	// leafCovered records which tenants have one for the leaf.
+	leafCovered := map[int]bool{}
 	for _, i := range cands {
 		t := st.tenants[i]
 		for _, crl := range t.crls {
 			for _, ch := range chains {
-				for _, c := range ch[:len(ch)-1] {
-					if !bytes.Equal(c.RawIssuer, crl.list.RawIssuer) {
+				for k, c := range ch[:len(ch)-1] {
+					if !crl.issuedBy(ch[k+1]) {
 						continue
+					}
+					if k == 0 {
+						leafCovered[i] = true
 					}
 					if crl.revoked[c.SerialNumber.String()] {
 						return Identity{}, &AuthError{Result: ResultRevoked, Tenant: t.id,
@@ -335,7 +341,7 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 	// admits: when none of its CRLs is from the certificate's issuer, the
 	// certificate could be revoked without gatehouse knowing, so it is
 	// refused (as openssl verify -crl_check does) rather than let through.
-	if t := st.tenants[match[0]]; len(t.crls) > 0 && !t.hasCRLFrom(leaf.RawIssuer) {
+	if t := st.tenants[match[0]]; len(t.crls) > 0 && !leafCovered[match[0]] {
 		return Identity{}, &AuthError{Result: ResultNoCRL, Tenant: t.id,
 			Detail: fmt.Sprintf("no CRL from %s, the issuer of %s, in %s", leaf.Issuer, leaf.Subject, t.crlFile)}
 	}

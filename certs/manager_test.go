@@ -1040,3 +1040,53 @@ func readFile(t testing.TB, path string) []byte {
 	}
 	return b
 }
+
+// TestCRLKeyRollover: a tenant trusts the old and the new key of its CA,
+// both named alike. A CRL counts only for the certificates of the key that
+// signed it: with the old key's CRL alone, a leaf of the new key has no
+// CRL from its issuer; with both CRLs, the new key's revocation holds.
+func TestCRLKeyRollover(t *testing.T) {
+	k := newPKI(t)
+	oldCA := certstest.NewCA(t, "corp rollover")
+	newCA := certstest.NewCA(t, "corp rollover")
+	leaf := newCA.Client(t, "svc", "spiffe://corp/svc")
+	dir := t.TempDir()
+	bundle := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(bundle, append(readFile(t, oldCA.CertFile), readFile(t, newCA.CertFile)...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	crl := oldCA.CRL(t, filepath.Join(dir, "ca.crl"), time.Now().Add(time.Hour))
+	p := clonePolicy(k.policy)
+	p.Tenants = []policy.Tenant{{ID: "corp", ClientCA: bundle, CRL: crl}}
+	m := newManager(t, Config{}, p)
+	srv, _ := m.TLSConfig("web")
+	try := func() Result {
+		r := handshake(t, srv, k.clientConfig(leaf), false)
+		if r.serverErr != nil {
+			return ResultOf(r.serverErr)
+		}
+		return ResultOK
+	}
+	if res := try(); res != ResultNoCRL {
+		t.Errorf("leaf of the new key with only the old key's CRL: %s, want no_crl", res)
+	}
+	both := func(revoked ...*certstest.Leaf) {
+		t.Helper()
+		o := readFile(t, oldCA.CRL(t, filepath.Join(dir, "old.crl"), time.Now().Add(time.Hour)))
+		n := readFile(t, newCA.CRL(t, filepath.Join(dir, "new.crl"), time.Now().Add(time.Hour), revoked...))
+		if err := os.WriteFile(crl, append(o, n...), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Reload(); err != nil {
+			t.Fatalf("both keys' CRLs: %v", err)
+		}
+	}
+	both()
+	if res := try(); res != ResultOK {
+		t.Errorf("leaf of the new key with both CRLs: %s, want ok", res)
+	}
+	both(leaf)
+	if res := try(); res != ResultRevoked {
+		t.Errorf("leaf revoked by the new key: %s, want revoked", res)
+	}
+}

@@ -59,18 +59,17 @@ type tenantState struct {
 
 type crlState struct {
 	list    *x509.RevocationList
-	revoked map[string]bool // decimal serials on the CRL
+	signer  *x509.Certificate // the CA of client_ca whose key signed it
+	revoked map[string]bool   // decimal serials on the CRL
 }
 
-// hasCRLFrom reports whether one of the tenant's CRLs is issued by the
-// name rawIssuer (DER).
-func (t *tenantState) hasCRLFrom(rawIssuer []byte) bool {
-	for _, c := range t.crls {
-		if bytes.Equal(c.list.RawIssuer, rawIssuer) {
-			return true
-		}
-	}
-	return false
+// issuedBy reports whether the CRL speaks for certificates that issuer (a
+// certificate of a verified chain) signed: same name and same key as the
+// CRL's signer. The name alone would let a CA's CRL stand for another CA
+// of the same name, say the new key of a rollover.
+func (c *crlState) issuedBy(issuer *x509.Certificate) bool {
+	return bytes.Equal(issuer.RawSubject, c.signer.RawSubject) &&
+		bytes.Equal(issuer.RawSubjectPublicKeyInfo, c.signer.RawSubjectPublicKeyInfo)
 }
 
 // stale reports whether the CRL is past its nextUpdate.
@@ -187,22 +186,22 @@ func loadTenant(ld *loader, t policy.Tenant) (*tenantState, error) {
 		return nil, fmt.Errorf("crl %s: %w", t.CRL, err)
 	}
 	for n, crl := range lists {
-		signed := false
+		var signer *x509.Certificate
 		for _, ca := range cas {
 			if bytes.Equal(ca.RawSubject, crl.RawIssuer) && crl.CheckSignatureFrom(ca) == nil {
-				signed = true
+				signer = ca
 				break
 			}
 		}
-		if !signed {
+		if signer == nil {
 			return nil, fmt.Errorf("crl %s (#%d, issuer %s): %w", t.CRL, n+1, crl.Issuer, ErrCRLSignature)
 		}
+		cs := &crlState{list: crl, signer: signer, revoked: make(map[string]bool, len(crl.RevokedCertificateEntries))}
 		for _, other := range ts.crls {
-			if bytes.Equal(other.list.RawIssuer, crl.RawIssuer) {
+			if other.issuedBy(signer) {
 				return nil, fmt.Errorf("crl %s: two CRLs from %s: %w", t.CRL, crl.Issuer, ErrDuplicate)
 			}
 		}
-		cs := &crlState{list: crl, revoked: make(map[string]bool, len(crl.RevokedCertificateEntries))}
 		for _, e := range crl.RevokedCertificateEntries {
 			cs.revoked[e.SerialNumber.String()] = true
 		}
