@@ -102,6 +102,7 @@ type Daemon struct {
 	feedRestart chan struct{}
 	cfg         atomic.Pointer[config.Config]
 	ready       atomic.Bool
+	split       atomic.Bool // see errSplit
 	gen         uint64
 	started     time.Time
 }
@@ -175,8 +176,16 @@ func (d *Daemon) build(cfg *config.Config, feedSets map[string][]netip.Prefix) (
 	return p, nil
 }
 
+// errSplit: a layer refused a generation, and a layer that had taken it
+// could not be given the previous one back, so the layers now enforce
+// different generations.
+var errSplit = errors.New("layers left on different generations")
+
 // apply hands p to every component in order. When one fails, those already
-// updated are given prev again, so all of them keep one generation.
+// updated are given prev again (the latest first), so all of them keep one
+// generation. When that fails too, the daemon reports itself not ready
+// (/readyz) and says which layers are out of step, until a generation
+// applies to every layer.
 func (d *Daemon) apply(p, prev *policy.Policy) error {
 	for i, c := range d.components {
 		start := time.Now()
@@ -189,14 +198,23 @@ func (d *Daemon) apply(p, prev *policy.Policy) error {
 		if prev == nil {
 			return err
 		}
-		for _, done := range d.components[:i] {
+		var stuck []string
+		for j := i - 1; j >= 0; j-- {
+			done := d.components[j]
 			if rerr := done.Apply(prev); rerr != nil {
-				d.log.Error("restoring previous generation failed", "layer", done.Name(), "generation", prev.Generation, "err", rerr)
+				stuck = append(stuck, done.Name())
 				err = errors.Join(err, fmt.Errorf("restore %s: %w", done.Name(), rerr))
 			}
 		}
+		if len(stuck) > 0 {
+			d.split.Store(true)
+			d.log.Error("layers left on different generations; not ready until a configuration applies to all",
+				"on_new_generation", stuck, "generation", p.Generation, "others", prev.Generation)
+			err = fmt.Errorf("%w: %w", errSplit, err)
+		}
 		return err
 	}
+	d.split.Store(false)
 	d.current.Store(p)
 	d.m.observePolicy(p)
 	return nil
@@ -213,7 +231,9 @@ func (d *Daemon) Reload() error {
 	}
 	if err != nil {
 		d.m.reloads.WithLabelValues("error").Inc()
-		d.log.Error("reload refused; previous configuration stays in force", "generation", d.current.Load().Generation, "err", err)
+		if !errors.Is(err, errSplit) {
+			d.log.Error("reload refused; previous configuration stays in force", "generation", d.current.Load().Generation, "err", err)
+		}
 		return err
 	}
 	d.cfg.Store(cfg)
@@ -402,6 +422,10 @@ func (d *Daemon) handler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if d.split.Load() {
+			http.Error(w, "not ready: "+errSplit.Error()+" after a failed rollback (see the log); reload to realign", http.StatusServiceUnavailable)
+			return
+		}
 		if p := d.Policy(); p != nil {
 			fmt.Fprintf(w, "ready: generation %d\n", p.Generation)
 			return

@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -188,6 +189,43 @@ func TestReloadRollsBackEarlierLayers(t *testing.T) {
 	}
 	if b.last() != 1 || d.Policy().Generation != 1 {
 		t.Errorf("b at %d, daemon at %d; want 1", b.last(), d.Policy().Generation)
+	}
+}
+
+// TestFailedRollbackIsNotReady: when a layer that took the new generation
+// cannot be given the previous one back, the daemon does not claim the old
+// generation holds: /readyz fails and the error says the layers are split,
+// until a configuration applies to every layer again.
+func TestFailedRollbackIsNotReady(t *testing.T) {
+	wide := func(p *policy.Policy) bool { return p.Admitted.Contains(mustAddr("192.0.2.1")) }
+	var aRefusesOld atomic.Bool
+	a := &recorder{name: "a", refuse: func(p *policy.Policy) bool { return aRefusesOld.Load() && !wide(p) }}
+	b := &recorder{name: "b", refuse: wide}
+	d, dir, metrics, stop := start(t, a, b)
+	defer stop()
+	aRefusesOld.Store(true)
+	writeConfig(t, dir, metrics, "192.0.2.0/24")
+	if err := d.Reload(); !errors.Is(err, errSplit) {
+		t.Fatalf("reload whose rollback failed: %v, want errSplit", err)
+	}
+	readyz := func() int {
+		resp, err := http.Get("http://" + metrics + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := readyz(); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz with split layers: %d, want 503", code)
+	}
+	aRefusesOld.Store(false)
+	writeConfig(t, dir, metrics, "198.51.100.0/24")
+	if err := d.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if code := readyz(); code != http.StatusOK {
+		t.Errorf("/readyz after a reload that applied to every layer: %d, want 200", code)
 	}
 }
 

@@ -114,7 +114,9 @@ func (d *Daemon) onFeedUpdate(mgr *rules.Manager, name string, prefixes []netip.
 		err = d.apply(p, d.current.Load())
 	}
 	if err != nil {
-		d.log.Error("feed update not applied; previous admitted set stays in force", "feed", name, "err", err)
+		if !errors.Is(err, errSplit) {
+			d.log.Error("feed update not applied; previous admitted set stays in force", "feed", name, "err", err)
+		}
 		return err
 	}
 	d.feedSets = sets
