@@ -88,8 +88,8 @@ type Feed struct {
 	MinisignKeys []string            `mapstructure:"minisign_keys"`
 	Threshold    int                 `mapstructure:"threshold"`
 	Refresh      time.Duration       `mapstructure:"refresh"`
-	MaxShrink    float64             `mapstructure:"max_shrink"`
-	MaxGrow      float64             `mapstructure:"max_grow"`
+	MaxShrink    *float64            `mapstructure:"max_shrink"` // nil: the default
+	MaxGrow      *float64            `mapstructure:"max_grow"`
 	CA           string              `mapstructure:"ca"`
 }
 

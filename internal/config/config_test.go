@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -165,6 +166,7 @@ func TestProblems(t *testing.T) {
 		{"no backend", `backend: "http://192.0.2.6"`, `host: x.example`, []string{"listeners[0].routes[1].backend: required (or backends)"}},
 		{"bad backends entry", `backend: "http://192.0.2.6"`, `backends: ["http://192.0.2.6", "gopher://192.0.2.7"]`, []string{`listeners[0].routes[1].backends[1]: must be an http:// or https:// URL, got "gopher://192.0.2.7"`}},
 		{"health path on telnet", `backend: "192.0.2.7:23"`, `backend: "192.0.2.7:23", health_path: /ping`, []string{"listeners[1].routes[0].health_path: an https or soap route's URL path"}},
+		{"max_shrink 0", "static_ranges:", "feeds: [{name: aws, source: \"https://m.example/manifest.json\", format: aws, minisign_keys: [k], threshold: 1, refresh: 15m, max_shrink: 0}]\nstatic_ranges:", []string{"feeds[0].max_shrink: must be above 0 and at most 1"}},
 		{"missing extra cert", "    server_key: ${DIR}/server.key\n    routes:\n      - {tenant: acme, host", "    server_key: ${DIR}/server.key\n    extra_certs: [{cert: ${DIR}/nope.pem, key: ${DIR}/server.key}]\n    routes:\n      - {tenant: acme, host", []string{`listeners[0].extra_certs[0].cert: cannot read`}},
 	}
 	for _, tc := range cases {
@@ -230,6 +232,25 @@ func TestParseRate(t *testing.T) {
 		got, err := ParseRate(tc.in)
 		if (err == nil) != tc.ok || got.PerSecond != tc.want {
 			t.Errorf("ParseRate(%q) = %+v, %v", tc.in, got, err)
+		}
+	}
+}
+
+// TestFeedBoundsDecode: a max_shrink left out stays unset (the default
+// applies further down); one given is kept as given.
+func TestFeedBoundsDecode(t *testing.T) {
+	feed := "feeds: [{name: aws, source: \"https://m.example/manifest.json\", format: aws, minisign_keys: [k], threshold: 1, refresh: 15m%s}]\nstatic_ranges:"
+	for _, tc := range []struct {
+		extra string
+		want  *float64
+	}{{"", nil}, {", max_shrink: 0.5", new(0.5)}} {
+		cfg, err := parse(t, strings.Replace(goodYAML, "static_ranges:", fmt.Sprintf(feed, tc.extra), 1), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := cfg.Feeds[0].MaxShrink
+		if (got == nil) != (tc.want == nil) || got != nil && *got != *tc.want {
+			t.Errorf("%q: max_shrink %v, want %v", tc.extra, got, tc.want)
 		}
 	}
 }

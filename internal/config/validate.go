@@ -176,11 +176,13 @@ func (cfg *Config) validateFeeds(c *checker) {
 			c.add(p+".threshold", "must be between 1 and the number of minisign_keys (%d), got %d", len(f.MinisignKeys), f.Threshold)
 		}
 		c.duration(p+".refresh", f.Refresh, time.Minute)
-		if f.MaxShrink < 0 || f.MaxShrink > 1 {
-			c.add(p+".max_shrink", "must be between 0 and 1, got %g", f.MaxShrink)
+		// 0 would read as "the default" further down; a change bound of
+		// nothing is a tiny number, not 0.
+		if v := f.MaxShrink; v != nil && (*v <= 0 || *v > 1) {
+			c.add(p+".max_shrink", "must be above 0 and at most 1 (leave it out for the default 0.25; 0.0001 quarantines nearly any shrink), got %g", *v)
 		}
-		if f.MaxGrow < 0 {
-			c.add(p+".max_grow", "must not be negative, got %g", f.MaxGrow)
+		if v := f.MaxGrow; v != nil && *v <= 0 {
+			c.add(p+".max_grow", "must be above 0 (leave it out for the default 0.25), got %g", *v)
 		}
 		c.file(p+".ca", f.CA, false)
 	}

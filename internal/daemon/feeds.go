@@ -32,10 +32,18 @@ func FeedConfigs(cfg *config.Config) ([]rules.FeedConfig, rules.Guards, error) {
 		out = append(out, rules.FeedConfig{
 			Name: f.Name, Source: f.Source, Format: f.Format, Select: f.Select,
 			Keys: f.MinisignKeys, Threshold: f.Threshold, Refresh: f.Refresh,
-			MaxShrink: f.MaxShrink, MaxGrow: f.MaxGrow, CAFile: f.CA,
+			MaxShrink: deref(f.MaxShrink), MaxGrow: deref(f.MaxGrow), CAFile: f.CA,
 		})
 	}
 	return out, g, nil
+}
+
+// deref is *v, or 0 (the rules default) for a key left out.
+func deref(v *float64) float64 {
+	if v == nil {
+		return 0
+	}
+	return *v
 }
 
 // feedState is one feed manager and the configuration it was built from.
