@@ -127,6 +127,7 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 		c.raw.Close()
 		return
 	}
+	seen := s.revalidations.Load()
 	id, err := s.tlsSrc.Identify(cs)
 	if err != nil || id.Tenant == "" {
 		s.logger.Info("client certificate not accepted", "listener", c.listener, "source", c.source.String(), "err", err)
@@ -136,9 +137,9 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 	// Route with the generation in force at admission: a reload during
 	// the handshake must not send the session where the new policy does
 	// not.
-	if st = s.admit(c, id); st == nil {
-		s.logger.Warn("connection refused: tenant at its connection limit", "listener", c.listener,
-			"tenant", id.Tenant, "source", c.source.String())
+	if st, err = s.admit(c, id, seen); err != nil {
+		s.logger.Warn("connection refused", "listener", c.listener,
+			"tenant", id.Tenant, "source", c.source.String(), "err", err)
 		c.raw.Close()
 		return
 	}
@@ -193,15 +194,24 @@ func (s *Server) logRefusal(c *conn, err error) {
 // session also records the route of that generation, read under connMu,
 // so that Apply's sweep for changed routes sees every session either with
 // its route or after it.
-func (s *Server) admit(c *conn, id Identity) *listenerState {
+//
+// seen is the revalidation count read before id was made: when Revalidate
+// ran since, its sweep may have missed this connection, so id is checked
+// against the certificate state again before it is admitted.
+func (s *Server) admit(c *conn, id Identity, seen uint64) (*listenerState, error) {
+	if s.revalidations.Load() != seen {
+		if err := s.stillValid(c, id.Tenant); err != nil {
+			return nil, err
+		}
+	}
 	k := [2]string{c.listener, id.Tenant}
 	s.connMu.Lock()
 	defer s.connMu.Unlock()
 	if _, open := s.conns[c]; !open {
-		return nil // closed meanwhile (Revalidate, drain)
+		return nil, errClosedMeanwhile
 	}
 	if s.perTen[k] >= s.limits.MaxConnsPerTenant {
-		return nil
+		return nil, ErrConnLimit
 	}
 	st := c.sock.state.Load()
 	c.route = st.routeKey(id.Tenant)
@@ -215,7 +225,7 @@ func (s *Server) admit(c *conn, id Identity) *listenerState {
 	tb.Count(false, int(c.preOut.Swap(0)))
 	c.raw.SetCounter(tb)
 	s.active.WithLabelValues(c.listener, id.Tenant).Inc()
-	return st
+	return st, nil
 }
 
 // forget runs once when c's socket closes.
@@ -253,6 +263,7 @@ func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 		if len(cs.PeerCertificates) == 0 {
 			return telnet.Peer{}, ErrTLSConfig
 		}
+		seen := s.revalidations.Load()
 		id, err := s.tlsSrc.Identify(cs)
 		if err != nil {
 			return telnet.Peer{}, err
@@ -263,8 +274,8 @@ func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 		c.idMu.Lock()
 		c.cs = &cs
 		c.idMu.Unlock()
-		if s.admit(c, id) == nil {
-			return telnet.Peer{}, ErrConnLimit
+		if _, err := s.admit(c, id, seen); err != nil {
+			return telnet.Peer{}, err
 		}
 		if c.route != st.routeKey(id.Tenant) {
 			// A reload changed this tenant's route during the handshake;

@@ -145,12 +145,11 @@ func TestRevalidateClosesRevokedConnections(t *testing.T) {
 	}
 	gc := h.client(h.pki.globex, false)
 	h.mustDo(gc, "web", "GET", "", "/", nil, nil) // a globex connection that must survive
-	check := func(cs tls.ConnectionState) error { _, err := h.pki.src.Identify(cs); return err }
-	if n := h.srv.Revalidate(check); n != 0 {
+	if n := h.srv.Revalidate(); n != 0 {
 		t.Fatalf("nothing revoked yet, Revalidate closed %d", n)
 	}
 	h.pki.src.revoke(fingerprint(h.pki.acme))
-	if n := h.srv.Revalidate(check); n != 1 {
+	if n := h.srv.Revalidate(); n != 1 {
 		t.Fatalf("Revalidate closed %d connections, want 1", n)
 	}
 	if err := get(); err == nil {
@@ -161,6 +160,30 @@ func TestRevalidateClosesRevokedConnections(t *testing.T) {
 	}
 	if _, err := h.do(h.client(h.pki.acme, false), "web", "GET", "", "/", nil, nil); err == nil {
 		t.Error("revoked certificate accepted on a new connection")
+	}
+}
+
+// TestRevalidateClosesRemappedConnections: a certificate that the TLS
+// state now maps to another tenant loses its connections, whose routes were
+// the old tenant's.
+func TestRevalidateClosesRemappedConnections(t *testing.T) {
+	b := newBackend(t, "a")
+	h := newHarness(t, testLimits(), listener("web", policy.ProtoHTTPS,
+		policy.Route{Tenant: "acme", Backend: b.url()},
+		policy.Route{Tenant: "globex", Backend: b.url()}))
+	c := h.rawTLS(h.pki.acme, "web")
+	if code, _ := rawExchange(t, c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); code != 200 {
+		t.Fatalf("acme before the change: %d", code)
+	}
+	if n := h.srv.Revalidate(); n != 0 {
+		t.Fatalf("nothing changed yet, Revalidate closed %d", n)
+	}
+	h.pki.src.remap(h.pki.acme, "globex")
+	if n := h.srv.Revalidate(); n != 1 {
+		t.Fatalf("Revalidate closed %d connections, want the remapped one", n)
+	}
+	if code, _ := rawExchange(t, c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); code != 0 {
+		t.Errorf("remapped connection still answers: %d", code)
 	}
 }
 

@@ -193,14 +193,14 @@ func (s *testSource) Identify(cs tls.ConnectionState) (proxy.Identity, error) {
 		return proxy.Identity{}, errors.New("no client certificate")
 	}
 	leaf := cs.PeerCertificates[0]
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	tenant, ok := s.tenants[string(leaf.RawIssuer)]
 	if !ok {
 		return proxy.Identity{}, errors.New("unknown issuer")
 	}
 	sum := sha256.Sum256(leaf.Raw)
 	fp := hex.EncodeToString(sum[:])
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.revoked[fp] {
 		return proxy.Identity{}, errRevoked
 	}
@@ -208,6 +208,17 @@ func (s *testSource) Identify(cs tls.ConnectionState) (proxy.Identity, error) {
 }
 
 func (s *testSource) HandshakeFailed(string, error) { s.failed.Add(1) }
+
+// remap makes the certificates of cert's issuer map to tenant from now on.
+func (s *testSource) remap(cert tls.Certificate, tenant string) {
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		panic(err)
+	}
+	s.mu.Lock()
+	s.tenants[string(leaf.RawIssuer)] = tenant
+	s.mu.Unlock()
+}
 
 func (s *testSource) revoke(fp string) {
 	s.mu.Lock()

@@ -28,6 +28,8 @@ var (
 	ErrConfig      = errors.New("invalid proxy configuration")
 	ErrTLSConfig   = errors.New("tls config does not require a verified client certificate")
 	ErrConnLimit   = errors.New("tenant at its connection limit")
+
+	errClosedMeanwhile = errors.New("connection closed while it was admitted (revalidation or drain)")
 )
 
 // unknownTenant labels bytes of connections that never proved a tenant.
@@ -64,9 +66,11 @@ type Server struct {
 
 	httpMetrics *httpproxy.Metrics
 	sessions    *telnet.Sessions // terminal sessions, shared by every generation
-	refusals    *logLimiter      // "TLS handshake refused" lines
-	active      *prometheus.GaugeVec
-	bytes       *prometheus.CounterVec
+
+	revalidations atomic.Uint64 // Revalidate calls so far; see admit
+	refusals      *logLimiter   // "TLS handshake refused" lines
+	active        *prometheus.GaugeVec
+	bytes         *prometheus.CounterVec
 }
 
 var _ prometheus.Collector = (*Server)(nil)
@@ -522,24 +526,44 @@ func (s *Server) drain(ctx context.Context, sk *socket) bool {
 	return clean
 }
 
-// Revalidate runs check on the TLS state of every identified connection and
-// closes those it rejects, for example after a CRL update or a tenant's CA
-// changed. It returns how many it closed.
-func (s *Server) Revalidate(check func(tls.ConnectionState) error) int {
-	why := map[*conn]error{}
-	closed := s.closeConns(func(c *conn) bool {
-		if !c.identified.Load() {
-			return false // still handshaking: it will be identified against the new state
+// Revalidate identifies every connection's certificate again against the
+// TLS source's current state, and closes those it refuses or now maps to
+// another tenant, for example after a CRL update or a tenant's CA changed.
+// Connections still being admitted check again themselves (see admit). The
+// checks run outside connMu. It returns how many it closed.
+func (s *Server) Revalidate() int {
+	s.revalidations.Add(1)
+	s.connMu.Lock()
+	var live []*conn
+	for c := range s.conns {
+		if c.identified.Load() {
+			live = append(live, c)
 		}
-		err := check(c.state())
-		why[c] = err
-		return err != nil
-	})
-	for _, c := range closed {
-		s.logger.Info("connection closed: identity no longer valid", "listener", c.listener,
-			"tenant", c.identity().Tenant, "source", c.source.String(), "err", why[c])
 	}
-	return len(closed)
+	s.connMu.Unlock()
+	closed := 0
+	for _, c := range live {
+		if err := s.stillValid(c, c.identity().Tenant); err != nil {
+			s.logger.Info("connection closed: identity no longer valid", "listener", c.listener,
+				"tenant", c.identity().Tenant, "source", c.source.String(), "err", err)
+			c.raw.Close()
+			closed++
+		}
+	}
+	return closed
+}
+
+// stillValid identifies c's certificate again and checks it still maps to
+// tenant.
+func (s *Server) stillValid(c *conn, tenant string) error {
+	id, err := s.tlsSrc.Identify(c.state())
+	if err != nil {
+		return err
+	}
+	if id.Tenant != tenant {
+		return fmt.Errorf("certificate now maps to tenant %q, not %q", id.Tenant, tenant)
+	}
+	return nil
 }
 
 // closeConns closes the connections pick chooses (pick runs under connMu)

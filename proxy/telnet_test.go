@@ -111,7 +111,7 @@ func TestTelnetListeners(t *testing.T) {
 		t.Fatal("START_TLS session never reached the host")
 	}
 	h.pki.src.revoke(fingerprint(h.pki.acme))
-	n := h.srv.Revalidate(func(cs tls.ConnectionState) error { _, err := h.pki.src.Identify(cs); return err })
+	n := h.srv.Revalidate()
 	if n != 2 {
 		t.Errorf("Revalidate closed %d sessions, want 2 (implicit and START_TLS)", n)
 	}

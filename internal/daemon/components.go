@@ -114,7 +114,7 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 	// A changed CRL, CA or tenant list is checked against every live
 	// session at once: a revoked certificate loses its connections.
 	cm.OnChange(func() {
-		if n := px.Revalidate(func(cs tls.ConnectionState) error { _, err := cm.Identify(cs); return err }); n > 0 {
+		if n := px.Revalidate(); n > 0 {
 			env.Logger.Info("closed sessions whose certificate no longer checks out", "component", "proxy", "count", n)
 		}
 	})
