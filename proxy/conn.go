@@ -114,7 +114,7 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 	c.tls = tls.Server(c.raw, st.tls)
 	if err := relay.Handshake(sk.ctx, c.tls, s.limits.HandshakeTimeout); err != nil {
 		s.tlsSrc.HandshakeFailed(c.listener, err)
-		s.logRefusal(c, err)
+		s.logRefusal(c, "TLS handshake refused", err)
 		c.raw.Close()
 		return
 	}
@@ -150,7 +150,7 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 		// which refuses what a backend could read differently.
 		var hc net.Conn = c.tls
 		if c.tls.ConnectionState().NegotiatedProtocol != "h2" {
-			hc = httpproxy.NewFramingGuard(c.tls)
+			hc = httpproxy.NewFramingGuard(c.tls, func(err error) { s.logRefusal(c, "HTTP request refused", err) })
 		}
 		s.connMu.Lock()
 		if _, open := s.conns[c]; !open {
@@ -173,19 +173,22 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 	}
 }
 
-// logRefusal logs a failed handshake with its source and cause (which
-// names the certificate check that refused it), at most 10 lines a second
-// after a burst of 50: any client can cause one.
-func (s *Server) logRefusal(c *conn, err error) {
+// logRefusal logs a refusal any client can cause (a failed handshake, a
+// request head the framing guard refused) with its source and cause, at
+// most 10 lines a second after a burst of 50.
+func (s *Server) logRefusal(c *conn, msg string, err error) {
 	ok, held := s.refusals.allow(time.Now())
 	if !ok {
 		return
 	}
 	args := []any{"listener", c.listener, "source", c.source.String(), "err", err}
+	if id := c.identity(); id.Tenant != "" {
+		args = append(args, "tenant", id.Tenant)
+	}
 	if held > 0 {
 		args = append(args, "similar_lines_suppressed", held)
 	}
-	s.logger.Info("TLS handshake refused", args...)
+	s.logger.Info(msg, args...)
 }
 
 // admit records c's identity, counts it against its tenant's share of the
@@ -286,7 +289,7 @@ func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 	}
 	if err := st.telnet.ServeStartTLS(c.sock.ctx, c.raw, st.tls, admit); errors.Is(err, telnet.ErrHandshake) {
 		s.tlsSrc.HandshakeFailed(c.listener, err)
-		s.logRefusal(c, err)
+		s.logRefusal(c, "TLS handshake refused", err)
 	}
 	c.raw.Close()
 }

@@ -59,6 +59,30 @@ func TestSmugglingAttempts(t *testing.T) {
 	}
 }
 
+// TestFramingRefusalIsLogged: net/http answers a refused head with 400
+// and says nothing; the proxy's log names the listener, tenant, source
+// and what was ambiguous.
+func TestFramingRefusalIsLogged(t *testing.T) {
+	b := newBackend(t, "a")
+	h := newHarness(t, testLimits(), listener("web", policy.ProtoHTTPS,
+		policy.Route{Tenant: "acme", Path: "/ok", Backend: b.url()}))
+	req := "POST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+	if code, _ := rawExchange(t, h.rawTLS(h.pki.acme, "web"), req); code != 400 {
+		t.Fatalf("status %d, want 400", code)
+	}
+	var line string
+	for _, l := range h.logs.lines("HTTP request refused") {
+		if strings.Contains(l, "HTTP request refused") {
+			line = l
+		}
+	}
+	for _, want := range []string{"listener=web", "tenant=acme", "source=127.0.0.1:", "ambiguous HTTP/1 request framing: content-length with transfer-encoding"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("refusal line %q lacks %q", line, want)
+		}
+	}
+}
+
 // TestPipelinedSmugglingAfterGoodRequest sends a good request and, on the
 // same connection, an ambiguous one: the first is answered, the second
 // refused before anything of it reaches the backend.

@@ -56,11 +56,14 @@ type FramingGuard struct {
 	teValue string
 	upgrade bool
 	err     error
+	refused func(error)
 }
 
-// NewFramingGuard wraps c.
-func NewFramingGuard(c net.Conn) *FramingGuard {
-	return &FramingGuard{Conn: c}
+// NewFramingGuard wraps c. refused, when set, is called once with the
+// reason when the guard refuses the connection's input: net/http answers
+// 400 and closes without telling anyone why.
+func NewFramingGuard(c net.Conn, refused func(error)) *FramingGuard {
+	return &FramingGuard{Conn: c, refused: refused}
 }
 
 func (g *FramingGuard) Read(p []byte) (int, error) {
@@ -74,6 +77,9 @@ func (g *FramingGuard) Read(p []byte) (int, error) {
 			// is mid-request when it meets the error and answers 400 (an
 			// error while it waits for a request closes silently).
 			g.err = ferr
+			if g.refused != nil {
+				g.refused(ferr)
+			}
 			if keep > 0 {
 				return keep, nil
 			}

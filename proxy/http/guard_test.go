@@ -30,7 +30,7 @@ func (p *pipeConn) SetReadDeadline(time.Time) error { return nil }
 // guardRead reads everything through a FramingGuard and returns what passed
 // and the guard's verdict.
 func guardRead(in []byte, step int) ([]byte, error) {
-	g := httpproxy.NewFramingGuard(&pipeConn{r: bytes.NewReader(in), step: step})
+	g := httpproxy.NewFramingGuard(&pipeConn{r: bytes.NewReader(in), step: step}, nil)
 	var out bytes.Buffer
 	buf := make([]byte, 512)
 	for {
