@@ -17,9 +17,6 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/internal/daemon"
 )
 
-// defaultAdminSocket is used when the configuration cannot be read.
-const defaultAdminSocket = "/run/gatehouse/admin.sock"
-
 func newStatusCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	var socket string
@@ -29,10 +26,12 @@ func newStatusCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if socket == "" {
-				socket = defaultAdminSocket
-				if cfg, err := config.Load(g.configPath, nil); err == nil && cfg.AdminSocket != "" {
-					socket = cfg.AdminSocket
+				cfg, err := config.Peek(g.configPath)
+				if err != nil {
+					fmt.Fprintf(g.stderr, "gatehouse status: configuration not read (%v); trying the default socket\n", err)
+					cfg = config.Defaults()
 				}
+				socket = cfg.AdminSocket
 			}
 			raw, st, err := fetchStatus(cmd.Context(), socket)
 			if err != nil {

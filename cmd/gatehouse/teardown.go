@@ -27,13 +27,18 @@ then no longer filtered by gatehouse. Stop the daemon first: a running daemon
 would put both back on its next reload. Without --yes it asks for confirmation.
 
 The pin directory comes from --pin-dir, else from the configuration's
-enforcement.pin_dir, else /sys/fs/bpf/gatehouse; a configuration that does not
-load does not stop a teardown.`,
+enforcement.pin_dir (read even when a file it names is missing), else
+/sys/fs/bpf/gatehouse, said on stderr; a configuration that does not load
+does not stop a teardown.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if pinDir == "" {
 				pinDir = xdp.DefaultPinDir
-				if cfg, err := config.Load(g.configPath, nil); err == nil && cfg.Enforcement.PinDir != "" {
+				cfg, err := config.Peek(g.configPath)
+				switch {
+				case err != nil:
+					fmt.Fprintf(g.stderr, "gatehouse teardown: configuration not read (%v); using pin directory %s\n", err, pinDir)
+				case cfg.Enforcement.PinDir != "":
 					pinDir = cfg.Enforcement.PinDir
 				}
 			}

@@ -203,6 +203,31 @@ func Load(path string, env func(string) (string, bool)) (*Config, error) {
 
 // Parse is Load for configuration bytes; name is used in messages.
 func Parse(data []byte, name string, env func(string) (string, bool)) (*Config, error) {
+	return decode(data, name, env, true)
+}
+
+// Peek reads the file at path like Load but does not validate it: for
+// commands that need one key (the admin socket, the pin directory) even
+// while a certificate the configuration names is missing. Unknown keys and
+// values of the wrong type are still errors.
+func Peek(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return decode(data, path, nil, false)
+}
+
+// Defaults is the embedded default configuration, unvalidated.
+func Defaults() *Config {
+	c, err := decode([]byte("{}"), "default", func(string) (string, bool) { return "", false }, false)
+	if err != nil {
+		panic("embedded default config: " + err.Error())
+	}
+	return c
+}
+
+func decode(data []byte, name string, env func(string) (string, bool), validate bool) (*Config, error) {
 	if env == nil {
 		env = os.LookupEnv
 	}
@@ -241,7 +266,7 @@ func Parse(data []byte, name string, env func(string) (string, bool)) (*Config, 
 			problems = append(problems, typeProblems...)
 		}
 	}
-	if !hasTypeProblem(problems) {
+	if validate && !hasTypeProblem(problems) {
 		problems = append(problems, c.validate()...)
 	}
 	if len(problems) > 0 {
