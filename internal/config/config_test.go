@@ -166,6 +166,7 @@ func TestProblems(t *testing.T) {
 		{"no backend", `backend: "http://192.0.2.6"`, `host: x.example`, []string{"listeners[0].routes[1].backend: required (or backends)"}},
 		{"bad backends entry", `backend: "http://192.0.2.6"`, `backends: ["http://192.0.2.6", "gopher://192.0.2.7"]`, []string{`listeners[0].routes[1].backends[1]: must be an http:// or https:// URL, got "gopher://192.0.2.7"`}},
 		{"health path on telnet", `backend: "192.0.2.7:23"`, `backend: "192.0.2.7:23", health_path: /ping`, []string{"listeners[1].routes[0].health_path: an https or soap route's URL path"}},
+		{"file source with a host", "static_ranges:", "feeds: [{name: aws, source: \"file://etc/aws/manifest.json\", format: aws, minisign_keys: [k], threshold: 1, refresh: 15m}]\nstatic_ranges:", []string{`feeds[0].source: must be an https:// URL or a file:/// path of a manifest, got "file://etc/aws/manifest.json"`}},
 		{"max_shrink 0", "static_ranges:", "feeds: [{name: aws, source: \"https://m.example/manifest.json\", format: aws, minisign_keys: [k], threshold: 1, refresh: 15m, max_shrink: 0}]\nstatic_ranges:", []string{"feeds[0].max_shrink: must be above 0 and at most 1"}},
 		{"missing extra cert", "    server_key: ${DIR}/server.key\n    routes:\n      - {tenant: acme, host", "    server_key: ${DIR}/server.key\n    extra_certs: [{cert: ${DIR}/nope.pem, key: ${DIR}/server.key}]\n    routes:\n      - {tenant: acme, host", []string{`listeners[0].extra_certs[0].cert: cannot read`}},
 	}

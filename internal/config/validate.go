@@ -165,8 +165,10 @@ func (cfg *Config) validateFeeds(c *checker) {
 	for i, f := range cfg.Feeds {
 		p := fmt.Sprintf("feeds[%d]", i)
 		c.name(p+".name", names, f.Name, "feed")
-		if u, err := url.Parse(f.Source); err != nil || (u.Scheme != "https" && u.Scheme != "file") || (u.Scheme == "https" && u.Host == "") || (u.Scheme == "file" && u.Path == "") {
-			c.add(p+".source", "must be an https:// or file:// URL of a manifest, got %q", f.Source)
+		// As rules' fetcher takes it: https with a host, or file:/// with a
+		// path and no host (file://etc/x would name host "etc").
+		if u, err := url.Parse(f.Source); err != nil || !(u.Scheme == "https" && u.Host != "" || u.Scheme == "file" && u.Host == "" && u.Path != "") {
+			c.add(p+".source", "must be an https:// URL or a file:/// path of a manifest, got %q", f.Source)
 		}
 		c.oneOf(p+".format", f.Format, FeedFormats...)
 		if len(f.MinisignKeys) == 0 {
