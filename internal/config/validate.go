@@ -345,12 +345,26 @@ func validateRoute(c *checker, rp string, proto policy.Protocol, r Route) {
 	if r.BackendKey != "" && r.BackendCert == "" {
 		c.add(rp+".backend_cert", "required with backend_key")
 	}
+	// The proxies refuse TLS settings towards a backend they speak plain
+	// to (policy.Route.CheckPlainBackend); say so here, with the key.
+	tlsBackend := r.BackendTLS
+	if httpish {
+		tlsBackend = strings.HasPrefix(r.Backend, "https://") || slices.ContainsFunc(r.Backends, func(b string) bool { return strings.HasPrefix(b, "https://") })
+	}
+	if !tlsBackend && (r.BackendCA != "" || r.BackendCert != "" || r.BackendKey != "") {
+		need := "backend_tls: true"
+		if httpish {
+			need = "an https:// backend"
+		}
+		c.add(rp+".backend_ca", "backend_ca/backend_cert/backend_key need %s", need)
+	}
 	only := func(key string, set bool, allowed ...policy.Protocol) {
 		if set && !slices.Contains(allowed, proto) {
 			c.add(rp+"."+key, "does not apply to a %s listener", proto)
 		}
 	}
 	only("backends", len(r.Backends) > 0, policy.ProtoHTTPS, policy.ProtoSOAP)
+	only("host", r.Host != "", policy.ProtoHTTPS, policy.ProtoSOAP) // tcp and telnet route by tenant alone
 	only("soap_actions", len(r.SOAPActions) > 0, policy.ProtoSOAP)
 	only("allow_wsdl", r.AllowWSDL, policy.ProtoSOAP)
 	only("lu_names", len(r.LUNames) > 0, policy.ProtoTN3270)
