@@ -322,12 +322,13 @@ func (d *direction) countNego() error {
 // what replaces it into out or reply.
 func (d *direction) sub(t Token) (bool, error) {
 	s := d.s
+	if t.Opt == optStartTLS {
+		return false, nil // never passed on, empty or not: see token
+	}
 	if len(t.Payload) == 0 {
 		return true, nil
 	}
 	switch t.Opt {
-	case optStartTLS:
-		return false, nil
 	case optTTYPE:
 		if d.fromClient && t.Payload[0] == ttypeIS {
 			return d.terminalType(t.Payload[1:])
