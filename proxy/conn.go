@@ -287,9 +287,12 @@ func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 		}
 		return telnetPeer(c, id), nil
 	}
-	if err := st.telnet.ServeStartTLS(c.sock.ctx, c.raw, st.tls, admit); errors.Is(err, telnet.ErrHandshake) {
+	switch err := st.telnet.ServeStartTLS(c.sock.ctx, c.raw, st.tls, admit); {
+	case errors.Is(err, telnet.ErrHandshake):
 		s.tlsSrc.HandshakeFailed(c.listener, err)
 		s.logRefusal(c, "TLS handshake refused", err)
+	case errors.Is(err, telnet.ErrStartTLS):
+		s.logRefusal(c, "START_TLS refused", err)
 	}
 	c.raw.Close()
 }

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -417,7 +418,11 @@ func (s *Server) start(sk *socket) {
 			MaxConns: s.limits.MaxConnsPerListener,
 			Logger:   s.logger,
 			Refused: func(c net.Conn) {
-				s.logger.Warn("connection refused: listener full", "addr", sk.addr, "source", c.RemoteAddr().String())
+				// A flood is when this happens: through the refusal limit.
+				if ok, held := s.refusals.allow(time.Now()); ok {
+					s.logger.Warn("connection refused: listener full", "addr", sk.addr, "source", c.RemoteAddr().String(),
+						"similar_lines_suppressed", held)
+				}
 			},
 		}, func(c net.Conn) { s.handle(sk, c) })
 		if err != nil {

@@ -16,13 +16,13 @@ import (
 // and only then connects to the host. A client that refuses START_TLS, or
 // sends anything else first, is disconnected; no byte of it reaches a host.
 // A failed handshake is reported as ErrHandshake, for the caller's TLS
-// metrics.
+// metrics; a refused or broken START_TLS as ErrStartTLS. Neither is logged
+// here: any client can cause them, and the caller logs them rate-limited.
 func (h *Handler) ServeStartTLS(ctx context.Context, raw net.Conn, tc *tls.Config, admit Admit) error {
 	defer raw.Close()
 	tconn, err := h.startTLS(ctx, raw, tc)
 	if err != nil {
 		h.sessions.count(h.listener, "unknown", ResultProtocol)
-		h.logger.Info("start_tls failed", "source", raw.RemoteAddr().String(), "err", err)
 		return err
 	}
 	peer, err := admit(tconn.ConnectionState())
