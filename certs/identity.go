@@ -84,14 +84,14 @@ func (m *matcher) match(cert *x509.Certificate) bool {
 	}
 	for _, p := range m.uris {
 		for _, u := range cert.URIs {
-			if glob(p, u.String(), '/') {
+			if policy.Glob(p, u.String(), '/') {
 				return true
 			}
 		}
 	}
 	for _, p := range m.dns {
 		for _, d := range cert.DNSNames {
-			if glob(p, strings.ToLower(d), '.') {
+			if policy.Glob(p, strings.ToLower(d), '.') {
 				return true
 			}
 		}
@@ -109,41 +109,6 @@ func (m *matcher) match(cert *x509.Certificate) bool {
 		}
 	}
 	return false
-}
-
-// glob matches s against pattern, where '*' stands for any run of
-// characters other than sep (possibly empty) and everything else matches
-// itself. Keeping '*' inside one segment means "spiffe://acme/*" cannot be
-// stretched to "spiffe://acme/../other" style surprises across segments, and
-// "*.acme.example" matches one label only, as in certificate wildcards.
-func glob(pattern, s string, sep byte) bool {
-	// Iterative matching with one backtrack point: linear in practice and
-	// never exponential, as patterns come from configuration but s comes
-	// from outside.
-	p, i := 0, 0
-	starP, starI := -1, 0
-	for i < len(s) {
-		switch {
-		case p < len(pattern) && pattern[p] == '*':
-			starP, starI = p, i
-			p++
-		case p < len(pattern) && pattern[p] == s[i]:
-			p++
-			i++
-		case starP >= 0 && s[starI] != sep:
-			// Let the last star swallow one more character, unless that
-			// character is a separator.
-			starI++
-			i = starI
-			p = starP + 1
-		default:
-			return false
-		}
-	}
-	for p < len(pattern) && pattern[p] == '*' {
-		p++
-	}
-	return p == len(pattern)
 }
 
 // FingerprintSHA256 returns the lower-case hex SHA-256 of the DER certificate.

@@ -81,25 +81,9 @@ func buildRoutes(listener string, proto policy.Protocol, rs []policy.Route) (map
 // characters; letters compare without case, as hosts treat LU and device
 // names.
 func match(pattern, s string) bool {
-	pattern, s = strings.ToUpper(pattern), strings.ToUpper(s)
-	star := strings.IndexByte(pattern, '*')
-	if star < 0 {
-		return pattern == s
-	}
-	if !strings.HasPrefix(s, pattern[:star]) {
-		return false
-	}
-	s = s[star:]
-	rest := pattern[star+1:]
-	for {
-		if match(rest, s) {
-			return true
-		}
-		if s == "" {
-			return false
-		}
-		s = s[1:]
-	}
+	// Glob: linear, where a recursive matcher is exponential in the stars
+	// and s comes from the client.
+	return policy.Glob(strings.ToUpper(pattern), strings.ToUpper(s), 0)
 }
 
 func matchAny(patterns []string, s string) bool {
