@@ -347,14 +347,15 @@ func TestStartTLS(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	refused := func(t *testing.T, client func(t *testing.T, cli net.Conn)) {
+	refused := func(t *testing.T, client func(t *testing.T, cli net.Conn)) error {
 		rg := newRig(t, policy.ProtoTN3270, route, Limits{HandshakeTimeout: 2 * time.Second})
 		cli, srv := tcpPair(t)
 		ch := make(chan error, 1)
 		go func() { ch <- rg.h.ServeStartTLS(context.Background(), srv, pki.serverTLS, admitAcme) }()
 		expectRead(t, cli, doStartTLS)
 		client(t, cli)
-		if err := waitErr(t, ch); err == nil {
+		err := waitErr(t, ch)
+		if err == nil {
 			t.Fatal("session served")
 		}
 		// No byte reached a host: the proxy never even connected.
@@ -363,6 +364,7 @@ func TestStartTLS(t *testing.T) {
 			c.Close()
 			t.Fatal("the proxy connected to the host")
 		}
+		return err
 	}
 	t.Run("client refuses", func(t *testing.T) {
 		refused(t, func(t *testing.T, cli net.Conn) { cli.Write(mustTokens(t, `IAC WONT START-TLS`)) })
@@ -384,8 +386,9 @@ func TestStartTLS(t *testing.T) {
 		})
 	})
 	t.Run("foreign tenant", func(t *testing.T) {
-		other := certstest.NewCA(t, "other").Client(t, "intruder")
-		refused(t, func(t *testing.T, cli net.Conn) {
+		// A certificate the handshake takes (same CA) that admit refuses.
+		other := pki.ca.Client(t, "intruder")
+		err := refused(t, func(t *testing.T, cli net.Conn) {
 			cli.Write(append(mustTokens(t, `IAC WILL START-TLS`), follows...))
 			expectRead(t, cli, follows)
 			cfg := pki.clientTLS()
@@ -394,6 +397,9 @@ func TestStartTLS(t *testing.T) {
 			tc.Handshake()
 			tc.Read(make([]byte, 1))
 		})
+		if !strings.Contains(err.Error(), "admit: not acme") {
+			t.Errorf("refusal %v, want admit's", err)
+		}
 	})
 }
 
