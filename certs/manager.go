@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -280,8 +281,8 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 	// Tenants whose CA anchors any verified chain.
 	var cands []int
 	for _, ch := range chains {
-		for _, i := range st.byCA[sha256Sum(ch[len(ch)-1].Raw)] {
-			if !containsInt(cands, i) {
+		for _, i := range st.byCA[sha256.Sum256(ch[len(ch)-1].Raw)] {
+			if !slices.Contains(cands, i) {
 				cands = append(cands, i)
 			}
 		}
@@ -503,14 +504,3 @@ func (m *Manager) Collect(ch chan<- prometheus.Metric) {
 // Close stops nothing that runs on its own (Watch ends with its context); it
 // exists for the daemon's uniform component shape.
 func (m *Manager) Close() error { return nil }
-
-func containsInt(s []int, v int) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
-}
-
-func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }

@@ -25,7 +25,6 @@ type state struct {
 	pool      *x509.CertPool     // union of all tenants' CAs
 	byCA      map[[32]byte][]int // SHA-256 of a CA's DER → indexes into tenants
 	files     map[string]fileSig
-	loaded    time.Time
 
 	verified    sync.Map     // SHA-256 of the presented chain → *verifiedEntry
 	verifiedN   atomic.Int64 // entries stored in verified
@@ -50,7 +49,6 @@ type serverCert struct {
 
 type tenantState struct {
 	id      string
-	caFile  string
 	crlFile string
 	cas     []*x509.Certificate
 	crls    []*crlState // one per issuing CA that publishes one
@@ -116,7 +114,6 @@ func (m *Manager) build(p *policy.Policy) (*state, error) {
 		listeners: map[string]*listenerState{},
 		pool:      x509.NewCertPool(),
 		byCA:      map[[32]byte][]int{},
-		loaded:    m.now(),
 	}
 	for _, t := range p.Tenants {
 		for _, other := range st.tenants {
@@ -153,7 +150,7 @@ func (m *Manager) build(p *policy.Policy) (*state, error) {
 }
 
 func loadTenant(ld *loader, t policy.Tenant) (*tenantState, error) {
-	ts := &tenantState{id: t.ID, caFile: t.ClientCA, crlFile: t.CRL}
+	ts := &tenantState{id: t.ID, crlFile: t.CRL}
 	if t.ClientCA == "" {
 		return nil, ErrNoCA
 	}
