@@ -39,14 +39,6 @@ const (
 	ResultAccepted  = "accepted"
 )
 
-// Reasons lists every Reason, for pre-creating metric series.
-var Reasons = []Reason{
-	ReasonFetch, ReasonTooLarge, ReasonBadSignature, ReasonBadManifest, ReasonWrongSource,
-	ReasonExpired, ReasonNotYetValid, ReasonRollback, ReasonSerialReuse, ReasonHashMismatch,
-	ReasonParse, ReasonNotCanonical, ReasonTooBroad, ReasonBogon, ReasonEmpty,
-	ReasonQuarantined, ReasonApply, ReasonStore,
-}
-
 // Error is a refused feed update: Reason for metrics and callers that
 // branch, Err for the log line.
 type Error struct {

@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"cmp"
 	"fmt"
 	"math/big"
 	"net/netip"
@@ -24,18 +25,12 @@ const (
 	DefaultMinPrefixV6 = 24
 )
 
-func (g Guards) minV4() int {
-	if g.MinPrefixV4 == 0 {
-		return DefaultMinPrefixV4
+// minPrefix is the shortest prefix length allowed for p's family.
+func (g Guards) minPrefix(p netip.Prefix) int {
+	if p.Addr().Is4() {
+		return cmp.Or(g.MinPrefixV4, DefaultMinPrefixV4)
 	}
-	return g.MinPrefixV4
-}
-
-func (g Guards) minV6() int {
-	if g.MinPrefixV6 == 0 {
-		return DefaultMinPrefixV6
-	}
-	return g.MinPrefixV6
+	return cmp.Or(g.MinPrefixV6, DefaultMinPrefixV6)
 }
 
 // SpecialPurpose is the special-purpose and bogon address space a feed may
@@ -135,11 +130,7 @@ func (g Guards) CheckPrefix(p netip.Prefix) error {
 	if m := p.Masked(); m != p {
 		return refuse(ReasonNotCanonical, "%s has host bits set (canonical: %s)", p, m)
 	}
-	if p.Addr().Is4() && p.Bits() < g.minV4() || p.Addr().Is6() && p.Bits() < g.minV6() {
-		min := g.minV4()
-		if p.Addr().Is6() {
-			min = g.minV6()
-		}
+	if min := g.minPrefix(p); p.Bits() < min {
 		return refuse(ReasonTooBroad, "%s is shorter than /%d", p, min)
 	}
 	for _, e := range g.ReservedExempt {

@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -33,19 +34,8 @@ type FeedConfig struct {
 	CAFile string
 }
 
-func (fc FeedConfig) maxShrink() float64 {
-	if fc.MaxShrink == 0 {
-		return DefaultMaxShrink
-	}
-	return fc.MaxShrink
-}
-
-func (fc FeedConfig) maxGrow() float64 {
-	if fc.MaxGrow == 0 {
-		return DefaultMaxGrow
-	}
-	return fc.MaxGrow
-}
+func (fc FeedConfig) maxShrink() float64 { return cmp.Or(fc.MaxShrink, DefaultMaxShrink) }
+func (fc FeedConfig) maxGrow() float64   { return cmp.Or(fc.MaxGrow, DefaultMaxGrow) }
 
 // Bundle is one release of a feed as fetched or stored: the raw manifest,
 // its signatures and the feed files by manifest name.
@@ -130,8 +120,6 @@ func NewVerifier(cfg FeedConfig, g Guards, now func() time.Time) (*Verifier, err
 }
 
 // Config returns the feed configuration.
-func (v *Verifier) Config() FeedConfig { return v.cfg }
-
 // VerifyOptions relax checks for re-verifying what is already in force.
 type VerifyOptions struct {
 	// IgnoreExpiry accepts an expired release and sets Verified.Expired:
