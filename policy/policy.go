@@ -234,26 +234,6 @@ func (p *Policy) ProtectedPorts() []Port {
 	return slices.Compact(ports)
 }
 
-// Tenant returns the tenant with the given id.
-func (p *Policy) Tenant(id string) (Tenant, bool) {
-	for _, t := range p.Tenants {
-		if t.ID == id {
-			return t, true
-		}
-	}
-	return Tenant{}, false
-}
-
-// Listener returns the listener with the given name.
-func (p *Policy) Listener(name string) (Listener, bool) {
-	for _, l := range p.Listeners {
-		if l.Name == name {
-			return l, true
-		}
-	}
-	return Listener{}, false
-}
-
 // Errors returned by Validate.
 var (
 	ErrNotCanonical = errors.New("prefix has host bits set")

@@ -252,9 +252,8 @@ func decode(data []byte, name string, env func(string) (string, bool), validate 
 
 	var c Config
 	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
-		Result:      &c,
-		ErrorUnused: true,
-		DecodeHook:  mapstructure.StringToTimeDurationHookFunc(),
+		Result:     &c,
+		DecodeHook: mapstructure.StringToTimeDurationHookFunc(),
 	})
 	if err != nil {
 		return nil, err
@@ -352,9 +351,6 @@ func decodeProblems(err error) Problems {
 				walk(e)
 			}
 			return
-		}
-		if strings.Contains(err.Error(), "has invalid keys") {
-			return // reported with full paths by unknownKeys
 		}
 		var de *mapstructure.DecodeError
 		if errors.As(err, &de) {

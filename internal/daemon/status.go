@@ -32,7 +32,6 @@ type Status struct {
 	Listeners   []ListenerRoute `json:"listeners"`
 	Certs       []CertExpiry    `json:"certificates"`
 	Counters    []Counter       `json:"counters"`
-	LastReload  string          `json:"last_reload,omitempty"`
 	ReloadError uint64          `json:"reload_errors"`
 }
 
