@@ -9,8 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -404,11 +402,6 @@ func activeGauge(t testing.TB, reg *prometheus.Registry, tenant string) float64 
 	}
 	return 0
 }
-
-var (
-	_ = os.Getenv
-	_ = exec.LookPath
-)
 
 // permissiveSource hands out a config that does not demand client
 // certificates; Apply must refuse it.

@@ -26,7 +26,6 @@ const (
 	nsWSA      = "http://www.w3.org/2005/08/addressing"
 	nsWSA2004  = "http://schemas.xmlsoap.org/ws/2004/08/addressing"
 	maxWSALen  = 2048
-	readChunk  = 32 << 10
 	xmlDeclTgt = "xml"
 )
 
