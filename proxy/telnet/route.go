@@ -16,7 +16,6 @@ var ErrConfig = errors.New("invalid telnet configuration")
 
 // route is one tenant's compiled policy on a listener.
 type route struct {
-	tenant  string
 	backend string
 	tls     *tls.Config // nil: plain Telnet to the host
 
@@ -42,7 +41,6 @@ func buildRoutes(listener string, proto policy.Protocol, rs []policy.Route) (map
 			return nil, fmt.Errorf("%w: %s: backend %q: %v", ErrConfig, where, r.Backend, err)
 		}
 		rt := &route{
-			tenant:           r.Tenant,
 			backend:          r.Backend,
 			luNames:          r.LUNames,
 			termTypes:        r.TerminalTypes,

@@ -360,14 +360,14 @@ func (d *direction) terminalType(v []byte) (bool, error) {
 	s, rt := d.s, d.s.rt
 	typ, lu, hasLU := splitTTYPE(v)
 	if !validTermType(typ) {
-		return false, refuse("terminal type %q is malformed", printable(v))
+		return false, refuse("terminal type %s is malformed", printable(v))
 	}
 	if !rt.termAllowed(string(typ)) {
 		return false, refuse("terminal type %q not allowed", string(typ))
 	}
 	if s.h.proto == policy.ProtoTN5250 {
 		if hasLU {
-			return false, refuse("terminal type %q names a device", printable(v))
+			return false, refuse("terminal type %s names a device", printable(v))
 		}
 		s.mu.Lock()
 		s.ttype, s.vetType = string(typ), true
@@ -375,7 +375,7 @@ func (d *direction) terminalType(v []byte) (bool, error) {
 		return true, nil
 	}
 	if hasLU && !validLU(lu) {
-		return false, refuse("LU %q is malformed", printable([]byte(lu)))
+		return false, refuse("LU %s is malformed", printable([]byte(lu)))
 	}
 	keep := true
 	switch {
@@ -460,7 +460,7 @@ func (d *direction) deviceTypeIs(v []byte) (bool, error) {
 	}
 	typ, lu := string(v[:i]), string(v[i+1:])
 	if rt.luRestricted() && (!validLU(lu) || !rt.luAllowed(lu)) {
-		return false, refuse("host assigned LU %q outside the route", printable(v[i+1:]))
+		return false, refuse("host assigned LU %s outside the route", printable(v[i+1:]))
 	}
 	s.mu.Lock()
 	s.ttype, s.lu, s.vetType = typ, lu, true
@@ -492,7 +492,7 @@ func (d *direction) environ(payload []byte) (bool, error) {
 		case up == envDevName:
 			dev := string(v.value)
 			if !validDevName(dev) {
-				return false, refuse("device name %q is malformed", printable(v.value))
+				return false, refuse("device name %s is malformed", printable(v.value))
 			}
 			if !rt.devAllowed(dev) {
 				return false, refuse("device name %q not allowed", dev)
@@ -539,7 +539,7 @@ func (d *direction) environ3270(payload []byte) (bool, error) {
 	for _, v := range vars {
 		if strings.EqualFold(v.name, envDevName) && v.hasValue {
 			if lu := string(v.value); !validLU(lu) || !d.s.rt.luAllowed(lu) {
-				return false, refuse("NEW-ENVIRON device name %q outside the route", printable(v.value))
+				return false, refuse("NEW-ENVIRON device name %s outside the route", printable(v.value))
 			}
 		}
 	}
@@ -552,5 +552,5 @@ func printable(b []byte) string {
 	if len(b) > max {
 		b = b[:max]
 	}
-	return strings.ToValidUTF8(fmt.Sprintf("%q", b), "?")
+	return fmt.Sprintf("%q", b) // quoted and escaped: always valid UTF-8
 }

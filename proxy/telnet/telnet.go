@@ -16,7 +16,6 @@ const (
 // Telnet options.
 const (
 	optBinary     = 0
-	optTimingMark = 6
 	optTTYPE      = 24 // RFC 1091
 	optEOR        = 25 // RFC 885
 	optTN3270E    = 40 // RFC 2355
@@ -45,7 +44,6 @@ const (
 
 	// NEW-ENVIRON (RFC 1572, RFC 4777).
 	envIS      = 0
-	envSEND    = 1
 	envINFO    = 2
 	envVAR     = 0
 	envVALUE   = 1
