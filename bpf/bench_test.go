@@ -158,7 +158,7 @@ func BenchmarkApply(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		m, err := NewGenerationMap(outer, p)
+		m, err := NewGenerationMap(p)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -281,7 +281,7 @@ func TestSwapUnderFlood(t *testing.T) {
 			if i%2 == 0 {
 				p = pb
 			}
-			m, err := NewGenerationMap(outer, p)
+			m, err := NewGenerationMap(p)
 			if err != nil {
 				swapErr <- err
 				return

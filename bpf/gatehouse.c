@@ -102,7 +102,7 @@ struct gh_hdr {
 	__u32 v6_mask;
 	__u32 mgmt_count;
 	__u32 pad;
-	__u16 v4dir[GH_DIR_PAGES]; // written as GH_V4_DIR + i; the program computes it
+	__u16 v4dir[GH_DIR_PAGES]; // unused: the IPv4 directory is always at GH_V4_DIR
 	// v6dir: page of each 64 KiB of the IPv6 2-bit map; 0 = all zero
 	__u16 v6dir[GH_DIR_PAGES];
 	__u32 pad2;

@@ -31,7 +31,6 @@ const (
 	v6EntSize  = 32
 	bitmapSize = 32 // one partial IPv4 /24: 256 bits
 
-	hdrV4Dir  = 36
 	v4DirPage = 1 // first page of the IPv4 directory
 	hdrV6Dir  = 164
 	hdrMgmt   = 296
@@ -212,9 +211,6 @@ func (g *Generation) Encode() (*Pages, error) {
 			le.PutUint16(hdr[off+2*d:], uint16(pg))
 			p.put(pg, chunk)
 		}
-	}
-	for d := range dirPages {
-		le.PutUint16(hdr[hdrV4Dir+2*d:], uint16(v4DirPage+d))
 	}
 	p.put(v4DirPage, v4.state)
 	putDir(hdrV6Dir, v6.state)

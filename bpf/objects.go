@@ -67,7 +67,7 @@ func Spec(lpm bool) (*ebpf.CollectionSpec, error) {
 
 // NewGenerationMap creates an inner map holding the pages. The map is not
 // referenced by any program until Publish puts it into the outer map.
-func NewGenerationMap(outer *ebpf.Map, p *Pages) (*ebpf.Map, error) {
+func NewGenerationMap(p *Pages) (*ebpf.Map, error) {
 	if p == nil || p.Count == 0 || p.Count > MaxPages {
 		return nil, errors.New("generation without pages or too large")
 	}

@@ -54,7 +54,7 @@ func (r *rig) apply(t testing.TB, g *Generation) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := NewGenerationMap(r.coll.Maps[MapGen], pages)
+	m, err := NewGenerationMap(pages)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -431,7 +431,7 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 		return ErrClosed
 	}
 	outer := e.coll.Maps[bpf.MapGen]
-	gen, err := bpf.NewGenerationMap(outer, pages)
+	gen, err := bpf.NewGenerationMap(pages)
 	if err != nil {
 		return fmt.Errorf("xdp: generation %d: %w", p.Generation, err)
 	}
