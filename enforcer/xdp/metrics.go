@@ -1,8 +1,6 @@
 package xdp
 
 import (
-	"sync"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dmz/gatehouse/bpf"
@@ -19,21 +17,6 @@ var (
 		[]string{"mode"}, nil)
 )
 
-type metrics struct {
-	mu   sync.Mutex
-	mode string
-}
-
-func newMetrics() *metrics {
-	return &metrics{}
-}
-
-func (m *metrics) setMode(mode string) {
-	m.mu.Lock()
-	m.mode = mode
-	m.mu.Unlock()
-}
-
 // Describe implements prometheus.Collector.
 func (e *Enforcer) Describe(ch chan<- *prometheus.Desc) {
 	ch <- packetsDesc
@@ -41,11 +24,12 @@ func (e *Enforcer) Describe(ch chan<- *prometheus.Desc) {
 }
 
 // Collect implements prometheus.Collector. The counters live in the pinned
-// map, so they survive restarts of the daemon.
+// map, so they survive restarts of the daemon. The attach mode is asked of
+// the kernel: a link detached behind gatehouse's back reports no interface,
+// and both modes then read 0, which is what the XDP-not-attached alert
+// watches for.
 func (e *Enforcer) Collect(ch chan<- prometheus.Metric) {
-	e.metrics.mu.Lock()
-	mode := e.metrics.mode
-	e.metrics.mu.Unlock()
+	mode := e.attachedMode()
 	for _, m := range []string{ModeNative, ModeGeneric} {
 		v := 0.0
 		if m == mode {
@@ -61,6 +45,17 @@ func (e *Enforcer) Collect(ch chan<- prometheus.Metric) {
 	for k, v := range counts {
 		ch <- prometheus.MustNewConstMetric(packetsDesc, prometheus.CounterValue, float64(v), k.Action, k.Reason)
 	}
+}
+
+// attachedMode is the attach mode while the link is attached to our
+// interface, else "".
+func (e *Enforcer) attachedMode() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed || e.link == nil || e.sameInterface(e.link) != nil {
+		return ""
+	}
+	return e.mode
 }
 
 // CounterKey names one of the program's counters.

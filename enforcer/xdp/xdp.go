@@ -101,7 +101,6 @@ type Enforcer struct {
 	link    link.Link
 	pending bool // maps are new: repin and move the link at the first Apply
 	lastGC  time.Time
-	metrics *metrics
 }
 
 // New loads the program for the interface, in the network namespace of the
@@ -125,10 +124,9 @@ func New(cfg Config) (*Enforcer, error) {
 		pinDir = DefaultPinDir
 	}
 	e := &Enforcer{
-		log:     logger.With("component", "xdp", "interface", cfg.Interface),
-		iface:   cfg.Interface,
-		dir:     filepath.Join(pinDir, cfg.Interface),
-		metrics: newMetrics(),
+		log:   logger.With("component", "xdp", "interface", cfg.Interface),
+		iface: cfg.Interface,
+		dir:   filepath.Join(pinDir, cfg.Interface),
 	}
 	if err := ensureBPFFS(pinDir, pinDir == DefaultPinDir, e.log); err != nil {
 		return nil, err
@@ -310,7 +308,6 @@ func (e *Enforcer) adopt(want policy.XDPMode) error {
 			e.log.Warn("pinned link kept in its mode; tear down to change it", "mode", mode, "configured", want)
 		}
 		e.log.Info("adopted pinned link", "mode", mode, "program_moved", !e.pending)
-		e.metrics.setMode(mode)
 		return nil
 	}
 	e.log.Info("no pinned filter; attaching with the first policy")
@@ -357,7 +354,6 @@ func (e *Enforcer) attachNew() error {
 		e.pending = false
 		e.link, e.mode = l, mode
 		e.log.Info("attached", "mode", mode, "ifindex", e.ifindex)
-		e.metrics.setMode(mode)
 		return nil
 	}
 	return fmt.Errorf("xdp: attach to %s: %w", e.iface, errors.Join(errs...))

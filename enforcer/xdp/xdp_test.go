@@ -358,6 +358,11 @@ func TestRestartAdoptsAndTeardownRemoves(t *testing.T) {
 		t.Fatal(err)
 	}
 	tp.expect(t, "after teardown", []probe{{cloudOut4, protected, true}, {cloudOut6, protected, true}})
+	// The enforcer still holds its link, now detached: the exported attach
+	// mode must say so (what the XDP-not-attached alert watches).
+	if n := attachModeSum(t, e2); n != 0 {
+		t.Errorf("attach mode series sum to %v after teardown, want 0", n)
+	}
 	if _, err := os.Stat(filepath.Join(tp.pinDir, tp.iface)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pin directory still there: %v", err)
 	}
@@ -581,4 +586,27 @@ func TestTeardownRefusesPathNames(t *testing.T) {
 	if _, err := os.Stat(keep); err != nil {
 		t.Errorf("a file beside the pin directory was removed: %v", err)
 	}
+}
+
+// attachModeSum adds up the gatehouse_xdp_attach_mode series of e: 1 while
+// attached, 0 when not.
+func attachModeSum(t *testing.T, e *Enforcer) float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(e); err != nil {
+		t.Fatal(err)
+	}
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, f := range fams {
+		if f.GetName() == "gatehouse_xdp_attach_mode" {
+			for _, m := range f.GetMetric() {
+				sum += m.GetGauge().GetValue()
+			}
+		}
+	}
+	return sum
 }
