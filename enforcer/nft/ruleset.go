@@ -275,19 +275,12 @@ func (s *spec) build() *ruleset {
 	r := &ruleBuilder{rs: rs, sets: byName, nextID: &id}
 	r.chain(baseChain("input", nftables.ChainHookInput))
 	r.add(ruleLoopback, verdictAccept, iifname("lo")...)
-	for _, v6 := range []bool{false, true} {
-		r.add(ruleBlocked, verdictDrop, concat(saddr(v6), lookup(byName[setName(setBlocked, v6)], false))...)
-	}
-	r.add(ruleEstablished, verdictAccept, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)...)
-	r.add(ruleInvalid, verdictDrop, ctState(expr.CtStateBitINVALID)...)
+	r.stateRules("")
 	if s.strict {
 		// Echo requests from admitted sources only, as the XDP layer
 		// decides them; neighbour discovery, router adverts and MLD
 		// queries from anyone.
-		r.add(ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMP), icmpType(), cmpEq([]byte{8}),
-			saddr(false), lookup(byName[setName(setAdmitted, false)], false))...)
-		r.add(ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMPV6), icmpType(), cmpEq([]byte{128}),
-			saddr(true), lookup(byName[setName(setAdmitted, true)], false))...)
+		r.echoAdmitted("")
 		r.add(ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMPV6), icmpType(),
 			r.anonLookup(nftables.TypeICMP6Type, icmpv6Essentials))...)
 	}
@@ -329,28 +322,38 @@ func (s *spec) build() *ruleset {
 // source it blocks is dropped here too). Flows that enter on another
 // interface than the outside one are internal and pass.
 func (s *spec) buildForward(r *ruleBuilder, ch *nftables.Chain) {
-	byName := r.sets
 	r.chain(ch)
-	for _, v6 := range []bool{false, true} {
-		r.add(fwdPrefix+ruleBlocked, verdictDrop, concat(saddr(v6), lookup(byName[setName(setBlocked, v6)], false))...)
-	}
-	r.add(fwdPrefix+ruleEstablished, verdictAccept, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)...)
-	r.add(fwdPrefix+ruleInvalid, verdictDrop, ctState(expr.CtStateBitINVALID)...)
+	r.stateRules(fwdPrefix)
 	if s.outside != "" {
 		r.add(ruleFwdInternal, verdictAccept, iifnameNot(s.outside)...)
 	}
 	if s.strict {
 		// Echo requests to internal hosts from admitted sources only, as
 		// in the input chain and XDP.
-		r.add(fwdPrefix+ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMP), icmpType(), cmpEq([]byte{8}),
-			saddr(false), lookup(byName[setName(setAdmitted, false)], false))...)
-		r.add(fwdPrefix+ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMPV6), icmpType(), cmpEq([]byte{128}),
-			saddr(true), lookup(byName[setName(setAdmitted, true)], false))...)
+		r.echoAdmitted(fwdPrefix)
 	}
 	r.admission(s, fwdPrefix)
 	if s.strict {
 		r.add(fwdPrefix+ruleStrictDrop, verdictDrop)
 	}
+}
+
+// stateRules adds the rules every chain opens with: blocked sources drop,
+// established and related flows pass, invalid ones drop.
+func (r *ruleBuilder) stateRules(prefix string) {
+	for _, v6 := range []bool{false, true} {
+		r.add(prefix+ruleBlocked, verdictDrop, concat(saddr(v6), lookup(r.sets[setName(setBlocked, v6)], false))...)
+	}
+	r.add(prefix+ruleEstablished, verdictAccept, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)...)
+	r.add(prefix+ruleInvalid, verdictDrop, ctState(expr.CtStateBitINVALID)...)
+}
+
+// echoAdmitted accepts ICMP and ICMPv6 echo requests from admitted sources.
+func (r *ruleBuilder) echoAdmitted(prefix string) {
+	r.add(prefix+ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMP), icmpType(), cmpEq([]byte{8}),
+		saddr(false), lookup(r.sets[setName(setAdmitted, false)], false))...)
+	r.add(prefix+ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMPV6), icmpType(), cmpEq([]byte{128}),
+		saddr(true), lookup(r.sets[setName(setAdmitted, true)], false))...)
 }
 
 // admission adds the rules for new TCP to listener_ports to the current
