@@ -150,6 +150,7 @@ type listenerState struct {
 	http   *httpproxy.Handler
 	tcp    map[string]*tcpRoute
 	telnet *telnet.Handler
+	routes map[string]string // tcp and telnet: tenant → routeKey, built once
 }
 
 func (st *listenerState) start() {
@@ -171,10 +172,8 @@ func (st *listenerState) routeKey(tenant string) string {
 	if st == nil || st.http != nil {
 		return ""
 	}
-	for _, r := range st.l.Routes {
-		if r.Tenant == tenant {
-			return fmt.Sprintf("%s|%s|%+v", st.l.Protocol, st.l.Name, r)
-		}
+	if k, ok := st.routes[tenant]; ok {
+		return k
 	}
 	return "-"
 }
@@ -336,6 +335,12 @@ func (s *Server) buildState(l policy.Listener) (*listenerState, error) {
 		return nil, fmt.Errorf("listener %q: %w", l.Name, ErrTLSConfig)
 	}
 	st.tls = withALPN(tc, alpn)
+	if st.http == nil {
+		st.routes = map[string]string{}
+		for _, r := range l.Routes {
+			st.routes[r.Tenant] = fmt.Sprintf("%s|%s|%+v", l.Protocol, l.Name, r)
+		}
+	}
 	return st, nil
 }
 
