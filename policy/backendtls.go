@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 )
 
@@ -45,4 +46,18 @@ func (r Route) CheckPlainBackend() error {
 		return errors.New("backend_ca/backend_cert/backend_key need TLS to the backend")
 	}
 	return nil
+}
+
+// StreamBackendTLS is the TLS a tcp or telnet route speaks to its
+// host:port backend: nil for plain TCP (whose route must then carry no TLS
+// settings), else BackendTLSConfig for the backend's host.
+func (r Route) StreamBackendTLS() (*tls.Config, error) {
+	host, _, err := net.SplitHostPort(r.Backend)
+	if err != nil {
+		return nil, fmt.Errorf("backend %q: %w", r.Backend, err)
+	}
+	if !r.BackendTLS {
+		return nil, r.CheckPlainBackend()
+	}
+	return r.BackendTLSConfig(host)
 }

@@ -312,19 +312,11 @@ func buildTCPRoutes(l policy.Listener) (map[string]*tcpRoute, error) {
 		if _, dup := routes[r.Tenant]; dup {
 			return nil, fmt.Errorf("%w: listener %q route %d: tenant %q has two tcp routes", ErrConfig, l.Name, i, r.Tenant)
 		}
-		host, _, err := net.SplitHostPort(r.Backend)
+		tc, err := r.StreamBackendTLS()
 		if err != nil {
-			return nil, fmt.Errorf("%w: listener %q route %d: backend %q: %w", ErrConfig, l.Name, i, r.Backend, err)
-		}
-		rt := &tcpRoute{backend: r.Backend}
-		if r.BackendTLS {
-			if rt.tls, err = r.BackendTLSConfig(host); err != nil {
-				return nil, fmt.Errorf("%w: listener %q route %d: %w", ErrConfig, l.Name, i, err)
-			}
-		} else if err := r.CheckPlainBackend(); err != nil {
 			return nil, fmt.Errorf("%w: listener %q route %d: %w", ErrConfig, l.Name, i, err)
 		}
-		routes[r.Tenant] = rt
+		routes[r.Tenant] = &tcpRoute{backend: r.Backend, tls: tc}
 	}
 	return routes, nil
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
@@ -36,10 +35,6 @@ func buildRoutes(listener string, proto policy.Protocol, rs []policy.Route) (map
 		if _, dup := routes[r.Tenant]; dup {
 			return nil, fmt.Errorf("%w: %s: tenant %q has two routes", ErrConfig, where, r.Tenant)
 		}
-		host, _, err := net.SplitHostPort(r.Backend)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %s: backend %q: %v", ErrConfig, where, r.Backend, err)
-		}
 		rt := &route{
 			backend:          r.Backend,
 			luNames:          r.LUNames,
@@ -63,13 +58,11 @@ func buildRoutes(listener string, proto policy.Protocol, rs []policy.Route) (map
 		default:
 			return nil, fmt.Errorf("%w: %s: protocol %q is not telnet", ErrConfig, where, proto)
 		}
-		if r.BackendTLS {
-			if rt.tls, err = r.BackendTLSConfig(host); err != nil {
-				return nil, fmt.Errorf("%w: %s: %w", ErrConfig, where, err)
-			}
-		} else if err := r.CheckPlainBackend(); err != nil {
+		tc, err := r.StreamBackendTLS()
+		if err != nil {
 			return nil, fmt.Errorf("%w: %s: %w", ErrConfig, where, err)
 		}
+		rt.tls = tc
 		routes[r.Tenant] = rt
 	}
 	return routes, nil
