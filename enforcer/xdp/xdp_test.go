@@ -535,8 +535,9 @@ func sendRaw(dev string, frame []byte, n int) error {
 	return nil
 }
 
-// checkMetrics gathers the collector through a registry of its own.
-func checkMetrics(t *testing.T, e *Enforcer) {
+// gather collects e through a registry of its own, keyed
+// "name,label=value,…".
+func gather(t *testing.T, e *Enforcer) map[string]float64 {
 	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
 	if err := reg.Register(e); err != nil {
@@ -553,10 +554,16 @@ func checkMetrics(t *testing.T, e *Enforcer) {
 			for _, l := range m.GetLabel() {
 				key += "," + l.GetName() + "=" + l.GetValue()
 			}
-			v := m.GetGauge().GetValue() + m.GetCounter().GetValue()
-			got[key] = v
+			got[key] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
 		}
 	}
+	return got
+}
+
+// checkMetrics checks what e exports after the admission probes.
+func checkMetrics(t *testing.T, e *Enforcer) {
+	t.Helper()
+	got := gather(t, e)
 	if got["gatehouse_xdp_packets_total,action=drop,reason=not_admitted"] == 0 {
 		t.Errorf("no not_admitted drops exported: %v", got)
 	}
@@ -592,21 +599,6 @@ func TestTeardownRefusesPathNames(t *testing.T) {
 // attached, 0 when not.
 func attachModeSum(t *testing.T, e *Enforcer) float64 {
 	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	if err := reg.Register(e); err != nil {
-		t.Fatal(err)
-	}
-	fams, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, f := range fams {
-		if f.GetName() == "gatehouse_xdp_attach_mode" {
-			for _, m := range f.GetMetric() {
-				sum += m.GetGauge().GetValue()
-			}
-		}
-	}
-	return sum
+	got := gather(t, e)
+	return got["gatehouse_xdp_attach_mode,mode="+ModeNative] + got["gatehouse_xdp_attach_mode,mode="+ModeGeneric]
 }
