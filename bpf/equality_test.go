@@ -168,6 +168,22 @@ func TestLookupEqualsLPM(t *testing.T) {
 			crowded = append(crowded, netip.PrefixFrom(netip.AddrFrom16(a), l).Masked())
 		}
 	}
+	// Partial /24s packed into directory entries (16 /24s each): every
+	// pattern of partial, whole and empty across entry boundaries, and at
+	// both ends of the address space, so that each rank is counted right.
+	var dense []netip.Prefix
+	for i := range 96 {
+		third := 112 + i // 203.0.112.0/24 onwards: entries from 203.0.112.0
+		switch i % 5 {
+		case 0, 3:
+			dense = append(dense, netip.PrefixFrom(netip.AddrFrom4([4]byte{203, byte(third >> 8), byte(third), byte(i)}), 32))
+		case 1:
+			dense = append(dense, netip.PrefixFrom(netip.AddrFrom4([4]byte{203, byte(third >> 8), byte(third), 128}), 25))
+		case 2:
+			dense = append(dense, netip.PrefixFrom(netip.AddrFrom4([4]byte{203, byte(third >> 8), byte(third), 0}), 24))
+		}
+	}
+	dense = append(dense, netip.MustParsePrefix("0.0.0.7/32"), netip.MustParsePrefix("255.255.255.64/27"))
 	const aws = "../../shared/testdata/feeds/aws-ip-ranges.2024-07-04.json"
 	fixed := func(v4, v6 []netip.Prefix) func(t *testing.T) ([]netip.Prefix, []netip.Prefix) {
 		return func(*testing.T) ([]netip.Prefix, []netip.Prefix) { return v4, v6 }
@@ -190,6 +206,7 @@ func TestLookupEqualsLPM(t *testing.T) {
 			return benchSet(t, rng, false, 100000), benchSet(t, rng, true, 50000)
 		}},
 		{"crowded v6 block", fixed(nil, crowded)},
+		{"dense partial IPv4 /24s", fixed(dense, nil)},
 		{"everything", fixed([]netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, []netip.Prefix{netip.MustParsePrefix("::/0")})},
 		{"empty", fixed(nil, nil)},
 	} {

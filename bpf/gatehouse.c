@@ -12,10 +12,14 @@
 // Page 0 is the header, with four flag bits per port from GH_PORTS_OFF.
 //
 // Admitted lookup (the default build):
-//   IPv4: two bits per /24 over the top 24 bits (4 MiB, always pages 1-64):
-//         none, whole /24 admitted, or partial. A partial /24 has a 256-bit
-//         bitmap of its addresses in a two-choice bucketed hash table.
-//   IPv6: the same two bits per top-24-bit block; a partial block has an
+//   IPv4: a directory of 2^20 eight-byte entries (8 MiB, always pages 1-128),
+//         one per 16 consecutive /24s: the low 32 bits hold two bits per
+//         /24 (none, whole /24 admitted, or partial), the high 32 bits the
+//         number of partial /24s before the entry. A partial /24's rank, that
+//         number plus the partial ones before it in the entry, indexes its
+//         256-bit bitmap of addresses (from page 129). A lookup is one load,
+//         or two with a count of bits between them: no hashing, no probing.
+//   IPv6: two bits per top-24-bit block; a partial block has an
 //         entry in a two-choice hash table listing the prefix lengths (up to
 //         15) present under it, and each length is one exact-match probe.
 // Built with -DGH_LPM the same program looks both families up in plain LPM
@@ -42,10 +46,12 @@
 char __license[] SEC("license") = "Dual BSD/GPL";
 
 #define GH_PAGE_SIZE 65536
-#define GH_MAGIC 0x67680002 // "gh" layout 2: bump when the page layout changes
-#define GH_DIR_PAGES 64     // 2 bits per /24 = 4 MiB = 64 pages
+#define GH_MAGIC 0x67680003 // "gh" layout 3: bump when the page layout changes
+#define GH_DIR_PAGES 64     // IPv6: 2 bits per top-24-bit block = 4 MiB = 64 pages
 #define GH_V4_DIR 1         // first page of the IPv4 directory
-#define GH_MAX_PAGES 384    // 24 MiB per generation; see MaxPages in layout.go
+#define GH_V4_DIR_PAGES 128 // 2^20 entries of 8 bytes
+#define GH_V4_BITS (GH_V4_DIR + GH_V4_DIR_PAGES) // first page of the IPv4 bitmaps
+#define GH_MAX_PAGES 512    // 32 MiB per generation; see MaxPages in layout.go
 #define GH_MAX_MGMT 32
 #define GH_MAX_LENS 15
 #define GH_MAX_EXT 8 // IPv6 extension headers walked before giving up
@@ -94,25 +100,21 @@ struct gh_hdr {
 	__u32 flags;
 	__u16 eph_lo;
 	__u16 eph_hi;
-	__u16 pad0;
-	__u16 v4_keys_page; // 0: no IPv4 second level
-	__u16 v4_vals_page;
 	__u16 v6_tab_page; // 0: no IPv6 table
-	__u32 v4_mask;     // buckets - 1
-	__u32 v6_mask;
+	__u16 pad0;
+	__u32 v6_mask; // buckets - 1
 	__u32 mgmt_count;
-	__u32 pad;
-	__u16 v4dir[GH_DIR_PAGES]; // unused: the IPv4 directory is always at GH_V4_DIR
 	// v6dir: page of each 64 KiB of the IPv6 2-bit map; 0 = all zero
 	__u16 v6dir[GH_DIR_PAGES];
-	__u32 pad2;
 	struct gh_mgmt mgmt[GH_MAX_MGMT];
 };
 
 // The Go encoder writes these offsets; keep both sides in step.
-_Static_assert(__builtin_offsetof(struct gh_hdr, v4dir) == 36, "gh_hdr layout");
-_Static_assert(__builtin_offsetof(struct gh_hdr, v6dir) == 164, "gh_hdr layout");
-_Static_assert(__builtin_offsetof(struct gh_hdr, mgmt) == 296, "gh_hdr layout");
+_Static_assert(__builtin_offsetof(struct gh_hdr, v6_tab_page) == 12, "gh_hdr layout");
+_Static_assert(__builtin_offsetof(struct gh_hdr, v6_mask) == 16, "gh_hdr layout");
+_Static_assert(__builtin_offsetof(struct gh_hdr, mgmt_count) == 20, "gh_hdr layout");
+_Static_assert(__builtin_offsetof(struct gh_hdr, v6dir) == 24, "gh_hdr layout");
+_Static_assert(__builtin_offsetof(struct gh_hdr, mgmt) == 152, "gh_hdr layout");
 _Static_assert(sizeof(struct gh_mgmt) == 24, "gh_mgmt layout");
 _Static_assert(sizeof(struct gh_hdr) <= GH_PORTS_OFF, "gh_hdr layout");
 
@@ -251,7 +253,8 @@ static __always_inline __u64 mix(__u64 h)
 	return h;
 }
 
-// state2 returns the 2-bit state of a top-24-bit block: 0 none, 1 whole, 2 partial.
+// state2 returns the 2-bit state of a top-24-bit IPv6 block: 0 none, 1 whole,
+// 2 partial.
 static __always_inline __u32 state2(void *gen, __u16 *dir, __u32 idx24)
 {
 	__u32 byte = idx24 >> 2;
@@ -267,46 +270,10 @@ static __always_inline __u32 state2(void *gen, __u16 *dir, __u32 idx24)
 	return (p[byte & 0xffff] >> ((idx24 & 3) * 2)) & 3;
 }
 
-// state2_v4 is state2 for the IPv4 directory, which always takes pages
-// GH_V4_DIR to GH_V4_DIR + GH_DIR_PAGES - 1.
-static __always_inline __u32 state2_v4(void *gen, __u32 idx24)
-{
-	__u32 byte = idx24 >> 2;
-	__u8 *p = page(gen, GH_V4_DIR + ((byte >> 16) & (GH_DIR_PAGES - 1)));
-	if (!p)
-		return 0;
-	return (p[byte & 0xffff] >> ((idx24 & 3) * 2)) & 3;
-}
-
-static __always_inline int v4_probe(void *gen, struct gh_hdr *h, __u32 bucket, __u32 key, __u32 host)
-{
-	// 8 keys of 4 bytes per bucket: 2048 buckets per page.
-	__u32 *keys = page(gen, (__u32)h->v4_keys_page + (bucket >> 11));
-	if (!keys)
-		return -1;
-	__u32 base = (bucket & 2047) * 8;
-#pragma clang loop unroll(full)
-	for (int i = 0; i < 8; i++) {
-		__u32 k = keys[(base + i) & 16383];
-		if (k == 0)
-			return -1;
-		if (k == key) {
-			__u32 slot = bucket * 8 + i;
-			// 32-byte bitmaps: 2048 per page.
-			__u8 *bits = page(gen, (__u32)h->v4_vals_page + (slot >> 11));
-			if (!bits)
-				return 0;
-			__u32 off = (slot & 2047) * 32 + ((host & 0xff) >> 3);
-			return (bits[off & 0xffff] >> (host & 7)) & 1;
-		}
-	}
-	return -1;
-}
-
 #endif
 
 // v4_admitted looks up an IPv4 source (network order).
-static __always_inline int v4_admitted(void *gen, struct gh_hdr *h, __u32 saddr)
+static __always_inline int v4_admitted(void *gen, __u32 saddr)
 {
 #ifdef GH_LPM
 	struct gh_lpm4_key k = {.prefixlen = 32, .addr = saddr};
@@ -314,18 +281,27 @@ static __always_inline int v4_admitted(void *gen, struct gh_hdr *h, __u32 saddr)
 #else
 	__u32 host = bpf_ntohl(saddr);
 	__u32 idx24 = host >> 8;
-	__u32 st = state2_v4(gen, idx24);
+	__u32 ent = idx24 >> 4; // 8192 entries per page
+	__u64 *dir = page(gen, GH_V4_DIR + (ent >> 13));
+	if (!dir)
+		return 0;
+	__u64 e = dir[ent & 8191];
+	__u32 sh = (idx24 & 15) * 2;
+	__u32 st = (e >> sh) & 3;
 	if (st != 2)
 		return st == 1;
-	if (h->v4_keys_page == 0)
+	// Rank: partial /24s before this entry, plus those before this /24 in
+	// it (a state of 2 is binary 10; count those below sh).
+	__u32 s = (__u32)e;
+	__u32 m = (s >> 1) & ~s & 0x55555555 & ((1U << sh) - 1);
+	m = (m & 0x33333333) + ((m >> 2) & 0x33333333);
+	m = (m + (m >> 4)) & 0x0f0f0f0f;
+	__u32 rank = (__u32)(e >> 32) + ((m * 0x01010101) >> 24);
+	// 32-byte bitmaps: 2048 per page.
+	__u8 *bits = page(gen, GH_V4_BITS + (rank >> 11));
+	if (!bits)
 		return 0;
-	__u32 key = idx24 + 1;
-	__u64 m = mix((__u64)key * 0x9e3779b97f4a7c15ULL);
-	int r = v4_probe(gen, h, (__u32)(m >> 32) & h->v4_mask, key, host);
-	if (r >= 0)
-		return r;
-	r = v4_probe(gen, h, (__u32)m & h->v4_mask, key, host);
-	return r > 0;
+	return (bits[((rank & 2047) * 32 + ((host & 0xff) >> 3)) & 0xffff] >> (host & 7)) & 1;
 #endif
 }
 
@@ -509,7 +485,7 @@ static __always_inline int verdict(struct gh_pkt *pk, const int v6, const int tc
 			if (c & GH_DROP)
 				return count(GH_ACT_DROP, c & 0xff);
 			if (c == GH_CHECK) {
-				int ok = v6 ? v6_admitted(gen, h, pk) : v4_admitted(gen, h, pk->saddr4);
+				int ok = v6 ? v6_admitted(gen, h, pk) : v4_admitted(gen, pk->saddr4);
 				if (!ok)
 					return count(GH_ACT_DROP, GH_NOT_ADMITTED);
 				c = GH_ADMITTED;

@@ -15,26 +15,33 @@ import (
 const (
 	PageSize = 65536
 	// Magic is the layout version the program checks in every header.
-	Magic = 0x67680002
+	Magic = 0x67680003
 
-	// MaxPages is the size of every generation map (24 MiB): enough for
-	// 100k random IPv4 and about 60k random IPv6 prefixes; real feeds need
-	// far less (all of AWS: 51 pages).
-	MaxPages = 384
+	// MaxPages is the size of every generation map (32 MiB): enough for
+	// 100k random IPv4 and 100k random IPv6 prefixes together (464 pages);
+	// all of AWS takes 133, most of them the IPv4 directory.
+	MaxPages = 512
 
-	dirPages   = 64 // 2 bits per top-24-bit block = 4 MiB = 64 pages
+	dirPages   = 64 // IPv6: 2 bits per top-24-bit block = 4 MiB = 64 pages
 	maxMgmt    = 32
 	maxLens    = 15 // prefix lengths probed under one IPv6 block
 	maxExpand  = 16 // most bits one IPv6 prefix is expanded by to merge lengths
-	v4Slots    = 8  // keys per IPv4 bucket
 	v6Slots    = 4  // entries per IPv6 bucket
 	v6EntSize  = 32
 	bitmapSize = 32 // one partial IPv4 /24: 256 bits
 
-	v4DirPage = 1 // first page of the IPv4 directory
-	hdrV6Dir  = 164
-	hdrMgmt   = 296
-	mgmtSize  = 24
+	// The IPv4 directory: one 8-byte entry per 16 /24s, always pages 1 to
+	// 128; the bitmaps of partial /24s follow from page 129 in rank order.
+	v4DirPage    = 1
+	v4DirPages   = 128
+	v4BitsPage   = v4DirPage + v4DirPages
+	v4PerEntry   = 16
+	hdrV6TabPage = 12
+	hdrV6Mask    = 16
+	hdrMgmtCount = 20
+	hdrV6Dir     = 24
+	hdrMgmt      = 152
+	mgmtSize     = 24
 	// hdrPorts is where the port flags start in the header page: four bits
 	// per port, the even port in the low nibble.
 	hdrPorts = 32768
@@ -133,10 +140,10 @@ func (g *Generation) Encode() (*Pages, error) {
 	p := &pager{pages: map[uint32][]byte{}}
 	hdr := make([]byte, PageSize)
 	p.alloc(1) // header
-	// The IPv4 directory always takes pages 1 to dirPages, so the program
-	// finds its page without reading the header; all-zero pages are not
-	// written.
-	p.alloc(dirPages)
+	// The IPv4 directory and bitmaps are always at the same pages, so the
+	// program finds them without reading the header; all-zero pages are
+	// not written.
+	p.alloc(v4DirPages)
 	le := binary.LittleEndian
 	le.PutUint32(hdr[0:], Magic)
 	var flags uint32
@@ -188,7 +195,7 @@ func (g *Generation) Encode() (*Pages, error) {
 			nmgmt++
 		}
 	}
-	le.PutUint32(hdr[28:], uint32(nmgmt))
+	le.PutUint32(hdr[hdrMgmtCount:], uint32(nmgmt))
 	for port, f := range ports {
 		hdr[hdrPorts+port/2] |= f << ((port & 1) * 4)
 	}
@@ -212,25 +219,16 @@ func (g *Generation) Encode() (*Pages, error) {
 			p.put(pg, chunk)
 		}
 	}
-	p.put(v4DirPage, v4.state)
-	putDir(hdrV6Dir, v6.state)
-	if v4.buckets > 0 {
-		keys := p.alloc(pagesFor(len(v4.keys) * 4))
-		vals := p.alloc(pagesFor(len(v4.vals)))
-		le.PutUint16(hdr[14:], uint16(keys))
-		le.PutUint16(hdr[16:], uint16(vals))
-		le.PutUint32(hdr[20:], uint32(v4.buckets-1))
-		kb := make([]byte, len(v4.keys)*4)
-		for i, k := range v4.keys {
-			le.PutUint32(kb[4*i:], k)
-		}
-		p.put(keys, kb)
-		p.put(vals, v4.vals)
+	p.put(v4DirPage, v4.dir)
+	if len(v4.bits) > 0 {
+		// pages beyond MaxPages are refused below, before anything is used
+		p.put(p.alloc(pagesFor(len(v4.bits))), v4.bits)
 	}
+	putDir(hdrV6Dir, v6.state)
 	if v6.buckets > 0 {
 		tab := p.alloc(pagesFor(len(v6.table)))
-		le.PutUint16(hdr[18:], uint16(tab))
-		le.PutUint32(hdr[24:], uint32(v6.buckets-1))
+		le.PutUint16(hdr[hdrV6TabPage:], uint16(tab))
+		le.PutUint32(hdr[hdrV6Mask:], uint32(v6.buckets-1))
 		p.put(tab, v6.table)
 	}
 	if p.next > MaxPages {
@@ -253,6 +251,7 @@ func addrWords(a netip.Addr) (hi, lo uint64) {
 	return binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
 }
 
+// mix is the IPv6 table's hash finaliser, as in the program.
 func mix(h uint64) uint64 {
 	h ^= h >> 31
 	h *= 0x94d049bb133111eb
@@ -283,15 +282,8 @@ func setState(state []byte, lo, hi uint32, s byte) {
 func getState(state []byte, i uint32) byte { return state[i/4] >> ((i & 3) * 2) & 3 }
 
 type v4Tables struct {
-	state   []byte
-	buckets int
-	keys    []uint32 // buckets*v4Slots, idx24+1 or 0
-	vals    []byte   // 32-byte bitmaps, one per key slot
-}
-
-func v4Buckets(key uint32, mask uint32) (uint32, uint32) {
-	m := mix(uint64(key) * 0x9e3779b97f4a7c15)
-	return uint32(m>>32) & mask, uint32(m) & mask
+	dir  []byte // v4DirPages pages of entries: states | rank<<32
+	bits []byte // 32-byte bitmaps of the partial /24s, in address order
 }
 
 // v4Part is a prefix longer than /24: addresses first..first+n-1 of /24
@@ -302,7 +294,7 @@ type v4Part struct {
 }
 
 func buildV4(list []netip.Prefix) (*v4Tables, error) {
-	t := &v4Tables{state: make([]byte, dirPages*PageSize)}
+	state := make([]byte, 1<<24/4) // 2 bits per /24
 	var parts []v4Part
 	for _, pr := range list {
 		if !pr.IsValid() || !pr.Addr().Is4() {
@@ -313,15 +305,15 @@ func buildV4(list []netip.Prefix) (*v4Tables, error) {
 		a := binary.BigEndian.Uint32(b[:])
 		if pr.Bits() <= 24 {
 			n := uint32(1) << (24 - pr.Bits())
-			setState(t.state, a>>8, a>>8+n, stateWhole)
+			setState(state, a>>8, a>>8+n, stateWhole)
 			continue
 		}
 		parts = append(parts, v4Part{a >> 8, uint16(a & 0xff), uint16(1) << (32 - pr.Bits())})
 	}
 	slices.SortFunc(parts, func(x, y v4Part) int { return cmp.Compare(x.idx, y.idx) })
-	// One bitmap per partial /24, in idx order.
-	var idxs []uint32
-	var maps []byte
+	t := &v4Tables{}
+	// One bitmap per partial /24, in address order: a bitmap's index is the
+	// number of partial /24s below it, its rank.
 	for i := 0; i < len(parts); {
 		idx := parts[i].idx
 		var bm [bitmapSize]byte
@@ -330,7 +322,7 @@ func buildV4(list []netip.Prefix) (*v4Tables, error) {
 				bm[h/8] |= 1 << (h % 8)
 			}
 		}
-		if getState(t.state, idx) == stateWhole {
+		if getState(state, idx) == stateWhole {
 			continue
 		}
 		full := true
@@ -338,47 +330,24 @@ func buildV4(list []netip.Prefix) (*v4Tables, error) {
 			full = full && x == 0xff
 		}
 		if full {
-			setState(t.state, idx, idx+1, stateWhole)
+			setState(state, idx, idx+1, stateWhole)
 			continue
 		}
-		setState(t.state, idx, idx+1, statePartial)
-		idxs = append(idxs, idx)
-		maps = append(maps, bm[:]...)
+		setState(state, idx, idx+1, statePartial)
+		t.bits = append(t.bits, bm[:]...)
 	}
-	if len(idxs) == 0 {
-		return t, nil
+	// Entry e holds the states of /24s 16e..16e+15, which are the bytes
+	// 4e..4e+3 of state read as one little-endian word, and the rank of
+	// its first partial /24.
+	le := binary.LittleEndian
+	t.dir = make([]byte, v4DirPages*PageSize)
+	var rank uint64
+	for e := range 1 << 24 / v4PerEntry {
+		s := le.Uint32(state[4*e:])
+		le.PutUint64(t.dir[8*e:], uint64(s)|rank<<32)
+		rank += uint64(bits.OnesCount32(s >> 1 &^ s & 0x55555555))
 	}
-	nb := 1 << bits.Len(uint(len(idxs)*5/4/v4Slots))
-	for ; ; nb *= 2 {
-		keys := make([]uint32, nb*v4Slots)
-		where := make([]int32, len(idxs)) // slot of each idx
-		fill := make([]uint8, nb)
-		ok := true
-		for j, idx := range idxs {
-			b1, b2 := v4Buckets(idx+1, uint32(nb-1))
-			b := b1
-			if fill[b2] < fill[b1] {
-				b = b2
-			}
-			if fill[b] == v4Slots {
-				ok = false
-				break
-			}
-			slot := int(b)*v4Slots + int(fill[b])
-			keys[slot] = idx + 1
-			where[j] = int32(slot)
-			fill[b]++
-		}
-		if !ok {
-			continue
-		}
-		t.buckets, t.keys = nb, keys
-		t.vals = make([]byte, roundPage(len(keys)*bitmapSize))
-		for j, slot := range where {
-			copy(t.vals[int(slot)*bitmapSize:], maps[j*bitmapSize:(j+1)*bitmapSize])
-		}
-		return t, nil
-	}
+	return t, nil
 }
 
 func roundPage(n int) int { return (n + PageSize - 1) / PageSize * PageSize }
