@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
@@ -423,6 +424,88 @@ func TestIncompatiblePinnedMapReplaced(t *testing.T) {
 	if m.ValueSize() != 8 {
 		t.Errorf("pinned counters still of the old layout (value size %d)", m.ValueSize())
 	}
+}
+
+// TestUpgradeReplacesOlderLayout is an upgrade: a filter of an older
+// layout stays attached and pinned after its daemon exits, and a daemon of
+// this layout starts beside it. It must adopt the link without detaching
+// it (the old program keeps enforcing with its own maps until then), and
+// its first Apply moves that same link to the new program and maps.
+func TestUpgradeReplacesOlderLayout(t *testing.T) {
+	tp := newTopo(t)
+	old := tp.newEnforcer(t)
+	if err := old.Apply(testPolicy(policy.ModeListeners)); err != nil {
+		t.Fatal(err)
+	}
+	mode := old.AttachMode()
+	linkID := pinnedLinkID(t, tp, mode)
+	oldProg := linkProgram(t, tp, mode)
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// What an older layout leaves behind: a pinned map this build cannot
+	// use. The attached program keeps its own references to its maps.
+	dir := filepath.Join(tp.pinDir, tp.iface)
+	if err := os.Remove(filepath.Join(dir, bpf.MapCounters)); err != nil {
+		t.Fatal(err)
+	}
+	stale, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 4, MaxEntries: 6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stale.Pin(filepath.Join(dir, bpf.MapCounters)); err != nil {
+		t.Fatal(err)
+	}
+	stale.Close()
+	tp.expect(t, "older filter, no daemon", listenersProbes)
+
+	e := tp.newEnforcer(t)
+	t.Cleanup(func() { Teardown(tp.pinDir, tp.iface); e.Close() })
+	if got := pinnedLinkID(t, tp, mode); got != linkID {
+		t.Errorf("link %d after start, want the adopted link %d", got, linkID)
+	}
+	if got := linkProgram(t, tp, mode); got != oldProg {
+		t.Errorf("program %d on the link before the first Apply, want the older %d", got, oldProg)
+	}
+	tp.expect(t, "adopted, before apply", listenersProbes)
+
+	if err := e.Apply(testPolicy(policy.ModeListeners)); err != nil {
+		t.Fatal(err)
+	}
+	if got := pinnedLinkID(t, tp, mode); got != linkID {
+		t.Errorf("link %d after Apply, want the same link %d (never detached)", got, linkID)
+	}
+	if got := linkProgram(t, tp, mode); got == oldProg {
+		t.Errorf("link still runs the older program %d after Apply", got)
+	}
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, bpf.MapCounters), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if m.ValueSize() != 8 {
+		t.Errorf("pinned counters still of the older layout (value size %d)", m.ValueSize())
+	}
+	before := counter(t, e, "drop", "not_admitted")
+	tp.expect(t, "after apply", listenersProbes)
+	if got := counter(t, e, "drop", "not_admitted"); got <= before {
+		t.Errorf("drop/not_admitted %d after probing, was %d: the new maps are not the ones counting", got, before)
+	}
+}
+
+// linkProgram returns the ID of the program on the pinned link.
+func linkProgram(t *testing.T, tp *topo, mode string) ebpf.ProgramID {
+	t.Helper()
+	l, err := link.LoadPinnedLink(linkPin(filepath.Join(tp.pinDir, tp.iface), mode), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.Program
 }
 
 func TestConfigRejects(t *testing.T) {
