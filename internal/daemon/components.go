@@ -21,19 +21,22 @@ import (
 // layer adapts one package's component to the daemon's interfaces; the
 // optional loops are nil where a package has none.
 type layer struct {
-	name     string
-	apply    func(*policy.Policy) error
-	close    func() error
-	run      func(context.Context) error
-	shutdown func(context.Context) error
+	name       string
+	rangeBlind bool // see RangeBlind
+	apply      func(*policy.Policy) error
+	close      func() error
+	run        func(context.Context) error
+	shutdown   func(context.Context) error
 }
 
 var (
-	_ Component = (*layer)(nil)
-	_ Runner    = (*layer)(nil)
-	_ Drainer   = (*layer)(nil)
+	_ Component  = (*layer)(nil)
+	_ Runner     = (*layer)(nil)
+	_ Drainer    = (*layer)(nil)
+	_ RangeBlind = (*layer)(nil)
 )
 
+func (l *layer) RangeBlind() bool             { return l.rangeBlind }
 func (l *layer) Name() string                 { return l.name }
 func (l *layer) Apply(p *policy.Policy) error { return l.apply(p) }
 func (l *layer) Close() error                 { return l.close() }
@@ -69,7 +72,7 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("certificates: %w", err)
 	}
-	comps = append(comps, &layer{name: "certs", apply: cm.Apply, close: cm.Close, run: cm.Watch})
+	comps = append(comps, &layer{name: "certs", rangeBlind: true, apply: cm.Apply, close: cm.Close, run: cm.Watch})
 	if err := register(env, "certs", cm); err != nil {
 		return comps, err
 	}
@@ -107,7 +110,7 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 	if err != nil {
 		return comps, fmt.Errorf("proxy: %w", err)
 	}
-	comps = append(comps, &layer{name: "proxy", apply: px.Apply, close: px.Close, shutdown: px.Shutdown})
+	comps = append(comps, &layer{name: "proxy", rangeBlind: true, apply: px.Apply, close: px.Close, shutdown: px.Shutdown})
 	if err := register(env, "proxy", px); err != nil {
 		return comps, err
 	}

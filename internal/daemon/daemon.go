@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -45,6 +46,15 @@ type Component interface {
 // Run returns nil when ctx is cancelled.
 type Runner interface {
 	Run(ctx context.Context) error
+}
+
+// RangeBlind is a component whose state does not depend on the admitted
+// ranges (certificates, proxies). A feed update changes nothing else, so it
+// is not applied to them: a feed refresh does not rebuild listeners, their
+// backend keep-alive pools and health checks. A reload applies to every
+// component.
+type RangeBlind interface {
+	RangeBlind() bool
 }
 
 // Drainer is a component that lets open sessions finish on shutdown.
@@ -187,7 +197,34 @@ var errSplit = errors.New("layers left on different generations")
 // (/readyz) and says which layers are out of step, until a generation
 // applies to every layer.
 func (d *Daemon) apply(p, prev *policy.Policy) error {
-	for i, c := range d.components {
+	return d.applyTo(d.components, p, prev)
+}
+
+// applyRanges applies p, which differs from prev in its admitted ranges
+// only, to the components that enforce them. Were anything else to differ,
+// every component gets it.
+func (d *Daemon) applyRanges(p, prev *policy.Policy) error {
+	if prev == nil || !onlyRangesDiffer(p, prev) {
+		return d.apply(p, prev)
+	}
+	var comps []Component
+	for _, c := range d.components {
+		if rb, ok := c.(RangeBlind); ok && rb.RangeBlind() {
+			continue
+		}
+		comps = append(comps, c)
+	}
+	return d.applyTo(comps, p, prev)
+}
+
+func onlyRangesDiffer(p, prev *policy.Policy) bool {
+	q := *p
+	q.Generation, q.Admitted = prev.Generation, prev.Admitted
+	return reflect.DeepEqual(&q, prev)
+}
+
+func (d *Daemon) applyTo(comps []Component, p, prev *policy.Policy) error {
+	for i, c := range comps {
 		start := time.Now()
 		err := c.Apply(p)
 		d.m.applySeconds.WithLabelValues(c.Name()).Observe(time.Since(start).Seconds())
@@ -200,7 +237,7 @@ func (d *Daemon) apply(p, prev *policy.Policy) error {
 		}
 		var stuck []string
 		for j := i - 1; j >= 0; j-- {
-			done := d.components[j]
+			done := comps[j]
 			if rerr := done.Apply(prev); rerr != nil {
 				stuck = append(stuck, done.Name())
 				err = errors.Join(err, fmt.Errorf("restore %s: %w", done.Name(), rerr))

@@ -119,7 +119,7 @@ func (d *Daemon) onFeedUpdate(mgr *rules.Manager, name string, prefixes []netip.
 	sets[name] = prefixes
 	p, err := d.build(d.cfg.Load(), sets)
 	if err == nil {
-		err = d.apply(p, d.current.Load())
+		err = d.applyRanges(p, d.current.Load())
 	}
 	if err != nil {
 		if !errors.Is(err, errSplit) {

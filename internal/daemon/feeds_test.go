@@ -3,13 +3,16 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
 	"aead.dev/minisign"
 
+	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/rules"
 )
 
@@ -34,20 +37,19 @@ func writeRelease(t *testing.T, dir string, key minisign.PrivateKey, serial uint
 	}
 }
 
-// TestSignedFeedReachesPolicy: a release signed with a trusted key becomes
-// part of the admitted set of a new generation handed to every component,
-// and is enforced from the first generation after a restart. (Refusals of
-// bad releases are the rules package's tests.)
-func TestSignedFeedReachesPolicy(t *testing.T) {
+// feedConfig writes a configuration with static ranges and one signed cidr
+// feed served from a directory holding a first release.
+func feedConfig(t *testing.T) (path string, key minisign.PrivateKey, feedDir string) {
+	t.Helper()
 	pub, key, err := minisign.GenerateKey(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	feedDir := t.TempDir()
+	feedDir = t.TempDir()
 	writeRelease(t, feedDir, key, 100, "# lab ranges\n198.51.100.0/25\n198.51.100.128/25")
 
 	dir := t.TempDir()
-	path := writeConfig(t, dir, freePort(t), "203.0.113.0/24")
+	path = writeConfig(t, dir, freePort(t), "203.0.113.0/24")
 	extra := fmt.Sprintf(`
 feeds:
   - {name: lab, source: "file://%s/manifest.json", format: cidr, minisign_keys: ["%s"], threshold: 1, refresh: 1m}
@@ -57,23 +59,40 @@ rules: {reserved_exempt: [198.51.100.0/24]}
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.WriteString(extra)
-	f.Close()
+	defer f.Close()
+	if _, err := f.WriteString(extra); err != nil {
+		t.Fatal(err)
+	}
+	return path, key, feedDir
+}
 
-	a := &recorder{name: "a"}
-	d, err := New(Options{ConfigPath: path, Logger: quietLogger(), Build: func(*Env) ([]Component, error) { return []Component{a}, nil }})
+// runDaemon starts a daemon on path with comps and stops it at cleanup.
+func runDaemon(t *testing.T, path string, comps ...Component) *Daemon {
+	t.Helper()
+	d, err := New(Options{ConfigPath: path, Logger: quietLogger(), Build: func(*Env) ([]Component, error) { return comps, nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
-	defer func() {
+	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)
 		}
-	}()
+	})
+	return d
+}
+
+// TestSignedFeedReachesPolicy: a release signed with a trusted key becomes
+// part of the admitted set of a new generation handed to every component
+// that enforces ranges, and is enforced from the first generation after a
+// restart. (Refusals of bad releases are the rules package's tests.)
+func TestSignedFeedReachesPolicy(t *testing.T) {
+	path, _, _ := feedConfig(t)
+	a := &recorder{name: "a"}
+	d := runDaemon(t, path, a)
 	waitFor(t, "the feed in the admitted set", func() bool {
 		p := d.Policy()
 		return p != nil && p.Admitted.Contains(mustAddr("198.51.100.200")) && p.Admitted.Contains(mustAddr("203.0.113.1"))
@@ -94,6 +113,55 @@ rules: {reserved_exempt: [198.51.100.0/24]}
 		defer d2.close()
 		return d2.current.Load().Admitted.Contains(mustAddr("198.51.100.7"))
 	})
+}
+
+// blind is a recorder that declares it does not depend on the ranges.
+type blind struct{ *recorder }
+
+func (blind) RangeBlind() bool { return true }
+
+// TestFeedUpdateSkipsRangeBlind: a feed update reaches the components that
+// enforce ranges and leaves the others (proxies, certificates) on the
+// generation they run, so their listeners are not rebuilt; a reload reaches
+// all of them.
+func TestFeedUpdateSkipsRangeBlind(t *testing.T) {
+	path, _, _ := feedConfig(t)
+	a, b := &recorder{name: "a"}, blind{&recorder{name: "b"}}
+	d := runDaemon(t, path, a, b)
+	var feedGen uint64
+	waitFor(t, "the feed in force", func() bool {
+		p := d.Policy()
+		if p == nil {
+			return false
+		}
+		feedGen = p.Generation
+		return p.Admitted.Contains(mustAddr("198.51.100.200")) && a.last() == p.Generation
+	})
+	b.mu.Lock()
+	seen := slices.Clone(b.seen)
+	b.mu.Unlock()
+	if len(seen) == 0 || slices.Contains(seen, feedGen) {
+		t.Errorf("range-blind component saw generations %v; the feed update was %d", seen, feedGen)
+	}
+	if err := d.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if g := d.Policy().Generation; a.last() != g || b.last() != g {
+		t.Errorf("after a reload: a at %d, b at %d, daemon at %d", a.last(), b.last(), g)
+	}
+}
+
+func TestOnlyRangesDiffer(t *testing.T) {
+	base := &policy.Policy{Generation: 1, Listeners: []policy.Listener{{Name: "web", Port: 443}}}
+	ranges := &policy.Policy{Generation: 2, Listeners: []policy.Listener{{Name: "web", Port: 443}},
+		Admitted: policy.Admitted{V4: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}}
+	moved := &policy.Policy{Generation: 2, Listeners: []policy.Listener{{Name: "web", Port: 8443}}}
+	if !onlyRangesDiffer(ranges, base) {
+		t.Error("a new admitted set alone: not seen as ranges only")
+	}
+	if onlyRangesDiffer(moved, base) {
+		t.Error("a moved listener: seen as ranges only")
+	}
 }
 
 func waitFor(t *testing.T, what string, ok func() bool) {
