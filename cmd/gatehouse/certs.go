@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/gatehouse-dmz/gatehouse/certs"
+	"github.com/gatehouse-dmz/gatehouse/rules"
 )
 
 // pkiPasswordEnv is read when no --password-file is given.
@@ -558,12 +559,13 @@ func pkiWriteKeyLike(path string, data []byte, force bool) error {
 	return pkiWrite(path, data, 0o600, force)
 }
 
+// pkiWrite creates path, or with force replaces it atomically: a daemon
+// reading the file (a CRL it watches) sees the old or the new one whole.
 func pkiWrite(path string, data []byte, mode os.FileMode, force bool) error {
-	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
-	if !force {
-		flags |= os.O_EXCL
+	if force {
+		return rules.WriteFileAtomic(path, data, mode)
 	}
-	f, err := os.OpenFile(path, flags, mode)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
 		if errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("%s: %w", path, certs.ErrExists)

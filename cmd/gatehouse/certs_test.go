@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/gatehouse-dmz/gatehouse/certs"
@@ -132,9 +133,21 @@ func TestCertsCommandsWithOpenSSL(t *testing.T) {
 				t.Errorf("openssl verify of the revoked client: %v %s", err, out)
 			}
 			openssl(t, d, "verify", "-crl_check", "-CAfile", "ca/ca.pem", "-CRLfile", "ca.crl", "server.pem")
+			// A reissued CRL replaces the file by rename (a watching daemon
+			// never reads a half-written one): a new inode, not the old one
+			// truncated, and nothing left beside it.
+			before := inode(t, p("ca.crl"))
+			pkiRun(t, "crl", "--ca", p("ca"), "--out", p("ca.crl"), "--days", "2")
+			if inode(t, p("ca.crl")) == before {
+				t.Error("CRL rewritten in place, not replaced")
+			}
+			if left, _ := filepath.Glob(p(".ca.crl*")); len(left) != 0 {
+				t.Errorf("temporary files left: %v", left)
+			}
+			openssl(t, d, "crl", "-in", "ca.crl", "-CAfile", "ca/ca.pem", "-noout")
 			pkiRun(t, "crl", "--ca", p("ca"), "--out", p("ca.der"), "--der")
-			if out := openssl(t, d, "crl", "-inform", "DER", "-in", "ca.der", "-noout", "-crlnumber"); !strings.Contains(out, "crlNumber=0x02") {
-				t.Errorf("second CRL number: %s", out)
+			if out := openssl(t, d, "crl", "-inform", "DER", "-in", "ca.der", "-noout", "-crlnumber"); !strings.Contains(out, "crlNumber=0x03") {
+				t.Errorf("third CRL number: %s", out)
 			}
 
 			// PKCS#12 out to OpenSSL and back in from OpenSSL.
@@ -287,4 +300,13 @@ func TestCertsIntermediateCA(t *testing.T) {
 		!strings.Contains(err.Error(), "path length") {
 		t.Errorf("intermediate under a path-length-0 root: %v", err)
 	}
+}
+
+func inode(t *testing.T, path string) uint64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
 }
