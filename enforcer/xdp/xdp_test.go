@@ -402,27 +402,45 @@ func TestIncompatiblePinnedMapReplaced(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 4, MaxEntries: 6})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := old.Pin(filepath.Join(dir, bpf.MapCounters)); err != nil {
-		t.Fatal(err)
-	}
-	old.Close()
+	pinStaleCounters(t, dir)
 	e := tp.newEnforcer(t)
 	t.Cleanup(func() { Teardown(tp.pinDir, tp.iface); e.Close() })
 	if err := e.Apply(testPolicy(policy.ModeListeners)); err != nil {
 		t.Fatal(err)
 	}
 	tp.expect(t, "replaced", listenersProbes)
+	checkCountersReplaced(t, dir)
+}
+
+// pinStaleCounters pins, where the counters belong in dir, a map of a
+// layout this build cannot use (4-byte values), replacing any pin there.
+func pinStaleCounters(t *testing.T, dir string) {
+	t.Helper()
+	path := filepath.Join(dir, bpf.MapCounters)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	stale, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 4, MaxEntries: 6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stale.Close()
+	if err := stale.Pin(path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkCountersReplaced fails unless the counters pinned in dir are of this
+// build's layout.
+func checkCountersReplaced(t *testing.T, dir string) {
+	t.Helper()
 	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, bpf.MapCounters), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
 	if m.ValueSize() != 8 {
-		t.Errorf("pinned counters still of the old layout (value size %d)", m.ValueSize())
+		t.Errorf("pinned counters still of the older layout (value size %d)", m.ValueSize())
 	}
 }
 
@@ -446,17 +464,7 @@ func TestUpgradeReplacesOlderLayout(t *testing.T) {
 	// What an older layout leaves behind: a pinned map this build cannot
 	// use. The attached program keeps its own references to its maps.
 	dir := filepath.Join(tp.pinDir, tp.iface)
-	if err := os.Remove(filepath.Join(dir, bpf.MapCounters)); err != nil {
-		t.Fatal(err)
-	}
-	stale, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 4, MaxEntries: 6})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := stale.Pin(filepath.Join(dir, bpf.MapCounters)); err != nil {
-		t.Fatal(err)
-	}
-	stale.Close()
+	pinStaleCounters(t, dir)
 	tp.expect(t, "older filter, no daemon", listenersProbes)
 
 	e := tp.newEnforcer(t)
@@ -478,14 +486,7 @@ func TestUpgradeReplacesOlderLayout(t *testing.T) {
 	if got := linkProgram(t, tp, mode); got == oldProg {
 		t.Errorf("link still runs the older program %d after Apply", got)
 	}
-	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, bpf.MapCounters), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if m.ValueSize() != 8 {
-		t.Errorf("pinned counters still of the older layout (value size %d)", m.ValueSize())
-	}
+	checkCountersReplaced(t, dir)
 	before := counter(t, e, "drop", "not_admitted")
 	tp.expect(t, "after apply", listenersProbes)
 	if got := counter(t, e, "drop", "not_admitted"); got <= before {
