@@ -82,6 +82,23 @@ func TestRouting(t *testing.T) {
 			}
 		})
 	}
+	// The access log says why each refused request was refused, and gives
+	// no reason for those a backend answered.
+	reasons := map[string]int{}
+	for _, line := range w.access.lines(`"reason":"bad request: path"`) {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil || rec["status"] == nil {
+			continue
+		}
+		reason, _ := rec["reason"].(string)
+		if (rec["status"] == float64(200)) != (reason == "") {
+			t.Errorf("status %v with reason %q: %s", rec["status"], reason, line)
+		}
+		reasons[reason]++
+	}
+	if reasons["forbidden: no route"] != 2 || reasons["bad request: path"] != 1 {
+		t.Errorf("access log reasons %v, want 2 × no route and 1 × path", reasons)
+	}
 }
 
 func TestCrossTenantNeverReachesOtherBackend(t *testing.T) {

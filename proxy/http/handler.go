@@ -446,7 +446,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.metrics.requests.WithLabelValues(h.listener, tenant, strconv.Itoa(status)).Inc()
 		h.metrics.duration.WithLabelValues(h.listener, tenant).Observe(d.Seconds())
 	}
-	h.access.LogAttrs(r.Context(), slog.LevelInfo, "request",
+	attrs := []slog.Attr{
 		slog.String("id", st.id),
 		slog.String("listener", h.listener),
 		slog.String("tenant", tenant),
@@ -461,7 +461,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		slog.Int64("bytes_in", in),
 		slog.Int64("bytes_out", sw.n),
 		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
-	)
+	}
+	if sw.reason != "" {
+		// Why gatehouse answered itself instead of a backend.
+		attrs = append(attrs, slog.String("reason", sw.reason))
+	}
+	h.access.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 }
 
 func (h *Handler) maxBody() int64 {
@@ -586,6 +591,7 @@ func (h *Handler) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		refuse(w, http.StatusBadRequest, "bad request body")
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		// The client went away; nobody reads the answer.
+		noteReason(w, "client gone")
 		w.WriteHeader(499)
 	case errors.Is(err, errAllDown):
 		h.logger.Warn("no backend up", "listener", h.listener)
@@ -616,7 +622,10 @@ func isTimeout(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
+// refuse answers the request itself with code and msg; msg is also the
+// access log's reason.
 func refuse(w http.ResponseWriter, code int, msg string) {
+	noteReason(w, msg)
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
@@ -637,7 +646,16 @@ type statusWriter struct {
 	http.ResponseWriter
 	status            int
 	n                 int64
-	closeUnlessSwitch bool // an HTTP/1 upgrade request: close unless it gets 101
+	closeUnlessSwitch bool   // an HTTP/1 upgrade request: close unless it gets 101
+	reason            string // why gatehouse answered itself, for the access log
+}
+
+// noteReason records the first reason the request was answered without a
+// backend's response.
+func noteReason(w http.ResponseWriter, reason string) {
+	if sw, ok := w.(*statusWriter); ok && sw.reason == "" {
+		sw.reason = reason
+	}
 }
 
 func (w *statusWriter) WriteHeader(code int) {

@@ -133,6 +133,7 @@ func (h *Handler) soapFault(w http.ResponseWriter, r *http.Request, v SOAPVersio
 	}
 	h.logger.Info("soap request refused", "listener", h.listener, "tenant", st.peer.Tenant,
 		"id", st.id, "reason", rej.Reason, "detail", rej.Detail)
+	noteReason(w, "soap: "+rej.Reason)
 	var b bytes.Buffer
 	b.WriteString(xml.Header)
 	text := "request refused: " + rej.Reason
