@@ -30,27 +30,9 @@ func benchProxy(b *testing.B, pki *testPKI, h *Handler) net.Listener {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				tc := tls.Server(c, pki.serverTLS)
-				if tc.Handshake() != nil {
-					c.Close()
-					return
-				}
-				peer, err := admitAcme(tc.ConnectionState())
-				if err != nil {
-					c.Close()
-					return
-				}
-				h.Serve(context.Background(), tc, peer)
-			}()
-		}
-	}()
+	var cur atomic.Pointer[Handler]
+	cur.Store(h)
+	go serveTLS(ln, pki, &cur)
 	return ln
 }
 
