@@ -389,13 +389,7 @@ func buildV6(list []netip.Prefix) (*v6Tables, error) {
 		if c := cmp.Compare(a.hi>>40, b.hi>>40); c != 0 {
 			return c
 		}
-		if c := int(a.len) - int(b.len); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(a.hi, b.hi); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.lo, b.lo)
+		return compareInBlock(a, b)
 	})
 	long = slices.Compact(long)
 	var entries []v6Key
@@ -470,6 +464,18 @@ func buildV6(list []netip.Prefix) (*v6Tables, error) {
 	}
 }
 
+// compareInBlock orders the keys of one top-24-bit block by length, then
+// address.
+func compareInBlock(a, b v6Key) int {
+	if c := cmp.Compare(a.len, b.len); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.hi, b.hi); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.lo, b.lo)
+}
+
 // mergeLengths expands the shortest prefixes of a block into the next
 // length up until at most maxLens lengths remain: the lookup probes each
 // length once, so their number bounds its cost. block is sorted by length,
@@ -526,15 +532,7 @@ func mergeLengths(idx uint32, block []v6Key) ([]v6Key, error) {
 				next = append(next, v6Key{hi, lo, uint8(to)})
 			}
 		}
-		slices.SortFunc(next, func(a, b v6Key) int {
-			if c := int(a.len) - int(b.len); c != 0 {
-				return c
-			}
-			if c := cmp.Compare(a.hi, b.hi); c != 0 {
-				return c
-			}
-			return cmp.Compare(a.lo, b.lo)
-		})
+		slices.SortFunc(next, compareInBlock)
 		block = slices.Compact(next)
 	}
 }
