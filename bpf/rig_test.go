@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"testing"
@@ -240,7 +241,7 @@ func feedPrefixes(t testing.TB, path string) (v4, v6 []netip.Prefix) {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		t.Skipf("feed file %s not present", path)
+		netns.SkipOrFail(t, fmt.Sprintf("feed file %s not present (../shared/testdata/feeds)", path))
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -276,7 +277,7 @@ func azurePrefixes(t testing.TB, path string) (v4, v6 []netip.Prefix) {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		t.Skipf("feed file %s not present", path)
+		netns.SkipOrFail(t, fmt.Sprintf("feed file %s not present (../shared/testdata/feeds)", path))
 	}
 	if err != nil {
 		t.Fatal(err)

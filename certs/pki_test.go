@@ -16,6 +16,7 @@ import (
 
 	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
 	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/test/netns"
 )
 
 func runOpenSSL(t *testing.T, dir string, args ...string) {
@@ -42,9 +43,7 @@ private_key = ca.key
 // file made by OpenSSL work in gatehouse: as a tenant's CA and CRL in real
 // handshakes, as a CA directory to issue from, and as an import.
 func TestAcceptsOpenSSLPKI(t *testing.T) {
-	if _, err := exec.LookPath("openssl"); err != nil {
-		t.Skip("openssl not installed")
-	}
+	netns.RequireTool(t, "openssl", "openssl")
 	d := t.TempDir()
 	write := func(name, data string) {
 		if err := os.WriteFile(filepath.Join(d, name), []byte(data), 0o600); err != nil {

@@ -6,25 +6,19 @@ import (
 	"encoding/json"
 	"io"
 	"net"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/test/netns"
 )
 
 // TestCurlWithClientCertificate drives the proxy with curl --cert, the way
 // an operator checks a listener by hand.
 func TestCurlWithClientCertificate(t *testing.T) {
-	curl, err := exec.LookPath("curl")
-	if err != nil {
-		if os.Getenv("GATEHOUSE_REQUIRE_PRIV") == "1" {
-			t.Fatal("curl not installed")
-		}
-		t.Skip("curl not installed")
-	}
+	curl := netns.RequireTool(t, "curl", "curl")
 	b := newBackend(t, "a")
 	h := newHarness(t, testLimits(), listener("web", policy.ProtoHTTPS,
 		policy.Route{Tenant: "acme", Host: "a.example", Path: "/orders", Backend: b.url()}))

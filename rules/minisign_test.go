@@ -8,20 +8,15 @@ import (
 	"testing"
 
 	"aead.dev/minisign"
+
+	"github.com/gatehouse-dmz/gatehouse/test/netns"
 )
 
 // minisignTool returns the path of the minisign tool. CI installs it, so
 // there a missing tool fails the test; elsewhere it skips.
 func minisignTool(t *testing.T) string {
 	t.Helper()
-	path, err := exec.LookPath("minisign")
-	if err != nil {
-		if os.Getenv("CI") != "" || os.Getenv("GATEHOUSE_REQUIRE_PRIV") == "1" {
-			t.Fatalf("minisign tool not installed (Debian package minisign): %v", err)
-		}
-		t.Skipf("minisign tool not installed: %v", err)
-	}
-	return path
+	return netns.RequireTool(t, "minisign", "minisign")
 }
 
 func runTool(t *testing.T, name string, args ...string) string {

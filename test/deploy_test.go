@@ -37,24 +37,6 @@ import (
 // in test/.
 const deployDir = "../deploy"
 
-// deployTool returns the path of an external program a deployment test
-// needs. Missing, the test skips, or fails when GATEHOUSE_REQUIRE_PRIV=1
-// (CI installs it: promtool and prometheus come with the Debian package
-// prometheus, systemd-analyze with systemd).
-func deployTool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err == nil {
-		return path
-	}
-	msg := fmt.Sprintf("%s not found in PATH (Debian package %s)", name, pkg)
-	if os.Getenv(netns.RequirePrivEnv) == "1" {
-		t.Fatalf("%s; %s=1 forbids skipping", msg, netns.RequirePrivEnv)
-	}
-	t.Skip(msg)
-	return ""
-}
-
 // runTool runs a program with a time bound and returns its combined output.
 func runTool(t *testing.T, stdin []byte, name string, args ...string) (string, error) {
 	t.Helper()
@@ -80,7 +62,7 @@ func readDeployFile(t *testing.T, name string) []byte {
 // --- the Prometheus rules ---------------------------------------------------
 
 func TestDeployAlertRulesCheck(t *testing.T) {
-	promtool := deployTool(t, "promtool", "prometheus")
+	promtool := netns.RequireTool(t, "promtool", "prometheus")
 	out, err := runTool(t, nil, promtool, "check", "rules", filepath.Join(deployDir, "prometheus-alerts.yaml"))
 	if err != nil {
 		t.Fatalf("promtool check rules: %v\n%s", err, out)
@@ -94,7 +76,7 @@ func TestDeployAlertRulesCheck(t *testing.T) {
 // promtool's rule unit tests: each alert fires when it should and stays
 // quiet on a healthy appliance.
 func TestDeployAlertRulesFire(t *testing.T) {
-	promtool := deployTool(t, "promtool", "prometheus")
+	promtool := netns.RequireTool(t, "promtool", "prometheus")
 	rules := parseAlertRules(t)
 	// promtool compares annotations verbatim, so the cases run on a copy
 	// without them; TestDeployAlertAnnotations checks them instead.
@@ -330,7 +312,7 @@ var grafanaVars = strings.NewReplacer(
 // TestDeployDashboardQueriesParse has promtool parse every panel query (as
 // a recording rule), so a PromQL typo fails here rather than in Grafana.
 func TestDeployDashboardQueriesParse(t *testing.T) {
-	promtool := deployTool(t, "promtool", "prometheus")
+	promtool := netns.RequireTool(t, "promtool", "prometheus")
 	d := loadDashboard(t)
 	type rule struct {
 		Record string `json:"record"`
@@ -553,7 +535,7 @@ func unitForVerify(t *testing.T) string {
 }
 
 func TestDeploySystemdUnitVerify(t *testing.T) {
-	analyze := deployTool(t, "systemd-analyze", "systemd")
+	analyze := netns.RequireTool(t, "systemd-analyze", "systemd")
 	path := unitForVerify(t)
 	out, err := runTool(t, nil, analyze, "verify", path)
 	// verify exits 0 on unknown keys and bad values and only prints them;
@@ -574,7 +556,7 @@ func TestDeploySystemdUnitVerify(t *testing.T) {
 // "systemd-analyze security" (offline, so no running systemd is needed)
 // stays at or below the figure recorded in the unit's comment.
 func TestDeploySystemdUnitSecurity(t *testing.T) {
-	analyze := deployTool(t, "systemd-analyze", "systemd")
+	analyze := netns.RequireTool(t, "systemd-analyze", "systemd")
 	path := unitForVerify(t)
 	unit := string(readDeployFile(t, "gatehouse.service"))
 	m := regexp.MustCompile(`rates\s*\n?#?\s*this unit (\d+)\.(\d) `).FindStringSubmatch(unit)
@@ -637,7 +619,7 @@ func startPromServer(t *testing.T, target string, ruleFiles ...string) *promServ
 // test's own), so that it can scrape a daemon that listens there.
 func startPromServerIn(t *testing.T, ns *netns.NS, target string, ruleFiles ...string) *promServer {
 	t.Helper()
-	bin := deployTool(t, "prometheus", "prometheus")
+	bin := netns.RequireTool(t, "prometheus", "prometheus")
 	dir := t.TempDir()
 	var rules strings.Builder
 	for _, f := range ruleFiles {
@@ -843,7 +825,7 @@ func gatehouseLikeRegistry(t *testing.T) *prometheus.Registry {
 // promtoolCheckMetrics lints an exposition the way CI does.
 func promtoolCheckMetrics(t *testing.T, exposition []byte) {
 	t.Helper()
-	promtool := deployTool(t, "promtool", "prometheus")
+	promtool := netns.RequireTool(t, "promtool", "prometheus")
 	out, err := runTool(t, exposition, promtool, "check", "metrics")
 	if err != nil || strings.TrimSpace(out) != "" {
 		t.Fatalf("promtool check metrics: %v\n%s", err, out)
@@ -870,7 +852,7 @@ func scrapeText(t *testing.T, url string) []byte {
 // error, and the XDP alert is pending for a target that exports no attach
 // mode.
 func TestDeployPrometheusScrape(t *testing.T) {
-	deployTool(t, "prometheus", "prometheus")
+	netns.RequireTool(t, "prometheus", "prometheus")
 	srv := httptest.NewServer(promhttp.HandlerFor(gatehouseLikeRegistry(t), promhttp.HandlerOpts{}))
 	t.Cleanup(srv.Close)
 
@@ -932,8 +914,8 @@ func TestDeployPrometheusScrape(t *testing.T) {
 // daemon (XDP and nftables off, so no privileges are needed): its
 // exposition passes promtool, and PromQL sees its reload counter.
 func TestDeployPrometheusScrapesDaemon(t *testing.T) {
-	deployTool(t, "prometheus", "prometheus")
-	deployTool(t, "promtool", "prometheus")
+	netns.RequireTool(t, "prometheus", "prometheus")
+	netns.RequireTool(t, "promtool", "prometheus")
 	d, _, _, _ := startDaemon(t)
 	promtoolCheckMetrics(t, scrapeText(t, "http://"+d.metrics+"/metrics"))
 	p := startPromServer(t, d.metrics)
@@ -1016,7 +998,7 @@ func procCaps(t *testing.T, pid int, set string) uint64 {
 // system-call sandbox is not reproduced here; systemd-analyze checks it.
 func TestDeployUnitCapabilitiesSuffice(t *testing.T) {
 	netns.RequirePriv(t)
-	setpriv := deployTool(t, "setpriv", "util-linux")
+	setpriv := netns.RequireTool(t, "setpriv", "util-linux")
 	unit := string(readDeployFile(t, "gatehouse.service"))
 	caps := unitCapabilities(t, unit)
 	var want uint64
@@ -1151,8 +1133,8 @@ func unitAllowedSyscalls(t *testing.T, analyze, unit string) map[string]bool {
 // in the journal.)
 func TestDeployUnitSyscallFilter(t *testing.T) {
 	netns.RequirePriv(t)
-	analyze := deployTool(t, "systemd-analyze", "systemd")
-	strace := deployTool(t, "strace", "strace")
+	analyze := netns.RequireTool(t, "systemd-analyze", "systemd")
+	strace := netns.RequireTool(t, "strace", "strace")
 	allowed := unitAllowedSyscalls(t, analyze, string(readDeployFile(t, "gatehouse.service")))
 
 	tp := newTopology(t)

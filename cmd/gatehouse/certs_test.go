@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/gatehouse-dmz/gatehouse/certs"
+	"github.com/gatehouse-dmz/gatehouse/test/netns"
 )
 
 // pkiRun runs `gatehouse certs ARGS…` on its own command tree.
@@ -38,9 +39,7 @@ func pkiTry(args ...string) (string, error) {
 
 func needOpenSSL(t *testing.T) {
 	t.Helper()
-	if _, err := exec.LookPath("openssl"); err != nil {
-		t.Skip("openssl not installed")
-	}
+	netns.RequireTool(t, "openssl", "openssl")
 }
 
 // openssl runs openssl in dir and fails the test unless it exits 0.

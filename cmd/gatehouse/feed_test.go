@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/rules"
+	"github.com/gatehouse-dmz/gatehouse/test/netns"
 )
 
 // feedRun runs `gatehouse feed ARGS…` on its own command tree.
@@ -101,13 +102,12 @@ func TestFeedSignVerify(t *testing.T) {
 	}
 
 	// The minisign tool verifies both signatures.
-	if tool, err := exec.LookPath("minisign"); err == nil {
-		for i, pub := range []string{pub1, pub2} {
-			cmd := exec.Command(tool, "-V", "-P", pub, "-m", filepath.Join(dir, rules.ManifestName),
-				"-x", filepath.Join(dir, rules.SignatureName(i+1)))
-			if out, err := cmd.CombinedOutput(); err != nil {
-				t.Errorf("minisign -V signature %d: %v\n%s", i+1, err, out)
-			}
+	tool := netns.RequireTool(t, "minisign", "minisign")
+	for i, pub := range []string{pub1, pub2} {
+		cmd := exec.Command(tool, "-V", "-P", pub, "-m", filepath.Join(dir, rules.ManifestName),
+			"-x", filepath.Join(dir, rules.SignatureName(i+1)))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("minisign -V signature %d: %v\n%s", i+1, err, out)
 		}
 	}
 

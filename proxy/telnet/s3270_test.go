@@ -18,20 +18,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/test/netns"
 )
 
 // requireS3270 skips without the emulator, unless GATEHOUSE_REQUIRE_PRIV=1
 // says every test must run.
 func requireS3270(t *testing.T) string {
 	t.Helper()
-	path, err := exec.LookPath("s3270")
-	if err != nil {
-		if os.Getenv("GATEHOUSE_REQUIRE_PRIV") == "1" {
-			t.Fatalf("s3270 required: %v", err)
-		}
-		t.Skip("s3270 not installed")
-	}
-	return path
+	return netns.RequireTool(t, "s3270", "s3270")
 }
 
 // ebcdic encodes upper-case letters, digits and spaces (code page 037).

@@ -62,11 +62,29 @@ func RequirePriv(t testing.TB) {
 	if len(reasons) == 0 {
 		return
 	}
-	msg := "privileged test: " + strings.Join(reasons, ", ")
+	SkipOrFail(t, "privileged test: "+strings.Join(reasons, ", "))
+}
+
+// SkipOrFail skips the test, saying why; with GATEHOUSE_REQUIRE_PRIV=1 (as
+// in CI, which installs everything the tests need) it fails instead, so
+// that nothing a test checks is silently left out.
+func SkipOrFail(t testing.TB, why string) {
+	t.Helper()
 	if os.Getenv(RequirePrivEnv) == "1" {
-		t.Fatalf("%s; %s=1 forbids skipping", msg, RequirePrivEnv)
+		t.Fatalf("%s; %s=1 forbids skipping", why, RequirePrivEnv)
 	}
-	t.Skip(msg)
+	t.Skip(why)
+}
+
+// RequireTool returns the path of a program a test runs (from the Debian
+// package pkg), or skips or fails as SkipOrFail does without it.
+func RequireTool(t testing.TB, name, pkg string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		SkipOrFail(t, fmt.Sprintf("%s not found in PATH (Debian package %s)", name, pkg))
+	}
+	return path
 }
 
 // NS is one network namespace owned by one test.
