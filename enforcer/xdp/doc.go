@@ -3,7 +3,9 @@
 // under /sys/fs/bpf/gatehouse/<interface>/, adopts them after a restart,
 // swaps whole generations atomically, feeds the blocklist and exports the
 // program's counters. It does not decide policy and never removes the filter
-// except through Teardown.
+// except through Teardown. It repairs no drift: a link detached behind its
+// back shows as gatehouse_xdp_attach_mode 0 and raises the XDP-not-attached
+// alert.
 //
 // The filter is stateless. In strict mode it drops a new flow (a bare TCP
 // SYN, UDP to a port outside the local ephemeral range, an ICMP echo
