@@ -200,16 +200,26 @@ func (s *Server) logRefusal(c *conn, msg string, err error) {
 //
 // seen is the revalidation count read before id was made: when Revalidate
 // ran since, its sweep may have missed this connection, so id is checked
-// against the certificate state again before it is admitted.
+// against the certificate state again before it is admitted. The count is
+// read once more under connMu, where c becomes identified: a Revalidate
+// counted after that read lists c in its sweep, one counted before it is
+// caught here (the check runs outside the lock, so the loop goes round).
 func (s *Server) admit(c *conn, id Identity, seen uint64) (*listenerState, error) {
-	if s.revalidations.Load() != seen {
-		if err := s.stillValid(c, id.Tenant); err != nil {
-			return nil, err
+	for {
+		if cur := s.revalidations.Load(); cur != seen {
+			if err := s.stillValid(c, id.Tenant); err != nil {
+				return nil, err
+			}
+			seen = cur
 		}
+		s.connMu.Lock()
+		if s.revalidations.Load() == seen {
+			break
+		}
+		s.connMu.Unlock()
 	}
-	k := [2]string{c.listener, id.Tenant}
-	s.connMu.Lock()
 	defer s.connMu.Unlock()
+	k := [2]string{c.listener, id.Tenant}
 	if _, open := s.conns[c]; !open {
 		return nil, errClosedMeanwhile
 	}
