@@ -128,8 +128,8 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 		return
 	}
 	seen := s.revalidations.Load()
-	id, err := s.tlsSrc.Identify(cs)
-	if err != nil || id.Tenant == "" {
+	id, err := s.identify(cs)
+	if err != nil {
 		s.logger.Info("client certificate not accepted", "listener", c.listener, "source", c.source.String(), "err", err)
 		c.raw.Close()
 		return
@@ -277,12 +277,9 @@ func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 			return telnet.Peer{}, ErrTLSConfig
 		}
 		seen := s.revalidations.Load()
-		id, err := s.tlsSrc.Identify(cs)
+		id, err := s.identify(cs)
 		if err != nil {
 			return telnet.Peer{}, err
-		}
-		if id.Tenant == "" {
-			return telnet.Peer{}, fmt.Errorf("%w: no tenant", ErrConfig)
 		}
 		c.idMu.Lock()
 		c.cs = &cs
@@ -336,7 +333,7 @@ func (s *Server) relayTCP(c *conn, st *listenerState) {
 	tenant := c.identity().Tenant
 	rt := st.tcp[tenant]
 	if rt == nil {
-		s.logger.Info("tcp connection refused: no route", "listener", c.listener, "tenant", tenant)
+		s.logger.Info("tcp connection refused: no route", "listener", c.listener, "tenant", tenant, "source", c.source.String())
 		c.raw.Close()
 		return
 	}

@@ -563,10 +563,20 @@ func (s *Server) Revalidate() int {
 	return closed
 }
 
+// identify maps a verified connection state to its tenant; an identity
+// without one is refused, never admitted anonymously.
+func (s *Server) identify(cs tls.ConnectionState) (Identity, error) {
+	id, err := s.tlsSrc.Identify(cs)
+	if err == nil && id.Tenant == "" {
+		err = fmt.Errorf("%w: no tenant", ErrConfig)
+	}
+	return id, err
+}
+
 // stillValid identifies c's certificate again and checks it still maps to
 // tenant.
 func (s *Server) stillValid(c *conn, tenant string) error {
-	id, err := s.tlsSrc.Identify(c.state())
+	id, err := s.identify(c.state())
 	if err != nil {
 		return err
 	}

@@ -225,7 +225,7 @@ func (s *session) closed(client bool, err error) {
 		s.end(who+" closed", ResultOK, nil)
 		return
 	}
-	s.end(who+" connection failed", ResultOK, nil)
+	s.end(who+" connection failed: "+err.Error(), ResultOK, nil)
 }
 
 // refusal is a policy decision that ends the session.
