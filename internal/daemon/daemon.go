@@ -204,7 +204,8 @@ func (d *Daemon) apply(p, prev *policy.Policy) error {
 // only, to the components that enforce them. Were anything else to differ,
 // every component gets it.
 func (d *Daemon) applyRanges(p, prev *policy.Policy) error {
-	if prev == nil || !onlyRangesDiffer(p, prev) {
+	if prev == nil || d.split.Load() || !onlyRangesDiffer(p, prev) {
+		// Layers left on different generations are all given this one.
 		return d.apply(p, prev)
 	}
 	var comps []Component

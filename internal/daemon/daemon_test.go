@@ -229,6 +229,36 @@ func TestFailedRollbackIsNotReady(t *testing.T) {
 	}
 }
 
+// TestFeedUpdateRealignsSplitLayers: while layers are left on different
+// generations, a feed update goes to every layer, the range-blind ones
+// included, so that readiness comes back only when all agree.
+func TestFeedUpdateRealignsSplitLayers(t *testing.T) {
+	wide := func(p *policy.Policy) bool { return p.Admitted.Contains(mustAddr("192.0.2.1")) }
+	var aRefusesOld atomic.Bool
+	a := blind{&recorder{name: "a", refuse: func(p *policy.Policy) bool { return aRefusesOld.Load() && !wide(p) }}}
+	b := &recorder{name: "b", refuse: wide}
+	d, dir, metrics, stop := start(t, a, b)
+	defer stop()
+	aRefusesOld.Store(true)
+	writeConfig(t, dir, metrics, "192.0.2.0/24")
+	if err := d.Reload(); !errors.Is(err, errSplit) {
+		t.Fatalf("reload whose rollback failed: %v, want errSplit", err)
+	}
+	aRefusesOld.Store(false)
+	p := *d.current.Load()
+	p.Generation += 100
+	p.Admitted = policy.Admitted{V4: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}}
+	if err := d.applyRanges(&p, d.current.Load()); err != nil {
+		t.Fatal(err)
+	}
+	if a.last() != p.Generation || b.last() != p.Generation {
+		t.Errorf("after a feed update on split layers: a at %d, b at %d, want %d", a.last(), b.last(), p.Generation)
+	}
+	if d.split.Load() {
+		t.Error("still split after every layer took the generation")
+	}
+}
+
 func TestFirstApplyFailureIsFatal(t *testing.T) {
 	dir := t.TempDir()
 	path := writeConfig(t, dir, freePort(t), "203.0.113.0/24")
