@@ -237,8 +237,14 @@ const genPin = "gh_generation"
 // generation with this build's layout.
 func (e *Enforcer) currentLayout(outer *ebpf.Map) (bool, error) {
 	var id uint32
-	if err := outer.Lookup(uint32(0), &id); err != nil || id == 0 {
+	err := outer.Lookup(uint32(0), &id)
+	if errors.Is(err, ebpf.ErrKeyNotExist) || err == nil && id == 0 {
 		return true, nil // no generation yet
+	}
+	if err != nil {
+		// Unknown is not compatible: adopting would move the link to a
+		// program that may not read the generation in force.
+		return false, fmt.Errorf("generation in force: %w", err)
 	}
 	inner, err := ebpf.LoadPinnedMap(filepath.Join(e.dir, genPin), nil)
 	if err == nil {

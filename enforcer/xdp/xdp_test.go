@@ -2,6 +2,7 @@ package xdp
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -492,6 +493,64 @@ func TestUpgradeReplacesOlderLayout(t *testing.T) {
 	if got := counter(t, e, "drop", "not_admitted"); got <= before {
 		t.Errorf("drop/not_admitted %d after probing, was %d: the new maps are not the ones counting", got, before)
 	}
+}
+
+// TestOtherLayoutInForceReplacesMaps: a generation in force whose header
+// has another layout's magic is not adopted with its maps (the new program
+// would pass everything on it); the first Apply publishes into fresh maps.
+func TestOtherLayoutInForceReplacesMaps(t *testing.T) {
+	tp := newTopo(t)
+	old := tp.newEnforcer(t)
+	if err := old.Apply(testPolicy(policy.ModeListeners)); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(tp.pinDir, tp.iface)
+	gen, err := ebpf.LoadPinnedMap(filepath.Join(dir, genPin), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr := make([]byte, bpf.PageSize)
+	if err := gen.Lookup(uint32(0), &hdr); err != nil {
+		t.Fatal(err)
+	}
+	binary.LittleEndian.PutUint32(hdr, bpf.Magic+1)
+	if err := gen.Update(uint32(0), hdr, ebpf.UpdateExist); err != nil {
+		t.Fatal(err)
+	}
+	gen.Close()
+	countersID := func() ebpf.MapID {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, bpf.MapCounters), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		info, err := m.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := info.ID()
+		return id
+	}
+	before := countersID()
+
+	e := tp.newEnforcer(t)
+	t.Cleanup(func() { Teardown(tp.pinDir, tp.iface); e.Close() })
+	if !e.pending {
+		t.Fatal("maps holding another layout's generation were adopted")
+	}
+	if err := e.Apply(testPolicy(policy.ModeListeners)); err != nil {
+		t.Fatal(err)
+	}
+	if countersID() == before {
+		t.Error("pinned maps not replaced after the first Apply")
+	}
+	if ok, err := e.currentLayout(e.coll.Maps[bpf.MapGen]); !ok {
+		t.Errorf("layout in force after Apply: %v", err)
+	}
+	tp.expect(t, "after apply", listenersProbes)
 }
 
 // linkProgram returns the ID of the program on the pinned link.
