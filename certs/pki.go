@@ -122,7 +122,7 @@ func WriteKeyFile(path string, key crypto.Signer, force bool) error {
 	if err != nil {
 		return err
 	}
-	return writeNew(path, b, 0o600, force)
+	return WriteFile(path, b, 0o600, force)
 }
 
 // WriteCertFile writes certificates (DER) as one PEM file, mode 0644.
@@ -131,10 +131,14 @@ func WriteCertFile(path string, force bool, ders ...[]byte) error {
 	for _, d := range ders {
 		b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: d})...)
 	}
-	return writeNew(path, b, 0o644, force)
+	return WriteFile(path, b, 0o644, force)
 }
 
-func writeNew(path string, data []byte, mode os.FileMode, force bool) error {
+// WriteFile writes data to path with mode: refused with ErrExists when the
+// file exists unless force, and always through a temporary file renamed
+// over path, so that a reader (a daemon watching a CRL) sees the old file or
+// the new one whole.
+func WriteFile(path string, data []byte, mode os.FileMode, force bool) error {
 	if !force {
 		if _, err := os.Lstat(path); err == nil {
 			return fmt.Errorf("%s: %w", path, ErrExists)

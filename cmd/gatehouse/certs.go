@@ -17,7 +17,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/gatehouse-dmz/gatehouse/certs"
-	"github.com/gatehouse-dmz/gatehouse/rules"
 )
 
 // pkiPasswordEnv is read when no --password-file is given.
@@ -551,36 +550,12 @@ func pkiPassword(file string) (string, error) {
 }
 
 func pkiWriteFile(path string, data []byte, force bool) error {
-	return pkiWrite(path, data, 0o644, force)
+	return certs.WriteFile(path, data, 0o644, force)
 }
 
 // pkiWriteKeyLike writes a file holding a private key (PKCS#12) with 0600.
 func pkiWriteKeyLike(path string, data []byte, force bool) error {
-	return pkiWrite(path, data, 0o600, force)
-}
-
-// pkiWrite creates path, or with force replaces it atomically: a daemon
-// reading the file (a CRL it watches) sees the old or the new one whole.
-func pkiWrite(path string, data []byte, mode os.FileMode, force bool) error {
-	if force {
-		return rules.WriteFileAtomic(path, data, mode)
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-	if err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("%s: %w", path, certs.ErrExists)
-		}
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return certs.WriteFile(path, data, 0o600, force)
 }
 
 func pkiSummary(w io.Writer, der []byte) error {
