@@ -221,8 +221,12 @@ func (g *Generation) Encode() (*Pages, error) {
 	}
 	p.put(v4DirPage, v4.dir)
 	if len(v4.bits) > 0 {
-		// pages beyond MaxPages are refused below, before anything is used
-		p.put(p.alloc(pagesFor(len(v4.bits))), v4.bits)
+		// The program finds them at v4BitsPage, straight after the
+		// directory; pages beyond MaxPages are refused below.
+		if first := p.alloc(pagesFor(len(v4.bits))); first != v4BitsPage {
+			return nil, fmt.Errorf("IPv4 bitmaps at page %d, the program reads %d", first, v4BitsPage)
+		}
+		p.put(v4BitsPage, v4.bits)
 	}
 	putDir(hdrV6Dir, v6.state)
 	if v6.buckets > 0 {
