@@ -119,7 +119,6 @@ func NewVerifier(cfg FeedConfig, g Guards, now func() time.Time) (*Verifier, err
 	return v, nil
 }
 
-// Config returns the feed configuration.
 // VerifyOptions relax checks for re-verifying what is already in force.
 type VerifyOptions struct {
 	// IgnoreExpiry accepts an expired release and sets Verified.Expired:

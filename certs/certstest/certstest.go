@@ -115,7 +115,6 @@ func (ca *CA) Intermediate(t testing.TB, name string) *CA {
 	return in
 }
 
-// Dir is the directory the CA writes its files into.
 // Server issues a server certificate for the DNS names (and IP addresses,
 // when a name parses as one).
 func (ca *CA) Server(t testing.TB, dns ...string) *Leaf {

@@ -265,9 +265,6 @@ func feedConfigPath(cmd *cobra.Command) string {
 	return config.DefaultPath
 }
 
-// FeedConfigs converts the configuration's feeds and guards to the rules
-// package's types.
-
 // readBundle reads a release from a directory (or the path of its
 // manifest.json): manifest, signatures, and the files the manifest names.
 // Nothing is trusted yet; the caller verifies.
