@@ -159,7 +159,9 @@ func (s *session) pump(fromClient bool) {
 		}
 		n, err := src.Read(buf)
 		if n > 0 {
-			s.last.Store(time.Now().UnixNano())
+			if s.h.limits.IdleTimeout > 0 { // only the idle timer reads it
+				s.last.Store(time.Now().UnixNano())
+			}
 			if fromClient {
 				s.bytesIn.Add(int64(n))
 			}
