@@ -706,7 +706,8 @@ func (b *countingBody) Read(p []byte) (int, error) {
 		b.ctl.SetReadDeadline(time.Time{})
 	case err != nil:
 		b.ctl.SetReadDeadline(time.Now())
-		b.st.bodyErr.CompareAndSwap(nil, &err)
+		first := err // its own variable: &err would move err to the heap on every Read
+		b.st.bodyErr.CompareAndSwap(nil, &first)
 	}
 	return n, err
 }
