@@ -196,18 +196,27 @@ func TestReloadRollsBackEarlierLayers(t *testing.T) {
 // cannot be given the previous one back, the daemon does not claim the old
 // generation holds: /readyz fails and the error says the layers are split,
 // until a configuration applies to every layer again.
-func TestFailedRollbackIsNotReady(t *testing.T) {
+// splitLayers starts a daemon with two components and leaves them split: a
+// reload that a takes and b refuses, and a refuses to roll back.
+// aRefusesOld.Store(false) lets a take any generation again.
+func splitLayers(t *testing.T) (d *Daemon, a blind, b *recorder, aRefusesOld *atomic.Bool, dir, metrics string) {
+	t.Helper()
 	wide := func(p *policy.Policy) bool { return p.Admitted.Contains(mustAddr("192.0.2.1")) }
-	var aRefusesOld atomic.Bool
-	a := &recorder{name: "a", refuse: func(p *policy.Policy) bool { return aRefusesOld.Load() && !wide(p) }}
-	b := &recorder{name: "b", refuse: wide}
+	aRefusesOld = new(atomic.Bool)
+	a = blind{&recorder{name: "a", refuse: func(p *policy.Policy) bool { return aRefusesOld.Load() && !wide(p) }}}
+	b = &recorder{name: "b", refuse: wide}
 	d, dir, metrics, stop := start(t, a, b)
-	defer stop()
+	t.Cleanup(func() { stop() })
 	aRefusesOld.Store(true)
 	writeConfig(t, dir, metrics, "192.0.2.0/24")
 	if err := d.Reload(); !errors.Is(err, errSplit) {
 		t.Fatalf("reload whose rollback failed: %v, want errSplit", err)
 	}
+	return d, a, b, aRefusesOld, dir, metrics
+}
+
+func TestFailedRollbackIsNotReady(t *testing.T) {
+	d, _, _, aRefusesOld, dir, metrics := splitLayers(t)
 	readyz := func() int {
 		resp, err := http.Get("http://" + metrics + "/readyz")
 		if err != nil {
@@ -233,17 +242,7 @@ func TestFailedRollbackIsNotReady(t *testing.T) {
 // generations, a feed update goes to every layer, the range-blind ones
 // included, so that readiness comes back only when all agree.
 func TestFeedUpdateRealignsSplitLayers(t *testing.T) {
-	wide := func(p *policy.Policy) bool { return p.Admitted.Contains(mustAddr("192.0.2.1")) }
-	var aRefusesOld atomic.Bool
-	a := blind{&recorder{name: "a", refuse: func(p *policy.Policy) bool { return aRefusesOld.Load() && !wide(p) }}}
-	b := &recorder{name: "b", refuse: wide}
-	d, dir, metrics, stop := start(t, a, b)
-	defer stop()
-	aRefusesOld.Store(true)
-	writeConfig(t, dir, metrics, "192.0.2.0/24")
-	if err := d.Reload(); !errors.Is(err, errSplit) {
-		t.Fatalf("reload whose rollback failed: %v, want errSplit", err)
-	}
+	d, a, b, aRefusesOld, _, _ := splitLayers(t)
 	aRefusesOld.Store(false)
 	p := *d.current.Load()
 	p.Generation += 100
