@@ -81,6 +81,9 @@ type Enforcement struct {
 	// MaxConnsPerSource caps concurrent connections from one source address
 	// to the listener ports (nftables ct count). Zero means no cap.
 	MaxConnsPerSource uint32
+	// SourcePrefix says how many leading bits of a source address count as
+	// one source for the per-source limits of every layer.
+	SourcePrefix SourcePrefix
 }
 
 // Identities narrow which certificates from a tenant's CA belong to the
@@ -155,6 +158,11 @@ type Listener struct {
 	ExtraCerts []CertKey
 	StartTLS   bool // tn3270/tn5250: Telnet START_TLS instead of implicit TLS
 	Routes     []Route
+	// Limits apply to every connection of the listener; TenantLimits, to
+	// the connections of the tenants that override some of them (see
+	// ForTenant). Both are resolved completely by the configuration.
+	Limits       Limits
+	TenantLimits map[string]Limits
 }
 
 // ListenAddress returns the address in the form net.Listen takes.

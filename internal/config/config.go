@@ -8,6 +8,7 @@ import (
 	"os"
 	"reflect"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,6 +41,7 @@ type Config struct {
 	Tenants       []Tenant      `mapstructure:"tenants"`
 	Listeners     []Listener    `mapstructure:"listeners"`
 	Rules         Rules         `mapstructure:"rules"`
+	Limits        Limits        `mapstructure:"limits"`
 }
 
 // Enforcement configures the kernel layers.
@@ -52,7 +54,15 @@ type Enforcement struct {
 	ScanBlock         ScanBlock    `mapstructure:"scan_block"`
 	NewConnRate       ConnRate     `mapstructure:"new_conn_rate"`
 	MaxConnsPerSource uint32       `mapstructure:"max_conns_per_source"`
+	SourcePrefix      SourcePrefix `mapstructure:"source_prefix"`
 	Forward           bool         `mapstructure:"forward"`
+}
+
+// SourcePrefix is how many leading bits of a source address count as one
+// source for the per-source limits.
+type SourcePrefix struct {
+	V4 int `mapstructure:"v4"`
+	V6 int `mapstructure:"v6"`
 }
 
 // Management is a range allowed to the appliance's own ports.
@@ -99,6 +109,7 @@ type Tenant struct {
 	ClientCA   string     `mapstructure:"client_ca"`
 	CRL        string     `mapstructure:"crl"`
 	Identities Identities `mapstructure:"identities"`
+	Limits     Limits     `mapstructure:"limits"`
 }
 
 // Identities narrow which certificates of the tenant's CA count.
@@ -121,6 +132,7 @@ type Listener struct {
 	ExtraCerts []CertKey `mapstructure:"extra_certs"`
 	StartTLS   bool      `mapstructure:"starttls"`
 	Routes     []Route   `mapstructure:"routes"`
+	Limits     Limits    `mapstructure:"limits"`
 }
 
 // CertKey is a further server certificate, chosen by SNI.
@@ -155,6 +167,9 @@ type Route struct {
 type Rules struct {
 	MinPrefix      MinPrefix `mapstructure:"min_prefix"`
 	ReservedExempt []string  `mapstructure:"reserved_exempt"`
+	// BroadStaticRanges lets static_ranges hold prefixes shorter than
+	// min_prefix (a /0 admits the whole Internet).
+	BroadStaticRanges bool `mapstructure:"broad_static_ranges"`
 }
 
 // MinPrefix is the shortest prefix a feed may carry, per family.
@@ -248,12 +263,12 @@ func decode(data []byte, name string, env func(string) (string, bool), validate 
 	if err := v.MergeConfigMap(user.AllSettings()); err != nil {
 		return nil, fmt.Errorf("%s: %w: %v", name, ErrInvalid, err)
 	}
-	applyEnv(v, env)
+	problems = append(problems, applyEnv(v, env)...)
 
 	var c Config
 	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
 		Result:     &c,
-		DecodeHook: mapstructure.StringToTimeDurationHookFunc(),
+		DecodeHook: mapstructure.ComposeDecodeHookFunc(mapstructure.StringToTimeDurationHookFunc(), byteSizeHook),
 	})
 	if err != nil {
 		return nil, err
@@ -275,19 +290,99 @@ func decode(data []byte, name string, env func(string) (string, bool), validate 
 	return &c, nil
 }
 
-// applyEnv sets every scalar key for which a GATEHOUSE_… variable exists.
-// Lists of tables (tenants, listeners, feeds) cannot be overridden this way.
-func applyEnv(v *viper.Viper, env func(string) (string, bool)) {
+// applyEnv sets every scalar key for which a GATEHOUSE_… variable exists,
+// converted to the key's type as YAML would give it, so that a number, a
+// boolean or a float from the environment decodes and validates as it does
+// from the file. Lists of strings take comma-separated values; lists of
+// tables (tenants, listeners, feeds) cannot be overridden this way.
+func applyEnv(v *viper.Viper, env func(string) (string, bool)) Problems {
+	var problems Problems
 	for _, key := range v.AllKeys() {
 		name := EnvPrefix + "_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
-		if val, ok := env(name); ok {
-			if _, isList := v.Get(key).([]any); isList {
-				v.Set(key, splitList(val))
-				continue
-			}
-			v.Set(key, val)
+		val, ok := env(name)
+		if !ok {
+			continue
+		}
+		if _, isList := v.Get(key).([]any); isList {
+			v.Set(key, splitList(val))
+			continue
+		}
+		typed, err := envScalar(val, keyType(reflect.TypeFor[Config](), strings.Split(key, ".")))
+		if err != nil {
+			problems = append(problems, Problem{key, fmt.Sprintf("%s=%q: %v", name, val, err)})
+			continue
+		}
+		v.Set(key, typed)
+	}
+	return problems
+}
+
+// keyType is the Go type a dotted key decodes into, nil when the schema
+// has no such key.
+func keyType(t reflect.Type, path []string) reflect.Type {
+	for _, name := range path {
+		for t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct {
+			return nil
+		}
+		f, ok := fieldByTag(t, name)
+		if !ok {
+			return nil
+		}
+		t = f.Type
+	}
+	return t
+}
+
+func fieldByTag(t reflect.Type, tag string) (reflect.StructField, bool) {
+	for i := range t.NumField() {
+		if f := t.Field(i); f.Tag.Get("mapstructure") == tag {
+			return f, true
 		}
 	}
+	return reflect.StructField{}, false
+}
+
+// envScalar converts an environment value to what the YAML parser would
+// have produced for a key of type t. Durations and sizes stay strings: the
+// decode hooks read their units.
+func envScalar(val string, t reflect.Type) (any, error) {
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == nil || t == reflect.TypeFor[time.Duration]() || t == reflect.TypeFor[ByteSize]() {
+		return val, nil
+	}
+	s := strings.TrimSpace(val)
+	switch t.Kind() {
+	case reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return nil, errors.New("not a boolean (true or false)")
+		}
+		return b, nil
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		n, err := strconv.ParseInt(s, 10, t.Bits())
+		if err != nil {
+			return nil, fmt.Errorf("not an integer of %d bits", t.Bits())
+		}
+		return n, nil
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		n, err := strconv.ParseUint(s, 10, t.Bits())
+		if err != nil {
+			return nil, fmt.Errorf("not an integer from 0 to %d", uint64(1)<<t.Bits()-1)
+		}
+		return n, nil
+	case reflect.Float32, reflect.Float64:
+		f, err := strconv.ParseFloat(s, t.Bits())
+		if err != nil {
+			return nil, errors.New("not a number")
+		}
+		return f, nil
+	}
+	return val, nil
 }
 
 func splitList(s string) []any {

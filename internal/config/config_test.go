@@ -59,7 +59,11 @@ listeners:
 
 func parse(t *testing.T, yaml string, env map[string]string) (*Config, error) {
 	t.Helper()
-	dir := fixture(t)
+	return parseIn(fixture(t), yaml, env)
+}
+
+// parseIn is parse with the fixture directory given.
+func parseIn(dir, yaml string, env map[string]string) (*Config, error) {
 	yaml = strings.ReplaceAll(yaml, "${DIR}", dir)
 	return Parse([]byte(yaml), "test.yaml", func(k string) (string, bool) {
 		v, ok := env[k]

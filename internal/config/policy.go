@@ -44,6 +44,7 @@ func (cfg *Config) Policy() *policy.Policy {
 			},
 			NewConnRate:       rate,
 			MaxConnsPerSource: e.MaxConnsPerSource,
+			SourcePrefix:      policy.SourcePrefix{V4: e.SourcePrefix.V4, V6: e.SourcePrefix.V6},
 			Forward:           e.Forward,
 		},
 	}
@@ -78,6 +79,7 @@ func (cfg *Config) Policy() *policy.Policy {
 			ServerKey:  l.ServerKey,
 			StartTLS:   l.StartTLS,
 		}
+		pl.Limits, pl.TenantLimits = cfg.compileLimits(l)
 		for _, ck := range l.ExtraCerts {
 			pl.ExtraCerts = append(pl.ExtraCerts, policy.CertKey{Cert: ck.Cert, Key: ck.Key})
 		}

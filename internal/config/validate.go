@@ -31,6 +31,17 @@ func (c *checker) add(path, format string, args ...any) {
 	c.problems = append(c.problems, Problem{path, fmt.Sprintf(format, args...)})
 }
 
+// addOnce is add for a problem that several scopes may find: the first
+// report of a key path stands.
+func (c *checker) addOnce(path, format string, args ...any) {
+	for _, p := range c.problems {
+		if p.Path == path {
+			return
+		}
+	}
+	c.add(path, format, args...)
+}
+
 func (c *checker) file(path, name string, required bool) {
 	if name == "" {
 		if required {
@@ -138,14 +149,17 @@ func (cfg *Config) validate() Problems {
 	} else if _, err := parseListen(cfg.Metrics.Listen); err != nil {
 		c.add("metrics.listen", "%v", err)
 	}
-	for i, s := range cfg.StaticRanges {
-		if _, err := parsePrefix(s); err != nil {
-			c.add(fmt.Sprintf("static_ranges[%d]", i), "%v", err)
-		}
+	if sp := e.SourcePrefix; sp.V4 < 1 || sp.V4 > 32 {
+		c.add("enforcement.source_prefix.v4", "must be 1..32, got %d", sp.V4)
 	}
+	if sp := e.SourcePrefix; sp.V6 < 1 || sp.V6 > 128 {
+		c.add("enforcement.source_prefix.v6", "must be 1..128, got %d (64: one /64 is one machine)", sp.V6)
+	}
+	cfg.validateStaticRanges(c)
 	cfg.validateFeeds(c)
 	tenants := cfg.validateTenants(c)
 	cfg.validateListeners(c, tenants)
+	cfg.validateLimits(c)
 	if cfg.Rules.MinPrefix.V4 < 0 || cfg.Rules.MinPrefix.V4 > 32 {
 		c.add("rules.min_prefix.v4", "must be 0..32, got %d", cfg.Rules.MinPrefix.V4)
 	}
@@ -158,6 +172,34 @@ func (cfg *Config) validate() Problems {
 		}
 	}
 	return c.problems
+}
+
+// validateStaticRanges refuses a static range broader than the feeds'
+// min_prefix guard (a /0 admits the whole Internet) unless the admin said
+// rules.broad_static_ranges: true.
+func (cfg *Config) validateStaticRanges(c *checker) {
+	for i, s := range cfg.StaticRanges {
+		p, err := parsePrefix(s)
+		if err != nil {
+			c.add(fmt.Sprintf("static_ranges[%d]", i), "%v", err)
+			continue
+		}
+		min, key := cfg.Rules.MinPrefix.V6, "v6"
+		if p.Addr().Is4() {
+			min, key = cfg.Rules.MinPrefix.V4, "v4"
+		}
+		if !cfg.Rules.BroadStaticRanges && (p.Bits() == 0 || p.Bits() < min) {
+			c.add(fmt.Sprintf("static_ranges[%d]", i), "%s is broader than rules.min_prefix.%s (/%d) and would admit %s; set rules.broad_static_ranges: true if that is meant",
+				p, key, min, broadness(p))
+		}
+	}
+}
+
+func broadness(p netip.Prefix) string {
+	if p.Bits() == 0 {
+		return "every address of the Internet"
+	}
+	return "a large part of the Internet"
 }
 
 func (cfg *Config) validateFeeds(c *checker) {
