@@ -7,18 +7,21 @@ import (
 
 // Errors of configuration and loading.
 var (
-	ErrUnknownListener = errors.New("unknown listener")
-	ErrNoServerCert    = errors.New("listener has no server certificate")
-	ErrNoCA            = errors.New("tenant has no client CA")
-	ErrNotCA           = errors.New("certificate is not a CA (basicConstraints CA:TRUE missing)")
-	ErrNoCertificates  = errors.New("no certificates found")
-	ErrCRLSignature    = errors.New("CRL is not signed by any CA of the tenant")
-	ErrEmptyIdentity   = errors.New("empty identity")
-	ErrBadFingerprint  = errors.New("not a hex SHA-256 digest")
-	ErrBadCRLStale     = errors.New(`crl_stale must be "fail" or "warn"`)
-	ErrDuplicate       = errors.New("duplicate name")
-	ErrSNIConflict     = errors.New("two certificates of one listener claim the same name")
-	ErrNoDNSNames      = errors.New("certificate has no DNS name in its subjectAltName, so no SNI can choose it")
+	ErrUnknownListener     = errors.New("unknown listener")
+	ErrNoServerCert        = errors.New("listener has no server certificate")
+	ErrNoCA                = errors.New("tenant has no client CA")
+	ErrNotCA               = errors.New("certificate is not a CA (basicConstraints CA:TRUE missing)")
+	ErrNoCertificates      = errors.New("no certificates found")
+	ErrCRLSignature        = errors.New("CRL is not signed by any CA of the tenant (client_ca or intermediates)")
+	ErrNotRoot             = errors.New("not a self-signed root CA: client_ca holds the tenant's roots only; list intermediate CAs in tenants[].intermediates")
+	ErrRootInIntermediates = errors.New("a self-signed root in intermediates: roots go in client_ca")
+	ErrIntermediateNoRoot  = errors.New("does not chain to a root CA in client_ca")
+	ErrEmptyIdentity       = errors.New("empty identity")
+	ErrBadFingerprint      = errors.New("not a hex SHA-256 digest")
+	ErrBadCRLStale         = errors.New(`crl_stale must be "fail" or "warn"`)
+	ErrDuplicate           = errors.New("duplicate name")
+	ErrSNIConflict         = errors.New("two certificates of one listener claim the same name")
+	ErrNoDNSNames          = errors.New("certificate has no DNS name in its subjectAltName, so no SNI can choose it")
 )
 
 // Result is the outcome of one handshake or authorisation, a bounded label

@@ -130,10 +130,14 @@ func DescribeTenant(t policy.Tenant) string {
 	id := t.Identities
 	crl := "no CRL"
 	if t.CRL != "" {
-		crl = "CRL " + t.CRL
+		crl = "CRL " + t.CRL + " (one from every CA of the chain)"
+	}
+	from := "chaining to a root in " + t.ClientCA
+	if t.Intermediates != "" {
+		from = "issued by an intermediate in " + t.Intermediates + " under a root in " + t.ClientCA
 	}
 	if id.Empty() {
-		return fmt.Sprintf("tenant %s: ANY certificate issued by a CA in %s (no identities narrow it); %s", t.ID, t.ClientCA, crl)
+		return fmt.Sprintf("tenant %s: ANY certificate %s (no identities narrow it); %s", t.ID, from, crl)
 	}
 	var parts []string
 	add := func(kind string, list []string) {
@@ -147,6 +151,6 @@ func DescribeTenant(t policy.Tenant) string {
 	add("OU", id.OrganizationalUnit)
 	add("certificate SHA-256", id.FingerprintSHA256)
 	add("SPKI SHA-256", id.SPKISHA256)
-	return fmt.Sprintf("tenant %s: certificates issued by a CA in %s matching any of: %s; %s",
-		t.ID, t.ClientCA, strings.Join(parts, "; "), crl)
+	return fmt.Sprintf("tenant %s: certificates %s matching any of: %s; %s",
+		t.ID, from, strings.Join(parts, "; "), crl)
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -260,8 +259,9 @@ func (m *Manager) Identify(cs tls.ConnectionState) (Identity, error) {
 	return id, nil
 }
 
-// authorize verifies the chain against the union of the tenants' CAs, checks
-// the CRLs, and maps the certificate to exactly one tenant.
+// authorize verifies the chain against the union of the tenants' roots,
+// checks the CRL of every issuer in it, and maps the certificate to exactly
+// one tenant.
 func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *AuthError) {
 	if len(chain) == 0 {
 		return Identity{}, &AuthError{Result: ResultNoCert, Detail: "no client certificate"}
@@ -278,45 +278,59 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 	if aerr != nil {
 		return Identity{}, aerr
 	}
-	// Tenants whose CA anchors any verified chain.
+	// Each verified chain ends at a root of client_ca (the only anchors);
+	// it is a tenant's when that tenant owns it. owned[i] lists the chains
+	// of tenant i, cands the tenants with any.
+	owned := map[int][][]*x509.Certificate{}
 	var cands []int
 	for _, ch := range chains {
 		for _, i := range st.byCA[sha256.Sum256(ch[len(ch)-1].Raw)] {
-			if !slices.Contains(cands, i) {
+			if !st.tenants[i].owns(ch) {
+				continue
+			}
+			if owned[i] == nil {
 				cands = append(cands, i)
 			}
+			owned[i] = append(owned[i], ch)
 		}
 	}
-	// Revocation: each certificate of a verified chain is checked against
-	// the tenant's CRL from the CA that issued it in that chain.
-	// leafCovered records which tenants have one for the leaf.
-	leafCovered := map[int]bool{}
+	if len(cands) == 0 {
+		return Identity{}, &AuthError{Result: ResultUnknownCA,
+			Detail: "certificate " + leaf.Subject.String() + " chains to no tenant: its issuer " + leaf.Issuer.String() + " is none of the intermediates of the tenants of its root"}
+	}
+	// Revocation: every certificate of a tenant's chain but the root is
+	// checked against the tenant's CRL from the CA that issued it there.
+	// A tenant with CRLs needs one from every issuer of its chain:
+	// uncovered[i] names the first issuer of tenant i's chains without one.
+	uncovered := map[int]string{}
 	for _, i := range cands {
 		t := st.tenants[i]
-		for _, crl := range t.crls {
-			for _, ch := range chains {
-				for k, c := range ch[:len(ch)-1] {
-					if !crl.issuedBy(ch[k+1]) {
-						continue
+		if len(t.crls) == 0 {
+			continue
+		}
+		for _, ch := range owned[i] {
+			for k, c := range ch[:len(ch)-1] {
+				crl := t.crlFor(ch[k+1])
+				if crl == nil {
+					if _, ok := uncovered[i]; !ok {
+						uncovered[i] = fmt.Sprintf("no CRL from %s, the issuer of %s, in %s", ch[k+1].Subject, c.Subject, t.crlFile)
 					}
-					if k == 0 {
-						leafCovered[i] = true
-					}
-					if crl.revoked[c.SerialNumber.String()] {
-						return Identity{}, &AuthError{Result: ResultRevoked, Tenant: t.id,
-							Detail: fmt.Sprintf("serial %x (%s) on CRL %s", c.SerialNumber, c.Subject, t.crlFile)}
-					}
-					if !crl.stale(now) {
-						continue
-					}
-					if m.failOnStaleCRL {
-						return Identity{}, &AuthError{Result: ResultCRLStale, Tenant: t.id,
-							Detail: "CRL " + t.crlFile + " past nextUpdate " + crl.list.NextUpdate.UTC().Format(time.RFC3339)}
-					}
-					if _, warned := st.warnedStale.LoadOrStore(t.id, struct{}{}); !warned {
-						m.logger.Warn("CRL past nextUpdate, accepting certificates anyway (crl_stale: warn)",
-							"tenant", t.id, "file", t.crlFile, "issuer", crl.list.Issuer.String(), "next_update", crl.list.NextUpdate)
-					}
+					continue
+				}
+				if crl.revoked[c.SerialNumber.String()] {
+					return Identity{}, &AuthError{Result: ResultRevoked, Tenant: t.id,
+						Detail: fmt.Sprintf("serial %x (%s) on CRL %s", c.SerialNumber, c.Subject, t.crlFile)}
+				}
+				if !crl.stale(now) {
+					continue
+				}
+				if m.failOnStaleCRL {
+					return Identity{}, &AuthError{Result: ResultCRLStale, Tenant: t.id,
+						Detail: "CRL " + t.crlFile + " of " + crl.list.Issuer.String() + " past nextUpdate " + crl.list.NextUpdate.UTC().Format(time.RFC3339)}
+				}
+				if _, warned := st.warnedStale.LoadOrStore(t.id, struct{}{}); !warned {
+					m.logger.Warn("CRL past nextUpdate, accepting certificates anyway (crl_stale: warn)",
+						"tenant", t.id, "file", t.crlFile, "issuer", crl.list.Issuer.String(), "next_update", crl.list.NextUpdate)
 				}
 			}
 		}
@@ -338,13 +352,13 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 		}
 		return Identity{}, &AuthError{Result: ResultAmbiguousTenant, Detail: "certificate matches tenants " + strings.Join(ids, ", ")}
 	}
-	// A tenant with CRLs has revocation checked for every certificate it
-	// admits: when none of its CRLs is from the certificate's issuer, the
-	// certificate could be revoked without gatehouse knowing, so it is
-	// refused (as openssl verify -crl_check does) rather than let through.
-	if t := st.tenants[match[0]]; len(t.crls) > 0 && !leafCovered[match[0]] {
-		return Identity{}, &AuthError{Result: ResultNoCRL, Tenant: t.id,
-			Detail: fmt.Sprintf("no CRL from %s, the issuer of %s, in %s", leaf.Issuer, leaf.Subject, t.crlFile)}
+	// A tenant with CRLs has revocation checked for every certificate of
+	// the chains it admits: when one of its issuers has no CRL there, that
+	// certificate could be revoked without gatehouse knowing, so the client
+	// is refused (as openssl verify -crl_check_all does) rather than let
+	// through.
+	if why, ok := uncovered[match[0]]; ok {
+		return Identity{}, &AuthError{Result: ResultNoCRL, Tenant: st.tenants[match[0]].id, Detail: why}
 	}
 	return Identity{
 		Tenant:            st.tenants[match[0]].id,
@@ -372,7 +386,9 @@ func (st *state) verifyChain(chain []*x509.Certificate, now time.Time) ([][]*x50
 			return e.chains, nil
 		}
 	}
-	inter := x509.NewCertPool()
+	// What the client sent, and the configured intermediates, so that a
+	// client sending its leaf alone is verified up to the root too.
+	inter := st.inters.Clone()
 	for _, c := range chain[1:] {
 		inter.AddCert(c)
 	}
@@ -481,8 +497,8 @@ func (m *Manager) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	for _, t := range st.tenants {
-		first := t.cas[0].NotAfter
-		for _, ca := range t.cas[1:] {
+		first := t.roots[0].NotAfter
+		for _, ca := range append(t.roots[1:], t.inters...) {
 			if ca.NotAfter.Before(first) {
 				first = ca.NotAfter
 			}

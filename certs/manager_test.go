@@ -738,6 +738,10 @@ func TestDescribeTenant(t *testing.T) {
 	if strings.Contains(some, "ANY") {
 		t.Errorf("narrowed tenant described as any: %q", some)
 	}
+	inter := DescribeTenant(policy.Tenant{ID: "acme", ClientCA: "/root.pem", Intermediates: "/issuing.pem"})
+	if !strings.Contains(inter, "issued by an intermediate in /issuing.pem under a root in /root.pem") {
+		t.Errorf("tenant with intermediates: %q", inter)
+	}
 }
 
 func TestNewRejectsBadConfig(t *testing.T) {
@@ -817,75 +821,6 @@ func TestSSLv3Refused(t *testing.T) {
 	m.HandshakeFailed("mainframe", err)
 	if ResultOf(err) != ResultProtocolVersion || counter(t, m, "mainframe", "none", ResultProtocolVersion) != before+1 {
 		t.Fatalf("SSLv3: %v classified %s", err, ResultOf(err))
-	}
-}
-
-// TestIntermediateChains: a tenant trusts its root; clients present leaf
-// and intermediate. The root's CRL can revoke the intermediate, and a
-// tenant that trusts only the intermediate gets exactly its leaves.
-func TestIntermediateChains(t *testing.T) {
-	k := newPKI(t)
-	root := certstest.NewCA(t, "corp root")
-	issuing := root.Intermediate(t, "corp issuing")
-	other := root.Intermediate(t, "corp other")
-	viaIssuing := issuing.Client(t, "svc", "spiffe://corp/svc")
-	viaOther := other.Client(t, "svc2", "spiffe://corp/svc2")
-	rootCRL := root.CRL(t, filepath.Join(t.TempDir(), "root.crl"), time.Now().Add(time.Hour))
-
-	p := clonePolicy(k.policy)
-	// corp trusts the root and lists the other intermediate beside it, so
-	// that a CRL the intermediate signs can be verified.
-	corpCA := filepath.Join(t.TempDir(), "corp-ca.pem")
-	if err := os.WriteFile(corpCA, append(readFile(t, root.CertFile), readFile(t, other.CertFile)...), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p.Tenants = []policy.Tenant{
-		{ID: "corp", ClientCA: corpCA, CRL: rootCRL},
-		{ID: "narrow", ClientCA: issuing.CertFile, Identities: policy.Identities{CommonName: []string{"svc"}}},
-	}
-	m := newManager(t, Config{}, p)
-	srv, _ := m.TLSConfig("web")
-	try := func(l *certstest.Leaf) (Result, string) {
-		r := handshake(t, srv, k.clientConfig(l), false)
-		if r.serverErr != nil {
-			return ResultOf(r.serverErr), ""
-		}
-		id, err := m.Identify(r.server)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ResultOK, id.Tenant
-	}
-	// svc chains to both the root (corp) and the issuing CA (narrow, by CN).
-	if res, _ := try(viaIssuing); res != ResultAmbiguousTenant {
-		t.Errorf("svc: %s, want ambiguous_tenant", res)
-	}
-	// corp's CRL file holds only the root's CRL: nothing says whether the
-	// other intermediate revoked svc2, so svc2 is refused, not let through.
-	if res, _ := try(viaOther); res != ResultNoCRL {
-		t.Errorf("svc2 without a CRL from its issuer: %s, want no_crl", res)
-	}
-	// With the other intermediate's CRL beside the root's, svc2 is corp.
-	dir := t.TempDir()
-	bundle := func(revokedByRoot ...*certstest.Leaf) {
-		t.Helper()
-		r := readFile(t, root.CRL(t, filepath.Join(dir, "root.crl"), time.Now().Add(time.Hour), revokedByRoot...))
-		o := readFile(t, other.CRL(t, filepath.Join(dir, "other.crl"), time.Now().Add(time.Hour)))
-		if err := os.WriteFile(rootCRL, append(r, o...), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := m.Reload(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	bundle()
-	if res, tenant := try(viaOther); res != ResultOK || tenant != "corp" {
-		t.Errorf("svc2: %s %q, want corp", res, tenant)
-	}
-	// The root revokes the other intermediate: its leaves are refused.
-	bundle(&certstest.Leaf{Cert: other.Cert})
-	if res, _ := try(viaOther); res != ResultRevoked {
-		t.Errorf("svc2 under a revoked intermediate: %s, want revoked", res)
 	}
 }
 
@@ -986,49 +921,6 @@ func TestWatchServerCert(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("the bad key, written again, was not reported again")
 		}
-	}
-}
-
-// TestCRLBundle: one PEM file with the CRLs of a root and of its
-// intermediate, both in the tenant's bundle.
-func TestCRLBundle(t *testing.T) {
-	k := newPKI(t)
-	root := certstest.NewCA(t, "corp root")
-	inter := root.Intermediate(t, "corp issuing")
-	bad := inter.Client(t, "bad")
-	good := inter.Client(t, "good")
-	dir := t.TempDir()
-	rootCRL, _ := os.ReadFile(root.CRL(t, filepath.Join(dir, "root.crl"), time.Now().Add(2*time.Hour)))
-	interCRL, _ := os.ReadFile(inter.CRL(t, filepath.Join(dir, "inter.crl"), time.Now().Add(time.Hour), bad))
-	both := filepath.Join(dir, "both.crl")
-	certstest.WriteFile(t, both, append(append([]byte{}, rootCRL...), interCRL...))
-	twice := filepath.Join(dir, "twice.crl")
-	certstest.WriteFile(t, twice, append(append([]byte{}, interCRL...), interCRL...))
-
-	p := clonePolicy(k.policy)
-	p.Tenants = []policy.Tenant{{ID: "corp", ClientCA: certstest.Bundle(t, root, inter), CRL: both}}
-	m := newManager(t, Config{}, p)
-	for _, tc := range []struct {
-		leaf *certstest.Leaf
-		want Result
-	}{{good, ResultOK}, {bad, ResultRevoked}} {
-		_, err := m.Identify(tls.ConnectionState{PeerCertificates: []*x509.Certificate{tc.leaf.Cert, inter.Cert}})
-		if got := ResultOf(err); got != tc.want {
-			t.Errorf("%s: %s (%v), want %s", tc.leaf.Cert.Subject.CommonName, got, err, tc.want)
-		}
-	}
-	if next := m.state.Load().tenants[0].crls; len(next) != 2 {
-		t.Fatalf("%d CRLs loaded, want 2", len(next))
-	}
-
-	p.Tenants[0].CRL = twice
-	if err := m.Apply(p); !errors.Is(err, ErrDuplicate) {
-		t.Errorf("two CRLs of one issuer: %v", err)
-	}
-	p.Tenants[0].ClientCA = root.CertFile // the intermediate's CRL has no CA to check it against
-	p.Tenants[0].CRL = both
-	if err := m.Apply(p); !errors.Is(err, ErrCRLSignature) {
-		t.Errorf("CRL of a CA outside the bundle: %v", err)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,8 +23,9 @@ type state struct {
 	policy    *policy.Policy
 	listeners map[string]*listenerState
 	tenants   []*tenantState
-	pool      *x509.CertPool     // union of all tenants' CAs
-	byCA      map[[32]byte][]int // SHA-256 of a CA's DER → indexes into tenants
+	pool      *x509.CertPool     // union of all tenants' roots: the only trust anchors
+	inters    *x509.CertPool     // union of all tenants' intermediates, for chain building
+	byCA      map[[32]byte][]int // SHA-256 of a root's DER → indexes into tenants
 	files     map[string]fileSig
 
 	verified    sync.Map     // SHA-256 of the presented chain → *verifiedEntry
@@ -50,14 +52,38 @@ type serverCert struct {
 type tenantState struct {
 	id      string
 	crlFile string
-	cas     []*x509.Certificate
-	crls    []*crlState // one per issuing CA that publishes one
+	roots   []*x509.Certificate // client_ca: self-signed, the tenant's trust anchors
+	inters  []*x509.Certificate // intermediates: each chains to one of roots
+	crls    []*crlState         // one per CA (root or intermediate) that publishes one
 	match   *matcher
+}
+
+// owns reports whether a verified chain, which ends at one of the
+// tenant's roots, is the tenant's: with intermediates listed, only a leaf
+// one of them issued is.
+func (t *tenantState) owns(ch []*x509.Certificate) bool {
+	if len(t.inters) == 0 {
+		return true
+	}
+	if len(ch) < 3 {
+		return false // issued by the root itself
+	}
+	return slices.ContainsFunc(t.inters, func(c *x509.Certificate) bool { return sameCA(c, ch[1]) })
+}
+
+// crlFor returns the tenant's CRL from the CA issuer, or nil.
+func (t *tenantState) crlFor(issuer *x509.Certificate) *crlState {
+	for _, c := range t.crls {
+		if c.issuedBy(issuer) {
+			return c
+		}
+	}
+	return nil
 }
 
 type crlState struct {
 	list    *x509.RevocationList
-	signer  *x509.Certificate // the CA of client_ca whose key signed it
+	signer  *x509.Certificate // the root or intermediate of the tenant whose key signed it
 	revoked map[string]bool   // decimal serials on the CRL
 }
 
@@ -66,8 +92,14 @@ type crlState struct {
 // CRL's signer. The name alone would let a CA's CRL stand for another CA
 // of the same name, say the new key of a rollover.
 func (c *crlState) issuedBy(issuer *x509.Certificate) bool {
-	return bytes.Equal(issuer.RawSubject, c.signer.RawSubject) &&
-		bytes.Equal(issuer.RawSubjectPublicKeyInfo, c.signer.RawSubjectPublicKeyInfo)
+	return sameCA(issuer, c.signer)
+}
+
+// sameCA reports whether two CA certificates are the same authority: same
+// name and same key, whichever copy of the certificate each is.
+func sameCA(a, b *x509.Certificate) bool {
+	return bytes.Equal(a.RawSubject, b.RawSubject) &&
+		bytes.Equal(a.RawSubjectPublicKeyInfo, b.RawSubjectPublicKeyInfo)
 }
 
 // stale reports whether the CRL is past its nextUpdate.
@@ -113,6 +145,7 @@ func (m *Manager) build(p *policy.Policy) (*state, error) {
 		policy:    p,
 		listeners: map[string]*listenerState{},
 		pool:      x509.NewCertPool(),
+		inters:    x509.NewCertPool(),
 		byCA:      map[[32]byte][]int{},
 	}
 	for _, t := range p.Tenants {
@@ -127,12 +160,15 @@ func (m *Manager) build(p *policy.Policy) (*state, error) {
 		}
 		idx := len(st.tenants)
 		st.tenants = append(st.tenants, ts)
-		for _, ca := range ts.cas {
+		for _, ca := range ts.roots {
 			sum := sha256.Sum256(ca.Raw)
 			if len(st.byCA[sum]) == 0 {
 				st.pool.AddCert(ca)
 			}
 			st.byCA[sum] = append(st.byCA[sum], idx)
+		}
+		for _, ca := range ts.inters {
+			st.inters.AddCert(ca) // a pool ignores a certificate it holds already
 		}
 	}
 	for _, l := range p.Listeners {
@@ -154,27 +190,28 @@ func loadTenant(ld *loader, t policy.Tenant) (*tenantState, error) {
 	if t.ClientCA == "" {
 		return nil, ErrNoCA
 	}
-	data, err := ld.read(t.ClientCA)
+	roots, err := loadCAs(ld, t.ClientCA, "client CA")
 	if err != nil {
-		return nil, fmt.Errorf("client CA: %w", err)
+		return nil, err
 	}
-	cas, err := parseCertsPEM(data)
-	if err != nil {
-		return nil, fmt.Errorf("client CA %s: %w", t.ClientCA, err)
-	}
-	for _, ca := range cas {
-		if !ca.IsCA {
-			return nil, fmt.Errorf("client CA %s: %q: %w", t.ClientCA, ca.Subject.String(), ErrNotCA)
+	for _, ca := range roots {
+		if !selfSigned(ca) {
+			return nil, fmt.Errorf("client CA %s: %q (issued by %q): %w", t.ClientCA, ca.Subject.String(), ca.Issuer.String(), ErrNotRoot)
 		}
 	}
-	ts.cas = cas
+	ts.roots = roots
+	if t.Intermediates != "" {
+		if ts.inters, err = loadIntermediates(ld, t.Intermediates, roots); err != nil {
+			return nil, err
+		}
+	}
 	if ts.match, err = compileIdentities(t.Identities); err != nil {
 		return nil, fmt.Errorf("identities: %w", err)
 	}
 	if t.CRL == "" {
 		return ts, nil
 	}
-	data, err = ld.read(t.CRL)
+	data, err := ld.read(t.CRL)
 	if err != nil {
 		return nil, fmt.Errorf("crl: %w", err)
 	}
@@ -182,9 +219,10 @@ func loadTenant(ld *loader, t policy.Tenant) (*tenantState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("crl %s: %w", t.CRL, err)
 	}
+	signers := append(append([]*x509.Certificate{}, roots...), ts.inters...)
 	for n, crl := range lists {
 		var signer *x509.Certificate
-		for _, ca := range cas {
+		for _, ca := range signers {
 			if bytes.Equal(ca.RawSubject, crl.RawIssuer) && crl.CheckSignatureFrom(ca) == nil {
 				signer = ca
 				break
@@ -193,18 +231,91 @@ func loadTenant(ld *loader, t policy.Tenant) (*tenantState, error) {
 		if signer == nil {
 			return nil, fmt.Errorf("crl %s (#%d, issuer %s): %w", t.CRL, n+1, crl.Issuer, ErrCRLSignature)
 		}
-		cs := &crlState{list: crl, signer: signer, revoked: make(map[string]bool, len(crl.RevokedCertificateEntries))}
-		for _, other := range ts.crls {
-			if other.issuedBy(signer) {
-				return nil, fmt.Errorf("crl %s: two CRLs from %s: %w", t.CRL, crl.Issuer, ErrDuplicate)
-			}
+		if ts.crlFor(signer) != nil {
+			return nil, fmt.Errorf("crl %s: two CRLs from %s: %w", t.CRL, crl.Issuer, ErrDuplicate)
 		}
+		cs := &crlState{list: crl, signer: signer, revoked: make(map[string]bool, len(crl.RevokedCertificateEntries))}
 		for _, e := range crl.RevokedCertificateEntries {
 			cs.revoked[e.SerialNumber.String()] = true
 		}
 		ts.crls = append(ts.crls, cs)
 	}
 	return ts, nil
+}
+
+// loadCAs reads a PEM bundle of CA certificates; what names the key for
+// errors.
+func loadCAs(ld *loader, file, what string) ([]*x509.Certificate, error) {
+	data, err := ld.read(file)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	cas, err := parseCertsPEM(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", what, file, err)
+	}
+	for _, ca := range cas {
+		if !ca.IsCA {
+			return nil, fmt.Errorf("%s %s: %q: %w", what, file, ca.Subject.String(), ErrNotCA)
+		}
+	}
+	return cas, nil
+}
+
+// loadIntermediates reads the tenant's intermediate CAs and proves that
+// each chains to one of its roots. A copy of one of those roots in the file
+// is skipped (the bundle `gatehouse certs init-ca --parent` writes ends
+// with its issuers); any other self-signed certificate is refused, since it
+// would look like a trust anchor while being none.
+func loadIntermediates(ld *loader, file string, roots []*x509.Certificate) ([]*x509.Certificate, error) {
+	cas, err := loadCAs(ld, file, "intermediates")
+	if err != nil {
+		return nil, err
+	}
+	var inters []*x509.Certificate
+	for _, ca := range cas {
+		if !selfSigned(ca) {
+			inters = append(inters, ca)
+			continue
+		}
+		if !slices.ContainsFunc(roots, func(r *x509.Certificate) bool { return bytes.Equal(r.Raw, ca.Raw) }) {
+			return nil, fmt.Errorf("intermediates %s: %q: %w", file, ca.Subject.String(), ErrRootInIntermediates)
+		}
+	}
+	if len(inters) == 0 {
+		return nil, fmt.Errorf("intermediates %s: only roots, no intermediate CA: %w", file, ErrNoCertificates)
+	}
+	for _, ca := range inters {
+		if !chainsTo(ca, roots, inters, nil) {
+			return nil, fmt.Errorf("intermediates %s: %q (issued by %q): %w", file, ca.Subject.String(), ca.Issuer.String(), ErrIntermediateNoRoot)
+		}
+	}
+	return inters, nil
+}
+
+// chainsTo reports whether signatures lead from c to one of roots, through
+// inters. Validity periods are not looked at: an expired CA is refused at
+// handshake time (result expired), not at load.
+func chainsTo(c *x509.Certificate, roots, inters, seen []*x509.Certificate) bool {
+	issued := func(parent *x509.Certificate) bool {
+		return bytes.Equal(parent.RawSubject, c.RawIssuer) && c.CheckSignatureFrom(parent) == nil
+	}
+	if slices.ContainsFunc(roots, issued) {
+		return true
+	}
+	seen = append(seen, c)
+	for _, p := range inters {
+		if !slices.Contains(seen, p) && issued(p) && chainsTo(p, roots, inters, seen) {
+			return true
+		}
+	}
+	return false
+}
+
+// selfSigned reports whether c is a root: issuer and subject alike, and
+// signed by its own key.
+func selfSigned(c *x509.Certificate) bool {
+	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
 }
 
 func (m *Manager) loadListener(ld *loader, l policy.Listener) (*listenerState, error) {

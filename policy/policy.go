@@ -106,10 +106,15 @@ func (i Identities) Empty() bool {
 // Tenant is a customer of the integration platform, proven by its client
 // certificate.
 type Tenant struct {
-	ID         string
-	ClientCA   string // PEM file of the CA(s) that issue this tenant's client certificates
-	CRL        string // optional CRL file (PEM or DER)
-	Identities Identities
+	ID       string
+	ClientCA string // PEM file of the tenant's root CAs (self-signed), its only trust anchors
+	// Intermediates is an optional PEM file of intermediate CAs, each
+	// chaining to a root of ClientCA. When set, only certificates one of
+	// them issued are the tenant's; either way clients may send their leaf
+	// alone.
+	Intermediates string
+	CRL           string // optional CRL file (PEM or DER), one CRL per issuing CA of the chain
+	Identities    Identities
 }
 
 // Route carries one tenant's traffic on a listener to one internal backend.

@@ -115,6 +115,15 @@ func (ca *CA) Intermediate(t testing.TB, name string) *CA {
 	return in
 }
 
+// Alone is the leaf's tls.Certificate without its intermediates: a client
+// that sends nothing but its own certificate.
+func (l *Leaf) Alone() tls.Certificate {
+	return tls.Certificate{Certificate: l.TLS.Certificate[:1], PrivateKey: l.Key, Leaf: l.Cert}
+}
+
+// AsLeaf is the CA's certificate as a Leaf, for its issuer's CRL to revoke.
+func (ca *CA) AsLeaf() *Leaf { return &Leaf{Cert: ca.Cert} }
+
 // Server issues a server certificate for the DNS names (and IP addresses,
 // when a name parses as one).
 func (ca *CA) Server(t testing.TB, dns ...string) *Leaf {

@@ -45,7 +45,12 @@ func pkiInitCACmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "init-ca --dir DIR --cn NAME [--parent DIR] [--path-len N]",
 		Short: "Create a CA in a directory: self-signed, or an intermediate signed by --parent",
-		Args:  cobra.NoArgs,
+		Long: `Create a CA in a directory: a self-signed root, or with --parent an intermediate
+that the parent signs (its ca.pem holds it followed by its issuers). In the
+configuration a root goes in tenants[].client_ca and an intermediate in
+tenants[].intermediates; with a tenant crl, each of them publishes its CRL
+into that one file.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.KeyType = certs.KeyType(keyType)
 			o.Validity = pkiDays(days)

@@ -105,11 +105,12 @@ type Feed struct {
 
 // Tenant is a customer proven by its client certificate.
 type Tenant struct {
-	ID         string     `mapstructure:"id"`
-	ClientCA   string     `mapstructure:"client_ca"`
-	CRL        string     `mapstructure:"crl"`
-	Identities Identities `mapstructure:"identities"`
-	Limits     Limits     `mapstructure:"limits"`
+	ID            string     `mapstructure:"id"`
+	ClientCA      string     `mapstructure:"client_ca"`
+	Intermediates string     `mapstructure:"intermediates"`
+	CRL           string     `mapstructure:"crl"`
+	Identities    Identities `mapstructure:"identities"`
+	Limits        Limits     `mapstructure:"limits"`
 }
 
 // Identities narrow which certificates of the tenant's CA count.

@@ -39,6 +39,7 @@ tenants:
     identities: {uri_san: ["spiffe://acme/*"], fingerprints_sha256: ["AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99"]}
   - id: globex
     client_ca: ${DIR}/globex-ca.pem
+    intermediates: ${DIR}/internal-ca.pem
 listeners:
   - name: web
     listen: ":443"
@@ -91,6 +92,9 @@ func TestGoodConfig(t *testing.T) {
 	}
 	if p.Listeners[0].Routes[1].Path != "/" {
 		t.Errorf("https route without path should default to /, got %q", p.Listeners[0].Routes[1].Path)
+	}
+	if inter := p.Tenants[1].Intermediates; inter == "" || !strings.HasSuffix(inter, "/internal-ca.pem") {
+		t.Errorf("intermediates not compiled: %q", inter)
 	}
 	if fp := p.Tenants[0].Identities.FingerprintSHA256[0]; fp != "aabbccddeeff00112233445566778899aabbccddeeff00112233445566778899" {
 		t.Errorf("fingerprint not normalised: %q", fp)
@@ -151,6 +155,7 @@ func TestProblems(t *testing.T) {
 		{"bad backend host:port", `backend: "192.0.2.7:23"`, `backend: "192.0.2.7"`, []string{`listeners[1].routes[0].backend: "192.0.2.7" is not host:port`}},
 		{"bad backend url", `backend: "http://192.0.2.6"`, `backend: "ftp://192.0.2.6"`, []string{"listeners[0].routes[1].backend: must be an http:// or https:// URL"}},
 		{"unreadable file", "${DIR}/globex-ca.pem", "${DIR}/missing.pem", []string{"tenants[1].client_ca: cannot read", "no such file or directory"}},
+		{"unreadable intermediates", "intermediates: ${DIR}/internal-ca.pem", "intermediates: ${DIR}/nope.pem", []string{"tenants[1].intermediates: cannot read"}},
 		{"duplicate tenant", "id: globex", "id: acme", []string{`tenants[1].id: duplicate tenant "acme" (also at tenants[0].id)`}},
 		{"duplicate listener", "name: mainframe", "name: web", []string{`listeners[1].name: duplicate listener "web"`}},
 		{"unknown tenant", "{tenant: globex,", "{tenant: acme2,", []string{`listeners[0].routes[1].tenant: unknown tenant "acme2"`}},

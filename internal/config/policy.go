@@ -55,9 +55,10 @@ func (cfg *Config) Policy() *policy.Policy {
 	for _, t := range cfg.Tenants {
 		id := t.Identities
 		p.Tenants = append(p.Tenants, policy.Tenant{
-			ID:       t.ID,
-			ClientCA: t.ClientCA,
-			CRL:      t.CRL,
+			ID:            t.ID,
+			ClientCA:      t.ClientCA,
+			Intermediates: t.Intermediates,
+			CRL:           t.CRL,
 			Identities: policy.Identities{
 				URISAN:             id.URISAN,
 				DNSSAN:             id.DNSSAN,

@@ -241,6 +241,7 @@ func (cfg *Config) validateTenants(c *checker) map[string]bool {
 			known[t.ID] = true
 		}
 		c.file(p+".client_ca", t.ClientCA, true)
+		c.file(p+".intermediates", t.Intermediates, false)
 		c.file(p+".crl", t.CRL, false)
 		for j, fp := range t.Identities.FingerprintsSHA256 {
 			if !hexSHA256.MatchString(normaliseHex(fp)) {

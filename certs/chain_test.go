@@ -1,0 +1,285 @@
+package certs
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+// corp is a tenant PKI with a root and an issuing intermediate, and the
+// CRLs of both in one file.
+type corp struct {
+	root, inter *certstest.CA
+	leaf        *certstest.Leaf // issued by inter
+	crl         string          // root's CRL then inter's
+	dir         string
+}
+
+func newCorp(t *testing.T) *corp {
+	t.Helper()
+	c := &corp{root: certstest.NewCA(t, "corp root"), dir: t.TempDir()}
+	c.inter = c.root.Intermediate(t, "corp issuing")
+	c.leaf = c.inter.Client(t, "svc", "spiffe://corp/svc")
+	c.crl = filepath.Join(c.dir, "corp.crl")
+	c.publish(t, nil, nil)
+	return c
+}
+
+// publish writes the tenant's CRL file: the root's CRL revoking byRoot,
+// then the intermediate's revoking byInter.
+func (c *corp) publish(t *testing.T, byRoot, byInter []*certstest.Leaf) {
+	t.Helper()
+	next := time.Now().Add(time.Hour)
+	r := readFile(t, c.root.CRL(t, filepath.Join(c.dir, "root.crl"), next, byRoot...))
+	i := readFile(t, c.inter.CRL(t, filepath.Join(c.dir, "inter.crl"), next, byInter...))
+	certstest.WriteFile(t, c.crl, append(r, i...))
+}
+
+func (c *corp) tenant() policy.Tenant {
+	return policy.Tenant{ID: "corp", ClientCA: c.root.CertFile, Intermediates: c.inter.CertFile, CRL: c.crl}
+}
+
+// present runs a real handshake against the listener web presenting cert,
+// and returns its result and, when it passed, the tenant.
+func present(t *testing.T, m *Manager, k *pki, cert tls.Certificate) (Result, string) {
+	t.Helper()
+	srv, err := m.TLSConfig("web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := k.clientConfig(nil)
+	cc.Certificates = []tls.Certificate{cert}
+	r := handshake(t, srv, cc, false)
+	if r.serverErr != nil {
+		return ResultOf(r.serverErr), ""
+	}
+	id, err := m.Identify(r.server)
+	if err != nil {
+		t.Fatalf("handshake passed, Identify: %v", err)
+	}
+	return ResultOK, id.Tenant
+}
+
+// TestRevokedIntermediateLeafAlone is the attack: the root's CRL revokes
+// the intermediate, and a client of that intermediate sends its leaf alone,
+// hoping the intermediate is taken as an anchor and the root's CRL never
+// read. It is refused, and so is the whole chain.
+func TestRevokedIntermediateLeafAlone(t *testing.T) {
+	k := newPKI(t)
+	c := newCorp(t)
+	p := clonePolicy(k.policy)
+	p.Tenants = []policy.Tenant{c.tenant()}
+	m := newManager(t, Config{}, p)
+	for _, tc := range []struct {
+		name string
+		cert tls.Certificate
+	}{{"leaf alone", c.leaf.Alone()}, {"leaf and intermediate", c.leaf.TLS}} {
+		if res, tenant := present(t, m, k, tc.cert); res != ResultOK || tenant != "corp" {
+			t.Fatalf("%s before the revocation: %s %q, want corp", tc.name, res, tenant)
+		}
+	}
+	c.publish(t, []*certstest.Leaf{c.inter.AsLeaf()}, nil)
+	if err := m.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		cert tls.Certificate
+	}{{"leaf alone", c.leaf.Alone()}, {"leaf and intermediate", c.leaf.TLS}} {
+		if res, _ := present(t, m, k, tc.cert); res != ResultRevoked {
+			t.Errorf("%s under an intermediate the root revoked: %s, want revoked", tc.name, res)
+		}
+	}
+}
+
+// TestClientCARootsOnly: an intermediate in client_ca would be an anchor,
+// so it is refused there with a message saying where it goes; the
+// generation in force stays.
+func TestClientCARootsOnly(t *testing.T) {
+	k := newPKI(t)
+	c := newCorp(t)
+	p := clonePolicy(k.policy)
+	p.Tenants = []policy.Tenant{c.tenant()}
+	m := newManager(t, Config{}, p)
+	bad := clonePolicy(p)
+	bad.Tenants[0].ClientCA = certstest.Bundle(t, c.root, c.inter)
+	err := m.Apply(bad)
+	if !errors.Is(err, ErrNotRoot) || !strings.Contains(err.Error(), "tenants[].intermediates") || !strings.Contains(err.Error(), "corp issuing") {
+		t.Fatalf("intermediate in client_ca: %v, want ErrNotRoot naming it and where intermediates go", err)
+	}
+	bad.Tenants[0].ClientCA = c.inter.CertFile // as the README used to say, the intermediate alone
+	if err := m.Apply(bad); !errors.Is(err, ErrNotRoot) {
+		t.Fatalf("intermediate alone in client_ca: %v", err)
+	}
+	if res, tenant := present(t, m, k, c.leaf.Alone()); res != ResultOK || tenant != "corp" {
+		t.Errorf("after refused applies: %s %q, want the previous generation serving corp", res, tenant)
+	}
+}
+
+// TestIntermediatesChainToARoot: each intermediate must chain to a root of
+// the tenant's client_ca; a foreign root in the file is refused, a copy of
+// the tenant's own root (as init-ca --parent writes ca.pem) is skipped.
+func TestIntermediatesChainToARoot(t *testing.T) {
+	k := newPKI(t)
+	c := newCorp(t)
+	policyCA := c.root.Intermediate(t, "corp policy")
+	// An issuing CA under the policy CA, two levels below the root.
+	deep := policyCA.Intermediate(t, "corp deep issuing")
+	foreign := certstest.NewCA(t, "foreign root")
+	foreignInter := foreign.Intermediate(t, "foreign issuing")
+	for _, tc := range []struct {
+		name  string
+		file  string
+		want  error
+		leaf  *certstest.Leaf
+		owner string
+	}{
+		{name: "intermediate and its root, as init-ca writes them", file: certstest.Bundle(t, c.inter, c.root), leaf: c.leaf, owner: "corp"},
+		{name: "two levels, lower one first", file: certstest.Bundle(t, deep, policyCA), leaf: deep.Client(t, "deep"), owner: "corp"},
+		{name: "lower level without the one above it", file: certstest.Bundle(t, deep), want: ErrIntermediateNoRoot},
+		{name: "intermediate of another root", file: certstest.Bundle(t, c.inter, foreignInter), want: ErrIntermediateNoRoot},
+		{name: "a foreign root", file: certstest.Bundle(t, c.inter, foreign), want: ErrRootInIntermediates},
+		{name: "only the root", file: certstest.Bundle(t, c.root), want: ErrNoCertificates},
+		{name: "a leaf", file: c.leaf.CertFile, want: ErrNotCA},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := clonePolicy(k.policy)
+			p.Tenants = []policy.Tenant{{ID: "corp", ClientCA: c.root.CertFile, Intermediates: tc.file}}
+			m, err := New(Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = m.Apply(p)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Apply: %v, want %v", err, tc.want)
+			}
+			if err != nil {
+				return
+			}
+			if res, tenant := present(t, m, k, tc.leaf.Alone()); res != ResultOK || tenant != tc.owner {
+				t.Errorf("leaf alone: %s %q, want %s", res, tenant, tc.owner)
+			}
+		})
+	}
+}
+
+// TestCRLOfEveryIssuer: a tenant with a crl needs one from every issuer of
+// the chain, the root's (for the intermediate) as well as the
+// intermediate's (for the leaf).
+func TestCRLOfEveryIssuer(t *testing.T) {
+	k := newPKI(t)
+	c := newCorp(t)
+	only := func(ca *certstest.CA) string {
+		return ca.CRL(t, filepath.Join(t.TempDir(), "only.crl"), time.Now().Add(time.Hour))
+	}
+	for _, tc := range []struct {
+		name string
+		crl  string
+		want Result
+	}{
+		{"intermediate's CRL alone", only(c.inter), ResultNoCRL},
+		{"root's CRL alone", only(c.root), ResultNoCRL},
+		{"both", c.crl, ResultOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := clonePolicy(k.policy)
+			ten := c.tenant()
+			ten.CRL = tc.crl
+			p.Tenants = []policy.Tenant{ten}
+			m := newManager(t, Config{}, p)
+			for _, cert := range []tls.Certificate{c.leaf.Alone(), c.leaf.TLS} {
+				if res, _ := present(t, m, k, cert); res != tc.want {
+					t.Errorf("%d certificates sent: %s, want %s", len(cert.Certificate), res, tc.want)
+				}
+			}
+		})
+	}
+}
+
+// TestIntermediatesNarrowTenant: two tenants under one root, each with its
+// own issuing CA, get exactly the leaves of their own; a leaf the root
+// issued directly, or one of an intermediate neither lists, is nobody's.
+// A CRL one intermediate publishes still revokes its leaf.
+func TestIntermediatesNarrowTenant(t *testing.T) {
+	k := newPKI(t)
+	root := certstest.NewCA(t, "shared root")
+	a, b, other := root.Intermediate(t, "issuing a"), root.Intermediate(t, "issuing b"), root.Intermediate(t, "issuing other")
+	leafA, leafB, leafOther := a.Client(t, "a"), b.Client(t, "b"), other.Client(t, "other")
+	direct := root.Client(t, "direct")
+	bCRL := b.CRL(t, filepath.Join(t.TempDir(), "b.crl"), time.Now().Add(time.Hour))
+	rootCRL := readFile(t, root.CRL(t, filepath.Join(t.TempDir(), "root.crl"), time.Now().Add(time.Hour)))
+	certstest.WriteFile(t, bCRL, append(rootCRL, readFile(t, bCRL)...))
+	p := clonePolicy(k.policy)
+	p.Tenants = []policy.Tenant{
+		{ID: "a", ClientCA: root.CertFile, Intermediates: a.CertFile},
+		{ID: "b", ClientCA: root.CertFile, Intermediates: b.CertFile, CRL: bCRL},
+	}
+	m := newManager(t, Config{}, p)
+	for _, tc := range []struct {
+		name   string
+		cert   tls.Certificate
+		want   Result
+		tenant string
+	}{
+		{"a alone", leafA.Alone(), ResultOK, "a"},
+		{"b with its chain", leafB.TLS, ResultOK, "b"},
+		{"issued by the root itself", direct.TLS, ResultUnknownCA, ""},
+		{"an intermediate nobody lists", leafOther.TLS, ResultUnknownCA, ""},
+	} {
+		if res, tenant := present(t, m, k, tc.cert); res != tc.want || tenant != tc.tenant {
+			t.Errorf("%s: %s %q, want %s %q", tc.name, res, tenant, tc.want, tc.tenant)
+		}
+	}
+	// b's issuing CA revokes its leaf: b's CRL file holds the root's CRL too.
+	certstest.WriteFile(t, bCRL, append(rootCRL, readFile(t, b.CRL(t, filepath.Join(t.TempDir(), "b2.crl"), time.Now().Add(time.Hour), leafB))...))
+	if err := m.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if res, _ := present(t, m, k, leafB.Alone()); res != ResultRevoked {
+		t.Errorf("b revoked by its intermediate: %s, want revoked", res)
+	}
+}
+
+// TestCRLBundle: one PEM file with the CRLs of a root and of its
+// intermediate; two CRLs of one CA are refused, and a CRL from a CA the
+// tenant does not list has nothing to be checked against.
+func TestCRLBundle(t *testing.T) {
+	k := newPKI(t)
+	c := newCorp(t)
+	bad := c.inter.Client(t, "bad")
+	c.publish(t, nil, []*certstest.Leaf{bad})
+	p := clonePolicy(k.policy)
+	p.Tenants = []policy.Tenant{c.tenant()}
+	m := newManager(t, Config{}, p)
+	for _, tc := range []struct {
+		leaf *certstest.Leaf
+		want Result
+	}{{c.leaf, ResultOK}, {bad, ResultRevoked}} {
+		_, err := m.Identify(tls.ConnectionState{PeerCertificates: []*x509.Certificate{tc.leaf.Cert, c.inter.Cert}})
+		if got := ResultOf(err); got != tc.want {
+			t.Errorf("%s: %s (%v), want %s", tc.leaf.Cert.Subject.CommonName, got, err, tc.want)
+		}
+	}
+	if next := m.state.Load().tenants[0].crls; len(next) != 2 {
+		t.Fatalf("%d CRLs loaded, want 2", len(next))
+	}
+	interCRL := readFile(t, filepath.Join(c.dir, "inter.crl"))
+	twice := filepath.Join(c.dir, "twice.crl")
+	certstest.WriteFile(t, twice, append(append([]byte{}, interCRL...), interCRL...))
+	p.Tenants[0].CRL = twice
+	if err := m.Apply(p); !errors.Is(err, ErrDuplicate) {
+		t.Errorf("two CRLs of one issuer: %v", err)
+	}
+	p.Tenants[0].Intermediates = "" // the intermediate's CRL has no CA to check it against
+	p.Tenants[0].CRL = c.crl
+	if err := m.Apply(p); !errors.Is(err, ErrCRLSignature) {
+		t.Errorf("CRL of a CA the tenant does not list: %v", err)
+	}
+}
