@@ -26,12 +26,6 @@ type Config struct {
 	StateDir string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
-	// CRLStale says what a CRL past its nextUpdate does: "fail" (default)
-	// refuses the tenant's certificates, "warn" logs and accepts.
-	CRLStale string
-	// TicketKeyRotation is how often a listener gets a new session-ticket
-	// key; zero means 6 hours. Three keys are kept for decryption.
-	TicketKeyRotation time.Duration
 	// PollInterval is how often Watch looks at the files; zero means 1s.
 	PollInterval time.Duration
 }
@@ -47,12 +41,10 @@ type Identity struct {
 // Manager serves TLS configurations for the listeners and maps client
 // certificates to tenants. All methods are safe for concurrent use.
 type Manager struct {
-	logger         *slog.Logger
-	now            func() time.Time
-	stateDir       string
-	failOnStaleCRL bool
-	rotation       time.Duration
-	poll           time.Duration
+	logger   *slog.Logger
+	now      func() time.Time
+	stateDir string
+	poll     time.Duration
 
 	state atomic.Pointer[state]
 
@@ -77,25 +69,15 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	switch cfg.CRLStale {
-	case "", "fail", "warn":
-	default:
-		return nil, fmt.Errorf("certs config %q: %w", cfg.CRLStale, ErrBadCRLStale)
-	}
-	if cfg.TicketKeyRotation <= 0 {
-		cfg.TicketKeyRotation = 6 * time.Hour
-	}
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = time.Second
 	}
 	m := &Manager{
-		logger:         cfg.Logger.With("component", "certs"),
-		now:            cfg.Now,
-		stateDir:       cfg.StateDir,
-		failOnStaleCRL: cfg.CRLStale != "warn",
-		rotation:       cfg.TicketKeyRotation,
-		poll:           cfg.PollInterval,
-		tickets:        map[string]*ticketSet{},
+		logger:   cfg.Logger.With("component", "certs"),
+		now:      cfg.Now,
+		stateDir: cfg.StateDir,
+		poll:     cfg.PollInterval,
+		tickets:  map[string]*ticketSet{},
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatehouse_tls_handshakes_total",
 			Help: "TLS handshakes on the listeners by tenant and result.",
@@ -129,7 +111,10 @@ func (m *Manager) Reload() error {
 
 func (m *Manager) apply(p *policy.Policy, why string) error {
 	m.mu.Lock()
-	err := m.ensureTickets(p)
+	err := checkTLS(p.TLS)
+	if err == nil {
+		err = m.ensureTickets(p)
+	}
 	var st *state
 	if err == nil {
 		st, err = m.build(p)
@@ -147,6 +132,19 @@ func (m *Manager) apply(p *policy.Policy, why string) error {
 		"listeners", len(st.listeners), "tenants", len(st.tenants), "files", len(st.files))
 	for _, fn := range fns {
 		fn()
+	}
+	return nil
+}
+
+// checkTLS refuses TLS settings the manager cannot honour.
+func checkTLS(t policy.TLS) error {
+	switch t.CRLStale {
+	case "", policy.CRLStaleFail, policy.CRLStaleWarn:
+	default:
+		return fmt.Errorf("%q: %w", t.CRLStale, ErrBadCRLStale)
+	}
+	if t.TicketRotation < 0 {
+		return fmt.Errorf("%s: %w", t.TicketRotation, ErrBadTicketRotation)
 	}
 	return nil
 }
@@ -176,7 +174,7 @@ var cipherSuites = []uint16{
 // of the config GetConfigForClient returns, and callers that wrap our
 // GetConfigForClient and clone its result still copy the current keys.
 // Called with m.mu held.
-func (m *Manager) innerConfig(ls *listenerState) *tls.Config {
+func (m *Manager) innerConfig(ls *listenerState, settings policy.TLS) *tls.Config {
 	name := ls.name
 	c := &tls.Config{
 		MinVersion:     tls.VersionTLS12,
@@ -192,9 +190,12 @@ func (m *Manager) innerConfig(ls *listenerState) *tls.Config {
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			return m.verifyConnection(name, cs)
 		},
-		Time: m.now,
+		Time:                   m.now,
+		SessionTicketsDisabled: settings.SessionTicketsDisabled,
 	}
-	c.SetSessionTicketKeys(m.tickets[name].keys)
+	if ts := m.tickets[name]; ts != nil && !settings.SessionTicketsDisabled {
+		c.SetSessionTicketKeys(ts.keys)
+	}
 	return c
 }
 
@@ -324,12 +325,12 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 				if !crl.stale(now) {
 					continue
 				}
-				if m.failOnStaleCRL {
+				if st.policy.TLS.CRLStale != policy.CRLStaleWarn {
 					return Identity{}, &AuthError{Result: ResultCRLStale, Tenant: t.id,
 						Detail: "CRL " + t.crlFile + " of " + crl.list.Issuer.String() + " past nextUpdate " + crl.list.NextUpdate.UTC().Format(time.RFC3339)}
 				}
 				if _, warned := st.warnedStale.LoadOrStore(t.id, struct{}{}); !warned {
-					m.logger.Warn("CRL past nextUpdate, accepting certificates anyway (crl_stale: warn)",
+					m.logger.Warn("CRL past nextUpdate, accepting certificates anyway (tls.crl_stale: warn)",
 						"tenant", t.id, "file", t.crlFile, "issuer", crl.list.Issuer.String(), "next_update", crl.list.NextUpdate)
 				}
 			}

@@ -412,7 +412,9 @@ func TestTicketRotation(t *testing.T) {
 	var now atomic.Int64
 	now.Store(time.Now().Unix())
 	clock := func() time.Time { return time.Unix(now.Load(), 0) }
-	m := newManager(t, Config{StateDir: dir, Now: clock, TicketKeyRotation: time.Hour}, k.policy)
+	p := clonePolicy(k.policy)
+	p.TLS.TicketRotation = time.Hour
+	m := newManager(t, Config{StateDir: dir, Now: clock}, p)
 	outer, _ := m.TLSConfig("web")
 	// Wrap it the way a proxy does (clone, clone the per-handshake config
 	// too), so that rotation must reach configs we never handed out.
@@ -559,10 +561,13 @@ func TestStaleCRL(t *testing.T) {
 	now.Store(time.Now().Unix())
 	clock := func() time.Time { return time.Unix(now.Load(), 0) }
 	k.acmeCA.CRL(t, k.acmeCRL, time.Now().Add(time.Hour), k.revoked)
-	for _, mode := range []string{"fail", "warn"} {
-		t.Run(mode, func(t *testing.T) {
+	for _, mode := range []policy.CRLStale{policy.CRLStaleFail, policy.CRLStaleWarn} {
+		t.Run(string(mode), func(t *testing.T) {
 			now.Store(time.Now().Unix())
-			m := newManager(t, Config{Now: clock, CRLStale: mode}, k.policy)
+			p := clonePolicy(k.policy)
+			p.TLS.CRLStale = mode
+			var logs syncBuffer
+			m := newManager(t, Config{Now: clock, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, p)
 			fired := make(chan struct{}, 1)
 			m.OnChange(func() { fired <- struct{}{} })
 			cs := tls.ConnectionState{PeerCertificates: []*x509.Certificate{k.acme.Cert}}
@@ -582,6 +587,10 @@ func TestStaleCRL(t *testing.T) {
 			}
 			if mode == "warn" && err != nil {
 				t.Fatalf("stale CRL, warn: %v", err)
+			}
+			// The warning names the key that made it a warning.
+			if mode == "warn" && !strings.Contains(logs.String(), "(tls.crl_stale: warn)") {
+				t.Errorf("warn log does not name tls.crl_stale:\n%s", logs.String())
 			}
 		})
 	}
@@ -744,9 +753,20 @@ func TestDescribeTenant(t *testing.T) {
 	}
 }
 
-func TestNewRejectsBadConfig(t *testing.T) {
-	if _, err := New(Config{CRLStale: "ignore"}); !errors.Is(err, ErrBadCRLStale) {
-		t.Fatalf("New = %v", err)
+func TestApplyRejectsBadTLS(t *testing.T) {
+	k := newPKI(t)
+	m := newManager(t, Config{}, k.policy)
+	bad := clonePolicy(k.policy)
+	bad.TLS.CRLStale = "ignore"
+	if err := m.Apply(bad); !errors.Is(err, ErrBadCRLStale) || !strings.Contains(err.Error(), "tls.crl_stale") {
+		t.Fatalf("Apply crl_stale ignore = %v", err)
+	}
+	bad.TLS = policy.TLS{TicketRotation: -time.Hour}
+	if err := m.Apply(bad); !errors.Is(err, ErrBadTicketRotation) {
+		t.Fatalf("Apply negative rotation = %v", err)
+	}
+	if m.state.Load().policy != k.policy {
+		t.Error("a refused policy replaced the one in force")
 	}
 }
 

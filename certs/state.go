@@ -175,7 +175,7 @@ func (m *Manager) build(p *policy.Policy) (*state, error) {
 		if _, dup := st.listeners[l.Name]; dup {
 			return nil, fmt.Errorf("listener %q: %w", l.Name, ErrDuplicate)
 		}
-		ls, err := m.loadListener(ld, l)
+		ls, err := m.loadListener(ld, l, p.TLS)
 		if err != nil {
 			return nil, fmt.Errorf("listener %q: %w", l.Name, err)
 		}
@@ -318,7 +318,7 @@ func selfSigned(c *x509.Certificate) bool {
 	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
 }
 
-func (m *Manager) loadListener(ld *loader, l policy.Listener) (*listenerState, error) {
+func (m *Manager) loadListener(ld *loader, l policy.Listener, tlsSettings policy.TLS) (*listenerState, error) {
 	if l.ServerCert == "" || l.ServerKey == "" {
 		return nil, ErrNoServerCert
 	}
@@ -346,7 +346,7 @@ func (m *Manager) loadListener(ld *loader, l policy.Listener) (*listenerState, e
 	if err := ls.index(); err != nil {
 		return nil, err
 	}
-	ls.config = m.innerConfig(ls)
+	ls.config = m.innerConfig(ls, tlsSettings)
 	return ls, nil
 }
 

@@ -30,6 +30,9 @@ type ticketSet struct {
 // directory or created there. Listeners never share keys, so a ticket from
 // one listener cannot resume on another. Called with m.mu held.
 func (m *Manager) ensureTickets(p *policy.Policy) error {
+	if p.TLS.SessionTicketsDisabled {
+		return nil
+	}
 	dir := m.stateDir
 	if dir == "" {
 		dir = p.StateDir
@@ -46,7 +49,7 @@ func (m *Manager) ensureTickets(p *policy.Policy) error {
 				ts.keys, ts.created = nil, nil
 			}
 		}
-		if len(ts.keys) == 0 || m.now().Sub(ts.created[0]) >= m.rotation {
+		if len(ts.keys) == 0 || m.now().Sub(ts.created[0]) >= rotation(p) {
 			if err := ts.rotate(m.now()); err != nil {
 				return fmt.Errorf("listener %q: session ticket keys: %w", l.Name, err)
 			}
@@ -61,9 +64,13 @@ func (m *Manager) ensureTickets(p *policy.Policy) error {
 func (m *Manager) rotateTickets() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	st := m.state.Load()
+	if st.policy == nil || st.policy.TLS.SessionTicketsDisabled {
+		return
+	}
 	now := m.now()
 	for name, ts := range m.tickets {
-		if now.Sub(ts.created[0]) < m.rotation {
+		if now.Sub(ts.created[0]) < rotation(st.policy) {
 			continue
 		}
 		if err := ts.rotate(now); err != nil {
@@ -75,6 +82,14 @@ func (m *Manager) rotateTickets() {
 		}
 		m.logger.Info("session ticket key rotated", "listener", name)
 	}
+}
+
+// rotation is the policy's ticket-key rotation period.
+func rotation(p *policy.Policy) time.Duration {
+	if p.TLS.TicketRotation > 0 {
+		return p.TLS.TicketRotation
+	}
+	return policy.DefaultTicketRotation
 }
 
 func (ts *ticketSet) rotate(now time.Time) error {

@@ -87,7 +87,7 @@ func (m *Manager) checkFiles() {
 }
 
 // checkStaleCRLs tells the proxies when another CRL passed its nextUpdate,
-// so that, with crl_stale "fail", live connections of that tenant close.
+// so that, with tls.crl_stale fail, live connections of that tenant close.
 func (m *Manager) checkStaleCRLs() {
 	st := m.state.Load()
 	now := m.now()

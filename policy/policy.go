@@ -117,6 +117,27 @@ type Tenant struct {
 	Identities    Identities
 }
 
+// CRLStale says what a CRL past its nextUpdate does.
+type CRLStale string
+
+const (
+	CRLStaleFail CRLStale = "fail" // refuse the certificates it speaks for
+	CRLStaleWarn CRLStale = "warn" // log once and accept them
+)
+
+// TLS is how the listeners' TLS behaves beyond their certificates.
+type TLS struct {
+	CRLStale CRLStale // empty means CRLStaleFail
+	// SessionTicketsDisabled turns resumption with session tickets off.
+	SessionTicketsDisabled bool
+	// TicketRotation is how often each listener gets a new session-ticket
+	// key; the last three decrypt. Zero means DefaultTicketRotation.
+	TicketRotation time.Duration
+}
+
+// DefaultTicketRotation is the session-ticket key rotation when none is set.
+const DefaultTicketRotation = 6 * time.Hour
+
 // Route carries one tenant's traffic on a listener to one internal backend.
 type Route struct {
 	Tenant string
@@ -226,6 +247,7 @@ type Policy struct {
 	Admitted    Admitted
 	Tenants     []Tenant
 	Listeners   []Listener
+	TLS         TLS
 }
 
 // ProtectedPorts returns the listeners' ports, sorted and without repeats.

@@ -42,6 +42,14 @@ type Config struct {
 	Listeners     []Listener    `mapstructure:"listeners"`
 	Rules         Rules         `mapstructure:"rules"`
 	Limits        Limits        `mapstructure:"limits"`
+	TLS           TLS           `mapstructure:"tls"`
+}
+
+// TLS configures the listeners' TLS beyond their certificates.
+type TLS struct {
+	CRLStale       string        `mapstructure:"crl_stale"`
+	SessionTickets bool          `mapstructure:"session_tickets"`
+	TicketRotation time.Duration `mapstructure:"ticket_rotation"`
 }
 
 // Enforcement configures the kernel layers.

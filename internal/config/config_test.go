@@ -109,6 +109,9 @@ func TestGoodConfig(t *testing.T) {
 	if r := several.Policy().Listeners[0].Routes[1]; r.Backend != "http://192.0.2.6" || len(r.Backends) != 2 || r.HealthInterval != 10*time.Second {
 		t.Errorf("route with backends = %+v", r)
 	}
+	if got := p.TLS; got != (policy.TLS{CRLStale: policy.CRLStaleFail, TicketRotation: 6 * time.Hour}) {
+		t.Errorf("tls defaults compiled to %+v, want fail, tickets on, 6h", got)
+	}
 	if cfg.Metrics.Listen != "127.0.0.1:9477" || cfg.ShutdownGrace != 15*time.Second {
 		t.Errorf("defaults not applied: %q %s", cfg.Metrics.Listen, cfg.ShutdownGrace)
 	}
@@ -119,12 +122,16 @@ func TestEnvOverride(t *testing.T) {
 		"GATEHOUSE_METRICS_LISTEN":                "127.0.0.1:9600",
 		"GATEHOUSE_ENFORCEMENT_SCAN_BLOCK_WINDOW": "30s",
 		"GATEHOUSE_STATIC_RANGES":                 "198.51.100.0/24,192.0.2.0/24",
+		"GATEHOUSE_TLS_CRL_STALE":                 "warn",
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Metrics.Listen != "127.0.0.1:9600" || cfg.Enforcement.ScanBlock.Window != 30*time.Second {
 		t.Errorf("env not applied: %q %s", cfg.Metrics.Listen, cfg.Enforcement.ScanBlock.Window)
+	}
+	if got := cfg.Policy().TLS; got.CRLStale != policy.CRLStaleWarn {
+		t.Errorf("tls from env compiled to %+v", got)
 	}
 	if len(cfg.StaticRanges) != 2 || cfg.StaticRanges[0] != "198.51.100.0/24" {
 		t.Errorf("static_ranges from env = %v", cfg.StaticRanges)
@@ -156,6 +163,10 @@ func TestProblems(t *testing.T) {
 		{"bad backend url", `backend: "http://192.0.2.6"`, `backend: "ftp://192.0.2.6"`, []string{"listeners[0].routes[1].backend: must be an http:// or https:// URL"}},
 		{"unreadable file", "${DIR}/globex-ca.pem", "${DIR}/missing.pem", []string{"tenants[1].client_ca: cannot read", "no such file or directory"}},
 		{"unreadable intermediates", "intermediates: ${DIR}/internal-ca.pem", "intermediates: ${DIR}/nope.pem", []string{"tenants[1].intermediates: cannot read"}},
+		{"bad crl_stale", "static_ranges:", "tls: {crl_stale: ignore}\nstatic_ranges:", []string{`tls.crl_stale: "ignore" is not one of fail, warn`}},
+		{"ticket rotation too short", "static_ranges:", "tls: {ticket_rotation: 10s}\nstatic_ranges:", []string{"tls.ticket_rotation: must be between 1m and 24h0m0s, got 10s"}},
+		{"ticket rotation too long", "static_ranges:", "tls: {ticket_rotation: 48h}\nstatic_ranges:", []string{"tls.ticket_rotation: must be between 1m and 24h0m0s, got 48h0m0s"}},
+		{"unknown tls key", "static_ranges:", "tls: {crl_stale: warn, tickets: false}\nstatic_ranges:", []string{"tls.tickets: unknown key"}},
 		{"duplicate tenant", "id: globex", "id: acme", []string{`tenants[1].id: duplicate tenant "acme" (also at tenants[0].id)`}},
 		{"duplicate listener", "name: mainframe", "name: web", []string{`listeners[1].name: duplicate listener "web"`}},
 		{"unknown tenant", "{tenant: globex,", "{tenant: acme2,", []string{`listeners[0].routes[1].tenant: unknown tenant "acme2"`}},

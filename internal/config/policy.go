@@ -47,6 +47,11 @@ func (cfg *Config) Policy() *policy.Policy {
 			SourcePrefix:      policy.SourcePrefix{V4: e.SourcePrefix.V4, V6: e.SourcePrefix.V6},
 			Forward:           e.Forward,
 		},
+		TLS: policy.TLS{
+			CRLStale:               policy.CRLStale(cfg.TLS.CRLStale),
+			SessionTicketsDisabled: !cfg.TLS.SessionTickets,
+			TicketRotation:         cfg.TLS.TicketRotation,
+		},
 	}
 	for _, m := range e.Management {
 		pr, _ := parsePrefix(m.CIDR)

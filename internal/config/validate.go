@@ -22,6 +22,11 @@ var (
 	ifnameRE = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,15}$`)
 )
 
+// maxTicketRotation bounds tls.ticket_rotation: with three keys kept, a
+// ticket then resumes for at most three days (TLS 1.3 allows seven), and a
+// stolen key opens no tickets older than that.
+const maxTicketRotation = 24 * time.Hour
+
 // FeedFormats are the feed formats gatehouse parses.
 var FeedFormats = []string{"aws", "gcp", "azure", "oracle", "cidr"}
 
@@ -156,6 +161,10 @@ func (cfg *Config) validate() Problems {
 		c.add("enforcement.source_prefix.v6", "must be 1..128, got %d (64: one /64 is one machine)", sp.V6)
 	}
 	cfg.validateStaticRanges(c)
+	c.oneOf("tls.crl_stale", cfg.TLS.CRLStale, string(policy.CRLStaleFail), string(policy.CRLStaleWarn))
+	if r := cfg.TLS.TicketRotation; r < time.Minute || r > maxTicketRotation {
+		c.add("tls.ticket_rotation", "must be between 1m and %s, got %s", maxTicketRotation, r)
+	}
 	cfg.validateFeeds(c)
 	tenants := cfg.validateTenants(c)
 	cfg.validateListeners(c, tenants)
