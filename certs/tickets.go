@@ -49,7 +49,7 @@ func (m *Manager) ensureTickets(p *policy.Policy) error {
 				ts.keys, ts.created = nil, nil
 			}
 		}
-		if len(ts.keys) == 0 || m.now().Sub(ts.created[0]) >= rotation(p) {
+		if len(ts.keys) == 0 || m.due(l.Name, ts, m.now(), rotation(p)) {
 			if err := ts.rotate(m.now()); err != nil {
 				return fmt.Errorf("listener %q: session ticket keys: %w", l.Name, err)
 			}
@@ -70,7 +70,7 @@ func (m *Manager) rotateTickets() {
 	}
 	now := m.now()
 	for name, ts := range m.tickets {
-		if now.Sub(ts.created[0]) < rotation(st.policy) {
+		if !m.due(name, ts, now, rotation(st.policy)) {
 			continue
 		}
 		if err := ts.rotate(now); err != nil {
@@ -82,6 +82,20 @@ func (m *Manager) rotateTickets() {
 		}
 		m.logger.Info("session ticket key rotated", "listener", name)
 	}
+}
+
+// due reports whether a listener's newest key is to be replaced: it is as
+// old as the rotation period, or dated in the future (the clock was set
+// back, or the file came from a machine whose clock ran ahead), an age that
+// would never reach the period. The second is logged, being unusual.
+func (m *Manager) due(listener string, ts *ticketSet, now time.Time, every time.Duration) bool {
+	age := now.Sub(ts.created[0])
+	if age < 0 {
+		m.logger.Warn("session ticket key dated in the future, rotating it now",
+			"listener", listener, "created", ts.created[0].UTC(), "now", now.UTC(), "file", ts.path)
+		return true
+	}
+	return age >= every
 }
 
 // rotation is the policy's ticket-key rotation period.

@@ -2,8 +2,11 @@ package certs
 
 import (
 	"crypto/tls"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -77,5 +80,50 @@ func TestTicketRotationReload(t *testing.T) {
 	m.rotateTickets()
 	if m.tickets["web"].keys[0] == first {
 		t.Fatal("a 2h old key kept after the period became 1h")
+	}
+}
+
+// TestTicketKeyFromTheFuture: a ticket key dated in the future (a clock set
+// back, a file copied from a machine ahead) would never come of age and
+// never rotate. It is treated as due, on load and in the rotation loop,
+// and the log says why.
+func TestTicketKeyFromTheFuture(t *testing.T) {
+	k := newPKI(t)
+	dir := t.TempDir()
+	var now atomic.Int64
+	now.Store(time.Now().Unix())
+	clock := func() time.Time { return time.Unix(now.Load(), 0) }
+	file := filepath.Join(dir, "tls-tickets", "web")
+	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	future := clock().Add(365 * 24 * time.Hour).Unix()
+	if err := os.WriteFile(file, []byte(fmt.Sprintf("%d %s\n", future, strings.Repeat("ab", 32))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	m := newManager(t, Config{StateDir: dir, Now: clock, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, k.policy)
+	newest := func() string {
+		t.Helper()
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, _, _ := strings.Cut(string(b), "\n")
+		return first
+	}
+	if got, want := newest(), fmt.Sprint(now.Load()); !strings.HasPrefix(got, want+" ") {
+		t.Fatalf("newest key after load %q, want one created now (%s)", got, want)
+	}
+	if !strings.Contains(logs.String(), "in the future") {
+		t.Errorf("log does not say the key was dated in the future:\n%s", logs.String())
+	}
+	// The clock is set back an hour: the key made a moment ago is now
+	// from the future too, and the rotation loop replaces it.
+	made := newest()
+	now.Add(-3600)
+	m.rotateTickets()
+	if got := newest(); got == made || !strings.HasPrefix(got, fmt.Sprint(now.Load())+" ") {
+		t.Fatalf("after the clock went back: newest key %q, was %q", got, made)
 	}
 }
