@@ -1,6 +1,7 @@
 package certs
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 )
@@ -55,6 +56,7 @@ type AuthError struct {
 	// counted is set when VerifyConnection already counted the failure, so
 	// HandshakeFailed does not count it twice.
 	counted bool
+	leaf    *x509.Certificate // the refused certificate, when there was one
 }
 
 func (e *AuthError) Error() string {

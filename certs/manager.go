@@ -56,6 +56,7 @@ type Manager struct {
 
 	handshakes *prometheus.CounterVec
 	expiryDesc *prometheus.Desc
+	refusals   refusalRing
 }
 
 var _ prometheus.Collector = (*Manager)(nil)
@@ -238,11 +239,10 @@ func (m *Manager) verifyConnection(listener string, cs tls.ConnectionState) erro
 	}
 	id, err := m.authorize(st, cs.PeerCertificates)
 	if err != nil {
+		// The listener logs the refusal, with HandshakeFailed's Refusal.
 		err.counted = true
 		m.count(listener, err.Tenant, err.Result)
-		m.logger.Debug("client certificate refused", "listener", listener, "result", err.Result,
-			"tenant", err.Tenant, "detail", err.Detail, "resumed", cs.DidResume)
-		return err
+		return err.withLeaf(cs.PeerCertificates)
 	}
 	m.count(listener, id.Tenant, ResultOK)
 	return nil
@@ -439,20 +439,6 @@ func classifyVerify(err error) *AuthError {
 		return &AuthError{Result: ResultExpired, Detail: err.Error()}
 	}
 	return &AuthError{Result: ResultOther, Detail: err.Error()}
-}
-
-// HandshakeFailed counts a failed handshake of the listener. Failures that
-// VerifyConnection refused are already counted and are ignored here; the
-// rest (no certificate, old protocol versions, garbage) are classified.
-func (m *Manager) HandshakeFailed(listener string, err error) {
-	if err == nil {
-		return
-	}
-	var ae *AuthError
-	if errors.As(err, &ae) && ae.counted {
-		return
-	}
-	m.count(listener, "", ResultOf(err))
 }
 
 func classifyHandshakeError(err error) Result {

@@ -276,7 +276,7 @@ func TestHandshakeMatrix(t *testing.T) {
 			before := counter(t, m, "web", label, tc.want)
 			r := handshake(t, srv, cc, false)
 			if r.serverErr != nil {
-				m.HandshakeFailed("web", r.serverErr)
+				m.HandshakeFailed("web", testSource, r.serverErr)
 			}
 			if got := ResultOf(r.serverErr); got != tc.want {
 				t.Fatalf("result %s, want %s (err %v)", got, tc.want, r.serverErr)
@@ -838,7 +838,7 @@ func TestSSLv3Refused(t *testing.T) {
 		t.Fatal("SSLv3 handshake succeeded")
 	}
 	before := counter(t, m, "mainframe", "none", ResultProtocolVersion)
-	m.HandshakeFailed("mainframe", err)
+	m.HandshakeFailed("mainframe", testSource, err)
 	if ResultOf(err) != ResultProtocolVersion || counter(t, m, "mainframe", "none", ResultProtocolVersion) != before+1 {
 		t.Fatalf("SSLv3: %v classified %s", err, ResultOf(err))
 	}

@@ -113,8 +113,7 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 	}
 	c.tls = tls.Server(c.raw, st.tls)
 	if err := relay.Handshake(sk.ctx, c.tls, s.limits.HandshakeTimeout); err != nil {
-		s.tlsSrc.HandshakeFailed(c.listener, err)
-		s.logRefusal(c, "TLS handshake refused", err)
+		s.handshakeFailed(c, err)
 		c.raw.Close()
 		return
 	}
@@ -173,15 +172,23 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 	}
 }
 
+// handshakeFailed hands a failed handshake to the TLS layer, which counts
+// and remembers it, and logs the refusal with the result and the client
+// certificate's subject, issuer and fingerprint.
+func (s *Server) handshakeFailed(c *conn, err error) {
+	r := s.tlsSrc.HandshakeFailed(c.listener, c.source, err)
+	s.logRefusal(c, "TLS handshake refused", err, r.LogArgs()...)
+}
+
 // logRefusal logs a refusal any client can cause (a failed handshake, a
-// request head the framing guard refused) with its source and cause, at
-// most 10 lines a second after a burst of 50.
-func (s *Server) logRefusal(c *conn, msg string, err error) {
+// request head the framing guard refused) with its source, cause and the
+// extra key-value pairs, at most 10 lines a second after a burst of 50.
+func (s *Server) logRefusal(c *conn, msg string, err error, extra ...any) {
 	ok, held := s.refusals.allow(time.Now())
 	if !ok {
 		return
 	}
-	args := []any{"listener", c.listener, "source", c.source.String(), "err", err}
+	args := append([]any{"listener", c.listener, "source", c.source.String(), "err", err}, extra...)
 	if id := c.identity(); id.Tenant != "" {
 		args = append(args, "tenant", id.Tenant)
 	}
@@ -296,8 +303,7 @@ func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 	}
 	switch err := st.telnet.ServeStartTLS(c.sock.ctx, c.raw, st.tls, admit); {
 	case errors.Is(err, telnet.ErrHandshake):
-		s.tlsSrc.HandshakeFailed(c.listener, err)
-		s.logRefusal(c, "TLS handshake refused", err)
+		s.handshakeFailed(c, err)
 	case errors.Is(err, telnet.ErrStartTLS):
 		s.logRefusal(c, "START_TLS refused", err)
 	}

@@ -1,6 +1,11 @@
 package proxy
 
-import "crypto/tls"
+import (
+	"crypto/tls"
+	"net/netip"
+
+	"github.com/gatehouse-dmz/gatehouse/certs"
+)
 
 // Identity is who a verified client certificate proves the peer to be.
 type Identity struct {
@@ -20,6 +25,8 @@ type TLSSource interface {
 	// Identify says which tenant the verified peer is, re-checking
 	// revocation.
 	Identify(cs tls.ConnectionState) (Identity, error)
-	// HandshakeFailed lets the TLS layer count a failed handshake.
-	HandshakeFailed(listener string, err error)
+	// HandshakeFailed lets the TLS layer count and remember a failed
+	// handshake from source; the Refusal it returns classifies it and names
+	// the certificate the client sent, for the refusal's log line.
+	HandshakeFailed(listener string, source netip.AddrPort, err error) certs.Refusal
 }

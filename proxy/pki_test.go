@@ -13,6 +13,7 @@ import (
 	"errors"
 	"math/big"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/proxy"
 )
 
@@ -207,7 +209,10 @@ func (s *testSource) Identify(cs tls.ConnectionState) (proxy.Identity, error) {
 	return proxy.Identity{Tenant: tenant, FingerprintSHA256: fp, Subject: leaf.Subject.String()}, nil
 }
 
-func (s *testSource) HandshakeFailed(string, error) { s.failed.Add(1) }
+func (s *testSource) HandshakeFailed(_ string, _ netip.AddrPort, err error) certs.Refusal {
+	s.failed.Add(1)
+	return certs.Refusal{Result: certs.ResultOf(err)}
+}
 
 // remap makes the certificates of cert's issuer map to tenant from now on.
 func (s *testSource) remap(cert tls.Certificate, tenant string) {

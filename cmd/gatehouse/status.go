@@ -124,6 +124,7 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) error {
 			fmt.Fprintf(tw, "  %s %s\t%s\t%s\n", c.Kind, c.Name, c.Expires.UTC().Format(time.DateOnly), untilText(c.Expires.Sub(now)))
 		}
 	}
+	printRefusals(tw, st.Refusals)
 	if len(st.Counters) > 0 {
 		fmt.Fprintln(tw, "\nCounters")
 		for _, c := range st.Counters {

@@ -27,13 +27,15 @@ type layer struct {
 	close      func() error
 	run        func(context.Context) error
 	shutdown   func(context.Context) error
+	refusals   func() []certs.Refusal // see RefusalLister
 }
 
 var (
-	_ Component  = (*layer)(nil)
-	_ Runner     = (*layer)(nil)
-	_ Drainer    = (*layer)(nil)
-	_ RangeBlind = (*layer)(nil)
+	_ Component     = (*layer)(nil)
+	_ Runner        = (*layer)(nil)
+	_ Drainer       = (*layer)(nil)
+	_ RangeBlind    = (*layer)(nil)
+	_ RefusalLister = (*layer)(nil)
 )
 
 func (l *layer) RangeBlind() bool             { return l.rangeBlind }
@@ -51,6 +53,12 @@ func (l *layer) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	return l.shutdown(ctx)
+}
+func (l *layer) Refusals() []certs.Refusal {
+	if l.refusals == nil {
+		return nil
+	}
+	return l.refusals()
 }
 
 // BuildComponents creates the real components in the order a generation is
@@ -72,7 +80,7 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("certificates: %w", err)
 	}
-	comps = append(comps, &layer{name: "certs", rangeBlind: true, apply: cm.Apply, close: cm.Close, run: cm.Watch})
+	comps = append(comps, &layer{name: "certs", rangeBlind: true, apply: cm.Apply, close: cm.Close, run: cm.Watch, refusals: cm.Refusals})
 	if err := register(env, "certs", cm); err != nil {
 		return comps, err
 	}
@@ -138,7 +146,9 @@ func register(env *Env, name string, c prometheus.Collector) error {
 type tlsSource struct{ m *certs.Manager }
 
 func (s tlsSource) TLSConfig(listener string) (*tls.Config, error) { return s.m.TLSConfig(listener) }
-func (s tlsSource) HandshakeFailed(listener string, err error)     { s.m.HandshakeFailed(listener, err) }
+func (s tlsSource) HandshakeFailed(listener string, source netip.AddrPort, err error) certs.Refusal {
+	return s.m.HandshakeFailed(listener, source, err)
+}
 func (s tlsSource) Identify(cs tls.ConnectionState) (proxy.Identity, error) {
 	id, err := s.m.Identify(cs)
 	if err != nil {

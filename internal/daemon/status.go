@@ -13,6 +13,8 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/gatehouse-dmz/gatehouse/certs"
 )
 
 // Status is what `gatehouse status` shows: the generation in force and
@@ -33,6 +35,13 @@ type Status struct {
 	Certs       []CertExpiry    `json:"certificates"`
 	Counters    []Counter       `json:"counters"`
 	ReloadError uint64          `json:"reload_errors"`
+	// Refusals are the last refused TLS handshakes, newest first.
+	Refusals []certs.Refusal `json:"refusals"`
+}
+
+// RefusalLister is a component that remembers the last refused handshakes.
+type RefusalLister interface {
+	Refusals() []certs.Refusal
 }
 
 // AdmittedCount is the number of prefixes one source contributes.
@@ -148,6 +157,11 @@ func (d *Daemon) Status() Status {
 	}
 	for _, t := range p.Tenants {
 		st.Tenants = append(st.Tenants, TenantStatus{ID: t.ID, Sessions: sessions[t.ID]})
+	}
+	for _, c := range d.components {
+		if rl, ok := c.(RefusalLister); ok {
+			st.Refusals = append(st.Refusals, rl.Refusals()...)
+		}
 	}
 	for _, f := range feeds {
 		st.Feeds = append(st.Feeds, *f)

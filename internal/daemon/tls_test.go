@@ -1,12 +1,22 @@
 package daemon
 
 import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
+	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
@@ -43,5 +53,141 @@ func TestReloadAppliesTLSKeys(t *testing.T) {
 	}
 	if len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
 		t.Errorf("components were given %+v, want %+v", got, want)
+	}
+}
+
+// realTLS is a daemon running the real certificate and proxy components
+// (kernel layers off) with a tenant acme whose CRL revokes one certificate.
+type realTLS struct {
+	d       *Daemon
+	logs    *lockedBuffer
+	ca      *certstest.CA
+	good    *certstest.Leaf
+	revoked *certstest.Leaf
+	pool    *x509.CertPool // trusts the listener's certificate
+	web     string         // the https listener's address
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func startRealTLS(t *testing.T) *realTLS {
+	t.Helper()
+	r := &realTLS{logs: &lockedBuffer{}, ca: certstest.NewCA(t, "acme")}
+	r.good = r.ca.Client(t, "acme cloud")
+	r.revoked = r.ca.Client(t, "acme lost laptop")
+	dir := t.TempDir()
+	crl := r.ca.CRL(t, filepath.Join(dir, "acme.crl"), time.Now().Add(time.Hour), r.revoked)
+	serverCA := certstest.NewCA(t, "gateway")
+	srv := serverCA.Server(t, "localhost", "127.0.0.1")
+	r.pool = serverCA.Pool()
+	r.web = freePort(t)
+	metrics := freePort(t)
+	cfg := fmt.Sprintf(`
+enforcement: {xdp: "off", nftables: false}
+state_dir: %[1]s
+admin_socket: ""
+metrics: {listen: "%[2]s"}
+shutdown_grace: 1s
+tenants: [{id: acme, client_ca: %[3]s, crl: %[4]s}]
+listeners:
+  - {name: web, listen: "%[5]s", protocol: https, server_cert: %[6]s, server_key: %[7]s,
+     routes: [{tenant: acme, backend: "http://127.0.0.1:1"}]}
+  - {name: raw, listen: "%[8]s", protocol: tcp, server_cert: %[6]s, server_key: %[7]s,
+     routes: [{tenant: acme, backend: "127.0.0.1:1"}]}
+`, dir, metrics, r.ca.CertFile, crl, r.web, srv.CertFile, srv.KeyFile, freePort(t))
+	path := filepath.Join(dir, "gatehouse.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Options{ConfigPath: path, Logger: slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.d = d
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("daemon: %v", err)
+		}
+	})
+	waitReady(t, metrics)
+	return r
+}
+
+// dial runs a TLS handshake with the web listener presenting cert (none
+// when nil); for a refused one it reads the alert.
+func (r *realTLS) dial(t *testing.T, cert *certstest.Leaf, refused bool) {
+	t.Helper()
+	cc := &tls.Config{RootCAs: r.pool, ServerName: "localhost"}
+	if cert != nil {
+		cc.Certificates = []tls.Certificate{cert.TLS}
+	}
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", r.web, cc)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	if refused {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Read(make([]byte, 1)) // TLS 1.3: a refusal arrives after the client's Finished
+	}
+}
+
+// TestRefusalsInStatusAndLog: a partner refused in the handshake sees only
+// an alert; the admin finds the refusal in the status (time, listener,
+// source, result, reason, the certificate's subject, issuer and
+// fingerprint) and in one log line at info with the same fields.
+func TestRefusalsInStatusAndLog(t *testing.T) {
+	r := startRealTLS(t)
+	r.dial(t, r.good, false) // accepted: no refusal
+	r.dial(t, r.revoked, true)
+	var got []certs.Refusal
+	waitFor(t, "the refusal in the status", func() bool {
+		got = r.d.Status().Refusals
+		return len(got) > 0
+	})
+	ref := got[0]
+	fp := certs.FingerprintSHA256(r.revoked.Cert)
+	if len(got) != 1 || ref.Listener != "web" || !strings.HasPrefix(ref.Source, "127.0.0.1:") || ref.Result != certs.ResultRevoked ||
+		ref.Tenant != "acme" || ref.Subject != r.revoked.Cert.Subject.String() || ref.Issuer != r.ca.Cert.Subject.String() ||
+		ref.FingerprintSHA256 != fp || !strings.Contains(ref.Reason, "on CRL") || time.Since(ref.Time) > time.Minute {
+		t.Errorf("status refusals %+v", got)
+	}
+	b, err := json.Marshal(r.d.Status())
+	if err != nil || !strings.Contains(string(b), `"refusals":[{"time":`) || !strings.Contains(string(b), `"fingerprint_sha256":"`+fp+`"`) {
+		t.Errorf("status JSON lacks the refusal: %v\n%s", err, b)
+	}
+	var line string
+	waitFor(t, "the refusal's log line", func() bool {
+		for _, l := range strings.Split(r.logs.String(), "\n") {
+			if strings.Contains(l, `msg="TLS handshake refused"`) {
+				line = l
+			}
+		}
+		return line != ""
+	})
+	for _, want := range []string{"level=INFO", "listener=web", "source=" + ref.Source, "result=revoked", "tenant=acme",
+		`subject="CN=acme lost laptop"`, `issuer="CN=acme,O=gatehouse test"`, "fingerprint_sha256=" + fp, "on CRL"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("refusal log line lacks %s:\n%s", want, line)
+		}
 	}
 }

@@ -1,0 +1,106 @@
+package certs
+
+import (
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
+)
+
+// testSource is the client address the tests report handshakes from.
+var testSource = netip.MustParseAddrPort("192.0.2.7:50000")
+
+// TestRefusals: refused handshakes are remembered newest first with their
+// listener, source, result, reason and the refused certificate's subject,
+// issuer and fingerprint; a successful one is not; only the last
+// RefusalsKept stay.
+func TestRefusals(t *testing.T) {
+	k := newPKI(t)
+	now := time.Now().UTC().Truncate(time.Second)
+	m := newManager(t, Config{Now: func() time.Time { return now }}, k.policy)
+	srv, _ := m.TLSConfig("web")
+	try := func(cert *certstest.Leaf, src string) {
+		t.Helper()
+		r := handshake(t, srv, k.clientConfig(cert), false)
+		if r.serverErr != nil {
+			m.HandshakeFailed("web", netip.MustParseAddrPort(src), r.serverErr)
+		}
+	}
+	try(k.revoked, "192.0.2.10:40001")
+	try(k.acme, "192.0.2.11:40002") // accepted: not a refusal
+	try(k.stranger, "[2001:db8::12]:40003")
+	try(nil, "192.0.2.13:40004")
+	got := m.Refusals()
+	if len(got) != 3 {
+		t.Fatalf("%d refusals, want 3: %+v", len(got), got)
+	}
+	want := []Refusal{
+		{Time: now, Listener: "web", Source: "192.0.2.13:40004", Result: ResultNoCert},
+		{Time: now, Listener: "web", Source: "[2001:db8::12]:40003", Result: ResultUnknownCA,
+			Subject: k.stranger.Cert.Subject.String(), Issuer: k.stranger.Cert.Issuer.String(), FingerprintSHA256: FingerprintSHA256(k.stranger.Cert)},
+		{Time: now, Listener: "web", Source: "192.0.2.10:40001", Result: ResultRevoked, Tenant: "acme",
+			Subject: k.revoked.Cert.Subject.String(), Issuer: k.revoked.Cert.Issuer.String(), FingerprintSHA256: FingerprintSHA256(k.revoked.Cert)},
+	}
+	for i, w := range want {
+		g := got[i]
+		if g.Reason == "" {
+			t.Errorf("refusal %d has no reason: %+v", i, g)
+		}
+		g.Reason = ""
+		if g != w {
+			t.Errorf("refusal %d:\n got %+v\nwant %+v", i, g, w)
+		}
+	}
+	if !strings.Contains(got[2].Reason, "on CRL") {
+		t.Errorf("revoked reason %q does not name the CRL", got[2].Reason)
+	}
+	b, err := json.Marshal(got[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{`"time":"` + now.Format(time.RFC3339) + `"`, `"listener":"web"`, `"source":"192.0.2.10:40001"`, `"result":"revoked"`,
+		`"tenant":"acme"`, `"reason":`, `"subject":`, `"issuer":`, `"fingerprint_sha256":"` + FingerprintSHA256(k.revoked.Cert) + `"`} {
+		if !strings.Contains(string(b), key) {
+			t.Errorf("JSON %s lacks %s", b, key)
+		}
+	}
+
+	for range RefusalsKept + 5 {
+		try(k.stranger, "192.0.2.14:40005")
+	}
+	if got := m.Refusals(); len(got) != RefusalsKept || got[len(got)-1].Source != "192.0.2.14:40005" {
+		t.Errorf("after %d more refusals: %d kept, oldest from %s; want the last %d", RefusalsKept+5, len(got), got[len(got)-1].Source, RefusalsKept)
+	}
+}
+
+// TestRefusalNamesPrintable: a certificate's names are the client's words;
+// control characters do not reach a terminal or a log, and a long name is cut.
+func TestRefusalNamesPrintable(t *testing.T) {
+	if got := printable("CN=evil\x1b[2J\r\nroot"); got != "CN=evil?[2J??root" {
+		t.Errorf("printable = %q", got)
+	}
+	long := printable(strings.Repeat("é", 1000))
+	if n := len([]rune(long)); n != maxPrintable+1 || !strings.HasSuffix(long, "…") {
+		t.Errorf("long name kept %d characters", n)
+	}
+}
+
+// TestRefusalLogArgs: the log line's fields, empty ones left out.
+func TestRefusalLogArgs(t *testing.T) {
+	r := Refusal{Result: ResultRevoked, Tenant: "acme", Subject: "CN=a", Issuer: "CN=b", FingerprintSHA256: "ab"}
+	got := []any{"result", "revoked", "tenant", "acme", "subject", "CN=a", "issuer", "CN=b", "fingerprint_sha256", "ab"}
+	if args := r.LogArgs(); len(args) != len(got) {
+		t.Fatalf("LogArgs = %v", args)
+	}
+	for i, a := range r.LogArgs() {
+		if a != got[i] {
+			t.Errorf("LogArgs[%d] = %v, want %v", i, a, got[i])
+		}
+	}
+	if args := (Refusal{Result: ResultNoCert}).LogArgs(); len(args) != 2 {
+		t.Errorf("no certificate: LogArgs = %v", args)
+	}
+}
