@@ -44,6 +44,10 @@ const (
 	ResultAmbiguousTenant Result = "ambiguous_tenant"
 	ResultProtocolVersion Result = "protocol_version"
 	ResultOther           Result = "other"
+	// ResultClientClosed is a client that closed the connection (or reset
+	// it) during the handshake, before it sent a certificate: health
+	// checkers and load generators do. It is counted, but no refusal.
+	ResultClientClosed Result = "client_closed"
 )
 
 // AuthError is a refused client certificate, with the result that

@@ -6,10 +6,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -442,6 +444,10 @@ func classifyVerify(err error) *AuthError {
 }
 
 func classifyHandshakeError(err error) Result {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return ResultClientClosed
+	}
 	s := err.Error()
 	switch {
 	case strings.Contains(s, "didn't provide a certificate"):

@@ -76,9 +76,10 @@ func (r *refusalRing) list() []Refusal {
 func (m *Manager) Refusals() []Refusal { return m.refusals.list() }
 
 // HandshakeFailed counts a failed handshake of the listener from source,
-// remembers it among the Refusals, and returns it, classified, with the
-// client certificate's names when it sent one, for the caller's log line.
-// Failures VerifyConnection refused are counted there already.
+// remembers it among the Refusals unless the client just closed, and
+// returns it, classified, with the client certificate's names when it sent
+// one, for the caller's log line. Failures VerifyConnection refused are
+// counted there already.
 func (m *Manager) HandshakeFailed(listener string, source netip.AddrPort, err error) Refusal {
 	if err == nil {
 		return Refusal{}
@@ -96,7 +97,9 @@ func (m *Manager) HandshakeFailed(listener string, source netip.AddrPort, err er
 	if ae == nil || !ae.counted {
 		m.count(listener, r.Tenant, r.Result)
 	}
-	m.refusals.add(r)
+	if r.Result != ResultClientClosed { // a client that left refused nothing
+		m.refusals.add(r)
+	}
 	return r
 }
 

@@ -1,7 +1,10 @@
 package certs
 
 import (
+	"crypto/tls"
 	"encoding/json"
+	"errors"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -103,4 +106,71 @@ func TestRefusalLogArgs(t *testing.T) {
 	if args := (Refusal{Result: ResultNoCert}).LogArgs(); len(args) != 2 {
 		t.Errorf("no certificate: LogArgs = %v", args)
 	}
+}
+
+// TestClientClosed: a client that closes or resets the connection during
+// the handshake before sending a certificate (health checkers and load
+// generators do) is counted as client_closed and is no refusal.
+func TestClientClosed(t *testing.T) {
+	k := newPKI(t)
+	m := newManager(t, Config{}, k.policy)
+	srv, _ := m.TLSConfig("web")
+	for _, tc := range []struct {
+		name   string
+		client func(c *net.TCPConn)
+	}{
+		{"connect and close", func(c *net.TCPConn) { c.Close() }},
+		{"connect and reset", func(c *net.TCPConn) { c.SetLinger(0); c.Close() }},
+		{"hello, then close when asked for a certificate", func(c *net.TCPConn) {
+			cc := k.clientConfig(nil)
+			cc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				c.Close() // no alert can follow
+				return nil, errors.New("gone")
+			}
+			tls.Client(c, cc).Handshake()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := counter(t, m, "web", "none", ResultClientClosed)
+			err := serverHandshake(t, srv, tc.client)
+			if got := ResultOf(err); got != ResultClientClosed {
+				t.Fatalf("result %s (err %v), want client_closed", got, err)
+			}
+			if r := m.HandshakeFailed("web", testSource, err); r.Result != ResultClientClosed {
+				t.Errorf("HandshakeFailed = %+v", r)
+			}
+			if after := counter(t, m, "web", "none", ResultClientClosed); after != before+1 {
+				t.Errorf("client_closed counter %v → %v, want +1", before, after)
+			}
+			if got := m.Refusals(); len(got) != 0 {
+				t.Errorf("a client that closed is listed as refused: %+v", got)
+			}
+		})
+	}
+}
+
+// serverHandshake accepts one loopback connection, lets client act on its
+// end, and returns the server's handshake error.
+func serverHandshake(t *testing.T, srv *tls.Config, client func(*net.TCPConn)) error {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err == nil {
+			client(c.(*net.TCPConn))
+			c.Close()
+		}
+	}()
+	raw, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	sc := tls.Server(raw, srv)
+	sc.SetDeadline(time.Now().Add(10 * time.Second))
+	return sc.Handshake()
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	httpproxy "github.com/gatehouse-dmz/gatehouse/proxy/http"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
@@ -174,9 +175,16 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 
 // handshakeFailed hands a failed handshake to the TLS layer, which counts
 // and remembers it, and logs the refusal with the result and the client
-// certificate's subject, issuer and fingerprint.
+// certificate's subject, issuer and fingerprint. A client that closed
+// before sending a certificate (a health checker, a load generator) was
+// refused nothing: that is logged at debug only.
 func (s *Server) handshakeFailed(c *conn, err error) {
 	r := s.tlsSrc.HandshakeFailed(c.listener, c.source, err)
+	if r.Result == certs.ResultClientClosed {
+		s.logger.Debug("TLS handshake abandoned by the client before it sent a certificate",
+			"listener", c.listener, "source", c.source.String(), "err", err)
+		return
+	}
 	s.logRefusal(c, "TLS handshake refused", err, r.LogArgs()...)
 }
 

@@ -191,3 +191,54 @@ func TestRefusalsInStatusAndLog(t *testing.T) {
 		}
 	}
 }
+
+// handshakes reads gatehouse_tls_handshakes_total{listener,tenant,result}
+// from the daemon's registry; ok is false when the series does not exist.
+func handshakes(t *testing.T, d *Daemon, listener, tenant string, result certs.Result) (v float64, ok bool) {
+	t.Helper()
+	mfs, err := d.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "gatehouse_tls_handshakes_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			l := labels(m)
+			if l["listener"] == listener && l["tenant"] == tenant && l["result"] == string(result) {
+				return m.GetCounter().GetValue(), true
+			}
+		}
+	}
+	return 0, false
+}
+
+// TestClientClosedIsNoRefusal: a client that connects and closes during
+// the handshake (a health checker) is counted as client_closed and logged
+// at debug, not as a refused handshake.
+func TestClientClosedIsNoRefusal(t *testing.T) {
+	r := startRealTLS(t)
+	c, err := net.Dial("tcp", r.web)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	waitFor(t, "client_closed counted", func() bool {
+		v, _ := handshakes(t, r.d, "web", "none", certs.ResultClientClosed)
+		return v == 1
+	})
+	if got := r.d.Status().Refusals; len(got) != 0 {
+		t.Errorf("status lists a client that closed as refused: %+v", got)
+	}
+	if v, _ := handshakes(t, r.d, "web", "none", certs.ResultOther); v != 0 {
+		t.Errorf("counted as other too: %v", v)
+	}
+	// The line follows the count.
+	waitFor(t, "the debug line", func() bool {
+		return strings.Contains(r.logs.String(), `level=DEBUG msg="TLS handshake abandoned by the client before it sent a certificate" component=proxy listener=web`)
+	})
+	if logs := r.logs.String(); strings.Contains(logs, "TLS handshake refused") {
+		t.Errorf("a client that closed is logged as refused:\n%s", logs)
+	}
+}
