@@ -128,6 +128,7 @@ func (m *Manager) apply(p *policy.Policy, why string) error {
 		return fmt.Errorf("certs: %w", err)
 	}
 	m.state.Store(st)
+	m.initSeries(p)
 	m.failedSig = [32]byte{}
 	fns := append([]func(){}, m.onChange...)
 	m.mu.Unlock()
@@ -465,7 +466,7 @@ func classifyHandshakeError(err error) Result {
 
 func (m *Manager) count(listener, tenant string, r Result) {
 	if tenant == "" {
-		tenant = "none"
+		tenant = noTenant
 	}
 	m.handshakes.WithLabelValues(listener, tenant, string(r)).Inc()
 }

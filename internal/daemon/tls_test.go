@@ -6,8 +6,10 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -66,6 +68,7 @@ type realTLS struct {
 	revoked *certstest.Leaf
 	pool    *x509.CertPool // trusts the listener's certificate
 	web     string         // the https listener's address
+	metrics string         // the metrics endpoint's address
 }
 
 type lockedBuffer struct {
@@ -96,7 +99,8 @@ func startRealTLS(t *testing.T) *realTLS {
 	srv := serverCA.Server(t, "localhost", "127.0.0.1")
 	r.pool = serverCA.Pool()
 	r.web = freePort(t)
-	metrics := freePort(t)
+	r.metrics = freePort(t)
+	metrics := r.metrics
 	cfg := fmt.Sprintf(`
 enforcement: {xdp: "off", nftables: false}
 state_dir: %[1]s
@@ -240,5 +244,38 @@ func TestClientClosedIsNoRefusal(t *testing.T) {
 	})
 	if logs := r.logs.String(); strings.Contains(logs, "TLS handshake refused") {
 		t.Errorf("a client that closed is logged as refused:\n%s", logs)
+	}
+}
+
+// TestHandshakeSeriesAfterStart scrapes /metrics right after start: the
+// series of gatehouse_tls_handshakes_total the configuration determines
+// exist at 0 before any handshake.
+func TestHandshakeSeriesAfterStart(t *testing.T) {
+	r := startRealTLS(t)
+	resp, err := http.Get("http://" + r.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, l := range []string{"web", "raw"} {
+		for _, res := range []string{"no_cert", "unknown_ca", "expired", "not_yet_valid", "no_tenant", "ambiguous_tenant", "protocol_version", "other", "client_closed"} {
+			want = append(want, fmt.Sprintf(`{listener=%q,result=%q,tenant="none"} 0`, l, res))
+		}
+		for _, res := range []string{"ok", "revoked", "crl_stale", "no_crl"} {
+			want = append(want, fmt.Sprintf(`{listener=%q,result=%q,tenant="acme"} 0`, l, res))
+		}
+	}
+	for _, w := range want {
+		if !strings.Contains(string(b), "gatehouse_tls_handshakes_total"+w+"\n") {
+			t.Errorf("/metrics right after start lacks gatehouse_tls_handshakes_total%s", w)
+		}
+	}
+	if n := strings.Count(string(b), "\ngatehouse_tls_handshakes_total{"); n != len(want) {
+		t.Errorf("%d handshake series, want the %d the configuration determines", n, len(want))
 	}
 }
