@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -98,10 +100,11 @@ func startRealTLS(t *testing.T) *realTLS {
 	serverCA := certstest.NewCA(t, "gateway")
 	srv := serverCA.Server(t, "localhost", "127.0.0.1")
 	r.pool = serverCA.Pool()
-	r.web = freePort(t)
-	r.metrics = freePort(t)
-	metrics := r.metrics
-	cfg := fmt.Sprintf(`
+	// A port freePort found may be taken by another test before the daemon
+	// binds it: then the start fails at once, and is tried on new ports.
+	for attempt := 1; ; attempt++ {
+		r.web, r.metrics = freePort(t), freePort(t)
+		cfg := fmt.Sprintf(`
 enforcement: {xdp: "off", nftables: false}
 state_dir: %[1]s
 admin_socket: ""
@@ -113,27 +116,47 @@ listeners:
      routes: [{tenant: acme, backend: "http://127.0.0.1:1"}]}
   - {name: raw, listen: "%[8]s", protocol: tcp, server_cert: %[6]s, server_key: %[7]s,
      routes: [{tenant: acme, backend: "127.0.0.1:1"}]}
-`, dir, metrics, r.ca.CertFile, crl, r.web, srv.CertFile, srv.KeyFile, freePort(t))
-	path := filepath.Join(dir, "gatehouse.yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(Options{ConfigPath: path, Logger: slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.d = d
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("daemon: %v", err)
+`, dir, r.metrics, r.ca.CertFile, crl, r.web, srv.CertFile, srv.KeyFile, freePort(t))
+		path := filepath.Join(dir, "gatehouse.yaml")
+		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
 		}
-	})
-	waitReady(t, metrics)
-	return r
+		d, err := New(Options{ConfigPath: path, Logger: slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- d.Run(ctx) }()
+		var runErr error
+		waitFor(t, "the daemon to be ready or to fail", func() bool {
+			select {
+			case runErr = <-done:
+				return true
+			default:
+			}
+			resp, err := http.Get("http://" + r.metrics + "/readyz")
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return resp.StatusCode == 200
+		})
+		if runErr == nil {
+			r.d = d
+			t.Cleanup(func() {
+				cancel()
+				if err := <-done; err != nil {
+					t.Errorf("daemon: %v", err)
+				}
+			})
+			return r
+		}
+		cancel()
+		if attempt == 3 || !errors.Is(runErr, syscall.EADDRINUSE) {
+			t.Fatalf("daemon did not start: %v", runErr)
+		}
+	}
 }
 
 // dial runs a TLS handshake with the web listener presenting cert (none
