@@ -1,0 +1,143 @@
+package certs
+
+import (
+	"bytes"
+	"crypto/x509"
+	"fmt"
+	"slices"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+func loadTenant(ld *loader, t policy.Tenant) (*tenantState, error) {
+	ts := &tenantState{id: t.ID, crlFile: t.CRL}
+	if t.ClientCA == "" {
+		return nil, ErrNoCA
+	}
+	roots, err := loadCAs(ld, t.ClientCA, "client CA")
+	if err != nil {
+		return nil, err
+	}
+	for _, ca := range roots {
+		if !selfSigned(ca) {
+			return nil, fmt.Errorf("client CA %s: %q (issued by %q): %w", t.ClientCA, ca.Subject.String(), ca.Issuer.String(), ErrNotRoot)
+		}
+	}
+	ts.roots = roots
+	if t.Intermediates != "" {
+		if ts.inters, err = loadIntermediates(ld, t.Intermediates, roots); err != nil {
+			return nil, err
+		}
+	}
+	if ts.match, err = compileIdentities(t.Identities); err != nil {
+		return nil, fmt.Errorf("identities: %w", err)
+	}
+	if t.CRL == "" {
+		return ts, nil
+	}
+	data, err := ld.read(t.CRL)
+	if err != nil {
+		return nil, fmt.Errorf("crl: %w", err)
+	}
+	lists, err := ParseCRLs(data)
+	if err != nil {
+		return nil, fmt.Errorf("crl %s: %w", t.CRL, err)
+	}
+	signers := append(append([]*x509.Certificate{}, roots...), ts.inters...)
+	for n, crl := range lists {
+		var signer *x509.Certificate
+		for _, ca := range signers {
+			if bytes.Equal(ca.RawSubject, crl.RawIssuer) && crl.CheckSignatureFrom(ca) == nil {
+				signer = ca
+				break
+			}
+		}
+		if signer == nil {
+			return nil, fmt.Errorf("crl %s (#%d, issuer %s): %w", t.CRL, n+1, crl.Issuer, ErrCRLSignature)
+		}
+		if ts.crlFor(signer) != nil {
+			return nil, fmt.Errorf("crl %s: two CRLs from %s: %w", t.CRL, crl.Issuer, ErrDuplicate)
+		}
+		cs := &crlState{list: crl, signer: signer, revoked: make(map[string]bool, len(crl.RevokedCertificateEntries))}
+		for _, e := range crl.RevokedCertificateEntries {
+			cs.revoked[e.SerialNumber.String()] = true
+		}
+		ts.crls = append(ts.crls, cs)
+	}
+	return ts, nil
+}
+
+// loadCAs reads a PEM bundle of CA certificates; what names the key for
+// errors.
+func loadCAs(ld *loader, file, what string) ([]*x509.Certificate, error) {
+	data, err := ld.read(file)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	cas, err := parseCertsPEM(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", what, file, err)
+	}
+	for _, ca := range cas {
+		if !ca.IsCA {
+			return nil, fmt.Errorf("%s %s: %q: %w", what, file, ca.Subject.String(), ErrNotCA)
+		}
+	}
+	return cas, nil
+}
+
+// loadIntermediates reads the tenant's intermediate CAs and proves that
+// each chains to one of its roots. A copy of one of those roots in the file
+// is skipped (the bundle `gatehouse certs init-ca --parent` writes ends
+// with its issuers); any other self-signed certificate is refused, since it
+// would look like a trust anchor while being none.
+func loadIntermediates(ld *loader, file string, roots []*x509.Certificate) ([]*x509.Certificate, error) {
+	cas, err := loadCAs(ld, file, "intermediates")
+	if err != nil {
+		return nil, err
+	}
+	var inters []*x509.Certificate
+	for _, ca := range cas {
+		if !selfSigned(ca) {
+			inters = append(inters, ca)
+			continue
+		}
+		if !slices.ContainsFunc(roots, func(r *x509.Certificate) bool { return bytes.Equal(r.Raw, ca.Raw) }) {
+			return nil, fmt.Errorf("intermediates %s: %q: %w", file, ca.Subject.String(), ErrRootInIntermediates)
+		}
+	}
+	if len(inters) == 0 {
+		return nil, fmt.Errorf("intermediates %s: only roots, no intermediate CA: %w", file, ErrNoCertificates)
+	}
+	for _, ca := range inters {
+		if !chainsTo(ca, roots, inters, nil) {
+			return nil, fmt.Errorf("intermediates %s: %q (issued by %q): %w", file, ca.Subject.String(), ca.Issuer.String(), ErrIntermediateNoRoot)
+		}
+	}
+	return inters, nil
+}
+
+// chainsTo reports whether signatures lead from c to one of roots, through
+// inters. Validity periods are not looked at: an expired CA is refused at
+// handshake time (result expired), not at load.
+func chainsTo(c *x509.Certificate, roots, inters, seen []*x509.Certificate) bool {
+	issued := func(parent *x509.Certificate) bool {
+		return bytes.Equal(parent.RawSubject, c.RawIssuer) && c.CheckSignatureFrom(parent) == nil
+	}
+	if slices.ContainsFunc(roots, issued) {
+		return true
+	}
+	seen = append(seen, c)
+	for _, p := range inters {
+		if !slices.Contains(seen, p) && issued(p) && chainsTo(p, roots, inters, seen) {
+			return true
+		}
+	}
+	return false
+}
+
+// selfSigned reports whether c is a root: issuer and subject alike, and
+// signed by its own key.
+func selfSigned(c *x509.Certificate) bool {
+	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
+}
