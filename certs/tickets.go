@@ -27,8 +27,9 @@ type ticketSet struct {
 }
 
 // ensureTickets gives every listener of p its keys, loaded from the state
-// directory or created there. Listeners never share keys, so a ticket from
-// one listener cannot resume on another. Called with m.mu held.
+// directory or created there, and a new one where the newest is due under
+// p's rotation. Listeners never share keys, so a ticket from one listener
+// cannot resume on another. Called with m.mu held.
 func (m *Manager) ensureTickets(p *policy.Policy) error {
 	if p.TLS.SessionTicketsDisabled {
 		return nil
@@ -38,20 +39,26 @@ func (m *Manager) ensureTickets(p *policy.Policy) error {
 		dir = p.StateDir
 	}
 	for _, l := range p.Listeners {
-		if _, ok := m.tickets[l.Name]; ok {
-			continue
-		}
-		ts := &ticketSet{}
-		if dir != "" {
-			ts.path = filepath.Join(dir, "tls-tickets", safeFileName(l.Name))
-			if err := ts.load(); err != nil && !os.IsNotExist(err) {
-				m.logger.Warn("session ticket keys unreadable, starting new ones", "listener", l.Name, "file", ts.path, "err", err)
-				ts.keys, ts.created = nil, nil
+		ts, ok := m.tickets[l.Name]
+		if !ok {
+			ts = &ticketSet{}
+			if dir != "" {
+				ts.path = filepath.Join(dir, "tls-tickets", safeFileName(l.Name))
+				if err := ts.load(); err != nil && !os.IsNotExist(err) {
+					m.logger.Warn("session ticket keys unreadable, starting new ones", "listener", l.Name, "file", ts.path, "err", err)
+					ts.keys, ts.created = nil, nil
+				}
 			}
 		}
+		// Keys kept while tickets were off, or under a longer period, may
+		// be due already: the new generation starts with a fresh one.
 		if len(ts.keys) == 0 || m.due(l.Name, ts, m.now(), rotation(p)) {
 			if err := ts.rotate(m.now()); err != nil {
 				return fmt.Errorf("listener %q: session ticket keys: %w", l.Name, err)
+			}
+			// The generation in force too, in case the new one is refused.
+			if ls, ok := m.state.Load().listeners[l.Name]; ok {
+				ls.config.SetSessionTicketKeys(ts.keys)
 			}
 		}
 		m.tickets[l.Name] = ts

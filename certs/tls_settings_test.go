@@ -77,9 +77,19 @@ func TestTicketRotationReload(t *testing.T) {
 	if err := m.Apply(short); err != nil {
 		t.Fatal(err)
 	}
-	m.rotateTickets()
-	if m.tickets["web"].keys[0] == first {
+	// The new generation's configs encrypt with a fresh key at once.
+	srv, _ := m.TLSConfig("web")
+	cc := k.clientConfig(k.acme)
+	cc.ClientSessionCache = tls.NewLRUClientSessionCache(8)
+	if r := handshake(t, srv, cc, false); r.serverErr != nil {
+		t.Fatal(r.serverErr)
+	}
+	if m.tickets["web"].keys[0] == first || len(m.tickets["web"].keys) != 2 {
 		t.Fatal("a 2h old key kept after the period became 1h")
+	}
+	// A ticket under the fresh key resumes.
+	if r := handshake(t, srv, cc, false); r.serverErr != nil || !r.server.DidResume {
+		t.Fatalf("after the reload: err %v resumed %v", r.serverErr, r.server.DidResume)
 	}
 }
 
