@@ -66,6 +66,46 @@ type Management struct {
 	Ports  []uint16
 }
 
+// MaxManagementPairs is how many (range, port) pairs of Management the XDP
+// filter holds: its generation header has room for this many.
+const MaxManagementPairs = 32
+
+// SourcePrefix says how many leading bits of a source address make one
+// source for the per-source rate, the connection cap, scan detection and
+// the blocklist. One IPv6 host usually owns a whole /64 and can send from
+// any address in it, so counting per address would give it 2^64 budgets.
+// A zero field means the whole address (32 or 128 bits).
+type SourcePrefix struct {
+	V4 int
+	V6 int
+}
+
+// Bits returns the prefix length for the family: 32 or 128 for a zero
+// field.
+func (s SourcePrefix) Bits(v6 bool) int {
+	if v6 {
+		if s.V6 <= 0 || s.V6 > 128 {
+			return 128
+		}
+		return s.V6
+	}
+	if s.V4 <= 0 || s.V4 > 32 {
+		return 32
+	}
+	return s.V4
+}
+
+// Of returns the source addr counts as: addr masked to its family's
+// prefix length (an IPv4-mapped IPv6 address is taken as IPv4).
+func (s SourcePrefix) Of(addr netip.Addr) netip.Prefix {
+	addr = addr.Unmap()
+	p, err := addr.Prefix(s.Bits(addr.Is6()))
+	if err != nil {
+		return netip.Prefix{}
+	}
+	return p
+}
+
 // Enforcement is what the kernel layers do.
 type Enforcement struct {
 	XDP         XDPMode
@@ -78,9 +118,13 @@ type Enforcement struct {
 	// listener ports of internal hosts (nftables forward chain), for DMZ
 	// designs where gatehouse routes rather than terminates.
 	Forward bool
-	// MaxConnsPerSource caps concurrent connections from one source address
-	// to the listener ports (nftables ct count). Zero means no cap.
+	// MaxConnsPerSource caps concurrent connections from one source
+	// (see SourcePrefix) to the listener ports (nftables ct count). Zero
+	// means no cap.
 	MaxConnsPerSource uint32
+	// SourcePrefix groups source addresses into one source for the
+	// per-source limits, scan detection and the blocklist.
+	SourcePrefix SourcePrefix
 }
 
 // Identities narrow which certificates from a tenant's CA belong to the

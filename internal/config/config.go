@@ -52,7 +52,14 @@ type Enforcement struct {
 	ScanBlock         ScanBlock    `mapstructure:"scan_block"`
 	NewConnRate       ConnRate     `mapstructure:"new_conn_rate"`
 	MaxConnsPerSource uint32       `mapstructure:"max_conns_per_source"`
+	SourcePrefix      SourcePrefix `mapstructure:"source_prefix"`
 	Forward           bool         `mapstructure:"forward"`
+}
+
+// SourcePrefix is how many leading bits of an address make one source.
+type SourcePrefix struct {
+	V4 int `mapstructure:"v4"`
+	V6 int `mapstructure:"v6"`
 }
 
 // Management is a range allowed to the appliance's own ports.

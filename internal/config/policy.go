@@ -44,6 +44,7 @@ func (cfg *Config) Policy() *policy.Policy {
 			},
 			NewConnRate:       rate,
 			MaxConnsPerSource: e.MaxConnsPerSource,
+			SourcePrefix:      policy.SourcePrefix{V4: e.SourcePrefix.V4, V6: e.SourcePrefix.V6},
 			Forward:           e.Forward,
 		},
 	}
