@@ -30,8 +30,10 @@ type Config struct {
 	BlockPollInterval time.Duration
 	// OnBlock, if set, is called once for every source the scan rule has
 	// newly put into a blocked set, with the time it stays blocked; it
-	// pushes the source into the XDP blocklist. An error is logged and the
-	// call repeated at the next poll.
+	// pushes the source into the XDP blocklist. The address is the
+	// source's first address (the sets key sources by the policy's
+	// SourcePrefix). Sources that came in through Block are not handed
+	// back. An error is logged and the call repeated at the next poll.
 	OnBlock func(addr netip.Addr, d time.Duration) error
 }
 
@@ -255,7 +257,7 @@ func (e *Enforcer) applyFull(next *spec) error {
 	// Both reads fail when there is no table yet (or a set was deleted by
 	// hand); the socket is then dialled anew, so the batch below never
 	// reads a reply left over from a failed read.
-	carried, rerr := e.readBlocked(c)
+	carried, rerr := e.readBlocked(c, next)
 	old, cerr := readCounters(c)
 	if rerr != nil || cerr != nil {
 		if e.cur != nil {
@@ -379,6 +381,12 @@ func (e *Enforcer) applyDiff(next *spec) error {
 		if err := addChunked(c, s, mgmtElements(newM)); err != nil {
 			return err
 		}
+		if s := setByName(rs, setName(setMgmtSrc, v6)); s != nil {
+			c.FlushSet(s)
+			if err := addChunked(c, s, intervalElements(next.mgmtSources(v6))); err != nil {
+				return err
+			}
+		}
 		changed = true
 	}
 	if !slices.Equal(e.cur.ports, next.ports) {
@@ -399,8 +407,11 @@ func (e *Enforcer) applyDiff(next *spec) error {
 }
 
 // readBlocked reads the blocked sets of an existing table, to carry their
-// sources over a table replacement. A missing table gives nothing.
-func (e *Enforcer) readBlocked(c *nftables.Conn) (map[bool][]nftables.SetElement, error) {
+// sources over a table replacement into next. A missing table gives
+// nothing. Each source is keyed as next keys sources: a coarser source
+// prefix widens a block to its new source, a finer one keeps only the
+// block of the source's first address.
+func (e *Enforcer) readBlocked(c *nftables.Conn, next *spec) (map[bool][]nftables.SetElement, error) {
 	out := map[bool][]nftables.SetElement{}
 	var errs []error
 	for _, v6 := range []bool{false, true} {
@@ -409,14 +420,59 @@ func (e *Enforcer) readBlocked(c *nftables.Conn) (map[bool][]nftables.SetElement
 			errs = append(errs, err)
 			continue
 		}
+		seen := map[netip.Addr]bool{}
 		for _, el := range elems {
-			if el.Expires <= 0 {
+			addr, ok := netip.AddrFromSlice(el.Key)
+			if el.Expires <= 0 || !ok {
 				continue
 			}
-			out[v6] = append(out[v6], nftables.SetElement{Key: el.Key, Timeout: el.Expires})
+			src := next.sourceOf(addr)
+			if seen[src] {
+				continue
+			}
+			seen[src] = true
+			out[v6] = append(out[v6], nftables.SetElement{Key: src.AsSlice(), Timeout: el.Expires})
 		}
 	}
 	return out, errors.Join(errs...)
+}
+
+// Block puts the source of addr (addr masked to the source prefix of the
+// policy in force) into the blocked set for d, as the scan rule does: the
+// XDP layer calls it for the scanners it caught, so that nftables drops
+// them on every interface and gatehouse_nft_blocked_sources counts them.
+// A source in a management range is never blocked: Block returns nil and
+// changes nothing.
+func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
+	if !addr.IsValid() || d < time.Millisecond {
+		return fmt.Errorf("%w: block %s for %s", errBadPolicy, addr, d)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.ready(); err != nil {
+		return err
+	}
+	if e.cur.isManagement(addr) {
+		return nil
+	}
+	src := e.cur.sourceOf(addr)
+	c, err := e.conn()
+	if err != nil {
+		return err
+	}
+	set := &nftables.Set{Table: ourTable(), Name: setName(setBlocked, src.Is6()), KeyType: nftables.TypeIPAddr}
+	if src.Is6() {
+		set.KeyType = nftables.TypeIP6Addr
+	}
+	if err := c.SetAddElements(set, []nftables.SetElement{{Key: src.AsSlice(), Timeout: d}}); err != nil {
+		return fmt.Errorf("block %s: %w", src, err)
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("block %s: %w", src, err)
+	}
+	// Known: the poll must not hand it back to the layer it came from.
+	e.blocked[src] = time.Now().Add(d)
+	return nil
 }
 
 // Close stops the Enforcer from applying further generations. The table

@@ -175,8 +175,12 @@ func (e *Enforcer) drift(c *nftables.Conn) (string, error) {
 	if !slices.Equal(counters, wantCounters) {
 		return "counters changed", nil
 	}
-	for _, name := range []string{setPorts, setName(setManagement, false), setName(setManagement, true)} {
+	for _, name := range []string{setPorts, setName(setManagement, false), setName(setManagement, true),
+		setName(setMgmtSrc, false), setName(setMgmtSrc, true)} {
 		s := setByName(rs, name)
+		if s == nil {
+			continue // management_sources_* exist with scan detection only
+		}
 		got, err := c.GetSetElements(s)
 		if err != nil {
 			return "", fmt.Errorf("read set %s: %w", name, err)
@@ -323,13 +327,14 @@ func (e *Enforcer) PollBlocked() error {
 				continue
 			}
 			left := el.Expires
+			source := netip.PrefixFrom(addr, e.cur.srcBits(v6))
 			if e.onBlock != nil {
 				if err := e.onBlock(addr, left); err != nil {
-					e.log.Error("pushing blocked source failed", "source", addr, "err", err)
+					e.log.Error("pushing blocked source failed", "source", source, "err", err)
 					continue
 				}
 			}
-			e.log.Warn("scanner blocked", "source", addr, "for", left)
+			e.log.Warn("scanner blocked", "source", source, "for", left)
 			e.blocked[addr] = now.Add(left)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -75,9 +76,16 @@ type spec struct {
 	forward bool
 	outside string
 
+	// src4 and src6 are the prefix lengths that make one source for the
+	// per-source sets (rate, conns, scan, blocked).
+	src4, src6 int
+
 	ports        []uint16
 	mgmt4, mgmt6 []mgmtEntry
-	adm4, adm6   []addrRange
+	// mgmtSrc4 and mgmtSrc6 are the management ranges without ports: the
+	// sources scan detection never counts.
+	mgmtSrc4, mgmtSrc6 []addrRange
+	adm4, adm6         []addrRange
 }
 
 func newSpec(p *policy.Policy) (*spec, error) {
@@ -95,6 +103,8 @@ func newSpec(p *policy.Policy) (*spec, error) {
 		scan:     en.ScanBlock,
 		blockFor: en.ScanBlock.BlockFor,
 		forward:  en.Forward,
+		src4:     en.SourcePrefix.Bits(false),
+		src6:     en.SourcePrefix.Bits(true),
 		adm4:     toRanges(p.Admitted.V4),
 		adm6:     toRanges(p.Admitted.V6),
 	}
@@ -144,6 +154,8 @@ func newSpec(p *policy.Policy) (*spec, error) {
 	}
 	s.mgmt4 = mgmtEntries(en.Management, true)
 	s.mgmt6 = mgmtEntries(en.Management, false)
+	s.mgmtSrc4 = mgmtSources(en.Management, true)
+	s.mgmtSrc6 = mgmtSources(en.Management, false)
 	return s, nil
 }
 
@@ -151,7 +163,8 @@ func newSpec(p *policy.Policy) (*spec, error) {
 // the newer one can be applied as element changes.
 func (s *spec) sameShape(o *spec) bool {
 	return s.strict == o.strict && s.rate == o.rate && s.maxConns == o.maxConns &&
-		s.scan == o.scan && s.blockFor == o.blockFor && s.forward == o.forward && s.outside == o.outside
+		s.scan == o.scan && s.blockFor == o.blockFor && s.forward == o.forward && s.outside == o.outside &&
+		s.src4 == o.src4 && s.src6 == o.src6
 }
 
 func (s *spec) family(v6 bool) (mgmt []mgmtEntry, adm []addrRange) {
@@ -159,6 +172,43 @@ func (s *spec) family(v6 bool) (mgmt []mgmtEntry, adm []addrRange) {
 		return s.mgmt6, s.adm6
 	}
 	return s.mgmt4, s.adm4
+}
+
+// mgmtSources returns the management ranges of one family.
+func (s *spec) mgmtSources(v6 bool) []addrRange {
+	if v6 {
+		return s.mgmtSrc6
+	}
+	return s.mgmtSrc4
+}
+
+// srcBits is the prefix length of one source of the family.
+func (s *spec) srcBits(v6 bool) int {
+	if v6 {
+		return s.src6
+	}
+	return s.src4
+}
+
+// sourceOf masks addr to the source it counts as in the per-source sets.
+func (s *spec) sourceOf(addr netip.Addr) netip.Addr {
+	addr = addr.Unmap()
+	p, err := addr.Prefix(s.srcBits(addr.Is6()))
+	if err != nil {
+		return addr
+	}
+	return p.Addr()
+}
+
+// isManagement reports whether addr lies in a management range.
+func (s *spec) isManagement(addr netip.Addr) bool {
+	addr = addr.Unmap()
+	for _, r := range s.mgmtSources(addr.Is6()) {
+		if r.from.Compare(addr) <= 0 && addr.Compare(r.to) <= 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // ruleset is everything one generation installs, built without the kernel.
@@ -199,6 +249,7 @@ func setName(base string, v6 bool) string {
 const (
 	setAdmitted   = "admitted"
 	setManagement = "management"
+	setMgmtSrc    = "management_sources"
 	setBlocked    = "blocked"
 	setRate       = "rate"
 	setConns      = "conns"
@@ -254,6 +305,10 @@ func (s *spec) build() *ruleset {
 		rs.ranges[n] = adm
 		n = setName(setManagement, v6)
 		byName[n] = addSet(&nftables.Set{Name: n, KeyType: concatType, Interval: true, Concatenation: true}, mgmtElements(mgmt))
+		if s.scan.DistinctPorts > 0 {
+			n = setName(setMgmtSrc, v6)
+			byName[n] = addSet(&nftables.Set{Name: n, KeyType: addrType, Interval: true}, intervalElements(s.mgmtSources(v6)))
+		}
 		dyn(setBlocked, addrType, s.blockFor)
 		if s.rate.PerSecond > 0 {
 			dyn(setRate, addrType, rateIdle)
@@ -272,33 +327,44 @@ func (s *spec) build() *ruleset {
 	// Sets sorted by name read better in nft list; IDs stay as assigned.
 	slices.SortStableFunc(rs.sets, func(a, b *nftables.Set) int { return cmp.Compare(a.Name, b.Name) })
 
-	r := &ruleBuilder{rs: rs, sets: byName, nextID: &id}
+	r := &ruleBuilder{rs: rs, sets: byName, nextID: &id, spec: s}
 	r.chain(baseChain("input", nftables.ChainHookInput))
 	r.add(ruleLoopback, verdictAccept, iifname("lo")...)
 	r.stateRules("")
-	if s.strict {
-		// Echo requests from admitted sources only, as the XDP layer
-		// decides them; neighbour discovery, router adverts and MLD
-		// queries from anyone.
-		r.echoAdmitted("")
-		r.add(ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMPV6), icmpType(),
-			r.anonLookup(nftables.TypeICMP6Type, icmpv6Essentials))...)
-	}
-	r.admission(s, "")
-	// Management ranges reach their ports over TCP and UDP, as in XDP.
+	// Neighbour discovery, router adverts and MLD queries from anyone,
+	// blocked or not: XDP passes them too, and the link needs them.
+	r.add(ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMPV6), icmpType(),
+		r.anonLookup(nftables.TypeICMP6Type, icmpv6Essentials))...)
+	// Management ranges reach their ports over TCP and UDP, as in XDP,
+	// before the blocklist: a forged scan cannot lock the admins out.
 	for _, v6 := range []bool{false, true} {
 		for _, proto := range []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
 			r.add(ruleManagement, verdictAccept, concat(l4proto(proto), saddr(v6), dport(concatPortReg(v6)),
 				lookup(byName[setName(setManagement, v6)], false))...)
 		}
 	}
+	// Listener ports before the blocklist: an admitted source keeps them
+	// while blocked (a forged scan in its name must not cut a tenant off),
+	// and a source that is not admitted is dropped there anyway.
+	r.admission(s, "")
+	r.blockedRule("")
+	if s.strict {
+		// Echo requests from admitted sources only, as the XDP layer
+		// decides them.
+		r.echoAdmitted("")
+	}
 	if s.scan.DistinctPorts > 0 {
 		for _, v6 := range []bool{false, true} {
 			pairs := byName[setName(setScanPorts, v6)]
-			e := concat(l4proto(unix.IPPROTO_TCP), ctState(expr.CtStateBitNEW), saddr(v6), dport(concatPortReg(v6)),
+			// A bare SYN opens a flow; counted as XDP counts it, and
+			// never from a management range.
+			e := concat(l4proto(unix.IPPROTO_TCP), tcpFlagsSYN(), ctState(expr.CtStateBitNEW),
+				saddr(v6), lookup(byName[setName(setMgmtSrc, v6)], true),
+				r.srcKey(v6), dport(concatPortReg(v6)),
 				lookup(pairs, true), dynset(pairs, unix.NFT_DYNSET_OP_ADD, 0))
 			if s.scan.DistinctPorts > 1 {
 				rate, unit := scanRate(s.scan)
+				// Register 1 still holds the source key.
 				e = append(e, dynset(byName[setName(setScanCount, v6)], unix.NFT_DYNSET_OP_UPDATE, 0,
 					&expr.Limit{Type: expr.LimitTypePkts, Rate: rate, Unit: unit, Burst: uint32(s.scan.DistinctPorts - 1), Over: true})...)
 			}
@@ -327,25 +393,57 @@ func (s *spec) buildForward(r *ruleBuilder, ch *nftables.Chain) {
 	if s.outside != "" {
 		r.add(ruleFwdInternal, verdictAccept, iifnameNot(s.outside)...)
 	}
+	r.admission(s, fwdPrefix)
+	r.blockedRule(fwdPrefix)
 	if s.strict {
 		// Echo requests to internal hosts from admitted sources only, as
 		// in the input chain and XDP.
 		r.echoAdmitted(fwdPrefix)
 	}
-	r.admission(s, fwdPrefix)
 	if s.strict {
 		r.add(fwdPrefix+ruleStrictDrop, verdictDrop)
 	}
 }
 
-// stateRules adds the rules every chain opens with: blocked sources drop,
-// established and related flows pass, invalid ones drop.
+// stateRules adds the rules every chain opens with: established and
+// related flows pass, invalid ones drop. Established comes first so that
+// nothing a scan (forged or not) puts in the blocklist cuts a live flow.
 func (r *ruleBuilder) stateRules(prefix string) {
-	for _, v6 := range []bool{false, true} {
-		r.add(prefix+ruleBlocked, verdictDrop, concat(saddr(v6), lookup(r.sets[setName(setBlocked, v6)], false))...)
-	}
 	r.add(prefix+ruleEstablished, verdictAccept, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)...)
 	r.add(prefix+ruleInvalid, verdictDrop, ctState(expr.CtStateBitINVALID)...)
+}
+
+// blockedRule drops new flows from blocked sources; it comes after the
+// management and listener rules, so it takes what is left.
+func (r *ruleBuilder) blockedRule(prefix string) {
+	for _, v6 := range []bool{false, true} {
+		r.add(prefix+ruleBlocked, verdictDrop, concat(r.srcKey(v6), lookup(r.sets[setName(setBlocked, v6)], false))...)
+	}
+}
+
+// srcKey loads the source into register 1 as the per-source sets key it:
+// the address masked to the source prefix length of its family.
+func (r *ruleBuilder) srcKey(v6 bool) []expr.Any {
+	e := saddr(v6)
+	bits, n := r.spec.srcBits(v6), 4
+	if v6 {
+		n = 16
+	}
+	if bits >= 8*n {
+		return e
+	}
+	mask := make([]byte, n)
+	for i := range mask {
+		switch {
+		case bits >= 8:
+			mask[i] = 0xff
+			bits -= 8
+		case bits > 0:
+			mask[i] = 0xff << (8 - bits)
+			bits = 0
+		}
+	}
+	return append(e, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(n), Mask: mask, Xor: make([]byte, n)})
 }
 
 // echoAdmitted accepts ICMP and ICMPv6 echo requests from admitted sources.
@@ -373,13 +471,13 @@ func (r *ruleBuilder) admission(s *spec, prefix string) {
 			burst = s.rate.PerSecond
 		}
 		for _, v6 := range []bool{false, true} {
-			r.add(prefix+ruleRateLimited, verdictDrop, concat(listener(), saddr(v6), dynset(byName[setName(setRate, v6)], unix.NFT_DYNSET_OP_UPDATE, 0,
+			r.add(prefix+ruleRateLimited, verdictDrop, concat(listener(), r.srcKey(v6), dynset(byName[setName(setRate, v6)], unix.NFT_DYNSET_OP_UPDATE, 0,
 				&expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(s.rate.PerSecond), Unit: expr.LimitTimeSecond, Burst: burst, Over: true}))...)
 		}
 	}
 	if s.maxConns > 0 {
 		for _, v6 := range []bool{false, true} {
-			r.add(prefix+ruleConnLimited, verdictDrop, concat(listener(), saddr(v6), dynset(byName[setName(setConns, v6)], unix.NFT_DYNSET_OP_ADD, 0,
+			r.add(prefix+ruleConnLimited, verdictDrop, concat(listener(), r.srcKey(v6), dynset(byName[setName(setConns, v6)], unix.NFT_DYNSET_OP_ADD, 0,
 				&expr.Connlimit{Count: s.maxConns, Flags: expr.NFT_CONNLIMIT_F_INV}))...)
 		}
 	}
@@ -421,6 +519,7 @@ type ruleBuilder struct {
 	cur    *nftables.Chain
 	sets   map[string]*nftables.Set
 	nextID *uint32
+	spec   *spec
 }
 
 // chain makes ch the chain the next rules go into.
@@ -533,6 +632,16 @@ func concatPortReg(v6 bool) uint32 {
 		return 2
 	}
 	return 9
+}
+
+// tcpFlagsSYN matches a bare SYN (SYN set, ACK clear): a packet that
+// opens a flow. It needs the l4proto check before it.
+func tcpFlagsSYN() []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x12}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0x02}},
+	}
 }
 
 func icmpType() []expr.Any {
