@@ -1,7 +1,6 @@
 package xdp
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,8 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -441,32 +438,7 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 	if err := p.Validate(); err != nil {
 		return fmt.Errorf("xdp: %w", err)
 	}
-	en := p.Enforcement
-	g := &bpf.Generation{
-		Strict:      en.Mode == policy.ModeStrict,
-		EphemeralLo: e.eph[0],
-		EphemeralHi: e.eph[1],
-		V4:          p.Admitted.V4,
-		V6:          p.Admitted.V6,
-		SourceBits4: en.SourcePrefix.Bits(false),
-		SourceBits6: en.SourcePrefix.Bits(true),
-		Scan: bpf.Scan{
-			DistinctPorts: en.ScanBlock.DistinctPorts,
-			Window:        en.ScanBlock.Window,
-			BlockFor:      en.ScanBlock.BlockFor,
-		},
-	}
-	if g.Scan.DistinctPorts > 0 && g.Scan.BlockFor <= 0 {
-		g.Scan.BlockFor = defaultBlockFor
-	}
-	var mgmt []netip.Prefix
-	for _, pt := range p.ProtectedPorts() {
-		g.Ports = append(g.Ports, bpf.Port{Proto: pt.Proto, Num: pt.Num})
-	}
-	for _, m := range en.Management {
-		g.Management = append(g.Management, bpf.Management{Prefix: m.Prefix, Ports: m.Ports})
-		mgmt = append(mgmt, m.Prefix.Masked())
-	}
+	g, mgmt := compile(p, e.eph)
 	pages, err := g.Encode()
 	if err != nil {
 		return fmt.Errorf("xdp: encode generation %d: %w", p.Generation, err)
@@ -493,7 +465,7 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 	} else if err := gen.Pin(pin); err != nil {
 		e.log.Warn("pin generation", "error", err)
 	}
-	e.source, e.mgmt = en.SourcePrefix, mgmt
+	e.source, e.mgmt = p.Enforcement.SourcePrefix, mgmt
 	e.sweepLocked(monotonic())
 	if e.link == nil {
 		// First start: attach now that the maps hold a policy.
@@ -521,176 +493,6 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 	return nil
 }
 
-// defaultBlockFor is block_for when a policy leaves it zero, as in the
-// nftables layer.
-const defaultBlockFor = 10 * time.Minute
-
-// Block blocks the source of addr (addr masked to the source prefix of the
-// generation in force) for d: its new flows are dropped, except to the
-// listener ports when it is admitted (the nftables layer's scan detection
-// calls it). A source in a management range is never blocked: Block
-// returns nil and changes nothing.
-func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
-	if !addr.IsValid() || d <= 0 {
-		return fmt.Errorf("%w: %s for %s", ErrBadAddr, addr, d)
-	}
-	addr = addr.Unmap()
-	now := monotonic()
-	deadline := now + uint64(d.Nanoseconds())
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closed {
-		return ErrClosed
-	}
-	for _, m := range e.mgmt {
-		if m.Contains(addr) {
-			return nil
-		}
-	}
-	src := e.source.Of(addr).Addr()
-	var err error
-	if src.Is4() {
-		err = e.coll.Maps[bpf.MapBlock4].Put(src.As4(), deadline)
-	} else {
-		err = e.coll.Maps[bpf.MapBlock6].Put(src.As16(), deadline)
-	}
-	if err != nil {
-		return fmt.Errorf("xdp: block %s: %w", src, err)
-	}
-	e.known[src] = deadline
-	if err := bpf.SetBlockActive(e.coll.Maps[bpf.MapState], true); err != nil {
-		return fmt.Errorf("xdp: activate blocklist: %w", err)
-	}
-	if time.Since(e.lastGC) > time.Minute {
-		e.lastGC = time.Now()
-		e.sweepLocked(now)
-	}
-	return nil
-}
-
-// blockedEntry is one live entry of a blocklist.
-type blockedEntry struct {
-	src      netip.Addr
-	deadline uint64
-}
-
-// sweepLocked deletes expired blocklist entries and returns the live ones.
-// When none is left it tells the program to skip the blocklist lookups,
-// and then looks again: the program sets the flag after every entry it
-// adds, so an entry added meanwhile either is seen here or set the flag
-// itself afterwards.
-func (e *Enforcer) sweepLocked(now uint64) []blockedEntry {
-	live, unsure := e.scanBlocklists(now)
-	if len(live) > 0 || unsure {
-		return live
-	}
-	if err := bpf.SetBlockActive(e.coll.Maps[bpf.MapState], false); err != nil {
-		e.log.Warn("blocklist state", "error", err)
-		return live
-	}
-	if live, unsure = e.scanBlocklists(now); len(live) > 0 || unsure {
-		if err := bpf.SetBlockActive(e.coll.Maps[bpf.MapState], true); err != nil {
-			e.log.Warn("blocklist state", "error", err)
-		}
-	}
-	return live
-}
-
-// scanBlocklists deletes expired entries and returns the live ones; unsure
-// reports a failed iteration.
-func (e *Enforcer) scanBlocklists(now uint64) (live []blockedEntry, unsure bool) {
-	for _, name := range []string{bpf.MapBlock4, bpf.MapBlock6} {
-		m := e.coll.Maps[name]
-		var key []byte
-		var deadline uint64
-		var expired [][]byte
-		it := m.Iterate()
-		for it.Next(&key, &deadline) {
-			if deadline <= now {
-				expired = append(expired, append([]byte(nil), key...))
-				continue
-			}
-			if a, ok := netip.AddrFromSlice(key); ok {
-				live = append(live, blockedEntry{a, deadline})
-			}
-		}
-		if it.Err() != nil {
-			unsure = true // keep the lookups on
-		}
-		for _, k := range expired {
-			_ = m.Delete(k) // gone already is fine
-		}
-	}
-	return live, unsure
-}
-
-// Run reads the blocklists every poll interval until ctx ends or the
-// Enforcer is closed, and returns nil: it reports the sources the
-// program's scan detection blocked (a log line and OnBlock), forgets
-// expired entries, and keeps gatehouse_xdp_blocked_sources current.
-func (e *Enforcer) Run(ctx context.Context) error {
-	t := time.NewTicker(e.pollGap)
-	defer t.Stop()
-	for {
-		if err := e.PollBlocked(); errors.Is(err, ErrClosed) {
-			return nil
-		} else if err != nil {
-			e.log.Warn("reading the blocklists failed", "error", err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
-}
-
-// PollBlocked is one round of Run.
-func (e *Enforcer) PollBlocked() error {
-	e.mu.Lock()
-	if e.closed {
-		e.mu.Unlock()
-		return ErrClosed
-	}
-	now := monotonic()
-	live := e.sweepLocked(now)
-	e.metrics.blocked.Set(float64(len(live)))
-	var fresh []blockedEntry
-	seen := make(map[netip.Addr]bool, len(live))
-	for _, b := range live {
-		seen[b.src] = true
-		if _, ok := e.known[b.src]; !ok {
-			fresh = append(fresh, b)
-		}
-	}
-	for a := range e.known {
-		if !seen[a] {
-			delete(e.known, a)
-		}
-	}
-	source := e.source
-	e.mu.Unlock()
-
-	// OnBlock takes the nftables layer's lock, whose poll calls Block:
-	// neither layer calls the other holding its own lock.
-	var errs []error
-	for _, b := range fresh {
-		left := time.Duration(b.deadline - now)
-		bits := source.Bits(b.src.Is6())
-		if e.onBlock != nil {
-			if err := e.onBlock(b.src, left); err != nil {
-				errs = append(errs, fmt.Errorf("mirror block of %s: %w", netip.PrefixFrom(b.src, bits), err))
-				continue
-			}
-		}
-		e.log.Warn("scanner blocked", "source", netip.PrefixFrom(b.src, bits), "for", left.Round(time.Second))
-		e.mu.Lock()
-		e.known[b.src] = b.deadline
-		e.mu.Unlock()
-	}
-	return errors.Join(errs...)
-}
-
 // Close releases this process's handles. The pinned link and maps stay:
 // the filter keeps dropping until Teardown.
 func (e *Enforcer) Close() error {
@@ -707,149 +509,4 @@ func (e *Enforcer) Close() error {
 	e.coll.Close()
 	unix.Close(e.netns)
 	return errors.Join(errs...)
-}
-
-// inNetns runs f in the network namespace nsfd. A daemon calls it from its
-// own namespace, where f runs on the calling thread (entering a namespace
-// needs CAP_SYS_ADMIN, which the service does not have). From another
-// namespace f runs on a thread of its own that is never unlocked, so the
-// runtime discards it afterwards instead of handing it to other goroutines.
-func inNetns(nsfd int, f func() error) error {
-	runtime.LockOSThread()
-	same, err := sameNetns(nsfd)
-	if err != nil || same {
-		defer runtime.UnlockOSThread()
-		if err != nil {
-			return fmt.Errorf("xdp: network namespace: %w", err)
-		}
-		return f()
-	}
-	runtime.UnlockOSThread()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := unix.Setns(nsfd, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("xdp: enter network namespace: %w", err)
-			return
-		}
-		errc <- f()
-	}()
-	return <-errc
-}
-
-// sameNetns reports whether the calling thread is in the namespace nsfd.
-func sameNetns(nsfd int) (bool, error) {
-	var want, cur unix.Stat_t
-	if err := unix.Fstat(nsfd, &want); err != nil {
-		return false, err
-	}
-	if err := unix.Stat("/proc/thread-self/ns/net", &cur); err != nil {
-		return false, err
-	}
-	return want.Dev == cur.Dev && want.Ino == cur.Ino, nil
-}
-
-// Teardown removes the filter from the interface: it detaches the pinned
-// link and deletes the pinned maps and the directory. Nothing pinned is not
-// an error.
-func Teardown(pinDir, iface string) error {
-	if pinDir == "" {
-		pinDir = DefaultPinDir
-	}
-	if !validInterface(iface) {
-		return fmt.Errorf("%w: %q", ErrNoInterface, iface)
-	}
-	dir := filepath.Join(pinDir, iface)
-	var errs []error
-	for _, mode := range []string{ModeNative, ModeGeneric} {
-		path := linkPin(dir, mode)
-		l, err := link.LoadPinnedLink(path, nil)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("xdp: load pinned link: %w", err))
-			continue
-		}
-		// Detach at once, even if another process still holds the link.
-		if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
-			errs = append(errs, fmt.Errorf("xdp: detach: %w", err))
-		}
-		if err := l.Unpin(); err != nil {
-			errs = append(errs, fmt.Errorf("xdp: unpin link: %w", err))
-		}
-		l.Close()
-	}
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return errors.Join(errs...)
-	}
-	if err != nil {
-		return errors.Join(append(errs, fmt.Errorf("xdp: %w", err))...)
-	}
-	for _, ent := range entries {
-		if err := os.Remove(filepath.Join(dir, ent.Name())); err != nil {
-			errs = append(errs, fmt.Errorf("xdp: unpin %s: %w", ent.Name(), err))
-		}
-	}
-	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("xdp: %w", err))
-	}
-	return errors.Join(errs...)
-}
-
-// ensureBPFFS checks that dir is on a bpf filesystem. For the default
-// directory it mounts one at /sys/fs/bpf when none is there.
-func ensureBPFFS(dir string, isDefault bool, log *slog.Logger) error {
-	root := dir
-	if isDefault {
-		root = filepath.Dir(DefaultPinDir)
-	}
-	if onBPFFS(root) {
-		return nil
-	}
-	if !isDefault {
-		// A non-default directory may not exist yet: check its parent.
-		if _, err := os.Stat(root); errors.Is(err, fs.ErrNotExist) && onBPFFS(filepath.Dir(root)) {
-			return nil
-		}
-		return fmt.Errorf("%w: %s", ErrNotBPFFS, dir)
-	}
-	if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
-		return fmt.Errorf("xdp: mount bpffs at %s: %w", root, err)
-	}
-	log.Info("mounted bpffs", "path", root)
-	return nil
-}
-
-func onBPFFS(path string) bool {
-	var st unix.Statfs_t
-	return unix.Statfs(path, &st) == nil && uint32(st.Type) == unix.BPF_FS_MAGIC
-}
-
-// ephemeralPorts reads the local port range of the calling thread's
-// namespace; the Linux default when it cannot.
-func ephemeralPorts() [2]uint16 {
-	def := [2]uint16{32768, 60999}
-	// /proc/sys/net shows the namespace of the thread that opens it.
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err != nil {
-		return def
-	}
-	f := strings.Fields(string(b))
-	if len(f) != 2 {
-		return def
-	}
-	lo, err1 := strconv.ParseUint(f[0], 10, 16)
-	hi, err2 := strconv.ParseUint(f[1], 10, 16)
-	if err1 != nil || err2 != nil || lo == 0 || lo > hi {
-		return def
-	}
-	return [2]uint16{uint16(lo), uint16(hi)}
-}
-
-func monotonic() uint64 {
-	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) // cannot fail for this clock
-	return uint64(ts.Nano())
 }
