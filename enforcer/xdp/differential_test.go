@@ -2,7 +2,6 @@ package xdp
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -74,16 +73,15 @@ func diffPolicy(mode policy.Mode) *policy.Policy {
 // may differ for it: XDP passes it because it may belong to a flow only
 // conntrack knows, and nftables, which knows, drops it.
 type diffKind struct {
-	name     string
-	proto    uint8
-	dport    uint16
-	flags    uint8
-	icmp4    uint8
-	icmp6    uint8
-	frag     bool
-	v6only   bool
-	why      string
-	noMarker bool
+	name   string
+	proto  uint8
+	dport  uint16
+	flags  uint8
+	icmp4  uint8
+	icmp6  uint8
+	frag   bool
+	v6only bool
+	why    string
 }
 
 const (
@@ -220,16 +218,9 @@ func TestLayersAgree(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	var gateMAC net.HardwareAddr
+	gateMAC := gate.HardwareAddr(t, v.B)
 	var eph [2]uint16
-	if err := gate.Do(func() error {
-		eph = ephemeralPorts()
-		ifc, err := net.InterfaceByName(v.B)
-		if err == nil {
-			gateMAC = ifc.HardwareAddr
-		}
-		return err
-	}); err != nil {
+	if err := gate.Do(func() error { eph = ephemeralPorts(); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	x := newDiffXDP(t)
@@ -258,16 +249,19 @@ func TestLayersAgree(t *testing.T) {
 						continue
 					}
 					marker++
-					pk := wirePkt{src: c.v4, dst: diffGate4, proto: k.proto, dport: k.dport, flags: k.flags,
-						icmpType: k.icmp4, sport: uint16(20000 + marker), marker: marker, frag: k.frag}
+					pk := netns.Packet{Src: c.v4, Dst: diffGate4, Proto: k.proto, DstPort: k.dport, TCPFlags: k.flags,
+						ICMPType: k.icmp4, SrcPort: uint16(20000 + marker), ID: marker, Fragment: k.frag}
 					if v6 {
-						pk.src, pk.dst, pk.icmpType = c.v6, diffGate6, k.icmp6
+						pk.Src, pk.Dst, pk.ICMPType = c.v6, diffGate6, k.icmp6
 						if k.proto == unix.IPPROTO_ICMP {
-							pk.proto = unix.IPPROTO_ICMPV6
+							pk.Proto = unix.IPPROTO_ICMPV6
 						}
 					}
 					name := fmt.Sprintf("%s/%s/%s from %s", mode, family(v6), k.name, c.name)
-					frames := pk.frames(gateMAC)
+					frames, err := pk.Frames(gateMAC)
+					if err != nil {
+						t.Fatal(err)
+					}
 					var each []string
 					xdpPass := true
 					for _, f := range frames {
@@ -275,7 +269,7 @@ func TestLayersAgree(t *testing.T) {
 						xdpPass = xdpPass && ok
 						each = append(each, passDrop(ok))
 					}
-					if err := wire.Do(func() error { return sendFrames(v.A, frames) }); err != nil {
+					if err := wire.Send(v.A, frames); err != nil {
 						t.Fatal(err)
 					}
 					nv, err := tr.wait(marker, 5*time.Second)
@@ -315,15 +309,4 @@ func passDrop(ok bool) string {
 		return "pass"
 	}
 	return "drop"
-}
-
-// sendFrames writes frames, in order, to dev of the calling thread's
-// namespace.
-func sendFrames(dev string, frames [][]byte) error {
-	for _, f := range frames {
-		if err := sendRaw(dev, f, 1); err != nil {
-			return err
-		}
-	}
-	return nil
 }
