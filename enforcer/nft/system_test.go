@@ -452,6 +452,7 @@ func TestSourcePrefixLimits(t *testing.T) {
 	p := testPolicy(policy.ModeListeners)
 	p.Admitted.V6 = prefixes("2001:db8::/48")
 	p.Enforcement.SourcePrefix = policy.SourcePrefix{V4: 32, V6: 64}
+	tp.serve(t, otherPort)
 
 	t.Run("rate", func(t *testing.T) {
 		const rate, burst = 1, 3
@@ -477,6 +478,30 @@ func TestSourcePrefixLimits(t *testing.T) {
 		if !tp.reach(other, gateV6, listenPort) {
 			t.Error("another /64 was limited by the first one's bucket")
 		}
+	})
+
+	t.Run("scan", func(t *testing.T) {
+		const ports = 4
+		p.Enforcement.NewConnRate = policy.Rate{}
+		p.Enforcement.ScanBlock = policy.ScanBlock{DistinctPorts: ports, Window: time.Minute, BlockFor: time.Minute}
+		if err := tp.e.Apply(p); err != nil {
+			t.Fatal(err)
+		}
+		// One closed port from each of four addresses of one /64: one
+		// source scanning four ports.
+		for i, a := range one[:ports] {
+			tp.reach(a, gateV6, 3000+i)
+		}
+		if set := tp.ns.Exec(t, "nft", "list", "set", "inet", TableName, "blocked_v6"); !strings.Contains(set, "2001:db8:0:1:: ") {
+			t.Errorf("four ports from four addresses of one /64 did not block the /64:\n%s", set)
+		}
+		if tp.reach(one[ports], gateV6, otherPort) {
+			t.Error("another address of the blocked /64 reached an open port")
+		}
+		if !tp.reach(other, gateV6, otherPort) {
+			t.Error("another /64 was blocked with the scanning one")
+		}
+		p.Enforcement.ScanBlock = policy.ScanBlock{}
 	})
 
 	t.Run("connection cap", func(t *testing.T) {
@@ -695,6 +720,26 @@ func TestBlockAPI(t *testing.T) {
 	}
 	if !tp.reach(admittedV6, gateV6, listenPort) {
 		t.Error("an admitted address of the blocked /64 lost the listener")
+	}
+	// A coarser source prefix carries a block over to the whole new
+	// source: per address first, then per /64.
+	p.Enforcement.SourcePrefix = policy.SourcePrefix{V4: 32, V6: 128}
+	tp.ns.Exec(t, "nft", "flush", "set", "inet", TableName, "blocked_v6")
+	if err := tp.e.Apply(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.e.Block(netip.MustParseAddr("2001:db8::77"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if !tp.reach(admittedV6, gateV6, otherPort) {
+		t.Error("per address, a block of ::77 took ::10 too")
+	}
+	p.Enforcement.SourcePrefix = policy.SourcePrefix{V4: 32, V6: 64}
+	if err := tp.e.Apply(p); err != nil {
+		t.Fatal(err)
+	}
+	if set := tp.ns.Exec(t, "nft", "list", "set", "inet", TableName, "blocked_v6"); !strings.Contains(set, "2001:db8:: ") {
+		t.Errorf("the block of 2001:db8::77 was not carried over as its /64:\n%s", set)
 	}
 }
 
