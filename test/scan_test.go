@@ -397,7 +397,9 @@ func testForgedScan(t *testing.T, mode string) {
 		return sn.metric(t, `gatehouse_nft_blocked_sources`) >= 3 && sn.metric(t, `gatehouse_xdp_blocked_sources`) >= 3
 	})
 	out, err := exec.Command(binary(t), "status", "-c", sn.config).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), `xdp_packets_total{action="drop",reason="scan_detected"}`) {
-		t.Errorf("status does not show the XDP scan drops: %v\n%s", err, out)
+	for _, want := range []string{`xdp_packets_total{action="drop",reason="scan_detected"}`, "nft_blocked_sources", "xdp_blocked_sources"} {
+		if err != nil || !strings.Contains(string(out), want) {
+			t.Errorf("status does not show %s: %v\n%s", want, err, out)
+		}
 	}
 }
