@@ -70,39 +70,34 @@ type Management struct {
 // filter holds: its generation header has room for this many.
 const MaxManagementPairs = 32
 
-// SourcePrefix says how many leading bits of a source address make one
-// source for the per-source rate, the connection cap, scan detection and
-// the blocklist. One IPv6 host usually owns a whole /64 and can send from
-// any address in it, so counting per address would give it 2^64 budgets.
-// A zero field means the whole address (32 or 128 bits).
+// SourcePrefix is how many leading bits of a source address count as one
+// source for per-source limits: a cloud VM owns a whole IPv6 /64, and
+// counting its addresses one by one would let it multiply its share.
+//
+// (The same type, DefaultSourcePrefix and Source are on main in
+// policy/limits.go, from the limits work; this copy goes at the merge.)
 type SourcePrefix struct {
-	V4 int
-	V6 int
+	V4 int // 1..32
+	V6 int // 1..128
 }
 
-// Bits returns the prefix length for the family: 32 or 128 for a zero
-// field.
-func (s SourcePrefix) Bits(v6 bool) int {
-	if v6 {
-		if s.V6 <= 0 || s.V6 > 128 {
-			return 128
-		}
-		return s.V6
-	}
-	if s.V4 <= 0 || s.V4 > 32 {
-		return 32
-	}
-	return s.V4
-}
+// DefaultSourcePrefix counts IPv4 sources by address and IPv6 sources by /64.
+var DefaultSourcePrefix = SourcePrefix{V4: 32, V6: 64}
 
-// Of returns the source addr counts as: addr masked to its family's
-// prefix length (an IPv4-mapped IPv6 address is taken as IPv4).
-func (s SourcePrefix) Of(addr netip.Addr) netip.Prefix {
+// Source returns the prefix of addr that per-source limits count by. Lengths
+// out of range (a zero SourcePrefix) take DefaultSourcePrefix's.
+func (s SourcePrefix) Source(addr netip.Addr) netip.Prefix {
 	addr = addr.Unmap()
-	p, err := addr.Prefix(s.Bits(addr.Is6()))
-	if err != nil {
-		return netip.Prefix{}
+	bits := s.V6
+	if addr.Is4() {
+		bits = s.V4
+		if bits < 1 || bits > 32 {
+			bits = DefaultSourcePrefix.V4
+		}
+	} else if bits < 1 || bits > 128 {
+		bits = DefaultSourcePrefix.V6
 	}
+	p, _ := addr.WithZone("").Prefix(bits)
 	return p
 }
 
@@ -118,12 +113,11 @@ type Enforcement struct {
 	// listener ports of internal hosts (nftables forward chain), for DMZ
 	// designs where gatehouse routes rather than terminates.
 	Forward bool
-	// MaxConnsPerSource caps concurrent connections from one source
-	// (see SourcePrefix) to the listener ports (nftables ct count). Zero
-	// means no cap.
+	// MaxConnsPerSource caps concurrent connections from one source address
+	// to the listener ports (nftables ct count). Zero means no cap.
 	MaxConnsPerSource uint32
-	// SourcePrefix groups source addresses into one source for the
-	// per-source limits, scan detection and the blocklist.
+	// SourcePrefix says how many leading bits of a source address count as
+	// one source for the per-source limits of every layer.
 	SourcePrefix SourcePrefix
 }
 

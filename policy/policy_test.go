@@ -66,26 +66,3 @@ func TestProtectedPorts(t *testing.T) {
 		t.Errorf("ProtectedPorts() = %v", got)
 	}
 }
-
-func TestSourcePrefix(t *testing.T) {
-	sp := SourcePrefix{V4: 32, V6: 64}
-	for in, want := range map[string]string{
-		"192.0.2.7":                 "192.0.2.7/32",
-		"::ffff:192.0.2.7":          "192.0.2.7/32",
-		"2001:db8:1:2:3:4:5:6":      "2001:db8:1:2::/64",
-		"2001:db8:1:2:ffff::1":      "2001:db8:1:2::/64",
-		"2001:db8:1:3::1":           "2001:db8:1:3::/64",
-		"2001:db8:ffff:ffff:1::abc": "2001:db8:ffff:ffff::/64",
-	} {
-		if got := sp.Of(netip.MustParseAddr(in)); got.String() != want {
-			t.Errorf("Of(%s) = %s, want %s", in, got, want)
-		}
-	}
-	var zero SourcePrefix
-	if got := zero.Of(netip.MustParseAddr("2001:db8::1")); got.Bits() != 128 {
-		t.Errorf("zero SourcePrefix gives /%d, want the whole address", got.Bits())
-	}
-	if got := (SourcePrefix{V4: 24}).Of(netip.MustParseAddr("198.51.100.77")); got.String() != "198.51.100.0/24" {
-		t.Errorf("v4 /24: %s", got)
-	}
-}

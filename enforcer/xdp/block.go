@@ -70,7 +70,7 @@ func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
 			return nil
 		}
 	}
-	src := e.source.Of(addr).Addr()
+	src := e.source.Source(addr).Addr()
 	var err error
 	if src.Is4() {
 		err = e.coll.Maps[bpf.MapBlock4].Put(src.As4(), deadline)

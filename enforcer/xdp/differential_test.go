@@ -164,10 +164,10 @@ func (x *diffXDP) apply(t *testing.T, p *policy.Policy, eph [2]uint16) {
 		if !c.blocked {
 			continue
 		}
-		if err := x.coll.Maps[bpf.MapBlock4].Put(p.Enforcement.SourcePrefix.Of(c.v4).Addr().As4(), until); err != nil {
+		if err := x.coll.Maps[bpf.MapBlock4].Put(p.Enforcement.SourcePrefix.Source(c.v4).Addr().As4(), until); err != nil {
 			t.Fatal(err)
 		}
-		if err := x.coll.Maps[bpf.MapBlock6].Put(p.Enforcement.SourcePrefix.Of(c.v6).Addr().As16(), until); err != nil {
+		if err := x.coll.Maps[bpf.MapBlock6].Put(p.Enforcement.SourcePrefix.Source(c.v6).Addr().As16(), until); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -56,7 +56,8 @@ type Enforcement struct {
 	Forward           bool         `mapstructure:"forward"`
 }
 
-// SourcePrefix is how many leading bits of an address make one source.
+// SourcePrefix is how many leading bits of a source address count as one
+// source for the per-source limits.
 type SourcePrefix struct {
 	V4 int `mapstructure:"v4"`
 	V6 int `mapstructure:"v6"`

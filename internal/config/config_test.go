@@ -179,8 +179,8 @@ func TestProblems(t *testing.T) {
 		{"max_shrink 0", "static_ranges:", "feeds: [{name: aws, source: \"https://m.example/manifest.json\", format: aws, minisign_keys: [k], threshold: 1, refresh: 15m, max_shrink: 0}]\nstatic_ranges:", []string{"feeds[0].max_shrink: must be above 0 and at most 1"}},
 		{"too many management pairs for xdp", "management: [{cidr: 198.51.100.0/28, ports: [22]}]", "management: [{cidr: 198.51.100.0/28, ports: [" + portList(1, 30) + "]}, {cidr: \"2001:db8:ff::/64\", ports: [22, 23, 24]}]",
 			[]string{"enforcement.management: 33 range and port pairs, but the XDP filter holds at most 32"}},
-		{"source prefix v6 too short", "mode: strict", "mode: strict\n  source_prefix: {v4: 32, v6: 16}", []string{"enforcement.source_prefix.v6: must be 32..128, got 16"}},
-		{"source prefix v4 too long", "mode: strict", "mode: strict\n  source_prefix: {v4: 33, v6: 64}", []string{"enforcement.source_prefix.v4: must be 16..32, got 33"}},
+		{"source prefix v6 zero", "mode: strict", "mode: strict\n  source_prefix: {v4: 32, v6: 0}", []string{"enforcement.source_prefix.v6: must be 1..128, got 0"}},
+		{"source prefix v4 too long", "mode: strict", "mode: strict\n  source_prefix: {v4: 33, v6: 64}", []string{"enforcement.source_prefix.v4: must be 1..32, got 33"}},
 		{"missing extra cert", "    server_key: ${DIR}/server.key\n    routes:\n      - {tenant: acme, host", "    server_key: ${DIR}/server.key\n    extra_certs: [{cert: ${DIR}/nope.pem, key: ${DIR}/server.key}]\n    routes:\n      - {tenant: acme, host", []string{`listeners[0].extra_certs[0].cert: cannot read`}},
 	}
 	for _, tc := range cases {

@@ -131,12 +131,6 @@ func (cfg *Config) validate() Problems {
 		c.add("enforcement.management", "%d range and port pairs, but the XDP filter holds at most %d (count every port of every range; merge ranges or set enforcement.xdp off)",
 			pairs, policy.MaxManagementPairs)
 	}
-	if sp := e.SourcePrefix; sp.V4 < 16 || sp.V4 > 32 {
-		c.add("enforcement.source_prefix.v4", "must be 16..32, got %d", sp.V4)
-	}
-	if sp := e.SourcePrefix; sp.V6 < 32 || sp.V6 > 128 {
-		c.add("enforcement.source_prefix.v6", "must be 32..128, got %d", sp.V6)
-	}
 	if sb := e.ScanBlock; sb.DistinctPorts != 0 {
 		if sb.DistinctPorts < 2 || sb.DistinctPorts > 65535 {
 			c.add("enforcement.scan_block.distinct_ports", "must be 0 (off) or 2..65535, got %d", sb.DistinctPorts)
@@ -151,6 +145,12 @@ func (cfg *Config) validate() Problems {
 		c.add("metrics.listen", "not host:port: %v", err)
 	} else if _, err := parseListen(cfg.Metrics.Listen); err != nil {
 		c.add("metrics.listen", "%v", err)
+	}
+	if sp := e.SourcePrefix; sp.V4 < 1 || sp.V4 > 32 {
+		c.add("enforcement.source_prefix.v4", "must be 1..32, got %d", sp.V4)
+	}
+	if sp := e.SourcePrefix; sp.V6 < 1 || sp.V6 > 128 {
+		c.add("enforcement.source_prefix.v6", "must be 1..128, got %d (64: one /64 is one machine)", sp.V6)
 	}
 	for i, s := range cfg.StaticRanges {
 		if _, err := parsePrefix(s); err != nil {
