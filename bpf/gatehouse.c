@@ -25,13 +25,27 @@
 // Built with -DGH_LPM the same program looks both families up in plain LPM
 // tries instead (the reference for equality tests and benchmarks).
 //
-// Where the stateless line is (strict mode): TCP segments that are not a bare
-// SYN (any ACK, RST or FIN without SYN), UDP to the local ephemeral port range
-// and ICMP errors and echo replies pass as "passthrough": they may be return
-// traffic of the appliance's own connections, and nftables' conntrack decides.
-// A bare SYN, UDP to any other port, an echo request or any other IP protocol
-// is a new flow and is dropped unless it is admitted or management. ARP,
-// IPv6 neighbour discovery, router advertisements and MLD always pass.
+// Where the stateless line is: TCP segments that are not a bare SYN (any ACK,
+// RST or FIN without SYN), UDP to the local ephemeral port range, ICMP errors
+// and echo replies, and later fragments are not new flows: they may be return
+// traffic of the appliance's own connections (or of a flow XDP already let
+// in), and nftables' conntrack decides. A bare SYN, UDP to any other port, an
+// echo request or any other IP protocol opens a new flow. In strict mode a
+// new flow is dropped unless it is admitted or management; in both modes a
+// new flow from a blocked source is dropped, unless it goes to a listener
+// port from an admitted source or to a management port from its range: a
+// scan is easily forged in someone else's name, so a block takes nothing a
+// tenant or an admin needs, and never a packet that may belong to a live
+// flow. ARP, IPv6 neighbour discovery, router advertisements and MLD always
+// pass.
+//
+// Scan detection (both modes): a bare SYN to a port that is neither a
+// listener nor management for its source, from a source outside every
+// management range, counts its (source, port) pair once per scan window; a
+// source's new pairs drain a bucket of distinct_ports-1 tokens refilled at
+// distinct_ports per window (the nftables rule's algorithm), and the pair
+// that finds it empty blocks the source for block_for. A source is its
+// address masked to the generation's source prefix (an IPv6 /64 by default).
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -46,7 +60,7 @@
 char __license[] SEC("license") = "Dual BSD/GPL";
 
 #define GH_PAGE_SIZE 65536
-#define GH_MAGIC 0x67680003 // "gh" layout 3: bump when the page layout changes
+#define GH_MAGIC 0x67680004 // "gh" layout 4: bump when the page layout changes
 #define GH_DIR_PAGES 64     // IPv6: 2 bits per top-24-bit block = 4 MiB = 64 pages
 #define GH_V4_DIR 1         // first page of the IPv4 directory
 #define GH_V4_DIR_PAGES 128 // 2^20 entries of 8 bytes
@@ -65,6 +79,7 @@ enum gh_reason {
 	GH_MALFORMED = 3,
 	GH_MANAGEMENT = 4,
 	GH_PASSTHROUGH = 5,
+	GH_SCAN = 6,
 	GH_REASONS = 8,
 };
 
@@ -107,6 +122,13 @@ struct gh_hdr {
 	// v6dir: page of each 64 KiB of the IPv6 2-bit map; 0 = all zero
 	__u16 v6dir[GH_DIR_PAGES];
 	struct gh_mgmt mgmt[GH_MAX_MGMT];
+	__u32 src_mask4;    // network order: the bits of an IPv4 source
+	__u32 scan_ports;   // distinct ports that block; 0: no scan detection
+	__u32 src_mask6[4]; // network order: the bits of an IPv6 source
+	__u64 scan_window;  // ns a (source, port) pair counts once
+	__u64 scan_gap;     // ns of refill one new pair costs: window / ports
+	__u64 scan_burst;   // (ports - 1) * gap: the bucket's depth
+	__u64 block_for;    // ns a scanner stays blocked
 };
 
 // The Go encoder writes these offsets; keep both sides in step.
@@ -115,6 +137,10 @@ _Static_assert(__builtin_offsetof(struct gh_hdr, v6_mask) == 16, "gh_hdr layout"
 _Static_assert(__builtin_offsetof(struct gh_hdr, mgmt_count) == 20, "gh_hdr layout");
 _Static_assert(__builtin_offsetof(struct gh_hdr, v6dir) == 24, "gh_hdr layout");
 _Static_assert(__builtin_offsetof(struct gh_hdr, mgmt) == 152, "gh_hdr layout");
+_Static_assert(__builtin_offsetof(struct gh_hdr, src_mask4) == 920, "gh_hdr layout");
+_Static_assert(__builtin_offsetof(struct gh_hdr, src_mask6) == 928, "gh_hdr layout");
+_Static_assert(__builtin_offsetof(struct gh_hdr, scan_window) == 944, "gh_hdr layout");
+_Static_assert(__builtin_offsetof(struct gh_hdr, block_for) == 968, "gh_hdr layout");
 _Static_assert(sizeof(struct gh_mgmt) == 24, "gh_mgmt layout");
 _Static_assert(sizeof(struct gh_hdr) <= GH_PORTS_OFF, "gh_hdr layout");
 
@@ -154,14 +180,17 @@ struct {
 
 // Nonzero when the blocklists may hold an entry. A global variable is read
 // with one load; the array lookup it replaces cost a row of instructions on
-// every packet that passes.
+// every new flow that passes. The program sets it after every block it makes;
+// the daemon clears it only when it finds both blocklists empty, and looks
+// again after clearing it.
 volatile __u32 gh_block_active SEC(".data.state") = 0;
 
 struct gh_in6 {
 	__u8 a[16];
 };
 
-// Blocklists: source address → bpf_ktime_get_ns deadline.
+// Blocklists: source (address masked to the source prefix) →
+// bpf_ktime_get_ns deadline.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -243,140 +272,11 @@ static __always_inline void *page(void *gen, __u32 idx)
 	return bpf_map_lookup_elem(gen, &idx);
 }
 
-#ifndef GH_LPM
-// Two-choice bucket indexes, identical to the Go builder.
-static __always_inline __u64 mix(__u64 h)
-{
-	h ^= h >> 31;
-	h *= 0x94d049bb133111ebULL;
-	h ^= h >> 29;
-	return h;
-}
+#include "admitted.h"
 
-// state2 returns the 2-bit state of a top-24-bit IPv6 block: 0 none, 1 whole,
-// 2 partial.
-static __always_inline __u32 state2(void *gen, __u16 *dir, __u32 idx24)
-{
-	__u32 byte = idx24 >> 2;
-	__u32 d = byte >> 16;
-	if (d >= GH_DIR_PAGES)
-		return 0;
-	__u16 pg = dir[d];
-	if (pg == 0)
-		return 0;
-	__u8 *p = page(gen, pg);
-	if (!p)
-		return 0;
-	return (p[byte & 0xffff] >> ((idx24 & 3) * 2)) & 3;
-}
-
-#endif
-
-// v4_admitted looks up an IPv4 source (network order).
-static __always_inline int v4_admitted(void *gen, __u32 saddr)
-{
-#ifdef GH_LPM
-	struct gh_lpm4_key k = {.prefixlen = 32, .addr = saddr};
-	return bpf_map_lookup_elem(&gh_lpm4, &k) != NULL;
-#else
-	__u32 host = bpf_ntohl(saddr);
-	__u32 idx24 = host >> 8;
-	__u32 ent = idx24 >> 4; // 8192 entries per page
-	__u64 *dir = page(gen, GH_V4_DIR + (ent >> 13));
-	if (!dir)
-		return 0;
-	__u64 e = dir[ent & 8191];
-	__u32 sh = (idx24 & 15) * 2;
-	__u32 st = (e >> sh) & 3;
-	if (st != 2)
-		return st == 1;
-	// Rank: partial /24s before this entry, plus those before this /24 in
-	// it (a state of 2 is binary 10; count those below sh).
-	__u32 s = (__u32)e;
-	__u32 m = (s >> 1) & ~s & 0x55555555 & ((1U << sh) - 1);
-	m = (m & 0x33333333) + ((m >> 2) & 0x33333333);
-	m = (m + (m >> 4)) & 0x0f0f0f0f;
-	__u32 rank = (__u32)(e >> 32) + ((m * 0x01010101) >> 24);
-	// 32-byte bitmaps: 2048 per page.
-	__u8 *bits = page(gen, GH_V4_BITS + (rank >> 11));
-	if (!bits)
-		return 0;
-	return (bits[((rank & 2047) * 32 + ((host & 0xff) >> 3)) & 0xffff] >> (host & 7)) & 1;
-#endif
-}
-
-#ifndef GH_LPM
-static __always_inline struct gh_v6ent *v6_probe(void *gen, struct gh_hdr *h, __u32 b, __u64 hi, __u64 lo, __u32 len)
-{
-	// 4 entries of 32 bytes per bucket: 512 buckets per page.
-	struct gh_v6ent *e = page(gen, (__u32)h->v6_tab_page + (b >> 9));
-	if (!e)
-		return NULL;
-	__u32 base = (b & 511) * 4;
-#pragma clang loop unroll(full)
-	for (int i = 0; i < 4; i++) {
-		struct gh_v6ent *x = &e[(base + i) & 2047];
-		if (x->tag == 0)
-			return NULL;
-		if ((x->tag & 0xff) == len && x->hi == hi && x->lo == lo)
-			return x;
-	}
-	return NULL;
-}
-
-// v6_find returns the table entry for (hi, lo, len) or NULL.
-static __always_inline struct gh_v6ent *v6_find(void *gen, struct gh_hdr *h, __u64 hi, __u64 lo, __u32 len)
-{
-	__u64 m = mix(hi * 0x9e3779b97f4a7c15ULL ^ lo * 0xc2b2ae3d27d4eb4fULL ^ ((__u64)len + 1) * 0x165667b19e3779f9ULL);
-	struct gh_v6ent *x = v6_probe(gen, h, (__u32)(m >> 32) & h->v6_mask, hi, lo, len);
-	if (x)
-		return x;
-	return v6_probe(gen, h, (__u32)m & h->v6_mask, hi, lo, len);
-}
-#endif
-
-static __always_inline int v6_admitted(void *gen, struct gh_hdr *h, struct gh_pkt *pk)
-{
-#ifdef GH_LPM
-	struct gh_lpm6_key k = {.prefixlen = 128};
-	__builtin_memcpy(k.addr, pk->saddr6.a, 16);
-	return bpf_map_lookup_elem(&gh_lpm6, &k) != NULL;
-#else
-	__u32 idx24 = pk->hi >> 40;
-	__u32 st = state2(gen, h->v6dir, idx24);
-	if (st != 2)
-		return st == 1;
-	if (h->v6_tab_page == 0)
-		return 0;
-	struct gh_v6ent *blk = v6_find(gen, h, pk->hi & 0xffffff0000000000ULL, 0, 24);
-	if (!blk)
-		return 0;
-	__u64 lens0 = blk->tag >> 8; // 7 lengths
-	__u64 lens1 = blk->val;      // 8 more
-#pragma clang loop unroll(disable)
-	for (int i = 0; i < GH_MAX_LENS; i++) {
-		__u32 l;
-		if (i < 7)
-			l = (lens0 >> (i * 8)) & 0xff;
-		else
-			l = (lens1 >> ((i - 7) * 8)) & 0xff;
-		if (l == 0 || l > 128)
-			return 0;
-		__u64 hi = pk->hi, lo = pk->lo;
-		if (l <= 64) {
-			hi &= ~0ULL << (64 - l);
-			lo = 0;
-		} else {
-			lo &= ~0ULL << (128 - l);
-		}
-		if (v6_find(gen, h, hi, lo, l))
-			return 1;
-	}
-	return 0;
-#endif
-}
-
-static __always_inline int mgmt_match(struct gh_hdr *h, struct gh_pkt *pk, const int v6)
+// mgmt_match reports whether the source lies in a management range that
+// may reach pk's port, or, with any_port, in any management range.
+static __always_inline int mgmt_match(struct gh_hdr *h, struct gh_pkt *pk, const int v6, const int any_port)
 {
 	__u32 n = h->mgmt_count;
 #pragma clang loop unroll(disable)
@@ -384,7 +284,7 @@ static __always_inline int mgmt_match(struct gh_hdr *h, struct gh_pkt *pk, const
 		if (i >= n)
 			return 0;
 		struct gh_mgmt *m = &h->mgmt[i];
-		if (m->port != pk->dport || m->family != (v6 ? 6 : 4))
+		if ((!any_port && m->port != pk->dport) || m->family != (v6 ? 6 : 4))
 			continue;
 		__u32 l = m->plen;
 		__u64 mh, ml;
@@ -404,17 +304,7 @@ static __always_inline int mgmt_match(struct gh_hdr *h, struct gh_pkt *pk, const
 	return 0;
 }
 
-static __always_inline int blocked(struct gh_pkt *pk, const int v6)
-{
-	if (!gh_block_active)
-		return 0;
-	__u64 *deadline;
-	if (v6)
-		deadline = bpf_map_lookup_elem(&gh_block6, &pk->saddr6);
-	else
-		deadline = bpf_map_lookup_elem(&gh_block4, &pk->saddr4);
-	return deadline && bpf_ktime_get_ns() < *deadline;
-}
+#include "scan.h"
 
 // port_flags returns the four flag bits of a port.
 static __always_inline __u32 port_flags(struct gh_hdr *h, __u32 port)
@@ -423,27 +313,39 @@ static __always_inline __u32 port_flags(struct gh_hdr *h, __u32 port)
 	return (b >> ((port & 1) * 4)) & 0xf;
 }
 
-#define GH_CHECK 0x100 // decide by the admitted set
+#define GH_CHECK 0x100    // decide by the admitted set
+#define GH_DROP 0x200     // with a reason: drop
+#define GH_LISTENER 0x400 // with GH_CHECK: a listener port, which no block takes
 
-// classify returns a pass reason, GH_DROP|reason, or GH_CHECK.
-#define GH_DROP 0x200
-
+// classify returns a pass reason, GH_DROP|reason, or GH_CHECK (with
+// GH_LISTENER for a listener port).
+//
 // tcp_seg is a constant: 1 when the caller knows pk is a TCP segment with its
 // header (the common case gets code of its own, without the tests below).
 static __always_inline __u32 classify(struct gh_hdr *h, struct gh_pkt *pk, const int v6, const int tcp_seg)
 {
 	int strict = h->flags & GH_FLAG_STRICT;
 
-	if (!tcp_seg && pk->later_frag)
-		return GH_CHECK; // no transport header: only the source can be judged
+	if (!tcp_seg && pk->later_frag) {
+		// No transport header: only the source can be judged. In
+		// listeners mode anyone may open a flow to a port that is not a
+		// listener, so any later fragment may belong to one. In strict
+		// mode only admitted sources and management ranges may have sent
+		// the first fragment.
+		if (!strict)
+			return GH_PASSTHROUGH;
+		if (mgmt_match(h, pk, v6, 1))
+			return GH_MANAGEMENT;
+		return GH_CHECK;
+	}
 
 	if (tcp_seg || pk->l4 == IPPROTO_TCP || pk->l4 == IPPROTO_UDP) {
 		__u32 f = port_flags(h, pk->dport);
 		int tcp = tcp_seg || pk->l4 == IPPROTO_TCP;
-		if ((f & (tcp ? GH_PORT_MGMT_TCP : GH_PORT_MGMT_UDP)) && mgmt_match(h, pk, v6))
+		if ((f & (tcp ? GH_PORT_MGMT_TCP : GH_PORT_MGMT_UDP)) && mgmt_match(h, pk, v6, 0))
 			return GH_MANAGEMENT;
 		if (f & (tcp ? GH_PORT_TCP : GH_PORT_UDP))
-			return GH_CHECK;
+			return GH_CHECK | GH_LISTENER;
 		if (!strict)
 			return GH_PASSTHROUGH;
 		if (tcp) {
@@ -471,29 +373,53 @@ static __always_inline __u32 classify(struct gh_hdr *h, struct gh_pkt *pk, const
 	return strict ? GH_DROP | GH_NOT_ADMITTED : GH_PASSTHROUGH;
 }
 
+// new_flow reports whether pk may open a flow (see the top of this file).
+static __always_inline int new_flow(struct gh_hdr *h, struct gh_pkt *pk, const int v6, const int tcp_seg)
+{
+	if (tcp_seg || pk->l4 == IPPROTO_TCP)
+		return !pk->later_frag && (pk->tcp_flags & 0x12) == 0x02;
+	if (pk->later_frag)
+		return 0;
+	if (pk->l4 == IPPROTO_UDP)
+		return h->eph_lo == 0 || pk->dport < h->eph_lo || pk->dport > h->eph_hi;
+	if (pk->l4 == IPPROTO_ICMP || pk->l4 == IPPROTO_ICMPV6) {
+		__u8 t = pk->icmp_type;
+		return !(v6 ? (t >= 1 && t <= 4) || t == 129 : t == 0 || t == 3 || t == 11 || t == 12);
+	}
+	return 1;
+}
+
 // verdict is instantiated once per family (v6 is a constant), so that each
 // copy is straight-line code for its own family.
 static __always_inline int verdict(struct gh_pkt *pk, const int v6, const int tcp_seg)
 {
 	__u32 zero = 0;
-	__u32 c = GH_PASSTHROUGH; // no policy applied yet
 	void *gen = bpf_map_lookup_elem(&gh_gen, &zero);
-	if (gen) {
-		struct gh_hdr *h = page(gen, 0);
-		if (h && h->magic == GH_MAGIC) {
-			c = classify(h, pk, v6, tcp_seg);
-			if (c & GH_DROP)
-				return count(GH_ACT_DROP, c & 0xff);
-			if (c == GH_CHECK) {
-				int ok = v6 ? v6_admitted(gen, h, pk) : v4_admitted(gen, pk->saddr4);
-				if (!ok)
-					return count(GH_ACT_DROP, GH_NOT_ADMITTED);
-				c = GH_ADMITTED;
-			}
-		}
+	if (!gen)
+		return count(GH_ACT_PASS, GH_PASSTHROUGH); // no policy applied yet
+	struct gh_hdr *h = page(gen, 0);
+	if (!h || h->magic != GH_MAGIC)
+		return count(GH_ACT_PASS, GH_PASSTHROUGH);
+	__u32 c = classify(h, pk, v6, tcp_seg);
+	if (c == GH_MANAGEMENT)
+		return count(GH_ACT_PASS, GH_MANAGEMENT);
+	if (c & GH_CHECK) {
+		int ok = v6 ? v6_admitted(gen, h, pk) : v4_admitted(gen, pk->saddr4);
+		if (!ok)
+			return count(GH_ACT_DROP, GH_NOT_ADMITTED);
+		if (c & GH_LISTENER)
+			return count(GH_ACT_PASS, GH_ADMITTED);
+		c = GH_ADMITTED;
 	}
-	if (blocked(pk, v6))
-		return count(GH_ACT_DROP, GH_BLOCKED);
+	if (new_flow(h, pk, v6, tcp_seg)) {
+		if (blocked(h, pk, v6))
+			return count(GH_ACT_DROP, GH_BLOCKED);
+		// A bare SYN to a port that is neither listener nor management.
+		if ((tcp_seg || pk->l4 == IPPROTO_TCP) && scan(h, pk, v6))
+			return count(GH_ACT_DROP, GH_SCAN);
+	}
+	if (c & GH_DROP)
+		return count(GH_ACT_DROP, c & 0xff);
 	return count(GH_ACT_PASS, c);
 }
 

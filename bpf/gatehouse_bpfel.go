@@ -18,6 +18,14 @@ type gatehouseGhIn6 struct {
 	A [16]uint8
 }
 
+type gatehouseGhScanKey struct {
+	_    structs.HostLayout
+	A    [4]uint32
+	Port uint16
+	V6   uint8
+	Pad  uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -26,6 +34,8 @@ const (
 	gatehouseMapGhBlock6      = "gh_block6"
 	gatehouseMapGhCounters    = "gh_counters"
 	gatehouseMapGhGen         = "gh_gen"
+	gatehouseMapGhScanPairs   = "gh_scan_pairs"
+	gatehouseMapGhScanSrc     = "gh_scan_src"
 	gatehouseProgGatehouseXdp = "gatehouse_xdp"
 	gatehouseVarGhBlockActive = "gh_block_active"
 )
@@ -79,10 +89,12 @@ type gatehouseProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gatehouseMapSpecs struct {
-	GhBlock4   *ebpf.MapSpec `ebpf:"gh_block4"`
-	GhBlock6   *ebpf.MapSpec `ebpf:"gh_block6"`
-	GhCounters *ebpf.MapSpec `ebpf:"gh_counters"`
-	GhGen      *ebpf.MapSpec `ebpf:"gh_gen"`
+	GhBlock4    *ebpf.MapSpec `ebpf:"gh_block4"`
+	GhBlock6    *ebpf.MapSpec `ebpf:"gh_block6"`
+	GhCounters  *ebpf.MapSpec `ebpf:"gh_counters"`
+	GhGen       *ebpf.MapSpec `ebpf:"gh_gen"`
+	GhScanPairs *ebpf.MapSpec `ebpf:"gh_scan_pairs"`
+	GhScanSrc   *ebpf.MapSpec `ebpf:"gh_scan_src"`
 }
 
 // gatehouseVariableSpecs contains global variables before they are loaded into the kernel.
@@ -112,10 +124,12 @@ func (o *gatehouseObjects) Close() error {
 //
 // It can be passed to loadGatehouseObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gatehouseMaps struct {
-	GhBlock4   *ebpf.Map `ebpf:"gh_block4"`
-	GhBlock6   *ebpf.Map `ebpf:"gh_block6"`
-	GhCounters *ebpf.Map `ebpf:"gh_counters"`
-	GhGen      *ebpf.Map `ebpf:"gh_gen"`
+	GhBlock4    *ebpf.Map `ebpf:"gh_block4"`
+	GhBlock6    *ebpf.Map `ebpf:"gh_block6"`
+	GhCounters  *ebpf.Map `ebpf:"gh_counters"`
+	GhGen       *ebpf.Map `ebpf:"gh_gen"`
+	GhScanPairs *ebpf.Map `ebpf:"gh_scan_pairs"`
+	GhScanSrc   *ebpf.Map `ebpf:"gh_scan_src"`
 }
 
 func (m *gatehouseMaps) Close() error {
@@ -124,6 +138,8 @@ func (m *gatehouseMaps) Close() error {
 		m.GhBlock6,
 		m.GhCounters,
 		m.GhGen,
+		m.GhScanPairs,
+		m.GhScanSrc,
 	)
 }
 

@@ -30,6 +30,14 @@ type gatehouseLPMGhLpm6Key struct {
 	Addr      [16]uint8
 }
 
+type gatehouseLPMGhScanKey struct {
+	_    structs.HostLayout
+	A    [4]uint32
+	Port uint16
+	V6   uint8
+	Pad  uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -40,6 +48,8 @@ const (
 	gatehouseLPMMapGhGen         = "gh_gen"
 	gatehouseLPMMapGhLpm4        = "gh_lpm4"
 	gatehouseLPMMapGhLpm6        = "gh_lpm6"
+	gatehouseLPMMapGhScanPairs   = "gh_scan_pairs"
+	gatehouseLPMMapGhScanSrc     = "gh_scan_src"
 	gatehouseLPMProgGatehouseXdp = "gatehouse_xdp"
 	gatehouseLPMVarGhBlockActive = "gh_block_active"
 )
@@ -93,12 +103,14 @@ type gatehouseLPMProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gatehouseLPMMapSpecs struct {
-	GhBlock4   *ebpf.MapSpec `ebpf:"gh_block4"`
-	GhBlock6   *ebpf.MapSpec `ebpf:"gh_block6"`
-	GhCounters *ebpf.MapSpec `ebpf:"gh_counters"`
-	GhGen      *ebpf.MapSpec `ebpf:"gh_gen"`
-	GhLpm4     *ebpf.MapSpec `ebpf:"gh_lpm4"`
-	GhLpm6     *ebpf.MapSpec `ebpf:"gh_lpm6"`
+	GhBlock4    *ebpf.MapSpec `ebpf:"gh_block4"`
+	GhBlock6    *ebpf.MapSpec `ebpf:"gh_block6"`
+	GhCounters  *ebpf.MapSpec `ebpf:"gh_counters"`
+	GhGen       *ebpf.MapSpec `ebpf:"gh_gen"`
+	GhLpm4      *ebpf.MapSpec `ebpf:"gh_lpm4"`
+	GhLpm6      *ebpf.MapSpec `ebpf:"gh_lpm6"`
+	GhScanPairs *ebpf.MapSpec `ebpf:"gh_scan_pairs"`
+	GhScanSrc   *ebpf.MapSpec `ebpf:"gh_scan_src"`
 }
 
 // gatehouseLPMVariableSpecs contains global variables before they are loaded into the kernel.
@@ -128,12 +140,14 @@ func (o *gatehouseLPMObjects) Close() error {
 //
 // It can be passed to loadGatehouseLPMObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gatehouseLPMMaps struct {
-	GhBlock4   *ebpf.Map `ebpf:"gh_block4"`
-	GhBlock6   *ebpf.Map `ebpf:"gh_block6"`
-	GhCounters *ebpf.Map `ebpf:"gh_counters"`
-	GhGen      *ebpf.Map `ebpf:"gh_gen"`
-	GhLpm4     *ebpf.Map `ebpf:"gh_lpm4"`
-	GhLpm6     *ebpf.Map `ebpf:"gh_lpm6"`
+	GhBlock4    *ebpf.Map `ebpf:"gh_block4"`
+	GhBlock6    *ebpf.Map `ebpf:"gh_block6"`
+	GhCounters  *ebpf.Map `ebpf:"gh_counters"`
+	GhGen       *ebpf.Map `ebpf:"gh_gen"`
+	GhLpm4      *ebpf.Map `ebpf:"gh_lpm4"`
+	GhLpm6      *ebpf.Map `ebpf:"gh_lpm6"`
+	GhScanPairs *ebpf.Map `ebpf:"gh_scan_pairs"`
+	GhScanSrc   *ebpf.Map `ebpf:"gh_scan_src"`
 }
 
 func (m *gatehouseLPMMaps) Close() error {
@@ -144,6 +158,8 @@ func (m *gatehouseLPMMaps) Close() error {
 		m.GhGen,
 		m.GhLpm4,
 		m.GhLpm6,
+		m.GhScanPairs,
+		m.GhScanSrc,
 	)
 }
 

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"net"
 	"net/netip"
 	"slices"
+	"time"
 )
 
 // Page layout shared with gatehouse.c. A generation is one BPF array map of
@@ -15,20 +17,21 @@ import (
 const (
 	PageSize = 65536
 	// Magic is the layout version the program checks in every header.
-	Magic = 0x67680003
+	Magic = 0x67680004
 
 	// MaxPages is the size of every generation map (32 MiB): enough for
 	// 100k random IPv4 and 100k random IPv6 prefixes together (464 pages);
 	// all of AWS takes 133, most of them the IPv4 directory.
 	MaxPages = 512
 
-	dirPages   = 64 // IPv6: 2 bits per top-24-bit block = 4 MiB = 64 pages
-	maxMgmt    = 32
-	maxLens    = 15 // prefix lengths probed under one IPv6 block
-	maxExpand  = 16 // most bits one IPv6 prefix is expanded by to merge lengths
-	v6Slots    = 4  // entries per IPv6 bucket
-	v6EntSize  = 32
-	bitmapSize = 32 // one partial IPv4 /24: 256 bits
+	dirPages = 64 // IPv6: 2 bits per top-24-bit block = 4 MiB = 64 pages
+	// MaxManagement is how many (range, port) pairs the header holds.
+	MaxManagement = 32
+	maxLens       = 15 // prefix lengths probed under one IPv6 block
+	maxExpand     = 16 // most bits one IPv6 prefix is expanded by to merge lengths
+	v6Slots       = 4  // entries per IPv6 bucket
+	v6EntSize     = 32
+	bitmapSize    = 32 // one partial IPv4 /24: 256 bits
 
 	// The IPv4 directory: one 8-byte entry per 16 /24s, always pages 1 to
 	// 128; the bitmaps of partial /24s follow from page 129 in rank order.
@@ -42,6 +45,13 @@ const (
 	hdrV6Dir     = 24
 	hdrMgmt      = 152
 	mgmtSize     = 24
+	hdrSrcMask4  = 920
+	hdrScanPorts = 924
+	hdrSrcMask6  = 928
+	hdrScanWin   = 944
+	hdrScanGap   = 952
+	hdrScanBurst = 960
+	hdrBlockFor  = 968
 	// hdrPorts is where the port flags start in the header page: four bits
 	// per port, the even port in the low nibble.
 	hdrPorts = 32768
@@ -65,6 +75,7 @@ var (
 	ErrBadPort           = errors.New("invalid port")
 	ErrTooManyLengths    = errors.New("too many distinct IPv6 prefix lengths under one /24")
 	ErrTooLarge          = errors.New("admitted set too large for one generation map")
+	ErrBadScan           = errors.New("invalid scan detection or source prefix")
 )
 
 // Port is a transport port whose packets must come from an admitted source.
@@ -90,6 +101,20 @@ type Generation struct {
 	Ports                    []Port
 	Management               []Management
 	V4, V6                   []netip.Prefix
+	// SourceBits4 and SourceBits6 are how many leading bits of an address
+	// make one source for scan detection and the blocklist; zero means
+	// the whole address.
+	SourceBits4, SourceBits6 int
+	Scan                     Scan
+}
+
+// Scan configures the program's port-scan detection: a source that opens
+// flows to DistinctPorts closed ports within Window is blocked for
+// BlockFor. Zero DistinctPorts turns it off.
+type Scan struct {
+	DistinctPorts int
+	Window        time.Duration
+	BlockFor      time.Duration
 }
 
 // Pages is an encoded generation: Count pages, of which only those in Data
@@ -176,8 +201,8 @@ func (g *Generation) Encode() (*Pages, error) {
 			if port == 0 {
 				return nil, fmt.Errorf("management %s port 0: %w", m.Prefix, ErrBadPort)
 			}
-			if nmgmt == maxMgmt {
-				return nil, fmt.Errorf("more than %d: %w", maxMgmt, ErrTooManyManagement)
+			if nmgmt == MaxManagement {
+				return nil, fmt.Errorf("more than %d: %w", MaxManagement, ErrTooManyManagement)
 			}
 			ports[port] |= portMgmtTCP | portMgmtUDP
 			e := hdr[hdrMgmt+nmgmt*mgmtSize:]
@@ -196,6 +221,9 @@ func (g *Generation) Encode() (*Pages, error) {
 		}
 	}
 	le.PutUint32(hdr[hdrMgmtCount:], uint32(nmgmt))
+	if err := g.putScan(hdr); err != nil {
+		return nil, err
+	}
 	for port, f := range ports {
 		hdr[hdrPorts+port/2] |= f << ((port & 1) * 4)
 	}
@@ -240,6 +268,38 @@ func (g *Generation) Encode() (*Pages, error) {
 	}
 	p.pages[0] = hdr
 	return &Pages{Count: p.next, Data: p.pages}, nil
+}
+
+// putScan writes the source masks and the scan detection settings.
+func (g *Generation) putScan(hdr []byte) error {
+	b4, b6 := g.SourceBits4, g.SourceBits6
+	if b4 == 0 {
+		b4 = 32
+	}
+	if b6 == 0 {
+		b6 = 128
+	}
+	if b4 < 0 || b4 > 32 || b6 < 0 || b6 > 128 {
+		return fmt.Errorf("source prefix /%d, /%d: %w", b4, b6, ErrBadScan)
+	}
+	// The masks are in network order, as the packet holds the address.
+	copy(hdr[hdrSrcMask4:hdrSrcMask4+4], net.CIDRMask(b4, 32))
+	copy(hdr[hdrSrcMask6:hdrSrcMask6+16], net.CIDRMask(b6, 128))
+	sc := g.Scan
+	if sc.DistinctPorts == 0 {
+		return nil
+	}
+	if sc.DistinctPorts < 0 || sc.DistinctPorts > 65535 || sc.Window <= 0 || sc.BlockFor <= 0 {
+		return fmt.Errorf("%d ports in %s, blocked for %s: %w", sc.DistinctPorts, sc.Window, sc.BlockFor, ErrBadScan)
+	}
+	le := binary.LittleEndian
+	gap := uint64(sc.Window.Nanoseconds()) / uint64(sc.DistinctPorts)
+	le.PutUint32(hdr[hdrScanPorts:], uint32(sc.DistinctPorts))
+	le.PutUint64(hdr[hdrScanWin:], uint64(sc.Window.Nanoseconds()))
+	le.PutUint64(hdr[hdrScanGap:], gap)
+	le.PutUint64(hdr[hdrScanBurst:], gap*uint64(sc.DistinctPorts-1))
+	le.PutUint64(hdr[hdrBlockFor:], uint64(sc.BlockFor.Nanoseconds()))
+	return nil
 }
 
 func pagesFor(n int) uint32 { return uint32((n + PageSize - 1) / PageSize) }

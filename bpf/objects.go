@@ -18,8 +18,10 @@ const (
 	MapState    = ".data.state"
 	MapBlock4   = "gh_block4"
 	MapBlock6   = "gh_block6"
-	MapLPM4     = "gh_lpm4" // LPM build only
-	MapLPM6     = "gh_lpm6" // LPM build only
+	MapScanSrc  = "gh_scan_src"   // not pinned
+	MapScanPair = "gh_scan_pairs" // not pinned
+	MapLPM4     = "gh_lpm4"       // LPM build only
+	MapLPM6     = "gh_lpm6"       // LPM build only
 )
 
 // SetBlockActive sets gh_block_active in the state map of either build.
@@ -38,7 +40,7 @@ const reasonSlots = 8
 // Actions and Reasons name the counters, in the program's numbering.
 var (
 	Actions = []string{"pass", "drop"}
-	Reasons = []string{"admitted", "not_admitted", "blocked", "malformed", "management", "passthrough"}
+	Reasons = []string{"admitted", "not_admitted", "blocked", "malformed", "management", "passthrough", "scan_detected"}
 )
 
 // CounterIndex returns the gh_counters key of an action and reason index.

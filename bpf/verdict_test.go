@@ -3,6 +3,7 @@ package bpf
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
@@ -189,12 +190,22 @@ func verdictCases() []verdictCase {
 		{name: "v4 first fragment admitted", f: with(ipv4(in4, 6, 443), func(f *frame) { f.more = true }), action: 0, reason: "admitted"},
 		{name: "v4 first fragment not admitted", f: with(ipv4(out4, 6, 443), func(f *frame) { f.more = true }), action: 1, reason: "not_admitted"},
 		{name: "v4 first fragment too short for tcp", f: with(ipv4(in4, 6, 443), func(f *frame) { f.more = true; f.l4Len = 8 }), action: 1, reason: "malformed"},
-		{name: "v4 later fragment admitted", f: with(ipv4(in4, 6, 80), func(f *frame) { f.fragOff = 100; f.l4Len = 8 }), action: 0, reason: "admitted"},
-		{name: "v4 later fragment not admitted", f: with(ipv4(out4, 6, 80), func(f *frame) { f.fragOff = 100; f.l4Len = 8 }), action: 1, reason: "not_admitted"},
+		// A later fragment carries no port. In listeners mode anyone may
+		// have sent its first fragment (to a port that is not a
+		// listener); in strict mode only admitted and management sources.
+		{name: "v4 later fragment admitted", f: with(ipv4(in4, 6, 80), func(f *frame) { f.fragOff = 100; f.l4Len = 8 }), action: 0, reason: "passthrough"},
+		{name: "v4 later fragment not admitted", f: with(ipv4(out4, 6, 80), func(f *frame) { f.fragOff = 100; f.l4Len = 8 }), action: 0, reason: "passthrough"},
+		{name: "strict v4 later fragment admitted", strict: true, f: with(ipv4(in4, 17, 80), func(f *frame) { f.fragOff = 100 }), action: 0, reason: "admitted"},
+		{name: "strict v4 later fragment not admitted", strict: true, f: with(ipv4(out4, 17, 80), func(f *frame) { f.fragOff = 100 }), action: 1, reason: "not_admitted"},
+		{name: "strict v4 later fragment management", strict: true, f: with(ipv4(mgmt4, 17, 22), func(f *frame) { f.fragOff = 100 }), action: 0, reason: "management"},
+		{name: "strict v4 later fragment outside management range", strict: true, f: with(ipv4("192.0.2.77", 17, 22), func(f *frame) { f.fragOff = 100 }), action: 1, reason: "not_admitted"},
+		{name: "strict v6 later fragment management", strict: true, f: with(ipv6(mgmt6, 17, 22), func(f *frame) { f.ext = []ext{{44, 8}}; f.fragOff = 90 }), action: 0, reason: "management"},
+		{name: "strict v6 later fragment not admitted", strict: true, f: with(ipv6(out6, 17, 22), func(f *frame) { f.ext = []ext{{44, 8}}; f.fragOff = 90 }), action: 1, reason: "not_admitted"},
+		{name: "strict v6 later fragment admitted", strict: true, f: with(ipv6(in6, 17, 22), func(f *frame) { f.ext = []ext{{44, 8}}; f.fragOff = 90 }), action: 0, reason: "admitted"},
 		{name: "v6 first fragment", f: with(ipv6(out6, 6, 443), func(f *frame) { f.ext = []ext{{44, 8}}; f.more = true }), action: 1, reason: "not_admitted"},
 		{name: "v6 first fragment admitted", f: with(ipv6(in6, 6, 443), func(f *frame) { f.ext = []ext{{44, 8}}; f.more = true }), action: 0, reason: "admitted"},
-		{name: "v6 later fragment admitted", f: with(ipv6(in6, 6, 80), func(f *frame) { f.ext = []ext{{0, 8}, {44, 8}}; f.fragOff = 90 }), action: 0, reason: "admitted"},
-		{name: "v6 later fragment not admitted", f: with(ipv6(out6, 6, 80), func(f *frame) { f.ext = []ext{{44, 8}}; f.fragOff = 90 }), action: 1, reason: "not_admitted"},
+		{name: "v6 later fragment admitted", f: with(ipv6(in6, 6, 80), func(f *frame) { f.ext = []ext{{0, 8}, {44, 8}}; f.fragOff = 90 }), action: 0, reason: "passthrough"},
+		{name: "v6 later fragment not admitted", f: with(ipv6(out6, 6, 80), func(f *frame) { f.ext = []ext{{44, 8}}; f.fragOff = 90 }), action: 0, reason: "passthrough"},
 	}
 	return cs
 }
@@ -266,48 +277,116 @@ func monotonicNow(t testing.TB) uint64 {
 	return uint64(ts.Nano())
 }
 
+// TestBlocklist: a blocked source loses the new flows it could open
+// elsewhere, but not its listener ports (when admitted), not a management
+// port of its range, and never a packet that may belong to a live flow. A
+// source is its /64 when the generation says so.
 func TestBlocklist(t *testing.T) {
-	r := newRig(t, false)
-	r.apply(t, testGeneration(false))
-	now := monotonicNow(t)
-	a4 := netip.MustParseAddr(in4).As4()
-	if err := r.coll.Maps[MapBlock4].Put(a4, now+uint64(time.Hour)); err != nil {
-		t.Fatal(err)
-	}
-	expired := netip.MustParseAddr(in4b).As4()
-	if err := r.coll.Maps[MapBlock4].Put(expired, now-1); err != nil {
-		t.Fatal(err)
-	}
-	a6 := netip.MustParseAddr(in6).As16()
-	if err := r.coll.Maps[MapBlock6].Put(a6, now+uint64(time.Hour)); err != nil {
-		t.Fatal(err)
-	}
-	block := frame{src: in4, dst: dst4, dport: 443}
-	// Entries are ignored until the state says the blocklist is active.
-	if got := r.run(t, block.bytes()); got != xdpPass {
-		t.Fatalf("inactive blocklist: action %d, want pass", got)
-	}
-	if err := SetBlockActive(r.coll.Maps[MapState], true); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []struct {
-		f    frame
-		want uint32
-	}{
-		{frame{src: in4, dst: dst4, dport: 443}, xdpDrop},
-		{frame{src: in4, dst: dst4, dport: 80}, xdpDrop},
-		{frame{src: in4, dst: dst4, proto: 17, dport: 53}, xdpDrop},
-		{frame{src: in4b, dst: dst4, dport: 443}, xdpPass},
-		{frame{src: in6, dst: dst6, dport: 443}, xdpDrop},
-		{frame{src: in6, dst: dst6, proto: 58, icmpType: 135}, xdpPass}, // ND is never blocked
-	} {
-		before := r.counters(t)[[2]int{1, 2}]
-		if got := r.run(t, c.f.bytes()); got != c.want {
-			t.Errorf("%s → %d: action %d, want %d", c.f.src, c.f.dport, got, c.want)
+	for _, strict := range []bool{false, true} {
+		r := newRig(t, false)
+		g := testGeneration(strict)
+		g.SourceBits6 = 64
+		r.apply(t, g)
+		now := monotonicNow(t)
+		block := func(a string, until uint64) {
+			addr := netip.MustParseAddr(a)
+			var err error
+			if addr.Is4() {
+				err = r.coll.Maps[MapBlock4].Put(addr.As4(), until)
+			} else {
+				err = r.coll.Maps[MapBlock6].Put(addr.As16(), until)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
 		}
-		moved := r.counters(t)[[2]int{1, 2}] - before
-		if (c.want == xdpDrop) != (moved == 1) {
-			t.Errorf("%s → %d: blocked counter moved by %d", c.f.src, c.f.dport, moved)
+		block(in4, now+uint64(time.Hour))
+		block(in4b, now-1) // expired
+		block(mgmt4, now+uint64(time.Hour))
+		block("2001:db8:1::", now+uint64(time.Hour)) // the /64 of in6
+		block("2001:db8:2:3::", now+uint64(time.Hour))
+		syn := frame{src: in4, dst: dst4, dport: 80}
+		// Entries are ignored until the state says the blocklist is active.
+		if strict {
+			syn.dport = 443 // the only port strict leaves open besides management
+		}
+		if got := r.run(t, syn.bytes()); got != xdpPass {
+			t.Fatalf("inactive blocklist: action %d, want pass", got)
+		}
+		if err := SetBlockActive(r.coll.Maps[MapState], true); err != nil {
+			t.Fatal(err)
+		}
+		with := func(f frame, fn func(*frame)) frame { fn(&f); return f }
+		// In strict mode a new flow to a closed port is dropped anyway:
+		// "blocked" or "not_admitted" is the reason.
+		closed := "blocked"
+		type tc struct {
+			name   string
+			f      frame
+			action int
+			reason string
+		}
+		cases := []tc{
+			{"admitted keeps its listener", frame{src: in4, dst: dst4, dport: 443}, 0, "admitted"},
+			{"udp listener", frame{src: in4, dst: dst4, proto: 17, dport: 4433}, 0, "admitted"},
+			{"v6 /64 keeps its listener", frame{src: in6, dst: dst6, dport: 443}, 0, "admitted"},
+			{"management keeps its port", frame{src: mgmt4, dst: dst4, dport: 22}, 0, "management"},
+			{"management udp", frame{src: mgmt4, dst: dst4, proto: 17, dport: 22}, 0, "management"},
+			{"not admitted to a listener", frame{src: out4, dst: dst4, dport: 443}, 1, "not_admitted"},
+			{"expired block", frame{src: in4b, dst: dst4, dport: 443}, 0, "admitted"},
+			{"ACK may be return traffic", with(frame{src: in4, dst: dst4, dport: 40000}, func(f *frame) { f.flags = 0x10 }), 0, "passthrough"},
+			{"SYN-ACK answers our SYN", with(frame{src: in4, dst: dst4, dport: 40000}, func(f *frame) { f.flags = 0x12 }), 0, "passthrough"},
+			{"udp to the ephemeral range", frame{src: in4, dst: dst4, proto: 17, dport: 40000}, 0, "passthrough"},
+			{"echo reply", frame{src: in4, dst: dst4, proto: 1, icmpType: 0}, 0, "passthrough"},
+			{"v6 packet too big", frame{src: in6, dst: dst6, proto: 58, icmpType: 2}, 0, "passthrough"},
+			{"v6 ND is never blocked", frame{src: in6, dst: dst6, proto: 58, icmpType: 135}, 0, "passthrough"},
+			{"v6 another /64 is not blocked", frame{src: "2001:db8:1:1::9", dst: dst6, proto: 58, icmpType: 129}, 0, "passthrough"},
+		}
+		if strict {
+			cases = append(cases,
+				tc{"SYN elsewhere", frame{src: in4, dst: dst4, dport: 80}, 1, closed},
+				tc{"management source elsewhere", frame{src: mgmt4, dst: dst4, dport: 23}, 1, closed},
+				tc{"udp elsewhere", frame{src: in4, dst: dst4, proto: 17, dport: 53}, 1, closed},
+				tc{"echo request of an admitted source", frame{src: in4, dst: dst4, proto: 1, icmpType: 8}, 1, "blocked"},
+				tc{"v6 echo request of its /64", frame{src: "2001:db8:1::77", dst: dst6, proto: 58, icmpType: 128}, 1, "blocked"},
+				tc{"later fragment of an admitted source", with(frame{src: in4, dst: dst4, proto: 17, dport: 80}, func(f *frame) { f.fragOff = 100 }), 0, "admitted"},
+				tc{"later fragment of a management source", with(frame{src: mgmt4, dst: dst4, proto: 17, dport: 80}, func(f *frame) { f.fragOff = 100 }), 0, "management"},
+			)
+		} else {
+			cases = append(cases,
+				tc{"SYN elsewhere", frame{src: in4, dst: dst4, dport: 80}, 1, "blocked"},
+				tc{"management source elsewhere", frame{src: mgmt4, dst: dst4, dport: 23}, 1, "blocked"},
+				tc{"udp elsewhere", frame{src: in4, dst: dst4, proto: 17, dport: 53}, 1, "blocked"},
+				tc{"echo request", frame{src: in4, dst: dst4, proto: 1, icmpType: 8}, 1, "blocked"},
+				tc{"other protocol", frame{src: in4, dst: dst4, proto: 47}, 1, "blocked"},
+				tc{"v6 SYN of its /64", frame{src: "2001:db8:1::77", dst: dst6, dport: 80}, 1, "blocked"},
+				tc{"v6 another /64 is not blocked", frame{src: "2001:db8:1:1::9", dst: dst6, dport: 80}, 0, "passthrough"},
+				tc{"v6 blocked /64 without admission", frame{src: "2001:db8:2:3::99", dst: dst6, dport: 80}, 1, "blocked"},
+				tc{"later fragment", with(frame{src: in4, dst: dst4, proto: 17, dport: 53}, func(f *frame) { f.fragOff = 100 }), 0, "passthrough"},
+			)
+		}
+		for _, c := range cases {
+			name := fmt.Sprintf("strict=%v/%s", strict, c.name)
+			before := r.counters(t)
+			got := r.run(t, c.f.bytes())
+			want := uint32(xdpPass)
+			if c.action == 1 {
+				want = xdpDrop
+			}
+			if got != want {
+				t.Errorf("%s: action %d, want %d (%s)", name, got, want, c.reason)
+			}
+			after := r.counters(t)
+			for k, v := range after {
+				d := v - before[k]
+				wantD := uint64(0)
+				if Actions[k[0]] == Actions[c.action] && Reasons[k[1]] == c.reason {
+					wantD = 1
+				}
+				if d != wantD {
+					t.Errorf("%s: counter %s/%s moved by %d, want %d", name, Actions[k[0]], Reasons[k[1]], d, wantD)
+				}
+			}
 		}
 	}
 }
@@ -325,6 +404,9 @@ func TestEncodeRejects(t *testing.T) {
 		"port zero":       {Ports: []Port{{"tcp", 0}}},
 		"unknown proto":   {Ports: []Port{{"sctp", 5}}},
 		"many management": {Management: many},
+		"source prefix":   {SourceBits6: 129},
+		"scan window":     {Scan: Scan{DistinctPorts: 10, BlockFor: time.Minute}},
+		"scan block_for":  {Scan: Scan{DistinctPorts: 10, Window: time.Minute}},
 	} {
 		if p, err := g.Encode(); err == nil {
 			t.Errorf("%s: Encode gave %d pages, want an error", name, p.Count)
@@ -348,5 +430,114 @@ func TestEncodeTooLarge(t *testing.T) {
 	_, err := (&Generation{V6: v6}).Encode()
 	if !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("Encode of 400k /128s: %v, want ErrTooLarge", err)
+	}
+}
+
+// TestScanDetection runs the program's scan detection through
+// BPF_PROG_TEST_RUN: distinct ports, not packets, drain a source's bucket;
+// the pair that empties it blocks the source (its /64 for IPv6) for
+// block_for; listener ports, management and ACKs never count.
+func TestScanDetection(t *testing.T) {
+	const ports = 4
+	for _, strict := range []bool{false, true} {
+		t.Run(fmt.Sprintf("strict=%v", strict), func(t *testing.T) {
+			r := newRig(t, false)
+			g := testGeneration(strict)
+			g.SourceBits6 = 64
+			g.Scan = Scan{DistinctPorts: ports, Window: time.Hour, BlockFor: time.Hour}
+			r.apply(t, g)
+			closedPass := "passthrough"
+			closedAction := uint32(xdpPass)
+			if strict {
+				closedPass, closedAction = "not_admitted", xdpDrop
+			}
+			expect := func(what string, f frame, want uint32, reason string) {
+				t.Helper()
+				before := r.counters(t)
+				if got := r.run(t, f.bytes()); got != want {
+					t.Errorf("%s: action %d, want %d", what, got, want)
+				}
+				after := r.counters(t)
+				moved := ""
+				for k, v := range after {
+					if v != before[k] {
+						moved = Reasons[k[1]]
+					}
+				}
+				if moved != reason {
+					t.Errorf("%s: counted as %q, want %q", what, moved, reason)
+				}
+			}
+			syn := func(src string, port uint16) frame {
+				dst := dst4
+				if netip.MustParseAddr(src).Is6() {
+					dst = dst6
+				}
+				return frame{src: src, dst: dst, dport: port}
+			}
+			// ports-1 distinct closed ports, each twice, an ACK to a
+			// fourth, the listener and UDP: no block.
+			for p := uint16(1001); p < 1001+ports-1; p++ {
+				expect("below the threshold", syn(out4, p), closedAction, closedPass)
+				expect("same port again", syn(out4, p), closedAction, closedPass)
+			}
+			ack := syn(out4, 2001)
+			ack.flags = 0x10
+			expect("ACK", ack, xdpPass, "passthrough")
+			expect("listener", syn(in4, 443), xdpPass, "admitted")
+			for p := uint16(1101); p < 1101+ports-1; p++ {
+				expect("an admitted source's own count", syn(in4, p), closedAction, closedPass)
+			}
+			expect("an admitted source's threshold", syn(in4, 1101+ports-1), xdpDrop, "scan_detected")
+			if !strict {
+				expect("the scanner's next new flow", syn(in4, 5000), xdpDrop, "blocked")
+			}
+			expect("the admitted scanner keeps its listener", syn(in4, 443), xdpPass, "admitted")
+			expect("the threshold", syn(out4, 1001+ports-1), xdpDrop, "scan_detected")
+			expect("blocked afterwards", syn(out4, 1001), xdpDrop, "blocked")
+			// The management source scans: never counted.
+			for p := uint16(3000); p < 3000+3*ports; p++ {
+				expect("management source", syn(mgmt4, p), closedAction, closedPass)
+			}
+			expect("management port", syn(mgmt4, 22), xdpPass, "management")
+			// Two addresses of one /64 are one source; another /64 is not.
+			expect("v6 a", syn("2001:db8:5::a", 1001), closedAction, closedPass)
+			expect("v6 b", syn("2001:db8:5::b", 1002), closedAction, closedPass)
+			expect("v6 other /64", syn("2001:db8:5:1::c", 1003), closedAction, closedPass)
+			expect("v6 c", syn("2001:db8:5::c", 1003), closedAction, closedPass)
+			expect("v6 d fills its /64's bucket", syn("2001:db8:5::d", 1004), xdpDrop, "scan_detected")
+			expect("v6 e of the blocked /64", syn("2001:db8:5::e", 80), xdpDrop, "blocked")
+			expect("v6 other /64 still free", syn("2001:db8:5:1::c", 1004), closedAction, closedPass)
+
+			var until uint64
+			key := netip.MustParseAddr("2001:db8:5::").As16()
+			if err := r.coll.Maps[MapBlock6].Lookup(key, &until); err != nil {
+				t.Fatalf("blocklist lacks the /64 keyed 2001:db8:5::: %v", err)
+			}
+			if left := time.Duration(until - monotonicNow(t)); left < 59*time.Minute || left > time.Hour {
+				t.Errorf("blocked for %s, want block_for (1h)", left)
+			}
+			if err := r.coll.Maps[MapBlock4].Lookup(netip.MustParseAddr(mgmt4).As4(), &until); err == nil {
+				t.Error("the management source is in the blocklist")
+			}
+		})
+	}
+}
+
+// TestScanBucketRefills: a source that stays below distinct_ports per
+// window is never blocked, as with the nftables rule. (The sleeps are the
+// slowness of the scan, not synchronisation: a slower machine only makes
+// the scan slower still.)
+func TestScanBucketRefills(t *testing.T) {
+	r := newRig(t, false)
+	g := testGeneration(false)
+	// 2 ports per 200 ms: one token, refilled every 100 ms.
+	g.Scan = Scan{DistinctPorts: 2, Window: 200 * time.Millisecond, BlockFor: time.Hour}
+	r.apply(t, g)
+	for i := range 5 {
+		if got := r.run(t, frame{src: out4, dst: dst4, dport: uint16(1000 + i)}.bytes()); got != xdpPass {
+			t.Fatalf("port %d of a slow scan: action %d, want pass", i, got)
+		}
+		time.Sleep(150 * time.Millisecond)
 	}
 }

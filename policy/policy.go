@@ -66,6 +66,10 @@ type Management struct {
 	Ports  []uint16
 }
 
+// MaxManagementPairs is how many (range, port) pairs of Management the XDP
+// filter holds: its generation header has room for this many.
+const MaxManagementPairs = 32
+
 // Enforcement is what the kernel layers do.
 type Enforcement struct {
 	XDP         XDPMode

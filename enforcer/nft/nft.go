@@ -30,8 +30,10 @@ type Config struct {
 	BlockPollInterval time.Duration
 	// OnBlock, if set, is called once for every source the scan rule has
 	// newly put into a blocked set, with the time it stays blocked; it
-	// pushes the source into the XDP blocklist. An error is logged and the
-	// call repeated at the next poll.
+	// pushes the source into the XDP blocklist. The address is the
+	// source's first address (the sets key sources by the policy's
+	// SourcePrefix). Sources that came in through Block are not handed
+	// back. An error is logged and the call repeated at the next poll.
 	OnBlock func(addr netip.Addr, d time.Duration) error
 }
 
@@ -255,7 +257,7 @@ func (e *Enforcer) applyFull(next *spec) error {
 	// Both reads fail when there is no table yet (or a set was deleted by
 	// hand); the socket is then dialled anew, so the batch below never
 	// reads a reply left over from a failed read.
-	carried, rerr := e.readBlocked(c)
+	carried, rerr := e.readBlocked(c, next)
 	old, cerr := readCounters(c)
 	if rerr != nil || cerr != nil {
 		if e.cur != nil {
@@ -379,6 +381,12 @@ func (e *Enforcer) applyDiff(next *spec) error {
 		if err := addChunked(c, s, mgmtElements(newM)); err != nil {
 			return err
 		}
+		if s := setByName(rs, setName(setMgmtSrc, v6)); s != nil {
+			c.FlushSet(s)
+			if err := addChunked(c, s, intervalElements(next.mgmtSources(v6))); err != nil {
+				return err
+			}
+		}
 		changed = true
 	}
 	if !slices.Equal(e.cur.ports, next.ports) {
@@ -396,27 +404,6 @@ func (e *Enforcer) applyDiff(next *spec) error {
 	}
 	e.cur, e.curRS = next, rs
 	return nil
-}
-
-// readBlocked reads the blocked sets of an existing table, to carry their
-// sources over a table replacement. A missing table gives nothing.
-func (e *Enforcer) readBlocked(c *nftables.Conn) (map[bool][]nftables.SetElement, error) {
-	out := map[bool][]nftables.SetElement{}
-	var errs []error
-	for _, v6 := range []bool{false, true} {
-		elems, err := c.GetSetElements(&nftables.Set{Table: ourTable(), Name: setName(setBlocked, v6)})
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		for _, el := range elems {
-			if el.Expires <= 0 {
-				continue
-			}
-			out[v6] = append(out[v6], nftables.SetElement{Key: el.Key, Timeout: el.Expires})
-		}
-	}
-	return out, errors.Join(errs...)
 }
 
 // Close stops the Enforcer from applying further generations. The table

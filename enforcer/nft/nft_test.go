@@ -452,14 +452,14 @@ func TestForwardChain(t *testing.T) {
 	}{
 		{name: "off", mode: policy.ModeStrict, iface: "eth1"},
 		{"listeners", policy.ModeListeners, "", true, nftables.ChainPolicyAccept, []string{
-			"fwd_blocked", "fwd_established", "fwd_invalid", "fwd_not_admitted", "fwd_rate_limited",
-			"fwd_conn_limited", "fwd_admitted"}},
+			"fwd_established", "fwd_invalid", "fwd_not_admitted", "fwd_rate_limited",
+			"fwd_conn_limited", "fwd_admitted", "fwd_blocked"}},
 		{"listeners outside", policy.ModeListeners, "eth1", true, nftables.ChainPolicyAccept, []string{
-			"fwd_blocked", "fwd_established", "fwd_invalid", "fwd_internal", "fwd_not_admitted",
-			"fwd_rate_limited", "fwd_conn_limited", "fwd_admitted"}},
+			"fwd_established", "fwd_invalid", "fwd_internal", "fwd_not_admitted",
+			"fwd_rate_limited", "fwd_conn_limited", "fwd_admitted", "fwd_blocked"}},
 		{"strict outside", policy.ModeStrict, "eth1", true, nftables.ChainPolicyDrop, []string{
-			"fwd_blocked", "fwd_established", "fwd_invalid", "fwd_internal", "fwd_icmp_allowed",
-			"fwd_not_admitted", "fwd_rate_limited", "fwd_conn_limited", "fwd_admitted", "fwd_strict_drop"}},
+			"fwd_established", "fwd_invalid", "fwd_internal", "fwd_not_admitted", "fwd_rate_limited",
+			"fwd_conn_limited", "fwd_admitted", "fwd_blocked", "fwd_icmp_allowed", "fwd_strict_drop"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := goldenPolicy()
@@ -529,6 +529,33 @@ func TestForwardChain(t *testing.T) {
 				seen[string(rs.tags[i])] = true
 			}
 		})
+	}
+}
+
+// TestInputChainOrder pins the order the input chain decides in: live
+// flows first, then what no block may take (management ports, listener
+// ports of admitted sources), then the blocklist, then the rest.
+func TestInputChainOrder(t *testing.T) {
+	for _, tc := range []struct {
+		mode policy.Mode
+		want []string
+	}{
+		{policy.ModeListeners, []string{"loopback", "established", "invalid", "icmp_allowed", "management", "not_admitted",
+			"rate_limited", "conn_limited", "admitted", "blocked", "scan_detected"}},
+		{policy.ModeStrict, []string{"loopback", "established", "invalid", "icmp_allowed", "management", "not_admitted",
+			"rate_limited", "conn_limited", "admitted", "blocked", "icmp_allowed", "scan_detected", "strict_drop"}},
+	} {
+		p := goldenPolicy()
+		p.Enforcement.Mode = tc.mode
+		var got []string
+		for _, r := range chainRules(mustSpec(t, p).build(), "input") {
+			if n := ruleCounter(r); len(got) == 0 || got[len(got)-1] != n {
+				got = append(got, n)
+			}
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s: input counters %v, want %v", tc.mode, got, tc.want)
+		}
 	}
 }
 

@@ -213,6 +213,33 @@ func mgmtEntries(ms []policy.Management, want4 bool) []mgmtEntry {
 	return slices.Compact(out)
 }
 
+// mgmtSources returns the management ranges of one family, without ports,
+// merged where they overlap or touch (an interval set takes no overlaps).
+func mgmtSources(ms []policy.Management, want4 bool) []addrRange {
+	var rs []addrRange
+	for _, m := range ms {
+		p := m.Prefix.Masked()
+		if p.Addr().Is4() == want4 {
+			rs = append(rs, addrRange{p.Addr(), policy.LastAddr(p)})
+		}
+	}
+	slices.SortFunc(rs, compareRange)
+	var out []addrRange
+	for _, r := range rs {
+		if n := len(out); n > 0 {
+			last := &out[n-1]
+			if next := last.to.Next(); !next.IsValid() || r.from.Compare(next) <= 0 {
+				if r.to.Compare(last.to) > 0 {
+					last.to = r.to
+				}
+				continue
+			}
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
 // concatKey is an address followed by a port padded to a 32-bit register,
 // the layout of an ipv4_addr . inet_service (or ipv6_addr . inet_service) key.
 func concatKey(a netip.Addr, port uint16) []byte {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"slices"
 	"time"
 
@@ -175,8 +174,12 @@ func (e *Enforcer) drift(c *nftables.Conn) (string, error) {
 	if !slices.Equal(counters, wantCounters) {
 		return "counters changed", nil
 	}
-	for _, name := range []string{setPorts, setName(setManagement, false), setName(setManagement, true)} {
+	for _, name := range []string{setPorts, setName(setManagement, false), setName(setManagement, true),
+		setName(setMgmtSrc, false), setName(setMgmtSrc, true)} {
 		s := setByName(rs, name)
+		if s == nil {
+			continue // management_sources_* exist with scan detection only
+		}
 		got, err := c.GetSetElements(s)
 		if err != nil {
 			return "", fmt.Errorf("read set %s: %w", name, err)
@@ -290,56 +293,4 @@ func (e *Enforcer) generation() (uint32, error) {
 		}
 	}
 	return 0, errors.New("read generation: no generation in reply")
-}
-
-// PollBlocked reads the blocked sets, updates the blocked-sources gauge and
-// calls OnBlock for every source not seen blocked before.
-func (e *Enforcer) PollBlocked() error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if err := e.ready(); err != nil {
-		return err
-	}
-	c, err := e.conn()
-	if err != nil {
-		return err
-	}
-	now := time.Now()
-	seen := map[netip.Addr]bool{}
-	var errs []error
-	for _, v6 := range []bool{false, true} {
-		elems, err := c.GetSetElements(&nftables.Set{Table: ourTable(), Name: setName(setBlocked, v6)})
-		if err != nil {
-			errs = append(errs, fmt.Errorf("read %s: %w", setName(setBlocked, v6), err))
-			continue
-		}
-		for _, el := range elems {
-			addr, ok := netip.AddrFromSlice(el.Key)
-			if !ok {
-				continue
-			}
-			seen[addr] = true
-			if until, known := e.blocked[addr]; known && now.Before(until) {
-				continue
-			}
-			left := el.Expires
-			if e.onBlock != nil {
-				if err := e.onBlock(addr, left); err != nil {
-					e.log.Error("pushing blocked source failed", "source", addr, "err", err)
-					continue
-				}
-			}
-			e.log.Warn("scanner blocked", "source", addr, "for", left)
-			e.blocked[addr] = now.Add(left)
-		}
-	}
-	if len(errs) == 0 {
-		for a := range e.blocked {
-			if !seen[a] {
-				delete(e.blocked, a)
-			}
-		}
-		e.metrics.blockedSources.Set(float64(len(seen)))
-	}
-	return errors.Join(errs...)
 }

@@ -2,11 +2,10 @@ package nft
 
 import (
 	"cmp"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"math"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -75,9 +74,16 @@ type spec struct {
 	forward bool
 	outside string
 
+	// src4 and src6 are the prefix lengths that make one source for the
+	// per-source sets (rate, conns, scan, blocked).
+	src4, src6 int
+
 	ports        []uint16
 	mgmt4, mgmt6 []mgmtEntry
-	adm4, adm6   []addrRange
+	// mgmtSrc4 and mgmtSrc6 are the management ranges without ports: the
+	// sources scan detection never counts.
+	mgmtSrc4, mgmtSrc6 []addrRange
+	adm4, adm6         []addrRange
 }
 
 func newSpec(p *policy.Policy) (*spec, error) {
@@ -95,6 +101,8 @@ func newSpec(p *policy.Policy) (*spec, error) {
 		scan:     en.ScanBlock,
 		blockFor: en.ScanBlock.BlockFor,
 		forward:  en.Forward,
+		src4:     en.SourcePrefix.Bits(false),
+		src6:     en.SourcePrefix.Bits(true),
 		adm4:     toRanges(p.Admitted.V4),
 		adm6:     toRanges(p.Admitted.V6),
 	}
@@ -144,6 +152,8 @@ func newSpec(p *policy.Policy) (*spec, error) {
 	}
 	s.mgmt4 = mgmtEntries(en.Management, true)
 	s.mgmt6 = mgmtEntries(en.Management, false)
+	s.mgmtSrc4 = mgmtSources(en.Management, true)
+	s.mgmtSrc6 = mgmtSources(en.Management, false)
 	return s, nil
 }
 
@@ -151,7 +161,8 @@ func newSpec(p *policy.Policy) (*spec, error) {
 // the newer one can be applied as element changes.
 func (s *spec) sameShape(o *spec) bool {
 	return s.strict == o.strict && s.rate == o.rate && s.maxConns == o.maxConns &&
-		s.scan == o.scan && s.blockFor == o.blockFor && s.forward == o.forward && s.outside == o.outside
+		s.scan == o.scan && s.blockFor == o.blockFor && s.forward == o.forward && s.outside == o.outside &&
+		s.src4 == o.src4 && s.src6 == o.src6
 }
 
 func (s *spec) family(v6 bool) (mgmt []mgmtEntry, adm []addrRange) {
@@ -159,6 +170,43 @@ func (s *spec) family(v6 bool) (mgmt []mgmtEntry, adm []addrRange) {
 		return s.mgmt6, s.adm6
 	}
 	return s.mgmt4, s.adm4
+}
+
+// mgmtSources returns the management ranges of one family.
+func (s *spec) mgmtSources(v6 bool) []addrRange {
+	if v6 {
+		return s.mgmtSrc6
+	}
+	return s.mgmtSrc4
+}
+
+// srcBits is the prefix length of one source of the family.
+func (s *spec) srcBits(v6 bool) int {
+	if v6 {
+		return s.src6
+	}
+	return s.src4
+}
+
+// sourceOf masks addr to the source it counts as in the per-source sets.
+func (s *spec) sourceOf(addr netip.Addr) netip.Addr {
+	addr = addr.Unmap()
+	p, err := addr.Prefix(s.srcBits(addr.Is6()))
+	if err != nil {
+		return addr
+	}
+	return p.Addr()
+}
+
+// isManagement reports whether addr lies in a management range.
+func (s *spec) isManagement(addr netip.Addr) bool {
+	addr = addr.Unmap()
+	for _, r := range s.mgmtSources(addr.Is6()) {
+		if r.from.Compare(addr) <= 0 && addr.Compare(r.to) <= 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // ruleset is everything one generation installs, built without the kernel.
@@ -199,6 +247,7 @@ func setName(base string, v6 bool) string {
 const (
 	setAdmitted   = "admitted"
 	setManagement = "management"
+	setMgmtSrc    = "management_sources"
 	setBlocked    = "blocked"
 	setRate       = "rate"
 	setConns      = "conns"
@@ -254,6 +303,10 @@ func (s *spec) build() *ruleset {
 		rs.ranges[n] = adm
 		n = setName(setManagement, v6)
 		byName[n] = addSet(&nftables.Set{Name: n, KeyType: concatType, Interval: true, Concatenation: true}, mgmtElements(mgmt))
+		if s.scan.DistinctPorts > 0 {
+			n = setName(setMgmtSrc, v6)
+			byName[n] = addSet(&nftables.Set{Name: n, KeyType: addrType, Interval: true}, intervalElements(s.mgmtSources(v6)))
+		}
 		dyn(setBlocked, addrType, s.blockFor)
 		if s.rate.PerSecond > 0 {
 			dyn(setRate, addrType, rateIdle)
@@ -272,33 +325,44 @@ func (s *spec) build() *ruleset {
 	// Sets sorted by name read better in nft list; IDs stay as assigned.
 	slices.SortStableFunc(rs.sets, func(a, b *nftables.Set) int { return cmp.Compare(a.Name, b.Name) })
 
-	r := &ruleBuilder{rs: rs, sets: byName, nextID: &id}
+	r := &ruleBuilder{rs: rs, sets: byName, nextID: &id, spec: s}
 	r.chain(baseChain("input", nftables.ChainHookInput))
 	r.add(ruleLoopback, verdictAccept, iifname("lo")...)
 	r.stateRules("")
-	if s.strict {
-		// Echo requests from admitted sources only, as the XDP layer
-		// decides them; neighbour discovery, router adverts and MLD
-		// queries from anyone.
-		r.echoAdmitted("")
-		r.add(ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMPV6), icmpType(),
-			r.anonLookup(nftables.TypeICMP6Type, icmpv6Essentials))...)
-	}
-	r.admission(s, "")
-	// Management ranges reach their ports over TCP and UDP, as in XDP.
+	// Neighbour discovery, router adverts and MLD queries from anyone,
+	// blocked or not: XDP passes them too, and the link needs them.
+	r.add(ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMPV6), icmpType(),
+		r.anonLookup(nftables.TypeICMP6Type, icmpv6Essentials))...)
+	// Management ranges reach their ports over TCP and UDP, as in XDP,
+	// before the blocklist: a forged scan cannot lock the admins out.
 	for _, v6 := range []bool{false, true} {
 		for _, proto := range []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
 			r.add(ruleManagement, verdictAccept, concat(l4proto(proto), saddr(v6), dport(concatPortReg(v6)),
 				lookup(byName[setName(setManagement, v6)], false))...)
 		}
 	}
+	// Listener ports before the blocklist: an admitted source keeps them
+	// while blocked (a forged scan in its name must not cut a tenant off),
+	// and a source that is not admitted is dropped there anyway.
+	r.admission(s, "")
+	r.blockedRule("")
+	if s.strict {
+		// Echo requests from admitted sources only, as the XDP layer
+		// decides them.
+		r.echoAdmitted("")
+	}
 	if s.scan.DistinctPorts > 0 {
 		for _, v6 := range []bool{false, true} {
 			pairs := byName[setName(setScanPorts, v6)]
-			e := concat(l4proto(unix.IPPROTO_TCP), ctState(expr.CtStateBitNEW), saddr(v6), dport(concatPortReg(v6)),
+			// A bare SYN opens a flow; counted as XDP counts it, and
+			// never from a management range.
+			e := concat(l4proto(unix.IPPROTO_TCP), tcpFlagsSYN(), ctState(expr.CtStateBitNEW),
+				saddr(v6), lookup(byName[setName(setMgmtSrc, v6)], true),
+				r.srcKey(v6), dport(concatPortReg(v6)),
 				lookup(pairs, true), dynset(pairs, unix.NFT_DYNSET_OP_ADD, 0))
 			if s.scan.DistinctPorts > 1 {
 				rate, unit := scanRate(s.scan)
+				// Register 1 still holds the source key.
 				e = append(e, dynset(byName[setName(setScanCount, v6)], unix.NFT_DYNSET_OP_UPDATE, 0,
 					&expr.Limit{Type: expr.LimitTypePkts, Rate: rate, Unit: unit, Burst: uint32(s.scan.DistinctPorts - 1), Over: true})...)
 			}
@@ -327,25 +391,57 @@ func (s *spec) buildForward(r *ruleBuilder, ch *nftables.Chain) {
 	if s.outside != "" {
 		r.add(ruleFwdInternal, verdictAccept, iifnameNot(s.outside)...)
 	}
+	r.admission(s, fwdPrefix)
+	r.blockedRule(fwdPrefix)
 	if s.strict {
 		// Echo requests to internal hosts from admitted sources only, as
 		// in the input chain and XDP.
 		r.echoAdmitted(fwdPrefix)
 	}
-	r.admission(s, fwdPrefix)
 	if s.strict {
 		r.add(fwdPrefix+ruleStrictDrop, verdictDrop)
 	}
 }
 
-// stateRules adds the rules every chain opens with: blocked sources drop,
-// established and related flows pass, invalid ones drop.
+// stateRules adds the rules every chain opens with: established and
+// related flows pass, invalid ones drop. Established comes first so that
+// nothing a scan (forged or not) puts in the blocklist cuts a live flow.
 func (r *ruleBuilder) stateRules(prefix string) {
-	for _, v6 := range []bool{false, true} {
-		r.add(prefix+ruleBlocked, verdictDrop, concat(saddr(v6), lookup(r.sets[setName(setBlocked, v6)], false))...)
-	}
 	r.add(prefix+ruleEstablished, verdictAccept, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)...)
 	r.add(prefix+ruleInvalid, verdictDrop, ctState(expr.CtStateBitINVALID)...)
+}
+
+// blockedRule drops new flows from blocked sources; it comes after the
+// management and listener rules, so it takes what is left.
+func (r *ruleBuilder) blockedRule(prefix string) {
+	for _, v6 := range []bool{false, true} {
+		r.add(prefix+ruleBlocked, verdictDrop, concat(r.srcKey(v6), lookup(r.sets[setName(setBlocked, v6)], false))...)
+	}
+}
+
+// srcKey loads the source into register 1 as the per-source sets key it:
+// the address masked to the source prefix length of its family.
+func (r *ruleBuilder) srcKey(v6 bool) []expr.Any {
+	e := saddr(v6)
+	bits, n := r.spec.srcBits(v6), 4
+	if v6 {
+		n = 16
+	}
+	if bits >= 8*n {
+		return e
+	}
+	mask := make([]byte, n)
+	for i := range mask {
+		switch {
+		case bits >= 8:
+			mask[i] = 0xff
+			bits -= 8
+		case bits > 0:
+			mask[i] = 0xff << (8 - bits)
+			bits = 0
+		}
+	}
+	return append(e, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(n), Mask: mask, Xor: make([]byte, n)})
 }
 
 // echoAdmitted accepts ICMP and ICMPv6 echo requests from admitted sources.
@@ -373,13 +469,13 @@ func (r *ruleBuilder) admission(s *spec, prefix string) {
 			burst = s.rate.PerSecond
 		}
 		for _, v6 := range []bool{false, true} {
-			r.add(prefix+ruleRateLimited, verdictDrop, concat(listener(), saddr(v6), dynset(byName[setName(setRate, v6)], unix.NFT_DYNSET_OP_UPDATE, 0,
+			r.add(prefix+ruleRateLimited, verdictDrop, concat(listener(), r.srcKey(v6), dynset(byName[setName(setRate, v6)], unix.NFT_DYNSET_OP_UPDATE, 0,
 				&expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(s.rate.PerSecond), Unit: expr.LimitTimeSecond, Burst: burst, Over: true}))...)
 		}
 	}
 	if s.maxConns > 0 {
 		for _, v6 := range []bool{false, true} {
-			r.add(prefix+ruleConnLimited, verdictDrop, concat(listener(), saddr(v6), dynset(byName[setName(setConns, v6)], unix.NFT_DYNSET_OP_ADD, 0,
+			r.add(prefix+ruleConnLimited, verdictDrop, concat(listener(), r.srcKey(v6), dynset(byName[setName(setConns, v6)], unix.NFT_DYNSET_OP_ADD, 0,
 				&expr.Connlimit{Count: s.maxConns, Flags: expr.NFT_CONNLIMIT_F_INV}))...)
 		}
 	}
@@ -421,6 +517,7 @@ type ruleBuilder struct {
 	cur    *nftables.Chain
 	sets   map[string]*nftables.Set
 	nextID *uint32
+	spec   *spec
 }
 
 // chain makes ch the chain the next rules go into.
@@ -455,103 +552,4 @@ func (b *ruleBuilder) anonLookup(key nftables.SetDatatype, vals []byte) []expr.A
 	}
 	b.rs.anon = append(b.rs.anon, anonSet{set, elems})
 	return lookup(set, false)
-}
-
-// ruleTag hashes a rule's position and expressions.
-func ruleTag(pos int, exprs []expr.Any) []byte {
-	h := fnv.New64a()
-	var p [8]byte
-	binary.BigEndian.PutUint64(p[:], uint64(pos))
-	h.Write(p[:])
-	for _, e := range exprs {
-		b, err := expr.Marshal(byte(nftables.TableFamilyINet), e)
-		if err != nil {
-			// Marshal fails only for expressions we never build; the
-			// Flush reports the same error.
-			continue
-		}
-		h.Write(b)
-	}
-	return h.Sum(nil)
-}
-
-func concat(parts ...[]expr.Any) []expr.Any {
-	var out []expr.Any
-	for _, p := range parts {
-		out = append(out, p...)
-	}
-	return out
-}
-
-func cmpEq(data []byte) []expr.Any {
-	return []expr.Any{&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: data}}
-}
-
-func iifname(name string) []expr.Any {
-	return concat([]expr.Any{&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}}, cmpEq([]byte(name+"\x00")))
-}
-
-func iifnameNot(name string) []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte(name + "\x00")},
-	}
-}
-
-func l4proto(p byte) []expr.Any {
-	return concat([]expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}}, cmpEq([]byte{p}))
-}
-
-func nfproto(v6 bool) []expr.Any {
-	p := byte(unix.NFPROTO_IPV4)
-	if v6 {
-		p = unix.NFPROTO_IPV6
-	}
-	return concat([]expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1}}, cmpEq([]byte{p}))
-}
-
-// saddr loads the source address into register 1, behind the family check
-// an inet table needs.
-func saddr(v6 bool) []expr.Any {
-	off, n := uint32(12), uint32(4)
-	if v6 {
-		off, n = 8, 16
-	}
-	return append(nfproto(v6), &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n})
-}
-
-// dport loads the transport destination port into reg.
-func dport(reg uint32) []expr.Any {
-	return []expr.Any{&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}}
-}
-
-// concatPortReg is the register right behind the source address in a
-// concatenation: the second 32-bit register for IPv4 (nft's reg 9), the
-// second 128-bit one for IPv6.
-func concatPortReg(v6 bool) uint32 {
-	if v6 {
-		return 2
-	}
-	return 9
-}
-
-func icmpType() []expr.Any {
-	return []expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1}}
-}
-
-func ctState(bits uint32) []expr.Any {
-	return []expr.Any{
-		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(bits), Xor: binaryutil.NativeEndian.PutUint32(0)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
-	}
-}
-
-func lookup(set *nftables.Set, invert bool) []expr.Any {
-	return []expr.Any{&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: invert}}
-}
-
-func dynset(set *nftables.Set, op uint32, timeout time.Duration, exprs ...expr.Any) []expr.Any {
-	return []expr.Any{&expr.Dynset{SrcRegKey: 1, SetName: set.Name, SetID: set.ID, Operation: op, Timeout: timeout, Exprs: exprs}}
 }

@@ -43,6 +43,7 @@ func goldenPolicy() *policy.Policy {
 			ScanBlock:         policy.ScanBlock{DistinctPorts: 10, Window: 10 * time.Second, BlockFor: 10 * time.Minute},
 			NewConnRate:       policy.Rate{PerSecond: 50, Burst: 100},
 			MaxConnsPerSource: 20,
+			SourcePrefix:      policy.SourcePrefix{V4: 32, V6: 64},
 		},
 		Admitted: policy.Admitted{
 			V4: prefixes("192.0.2.0/24", "203.0.113.0/25", "203.0.113.128/26"),
@@ -203,8 +204,9 @@ func newTopo(t *testing.T, cfg Config) *topo {
 	return tp
 }
 
-// serve accepts on port (both families) and closes each connection when
-// the peer does, so closed connections leave conntrack's count.
+// serve accepts on port (both families), echoes what it reads, and closes
+// each connection when the peer does, so closed connections leave
+// conntrack's count.
 func (tp *topo) serve(t *testing.T, port int) { serveOn(t, tp.ns, port) }
 
 // serveOn accepts on port in ns, both families, like topo.serve.
@@ -217,7 +219,7 @@ func serveOn(t *testing.T, ns *netns.NS, port int) {
 				return
 			}
 			go func() {
-				io.Copy(io.Discard, c)
+				io.Copy(c, c)
 				c.Close()
 			}()
 		}
@@ -439,75 +441,6 @@ func eventually(d time.Duration, cond func() bool) bool {
 			return false
 		}
 		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func TestScanBlock(t *testing.T) {
-	const ports = 5
-	blockFor := 2 * time.Second
-	var mu sync.Mutex
-	pushed := map[netip.Addr]time.Duration{}
-	tp := newTopo(t, Config{OnBlock: func(a netip.Addr, d time.Duration) error {
-		mu.Lock()
-		defer mu.Unlock()
-		pushed[a] = d
-		return nil
-	}})
-	p := testPolicy(policy.ModeListeners)
-	p.Enforcement.ScanBlock = policy.ScanBlock{DistinctPorts: ports, Window: 10 * time.Second, BlockFor: blockFor}
-	if err := tp.e.Apply(p); err != nil {
-		t.Fatal(err)
-	}
-	scanner := netip.MustParseAddr(scannerV4)
-	touch := func(port int) { tp.reach(scannerV4, gateV4, port) }
-	// One port short of the threshold, and the same ports again: no block.
-	for port := 1001; port < 1001+ports-1; port++ {
-		touch(port)
-		touch(port)
-	}
-	if err := tp.e.PollBlocked(); err != nil {
-		t.Fatal(err)
-	}
-	if len(pushed) != 0 {
-		t.Fatalf("blocked after %d distinct ports: %v", ports-1, pushed)
-	}
-	if !tp.reach(scannerV4, gateV4, listenPort) {
-		t.Fatal("scanner below the threshold cannot reach the listener")
-	}
-	touch(1001 + ports)
-	if err := tp.e.PollBlocked(); err != nil {
-		t.Fatal(err)
-	}
-	mu.Lock()
-	d, ok := pushed[scanner]
-	mu.Unlock()
-	if !ok || d <= 0 || d > blockFor {
-		t.Fatalf("OnBlock got %v, want %s for up to %s", pushed, scanner, blockFor)
-	}
-	if out := tp.ns.Exec(t, "nft", "list", "set", "inet", TableName, "blocked_v4"); !strings.Contains(out, scannerV4) {
-		t.Errorf("blocked_v4 lacks the scanner:\n%s", out)
-	}
-	if tp.reach(scannerV4, gateV4, listenPort) {
-		t.Error("blocked scanner reached the listener")
-	}
-	if !tp.reach(admittedV4, gateV4, listenPort) {
-		t.Error("another source was blocked with the scanner")
-	}
-	if c := tp.counters(t); c[ruleScan] != 1 || c[ruleBlocked] == 0 {
-		t.Errorf("counters %v: want scan_detected 1 and blocked > 0", c)
-	}
-	// The block expires after block_for.
-	expired := eventually(blockFor+3*time.Second, func() bool {
-		if err := tp.e.PollBlocked(); err != nil {
-			t.Fatal(err)
-		}
-		return !strings.Contains(tp.ns.Exec(t, "nft", "list", "set", "inet", TableName, "blocked_v4"), scannerV4)
-	})
-	if !expired {
-		t.Fatal("scanner still blocked long after block_for")
-	}
-	if !tp.reach(scannerV4, gateV4, listenPort) {
-		t.Error("scanner cannot reach the listener after the block expired")
 	}
 }
 
@@ -789,6 +722,7 @@ func TestDriftRepaired(t *testing.T) {
 		{"chain policy", []string{"add", "chain", "inet", TableName, "input", "{ type filter hook input priority filter - 10; policy accept; }"}},
 		{"ports flushed", []string{"flush", "set", "inet", TableName, "listener_ports"}},
 		{"management element", []string{"add", "element", "inet", TableName, "management_v4", "{ 192.0.2.0/24 . 22 }"}},
+		{"management source element", []string{"add", "element", "inet", TableName, "management_sources_v6", "{ 2001:db8:ee::/48 }"}},
 		{"chain added", []string{"add", "chain", "inet", TableName, "sneaky"}},
 		{"counter deleted", []string{"delete", "counter", "inet", TableName, ruleStrictDrop}},
 		{"admitted flushed", []string{"flush", "set", "inet", TableName, "admitted_v6"}},

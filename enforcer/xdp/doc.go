@@ -7,12 +7,24 @@
 // back shows as gatehouse_xdp_attach_mode 0 and raises the XDP-not-attached
 // alert.
 //
-// The filter is stateless. In strict mode it drops a new flow (a bare TCP
-// SYN, UDP to a port outside the local ephemeral range, an ICMP echo
-// request, any other IP protocol) unless it comes from an admitted source to
-// a listener port or from a management range to a management port. TCP
-// segments that are not a bare SYN, UDP to the ephemeral range, ICMP errors
-// and echo replies pass as "passthrough": they may answer the appliance's own
-// connections, and nftables' conntrack is where that is decided. ARP, IPv6
-// neighbour discovery, router advertisements and MLD always pass.
+// The filter keeps no connection state. In strict mode it drops a new flow
+// (a bare TCP SYN, UDP to a port outside the local ephemeral range, an ICMP
+// echo request, any other IP protocol) unless it comes from an admitted
+// source to a listener port or from a management range to a management
+// port. TCP segments that are not a bare SYN, UDP to the ephemeral range,
+// ICMP errors, echo replies and later fragments pass as "passthrough": they
+// may answer the appliance's own connections, and nftables' conntrack is
+// where that is decided (in strict mode a later fragment, which has no
+// port, passes only from admitted sources and management ranges). ARP,
+// IPv6 neighbour discovery, router advertisements and MLD always pass.
+//
+// The program detects port scans itself, in both modes, with the nftables
+// rule's algorithm (see bpf/gatehouse.c), and blocks the scanner in its
+// blocklist; Run reports each new block through Config.OnBlock, which the
+// daemon points at the nftables layer, and Block takes the nftables layer's
+// scanners in. The blocklist drops only packets that open a new flow, and
+// never those to a listener port from an admitted source or to a management
+// port from its range: anyone can forge a scan in a tenant's or an admin's
+// name, and spoofing the address of the appliance's own resolver, feed
+// mirror or backend must not cut the appliance's own traffic.
 package xdp

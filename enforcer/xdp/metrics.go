@@ -17,10 +17,24 @@ var (
 		[]string{"mode"}, nil)
 )
 
+type metrics struct {
+	blocked prometheus.Gauge
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		blocked: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "gatehouse_xdp_blocked_sources",
+			Help: "Sources in the XDP blocklists at the last poll (scanners the program caught and those pushed in).",
+		}),
+	}
+}
+
 // Describe implements prometheus.Collector.
 func (e *Enforcer) Describe(ch chan<- *prometheus.Desc) {
 	ch <- packetsDesc
 	ch <- attachDesc
+	e.metrics.blocked.Describe(ch)
 }
 
 // Collect implements prometheus.Collector. The counters live in the pinned
@@ -29,6 +43,7 @@ func (e *Enforcer) Describe(ch chan<- *prometheus.Desc) {
 // and both modes then read 0, which is what the XDP-not-attached alert
 // watches for.
 func (e *Enforcer) Collect(ch chan<- prometheus.Metric) {
+	e.metrics.blocked.Collect(ch)
 	mode := e.attachedMode()
 	for _, m := range []string{ModeNative, ModeGeneric} {
 		v := 0.0

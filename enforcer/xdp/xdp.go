@@ -9,8 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -63,7 +61,20 @@ type Config struct {
 	// maps. Empty means DefaultPinDir.
 	PinDir string
 	Logger *slog.Logger
+	// OnBlock, if set, is called by Run once for every source the
+	// program's scan detection has blocked, with its first address (see
+	// policy.SourcePrefix) and the time it stays blocked; it mirrors the
+	// block into the nftables layer. Sources that came in through Block
+	// are not handed back. An error is logged and the call repeated at the
+	// next poll.
+	OnBlock func(addr netip.Addr, d time.Duration) error
+	// BlockPollInterval is how often Run reads the blocklists. Zero means
+	// DefaultBlockPollInterval.
+	BlockPollInterval time.Duration
 }
+
+// DefaultBlockPollInterval is how often Run reads the blocklists.
+const DefaultBlockPollInterval = time.Second
 
 // validInterface refuses names that would not stay one directory below the
 // pin directory ("..", ".", anything with a slash).
@@ -95,12 +106,23 @@ type Enforcer struct {
 	want    policy.XDPMode
 	eph     [2]uint16
 
+	onBlock func(netip.Addr, time.Duration) error
+	pollGap time.Duration
+
 	mu      sync.Mutex
 	closed  bool
 	coll    *ebpf.Collection
 	link    link.Link
 	pending bool // maps are new: repin and move the link at the first Apply
 	lastGC  time.Time
+	// source and mgmt are those of the generation in force: how Block
+	// keys a source, and the ranges it never blocks.
+	source policy.SourcePrefix
+	mgmt   []netip.Prefix
+	// known holds the blocked sources already reported or pushed in, with
+	// their deadlines (monotonic ns).
+	known   map[netip.Addr]uint64
+	metrics *metrics
 }
 
 // New loads the program for the interface, in the network namespace of the
@@ -124,9 +146,16 @@ func New(cfg Config) (*Enforcer, error) {
 		pinDir = DefaultPinDir
 	}
 	e := &Enforcer{
-		log:   logger.With("component", "xdp", "interface", cfg.Interface),
-		iface: cfg.Interface,
-		dir:   filepath.Join(pinDir, cfg.Interface),
+		log:     logger.With("component", "xdp", "interface", cfg.Interface),
+		iface:   cfg.Interface,
+		dir:     filepath.Join(pinDir, cfg.Interface),
+		onBlock: cfg.OnBlock,
+		pollGap: cfg.BlockPollInterval,
+		known:   map[netip.Addr]uint64{},
+		metrics: newMetrics(),
+	}
+	if e.pollGap <= 0 {
+		e.pollGap = DefaultBlockPollInterval
 	}
 	if err := ensureBPFFS(pinDir, pinDir == DefaultPinDir, e.log); err != nil {
 		return nil, err
@@ -409,19 +438,7 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 	if err := p.Validate(); err != nil {
 		return fmt.Errorf("xdp: %w", err)
 	}
-	g := &bpf.Generation{
-		Strict:      p.Enforcement.Mode == policy.ModeStrict,
-		EphemeralLo: e.eph[0],
-		EphemeralHi: e.eph[1],
-		V4:          p.Admitted.V4,
-		V6:          p.Admitted.V6,
-	}
-	for _, pt := range p.ProtectedPorts() {
-		g.Ports = append(g.Ports, bpf.Port{Proto: pt.Proto, Num: pt.Num})
-	}
-	for _, m := range p.Enforcement.Management {
-		g.Management = append(g.Management, bpf.Management{Prefix: m.Prefix, Ports: m.Ports})
-	}
+	g, mgmt := compile(p, e.eph)
 	pages, err := g.Encode()
 	if err != nil {
 		return fmt.Errorf("xdp: encode generation %d: %w", p.Generation, err)
@@ -448,6 +465,7 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 	} else if err := gen.Pin(pin); err != nil {
 		e.log.Warn("pin generation", "error", err)
 	}
+	e.source, e.mgmt = p.Enforcement.SourcePrefix, mgmt
 	e.sweepLocked(monotonic())
 	if e.link == nil {
 		// First start: attach now that the maps hold a policy.
@@ -475,70 +493,6 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 	return nil
 }
 
-// Block drops every packet from addr for d, on every port, until the
-// deadline passes (the nftables layer's scan detection calls it).
-func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
-	if !addr.IsValid() || d <= 0 {
-		return fmt.Errorf("%w: %s for %s", ErrBadAddr, addr, d)
-	}
-	addr = addr.Unmap()
-	now := monotonic()
-	deadline := now + uint64(d.Nanoseconds())
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closed {
-		return ErrClosed
-	}
-	var err error
-	if addr.Is4() {
-		err = e.coll.Maps[bpf.MapBlock4].Put(addr.As4(), deadline)
-	} else {
-		err = e.coll.Maps[bpf.MapBlock6].Put(addr.As16(), deadline)
-	}
-	if err != nil {
-		return fmt.Errorf("xdp: block %s: %w", addr, err)
-	}
-	if err := bpf.SetBlockActive(e.coll.Maps[bpf.MapState], true); err != nil {
-		return fmt.Errorf("xdp: activate blocklist: %w", err)
-	}
-	if time.Since(e.lastGC) > time.Minute {
-		e.lastGC = time.Now()
-		e.sweepLocked(now)
-	}
-	return nil
-}
-
-// sweepLocked deletes expired blocklist entries and, when none is left,
-// tells the program to skip the blocklist lookups.
-func (e *Enforcer) sweepLocked(now uint64) {
-	left := 0
-	for _, name := range []string{bpf.MapBlock4, bpf.MapBlock6} {
-		m := e.coll.Maps[name]
-		var key []byte
-		var deadline uint64
-		var expired [][]byte
-		it := m.Iterate()
-		for it.Next(&key, &deadline) {
-			if deadline <= now {
-				expired = append(expired, append([]byte(nil), key...))
-			} else {
-				left++
-			}
-		}
-		if it.Err() != nil {
-			left++ // unsure: keep the lookups on
-		}
-		for _, k := range expired {
-			_ = m.Delete(k) // gone already is fine
-		}
-	}
-	if left == 0 {
-		if err := bpf.SetBlockActive(e.coll.Maps[bpf.MapState], false); err != nil {
-			e.log.Warn("blocklist state", "error", err)
-		}
-	}
-}
-
 // Close releases this process's handles. The pinned link and maps stay:
 // the filter keeps dropping until Teardown.
 func (e *Enforcer) Close() error {
@@ -555,149 +509,4 @@ func (e *Enforcer) Close() error {
 	e.coll.Close()
 	unix.Close(e.netns)
 	return errors.Join(errs...)
-}
-
-// inNetns runs f in the network namespace nsfd. A daemon calls it from its
-// own namespace, where f runs on the calling thread (entering a namespace
-// needs CAP_SYS_ADMIN, which the service does not have). From another
-// namespace f runs on a thread of its own that is never unlocked, so the
-// runtime discards it afterwards instead of handing it to other goroutines.
-func inNetns(nsfd int, f func() error) error {
-	runtime.LockOSThread()
-	same, err := sameNetns(nsfd)
-	if err != nil || same {
-		defer runtime.UnlockOSThread()
-		if err != nil {
-			return fmt.Errorf("xdp: network namespace: %w", err)
-		}
-		return f()
-	}
-	runtime.UnlockOSThread()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := unix.Setns(nsfd, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("xdp: enter network namespace: %w", err)
-			return
-		}
-		errc <- f()
-	}()
-	return <-errc
-}
-
-// sameNetns reports whether the calling thread is in the namespace nsfd.
-func sameNetns(nsfd int) (bool, error) {
-	var want, cur unix.Stat_t
-	if err := unix.Fstat(nsfd, &want); err != nil {
-		return false, err
-	}
-	if err := unix.Stat("/proc/thread-self/ns/net", &cur); err != nil {
-		return false, err
-	}
-	return want.Dev == cur.Dev && want.Ino == cur.Ino, nil
-}
-
-// Teardown removes the filter from the interface: it detaches the pinned
-// link and deletes the pinned maps and the directory. Nothing pinned is not
-// an error.
-func Teardown(pinDir, iface string) error {
-	if pinDir == "" {
-		pinDir = DefaultPinDir
-	}
-	if !validInterface(iface) {
-		return fmt.Errorf("%w: %q", ErrNoInterface, iface)
-	}
-	dir := filepath.Join(pinDir, iface)
-	var errs []error
-	for _, mode := range []string{ModeNative, ModeGeneric} {
-		path := linkPin(dir, mode)
-		l, err := link.LoadPinnedLink(path, nil)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("xdp: load pinned link: %w", err))
-			continue
-		}
-		// Detach at once, even if another process still holds the link.
-		if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
-			errs = append(errs, fmt.Errorf("xdp: detach: %w", err))
-		}
-		if err := l.Unpin(); err != nil {
-			errs = append(errs, fmt.Errorf("xdp: unpin link: %w", err))
-		}
-		l.Close()
-	}
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return errors.Join(errs...)
-	}
-	if err != nil {
-		return errors.Join(append(errs, fmt.Errorf("xdp: %w", err))...)
-	}
-	for _, ent := range entries {
-		if err := os.Remove(filepath.Join(dir, ent.Name())); err != nil {
-			errs = append(errs, fmt.Errorf("xdp: unpin %s: %w", ent.Name(), err))
-		}
-	}
-	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("xdp: %w", err))
-	}
-	return errors.Join(errs...)
-}
-
-// ensureBPFFS checks that dir is on a bpf filesystem. For the default
-// directory it mounts one at /sys/fs/bpf when none is there.
-func ensureBPFFS(dir string, isDefault bool, log *slog.Logger) error {
-	root := dir
-	if isDefault {
-		root = filepath.Dir(DefaultPinDir)
-	}
-	if onBPFFS(root) {
-		return nil
-	}
-	if !isDefault {
-		// A non-default directory may not exist yet: check its parent.
-		if _, err := os.Stat(root); errors.Is(err, fs.ErrNotExist) && onBPFFS(filepath.Dir(root)) {
-			return nil
-		}
-		return fmt.Errorf("%w: %s", ErrNotBPFFS, dir)
-	}
-	if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
-		return fmt.Errorf("xdp: mount bpffs at %s: %w", root, err)
-	}
-	log.Info("mounted bpffs", "path", root)
-	return nil
-}
-
-func onBPFFS(path string) bool {
-	var st unix.Statfs_t
-	return unix.Statfs(path, &st) == nil && uint32(st.Type) == unix.BPF_FS_MAGIC
-}
-
-// ephemeralPorts reads the local port range of the calling thread's
-// namespace; the Linux default when it cannot.
-func ephemeralPorts() [2]uint16 {
-	def := [2]uint16{32768, 60999}
-	// /proc/sys/net shows the namespace of the thread that opens it.
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err != nil {
-		return def
-	}
-	f := strings.Fields(string(b))
-	if len(f) != 2 {
-		return def
-	}
-	lo, err1 := strconv.ParseUint(f[0], 10, 16)
-	hi, err2 := strconv.ParseUint(f[1], 10, 16)
-	if err1 != nil || err2 != nil || lo == 0 || lo > hi {
-		return def
-	}
-	return [2]uint16{uint16(lo), uint16(hi)}
-}
-
-func monotonic() uint64 {
-	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) // cannot fail for this clock
-	return uint64(ts.Nano())
 }

@@ -87,6 +87,12 @@ func TestGoodConfig(t *testing.T) {
 	if got := p.Enforcement.ScanBlock; got.DistinctPorts != 10 || got.Window != 10*time.Second || got.BlockFor != 10*time.Minute {
 		t.Errorf("scan block defaults = %+v", got)
 	}
+	if got := p.Enforcement.SourcePrefix; got != (policy.SourcePrefix{V4: 32, V6: 64}) {
+		t.Errorf("source prefix defaults = %+v, want v4 32, v6 64", got)
+	}
+	if got := p.Enforcement.MaxConnsPerSource; got != 1000 {
+		t.Errorf("max_conns_per_source default = %d, want 1000", got)
+	}
 	if len(p.Listeners) != 2 || p.Listeners[0].Port != 443 || p.Listeners[0].Addr.IsValid() || p.Listeners[1].Addr.String() != "192.0.2.1" {
 		t.Errorf("listeners = %+v", p.Listeners)
 	}
@@ -191,6 +197,11 @@ func TestProblems(t *testing.T) {
 		{"backend_ca on a plain telnet backend", `backend: "192.0.2.7:23"`, `backend: "192.0.2.7:23", backend_ca: ${DIR}/internal-ca.pem`, []string{"listeners[1].routes[0].backend_ca: backend_ca/backend_cert/backend_key need backend_tls: true"}},
 		{"backend_ca on an http backend", `backend: "http://192.0.2.6"`, `backend: "http://192.0.2.6", backend_ca: ${DIR}/internal-ca.pem`, []string{"listeners[0].routes[1].backend_ca: backend_ca/backend_cert/backend_key need an https:// backend"}},
 		{"max_shrink 0", "static_ranges:", "feeds: [{name: aws, source: \"https://m.example/manifest.json\", format: aws, minisign_keys: [k], threshold: 1, refresh: 15m, max_shrink: 0}]\nstatic_ranges:", []string{"feeds[0].max_shrink: must be above 0 and at most 1"}},
+		{"too many management pairs for xdp", "management: [{cidr: 198.51.100.0/28, ports: [22]}]", "management: [{cidr: 198.51.100.0/28, ports: [" + portList(1, 30) + "]}, {cidr: \"2001:db8:ff::/64\", ports: [22, 23, 24]}]",
+			[]string{"enforcement.management: 33 range and port pairs, but the XDP filter holds at most 32"}},
+		{"source prefix v6 zero", "mode: strict", "mode: strict\n  source_prefix: {v4: 32, v6: 0}", []string{"enforcement.source_prefix.v6: must be 32..128, got 0"}},
+		{"source prefix v4 too long", "mode: strict", "mode: strict\n  source_prefix: {v4: 33, v6: 64}", []string{"enforcement.source_prefix.v4: must be 16..32, got 33"}},
+		{"source prefix v4 too coarse", "mode: strict", "mode: strict\n  source_prefix: {v4: 8, v6: 64}", []string{"enforcement.source_prefix.v4: must be 16..32, got 8"}},
 		{"missing extra cert", "    server_key: ${DIR}/server.key\n    routes:\n      - {tenant: acme, host", "    server_key: ${DIR}/server.key\n    extra_certs: [{cert: ${DIR}/nope.pem, key: ${DIR}/server.key}]\n    routes:\n      - {tenant: acme, host", []string{`listeners[0].extra_certs[0].cert: cannot read`}},
 	}
 	for _, tc := range cases {
@@ -211,6 +222,33 @@ func TestProblems(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// portList is "from, from+1, …, to" for a YAML flow sequence.
+func portList(from, to int) string {
+	var ps []string
+	for p := from; p <= to; p++ {
+		ps = append(ps, fmt.Sprint(p))
+	}
+	return strings.Join(ps, ", ")
+}
+
+// TestManagementPairsWithoutXDP: the XDP header's bound is XDP's alone;
+// nftables takes any number of pairs.
+func TestManagementPairsWithoutXDP(t *testing.T) {
+	yaml := strings.Replace(goodYAML, "management: [{cidr: 198.51.100.0/28, ports: [22]}]",
+		"xdp: \"off\"\n  management: [{cidr: 198.51.100.0/28, ports: ["+portList(1, 40)+"]}]", 1)
+	cfg, err := parse(t, yaml, nil)
+	if err != nil {
+		t.Fatalf("40 management pairs without XDP refused: %v", err)
+	}
+	if n := len(cfg.Policy().Enforcement.Management[0].Ports); n != 40 {
+		t.Errorf("%d ports compiled, want 40", n)
+	}
+	exact := strings.Replace(goodYAML, "ports: [22]}]", "ports: ["+portList(1, 32)+"]}]", 1)
+	if _, err := parse(t, exact, nil); err != nil {
+		t.Errorf("exactly %d pairs refused: %v", policy.MaxManagementPairs, err)
 	}
 }
 

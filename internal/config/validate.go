@@ -125,8 +125,10 @@ func (cfg *Config) validate() Problems {
 	if cfg.AdminSocket != "" && !strings.HasPrefix(cfg.AdminSocket, "/") {
 		c.add("admin_socket", "must be an absolute path or empty, got %q", cfg.AdminSocket)
 	}
+	pairs := 0
 	for i, m := range e.Management {
 		p := fmt.Sprintf("enforcement.management[%d]", i)
+		pairs += len(m.Ports)
 		if _, err := parsePrefix(m.CIDR); err != nil {
 			c.add(p+".cidr", "%v", err)
 		}
@@ -138,6 +140,12 @@ func (cfg *Config) validate() Problems {
 				c.add(fmt.Sprintf("%s.ports[%d]", p, j), "port 0 is not a port")
 			}
 		}
+	}
+	// The XDP filter keeps every (range, port) pair in its generation
+	// header; run would refuse more at the first apply.
+	if e.XDP != string(policy.XDPOff) && pairs > policy.MaxManagementPairs {
+		c.add("enforcement.management", "%d range and port pairs, but the XDP filter holds at most %d (count every port of every range; merge ranges or set enforcement.xdp off)",
+			pairs, policy.MaxManagementPairs)
 	}
 	if sb := e.ScanBlock; sb.DistinctPorts != 0 {
 		if sb.DistinctPorts < 2 || sb.DistinctPorts > 65535 {
@@ -154,11 +162,13 @@ func (cfg *Config) validate() Problems {
 	} else if _, err := parseListen(cfg.Metrics.Listen); err != nil {
 		c.add("metrics.listen", "%v", err)
 	}
-	if sp := e.SourcePrefix; sp.V4 < 1 || sp.V4 > 32 {
-		c.add("enforcement.source_prefix.v4", "must be 1..32, got %d", sp.V4)
+	// A coarser source would let one forged scan block, or one rate
+	// limit throttle, a whole provider's range.
+	if sp := e.SourcePrefix; sp.V4 < 16 || sp.V4 > 32 {
+		c.add("enforcement.source_prefix.v4", "must be 16..32, got %d (32: one address is one source; below 16 one forged scan would block a whole provider)", sp.V4)
 	}
-	if sp := e.SourcePrefix; sp.V6 < 1 || sp.V6 > 128 {
-		c.add("enforcement.source_prefix.v6", "must be 1..128, got %d (64: one /64 is one machine)", sp.V6)
+	if sp := e.SourcePrefix; sp.V6 < 32 || sp.V6 > 128 {
+		c.add("enforcement.source_prefix.v6", "must be 32..128, got %d (64: one /64 is one machine; below 32 one forged scan would block a whole provider)", sp.V6)
 	}
 	cfg.validateStaticRanges(c)
 	c.oneOf("tls.crl_stale", cfg.TLS.CRLStale, string(policy.CRLStaleFail), string(policy.CRLStaleWarn))

@@ -86,12 +86,21 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 	}
 
 	var onBlock func(netip.Addr, time.Duration) error
+	// The two layers mirror each other's scanners; ne is set below, before
+	// any Run starts.
+	var ne *nft.Enforcer
 	if p.Enforcement.XDP != policy.XDPOff {
-		xe, err := xdp.New(xdp.Config{Interface: p.Interface, Mode: p.Enforcement.XDP, PinDir: env.Config.Enforcement.PinDir, Logger: env.Logger})
+		xe, err := xdp.New(xdp.Config{Interface: p.Interface, Mode: p.Enforcement.XDP, PinDir: env.Config.Enforcement.PinDir, Logger: env.Logger,
+			OnBlock: func(a netip.Addr, d time.Duration) error {
+				if ne == nil {
+					return nil // nftables off
+				}
+				return ne.Block(a, d)
+			}})
 		if err != nil {
 			return comps, fmt.Errorf("xdp on %s: %w", p.Interface, err)
 		}
-		comps = append(comps, &layer{name: "xdp", apply: xe.Apply, close: xe.Close})
+		comps = append(comps, &layer{name: "xdp", apply: xe.Apply, close: xe.Close, run: xe.Run})
 		if err := register(env, "xdp", xe); err != nil {
 			return comps, err
 		}
@@ -100,7 +109,7 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 	}
 
 	if p.Enforcement.NFTables {
-		ne, err := nft.New(nft.Config{Logger: env.Logger, OnBlock: onBlock})
+		ne, err = nft.New(nft.Config{Logger: env.Logger, OnBlock: onBlock})
 		if err != nil {
 			return comps, fmt.Errorf("nftables: %w", err)
 		}

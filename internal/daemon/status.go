@@ -148,7 +148,8 @@ func (d *Daemon) Status() Status {
 					st.ReloadError = uint64(v)
 				}
 			case "gatehouse_xdp_packets_total", "gatehouse_nft_packets_total", "gatehouse_tls_handshakes_total",
-				"gatehouse_feed_updates_total", "gatehouse_soap_rejections_total", "gatehouse_telnet_sessions_total":
+				"gatehouse_feed_updates_total", "gatehouse_soap_rejections_total", "gatehouse_telnet_sessions_total",
+				"gatehouse_xdp_blocked_sources", "gatehouse_nft_blocked_sources":
 				if v > 0 {
 					st.Counters = append(st.Counters, Counter{Name: seriesName(mf.GetName(), lbl), Value: v})
 				}

@@ -1,0 +1,215 @@
+package xdp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/bpf"
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+// compile turns a policy into the generation the program enforces, with
+// eph the local port range; it also returns the management ranges, which
+// Block never blocks. The differential test runs the same function.
+func compile(p *policy.Policy, eph [2]uint16) (*bpf.Generation, []netip.Prefix) {
+	en := p.Enforcement
+	g := &bpf.Generation{
+		Strict:      en.Mode == policy.ModeStrict,
+		EphemeralLo: eph[0],
+		EphemeralHi: eph[1],
+		V4:          p.Admitted.V4,
+		V6:          p.Admitted.V6,
+		SourceBits4: en.SourcePrefix.Bits(false),
+		SourceBits6: en.SourcePrefix.Bits(true),
+		Scan: bpf.Scan{
+			DistinctPorts: en.ScanBlock.DistinctPorts,
+			Window:        en.ScanBlock.Window,
+			BlockFor:      en.ScanBlock.BlockFor,
+		},
+	}
+	if g.Scan.DistinctPorts > 0 && g.Scan.BlockFor <= 0 {
+		g.Scan.BlockFor = defaultBlockFor
+	}
+	var mgmt []netip.Prefix
+	for _, pt := range p.ProtectedPorts() {
+		g.Ports = append(g.Ports, bpf.Port{Proto: pt.Proto, Num: pt.Num})
+	}
+	for _, m := range en.Management {
+		g.Management = append(g.Management, bpf.Management{Prefix: m.Prefix, Ports: m.Ports})
+		mgmt = append(mgmt, m.Prefix.Masked())
+	}
+	return g, mgmt
+}
+
+// defaultBlockFor is block_for when a policy leaves it zero, as in the
+// nftables layer.
+const defaultBlockFor = 10 * time.Minute
+
+// Block blocks the source of addr (addr masked to the source prefix of the
+// generation in force) for d: its new flows are dropped, except to the
+// listener ports when it is admitted (the nftables layer's scan detection
+// calls it). A source in a management range is never blocked: Block
+// returns nil and changes nothing.
+func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
+	if !addr.IsValid() || d <= 0 {
+		return fmt.Errorf("%w: %s for %s", ErrBadAddr, addr, d)
+	}
+	addr = addr.Unmap()
+	now := monotonic()
+	deadline := now + uint64(d.Nanoseconds())
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return ErrClosed
+	}
+	for _, m := range e.mgmt {
+		if m.Contains(addr) {
+			return nil
+		}
+	}
+	src := e.source.Source(addr).Addr()
+	var err error
+	if src.Is4() {
+		err = e.coll.Maps[bpf.MapBlock4].Put(src.As4(), deadline)
+	} else {
+		err = e.coll.Maps[bpf.MapBlock6].Put(src.As16(), deadline)
+	}
+	if err != nil {
+		return fmt.Errorf("xdp: block %s: %w", src, err)
+	}
+	e.known[src] = deadline
+	if err := bpf.SetBlockActive(e.coll.Maps[bpf.MapState], true); err != nil {
+		return fmt.Errorf("xdp: activate blocklist: %w", err)
+	}
+	if time.Since(e.lastGC) > time.Minute {
+		e.lastGC = time.Now()
+		e.sweepLocked(now)
+	}
+	return nil
+}
+
+// blockedEntry is one live entry of a blocklist.
+type blockedEntry struct {
+	src      netip.Addr
+	deadline uint64
+}
+
+// sweepLocked deletes expired blocklist entries and returns the live ones.
+// When none is left it tells the program to skip the blocklist lookups,
+// and then looks again: the program sets the flag after every entry it
+// adds, so an entry added meanwhile either is seen here or set the flag
+// itself afterwards.
+func (e *Enforcer) sweepLocked(now uint64) []blockedEntry {
+	live, unsure := e.scanBlocklists(now)
+	if len(live) > 0 || unsure {
+		return live
+	}
+	if err := bpf.SetBlockActive(e.coll.Maps[bpf.MapState], false); err != nil {
+		e.log.Warn("blocklist state", "error", err)
+		return live
+	}
+	if live, unsure = e.scanBlocklists(now); len(live) > 0 || unsure {
+		if err := bpf.SetBlockActive(e.coll.Maps[bpf.MapState], true); err != nil {
+			e.log.Warn("blocklist state", "error", err)
+		}
+	}
+	return live
+}
+
+// scanBlocklists deletes expired entries and returns the live ones; unsure
+// reports a failed iteration.
+func (e *Enforcer) scanBlocklists(now uint64) (live []blockedEntry, unsure bool) {
+	for _, name := range []string{bpf.MapBlock4, bpf.MapBlock6} {
+		m := e.coll.Maps[name]
+		var key []byte
+		var deadline uint64
+		var expired [][]byte
+		it := m.Iterate()
+		for it.Next(&key, &deadline) {
+			if deadline <= now {
+				expired = append(expired, append([]byte(nil), key...))
+				continue
+			}
+			if a, ok := netip.AddrFromSlice(key); ok {
+				live = append(live, blockedEntry{a, deadline})
+			}
+		}
+		if it.Err() != nil {
+			unsure = true // keep the lookups on
+		}
+		for _, k := range expired {
+			_ = m.Delete(k) // gone already is fine
+		}
+	}
+	return live, unsure
+}
+
+// Run reads the blocklists every poll interval until ctx ends or the
+// Enforcer is closed, and returns nil: it reports the sources the
+// program's scan detection blocked (a log line and OnBlock), forgets
+// expired entries, and keeps gatehouse_xdp_blocked_sources current.
+func (e *Enforcer) Run(ctx context.Context) error {
+	t := time.NewTicker(e.pollGap)
+	defer t.Stop()
+	for {
+		if err := e.PollBlocked(); errors.Is(err, ErrClosed) {
+			return nil
+		} else if err != nil {
+			e.log.Warn("reading the blocklists failed", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// PollBlocked is one round of Run.
+func (e *Enforcer) PollBlocked() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return ErrClosed
+	}
+	now := monotonic()
+	live := e.sweepLocked(now)
+	e.metrics.blocked.Set(float64(len(live)))
+	var fresh []blockedEntry
+	seen := make(map[netip.Addr]bool, len(live))
+	for _, b := range live {
+		seen[b.src] = true
+		if _, ok := e.known[b.src]; !ok {
+			fresh = append(fresh, b)
+		}
+	}
+	for a := range e.known {
+		if !seen[a] {
+			delete(e.known, a)
+		}
+	}
+	source := e.source
+	e.mu.Unlock()
+
+	// OnBlock takes the nftables layer's lock, whose poll calls Block:
+	// neither layer calls the other holding its own lock.
+	var errs []error
+	for _, b := range fresh {
+		left := time.Duration(b.deadline - now)
+		bits := source.Bits(b.src.Is6())
+		if e.onBlock != nil {
+			if err := e.onBlock(b.src, left); err != nil {
+				errs = append(errs, fmt.Errorf("mirror block of %s: %w", netip.PrefixFrom(b.src, bits), err))
+				continue
+			}
+		}
+		e.log.Warn("scanner blocked", "source", netip.PrefixFrom(b.src, bits), "for", left.Round(time.Second))
+		e.mu.Lock()
+		e.known[b.src] = b.deadline
+		e.mu.Unlock()
+	}
+	return errors.Join(errs...)
+}
