@@ -276,18 +276,24 @@ func elements(set string) string {
 }
 
 // metric reads the daemon's /metrics from inside the dmz and returns the
-// value of the first series matching re (-1 when absent).
+// sum of the series matching re (-1 when none does).
 func (d *demo) metric(ctx context.Context, re string) float64 {
 	out, code := d.curl(ctx, "dmz", "--max-time", "3", "http://"+metricsAddr+"/metrics")
 	if code != 0 {
 		return -1
 	}
-	m := regexp.MustCompile("(?m)^" + re + ` ([0-9.e+]+)$`).FindStringSubmatch(out)
-	if m == nil {
+	// Series the configuration determines exist at 0 from the start: the
+	// sum of every series that matches is what happened.
+	all := regexp.MustCompile("(?m)^"+re+` ([0-9.e+]+)$`).FindAllStringSubmatch(out, -1)
+	if all == nil {
 		return -1
 	}
-	v, _ := strconv.ParseFloat(m[1], 64)
-	return v
+	var sum float64
+	for _, m := range all {
+		v, _ := strconv.ParseFloat(m[1], 64)
+		sum += v
+	}
+	return sum
 }
 
 // waitMetric waits up to 5 s for the series to reach min (counters are
