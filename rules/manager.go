@@ -63,6 +63,7 @@ type feed struct {
 	pending     *Verified // held in quarantine
 	val         *validators
 	lastSuccess time.Time
+	fileVal     map[string]validators // cache validators of the files in force, see checkMirror
 	expired     bool
 	failures    int
 	updates     map[string]uint64
@@ -300,6 +301,8 @@ func (m *Manager) Cycle(ctx context.Context, name string, onUpdate func(string, 
 		switch r {
 		case ReasonSerialReuse:
 			log.Error("feed update refused: serial reused with different content (ALERT: possible key compromise or publisher error)", "reason", r, "err", err)
+		case ReasonMirrorMismatch:
+			log.Error("feed mirror serves a file that differs from the signed release in force (corrupted or tampered mirror); the release in force stays", "reason", r, "err", err)
 		case ReasonQuarantined:
 			log.Warn("feed update held in quarantine; run `gatehouse feed accept "+name+"` to apply it", "reason", r, "serial", ver.Manifest.Serial, "err", err)
 		default:
@@ -341,6 +344,9 @@ func (m *Manager) fetchAndVerify(ctx context.Context, f *feed) (string, *Verifie
 		return "", nil, nil, fetchErr(ManifestName, err)
 	}
 	if notModified {
+		if err := m.checkMirror(ctx, f); err != nil {
+			return "", nil, nil, err
+		}
 		m.markSuccess(f, val)
 		return ResultUnchanged, nil, nil, nil
 	}
@@ -357,6 +363,9 @@ func (m *Manager) fetchAndVerify(ctx context.Context, f *feed) (string, *Verifie
 	}
 	man, _, err := f.v.VerifyManifest(raw, sigs, prior, VerifyOptions{})
 	if errors.Is(err, ErrUnchanged) {
+		if err := m.checkMirror(ctx, f); err != nil {
+			return "", nil, nil, err
+		}
 		m.markSuccess(f, &newVal)
 		return ResultUnchanged, nil, nil, nil
 	}
@@ -480,6 +489,7 @@ func (m *Manager) apply(f *feed, ver *Verified, result string, onUpdate func(str
 	}
 	f.mu.Lock()
 	f.current, f.pending = ver, nil
+	f.fileVal = nil
 	f.expired = false
 	f.lastSuccess = m.now()
 	f.updates[result]++
