@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
-	"os"
 	"slices"
 	"sync"
 	"time"
@@ -63,6 +62,9 @@ type feed struct {
 	pending     *Verified // held in quarantine
 	val         *validators
 	lastSuccess time.Time
+	problem     string                // why there is no release in force (or why it is the previous one)
+	lastResult  string                // of the latest attempt: a result or a Reason
+	lastErr     string                // of the latest attempt, when it failed
 	fileVal     map[string]validators // cache validators of the files in force, see checkMirror
 	expired     bool
 	failures    int
@@ -120,27 +122,6 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	return m, nil
 }
 
-func (m *Manager) loadLastKnownGood(f *feed) {
-	log := m.log.With("feed", f.cfg.Name)
-	b, err := m.store.Load(f.cfg.Name)
-	if errors.Is(err, os.ErrNotExist) {
-		log.Info("no last known good release yet")
-		return
-	}
-	if err != nil {
-		log.Error("last known good release unreadable, ignored", "err", err)
-		return
-	}
-	ver, err := f.v.Verify(b, nil, VerifyOptions{IgnoreExpiry: true})
-	if err != nil {
-		log.Error("last known good release no longer verifies, ignored", "reason", ReasonOf(err), "err", err)
-		return
-	}
-	f.current = ver
-	f.expired = ver.Expired
-	log.Info("last known good release loaded", "serial", ver.Manifest.Serial, "prefixes", len(ver.Prefixes), "expired", ver.Expired)
-}
-
 // Current returns the aggregated prefixes in force per feed (feeds without
 // a verified release are absent).
 func (m *Manager) Current() map[string][]netip.Prefix {
@@ -162,35 +143,6 @@ func (m *Manager) feed(name string) (*feed, error) {
 		}
 	}
 	return nil, fmt.Errorf("%w %q", ErrUnknownFeed, name)
-}
-
-// Accept lets the release of feed name held in quarantine through on the
-// feed's next cycle (Run wakes it at once). The acceptance is recorded in
-// the store, so `gatehouse feed accept` run beside the daemon does the
-// same.
-func (m *Manager) Accept(name string) error {
-	f, err := m.feed(name)
-	if err != nil {
-		return err
-	}
-	f.mu.Lock()
-	p := f.pending
-	f.mu.Unlock()
-	if p == nil {
-		return fmt.Errorf("feed %s: %w", name, ErrNothingQuarantined)
-	}
-	if !m.now().Before(p.Manifest.Expires) {
-		return fmt.Errorf("feed %s: %w", name, refuse(ReasonExpired, "release %d in quarantine expired at %s",
-			p.Manifest.Serial, p.Manifest.Expires.UTC().Format(time.RFC3339)))
-	}
-	if err := m.store.WriteAccept(name, p.Digest); err != nil {
-		return err
-	}
-	select {
-	case f.wake <- struct{}{}:
-	default:
-	}
-	return nil
 }
 
 // Run keeps every feed current until ctx ends, then returns nil. onUpdate
@@ -292,11 +244,13 @@ func (m *Manager) Cycle(ctx context.Context, name string, onUpdate func(string, 
 	defer m.checkExpiry(f)
 	log := m.log.With("feed", name)
 	result, ver, val, err := m.fetchAndVerify(ctx, f)
+	defer func() { m.record(f, result, err) }()
 	if err != nil {
 		r := ReasonOf(err)
 		if r == "" {
 			r = ReasonFetch
 		}
+		result = string(r)
 		m.count(f, string(r))
 		switch r {
 		case ReasonSerialReuse:
@@ -316,6 +270,9 @@ func (m *Manager) Cycle(ctx context.Context, name string, onUpdate func(string, 
 		return nil
 	}
 	err = m.apply(f, ver, result, onUpdate)
+	if r := ReasonOf(err); r != "" {
+		result = string(r)
+	}
 	if err == nil || ReasonOf(err) == ReasonStore {
 		// Remember the validators only once the release is in force, so
 		// that a release the daemon failed to apply is fetched again.
@@ -324,6 +281,16 @@ func (m *Manager) Cycle(ctx context.Context, name string, onUpdate func(string, 
 		f.mu.Unlock()
 	}
 	return err
+}
+
+// record keeps the outcome of the latest attempt for status.
+func (m *Manager) record(f *feed, result string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lastResult, f.lastErr = result, ""
+	if err != nil {
+		f.lastErr = err.Error()
+	}
 }
 
 // fetchAndVerify returns ResultUnchanged, or a release ready to apply
@@ -426,57 +393,6 @@ func (m *Manager) markSuccess(f *feed, val *validators) {
 	f.mu.Unlock()
 }
 
-func (m *Manager) quarantine(f *feed, ver *Verified) {
-	f.mu.Lock()
-	same := f.pending != nil && f.pending.Digest == ver.Digest
-	f.pending = ver
-	f.mu.Unlock()
-	if same {
-		return
-	}
-	if err := m.store.SaveQuarantine(f.cfg.Name, ver.Manifest.Serial, ver.Bundle); err != nil {
-		m.log.Warn("cannot record quarantined release", "feed", f.cfg.Name, "err", err)
-	}
-}
-
-// acceptPending applies the quarantined release when the store records
-// its acceptance; it reports whether it tried.
-func (m *Manager) acceptPending(f *feed, onUpdate func(string, []netip.Prefix) error) bool {
-	f.mu.Lock()
-	p, cur := f.pending, f.current
-	f.mu.Unlock()
-	if p == nil {
-		return false
-	}
-	d, ok, err := m.store.ReadAccept(f.cfg.Name)
-	if err != nil || !ok || d != p.Digest {
-		return false
-	}
-	if !m.now().Before(p.Manifest.Expires) {
-		// Consent covers the release as it was; once expired it is not
-		// applied (a fresh fetch would refuse it too).
-		f.mu.Lock()
-		if f.pending == p {
-			f.pending = nil
-		}
-		f.mu.Unlock()
-		_ = m.store.ClearQuarantine(f.cfg.Name)
-		m.count(f, string(ReasonExpired))
-		m.log.Warn("accepted feed release expired in quarantine; discarded, the release in force stays",
-			"feed", f.cfg.Name, "serial", p.Manifest.Serial, "expired_at", p.Manifest.Expires)
-		return false
-	}
-	if cur != nil && p.Manifest.Serial <= cur.Manifest.Serial {
-		f.mu.Lock()
-		f.pending = nil
-		f.mu.Unlock()
-		_ = m.store.ClearQuarantine(f.cfg.Name)
-		return false
-	}
-	_ = m.apply(f, p, ResultAccepted, onUpdate)
-	return true
-}
-
 func (m *Manager) apply(f *feed, ver *Verified, result string, onUpdate func(string, []netip.Prefix) error) error {
 	log := m.log.With("feed", f.cfg.Name, "serial", ver.Manifest.Serial)
 	m.applyMu.Lock()
@@ -488,7 +404,9 @@ func (m *Manager) apply(f *feed, ver *Verified, result string, onUpdate func(str
 		return &Error{Reason: ReasonApply, Err: err}
 	}
 	f.mu.Lock()
+	prev := f.current
 	f.current, f.pending = ver, nil
+	f.problem = ""
 	f.fileVal = nil
 	f.expired = false
 	f.lastSuccess = m.now()
@@ -496,6 +414,13 @@ func (m *Manager) apply(f *feed, ver *Verified, result string, onUpdate func(str
 	f.mu.Unlock()
 	log.Info("feed update applied", "result", result, "prefixes", len(ver.Prefixes),
 		"ipv4_addresses", ver.Coverage.V4, "entries", ver.Entries, "selected", ver.Selected)
+	// The release it replaces is kept beside it, so that one damaged file
+	// does not lose both (see loadLastKnownGood).
+	if prev != nil && prev.Digest != ver.Digest {
+		if err := m.store.SavePrevious(f.cfg.Name, prev.Manifest.Serial, prev.Bundle); err != nil {
+			log.Warn("previous release not kept beside the last known good", "err", err)
+		}
+	}
 	if err := m.store.Commit(f.cfg.Name, ver); err != nil {
 		m.count(f, string(ReasonStore))
 		log.Error("feed update applied but not persisted; a restart falls back to the previous release", "err", err)
