@@ -28,6 +28,8 @@ type layer struct {
 	run        func(context.Context) error
 	shutdown   func(context.Context) error
 	refusals   func() []certs.Refusal // see RefusalLister
+	holds      func() (bool, error)   // see Holder
+	notReady   func() string          // see Health
 }
 
 var (
@@ -36,6 +38,8 @@ var (
 	_ Drainer       = (*layer)(nil)
 	_ RangeBlind    = (*layer)(nil)
 	_ RefusalLister = (*layer)(nil)
+	_ Holder        = (*layer)(nil)
+	_ Health        = (*layer)(nil)
 )
 
 func (l *layer) RangeBlind() bool             { return l.rangeBlind }
@@ -47,6 +51,18 @@ func (l *layer) Run(ctx context.Context) error {
 		return nil
 	}
 	return l.run(ctx)
+}
+func (l *layer) HoldsPrevious() (bool, error) {
+	if l.holds == nil {
+		return false, nil
+	}
+	return l.holds()
+}
+func (l *layer) NotReady() string {
+	if l.notReady == nil {
+		return ""
+	}
+	return l.notReady()
 }
 func (l *layer) Shutdown(ctx context.Context) error {
 	if l.shutdown == nil {
@@ -91,7 +107,8 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 		if err != nil {
 			return comps, fmt.Errorf("xdp on %s: %w", p.Interface, err)
 		}
-		comps = append(comps, &layer{name: "xdp", apply: xe.Apply, close: xe.Close})
+		comps = append(comps, &layer{name: "xdp", apply: xe.Apply, close: xe.Close,
+			holds: func() (bool, error) { return xe.HoldsPrevious(), nil }})
 		if err := register(env, "xdp", xe); err != nil {
 			return comps, err
 		}
@@ -104,7 +121,7 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 		if err != nil {
 			return comps, fmt.Errorf("nftables: %w", err)
 		}
-		comps = append(comps, &layer{name: "nftables", apply: ne.Apply, close: ne.Close, run: ne.Run})
+		comps = append(comps, &layer{name: "nftables", apply: ne.Apply, close: ne.Close, run: ne.Run, holds: ne.HoldsPrevious})
 		if err := register(env, "nftables", ne); err != nil {
 			return comps, err
 		}

@@ -57,6 +57,20 @@ type RangeBlind interface {
 	RangeBlind() bool
 }
 
+// Holder is a kernel layer that can tell, before its first Apply, whether
+// it still enforces the admitted ranges a previous run left (a pinned XDP
+// filter, table inet gatehouse). See holdPrevious.
+type Holder interface {
+	HoldsPrevious() (bool, error)
+}
+
+// Health is a component that can find itself unfit to enforce what it was
+// given (an XDP filter someone detached and that could not be put back).
+// NotReady returns why, or "".
+type Health interface {
+	NotReady() string
+}
+
 // Drainer is a component that lets open sessions finish on shutdown.
 type Drainer interface {
 	Shutdown(ctx context.Context) error
@@ -106,15 +120,19 @@ type Daemon struct {
 
 	mu      sync.Mutex // serialises every change of generation
 	current atomic.Pointer[policy.Policy]
-	// feeds and feedSets (each feed's set in force) change under mu.
-	feeds       *feedState
+	// feeds and feedSets (each feed's set in force) change under mu; feeds
+	// is read without it by status and readiness.
+	feeds       atomic.Pointer[feedState]
 	feedSets    map[string][]netip.Prefix
 	feedRestart chan struct{}
 	cfg         atomic.Pointer[config.Config]
-	ready       atomic.Bool
+	running     atomic.Bool // the first generation is in force, and not stopping
 	split       atomic.Bool // see errSplit
-	gen         uint64
-	started     time.Time
+	// held names the kernel layers left on the previous run's generation
+	// (see holdPrevious); they change under mu.
+	held    atomic.Pointer[[]string]
+	gen     uint64
+	started time.Time
 }
 
 // New loads the configuration and compiles the first policy. It starts
@@ -156,9 +174,10 @@ func New(opts Options) (*Daemon, error) {
 // Registry is the daemon's own Prometheus registry.
 func (d *Daemon) Registry() *prometheus.Registry { return d.reg }
 
-// Policy is the generation in force (nil before the first Apply).
+// Policy is the generation in force (nil before the first Apply). Whether
+// the daemon is ready is another matter: see NotReady.
 func (d *Daemon) Policy() *policy.Policy {
-	if !d.ready.Load() {
+	if !d.running.Load() {
 		return nil
 	}
 	return d.current.Load()
@@ -169,7 +188,7 @@ func (d *Daemon) Policy() *policy.Policy {
 // every configured feed's set.
 func (d *Daemon) build(cfg *config.Config, feedSets map[string][]netip.Prefix) (*policy.Policy, error) {
 	p := cfg.Policy()
-	sources := map[string][]netip.Prefix{"static": cfg.StaticPrefixes()}
+	sources := map[string][]netip.Prefix{staticSource: cfg.StaticPrefixes()}
 	for _, f := range cfg.Feeds {
 		sources[f.Name] = feedSets[f.Name] // nil until a release verifies: fail closed
 	}
@@ -225,6 +244,11 @@ func onlyRangesDiffer(p, prev *policy.Policy) bool {
 }
 
 func (d *Daemon) applyTo(comps []Component, p, prev *policy.Policy) error {
+	held := d.heldLayers()
+	release := len(held) > 0 && complete(p)
+	if len(held) > 0 && !release {
+		comps = without(comps, held)
+	}
 	for i, c := range comps {
 		start := time.Now()
 		err := c.Apply(p)
@@ -255,6 +279,11 @@ func (d *Daemon) applyTo(comps []Component, p, prev *policy.Policy) error {
 	d.split.Store(false)
 	d.current.Store(p)
 	d.m.observePolicy(p)
+	if release {
+		d.held.Store(nil)
+		d.log.Info("every feed has a verified release: the kernel layers enforce the generation in force again",
+			"layers", held, "generation", p.Generation)
+	}
 	return nil
 }
 
@@ -301,7 +330,7 @@ func (d *Daemon) prepareReload() (cfg *config.Config, fs *feedState, sets map[st
 		return nil, nil, nil, nil, err
 	}
 	sets = d.feedSets
-	if !d.feeds.sameConfig(cfgs, guards) {
+	if !d.feeds.Load().sameConfig(cfgs, guards) {
 		if fs, err = d.newFeedState(cfg); err != nil {
 			return nil, nil, nil, nil, err
 		}
@@ -347,19 +376,27 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 5 * time.Second}
 
+	d.holdPrevious(d.current.Load())
 	if err := d.apply(d.current.Load(), nil); err != nil {
 		ln.Close()
 		return err
 	}
-	d.ready.Store(true)
+	d.running.Store(true)
 	d.started = time.Now()
-	sd := newNotifier(d.opts.NotifySocket)
-	if err := sd.notify("READY=1\nSTATUS=policy in force"); err != nil {
-		d.log.Warn("systemd notify failed", "err", err)
-	}
 	p := d.current.Load()
 	d.log.Info("policy in force", "generation", p.Generation, "listeners", len(p.Listeners),
 		"tenants", len(p.Tenants), "admitted_v4", len(p.Admitted.V4), "admitted_v6", len(p.Admitted.V6))
+	// systemd hears READY once the first generation is in force, whatever
+	// the feeds: the proxies serve and the kernel layers enforce. /readyz
+	// and STATUS say what is still missing.
+	sd := newNotifier(d.opts.NotifySocket)
+	status := "policy in force"
+	if why := d.NotReady(); len(why) > 0 {
+		status = "not ready: " + strings.Join(why, "; ")
+	}
+	if err := sd.notify("READY=1\nSTATUS=" + status); err != nil {
+		d.log.Warn("systemd notify failed", "err", err)
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -416,7 +453,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	g.Go(func() error {
 		<-gctx.Done()
-		d.ready.Store(false)
+		d.running.Store(false)
 		_ = sd.notify("STOPPING=1")
 		grace := d.cfg.Load().ShutdownGrace
 		d.log.Info("stopping: draining sessions", "grace", grace)
@@ -460,15 +497,11 @@ func (d *Daemon) handler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if d.split.Load() {
-			http.Error(w, "not ready: "+errSplit.Error()+" after a failed rollback (see the log); reload to realign", http.StatusServiceUnavailable)
+		if why := d.NotReady(); len(why) > 0 {
+			http.Error(w, "not ready: "+strings.Join(why, "; "), http.StatusServiceUnavailable)
 			return
 		}
-		if p := d.Policy(); p != nil {
-			fmt.Fprintf(w, "ready: generation %d\n", p.Generation)
-			return
-		}
-		http.Error(w, "not ready: no policy applied yet", http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "ready: generation %d\n", d.current.Load().Generation)
 	})
 	return mux
 }

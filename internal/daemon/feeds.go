@@ -87,7 +87,7 @@ func (fs *feedState) current() map[string][]netip.Prefix {
 // useFeeds puts a feed manager, and the sets the generation in force was
 // built from, in place of the old ones. Called with d.mu held (or before Run).
 func (d *Daemon) useFeeds(fs *feedState, sets map[string][]netip.Prefix) {
-	if old := d.feeds; old != nil && old.mgr != nil {
+	if old := d.feeds.Load(); old != nil && old.mgr != nil {
 		d.reg.Unregister(old.mgr)
 	}
 	if fs.mgr != nil {
@@ -95,7 +95,8 @@ func (d *Daemon) useFeeds(fs *feedState, sets map[string][]netip.Prefix) {
 			d.log.Error("feed metrics not registered", "err", err)
 		}
 	}
-	d.feeds, d.feedSets = fs, sets
+	d.feeds.Store(fs)
+	d.feedSets = sets
 }
 
 // restartFeeds tells runFeeds to pick up the manager now in place.
@@ -112,7 +113,7 @@ func (d *Daemon) restartFeeds() {
 func (d *Daemon) onFeedUpdate(mgr *rules.Manager, name string, prefixes []netip.Prefix) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.feeds == nil || d.feeds.mgr != mgr {
+	if fs := d.feeds.Load(); fs == nil || fs.mgr != mgr {
 		return errors.New("feed manager was replaced by a reload")
 	}
 	sets := maps.Clone(d.feedSets)
@@ -138,7 +139,7 @@ func (d *Daemon) onFeedUpdate(mgr *rules.Manager, name string, prefixes []netip.
 func (d *Daemon) runFeeds(ctx context.Context) error {
 	for {
 		d.mu.Lock()
-		fs := d.feeds
+		fs := d.feeds.Load()
 		d.mu.Unlock()
 		mctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)

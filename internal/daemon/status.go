@@ -20,10 +20,15 @@ import (
 // Status is what `gatehouse status` shows: the generation in force and
 // what the layers report of it.
 type Status struct {
-	Version     string          `json:"version"`
-	PID         int             `json:"pid"`
-	Started     time.Time       `json:"started"`
-	Generation  uint64          `json:"generation"`
+	Version    string    `json:"version"`
+	PID        int       `json:"pid"`
+	Started    time.Time `json:"started"`
+	Generation uint64    `json:"generation"`
+	Ready      bool      `json:"ready"`
+	NotReady   []string  `json:"not_ready,omitempty"` // why not, as /readyz says
+	// Held names the kernel layers still enforcing the previous run's
+	// admitted ranges (see holdPrevious).
+	Held        []string        `json:"held_layers,omitempty"`
 	Interface   string          `json:"interface"`
 	XDPMode     string          `json:"xdp_mode"` // native, generic, off
 	NFTables    bool            `json:"nftables"`
@@ -51,12 +56,20 @@ type AdmittedCount struct {
 	V6     int    `json:"v6"`
 }
 
-// FeedStatus is one feed's serial and age.
+// FeedStatus is one configured feed: the release in force, or why there
+// is none.
 type FeedStatus struct {
 	Name        string    `json:"name"`
+	Verified    bool      `json:"verified"` // a verified release is in force
 	Serial      uint64    `json:"serial"`
 	LastSuccess time.Time `json:"last_success,omitzero"`
 	Expired     bool      `json:"expired"`
+	// Problem: why no verified release is in force, or why it is the
+	// previous one.
+	Problem     string `json:"problem,omitempty"`
+	LastResult  string `json:"last_result,omitempty"`
+	LastError   string `json:"last_error,omitempty"`
+	Quarantined uint64 `json:"quarantined_serial,omitempty"`
 }
 
 // TenantStatus is one tenant and its live sessions.
@@ -91,6 +104,16 @@ type Counter struct {
 // Status reports the generation in force.
 func (d *Daemon) Status() Status {
 	st := Status{Version: d.opts.Version, PID: os.Getpid(), Started: d.started}
+	st.NotReady = d.NotReady()
+	st.Ready = len(st.NotReady) == 0
+	st.Held = d.heldLayers()
+	if fs := d.feeds.Load(); fs != nil && fs.mgr != nil {
+		for _, f := range fs.mgr.States() {
+			st.Feeds = append(st.Feeds, FeedStatus{Name: f.Name, Verified: f.Verified, Serial: f.Serial,
+				LastSuccess: f.LastSuccess, Expired: f.Expired, Problem: f.Problem,
+				LastResult: f.LastResult, LastError: f.LastError, Quarantined: f.Quarantined})
+		}
+	}
 	p := d.Policy()
 	if p == nil {
 		return st
@@ -115,13 +138,6 @@ func (d *Daemon) Status() Status {
 
 	mfs, _ := d.reg.Gather() // partial results are still worth showing
 	sessions := map[string]int{}
-	feeds := map[string]*FeedStatus{}
-	feed := func(name string) *FeedStatus {
-		if feeds[name] == nil {
-			feeds[name] = &FeedStatus{Name: name}
-		}
-		return feeds[name]
-	}
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {
 			lbl := labels(m)
@@ -133,14 +149,6 @@ func (d *Daemon) Status() Status {
 				}
 			case "gatehouse_proxy_connections_active":
 				sessions[lbl["tenant"]] += int(v)
-			case "gatehouse_feed_serial":
-				feed(lbl["feed"]).Serial = uint64(v)
-			case "gatehouse_feed_last_success_timestamp_seconds":
-				if v > 0 {
-					feed(lbl["feed"]).LastSuccess = time.Unix(int64(v), 0)
-				}
-			case "gatehouse_feed_expired":
-				feed(lbl["feed"]).Expired = v == 1
 			case "gatehouse_cert_expiry_timestamp_seconds":
 				st.Certs = append(st.Certs, CertExpiry{Kind: lbl["kind"], Name: lbl["name"], Expires: time.Unix(int64(v), 0)})
 			case "gatehouse_config_reloads_total":
@@ -163,10 +171,6 @@ func (d *Daemon) Status() Status {
 			st.Refusals = append(st.Refusals, rl.Refusals()...)
 		}
 	}
-	for _, f := range feeds {
-		st.Feeds = append(st.Feeds, *f)
-	}
-	sort.Slice(st.Feeds, func(i, j int) bool { return st.Feeds[i].Name < st.Feeds[j].Name })
 	sort.Slice(st.Certs, func(i, j int) bool { return st.Certs[i].Expires.Before(st.Certs[j].Expires) })
 	sort.Slice(st.Counters, func(i, j int) bool { return st.Counters[i].Name < st.Counters[j].Name })
 	return st
