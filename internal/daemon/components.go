@@ -107,9 +107,13 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 		if err != nil {
 			return comps, fmt.Errorf("xdp on %s: %w", p.Interface, err)
 		}
-		comps = append(comps, &layer{name: "xdp", apply: xe.Apply, close: xe.Close,
+		watch := newXDPWatch(xe, env.Logger)
+		comps = append(comps, &layer{name: "xdp", apply: xe.Apply, close: xe.Close, run: watch.run, notReady: watch.notReady,
 			holds: func() (bool, error) { return xe.HoldsPrevious(), nil }})
 		if err := register(env, "xdp", xe); err != nil {
+			return comps, err
+		}
+		if err := register(env, "xdp watch", watch); err != nil {
 			return comps, err
 		}
 		// A scanner caught by nftables is dropped at the driver too.
