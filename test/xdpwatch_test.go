@@ -122,3 +122,43 @@ func TestXDPDetachedIsReattached(t *testing.T) {
 		}
 	})
 }
+
+// TestTeardownAgainstRunningDaemon: `gatehouse teardown` refuses while a
+// daemon answers on the admin socket, saying so, and removes nothing; with
+// --force it tears down, and the running daemon puts both filters back
+// (XDP at once, counted; the table by drift repair) and is ready again.
+func TestTeardownAgainstRunningDaemon(t *testing.T) {
+	tp := newTopology(t)
+	out, err := tp.dmz.Command(binary(t), "teardown", "--yes", "--pin-dir", tp.pinDir, "-c", tp.config).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "answers on") || !strings.Contains(string(out), "stop it first") {
+		t.Errorf("teardown against a running daemon: %v, want a refusal naming the daemon:\n%s", err, out)
+	}
+	if link := tp.dmz.Exec(t, "ip", "link", "show", tp.outside.B); !strings.Contains(link, "xdp") {
+		t.Errorf("a refused teardown detached XDP:\n%s", link)
+	}
+	tp.dmz.Exec(t, "nft", "list", "table", "inet", "gatehouse")
+	if code, _ := tp.d.get(t, "/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz after a refused teardown: %d", code)
+	}
+
+	out, err = tp.dmz.Command(binary(t), "teardown", "--yes", "--force", "--pin-dir", tp.pinDir, "-c", tp.config).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "will put the filters back") {
+		t.Fatalf("teardown --force: %v\n%s", err, out)
+	}
+	tp.d.waitFor(t, "the XDP filter attached again", func() bool {
+		return tp.metric(t, `gatehouse_xdp_reattach_total\{result="ok"\}`) == 1 &&
+			strings.Contains(tp.dmz.Exec(t, "ip", "link", "show", tp.outside.B), "xdp")
+	})
+	if got := tp.probe(t, intruderAddr, gateV4Alt); got != "dropped" {
+		t.Errorf("intruder after teardown --force: %s, want dropped (XDP back)", got)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(tp.pinDir, tp.outside.B)); len(entries) < 6 {
+		t.Errorf("pins after the repair: %v, want the link, the maps and the generation", entries)
+	}
+	tp.d.waitFor(t, "the nftables table rebuilt", func() bool {
+		return tp.dmz.Command("nft", "list", "table", "inet", "gatehouse").Run() == nil
+	})
+	if code, body := tp.d.get(t, "/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz after the filters came back: %d %s", code, body)
+	}
+}
