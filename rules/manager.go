@@ -52,10 +52,11 @@ type Manager struct {
 
 // feed is one feed's state; mu guards the fields below it.
 type feed struct {
-	cfg   FeedConfig
-	v     *Verifier
-	fetch *fetcher
-	wake  chan struct{}
+	cfg     FeedConfig
+	v       *Verifier
+	fetch   *fetcher
+	wake    chan struct{}
+	cycleMu sync.Mutex // one fetch-verify-apply round at a time
 
 	mu          sync.Mutex
 	current     *Verified // in force
@@ -241,10 +242,23 @@ func (m *Manager) Cycle(ctx context.Context, name string, onUpdate func(string, 
 	if err != nil {
 		return err
 	}
+	_, err = m.cycle(ctx, f, onUpdate)
+	return err
+}
+
+// cycle is Cycle for one feed, and says what came of it. The rounds of one
+// feed never overlap (the refresh loop and an admin's Refresh).
+func (m *Manager) cycle(ctx context.Context, f *feed, onUpdate func(string, []netip.Prefix) error) (o Outcome, err error) {
+	f.cycleMu.Lock()
+	defer f.cycleMu.Unlock()
 	defer m.checkExpiry(f)
+	name := f.cfg.Name
 	log := m.log.With("feed", name)
 	result, ver, val, err := m.fetchAndVerify(ctx, f)
-	defer func() { m.record(f, result, err) }()
+	defer func() {
+		m.record(f, result, err)
+		o = m.outcome(f, result, ver, err)
+	}()
 	if err != nil {
 		r := ReasonOf(err)
 		if r == "" {
@@ -262,12 +276,12 @@ func (m *Manager) Cycle(ctx context.Context, name string, onUpdate func(string, 
 		default:
 			log.Warn("feed update refused; last known good stays in force", "reason", r, "err", err)
 		}
-		return err
+		return o, err
 	}
 	if result == ResultUnchanged {
 		m.count(f, ResultUnchanged)
 		log.Debug("feed unchanged")
-		return nil
+		return o, nil
 	}
 	err = m.apply(f, ver, result, onUpdate)
 	if r := ReasonOf(err); r != "" {
@@ -280,7 +294,7 @@ func (m *Manager) Cycle(ctx context.Context, name string, onUpdate func(string, 
 		f.val = val
 		f.mu.Unlock()
 	}
-	return err
+	return o, err
 }
 
 // record keeps the outcome of the latest attempt for status.

@@ -51,6 +51,8 @@ func (m *Manager) quarantine(f *feed, ver *Verified) {
 // acceptPending applies the quarantined release when the store records
 // its acceptance; it reports whether it tried.
 func (m *Manager) acceptPending(f *feed, onUpdate func(string, []netip.Prefix) error) bool {
+	f.cycleMu.Lock() // not beside a round of the same feed (see cycle)
+	defer f.cycleMu.Unlock()
 	f.mu.Lock()
 	p, cur := f.pending, f.current
 	f.mu.Unlock()

@@ -185,6 +185,25 @@ func TestLostStateKeepsPinnedGeneration(t *testing.T) {
 					t.Errorf("status lacks %q:\n%s", want, out)
 				}
 			}
+
+			// The mirror back: `gatehouse feed refresh` fetches at once, the
+			// release goes to every layer and the daemon is ready.
+			if err := os.Rename(mirror.dir+".unreachable", mirror.dir); err != nil {
+				t.Fatal(err)
+			}
+			out, err := exec.Command(binary(t), "feed", "refresh", "lab", "-c", tp.config).CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "applied serial 1") {
+				t.Fatalf("feed refresh with the mirror back: %v\n%s", err, out)
+			}
+			if code, body := tp.d.get(t, "/readyz"); code != http.StatusOK {
+				t.Errorf("/readyz after the feed came back: %d %s", code, body)
+			}
+			if !strings.Contains(tp.d.out.String(), "the kernel layers enforce the generation in force again") {
+				t.Errorf("the log does not say the kernel layers took the new generation:\n%s", tp.d.out.String())
+			}
+			if got := tp.probe(t, cloudAddr, gateV4); got != "connected" {
+				t.Errorf("admitted source after the feed came back: %s", got)
+			}
 		})
 	}
 }

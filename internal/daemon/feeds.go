@@ -7,6 +7,9 @@ import (
 	"maps"
 	"net/netip"
 	"reflect"
+	"slices"
+	"strings"
+	"sync"
 
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/rules"
@@ -175,4 +178,45 @@ func (d *Daemon) runFeeds(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// ErrNoFeeds is returned by RefreshFeeds when no feed is configured.
+var ErrNoFeeds = errors.New("no feed is configured")
+
+// RefreshFeeds fetches the named feeds now (every configured feed when
+// names is empty), each as its refresh loop would, applies what verifies,
+// and returns what came of each, in the order asked. A name the
+// configuration lacks is an error before anything is fetched.
+func (d *Daemon) RefreshFeeds(ctx context.Context, names []string) ([]rules.Outcome, error) {
+	fs := d.feeds.Load()
+	if fs == nil || fs.mgr == nil {
+		return nil, ErrNoFeeds
+	}
+	var configured []string
+	for _, st := range fs.mgr.States() {
+		configured = append(configured, st.Name)
+	}
+	if len(names) == 0 {
+		names = configured
+	}
+	for _, n := range names {
+		if !slices.Contains(configured, n) {
+			return nil, fmt.Errorf("%w %q (configured: %s)", rules.ErrUnknownFeed, n, strings.Join(configured, ", "))
+		}
+	}
+	out := make([]rules.Outcome, len(names))
+	var wg sync.WaitGroup
+	for i, n := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// The error is only for an unknown name, checked above.
+			out[i], _ = fs.mgr.Refresh(ctx, n, func(name string, p []netip.Prefix) error {
+				return d.onFeedUpdate(fs.mgr, name, p)
+			})
+			d.log.Info("feed refreshed on request", "feed", n, "result", out[i].Result, "serial", out[i].Serial)
+		}()
+	}
+	wg.Wait()
+	return out, nil
 }

@@ -15,6 +15,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/gatehouse-dmz/gatehouse/certs"
+	"github.com/gatehouse-dmz/gatehouse/rules"
 )
 
 // Status is what `gatehouse status` shows: the generation in force and
@@ -210,8 +211,9 @@ func seriesName(name string, lbl map[string]string) string {
 	return s + "}"
 }
 
-// serveAdmin answers `gatehouse status` on a unix socket only root can
-// reach (mode 0600 in a 0700 directory), until ctx ends.
+// serveAdmin answers `gatehouse status` and `gatehouse feed refresh` on a
+// unix socket only root can reach (mode 0600 in a 0700 directory), until
+// ctx ends.
 func (d *Daemon) serveAdmin(ctx context.Context, path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("admin socket: %w", err)
@@ -239,6 +241,21 @@ func (d *Daemon) serveAdmin(ctx context.Context, path string) error {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(d.Status())
+	})
+	// POST /feeds/refresh?feed=NAME…: fetch now, wait, answer the outcome
+	// of each (gatehouse feed refresh).
+	mux.HandleFunc("POST /feeds/refresh", func(w http.ResponseWriter, r *http.Request) {
+		out, err := d.RefreshFeeds(r.Context(), r.URL.Query()["feed"])
+		switch {
+		case errors.Is(err, rules.ErrUnknownFeed), errors.Is(err, ErrNoFeeds):
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		case err != nil:
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(out)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
