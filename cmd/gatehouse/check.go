@@ -19,12 +19,15 @@ import (
 )
 
 func newCheckCmd(g *globals) *cobra.Command {
-	var printDefault bool
+	var printDefault, allowPrivate bool
 	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "Validate the configuration and summarise what it enforces (like nginx -t)",
 		Long: `check reads the configuration as "run" would, reports every problem with its key
-path and exits 1, or prints a one-screen summary and exits 0. Nothing is changed.`,
+path and exits 1, or prints a one-screen summary and exits 0. It also checks
+what run would refuse at start: a state_dir it cannot use, and (XDP on) a
+pin_dir not on a bpffs or on one private to this mount namespace. Nothing is
+changed.`,
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			if printDefault {
@@ -45,13 +48,18 @@ path and exits 1, or prints a one-screen summary and exits 0. Nothing is changed
 				}
 				return exitError{code: 1, msg: "gatehouse: " + err.Error()}
 			}
-			if err := errors.Join(checkCertificates(cfg), checkFeeds(cfg)); err != nil {
+			pinWarning, pinErr := daemon.CheckPinDir(cfg, allowPrivate)
+			if err := errors.Join(daemon.CheckStateDir(cfg.StateDir), pinErr, checkCertificates(cfg), checkFeeds(cfg)); err != nil {
 				return exitError{code: 1, msg: fmt.Sprintf("gatehouse: %s: %v\nconfiguration %s is NOT valid", g.configPath, err, g.configPath)}
+			}
+			if pinWarning != "" {
+				fmt.Fprintf(g.stderr, "gatehouse check: warning: %s\n", pinWarning)
 			}
 			return summarise(g.stdout, g.configPath, cfg)
 		},
 	}
 	cmd.Flags().BoolVar(&printDefault, "print-default", false, "print the embedded default configuration, every key commented")
+	cmd.Flags().BoolVar(&allowPrivate, allowPrivateFlag, false, "as gatehouse run --"+allowPrivateFlag+": accept a pin directory private to this mount namespace")
 	return cmd
 }
 

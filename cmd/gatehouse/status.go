@@ -87,6 +87,9 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) error {
 			fmt.Fprintf(tw, "  - %s\n", why)
 		}
 	}
+	for _, w := range st.Warnings {
+		fmt.Fprintf(tw, "WARNING: %s\n", w)
+	}
 	if st.Generation == 0 {
 		fmt.Fprintln(tw, "no policy in force yet")
 		return tw.Flush()

@@ -30,6 +30,7 @@ type layer struct {
 	refusals   func() []certs.Refusal // see RefusalLister
 	holds      func() (bool, error)   // see Holder
 	notReady   func() string          // see Health
+	warnings   []string               // see Warner
 }
 
 var (
@@ -40,6 +41,7 @@ var (
 	_ RefusalLister = (*layer)(nil)
 	_ Holder        = (*layer)(nil)
 	_ Health        = (*layer)(nil)
+	_ Warner        = (*layer)(nil)
 )
 
 func (l *layer) RangeBlind() bool             { return l.rangeBlind }
@@ -64,6 +66,7 @@ func (l *layer) NotReady() string {
 	}
 	return l.notReady()
 }
+func (l *layer) Warnings() []string { return l.warnings }
 func (l *layer) Shutdown(ctx context.Context) error {
 	if l.shutdown == nil {
 		return nil
@@ -108,8 +111,19 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 			return comps, fmt.Errorf("xdp on %s: %w", p.Interface, err)
 		}
 		watch := newXDPWatch(xe, env.Logger)
-		comps = append(comps, &layer{name: "xdp", apply: xe.Apply, close: xe.Close, run: watch.run, notReady: watch.notReady,
-			holds: func() (bool, error) { return xe.HoldsPrevious(), nil }})
+		l := &layer{name: "xdp", apply: xe.Apply, close: xe.Close, run: watch.run, notReady: watch.notReady,
+			holds: func() (bool, error) { return xe.HoldsPrevious(), nil }}
+		comps = append(comps, l)
+		// Checked once xdp.New has mounted the default bpffs, if it had to,
+		// and before anything is attached.
+		warning, err := CheckPinDir(env.Config, env.AllowPrivateBPFFS)
+		if err != nil {
+			return comps, err
+		}
+		if warning != "" {
+			env.Logger.Error(warning, "component", "xdp", "pin_dir", env.Config.Enforcement.PinDir)
+			l.warnings = append(l.warnings, warning)
+		}
 		if err := register(env, "xdp", xe); err != nil {
 			return comps, err
 		}

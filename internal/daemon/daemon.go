@@ -71,6 +71,12 @@ type Health interface {
 	NotReady() string
 }
 
+// Warner is a component with standing warnings for status (a filter that
+// will not outlive the daemon).
+type Warner interface {
+	Warnings() []string
+}
+
 // Drainer is a component that lets open sessions finish on shutdown.
 type Drainer interface {
 	Shutdown(ctx context.Context) error
@@ -89,6 +95,9 @@ type Env struct {
 	Registry *prometheus.Registry
 	// AccessLog receives one JSON line per request or session; nil discards.
 	AccessLog *slog.Logger
+	// AllowPrivateBPFFS accepts a pin directory private to the daemon's
+	// mount namespace (see CheckPinDir).
+	AllowPrivateBPFFS bool
 }
 
 // Options configure a Daemon.
@@ -108,6 +117,8 @@ type Options struct {
 	Version string
 	// Signals, when true, makes Run reload on SIGHUP.
 	Signals bool
+	// AllowPrivateBPFFS: see Env.
+	AllowPrivateBPFFS bool
 }
 
 // Daemon is the running gatehouse: one policy generation in force at a time.
@@ -151,6 +162,9 @@ func New(opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := CheckStateDir(cfg.StateDir); err != nil {
+		return nil, err
+	}
 	fs, err := d.newFeedState(cfg)
 	if err != nil {
 		return nil, err
@@ -162,7 +176,8 @@ func New(opts Options) (*Daemon, error) {
 	}
 	d.useFeeds(fs, sets)
 	d.cfg.Store(cfg)
-	comps, err := opts.Build(&Env{Config: cfg, Policy: p, Logger: opts.Logger, Registry: d.reg, AccessLog: opts.AccessLog})
+	comps, err := opts.Build(&Env{Config: cfg, Policy: p, Logger: opts.Logger, Registry: d.reg, AccessLog: opts.AccessLog,
+		AllowPrivateBPFFS: opts.AllowPrivateBPFFS})
 	if err != nil {
 		return nil, fmt.Errorf("build components: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -113,5 +114,30 @@ func TestHeldLayerKeepsPreviousRun(t *testing.T) {
 	}
 	if code, body := readyz(t, metrics); code != http.StatusOK {
 		t.Errorf("/readyz once every layer has every feed: %d %q", code, body)
+	}
+}
+
+// TestNewRefusesUnusableStateDir: run refuses a state_dir that is a file
+// before building anything, naming it (check refuses it alike: cmd
+// TestCheckRefusesUnusableStateDir).
+func TestNewRefusesUnusableStateDir(t *testing.T) {
+	dir := t.TempDir()
+	path := writeConfig(t, dir, freePort(t), "203.0.113.0/24")
+	file := filepath.Join(dir, "state-file")
+	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(path)
+	cfg := strings.Replace(string(b), "state_dir: "+dir, "state_dir: "+file, 1)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	built := false
+	_, err := New(Options{ConfigPath: path, Logger: quietLogger(), Build: func(*Env) ([]Component, error) { built = true; return nil, nil }})
+	if err == nil || !strings.Contains(err.Error(), "state_dir "+file+": not a directory") {
+		t.Errorf("New with state_dir a file: %v", err)
+	}
+	if built {
+		t.Error("components were built for an unusable state_dir")
 	}
 }

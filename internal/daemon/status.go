@@ -27,6 +27,9 @@ type Status struct {
 	Generation uint64    `json:"generation"`
 	Ready      bool      `json:"ready"`
 	NotReady   []string  `json:"not_ready,omitempty"` // why not, as /readyz says
+	// Warnings are standing ones (a filter that will not outlive the
+	// daemon), not reasons to be unready.
+	Warnings []string `json:"warnings,omitempty"`
 	// Held names the kernel layers still enforcing the previous run's
 	// admitted ranges (see holdPrevious).
 	Held        []string        `json:"held_layers,omitempty"`
@@ -108,6 +111,11 @@ func (d *Daemon) Status() Status {
 	st.NotReady = d.NotReady()
 	st.Ready = len(st.NotReady) == 0
 	st.Held = d.heldLayers()
+	for _, c := range d.components {
+		if w, ok := c.(Warner); ok {
+			st.Warnings = append(st.Warnings, w.Warnings()...)
+		}
+	}
 	if fs := d.feeds.Load(); fs != nil && fs.mgr != nil {
 		for _, f := range fs.mgr.States() {
 			st.Feeds = append(st.Feeds, FeedStatus{Name: f.Name, Verified: f.Verified, Serial: f.Serial,
