@@ -94,7 +94,11 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) error {
 		fmt.Fprintln(tw, "no policy in force yet")
 		return tw.Flush()
 	}
-	fmt.Fprintf(tw, "xdp\t%s on %s\tnftables %s\tmode %s\n", st.XDPMode, st.Interface, onOff(st.NFTables), st.Mode)
+	xdpMode := st.XDPMode
+	if st.XDPMode != "off" {
+		xdpMode += " on " + st.Interface
+	}
+	fmt.Fprintf(tw, "xdp\t%s\tnftables %s\tmode %s\n", xdpMode, onOff(st.NFTables), st.Mode)
 	if st.ReloadError > 0 {
 		fmt.Fprintf(tw, "reloads refused\t%d (see the log)\n", st.ReloadError)
 	}
@@ -136,9 +140,7 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) error {
 		fmt.Fprintf(tw, "  %s\t%d\n", t.ID, t.Sessions)
 	}
 	fmt.Fprintln(tw, "\nListeners")
-	for _, l := range st.Listeners {
-		fmt.Fprintf(tw, "  %s %s %s\t%s %s\t→ %s\n", l.Listener, l.Listen, l.Protocol, l.Tenant, l.Match, l.Backend)
-	}
+	printListeners(tw, st.Listeners, nil)
 	if len(st.Certs) > 0 {
 		fmt.Fprintln(tw, "\nExpiring soonest")
 		for i, c := range st.Certs {

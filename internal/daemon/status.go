@@ -9,12 +9,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/gatehouse-dmz/gatehouse/certs"
+	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/rules"
 )
 
@@ -82,14 +84,33 @@ type TenantStatus struct {
 	Sessions int    `json:"sessions"`
 }
 
-// ListenerRoute is one route of one listener.
+// ListenerRoute is one route of one listener, as status shows the
+// generation in force and check the configuration (Routes).
 type ListenerRoute struct {
-	Listener string `json:"listener"`
-	Listen   string `json:"listen"`
-	Protocol string `json:"protocol"`
-	Tenant   string `json:"tenant"`
-	Match    string `json:"match,omitempty"`
-	Backend  string `json:"backend"`
+	Listener string   `json:"listener"`
+	Listen   string   `json:"listen"`
+	Protocol string   `json:"protocol"`
+	StartTLS bool     `json:"start_tls,omitempty"`
+	Tenant   string   `json:"tenant"`
+	Host     string   `json:"host,omitempty"`
+	Path     string   `json:"path,omitempty"`
+	Backends []string `json:"backends"` // every backend, in order
+}
+
+// Routes lists every route of every listener of p, in order.
+func Routes(p *policy.Policy) []ListenerRoute {
+	var out []ListenerRoute
+	for _, l := range p.Listeners {
+		for _, r := range l.Routes {
+			backends := r.Backends
+			if len(backends) == 0 {
+				backends = []string{r.Backend}
+			}
+			out = append(out, ListenerRoute{Listener: l.Name, Listen: l.ListenAddress(), Protocol: string(l.Protocol),
+				StartTLS: l.StartTLS, Tenant: r.Tenant, Host: r.Host, Path: r.Path, Backends: slices.Clone(backends)})
+		}
+	}
+	return out
 }
 
 // CertExpiry is when a certificate or CRL runs out.
@@ -134,16 +155,7 @@ func (d *Daemon) Status() Status {
 	}
 	sort.Slice(st.Admitted, func(i, j int) bool { return st.Admitted[i].Source < st.Admitted[j].Source })
 	st.Admitted = append(st.Admitted, AdmittedCount{Source: "in force (aggregated)", V4: len(p.Admitted.V4), V6: len(p.Admitted.V6)})
-	for _, l := range p.Listeners {
-		for _, r := range l.Routes {
-			match := r.Host
-			if r.Path != "" && r.Path != "/" {
-				match += r.Path
-			}
-			st.Listeners = append(st.Listeners, ListenerRoute{Listener: l.Name, Listen: l.ListenAddress(),
-				Protocol: string(l.Protocol), Tenant: r.Tenant, Match: match, Backend: r.Backend})
-		}
-	}
+	st.Listeners = Routes(p)
 
 	mfs, _ := d.reg.Gather() // partial results are still worth showing
 	sessions := map[string]int{}
