@@ -31,7 +31,14 @@ func FeedConfigs(cfg *config.Config) ([]rules.FeedConfig, rules.Guards, error) {
 		return nil, rules.Guards{}, fmt.Errorf("rules: %w", err)
 	}
 	var out []rules.FeedConfig
-	for _, f := range cfg.Feeds {
+	for i, f := range cfg.Feeds {
+		// The admitted sources are named by feed, beside static_ranges and
+		// the aggregate: a feed named like them would replace
+		// static_ranges in the admitted set, or share their metric series.
+		if f.Name == staticSource || f.Name == allSources {
+			return nil, rules.Guards{}, fmt.Errorf("feeds[%d].name: %q is reserved (gatehouse_admitted_prefixes{feed=%q} names %s)",
+				i, f.Name, f.Name, map[string]string{staticSource: "static_ranges", allSources: "the aggregate in force"}[f.Name])
+		}
 		out = append(out, rules.FeedConfig{
 			Name: f.Name, Source: f.Source, Format: f.Format, Select: f.Select,
 			Keys: f.MinisignKeys, Threshold: f.Threshold, Refresh: f.Refresh,

@@ -243,3 +243,29 @@ func grepLines(body, s string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestFeedNameReserved: a feed named "static" would replace static_ranges
+// in the admitted set (and "all" share the aggregate's metric series): the
+// configuration is refused, by run and by check alike (both use
+// FeedConfigs).
+func TestFeedNameReserved(t *testing.T) {
+	for _, name := range []string{"static", "all"} {
+		path, _, _ := feedConfig(t)
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(strings.Replace(string(b), "name: lab,", "name: "+name+",", 1)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		d, err := New(Options{ConfigPath: path, Logger: quietLogger(), Build: func(*Env) ([]Component, error) { return nil, nil }})
+		if err == nil {
+			p := d.current.Load()
+			t.Errorf("feed named %q accepted; static 203.0.113.1 admitted: %v", name, p.Admitted.Contains(mustAddr("203.0.113.1")))
+			continue
+		}
+		if !strings.Contains(err.Error(), `feeds[0].name: "`+name+`" is reserved`) {
+			t.Errorf("feed named %q: %v", name, err)
+		}
+	}
+}

@@ -21,8 +21,12 @@ func complete(p *policy.Policy) bool {
 	return true
 }
 
-// staticSource is static_ranges' name among the admitted sources.
-const staticSource = "static"
+// Names among the admitted sources: static_ranges, and the aggregate in
+// gatehouse_admitted_prefixes.
+const (
+	staticSource = "static"
+	allSources   = "all"
+)
 
 // missingFeeds names the configured feeds p lacks, sorted.
 func missingFeeds(p *policy.Policy) []string {
