@@ -2,7 +2,10 @@
 // the providers' files exactly as published (aws, gcp, azure, oracle,
 // cidr), selects, guards and aggregates their prefixes, verifies
 // minisign-signed manifests, keeps the last known good release of each
-// feed in state_dir, and runs the fetch loop (Manager). It knows nothing of
+// feed in state_dir (and the one it replaced, for when that file is
+// damaged), and runs the fetch loop (Manager), which also checks that a
+// mirror still serving the manifest in force serves its files unchanged,
+// and fetches at once on request (Refresh). It knows nothing of
 // the kernel or the configuration file: its output is prefixes per feed,
 // which the daemon unites (Union) into policy.Admitted.
 //

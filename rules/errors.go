@@ -30,7 +30,16 @@ const (
 	ReasonQuarantined  Reason = "quarantined"
 	ReasonApply        Reason = "apply_failed"
 	ReasonStore        Reason = "store_error"
+	// ReasonMirrorMismatch: the mirror still serves the manifest in force
+	// but a file that no longer matches it (corrupted or tampered with).
+	ReasonMirrorMismatch Reason = "mirror_mismatch"
 )
+
+// reasons is every Reason, in the order above.
+var reasons = []Reason{ReasonFetch, ReasonTooLarge, ReasonBadSignature, ReasonBadManifest, ReasonWrongSource,
+	ReasonExpired, ReasonNotYetValid, ReasonRollback, ReasonSerialReuse, ReasonHashMismatch, ReasonParse,
+	ReasonNotCanonical, ReasonTooBroad, ReasonBogon, ReasonEmpty, ReasonQuarantined, ReasonApply, ReasonStore,
+	ReasonMirrorMismatch}
 
 // Results that are not refusals.
 const (
@@ -38,6 +47,17 @@ const (
 	ResultUnchanged = "unchanged"
 	ResultAccepted  = "accepted"
 )
+
+// UpdateResults is every value of gatehouse_feed_updates_total's result
+// label: the three results, then every Reason. The set is closed, so each
+// feed's series can exist, at 0, before anything happens.
+func UpdateResults() []string {
+	out := []string{ResultApplied, ResultUnchanged, ResultAccepted}
+	for _, r := range reasons {
+		out = append(out, string(r))
+	}
+	return out
+}
 
 // Error is a refused feed update: Reason for metrics and callers that
 // branch, Err for the log line.

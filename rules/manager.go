@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
-	"os"
 	"slices"
 	"sync"
 	"time"
@@ -53,16 +52,21 @@ type Manager struct {
 
 // feed is one feed's state; mu guards the fields below it.
 type feed struct {
-	cfg   FeedConfig
-	v     *Verifier
-	fetch *fetcher
-	wake  chan struct{}
+	cfg     FeedConfig
+	v       *Verifier
+	fetch   *fetcher
+	wake    chan struct{}
+	cycleMu sync.Mutex // one fetch-verify-apply round at a time
 
 	mu          sync.Mutex
 	current     *Verified // in force
 	pending     *Verified // held in quarantine
 	val         *validators
 	lastSuccess time.Time
+	problem     string                // why there is no release in force (or why it is the previous one)
+	lastResult  string                // of the latest attempt: a result or a Reason
+	lastErr     string                // of the latest attempt, when it failed
+	fileVal     map[string]validators // cache validators of the files in force, see checkMirror
 	expired     bool
 	failures    int
 	updates     map[string]uint64
@@ -119,27 +123,6 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	return m, nil
 }
 
-func (m *Manager) loadLastKnownGood(f *feed) {
-	log := m.log.With("feed", f.cfg.Name)
-	b, err := m.store.Load(f.cfg.Name)
-	if errors.Is(err, os.ErrNotExist) {
-		log.Info("no last known good release yet")
-		return
-	}
-	if err != nil {
-		log.Error("last known good release unreadable, ignored", "err", err)
-		return
-	}
-	ver, err := f.v.Verify(b, nil, VerifyOptions{IgnoreExpiry: true})
-	if err != nil {
-		log.Error("last known good release no longer verifies, ignored", "reason", ReasonOf(err), "err", err)
-		return
-	}
-	f.current = ver
-	f.expired = ver.Expired
-	log.Info("last known good release loaded", "serial", ver.Manifest.Serial, "prefixes", len(ver.Prefixes), "expired", ver.Expired)
-}
-
 // Current returns the aggregated prefixes in force per feed (feeds without
 // a verified release are absent).
 func (m *Manager) Current() map[string][]netip.Prefix {
@@ -161,35 +144,6 @@ func (m *Manager) feed(name string) (*feed, error) {
 		}
 	}
 	return nil, fmt.Errorf("%w %q", ErrUnknownFeed, name)
-}
-
-// Accept lets the release of feed name held in quarantine through on the
-// feed's next cycle (Run wakes it at once). The acceptance is recorded in
-// the store, so `gatehouse feed accept` run beside the daemon does the
-// same.
-func (m *Manager) Accept(name string) error {
-	f, err := m.feed(name)
-	if err != nil {
-		return err
-	}
-	f.mu.Lock()
-	p := f.pending
-	f.mu.Unlock()
-	if p == nil {
-		return fmt.Errorf("feed %s: %w", name, ErrNothingQuarantined)
-	}
-	if !m.now().Before(p.Manifest.Expires) {
-		return fmt.Errorf("feed %s: %w", name, refuse(ReasonExpired, "release %d in quarantine expired at %s",
-			p.Manifest.Serial, p.Manifest.Expires.UTC().Format(time.RFC3339)))
-	}
-	if err := m.store.WriteAccept(name, p.Digest); err != nil {
-		return err
-	}
-	select {
-	case f.wake <- struct{}{}:
-	default:
-	}
-	return nil
 }
 
 // Run keeps every feed current until ctx ends, then returns nil. onUpdate
@@ -288,31 +242,51 @@ func (m *Manager) Cycle(ctx context.Context, name string, onUpdate func(string, 
 	if err != nil {
 		return err
 	}
+	_, err = m.cycle(ctx, f, onUpdate)
+	return err
+}
+
+// cycle is Cycle for one feed, and says what came of it. The rounds of one
+// feed never overlap (the refresh loop and an admin's Refresh).
+func (m *Manager) cycle(ctx context.Context, f *feed, onUpdate func(string, []netip.Prefix) error) (o Outcome, err error) {
+	f.cycleMu.Lock()
+	defer f.cycleMu.Unlock()
 	defer m.checkExpiry(f)
+	name := f.cfg.Name
 	log := m.log.With("feed", name)
 	result, ver, val, err := m.fetchAndVerify(ctx, f)
+	defer func() {
+		m.record(f, result, err)
+		o = m.outcome(f, result, ver, err)
+	}()
 	if err != nil {
 		r := ReasonOf(err)
 		if r == "" {
 			r = ReasonFetch
 		}
+		result = string(r)
 		m.count(f, string(r))
 		switch r {
 		case ReasonSerialReuse:
 			log.Error("feed update refused: serial reused with different content (ALERT: possible key compromise or publisher error)", "reason", r, "err", err)
+		case ReasonMirrorMismatch:
+			log.Error("feed mirror serves a file that differs from the signed release in force (corrupted or tampered mirror); the release in force stays", "reason", r, "err", err)
 		case ReasonQuarantined:
 			log.Warn("feed update held in quarantine; run `gatehouse feed accept "+name+"` to apply it", "reason", r, "serial", ver.Manifest.Serial, "err", err)
 		default:
 			log.Warn("feed update refused; last known good stays in force", "reason", r, "err", err)
 		}
-		return err
+		return o, err
 	}
 	if result == ResultUnchanged {
 		m.count(f, ResultUnchanged)
 		log.Debug("feed unchanged")
-		return nil
+		return o, nil
 	}
 	err = m.apply(f, ver, result, onUpdate)
+	if r := ReasonOf(err); r != "" {
+		result = string(r)
+	}
 	if err == nil || ReasonOf(err) == ReasonStore {
 		// Remember the validators only once the release is in force, so
 		// that a release the daemon failed to apply is fetched again.
@@ -320,7 +294,17 @@ func (m *Manager) Cycle(ctx context.Context, name string, onUpdate func(string, 
 		f.val = val
 		f.mu.Unlock()
 	}
-	return err
+	return o, err
+}
+
+// record keeps the outcome of the latest attempt for status.
+func (m *Manager) record(f *feed, result string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lastResult, f.lastErr = result, ""
+	if err != nil {
+		f.lastErr = err.Error()
+	}
 }
 
 // fetchAndVerify returns ResultUnchanged, or a release ready to apply
@@ -341,6 +325,9 @@ func (m *Manager) fetchAndVerify(ctx context.Context, f *feed) (string, *Verifie
 		return "", nil, nil, fetchErr(ManifestName, err)
 	}
 	if notModified {
+		if err := m.checkMirror(ctx, f); err != nil {
+			return "", nil, nil, err
+		}
 		m.markSuccess(f, val)
 		return ResultUnchanged, nil, nil, nil
 	}
@@ -357,6 +344,9 @@ func (m *Manager) fetchAndVerify(ctx context.Context, f *feed) (string, *Verifie
 	}
 	man, _, err := f.v.VerifyManifest(raw, sigs, prior, VerifyOptions{})
 	if errors.Is(err, ErrUnchanged) {
+		if err := m.checkMirror(ctx, f); err != nil {
+			return "", nil, nil, err
+		}
 		m.markSuccess(f, &newVal)
 		return ResultUnchanged, nil, nil, nil
 	}
@@ -417,57 +407,6 @@ func (m *Manager) markSuccess(f *feed, val *validators) {
 	f.mu.Unlock()
 }
 
-func (m *Manager) quarantine(f *feed, ver *Verified) {
-	f.mu.Lock()
-	same := f.pending != nil && f.pending.Digest == ver.Digest
-	f.pending = ver
-	f.mu.Unlock()
-	if same {
-		return
-	}
-	if err := m.store.SaveQuarantine(f.cfg.Name, ver.Manifest.Serial, ver.Bundle); err != nil {
-		m.log.Warn("cannot record quarantined release", "feed", f.cfg.Name, "err", err)
-	}
-}
-
-// acceptPending applies the quarantined release when the store records
-// its acceptance; it reports whether it tried.
-func (m *Manager) acceptPending(f *feed, onUpdate func(string, []netip.Prefix) error) bool {
-	f.mu.Lock()
-	p, cur := f.pending, f.current
-	f.mu.Unlock()
-	if p == nil {
-		return false
-	}
-	d, ok, err := m.store.ReadAccept(f.cfg.Name)
-	if err != nil || !ok || d != p.Digest {
-		return false
-	}
-	if !m.now().Before(p.Manifest.Expires) {
-		// Consent covers the release as it was; once expired it is not
-		// applied (a fresh fetch would refuse it too).
-		f.mu.Lock()
-		if f.pending == p {
-			f.pending = nil
-		}
-		f.mu.Unlock()
-		_ = m.store.ClearQuarantine(f.cfg.Name)
-		m.count(f, string(ReasonExpired))
-		m.log.Warn("accepted feed release expired in quarantine; discarded, the release in force stays",
-			"feed", f.cfg.Name, "serial", p.Manifest.Serial, "expired_at", p.Manifest.Expires)
-		return false
-	}
-	if cur != nil && p.Manifest.Serial <= cur.Manifest.Serial {
-		f.mu.Lock()
-		f.pending = nil
-		f.mu.Unlock()
-		_ = m.store.ClearQuarantine(f.cfg.Name)
-		return false
-	}
-	_ = m.apply(f, p, ResultAccepted, onUpdate)
-	return true
-}
-
 func (m *Manager) apply(f *feed, ver *Verified, result string, onUpdate func(string, []netip.Prefix) error) error {
 	log := m.log.With("feed", f.cfg.Name, "serial", ver.Manifest.Serial)
 	m.applyMu.Lock()
@@ -479,13 +418,23 @@ func (m *Manager) apply(f *feed, ver *Verified, result string, onUpdate func(str
 		return &Error{Reason: ReasonApply, Err: err}
 	}
 	f.mu.Lock()
+	prev := f.current
 	f.current, f.pending = ver, nil
+	f.problem = ""
+	f.fileVal = nil
 	f.expired = false
 	f.lastSuccess = m.now()
 	f.updates[result]++
 	f.mu.Unlock()
 	log.Info("feed update applied", "result", result, "prefixes", len(ver.Prefixes),
 		"ipv4_addresses", ver.Coverage.V4, "entries", ver.Entries, "selected", ver.Selected)
+	// The release it replaces is kept beside it, so that one damaged file
+	// does not lose both (see loadLastKnownGood).
+	if prev != nil && prev.Digest != ver.Digest {
+		if err := m.store.SavePrevious(f.cfg.Name, prev.Manifest.Serial, prev.Bundle); err != nil {
+			log.Warn("previous release not kept beside the last known good", "err", err)
+		}
+	}
 	if err := m.store.Commit(f.cfg.Name, ver); err != nil {
 		m.count(f, string(ReasonStore))
 		log.Error("feed update applied but not persisted; a restart falls back to the previous release", "err", err)
@@ -495,35 +444,4 @@ func (m *Manager) apply(f *feed, ver *Verified, result string, onUpdate func(str
 		log.Warn("cannot clear quarantine", "err", err)
 	}
 	return nil
-}
-
-// Describe implements prometheus.Collector.
-func (m *Manager) Describe(ch chan<- *prometheus.Desc) {
-	ch <- m.descSerial
-	ch <- m.descSuccess
-	ch <- m.descUpdates
-	ch <- m.descExpired
-}
-
-// Collect implements prometheus.Collector.
-func (m *Manager) Collect(ch chan<- prometheus.Metric) {
-	for _, f := range m.feeds {
-		f.mu.Lock()
-		name := f.cfg.Name
-		if f.current != nil {
-			ch <- prometheus.MustNewConstMetric(m.descSerial, prometheus.GaugeValue, float64(f.current.Manifest.Serial), name)
-		}
-		if !f.lastSuccess.IsZero() {
-			ch <- prometheus.MustNewConstMetric(m.descSuccess, prometheus.GaugeValue, float64(f.lastSuccess.UnixNano())/1e9, name)
-		}
-		exp := 0.0
-		if f.expired {
-			exp = 1
-		}
-		ch <- prometheus.MustNewConstMetric(m.descExpired, prometheus.GaugeValue, exp, name)
-		for _, r := range sortedKeys(f.updates) {
-			ch <- prometheus.MustNewConstMetric(m.descUpdates, prometheus.CounterValue, float64(f.updates[r]), name, r)
-		}
-		f.mu.Unlock()
-	}
 }

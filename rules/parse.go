@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"sort"
 	"strings"
 )
 
@@ -414,14 +413,4 @@ func parseCIDR(data []byte) ([]Group, error) {
 		return nil, err
 	}
 	return []Group{{Attrs: map[string][]string{}, Prefixes: ps}}, nil
-}
-
-// sortedKeys returns the keys of m, sorted.
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

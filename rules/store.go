@@ -11,7 +11,9 @@ import (
 )
 
 // Store keeps verified bundles under state_dir/feeds: the last known good
-// release of each feed (NAME.lkg.json), a release held in quarantine
+// release of each feed (NAME.lkg.json), the release it replaced
+// (NAME.prev.json, so that one damaged file does not lose both), a release
+// held in quarantine
 // (NAME.quarantine.json) and the admin's acceptance of it (NAME.accept,
 // the hex SHA-256 of the quarantined manifest). Every write replaces its
 // file atomically (write, fsync, rename, fsync the directory). What is read
@@ -35,6 +37,12 @@ func OpenStore(stateDir string) (*Store, error) {
 // Dir returns the store's directory.
 func (s *Store) Dir() string { return s.dir }
 
+// File suffixes of a feed's releases in the store.
+const (
+	lkgSuffix  = ".lkg.json"
+	prevSuffix = ".prev.json"
+)
+
 type storedBundle struct {
 	Version    int               `json:"version"`
 	Serial     uint64            `json:"serial"`
@@ -52,7 +60,7 @@ func (s *Store) path(name, suffix string) (string, error) {
 
 // Save records b as the last known good release of feed name.
 func (s *Store) Save(name string, serial uint64, b Bundle) error {
-	return s.saveBundle(name, ".lkg.json", serial, b)
+	return s.saveBundle(name, lkgSuffix, serial, b)
 }
 
 // Commit records a verified release as the last known good of feed name.
@@ -63,7 +71,18 @@ func (s *Store) Commit(name string, v *Verified) error {
 
 // Load returns the last known good release of feed name; the error
 // satisfies errors.Is(err, os.ErrNotExist) when there is none.
-func (s *Store) Load(name string) (Bundle, error) { return s.loadBundle(name, ".lkg.json") }
+func (s *Store) Load(name string) (Bundle, error) { return s.loadBundle(name, lkgSuffix) }
+
+// SavePrevious records b as the release the last known good of feed name
+// replaced.
+func (s *Store) SavePrevious(name string, serial uint64, b Bundle) error {
+	return s.saveBundle(name, prevSuffix, serial, b)
+}
+
+// LoadPrevious returns the release the last known good of feed name
+// replaced; the error satisfies errors.Is(err, os.ErrNotExist) when there is
+// none.
+func (s *Store) LoadPrevious(name string) (Bundle, error) { return s.loadBundle(name, prevSuffix) }
 
 // SaveQuarantine records b as the release of feed name held in quarantine.
 func (s *Store) SaveQuarantine(name string, serial uint64, b Bundle) error {

@@ -264,10 +264,13 @@ func TestEndToEndHTTPS(t *testing.T) {
 			t.Fatalf("status: %v\n%s", err, out)
 		}
 		for _, want := range []string{"generation 1", "xdp  native on " + tp.outside.B, "nftables on", "static", "acme",
-			`xdp_packets_total{action="drop",reason="not_admitted"}`, "web :443 https"} {
+			`xdp_packets_total{action="drop",reason="not_admitted"}`, "→ acme path /"} {
 			if !strings.Contains(string(out), want) {
 				t.Errorf("status lacks %q:\n%s", want, out)
 			}
+		}
+		if !regexp.MustCompile(`(?m)^  web +:443 +https$`).Match(out) {
+			t.Errorf("status lacks the listener web :443 https:\n%s", out)
 		}
 		raw, err := exec.Command(binary(t), "status", "--json", "-c", tp.config).Output()
 		var st struct {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,12 +20,15 @@ import (
 )
 
 func newCheckCmd(g *globals) *cobra.Command {
-	var printDefault bool
+	var printDefault, allowPrivate, asJSON bool
 	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "Validate the configuration and summarise what it enforces (like nginx -t)",
 		Long: `check reads the configuration as "run" would, reports every problem with its key
-path and exits 1, or prints a one-screen summary and exits 0. Nothing is changed.`,
+path and exits 1, or prints a one-screen summary and exits 0. It also checks
+what run would refuse at start: a state_dir it cannot use, and (XDP on) a
+pin_dir not on a bpffs or on one private to this mount namespace. Nothing is
+changed.`,
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			if printDefault {
@@ -45,13 +49,22 @@ path and exits 1, or prints a one-screen summary and exits 0. Nothing is changed
 				}
 				return exitError{code: 1, msg: "gatehouse: " + err.Error()}
 			}
-			if err := errors.Join(checkCertificates(cfg), checkFeeds(cfg)); err != nil {
+			pinWarning, pinErr := daemon.CheckPinDir(cfg, allowPrivate)
+			if err := errors.Join(daemon.CheckStateDir(cfg.StateDir), pinErr, checkCertificates(cfg), checkFeeds(cfg)); err != nil {
 				return exitError{code: 1, msg: fmt.Sprintf("gatehouse: %s: %v\nconfiguration %s is NOT valid", g.configPath, err, g.configPath)}
+			}
+			if pinWarning != "" {
+				fmt.Fprintf(g.stderr, "gatehouse check: warning: %s\n", pinWarning)
+			}
+			if asJSON {
+				return summariseJSON(g.stdout, g.configPath, cfg)
 			}
 			return summarise(g.stdout, g.configPath, cfg)
 		},
 	}
 	cmd.Flags().BoolVar(&printDefault, "print-default", false, "print the embedded default configuration, every key commented")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the summary as JSON: listeners and routes, tenants and feeds as gatehouse status --json names them")
+	cmd.Flags().BoolVar(&allowPrivate, allowPrivateFlag, false, "as gatehouse run --"+allowPrivateFlag+": accept a pin directory private to this mount namespace")
 	return cmd
 }
 
@@ -143,24 +156,46 @@ func summarise(w io.Writer, path string, cfg *config.Config) error {
 	}
 
 	fmt.Fprintln(tw, "\nListeners")
+	var routes []policy.Route
 	for _, l := range p.Listeners {
-		start := ""
-		if l.StartTLS {
-			start = ", START_TLS"
-		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s%s\n", l.Name, l.ListenAddress(), l.Protocol, start)
-		for _, r := range l.Routes {
-			match := r.Tenant
-			if r.Host != "" {
-				match += " host " + r.Host
-			}
-			if r.Path != "" {
-				match += " path " + r.Path
-			}
-			fmt.Fprintf(tw, "    → %s\t%s\t%s\n", match, r.Backend, routeExtras(r))
-		}
+		routes = append(routes, l.Routes...)
 	}
+	printListeners(tw, daemon.Routes(p), func(i int) string { return routeExtras(routes[i]) })
 	return tw.Flush()
+}
+
+// checkSummary is check's summary for machines. Listeners, tenants and
+// feeds are what gatehouse status --json shows of the running daemon: the
+// same routes (daemon.Routes), tenant ids and feed names.
+type checkSummary struct {
+	Config    string                 `json:"config"`
+	Listeners []daemon.ListenerRoute `json:"listeners"`
+	Tenants   []string               `json:"tenants"`
+	Feeds     []checkFeed            `json:"feeds"`
+	Static    []string               `json:"static_ranges"`
+}
+
+type checkFeed struct {
+	Name   string `json:"name"`
+	Format string `json:"format"`
+	Source string `json:"source"`
+}
+
+func summariseJSON(w io.Writer, path string, cfg *config.Config) error {
+	p := cfg.Policy()
+	s := checkSummary{Config: path, Listeners: daemon.Routes(p), Tenants: []string{}, Feeds: []checkFeed{}, Static: []string{}}
+	for _, t := range p.Tenants {
+		s.Tenants = append(s.Tenants, t.ID)
+	}
+	for _, f := range cfg.Feeds {
+		s.Feeds = append(s.Feeds, checkFeed{Name: f.Name, Format: f.Format, Source: f.Source})
+	}
+	for _, pr := range rules.Aggregate(cfg.StaticPrefixes()) {
+		s.Static = append(s.Static, pr.String())
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(s)
 }
 
 func modeText(m policy.Mode) string {

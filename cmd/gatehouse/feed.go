@@ -26,13 +26,13 @@ import (
 func newFeedCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "feed",
-		Short: "Signed range feeds: keygen, sign, verify, inspect, accept",
+		Short: "Signed range feeds: keygen, sign, verify, inspect, accept, refresh",
 		Long: `A feed release is a directory (or web path) holding the provider's file(s)
 exactly as published, a manifest.json naming them with length and SHA-256, and
 minisign signatures manifest.json.minisig, manifest.json.minisig.2, … The minisign
 tool verifies and makes the same signatures.`,
 	}
-	c.AddCommand(feedKeygenCmd(), feedSignCmd(), feedVerifyCmd(), feedInspectCmd(), feedAcceptCmd())
+	c.AddCommand(feedKeygenCmd(), feedSignCmd(), feedVerifyCmd(), feedInspectCmd(), feedAcceptCmd(), feedRefreshCmd())
 	return c
 }
 

@@ -102,14 +102,17 @@ tenant's HTTPS, SOAP and TN3270/TN5250 sessions go to its own internal hosts.`,
 }
 
 func newRunCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var allowPrivate bool
+	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the daemon: enforce the policy and proxy the tenants' sessions",
 		Long: `Run applies the configuration to XDP, nftables, TLS and the proxies and keeps it
 in force. SIGHUP reloads the configuration as a transaction (the old state stays
 if anything in the new one is refused); SIGTERM and SIGINT drain open sessions
 for shutdown_grace and exit. The kernel filters stay in force after exit: only
-"gatehouse teardown" removes them.`,
+"gatehouse teardown" removes them. A pin directory on a bpffs private to the
+daemon's mount namespace (started under "ip netns exec" or "unshare -m") would
+not keep the XDP filter after exit: run refuses it unless --allow-private-bpffs.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := g.logger()
@@ -118,7 +121,8 @@ for shutdown_grace and exit. The kernel filters stay in force after exit: only
 			}
 			access := slog.New(slog.NewJSONHandler(g.stdout, nil)).With("log", "access")
 			d, err := daemon.New(daemon.Options{ConfigPath: g.configPath, Logger: log, AccessLog: access, Signals: true, Version: version,
-				NotifySocket: os.Getenv("NOTIFY_SOCKET"), WatchdogUSec: os.Getenv("WATCHDOG_USEC"), WatchdogPID: os.Getenv("WATCHDOG_PID")})
+				NotifySocket: os.Getenv("NOTIFY_SOCKET"), WatchdogUSec: os.Getenv("WATCHDOG_USEC"), WatchdogPID: os.Getenv("WATCHDOG_PID"),
+				AllowPrivateBPFFS: allowPrivate})
 			if err != nil {
 				return err
 			}
@@ -130,7 +134,12 @@ for shutdown_grace and exit. The kernel filters stay in force after exit: only
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&allowPrivate, allowPrivateFlag, false, "accept a pin directory private to this mount namespace: the XDP filter then lasts only as long as the daemon")
+	return cmd
 }
+
+// allowPrivateFlag is shared by run and check, which must refuse alike.
+const allowPrivateFlag = "allow-private-bpffs"
 
 func newVersionCmd(g *globals) *cobra.Command {
 	return &cobra.Command{

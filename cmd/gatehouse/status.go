@@ -81,11 +81,24 @@ func fetchStatus(ctx context.Context, socket string) ([]byte, *daemon.Status, er
 func printStatus(w io.Writer, st *daemon.Status, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "gatehouse %s, pid %d, up %s, generation %d\n", st.Version, st.PID, now.Sub(st.Started).Round(time.Second), st.Generation)
+	if !st.Ready {
+		fmt.Fprintln(tw, "NOT READY (/readyz answers 503):")
+		for _, why := range st.NotReady {
+			fmt.Fprintf(tw, "  - %s\n", why)
+		}
+	}
+	for _, w := range st.Warnings {
+		fmt.Fprintf(tw, "WARNING: %s\n", w)
+	}
 	if st.Generation == 0 {
 		fmt.Fprintln(tw, "no policy in force yet")
 		return tw.Flush()
 	}
-	fmt.Fprintf(tw, "xdp\t%s on %s\tnftables %s\tmode %s\n", st.XDPMode, st.Interface, onOff(st.NFTables), st.Mode)
+	xdpMode := st.XDPMode
+	if st.XDPMode != "off" {
+		xdpMode += " on " + st.Interface
+	}
+	fmt.Fprintf(tw, "xdp\t%s\tnftables %s\tmode %s\n", xdpMode, onOff(st.NFTables), st.Mode)
 	if st.ReloadError > 0 {
 		fmt.Fprintf(tw, "reloads refused\t%d (see the log)\n", st.ReloadError)
 	}
@@ -94,17 +107,32 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) error {
 		fmt.Fprintf(tw, "  %s\t%d\t%d\n", a.Source, a.V4, a.V6)
 	}
 	if len(st.Feeds) > 0 {
-		fmt.Fprintln(tw, "\nFeeds\tserial\tlast success")
+		fmt.Fprintln(tw, "\nFeeds\tserial\tlast success\tlast attempt")
 		for _, f := range st.Feeds {
 			age := "never"
 			if !f.LastSuccess.IsZero() {
 				age = now.Sub(f.LastSuccess).Round(time.Second).String() + " ago"
 			}
-			exp := ""
-			if f.Expired {
-				exp = "EXPIRED (still enforced)"
+			serial := fmt.Sprint(f.Serial)
+			switch {
+			case !f.Verified:
+				serial = "NONE"
+			case f.Expired:
+				serial += " EXPIRED (still enforced)"
 			}
-			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\n", f.Name, f.Serial, age, exp)
+			last := f.LastResult
+			if last == "" {
+				last = "none yet"
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", f.Name, serial, age, last)
+			if f.Problem != "" {
+				fmt.Fprintf(tw, "    %s\n", f.Problem)
+			} else if f.LastError != "" {
+				fmt.Fprintf(tw, "    %s\n", f.LastError)
+			}
+			if f.Quarantined != 0 {
+				fmt.Fprintf(tw, "    serial %d held in quarantine: gatehouse feed accept %s\n", f.Quarantined, f.Name)
+			}
 		}
 	}
 	fmt.Fprintln(tw, "\nTenants\tsessions")
@@ -112,9 +140,7 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) error {
 		fmt.Fprintf(tw, "  %s\t%d\n", t.ID, t.Sessions)
 	}
 	fmt.Fprintln(tw, "\nListeners")
-	for _, l := range st.Listeners {
-		fmt.Fprintf(tw, "  %s %s %s\t%s %s\t→ %s\n", l.Listener, l.Listen, l.Protocol, l.Tenant, l.Match, l.Backend)
-	}
+	printListeners(tw, st.Listeners, nil)
 	if len(st.Certs) > 0 {
 		fmt.Fprintln(tw, "\nExpiring soonest")
 		for i, c := range st.Certs {

@@ -2,11 +2,13 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -16,15 +18,17 @@ import (
 )
 
 func newTeardownCmd(g *globals) *cobra.Command {
-	var yes bool
-	var pinDir, iface string
+	var yes, force bool
+	var pinDir, iface, socket string
 	cmd := &cobra.Command{
 		Use:   "teardown",
 		Short: "Remove the pinned XDP filter and the nftables table: the only way to lift gatehouse's kernel filters",
 		Long: `teardown detaches and unpins the XDP program of every interface under the pin
 directory (or only --interface) and deletes table inet gatehouse. Traffic is
-then no longer filtered by gatehouse. Stop the daemon first: a running daemon
-would put both back on its next reload. Without --yes it asks for confirmation.
+then no longer filtered by gatehouse. Stop the daemon first: while a daemon
+answers on the admin socket, teardown refuses (a running daemon puts the XDP
+filter back within a second and the table within its reconcile interval);
+--force tears down anyway. Without --yes it asks for confirmation.
 
 The pin directory comes from --pin-dir, else from the configuration's
 enforcement.pin_dir (read even when a file it names is missing), else
@@ -32,15 +36,24 @@ enforcement.pin_dir (read even when a file it names is missing), else
 does not stop a teardown.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, cfgErr := config.Peek(g.configPath)
 			if pinDir == "" {
 				pinDir = xdp.DefaultPinDir
-				cfg, err := config.Peek(g.configPath)
 				switch {
-				case err != nil:
-					fmt.Fprintf(g.stderr, "gatehouse teardown: configuration not read (%v); using pin directory %s\n", err, pinDir)
+				case cfgErr != nil:
+					fmt.Fprintf(g.stderr, "gatehouse teardown: configuration not read (%v); using pin directory %s\n", cfgErr, pinDir)
 				case cfg.Enforcement.PinDir != "":
 					pinDir = cfg.Enforcement.PinDir
 				}
+			}
+			if socket == "" {
+				socket = config.Defaults().AdminSocket
+				if cfgErr == nil {
+					socket = cfg.AdminSocket
+				}
+			}
+			if err := refuseWhileRunning(cmd.Context(), g.stderr, socket, force); err != nil {
+				return err
 			}
 			ifaces := []string{iface}
 			if iface == "" {
@@ -76,9 +89,34 @@ does not stop a teardown.`,
 		},
 	}
 	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
+	cmd.Flags().BoolVar(&force, "force", false, "tear down even while a daemon answers on the admin socket (it puts the filters back)")
+	cmd.Flags().StringVar(&socket, "socket", "", "admin socket a running daemon answers on (default: admin_socket of the configuration)")
 	cmd.Flags().StringVar(&pinDir, "pin-dir", "", "bpffs directory the XDP state is pinned under")
 	cmd.Flags().StringVar(&iface, "interface", "", "only this interface's XDP filter")
 	return cmd
+}
+
+// refuseWhileRunning refuses a teardown while a daemon answers on the admin
+// socket, unless force: the daemon would put its filters back at once, so
+// the teardown would only open a window, and /readyz would not show it.
+func refuseWhileRunning(ctx context.Context, stderr io.Writer, socket string, force bool) error {
+	if socket == "" {
+		fmt.Fprintln(stderr, "gatehouse teardown: admin_socket is off, so a running daemon cannot be seen; stop it first")
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	_, st, err := fetchStatus(ctx, socket)
+	if err != nil {
+		return nil // nobody answers: no daemon runs there
+	}
+	if !force {
+		return exitError{code: 1, msg: fmt.Sprintf("gatehouse teardown: a gatehouse daemon (pid %d) answers on %s and would put the filters back "+
+			"(XDP within a second, the nftables table within its reconcile interval): stop it first (systemctl stop gatehouse); "+
+			"--force tears down anyway. Nothing removed.", st.PID, socket)}
+	}
+	fmt.Fprintf(stderr, "gatehouse teardown: --force: the gatehouse daemon (pid %d) answering on %s will put the filters back\n", st.PID, socket)
+	return nil
 }
 
 // pinnedInterfaces lists the interfaces with XDP state under pinDir.

@@ -3,9 +3,10 @@
 // under /sys/fs/bpf/gatehouse/<interface>/, adopts them after a restart,
 // swaps whole generations atomically, feeds the blocklist and exports the
 // program's counters. It does not decide policy and never removes the filter
-// except through Teardown. It repairs no drift: a link detached behind its
-// back shows as gatehouse_xdp_attach_mode 0 and raises the XDP-not-attached
-// alert.
+// except through Teardown. It repairs nothing on its own: CheckAttached and
+// Repair (watch.go) let the daemon find a link detached or unpinned behind
+// its back and put it back, and CheckPinDir (pindir.go) tells whether the
+// pin directory's bpffs outlives the daemon at all.
 //
 // The filter keeps no connection state. In strict mode it drops a new flow
 // (a bare TCP SYN, UDP to a port outside the local ephemeral range, an ICMP

@@ -72,6 +72,10 @@ func unwrapPathError(err error) error {
 	return err
 }
 
+// MinFeedRefresh is the shortest feeds[].refresh; `gatehouse feed refresh`
+// fetches at once when a change cannot wait.
+const MinFeedRefresh = time.Minute
+
 func (c *checker) duration(path string, d time.Duration, min time.Duration) {
 	if d < min {
 		c.add(path, "must be at least %s, got %s", min, d)
@@ -238,7 +242,12 @@ func (cfg *Config) validateFeeds(c *checker) {
 		if f.Threshold < 1 || f.Threshold > len(f.MinisignKeys) {
 			c.add(p+".threshold", "must be between 1 and the number of minisign_keys (%d), got %d", len(f.MinisignKeys), f.Threshold)
 		}
-		c.duration(p+".refresh", f.Refresh, time.Minute)
+		if f.Refresh < MinFeedRefresh {
+			// Said in full: the bare minimum reads as arbitrary.
+			c.add(p+".refresh", "must be at least %s, got %s: a shorter interval only hammers the mirror and the admin who signs "+
+				"releases, and makes no release arrive sooner than it is published; to fetch a change now, run "+
+				"`gatehouse feed refresh %s`", MinFeedRefresh, f.Refresh, f.Name)
+		}
 		// 0 would read as "the default" further down; a change bound of
 		// nothing is a tiny number, not 0.
 		if v := f.MaxShrink; v != nil && (*v <= 0 || *v > 1) {

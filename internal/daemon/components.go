@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/enforcer/nft"
@@ -28,6 +29,9 @@ type layer struct {
 	run        func(context.Context) error
 	shutdown   func(context.Context) error
 	refusals   func() []certs.Refusal // see RefusalLister
+	holds      func() (bool, error)   // see Holder
+	notReady   func() string          // see Health
+	warnings   []string               // see Warner
 }
 
 var (
@@ -36,6 +40,9 @@ var (
 	_ Drainer       = (*layer)(nil)
 	_ RangeBlind    = (*layer)(nil)
 	_ RefusalLister = (*layer)(nil)
+	_ Holder        = (*layer)(nil)
+	_ Health        = (*layer)(nil)
+	_ Warner        = (*layer)(nil)
 )
 
 func (l *layer) RangeBlind() bool             { return l.rangeBlind }
@@ -48,6 +55,19 @@ func (l *layer) Run(ctx context.Context) error {
 	}
 	return l.run(ctx)
 }
+func (l *layer) HoldsPrevious() (bool, error) {
+	if l.holds == nil {
+		return false, nil
+	}
+	return l.holds()
+}
+func (l *layer) NotReady() string {
+	if l.notReady == nil {
+		return ""
+	}
+	return l.notReady()
+}
+func (l *layer) Warnings() []string { return l.warnings }
 func (l *layer) Shutdown(ctx context.Context) error {
 	if l.shutdown == nil {
 		return nil
@@ -100,8 +120,24 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 		if err != nil {
 			return comps, fmt.Errorf("xdp on %s: %w", p.Interface, err)
 		}
-		comps = append(comps, &layer{name: "xdp", apply: xe.Apply, close: xe.Close, run: xe.Run})
+		watch := newXDPWatch(xe, env.Logger)
+		l := &layer{name: "xdp", apply: xe.Apply, close: xe.Close, run: runBoth(xe.Run, watch.run), notReady: watch.notReady,
+			holds: func() (bool, error) { return xe.HoldsPrevious(), nil }}
+		comps = append(comps, l)
+		// Checked once xdp.New has mounted the default bpffs, if it had to,
+		// and before anything is attached.
+		warning, err := CheckPinDir(env.Config, env.AllowPrivateBPFFS)
+		if err != nil {
+			return comps, err
+		}
+		if warning != "" {
+			env.Logger.Error(warning, "component", "xdp", "pin_dir", env.Config.Enforcement.PinDir)
+			l.warnings = append(l.warnings, warning)
+		}
 		if err := register(env, "xdp", xe); err != nil {
+			return comps, err
+		}
+		if err := register(env, "xdp watch", watch); err != nil {
 			return comps, err
 		}
 		// A scanner caught by nftables is dropped at the driver too.
@@ -113,7 +149,7 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 		if err != nil {
 			return comps, fmt.Errorf("nftables: %w", err)
 		}
-		comps = append(comps, &layer{name: "nftables", apply: ne.Apply, close: ne.Close, run: ne.Run})
+		comps = append(comps, &layer{name: "nftables", apply: ne.Apply, close: ne.Close, run: ne.Run, holds: ne.HoldsPrevious})
 		if err := register(env, "nftables", ne); err != nil {
 			return comps, err
 		}
@@ -164,4 +200,15 @@ func (s tlsSource) Identify(cs tls.ConnectionState) (proxy.Identity, error) {
 		return proxy.Identity{}, err
 	}
 	return proxy.Identity{Tenant: id.Tenant, FingerprintSHA256: id.FingerprintSHA256, Subject: id.Subject}, nil
+}
+
+// runBoth runs two loops of one component until both return; the first
+// error is returned.
+func runBoth(a, b func(context.Context) error) func(context.Context) error {
+	return func(ctx context.Context) error {
+		g, ctx := errgroup.WithContext(ctx)
+		g.Go(func() error { return a(ctx) })
+		g.Go(func() error { return b(ctx) })
+		return g.Wait()
+	}
 }

@@ -57,6 +57,26 @@ type RangeBlind interface {
 	RangeBlind() bool
 }
 
+// Holder is a kernel layer that can tell, before its first Apply, whether
+// it still enforces the admitted ranges a previous run left (a pinned XDP
+// filter, table inet gatehouse). See holdPrevious.
+type Holder interface {
+	HoldsPrevious() (bool, error)
+}
+
+// Health is a component that can find itself unfit to enforce what it was
+// given (an XDP filter someone detached and that could not be put back).
+// NotReady returns why, or "".
+type Health interface {
+	NotReady() string
+}
+
+// Warner is a component with standing warnings for status (a filter that
+// will not outlive the daemon).
+type Warner interface {
+	Warnings() []string
+}
+
 // Drainer is a component that lets open sessions finish on shutdown.
 type Drainer interface {
 	Shutdown(ctx context.Context) error
@@ -75,6 +95,9 @@ type Env struct {
 	Registry *prometheus.Registry
 	// AccessLog receives one JSON line per request or session; nil discards.
 	AccessLog *slog.Logger
+	// AllowPrivateBPFFS accepts a pin directory private to the daemon's
+	// mount namespace (see CheckPinDir).
+	AllowPrivateBPFFS bool
 }
 
 // Options configure a Daemon.
@@ -94,6 +117,8 @@ type Options struct {
 	Version string
 	// Signals, when true, makes Run reload on SIGHUP.
 	Signals bool
+	// AllowPrivateBPFFS: see Env.
+	AllowPrivateBPFFS bool
 }
 
 // Daemon is the running gatehouse: one policy generation in force at a time.
@@ -106,15 +131,19 @@ type Daemon struct {
 
 	mu      sync.Mutex // serialises every change of generation
 	current atomic.Pointer[policy.Policy]
-	// feeds and feedSets (each feed's set in force) change under mu.
-	feeds       *feedState
+	// feeds and feedSets (each feed's set in force) change under mu; feeds
+	// is read without it by status and readiness.
+	feeds       atomic.Pointer[feedState]
 	feedSets    map[string][]netip.Prefix
 	feedRestart chan struct{}
 	cfg         atomic.Pointer[config.Config]
-	ready       atomic.Bool
+	running     atomic.Bool // the first generation is in force, and not stopping
 	split       atomic.Bool // see errSplit
-	gen         uint64
-	started     time.Time
+	// held names the kernel layers left on the previous run's generation
+	// (see holdPrevious); they change under mu.
+	held    atomic.Pointer[[]string]
+	gen     uint64
+	started time.Time
 }
 
 // New loads the configuration and compiles the first policy. It starts
@@ -133,6 +162,9 @@ func New(opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := CheckStateDir(cfg.StateDir); err != nil {
+		return nil, err
+	}
 	fs, err := d.newFeedState(cfg)
 	if err != nil {
 		return nil, err
@@ -144,7 +176,8 @@ func New(opts Options) (*Daemon, error) {
 	}
 	d.useFeeds(fs, sets)
 	d.cfg.Store(cfg)
-	comps, err := opts.Build(&Env{Config: cfg, Policy: p, Logger: opts.Logger, Registry: d.reg, AccessLog: opts.AccessLog})
+	comps, err := opts.Build(&Env{Config: cfg, Policy: p, Logger: opts.Logger, Registry: d.reg, AccessLog: opts.AccessLog,
+		AllowPrivateBPFFS: opts.AllowPrivateBPFFS})
 	if err != nil {
 		return nil, fmt.Errorf("build components: %w", err)
 	}
@@ -156,9 +189,10 @@ func New(opts Options) (*Daemon, error) {
 // Registry is the daemon's own Prometheus registry.
 func (d *Daemon) Registry() *prometheus.Registry { return d.reg }
 
-// Policy is the generation in force (nil before the first Apply).
+// Policy is the generation in force (nil before the first Apply). Whether
+// the daemon is ready is another matter: see NotReady.
 func (d *Daemon) Policy() *policy.Policy {
-	if !d.ready.Load() {
+	if !d.running.Load() {
 		return nil
 	}
 	return d.current.Load()
@@ -169,7 +203,7 @@ func (d *Daemon) Policy() *policy.Policy {
 // every configured feed's set.
 func (d *Daemon) build(cfg *config.Config, feedSets map[string][]netip.Prefix) (*policy.Policy, error) {
 	p := cfg.Policy()
-	sources := map[string][]netip.Prefix{"static": cfg.StaticPrefixes()}
+	sources := map[string][]netip.Prefix{staticSource: cfg.StaticPrefixes()}
 	for _, f := range cfg.Feeds {
 		sources[f.Name] = feedSets[f.Name] // nil until a release verifies: fail closed
 	}
@@ -225,6 +259,11 @@ func onlyRangesDiffer(p, prev *policy.Policy) bool {
 }
 
 func (d *Daemon) applyTo(comps []Component, p, prev *policy.Policy) error {
+	held := d.heldLayers()
+	release := len(held) > 0 && complete(p)
+	if len(held) > 0 && !release {
+		comps = without(comps, held)
+	}
 	for i, c := range comps {
 		start := time.Now()
 		err := c.Apply(p)
@@ -255,81 +294,10 @@ func (d *Daemon) applyTo(comps []Component, p, prev *policy.Policy) error {
 	d.split.Store(false)
 	d.current.Store(p)
 	d.m.observePolicy(p)
-	return nil
-}
-
-// Reload rebuilds the whole configuration and policy and swaps them in. On
-// any error the generation in force stays, and the error says why.
-func (d *Daemon) Reload() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	cfg, fs, sets, p, err := d.prepareReload()
-	if err == nil {
-		err = d.apply(p, d.current.Load())
-	}
-	if err != nil {
-		d.m.reloads.WithLabelValues("error").Inc()
-		if !errors.Is(err, errSplit) {
-			d.log.Error("reload refused; previous configuration stays in force", "generation", d.current.Load().Generation, "err", err)
-		}
-		return err
-	}
-	d.cfg.Store(cfg)
-	if fs != nil {
-		d.useFeeds(fs, sets)
-		d.restartFeeds()
-	}
-	d.m.reloads.WithLabelValues("ok").Inc()
-	d.log.Info("configuration reloaded", "generation", p.Generation,
-		"admitted_v4", len(p.Admitted.V4), "admitted_v6", len(p.Admitted.V6))
-	return nil
-}
-
-// prepareReload reads the configuration and builds the generation a reload
-// would apply. A changed feeds or rules section gets a new feed manager
-// (returned, not yet in force) whose last-known-good sets are used; sets are
-// the feed sets the generation is built from.
-func (d *Daemon) prepareReload() (cfg *config.Config, fs *feedState, sets map[string][]netip.Prefix, p *policy.Policy, err error) {
-	if cfg, err = config.Load(d.opts.ConfigPath, d.opts.LookupEnv); err != nil {
-		return nil, nil, nil, nil, err
-	}
-	if err = needsRestart(d.cfg.Load(), cfg); err != nil {
-		return nil, nil, nil, nil, err
-	}
-	cfgs, guards, err := FeedConfigs(cfg)
-	if err != nil {
-		return nil, nil, nil, nil, err
-	}
-	sets = d.feedSets
-	if !d.feeds.sameConfig(cfgs, guards) {
-		if fs, err = d.newFeedState(cfg); err != nil {
-			return nil, nil, nil, nil, err
-		}
-		sets = fs.current()
-	}
-	p, err = d.build(cfg, sets)
-	return cfg, fs, sets, p, err
-}
-
-// needsRestart refuses a reload that changes what is wired at start: where
-// XDP is attached and pinned, whether nftables is used, where state and
-// metrics live. Those keys take a restart, which the kernel layers survive.
-func needsRestart(old, next *config.Config) error {
-	var changed []string
-	check := func(key string, a, b any) {
-		if a != b {
-			changed = append(changed, fmt.Sprintf("%s (%v → %v)", key, a, b))
-		}
-	}
-	check("interface", old.Interface, next.Interface)
-	check("enforcement.xdp", old.Enforcement.XDP, next.Enforcement.XDP)
-	check("enforcement.pin_dir", old.Enforcement.PinDir, next.Enforcement.PinDir)
-	check("enforcement.nftables", old.Enforcement.NFTables, next.Enforcement.NFTables)
-	check("state_dir", old.StateDir, next.StateDir)
-	check("metrics.listen", old.Metrics.Listen, next.Metrics.Listen)
-	check("admin_socket", old.AdminSocket, next.AdminSocket)
-	if len(changed) > 0 {
-		return fmt.Errorf("%w: %s", ErrNeedsRestart, strings.Join(changed, ", "))
+	if release {
+		d.held.Store(nil)
+		d.log.Info("every feed has a verified release: the kernel layers enforce the generation in force again",
+			"layers", held, "generation", p.Generation)
 	}
 	return nil
 }
@@ -347,19 +315,27 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 5 * time.Second}
 
+	d.holdPrevious(d.current.Load())
 	if err := d.apply(d.current.Load(), nil); err != nil {
 		ln.Close()
 		return err
 	}
-	d.ready.Store(true)
+	d.running.Store(true)
 	d.started = time.Now()
-	sd := newNotifier(d.opts.NotifySocket)
-	if err := sd.notify("READY=1\nSTATUS=policy in force"); err != nil {
-		d.log.Warn("systemd notify failed", "err", err)
-	}
 	p := d.current.Load()
 	d.log.Info("policy in force", "generation", p.Generation, "listeners", len(p.Listeners),
 		"tenants", len(p.Tenants), "admitted_v4", len(p.Admitted.V4), "admitted_v6", len(p.Admitted.V6))
+	// systemd hears READY once the first generation is in force, whatever
+	// the feeds: the proxies serve and the kernel layers enforce. /readyz
+	// and STATUS say what is still missing.
+	sd := newNotifier(d.opts.NotifySocket)
+	status := "policy in force"
+	if why := d.NotReady(); len(why) > 0 {
+		status = "not ready: " + strings.Join(why, "; ")
+	}
+	if err := sd.notify("READY=1\nSTATUS=" + status); err != nil {
+		d.log.Warn("systemd notify failed", "err", err)
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -416,7 +392,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	g.Go(func() error {
 		<-gctx.Done()
-		d.ready.Store(false)
+		d.running.Store(false)
 		_ = sd.notify("STOPPING=1")
 		grace := d.cfg.Load().ShutdownGrace
 		d.log.Info("stopping: draining sessions", "grace", grace)
@@ -460,15 +436,11 @@ func (d *Daemon) handler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if d.split.Load() {
-			http.Error(w, "not ready: "+errSplit.Error()+" after a failed rollback (see the log); reload to realign", http.StatusServiceUnavailable)
+		if why := d.NotReady(); len(why) > 0 {
+			http.Error(w, "not ready: "+strings.Join(why, "; "), http.StatusServiceUnavailable)
 			return
 		}
-		if p := d.Policy(); p != nil {
-			fmt.Fprintf(w, "ready: generation %d\n", p.Generation)
-			return
-		}
-		http.Error(w, "not ready: no policy applied yet", http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "ready: generation %d\n", d.current.Load().Generation)
 	})
 	return mux
 }

@@ -7,6 +7,9 @@ import (
 	"maps"
 	"net/netip"
 	"reflect"
+	"slices"
+	"strings"
+	"sync"
 
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/rules"
@@ -28,7 +31,14 @@ func FeedConfigs(cfg *config.Config) ([]rules.FeedConfig, rules.Guards, error) {
 		return nil, rules.Guards{}, fmt.Errorf("rules: %w", err)
 	}
 	var out []rules.FeedConfig
-	for _, f := range cfg.Feeds {
+	for i, f := range cfg.Feeds {
+		// The admitted sources are named by feed, beside static_ranges and
+		// the aggregate: a feed named like them would replace
+		// static_ranges in the admitted set, or share their metric series.
+		if f.Name == staticSource || f.Name == allSources {
+			return nil, rules.Guards{}, fmt.Errorf("feeds[%d].name: %q is reserved (gatehouse_admitted_prefixes{feed=%q} names %s)",
+				i, f.Name, f.Name, map[string]string{staticSource: "static_ranges", allSources: "the aggregate in force"}[f.Name])
+		}
 		out = append(out, rules.FeedConfig{
 			Name: f.Name, Source: f.Source, Format: f.Format, Select: f.Select,
 			Keys: f.MinisignKeys, Threshold: f.Threshold, Refresh: f.Refresh,
@@ -87,7 +97,7 @@ func (fs *feedState) current() map[string][]netip.Prefix {
 // useFeeds puts a feed manager, and the sets the generation in force was
 // built from, in place of the old ones. Called with d.mu held (or before Run).
 func (d *Daemon) useFeeds(fs *feedState, sets map[string][]netip.Prefix) {
-	if old := d.feeds; old != nil && old.mgr != nil {
+	if old := d.feeds.Load(); old != nil && old.mgr != nil {
 		d.reg.Unregister(old.mgr)
 	}
 	if fs.mgr != nil {
@@ -95,7 +105,8 @@ func (d *Daemon) useFeeds(fs *feedState, sets map[string][]netip.Prefix) {
 			d.log.Error("feed metrics not registered", "err", err)
 		}
 	}
-	d.feeds, d.feedSets = fs, sets
+	d.feeds.Store(fs)
+	d.feedSets = sets
 }
 
 // restartFeeds tells runFeeds to pick up the manager now in place.
@@ -112,7 +123,7 @@ func (d *Daemon) restartFeeds() {
 func (d *Daemon) onFeedUpdate(mgr *rules.Manager, name string, prefixes []netip.Prefix) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.feeds == nil || d.feeds.mgr != mgr {
+	if fs := d.feeds.Load(); fs == nil || fs.mgr != mgr {
 		return errors.New("feed manager was replaced by a reload")
 	}
 	sets := maps.Clone(d.feedSets)
@@ -138,7 +149,7 @@ func (d *Daemon) onFeedUpdate(mgr *rules.Manager, name string, prefixes []netip.
 func (d *Daemon) runFeeds(ctx context.Context) error {
 	for {
 		d.mu.Lock()
-		fs := d.feeds
+		fs := d.feeds.Load()
 		d.mu.Unlock()
 		mctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
@@ -174,4 +185,45 @@ func (d *Daemon) runFeeds(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// ErrNoFeeds is returned by RefreshFeeds when no feed is configured.
+var ErrNoFeeds = errors.New("no feed is configured")
+
+// RefreshFeeds fetches the named feeds now (every configured feed when
+// names is empty), each as its refresh loop would, applies what verifies,
+// and returns what came of each, in the order asked. A name the
+// configuration lacks is an error before anything is fetched.
+func (d *Daemon) RefreshFeeds(ctx context.Context, names []string) ([]rules.Outcome, error) {
+	fs := d.feeds.Load()
+	if fs == nil || fs.mgr == nil {
+		return nil, ErrNoFeeds
+	}
+	var configured []string
+	for _, st := range fs.mgr.States() {
+		configured = append(configured, st.Name)
+	}
+	if len(names) == 0 {
+		names = configured
+	}
+	for _, n := range names {
+		if !slices.Contains(configured, n) {
+			return nil, fmt.Errorf("%w %q (configured: %s)", rules.ErrUnknownFeed, n, strings.Join(configured, ", "))
+		}
+	}
+	out := make([]rules.Outcome, len(names))
+	var wg sync.WaitGroup
+	for i, n := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// The error is only for an unknown name, checked above.
+			out[i], _ = fs.mgr.Refresh(ctx, n, func(name string, p []netip.Prefix) error {
+				return d.onFeedUpdate(fs.mgr, name, p)
+			})
+			d.log.Info("feed refreshed on request", "feed", n, "result", out[i].Result, "serial", out[i].Serial)
+		}()
+	}
+	wg.Wait()
+	return out, nil
 }

@@ -3,10 +3,14 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -174,4 +178,94 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("timed out waiting for %s", what)
+}
+
+// TestFeedUpdateSeriesFollowReload scrapes /metrics: every configured feed
+// has its gatehouse_feed_updates_total series from the start, at 0 for
+// results that did not happen, and a reload that removes a feed removes
+// its series while the others stay.
+func TestFeedUpdateSeriesFollowReload(t *testing.T) {
+	path, _, _ := feedConfig(t)
+	base, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withSecond := strings.Replace(string(base), "\nrules:",
+		"\n  - {name: lab2, source: \"file:///nonexistent/manifest.json\", format: cidr, minisign_keys: [\""+
+			regexp.MustCompile(`minisign_keys: \["([^"]+)"\]`).FindStringSubmatch(string(base))[1]+"\"], threshold: 1, refresh: 1h}\nrules:", 1)
+	if err := os.WriteFile(path, []byte(withSecond), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	metrics := regexp.MustCompile(`listen: "([^"]+)"`).FindStringSubmatch(withSecond)[1]
+	d := runDaemon(t, path, &recorder{name: "a"})
+	scrape := func() string {
+		resp, err := http.Get("http://" + metrics + "/metrics")
+		if err != nil {
+			return ""
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	series := func(feed, result string) string {
+		return fmt.Sprintf(`gatehouse_feed_updates_total{feed=%q,result=%q} `, feed, result)
+	}
+	waitFor(t, "the metrics endpoint", func() bool { return scrape() != "" })
+	body := scrape()
+	for _, feed := range []string{"lab", "lab2"} {
+		for _, r := range []string{"bad_signature", "hash_mismatch", "rollback", "quarantined"} {
+			if !strings.Contains(body, series(feed, r)+"0\n") {
+				t.Errorf("no %s0 at start", series(feed, r))
+			}
+		}
+	}
+	if err := os.WriteFile(path, base, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	body = scrape()
+	if strings.Contains(body, `feed="lab2"`) {
+		t.Errorf("series of feed lab2 left after a reload removed it:\n%s", grepLines(body, "lab2"))
+	}
+	if !strings.Contains(body, series("lab", "bad_signature")+"0\n") {
+		t.Errorf("no %s0 after the reload", series("lab", "bad_signature"))
+	}
+}
+
+func grepLines(body, s string) string {
+	var out []string
+	for _, l := range strings.Split(body, "\n") {
+		if strings.Contains(l, s) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// TestFeedNameReserved: a feed named "static" would replace static_ranges
+// in the admitted set (and "all" share the aggregate's metric series): the
+// configuration is refused, by run and by check alike (both use
+// FeedConfigs).
+func TestFeedNameReserved(t *testing.T) {
+	for _, name := range []string{"static", "all"} {
+		path, _, _ := feedConfig(t)
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(strings.Replace(string(b), "name: lab,", "name: "+name+",", 1)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		d, err := New(Options{ConfigPath: path, Logger: quietLogger(), Build: func(*Env) ([]Component, error) { return nil, nil }})
+		if err == nil {
+			p := d.current.Load()
+			t.Errorf("feed named %q accepted; static 203.0.113.1 admitted: %v", name, p.Admitted.Contains(mustAddr("203.0.113.1")))
+			continue
+		}
+		if !strings.Contains(err.Error(), `feeds[0].name: "`+name+`" is reserved`) {
+			t.Errorf("feed named %q: %v", name, err)
+		}
+	}
 }

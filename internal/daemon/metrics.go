@@ -48,7 +48,7 @@ func (m *metrics) observePolicy(p *policy.Policy) {
 		m.admitted.WithLabelValues("ipv4", feed).Set(float64(c.V4))
 		m.admitted.WithLabelValues("ipv6", feed).Set(float64(c.V6))
 	}
-	m.admitted.WithLabelValues("ipv4", "all").Set(float64(len(p.Admitted.V4)))
-	m.admitted.WithLabelValues("ipv6", "all").Set(float64(len(p.Admitted.V6)))
+	m.admitted.WithLabelValues("ipv4", allSources).Set(float64(len(p.Admitted.V4)))
+	m.admitted.WithLabelValues("ipv6", allSources).Set(float64(len(p.Admitted.V6)))
 	m.generation.Set(float64(p.Generation))
 }

@@ -9,21 +9,32 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/gatehouse-dmz/gatehouse/certs"
+	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/rules"
 )
 
 // Status is what `gatehouse status` shows: the generation in force and
 // what the layers report of it.
 type Status struct {
-	Version     string          `json:"version"`
-	PID         int             `json:"pid"`
-	Started     time.Time       `json:"started"`
-	Generation  uint64          `json:"generation"`
+	Version    string    `json:"version"`
+	PID        int       `json:"pid"`
+	Started    time.Time `json:"started"`
+	Generation uint64    `json:"generation"`
+	Ready      bool      `json:"ready"`
+	NotReady   []string  `json:"not_ready,omitempty"` // why not, as /readyz says
+	// Warnings are standing ones (a filter that will not outlive the
+	// daemon), not reasons to be unready.
+	Warnings []string `json:"warnings,omitempty"`
+	// Held names the kernel layers still enforcing the previous run's
+	// admitted ranges (see holdPrevious).
+	Held        []string        `json:"held_layers,omitempty"`
 	Interface   string          `json:"interface"`
 	XDPMode     string          `json:"xdp_mode"` // native, generic, off
 	NFTables    bool            `json:"nftables"`
@@ -51,12 +62,20 @@ type AdmittedCount struct {
 	V6     int    `json:"v6"`
 }
 
-// FeedStatus is one feed's serial and age.
+// FeedStatus is one configured feed: the release in force, or why there
+// is none.
 type FeedStatus struct {
 	Name        string    `json:"name"`
+	Verified    bool      `json:"verified"` // a verified release is in force
 	Serial      uint64    `json:"serial"`
 	LastSuccess time.Time `json:"last_success,omitzero"`
 	Expired     bool      `json:"expired"`
+	// Problem: why no verified release is in force, or why it is the
+	// previous one.
+	Problem     string `json:"problem,omitempty"`
+	LastResult  string `json:"last_result,omitempty"`
+	LastError   string `json:"last_error,omitempty"`
+	Quarantined uint64 `json:"quarantined_serial,omitempty"`
 }
 
 // TenantStatus is one tenant and its live sessions.
@@ -65,14 +84,33 @@ type TenantStatus struct {
 	Sessions int    `json:"sessions"`
 }
 
-// ListenerRoute is one route of one listener.
+// ListenerRoute is one route of one listener, as status shows the
+// generation in force and check the configuration (Routes).
 type ListenerRoute struct {
-	Listener string `json:"listener"`
-	Listen   string `json:"listen"`
-	Protocol string `json:"protocol"`
-	Tenant   string `json:"tenant"`
-	Match    string `json:"match,omitempty"`
-	Backend  string `json:"backend"`
+	Listener string   `json:"listener"`
+	Listen   string   `json:"listen"`
+	Protocol string   `json:"protocol"`
+	StartTLS bool     `json:"start_tls,omitempty"`
+	Tenant   string   `json:"tenant"`
+	Host     string   `json:"host,omitempty"`
+	Path     string   `json:"path,omitempty"`
+	Backends []string `json:"backends"` // every backend, in order
+}
+
+// Routes lists every route of every listener of p, in order.
+func Routes(p *policy.Policy) []ListenerRoute {
+	var out []ListenerRoute
+	for _, l := range p.Listeners {
+		for _, r := range l.Routes {
+			backends := r.Backends
+			if len(backends) == 0 {
+				backends = []string{r.Backend}
+			}
+			out = append(out, ListenerRoute{Listener: l.Name, Listen: l.ListenAddress(), Protocol: string(l.Protocol),
+				StartTLS: l.StartTLS, Tenant: r.Tenant, Host: r.Host, Path: r.Path, Backends: slices.Clone(backends)})
+		}
+	}
+	return out
 }
 
 // CertExpiry is when a certificate or CRL runs out.
@@ -91,6 +129,21 @@ type Counter struct {
 // Status reports the generation in force.
 func (d *Daemon) Status() Status {
 	st := Status{Version: d.opts.Version, PID: os.Getpid(), Started: d.started}
+	st.NotReady = d.NotReady()
+	st.Ready = len(st.NotReady) == 0
+	st.Held = d.heldLayers()
+	for _, c := range d.components {
+		if w, ok := c.(Warner); ok {
+			st.Warnings = append(st.Warnings, w.Warnings()...)
+		}
+	}
+	if fs := d.feeds.Load(); fs != nil && fs.mgr != nil {
+		for _, f := range fs.mgr.States() {
+			st.Feeds = append(st.Feeds, FeedStatus{Name: f.Name, Verified: f.Verified, Serial: f.Serial,
+				LastSuccess: f.LastSuccess, Expired: f.Expired, Problem: f.Problem,
+				LastResult: f.LastResult, LastError: f.LastError, Quarantined: f.Quarantined})
+		}
+	}
 	p := d.Policy()
 	if p == nil {
 		return st
@@ -102,26 +155,10 @@ func (d *Daemon) Status() Status {
 	}
 	sort.Slice(st.Admitted, func(i, j int) bool { return st.Admitted[i].Source < st.Admitted[j].Source })
 	st.Admitted = append(st.Admitted, AdmittedCount{Source: "in force (aggregated)", V4: len(p.Admitted.V4), V6: len(p.Admitted.V6)})
-	for _, l := range p.Listeners {
-		for _, r := range l.Routes {
-			match := r.Host
-			if r.Path != "" && r.Path != "/" {
-				match += r.Path
-			}
-			st.Listeners = append(st.Listeners, ListenerRoute{Listener: l.Name, Listen: l.ListenAddress(),
-				Protocol: string(l.Protocol), Tenant: r.Tenant, Match: match, Backend: r.Backend})
-		}
-	}
+	st.Listeners = Routes(p)
 
 	mfs, _ := d.reg.Gather() // partial results are still worth showing
 	sessions := map[string]int{}
-	feeds := map[string]*FeedStatus{}
-	feed := func(name string) *FeedStatus {
-		if feeds[name] == nil {
-			feeds[name] = &FeedStatus{Name: name}
-		}
-		return feeds[name]
-	}
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {
 			lbl := labels(m)
@@ -133,14 +170,6 @@ func (d *Daemon) Status() Status {
 				}
 			case "gatehouse_proxy_connections_active":
 				sessions[lbl["tenant"]] += int(v)
-			case "gatehouse_feed_serial":
-				feed(lbl["feed"]).Serial = uint64(v)
-			case "gatehouse_feed_last_success_timestamp_seconds":
-				if v > 0 {
-					feed(lbl["feed"]).LastSuccess = time.Unix(int64(v), 0)
-				}
-			case "gatehouse_feed_expired":
-				feed(lbl["feed"]).Expired = v == 1
 			case "gatehouse_cert_expiry_timestamp_seconds":
 				st.Certs = append(st.Certs, CertExpiry{Kind: lbl["kind"], Name: lbl["name"], Expires: time.Unix(int64(v), 0)})
 			case "gatehouse_config_reloads_total":
@@ -164,10 +193,6 @@ func (d *Daemon) Status() Status {
 			st.Refusals = append(st.Refusals, rl.Refusals()...)
 		}
 	}
-	for _, f := range feeds {
-		st.Feeds = append(st.Feeds, *f)
-	}
-	sort.Slice(st.Feeds, func(i, j int) bool { return st.Feeds[i].Name < st.Feeds[j].Name })
 	sort.Slice(st.Certs, func(i, j int) bool { return st.Certs[i].Expires.Before(st.Certs[j].Expires) })
 	sort.Slice(st.Counters, func(i, j int) bool { return st.Counters[i].Name < st.Counters[j].Name })
 	return st
@@ -207,8 +232,9 @@ func seriesName(name string, lbl map[string]string) string {
 	return s + "}"
 }
 
-// serveAdmin answers `gatehouse status` on a unix socket only root can
-// reach (mode 0600 in a 0700 directory), until ctx ends.
+// serveAdmin answers `gatehouse status` and `gatehouse feed refresh` on a
+// unix socket only root can reach (mode 0600 in a 0700 directory), until
+// ctx ends.
 func (d *Daemon) serveAdmin(ctx context.Context, path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("admin socket: %w", err)
@@ -236,6 +262,21 @@ func (d *Daemon) serveAdmin(ctx context.Context, path string) error {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(d.Status())
+	})
+	// POST /feeds/refresh?feed=NAME…: fetch now, wait, answer the outcome
+	// of each (gatehouse feed refresh).
+	mux.HandleFunc("POST /feeds/refresh", func(w http.ResponseWriter, r *http.Request) {
+		out, err := d.RefreshFeeds(r.Context(), r.URL.Query()["feed"])
+		switch {
+		case errors.Is(err, rules.ErrUnknownFeed), errors.Is(err, ErrNoFeeds):
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		case err != nil:
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(out)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {

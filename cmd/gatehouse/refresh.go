@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gatehouse-dmz/gatehouse/internal/config"
+	"github.com/gatehouse-dmz/gatehouse/rules"
+)
+
+// refreshWait bounds how long `feed refresh` waits for the daemon: one
+// round fetches a manifest, its signatures and files, each within the
+// fetch timeout of the feed client.
+const refreshWait = 5 * time.Minute
+
+func feedRefreshCmd() *cobra.Command {
+	var socket string
+	c := &cobra.Command{
+		Use:   "refresh [NAME...]",
+		Short: "Make the running daemon fetch feeds now (all, or those named) and print what came of each",
+		Long: `refresh asks the running daemon, over its admin socket, to fetch and verify the
+named feeds (every configured feed when none is named) at once, as its refresh
+loop would, and waits for the outcome: an urgent range change need not wait for
+feeds[].refresh. Each feed is printed as applied (with its serial), unchanged,
+refused (with the reason; the release in force stays) or quarantined (applied
+only after "gatehouse feed accept NAME"). The exit status is 0 only when every
+feed was applied or unchanged, 1 otherwise, and 3 when no daemon answers.`,
+		RunE: func(cmd *cobra.Command, names []string) error {
+			if socket == "" {
+				cfg, err := config.Peek(feedConfigPath(cmd))
+				if err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "gatehouse feed refresh: configuration not read (%v); trying the default socket\n", err)
+					cfg = config.Defaults()
+				}
+				socket = cfg.AdminSocket
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), refreshWait)
+			defer cancel()
+			out, status, err := postRefresh(ctx, socket, names)
+			switch {
+			case err != nil:
+				return exitError{code: 3, msg: fmt.Sprintf("gatehouse feed refresh: no answer from the daemon on %s: %v", socket, err)}
+			case status != "":
+				return exitError{code: 1, msg: "gatehouse feed refresh: " + status}
+			}
+			if !printOutcomes(cmd.OutOrStdout(), out) {
+				return exitError{code: 1}
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&socket, "socket", "", "admin socket (default: admin_socket of the configuration)")
+	return c
+}
+
+// postRefresh asks the daemon; status is the daemon's refusal of the
+// request itself (an unknown feed), err a failure to ask.
+func postRefresh(ctx context.Context, socket string, names []string) (out []rules.Outcome, status string, err error) {
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+		},
+	}}
+	q := url.Values{"feed": names}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://gatehouse/feeds/refresh?"+q.Encode(), nil)
+	if err != nil {
+		return nil, "", err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, strings.TrimSpace(string(raw)), nil
+	}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return nil, "", fmt.Errorf("bad answer: %w", err)
+	}
+	return out, "", nil
+}
+
+// printOutcomes prints one line per feed and reports whether all are OK.
+func printOutcomes(w io.Writer, out []rules.Outcome) bool {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	ok := true
+	for _, o := range out {
+		var line string
+		switch o.Result {
+		case rules.ResultApplied, rules.ResultAccepted:
+			line = fmt.Sprintf("applied serial %d (%d prefixes)", o.Serial, o.Prefixes)
+		case rules.ResultUnchanged:
+			line = fmt.Sprintf("unchanged (serial %d in force)", o.Serial)
+		case string(rules.ReasonQuarantined):
+			line = fmt.Sprintf("quarantined: serial %d held (%s); gatehouse feed accept %s applies it", o.Serial, strings.TrimPrefix(o.Error, "quarantined: "), o.Feed)
+		default:
+			line = "refused: " + o.Error + " (the release in force stays)"
+		}
+		ok = ok && o.OK()
+		fmt.Fprintf(tw, "%s\t%s\n", o.Feed, line)
+	}
+	tw.Flush()
+	return ok
+}

@@ -1,0 +1,186 @@
+package xdp
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/gatehouse-dmz/gatehouse/bpf"
+)
+
+// Errors of CheckAttached.
+var (
+	// ErrDetached: the filter's link no longer attaches the program to the
+	// interface (bpftool link detach, gatehouse teardown --force, the
+	// interface removed).
+	ErrDetached = errors.New("xdp: filter detached from the interface")
+	// ErrUnpinned: the filter is attached but its link pin is gone, so it
+	// would be detached when this process exits.
+	ErrUnpinned = errors.New("xdp: filter attached but its link is no longer pinned")
+)
+
+// HoldsPrevious reports, before the first Apply, whether the Enforcer
+// adopted a filter that a previous run left attached and pinned: that
+// filter enforces the previous run's last generation. The daemon asks so
+// that a generation built without every feed's release (a lost state
+// directory, an unreachable feed) does not replace it. After an Apply the
+// answer means nothing.
+func (e *Enforcer) HoldsPrevious() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return !e.closed && e.link != nil
+}
+
+// CheckAttached reports whether the filter is still attached to its
+// interface and pinned: nil, ErrDetached or ErrUnpinned (wrapped with
+// details), or another error when the kernel could not be asked. Before
+// the first attach there is nothing to check: nil.
+func (e *Enforcer) CheckAttached() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return ErrClosed
+	}
+	return e.checkLocked()
+}
+
+func (e *Enforcer) checkLocked() error {
+	if e.link == nil {
+		return nil
+	}
+	info, err := e.link.Info()
+	if err != nil {
+		return fmt.Errorf("xdp: link info: %w", err)
+	}
+	x := info.XDP()
+	switch {
+	case x == nil || x.Ifindex == 0:
+		return fmt.Errorf("%w %s", ErrDetached, e.iface)
+	case int(x.Ifindex) != e.ifindex:
+		return fmt.Errorf("%w %s: the link points at ifindex %d, not %d", ErrDetached, e.iface, x.Ifindex, e.ifindex)
+	}
+	paths := []string{linkPin(e.dir, e.mode)}
+	if !e.pending {
+		for _, name := range pinnedMaps {
+			paths = append(paths, filepath.Join(e.dir, pinName(name)))
+		}
+	}
+	for _, p := range paths {
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("%w: %w", ErrUnpinned, err)
+		}
+	}
+	return nil
+}
+
+// Repair puts back what CheckAttached found missing: a detached filter is
+// attached again (a new link, in the configured mode) with the maps, and so
+// the generation, in force; missing pins are pinned again. Nothing is
+// rebuilt: the program reads the same maps, so it enforces exactly what it
+// did. It refuses while this run's maps hold no policy yet (an older
+// layout's filter was adopted and no Apply has replaced it): attaching them
+// would enforce nothing.
+func (e *Enforcer) Repair() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return ErrClosed
+	}
+	err := e.checkLocked()
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrUnpinned):
+		if err := e.repinMissing(); err != nil {
+			return err
+		}
+		path := linkPin(e.dir, e.mode)
+		if _, err := os.Stat(path); err != nil {
+			// The link remembers its pin: forget it, then pin again.
+			if err := e.link.Unpin(); err != nil {
+				return fmt.Errorf("xdp: unpin link: %w", err)
+			}
+			if err := e.link.Pin(path); err != nil {
+				return fmt.Errorf("xdp: pin link: %w", err)
+			}
+		}
+	case errors.Is(err, ErrDetached):
+		if e.pending {
+			return fmt.Errorf("xdp: cannot attach again: this run's maps hold no policy yet (the filter of an older layout was adopted); it returns with the next policy applied")
+		}
+		if err := os.MkdirAll(e.dir, 0o700); err != nil {
+			return fmt.Errorf("xdp: pin directory: %w", err)
+		}
+		old, oldPin := e.link, linkPin(e.dir, e.mode)
+		if err := os.Remove(oldPin); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("xdp: unpin detached link: %w", err)
+		}
+		e.link = nil
+		if err := e.attachNew(); err != nil {
+			e.link = old
+			return err
+		}
+		old.Close()
+		if err := e.repinMissing(); err != nil {
+			return err
+		}
+	default:
+		return err
+	}
+	e.repinGeneration()
+	return nil
+}
+
+// repinMissing pins again every map whose pin is gone. A map remembers
+// where it is pinned and takes a Pin to the same path for done, so it is
+// unpinned (forgotten) first.
+func (e *Enforcer) repinMissing() error {
+	if err := os.MkdirAll(e.dir, 0o700); err != nil {
+		return fmt.Errorf("xdp: pin directory: %w", err)
+	}
+	if e.pending {
+		return nil // this run's maps are pinned by the Apply that fills them
+	}
+	for _, name := range pinnedMaps {
+		path := filepath.Join(e.dir, pinName(name))
+		if _, err := os.Stat(path); err == nil {
+			continue
+		}
+		m := e.coll.Maps[name]
+		if err := m.Unpin(); err != nil {
+			return fmt.Errorf("xdp: unpin %s: %w", name, err)
+		}
+		if err := m.Pin(path); err != nil {
+			return fmt.Errorf("xdp: pin %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// repinGeneration pins the generation in force again when its pin is gone
+// (a teardown removed the pin directory). Without it a restart checks the
+// layout by map ID, which needs CAP_SYS_ADMIN; so this is best effort, and
+// the next Apply pins a generation anyway.
+func (e *Enforcer) repinGeneration() {
+	pin := filepath.Join(e.dir, genPin)
+	if _, err := os.Stat(pin); err == nil {
+		return
+	}
+	var id uint32
+	if err := e.coll.Maps[bpf.MapGen].Lookup(uint32(0), &id); err != nil || id == 0 {
+		return
+	}
+	m, err := ebpf.NewMapFromID(ebpf.MapID(id))
+	if err != nil {
+		e.log.Warn("generation in force not pinned again; the next policy applied pins it", "error", err)
+		return
+	}
+	defer m.Close()
+	if err := m.Pin(pin); err != nil {
+		e.log.Warn("pin generation", "error", err)
+	}
+}

@@ -1,0 +1,67 @@
+package rules
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+)
+
+// checkMirror reads again, from the mirror, the files of the release in
+// force, when the mirror still serves its manifest. A mirror that answers
+// with the manifest in force and a file that no longer matches it (a
+// corrupted disk, a half-finished sync, a tampered copy) would otherwise
+// look healthy until the next release fails to fetch. The release in force
+// stays either way; the mismatch is refused as ReasonMirrorMismatch, so it
+// is counted and logged and the feed's last success does not advance.
+//
+// A file whose cache validators still match is not downloaded again (an
+// https mirror answers 304); a file:// mirror is read every time.
+func (m *Manager) checkMirror(ctx context.Context, f *feed) error {
+	f.mu.Lock()
+	cur := f.current
+	known := f.fileVal
+	f.mu.Unlock()
+	if cur == nil {
+		return nil
+	}
+	seen := map[string]validators{}
+	for _, mf := range cur.Manifest.Files {
+		var val *validators
+		if v, ok := known[mf.Name]; ok {
+			val = &v
+		}
+		data, nv, notModified, err := f.fetch.get(ctx, mf.Name, min(mf.Length, MaxFileSize), val)
+		switch {
+		case errors.Is(err, errNotFound):
+			return mirrorMismatch(cur, mf.Name, "missing")
+		case ReasonOf(err) == ReasonTooLarge:
+			return mirrorMismatch(cur, mf.Name, fmt.Sprintf("longer than the manifest's %d bytes", mf.Length))
+		case err != nil:
+			return fetchErr(mf.Name, err)
+		case notModified:
+			seen[mf.Name] = *val
+			continue
+		}
+		sum := sha256.Sum256(data)
+		if int64(len(data)) != mf.Length || hex.EncodeToString(sum[:]) != mf.SHA256 {
+			return mirrorMismatch(cur, mf.Name, fmt.Sprintf("%d bytes with SHA-256 %x, the manifest says %d bytes with %s",
+				len(data), sum[:8], mf.Length, mf.SHA256[:16]))
+		}
+		if nv != (validators{}) {
+			seen[mf.Name] = nv
+		}
+	}
+	f.mu.Lock()
+	if f.current == cur {
+		f.fileVal = seen
+	}
+	f.mu.Unlock()
+	return nil
+}
+
+func mirrorMismatch(cur *Verified, file, what string) error {
+	return refuse(ReasonMirrorMismatch, "the mirror serves the manifest of serial %d in force but file %s is %s",
+		cur.Manifest.Serial, file, what)
+}

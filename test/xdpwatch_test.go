@@ -1,0 +1,164 @@
+package test
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/gatehouse-dmz/gatehouse/test/netns"
+)
+
+// pinnedLinkID asks bpftool for the ID of the XDP link pinned at path.
+func pinnedLinkID(t *testing.T, bpftool, path string) int {
+	t.Helper()
+	out, err := exec.Command(bpftool, "-j", "link", "show", "pinned", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("bpftool link show pinned %s: %v\n%s", path, err, out)
+	}
+	var l struct {
+		ID int `json:"id"`
+	}
+	if err := json.Unmarshal(out, &l); err != nil || l.ID == 0 {
+		t.Fatalf("bpftool link show: %v: %s", err, out)
+	}
+	return l.ID
+}
+
+// TestXDPDetachedIsReattached: the running daemon notices its XDP filter
+// detached behind its back (bpftool link detach) or unpinned (the link pin
+// removed), puts it back, logs it and counts it in
+// gatehouse_xdp_reattach_total; `ip link set dev … xdp off` cannot remove
+// it. When it cannot be put back (the interface is gone), /readyz says so.
+func TestXDPDetachedIsReattached(t *testing.T) {
+	tp := newTopology(t)
+	bpftool := netns.RequireTool(t, "bpftool", "bpftool")
+	mode := "native"
+	if tp.metric(t, `gatehouse_xdp_attach_mode\{mode="generic"\}`) == 1 {
+		mode = "generic"
+	}
+	pin := filepath.Join(tp.pinDir, tp.outside.B, "link_"+mode)
+	attached := func() bool {
+		return strings.Contains(tp.dmz.Exec(t, "ip", "link", "show", tp.outside.B), "xdp")
+	}
+	reattached := func(n float64) func() bool {
+		return func() bool {
+			return tp.metric(t, `gatehouse_xdp_reattach_total\{result="ok"\}`) == n && attached()
+		}
+	}
+	if v := tp.metric(t, `gatehouse_xdp_reattach_total\{result="ok"\}`); v != 0 {
+		t.Errorf("gatehouse_xdp_reattach_total{result=ok} = %v at start, want 0 (the series exists from the start)", v)
+	}
+
+	t.Run("bpftool link detach", func(t *testing.T) {
+		id := pinnedLinkID(t, bpftool, pin)
+		if out, err := exec.Command(bpftool, "link", "detach", "id", strconv.Itoa(id)).CombinedOutput(); err != nil {
+			t.Fatalf("bpftool link detach: %v\n%s", err, out)
+		}
+		tp.d.waitFor(t, "the filter attached again", reattached(1))
+		if got := tp.probe(t, intruderAddr, gateV4Alt); got != "dropped" {
+			t.Errorf("intruder after the re-attach: %s, want dropped", got)
+		}
+		if got := tp.probe(t, cloudAddr, gateV4); got != "connected" {
+			t.Errorf("admitted source after the re-attach: %s", got)
+		}
+		if pinnedLinkID(t, bpftool, pin) == id {
+			t.Errorf("the pin still names the detached link %d", id)
+		}
+		if !strings.Contains(tp.d.out.String(), "detached or unpinned behind the daemon's back") {
+			t.Errorf("the log does not say the filter was found detached:\n%s", tp.d.out.String())
+		}
+	})
+
+	t.Run("ip link set xdp off", func(t *testing.T) {
+		// The kernel refuses to remove a filter attached through a link;
+		// should it not, the daemon puts it back.
+		out, err := tp.dmz.Command("ip", "link", "set", "dev", tp.outside.B, "xdp", "off").CombinedOutput()
+		t.Logf("ip link set xdp off: %v %s", err, out)
+		tp.d.waitFor(t, "the filter in place", attached)
+		if got := tp.probe(t, intruderAddr, gateV4Alt); got != "dropped" {
+			t.Errorf("intruder after ip link set xdp off: %s, want dropped", got)
+		}
+	})
+
+	t.Run("link pin removed", func(t *testing.T) {
+		if err := os.Remove(pin); err != nil {
+			t.Fatal(err)
+		}
+		tp.d.waitFor(t, "the link pinned again", func() bool { _, err := os.Stat(pin); return err == nil })
+		if v := tp.metric(t, `gatehouse_xdp_reattach_total\{result="ok"\}`); v != 2 {
+			t.Errorf("gatehouse_xdp_reattach_total{result=ok} = %v after the re-pin, want 2", v)
+		}
+	})
+
+	// The repaired filter outlives the daemon, and a new one adopts it.
+	tp.d.kill()
+	if !attached() {
+		t.Fatal("XDP detached when the daemon was killed: the repairs left it unpinned")
+	}
+	if got := tp.probe(t, intruderAddr, gateV4Alt); got != "dropped" {
+		t.Errorf("intruder with the daemon killed: %s, want dropped", got)
+	}
+	tp.start(t)
+	if !strings.Contains(tp.d.out.String(), "adopting pinned maps") {
+		t.Errorf("the restarted daemon did not adopt the re-pinned maps:\n%s", tp.d.out.String())
+	}
+
+	t.Run("interface gone", func(t *testing.T) {
+		if code, _ := tp.d.get(t, "/readyz"); code != http.StatusOK {
+			t.Fatalf("not ready before the interface is removed: %d", code)
+		}
+		tp.dmz.Exec(t, "ip", "link", "del", tp.outside.B)
+		tp.d.waitFor(t, "/readyz to say the filter could not be put back", func() bool {
+			code, body := tp.d.get(t, "/readyz")
+			return code == http.StatusServiceUnavailable && strings.Contains(body, "xdp: the XDP filter was detached and could not be put back")
+		})
+		if v := tp.metric(t, `gatehouse_xdp_reattach_total\{result="error"\}`); v < 1 {
+			t.Errorf("gatehouse_xdp_reattach_total{result=error} = %v, want ≥ 1", v)
+		}
+	})
+}
+
+// TestTeardownAgainstRunningDaemon: `gatehouse teardown` refuses while a
+// daemon answers on the admin socket, saying so, and removes nothing; with
+// --force it tears down, and the running daemon puts both filters back
+// (XDP at once, counted; the table by drift repair) and is ready again.
+func TestTeardownAgainstRunningDaemon(t *testing.T) {
+	tp := newTopology(t)
+	out, err := tp.dmz.Command(binary(t), "teardown", "--yes", "--pin-dir", tp.pinDir, "-c", tp.config).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "answers on") || !strings.Contains(string(out), "stop it first") {
+		t.Errorf("teardown against a running daemon: %v, want a refusal naming the daemon:\n%s", err, out)
+	}
+	if link := tp.dmz.Exec(t, "ip", "link", "show", tp.outside.B); !strings.Contains(link, "xdp") {
+		t.Errorf("a refused teardown detached XDP:\n%s", link)
+	}
+	tp.dmz.Exec(t, "nft", "list", "table", "inet", "gatehouse")
+	if code, _ := tp.d.get(t, "/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz after a refused teardown: %d", code)
+	}
+
+	out, err = tp.dmz.Command(binary(t), "teardown", "--yes", "--force", "--pin-dir", tp.pinDir, "-c", tp.config).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "will put the filters back") {
+		t.Fatalf("teardown --force: %v\n%s", err, out)
+	}
+	tp.d.waitFor(t, "the XDP filter attached again", func() bool {
+		return tp.metric(t, `gatehouse_xdp_reattach_total\{result="ok"\}`) == 1 &&
+			strings.Contains(tp.dmz.Exec(t, "ip", "link", "show", tp.outside.B), "xdp")
+	})
+	if got := tp.probe(t, intruderAddr, gateV4Alt); got != "dropped" {
+		t.Errorf("intruder after teardown --force: %s, want dropped (XDP back)", got)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(tp.pinDir, tp.outside.B)); len(entries) < 6 {
+		t.Errorf("pins after the repair: %v, want the link, the maps and the generation", entries)
+	}
+	tp.d.waitFor(t, "the nftables table rebuilt", func() bool {
+		return tp.dmz.Command("nft", "list", "table", "inet", "gatehouse").Run() == nil
+	})
+	if code, body := tp.d.get(t, "/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz after the filters came back: %d %s", code, body)
+	}
+}
