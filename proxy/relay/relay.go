@@ -188,11 +188,18 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b 
 // returns the byte counts (a→b, b→a) and the first error that was not a
 // plain end of stream.
 func Pipe(a, b net.Conn) (aToB, bToA int64, err error) {
+	return PipeTimed(a, b, nil)
+}
+
+// PipeTimed is Pipe that touches t on every read either way, so t's idle
+// timeout sees the traffic; t may be nil. t's end function should close a
+// and b, which ends the copy.
+func PipeTimed(a, b net.Conn, t *Timer) (aToB, bToA int64, err error) {
 	var wg sync.WaitGroup
 	var errAB, errBA error
 	wg.Add(2)
-	go func() { defer wg.Done(); aToB, errAB = halfCopy(b, a) }()
-	go func() { defer wg.Done(); bToA, errBA = halfCopy(a, b) }()
+	go func() { defer wg.Done(); aToB, errAB = halfCopy(b, a, t) }()
+	go func() { defer wg.Done(); bToA, errBA = halfCopy(a, b, t) }()
 	wg.Wait()
 	a.Close()
 	b.Close()
@@ -202,10 +209,14 @@ func Pipe(a, b net.Conn) (aToB, bToA int64, err error) {
 // halfCopy copies src to dst, then half-closes dst; if dst cannot be half
 // closed, or the copy failed, both ends are closed so the other direction
 // ends too.
-func halfCopy(dst, src net.Conn) (int64, error) {
+func halfCopy(dst, src net.Conn, t *Timer) (int64, error) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
-	n, err := io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
+	var r io.Reader = readerOnly{src}
+	if t != nil {
+		r = touchReader{src, t}
+	}
+	n, err := io.CopyBuffer(writerOnly{dst}, r, *bp)
 	if err == nil {
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
 			return n, nil
@@ -213,6 +224,20 @@ func halfCopy(dst, src net.Conn) (int64, error) {
 	}
 	dst.Close()
 	src.Close()
+	return n, err
+}
+
+// touchReader tells a Timer of every read that brought bytes.
+type touchReader struct {
+	r io.Reader
+	t *Timer
+}
+
+func (r touchReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if n > 0 {
+		r.t.Touch()
+	}
 	return n, err
 }
 
