@@ -25,6 +25,13 @@ const (
 	DefaultDialTimeout = 5 * time.Second
 	// DefaultHandshakeTimeout bounds the START_TLS exchange and handshake.
 	DefaultHandshakeTimeout = 10 * time.Second
+	// StormBurst and StormRate bound the client's option negotiations and
+	// sub-negotiations after the data phase: StormBurst at once, then
+	// StormRate a second. A terminal negotiates a handful of times in a
+	// session (a TIMING-MARK answer to each host keepalive); a client
+	// sending more is flooding the host with negotiation.
+	StormBurst = 256
+	StormRate  = 10
 )
 
 // Limits bound a terminal session. Zero fields take the defaults; the
@@ -202,13 +209,16 @@ func (h *Handler) dial(ctx context.Context, rt *route) (net.Conn, error) {
 
 // Errors of Serve and ServeStartTLS.
 var (
-	ErrNoRoute       = errors.New("no telnet route for tenant")
-	ErrSessionLimit  = errors.New("tenant at its telnet session limit")
-	ErrRefused       = errors.New("refused by the tenant's terminal policy")
-	ErrStartTLS      = errors.New("start_tls refused or broken")
-	ErrHandshake     = errors.New("tls handshake after start_tls failed")
-	ErrNegotiation   = errors.New("negotiation did not reach the data phase in time")
-	ErrIdle          = errors.New("session idle too long")
-	ErrSessionLength = errors.New("session reached its maximum length")
-	ErrShutdown      = errors.New("listener shut down")
+	ErrNoRoute      = errors.New("no telnet route for tenant")
+	ErrSessionLimit = errors.New("tenant at its telnet session limit")
+	ErrRefused      = errors.New("refused by the tenant's terminal policy")
+	ErrStartTLS     = errors.New("start_tls refused or broken")
+	ErrHandshake    = errors.New("tls handshake after start_tls failed")
+	ErrNegotiation  = errors.New("negotiation did not reach the data phase in time")
+	// ErrNegotiationStorm ends a session whose client keeps negotiating
+	// after the data phase (StormBurst, StormRate).
+	ErrNegotiationStorm = errors.New("telnet negotiation storm after the data phase")
+	ErrIdle             = errors.New("session idle too long")
+	ErrSessionLength    = errors.New("session reached its maximum length")
+	ErrShutdown         = errors.New("listener shut down")
 )

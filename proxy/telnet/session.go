@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -132,6 +133,7 @@ type direction struct {
 	p          Parser
 	out        []byte // bytes for the other side
 	reply      []byte // the proxy's own answer to this side
+	storm      bucket // the client's negotiations after the data phase
 }
 
 func (s *session) pump(fromClient bool) {
@@ -244,6 +246,10 @@ func (s *session) fail(err error) {
 	case errors.As(err, &r):
 		s.h.logger.Info("telnet session refused", "tenant", s.peer.Tenant, "source", s.peer.Source.String(), "why", r.why)
 		s.end("refused: "+r.why, ResultRefused, err)
+	case errors.Is(err, ErrNegotiationStorm):
+		s.h.logger.Warn("telnet session ended: negotiation storm", "tenant", s.peer.Tenant, "source", s.peer.Source.String(),
+			"err", err)
+		s.end(err.Error(), ResultLimit, err)
 	case errors.Is(err, ErrTooManyNego), errors.Is(err, ErrSubTooLong):
 		s.end(err.Error(), ResultLimit, err)
 	default:
@@ -309,8 +315,15 @@ func (d *direction) token(t Token) error {
 	return nil
 }
 
+// countNego counts an option negotiation or sub-negotiation: before the
+// data phase against the session's negotiation cap (both directions),
+// after it, the client's against the storm bound. The host's are not
+// bounded after the data phase: it is the tenant's own system.
 func (d *direction) countNego() error {
 	if d.s.dataPhase.Load() {
+		if d.fromClient && !d.storm.take(time.Now(), StormRate, StormBurst) {
+			return fmt.Errorf("%w: over %d at once or %d a second", ErrNegotiationStorm, StormBurst, StormRate)
+		}
 		return nil
 	}
 	if int(d.s.negos.Add(1)) > d.s.h.limits.MaxNegotiations {
@@ -319,42 +332,90 @@ func (d *direction) countNego() error {
 	return nil
 }
 
+// bucket is a token bucket; its zero value is full.
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+func (b *bucket) take(now time.Time, rate, burst float64) bool {
+	if b.last.IsZero() {
+		b.tokens = burst
+	} else {
+		b.tokens = min(burst, b.tokens+now.Sub(b.last).Seconds()*rate)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
 // sub applies the policy to a sub-negotiation. It reports whether the
 // token passes unchanged; a rewritten or dropped token has already put
 // what replaces it into out or reply.
+//
+// Before the terminal is accepted, a client's sub-negotiation reaches the
+// host only if it is the one the policy checks the terminal by:
+// TERMINAL-TYPE IS, TN3270E DEVICE-TYPE REQUEST, and on tn5250 the
+// NEW-ENVIRON list that names the device (RFC 4777 sends it before the
+// terminal type). On tn3270 a NEW-ENVIRON IS is answered to the host as
+// an empty list, so a host that asked is not left waiting and learns
+// nothing (a USER= of the client's choice included); every other one is
+// dropped.
 func (d *direction) sub(t Token) (bool, error) {
 	s := d.s
 	if t.Opt == optStartTLS {
 		return false, nil // never passed on, empty or not: see token
 	}
-	if len(t.Payload) == 0 {
-		return true, nil
+	held := d.fromClient && !s.vetted()
+	if len(t.Payload) > 0 {
+		switch t.Opt {
+		case optTTYPE:
+			if d.fromClient && t.Payload[0] == ttypeIS {
+				return d.terminalType(t.Payload[1:])
+			}
+		case optTN3270E:
+			if s.h.proto != policy.ProtoTN3270 || len(t.Payload) < 2 || t.Payload[0] != tnDeviceType {
+				break
+			}
+			if d.fromClient && t.Payload[1] == tnRequest {
+				return d.deviceTypeRequest(t.Payload[2:])
+			}
+			if !d.fromClient && t.Payload[1] == tnIS {
+				return d.deviceTypeIs(t.Payload[2:])
+			}
+		case optNewEnviron:
+			if !d.fromClient || (t.Payload[0] != envIS && t.Payload[0] != envINFO) {
+				break
+			}
+			if s.h.proto == policy.ProtoTN5250 {
+				return d.environ(t.Payload)
+			}
+			keep, err := d.environ3270(t.Payload)
+			if err != nil || !held {
+				return keep, err
+			}
+			if t.Payload[0] == envIS {
+				d.out = appendSub(d.out, optNewEnviron, []byte{envIS})
+			}
+			d.heldBack(t)
+			return false, nil
+		}
 	}
-	switch t.Opt {
-	case optTTYPE:
-		if d.fromClient && t.Payload[0] == ttypeIS {
-			return d.terminalType(t.Payload[1:])
-		}
-	case optTN3270E:
-		if s.h.proto != policy.ProtoTN3270 || len(t.Payload) < 2 || t.Payload[0] != tnDeviceType {
-			return true, nil
-		}
-		if d.fromClient && t.Payload[1] == tnRequest {
-			return d.deviceTypeRequest(t.Payload[2:])
-		}
-		if !d.fromClient && t.Payload[1] == tnIS {
-			return d.deviceTypeIs(t.Payload[2:])
-		}
-	case optNewEnviron:
-		if !d.fromClient || (t.Payload[0] != envIS && t.Payload[0] != envINFO) {
-			return true, nil
-		}
-		if s.h.proto == policy.ProtoTN5250 {
-			return d.environ(t.Payload)
-		}
-		return d.environ3270(t.Payload)
+	if held {
+		d.heldBack(t)
+		return false, nil
 	}
 	return true, nil
+}
+
+// heldBack notes a client sub-negotiation the host never sees because the
+// terminal was not accepted yet.
+func (d *direction) heldBack(t Token) {
+	d.s.h.logger.Debug("telnet sub-negotiation held back before the terminal was accepted", "tenant", d.s.peer.Tenant,
+		"source", d.s.peer.Source.String(), "option", t.Opt)
 }
 
 // terminalType checks TERMINAL-TYPE IS, with its RFC 1646 "type@LU" form.
@@ -478,6 +539,15 @@ func (d *direction) environ(payload []byte) (bool, error) {
 	vars, err := parseEnviron(payload)
 	if err != nil {
 		return false, err
+	}
+	s.mu.Lock()
+	devKnown := s.vetDev
+	s.mu.Unlock()
+	if !devKnown && !slices.ContainsFunc(vars, func(v envVar) bool { return strings.EqualFold(v.name, envDevName) }) {
+		// The list carries the device's identity: without it, nothing of
+		// it (a USER= above all) may reach the host before the device
+		// was checked.
+		return false, refuse("NEW-ENVIRON names no device and the route restricts devices")
 	}
 	seen := map[string]bool{}
 	drop := false
