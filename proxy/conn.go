@@ -43,6 +43,12 @@ type conn struct {
 	// (routeKey), "" for HTTP, whose requests are routed one by one. Set
 	// and read under Server.connMu.
 	route string
+	// timer bounds a tcp session (limits.tcp); Apply gives it the limits
+	// of each new generation. Set and read under Server.connMu.
+	timer *relay.Timer
+
+	// adm is the connection's place at its socket's gate.
+	adm admission
 }
 
 // state returns the connection's TLS state for revalidation.
@@ -91,19 +97,10 @@ func (s *Server) tenantBytes(listener, tenant string) tenantBytes {
 
 // handle owns one accepted connection until it closes: handshake, identify,
 // limit, then the listener's protocol. It returns only when the connection
-// is closed, so the accept loop's connection cap counts it all along.
-func (s *Server) handle(sk *socket, nc net.Conn) {
-	st := sk.state.Load()
-	c := &conn{
-		sock:     sk,
-		listener: st.l.Name,
-		source:   addrPort(nc.RemoteAddr()),
-		closed:   make(chan struct{}),
-	}
-	c.raw = relay.NewCountingConn(nc, c, func() { s.forget(c) })
-	s.connMu.Lock()
-	s.conns[c] = struct{}{}
-	s.connMu.Unlock()
+// is closed, so the accept loop waits for it on shutdown. st is the
+// generation the connection was accepted under.
+func (s *Server) handle(c *conn, st *listenerState) {
+	sk := c.sock
 	defer func() { <-c.closed }()
 
 	if st.telnet != nil && st.l.StartTLS {
@@ -112,7 +109,7 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 		return
 	}
 	c.tls = tls.Server(c.raw, st.tls)
-	if err := relay.Handshake(sk.ctx, c.tls, s.limits.HandshakeTimeout); err != nil {
+	if err := relay.Handshake(sk.ctx, c.tls, st.l.Limits.HandshakeTimeout); err != nil {
 		s.tlsSrc.HandshakeFailed(c.listener, err)
 		s.logRefusal(c, "TLS handshake refused", err)
 		c.raw.Close()
@@ -160,7 +157,7 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 		c.httpConn = hc
 		s.byTLS.Store(hc, c)
 		s.connMu.Unlock()
-		if !sk.queue.push(hc) {
+		if !sk.pushHTTP(hc) {
 			c.raw.Close()
 		}
 	case st.tcp != nil:
@@ -223,10 +220,11 @@ func (s *Server) admit(c *conn, id Identity, seen uint64) (*listenerState, error
 	if _, open := s.conns[c]; !open {
 		return nil, errClosedMeanwhile
 	}
-	if s.perTen[k] >= s.limits.MaxConnsPerTenant {
-		return nil, ErrConnLimit
-	}
 	st := c.sock.state.Load()
+	if limit := st.l.ForTenant(id.Tenant).MaxConnsPerTenant; s.perTen[k] >= limit {
+		s.refused.WithLabelValues(c.listener, reasonTenantLimit).Inc()
+		return nil, fmt.Errorf("%w (%d)", ErrConnLimit, limit)
+	}
 	c.route = st.routeKey(id.Tenant)
 	s.perTen[k]++
 	c.idMu.Lock()
@@ -243,6 +241,7 @@ func (s *Server) admit(c *conn, id Identity, seen uint64) (*listenerState, error
 
 // forget runs once when c's socket closes.
 func (s *Server) forget(c *conn) {
+	c.sock.gate.release(c)
 	s.connMu.Lock()
 	if c.httpConn != nil {
 		s.byTLS.Delete(c.httpConn)
@@ -328,7 +327,8 @@ func buildTCPRoutes(l policy.Listener) (map[string]*tcpRoute, error) {
 	return routes, nil
 }
 
-// relayTCP connects the tenant to its one backend and copies both ways.
+// relayTCP connects the tenant to its one backend and copies both ways,
+// within the tenant's limits.tcp (which a reload re-arms, see rearm).
 func (s *Server) relayTCP(c *conn, st *listenerState) {
 	tenant := c.identity().Tenant
 	rt := st.tcp[tenant]
@@ -337,7 +337,7 @@ func (s *Server) relayTCP(c *conn, st *listenerState) {
 		c.raw.Close()
 		return
 	}
-	d := &net.Dialer{Timeout: s.limits.BackendDialTimeout}
+	d := &net.Dialer{Timeout: BackendDialTimeout}
 	var (
 		bc  net.Conn
 		err error
@@ -352,9 +352,24 @@ func (s *Server) relayTCP(c *conn, st *listenerState) {
 		c.raw.Close()
 		return
 	}
-	in, out, err := relay.Pipe(c.tls, bc)
+	var ended atomic.Pointer[error]
+	lim := st.l.ForTenant(tenant).TCP
+	timer := relay.NewTimer(time.Now(), lim.IdleTimeout, lim.MaxSession, func(why error) {
+		ended.Store(&why)
+		c.raw.Close()
+		bc.Close()
+	})
+	s.connMu.Lock()
+	c.timer = timer
+	s.connMu.Unlock()
+	in, out, err := relay.PipeTimed(c.tls, bc, timer)
+	timer.Stop()
 	c.raw.Close()
+	reason := "closed"
+	if why := ended.Load(); why != nil {
+		reason = (*why).Error()
+	}
 	s.logger.Info("tcp session ended", "listener", c.listener, "tenant", tenant,
 		"fingerprint", c.identity().FingerprintSHA256, "source", c.source.String(),
-		"bytes_in", in, "bytes_out", out, "err", err)
+		"bytes_in", in, "bytes_out", out, "reason", reason, "err", err)
 }

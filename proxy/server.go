@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -43,8 +42,6 @@ type Config struct {
 	// AccessLog receives one line per HTTP request; give it a JSON handler.
 	// Nil discards.
 	AccessLog *slog.Logger
-	// Limits; zero fields take the package defaults.
-	Limits Limits
 }
 
 // Server owns every listener socket and every client connection.
@@ -52,7 +49,6 @@ type Server struct {
 	logger *slog.Logger
 	tlsSrc TLSSource
 	access *slog.Logger
-	limits Limits
 
 	mu      sync.Mutex // serialises Apply, Shutdown and Close
 	sockets map[string]*socket
@@ -69,8 +65,9 @@ type Server struct {
 	sessions    *telnet.Sessions // terminal sessions, shared by every generation
 
 	revalidations atomic.Uint64 // Revalidate calls so far; see admit
-	refusals      *logLimiter   // "TLS handshake refused" lines
+	refusals      *logLimiter   // "TLS handshake refused" and other lines any client causes
 	active        *prometheus.GaugeVec
+	refused       *prometheus.CounterVec
 	bytes         *prometheus.CounterVec
 }
 
@@ -94,7 +91,6 @@ func New(cfg Config) (*Server, error) {
 		refusals:    newLogLimiter(10, 50),
 		tlsSrc:      cfg.TLS,
 		access:      access,
-		limits:      cfg.Limits.withDefaults(),
 		sockets:     map[string]*socket{},
 		conns:       map[*conn]struct{}{},
 		perTen:      map[[2]string]int{},
@@ -105,6 +101,10 @@ func New(cfg Config) (*Server, error) {
 			Name: "gatehouse_proxy_connections_active",
 			Help: "Client connections open after a tenant was identified.",
 		}, []string{"listener", "tenant"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatehouse_proxy_connections_refused_total",
+			Help: "Connections the proxy closed before serving them, by reason: listener_full, tenant_limit.",
+		}, []string{"listener", "reason"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatehouse_proxy_bytes_total",
 			Help: "Bytes on the client side of the listeners, TLS records included; direction in is from the client.",
@@ -115,6 +115,7 @@ func New(cfg Config) (*Server, error) {
 // Describe implements prometheus.Collector.
 func (s *Server) Describe(ch chan<- *prometheus.Desc) {
 	s.active.Describe(ch)
+	s.refused.Describe(ch)
 	s.bytes.Describe(ch)
 	s.httpMetrics.Describe(ch)
 	s.sessions.Describe(ch)
@@ -123,6 +124,7 @@ func (s *Server) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (s *Server) Collect(ch chan<- prometheus.Metric) {
 	s.active.Collect(ch)
+	s.refused.Collect(ch)
 	s.bytes.Collect(ch)
 	s.httpMetrics.Collect(ch)
 	s.sessions.Collect(ch)
@@ -136,8 +138,8 @@ type socket struct {
 	addr   string
 	ln     net.Listener
 	state  atomic.Pointer[listenerState]
-	hs     *http.Server
-	queue  *connQueue
+	http   httpServers
+	gate   gate
 	done   chan struct{} // accept loop and every connection of it ended
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -208,6 +210,9 @@ func (s *Server) Apply(p *policy.Policy) error {
 			return fail(fmt.Errorf("%w: listener name %q used twice", ErrConfig, l.Name))
 		}
 		names[l.Name] = true
+		if err := checkLimits(l); err != nil {
+			return fail(err)
+		}
 		st, err := s.buildState(l)
 		if err != nil {
 			return fail(err)
@@ -233,16 +238,24 @@ func (s *Server) Apply(p *policy.Policy) error {
 		s.sockets[sk.addr] = sk
 	}
 	for addr, st := range states {
-		if old := s.sockets[addr].state.Swap(st); old != nil {
+		sk := s.sockets[addr]
+		if old := sk.state.Swap(st); old != nil {
 			old.close()
 		}
 		// After the old generation stopped, so one listener's backends
 		// are checked and counted once.
 		st.start()
+		var set *httpSettings
+		if st.http != nil {
+			hs := httpSettingsOf(st.l.Limits)
+			set = &hs
+		}
+		s.useHTTP(sk, set)
 	}
 	for _, sk := range opened {
 		s.start(sk)
 	}
+	s.rearm(states)
 	// A tcp or telnet session lives on the route it was admitted on: end
 	// those whose route this generation removed or changed.
 	ended := s.closeConns(func(c *conn) bool {
@@ -258,10 +271,13 @@ func (s *Server) Apply(p *policy.Policy) error {
 		}
 		delete(s.sockets, addr)
 		sk.ln.Close() // stop accepting now; the drain below may take a while
+		// The drain time of the listener's last generation: the one its
+		// connections were admitted under.
+		grace := sk.state.Load().l.Limits.DrainTimeout
 		s.drains.Add(1)
 		go func() {
 			defer s.drains.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), s.limits.DrainTimeout)
+			ctx, cancel := context.WithTimeout(context.Background(), grace)
 			defer cancel()
 			s.drain(ctx, sk)
 		}()
@@ -287,7 +303,7 @@ func (s *Server) buildState(l policy.Listener) (*listenerState, error) {
 			Listener:  l.Name,
 			Protocol:  l.Protocol,
 			Routes:    l.Routes,
-			Limits:    s.limits.HTTP,
+			Limits:    httpLimits(l.Limits),
 			InFlight:  s.inFlite,
 			Metrics:   s.httpMetrics,
 			AccessLog: s.access,
@@ -305,16 +321,14 @@ func (s *Server) buildState(l policy.Listener) (*listenerState, error) {
 		}
 		st.tcp = routes
 	case policy.ProtoTN3270, policy.ProtoTN5250:
-		lim := s.limits.Telnet
-		lim.DialTimeout = cmp.Or(lim.DialTimeout, s.limits.BackendDialTimeout)
-		lim.HandshakeTimeout = cmp.Or(lim.HandshakeTimeout, s.limits.HandshakeTimeout)
 		h, err := telnet.New(telnet.Config{
-			Listener: l.Name,
-			Protocol: l.Protocol,
-			Routes:   l.Routes,
-			Limits:   lim,
-			Sessions: s.sessions,
-			Logger:   s.logger,
+			Listener:         l.Name,
+			Protocol:         l.Protocol,
+			Routes:           l.Routes,
+			HandshakeTimeout: l.Limits.HandshakeTimeout,
+			Limits:           telnetLimits(l),
+			Sessions:         s.sessions,
+			Logger:           s.logger,
 			// Session start and end lines are the terminal access log.
 			SessionLog: s.access,
 		})
@@ -393,43 +407,16 @@ func demandsClientCert(c *tls.Config) bool {
 
 func (s *Server) newSocket(addr string, ln net.Listener) *socket {
 	ctx, cancel := context.WithCancel(context.Background())
-	sk := &socket{addr: addr, ln: ln, done: make(chan struct{}), ctx: ctx, cancel: cancel}
-	sk.queue = newConnQueue(ln.Addr())
-	sk.hs = &http.Server{
-		Handler:           http.HandlerFunc(sk.serveHTTP),
-		ReadHeaderTimeout: s.limits.ReadHeaderTimeout,
-		IdleTimeout:       s.limits.IdleTimeout,
-		MaxHeaderBytes:    s.limits.MaxHeaderBytes,
-		ConnContext:       s.connContext,
-		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug),
-		BaseContext:       func(net.Listener) context.Context { return ctx },
-	}
-	sk.hs.Protocols = new(http.Protocols)
-	sk.hs.Protocols.SetHTTP1(true)
-	sk.hs.Protocols.SetHTTP2(true)
-	return sk
+	return &socket{addr: addr, ln: ln, done: make(chan struct{}), ctx: ctx, cancel: cancel}
 }
 
 func (s *Server) start(sk *socket) {
 	go func() {
-		// Serve returns when the queue is closed by Shutdown.
-		if err := sk.hs.Serve(sk.queue); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.logger.Error("http server ended", "addr", sk.addr, "err", err)
-		}
-	}()
-	go func() {
 		defer close(sk.done)
 		err := relay.Accept(sk.ln, relay.AcceptConfig{
-			MaxConns: s.limits.MaxConnsPerListener,
-			Logger:   s.logger,
-			Refused: func(c net.Conn) {
-				// A flood is when this happens: through the refusal limit.
-				if ok, held := s.refusals.allow(time.Now()); ok {
-					s.logger.Warn("connection refused: listener full", "addr", sk.addr, "source", c.RemoteAddr().String(),
-						"similar_lines_suppressed", held)
-				}
-			},
-		}, func(c net.Conn) { s.handle(sk, c) })
+			Admit:        func(nc net.Conn) func() { return s.accept(sk, nc) },
+			AcceptFailed: func(err error, backoff time.Duration) { s.acceptFailed(sk, err, backoff) },
+		})
 		if err != nil {
 			s.logger.Error("accept loop ended", "addr", sk.addr, "err", err)
 		}
@@ -513,10 +500,15 @@ func (s *Server) Close() error {
 // them. It reports whether they all ended by themselves.
 func (s *Server) drain(ctx context.Context, sk *socket) bool {
 	sk.ln.Close()
+	servers := sk.http.all()
 	shut := make(chan struct{})
 	go func() {
 		defer close(shut)
-		sk.hs.Shutdown(ctx) // closes idle keep-alive connections as they go idle
+		var wg sync.WaitGroup
+		for _, h := range servers {
+			wg.Go(func() { h.hs.Shutdown(ctx) }) // closes idle keep-alive connections as they go idle
+		}
+		wg.Wait()
 	}()
 	clean := true
 	select {
@@ -528,8 +520,11 @@ func (s *Server) drain(ctx context.Context, sk *socket) bool {
 		<-sk.done
 	}
 	sk.cancel()
-	sk.hs.Close()
+	for _, h := range servers {
+		h.hs.Close()
+	}
 	<-shut
+	sk.http.wg.Wait()
 	if st := sk.state.Load(); st != nil {
 		st.close()
 	}

@@ -11,7 +11,9 @@
 // before the data phase (the host's first data after the terminal was
 // accepted), the client's negotiations after it (a storm ends the session
 // with result limit), and the wire length of any sub-negotiation; idle
-// time, session length and sessions per tenant are capped when configured.
+// time, session length and sessions per tenant come from the policy per
+// tenant (Config.Limits), and a reload re-arms open sessions
+// (Sessions.Rearm).
 //
 // The policy of a route, fail closed:
 //   - Client data never reaches the host before the terminal was accepted,

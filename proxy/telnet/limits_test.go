@@ -2,6 +2,7 @@ package telnet
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -50,6 +51,36 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
+// Limits is what a test sets on a rig: the session limits the policy
+// gives (per tenant, here the same for every tenant), the handshake
+// timeout, and the protocol bounds shrunk so a test reaches them.
+type Limits struct {
+	NegotiationTimeout   time.Duration
+	MaxNegotiations      int
+	MaxSubnegotiation    int
+	StormBurst           int
+	HandshakeTimeout     time.Duration
+	IdleTimeout          time.Duration
+	MaxSessionLength     time.Duration
+	MaxSessionsPerTenant int
+}
+
+func (l Limits) config(c *Config) {
+	c.HandshakeTimeout = cmp.Or(l.HandshakeTimeout, 10*time.Second)
+	tl := policy.TelnetLimits{StreamLimits: policy.StreamLimits{IdleTimeout: l.IdleTimeout, MaxSession: l.MaxSessionLength},
+		MaxSessionsPerTenant: l.MaxSessionsPerTenant}
+	c.Limits = func(string) policy.TelnetLimits { return tl }
+}
+
+func (l Limits) shrink(h *Handler) {
+	h.bounds.negotiationTimeout = cmp.Or(l.NegotiationTimeout, h.bounds.negotiationTimeout)
+	h.bounds.maxNegotiations = cmp.Or(l.MaxNegotiations, h.bounds.maxNegotiations)
+	h.bounds.maxSub = cmp.Or(l.MaxSubnegotiation, h.bounds.maxSub)
+	if l.StormBurst > 0 {
+		h.bounds.stormBurst = float64(l.StormBurst)
+	}
+}
+
 func newRig(t *testing.T, proto policy.Protocol, r policy.Route, lim Limits) *rig {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -64,11 +95,14 @@ func newRig(t *testing.T, proto policy.Protocol, r policy.Route, lim Limits) *ri
 		r.Tenant = "acme"
 	}
 	rg := &rig{ss: NewSessions(), hostLn: ln, log: &lockedBuffer{}}
-	rg.h, err = New(Config{Listener: "mf", Protocol: proto, Routes: []policy.Route{r}, Limits: lim,
-		Sessions: rg.ss, SessionLog: slog.New(slog.NewJSONHandler(rg.log, nil))})
+	cfg := Config{Listener: "mf", Protocol: proto, Routes: []policy.Route{r},
+		Sessions: rg.ss, SessionLog: slog.New(slog.NewJSONHandler(rg.log, nil))}
+	lim.config(&cfg)
+	rg.h, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	lim.shrink(rg.h)
 	return rg
 }
 

@@ -4,6 +4,8 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
 // Session results, the values of the result label.
@@ -18,13 +20,19 @@ const (
 	ResultShutdown = "shutdown" // the listener was drained or closed
 )
 
+// UnknownTenant labels START_TLS sessions that ended before a tenant was
+// proved (results protocol and refused).
+const UnknownTenant = "unknown"
+
 // Sessions counts terminal sessions per listener and tenant, enforces the
-// per-tenant session cap and exports gatehouse_telnet_sessions_total. One
-// Sessions outlives reloads: every Handler generation of a listener shares
-// it, so the cap holds across them. The caller registers it.
+// per-tenant session cap, knows the open sessions (to give them new limits
+// on a reload) and exports gatehouse_telnet_sessions_total. One Sessions
+// outlives reloads: every Handler generation of a listener shares it, so
+// the cap holds across them. The caller registers it.
 type Sessions struct {
 	mu     sync.Mutex
 	active map[[2]string]int
+	open   map[*session]struct{}
 	total  *prometheus.CounterVec
 }
 
@@ -34,6 +42,7 @@ var _ prometheus.Collector = (*Sessions)(nil)
 func NewSessions() *Sessions {
 	return &Sessions{
 		active: map[[2]string]int{},
+		open:   map[*session]struct{}{},
 		total: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatehouse_telnet_sessions_total",
 			Help: "Terminal sessions by how they ended (ok, refused, no_route, limit, timeout, protocol, backend, shutdown).",
@@ -76,4 +85,35 @@ func (s *Sessions) release(listener, tenant string) {
 
 func (s *Sessions) count(listener, tenant, result string) {
 	s.total.WithLabelValues(listener, tenant, result).Inc()
+}
+
+func (s *Sessions) track(ss *session) {
+	s.mu.Lock()
+	s.open[ss] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *Sessions) untrack(ss *session) {
+	s.mu.Lock()
+	delete(s.open, ss)
+	s.mu.Unlock()
+}
+
+// Rearm gives the open sessions of listener the idle timeout and maximum
+// length limits returns for their tenant, for example after a reload. A
+// session already past a lowered limit ends at once. A lowered session cap
+// closes no session: it refuses new ones until the tenant is below it.
+func (s *Sessions) Rearm(listener string, limits func(tenant string) policy.TelnetLimits) {
+	s.mu.Lock()
+	var open []*session
+	for ss := range s.open {
+		if ss.h.listener == listener {
+			open = append(open, ss)
+		}
+	}
+	s.mu.Unlock()
+	for _, ss := range open {
+		l := limits(ss.peer.Tenant)
+		ss.timer.Set(l.IdleTimeout, l.MaxSession)
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
 
 // readSize is each direction's read buffer. Reads of a TLS connection are
@@ -52,23 +53,23 @@ type session struct {
 	ttype   string
 
 	dataPhase atomic.Bool
-	finished  atomic.Bool // both directions ended; timers must not re-arm
 	negos     atomic.Int32
-	last      atomic.Int64 // unix nanoseconds of the last byte either way
 	bytesIn   atomic.Int64 // from the client
 	bytesOut  atomic.Int64 // to the client
+
+	// timer ends the session when idle or too long (limits.telnet); Serve
+	// sets it, Sessions.Rearm gives it new limits on a reload.
+	timer *relay.Timer
 
 	endOnce sync.Once
 	endErr  error
 	reason  string
 	result  string
-	timers  []*time.Timer
 }
 
 func newSession(h *Handler, rt *route, peer Peer, client, host net.Conn, start time.Time) *session {
 	s := &session{h: h, rt: rt, peer: peer, client: client, host: host, start: start}
 	s.vetDev = h.proto != policy.ProtoTN5250 || len(rt.devNames) == 0
-	s.last.Store(start.UnixNano())
 	return s
 }
 
@@ -83,32 +84,11 @@ func (s *session) end(reason, result string, err error) {
 }
 
 func (s *session) run(ctx context.Context) error {
-	lim := s.h.limits
-	s.timers = append(s.timers, time.AfterFunc(lim.NegotiationTimeout, func() {
+	nego := time.AfterFunc(s.h.bounds.negotiationTimeout, func() {
 		if !s.dataPhase.Load() {
 			s.end("negotiation timeout", ResultTimeout, ErrNegotiation)
 		}
-	}))
-	if lim.MaxSessionLength > 0 {
-		s.timers = append(s.timers, time.AfterFunc(lim.MaxSessionLength, func() {
-			s.end("maximum session length", ResultTimeout, ErrSessionLength)
-		}))
-	}
-	if lim.IdleTimeout > 0 {
-		var t *time.Timer
-		t = time.AfterFunc(lim.IdleTimeout, func() {
-			if s.finished.Load() {
-				return
-			}
-			idle := time.Since(time.Unix(0, s.last.Load()))
-			if idle >= lim.IdleTimeout {
-				s.end("idle timeout", ResultTimeout, ErrIdle)
-				return
-			}
-			t.Reset(lim.IdleTimeout - idle)
-		})
-		s.timers = append(s.timers, t)
-	}
+	})
 	stop := context.AfterFunc(ctx, func() { s.end("shutdown", ResultShutdown, ErrShutdown) })
 
 	done := make(chan struct{})
@@ -118,10 +98,10 @@ func (s *session) run(ctx context.Context) error {
 	}()
 	s.pump(true)
 	<-done
-	s.finished.Store(true)
 	stop()
-	for _, t := range s.timers {
-		t.Stop()
+	nego.Stop()
+	if s.timer != nil {
+		s.timer.Stop()
 	}
 	return s.endErr
 }
@@ -143,7 +123,7 @@ func (s *session) pump(fromClient bool) {
 		src, dst = s.client, s.host
 		srcMu, dstMu = &s.clientMu, &s.hostMu
 	}
-	d := &direction{s: s, fromClient: fromClient, p: Parser{MaxSub: s.h.limits.MaxSubnegotiation}}
+	d := &direction{s: s, fromClient: fromClient, p: Parser{MaxSub: s.h.bounds.maxSub}}
 	small := make([]byte, readSize)
 	// A read that fills the small buffer means a bulk transfer: borrow a
 	// large one until reads get short again, so bulk moves in few writes
@@ -161,8 +141,8 @@ func (s *session) pump(fromClient bool) {
 		}
 		n, err := src.Read(buf)
 		if n > 0 {
-			if s.h.limits.IdleTimeout > 0 { // only the idle timer reads it
-				s.last.Store(time.Now().UnixNano())
+			if s.timer != nil {
+				s.timer.Touch()
 			}
 			if fromClient {
 				s.bytesIn.Add(int64(n))
@@ -320,14 +300,15 @@ func (d *direction) token(t Token) error {
 // after it, the client's against the storm bound. The host's are not
 // bounded after the data phase: it is the tenant's own system.
 func (d *direction) countNego() error {
+	b := d.s.h.bounds
 	if d.s.dataPhase.Load() {
-		if d.fromClient && !d.storm.take(time.Now(), StormRate, StormBurst) {
-			return fmt.Errorf("%w: over %d at once or %d a second", ErrNegotiationStorm, StormBurst, StormRate)
+		if d.fromClient && !d.storm.take(time.Now(), b.stormRate, b.stormBurst) {
+			return fmt.Errorf("%w: over %g at once or %g a second", ErrNegotiationStorm, b.stormBurst, b.stormRate)
 		}
 		return nil
 	}
-	if int(d.s.negos.Add(1)) > d.s.h.limits.MaxNegotiations {
-		return fmt.Errorf("%w: over %d", ErrTooManyNego, d.s.h.limits.MaxNegotiations)
+	if int(d.s.negos.Add(1)) > b.maxNegotiations {
+		return fmt.Errorf("%w: over %d", ErrTooManyNego, b.maxNegotiations)
 	}
 	return nil
 }
