@@ -1,18 +1,24 @@
 package proxy
 
 import (
+	"errors"
 	"net"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
 
+var errEvicted = errors.New("unfinished handshake evicted for a newer connection")
+
 // accept decides, in the accept loop of sk, what becomes of a new
-// connection: closed at once when the listener is full, otherwise counted
-// in and served. The
-// limits are those of the generation in force now, so a reload changes
-// them for the next connection.
+// connection: closed at once when the listener is full of identified
+// connections; otherwise counted in (which may evict the oldest unfinished
+// handshakes, see gate) and served. The limits are those of the
+// generation in force now, so a reload changes them for the next
+// connection.
 func (s *Server) accept(sk *socket, nc net.Conn) func() {
 	st := sk.state.Load()
 	now := time.Now()
@@ -22,7 +28,12 @@ func (s *Server) accept(sk *socket, nc net.Conn) func() {
 		source:   addrPort(nc.RemoteAddr()),
 		closed:   make(chan struct{}),
 	}
-	if !sk.gate.admit(c, st.l.Limits, now) {
+	c.adm.src = st.source.Source(c.source.Addr())
+	evicted, ok := sk.gate.admit(c, st.l.Limits, now)
+	for _, e := range evicted {
+		s.evict(e, now)
+	}
+	if !ok {
 		s.refused.WithLabelValues(c.listener, reasonListenerFull).Inc()
 		// A flood is when this happens: through the refusal limit.
 		if ok, held := s.refusals.allow(now); ok {
@@ -36,6 +47,22 @@ func (s *Server) accept(sk *socket, nc net.Conn) func() {
 	s.conns[c] = struct{}{}
 	s.connMu.Unlock()
 	return func() { s.handle(c, st) }
+}
+
+// evict closes an unfinished handshake the gate pushed out.
+func (s *Server) evict(e eviction, now time.Time) {
+	e.c.raw.Close()
+	s.refused.WithLabelValues(e.c.listener, e.reason).Inc()
+	if ok, held := s.refusals.allow(now); ok {
+		budget := "limits.pre_handshake"
+		if e.reason == reasonPreHandshakeSource {
+			budget = "limits.pre_handshake_per_source"
+		}
+		s.logger.Warn("unfinished handshake closed: budget full, the oldest makes room for a new connection",
+			"listener", e.c.listener, "source", e.c.source.String(), "counted_as", e.c.adm.src.String(),
+			"budget", budget, "age", now.Sub(e.c.adm.since).Round(time.Millisecond).String(),
+			"similar_lines_suppressed", held)
+	}
 }
 
 func (s *Server) acceptFailed(sk *socket, err error, backoff time.Duration) {
@@ -73,4 +100,16 @@ func (s *Server) rearm(states map[string]*listenerState) {
 // telnetLimits returns the terminal session limits of l's tenants.
 func telnetLimits(l policy.Listener) func(tenant string) policy.TelnetLimits {
 	return func(tenant string) policy.TelnetLimits { return l.ForTenant(tenant).Telnet }
+}
+
+// collectPending reports the unfinished handshakes per listener.
+func (s *Server) collectPending(ch chan<- prometheus.Metric) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, sk := range s.sockets {
+		if st := sk.state.Load(); st != nil {
+			_, pending := sk.gate.counts()
+			ch <- prometheus.MustNewConstMetric(s.pendingDesc, prometheus.GaugeValue, float64(pending), st.l.Name)
+		}
+	}
 }

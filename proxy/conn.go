@@ -109,7 +109,12 @@ func (s *Server) handle(c *conn, st *listenerState) {
 		return
 	}
 	c.tls = tls.Server(c.raw, st.tls)
-	if err := relay.Handshake(sk.ctx, c.tls, st.l.Limits.HandshakeTimeout); err != nil {
+	err := relay.Handshake(sk.ctx, c.tls, st.l.Limits.HandshakeTimeout)
+	if !sk.gate.handshaken(c) {
+		c.raw.Close() // evicted: logged and counted by the gate's caller
+		return
+	}
+	if err != nil {
 		s.tlsSrc.HandshakeFailed(c.listener, err)
 		s.logRefusal(c, "TLS handshake refused", err)
 		c.raw.Close()
@@ -272,6 +277,9 @@ func telnetPeer(c *conn, id Identity) telnet.Peer {
 // tenant before it connects anywhere.
 func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 	admit := func(cs tls.ConnectionState) (telnet.Peer, error) {
+		if !c.sock.gate.handshaken(c) {
+			return telnet.Peer{}, errEvicted
+		}
 		if len(cs.PeerCertificates) == 0 {
 			return telnet.Peer{}, ErrTLSConfig
 		}
@@ -293,7 +301,12 @@ func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 		}
 		return telnetPeer(c, id), nil
 	}
-	switch err := st.telnet.ServeStartTLS(c.sock.ctx, c.raw, st.tls, admit); {
+	err := st.telnet.ServeStartTLS(c.sock.ctx, c.raw, st.tls, admit)
+	if !c.sock.gate.handshaken(c) {
+		c.raw.Close() // evicted: logged and counted by the gate's caller
+		return
+	}
+	switch {
 	case errors.Is(err, telnet.ErrHandshake):
 		s.tlsSrc.HandshakeFailed(c.listener, err)
 		s.logRefusal(c, "TLS handshake refused", err)

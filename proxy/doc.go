@@ -10,15 +10,19 @@
 // (Revalidate). It never loads certificates itself.
 //
 // Limits come from the policy generation in force, never from here: the
-// listener's (policy.Listener.Limits: connections, handshake and drain
-// timeouts, the HTTP server's header size and timeouts) and, once the certificate proved
+// listener's (policy.Listener.Limits: connections, the pre-handshake
+// budget per listener and per source, handshake and drain timeouts, the
+// HTTP server's header size and timeouts) and, once the certificate proved
 // the tenant, the tenant's (ForTenant: connections per tenant, terminal
 // sessions, tcp and terminal idle and session length; proxy/http takes the
 // per-request ones). A reload applies them to the next connection; open
 // tcp and terminal sessions get the new timeouts at once, and keep-alive
 // HTTP connections of changed HTTP server limits are closed once idle.
+// Unfinished handshakes that exceed their budget are evicted oldest first
+// (see gate).
 //
 // Metrics: gatehouse_proxy_connections_active{listener,tenant},
+// gatehouse_proxy_handshakes_pending{listener},
 // gatehouse_proxy_connections_refused_total{listener,reason},
 // gatehouse_proxy_bytes_total{listener,tenant,direction} (client side, TLS
 // records included), and from proxy/http gatehouse_http_requests_total,

@@ -67,6 +67,7 @@ type Server struct {
 	revalidations atomic.Uint64 // Revalidate calls so far; see admit
 	refusals      *logLimiter   // "TLS handshake refused" and other lines any client causes
 	active        *prometheus.GaugeVec
+	pendingDesc   *prometheus.Desc
 	refused       *prometheus.CounterVec
 	bytes         *prometheus.CounterVec
 }
@@ -101,9 +102,13 @@ func New(cfg Config) (*Server, error) {
 			Name: "gatehouse_proxy_connections_active",
 			Help: "Client connections open after a tenant was identified.",
 		}, []string{"listener", "tenant"}),
+		pendingDesc: prometheus.NewDesc("gatehouse_proxy_handshakes_pending",
+			"Connections of a listener that have not finished their TLS handshake (limits.pre_handshake caps them).",
+			[]string{"listener"}, nil),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatehouse_proxy_connections_refused_total",
-			Help: "Connections the proxy closed before serving them, by reason: listener_full, tenant_limit.",
+			Help: "Connections the proxy closed before serving them, by reason: listener_full, " +
+				"pre_handshake and pre_handshake_source (the oldest unfinished handshake, evicted for a newer one), tenant_limit.",
 		}, []string{"listener", "reason"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatehouse_proxy_bytes_total",
@@ -115,6 +120,7 @@ func New(cfg Config) (*Server, error) {
 // Describe implements prometheus.Collector.
 func (s *Server) Describe(ch chan<- *prometheus.Desc) {
 	s.active.Describe(ch)
+	ch <- s.pendingDesc
 	s.refused.Describe(ch)
 	s.bytes.Describe(ch)
 	s.httpMetrics.Describe(ch)
@@ -124,6 +130,7 @@ func (s *Server) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (s *Server) Collect(ch chan<- prometheus.Metric) {
 	s.active.Collect(ch)
+	s.collectPending(ch)
 	s.refused.Collect(ch)
 	s.bytes.Collect(ch)
 	s.httpMetrics.Collect(ch)
@@ -148,6 +155,7 @@ type socket struct {
 // listenerState is one generation of one listener.
 type listenerState struct {
 	l      policy.Listener
+	source policy.SourcePrefix // how per-source limits count a source
 	tls    *tls.Config
 	http   *httpproxy.Handler
 	tcp    map[string]*tcpRoute
@@ -217,6 +225,7 @@ func (s *Server) Apply(p *policy.Policy) error {
 		if err != nil {
 			return fail(err)
 		}
+		st.source = p.Enforcement.SourcePrefix
 		states[addr] = st
 	}
 	var opened []*socket
