@@ -3,12 +3,14 @@ package proxy
 import (
 	"errors"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
+	"github.com/gatehouse-dmz/gatehouse/proxy/telnet"
 )
 
 var errEvicted = errors.New("unfinished handshake evicted for a newer connection")
@@ -102,14 +104,65 @@ func telnetLimits(l policy.Listener) func(tenant string) policy.TelnetLimits {
 	return func(tenant string) policy.TelnetLimits { return l.ForTenant(tenant).Telnet }
 }
 
-// collectPending reports the unfinished handshakes per listener.
-func (s *Server) collectPending(ch chan<- prometheus.Metric) {
+// series makes the per-listener and per-tenant series the configuration
+// determines exist from the start, and drops those of listeners and
+// tenants it no longer has: connections_active per listener and routed
+// tenant, telnet_sessions_total per terminal listener, routed tenant and
+// result, connections_refused_total per listener and reason.
+func (s *Server) series(p *policy.Policy) {
+	want := map[[2]string]bool{}
+	terminal := map[[2]string]bool{}
+	var names []string
+	for _, l := range p.Listeners {
+		names = append(names, l.Name)
+		for _, r := range l.Routes {
+			k := [2]string{l.Name, r.Tenant}
+			want[k] = true
+			if l.Protocol == policy.ProtoTN3270 || l.Protocol == policy.ProtoTN5250 {
+				terminal[k] = true
+			}
+		}
+		if l.StartTLS {
+			terminal[[2]string{l.Name, telnet.UnknownTenant}] = true
+		}
+	}
+	s.connMu.Lock()
+	s.configured = want
+	s.connMu.Unlock()
+	s.sessions.Series(terminal)
+	for _, n := range s.seriesOf {
+		if !slices.Contains(names, n) {
+			s.refused.DeletePartialMatch(prometheus.Labels{"listener": n})
+		}
+	}
+	for _, n := range names {
+		for _, r := range refusalReasons {
+			s.refused.WithLabelValues(n, r)
+		}
+	}
+	s.seriesOf = names
+}
+
+// collectConns reports the identified connections of every configured
+// listener and tenant (zero included) and of any still open beyond them
+// (draining after a reload), and the unfinished handshakes per listener.
+func (s *Server) collectConns(ch chan<- prometheus.Metric) {
+	s.connMu.Lock()
+	for k := range s.configured {
+		ch <- prometheus.MustNewConstMetric(s.activeDesc, prometheus.GaugeValue, float64(s.perTen[k]), k[0], k[1])
+	}
+	for k, n := range s.perTen {
+		if !s.configured[k] {
+			ch <- prometheus.MustNewConstMetric(s.activeDesc, prometheus.GaugeValue, float64(n), k[0], k[1])
+		}
+	}
+	s.connMu.Unlock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for _, sk := range s.sockets {
 		if st := sk.state.Load(); st != nil {
 			_, pending := sk.gate.counts()
 			ch <- prometheus.MustNewConstMetric(s.pendingDesc, prometheus.GaugeValue, float64(pending), st.l.Name)
 		}
 	}
+	s.mu.Unlock()
 }

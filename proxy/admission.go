@@ -26,6 +26,8 @@ const (
 	reasonTenantLimit = "tenant_limit"
 )
 
+var refusalReasons = []string{reasonListenerFull, reasonPreHandshake, reasonPreHandshakeSource, reasonTenantLimit}
+
 // gate admits the connections of one socket. It counts every connection
 // the listener holds, and keeps the ones that have not finished their TLS
 // handshake in the order they came, per listener and per source.

@@ -240,7 +240,6 @@ func (s *Server) admit(c *conn, id Identity, seen uint64) (*listenerState, error
 	tb.Count(true, int(c.preIn.Swap(0)))
 	tb.Count(false, int(c.preOut.Swap(0)))
 	c.raw.SetCounter(tb)
-	s.active.WithLabelValues(c.listener, id.Tenant).Inc()
 	return st, nil
 }
 
@@ -258,7 +257,6 @@ func (s *Server) forget(c *conn) {
 		if s.perTen[k]--; s.perTen[k] <= 0 {
 			delete(s.perTen, k)
 		}
-		s.active.WithLabelValues(c.listener, id.Tenant).Dec()
 	} else {
 		tb := s.tenantBytes(c.listener, unknownTenant)
 		tb.Count(true, int(c.preIn.Swap(0)))

@@ -55,18 +55,21 @@ type Server struct {
 	closed  bool
 	drains  sync.WaitGroup
 
-	connMu  sync.Mutex
-	conns   map[*conn]struct{}
-	perTen  map[[2]string]int // identified connections per listener and tenant
-	byTLS   sync.Map          // *tls.Conn → *conn, for http.Server.ConnContext
-	inFlite *httpproxy.InFlight
+	connMu     sync.Mutex
+	conns      map[*conn]struct{}
+	perTen     map[[2]string]int  // identified connections per listener and tenant
+	configured map[[2]string]bool // listener and tenant pairs the generation in force routes
+	byTLS      sync.Map           // *tls.Conn → *conn, for http.Server.ConnContext
+	inFlite    *httpproxy.InFlight
 
 	httpMetrics *httpproxy.Metrics
 	sessions    *telnet.Sessions // terminal sessions, shared by every generation
+	// seriesOf are the listeners whose refusal series exist; Apply only.
+	seriesOf []string
 
 	revalidations atomic.Uint64 // Revalidate calls so far; see admit
 	refusals      *logLimiter   // "TLS handshake refused" and other lines any client causes
-	active        *prometheus.GaugeVec
+	activeDesc    *prometheus.Desc
 	pendingDesc   *prometheus.Desc
 	refused       *prometheus.CounterVec
 	bytes         *prometheus.CounterVec
@@ -95,13 +98,12 @@ func New(cfg Config) (*Server, error) {
 		sockets:     map[string]*socket{},
 		conns:       map[*conn]struct{}{},
 		perTen:      map[[2]string]int{},
+		configured:  map[[2]string]bool{},
 		inFlite:     httpproxy.NewInFlight(),
 		httpMetrics: httpproxy.NewMetrics(),
 		sessions:    telnet.NewSessions(),
-		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "gatehouse_proxy_connections_active",
-			Help: "Client connections open after a tenant was identified.",
-		}, []string{"listener", "tenant"}),
+		activeDesc: prometheus.NewDesc("gatehouse_proxy_connections_active",
+			"Client connections open after a tenant was identified.", []string{"listener", "tenant"}, nil),
 		pendingDesc: prometheus.NewDesc("gatehouse_proxy_handshakes_pending",
 			"Connections of a listener that have not finished their TLS handshake (limits.pre_handshake caps them).",
 			[]string{"listener"}, nil),
@@ -119,7 +121,7 @@ func New(cfg Config) (*Server, error) {
 
 // Describe implements prometheus.Collector.
 func (s *Server) Describe(ch chan<- *prometheus.Desc) {
-	s.active.Describe(ch)
+	ch <- s.activeDesc
 	ch <- s.pendingDesc
 	s.refused.Describe(ch)
 	s.bytes.Describe(ch)
@@ -129,8 +131,7 @@ func (s *Server) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (s *Server) Collect(ch chan<- prometheus.Metric) {
-	s.active.Collect(ch)
-	s.collectPending(ch)
+	s.collectConns(ch)
 	s.refused.Collect(ch)
 	s.bytes.Collect(ch)
 	s.httpMetrics.Collect(ch)
@@ -291,6 +292,7 @@ func (s *Server) Apply(p *policy.Policy) error {
 			s.drain(ctx, sk)
 		}()
 	}
+	s.series(p)
 	s.logger.Info("listeners applied", "generation", p.Generation, "listeners", len(states), "new", len(opened),
 		"sessions_ended", len(ended))
 	return nil
