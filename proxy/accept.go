@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,11 +17,11 @@ import (
 var errEvicted = errors.New("unfinished handshake evicted for a newer connection")
 
 // accept decides, in the accept loop of sk, what becomes of a new
-// connection: closed at once when the listener is full of identified
-// connections; otherwise counted in (which may evict the oldest unfinished
-// handshakes, see gate) and served. The limits are those of the
-// generation in force now, so a reload changes them for the next
-// connection.
+// connection: closed at once within the descriptor reserve or when the
+// listener is full of identified connections; otherwise counted in (which
+// may evict the oldest unfinished handshakes, see gate) and served. The
+// limits are those of the generation in force now, so a reload changes
+// them for the next connection.
 func (s *Server) accept(sk *socket, nc net.Conn) func() {
 	st := sk.state.Load()
 	now := time.Now()
@@ -29,6 +30,9 @@ func (s *Server) accept(sk *socket, nc net.Conn) func() {
 		listener: st.l.Name,
 		source:   addrPort(nc.RemoteAddr()),
 		closed:   make(chan struct{}),
+	}
+	if s.descriptorsLow(c, fdOf(nc), now) {
+		return nil
 	}
 	c.adm.src = st.source.Source(c.source.Addr())
 	evicted, ok := sk.gate.admit(c, st.l.Limits, now)
@@ -44,6 +48,7 @@ func (s *Server) accept(sk *socket, nc net.Conn) func() {
 		}
 		return nil
 	}
+	s.fds.live.Add(1)
 	c.raw = relay.NewCountingConn(nc, c, func() { s.forget(c) })
 	s.connMu.Lock()
 	s.conns[c] = struct{}{}
@@ -67,8 +72,66 @@ func (s *Server) evict(e eviction, now time.Time) {
 	}
 }
 
+// descriptorsLow closes c's connection at once when the process is within
+// the descriptor reserve, saying so once when it gets there and again
+// only rate-limited.
+func (s *Server) descriptorsLow(c *conn, fd int, now time.Time) bool {
+	low, open, limit := s.fds.low(now, fd)
+	if !low {
+		if s.inReserve.Swap(false) {
+			s.logger.Info("descriptor reserve left: accepting connections again", "open", open, "limit", limit)
+		}
+		return false
+	}
+	s.refused.WithLabelValues(c.listener, reasonDescriptors).Inc()
+	if !s.inReserve.Swap(true) {
+		s.reserveLog.allow(now) // the first line of an episode always goes out
+		s.logger.Warn("descriptor reserve reached: new connections are closed at once until descriptors are free",
+			"listener", c.listener, "open", open, "limit", limit, "reserve", DescriptorReserve(limit))
+	} else if ok, held := s.reserveLog.allow(now); ok {
+		s.logger.Warn("descriptor reserve still reached: new connections are closed at once",
+			"listener", c.listener, "open", open, "limit", limit, "reserve", DescriptorReserve(limit),
+			"similar_lines_suppressed", held)
+	}
+	return true
+}
+
+// acceptFailed logs an accept error of sk, rate-limited: a client can
+// cause them at will once descriptors run out.
 func (s *Server) acceptFailed(sk *socket, err error, backoff time.Duration) {
-	s.logger.Warn("accept failed, backing off", "addr", sk.addr, "err", err, "backoff", backoff)
+	if ok, held := s.acceptLog.allow(time.Now()); ok {
+		args := []any{"addr", sk.ln.Addr().String(), "err", err, "backoff", backoff}
+		if st := sk.state.Load(); st != nil {
+			args = append(args, "listener", st.l.Name)
+		}
+		if held > 0 {
+			args = append(args, "similar_lines_suppressed", held)
+		}
+		if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+			args = append(args, "hint", "out of file descriptors: raise LimitNOFILE or lower limits.connections")
+		}
+		s.logger.Warn("accept failed, backing off", args...)
+	}
+}
+
+// checkDescriptorBudget warns when the listeners may hold more connections
+// than RLIMIT_NOFILE leaves room for: the descriptor reserve would then
+// refuse connections the limits allow.
+func (s *Server) checkDescriptorBudget(p *policy.Policy) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return
+	}
+	need := 0
+	for _, l := range p.Listeners {
+		need += 2 * l.Limits.MaxConns // client and backend
+	}
+	limit := int(min(rl.Cur, uint64(1<<31-1)))
+	if need+DescriptorReserve(limit) > limit {
+		s.logger.Warn("the listeners' connection limits need more descriptors than RLIMIT_NOFILE allows: "+
+			"connections beyond it are refused to keep the descriptor reserve", "descriptors_needed", need,
+			"reserve", DescriptorReserve(limit), "limit", limit)
+	}
 }
 
 // rearm gives the open tcp and terminal sessions of every listener the

@@ -15,6 +15,9 @@ const (
 	// A new connection, while the listener holds limits.connections
 	// connections that all finished their handshake.
 	reasonListenerFull = "listener_full"
+	// A new connection, while the process is within the descriptor
+	// reserve.
+	reasonDescriptors = "descriptors"
 	// The oldest unfinished handshake of the listener, closed to make room
 	// for a new connection (limits.pre_handshake, or limits.connections
 	// while unfinished handshakes hold some of them).
@@ -26,7 +29,7 @@ const (
 	reasonTenantLimit = "tenant_limit"
 )
 
-var refusalReasons = []string{reasonListenerFull, reasonPreHandshake, reasonPreHandshakeSource, reasonTenantLimit}
+var refusalReasons = []string{reasonListenerFull, reasonDescriptors, reasonPreHandshake, reasonPreHandshakeSource, reasonTenantLimit}
 
 // gate admits the connections of one socket. It counts every connection
 // the listener holds, and keeps the ones that have not finished their TLS

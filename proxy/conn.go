@@ -246,6 +246,7 @@ func (s *Server) admit(c *conn, id Identity, seen uint64) (*listenerState, error
 // forget runs once when c's socket closes.
 func (s *Server) forget(c *conn) {
 	c.sock.gate.release(c)
+	s.fds.live.Add(-1)
 	s.connMu.Lock()
 	if c.httpConn != nil {
 		s.byTLS.Delete(c.httpConn)

@@ -19,7 +19,8 @@
 // tcp and terminal sessions get the new timeouts at once, and keep-alive
 // HTTP connections of changed HTTP server limits are closed once idle.
 // Unfinished handshakes that exceed their budget are evicted oldest first
-// (see gate).
+// (see gate), and new connections are closed at once while the process is
+// within DescriptorReserve of RLIMIT_NOFILE.
 //
 // Metrics: gatehouse_proxy_connections_active{listener,tenant},
 // gatehouse_proxy_handshakes_pending{listener},

@@ -64,6 +64,11 @@ type Server struct {
 
 	httpMetrics *httpproxy.Metrics
 	sessions    *telnet.Sessions // terminal sessions, shared by every generation
+
+	fds        descriptors
+	inReserve  atomic.Bool // the last accept found the process within the descriptor reserve
+	reserveLog *logLimiter // "descriptor reserve reached" lines
+	acceptLog  *logLimiter // accept errors
 	// seriesOf are the listeners whose refusal series exist; Apply only.
 	seriesOf []string
 
@@ -93,6 +98,8 @@ func New(cfg Config) (*Server, error) {
 	return &Server{
 		logger:      logger.With("component", "proxy"),
 		refusals:    newLogLimiter(10, 50),
+		acceptLog:   newLogLimiter(0.5, 1),
+		reserveLog:  newLogLimiter(0.1, 1),
 		tlsSrc:      cfg.TLS,
 		access:      access,
 		sockets:     map[string]*socket{},
@@ -109,7 +116,7 @@ func New(cfg Config) (*Server, error) {
 			[]string{"listener"}, nil),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatehouse_proxy_connections_refused_total",
-			Help: "Connections the proxy closed before serving them, by reason: listener_full, " +
+			Help: "Connections the proxy closed before serving them, by reason: listener_full, descriptors (the descriptor reserve), " +
 				"pre_handshake and pre_handshake_source (the oldest unfinished handshake, evicted for a newer one), tenant_limit.",
 		}, []string{"listener", "reason"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -293,6 +300,7 @@ func (s *Server) Apply(p *policy.Policy) error {
 		}()
 	}
 	s.series(p)
+	s.checkDescriptorBudget(p)
 	s.logger.Info("listeners applied", "generation", p.Generation, "listeners", len(states), "new", len(opened),
 		"sessions_ended", len(ended))
 	return nil
