@@ -534,8 +534,11 @@ func (s *Server) drain(ctx context.Context, sk *socket) bool {
 	case <-sk.done:
 	case <-ctx.Done():
 		clean = false
-		sk.cancel()
+		// Connections first, then their requests' context: cancelled
+		// first, a request could still answer (a 502) before its
+		// connection closed, and look finished to its client.
 		s.closeConns(func(c *conn) bool { return c.sock == sk })
+		sk.cancel()
 		<-sk.done
 	}
 	sk.cancel()
