@@ -366,7 +366,8 @@ func (s *Server) relayTCP(c *conn, st *listenerState) {
 	}
 	var ended atomic.Pointer[error]
 	lim := st.l.ForTenant(tenant).TCP
-	timer := relay.NewTimer(time.Now(), lim.IdleTimeout, lim.MaxSession, func(why error) {
+	start := time.Now()
+	timer := relay.NewTimer(start, lim.IdleTimeout, lim.MaxSession, func(why error) {
 		ended.Store(&why)
 		c.raw.Close()
 		bc.Close()
@@ -381,7 +382,13 @@ func (s *Server) relayTCP(c *conn, st *listenerState) {
 	if why := ended.Load(); why != nil {
 		reason = (*why).Error()
 	}
-	s.logger.Info("tcp session ended", "listener", c.listener, "tenant", tenant,
-		"fingerprint", c.identity().FingerprintSHA256, "source", c.source.String(),
-		"bytes_in", in, "bytes_out", out, "reason", reason, "err", err)
+	// The session's line in the access log, as HTTP requests and terminal
+	// sessions have theirs.
+	args := []any{"listener", c.listener, "tenant", tenant, "fingerprint", c.identity().FingerprintSHA256,
+		"source", c.source.String(), "backend", rt.backend, "bytes_in", in, "bytes_out", out,
+		"duration", time.Since(start).Round(time.Millisecond).String(), "reason", reason}
+	if err != nil {
+		args = append(args, "err", err.Error())
+	}
+	s.access.Info("tcp session ended", args...)
 }

@@ -3,7 +3,9 @@ package proxy_test
 import (
 	"bufio"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -174,8 +176,8 @@ func TestTCPSessionTimeouts(t *testing.T) {
 			}
 		}
 		s.ended(t, "idle session")
-		if !waitFor(func() bool { return strings.Contains(h.logs.String(), "reason=\"session idle too long\"") }) {
-			t.Errorf("no session end line with the reason:\n%s", h.logs.String())
+		if end := h.tcpAccessLine(); end["reason"] != "session idle too long" {
+			t.Errorf("session end line %v: want the idle timeout as reason", end)
 		}
 	})
 	t.Run("max session", func(t *testing.T) {
@@ -304,5 +306,39 @@ func TestReloadChangesHTTPServerLimits(t *testing.T) {
 	fresh.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.ReadAll(fresh); err != nil {
 		t.Errorf("idle connection not closed by the new 300ms idle timeout: %v", err)
+	}
+}
+
+// tcpAccessLine returns the last "tcp session ended" line of the access
+// log, waiting for it a little: it is written after the connection closed.
+func (h *harness) tcpAccessLine() map[string]any {
+	var end map[string]any
+	for _, l := range h.access.lines("tcp session ended") {
+		if strings.Contains(l, "tcp session ended") {
+			json.Unmarshal([]byte(l), &end)
+		}
+	}
+	return end
+}
+
+// TestTCPSessionAccessLog: a tcp session has its line in the access log,
+// as an HTTP request and a terminal session have theirs.
+func TestTCPSessionAccessLog(t *testing.T) {
+	echo := lineEcho(t)
+	h := newHarness(t, testLimits(), listener("raw", policy.ProtoTCP, policy.Route{Tenant: "acme", Backend: echo}))
+	s, err := h.dialSession(h.pki.acme, "raw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.c.Close()
+	end := h.tcpAccessLine()
+	for k, want := range map[string]any{"listener": "raw", "tenant": "acme", "fingerprint": fingerprint(h.pki.acme),
+		"backend": echo, "reason": "closed", "bytes_in": nil, "bytes_out": nil, "duration": nil} {
+		if got, ok := end[k]; !ok || want != nil && got != want {
+			t.Errorf("access log line of the session: %s = %v, want %v (line %v)", k, got, want, end)
+		}
+	}
+	if !strings.HasPrefix(fmt.Sprint(end["source"]), "127.0.0.1:") {
+		t.Errorf("access log line of the session without its source: %v", end)
 	}
 }
