@@ -66,8 +66,8 @@ func TestTimeoutsAndHeaderLimit(t *testing.T) {
 	b := newBackend(t, "a")
 	lim := testLimits()
 	lim.HTTP.BackendTimeout = 200 * time.Millisecond
-	lim.IdleTimeout = 200 * time.Millisecond
-	lim.MaxHeaderBytes = 4096 // net/http allows 4 KiB of slack on top
+	lim.HTTP.IdleTimeout = 200 * time.Millisecond
+	lim.HTTP.MaxHeaderBytes = 4096 // net/http allows 4 KiB of slack on top
 	h := newHarness(t, lim, listener("web", policy.ProtoHTTPS,
 		policy.Route{Tenant: "acme", Path: "/", Backend: b.url()},
 		policy.Route{Tenant: "acme", Path: "/slow", Backend: slow.URL}))

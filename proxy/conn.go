@@ -44,6 +44,12 @@ type conn struct {
 	// (routeKey), "" for HTTP, whose requests are routed one by one. Set
 	// and read under Server.connMu.
 	route string
+	// timer bounds a tcp session (limits.tcp); Apply gives it the limits
+	// of each new generation. Set and read under Server.connMu.
+	timer *relay.Timer
+
+	// adm is the connection's place at its socket's gate.
+	adm admission
 }
 
 // state returns the connection's TLS state for revalidation.
@@ -92,19 +98,10 @@ func (s *Server) tenantBytes(listener, tenant string) tenantBytes {
 
 // handle owns one accepted connection until it closes: handshake, identify,
 // limit, then the listener's protocol. It returns only when the connection
-// is closed, so the accept loop's connection cap counts it all along.
-func (s *Server) handle(sk *socket, nc net.Conn) {
-	st := sk.state.Load()
-	c := &conn{
-		sock:     sk,
-		listener: st.l.Name,
-		source:   addrPort(nc.RemoteAddr()),
-		closed:   make(chan struct{}),
-	}
-	c.raw = relay.NewCountingConn(nc, c, func() { s.forget(c) })
-	s.connMu.Lock()
-	s.conns[c] = struct{}{}
-	s.connMu.Unlock()
+// is closed, so the accept loop waits for it on shutdown. st is the
+// generation the connection was accepted under.
+func (s *Server) handle(c *conn, st *listenerState) {
+	sk := c.sock
 	defer func() { <-c.closed }()
 
 	if st.telnet != nil && st.l.StartTLS {
@@ -113,7 +110,12 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 		return
 	}
 	c.tls = tls.Server(c.raw, st.tls)
-	if err := relay.Handshake(sk.ctx, c.tls, s.limits.HandshakeTimeout); err != nil {
+	err := relay.Handshake(sk.ctx, c.tls, st.l.Limits.HandshakeTimeout)
+	if !sk.gate.handshaken(c) {
+		c.raw.Close() // evicted: logged and counted by the gate's caller
+		return
+	}
+	if err != nil {
 		s.handshakeFailed(c, err)
 		c.raw.Close()
 		return
@@ -160,7 +162,7 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 		c.httpConn = hc
 		s.byTLS.Store(hc, c)
 		s.connMu.Unlock()
-		if !sk.queue.push(hc) {
+		if !sk.pushHTTP(hc) {
 			c.raw.Close()
 		}
 	case st.tcp != nil:
@@ -238,10 +240,11 @@ func (s *Server) admit(c *conn, id Identity, seen uint64) (*listenerState, error
 	if _, open := s.conns[c]; !open {
 		return nil, errClosedMeanwhile
 	}
-	if s.perTen[k] >= s.limits.MaxConnsPerTenant {
-		return nil, ErrConnLimit
-	}
 	st := c.sock.state.Load()
+	if limit := st.l.ForTenant(id.Tenant).MaxConnsPerTenant; s.perTen[k] >= limit {
+		s.refused.WithLabelValues(c.listener, reasonTenantLimit).Inc()
+		return nil, fmt.Errorf("%w (%d)", ErrConnLimit, limit)
+	}
 	c.route = st.routeKey(id.Tenant)
 	s.perTen[k]++
 	c.idMu.Lock()
@@ -252,12 +255,13 @@ func (s *Server) admit(c *conn, id Identity, seen uint64) (*listenerState, error
 	tb.Count(true, int(c.preIn.Swap(0)))
 	tb.Count(false, int(c.preOut.Swap(0)))
 	c.raw.SetCounter(tb)
-	s.active.WithLabelValues(c.listener, id.Tenant).Inc()
 	return st, nil
 }
 
 // forget runs once when c's socket closes.
 func (s *Server) forget(c *conn) {
+	c.sock.gate.release(c)
+	s.fds.live.Add(-1)
 	s.connMu.Lock()
 	if c.httpConn != nil {
 		s.byTLS.Delete(c.httpConn)
@@ -269,7 +273,6 @@ func (s *Server) forget(c *conn) {
 		if s.perTen[k]--; s.perTen[k] <= 0 {
 			delete(s.perTen, k)
 		}
-		s.active.WithLabelValues(c.listener, id.Tenant).Dec()
 	} else {
 		tb := s.tenantBytes(c.listener, unknownTenant)
 		tb.Count(true, int(c.preIn.Swap(0)))
@@ -288,6 +291,9 @@ func telnetPeer(c *conn, id Identity) telnet.Peer {
 // tenant before it connects anywhere.
 func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 	admit := func(cs tls.ConnectionState) (telnet.Peer, error) {
+		if !c.sock.gate.handshaken(c) {
+			return telnet.Peer{}, errEvicted
+		}
 		if len(cs.PeerCertificates) == 0 {
 			return telnet.Peer{}, ErrTLSConfig
 		}
@@ -309,7 +315,12 @@ func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 		}
 		return telnetPeer(c, id), nil
 	}
-	switch err := st.telnet.ServeStartTLS(c.sock.ctx, c.raw, st.tls, admit); {
+	err := st.telnet.ServeStartTLS(c.sock.ctx, c.raw, st.tls, admit)
+	if !c.sock.gate.handshaken(c) {
+		c.raw.Close() // evicted: logged and counted by the gate's caller
+		return
+	}
+	switch {
 	case errors.Is(err, telnet.ErrHandshake):
 		s.handshakeFailed(c, err)
 	case errors.Is(err, telnet.ErrStartTLS):
@@ -342,7 +353,8 @@ func buildTCPRoutes(l policy.Listener) (map[string]*tcpRoute, error) {
 	return routes, nil
 }
 
-// relayTCP connects the tenant to its one backend and copies both ways.
+// relayTCP connects the tenant to its one backend and copies both ways,
+// within the tenant's limits.tcp (which a reload re-arms, see rearm).
 func (s *Server) relayTCP(c *conn, st *listenerState) {
 	tenant := c.identity().Tenant
 	rt := st.tcp[tenant]
@@ -351,7 +363,7 @@ func (s *Server) relayTCP(c *conn, st *listenerState) {
 		c.raw.Close()
 		return
 	}
-	d := &net.Dialer{Timeout: s.limits.BackendDialTimeout}
+	d := &net.Dialer{Timeout: BackendDialTimeout}
 	var (
 		bc  net.Conn
 		err error
@@ -366,9 +378,31 @@ func (s *Server) relayTCP(c *conn, st *listenerState) {
 		c.raw.Close()
 		return
 	}
-	in, out, err := relay.Pipe(c.tls, bc)
+	var ended atomic.Pointer[error]
+	lim := st.l.ForTenant(tenant).TCP
+	start := time.Now()
+	timer := relay.NewTimer(start, lim.IdleTimeout, lim.MaxSession, func(why error) {
+		ended.Store(&why)
+		c.raw.Close()
+		bc.Close()
+	})
+	s.connMu.Lock()
+	c.timer = timer
+	s.connMu.Unlock()
+	in, out, err := relay.PipeTimed(c.tls, bc, timer)
+	timer.Stop()
 	c.raw.Close()
-	s.logger.Info("tcp session ended", "listener", c.listener, "tenant", tenant,
-		"fingerprint", c.identity().FingerprintSHA256, "source", c.source.String(),
-		"bytes_in", in, "bytes_out", out, "err", err)
+	reason := "closed"
+	if why := ended.Load(); why != nil {
+		reason = (*why).Error()
+	}
+	// The session's line in the access log, as HTTP requests and terminal
+	// sessions have theirs.
+	args := []any{"listener", c.listener, "tenant", tenant, "fingerprint", c.identity().FingerprintSHA256,
+		"source", c.source.String(), "backend", rt.backend, "bytes_in", in, "bytes_out", out,
+		"duration", time.Since(start).Round(time.Millisecond).String(), "reason", reason}
+	if err != nil {
+		args = append(args, "err", err.Error())
+	}
+	s.access.Info("tcp session ended", args...)
 }

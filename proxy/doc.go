@@ -9,13 +9,22 @@
 // removes, and closes connections whose certificate stops checking out
 // (Revalidate). It never loads certificates itself.
 //
-// Limits (see Limits and the Default constants here and in proxy/http):
-// handshake and header-read timeouts, idle timeout, header size, connections
-// per listener and per tenant on a listener, and per request body size, body
-// read idle time, backend timeout and requests in flight per tenant, so one
-// tenant's flood is refused before it can starve another.
+// Limits come from the policy generation in force, never from here: the
+// listener's (policy.Listener.Limits: connections, the pre-handshake
+// budget per listener and per source, handshake and drain timeouts, the
+// HTTP server's header size and timeouts) and, once the certificate proved
+// the tenant, the tenant's (ForTenant: connections per tenant, terminal
+// sessions, tcp and terminal idle and session length; proxy/http takes the
+// per-request ones). A reload applies them to the next connection; open
+// tcp and terminal sessions get the new timeouts at once, and keep-alive
+// HTTP connections of changed HTTP server limits are closed once idle.
+// Unfinished handshakes that exceed their budget are evicted oldest first
+// (see gate), and new connections are closed at once while the process is
+// within DescriptorReserve of RLIMIT_NOFILE.
 //
 // Metrics: gatehouse_proxy_connections_active{listener,tenant},
+// gatehouse_proxy_handshakes_pending{listener},
+// gatehouse_proxy_connections_refused_total{listener,reason},
 // gatehouse_proxy_bytes_total{listener,tenant,direction} (client side, TLS
 // records included), and from proxy/http gatehouse_http_requests_total,
 // gatehouse_http_request_duration_seconds and gatehouse_soap_rejections_total,

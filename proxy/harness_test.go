@@ -89,6 +89,12 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 // lines returns the log lines once one contains want; the log is written
 // after the response, so it may trail the client a little.
 func (s *syncBuffer) lines(want string) []string {
@@ -114,7 +120,9 @@ type harness struct {
 
 var loopback = netip.MustParseAddr("127.0.0.1")
 
-func newHarness(t testing.TB, limits proxy.Limits, listeners ...policy.Listener) *harness {
+// newHarness runs listeners on a new Server; limits replace the test
+// limits of every listener that has them (as listener makes them).
+func newHarness(t testing.TB, limits policy.Limits, listeners ...policy.Listener) *harness {
 	t.Helper()
 	h := &harness{t: t, pki: newPKI(t), access: &syncBuffer{}, logs: &syncBuffer{}}
 	if _, bench := t.(*testing.B); bench {
@@ -124,13 +132,17 @@ func newHarness(t testing.TB, limits proxy.Limits, listeners ...policy.Listener)
 		Logger:    slog.New(slog.NewTextHandler(h.logs, nil)),
 		TLS:       h.pki.src,
 		AccessLog: slog.New(slog.NewJSONHandler(h.access, nil)),
-		Limits:    limits,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	h.srv = srv
 	t.Cleanup(func() { srv.Close() })
+	for i := range listeners {
+		if listeners[i].Limits == testLimits() {
+			listeners[i].Limits = limits
+		}
+	}
 	if err := srv.Apply(&policy.Policy{Generation: 1, Listeners: listeners}); err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +150,7 @@ func newHarness(t testing.TB, limits proxy.Limits, listeners ...policy.Listener)
 }
 
 func listener(name string, proto policy.Protocol, routes ...policy.Route) policy.Listener {
-	return policy.Listener{Name: name, Addr: loopback, Port: 0, Protocol: proto, Routes: routes}
+	return policy.Listener{Name: name, Addr: loopback, Port: 0, Protocol: proto, Routes: routes, Limits: testLimits()}
 }
 
 func (h *harness) addr(name string) string {
@@ -245,12 +257,31 @@ func ctxTimeout(t testing.TB, d time.Duration) context.Context {
 	return ctx
 }
 
-// testLimits are small enough for tests to hit them quickly.
-func testLimits() proxy.Limits {
-	return proxy.Limits{
-		HandshakeTimeout:  2 * time.Second,
-		ReadHeaderTimeout: 300 * time.Millisecond,
-		DrainTimeout:      2 * time.Second,
+// testLimits are the configuration's defaults, with the timeouts tests
+// wait for made short.
+func testLimits() policy.Limits {
+	return policy.Limits{
+		MaxConns:                 10_000,
+		MaxPreHandshake:          1_000,
+		MaxPreHandshakePerSource: 64,
+		HandshakeTimeout:         2 * time.Second,
+		DrainTimeout:             2 * time.Second,
+		MaxConnsPerTenant:        2_000,
+		HTTP: policy.HTTPLimits{
+			MaxInFlight:       256,
+			MaxHeaderBytes:    64 << 10,
+			MaxBodyBytes:      32 << 20,
+			BodyBufferBytes:   1 << 20,
+			ReadHeaderTimeout: 300 * time.Millisecond,
+			IdleTimeout:       120 * time.Second,
+			BodyReadTimeout:   30 * time.Second,
+			BackendTimeout:    60 * time.Second,
+		},
+		TCP: policy.StreamLimits{IdleTimeout: time.Hour, MaxSession: 24 * time.Hour},
+		Telnet: policy.TelnetLimits{
+			StreamLimits:         policy.StreamLimits{IdleTimeout: 30 * time.Minute, MaxSession: 12 * time.Hour},
+			MaxSessionsPerTenant: 500,
+		},
 	}
 }
 

@@ -199,7 +199,7 @@ func TestApplyBindFailureKeepsOldState(t *testing.T) {
 	busyPort := uint16(busy.Addr().(*net.TCPAddr).Port)
 	bad := &policy.Policy{Generation: 2, Listeners: []policy.Listener{
 		listener("web", policy.ProtoHTTPS, policy.Route{Tenant: "acme", Backend: next.url()}),
-		{Name: "second", Addr: loopback, Port: busyPort, Protocol: policy.ProtoHTTPS,
+		{Name: "second", Addr: loopback, Port: busyPort, Protocol: policy.ProtoHTTPS, Limits: testLimits(),
 			Routes: []policy.Route{{Tenant: "acme", Backend: next.url()}}},
 	}}
 	if err := h.srv.Apply(bad); err == nil {
@@ -222,7 +222,7 @@ func TestApplyBindFailureKeepsOldState(t *testing.T) {
 			policy.Route{Tenant: "acme", Backend: "https://127.0.0.1:1", BackendCA: filepath.Join(t.TempDir(), "none.pem")})}},
 		"unknown protocol": {Listeners: []policy.Listener{listener("web", policy.Protocol("gopher"), policy.Route{Tenant: "acme", Backend: "127.0.0.1:70"})}},
 		"bad tn3270 route": {Listeners: []policy.Listener{listener("web", policy.ProtoTN3270, policy.Route{Tenant: "acme", Backend: "no port"})}},
-		"duplicate name":   {Listeners: []policy.Listener{listener("web", policy.ProtoHTTPS), {Name: "web", Addr: loopback, Port: 1, Protocol: policy.ProtoHTTPS}}},
+		"duplicate name":   {Listeners: []policy.Listener{listener("web", policy.ProtoHTTPS), {Name: "web", Addr: loopback, Port: 1, Protocol: policy.ProtoHTTPS, Limits: testLimits()}}},
 	} {
 		if err := h.srv.Apply(p); err == nil {
 			t.Errorf("%s: Apply succeeded", name)
@@ -277,9 +277,9 @@ func slowBackend(t testing.TB) (url string, entered chan struct{}, release chan 
 func TestApplyRemovesListenerAndShutdownDrains(t *testing.T) {
 	slowURL, entered, release := slowBackend(t)
 	b := newBackend(t, "b")
-	slowL := policy.Listener{Name: "slow", Addr: loopback, Port: freePort(t), Protocol: policy.ProtoHTTPS,
+	slowL := policy.Listener{Name: "slow", Addr: loopback, Port: freePort(t), Protocol: policy.ProtoHTTPS, Limits: testLimits(),
 		Routes: []policy.Route{{Tenant: "acme", Backend: slowURL}}}
-	otherL := policy.Listener{Name: "other", Addr: loopback, Port: freePort(t), Protocol: policy.ProtoHTTPS,
+	otherL := policy.Listener{Name: "other", Addr: loopback, Port: freePort(t), Protocol: policy.ProtoHTTPS, Limits: testLimits(),
 		Routes: []policy.Route{{Tenant: "acme", Path: "/", Backend: b.url()}, {Tenant: "acme", Path: "/slow", Backend: slowURL}}}
 	h := newHarness(t, testLimits(), slowL, otherL)
 	slowAddr := h.addr("slow")

@@ -1,72 +1,90 @@
 package proxy
 
 import (
+	"fmt"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/policy"
 	httpproxy "github.com/gatehouse-dmz/gatehouse/proxy/http"
-	"github.com/gatehouse-dmz/gatehouse/proxy/telnet"
 )
 
-// Defaults for Limits.
+// Every limit the proxy applies comes from the policy generation it runs
+// (policy.Listener.Limits, and ForTenant once the tenant is known); the
+// configuration resolves them completely. What no configuration key
+// reaches is a constant here or in proxy/http and proxy/telnet.
 const (
-	// DefaultHandshakeTimeout bounds a TLS handshake, slow clients included.
-	DefaultHandshakeTimeout = 10 * time.Second
-	// DefaultReadHeaderTimeout bounds reading one request's headers.
-	DefaultReadHeaderTimeout = 10 * time.Second
-	// DefaultIdleTimeout closes a keep-alive connection idle this long.
-	DefaultIdleTimeout = 120 * time.Second
-	// DefaultMaxHeaderBytes caps a request's header block.
-	DefaultMaxHeaderBytes = 64 << 10
-	// DefaultMaxConnsPerListener caps the connections one listener holds;
-	// more are closed on accept.
-	DefaultMaxConnsPerListener = 10_000
-	// DefaultMaxConnsPerTenant caps one tenant's connections on one
-	// listener, so one tenant cannot use up the listener's share.
-	DefaultMaxConnsPerTenant = 2_000
-	// DefaultDrainTimeout is how long connections of a listener a reload
-	// removed may finish before they are closed.
-	DefaultDrainTimeout = 30 * time.Second
-	// DefaultBackendDialTimeout bounds connecting to a tcp backend.
-	DefaultBackendDialTimeout = 5 * time.Second
+	// BackendDialTimeout bounds connecting to a tcp listener's backend.
+	BackendDialTimeout = 5 * time.Second
 )
 
-// Limits bound what clients may hold. Zero fields take the defaults.
-type Limits struct {
-	HandshakeTimeout    time.Duration
-	ReadHeaderTimeout   time.Duration
-	IdleTimeout         time.Duration
-	MaxHeaderBytes      int
-	MaxConnsPerListener int
-	MaxConnsPerTenant   int
-	DrainTimeout        time.Duration
-	BackendDialTimeout  time.Duration
-	// HTTP holds the per-request limits of https and soap listeners.
-	HTTP httpproxy.Limits
-	// Telnet holds the session limits of tn3270 and tn5250 listeners;
-	// zero dial and handshake timeouts take BackendDialTimeout and
-	// HandshakeTimeout.
-	Telnet telnet.Limits
-}
-
-func (l Limits) withDefaults() Limits {
-	set := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
-			*d = v
+// checkLimits refuses limits the proxy cannot enforce as the
+// configuration means them: a generation built by hand (or a bug) must
+// not run without caps.
+func checkLimits(l policy.Listener) error {
+	for tenant, lim := range l.TenantLimits {
+		if err := checkTenantLimits(lim); err != nil {
+			return fmt.Errorf("%w: listener %q tenant %q: %w", ErrConfig, l.Name, tenant, err)
 		}
 	}
-	set(&l.HandshakeTimeout, DefaultHandshakeTimeout)
-	set(&l.ReadHeaderTimeout, DefaultReadHeaderTimeout)
-	set(&l.IdleTimeout, DefaultIdleTimeout)
-	set(&l.DrainTimeout, DefaultDrainTimeout)
-	set(&l.BackendDialTimeout, DefaultBackendDialTimeout)
-	if l.MaxHeaderBytes <= 0 {
-		l.MaxHeaderBytes = DefaultMaxHeaderBytes
+	lim := l.Limits
+	switch {
+	case lim.MaxConns < 1:
+		return fmt.Errorf("%w: listener %q: connection limit %d", ErrConfig, l.Name, lim.MaxConns)
+	case lim.MaxPreHandshake < 1 || lim.MaxPreHandshake >= lim.MaxConns:
+		return fmt.Errorf("%w: listener %q: pre-handshake budget %d must be 1 to below the connection limit %d",
+			ErrConfig, l.Name, lim.MaxPreHandshake, lim.MaxConns)
+	case lim.MaxPreHandshakePerSource < 1:
+		return fmt.Errorf("%w: listener %q: pre-handshake budget per source %d", ErrConfig, l.Name, lim.MaxPreHandshakePerSource)
+	case lim.HandshakeTimeout <= 0:
+		return fmt.Errorf("%w: listener %q: no handshake timeout", ErrConfig, l.Name)
+	case lim.DrainTimeout < 0:
+		return fmt.Errorf("%w: listener %q: negative drain timeout", ErrConfig, l.Name)
 	}
-	if l.MaxConnsPerListener <= 0 {
-		l.MaxConnsPerListener = DefaultMaxConnsPerListener
+	if l.Protocol == policy.ProtoHTTPS || l.Protocol == policy.ProtoSOAP {
+		if h := lim.HTTP; h.MaxHeaderBytes < 1 || h.ReadHeaderTimeout <= 0 || h.IdleTimeout <= 0 {
+			return fmt.Errorf("%w: listener %q: header size, read-header and idle timeouts must be set", ErrConfig, l.Name)
+		}
 	}
-	if l.MaxConnsPerTenant <= 0 {
-		l.MaxConnsPerTenant = DefaultMaxConnsPerTenant
+	if err := checkTenantLimits(lim); err != nil {
+		return fmt.Errorf("%w: listener %q: %w", ErrConfig, l.Name, err)
 	}
-	return l
+	return nil
+}
+
+func checkTenantLimits(lim policy.Limits) error {
+	switch {
+	case lim.MaxConnsPerTenant < 1:
+		return fmt.Errorf("connections per tenant %d", lim.MaxConnsPerTenant)
+	case lim.Telnet.MaxSessionsPerTenant < 1:
+		return fmt.Errorf("telnet sessions per tenant %d", lim.Telnet.MaxSessionsPerTenant)
+	case lim.TCP.IdleTimeout < 0, lim.TCP.MaxSession < 0, lim.Telnet.IdleTimeout < 0, lim.Telnet.MaxSession < 0:
+		return fmt.Errorf("negative session timeout")
+	}
+	return nil
+}
+
+// httpLimits are the listener's per-request limits for the HTTP handler.
+func httpLimits(l policy.Limits) httpproxy.Limits {
+	return httpproxy.Limits{
+		MaxBodyBytes:         l.HTTP.MaxBodyBytes,
+		MaxInFlightPerTenant: l.HTTP.MaxInFlight,
+		BackendTimeout:       l.HTTP.BackendTimeout,
+		BodyReadTimeout:      l.HTTP.BodyReadTimeout,
+	}
+}
+
+// httpSettings are the listener-wide limits net/http applies itself; an
+// http.Server is made for one set of them (see httpServer).
+type httpSettings struct {
+	maxHeaderBytes    int
+	readHeaderTimeout time.Duration
+	idleTimeout       time.Duration
+}
+
+func httpSettingsOf(l policy.Limits) httpSettings {
+	return httpSettings{
+		maxHeaderBytes:    l.HTTP.MaxHeaderBytes,
+		readHeaderTimeout: l.HTTP.ReadHeaderTimeout,
+		idleTimeout:       l.HTTP.IdleTimeout,
+	}
 }

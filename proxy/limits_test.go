@@ -192,7 +192,7 @@ func TestInFlightLimitPerTenant(t *testing.T) {
 	t.Cleanup(func() { slow.Close() })
 	g := newBackend(t, "g")
 	lim := testLimits()
-	lim.HTTP.MaxInFlightPerTenant = 1
+	lim.HTTP.MaxInFlight = 1
 	h := newHarness(t, lim, listener("web", policy.ProtoHTTPS,
 		policy.Route{Tenant: "acme", Backend: "http://" + ln.Addr().String()},
 		policy.Route{Tenant: "globex", Backend: g.url()}))

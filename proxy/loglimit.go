@@ -18,8 +18,8 @@ type logLimiter struct {
 	suppressed int
 }
 
-func newLogLimiter(perSecond, burst int) *logLimiter {
-	return &logLimiter{rate: float64(perSecond), burst: float64(burst), tokens: float64(burst)}
+func newLogLimiter(perSecond float64, burst int) *logLimiter {
+	return &logLimiter{rate: perSecond, burst: float64(burst), tokens: float64(burst)}
 }
 
 // allow reports whether a line may be written now, and how many were held

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -43,8 +42,6 @@ type Config struct {
 	// AccessLog receives one line per HTTP request; give it a JSON handler.
 	// Nil discards.
 	AccessLog *slog.Logger
-	// Limits; zero fields take the package defaults.
-	Limits Limits
 }
 
 // Server owns every listener socket and every client connection.
@@ -52,25 +49,34 @@ type Server struct {
 	logger *slog.Logger
 	tlsSrc TLSSource
 	access *slog.Logger
-	limits Limits
 
 	mu      sync.Mutex // serialises Apply, Shutdown and Close
 	sockets map[string]*socket
 	closed  bool
 	drains  sync.WaitGroup
 
-	connMu  sync.Mutex
-	conns   map[*conn]struct{}
-	perTen  map[[2]string]int // identified connections per listener and tenant
-	byTLS   sync.Map          // *tls.Conn → *conn, for http.Server.ConnContext
-	inFlite *httpproxy.InFlight
+	connMu     sync.Mutex
+	conns      map[*conn]struct{}
+	perTen     map[[2]string]int  // identified connections per listener and tenant
+	configured map[[2]string]bool // listener and tenant pairs the generation in force routes
+	byTLS      sync.Map           // *tls.Conn → *conn, for http.Server.ConnContext
+	inFlite    *httpproxy.InFlight
 
 	httpMetrics *httpproxy.Metrics
 	sessions    *telnet.Sessions // terminal sessions, shared by every generation
 
+	fds        descriptors
+	inReserve  atomic.Bool // the last accept found the process within the descriptor reserve
+	reserveLog *logLimiter // "descriptor reserve reached" lines
+	acceptLog  *logLimiter // accept errors
+	// seriesOf are the listeners whose refusal series exist; Apply only.
+	seriesOf []string
+
 	revalidations atomic.Uint64 // Revalidate calls so far; see admit
-	refusals      *logLimiter   // "TLS handshake refused" lines
-	active        *prometheus.GaugeVec
+	refusals      *logLimiter   // "TLS handshake refused" and other lines any client causes
+	activeDesc    *prometheus.Desc
+	pendingDesc   *prometheus.Desc
+	refused       *prometheus.CounterVec
 	bytes         *prometheus.CounterVec
 }
 
@@ -92,19 +98,27 @@ func New(cfg Config) (*Server, error) {
 	return &Server{
 		logger:      logger.With("component", "proxy"),
 		refusals:    newLogLimiter(10, 50),
+		acceptLog:   newLogLimiter(0.5, 1),
+		reserveLog:  newLogLimiter(0.1, 1),
 		tlsSrc:      cfg.TLS,
 		access:      access,
-		limits:      cfg.Limits.withDefaults(),
 		sockets:     map[string]*socket{},
 		conns:       map[*conn]struct{}{},
 		perTen:      map[[2]string]int{},
+		configured:  map[[2]string]bool{},
 		inFlite:     httpproxy.NewInFlight(),
 		httpMetrics: httpproxy.NewMetrics(),
 		sessions:    telnet.NewSessions(),
-		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "gatehouse_proxy_connections_active",
-			Help: "Client connections open after a tenant was identified.",
-		}, []string{"listener", "tenant"}),
+		activeDesc: prometheus.NewDesc("gatehouse_proxy_connections_active",
+			"Client connections open after a tenant was identified.", []string{"listener", "tenant"}, nil),
+		pendingDesc: prometheus.NewDesc("gatehouse_proxy_handshakes_pending",
+			"Connections of a listener that have not finished their TLS handshake (limits.pre_handshake caps them).",
+			[]string{"listener"}, nil),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatehouse_proxy_connections_refused_total",
+			Help: "Connections the proxy closed before serving them, by reason: listener_full, descriptors (the descriptor reserve), " +
+				"pre_handshake and pre_handshake_source (the oldest unfinished handshake, evicted for a newer one), tenant_limit.",
+		}, []string{"listener", "reason"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatehouse_proxy_bytes_total",
 			Help: "Bytes on the client side of the listeners, TLS records included; direction in is from the client.",
@@ -114,7 +128,9 @@ func New(cfg Config) (*Server, error) {
 
 // Describe implements prometheus.Collector.
 func (s *Server) Describe(ch chan<- *prometheus.Desc) {
-	s.active.Describe(ch)
+	ch <- s.activeDesc
+	ch <- s.pendingDesc
+	s.refused.Describe(ch)
 	s.bytes.Describe(ch)
 	s.httpMetrics.Describe(ch)
 	s.sessions.Describe(ch)
@@ -122,7 +138,8 @@ func (s *Server) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (s *Server) Collect(ch chan<- prometheus.Metric) {
-	s.active.Collect(ch)
+	s.collectConns(ch)
+	s.refused.Collect(ch)
 	s.bytes.Collect(ch)
 	s.httpMetrics.Collect(ch)
 	s.sessions.Collect(ch)
@@ -136,8 +153,8 @@ type socket struct {
 	addr   string
 	ln     net.Listener
 	state  atomic.Pointer[listenerState]
-	hs     *http.Server
-	queue  *connQueue
+	http   httpServers
+	gate   gate
 	done   chan struct{} // accept loop and every connection of it ended
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -146,6 +163,7 @@ type socket struct {
 // listenerState is one generation of one listener.
 type listenerState struct {
 	l      policy.Listener
+	source policy.SourcePrefix // how per-source limits count a source
 	tls    *tls.Config
 	http   *httpproxy.Handler
 	tcp    map[string]*tcpRoute
@@ -208,10 +226,14 @@ func (s *Server) Apply(p *policy.Policy) error {
 			return fail(fmt.Errorf("%w: listener name %q used twice", ErrConfig, l.Name))
 		}
 		names[l.Name] = true
+		if err := checkLimits(l); err != nil {
+			return fail(err)
+		}
 		st, err := s.buildState(l)
 		if err != nil {
 			return fail(err)
 		}
+		st.source = p.Enforcement.SourcePrefix
 		states[addr] = st
 	}
 	var opened []*socket
@@ -233,16 +255,24 @@ func (s *Server) Apply(p *policy.Policy) error {
 		s.sockets[sk.addr] = sk
 	}
 	for addr, st := range states {
-		if old := s.sockets[addr].state.Swap(st); old != nil {
+		sk := s.sockets[addr]
+		if old := sk.state.Swap(st); old != nil {
 			old.close()
 		}
 		// After the old generation stopped, so one listener's backends
 		// are checked and counted once.
 		st.start()
+		var set *httpSettings
+		if st.http != nil {
+			hs := httpSettingsOf(st.l.Limits)
+			set = &hs
+		}
+		s.useHTTP(sk, set)
 	}
 	for _, sk := range opened {
 		s.start(sk)
 	}
+	s.rearm(states)
 	// A tcp or telnet session lives on the route it was admitted on: end
 	// those whose route this generation removed or changed.
 	ended := s.closeConns(func(c *conn) bool {
@@ -258,14 +288,19 @@ func (s *Server) Apply(p *policy.Policy) error {
 		}
 		delete(s.sockets, addr)
 		sk.ln.Close() // stop accepting now; the drain below may take a while
+		// The drain time of the listener's last generation: the one its
+		// connections were admitted under.
+		grace := sk.state.Load().l.Limits.DrainTimeout
 		s.drains.Add(1)
 		go func() {
 			defer s.drains.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), s.limits.DrainTimeout)
+			ctx, cancel := context.WithTimeout(context.Background(), grace)
 			defer cancel()
 			s.drain(ctx, sk)
 		}()
 	}
+	s.series(p)
+	s.checkDescriptorBudget(p)
 	s.logger.Info("listeners applied", "generation", p.Generation, "listeners", len(states), "new", len(opened),
 		"sessions_ended", len(ended))
 	return nil
@@ -287,7 +322,7 @@ func (s *Server) buildState(l policy.Listener) (*listenerState, error) {
 			Listener:  l.Name,
 			Protocol:  l.Protocol,
 			Routes:    l.Routes,
-			Limits:    s.limits.HTTP,
+			Limits:    httpLimits(l.Limits),
 			InFlight:  s.inFlite,
 			Metrics:   s.httpMetrics,
 			AccessLog: s.access,
@@ -305,16 +340,14 @@ func (s *Server) buildState(l policy.Listener) (*listenerState, error) {
 		}
 		st.tcp = routes
 	case policy.ProtoTN3270, policy.ProtoTN5250:
-		lim := s.limits.Telnet
-		lim.DialTimeout = cmp.Or(lim.DialTimeout, s.limits.BackendDialTimeout)
-		lim.HandshakeTimeout = cmp.Or(lim.HandshakeTimeout, s.limits.HandshakeTimeout)
 		h, err := telnet.New(telnet.Config{
-			Listener: l.Name,
-			Protocol: l.Protocol,
-			Routes:   l.Routes,
-			Limits:   lim,
-			Sessions: s.sessions,
-			Logger:   s.logger,
+			Listener:         l.Name,
+			Protocol:         l.Protocol,
+			Routes:           l.Routes,
+			HandshakeTimeout: l.Limits.HandshakeTimeout,
+			Limits:           telnetLimits(l),
+			Sessions:         s.sessions,
+			Logger:           s.logger,
 			// Session start and end lines are the terminal access log.
 			SessionLog: s.access,
 		})
@@ -393,43 +426,16 @@ func demandsClientCert(c *tls.Config) bool {
 
 func (s *Server) newSocket(addr string, ln net.Listener) *socket {
 	ctx, cancel := context.WithCancel(context.Background())
-	sk := &socket{addr: addr, ln: ln, done: make(chan struct{}), ctx: ctx, cancel: cancel}
-	sk.queue = newConnQueue(ln.Addr())
-	sk.hs = &http.Server{
-		Handler:           http.HandlerFunc(sk.serveHTTP),
-		ReadHeaderTimeout: s.limits.ReadHeaderTimeout,
-		IdleTimeout:       s.limits.IdleTimeout,
-		MaxHeaderBytes:    s.limits.MaxHeaderBytes,
-		ConnContext:       s.connContext,
-		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug),
-		BaseContext:       func(net.Listener) context.Context { return ctx },
-	}
-	sk.hs.Protocols = new(http.Protocols)
-	sk.hs.Protocols.SetHTTP1(true)
-	sk.hs.Protocols.SetHTTP2(true)
-	return sk
+	return &socket{addr: addr, ln: ln, done: make(chan struct{}), ctx: ctx, cancel: cancel}
 }
 
 func (s *Server) start(sk *socket) {
 	go func() {
-		// Serve returns when the queue is closed by Shutdown.
-		if err := sk.hs.Serve(sk.queue); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.logger.Error("http server ended", "addr", sk.addr, "err", err)
-		}
-	}()
-	go func() {
 		defer close(sk.done)
 		err := relay.Accept(sk.ln, relay.AcceptConfig{
-			MaxConns: s.limits.MaxConnsPerListener,
-			Logger:   s.logger,
-			Refused: func(c net.Conn) {
-				// A flood is when this happens: through the refusal limit.
-				if ok, held := s.refusals.allow(time.Now()); ok {
-					s.logger.Warn("connection refused: listener full", "addr", sk.addr, "source", c.RemoteAddr().String(),
-						"similar_lines_suppressed", held)
-				}
-			},
-		}, func(c net.Conn) { s.handle(sk, c) })
+			Admit:        func(nc net.Conn) func() { return s.accept(sk, nc) },
+			AcceptFailed: func(err error, backoff time.Duration) { s.acceptFailed(sk, err, backoff) },
+		})
 		if err != nil {
 			s.logger.Error("accept loop ended", "addr", sk.addr, "err", err)
 		}
@@ -513,23 +519,34 @@ func (s *Server) Close() error {
 // them. It reports whether they all ended by themselves.
 func (s *Server) drain(ctx context.Context, sk *socket) bool {
 	sk.ln.Close()
+	servers := sk.http.all()
 	shut := make(chan struct{})
 	go func() {
 		defer close(shut)
-		sk.hs.Shutdown(ctx) // closes idle keep-alive connections as they go idle
+		var wg sync.WaitGroup
+		for _, h := range servers {
+			wg.Go(func() { h.hs.Shutdown(ctx) }) // closes idle keep-alive connections as they go idle
+		}
+		wg.Wait()
 	}()
 	clean := true
 	select {
 	case <-sk.done:
 	case <-ctx.Done():
 		clean = false
-		sk.cancel()
+		// Connections first, then their requests' context: cancelled
+		// first, a request could still answer (a 502) before its
+		// connection closed, and look finished to its client.
 		s.closeConns(func(c *conn) bool { return c.sock == sk })
+		sk.cancel()
 		<-sk.done
 	}
 	sk.cancel()
-	sk.hs.Close()
+	for _, h := range servers {
+		h.hs.Close()
+	}
 	<-shut
+	sk.http.wg.Wait()
 	if st := sk.state.Load(); st != nil {
 		st.close()
 	}
@@ -604,44 +621,6 @@ func (s *Server) closeConns(pick func(*conn) bool) []*conn {
 	}
 	return victims
 }
-
-// connQueue is the net.Listener http.Server serves: it yields connections
-// whose handshake and identification already succeeded.
-type connQueue struct {
-	ch   chan net.Conn
-	done chan struct{}
-	once sync.Once
-	addr net.Addr
-}
-
-func newConnQueue(addr net.Addr) *connQueue {
-	return &connQueue{ch: make(chan net.Conn), done: make(chan struct{}), addr: addr}
-}
-
-func (q *connQueue) Accept() (net.Conn, error) {
-	select {
-	case c := <-q.ch:
-		return c, nil
-	case <-q.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (q *connQueue) push(c net.Conn) bool {
-	select {
-	case q.ch <- c:
-		return true
-	case <-q.done:
-		return false
-	}
-}
-
-func (q *connQueue) Close() error {
-	q.once.Do(func() { close(q.done) })
-	return nil
-}
-
-func (q *connQueue) Addr() net.Addr { return q.addr }
 
 func addrPort(a net.Addr) netip.AddrPort {
 	if ta, ok := a.(*net.TCPAddr); ok {

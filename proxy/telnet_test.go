@@ -71,7 +71,7 @@ func startTLSClient(t *testing.T, addr string, cfg *tls.Config) (*tls.Conn, erro
 func TestTelnetListeners(t *testing.T) {
 	host, accepted := fakeHost(t)
 	implicit := listener("tn3270", policy.ProtoTN3270, policy.Route{Tenant: "acme", Backend: host})
-	starttls := policy.Listener{Name: "tn5250", Addr: loopback, Port: freePort(t), Protocol: policy.ProtoTN5250, StartTLS: true,
+	starttls := policy.Listener{Name: "tn5250", Addr: loopback, Port: freePort(t), Protocol: policy.ProtoTN5250, StartTLS: true, Limits: testLimits(),
 		Routes: []policy.Route{{Tenant: "acme", Backend: host}}}
 	h := newHarness(t, testLimits(), implicit, starttls)
 

@@ -448,23 +448,30 @@ func TestDeployExampleConfigParses(t *testing.T) {
 	t.Logf("%d problem(s), each a file absent on this machine", len(problems))
 }
 
-// TestDeployExampleConfigContent checks what the parser cannot: the example
-// uses documentation addresses only, its feed keys are real minisign public
-// keys, and it exercises every protocol.
-func TestDeployExampleConfigContent(t *testing.T) {
-	raw := readDeployFile(t, "gatehouse.yaml")
-	// Parse with every file check satisfied by pointing the paths at an
-	// existing file, so the decoded structure can be inspected.
+// parseExampleWithFiles parses deploy/gatehouse.yaml with every file check
+// satisfied by pointing the paths at an existing file, so the decoded
+// structure can be inspected.
+func parseExampleWithFiles(t *testing.T) *config.Config {
+	t.Helper()
 	existing, err := filepath.Abs(filepath.Join(deployDir, "gatehouse.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	withFiles := regexp.MustCompile(`(?m)(\b(?:client_ca|crl|server_cert|server_key|backend_ca|backend_cert|backend_key):\s*)/etc/gatehouse/\S+`).
-		ReplaceAll(raw, []byte("${1}"+existing))
+		ReplaceAll(readDeployFile(t, "gatehouse.yaml"), []byte("${1}"+existing))
 	cfg, err := config.Parse(withFiles, "deploy/gatehouse.yaml", func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatalf("example configuration with its files present: %v", err)
 	}
+	return cfg
+}
+
+// TestDeployExampleConfigContent checks what the parser cannot: the example
+// uses documentation addresses only, its feed keys are real minisign public
+// keys, and it exercises every protocol.
+func TestDeployExampleConfigContent(t *testing.T) {
+	raw := readDeployFile(t, "gatehouse.yaml")
+	cfg := parseExampleWithFiles(t)
 	// systemd kills what is still running at TimeoutStopSec; the drain must
 	// end before that.
 	m := regexp.MustCompile(`(?m)^TimeoutStopSec=(\S+)$`).FindStringSubmatch(string(readDeployFile(t, "gatehouse.service")))

@@ -1,5 +1,7 @@
 // Package relay holds the connection plumbing every gatehouse listener shares:
-// an accept loop with backoff and a connection limit, a bounded TLS handshake,
-// byte counting on the wire, and a half-closing copy between two connections
-// with pooled buffers. It knows nothing of tenants, routes or protocols.
+// an accept loop with backoff that lets its caller admit or refuse each
+// connection in accept order, a bounded TLS handshake, byte counting on the
+// wire, a half-closing copy between two connections with pooled buffers, and
+// a Timer that ends a session idle or open too long. It knows nothing of
+// tenants, routes or protocols.
 package relay

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -21,29 +20,30 @@ const (
 
 // AcceptConfig configures Accept.
 type AcceptConfig struct {
-	// MaxConns caps the connections held at once; zero means no cap. A
-	// connection over the cap is closed at once rather than left queued, so
-	// the client learns quickly and the backlog never hides a flood.
-	MaxConns int
-	// Refused, when set, is called for each connection closed over the cap.
-	Refused func(net.Conn)
-	Logger  *slog.Logger
+	// Admit decides, in the accept loop and in accept order, what becomes
+	// of a new connection: it returns the function that serves it (run in
+	// its own goroutine), or nil when it refused the connection, which
+	// Accept then closes. Caps and budgets live in Admit, so a connection
+	// over them is closed at once rather than left queued: the client
+	// learns quickly and the backlog never hides a flood.
+	Admit func(net.Conn) (serve func())
+	// AcceptFailed, when set, hears of every temporary accept error (for
+	// example EMFILE) and the backoff before the next try. A client can
+	// cause these at will, so it must not log each one.
+	AcceptFailed func(err error, backoff time.Duration)
 }
 
-// Accept runs the accept loop of ln until ln is closed, handing every
-// connection to handle in its own goroutine. Temporary accept errors back off
-// exponentially instead of spinning. handle owns the connection; the slot it
-// holds under MaxConns is released when handle returns. Accept returns nil
-// once ln is closed and every handle has returned.
-func Accept(ln net.Listener, cfg AcceptConfig, handle func(net.Conn)) error {
-	logger := cfg.Logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
+// Accept runs the accept loop of ln until ln is closed, running the serve
+// function Admit returns for each connection in its own goroutine.
+// Temporary accept errors back off exponentially instead of spinning; the
+// backoff is only forgotten after a second without errors, so a loop
+// that fails between successes does not spin either. Accept returns nil
+// once ln is closed and every serve function has returned.
+func Accept(ln net.Listener, cfg AcceptConfig) error {
 	var (
-		wg      sync.WaitGroup
-		active  atomic.Int64
-		backoff time.Duration
+		wg        sync.WaitGroup
+		backoff   time.Duration
+		lastError time.Time
 	)
 	defer wg.Wait()
 	for {
@@ -55,26 +55,27 @@ func Accept(ln net.Listener, cfg AcceptConfig, handle func(net.Conn)) error {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
 				backoff = min(max(backoff*2, minBackoff), maxBackoff)
-				logger.Warn("accept failed, backing off", "err", err, "backoff", backoff)
+				lastError = time.Now()
+				if cfg.AcceptFailed != nil {
+					cfg.AcceptFailed(err, backoff)
+				}
 				time.Sleep(backoff)
 				continue
 			}
 			return fmt.Errorf("accept: %w", err)
 		}
-		backoff = 0
-		if cfg.MaxConns > 0 && active.Load() >= int64(cfg.MaxConns) {
-			if cfg.Refused != nil {
-				cfg.Refused(c)
-			}
+		if backoff > 0 && time.Since(lastError) > maxBackoff {
+			backoff = 0
+		}
+		serve := cfg.Admit(c)
+		if serve == nil {
 			c.Close()
 			continue
 		}
-		active.Add(1)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer active.Add(-1)
-			handle(c)
+			serve()
 		}()
 	}
 }
@@ -188,11 +189,18 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b 
 // returns the byte counts (a→b, b→a) and the first error that was not a
 // plain end of stream.
 func Pipe(a, b net.Conn) (aToB, bToA int64, err error) {
+	return PipeTimed(a, b, nil)
+}
+
+// PipeTimed is Pipe that touches t on every read either way, so t's idle
+// timeout sees the traffic; t may be nil. t's end function should close a
+// and b, which ends the copy.
+func PipeTimed(a, b net.Conn, t *Timer) (aToB, bToA int64, err error) {
 	var wg sync.WaitGroup
 	var errAB, errBA error
 	wg.Add(2)
-	go func() { defer wg.Done(); aToB, errAB = halfCopy(b, a) }()
-	go func() { defer wg.Done(); bToA, errBA = halfCopy(a, b) }()
+	go func() { defer wg.Done(); aToB, errAB = halfCopy(b, a, t) }()
+	go func() { defer wg.Done(); bToA, errBA = halfCopy(a, b, t) }()
 	wg.Wait()
 	a.Close()
 	b.Close()
@@ -202,10 +210,14 @@ func Pipe(a, b net.Conn) (aToB, bToA int64, err error) {
 // halfCopy copies src to dst, then half-closes dst; if dst cannot be half
 // closed, or the copy failed, both ends are closed so the other direction
 // ends too.
-func halfCopy(dst, src net.Conn) (int64, error) {
+func halfCopy(dst, src net.Conn, t *Timer) (int64, error) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
-	n, err := io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
+	var r io.Reader = readerOnly{src}
+	if t != nil {
+		r = touchReader{src, t}
+	}
+	n, err := io.CopyBuffer(writerOnly{dst}, r, *bp)
 	if err == nil {
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
 			return n, nil
@@ -213,6 +225,20 @@ func halfCopy(dst, src net.Conn) (int64, error) {
 	}
 	dst.Close()
 	src.Close()
+	return n, err
+}
+
+// touchReader tells a Timer of every read that brought bytes.
+type touchReader struct {
+	r io.Reader
+	t *Timer
+}
+
+func (r touchReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if n > 0 {
+		r.t.Touch()
+	}
 	return n, err
 }
 

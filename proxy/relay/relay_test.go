@@ -90,23 +90,31 @@ func TestPipeHalfClose(t *testing.T) {
 	}
 }
 
-func TestAcceptLimit(t *testing.T) {
+// TestAcceptAdmit: Admit decides in the accept loop; a connection it
+// refuses is closed at once, and Accept waits for the admitted ones.
+func TestAcceptAdmit(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var refused atomic.Int64
+	var admitted, refused atomic.Int64
 	hold := make(chan struct{})
 	var handled sync.WaitGroup
 	handled.Add(2)
 	done := make(chan error, 1)
 	go func() {
-		done <- relay.Accept(ln, relay.AcceptConfig{MaxConns: 2, Refused: func(net.Conn) { refused.Add(1) }},
-			func(c net.Conn) {
+		done <- relay.Accept(ln, relay.AcceptConfig{Admit: func(c net.Conn) func() {
+			if admitted.Load() == 2 {
+				refused.Add(1)
+				return nil
+			}
+			admitted.Add(1)
+			return func() {
 				handled.Done()
 				<-hold
 				c.Close()
-			})
+			}
+		}})
 	}()
 	var conns []net.Conn
 	for range 2 {
@@ -123,12 +131,17 @@ func TestAcceptLimit(t *testing.T) {
 	}
 	third.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := third.Read(make([]byte, 1)); err != io.EOF {
-		t.Errorf("connection over the cap: read %v, want EOF", err)
+		t.Errorf("refused connection: read %v, want EOF", err)
 	}
 	if refused.Load() != 1 {
 		t.Errorf("refused %d, want 1", refused.Load())
 	}
 	ln.Close()
+	select {
+	case err := <-done:
+		t.Fatalf("Accept returned (%v) while connections were still served", err)
+	case <-time.After(50 * time.Millisecond):
+	}
 	close(hold)
 	if err := <-done; err != nil {
 		t.Errorf("Accept: %v", err)

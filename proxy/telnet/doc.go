@@ -9,11 +9,19 @@
 // option negotiations and sub-negotiations without ever assuming that one
 // read holds one command. A session caps the negotiations and the time
 // before the data phase (the host's first data after the terminal was
-// accepted) and the wire length of any sub-negotiation; idle time, session
-// length and sessions per tenant are capped when configured.
+// accepted), the client's negotiations after it (a storm ends the session
+// with result limit), and the wire length of any sub-negotiation; idle
+// time, session length and sessions per tenant come from the policy per
+// tenant (Config.Limits), and a reload re-arms open sessions
+// (Sessions.Rearm).
 //
 // The policy of a route, fail closed:
-//   - Client data never reaches the host before the terminal was accepted.
+//   - Client data never reaches the host before the terminal was accepted,
+//     nor do the client's Telnet commands or sub-negotiations, but for the
+//     ones the terminal is checked by (TERMINAL-TYPE IS, DEVICE-TYPE
+//     REQUEST, and on tn5250 the NEW-ENVIRON list naming the device). A
+//     tn3270 NEW-ENVIRON IS sent before is answered to the host as an
+//     empty list.
 //   - TERMINAL-TYPE IS: the type must match TerminalTypes; on tn3270 an LU
 //     in the RFC 1646 "type@LU" form must match LUNames, and a route that
 //     restricts LUs refuses a type without one. Refusal ends the session.

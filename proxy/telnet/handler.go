@@ -11,56 +11,49 @@ import (
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
 
-// Defaults for Limits.
+// Bounds of the Telnet protocol itself. No configuration key reaches
+// them: they are sized so that a real terminal never meets them, and only
+// a client that misbehaves does.
 const (
-	// DefaultNegotiationTimeout bounds the time from connect to the data
-	// phase (the host's first screen after the terminal was accepted).
-	DefaultNegotiationTimeout = 30 * time.Second
-	// DefaultMaxNegotiations caps option negotiations and
-	// sub-negotiations, both directions together, before the data phase.
-	DefaultMaxNegotiations = 256
-	// DefaultDialTimeout bounds connecting to the host.
-	DefaultDialTimeout = 5 * time.Second
-	// DefaultHandshakeTimeout bounds the START_TLS exchange and handshake.
-	DefaultHandshakeTimeout = 10 * time.Second
+	// NegotiationTimeout bounds the time from connect to the data phase
+	// (the host's first screen after the terminal was accepted).
+	NegotiationTimeout = 30 * time.Second
+	// MaxNegotiations caps option negotiations and sub-negotiations, both
+	// directions together, before the data phase. A TN3270E or RFC 4777
+	// negotiation takes a few dozen.
+	MaxNegotiations = 256
+	// StormBurst and StormRate bound the client's option negotiations and
+	// sub-negotiations after the data phase: StormBurst at once, then
+	// StormRate a second. A terminal negotiates a handful of times in a
+	// session (a TIMING-MARK answer to each host keepalive); a client
+	// sending more is flooding the host with negotiation.
+	StormBurst = 256
+	StormRate  = 10
+	// DialTimeout bounds connecting to the host.
+	DialTimeout = 5 * time.Second
 )
 
-// Limits bound a terminal session. Zero fields take the defaults; the
-// idle timeout, the session length and the sessions per tenant are off
-// when zero, since terminal sessions legitimately sit idle for hours.
-type Limits struct {
-	NegotiationTimeout time.Duration
-	MaxNegotiations    int
-	MaxSubnegotiation  int // wire bytes of one IAC SB … IAC SE
-	DialTimeout        time.Duration
-	HandshakeTimeout   time.Duration
-	// IdleTimeout ends a session without a byte either way this long.
-	IdleTimeout time.Duration
-	// MaxSessionLength ends any session this long after it began.
-	MaxSessionLength time.Duration
-	// MaxSessionsPerTenant caps one tenant's open sessions on a listener.
-	MaxSessionsPerTenant int
+// bounds are the protocol bounds of a handler: the constants above, which
+// the package's tests shrink.
+type bounds struct {
+	negotiationTimeout time.Duration
+	maxNegotiations    int
+	maxSub             int
+	stormBurst         float64
+	stormRate          float64
+	dialTimeout        time.Duration
 }
 
-func (l Limits) withDefaults() Limits {
-	if l.NegotiationTimeout <= 0 {
-		l.NegotiationTimeout = DefaultNegotiationTimeout
-	}
-	if l.MaxNegotiations <= 0 {
-		l.MaxNegotiations = DefaultMaxNegotiations
-	}
-	if l.MaxSubnegotiation <= 0 {
-		l.MaxSubnegotiation = DefaultMaxSub
-	}
-	if l.DialTimeout <= 0 {
-		l.DialTimeout = DefaultDialTimeout
-	}
-	if l.HandshakeTimeout <= 0 {
-		l.HandshakeTimeout = DefaultHandshakeTimeout
-	}
-	return l
+var defaultBounds = bounds{
+	negotiationTimeout: NegotiationTimeout,
+	maxNegotiations:    MaxNegotiations,
+	maxSub:             DefaultMaxSub,
+	stormBurst:         StormBurst,
+	stormRate:          StormRate,
+	dialTimeout:        DialTimeout,
 }
 
 // Config configures a Handler: one listener of one policy generation.
@@ -68,7 +61,14 @@ type Config struct {
 	Listener string
 	Protocol policy.Protocol // tn3270 or tn5250
 	Routes   []policy.Route
-	Limits   Limits
+	// HandshakeTimeout bounds the START_TLS exchange and its TLS handshake
+	// (limits.handshake_timeout). ServeStartTLS refuses to run without it.
+	HandshakeTimeout time.Duration
+	// Limits returns the session limits of a tenant's sessions
+	// (limits.telnet with the tenant's overrides): a session takes them
+	// when it starts, and Sessions.Rearm hands open sessions newer ones.
+	// Nil means no idle timeout, no session length and no session cap.
+	Limits func(tenant string) policy.TelnetLimits
 	// Sessions is shared by every generation of the listener; nil gives
 	// the handler its own.
 	Sessions *Sessions
@@ -94,13 +94,15 @@ type Admit func(cs tls.ConnectionState) (Peer, error)
 
 // Handler runs the terminal sessions of one listener generation.
 type Handler struct {
-	listener string
-	proto    policy.Protocol
-	routes   map[string]*route
-	limits   Limits
-	sessions *Sessions
-	logger   *slog.Logger
-	slog     *slog.Logger
+	listener  string
+	proto     policy.Protocol
+	routes    map[string]*route
+	handshake time.Duration
+	limits    func(tenant string) policy.TelnetLimits
+	bounds    bounds
+	sessions  *Sessions
+	logger    *slog.Logger
+	slog      *slog.Logger
 }
 
 // New validates cfg and compiles its routes.
@@ -108,8 +110,8 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.Protocol != policy.ProtoTN3270 && cfg.Protocol != policy.ProtoTN5250 {
 		return nil, fmt.Errorf("%w: listener %q: protocol %q", ErrConfig, cfg.Listener, cfg.Protocol)
 	}
-	if cfg.Limits.MaxSubnegotiation < 0 || cfg.Limits.MaxNegotiations < 0 || cfg.Limits.MaxSessionsPerTenant < 0 {
-		return nil, fmt.Errorf("%w: listener %q: negative limit", ErrConfig, cfg.Listener)
+	if cfg.HandshakeTimeout < 0 {
+		return nil, fmt.Errorf("%w: listener %q: negative handshake timeout", ErrConfig, cfg.Listener)
 	}
 	routes, err := buildRoutes(cfg.Listener, cfg.Protocol, cfg.Routes)
 	if err != nil {
@@ -128,14 +130,20 @@ func New(cfg Config) (*Handler, error) {
 	if ss == nil {
 		ss = NewSessions()
 	}
+	limits := cfg.Limits
+	if limits == nil {
+		limits = func(string) policy.TelnetLimits { return policy.TelnetLimits{} }
+	}
 	return &Handler{
-		listener: cfg.Listener,
-		proto:    cfg.Protocol,
-		routes:   routes,
-		limits:   cfg.Limits.withDefaults(),
-		sessions: ss,
-		logger:   logger,
-		slog:     sl,
+		listener:  cfg.Listener,
+		proto:     cfg.Protocol,
+		routes:    routes,
+		handshake: cfg.HandshakeTimeout,
+		limits:    limits,
+		bounds:    defaultBounds,
+		sessions:  ss,
+		logger:    logger,
+		slog:      sl,
 	}, nil
 }
 
@@ -151,10 +159,11 @@ func (h *Handler) Serve(ctx context.Context, client net.Conn, peer Peer) error {
 		h.logger.Info("telnet session refused: no route", "tenant", peer.Tenant, "source", peer.Source.String())
 		return fmt.Errorf("tenant %q: %w", peer.Tenant, ErrNoRoute)
 	}
-	if !h.sessions.acquire(h.listener, peer.Tenant, h.limits.MaxSessionsPerTenant) {
+	lim := h.limits(peer.Tenant)
+	if !h.sessions.acquire(h.listener, peer.Tenant, lim.MaxSessionsPerTenant) {
 		h.sessions.count(h.listener, peer.Tenant, ResultLimit)
 		h.logger.Warn("telnet session refused: tenant at its session limit", "tenant", peer.Tenant,
-			"source", peer.Source.String(), "limit", h.limits.MaxSessionsPerTenant)
+			"source", peer.Source.String(), "limit", lim.MaxSessionsPerTenant)
 		return fmt.Errorf("tenant %q: %w", peer.Tenant, ErrSessionLimit)
 	}
 	defer h.sessions.release(h.listener, peer.Tenant)
@@ -167,6 +176,15 @@ func (h *Handler) Serve(ctx context.Context, client net.Conn, peer Peer) error {
 		return err
 	}
 	s := newSession(h, rt, peer, client, host, start)
+	s.timer = relay.NewTimer(start, lim.IdleTimeout, lim.MaxSession, func(err error) {
+		if errors.Is(err, relay.ErrIdle) {
+			s.end("idle timeout", ResultTimeout, ErrIdle)
+			return
+		}
+		s.end("maximum session length", ResultTimeout, ErrSessionLength)
+	})
+	h.sessions.track(s)
+	defer h.sessions.untrack(s)
 	h.slog.Info("telnet session started", "listener", h.listener, "tenant", peer.Tenant,
 		"fingerprint", peer.Fingerprint, "source", peer.Source.String(), "backend", rt.backend)
 	err = s.run(ctx)
@@ -184,7 +202,7 @@ func (h *Handler) Serve(ctx context.Context, client net.Conn, peer Peer) error {
 }
 
 func (h *Handler) dial(ctx context.Context, rt *route) (net.Conn, error) {
-	d := &net.Dialer{Timeout: h.limits.DialTimeout}
+	d := &net.Dialer{Timeout: h.bounds.dialTimeout}
 	var (
 		c   net.Conn
 		err error
@@ -202,13 +220,16 @@ func (h *Handler) dial(ctx context.Context, rt *route) (net.Conn, error) {
 
 // Errors of Serve and ServeStartTLS.
 var (
-	ErrNoRoute       = errors.New("no telnet route for tenant")
-	ErrSessionLimit  = errors.New("tenant at its telnet session limit")
-	ErrRefused       = errors.New("refused by the tenant's terminal policy")
-	ErrStartTLS      = errors.New("start_tls refused or broken")
-	ErrHandshake     = errors.New("tls handshake after start_tls failed")
-	ErrNegotiation   = errors.New("negotiation did not reach the data phase in time")
-	ErrIdle          = errors.New("session idle too long")
-	ErrSessionLength = errors.New("session reached its maximum length")
-	ErrShutdown      = errors.New("listener shut down")
+	ErrNoRoute      = errors.New("no telnet route for tenant")
+	ErrSessionLimit = errors.New("tenant at its telnet session limit")
+	ErrRefused      = errors.New("refused by the tenant's terminal policy")
+	ErrStartTLS     = errors.New("start_tls refused or broken")
+	ErrHandshake    = errors.New("tls handshake after start_tls failed")
+	ErrNegotiation  = errors.New("negotiation did not reach the data phase in time")
+	// ErrNegotiationStorm ends a session whose client keeps negotiating
+	// after the data phase (StormBurst, StormRate).
+	ErrNegotiationStorm = errors.New("telnet negotiation storm after the data phase")
+	ErrIdle             = relay.ErrIdle
+	ErrSessionLength    = relay.ErrMaxSession
+	ErrShutdown         = errors.New("listener shut down")
 )

@@ -4,6 +4,8 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
 // Session results, the values of the result label.
@@ -18,13 +20,23 @@ const (
 	ResultShutdown = "shutdown" // the listener was drained or closed
 )
 
+// Results lists every value of the result label.
+var Results = []string{ResultOK, ResultRefused, ResultNoRoute, ResultLimit, ResultTimeout, ResultProtocol, ResultBackend, ResultShutdown}
+
+// UnknownTenant labels START_TLS sessions that ended before a tenant was
+// proved (results protocol and refused).
+const UnknownTenant = "unknown"
+
 // Sessions counts terminal sessions per listener and tenant, enforces the
-// per-tenant session cap and exports gatehouse_telnet_sessions_total. One
-// Sessions outlives reloads: every Handler generation of a listener shares
-// it, so the cap holds across them. The caller registers it.
+// per-tenant session cap, knows the open sessions (to give them new limits
+// on a reload) and exports gatehouse_telnet_sessions_total. One Sessions
+// outlives reloads: every Handler generation of a listener shares it, so
+// the cap holds across them. The caller registers it.
 type Sessions struct {
 	mu     sync.Mutex
 	active map[[2]string]int
+	open   map[*session]struct{}
+	series map[[2]string]bool // listener and tenant pairs with series
 	total  *prometheus.CounterVec
 }
 
@@ -34,6 +46,8 @@ var _ prometheus.Collector = (*Sessions)(nil)
 func NewSessions() *Sessions {
 	return &Sessions{
 		active: map[[2]string]int{},
+		open:   map[*session]struct{}{},
+		series: map[[2]string]bool{},
 		total: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatehouse_telnet_sessions_total",
 			Help: "Terminal sessions by how they ended (ok, refused, no_route, limit, timeout, protocol, backend, shutdown).",
@@ -75,5 +89,66 @@ func (s *Sessions) release(listener, tenant string) {
 }
 
 func (s *Sessions) count(listener, tenant, result string) {
+	s.mu.Lock()
+	s.series[[2]string{listener, tenant}] = true
+	s.mu.Unlock()
 	s.total.WithLabelValues(listener, tenant, result).Inc()
+}
+
+func (s *Sessions) track(ss *session) {
+	s.mu.Lock()
+	s.open[ss] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *Sessions) untrack(ss *session) {
+	s.mu.Lock()
+	delete(s.open, ss)
+	s.mu.Unlock()
+}
+
+// Rearm gives the open sessions of listener the idle timeout and maximum
+// length limits returns for their tenant, for example after a reload. A
+// session already past a lowered limit ends at once. A lowered session cap
+// closes no session: it refuses new ones until the tenant is below it.
+func (s *Sessions) Rearm(listener string, limits func(tenant string) policy.TelnetLimits) {
+	s.mu.Lock()
+	var open []*session
+	for ss := range s.open {
+		if ss.h.listener == listener {
+			open = append(open, ss)
+		}
+	}
+	s.mu.Unlock()
+	for _, ss := range open {
+		l := limits(ss.peer.Tenant)
+		ss.timer.Set(l.IdleTimeout, l.MaxSession)
+	}
+}
+
+// Series makes the gatehouse_telnet_sessions_total series of every
+// listener and tenant pair in want exist (at zero until counted), so a
+// dashboard sees the configuration before the first session, and deletes
+// those of pairs no longer wanted. A pair not wanted appears again if a
+// session of it (one of a route a reload removed, say) ends later; the
+// next Series call removes it.
+func (s *Sessions) Series(want map[[2]string]bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k := range s.series {
+		if !want[k] {
+			s.total.DeletePartialMatch(prometheus.Labels{"listener": k[0], "tenant": k[1]})
+			delete(s.series, k)
+		}
+	}
+	for k := range want {
+		results := Results
+		if k[1] == UnknownTenant {
+			results = []string{ResultProtocol, ResultRefused}
+		}
+		for _, r := range results {
+			s.total.WithLabelValues(k[0], k[1], r)
+		}
+		s.series[k] = true
+	}
 }

@@ -1,18 +1,17 @@
 package telnet
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
 
 // readSize is each direction's read buffer. Reads of a TLS connection are
@@ -51,23 +50,23 @@ type session struct {
 	ttype   string
 
 	dataPhase atomic.Bool
-	finished  atomic.Bool // both directions ended; timers must not re-arm
 	negos     atomic.Int32
-	last      atomic.Int64 // unix nanoseconds of the last byte either way
 	bytesIn   atomic.Int64 // from the client
 	bytesOut  atomic.Int64 // to the client
+
+	// timer ends the session when idle or too long (limits.telnet); Serve
+	// sets it, Sessions.Rearm gives it new limits on a reload.
+	timer *relay.Timer
 
 	endOnce sync.Once
 	endErr  error
 	reason  string
 	result  string
-	timers  []*time.Timer
 }
 
 func newSession(h *Handler, rt *route, peer Peer, client, host net.Conn, start time.Time) *session {
 	s := &session{h: h, rt: rt, peer: peer, client: client, host: host, start: start}
 	s.vetDev = h.proto != policy.ProtoTN5250 || len(rt.devNames) == 0
-	s.last.Store(start.UnixNano())
 	return s
 }
 
@@ -82,32 +81,11 @@ func (s *session) end(reason, result string, err error) {
 }
 
 func (s *session) run(ctx context.Context) error {
-	lim := s.h.limits
-	s.timers = append(s.timers, time.AfterFunc(lim.NegotiationTimeout, func() {
+	nego := time.AfterFunc(s.h.bounds.negotiationTimeout, func() {
 		if !s.dataPhase.Load() {
 			s.end("negotiation timeout", ResultTimeout, ErrNegotiation)
 		}
-	}))
-	if lim.MaxSessionLength > 0 {
-		s.timers = append(s.timers, time.AfterFunc(lim.MaxSessionLength, func() {
-			s.end("maximum session length", ResultTimeout, ErrSessionLength)
-		}))
-	}
-	if lim.IdleTimeout > 0 {
-		var t *time.Timer
-		t = time.AfterFunc(lim.IdleTimeout, func() {
-			if s.finished.Load() {
-				return
-			}
-			idle := time.Since(time.Unix(0, s.last.Load()))
-			if idle >= lim.IdleTimeout {
-				s.end("idle timeout", ResultTimeout, ErrIdle)
-				return
-			}
-			t.Reset(lim.IdleTimeout - idle)
-		})
-		s.timers = append(s.timers, t)
-	}
+	})
 	stop := context.AfterFunc(ctx, func() { s.end("shutdown", ResultShutdown, ErrShutdown) })
 
 	done := make(chan struct{})
@@ -117,10 +95,10 @@ func (s *session) run(ctx context.Context) error {
 	}()
 	s.pump(true)
 	<-done
-	s.finished.Store(true)
 	stop()
-	for _, t := range s.timers {
-		t.Stop()
+	nego.Stop()
+	if s.timer != nil {
+		s.timer.Stop()
 	}
 	return s.endErr
 }
@@ -132,6 +110,7 @@ type direction struct {
 	p          Parser
 	out        []byte // bytes for the other side
 	reply      []byte // the proxy's own answer to this side
+	storm      bucket // the client's negotiations after the data phase
 }
 
 func (s *session) pump(fromClient bool) {
@@ -141,7 +120,7 @@ func (s *session) pump(fromClient bool) {
 		src, dst = s.client, s.host
 		srcMu, dstMu = &s.clientMu, &s.hostMu
 	}
-	d := &direction{s: s, fromClient: fromClient, p: Parser{MaxSub: s.h.limits.MaxSubnegotiation}}
+	d := &direction{s: s, fromClient: fromClient, p: Parser{MaxSub: s.h.bounds.maxSub}}
 	small := make([]byte, readSize)
 	// A read that fills the small buffer means a bulk transfer: borrow a
 	// large one until reads get short again, so bulk moves in few writes
@@ -159,8 +138,8 @@ func (s *session) pump(fromClient bool) {
 		}
 		n, err := src.Read(buf)
 		if n > 0 {
-			if s.h.limits.IdleTimeout > 0 { // only the idle timer reads it
-				s.last.Store(time.Now().UnixNano())
+			if s.timer != nil {
+				s.timer.Touch()
 			}
 			if fromClient {
 				s.bytesIn.Add(int64(n))
@@ -244,6 +223,10 @@ func (s *session) fail(err error) {
 	case errors.As(err, &r):
 		s.h.logger.Info("telnet session refused", "tenant", s.peer.Tenant, "source", s.peer.Source.String(), "why", r.why)
 		s.end("refused: "+r.why, ResultRefused, err)
+	case errors.Is(err, ErrNegotiationStorm):
+		s.h.logger.Warn("telnet session ended: negotiation storm", "tenant", s.peer.Tenant, "source", s.peer.Source.String(),
+			"err", err)
+		s.end(err.Error(), ResultLimit, err)
 	case errors.Is(err, ErrTooManyNego), errors.Is(err, ErrSubTooLong):
 		s.end(err.Error(), ResultLimit, err)
 	default:
@@ -309,250 +292,106 @@ func (d *direction) token(t Token) error {
 	return nil
 }
 
+// countNego counts an option negotiation or sub-negotiation: before the
+// data phase against the session's negotiation cap (both directions),
+// after it, the client's against the storm bound. The host's are not
+// bounded after the data phase: it is the tenant's own system.
 func (d *direction) countNego() error {
+	b := d.s.h.bounds
 	if d.s.dataPhase.Load() {
+		if d.fromClient && !d.storm.take(time.Now(), b.stormRate, b.stormBurst) {
+			return fmt.Errorf("%w: over %g at once or %g a second", ErrNegotiationStorm, b.stormBurst, b.stormRate)
+		}
 		return nil
 	}
-	if int(d.s.negos.Add(1)) > d.s.h.limits.MaxNegotiations {
-		return fmt.Errorf("%w: over %d", ErrTooManyNego, d.s.h.limits.MaxNegotiations)
+	if int(d.s.negos.Add(1)) > b.maxNegotiations {
+		return fmt.Errorf("%w: over %d", ErrTooManyNego, b.maxNegotiations)
 	}
 	return nil
+}
+
+// bucket is a token bucket; its zero value is full.
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+func (b *bucket) take(now time.Time, rate, burst float64) bool {
+	if b.last.IsZero() {
+		b.tokens = burst
+	} else {
+		b.tokens = min(burst, b.tokens+now.Sub(b.last).Seconds()*rate)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
 }
 
 // sub applies the policy to a sub-negotiation. It reports whether the
 // token passes unchanged; a rewritten or dropped token has already put
 // what replaces it into out or reply.
+//
+// Before the terminal is accepted, a client's sub-negotiation reaches the
+// host only if it is the one the policy checks the terminal by:
+// TERMINAL-TYPE IS, TN3270E DEVICE-TYPE REQUEST, and on tn5250 the
+// NEW-ENVIRON list that names the device (RFC 4777 sends it before the
+// terminal type). On tn3270 a NEW-ENVIRON IS is answered to the host as
+// an empty list, so a host that asked is not left waiting and learns
+// nothing (a USER= of the client's choice included); every other one is
+// dropped.
 func (d *direction) sub(t Token) (bool, error) {
 	s := d.s
 	if t.Opt == optStartTLS {
 		return false, nil // never passed on, empty or not: see token
 	}
-	if len(t.Payload) == 0 {
-		return true, nil
-	}
-	switch t.Opt {
-	case optTTYPE:
-		if d.fromClient && t.Payload[0] == ttypeIS {
-			return d.terminalType(t.Payload[1:])
+	held := d.fromClient && !s.vetted()
+	if len(t.Payload) > 0 {
+		switch t.Opt {
+		case optTTYPE:
+			if d.fromClient && t.Payload[0] == ttypeIS {
+				return d.terminalType(t.Payload[1:])
+			}
+		case optTN3270E:
+			if s.h.proto != policy.ProtoTN3270 || len(t.Payload) < 2 || t.Payload[0] != tnDeviceType {
+				break
+			}
+			if d.fromClient && t.Payload[1] == tnRequest {
+				return d.deviceTypeRequest(t.Payload[2:])
+			}
+			if !d.fromClient && t.Payload[1] == tnIS {
+				return d.deviceTypeIs(t.Payload[2:])
+			}
+		case optNewEnviron:
+			if !d.fromClient || (t.Payload[0] != envIS && t.Payload[0] != envINFO) {
+				break
+			}
+			if s.h.proto == policy.ProtoTN5250 {
+				return d.environ(t.Payload)
+			}
+			keep, err := d.environ3270(t.Payload)
+			if err != nil || !held {
+				return keep, err
+			}
+			if t.Payload[0] == envIS {
+				d.out = appendSub(d.out, optNewEnviron, []byte{envIS})
+			}
+			d.heldBack(t)
+			return false, nil
 		}
-	case optTN3270E:
-		if s.h.proto != policy.ProtoTN3270 || len(t.Payload) < 2 || t.Payload[0] != tnDeviceType {
-			return true, nil
-		}
-		if d.fromClient && t.Payload[1] == tnRequest {
-			return d.deviceTypeRequest(t.Payload[2:])
-		}
-		if !d.fromClient && t.Payload[1] == tnIS {
-			return d.deviceTypeIs(t.Payload[2:])
-		}
-	case optNewEnviron:
-		if !d.fromClient || (t.Payload[0] != envIS && t.Payload[0] != envINFO) {
-			return true, nil
-		}
-		if s.h.proto == policy.ProtoTN5250 {
-			return d.environ(t.Payload)
-		}
-		return d.environ3270(t.Payload)
 	}
-	return true, nil
-}
-
-// terminalType checks TERMINAL-TYPE IS, with its RFC 1646 "type@LU" form.
-func (d *direction) terminalType(v []byte) (bool, error) {
-	s, rt := d.s, d.s.rt
-	typ, lu, hasLU := splitTTYPE(v)
-	if !validTermType(typ) {
-		return false, refuse("terminal type %s is malformed", printable(v))
-	}
-	if !rt.termAllowed(string(typ)) {
-		return false, refuse("terminal type %q not allowed", string(typ))
-	}
-	if s.h.proto == policy.ProtoTN5250 {
-		if hasLU {
-			return false, refuse("terminal type %s names a device", printable(v))
-		}
-		s.mu.Lock()
-		s.ttype, s.vetType = string(typ), true
-		s.mu.Unlock()
-		return true, nil
-	}
-	if hasLU && !validLU(lu) {
-		return false, refuse("LU %s is malformed", printable([]byte(lu)))
-	}
-	keep := true
-	switch {
-	case rt.forceLU != "":
-		if !hasLU || lu != rt.forceLU {
-			keep = false
-			p := append([]byte{ttypeIS}, typ...)
-			p = append(p, '@')
-			p = append(p, rt.forceLU...)
-			d.out = appendSub(d.out, optTTYPE, p)
-			lu = rt.forceLU
-		}
-	case !hasLU && len(rt.luNames) > 0:
-		return false, refuse("terminal type %q names no LU and the route restricts LUs", string(typ))
-	case hasLU && !rt.luAllowed(lu):
-		return false, refuse("LU %q not allowed", lu)
-	}
-	s.mu.Lock()
-	s.ttype, s.lu, s.vetType = string(typ), lu, true
-	s.mu.Unlock()
-	return keep, nil
-}
-
-// deviceTypeRequest checks TN3270E DEVICE-TYPE REQUEST type [CONNECT|ASSOCIATE name];
-// a refused request is answered with DEVICE-TYPE REJECT and never reaches
-// the host, which still waits for a request the client may retry or drop
-// (falling back to TN3270, where TERMINAL-TYPE is checked again).
-func (d *direction) deviceTypeRequest(v []byte) (bool, error) {
-	rt := d.s.rt
-	typ, rest := v, []byte(nil)
-	if i := bytes.IndexAny(v, "\x00\x01"); i >= 0 {
-		typ, rest = v[:i], v[i:]
-	}
-	reject := func(reason byte) (bool, error) {
-		d.reply = appendSub(d.reply, optTN3270E, []byte{tnDeviceType, tnReject, tnReason, reason})
+	if held {
+		d.heldBack(t)
 		return false, nil
 	}
-	if !validTermType(typ) || !rt.termAllowed(string(typ)) {
-		d.s.h.logger.Info("tn3270e device type rejected", "tenant", d.s.peer.Tenant, "terminal_type", printable(typ))
-		return reject(reasonInvDeviceType)
-	}
-	var name string
-	if len(rest) > 0 {
-		name = string(rest[1:])
-		if !validLU(name) {
-			d.s.h.logger.Info("tn3270e device name rejected", "tenant", d.s.peer.Tenant, "lu", printable(rest[1:]))
-			return reject(reasonInvDeviceName)
-		}
-		if rest[0] == tnAssociate {
-			if !rt.luAllowed(name) {
-				d.s.h.logger.Info("tn3270e associate rejected", "tenant", d.s.peer.Tenant, "lu", name)
-				return reject(reasonInvAssociate)
-			}
-			return true, nil
-		}
-	}
-	if rt.forceLU != "" {
-		if name == rt.forceLU {
-			return true, nil
-		}
-		p := append([]byte{tnDeviceType, tnRequest}, typ...)
-		p = append(p, tnConnect)
-		p = append(p, rt.forceLU...)
-		d.out = appendSub(d.out, optTN3270E, p)
-		return false, nil
-	}
-	if name != "" && !rt.luAllowed(name) {
-		d.s.h.logger.Info("tn3270e device name rejected", "tenant", d.s.peer.Tenant, "lu", name)
-		return reject(reasonInvDeviceName)
-	}
-	// A generic request is checked when the host says which LU it gave.
 	return true, nil
 }
 
-// deviceTypeIs checks the host's DEVICE-TYPE IS type CONNECT name: the LU
-// the session really got.
-func (d *direction) deviceTypeIs(v []byte) (bool, error) {
-	s, rt := d.s, d.s.rt
-	i := bytes.IndexByte(v, tnConnect)
-	if i < 0 {
-		return false, refuse("host's device type names no LU")
-	}
-	typ, lu := string(v[:i]), string(v[i+1:])
-	if rt.luRestricted() && (!validLU(lu) || !rt.luAllowed(lu)) {
-		return false, refuse("host assigned LU %s outside the route", printable(v[i+1:]))
-	}
-	s.mu.Lock()
-	s.ttype, s.lu, s.vetType = typ, lu, true
-	s.mu.Unlock()
-	return true, nil
-}
-
-// environ checks a TN5250 NEW-ENVIRON IS or INFO list: DEVNAME against the
-// route and, when the route refuses auto sign-on, drops USER, IBMRSEED and
-// IBMSUBSPW so the host shows its sign-on screen.
-func (d *direction) environ(payload []byte) (bool, error) {
-	s, rt := d.s, d.s.rt
-	vars, err := parseEnviron(payload)
-	if err != nil {
-		return false, err
-	}
-	seen := map[string]bool{}
-	drop := false
-	for _, v := range vars {
-		up := strings.ToUpper(v.name)
-		switch up {
-		case envDevName, envUser, envRSeed, envSubPW:
-			if seen[up] {
-				return false, refuse("NEW-ENVIRON names %s twice", up)
-			}
-			seen[up] = true
-		}
-		switch {
-		case up == envDevName:
-			dev := string(v.value)
-			if !validDevName(dev) {
-				return false, refuse("device name %s is malformed", printable(v.value))
-			}
-			if !rt.devAllowed(dev) {
-				return false, refuse("device name %q not allowed", dev)
-			}
-			s.mu.Lock()
-			s.dev, s.vetDev = dev, true
-			s.mu.Unlock()
-		case up == envRSeed && v.hasValue && len(v.value) != rseedLength:
-			return false, refuse("IBMRSEED of %d bytes, not %d", len(v.value), rseedLength)
-		}
-		if rt.refuseAutoSignOn && isAutoSignOn(v.name) {
-			drop = true
-		}
-	}
-	if !drop {
-		return true, nil
-	}
-	p := []byte{payload[0]}
-	var dropped []string
-	for _, v := range vars {
-		if isAutoSignOn(v.name) {
-			dropped = append(dropped, strings.ToUpper(v.name))
-			continue
-		}
-		p = append(p, v.raw...)
-	}
-	s.h.logger.Info("auto sign-on refused", "tenant", s.peer.Tenant, "source", s.peer.Source.String(), "dropped", dropped)
-	d.out = appendSub(d.out, optNewEnviron, p)
-	return false, nil
-}
-
-// environ3270 closes a side door on TN3270 listeners: some hosts (IBM i
-// among them) also take a device name from NEW-ENVIRON, so on a route that
-// restricts LUs a DEVNAME must be an allowed LU too. The list passes
-// unchanged.
-func (d *direction) environ3270(payload []byte) (bool, error) {
-	if !d.s.rt.luRestricted() {
-		return true, nil
-	}
-	vars, err := parseEnviron(payload)
-	if err != nil {
-		return false, err
-	}
-	for _, v := range vars {
-		if strings.EqualFold(v.name, envDevName) && v.hasValue {
-			if lu := string(v.value); !validLU(lu) || !d.s.rt.luAllowed(lu) {
-				return false, refuse("NEW-ENVIRON device name %s outside the route", printable(v.value))
-			}
-		}
-	}
-	return true, nil
-}
-
-// printable renders untrusted bytes for a log line.
-func printable(b []byte) string {
-	const max = 40
-	if len(b) > max {
-		b = b[:max]
-	}
-	return fmt.Sprintf("%q", b) // quoted and escaped: always valid UTF-8
+// heldBack notes a client sub-negotiation the host never sees because the
+// terminal was not accepted yet.
+func (d *direction) heldBack(t Token) {
+	d.s.h.logger.Debug("telnet sub-negotiation held back before the terminal was accepted", "tenant", d.s.peer.Tenant,
+		"source", d.s.peer.Source.String(), "option", t.Opt)
 }

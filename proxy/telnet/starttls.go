@@ -22,12 +22,12 @@ func (h *Handler) ServeStartTLS(ctx context.Context, raw net.Conn, tc *tls.Confi
 	defer raw.Close()
 	tconn, err := h.startTLS(ctx, raw, tc)
 	if err != nil {
-		h.sessions.count(h.listener, "unknown", ResultProtocol)
+		h.sessions.count(h.listener, UnknownTenant, ResultProtocol)
 		return err
 	}
 	peer, err := admit(tconn.ConnectionState())
 	if err != nil {
-		h.sessions.count(h.listener, "unknown", ResultRefused)
+		h.sessions.count(h.listener, UnknownTenant, ResultRefused)
 		h.logger.Info("start_tls client not admitted", "source", raw.RemoteAddr().String(), "err", err)
 		return fmt.Errorf("admit: %w", err)
 	}
@@ -38,7 +38,10 @@ func (h *Handler) startTLS(ctx context.Context, raw net.Conn, tc *tls.Config) (*
 	if tc == nil {
 		return nil, fmt.Errorf("%w: no tls config", ErrConfig)
 	}
-	deadline := time.Now().Add(h.limits.HandshakeTimeout)
+	if h.handshake <= 0 {
+		return nil, fmt.Errorf("%w: no handshake timeout", ErrConfig)
+	}
+	deadline := time.Now().Add(h.handshake)
 	if err := raw.SetDeadline(deadline); err != nil {
 		return nil, fmt.Errorf("set deadline: %w", err)
 	}

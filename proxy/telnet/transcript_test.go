@@ -47,7 +47,7 @@ var (
 	tokCmds = map[string]byte{"IAC": 255, "SB": 250, "SE": 240, "WILL": 251, "WONT": 252, "DO": 253, "DONT": 254,
 		"NOP": 241, "EOR": 239, "IP": 244, "BRK": 243, "AYT": 246, "GA": 249, "DM": 242, "AO": 245}
 	tokOpts = map[string]byte{"BINARY": 0, "TIMING-MARK": 6, "TTYPE": 24, "EOR": 25, "NEW-ENVIRON": 39,
-		"TN3270E": 40, "START-TLS": 46}
+		"TN3270E": 40, "START-TLS": 46, "NAWS": 31}
 	tokSub = map[byte]map[string]byte{
 		optTTYPE: {"IS": 0, "SEND": 1},
 		optTN3270E: {"ASSOCIATE": 0, "CONNECT": 1, "DEVICE-TYPE": 2, "FUNCTIONS": 3, "IS": 4, "REASON": 5,

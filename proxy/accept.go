@@ -1,0 +1,231 @@
+package proxy
+
+import (
+	"errors"
+	"net"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
+	"github.com/gatehouse-dmz/gatehouse/proxy/telnet"
+)
+
+var errEvicted = errors.New("unfinished handshake evicted for a newer connection")
+
+// accept decides, in the accept loop of sk, what becomes of a new
+// connection: closed at once within the descriptor reserve or when the
+// listener is full of identified connections; otherwise counted in (which
+// may evict the oldest unfinished handshakes, see gate) and served. The
+// limits are those of the generation in force now, so a reload changes
+// them for the next connection.
+func (s *Server) accept(sk *socket, nc net.Conn) func() {
+	st := sk.state.Load()
+	now := time.Now()
+	c := &conn{
+		sock:     sk,
+		listener: st.l.Name,
+		source:   addrPort(nc.RemoteAddr()),
+		closed:   make(chan struct{}),
+	}
+	if s.descriptorsLow(c, fdOf(nc), now) {
+		return nil
+	}
+	c.adm.src = st.source.Source(c.source.Addr())
+	evicted, ok := sk.gate.admit(c, st.l.Limits, now)
+	for _, e := range evicted {
+		s.evict(e, now)
+	}
+	if !ok {
+		s.refused.WithLabelValues(c.listener, reasonListenerFull).Inc()
+		// A flood is when this happens: through the refusal limit.
+		if ok, held := s.refusals.allow(now); ok {
+			s.logger.Warn("connection refused: listener full", "listener", c.listener, "source", c.source.String(),
+				"limit", st.l.Limits.MaxConns, "similar_lines_suppressed", held)
+		}
+		return nil
+	}
+	s.fds.live.Add(1)
+	c.raw = relay.NewCountingConn(nc, c, func() { s.forget(c) })
+	s.connMu.Lock()
+	s.conns[c] = struct{}{}
+	s.connMu.Unlock()
+	return func() { s.handle(c, st) }
+}
+
+// evict closes an unfinished handshake the gate pushed out.
+func (s *Server) evict(e eviction, now time.Time) {
+	e.c.raw.Close()
+	s.refused.WithLabelValues(e.c.listener, e.reason).Inc()
+	if ok, held := s.refusals.allow(now); ok {
+		budget := "limits.pre_handshake"
+		if e.reason == reasonPreHandshakeSource {
+			budget = "limits.pre_handshake_per_source"
+		}
+		s.logger.Warn("unfinished handshake closed: budget full, the oldest makes room for a new connection",
+			"listener", e.c.listener, "source", e.c.source.String(), "counted_as", e.c.adm.src.String(),
+			"budget", budget, "age", now.Sub(e.c.adm.since).Round(time.Millisecond).String(),
+			"similar_lines_suppressed", held)
+	}
+}
+
+// descriptorsLow closes c's connection at once when the process is within
+// the descriptor reserve, saying so once when it gets there and again
+// only rate-limited.
+func (s *Server) descriptorsLow(c *conn, fd int, now time.Time) bool {
+	low, open, limit := s.fds.low(now, fd)
+	if !low {
+		if s.inReserve.Swap(false) {
+			s.logger.Info("descriptor reserve left: accepting connections again", "open", open, "limit", limit)
+		}
+		return false
+	}
+	s.refused.WithLabelValues(c.listener, reasonDescriptors).Inc()
+	if !s.inReserve.Swap(true) {
+		s.reserveLog.allow(now) // the first line of an episode always goes out
+		s.logger.Warn("descriptor reserve reached: new connections are closed at once until descriptors are free",
+			"listener", c.listener, "open", open, "limit", limit, "reserve", DescriptorReserve(limit))
+	} else if ok, held := s.reserveLog.allow(now); ok {
+		s.logger.Warn("descriptor reserve still reached: new connections are closed at once",
+			"listener", c.listener, "open", open, "limit", limit, "reserve", DescriptorReserve(limit),
+			"similar_lines_suppressed", held)
+	}
+	return true
+}
+
+// acceptFailed logs an accept error of sk, rate-limited: a client can
+// cause them at will once descriptors run out.
+func (s *Server) acceptFailed(sk *socket, err error, backoff time.Duration) {
+	if ok, held := s.acceptLog.allow(time.Now()); ok {
+		args := []any{"addr", sk.ln.Addr().String(), "err", err, "backoff", backoff}
+		if st := sk.state.Load(); st != nil {
+			args = append(args, "listener", st.l.Name)
+		}
+		if held > 0 {
+			args = append(args, "similar_lines_suppressed", held)
+		}
+		if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+			args = append(args, "hint", "out of file descriptors: raise LimitNOFILE or lower limits.connections")
+		}
+		s.logger.Warn("accept failed, backing off", args...)
+	}
+}
+
+// checkDescriptorBudget warns when the listeners may hold more connections
+// than RLIMIT_NOFILE leaves room for: the descriptor reserve would then
+// refuse connections the limits allow.
+func (s *Server) checkDescriptorBudget(p *policy.Policy) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return
+	}
+	need := 0
+	for _, l := range p.Listeners {
+		need += 2 * l.Limits.MaxConns // client and backend
+	}
+	limit := int(min(rl.Cur, uint64(1<<31-1)))
+	if need+DescriptorReserve(limit) > limit {
+		s.logger.Warn("the listeners' connection limits need more descriptors than RLIMIT_NOFILE allows: "+
+			"connections beyond it are refused to keep the descriptor reserve", "descriptors_needed", need,
+			"reserve", DescriptorReserve(limit), "limit", limit)
+	}
+}
+
+// rearm gives the open tcp and terminal sessions of every listener the
+// idle timeout and maximum length of the new generation (per tenant).
+// Other limits apply to open connections as they are read (per-tenant
+// caps at the next admission, HTTP settings per httpServer).
+func (s *Server) rearm(states map[string]*listenerState) {
+	for _, st := range states {
+		if st.telnet != nil {
+			s.sessions.Rearm(st.l.Name, telnetLimits(st.l))
+		}
+	}
+	type tcpTimer struct {
+		t   *relay.Timer
+		lim policy.StreamLimits
+	}
+	var timers []tcpTimer
+	s.connMu.Lock()
+	for c := range s.conns {
+		if c.timer != nil {
+			st := c.sock.state.Load()
+			timers = append(timers, tcpTimer{c.timer, st.l.ForTenant(c.identity().Tenant).TCP})
+		}
+	}
+	s.connMu.Unlock()
+	for _, t := range timers {
+		t.t.Set(t.lim.IdleTimeout, t.lim.MaxSession)
+	}
+}
+
+// telnetLimits returns the terminal session limits of l's tenants.
+func telnetLimits(l policy.Listener) func(tenant string) policy.TelnetLimits {
+	return func(tenant string) policy.TelnetLimits { return l.ForTenant(tenant).Telnet }
+}
+
+// series makes the per-listener and per-tenant series the configuration
+// determines exist from the start, and drops those of listeners and
+// tenants it no longer has: connections_active per listener and routed
+// tenant, telnet_sessions_total per terminal listener, routed tenant and
+// result, connections_refused_total per listener and reason.
+func (s *Server) series(p *policy.Policy) {
+	want := map[[2]string]bool{}
+	terminal := map[[2]string]bool{}
+	var names []string
+	for _, l := range p.Listeners {
+		names = append(names, l.Name)
+		for _, r := range l.Routes {
+			k := [2]string{l.Name, r.Tenant}
+			want[k] = true
+			if l.Protocol == policy.ProtoTN3270 || l.Protocol == policy.ProtoTN5250 {
+				terminal[k] = true
+			}
+		}
+		if l.StartTLS {
+			terminal[[2]string{l.Name, telnet.UnknownTenant}] = true
+		}
+	}
+	s.connMu.Lock()
+	s.configured = want
+	s.connMu.Unlock()
+	s.sessions.Series(terminal)
+	for _, n := range s.seriesOf {
+		if !slices.Contains(names, n) {
+			s.refused.DeletePartialMatch(prometheus.Labels{"listener": n})
+		}
+	}
+	for _, n := range names {
+		for _, r := range refusalReasons {
+			s.refused.WithLabelValues(n, r)
+		}
+	}
+	s.seriesOf = names
+}
+
+// collectConns reports the identified connections of every configured
+// listener and tenant (zero included) and of any still open beyond them
+// (draining after a reload), and the unfinished handshakes per listener.
+func (s *Server) collectConns(ch chan<- prometheus.Metric) {
+	s.connMu.Lock()
+	for k := range s.configured {
+		ch <- prometheus.MustNewConstMetric(s.activeDesc, prometheus.GaugeValue, float64(s.perTen[k]), k[0], k[1])
+	}
+	for k, n := range s.perTen {
+		if !s.configured[k] {
+			ch <- prometheus.MustNewConstMetric(s.activeDesc, prometheus.GaugeValue, float64(n), k[0], k[1])
+		}
+	}
+	s.connMu.Unlock()
+	s.mu.Lock()
+	for _, sk := range s.sockets {
+		if st := sk.state.Load(); st != nil {
+			_, pending := sk.gate.counts()
+			ch <- prometheus.MustNewConstMetric(s.pendingDesc, prometheus.GaugeValue, float64(pending), st.l.Name)
+		}
+	}
+	s.mu.Unlock()
+}
