@@ -1,6 +1,9 @@
 package httpproxy
 
-import "time"
+import (
+	"sync"
+	"time"
+)
 
 // Defaults for Limits. They are sized for integration traffic (API calls,
 // SOAP messages, file transfers of a few megabytes), not for media streaming.
@@ -112,4 +115,30 @@ func (l XMLLimits) withDefaults() XMLLimits {
 		l.MaxTextLen = DefaultMaxXMLTextBytes
 	}
 	return l
+}
+
+// InFlight counts requests in flight per listener and tenant.
+type InFlight struct {
+	mu sync.Mutex
+	m  map[[2]string]int
+}
+
+// NewInFlight returns an empty counter.
+func NewInFlight() *InFlight { return &InFlight{m: map[[2]string]int{}} }
+
+func (f *InFlight) acquire(listener, tenant string, limit int) (release func(), ok bool) {
+	k := [2]string{listener, tenant}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.m[k] >= limit {
+		return nil, false
+	}
+	f.m[k]++
+	return func() {
+		f.mu.Lock()
+		if f.m[k]--; f.m[k] <= 0 {
+			delete(f.m, k)
+		}
+		f.mu.Unlock()
+	}, true
 }

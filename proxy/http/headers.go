@@ -1,0 +1,62 @@
+package httpproxy
+
+import (
+	"net/http/httputil"
+	"slices"
+	"strings"
+)
+
+// identityHeaders are names backends trust for who is calling or which URL
+// was asked for. Whatever the client sent under these names, under any
+// X-Forwarded-* name, or under look-alikes a backend could fold into them
+// (underscores, any case), is dropped before ours are set.
+var identityHeaders = []string{
+	"forwarded", "x-real-ip", "true-client-ip", "x-client-ip", "x-cluster-client-ip",
+	"x-original-forwarded-for", "x-original-url", "x-rewrite-url",
+}
+
+func isIdentityHeader(name string) bool {
+	n := strings.ToLower(strings.ReplaceAll(name, "_", "-"))
+	return slices.Contains(identityHeaders, n) || strings.HasPrefix(n, "x-forwarded-") ||
+		strings.HasPrefix(n, "x-gatehouse-") || strings.HasPrefix(n, "x-client-cert")
+}
+
+func (rt *route) rewrite(pr *httputil.ProxyRequest) {
+	st, _ := pr.In.Context().Value(stateKey{}).(*requestState)
+	if st != nil && len(rt.backends) > 1 {
+		st.inURL = *pr.Out.URL
+	}
+	pr.SetURL(rt.backends[0].url)
+	for name := range pr.Out.Header {
+		if isIdentityHeader(name) {
+			delete(pr.Out.Header, name)
+		}
+	}
+	if st == nil {
+		return // unreachable: serve always sets it; send no identity rather than a wrong one
+	}
+	hdr := pr.Out.Header
+	hdr.Set("X-Forwarded-For", st.peer.Source.Addr().Unmap().String())
+	hdr.Set("X-Forwarded-Proto", "https")
+	if pr.In.Host != "" {
+		hdr.Set("X-Forwarded-Host", headerSafe(pr.In.Host))
+	}
+	hdr.Set("X-Gatehouse-Tenant", st.peer.Tenant)
+	hdr.Set("X-Client-Cert-Fingerprint", st.peer.Fingerprint)
+	hdr.Set("X-Client-Cert-Subject", headerSafe(st.peer.Subject))
+	// The access log's id, so the backend's logs can be matched with ours.
+	hdr.Set("X-Gatehouse-Request-Id", st.id)
+}
+
+// headerSafe keeps printable ASCII; anything else becomes '?', so a
+// certificate subject can never break the header block.
+func headerSafe(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
+// proxyError answers a failed round trip: 413 or 400 when the client's body
