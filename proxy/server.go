@@ -284,9 +284,7 @@ func (s *Server) buildState(l policy.Listener) (*listenerState, error) {
 		}
 		h, err := httpproxy.New(httpproxy.Config{
 			Previous:  prev,
-			Listener:  l.Name,
-			Protocol:  l.Protocol,
-			Routes:    l.Routes,
+			Listener:  l,
 			Limits:    s.limits.HTTP,
 			InFlight:  s.inFlite,
 			Metrics:   s.httpMetrics,

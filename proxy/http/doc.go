@@ -7,6 +7,12 @@
 // verified client certificate, handed in through the request context
 // (WithPeer), and nothing in a request can name another tenant's routes.
 //
+// Limits: the requests of a tenant are bounded by that tenant's limits on
+// the listener (policy.Listener.ForTenant: limits.http with the listener's
+// and the tenant's overrides): requests in flight, body size, body
+// buffering, the wait for body bytes and for the backend's answer. Config.Limits
+// only fills what a policy built without a configuration leaves zero.
+//
 // Routing: among the tenant's routes, the longest path prefix (matched on
 // whole segments) wins, then a route naming the request's host over one for
 // any host. Paths with dot segments or backslashes are refused. No route

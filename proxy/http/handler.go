@@ -53,10 +53,13 @@ func PeerFrom(ctx context.Context) (Peer, bool) {
 
 // Config configures a Handler for one listener generation.
 type Config struct {
-	Listener string
-	Protocol policy.Protocol
-	Routes   []policy.Route
-	Limits   Limits
+	// Listener is the compiled listener: its name, protocol, routes, and
+	// limits (Listener.ForTenant gives each tenant's).
+	Listener policy.Listener
+	// Limits are the fallbacks of every limit the listener's policy leaves
+	// zero (library use, tests), and the limits no configuration key
+	// reaches (dial, back-off, health check, XML inspection).
+	Limits Limits
 	// InFlight counts requests per tenant. Pass the same one to every
 	// generation of a listener so a reload does not reset the count; nil
 	// makes a new one.
@@ -75,7 +78,9 @@ type Config struct {
 type Handler struct {
 	listener string
 	soap     bool
-	limits   Limits
+	limits   Limits // the listener's own, resolved over the defaults
+	base     *tenantLimits
+	tenants  map[string]*tenantLimits // tenants whose limits differ from base
 	byTenant map[string][]*route
 	inFlight *InFlight
 	metrics  *Metrics
@@ -91,13 +96,17 @@ type Handler struct {
 // New validates cfg and builds the handler: every backend URL parsed, every
 // backend CA and client certificate loaded. Any error leaves nothing behind.
 func New(cfg Config) (*Handler, error) {
-	if cfg.Protocol != policy.ProtoHTTPS && cfg.Protocol != policy.ProtoSOAP {
-		return nil, fmt.Errorf("listener %q: %w: %q", cfg.Listener, ErrProtocol, cfg.Protocol)
+	l := cfg.Listener
+	if l.Protocol != policy.ProtoHTTPS && l.Protocol != policy.ProtoSOAP {
+		return nil, fmt.Errorf("listener %q: %w: %q", l.Name, ErrProtocol, l.Protocol)
 	}
+	base := cfg.Limits.withDefaults()
 	h := &Handler{
-		listener: cfg.Listener,
-		soap:     cfg.Protocol == policy.ProtoSOAP,
-		limits:   cfg.Limits.withDefaults(),
+		listener: l.Name,
+		soap:     l.Protocol == policy.ProtoSOAP,
+		limits:   base.withPolicy(l.Limits.HTTP),
+		base:     resolveLimits(base, l.Limits),
+		tenants:  map[string]*tenantLimits{},
 		byTenant: map[string][]*route{},
 		inFlight: cfg.InFlight,
 		metrics:  cfg.Metrics,
@@ -113,17 +122,20 @@ func New(cfg Config) (*Handler, error) {
 	if h.logger == nil {
 		h.logger = slog.New(slog.DiscardHandler)
 	}
+	for tenant, tl := range l.TenantLimits {
+		h.tenants[tenant] = resolveLimits(base, tl)
+	}
 	seen := map[string]bool{}
-	for i, pr := range cfg.Routes {
+	for i, pr := range l.Routes {
 		rt, err := h.newRoute(i, pr)
 		if err != nil {
 			h.Close()
-			return nil, fmt.Errorf("listener %q route %d: %w", cfg.Listener, i, err)
+			return nil, fmt.Errorf("listener %q route %d: %w", l.Name, i, err)
 		}
 		key := rt.tenant + "\x00" + rt.label
 		if seen[key] {
 			h.Close()
-			return nil, fmt.Errorf("listener %q route %d: %w: tenant %q has two routes for %s", cfg.Listener, i, ErrRoute, rt.tenant, rt.label)
+			return nil, fmt.Errorf("listener %q route %d: %w: tenant %q has two routes for %s", l.Name, i, ErrRoute, rt.tenant, rt.label)
 		}
 		seen[key] = true
 		h.byTenant[rt.tenant] = append(h.byTenant[rt.tenant], rt)
@@ -187,6 +199,7 @@ func (h *Handler) Close() {
 // requestState travels with one request through the proxy.
 type requestState struct {
 	peer Peer
+	lim  *tenantLimits // the peer's tenant's
 	id   string
 	// inURL is the client's URL, for aiming it at each backend tried.
 	inURL url.URL
@@ -217,13 +230,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The guard steps aside on any Upgrade header, with or without
 	// "Connection: upgrade", so the same condition decides here.
 	sw := &statusWriter{ResponseWriter: w, closeUnlessSwitch: r.ProtoMajor == 1 && r.Header.Get("Upgrade") != ""}
-	st := &requestState{id: newID(), backend: -1}
 	peer, ok := PeerFrom(r.Context())
-	st.peer = peer
+	st := &requestState{id: newID(), backend: -1, peer: peer, lim: h.limitsOf(peer.Tenant)}
 	var body *countingBody
 	if r.Body != nil && r.Body != http.NoBody {
-		body = &countingBody{rc: http.MaxBytesReader(sw, r.Body, h.maxBody()), st: st,
-			ctl: http.NewResponseController(w), idle: h.limits.BodyReadTimeout}
+		body = &countingBody{rc: http.MaxBytesReader(sw, r.Body, st.lim.MaxBodyBytes), st: st,
+			ctl: http.NewResponseController(w), idle: st.lim.BodyReadTimeout}
 		r.Body = body
 	}
 	rt := h.serve(sw, r, st, ok)
@@ -273,13 +285,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.access.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 }
 
-func (h *Handler) maxBody() int64 {
-	if h.soap {
-		return max(h.limits.MaxBodyBytes, h.limits.XML.MaxBytes)
-	}
-	return h.limits.MaxBodyBytes
-}
-
 // serve answers the request and returns the route it took, if any.
 func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, authed bool) *route {
 	if !authed {
@@ -301,7 +306,7 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 		refuse(w, http.StatusForbidden, "forbidden: no route")
 		return nil
 	}
-	if r.ContentLength > h.maxBody() {
+	if r.ContentLength > st.lim.MaxBodyBytes {
 		refuse(w, http.StatusRequestEntityTooLarge, "request body too large")
 		return rt
 	}
@@ -311,7 +316,7 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 		refuse(w, http.StatusBadRequest, "bad request: h2c upgrade")
 		return rt
 	}
-	release, ok := h.inFlight.acquire(h.listener, st.peer.Tenant, h.limits.MaxInFlightPerTenant)
+	release, ok := h.inFlight.acquire(h.listener, st.peer.Tenant, st.lim.MaxInFlightPerTenant)
 	if !ok {
 		w.Header().Set("Retry-After", "1")
 		refuse(w, http.StatusServiceUnavailable, "too many requests in flight")

@@ -1,8 +1,11 @@
 package httpproxy
 
 import (
+	"cmp"
 	"sync"
 	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
 // Defaults for Limits. They are sized for integration traffic (API calls,
@@ -14,6 +17,9 @@ const (
 	// on one listener; more get 503 at once, so a flood from one tenant
 	// queues neither in the proxy nor at other tenants' backends.
 	DefaultMaxInFlightPerTenant = 256
+	// DefaultBodyBufferBytes: a request body up to this size is read whole
+	// before anything of the request reaches the backend.
+	DefaultBodyBufferBytes = 1 << 20
 	// DefaultBackendTimeout bounds the wait for a backend's response headers.
 	DefaultBackendTimeout = 60 * time.Second
 	// DefaultDialTimeout bounds connecting to a backend; refused connections
@@ -44,7 +50,12 @@ const (
 
 // Limits bound what one request may cost. Zero fields take the defaults.
 type Limits struct {
-	MaxBodyBytes         int64
+	MaxBodyBytes int64
+	// BodyBufferBytes: a request body up to this size is read whole before
+	// anything of the request is sent to the backend, so a body refused or
+	// broken off on the way never half-arrives; a larger one is streamed.
+	// Negative streams every body.
+	BodyBufferBytes      int64
 	MaxInFlightPerTenant int
 	BackendTimeout       time.Duration
 	DialTimeout          time.Duration
@@ -68,6 +79,9 @@ type XMLLimits struct {
 func (l Limits) withDefaults() Limits {
 	if l.MaxBodyBytes <= 0 {
 		l.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if l.BodyBufferBytes == 0 {
+		l.BodyBufferBytes = DefaultBodyBufferBytes
 	}
 	if l.MaxInFlightPerTenant <= 0 {
 		l.MaxInFlightPerTenant = DefaultMaxInFlightPerTenant
@@ -93,6 +107,50 @@ func (l Limits) withDefaults() Limits {
 	}
 	l.XML = l.XML.withDefaults()
 	return l
+}
+
+// withPolicy returns l with the limits a compiled policy sets. The
+// configuration resolves every one of them; a zero HTTPLimits is a policy
+// built without a configuration (library use, tests), and leaves l as it is.
+func (l Limits) withPolicy(p policy.HTTPLimits) Limits {
+	if p == (policy.HTTPLimits{}) {
+		return l
+	}
+	if p.MaxInFlight > 0 {
+		l.MaxInFlightPerTenant = p.MaxInFlight
+	}
+	if p.MaxBodyBytes > 0 {
+		l.MaxBodyBytes = p.MaxBodyBytes
+	}
+	// 0 is a value of its own here: buffer nothing, stream every body.
+	l.BodyBufferBytes = cmp.Or(p.BodyBufferBytes, -1)
+	if p.BodyReadTimeout > 0 {
+		l.BodyReadTimeout = p.BodyReadTimeout
+	}
+	if p.BackendTimeout > 0 {
+		l.BackendTimeout = p.BackendTimeout
+	}
+	return l
+}
+
+// tenantLimits are what one tenant's requests, and the tunnels its
+// upgraded connections become, may take on a listener.
+type tenantLimits struct {
+	Limits
+	// Stream bounds upgraded connections (limits.tcp); zero fields: no limit.
+	Stream policy.StreamLimits
+}
+
+func resolveLimits(base Limits, p policy.Limits) *tenantLimits {
+	return &tenantLimits{Limits: base.withPolicy(p.HTTP), Stream: p.TCP}
+}
+
+// limitsOf returns tenant's limits on the listener.
+func (h *Handler) limitsOf(tenant string) *tenantLimits {
+	if tl, ok := h.tenants[tenant]; ok {
+		return tl
+	}
+	return h.base
 }
 
 func (l XMLLimits) withDefaults() XMLLimits {

@@ -86,7 +86,7 @@ func (h *Handler) newRoute(index int, pr policy.Route) (*route, error) {
 		return nil, err
 	}
 	for i, u := range urls {
-		b := &backend{index: i, url: u, transport: h.newTransport(u, tc)}
+		b := &backend{index: i, url: u, transport: h.newTransport(u, tc, h.limitsOf(pr.Tenant))}
 		if pr.HealthPath != "" {
 			if b.health, err = healthURL(u, pr.HealthPath); err != nil {
 				return nil, err
@@ -130,7 +130,7 @@ func backendTLS(urls []*url.URL, pr policy.Route) (*tls.Config, error) {
 	return tc, nil
 }
 
-func (h *Handler) newTransport(u *url.URL, tc *tls.Config) *http.Transport {
+func (h *Handler) newTransport(u *url.URL, tc *tls.Config, lim *tenantLimits) *http.Transport {
 	d := &net.Dialer{Timeout: h.limits.DialTimeout, KeepAlive: 30 * time.Second}
 	tr := &http.Transport{
 		Proxy:                 nil, // never an environment proxy: backends are internal
@@ -139,7 +139,7 @@ func (h *Handler) newTransport(u *url.URL, tc *tls.Config) *http.Transport {
 		MaxIdleConnsPerHost:   64,
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   h.limits.DialTimeout,
-		ResponseHeaderTimeout: h.limits.BackendTimeout,
+		ResponseHeaderTimeout: lim.BackendTimeout,
 		ExpectContinueTimeout: time.Second,
 	}
 	if u.Scheme == "https" {

@@ -100,13 +100,11 @@ func TestSOAP(t *testing.T) {
 	metrics := httpproxy.NewMetrics()
 	logs := &logBuf{}
 	h, err := httpproxy.New(httpproxy.Config{
-		Listener: "services",
-		Protocol: policy.ProtoSOAP,
-		Routes: []policy.Route{
+		Listener: policy.Listener{Name: "services", Protocol: policy.ProtoSOAP, Routes: []policy.Route{
 			{Tenant: "acme", Path: "/", Backend: be.srv.URL, SOAPActions: []string{"urn:acme:GetOrder", "urn:acme:PutOrder"}},
 			{Tenant: "acme", Path: "/meta", Backend: be.srv.URL, AllowWSDL: true},
 			{Tenant: "globex", Path: "/empty", Backend: be.srv.URL},
-		},
+		}},
 		Limits:  httpproxy.Limits{XML: testXMLLimits},
 		Metrics: metrics,
 		Logger:  slog.New(slog.NewJSONHandler(logs, nil)),
