@@ -15,8 +15,14 @@
 //
 // Routing: among the tenant's routes, the longest path prefix (matched on
 // whole segments) wins, then a route naming the request's host over one for
-// any host. Paths with dot segments or backslashes are refused. No route
-// means 403 and no backend is contacted.
+// any host. No route means 403 and no backend is contacted. The path routed
+// on is the request's path with every segment's ;parameters cut off, then
+// percent-decoded, empty segments merged; the path and query are forwarded
+// as they came. A path that a backend could resolve elsewhere is refused
+// with 400 before routing (see routingPath): a segment that decodes to "."
+// or ".." ("..;", "%2e%2e"), a backslash, an encoded '/', '\' or ';' (also
+// inside ;parameters), double encoding ("%252e"), a control character; and
+// ;parameters at all unless the route has path_params.
 //
 // Backends: a route may have several. Requests take them round robin,
 // skipping those marked down. A request that fails on a backend's connection

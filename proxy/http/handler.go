@@ -293,18 +293,28 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 		refuse(w, http.StatusForbidden, "forbidden: no tenant")
 		return nil
 	}
-	if r.Method == http.MethodConnect || !strings.HasPrefix(r.URL.Path, "/") || hasDotSegment(r.URL.Path) {
-		refuse(w, http.StatusBadRequest, "bad request: path")
+	if r.Method == http.MethodConnect {
+		refuse(w, http.StatusBadRequest, "bad request: CONNECT")
+		return nil
+	}
+	// Routed on the path exactly as it will be forwarded.
+	p, params, why := routingPath(r.URL.EscapedPath())
+	if why != "" {
+		refuse(w, http.StatusBadRequest, why)
 		return nil
 	}
 	host := normHost(r.Host)
 	if host == "" {
 		host = normHost(st.peer.SNI)
 	}
-	rt := h.match(st.peer.Tenant, host, r.URL.Path)
+	rt := h.match(st.peer.Tenant, host, p)
 	if rt == nil {
 		refuse(w, http.StatusForbidden, "forbidden: no route")
 		return nil
+	}
+	if params && !rt.pathParams {
+		refuse(w, http.StatusBadRequest, pathParams)
+		return rt
 	}
 	if r.ContentLength > st.lim.MaxBodyBytes {
 		refuse(w, http.StatusRequestEntityTooLarge, "request body too large")

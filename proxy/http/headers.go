@@ -23,6 +23,11 @@ func isIdentityHeader(name string) bool {
 
 func (rt *route) rewrite(pr *httputil.ProxyRequest) {
 	st, _ := pr.In.Context().Value(stateKey{}).(*requestState)
+	// ReverseProxy re-encodes a query holding ';' or a bad escape, in
+	// case the proxy reads it one way and the backend another. gatehouse
+	// routes without the query and reads it only for SOAP metadata
+	// requests (splitting at ';' as well as '&'), so it goes on as sent.
+	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
 	if st != nil && len(rt.backends) > 1 {
 		st.inURL = *pr.Out.URL
 	}

@@ -29,6 +29,8 @@ type route struct {
 	actions   map[string]bool
 	allowWSDL bool
 	soap      bool
+	// pathParams lets requests carry ;parameters in path segments.
+	pathParams bool
 }
 
 func (h *Handler) newRoute(index int, pr policy.Route) (*route, error) {
@@ -63,20 +65,21 @@ func (h *Handler) newRoute(index int, pr policy.Route) (*route, error) {
 		return nil, fmt.Errorf("%w: health path %q needs a positive interval", ErrRoute, pr.HealthPath)
 	}
 	prefix := cmp.Or(pr.Path, "/")
-	if !strings.HasPrefix(prefix, "/") || hasDotSegment(prefix) {
-		return nil, fmt.Errorf("%w: path %q must be an absolute clean path", ErrRoute, pr.Path)
+	if err := policy.CheckRoutePath(prefix); err != nil {
+		return nil, fmt.Errorf("%w: path %q: %w", ErrRoute, pr.Path, err)
 	}
 	host := normHost(pr.Host)
 	rt := &route{
-		index:     index,
-		tenant:    pr.Tenant,
-		host:      host,
-		prefix:    prefix,
-		label:     host + prefix,
-		interval:  pr.HealthInterval,
-		allowWSDL: pr.AllowWSDL,
-		soap:      h.soap,
-		actions:   map[string]bool{},
+		index:      index,
+		tenant:     pr.Tenant,
+		host:       host,
+		prefix:     prefix,
+		label:      host + prefix,
+		interval:   pr.HealthInterval,
+		allowWSDL:  pr.AllowWSDL,
+		soap:       h.soap,
+		pathParams: pr.PathParams,
+		actions:    map[string]bool{},
 	}
 	for _, a := range pr.SOAPActions {
 		rt.actions[a] = true
@@ -192,15 +195,6 @@ func pathHasPrefix(p, prefix string) bool {
 		return false
 	}
 	return len(p) == len(prefix) || strings.HasSuffix(prefix, "/") || p[len(prefix)] == '/'
-}
-
-func hasDotSegment(p string) bool {
-	for seg := range strings.SplitSeq(p, "/") {
-		if seg == "." || seg == ".." {
-			return true
-		}
-	}
-	return strings.Contains(p, `\`)
 }
 
 func normHost(h string) string {

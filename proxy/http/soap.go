@@ -100,9 +100,10 @@ func (h *Handler) checkSOAP(w http.ResponseWriter, r *http.Request, rt *route, s
 }
 
 // isMetadataQuery reports a WSDL or schema request (?wsdl, ?xsd=…,
-// ?singleWsdl), whatever the case.
+// ?singleWsdl), whatever the case, and whether the backend separates
+// parameters with '&' or ';'.
 func isMetadataQuery(raw string) bool {
-	for kv := range strings.SplitSeq(raw, "&") {
+	for kv := range strings.FieldsFuncSeq(raw, func(r rune) bool { return r == '&' || r == ';' }) {
 		k, _, _ := strings.Cut(kv, "=")
 		if uk, err := url.QueryUnescape(k); err == nil {
 			k = uk

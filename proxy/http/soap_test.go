@@ -154,6 +154,7 @@ func TestSOAP(t *testing.T) {
 		{"wsdl refused", acme, "GET", "/svc?wsdl", "", "-", nil, 500, httpproxy.ReasonWSDL, 11},
 		{"singleWsdl refused", acme, "GET", "/svc?SingleWSDL", "", "-", nil, 500, httpproxy.ReasonWSDL, 11},
 		{"xsd refused", acme, "GET", "/svc?xsd=xsd0", "", "-", nil, 500, httpproxy.ReasonWSDL, 11},
+		{"wsdl behind ';' refused", acme, "GET", "/svc?x=1;wsdl", "", "-", nil, 500, httpproxy.ReasonWSDL, 11},
 		{"wsdl allowed on its route", acme, "GET", "/meta?wsdl", "", "-", nil, 200, "", 11},
 		{"empty allow-list denies", globex, "POST", "/empty", ct11, `"urn:acme:GetOrder"`, fixture(t, "soap11-getorder.xml"), 500, httpproxy.ReasonNotAllowed, 11},
 		{"no route", globex, "POST", "/svc", ct11, `"urn:acme:GetOrder"`, fixture(t, "soap11-getorder.xml"), 403, "", 11},
