@@ -2,6 +2,8 @@ package proxy_test
 
 import (
 	"bytes"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -104,5 +106,90 @@ func TestHTTPLimitsPerTenant(t *testing.T) {
 	}
 	if r := <-done; r.status != http.StatusGatewayTimeout {
 		t.Errorf("held globex request: status %d, want 504", r.status)
+	}
+}
+
+// TestBodyBuffering: a body up to body_buffer_size is read whole before
+// the backend sees anything of the request, so one that breaks off, stalls
+// or goes over the limit never half-arrives; a longer one streams, and
+// when it goes over max_body_size on the way the backend never gets a
+// request that looks complete.
+func TestBodyBuffering(t *testing.T) {
+	world := func(t *testing.T) (*harness, *backend) {
+		b := newBackend(t, "a")
+		l := listener("web", policy.ProtoHTTPS, policy.Route{Tenant: "acme", Backend: b.url()})
+		l.Limits = policyLimits()
+		l.Limits.HTTP.MaxBodyBytes = 64 << 10
+		l.Limits.HTTP.BodyBufferBytes = 1024
+		l.Limits.HTTP.BodyReadTimeout = 300 * time.Millisecond
+		return newHarness(t, testLimits(), l), b
+	}
+	chunked := func(parts ...string) string {
+		var s strings.Builder
+		for _, p := range parts {
+			fmt.Fprintf(&s, "%x\r\n%s\r\n", len(p), p)
+		}
+		return s.String()
+	}
+	x := func(n int) string { return strings.Repeat("x", n) }
+	big := x(16 << 10)
+	tests := []struct {
+		name   string
+		req    string
+		close  bool // the client closes its side after req
+		status int
+		// hits is how many requests the backend may see start; whole,
+		// whether it must get the whole body, and chunkedTo whether it
+		// came chunked (else with its length).
+		hits      int64
+		whole     bool
+		chunkedTo bool
+	}{
+		{"buffered chunked body", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(x(300), x(300)) + "0\r\n\r\n", false, 200, 1, true, false},
+		{"buffered body with length", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1024\r\n\r\n" + x(1024), false, 200, 1, true, false},
+		{"streamed chunked body", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(big, big, big) + "0\r\n\r\n", false, 200, 1, true, true},
+		{"streamed body with length", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 49152\r\n\r\n" + big + big + big, false, 200, 1, true, false},
+		{"bad chunk within the buffer", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(x(300)) + "zz\r\n" + x(100), false, 400, 0, false, false},
+		{"stalled within the buffer", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 800\r\n\r\n" + x(400), false, 408, 0, false, false},
+		{"cut off within the buffer", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 800\r\n\r\n" + x(400), true, 0, 0, false, false},
+		{"declared length over max_body_size", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 65537\r\n\r\n", false, 413, 0, false, false},
+		{"chunked over max_body_size while streaming", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(big, big, big, big, big) + "0\r\n\r\n", false, 413, 1, false, false},
+		{"stalled while streaming", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 49152\r\n\r\n" + big, false, 408, 1, false, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h, b := world(t)
+			c := h.rawTLS(h.pki.acme, "web")
+			if tc.close {
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				io.WriteString(c, tc.req)
+				c.CloseWrite()
+				io.ReadAll(c)
+			} else if code, _ := rawExchange(t, c, tc.req); code != tc.status {
+				t.Fatalf("status %d, want %d", code, tc.status)
+			}
+			// The access log line comes once the proxy is done with the
+			// request; closing the backend then waits for whatever of it
+			// reached the backend, so the counts below are final.
+			if !waitFor(func() bool { return h.access.count(`"msg":"request"`) == 1 }) {
+				t.Fatal("no access log line for the request")
+			}
+			b.srv.Close()
+			if got := b.hits.Load(); got > tc.hits || tc.whole && got != 1 {
+				t.Errorf("backend saw %d requests start, want at most %d", got, tc.hits)
+			}
+			if got := b.complete.Load(); got != 0 != tc.whole {
+				t.Errorf("backend read %d complete bodies, want whole=%v", got, tc.whole)
+			}
+			if !tc.whole {
+				return
+			}
+			b.mu.Lock()
+			te, cl := b.last.TransferEncoding, b.last.ContentLength
+			b.mu.Unlock()
+			if chunkedTo := len(te) > 0; chunkedTo != tc.chunkedTo || !chunkedTo && cl != int64(len(b.lastBody())) {
+				t.Errorf("backend got Transfer-Encoding %q, Content-Length %d for %d bytes", te, cl, len(b.lastBody()))
+			}
+		})
 	}
 }

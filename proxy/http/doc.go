@@ -24,6 +24,16 @@
 // inside ;parameters), double encoding ("%252e"), a control character; and
 // ;parameters at all unless the route has path_params.
 //
+// Request bodies: a declared Content-Length over max_body_size gets 413
+// before anything is sent to a backend. A body up to body_buffer_size is
+// read whole first (in pooled 32 KiB chunks; at most in_flight_per_tenant
+// such bodies per tenant) and goes on with its length, so one that breaks
+// off, stalls (408), is malformed (400) or runs over the limit (413) never
+// half-arrives; a longer body streams on after its start, and one that
+// fails on the way ends the backend's connection before the body's end, so
+// the backend never sees a complete request. SOAP bodies are read whole by
+// the inspector anyway.
+//
 // Backends: a route may have several. Requests take them round robin,
 // skipping those marked down. A request that fails on a backend's connection
 // (refused, reset, TLS failure, closed before the answer; not a slow answer)

@@ -333,10 +333,9 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 		return rt
 	}
 	defer release()
-	if rt.soap {
-		if !h.checkSOAP(w, r, rt, st) {
-			return rt
-		}
+	// SOAP reads the whole body anyway, to inspect it.
+	if rt.soap && !h.checkSOAP(w, r, rt, st) || !rt.soap && !bufferBody(w, r, st.lim.BodyBufferBytes) {
+		return rt
 	}
 	r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
 	rt.proxy.ServeHTTP(w, r)
@@ -345,14 +344,9 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 
 func (h *Handler) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	st, _ := r.Context().Value(stateKey{}).(*requestState)
-	var mbe *http.MaxBytesError
 	switch {
-	case st != nil && errors.As(st.bodyError(), &mbe):
-		refuse(w, http.StatusRequestEntityTooLarge, "request body too large")
-	case st != nil && isTimeout(st.bodyError()):
-		refuse(w, http.StatusRequestTimeout, "request body timed out")
 	case st != nil && st.bodyError() != nil:
-		refuse(w, http.StatusBadRequest, "bad request body")
+		refuseBody(w, st.bodyError())
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		// The client went away; nobody reads the answer.
 		noteReason(w, "client gone")
