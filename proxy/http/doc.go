@@ -53,8 +53,11 @@
 // To the backend: X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host,
 // X-Gatehouse-Tenant, X-Client-Cert-Fingerprint, X-Client-Cert-Subject and
 // X-Gatehouse-Request-Id are always set by the proxy; whatever the client
-// sent under those names, under look-alikes with underscores, or as
-// Forwarded / X-Real-IP, is dropped. Hop-by-hop headers are stripped.
+// sent under those names, or as Forwarded / X-Real-IP, is dropped. A header
+// name with anything but letters, digits and '-' ("X_Gatehouse_Tenant",
+// "X.Tenant") is dropped too, as nginx does, since CGI-style backends fold
+// '_' into '-'; the proxy's log says so at debug level. Request trailers
+// are not forwarded. Hop-by-hop headers are stripped.
 //
 // HTTP/1 framing: FramingGuard refuses what two parsers could read
 // differently (Content-Length with Transfer-Encoding, obs-fold, bad chunks)

@@ -337,6 +337,7 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 	if rt.soap && !h.checkSOAP(w, r, rt, st) || !rt.soap && !bufferBody(w, r, st.lim.BodyBufferBytes) {
 		return rt
 	}
+	h.dropHeaders(r, st)
 	r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
 	rt.proxy.ServeHTTP(w, r)
 	return rt

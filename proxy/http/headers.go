@@ -1,6 +1,7 @@
 package httpproxy
 
 import (
+	"net/http"
 	"net/http/httputil"
 	"slices"
 	"strings"
@@ -40,6 +41,9 @@ func (rt *route) rewrite(pr *httputil.ProxyRequest) {
 	if st == nil {
 		return // unreachable: serve always sets it; send no identity rather than a wrong one
 	}
+	// Request trailers are not forwarded: their values arrive after the
+	// head, past every check made on it.
+	pr.Out.Trailer = nil
 	hdr := pr.Out.Header
 	hdr.Set("X-Forwarded-For", st.peer.Source.Addr().Unmap().String())
 	hdr.Set("X-Forwarded-Proto", "https")
@@ -65,3 +69,40 @@ func headerSafe(s string) string {
 }
 
 // proxyError answers a failed round trip: 413 or 400 when the client's body
+
+// validHeaderName reports a name of letters, digits and '-' only. Other
+// names are legal HTTP, but CGI-style backends fold '_' (and some '.') into
+// '-', so "X_Gatehouse_Tenant" could stand in for a header the proxy sets;
+// like nginx, gatehouse drops them.
+func validHeaderName(name string) bool {
+	for i := range len(name) {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return name != ""
+}
+
+// dropHeaders removes the request's header fields whose names are not
+// letters, digits and '-', and says so at debug level.
+func (h *Handler) dropHeaders(r *http.Request, st *requestState) {
+	var dropped []string
+	for name := range r.Header {
+		if !validHeaderName(name) {
+			delete(r.Header, name)
+			dropped = append(dropped, name)
+		}
+	}
+	if len(dropped) == 0 {
+		return
+	}
+	slices.Sort(dropped)
+	const show = 8
+	names := dropped[:min(len(dropped), show)]
+	for i, n := range names {
+		names[i] = headerSafe(n[:min(len(n), 64)])
+	}
+	h.logger.Debug("request header fields dropped: names with characters other than letters, digits and '-'",
+		"listener", h.listener, "tenant", st.peer.Tenant, "id", st.id, "count", len(dropped), "names", names)
+}
