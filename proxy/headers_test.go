@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -148,5 +149,72 @@ func TestHeaderNamesOutsideTokenDropped(t *testing.T) {
 		if !strings.Contains(line, want) {
 			t.Errorf("debug line %q lacks %q", line, want)
 		}
+	}
+}
+
+// TestOneHeaderOverTheLimit: a request whose head is over max_header_size
+// gets 431 over HTTP/1.1 and HTTP/2, from Go's client and curl, also when
+// one field alone is over the limit, and reaches no backend.
+func TestOneHeaderOverTheLimit(t *testing.T) {
+	curl := netns.RequireTool(t, "curl", "curl")
+	b := newBackend(t, "a")
+	lim := testLimits()
+	lim.MaxHeaderBytes = 16 << 10
+	l := listener("web", policy.ProtoHTTPS, policy.Route{Tenant: "acme", Backend: b.url()})
+	l.Limits = policyLimits() // max_header_size 16 KiB
+	h := newHarness(t, lim, l)
+	dir := t.TempDir()
+	cert, key := writePEM(t, dir, "acme", h.pki.acme)
+	ca := writeCAPEM(t, dir, "server-ca", h.pki.serverCA)
+	_, port, _ := net.SplitHostPort(h.addr("web"))
+	many := http.Header{}
+	for i := range 12 {
+		many.Set(fmt.Sprintf("X-Many-%d", i), strings.Repeat("m", 2000))
+	}
+	tests := []struct {
+		name   string
+		hdr    http.Header
+		status int
+	}{
+		{"under the limit", http.Header{"X-Big": {strings.Repeat("b", 12<<10)}}, 200},
+		{"one field over the limit", http.Header{"X-Big": {strings.Repeat("b", 20<<10)}}, 431},
+		{"many fields over the limit", many, 431},
+	}
+	for _, tc := range tests {
+		for _, h2 := range []bool{false, true} {
+			r, err := h.do(h.client(h.pki.acme, h2), "web", "GET", "", "/", tc.hdr, nil)
+			if err != nil || r.status != tc.status {
+				t.Errorf("Go client, h2=%v, %s: status %d, %v; want %d", h2, tc.name, r.status, err, tc.status)
+			}
+		}
+		for _, proto := range []string{"--http1.1", "--http2"} {
+			args := []string{"--silent", "--show-error", "--max-time", "10", proto, "--cacert", ca, "--cert", cert, "--key", key,
+				"--resolve", "a.example:" + port + ":127.0.0.1", "-o", "/dev/null", "-w", "%{http_code}"}
+			for k, v := range tc.hdr {
+				args = append(args, "-H", k+": "+v[0])
+			}
+			out, err := exec.Command(curl, append(args, "https://a.example:"+port+"/")...).CombinedOutput()
+			if err != nil || string(out) != fmt.Sprint(tc.status) {
+				t.Errorf("curl %s, %s: %q %v, want %d", proto, tc.name, out, err, tc.status)
+			}
+		}
+	}
+	// Over HTTP/1.1, far past the limit too (net/http answers it).
+	if r, err := h.do(h.client(h.pki.acme, false), "web", "GET", "", "/", http.Header{"X-Big": {strings.Repeat("b", 70<<10)}}, nil); err != nil || r.status != 431 {
+		t.Errorf("HTTP/1.1, one 70 KiB field: status %d, %v; want 431", r.status, err)
+	}
+	// With the default limit of 64 KiB, a field longer than a line the
+	// framing guard once allowed.
+	def := newHarness(t, testLimits(), listener("web", policy.ProtoHTTPS, policy.Route{Tenant: "acme", Backend: b.url()}))
+	for _, size := range []int{100 << 10, 200 << 10} {
+		if r, err := def.do(def.client(def.pki.acme, false), "web", "GET", "", "/", http.Header{"X-Big": {strings.Repeat("b", size)}}, nil); err != nil || r.status != 431 {
+			t.Errorf("HTTP/1.1, limit 64 KiB, one %d KiB field: status %d, %v; want 431", size>>10, r.status, err)
+		}
+	}
+	if got := b.hits.Load(); got != 4 {
+		t.Errorf("backend saw %d requests, want only the 4 under the limit", got)
+	}
+	if n := h.access.count(`"status":431,`); n < 8 || n != h.access.count(`"reason":"request header fields too large"`) {
+		t.Errorf("access log: %d lines with status 431, want 8 or more, each with its reason", n)
 	}
 }

@@ -282,10 +282,12 @@ func (s *Server) buildState(l policy.Listener) (*listenerState, error) {
 				prev = old.http
 			}
 		}
+		lim := s.limits.HTTP
+		lim.MaxHeaderBytes = s.limits.MaxHeaderBytes // unless the policy sets the listener's
 		h, err := httpproxy.New(httpproxy.Config{
 			Previous:  prev,
 			Listener:  l,
-			Limits:    s.limits.HTTP,
+			Limits:    lim,
 			InFlight:  s.inFlite,
 			Metrics:   s.httpMetrics,
 			AccessLog: s.access,
@@ -397,7 +399,7 @@ func (s *Server) newSocket(addr string, ln net.Listener) *socket {
 		Handler:           http.HandlerFunc(sk.serveHTTP),
 		ReadHeaderTimeout: s.limits.ReadHeaderTimeout,
 		IdleTimeout:       s.limits.IdleTimeout,
-		MaxHeaderBytes:    s.limits.MaxHeaderBytes,
+		MaxHeaderBytes:    httpproxy.HeaderReadLimit(s.limits.MaxHeaderBytes), // the handler answers 431 over the limit
 		ConnContext:       s.connContext,
 		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return ctx },

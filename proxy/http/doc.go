@@ -24,6 +24,13 @@
 // inside ;parameters), double encoding ("%252e"), a control character; and
 // ;parameters at all unless the route has path_params.
 //
+// Request heads: a head over the listener's max_header_size (request line
+// and fields, counted as HTTP/1.1 writes them) gets 431 from the handler,
+// with an access log line, over HTTP/1.1 and HTTP/2, whether one field or
+// many are too long; the server reads up to HeaderReadLimit (twice the
+// limit) so that Go's HTTP/2 server does not end the connection on a single
+// long field first.
+//
 // Request bodies: a declared Content-Length over max_body_size gets 413
 // before anything is sent to a backend. A body up to body_buffer_size is
 // read whole first (in pooled 32 KiB chunks; at most in_flight_per_tenant

@@ -293,6 +293,12 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 		refuse(w, http.StatusForbidden, "forbidden: no tenant")
 		return nil
 	}
+	if limit := h.limits.MaxHeaderBytes; limit > 0 && headSize(r) > limit {
+		// The listener's limit: the head was read before the tenant was
+		// looked at.
+		refuse(w, http.StatusRequestHeaderFieldsTooLarge, "request header fields too large")
+		return nil
+	}
 	if r.Method == http.MethodConnect {
 		refuse(w, http.StatusBadRequest, "bad request: CONNECT")
 		return nil

@@ -106,3 +106,15 @@ func (h *Handler) dropHeaders(r *http.Request, st *requestState) {
 	h.logger.Debug("request header fields dropped: names with characters other than letters, digits and '-'",
 		"listener", h.listener, "tenant", st.peer.Tenant, "id", st.id, "count", len(dropped), "names", names)
 }
+
+// headSize is the size of r's request line and header fields as HTTP/1.1
+// writes them, whichever protocol carried them.
+func headSize(r *http.Request) int {
+	n := len(r.Method) + 1 + len(r.RequestURI) + len(" HTTP/1.1\r\n") + len("Host: \r\n") + len(r.Host) + 2
+	for name, values := range r.Header {
+		for _, v := range values {
+			n += len(name) + 2 + len(v) + 2
+		}
+	}
+	return n
+}

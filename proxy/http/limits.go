@@ -48,9 +48,24 @@ const (
 	DefaultMaxXMLTextBytes = 2 << 20
 )
 
+// HeaderReadLimit is the MaxHeaderBytes to give the http.Server of a
+// listener whose request heads are limited to maxHeader bytes. Go's HTTP/2
+// server closes the whole connection (COMPRESSION_ERROR) on a single header
+// field longer than MaxHeaderBytes, and answers 431 only when the sum of
+// shorter fields is over it; so the server reads up to twice the limit,
+// and the handler answers 431 itself for a head over the limit (over
+// HTTP/1.1, net/http answers 431 past the server's limit too).
+func HeaderReadLimit(maxHeader int) int {
+	return 2 * maxHeader
+}
+
 // Limits bound what one request may cost. Zero fields take the defaults.
 type Limits struct {
-	MaxBodyBytes int64
+	// MaxHeaderBytes caps the request line and header fields, counted as
+	// HTTP/1.1 writes them; a larger head gets 431. Zero: no check here
+	// (the server's MaxHeaderBytes alone).
+	MaxHeaderBytes int
+	MaxBodyBytes   int64
 	// BodyBufferBytes: a request body up to this size is read whole before
 	// anything of the request is sent to the backend, so a body refused or
 	// broken off on the way never half-arrives; a larger one is streamed.
@@ -118,6 +133,9 @@ func (l Limits) withPolicy(p policy.HTTPLimits) Limits {
 	}
 	if p.MaxInFlight > 0 {
 		l.MaxInFlightPerTenant = p.MaxInFlight
+	}
+	if p.MaxHeaderBytes > 0 {
+		l.MaxHeaderBytes = p.MaxHeaderBytes
 	}
 	if p.MaxBodyBytes > 0 {
 		l.MaxBodyBytes = p.MaxBodyBytes
