@@ -165,6 +165,15 @@ func (st *listenerState) close() {
 	}
 }
 
+// hasRoute reports whether tenant still has the route of key here: the
+// route of a tcp or telnet session, or of an upgraded HTTP connection.
+func (st *listenerState) hasRoute(tenant, key string) bool {
+	if st != nil && st.http != nil {
+		return st.http.HasRoute(tenant, key)
+	}
+	return st.routeKey(tenant) == key
+}
+
 // routeKey identifies the route a tcp or telnet session of tenant runs on:
 // everything of it the session depends on. It is "" for HTTP listeners
 // (routed per request) and "-" when the tenant has no route here.
@@ -243,10 +252,11 @@ func (s *Server) Apply(p *policy.Policy) error {
 	for _, sk := range opened {
 		s.start(sk)
 	}
-	// A tcp or telnet session lives on the route it was admitted on: end
-	// those whose route this generation removed or changed.
+	// A tcp or telnet session, or an upgraded HTTP connection, lives on the
+	// route it was admitted on: end those whose route this generation
+	// removed or changed.
 	ended := s.closeConns(func(c *conn) bool {
-		return c.route != "" && c.sock.state.Load().routeKey(c.identity().Tenant) != c.route
+		return c.route != "" && !c.sock.state.Load().hasRoute(c.identity().Tenant, c.route)
 	})
 	for _, c := range ended {
 		s.logger.Info("session closed: its route was removed or changed by a reload", "listener", c.listener,
@@ -454,6 +464,7 @@ func (s *Server) connContext(ctx context.Context, c net.Conn) context.Context {
 	}
 	cn := v.(*conn)
 	id := cn.identity()
+	ctx = httpproxy.WithUpgradeHook(ctx, func(key string) error { return s.upgraded(cn, key) })
 	return httpproxy.WithPeer(ctx, httpproxy.Peer{
 		Tenant:      id.Tenant,
 		Fingerprint: id.FingerprintSHA256,

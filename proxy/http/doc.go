@@ -66,6 +66,16 @@
 // '_' into '-'; the proxy's log says so at debug level. Request trailers
 // are not forwarded. Hop-by-hop headers are stripped.
 //
+// Upgrades (WebSocket): when a backend answers an HTTP/1.1 upgrade with
+// 101, the client connection becomes a tunnel on the route it was routed
+// on. The connection's owner learns the route's key first (UpgradeHook)
+// and refuses the tunnel with 503 when a reload removed or changed the
+// route meanwhile; afterwards it ends the tunnel when a reload does. The
+// tunnel is bounded by its tenant's limits.tcp: idle_timeout without a
+// byte either way, max_session in all. It no longer counts as a request in
+// flight. Its access log line, written when it ends, adds tunnel_in,
+// tunnel_out and tunnel_end.
+//
 // HTTP/1 framing: FramingGuard refuses what two parsers could read
 // differently (Content-Length with Transfer-Encoding, obs-fold, bad chunks)
 // before net/http sees it. h2c upgrades are refused; a connection whose

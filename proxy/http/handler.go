@@ -132,6 +132,7 @@ func New(cfg Config) (*Handler, error) {
 			h.Close()
 			return nil, fmt.Errorf("listener %q route %d: %w", l.Name, i, err)
 		}
+		rt.key = routeKey(l, pr)
 		key := rt.tenant + "\x00" + rt.label
 		if seen[key] {
 			h.Close()
@@ -282,6 +283,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Why gatehouse answered itself instead of a backend.
 		attrs = append(attrs, slog.String("reason", sw.reason))
 	}
+	if sw.up != nil && sw.up.t != nil {
+		attrs = h.tunnelEnded(sw.up, attrs)
+	}
 	h.access.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 }
 
@@ -338,7 +342,12 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 		refuse(w, http.StatusServiceUnavailable, "too many requests in flight")
 		return rt
 	}
+	release = sync.OnceFunc(release) // or at the protocol switch, see upgrade
 	defer release()
+	if w.closeUnlessSwitch {
+		hook, _ := r.Context().Value(upgradeHookKey{}).(UpgradeHook)
+		w.up = &upgrade{h: h, rt: rt, st: st, hook: hook, release: release}
+	}
 	// SOAP reads the whole body anyway, to inspect it.
 	if rt.soap && !h.checkSOAP(w, r, rt, st) || !rt.soap && !bufferBody(w, r, st.lim.BodyBufferBytes) {
 		return rt
@@ -351,7 +360,13 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 
 func (h *Handler) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	st, _ := r.Context().Value(stateKey{}).(*requestState)
+	sw, _ := w.(*statusWriter)
 	switch {
+	case sw != nil && sw.up != nil && sw.up.refused != nil:
+		// The backend switched protocols, but a reload removed or
+		// changed the route meanwhile: no tunnel on a route not in force.
+		w.Header().Set("Retry-After", "1")
+		refuse(w, http.StatusServiceUnavailable, "upgrade refused: route changed by a reload")
 	case st != nil && st.bodyError() != nil:
 		refuseBody(w, st.bodyError())
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:

@@ -25,6 +25,7 @@ type statusWriter struct {
 	n                 int64
 	closeUnlessSwitch bool   // an HTTP/1 upgrade request: close unless it gets 101
 	reason            string // why gatehouse answered itself, for the access log
+	up                *upgrade
 }
 
 // noteReason records the first reason the request was answered without a
