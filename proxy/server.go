@@ -276,6 +276,7 @@ func (s *Server) Apply(p *policy.Policy) error {
 			s.drain(ctx, sk)
 		}()
 	}
+	s.httpMetrics.Prune() // SOAP series of tenants no longer routed
 	s.logger.Info("listeners applied", "generation", p.Generation, "listeners", len(states), "new", len(opened),
 		"sessions_ended", len(ended))
 	return nil
@@ -543,6 +544,7 @@ func (s *Server) drain(ctx context.Context, sk *socket) bool {
 	<-shut
 	if st := sk.state.Load(); st != nil {
 		st.close()
+		s.httpMetrics.Prune()
 	}
 	return clean
 }

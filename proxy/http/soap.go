@@ -130,7 +130,7 @@ func unquote(s string) string {
 // of the refusal stays in the log.
 func (h *Handler) soapFault(w http.ResponseWriter, r *http.Request, v SOAPVersion, st *requestState, rej *Rejection) {
 	if h.metrics != nil {
-		h.metrics.soapRejections.WithLabelValues(st.peer.Tenant, rej.Reason).Inc()
+		h.metrics.rejected(st.peer.Tenant, rej.Reason)
 	}
 	h.logger.Info("soap request refused", "listener", h.listener, "tenant", st.peer.Tenant,
 		"id", st.id, "reason", rej.Reason, "detail", rej.Detail)
