@@ -34,6 +34,14 @@ func routingPath(raw string) (p string, params bool, refusal string) {
 	if !strings.HasPrefix(raw, "/") {
 		return "", false, pathNotAbsolute
 	}
+	if plainPath(raw) {
+		return raw, false, "" // the common case, without a copy
+	}
+	return normalisePath(raw)
+}
+
+// normalisePath is routingPath for a path that is not plain.
+func normalisePath(raw string) (p string, params bool, refusal string) {
 	var b strings.Builder
 	b.Grow(len(raw))
 	segs := strings.Split(raw[1:], "/")
@@ -87,4 +95,32 @@ func hasEscape(s string) bool {
 
 func isHex(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+// plainPath reports a path that routingPath would return as it is: no
+// escape, ';', backslash or control character, no empty, "." or ".."
+// segment.
+func plainPath(raw string) bool {
+	segStart := 1
+	for i := 1; i <= len(raw); i++ {
+		if i < len(raw) {
+			c := raw[i]
+			if c < 0x20 || c == 0x7f || c == '%' || c == ';' || c == '\\' {
+				return false
+			}
+			if c != '/' {
+				continue
+			}
+		}
+		switch raw[segStart:i] {
+		case "":
+			if i < len(raw) {
+				return false // "//"; a trailing '/' is kept
+			}
+		case ".", "..":
+			return false
+		}
+		segStart = i + 1
+	}
+	return true
 }

@@ -115,6 +115,11 @@ func FuzzRoutingPath(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, raw string) {
+		if strings.HasPrefix(raw, "/") && plainPath(raw) {
+			if p, params, why := normalisePath(raw); p != raw || params || why != "" {
+				t.Fatalf("plain path %q normalises to %q, %v, %q", raw, p, params, why)
+			}
+		}
 		p, params, why := routingPath(raw)
 		if why != "" {
 			return
