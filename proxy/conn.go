@@ -41,8 +41,9 @@ type conn struct {
 	preIn, preOut atomic.Int64
 
 	// route is the tenant's route a tcp or telnet session was admitted on
-	// (routeKey), "" for HTTP, whose requests are routed one by one. Set
-	// and read under Server.connMu.
+	// (routeKey), or an HTTP connection became a tunnel on (upgraded); ""
+	// for HTTP otherwise, whose requests are routed one by one. Set and
+	// read under Server.connMu.
 	route string
 	// timer bounds a tcp session (limits.tcp); Apply gives it the limits
 	// of each new generation. Set and read under Server.connMu.
@@ -256,6 +257,23 @@ func (s *Server) admit(c *conn, id Identity, seen uint64) (*listenerState, error
 	tb.Count(false, int(c.preOut.Swap(0)))
 	c.raw.SetCounter(tb)
 	return st, nil
+}
+
+// upgraded records that c, an HTTP/1 connection, became a tunnel on the
+// route of key, so that Apply ends it when a reload removes or changes the
+// route. It refuses when the generation in force has no such route any
+// more: Apply may have swept the connections before the switch.
+func (s *Server) upgraded(c *conn, key string) error {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	if _, open := s.conns[c]; !open {
+		return errClosedMeanwhile
+	}
+	if !c.sock.state.Load().hasRoute(c.identity().Tenant, key) {
+		return fmt.Errorf("%w: the route of the upgrade was removed or changed by a reload", ErrConfig)
+	}
+	c.route = key
+	return nil
 }
 
 // forget runs once when c's socket closes.

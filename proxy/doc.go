@@ -6,8 +6,10 @@
 // handler runs the handshake inside Telnet START_TLS and calls back here to
 // identify and admit the tenant). It applies whole policy generations
 // atomically (bind new addresses first, then swap), drains what a reload
-// removes, and closes connections whose certificate stops checking out
-// (Revalidate). It never loads certificates itself.
+// removes, ends the tcp and telnet sessions and upgraded (WebSocket) HTTP
+// connections whose route a reload removed or changed, and closes
+// connections whose certificate stops checking out (Revalidate). It never
+// loads certificates itself.
 //
 // Limits come from the policy generation in force, never from here: the
 // listener's (policy.Listener.Limits: connections, the pre-handshake

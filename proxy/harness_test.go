@@ -110,6 +110,13 @@ func (s *syncBuffer) lines(want string) []string {
 	return nil
 }
 
+// count returns how many lines hold want.
+func (s *syncBuffer) count(want string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return strings.Count(s.b.String(), want)
+}
+
 type harness struct {
 	t      testing.TB
 	pki    *pki

@@ -85,7 +85,7 @@ func TestRouting(t *testing.T) {
 	// The access log says why each refused request was refused, and gives
 	// no reason for those a backend answered.
 	reasons := map[string]int{}
-	for _, line := range w.access.lines(`"reason":"bad request: path"`) {
+	for _, line := range w.access.lines(`"reason":"bad request: path: dot segment"`) {
 		var rec map[string]any
 		if err := json.Unmarshal([]byte(line), &rec); err != nil || rec["status"] == nil {
 			continue
@@ -96,7 +96,7 @@ func TestRouting(t *testing.T) {
 		}
 		reasons[reason]++
 	}
-	if reasons["forbidden: no route"] != 2 || reasons["bad request: path"] != 1 {
+	if reasons["forbidden: no route"] != 2 || reasons["bad request: path: dot segment"] != 1 {
 		t.Errorf("access log reasons %v, want 2 × no route and 1 × path", reasons)
 	}
 }

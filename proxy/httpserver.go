@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"sync"
+
+	httpproxy "github.com/gatehouse-dmz/gatehouse/proxy/http"
 )
 
 // httpServer is the net/http server of one socket for one set of
@@ -31,7 +33,7 @@ func (s *Server) newHTTPServer(sk *socket, set httpSettings) *httpServer {
 		Handler:           http.HandlerFunc(sk.serveHTTP),
 		ReadHeaderTimeout: set.readHeaderTimeout,
 		IdleTimeout:       set.idleTimeout,
-		MaxHeaderBytes:    set.maxHeaderBytes,
+		MaxHeaderBytes:    httpproxy.HeaderReadLimit(set.maxHeaderBytes), // the handler answers 431 over the limit
 		ConnContext:       s.connContext,
 		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return sk.ctx },

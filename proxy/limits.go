@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
-	httpproxy "github.com/gatehouse-dmz/gatehouse/proxy/http"
 )
 
 // Every limit the proxy applies comes from the policy generation it runs
@@ -61,16 +60,6 @@ func checkTenantLimits(lim policy.Limits) error {
 		return fmt.Errorf("negative session timeout")
 	}
 	return nil
-}
-
-// httpLimits are the listener's per-request limits for the HTTP handler.
-func httpLimits(l policy.Limits) httpproxy.Limits {
-	return httpproxy.Limits{
-		MaxBodyBytes:         l.HTTP.MaxBodyBytes,
-		MaxInFlightPerTenant: l.HTTP.MaxInFlight,
-		BackendTimeout:       l.HTTP.BackendTimeout,
-		BodyReadTimeout:      l.HTTP.BodyReadTimeout,
-	}
 }
 
 // httpSettings are the listener-wide limits net/http applies itself; an

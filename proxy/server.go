@@ -183,6 +183,15 @@ func (st *listenerState) close() {
 	}
 }
 
+// hasRoute reports whether tenant still has the route of key here: the
+// route of a tcp or telnet session, or of an upgraded HTTP connection.
+func (st *listenerState) hasRoute(tenant, key string) bool {
+	if st != nil && st.http != nil {
+		return st.http.HasRoute(tenant, key)
+	}
+	return st.routeKey(tenant) == key
+}
+
 // routeKey identifies the route a tcp or telnet session of tenant runs on:
 // everything of it the session depends on. It is "" for HTTP listeners
 // (routed per request) and "-" when the tenant has no route here.
@@ -273,10 +282,11 @@ func (s *Server) Apply(p *policy.Policy) error {
 		s.start(sk)
 	}
 	s.rearm(states)
-	// A tcp or telnet session lives on the route it was admitted on: end
-	// those whose route this generation removed or changed.
+	// A tcp or telnet session, or an upgraded HTTP connection, lives on the
+	// route it was admitted on: end those whose route this generation
+	// removed or changed.
 	ended := s.closeConns(func(c *conn) bool {
-		return c.route != "" && c.sock.state.Load().routeKey(c.identity().Tenant) != c.route
+		return c.route != "" && !c.sock.state.Load().hasRoute(c.identity().Tenant, c.route)
 	})
 	for _, c := range ended {
 		s.logger.Info("session closed: its route was removed or changed by a reload", "listener", c.listener,
@@ -301,6 +311,7 @@ func (s *Server) Apply(p *policy.Policy) error {
 	}
 	s.series(p)
 	s.checkDescriptorBudget(p)
+	s.httpMetrics.Prune() // SOAP series of tenants no longer routed
 	s.logger.Info("listeners applied", "generation", p.Generation, "listeners", len(states), "new", len(opened),
 		"sessions_ended", len(ended))
 	return nil
@@ -319,10 +330,7 @@ func (s *Server) buildState(l policy.Listener) (*listenerState, error) {
 		}
 		h, err := httpproxy.New(httpproxy.Config{
 			Previous:  prev,
-			Listener:  l.Name,
-			Protocol:  l.Protocol,
-			Routes:    l.Routes,
-			Limits:    httpLimits(l.Limits),
+			Listener:  l,
 			InFlight:  s.inFlite,
 			Metrics:   s.httpMetrics,
 			AccessLog: s.access,
@@ -460,6 +468,7 @@ func (s *Server) connContext(ctx context.Context, c net.Conn) context.Context {
 	}
 	cn := v.(*conn)
 	id := cn.identity()
+	ctx = httpproxy.WithUpgradeHook(ctx, func(key string) error { return s.upgraded(cn, key) })
 	return httpproxy.WithPeer(ctx, httpproxy.Peer{
 		Tenant:      id.Tenant,
 		Fingerprint: id.FingerprintSHA256,
@@ -549,6 +558,7 @@ func (s *Server) drain(ctx context.Context, sk *socket) bool {
 	sk.http.wg.Wait()
 	if st := sk.state.Load(); st != nil {
 		st.close()
+		s.httpMetrics.Prune()
 	}
 	return clean
 }

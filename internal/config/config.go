@@ -165,6 +165,7 @@ type Route struct {
 	BackendTLS       bool          `mapstructure:"backend_tls"`
 	SOAPActions      []string      `mapstructure:"soap_actions"`
 	AllowWSDL        bool          `mapstructure:"allow_wsdl"`
+	PathParams       bool          `mapstructure:"path_params"`
 	LUNames          []string      `mapstructure:"lu_names"`
 	TerminalTypes    []string      `mapstructure:"terminal_types"`
 	ForceLU          string        `mapstructure:"force_lu"`

@@ -104,6 +104,7 @@ func (cfg *Config) Policy() *policy.Policy {
 				BackendTLS:       r.BackendTLS,
 				SOAPActions:      r.SOAPActions,
 				AllowWSDL:        r.AllowWSDL,
+				PathParams:       r.PathParams,
 				LUNames:          r.LUNames,
 				TerminalTypes:    r.TerminalTypes,
 				ForceLU:          r.ForceLU,

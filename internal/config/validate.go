@@ -396,8 +396,8 @@ func validateRoute(c *checker, rp string, proto policy.Protocol, r Route) {
 	}
 	switch {
 	case httpish:
-		if r.Path != "" && !strings.HasPrefix(r.Path, "/") {
-			c.add(rp+".path", "must begin with '/', got %q", r.Path)
+		if r.Path != "" && policy.CheckRoutePath(r.Path) != nil {
+			c.add(rp+".path", "must be a clean absolute path, written decoded: a leading '/', no empty, '.' or '..' segment, no backslash, ';', '%%' or control character; got %q", r.Path)
 		}
 		if r.BackendTLS {
 			c.add(rp+".backend_tls", "https and soap routes choose TLS by the backend URL scheme")
@@ -438,6 +438,7 @@ func validateRoute(c *checker, rp string, proto policy.Protocol, r Route) {
 	only("host", r.Host != "", policy.ProtoHTTPS, policy.ProtoSOAP) // tcp and telnet route by tenant alone
 	only("soap_actions", len(r.SOAPActions) > 0, policy.ProtoSOAP)
 	only("allow_wsdl", r.AllowWSDL, policy.ProtoSOAP)
+	only("path_params", r.PathParams, policy.ProtoHTTPS, policy.ProtoSOAP)
 	only("lu_names", len(r.LUNames) > 0, policy.ProtoTN3270)
 	only("force_lu", r.ForceLU != "", policy.ProtoTN3270)
 	only("terminal_types", len(r.TerminalTypes) > 0, policy.ProtoTN3270, policy.ProtoTN5250)

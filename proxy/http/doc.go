@@ -7,10 +7,39 @@
 // verified client certificate, handed in through the request context
 // (WithPeer), and nothing in a request can name another tenant's routes.
 //
+// Limits: the requests of a tenant are bounded by that tenant's limits on
+// the listener (policy.Listener.ForTenant: limits.http with the listener's
+// and the tenant's overrides): requests in flight, body size, body
+// buffering, the wait for body bytes and for the backend's answer. Config.Limits
+// only fills what a policy built without a configuration leaves zero.
+//
 // Routing: among the tenant's routes, the longest path prefix (matched on
 // whole segments) wins, then a route naming the request's host over one for
-// any host. Paths with dot segments or backslashes are refused. No route
-// means 403 and no backend is contacted.
+// any host. No route means 403 and no backend is contacted. The path routed
+// on is the request's path with every segment's ;parameters cut off, then
+// percent-decoded, empty segments merged; the path and query are forwarded
+// as they came. A path that a backend could resolve elsewhere is refused
+// with 400 before routing (see routingPath): a segment that decodes to "."
+// or ".." ("..;", "%2e%2e"), a backslash, an encoded '/', '\' or ';' (also
+// inside ;parameters), double encoding ("%252e"), a control character; and
+// ;parameters at all unless the route has path_params.
+//
+// Request heads: a head over the listener's max_header_size (request line
+// and fields, counted as HTTP/1.1 writes them) gets 431 from the handler,
+// with an access log line, over HTTP/1.1 and HTTP/2, whether one field or
+// many are too long; the server reads up to HeaderReadLimit (twice the
+// limit) so that Go's HTTP/2 server does not end the connection on a single
+// long field first.
+//
+// Request bodies: a declared Content-Length over max_body_size gets 413
+// before anything is sent to a backend. A body up to body_buffer_size is
+// read whole first (in pooled 32 KiB chunks; at most in_flight_per_tenant
+// such bodies per tenant) and goes on with its length, so one that breaks
+// off, stalls (408), is malformed (400) or runs over the limit (413) never
+// half-arrives; a longer body streams on after its start, and one that
+// fails on the way ends the backend's connection before the body's end, so
+// the backend never sees a complete request. SOAP bodies are read whole by
+// the inspector anyway.
 //
 // Backends: a route may have several. Requests take them round robin,
 // skipping those marked down. A request that fails on a backend's connection
@@ -31,8 +60,21 @@
 // To the backend: X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host,
 // X-Gatehouse-Tenant, X-Client-Cert-Fingerprint, X-Client-Cert-Subject and
 // X-Gatehouse-Request-Id are always set by the proxy; whatever the client
-// sent under those names, under look-alikes with underscores, or as
-// Forwarded / X-Real-IP, is dropped. Hop-by-hop headers are stripped.
+// sent under those names, or as Forwarded / X-Real-IP, is dropped. A header
+// name with anything but letters, digits and '-' ("X_Gatehouse_Tenant",
+// "X.Tenant") is dropped too, as nginx does, since CGI-style backends fold
+// '_' into '-'; the proxy's log says so at debug level. Request trailers
+// are not forwarded. Hop-by-hop headers are stripped.
+//
+// Upgrades (WebSocket): when a backend answers an HTTP/1.1 upgrade with
+// 101, the client connection becomes a tunnel on the route it was routed
+// on. The connection's owner learns the route's key first (UpgradeHook)
+// and refuses the tunnel with 503 when a reload removed or changed the
+// route meanwhile; afterwards it ends the tunnel when a reload does. The
+// tunnel is bounded by its tenant's limits.tcp: idle_timeout without a
+// byte either way, max_session in all. It no longer counts as a request in
+// flight. Its access log line, written when it ends, adds tunnel_in,
+// tunnel_out and tunnel_end.
 //
 // HTTP/1 framing: FramingGuard refuses what two parsers could read
 // differently (Content-Length with Transfer-Encoding, obs-fold, bad chunks)

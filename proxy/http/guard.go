@@ -13,10 +13,15 @@ import (
 // answers such a read error with 400 and closes the connection.
 var ErrAmbiguousFraming = errors.New("ambiguous HTTP/1 request framing")
 
-// Bounds of the lines the guard reads; longer ones are refused (the request
-// head as a whole is capped by the server's MaxHeaderBytes).
+// Bounds of the lines the guard reads; longer ones are refused. A line of
+// the request head may be as long as the whole head net/http reads (the
+// server's MaxHeaderBytes, HeaderReadLimit of at most 1 MiB, and its 4 KiB
+// of slack), so that a head over the limit gets net/http's or the
+// handler's 431, never the guard's 400; net/http stops reading there, which
+// bounds the line.
 const (
-	maxGuardLine      = 64 << 10
+	maxGuardLine      = 2<<20 + 8<<10
+	keptLineCap       = 64 << 10 // a longer line's buffer is not kept for the next
 	maxChunkSizeLine  = 4 << 10
 	maxGuardChunkSize = 1 << 40
 )
@@ -139,6 +144,9 @@ func (g *FramingGuard) scan(all []byte) (int, error) {
 			b = b[i+1:]
 			line := bytes.TrimSuffix(g.line, []byte("\r"))
 			g.line = g.line[:0]
+			if cap(g.line) > keptLineCap {
+				g.line = nil // line still holds the bytes until endLine returns
+			}
 			if err := g.endLine(line); err != nil {
 				return lineStart, err
 			}

@@ -62,6 +62,15 @@ const (
 	ReasonWSDL            = "wsdl"
 )
 
+// reasons lists every rejection reason, for the series created ahead of
+// the first refusal.
+var reasons = []string{
+	ReasonMethod, ReasonContentType, ReasonVersionMismatch, ReasonTooLarge, ReasonDoctype, ReasonProcInst,
+	ReasonDepth, ReasonElements, ReasonAttrs, ReasonNameLen, ReasonTextLen, ReasonMalformed, ReasonNotEnvelope,
+	ReasonNoBody, ReasonNoOperation, ReasonBodyParts, ReasonActionMissing, ReasonActionMismatch,
+	ReasonNotAllowed, ReasonOperation, ReasonWSDL,
+}
+
 // Rejection is why a SOAP request was refused. Reason is one of the Reason*
 // constants; Detail is for the log only, never sent to the caller.
 type Rejection struct {

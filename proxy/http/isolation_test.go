@@ -37,12 +37,12 @@ func FuzzTenantIsolation(f *testing.F) {
 		}
 	}))
 	f.Cleanup(globex.Close)
-	h, err := httpproxy.New(httpproxy.Config{Listener: "web", Protocol: policy.ProtoHTTPS, Routes: []policy.Route{
+	h, err := httpproxy.New(httpproxy.Config{Listener: policy.Listener{Name: "web", Protocol: policy.ProtoHTTPS, Routes: []policy.Route{
 		{Tenant: "acme", Path: "/", Backend: acme.URL},
 		{Tenant: "acme", Host: "acme.example", Path: "/", Backend: acme.URL},
 		{Tenant: "acme", Path: "/admin", Backend: acme.URL},
 		{Tenant: "globex", Path: "/g", Backend: globex.URL},
-	}})
+	}}})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -18,6 +18,9 @@ type Metrics struct {
 
 	mu   sync.Mutex
 	live map[*Handler]struct{} // handlers in service, for backend_up
+	// soapTenants are the tenants whose soap_rejections_total series
+	// exist: those routed on a soap listener in service, until Prune.
+	soapTenants map[string]bool
 }
 
 var _ prometheus.Collector = (*Metrics)(nil)
@@ -43,14 +46,65 @@ func NewMetrics() *Metrics {
 		backendUp: prometheus.NewDesc("gatehouse_backend_up",
 			"1 when the backend of an https or soap route is taken for requests, 0 while a failed request or health check keeps it out.",
 			[]string{"listener", "tenant", "route_index", "backend_index"}, nil),
-		live: map[*Handler]struct{}{},
+		live:        map[*Handler]struct{}{},
+		soapTenants: map[string]bool{},
 	}
 }
 
+// add puts h in service: its backends in backend_up, and on a soap
+// listener a soap_rejections_total series at 0 for each of its tenants and
+// every reason, so that a rate or an alert has a series before the first
+// refusal.
 func (m *Metrics) add(h *Handler) {
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.live[h] = struct{}{}
+	if !h.soap {
+		return
+	}
+	for tenant := range h.byTenant {
+		if m.soapTenants[tenant] {
+			continue
+		}
+		m.soapTenants[tenant] = true
+		for _, reason := range reasons {
+			m.soapRejections.WithLabelValues(tenant, reason)
+		}
+	}
+}
+
+// rejected counts a SOAP refusal. The tenant is recorded so that Prune
+// deletes the series also when a refusal on a generation just replaced
+// comes after the tenant's route went.
+func (m *Metrics) rejected(tenant, reason string) {
+	m.mu.Lock()
+	m.soapTenants[tenant] = true
 	m.mu.Unlock()
+	m.soapRejections.WithLabelValues(tenant, reason).Inc()
+}
+
+// Prune deletes the soap_rejections_total series of tenants no soap
+// listener in service routes any more. Call it once a reload is in force
+// (not between closing a listener's old generation and starting its new
+// one, which would restart their counts) and after a removed listener
+// drained.
+func (m *Metrics) Prune() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	routed := map[string]bool{}
+	for h := range m.live {
+		if h.soap {
+			for tenant := range h.byTenant {
+				routed[tenant] = true
+			}
+		}
+	}
+	for tenant := range m.soapTenants {
+		if !routed[tenant] {
+			m.soapRejections.DeletePartialMatch(prometheus.Labels{"tenant": tenant})
+			delete(m.soapTenants, tenant)
+		}
+	}
 }
 
 func (m *Metrics) remove(h *Handler) {

@@ -100,9 +100,10 @@ func (h *Handler) checkSOAP(w http.ResponseWriter, r *http.Request, rt *route, s
 }
 
 // isMetadataQuery reports a WSDL or schema request (?wsdl, ?xsd=…,
-// ?singleWsdl), whatever the case.
+// ?singleWsdl), whatever the case, and whether the backend separates
+// parameters with '&' or ';'.
 func isMetadataQuery(raw string) bool {
-	for kv := range strings.SplitSeq(raw, "&") {
+	for kv := range strings.FieldsFuncSeq(raw, func(r rune) bool { return r == '&' || r == ';' }) {
 		k, _, _ := strings.Cut(kv, "=")
 		if uk, err := url.QueryUnescape(k); err == nil {
 			k = uk
@@ -129,7 +130,7 @@ func unquote(s string) string {
 // of the refusal stays in the log.
 func (h *Handler) soapFault(w http.ResponseWriter, r *http.Request, v SOAPVersion, st *requestState, rej *Rejection) {
 	if h.metrics != nil {
-		h.metrics.soapRejections.WithLabelValues(st.peer.Tenant, rej.Reason).Inc()
+		h.metrics.rejected(st.peer.Tenant, rej.Reason)
 	}
 	h.logger.Info("soap request refused", "listener", h.listener, "tenant", st.peer.Tenant,
 		"id", st.id, "reason", rej.Reason, "detail", rej.Detail)

@@ -100,13 +100,11 @@ func TestSOAP(t *testing.T) {
 	metrics := httpproxy.NewMetrics()
 	logs := &logBuf{}
 	h, err := httpproxy.New(httpproxy.Config{
-		Listener: "services",
-		Protocol: policy.ProtoSOAP,
-		Routes: []policy.Route{
+		Listener: policy.Listener{Name: "services", Protocol: policy.ProtoSOAP, Routes: []policy.Route{
 			{Tenant: "acme", Path: "/", Backend: be.srv.URL, SOAPActions: []string{"urn:acme:GetOrder", "urn:acme:PutOrder"}},
 			{Tenant: "acme", Path: "/meta", Backend: be.srv.URL, AllowWSDL: true},
 			{Tenant: "globex", Path: "/empty", Backend: be.srv.URL},
-		},
+		}},
 		Limits:  httpproxy.Limits{XML: testXMLLimits},
 		Metrics: metrics,
 		Logger:  slog.New(slog.NewJSONHandler(logs, nil)),
@@ -156,6 +154,7 @@ func TestSOAP(t *testing.T) {
 		{"wsdl refused", acme, "GET", "/svc?wsdl", "", "-", nil, 500, httpproxy.ReasonWSDL, 11},
 		{"singleWsdl refused", acme, "GET", "/svc?SingleWSDL", "", "-", nil, 500, httpproxy.ReasonWSDL, 11},
 		{"xsd refused", acme, "GET", "/svc?xsd=xsd0", "", "-", nil, 500, httpproxy.ReasonWSDL, 11},
+		{"wsdl behind ';' refused", acme, "GET", "/svc?x=1;wsdl", "", "-", nil, 500, httpproxy.ReasonWSDL, 11},
 		{"wsdl allowed on its route", acme, "GET", "/meta?wsdl", "", "-", nil, 200, "", 11},
 		{"empty allow-list denies", globex, "POST", "/empty", ct11, `"urn:acme:GetOrder"`, fixture(t, "soap11-getorder.xml"), 500, httpproxy.ReasonNotAllowed, 11},
 		{"no route", globex, "POST", "/svc", ct11, `"urn:acme:GetOrder"`, fixture(t, "soap11-getorder.xml"), 403, "", 11},

@@ -190,11 +190,12 @@ func (d *demo) stepSOAPRefused(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("want gatehouse's SOAP Fault with X-Correlation-Id, got: %s", out)
 	}
 	status := strings.SplitN(out, "\n", 2)[0]
-	n, err := d.waitMetric(ctx, `gatehouse_soap_rejections_total\{[^}]*\}`, 1)
+	// Every reason has its series from the start: read this refusal's.
+	n, err := d.waitMetric(ctx, `gatehouse_soap_rejections_total\{reason="action_not_allowed",tenant="acme"\}`, 1)
 	if err != nil {
 		return "", err
 	}
-	return fmt.Sprintf("SOAPAction urn:acme:DeleteOrder → %s %s\ngatehouse_soap_rejections_total = %v",
+	return fmt.Sprintf("SOAPAction urn:acme:DeleteOrder → %s %s\ngatehouse_soap_rejections_total{reason=\"action_not_allowed\",tenant=\"acme\"} = %v",
 		strings.TrimSpace(status), body(out), n), nil
 }
 

@@ -1,0 +1,206 @@
+package httpproxy
+
+import (
+	"cmp"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+// route is one tenant's route on the listener.
+type route struct {
+	index     int // position in the listener's routes, the backend_up label
+	tenant    string
+	host      string // lower case, no port; "" matches any
+	prefix    string
+	label     string // host+prefix, the route's name in logs
+	backends  []*backend
+	interval  time.Duration // active health check period; 0 none
+	proxy     *httputil.ReverseProxy
+	actions   map[string]bool
+	allowWSDL bool
+	soap      bool
+	// pathParams lets requests carry ;parameters in path segments.
+	pathParams bool
+	key        string // routeKey, for the tunnels of upgraded connections
+}
+
+func (h *Handler) newRoute(index int, pr policy.Route) (*route, error) {
+	if pr.Tenant == "" {
+		return nil, fmt.Errorf("%w: no tenant", ErrRoute)
+	}
+	addrs := pr.Backends
+	switch {
+	case len(addrs) == 0:
+		addrs = []string{pr.Backend}
+	case pr.Backend != "" && pr.Backend != addrs[0]:
+		return nil, fmt.Errorf("%w: backend %q is not the first of backends", ErrRoute, pr.Backend)
+	}
+	var urls []*url.URL
+	for _, addr := range addrs {
+		u, err := url.Parse(addr)
+		if err != nil {
+			return nil, fmt.Errorf("%w: backend %q: %w", ErrRoute, addr, err)
+		}
+		if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+			return nil, fmt.Errorf("%w: backend %q must be http(s)://host[:port][/path]", ErrRoute, addr)
+		}
+		if slices.ContainsFunc(urls, func(o *url.URL) bool { return o.String() == u.String() }) {
+			return nil, fmt.Errorf("%w: backend %q listed twice", ErrRoute, addr)
+		}
+		urls = append(urls, u)
+	}
+	if pr.HealthPath == "" && pr.HealthInterval != 0 {
+		return nil, fmt.Errorf("%w: health interval without a health path", ErrRoute)
+	}
+	if pr.HealthPath != "" && pr.HealthInterval <= 0 {
+		return nil, fmt.Errorf("%w: health path %q needs a positive interval", ErrRoute, pr.HealthPath)
+	}
+	prefix := cmp.Or(pr.Path, "/")
+	if err := policy.CheckRoutePath(prefix); err != nil {
+		return nil, fmt.Errorf("%w: path %q: %w", ErrRoute, pr.Path, err)
+	}
+	host := normHost(pr.Host)
+	rt := &route{
+		index:      index,
+		tenant:     pr.Tenant,
+		host:       host,
+		prefix:     prefix,
+		label:      host + prefix,
+		interval:   pr.HealthInterval,
+		allowWSDL:  pr.AllowWSDL,
+		soap:       h.soap,
+		pathParams: pr.PathParams,
+		actions:    map[string]bool{},
+	}
+	for _, a := range pr.SOAPActions {
+		rt.actions[a] = true
+	}
+	tc, err := backendTLS(urls, pr)
+	if err != nil {
+		return nil, err
+	}
+	for i, u := range urls {
+		b := &backend{index: i, url: u, transport: h.newTransport(u, tc, h.limitsOf(pr.Tenant))}
+		if pr.HealthPath != "" {
+			if b.health, err = healthURL(u, pr.HealthPath); err != nil {
+				return nil, err
+			}
+			b.client = &http.Client{
+				Transport: b.transport,
+				// A redirect passes; following it would check another host.
+				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+			}
+		}
+		rt.backends = append(rt.backends, b)
+	}
+	rt.proxy = &httputil.ReverseProxy{
+		Rewrite:      rt.rewrite,
+		Transport:    &pool{h: h, rt: rt, backends: rt.backends},
+		ErrorHandler: h.proxyError,
+		// Zero: a response of known length goes out in as few writes as
+		// possible; ReverseProxy still flushes every write at once for a
+		// response without a length (chunked, long-polled) and for
+		// text/event-stream, so streams are not held back.
+		FlushInterval: 0,
+		BufferPool:    copyBuffers,
+		ErrorLog:      slog.NewLogLogger(h.logger.Handler(), slog.LevelWarn),
+	}
+	return rt, nil
+}
+
+// backendTLS loads the route's backend CA and client certificate once for
+// all its backends; nil when no backend is https.
+func backendTLS(urls []*url.URL, pr policy.Route) (*tls.Config, error) {
+	if !slices.ContainsFunc(urls, func(u *url.URL) bool { return u.Scheme == "https" }) {
+		if err := pr.CheckPlainBackend(); err != nil {
+			return nil, fmt.Errorf("%w: %w (an https backend)", ErrRoute, err)
+		}
+		return nil, nil
+	}
+	tc, err := pr.BackendTLSConfig("") // ServerName per backend, in newTransport
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRoute, err)
+	}
+	return tc, nil
+}
+
+func (h *Handler) newTransport(u *url.URL, tc *tls.Config, lim *tenantLimits) *http.Transport {
+	d := &net.Dialer{Timeout: h.limits.DialTimeout, KeepAlive: 30 * time.Second}
+	tr := &http.Transport{
+		Proxy:                 nil, // never an environment proxy: backends are internal
+		DialContext:           d.DialContext,
+		MaxIdleConns:          256,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   h.limits.DialTimeout,
+		ResponseHeaderTimeout: lim.BackendTimeout,
+		ExpectContinueTimeout: time.Second,
+	}
+	if u.Scheme == "https" {
+		tc = tc.Clone()
+		tc.ServerName = u.Hostname()
+		tr.TLSClientConfig = tc
+	}
+	return tr
+}
+
+// inherit copies the health of prev's backends into h's matching ones.
+func (h *Handler) inherit(prev *Handler) {
+	for tenant, rts := range h.byTenant {
+		for _, rt := range rts {
+			i := slices.IndexFunc(prev.byTenant[tenant], func(o *route) bool { return o.label == rt.label })
+			if i < 0 {
+				continue
+			}
+			for _, b := range rt.backends {
+				for _, o := range prev.byTenant[tenant][i].backends {
+					if o.url.String() == b.url.String() {
+						b.copyHealth(o)
+					}
+				}
+			}
+		}
+	}
+}
+
+// Start begins the active health checks of the routes that have a health
+// path, one goroutine per backend, each checking at once and then every
+// interval, and makes the backends visible in the metrics. Call it once,
+// match returns the tenant's most specific route for host and path. The
+// tenant comes from the certificate; nothing in the request can select
+// another tenant's routes.
+func (h *Handler) match(tenant, host, p string) *route {
+	for _, rt := range h.byTenant[tenant] {
+		if rt.host != "" && rt.host != host {
+			continue
+		}
+		if pathHasPrefix(p, rt.prefix) {
+			return rt
+		}
+	}
+	return nil
+}
+
+func pathHasPrefix(p, prefix string) bool {
+	if !strings.HasPrefix(p, prefix) {
+		return false
+	}
+	return len(p) == len(prefix) || strings.HasSuffix(prefix, "/") || p[len(prefix)] == '/'
+}
+
+func normHost(h string) string {
+	if host, _, err := net.SplitHostPort(h); err == nil {
+		h = host
+	}
+	return strings.TrimSuffix(strings.ToLower(h), ".")
+}

@@ -1,0 +1,188 @@
+package httpproxy
+
+import (
+	"bufio"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+// ErrNoUpgrade is a protocol switch the proxy does not allow here: not an
+// HTTP/1.1 request that asked for one.
+var ErrNoUpgrade = errors.New("no protocol switch was asked for")
+
+// UpgradeHook is how the layer that owns a client connection follows it
+// once an upgrade (a backend's 101, WebSocket) turns it into a tunnel on
+// one route: it is called with the route's key before the tunnel starts,
+// and from then on that layer ends the connection when a reload removes or
+// changes the route (Handler.HasRoute answers for the new generation). An
+// error refuses the tunnel: the route is gone already.
+type UpgradeHook func(routeKey string) error
+
+type upgradeHookKey struct{}
+
+// WithUpgradeHook returns ctx carrying the connection's upgrade hook.
+// Without one a tunnel is bounded by its limits only.
+func WithUpgradeHook(ctx context.Context, hook UpgradeHook) context.Context {
+	return context.WithValue(ctx, upgradeHookKey{}, hook)
+}
+
+// routeKey identifies a route across generations: everything of it a
+// tunnel depends on. A reload that changes any of it changes the key.
+func routeKey(l policy.Listener, r policy.Route) string {
+	return fmt.Sprintf("%s|%s|%+v", l.Protocol, l.Name, r)
+}
+
+// HasRoute reports whether tenant has the route of key on this generation.
+func (h *Handler) HasRoute(tenant, key string) bool {
+	for _, rt := range h.byTenant[tenant] {
+		if rt.key == key {
+			return true
+		}
+	}
+	return false
+}
+
+// upgrade is what a request that may switch protocols needs to become a
+// tunnel: set by serve once the route is known.
+type upgrade struct {
+	h       *Handler
+	rt      *route
+	st      *requestState
+	hook    UpgradeHook
+	release func() // the request's in-flight slot: a tunnel is not a request in flight
+	t       *tunnel
+	refused error // why the hook refused the tunnel
+}
+
+// Hijack is how ReverseProxy takes the client connection for a 101: the
+// connection's owner is told of the tunnel first (and may refuse it), then
+// the connection is handed over wrapped in the tunnel's limits.
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	u := w.up
+	if u == nil {
+		return nil, nil, ErrNoUpgrade
+	}
+	if u.hook != nil {
+		if err := u.hook(u.rt.key); err != nil {
+			u.refused = err
+			return nil, nil, err
+		}
+	}
+	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	w.status = http.StatusSwitchingProtocols
+	u.release()
+	u.t = u.h.newTunnel(c, u.st.lim.Stream)
+	return u.t, brw, nil
+}
+
+// Reasons a tunnel was ended by the proxy.
+const (
+	endIdle = "idle timeout"
+	endMax  = "maximum session length"
+)
+
+// tunnel is the client side of an upgraded connection: it counts the bytes
+// and ends the connection after limits.tcp.idle_timeout without a byte
+// either way, or limits.tcp.max_session after the switch.
+type tunnel struct {
+	net.Conn
+	in, out atomic.Int64
+	last    atomic.Int64 // Unix nanoseconds of the last byte; kept only with an idle timeout
+	idle    time.Duration
+	timers  []*time.Timer
+	ended   atomic.Pointer[string] // why the proxy ended it
+	once    sync.Once
+}
+
+func (h *Handler) newTunnel(c net.Conn, lim policy.StreamLimits) *tunnel {
+	t := &tunnel{Conn: c, idle: lim.IdleTimeout}
+	if lim.MaxSession > 0 {
+		t.timers = append(t.timers, time.AfterFunc(lim.MaxSession, func() { t.end(endMax) }))
+	}
+	if t.idle > 0 {
+		t.last.Store(time.Now().UnixNano())
+		var timer *time.Timer
+		timer = time.AfterFunc(t.idle, func() {
+			if idle := time.Since(time.Unix(0, t.last.Load())); idle < t.idle {
+				timer.Reset(t.idle - idle)
+				return
+			}
+			t.end(endIdle)
+		})
+		t.timers = append(t.timers, timer)
+	}
+	return t
+}
+
+func (t *tunnel) Read(p []byte) (int, error) {
+	n, err := t.Conn.Read(p)
+	if n > 0 {
+		t.in.Add(int64(n))
+		if t.idle > 0 {
+			t.last.Store(time.Now().UnixNano())
+		}
+	}
+	return n, err
+}
+
+func (t *tunnel) Write(p []byte) (int, error) {
+	n, err := t.Conn.Write(p)
+	if n > 0 {
+		t.out.Add(int64(n))
+		if t.idle > 0 {
+			t.last.Store(time.Now().UnixNano())
+		}
+	}
+	return n, err
+}
+
+// end closes the connection for reason; ReverseProxy's copies then stop
+// and it closes the backend's side.
+func (t *tunnel) end(reason string) {
+	if t.ended.CompareAndSwap(nil, &reason) {
+		t.Conn.Close()
+	}
+}
+
+func (t *tunnel) Close() error {
+	t.once.Do(func() {
+		for _, timer := range t.timers {
+			timer.Stop()
+		}
+	})
+	return t.Conn.Close()
+}
+
+// endReason is why the proxy ended the tunnel, "" when a peer (or the
+// connection's owner, on reload or shutdown) did.
+func (t *tunnel) endReason() string {
+	if r := t.ended.Load(); r != nil {
+		return *r
+	}
+	return ""
+}
+
+// tunnelEnded adds the tunnel's bytes and end to the access log line and
+// logs an end the proxy decided.
+func (h *Handler) tunnelEnded(u *upgrade, attrs []slog.Attr) []slog.Attr {
+	why := u.t.endReason()
+	if why != "" {
+		h.logger.Info("upgraded connection closed: "+why, "listener", h.listener, "tenant", u.st.peer.Tenant,
+			"route", u.rt.label, "source", u.st.peer.Source.String(), "id", u.st.id)
+	}
+	return append(attrs, slog.Int64("tunnel_in", u.t.in.Load()), slog.Int64("tunnel_out", u.t.out.Load()),
+		slog.String("tunnel_end", cmp.Or(why, "closed")))
+}
