@@ -45,8 +45,9 @@ const (
 	ResultProtocolVersion Result = "protocol_version"
 	ResultOther           Result = "other"
 	// ResultClientClosed is a client that closed the connection (or reset
-	// it) during the handshake, before it sent a certificate: health
-	// checkers and load generators do. It is counted, but no refusal.
+	// it) during the handshake before it sent a certificate: health
+	// checkers and load generators do. It is counted, but no refusal. A
+	// client that closes after sending a certificate is refused with it.
 	ResultClientClosed Result = "client_closed"
 )
 
@@ -63,11 +64,13 @@ type AuthError struct {
 	leaf    *x509.Certificate // the refused certificate, when there was one
 }
 
+// Error is printable and bounded, whatever names the client's
+// certificate carries: callers log it.
 func (e *AuthError) Error() string {
 	if e.Tenant != "" {
-		return fmt.Sprintf("client certificate refused (%s, tenant %s): %s", e.Result, e.Tenant, e.Detail)
+		return fmt.Sprintf("client certificate refused (%s, tenant %s): %s", e.Result, e.Tenant, printable(e.Detail))
 	}
-	return fmt.Sprintf("client certificate refused (%s): %s", e.Result, e.Detail)
+	return fmt.Sprintf("client certificate refused (%s): %s", e.Result, printable(e.Detail))
 }
 
 // ResultOf classifies an error returned by a handshake or by Identify.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -232,22 +233,48 @@ func (m *Manager) TLSConfig(listener string) (*tls.Config, error) {
 	return outer, nil
 }
 
+// verifyConnection refuses a certificate the current generation does not
+// accept; the listener logs the refusal with HandshakeFailed's Refusal. It
+// counts refusals only: crypto/tls calls it before it checks the client's
+// CertificateVerify, so an accepted certificate is no proof yet that the
+// client holds its key, and ok is counted by HandshakeDone.
 func (m *Manager) verifyConnection(listener string, cs tls.ConnectionState) error {
-	st := m.state.Load()
-	if _, ok := st.listeners[listener]; !ok {
-		err := &AuthError{Result: ResultOther, Detail: "listener " + listener + " removed", counted: true}
-		m.count(listener, "", ResultOther)
-		return err
-	}
-	id, err := m.authorize(st, cs.PeerCertificates)
+	_, err := m.authorizeOn(m.state.Load(), listener, cs.PeerCertificates)
 	if err != nil {
-		// The listener logs the refusal, with HandshakeFailed's Refusal.
 		err.counted = true
 		m.count(listener, err.Tenant, err.Result)
-		return err.withLeaf(cs.PeerCertificates)
+		return err
+	}
+	return nil
+}
+
+// authorizeOn is authorize for a handshake of the listener, which the
+// generation must still have; a refusal carries the client's certificate.
+func (m *Manager) authorizeOn(st *state, listener string, chain []*x509.Certificate) (Identity, *AuthError) {
+	if _, ok := st.listeners[listener]; !ok {
+		return Identity{}, (&AuthError{Result: ResultOther, Detail: "listener " + listener + " removed"}).withLeaf(chain)
+	}
+	id, err := m.authorize(st, chain)
+	if err != nil {
+		return Identity{}, err.withLeaf(chain)
+	}
+	return id, nil
+}
+
+// HandshakeDone is told of a handshake of the listener from source that
+// completed, and returns who the client is. Only a completed handshake
+// proves that the client holds its certificate's key, so this is where ok
+// is counted. The certificate is authorised again against the generation
+// in force: one a reload refuses since VerifyConnection is counted and
+// remembered as a refusal, and returned as the error.
+func (m *Manager) HandshakeDone(listener string, source netip.AddrPort, cs tls.ConnectionState) (Identity, error) {
+	id, err := m.authorizeOn(m.state.Load(), listener, cs.PeerCertificates)
+	if err != nil {
+		m.refused(listener, source, cs, err)
+		return Identity{}, err
 	}
 	m.count(listener, id.Tenant, ResultOK)
-	return nil
+	return id, nil
 }
 
 // Identify re-checks the connection's client certificate against the

@@ -29,7 +29,7 @@ func TestRefusals(t *testing.T) {
 		t.Helper()
 		r := handshake(t, srv, k.clientConfig(cert), false)
 		if r.serverErr != nil {
-			m.HandshakeFailed("web", netip.MustParseAddrPort(src), r.serverErr)
+			m.HandshakeFailed("web", netip.MustParseAddrPort(src), r.server, r.serverErr)
 		}
 	}
 	try(k.revoked, "192.0.2.10:40001")
@@ -93,8 +93,8 @@ func TestRefusalNamesPrintable(t *testing.T) {
 
 // TestRefusalLogArgs: the log line's fields, empty ones left out.
 func TestRefusalLogArgs(t *testing.T) {
-	r := Refusal{Result: ResultRevoked, Tenant: "acme", Subject: "CN=a", Issuer: "CN=b", FingerprintSHA256: "ab"}
-	got := []any{"result", "revoked", "tenant", "acme", "subject", "CN=a", "issuer", "CN=b", "fingerprint_sha256", "ab"}
+	r := Refusal{Result: ResultRevoked, Tenant: "acme", Reason: "on CRL", Subject: "CN=a", Issuer: "CN=b", FingerprintSHA256: "ab"}
+	got := []any{"result", "revoked", "tenant", "acme", "reason", "on CRL", "subject", "CN=a", "issuer", "CN=b", "fingerprint_sha256", "ab"}
 	if args := r.LogArgs(); len(args) != len(got) {
 		t.Fatalf("LogArgs = %v", args)
 	}
@@ -132,11 +132,11 @@ func TestClientClosed(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := counter(t, m, "web", "none", ResultClientClosed)
-			err := serverHandshake(t, srv, tc.client)
+			cs, err := serverHandshake(t, srv, tc.client)
 			if got := ResultOf(err); got != ResultClientClosed {
 				t.Fatalf("result %s (err %v), want client_closed", got, err)
 			}
-			if r := m.HandshakeFailed("web", testSource, err); r.Result != ResultClientClosed {
+			if r := m.HandshakeFailed("web", testSource, cs, err); r.Result != ResultClientClosed {
 				t.Errorf("HandshakeFailed = %+v", r)
 			}
 			if after := counter(t, m, "web", "none", ResultClientClosed); after != before+1 {
@@ -150,8 +150,8 @@ func TestClientClosed(t *testing.T) {
 }
 
 // serverHandshake accepts one loopback connection, lets client act on its
-// end, and returns the server's handshake error.
-func serverHandshake(t *testing.T, srv *tls.Config, client func(*net.TCPConn)) error {
+// end, and returns the server's state and handshake error.
+func serverHandshake(t *testing.T, srv *tls.Config, client func(*net.TCPConn)) (tls.ConnectionState, error) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -172,5 +172,6 @@ func serverHandshake(t *testing.T, srv *tls.Config, client func(*net.TCPConn)) e
 	defer raw.Close()
 	sc := tls.Server(raw, srv)
 	sc.SetDeadline(time.Now().Add(10 * time.Second))
-	return sc.Handshake()
+	err = sc.Handshake()
+	return sc.ConnectionState(), err
 }

@@ -48,7 +48,7 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 	}
 	if len(cands) == 0 {
 		return Identity{}, &AuthError{Result: ResultUnknownCA,
-			Detail: "certificate " + leaf.Subject.String() + " chains to no tenant: its issuer " + leaf.Issuer.String() + " is none of the intermediates of the tenants of its root"}
+			Detail: "chains to no tenant: its issuer is none of the intermediates the tenants of its root list (issuer " + leaf.Issuer.String() + ")"}
 	}
 	// Revocation: every certificate of a tenant's chain but the root is
 	// checked against the tenant's CRL from the CA that issued it there.
@@ -65,13 +65,13 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 				crl := t.crlFor(ch[k+1])
 				if crl == nil {
 					if _, ok := uncovered[i]; !ok {
-						uncovered[i] = fmt.Sprintf("no CRL from %s, the issuer of %s, in %s", ch[k+1].Subject, c.Subject, t.crlFile)
+						uncovered[i] = fmt.Sprintf("no CRL in %s from %s, the issuer of %s", t.crlFile, ch[k+1].Subject, c.Subject)
 					}
 					continue
 				}
 				if crl.revoked[c.SerialNumber.String()] {
 					return Identity{}, &AuthError{Result: ResultRevoked, Tenant: t.id,
-						Detail: fmt.Sprintf("serial %x (%s) on CRL %s", c.SerialNumber, c.Subject, t.crlFile)}
+						Detail: fmt.Sprintf("serial %x on CRL %s (%s)", c.SerialNumber, t.crlFile, c.Subject)}
 				}
 				if !crl.stale(now) {
 					continue
@@ -95,7 +95,7 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 	}
 	switch len(match) {
 	case 0:
-		return Identity{}, &AuthError{Result: ResultNoTenant, Detail: "certificate " + leaf.Subject.String() + " matches no tenant's identities"}
+		return Identity{}, &AuthError{Result: ResultNoTenant, Detail: "matches no tenant's identities (" + leaf.Subject.String() + ")"}
 	case 1:
 	default:
 		ids := make([]string, len(match))

@@ -114,7 +114,7 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 	}
 	c.tls = tls.Server(c.raw, st.tls)
 	if err := relay.Handshake(sk.ctx, c.tls, s.limits.HandshakeTimeout); err != nil {
-		s.handshakeFailed(c, err)
+		s.handshakeFailed(c, c.tls.ConnectionState(), err)
 		c.raw.Close()
 		return
 	}
@@ -128,7 +128,7 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 		return
 	}
 	seen := s.revalidations.Load()
-	id, err := s.identify(cs)
+	id, err := s.handshakeDone(c, cs)
 	if err != nil {
 		s.logger.Info("client certificate not accepted", "listener", c.listener, "source", c.source.String(), "err", err)
 		c.raw.Close()
@@ -173,30 +173,47 @@ func (s *Server) handle(sk *socket, nc net.Conn) {
 	}
 }
 
-// handshakeFailed hands a failed handshake to the TLS layer, which counts
-// and remembers it, and logs the refusal with the result and the client
-// certificate's subject, issuer and fingerprint. A client that closed
-// before sending a certificate (a health checker, a load generator) was
-// refused nothing: that is logged at debug only.
-func (s *Server) handshakeFailed(c *conn, err error) {
-	r := s.tlsSrc.HandshakeFailed(c.listener, c.source, err)
+// handshakeFailed hands a failed handshake and what the client sent in it
+// to the TLS layer, which counts and remembers it, and logs the refusal
+// with the result, the reason and the client certificate's subject, issuer
+// and fingerprint, all bounded and printable (the error itself carries the
+// client's names as they came). A client that closed before sending a
+// certificate (a health checker, a load generator) was refused nothing:
+// that is logged at debug only.
+func (s *Server) handshakeFailed(c *conn, cs tls.ConnectionState, err error) {
+	r := s.tlsSrc.HandshakeFailed(c.listener, c.source, cs, err)
 	if r.Result == certs.ResultClientClosed {
 		s.logger.Debug("TLS handshake abandoned by the client before it sent a certificate",
 			"listener", c.listener, "source", c.source.String(), "err", err)
 		return
 	}
-	s.logRefusal(c, "TLS handshake refused", err, r.LogArgs()...)
+	s.logRefusal(c, "TLS handshake refused", nil, r.LogArgs()...)
+}
+
+// handshakeDone tells the TLS layer that c's handshake completed and
+// returns the tenant it proves; an identity without one is refused.
+func (s *Server) handshakeDone(c *conn, cs tls.ConnectionState) (Identity, error) {
+	id, err := s.tlsSrc.HandshakeDone(c.listener, c.source, cs)
+	if err == nil && id.Tenant == "" {
+		err = fmt.Errorf("%w: no tenant", ErrConfig)
+	}
+	return id, err
 }
 
 // logRefusal logs a refusal any client can cause (a failed handshake, a
-// request head the framing guard refused) with its source, cause and the
-// extra key-value pairs, at most 10 lines a second after a burst of 50.
+// request head the framing guard refused) with its source, cause (when
+// err is not nil) and the extra key-value pairs, at most 10 lines a second
+// after a burst of 50.
 func (s *Server) logRefusal(c *conn, msg string, err error, extra ...any) {
 	ok, held := s.refusals.allow(time.Now())
 	if !ok {
 		return
 	}
-	args := append([]any{"listener", c.listener, "source", c.source.String(), "err", err}, extra...)
+	args := []any{"listener", c.listener, "source", c.source.String()}
+	if err != nil {
+		args = append(args, "err", err)
+	}
+	args = append(args, extra...)
 	if id := c.identity(); id.Tenant != "" {
 		args = append(args, "tenant", id.Tenant)
 	}
@@ -292,7 +309,7 @@ func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 			return telnet.Peer{}, ErrTLSConfig
 		}
 		seen := s.revalidations.Load()
-		id, err := s.identify(cs)
+		id, err := s.handshakeDone(c, cs)
 		if err != nil {
 			return telnet.Peer{}, err
 		}
@@ -309,9 +326,10 @@ func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 		}
 		return telnetPeer(c, id), nil
 	}
+	var he *telnet.HandshakeError
 	switch err := st.telnet.ServeStartTLS(c.sock.ctx, c.raw, st.tls, admit); {
-	case errors.Is(err, telnet.ErrHandshake):
-		s.handshakeFailed(c, err)
+	case errors.As(err, &he):
+		s.handshakeFailed(c, he.State, he.Err)
 	case errors.Is(err, telnet.ErrStartTLS):
 		s.logRefusal(c, "START_TLS refused", err)
 	}
