@@ -1,10 +1,12 @@
 package certs
 
 import (
+	"cmp"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -47,12 +49,22 @@ func (r Refusal) LogArgs() []any {
 	return args
 }
 
-// refusalRing holds the last RefusalsKept refusals.
+// refusalRing holds the last RefusalsKept refusals, and the last refusal
+// of each result besides: a stranger's RefusalsKept connections without a
+// certificate push every other refusal out of the ring, but not out of
+// last.
 type refusalRing struct {
 	mu   sync.Mutex
 	buf  [RefusalsKept]Refusal
 	next int // where the next one goes
 	n    int // how many are held
+	seq  uint64
+	last map[Result]lastRefusal // at most one per Result: bounded
+}
+
+type lastRefusal struct {
+	Refusal
+	seq uint64 // the refusal's place in the sequence of all refusals
 }
 
 func (r *refusalRing) add(x Refusal) {
@@ -61,21 +73,38 @@ func (r *refusalRing) add(x Refusal) {
 	r.buf[r.next] = x
 	r.next = (r.next + 1) % len(r.buf)
 	r.n = min(r.n+1, len(r.buf))
+	r.seq++
+	if r.last == nil {
+		r.last = map[Result]lastRefusal{}
+	}
+	r.last[x.Result] = lastRefusal{Refusal: x, seq: r.seq}
 }
 
-// list returns the refusals held, newest first.
+// list returns the refusals held, newest first, then the last refusal of
+// each result no longer among them, newest first.
 func (r *refusalRing) list() []Refusal {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]Refusal, 0, r.n)
+	out := make([]Refusal, 0, r.n+len(r.last))
 	for i := 1; i <= r.n; i++ {
 		out = append(out, r.buf[(r.next-i+len(r.buf))%len(r.buf)])
+	}
+	var older []lastRefusal
+	for _, l := range r.last {
+		if l.seq <= r.seq-uint64(r.n) { // pushed out of the ring
+			older = append(older, l)
+		}
+	}
+	slices.SortFunc(older, func(a, b lastRefusal) int { return cmp.Compare(b.seq, a.seq) })
+	for _, l := range older {
+		out = append(out, l.Refusal)
 	}
 	return out
 }
 
-// Refusals returns the last refused handshakes of every listener, newest
-// first.
+// Refusals returns the last RefusalsKept refused handshakes of every
+// listener, newest first, followed by the last refusal of each result that
+// is older than those, newest first.
 func (m *Manager) Refusals() []Refusal { return m.refusals.list() }
 
 // HandshakeFailed counts a failed handshake of the listener from source,

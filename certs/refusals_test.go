@@ -74,8 +74,12 @@ func TestRefusals(t *testing.T) {
 	for range RefusalsKept + 5 {
 		try(k.stranger, "192.0.2.14:40005")
 	}
-	if got := m.Refusals(); len(got) != RefusalsKept || got[len(got)-1].Source != "192.0.2.14:40005" {
-		t.Errorf("after %d more refusals: %d kept, oldest from %s; want the last %d", RefusalsKept+5, len(got), got[len(got)-1].Source, RefusalsKept)
+	// The ring holds the last RefusalsKept; after them come the last
+	// refusal of each result pushed out of it.
+	got = m.Refusals()
+	if len(got) != RefusalsKept+2 || got[RefusalsKept-1].Source != "192.0.2.14:40005" ||
+		got[RefusalsKept].Result != ResultNoCert || got[RefusalsKept+1].Result != ResultRevoked {
+		t.Errorf("after %d more refusals: %d kept, want the last %d, then the last no_cert and revoked: %+v", RefusalsKept+5, len(got), RefusalsKept, got)
 	}
 }
 
@@ -146,6 +150,40 @@ func TestClientClosed(t *testing.T) {
 				t.Errorf("a client that closed is listed as refused: %+v", got)
 			}
 		})
+	}
+}
+
+// TestLastRefusalOfEachResult: a stranger's connections without a
+// certificate fill the ring, and the admin still finds the last refusal of
+// every other kind after them.
+func TestLastRefusalOfEachResult(t *testing.T) {
+	k := newPKI(t)
+	m := newManager(t, Config{}, k.policy)
+	srv, _ := m.TLSConfig("web")
+	for _, leaf := range []*certstest.Leaf{k.revoked, k.stranger, nil} {
+		r := handshake(t, srv, k.clientConfig(leaf), false)
+		m.HandshakeFailed("web", testSource, r.server, r.serverErr)
+	}
+	for range RefusalsKept {
+		r := handshake(t, srv, k.clientConfig(nil), false)
+		m.HandshakeFailed("web", testSource, r.server, r.serverErr)
+	}
+	got := m.Refusals()
+	if len(got) != RefusalsKept+2 {
+		var results []Result
+		for _, r := range got {
+			results = append(results, r.Result)
+		}
+		t.Fatalf("refusals %v, want the last %d and the last of unknown_ca and revoked", results, RefusalsKept)
+	}
+	for i, r := range got[:RefusalsKept] {
+		if r.Result != ResultNoCert {
+			t.Errorf("refusal %d: %s, want no_cert", i, r.Result)
+		}
+	}
+	if a, b := got[RefusalsKept], got[RefusalsKept+1]; a.Result != ResultUnknownCA || a.FingerprintSHA256 != FingerprintSHA256(k.stranger.Cert) ||
+		b.Result != ResultRevoked || b.FingerprintSHA256 != FingerprintSHA256(k.revoked.Cert) {
+		t.Errorf("after the ring: %+v, %+v; want the stranger's unknown_ca, then the revoked one", a, b)
 	}
 }
 
