@@ -1,9 +1,12 @@
 package certs
 
 import (
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
+	"math/big"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -281,5 +284,54 @@ func TestCRLBundle(t *testing.T) {
 	p.Tenants[0].CRL = c.crl
 	if err := m.Apply(p); !errors.Is(err, ErrCRLSignature) {
 		t.Errorf("CRL of a CA the tenant does not list: %v", err)
+	}
+}
+
+// reissue returns a copy of the root ca made again with the same name and
+// key (a new serial and validity), written to its own file.
+func reissue(t *testing.T, ca *certstest.CA) string {
+	t.Helper()
+	tmpl := *ca.Cert
+	tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
+	tmpl.NotAfter = ca.Cert.NotAfter.Add(24 * time.Hour)
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, &tmpl, ca.Key.Public(), ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "reissued.pem")
+	certstest.WriteFile(t, path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	return path
+}
+
+// TestSharedRootNeedsIntermediatesEverywhere: tenant a trusts a root
+// without listing intermediates, tenant b the same root with its issuing
+// CA. b's issuing CA could then mint a leaf with a's identity and a would
+// take it; the configuration is refused (so check refuses it too), naming
+// both tenants, and the generation in force stays. A copy of the root made
+// again with the same key is the same root.
+func TestSharedRootNeedsIntermediatesEverywhere(t *testing.T) {
+	k := newPKI(t)
+	root := certstest.NewCA(t, "shared root")
+	ia, ib := root.Intermediate(t, "issuing a"), root.Intermediate(t, "issuing b")
+	evil := ib.Client(t, "evil", "spiffe://a/admin")
+	good := clonePolicy(k.policy)
+	good.Tenants = []policy.Tenant{
+		{ID: "a", ClientCA: root.CertFile, Intermediates: ia.CertFile, Identities: policy.Identities{URISAN: []string{"spiffe://a/*"}}},
+		{ID: "b", ClientCA: root.CertFile, Intermediates: ib.CertFile, Identities: policy.Identities{URISAN: []string{"spiffe://b/*"}}},
+	}
+	m := newManager(t, Config{}, good)
+	if res, tenant := present(t, m, k, evil.TLS); res != ResultNoTenant || tenant != "" {
+		t.Fatalf("b's leaf with a's URI while a lists its intermediate: %s %q, want no_tenant", res, tenant)
+	}
+	for _, rootA := range []string{root.CertFile, reissue(t, root)} {
+		bad := clonePolicy(good)
+		bad.Tenants[0].ClientCA, bad.Tenants[0].Intermediates = rootA, ""
+		err := m.Apply(bad)
+		if !errors.Is(err, ErrSharedRoot) || !strings.Contains(err.Error(), `tenants "a" and "b"`) {
+			t.Errorf("a without intermediates on b's root: %v, want ErrSharedRoot naming a and b", err)
+		}
+		if res, tenant := present(t, m, k, evil.TLS); res != ResultNoTenant || tenant != "" {
+			t.Errorf("after the refused Apply: %s %q, want the generation in force (no_tenant)", res, tenant)
+		}
 	}
 }

@@ -17,6 +17,7 @@ var (
 	ErrNotRoot             = errors.New("not a self-signed root CA: client_ca holds the tenant's roots only; list intermediate CAs in tenants[].intermediates")
 	ErrRootInIntermediates = errors.New("a self-signed root in intermediates: roots go in client_ca")
 	ErrIntermediateNoRoot  = errors.New("does not chain to a root CA in client_ca")
+	ErrSharedRoot          = errors.New("tenants sharing a root must all list their intermediates, or none of them")
 	ErrEmptyIdentity       = errors.New("empty identity")
 	ErrBadFingerprint      = errors.New("not a hex SHA-256 digest")
 	ErrBadCRLStale         = errors.New(`tls.crl_stale must be "fail" or "warn"`)

@@ -60,7 +60,9 @@ type tenantState struct {
 
 // owns reports whether a verified chain, which ends at one of the
 // tenant's roots, is the tenant's: with intermediates listed, only a leaf
-// one of them issued is.
+// one of them issued is; without, any. A root shared with a tenant that
+// lists intermediates is refused at load (checkSharedRoots), or the
+// tenant without would own the other's leaves too.
 func (t *tenantState) owns(ch []*x509.Certificate) bool {
 	if len(t.inters) == 0 {
 		return true
@@ -69,6 +71,32 @@ func (t *tenantState) owns(ch []*x509.Certificate) bool {
 		return false // issued by the root itself
 	}
 	return slices.ContainsFunc(t.inters, func(c *x509.Certificate) bool { return sameCA(c, ch[1]) })
+}
+
+// checkSharedRoots refuses a root (the same name and key, whichever copy of
+// the certificate) shared by a tenant that lists intermediates and one that
+// does not: the second owns every chain to the root, the first's leaves
+// included, and its identities alone would stand between the first's
+// issuing CA and its name.
+func checkSharedRoots(tenants []*tenantState) error {
+	for i, a := range tenants {
+		for _, b := range tenants[i+1:] {
+			if (len(a.inters) == 0) == (len(b.inters) == 0) {
+				continue
+			}
+			without, with := a, b
+			if len(a.inters) > 0 {
+				without, with = b, a
+			}
+			for _, r := range without.roots {
+				if slices.ContainsFunc(with.roots, func(o *x509.Certificate) bool { return sameCA(r, o) }) {
+					return fmt.Errorf("tenants %q and %q share the root %q; %q lists intermediates and %q does not, so %q would take every certificate %q's intermediates issue: list %q's intermediates too, or give it its own root: %w",
+						without.id, with.id, r.Subject.String(), with.id, without.id, without.id, with.id, without.id, ErrSharedRoot)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // crlFor returns the tenant's CRL from the CA issuer, or nil.
@@ -170,6 +198,9 @@ func (m *Manager) build(p *policy.Policy) (*state, error) {
 		for _, ca := range ts.inters {
 			st.inters.AddCert(ca) // a pool ignores a certificate it holds already
 		}
+	}
+	if err := checkSharedRoots(st.tenants); err != nil {
+		return nil, err
 	}
 	for _, l := range p.Listeners {
 		if _, dup := st.listeners[l.Name]; dup {
