@@ -14,6 +14,8 @@ var (
 	ErrNotCA               = errors.New("certificate is not a CA (basicConstraints CA:TRUE missing)")
 	ErrNoCertificates      = errors.New("no certificates found")
 	ErrCRLSignature        = errors.New("CRL is not signed by any CA of the tenant (client_ca or intermediates)")
+	ErrCRLScope            = errors.New("gatehouse needs each issuer's complete CRL")
+	ErrCRLCritical         = errors.New("a critical CRL extension gatehouse cannot process makes the CRL unusable")
 	ErrNotRoot             = errors.New("not a self-signed root CA: client_ca holds the tenant's roots only; list intermediate CAs in tenants[].intermediates")
 	ErrRootInIntermediates = errors.New("a self-signed root in intermediates: roots go in client_ca")
 	ErrIntermediateNoRoot  = errors.New("does not chain to a root CA in client_ca")

@@ -112,6 +112,7 @@ func (t *tenantState) crlFor(issuer *x509.Certificate) *crlState {
 type crlState struct {
 	list    *x509.RevocationList
 	signer  *x509.Certificate // the root or intermediate of the tenant whose key signed it
+	dps     []string          // the distribution point it is the CRL of (issuingDistributionPoint), or none
 	revoked map[string]bool   // decimal serials on the CRL
 }
 

@@ -58,7 +58,11 @@ func loadTenant(ld *loader, t policy.Tenant) (*tenantState, error) {
 		if ts.crlFor(signer) != nil {
 			return nil, fmt.Errorf("crl %s: two CRLs from %s: %w", t.CRL, crl.Issuer, ErrDuplicate)
 		}
-		cs := &crlState{list: crl, signer: signer, revoked: make(map[string]bool, len(crl.RevokedCertificateEntries))}
+		dps, err := crlScope(crl)
+		if err != nil {
+			return nil, fmt.Errorf("crl %s (#%d, issuer %s): %w", t.CRL, n+1, crl.Issuer, err)
+		}
+		cs := &crlState{list: crl, signer: signer, dps: dps, revoked: make(map[string]bool, len(crl.RevokedCertificateEntries))}
 		for _, e := range crl.RevokedCertificateEntries {
 			cs.revoked[e.SerialNumber.String()] = true
 		}

@@ -63,9 +63,12 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 		for _, ch := range owned[i] {
 			for k, c := range ch[:len(ch)-1] {
 				crl := t.crlFor(ch[k+1])
-				if crl == nil {
+				if crl == nil || !crl.covers(c) {
 					if _, ok := uncovered[i]; !ok {
 						uncovered[i] = fmt.Sprintf("no CRL in %s from %s, the issuer of %s", t.crlFile, ch[k+1].Subject, c.Subject)
+						if crl != nil {
+							uncovered[i] = fmt.Sprintf("the CRL in %s from %s is that of the distribution point %v, which %s does not name", t.crlFile, ch[k+1].Subject, crl.dps, c.Subject)
+						}
 					}
 					continue
 				}
