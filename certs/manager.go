@@ -112,21 +112,29 @@ func (m *Manager) Reload() error {
 	return m.apply(p, "reload")
 }
 
+// apply builds the generation of p whole, ticket keys included, and only
+// then writes the ticket keys that changed and swaps: a refused policy
+// leaves the keys in force, their files and the listeners' configs alone.
 func (m *Manager) apply(p *policy.Policy, why string) error {
 	m.mu.Lock()
 	err := checkTLS(p.TLS)
+	var tickets map[string]*ticketSet
 	if err == nil {
-		err = m.ensureTickets(p)
+		tickets, err = m.planTickets(p)
 	}
 	var st *state
 	if err == nil {
-		st, err = m.build(p)
+		st, err = m.build(p, tickets)
+	}
+	if err == nil {
+		err = m.commitTickets(tickets)
 	}
 	if err != nil {
 		m.mu.Unlock()
 		m.logger.Error("tls state not loaded, previous stays in force", "reason", why, "generation", p.Generation, "err", err)
 		return fmt.Errorf("certs: %w", err)
 	}
+	m.tickets = tickets
 	m.state.Store(st)
 	m.initSeries(p)
 	m.failedSig = [32]byte{}
@@ -174,11 +182,10 @@ var cipherSuites = []uint16{
 }
 
 // innerConfig is the per-generation config a listener's handshakes run on.
-// It carries the listener's session-ticket keys: crypto/tls prefers the keys
-// of the config GetConfigForClient returns, and callers that wrap our
+// It carries the listener's session-ticket keys ts: crypto/tls prefers the
+// keys of the config GetConfigForClient returns, and callers that wrap our
 // GetConfigForClient and clone its result still copy the current keys.
-// Called with m.mu held.
-func (m *Manager) innerConfig(ls *listenerState, settings policy.TLS) *tls.Config {
+func (m *Manager) innerConfig(ls *listenerState, settings policy.TLS, ts *ticketSet) *tls.Config {
 	name := ls.name
 	c := &tls.Config{
 		MinVersion:     tls.VersionTLS12,
@@ -197,7 +204,7 @@ func (m *Manager) innerConfig(ls *listenerState, settings policy.TLS) *tls.Confi
 		Time:                   m.now,
 		SessionTicketsDisabled: settings.SessionTicketsDisabled,
 	}
-	if ts := m.tickets[name]; ts != nil && !settings.SessionTicketsDisabled {
+	if ts != nil && !settings.SessionTicketsDisabled {
 		c.SetSessionTicketKeys(ts.keys)
 	}
 	return c

@@ -166,9 +166,10 @@ func (ld *loader) read(path string) ([]byte, error) {
 	return b, nil
 }
 
-// build parses everything the policy names. It touches nothing shared: on
-// any error the caller keeps the old state.
-func (m *Manager) build(p *policy.Policy) (*state, error) {
+// build parses everything the policy names; tickets are the listeners'
+// session-ticket keys. It touches nothing shared: on any error the caller
+// keeps the old state.
+func (m *Manager) build(p *policy.Policy, tickets map[string]*ticketSet) (*state, error) {
 	ld := &loader{files: map[string]fileSig{}}
 	st := &state{
 		policy:    p,
@@ -207,7 +208,7 @@ func (m *Manager) build(p *policy.Policy) (*state, error) {
 		if _, dup := st.listeners[l.Name]; dup {
 			return nil, fmt.Errorf("listener %q: %w", l.Name, ErrDuplicate)
 		}
-		ls, err := m.loadListener(ld, l, p.TLS)
+		ls, err := m.loadListener(ld, l, p.TLS, tickets[l.Name])
 		if err != nil {
 			return nil, fmt.Errorf("listener %q: %w", l.Name, err)
 		}
@@ -217,7 +218,7 @@ func (m *Manager) build(p *policy.Policy) (*state, error) {
 	return st, nil
 }
 
-func (m *Manager) loadListener(ld *loader, l policy.Listener, tlsSettings policy.TLS) (*listenerState, error) {
+func (m *Manager) loadListener(ld *loader, l policy.Listener, tlsSettings policy.TLS, ts *ticketSet) (*listenerState, error) {
 	if l.ServerCert == "" || l.ServerKey == "" {
 		return nil, ErrNoServerCert
 	}
@@ -245,7 +246,7 @@ func (m *Manager) loadListener(ld *loader, l policy.Listener, tlsSettings policy
 	if err := ls.index(); err != nil {
 		return nil, err
 	}
-	ls.config = m.innerConfig(ls, tlsSettings)
+	ls.config = m.innerConfig(ls, tlsSettings, ts)
 	return ls, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -19,27 +20,36 @@ import (
 // all decrypt, so a ticket lives at most keepTicketKeys rotations.
 const keepTicketKeys = 3
 
-// ticketSet is one listener's session-ticket keys, newest first.
+// ticketSet is one listener's session-ticket keys, newest first. The keys
+// of a set in force do not change: a rotation makes a new set.
 type ticketSet struct {
 	path    string // empty: memory only
 	keys    [][32]byte
 	created []time.Time
+	dirty   bool // differs from the file at path
 }
 
-// ensureTickets gives every listener of p its keys, loaded from the state
-// directory or created there, and a new one where the newest is due under
-// p's rotation. Listeners never share keys, so a ticket from one listener
-// cannot resume on another. Called with m.mu held.
-func (m *Manager) ensureTickets(p *policy.Policy) error {
-	if p.TLS.SessionTicketsDisabled {
-		return nil
-	}
+// planTickets returns the ticket sets of p's listeners: each listener's
+// set in force (loaded from the state directory or made new the first
+// time), advanced to now under p's rotation. Listeners never share keys,
+// so a ticket from one listener cannot resume on another. Nothing is
+// written and no config changes: commitTickets does that once the
+// generation they belong to is built. With tickets off, the sets are kept
+// as they are, for when they are switched on again. Called with m.mu held.
+func (m *Manager) planTickets(p *policy.Policy) (map[string]*ticketSet, error) {
 	dir := m.stateDir
 	if dir == "" {
 		dir = p.StateDir
 	}
+	plan := map[string]*ticketSet{}
 	for _, l := range p.Listeners {
 		ts, ok := m.tickets[l.Name]
+		if p.TLS.SessionTicketsDisabled {
+			if ok {
+				plan[l.Name] = ts
+			}
+			continue
+		}
 		if !ok {
 			ts = &ticketSet{}
 			if dir != "" {
@@ -52,16 +62,24 @@ func (m *Manager) ensureTickets(p *policy.Policy) error {
 		}
 		// Keys kept while tickets were off, or under a longer period, may
 		// be due already: the new generation starts with a fresh one.
-		if len(ts.keys) == 0 || m.due(l.Name, ts, m.now(), rotation(p)) {
-			if err := ts.rotate(m.now()); err != nil {
-				return fmt.Errorf("listener %q: session ticket keys: %w", l.Name, err)
-			}
-			// The generation in force too, in case the new one is refused.
-			if ls, ok := m.state.Load().listeners[l.Name]; ok {
-				ls.config.SetSessionTicketKeys(ts.keys)
-			}
+		next, err := m.advanced(l.Name, ts, m.now(), rotation(p))
+		if err != nil {
+			return nil, fmt.Errorf("listener %q: session ticket keys: %w", l.Name, err)
 		}
-		m.tickets[l.Name] = ts
+		plan[l.Name] = next
+	}
+	return plan, nil
+}
+
+// commitTickets writes the planned sets that changed to their files. A
+// failure refuses the generation; a file written before it holds keys
+// that were never used, and is rewritten at the next rotation. Called with
+// m.mu held.
+func (m *Manager) commitTickets(plan map[string]*ticketSet) error {
+	for name, ts := range plan {
+		if err := ts.save(); err != nil {
+			return fmt.Errorf("listener %q: session ticket keys: %w", name, err)
+		}
 	}
 	return nil
 }
@@ -77,18 +95,44 @@ func (m *Manager) rotateTickets() {
 	}
 	now := m.now()
 	for name, ts := range m.tickets {
-		if !m.due(name, ts, now, rotation(st.policy)) {
-			continue
+		next, err := m.advanced(name, ts, now, rotation(st.policy))
+		if err == nil {
+			err = next.save()
 		}
-		if err := ts.rotate(now); err != nil {
+		if err != nil {
 			m.logger.Error("session ticket key rotation failed", "listener", name, "err", err)
 			continue
 		}
-		if ls, ok := m.state.Load().listeners[name]; ok {
-			ls.config.SetSessionTicketKeys(ts.keys)
+		if next == ts {
+			continue
 		}
-		m.logger.Info("session ticket key rotated", "listener", name)
+		m.tickets[name] = next
+		if ls, ok := st.listeners[name]; ok {
+			ls.config.SetSessionTicketKeys(next.keys)
+		}
+		m.logger.Info("session ticket key rotated", "listener", name, "keys", len(next.keys))
 	}
+}
+
+// advanced returns ts as it is to be at now under the rotation period
+// every: with a new key first when the newest is due or there is none. It
+// returns ts itself when nothing changes, else a new set to be saved.
+func (m *Manager) advanced(listener string, ts *ticketSet, now time.Time, every time.Duration) (*ticketSet, error) {
+	if len(ts.keys) > 0 && !m.due(listener, ts, now, every) {
+		return ts, nil
+	}
+	next := &ticketSet{path: ts.path, keys: slices.Clone(ts.keys), created: slices.Clone(ts.created)}
+	var k [32]byte
+	if _, err := rand.Read(k[:]); err != nil {
+		return nil, err
+	}
+	next.keys = append([][32]byte{k}, next.keys...)
+	next.created = append([]time.Time{now}, next.created...)
+	if len(next.keys) > keepTicketKeys {
+		next.keys, next.created = next.keys[:keepTicketKeys], next.created[:keepTicketKeys]
+	}
+	next.dirty = true
+	return next, nil
 }
 
 // due reports whether a listener's newest key is to be replaced: it is as
@@ -113,22 +157,15 @@ func rotation(p *policy.Policy) time.Duration {
 	return policy.DefaultTicketRotation
 }
 
-func (ts *ticketSet) rotate(now time.Time) error {
-	var k [32]byte
-	if _, err := rand.Read(k[:]); err != nil {
+// save writes a changed set to its file, if it has one.
+func (ts *ticketSet) save() error {
+	if !ts.dirty || ts.path == "" {
+		return nil
+	}
+	if err := writeTicketFile(ts.path, ts.keys, ts.created); err != nil {
 		return err
 	}
-	keys := append([][32]byte{k}, ts.keys...)
-	created := append([]time.Time{now}, ts.created...)
-	if len(keys) > keepTicketKeys {
-		keys, created = keys[:keepTicketKeys], created[:keepTicketKeys]
-	}
-	if ts.path != "" {
-		if err := writeTicketFile(ts.path, keys, created); err != nil {
-			return err
-		}
-	}
-	ts.keys, ts.created = keys, created
+	ts.dirty = false
 	return nil
 }
 

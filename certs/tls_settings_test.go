@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
 // TestSessionTicketsReload: tls.session_tickets switches resumption off and
@@ -135,5 +137,52 @@ func TestTicketKeyFromTheFuture(t *testing.T) {
 	m.rotateTickets()
 	if got := newest(); got == made || !strings.HasPrefix(got, fmt.Sprint(now.Load())+" ") {
 		t.Fatalf("after the clock went back: newest key %q, was %q", got, made)
+	}
+}
+
+// TestRefusedApplyKeepsTickets: a refused Apply changes no ticket key: not
+// the one in force (though due under the refused policy's shorter period),
+// not its file, and it leaves no key file or set behind for a listener
+// only the refused policy has. An applied policy without a listener drops
+// its set.
+func TestRefusedApplyKeepsTickets(t *testing.T) {
+	k := newPKI(t)
+	var now atomic.Int64
+	now.Store(time.Now().Unix())
+	clock := func() time.Time { return time.Unix(now.Load(), 0) }
+	dir := t.TempDir()
+	file := filepath.Join(dir, "tls-tickets", "web")
+	long := clonePolicy(k.policy)
+	long.TLS.TicketRotation = 24 * time.Hour
+	m := newManager(t, Config{StateDir: dir, Now: clock}, long)
+	first := m.tickets["web"].keys[0]
+	before := readFile(t, file)
+	now.Add(2 * 3600)
+	bad := clonePolicy(k.policy)
+	bad.TLS.TicketRotation = time.Hour
+	bad.Listeners[0].ServerCert = filepath.Join(dir, "missing.pem")
+	bad.Listeners = append(bad.Listeners, policy.Listener{Name: "ghost", ServerCert: k.server.CertFile, ServerKey: k.server.KeyFile})
+	if err := m.Apply(bad); err == nil {
+		t.Fatal("a policy with a missing server certificate applied")
+	}
+	if m.tickets["web"].keys[0] != first || len(m.tickets["web"].keys) != 1 {
+		t.Error("a refused Apply rotated the ticket key in force")
+	}
+	if after := readFile(t, file); string(after) != string(before) {
+		t.Errorf("a refused Apply rewrote the key file:\n%s\nwas\n%s", after, before)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "tls-tickets", "ghost")); !os.IsNotExist(err) {
+		t.Errorf("key file of a listener only the refused policy has: %v", err)
+	}
+	if _, ok := m.tickets["ghost"]; ok {
+		t.Error("ticket set of a listener only the refused policy has")
+	}
+	one := clonePolicy(long)
+	one.Listeners = one.Listeners[:1]
+	if err := m.Apply(one); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.tickets["mainframe"]; ok || len(m.tickets) != 1 {
+		t.Errorf("ticket sets after the listener mainframe was removed: %v", m.tickets)
 	}
 }
