@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -17,7 +16,9 @@ import (
 )
 
 // keepTicketKeys is how many keys a listener keeps: the newest encrypts,
-// all decrypt, so a ticket lives at most keepTicketKeys rotations.
+// all decrypt, so a ticket lives at most keepTicketKeys rotations. Keys
+// older than keepTicketKeys periods are dropped too, so that this holds
+// across a restart or downtime, when one rotation follows many periods.
 const keepTicketKeys = 3
 
 // ticketSet is one listener's session-ticket keys, newest first. The keys
@@ -60,8 +61,8 @@ func (m *Manager) planTickets(p *policy.Policy) (map[string]*ticketSet, error) {
 				}
 			}
 		}
-		// Keys kept while tickets were off, or under a longer period, may
-		// be due already: the new generation starts with a fresh one.
+		// Keys kept while tickets were off or the daemon was down, or under
+		// a longer period, may be due or too old already.
 		next, err := m.advanced(l.Name, ts, m.now(), rotation(p))
 		if err != nil {
 			return nil, fmt.Errorf("listener %q: session ticket keys: %w", l.Name, err)
@@ -115,13 +116,25 @@ func (m *Manager) rotateTickets() {
 }
 
 // advanced returns ts as it is to be at now under the rotation period
-// every: with a new key first when the newest is due or there is none. It
-// returns ts itself when nothing changes, else a new set to be saved.
+// every: keys older than keepTicketKeys periods dropped, and a new key
+// first when the newest is due or none is left. It returns ts itself when
+// nothing changes, else a new set to be saved.
 func (m *Manager) advanced(listener string, ts *ticketSet, now time.Time, every time.Duration) (*ticketSet, error) {
-	if len(ts.keys) > 0 && !m.due(listener, ts, now, every) {
-		return ts, nil
+	next := &ticketSet{path: ts.path, dirty: ts.dirty}
+	for i, c := range ts.created {
+		if now.Sub(c) < keepTicketKeys*every {
+			next.keys = append(next.keys, ts.keys[i])
+			next.created = append(next.created, c)
+		}
 	}
-	next := &ticketSet{path: ts.path, keys: slices.Clone(ts.keys), created: slices.Clone(ts.created)}
+	pruned := len(next.keys) < len(ts.keys)
+	if len(next.keys) > 0 && !m.due(listener, next, now, every) {
+		if !pruned {
+			return ts, nil
+		}
+		next.dirty = true
+		return next, nil
+	}
 	var k [32]byte
 	if _, err := rand.Read(k[:]); err != nil {
 		return nil, err

@@ -2,6 +2,8 @@ package certs
 
 import (
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
 	"log/slog"
 	"os"
@@ -184,5 +186,68 @@ func TestRefusedApplyKeepsTickets(t *testing.T) {
 	}
 	if _, ok := m.tickets["mainframe"]; ok || len(m.tickets) != 1 {
 		t.Errorf("ticket sets after the listener mainframe was removed: %v", m.tickets)
+	}
+}
+
+// TestTicketKeysOutliveNoThreePeriods: a ticket resumes for at most three
+// rotation periods after its key was made, also after downtime (the
+// key file is read again) and after tickets were off for a while: one
+// rotation then is not enough, the keys that old are dropped.
+func TestTicketKeysOutliveNoThreePeriods(t *testing.T) {
+	k := newPKI(t)
+	dir := t.TempDir()
+	p := clonePolicy(k.policy)
+	p.TLS.TicketRotation = 24 * time.Hour
+	p.TLS.CRLStale = policy.CRLStaleWarn // acme's CRL is past nextUpdate days later
+	t0 := time.Now()
+	leaf := k.acmeCA.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "long"}, URIs: k.acme.Cert.URIs,
+		NotAfter: t0.Add(30 * 24 * time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	client := func() *tls.Config {
+		cc := k.clientConfig(leaf)
+		cc.MaxVersion = tls.VersionTLS12 // the ticket's own lifetime (7 days) is not what is tested
+		cc.ClientSessionCache = tls.NewLRUClientSessionCache(8)
+		return cc
+	}
+	resumes := func(m *Manager, cc *tls.Config) bool {
+		t.Helper()
+		srv, _ := m.TLSConfig("web")
+		r := handshake(t, srv, cc, false)
+		if r.serverErr != nil {
+			t.Fatal(r.serverErr)
+		}
+		return r.server.DidResume
+	}
+	at := func(d time.Duration) func() time.Time { return func() time.Time { return t0.Add(d) } }
+	m1 := newManager(t, Config{StateDir: dir, Now: at(0)}, p)
+	twoDays, fiveDays := client(), client()
+	resumes(m1, twoDays)
+	resumes(m1, fiveDays)
+	if !resumes(newManager(t, Config{StateDir: dir, Now: at(48 * time.Hour)}, p), twoDays) {
+		t.Error("a two-day-old ticket did not resume after a restart (24h rotation)")
+	}
+	if resumes(newManager(t, Config{StateDir: dir, Now: at(5 * 24 * time.Hour)}, p), fiveDays) {
+		t.Error("a five-day-old ticket resumed after a restart (24h rotation)")
+	}
+
+	// Tickets off for five days, then on again, in one manager.
+	var now atomic.Int64
+	now.Store(t0.Unix())
+	m := newManager(t, Config{StateDir: t.TempDir(), Now: func() time.Time { return time.Unix(now.Load(), 0) }}, p)
+	cc := client()
+	resumes(m, cc)
+	off := clonePolicy(p)
+	off.TLS.SessionTicketsDisabled = true
+	if err := m.Apply(off); err != nil {
+		t.Fatal(err)
+	}
+	now.Add(5 * 24 * 3600)
+	if err := m.Apply(p); err != nil {
+		t.Fatal(err)
+	}
+	if resumes(m, cc) {
+		t.Error("a five-day-old ticket resumed once tickets were switched on again (24h rotation)")
+	}
+	if n := len(m.tickets["web"].keys); n != 1 {
+		t.Errorf("%d keys after five days off, want the new one alone", n)
 	}
 }
