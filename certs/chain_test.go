@@ -335,3 +335,59 @@ func TestSharedRootNeedsIntermediatesEverywhere(t *testing.T) {
 		}
 	}
 }
+
+// TestIntermediatesCheckedAsHandshakes: an intermediate that no handshake
+// could accept a leaf of is refused at load (so by check), as the
+// handshake's chain verification would refuse every leaf as other: a
+// root whose path length leaves no room for it, an intermediate limited to
+// serverAuth. One the path length allows loads, and so does one not valid
+// now (staged for later, or expired): validity is a handshake's verdict.
+func TestIntermediatesCheckedAsHandshakes(t *testing.T) {
+	k := newPKI(t)
+	pathLen := func(n int) func(*x509.Certificate) {
+		return func(c *x509.Certificate) { c.MaxPathLen, c.MaxPathLenZero = n, n == 0 }
+	}
+	rootPL0, rootPL1 := certstest.NewCAWith(t, "root pathlen 0", pathLen(0)), certstest.NewCAWith(t, "root pathlen 1", pathLen(1))
+	root := certstest.NewCA(t, "root")
+	policyCA := rootPL1.Intermediate(t, "policy CA")
+	later := root.IntermediateWith(t, "issuing from tomorrow", func(c *x509.Certificate) { c.NotBefore = time.Now().Add(24 * time.Hour) })
+	for _, tc := range []struct {
+		name  string
+		root  *certstest.CA
+		inter string
+		want  string // in the error; "" for none
+		leaf  *certstest.Leaf
+		res   Result
+	}{
+		{name: "under a root of path length 0", root: rootPL0, inter: rootPL0.Intermediate(t, "issuing").CertFile, want: `path length of "CN=root pathlen 0`},
+		{name: "two under a root of path length 1", root: rootPL1, inter: certstest.Bundle(t, policyCA.Intermediate(t, "deep"), policyCA), want: `path length of "CN=root pathlen 1`},
+		{name: "limited to serverAuth", root: root, inter: root.IntermediateWith(t, "server issuing", func(c *x509.Certificate) {
+			c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		}).CertFile, want: "key usage"},
+		{name: "one under a root of path length 1", root: rootPL1, inter: policyCA.CertFile, leaf: policyCA.Client(t, "ok"), res: ResultOK},
+		// x509 has one reason for a CA outside its validity, either way.
+		{name: "not valid before tomorrow", root: root, inter: later.CertFile, leaf: later.Client(t, "early"), res: ResultExpired},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := clonePolicy(k.policy)
+			p.Tenants = []policy.Tenant{{ID: "corp", ClientCA: tc.root.CertFile, Intermediates: tc.inter}}
+			m, err := New(Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = m.Apply(p)
+			if tc.want != "" {
+				if !errors.Is(err, ErrIntermediateUnusable) || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("Apply: %v, want ErrIntermediateUnusable saying %q", err, tc.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Apply: %v", err)
+			}
+			if res, _ := present(t, m, k, tc.leaf.TLS); res != tc.res {
+				t.Errorf("leaf: %s, want %s", res, tc.res)
+			}
+		})
+	}
+}

@@ -140,6 +140,7 @@ func (c *crlState) stale(now time.Time) bool {
 // that the watcher can tell when any of them changed.
 type loader struct {
 	files map[string]fileSig
+	now   time.Time // the manager's clock when the generation is built
 }
 
 // fileSig identifies a file's content: its digest, and the size and mtime
@@ -170,7 +171,7 @@ func (ld *loader) read(path string) ([]byte, error) {
 // session-ticket keys. It touches nothing shared: on any error the caller
 // keeps the old state.
 func (m *Manager) build(p *policy.Policy, tickets map[string]*ticketSet) (*state, error) {
-	ld := &loader{files: map[string]fileSig{}}
+	ld := &loader{files: map[string]fileSig{}, now: m.now()}
 	st := &state{
 		policy:    p,
 		listeners: map[string]*listenerState{},
