@@ -391,3 +391,99 @@ func TestIntermediatesCheckedAsHandshakes(t *testing.T) {
 		})
 	}
 }
+
+// TestLookalikeSubCA: b's issuing CA makes a sub-CA with the name of a's
+// issuing CA and its own key. Its leaves are not a's: an intermediate is a
+// tenant's by name and key.
+func TestLookalikeSubCA(t *testing.T) {
+	k := newPKI(t)
+	root := certstest.NewCA(t, "shared root")
+	ia, ib := root.Intermediate(t, "issuing a"), root.Intermediate(t, "issuing b")
+	fake := ib.Intermediate(t, "issuing a")
+	p := clonePolicy(k.policy)
+	p.Tenants = []policy.Tenant{
+		{ID: "a", ClientCA: root.CertFile, Intermediates: ia.CertFile},
+		{ID: "b", ClientCA: root.CertFile, Intermediates: ib.CertFile},
+	}
+	m := newManager(t, Config{}, p)
+	if res, tenant := present(t, m, k, fake.Client(t, "lookalike").TLS); res != ResultUnknownCA || tenant != "" {
+		t.Errorf("leaf of a sub-CA named like a's issuing CA: %s %q, want unknown_ca", res, tenant)
+	}
+	if res, tenant := present(t, m, k, ia.Client(t, "real").TLS); res != ResultOK || tenant != "a" {
+		t.Errorf("leaf of a's issuing CA: %s %q, want a", res, tenant)
+	}
+}
+
+// TestCrossSignedRevocation: one issuing key certified by two roots (a
+// rollover), and the new root revokes its certificate of it. Both chains a
+// leaf has are checked, whichever certificate of the issuing CA the client
+// sends, or none.
+func TestCrossSignedRevocation(t *testing.T) {
+	k := newPKI(t)
+	r1, r2 := certstest.NewCA(t, "root 1"), certstest.NewCA(t, "root 2")
+	i1 := r1.Intermediate(t, "issuing")
+	i2 := &certstest.CA{Name: "issuing", Key: i1.Key}
+	tmpl := *i1.Cert
+	tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, r2.Cert, i1.Key.Public(), r2.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i2.Cert, err = x509.ParseCertificate(der); err != nil {
+		t.Fatal(err)
+	}
+	leaf := i1.Client(t, "svc")
+	dir := t.TempDir()
+	crl := filepath.Join(dir, "t.crl")
+	var all []byte
+	for _, f := range []string{r1.CRL(t, filepath.Join(dir, "r1.crl"), time.Now().Add(time.Hour)),
+		r2.CRL(t, filepath.Join(dir, "r2.crl"), time.Now().Add(time.Hour), i2.AsLeaf()),
+		i1.CRL(t, filepath.Join(dir, "i.crl"), time.Now().Add(time.Hour))} {
+		all = append(all, readFile(t, f)...)
+	}
+	certstest.WriteFile(t, crl, all)
+	p := clonePolicy(k.policy)
+	p.Tenants = []policy.Tenant{{ID: "t", ClientCA: certstest.Bundle(t, r1, r2), Intermediates: certstest.Bundle(t, i1, i2), CRL: crl}}
+	m := newManager(t, Config{}, p)
+	for _, sent := range [][]*x509.Certificate{{i1.Cert}, {i2.Cert}, nil} {
+		cert := leaf.Alone()
+		for _, c := range sent {
+			cert.Certificate = append(cert.Certificate, c.Raw)
+		}
+		if res, _ := present(t, m, k, cert); res != ResultRevoked {
+			t.Errorf("%d certificates of the issuing CA sent: %s, want revoked", len(sent), res)
+		}
+	}
+}
+
+// TestClientSentIntermediates: a tenant that lists no intermediates takes
+// a leaf of an intermediate under its root when the client sends the
+// intermediate; gatehouse cannot build that chain from the leaf alone.
+func TestClientSentIntermediates(t *testing.T) {
+	k := newPKI(t)
+	root := certstest.NewCA(t, "corp root")
+	leaf := root.Intermediate(t, "corp issuing").Client(t, "svc")
+	p := clonePolicy(k.policy)
+	p.Tenants = []policy.Tenant{{ID: "corp", ClientCA: root.CertFile}}
+	m := newManager(t, Config{}, p)
+	if res, tenant := present(t, m, k, leaf.TLS); res != ResultOK || tenant != "corp" {
+		t.Errorf("leaf and its intermediate: %s %q, want corp", res, tenant)
+	}
+	if res, _ := present(t, m, k, leaf.Alone()); res != ResultUnknownCA {
+		t.Errorf("leaf alone: %s, want unknown_ca", res)
+	}
+}
+
+// TestCRLStaleUnset: a policy whose tls.crl_stale is empty (an embedder's,
+// or a config layer's that forgot it) fails a stale CRL like "fail".
+func TestCRLStaleUnset(t *testing.T) {
+	k := newPKI(t)
+	c := newCorp(t)
+	p := clonePolicy(k.policy)
+	p.TLS.CRLStale = ""
+	p.Tenants = []policy.Tenant{c.tenant()} // its CRLs are due in an hour
+	m := newManager(t, Config{Now: func() time.Time { return time.Now().Add(2 * time.Hour) }}, p)
+	if res, _ := present(t, m, k, c.leaf.TLS); res != ResultCRLStale {
+		t.Errorf("stale CRL with tls.crl_stale unset: %s, want crl_stale", res)
+	}
+}
