@@ -46,3 +46,46 @@ listeners:
 		t.Fatalf("check with both listing their intermediates: %v", err)
 	}
 }
+
+// TestCheckSummaryShowsTLS: the summary says what the tls: keys do.
+func TestCheckSummaryShowsTLS(t *testing.T) {
+	d := t.TempDir()
+	p := func(name string) string { return filepath.Join(d, name) }
+	pkiRun(t, "init-ca", "--dir", p("ca"), "--cn", "acme CA")
+	pkiRun(t, "init-ca", "--dir", p("server-ca"), "--cn", "gateway CA")
+	pkiRun(t, "issue", "--ca", p("server-ca"), "--server", "--dns", "gw.example", "--out", p("server"))
+	for _, tc := range []struct {
+		tls  string
+		want []string
+	}{
+		{"", []string{"crl_stale        fail: a CRL past its nextUpdate refuses", "session_tickets  on, each listener's key replaced every 6h: a ticket resumes for at most 18h"}},
+		{"tls: {crl_stale: warn, session_tickets: false}", []string{"crl_stale        warn: a CRL past its nextUpdate is logged once", "session_tickets  off: every handshake is a full one"}},
+		{"tls: {ticket_rotation: 1h}", []string{"key replaced every 1h: a ticket resumes for at most 3h"}},
+	} {
+		yaml := fmt.Sprintf(`state_dir: /var/lib/gatehouse
+enforcement: {xdp: "off", nftables: false}
+tenants: [{id: acme, client_ca: %[1]s/ca/ca.pem}]
+listeners:
+  - {name: web, listen: "127.0.0.1:8443", protocol: tcp, server_cert: %[1]s/server.pem, server_key: %[1]s/server.key,
+     routes: [{tenant: acme, backend: "192.0.2.5:443"}]}
+%[2]s
+`, d, tc.tls)
+		path := p("gatehouse.yaml")
+		if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, _, err := runCLI("check", "-c", path)
+		if err != nil {
+			t.Fatalf("check %q: %v", tc.tls, err)
+		}
+		_, tlsPart, ok := strings.Cut(out, "\nTLS\n")
+		if !ok {
+			t.Fatalf("check %q: no TLS section:\n%s", tc.tls, out)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(tlsPart, w) {
+				t.Errorf("check %q: TLS section lacks %q:\n%s", tc.tls, w, tlsPart)
+			}
+		}
+	}
+}
