@@ -132,8 +132,10 @@ listeners:
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- d.Run(ctx) }()
-		// Ready is asked of the daemon itself: another process answering
-		// on a port taken from under it must not pass for it.
+		// Ready is asked of the daemon itself first: another process
+		// answering on a port taken from under it must not pass for it.
+		// Once it has a policy in force, the metrics port is its own, and
+		// its /readyz answers only after Run has set up what Status reads.
 		var runErr error
 		waitFor(t, "the daemon to be ready or to fail", func() bool {
 			select {
@@ -141,7 +143,15 @@ listeners:
 				return true
 			default:
 			}
-			return d.Policy() != nil
+			if d.Policy() == nil {
+				return false
+			}
+			resp, err := http.Get("http://" + r.metrics + "/readyz")
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return resp.StatusCode == 200
 		})
 		if runErr == nil {
 			r.d = d
