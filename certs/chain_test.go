@@ -1,9 +1,12 @@
 package certs
 
 import (
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
+	"math/big"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -281,5 +284,206 @@ func TestCRLBundle(t *testing.T) {
 	p.Tenants[0].CRL = c.crl
 	if err := m.Apply(p); !errors.Is(err, ErrCRLSignature) {
 		t.Errorf("CRL of a CA the tenant does not list: %v", err)
+	}
+}
+
+// reissue returns a copy of the root ca made again with the same name and
+// key (a new serial and validity), written to its own file.
+func reissue(t *testing.T, ca *certstest.CA) string {
+	t.Helper()
+	tmpl := *ca.Cert
+	tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
+	tmpl.NotAfter = ca.Cert.NotAfter.Add(24 * time.Hour)
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, &tmpl, ca.Key.Public(), ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "reissued.pem")
+	certstest.WriteFile(t, path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	return path
+}
+
+// TestSharedRootNeedsIntermediatesEverywhere: tenant a trusts a root
+// without listing intermediates, tenant b the same root with its issuing
+// CA. b's issuing CA could then mint a leaf with a's identity and a would
+// take it; the configuration is refused (so check refuses it too), naming
+// both tenants, and the generation in force stays. A copy of the root made
+// again with the same key is the same root.
+func TestSharedRootNeedsIntermediatesEverywhere(t *testing.T) {
+	k := newPKI(t)
+	root := certstest.NewCA(t, "shared root")
+	ia, ib := root.Intermediate(t, "issuing a"), root.Intermediate(t, "issuing b")
+	evil := ib.Client(t, "evil", "spiffe://a/admin")
+	good := clonePolicy(k.policy)
+	good.Tenants = []policy.Tenant{
+		{ID: "a", ClientCA: root.CertFile, Intermediates: ia.CertFile, Identities: policy.Identities{URISAN: []string{"spiffe://a/*"}}},
+		{ID: "b", ClientCA: root.CertFile, Intermediates: ib.CertFile, Identities: policy.Identities{URISAN: []string{"spiffe://b/*"}}},
+	}
+	m := newManager(t, Config{}, good)
+	if res, tenant := present(t, m, k, evil.TLS); res != ResultNoTenant || tenant != "" {
+		t.Fatalf("b's leaf with a's URI while a lists its intermediate: %s %q, want no_tenant", res, tenant)
+	}
+	for _, rootA := range []string{root.CertFile, reissue(t, root)} {
+		bad := clonePolicy(good)
+		bad.Tenants[0].ClientCA, bad.Tenants[0].Intermediates = rootA, ""
+		err := m.Apply(bad)
+		if !errors.Is(err, ErrSharedRoot) || !strings.Contains(err.Error(), `tenants "a" and "b"`) {
+			t.Errorf("a without intermediates on b's root: %v, want ErrSharedRoot naming a and b", err)
+		}
+		if res, tenant := present(t, m, k, evil.TLS); res != ResultNoTenant || tenant != "" {
+			t.Errorf("after the refused Apply: %s %q, want the generation in force (no_tenant)", res, tenant)
+		}
+	}
+}
+
+// TestIntermediatesCheckedAsHandshakes: an intermediate that no handshake
+// could accept a leaf of is refused at load (so by check), as the
+// handshake's chain verification would refuse every leaf as other: a
+// root whose path length leaves no room for it, an intermediate limited to
+// serverAuth. One the path length allows loads, and so does one not valid
+// now (staged for later, or expired): validity is a handshake's verdict.
+func TestIntermediatesCheckedAsHandshakes(t *testing.T) {
+	k := newPKI(t)
+	pathLen := func(n int) func(*x509.Certificate) {
+		return func(c *x509.Certificate) { c.MaxPathLen, c.MaxPathLenZero = n, n == 0 }
+	}
+	rootPL0, rootPL1 := certstest.NewCAWith(t, "root pathlen 0", pathLen(0)), certstest.NewCAWith(t, "root pathlen 1", pathLen(1))
+	root := certstest.NewCA(t, "root")
+	policyCA := rootPL1.Intermediate(t, "policy CA")
+	later := root.IntermediateWith(t, "issuing from tomorrow", func(c *x509.Certificate) { c.NotBefore = time.Now().Add(24 * time.Hour) })
+	for _, tc := range []struct {
+		name  string
+		root  *certstest.CA
+		inter string
+		want  string // in the error; "" for none
+		leaf  *certstest.Leaf
+		res   Result
+	}{
+		{name: "under a root of path length 0", root: rootPL0, inter: rootPL0.Intermediate(t, "issuing").CertFile, want: `path length of "CN=root pathlen 0`},
+		{name: "two under a root of path length 1", root: rootPL1, inter: certstest.Bundle(t, policyCA.Intermediate(t, "deep"), policyCA), want: `path length of "CN=root pathlen 1`},
+		{name: "limited to serverAuth", root: root, inter: root.IntermediateWith(t, "server issuing", func(c *x509.Certificate) {
+			c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		}).CertFile, want: "key usage"},
+		{name: "one under a root of path length 1", root: rootPL1, inter: policyCA.CertFile, leaf: policyCA.Client(t, "ok"), res: ResultOK},
+		// x509 has one reason for a CA outside its validity, either way.
+		{name: "not valid before tomorrow", root: root, inter: later.CertFile, leaf: later.Client(t, "early"), res: ResultExpired},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := clonePolicy(k.policy)
+			p.Tenants = []policy.Tenant{{ID: "corp", ClientCA: tc.root.CertFile, Intermediates: tc.inter}}
+			m, err := New(Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = m.Apply(p)
+			if tc.want != "" {
+				if !errors.Is(err, ErrIntermediateUnusable) || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("Apply: %v, want ErrIntermediateUnusable saying %q", err, tc.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Apply: %v", err)
+			}
+			if res, _ := present(t, m, k, tc.leaf.TLS); res != tc.res {
+				t.Errorf("leaf: %s, want %s", res, tc.res)
+			}
+		})
+	}
+}
+
+// TestLookalikeSubCA: b's issuing CA makes a sub-CA with the name of a's
+// issuing CA and its own key. Its leaves are not a's: an intermediate is a
+// tenant's by name and key.
+func TestLookalikeSubCA(t *testing.T) {
+	k := newPKI(t)
+	root := certstest.NewCA(t, "shared root")
+	ia, ib := root.Intermediate(t, "issuing a"), root.Intermediate(t, "issuing b")
+	fake := ib.Intermediate(t, "issuing a")
+	p := clonePolicy(k.policy)
+	p.Tenants = []policy.Tenant{
+		{ID: "a", ClientCA: root.CertFile, Intermediates: ia.CertFile},
+		{ID: "b", ClientCA: root.CertFile, Intermediates: ib.CertFile},
+	}
+	m := newManager(t, Config{}, p)
+	if res, tenant := present(t, m, k, fake.Client(t, "lookalike").TLS); res != ResultUnknownCA || tenant != "" {
+		t.Errorf("leaf of a sub-CA named like a's issuing CA: %s %q, want unknown_ca", res, tenant)
+	}
+	if res, tenant := present(t, m, k, ia.Client(t, "real").TLS); res != ResultOK || tenant != "a" {
+		t.Errorf("leaf of a's issuing CA: %s %q, want a", res, tenant)
+	}
+}
+
+// TestCrossSignedRevocation: one issuing key certified by two roots (a
+// rollover), and the new root revokes its certificate of it. Both chains a
+// leaf has are checked, whichever certificate of the issuing CA the client
+// sends, or none.
+func TestCrossSignedRevocation(t *testing.T) {
+	k := newPKI(t)
+	r1, r2 := certstest.NewCA(t, "root 1"), certstest.NewCA(t, "root 2")
+	i1 := r1.Intermediate(t, "issuing")
+	i2 := &certstest.CA{Name: "issuing", Key: i1.Key}
+	tmpl := *i1.Cert
+	tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, r2.Cert, i1.Key.Public(), r2.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i2.Cert, err = x509.ParseCertificate(der); err != nil {
+		t.Fatal(err)
+	}
+	leaf := i1.Client(t, "svc")
+	dir := t.TempDir()
+	crl := filepath.Join(dir, "t.crl")
+	var all []byte
+	for _, f := range []string{r1.CRL(t, filepath.Join(dir, "r1.crl"), time.Now().Add(time.Hour)),
+		r2.CRL(t, filepath.Join(dir, "r2.crl"), time.Now().Add(time.Hour), i2.AsLeaf()),
+		i1.CRL(t, filepath.Join(dir, "i.crl"), time.Now().Add(time.Hour))} {
+		all = append(all, readFile(t, f)...)
+	}
+	certstest.WriteFile(t, crl, all)
+	p := clonePolicy(k.policy)
+	p.Tenants = []policy.Tenant{{ID: "t", ClientCA: certstest.Bundle(t, r1, r2), Intermediates: certstest.Bundle(t, i1, i2), CRL: crl}}
+	m := newManager(t, Config{}, p)
+	for _, sent := range [][]*x509.Certificate{{i1.Cert}, {i2.Cert}, nil} {
+		cert := leaf.Alone()
+		for _, c := range sent {
+			cert.Certificate = append(cert.Certificate, c.Raw)
+		}
+		if res, _ := present(t, m, k, cert); res != ResultRevoked {
+			t.Errorf("%d certificates of the issuing CA sent: %s, want revoked", len(sent), res)
+		}
+	}
+}
+
+// TestClientSentIntermediates: a tenant that lists no intermediates takes
+// a leaf of an intermediate under its root when the client sends the
+// intermediate; gatehouse cannot build that chain from the leaf alone.
+func TestClientSentIntermediates(t *testing.T) {
+	k := newPKI(t)
+	root := certstest.NewCA(t, "corp root")
+	leaf := root.Intermediate(t, "corp issuing").Client(t, "svc")
+	p := clonePolicy(k.policy)
+	p.Tenants = []policy.Tenant{{ID: "corp", ClientCA: root.CertFile}}
+	m := newManager(t, Config{}, p)
+	if res, tenant := present(t, m, k, leaf.TLS); res != ResultOK || tenant != "corp" {
+		t.Errorf("leaf and its intermediate: %s %q, want corp", res, tenant)
+	}
+	if res, _ := present(t, m, k, leaf.Alone()); res != ResultUnknownCA {
+		t.Errorf("leaf alone: %s, want unknown_ca", res)
+	}
+}
+
+// TestCRLStaleUnset: a policy whose tls.crl_stale is empty (an embedder's,
+// or a config layer's that forgot it) fails a stale CRL like "fail".
+func TestCRLStaleUnset(t *testing.T) {
+	k := newPKI(t)
+	c := newCorp(t)
+	p := clonePolicy(k.policy)
+	p.TLS.CRLStale = ""
+	p.Tenants = []policy.Tenant{c.tenant()} // its CRLs are due in an hour
+	m := newManager(t, Config{Now: func() time.Time { return time.Now().Add(2 * time.Hour) }}, p)
+	if res, _ := present(t, m, k, c.leaf.TLS); res != ResultCRLStale {
+		t.Errorf("stale CRL with tls.crl_stale unset: %s, want crl_stale", res)
 	}
 }

@@ -8,5 +8,7 @@
 // It imports policy and the standard library (plus Prometheus and PKCS#12)
 // and knows nothing of sockets beyond a tls.ConnectionState and a client's
 // address: proxies ask it for a *tls.Config and for the tenant of a
-// connection, and report failed handshakes to it.
+// connection, and tell it how each handshake ended (HandshakeDone,
+// HandshakeFailed), since only a completed handshake proves the client
+// holds its certificate's key.
 package certs

@@ -8,22 +8,26 @@ import (
 
 // Errors of configuration and loading.
 var (
-	ErrUnknownListener     = errors.New("unknown listener")
-	ErrNoServerCert        = errors.New("listener has no server certificate")
-	ErrNoCA                = errors.New("tenant has no client CA")
-	ErrNotCA               = errors.New("certificate is not a CA (basicConstraints CA:TRUE missing)")
-	ErrNoCertificates      = errors.New("no certificates found")
-	ErrCRLSignature        = errors.New("CRL is not signed by any CA of the tenant (client_ca or intermediates)")
-	ErrNotRoot             = errors.New("not a self-signed root CA: client_ca holds the tenant's roots only; list intermediate CAs in tenants[].intermediates")
-	ErrRootInIntermediates = errors.New("a self-signed root in intermediates: roots go in client_ca")
-	ErrIntermediateNoRoot  = errors.New("does not chain to a root CA in client_ca")
-	ErrEmptyIdentity       = errors.New("empty identity")
-	ErrBadFingerprint      = errors.New("not a hex SHA-256 digest")
-	ErrBadCRLStale         = errors.New(`tls.crl_stale must be "fail" or "warn"`)
-	ErrBadTicketRotation   = errors.New("tls.ticket_rotation must not be negative")
-	ErrDuplicate           = errors.New("duplicate name")
-	ErrSNIConflict         = errors.New("two certificates of one listener claim the same name")
-	ErrNoDNSNames          = errors.New("certificate has no DNS name in its subjectAltName, so no SNI can choose it")
+	ErrUnknownListener      = errors.New("unknown listener")
+	ErrNoServerCert         = errors.New("listener has no server certificate")
+	ErrNoCA                 = errors.New("tenant has no client CA")
+	ErrNotCA                = errors.New("certificate is not a CA (basicConstraints CA:TRUE missing)")
+	ErrNoCertificates       = errors.New("no certificates found")
+	ErrCRLSignature         = errors.New("CRL is not signed by any CA of the tenant (client_ca or intermediates)")
+	ErrCRLScope             = errors.New("gatehouse needs each issuer's complete CRL")
+	ErrCRLCritical          = errors.New("a critical CRL extension gatehouse cannot process makes the CRL unusable")
+	ErrNotRoot              = errors.New("not a self-signed root CA: client_ca holds the tenant's roots only; list intermediate CAs in tenants[].intermediates")
+	ErrRootInIntermediates  = errors.New("a self-signed root in intermediates: roots go in client_ca")
+	ErrIntermediateNoRoot   = errors.New("does not chain to a root CA in client_ca")
+	ErrIntermediateUnusable = errors.New("cannot issue client certificates a handshake would accept")
+	ErrSharedRoot           = errors.New("tenants sharing a root must all list their intermediates, or none of them")
+	ErrEmptyIdentity        = errors.New("empty identity")
+	ErrBadFingerprint       = errors.New("not a hex SHA-256 digest")
+	ErrBadCRLStale          = errors.New(`tls.crl_stale must be "fail" or "warn"`)
+	ErrBadTicketRotation    = errors.New("tls.ticket_rotation must not be negative")
+	ErrDuplicate            = errors.New("duplicate name")
+	ErrSNIConflict          = errors.New("two certificates of one listener claim the same name")
+	ErrNoDNSNames           = errors.New("certificate has no DNS name in its subjectAltName, so no SNI can choose it")
 )
 
 // Result is the outcome of one handshake or authorisation, a bounded label
@@ -45,8 +49,9 @@ const (
 	ResultProtocolVersion Result = "protocol_version"
 	ResultOther           Result = "other"
 	// ResultClientClosed is a client that closed the connection (or reset
-	// it) during the handshake, before it sent a certificate: health
-	// checkers and load generators do. It is counted, but no refusal.
+	// it) during the handshake before it sent a certificate: health
+	// checkers and load generators do. It is counted, but no refusal. A
+	// client that closes after sending a certificate is refused with it.
 	ResultClientClosed Result = "client_closed"
 )
 
@@ -63,11 +68,13 @@ type AuthError struct {
 	leaf    *x509.Certificate // the refused certificate, when there was one
 }
 
+// Error is printable and bounded, whatever names the client's
+// certificate carries: callers log it.
 func (e *AuthError) Error() string {
 	if e.Tenant != "" {
-		return fmt.Sprintf("client certificate refused (%s, tenant %s): %s", e.Result, e.Tenant, e.Detail)
+		return fmt.Sprintf("client certificate refused (%s, tenant %s): %s", e.Result, e.Tenant, printable(e.Detail))
 	}
-	return fmt.Sprintf("client certificate refused (%s): %s", e.Result, e.Detail)
+	return fmt.Sprintf("client certificate refused (%s): %s", e.Result, printable(e.Detail))
 }
 
 // ResultOf classifies an error returned by a handshake or by Identify.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
@@ -153,4 +154,38 @@ func DescribeTenant(t policy.Tenant) string {
 	add("SPKI SHA-256", id.SPKISHA256)
 	return fmt.Sprintf("tenant %s: certificates %s matching any of: %s; %s",
 		t.ID, from, strings.Join(parts, "; "), crl)
+}
+
+// DescribeTLS says what the tls: settings do, one "key\tmeaning" line each,
+// for `gatehouse check`.
+func DescribeTLS(t policy.TLS) []string {
+	stale := "fail: a CRL past its nextUpdate refuses its tenant's certificates until a fresh one is installed"
+	if t.CRLStale == policy.CRLStaleWarn {
+		stale = "warn: a CRL past its nextUpdate is logged once, and its tenant's certificates are accepted"
+	}
+	tickets := "off: every handshake is a full one"
+	if !t.SessionTicketsDisabled {
+		every := t.TicketRotation
+		if every <= 0 {
+			every = policy.DefaultTicketRotation
+		}
+		tickets = fmt.Sprintf("on, each listener's key replaced every %s: a ticket resumes for at most %s", shortDuration(every), shortDuration(keepTicketKeys*every))
+	}
+	return []string{
+		"handshakes\tTLS 1.2 or 1.3, ECDHE and AEAD suites only, a client certificate required",
+		"crl_stale\t" + stale,
+		"session_tickets\t" + tickets,
+	}
+}
+
+// shortDuration writes 6h for 6h0m0s and 1m for 1m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
 }

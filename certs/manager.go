@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -111,21 +112,29 @@ func (m *Manager) Reload() error {
 	return m.apply(p, "reload")
 }
 
+// apply builds the generation of p whole, ticket keys included, and only
+// then writes the ticket keys that changed and swaps: a refused policy
+// leaves the keys in force, their files and the listeners' configs alone.
 func (m *Manager) apply(p *policy.Policy, why string) error {
 	m.mu.Lock()
 	err := checkTLS(p.TLS)
+	var tickets map[string]*ticketSet
 	if err == nil {
-		err = m.ensureTickets(p)
+		tickets, err = m.planTickets(p)
 	}
 	var st *state
 	if err == nil {
-		st, err = m.build(p)
+		st, err = m.build(p, tickets)
+	}
+	if err == nil {
+		err = m.commitTickets(tickets)
 	}
 	if err != nil {
 		m.mu.Unlock()
 		m.logger.Error("tls state not loaded, previous stays in force", "reason", why, "generation", p.Generation, "err", err)
 		return fmt.Errorf("certs: %w", err)
 	}
+	m.tickets = tickets
 	m.state.Store(st)
 	m.initSeries(p)
 	m.failedSig = [32]byte{}
@@ -173,11 +182,10 @@ var cipherSuites = []uint16{
 }
 
 // innerConfig is the per-generation config a listener's handshakes run on.
-// It carries the listener's session-ticket keys: crypto/tls prefers the keys
-// of the config GetConfigForClient returns, and callers that wrap our
+// It carries the listener's session-ticket keys ts: crypto/tls prefers the
+// keys of the config GetConfigForClient returns, and callers that wrap our
 // GetConfigForClient and clone its result still copy the current keys.
-// Called with m.mu held.
-func (m *Manager) innerConfig(ls *listenerState, settings policy.TLS) *tls.Config {
+func (m *Manager) innerConfig(ls *listenerState, settings policy.TLS, ts *ticketSet) *tls.Config {
 	name := ls.name
 	c := &tls.Config{
 		MinVersion:     tls.VersionTLS12,
@@ -196,7 +204,7 @@ func (m *Manager) innerConfig(ls *listenerState, settings policy.TLS) *tls.Confi
 		Time:                   m.now,
 		SessionTicketsDisabled: settings.SessionTicketsDisabled,
 	}
-	if ts := m.tickets[name]; ts != nil && !settings.SessionTicketsDisabled {
+	if ts != nil && !settings.SessionTicketsDisabled {
 		c.SetSessionTicketKeys(ts.keys)
 	}
 	return c
@@ -232,22 +240,48 @@ func (m *Manager) TLSConfig(listener string) (*tls.Config, error) {
 	return outer, nil
 }
 
+// verifyConnection refuses a certificate the current generation does not
+// accept; the listener logs the refusal with HandshakeFailed's Refusal. It
+// counts refusals only: crypto/tls calls it before it checks the client's
+// CertificateVerify, so an accepted certificate is no proof yet that the
+// client holds its key, and ok is counted by HandshakeDone.
 func (m *Manager) verifyConnection(listener string, cs tls.ConnectionState) error {
-	st := m.state.Load()
-	if _, ok := st.listeners[listener]; !ok {
-		err := &AuthError{Result: ResultOther, Detail: "listener " + listener + " removed", counted: true}
-		m.count(listener, "", ResultOther)
-		return err
-	}
-	id, err := m.authorize(st, cs.PeerCertificates)
+	_, err := m.authorizeOn(m.state.Load(), listener, cs.PeerCertificates)
 	if err != nil {
-		// The listener logs the refusal, with HandshakeFailed's Refusal.
 		err.counted = true
 		m.count(listener, err.Tenant, err.Result)
-		return err.withLeaf(cs.PeerCertificates)
+		return err
+	}
+	return nil
+}
+
+// authorizeOn is authorize for a handshake of the listener, which the
+// generation must still have; a refusal carries the client's certificate.
+func (m *Manager) authorizeOn(st *state, listener string, chain []*x509.Certificate) (Identity, *AuthError) {
+	if _, ok := st.listeners[listener]; !ok {
+		return Identity{}, (&AuthError{Result: ResultOther, Detail: "listener " + listener + " removed"}).withLeaf(chain)
+	}
+	id, err := m.authorize(st, chain)
+	if err != nil {
+		return Identity{}, err.withLeaf(chain)
+	}
+	return id, nil
+}
+
+// HandshakeDone is told of a handshake of the listener from source that
+// completed, and returns who the client is. Only a completed handshake
+// proves that the client holds its certificate's key, so this is where ok
+// is counted. The certificate is authorised again against the generation
+// in force: one a reload refuses since VerifyConnection is counted and
+// remembered as a refusal, and returned as the error.
+func (m *Manager) HandshakeDone(listener string, source netip.AddrPort, cs tls.ConnectionState) (Identity, error) {
+	id, err := m.authorizeOn(m.state.Load(), listener, cs.PeerCertificates)
+	if err != nil {
+		m.refused(listener, source, cs, err)
+		return Identity{}, err
 	}
 	m.count(listener, id.Tenant, ResultOK)
-	return nil
+	return id, nil
 }
 
 // Identify re-checks the connection's client certificate against the

@@ -128,7 +128,7 @@ func (k *pki) clientConfig(cert *certstest.Leaf) *tls.Config {
 // result is what both ends of one handshake saw.
 type result struct {
 	serverErr error
-	server    tls.ConnectionState
+	server    tls.ConnectionState // also after a failure
 	client    tls.ConnectionState
 	sconn     *tls.Conn // open when keep was set and the handshake worked
 	cconn     *tls.Conn
@@ -180,8 +180,9 @@ func handshake(t testing.TB, server *tls.Config, client *tls.Config, keep bool) 
 	}
 	sc.SetDeadline(time.Time{})
 	cr := <-done
+	// On a failure too: PeerCertificates holds what the client sent.
+	r.server = sc.ConnectionState()
 	if r.serverErr == nil {
-		r.server = sc.ConnectionState()
 		if cr.err != nil {
 			t.Fatalf("server handshake ok, client: %v", cr.err)
 		}
@@ -276,7 +277,9 @@ func TestHandshakeMatrix(t *testing.T) {
 			before := counter(t, m, "web", label, tc.want)
 			r := handshake(t, srv, cc, false)
 			if r.serverErr != nil {
-				m.HandshakeFailed("web", testSource, r.serverErr)
+				m.HandshakeFailed("web", testSource, r.server, r.serverErr)
+			} else if _, err := m.HandshakeDone("web", testSource, r.server); err != nil {
+				t.Fatalf("HandshakeDone: %v", err)
 			}
 			if got := ResultOf(r.serverErr); got != tc.want {
 				t.Fatalf("result %s, want %s (err %v)", got, tc.want, r.serverErr)
@@ -838,7 +841,7 @@ func TestSSLv3Refused(t *testing.T) {
 		t.Fatal("SSLv3 handshake succeeded")
 	}
 	before := counter(t, m, "mainframe", "none", ResultProtocolVersion)
-	m.HandshakeFailed("mainframe", testSource, err)
+	m.HandshakeFailed("mainframe", testSource, sc.ConnectionState(), err)
 	if ResultOf(err) != ResultProtocolVersion || counter(t, m, "mainframe", "none", ResultProtocolVersion) != before+1 {
 		t.Fatalf("SSLv3: %v classified %s", err, ResultOf(err))
 	}

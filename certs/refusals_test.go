@@ -29,7 +29,7 @@ func TestRefusals(t *testing.T) {
 		t.Helper()
 		r := handshake(t, srv, k.clientConfig(cert), false)
 		if r.serverErr != nil {
-			m.HandshakeFailed("web", netip.MustParseAddrPort(src), r.serverErr)
+			m.HandshakeFailed("web", netip.MustParseAddrPort(src), r.server, r.serverErr)
 		}
 	}
 	try(k.revoked, "192.0.2.10:40001")
@@ -74,8 +74,12 @@ func TestRefusals(t *testing.T) {
 	for range RefusalsKept + 5 {
 		try(k.stranger, "192.0.2.14:40005")
 	}
-	if got := m.Refusals(); len(got) != RefusalsKept || got[len(got)-1].Source != "192.0.2.14:40005" {
-		t.Errorf("after %d more refusals: %d kept, oldest from %s; want the last %d", RefusalsKept+5, len(got), got[len(got)-1].Source, RefusalsKept)
+	// The ring holds the last RefusalsKept; after them come the last
+	// refusal of each result pushed out of it.
+	got = m.Refusals()
+	if len(got) != RefusalsKept+2 || got[RefusalsKept-1].Source != "192.0.2.14:40005" ||
+		got[RefusalsKept].Result != ResultNoCert || got[RefusalsKept+1].Result != ResultRevoked {
+		t.Errorf("after %d more refusals: %d kept, want the last %d, then the last no_cert and revoked: %+v", RefusalsKept+5, len(got), RefusalsKept, got)
 	}
 }
 
@@ -93,8 +97,8 @@ func TestRefusalNamesPrintable(t *testing.T) {
 
 // TestRefusalLogArgs: the log line's fields, empty ones left out.
 func TestRefusalLogArgs(t *testing.T) {
-	r := Refusal{Result: ResultRevoked, Tenant: "acme", Subject: "CN=a", Issuer: "CN=b", FingerprintSHA256: "ab"}
-	got := []any{"result", "revoked", "tenant", "acme", "subject", "CN=a", "issuer", "CN=b", "fingerprint_sha256", "ab"}
+	r := Refusal{Result: ResultRevoked, Tenant: "acme", Reason: "on CRL", Subject: "CN=a", Issuer: "CN=b", FingerprintSHA256: "ab"}
+	got := []any{"result", "revoked", "tenant", "acme", "reason", "on CRL", "subject", "CN=a", "issuer", "CN=b", "fingerprint_sha256", "ab"}
 	if args := r.LogArgs(); len(args) != len(got) {
 		t.Fatalf("LogArgs = %v", args)
 	}
@@ -132,11 +136,11 @@ func TestClientClosed(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := counter(t, m, "web", "none", ResultClientClosed)
-			err := serverHandshake(t, srv, tc.client)
+			cs, err := serverHandshake(t, srv, tc.client)
 			if got := ResultOf(err); got != ResultClientClosed {
 				t.Fatalf("result %s (err %v), want client_closed", got, err)
 			}
-			if r := m.HandshakeFailed("web", testSource, err); r.Result != ResultClientClosed {
+			if r := m.HandshakeFailed("web", testSource, cs, err); r.Result != ResultClientClosed {
 				t.Errorf("HandshakeFailed = %+v", r)
 			}
 			if after := counter(t, m, "web", "none", ResultClientClosed); after != before+1 {
@@ -149,9 +153,43 @@ func TestClientClosed(t *testing.T) {
 	}
 }
 
+// TestLastRefusalOfEachResult: a stranger's connections without a
+// certificate fill the ring, and the admin still finds the last refusal of
+// every other kind after them.
+func TestLastRefusalOfEachResult(t *testing.T) {
+	k := newPKI(t)
+	m := newManager(t, Config{}, k.policy)
+	srv, _ := m.TLSConfig("web")
+	for _, leaf := range []*certstest.Leaf{k.revoked, k.stranger, nil} {
+		r := handshake(t, srv, k.clientConfig(leaf), false)
+		m.HandshakeFailed("web", testSource, r.server, r.serverErr)
+	}
+	for range RefusalsKept {
+		r := handshake(t, srv, k.clientConfig(nil), false)
+		m.HandshakeFailed("web", testSource, r.server, r.serverErr)
+	}
+	got := m.Refusals()
+	if len(got) != RefusalsKept+2 {
+		var results []Result
+		for _, r := range got {
+			results = append(results, r.Result)
+		}
+		t.Fatalf("refusals %v, want the last %d and the last of unknown_ca and revoked", results, RefusalsKept)
+	}
+	for i, r := range got[:RefusalsKept] {
+		if r.Result != ResultNoCert {
+			t.Errorf("refusal %d: %s, want no_cert", i, r.Result)
+		}
+	}
+	if a, b := got[RefusalsKept], got[RefusalsKept+1]; a.Result != ResultUnknownCA || a.FingerprintSHA256 != FingerprintSHA256(k.stranger.Cert) ||
+		b.Result != ResultRevoked || b.FingerprintSHA256 != FingerprintSHA256(k.revoked.Cert) {
+		t.Errorf("after the ring: %+v, %+v; want the stranger's unknown_ca, then the revoked one", a, b)
+	}
+}
+
 // serverHandshake accepts one loopback connection, lets client act on its
-// end, and returns the server's handshake error.
-func serverHandshake(t *testing.T, srv *tls.Config, client func(*net.TCPConn)) error {
+// end, and returns the server's state and handshake error.
+func serverHandshake(t *testing.T, srv *tls.Config, client func(*net.TCPConn)) (tls.ConnectionState, error) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -172,5 +210,6 @@ func serverHandshake(t *testing.T, srv *tls.Config, client func(*net.TCPConn)) e
 	defer raw.Close()
 	sc := tls.Server(raw, srv)
 	sc.SetDeadline(time.Now().Add(10 * time.Second))
-	return sc.Handshake()
+	err = sc.Handshake()
+	return sc.ConnectionState(), err
 }

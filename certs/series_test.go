@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
@@ -65,11 +66,14 @@ func TestSeriesInitialised(t *testing.T) {
 	}
 
 	srv, _ := m.TLSConfig("web")
-	if r := handshake(t, srv, k.clientConfig(k.acme), false); r.serverErr != nil {
-		t.Fatal(r.serverErr)
-	}
-	if r := handshake(t, srv, k.clientConfig(k.globex), false); r.serverErr != nil {
-		t.Fatal(r.serverErr)
+	for _, leaf := range []*certstest.Leaf{k.acme, k.globex} {
+		r := handshake(t, srv, k.clientConfig(leaf), false)
+		if r.serverErr != nil {
+			t.Fatal(r.serverErr)
+		}
+		if _, err := m.HandshakeDone("web", testSource, r.server); err != nil {
+			t.Fatal(err)
+		}
 	}
 	q := clonePolicy(p)
 	q.Listeners = q.Listeners[:1]

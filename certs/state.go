@@ -60,7 +60,9 @@ type tenantState struct {
 
 // owns reports whether a verified chain, which ends at one of the
 // tenant's roots, is the tenant's: with intermediates listed, only a leaf
-// one of them issued is.
+// one of them issued is; without, any. A root shared with a tenant that
+// lists intermediates is refused at load (checkSharedRoots), or the
+// tenant without would own the other's leaves too.
 func (t *tenantState) owns(ch []*x509.Certificate) bool {
 	if len(t.inters) == 0 {
 		return true
@@ -69,6 +71,32 @@ func (t *tenantState) owns(ch []*x509.Certificate) bool {
 		return false // issued by the root itself
 	}
 	return slices.ContainsFunc(t.inters, func(c *x509.Certificate) bool { return sameCA(c, ch[1]) })
+}
+
+// checkSharedRoots refuses a root (the same name and key, whichever copy of
+// the certificate) shared by a tenant that lists intermediates and one that
+// does not: the second owns every chain to the root, the first's leaves
+// included, and its identities alone would stand between the first's
+// issuing CA and its name.
+func checkSharedRoots(tenants []*tenantState) error {
+	for i, a := range tenants {
+		for _, b := range tenants[i+1:] {
+			if (len(a.inters) == 0) == (len(b.inters) == 0) {
+				continue
+			}
+			without, with := a, b
+			if len(a.inters) > 0 {
+				without, with = b, a
+			}
+			for _, r := range without.roots {
+				if slices.ContainsFunc(with.roots, func(o *x509.Certificate) bool { return sameCA(r, o) }) {
+					return fmt.Errorf("tenants %q and %q share the root %q; %q lists intermediates and %q does not, so %q would take every certificate %q's intermediates issue: list %q's intermediates too, or give it its own root: %w",
+						without.id, with.id, r.Subject.String(), with.id, without.id, without.id, with.id, without.id, ErrSharedRoot)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // crlFor returns the tenant's CRL from the CA issuer, or nil.
@@ -84,6 +112,7 @@ func (t *tenantState) crlFor(issuer *x509.Certificate) *crlState {
 type crlState struct {
 	list    *x509.RevocationList
 	signer  *x509.Certificate // the root or intermediate of the tenant whose key signed it
+	dps     []string          // the distribution point it is the CRL of (issuingDistributionPoint), or none
 	revoked map[string]bool   // decimal serials on the CRL
 }
 
@@ -111,6 +140,7 @@ func (c *crlState) stale(now time.Time) bool {
 // that the watcher can tell when any of them changed.
 type loader struct {
 	files map[string]fileSig
+	now   time.Time // the manager's clock when the generation is built
 }
 
 // fileSig identifies a file's content: its digest, and the size and mtime
@@ -137,10 +167,11 @@ func (ld *loader) read(path string) ([]byte, error) {
 	return b, nil
 }
 
-// build parses everything the policy names. It touches nothing shared: on
-// any error the caller keeps the old state.
-func (m *Manager) build(p *policy.Policy) (*state, error) {
-	ld := &loader{files: map[string]fileSig{}}
+// build parses everything the policy names; tickets are the listeners'
+// session-ticket keys. It touches nothing shared: on any error the caller
+// keeps the old state.
+func (m *Manager) build(p *policy.Policy, tickets map[string]*ticketSet) (*state, error) {
+	ld := &loader{files: map[string]fileSig{}, now: m.now()}
 	st := &state{
 		policy:    p,
 		listeners: map[string]*listenerState{},
@@ -171,11 +202,14 @@ func (m *Manager) build(p *policy.Policy) (*state, error) {
 			st.inters.AddCert(ca) // a pool ignores a certificate it holds already
 		}
 	}
+	if err := checkSharedRoots(st.tenants); err != nil {
+		return nil, err
+	}
 	for _, l := range p.Listeners {
 		if _, dup := st.listeners[l.Name]; dup {
 			return nil, fmt.Errorf("listener %q: %w", l.Name, ErrDuplicate)
 		}
-		ls, err := m.loadListener(ld, l, p.TLS)
+		ls, err := m.loadListener(ld, l, p.TLS, tickets[l.Name])
 		if err != nil {
 			return nil, fmt.Errorf("listener %q: %w", l.Name, err)
 		}
@@ -185,7 +219,7 @@ func (m *Manager) build(p *policy.Policy) (*state, error) {
 	return st, nil
 }
 
-func (m *Manager) loadListener(ld *loader, l policy.Listener, tlsSettings policy.TLS) (*listenerState, error) {
+func (m *Manager) loadListener(ld *loader, l policy.Listener, tlsSettings policy.TLS, ts *ticketSet) (*listenerState, error) {
 	if l.ServerCert == "" || l.ServerKey == "" {
 		return nil, ErrNoServerCert
 	}
@@ -213,7 +247,7 @@ func (m *Manager) loadListener(ld *loader, l policy.Listener, tlsSettings policy
 	if err := ls.index(); err != nil {
 		return nil, err
 	}
-	ls.config = m.innerConfig(ls, tlsSettings)
+	ls.config = m.innerConfig(ls, tlsSettings, ts)
 	return ls, nil
 }
 

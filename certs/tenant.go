@@ -3,8 +3,10 @@ package certs
 import (
 	"bytes"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
@@ -58,7 +60,11 @@ func loadTenant(ld *loader, t policy.Tenant) (*tenantState, error) {
 		if ts.crlFor(signer) != nil {
 			return nil, fmt.Errorf("crl %s: two CRLs from %s: %w", t.CRL, crl.Issuer, ErrDuplicate)
 		}
-		cs := &crlState{list: crl, signer: signer, revoked: make(map[string]bool, len(crl.RevokedCertificateEntries))}
+		dps, err := crlScope(crl)
+		if err != nil {
+			return nil, fmt.Errorf("crl %s (#%d, issuer %s): %w", t.CRL, n+1, crl.Issuer, err)
+		}
+		cs := &crlState{list: crl, signer: signer, dps: dps, revoked: make(map[string]bool, len(crl.RevokedCertificateEntries))}
 		for _, e := range crl.RevokedCertificateEntries {
 			cs.revoked[e.SerialNumber.String()] = true
 		}
@@ -109,17 +115,82 @@ func loadIntermediates(ld *loader, file string, roots []*x509.Certificate) ([]*x
 	if len(inters) == 0 {
 		return nil, fmt.Errorf("intermediates %s: only roots, no intermediate CA: %w", file, ErrNoCertificates)
 	}
+	rootPool, interPool := x509.NewCertPool(), x509.NewCertPool()
+	for _, r := range roots {
+		rootPool.AddCert(r)
+	}
+	for _, c := range inters {
+		interPool.AddCert(c)
+	}
 	for _, ca := range inters {
-		if !chainsTo(ca, roots, inters, nil) {
-			return nil, fmt.Errorf("intermediates %s: %q (issued by %q): %w", file, ca.Subject.String(), ca.Issuer.String(), ErrIntermediateNoRoot)
+		if err := canIssue(ca, roots, inters, rootPool, interPool, ld.now); err != nil {
+			return nil, fmt.Errorf("intermediates %s: %q (issued by %q): %w", file, ca.Subject.String(), ca.Issuer.String(), err)
 		}
 	}
 	return inters, nil
 }
 
+// canIssue checks at load what every handshake will check of an
+// intermediate: it runs x509's chain verification, as a handshake does,
+// with the intermediate standing for a client certificate it issued, so
+// that signatures, basic constraints, critical extensions and extended key
+// usage (clientAuth) are judged alike; and, since the
+// intermediate itself sits below them in every client's chain, the path
+// length of each CA above must leave room for it. Validity is judged now
+// or, for an intermediate not valid now (expired, or staged for later), at
+// the start of its own validity; when no single moment suits the chain,
+// the signatures alone are checked. An expired CA is refused at handshake
+// time (result expired), not at load, so that a CRL update still reloads.
+func canIssue(ca *x509.Certificate, roots, inters []*x509.Certificate, rootPool, interPool *x509.CertPool, now time.Time) error {
+	opts := x509.VerifyOptions{Roots: rootPool, Intermediates: interPool, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	chains, err := ca.Verify(opts)
+	if timeInvalid(err) {
+		opts.CurrentTime = ca.NotBefore
+		if chains, err = ca.Verify(opts); timeInvalid(err) {
+			if chainsTo(ca, roots, inters, nil) {
+				return nil
+			}
+			return ErrIntermediateNoRoot
+		}
+	}
+	var ua x509.UnknownAuthorityError
+	switch {
+	case errors.As(err, &ua):
+		return ErrIntermediateNoRoot
+	case err != nil:
+		return fmt.Errorf("%w: %w", ErrIntermediateUnusable, err)
+	}
+	var short string
+	for _, ch := range chains {
+		if short = pathTooShort(ch); short == "" {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: the path length of %s leaves no room for it", ErrIntermediateUnusable, short)
+}
+
+// timeInvalid reports whether err is a certificate outside its validity.
+func timeInvalid(err error) bool {
+	var ci x509.CertificateInvalidError
+	return errors.As(err, &ci) && ci.Reason == x509.Expired
+}
+
+// pathTooShort names the first CA of ch (an intermediate's chain up to a
+// root) whose pathLenConstraint allows fewer intermediates below it than
+// a client's chain through ch has, or returns "".
+func pathTooShort(ch []*x509.Certificate) string {
+	for j, c := range ch[1:] {
+		// Below ch[j+1] in a client's chain: ch[0] to ch[j], j+1 CAs.
+		if c.BasicConstraintsValid && c.MaxPathLen >= 0 && j+1 > c.MaxPathLen {
+			return fmt.Sprintf("%q (%d)", c.Subject.String(), c.MaxPathLen)
+		}
+	}
+	return ""
+}
+
 // chainsTo reports whether signatures lead from c to one of roots, through
-// inters. Validity periods are not looked at: an expired CA is refused at
-// handshake time (result expired), not at load.
+// inters, whatever the validity periods.
 func chainsTo(c *x509.Certificate, roots, inters, seen []*x509.Certificate) bool {
 	issued := func(parent *x509.Certificate) bool {
 		return bytes.Equal(parent.RawSubject, c.RawIssuer) && c.CheckSignatureFrom(parent) == nil

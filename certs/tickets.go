@@ -16,30 +16,41 @@ import (
 )
 
 // keepTicketKeys is how many keys a listener keeps: the newest encrypts,
-// all decrypt, so a ticket lives at most keepTicketKeys rotations.
+// all decrypt, so a ticket lives at most keepTicketKeys rotations. Keys
+// older than keepTicketKeys periods are dropped too, so that this holds
+// across a restart or downtime, when one rotation follows many periods.
 const keepTicketKeys = 3
 
-// ticketSet is one listener's session-ticket keys, newest first.
+// ticketSet is one listener's session-ticket keys, newest first. The keys
+// of a set in force do not change: a rotation makes a new set.
 type ticketSet struct {
 	path    string // empty: memory only
 	keys    [][32]byte
 	created []time.Time
+	dirty   bool // differs from the file at path
 }
 
-// ensureTickets gives every listener of p its keys, loaded from the state
-// directory or created there, and a new one where the newest is due under
-// p's rotation. Listeners never share keys, so a ticket from one listener
-// cannot resume on another. Called with m.mu held.
-func (m *Manager) ensureTickets(p *policy.Policy) error {
-	if p.TLS.SessionTicketsDisabled {
-		return nil
-	}
+// planTickets returns the ticket sets of p's listeners: each listener's
+// set in force (loaded from the state directory or made new the first
+// time), advanced to now under p's rotation. Listeners never share keys,
+// so a ticket from one listener cannot resume on another. Nothing is
+// written and no config changes: commitTickets does that once the
+// generation they belong to is built. With tickets off, the sets are kept
+// as they are, for when they are switched on again. Called with m.mu held.
+func (m *Manager) planTickets(p *policy.Policy) (map[string]*ticketSet, error) {
 	dir := m.stateDir
 	if dir == "" {
 		dir = p.StateDir
 	}
+	plan := map[string]*ticketSet{}
 	for _, l := range p.Listeners {
 		ts, ok := m.tickets[l.Name]
+		if p.TLS.SessionTicketsDisabled {
+			if ok {
+				plan[l.Name] = ts
+			}
+			continue
+		}
 		if !ok {
 			ts = &ticketSet{}
 			if dir != "" {
@@ -50,18 +61,26 @@ func (m *Manager) ensureTickets(p *policy.Policy) error {
 				}
 			}
 		}
-		// Keys kept while tickets were off, or under a longer period, may
-		// be due already: the new generation starts with a fresh one.
-		if len(ts.keys) == 0 || m.due(l.Name, ts, m.now(), rotation(p)) {
-			if err := ts.rotate(m.now()); err != nil {
-				return fmt.Errorf("listener %q: session ticket keys: %w", l.Name, err)
-			}
-			// The generation in force too, in case the new one is refused.
-			if ls, ok := m.state.Load().listeners[l.Name]; ok {
-				ls.config.SetSessionTicketKeys(ts.keys)
-			}
+		// Keys kept while tickets were off or the daemon was down, or under
+		// a longer period, may be due or too old already.
+		next, err := m.advanced(l.Name, ts, m.now(), rotation(p))
+		if err != nil {
+			return nil, fmt.Errorf("listener %q: session ticket keys: %w", l.Name, err)
 		}
-		m.tickets[l.Name] = ts
+		plan[l.Name] = next
+	}
+	return plan, nil
+}
+
+// commitTickets writes the planned sets that changed to their files. A
+// failure refuses the generation; a file written before it holds keys
+// that were never used, and is rewritten at the next rotation. Called with
+// m.mu held.
+func (m *Manager) commitTickets(plan map[string]*ticketSet) error {
+	for name, ts := range plan {
+		if err := ts.save(); err != nil {
+			return fmt.Errorf("listener %q: session ticket keys: %w", name, err)
+		}
 	}
 	return nil
 }
@@ -77,18 +96,56 @@ func (m *Manager) rotateTickets() {
 	}
 	now := m.now()
 	for name, ts := range m.tickets {
-		if !m.due(name, ts, now, rotation(st.policy)) {
-			continue
+		next, err := m.advanced(name, ts, now, rotation(st.policy))
+		if err == nil {
+			err = next.save()
 		}
-		if err := ts.rotate(now); err != nil {
+		if err != nil {
 			m.logger.Error("session ticket key rotation failed", "listener", name, "err", err)
 			continue
 		}
-		if ls, ok := m.state.Load().listeners[name]; ok {
-			ls.config.SetSessionTicketKeys(ts.keys)
+		if next == ts {
+			continue
 		}
-		m.logger.Info("session ticket key rotated", "listener", name)
+		m.tickets[name] = next
+		if ls, ok := st.listeners[name]; ok {
+			ls.config.SetSessionTicketKeys(next.keys)
+		}
+		m.logger.Info("session ticket key rotated", "listener", name, "keys", len(next.keys))
 	}
+}
+
+// advanced returns ts as it is to be at now under the rotation period
+// every: keys older than keepTicketKeys periods dropped, and a new key
+// first when the newest is due or none is left. It returns ts itself when
+// nothing changes, else a new set to be saved.
+func (m *Manager) advanced(listener string, ts *ticketSet, now time.Time, every time.Duration) (*ticketSet, error) {
+	next := &ticketSet{path: ts.path, dirty: ts.dirty}
+	for i, c := range ts.created {
+		if now.Sub(c) < keepTicketKeys*every {
+			next.keys = append(next.keys, ts.keys[i])
+			next.created = append(next.created, c)
+		}
+	}
+	pruned := len(next.keys) < len(ts.keys)
+	if len(next.keys) > 0 && !m.due(listener, next, now, every) {
+		if !pruned {
+			return ts, nil
+		}
+		next.dirty = true
+		return next, nil
+	}
+	var k [32]byte
+	if _, err := rand.Read(k[:]); err != nil {
+		return nil, err
+	}
+	next.keys = append([][32]byte{k}, next.keys...)
+	next.created = append([]time.Time{now}, next.created...)
+	if len(next.keys) > keepTicketKeys {
+		next.keys, next.created = next.keys[:keepTicketKeys], next.created[:keepTicketKeys]
+	}
+	next.dirty = true
+	return next, nil
 }
 
 // due reports whether a listener's newest key is to be replaced: it is as
@@ -113,22 +170,15 @@ func rotation(p *policy.Policy) time.Duration {
 	return policy.DefaultTicketRotation
 }
 
-func (ts *ticketSet) rotate(now time.Time) error {
-	var k [32]byte
-	if _, err := rand.Read(k[:]); err != nil {
+// save writes a changed set to its file, if it has one.
+func (ts *ticketSet) save() error {
+	if !ts.dirty || ts.path == "" {
+		return nil
+	}
+	if err := writeTicketFile(ts.path, ts.keys, ts.created); err != nil {
 		return err
 	}
-	keys := append([][32]byte{k}, ts.keys...)
-	created := append([]time.Time{now}, ts.created...)
-	if len(keys) > keepTicketKeys {
-		keys, created = keys[:keepTicketKeys], created[:keepTicketKeys]
-	}
-	if ts.path != "" {
-		if err := writeTicketFile(ts.path, keys, created); err != nil {
-			return err
-		}
-	}
-	ts.keys, ts.created = keys, created
+	ts.dirty = false
 	return nil
 }
 

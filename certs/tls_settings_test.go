@@ -2,6 +2,8 @@ package certs
 
 import (
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
 	"log/slog"
 	"os"
@@ -10,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
 // TestSessionTicketsReload: tls.session_tickets switches resumption off and
@@ -135,5 +139,115 @@ func TestTicketKeyFromTheFuture(t *testing.T) {
 	m.rotateTickets()
 	if got := newest(); got == made || !strings.HasPrefix(got, fmt.Sprint(now.Load())+" ") {
 		t.Fatalf("after the clock went back: newest key %q, was %q", got, made)
+	}
+}
+
+// TestRefusedApplyKeepsTickets: a refused Apply changes no ticket key: not
+// the one in force (though due under the refused policy's shorter period),
+// not its file, and it leaves no key file or set behind for a listener
+// only the refused policy has. An applied policy without a listener drops
+// its set.
+func TestRefusedApplyKeepsTickets(t *testing.T) {
+	k := newPKI(t)
+	var now atomic.Int64
+	now.Store(time.Now().Unix())
+	clock := func() time.Time { return time.Unix(now.Load(), 0) }
+	dir := t.TempDir()
+	file := filepath.Join(dir, "tls-tickets", "web")
+	long := clonePolicy(k.policy)
+	long.TLS.TicketRotation = 24 * time.Hour
+	m := newManager(t, Config{StateDir: dir, Now: clock}, long)
+	first := m.tickets["web"].keys[0]
+	before := readFile(t, file)
+	now.Add(2 * 3600)
+	bad := clonePolicy(k.policy)
+	bad.TLS.TicketRotation = time.Hour
+	bad.Listeners[0].ServerCert = filepath.Join(dir, "missing.pem")
+	bad.Listeners = append(bad.Listeners, policy.Listener{Name: "ghost", ServerCert: k.server.CertFile, ServerKey: k.server.KeyFile})
+	if err := m.Apply(bad); err == nil {
+		t.Fatal("a policy with a missing server certificate applied")
+	}
+	if m.tickets["web"].keys[0] != first || len(m.tickets["web"].keys) != 1 {
+		t.Error("a refused Apply rotated the ticket key in force")
+	}
+	if after := readFile(t, file); string(after) != string(before) {
+		t.Errorf("a refused Apply rewrote the key file:\n%s\nwas\n%s", after, before)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "tls-tickets", "ghost")); !os.IsNotExist(err) {
+		t.Errorf("key file of a listener only the refused policy has: %v", err)
+	}
+	if _, ok := m.tickets["ghost"]; ok {
+		t.Error("ticket set of a listener only the refused policy has")
+	}
+	one := clonePolicy(long)
+	one.Listeners = one.Listeners[:1]
+	if err := m.Apply(one); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.tickets["mainframe"]; ok || len(m.tickets) != 1 {
+		t.Errorf("ticket sets after the listener mainframe was removed: %v", m.tickets)
+	}
+}
+
+// TestTicketKeysOutliveNoThreePeriods: a ticket resumes for at most three
+// rotation periods after its key was made, also after downtime (the
+// key file is read again) and after tickets were off for a while: one
+// rotation then is not enough, the keys that old are dropped.
+func TestTicketKeysOutliveNoThreePeriods(t *testing.T) {
+	k := newPKI(t)
+	dir := t.TempDir()
+	p := clonePolicy(k.policy)
+	p.TLS.TicketRotation = 24 * time.Hour
+	p.TLS.CRLStale = policy.CRLStaleWarn // acme's CRL is past nextUpdate days later
+	t0 := time.Now()
+	leaf := k.acmeCA.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "long"}, URIs: k.acme.Cert.URIs,
+		NotAfter: t0.Add(30 * 24 * time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	client := func() *tls.Config {
+		cc := k.clientConfig(leaf)
+		cc.MaxVersion = tls.VersionTLS12 // the ticket's own lifetime (7 days) is not what is tested
+		cc.ClientSessionCache = tls.NewLRUClientSessionCache(8)
+		return cc
+	}
+	resumes := func(m *Manager, cc *tls.Config) bool {
+		t.Helper()
+		srv, _ := m.TLSConfig("web")
+		r := handshake(t, srv, cc, false)
+		if r.serverErr != nil {
+			t.Fatal(r.serverErr)
+		}
+		return r.server.DidResume
+	}
+	at := func(d time.Duration) func() time.Time { return func() time.Time { return t0.Add(d) } }
+	m1 := newManager(t, Config{StateDir: dir, Now: at(0)}, p)
+	twoDays, fiveDays := client(), client()
+	resumes(m1, twoDays)
+	resumes(m1, fiveDays)
+	if !resumes(newManager(t, Config{StateDir: dir, Now: at(48 * time.Hour)}, p), twoDays) {
+		t.Error("a two-day-old ticket did not resume after a restart (24h rotation)")
+	}
+	if resumes(newManager(t, Config{StateDir: dir, Now: at(5 * 24 * time.Hour)}, p), fiveDays) {
+		t.Error("a five-day-old ticket resumed after a restart (24h rotation)")
+	}
+
+	// Tickets off for five days, then on again, in one manager.
+	var now atomic.Int64
+	now.Store(t0.Unix())
+	m := newManager(t, Config{StateDir: t.TempDir(), Now: func() time.Time { return time.Unix(now.Load(), 0) }}, p)
+	cc := client()
+	resumes(m, cc)
+	off := clonePolicy(p)
+	off.TLS.SessionTicketsDisabled = true
+	if err := m.Apply(off); err != nil {
+		t.Fatal(err)
+	}
+	now.Add(5 * 24 * 3600)
+	if err := m.Apply(p); err != nil {
+		t.Fatal(err)
+	}
+	if resumes(m, cc) {
+		t.Error("a five-day-old ticket resumed once tickets were switched on again (24h rotation)")
+	}
+	if n := len(m.tickets["web"].keys); n != 1 {
+		t.Errorf("%d keys after five days off, want the new one alone", n)
 	}
 }

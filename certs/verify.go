@@ -48,7 +48,7 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 	}
 	if len(cands) == 0 {
 		return Identity{}, &AuthError{Result: ResultUnknownCA,
-			Detail: "certificate " + leaf.Subject.String() + " chains to no tenant: its issuer " + leaf.Issuer.String() + " is none of the intermediates of the tenants of its root"}
+			Detail: "chains to no tenant: its issuer is none of the intermediates the tenants of its root list (issuer " + leaf.Issuer.String() + ")"}
 	}
 	// Revocation: every certificate of a tenant's chain but the root is
 	// checked against the tenant's CRL from the CA that issued it there.
@@ -63,15 +63,18 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 		for _, ch := range owned[i] {
 			for k, c := range ch[:len(ch)-1] {
 				crl := t.crlFor(ch[k+1])
-				if crl == nil {
+				if crl == nil || !crl.covers(c) {
 					if _, ok := uncovered[i]; !ok {
-						uncovered[i] = fmt.Sprintf("no CRL from %s, the issuer of %s, in %s", ch[k+1].Subject, c.Subject, t.crlFile)
+						uncovered[i] = fmt.Sprintf("no CRL in %s from %s, the issuer of %s", t.crlFile, ch[k+1].Subject, c.Subject)
+						if crl != nil {
+							uncovered[i] = fmt.Sprintf("the CRL in %s from %s is that of the distribution point %v, which %s does not name", t.crlFile, ch[k+1].Subject, crl.dps, c.Subject)
+						}
 					}
 					continue
 				}
 				if crl.revoked[c.SerialNumber.String()] {
 					return Identity{}, &AuthError{Result: ResultRevoked, Tenant: t.id,
-						Detail: fmt.Sprintf("serial %x (%s) on CRL %s", c.SerialNumber, c.Subject, t.crlFile)}
+						Detail: fmt.Sprintf("serial %x on CRL %s (%s)", c.SerialNumber, t.crlFile, c.Subject)}
 				}
 				if !crl.stale(now) {
 					continue
@@ -95,7 +98,7 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 	}
 	switch len(match) {
 	case 0:
-		return Identity{}, &AuthError{Result: ResultNoTenant, Detail: "certificate " + leaf.Subject.String() + " matches no tenant's identities"}
+		return Identity{}, &AuthError{Result: ResultNoTenant, Detail: "matches no tenant's identities (" + leaf.Subject.String() + ")"}
 	case 1:
 	default:
 		ids := make([]string, len(match))

@@ -117,7 +117,7 @@ func (s *Server) handle(c *conn, st *listenerState) {
 		return
 	}
 	if err != nil {
-		s.handshakeFailed(c, err)
+		s.handshakeFailed(c, c.tls.ConnectionState(), err)
 		c.raw.Close()
 		return
 	}
@@ -131,7 +131,7 @@ func (s *Server) handle(c *conn, st *listenerState) {
 		return
 	}
 	seen := s.revalidations.Load()
-	id, err := s.identify(cs)
+	id, err := s.handshakeDone(c, cs)
 	if err != nil {
 		s.logger.Info("client certificate not accepted", "listener", c.listener, "source", c.source.String(), "err", err)
 		c.raw.Close()
@@ -176,30 +176,47 @@ func (s *Server) handle(c *conn, st *listenerState) {
 	}
 }
 
-// handshakeFailed hands a failed handshake to the TLS layer, which counts
-// and remembers it, and logs the refusal with the result and the client
-// certificate's subject, issuer and fingerprint. A client that closed
-// before sending a certificate (a health checker, a load generator) was
-// refused nothing: that is logged at debug only.
-func (s *Server) handshakeFailed(c *conn, err error) {
-	r := s.tlsSrc.HandshakeFailed(c.listener, c.source, err)
+// handshakeFailed hands a failed handshake and what the client sent in it
+// to the TLS layer, which counts and remembers it, and logs the refusal
+// with the result, the reason and the client certificate's subject, issuer
+// and fingerprint, all bounded and printable (the error itself carries the
+// client's names as they came). A client that closed before sending a
+// certificate (a health checker, a load generator) was refused nothing:
+// that is logged at debug only.
+func (s *Server) handshakeFailed(c *conn, cs tls.ConnectionState, err error) {
+	r := s.tlsSrc.HandshakeFailed(c.listener, c.source, cs, err)
 	if r.Result == certs.ResultClientClosed {
 		s.logger.Debug("TLS handshake abandoned by the client before it sent a certificate",
 			"listener", c.listener, "source", c.source.String(), "err", err)
 		return
 	}
-	s.logRefusal(c, "TLS handshake refused", err, r.LogArgs()...)
+	s.logRefusal(c, "TLS handshake refused", nil, r.LogArgs()...)
+}
+
+// handshakeDone tells the TLS layer that c's handshake completed and
+// returns the tenant it proves; an identity without one is refused.
+func (s *Server) handshakeDone(c *conn, cs tls.ConnectionState) (Identity, error) {
+	id, err := s.tlsSrc.HandshakeDone(c.listener, c.source, cs)
+	if err == nil && id.Tenant == "" {
+		err = fmt.Errorf("%w: no tenant", ErrConfig)
+	}
+	return id, err
 }
 
 // logRefusal logs a refusal any client can cause (a failed handshake, a
-// request head the framing guard refused) with its source, cause and the
-// extra key-value pairs, at most 10 lines a second after a burst of 50.
+// request head the framing guard refused) with its source, cause (when
+// err is not nil) and the extra key-value pairs, at most 10 lines a second
+// after a burst of 50.
 func (s *Server) logRefusal(c *conn, msg string, err error, extra ...any) {
 	ok, held := s.refusals.allow(time.Now())
 	if !ok {
 		return
 	}
-	args := append([]any{"listener", c.listener, "source", c.source.String(), "err", err}, extra...)
+	args := []any{"listener", c.listener, "source", c.source.String()}
+	if err != nil {
+		args = append(args, "err", err)
+	}
+	args = append(args, extra...)
 	if id := c.identity(); id.Tenant != "" {
 		args = append(args, "tenant", id.Tenant)
 	}
@@ -316,7 +333,7 @@ func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 			return telnet.Peer{}, ErrTLSConfig
 		}
 		seen := s.revalidations.Load()
-		id, err := s.identify(cs)
+		id, err := s.handshakeDone(c, cs)
 		if err != nil {
 			return telnet.Peer{}, err
 		}
@@ -338,9 +355,10 @@ func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 		c.raw.Close() // evicted: logged and counted by the gate's caller
 		return
 	}
+	var he *telnet.HandshakeError
 	switch {
-	case errors.Is(err, telnet.ErrHandshake):
-		s.handshakeFailed(c, err)
+	case errors.As(err, &he):
+		s.handshakeFailed(c, he.State, he.Err)
 	case errors.Is(err, telnet.ErrStartTLS):
 		s.logRefusal(c, "START_TLS refused", err)
 	}

@@ -25,8 +25,14 @@ type TLSSource interface {
 	// Identify says which tenant the verified peer is, re-checking
 	// revocation.
 	Identify(cs tls.ConnectionState) (Identity, error)
+	// HandshakeDone tells the TLS layer that a handshake from source
+	// completed (only then has the client proved it holds its
+	// certificate's key) and says who the peer is, as Identify does.
+	HandshakeDone(listener string, source netip.AddrPort, cs tls.ConnectionState) (Identity, error)
 	// HandshakeFailed lets the TLS layer count and remember a failed
-	// handshake from source; the Refusal it returns classifies it and names
-	// the certificate the client sent, for the refusal's log line.
-	HandshakeFailed(listener string, source netip.AddrPort, err error) certs.Refusal
+	// handshake from source; cs is the connection's state after the
+	// failure, with the certificates the client sent. The Refusal it
+	// returns classifies it and names that certificate, for the refusal's
+	// log line.
+	HandshakeFailed(listener string, source netip.AddrPort, cs tls.ConnectionState, err error) certs.Refusal
 }

@@ -209,9 +209,13 @@ func (s *testSource) Identify(cs tls.ConnectionState) (proxy.Identity, error) {
 	return proxy.Identity{Tenant: tenant, FingerprintSHA256: fp, Subject: leaf.Subject.String()}, nil
 }
 
-func (s *testSource) HandshakeFailed(_ string, _ netip.AddrPort, err error) certs.Refusal {
+func (s *testSource) HandshakeDone(_ string, _ netip.AddrPort, cs tls.ConnectionState) (proxy.Identity, error) {
+	return s.Identify(cs)
+}
+
+func (s *testSource) HandshakeFailed(_ string, _ netip.AddrPort, _ tls.ConnectionState, err error) certs.Refusal {
 	s.failed.Add(1)
-	return certs.Refusal{Result: certs.ResultOf(err)}
+	return certs.Refusal{Result: certs.ResultOf(err), Reason: err.Error()}
 }
 
 // remap makes the certificates of cert's issuer map to tenant from now on.

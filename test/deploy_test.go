@@ -436,7 +436,7 @@ func TestDeployExampleConfigParses(t *testing.T) {
 	if !errors.As(err, &problems) {
 		t.Fatalf("example configuration does not parse: %v", err)
 	}
-	fileKey := regexp.MustCompile(`\.(client_ca|crl|server_cert|server_key|backend_ca|backend_cert|backend_key|ca)$`)
+	fileKey := regexp.MustCompile(`\.(client_ca|intermediates|crl|server_cert|server_key|backend_ca|backend_cert|backend_key|ca)$`)
 	for _, p := range problems {
 		if !fileKey.MatchString(p.Path) || !strings.Contains(p.Msg, "cannot read") {
 			t.Errorf("example configuration: %s", p)
@@ -457,7 +457,7 @@ func parseExampleWithFiles(t *testing.T) *config.Config {
 	if err != nil {
 		t.Fatal(err)
 	}
-	withFiles := regexp.MustCompile(`(?m)(\b(?:client_ca|crl|server_cert|server_key|backend_ca|backend_cert|backend_key):\s*)/etc/gatehouse/\S+`).
+	withFiles := regexp.MustCompile(`(?m)(\b(?:client_ca|intermediates|crl|server_cert|server_key|backend_ca|backend_cert|backend_key):\s*)/etc/gatehouse/\S+`).
 		ReplaceAll(readDeployFile(t, "gatehouse.yaml"), []byte("${1}"+existing))
 	cfg, err := config.Parse(withFiles, "deploy/gatehouse.yaml", func(string) (string, bool) { return "", false })
 	if err != nil {

@@ -57,16 +57,25 @@ func NewCA(t testing.TB, name string) *CA {
 // NewCAValid creates a self-signed CA with the given validity.
 func NewCAValid(t testing.TB, name string, notBefore, notAfter time.Time) *CA {
 	t.Helper()
+	return NewCAWith(t, name, func(c *x509.Certificate) { c.NotBefore, c.NotAfter = notBefore, notAfter })
+}
+
+// NewCAWith creates a self-signed CA like NewCA, its template changed by
+// mod first (a path length, extended key usages, a validity).
+func NewCAWith(t testing.TB, name string, mod func(*x509.Certificate)) *CA {
+	t.Helper()
 	key := newKey(t)
+	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(t),
 		Subject:               pkix.Name{CommonName: name, Organization: []string{"gatehouse test"}},
-		NotBefore:             notBefore,
-		NotAfter:              notAfter,
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(365 * 24 * time.Hour),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 	}
+	mod(tmpl)
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
 		t.Fatalf("certstest: create CA %s: %v", name, err)
@@ -88,6 +97,12 @@ func NewCAValid(t testing.TB, name string, notBefore, notAfter time.Time) *CA {
 // their tls.Certificate chain and their PEM file.
 func (ca *CA) Intermediate(t testing.TB, name string) *CA {
 	t.Helper()
+	return ca.IntermediateWith(t, name, func(*x509.Certificate) {})
+}
+
+// IntermediateWith is Intermediate with its template changed by mod first.
+func (ca *CA) IntermediateWith(t testing.TB, name string, mod func(*x509.Certificate)) *CA {
+	t.Helper()
 	key := newKey(t)
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(t),
@@ -98,6 +113,7 @@ func (ca *CA) Intermediate(t testing.TB, name string) *CA {
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 	}
+	mod(tmpl)
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
 	if err != nil {
 		t.Fatalf("certstest: create intermediate %s: %v", name, err)

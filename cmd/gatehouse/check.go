@@ -154,6 +154,10 @@ func summarise(w io.Writer, path string, cfg *config.Config) error {
 	for _, t := range p.Tenants {
 		fmt.Fprintf(tw, "  %s\n", certs.DescribeTenant(t))
 	}
+	fmt.Fprintln(tw, "\nTLS")
+	for _, line := range certs.DescribeTLS(p.TLS) {
+		fmt.Fprintf(tw, "  %s\n", line)
+	}
 
 	fmt.Fprintln(tw, "\nListeners")
 	var routes []policy.Route

@@ -10,13 +10,17 @@ import (
 
 // printRefusals lists the last refused handshakes, newest first: when,
 // where, from whom and why on one line, the refused certificate and the
-// reason in full below it.
+// reason in full below it. Past the last certs.RefusalsKept come the last
+// refusals of the results among them no more.
 func printRefusals(w io.Writer, list []certs.Refusal) {
 	if len(list) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "\nRefused handshakes (last %d, newest first)\n", len(list))
-	for _, r := range list {
+	fmt.Fprintf(w, "\nRefused handshakes (last %d, newest first)\n", min(len(list), certs.RefusalsKept))
+	for i, r := range list {
+		if i == certs.RefusalsKept {
+			fmt.Fprintln(w, "  before them, the last refusal of each other result:")
+		}
 		who := string(r.Result)
 		if r.Tenant != "" {
 			who += ", tenant " + r.Tenant

@@ -48,3 +48,25 @@ func TestStatusListsRefusals(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusListsLastOfEachResult: past the ring's refusals, the last one
+// of each result pushed out of it is listed under its own line.
+func TestStatusListsLastOfEachResult(t *testing.T) {
+	now := time.Date(2026, 11, 23, 16, 55, 1, 0, time.UTC)
+	var list []certs.Refusal
+	for i := range certs.RefusalsKept {
+		list = append(list, certs.Refusal{Time: now.Add(-time.Duration(i) * time.Second), Listener: "web", Source: "192.0.2.1:1", Result: certs.ResultNoCert})
+	}
+	list = append(list, certs.Refusal{Time: now.Add(-time.Hour), Listener: "web", Source: "192.0.2.2:2", Result: certs.ResultRevoked, Tenant: "acme"})
+	var out bytes.Buffer
+	printRefusals(&out, list)
+	text := out.String()
+	want := "Refused handshakes (last 32, newest first)\n"
+	if !strings.Contains(text, want) {
+		t.Errorf("status output lacks %q:\n%s", want, text)
+	}
+	before, after, ok := strings.Cut(text, "  before them, the last refusal of each other result:\n")
+	if !ok || strings.Count(before, "no_cert") != certs.RefusalsKept || after != "  2026-11-23 15:55:01Z  web  192.0.2.2:2  revoked, tenant acme\n" {
+		t.Errorf("status output:\n%s", text)
+	}
+}

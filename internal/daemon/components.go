@@ -186,16 +186,22 @@ func register(env *Env, name string, c prometheus.Collector) error {
 	return nil
 }
 
-// tlsSource lets the proxies ask the certificate manager who is calling
-// without importing it.
+// tlsSource adapts the certificate manager to proxy.TLSSource, turning
+// its certs.Identity into the proxy's own Identity.
 type tlsSource struct{ m *certs.Manager }
 
 func (s tlsSource) TLSConfig(listener string) (*tls.Config, error) { return s.m.TLSConfig(listener) }
-func (s tlsSource) HandshakeFailed(listener string, source netip.AddrPort, err error) certs.Refusal {
-	return s.m.HandshakeFailed(listener, source, err)
+func (s tlsSource) HandshakeFailed(listener string, source netip.AddrPort, cs tls.ConnectionState, err error) certs.Refusal {
+	return s.m.HandshakeFailed(listener, source, cs, err)
+}
+func (s tlsSource) HandshakeDone(listener string, source netip.AddrPort, cs tls.ConnectionState) (proxy.Identity, error) {
+	return proxyIdentity(s.m.HandshakeDone(listener, source, cs))
 }
 func (s tlsSource) Identify(cs tls.ConnectionState) (proxy.Identity, error) {
-	id, err := s.m.Identify(cs)
+	return proxyIdentity(s.m.Identify(cs))
+}
+
+func proxyIdentity(id certs.Identity, err error) (proxy.Identity, error) {
 	if err != nil {
 		return proxy.Identity{}, err
 	}

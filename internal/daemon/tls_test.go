@@ -70,7 +70,9 @@ type realTLS struct {
 	revoked *certstest.Leaf
 	pool    *x509.CertPool // trusts the listener's certificate
 	web     string         // the https listener's address
+	tn      string         // the tn3270 listener's address, with START_TLS
 	metrics string         // the metrics endpoint's address
+	crl     string         // acme's CRL file
 }
 
 type lockedBuffer struct {
@@ -96,14 +98,14 @@ func startRealTLS(t *testing.T) *realTLS {
 	r.good = r.ca.Client(t, "acme cloud")
 	r.revoked = r.ca.Client(t, "acme lost laptop")
 	dir := t.TempDir()
-	crl := r.ca.CRL(t, filepath.Join(dir, "acme.crl"), time.Now().Add(time.Hour), r.revoked)
+	r.crl = r.ca.CRL(t, filepath.Join(dir, "acme.crl"), time.Now().Add(time.Hour), r.revoked)
 	serverCA := certstest.NewCA(t, "gateway")
 	srv := serverCA.Server(t, "localhost", "127.0.0.1")
 	r.pool = serverCA.Pool()
 	// A port freePort found may be taken by another test before the daemon
 	// binds it: then the start fails at once, and is tried on new ports.
 	for attempt := 1; ; attempt++ {
-		r.web, r.metrics = freePort(t), freePort(t)
+		r.web, r.tn, r.metrics = freePort(t), freePort(t), freePort(t)
 		cfg := fmt.Sprintf(`
 enforcement: {xdp: "off", nftables: false}
 state_dir: %[1]s
@@ -116,7 +118,9 @@ listeners:
      routes: [{tenant: acme, backend: "http://127.0.0.1:1"}]}
   - {name: raw, listen: "%[8]s", protocol: tcp, server_cert: %[6]s, server_key: %[7]s,
      routes: [{tenant: acme, backend: "127.0.0.1:1"}]}
-`, dir, r.metrics, r.ca.CertFile, crl, r.web, srv.CertFile, srv.KeyFile, freePort(t))
+  - {name: tn, listen: "%[9]s", protocol: tn3270, starttls: true, server_cert: %[6]s, server_key: %[7]s,
+     routes: [{tenant: acme, backend: "127.0.0.1:1"}]}
+`, dir, r.metrics, r.ca.CertFile, r.crl, r.web, srv.CertFile, srv.KeyFile, freePort(t), r.tn)
 		path := filepath.Join(dir, "gatehouse.yaml")
 		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
@@ -128,12 +132,19 @@ listeners:
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- d.Run(ctx) }()
+		// Ready is asked of the daemon itself first: another process
+		// answering on a port taken from under it must not pass for it.
+		// Once it has a policy in force, the metrics port is its own, and
+		// its /readyz answers only after Run has set up what Status reads.
 		var runErr error
 		waitFor(t, "the daemon to be ready or to fail", func() bool {
 			select {
 			case runErr = <-done:
 				return true
 			default:
+			}
+			if d.Policy() == nil {
+				return false
 			}
 			resp, err := http.Get("http://" + r.metrics + "/readyz")
 			if err != nil {
@@ -285,7 +296,7 @@ func TestHandshakeSeriesAfterStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	var want []string
-	for _, l := range []string{"web", "raw"} {
+	for _, l := range []string{"web", "raw", "tn"} {
 		for _, res := range []string{"no_cert", "unknown_ca", "expired", "not_yet_valid", "no_tenant", "ambiguous_tenant", "protocol_version", "other", "client_closed"} {
 			want = append(want, fmt.Sprintf(`{listener=%q,result=%q,tenant="none"} 0`, l, res))
 		}

@@ -97,7 +97,7 @@ func (h *Handler) startTLS(ctx context.Context, raw net.Conn, tc *tls.Config) (*
 	}
 	tconn := tls.Server(&prefixConn{Conn: raw, prefix: rest}, tc)
 	if err := tconn.HandshakeContext(ctx); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrHandshake, err)
+		return nil, &HandshakeError{State: tconn.ConnectionState(), Err: err}
 	}
 	if len(tconn.ConnectionState().PeerCertificates) == 0 {
 		return nil, fmt.Errorf("%w: no client certificate", ErrStartTLS)
@@ -135,3 +135,16 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 	}
 	return c.Conn.Read(b)
 }
+
+// HandshakeError is a failed TLS handshake after START_TLS (errors.Is
+// ErrHandshake). State is the connection's state after the failure, with
+// the certificates the client sent, for the caller's TLS layer to judge.
+type HandshakeError struct {
+	State tls.ConnectionState
+	Err   error
+}
+
+func (e *HandshakeError) Error() string { return ErrHandshake.Error() + ": " + e.Err.Error() }
+
+// Unwrap gives ErrHandshake and the handshake's own error.
+func (e *HandshakeError) Unwrap() []error { return []error{ErrHandshake, e.Err} }

@@ -131,11 +131,12 @@ func (d *demo) stepNoCert(ctx context.Context) (string, error) {
 	case 28:
 		return "", fmt.Errorf("timed out instead of a refused handshake: %s", out)
 	}
-	n, err := d.waitMetric(ctx, `gatehouse_tls_handshakes_total\{[^}]*result="no_cert"[^}]*\}`, 1)
+	// The web listener's series: every listener has one, at 0 from the start.
+	n, err := d.waitMetric(ctx, `gatehouse_tls_handshakes_total\{listener="web",result="no_cert"[^}]*\}`, 1)
 	if err != nil {
 		return "", err
 	}
-	return fmt.Sprintf("curl exit %d: %s\ngatehouse_tls_handshakes_total{result=\"no_cert\"} = %v",
+	return fmt.Sprintf("curl exit %d: %s\ngatehouse_tls_handshakes_total{listener=\"web\",result=\"no_cert\"} = %v",
 		code, strings.TrimSpace(out), n), nil
 }
 

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestCheckRefusesSharedRootMixedIntermediates: check refuses what run
+// refuses: two tenants on one root, one listing its issuing CA and one
+// listing none, which would take the first one's leaves.
+func TestCheckRefusesSharedRootMixedIntermediates(t *testing.T) {
+	d := t.TempDir()
+	p := func(name string) string { return filepath.Join(d, name) }
+	pkiRun(t, "init-ca", "--dir", p("root"), "--cn", "shared root CA", "--path-len", "1")
+	pkiRun(t, "init-ca", "--dir", p("issuing-b"), "--cn", "b issuing CA", "--parent", p("root"))
+	pkiRun(t, "init-ca", "--dir", p("server-ca"), "--cn", "gateway CA")
+	pkiRun(t, "issue", "--ca", p("server-ca"), "--server", "--dns", "gw.example", "--out", p("server"))
+	check := func(aIntermediates string) error {
+		t.Helper()
+		yaml := fmt.Sprintf(`state_dir: /var/lib/gatehouse
+enforcement: {xdp: "off", nftables: false}
+tenants:
+  - {id: a, client_ca: %[1]s/root/ca.pem, %[2]s identities: {uri_san: ["spiffe://a/*"]}}
+  - {id: b, client_ca: %[1]s/root/ca.pem, intermediates: %[1]s/issuing-b/ca.pem, identities: {uri_san: ["spiffe://b/*"]}}
+listeners:
+  - {name: web, listen: "127.0.0.1:8443", protocol: tcp, server_cert: %[1]s/server.pem, server_key: %[1]s/server.key,
+     routes: [{tenant: a, backend: "192.0.2.5:443"}, {tenant: b, backend: "192.0.2.6:443"}]}
+`, d, aIntermediates)
+		path := p("gatehouse.yaml")
+		if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := runCLI("check", "-c", path)
+		return err
+	}
+	var ee exitError
+	if err := check(""); !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(ee.msg, `tenants "a" and "b" share the root`) {
+		t.Fatalf("check with a lacking intermediates on b's root: want exit 1 naming both, got %v", err)
+	}
+	pkiRun(t, "init-ca", "--dir", p("issuing-a"), "--cn", "a issuing CA", "--parent", p("root"))
+	if err := check("intermediates: " + p("issuing-a/ca.pem") + ","); err != nil {
+		t.Fatalf("check with both listing their intermediates: %v", err)
+	}
+}
+
+// TestCheckSummaryShowsTLS: the summary says what the tls: keys do.
+func TestCheckSummaryShowsTLS(t *testing.T) {
+	d := t.TempDir()
+	p := func(name string) string { return filepath.Join(d, name) }
+	pkiRun(t, "init-ca", "--dir", p("ca"), "--cn", "acme CA")
+	pkiRun(t, "init-ca", "--dir", p("server-ca"), "--cn", "gateway CA")
+	pkiRun(t, "issue", "--ca", p("server-ca"), "--server", "--dns", "gw.example", "--out", p("server"))
+	for _, tc := range []struct {
+		tls  string
+		want []string
+	}{
+		{"", []string{"crl_stale        fail: a CRL past its nextUpdate refuses", "session_tickets  on, each listener's key replaced every 6h: a ticket resumes for at most 18h"}},
+		{"tls: {crl_stale: warn, session_tickets: false}", []string{"crl_stale        warn: a CRL past its nextUpdate is logged once", "session_tickets  off: every handshake is a full one"}},
+		{"tls: {ticket_rotation: 1h}", []string{"key replaced every 1h: a ticket resumes for at most 3h"}},
+	} {
+		yaml := fmt.Sprintf(`state_dir: /var/lib/gatehouse
+enforcement: {xdp: "off", nftables: false}
+tenants: [{id: acme, client_ca: %[1]s/ca/ca.pem}]
+listeners:
+  - {name: web, listen: "127.0.0.1:8443", protocol: tcp, server_cert: %[1]s/server.pem, server_key: %[1]s/server.key,
+     routes: [{tenant: acme, backend: "192.0.2.5:443"}]}
+%[2]s
+`, d, tc.tls)
+		path := p("gatehouse.yaml")
+		if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, _, err := runCLI("check", "-c", path)
+		if err != nil {
+			t.Fatalf("check %q: %v", tc.tls, err)
+		}
+		_, tlsPart, ok := strings.Cut(out, "\nTLS\n")
+		if !ok {
+			t.Fatalf("check %q: no TLS section:\n%s", tc.tls, out)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(tlsPart, w) {
+				t.Errorf("check %q: TLS section lacks %q:\n%s", tc.tls, w, tlsPart)
+			}
+		}
+	}
+}
