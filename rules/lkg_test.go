@@ -15,12 +15,20 @@ import (
 // it; it returns the manager's configuration for restarts.
 func lkgFixture(t *testing.T) (ManagerConfig, *clock, string) {
 	t.Helper()
-	k := newTestKey(t)
+	mcfg, clk, dir, _, _ := lkgFixtureMirror(t)
+	return mcfg, clk, dir
+}
+
+// lkgFixtureMirror is lkgFixture that also returns the mirror directory
+// and the key, to publish again.
+func lkgFixtureMirror(t *testing.T) (mcfg ManagerConfig, clk *clock, dir, pub string, k testKey) {
+	t.Helper()
+	k = newTestKey(t)
 	pub, state := t.TempDir(), t.TempDir()
 	fc := testFeedConfig(1, k)
 	fc.Source = "file://" + filepath.Join(pub, ManifestName)
-	clk := &clock{t: testNow}
-	mcfg := ManagerConfig{Logger: testLogger(t), StateDir: state, Feeds: []FeedConfig{fc}, Guards: docGuards, Now: clk.now}
+	clk = &clock{t: testNow}
+	mcfg = ManagerConfig{Logger: testLogger(t), StateDir: state, Feeds: []FeedConfig{fc}, Guards: docGuards, Now: clk.now}
 	m, err := NewManager(mcfg)
 	if err != nil {
 		t.Fatal(err)
@@ -35,7 +43,7 @@ func lkgFixture(t *testing.T) (ManagerConfig, *clock, string) {
 	if err := m.Cycle(context.Background(), "test", u.apply); err != nil {
 		t.Fatal(err)
 	}
-	return mcfg, clk, filepath.Join(state, "feeds")
+	return mcfg, clk, filepath.Join(state, "feeds"), pub, k
 }
 
 // restart builds a manager on mcfg, logging into the returned buffer.

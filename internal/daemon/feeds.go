@@ -120,7 +120,8 @@ func (d *Daemon) restartFeeds() {
 // onFeedUpdate is called by a feed manager with a verified new set. It
 // builds and applies a whole new generation; the manager persists the
 // release only when this returns nil.
-func (d *Daemon) onFeedUpdate(mgr *rules.Manager, name string, prefixes []netip.Prefix) error {
+func (d *Daemon) onFeedUpdate(mgr *rules.Manager, up rules.Update) error {
+	name, prefixes := up.Feed, up.Prefixes
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if fs := d.feeds.Load(); fs == nil || fs.mgr != mgr {
@@ -155,9 +156,7 @@ func (d *Daemon) runFeeds(ctx context.Context) error {
 		done := make(chan error, 1)
 		if fs.mgr != nil {
 			go func() {
-				done <- fs.mgr.Run(mctx, func(name string, p []netip.Prefix) error {
-					return d.onFeedUpdate(fs.mgr, name, p)
-				})
+				done <- fs.mgr.Run(mctx, func(up rules.Update) error { return d.onFeedUpdate(fs.mgr, up) })
 			}()
 		}
 		select {
@@ -218,9 +217,7 @@ func (d *Daemon) RefreshFeeds(ctx context.Context, names []string) ([]rules.Outc
 		go func() {
 			defer wg.Done()
 			// The error is only for an unknown name, checked above.
-			out[i], _ = fs.mgr.Refresh(ctx, n, func(name string, p []netip.Prefix) error {
-				return d.onFeedUpdate(fs.mgr, name, p)
-			})
+			out[i], _ = fs.mgr.Refresh(ctx, n, func(up rules.Update) error { return d.onFeedUpdate(fs.mgr, up) })
 			d.log.Info("feed refreshed on request", "feed", n, "result", out[i].Result, "serial", out[i].Serial)
 		}()
 	}

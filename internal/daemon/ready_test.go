@@ -5,12 +5,13 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/gatehouse-dmz/gatehouse/rules"
 )
 
 // holder is a range-enforcing component that says it holds a previous
@@ -67,9 +68,7 @@ func TestStartedWithoutFeedIsNotReady(t *testing.T) {
 
 	os.Rename(feedDir+".gone", feedDir)
 	fs := d.feeds.Load()
-	if err := fs.mgr.Cycle(context.Background(), "lab", func(name string, p []netip.Prefix) error {
-		return d.onFeedUpdate(fs.mgr, name, p)
-	}); err != nil {
+	if err := fs.mgr.Cycle(context.Background(), "lab", func(up rules.Update) error { return d.onFeedUpdate(fs.mgr, up) }); err != nil {
 		t.Fatal(err)
 	}
 	if code, body := readyz(t, metrics); code != http.StatusOK {
@@ -104,9 +103,7 @@ func TestHeldLayerKeepsPreviousRun(t *testing.T) {
 
 	os.Rename(feedDir+".gone", feedDir)
 	fs := d.feeds.Load()
-	if err := fs.mgr.Cycle(context.Background(), "lab", func(name string, p []netip.Prefix) error {
-		return d.onFeedUpdate(fs.mgr, name, p)
-	}); err != nil {
+	if err := fs.mgr.Cycle(context.Background(), "lab", func(up rules.Update) error { return d.onFeedUpdate(fs.mgr, up) }); err != nil {
 		t.Fatal(err)
 	}
 	if g := d.Policy().Generation; kernel.last() != g || !d.Policy().Admitted.Contains(mustAddr("198.51.100.7")) {
