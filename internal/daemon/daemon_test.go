@@ -31,6 +31,7 @@ type recorder struct {
 	name   string
 	mu     sync.Mutex
 	seen   []uint64
+	got    []*policy.Policy // what seen numbers
 	refuse func(*policy.Policy) bool
 	closed bool
 }
@@ -43,9 +44,20 @@ func (r *recorder) Apply(p *policy.Policy) error {
 		return fmt.Errorf("%s refuses generation %d", r.name, p.Generation)
 	}
 	r.seen = append(r.seen, p.Generation)
+	r.got = append(r.got, p)
 	return nil
 }
 func (r *recorder) Close() error { r.closed = true; return nil }
+
+// lastPolicy is the last generation taken, nil before any.
+func (r *recorder) lastPolicy() *policy.Policy {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.got) == 0 {
+		return nil
+	}
+	return r.got[len(r.got)-1]
+}
 func (r *recorder) last() uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -247,7 +259,7 @@ func TestFeedUpdateRealignsSplitLayers(t *testing.T) {
 	p := *d.current.Load()
 	p.Generation += 100
 	p.Admitted = policy.Admitted{V4: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}}
-	if err := d.applyRanges(&p, d.current.Load()); err != nil {
+	if err := d.applyRanges(plan{p: &p}, d.current.Load()); err != nil {
 		t.Fatal(err)
 	}
 	if a.last() != p.Generation || b.last() != p.Generation {
@@ -330,7 +342,7 @@ listeners:
 		t.Fatal(err)
 	}
 	defer d.close()
-	if err := d.apply(d.current.Load(), nil); err != nil {
+	if err := d.apply(plan{p: d.current.Load()}, nil); err != nil {
 		t.Fatal(err)
 	}
 	mfs, err := d.Registry().Gather()

@@ -119,28 +119,49 @@ func (d *Daemon) restartFeeds() {
 
 // onFeedUpdate is called by a feed manager with a verified new set. It
 // builds and applies a whole new generation; the manager persists the
-// release only when this returns nil.
+// release only when this returns nil. While kernel layers keep a previous
+// run's ranges and the generation still lacks a feed, the release reaches
+// the other layers only, and ErrDeferred tells the manager that it is not
+// in force in the kernel. The generation that ends such a hold is held to
+// the coverage guard against what the kernel keeps (guardRelease), unless
+// the admin accepted the release.
 func (d *Daemon) onFeedUpdate(mgr *rules.Manager, up rules.Update) error {
-	name, prefixes := up.Feed, up.Prefixes
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if fs := d.feeds.Load(); fs == nil || fs.mgr != mgr {
 		return errors.New("feed manager was replaced by a reload")
 	}
 	sets := maps.Clone(d.feedSets)
-	sets[name] = prefixes
-	p, err := d.build(d.cfg.Load(), sets)
+	sets[up.Feed] = up.Prefixes
+	cfg := d.cfg.Load()
+	p, err := d.build(cfg, sets)
+	var pl plan
 	if err == nil {
-		err = d.applyRanges(p, d.current.Load())
+		pl, err = d.plan(cfg, p)
+	}
+	if err == nil && pl.release && !up.Accepted {
+		if gerr := d.guardRelease(cfg, p); gerr != nil {
+			d.log.Error("feed release would end the hold with a change beyond the coverage guard; held in quarantine, the kernel keeps the previous run's ranges",
+				"feed", up.Feed, "serial", up.Serial, "err", gerr)
+			return gerr
+		}
+	}
+	if err == nil {
+		err = d.applyRanges(pl, d.current.Load())
 	}
 	if err != nil {
 		if !errors.Is(err, errSplit) {
-			d.log.Error("feed update not applied; previous admitted set stays in force", "feed", name, "err", err)
+			d.log.Error("feed update not applied; previous admitted set stays in force", "feed", up.Feed, "err", err)
 		}
 		return err
 	}
 	d.feedSets = sets
-	d.log.Info("feed update in force", "feed", name, "generation", p.Generation,
+	if h := d.hold.Load(); h != nil {
+		d.log.Info("feed release verified; the kernel layers keep the previous run's ranges until every feed has one",
+			"feed", up.Feed, "serial", up.Serial, "layers", h.layers, "missing", missingFeeds(p))
+		return rules.ErrDeferred
+	}
+	d.log.Info("feed update in force", "feed", up.Feed, "serial", up.Serial, "generation", p.Generation,
 		"admitted_v4", len(p.Admitted.V4), "admitted_v6", len(p.Admitted.V6))
 	return nil
 }

@@ -20,15 +20,21 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/rules"
 )
 
-// writeRelease publishes a signed cidr feed release in dir.
+// writeRelease publishes a signed cidr release of feed lab in dir.
 func writeRelease(t *testing.T, dir string, key minisign.PrivateKey, serial uint64, body string) {
 	t.Helper()
-	if err := os.WriteFile(filepath.Join(dir, "lab.txt"), []byte(body), 0o644); err != nil {
+	writeReleaseNamed(t, dir, "lab", key, serial, body)
+}
+
+// writeReleaseNamed publishes a signed cidr release of feed name in dir.
+func writeReleaseNamed(t *testing.T, dir, name string, key minisign.PrivateKey, serial uint64, body string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, name+".txt"), []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	m := rules.Manifest{Source: "lab", Serial: serial, Issued: now.Add(-time.Minute), Expires: now.Add(time.Hour),
-		Files: []rules.ManifestFile{rules.NewManifestFile("lab.txt", "cidr", []byte(body))}}
+	m := rules.Manifest{Source: name, Serial: serial, Issued: now.Add(-time.Minute), Expires: now.Add(time.Hour),
+		Files: []rules.ManifestFile{rules.NewManifestFile(name+".txt", "cidr", []byte(body))}}
 	raw, err := m.Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -198,15 +204,7 @@ func TestFeedUpdateSeriesFollowReload(t *testing.T) {
 	}
 	metrics := regexp.MustCompile(`listen: "([^"]+)"`).FindStringSubmatch(withSecond)[1]
 	d := runDaemon(t, path, &recorder{name: "a"})
-	scrape := func() string {
-		resp, err := http.Get("http://" + metrics + "/metrics")
-		if err != nil {
-			return ""
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return string(b)
-	}
+	scrape := func() string { _, body := scrape(t, metrics); return body }
 	series := func(feed, result string) string {
 		return fmt.Sprintf(`gatehouse_feed_updates_total{feed=%q,result=%q} `, feed, result)
 	}
@@ -268,4 +266,17 @@ func TestFeedNameReserved(t *testing.T) {
 			t.Errorf("feed named %q: %v", name, err)
 		}
 	}
+}
+
+// scrape reads the metrics endpoint: status code and body ("" when it
+// does not answer).
+func scrape(t *testing.T, metrics string) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + metrics + "/metrics")
+	if err != nil {
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
