@@ -1,6 +1,9 @@
 package rules
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // Outcome is what one fetch-verify-apply round of a feed came to.
 type Outcome struct {
@@ -16,6 +19,11 @@ type Outcome struct {
 	Serial   uint64 `json:"serial,omitempty"`
 	Prefixes int    `json:"prefixes,omitempty"` // of the release applied
 	Error    string `json:"error,omitempty"`
+	// At is when the round ended, and Reused says that this outcome is
+	// an earlier round's, answered again (the daemon's refresh on request
+	// does not fetch one feed twice within a few seconds).
+	At     time.Time `json:"at,omitzero"`
+	Reused bool      `json:"reused,omitempty"`
 }
 
 // OK reports whether the round left the feed current: a new release

@@ -148,6 +148,8 @@ type Daemon struct {
 	// inForce is the generation each component enforces, by name (absent:
 	// nothing applied by this run); it changes under mu.
 	inForce map[string]*policy.Policy
+	refresh refresher                       // feed refreshes on request
+	runCtx  atomic.Pointer[context.Context] // Run's, for work that outlives a request
 	gen     uint64
 	started time.Time
 }
@@ -162,7 +164,7 @@ func New(opts Options) (*Daemon, error) {
 		opts.Build = BuildComponents
 	}
 	d := &Daemon{opts: opts, log: opts.Logger.With("component", "daemon"), reg: prometheus.NewRegistry(), feedRestart: make(chan struct{}, 1),
-		inForce: map[string]*policy.Policy{}}
+		inForce: map[string]*policy.Policy{}, refresh: refresher{last: map[string]rules.Outcome{}, flight: map[string]chan struct{}{}}}
 	d.m = newMetrics(d.reg)
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg, err := config.Load(opts.ConfigPath, opts.LookupEnv)
@@ -268,6 +270,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	d.runCtx.Store(&gctx)
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("metrics server: %w", err)

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/rules"
@@ -210,10 +211,29 @@ func (d *Daemon) runFeeds(ctx context.Context) error {
 // ErrNoFeeds is returned by RefreshFeeds when no feed is configured.
 var ErrNoFeeds = errors.New("no feed is configured")
 
+// refreshGap is the least time between two fetches of one feed on request:
+// within it, the outcome of the last one is answered again (an admin, a
+// script in a loop, or many names given twice cannot make the daemon
+// hammer the mirror).
+const refreshGap = 10 * time.Second
+
+// refresher remembers, per feed, the last round run on request and the
+// one running now.
+type refresher struct {
+	mu     sync.Mutex
+	last   map[string]rules.Outcome
+	flight map[string]chan struct{} // closed when the round ends; its outcome is then in last
+}
+
 // RefreshFeeds fetches the named feeds now (every configured feed when
-// names is empty), each as its refresh loop would, applies what verifies,
-// and returns what came of each, in the order asked. A name the
-// configuration lacks is an error before anything is fetched.
+// names is empty; a name given twice counts once), each as its refresh
+// loop would, applies what verifies, and returns what came of each, in the
+// order asked. A name the configuration lacks is an error before anything
+// is fetched. A feed refreshed less than refreshGap ago, or being refreshed
+// now, is not fetched again: its outcome is answered (Reused). The rounds
+// belong to the daemon, not to the request: when ctx ends (the client gave
+// up) RefreshFeeds returns ctx's error and the rounds complete, counted and
+// recorded as any other.
 func (d *Daemon) RefreshFeeds(ctx context.Context, names []string) ([]rules.Outcome, error) {
 	fs := d.feeds.Load()
 	if fs == nil || fs.mgr == nil {
@@ -226,22 +246,72 @@ func (d *Daemon) RefreshFeeds(ctx context.Context, names []string) ([]rules.Outc
 	if len(names) == 0 {
 		names = configured
 	}
+	var asked []string
 	for _, n := range names {
 		if !slices.Contains(configured, n) {
 			return nil, fmt.Errorf("%w %q (configured: %s)", rules.ErrUnknownFeed, n, strings.Join(configured, ", "))
 		}
+		if !slices.Contains(asked, n) {
+			asked = append(asked, n)
+		}
 	}
-	out := make([]rules.Outcome, len(names))
-	var wg sync.WaitGroup
-	for i, n := range names {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			// The error is only for an unknown name, checked above.
-			out[i], _ = fs.mgr.Refresh(ctx, n, func(up rules.Update) error { return d.onFeedUpdate(fs.mgr, up) })
-			d.log.Info("feed refreshed on request", "feed", n, "result", out[i].Result, "serial", out[i].Serial)
-		}()
+	out := make([]rules.Outcome, len(asked))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		for i, n := range asked {
+			wg.Go(func() { out[i] = d.refreshOne(fs.mgr, n) })
+		}
+		wg.Wait()
+	}()
+	select {
+	case <-done:
+		return out, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	wg.Wait()
-	return out, nil
+}
+
+// refreshOne runs one round of feed name on request, or answers the last
+// one (see RefreshFeeds).
+func (d *Daemon) refreshOne(mgr *rules.Manager, name string) rules.Outcome {
+	r := &d.refresh
+	r.mu.Lock()
+	if o, ok := r.last[name]; ok && time.Since(o.At) < refreshGap {
+		r.mu.Unlock()
+		o.Reused = true
+		return o
+	}
+	if wait, ok := r.flight[name]; ok {
+		r.mu.Unlock()
+		<-wait
+		r.mu.Lock()
+		o := r.last[name]
+		r.mu.Unlock()
+		o.Reused = true
+		return o
+	}
+	wait := make(chan struct{})
+	r.flight[name] = wait
+	r.mu.Unlock()
+
+	o, _ := mgr.Refresh(d.runContext(), name, func(up rules.Update) error { return d.onFeedUpdate(mgr, up) })
+	o.At = time.Now()
+	d.log.Info("feed refreshed on request", "feed", name, "result", o.Result, "serial", o.Serial)
+	r.mu.Lock()
+	r.last[name] = o
+	delete(r.flight, name)
+	r.mu.Unlock()
+	close(wait)
+	return o
+}
+
+// runContext is the context of Run, which ends when the daemon stops;
+// before Run, one that never ends.
+func (d *Daemon) runContext() context.Context {
+	if ctx := d.runCtx.Load(); ctx != nil {
+		return *ctx
+	}
+	return context.Background()
 }

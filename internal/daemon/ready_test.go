@@ -138,3 +138,23 @@ func TestNewRefusesUnusableStateDir(t *testing.T) {
 		t.Error("components were built for an unusable state_dir")
 	}
 }
+
+// TestNewRefusesStateSubdirFile: a file where the daemon keeps a
+// directory of its state (state_dir/feeds with feeds configured would fail
+// OpenStore) is refused by New, as by check, naming the path.
+func TestNewRefusesStateSubdirFile(t *testing.T) {
+	path, _, _ := feedConfig(t)
+	b, _ := os.ReadFile(path)
+	state := regexp.MustCompile(`state_dir: (\S+)`).FindStringSubmatch(string(b))[1]
+	feeds := filepath.Join(state, "feeds")
+	if err := os.WriteFile(feeds, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := New(Options{ConfigPath: path, Logger: quietLogger(), Build: func(*Env) ([]Component, error) { return nil, nil }})
+	if err == nil || !strings.Contains(err.Error(), "state_dir "+feeds+": not a directory") {
+		t.Errorf("New with state_dir/feeds a file: %v", err)
+	}
+	if err := CheckStateDir(state); err == nil {
+		t.Error("CheckStateDir passes a state_dir whose feeds is a file")
+	}
+}

@@ -1,14 +1,8 @@
 package daemon
 
 import (
-	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"time"
@@ -218,62 +212,4 @@ func seriesName(name string, lbl map[string]string) string {
 		s += fmt.Sprintf("%s=%q", k, lbl[k])
 	}
 	return s + "}"
-}
-
-// serveAdmin answers `gatehouse status` and `gatehouse feed refresh` on a
-// unix socket only root can reach (mode 0600 in a 0700 directory), until
-// ctx ends.
-func (d *Daemon) serveAdmin(ctx context.Context, path string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("admin socket: %w", err)
-	}
-	// A socket left by a killed daemon would make Listen fail, so a stale
-	// one is removed; one that answers belongs to a running daemon.
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return fmt.Errorf("admin socket %s: %w", path, ErrAdminSocketInUse)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("admin socket: %w", err)
-	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return fmt.Errorf("admin socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return fmt.Errorf("admin socket: %w", err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(d.Status())
-	})
-	// POST /feeds/refresh?feed=NAME…: fetch now, wait, answer the outcome
-	// of each (gatehouse feed refresh).
-	mux.HandleFunc("POST /feeds/refresh", func(w http.ResponseWriter, r *http.Request) {
-		out, err := d.RefreshFeeds(r.Context(), r.URL.Query()["feed"])
-		switch {
-		case errors.Is(err, rules.ErrUnknownFeed), errors.Is(err, ErrNoFeeds):
-			http.Error(w, err.Error(), http.StatusNotFound)
-			return
-		case err != nil:
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(out)
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		srv.Close()
-	}()
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("admin socket: %w", err)
-	}
-	os.Remove(path)
-	return nil
 }
