@@ -153,8 +153,32 @@ func TestTeardownAgainstRunningDaemon(t *testing.T) {
 		t.Errorf("/readyz after a refused teardown: %d", code)
 	}
 
+	// The configuration's admin_socket no longer says where the daemon
+	// answers (moved, or turned off, since it started): the daemon is
+	// still seen, as the process holding the pinned XDP filter.
+	good, err := os.ReadFile(tp.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, socket := range []string{filepath.Join(tp.dir, "moved.sock"), `""`} {
+		edited := strings.Replace(string(good), "admin_socket: "+tp.dir+"/admin.sock", "admin_socket: "+socket, 1)
+		if err := os.WriteFile(tp.config, []byte(edited), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := tp.dmz.Command(binary(t), "teardown", "--yes", "--pin-dir", tp.pinDir, "-c", tp.config).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "holding the XDP filter") || !strings.Contains(string(out), "Nothing removed") {
+			t.Errorf("teardown with admin_socket %s in the configuration: %v, want a refusal naming the daemon:\n%s", socket, err, out)
+		}
+	}
+	if err := os.WriteFile(tp.config, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if link := tp.dmz.Exec(t, "ip", "link", "show", tp.outside.B); !strings.Contains(link, "xdp") {
+		t.Fatalf("a refused teardown detached XDP:\n%s", link)
+	}
+
 	out, err = tp.dmz.Command(binary(t), "teardown", "--yes", "--force", "--pin-dir", tp.pinDir, "-c", tp.config).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "will put the filters back") {
+	if err != nil || !strings.Contains(string(out), "will put the filters back") || !strings.Contains(string(out), "puts them back") {
 		t.Fatalf("teardown --force: %v\n%s", err, out)
 	}
 	// At least one repair: a watch tick in the middle of the teardown
