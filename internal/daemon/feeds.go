@@ -17,8 +17,9 @@ import (
 )
 
 // FeedConfigs converts the feeds and rules sections of a configuration to
-// what the rules package takes. The configuration was validated already; an
-// unknown selection key or a bad public key is caught by rules.NewManager.
+// what the rules package takes. The configuration was validated already
+// (reserved feed names included: config.ReservedFeedNames); an unknown
+// selection key or a bad public key is caught by rules.NewManager.
 func FeedConfigs(cfg *config.Config) ([]rules.FeedConfig, rules.Guards, error) {
 	g := rules.Guards{MinPrefixV4: cfg.Rules.MinPrefix.V4, MinPrefixV6: cfg.Rules.MinPrefix.V6}
 	for i, s := range cfg.Rules.ReservedExempt {
@@ -32,14 +33,7 @@ func FeedConfigs(cfg *config.Config) ([]rules.FeedConfig, rules.Guards, error) {
 		return nil, rules.Guards{}, fmt.Errorf("rules: %w", err)
 	}
 	var out []rules.FeedConfig
-	for i, f := range cfg.Feeds {
-		// The admitted sources are named by feed, beside static_ranges and
-		// the aggregate: a feed named like them would replace
-		// static_ranges in the admitted set, or share their metric series.
-		if f.Name == staticSource || f.Name == allSources {
-			return nil, rules.Guards{}, fmt.Errorf("feeds[%d].name: %q is reserved (gatehouse_admitted_prefixes{feed=%q} names %s)",
-				i, f.Name, f.Name, map[string]string{staticSource: "static_ranges", allSources: "the aggregate in force"}[f.Name])
-		}
+	for _, f := range cfg.Feeds {
 		out = append(out, rules.FeedConfig{
 			Name: f.Name, Source: f.Source, Format: f.Format, Select: f.Select,
 			Keys: f.MinisignKeys, Threshold: f.Threshold, Refresh: f.Refresh,

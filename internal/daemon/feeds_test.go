@@ -16,6 +16,7 @@ import (
 
 	"aead.dev/minisign"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/rules"
 )
@@ -244,9 +245,14 @@ func grepLines(body, s string) string {
 
 // TestFeedNameReserved: a feed named "static" would replace static_ranges
 // in the admitted set (and "all" share the aggregate's metric series): the
-// configuration is refused, by run and by check alike (both use
-// FeedConfigs).
+// configuration is refused, by run and by check alike (both load it), with
+// the key path. The reserved names are the daemon's source names.
 func TestFeedNameReserved(t *testing.T) {
+	for _, n := range []string{staticSource, allSources} {
+		if _, ok := config.ReservedFeedNames[n]; !ok {
+			t.Errorf("config.ReservedFeedNames lacks the daemon's source name %q", n)
+		}
+	}
 	for _, name := range []string{"static", "all"} {
 		path, _, _ := feedConfig(t)
 		b, err := os.ReadFile(path)
@@ -262,7 +268,7 @@ func TestFeedNameReserved(t *testing.T) {
 			t.Errorf("feed named %q accepted; static 203.0.113.1 admitted: %v", name, p.Admitted.Contains(mustAddr("203.0.113.1")))
 			continue
 		}
-		if !strings.Contains(err.Error(), `feeds[0].name: "`+name+`" is reserved`) {
+		if !strings.Contains(err.Error(), `feeds[0].name`) || !strings.Contains(err.Error(), `"`+name+`" is reserved`) {
 			t.Errorf("feed named %q: %v", name, err)
 		}
 	}

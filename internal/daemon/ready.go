@@ -13,7 +13,8 @@ import (
 func complete(p *policy.Policy) bool { return len(missingFeeds(p)) == 0 }
 
 // Names among the admitted sources: static_ranges, and the aggregate in
-// gatehouse_admitted_prefixes.
+// gatehouse_admitted_prefixes (config.ReservedFeedNames keeps feeds off
+// them).
 const (
 	staticSource = "static"
 	allSources   = "all"
