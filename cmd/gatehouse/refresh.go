@@ -36,7 +36,7 @@ only after "gatehouse feed accept NAME"), applied but not saved (state_dir
 not writable), or verified but deferred (kernel layers keep a previous run's
 ranges until every feed has a release). The round is the daemon's: Ctrl-C
 stops the waiting, not the fetch. A feed named twice is fetched once, and a
-feed fetched on request less than 10 s ago is not fetched again (its last
+feed fetched on request less than 5 s ago is not fetched again (its last
 outcome is printed, marked so). The exit status is 0 only when every feed was
 applied or unchanged, 1 otherwise, and 3 when no daemon answers.`,
 		RunE: func(cmd *cobra.Command, names []string) error {
@@ -121,7 +121,7 @@ func printOutcomes(w io.Writer, out []rules.Outcome, now time.Time) bool {
 			line = "refused: " + o.Error + " (the release in force stays)"
 		}
 		if o.Reused {
-			line += fmt.Sprintf(" [outcome of a refresh %s ago: a feed is fetched on request at most every 10s]", now.Sub(o.At).Round(time.Second))
+			line += fmt.Sprintf(" [outcome of a refresh %s ago: a feed is fetched on request at most every 5s]", now.Sub(o.At).Round(time.Second))
 		}
 		ok = ok && o.OK()
 		fmt.Fprintf(tw, "%s\t%s\n", o.Feed, line)

@@ -57,7 +57,7 @@ func (d *Daemon) serveAdmin(ctx context.Context, path string) error {
 		case errors.Is(err, rules.ErrUnknownFeed), errors.Is(err, ErrNoFeeds):
 			http.Error(w, err.Error(), http.StatusNotFound)
 			return
-		case errors.Is(err, r.Context().Err()):
+		case err != nil && r.Context().Err() != nil:
 			return // the client went away; the rounds complete without it
 		case err != nil:
 			http.Error(w, err.Error(), http.StatusInternalServerError)

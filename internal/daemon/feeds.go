@@ -209,7 +209,7 @@ var ErrNoFeeds = errors.New("no feed is configured")
 // within it, the outcome of the last one is answered again (an admin, a
 // script in a loop, or many names given twice cannot make the daemon
 // hammer the mirror).
-const refreshGap = 10 * time.Second
+const refreshGap = 5 * time.Second
 
 // refresher remembers, per feed, the last round run on request and the
 // one running now.
