@@ -5,6 +5,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -200,4 +201,42 @@ func regexpListen(t *testing.T, path string) string {
 	i := strings.Index(string(b), `metrics: {listen: "`)
 	rest := string(b)[i+len(`metrics: {listen: "`):]
 	return rest[:strings.Index(rest, `"`)]
+}
+
+// TestAdminSocketOwnedOnce: a second daemon does not take over the admin
+// socket of a running one, and a stale socket file is replaced.
+func TestAdminSocketOwnedOnce(t *testing.T) {
+	d, dir, _, stop := start(t, &recorder{name: "a"})
+	defer stop()
+	sock := filepath.Join(dir, "admin.sock")
+	waitFor(t, "the admin socket", func() bool { _, err := os.Stat(sock); return err == nil })
+	// Bounded: were the socket taken over, serveAdmin would serve until ctx ends.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel2()
+	err := d.serveAdmin(ctx2, sock)
+	if !errors.Is(err, ErrAdminSocketInUse) {
+		t.Fatalf("second serveAdmin on a live socket = %v, want ErrAdminSocketInUse", err)
+	}
+
+	stale := filepath.Join(t.TempDir(), "stale.sock")
+	ln, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close() // the file stays, nobody answers
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.serveAdmin(ctx, stale) }()
+	waitFor(t, "the stale socket to be served again", func() bool {
+		c, err := net.Dial("unix", stale)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("serveAdmin over a stale socket: %v", err)
+	}
 }
