@@ -233,6 +233,6 @@ func (d *Daemon) refuseWhileHeldAsIs(p *policy.Policy) error {
 	}
 	return fmt.Errorf("%w: kernel layers %s keep the previous run's generation as it is (the admitted ranges they hold cannot be read back) "+
 		"until feeds %s have a verified release; meanwhile a reload may not change what they enforce (listeners' ports, enforcement, interface), "+
-		"or a new port would be open to any source. Fetch the feeds first (gatehouse feed refresh), or restart",
+		"or a new port would be open to any source. Fetch the feeds first (gatehouse feed refresh)",
 		ErrHeld, strings.Join(h.layers, ", "), strings.Join(missingFeeds(p), ", "))
 }
