@@ -79,6 +79,40 @@ func (m *Manager) loadLastKnownGood(f *feed) {
 	f.problem = fmt.Sprintf("last known good %s: %v; previous %s: %v", lkgPath, lkgErr, prevPath, prevErr)
 }
 
+// carry takes over the release in force of f's feed from the manager it
+// replaces, verified again under f's configuration and held to the floor;
+// it reports whether that manager had one (else the store is read).
+func (m *Manager) carry(f *feed, old *Manager) bool {
+	if old == nil {
+		return false
+	}
+	o, err := old.feed(f.cfg.Name)
+	if err != nil {
+		return false
+	}
+	o.mu.Lock()
+	cur, previous, problem, success := o.current, o.previous, o.problem, o.lastSuccess
+	o.mu.Unlock()
+	if cur == nil {
+		return false
+	}
+	m.loadFloor(f)
+	ver, err := f.v.Verify(cur.Bundle, nil, VerifyOptions{IgnoreExpiry: true})
+	if err == nil {
+		err = checkFloor(f.floor, ver.Manifest.Serial, ver.Digest, m.floorPath(f.cfg.Name))
+	}
+	if err != nil {
+		f.problem = fmt.Sprintf("the release in force (serial %d) does not verify under this configuration: %v", cur.Manifest.Serial, err)
+		m.log.Error("feed release in force no longer verifies", "feed", f.cfg.Name, "serial", cur.Manifest.Serial, "reason", ReasonOf(err), "err", err)
+		return true
+	}
+	f.current, f.expired, f.previous, f.lastSuccess = ver, ver.Expired, previous, success
+	if previous {
+		f.problem = problem
+	}
+	return true
+}
+
 // loadStored reads one stored release of f and verifies it again.
 func (m *Manager) loadStored(f *feed, suffix string, opts VerifyOptions) (*Verified, error) {
 	b, err := m.store.loadBundle(f.cfg.Name, suffix)

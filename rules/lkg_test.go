@@ -126,3 +126,33 @@ func TestStatesSayWhy(t *testing.T) {
 		t.Errorf("lost store: %+v", st)
 	}
 }
+
+// TestCarryReleaseInForce: a manager that replaces another (a reload)
+// keeps the release in force of each feed, verified again under its own
+// configuration, without reading the store (which may not hold it yet: the
+// daemon commits a release after applying it). Under a key that no longer
+// verifies it, the feed has no release, and States says why.
+func TestCarryReleaseInForce(t *testing.T) {
+	mcfg, _, dir := lkgFixture(t)
+	old, _ := restart(t, mcfg)
+	for _, f := range []string{"test.lkg.json", "test.prev.json"} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := mcfg
+	next.Carry = old
+	m, _ := restart(t, next)
+	if st := m.States()[0]; !st.Verified || st.Serial != 101 {
+		t.Errorf("carried over: %+v, want 101 in force", st)
+	}
+
+	rotated := mcfg
+	rotated.Carry = old
+	rotated.Feeds = []FeedConfig{testFeedConfig(1, newTestKey(t))}
+	rotated.Feeds[0].Source = mcfg.Feeds[0].Source
+	m, _ = restart(t, rotated)
+	if st := m.States()[0]; st.Verified || !strings.Contains(st.Problem, "serial 101") || !strings.Contains(st.Problem, "bad_signature") {
+		t.Errorf("carried over under another key: %+v, want no release and why", st)
+	}
+}

@@ -34,6 +34,12 @@ type ManagerConfig struct {
 	HTTPClient *http.Client
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Carry is the manager this one replaces (a reload): the release in
+	// force of each feed it had is verified again under this
+	// configuration and kept, instead of being read back from the store,
+	// which may not hold it yet. A release that no longer verifies is
+	// not kept (States says why).
+	Carry *Manager
 }
 
 // Update is a verified release of one feed, handed to the daemon to put in
@@ -143,7 +149,9 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		}
 		f := &feed{cfg: fc, v: v, fetch: fe, wake: make(chan struct{}, 1), updates: map[string]uint64{}}
 		m.feeds = append(m.feeds, f)
-		m.loadLastKnownGood(f)
+		if !m.carry(f, cfg.Carry) {
+			m.loadLastKnownGood(f)
+		}
 	}
 	return m, nil
 }

@@ -174,7 +174,7 @@ func New(opts Options) (*Daemon, error) {
 	if err := CheckStateDir(cfg.StateDir); err != nil {
 		return nil, err
 	}
-	fs, err := d.newFeedState(cfg)
+	fs, err := d.newFeedState(cfg, nil)
 	if err != nil {
 		return nil, err
 	}

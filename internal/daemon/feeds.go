@@ -58,7 +58,10 @@ type feedState struct {
 	guards rules.Guards
 }
 
-func (d *Daemon) newFeedState(cfg *config.Config) (*feedState, error) {
+// newFeedState builds the feed manager of cfg; carry is the one it
+// replaces (nil at start): its releases in force are verified again and
+// kept (see rules.ManagerConfig.Carry).
+func (d *Daemon) newFeedState(cfg *config.Config, carry *rules.Manager) (*feedState, error) {
 	cfgs, guards, err := FeedConfigs(cfg)
 	if err != nil {
 		return nil, err
@@ -68,7 +71,7 @@ func (d *Daemon) newFeedState(cfg *config.Config) (*feedState, error) {
 		return fs, nil
 	}
 	fs.mgr, err = rules.NewManager(rules.ManagerConfig{
-		Logger: d.opts.Logger, StateDir: cfg.StateDir, Feeds: cfgs, Guards: guards,
+		Logger: d.opts.Logger, StateDir: cfg.StateDir, Feeds: cfgs, Guards: guards, Carry: carry,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("feeds: %w", err)

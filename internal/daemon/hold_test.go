@@ -311,16 +311,18 @@ func TestReloadKeepsFeedWhoseReleaseNoLongerVerifies(t *testing.T) {
 	path, _, _ := feedConfig(t)
 	kernel := holder{&recorder{name: "xdp"}}
 	d := runDaemon(t, path, kernel)
-	waitFor(t, "the feed in force", func() bool {
+	b, _ := os.ReadFile(path)
+	lkg := filepath.Join(regexp.MustCompile(`state_dir: (\S+)`).FindStringSubmatch(string(b))[1], "feeds", "lab.lkg.json")
+	waitFor(t, "the feed in force and saved", func() bool {
 		p := d.Policy()
-		return p != nil && p.Admitted.Contains(mustAddr("198.51.100.7")) && kernel.last() == p.Generation
+		_, err := os.Stat(lkg)
+		return p != nil && p.Admitted.Contains(mustAddr("198.51.100.7")) && kernel.last() == p.Generation && err == nil
 	})
 	gen := kernel.last()
 	newPub, _, err := minisign.GenerateKey(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _ := os.ReadFile(path)
 	rotated := regexp.MustCompile(`minisign_keys: \["[^"]+"\]`).ReplaceAllString(string(b), `minisign_keys: ["`+newPub.String()+`"]`)
 	if err := os.WriteFile(path, []byte(rotated), 0o600); err != nil {
 		t.Fatal(err)

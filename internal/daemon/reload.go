@@ -63,7 +63,7 @@ func (d *Daemon) prepareReload() (cfg *config.Config, fs *feedState, sets map[st
 	}
 	sets = d.feedSets
 	if old := d.feeds.Load(); !old.sameConfig(cfgs, guards) {
-		if fs, err = d.newFeedState(cfg); err != nil {
+		if fs, err = d.newFeedState(cfg, old.mgr); err != nil {
 			return nil, nil, nil, nil, err
 		}
 		if err = keepsFeeds(old, fs); err != nil {
@@ -91,9 +91,8 @@ func keepsFeeds(old, next *feedState) error {
 		if i < 0 || !before[i].Verified || a.Verified {
 			continue
 		}
-		errs = append(errs, fmt.Errorf("feed %s: its release in force (serial %d) does not verify under the new configuration (%s), "+
-			"and the reload would drop its ranges: publish a release the new keys, selection and guards accept first, "+
-			"or list the new minisign key beside the old one", a.Name, before[i].Serial, a.Problem))
+		errs = append(errs, fmt.Errorf("feed %s: %s; the reload would drop its ranges: publish a release the new keys, "+
+			"selection and guards accept first, or list the new minisign key beside the old one", a.Name, a.Problem))
 	}
 	return errors.Join(errs...)
 }
