@@ -31,28 +31,38 @@ const (
 	ReasonApply        Reason = "apply_failed"
 	ReasonStore        Reason = "store_error"
 	// ReasonMirrorMismatch: the mirror still serves the manifest in force
-	// but a file that no longer matches it (corrupted or tampered with).
+	// but a file that no longer matches it (corrupted or tampered with),
+	// on two checks in a row.
 	ReasonMirrorMismatch Reason = "mirror_mismatch"
+	// ReasonMirrorUnsettled: the first such check. A publisher that
+	// uploads the files before the manifest, or a cache that keeps the
+	// manifest longer than the files, looks like this for a while; the
+	// feed is checked again at its next refresh, and only a second
+	// mismatch in a row is refused as ReasonMirrorMismatch.
+	ReasonMirrorUnsettled Reason = "mirror_unsettled"
 )
 
 // reasons is every Reason, in the order above.
 var reasons = []Reason{ReasonFetch, ReasonTooLarge, ReasonBadSignature, ReasonBadManifest, ReasonWrongSource,
 	ReasonExpired, ReasonNotYetValid, ReasonRollback, ReasonSerialReuse, ReasonHashMismatch, ReasonParse,
 	ReasonNotCanonical, ReasonTooBroad, ReasonBogon, ReasonEmpty, ReasonQuarantined, ReasonApply, ReasonStore,
-	ReasonMirrorMismatch}
+	ReasonMirrorMismatch, ReasonMirrorUnsettled}
 
 // Results that are not refusals.
 const (
 	ResultApplied   = "applied"
 	ResultUnchanged = "unchanged"
 	ResultAccepted  = "accepted"
+	// ResultDeferred: the release verified, but the daemon could not put
+	// it in force in the kernel yet (ErrDeferred); it is not committed.
+	ResultDeferred = "deferred"
 )
 
 // UpdateResults is every value of gatehouse_feed_updates_total's result
-// label: the three results, then every Reason. The set is closed, so each
+// label: the four results, then every Reason. The set is closed, so each
 // feed's series can exist, at 0, before anything happens.
 func UpdateResults() []string {
-	out := []string{ResultApplied, ResultUnchanged, ResultAccepted}
+	out := []string{ResultApplied, ResultUnchanged, ResultAccepted, ResultDeferred}
 	for _, r := range reasons {
 		out = append(out, string(r))
 	}
@@ -92,4 +102,10 @@ var (
 	ErrUnknownFeed = errors.New("unknown feed")
 	// ErrNothingQuarantined is returned by Accept when no update waits.
 	ErrNothingQuarantined = errors.New("no update in quarantine")
+	// ErrDeferred is what an ApplyFunc returns for a release it took but
+	// could not yet put in force everywhere (kernel layers that keep a
+	// previous run's ranges until every feed has a release). The release
+	// is not committed as last known good; it is committed once the
+	// daemon applies a generation with it (a later ApplyFunc returning nil).
+	ErrDeferred = errors.New("release verified; not in force in the kernel layers yet")
 )

@@ -15,12 +15,20 @@ import (
 // it; it returns the manager's configuration for restarts.
 func lkgFixture(t *testing.T) (ManagerConfig, *clock, string) {
 	t.Helper()
-	k := newTestKey(t)
+	mcfg, clk, dir, _, _ := lkgFixtureMirror(t)
+	return mcfg, clk, dir
+}
+
+// lkgFixtureMirror is lkgFixture that also returns the mirror directory
+// and the key, to publish again.
+func lkgFixtureMirror(t *testing.T) (mcfg ManagerConfig, clk *clock, dir, pub string, k testKey) {
+	t.Helper()
+	k = newTestKey(t)
 	pub, state := t.TempDir(), t.TempDir()
 	fc := testFeedConfig(1, k)
 	fc.Source = "file://" + filepath.Join(pub, ManifestName)
-	clk := &clock{t: testNow}
-	mcfg := ManagerConfig{Logger: testLogger(t), StateDir: state, Feeds: []FeedConfig{fc}, Guards: docGuards, Now: clk.now}
+	clk = &clock{t: testNow}
+	mcfg = ManagerConfig{Logger: testLogger(t), StateDir: state, Feeds: []FeedConfig{fc}, Guards: docGuards, Now: clk.now}
 	m, err := NewManager(mcfg)
 	if err != nil {
 		t.Fatal(err)
@@ -35,7 +43,7 @@ func lkgFixture(t *testing.T) (ManagerConfig, *clock, string) {
 	if err := m.Cycle(context.Background(), "test", u.apply); err != nil {
 		t.Fatal(err)
 	}
-	return mcfg, clk, filepath.Join(state, "feeds")
+	return mcfg, clk, filepath.Join(state, "feeds"), pub, k
 }
 
 // restart builds a manager on mcfg, logging into the returned buffer.
@@ -116,5 +124,35 @@ func TestStatesSayWhy(t *testing.T) {
 	st := m.States()
 	if len(st) != 1 || st[0].Verified || !strings.Contains(st[0].Problem, filepath.Join(dir, "test.lkg.json")) {
 		t.Errorf("lost store: %+v", st)
+	}
+}
+
+// TestCarryReleaseInForce: a manager that replaces another (a reload)
+// keeps the release in force of each feed, verified again under its own
+// configuration, without reading the store (which may not hold it yet: the
+// daemon commits a release after applying it). Under a key that no longer
+// verifies it, the feed has no release, and States says why.
+func TestCarryReleaseInForce(t *testing.T) {
+	mcfg, _, dir := lkgFixture(t)
+	old, _ := restart(t, mcfg)
+	for _, f := range []string{"test.lkg.json", "test.prev.json"} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := mcfg
+	next.Carry = old
+	m, _ := restart(t, next)
+	if st := m.States()[0]; !st.Verified || st.Serial != 101 {
+		t.Errorf("carried over: %+v, want 101 in force", st)
+	}
+
+	rotated := mcfg
+	rotated.Carry = old
+	rotated.Feeds = []FeedConfig{testFeedConfig(1, newTestKey(t))}
+	rotated.Feeds[0].Source = mcfg.Feeds[0].Source
+	m, _ = restart(t, rotated)
+	if st := m.States()[0]; st.Verified || !strings.Contains(st.Problem, "serial 101") || !strings.Contains(st.Problem, "bad_signature") {
+		t.Errorf("carried over under another key: %+v, want no release and why", st)
 	}
 }

@@ -34,7 +34,32 @@ type ManagerConfig struct {
 	HTTPClient *http.Client
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Carry is the manager this one replaces (a reload): the release in
+	// force of each feed it had is verified again under this
+	// configuration and kept, instead of being read back from the store,
+	// which may not hold it yet. A release that no longer verifies is
+	// not kept (States says why).
+	Carry *Manager
 }
+
+// Update is a verified release of one feed, handed to the daemon to put in
+// force.
+type Update struct {
+	Feed     string
+	Serial   uint64
+	Prefixes []netip.Prefix // aggregated
+	// Accepted: the admin let this release through a guard with
+	// `gatehouse feed accept` (it was held in quarantine).
+	Accepted bool
+}
+
+// ApplyFunc puts an Update in force. It returns nil once a generation
+// with it is in force on every layer (the release is then committed as
+// last known good, and with it every release deferred before), ErrDeferred
+// when it took the release but could not put it in force everywhere yet,
+// or why it refused (a refusal with ReasonQuarantined holds the release
+// in quarantine until `gatehouse feed accept`). Calls never overlap.
+type ApplyFunc func(Update) error
 
 // Manager keeps every configured feed current: it fetches, verifies and
 // guards new releases, hands the accepted ones to the daemon and persists
@@ -47,7 +72,7 @@ type Manager struct {
 
 	applyMu sync.Mutex // one onUpdate at a time
 
-	descSerial, descSuccess, descUpdates, descExpired *prometheus.Desc
+	descSerial, descSuccess, descUpdates, descExpired, descPrevious *prometheus.Desc
 }
 
 // feed is one feed's state; mu guards the fields below it.
@@ -60,13 +85,17 @@ type feed struct {
 
 	mu          sync.Mutex
 	current     *Verified // in force
+	previous    bool      // current is the release the last known good replaced (see loadLastKnownGood)
+	floor       *Floor    // the highest release in force so far (see floor.go); nil: none known
 	pending     *Verified // held in quarantine
+	deferred    *Verified // taken by the daemon, not yet in force in the kernel (ErrDeferred)
 	val         *validators
 	lastSuccess time.Time
 	problem     string                // why there is no release in force (or why it is the previous one)
 	lastResult  string                // of the latest attempt: a result or a Reason
 	lastErr     string                // of the latest attempt, when it failed
 	fileVal     map[string]validators // cache validators of the files in force, see checkMirror
+	unsettled   bool                  // the last mirror check found a mismatch, see checkMirror
 	expired     bool
 	failures    int
 	updates     map[string]uint64
@@ -101,6 +130,8 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 			"Feed update attempts by result: applied, unchanged, accepted, or the reason for refusal.", []string{"feed", "result"}, nil),
 		descExpired: prometheus.NewDesc("gatehouse_feed_expired",
 			"1 when the feed release in force has expired (it stays enforced).", []string{"feed"}, nil),
+		descPrevious: prometheus.NewDesc("gatehouse_feed_previous_release",
+			"1 when the feed release in force is the previous one: its last known good file was lost or unusable.", []string{"feed"}, nil),
 	}
 	seen := map[string]bool{}
 	for _, fc := range cfg.Feeds {
@@ -118,7 +149,9 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		}
 		f := &feed{cfg: fc, v: v, fetch: fe, wake: make(chan struct{}, 1), updates: map[string]uint64{}}
 		m.feeds = append(m.feeds, f)
-		m.loadLastKnownGood(f)
+		if !m.carry(f, cfg.Carry) {
+			m.loadLastKnownGood(f)
+		}
 	}
 	return m, nil
 }
@@ -147,10 +180,9 @@ func (m *Manager) feed(name string) (*feed, error) {
 }
 
 // Run keeps every feed current until ctx ends, then returns nil. onUpdate
-// receives a feed's new aggregated prefixes and returns nil only once the
-// daemon applied a policy with them; only then is the release persisted as
-// last known good. Calls to onUpdate never overlap.
-func (m *Manager) Run(ctx context.Context, onUpdate func(name string, prefixes []netip.Prefix) error) error {
+// puts each verified release in force (see ApplyFunc); only a release it
+// returns nil for is persisted as last known good.
+func (m *Manager) Run(ctx context.Context, onUpdate ApplyFunc) error {
 	var wg sync.WaitGroup
 	for _, f := range m.feeds {
 		wg.Add(1)
@@ -163,11 +195,15 @@ func (m *Manager) Run(ctx context.Context, onUpdate func(name string, prefixes [
 	return nil
 }
 
-func (m *Manager) loop(ctx context.Context, f *feed, onUpdate func(string, []netip.Prefix) error) {
+func (m *Manager) loop(ctx context.Context, f *feed, onUpdate ApplyFunc) {
 	poll := time.NewTicker(acceptPoll)
 	defer poll.Stop()
 	for {
-		ok := m.Cycle(ctx, f.cfg.Name, onUpdate) == nil
+		// A mirror caught mid-publish is checked again at the next
+		// refresh, not after the failure backoff: a cache that keeps the
+		// manifest a little longer than the files is not a fault.
+		err := m.Cycle(ctx, f.cfg.Name, onUpdate)
+		ok := err == nil || ReasonOf(err) == ReasonMirrorUnsettled
 		timer := time.NewTimer(m.nextDelay(f, ok))
 	wait:
 		for {
@@ -234,194 +270,55 @@ func (m *Manager) checkExpiry(f *feed) {
 	f.expired = exp
 }
 
-// Cycle runs one fetch-verify-apply round for feed name: what Run does on
-// every refresh. A refusal is logged once, counted, and returned; nil
-// means applied or unchanged.
-func (m *Manager) Cycle(ctx context.Context, name string, onUpdate func(string, []netip.Prefix) error) error {
-	f, err := m.feed(name)
-	if err != nil {
-		return err
-	}
-	_, err = m.cycle(ctx, f, onUpdate)
-	return err
-}
-
-// cycle is Cycle for one feed, and says what came of it. The rounds of one
-// feed never overlap (the refresh loop and an admin's Refresh).
-func (m *Manager) cycle(ctx context.Context, f *feed, onUpdate func(string, []netip.Prefix) error) (o Outcome, err error) {
-	f.cycleMu.Lock()
-	defer f.cycleMu.Unlock()
-	defer m.checkExpiry(f)
-	name := f.cfg.Name
-	log := m.log.With("feed", name)
-	result, ver, val, err := m.fetchAndVerify(ctx, f)
-	defer func() {
-		m.record(f, result, err)
-		o = m.outcome(f, result, ver, err)
-	}()
-	if err != nil {
-		r := ReasonOf(err)
-		if r == "" {
-			r = ReasonFetch
-		}
-		result = string(r)
-		m.count(f, string(r))
-		switch r {
-		case ReasonSerialReuse:
-			log.Error("feed update refused: serial reused with different content (ALERT: possible key compromise or publisher error)", "reason", r, "err", err)
-		case ReasonMirrorMismatch:
-			log.Error("feed mirror serves a file that differs from the signed release in force (corrupted or tampered mirror); the release in force stays", "reason", r, "err", err)
-		case ReasonQuarantined:
-			log.Warn("feed update held in quarantine; run `gatehouse feed accept "+name+"` to apply it", "reason", r, "serial", ver.Manifest.Serial, "err", err)
-		default:
-			log.Warn("feed update refused; last known good stays in force", "reason", r, "err", err)
-		}
-		return o, err
-	}
-	if result == ResultUnchanged {
-		m.count(f, ResultUnchanged)
-		log.Debug("feed unchanged")
-		return o, nil
-	}
-	err = m.apply(f, ver, result, onUpdate)
-	if r := ReasonOf(err); r != "" {
-		result = string(r)
-	}
-	if err == nil || ReasonOf(err) == ReasonStore {
-		// Remember the validators only once the release is in force, so
-		// that a release the daemon failed to apply is fetched again.
-		f.mu.Lock()
-		f.val = val
-		f.mu.Unlock()
-	}
-	return o, err
-}
-
-// record keeps the outcome of the latest attempt for status.
-func (m *Manager) record(f *feed, result string, err error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.lastResult, f.lastErr = result, ""
-	if err != nil {
-		f.lastErr = err.Error()
-	}
-}
-
-// fetchAndVerify returns ResultUnchanged, or a release ready to apply
-// (result ResultApplied or ResultAccepted) with the manifest's cache
-// validators, or a refusal. A quarantined release is returned with its
-// refusal.
-func (m *Manager) fetchAndVerify(ctx context.Context, f *feed) (string, *Verified, *validators, error) {
-	f.mu.Lock()
-	var prior *Prior
-	if f.current != nil {
-		prior = &Prior{Serial: f.current.Manifest.Serial, Digest: f.current.Digest}
-	}
-	val := f.val
-	f.mu.Unlock()
-
-	raw, newVal, notModified, err := f.fetch.get(ctx, ManifestName, MaxManifestSize, val)
-	if err != nil {
-		return "", nil, nil, fetchErr(ManifestName, err)
-	}
-	if notModified {
-		if err := m.checkMirror(ctx, f); err != nil {
-			return "", nil, nil, err
-		}
-		m.markSuccess(f, val)
-		return ResultUnchanged, nil, nil, nil
-	}
-	var sigs [][]byte
-	for i := 1; i <= len(f.cfg.Keys) && i <= MaxSignatures; i++ {
-		s, _, _, err := f.fetch.get(ctx, SignatureName(i), MaxSignatureSize, nil)
-		if errors.Is(err, errNotFound) {
-			continue
-		}
-		if err != nil {
-			return "", nil, nil, fetchErr(SignatureName(i), err)
-		}
-		sigs = append(sigs, s)
-	}
-	man, _, err := f.v.VerifyManifest(raw, sigs, prior, VerifyOptions{})
-	if errors.Is(err, ErrUnchanged) {
-		if err := m.checkMirror(ctx, f); err != nil {
-			return "", nil, nil, err
-		}
-		m.markSuccess(f, &newVal)
-		return ResultUnchanged, nil, nil, nil
-	}
-	if err != nil {
-		return "", nil, nil, err
-	}
-	b := Bundle{Manifest: raw, Signatures: sigs, Files: map[string][]byte{}}
-	for _, mf := range man.Files {
-		data, _, _, err := f.fetch.get(ctx, mf.Name, min(mf.Length, MaxFileSize), nil)
-		if err != nil {
-			if ReasonOf(err) == ReasonTooLarge {
-				return "", nil, nil, &Error{Reason: ReasonHashMismatch, Err: fmt.Errorf("file %s: longer than the manifest's %d bytes", mf.Name, mf.Length)}
-			}
-			return "", nil, nil, fetchErr(mf.Name, err)
-		}
-		b.Files[mf.Name] = data
-	}
-	ver, err := f.v.VerifyPayload(man, b.Files)
-	if err != nil {
-		return "", nil, nil, err
-	}
-	ver.Bundle, ver.Digest = b, b.Digest()
-	ver.Manifest = man
-
-	result := ResultApplied
-	f.mu.Lock()
-	cur := f.current
-	f.mu.Unlock()
-	if cur != nil {
-		if cerr := CheckCoverage(cur.Coverage, ver.Coverage, f.cfg.maxShrink(), f.cfg.maxGrow()); cerr != nil {
-			accepted, ok, aerr := m.store.ReadAccept(f.cfg.Name)
-			if aerr != nil {
-				m.log.Warn("cannot read feed acceptance", "feed", f.cfg.Name, "err", aerr)
-			}
-			if !ok || accepted != ver.Digest {
-				m.quarantine(f, ver)
-				return "", ver, nil, cerr
-			}
-			result = ResultAccepted
-		}
-	}
-	return result, ver, &newVal, nil
-}
-
-func fetchErr(name string, err error) error {
-	if ReasonOf(err) != "" {
-		return err
-	}
-	return &Error{Reason: ReasonFetch, Err: fmt.Errorf("fetch %s: %w", name, err)}
-}
-
-func (m *Manager) markSuccess(f *feed, val *validators) {
-	f.mu.Lock()
-	f.lastSuccess = m.now()
-	if val != nil {
-		f.val = val
-	}
-	f.mu.Unlock()
-}
-
-func (m *Manager) apply(f *feed, ver *Verified, result string, onUpdate func(string, []netip.Prefix) error) error {
+// apply hands ver to the daemon and, once it is in force, commits it as
+// last known good (keeping the release it replaces as the previous one)
+// and raises the floor. A release the daemon defers is kept aside; one the
+// daemon holds in quarantine is quarantined as the coverage guard would.
+func (m *Manager) apply(f *feed, ver *Verified, result string, onUpdate ApplyFunc) error {
 	log := m.log.With("feed", f.cfg.Name, "serial", ver.Manifest.Serial)
 	m.applyMu.Lock()
-	err := onUpdate(f.cfg.Name, slices.Clone(ver.Prefixes))
-	m.applyMu.Unlock()
-	if err != nil {
+	defer m.applyMu.Unlock()
+	err := onUpdate(Update{Feed: f.cfg.Name, Serial: ver.Manifest.Serial, Prefixes: slices.Clone(ver.Prefixes), Accepted: result == ResultAccepted})
+	switch {
+	case errors.Is(err, ErrDeferred):
+		f.mu.Lock()
+		f.deferred = ver
+		f.lastSuccess = m.now()
+		f.updates[ResultDeferred]++
+		f.mu.Unlock()
+		log.Info("feed release verified; it waits for the kernel layers and is not committed yet", "result", result, "prefixes", len(ver.Prefixes))
+		return nil
+	case ReasonOf(err) == ReasonQuarantined:
+		m.quarantine(f, ver)
+		m.count(f, string(ReasonQuarantined))
+		log.Warn("feed update held in quarantine; run `gatehouse feed accept "+f.cfg.Name+"` to apply it", "reason", ReasonQuarantined, "err", err)
+		return err
+	case err != nil:
 		m.count(f, string(ReasonApply))
 		log.Warn("feed update not applied; last known good stays in force", "reason", ReasonApply, "err", err)
 		return &Error{Reason: ReasonApply, Err: err}
 	}
+	err = m.commit(f, ver, result, log)
+	// A generation in force everywhere holds every release the daemon
+	// took before (it builds from all of them): those are in force now.
+	for _, o := range m.feeds {
+		o.mu.Lock()
+		d := o.deferred
+		o.mu.Unlock()
+		if o != f && d != nil {
+			_ = m.commit(o, d, ResultApplied, m.log.With("feed", o.cfg.Name, "serial", d.Manifest.Serial)) // logged and counted
+		}
+	}
+	return err
+}
+
+// commit makes ver the release in force of f and persists it.
+func (m *Manager) commit(f *feed, ver *Verified, result string, log *slog.Logger) error {
 	f.mu.Lock()
 	prev := f.current
-	f.current, f.pending = ver, nil
-	f.problem = ""
-	f.fileVal = nil
+	f.current, f.pending, f.deferred = ver, nil, nil
+	f.previous, f.problem = false, ""
+	f.fileVal, f.unsettled = nil, false
 	f.expired = false
 	f.lastSuccess = m.now()
 	f.updates[result]++
@@ -435,7 +332,8 @@ func (m *Manager) apply(f *feed, ver *Verified, result string, onUpdate func(str
 			log.Warn("previous release not kept beside the last known good", "err", err)
 		}
 	}
-	if err := m.store.Commit(f.cfg.Name, ver); err != nil {
+	err := errors.Join(m.store.Commit(f.cfg.Name, ver), m.raiseFloor(f, ver))
+	if err != nil {
 		m.count(f, string(ReasonStore))
 		log.Error("feed update applied but not persisted; a restart falls back to the previous release", "err", err)
 		return &Error{Reason: ReasonStore, Err: err}

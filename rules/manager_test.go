@@ -43,7 +43,7 @@ type updates struct {
 	fail error
 }
 
-func (u *updates) apply(name string, ps []netip.Prefix) error {
+func (u *updates) apply(up Update) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.fail != nil {
@@ -52,7 +52,7 @@ func (u *updates) apply(name string, ps []netip.Prefix) error {
 	if u.got == nil {
 		u.got = map[string][]netip.Prefix{}
 	}
-	u.got[name] = ps
+	u.got[up.Feed] = up.Prefixes
 	u.n++
 	return nil
 }
@@ -138,7 +138,7 @@ func TestManagerLifecycle(t *testing.T) {
 	if u.count() != 1 || len(m.Current()["test"]) != 3 {
 		t.Fatalf("after release 100: %d updates, current %v", u.count(), m.Current())
 	}
-	if b, err := m.store.Load("test"); err != nil || sha256.Sum256(b.Manifest) != r1.Digest() {
+	if b, err := m.store.loadBundle("test", lkgSuffix); err != nil || sha256.Sum256(b.Manifest) != r1.Digest() {
 		t.Fatalf("release 100 not persisted: %v", err)
 	}
 
@@ -154,7 +154,7 @@ func TestManagerLifecycle(t *testing.T) {
 	if err := m.Cycle(ctx, "test", u.apply); ReasonOf(err) != ReasonApply {
 		t.Fatalf("apply failure: %v", err)
 	}
-	if b, _ := m.store.Load("test"); sha256.Sum256(b.Manifest) != r1.Digest() {
+	if b, _ := m.store.loadBundle("test", lkgSuffix); sha256.Sum256(b.Manifest) != r1.Digest() {
 		t.Fatal("a release the daemon did not apply was persisted")
 	}
 	u.fail = nil
@@ -241,7 +241,7 @@ gatehouse_feed_serial{feed="test"} 102
 	}
 
 	// A tampered last-known-good file is not enforced.
-	b, _ := m.store.Load("test")
+	b, _ := m.store.loadBundle("test", lkgSuffix)
 	b.Files["ranges.txt"] = []byte("192.0.2.0/24\n198.51.100.0/24\n203.0.113.0/24\n")
 	if err := m.store.Save("test", 102, b); err != nil {
 		t.Fatal(err)

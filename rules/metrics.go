@@ -8,6 +8,7 @@ func (m *Manager) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.descSuccess
 	ch <- m.descUpdates
 	ch <- m.descExpired
+	ch <- m.descPrevious
 }
 
 // Collect implements prometheus.Collector.
@@ -26,6 +27,11 @@ func (m *Manager) Collect(ch chan<- prometheus.Metric) {
 			exp = 1
 		}
 		ch <- prometheus.MustNewConstMetric(m.descExpired, prometheus.GaugeValue, exp, name)
+		prev := 0.0
+		if f.previous {
+			prev = 1
+		}
+		ch <- prometheus.MustNewConstMetric(m.descPrevious, prometheus.GaugeValue, prev, name)
 		// Every result of every configured feed, at 0 until it happens: a
 		// dashboard sees 0 refusals, not "no data". A feed a reload removed
 		// goes with the manager it belonged to.

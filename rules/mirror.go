@@ -17,7 +17,15 @@ import (
 // is counted and logged and the feed's last success does not advance.
 //
 // A file whose cache validators still match is not downloaded again (an
-// https mirror answers 304); a file:// mirror is read every time.
+// https mirror answers 304; the validators are those of the download that
+// applied the release); a file:// mirror, or an https one that sends no
+// ETag or Last-Modified, is read every time.
+//
+// A publisher that uploads the files before the manifest, or a cache that
+// keeps the manifest longer than the files, looks the same for a while:
+// so the caller reads the manifest once more before calling it a
+// mismatch, and the first mismatch is only ReasonMirrorUnsettled (see
+// mismatch).
 func (m *Manager) checkMirror(ctx context.Context, f *feed) error {
 	f.mu.Lock()
 	cur := f.current
@@ -64,4 +72,20 @@ func (m *Manager) checkMirror(ctx context.Context, f *feed) error {
 func mirrorMismatch(cur *Verified, file, what string) error {
 	return refuse(ReasonMirrorMismatch, "the mirror serves the manifest of serial %d in force but file %s is %s",
 		cur.Manifest.Serial, file, what)
+}
+
+// mismatch turns a mirror mismatch into the refusal it counts as: the
+// first one in a row is ReasonMirrorUnsettled (checked again at the next
+// refresh), a second one in a row ReasonMirrorMismatch.
+func (m *Manager) mismatch(f *feed, merr error) error {
+	f.mu.Lock()
+	again := f.unsettled
+	f.unsettled = true
+	f.mu.Unlock()
+	if again {
+		return merr
+	}
+	var e *Error
+	errors.As(merr, &e)
+	return &Error{Reason: ReasonMirrorUnsettled, Err: e.Err}
 }

@@ -2,7 +2,6 @@ package rules
 
 import (
 	"fmt"
-	"net/netip"
 	"time"
 )
 
@@ -50,11 +49,11 @@ func (m *Manager) quarantine(f *feed, ver *Verified) {
 
 // acceptPending applies the quarantined release when the store records
 // its acceptance; it reports whether it tried.
-func (m *Manager) acceptPending(f *feed, onUpdate func(string, []netip.Prefix) error) bool {
+func (m *Manager) acceptPending(f *feed, onUpdate ApplyFunc) bool {
 	f.cycleMu.Lock() // not beside a round of the same feed (see cycle)
 	defer f.cycleMu.Unlock()
 	f.mu.Lock()
-	p, cur := f.pending, f.current
+	p, cur, floor := f.pending, f.current, f.floor
 	f.mu.Unlock()
 	if p == nil {
 		return false
@@ -77,7 +76,7 @@ func (m *Manager) acceptPending(f *feed, onUpdate func(string, []netip.Prefix) e
 			"feed", f.cfg.Name, "serial", p.Manifest.Serial, "expired_at", p.Manifest.Expires)
 		return false
 	}
-	if cur != nil && p.Manifest.Serial <= cur.Manifest.Serial {
+	if cur != nil && p.Manifest.Serial <= cur.Manifest.Serial || checkFloor(floor, p.Manifest.Serial, p.Digest, "") != nil {
 		f.mu.Lock()
 		f.pending = nil
 		f.mu.Unlock()

@@ -2,21 +2,28 @@ package rules
 
 import (
 	"context"
-	"net/netip"
+	"time"
 )
 
 // Outcome is what one fetch-verify-apply round of a feed came to.
 type Outcome struct {
 	Feed string `json:"feed"`
-	// Result is ResultApplied, ResultAccepted or ResultUnchanged, or the
-	// Reason of a refusal (ReasonQuarantined for a release held until
-	// `gatehouse feed accept`).
+	// Result is ResultApplied, ResultAccepted, ResultDeferred or
+	// ResultUnchanged, or the Reason of a refusal (ReasonQuarantined for a
+	// release held until `gatehouse feed accept`; ReasonStore for one
+	// applied but not saved); empty for a round abandoned as the daemon
+	// stopped.
 	Result string `json:"result"`
-	// Serial is the release applied, unchanged in force, or held in
-	// quarantine; 0 otherwise.
+	// Serial is the release applied (saved or not), deferred, unchanged in
+	// force, or held in quarantine; 0 otherwise.
 	Serial   uint64 `json:"serial,omitempty"`
 	Prefixes int    `json:"prefixes,omitempty"` // of the release applied
 	Error    string `json:"error,omitempty"`
+	// At is when the round ended, and Reused says that this outcome is
+	// an earlier round's, answered again (the daemon's refresh on request
+	// does not fetch one feed twice within a few seconds).
+	At     time.Time `json:"at,omitzero"`
+	Reused bool      `json:"reused,omitempty"`
 }
 
 // OK reports whether the round left the feed current: a new release
@@ -34,7 +41,7 @@ func (o Outcome) OK() bool {
 // refresh interval. It waits for a round of the loop already running. The
 // error is only for a feed name the configuration lacks; a refusal is in
 // the Outcome (logged and counted as on every round).
-func (m *Manager) Refresh(ctx context.Context, name string, onUpdate func(string, []netip.Prefix) error) (Outcome, error) {
+func (m *Manager) Refresh(ctx context.Context, name string, onUpdate ApplyFunc) (Outcome, error) {
 	f, err := m.feed(name)
 	if err != nil {
 		return Outcome{}, err
@@ -49,7 +56,7 @@ func (m *Manager) outcome(f *feed, result string, ver *Verified, err error) Outc
 		o.Error = err.Error()
 	}
 	switch {
-	case ver != nil && (result == ResultApplied || result == ResultAccepted):
+	case ver != nil && (result == ResultApplied || result == ResultAccepted || result == ResultDeferred || result == string(ReasonStore)):
 		o.Serial, o.Prefixes = ver.Manifest.Serial, len(ver.Prefixes)
 	case ver != nil && result == string(ReasonQuarantined):
 		o.Serial = ver.Manifest.Serial

@@ -12,12 +12,13 @@ import (
 
 // Store keeps verified bundles under state_dir/feeds: the last known good
 // release of each feed (NAME.lkg.json), the release it replaced
-// (NAME.prev.json, so that one damaged file does not lose both), a release
-// held in quarantine
-// (NAME.quarantine.json) and the admin's acceptance of it (NAME.accept,
-// the hex SHA-256 of the quarantined manifest). Every write replaces its
-// file atomically (write, fsync, rename, fsync the directory). What is read
-// back is only a candidate: callers verify it again.
+// (NAME.prev.json, so that one damaged file does not lose both), the
+// rollback floor (NAME.floor.json, see floor.go), a release held in
+// quarantine (NAME.quarantine.json) and the admin's acceptance of it
+// (NAME.accept, the hex SHA-256 of the quarantined manifest). Every write
+// replaces its file atomically (write, fsync, rename, fsync the
+// directory). What is read back is only a candidate: callers verify it
+// again.
 type Store struct {
 	dir string
 }
@@ -69,20 +70,11 @@ func (s *Store) Commit(name string, v *Verified) error {
 	return s.Save(name, v.Manifest.Serial, v.Bundle)
 }
 
-// Load returns the last known good release of feed name; the error
-// satisfies errors.Is(err, os.ErrNotExist) when there is none.
-func (s *Store) Load(name string) (Bundle, error) { return s.loadBundle(name, lkgSuffix) }
-
 // SavePrevious records b as the release the last known good of feed name
 // replaced.
 func (s *Store) SavePrevious(name string, serial uint64, b Bundle) error {
 	return s.saveBundle(name, prevSuffix, serial, b)
 }
-
-// LoadPrevious returns the release the last known good of feed name
-// replaced; the error satisfies errors.Is(err, os.ErrNotExist) when there is
-// none.
-func (s *Store) LoadPrevious(name string) (Bundle, error) { return s.loadBundle(name, prevSuffix) }
 
 // SaveQuarantine records b as the release of feed name held in quarantine.
 func (s *Store) SaveQuarantine(name string, serial uint64, b Bundle) error {

@@ -18,7 +18,7 @@ func TestStoreAtomicAndNames(t *testing.T) {
 	if err := st.Save("aws", 1, b); err != nil {
 		t.Fatal(err)
 	}
-	got, err := st.Load("aws")
+	got, err := st.loadBundle("aws", lkgSuffix)
 	if err != nil || string(got.Files["f"]) != "data" || string(got.Manifest) != "m" {
 		t.Fatalf("load: %v %+v", err, got)
 	}
@@ -38,7 +38,7 @@ func TestStoreAtomicAndNames(t *testing.T) {
 	if got, ok, err := st.ReadAccept("aws"); err != nil || !ok || got != d {
 		t.Errorf("accept: %v %v %s", err, ok, hex.EncodeToString(got[:]))
 	}
-	if _, err := st.Load("gcp"); !errors.Is(err, os.ErrNotExist) {
+	if _, err := st.loadBundle("gcp", lkgSuffix); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing feed: %v", err)
 	}
 }

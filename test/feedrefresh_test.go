@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
 )
@@ -45,8 +46,22 @@ listeners:
 }
 
 // refresh runs `gatehouse feed refresh args…` and returns its output and
-// exit code.
+// exit code. The daemon fetches a feed on request at most every few
+// seconds and answers the last outcome in between: such an answer is
+// asked again until the feed is fetched anew.
 func refresh(t *testing.T, config string, args ...string) (string, int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, code := refreshOnce(t, config, args...)
+		if !strings.Contains(out, "[outcome of a refresh") || time.Now().After(deadline) {
+			return out, code
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func refreshOnce(t *testing.T, config string, args ...string) (string, int) {
 	t.Helper()
 	out, err := exec.Command(binary(t), append([]string{"feed", "refresh", "-c", config}, args...)...).CombinedOutput()
 	var ee *exec.ExitError

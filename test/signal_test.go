@@ -5,9 +5,11 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,14 +49,25 @@ func binary(t *testing.T) string {
 	return buildOnce.path
 }
 
+// freeAddr returns an address for the daemon to listen on: a port the
+// kernel just gave out, on a random address of 127/8. The daemon binds it
+// itself a moment later. On 127.0.0.1 any other test or process on the
+// machine asking for a port could be given the same one meanwhile; on an
+// address of its own only a wildcard bind of that very port could.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 10 {
+		ip := netip.AddrFrom4([4]byte{127, byte(1 + rand.IntN(254)), byte(rand.IntN(256)), byte(1 + rand.IntN(254))})
+		ln, err := net.Listen("tcp", netip.AddrPortFrom(ip, 0).String())
+		if err != nil {
+			continue
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		return addr
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no loopback address to listen on")
+	return ""
 }
 
 // lockedBuffer collects a child's output while the test reads it.

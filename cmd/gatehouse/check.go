@@ -26,9 +26,10 @@ func newCheckCmd(g *globals) *cobra.Command {
 		Short: "Validate the configuration and summarise what it enforces (like nginx -t)",
 		Long: `check reads the configuration as "run" would, reports every problem with its key
 path and exits 1, or prints a one-screen summary and exits 0. It also checks
-what run would refuse at start: a state_dir it cannot use, and (XDP on) a
-pin_dir not on a bpffs or on one private to this mount namespace. Nothing is
-changed.`,
+what run would refuse at start: a state_dir (or a directory the daemon keeps
+in it) it cannot use, and (XDP on) a pin_dir not on a bpffs or on one private
+to this mount namespace. The namespaces are those check runs in: run it as the
+service runs to get the service's answer. Nothing is changed.`,
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			if printDefault {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -32,9 +31,14 @@ func feedRefreshCmd() *cobra.Command {
 named feeds (every configured feed when none is named) at once, as its refresh
 loop would, and waits for the outcome: an urgent range change need not wait for
 feeds[].refresh. Each feed is printed as applied (with its serial), unchanged,
-refused (with the reason; the release in force stays) or quarantined (applied
-only after "gatehouse feed accept NAME"). The exit status is 0 only when every
-feed was applied or unchanged, 1 otherwise, and 3 when no daemon answers.`,
+refused (with the reason; the release in force stays), quarantined (applied
+only after "gatehouse feed accept NAME"), applied but not saved (state_dir
+not writable), or verified but deferred (kernel layers keep a previous run's
+ranges until every feed has a release). The round is the daemon's: Ctrl-C
+stops the waiting, not the fetch. A feed named twice is fetched once, and a
+feed fetched on request less than 5 s ago is not fetched again (its last
+outcome is printed, marked so). The exit status is 0 only when every feed was
+applied or unchanged, 1 otherwise, and 3 when no daemon answers.`,
 		RunE: func(cmd *cobra.Command, names []string) error {
 			if socket == "" {
 				cfg, err := config.Peek(feedConfigPath(cmd))
@@ -53,7 +57,7 @@ feed was applied or unchanged, 1 otherwise, and 3 when no daemon answers.`,
 			case status != "":
 				return exitError{code: 1, msg: "gatehouse feed refresh: " + status}
 			}
-			if !printOutcomes(cmd.OutOrStdout(), out) {
+			if !printOutcomes(cmd.OutOrStdout(), out, time.Now()) {
 				return exitError{code: 1}
 			}
 			return nil
@@ -66,11 +70,7 @@ feed was applied or unchanged, 1 otherwise, and 3 when no daemon answers.`,
 // postRefresh asks the daemon; status is the daemon's refusal of the
 // request itself (an unknown feed), err a failure to ask.
 func postRefresh(ctx context.Context, socket string, names []string) (out []rules.Outcome, status string, err error) {
-	client := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
-		},
-	}}
+	client := adminClient(socket, 0)
 	q := url.Values{"feed": names}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://gatehouse/feeds/refresh?"+q.Encode(), nil)
 	if err != nil {
@@ -95,7 +95,7 @@ func postRefresh(ctx context.Context, socket string, names []string) (out []rule
 }
 
 // printOutcomes prints one line per feed and reports whether all are OK.
-func printOutcomes(w io.Writer, out []rules.Outcome) bool {
+func printOutcomes(w io.Writer, out []rules.Outcome, now time.Time) bool {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	ok := true
 	for _, o := range out {
@@ -105,10 +105,23 @@ func printOutcomes(w io.Writer, out []rules.Outcome) bool {
 			line = fmt.Sprintf("applied serial %d (%d prefixes)", o.Serial, o.Prefixes)
 		case rules.ResultUnchanged:
 			line = fmt.Sprintf("unchanged (serial %d in force)", o.Serial)
+		case rules.ResultDeferred:
+			line = fmt.Sprintf("verified serial %d (%d prefixes); not in force in the kernel layers, which keep the previous run's ranges until every feed has a release", o.Serial, o.Prefixes)
 		case string(rules.ReasonQuarantined):
 			line = fmt.Sprintf("quarantined: serial %d held (%s); gatehouse feed accept %s applies it", o.Serial, strings.TrimPrefix(o.Error, "quarantined: "), o.Feed)
+		case string(rules.ReasonStore):
+			line = fmt.Sprintf("applied serial %d (%d prefixes) but not saved in state_dir (%s); a restart falls back to the release saved before", o.Serial, o.Prefixes, o.Error)
+		case string(rules.ReasonApply):
+			line = "verified but not applied: " + o.Error + " (the release in force stays)"
+		case string(rules.ReasonMirrorUnsettled):
+			line = "mirror in flux: " + o.Error + " (a publish in progress? checked again at the next refresh)"
+		case "":
+			line = "abandoned: " + o.Error
 		default:
 			line = "refused: " + o.Error + " (the release in force stays)"
+		}
+		if o.Reused {
+			line += fmt.Sprintf(" [outcome of a refresh %s ago: a feed is fetched on request at most every 5s]", now.Sub(o.At).Round(time.Second))
 		}
 		ok = ok && o.OK()
 		fmt.Fprintf(tw, "%s\t%s\n", o.Feed, line)

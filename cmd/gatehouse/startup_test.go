@@ -32,19 +32,28 @@ func goodWith(t *testing.T, fromTo ...string) string {
 const enforcementLine = "enforcement:\n  mode: strict"
 
 // TestCheckRefusesUnusableStateDir: a state_dir that is a file, or lies
-// below one, fails check, named, as it fails run (daemon
-// TestNewRefusesUnusableStateDir).
+// below one, or holds a file where the daemon keeps a directory
+// (state_dir/feeds, state_dir/tls-tickets), fails check, named, as it
+// fails run (daemon TestNewRefusesUnusableStateDir).
 func TestCheckRefusesUnusableStateDir(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "state")
 	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for _, dir := range []string{file, filepath.Join(file, "below")} {
+	cases := map[string]string{file: file, filepath.Join(file, "below"): filepath.Join(file, "below")}
+	for _, sub := range []string{"feeds", "tls-tickets"} {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, sub), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cases[dir] = filepath.Join(dir, sub)
+	}
+	for dir, named := range cases {
 		path := goodWith(t, "state_dir: /var/lib/gatehouse", "state_dir: "+dir)
 		_, _, err := runCLI("check", "-c", path)
 		var ee exitError
-		if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(ee.msg, "state_dir "+dir) || !strings.Contains(ee.msg, "not a directory") {
-			t.Errorf("check with state_dir %s: want exit 1 naming it, got %v", dir, err)
+		if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(ee.msg, "state_dir "+named) || !strings.Contains(ee.msg, "not a directory") {
+			t.Errorf("check with state_dir %s: want exit 1 naming %s, got %v", dir, named, err)
 		}
 	}
 }

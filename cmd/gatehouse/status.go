@@ -49,17 +49,22 @@ func newStatusCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func fetchStatus(ctx context.Context, socket string) ([]byte, *daemon.Status, error) {
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+// adminClient talks HTTP to the daemon on its admin socket; timeout 0
+// leaves the bound to the request's context.
+func adminClient(socket string, timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
 		},
 	}}
+}
+
+func fetchStatus(ctx context.Context, socket string) ([]byte, *daemon.Status, error) {
 	req, err := http.NewRequestWithContext(ctx, "GET", "http://gatehouse/status", nil)
 	if err != nil {
 		return nil, nil, err
 	}
-	resp, err := client.Do(req)
+	resp, err := adminClient(socket, 5*time.Second).Do(req)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -103,6 +108,15 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) error {
 		fmt.Fprintf(tw, "reloads refused\t%d (see the log)\n", st.ReloadError)
 	}
 	fmt.Fprintln(tw, "\nAdmitted prefixes\tIPv4\tIPv6")
+	if len(st.Held) > 0 {
+		// The counts below are those of the other layers.
+		if h := st.HeldAdmitted; h != nil {
+			fmt.Fprintf(tw, "  held by %s: %s\t%d\t%d\n", strings.Join(st.Held, ", "), h.Source, h.V4, h.V6)
+		} else {
+			fmt.Fprintf(tw, "  held by %s: the previous run's, as it left them\t?\t?\n", strings.Join(st.Held, ", "))
+		}
+		fmt.Fprintln(tw, "  the other layers:")
+	}
 	for _, a := range st.Admitted {
 		fmt.Fprintf(tw, "  %s\t%d\t%d\n", a.Source, a.V4, a.V6)
 	}
@@ -119,6 +133,8 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) error {
 				serial = "NONE"
 			case f.Expired:
 				serial += " EXPIRED (still enforced)"
+			case f.Previous:
+				serial += " (the previous release)"
 			}
 			last := f.LastResult
 			if last == "" {
@@ -132,6 +148,9 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) error {
 			}
 			if f.Quarantined != 0 {
 				fmt.Fprintf(tw, "    serial %d held in quarantine: gatehouse feed accept %s\n", f.Quarantined, f.Name)
+			}
+			if f.Deferred != 0 {
+				fmt.Fprintf(tw, "    serial %d verified; not saved until the kernel layers take it (they keep the previous run's ranges until every feed has a release)\n", f.Deferred)
 			}
 		}
 	}

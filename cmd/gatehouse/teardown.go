@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -15,6 +17,7 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/enforcer/nft"
 	"github.com/gatehouse-dmz/gatehouse/enforcer/xdp"
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
+	"github.com/gatehouse-dmz/gatehouse/internal/daemon"
 )
 
 func newTeardownCmd(g *globals) *cobra.Command {
@@ -25,10 +28,14 @@ func newTeardownCmd(g *globals) *cobra.Command {
 		Short: "Remove the pinned XDP filter and the nftables table: the only way to lift gatehouse's kernel filters",
 		Long: `teardown detaches and unpins the XDP program of every interface under the pin
 directory (or only --interface) and deletes table inet gatehouse. Traffic is
-then no longer filtered by gatehouse. Stop the daemon first: while a daemon
-answers on the admin socket, teardown refuses (a running daemon puts the XDP
-filter back within a second and the table within its reconcile interval);
---force tears down anyway. Without --yes it asks for confirmation.
+then no longer filtered by gatehouse. Stop the daemon first: teardown refuses
+while a daemon runs, seen on the admin socket or as the process holding the
+pinned XDP filter, and also when it cannot tell (no answer on the socket
+within 3 seconds, an admin socket it cannot reach). --force tears down anyway,
+but a running daemon puts the filters back: the XDP filter within a second,
+the table within its reconcile interval (10 seconds), also while it keeps a
+previous run's ranges; so --force against a running daemon only opens that
+window. Without --yes it asks for confirmation.
 
 The pin directory comes from --pin-dir, else from the configuration's
 enforcement.pin_dir (read even when a file it names is missing), else
@@ -52,15 +59,16 @@ does not stop a teardown.`,
 					socket = cfg.AdminSocket
 				}
 			}
-			if err := refuseWhileRunning(cmd.Context(), g.stderr, socket, force); err != nil {
-				return err
-			}
 			ifaces := []string{iface}
 			if iface == "" {
 				var err error
 				if ifaces, err = pinnedInterfaces(pinDir); err != nil {
 					return err
 				}
+			}
+			running, err := refuseWhileRunning(cmd.Context(), g.stderr, socket, pinDir, ifaces, force)
+			if err != nil {
+				return err
 			}
 			what := fmt.Sprintf("table inet gatehouse, and the XDP filter on %s (pinned under %s)", listOr(ifaces, "no interface"), pinDir)
 			if !yes {
@@ -74,7 +82,14 @@ does not stop a teardown.`,
 			}
 			var errs []error
 			for _, i := range ifaces {
-				if err := xdp.Teardown(pinDir, i); err != nil {
+				err := xdp.Teardown(pinDir, i)
+				if running != "" && errors.Is(err, syscall.ENOTEMPTY) {
+					// The daemon's watch attached and pinned the filter
+					// again while the pins were being removed.
+					fmt.Fprintf(g.stderr, "gatehouse teardown: %s put the XDP filter on %s back during the teardown\n", running, i)
+					continue
+				}
+				if err != nil {
 					errs = append(errs, err)
 				}
 			}
@@ -84,39 +99,78 @@ does not stop a teardown.`,
 			if err := errors.Join(errs...); err != nil {
 				return err
 			}
+			if running != "" {
+				fmt.Fprintf(g.stdout, "removed %s; %s puts them back\n", what, running)
+				return nil
+			}
 			fmt.Fprintf(g.stdout, "removed %s\n", what)
 			return nil
 		},
 	}
 	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
-	cmd.Flags().BoolVar(&force, "force", false, "tear down even while a daemon answers on the admin socket (it puts the filters back)")
+	cmd.Flags().BoolVar(&force, "force", false, "tear down even while a daemon runs, or when that cannot be told (a running daemon puts the filters back)")
 	cmd.Flags().StringVar(&socket, "socket", "", "admin socket a running daemon answers on (default: admin_socket of the configuration)")
 	cmd.Flags().StringVar(&pinDir, "pin-dir", "", "bpffs directory the XDP state is pinned under")
 	cmd.Flags().StringVar(&iface, "interface", "", "only this interface's XDP filter")
 	return cmd
 }
 
-// refuseWhileRunning refuses a teardown while a daemon answers on the admin
-// socket, unless force: the daemon would put its filters back at once, so
-// the teardown would only open a window, and /readyz would not show it.
-func refuseWhileRunning(ctx context.Context, stderr io.Writer, socket string, force bool) error {
+// refuseWhileRunning refuses a teardown while a daemon runs, unless force:
+// the daemon would put its filters back at once, so the teardown would only
+// open a window, and /readyz would not show it. A daemon is seen answering
+// on the admin socket, or holding a pinned XDP link (whatever the
+// configuration now says of the socket); an admin socket that neither
+// answers nor is plainly absent (no such file, connection refused) may hide
+// a busy daemon and is refused too. It returns who runs ("" for nobody),
+// for the messages of a forced teardown.
+func refuseWhileRunning(ctx context.Context, stderr io.Writer, socket, pinDir string, ifaces []string, force bool) (string, error) {
+	var running, unsure string
+	switch st, err := askStatus(ctx, socket); {
+	case socket == "":
+		fmt.Fprintln(stderr, "gatehouse teardown: admin_socket is off: a running daemon is seen only by the XDP filter it holds")
+	case err == nil:
+		running = fmt.Sprintf("a gatehouse daemon (pid %d) answers on %s and", st.PID, socket)
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ECONNREFUSED):
+		// Nobody listens there.
+	default:
+		unsure = fmt.Sprintf("the admin socket %s does not answer (%v): a daemon may be running, busy", socket, err)
+	}
+	for _, i := range ifaces {
+		if running != "" {
+			break
+		}
+		pids, err := xdp.LinkHolders(pinDir, i)
+		switch {
+		case len(pids) > 0:
+			running, unsure = fmt.Sprintf("the process %d holding the XDP filter on %s (a running daemon)", pids[0], i), ""
+		case err != nil && unsure == "":
+			unsure = fmt.Sprintf("whether a process holds the XDP filter on %s cannot be told (%v)", i, err)
+		}
+	}
+	switch {
+	case running != "" && !force:
+		return "", exitError{code: 1, msg: "gatehouse teardown: " + running + " would put the filters back " +
+			"(XDP within a second, the nftables table within its reconcile interval): stop it first (systemctl stop gatehouse); " +
+			"--force tears down anyway. Nothing removed."}
+	case running != "":
+		fmt.Fprintf(stderr, "gatehouse teardown: --force: %s will put the filters back\n", running)
+	case unsure != "" && !force:
+		return "", exitError{code: 1, msg: "gatehouse teardown: " + unsure + "; stop the daemon first, or --force. Nothing removed."}
+	case unsure != "":
+		fmt.Fprintf(stderr, "gatehouse teardown: --force: %s\n", unsure)
+	}
+	return running, nil
+}
+
+// askStatus asks the daemon on socket for its status, within 3 seconds.
+func askStatus(ctx context.Context, socket string) (*daemon.Status, error) {
 	if socket == "" {
-		fmt.Fprintln(stderr, "gatehouse teardown: admin_socket is off, so a running daemon cannot be seen; stop it first")
-		return nil
+		return nil, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	_, st, err := fetchStatus(ctx, socket)
-	if err != nil {
-		return nil // nobody answers: no daemon runs there
-	}
-	if !force {
-		return exitError{code: 1, msg: fmt.Sprintf("gatehouse teardown: a gatehouse daemon (pid %d) answers on %s and would put the filters back "+
-			"(XDP within a second, the nftables table within its reconcile interval): stop it first (systemctl stop gatehouse); "+
-			"--force tears down anyway. Nothing removed.", st.PID, socket)}
-	}
-	fmt.Fprintf(stderr, "gatehouse teardown: --force: the gatehouse daemon (pid %d) answering on %s will put the filters back\n", st.PID, socket)
-	return nil
+	return st, err
 }
 
 // pinnedInterfaces lists the interfaces with XDP state under pinDir.

@@ -6,7 +6,10 @@
 // It owns that one table and nothing else: every message it sends names table
 // inet gatehouse, it never flushes the ruleset or another table, and it leaves
 // its own table in force when the daemon stops (no owner flag), so a crash or
-// restart never opens a window. Teardown is the only remover.
+// restart never opens a window. Teardown is the only remover. Before its
+// first Apply an Enforcer can say what a previous run left in the table
+// (HoldsPrevious, and HeldAdmitted reads the admitted ranges back), so that
+// the daemon keeps those ranges while a feed lacks a release.
 //
 // The input chain (priority filter - 10) reads, in order: loopback accept;
 // ct state established,related accept; ct state invalid drop; the ICMPv6

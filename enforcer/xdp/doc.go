@@ -5,8 +5,10 @@
 // program's counters. It does not decide policy and never removes the filter
 // except through Teardown. It repairs nothing on its own: CheckAttached and
 // Repair (watch.go) let the daemon find a link detached or unpinned behind
-// its back and put it back, and CheckPinDir (pindir.go) tells whether the
-// pin directory's bpffs outlives the daemon at all.
+// its back (or an interface created again under its name) and put it back,
+// CheckPinDir (pindir.go) tells whether the pin directory's bpffs outlives
+// the daemon at all, and LinkHolders (holders.go) which processes hold a
+// pinned filter (a running daemon, for teardown).
 //
 // The filter keeps no connection state. In strict mode it drops a new flow
 // (a bare TCP SYN, UDP to a port outside the local ephemeral range, an ICMP

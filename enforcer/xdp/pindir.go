@@ -25,8 +25,9 @@ const (
 	// the process exits the namespace goes, the bpffs with it, and the
 	// filter is detached.
 	PinPrivate
-	// PinUnknown: PID 1's mounts cannot be read (hidden /proc) and nothing
-	// else tells.
+	// PinUnknown: PID 1's mounts cannot be read (hidden /proc), or PID 1
+	// is not the host's init (the daemon runs in a PID namespace of its
+	// own, as in a container), and nothing else tells.
 	PinUnknown
 )
 
@@ -76,6 +77,21 @@ func CheckPinDir(dir string) (PinScope, string, error) {
 	ours, err := bpfMounts("/proc/self/mountinfo", dev)
 	if err != nil || len(ours) == 0 {
 		return PinUnknown, fmt.Sprintf("the bpffs of %s (device %s) is not found in this process's mounts (%v)", dir, dev, err), nil
+	}
+	if isHost, err := hostInit(); err != nil || !isHost {
+		// PID 1 is this PID namespace's init (a container), whose mount
+		// namespace may well be the container's own: finding the bpffs
+		// there says nothing of the host. Not finding it there still
+		// means it is private to this process's mount namespace.
+		for _, m := range ours {
+			if m.propagated {
+				return PinShared, fmt.Sprintf("bpffs at %s receives mounts from another namespace (PID 1 is not the host's init: %s)", m.point, notHostInit(err)), nil
+			}
+		}
+		if in, ierr := bpfMounts("/proc/1/mountinfo", dev); ierr == nil && len(in) == 0 && err == nil {
+			return PinPrivate, fmt.Sprintf("bpffs at %s is mounted neither in the host's mount namespace nor in this PID namespace's init's: it lives only as long as this process's mount namespace", ours[0].point), nil
+		}
+		return PinUnknown, fmt.Sprintf("bpffs at %s; PID 1 is not the host's init (%s), so whether the bpffs is the host's cannot be told from here", ours[0].point, notHostInit(err)), nil
 	}
 	host, err := bpfMounts("/proc/1/mountinfo", dev)
 	if err != nil {
@@ -132,10 +148,41 @@ func bpfMounts(path, dev string) ([]bpfMount, error) {
 	return out, sc.Err()
 }
 
+// procPIDInitIno is the inode number of the first PID namespace, the
+// host's (PROC_PID_INIT_INO in include/linux/proc_ns.h, fixed since Linux
+// 3.8).
+const procPIDInitIno = 0xEFFFFFFC
+
+// hostInit reports whether PID 1, as this /proc shows it, is the host's
+// init: in a PID namespace of its own (a container, unshare -p) PID 1 is
+// that namespace's first process, and its mounts are not the host's. When
+// PID 1's namespace cannot be looked at (no ptrace access to it), this
+// process's own PID namespace tells.
+func hostInit() (bool, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/1/ns/pid", &st); err != nil {
+		if err := unix.Stat("/proc/self/ns/pid", &st); err != nil {
+			return false, fmt.Errorf("PID namespace: %w", err)
+		}
+	}
+	return st.Ino == procPIDInitIno, nil
+}
+
+func notHostInit(err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	return "this process runs in a PID namespace of its own, as in a container"
+}
+
 // hostMountNamespace reports whether this process shares PID 1's mount
-// namespace: mount IDs are unique across namespaces, so the same root
-// mount ID in both mountinfo files means the same namespace.
+// namespace, PID 1 being the host's init: mount IDs are unique across
+// namespaces, so the same root mount ID in both mountinfo files means the
+// same namespace.
 func hostMountNamespace() (bool, error) {
+	if isHost, err := hostInit(); err != nil || !isHost {
+		return false, fmt.Errorf("PID 1 is not the host's init: %s", notHostInit(err))
+	}
 	root := func(path string) (string, error) {
 		b, err := os.ReadFile(path)
 		if err != nil {

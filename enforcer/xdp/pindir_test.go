@@ -2,9 +2,14 @@ package xdp
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/gatehouse-dmz/gatehouse/test/netns"
 )
 
 func TestBPFMounts(t *testing.T) {
@@ -42,5 +47,34 @@ func TestCheckPinDirNotBPFFS(t *testing.T) {
 		if _, _, err := CheckPinDir(d); !errors.Is(err, ErrNotBPFFS) {
 			t.Errorf("CheckPinDir(%s) = %v, want ErrNotBPFFS", d, err)
 		}
+	}
+}
+
+// TestCheckPinDirInPIDNamespace: inside a PID namespace of its own (a
+// container; here unshare -m -p -f --mount-proc with a bpffs mounted in
+// the new mount namespace only), PID 1 is that namespace's init, whose
+// mounts are the process's own: a bpffs found there is not known to be
+// the host's. CheckPinDir must not call it shared.
+func TestCheckPinDirInPIDNamespace(t *testing.T) {
+	if dir := os.Getenv("GATEHOUSE_PINDIR_PROBE"); dir != "" {
+		scope, detail, err := CheckPinDir(dir)
+		fmt.Printf("scope=%d err=%v detail=%s\n", scope, err, detail)
+		return
+	}
+	netns.RequirePriv(t)
+	unshare := netns.RequireTool(t, "unshare", "util-linux")
+	dir := t.TempDir()
+	cmd := exec.Command(unshare, "-m", "-p", "-f", "--mount-proc", "sh", "-c",
+		`mount -t bpf bpf "$0" && exec "$1" -test.run='^TestCheckPinDirInPIDNamespace$'`, dir, os.Args[0])
+	cmd.Env = append(os.Environ(), "GATEHOUSE_PINDIR_PROBE="+dir)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("probe under unshare: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), fmt.Sprintf("scope=%d ", PinUnknown)) || !strings.Contains(string(out), "not the host's init") {
+		t.Errorf("a bpffs of a container-like PID and mount namespace: %s, want unknown (PID 1 is not the host's init)", out)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("the probe's bpffs leaked into the host's mount namespace: %v", entries)
 	}
 }

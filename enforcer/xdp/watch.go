@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 
@@ -112,17 +113,30 @@ func (e *Enforcer) Repair() error {
 		if e.pending {
 			return fmt.Errorf("xdp: cannot attach again: this run's maps hold no policy yet (the filter of an older layout was adopted); it returns with the next policy applied")
 		}
+		// An interface deleted and created again under its name (a VLAN
+		// or bond rebuilt, a NIC re-probed) has another index: look it up
+		// again, in the namespace the filter belongs to. When it is gone,
+		// nothing is attempted (no attach failure logged per mode).
+		idx, err := e.lookupIndex()
+		if err != nil {
+			return err
+		}
 		if err := os.MkdirAll(e.dir, 0o700); err != nil {
 			return fmt.Errorf("xdp: pin directory: %w", err)
 		}
+		oldIdx := e.ifindex
+		e.ifindex = idx
 		old, oldPin := e.link, linkPin(e.dir, e.mode)
 		if err := os.Remove(oldPin); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("xdp: unpin detached link: %w", err)
 		}
 		e.link = nil
 		if err := e.attachNew(); err != nil {
-			e.link = old
+			e.link, e.ifindex = old, oldIdx
 			return err
+		}
+		if idx != oldIdx {
+			e.log.Info("interface found under a new index", "was", oldIdx, "ifindex", idx)
 		}
 		old.Close()
 		if err := e.repinMissing(); err != nil {
@@ -183,4 +197,22 @@ func (e *Enforcer) repinGeneration() {
 	if err := m.Pin(pin); err != nil {
 		e.log.Warn("pin generation", "error", err)
 	}
+}
+
+// lookupIndex finds the interface's index by name in the filter's network
+// namespace.
+func (e *Enforcer) lookupIndex() (int, error) {
+	var idx int
+	err := inNetns(e.netns, func() error {
+		ifc, err := net.InterfaceByName(e.iface)
+		if err != nil {
+			return err
+		}
+		idx = ifc.Index
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("xdp: interface %s: %w", e.iface, err)
+	}
+	return idx, nil
 }

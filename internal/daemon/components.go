@@ -28,10 +28,11 @@ type layer struct {
 	close      func() error
 	run        func(context.Context) error
 	shutdown   func(context.Context) error
-	refusals   func() []certs.Refusal // see RefusalLister
-	holds      func() (bool, error)   // see Holder
-	notReady   func() string          // see Health
-	warnings   []string               // see Warner
+	refusals   func() []certs.Refusal                    // see RefusalLister
+	holds      func() (bool, error)                      // see Holder
+	heldSet    func() (v4, v6 []netip.Prefix, err error) // see HeldSet
+	notReady   func() string                             // see Health
+	warnings   []string                                  // see Warner
 }
 
 var (
@@ -41,6 +42,7 @@ var (
 	_ RangeBlind    = (*layer)(nil)
 	_ RefusalLister = (*layer)(nil)
 	_ Holder        = (*layer)(nil)
+	_ HeldSet       = (*layer)(nil)
 	_ Health        = (*layer)(nil)
 	_ Warner        = (*layer)(nil)
 )
@@ -60,6 +62,12 @@ func (l *layer) HoldsPrevious() (bool, error) {
 		return false, nil
 	}
 	return l.holds()
+}
+func (l *layer) HeldAdmitted() (v4, v6 []netip.Prefix, err error) {
+	if l.heldSet == nil {
+		return nil, nil, nil
+	}
+	return l.heldSet()
 }
 func (l *layer) NotReady() string {
 	if l.notReady == nil {
@@ -149,7 +157,7 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 		if err != nil {
 			return comps, fmt.Errorf("nftables: %w", err)
 		}
-		comps = append(comps, &layer{name: "nftables", apply: ne.Apply, close: ne.Close, run: ne.Run, holds: ne.HoldsPrevious})
+		comps = append(comps, &layer{name: "nftables", apply: ne.Apply, close: ne.Close, run: ne.Run, holds: ne.HoldsPrevious, heldSet: ne.HeldAdmitted})
 		if err := register(env, "nftables", ne); err != nil {
 			return comps, err
 		}

@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,6 +29,10 @@ import (
 // ErrNeedsRestart is returned by Reload when a changed key can only take
 // effect at start.
 var ErrNeedsRestart = errors.New("changed keys take effect only on restart (systemctl restart gatehouse); reload refused")
+
+// ErrHeld is returned by Reload for a change the kernel layers cannot take
+// while they keep a previous run's generation as it is (see holdState).
+var ErrHeld = errors.New("reload refused")
 
 // ErrAdminSocketInUse means another daemon answers on the admin socket.
 var ErrAdminSocketInUse = errors.New("another gatehouse answers on it: stop it first, or give this one its own admin_socket")
@@ -139,9 +142,14 @@ type Daemon struct {
 	cfg         atomic.Pointer[config.Config]
 	running     atomic.Bool // the first generation is in force, and not stopping
 	split       atomic.Bool // see errSplit
-	// held names the kernel layers left on the previous run's generation
-	// (see holdPrevious); they change under mu.
-	held    atomic.Pointer[[]string]
+	// hold says which kernel layers keep a previous run's admitted ranges
+	// (see holdPrevious); it changes under mu.
+	hold atomic.Pointer[holdState]
+	// inForce is the generation each component enforces, by name (absent:
+	// nothing applied by this run); it changes under mu.
+	inForce map[string]*policy.Policy
+	refresh refresher                       // feed refreshes on request
+	runCtx  atomic.Pointer[context.Context] // Run's, for work that outlives a request
 	gen     uint64
 	started time.Time
 }
@@ -155,7 +163,8 @@ func New(opts Options) (*Daemon, error) {
 	if opts.Build == nil {
 		opts.Build = BuildComponents
 	}
-	d := &Daemon{opts: opts, log: opts.Logger.With("component", "daemon"), reg: prometheus.NewRegistry(), feedRestart: make(chan struct{}, 1)}
+	d := &Daemon{opts: opts, log: opts.Logger.With("component", "daemon"), reg: prometheus.NewRegistry(), feedRestart: make(chan struct{}, 1),
+		inForce: map[string]*policy.Policy{}, refresh: refresher{last: map[string]rules.Outcome{}, flight: map[string]chan struct{}{}}}
 	d.m = newMetrics(d.reg)
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg, err := config.Load(opts.ConfigPath, opts.LookupEnv)
@@ -165,7 +174,7 @@ func New(opts Options) (*Daemon, error) {
 	if err := CheckStateDir(cfg.StateDir); err != nil {
 		return nil, err
 	}
-	fs, err := d.newFeedState(cfg)
+	fs, err := d.newFeedState(cfg, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -220,88 +229,6 @@ func (d *Daemon) build(cfg *config.Config, feedSets map[string][]netip.Prefix) (
 	return p, nil
 }
 
-// errSplit: a layer refused a generation, and a layer that had taken it
-// could not be given the previous one back, so the layers now enforce
-// different generations.
-var errSplit = errors.New("layers left on different generations")
-
-// apply hands p to every component in order. When one fails, those already
-// updated are given prev again (the latest first), so all of them keep one
-// generation. When that fails too, the daemon reports itself not ready
-// (/readyz) and says which layers are out of step, until a generation
-// applies to every layer.
-func (d *Daemon) apply(p, prev *policy.Policy) error {
-	return d.applyTo(d.components, p, prev)
-}
-
-// applyRanges applies p, which differs from prev in its admitted ranges
-// only, to the components that enforce them. Were anything else to differ,
-// every component gets it.
-func (d *Daemon) applyRanges(p, prev *policy.Policy) error {
-	if prev == nil || d.split.Load() || !onlyRangesDiffer(p, prev) {
-		// Layers left on different generations are all given this one.
-		return d.apply(p, prev)
-	}
-	var comps []Component
-	for _, c := range d.components {
-		if rb, ok := c.(RangeBlind); ok && rb.RangeBlind() {
-			continue
-		}
-		comps = append(comps, c)
-	}
-	return d.applyTo(comps, p, prev)
-}
-
-func onlyRangesDiffer(p, prev *policy.Policy) bool {
-	q := *p
-	q.Generation, q.Admitted = prev.Generation, prev.Admitted
-	return reflect.DeepEqual(&q, prev)
-}
-
-func (d *Daemon) applyTo(comps []Component, p, prev *policy.Policy) error {
-	held := d.heldLayers()
-	release := len(held) > 0 && complete(p)
-	if len(held) > 0 && !release {
-		comps = without(comps, held)
-	}
-	for i, c := range comps {
-		start := time.Now()
-		err := c.Apply(p)
-		d.m.applySeconds.WithLabelValues(c.Name()).Observe(time.Since(start).Seconds())
-		if err == nil {
-			continue
-		}
-		err = fmt.Errorf("apply generation %d to %s: %w", p.Generation, c.Name(), err)
-		if prev == nil {
-			return err
-		}
-		var stuck []string
-		for j := i - 1; j >= 0; j-- {
-			done := comps[j]
-			if rerr := done.Apply(prev); rerr != nil {
-				stuck = append(stuck, done.Name())
-				err = errors.Join(err, fmt.Errorf("restore %s: %w", done.Name(), rerr))
-			}
-		}
-		if len(stuck) > 0 {
-			d.split.Store(true)
-			d.log.Error("layers left on different generations; not ready until a configuration applies to all",
-				"on_new_generation", stuck, "generation", p.Generation, "others", prev.Generation)
-			err = fmt.Errorf("%w: %w", errSplit, err)
-		}
-		return err
-	}
-	d.split.Store(false)
-	d.current.Store(p)
-	d.m.observePolicy(p)
-	if release {
-		d.held.Store(nil)
-		d.log.Info("every feed has a verified release: the kernel layers enforce the generation in force again",
-			"layers", held, "generation", p.Generation)
-	}
-	return nil
-}
-
 // Run applies the first policy, serves metrics, runs every component's loop
 // and returns when ctx is cancelled (nil) or something fails. On the way out
 // it drains the proxies for shutdown_grace and closes every component; the
@@ -316,7 +243,12 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 5 * time.Second}
 
 	d.holdPrevious(d.current.Load())
-	if err := d.apply(d.current.Load(), nil); err != nil {
+	d.m.observeHold(d.hold.Load(), d.kernelLayers())
+	first, err := d.plan(cfg, d.current.Load())
+	if err == nil {
+		err = d.apply(first, nil)
+	}
+	if err != nil {
 		ln.Close()
 		return err
 	}
@@ -338,6 +270,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	d.runCtx.Store(&gctx)
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("metrics server: %w", err)

@@ -4,6 +4,8 @@
 // back the layers already updated when a later one refuses), serves the
 // metrics endpoint and the admin socket, says whether it is ready (every
 // feed backed by a verified release, kernel layers not held on a previous
-// run's ranges, the XDP filter attached), and drains on shutdown. No other package wires
-// components together.
+// run's ranges, the XDP filter attached), and drains on shutdown. While a
+// feed has no verified release it holds the kernel layers on the ranges a
+// previous run left (hold.go) and gives them each generation with those.
+// No other package wires components together.
 package daemon

@@ -10,14 +10,16 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/rules"
 )
 
 // FeedConfigs converts the feeds and rules sections of a configuration to
-// what the rules package takes. The configuration was validated already; an
-// unknown selection key or a bad public key is caught by rules.NewManager.
+// what the rules package takes. The configuration was validated already
+// (reserved feed names included: config.ReservedFeedNames); an unknown
+// selection key or a bad public key is caught by rules.NewManager.
 func FeedConfigs(cfg *config.Config) ([]rules.FeedConfig, rules.Guards, error) {
 	g := rules.Guards{MinPrefixV4: cfg.Rules.MinPrefix.V4, MinPrefixV6: cfg.Rules.MinPrefix.V6}
 	for i, s := range cfg.Rules.ReservedExempt {
@@ -31,14 +33,7 @@ func FeedConfigs(cfg *config.Config) ([]rules.FeedConfig, rules.Guards, error) {
 		return nil, rules.Guards{}, fmt.Errorf("rules: %w", err)
 	}
 	var out []rules.FeedConfig
-	for i, f := range cfg.Feeds {
-		// The admitted sources are named by feed, beside static_ranges and
-		// the aggregate: a feed named like them would replace
-		// static_ranges in the admitted set, or share their metric series.
-		if f.Name == staticSource || f.Name == allSources {
-			return nil, rules.Guards{}, fmt.Errorf("feeds[%d].name: %q is reserved (gatehouse_admitted_prefixes{feed=%q} names %s)",
-				i, f.Name, f.Name, map[string]string{staticSource: "static_ranges", allSources: "the aggregate in force"}[f.Name])
-		}
+	for _, f := range cfg.Feeds {
 		out = append(out, rules.FeedConfig{
 			Name: f.Name, Source: f.Source, Format: f.Format, Select: f.Select,
 			Keys: f.MinisignKeys, Threshold: f.Threshold, Refresh: f.Refresh,
@@ -63,7 +58,10 @@ type feedState struct {
 	guards rules.Guards
 }
 
-func (d *Daemon) newFeedState(cfg *config.Config) (*feedState, error) {
+// newFeedState builds the feed manager of cfg; carry is the one it
+// replaces (nil at start): its releases in force are verified again and
+// kept (see rules.ManagerConfig.Carry).
+func (d *Daemon) newFeedState(cfg *config.Config, carry *rules.Manager) (*feedState, error) {
 	cfgs, guards, err := FeedConfigs(cfg)
 	if err != nil {
 		return nil, err
@@ -73,7 +71,7 @@ func (d *Daemon) newFeedState(cfg *config.Config) (*feedState, error) {
 		return fs, nil
 	}
 	fs.mgr, err = rules.NewManager(rules.ManagerConfig{
-		Logger: d.opts.Logger, StateDir: cfg.StateDir, Feeds: cfgs, Guards: guards,
+		Logger: d.opts.Logger, StateDir: cfg.StateDir, Feeds: cfgs, Guards: guards, Carry: carry,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("feeds: %w", err)
@@ -119,27 +117,49 @@ func (d *Daemon) restartFeeds() {
 
 // onFeedUpdate is called by a feed manager with a verified new set. It
 // builds and applies a whole new generation; the manager persists the
-// release only when this returns nil.
-func (d *Daemon) onFeedUpdate(mgr *rules.Manager, name string, prefixes []netip.Prefix) error {
+// release only when this returns nil. While kernel layers keep a previous
+// run's ranges and the generation still lacks a feed, the release reaches
+// the other layers only, and ErrDeferred tells the manager that it is not
+// in force in the kernel. The generation that ends such a hold is held to
+// the coverage guard against what the kernel keeps (guardRelease), unless
+// the admin accepted the release.
+func (d *Daemon) onFeedUpdate(mgr *rules.Manager, up rules.Update) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if fs := d.feeds.Load(); fs == nil || fs.mgr != mgr {
 		return errors.New("feed manager was replaced by a reload")
 	}
 	sets := maps.Clone(d.feedSets)
-	sets[name] = prefixes
-	p, err := d.build(d.cfg.Load(), sets)
+	sets[up.Feed] = up.Prefixes
+	cfg := d.cfg.Load()
+	p, err := d.build(cfg, sets)
+	var pl plan
 	if err == nil {
-		err = d.applyRanges(p, d.current.Load())
+		pl, err = d.plan(cfg, p)
+	}
+	if err == nil && pl.release && !up.Accepted {
+		if gerr := d.guardRelease(cfg, p); gerr != nil {
+			d.log.Error("feed release would end the hold with a change beyond the coverage guard; held in quarantine, the kernel keeps the previous run's ranges",
+				"feed", up.Feed, "serial", up.Serial, "err", gerr)
+			return gerr
+		}
+	}
+	if err == nil {
+		err = d.applyRanges(pl, d.current.Load())
 	}
 	if err != nil {
 		if !errors.Is(err, errSplit) {
-			d.log.Error("feed update not applied; previous admitted set stays in force", "feed", name, "err", err)
+			d.log.Error("feed update not applied; previous admitted set stays in force", "feed", up.Feed, "err", err)
 		}
 		return err
 	}
 	d.feedSets = sets
-	d.log.Info("feed update in force", "feed", name, "generation", p.Generation,
+	if h := d.hold.Load(); h != nil {
+		d.log.Info("feed release verified; the kernel layers keep the previous run's ranges until every feed has one",
+			"feed", up.Feed, "serial", up.Serial, "layers", h.layers, "missing", missingFeeds(p))
+		return rules.ErrDeferred
+	}
+	d.log.Info("feed update in force", "feed", up.Feed, "serial", up.Serial, "generation", p.Generation,
 		"admitted_v4", len(p.Admitted.V4), "admitted_v6", len(p.Admitted.V6))
 	return nil
 }
@@ -155,9 +175,7 @@ func (d *Daemon) runFeeds(ctx context.Context) error {
 		done := make(chan error, 1)
 		if fs.mgr != nil {
 			go func() {
-				done <- fs.mgr.Run(mctx, func(name string, p []netip.Prefix) error {
-					return d.onFeedUpdate(fs.mgr, name, p)
-				})
+				done <- fs.mgr.Run(mctx, func(up rules.Update) error { return d.onFeedUpdate(fs.mgr, up) })
 			}()
 		}
 		select {
@@ -190,10 +208,29 @@ func (d *Daemon) runFeeds(ctx context.Context) error {
 // ErrNoFeeds is returned by RefreshFeeds when no feed is configured.
 var ErrNoFeeds = errors.New("no feed is configured")
 
+// refreshGap is the least time between two fetches of one feed on request:
+// within it, the outcome of the last one is answered again (an admin, a
+// script in a loop, or many names given twice cannot make the daemon
+// hammer the mirror).
+const refreshGap = 5 * time.Second
+
+// refresher remembers, per feed, the last round run on request and the
+// one running now.
+type refresher struct {
+	mu     sync.Mutex
+	last   map[string]rules.Outcome
+	flight map[string]chan struct{} // closed when the round ends; its outcome is then in last
+}
+
 // RefreshFeeds fetches the named feeds now (every configured feed when
-// names is empty), each as its refresh loop would, applies what verifies,
-// and returns what came of each, in the order asked. A name the
-// configuration lacks is an error before anything is fetched.
+// names is empty; a name given twice counts once), each as its refresh
+// loop would, applies what verifies, and returns what came of each, in the
+// order asked. A name the configuration lacks is an error before anything
+// is fetched. A feed refreshed less than refreshGap ago, or being refreshed
+// now, is not fetched again: its outcome is answered (Reused). The rounds
+// belong to the daemon, not to the request: when ctx ends (the client gave
+// up) RefreshFeeds returns ctx's error and the rounds complete, counted and
+// recorded as any other.
 func (d *Daemon) RefreshFeeds(ctx context.Context, names []string) ([]rules.Outcome, error) {
 	fs := d.feeds.Load()
 	if fs == nil || fs.mgr == nil {
@@ -206,24 +243,72 @@ func (d *Daemon) RefreshFeeds(ctx context.Context, names []string) ([]rules.Outc
 	if len(names) == 0 {
 		names = configured
 	}
+	var asked []string
 	for _, n := range names {
 		if !slices.Contains(configured, n) {
 			return nil, fmt.Errorf("%w %q (configured: %s)", rules.ErrUnknownFeed, n, strings.Join(configured, ", "))
 		}
+		if !slices.Contains(asked, n) {
+			asked = append(asked, n)
+		}
 	}
-	out := make([]rules.Outcome, len(names))
-	var wg sync.WaitGroup
-	for i, n := range names {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			// The error is only for an unknown name, checked above.
-			out[i], _ = fs.mgr.Refresh(ctx, n, func(name string, p []netip.Prefix) error {
-				return d.onFeedUpdate(fs.mgr, name, p)
-			})
-			d.log.Info("feed refreshed on request", "feed", n, "result", out[i].Result, "serial", out[i].Serial)
-		}()
+	out := make([]rules.Outcome, len(asked))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		for i, n := range asked {
+			wg.Go(func() { out[i] = d.refreshOne(fs.mgr, n) })
+		}
+		wg.Wait()
+	}()
+	select {
+	case <-done:
+		return out, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	wg.Wait()
-	return out, nil
+}
+
+// refreshOne runs one round of feed name on request, or answers the last
+// one (see RefreshFeeds).
+func (d *Daemon) refreshOne(mgr *rules.Manager, name string) rules.Outcome {
+	r := &d.refresh
+	r.mu.Lock()
+	if o, ok := r.last[name]; ok && time.Since(o.At) < refreshGap {
+		r.mu.Unlock()
+		o.Reused = true
+		return o
+	}
+	if wait, ok := r.flight[name]; ok {
+		r.mu.Unlock()
+		<-wait
+		r.mu.Lock()
+		o := r.last[name]
+		r.mu.Unlock()
+		o.Reused = true
+		return o
+	}
+	wait := make(chan struct{})
+	r.flight[name] = wait
+	r.mu.Unlock()
+
+	o, _ := mgr.Refresh(d.runContext(), name, func(up rules.Update) error { return d.onFeedUpdate(mgr, up) })
+	o.At = time.Now()
+	d.log.Info("feed refreshed on request", "feed", name, "result", o.Result, "serial", o.Serial)
+	r.mu.Lock()
+	r.last[name] = o
+	delete(r.flight, name)
+	r.mu.Unlock()
+	close(wait)
+	return o
+}
+
+// runContext is the context of Run, which ends when the daemon stops;
+// before Run, one that never ends.
+func (d *Daemon) runContext() context.Context {
+	if ctx := d.runCtx.Load(); ctx != nil {
+		return *ctx
+	}
+	return context.Background()
 }

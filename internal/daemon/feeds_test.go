@@ -16,19 +16,26 @@ import (
 
 	"aead.dev/minisign"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/rules"
 )
 
-// writeRelease publishes a signed cidr feed release in dir.
+// writeRelease publishes a signed cidr release of feed lab in dir.
 func writeRelease(t *testing.T, dir string, key minisign.PrivateKey, serial uint64, body string) {
 	t.Helper()
-	if err := os.WriteFile(filepath.Join(dir, "lab.txt"), []byte(body), 0o644); err != nil {
+	writeReleaseNamed(t, dir, "lab", key, serial, body)
+}
+
+// writeReleaseNamed publishes a signed cidr release of feed name in dir.
+func writeReleaseNamed(t *testing.T, dir, name string, key minisign.PrivateKey, serial uint64, body string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, name+".txt"), []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	m := rules.Manifest{Source: "lab", Serial: serial, Issued: now.Add(-time.Minute), Expires: now.Add(time.Hour),
-		Files: []rules.ManifestFile{rules.NewManifestFile("lab.txt", "cidr", []byte(body))}}
+	m := rules.Manifest{Source: name, Serial: serial, Issued: now.Add(-time.Minute), Expires: now.Add(time.Hour),
+		Files: []rules.ManifestFile{rules.NewManifestFile(name+".txt", "cidr", []byte(body))}}
 	raw, err := m.Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -198,15 +205,7 @@ func TestFeedUpdateSeriesFollowReload(t *testing.T) {
 	}
 	metrics := regexp.MustCompile(`listen: "([^"]+)"`).FindStringSubmatch(withSecond)[1]
 	d := runDaemon(t, path, &recorder{name: "a"})
-	scrape := func() string {
-		resp, err := http.Get("http://" + metrics + "/metrics")
-		if err != nil {
-			return ""
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return string(b)
-	}
+	scrape := func() string { _, body := scrape(t, metrics); return body }
 	series := func(feed, result string) string {
 		return fmt.Sprintf(`gatehouse_feed_updates_total{feed=%q,result=%q} `, feed, result)
 	}
@@ -246,9 +245,14 @@ func grepLines(body, s string) string {
 
 // TestFeedNameReserved: a feed named "static" would replace static_ranges
 // in the admitted set (and "all" share the aggregate's metric series): the
-// configuration is refused, by run and by check alike (both use
-// FeedConfigs).
+// configuration is refused, by run and by check alike (both load it), with
+// the key path. The reserved names are the daemon's source names.
 func TestFeedNameReserved(t *testing.T) {
+	for _, n := range []string{staticSource, allSources} {
+		if _, ok := config.ReservedFeedNames[n]; !ok {
+			t.Errorf("config.ReservedFeedNames lacks the daemon's source name %q", n)
+		}
+	}
 	for _, name := range []string{"static", "all"} {
 		path, _, _ := feedConfig(t)
 		b, err := os.ReadFile(path)
@@ -264,8 +268,21 @@ func TestFeedNameReserved(t *testing.T) {
 			t.Errorf("feed named %q accepted; static 203.0.113.1 admitted: %v", name, p.Admitted.Contains(mustAddr("203.0.113.1")))
 			continue
 		}
-		if !strings.Contains(err.Error(), `feeds[0].name: "`+name+`" is reserved`) {
+		if !strings.Contains(err.Error(), `feeds[0].name`) || !strings.Contains(err.Error(), `"`+name+`" is reserved`) {
 			t.Errorf("feed named %q: %v", name, err)
 		}
 	}
+}
+
+// scrape reads the metrics endpoint: status code and body ("" when it
+// does not answer).
+func scrape(t *testing.T, metrics string) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + metrics + "/metrics")
+	if err != nil {
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }

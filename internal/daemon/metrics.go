@@ -13,6 +13,8 @@ type metrics struct {
 	applySeconds *prometheus.HistogramVec
 	admitted     *prometheus.GaugeVec
 	generation   prometheus.Gauge
+	layerHeld    *prometheus.GaugeVec
+	heldPrefixes *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -34,12 +36,35 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "gatehouse_policy_generation",
 			Help: "Generation number of the policy in force.",
 		}),
+		layerHeld: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gatehouse_kernel_layer_held",
+			Help: "1 while a kernel layer keeps a previous run's admitted ranges because a feed has no verified release (gatehouse_admitted_prefixes then describes the other layers).",
+		}, []string{"layer"}),
+		heldPrefixes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gatehouse_held_admitted_prefixes",
+			Help: "Prefixes of the previous run's admitted ranges that held kernel layers enforce (0 when none is held, or they could not be read).",
+		}, []string{"family"}),
 	}
 	for _, r := range []string{"ok", "error"} {
 		m.reloads.WithLabelValues(r)
 	}
-	reg.MustRegister(m.reloads, m.applySeconds, m.admitted, m.generation)
+	m.heldPrefixes.WithLabelValues("ipv4")
+	m.heldPrefixes.WithLabelValues("ipv6")
+	reg.MustRegister(m.reloads, m.applySeconds, m.admitted, m.generation, m.layerHeld, m.heldPrefixes)
 	return m
+}
+
+// observeHold sets the hold's series: one per kernel layer.
+func (m *metrics) observeHold(h *holdState, kernel []string) {
+	for _, l := range kernel {
+		v := 0.0
+		if h.holds(l) {
+			v = 1
+		}
+		m.layerHeld.WithLabelValues(l).Set(v)
+	}
+	m.heldPrefixes.WithLabelValues("ipv4").Set(float64(heldLen(h, true)))
+	m.heldPrefixes.WithLabelValues("ipv6").Set(float64(heldLen(h, false)))
 }
 
 func (m *metrics) observePolicy(p *policy.Policy) {

@@ -5,12 +5,13 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/gatehouse-dmz/gatehouse/rules"
 )
 
 // holder is a range-enforcing component that says it holds a previous
@@ -67,9 +68,7 @@ func TestStartedWithoutFeedIsNotReady(t *testing.T) {
 
 	os.Rename(feedDir+".gone", feedDir)
 	fs := d.feeds.Load()
-	if err := fs.mgr.Cycle(context.Background(), "lab", func(name string, p []netip.Prefix) error {
-		return d.onFeedUpdate(fs.mgr, name, p)
-	}); err != nil {
+	if err := fs.mgr.Cycle(context.Background(), "lab", func(up rules.Update) error { return d.onFeedUpdate(fs.mgr, up) }); err != nil {
 		t.Fatal(err)
 	}
 	if code, body := readyz(t, metrics); code != http.StatusOK {
@@ -104,9 +103,7 @@ func TestHeldLayerKeepsPreviousRun(t *testing.T) {
 
 	os.Rename(feedDir+".gone", feedDir)
 	fs := d.feeds.Load()
-	if err := fs.mgr.Cycle(context.Background(), "lab", func(name string, p []netip.Prefix) error {
-		return d.onFeedUpdate(fs.mgr, name, p)
-	}); err != nil {
+	if err := fs.mgr.Cycle(context.Background(), "lab", func(up rules.Update) error { return d.onFeedUpdate(fs.mgr, up) }); err != nil {
 		t.Fatal(err)
 	}
 	if g := d.Policy().Generation; kernel.last() != g || !d.Policy().Admitted.Contains(mustAddr("198.51.100.7")) {
@@ -139,5 +136,25 @@ func TestNewRefusesUnusableStateDir(t *testing.T) {
 	}
 	if built {
 		t.Error("components were built for an unusable state_dir")
+	}
+}
+
+// TestNewRefusesStateSubdirFile: a file where the daemon keeps a
+// directory of its state (state_dir/feeds with feeds configured would fail
+// OpenStore) is refused by New, as by check, naming the path.
+func TestNewRefusesStateSubdirFile(t *testing.T) {
+	path, _, _ := feedConfig(t)
+	b, _ := os.ReadFile(path)
+	state := regexp.MustCompile(`state_dir: (\S+)`).FindStringSubmatch(string(b))[1]
+	feeds := filepath.Join(state, "feeds")
+	if err := os.WriteFile(feeds, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := New(Options{ConfigPath: path, Logger: quietLogger(), Build: func(*Env) ([]Component, error) { return nil, nil }})
+	if err == nil || !strings.Contains(err.Error(), "state_dir "+feeds+": not a directory") {
+		t.Errorf("New with state_dir/feeds a file: %v", err)
+	}
+	if err := CheckStateDir(state); err == nil {
+		t.Error("CheckStateDir passes a state_dir whose feeds is a file")
 	}
 }

@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/rules"
 )
 
 // Reload rebuilds the whole configuration and policy and swaps them in. On
@@ -16,8 +18,15 @@ func (d *Daemon) Reload() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	cfg, fs, sets, p, err := d.prepareReload()
+	var pl plan
 	if err == nil {
-		err = d.apply(p, d.current.Load())
+		err = d.refuseWhileHeldAsIs(p)
+	}
+	if err == nil {
+		pl, err = d.plan(cfg, p)
+	}
+	if err == nil {
+		err = d.apply(pl, d.current.Load())
 	}
 	if err != nil {
 		d.m.reloads.WithLabelValues("error").Inc()
@@ -53,14 +62,39 @@ func (d *Daemon) prepareReload() (cfg *config.Config, fs *feedState, sets map[st
 		return nil, nil, nil, nil, err
 	}
 	sets = d.feedSets
-	if !d.feeds.Load().sameConfig(cfgs, guards) {
-		if fs, err = d.newFeedState(cfg); err != nil {
+	if old := d.feeds.Load(); !old.sameConfig(cfgs, guards) {
+		if fs, err = d.newFeedState(cfg, old.mgr); err != nil {
+			return nil, nil, nil, nil, err
+		}
+		if err = keepsFeeds(old, fs); err != nil {
 			return nil, nil, nil, nil, err
 		}
 		sets = fs.current()
 	}
 	p, err = d.build(cfg, sets)
 	return cfg, fs, sets, p, err
+}
+
+// keepsFeeds refuses a new feed manager that lost the release in force of
+// a feed still configured: a rotated minisign key before the mirror is
+// signed with it, a tighter min_prefix or another selection can make the
+// stored release fail verification, and the reload would then drop that
+// feed's ranges from every layer. Say which feed and why instead.
+func keepsFeeds(old, next *feedState) error {
+	if old.mgr == nil || next.mgr == nil {
+		return nil
+	}
+	before, after := old.mgr.States(), next.mgr.States()
+	var errs []error
+	for _, a := range after {
+		i := slices.IndexFunc(before, func(b rules.FeedState) bool { return b.Name == a.Name })
+		if i < 0 || !before[i].Verified || a.Verified {
+			continue
+		}
+		errs = append(errs, fmt.Errorf("feed %s: %s; the reload would drop its ranges: publish a release the new keys, "+
+			"selection and guards accept first, or list the new minisign key beside the old one", a.Name, a.Problem))
+	}
+	return errors.Join(errs...)
 }
 
 // needsRestart refuses a reload that changes what is wired at start: where

@@ -14,17 +14,42 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
+// stateSubdirs are the directories the daemon keeps under state_dir: the
+// feed store (rules.OpenStore) and the session-ticket keys (certs).
+var stateSubdirs = []string{"feeds", "tls-tickets"}
+
 // CheckStateDir refuses a state_dir the daemon could not keep its state in:
 // a file, a path through a file, or (checked as root, as the daemon runs) a
-// directory it cannot write, or one it could not create. `run` and `check`
-// both call it, so check refuses what run would.
+// directory it cannot write, or one it could not create; and the same of
+// each directory it keeps there (stateSubdirs). `run` and `check` both call
+// it, so check refuses what run would.
 func CheckStateDir(dir string) error {
 	fi, err := os.Stat(dir)
 	switch {
 	case err == nil && !fi.IsDir():
 		return fmt.Errorf("state_dir %s: not a directory", dir)
 	case err == nil:
-		return writable(dir)
+		if err := writable(dir); err != nil {
+			return fmt.Errorf("state_dir %w", err)
+		}
+		var errs []error
+		for _, sub := range stateSubdirs {
+			p := filepath.Join(dir, sub)
+			fi, err := os.Stat(p)
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+				// Created by the daemon, in the writable state_dir.
+			case err != nil:
+				errs = append(errs, fmt.Errorf("state_dir %s: %w", p, unwrapPath(err)))
+			case !fi.IsDir():
+				errs = append(errs, fmt.Errorf("state_dir %s: not a directory (the daemon keeps %s there)", p, sub))
+			default:
+				if err := writable(p); err != nil {
+					errs = append(errs, fmt.Errorf("state_dir %w", err))
+				}
+			}
+		}
+		return errors.Join(errs...)
 	case !errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("state_dir %s: %w", dir, unwrapPath(err))
 	}

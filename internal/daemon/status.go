@@ -1,14 +1,8 @@
 package daemon
 
 import (
-	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"time"
@@ -33,19 +27,22 @@ type Status struct {
 	// daemon), not reasons to be unready.
 	Warnings []string `json:"warnings,omitempty"`
 	// Held names the kernel layers still enforcing the previous run's
-	// admitted ranges (see holdPrevious).
-	Held        []string        `json:"held_layers,omitempty"`
-	Interface   string          `json:"interface"`
-	XDPMode     string          `json:"xdp_mode"` // native, generic, off
-	NFTables    bool            `json:"nftables"`
-	Mode        string          `json:"mode"`
-	Admitted    []AdmittedCount `json:"admitted"`
-	Feeds       []FeedStatus    `json:"feeds"`
-	Tenants     []TenantStatus  `json:"tenants"`
-	Listeners   []ListenerRoute `json:"listeners"`
-	Certs       []CertExpiry    `json:"certificates"`
-	Counters    []Counter       `json:"counters"`
-	ReloadError uint64          `json:"reload_errors"`
+	// admitted ranges (see holdPrevious); HeldAdmitted is how many
+	// prefixes of them, when they could be read (the admitted counts are
+	// then those of the other layers).
+	Held         []string          `json:"held_layers,omitempty"`
+	HeldAdmitted *AdmittedCount    `json:"held_admitted,omitempty"`
+	Interface    string            `json:"interface"`
+	XDPMode      string            `json:"xdp_mode"` // native, generic, off
+	NFTables     bool              `json:"nftables"`
+	Mode         string            `json:"mode"`
+	Admitted     []AdmittedCount   `json:"admitted"`
+	Feeds        []rules.FeedState `json:"feeds"`
+	Tenants      []TenantStatus    `json:"tenants"`
+	Listeners    []ListenerRoute   `json:"listeners"`
+	Certs        []CertExpiry      `json:"certificates"`
+	Counters     []Counter         `json:"counters"`
+	ReloadError  uint64            `json:"reload_errors"`
 	// Refusals are the last refused TLS handshakes, newest first.
 	Refusals []certs.Refusal `json:"refusals"`
 }
@@ -60,22 +57,6 @@ type AdmittedCount struct {
 	Source string `json:"source"`
 	V4     int    `json:"v4"`
 	V6     int    `json:"v6"`
-}
-
-// FeedStatus is one configured feed: the release in force, or why there
-// is none.
-type FeedStatus struct {
-	Name        string    `json:"name"`
-	Verified    bool      `json:"verified"` // a verified release is in force
-	Serial      uint64    `json:"serial"`
-	LastSuccess time.Time `json:"last_success,omitzero"`
-	Expired     bool      `json:"expired"`
-	// Problem: why no verified release is in force, or why it is the
-	// previous one.
-	Problem     string `json:"problem,omitempty"`
-	LastResult  string `json:"last_result,omitempty"`
-	LastError   string `json:"last_error,omitempty"`
-	Quarantined uint64 `json:"quarantined_serial,omitempty"`
 }
 
 // TenantStatus is one tenant and its live sessions.
@@ -131,18 +112,19 @@ func (d *Daemon) Status() Status {
 	st := Status{Version: d.opts.Version, PID: os.Getpid(), Started: d.started}
 	st.NotReady = d.NotReady()
 	st.Ready = len(st.NotReady) == 0
-	st.Held = d.heldLayers()
+	if h := d.hold.Load(); h != nil {
+		st.Held = h.layers
+		if h.ranges != nil {
+			st.HeldAdmitted = &AdmittedCount{Source: "previous run (read from " + h.from + ")", V4: len(h.ranges.V4), V6: len(h.ranges.V6)}
+		}
+	}
 	for _, c := range d.components {
 		if w, ok := c.(Warner); ok {
 			st.Warnings = append(st.Warnings, w.Warnings()...)
 		}
 	}
 	if fs := d.feeds.Load(); fs != nil && fs.mgr != nil {
-		for _, f := range fs.mgr.States() {
-			st.Feeds = append(st.Feeds, FeedStatus{Name: f.Name, Verified: f.Verified, Serial: f.Serial,
-				LastSuccess: f.LastSuccess, Expired: f.Expired, Problem: f.Problem,
-				LastResult: f.LastResult, LastError: f.LastError, Quarantined: f.Quarantined})
-		}
+		st.Feeds = fs.mgr.States()
 	}
 	p := d.Policy()
 	if p == nil {
@@ -230,62 +212,4 @@ func seriesName(name string, lbl map[string]string) string {
 		s += fmt.Sprintf("%s=%q", k, lbl[k])
 	}
 	return s + "}"
-}
-
-// serveAdmin answers `gatehouse status` and `gatehouse feed refresh` on a
-// unix socket only root can reach (mode 0600 in a 0700 directory), until
-// ctx ends.
-func (d *Daemon) serveAdmin(ctx context.Context, path string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("admin socket: %w", err)
-	}
-	// A socket left by a killed daemon would make Listen fail, so a stale
-	// one is removed; one that answers belongs to a running daemon.
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return fmt.Errorf("admin socket %s: %w", path, ErrAdminSocketInUse)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("admin socket: %w", err)
-	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return fmt.Errorf("admin socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return fmt.Errorf("admin socket: %w", err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(d.Status())
-	})
-	// POST /feeds/refresh?feed=NAME…: fetch now, wait, answer the outcome
-	// of each (gatehouse feed refresh).
-	mux.HandleFunc("POST /feeds/refresh", func(w http.ResponseWriter, r *http.Request) {
-		out, err := d.RefreshFeeds(r.Context(), r.URL.Query()["feed"])
-		switch {
-		case errors.Is(err, rules.ErrUnknownFeed), errors.Is(err, ErrNoFeeds):
-			http.Error(w, err.Error(), http.StatusNotFound)
-			return
-		case err != nil:
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(out)
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		srv.Close()
-	}()
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("admin socket: %w", err)
-	}
-	os.Remove(path)
-	return nil
 }

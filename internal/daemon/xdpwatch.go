@@ -17,21 +17,39 @@ import (
 // filter is back within about a second.
 const xdpWatchInterval = time.Second
 
-// xdpWatch notices an XDP filter detached behind the daemon's back
-// (`gatehouse teardown --force`, `bpftool link detach`, the pins removed)
-// and puts it back, as nftables drift repair does for the table. While it
-// cannot, the layer is not ready.
-type xdpWatch struct {
-	xe      *xdp.Enforcer
-	log     *slog.Logger
-	repairs *prometheus.CounterVec
+// Retries of a repair that failed back off from xdpWatchInterval up to
+// maxRepairBackoff: an interface that is gone for good costs one attempt
+// (one error counted) a minute, not one a second for ever.
+const maxRepairBackoff = time.Minute
 
-	mu      sync.Mutex
-	problem string // why the filter is not in place, "" when it is
+// attachment is what the watch needs of the XDP enforcer.
+type attachment interface {
+	CheckAttached() error
+	Repair() error
+	AttachMode() string
 }
 
-func newXDPWatch(xe *xdp.Enforcer, log *slog.Logger) *xdpWatch {
-	w := &xdpWatch{xe: xe, log: log.With("component", "xdp"), repairs: prometheus.NewCounterVec(prometheus.CounterOpts{
+var _ attachment = (*xdp.Enforcer)(nil)
+
+// xdpWatch notices an XDP filter detached behind the daemon's back
+// (`gatehouse teardown --force`, `bpftool link detach`, the pins removed,
+// the interface deleted and created again) and puts it back, as nftables
+// drift repair does for the table. While it cannot, the layer is not
+// ready, a new reason is logged once, and the attempts back off.
+type xdpWatch struct {
+	xe      attachment
+	log     *slog.Logger
+	repairs *prometheus.CounterVec
+	now     func() time.Time
+
+	mu       sync.Mutex
+	problem  string    // why the filter is not in place, "" when it is
+	failures int       // repairs failed in a row
+	next     time.Time // no repair before
+}
+
+func newXDPWatch(xe attachment, log *slog.Logger) *xdpWatch {
+	w := &xdpWatch{xe: xe, log: log.With("component", "xdp"), now: time.Now, repairs: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gatehouse_xdp_reattach_total",
 		Help: "Times the XDP filter was found detached from its interface or unpinned and put back (ok), or could not be (error: /readyz fails meanwhile).",
 	}, []string{"result"})}
@@ -63,23 +81,39 @@ func (w *xdpWatch) check() (closed bool) {
 		return true
 	}
 	if err == nil {
+		w.mu.Lock()
+		if w.problem != "" {
+			w.problem, w.failures, w.next = "", 0, time.Time{}
+			w.log.Info("XDP filter attached and pinned")
+		}
+		w.mu.Unlock()
 		return false
 	}
 	if !errors.Is(err, xdp.ErrDetached) && !errors.Is(err, xdp.ErrUnpinned) {
 		w.fail("cannot check the XDP filter: "+err.Error(), err)
 		return false
 	}
-	if w.notReady() == "" {
+	w.mu.Lock()
+	first, wait := w.problem == "", w.now().Before(w.next)
+	w.mu.Unlock()
+	if wait {
+		return false
+	}
+	if first {
 		w.log.Error("XDP filter found detached or unpinned behind the daemon's back; putting it back", "err", err)
 	}
 	if rerr := w.xe.Repair(); rerr != nil {
 		w.repairs.WithLabelValues("error").Inc()
+		w.mu.Lock()
+		w.failures++
+		w.next = w.now().Add(min(xdpWatchInterval<<min(w.failures-1, 16), maxRepairBackoff))
+		w.mu.Unlock()
 		w.fail("the XDP filter was detached and could not be put back: "+rerr.Error(), rerr)
 		return errors.Is(rerr, xdp.ErrClosed)
 	}
 	w.repairs.WithLabelValues("ok").Inc()
 	w.mu.Lock()
-	w.problem = ""
+	w.problem, w.failures, w.next = "", 0, time.Time{}
 	w.mu.Unlock()
 	w.log.Warn("XDP filter attached and pinned again", "mode", w.xe.AttachMode())
 	return false

@@ -1,0 +1,24 @@
+package config
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+// TestReservedFeedNames: a feed named like an admitted source that is not
+// a feed (static, all) is a problem of the configuration, with its key
+// path, listed with the others (so check shows it among them).
+func TestReservedFeedNames(t *testing.T) {
+	for _, name := range []string{"static", "all"} {
+		yaml := strings.Replace(goodYAML, "static_ranges:", `feeds:
+  - {name: `+name+`, source: "file:///srv/feed/manifest.json", format: cidr, minisign_keys: ["RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3"], threshold: 1, refresh: 15m}
+static_ranges:`, 1)
+		yaml = strings.Replace(yaml, "mode: strict", "mode: paranoid", 1) // and another problem beside it
+		_, err := parse(t, yaml, nil)
+		var ps Problems
+		if !errors.As(err, &ps) || len(ps) != 2 || !strings.Contains(err.Error(), `feeds[0].name: "`+name+`" is reserved`) {
+			t.Errorf("feed named %q: %v, want two problems, one naming feeds[0].name", name, err)
+		}
+	}
+}
