@@ -108,9 +108,9 @@ type direction struct {
 	s          *session
 	fromClient bool
 	p          Parser
-	out        []byte // bytes for the other side
-	reply      []byte // the proxy's own answer to this side
-	storm      bucket // the client's negotiations after the data phase
+	out        []byte       // bytes for the other side
+	reply      []byte       // the proxy's own answer to this side
+	storm      relay.Bucket // the client's negotiations after the data phase
 }
 
 func (s *session) pump(fromClient bool) {
@@ -299,7 +299,7 @@ func (d *direction) token(t Token) error {
 func (d *direction) countNego() error {
 	b := d.s.h.bounds
 	if d.s.dataPhase.Load() {
-		if d.fromClient && !d.storm.take(time.Now(), b.stormRate, b.stormBurst) {
+		if d.fromClient && !d.storm.Take(time.Now(), b.stormRate, b.stormBurst) {
 			return fmt.Errorf("%w: over %g at once or %g a second", ErrNegotiationStorm, b.stormBurst, b.stormRate)
 		}
 		return nil
@@ -308,26 +308,6 @@ func (d *direction) countNego() error {
 		return fmt.Errorf("%w: over %d", ErrTooManyNego, b.maxNegotiations)
 	}
 	return nil
-}
-
-// bucket is a token bucket; its zero value is full.
-type bucket struct {
-	tokens float64
-	last   time.Time
-}
-
-func (b *bucket) take(now time.Time, rate, burst float64) bool {
-	if b.last.IsZero() {
-		b.tokens = burst
-	} else {
-		b.tokens = min(burst, b.tokens+now.Sub(b.last).Seconds()*rate)
-	}
-	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
 }
 
 // sub applies the policy to a sub-negotiation. It reports whether the
