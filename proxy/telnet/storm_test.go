@@ -3,7 +3,6 @@ package telnet
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -176,31 +175,9 @@ func TestS3270EnvironAndKeepalives(t *testing.T) {
 			go ibmiHost(c, "ENVIRON HELD BACK", environ, 100)
 		}
 	}()
-	port := listenLoopbacks(t, func(c net.Conn) {
-		tc := tls.Server(c, pki.serverTLS)
-		if tc.Handshake() != nil {
-			c.Close()
-			return
-		}
-		if peer, err := admitAcme(tc.ConnectionState()); err == nil {
-			rg.h.Serve(context.Background(), tc, peer)
-		}
-		c.Close()
-	})
+	port := rg.listenTLS(t, pki)
 	em := startS3270(t, path, pki)
-	if out, ok := em.do(t, fmt.Sprintf("Connect(L:ACMELU01@localhost:%d)", port)); !ok {
-		t.Fatalf("connect failed: %q", out)
-	}
-	var screen string
-	for range 20 {
-		out, ok := em.do(t, "Ascii()")
-		screen = strings.Join(out, "\n")
-		if ok && strings.Contains(screen, "ENVIRON HELD BACK") {
-			break
-		}
-		em.do(t, "Wait(1,Output)")
-	}
-	if !strings.Contains(screen, "ENVIRON HELD BACK") {
+	if screen, ok := em.connect(t, fmt.Sprintf("L:ACMELU01@localhost:%d", port), "ENVIRON HELD BACK"); !ok {
 		t.Fatalf("host screen not shown; s3270 sees:\n%s\nsession log:\n%s", screen, rg.log)
 	}
 	select {
