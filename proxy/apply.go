@@ -186,7 +186,7 @@ func (s *Server) buildState(l policy.Listener) (*listenerState, error) {
 	if st.http == nil {
 		st.routes = map[string]string{}
 		for _, r := range l.Routes {
-			st.routes[r.Tenant] = fmt.Sprintf("%s|%s|%+v", l.Protocol, l.Name, r)
+			st.routes[r.Tenant] = r.Key(l.Name, l.Protocol)
 		}
 	}
 	return st, nil

@@ -37,7 +37,7 @@ type listenerState struct {
 	http   *httpproxy.Handler
 	tcp    map[string]*tcpRoute
 	telnet *telnet.Handler
-	routes map[string]string // tcp and telnet: tenant → routeKey, built once
+	routes map[string]string // tcp and telnet: tenant → policy.Route.Key, built once
 }
 
 func (st *listenerState) start() {

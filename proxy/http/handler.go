@@ -132,7 +132,7 @@ func New(cfg Config) (*Handler, error) {
 			h.Close()
 			return nil, fmt.Errorf("listener %q route %d: %w", l.Name, i, err)
 		}
-		rt.key = routeKey(l, pr)
+		rt.key = pr.Key(l.Name, l.Protocol)
 		key := rt.tenant + "\x00" + rt.label
 		if seen[key] {
 			h.Close()

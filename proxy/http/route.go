@@ -31,7 +31,7 @@ type route struct {
 	soap      bool
 	// pathParams lets requests carry ;parameters in path segments.
 	pathParams bool
-	key        string // routeKey, for the tunnels of upgraded connections
+	key        string // policy.Route.Key, for the tunnels of upgraded connections
 }
 
 func (h *Handler) newRoute(index int, pr policy.Route) (*route, error) {

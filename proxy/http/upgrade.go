@@ -5,7 +5,6 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -34,12 +33,6 @@ type upgradeHookKey struct{}
 // Without one a tunnel is bounded by its limits only.
 func WithUpgradeHook(ctx context.Context, hook UpgradeHook) context.Context {
 	return context.WithValue(ctx, upgradeHookKey{}, hook)
-}
-
-// routeKey identifies a route across generations: everything of it a
-// tunnel depends on. A reload that changes any of it changes the key.
-func routeKey(l policy.Listener, r policy.Route) string {
-	return fmt.Sprintf("%s|%s|%+v", l.Protocol, l.Name, r)
 }
 
 // HasRoute reports whether tenant has the route of key on this generation.
