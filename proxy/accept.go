@@ -134,31 +134,23 @@ func (s *Server) checkDescriptorBudget(p *policy.Policy) {
 	}
 }
 
-// rearm gives the open tcp and terminal sessions of every listener the
-// idle timeout and maximum length of the new generation (per tenant).
-// Other limits apply to open connections as they are read (per-tenant
-// caps at the next admission, HTTP settings per httpServer).
+// rearm gives the open tcp and terminal sessions and upgraded connections
+// of every listener the idle timeout and maximum length of the new
+// generation (per tenant). Other limits apply to open connections as they
+// are read (per-tenant caps at the next admission, HTTP settings per
+// httpServer).
 func (s *Server) rearm(states map[string]*listenerState) {
 	for _, st := range states {
 		if st.telnet != nil {
 			s.sessions.Rearm(st.l.Name, telnetLimits(st.l))
 		}
 	}
-	type tcpTimer struct {
-		t   *relay.Timer
-		lim policy.StreamLimits
-	}
-	var timers []tcpTimer
 	s.connMu.Lock()
+	defer s.connMu.Unlock()
 	for c := range s.conns {
 		if c.timer != nil {
-			st := c.sock.state.Load()
-			timers = append(timers, tcpTimer{c.timer, st.l.ForTenant(c.identity().Tenant).TCP})
+			s.setTimerLocked(c, c.timer)
 		}
-	}
-	s.connMu.Unlock()
-	for _, t := range timers {
-		t.t.Set(t.lim.IdleTimeout, t.lim.MaxSession)
 	}
 }
 

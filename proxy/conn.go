@@ -45,8 +45,9 @@ type conn struct {
 	// for HTTP otherwise, whose requests are routed one by one. Set and
 	// read under Server.connMu.
 	route string
-	// timer bounds a tcp session (limits.tcp); Apply gives it the limits
-	// of each new generation. Set and read under Server.connMu.
+	// timer bounds a tcp session or an upgraded connection (limits.tcp);
+	// Apply gives it the limits of each new generation. Set and read
+	// under Server.connMu (see setTimerLocked).
 	timer *relay.Timer
 
 	// adm is the connection's place at its socket's gate.
@@ -277,10 +278,11 @@ func (s *Server) admit(c *conn, id Identity, seen uint64) (*listenerState, error
 }
 
 // upgraded records that c, an HTTP/1 connection, became a tunnel on the
-// route of key, so that Apply ends it when a reload removes or changes the
-// route. It refuses when the generation in force has no such route any
-// more: Apply may have swept the connections before the switch.
-func (s *Server) upgraded(c *conn, key string) error {
+// route of key, bounded by timer: Apply ends it when a reload removes or
+// changes the route, and gives timer each new generation's limits.tcp. It
+// refuses when the generation in force has no such route any more: Apply
+// may have swept the connections before the switch.
+func (s *Server) upgraded(c *conn, key string, timer *relay.Timer) error {
 	s.connMu.Lock()
 	defer s.connMu.Unlock()
 	if _, open := s.conns[c]; !open {
@@ -290,7 +292,19 @@ func (s *Server) upgraded(c *conn, key string) error {
 		return fmt.Errorf("%w: the route of the upgrade was removed or changed by a reload", ErrConfig)
 	}
 	c.route = key
+	s.setTimerLocked(c, timer)
 	return nil
+}
+
+// setTimerLocked makes t the timer of c's session (a tcp session or an
+// upgraded connection) and gives it the limits.tcp of the generation in
+// force now. rearm sets every timer under connMu too, so whichever of the
+// two runs last reads the newest generation: a session set up during a
+// reload is never left with the limits of the one before. connMu is held.
+func (s *Server) setTimerLocked(c *conn, t *relay.Timer) {
+	c.timer = t
+	lim := c.sock.state.Load().l.ForTenant(c.identity().Tenant).TCP
+	t.Set(lim.IdleTimeout, lim.MaxSession)
 }
 
 // forget runs once when c's socket closes.

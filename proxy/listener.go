@@ -110,7 +110,7 @@ func (s *Server) connContext(ctx context.Context, c net.Conn) context.Context {
 	}
 	cn := v.(*conn)
 	id := cn.identity()
-	ctx = httpproxy.WithUpgradeHook(ctx, func(key string) error { return s.upgraded(cn, key) })
+	ctx = httpproxy.WithUpgradeHook(ctx, func(key string, t *relay.Timer) error { return s.upgraded(cn, key, t) })
 	return httpproxy.WithPeer(ctx, httpproxy.Peer{
 		Tenant:      id.Tenant,
 		Fingerprint: id.FingerprintSHA256,

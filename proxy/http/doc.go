@@ -68,11 +68,13 @@
 //
 // Upgrades (WebSocket): when a backend answers an HTTP/1.1 upgrade with
 // 101, the client connection becomes a tunnel on the route it was routed
-// on. The connection's owner learns the route's key first (UpgradeHook)
-// and refuses the tunnel with 503 when a reload removed or changed the
-// route meanwhile; afterwards it ends the tunnel when a reload does. The
-// tunnel is bounded by its tenant's limits.tcp: idle_timeout without a
-// byte either way, max_session in all. It no longer counts as a request in
+// on. The connection's owner learns the route's key and the tunnel's
+// relay.Timer first (UpgradeHook) and refuses the tunnel with 503 when a
+// reload removed or changed the route meanwhile; afterwards it ends the
+// tunnel when a reload does. The tunnel is bounded by its tenant's
+// limits.tcp: idle_timeout without a byte either way, max_session in all;
+// the owner gives the timer the limits of each new generation, as it does
+// for tcp sessions. It no longer counts as a request in
 // flight. Its access log line, written when it ends, adds tunnel_in,
 // tunnel_out and tunnel_end.
 //
