@@ -404,7 +404,8 @@ func buildTCPRoutes(l policy.Listener) (map[string]*tcpRoute, error) {
 }
 
 // relayTCP connects the tenant to its one backend and copies both ways,
-// within the tenant's limits.tcp (which a reload re-arms, see rearm).
+// within the tenant's limits.tcp of the generation in force (which a
+// reload re-arms, see rearm).
 func (s *Server) relayTCP(c *conn, st *listenerState) {
 	tenant := c.identity().Tenant
 	rt := st.tcp[tenant]
@@ -429,15 +430,16 @@ func (s *Server) relayTCP(c *conn, st *listenerState) {
 		return
 	}
 	var ended atomic.Pointer[error]
-	lim := st.l.ForTenant(tenant).TCP
 	start := time.Now()
-	timer := relay.NewTimer(start, lim.IdleTimeout, lim.MaxSession, func(why error) {
+	// No limits yet: setTimerLocked gives it those in force now, not
+	// those of before the dial, which a reload may have replaced.
+	timer := relay.NewTimer(start, 0, 0, func(why error) {
 		ended.Store(&why)
 		c.raw.Close()
 		bc.Close()
 	})
 	s.connMu.Lock()
-	c.timer = timer
+	s.setTimerLocked(c, timer)
 	s.connMu.Unlock()
 	in, out, err := relay.PipeTimed(c.tls, bc, timer)
 	timer.Stop()

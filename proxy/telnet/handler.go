@@ -65,9 +65,11 @@ type Config struct {
 	// (limits.handshake_timeout). ServeStartTLS refuses to run without it.
 	HandshakeTimeout time.Duration
 	// Limits returns the session limits of a tenant's sessions
-	// (limits.telnet with the tenant's overrides): a session takes them
-	// when it starts, and Sessions.Rearm hands open sessions newer ones.
-	// Nil means no idle timeout, no session length and no session cap.
+	// (limits.telnet with the tenant's overrides) of this generation.
+	// Sessions.Rearm hands the listener newer ones: open sessions take
+	// them at once, and so do sessions this handler starts afterwards
+	// (a STARTTLS session runs on the handler of its accept). Nil means
+	// no idle timeout, no session length and no session cap.
 	Limits func(tenant string) policy.TelnetLimits
 	// Sessions is shared by every generation of the listener; nil gives
 	// the handler its own.
@@ -159,8 +161,8 @@ func (h *Handler) Serve(ctx context.Context, client net.Conn, peer Peer) error {
 		h.logger.Info("telnet session refused: no route", "tenant", peer.Tenant, "source", peer.Source.String())
 		return fmt.Errorf("tenant %q: %w", peer.Tenant, ErrNoRoute)
 	}
-	lim := h.limits(peer.Tenant)
-	if !h.sessions.acquire(h.listener, peer.Tenant, lim.MaxSessionsPerTenant) {
+	lim, ok := h.sessions.acquire(h, peer.Tenant)
+	if !ok {
 		h.sessions.count(h.listener, peer.Tenant, ResultLimit)
 		h.logger.Warn("telnet session refused: tenant at its session limit", "tenant", peer.Tenant,
 			"source", peer.Source.String(), "limit", lim.MaxSessionsPerTenant)
@@ -176,7 +178,9 @@ func (h *Handler) Serve(ctx context.Context, client net.Conn, peer Peer) error {
 		return err
 	}
 	s := newSession(h, rt, peer, client, host, start)
-	s.timer = relay.NewTimer(start, lim.IdleTimeout, lim.MaxSession, func(err error) {
+	// No limits yet: track sets those in force then, not those of before
+	// the dial, which a reload may have replaced meanwhile.
+	s.timer = relay.NewTimer(start, 0, 0, func(err error) {
 		if errors.Is(err, relay.ErrIdle) {
 			s.end("idle timeout", ResultTimeout, ErrIdle)
 			return
