@@ -25,11 +25,13 @@ const (
 	// directions together, before the data phase. A TN3270E or RFC 4777
 	// negotiation takes a few dozen.
 	MaxNegotiations = 256
-	// StormBurst and StormRate bound the client's option negotiations and
-	// sub-negotiations after the data phase: StormBurst at once, then
-	// StormRate a second. A terminal negotiates a handful of times in a
-	// session (a TIMING-MARK answer to each host keepalive); a client
-	// sending more is flooding the host with negotiation.
+	// StormBurst and StormRate bound the client's option negotiations,
+	// sub-negotiations and commands but EOR, NOP and GA (AYT, IP, AO, BRK,
+	// DM …) after the data phase: StormBurst at once, then StormRate a
+	// second. A terminal negotiates a handful of times in a session (a
+	// TIMING-MARK answer to each host keepalive) and sends such commands
+	// when its user presses Attn or SysReq; a client sending more is
+	// flooding the host.
 	StormBurst = 256
 	StormRate  = 10
 	// DialTimeout bounds connecting to the host.

@@ -43,10 +43,36 @@ func countNegotiations(c net.Conn) chan int {
 	return ch
 }
 
+// countCommands reads c until it ends and counts the commands cmd in it.
+func countCommands(c net.Conn, cmd byte) chan int {
+	ch := make(chan int, 1)
+	go func() {
+		var p Parser
+		n := 0
+		buf := make([]byte, 4096)
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		for {
+			k, err := c.Read(buf)
+			p.Feed(buf[:k], func(t Token) error {
+				if t.Kind == Command && t.Cmd == cmd {
+					n++
+				}
+				return nil
+			})
+			if err != nil {
+				ch <- n
+				return
+			}
+		}
+	}()
+	return ch
+}
+
 // TestNegotiationStorm: after the data phase a client may still negotiate
-// (a TIMING-MARK answer, say) but not flood the host: a burst over
-// StormBurst ends the session with result limit and a reason in the
-// session log, and the host saw at most the burst.
+// (a TIMING-MARK answer, say) and send commands (Attn as IAC IP, say) but
+// not flood the host: a burst over StormBurst ends the session with result
+// limit and a reason in the session log, and the host saw at most the
+// burst. Data records (IAC EOR), NOP and GA are not counted.
 func TestNegotiationStorm(t *testing.T) {
 	route := policy.Route{LUNames: []string{"ACMELU0*"}}
 	t.Run("a terminal's negotiations pass", func(t *testing.T) {
@@ -85,6 +111,40 @@ func TestNegotiationStorm(t *testing.T) {
 		json.Unmarshal([]byte(lines[len(lines)-1]), &end)
 		if end["result"] != ResultLimit || !strings.Contains(fmt.Sprint(end["reason"]), "negotiation storm") {
 			t.Errorf("session end line %v: want result limit and the storm as reason", end)
+		}
+	})
+	t.Run("a storm of commands ends the session", func(t *testing.T) {
+		for _, cmd := range []string{"AYT", "IP", "AO", "BRK", "DM"} {
+			t.Run(cmd, func(t *testing.T) {
+				rg := newRig(t, policy.ProtoTN3270, route, Limits{})
+				cli, srv := tcpPair(t)
+				ch := rg.serve(t, context.Background(), srv, testPeer())
+				host := rg.acceptHost(t)
+				negotiate(t, cli, host)
+				one := mustTokens(t, "IAC "+cmd)
+				seen := countCommands(host, one[1])
+				go cli.Write(bytes.Repeat(one, 40_000))
+				if err := waitErr(t, ch); !errors.Is(err, ErrNegotiationStorm) {
+					t.Fatalf("err %v, want a negotiation storm", err)
+				}
+				if n := <-seen; n > StormBurst+StormRate*20 {
+					t.Errorf("the host saw %d IAC %s of the storm", n, cmd)
+				}
+			})
+		}
+	})
+	t.Run("record ends and keepalives are not counted", func(t *testing.T) {
+		rg := newRig(t, policy.ProtoTN3270, route, Limits{})
+		cli, srv := tcpPair(t)
+		ch := rg.serve(t, context.Background(), srv, testPeer())
+		host := rg.acceptHost(t)
+		negotiate(t, cli, host)
+		records := bytes.Repeat(mustTokens(t, `0x7D 0x40 0x40 IAC EOR IAC NOP IAC GA`), 2*StormBurst)
+		cli.Write(records)
+		expectRead(t, host, records)
+		cli.Close()
+		if err := waitErr(t, ch); err != nil {
+			t.Fatalf("session ended with %v", err)
 		}
 	})
 	t.Run("host keepalives are not counted", func(t *testing.T) {
