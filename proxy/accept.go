@@ -41,8 +41,8 @@ func (s *Server) accept(sk *socket, nc net.Conn) func() {
 	}
 	if !ok {
 		s.refused.WithLabelValues(c.listener, reasonListenerFull).Inc()
-		// A flood is when this happens: through the refusal limit.
-		if ok, held := s.refusals.allow(now); ok {
+		// A flood is when this happens: through the gate's own limit.
+		if ok, held := s.gateLog.allow(now); ok {
 			s.logger.Warn("connection refused: listener full", "listener", c.listener, "source", c.source.String(),
 				"limit", st.l.Limits.MaxConns, "similar_lines_suppressed", held)
 		}
@@ -60,7 +60,7 @@ func (s *Server) accept(sk *socket, nc net.Conn) func() {
 func (s *Server) evict(e eviction, now time.Time) {
 	e.c.raw.Close()
 	s.refused.WithLabelValues(e.c.listener, e.reason).Inc()
-	if ok, held := s.refusals.allow(now); ok {
+	if ok, held := s.gateLog.allow(now); ok {
 		budget := "limits.pre_handshake"
 		if e.reason == reasonPreHandshakeSource {
 			budget = "limits.pre_handshake_per_source"

@@ -68,10 +68,14 @@ type Server struct {
 
 	revalidations atomic.Uint64 // Revalidate calls so far; see admit
 	refusals      *logLimiter   // "TLS handshake refused" and other lines any client causes
-	activeDesc    *prometheus.Desc
-	pendingDesc   *prometheus.Desc
-	refused       *prometheus.CounterVec
-	bytes         *prometheus.CounterVec
+	// gateLog bounds the gate's lines (evictions, a full listener): a
+	// flood writes them by the thousand, and must not use up the
+	// refusals' lines, which name the certificates that were refused.
+	gateLog     *logLimiter
+	activeDesc  *prometheus.Desc
+	pendingDesc *prometheus.Desc
+	refused     *prometheus.CounterVec
+	bytes       *prometheus.CounterVec
 }
 
 var _ prometheus.Collector = (*Server)(nil)
@@ -92,6 +96,7 @@ func New(cfg Config) (*Server, error) {
 	return &Server{
 		logger:      logger.With("component", "proxy"),
 		refusals:    newLogLimiter(10, 50),
+		gateLog:     newLogLimiter(1, 10),
 		acceptLog:   newLogLimiter(0.5, 1),
 		reserveLog:  newLogLimiter(0.1, 1),
 		tlsSrc:      cfg.TLS,
