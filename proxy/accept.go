@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"net"
 	"slices"
@@ -48,6 +49,9 @@ func (s *Server) accept(sk *socket, nc net.Conn) func() {
 		}
 		return nil
 	}
+	if st.telnet != nil && st.l.StartTLS {
+		c.ctx, c.abort = context.WithCancelCause(sk.ctx)
+	}
 	s.fds.live.Add(1)
 	c.raw = relay.NewCountingConn(nc, c, func() { s.forget(c) })
 	s.connMu.Lock()
@@ -58,6 +62,9 @@ func (s *Server) accept(sk *socket, nc net.Conn) func() {
 
 // evict closes an unfinished handshake the gate pushed out.
 func (s *Server) evict(e eviction, now time.Time) {
+	if e.c.abort != nil {
+		e.c.abort(errEvicted) // before the close its handler will see
+	}
 	e.c.raw.Close()
 	s.refused.WithLabelValues(e.c.listener, e.reason).Inc()
 	if ok, held := s.gateLog.allow(now); ok {

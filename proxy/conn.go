@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -52,6 +54,13 @@ type conn struct {
 
 	// adm is the connection's place at its socket's gate.
 	adm admission
+
+	// ctx and abort, on a START_TLS listener only, tell the telnet
+	// handler negotiating the handshake that the gate evicted the
+	// connection (or the listener shut down), so that it counts no
+	// failure of the client. Set in accept, before the gate knows c.
+	ctx   context.Context
+	abort context.CancelCauseFunc
 }
 
 // state returns the connection's TLS state for revalidation.
@@ -134,7 +143,7 @@ func (s *Server) handle(c *conn, st *listenerState) {
 	seen := s.revalidations.Load()
 	id, err := s.handshakeDone(c, cs)
 	if err != nil {
-		s.logger.Info("client certificate not accepted", "listener", c.listener, "source", c.source.String(), "err", err)
+		s.logRefusal(c, slog.LevelInfo, "client certificate not accepted", err)
 		c.raw.Close()
 		return
 	}
@@ -142,8 +151,7 @@ func (s *Server) handle(c *conn, st *listenerState) {
 	// the handshake must not send the session where the new policy does
 	// not.
 	if st, err = s.admit(c, id, seen); err != nil {
-		s.logger.Warn("connection refused", "listener", c.listener,
-			"tenant", id.Tenant, "source", c.source.String(), "err", err)
+		s.logRefusal(c, slog.LevelWarn, "connection refused", err, "tenant", id.Tenant)
 		c.raw.Close()
 		return
 	}
@@ -154,7 +162,7 @@ func (s *Server) handle(c *conn, st *listenerState) {
 		// which refuses what a backend could read differently.
 		var hc net.Conn = c.tls
 		if c.tls.ConnectionState().NegotiatedProtocol != "h2" {
-			hc = httpproxy.NewFramingGuard(c.tls, func(err error) { s.logRefusal(c, "HTTP request refused", err) })
+			hc = httpproxy.NewFramingGuard(c.tls, func(err error) { s.logRefusal(c, slog.LevelInfo, "HTTP request refused", err) })
 		}
 		s.connMu.Lock()
 		if _, open := s.conns[c]; !open {
@@ -191,7 +199,7 @@ func (s *Server) handshakeFailed(c *conn, cs tls.ConnectionState, err error) {
 			"listener", c.listener, "source", c.source.String(), "err", err)
 		return
 	}
-	s.logRefusal(c, "TLS handshake refused", nil, r.LogArgs()...)
+	s.logRefusal(c, slog.LevelInfo, "TLS handshake refused", nil, r.LogArgs()...)
 }
 
 // handshakeDone tells the TLS layer that c's handshake completed and
@@ -204,11 +212,12 @@ func (s *Server) handshakeDone(c *conn, cs tls.ConnectionState) (Identity, error
 	return id, err
 }
 
-// logRefusal logs a refusal any client can cause (a failed handshake, a
-// request head the framing guard refused) with its source, cause (when
-// err is not nil) and the extra key-value pairs, at most 10 lines a second
-// after a burst of 50.
-func (s *Server) logRefusal(c *conn, msg string, err error, extra ...any) {
+// logRefusal logs at level a refusal any client can cause (a failed
+// handshake, a certificate no longer accepted or a tenant at its limit
+// after the handshake, a request head the framing guard refused) with its
+// source, cause (when err is not nil) and the extra key-value pairs, at
+// most 10 lines a second after a burst of 50.
+func (s *Server) logRefusal(c *conn, level slog.Level, msg string, err error, extra ...any) {
 	ok, held := s.refusals.allow(time.Now())
 	if !ok {
 		return
@@ -224,7 +233,7 @@ func (s *Server) logRefusal(c *conn, msg string, err error, extra ...any) {
 	if held > 0 {
 		args = append(args, "similar_lines_suppressed", held)
 	}
-	s.logger.Info(msg, args...)
+	s.logger.Log(context.Background(), level, msg, args...)
 }
 
 // admit records c's identity, counts it against its tenant's share of the
@@ -337,10 +346,13 @@ func telnetPeer(c *conn, id Identity) telnet.Peer {
 
 // serveStartTLS hands the plain connection of a START_TLS listener to the
 // telnet handler, which runs the handshake and calls back to learn the
-// tenant before it connects anywhere.
+// tenant before it connects anywhere. The handler counts the session's
+// end; the refusals decided here are logged here, rate-limited.
 func (s *Server) serveStartTLS(c *conn, st *listenerState) {
+	defer c.abort(nil)
 	admit := func(cs tls.ConnectionState) (telnet.Peer, error) {
 		if !c.sock.gate.handshaken(c) {
+			c.abort(errEvicted) // not the client's failure: the handler counts nothing
 			return telnet.Peer{}, errEvicted
 		}
 		if len(cs.PeerCertificates) == 0 {
@@ -349,22 +361,26 @@ func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 		seen := s.revalidations.Load()
 		id, err := s.handshakeDone(c, cs)
 		if err != nil {
+			s.logRefusal(c, slog.LevelInfo, "client certificate not accepted", err)
 			return telnet.Peer{}, err
 		}
 		c.idMu.Lock()
 		c.cs = &cs
 		c.idMu.Unlock()
 		if _, err := s.admit(c, id, seen); err != nil {
+			s.logRefusal(c, slog.LevelWarn, "connection refused", err, "tenant", id.Tenant)
 			return telnet.Peer{}, err
 		}
 		if c.route != st.routeKey(id.Tenant) {
 			// A reload changed this tenant's route during the handshake;
 			// the handler below still holds the old one.
-			return telnet.Peer{}, fmt.Errorf("%w: route of tenant %q changed by a reload", ErrConfig, id.Tenant)
+			err := fmt.Errorf("%w: route of tenant %q changed by a reload", ErrConfig, id.Tenant)
+			s.logRefusal(c, slog.LevelWarn, "connection refused", err)
+			return telnet.Peer{}, err
 		}
 		return telnetPeer(c, id), nil
 	}
-	err := st.telnet.ServeStartTLS(c.sock.ctx, c.raw, st.tls, admit)
+	err := st.telnet.ServeStartTLS(c.ctx, c.raw, st.tls, admit)
 	if !c.sock.gate.handshaken(c) {
 		c.raw.Close() // evicted: logged and counted by the gate's caller
 		return
@@ -374,7 +390,7 @@ func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 	case errors.As(err, &he):
 		s.handshakeFailed(c, he.State, he.Err)
 	case errors.Is(err, telnet.ErrStartTLS):
-		s.logRefusal(c, "START_TLS refused", err)
+		s.logRefusal(c, slog.LevelInfo, "START_TLS refused", err)
 	}
 	c.raw.Close()
 }

@@ -24,6 +24,7 @@ var (
 	ErrConnLimit   = errors.New("tenant at its connection limit")
 
 	errClosedMeanwhile = errors.New("connection closed while it was admitted (revalidation or drain)")
+	errClosedByProxy   = errors.New("connection closed by the proxy (drain or shutdown)")
 )
 
 // unknownTenant labels bytes of connections that never proved a tenant.
@@ -157,6 +158,10 @@ func (s *Server) closeConns(pick func(*conn) bool) []*conn {
 	}
 	s.connMu.Unlock()
 	for _, c := range victims {
+		if c.abort != nil && !c.identified.Load() {
+			// A START_TLS negotiation: not the client's failure.
+			c.abort(errClosedByProxy)
+		}
 		// The raw socket, not the TLS layer: a close_notify could block on
 		// a peer that does not read.
 		c.raw.Close()

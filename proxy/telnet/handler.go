@@ -231,6 +231,7 @@ var (
 	ErrRefused      = errors.New("refused by the tenant's terminal policy")
 	ErrStartTLS     = errors.New("start_tls refused or broken")
 	ErrHandshake    = errors.New("tls handshake after start_tls failed")
+	ErrNotAdmitted  = errors.New("start_tls client not admitted")
 	ErrNegotiation  = errors.New("negotiation did not reach the data phase in time")
 	// ErrNegotiationStorm ends a session whose client keeps negotiating
 	// after the data phase (StormBurst, StormRate).
