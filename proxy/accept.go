@@ -211,9 +211,9 @@ func (s *Server) series(p *policy.Policy) {
 func (s *Server) collectConns(ch chan<- prometheus.Metric) {
 	s.connMu.Lock()
 	for k := range s.configured {
-		ch <- prometheus.MustNewConstMetric(s.activeDesc, prometheus.GaugeValue, float64(s.perTen[k]), k[0], k[1])
+		ch <- prometheus.MustNewConstMetric(s.activeDesc, prometheus.GaugeValue, float64(s.active[k]), k[0], k[1])
 	}
-	for k, n := range s.perTen {
+	for k, n := range s.active {
 		if !s.configured[k] {
 			ch <- prometheus.MustNewConstMetric(s.activeDesc, prometheus.GaugeValue, float64(n), k[0], k[1])
 		}

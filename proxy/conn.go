@@ -264,7 +264,7 @@ func (s *Server) admit(c *conn, id Identity, seen uint64) (*listenerState, error
 		s.connMu.Unlock()
 	}
 	defer s.connMu.Unlock()
-	k := [2]string{c.listener, id.Tenant}
+	k := tenantSlot{c.sock, id.Tenant}
 	if _, open := s.conns[c]; !open {
 		return nil, errClosedMeanwhile
 	}
@@ -275,6 +275,7 @@ func (s *Server) admit(c *conn, id Identity, seen uint64) (*listenerState, error
 	}
 	c.route = st.routeKey(id.Tenant)
 	s.perTen[k]++
+	s.active[[2]string{c.listener, id.Tenant}]++
 	c.idMu.Lock()
 	c.id = id
 	c.idMu.Unlock()
@@ -327,9 +328,15 @@ func (s *Server) forget(c *conn) {
 	delete(s.conns, c)
 	if c.identified.Load() {
 		id := c.identity()
-		k := [2]string{c.listener, id.Tenant}
-		if s.perTen[k]--; s.perTen[k] <= 0 {
+		if k := (tenantSlot{c.sock, id.Tenant}); s.perTen[k] <= 1 {
 			delete(s.perTen, k)
+		} else {
+			s.perTen[k]--
+		}
+		if k := [2]string{c.listener, id.Tenant}; s.active[k] <= 1 {
+			delete(s.active, k)
+		} else {
+			s.active[k]--
 		}
 	} else {
 		tb := s.tenantBytes(c.listener, unknownTenant)

@@ -27,6 +27,13 @@ var (
 	errClosedByProxy   = errors.New("connection closed by the proxy (drain or shutdown)")
 )
 
+// tenantSlot is where a tenant's connections are counted against
+// connections_per_tenant: one bound address.
+type tenantSlot struct {
+	sk     *socket
+	tenant string
+}
+
 // unknownTenant labels bytes of connections that never proved a tenant.
 const unknownTenant = "unknown"
 
@@ -50,9 +57,14 @@ type Server struct {
 	closed  bool
 	drains  sync.WaitGroup
 
-	connMu     sync.Mutex
-	conns      map[*conn]struct{}
-	perTen     map[[2]string]int  // identified connections per listener and tenant
+	connMu sync.Mutex
+	conns  map[*conn]struct{}
+	// perTen counts identified connections per socket and tenant for
+	// connections_per_tenant: per socket, not per listener name, so that
+	// renaming a listener does not give its tenants a second share.
+	// active counts them per listener name and tenant, for the gauge.
+	perTen     map[tenantSlot]int
+	active     map[[2]string]int
 	configured map[[2]string]bool // listener and tenant pairs the generation in force routes
 	byTLS      sync.Map           // *tls.Conn → *conn, for http.Server.ConnContext
 	inFlite    *httpproxy.InFlight
@@ -104,7 +116,8 @@ func New(cfg Config) (*Server, error) {
 		access:      access,
 		sockets:     map[string]*socket{},
 		conns:       map[*conn]struct{}{},
-		perTen:      map[[2]string]int{},
+		perTen:      map[tenantSlot]int{},
+		active:      map[[2]string]int{},
 		configured:  map[[2]string]bool{},
 		inFlite:     httpproxy.NewInFlight(),
 		httpMetrics: httpproxy.NewMetrics(),
