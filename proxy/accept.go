@@ -52,7 +52,7 @@ func (s *Server) accept(sk *socket, nc net.Conn) func() {
 	if st.telnet != nil && st.l.StartTLS {
 		c.ctx, c.abort = context.WithCancelCause(sk.ctx)
 	}
-	s.fds.live.Add(1)
+	s.fds.Hold()
 	c.raw = relay.NewCountingConn(nc, c, func() { s.forget(c) })
 	s.connMu.Lock()
 	s.conns[c] = struct{}{}
@@ -79,30 +79,6 @@ func (s *Server) evict(e eviction, now time.Time) {
 	}
 }
 
-// descriptorsLow closes c's connection at once when the process is within
-// the descriptor reserve, saying so once when it gets there and again
-// only rate-limited.
-func (s *Server) descriptorsLow(c *conn, fd int, now time.Time) bool {
-	low, open, limit := s.fds.low(now, fd)
-	if !low {
-		if s.inReserve.Swap(false) {
-			s.logger.Info("descriptor reserve left: accepting connections again", "open", open, "limit", limit)
-		}
-		return false
-	}
-	s.refused.WithLabelValues(c.listener, reasonDescriptors).Inc()
-	if !s.inReserve.Swap(true) {
-		s.reserveLog.allow(now) // the first line of an episode always goes out
-		s.logger.Warn("descriptor reserve reached: new connections are closed at once until descriptors are free",
-			"listener", c.listener, "open", open, "limit", limit, "reserve", DescriptorReserve(limit))
-	} else if ok, held := s.reserveLog.allow(now); ok {
-		s.logger.Warn("descriptor reserve still reached: new connections are closed at once",
-			"listener", c.listener, "open", open, "limit", limit, "reserve", DescriptorReserve(limit),
-			"similar_lines_suppressed", held)
-	}
-	return true
-}
-
 // acceptFailed logs an accept error of sk, rate-limited: a client can
 // cause them at will once descriptors run out.
 func (s *Server) acceptFailed(sk *socket, err error, backoff time.Duration) {
@@ -118,26 +94,6 @@ func (s *Server) acceptFailed(sk *socket, err error, backoff time.Duration) {
 			args = append(args, "hint", "out of file descriptors: raise LimitNOFILE or lower limits.connections")
 		}
 		s.logger.Warn("accept failed, backing off", args...)
-	}
-}
-
-// checkDescriptorBudget warns when the listeners may hold more connections
-// than RLIMIT_NOFILE leaves room for: the descriptor reserve would then
-// refuse connections the limits allow.
-func (s *Server) checkDescriptorBudget(p *policy.Policy) {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return
-	}
-	need := 0
-	for _, l := range p.Listeners {
-		need += 2 * l.Limits.MaxConns // client and backend
-	}
-	limit := int(min(rl.Cur, uint64(1<<31-1)))
-	if need+DescriptorReserve(limit) > limit {
-		s.logger.Warn("the listeners' connection limits need more descriptors than RLIMIT_NOFILE allows: "+
-			"connections beyond it are refused to keep the descriptor reserve", "descriptors_needed", need,
-			"reserve", DescriptorReserve(limit), "limit", limit)
 	}
 }
 

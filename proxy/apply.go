@@ -136,12 +136,13 @@ func (s *Server) buildState(l policy.Listener) (*listenerState, error) {
 			}
 		}
 		h, err := httpproxy.New(httpproxy.Config{
-			Previous:  prev,
-			Listener:  l,
-			InFlight:  s.inFlite,
-			Metrics:   s.httpMetrics,
-			AccessLog: s.access,
-			Logger:    s.logger,
+			Previous:    prev,
+			Listener:    l,
+			InFlight:    s.inFlite,
+			Metrics:     s.httpMetrics,
+			AccessLog:   s.access,
+			Logger:      s.logger,
+			Descriptors: s.fds,
 		})
 		if err != nil {
 			return nil, err
@@ -162,6 +163,7 @@ func (s *Server) buildState(l policy.Listener) (*listenerState, error) {
 			HandshakeTimeout: l.Limits.HandshakeTimeout,
 			Limits:           telnetLimits(l),
 			Sessions:         s.sessions,
+			Descriptors:      s.fds,
 			Logger:           s.logger,
 			// Session start and end lines are the terminal access log.
 			SessionLog: s.access,

@@ -320,7 +320,7 @@ func (s *Server) setTimerLocked(c *conn, t *relay.Timer) {
 // forget runs once when c's socket closes.
 func (s *Server) forget(c *conn) {
 	c.sock.gate.release(c)
-	s.fds.live.Add(-1)
+	s.fds.Release()
 	s.connMu.Lock()
 	if c.httpConn != nil {
 		s.byTLS.Delete(c.httpConn)
@@ -437,15 +437,11 @@ func (s *Server) relayTCP(c *conn, st *listenerState) {
 		c.raw.Close()
 		return
 	}
-	d := &net.Dialer{Timeout: BackendDialTimeout}
-	var (
-		bc  net.Conn
-		err error
-	)
-	if rt.tls != nil {
-		bc, err = (&tls.Dialer{NetDialer: d, Config: rt.tls}).DialContext(c.sock.ctx, "tcp", rt.backend)
-	} else {
-		bc, err = d.DialContext(c.sock.ctx, "tcp", rt.backend)
+	bc, err := relay.DialBackend(c.sock.ctx, s.fds, rt.backend, rt.tls, BackendDialTimeout)
+	if errors.Is(err, relay.ErrDescriptors) {
+		s.refused.WithLabelValues(c.listener, reasonDescriptors).Inc()
+		c.raw.Close()
+		return
 	}
 	if err != nil {
 		s.logger.Warn("tcp backend unreachable", "listener", c.listener, "tenant", tenant, "err", err)

@@ -22,8 +22,9 @@
 // at once (those set up during the reload included), and keep-alive
 // HTTP connections of changed HTTP server limits are closed once idle.
 // Unfinished handshakes that exceed their budget are evicted oldest first
-// (see gate), and new connections are closed at once while the process is
-// within DescriptorReserve of RLIMIT_NOFILE.
+// (see gate), and new connections are closed at once, and backend
+// connections refused, while the process is within DescriptorReserve of
+// RLIMIT_NOFILE (relay.Descriptors).
 //
 // Metrics: gatehouse_proxy_connections_active{listener,tenant},
 // gatehouse_proxy_handshakes_pending{listener},

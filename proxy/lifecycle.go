@@ -40,6 +40,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 		forced.Store(true)
 	}
+	s.fds.Close()
 	if forced.Load() {
 		return fmt.Errorf("shutdown: connections closed while busy: %w", ctx.Err())
 	}

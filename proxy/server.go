@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	httpproxy "github.com/gatehouse-dmz/gatehouse/proxy/http"
+	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 	"github.com/gatehouse-dmz/gatehouse/proxy/telnet"
 )
 
@@ -72,10 +73,9 @@ type Server struct {
 	httpMetrics *httpproxy.Metrics
 	sessions    *telnet.Sessions // terminal sessions, shared by every generation
 
-	fds        descriptors
-	inReserve  atomic.Bool // the last accept found the process within the descriptor reserve
-	reserveLog *logLimiter // "descriptor reserve reached" lines
-	acceptLog  *logLimiter // accept errors
+	fds        *relay.Descriptors // every client and backend connection, and the reserve
+	reserveLog *logLimiter        // "descriptor reserve reached" lines
+	acceptLog  *logLimiter        // accept errors
 	// seriesOf are the listeners whose refusal series exist; Apply only.
 	seriesOf []string
 
@@ -106,7 +106,7 @@ func New(cfg Config) (*Server, error) {
 	if access == nil {
 		access = slog.New(slog.DiscardHandler)
 	}
-	return &Server{
+	s := &Server{
 		logger:      logger.With("component", "proxy"),
 		refusals:    newLogLimiter(10, 50),
 		gateLog:     newLogLimiter(1, 10),
@@ -136,7 +136,15 @@ func New(cfg Config) (*Server, error) {
 			Name: "gatehouse_proxy_bytes_total",
 			Help: "Bytes on the client side of the listeners, TLS records included; direction in is from the client.",
 		}, []string{"listener", "tenant", "direction"}),
-	}, nil
+	}
+	s.fds = relay.NewDescriptors(relay.DescriptorsConfig{
+		CountFailed: func(err error) {
+			s.logger.Error("cannot count the open file descriptors: the descriptor reserve goes by the proxy's own count "+
+				"and RLIMIT_NOFILE until a count succeeds", "err", err)
+		},
+		Reserve: s.reserveChanged,
+	})
+	return s, nil
 }
 
 // Describe implements prometheus.Collector.

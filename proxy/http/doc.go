@@ -49,6 +49,8 @@
 // no connection was had (nothing of it was sent), or it is an idempotent
 // method without a body. When every backend is down the answer is 502 at
 // once, without contacting any. A route with one backend always tries it.
+// Backend connections go through Config.Descriptors: within the process's
+// descriptor reserve a request gets 503 and no backend is marked down.
 // With a health path, Start runs one checker per backend that GETs the path
 // (on the backend's host, over the route's backend TLS settings) every
 // interval; an error or a status outside 2xx/3xx keeps the backend out until

@@ -2,7 +2,8 @@
 // an accept loop with backoff that lets its caller admit or refuse each
 // connection in accept order, a bounded TLS handshake, byte counting on the
 // wire, a half-closing copy between two connections with pooled buffers, a
-// Timer that ends a session idle or open too long, and the token Bucket
-// behind every rate bound. It knows nothing of tenants, routes or
-// protocols.
+// Timer that ends a session idle or open too long, the token Bucket behind
+// every rate bound, the backend dial of stream sessions (DialBackend), and
+// the descriptor reserve every accept and backend dial asks (Descriptors).
+// It knows nothing of tenants, routes or protocols.
 package relay

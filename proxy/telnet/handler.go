@@ -76,7 +76,10 @@ type Config struct {
 	// Sessions is shared by every generation of the listener; nil gives
 	// the handler its own.
 	Sessions *Sessions
-	Logger   *slog.Logger
+	// Descriptors, when set, counts each host connection and refuses new
+	// ones while the process is within its descriptor reserve.
+	Descriptors *relay.Descriptors
+	Logger      *slog.Logger
 	// SessionLog receives the start and end line of every session; nil
 	// uses Logger.
 	SessionLog *slog.Logger
@@ -105,6 +108,7 @@ type Handler struct {
 	limits    func(tenant string) policy.TelnetLimits
 	bounds    bounds
 	sessions  *Sessions
+	fds       *relay.Descriptors
 	logger    *slog.Logger
 	slog      *slog.Logger
 }
@@ -146,6 +150,7 @@ func New(cfg Config) (*Handler, error) {
 		limits:    limits,
 		bounds:    defaultBounds,
 		sessions:  ss,
+		fds:       cfg.Descriptors,
 		logger:    logger,
 		slog:      sl,
 	}, nil
@@ -173,11 +178,17 @@ func (h *Handler) Serve(ctx context.Context, client net.Conn, peer Peer) error {
 	defer h.sessions.release(h.listener, peer.Tenant)
 
 	start := time.Now()
-	host, err := h.dial(ctx, rt)
+	host, err := relay.DialBackend(ctx, h.fds, rt.backend, rt.tls, h.bounds.dialTimeout)
+	if errors.Is(err, relay.ErrDescriptors) {
+		h.sessions.count(h.listener, peer.Tenant, ResultLimit)
+		h.logger.Warn("telnet session refused: the process is within its descriptor reserve", "tenant", peer.Tenant,
+			"source", peer.Source.String())
+		return err
+	}
 	if err != nil {
 		h.sessions.count(h.listener, peer.Tenant, ResultBackend)
 		h.logger.Warn("telnet host unreachable", "tenant", peer.Tenant, "backend", rt.backend, "err", err)
-		return err
+		return fmt.Errorf("dial host %s: %w", rt.backend, err)
 	}
 	s := newSession(h, rt, peer, client, host, start)
 	// No limits yet: track sets those in force then, not those of before
@@ -205,23 +216,6 @@ func (h *Handler) Serve(ctx context.Context, client net.Conn, peer Peer) error {
 		"duration", time.Since(start).Round(time.Millisecond).String(),
 		"reason", s.reason, "result", s.result)
 	return err
-}
-
-func (h *Handler) dial(ctx context.Context, rt *route) (net.Conn, error) {
-	d := &net.Dialer{Timeout: h.bounds.dialTimeout}
-	var (
-		c   net.Conn
-		err error
-	)
-	if rt.tls != nil {
-		c, err = (&tls.Dialer{NetDialer: d, Config: rt.tls}).DialContext(ctx, "tcp", rt.backend)
-	} else {
-		c, err = d.DialContext(ctx, "tcp", rt.backend)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("dial host %s: %w", rt.backend, err)
-	}
-	return c, nil
 }
 
 // Errors of Serve and ServeStartTLS.
