@@ -20,7 +20,7 @@ var errEvicted = errors.New("unfinished handshake evicted for a newer connection
 // accept decides, in the accept loop of sk, what becomes of a new
 // connection: closed at once within the descriptor reserve or when the
 // listener is full of identified connections; otherwise counted in (which
-// may evict the oldest unfinished handshakes, see gate) and served. The
+// may evict unfinished handshakes, see gate) and served. The
 // limits are those of the generation in force now, so a reload changes
 // them for the next connection.
 func (s *Server) accept(sk *socket, nc net.Conn) func() {
@@ -72,9 +72,10 @@ func (s *Server) evict(e eviction, now time.Time) {
 		if e.reason == reasonPreHandshakeSource {
 			budget = "limits.pre_handshake_per_source"
 		}
-		s.logger.Warn("unfinished handshake closed: budget full, the oldest makes room for a new connection",
+		s.logger.Warn("unfinished handshake closed: budget full, it makes room for a new connection",
 			"listener", e.c.listener, "source", e.c.source.String(), "counted_as", e.c.adm.src.String(),
-			"budget", budget, "age", now.Sub(e.c.adm.since).Round(time.Millisecond).String(),
+			"network", networkOf(e.c.adm.src).String(), "budget", budget,
+			"age", now.Sub(e.c.adm.since).Round(time.Millisecond).String(), "sent_bytes", e.c.preIn.Load() > 0,
 			"similar_lines_suppressed", held)
 	}
 }

@@ -130,7 +130,7 @@ func New(cfg Config) (*Server, error) {
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatehouse_proxy_connections_refused_total",
 			Help: "Connections the proxy closed before serving them, by reason: listener_full, descriptors (the descriptor reserve), " +
-				"pre_handshake and pre_handshake_source (the oldest unfinished handshake, evicted for a newer one), tenant_limit.",
+				"pre_handshake and pre_handshake_source (an unfinished handshake, evicted to make room for a new connection), tenant_limit.",
 		}, []string{"listener", "reason"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatehouse_proxy_bytes_total",
