@@ -57,7 +57,8 @@ type conn struct {
 	// ctx and abort, on a START_TLS listener only, tell the telnet
 	// handler negotiating the handshake that the gate evicted the
 	// connection (or the listener shut down), so that it counts no
-	// failure of the client. Set in accept, before the gate knows c.
+	// failure of the client. Set in accept, in the accept loop, where the
+	// gate's evictions run too.
 	ctx   context.Context
 	abort context.CancelCauseFunc
 }
