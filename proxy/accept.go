@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"net"
 	"slices"
@@ -19,7 +20,7 @@ var errEvicted = errors.New("unfinished handshake evicted for a newer connection
 // accept decides, in the accept loop of sk, what becomes of a new
 // connection: closed at once within the descriptor reserve or when the
 // listener is full of identified connections; otherwise counted in (which
-// may evict the oldest unfinished handshakes, see gate) and served. The
+// may evict unfinished handshakes, see gate) and served. The
 // limits are those of the generation in force now, so a reload changes
 // them for the next connection.
 func (s *Server) accept(sk *socket, nc net.Conn) func() {
@@ -41,14 +42,17 @@ func (s *Server) accept(sk *socket, nc net.Conn) func() {
 	}
 	if !ok {
 		s.refused.WithLabelValues(c.listener, reasonListenerFull).Inc()
-		// A flood is when this happens: through the refusal limit.
-		if ok, held := s.refusals.allow(now); ok {
+		// A flood is when this happens: through the gate's own limit.
+		if ok, held := s.gateLog.allow(now); ok {
 			s.logger.Warn("connection refused: listener full", "listener", c.listener, "source", c.source.String(),
 				"limit", st.l.Limits.MaxConns, "similar_lines_suppressed", held)
 		}
 		return nil
 	}
-	s.fds.live.Add(1)
+	if st.telnet != nil && st.l.StartTLS {
+		c.ctx, c.abort = context.WithCancelCause(sk.ctx)
+	}
+	s.fds.Hold()
 	c.raw = relay.NewCountingConn(nc, c, func() { s.forget(c) })
 	s.connMu.Lock()
 	s.conns[c] = struct{}{}
@@ -58,42 +62,22 @@ func (s *Server) accept(sk *socket, nc net.Conn) func() {
 
 // evict closes an unfinished handshake the gate pushed out.
 func (s *Server) evict(e eviction, now time.Time) {
+	if e.c.abort != nil {
+		e.c.abort(errEvicted) // before the close its handler will see
+	}
 	e.c.raw.Close()
 	s.refused.WithLabelValues(e.c.listener, e.reason).Inc()
-	if ok, held := s.refusals.allow(now); ok {
+	if ok, held := s.gateLog.allow(now); ok {
 		budget := "limits.pre_handshake"
 		if e.reason == reasonPreHandshakeSource {
 			budget = "limits.pre_handshake_per_source"
 		}
-		s.logger.Warn("unfinished handshake closed: budget full, the oldest makes room for a new connection",
+		s.logger.Warn("unfinished handshake closed: budget full, it makes room for a new connection",
 			"listener", e.c.listener, "source", e.c.source.String(), "counted_as", e.c.adm.src.String(),
-			"budget", budget, "age", now.Sub(e.c.adm.since).Round(time.Millisecond).String(),
+			"network", networkOf(e.c.adm.src).String(), "budget", budget,
+			"age", now.Sub(e.c.adm.since).Round(time.Millisecond).String(), "sent_bytes", e.c.preIn.Load() > 0,
 			"similar_lines_suppressed", held)
 	}
-}
-
-// descriptorsLow closes c's connection at once when the process is within
-// the descriptor reserve, saying so once when it gets there and again
-// only rate-limited.
-func (s *Server) descriptorsLow(c *conn, fd int, now time.Time) bool {
-	low, open, limit := s.fds.low(now, fd)
-	if !low {
-		if s.inReserve.Swap(false) {
-			s.logger.Info("descriptor reserve left: accepting connections again", "open", open, "limit", limit)
-		}
-		return false
-	}
-	s.refused.WithLabelValues(c.listener, reasonDescriptors).Inc()
-	if !s.inReserve.Swap(true) {
-		s.reserveLog.allow(now) // the first line of an episode always goes out
-		s.logger.Warn("descriptor reserve reached: new connections are closed at once until descriptors are free",
-			"listener", c.listener, "open", open, "limit", limit, "reserve", DescriptorReserve(limit))
-	} else if ok, held := s.reserveLog.allow(now); ok {
-		s.logger.Warn("descriptor reserve still reached: new connections are closed at once",
-			"listener", c.listener, "open", open, "limit", limit, "reserve", DescriptorReserve(limit),
-			"similar_lines_suppressed", held)
-	}
-	return true
 }
 
 // acceptFailed logs an accept error of sk, rate-limited: a client can
@@ -114,51 +98,23 @@ func (s *Server) acceptFailed(sk *socket, err error, backoff time.Duration) {
 	}
 }
 
-// checkDescriptorBudget warns when the listeners may hold more connections
-// than RLIMIT_NOFILE leaves room for: the descriptor reserve would then
-// refuse connections the limits allow.
-func (s *Server) checkDescriptorBudget(p *policy.Policy) {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return
-	}
-	need := 0
-	for _, l := range p.Listeners {
-		need += 2 * l.Limits.MaxConns // client and backend
-	}
-	limit := int(min(rl.Cur, uint64(1<<31-1)))
-	if need+DescriptorReserve(limit) > limit {
-		s.logger.Warn("the listeners' connection limits need more descriptors than RLIMIT_NOFILE allows: "+
-			"connections beyond it are refused to keep the descriptor reserve", "descriptors_needed", need,
-			"reserve", DescriptorReserve(limit), "limit", limit)
-	}
-}
-
-// rearm gives the open tcp and terminal sessions of every listener the
-// idle timeout and maximum length of the new generation (per tenant).
-// Other limits apply to open connections as they are read (per-tenant
-// caps at the next admission, HTTP settings per httpServer).
+// rearm gives the open tcp and terminal sessions and upgraded connections
+// of every listener the idle timeout and maximum length of the new
+// generation (per tenant). Other limits apply to open connections as they
+// are read (per-tenant caps at the next admission, HTTP settings per
+// httpServer).
 func (s *Server) rearm(states map[string]*listenerState) {
 	for _, st := range states {
 		if st.telnet != nil {
 			s.sessions.Rearm(st.l.Name, telnetLimits(st.l))
 		}
 	}
-	type tcpTimer struct {
-		t   *relay.Timer
-		lim policy.StreamLimits
-	}
-	var timers []tcpTimer
 	s.connMu.Lock()
+	defer s.connMu.Unlock()
 	for c := range s.conns {
 		if c.timer != nil {
-			st := c.sock.state.Load()
-			timers = append(timers, tcpTimer{c.timer, st.l.ForTenant(c.identity().Tenant).TCP})
+			s.setTimerLocked(c, c.timer)
 		}
-	}
-	s.connMu.Unlock()
-	for _, t := range timers {
-		t.t.Set(t.lim.IdleTimeout, t.lim.MaxSession)
 	}
 }
 
@@ -212,9 +168,9 @@ func (s *Server) series(p *policy.Policy) {
 func (s *Server) collectConns(ch chan<- prometheus.Metric) {
 	s.connMu.Lock()
 	for k := range s.configured {
-		ch <- prometheus.MustNewConstMetric(s.activeDesc, prometheus.GaugeValue, float64(s.perTen[k]), k[0], k[1])
+		ch <- prometheus.MustNewConstMetric(s.activeDesc, prometheus.GaugeValue, float64(s.active[k]), k[0], k[1])
 	}
-	for k, n := range s.perTen {
+	for k, n := range s.active {
 		if !s.configured[k] {
 			ch <- prometheus.MustNewConstMetric(s.activeDesc, prometheus.GaugeValue, float64(n), k[0], k[1])
 		}

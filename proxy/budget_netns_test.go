@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -178,5 +179,73 @@ func TestPreHandshakeFloodFromManySources(t *testing.T) {
 	}
 	if _, err := r.tenant(t); err == nil {
 		t.Error("a connection beyond 200 identified ones was served")
+	}
+}
+
+// pausedConn holds every write after the first until release is closed:
+// a tenant whose ClientHello has gone out and whose second flight waits
+// (a slow network, a busy platform).
+type pausedConn struct {
+	net.Conn
+	writes  atomic.Int32
+	release chan struct{}
+}
+
+func (c *pausedConn) Write(b []byte) (int, error) {
+	if c.writes.Add(1) > 1 {
+		<-c.release
+	}
+	return c.Conn.Write(b)
+}
+
+// writesSeen reports whether the first write went out.
+func (c *pausedConn) writesSeen() bool { return c.writes.Load() > 0 }
+
+// TestPreHandshakeFloodDuringTenantHandshake replays the attack on a
+// handshake in progress: while a tenant's TLS handshake waits for its
+// second flight, 64 /64s of the tenant's own /48, each within its
+// per-source budget, open five times the listener's pre_handshake budget
+// of connections. Evictions fall on the flood's largest sources, never on
+// the tenant's handshake, which then completes.
+func TestPreHandshakeFloodDuringTenantHandshake(t *testing.T) {
+	lim := testLimits()
+	lim.MaxConns, lim.MaxPreHandshake, lim.MaxPreHandshakePerSource = 1000, 100, 4
+	lim.HandshakeTimeout = 30 * time.Second
+	var sources []string
+	for i := range 64 {
+		sources = append(sources, fmt.Sprintf("2001:db8:0:%x::1", 0x100+i))
+	}
+	r := newFloodRig(t, sources, lim)
+
+	nc, err := r.cloud.DialContext(ctxTimeout(t, 10*time.Second), "tcp6", "["+tenantSource+"]:0", r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	paused := &pausedConn{Conn: nc, release: make(chan struct{})}
+	c := tls.Client(paused, r.h.pki.clientTLS(r.h.pki.acme, "localhost"))
+	t.Cleanup(func() { c.Close() })
+	handshake := make(chan error, 1)
+	go func() { handshake <- c.Handshake() }()
+	if !waitFor(func() bool { return paused.writesSeen() }) {
+		t.Fatal("the tenant's ClientHello never went out")
+	}
+
+	const flood = 8 // per source: 512 connections
+	r.hold(t, sources, flood)
+	evicted := func() float64 {
+		return r.h.metric("gatehouse_proxy_connections_refused_total", "raw", "pre_handshake") +
+			r.h.metric("gatehouse_proxy_connections_refused_total", "raw", "pre_handshake_source")
+	}
+	// 512 + the tenant's, of which the budget keeps 100.
+	if !waitFor(func() bool { return evicted() == 64*flood+1-100 }) {
+		t.Fatalf("%v evictions, want %d", evicted(), 64*flood+1-100)
+	}
+	close(paused.release)
+	if err := <-handshake; err != nil {
+		t.Fatalf("the tenant's handshake, under way during the flood: %v", err)
+	}
+	s := &session{c: c, br: bufio.NewReader(c)}
+	if err := s.ping(); err != nil {
+		t.Fatalf("the tenant's session after the flood: %v", err)
 	}
 }

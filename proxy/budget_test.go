@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"crypto/tls"
 	"errors"
 	"net"
 	"testing"
@@ -103,5 +104,41 @@ func TestPreHandshakeEviction(t *testing.T) {
 		if err := s.ping(); err != nil {
 			t.Errorf("identified session %d lost: %v", i, err)
 		}
+	}
+}
+
+// TestEvictionLinesLeaveRefusalLines: a flood's eviction lines have a rate
+// limit of their own, so that after hundreds of evictions a refused
+// handshake is still logged with its certificate, and the evictions are
+// summed up in few lines.
+func TestEvictionLinesLeaveRefusalLines(t *testing.T) {
+	raw := listener("raw", policy.ProtoTCP, policy.Route{Tenant: "acme", Backend: lineEcho(t)})
+	raw.Limits.MaxPreHandshakePerSource = 1
+	raw.Limits.HandshakeTimeout = time.Minute // only eviction ends them here
+	h := newHarness(t, raw.Limits, raw)
+	const flood = 300
+	for range flood + 1 {
+		c, err := net.Dial("tcp", h.addr("raw"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	if !waitFor(func() bool {
+		return h.metric("gatehouse_proxy_connections_refused_total", "raw", "pre_handshake_source") == flood
+	}) {
+		t.Fatalf("%v evictions, want %d", h.metric("gatehouse_proxy_connections_refused_total", "raw", "pre_handshake_source"), flood)
+	}
+	c, err := tls.Dial("tcp", h.addr("raw"), h.pki.clientTLS(h.pki.rogue, "localhost"))
+	if err == nil {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Read(make([]byte, 1)) // TLS 1.3: the refusal arrives after the client's Finished
+		c.Close()
+	}
+	if h.logs.lines("TLS handshake refused") == nil {
+		t.Errorf("no refusal line after %d eviction lines", flood)
+	}
+	if n := h.logs.count("unfinished handshake closed"); n > flood/10 {
+		t.Errorf("%d eviction lines for %d evictions: not rate-limited", n, flood)
 	}
 }

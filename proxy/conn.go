@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -13,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dmz/gatehouse/certs"
-	"github.com/gatehouse-dmz/gatehouse/policy"
 	httpproxy "github.com/gatehouse-dmz/gatehouse/proxy/http"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 	"github.com/gatehouse-dmz/gatehouse/proxy/telnet"
@@ -45,12 +46,21 @@ type conn struct {
 	// for HTTP otherwise, whose requests are routed one by one. Set and
 	// read under Server.connMu.
 	route string
-	// timer bounds a tcp session (limits.tcp); Apply gives it the limits
-	// of each new generation. Set and read under Server.connMu.
+	// timer bounds a tcp session or an upgraded connection (limits.tcp);
+	// Apply gives it the limits of each new generation. Set and read
+	// under Server.connMu (see setTimerLocked).
 	timer *relay.Timer
 
 	// adm is the connection's place at its socket's gate.
 	adm admission
+
+	// ctx and abort, on a START_TLS listener only, tell the telnet
+	// handler negotiating the handshake that the gate evicted the
+	// connection (or the listener shut down), so that it counts no
+	// failure of the client. Set in accept, in the accept loop, where the
+	// gate's evictions run too.
+	ctx   context.Context
+	abort context.CancelCauseFunc
 }
 
 // state returns the connection's TLS state for revalidation.
@@ -133,7 +143,7 @@ func (s *Server) handle(c *conn, st *listenerState) {
 	seen := s.revalidations.Load()
 	id, err := s.handshakeDone(c, cs)
 	if err != nil {
-		s.logger.Info("client certificate not accepted", "listener", c.listener, "source", c.source.String(), "err", err)
+		s.logRefusal(c, slog.LevelInfo, "client certificate not accepted", err)
 		c.raw.Close()
 		return
 	}
@@ -141,8 +151,7 @@ func (s *Server) handle(c *conn, st *listenerState) {
 	// the handshake must not send the session where the new policy does
 	// not.
 	if st, err = s.admit(c, id, seen); err != nil {
-		s.logger.Warn("connection refused", "listener", c.listener,
-			"tenant", id.Tenant, "source", c.source.String(), "err", err)
+		s.logRefusal(c, slog.LevelWarn, "connection refused", err, "tenant", id.Tenant)
 		c.raw.Close()
 		return
 	}
@@ -153,7 +162,7 @@ func (s *Server) handle(c *conn, st *listenerState) {
 		// which refuses what a backend could read differently.
 		var hc net.Conn = c.tls
 		if c.tls.ConnectionState().NegotiatedProtocol != "h2" {
-			hc = httpproxy.NewFramingGuard(c.tls, func(err error) { s.logRefusal(c, "HTTP request refused", err) })
+			hc = httpproxy.NewFramingGuard(c.tls, func(err error) { s.logRefusal(c, slog.LevelInfo, "HTTP request refused", err) })
 		}
 		s.connMu.Lock()
 		if _, open := s.conns[c]; !open {
@@ -190,7 +199,7 @@ func (s *Server) handshakeFailed(c *conn, cs tls.ConnectionState, err error) {
 			"listener", c.listener, "source", c.source.String(), "err", err)
 		return
 	}
-	s.logRefusal(c, "TLS handshake refused", nil, r.LogArgs()...)
+	s.logRefusal(c, slog.LevelInfo, "TLS handshake refused", nil, r.LogArgs()...)
 }
 
 // handshakeDone tells the TLS layer that c's handshake completed and
@@ -203,11 +212,12 @@ func (s *Server) handshakeDone(c *conn, cs tls.ConnectionState) (Identity, error
 	return id, err
 }
 
-// logRefusal logs a refusal any client can cause (a failed handshake, a
-// request head the framing guard refused) with its source, cause (when
-// err is not nil) and the extra key-value pairs, at most 10 lines a second
-// after a burst of 50.
-func (s *Server) logRefusal(c *conn, msg string, err error, extra ...any) {
+// logRefusal logs at level a refusal any client can cause (a failed
+// handshake, a certificate no longer accepted or a tenant at its limit
+// after the handshake, a request head the framing guard refused) with its
+// source, cause (when err is not nil) and the extra key-value pairs, at
+// most 10 lines a second after a burst of 50.
+func (s *Server) logRefusal(c *conn, level slog.Level, msg string, err error, extra ...any) {
 	ok, held := s.refusals.allow(time.Now())
 	if !ok {
 		return
@@ -223,7 +233,7 @@ func (s *Server) logRefusal(c *conn, msg string, err error, extra ...any) {
 	if held > 0 {
 		args = append(args, "similar_lines_suppressed", held)
 	}
-	s.logger.Info(msg, args...)
+	s.logger.Log(context.Background(), level, msg, args...)
 }
 
 // admit records c's identity, counts it against its tenant's share of the
@@ -254,7 +264,7 @@ func (s *Server) admit(c *conn, id Identity, seen uint64) (*listenerState, error
 		s.connMu.Unlock()
 	}
 	defer s.connMu.Unlock()
-	k := [2]string{c.listener, id.Tenant}
+	k := tenantSlot{c.sock, id.Tenant}
 	if _, open := s.conns[c]; !open {
 		return nil, errClosedMeanwhile
 	}
@@ -265,6 +275,7 @@ func (s *Server) admit(c *conn, id Identity, seen uint64) (*listenerState, error
 	}
 	c.route = st.routeKey(id.Tenant)
 	s.perTen[k]++
+	s.active[[2]string{c.listener, id.Tenant}]++
 	c.idMu.Lock()
 	c.id = id
 	c.idMu.Unlock()
@@ -277,10 +288,11 @@ func (s *Server) admit(c *conn, id Identity, seen uint64) (*listenerState, error
 }
 
 // upgraded records that c, an HTTP/1 connection, became a tunnel on the
-// route of key, so that Apply ends it when a reload removes or changes the
-// route. It refuses when the generation in force has no such route any
-// more: Apply may have swept the connections before the switch.
-func (s *Server) upgraded(c *conn, key string) error {
+// route of key, bounded by timer: Apply ends it when a reload removes or
+// changes the route, and gives timer each new generation's limits.tcp. It
+// refuses when the generation in force has no such route any more: Apply
+// may have swept the connections before the switch.
+func (s *Server) upgraded(c *conn, key string, timer *relay.Timer) error {
 	s.connMu.Lock()
 	defer s.connMu.Unlock()
 	if _, open := s.conns[c]; !open {
@@ -290,13 +302,25 @@ func (s *Server) upgraded(c *conn, key string) error {
 		return fmt.Errorf("%w: the route of the upgrade was removed or changed by a reload", ErrConfig)
 	}
 	c.route = key
+	s.setTimerLocked(c, timer)
 	return nil
+}
+
+// setTimerLocked makes t the timer of c's session (a tcp session or an
+// upgraded connection) and gives it the limits.tcp of the generation in
+// force now. rearm sets every timer under connMu too, so whichever of the
+// two runs last reads the newest generation: a session set up during a
+// reload is never left with the limits of the one before. connMu is held.
+func (s *Server) setTimerLocked(c *conn, t *relay.Timer) {
+	c.timer = t
+	lim := c.sock.state.Load().l.ForTenant(c.identity().Tenant).TCP
+	t.Set(lim.IdleTimeout, lim.MaxSession)
 }
 
 // forget runs once when c's socket closes.
 func (s *Server) forget(c *conn) {
 	c.sock.gate.release(c)
-	s.fds.live.Add(-1)
+	s.fds.Release()
 	s.connMu.Lock()
 	if c.httpConn != nil {
 		s.byTLS.Delete(c.httpConn)
@@ -304,9 +328,15 @@ func (s *Server) forget(c *conn) {
 	delete(s.conns, c)
 	if c.identified.Load() {
 		id := c.identity()
-		k := [2]string{c.listener, id.Tenant}
-		if s.perTen[k]--; s.perTen[k] <= 0 {
+		if k := (tenantSlot{c.sock, id.Tenant}); s.perTen[k] <= 1 {
 			delete(s.perTen, k)
+		} else {
+			s.perTen[k]--
+		}
+		if k := [2]string{c.listener, id.Tenant}; s.active[k] <= 1 {
+			delete(s.active, k)
+		} else {
+			s.active[k]--
 		}
 	} else {
 		tb := s.tenantBytes(c.listener, unknownTenant)
@@ -323,10 +353,13 @@ func telnetPeer(c *conn, id Identity) telnet.Peer {
 
 // serveStartTLS hands the plain connection of a START_TLS listener to the
 // telnet handler, which runs the handshake and calls back to learn the
-// tenant before it connects anywhere.
+// tenant before it connects anywhere. The handler counts the session's
+// end; the refusals decided here are logged here, rate-limited.
 func (s *Server) serveStartTLS(c *conn, st *listenerState) {
+	defer c.abort(nil)
 	admit := func(cs tls.ConnectionState) (telnet.Peer, error) {
 		if !c.sock.gate.handshaken(c) {
+			c.abort(errEvicted) // not the client's failure: the handler counts nothing
 			return telnet.Peer{}, errEvicted
 		}
 		if len(cs.PeerCertificates) == 0 {
@@ -335,22 +368,26 @@ func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 		seen := s.revalidations.Load()
 		id, err := s.handshakeDone(c, cs)
 		if err != nil {
+			s.logRefusal(c, slog.LevelInfo, "client certificate not accepted", err)
 			return telnet.Peer{}, err
 		}
 		c.idMu.Lock()
 		c.cs = &cs
 		c.idMu.Unlock()
 		if _, err := s.admit(c, id, seen); err != nil {
+			s.logRefusal(c, slog.LevelWarn, "connection refused", err, "tenant", id.Tenant)
 			return telnet.Peer{}, err
 		}
 		if c.route != st.routeKey(id.Tenant) {
 			// A reload changed this tenant's route during the handshake;
 			// the handler below still holds the old one.
-			return telnet.Peer{}, fmt.Errorf("%w: route of tenant %q changed by a reload", ErrConfig, id.Tenant)
+			err := fmt.Errorf("%w: route of tenant %q changed by a reload", ErrConfig, id.Tenant)
+			s.logRefusal(c, slog.LevelWarn, "connection refused", err)
+			return telnet.Peer{}, err
 		}
 		return telnetPeer(c, id), nil
 	}
-	err := st.telnet.ServeStartTLS(c.sock.ctx, c.raw, st.tls, admit)
+	err := st.telnet.ServeStartTLS(c.ctx, c.raw, st.tls, admit)
 	if !c.sock.gate.handshaken(c) {
 		c.raw.Close() // evicted: logged and counted by the gate's caller
 		return
@@ -360,85 +397,7 @@ func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 	case errors.As(err, &he):
 		s.handshakeFailed(c, he.State, he.Err)
 	case errors.Is(err, telnet.ErrStartTLS):
-		s.logRefusal(c, "START_TLS refused", err)
+		s.logRefusal(c, slog.LevelInfo, "START_TLS refused", err)
 	}
 	c.raw.Close()
-}
-
-// tcpRoute is where a tcp listener sends one tenant.
-type tcpRoute struct {
-	backend string
-	tls     *tls.Config // nil: plain TCP to the backend
-}
-
-func buildTCPRoutes(l policy.Listener) (map[string]*tcpRoute, error) {
-	routes := map[string]*tcpRoute{}
-	for i, r := range l.Routes {
-		if r.Tenant == "" {
-			return nil, fmt.Errorf("%w: listener %q route %d: no tenant", ErrConfig, l.Name, i)
-		}
-		if _, dup := routes[r.Tenant]; dup {
-			return nil, fmt.Errorf("%w: listener %q route %d: tenant %q has two tcp routes", ErrConfig, l.Name, i, r.Tenant)
-		}
-		tc, err := r.StreamBackendTLS()
-		if err != nil {
-			return nil, fmt.Errorf("%w: listener %q route %d: %w", ErrConfig, l.Name, i, err)
-		}
-		routes[r.Tenant] = &tcpRoute{backend: r.Backend, tls: tc}
-	}
-	return routes, nil
-}
-
-// relayTCP connects the tenant to its one backend and copies both ways,
-// within the tenant's limits.tcp (which a reload re-arms, see rearm).
-func (s *Server) relayTCP(c *conn, st *listenerState) {
-	tenant := c.identity().Tenant
-	rt := st.tcp[tenant]
-	if rt == nil {
-		s.logger.Info("tcp connection refused: no route", "listener", c.listener, "tenant", tenant, "source", c.source.String())
-		c.raw.Close()
-		return
-	}
-	d := &net.Dialer{Timeout: BackendDialTimeout}
-	var (
-		bc  net.Conn
-		err error
-	)
-	if rt.tls != nil {
-		bc, err = (&tls.Dialer{NetDialer: d, Config: rt.tls}).DialContext(c.sock.ctx, "tcp", rt.backend)
-	} else {
-		bc, err = d.DialContext(c.sock.ctx, "tcp", rt.backend)
-	}
-	if err != nil {
-		s.logger.Warn("tcp backend unreachable", "listener", c.listener, "tenant", tenant, "err", err)
-		c.raw.Close()
-		return
-	}
-	var ended atomic.Pointer[error]
-	lim := st.l.ForTenant(tenant).TCP
-	start := time.Now()
-	timer := relay.NewTimer(start, lim.IdleTimeout, lim.MaxSession, func(why error) {
-		ended.Store(&why)
-		c.raw.Close()
-		bc.Close()
-	})
-	s.connMu.Lock()
-	c.timer = timer
-	s.connMu.Unlock()
-	in, out, err := relay.PipeTimed(c.tls, bc, timer)
-	timer.Stop()
-	c.raw.Close()
-	reason := "closed"
-	if why := ended.Load(); why != nil {
-		reason = (*why).Error()
-	}
-	// The session's line in the access log, as HTTP requests and terminal
-	// sessions have theirs.
-	args := []any{"listener", c.listener, "tenant", tenant, "fingerprint", c.identity().FingerprintSHA256,
-		"source", c.source.String(), "backend", rt.backend, "bytes_in", in, "bytes_out", out,
-		"duration", time.Since(start).Round(time.Millisecond).String(), "reason", reason}
-	if err != nil {
-		args = append(args, "err", err.Error())
-	}
-	s.access.Info("tcp session ended", args...)
 }

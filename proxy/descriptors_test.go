@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/proxy"
+	httpproxy "github.com/gatehouse-dmz/gatehouse/proxy/http"
 )
 
 // lowerFileLimit sets this process's RLIMIT_NOFILE to what is open now
@@ -150,5 +152,108 @@ func TestAcceptErrorsRateLimited(t *testing.T) {
 	}
 	if !strings.Contains(logs, "similar_lines_suppressed=") {
 		t.Errorf("no count of the lines held back:\n%s", logs)
+	}
+}
+
+// TestDescriptorReserveBackends: one HTTP/2 connection can ask for a
+// backend connection per stream. Within the descriptor reserve those are
+// refused too, with 503 saying why, so that however many requests an
+// identified client sends, the control plane can still open its files;
+// the requests that got a backend are answered once it answers.
+func TestDescriptorReserveBackends(t *testing.T) {
+	addr, held, release := startHoldingBackend(t)
+	web := listener("web", policy.ProtoHTTPS, policy.Route{Tenant: "acme", Backend: "http://" + addr})
+	h := newHarness(t, testLimits(), web) // in_flight_per_tenant 256
+	cl := h.client(h.pki.acme, true)
+	if r := h.mustDo(cl, "web", "GET", "", "/warm", nil, nil); r.status != 200 || r.resp.Proto != "HTTP/2.0" {
+		t.Fatalf("warm-up: %d %s", r.status, r.resp.Proto)
+	}
+	limit := lowerFileLimit(t, 200)
+
+	const requests = 240
+	type outcome struct {
+		status int
+		err    error
+	}
+	done := make(chan outcome, requests)
+	for range requests {
+		go func() {
+			r, err := h.do(cl, "web", "GET", "", "/hold", nil, nil)
+			done <- outcome{r.status, err}
+		}()
+	}
+	var outcomes []outcome
+	holding := 0
+	deadline := time.After(30 * time.Second)
+	for holding+len(outcomes) < requests {
+		select {
+		case <-held:
+			holding++
+		case o := <-done:
+			outcomes = append(outcomes, o)
+		case <-deadline:
+			t.Fatalf("after 30s: %d requests held by the backend, %d answered, of %d", holding, len(outcomes), requests)
+		}
+	}
+	// Every request now holds a backend connection or was answered.
+	var files []*os.File
+	for i := range 32 {
+		f, err := os.Open("/proc/self/status")
+		if err != nil {
+			t.Errorf("control-plane file %d could not be opened while one client's requests hold what they may (limit %d): %v", i, limit, err)
+			break
+		}
+		files = append(files, f)
+	}
+	for _, f := range files {
+		f.Close()
+	}
+	release()
+	for len(outcomes) < requests {
+		outcomes = append(outcomes, <-done)
+	}
+	count := map[int]int{}
+	for _, o := range outcomes {
+		if o.err != nil {
+			t.Errorf("request failed: %v", o.err)
+			continue
+		}
+		count[o.status]++
+	}
+	t.Logf("limit %d: %d held by the backend; answers %v", limit, holding, count)
+	if count[200] != holding || count[200]+count[503] != requests {
+		t.Errorf("answers %v: want %d × 200 (those the backend held) and the rest 503", count, holding)
+	}
+	if count[503] == 0 {
+		t.Error("no request was refused: the reserve was never reached")
+	}
+	if h.access.lines(`"reason":"service unavailable: descriptor reserve reached"`) == nil {
+		t.Error("no access log line gives the descriptor reserve as the reason")
+	}
+	if !strings.Contains(h.logs.String(), "descriptor reserve reached") {
+		t.Error("no line saying the reserve was reached")
+	}
+}
+
+// TestDescriptorsNeeded: the descriptors the listeners may hold count the
+// backends' side too: one per tcp or terminal session, and on HTTPS and
+// SOAP listeners one per upgraded connection, one per request in flight
+// of each tenant (its own in_flight_per_tenant) and the idle connections
+// of each backend.
+func TestDescriptorsNeeded(t *testing.T) {
+	raw := listener("raw", policy.ProtoTCP, policy.Route{Tenant: "acme", Backend: "127.0.0.1:9"})
+	raw.Limits.MaxConns = 100
+	web := listener("web", policy.ProtoHTTPS,
+		policy.Route{Tenant: "acme", Path: "/a", Backend: "http://127.0.0.1:9"},
+		policy.Route{Tenant: "acme", Path: "/b", Backends: []string{"http://127.0.0.1:9", "http://127.0.0.1:10"}},
+		policy.Route{Tenant: "globex", Backend: "http://127.0.0.1:9"})
+	web.Limits.MaxConns, web.Limits.HTTP.MaxInFlight = 50, 20
+	globex := web.Limits
+	globex.HTTP.MaxInFlight = 5
+	web.TenantLimits = map[string]policy.Limits{"globex": globex}
+	got := proxy.DescriptorsNeeded(&policy.Policy{Listeners: []policy.Listener{raw, web}})
+	want := 2*100 + 2*50 + 20 + 5 + httpproxy.MaxIdlePerBackend*(1+2+1)
+	if got != want {
+		t.Errorf("DescriptorsNeeded = %d, want %d", got, want)
 	}
 }

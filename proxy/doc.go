@@ -18,11 +18,13 @@
 // the tenant, the tenant's (ForTenant: connections per tenant, terminal
 // sessions, tcp and terminal idle and session length; proxy/http takes the
 // per-request ones). A reload applies them to the next connection; open
-// tcp and terminal sessions get the new timeouts at once, and keep-alive
+// tcp and terminal sessions and upgraded connections get the new timeouts
+// at once (those set up during the reload included), and keep-alive
 // HTTP connections of changed HTTP server limits are closed once idle.
-// Unfinished handshakes that exceed their budget are evicted oldest first
-// (see gate), and new connections are closed at once while the process is
-// within DescriptorReserve of RLIMIT_NOFILE.
+// Unfinished handshakes that exceed their budget are evicted from the
+// network and source holding the most (see gate), and new connections are
+// closed at once, and backend connections refused, while the process is
+// within DescriptorReserve of RLIMIT_NOFILE (relay.Descriptors).
 //
 // Metrics: gatehouse_proxy_connections_active{listener,tenant},
 // gatehouse_proxy_handshakes_pending{listener},

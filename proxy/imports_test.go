@@ -18,7 +18,7 @@ func TestImportDirection(t *testing.T) {
 	const mod = "github.com/gatehouse-dmz/gatehouse/"
 	allowed := map[string][]string{
 		".":     {mod + "policy", mod + "certs", mod + "proxy/", "github.com/prometheus/client_golang/"},
-		"http":  {mod + "policy", mod + "certs", "github.com/prometheus/client_golang/"},
+		"http":  {mod + "policy", mod + "certs", mod + "proxy/relay", "github.com/prometheus/client_golang/"},
 		"relay": {},
 	}
 	for dir, ok := range allowed {

@@ -340,3 +340,51 @@ func TestUpgradeWithoutConnectionTokenEndsConnection(t *testing.T) {
 		t.Errorf("backend saw %d requests, want only the first", got)
 	}
 }
+
+// TestConnectionLimitPerTenantAcrossRename: connections_per_tenant counts a
+// tenant's connections on the listener's address, so renaming the
+// listener in a reload does not give the tenant a second share beside its
+// open keep-alive connections.
+func TestConnectionLimitPerTenantAcrossRename(t *testing.T) {
+	b := newBackend(t, "a")
+	web := listener("web", policy.ProtoHTTPS, policy.Route{Tenant: "acme", Backend: b.url()})
+	web.Port = freePort(t)
+	web.Limits.MaxConnsPerTenant = 2
+	h := newHarness(t, web.Limits, web)
+	var open []*tls.Conn
+	for i := range 2 {
+		c := h.rawTLS(h.pki.acme, "web")
+		if code, _ := rawExchange(t, c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); code != 200 {
+			t.Fatalf("acme connection %d: %d", i, code)
+		}
+		open = append(open, c)
+	}
+	web.Name = "portal"
+	if err := h.srv.Apply(&policy.Policy{Generation: 2, Listeners: []policy.Listener{web}}); err != nil {
+		t.Fatal(err)
+	}
+	c := h.rawTLS(h.pki.acme, "portal")
+	if code, _ := rawExchange(t, c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); code != 0 {
+		t.Errorf("a third acme connection after the rename answered %d, want it closed at connections_per_tenant 2", code)
+	}
+	if v := h.metric("gatehouse_proxy_connections_refused_total", "portal", "tenant_limit"); v != 1 {
+		t.Errorf("tenant_limit refusals %v, want 1", v)
+	}
+	for _, c := range open {
+		if code, _ := rawExchange(t, c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); code != 200 {
+			t.Errorf("open keep-alive connection after the rename: %d", code)
+		}
+	}
+	open[0].Close()
+	if !waitFor(func() bool {
+		c, err := tls.Dial("tcp", h.addr("portal"), h.pki.clientTLS(h.pki.acme, "localhost", "http/1.1"))
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		code, _ := rawExchange(t, c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		return code == 200
+	}) {
+		t.Error("acme slot not freed after one of its connections closed")
+	}
+}

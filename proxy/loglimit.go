@@ -3,6 +3,8 @@ package proxy
 import (
 	"sync"
 	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
 
 // logLimiter bounds a log line that a client can trigger at will (a
@@ -13,13 +15,12 @@ type logLimiter struct {
 	burst float64
 
 	mu         sync.Mutex
-	tokens     float64
-	last       time.Time
+	bucket     relay.Bucket
 	suppressed int
 }
 
 func newLogLimiter(perSecond float64, burst int) *logLimiter {
-	return &logLimiter{rate: perSecond, burst: float64(burst), tokens: float64(burst)}
+	return &logLimiter{rate: perSecond, burst: float64(burst)}
 }
 
 // allow reports whether a line may be written now, and how many were held
@@ -27,15 +28,10 @@ func newLogLimiter(perSecond float64, burst int) *logLimiter {
 func (l *logLimiter) allow(now time.Time) (bool, int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.last.IsZero() {
-		l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
-	}
-	l.last = now
-	if l.tokens < 1 {
+	if !l.bucket.Take(now, l.rate, l.burst) {
 		l.suppressed++
 		return false, 0
 	}
-	l.tokens--
 	n := l.suppressed
 	l.suppressed = 0
 	return true, n

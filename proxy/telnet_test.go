@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/proxy"
 )
 
 // fakeHost is a terminal host that only records who connected and keeps
@@ -119,5 +120,77 @@ func TestTelnetListeners(t *testing.T) {
 		if ne, ok := err.(net.Error); ok && ne.Timeout() {
 			t.Error("revoked START_TLS session still open")
 		}
+	}
+}
+
+// TestStartTLSEvictionNotCounted: a START_TLS connection the gate evicts
+// while it negotiates, and those a shutdown ends, are not terminal
+// sessions that failed: the eviction is counted once, as
+// connections_refused_total, and telnet_sessions_total counts nothing.
+func TestStartTLSEvictionNotCounted(t *testing.T) {
+	host, _ := fakeHost(t)
+	st := listener("st", policy.ProtoTN5250, policy.Route{Tenant: "acme", Backend: host})
+	st.StartTLS, st.Port = true, freePort(t)
+	st.Limits.MaxPreHandshakePerSource = 2
+	st.Limits.HandshakeTimeout = time.Minute // only eviction or shutdown ends them
+	h := newHarness(t, st.Limits, st)
+	var conns []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", h.addr("st"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		got := make([]byte, 3)
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, []byte{255, 253, 46}) {
+			t.Fatalf("read %v (%v), want IAC DO START_TLS", got, err)
+		}
+		conns = append(conns, c)
+	}
+	if !closedWithin10s(conns[0]) {
+		t.Fatal("the oldest negotiation of the source was not evicted")
+	}
+	if v := h.metric("gatehouse_proxy_connections_refused_total", "st", "pre_handshake_source"); v != 1 {
+		t.Errorf("evictions %v, want 1", v)
+	}
+	h.srv.Close() // waits for every handler, the evicted one's included
+	for _, r := range []string{"protocol", "refused"} {
+		if v := h.metric("gatehouse_telnet_sessions_total", "st", r, "unknown"); v != 0 {
+			t.Errorf("telnet_sessions_total{result=%q,tenant=unknown} = %v after one eviction and a shutdown, want 0", r, v)
+		}
+	}
+}
+
+// TestStartTLSRefusalsRateLimited: START_TLS clients refused after their
+// handshake (here: the tenant at connections_per_tenant) are logged
+// through the refusal lines' rate limit, as clients of implicit TLS are,
+// and counted as refused.
+func TestStartTLSRefusalsRateLimited(t *testing.T) {
+	host, accepted := fakeHost(t)
+	st := listener("st", policy.ProtoTN5250, policy.Route{Tenant: "acme", Backend: host})
+	st.StartTLS, st.Port = true, freePort(t)
+	st.Limits.MaxConnsPerTenant = 1
+	h := newHarness(t, st.Limits, st)
+	proxy.SetRefusalLogLimit(h.srv, 0, 2)
+	if _, err := startTLSClient(t, h.addr("st"), h.pki.clientTLS(h.pki.acme, "localhost")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-accepted:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first START_TLS session never reached the host")
+	}
+	const refused = 6
+	for i := range refused {
+		if _, err := startTLSClient(t, h.addr("st"), h.pki.clientTLS(h.pki.acme, "localhost")); err == nil {
+			t.Fatalf("START_TLS session %d over connections_per_tenant 1 was served", i+2)
+		}
+	}
+	if !waitFor(func() bool { return h.metric("gatehouse_telnet_sessions_total", "st", "refused", "unknown") == refused }) {
+		t.Errorf("refused START_TLS sessions counted %v, want %d", h.metric("gatehouse_telnet_sessions_total", "st", "refused", "unknown"), refused)
+	}
+	if n := h.logs.count(proxy.ErrConnLimit.Error()); n != 2 {
+		t.Errorf("%d log lines for %d refusals under a limit of 2 lines:\n%s", n, refused, h.logs)
 	}
 }

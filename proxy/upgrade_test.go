@@ -341,3 +341,49 @@ func TestUpgradedConnectionLimits(t *testing.T) {
 		t.Error("access log lines of the tunnels lack tunnel_end")
 	}
 }
+
+// TestUpgradedConnectionRearmedByReload: a reload that lowers limits.tcp
+// reaches open upgraded connections at once, as it reaches tcp sessions:
+// an idle tunnel opened without limits ends under the new idle timeout,
+// and one of a tenant whose override is now past its max_session ends
+// at once.
+func TestUpgradedConnectionRearmedByReload(t *testing.T) {
+	ws := newWSBackend(t, "one", false)
+	web := listener("web", policy.ProtoHTTPS,
+		policy.Route{Tenant: "acme", Backend: ws.url},
+		policy.Route{Tenant: "globex", Backend: ws.url})
+	web.Limits = policyLimits() // no tcp limits
+	h := newHarness(t, testLimits(), web)
+	a := h.wsOpen(t, h.pki.acme, "web", "/")
+	g := h.wsOpen(t, h.pki.globex, "web", "/")
+	for _, ws := range []*wsTunnel{a, g} {
+		if _, err := ws.say("hi"); err != nil {
+			t.Fatalf("tunnel before the reload: %v", err)
+		}
+	}
+	web.Limits.TCP.IdleTimeout = 300 * time.Millisecond
+	short := policyLimits()
+	short.TCP.MaxSession = time.Nanosecond
+	web.TenantLimits = map[string]policy.Limits{"globex": short}
+	if err := h.srv.Apply(&policy.Policy{Generation: 2, Listeners: []policy.Listener{web}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.waitClosed(); err != nil {
+		t.Errorf("acme's idle tunnel under the reloaded idle_timeout: %v", err)
+	}
+	if err := g.waitClosed(); err != nil {
+		t.Errorf("globex's tunnel past its reloaded max_session: %v", err)
+	}
+	for tenant, end := range map[string]string{"acme": "idle timeout", "globex": "maximum session length"} {
+		want := `"tenant":"` + tenant + `"`
+		var line string
+		for _, l := range h.access.lines(want) {
+			if strings.Contains(l, want) && strings.Contains(l, `"tunnel_end"`) {
+				line = l
+			}
+		}
+		if !strings.Contains(line, `"tunnel_end":"`+end+`"`) {
+			t.Errorf("%s's access log line %q: want tunnel_end %q", tenant, line, end)
+		}
+	}
+}

@@ -11,10 +11,11 @@ import (
 )
 
 // TestDeployUnitDescriptorLimit: the unit's LimitNOFILE fits the example
-// configuration at its limits (two descriptors per connection, client and
-// backend) and the default limits.connections on as many listeners again,
-// with the proxy's descriptor reserve on top; and the unit says how it was
-// sized, right above the line.
+// configuration at its limits (proxy.DescriptorsNeeded: client and backend
+// connections, HTTP requests in flight and idle backend connections) and
+// the default limits.connections on as many listeners again, with the
+// proxy's descriptor reserve on top; and the unit says how it was sized,
+// right above the line.
 func TestDeployUnitDescriptorLimit(t *testing.T) {
 	unit := string(readDeployFile(t, "gatehouse.service"))
 	loc := regexp.MustCompile(`(?m)^LimitNOFILE=(\d+)$`).FindStringSubmatchIndex(unit)
@@ -35,10 +36,7 @@ func TestDeployUnitDescriptorLimit(t *testing.T) {
 	}
 
 	pol := parseExampleWithFiles(t).Policy()
-	need := 0
-	for _, l := range pol.Listeners {
-		need += 2 * l.Limits.MaxConns
-	}
+	need := proxy.DescriptorsNeeded(pol)
 	def := *config.Defaults().Limits.Connections
 	need += 2 * def * len(pol.Listeners)
 	if reserve := proxy.DescriptorReserve(limit); need+reserve > limit {

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
 
 // errAllDown is a round trip refused because every backend of the route is
@@ -163,7 +165,7 @@ func (p *pool) observe(b *backend, req *http.Request, st *requestState, err erro
 		}
 		return true
 	}
-	if req.Context().Err() != nil || st.bodyError() != nil {
+	if req.Context().Err() != nil || st.bodyError() != nil || errors.Is(err, relay.ErrDescriptors) {
 		return false
 	}
 	if connected && (reused || isTimeout(err)) {
@@ -237,8 +239,8 @@ func (h *Handler) check(ctx context.Context, rt *route, b *backend) {
 	}
 	req.Header.Set("User-Agent", "gatehouse-health")
 	resp, err := b.client.Do(req)
-	if ctx.Err() != nil {
-		return // stopping: this result says nothing of the backend
+	if ctx.Err() != nil || errors.Is(err, relay.ErrDescriptors) {
+		return // stopping, or no descriptor to check with: says nothing of the backend
 	}
 	reason := ""
 	switch {

@@ -49,6 +49,8 @@
 // no connection was had (nothing of it was sent), or it is an idempotent
 // method without a body. When every backend is down the answer is 502 at
 // once, without contacting any. A route with one backend always tries it.
+// Backend connections go through Config.Descriptors: within the process's
+// descriptor reserve a request gets 503 and no backend is marked down.
 // With a health path, Start runs one checker per backend that GETs the path
 // (on the backend's host, over the route's backend TLS settings) every
 // interval; an error or a status outside 2xx/3xx keeps the backend out until
@@ -68,11 +70,13 @@
 //
 // Upgrades (WebSocket): when a backend answers an HTTP/1.1 upgrade with
 // 101, the client connection becomes a tunnel on the route it was routed
-// on. The connection's owner learns the route's key first (UpgradeHook)
-// and refuses the tunnel with 503 when a reload removed or changed the
-// route meanwhile; afterwards it ends the tunnel when a reload does. The
-// tunnel is bounded by its tenant's limits.tcp: idle_timeout without a
-// byte either way, max_session in all. It no longer counts as a request in
+// on. The connection's owner learns the route's key and the tunnel's
+// relay.Timer first (UpgradeHook) and refuses the tunnel with 503 when a
+// reload removed or changed the route meanwhile; afterwards it ends the
+// tunnel when a reload does. The tunnel is bounded by its tenant's
+// limits.tcp: idle_timeout without a byte either way, max_session in all;
+// the owner gives the timer the limits of each new generation, as it does
+// for tcp sessions. It no longer counts as a request in
 // flight. Its access log line, written when it ends, adds tunnel_in,
 // tunnel_out and tunnel_end.
 //

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
 
 // Errors returned by New.
@@ -71,6 +72,10 @@ type Config struct {
 	Previous  *Handler
 	AccessLog *slog.Logger
 	Logger    *slog.Logger
+	// Descriptors, when set, counts every backend connection and refuses
+	// new ones while the process is within its descriptor reserve: the
+	// request gets 503.
+	Descriptors *relay.Descriptors
 }
 
 // Handler proxies one listener's requests. It is immutable once built; a new
@@ -86,6 +91,7 @@ type Handler struct {
 	metrics  *Metrics
 	access   *slog.Logger
 	logger   *slog.Logger
+	fds      *relay.Descriptors
 
 	// Active health checks: started by Start, stopped by Close.
 	stop      context.CancelFunc
@@ -112,6 +118,7 @@ func New(cfg Config) (*Handler, error) {
 		metrics:  cfg.Metrics,
 		access:   cfg.AccessLog,
 		logger:   cfg.Logger,
+		fds:      cfg.Descriptors,
 	}
 	if h.inFlight == nil {
 		h.inFlight = NewInFlight()
@@ -132,7 +139,7 @@ func New(cfg Config) (*Handler, error) {
 			h.Close()
 			return nil, fmt.Errorf("listener %q route %d: %w", l.Name, i, err)
 		}
-		rt.key = routeKey(l, pr)
+		rt.key = pr.Key(l.Name, l.Protocol)
 		key := rt.tenant + "\x00" + rt.label
 		if seen[key] {
 			h.Close()
@@ -373,6 +380,11 @@ func (h *Handler) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		// The client went away; nobody reads the answer.
 		noteReason(w, "client gone")
 		w.WriteHeader(499)
+	case errors.Is(err, relay.ErrDescriptors):
+		// The process keeps its last descriptors for the control plane;
+		// the backend is fine.
+		w.Header().Set("Retry-After", "1")
+		refuse(w, http.StatusServiceUnavailable, "service unavailable: descriptor reserve reached")
 	case errors.Is(err, errAllDown):
 		h.logger.Warn("no backend up", "listener", h.listener)
 		refuse(w, http.StatusBadGateway, "bad gateway: no backend available")

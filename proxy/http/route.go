@@ -31,7 +31,7 @@ type route struct {
 	soap      bool
 	// pathParams lets requests carry ;parameters in path segments.
 	pathParams bool
-	key        string // routeKey, for the tunnels of upgraded connections
+	key        string // policy.Route.Key, for the tunnels of upgraded connections
 }
 
 func (h *Handler) newRoute(index int, pr policy.Route) (*route, error) {
@@ -134,13 +134,23 @@ func backendTLS(urls []*url.URL, pr policy.Route) (*tls.Config, error) {
 	return tc, nil
 }
 
+// MaxIdlePerBackend is how many idle connections to one backend a
+// listener generation keeps for reuse.
+const MaxIdlePerBackend = 64
+
 func (h *Handler) newTransport(u *url.URL, tc *tls.Config, lim *tenantLimits) *http.Transport {
 	d := &net.Dialer{Timeout: h.limits.DialTimeout, KeepAlive: 30 * time.Second}
+	dial := d.DialContext
+	if h.fds != nil {
+		// Counted, and refused within the descriptor reserve: HTTP/2
+		// opens one per stream.
+		dial = h.fds.Dialer(dial)
+	}
 	tr := &http.Transport{
 		Proxy:                 nil, // never an environment proxy: backends are internal
-		DialContext:           d.DialContext,
-		MaxIdleConns:          256,
-		MaxIdleConnsPerHost:   64,
+		DialContext:           dial,
+		MaxIdleConns:          MaxIdlePerBackend, // one host per transport
+		MaxIdleConnsPerHost:   MaxIdlePerBackend,
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   h.limits.DialTimeout,
 		ResponseHeaderTimeout: lim.BackendTimeout,

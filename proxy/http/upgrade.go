@@ -5,7 +5,6 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
 
 // ErrNoUpgrade is a protocol switch the proxy does not allow here: not an
@@ -22,11 +22,14 @@ var ErrNoUpgrade = errors.New("no protocol switch was asked for")
 
 // UpgradeHook is how the layer that owns a client connection follows it
 // once an upgrade (a backend's 101, WebSocket) turns it into a tunnel on
-// one route: it is called with the route's key before the tunnel starts,
-// and from then on that layer ends the connection when a reload removes or
-// changes the route (Handler.HasRoute answers for the new generation). An
-// error refuses the tunnel: the route is gone already.
-type UpgradeHook func(routeKey string) error
+// one route: it is called with the route's key and the tunnel's timer
+// before the tunnel starts. From then on that layer ends the connection
+// when a reload removes or changes the route (Handler.HasRoute answers for
+// the new generation), and gives the timer the limits.tcp of the
+// generation in force, now and at every reload (relay.Timer.Set), as it
+// does for tcp sessions. An error refuses the tunnel: the route is gone
+// already.
+type UpgradeHook func(routeKey string, timer *relay.Timer) error
 
 type upgradeHookKey struct{}
 
@@ -34,12 +37,6 @@ type upgradeHookKey struct{}
 // Without one a tunnel is bounded by its limits only.
 func WithUpgradeHook(ctx context.Context, hook UpgradeHook) context.Context {
 	return context.WithValue(ctx, upgradeHookKey{}, hook)
-}
-
-// routeKey identifies a route across generations: everything of it a
-// tunnel depends on. A reload that changes any of it changes the key.
-func routeKey(l policy.Listener, r policy.Route) string {
-	return fmt.Sprintf("%s|%s|%+v", l.Protocol, l.Name, r)
 }
 
 // HasRoute reports whether tenant has the route of key on this generation.
@@ -72,20 +69,24 @@ func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if u == nil {
 		return nil, nil, ErrNoUpgrade
 	}
+	t := newTunnel(u.st.lim.Stream)
 	if u.hook != nil {
-		if err := u.hook(u.rt.key); err != nil {
+		if err := u.hook(u.rt.key, t.timer); err != nil {
+			t.timer.Stop()
 			u.refused = err
 			return nil, nil, err
 		}
 	}
 	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
 	if err != nil {
+		t.timer.Stop()
 		return nil, nil, err
 	}
 	w.status = http.StatusSwitchingProtocols
 	u.release()
-	u.t = u.h.newTunnel(c, u.st.lim.Stream)
-	return u.t, brw, nil
+	t.attach(c)
+	u.t = t
+	return t, brw, nil
 }
 
 // Reasons a tunnel was ended by the proxy.
@@ -95,45 +96,42 @@ const (
 )
 
 // tunnel is the client side of an upgraded connection: it counts the bytes
-// and ends the connection after limits.tcp.idle_timeout without a byte
-// either way, or limits.tcp.max_session after the switch.
+// and ends the connection when its relay.Timer says so: limits.tcp's
+// idle_timeout without a byte either way, or max_session after the switch.
 type tunnel struct {
-	net.Conn
-	in, out atomic.Int64
-	last    atomic.Int64 // Unix nanoseconds of the last byte; kept only with an idle timeout
-	idle    time.Duration
-	timers  []*time.Timer
-	ended   atomic.Pointer[string] // why the proxy ended it
-	once    sync.Once
+	net.Conn // set by attach, before anything reads or writes
+	timer    *relay.Timer
+	in, out  atomic.Int64
+	ended    atomic.Pointer[string] // why the proxy ended it
+
+	mu       sync.Mutex // attach against end
+	attached bool
 }
 
-func (h *Handler) newTunnel(c net.Conn, lim policy.StreamLimits) *tunnel {
-	t := &tunnel{Conn: c, idle: lim.IdleTimeout}
-	if lim.MaxSession > 0 {
-		t.timers = append(t.timers, time.AfterFunc(lim.MaxSession, func() { t.end(endMax) }))
-	}
-	if t.idle > 0 {
-		t.last.Store(time.Now().UnixNano())
-		var timer *time.Timer
-		timer = time.AfterFunc(t.idle, func() {
-			if idle := time.Since(time.Unix(0, t.last.Load())); idle < t.idle {
-				timer.Reset(t.idle - idle)
-				return
-			}
-			t.end(endIdle)
-		})
-		t.timers = append(t.timers, timer)
-	}
+// newTunnel starts the timer of a tunnel whose connection attach hands
+// over later: the owner registers the timer first (see UpgradeHook).
+func newTunnel(lim policy.StreamLimits) *tunnel {
+	t := &tunnel{}
+	t.timer = relay.NewTimer(time.Now(), lim.IdleTimeout, lim.MaxSession, t.end)
 	return t
+}
+
+// attach gives the tunnel its connection; one the timer ended meanwhile is
+// closed at once.
+func (t *tunnel) attach(c net.Conn) {
+	t.mu.Lock()
+	t.Conn, t.attached = c, true
+	t.mu.Unlock()
+	if t.ended.Load() != nil {
+		c.Close()
+	}
 }
 
 func (t *tunnel) Read(p []byte) (int, error) {
 	n, err := t.Conn.Read(p)
 	if n > 0 {
 		t.in.Add(int64(n))
-		if t.idle > 0 {
-			t.last.Store(time.Now().UnixNano())
-		}
+		t.timer.Touch()
 	}
 	return n, err
 }
@@ -142,27 +140,34 @@ func (t *tunnel) Write(p []byte) (int, error) {
 	n, err := t.Conn.Write(p)
 	if n > 0 {
 		t.out.Add(int64(n))
-		if t.idle > 0 {
-			t.last.Store(time.Now().UnixNano())
-		}
+		t.timer.Touch()
 	}
 	return n, err
 }
 
-// end closes the connection for reason; ReverseProxy's copies then stop
-// and it closes the backend's side.
-func (t *tunnel) end(reason string) {
-	if t.ended.CompareAndSwap(nil, &reason) {
-		t.Conn.Close()
+// end closes the connection for the timer's reason; ReverseProxy's copies
+// then stop and it closes the backend's side.
+func (t *tunnel) end(why error) {
+	reason := endMax
+	if errors.Is(why, relay.ErrIdle) {
+		reason = endIdle
+	}
+	if !t.ended.CompareAndSwap(nil, &reason) {
+		return
+	}
+	t.mu.Lock()
+	c := t.Conn
+	if !t.attached {
+		c = nil
+	}
+	t.mu.Unlock()
+	if c != nil {
+		c.Close()
 	}
 }
 
 func (t *tunnel) Close() error {
-	t.once.Do(func() {
-		for _, timer := range t.timers {
-			timer.Stop()
-		}
-	})
+	t.timer.Stop()
 	return t.Conn.Close()
 }
 

@@ -9,8 +9,8 @@
 // option negotiations and sub-negotiations without ever assuming that one
 // read holds one command. A session caps the negotiations and the time
 // before the data phase (the host's first data after the terminal was
-// accepted), the client's negotiations after it (a storm ends the session
-// with result limit), and the wire length of any sub-negotiation; idle
+// accepted), the client's negotiations and commands but EOR, NOP and GA
+// after it (a storm ends the session with result limit), and the wire length of any sub-negotiation; idle
 // time, session length and sessions per tenant come from the policy per
 // tenant (Config.Limits), and a reload re-arms open sessions
 // (Sessions.Rearm).

@@ -25,11 +25,13 @@ const (
 	// directions together, before the data phase. A TN3270E or RFC 4777
 	// negotiation takes a few dozen.
 	MaxNegotiations = 256
-	// StormBurst and StormRate bound the client's option negotiations and
-	// sub-negotiations after the data phase: StormBurst at once, then
-	// StormRate a second. A terminal negotiates a handful of times in a
-	// session (a TIMING-MARK answer to each host keepalive); a client
-	// sending more is flooding the host with negotiation.
+	// StormBurst and StormRate bound the client's option negotiations,
+	// sub-negotiations and commands but EOR, NOP and GA (AYT, IP, AO, BRK,
+	// DM …) after the data phase: StormBurst at once, then StormRate a
+	// second. A terminal negotiates a handful of times in a session (a
+	// TIMING-MARK answer to each host keepalive) and sends such commands
+	// when its user presses Attn or SysReq; a client sending more is
+	// flooding the host.
 	StormBurst = 256
 	StormRate  = 10
 	// DialTimeout bounds connecting to the host.
@@ -65,14 +67,19 @@ type Config struct {
 	// (limits.handshake_timeout). ServeStartTLS refuses to run without it.
 	HandshakeTimeout time.Duration
 	// Limits returns the session limits of a tenant's sessions
-	// (limits.telnet with the tenant's overrides): a session takes them
-	// when it starts, and Sessions.Rearm hands open sessions newer ones.
-	// Nil means no idle timeout, no session length and no session cap.
+	// (limits.telnet with the tenant's overrides) of this generation.
+	// Sessions.Rearm hands the listener newer ones: open sessions take
+	// them at once, and so do sessions this handler starts afterwards
+	// (a STARTTLS session runs on the handler of its accept). Nil means
+	// no idle timeout, no session length and no session cap.
 	Limits func(tenant string) policy.TelnetLimits
 	// Sessions is shared by every generation of the listener; nil gives
 	// the handler its own.
 	Sessions *Sessions
-	Logger   *slog.Logger
+	// Descriptors, when set, counts each host connection and refuses new
+	// ones while the process is within its descriptor reserve.
+	Descriptors *relay.Descriptors
+	Logger      *slog.Logger
 	// SessionLog receives the start and end line of every session; nil
 	// uses Logger.
 	SessionLog *slog.Logger
@@ -101,6 +108,7 @@ type Handler struct {
 	limits    func(tenant string) policy.TelnetLimits
 	bounds    bounds
 	sessions  *Sessions
+	fds       *relay.Descriptors
 	logger    *slog.Logger
 	slog      *slog.Logger
 }
@@ -142,6 +150,7 @@ func New(cfg Config) (*Handler, error) {
 		limits:    limits,
 		bounds:    defaultBounds,
 		sessions:  ss,
+		fds:       cfg.Descriptors,
 		logger:    logger,
 		slog:      sl,
 	}, nil
@@ -159,8 +168,8 @@ func (h *Handler) Serve(ctx context.Context, client net.Conn, peer Peer) error {
 		h.logger.Info("telnet session refused: no route", "tenant", peer.Tenant, "source", peer.Source.String())
 		return fmt.Errorf("tenant %q: %w", peer.Tenant, ErrNoRoute)
 	}
-	lim := h.limits(peer.Tenant)
-	if !h.sessions.acquire(h.listener, peer.Tenant, lim.MaxSessionsPerTenant) {
+	lim, ok := h.sessions.acquire(h, peer.Tenant)
+	if !ok {
 		h.sessions.count(h.listener, peer.Tenant, ResultLimit)
 		h.logger.Warn("telnet session refused: tenant at its session limit", "tenant", peer.Tenant,
 			"source", peer.Source.String(), "limit", lim.MaxSessionsPerTenant)
@@ -169,14 +178,22 @@ func (h *Handler) Serve(ctx context.Context, client net.Conn, peer Peer) error {
 	defer h.sessions.release(h.listener, peer.Tenant)
 
 	start := time.Now()
-	host, err := h.dial(ctx, rt)
+	host, err := relay.DialBackend(ctx, h.fds, rt.backend, rt.tls, h.bounds.dialTimeout)
+	if errors.Is(err, relay.ErrDescriptors) {
+		h.sessions.count(h.listener, peer.Tenant, ResultLimit)
+		h.logger.Warn("telnet session refused: the process is within its descriptor reserve", "tenant", peer.Tenant,
+			"source", peer.Source.String())
+		return err
+	}
 	if err != nil {
 		h.sessions.count(h.listener, peer.Tenant, ResultBackend)
 		h.logger.Warn("telnet host unreachable", "tenant", peer.Tenant, "backend", rt.backend, "err", err)
-		return err
+		return fmt.Errorf("dial host %s: %w", rt.backend, err)
 	}
 	s := newSession(h, rt, peer, client, host, start)
-	s.timer = relay.NewTimer(start, lim.IdleTimeout, lim.MaxSession, func(err error) {
+	// No limits yet: track sets those in force then, not those of before
+	// the dial, which a reload may have replaced meanwhile.
+	s.timer = relay.NewTimer(start, 0, 0, func(err error) {
 		if errors.Is(err, relay.ErrIdle) {
 			s.end("idle timeout", ResultTimeout, ErrIdle)
 			return
@@ -201,23 +218,6 @@ func (h *Handler) Serve(ctx context.Context, client net.Conn, peer Peer) error {
 	return err
 }
 
-func (h *Handler) dial(ctx context.Context, rt *route) (net.Conn, error) {
-	d := &net.Dialer{Timeout: h.bounds.dialTimeout}
-	var (
-		c   net.Conn
-		err error
-	)
-	if rt.tls != nil {
-		c, err = (&tls.Dialer{NetDialer: d, Config: rt.tls}).DialContext(ctx, "tcp", rt.backend)
-	} else {
-		c, err = d.DialContext(ctx, "tcp", rt.backend)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("dial host %s: %w", rt.backend, err)
-	}
-	return c, nil
-}
-
 // Errors of Serve and ServeStartTLS.
 var (
 	ErrNoRoute      = errors.New("no telnet route for tenant")
@@ -225,6 +225,7 @@ var (
 	ErrRefused      = errors.New("refused by the tenant's terminal policy")
 	ErrStartTLS     = errors.New("start_tls refused or broken")
 	ErrHandshake    = errors.New("tls handshake after start_tls failed")
+	ErrNotAdmitted  = errors.New("start_tls client not admitted")
 	ErrNegotiation  = errors.New("negotiation did not reach the data phase in time")
 	// ErrNegotiationStorm ends a session whose client keeps negotiating
 	// after the data phase (StormBurst, StormRate).

@@ -36,6 +36,10 @@ type Sessions struct {
 	mu     sync.Mutex
 	active map[[2]string]int
 	open   map[*session]struct{}
+	// limits are the session limits of the generation in force per
+	// listener (Rearm); a handler of an older generation starts its
+	// sessions with them, not with its own.
+	limits map[string]func(tenant string) policy.TelnetLimits
 	series map[[2]string]bool // listener and tenant pairs with series
 	total  *prometheus.CounterVec
 }
@@ -47,6 +51,7 @@ func NewSessions() *Sessions {
 	return &Sessions{
 		active: map[[2]string]int{},
 		open:   map[*session]struct{}{},
+		limits: map[string]func(string) policy.TelnetLimits{},
 		series: map[[2]string]bool{},
 		total: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatehouse_telnet_sessions_total",
@@ -68,15 +73,27 @@ func (s *Sessions) Active(listener, tenant string) int {
 	return s.active[[2]string{listener, tenant}]
 }
 
-func (s *Sessions) acquire(listener, tenant string, max int) bool {
-	k := [2]string{listener, tenant}
+// acquire counts a new session of tenant on h's listener against the
+// session cap in force, and returns the limits in force.
+func (s *Sessions) acquire(h *Handler, tenant string) (policy.TelnetLimits, bool) {
+	k := [2]string{h.listener, tenant}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if max > 0 && s.active[k] >= max {
-		return false
+	lim := s.limitsLocked(h)(tenant)
+	if max := lim.MaxSessionsPerTenant; max > 0 && s.active[k] >= max {
+		return lim, false
 	}
 	s.active[k]++
-	return true
+	return lim, true
+}
+
+// limitsLocked returns the limits in force on h's listener: the last
+// Rearm's, or h's own before any. s.mu is held.
+func (s *Sessions) limitsLocked(h *Handler) func(string) policy.TelnetLimits {
+	if l := s.limits[h.listener]; l != nil {
+		return l
+	}
+	return h.limits
 }
 
 func (s *Sessions) release(listener, tenant string) {
@@ -95,10 +112,16 @@ func (s *Sessions) count(listener, tenant, result string) {
 	s.total.WithLabelValues(listener, tenant, result).Inc()
 }
 
+// track registers a started session for Rearm and gives its timer the
+// limits in force, under the lock Rearm holds: whichever of the two runs
+// last reads the newest generation, so a session that started during a
+// reload never keeps the limits of the generation before.
 func (s *Sessions) track(ss *session) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.open[ss] = struct{}{}
-	s.mu.Unlock()
+	l := s.limitsLocked(ss.h)(ss.peer.Tenant)
+	ss.timer.Set(l.IdleTimeout, l.MaxSession)
 }
 
 func (s *Sessions) untrack(ss *session) {
@@ -107,22 +130,21 @@ func (s *Sessions) untrack(ss *session) {
 	s.mu.Unlock()
 }
 
-// Rearm gives the open sessions of listener the idle timeout and maximum
-// length limits returns for their tenant, for example after a reload. A
-// session already past a lowered limit ends at once. A lowered session cap
-// closes no session: it refuses new ones until the tenant is below it.
+// Rearm makes limits the ones in force on listener: sessions starting
+// from now on take them, whichever generation's handler serves them, and
+// the open sessions get the idle timeout and maximum length they give
+// for their tenant, for example after a reload. A session already past a
+// lowered limit ends at once. A lowered session cap closes no session: it
+// refuses new ones until the tenant is below it.
 func (s *Sessions) Rearm(listener string, limits func(tenant string) policy.TelnetLimits) {
 	s.mu.Lock()
-	var open []*session
+	defer s.mu.Unlock()
+	s.limits[listener] = limits
 	for ss := range s.open {
 		if ss.h.listener == listener {
-			open = append(open, ss)
+			l := limits(ss.peer.Tenant)
+			ss.timer.Set(l.IdleTimeout, l.MaxSession)
 		}
-	}
-	s.mu.Unlock()
-	for _, ss := range open {
-		l := limits(ss.peer.Tenant)
-		ss.timer.Set(l.IdleTimeout, l.MaxSession)
 	}
 }
 

@@ -158,34 +158,10 @@ func TestS3270(t *testing.T) {
 			go tn3270Host(c, "HELLO FROM THE MAINFRAME")
 		}
 	}()
-	port := listenLoopbacks(t, func(c net.Conn) {
-		tc := tls.Server(c, pki.serverTLS)
-		if err := tc.Handshake(); err != nil {
-			c.Close()
-			return
-		}
-		peer, err := admitAcme(tc.ConnectionState())
-		if err != nil {
-			c.Close()
-			return
-		}
-		rg.h.Serve(context.Background(), tc, peer)
-	})
-
+	port := rg.listenTLS(t, pki)
 	em := startS3270(t, path, pki)
-	if out, ok := em.do(t, fmt.Sprintf("Connect(L:ACMELU01@localhost:%d)", port)); !ok {
-		t.Fatalf("connect failed: %q", out)
-	}
-	var screen string
-	for range 20 {
-		out, ok := em.do(t, "Ascii()")
-		screen = strings.Join(out, "\n")
-		if ok && strings.Contains(screen, "HELLO FROM THE MAINFRAME") {
-			break
-		}
-		em.do(t, "Wait(1,Output)")
-	}
-	if !strings.Contains(screen, "HELLO FROM THE MAINFRAME") {
+	screen, ok := em.connect(t, fmt.Sprintf("L:ACMELU01@localhost:%d", port), "HELLO FROM THE MAINFRAME")
+	if !ok {
 		t.Fatalf("host screen not shown; s3270 sees:\n%s", screen)
 	}
 	em.do(t, "Disconnect()")
@@ -233,6 +209,42 @@ func listenLoopbacks(t *testing.T, serve func(net.Conn)) int {
 	return port
 }
 
+// listenTLS serves rg's handler on the loopbacks (see listenLoopbacks):
+// each connection gets a TLS handshake with pki's server config and, as
+// the tenant acme, a session.
+func (rg *rig) listenTLS(t *testing.T, pki *testPKI) int {
+	return listenLoopbacks(t, func(c net.Conn) {
+		defer c.Close()
+		tc := tls.Server(c, pki.serverTLS)
+		if tc.Handshake() != nil {
+			return
+		}
+		if peer, err := admitAcme(tc.ConnectionState()); err == nil {
+			rg.h.Serve(context.Background(), tc, peer)
+		}
+	})
+}
+
+// connect connects the emulator with target ("L:LU@host:port" for TLS)
+// and waits for a screen showing text; it returns what the screen shows
+// last and whether text appeared.
+func (s *s3270) connect(t *testing.T, target, text string) (string, bool) {
+	t.Helper()
+	if out, ok := s.do(t, "Connect("+target+")"); !ok {
+		t.Fatalf("connect failed: %q", out)
+	}
+	var screen string
+	for range 20 {
+		out, ok := s.do(t, "Ascii()")
+		screen = strings.Join(out, "\n")
+		if ok && strings.Contains(screen, text) {
+			return screen, true
+		}
+		s.do(t, "Wait(1,Output)")
+	}
+	return screen, false
+}
+
 // TestS3270StartTLS has the emulator connect in plain Telnet to a
 // `starttls: true` listener: the proxy asks for START_TLS, s3270 answers
 // the FOLLOWS exchange and the handshake with the tenant certificate, and
@@ -254,19 +266,7 @@ func TestS3270StartTLS(t *testing.T) {
 		rg.h.ServeStartTLS(context.Background(), c, pki.serverTLS, admitAcme)
 	})
 	em := startS3270(t, path, pki)
-	if out, ok := em.do(t, fmt.Sprintf("Connect(ACMELU01@localhost:%d)", port)); !ok {
-		t.Fatalf("connect failed: %q", out)
-	}
-	var screen string
-	for range 20 {
-		out, ok := em.do(t, "Ascii()")
-		screen = strings.Join(out, "\n")
-		if ok && strings.Contains(screen, "STARTTLS WORKS") {
-			break
-		}
-		em.do(t, "Wait(1,Output)")
-	}
-	if !strings.Contains(screen, "STARTTLS WORKS") {
+	if screen, ok := em.connect(t, fmt.Sprintf("ACMELU01@localhost:%d", port), "STARTTLS WORKS"); !ok {
 		t.Fatalf("host screen not shown; s3270 sees:\n%s", screen)
 	}
 	if out, _ := em.do(t, "Query(Tls)"); len(out) == 0 || !strings.HasPrefix(out[0], "secure") {
@@ -347,31 +347,9 @@ func TestS3270TN3270E(t *testing.T) {
 			go tn3270eHost(c, "TN3270E SESSION", &requests)
 		}
 	}()
-	port := listenLoopbacks(t, func(c net.Conn) {
-		tc := tls.Server(c, pki.serverTLS)
-		if tc.Handshake() != nil {
-			c.Close()
-			return
-		}
-		if peer, err := admitAcme(tc.ConnectionState()); err == nil {
-			rg.h.Serve(context.Background(), tc, peer)
-		}
-		c.Close()
-	})
+	port := rg.listenTLS(t, pki)
 	em := startS3270(t, path, pki)
-	if out, ok := em.do(t, fmt.Sprintf("Connect(L:ACMELU03@localhost:%d)", port)); !ok {
-		t.Fatalf("connect failed: %q", out)
-	}
-	var screen string
-	for range 20 {
-		out, ok := em.do(t, "Ascii()")
-		screen = strings.Join(out, "\n")
-		if ok && strings.Contains(screen, "TN3270E SESSION") {
-			break
-		}
-		em.do(t, "Wait(1,Output)")
-	}
-	if !strings.Contains(screen, "TN3270E SESSION") {
+	if screen, ok := em.connect(t, fmt.Sprintf("L:ACMELU03@localhost:%d", port), "TN3270E SESSION"); !ok {
 		t.Fatalf("host screen not shown; s3270 sees:\n%s", screen)
 	}
 	if requests.Load() != 1 {

@@ -108,9 +108,9 @@ type direction struct {
 	s          *session
 	fromClient bool
 	p          Parser
-	out        []byte // bytes for the other side
-	reply      []byte // the proxy's own answer to this side
-	storm      bucket // the client's negotiations after the data phase
+	out        []byte       // bytes for the other side
+	reply      []byte       // the proxy's own answer to this side
+	storm      relay.Bucket // the client's negotiations and commands after the data phase
 }
 
 func (s *session) pump(fromClient bool) {
@@ -261,8 +261,20 @@ func (d *direction) token(t Token) error {
 		// negotiation: from the client they reach the host only once the
 		// terminal is accepted. Before that they are counted like
 		// negotiation and dropped (clients send NOP keepalives early).
-		if d.fromClient && !s.dataPhase.Load() && !s.vetted() {
+		// Afterwards those that make the host act (AYT, which it
+		// answers; IP, AO, BRK, DM, EC, EL) count like negotiation too,
+		// against the storm bound in the data phase; a record's end
+		// (EOR), a keepalive (NOP) and GA are the data stream itself.
+		if !d.fromClient {
+			break
+		}
+		if !s.dataPhase.Load() && !s.vetted() {
 			return d.countNego()
+		}
+		if t.Cmd != cmdEOR && t.Cmd != cmdNOP && t.Cmd != cmdGA {
+			if err := d.countNego(); err != nil {
+				return err
+			}
 		}
 	case Negotiation:
 		if err := d.countNego(); err != nil {
@@ -292,14 +304,15 @@ func (d *direction) token(t Token) error {
 	return nil
 }
 
-// countNego counts an option negotiation or sub-negotiation: before the
-// data phase against the session's negotiation cap (both directions),
-// after it, the client's against the storm bound. The host's are not
-// bounded after the data phase: it is the tenant's own system.
+// countNego counts an option negotiation, a sub-negotiation or a client
+// command: before the data phase against the session's negotiation cap
+// (both directions), after it, the client's against the storm bound. The
+// host's are not bounded after the data phase: it is the tenant's own
+// system.
 func (d *direction) countNego() error {
 	b := d.s.h.bounds
 	if d.s.dataPhase.Load() {
-		if d.fromClient && !d.storm.take(time.Now(), b.stormRate, b.stormBurst) {
+		if d.fromClient && !d.storm.Take(time.Now(), b.stormRate, b.stormBurst) {
 			return fmt.Errorf("%w: over %g at once or %g a second", ErrNegotiationStorm, b.stormBurst, b.stormRate)
 		}
 		return nil
@@ -308,26 +321,6 @@ func (d *direction) countNego() error {
 		return fmt.Errorf("%w: over %d", ErrTooManyNego, b.maxNegotiations)
 	}
 	return nil
-}
-
-// bucket is a token bucket; its zero value is full.
-type bucket struct {
-	tokens float64
-	last   time.Time
-}
-
-func (b *bucket) take(now time.Time, rate, burst float64) bool {
-	if b.last.IsZero() {
-		b.tokens = burst
-	} else {
-		b.tokens = min(burst, b.tokens+now.Sub(b.last).Seconds()*rate)
-	}
-	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
 }
 
 // sub applies the policy to a sub-negotiation. It reports whether the

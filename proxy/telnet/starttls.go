@@ -16,20 +16,27 @@ import (
 // and only then connects to the host. A client that refuses START_TLS, or
 // sends anything else first, is disconnected; no byte of it reaches a host.
 // A failed handshake is reported as ErrHandshake, for the caller's TLS
-// metrics; a refused or broken START_TLS as ErrStartTLS. Neither is logged
-// here: any client can cause them, and the caller logs them rate-limited.
+// metrics; a refused or broken START_TLS as ErrStartTLS; a refusal of
+// admit as ErrNotAdmitted. None is logged here: any client can cause them,
+// and the caller logs them rate-limited. Ending ctx ends the negotiation;
+// one ended so (the caller evicted the connection, or shut down) is not
+// the client's failure, and is not counted.
 func (h *Handler) ServeStartTLS(ctx context.Context, raw net.Conn, tc *tls.Config, admit Admit) error {
 	defer raw.Close()
 	tconn, err := h.startTLS(ctx, raw, tc)
 	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("start_tls ended by the caller: %w", context.Cause(ctx))
+		}
 		h.sessions.count(h.listener, UnknownTenant, ResultProtocol)
 		return err
 	}
 	peer, err := admit(tconn.ConnectionState())
 	if err != nil {
-		h.sessions.count(h.listener, UnknownTenant, ResultRefused)
-		h.logger.Info("start_tls client not admitted", "source", raw.RemoteAddr().String(), "err", err)
-		return fmt.Errorf("admit: %w", err)
+		if ctx.Err() == nil {
+			h.sessions.count(h.listener, UnknownTenant, ResultRefused)
+		}
+		return fmt.Errorf("%w: %w", ErrNotAdmitted, err)
 	}
 	return h.Serve(ctx, tconn, peer)
 }

@@ -3,7 +3,6 @@ package telnet
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -44,10 +43,36 @@ func countNegotiations(c net.Conn) chan int {
 	return ch
 }
 
+// countCommands reads c until it ends and counts the commands cmd in it.
+func countCommands(c net.Conn, cmd byte) chan int {
+	ch := make(chan int, 1)
+	go func() {
+		var p Parser
+		n := 0
+		buf := make([]byte, 4096)
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		for {
+			k, err := c.Read(buf)
+			p.Feed(buf[:k], func(t Token) error {
+				if t.Kind == Command && t.Cmd == cmd {
+					n++
+				}
+				return nil
+			})
+			if err != nil {
+				ch <- n
+				return
+			}
+		}
+	}()
+	return ch
+}
+
 // TestNegotiationStorm: after the data phase a client may still negotiate
-// (a TIMING-MARK answer, say) but not flood the host: a burst over
-// StormBurst ends the session with result limit and a reason in the
-// session log, and the host saw at most the burst.
+// (a TIMING-MARK answer, say) and send commands (Attn as IAC IP, say) but
+// not flood the host: a burst over StormBurst ends the session with result
+// limit and a reason in the session log, and the host saw at most the
+// burst. Data records (IAC EOR), NOP and GA are not counted.
 func TestNegotiationStorm(t *testing.T) {
 	route := policy.Route{LUNames: []string{"ACMELU0*"}}
 	t.Run("a terminal's negotiations pass", func(t *testing.T) {
@@ -86,6 +111,40 @@ func TestNegotiationStorm(t *testing.T) {
 		json.Unmarshal([]byte(lines[len(lines)-1]), &end)
 		if end["result"] != ResultLimit || !strings.Contains(fmt.Sprint(end["reason"]), "negotiation storm") {
 			t.Errorf("session end line %v: want result limit and the storm as reason", end)
+		}
+	})
+	t.Run("a storm of commands ends the session", func(t *testing.T) {
+		for _, cmd := range []string{"AYT", "IP", "AO", "BRK", "DM"} {
+			t.Run(cmd, func(t *testing.T) {
+				rg := newRig(t, policy.ProtoTN3270, route, Limits{})
+				cli, srv := tcpPair(t)
+				ch := rg.serve(t, context.Background(), srv, testPeer())
+				host := rg.acceptHost(t)
+				negotiate(t, cli, host)
+				one := mustTokens(t, "IAC "+cmd)
+				seen := countCommands(host, one[1])
+				go cli.Write(bytes.Repeat(one, 40_000))
+				if err := waitErr(t, ch); !errors.Is(err, ErrNegotiationStorm) {
+					t.Fatalf("err %v, want a negotiation storm", err)
+				}
+				if n := <-seen; n > StormBurst+StormRate*20 {
+					t.Errorf("the host saw %d IAC %s of the storm", n, cmd)
+				}
+			})
+		}
+	})
+	t.Run("record ends and keepalives are not counted", func(t *testing.T) {
+		rg := newRig(t, policy.ProtoTN3270, route, Limits{})
+		cli, srv := tcpPair(t)
+		ch := rg.serve(t, context.Background(), srv, testPeer())
+		host := rg.acceptHost(t)
+		negotiate(t, cli, host)
+		records := bytes.Repeat(mustTokens(t, `0x7D 0x40 0x40 IAC EOR IAC NOP IAC GA`), 2*StormBurst)
+		cli.Write(records)
+		expectRead(t, host, records)
+		cli.Close()
+		if err := waitErr(t, ch); err != nil {
+			t.Fatalf("session ended with %v", err)
 		}
 	})
 	t.Run("host keepalives are not counted", func(t *testing.T) {
@@ -176,31 +235,9 @@ func TestS3270EnvironAndKeepalives(t *testing.T) {
 			go ibmiHost(c, "ENVIRON HELD BACK", environ, 100)
 		}
 	}()
-	port := listenLoopbacks(t, func(c net.Conn) {
-		tc := tls.Server(c, pki.serverTLS)
-		if tc.Handshake() != nil {
-			c.Close()
-			return
-		}
-		if peer, err := admitAcme(tc.ConnectionState()); err == nil {
-			rg.h.Serve(context.Background(), tc, peer)
-		}
-		c.Close()
-	})
+	port := rg.listenTLS(t, pki)
 	em := startS3270(t, path, pki)
-	if out, ok := em.do(t, fmt.Sprintf("Connect(L:ACMELU01@localhost:%d)", port)); !ok {
-		t.Fatalf("connect failed: %q", out)
-	}
-	var screen string
-	for range 20 {
-		out, ok := em.do(t, "Ascii()")
-		screen = strings.Join(out, "\n")
-		if ok && strings.Contains(screen, "ENVIRON HELD BACK") {
-			break
-		}
-		em.do(t, "Wait(1,Output)")
-	}
-	if !strings.Contains(screen, "ENVIRON HELD BACK") {
+	if screen, ok := em.connect(t, fmt.Sprintf("L:ACMELU01@localhost:%d", port), "ENVIRON HELD BACK"); !ok {
 		t.Fatalf("host screen not shown; s3270 sees:\n%s\nsession log:\n%s", screen, rg.log)
 	}
 	select {

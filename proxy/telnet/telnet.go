@@ -5,6 +5,7 @@ const (
 	cmdEOR  = 239
 	cmdSE   = 240
 	cmdNOP  = 241
+	cmdGA   = 249
 	cmdSB   = 250
 	cmdWILL = 251
 	cmdWONT = 252

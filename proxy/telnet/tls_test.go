@@ -121,8 +121,8 @@ func TestStartTLS(t *testing.T) {
 			tc.Handshake()
 			tc.Read(make([]byte, 1))
 		})
-		if !strings.Contains(err.Error(), "admit: not acme") {
-			t.Errorf("refusal %v, want admit's", err)
+		if !errors.Is(err, ErrNotAdmitted) || !strings.Contains(err.Error(), "not acme") {
+			t.Errorf("refusal %v, want ErrNotAdmitted with admit's reason", err)
 		}
 	})
 }

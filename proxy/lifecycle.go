@@ -1,0 +1,145 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"sync"
+	"sync/atomic"
+)
+
+// Shutdown stops accepting on every listener, lets open connections finish
+// until ctx ends, then closes what is left. It returns ctx's error when it
+// had to close connections that were still busy.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	socks := s.sockets
+	s.sockets = map[string]*socket{}
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	var forced atomic.Bool
+	for _, sk := range socks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if !s.drain(ctx, sk) {
+				forced.Store(true)
+			}
+		}()
+	}
+	wg.Wait()
+	// Listeners an earlier Apply removed are draining on their own clock;
+	// end them now too.
+	done := make(chan struct{})
+	go func() { s.drains.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.closeConns(func(*conn) bool { return true })
+		<-done
+		forced.Store(true)
+	}
+	s.fds.Close()
+	if forced.Load() {
+		return fmt.Errorf("shutdown: connections closed while busy: %w", ctx.Err())
+	}
+	return nil
+}
+
+// Close closes every listener and connection at once.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	s.Shutdown(ctx)
+	return nil
+}
+
+// drain stops sk and waits for its connections until ctx ends, then closes
+// them. It reports whether they all ended by themselves.
+func (s *Server) drain(ctx context.Context, sk *socket) bool {
+	sk.ln.Close()
+	servers := sk.http.all()
+	shut := make(chan struct{})
+	go func() {
+		defer close(shut)
+		var wg sync.WaitGroup
+		for _, h := range servers {
+			wg.Go(func() { h.hs.Shutdown(ctx) }) // closes idle keep-alive connections as they go idle
+		}
+		wg.Wait()
+	}()
+	clean := true
+	select {
+	case <-sk.done:
+	case <-ctx.Done():
+		clean = false
+		// Connections first, then their requests' context: cancelled
+		// first, a request could still answer (a 502) before its
+		// connection closed, and look finished to its client.
+		s.closeConns(func(c *conn) bool { return c.sock == sk })
+		sk.cancel()
+		<-sk.done
+	}
+	sk.cancel()
+	for _, h := range servers {
+		h.hs.Close()
+	}
+	<-shut
+	sk.http.wg.Wait()
+	if st := sk.state.Load(); st != nil {
+		st.close()
+		s.httpMetrics.Prune()
+	}
+	return clean
+}
+
+// Revalidate identifies every connection's certificate again against the
+// TLS source's current state, and closes those it refuses or now maps to
+// another tenant, for example after a CRL update or a tenant's CA changed.
+// Connections still being admitted check again themselves (see admit). The
+// checks run outside connMu. It returns how many it closed.
+func (s *Server) Revalidate() int {
+	s.revalidations.Add(1)
+	s.connMu.Lock()
+	var live []*conn
+	for c := range s.conns {
+		if c.identified.Load() {
+			live = append(live, c)
+		}
+	}
+	s.connMu.Unlock()
+	closed := 0
+	for _, c := range live {
+		if err := s.stillValid(c, c.identity().Tenant); err != nil {
+			s.logger.Info("connection closed: identity no longer valid", "listener", c.listener,
+				"tenant", c.identity().Tenant, "source", c.source.String(), "err", err)
+			c.raw.Close()
+			closed++
+		}
+	}
+	return closed
+}
+
+// identify maps a verified connection state to its tenant; an identity
+// without one is refused, never admitted anonymously.
+func (s *Server) identify(cs tls.ConnectionState) (Identity, error) {
+	id, err := s.tlsSrc.Identify(cs)
+	if err == nil && id.Tenant == "" {
+		err = fmt.Errorf("%w: no tenant", ErrConfig)
+	}
+	return id, err
+}
+
+// stillValid identifies c's certificate again and checks it still maps to
+// tenant.
+func (s *Server) stillValid(c *conn, tenant string) error {
+	id, err := s.identify(c.state())
+	if err != nil {
+		return err
+	}
+	if id.Tenant != tenant {
+		return fmt.Errorf("certificate now maps to tenant %q, not %q", id.Tenant, tenant)
+	}
+	return nil
+}
