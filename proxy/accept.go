@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"maps"
 	"net"
 	"slices"
 	"syscall"
@@ -160,6 +161,35 @@ func (s *Server) series(p *policy.Policy) {
 		}
 	}
 	s.seriesOf = names
+	s.byteSeries(want, names)
+}
+
+// byteSeries gives every configured listener and routed tenant, and each
+// listener's connections that never proved a tenant, their byte series at
+// 0, and deletes those of pairs a reload removed once no connection of
+// theirs is open (a draining one still counts into its series).
+func (s *Server) byteSeries(want map[[2]string]bool, listeners []string) {
+	now := maps.Clone(want)
+	for _, n := range listeners {
+		now[[2]string{n, unknownTenant}] = true
+	}
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	for k := range s.bytesOf {
+		if !now[k] && s.active[k] == 0 {
+			s.bytes.DeleteLabelValues(k[0], k[1], "in")
+			s.bytes.DeleteLabelValues(k[0], k[1], "out")
+			delete(s.bytesOf, k)
+		}
+	}
+	if s.bytesOf == nil {
+		s.bytesOf = map[[2]string]bool{}
+	}
+	for k := range now {
+		s.bytes.WithLabelValues(k[0], k[1], "in")
+		s.bytes.WithLabelValues(k[0], k[1], "out")
+		s.bytesOf[k] = true
+	}
 }
 
 // collectConns reports the identified connections of every configured

@@ -65,6 +65,9 @@ func TestSeriesAtApply(t *testing.T) {
 		"gatehouse_proxy_connections_active{raw,acme}",
 		"gatehouse_proxy_handshakes_pending{web}", "gatehouse_proxy_handshakes_pending{raw}",
 		"gatehouse_proxy_connections_refused_total{raw,pre_handshake}",
+		"gatehouse_proxy_bytes_total{in,web,acme}", "gatehouse_proxy_bytes_total{out,web,globex}",
+		"gatehouse_proxy_bytes_total{in,mf,globex}", "gatehouse_proxy_bytes_total{out,raw,acme}",
+		"gatehouse_proxy_bytes_total{in,raw,unknown}",
 	}
 	for _, tenant := range []string{"acme", "globex"} {
 		for _, r := range results {
@@ -90,7 +93,7 @@ func TestSeriesAtApply(t *testing.T) {
 	got = h.scrape()
 	var left []string
 	for k := range got {
-		if strings.Contains(k, "globex") || strings.Contains(k, "{raw") {
+		if strings.Contains(k, "globex") || strings.Contains(k, "{raw") || strings.Contains(k, ",raw,") {
 			left = append(left, k)
 		}
 	}

@@ -76,8 +76,10 @@ type Server struct {
 	fds        *relay.Descriptors // every client and backend connection, and the reserve
 	reserveLog *logLimiter        // "descriptor reserve reached" lines
 	acceptLog  *logLimiter        // accept errors
-	// seriesOf are the listeners whose refusal series exist; Apply only.
+	// seriesOf are the listeners whose refusal series exist, and bytesOf
+	// the (listener, tenant) pairs whose byte series exist; Apply only.
 	seriesOf []string
+	bytesOf  map[[2]string]bool
 
 	revalidations atomic.Uint64 // Revalidate calls so far; see admit
 	refusals      *logLimiter   // "TLS handshake refused" and other lines any client causes
