@@ -71,6 +71,9 @@ func NewFramingGuard(c net.Conn, refused func(error)) *FramingGuard {
 	return &FramingGuard{Conn: c, refused: refused}
 }
 
+// Read reads from the connection and follows the framing of what it read;
+// once the guard refuses, it hands over what came before the offending line
+// and then only the error.
 func (g *FramingGuard) Read(p []byte) (int, error) {
 	if g.err != nil {
 		return 0, g.err

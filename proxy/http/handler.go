@@ -163,6 +163,9 @@ func New(cfg Config) (*Handler, error) {
 	return h, nil
 }
 
+// Start begins the active health checks of the routes that have a health
+// path, one goroutine per backend, each checking at once and then every
+// interval, and makes the backends visible in the metrics. Call it once,
 // when the handler is put in service; Close stops it.
 func (h *Handler) Start() {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -365,6 +368,11 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 	return rt
 }
 
+// proxyError answers a failed round trip: 503 when the backend switched
+// protocols on a route a reload removed meanwhile; 413, 408 or 400 when the
+// client's body failed (over the limit, stalled, malformed); 499 when the
+// client went away; 502 when no backend is up or the backend failed; 504
+// when it did not answer in time.
 func (h *Handler) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	st, _ := r.Context().Value(stateKey{}).(*requestState)
 	sw, _ := w.(*statusWriter)

@@ -68,8 +68,6 @@ func headerSafe(s string) string {
 	}, s)
 }
 
-// proxyError answers a failed round trip: 413 or 400 when the client's body
-
 // validHeaderName reports a name of letters, digits and '-' only. Other
 // names are legal HTTP, but CGI-style backends fold '_' (and some '.') into
 // '-', so "X_Gatehouse_Tenant" could stand in for a header the proxy sets;

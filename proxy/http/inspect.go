@@ -78,6 +78,7 @@ type Rejection struct {
 	Detail string
 }
 
+// Error says the reason and, when there is one, the detail.
 func (r *Rejection) Error() string {
 	if r.Detail == "" {
 		return "soap: " + r.Reason

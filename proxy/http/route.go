@@ -183,9 +183,6 @@ func (h *Handler) inherit(prev *Handler) {
 	}
 }
 
-// Start begins the active health checks of the routes that have a health
-// path, one goroutine per backend, each checking at once and then every
-// interval, and makes the backends visible in the metrics. Call it once,
 // match returns the tenant's most specific route for host and path. The
 // tenant comes from the certificate; nothing in the request can select
 // another tenant's routes.
