@@ -19,10 +19,12 @@
 // on is the request's path with every segment's ;parameters cut off, then
 // percent-decoded, empty segments merged; the path and query are forwarded
 // as they came. A path that a backend could resolve elsewhere is refused
-// with 400 before routing (see routingPath): a segment that decodes to "."
-// or ".." ("..;", "%2e%2e"), a backslash, an encoded '/', '\' or ';' (also
-// inside ;parameters), double encoding ("%252e"), a control character; and
-// ;parameters at all unless the route has path_params.
+// with 400 before routing (see routingPath): a segment of dots (and
+// spaces) in any spelling ("..;", "%2e%2e", "...", ".. ", full-width
+// "．．"), a backslash, an encoded '/', '\' or ';' (also inside
+// ;parameters, also full-width), an encoded '?' or '#', a segment that is
+// not UTF-8 (overlong "%c0%ae"), double encoding ("%252e"), a control
+// character; and ;parameters at all unless the route has path_params.
 //
 // Request heads: a head over the listener's max_header_size (request line
 // and fields, counted as HTTP/1.1 writes them) gets 431 from the handler,
