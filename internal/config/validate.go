@@ -384,6 +384,13 @@ func validateRoute(c *checker, rp string, proto policy.Protocol, r Route) {
 	if proto == policy.ProtoSOAP && len(r.SOAPActions) == 0 {
 		c.add(rp+".soap_actions", "a soap route needs at least one allowed operation")
 	}
+	if proto == policy.ProtoSOAP {
+		for i, a := range r.SOAPActions {
+			if _, err := policy.ParseSOAPAction(a); err != nil {
+				c.add(fmt.Sprintf("%s.soap_actions[%d]", rp, i), "%v", err)
+			}
+		}
+	}
 }
 
 // validateBackend checks one backend address: a URL for https and soap, else

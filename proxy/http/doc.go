@@ -68,7 +68,10 @@
 // name with anything but letters, digits and '-' ("X_Gatehouse_Tenant",
 // "X.Tenant") is dropped too, as nginx does, since CGI-style backends fold
 // '_' into '-'; the proxy's log says so at debug level. Request trailers
-// are not forwarded. Hop-by-hop headers are stripped.
+// are not forwarded. Hop-by-hop headers are stripped. A Connection header
+// may name close, keep-alive, te and upgrade only: any other option would
+// have the proxy strip that field after it was checked (SOAPAction), so it
+// is refused with 400.
 //
 // Upgrades (WebSocket): when a backend answers an HTTP/1.1 upgrade with
 // 101, the client connection becomes a tunnel on the route it was routed
@@ -93,9 +96,12 @@
 // processing instructions, UTF-8 only), then the exact bytes read are
 // forwarded. The action comes from SOAPAction (1.1), the action parameter
 // (1.2) or wsa:Action, which must agree when several are present; it must be
-// in the route's allow-list (empty denies all), and its last segment (after
-// '/', ':' or '#') must equal the local name of the single element in the
-// Body. Refusals answer a Fault in the caller's version with a correlation
+// in the route's allow-list (empty denies all), and the single element in
+// the Body must be the operation the entry names: the element it spells
+// out ("ACTION {NAMESPACE}NAME"), or else the one the action names, local
+// name and namespace (actionNames: "urn:acme:GetOrder" is
+// {urn:acme}GetOrder, WCF's "http://tempuri.org/IOrders/GetOrder" is
+// {http://tempuri.org/}GetOrder). Refusals answer a Fault in the caller's version with a correlation
 // id that is also logged and sent as X-Correlation-Id. ?wsdl, ?xsd and
 // ?singleWsdl are refused unless the route allows WSDL.
 package httpproxy

@@ -317,6 +317,10 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 		refuse(w, http.StatusBadRequest, "bad request: CONNECT")
 		return nil
 	}
+	if !connectionOptionsOK(r.Header) {
+		refuse(w, http.StatusBadRequest, badConnection)
+		return nil
+	}
 	// Routed on the path exactly as it will be forwarded.
 	p, params, why := routingPath(r.URL.EscapedPath())
 	if why != "" {

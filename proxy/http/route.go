@@ -3,6 +3,7 @@ package httpproxy
 import (
 	"cmp"
 	"crypto/tls"
+	"encoding/xml"
 	"fmt"
 	"log/slog"
 	"net"
@@ -26,7 +27,7 @@ type route struct {
 	backends  []*backend
 	interval  time.Duration // active health check period; 0 none
 	proxy     *httputil.ReverseProxy
-	actions   map[string]bool
+	actions   map[string]*allowedAction // soap: the allow-list by action
 	allowWSDL bool
 	soap      bool
 	// pathParams lets requests carry ;parameters in path segments.
@@ -80,10 +81,23 @@ func (h *Handler) newRoute(index int, pr policy.Route) (*route, error) {
 		allowWSDL:  pr.AllowWSDL,
 		soap:       h.soap,
 		pathParams: pr.PathParams,
-		actions:    map[string]bool{},
+		actions:    map[string]*allowedAction{},
 	}
-	for _, a := range pr.SOAPActions {
-		rt.actions[a] = true
+	for _, entry := range pr.SOAPActions {
+		a, err := policy.ParseSOAPAction(entry)
+		if err != nil {
+			return nil, fmt.Errorf("%w: soap action %q: %w", ErrRoute, entry, err)
+		}
+		allowed := rt.actions[a.Action]
+		if allowed == nil {
+			allowed = &allowedAction{}
+			rt.actions[a.Action] = allowed
+		}
+		if a.Name == "" {
+			allowed.derived = true
+		} else {
+			allowed.elements = append(allowed.elements, xml.Name{Space: a.Namespace, Local: a.Name})
+		}
 	}
 	tc, err := backendTLS(urls, pr)
 	if err != nil {

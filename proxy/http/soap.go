@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 )
 
@@ -85,13 +86,14 @@ func (h *Handler) checkSOAP(w http.ResponseWriter, r *http.Request, rt *route, s
 		}
 		action = msg.WSAAction
 	}
+	allowed := rt.actions[action]
 	switch {
 	case action == "":
 		return fail(reject(ReasonActionMissing, ""))
-	case !rt.actions[action]:
+	case allowed == nil:
 		return fail(reject(ReasonNotAllowed, "%.256q", action))
-	case operationOf(action) != msg.Operation.Local:
-		return fail(reject(ReasonOperation, "action %.256q, body %.128q", action, msg.Operation.Local))
+	case !allowed.names(action, msg.Operation):
+		return fail(reject(ReasonOperation, "action %.256q, body {%.256s}%.128s", action, msg.Operation.Space, msg.Operation.Local))
 	}
 	r.Body = io.NopCloser(bytes.NewReader(raw))
 	r.ContentLength = int64(len(raw))
@@ -114,6 +116,40 @@ func isMetadataQuery(raw string) bool {
 		}
 	}
 	return false
+}
+
+// allowedAction is what one action of a route's allow-list lets through:
+// the Body elements its entries name, and, when an entry names none, the
+// operation the action itself names (actionNames).
+type allowedAction struct {
+	derived  bool
+	elements []xml.Name
+}
+
+func (a *allowedAction) names(action string, op xml.Name) bool {
+	return slices.Contains(a.elements, op) || a.derived && actionNames(action, op)
+}
+
+// actionNames reports whether action names the operation op, namespace and
+// local name, by the conventions SOAP stacks derive actions with: the
+// namespace and then the name ("urn:acme:GetOrder" for {urn:acme}GetOrder,
+// "http://tempuri.org/GetOrder" for {http://tempuri.org/}GetOrder), or
+// WCF's namespace, contract and name ("http://tempuri.org/IOrders/GetOrder").
+// The local name alone is not enough: a backend that dispatches on the
+// Body element would run {urn:admin}GetOrder for an action allowed as
+// urn:acme:GetOrder.
+func actionNames(action string, op xml.Name) bool {
+	local := operationOf(action)
+	if local == "" || local != op.Local {
+		return false
+	}
+	rest := strings.TrimRight(action[:len(action)-len(local)], "/:#")
+	ns := strings.TrimRight(op.Space, "/:#")
+	if rest == ns {
+		return true
+	}
+	i := strings.LastIndexByte(rest, '/')
+	return ns != "" && i >= 0 && strings.TrimRight(rest[:i], "/") == ns && !strings.ContainsAny(rest[i+1:], ":#")
 }
 
 func unquote(s string) string {
