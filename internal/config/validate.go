@@ -376,6 +376,7 @@ func validateRoute(c *checker, rp string, proto policy.Protocol, r Route) {
 	only("soap_actions", len(r.SOAPActions) > 0, policy.ProtoSOAP)
 	only("allow_wsdl", r.AllowWSDL, policy.ProtoSOAP)
 	only("path_params", r.PathParams, policy.ProtoHTTPS, policy.ProtoSOAP)
+	only("websocket", r.WebSocket, policy.ProtoHTTPS) // a tunnel would carry SOAP past its inspection
 	only("lu_names", len(r.LUNames) > 0, policy.ProtoTN3270)
 	only("force_lu", r.ForceLU != "", policy.ProtoTN3270)
 	only("terminal_types", len(r.TerminalTypes) > 0, policy.ProtoTN3270, policy.ProtoTN5250)

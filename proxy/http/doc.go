@@ -73,9 +73,12 @@
 // have the proxy strip that field after it was checked (SOAPAction), so it
 // is refused with 400.
 //
-// Upgrades (WebSocket): when a backend answers an HTTP/1.1 upgrade with
-// 101, the client connection becomes a tunnel on the route it was routed
-// on. The connection's owner learns the route's key and the tunnel's
+// Upgrades (WebSocket): only an RFC 6455 opening handshake may ask to
+// switch protocols, only on an https route with websocket: true (see
+// upgradeRefusal); any other upgrade, and every upgrade on a soap listener,
+// is refused before a backend sees it. When the backend answers with 101,
+// the client connection becomes a tunnel on the route it was routed on.
+// The connection's owner learns the route's key and the tunnel's
 // relay.Timer first (UpgradeHook) and refuses the tunnel with 503 when a
 // reload removed or changed the route meanwhile; afterwards it ends the
 // tunnel when a reload does. The tunnel is bounded by its tenant's
@@ -87,8 +90,8 @@
 //
 // HTTP/1 framing: FramingGuard refuses what two parsers could read
 // differently (Content-Length with Transfer-Encoding, obs-fold, bad chunks)
-// before net/http sees it. h2c upgrades are refused; a connection whose
-// upgrade is declined is closed after the answer.
+// before net/http sees it. A connection whose upgrade is refused or
+// declined is closed after the answer.
 //
 // SOAP: POST only; text/xml carries a SOAP 1.1 envelope, application/soap+xml
 // a 1.2 one. The body is read and checked as it streams in (Inspect: size,

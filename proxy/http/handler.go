@@ -239,8 +239,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// protocols; unless the switch happens, end the connection after the
 	// answer (whoever refuses it) so nothing follows unguarded.
 	// The guard steps aside on any Upgrade header, with or without
-	// "Connection: upgrade", so the same condition decides here.
-	sw := &statusWriter{ResponseWriter: w, closeUnlessSwitch: r.ProtoMajor == 1 && r.Header.Get("Upgrade") != ""}
+	// "Connection: upgrade", so that decides here, and so does
+	// "Connection: upgrade" alone: a request that asks to switch is
+	// answered last on its connection either way.
+	sw := &statusWriter{ResponseWriter: w, closeUnlessSwitch: r.ProtoMajor == 1 &&
+		(r.Header.Get("Upgrade") != "" || hasToken(r.Header.Values("Connection"), "upgrade"))}
 	peer, ok := PeerFrom(r.Context())
 	st := &requestState{id: newID(), backend: -1, peer: peer, lim: h.limitsOf(peer.Tenant)}
 	var body *countingBody
@@ -317,10 +320,6 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 		refuse(w, http.StatusBadRequest, "bad request: CONNECT")
 		return nil
 	}
-	if !connectionOptionsOK(r.Header) {
-		refuse(w, http.StatusBadRequest, badConnection)
-		return nil
-	}
 	// Routed on the path exactly as it will be forwarded.
 	p, params, why := routingPath(r.URL.EscapedPath())
 	if why != "" {
@@ -344,10 +343,12 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 		refuse(w, http.StatusRequestEntityTooLarge, "request body too large")
 		return rt
 	}
-	if w.closeUnlessSwitch && hasToken(r.Header.Values("Upgrade"), "h2c") {
-		// Cleartext HTTP/2 to the backend would carry later requests past
-		// routing, inside one tunnel.
-		refuse(w, http.StatusBadRequest, "bad request: h2c upgrade")
+	if code, why := h.upgradeRefusal(r, rt); why != "" {
+		refuse(w, code, why)
+		return rt
+	}
+	if !connectionOptionsOK(r.Header) {
+		refuse(w, http.StatusBadRequest, badConnection)
 		return rt
 	}
 	release, ok := h.inFlight.acquire(h.listener, st.peer.Tenant, st.lim.MaxInFlightPerTenant)

@@ -32,6 +32,7 @@ type route struct {
 	soap      bool
 	// pathParams lets requests carry ;parameters in path segments.
 	pathParams bool
+	websocket  bool   // WebSocket upgrades may pass
 	key        string // policy.Route.Key, for the tunnels of upgraded connections
 }
 
@@ -81,6 +82,7 @@ func (h *Handler) newRoute(index int, pr policy.Route) (*route, error) {
 		allowWSDL:  pr.AllowWSDL,
 		soap:       h.soap,
 		pathParams: pr.PathParams,
+		websocket:  pr.WebSocket,
 		actions:    map[string]*allowedAction{},
 	}
 	for _, entry := range pr.SOAPActions {
