@@ -1,12 +1,16 @@
 package proxy_test
 
 import (
+	"bufio"
+	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/test/netns"
@@ -145,4 +149,83 @@ func TestSOAPOperationByFullName(t *testing.T) {
 			t.Errorf("action %s, body {%s}%s: fault %s, want operation_mismatch", tc.action, tc.ns, tc.op, r.body)
 		}
 	}
+}
+
+// TestSOAPMetadataRequests: a route with allow_wsdl lets through a GET or
+// HEAD whose query asks for metadata and nothing else, without a body.
+// The review sent "?op=DeleteAll;wsdl" and "?wsdl&method=DeleteAll", each
+// with an envelope body, and both reached the backend whole (200):
+// neither the body nor the other parameters were inspected.
+func TestSOAPMetadataRequests(t *testing.T) {
+	b := newBackend(t, "soap")
+	h := newHarness(t, testLimits(), listener("services", policy.ProtoSOAP,
+		policy.Route{Tenant: "acme", Path: "/svc", Backend: b.url(), SOAPActions: []string{"urn:acme:Get"}, AllowWSDL: true},
+		policy.Route{Tenant: "acme", Path: "/closed", Backend: b.url(), SOAPActions: []string{"urn:acme:Get"}}))
+	env := soapEnvelope("DeleteAll", "urn:acme")
+	withBody := func(method, target string) string {
+		return fmt.Sprintf("%s %s HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\nSOAPAction: \"urn:acme:DeleteAll\"\r\nContent-Length: %d\r\n\r\n%s", method, target, len(env), env)
+	}
+	chunked := func(target string) string {
+		return fmt.Sprintf("GET %s HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n", target, len(env), env)
+	}
+	plain := func(method, target string) string { return method + " " + target + " HTTP/1.1\r\nHost: x\r\n\r\n" }
+	tests := []struct {
+		req    string
+		status int
+		reason string // in the fault; "" when the backend answers
+	}{
+		{plain("GET", "/svc?wsdl"), 200, ""},
+		{plain("GET", "/svc?WSDL"), 200, ""},
+		{plain("HEAD", "/svc?wsdl"), 200, ""},
+		{plain("GET", "/svc?singleWsdl"), 200, ""},
+		{plain("GET", "/svc?xsd=xsd0"), 200, ""},
+		{plain("GET", "/svc?wsdl=OrderService_schema1.wsdl"), 200, ""},
+		{withBody("GET", "/svc?wsdl"), 500, "wsdl"},
+		{chunked("/svc?wsdl"), 500, "wsdl"},
+		{withBody("GET", "/svc?op=DeleteAll;wsdl"), 500, "wsdl"},
+		{plain("GET", "/svc?op=DeleteAll;wsdl"), 500, "wsdl"},
+		{plain("GET", "/svc?wsdl;op=DeleteAll"), 500, "wsdl"},
+		{withBody("GET", "/svc?wsdl&method=DeleteAll"), 500, "wsdl"},
+		{plain("GET", "/svc?wsdl&method=DeleteAll"), 500, "wsdl"},
+		{plain("GET", "/svc?wsdl&"), 500, "wsdl"},
+		{plain("GET", "/svc?xsd=../conf/axis2.xml"), 500, "wsdl"},
+		{plain("GET", "/svc?xsd=..%2fconf%2faxis2.xml"), 500, "wsdl"},
+		{plain("GET", "/svc?xsd=%2e%2e"), 500, "wsdl"},
+		{withBody("POST", "/svc?wsdl"), 500, "method"},
+		{plain("GET", "/closed?wsdl"), 500, "wsdl"},
+		{plain("GET", "/closed?x;wsdl"), 500, "wsdl"},
+		{plain("GET", "/svc"), 500, "method"},
+	}
+	for _, tc := range tests {
+		before := b.hits.Load()
+		code, answer := exchange(t, h.rawTLS(h.pki.acme, "services"), tc.req)
+		first, _, _ := strings.Cut(tc.req, "\r\n")
+		if code != tc.status {
+			t.Errorf("%s: status %d, want %d", first, code, tc.status)
+		}
+		reached := b.hits.Load() != before
+		if reached != (tc.reason == "") {
+			t.Errorf("%s: reached the backend %v", first, reached)
+		}
+		if tc.reason != "" && !strings.Contains(answer, "request refused: "+tc.reason) {
+			t.Errorf("%s: answer %q, want a fault for %s", first, answer, tc.reason)
+		}
+	}
+}
+
+// exchange writes a hand-written request and returns the status and body
+// of the answer.
+func exchange(t *testing.T, c *tls.Conn, req string) (int, string) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	method, _, _ := strings.Cut(req, " ")
+	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: method})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
 }

@@ -106,5 +106,8 @@
 // {urn:acme}GetOrder, WCF's "http://tempuri.org/IOrders/GetOrder" is
 // {http://tempuri.org/}GetOrder). Refusals answer a Fault in the caller's version with a correlation
 // id that is also logged and sent as X-Correlation-Id. ?wsdl, ?xsd and
-// ?singleWsdl are refused unless the route allows WSDL.
+// ?singleWsdl (in any parameter, split at '&' or ';') are refused unless
+// the route allows WSDL, and then pass only as a GET or HEAD without a
+// body whose query holds metadata parameters alone (no ';', a value only
+// a file name): nothing inspects such a request.
 package httpproxy

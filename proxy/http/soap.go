@@ -33,11 +33,16 @@ func (h *Handler) checkSOAP(w http.ResponseWriter, r *http.Request, rt *route, s
 		return false
 	}
 	if isMetadataQuery(r.URL.RawQuery) {
-		if !rt.allowWSDL {
+		switch {
+		case !rt.allowWSDL:
 			return fail(reject(ReasonWSDL, "metadata query"))
-		}
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			return fail(reject(ReasonMethod, "%s for metadata", r.Method))
+		case r.Method != http.MethodGet && r.Method != http.MethodHead:
+			return fail(reject(ReasonMethod, "%.16q for metadata", r.Method))
+		case !metadataOnly(r.URL.RawQuery):
+			return fail(reject(ReasonWSDL, "metadata query with other parameters"))
+		case r.ContentLength != 0 || len(r.TransferEncoding) != 0:
+			// Nothing inspects it, and nothing would buffer it.
+			return fail(reject(ReasonWSDL, "metadata request with a body"))
 		}
 		return true
 	}
@@ -101,21 +106,53 @@ func (h *Handler) checkSOAP(w http.ResponseWriter, r *http.Request, rt *route, s
 	return true
 }
 
-// isMetadataQuery reports a WSDL or schema request (?wsdl, ?xsd=…,
-// ?singleWsdl), whatever the case, and whether the backend separates
-// parameters with '&' or ';'.
+// isMetadataQuery reports a query that asks for a WSDL or schema (?wsdl,
+// ?xsd=…, ?singleWsdl) in any parameter, whatever the case, and whether the
+// backend separates parameters with '&' or ';'. It decides what is refused
+// as a metadata request; metadataOnly decides what is let through as one.
 func isMetadataQuery(raw string) bool {
 	for kv := range strings.FieldsFuncSeq(raw, func(r rune) bool { return r == '&' || r == ';' }) {
 		k, _, _ := strings.Cut(kv, "=")
 		if uk, err := url.QueryUnescape(k); err == nil {
 			k = uk
 		}
-		switch strings.ToLower(strings.TrimSpace(k)) {
-		case "wsdl", "xsd", "singlewsdl":
+		if isMetadataKey(strings.TrimSpace(k)) {
 			return true
 		}
 	}
 	return false
+}
+
+func isMetadataKey(k string) bool {
+	switch strings.ToLower(k) {
+	case "wsdl", "xsd", "singlewsdl":
+		return true
+	}
+	return false
+}
+
+// metadataOnly reports a query made of metadata parameters only, each with
+// no value or a file name (?wsdl, ?wsdl=part2.wsdl, ?xsd=xsd0, ?singleWsdl),
+// read the way every backend reads it: no ';' (which some take for '&'),
+// no empty parameter, and no value that could name a path ("../conf",
+// "%2e%2e%2f", the Axis2 ?xsd= traversal). Anything else beside ?wsdl
+// would reach the backend uninspected, as a GET.
+func metadataOnly(raw string) bool {
+	if strings.Contains(raw, ";") {
+		return false
+	}
+	for kv := range strings.SplitSeq(raw, "&") {
+		k, v, _ := strings.Cut(kv, "=")
+		k, kerr := url.QueryUnescape(k)
+		v, verr := url.QueryUnescape(v)
+		if kerr != nil || verr != nil || !isMetadataKey(k) || strings.Contains(v, "..") ||
+			strings.ContainsFunc(v, func(r rune) bool {
+				return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '.' || r == '_' || r == '-')
+			}) {
+			return false
+		}
+	}
+	return true
 }
 
 // allowedAction is what one action of a route's allow-list lets through:
