@@ -157,6 +157,10 @@ func bufferBody(w http.ResponseWriter, r *http.Request, limit int64) bool {
 		refuseBody(w, err)
 		return false
 	}
+	// The client had its 100 Continue when the reading began; the backend
+	// gets the body at once, and must not be asked to invite it (a backend
+	// that never answers 100 would cost each request the transport's wait).
+	r.Header.Del("Expect")
 	r.Body = b
 	if b.whole() {
 		r.ContentLength = b.n

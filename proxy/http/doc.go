@@ -41,7 +41,9 @@
 // half-arrives; a longer body streams on after its start, and one that
 // fails on the way ends the backend's connection before the body's end, so
 // the backend never sees a complete request. SOAP bodies are read whole by
-// the inspector anyway.
+// the inspector anyway. A body read whole goes on without the client's
+// "Expect: 100-continue": the client had its 100 from the proxy, and the
+// backend gets the body at once; a streamed body keeps it.
 //
 // Backends: a route may have several. Requests take them round robin,
 // skipping those marked down. A request that fails on a backend's connection

@@ -103,6 +103,7 @@ func (h *Handler) checkSOAP(w http.ResponseWriter, r *http.Request, rt *route, s
 	r.Body = io.NopCloser(bytes.NewReader(raw))
 	r.ContentLength = int64(len(raw))
 	r.TransferEncoding = nil
+	r.Header.Del("Expect") // the whole body is here: see bufferBody
 	return true
 }
 
