@@ -10,8 +10,12 @@
 // Limits: the requests of a tenant are bounded by that tenant's limits on
 // the listener (policy.Listener.ForTenant: limits.http with the listener's
 // and the tenant's overrides): requests in flight, body size, body
-// buffering, the wait for body bytes and for the backend's answer. Config.Limits
-// only fills what a policy built without a configuration leaves zero.
+// buffering, the wait for body bytes and for the backend's answer. A
+// policy built without a configuration (library use, tests) leaves them
+// zero and gets the Default* constants. What no key reaches is a fixed,
+// documented bound: the dial and TLS handshake to a backend (5 s), the
+// passive back-off (10 s doubling to 60 s), a health check (2 s), the SOAP
+// inspector's XML limits (DefaultMaxSOAPBytes and the others).
 //
 // Routing: among the tenant's routes, the longest path prefix (matched on
 // whole segments) wins, then a route naming the request's host over one for
@@ -48,8 +52,8 @@
 // Backends: a route may have several. Requests take them round robin,
 // skipping those marked down. A request that fails on a backend's connection
 // (refused, reset, TLS failure, closed before the answer; not a slow answer)
-// marks it down for BackendDownTime, doubling with each further failure up
-// to BackendDownMax, and goes to the next backend only when that is safe:
+// marks it down for 10 s, doubling with each further failure up to 60 s
+// (backendDownTime, backendDownMax), and goes to the next backend only when that is safe:
 // no connection was had (nothing of it was sent), or it is an idempotent
 // method without a body. When every backend is down the answer is 502 at
 // once, without contacting any. A route with one backend always tries it.

@@ -57,10 +57,6 @@ type Config struct {
 	// Listener is the compiled listener: its name, protocol, routes, and
 	// limits (Listener.ForTenant gives each tenant's).
 	Listener policy.Listener
-	// Limits are the fallbacks of every limit the listener's policy leaves
-	// zero (library use, tests), and the limits no configuration key
-	// reaches (dial, back-off, health check, XML inspection).
-	Limits Limits
 	// InFlight counts requests per tenant. Pass the same one to every
 	// generation of a listener so a reload does not reset the count; nil
 	// makes a new one.
@@ -83,7 +79,7 @@ type Config struct {
 type Handler struct {
 	listener string
 	soap     bool
-	limits   Limits // the listener's own, resolved over the defaults
+	limits   requestLimits // the listener's own, resolved over the defaults
 	base     *tenantLimits
 	tenants  map[string]*tenantLimits // tenants whose limits differ from base
 	byTenant map[string][]*route
@@ -106,7 +102,7 @@ func New(cfg Config) (*Handler, error) {
 	if l.Protocol != policy.ProtoHTTPS && l.Protocol != policy.ProtoSOAP {
 		return nil, fmt.Errorf("listener %q: %w: %q", l.Name, ErrProtocol, l.Protocol)
 	}
-	base := cfg.Limits.withDefaults()
+	base := defaultLimits()
 	h := &Handler{
 		listener: l.Name,
 		soap:     l.Protocol == policy.ProtoSOAP,

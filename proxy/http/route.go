@@ -155,7 +155,7 @@ func backendTLS(urls []*url.URL, pr policy.Route) (*tls.Config, error) {
 const MaxIdlePerBackend = 64
 
 func (h *Handler) newTransport(u *url.URL, tc *tls.Config, lim *tenantLimits) *http.Transport {
-	d := &net.Dialer{Timeout: h.limits.DialTimeout, KeepAlive: 30 * time.Second}
+	d := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
 	dial := d.DialContext
 	if h.fds != nil {
 		// Counted, and refused within the descriptor reserve: HTTP/2
@@ -168,7 +168,7 @@ func (h *Handler) newTransport(u *url.URL, tc *tls.Config, lim *tenantLimits) *h
 		MaxIdleConns:          MaxIdlePerBackend, // one host per transport
 		MaxIdleConnsPerHost:   MaxIdlePerBackend,
 		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   h.limits.DialTimeout,
+		TLSHandshakeTimeout:   dialTimeout,
 		ResponseHeaderTimeout: lim.BackendTimeout,
 		ExpectContinueTimeout: time.Second,
 	}

@@ -58,7 +58,7 @@ func (h *Handler) checkSOAP(w http.ResponseWriter, r *http.Request, rt *route, s
 	if r.Body == nil {
 		return fail(reject(ReasonNotEnvelope, "no body"))
 	}
-	msg, raw, err := Inspect(r.Body, version, h.limits.XML)
+	msg, raw, err := Inspect(r.Body, version, XMLLimits{})
 	if err != nil {
 		var rej *Rejection
 		if !errors.As(err, &rej) {
