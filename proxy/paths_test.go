@@ -51,7 +51,8 @@ func pathWorld(t *testing.T) (*harness, *uriRecorder, *uriRecorder) {
 // TestTrickyPaths: a request is routed on its decoded, normalised path,
 // and a path a backend could resolve to somewhere else is refused with 400
 // and its reason before any backend sees it; ordinary paths and query
-// strings reach the backend byte for byte.
+// strings reach the backend byte for byte, and a path with characters a
+// URL path may not hold raw reaches it re-encoded as the README says.
 func TestTrickyPaths(t *testing.T) {
 	h, api, servlet := pathWorld(t)
 	tests := []struct {
@@ -93,6 +94,7 @@ func TestTrickyPaths(t *testing.T) {
 		{"/api/%ef%bc%8e%ef%bc%8e/secret", 400, "bad request: path: dot segment", false},
 		{"/api/x%ef%bc%8f..%ef%bc%8fsecret", 400, "bad request: path: backslash or encoded slash or semicolon", false},
 		{"/api/x./y", 200, "", false},
+		{"/api/x#frag", 400, "bad request: path: encoded '?' or '#'", false}, // would go on as %23
 	}
 	for _, tc := range tests {
 		t.Run(tc.target, func(t *testing.T) {
@@ -128,6 +130,30 @@ func TestTrickyPaths(t *testing.T) {
 				t.Errorf("no access log line with status 400 and reason %q", tc.reason)
 			}
 		})
+	}
+}
+
+// TestPathsAsForwarded pins what the README says reaches the backend: the
+// query as sent, the path as sent when it is a valid URL path, otherwise
+// decoded and percent-encoded again as a whole.
+func TestPathsAsForwarded(t *testing.T) {
+	h, api, _ := pathWorld(t)
+	for target, want := range map[string]string{
+		"/api/a!b%41[c]?q=a|b{c}#f": "/api/a!b%41[c]?q=a|b{c}#f",
+		"/api/{x}":                  "/api/%7Bx%7D",
+		"/api/a|b":                  "/api/a%7Cb",
+		"/api/%41|b":                "/api/A%7Cb",
+		"/api/a!b|c":                "/api/a%21b%7Cc",
+		"/api/caf\xc3\xa9":          "/api/caf%C3%A9",
+	} {
+		before := len(api.got())
+		if code, _ := rawExchange(t, h.rawTLS(h.pki.acme, "web"), "GET "+target+" HTTP/1.1\r\nHost: x\r\n\r\n"); code != 200 {
+			t.Errorf("%q: status %d", target, code)
+			continue
+		}
+		if got := api.got()[before:]; len(got) != 1 || got[0] != want {
+			t.Errorf("%q reached the backend as %q, want %q", target, got, want)
+		}
 	}
 }
 

@@ -21,8 +21,11 @@
 // whole segments) wins, then a route naming the request's host over one for
 // any host. No route means 403 and no backend is contacted. The path routed
 // on is the request's path with every segment's ;parameters cut off, then
-// percent-decoded, empty segments merged; the path and query are forwarded
-// as they came. A path that a backend could resolve elsewhere is refused
+// percent-decoded, empty segments merged. The query is forwarded as it
+// came; the path as net/url writes it (URL.EscapedPath): as it came when it
+// is a valid URL path, otherwise (a '|', '{', '}', '^', '"', a byte over
+// 0x7f …) decoded and percent-encoded again as a whole ("/{x}" goes on as
+// "/%7Bx%7D", "/%41|b" as "/A%7Cb"). Routing reads that same path. A path that a backend could resolve elsewhere is refused
 // with 400 before routing (see routingPath): a segment of dots (and
 // spaces) in any spelling ("..;", "%2e%2e", "...", ".. ", full-width
 // "．．"), a backslash, an encoded '/', '\' or ';' (also inside
