@@ -36,9 +36,11 @@
 // Request heads: a head over the listener's max_header_size (request line
 // and fields, counted as HTTP/1.1 writes them) gets 431 from the handler,
 // with an access log line, over HTTP/1.1 and HTTP/2, whether one field or
-// many are too long; the server reads up to HeaderReadLimit (twice the
+// many are too long. The server reads up to HeaderReadLimit (twice the
 // limit) so that Go's HTTP/2 server does not end the connection on a single
-// long field first.
+// long field first; over HTTP/1.1 the FramingGuard answers 431 and ends
+// the connection once a head runs 4 KiB past the limit, so an HTTP/1.1
+// head costs at most the limit, and the guard keeps no copy of it.
 //
 // Request bodies: a declared Content-Length over max_body_size gets 413
 // before anything is sent to a backend. A body up to body_buffer_size is

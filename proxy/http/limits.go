@@ -68,8 +68,9 @@ const (
 // server closes the whole connection (COMPRESSION_ERROR) on a single header
 // field longer than MaxHeaderBytes, and answers 431 only when the sum of
 // shorter fields is over it; so the server reads up to twice the limit,
-// and the handler answers 431 itself for a head over the limit (over HTTP/1.1,
-// net/http answers 431 past the server's limit too).
+// and the handler answers 431 itself for a head over the limit. HTTP/1.1
+// does not need the doubling: there the FramingGuard (given maxHeader)
+// ends a head 4 KiB past the limit with 431, before net/http's bound.
 func HeaderReadLimit(maxHeader int) int {
 	return 2 * maxHeader
 }
