@@ -50,7 +50,14 @@
 // half-arrives; a longer body streams on after its start, and one that
 // fails on the way ends the backend's connection before the body's end, so
 // the backend never sees a complete request. SOAP bodies are read whole by
-// the inspector anyway. A body read whole goes on without the client's
+// the inspector anyway (up to DefaultMaxSOAPBytes). What is read whole must
+// arrive within body_buffer_timeout in all (408), and its chunks count in
+// the listener's body_buffer_total, shared by all its tenants and kept
+// across reloads (InFlight): a request that would need more gets 503 at
+// once, and the log says when the budget fills and when it has room again.
+// A chunk goes back as soon as it was forwarded, so a streamed body holds
+// none while its rest trickles in; gatehouse_http_body_buffer_bytes shows
+// what each listener holds. A body read whole goes on without the client's
 // "Expect: 100-continue": the client had its 100 from the proxy, and the
 // backend gets the body at once; a streamed body keeps it.
 //

@@ -217,6 +217,10 @@ type requestState struct {
 	// bodyErr is the first read error of the client's body (bad chunking,
 	// over the limit). The transport reads the body on its own goroutine.
 	bodyErr atomic.Pointer[error]
+	// body is the client's body, nil without one; buffered, what of it
+	// was read ahead into memory (closed when the request ends).
+	body     *countingBody
+	buffered *bufferedBody
 }
 
 func (st *requestState) bodyError() error {
@@ -247,8 +251,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		body = &countingBody{rc: http.MaxBytesReader(sw, r.Body, st.lim.MaxBodyBytes), st: st,
 			ctl: http.NewResponseController(w), idle: st.lim.BodyReadTimeout}
 		r.Body = body
+		st.body = body
 	}
 	rt := h.serve(sw, r, st, ok)
+	if st.buffered != nil {
+		st.buffered.Close() // its memory back to the listener's budget, whoever answered
+	}
 	if body != nil && !body.eof.Load() {
 		// Refused, or answered without reading the body: net/http would
 		// try to drain what is left, waiting on the client without bound.
@@ -360,7 +368,7 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 		w.up = &upgrade{h: h, rt: rt, st: st, hook: hook, release: release}
 	}
 	// SOAP reads the whole body anyway, to inspect it.
-	if rt.soap && !h.checkSOAP(w, r, rt, st) || !rt.soap && !bufferBody(w, r, st.lim.BodyBufferBytes) {
+	if rt.soap && !h.checkSOAP(w, r, rt, st) || !rt.soap && !h.bufferBody(w, r, st) {
 		return rt
 	}
 	h.dropHeaders(r, st)

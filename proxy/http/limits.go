@@ -30,6 +30,12 @@ const (
 	// in-flight slot and a backend connection for ever. It is an idle
 	// bound, not a total one: large uploads at a steady pace are fine.
 	DefaultBodyReadTimeout = 30 * time.Second
+	// DefaultBodyBufferTotal caps the request bodies one listener holds
+	// in memory at once; a request that would need more gets 503.
+	DefaultBodyBufferTotal = 256 << 20
+	// DefaultBodyBufferTimeout bounds the reading of a body that is read
+	// whole before it goes on, in all.
+	DefaultBodyBufferTimeout = 60 * time.Second
 )
 
 // Fixed bounds that no configuration key reaches, sized so that working
@@ -86,7 +92,13 @@ type requestLimits struct {
 	// anything of the request is sent to the backend, so a body refused or
 	// broken off on the way never half-arrives; a larger one is streamed.
 	// Negative streams every body.
-	BodyBufferBytes      int64
+	BodyBufferBytes int64
+	// BodyBufferTotal is the listener's budget for request bodies held in
+	// memory (the listener's own value counts, not a tenant's).
+	BodyBufferTotal int64
+	// BodyBufferTimeout bounds, in all, the reading of a body read whole
+	// (up to BodyBufferBytes, a SOAP envelope).
+	BodyBufferTimeout    time.Duration
 	MaxInFlightPerTenant int
 	BackendTimeout       time.Duration
 	BodyReadTimeout      time.Duration
@@ -106,6 +118,8 @@ func defaultLimits() requestLimits {
 	return requestLimits{
 		MaxBodyBytes:         DefaultMaxBodyBytes,
 		BodyBufferBytes:      DefaultBodyBufferBytes,
+		BodyBufferTotal:      DefaultBodyBufferTotal,
+		BodyBufferTimeout:    DefaultBodyBufferTimeout,
 		MaxInFlightPerTenant: DefaultMaxInFlightPerTenant,
 		BackendTimeout:       DefaultBackendTimeout,
 		BodyReadTimeout:      DefaultBodyReadTimeout,
@@ -132,6 +146,12 @@ func (l requestLimits) withPolicy(p policy.HTTPLimits) requestLimits {
 	l.BodyBufferBytes = cmp.Or(p.BodyBufferBytes, -1)
 	if p.BodyReadTimeout > 0 {
 		l.BodyReadTimeout = p.BodyReadTimeout
+	}
+	if p.BodyBufferTotal > 0 {
+		l.BodyBufferTotal = p.BodyBufferTotal
+	}
+	if p.BodyBufferTimeout > 0 {
+		l.BodyBufferTimeout = p.BodyBufferTimeout
 	}
 	if p.BackendTimeout > 0 {
 		l.BackendTimeout = p.BackendTimeout
@@ -181,14 +201,27 @@ func (l XMLLimits) withDefaults() XMLLimits {
 	return l
 }
 
-// InFlight counts requests in flight per listener and tenant.
+// InFlight counts what requests hold while they are in flight: the
+// requests of each tenant on each listener, and the bytes of request
+// bodies each listener holds in memory. Pass the same one to every
+// generation of the listeners (Config.InFlight), so that a reload restarts
+// neither count.
 type InFlight struct {
-	mu sync.Mutex
-	m  map[[2]string]int
+	mu     sync.Mutex
+	m      map[[2]string]int
+	bodies map[string]*bodyBytes
+}
+
+// bodyBytes is one listener's share of the body budget.
+type bodyBytes struct {
+	held int64
+	full bool // the last hold was refused
 }
 
 // NewInFlight returns an empty counter.
-func NewInFlight() *InFlight { return &InFlight{m: map[[2]string]int{}} }
+func NewInFlight() *InFlight {
+	return &InFlight{m: map[[2]string]int{}, bodies: map[string]*bodyBytes{}}
+}
 
 func (f *InFlight) acquire(listener, tenant string, limit int) (release func(), ok bool) {
 	k := [2]string{listener, tenant}
@@ -205,4 +238,45 @@ func (f *InFlight) acquire(listener, tenant string, limit int) (release func(), 
 		}
 		f.mu.Unlock()
 	}, true
+}
+
+// holdBody takes n bytes of listener's body budget of limit, and reports
+// whether it did. filled reports a refusal after the budget had room,
+// freed a hold after a refusal: the changes worth a log line.
+func (f *InFlight) holdBody(listener string, n, limit int64) (ok, filled, freed bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b := f.bodies[listener]
+	if b == nil {
+		b = &bodyBytes{}
+		f.bodies[listener] = b
+	}
+	if b.held+n > limit {
+		filled, b.full = !b.full, true
+		return false, filled, false
+	}
+	b.held += n
+	freed, b.full = b.full, false
+	return true, false, freed
+}
+
+// releaseBody gives back n bytes of listener's body budget.
+func (f *InFlight) releaseBody(listener string, n int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if b := f.bodies[listener]; b != nil {
+		if b.held -= n; b.held <= 0 && !b.full {
+			delete(f.bodies, listener)
+		}
+	}
+}
+
+// bodyBytesHeld is what listener's request bodies hold in memory.
+func (f *InFlight) bodyBytesHeld(listener string) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if b := f.bodies[listener]; b != nil {
+		return b.held
+	}
+	return 0
 }

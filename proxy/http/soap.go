@@ -55,18 +55,32 @@ func (h *Handler) checkSOAP(w http.ResponseWriter, r *http.Request, rt *route, s
 	if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") && !strings.EqualFold(cs, "us-ascii") {
 		return fail(reject(ReasonContentType, "charset %.32q", cs))
 	}
-	if r.Body == nil {
+	if r.Body == nil || r.Body == http.NoBody {
 		return fail(reject(ReasonNotEnvelope, "no body"))
 	}
-	msg, raw, err := Inspect(r.Body, version, XMLLimits{})
-	if err != nil {
+	// The envelope is inspected as it streams in, and what is read is
+	// kept (in the listener's body budget) to go on: the bytes inspected
+	// are the bytes forwarded, and nothing holds a second copy. It must
+	// arrive within body_buffer_timeout.
+	body := &bufferedBody{budget: h.budget()}
+	st.buffered = body // closed when the request ends, whoever ends it
+	done := st.wholeBy()
+	msg, err := inspect(io.TeeReader(r.Body, body), version, XMLLimits{})
+	done()
+	var mbe *http.MaxBytesError
+	switch berr := st.bodyError(); {
+	case body.full:
+		refuseBody(w, errBodyBudget)
+		return false
+	case errors.As(berr, &mbe):
+		return fail(reject(ReasonTooLarge, "body over %d bytes", mbe.Limit))
+	case berr != nil:
+		refuseBody(w, berr) // stalled, too slow or cut off: not the envelope's fault
+		return false
+	case err != nil:
 		var rej *Rejection
 		if !errors.As(err, &rej) {
 			rej = reject(ReasonMalformed, "%v", err)
-		}
-		var mbe *http.MaxBytesError
-		if errors.As(st.bodyError(), &mbe) {
-			rej = reject(ReasonTooLarge, "body over %d bytes", mbe.Limit)
 		}
 		return fail(rej)
 	}
@@ -100,8 +114,9 @@ func (h *Handler) checkSOAP(w http.ResponseWriter, r *http.Request, rt *route, s
 	case !allowed.names(action, msg.Operation):
 		return fail(reject(ReasonOperation, "action %.256q, body {%.256s}%.128s", action, msg.Operation.Space, msg.Operation.Local))
 	}
-	r.Body = io.NopCloser(bytes.NewReader(raw))
-	r.ContentLength = int64(len(raw))
+	body.forward()
+	r.Body = body
+	r.ContentLength = body.n
 	r.TransferEncoding = nil
 	r.Header.Del("Expect") // the whole body is here: see bufferBody
 	return true
