@@ -51,6 +51,12 @@ type HTTPLimits struct {
 	// the request reaches the backend, so a refused or aborted body never
 	// half-arrives; a larger one (up to MaxBodyBytes) is streamed.
 	BodyBufferBytes int64
+	// BodyBufferTotal caps the request bodies the listener holds in
+	// memory at once, all tenants together; more get 503. Listener-wide.
+	BodyBufferTotal int64
+	// BodyBufferTimeout bounds the reading of a body that is read whole
+	// (up to BodyBufferBytes, a SOAP envelope) in all.
+	BodyBufferTimeout time.Duration
 	// ReadHeaderTimeout bounds reading one request's headers.
 	ReadHeaderTimeout time.Duration
 	// IdleTimeout closes a keep-alive connection idle this long.

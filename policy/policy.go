@@ -166,6 +166,7 @@ type Route struct {
 	SOAPActions      []string // soap: allowed operations
 	AllowWSDL        bool
 	PathParams       bool     // https, soap: allow ;parameters in path segments
+	WebSocket        bool     // https: let WebSocket upgrades through
 	LUNames          []string // tn3270: allowed LU names (exact or '*' pattern)
 	TerminalTypes    []string // tn3270, tn5250
 	ForceLU          string   // tn3270

@@ -162,7 +162,7 @@ func (s *Server) handle(c *conn, st *listenerState) {
 		// which refuses what a backend could read differently.
 		var hc net.Conn = c.tls
 		if c.tls.ConnectionState().NegotiatedProtocol != "h2" {
-			hc = httpproxy.NewFramingGuard(c.tls, func(err error) { s.logRefusal(c, slog.LevelInfo, "HTTP request refused", err) })
+			hc = httpproxy.NewFramingGuard(c.tls, st.l.Limits.HTTP.MaxHeaderBytes, func(err error) { s.logRefusal(c, slog.LevelInfo, "HTTP request refused", err) })
 		}
 		s.connMu.Lock()
 		if _, open := s.conns[c]; !open {

@@ -359,10 +359,13 @@ func TestHealthChecksStopOnApply(t *testing.T) {
 		policy.Route{Tenant: "acme", Backends: []string{srv.URL, other.URL}})}}); err != nil {
 		t.Fatal(err)
 	}
-	// Apply returns after the old generation's checkers ended.
+	// Apply returns after the old generation's checkers ended; the last
+	// check of each may still be on its way to the backend (its client
+	// gave up, the request was sent), so one may arrive afterwards.
+	// Checkers still running would make ten in ten intervals.
 	n := checks.Load()
 	time.Sleep(100 * time.Millisecond) // ten intervals
-	if got := checks.Load(); got != n {
+	if got := checks.Load(); got > n+1 {
 		t.Errorf("%d health checks after a policy without health paths", got-n)
 	}
 }

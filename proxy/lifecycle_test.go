@@ -39,13 +39,14 @@ func TestHTTP2Downstream(t *testing.T) {
 	}
 }
 
-// TestUpgradePassthrough upgrades to an echo protocol the way WebSocket
-// does and checks bytes flow both ways through the proxy.
+// TestUpgradePassthrough upgrades with a WebSocket handshake to a backend
+// that then echoes lines, and checks bytes flow both ways through the
+// proxy.
 func TestUpgradePassthrough(t *testing.T) {
 	var upHits atomic.Int64
 	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		upHits.Add(1)
-		if r.Header.Get("Upgrade") != "echo" || r.Header.Get("X-Gatehouse-Tenant") != "acme" {
+		if r.Header.Get("Upgrade") != "websocket" || r.Header.Get("X-Gatehouse-Tenant") != "acme" || r.URL.Path == "/decline" {
 			http.Error(w, "no upgrade", 400)
 			return
 		}
@@ -54,7 +55,7 @@ func TestUpgradePassthrough(t *testing.T) {
 			return
 		}
 		defer c.Close()
-		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 		line, _ := brw.ReadString('\n')
 		io.WriteString(c, "echo: "+line)
 	})}
@@ -62,10 +63,11 @@ func TestUpgradePassthrough(t *testing.T) {
 	go up.Serve(ln)
 	t.Cleanup(func() { up.Close() })
 	h := newHarness(t, testLimits(), listener("web", policy.ProtoHTTPS,
-		policy.Route{Tenant: "acme", Backend: "http://" + ln.Addr().String()}))
+		policy.Route{Tenant: "acme", Backend: "http://" + ln.Addr().String(), WebSocket: true}))
+	const handshake = "Host: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
 	c := h.rawTLS(h.pki.acme, "web")
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	io.WriteString(c, "GET /ws HTTP/1.1\r\n"+handshake)
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
@@ -84,7 +86,7 @@ func TestUpgradePassthrough(t *testing.T) {
 	// guard stepped aside for it, so nothing may follow on it.
 	c2 := h.rawTLS(h.pki.acme, "web")
 	c2.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(c2, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: other\r\n\r\n"+
+	io.WriteString(c2, "GET /decline HTTP/1.1\r\n"+handshake+
 		"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
 	br2 := bufio.NewReader(c2)
 	resp, err = http.ReadResponse(br2, nil)
@@ -102,7 +104,7 @@ func TestUpgradePassthrough(t *testing.T) {
 	// The same when the proxy itself refuses the upgrade (no route).
 	c4 := h.rawTLS(h.pki.globex, "web")
 	c4.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(c4, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	io.WriteString(c4, "GET /ws HTTP/1.1\r\n"+handshake)
 	br4 := bufio.NewReader(c4)
 	if resp, err := http.ReadResponse(br4, nil); err != nil || resp.StatusCode != 403 || !resp.Close {
 		t.Errorf("upgrade without a route: %v %v, want 403 and close", resp, err)

@@ -316,7 +316,8 @@ func TestRefusedBodyIsNotDrained(t *testing.T) {
 // TestUpgradeWithoutConnectionTokenEndsConnection: the framing guard stops
 // reading a connection once a request carries Upgrade, so such a request's
 // connection must end after its answer even when Connection does not name
-// upgrade; a request pipelined behind it never reaches the backend.
+// upgrade (the proxy refuses it: no WebSocket handshake); a request
+// pipelined behind it never reaches the backend.
 func TestUpgradeWithoutConnectionTokenEndsConnection(t *testing.T) {
 	b := newBackend(t, "a")
 	h := newHarness(t, testLimits(), listener("web", policy.ProtoHTTPS,
@@ -336,8 +337,11 @@ func TestUpgradeWithoutConnectionTokenEndsConnection(t *testing.T) {
 	if second, err := http.ReadResponse(br, nil); err == nil {
 		t.Errorf("a second response (%d) came on the connection of an Upgrade request", second.StatusCode)
 	}
-	if got := b.hits.Load() - before; got != 1 {
-		t.Errorf("backend saw %d requests, want only the first", got)
+	if first.StatusCode != 400 || !first.Close {
+		t.Errorf("upgrade without Connection: upgrade: status %d close %v, want 400 and close", first.StatusCode, first.Close)
+	}
+	if got := b.hits.Load() - before; got != 0 {
+		t.Errorf("backend saw %d requests, want none", got)
 	}
 }
 

@@ -179,11 +179,11 @@ func TestUpgradedConnectionEndsWithItsRoute(t *testing.T) {
 		l.Limits.HTTP.MaxInFlight = 1
 		return &policy.Policy{Generation: n, Listeners: []policy.Listener{l}}
 	}
-	acmeWS := policy.Route{Tenant: "acme", Path: "/ws", Backend: one.url}
+	acmeWS := policy.Route{Tenant: "acme", Path: "/ws", Backend: one.url, WebSocket: true}
 	h := newHarness(t, testLimits())
 	if err := h.srv.Apply(gen(1, acmeWS,
 		policy.Route{Tenant: "acme", Path: "/", Backend: plain.url()},
-		policy.Route{Tenant: "globex", Path: "/ws", Backend: one.url})); err != nil {
+		policy.Route{Tenant: "globex", Path: "/ws", Backend: one.url, WebSocket: true})); err != nil {
 		t.Fatal(err)
 	}
 	a := h.wsOpen(t, h.pki.acme, "web", "/ws")
@@ -202,7 +202,7 @@ func TestUpgradedConnectionEndsWithItsRoute(t *testing.T) {
 	// Generation 2 moves acme's "/" and globex's "/ws" elsewhere.
 	if err := h.srv.Apply(gen(2, acmeWS,
 		policy.Route{Tenant: "acme", Path: "/", Backend: plain2.url()},
-		policy.Route{Tenant: "globex", Path: "/ws", Backend: two.url})); err != nil {
+		policy.Route{Tenant: "globex", Path: "/ws", Backend: two.url, WebSocket: true})); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := a.say("still"); got != "one:acme:still\n" {
@@ -219,7 +219,7 @@ func TestUpgradedConnectionEndsWithItsRoute(t *testing.T) {
 	// Generation 3 removes acme's "/ws".
 	if err := h.srv.Apply(gen(3,
 		policy.Route{Tenant: "acme", Path: "/", Backend: plain2.url()},
-		policy.Route{Tenant: "globex", Path: "/ws", Backend: two.url})); err != nil {
+		policy.Route{Tenant: "globex", Path: "/ws", Backend: two.url, WebSocket: true})); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.waitClosed(); err != nil {
@@ -249,7 +249,7 @@ func TestUpgradeRefusedWhenRouteChangedMeanwhile(t *testing.T) {
 	ws := newWSBackend(t, "one", true)
 	other := newBackend(t, "other")
 	h := newHarness(t, testLimits(), listener("web", policy.ProtoHTTPS,
-		policy.Route{Tenant: "acme", Path: "/ws", Backend: ws.url}))
+		policy.Route{Tenant: "acme", Path: "/ws", Backend: ws.url, WebSocket: true}))
 	type answer struct {
 		tun  *wsTunnel
 		resp *http.Response
@@ -288,13 +288,13 @@ func TestUpgradeRefusedWhenRouteChangedMeanwhile(t *testing.T) {
 func TestUpgradedConnectionLimits(t *testing.T) {
 	ws := newWSBackend(t, "one", false)
 	web := listener("web", policy.ProtoHTTPS,
-		policy.Route{Tenant: "acme", Backend: ws.url},
-		policy.Route{Tenant: "globex", Backend: ws.url})
+		policy.Route{Tenant: "acme", Backend: ws.url, WebSocket: true},
+		policy.Route{Tenant: "globex", Backend: ws.url, WebSocket: true})
 	web.Limits = policyLimits() // no tcp limits
 	idle := policyLimits()
 	idle.TCP.IdleTimeout = 300 * time.Millisecond
 	web.TenantLimits = map[string]policy.Limits{"acme": idle}
-	short := listener("short", policy.ProtoHTTPS, policy.Route{Tenant: "acme", Backend: ws.url})
+	short := listener("short", policy.ProtoHTTPS, policy.Route{Tenant: "acme", Backend: ws.url, WebSocket: true})
 	short.Limits = policyLimits()
 	short.Limits.TCP.MaxSession = 500 * time.Millisecond
 	short.Port = freePort(t)
@@ -350,8 +350,8 @@ func TestUpgradedConnectionLimits(t *testing.T) {
 func TestUpgradedConnectionRearmedByReload(t *testing.T) {
 	ws := newWSBackend(t, "one", false)
 	web := listener("web", policy.ProtoHTTPS,
-		policy.Route{Tenant: "acme", Backend: ws.url},
-		policy.Route{Tenant: "globex", Backend: ws.url})
+		policy.Route{Tenant: "acme", Backend: ws.url, WebSocket: true},
+		policy.Route{Tenant: "globex", Backend: ws.url, WebSocket: true})
 	web.Limits = policyLimits() // no tcp limits
 	h := newHarness(t, testLimits(), web)
 	a := h.wsOpen(t, h.pki.acme, "web", "/")

@@ -224,6 +224,9 @@ func routeExtras(r policy.Route) string {
 	if r.AllowWSDL {
 		parts = append(parts, "WSDL allowed")
 	}
+	if r.WebSocket {
+		parts = append(parts, "WebSocket allowed")
+	}
 	if len(r.LUNames) > 0 {
 		parts = append(parts, "LU "+strings.Join(r.LUNames, " "))
 	}

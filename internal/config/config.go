@@ -166,6 +166,7 @@ type Route struct {
 	SOAPActions      []string      `mapstructure:"soap_actions"`
 	AllowWSDL        bool          `mapstructure:"allow_wsdl"`
 	PathParams       bool          `mapstructure:"path_params"`
+	WebSocket        bool          `mapstructure:"websocket"`
 	LUNames          []string      `mapstructure:"lu_names"`
 	TerminalTypes    []string      `mapstructure:"terminal_types"`
 	ForceLU          string        `mapstructure:"force_lu"`

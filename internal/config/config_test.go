@@ -196,6 +196,13 @@ func TestProblems(t *testing.T) {
 		{"route path with a dot segment", `backend: "http://192.0.2.6"`, `backend: "http://192.0.2.6", path: /api/../admin`, []string{`listeners[0].routes[1].path: must be a clean absolute path, written decoded`, `got "/api/../admin"`}},
 		{"route path with a parameter", `backend: "http://192.0.2.6"`, `backend: "http://192.0.2.6", path: "/api;x"`, []string{`listeners[0].routes[1].path: must be a clean absolute path`}},
 		{"route path encoded", `backend: "http://192.0.2.6"`, `backend: "http://192.0.2.6", path: /caf%C3%A9`, []string{`listeners[0].routes[1].path: must be a clean absolute path`}},
+		{"bad soap actions", "protocol: https\n    server_cert: ${DIR}/server.pem\n    server_key: ${DIR}/server.key\n    routes:\n      - {tenant: acme, host: acme.portal.example, path: /, backend: \"https://192.0.2.5:8443\", backend_ca: ${DIR}/internal-ca.pem}\n      - {tenant: globex, backend: \"http://192.0.2.6\"}",
+			"protocol: soap\n    server_cert: ${DIR}/server.pem\n    server_key: ${DIR}/server.key\n    routes:\n      - {tenant: acme, host: acme.portal.example, path: /, backend: \"https://192.0.2.5:8443\", backend_ca: ${DIR}/internal-ca.pem, soap_actions: [\"urn:acme:Get {urn:acme}Get\"]}\n      - {tenant: globex, backend: \"http://192.0.2.6\", soap_actions: [\"urn:globex:Get\", \"urn:globex:\", \"urn:x {urn:y}\"]}",
+			[]string{`listeners[0].routes[1].soap_actions[1]: bad soap action: "urn:globex:" names no operation`, "listeners[0].routes[1].soap_actions[2]: bad soap action: \"{urn:y}\": the Body element must be written {NAMESPACE}NAME"}},
+		{"websocket on soap", "protocol: https\n    server_cert: ${DIR}/server.pem\n    server_key: ${DIR}/server.key\n    routes:\n      - {tenant: acme, host: acme.portal.example, path: /, backend: \"https://192.0.2.5:8443\", backend_ca: ${DIR}/internal-ca.pem}\n      - {tenant: globex, backend: \"http://192.0.2.6\"}",
+			"protocol: soap\n    server_cert: ${DIR}/server.pem\n    server_key: ${DIR}/server.key\n    routes:\n      - {tenant: acme, host: acme.portal.example, path: /, backend: \"https://192.0.2.5:8443\", backend_ca: ${DIR}/internal-ca.pem, soap_actions: [\"urn:acme:Get\"]}\n      - {tenant: globex, backend: \"http://192.0.2.6\", soap_actions: [\"urn:globex:Get\"], websocket: true}",
+			[]string{"listeners[0].routes[1].websocket: does not apply to a soap listener"}},
+		{"websocket on telnet", `backend: "192.0.2.7:23"`, `backend: "192.0.2.7:23", websocket: true`, []string{"listeners[1].routes[0].websocket: does not apply to a tn3270 listener"}},
 		{"path_params on telnet", `backend: "192.0.2.7:23"`, `backend: "192.0.2.7:23", path_params: true`, []string{"listeners[1].routes[0].path_params: does not apply to a tn3270 listener"}},
 		{"host on telnet", `backend: "192.0.2.7:23"`, `backend: "192.0.2.7:23", host: mf.example`, []string{"listeners[1].routes[0].host: does not apply to a tn3270 listener"}},
 		{"backend_ca on a plain telnet backend", `backend: "192.0.2.7:23"`, `backend: "192.0.2.7:23", backend_ca: ${DIR}/internal-ca.pem`, []string{"listeners[1].routes[0].backend_ca: backend_ca/backend_cert/backend_key need backend_tls: true"}},
@@ -319,5 +326,19 @@ func TestFeedBoundsDecode(t *testing.T) {
 		if (got == nil) != (tc.want == nil) || got != nil && *got != *tc.want {
 			t.Errorf("%q: max_shrink %v, want %v", tc.extra, got, tc.want)
 		}
+	}
+}
+
+// TestRouteWebSocket: routes[].websocket reaches the compiled route, and
+// is off unless set.
+func TestRouteWebSocket(t *testing.T) {
+	yaml := strings.Replace(goodYAML, `{tenant: globex, backend: "http://192.0.2.6"}`, `{tenant: globex, backend: "http://192.0.2.6", websocket: true}`, 1)
+	cfg, err := parse(t, yaml, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes := cfg.Policy().Listeners[0].Routes
+	if routes[0].WebSocket || !routes[1].WebSocket {
+		t.Errorf("websocket of the routes: %v, %v; want false, true", routes[0].WebSocket, routes[1].WebSocket)
 	}
 }

@@ -31,6 +31,8 @@ type HTTPLimits struct {
 	MaxHeaderSize     *ByteSize      `mapstructure:"max_header_size"`
 	MaxBodySize       *ByteSize      `mapstructure:"max_body_size"`
 	BodyBufferSize    *ByteSize      `mapstructure:"body_buffer_size"`
+	BodyBufferTotal   *ByteSize      `mapstructure:"body_buffer_total"`
+	BodyBufferTimeout *time.Duration `mapstructure:"body_buffer_timeout"`
 	ReadHeaderTimeout *time.Duration `mapstructure:"read_header_timeout"`
 	IdleTimeout       *time.Duration `mapstructure:"idle_timeout"`
 	BodyReadTimeout   *time.Duration `mapstructure:"body_read_timeout"`
@@ -55,7 +57,7 @@ type TelnetLimits struct {
 // cannot override them.
 var listenerWide = []string{
 	"connections", "pre_handshake", "pre_handshake_per_source", "handshake_timeout", "drain_timeout",
-	"http.max_header_size", "http.read_header_timeout", "http.idle_timeout",
+	"http.max_header_size", "http.read_header_timeout", "http.idle_timeout", "http.body_buffer_total",
 }
 
 // merge returns base with every key that over sets replaced.
@@ -224,6 +226,7 @@ func checkLimits(c *checker, p string, l Limits, scope []string, where string) {
 	positive("http.idle_timeout", *l.HTTP.IdleTimeout)
 	positive("http.body_read_timeout", *l.HTTP.BodyReadTimeout)
 	positive("http.backend_timeout", *l.HTTP.BackendTimeout)
+	positive("http.body_buffer_timeout", *l.HTTP.BodyBufferTimeout)
 	if *l.DrainTimeout < 0 {
 		add([]string{"drain_timeout"}, "must not be negative, got %s", *l.DrainTimeout)
 	}
@@ -246,7 +249,15 @@ func checkLimits(c *checker, p string, l Limits, scope []string, where string) {
 		add([]string{"http.body_buffer_size", "http.max_body_size"}, "body_buffer_size (%s) must be between 0B (stream every body) and max_body_size (%s)",
 			b, *l.HTTP.MaxBodySize)
 	}
+	if total, b := *l.HTTP.BodyBufferTotal, *l.HTTP.BodyBufferSize; total < minBodyBufferTotal || total < 2*b {
+		add([]string{"http.body_buffer_total", "http.body_buffer_size"}, "body_buffer_total (%s) must hold at least two bodies of body_buffer_size (%s) and two SOAP envelopes, and at least %s",
+			total, b, ByteSize(minBodyBufferTotal))
+	}
 }
+
+// minBodyBufferTotal is the smallest http.body_buffer_total: two SOAP
+// envelopes of the inspector's 4 MiB.
+const minBodyBufferTotal = 8 << 20
 
 // compileLimits resolves the limits of every listener, and of every tenant
 // that overrides some of them on a listener that routes it.
@@ -279,6 +290,8 @@ func (l Limits) policy() policy.Limits {
 			MaxHeaderBytes:    int(*l.HTTP.MaxHeaderSize),
 			MaxBodyBytes:      int64(*l.HTTP.MaxBodySize),
 			BodyBufferBytes:   int64(*l.HTTP.BodyBufferSize),
+			BodyBufferTotal:   int64(*l.HTTP.BodyBufferTotal),
+			BodyBufferTimeout: *l.HTTP.BodyBufferTimeout,
 			ReadHeaderTimeout: *l.HTTP.ReadHeaderTimeout,
 			IdleTimeout:       *l.HTTP.IdleTimeout,
 			BodyReadTimeout:   *l.HTTP.BodyReadTimeout,

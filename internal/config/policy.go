@@ -105,6 +105,7 @@ func (cfg *Config) Policy() *policy.Policy {
 				SOAPActions:      r.SOAPActions,
 				AllowWSDL:        r.AllowWSDL,
 				PathParams:       r.PathParams,
+				WebSocket:        r.WebSocket,
 				LUNames:          r.LUNames,
 				TerminalTypes:    r.TerminalTypes,
 				ForceLU:          r.ForceLU,

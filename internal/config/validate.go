@@ -376,6 +376,7 @@ func validateRoute(c *checker, rp string, proto policy.Protocol, r Route) {
 	only("soap_actions", len(r.SOAPActions) > 0, policy.ProtoSOAP)
 	only("allow_wsdl", r.AllowWSDL, policy.ProtoSOAP)
 	only("path_params", r.PathParams, policy.ProtoHTTPS, policy.ProtoSOAP)
+	only("websocket", r.WebSocket, policy.ProtoHTTPS) // a tunnel would carry SOAP past its inspection
 	only("lu_names", len(r.LUNames) > 0, policy.ProtoTN3270)
 	only("force_lu", r.ForceLU != "", policy.ProtoTN3270)
 	only("terminal_types", len(r.TerminalTypes) > 0, policy.ProtoTN3270, policy.ProtoTN5250)
@@ -383,6 +384,13 @@ func validateRoute(c *checker, rp string, proto policy.Protocol, r Route) {
 	only("refuse_auto_sign_on", r.RefuseAutoSignOn, policy.ProtoTN5250)
 	if proto == policy.ProtoSOAP && len(r.SOAPActions) == 0 {
 		c.add(rp+".soap_actions", "a soap route needs at least one allowed operation")
+	}
+	if proto == policy.ProtoSOAP {
+		for i, a := range r.SOAPActions {
+			if _, err := policy.ParseSOAPAction(a); err != nil {
+				c.add(fmt.Sprintf("%s.soap_actions[%d]", rp, i), "%v", err)
+			}
+		}
 	}
 }
 

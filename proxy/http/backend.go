@@ -175,7 +175,7 @@ func (p *pool) observe(b *backend, req *http.Request, st *requestState, err erro
 		// next new connection shows whether the host is down.
 		return true
 	}
-	if d, ok := b.failed(time.Now(), p.h.limits.BackendDownTime, p.h.limits.BackendDownMax); ok {
+	if d, ok := b.failed(time.Now(), backendDownTime, backendDownMax); ok {
 		p.h.logger.Warn("backend down", "listener", p.h.listener, "tenant", p.rt.tenant,
 			"route", p.rt.label, "backend", b.index, "addr", b.url.Host, "for", d, "by", "request", "err", err)
 	}
@@ -231,7 +231,7 @@ func (h *Handler) watch(ctx context.Context, rt *route, b *backend) {
 // (error, timeout, 4xx, 5xx) fails until a later check passes. A pass also
 // ends a passive back-off.
 func (h *Handler) check(ctx context.Context, rt *route, b *backend) {
-	cctx, cancel := context.WithTimeout(ctx, min(h.limits.HealthTimeout, rt.interval))
+	cctx, cancel := context.WithTimeout(ctx, min(healthTimeout, rt.interval))
 	defer cancel()
 	req, err := http.NewRequestWithContext(cctx, http.MethodGet, b.health.String(), nil)
 	if err != nil {

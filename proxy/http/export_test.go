@@ -6,3 +6,6 @@ import "github.com/prometheus/client_golang/prometheus"
 func MetricsRejections(m *Metrics, tenant, reason string) prometheus.Counter {
 	return m.soapRejections.WithLabelValues(tenant, reason)
 }
+
+// GuardKept is how many bytes of its current line g holds.
+func GuardKept(g *FramingGuard) int { return cap(g.line) }

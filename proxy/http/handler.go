@@ -57,10 +57,6 @@ type Config struct {
 	// Listener is the compiled listener: its name, protocol, routes, and
 	// limits (Listener.ForTenant gives each tenant's).
 	Listener policy.Listener
-	// Limits are the fallbacks of every limit the listener's policy leaves
-	// zero (library use, tests), and the limits no configuration key
-	// reaches (dial, back-off, health check, XML inspection).
-	Limits Limits
 	// InFlight counts requests per tenant. Pass the same one to every
 	// generation of a listener so a reload does not reset the count; nil
 	// makes a new one.
@@ -83,7 +79,7 @@ type Config struct {
 type Handler struct {
 	listener string
 	soap     bool
-	limits   Limits // the listener's own, resolved over the defaults
+	limits   requestLimits // the listener's own, resolved over the defaults
 	base     *tenantLimits
 	tenants  map[string]*tenantLimits // tenants whose limits differ from base
 	byTenant map[string][]*route
@@ -106,7 +102,7 @@ func New(cfg Config) (*Handler, error) {
 	if l.Protocol != policy.ProtoHTTPS && l.Protocol != policy.ProtoSOAP {
 		return nil, fmt.Errorf("listener %q: %w: %q", l.Name, ErrProtocol, l.Protocol)
 	}
-	base := cfg.Limits.withDefaults()
+	base := defaultLimits()
 	h := &Handler{
 		listener: l.Name,
 		soap:     l.Protocol == policy.ProtoSOAP,
@@ -163,6 +159,9 @@ func New(cfg Config) (*Handler, error) {
 	return h, nil
 }
 
+// Start begins the active health checks of the routes that have a health
+// path, one goroutine per backend, each checking at once and then every
+// interval, and makes the backends visible in the metrics. Call it once,
 // when the handler is put in service; Close stops it.
 func (h *Handler) Start() {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -218,6 +217,10 @@ type requestState struct {
 	// bodyErr is the first read error of the client's body (bad chunking,
 	// over the limit). The transport reads the body on its own goroutine.
 	bodyErr atomic.Pointer[error]
+	// body is the client's body, nil without one; buffered, what of it
+	// was read ahead into memory (closed when the request ends).
+	body     *countingBody
+	buffered *bufferedBody
 }
 
 func (st *requestState) bodyError() error {
@@ -236,8 +239,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// protocols; unless the switch happens, end the connection after the
 	// answer (whoever refuses it) so nothing follows unguarded.
 	// The guard steps aside on any Upgrade header, with or without
-	// "Connection: upgrade", so the same condition decides here.
-	sw := &statusWriter{ResponseWriter: w, closeUnlessSwitch: r.ProtoMajor == 1 && r.Header.Get("Upgrade") != ""}
+	// "Connection: upgrade", so that decides here, and so does
+	// "Connection: upgrade" alone: a request that asks to switch is
+	// answered last on its connection either way.
+	sw := &statusWriter{ResponseWriter: w, closeUnlessSwitch: r.ProtoMajor == 1 &&
+		(r.Header.Get("Upgrade") != "" || hasToken(r.Header.Values("Connection"), "upgrade"))}
 	peer, ok := PeerFrom(r.Context())
 	st := &requestState{id: newID(), backend: -1, peer: peer, lim: h.limitsOf(peer.Tenant)}
 	var body *countingBody
@@ -245,8 +251,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		body = &countingBody{rc: http.MaxBytesReader(sw, r.Body, st.lim.MaxBodyBytes), st: st,
 			ctl: http.NewResponseController(w), idle: st.lim.BodyReadTimeout}
 		r.Body = body
+		st.body = body
 	}
 	rt := h.serve(sw, r, st, ok)
+	if st.buffered != nil {
+		st.buffered.Close() // its memory back to the listener's budget, whoever answered
+	}
 	if body != nil && !body.eof.Load() {
 		// Refused, or answered without reading the body: net/http would
 		// try to drain what is left, waiting on the client without bound.
@@ -337,10 +347,12 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 		refuse(w, http.StatusRequestEntityTooLarge, "request body too large")
 		return rt
 	}
-	if w.closeUnlessSwitch && hasToken(r.Header.Values("Upgrade"), "h2c") {
-		// Cleartext HTTP/2 to the backend would carry later requests past
-		// routing, inside one tunnel.
-		refuse(w, http.StatusBadRequest, "bad request: h2c upgrade")
+	if code, why := h.upgradeRefusal(r, rt); why != "" {
+		refuse(w, code, why)
+		return rt
+	}
+	if !connectionOptionsOK(r.Header) {
+		refuse(w, http.StatusBadRequest, badConnection)
 		return rt
 	}
 	release, ok := h.inFlight.acquire(h.listener, st.peer.Tenant, st.lim.MaxInFlightPerTenant)
@@ -356,7 +368,7 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 		w.up = &upgrade{h: h, rt: rt, st: st, hook: hook, release: release}
 	}
 	// SOAP reads the whole body anyway, to inspect it.
-	if rt.soap && !h.checkSOAP(w, r, rt, st) || !rt.soap && !bufferBody(w, r, st.lim.BodyBufferBytes) {
+	if rt.soap && !h.checkSOAP(w, r, rt, st) || !rt.soap && !h.bufferBody(w, r, st) {
 		return rt
 	}
 	h.dropHeaders(r, st)
@@ -365,6 +377,11 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 	return rt
 }
 
+// proxyError answers a failed round trip: 503 when the backend switched
+// protocols on a route a reload removed meanwhile; 413, 408 or 400 when the
+// client's body failed (over the limit, stalled, malformed); 499 when the
+// client went away; 502 when no backend is up or the backend failed; 504
+// when it did not answer in time.
 func (h *Handler) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	st, _ := r.Context().Value(stateKey{}).(*requestState)
 	sw, _ := w.(*statusWriter)

@@ -57,6 +57,33 @@ func (rt *route) rewrite(pr *httputil.ProxyRequest) {
 	hdr.Set("X-Gatehouse-Request-Id", st.id)
 }
 
+// badConnection is the refusal of a Connection header that names a field.
+const badConnection = "bad request: Connection header names a header field"
+
+// connectionOptions are the Connection options a request may carry.
+// ReverseProxy removes every field a Connection option names (RFC 9110
+// 7.6.1) after gatehouse checked the request, so "Connection: SOAPAction,
+// Content-Type" would take from the backend the very fields the SOAP rules
+// judged, and another name a field the backend relies on. close and
+// keep-alive name no field; te names a hop-by-hop field the proxy drops
+// anyway (libwww-perl sends it); upgrade is judged with the upgrade rules.
+var connectionOptions = []string{"close", "keep-alive", "te", "upgrade"}
+
+// connectionOptionsOK reports whether h's Connection header holds only
+// connectionOptions.
+func connectionOptionsOK(h http.Header) bool {
+	for _, v := range h.Values("Connection") {
+		for opt := range strings.SplitSeq(v, ",") {
+			if opt = strings.TrimSpace(opt); opt != "" && !slices.ContainsFunc(connectionOptions, func(o string) bool {
+				return strings.EqualFold(o, opt)
+			}) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // headerSafe keeps printable ASCII; anything else becomes '?', so a
 // certificate subject can never break the header block.
 func headerSafe(s string) string {
@@ -67,8 +94,6 @@ func headerSafe(s string) string {
 		return r
 	}, s)
 }
-
-// proxyError answers a failed round trip: 413 or 400 when the client's body
 
 // validHeaderName reports a name of letters, digits and '-' only. Other
 // names are legal HTTP, but CGI-style backends fold '_' (and some '.') into

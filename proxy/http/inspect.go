@@ -78,6 +78,7 @@ type Rejection struct {
 	Detail string
 }
 
+// Error says the reason and, when there is one, the detail.
 func (r *Rejection) Error() string {
 	if r.Detail == "" {
 		return "soap: " + r.Reason
@@ -104,21 +105,28 @@ type Message struct {
 // envelope of the other SOAP version, a Body with no or several operations,
 // and anything over a limit. A refusal is a *Rejection.
 func Inspect(r io.Reader, version SOAPVersion, lim XMLLimits) (Message, []byte, error) {
-	lim = lim.withDefaults()
 	var buf bytes.Buffer
+	msg, err := inspect(io.TeeReader(r, &buf), version, lim)
+	if err != nil {
+		return Message{}, nil, err
+	}
+	return msg, buf.Bytes(), nil
+}
+
+// inspect is Inspect without keeping the bytes, for a caller that holds
+// them already.
+func inspect(r io.Reader, version SOAPVersion, lim XMLLimits) (Message, error) {
+	lim = lim.withDefaults()
 	lr := &limitedReader{r: r, left: lim.MaxBytes}
-	d := xml.NewDecoder(io.TeeReader(lr, &buf))
+	d := xml.NewDecoder(lr)
 	d.Strict = true
 	// Without a CharsetReader the decoder refuses every declared encoding but
 	// UTF-8, which is what we want: one encoding, no transcoding surprises.
 	msg, err := inspectTokens(d, version, lim)
 	if lr.over {
-		return Message{}, nil, reject(ReasonTooLarge, "body over %d bytes", lim.MaxBytes)
+		return Message{}, reject(ReasonTooLarge, "body over %d bytes", lim.MaxBytes)
 	}
-	if err != nil {
-		return Message{}, nil, err
-	}
-	return msg, buf.Bytes(), nil
+	return msg, err
 }
 
 type limitedReader struct {

@@ -8,8 +8,11 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
-// Defaults for Limits. They are sized for integration traffic (API calls,
-// SOAP messages, file transfers of a few megabytes), not for media streaming.
+// Defaults of the request limits, for a policy built without a
+// configuration (library use, tests), which leaves them zero; the
+// configuration sets every one (limits.http). They are sized for
+// integration traffic (API calls, SOAP messages, file transfers of a few
+// megabytes), not for media streaming.
 const (
 	// DefaultMaxBodyBytes caps an HTTPS request body.
 	DefaultMaxBodyBytes = 32 << 20
@@ -22,24 +25,42 @@ const (
 	DefaultBodyBufferBytes = 1 << 20
 	// DefaultBackendTimeout bounds the wait for a backend's response headers.
 	DefaultBackendTimeout = 60 * time.Second
-	// DefaultDialTimeout bounds connecting to a backend; refused connections
-	// fail at once, unreachable ones after this.
-	DefaultDialTimeout = 5 * time.Second
 	// DefaultBodyReadTimeout bounds how long the proxy waits for the next
 	// bytes of a request body, so a client trickling a body cannot hold an
 	// in-flight slot and a backend connection for ever. It is an idle
 	// bound, not a total one: large uploads at a steady pace are fine.
 	DefaultBodyReadTimeout = 30 * time.Second
-	// DefaultBackendDownTime is how long a backend that failed a request
-	// is skipped when its route has others; each further failure doubles
-	// it, up to DefaultBackendDownMax.
-	DefaultBackendDownTime = 10 * time.Second
-	DefaultBackendDownMax  = 60 * time.Second
-	// DefaultHealthTimeout bounds one active health check (and never
-	// exceeds the route's interval).
-	DefaultHealthTimeout = 2 * time.Second
+	// DefaultBodyBufferTotal caps the request bodies one listener holds
+	// in memory at once; a request that would need more gets 503.
+	DefaultBodyBufferTotal = 256 << 20
+	// DefaultBodyBufferTimeout bounds the reading of a body that is read
+	// whole before it goes on, in all.
+	DefaultBodyBufferTimeout = 60 * time.Second
+)
 
-	// SOAP inspection limits.
+// Fixed bounds that no configuration key reaches, sized so that working
+// backends never meet them; the README lists them. An admin tunes what
+// they guard with the keys that exist: health_interval, the backends of a
+// route, backend_timeout.
+const (
+	// dialTimeout bounds connecting to a backend and its TLS handshake:
+	// a refused connection fails at once, an unreachable host after
+	// this, as for tcp and telnet backends.
+	dialTimeout = 5 * time.Second
+	// backendDownTime is how long a backend that failed a request is
+	// skipped when its route has others; each further failure doubles
+	// it, up to backendDownMax.
+	backendDownTime = 10 * time.Second
+	backendDownMax  = 60 * time.Second
+	// healthTimeout bounds one active health check (and never exceeds
+	// the route's interval).
+	healthTimeout = 2 * time.Second
+)
+
+// Defaults of XMLLimits, and the bounds of every SOAP envelope the proxy
+// inspects: far above real messages, they guard the parser. An envelope
+// is also held to the tenant's max_body_size.
+const (
 	DefaultMaxSOAPBytes    = 4 << 20
 	DefaultMaxXMLDepth     = 64
 	DefaultMaxXMLElements  = 50_000
@@ -53,14 +74,15 @@ const (
 // server closes the whole connection (COMPRESSION_ERROR) on a single header
 // field longer than MaxHeaderBytes, and answers 431 only when the sum of
 // shorter fields is over it; so the server reads up to twice the limit,
-// and the handler answers 431 itself for a head over the limit (over
-// HTTP/1.1, net/http answers 431 past the server's limit too).
+// and the handler answers 431 itself for a head over the limit. HTTP/1.1
+// does not need the doubling: there the FramingGuard (given maxHeader)
+// ends a head 4 KiB past the limit with 431, before net/http's bound.
 func HeaderReadLimit(maxHeader int) int {
 	return 2 * maxHeader
 }
 
-// Limits bound what one request may cost. Zero fields take the defaults.
-type Limits struct {
+// requestLimits bound what one request may cost.
+type requestLimits struct {
 	// MaxHeaderBytes caps the request line and header fields, counted as
 	// HTTP/1.1 writes them; a larger head gets 431. Zero: no check here
 	// (the server's MaxHeaderBytes alone).
@@ -70,15 +92,16 @@ type Limits struct {
 	// anything of the request is sent to the backend, so a body refused or
 	// broken off on the way never half-arrives; a larger one is streamed.
 	// Negative streams every body.
-	BodyBufferBytes      int64
+	BodyBufferBytes int64
+	// BodyBufferTotal is the listener's budget for request bodies held in
+	// memory (the listener's own value counts, not a tenant's).
+	BodyBufferTotal int64
+	// BodyBufferTimeout bounds, in all, the reading of a body read whole
+	// (up to BodyBufferBytes, a SOAP envelope).
+	BodyBufferTimeout    time.Duration
 	MaxInFlightPerTenant int
 	BackendTimeout       time.Duration
-	DialTimeout          time.Duration
 	BodyReadTimeout      time.Duration
-	BackendDownTime      time.Duration
-	BackendDownMax       time.Duration
-	HealthTimeout        time.Duration
-	XML                  XMLLimits
 }
 
 // XMLLimits bound the SOAP inspector. Zero fields take the defaults.
@@ -91,43 +114,22 @@ type XMLLimits struct {
 	MaxTextLen  int   // one run of character data or one attribute value
 }
 
-func (l Limits) withDefaults() Limits {
-	if l.MaxBodyBytes <= 0 {
-		l.MaxBodyBytes = DefaultMaxBodyBytes
+func defaultLimits() requestLimits {
+	return requestLimits{
+		MaxBodyBytes:         DefaultMaxBodyBytes,
+		BodyBufferBytes:      DefaultBodyBufferBytes,
+		BodyBufferTotal:      DefaultBodyBufferTotal,
+		BodyBufferTimeout:    DefaultBodyBufferTimeout,
+		MaxInFlightPerTenant: DefaultMaxInFlightPerTenant,
+		BackendTimeout:       DefaultBackendTimeout,
+		BodyReadTimeout:      DefaultBodyReadTimeout,
 	}
-	if l.BodyBufferBytes == 0 {
-		l.BodyBufferBytes = DefaultBodyBufferBytes
-	}
-	if l.MaxInFlightPerTenant <= 0 {
-		l.MaxInFlightPerTenant = DefaultMaxInFlightPerTenant
-	}
-	if l.BackendTimeout <= 0 {
-		l.BackendTimeout = DefaultBackendTimeout
-	}
-	if l.BodyReadTimeout <= 0 {
-		l.BodyReadTimeout = DefaultBodyReadTimeout
-	}
-	if l.DialTimeout <= 0 {
-		l.DialTimeout = DefaultDialTimeout
-	}
-	if l.BackendDownTime <= 0 {
-		l.BackendDownTime = DefaultBackendDownTime
-	}
-	if l.BackendDownMax <= 0 {
-		l.BackendDownMax = DefaultBackendDownMax
-	}
-	l.BackendDownMax = max(l.BackendDownMax, l.BackendDownTime)
-	if l.HealthTimeout <= 0 {
-		l.HealthTimeout = DefaultHealthTimeout
-	}
-	l.XML = l.XML.withDefaults()
-	return l
 }
 
 // withPolicy returns l with the limits a compiled policy sets. The
 // configuration resolves every one of them; a zero HTTPLimits is a policy
 // built without a configuration (library use, tests), and leaves l as it is.
-func (l Limits) withPolicy(p policy.HTTPLimits) Limits {
+func (l requestLimits) withPolicy(p policy.HTTPLimits) requestLimits {
 	if p == (policy.HTTPLimits{}) {
 		return l
 	}
@@ -145,6 +147,12 @@ func (l Limits) withPolicy(p policy.HTTPLimits) Limits {
 	if p.BodyReadTimeout > 0 {
 		l.BodyReadTimeout = p.BodyReadTimeout
 	}
+	if p.BodyBufferTotal > 0 {
+		l.BodyBufferTotal = p.BodyBufferTotal
+	}
+	if p.BodyBufferTimeout > 0 {
+		l.BodyBufferTimeout = p.BodyBufferTimeout
+	}
 	if p.BackendTimeout > 0 {
 		l.BackendTimeout = p.BackendTimeout
 	}
@@ -154,13 +162,13 @@ func (l Limits) withPolicy(p policy.HTTPLimits) Limits {
 // tenantLimits are what one tenant's requests, and the tunnels its
 // upgraded connections become, may take on a listener.
 type tenantLimits struct {
-	Limits
+	requestLimits
 	// Stream bounds upgraded connections (limits.tcp); zero fields: no limit.
 	Stream policy.StreamLimits
 }
 
-func resolveLimits(base Limits, p policy.Limits) *tenantLimits {
-	return &tenantLimits{Limits: base.withPolicy(p.HTTP), Stream: p.TCP}
+func resolveLimits(base requestLimits, p policy.Limits) *tenantLimits {
+	return &tenantLimits{requestLimits: base.withPolicy(p.HTTP), Stream: p.TCP}
 }
 
 // limitsOf returns tenant's limits on the listener.
@@ -193,14 +201,27 @@ func (l XMLLimits) withDefaults() XMLLimits {
 	return l
 }
 
-// InFlight counts requests in flight per listener and tenant.
+// InFlight counts what requests hold while they are in flight: the
+// requests of each tenant on each listener, and the bytes of request
+// bodies each listener holds in memory. Pass the same one to every
+// generation of the listeners (Config.InFlight), so that a reload restarts
+// neither count.
 type InFlight struct {
-	mu sync.Mutex
-	m  map[[2]string]int
+	mu     sync.Mutex
+	m      map[[2]string]int
+	bodies map[string]*bodyBytes
+}
+
+// bodyBytes is one listener's share of the body budget.
+type bodyBytes struct {
+	held int64
+	full bool // the last hold was refused
 }
 
 // NewInFlight returns an empty counter.
-func NewInFlight() *InFlight { return &InFlight{m: map[[2]string]int{}} }
+func NewInFlight() *InFlight {
+	return &InFlight{m: map[[2]string]int{}, bodies: map[string]*bodyBytes{}}
+}
 
 func (f *InFlight) acquire(listener, tenant string, limit int) (release func(), ok bool) {
 	k := [2]string{listener, tenant}
@@ -217,4 +238,45 @@ func (f *InFlight) acquire(listener, tenant string, limit int) (release func(), 
 		}
 		f.mu.Unlock()
 	}, true
+}
+
+// holdBody takes n bytes of listener's body budget of limit, and reports
+// whether it did. filled reports a refusal after the budget had room,
+// freed a hold after a refusal: the changes worth a log line.
+func (f *InFlight) holdBody(listener string, n, limit int64) (ok, filled, freed bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b := f.bodies[listener]
+	if b == nil {
+		b = &bodyBytes{}
+		f.bodies[listener] = b
+	}
+	if b.held+n > limit {
+		filled, b.full = !b.full, true
+		return false, filled, false
+	}
+	b.held += n
+	freed, b.full = b.full, false
+	return true, false, freed
+}
+
+// releaseBody gives back n bytes of listener's body budget.
+func (f *InFlight) releaseBody(listener string, n int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if b := f.bodies[listener]; b != nil {
+		if b.held -= n; b.held <= 0 && !b.full {
+			delete(f.bodies, listener)
+		}
+	}
+}
+
+// bodyBytesHeld is what listener's request bodies hold in memory.
+func (f *InFlight) bodyBytesHeld(listener string) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if b := f.bodies[listener]; b != nil {
+		return b.held
+	}
+	return 0
 }

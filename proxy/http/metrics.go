@@ -15,6 +15,7 @@ type Metrics struct {
 	duration       *prometheus.HistogramVec
 	soapRejections *prometheus.CounterVec
 	backendUp      *prometheus.Desc
+	bodyBuffers    *prometheus.Desc
 
 	mu   sync.Mutex
 	live map[*Handler]struct{} // handlers in service, for backend_up
@@ -46,6 +47,9 @@ func NewMetrics() *Metrics {
 		backendUp: prometheus.NewDesc("gatehouse_backend_up",
 			"1 when the backend of an https or soap route is taken for requests, 0 while a failed request or health check keeps it out.",
 			[]string{"listener", "tenant", "route_index", "backend_index"}, nil),
+		bodyBuffers: prometheus.NewDesc("gatehouse_http_body_buffer_bytes",
+			"Bytes of request bodies a listener holds in memory (bodies read whole, SOAP envelopes), against limits.http.body_buffer_total.",
+			[]string{"listener"}, nil),
 		live:        map[*Handler]struct{}{},
 		soapTenants: map[string]bool{},
 	}
@@ -119,6 +123,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.duration.Describe(ch)
 	m.soapRejections.Describe(ch)
 	ch <- m.backendUp
+	ch <- m.bodyBuffers
 }
 
 // Collect implements prometheus.Collector.
@@ -128,9 +133,14 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.soapRejections.Collect(ch)
 	now := time.Now()
 	seen := map[[4]string]bool{}
+	listeners := map[string]bool{}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for h := range m.live {
+		if !listeners[h.listener] {
+			listeners[h.listener] = true
+			ch <- prometheus.MustNewConstMetric(m.bodyBuffers, prometheus.GaugeValue, float64(h.inFlight.bodyBytesHeld(h.listener)), h.listener)
+		}
 		for _, rts := range h.byTenant {
 			for _, rt := range rts {
 				for _, b := range rt.backends {

@@ -3,6 +3,7 @@ package httpproxy
 import (
 	"cmp"
 	"crypto/tls"
+	"encoding/xml"
 	"fmt"
 	"log/slog"
 	"net"
@@ -26,11 +27,12 @@ type route struct {
 	backends  []*backend
 	interval  time.Duration // active health check period; 0 none
 	proxy     *httputil.ReverseProxy
-	actions   map[string]bool
+	actions   map[string]*allowedAction // soap: the allow-list by action
 	allowWSDL bool
 	soap      bool
 	// pathParams lets requests carry ;parameters in path segments.
 	pathParams bool
+	websocket  bool   // WebSocket upgrades may pass
 	key        string // policy.Route.Key, for the tunnels of upgraded connections
 }
 
@@ -80,10 +82,24 @@ func (h *Handler) newRoute(index int, pr policy.Route) (*route, error) {
 		allowWSDL:  pr.AllowWSDL,
 		soap:       h.soap,
 		pathParams: pr.PathParams,
-		actions:    map[string]bool{},
+		websocket:  pr.WebSocket,
+		actions:    map[string]*allowedAction{},
 	}
-	for _, a := range pr.SOAPActions {
-		rt.actions[a] = true
+	for _, entry := range pr.SOAPActions {
+		a, err := policy.ParseSOAPAction(entry)
+		if err != nil {
+			return nil, fmt.Errorf("%w: soap action %q: %w", ErrRoute, entry, err)
+		}
+		allowed := rt.actions[a.Action]
+		if allowed == nil {
+			allowed = &allowedAction{}
+			rt.actions[a.Action] = allowed
+		}
+		if a.Name == "" {
+			allowed.derived = true
+		} else {
+			allowed.elements = append(allowed.elements, xml.Name{Space: a.Namespace, Local: a.Name})
+		}
 	}
 	tc, err := backendTLS(urls, pr)
 	if err != nil {
@@ -139,7 +155,7 @@ func backendTLS(urls []*url.URL, pr policy.Route) (*tls.Config, error) {
 const MaxIdlePerBackend = 64
 
 func (h *Handler) newTransport(u *url.URL, tc *tls.Config, lim *tenantLimits) *http.Transport {
-	d := &net.Dialer{Timeout: h.limits.DialTimeout, KeepAlive: 30 * time.Second}
+	d := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
 	dial := d.DialContext
 	if h.fds != nil {
 		// Counted, and refused within the descriptor reserve: HTTP/2
@@ -152,7 +168,7 @@ func (h *Handler) newTransport(u *url.URL, tc *tls.Config, lim *tenantLimits) *h
 		MaxIdleConns:          MaxIdlePerBackend, // one host per transport
 		MaxIdleConnsPerHost:   MaxIdlePerBackend,
 		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   h.limits.DialTimeout,
+		TLSHandshakeTimeout:   dialTimeout,
 		ResponseHeaderTimeout: lim.BackendTimeout,
 		ExpectContinueTimeout: time.Second,
 	}
@@ -183,9 +199,6 @@ func (h *Handler) inherit(prev *Handler) {
 	}
 }
 
-// Start begins the active health checks of the routes that have a health
-// path, one goroutine per backend, each checking at once and then every
-// interval, and makes the backends visible in the metrics. Call it once,
 // match returns the tenant's most specific route for host and path. The
 // tenant comes from the certificate; nothing in the request can select
 // another tenant's routes.

@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 )
 
@@ -32,11 +33,16 @@ func (h *Handler) checkSOAP(w http.ResponseWriter, r *http.Request, rt *route, s
 		return false
 	}
 	if isMetadataQuery(r.URL.RawQuery) {
-		if !rt.allowWSDL {
+		switch {
+		case !rt.allowWSDL:
 			return fail(reject(ReasonWSDL, "metadata query"))
-		}
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			return fail(reject(ReasonMethod, "%s for metadata", r.Method))
+		case r.Method != http.MethodGet && r.Method != http.MethodHead:
+			return fail(reject(ReasonMethod, "%.16q for metadata", r.Method))
+		case !metadataOnly(r.URL.RawQuery):
+			return fail(reject(ReasonWSDL, "metadata query with other parameters"))
+		case r.ContentLength != 0 || len(r.TransferEncoding) != 0:
+			// Nothing inspects it, and nothing would buffer it.
+			return fail(reject(ReasonWSDL, "metadata request with a body"))
 		}
 		return true
 	}
@@ -49,18 +55,32 @@ func (h *Handler) checkSOAP(w http.ResponseWriter, r *http.Request, rt *route, s
 	if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") && !strings.EqualFold(cs, "us-ascii") {
 		return fail(reject(ReasonContentType, "charset %.32q", cs))
 	}
-	if r.Body == nil {
+	if r.Body == nil || r.Body == http.NoBody {
 		return fail(reject(ReasonNotEnvelope, "no body"))
 	}
-	msg, raw, err := Inspect(r.Body, version, h.limits.XML)
-	if err != nil {
+	// The envelope is inspected as it streams in, and what is read is
+	// kept (in the listener's body budget) to go on: the bytes inspected
+	// are the bytes forwarded, and nothing holds a second copy. It must
+	// arrive within body_buffer_timeout.
+	body := &bufferedBody{budget: h.budget()}
+	st.buffered = body // closed when the request ends, whoever ends it
+	done := st.wholeBy()
+	msg, err := inspect(io.TeeReader(r.Body, body), version, XMLLimits{})
+	done()
+	var mbe *http.MaxBytesError
+	switch berr := st.bodyError(); {
+	case body.full:
+		refuseBody(w, errBodyBudget)
+		return false
+	case errors.As(berr, &mbe):
+		return fail(reject(ReasonTooLarge, "body over %d bytes", mbe.Limit))
+	case berr != nil:
+		refuseBody(w, berr) // stalled, too slow or cut off: not the envelope's fault
+		return false
+	case err != nil:
 		var rej *Rejection
 		if !errors.As(err, &rej) {
 			rej = reject(ReasonMalformed, "%v", err)
-		}
-		var mbe *http.MaxBytesError
-		if errors.As(st.bodyError(), &mbe) {
-			rej = reject(ReasonTooLarge, "body over %d bytes", mbe.Limit)
 		}
 		return fail(rej)
 	}
@@ -85,35 +105,104 @@ func (h *Handler) checkSOAP(w http.ResponseWriter, r *http.Request, rt *route, s
 		}
 		action = msg.WSAAction
 	}
+	allowed := rt.actions[action]
 	switch {
 	case action == "":
 		return fail(reject(ReasonActionMissing, ""))
-	case !rt.actions[action]:
+	case allowed == nil:
 		return fail(reject(ReasonNotAllowed, "%.256q", action))
-	case operationOf(action) != msg.Operation.Local:
-		return fail(reject(ReasonOperation, "action %.256q, body %.128q", action, msg.Operation.Local))
+	case !allowed.names(action, msg.Operation):
+		return fail(reject(ReasonOperation, "action %.256q, body {%.256s}%.128s", action, msg.Operation.Space, msg.Operation.Local))
 	}
-	r.Body = io.NopCloser(bytes.NewReader(raw))
-	r.ContentLength = int64(len(raw))
+	body.forward()
+	r.Body = body
+	r.ContentLength = body.n
 	r.TransferEncoding = nil
+	r.Header.Del("Expect") // the whole body is here: see bufferBody
 	return true
 }
 
-// isMetadataQuery reports a WSDL or schema request (?wsdl, ?xsd=…,
-// ?singleWsdl), whatever the case, and whether the backend separates
-// parameters with '&' or ';'.
+// isMetadataQuery reports a query that asks for a WSDL or schema (?wsdl,
+// ?xsd=…, ?singleWsdl) in any parameter, whatever the case, and whether the
+// backend separates parameters with '&' or ';'. It decides what is refused
+// as a metadata request; metadataOnly decides what is let through as one.
 func isMetadataQuery(raw string) bool {
 	for kv := range strings.FieldsFuncSeq(raw, func(r rune) bool { return r == '&' || r == ';' }) {
 		k, _, _ := strings.Cut(kv, "=")
 		if uk, err := url.QueryUnescape(k); err == nil {
 			k = uk
 		}
-		switch strings.ToLower(strings.TrimSpace(k)) {
-		case "wsdl", "xsd", "singlewsdl":
+		if isMetadataKey(strings.TrimSpace(k)) {
 			return true
 		}
 	}
 	return false
+}
+
+func isMetadataKey(k string) bool {
+	switch strings.ToLower(k) {
+	case "wsdl", "xsd", "singlewsdl":
+		return true
+	}
+	return false
+}
+
+// metadataOnly reports a query made of metadata parameters only, each with
+// no value or a file name (?wsdl, ?wsdl=part2.wsdl, ?xsd=xsd0, ?singleWsdl),
+// read the way every backend reads it: no ';' (which some take for '&'),
+// no empty parameter, and no value that could name a path ("../conf",
+// "%2e%2e%2f", the Axis2 ?xsd= traversal). Anything else beside ?wsdl
+// would reach the backend uninspected, as a GET.
+func metadataOnly(raw string) bool {
+	if strings.Contains(raw, ";") {
+		return false
+	}
+	for kv := range strings.SplitSeq(raw, "&") {
+		k, v, _ := strings.Cut(kv, "=")
+		k, kerr := url.QueryUnescape(k)
+		v, verr := url.QueryUnescape(v)
+		if kerr != nil || verr != nil || !isMetadataKey(k) || strings.Contains(v, "..") ||
+			strings.ContainsFunc(v, func(r rune) bool {
+				return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '.' || r == '_' || r == '-')
+			}) {
+			return false
+		}
+	}
+	return true
+}
+
+// allowedAction is what one action of a route's allow-list lets through:
+// the Body elements its entries name, and, when an entry names none, the
+// operation the action itself names (actionNames).
+type allowedAction struct {
+	derived  bool
+	elements []xml.Name
+}
+
+func (a *allowedAction) names(action string, op xml.Name) bool {
+	return slices.Contains(a.elements, op) || a.derived && actionNames(action, op)
+}
+
+// actionNames reports whether action names the operation op, namespace and
+// local name, by the conventions SOAP stacks derive actions with: the
+// namespace and then the name ("urn:acme:GetOrder" for {urn:acme}GetOrder,
+// "http://tempuri.org/GetOrder" for {http://tempuri.org/}GetOrder), or
+// WCF's namespace, contract and name ("http://tempuri.org/IOrders/GetOrder").
+// The local name alone is not enough: a backend that dispatches on the
+// Body element would run {urn:admin}GetOrder for an action allowed as
+// urn:acme:GetOrder.
+func actionNames(action string, op xml.Name) bool {
+	local := operationOf(action)
+	if local == "" || local != op.Local {
+		return false
+	}
+	rest := strings.TrimRight(action[:len(action)-len(local)], "/:#")
+	ns := strings.TrimRight(op.Space, "/:#")
+	if rest == ns {
+		return true
+	}
+	i := strings.LastIndexByte(rest, '/')
+	return ns != "" && i >= 0 && strings.TrimRight(rest[:i], "/") == ns && !strings.ContainsAny(rest[i+1:], ":#")
 }
 
 func unquote(s string) string {
