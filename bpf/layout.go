@@ -105,12 +105,16 @@ type Generation struct {
 	Scan                     Scan
 }
 
-// Scan configures the program's port-scan detection: a source that opens
-// flows to DistinctPorts closed ports within Window is blocked for
-// BlockFor. Zero DistinctPorts turns it off.
+// Scan configures the program's port-scan detection: a (source, port) pair
+// counts once per Window; a source's new pairs drain a bucket of
+// DistinctPorts-1 tokens that refills one per Gap, and the pair that finds
+// it empty blocks the source for BlockFor. Zero DistinctPorts turns it off.
+// Gap is the policy's (policy.ScanRefill.Gap), so that the nftables layer's
+// limit refills exactly alike.
 type Scan struct {
 	DistinctPorts int
 	Window        time.Duration
+	Gap           time.Duration
 	BlockFor      time.Duration
 }
 
@@ -286,11 +290,11 @@ func (g *Generation) putScan(hdr []byte) error {
 	if sc.DistinctPorts == 0 {
 		return nil
 	}
-	if sc.DistinctPorts < 0 || sc.DistinctPorts > 65535 || sc.Window <= 0 || sc.BlockFor <= 0 {
-		return fmt.Errorf("%d ports in %s, blocked for %s: %w", sc.DistinctPorts, sc.Window, sc.BlockFor, ErrBadScan)
+	if sc.DistinctPorts < 0 || sc.DistinctPorts > 65535 || sc.Window <= 0 || sc.Gap <= 0 || sc.BlockFor <= 0 {
+		return fmt.Errorf("%d ports in %s (one per %s), blocked for %s: %w", sc.DistinctPorts, sc.Window, sc.Gap, sc.BlockFor, ErrBadScan)
 	}
 	le := binary.LittleEndian
-	gap := uint64(sc.Window.Nanoseconds()) / uint64(sc.DistinctPorts)
+	gap := uint64(sc.Gap.Nanoseconds())
 	le.PutUint32(hdr[hdrScanPorts:], uint32(sc.DistinctPorts))
 	le.PutUint64(hdr[hdrScanWin:], uint64(sc.Window.Nanoseconds()))
 	le.PutUint64(hdr[hdrScanGap:], gap)

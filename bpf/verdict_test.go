@@ -405,8 +405,9 @@ func TestEncodeRejects(t *testing.T) {
 		"unknown proto":   {Ports: []Port{{"sctp", 5}}},
 		"many management": {Management: many},
 		"source prefix":   {SourceBits6: 129},
-		"scan window":     {Scan: Scan{DistinctPorts: 10, BlockFor: time.Minute}},
-		"scan block_for":  {Scan: Scan{DistinctPorts: 10, Window: time.Minute}},
+		"scan window":     {Scan: Scan{DistinctPorts: 10, Gap: time.Second, BlockFor: time.Minute}},
+		"scan gap":        {Scan: Scan{DistinctPorts: 10, Window: time.Minute, BlockFor: time.Minute}},
+		"scan block_for":  {Scan: Scan{DistinctPorts: 10, Window: time.Minute, Gap: time.Second}},
 	} {
 		if p, err := g.Encode(); err == nil {
 			t.Errorf("%s: Encode gave %d pages, want an error", name, p.Count)
@@ -444,7 +445,7 @@ func TestScanDetection(t *testing.T) {
 			r := newRig(t, false)
 			g := testGeneration(strict)
 			g.SourceBits6 = 64
-			g.Scan = Scan{DistinctPorts: ports, Window: time.Hour, BlockFor: time.Hour}
+			g.Scan = Scan{DistinctPorts: ports, Window: time.Hour, Gap: time.Hour / ports, BlockFor: time.Hour}
 			r.apply(t, g)
 			closedPass := "passthrough"
 			closedAction := uint32(xdpPass)
@@ -532,7 +533,7 @@ func TestScanBucketRefills(t *testing.T) {
 	r := newRig(t, false)
 	g := testGeneration(false)
 	// 2 ports per 200 ms: one token, refilled every 100 ms.
-	g.Scan = Scan{DistinctPorts: 2, Window: 200 * time.Millisecond, BlockFor: time.Hour}
+	g.Scan = Scan{DistinctPorts: 2, Window: 200 * time.Millisecond, Gap: 100 * time.Millisecond, BlockFor: time.Hour}
 	r.apply(t, g)
 	for i := range 5 {
 		if got := r.run(t, frame{src: out4, dst: dst4, dport: uint16(1000 + i)}.bytes()); got != xdpPass {

@@ -12,10 +12,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
-	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -415,25 +413,6 @@ func TestBatchGolden(t *testing.T) {
 				t.Errorf("batch differs from %s (-update to accept)", path)
 			}
 		})
-	}
-}
-
-func TestScanRate(t *testing.T) {
-	for _, tc := range []struct {
-		n      int
-		window time.Duration
-		rate   uint64
-		unit   expr.LimitTime
-	}{
-		{10, 10 * time.Second, 1, expr.LimitTimeSecond},
-		{5, 10 * time.Second, 30, expr.LimitTimeMinute},
-		{100, 10 * time.Second, 10, expr.LimitTimeSecond},
-		{10, time.Hour, 10, expr.LimitTimeHour},
-	} {
-		rate, unit := scanRate(policy.ScanBlock{DistinctPorts: tc.n, Window: tc.window})
-		if rate != tc.rate || unit != tc.unit {
-			t.Errorf("%d ports in %s: %d per %d s, want %d per %d s", tc.n, tc.window, rate, unit, tc.rate, tc.unit)
-		}
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"math"
 	"net/netip"
 	"slices"
 	"strings"
@@ -48,10 +47,9 @@ const (
 
 // Defaults for knobs the policy may leave zero.
 const (
-	defaultBlockFor = 10 * time.Minute
-	rateIdle        = time.Minute // a rate bucket untouched this long is forgotten
-	dynamicSetSize  = 65535
-	chainPriority   = -10 // before the usual filter chains at 0, after conntrack
+	rateIdle       = time.Minute // a rate bucket untouched this long is forgotten
+	dynamicSetSize = 65535
+	chainPriority  = -10 // before the usual filter chains at 0, after conntrack
 )
 
 // tagType is a private userdata TLV on every rule we install. It holds a hash
@@ -67,8 +65,8 @@ type spec struct {
 	strict   bool
 	rate     policy.Rate
 	maxConns uint32
-	scan     policy.ScanBlock
-	blockFor time.Duration
+	scan     policy.ScanBlock // zero: scan detection off
+	refill   policy.ScanRefill
 	// forward adds the forward chain; outside is the interface whose
 	// forwarded flows it polices ("" means every interface).
 	forward bool
@@ -93,23 +91,23 @@ func newSpec(p *policy.Policy) (*spec, error) {
 	if err := p.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", errBadPolicy, err)
 	}
+	f, err := p.Filter()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errBadPolicy, err)
+	}
 	en := p.Enforcement
 	s := &spec{
-		strict:   en.Mode == policy.ModeStrict,
+		strict:   f.Strict,
 		rate:     en.NewConnRate,
 		maxConns: en.MaxConnsPerSource,
-		scan:     en.ScanBlock,
-		blockFor: en.ScanBlock.BlockFor,
+		scan:     f.Scan,
+		refill:   f.Refill,
 		forward:  en.Forward,
-		src4:     en.SourcePrefix.Bits(false),
-		src6:     en.SourcePrefix.Bits(true),
+		src4:     f.SourceBits4,
+		src6:     f.SourceBits6,
+		ports:    f.Ports,
 		adm4:     toRanges(p.Admitted.V4),
 		adm6:     toRanges(p.Admitted.V6),
-	}
-	switch en.Mode {
-	case policy.ModeStrict, policy.ModeListeners, "":
-	default:
-		return nil, fmt.Errorf("%w: unknown mode %q", errBadPolicy, en.Mode)
 	}
 	if s.forward {
 		s.outside = p.Interface
@@ -117,43 +115,13 @@ func newSpec(p *policy.Policy) (*spec, error) {
 			return nil, fmt.Errorf("%w: interface %q is not an interface name", errBadPolicy, s.outside)
 		}
 	}
-	if s.blockFor <= 0 {
-		s.blockFor = defaultBlockFor
-	}
-	s.scan.BlockFor = s.blockFor // unset and the default are one shape
-	if s.scan.DistinctPorts < 0 {
-		return nil, fmt.Errorf("%w: scan_block.distinct_ports %d below zero", errBadPolicy, s.scan.DistinctPorts)
-	}
-	if s.scan.DistinctPorts > 0 && s.scan.Window < time.Millisecond {
-		return nil, fmt.Errorf("%w: scan_block.window %s too short", errBadPolicy, s.scan.Window)
-	}
-	if s.scan.DistinctPorts == 0 {
-		s.scan = policy.ScanBlock{}
-	}
 	if s.rate.PerSecond == 0 {
 		s.rate = policy.Rate{}
 	}
-	for _, pt := range p.ProtectedPorts() {
-		if pt.Proto != "tcp" {
-			return nil, fmt.Errorf("%w: listener port %d/%s: only tcp is policed", errBadPolicy, pt.Num, pt.Proto)
-		}
-		if pt.Num == 0 {
-			return nil, fmt.Errorf("%w: listener port 0", errBadPolicy)
-		}
-		s.ports = append(s.ports, pt.Num)
-	}
-	for i, m := range en.Management {
-		if !m.Prefix.IsValid() || m.Prefix.Addr().Is4In6() {
-			return nil, fmt.Errorf("%w: management[%d]: invalid prefix %s", errBadPolicy, i, m.Prefix)
-		}
-		if len(m.Ports) == 0 || slices.Contains(m.Ports, 0) {
-			return nil, fmt.Errorf("%w: management[%d] %s: needs ports other than 0", errBadPolicy, i, m.Prefix)
-		}
-	}
-	s.mgmt4 = mgmtEntries(en.Management, true)
-	s.mgmt6 = mgmtEntries(en.Management, false)
-	s.mgmtSrc4 = mgmtSources(en.Management, true)
-	s.mgmtSrc6 = mgmtSources(en.Management, false)
+	s.mgmt4 = mgmtEntries(f.Management, true)
+	s.mgmt6 = mgmtEntries(f.Management, false)
+	s.mgmtSrc4 = mgmtSources(f.Management, true)
+	s.mgmtSrc6 = mgmtSources(f.Management, false)
 	return s, nil
 }
 
@@ -161,7 +129,7 @@ func newSpec(p *policy.Policy) (*spec, error) {
 // the newer one can be applied as element changes.
 func (s *spec) sameShape(o *spec) bool {
 	return s.strict == o.strict && s.rate == o.rate && s.maxConns == o.maxConns &&
-		s.scan == o.scan && s.blockFor == o.blockFor && s.forward == o.forward && s.outside == o.outside &&
+		s.scan == o.scan && s.refill == o.refill && s.forward == o.forward && s.outside == o.outside &&
 		s.src4 == o.src4 && s.src6 == o.src6
 }
 
@@ -307,7 +275,7 @@ func (s *spec) build() *ruleset {
 			n = setName(setMgmtSrc, v6)
 			byName[n] = addSet(&nftables.Set{Name: n, KeyType: addrType, Interval: true}, intervalElements(s.mgmtSources(v6)))
 		}
-		dyn(setBlocked, addrType, s.blockFor)
+		dyn(setBlocked, addrType, s.blockFor())
 		if s.rate.PerSecond > 0 {
 			dyn(setRate, addrType, rateIdle)
 		}
@@ -316,9 +284,7 @@ func (s *spec) build() *ruleset {
 		}
 		if s.scan.DistinctPorts > 0 {
 			dyn(setScanPorts, concatType, s.scan.Window)
-			if s.scan.DistinctPorts > 1 {
-				dyn(setScanCount, addrType, s.scan.Window)
-			}
+			dyn(setScanCount, addrType, s.scan.Window)
 		}
 	}
 	byName[setPorts] = addSet(&nftables.Set{Name: setPorts, KeyType: nftables.TypeInetService, KeyByteOrder: binaryutil.BigEndian}, portElements(s.ports))
@@ -359,14 +325,12 @@ func (s *spec) build() *ruleset {
 			e := concat(l4proto(unix.IPPROTO_TCP), tcpFlagsSYN(), ctState(expr.CtStateBitNEW),
 				saddr(v6), lookup(byName[setName(setMgmtSrc, v6)], true),
 				r.srcKey(v6), dport(concatPortReg(v6)),
-				lookup(pairs, true), dynset(pairs, unix.NFT_DYNSET_OP_ADD, 0))
-			if s.scan.DistinctPorts > 1 {
-				rate, unit := scanRate(s.scan)
+				lookup(pairs, true), dynset(pairs, unix.NFT_DYNSET_OP_ADD, 0),
 				// Register 1 still holds the source key.
-				e = append(e, dynset(byName[setName(setScanCount, v6)], unix.NFT_DYNSET_OP_UPDATE, 0,
-					&expr.Limit{Type: expr.LimitTypePkts, Rate: rate, Unit: unit, Burst: uint32(s.scan.DistinctPorts - 1), Over: true})...)
-			}
-			e = append(e, dynset(byName[setName(setBlocked, v6)], unix.NFT_DYNSET_OP_ADD, s.blockFor)...)
+				dynset(byName[setName(setScanCount, v6)], unix.NFT_DYNSET_OP_UPDATE, 0,
+					&expr.Limit{Type: expr.LimitTypePkts, Rate: s.refill.Rate, Unit: expr.LimitTime(s.refill.Unit.Seconds()),
+						Burst: s.refill.Burst, Over: true}),
+				dynset(byName[setName(setBlocked, v6)], unix.NFT_DYNSET_OP_ADD, s.blockFor()))
 			r.add(ruleScan, verdictDrop, e...)
 		}
 	}
@@ -379,17 +343,10 @@ func (s *spec) build() *ruleset {
 	return rs
 }
 
-// scanRate turns "DistinctPorts within Window" into the refill rate of a
-// token bucket that holds DistinctPorts-1 tokens: a source may open that many
-// new (source, port) pairs at once, and gets them back at DistinctPorts per
-// Window. The limit expression knows only whole rates per second, minute,
-// hour or day; the smallest unit that gives at least 1 is used, rounded.
-func scanRate(sb policy.ScanBlock) (uint64, expr.LimitTime) {
-	for _, u := range []expr.LimitTime{expr.LimitTimeSecond, expr.LimitTimeMinute, expr.LimitTimeHour, expr.LimitTimeDay} {
-		per := float64(sb.DistinctPorts) * float64(u) / sb.Window.Seconds()
-		if per >= 1 {
-			return uint64(math.Round(per)), u
-		}
+// blockFor is how long the blocked sets keep a source.
+func (s *spec) blockFor() time.Duration {
+	if s.scan.BlockFor > 0 {
+		return s.scan.BlockFor
 	}
-	return 1, expr.LimitTimeDay
+	return policy.DefaultBlockFor
 }

@@ -12,39 +12,36 @@ import (
 // compile turns a policy into the generation the program enforces, with
 // eph the local port range; it also returns the management ranges, which
 // Block never blocks. The differential test runs the same function.
-func compile(p *policy.Policy, eph [2]uint16) (*bpf.Generation, []netip.Prefix) {
-	en := p.Enforcement
+func compile(p *policy.Policy, eph [2]uint16) (*bpf.Generation, []netip.Prefix, error) {
+	f, err := p.Filter()
+	if err != nil {
+		return nil, nil, err
+	}
 	g := &bpf.Generation{
-		Strict:      en.Mode == policy.ModeStrict,
+		Strict:      f.Strict,
 		EphemeralLo: eph[0],
 		EphemeralHi: eph[1],
 		V4:          p.Admitted.V4,
 		V6:          p.Admitted.V6,
-		SourceBits4: en.SourcePrefix.Bits(false),
-		SourceBits6: en.SourcePrefix.Bits(true),
+		SourceBits4: f.SourceBits4,
+		SourceBits6: f.SourceBits6,
 		Scan: bpf.Scan{
-			DistinctPorts: en.ScanBlock.DistinctPorts,
-			Window:        en.ScanBlock.Window,
-			BlockFor:      en.ScanBlock.BlockFor,
+			DistinctPorts: f.Scan.DistinctPorts,
+			Window:        f.Scan.Window,
+			Gap:           f.Refill.Gap(),
+			BlockFor:      f.Scan.BlockFor,
 		},
 	}
-	if g.Scan.DistinctPorts > 0 && g.Scan.BlockFor <= 0 {
-		g.Scan.BlockFor = defaultBlockFor
+	for _, port := range f.Ports {
+		g.Ports = append(g.Ports, bpf.Port{Proto: "tcp", Num: port})
 	}
 	var mgmt []netip.Prefix
-	for _, pt := range p.ProtectedPorts() {
-		g.Ports = append(g.Ports, bpf.Port{Proto: pt.Proto, Num: pt.Num})
-	}
-	for _, m := range en.Management {
+	for _, m := range f.Management {
 		g.Management = append(g.Management, bpf.Management{Prefix: m.Prefix, Ports: m.Ports})
-		mgmt = append(mgmt, m.Prefix.Masked())
+		mgmt = append(mgmt, m.Prefix)
 	}
-	return g, mgmt
+	return g, mgmt, nil
 }
-
-// defaultBlockFor is block_for when a policy leaves it zero, as in the
-// nftables layer.
-const defaultBlockFor = 10 * time.Minute
 
 // Block blocks the source of addr (addr masked to the source prefix of the
 // generation in force) for d: its new flows are dropped, except to the

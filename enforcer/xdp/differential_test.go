@@ -143,7 +143,10 @@ func newDiffXDP(t *testing.T) *diffXDP {
 // Block does.
 func (x *diffXDP) apply(t *testing.T, p *policy.Policy, eph [2]uint16) {
 	t.Helper()
-	g, _ := compile(p, eph)
+	g, _, err := compile(p, eph)
+	if err != nil {
+		t.Fatal(err)
+	}
 	pages, err := g.Encode()
 	if err != nil {
 		t.Fatal(err)

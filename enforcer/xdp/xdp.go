@@ -207,7 +207,10 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 	if err := p.Validate(); err != nil {
 		return fmt.Errorf("xdp: %w", err)
 	}
-	g, mgmt := compile(p, e.eph)
+	g, mgmt, err := compile(p, e.eph)
+	if err != nil {
+		return fmt.Errorf("xdp: %w", err)
+	}
 	pages, err := g.Encode()
 	if err != nil {
 		return fmt.Errorf("xdp: encode generation %d: %w", p.Generation, err)
