@@ -9,9 +9,13 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
 	"github.com/gatehouse-dmz/gatehouse/bpf"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
+
+// Loading the program, adopting what a previous run pinned, attaching and
+// pinning.
 
 // load loads the program, reusing the pinned maps when all are compatible.
 func (e *Enforcer) load() error {
@@ -225,21 +229,41 @@ func (e *Enforcer) sameInterface(l link.Link) error {
 // pinMaps pins this collection's maps, replacing whatever is pinned.
 func (e *Enforcer) pinMaps() error {
 	for _, name := range pinnedMaps {
-		path := filepath.Join(e.dir, pinName(name))
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("xdp: unpin old %s: %w", name, err)
-		}
-		if err := e.coll.Maps[name].Pin(path); err != nil {
-			return fmt.Errorf("xdp: pin %s: %w", name, err)
+		if err := e.pinMap(name); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// AttachMode is "native" or "generic"; "" before the first Apply of a
-// first start.
+// pinMap pins one of this collection's maps at its path, whatever is
+// there. A map remembers where it is pinned and takes a Pin to that same
+// path for done, even when the file is gone: so it forgets its pin first
+// (removing the file if it is still there), and a pin of another map (an
+// older layout's) is removed before pinning.
+func (e *Enforcer) pinMap(name string) error {
+	path := filepath.Join(e.dir, pinName(name))
+	m := e.coll.Maps[name]
+	if err := m.Unpin(); err != nil {
+		return fmt.Errorf("xdp: unpin %s: %w", name, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("xdp: unpin old %s: %w", name, err)
+	}
+	if err := m.Pin(path); err != nil {
+		return fmt.Errorf("xdp: pin %s: %w", name, err)
+	}
+	return nil
+}
+
+// AttachMode is "native" or "generic" while the filter is attached to its
+// interface, as the kernel reports it; "" before the first Apply of a first
+// start and while the link is detached.
 func (e *Enforcer) AttachMode() string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.closed || e.link == nil || e.sameInterface(e.link) != nil {
+		return ""
+	}
 	return e.mode
 }

@@ -44,7 +44,7 @@ func (e *Enforcer) Describe(ch chan<- *prometheus.Desc) {
 // watches for.
 func (e *Enforcer) Collect(ch chan<- prometheus.Metric) {
 	e.metrics.blocked.Collect(ch)
-	mode := e.attachedMode()
+	mode := e.AttachMode()
 	for _, m := range []string{ModeNative, ModeGeneric} {
 		v := 0.0
 		if m == mode {
@@ -60,17 +60,6 @@ func (e *Enforcer) Collect(ch chan<- prometheus.Metric) {
 	for k, v := range counts {
 		ch <- prometheus.MustNewConstMetric(packetsDesc, prometheus.CounterValue, float64(v), k.Action, k.Reason)
 	}
-}
-
-// attachedMode is the attach mode while the link is attached to our
-// interface, else "".
-func (e *Enforcer) attachedMode() string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closed || e.link == nil || e.sameInterface(e.link) != nil {
-		return ""
-	}
-	return e.mode
 }
 
 // CounterKey names one of the program's counters.

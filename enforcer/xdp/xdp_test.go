@@ -361,9 +361,13 @@ func TestRestartAdoptsAndTeardownRemoves(t *testing.T) {
 	}
 	tp.expect(t, "after teardown", []probe{{cloudOut4, protected, true}, {cloudOut6, protected, true}})
 	// The enforcer still holds its link, now detached: the exported attach
-	// mode must say so (what the XDP-not-attached alert watches).
+	// mode must say so (what the XDP-not-attached alert watches), and so
+	// must AttachMode.
 	if n := attachModeSum(t, e2); n != 0 {
 		t.Errorf("attach mode series sum to %v after teardown, want 0", n)
+	}
+	if m := e2.AttachMode(); m != "" {
+		t.Errorf("AttachMode %q after teardown, want \"\"", m)
 	}
 	if _, err := os.Stat(filepath.Join(tp.pinDir, tp.iface)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pin directory still there: %v", err)
