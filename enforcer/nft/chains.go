@@ -12,36 +12,224 @@ import (
 // The chains of table inet gatehouse, and what each decides (see doc.go for
 // the whole path of a packet).
 
-// buildForward adds the forward chain: the admission of the input chain for
-// flows routed through the appliance to listener ports of internal hosts.
-// There is no loopback, management or scan rule: management reaches the
-// appliance itself, and scan detection stays with the input chain (a
-// source it blocks is dropped here too). Flows that enter on another
-// interface than the outside one are internal and pass.
-func (s *spec) buildForward(r *ruleBuilder, ch *nftables.Chain) {
-	r.chain(ch)
-	r.stateRules(fwdPrefix)
+func (s *spec) baseChain(name string, hook *nftables.ChainHook, prio nftables.ChainPriority, pol nftables.ChainPolicy) *nftables.Chain {
+	return &nftables.Chain{
+		Name: name, Table: ourTable(), Type: nftables.ChainTypeFilter,
+		Hooknum: hook, Priority: nftables.ChainPriorityRef(prio), Policy: &pol,
+	}
+}
+
+// policy is the verdict of the input and forward chains: drop in strict
+// mode.
+func (s *spec) policy() nftables.ChainPolicy {
+	if s.strict {
+		return nftables.ChainPolicyDrop
+	}
+	return nftables.ChainPolicyAccept
+}
+
+// buildPrerouting adds the raw-priority chain, before conntrack: a bare
+// SYN to a listener port is dropped there when its source is not
+// admitted, and otherwise left untracked, so that conntrack holds nothing
+// of it, nor spends anything on it, until synproxy has seen the
+// handshake's last ACK prove the source (see buildInput). A management
+// range's SYN to its own port stays tracked: it is no listener connection.
+// Routed SYNs are left alone unless the forward path polices them.
+func (s *spec) buildPrerouting(r *ruleBuilder) {
+	r.chain(s.baseChain(chainPrerouting, nftables.ChainHookPrerouting, rawPriority, nftables.ChainPolicyAccept))
+	for _, v6 := range []bool{false, true} {
+		// Not from loopback: the appliance's own connections to its
+		// listeners (and the SYN synproxy sends the listener) pass as
+		// the input chain's first rule lets them.
+		local := concat(iifnameNot("lo"), r.listenerSYN(), fibDaddrLocal(true),
+			saddr(v6), dport(concatPortReg(v6)), lookup(r.sets[setName(setManagement, v6)], true))
+		r.add(ruleNotAdmitted, verdictDrop, concat(local, saddr(v6), lookup(r.sets[setName(setAdmitted, v6)], true))...)
+		r.addTail("", []expr.Any{&expr.Notrack{}}, local...)
+	}
+	if !s.forward {
+		return
+	}
+	routed := func() []expr.Any { return concat(s.fromOutside(), r.listenerSYN(), fibDaddrLocal(false)) }
+	for _, v6 := range []bool{false, true} {
+		r.add(fwdPrefix+ruleNotAdmitted, verdictDrop, concat(routed(), saddr(v6), lookup(r.sets[setName(setAdmitted, v6)], true))...)
+	}
+	r.addTail("", []expr.Any{&expr.Notrack{}}, routed()...)
+}
+
+// fromOutside matches flows that entered on the outside interface, or
+// every flow without one.
+func (s *spec) fromOutside() []expr.Any {
+	if s.outside == "" {
+		return nil
+	}
+	return iifname(s.outside)
+}
+
+// buildInput adds the input chain.
+func (s *spec) buildInput(r *ruleBuilder) {
+	r.chain(s.baseChain(chainInput, nftables.ChainHookInput, chainPriority, s.policy()))
+	r.add(ruleLoopback, verdictAccept, iifname("lo")...)
+	r.add(ruleEstablished, verdictAccept, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)...)
+	r.synProxy("", nil, s.syn.wscale)
+	r.add(ruleInvalid, verdictDrop, ctState(expr.CtStateBitINVALID)...)
+	// Neighbour discovery, router adverts and MLD queries from anyone,
+	// blocked or not: XDP passes them too, and the link needs them.
+	r.add(ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMPV6), icmpType(),
+		r.anonLookup(nftables.TypeICMP6Type, icmpv6Essentials))...)
+	// Management ranges reach their ports over TCP and UDP, as in XDP,
+	// before the blocklist: a forged scan cannot lock the admins out.
+	for _, v6 := range []bool{false, true} {
+		for _, proto := range []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
+			r.add(ruleManagement, verdictAccept, concat(l4proto(proto), saddr(v6), dport(concatPortReg(v6)),
+				lookup(r.sets[setName(setManagement, v6)], false))...)
+		}
+	}
+	// What is left of a listener port from a source that is not admitted
+	// (an ACK, a tracked SYN) goes here, before the blocklist.
+	r.notAdmitted("")
+	r.blockedRule("")
+	if s.strict {
+		// Echo requests from admitted sources only, as the XDP layer
+		// decides them.
+		r.echoAdmitted("")
+	}
+	if s.scan.DistinctPorts > 0 {
+		for _, v6 := range []bool{false, true} {
+			pairs := r.sets[setName(setScanPorts, v6)]
+			// A bare SYN opens a flow; counted as XDP counts it, and
+			// never from a management range.
+			e := concat(l4proto(unix.IPPROTO_TCP), tcpFlagsSYN(), ctState(expr.CtStateBitNEW),
+				saddr(v6), lookup(r.sets[setName(setMgmtSrc, v6)], true),
+				r.srcKey(v6), dport(concatPortReg(v6)),
+				lookup(pairs, true), dynset(pairs, unix.NFT_DYNSET_OP_ADD, 0),
+				// Register 1 still holds the source key.
+				dynset(r.sets[setName(setScanCount, v6)], unix.NFT_DYNSET_OP_UPDATE, 0,
+					&expr.Limit{Type: expr.LimitTypePkts, Rate: s.refill.Rate, Unit: expr.LimitTime(s.refill.Unit.Seconds()),
+						Burst: s.refill.Burst, Over: true}),
+				dynset(r.sets[setName(setBlocked, v6)], unix.NFT_DYNSET_OP_ADD, s.blockFor()))
+			r.add(ruleScan, verdictDrop, e...)
+		}
+	}
+	if s.strict {
+		r.add(ruleStrictDrop, verdictDrop)
+	}
+}
+
+// buildOutput adds the output chain. A connection to a listener port
+// starts there: once synproxy has checked the cookie in the client's ACK,
+// it sends the SYN of the real handshake from the client's address through
+// the output hook (to the local listener or, forwarded, to the internal
+// host). So the per-source rate and connection cap count only sources that
+// proved their address, and a forged SYN costs a tenant nothing. Over
+// either limit the SYN is dropped; the client's retransmission proves
+// itself again and gets through once the limit allows (or gives up).
+func (s *spec) buildOutput(r *ruleBuilder) {
+	r.chain(s.baseChain(chainOutput, nftables.ChainHookOutput, chainPriority, nftables.ChainPolicyAccept))
+	s.admission(r, "", true)
+	if s.forward {
+		s.admission(r, fwdPrefix, false)
+	}
+}
+
+// admission adds the per-source limits of proven connections to the
+// output chain: to the appliance's own listeners (local) or to routed
+// ones. The counters are named prefix plus the rule. Both update the same
+// rate_* and conns_* sets, so a source has one budget for the appliance's
+// listeners and the routed ones together.
+func (s *spec) admission(r *ruleBuilder, prefix string, local bool) {
+	proven := func() []expr.Any {
+		return concat(r.listenerSYN(), ctState(expr.CtStateBitNEW), fibSaddrLocal(false), fibDaddrLocal(local))
+	}
+	if s.rate.PerSecond > 0 {
+		burst := s.rate.Burst
+		if burst == 0 {
+			burst = s.rate.PerSecond
+		}
+		for _, v6 := range []bool{false, true} {
+			r.add(prefix+ruleRateLimited, verdictDrop, concat(proven(), r.srcKey(v6), dynset(r.sets[setName(setRate, v6)], unix.NFT_DYNSET_OP_UPDATE, 0,
+				&expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(s.rate.PerSecond), Unit: expr.LimitTimeSecond, Burst: burst, Over: true}))...)
+		}
+	}
+	if s.maxConns > 0 {
+		for _, v6 := range []bool{false, true} {
+			r.add(prefix+ruleConnLimited, verdictDrop, concat(proven(), r.srcKey(v6), dynset(r.sets[setName(setConns, v6)], unix.NFT_DYNSET_OP_ADD, 0,
+				&expr.Connlimit{Count: s.maxConns, Flags: expr.NFT_CONNLIMIT_F_INV}))...)
+		}
+	}
+	r.add(prefix+ruleAdmitted, verdictAccept, proven()...)
+}
+
+// buildForward adds the forward chain for flows routed through the
+// appliance to listener ports of internal hosts: synproxy and admission as
+// for the appliance's own listeners. There is no loopback, management or
+// scan rule: management reaches the appliance itself, and scan detection
+// stays with the input chain (a source it blocks is dropped here too).
+// Flows that enter on another interface than the outside one are internal
+// and pass.
+func (s *spec) buildForward(r *ruleBuilder) {
+	r.chain(s.baseChain(chainForward, nftables.ChainHookForward, chainPriority, s.policy()))
+	r.add(fwdPrefix+ruleEstablished, verdictAccept, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)...)
+	r.synProxy(fwdPrefix, s.fromOutside(), s.syn.wscaleFwd)
+	r.add(fwdPrefix+ruleInvalid, verdictDrop, ctState(expr.CtStateBitINVALID)...)
 	if s.outside != "" {
 		r.add(ruleFwdInternal, verdictAccept, iifnameNot(s.outside)...)
 	}
-	r.admission(s, fwdPrefix)
+	r.notAdmitted(fwdPrefix)
 	r.blockedRule(fwdPrefix)
 	if s.strict {
 		// Echo requests to internal hosts from admitted sources only, as
 		// in the input chain and XDP.
 		r.echoAdmitted(fwdPrefix)
-	}
-	if s.strict {
 		r.add(fwdPrefix+ruleStrictDrop, verdictDrop)
 	}
 }
 
-// stateRules adds the rules every chain opens with: established and
-// related flows pass, invalid ones drop. Established comes first so that
-// nothing a scan (forged or not) puts in the blocklist cuts a live flow.
-func (r *ruleBuilder) stateRules(prefix string) {
-	r.add(prefix+ruleEstablished, verdictAccept, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)...)
-	r.add(prefix+ruleInvalid, verdictDrop, ctState(expr.CtStateBitINVALID)...)
+// synProxy adds the rules that hand a connection to a listener port to
+// synproxy, which answers the SYN with a SYN cookie and opens the real
+// connection only when the client's ACK returns the cookie: the bare SYN
+// that the prerouting chain left untracked, and the handshake's ACK, which
+// conntrack calls invalid (nf_conntrack_tcp_loose=0) or new (=1: a
+// connection picked up midway), so it works with either setting. Only
+// admitted sources get there; the rest fall through to not_admitted.
+//
+// The kernel's synproxy checks an IPv6 segment's checksum as if it were
+// IPv4 (nft_synproxy calls nf_ip_checksum for both families), which passes
+// only where the checksum is marked verified already (CHECKSUM_UNNECESSARY,
+// as most NICs and GRO hand segments up, or a local sender's); a NIC that
+// hands up the full sum instead (CHECKSUM_COMPLETE: Mellanox's) loses its
+// IPv6 connections here. Leaving the IPv6 SYN tracked, so that conntrack
+// verifies the checksum first, was tried: under load the SYN's conntrack
+// entry then outlived it, which is the state a forged SYN must not leave.
+func (r *ruleBuilder) synProxy(prefix string, from []expr.Any, wscale uint8) {
+	for _, v6 := range []bool{false, true} {
+		mss := r.spec.syn.mss4
+		if v6 {
+			mss = r.spec.syn.mss6
+		}
+		proxy := []expr.Any{&expr.SynProxy{Mss: mss, Wscale: wscale, MssValueSet: true, WscaleValueSet: true, Timestamp: true, SackPerm: true}}
+		admitted := concat(saddr(v6), lookup(r.sets[setName(setAdmitted, v6)], false))
+		r.addTail(prefix+ruleSynProxy, proxy, concat(from, r.listenerSYN(), ctState(expr.CtStateBitUNTRACKED), admitted)...)
+		r.addTail(prefix+ruleSynProxy, proxy, concat(from, r.listener(), tcpFlagsACK(),
+			ctState(expr.CtStateBitINVALID|expr.CtStateBitNEW), admitted)...)
+	}
+}
+
+// notAdmitted drops what reaches a listener port from a source outside the
+// admitted ranges.
+func (r *ruleBuilder) notAdmitted(prefix string) {
+	for _, v6 := range []bool{false, true} {
+		r.add(prefix+ruleNotAdmitted, verdictDrop, concat(r.listener(), saddr(v6), lookup(r.sets[setName(setAdmitted, v6)], true))...)
+	}
+}
+
+// listener matches TCP to a listener port.
+func (r *ruleBuilder) listener() []expr.Any {
+	return concat(l4proto(unix.IPPROTO_TCP), dport(1), lookup(r.sets[setPorts], false))
+}
+
+// listenerSYN matches a bare SYN to a listener port.
+func (r *ruleBuilder) listenerSYN() []expr.Any {
+	return concat(r.listener(), tcpFlagsSYN())
 }
 
 // blockedRule drops new flows from blocked sources; it comes after the
@@ -85,36 +273,6 @@ func (r *ruleBuilder) echoAdmitted(prefix string) {
 		saddr(true), lookup(r.sets[setName(setAdmitted, true)], false))...)
 }
 
-// admission adds the rules for new TCP to listener_ports to the current
-// chain: dropped unless admitted, over the rate, over the connection cap,
-// else accepted. The counters are named prefix plus the rule. Both chains
-// update the same rate_* and conns_* sets, so a source has one budget for
-// the appliance's listeners and the routed ones together.
-func (r *ruleBuilder) admission(s *spec, prefix string) {
-	byName := r.sets
-	listener := func() []expr.Any { return concat(l4proto(unix.IPPROTO_TCP), dport(1), lookup(byName[setPorts], false)) }
-	for _, v6 := range []bool{false, true} {
-		r.add(prefix+ruleNotAdmitted, verdictDrop, concat(listener(), saddr(v6), lookup(byName[setName(setAdmitted, v6)], true))...)
-	}
-	if s.rate.PerSecond > 0 {
-		burst := s.rate.Burst
-		if burst == 0 {
-			burst = s.rate.PerSecond
-		}
-		for _, v6 := range []bool{false, true} {
-			r.add(prefix+ruleRateLimited, verdictDrop, concat(listener(), r.srcKey(v6), dynset(byName[setName(setRate, v6)], unix.NFT_DYNSET_OP_UPDATE, 0,
-				&expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(s.rate.PerSecond), Unit: expr.LimitTimeSecond, Burst: burst, Over: true}))...)
-		}
-	}
-	if s.maxConns > 0 {
-		for _, v6 := range []bool{false, true} {
-			r.add(prefix+ruleConnLimited, verdictDrop, concat(listener(), r.srcKey(v6), dynset(byName[setName(setConns, v6)], unix.NFT_DYNSET_OP_ADD, 0,
-				&expr.Connlimit{Count: s.maxConns, Flags: expr.NFT_CONNLIMIT_F_INV}))...)
-		}
-	}
-	r.add(prefix+ruleAdmitted, verdictAccept, listener()...)
-}
-
 // icmpv6Essentials are the ICMPv6 types a strict appliance must still
 // receive unsolicited from anyone: MLD queries (so snooping switches keep
 // forwarding solicited-node multicast), router advertisements, and neighbour
@@ -146,12 +304,20 @@ func (b *ruleBuilder) chain(ch *nftables.Chain) {
 
 // add appends a rule: match expressions, the rule's named counter, verdict.
 func (b *ruleBuilder) add(name string, v verdict, match ...expr.Any) {
-	exprs := append(slices.Clip(match),
-		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: name},
-		&expr.Verdict{Kind: v})
-	if !slices.Contains(b.rs.counters, name) {
-		b.rs.counters = append(b.rs.counters, name)
+	b.addTail(name, []expr.Any{&expr.Verdict{Kind: v}}, match...)
+}
+
+// addTail appends a rule: match expressions, the rule's named counter
+// (none for name ""), then tail, a verdict or a statement.
+func (b *ruleBuilder) addTail(name string, tail []expr.Any, match ...expr.Any) {
+	exprs := slices.Clip(match)
+	if name != "" {
+		exprs = append(exprs, &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: name})
+		if !slices.Contains(b.rs.counters, name) {
+			b.rs.counters = append(b.rs.counters, name)
+		}
 	}
+	exprs = append(exprs, tail...)
 	tag := ruleTag(len(b.rs.rules), exprs)
 	b.rs.rules = append(b.rs.rules, &nftables.Rule{
 		Table: b.rs.table, Chain: b.cur, Exprs: exprs,

@@ -23,14 +23,30 @@ func chainRules(rs *ruleset, name string) []*nftables.Rule {
 	return out
 }
 
-// ruleCounter returns the name of the counter a rule updates.
+// ruleCounter returns the name of the counter a rule updates, or for a
+// rule without one, "notrack" or "".
 func ruleCounter(r *nftables.Rule) string {
 	for _, e := range r.Exprs {
-		if o, ok := e.(*expr.Objref); ok {
-			return o.Name
+		switch e := e.(type) {
+		case *expr.Objref:
+			return e.Name
+		case *expr.Notrack:
+			return "notrack"
 		}
 	}
 	return ""
+}
+
+// chainCounters returns the counters of the rules of one chain, in rule
+// order, repeats folded.
+func chainCounters(rs *ruleset, chain string) []string {
+	var got []string
+	for _, r := range chainRules(rs, chain) {
+		if n := ruleCounter(r); len(got) == 0 || got[len(got)-1] != n {
+			got = append(got, n)
+		}
+	}
+	return got
 }
 
 func TestForwardChain(t *testing.T) {
@@ -45,14 +61,12 @@ func TestForwardChain(t *testing.T) {
 	}{
 		{name: "off", mode: policy.ModeStrict, iface: "eth1"},
 		{"listeners", policy.ModeListeners, "", true, nftables.ChainPolicyAccept, []string{
-			"fwd_established", "fwd_invalid", "fwd_not_admitted", "fwd_rate_limited",
-			"fwd_conn_limited", "fwd_admitted", "fwd_blocked"}},
+			"fwd_established", "fwd_syn_proxy", "fwd_invalid", "fwd_not_admitted", "fwd_blocked"}},
 		{"listeners outside", policy.ModeListeners, "eth1", true, nftables.ChainPolicyAccept, []string{
-			"fwd_established", "fwd_invalid", "fwd_internal", "fwd_not_admitted",
-			"fwd_rate_limited", "fwd_conn_limited", "fwd_admitted", "fwd_blocked"}},
+			"fwd_established", "fwd_syn_proxy", "fwd_invalid", "fwd_internal", "fwd_not_admitted", "fwd_blocked"}},
 		{"strict outside", policy.ModeStrict, "eth1", true, nftables.ChainPolicyDrop, []string{
-			"fwd_established", "fwd_invalid", "fwd_internal", "fwd_not_admitted", "fwd_rate_limited",
-			"fwd_conn_limited", "fwd_admitted", "fwd_blocked", "fwd_icmp_allowed", "fwd_strict_drop"}},
+			"fwd_established", "fwd_syn_proxy", "fwd_invalid", "fwd_internal", "fwd_not_admitted", "fwd_blocked",
+			"fwd_icmp_allowed", "fwd_strict_drop"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := goldenPolicy()
@@ -64,29 +78,40 @@ func TestForwardChain(t *testing.T) {
 			noFwd.Enforcement.Forward = false
 			input := mustSpec(t, &noFwd).build()
 			// The input chain does not depend on the forward switch.
-			inRules := chainRules(rs, "input")
-			wantIn := chainRules(input, "input")
+			inRules := chainRules(rs, chainInput)
+			wantIn := chainRules(input, chainInput)
 			if len(inRules) != len(wantIn) {
 				t.Fatalf("input chain: %d rules, want %d", len(inRules), len(wantIn))
 			}
 			for i := range inRules {
-				if !bytes.Equal(inRules[i].UserData, wantIn[i].UserData) {
+				if !bytes.Equal(ruleTag(0, inRules[i].Exprs), ruleTag(0, wantIn[i].Exprs)) {
 					t.Errorf("input rule %d differs with forward on", i)
 				}
 			}
-			var got []string
-			for _, r := range chainRules(rs, "forward") {
-				if n := ruleCounter(r); len(got) == 0 || got[len(got)-1] != n {
-					got = append(got, n)
-				}
-			}
-			if !slices.Equal(got, tc.counters) {
+			if got := chainCounters(rs, chainForward); !slices.Equal(got, tc.counters) {
 				t.Errorf("forward counters %v, want %v", got, tc.counters)
 			}
+			// The output chain counts proven connections to routed
+			// listeners too.
+			wantOut := []string{"rate_limited", "conn_limited", "admitted"}
+			if tc.forward {
+				wantOut = append(wantOut, "fwd_rate_limited", "fwd_conn_limited", "fwd_admitted")
+			}
+			if got := chainCounters(rs, chainOutput); !slices.Equal(got, wantOut) {
+				t.Errorf("output counters %v, want %v", got, wantOut)
+			}
+			var names []string
+			for _, ch := range rs.chains {
+				names = append(names, ch.Name)
+			}
+			wantChains := []string{chainPrerouting, chainInput, chainOutput}
+			if tc.forward {
+				wantChains = []string{chainPrerouting, chainInput, chainOutput, chainForward}
+			}
+			if !slices.Equal(names, wantChains) {
+				t.Errorf("chains %v, want %v", names, wantChains)
+			}
 			if !tc.forward {
-				if len(rs.chains) != 1 {
-					t.Errorf("%d chains without forward, want 1", len(rs.chains))
-				}
 				for _, c := range rs.counters {
 					if strings.HasPrefix(c, fwdPrefix) {
 						t.Errorf("counter %s without forward", c)
@@ -94,13 +119,9 @@ func TestForwardChain(t *testing.T) {
 				}
 				return
 			}
-			if len(rs.chains) != 2 {
-				t.Fatalf("%d chains, want input and forward", len(rs.chains))
-			}
-			fwd := rs.chains[1]
-			if fwd.Name != "forward" || *fwd.Hooknum != *nftables.ChainHookForward ||
-				*fwd.Priority != *nftables.ChainPriorityRef(chainPriority) || *fwd.Policy != tc.policy {
-				t.Errorf("forward chain %s hook %d priority %d policy %d, want forward %d %d %d", fwd.Name,
+			fwd := rs.chains[3]
+			if *fwd.Hooknum != *nftables.ChainHookForward || *fwd.Priority != *nftables.ChainPriorityRef(chainPriority) || *fwd.Policy != tc.policy {
+				t.Errorf("forward chain hook %d priority %d policy %d, want forward %d %d %d",
 					*fwd.Hooknum, *fwd.Priority, *fwd.Policy, *nftables.ChainHookForward, chainPriority, tc.policy)
 			}
 			// Bounded label set: one counter per rule kind, every one named.
@@ -109,11 +130,11 @@ func TestForwardChain(t *testing.T) {
 					t.Error("rule without a counter")
 				}
 			}
-			// Both chains update the same per-source sets: no forward sets.
+			// Both paths update the same per-source sets: no forward sets.
 			if len(rs.sets) != len(input.sets) {
 				t.Errorf("%d sets with forward, %d without: want the same sets", len(rs.sets), len(input.sets))
 			}
-			// Every rule's tag is unique across both chains.
+			// Every rule's tag is unique across the chains.
 			seen := map[string]bool{}
 			for i := range rs.rules {
 				if seen[string(rs.tags[i])] {
@@ -126,28 +147,30 @@ func TestForwardChain(t *testing.T) {
 }
 
 // TestInputChainOrder pins the order the input chain decides in: live
-// flows first, then what no block may take (management ports, listener
-// ports of admitted sources), then the blocklist, then the rest.
+// flows first, then listener connections to synproxy (which keeps them out
+// of conntrack until their source is proven), then what no block may take
+// (management ports), what is left of the listener ports, then the
+// blocklist, then the rest.
 func TestInputChainOrder(t *testing.T) {
 	for _, tc := range []struct {
 		mode policy.Mode
 		want []string
 	}{
-		{policy.ModeListeners, []string{"loopback", "established", "invalid", "icmp_allowed", "management", "not_admitted",
-			"rate_limited", "conn_limited", "admitted", "blocked", "scan_detected"}},
-		{policy.ModeStrict, []string{"loopback", "established", "invalid", "icmp_allowed", "management", "not_admitted",
-			"rate_limited", "conn_limited", "admitted", "blocked", "icmp_allowed", "scan_detected", "strict_drop"}},
+		{policy.ModeListeners, []string{"loopback", "established", "syn_proxy", "invalid", "icmp_allowed", "management", "not_admitted",
+			"blocked", "scan_detected"}},
+		{policy.ModeStrict, []string{"loopback", "established", "syn_proxy", "invalid", "icmp_allowed", "management", "not_admitted",
+			"blocked", "icmp_allowed", "scan_detected", "strict_drop"}},
 	} {
 		p := goldenPolicy()
 		p.Enforcement.Mode = tc.mode
-		var got []string
-		for _, r := range chainRules(mustSpec(t, p).build(), "input") {
-			if n := ruleCounter(r); len(got) == 0 || got[len(got)-1] != n {
-				got = append(got, n)
-			}
-		}
-		if !slices.Equal(got, tc.want) {
+		rs := mustSpec(t, p).build()
+		if got := chainCounters(rs, chainInput); !slices.Equal(got, tc.want) {
 			t.Errorf("%s: input counters %v, want %v", tc.mode, got, tc.want)
+		}
+		// Before conntrack: a SYN to a listener from a source that is
+		// not admitted is dropped, the rest left untracked.
+		if got, want := chainCounters(rs, chainPrerouting), []string{"not_admitted", "notrack", "not_admitted", "notrack"}; !slices.Equal(got, want) {
+			t.Errorf("%s: prerouting %v, want %v", tc.mode, got, want)
 		}
 	}
 }
@@ -162,10 +185,10 @@ func TestForwardToggleReplaces(t *testing.T) {
 		p      *policy.Policy
 		chains int
 	}{
-		{"off", goldenPolicy(), 1},
-		{"on", forwardPolicy(), 2},
-		{"interface", func() *policy.Policy { p := forwardPolicy(); p.Interface = "eth2"; return p }(), 2},
-		{"off again", goldenPolicy(), 1},
+		{"off", goldenPolicy(), 3},
+		{"on", forwardPolicy(), 4},
+		{"interface", func() *policy.Policy { p := forwardPolicy(); p.Interface = "eth2"; return p }(), 4},
+		{"off again", goldenPolicy(), 3},
 	}
 	for i, st := range steps {
 		if err := e.Apply(st.p); err != nil {
@@ -186,7 +209,7 @@ func TestForwardToggleReplaces(t *testing.T) {
 				fwdRules++
 			}
 		}
-		if (fwdRules > 0) != (st.chains == 2) {
+		if (fwdRules > 0) != (st.chains == 4) {
 			t.Errorf("%s: %d forward rules sent", st.name, fwdRules)
 		}
 	}

@@ -1,13 +1,9 @@
 package nft
 
 import (
-	"context"
-	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/test/netns"
@@ -79,9 +75,7 @@ func check(t *testing.T, step string, flows []flow) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
-			defer cancel()
-			c, err := f.from.DialContext(ctx, "tcp", net.JoinHostPort(f.src, "0"), net.JoinHostPort(f.dst, fmt.Sprint(f.port)))
+			c, err := dialEcho(f.from, f.src, f.dst, f.port)
 			if err == nil {
 				c.Close()
 				got[i] = true
@@ -173,10 +167,8 @@ func TestForwardRouted(t *testing.T) {
 	if err := r.e.Apply(capped); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
 	for _, dst := range []string{gateV4, internalV4} {
-		c, err := r.cloud.DialContext(ctx, "tcp", net.JoinHostPort(admittedV4, "0"), net.JoinHostPort(dst, fmt.Sprint(listenPort)))
+		c, err := dialEcho(r.cloud, admittedV4, dst, listenPort)
 		if err != nil {
 			t.Fatalf("capped: connection to %s: %v", dst, err)
 		}

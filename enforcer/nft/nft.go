@@ -204,7 +204,7 @@ func socketOptions(c *netlink.Conn) error {
 // computed from the generation in memory. On error the kernel keeps the
 // previous generation.
 func (e *Enforcer) Apply(p *policy.Policy) error {
-	next, err := newSpec(p)
+	next, err := newSpec(p, e.synOptions(p))
 	if err != nil {
 		return err
 	}
@@ -237,8 +237,24 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 	// times every layer's Apply alike.
 	d := time.Since(start)
 	e.log.Info("policy applied", "generation", p.Generation, "duration", d,
-		"admitted_v4", len(next.adm4), "admitted_v6", len(next.adm6), "strict", next.strict, "forward", next.forward)
+		"admitted_v4", len(next.adm4), "admitted_v6", len(next.adm6), "strict", next.strict, "forward", next.forward,
+		"syn_proxy_mss", fmt.Sprintf("%d/%d", next.syn.mss4, next.syn.mss6), "syn_proxy_wscale", next.syn.wscale)
 	return nil
+}
+
+// synOptions reads the TCP options synproxy is to answer with (see
+// synOptions), falling back to a 1500-byte MTU and window scale 7 with a
+// warning: they shape the clients' speed, not who gets in.
+func (e *Enforcer) synOptions(p *policy.Policy) synOptions {
+	if p == nil || e.testDial != nil {
+		return defaultSynOptions()
+	}
+	o, err := readSynOptions(e.netns, p.Interface)
+	if err != nil {
+		e.log.Warn("TCP settings for the SYN proxy unreadable, using a 1500-byte MTU and window scale 7", "err", err)
+		return defaultSynOptions()
+	}
+	return o
 }
 
 // applyFull replaces the table in one batch: create it if absent, delete it,

@@ -171,7 +171,7 @@ func TestApplyIsOneBatchOnOwnTable(t *testing.T) {
 
 func mustSpec(t testing.TB, p *policy.Policy) *spec {
 	t.Helper()
-	s, err := newSpec(p)
+	s, err := newSpec(p, defaultSynOptions())
 	if err != nil {
 		t.Fatal(err)
 	}

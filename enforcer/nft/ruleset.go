@@ -12,7 +12,6 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
-	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 )
@@ -29,6 +28,7 @@ const (
 	ruleInvalid     = "invalid"
 	ruleICMP        = "icmp_allowed"
 	ruleNotAdmitted = "not_admitted"
+	ruleSynProxy    = "syn_proxy"
 	ruleRateLimited = "rate_limited"
 	ruleConnLimited = "conn_limited"
 	ruleAdmitted    = "admitted"
@@ -37,7 +37,7 @@ const (
 	ruleStrictDrop  = "strict_drop"
 )
 
-// fwdPrefix names the counters of the forward chain: fwd_ and the name of
+// fwdPrefix names the counters of the forward path: fwd_ and the name of
 // the input rule that does the same (fwd_admitted, fwd_not_admitted, ...),
 // plus fwd_internal for flows that did not enter on the outside interface.
 const (
@@ -45,11 +45,20 @@ const (
 	ruleFwdInternal = fwdPrefix + "internal"
 )
 
+// Chain names and priorities.
+const (
+	chainPrerouting = "prerouting"
+	chainInput      = "input"
+	chainOutput     = "output"
+	chainForward    = "forward"
+	chainPriority   = -10  // before the usual filter chains at 0, after conntrack
+	rawPriority     = -300 // before conntrack: where a SYN is left untracked
+)
+
 // Defaults for knobs the policy may leave zero.
 const (
 	rateIdle       = time.Minute // a rate bucket untouched this long is forgotten
 	dynamicSetSize = 65535
-	chainPriority  = -10 // before the usual filter chains at 0, after conntrack
 )
 
 // tagType is a private userdata TLV on every rule we install. It holds a hash
@@ -67,10 +76,12 @@ type spec struct {
 	maxConns uint32
 	scan     policy.ScanBlock // zero: scan detection off
 	refill   policy.ScanRefill
-	// forward adds the forward chain; outside is the interface whose
+	// forward adds the forward path; outside is the interface whose
 	// forwarded flows it polices ("" means every interface).
 	forward bool
 	outside string
+	// syn is what synproxy answers a SYN to a listener port with.
+	syn synOptions
 
 	// src4 and src6 are the prefix lengths that make one source for the
 	// per-source sets (rate, conns, scan, blocked).
@@ -84,7 +95,7 @@ type spec struct {
 	adm4, adm6         []addrRange
 }
 
-func newSpec(p *policy.Policy) (*spec, error) {
+func newSpec(p *policy.Policy, syn synOptions) (*spec, error) {
 	if p == nil {
 		return nil, fmt.Errorf("%w: nil policy", errBadPolicy)
 	}
@@ -103,6 +114,7 @@ func newSpec(p *policy.Policy) (*spec, error) {
 		scan:     f.Scan,
 		refill:   f.Refill,
 		forward:  en.Forward,
+		syn:      syn,
 		src4:     f.SourceBits4,
 		src6:     f.SourceBits6,
 		ports:    f.Ports,
@@ -130,7 +142,7 @@ func newSpec(p *policy.Policy) (*spec, error) {
 func (s *spec) sameShape(o *spec) bool {
 	return s.strict == o.strict && s.rate == o.rate && s.maxConns == o.maxConns &&
 		s.scan == o.scan && s.refill == o.refill && s.forward == o.forward && s.outside == o.outside &&
-		s.src4 == o.src4 && s.src6 == o.src6
+		s.syn == o.syn && s.src4 == o.src4 && s.src6 == o.src6
 }
 
 func (s *spec) family(v6 bool) (mgmt []mgmtEntry, adm []addrRange) {
@@ -180,7 +192,7 @@ func (s *spec) isManagement(addr netip.Addr) bool {
 // ruleset is everything one generation installs, built without the kernel.
 type ruleset struct {
 	table    *nftables.Table
-	chains   []*nftables.Chain // input, then forward when configured
+	chains   []*nftables.Chain // prerouting, input, output, then forward when configured
 	sets     []*nftables.Set
 	elems    map[string][]nftables.SetElement // initial elements of the small sets
 	ranges   map[string][]addrRange           // admitted sets, encoded only when sent whole
@@ -228,17 +240,6 @@ const (
 // here, in order, so the same spec always gives the same bytes.
 func (s *spec) build() *ruleset {
 	t := ourTable()
-	policyVerdict := nftables.ChainPolicyAccept
-	if s.strict {
-		policyVerdict = nftables.ChainPolicyDrop
-	}
-	baseChain := func(name string, hook *nftables.ChainHook) *nftables.Chain {
-		return &nftables.Chain{
-			Name: name, Table: t, Type: nftables.ChainTypeFilter,
-			Hooknum: hook, Priority: nftables.ChainPriorityRef(chainPriority),
-			Policy: &policyVerdict,
-		}
-	}
 	rs := &ruleset{
 		table:  t,
 		elems:  map[string][]nftables.SetElement{},
@@ -292,53 +293,11 @@ func (s *spec) build() *ruleset {
 	slices.SortStableFunc(rs.sets, func(a, b *nftables.Set) int { return cmp.Compare(a.Name, b.Name) })
 
 	r := &ruleBuilder{rs: rs, sets: byName, nextID: &id, spec: s}
-	r.chain(baseChain("input", nftables.ChainHookInput))
-	r.add(ruleLoopback, verdictAccept, iifname("lo")...)
-	r.stateRules("")
-	// Neighbour discovery, router adverts and MLD queries from anyone,
-	// blocked or not: XDP passes them too, and the link needs them.
-	r.add(ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMPV6), icmpType(),
-		r.anonLookup(nftables.TypeICMP6Type, icmpv6Essentials))...)
-	// Management ranges reach their ports over TCP and UDP, as in XDP,
-	// before the blocklist: a forged scan cannot lock the admins out.
-	for _, v6 := range []bool{false, true} {
-		for _, proto := range []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
-			r.add(ruleManagement, verdictAccept, concat(l4proto(proto), saddr(v6), dport(concatPortReg(v6)),
-				lookup(byName[setName(setManagement, v6)], false))...)
-		}
-	}
-	// Listener ports before the blocklist: an admitted source keeps them
-	// while blocked (a forged scan in its name must not cut a tenant off),
-	// and a source that is not admitted is dropped there anyway.
-	r.admission(s, "")
-	r.blockedRule("")
-	if s.strict {
-		// Echo requests from admitted sources only, as the XDP layer
-		// decides them.
-		r.echoAdmitted("")
-	}
-	if s.scan.DistinctPorts > 0 {
-		for _, v6 := range []bool{false, true} {
-			pairs := byName[setName(setScanPorts, v6)]
-			// A bare SYN opens a flow; counted as XDP counts it, and
-			// never from a management range.
-			e := concat(l4proto(unix.IPPROTO_TCP), tcpFlagsSYN(), ctState(expr.CtStateBitNEW),
-				saddr(v6), lookup(byName[setName(setMgmtSrc, v6)], true),
-				r.srcKey(v6), dport(concatPortReg(v6)),
-				lookup(pairs, true), dynset(pairs, unix.NFT_DYNSET_OP_ADD, 0),
-				// Register 1 still holds the source key.
-				dynset(byName[setName(setScanCount, v6)], unix.NFT_DYNSET_OP_UPDATE, 0,
-					&expr.Limit{Type: expr.LimitTypePkts, Rate: s.refill.Rate, Unit: expr.LimitTime(s.refill.Unit.Seconds()),
-						Burst: s.refill.Burst, Over: true}),
-				dynset(byName[setName(setBlocked, v6)], unix.NFT_DYNSET_OP_ADD, s.blockFor()))
-			r.add(ruleScan, verdictDrop, e...)
-		}
-	}
-	if s.strict {
-		r.add(ruleStrictDrop, verdictDrop)
-	}
+	s.buildPrerouting(r)
+	s.buildInput(r)
+	s.buildOutput(r)
 	if s.forward {
-		s.buildForward(r, baseChain("forward", nftables.ChainHookForward))
+		s.buildForward(r)
 	}
 	return rs
 }

@@ -113,10 +113,19 @@ func TestGolden(t *testing.T) {
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			g := newGate(t, Config{})
+			// synproxy answers with the window scale of the namespace's
+			// sockets: the listing is that of a host with Linux's default
+			// tcp_rmem, whose window scale is 7 (net.core.rmem_max is the
+			// machine's, so a larger one there is written back to 7).
+			g.ns.Sysctl(t, "net.ipv4.tcp_rmem", "4096 131072 6291456")
 			if err := g.e.Apply(tc.p); err != nil {
 				t.Fatal(err)
 			}
 			got := g.list(t)
+			if o := g.e.cur.syn; o.wscale != defaultWScale {
+				t.Logf("window scale %d on this machine (net.core.rmem_max), listed as %d", o.wscale, defaultWScale)
+				got = strings.ReplaceAll(got, fmt.Sprintf("wscale %d ", o.wscale), fmt.Sprintf("wscale %d ", defaultWScale))
+			}
 			path := filepath.Join("testdata", tc.file)
 			if *update {
 				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
@@ -220,13 +229,37 @@ func serveOn(t *testing.T, ns *netns.NS, port int) {
 	}()
 }
 
-// dial connects from src to the gate's port; a dropped SYN shows as a
-// timeout. The bound stays below TCP's first SYN retransmission (1 s), so
-// one attempt is one SYN.
+// dial connects from src to the gate's port, and proves with one echo
+// that the connection reached the server: on a listener port synproxy
+// answers the handshake itself, so a completed handshake alone proves
+// nothing. A dropped SYN, or a proven connection the limits refuse, shows
+// as a timeout. The bound on the handshake stays below TCP's first SYN
+// retransmission (1 s), so one attempt is one SYN; the echo, which on a
+// listener port waits for synproxy to open the real connection, gets a
+// little longer.
 func (tp *topo) dial(src, dst string, port int) (net.Conn, error) {
+	return dialEcho(tp.client, src, dst, port)
+}
+
+func dialEcho(ns *netns.NS, src, dst string, port int) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
 	defer cancel()
-	return tp.client.DialContext(ctx, "tcp", net.JoinHostPort(src, "0"), net.JoinHostPort(dst, fmt.Sprint(port)))
+	c, err := ns.DialContext(ctx, "tcp", net.JoinHostPort(src, "0"), net.JoinHostPort(dst, fmt.Sprint(port)))
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(1500 * time.Millisecond))
+	msg := []byte("gatehouse")
+	_, err = c.Write(msg)
+	if err == nil {
+		_, err = io.ReadFull(c, make([]byte, len(msg)))
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.SetDeadline(time.Time{})
+	return c, nil
 }
 
 func (tp *topo) reach(src, dst string, port int) bool {
@@ -306,7 +339,7 @@ func TestAdmission(t *testing.T) {
 	// table and the totals as they were: nothing is folded twice.
 	tp.reach(outsideV4, gateV4, listenPort)
 	before = gathered(t, reg, "gatehouse_nft_packets_total", ruleNotAdmitted)
-	bad, err := newSpec(testPolicy(policy.ModeListeners))
+	bad, err := newSpec(testPolicy(policy.ModeListeners), defaultSynOptions())
 	if err != nil {
 		t.Fatal(err)
 	}

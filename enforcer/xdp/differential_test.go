@@ -87,6 +87,7 @@ type diffKind struct {
 }
 
 const (
+	whyCookie  = "an ACK to a listener port that completes no handshake: XDP cannot know; synproxy finds no cookie in it and drops it"
 	whyACK     = "not a SYN: XDP leaves it to conntrack, which finds no flow (loose pick-up makes it new) and nftables judges it as new"
 	whyEph     = "UDP to the ephemeral range may answer the appliance's own query: XDP cannot know, conntrack finds no query"
 	whyReply   = "an echo reply answers our own echo request: XDP cannot know, conntrack finds none and calls it invalid"
@@ -97,7 +98,7 @@ var diffKinds = []diffKind{
 	{name: "SYN to listener", proto: unix.IPPROTO_TCP, dport: diffListener, flags: 0x02},
 	{name: "SYN to management port", proto: unix.IPPROTO_TCP, dport: diffMgmt, flags: 0x02},
 	{name: "SYN to other port", proto: unix.IPPROTO_TCP, dport: diffOther, flags: 0x02},
-	{name: "ACK to listener", proto: unix.IPPROTO_TCP, dport: diffListener, flags: 0x10},
+	{name: "ACK to listener", proto: unix.IPPROTO_TCP, dport: diffListener, flags: 0x10, why: whyCookie},
 	{name: "ACK to other port", proto: unix.IPPROTO_TCP, dport: diffOther, flags: 0x10, why: whyACK},
 	{name: "UDP to management port", proto: unix.IPPROTO_UDP, dport: diffMgmt, blockedWhy: whyBlocked},
 	{name: "UDP to other port", proto: unix.IPPROTO_UDP, dport: diffUDP, blockedWhy: whyBlocked},
@@ -216,9 +217,9 @@ func TestLayersAgree(t *testing.T) {
 	}
 	defer ne.Close()
 	// Every packet is traced from prerouting, after reassembly (-400) and
-	// before conntrack (-200); the tracer keeps the verdict of the input
-	// chain of table gatehouse.
-	gate.Exec(t, "nft", "add table inet witness { chain pre { type filter hook prerouting priority -300; policy accept; meta nftrace set 1; }; }")
+	// before table gatehouse's raw chain (-300); the tracer keeps the
+	// table's drop, wherever it is, or the verdict of its input chain.
+	gate.Exec(t, "nft", "add table inet witness { chain pre { type filter hook prerouting priority -350; policy accept; meta nftrace set 1; }; }")
 	tr, err := newTracer(fd)
 	if err != nil {
 		t.Fatal(err)
