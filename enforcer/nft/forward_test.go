@@ -84,6 +84,13 @@ func check(t *testing.T, step string, flows []flow) {
 	}
 	wg.Wait()
 	for i, f := range flows {
+		// A wanted flow that timed out gets a second, patient try: on a
+		// loaded machine the short dial can run out. A dropped SYN is
+		// dropped again.
+		if !got[i] && f.want && patientEcho(f.from, f.src, f.dst, f.port) == nil {
+			t.Logf("%s: %s -> %s:%d reached on a second try", step, f.src, f.dst, f.port)
+			got[i] = true
+		}
 		if got[i] != f.want {
 			t.Errorf("%s: %s -> %s:%d: reached %v, want %v", step, f.src, f.dst, f.port, got[i], f.want)
 		}
