@@ -17,6 +17,10 @@ var (
 	// ErrBadFilter is returned by Policy.Filter for a policy neither
 	// kernel layer could enforce.
 	ErrBadFilter = errors.New("invalid policy for the kernel layers")
+	// ErrBlocklistFull: a kernel layer's blocklist holds no more sources.
+	// A block handed to it from the other layer is not tried again: it
+	// would fail alike until blocks there expire.
+	ErrBlocklistFull = errors.New("blocklist full")
 )
 
 // Filter is what both kernel layers (XDP and nftables) enforce of a

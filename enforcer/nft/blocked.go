@@ -6,7 +6,9 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
 )
 
 // The blocked sets: what scan detection put there, carried over table
@@ -48,7 +50,9 @@ func (e *Enforcer) readBlocked(c *nftables.Conn, next *spec) (map[bool][]nftable
 // XDP layer calls it for the scanners it caught, so that nftables drops
 // them on every interface and gatehouse_nft_blocked_sources counts them.
 // A source in a management range is never blocked: Block returns nil and
-// changes nothing.
+// changes nothing. A source blocked already is left as it is, without a
+// netlink message. A full set gives an error wrapping
+// policy.ErrBlocklistFull.
 func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
 	if !addr.IsValid() || d < time.Millisecond {
 		return fmt.Errorf("%w: block %s for %s", errBadPolicy, addr, d)
@@ -62,27 +66,49 @@ func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
 		return nil
 	}
 	src := e.cur.sourceOf(addr)
-	c, err := e.conn()
+	until := time.Now().Add(d)
+	if known, ok := e.blocked[src]; ok && !known.Before(until.Add(-time.Second)) {
+		return nil
+	}
+	v6 := src.Is6()
+	if e.count[b2i(v6)] >= dynamicSetSize {
+		return fmt.Errorf("block %s: %s: %w", src, setName(setBlocked, v6), policy.ErrBlocklistFull)
+	}
+	c, err := e.writer()
 	if err != nil {
 		return err
 	}
-	set := &nftables.Set{Table: ourTable(), Name: setName(setBlocked, src.Is6()), KeyType: nftables.TypeIPAddr}
-	if src.Is6() {
+	set := &nftables.Set{Table: ourTable(), Name: setName(setBlocked, v6), KeyType: nftables.TypeIPAddr}
+	if v6 {
 		set.KeyType = nftables.TypeIP6Addr
 	}
-	if err := c.SetAddElements(set, []nftables.SetElement{{Key: src.AsSlice(), Timeout: d}}); err != nil {
-		return fmt.Errorf("block %s: %w", src, err)
+	err = c.SetAddElements(set, []nftables.SetElement{{Key: src.AsSlice(), Timeout: d}})
+	if err == nil {
+		err = c.Flush()
 	}
-	if err := c.Flush(); err != nil {
+	if err != nil {
+		e.dropWriter()
+		if errors.Is(err, unix.ENFILE) {
+			e.count[b2i(v6)] = dynamicSetSize
+			err = fmt.Errorf("%w: %w", policy.ErrBlocklistFull, err)
+		}
 		return fmt.Errorf("block %s: %w", src, err)
 	}
 	// Known: the poll must not hand it back to the layer it came from.
-	e.blocked[src] = time.Now().Add(d)
+	e.blocked[src] = until
+	e.count[b2i(v6)]++
 	return nil
 }
 
-// PollBlocked reads the blocked sets, updates the blocked-sources gauge and
-// calls OnBlock for every source not seen blocked before.
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// PollBlocked reads the blocked sets, updates the blocked-sources gauges
+// and calls OnBlock for every source not seen blocked before.
 func (e *Enforcer) PollBlocked() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -102,6 +128,8 @@ func (e *Enforcer) PollBlocked() error {
 			errs = append(errs, fmt.Errorf("read %s: %w", setName(setBlocked, v6), err))
 			continue
 		}
+		e.count[b2i(v6)] = len(elems)
+		e.metrics.fill.WithLabelValues(family(v6)).Set(float64(len(elems)) / dynamicSetSize)
 		for _, el := range elems {
 			addr, ok := netip.AddrFromSlice(el.Key)
 			if !ok {
@@ -132,4 +160,11 @@ func (e *Enforcer) PollBlocked() error {
 		e.metrics.blockedSources.Set(float64(len(seen)))
 	}
 	return errors.Join(errs...)
+}
+
+func family(v6 bool) string {
+	if v6 {
+		return "ipv6"
+	}
+	return "ipv4"
 }

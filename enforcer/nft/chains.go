@@ -97,7 +97,9 @@ func (s *spec) buildInput(r *ruleBuilder) {
 		for _, v6 := range []bool{false, true} {
 			pairs := r.sets[setName(setScanPorts, v6)]
 			// A bare SYN opens a flow; counted as XDP counts it, and
-			// never from a management range.
+			// never from a management range. The source that finds its
+			// bucket empty goes to scan_block, which drops the SYN even
+			// when the blocked set is full.
 			e := concat(l4proto(unix.IPPROTO_TCP), tcpFlagsSYN(), ctState(expr.CtStateBitNEW),
 				saddr(v6), lookup(r.sets[setName(setMgmtSrc, v6)], true),
 				r.srcKey(v6), dport(concatPortReg(v6)),
@@ -105,14 +107,26 @@ func (s *spec) buildInput(r *ruleBuilder) {
 				// Register 1 still holds the source key.
 				dynset(r.sets[setName(setScanCount, v6)], unix.NFT_DYNSET_OP_UPDATE, 0,
 					&expr.Limit{Type: expr.LimitTypePkts, Rate: s.refill.Rate, Unit: expr.LimitTime(s.refill.Unit.Seconds()),
-						Burst: s.refill.Burst, Over: true}),
-				dynset(r.sets[setName(setBlocked, v6)], unix.NFT_DYNSET_OP_ADD, s.blockFor()))
-			r.add(ruleScan, verdictDrop, e...)
+						Burst: s.refill.Burst, Over: true}))
+			r.addTail("", []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: chainScanBlock}}, e...)
 		}
 	}
 	if s.strict {
 		r.add(ruleStrictDrop, verdictDrop)
 	}
+}
+
+// buildScanBlock adds the regular chain the scan rule jumps to: the source
+// goes into its blocked set and the SYN is dropped; when the set is full
+// (forged scans can fill it) the SYN is dropped all the same and counted
+// as blocklist_full.
+func (s *spec) buildScanBlock(r *ruleBuilder) {
+	r.chain(&nftables.Chain{Name: chainScanBlock, Table: ourTable()})
+	for _, v6 := range []bool{false, true} {
+		r.add(ruleScan, verdictDrop, concat(r.srcKey(v6),
+			dynset(r.sets[setName(setBlocked, v6)], unix.NFT_DYNSET_OP_ADD, s.blockFor()))...)
+	}
+	r.add(ruleFull, verdictDrop)
 }
 
 // buildOutput adds the output chain. A connection to a listener port

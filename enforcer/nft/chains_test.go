@@ -24,12 +24,16 @@ func chainRules(rs *ruleset, name string) []*nftables.Rule {
 }
 
 // ruleCounter returns the name of the counter a rule updates, or for a
-// rule without one, "notrack" or "".
+// rule without one, "jump" and the chain it jumps to, "notrack", or "".
 func ruleCounter(r *nftables.Rule) string {
 	for _, e := range r.Exprs {
 		switch e := e.(type) {
 		case *expr.Objref:
 			return e.Name
+		case *expr.Verdict:
+			if e.Kind == expr.VerdictJump {
+				return "jump " + e.Chain
+			}
 		case *expr.Notrack:
 			return "notrack"
 		}
@@ -104,9 +108,9 @@ func TestForwardChain(t *testing.T) {
 			for _, ch := range rs.chains {
 				names = append(names, ch.Name)
 			}
-			wantChains := []string{chainPrerouting, chainInput, chainOutput}
+			wantChains := []string{chainPrerouting, chainInput, chainOutput, chainScanBlock}
 			if tc.forward {
-				wantChains = []string{chainPrerouting, chainInput, chainOutput, chainForward}
+				wantChains = []string{chainPrerouting, chainInput, chainOutput, chainForward, chainScanBlock}
 			}
 			if !slices.Equal(names, wantChains) {
 				t.Errorf("chains %v, want %v", names, wantChains)
@@ -157,9 +161,9 @@ func TestInputChainOrder(t *testing.T) {
 		want []string
 	}{
 		{policy.ModeListeners, []string{"loopback", "established", "syn_proxy", "invalid", "icmp_allowed", "management", "not_admitted",
-			"blocked", "scan_detected"}},
+			"blocked", "jump scan_block"}},
 		{policy.ModeStrict, []string{"loopback", "established", "syn_proxy", "invalid", "icmp_allowed", "management", "not_admitted",
-			"blocked", "icmp_allowed", "scan_detected", "strict_drop"}},
+			"blocked", "icmp_allowed", "jump scan_block", "strict_drop"}},
 	} {
 		p := goldenPolicy()
 		p.Enforcement.Mode = tc.mode
@@ -171,6 +175,9 @@ func TestInputChainOrder(t *testing.T) {
 		// not admitted is dropped, the rest left untracked.
 		if got, want := chainCounters(rs, chainPrerouting), []string{"not_admitted", "notrack", "not_admitted", "notrack"}; !slices.Equal(got, want) {
 			t.Errorf("%s: prerouting %v, want %v", tc.mode, got, want)
+		}
+		if got, want := chainCounters(rs, chainScanBlock), []string{"scan_detected", "blocklist_full"}; !slices.Equal(got, want) {
+			t.Errorf("%s: scan_block %v, want %v", tc.mode, got, want)
 		}
 	}
 }
@@ -185,10 +192,10 @@ func TestForwardToggleReplaces(t *testing.T) {
 		p      *policy.Policy
 		chains int
 	}{
-		{"off", goldenPolicy(), 3},
-		{"on", forwardPolicy(), 4},
-		{"interface", func() *policy.Policy { p := forwardPolicy(); p.Interface = "eth2"; return p }(), 4},
-		{"off again", goldenPolicy(), 3},
+		{"off", goldenPolicy(), 4},
+		{"on", forwardPolicy(), 5},
+		{"interface", func() *policy.Policy { p := forwardPolicy(); p.Interface = "eth2"; return p }(), 5},
+		{"off again", goldenPolicy(), 4},
 	}
 	for i, st := range steps {
 		if err := e.Apply(st.p); err != nil {
@@ -209,7 +216,7 @@ func TestForwardToggleReplaces(t *testing.T) {
 				fwdRules++
 			}
 		}
-		if (fwdRules > 0) != (st.chains == 4) {
+		if (fwdRules > 0) != (st.chains == 5) {
 			t.Errorf("%s: %d forward rules sent", st.name, fwdRules)
 		}
 	}

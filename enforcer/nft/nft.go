@@ -78,7 +78,10 @@ type Enforcer struct {
 	cur     *spec    // what the kernel holds, nil before the first Apply
 	curRS   *ruleset // the objects cur was built into
 	lastGen uint32   // ruleset generation seen at the last clean check
+	// blocked holds the sources of the blocked sets at the last poll, and
+	// those Block added since; count, how many each set held.
 	blocked map[netip.Addr]time.Time
+	count   [2]int
 
 	metrics *metrics
 }
@@ -186,11 +189,11 @@ func socketOptions(c *netlink.Conn) error {
 	if err = errors.Join(err, serr); err != nil {
 		return fmt.Errorf("netlink socket buffers: %w", err)
 	}
-	// An error echoes the whole failed message; with 60 kB element chunks
-	// that would fill the receive buffer. Keep acks small, errors explained.
-	if err := c.SetOption(netlink.CapAcknowledge, true); err != nil {
-		return err
-	}
+	// Errors explained (the kernel's message and the offending attribute).
+	// They are not capped: an error echoes the failed message, at most one
+	// 60 kB element chunk, which the receive buffer holds; and the netlink
+	// library reads a capped error with explanations as a short message,
+	// losing its errno (a full set's ENFILE among them).
 	if err := c.SetOption(netlink.ExtendedAcknowledge, true); err != nil {
 		return err
 	}

@@ -34,6 +34,7 @@ const (
 	ruleAdmitted    = "admitted"
 	ruleManagement  = "management"
 	ruleScan        = "scan_detected"
+	ruleFull        = "blocklist_full"
 	ruleStrictDrop  = "strict_drop"
 )
 
@@ -51,8 +52,9 @@ const (
 	chainInput      = "input"
 	chainOutput     = "output"
 	chainForward    = "forward"
-	chainPriority   = -10  // before the usual filter chains at 0, after conntrack
-	rawPriority     = -300 // before conntrack: where a SYN is left untracked
+	chainScanBlock  = "scan_block" // a regular chain: the scan rule jumps to it
+	chainPriority   = -10          // before the usual filter chains at 0, after conntrack
+	rawPriority     = -300         // before conntrack: where a SYN is left untracked
 )
 
 // Defaults for knobs the policy may leave zero.
@@ -192,7 +194,7 @@ func (s *spec) isManagement(addr netip.Addr) bool {
 // ruleset is everything one generation installs, built without the kernel.
 type ruleset struct {
 	table    *nftables.Table
-	chains   []*nftables.Chain // prerouting, input, output, then forward when configured
+	chains   []*nftables.Chain // base chains, then the regular ones
 	sets     []*nftables.Set
 	elems    map[string][]nftables.SetElement // initial elements of the small sets
 	ranges   map[string][]addrRange           // admitted sets, encoded only when sent whole
@@ -298,6 +300,9 @@ func (s *spec) build() *ruleset {
 	s.buildOutput(r)
 	if s.forward {
 		s.buildForward(r)
+	}
+	if s.scan.DistinctPorts > 0 {
+		s.buildScanBlock(r)
 	}
 	return rs
 }

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/gatehouse-dmz/gatehouse/bpf"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
@@ -43,6 +44,14 @@ func compile(p *policy.Policy, eph [2]uint16) (*bpf.Generation, []netip.Prefix, 
 	return g, mgmt, nil
 }
 
+// blockState is what the Enforcer knows of one source in its blocklists.
+type blockState struct {
+	deadline uint64 // monotonic ns
+	// mirrored: OnBlock took the block, or it came in through Block, or
+	// the other layer can take no more; it is not handed over again.
+	mirrored bool
+}
+
 // Block blocks the source of addr (addr masked to the source prefix of the
 // generation in force) for d: its new flows are dropped, except to the
 // listener ports when it is admitted (the nftables layer's scan detection
@@ -66,16 +75,11 @@ func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
 		}
 	}
 	src := e.source.Source(addr).Addr()
-	var err error
-	if src.Is4() {
-		err = e.coll.Maps[bpf.MapBlock4].Put(src.As4(), deadline)
-	} else {
-		err = e.coll.Maps[bpf.MapBlock6].Put(src.As16(), deadline)
-	}
-	if err != nil {
+	if err := e.putBlock(src, deadline); err != nil {
 		return fmt.Errorf("xdp: block %s: %w", src, err)
 	}
-	e.known[src] = deadline
+	// Came from nftables: never handed back.
+	e.known[src] = blockState{deadline: deadline, mirrored: true}
 	if err := bpf.SetBlockActive(e.coll.Maps[bpf.MapState], true); err != nil {
 		return fmt.Errorf("xdp: activate blocklist: %w", err)
 	}
@@ -84,6 +88,21 @@ func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
 		e.sweepLocked(now)
 	}
 	return nil
+}
+
+// blockMap returns the blocklist of a family.
+func (e *Enforcer) blockMap(v6 bool) *ebpf.Map {
+	if v6 {
+		return e.coll.Maps[bpf.MapBlock6]
+	}
+	return e.coll.Maps[bpf.MapBlock4]
+}
+
+func (e *Enforcer) putBlock(src netip.Addr, deadline uint64) error {
+	if src.Is4() {
+		return e.blockMap(false).Put(src.As4(), deadline)
+	}
+	return e.blockMap(true).Put(src.As16(), deadline)
 }
 
 // blockedEntry is one live entry of a blocklist.
@@ -117,8 +136,8 @@ func (e *Enforcer) sweepLocked(now uint64) []blockedEntry {
 // scanBlocklists deletes expired entries and returns the live ones; unsure
 // reports a failed iteration.
 func (e *Enforcer) scanBlocklists(now uint64) (live []blockedEntry, unsure bool) {
-	for _, name := range []string{bpf.MapBlock4, bpf.MapBlock6} {
-		m := e.coll.Maps[name]
+	for _, v6 := range []bool{false, true} {
+		m := e.blockMap(v6)
 		var key []byte
 		var deadline uint64
 		var expired [][]byte

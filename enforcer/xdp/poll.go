@@ -6,7 +6,15 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
 )
+
+// mirrorBudget is how many blocks one poll hands to OnBlock at most: a
+// forged scan blocks sources at the attacker's rate, and the nftables
+// layer takes each in a netlink round trip. The rest wait for the next
+// polls (and a block that expires first is never handed over).
+const mirrorBudget = 1024
 
 // Run reads the blocklists every poll interval until ctx ends or the
 // Enforcer is closed, and returns nil: it reports the sources the
@@ -18,8 +26,9 @@ func (e *Enforcer) Run(ctx context.Context) error {
 	for {
 		if err := e.PollBlocked(); errors.Is(err, ErrClosed) {
 			return nil
-		} else if err != nil {
-			e.log.Warn("reading the blocklists failed", "error", err)
+		} else if err != nil && e.mirrorLog.allow(time.Now()) {
+			e.log.Warn("handing blocked sources to nftables failed; retried at the next polls", "error", err,
+				"failures_not_logged", e.mirrorLog.take())
 		}
 		select {
 		case <-ctx.Done():
@@ -29,7 +38,8 @@ func (e *Enforcer) Run(ctx context.Context) error {
 	}
 }
 
-// PollBlocked is one round of Run.
+// PollBlocked is one round of Run. Its error reports blocks OnBlock
+// refused for now; they are tried again at the next polls.
 func (e *Enforcer) PollBlocked() error {
 	e.mu.Lock()
 	if e.closed {
@@ -39,12 +49,18 @@ func (e *Enforcer) PollBlocked() error {
 	now := monotonic()
 	live := e.sweepLocked(now)
 	e.metrics.blocked.Set(float64(len(live)))
-	var fresh []blockedEntry
+	var fresh, pending []blockedEntry
 	seen := make(map[netip.Addr]bool, len(live))
 	for _, b := range live {
 		seen[b.src] = true
-		if _, ok := e.known[b.src]; !ok {
+		st, ok := e.known[b.src]
+		if !ok {
 			fresh = append(fresh, b)
+			st = blockState{deadline: b.deadline}
+			e.known[b.src] = st
+		}
+		if !st.mirrored && len(pending) < mirrorBudget {
+			pending = append(pending, b)
 		}
 	}
 	for a := range e.known {
@@ -55,22 +71,63 @@ func (e *Enforcer) PollBlocked() error {
 	source := e.source
 	e.mu.Unlock()
 
-	// OnBlock takes the nftables layer's lock, whose poll calls Block:
-	// neither layer calls the other holding its own lock.
-	var errs []error
 	for _, b := range fresh {
 		left := time.Duration(b.deadline - now)
-		bits := source.Bits(b.src.Is6())
-		if e.onBlock != nil {
-			if err := e.onBlock(b.src, left); err != nil {
-				errs = append(errs, fmt.Errorf("mirror block of %s: %w", netip.PrefixFrom(b.src, bits), err))
-				continue
-			}
+		e.log.Warn("scanner blocked", "source", netip.PrefixFrom(b.src, source.Bits(b.src.Is6())), "for", left.Round(time.Second))
+	}
+	if e.onBlock == nil {
+		return nil
+	}
+	// OnBlock takes the nftables layer's lock: it is called without this
+	// one.
+	var errs []error
+	for _, b := range pending {
+		err := e.onBlock(b.src, time.Duration(b.deadline-now))
+		switch {
+		case err == nil:
+			e.metrics.mirrored.WithLabelValues("ok").Inc()
+		case errors.Is(err, policy.ErrBlocklistFull):
+			// Final: retrying would fail alike until blocks expire
+			// there. The source stays blocked here.
+			e.metrics.mirrored.WithLabelValues("full").Inc()
+		default:
+			e.metrics.mirrored.WithLabelValues("error").Inc()
+			errs = append(errs, fmt.Errorf("%s: %w", netip.PrefixFrom(b.src, source.Bits(b.src.Is6())), err))
+			continue
 		}
-		e.log.Warn("scanner blocked", "source", netip.PrefixFrom(b.src, bits), "for", left.Round(time.Second))
 		e.mu.Lock()
-		e.known[b.src] = b.deadline
+		if st, ok := e.known[b.src]; ok {
+			st.mirrored = true
+			e.known[b.src] = st
+		}
 		e.mu.Unlock()
 	}
+	if len(errs) > 3 {
+		errs = append(errs[:3], fmt.Errorf("and %d more", len(errs)-3))
+	}
 	return errors.Join(errs...)
+}
+
+// logLimit lets a repeating warning through once a minute and counts what
+// it held back.
+type logLimit struct {
+	last  time.Time
+	held  int
+	every time.Duration
+}
+
+func (l *logLimit) allow(now time.Time) bool {
+	if l.last.IsZero() || now.Sub(l.last) >= l.every {
+		l.last = now
+		return true
+	}
+	l.held++
+	return false
+}
+
+// take returns how many were held back since the last allowed one.
+func (l *logLimit) take() int {
+	n := l.held
+	l.held = 0
+	return n
 }

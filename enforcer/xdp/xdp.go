@@ -65,7 +65,9 @@ type Config struct {
 	// program's scan detection has blocked, with its first address (see
 	// policy.SourcePrefix) and the time it stays blocked; it mirrors the
 	// block into the nftables layer. Sources that came in through Block
-	// are not handed back. An error is logged and the call repeated at the
+	// are not handed back. At most mirrorBudget calls are made per poll.
+	// An error wrapping policy.ErrBlocklistFull is final; any other is
+	// counted, logged at most once a minute, and the call repeated at the
 	// next poll.
 	OnBlock func(addr netip.Addr, d time.Duration) error
 	// BlockPollInterval is how often Run reads the blocklists. Zero means
@@ -119,10 +121,11 @@ type Enforcer struct {
 	// keys a source, and the ranges it never blocks.
 	source policy.SourcePrefix
 	mgmt   []netip.Prefix
-	// known holds the blocked sources already reported or pushed in, with
-	// their deadlines (monotonic ns).
-	known   map[netip.Addr]uint64
+	// known holds the blocked sources already reported or pushed in.
+	known   map[netip.Addr]blockState
 	metrics *metrics
+	// mirrorLog paces Run's warning about blocks OnBlock refused.
+	mirrorLog logLimit
 }
 
 // New loads the program for the interface, in the network namespace of the
@@ -146,13 +149,14 @@ func New(cfg Config) (*Enforcer, error) {
 		pinDir = DefaultPinDir
 	}
 	e := &Enforcer{
-		log:     logger.With("component", "xdp", "interface", cfg.Interface),
-		iface:   cfg.Interface,
-		dir:     filepath.Join(pinDir, cfg.Interface),
-		onBlock: cfg.OnBlock,
-		pollGap: cfg.BlockPollInterval,
-		known:   map[netip.Addr]uint64{},
-		metrics: newMetrics(),
+		log:       logger.With("component", "xdp", "interface", cfg.Interface),
+		iface:     cfg.Interface,
+		dir:       filepath.Join(pinDir, cfg.Interface),
+		onBlock:   cfg.OnBlock,
+		pollGap:   cfg.BlockPollInterval,
+		known:     map[netip.Addr]blockState{},
+		metrics:   newMetrics(),
+		mirrorLog: logLimit{every: time.Minute},
 	}
 	if e.pollGap <= 0 {
 		e.pollGap = DefaultBlockPollInterval

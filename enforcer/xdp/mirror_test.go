@@ -1,0 +1,177 @@
+package xdp
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/bpf"
+	"github.com/gatehouse-dmz/gatehouse/policy"
+)
+
+// mirrorRig is an attached Enforcer whose OnBlock records its calls and
+// answers with what refuse says, and whose log lands in log.
+type mirrorRig struct {
+	tp  *topo
+	e   *Enforcer
+	log *syncBuffer
+
+	mu     sync.Mutex
+	calls  map[netip.Addr]int
+	refuse func(netip.Addr) error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func newMirrorRig(t *testing.T, tp *topo) *mirrorRig {
+	t.Helper()
+	r := &mirrorRig{tp: tp, log: &syncBuffer{}, calls: map[netip.Addr]int{}}
+	logger := slog.New(slog.NewTextHandler(r.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if err := tp.gate.Do(func() (err error) {
+		r.e, err = New(Config{Interface: tp.iface, Mode: policy.XDPAuto, PinDir: tp.pinDir, Logger: logger,
+			OnBlock: func(a netip.Addr, d time.Duration) error {
+				r.mu.Lock()
+				defer r.mu.Unlock()
+				r.calls[a]++
+				if r.refuse != nil {
+					return r.refuse(a)
+				}
+				return nil
+			}})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.e.Close() })
+	return r
+}
+
+func (r *mirrorRig) callsOf(a netip.Addr) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.calls[a]
+}
+
+func (r *mirrorRig) totalCalls() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, c := range r.calls {
+		n += c
+	}
+	return n
+}
+
+// programBlocks puts sources into the blocklists as the program's scan
+// detection does, for an hour.
+func programBlocks(t *testing.T, e *Enforcer, srcs []netip.Addr) {
+	t.Helper()
+	until := monotonic() + uint64(time.Hour)
+	for _, a := range srcs {
+		if err := e.putBlock(a, until); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := bpf.SetBlockActive(e.coll.Maps[bpf.MapState], true); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// forged returns n sources as a forged scan blocks them: IPv6 /64s.
+func forged(n int) []netip.Addr {
+	out := make([]netip.Addr, n)
+	for i := range out {
+		out[i] = netip.MustParseAddr(fmt.Sprintf("2001:db8:%x:%x::", 0x4000+i/65536, i%65536))
+	}
+	return out
+}
+
+// TestMirrorFullIsFinal: a block the nftables layer refuses because its
+// set is full is not handed over again (a full set refuses it alike at
+// every poll, and thousands of forged blocks made that a retry storm); any
+// other refusal is tried again at the next poll. Each poll hands over at
+// most mirrorBudget blocks, so a forged flood of blocks costs bounded work.
+func TestMirrorFullIsFinal(t *testing.T) {
+	tp := newTopo(t)
+	r := newMirrorRig(t, tp)
+	t.Cleanup(func() { Teardown(tp.pinDir, tp.iface) })
+	if err := r.e.Apply(testPolicy(policy.ModeListeners)); err != nil {
+		t.Fatal(err)
+	}
+	full, flaky := netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("203.0.113.8")
+	r.refuse = func(a netip.Addr) error {
+		switch a {
+		case full:
+			return fmt.Errorf("blocked_v4: %w", policy.ErrBlocklistFull)
+		case flaky:
+			return errors.New("netlink: try again")
+		}
+		return nil
+	}
+	programBlocks(t, r.e, []netip.Addr{full, flaky})
+	for range 3 {
+		if err := r.e.PollBlocked(); err == nil {
+			t.Error("PollBlocked hid the refusal that is tried again")
+		}
+	}
+	if n := r.callsOf(full); n != 1 {
+		t.Errorf("a block refused as full was handed over %d times, want once", n)
+	}
+	if n := r.callsOf(flaky); n != 3 {
+		t.Errorf("a block refused for now was handed over %d times in 3 polls, want 3", n)
+	}
+	got := gather(t, r.e)
+	if got["gatehouse_xdp_blocks_mirrored_total,result=full"] != 1 || got["gatehouse_xdp_blocks_mirrored_total,result=error"] != 3 {
+		t.Errorf("mirror results %v", got)
+	}
+
+	// The refusal ends: handed over once more, then never again.
+	r.mu.Lock()
+	r.refuse = nil
+	r.mu.Unlock()
+	for range 2 {
+		if err := r.e.PollBlocked(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := r.callsOf(flaky); n != 4 {
+		t.Errorf("the block refused for now was handed over %d times, want 4", n)
+	}
+
+	// A flood of blocks: mirrorBudget a poll, the rest at the next polls.
+	n := mirrorBudget + mirrorBudget/2
+	before := r.totalCalls()
+	programBlocks(t, r.e, forged(n))
+	if err := r.e.PollBlocked(); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.totalCalls() - before; got != mirrorBudget {
+		t.Errorf("one poll handed over %d blocks, want the budget %d", got, mirrorBudget)
+	}
+	if err := r.e.PollBlocked(); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.totalCalls() - before; got != n {
+		t.Errorf("two polls handed over %d blocks, want all %d", got, n)
+	}
+}
