@@ -49,8 +49,9 @@ func (e *Enforcer) readBlocked(c *nftables.Conn, next *spec) (map[bool][]nftable
 // policy in force) into the blocked set for d, as the scan rule does: the
 // XDP layer calls it for the scanners it caught, so that nftables drops
 // them on every interface and gatehouse_nft_blocked_sources counts them.
-// A source in a management range is never blocked: Block returns nil and
-// changes nothing. A source blocked already is left as it is, without a
+// Every source is taken, one that holds a management range too: the input
+// chain accepts management ports before it reads the blocked sets. A
+// source blocked already is left as it is, without a
 // netlink message. A full set gives an error wrapping
 // policy.ErrBlocklistFull.
 func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
@@ -61,9 +62,6 @@ func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
 	defer e.mu.Unlock()
 	if err := e.ready(); err != nil {
 		return err
-	}
-	if e.cur.isManagement(addr) {
-		return nil
 	}
 	src := e.cur.sourceOf(addr)
 	until := time.Now().Add(d)

@@ -151,8 +151,9 @@ func echoes(c net.Conn) error {
 }
 
 // TestBlockAPI: Block (the XDP layer's scanners) keys the source as the
-// scan rule does, never blocks a management source, and is not handed
-// back through OnBlock.
+// scan rule does, takes every source it is handed as the XDP program does
+// (a management source keeps its management port by rule order, in both
+// layers, and loses the rest), and is not handed back through OnBlock.
 func TestBlockAPI(t *testing.T) {
 	var pushed atomic.Int32
 	tp := newTopo(t, Config{OnBlock: func(netip.Addr, time.Duration) error { pushed.Add(1); return nil }})
@@ -177,11 +178,17 @@ func TestBlockAPI(t *testing.T) {
 	}
 	v4 := tp.ns.Exec(t, "nft", "list", "set", "inet", TableName, "blocked_v4")
 	v6 := tp.ns.Exec(t, "nft", "list", "set", "inet", TableName, "blocked_v6")
-	if !strings.Contains(v4, scannerV4) || strings.Contains(v4, outsideV4) {
-		t.Errorf("blocked_v4: want the scanner, not the management source:\n%s", v4)
+	if !strings.Contains(v4, scannerV4) || !strings.Contains(v4, outsideV4) {
+		t.Errorf("blocked_v4: want the scanner and the management source, as the XDP layer blocked them:\n%s", v4)
 	}
 	if !strings.Contains(v6, "2001:db8:: ") || strings.Contains(v6, "2001:db8::77") {
 		t.Errorf("blocked_v6: want the /64 2001:db8::, keyed without its host bits:\n%s", v6)
+	}
+	if !tp.reach(outsideV4, gateV4, mgmtPort) {
+		t.Error("the blocked management source lost its management port")
+	}
+	if tp.reach(outsideV4, gateV4, otherPort) {
+		t.Error("the blocked management source reached another port")
 	}
 	// The /64 is blocked (outsideV6 is management there and keeps its
 	// port), and so is every other address in it.

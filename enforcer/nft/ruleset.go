@@ -180,17 +180,6 @@ func (s *spec) sourceOf(addr netip.Addr) netip.Addr {
 	return p.Addr()
 }
 
-// isManagement reports whether addr lies in a management range.
-func (s *spec) isManagement(addr netip.Addr) bool {
-	addr = addr.Unmap()
-	for _, r := range s.mgmtSources(addr.Is6()) {
-		if r.from.Compare(addr) <= 0 && addr.Compare(r.to) <= 0 {
-			return true
-		}
-	}
-	return false
-}
-
 // ruleset is everything one generation installs, built without the kernel.
 type ruleset struct {
 	table    *nftables.Table

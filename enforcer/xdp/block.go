@@ -11,12 +11,11 @@ import (
 )
 
 // compile turns a policy into the generation the program enforces, with
-// eph the local port range; it also returns the management ranges, which
-// Block never blocks. The differential test runs the same function.
-func compile(p *policy.Policy, eph [2]uint16) (*bpf.Generation, []netip.Prefix, error) {
+// eph the local port range. The differential test runs the same function.
+func compile(p *policy.Policy, eph [2]uint16) (*bpf.Generation, error) {
 	f, err := p.Filter()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	g := &bpf.Generation{
 		Strict:      f.Strict,
@@ -36,12 +35,10 @@ func compile(p *policy.Policy, eph [2]uint16) (*bpf.Generation, []netip.Prefix, 
 	for _, port := range f.Ports {
 		g.Ports = append(g.Ports, bpf.Port{Proto: "tcp", Num: port})
 	}
-	var mgmt []netip.Prefix
 	for _, m := range f.Management {
 		g.Management = append(g.Management, bpf.Management{Prefix: m.Prefix, Ports: m.Ports})
-		mgmt = append(mgmt, m.Prefix)
 	}
-	return g, mgmt, nil
+	return g, nil
 }
 
 // blockState is what the Enforcer knows of one source in its blocklists.
@@ -53,10 +50,11 @@ type blockState struct {
 }
 
 // Block blocks the source of addr (addr masked to the source prefix of the
-// generation in force) for d: its new flows are dropped, except to the
-// listener ports when it is admitted (the nftables layer's scan detection
-// calls it). A source in a management range is never blocked: Block
-// returns nil and changes nothing.
+// generation in force) for d: its bare SYNs and echo requests are dropped,
+// except to the listener ports when it is admitted and to the management
+// ports of its range (the nftables layer's scan detection calls it). Every
+// source is taken, one that holds a management range too: the program
+// decides management ports before it reads the blocklist, as nftables does.
 func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
 	if !addr.IsValid() || d <= 0 {
 		return fmt.Errorf("%w: %s for %s", ErrBadAddr, addr, d)
@@ -68,11 +66,6 @@ func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
 	defer e.mu.Unlock()
 	if e.closed {
 		return ErrClosed
-	}
-	for _, m := range e.mgmt {
-		if m.Contains(addr) {
-			return nil
-		}
 	}
 	src := e.source.Source(addr).Addr()
 	if err := e.putBlock(src, deadline); err != nil {

@@ -147,7 +147,7 @@ func newDiffXDP(t *testing.T) *diffXDP {
 // Block does.
 func (x *diffXDP) apply(t *testing.T, p *policy.Policy, eph [2]uint16) {
 	t.Helper()
-	g, _, err := compile(p, eph)
+	g, err := compile(p, eph)
 	if err != nil {
 		t.Fatal(err)
 	}

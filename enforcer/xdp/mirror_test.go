@@ -5,13 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/gatehouse-dmz/gatehouse/bpf"
 	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/test/netns"
 )
 
 // mirrorRig is an attached Enforcer whose OnBlock records its calls and
@@ -173,5 +176,56 @@ func TestMirrorFullIsFinal(t *testing.T) {
 	}
 	if got := r.totalCalls() - before; got != n {
 		t.Errorf("two polls handed over %d blocks, want all %d", got, n)
+	}
+}
+
+// runSYN runs a SYN from src to port through the attached program with
+// BPF_PROG_TEST_RUN and reports whether it passes.
+func runSYN(t *testing.T, e *Enforcer, src string, port uint16) bool {
+	t.Helper()
+	s := netip.MustParseAddr(src)
+	dst := netip.MustParseAddr(gate4)
+	if s.Is6() {
+		dst = netip.MustParseAddr(gate6)
+	}
+	frames, err := netns.Packet{Src: s, Dst: dst, Proto: 6, SrcPort: 40000, DstPort: port, TCPFlags: 0x02}.Frames(net.HardwareAddr{2, 0, 0, 0, 0, 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ret, err := e.coll.Programs[bpf.ProgXDP].Run(&ebpf.RunOptions{Data: frames[0]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ret == 2 // XDP_PASS
+}
+
+// TestBlockTakesManagementSources: Block takes a source that holds a
+// management range, as the program's own scan detection would (the
+// source is the scanning address's /64, and the management range is only
+// part of it); the management range keeps its management port by rule
+// order, as in nftables, and loses the rest.
+func TestBlockTakesManagementSources(t *testing.T) {
+	tp := newTopo(t)
+	e := tp.newEnforcer(t)
+	t.Cleanup(func() { Teardown(tp.pinDir, tp.iface); e.Close() })
+	p := testPolicy(policy.ModeListeners)
+	p.Enforcement.SourcePrefix = policy.SourcePrefix{V4: 32, V6: 64}
+	p.Enforcement.Management = []policy.Management{{Prefix: netip.MustParsePrefix("2001:db8:c::/120"), Ports: []uint16{22}}}
+	if err := e.Apply(p); err != nil {
+		t.Fatal(err)
+	}
+	// What the program blocks for a scan from 2001:db8:c::1:0.
+	if err := e.Block(netip.MustParseAddr("2001:db8:c::"), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	var until uint64
+	if err := e.coll.Maps[bpf.MapBlock6].Lookup(netip.MustParseAddr("2001:db8:c::").As16(), &until); err != nil {
+		t.Fatalf("the /64 holding a management range was not blocked: %v", err)
+	}
+	if !runSYN(t, e, "2001:db8:c::5", 22) {
+		t.Error("the management range lost its port")
+	}
+	if runSYN(t, e, "2001:db8:c::5", open) {
+		t.Error("the management range kept another port of its blocked /64")
 	}
 }

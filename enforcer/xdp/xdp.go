@@ -117,10 +117,8 @@ type Enforcer struct {
 	link    link.Link
 	pending bool // maps are new: repin and move the link at the first Apply
 	lastGC  time.Time
-	// source and mgmt are those of the generation in force: how Block
-	// keys a source, and the ranges it never blocks.
+	// source is that of the generation in force: how Block keys a source.
 	source policy.SourcePrefix
-	mgmt   []netip.Prefix
 	// known holds the blocked sources already reported or pushed in.
 	known   map[netip.Addr]blockState
 	metrics *metrics
@@ -211,9 +209,9 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 	if err := p.Validate(); err != nil {
 		return fmt.Errorf("xdp: %w", err)
 	}
-	g, mgmt, err := compile(p, e.eph)
+	g, err := compile(p, e.eph)
 	if err != nil {
-		return fmt.Errorf("xdp: %w", err)
+		return fmt.Errorf("xdp: generation %d: %w", p.Generation, err)
 	}
 	pages, err := g.Encode()
 	if err != nil {
@@ -241,7 +239,7 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 	} else if err := gen.Pin(pin); err != nil {
 		e.log.Warn("pin generation", "error", err)
 	}
-	e.source, e.mgmt = p.Enforcement.SourcePrefix, mgmt
+	e.source = p.Enforcement.SourcePrefix
 	e.sweepLocked(monotonic())
 	if e.link == nil {
 		// First start: attach now that the maps hold a policy.
