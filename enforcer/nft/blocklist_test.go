@@ -1,8 +1,10 @@
 package nft
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -111,5 +113,98 @@ func TestFullBlocklist(t *testing.T) {
 	}
 	if c[ruleScan] != 0 {
 		t.Errorf("scan_detected %d: a full set blocked someone", c[ruleScan])
+	}
+}
+
+// lockedBuffer is a log destination several goroutines write to.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestBlockLogSummary: a poll that finds many new blocks says so in one
+// warning (naming a few), with a line per source at debug only: forged
+// scans block at the attacker's rate, and the log must not follow. A
+// restarted daemon adopting the table reports none of its blocks as new,
+// and hands each to the XDP layer once more (the XDP layer may have lost
+// them).
+func TestBlockLogSummary(t *testing.T) {
+	logs := &lockedBuffer{}
+	var mu sync.Mutex
+	pushed := map[netip.Addr]int{}
+	cfg := Config{
+		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		OnBlock: func(a netip.Addr, d time.Duration) error {
+			mu.Lock()
+			defer mu.Unlock()
+			pushed[a]++
+			return nil
+		},
+	}
+	g := newGate(t, cfg)
+	p := testPolicy(policy.ModeListeners)
+	p.Enforcement.ScanBlock = policy.ScanBlock{DistinctPorts: 5, Window: time.Minute, BlockFor: 10 * time.Minute}
+	if err := g.e.Apply(p); err != nil {
+		t.Fatal(err)
+	}
+	const n = 300
+	fillBlocked(t, g, false, n)
+	if err := g.e.PollBlocked(); err != nil {
+		t.Fatal(err)
+	}
+	out := logs.String()
+	if w := strings.Count(out, "level=WARN"); w != 1 || !strings.Contains(out, `msg="scanners blocked"`) || !strings.Contains(out, "count=300") {
+		t.Errorf("%d warnings for %d new blocks, want one summary:\n%s", w, n, out)
+	}
+	if d := strings.Count(out, `msg="scanner blocked"`); d != n {
+		t.Errorf("%d debug lines, want one per source (%d)", d, n)
+	}
+	if len(pushed) != n {
+		t.Errorf("%d sources handed to the XDP layer, want %d", len(pushed), n)
+	}
+
+	// The restart: a new Enforcer adopts the table.
+	logs2 := &lockedBuffer{}
+	cfg.Logger = slog.New(slog.NewTextHandler(logs2, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg.NetNS = g.fd
+	e2, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e2.Close() })
+	if err := e2.Apply(p); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := e2.PollBlocked(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out = logs2.String()
+	if strings.Contains(out, "scanners blocked") || strings.Contains(out, "scanner blocked") {
+		t.Errorf("the restarted daemon reported adopted blocks as new:\n%s", out)
+	}
+	if !strings.Contains(out, "sources still blocked from before the restart") {
+		t.Errorf("no line about the adopted blocks:\n%s", out)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for a, k := range pushed {
+		if k != 2 {
+			t.Errorf("%s handed to the XDP layer %d times over a restart and two polls, want twice in all", a, k)
+			break
+		}
 	}
 }

@@ -80,7 +80,7 @@ type Enforcer struct {
 	lastGen uint32   // ruleset generation seen at the last clean check
 	// blocked holds the sources of the blocked sets at the last poll, and
 	// those Block added since; count, how many each set held.
-	blocked map[netip.Addr]time.Time
+	blocked map[netip.Addr]blockState
 	count   [2]int
 
 	metrics *metrics
@@ -102,7 +102,7 @@ func New(cfg Config) (*Enforcer, error) {
 		every:   cfg.ReconcileInterval,
 		pollGap: cfg.BlockPollInterval,
 		onBlock: cfg.OnBlock,
-		blocked: map[netip.Addr]time.Time{},
+		blocked: map[netip.Addr]blockState{},
 		metrics: newMetrics(),
 	}
 	if e.every <= 0 {
@@ -299,6 +299,7 @@ func (e *Enforcer) applyFull(next *spec) error {
 		return fmt.Errorf("replace table: %w", err) // the old table and its counters stay
 	}
 	e.metrics.fold(old)
+	e.remember(carried, e.cur == nil)
 	e.cur, e.curRS, e.lastGen = next, rs, 0
 	return nil
 }

@@ -153,3 +153,17 @@ func (e *Enforcer) scanBlocklists(now uint64) (live []blockedEntry, unsure bool)
 	}
 	return live, unsure
 }
+
+// seedLocked takes the live entries of adopted blocklists as known: they
+// were reported by the run that made them. They are handed to OnBlock once
+// more (nftables may have lost them, or never had them while no daemon
+// ran), without a log line each.
+func (e *Enforcer) seedLocked() {
+	live, _ := e.scanBlocklists(monotonic())
+	for _, b := range live {
+		e.known[b.src] = blockState{deadline: b.deadline}
+	}
+	if len(live) > 0 {
+		e.log.Info("sources still blocked from before the restart", "count", len(live))
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -44,6 +45,11 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// lines counts the log lines with msg as their message.
+func (s *syncBuffer) lines(msg string) int {
+	return strings.Count(s.String(), "msg=\""+msg+"\"")
 }
 
 func newMirrorRig(t *testing.T, tp *topo) *mirrorRig {
@@ -176,6 +182,55 @@ func TestMirrorFullIsFinal(t *testing.T) {
 	}
 	if got := r.totalCalls() - before; got != n {
 		t.Errorf("two polls handed over %d blocks, want all %d", got, n)
+	}
+}
+
+// TestBlockLogSummary: a poll that finds many new blocks says so in one
+// line (naming a few sources), with a line per source at debug only; and a
+// restarted daemon that adopts the blocklists reports none of them as new,
+// but hands them to the nftables layer once more (it may have lost them).
+func TestBlockLogSummary(t *testing.T) {
+	tp := newTopo(t)
+	r := newMirrorRig(t, tp)
+	t.Cleanup(func() { Teardown(tp.pinDir, tp.iface) })
+	if err := r.e.Apply(testPolicy(policy.ModeListeners)); err != nil {
+		t.Fatal(err)
+	}
+	srcs := forged(200)
+	programBlocks(t, r.e, srcs)
+	if err := r.e.PollBlocked(); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.log.lines("scanners blocked"); n != 1 {
+		t.Errorf("%d summary lines for 200 blocks, want 1:\n%s", n, r.log)
+	}
+	if n := strings.Count(r.log.String(), "level=WARN"); n != 1 {
+		t.Errorf("%d warnings for 200 blocks, want 1", n)
+	}
+	if n := r.log.lines("scanner blocked"); n != 200 {
+		t.Errorf("%d lines at debug, want one per source (200)", n)
+	}
+	if !strings.Contains(r.log.String(), "count=200") || !strings.Contains(r.log.String(), "2001:db8:4000::/64") {
+		t.Errorf("the summary names neither the count nor a source:\n%s", r.log)
+	}
+	r.e.Close()
+
+	// The restart.
+	r2 := newMirrorRig(t, tp)
+	if err := r2.e.PollBlocked(); err != nil {
+		t.Fatal(err)
+	}
+	if n := r2.log.lines("scanners blocked") + r2.log.lines("scanner blocked"); n != 0 {
+		t.Errorf("the restarted daemon reported %d adopted blocks as new:\n%s", n, r2.log)
+	}
+	if !strings.Contains(r2.log.String(), "sources still blocked from before the restart") {
+		t.Errorf("no line about the adopted blocks:\n%s", r2.log)
+	}
+	if n := r2.totalCalls(); n != len(srcs) {
+		t.Errorf("the restarted daemon handed %d adopted blocks over, want each once (%d)", n, len(srcs))
+	}
+	if err := r2.e.PollBlocked(); err != nil || r2.totalCalls() != len(srcs) {
+		t.Errorf("a second poll handed over again (%d, %v)", r2.totalCalls(), err)
 	}
 }
 

@@ -16,10 +16,14 @@ import (
 // polls (and a block that expires first is never handed over).
 const mirrorBudget = 1024
 
+// logSample is how many sources a summary line names.
+const logSample = 5
+
 // Run reads the blocklists every poll interval until ctx ends or the
 // Enforcer is closed, and returns nil: it reports the sources the
-// program's scan detection blocked (a log line and OnBlock), forgets
-// expired entries, and keeps gatehouse_xdp_blocked_sources current.
+// program's scan detection blocked (one summary line per poll, a line per
+// source at debug, and OnBlock), forgets expired entries, and keeps
+// gatehouse_xdp_blocked_sources current.
 func (e *Enforcer) Run(ctx context.Context) error {
 	t := time.NewTicker(e.pollGap)
 	defer t.Stop()
@@ -71,15 +75,12 @@ func (e *Enforcer) PollBlocked() error {
 	source := e.source
 	e.mu.Unlock()
 
-	for _, b := range fresh {
-		left := time.Duration(b.deadline - now)
-		e.log.Warn("scanner blocked", "source", netip.PrefixFrom(b.src, source.Bits(b.src.Is6())), "for", left.Round(time.Second))
-	}
+	e.logBlocked(fresh, source, now)
 	if e.onBlock == nil {
 		return nil
 	}
 	// OnBlock takes the nftables layer's lock: it is called without this
-	// one.
+	// one, as nftables calls Block without its own.
 	var errs []error
 	for _, b := range pending {
 		err := e.onBlock(b.src, time.Duration(b.deadline-now))
@@ -92,7 +93,7 @@ func (e *Enforcer) PollBlocked() error {
 			e.metrics.mirrored.WithLabelValues("full").Inc()
 		default:
 			e.metrics.mirrored.WithLabelValues("error").Inc()
-			errs = append(errs, fmt.Errorf("%s: %w", netip.PrefixFrom(b.src, source.Bits(b.src.Is6())), err))
+			errs = append(errs, fmt.Errorf("%s: %w", source.Source(b.src), err))
 			continue
 		}
 		e.mu.Lock()
@@ -106,6 +107,25 @@ func (e *Enforcer) PollBlocked() error {
 		errs = append(errs[:3], fmt.Errorf("and %d more", len(errs)-3))
 	}
 	return errors.Join(errs...)
+}
+
+// logBlocked says which sources the program newly blocked: one line for
+// the poll, naming a few, and a line per source at debug. Forged scans
+// block at the attacker's rate; the log must not follow it.
+func (e *Enforcer) logBlocked(fresh []blockedEntry, source policy.SourcePrefix, now uint64) {
+	if len(fresh) == 0 {
+		return
+	}
+	var sample []string
+	for i, b := range fresh {
+		src := source.Source(b.src)
+		left := time.Duration(b.deadline - now).Round(time.Second)
+		if i < logSample {
+			sample = append(sample, src.String())
+		}
+		e.log.Debug("scanner blocked", "source", src, "for", left)
+	}
+	e.log.Warn("scanners blocked", "count", len(fresh), "sources", sample)
 }
 
 // logLimit lets a repeating warning through once a minute and counts what

@@ -65,7 +65,8 @@ type Config struct {
 	// program's scan detection has blocked, with its first address (see
 	// policy.SourcePrefix) and the time it stays blocked; it mirrors the
 	// block into the nftables layer. Sources that came in through Block
-	// are not handed back. At most mirrorBudget calls are made per poll.
+	// are not handed back, and a restart hands over once more what the
+	// blocklists hold. At most mirrorBudget calls are made per poll.
 	// An error wrapping policy.ErrBlocklistFull is final; any other is
 	// counted, logged at most once a minute, and the call repeated at the
 	// next poll.
@@ -195,6 +196,9 @@ func (e *Enforcer) init(mode policy.XDPMode) error {
 	if err := e.adopt(mode); err != nil {
 		e.coll.Close()
 		return err
+	}
+	if !e.pending {
+		e.seedLocked() // adopted blocklists: no one else has the Enforcer yet
 	}
 	return nil
 }
