@@ -1,11 +1,13 @@
 package xdp
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"time"
 
 	"github.com/cilium/ebpf"
+
 	"github.com/gatehouse-dmz/gatehouse/bpf"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
@@ -49,6 +51,26 @@ type blockState struct {
 	mirrored bool
 }
 
+// sourceBits are the prefix lengths of one source of each family; zero
+// (before the first Apply) means policy.DefaultSourcePrefix's.
+type sourceBits struct{ v4, v6 int }
+
+func (b sourceBits) of(a netip.Addr) int {
+	if a.Is4() {
+		return cmp.Or(b.v4, policy.DefaultSourcePrefix.V4)
+	}
+	return cmp.Or(b.v6, policy.DefaultSourcePrefix.V6)
+}
+
+// source masks addr to the source it counts as.
+func (b sourceBits) source(addr netip.Addr) netip.Addr {
+	p, err := addr.Prefix(b.of(addr))
+	if err != nil {
+		return addr
+	}
+	return p.Addr()
+}
+
 // Block blocks the source of addr (addr masked to the source prefix of the
 // generation in force) for d: its bare SYNs and echo requests are dropped,
 // except to the listener ports when it is admitted and to the management
@@ -67,7 +89,7 @@ func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
 	if e.closed {
 		return ErrClosed
 	}
-	src := e.source.Source(addr).Addr()
+	src := e.bits.source(addr)
 	if err := e.putBlock(src, deadline); err != nil {
 		return fmt.Errorf("xdp: block %s: %w", src, err)
 	}
@@ -152,6 +174,55 @@ func (e *Enforcer) scanBlocklists(now uint64) (live []blockedEntry, unsure bool)
 		}
 	}
 	return live, unsure
+}
+
+// rekeyLocked keys every live entry by the source it is under bits: when
+// the source prefix changed (by a reload, or between runs), an entry keyed
+// under the old one would never match again. A coarser prefix widens a
+// block to its new source (the latest deadline wins); a finer one keeps
+// the block of the source's first address, as the nftables layer carries
+// its set over. New keys are put before the old ones go, and the caller
+// publishes the generation with the new masks in between, so no packet
+// finds neither.
+func (e *Enforcer) rekeyLocked(bits sourceBits) (drop func()) {
+	live, _ := e.scanBlocklists(monotonic())
+	var old []netip.Addr
+	want := map[netip.Addr]blockState{}
+	for _, b := range live {
+		to := bits.source(b.src)
+		if to != b.src {
+			old = append(old, b.src)
+		}
+		st, seen := want[to]
+		if !seen {
+			st.mirrored = true
+		}
+		// The target is as mirrored as every block it takes in.
+		st.deadline = max(st.deadline, b.deadline)
+		st.mirrored = st.mirrored && e.known[b.src].mirrored
+		want[to] = st
+	}
+	if len(old) == 0 {
+		return func() {}
+	}
+	for to, st := range want {
+		if err := e.putBlock(to, st.deadline); err != nil {
+			e.log.Warn("blocked source not carried over to the new source prefix", "source", to, "error", err)
+			continue
+		}
+		e.known[to] = st
+	}
+	e.log.Info("blocked sources keyed by the new source prefix", "moved", len(old), "sources", len(want))
+	return func() {
+		for _, a := range old {
+			key := any(a.As16())
+			if a.Is4() {
+				key = a.As4()
+			}
+			_ = e.blockMap(a.Is6()).Delete(key) // gone already is fine
+			delete(e.known, a)
+		}
+	}
 }
 
 // seedLocked takes the live entries of adopted blocklists as known: they

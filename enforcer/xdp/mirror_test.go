@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+
 	"github.com/gatehouse-dmz/gatehouse/bpf"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/test/netns"
@@ -282,5 +283,49 @@ func TestBlockTakesManagementSources(t *testing.T) {
 	}
 	if runSYN(t, e, "2001:db8:c::5", open) {
 		t.Error("the management range kept another port of its blocked /64")
+	}
+}
+
+// TestRekeyOnSourcePrefix: a reload that changes the source prefix keys
+// the blocklists anew, so no block is stranded under a mask the program no
+// longer applies: per address to per /64 widens a block to its /64; back
+// to per address keeps the block of the /64's first address.
+func TestRekeyOnSourcePrefix(t *testing.T) {
+	tp := newTopo(t)
+	e := tp.newEnforcer(t)
+	t.Cleanup(func() { Teardown(tp.pinDir, tp.iface); e.Close() })
+	p := testPolicy(policy.ModeListeners)
+	p.Enforcement.SourcePrefix = policy.SourcePrefix{V4: 32, V6: 128}
+	if err := e.Apply(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Block(netip.MustParseAddr("2001:db8:9::1"), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if runSYN(t, e, "2001:db8:9::1", open) || !runSYN(t, e, "2001:db8:9::2", open) {
+		t.Fatal("per address, the block is not of ::1 alone")
+	}
+	has := func(a string) bool {
+		var until uint64
+		return e.coll.Maps[bpf.MapBlock6].Lookup(netip.MustParseAddr(a).As16(), &until) == nil
+	}
+	p.Enforcement.SourcePrefix = policy.SourcePrefix{V4: 32, V6: 64}
+	p.Generation++
+	if err := e.Apply(p); err != nil {
+		t.Fatal(err)
+	}
+	if !has("2001:db8:9::") || has("2001:db8:9::1") {
+		t.Errorf("per /64: blocklist holds the /64 %v, the old key %v; want the /64 only", has("2001:db8:9::"), has("2001:db8:9::1"))
+	}
+	if runSYN(t, e, "2001:db8:9::2", open) {
+		t.Error("per /64, another address of the blocked /64 passes")
+	}
+	p.Enforcement.SourcePrefix = policy.SourcePrefix{V4: 32, V6: 128}
+	p.Generation++
+	if err := e.Apply(p); err != nil {
+		t.Fatal(err)
+	}
+	if runSYN(t, e, "2001:db8:9::", open) || !runSYN(t, e, "2001:db8:9::2", open) {
+		t.Error("back per address: want the block of the /64's first address alone")
 	}
 }

@@ -72,10 +72,10 @@ func (e *Enforcer) PollBlocked() error {
 			delete(e.known, a)
 		}
 	}
-	source := e.source
+	bits := e.bits
 	e.mu.Unlock()
 
-	e.logBlocked(fresh, source, now)
+	e.logBlocked(fresh, bits, now)
 	if e.onBlock == nil {
 		return nil
 	}
@@ -93,7 +93,7 @@ func (e *Enforcer) PollBlocked() error {
 			e.metrics.mirrored.WithLabelValues("full").Inc()
 		default:
 			e.metrics.mirrored.WithLabelValues("error").Inc()
-			errs = append(errs, fmt.Errorf("%s: %w", source.Source(b.src), err))
+			errs = append(errs, fmt.Errorf("%s: %w", netip.PrefixFrom(b.src, bits.of(b.src)), err))
 			continue
 		}
 		e.mu.Lock()
@@ -112,13 +112,13 @@ func (e *Enforcer) PollBlocked() error {
 // logBlocked says which sources the program newly blocked: one line for
 // the poll, naming a few, and a line per source at debug. Forged scans
 // block at the attacker's rate; the log must not follow it.
-func (e *Enforcer) logBlocked(fresh []blockedEntry, source policy.SourcePrefix, now uint64) {
+func (e *Enforcer) logBlocked(fresh []blockedEntry, bits sourceBits, now uint64) {
 	if len(fresh) == 0 {
 		return
 	}
 	var sample []string
 	for i, b := range fresh {
-		src := source.Source(b.src)
+		src := netip.PrefixFrom(b.src, bits.of(b.src))
 		left := time.Duration(b.deadline - now).Round(time.Second)
 		if i < logSample {
 			sample = append(sample, src.String())

@@ -66,8 +66,8 @@ type Config struct {
 	// policy.SourcePrefix) and the time it stays blocked; it mirrors the
 	// block into the nftables layer. Sources that came in through Block
 	// are not handed back, and a restart hands over once more what the
-	// blocklists hold. At most mirrorBudget calls are made per poll.
-	// An error wrapping policy.ErrBlocklistFull is final; any other is
+	// blocklists hold. At most mirrorBudget calls are made per poll. An
+	// error wrapping policy.ErrBlocklistFull is final; any other is
 	// counted, logged at most once a minute, and the call repeated at the
 	// next poll.
 	OnBlock func(addr netip.Addr, d time.Duration) error
@@ -118,8 +118,9 @@ type Enforcer struct {
 	link    link.Link
 	pending bool // maps are new: repin and move the link at the first Apply
 	lastGC  time.Time
-	// source is that of the generation in force: how Block keys a source.
-	source policy.SourcePrefix
+	// bits are the source prefix lengths of the generation in force: how
+	// Block keys a source. Zero before the first Apply.
+	bits sourceBits
 	// known holds the blocked sources already reported or pushed in.
 	known   map[netip.Addr]blockState
 	metrics *metrics
@@ -233,9 +234,18 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 		return fmt.Errorf("xdp: generation %d: %w", p.Generation, err)
 	}
 	defer gen.Close() // the outer map keeps its own reference
+	bits := sourceBits{g.SourceBits4, g.SourceBits6}
+	dropOld := func() {}
+	if bits != e.bits && !e.pending {
+		// The blocklists may hold keys of another source prefix: of the
+		// generation in force, or of a previous run's.
+		dropOld = e.rekeyLocked(bits)
+	}
 	if err := bpf.Publish(outer, gen); err != nil {
 		return fmt.Errorf("xdp: generation %d: %w", p.Generation, err)
 	}
+	dropOld()
+	e.bits = bits
 	// Best effort: without the pin a restart checks the layout by ID.
 	pin := filepath.Join(e.dir, genPin)
 	if err := os.Remove(pin); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -243,7 +253,6 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 	} else if err := gen.Pin(pin); err != nil {
 		e.log.Warn("pin generation", "error", err)
 	}
-	e.source = p.Enforcement.SourcePrefix
 	e.sweepLocked(monotonic())
 	if e.link == nil {
 		// First start: attach now that the maps hold a policy.
