@@ -29,22 +29,25 @@
 // RST or FIN without SYN), UDP to the local ephemeral port range, ICMP errors
 // and echo replies, and later fragments are not new flows: they may be return
 // traffic of the appliance's own connections (or of a flow XDP already let
-// in), and nftables' conntrack decides. A bare SYN, UDP to any other port, an
-// echo request or any other IP protocol opens a new flow. In strict mode a
-// new flow is dropped unless it is admitted or management; in both modes a
-// new flow from a blocked source is dropped, unless it goes to a listener
-// port from an admitted source or to a management port from its range: a
-// scan is easily forged in someone else's name, so a block takes nothing a
-// tenant or an admin needs, and never a packet that may belong to a live
-// flow. ARP, IPv6 neighbour discovery, router advertisements and MLD always
-// pass.
+// in), and nftables' conntrack decides. In strict mode a bare SYN, UDP to any
+// other port, an echo request or any other IP protocol is a new flow, dropped
+// unless it is admitted or management. In both modes the blocklist takes only
+// what can do nothing but open a flow, a bare SYN or an echo request, and
+// neither to a listener port from an admitted source nor to a management port
+// from its range: a scan is easily forged in someone else's name, so a block
+// takes nothing a tenant or an admin needs. UDP and other protocols from a
+// blocked source may answer the appliance's own query or tunnel (NTP from
+// port 123, a GRE or ESP peer): nftables, which knows the flows, judges them.
+// ARP, IPv6 neighbour discovery, router advertisements and MLD always pass;
+// an IPv4-mapped IPv6 source is malformed.
 //
 // Scan detection (both modes): a bare SYN to a port that is neither a
 // listener nor management for its source, from a source outside every
 // management range, counts its (source, port) pair once per scan window; a
-// source's new pairs drain a bucket of distinct_ports-1 tokens refilled at
-// distinct_ports per window (the nftables rule's algorithm), and the pair
-// that finds it empty blocks the source for block_for. A source is its
+// source's new pairs drain a bucket of distinct_ports-1 tokens refilled one
+// per gap (the nftables limit's algorithm, with the gap its rate gives: the
+// policy computes it once for both layers), and the pair that finds it empty
+// blocks the source for block_for. A source is its
 // address masked to the generation's source prefix (an IPv6 /64 by default).
 
 #include <linux/bpf.h>
@@ -126,7 +129,7 @@ struct gh_hdr {
 	__u32 scan_ports;   // distinct ports that block; 0: no scan detection
 	__u32 src_mask6[4]; // network order: the bits of an IPv6 source
 	__u64 scan_window;  // ns a (source, port) pair counts once
-	__u64 scan_gap;     // ns of refill one new pair costs: window / ports
+	__u64 scan_gap;     // ns of refill one new pair costs: about window / ports
 	__u64 scan_burst;   // (ports - 1) * gap: the bucket's depth
 	__u64 block_for;    // ns a scanner stays blocked
 };
@@ -274,120 +277,8 @@ static __always_inline void *page(void *gen, __u32 idx)
 
 #include "admitted.h"
 
-// mgmt_match reports whether the source lies in a management range that
-// may reach pk's port, or, with any_port, in any management range.
-static __always_inline int mgmt_match(struct gh_hdr *h, struct gh_pkt *pk, const int v6, const int any_port)
-{
-	__u32 n = h->mgmt_count;
-#pragma clang loop unroll(disable)
-	for (int i = 0; i < GH_MAX_MGMT; i++) {
-		if (i >= n)
-			return 0;
-		struct gh_mgmt *m = &h->mgmt[i];
-		if ((!any_port && m->port != pk->dport) || m->family != (v6 ? 6 : 4))
-			continue;
-		__u32 l = m->plen;
-		__u64 mh, ml;
-		if (l == 0) {
-			mh = 0;
-			ml = 0;
-		} else if (l <= 64) {
-			mh = ~0ULL << (64 - l);
-			ml = 0;
-		} else {
-			mh = ~0ULL;
-			ml = ~0ULL << ((128 - l) & 63);
-		}
-		if ((pk->hi & mh) == m->hi && (pk->lo & ml) == m->lo)
-			return 1;
-	}
-	return 0;
-}
-
+#include "classify.h"
 #include "scan.h"
-
-// port_flags returns the four flag bits of a port.
-static __always_inline __u32 port_flags(struct gh_hdr *h, __u32 port)
-{
-	__u8 b = ((__u8 *)h)[GH_PORTS_OFF + ((port >> 1) & 0x7fff)];
-	return (b >> ((port & 1) * 4)) & 0xf;
-}
-
-#define GH_CHECK 0x100    // decide by the admitted set
-#define GH_DROP 0x200     // with a reason: drop
-#define GH_LISTENER 0x400 // with GH_CHECK: a listener port, which no block takes
-
-// classify returns a pass reason, GH_DROP|reason, or GH_CHECK (with
-// GH_LISTENER for a listener port).
-//
-// tcp_seg is a constant: 1 when the caller knows pk is a TCP segment with its
-// header (the common case gets code of its own, without the tests below).
-static __always_inline __u32 classify(struct gh_hdr *h, struct gh_pkt *pk, const int v6, const int tcp_seg)
-{
-	int strict = h->flags & GH_FLAG_STRICT;
-
-	if (!tcp_seg && pk->later_frag) {
-		// No transport header: only the source can be judged. In
-		// listeners mode anyone may open a flow to a port that is not a
-		// listener, so any later fragment may belong to one. In strict
-		// mode only admitted sources and management ranges may have sent
-		// the first fragment.
-		if (!strict)
-			return GH_PASSTHROUGH;
-		if (mgmt_match(h, pk, v6, 1))
-			return GH_MANAGEMENT;
-		return GH_CHECK;
-	}
-
-	if (tcp_seg || pk->l4 == IPPROTO_TCP || pk->l4 == IPPROTO_UDP) {
-		__u32 f = port_flags(h, pk->dport);
-		int tcp = tcp_seg || pk->l4 == IPPROTO_TCP;
-		if ((f & (tcp ? GH_PORT_MGMT_TCP : GH_PORT_MGMT_UDP)) && mgmt_match(h, pk, v6, 0))
-			return GH_MANAGEMENT;
-		if (f & (tcp ? GH_PORT_TCP : GH_PORT_UDP))
-			return GH_CHECK | GH_LISTENER;
-		if (!strict)
-			return GH_PASSTHROUGH;
-		if (tcp) {
-			// A bare SYN opens a flow; everything else may be return
-			// traffic and is conntrack's to judge.
-			if ((pk->tcp_flags & 0x12) != 0x02)
-				return GH_PASSTHROUGH;
-		} else if (h->eph_lo != 0 && pk->dport >= h->eph_lo && pk->dport <= h->eph_hi) {
-			return GH_PASSTHROUGH;
-		}
-		return GH_DROP | GH_NOT_ADMITTED;
-	}
-
-	if (pk->l4 == IPPROTO_ICMP || pk->l4 == IPPROTO_ICMPV6) {
-		if (!strict)
-			return GH_PASSTHROUGH;
-		// Errors and echo replies answer our own traffic; echo requests
-		// and the rest are new and need an admitted source.
-		__u8 t = pk->icmp_type;
-		int answer = v6 ? (t >= 1 && t <= 4) || t == 129 : t == 0 || t == 3 || t == 11 || t == 12;
-		return answer ? GH_PASSTHROUGH : GH_CHECK;
-	}
-
-	// Other IP protocols (and IPv6 without a transport header).
-	return strict ? GH_DROP | GH_NOT_ADMITTED : GH_PASSTHROUGH;
-}
-
-// new_flow reports whether pk may open a flow (see the top of this file).
-static __always_inline int new_flow(struct gh_hdr *h, struct gh_pkt *pk, const int v6, const int tcp_seg)
-{
-	if (tcp_seg || pk->l4 == IPPROTO_TCP)
-		return !pk->later_frag && (pk->tcp_flags & 0x12) == 0x02;
-	if (pk->later_frag)
-		return 0;
-	if (pk->l4 == IPPROTO_UDP)
-		return h->eph_lo == 0 || pk->dport < h->eph_lo || pk->dport > h->eph_hi;
-	if (pk->l4 == IPPROTO_ICMP || pk->l4 == IPPROTO_ICMPV6) {
-		__u8 t = pk->icmp_type;
-		return !(v6 ? (t >= 1 && t <= 4) || t == 129 : t == 0 || t == 3 || t == 11 || t == 12);
-	}
-	return 1;
-}
 
 // verdict is instantiated once per family (v6 is a constant), so that each
 // copy is straight-line code for its own family.
@@ -411,7 +302,7 @@ static __always_inline int verdict(struct gh_pkt *pk, const int v6, const int tc
 			return count(GH_ACT_PASS, GH_ADMITTED);
 		c = GH_ADMITTED;
 	}
-	if (new_flow(h, pk, v6, tcp_seg)) {
+	if (opens(pk, v6, tcp_seg)) {
 		if (blocked(h, pk, v6))
 			return count(GH_ACT_DROP, GH_BLOCKED);
 		// A bare SYN to a port that is neither listener nor management.
@@ -509,6 +400,12 @@ static __always_inline int handle_v6(void *cur, void *end)
 		return count(GH_ACT_DROP, GH_MALFORMED);
 	__u32 avail = bpf_ntohs(ip->payload_len);
 	if (ip->version != 6 || cur + sizeof(*ip) + avail > end)
+		return count(GH_ACT_DROP, GH_MALFORMED);
+	// An IPv4-mapped source (::ffff:0:0/96) is no IPv6 source: the
+	// kernel drops it before any hook (RFC 4291 2.5.5.2), and scan
+	// detection must not take it for one in ::/64.
+	if (ip->saddr.in6_u.u6_addr32[0] == 0 && ip->saddr.in6_u.u6_addr32[1] == 0 &&
+	    ip->saddr.in6_u.u6_addr32[2] == bpf_htonl(0xffff))
 		return count(GH_ACT_DROP, GH_MALFORMED);
 	__builtin_memcpy(pk.saddr6.a, &ip->saddr, 16);
 	pk.hi = ((__u64)bpf_ntohl(ip->saddr.in6_u.u6_addr32[0]) << 32) | bpf_ntohl(ip->saddr.in6_u.u6_addr32[1]);

@@ -125,6 +125,9 @@ func verdictCases() []verdictCase {
 		{name: "strict v6 MLD query", strict: true, f: with(ipv6("fe80::1", 58, 0), func(f *frame) { f.icmpType = 130 }), action: 0, reason: "passthrough"},
 		{name: "strict v6 redirect", strict: true, f: with(ipv6("fe80::1", 58, 0), func(f *frame) { f.icmpType = 137 }), action: 0, reason: "passthrough"},
 		{name: "strict v6 node information query", strict: true, f: with(ipv6(out6, 58, 0), func(f *frame) { f.icmpType = 139 }), action: 1, reason: "not_admitted"},
+		// The kernel drops an IPv4-mapped IPv6 source before any hook.
+		{name: "v6 v4-mapped source", f: ipv6("::ffff:203.0.113.200", 6, 80), action: 1, reason: "malformed"},
+		{name: "v6 v4-mapped source to a listener", f: ipv6("::ffff:198.51.100.7", 6, 443), action: 1, reason: "malformed"},
 		{name: "icmp in v6 is not icmp", strict: true, f: with(ipv6(out6, 1, 0), func(f *frame) { f.icmpType = 0 }), action: 1, reason: "not_admitted"},
 
 		// VLAN tags.
@@ -277,120 +280,6 @@ func monotonicNow(t testing.TB) uint64 {
 	return uint64(ts.Nano())
 }
 
-// TestBlocklist: a blocked source loses the new flows it could open
-// elsewhere, but not its listener ports (when admitted), not a management
-// port of its range, and never a packet that may belong to a live flow. A
-// source is its /64 when the generation says so.
-func TestBlocklist(t *testing.T) {
-	for _, strict := range []bool{false, true} {
-		r := newRig(t, false)
-		g := testGeneration(strict)
-		g.SourceBits6 = 64
-		r.apply(t, g)
-		now := monotonicNow(t)
-		block := func(a string, until uint64) {
-			addr := netip.MustParseAddr(a)
-			var err error
-			if addr.Is4() {
-				err = r.coll.Maps[MapBlock4].Put(addr.As4(), until)
-			} else {
-				err = r.coll.Maps[MapBlock6].Put(addr.As16(), until)
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-		}
-		block(in4, now+uint64(time.Hour))
-		block(in4b, now-1) // expired
-		block(mgmt4, now+uint64(time.Hour))
-		block("2001:db8:1::", now+uint64(time.Hour)) // the /64 of in6
-		block("2001:db8:2:3::", now+uint64(time.Hour))
-		syn := frame{src: in4, dst: dst4, dport: 80}
-		// Entries are ignored until the state says the blocklist is active.
-		if strict {
-			syn.dport = 443 // the only port strict leaves open besides management
-		}
-		if got := r.run(t, syn.bytes()); got != xdpPass {
-			t.Fatalf("inactive blocklist: action %d, want pass", got)
-		}
-		if err := SetBlockActive(r.coll.Maps[MapState], true); err != nil {
-			t.Fatal(err)
-		}
-		with := func(f frame, fn func(*frame)) frame { fn(&f); return f }
-		// In strict mode a new flow to a closed port is dropped anyway:
-		// "blocked" or "not_admitted" is the reason.
-		closed := "blocked"
-		type tc struct {
-			name   string
-			f      frame
-			action int
-			reason string
-		}
-		cases := []tc{
-			{"admitted keeps its listener", frame{src: in4, dst: dst4, dport: 443}, 0, "admitted"},
-			{"udp listener", frame{src: in4, dst: dst4, proto: 17, dport: 4433}, 0, "admitted"},
-			{"v6 /64 keeps its listener", frame{src: in6, dst: dst6, dport: 443}, 0, "admitted"},
-			{"management keeps its port", frame{src: mgmt4, dst: dst4, dport: 22}, 0, "management"},
-			{"management udp", frame{src: mgmt4, dst: dst4, proto: 17, dport: 22}, 0, "management"},
-			{"not admitted to a listener", frame{src: out4, dst: dst4, dport: 443}, 1, "not_admitted"},
-			{"expired block", frame{src: in4b, dst: dst4, dport: 443}, 0, "admitted"},
-			{"ACK may be return traffic", with(frame{src: in4, dst: dst4, dport: 40000}, func(f *frame) { f.flags = 0x10 }), 0, "passthrough"},
-			{"SYN-ACK answers our SYN", with(frame{src: in4, dst: dst4, dport: 40000}, func(f *frame) { f.flags = 0x12 }), 0, "passthrough"},
-			{"udp to the ephemeral range", frame{src: in4, dst: dst4, proto: 17, dport: 40000}, 0, "passthrough"},
-			{"echo reply", frame{src: in4, dst: dst4, proto: 1, icmpType: 0}, 0, "passthrough"},
-			{"v6 packet too big", frame{src: in6, dst: dst6, proto: 58, icmpType: 2}, 0, "passthrough"},
-			{"v6 ND is never blocked", frame{src: in6, dst: dst6, proto: 58, icmpType: 135}, 0, "passthrough"},
-			{"v6 another /64 is not blocked", frame{src: "2001:db8:1:1::9", dst: dst6, proto: 58, icmpType: 129}, 0, "passthrough"},
-		}
-		if strict {
-			cases = append(cases,
-				tc{"SYN elsewhere", frame{src: in4, dst: dst4, dport: 80}, 1, closed},
-				tc{"management source elsewhere", frame{src: mgmt4, dst: dst4, dport: 23}, 1, closed},
-				tc{"udp elsewhere", frame{src: in4, dst: dst4, proto: 17, dport: 53}, 1, closed},
-				tc{"echo request of an admitted source", frame{src: in4, dst: dst4, proto: 1, icmpType: 8}, 1, "blocked"},
-				tc{"v6 echo request of its /64", frame{src: "2001:db8:1::77", dst: dst6, proto: 58, icmpType: 128}, 1, "blocked"},
-				tc{"later fragment of an admitted source", with(frame{src: in4, dst: dst4, proto: 17, dport: 80}, func(f *frame) { f.fragOff = 100 }), 0, "admitted"},
-				tc{"later fragment of a management source", with(frame{src: mgmt4, dst: dst4, proto: 17, dport: 80}, func(f *frame) { f.fragOff = 100 }), 0, "management"},
-			)
-		} else {
-			cases = append(cases,
-				tc{"SYN elsewhere", frame{src: in4, dst: dst4, dport: 80}, 1, "blocked"},
-				tc{"management source elsewhere", frame{src: mgmt4, dst: dst4, dport: 23}, 1, "blocked"},
-				tc{"udp elsewhere", frame{src: in4, dst: dst4, proto: 17, dport: 53}, 1, "blocked"},
-				tc{"echo request", frame{src: in4, dst: dst4, proto: 1, icmpType: 8}, 1, "blocked"},
-				tc{"other protocol", frame{src: in4, dst: dst4, proto: 47}, 1, "blocked"},
-				tc{"v6 SYN of its /64", frame{src: "2001:db8:1::77", dst: dst6, dport: 80}, 1, "blocked"},
-				tc{"v6 another /64 is not blocked", frame{src: "2001:db8:1:1::9", dst: dst6, dport: 80}, 0, "passthrough"},
-				tc{"v6 blocked /64 without admission", frame{src: "2001:db8:2:3::99", dst: dst6, dport: 80}, 1, "blocked"},
-				tc{"later fragment", with(frame{src: in4, dst: dst4, proto: 17, dport: 53}, func(f *frame) { f.fragOff = 100 }), 0, "passthrough"},
-			)
-		}
-		for _, c := range cases {
-			name := fmt.Sprintf("strict=%v/%s", strict, c.name)
-			before := r.counters(t)
-			got := r.run(t, c.f.bytes())
-			want := uint32(xdpPass)
-			if c.action == 1 {
-				want = xdpDrop
-			}
-			if got != want {
-				t.Errorf("%s: action %d, want %d (%s)", name, got, want, c.reason)
-			}
-			after := r.counters(t)
-			for k, v := range after {
-				d := v - before[k]
-				wantD := uint64(0)
-				if Actions[k[0]] == Actions[c.action] && Reasons[k[1]] == c.reason {
-					wantD = 1
-				}
-				if d != wantD {
-					t.Errorf("%s: counter %s/%s moved by %d, want %d", name, Actions[k[0]], Reasons[k[1]], d, wantD)
-				}
-			}
-		}
-	}
-}
-
 // TestEncodeRejects covers bad input: Encode fails and nothing is half-built.
 func TestEncodeRejects(t *testing.T) {
 	many := make([]Management, 0, 40)
@@ -405,8 +294,9 @@ func TestEncodeRejects(t *testing.T) {
 		"unknown proto":   {Ports: []Port{{"sctp", 5}}},
 		"many management": {Management: many},
 		"source prefix":   {SourceBits6: 129},
-		"scan window":     {Scan: Scan{DistinctPorts: 10, BlockFor: time.Minute}},
-		"scan block_for":  {Scan: Scan{DistinctPorts: 10, Window: time.Minute}},
+		"scan window":     {Scan: Scan{DistinctPorts: 10, Gap: time.Second, BlockFor: time.Minute}},
+		"scan gap":        {Scan: Scan{DistinctPorts: 10, Window: time.Minute, BlockFor: time.Minute}},
+		"scan block_for":  {Scan: Scan{DistinctPorts: 10, Window: time.Minute, Gap: time.Second}},
 	} {
 		if p, err := g.Encode(); err == nil {
 			t.Errorf("%s: Encode gave %d pages, want an error", name, p.Count)
@@ -444,7 +334,7 @@ func TestScanDetection(t *testing.T) {
 			r := newRig(t, false)
 			g := testGeneration(strict)
 			g.SourceBits6 = 64
-			g.Scan = Scan{DistinctPorts: ports, Window: time.Hour, BlockFor: time.Hour}
+			g.Scan = Scan{DistinctPorts: ports, Window: time.Hour, Gap: time.Hour / ports, BlockFor: time.Hour}
 			r.apply(t, g)
 			closedPass := "passthrough"
 			closedAction := uint32(xdpPass)
@@ -532,7 +422,7 @@ func TestScanBucketRefills(t *testing.T) {
 	r := newRig(t, false)
 	g := testGeneration(false)
 	// 2 ports per 200 ms: one token, refilled every 100 ms.
-	g.Scan = Scan{DistinctPorts: 2, Window: 200 * time.Millisecond, BlockFor: time.Hour}
+	g.Scan = Scan{DistinctPorts: 2, Window: 200 * time.Millisecond, Gap: 100 * time.Millisecond, BlockFor: time.Hour}
 	r.apply(t, g)
 	for i := range 5 {
 		if got := r.run(t, frame{src: out4, dst: dst4, dport: uint16(1000 + i)}.bytes()); got != xdpPass {

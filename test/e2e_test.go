@@ -137,7 +137,10 @@ func (tp *topology) start(t *testing.T) {
 
 // probe opens a TCP connection from src to dst:443 in the cloud namespace
 // and says what happened to it: "connected", "refused" (a RST came back: the
-// packet reached the host) or "dropped" (no answer: filtered).
+// packet reached the host) or "dropped" (no answer: filtered). On a
+// listener port synproxy answers the handshake itself; with no listener
+// behind it, the reset comes as soon as the handshake proved the source,
+// and the connect fails with ECONNRESET: refused as well.
 func (tp *topology) probe(t *testing.T, src, dst string) string {
 	t.Helper()
 	got, err := tp.tryProbe(src, dst, 1500*time.Millisecond)
@@ -159,7 +162,7 @@ func (tp *topology) tryProbe(src, dst string, wait time.Duration) (string, error
 		return "connected", nil
 	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
 		return "dropped", nil
-	case errors.Is(err, syscall.ECONNREFUSED):
+	case errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET):
 		return "refused", nil
 	}
 	return "", fmt.Errorf("probe %s → %s: %w", src, dst, err)

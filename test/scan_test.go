@@ -55,7 +55,9 @@ type scanNet struct {
 	d                                    *daemonProc
 }
 
-func newScanNet(t *testing.T, mode string) *scanNet {
+// newScanNet builds the internet of the scan tests and starts the daemon
+// in mode; enforcement holds further enforcement keys, one per line.
+func newScanNet(t *testing.T, mode string, enforcement ...string) *scanNet {
 	t.Helper()
 	netns.RequirePriv(t)
 	sn := &scanNet{dir: t.TempDir()}
@@ -128,6 +130,7 @@ enforcement:
     - {cidr: %[5]s/32, ports: [%[6]d]}
     - {cidr: "%[7]s/128", ports: [%[6]d]}
   scan_block: {distinct_ports: 10, window: 1m, block_for: 10m}
+%[13]s
 metrics: {listen: "127.0.0.1:9477"}
 static_ranges: [192.0.2.0/24, "2001:db8:b::/64"]
 tenants:
@@ -141,7 +144,7 @@ listeners:
     routes:
       - {tenant: acme, backend: "https://[%[11]s]:8443", backend_ca: %[12]s}
 `, sn.outside, sn.dir, pinDir, mode, scanAdmin4, scanMgmtPort, scanAdmin6, tenantCA.CertFile,
-		server.CertFile, server.KeyFile, scanBackend6, internalCA.CertFile)
+		server.CertFile, server.KeyFile, scanBackend6, internalCA.CertFile, "  "+strings.Join(enforcement, "\n  "))
 	sn.config = filepath.Join(sn.dir, "gatehouse.yaml")
 	if err := os.WriteFile(sn.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"slices"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/test/netns"
+	"github.com/google/nftables/expr"
 )
 
 // TestScanBlock: a scanner is blocked after distinct_ports closed ports and
@@ -149,8 +151,9 @@ func echoes(c net.Conn) error {
 }
 
 // TestBlockAPI: Block (the XDP layer's scanners) keys the source as the
-// scan rule does, never blocks a management source, and is not handed
-// back through OnBlock.
+// scan rule does, takes every source it is handed as the XDP program does
+// (a management source keeps its management port by rule order, in both
+// layers, and loses the rest), and is not handed back through OnBlock.
 func TestBlockAPI(t *testing.T) {
 	var pushed atomic.Int32
 	tp := newTopo(t, Config{OnBlock: func(netip.Addr, time.Duration) error { pushed.Add(1); return nil }})
@@ -175,11 +178,17 @@ func TestBlockAPI(t *testing.T) {
 	}
 	v4 := tp.ns.Exec(t, "nft", "list", "set", "inet", TableName, "blocked_v4")
 	v6 := tp.ns.Exec(t, "nft", "list", "set", "inet", TableName, "blocked_v6")
-	if !strings.Contains(v4, scannerV4) || strings.Contains(v4, outsideV4) {
-		t.Errorf("blocked_v4: want the scanner, not the management source:\n%s", v4)
+	if !strings.Contains(v4, scannerV4) || !strings.Contains(v4, outsideV4) {
+		t.Errorf("blocked_v4: want the scanner and the management source, as the XDP layer blocked them:\n%s", v4)
 	}
 	if !strings.Contains(v6, "2001:db8:: ") || strings.Contains(v6, "2001:db8::77") {
 		t.Errorf("blocked_v6: want the /64 2001:db8::, keyed without its host bits:\n%s", v6)
+	}
+	if !tp.reach(outsideV4, gateV4, mgmtPort) {
+		t.Error("the blocked management source lost its management port")
+	}
+	if tp.reach(outsideV4, gateV4, otherPort) {
+		t.Error("the blocked management source reached another port")
 	}
 	// The /64 is blocked (outsideV6 is management there and keeps its
 	// port), and so is every other address in it.
@@ -313,4 +322,52 @@ func TestSourcePrefixLimits(t *testing.T) {
 			t.Errorf("conn_limited counter is 0: %v", c)
 		}
 	})
+}
+
+// TestScanRefill: the scan rule's limit refills exactly at the gap the XDP
+// program uses (the policy's), and that gap is distinct_ports per window,
+// exact where a whole rate per second, minute, hour, day or week gives it
+// (nft's limit knows no other units), else rounded to half a token a week.
+func TestScanRefill(t *testing.T) {
+	for _, tc := range []struct {
+		n      int
+		window time.Duration
+	}{
+		{10, 10 * time.Second}, {5, 10 * time.Second}, {100, 10 * time.Second},
+		{10, time.Hour}, {10, 7 * time.Second}, {7, time.Minute}, {3, 11 * time.Second},
+		{65535, time.Second}, {2, 240 * time.Hour},
+	} {
+		p := goldenPolicy()
+		p.Enforcement.ScanBlock = policy.ScanBlock{DistinctPorts: tc.n, Window: tc.window, BlockFor: time.Minute}
+		var lim *expr.Limit
+		for _, r := range mustSpec(t, p).build().rules {
+			for _, e := range r.Exprs {
+				if d, ok := e.(*expr.Dynset); ok && strings.HasPrefix(d.SetName, setScanCount) {
+					lim = d.Exprs[0].(*expr.Limit)
+				}
+			}
+		}
+		if lim == nil || lim.Rate == 0 {
+			t.Fatalf("%d ports in %s: no scan limit", tc.n, tc.window)
+		}
+		// The kernel's cost of one packet: the unit in ns over the rate.
+		cost := time.Duration(uint64(lim.Unit) * uint64(time.Second) / lim.Rate)
+		want := float64(tc.window) / float64(tc.n)
+		// The kernel divides in whole nanoseconds.
+		tolerance := 1.0
+		if lim.Unit == expr.LimitTimeWeek {
+			tolerance += want * 0.5 / float64(lim.Rate)
+		}
+		if d := math.Abs(float64(cost) - want); d > tolerance || lim.Burst != uint32(tc.n-1) {
+			t.Errorf("%d ports in %s: %d per %d s (one per %s), burst %d: want one per %s, burst %d",
+				tc.n, tc.window, lim.Rate, lim.Unit, cost, lim.Burst, time.Duration(want), tc.n-1)
+		}
+		f, err := p.Filter()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Refill.Gap() != cost {
+			t.Errorf("%d ports in %s: nftables refills every %s, the XDP program every %s", tc.n, tc.window, cost, f.Refill.Gap())
+		}
+	}
 }

@@ -101,6 +101,35 @@ func tcpFlagsSYN() []expr.Any {
 	}
 }
 
+// tcpFlagsACK matches the last segment of a handshake: ACK without SYN
+// or RST. It needs the l4proto check before it.
+func tcpFlagsACK() []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x16}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0x10}},
+	}
+}
+
+// fibDaddrLocal matches a destination that is (or with local false, is
+// not) an address of the appliance: fib daddr type local.
+func fibDaddrLocal(local bool) []expr.Any {
+	return fibType(&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true}, local)
+}
+
+// fibSaddrLocal is fibDaddrLocal for the source: fib saddr type local.
+func fibSaddrLocal(local bool) []expr.Any {
+	return fibType(&expr.Fib{Register: 1, FlagSADDR: true, ResultADDRTYPE: true}, local)
+}
+
+func fibType(f *expr.Fib, local bool) []expr.Any {
+	op := expr.CmpOpEq
+	if !local {
+		op = expr.CmpOpNeq
+	}
+	return []expr.Any{f, &expr.Cmp{Op: op, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)}}
+}
+
 func icmpType() []expr.Any {
 	return []expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1}}
 }

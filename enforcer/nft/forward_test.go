@@ -1,13 +1,9 @@
 package nft
 
 import (
-	"context"
-	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/test/netns"
@@ -79,9 +75,7 @@ func check(t *testing.T, step string, flows []flow) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
-			defer cancel()
-			c, err := f.from.DialContext(ctx, "tcp", net.JoinHostPort(f.src, "0"), net.JoinHostPort(f.dst, fmt.Sprint(f.port)))
+			c, err := dialEcho(f.from, f.src, f.dst, f.port)
 			if err == nil {
 				c.Close()
 				got[i] = true
@@ -90,6 +84,13 @@ func check(t *testing.T, step string, flows []flow) {
 	}
 	wg.Wait()
 	for i, f := range flows {
+		// A wanted flow that timed out gets a second, patient try: on a
+		// loaded machine the short dial can run out. A dropped SYN is
+		// dropped again.
+		if !got[i] && f.want && patientEcho(f.from, f.src, f.dst, f.port) == nil {
+			t.Logf("%s: %s -> %s:%d reached on a second try", step, f.src, f.dst, f.port)
+			got[i] = true
+		}
 		if got[i] != f.want {
 			t.Errorf("%s: %s -> %s:%d: reached %v, want %v", step, f.src, f.dst, f.port, got[i], f.want)
 		}
@@ -173,10 +174,8 @@ func TestForwardRouted(t *testing.T) {
 	if err := r.e.Apply(capped); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
 	for _, dst := range []string{gateV4, internalV4} {
-		c, err := r.cloud.DialContext(ctx, "tcp", net.JoinHostPort(admittedV4, "0"), net.JoinHostPort(dst, fmt.Sprint(listenPort)))
+		c, err := dialEcho(r.cloud, admittedV4, dst, listenPort)
 		if err != nil {
 			t.Fatalf("capped: connection to %s: %v", dst, err)
 		}

@@ -19,6 +19,7 @@ var (
 type metrics struct {
 	drift          prometheus.Counter
 	blockedSources prometheus.Gauge
+	fill           *prometheus.GaugeVec
 
 	// swap is held by a full replace from reading the old table's counters
 	// until they are in base, and shared by Collect: a scrape sees the old
@@ -29,7 +30,7 @@ type metrics struct {
 }
 
 func newMetrics() *metrics {
-	return &metrics{
+	m := &metrics{
 		drift: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gatehouse_nft_drift_total",
 			Help: "Times reconcile found table inet gatehouse deleted or edited and rebuilt it.",
@@ -38,8 +39,16 @@ func newMetrics() *metrics {
 			Name: "gatehouse_nft_blocked_sources",
 			Help: "Sources currently in the blocked_v4 and blocked_v6 sets.",
 		}),
+		fill: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gatehouse_nft_blocklist_fill_ratio",
+			Help: "How full the blocked_v4 and blocked_v6 sets are (0 to 1). A full set blocks no more scanners (their SYNs are still dropped, counted as rule blocklist_full) and refuses the XDP layer's.",
+		}, []string{"family"}),
 		base: map[string]uint64{},
 	}
+	for _, v6 := range []bool{false, true} {
+		m.fill.WithLabelValues(family(v6))
+	}
+	return m
 }
 
 // Describe implements prometheus.Collector.
@@ -47,6 +56,7 @@ func (e *Enforcer) Describe(ch chan<- *prometheus.Desc) {
 	ch <- packetsDesc
 	e.metrics.drift.Describe(ch)
 	e.metrics.blockedSources.Describe(ch)
+	e.metrics.fill.Describe(ch)
 }
 
 // Collect implements prometheus.Collector. It reads the named counters of
@@ -54,6 +64,7 @@ func (e *Enforcer) Describe(ch chan<- *prometheus.Desc) {
 func (e *Enforcer) Collect(ch chan<- prometheus.Metric) {
 	e.metrics.drift.Collect(ch)
 	e.metrics.blockedSources.Collect(ch)
+	e.metrics.fill.Collect(ch)
 	e.metrics.swap.RLock()
 	defer e.metrics.swap.RUnlock()
 	c, err := e.conn()

@@ -78,7 +78,10 @@ type Enforcer struct {
 	cur     *spec    // what the kernel holds, nil before the first Apply
 	curRS   *ruleset // the objects cur was built into
 	lastGen uint32   // ruleset generation seen at the last clean check
-	blocked map[netip.Addr]time.Time
+	// blocked holds the sources of the blocked sets at the last poll, and
+	// those Block added since; count, how many each set held.
+	blocked map[netip.Addr]blockState
+	count   [2]int
 
 	metrics *metrics
 }
@@ -99,7 +102,7 @@ func New(cfg Config) (*Enforcer, error) {
 		every:   cfg.ReconcileInterval,
 		pollGap: cfg.BlockPollInterval,
 		onBlock: cfg.OnBlock,
-		blocked: map[netip.Addr]time.Time{},
+		blocked: map[netip.Addr]blockState{},
 		metrics: newMetrics(),
 	}
 	if e.every <= 0 {
@@ -186,11 +189,11 @@ func socketOptions(c *netlink.Conn) error {
 	if err = errors.Join(err, serr); err != nil {
 		return fmt.Errorf("netlink socket buffers: %w", err)
 	}
-	// An error echoes the whole failed message; with 60 kB element chunks
-	// that would fill the receive buffer. Keep acks small, errors explained.
-	if err := c.SetOption(netlink.CapAcknowledge, true); err != nil {
-		return err
-	}
+	// Errors explained (the kernel's message and the offending attribute).
+	// They are not capped: an error echoes the failed message, at most one
+	// 60 kB element chunk, which the receive buffer holds; and the netlink
+	// library reads a capped error with explanations as a short message,
+	// losing its errno (a full set's ENFILE among them).
 	if err := c.SetOption(netlink.ExtendedAcknowledge, true); err != nil {
 		return err
 	}
@@ -204,7 +207,7 @@ func socketOptions(c *netlink.Conn) error {
 // computed from the generation in memory. On error the kernel keeps the
 // previous generation.
 func (e *Enforcer) Apply(p *policy.Policy) error {
-	next, err := newSpec(p)
+	next, err := newSpec(p, e.synOptions(p))
 	if err != nil {
 		return err
 	}
@@ -237,8 +240,24 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 	// times every layer's Apply alike.
 	d := time.Since(start)
 	e.log.Info("policy applied", "generation", p.Generation, "duration", d,
-		"admitted_v4", len(next.adm4), "admitted_v6", len(next.adm6), "strict", next.strict, "forward", next.forward)
+		"admitted_v4", len(next.adm4), "admitted_v6", len(next.adm6), "strict", next.strict, "forward", next.forward,
+		"syn_proxy_mss", fmt.Sprintf("%d/%d", next.syn.mss4, next.syn.mss6), "syn_proxy_wscale", next.syn.wscale)
 	return nil
+}
+
+// synOptions reads the TCP options synproxy is to answer with (see
+// synOptions), falling back to a 1500-byte MTU and window scale 7 with a
+// warning: they shape the clients' speed, not who gets in.
+func (e *Enforcer) synOptions(p *policy.Policy) synOptions {
+	if p == nil || e.testDial != nil {
+		return defaultSynOptions()
+	}
+	o, err := readSynOptions(e.netns, p.Interface)
+	if err != nil {
+		e.log.Warn("TCP settings for the SYN proxy unreadable, using a 1500-byte MTU and window scale 7", "err", err)
+		return defaultSynOptions()
+	}
+	return o
 }
 
 // applyFull replaces the table in one batch: create it if absent, delete it,
@@ -280,6 +299,7 @@ func (e *Enforcer) applyFull(next *spec) error {
 		return fmt.Errorf("replace table: %w", err) // the old table and its counters stay
 	}
 	e.metrics.fold(old)
+	e.remember(carried, e.cur == nil)
 	e.cur, e.curRS, e.lastGen = next, rs, 0
 	return nil
 }

@@ -113,9 +113,7 @@ func (e *Enforcer) drift(c *nftables.Conn) (string, error) {
 		if i < 0 {
 			return "chain " + want.Name + " missing", nil
 		}
-		ch := ours[i]
-		if ch.Hooknum == nil || *ch.Hooknum != *want.Hooknum || ch.Priority == nil ||
-			*ch.Priority != *want.Priority || ch.Policy == nil || *ch.Policy != *want.Policy {
+		if !sameHook(ours[i], want) {
 			return "chain " + want.Name + " changed", nil
 		}
 		rules, err := c.GetRules(rs.table, want)
@@ -199,6 +197,16 @@ func (e *Enforcer) drift(c *nftables.Conn) (string, error) {
 		}
 	}
 	return "", nil
+}
+
+// sameHook reports whether a chain in the kernel has the hook, priority
+// and policy of the one we want, or like it is a regular chain.
+func sameHook(ch, want *nftables.Chain) bool {
+	if want.Hooknum == nil {
+		return ch.Hooknum == nil
+	}
+	return ch.Hooknum != nil && *ch.Hooknum == *want.Hooknum && ch.Priority != nil &&
+		*ch.Priority == *want.Priority && ch.Policy != nil && *ch.Policy == *want.Policy
 }
 
 // sameKeys compares element keys regardless of order.

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"math"
 	"net/netip"
 	"slices"
 	"strings"
@@ -13,7 +12,6 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
-	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 )
@@ -30,15 +28,17 @@ const (
 	ruleInvalid     = "invalid"
 	ruleICMP        = "icmp_allowed"
 	ruleNotAdmitted = "not_admitted"
+	ruleSynProxy    = "syn_proxy"
 	ruleRateLimited = "rate_limited"
 	ruleConnLimited = "conn_limited"
 	ruleAdmitted    = "admitted"
 	ruleManagement  = "management"
 	ruleScan        = "scan_detected"
+	ruleFull        = "blocklist_full"
 	ruleStrictDrop  = "strict_drop"
 )
 
-// fwdPrefix names the counters of the forward chain: fwd_ and the name of
+// fwdPrefix names the counters of the forward path: fwd_ and the name of
 // the input rule that does the same (fwd_admitted, fwd_not_admitted, ...),
 // plus fwd_internal for flows that did not enter on the outside interface.
 const (
@@ -46,12 +46,21 @@ const (
 	ruleFwdInternal = fwdPrefix + "internal"
 )
 
+// Chain names and priorities.
+const (
+	chainPrerouting = "prerouting"
+	chainInput      = "input"
+	chainOutput     = "output"
+	chainForward    = "forward"
+	chainScanBlock  = "scan_block" // a regular chain: the scan rule jumps to it
+	chainPriority   = -10          // before the usual filter chains at 0, after conntrack
+	rawPriority     = -300         // before conntrack: where a SYN is left untracked
+)
+
 // Defaults for knobs the policy may leave zero.
 const (
-	defaultBlockFor = 10 * time.Minute
-	rateIdle        = time.Minute // a rate bucket untouched this long is forgotten
-	dynamicSetSize  = 65535
-	chainPriority   = -10 // before the usual filter chains at 0, after conntrack
+	rateIdle       = time.Minute // a rate bucket untouched this long is forgotten
+	dynamicSetSize = 65535
 )
 
 // tagType is a private userdata TLV on every rule we install. It holds a hash
@@ -67,12 +76,14 @@ type spec struct {
 	strict   bool
 	rate     policy.Rate
 	maxConns uint32
-	scan     policy.ScanBlock
-	blockFor time.Duration
-	// forward adds the forward chain; outside is the interface whose
+	scan     policy.ScanBlock // zero: scan detection off
+	refill   policy.ScanRefill
+	// forward adds the forward path; outside is the interface whose
 	// forwarded flows it polices ("" means every interface).
 	forward bool
 	outside string
+	// syn is what synproxy answers a SYN to a listener port with.
+	syn synOptions
 
 	// src4 and src6 are the prefix lengths that make one source for the
 	// per-source sets (rate, conns, scan, blocked).
@@ -86,30 +97,31 @@ type spec struct {
 	adm4, adm6         []addrRange
 }
 
-func newSpec(p *policy.Policy) (*spec, error) {
+func newSpec(p *policy.Policy, syn synOptions) (*spec, error) {
 	if p == nil {
 		return nil, fmt.Errorf("%w: nil policy", errBadPolicy)
 	}
 	if err := p.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", errBadPolicy, err)
 	}
+	f, err := p.Filter()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errBadPolicy, err)
+	}
 	en := p.Enforcement
 	s := &spec{
-		strict:   en.Mode == policy.ModeStrict,
+		strict:   f.Strict,
 		rate:     en.NewConnRate,
 		maxConns: en.MaxConnsPerSource,
-		scan:     en.ScanBlock,
-		blockFor: en.ScanBlock.BlockFor,
+		scan:     f.Scan,
+		refill:   f.Refill,
 		forward:  en.Forward,
-		src4:     en.SourcePrefix.Bits(false),
-		src6:     en.SourcePrefix.Bits(true),
+		syn:      syn,
+		src4:     f.SourceBits4,
+		src6:     f.SourceBits6,
+		ports:    f.Ports,
 		adm4:     toRanges(p.Admitted.V4),
 		adm6:     toRanges(p.Admitted.V6),
-	}
-	switch en.Mode {
-	case policy.ModeStrict, policy.ModeListeners, "":
-	default:
-		return nil, fmt.Errorf("%w: unknown mode %q", errBadPolicy, en.Mode)
 	}
 	if s.forward {
 		s.outside = p.Interface
@@ -117,43 +129,13 @@ func newSpec(p *policy.Policy) (*spec, error) {
 			return nil, fmt.Errorf("%w: interface %q is not an interface name", errBadPolicy, s.outside)
 		}
 	}
-	if s.blockFor <= 0 {
-		s.blockFor = defaultBlockFor
-	}
-	s.scan.BlockFor = s.blockFor // unset and the default are one shape
-	if s.scan.DistinctPorts < 0 {
-		return nil, fmt.Errorf("%w: scan_block.distinct_ports %d below zero", errBadPolicy, s.scan.DistinctPorts)
-	}
-	if s.scan.DistinctPorts > 0 && s.scan.Window < time.Millisecond {
-		return nil, fmt.Errorf("%w: scan_block.window %s too short", errBadPolicy, s.scan.Window)
-	}
-	if s.scan.DistinctPorts == 0 {
-		s.scan = policy.ScanBlock{}
-	}
 	if s.rate.PerSecond == 0 {
 		s.rate = policy.Rate{}
 	}
-	for _, pt := range p.ProtectedPorts() {
-		if pt.Proto != "tcp" {
-			return nil, fmt.Errorf("%w: listener port %d/%s: only tcp is policed", errBadPolicy, pt.Num, pt.Proto)
-		}
-		if pt.Num == 0 {
-			return nil, fmt.Errorf("%w: listener port 0", errBadPolicy)
-		}
-		s.ports = append(s.ports, pt.Num)
-	}
-	for i, m := range en.Management {
-		if !m.Prefix.IsValid() || m.Prefix.Addr().Is4In6() {
-			return nil, fmt.Errorf("%w: management[%d]: invalid prefix %s", errBadPolicy, i, m.Prefix)
-		}
-		if len(m.Ports) == 0 || slices.Contains(m.Ports, 0) {
-			return nil, fmt.Errorf("%w: management[%d] %s: needs ports other than 0", errBadPolicy, i, m.Prefix)
-		}
-	}
-	s.mgmt4 = mgmtEntries(en.Management, true)
-	s.mgmt6 = mgmtEntries(en.Management, false)
-	s.mgmtSrc4 = mgmtSources(en.Management, true)
-	s.mgmtSrc6 = mgmtSources(en.Management, false)
+	s.mgmt4 = mgmtEntries(f.Management, true)
+	s.mgmt6 = mgmtEntries(f.Management, false)
+	s.mgmtSrc4 = mgmtSources(f.Management, true)
+	s.mgmtSrc6 = mgmtSources(f.Management, false)
 	return s, nil
 }
 
@@ -161,8 +143,8 @@ func newSpec(p *policy.Policy) (*spec, error) {
 // the newer one can be applied as element changes.
 func (s *spec) sameShape(o *spec) bool {
 	return s.strict == o.strict && s.rate == o.rate && s.maxConns == o.maxConns &&
-		s.scan == o.scan && s.blockFor == o.blockFor && s.forward == o.forward && s.outside == o.outside &&
-		s.src4 == o.src4 && s.src6 == o.src6
+		s.scan == o.scan && s.refill == o.refill && s.forward == o.forward && s.outside == o.outside &&
+		s.syn == o.syn && s.src4 == o.src4 && s.src6 == o.src6
 }
 
 func (s *spec) family(v6 bool) (mgmt []mgmtEntry, adm []addrRange) {
@@ -198,21 +180,10 @@ func (s *spec) sourceOf(addr netip.Addr) netip.Addr {
 	return p.Addr()
 }
 
-// isManagement reports whether addr lies in a management range.
-func (s *spec) isManagement(addr netip.Addr) bool {
-	addr = addr.Unmap()
-	for _, r := range s.mgmtSources(addr.Is6()) {
-		if r.from.Compare(addr) <= 0 && addr.Compare(r.to) <= 0 {
-			return true
-		}
-	}
-	return false
-}
-
 // ruleset is everything one generation installs, built without the kernel.
 type ruleset struct {
 	table    *nftables.Table
-	chains   []*nftables.Chain // input, then forward when configured
+	chains   []*nftables.Chain // base chains, then the regular ones
 	sets     []*nftables.Set
 	elems    map[string][]nftables.SetElement // initial elements of the small sets
 	ranges   map[string][]addrRange           // admitted sets, encoded only when sent whole
@@ -260,17 +231,6 @@ const (
 // here, in order, so the same spec always gives the same bytes.
 func (s *spec) build() *ruleset {
 	t := ourTable()
-	policyVerdict := nftables.ChainPolicyAccept
-	if s.strict {
-		policyVerdict = nftables.ChainPolicyDrop
-	}
-	baseChain := func(name string, hook *nftables.ChainHook) *nftables.Chain {
-		return &nftables.Chain{
-			Name: name, Table: t, Type: nftables.ChainTypeFilter,
-			Hooknum: hook, Priority: nftables.ChainPriorityRef(chainPriority),
-			Policy: &policyVerdict,
-		}
-	}
 	rs := &ruleset{
 		table:  t,
 		elems:  map[string][]nftables.SetElement{},
@@ -307,7 +267,7 @@ func (s *spec) build() *ruleset {
 			n = setName(setMgmtSrc, v6)
 			byName[n] = addSet(&nftables.Set{Name: n, KeyType: addrType, Interval: true}, intervalElements(s.mgmtSources(v6)))
 		}
-		dyn(setBlocked, addrType, s.blockFor)
+		dyn(setBlocked, addrType, s.blockFor())
 		if s.rate.PerSecond > 0 {
 			dyn(setRate, addrType, rateIdle)
 		}
@@ -316,9 +276,7 @@ func (s *spec) build() *ruleset {
 		}
 		if s.scan.DistinctPorts > 0 {
 			dyn(setScanPorts, concatType, s.scan.Window)
-			if s.scan.DistinctPorts > 1 {
-				dyn(setScanCount, addrType, s.scan.Window)
-			}
+			dyn(setScanCount, addrType, s.scan.Window)
 		}
 	}
 	byName[setPorts] = addSet(&nftables.Set{Name: setPorts, KeyType: nftables.TypeInetService, KeyByteOrder: binaryutil.BigEndian}, portElements(s.ports))
@@ -326,230 +284,22 @@ func (s *spec) build() *ruleset {
 	slices.SortStableFunc(rs.sets, func(a, b *nftables.Set) int { return cmp.Compare(a.Name, b.Name) })
 
 	r := &ruleBuilder{rs: rs, sets: byName, nextID: &id, spec: s}
-	r.chain(baseChain("input", nftables.ChainHookInput))
-	r.add(ruleLoopback, verdictAccept, iifname("lo")...)
-	r.stateRules("")
-	// Neighbour discovery, router adverts and MLD queries from anyone,
-	// blocked or not: XDP passes them too, and the link needs them.
-	r.add(ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMPV6), icmpType(),
-		r.anonLookup(nftables.TypeICMP6Type, icmpv6Essentials))...)
-	// Management ranges reach their ports over TCP and UDP, as in XDP,
-	// before the blocklist: a forged scan cannot lock the admins out.
-	for _, v6 := range []bool{false, true} {
-		for _, proto := range []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
-			r.add(ruleManagement, verdictAccept, concat(l4proto(proto), saddr(v6), dport(concatPortReg(v6)),
-				lookup(byName[setName(setManagement, v6)], false))...)
-		}
-	}
-	// Listener ports before the blocklist: an admitted source keeps them
-	// while blocked (a forged scan in its name must not cut a tenant off),
-	// and a source that is not admitted is dropped there anyway.
-	r.admission(s, "")
-	r.blockedRule("")
-	if s.strict {
-		// Echo requests from admitted sources only, as the XDP layer
-		// decides them.
-		r.echoAdmitted("")
+	s.buildPrerouting(r)
+	s.buildInput(r)
+	s.buildOutput(r)
+	if s.forward {
+		s.buildForward(r)
 	}
 	if s.scan.DistinctPorts > 0 {
-		for _, v6 := range []bool{false, true} {
-			pairs := byName[setName(setScanPorts, v6)]
-			// A bare SYN opens a flow; counted as XDP counts it, and
-			// never from a management range.
-			e := concat(l4proto(unix.IPPROTO_TCP), tcpFlagsSYN(), ctState(expr.CtStateBitNEW),
-				saddr(v6), lookup(byName[setName(setMgmtSrc, v6)], true),
-				r.srcKey(v6), dport(concatPortReg(v6)),
-				lookup(pairs, true), dynset(pairs, unix.NFT_DYNSET_OP_ADD, 0))
-			if s.scan.DistinctPorts > 1 {
-				rate, unit := scanRate(s.scan)
-				// Register 1 still holds the source key.
-				e = append(e, dynset(byName[setName(setScanCount, v6)], unix.NFT_DYNSET_OP_UPDATE, 0,
-					&expr.Limit{Type: expr.LimitTypePkts, Rate: rate, Unit: unit, Burst: uint32(s.scan.DistinctPorts - 1), Over: true})...)
-			}
-			e = append(e, dynset(byName[setName(setBlocked, v6)], unix.NFT_DYNSET_OP_ADD, s.blockFor)...)
-			r.add(ruleScan, verdictDrop, e...)
-		}
-	}
-	if s.strict {
-		r.add(ruleStrictDrop, verdictDrop)
-	}
-	if s.forward {
-		s.buildForward(r, baseChain("forward", nftables.ChainHookForward))
+		s.buildScanBlock(r)
 	}
 	return rs
 }
 
-// buildForward adds the forward chain: the admission of the input chain for
-// flows routed through the appliance to listener ports of internal hosts.
-// There is no loopback, management or scan rule: management reaches the
-// appliance itself, and scan detection stays with the input chain (a
-// source it blocks is dropped here too). Flows that enter on another
-// interface than the outside one are internal and pass.
-func (s *spec) buildForward(r *ruleBuilder, ch *nftables.Chain) {
-	r.chain(ch)
-	r.stateRules(fwdPrefix)
-	if s.outside != "" {
-		r.add(ruleFwdInternal, verdictAccept, iifnameNot(s.outside)...)
+// blockFor is how long the blocked sets keep a source.
+func (s *spec) blockFor() time.Duration {
+	if s.scan.BlockFor > 0 {
+		return s.scan.BlockFor
 	}
-	r.admission(s, fwdPrefix)
-	r.blockedRule(fwdPrefix)
-	if s.strict {
-		// Echo requests to internal hosts from admitted sources only, as
-		// in the input chain and XDP.
-		r.echoAdmitted(fwdPrefix)
-	}
-	if s.strict {
-		r.add(fwdPrefix+ruleStrictDrop, verdictDrop)
-	}
-}
-
-// stateRules adds the rules every chain opens with: established and
-// related flows pass, invalid ones drop. Established comes first so that
-// nothing a scan (forged or not) puts in the blocklist cuts a live flow.
-func (r *ruleBuilder) stateRules(prefix string) {
-	r.add(prefix+ruleEstablished, verdictAccept, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)...)
-	r.add(prefix+ruleInvalid, verdictDrop, ctState(expr.CtStateBitINVALID)...)
-}
-
-// blockedRule drops new flows from blocked sources; it comes after the
-// management and listener rules, so it takes what is left.
-func (r *ruleBuilder) blockedRule(prefix string) {
-	for _, v6 := range []bool{false, true} {
-		r.add(prefix+ruleBlocked, verdictDrop, concat(r.srcKey(v6), lookup(r.sets[setName(setBlocked, v6)], false))...)
-	}
-}
-
-// srcKey loads the source into register 1 as the per-source sets key it:
-// the address masked to the source prefix length of its family.
-func (r *ruleBuilder) srcKey(v6 bool) []expr.Any {
-	e := saddr(v6)
-	bits, n := r.spec.srcBits(v6), 4
-	if v6 {
-		n = 16
-	}
-	if bits >= 8*n {
-		return e
-	}
-	mask := make([]byte, n)
-	for i := range mask {
-		switch {
-		case bits >= 8:
-			mask[i] = 0xff
-			bits -= 8
-		case bits > 0:
-			mask[i] = 0xff << (8 - bits)
-			bits = 0
-		}
-	}
-	return append(e, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(n), Mask: mask, Xor: make([]byte, n)})
-}
-
-// echoAdmitted accepts ICMP and ICMPv6 echo requests from admitted sources.
-func (r *ruleBuilder) echoAdmitted(prefix string) {
-	r.add(prefix+ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMP), icmpType(), cmpEq([]byte{8}),
-		saddr(false), lookup(r.sets[setName(setAdmitted, false)], false))...)
-	r.add(prefix+ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMPV6), icmpType(), cmpEq([]byte{128}),
-		saddr(true), lookup(r.sets[setName(setAdmitted, true)], false))...)
-}
-
-// admission adds the rules for new TCP to listener_ports to the current
-// chain: dropped unless admitted, over the rate, over the connection cap,
-// else accepted. The counters are named prefix plus the rule. Both chains
-// update the same rate_* and conns_* sets, so a source has one budget for
-// the appliance's listeners and the routed ones together.
-func (r *ruleBuilder) admission(s *spec, prefix string) {
-	byName := r.sets
-	listener := func() []expr.Any { return concat(l4proto(unix.IPPROTO_TCP), dport(1), lookup(byName[setPorts], false)) }
-	for _, v6 := range []bool{false, true} {
-		r.add(prefix+ruleNotAdmitted, verdictDrop, concat(listener(), saddr(v6), lookup(byName[setName(setAdmitted, v6)], true))...)
-	}
-	if s.rate.PerSecond > 0 {
-		burst := s.rate.Burst
-		if burst == 0 {
-			burst = s.rate.PerSecond
-		}
-		for _, v6 := range []bool{false, true} {
-			r.add(prefix+ruleRateLimited, verdictDrop, concat(listener(), r.srcKey(v6), dynset(byName[setName(setRate, v6)], unix.NFT_DYNSET_OP_UPDATE, 0,
-				&expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(s.rate.PerSecond), Unit: expr.LimitTimeSecond, Burst: burst, Over: true}))...)
-		}
-	}
-	if s.maxConns > 0 {
-		for _, v6 := range []bool{false, true} {
-			r.add(prefix+ruleConnLimited, verdictDrop, concat(listener(), r.srcKey(v6), dynset(byName[setName(setConns, v6)], unix.NFT_DYNSET_OP_ADD, 0,
-				&expr.Connlimit{Count: s.maxConns, Flags: expr.NFT_CONNLIMIT_F_INV}))...)
-		}
-	}
-	r.add(prefix+ruleAdmitted, verdictAccept, listener()...)
-}
-
-// icmpv6Essentials are the ICMPv6 types a strict appliance must still
-// receive unsolicited from anyone: MLD queries (so snooping switches keep
-// forwarding solicited-node multicast), router advertisements, and neighbour
-// solicitation and advertisement. Echo requests need an admitted source;
-// errors about our own flows arrive as ct related and are accepted by the
-// established rule.
-var icmpv6Essentials = []byte{130, 134, 135, 136}
-
-// scanRate turns "DistinctPorts within Window" into the refill rate of a
-// token bucket that holds DistinctPorts-1 tokens: a source may open that many
-// new (source, port) pairs at once, and gets them back at DistinctPorts per
-// Window. The limit expression knows only whole rates per second, minute,
-// hour or day; the smallest unit that gives at least 1 is used, rounded.
-func scanRate(sb policy.ScanBlock) (uint64, expr.LimitTime) {
-	for _, u := range []expr.LimitTime{expr.LimitTimeSecond, expr.LimitTimeMinute, expr.LimitTimeHour, expr.LimitTimeDay} {
-		per := float64(sb.DistinctPorts) * float64(u) / sb.Window.Seconds()
-		if per >= 1 {
-			return uint64(math.Round(per)), u
-		}
-	}
-	return 1, expr.LimitTimeDay
-}
-
-type verdict = expr.VerdictKind
-
-const (
-	verdictAccept = expr.VerdictAccept
-	verdictDrop   = expr.VerdictDrop
-)
-
-type ruleBuilder struct {
-	rs     *ruleset
-	cur    *nftables.Chain
-	sets   map[string]*nftables.Set
-	nextID *uint32
-	spec   *spec
-}
-
-// chain makes ch the chain the next rules go into.
-func (b *ruleBuilder) chain(ch *nftables.Chain) {
-	b.rs.chains = append(b.rs.chains, ch)
-	b.cur = ch
-}
-
-// add appends a rule: match expressions, the rule's named counter, verdict.
-func (b *ruleBuilder) add(name string, v verdict, match ...expr.Any) {
-	exprs := append(slices.Clip(match),
-		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: name},
-		&expr.Verdict{Kind: v})
-	if !slices.Contains(b.rs.counters, name) {
-		b.rs.counters = append(b.rs.counters, name)
-	}
-	tag := ruleTag(len(b.rs.rules), exprs)
-	b.rs.rules = append(b.rs.rules, &nftables.Rule{
-		Table: b.rs.table, Chain: b.cur, Exprs: exprs,
-		UserData: userdata.Append(nil, tagType, tag),
-	})
-	b.rs.tags = append(b.rs.tags, tag)
-}
-
-// anonLookup creates a constant anonymous set (nft's inline { a, b }).
-func (b *ruleBuilder) anonLookup(key nftables.SetDatatype, vals []byte) []expr.Any {
-	*b.nextID++
-	set := &nftables.Set{Table: b.rs.table, ID: *b.nextID, Name: "__set%d", Anonymous: true, Constant: true, KeyType: key}
-	elems := make([]nftables.SetElement, len(vals))
-	for i, v := range vals {
-		elems[i] = nftables.SetElement{Key: []byte{v}}
-	}
-	b.rs.anon = append(b.rs.anon, anonSet{set, elems})
-	return lookup(set, false)
+	return policy.DefaultBlockFor
 }

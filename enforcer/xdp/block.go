@@ -1,58 +1,82 @@
 package xdp
 
 import (
-	"context"
-	"errors"
+	"cmp"
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/gatehouse-dmz/gatehouse/bpf"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
 // compile turns a policy into the generation the program enforces, with
-// eph the local port range; it also returns the management ranges, which
-// Block never blocks. The differential test runs the same function.
-func compile(p *policy.Policy, eph [2]uint16) (*bpf.Generation, []netip.Prefix) {
-	en := p.Enforcement
+// eph the local port range. The differential test runs the same function.
+func compile(p *policy.Policy, eph [2]uint16) (*bpf.Generation, error) {
+	f, err := p.Filter()
+	if err != nil {
+		return nil, err
+	}
 	g := &bpf.Generation{
-		Strict:      en.Mode == policy.ModeStrict,
+		Strict:      f.Strict,
 		EphemeralLo: eph[0],
 		EphemeralHi: eph[1],
 		V4:          p.Admitted.V4,
 		V6:          p.Admitted.V6,
-		SourceBits4: en.SourcePrefix.Bits(false),
-		SourceBits6: en.SourcePrefix.Bits(true),
+		SourceBits4: f.SourceBits4,
+		SourceBits6: f.SourceBits6,
 		Scan: bpf.Scan{
-			DistinctPorts: en.ScanBlock.DistinctPorts,
-			Window:        en.ScanBlock.Window,
-			BlockFor:      en.ScanBlock.BlockFor,
+			DistinctPorts: f.Scan.DistinctPorts,
+			Window:        f.Scan.Window,
+			Gap:           f.Refill.Gap(),
+			BlockFor:      f.Scan.BlockFor,
 		},
 	}
-	if g.Scan.DistinctPorts > 0 && g.Scan.BlockFor <= 0 {
-		g.Scan.BlockFor = defaultBlockFor
+	for _, port := range f.Ports {
+		g.Ports = append(g.Ports, bpf.Port{Proto: "tcp", Num: port})
 	}
-	var mgmt []netip.Prefix
-	for _, pt := range p.ProtectedPorts() {
-		g.Ports = append(g.Ports, bpf.Port{Proto: pt.Proto, Num: pt.Num})
-	}
-	for _, m := range en.Management {
+	for _, m := range f.Management {
 		g.Management = append(g.Management, bpf.Management{Prefix: m.Prefix, Ports: m.Ports})
-		mgmt = append(mgmt, m.Prefix.Masked())
 	}
-	return g, mgmt
+	return g, nil
 }
 
-// defaultBlockFor is block_for when a policy leaves it zero, as in the
-// nftables layer.
-const defaultBlockFor = 10 * time.Minute
+// blockState is what the Enforcer knows of one source in its blocklists.
+type blockState struct {
+	deadline uint64 // monotonic ns
+	// mirrored: OnBlock took the block, or it came in through Block, or
+	// the other layer can take no more; it is not handed over again.
+	mirrored bool
+}
+
+// sourceBits are the prefix lengths of one source of each family; zero
+// (before the first Apply) means policy.DefaultSourcePrefix's.
+type sourceBits struct{ v4, v6 int }
+
+func (b sourceBits) of(a netip.Addr) int {
+	if a.Is4() {
+		return cmp.Or(b.v4, policy.DefaultSourcePrefix.V4)
+	}
+	return cmp.Or(b.v6, policy.DefaultSourcePrefix.V6)
+}
+
+// source masks addr to the source it counts as.
+func (b sourceBits) source(addr netip.Addr) netip.Addr {
+	p, err := addr.Prefix(b.of(addr))
+	if err != nil {
+		return addr
+	}
+	return p.Addr()
+}
 
 // Block blocks the source of addr (addr masked to the source prefix of the
-// generation in force) for d: its new flows are dropped, except to the
-// listener ports when it is admitted (the nftables layer's scan detection
-// calls it). A source in a management range is never blocked: Block
-// returns nil and changes nothing.
+// generation in force) for d: its bare SYNs and echo requests are dropped,
+// except to the listener ports when it is admitted and to the management
+// ports of its range (the nftables layer's scan detection calls it). Every
+// source is taken, one that holds a management range too: the program
+// decides management ports before it reads the blocklist, as nftables does.
 func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
 	if !addr.IsValid() || d <= 0 {
 		return fmt.Errorf("%w: %s for %s", ErrBadAddr, addr, d)
@@ -65,22 +89,12 @@ func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
 	if e.closed {
 		return ErrClosed
 	}
-	for _, m := range e.mgmt {
-		if m.Contains(addr) {
-			return nil
-		}
-	}
-	src := e.source.Source(addr).Addr()
-	var err error
-	if src.Is4() {
-		err = e.coll.Maps[bpf.MapBlock4].Put(src.As4(), deadline)
-	} else {
-		err = e.coll.Maps[bpf.MapBlock6].Put(src.As16(), deadline)
-	}
-	if err != nil {
+	src := e.bits.source(addr)
+	if err := e.putBlock(src, deadline); err != nil {
 		return fmt.Errorf("xdp: block %s: %w", src, err)
 	}
-	e.known[src] = deadline
+	// Came from nftables: never handed back.
+	e.known[src] = blockState{deadline: deadline, mirrored: true}
 	if err := bpf.SetBlockActive(e.coll.Maps[bpf.MapState], true); err != nil {
 		return fmt.Errorf("xdp: activate blocklist: %w", err)
 	}
@@ -89,6 +103,21 @@ func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
 		e.sweepLocked(now)
 	}
 	return nil
+}
+
+// blockMap returns the blocklist of a family.
+func (e *Enforcer) blockMap(v6 bool) *ebpf.Map {
+	if v6 {
+		return e.coll.Maps[bpf.MapBlock6]
+	}
+	return e.coll.Maps[bpf.MapBlock4]
+}
+
+func (e *Enforcer) putBlock(src netip.Addr, deadline uint64) error {
+	if src.Is4() {
+		return e.blockMap(false).Put(src.As4(), deadline)
+	}
+	return e.blockMap(true).Put(src.As16(), deadline)
 }
 
 // blockedEntry is one live entry of a blocklist.
@@ -122,8 +151,8 @@ func (e *Enforcer) sweepLocked(now uint64) []blockedEntry {
 // scanBlocklists deletes expired entries and returns the live ones; unsure
 // reports a failed iteration.
 func (e *Enforcer) scanBlocklists(now uint64) (live []blockedEntry, unsure bool) {
-	for _, name := range []string{bpf.MapBlock4, bpf.MapBlock6} {
-		m := e.coll.Maps[name]
+	for _, v6 := range []bool{false, true} {
+		m := e.blockMap(v6)
 		var key []byte
 		var deadline uint64
 		var expired [][]byte
@@ -147,69 +176,65 @@ func (e *Enforcer) scanBlocklists(now uint64) (live []blockedEntry, unsure bool)
 	return live, unsure
 }
 
-// Run reads the blocklists every poll interval until ctx ends or the
-// Enforcer is closed, and returns nil: it reports the sources the
-// program's scan detection blocked (a log line and OnBlock), forgets
-// expired entries, and keeps gatehouse_xdp_blocked_sources current.
-func (e *Enforcer) Run(ctx context.Context) error {
-	t := time.NewTicker(e.pollGap)
-	defer t.Stop()
-	for {
-		if err := e.PollBlocked(); errors.Is(err, ErrClosed) {
-			return nil
-		} else if err != nil {
-			e.log.Warn("reading the blocklists failed", "error", err)
+// rekeyLocked keys every live entry by the source it is under bits: when
+// the source prefix changed (by a reload, or between runs), an entry keyed
+// under the old one would never match again. A coarser prefix widens a
+// block to its new source (the latest deadline wins); a finer one keeps
+// the block of the source's first address, as the nftables layer carries
+// its set over. New keys are put before the old ones go, and the caller
+// publishes the generation with the new masks in between, so no packet
+// finds neither.
+func (e *Enforcer) rekeyLocked(bits sourceBits) (drop func()) {
+	live, _ := e.scanBlocklists(monotonic())
+	var old []netip.Addr
+	want := map[netip.Addr]blockState{}
+	for _, b := range live {
+		to := bits.source(b.src)
+		if to != b.src {
+			old = append(old, b.src)
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
+		st, seen := want[to]
+		if !seen {
+			st.mirrored = true
+		}
+		// The target is as mirrored as every block it takes in.
+		st.deadline = max(st.deadline, b.deadline)
+		st.mirrored = st.mirrored && e.known[b.src].mirrored
+		want[to] = st
+	}
+	if len(old) == 0 {
+		return func() {}
+	}
+	for to, st := range want {
+		if err := e.putBlock(to, st.deadline); err != nil {
+			e.log.Warn("blocked source not carried over to the new source prefix", "source", to, "error", err)
+			continue
+		}
+		e.known[to] = st
+	}
+	e.log.Info("blocked sources keyed by the new source prefix", "moved", len(old), "sources", len(want))
+	return func() {
+		for _, a := range old {
+			key := any(a.As16())
+			if a.Is4() {
+				key = a.As4()
+			}
+			_ = e.blockMap(a.Is6()).Delete(key) // gone already is fine
+			delete(e.known, a)
 		}
 	}
 }
 
-// PollBlocked is one round of Run.
-func (e *Enforcer) PollBlocked() error {
-	e.mu.Lock()
-	if e.closed {
-		e.mu.Unlock()
-		return ErrClosed
-	}
-	now := monotonic()
-	live := e.sweepLocked(now)
-	e.metrics.blocked.Set(float64(len(live)))
-	var fresh []blockedEntry
-	seen := make(map[netip.Addr]bool, len(live))
+// seedLocked takes the live entries of adopted blocklists as known: they
+// were reported by the run that made them. They are handed to OnBlock once
+// more (nftables may have lost them, or never had them while no daemon
+// ran), without a log line each.
+func (e *Enforcer) seedLocked() {
+	live, _ := e.scanBlocklists(monotonic())
 	for _, b := range live {
-		seen[b.src] = true
-		if _, ok := e.known[b.src]; !ok {
-			fresh = append(fresh, b)
-		}
+		e.known[b.src] = blockState{deadline: b.deadline}
 	}
-	for a := range e.known {
-		if !seen[a] {
-			delete(e.known, a)
-		}
+	if len(live) > 0 {
+		e.log.Info("sources still blocked from before the restart", "count", len(live))
 	}
-	source := e.source
-	e.mu.Unlock()
-
-	// OnBlock takes the nftables layer's lock, whose poll calls Block:
-	// neither layer calls the other holding its own lock.
-	var errs []error
-	for _, b := range fresh {
-		left := time.Duration(b.deadline - now)
-		bits := source.Bits(b.src.Is6())
-		if e.onBlock != nil {
-			if err := e.onBlock(b.src, left); err != nil {
-				errs = append(errs, fmt.Errorf("mirror block of %s: %w", netip.PrefixFrom(b.src, bits), err))
-				continue
-			}
-		}
-		e.log.Warn("scanner blocked", "source", netip.PrefixFrom(b.src, bits), "for", left.Round(time.Second))
-		e.mu.Lock()
-		e.known[b.src] = b.deadline
-		e.mu.Unlock()
-	}
-	return errors.Join(errs...)
 }

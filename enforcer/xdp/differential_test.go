@@ -2,13 +2,12 @@ package xdp
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
 	"github.com/gatehouse-dmz/gatehouse/bpf"
@@ -38,6 +37,10 @@ var diffClasses = []diffClass{
 	{name: "other", v4: netip.MustParseAddr("192.0.2.150"), v6: netip.MustParseAddr("2001:db8::150")},
 	{name: "blocked admitted", v4: netip.MustParseAddr("192.0.2.20"), v6: netip.MustParseAddr("2001:db8:0:b::20"), blocked: true, admitted: true},
 	{name: "blocked other", v4: netip.MustParseAddr("192.0.2.160"), v6: netip.MustParseAddr("2001:db8:0:c::160"), blocked: true},
+	// A management address whose source is blocked: for IPv6 its /64, as
+	// a scan from another address of that /64 blocks it (both layers keep
+	// its management port by rule order).
+	{name: "management in a blocked source", v4: netip.MustParseAddr("192.0.2.210"), v6: netip.MustParseAddr("2001:db8:0:d::200"), blocked: true},
 }
 
 const (
@@ -46,19 +49,25 @@ const (
 	diffOther    = 8080
 	diffUDP      = 5353
 	diffEph      = 40000
+	diffFixed    = 123 // a service of the gate that sends from a fixed port (NTP)
 )
 
 func diffPolicy(mode policy.Mode) *policy.Policy {
+	var mgmt []policy.Management
+	for _, c := range diffClasses {
+		if strings.HasPrefix(c.name, "management") {
+			mgmt = append(mgmt,
+				policy.Management{Prefix: netip.PrefixFrom(c.v4, 32), Ports: []uint16{diffMgmt}},
+				policy.Management{Prefix: netip.PrefixFrom(c.v6, 128), Ports: []uint16{diffMgmt}})
+		}
+	}
 	return &policy.Policy{
 		Generation: 1,
 		Enforcement: policy.Enforcement{
-			XDP: policy.XDPAuto, NFTables: true, Mode: mode,
-			Management: []policy.Management{
-				{Prefix: netip.MustParsePrefix("192.0.2.200/32"), Ports: []uint16{diffMgmt}},
-				{Prefix: netip.MustParsePrefix("2001:db8::200/128"), Ports: []uint16{diffMgmt}},
-			},
-			// No scan detection, rate or cap: every row is judged on its
-			// own, not on the rows before it.
+			XDP: policy.XDPAuto, NFTables: true, Mode: mode, Management: mgmt,
+			// No scan detection, rate or cap in the matrix: every row is
+			// judged on its own, not on the rows before it (the scan
+			// sequence has its own phase).
 			SourcePrefix: policy.SourcePrefix{V4: 32, V6: 64},
 		},
 		Admitted: policy.Admitted{
@@ -71,230 +80,214 @@ func diffPolicy(mode policy.Mode) *policy.Policy {
 
 // diffKind is one kind of packet. why, when set, is the reason the layers
 // may differ for it: XDP passes it because it may belong to a flow only
-// conntrack knows, and nftables, which knows, drops it.
+// conntrack knows, and nftables, which knows, drops it. blockedWhy is the
+// same for blocked sources only.
 type diffKind struct {
-	name   string
-	proto  uint8
-	dport  uint16
-	flags  uint8
-	icmp4  uint8
-	icmp6  uint8
-	frag   bool
-	v6only bool
-	why    string
+	name       string
+	proto      uint8
+	dport      uint16
+	flags      uint8
+	icmp4      uint8
+	icmp6      uint8
+	frag       bool
+	v6only     bool
+	why        string
+	blockedWhy string
 }
 
 const (
-	whyACK   = "not a SYN: XDP leaves it to conntrack, which finds no flow (loose pick-up makes it new) and nftables judges it as new"
-	whyEph   = "UDP to the ephemeral range may answer the appliance's own query: XDP cannot know, conntrack finds no query"
-	whyReply = "an echo reply answers our own echo request: XDP cannot know, conntrack finds none and calls it invalid"
+	whyCookie  = "an ACK to a listener port that completes no handshake: XDP cannot know; synproxy finds no cookie in it and drops it"
+	whyACK     = "not a SYN: XDP leaves it to conntrack, which finds no flow (loose pick-up makes it new) and nftables judges it as new"
+	whyEph     = "UDP to the ephemeral range may answer the appliance's own query: XDP cannot know, conntrack finds no query"
+	whyReply   = "an echo reply answers our own echo request: XDP cannot know, conntrack finds none and calls it invalid"
+	whyBlocked = "the XDP blocklist takes only bare SYNs and echo requests: this may belong to a flow of the blocked source, which conntrack knows and nftables' blocked rule (after established) judges"
+	// The other way: XDP drops what nftables accepts as established.
+	whyStrict = "strict mode: XDP drops a new flow it cannot tell from an answer (UDP to a fixed port, another protocol); keep such a service on the ephemeral range or list its peer as management"
 )
 
 var diffKinds = []diffKind{
 	{name: "SYN to listener", proto: unix.IPPROTO_TCP, dport: diffListener, flags: 0x02},
 	{name: "SYN to management port", proto: unix.IPPROTO_TCP, dport: diffMgmt, flags: 0x02},
 	{name: "SYN to other port", proto: unix.IPPROTO_TCP, dport: diffOther, flags: 0x02},
-	{name: "ACK to listener", proto: unix.IPPROTO_TCP, dport: diffListener, flags: 0x10},
+	{name: "ACK to listener", proto: unix.IPPROTO_TCP, dport: diffListener, flags: 0x10, why: whyCookie},
 	{name: "ACK to other port", proto: unix.IPPROTO_TCP, dport: diffOther, flags: 0x10, why: whyACK},
-	{name: "UDP to management port", proto: unix.IPPROTO_UDP, dport: diffMgmt},
-	{name: "UDP to other port", proto: unix.IPPROTO_UDP, dport: diffUDP},
+	{name: "UDP to management port", proto: unix.IPPROTO_UDP, dport: diffMgmt, blockedWhy: whyBlocked},
+	{name: "UDP to other port", proto: unix.IPPROTO_UDP, dport: diffUDP, blockedWhy: whyBlocked},
 	{name: "UDP to ephemeral port", proto: unix.IPPROTO_UDP, dport: diffEph, why: whyEph},
 	{name: "echo request", proto: unix.IPPROTO_ICMP, icmp4: 8, icmp6: 128},
 	{name: "echo reply", proto: unix.IPPROTO_ICMP, icmp4: 0, icmp6: 129, why: whyReply},
-	{name: "other protocol (GRE)", proto: 47},
+	{name: "other protocol (GRE)", proto: 47, blockedWhy: whyBlocked},
 	{name: "neighbour solicitation", proto: unix.IPPROTO_ICMPV6, icmp6: 135, v6only: true},
-	{name: "fragmented UDP to management port", proto: unix.IPPROTO_UDP, dport: diffMgmt, frag: true},
-	{name: "fragmented UDP to other port", proto: unix.IPPROTO_UDP, dport: diffUDP, frag: true},
+	{name: "fragmented UDP to management port", proto: unix.IPPROTO_UDP, dport: diffMgmt, frag: true, blockedWhy: whyBlocked},
+	{name: "fragmented UDP to other port", proto: unix.IPPROTO_UDP, dport: diffUDP, frag: true, blockedWhy: whyBlocked},
 	{name: "fragmented UDP to ephemeral port", proto: unix.IPPROTO_UDP, dport: diffEph, frag: true, why: whyEph},
 	{name: "fragmented echo request", proto: unix.IPPROTO_ICMP, icmp4: 8, icmp6: 128, frag: true},
 }
 
-// diffXDP is the program loaded for BPF_PROG_TEST_RUN, outside any
-// interface.
-type diffXDP struct {
-	coll *ebpf.Collection
-	gen  *ebpf.Map
-}
-
-func newDiffXDP(t *testing.T) *diffXDP {
-	t.Helper()
-	if err := rlimit.RemoveMemlock(); err != nil {
-		t.Fatal(err)
-	}
-	spec, err := bpf.Spec(false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	coll, err := ebpf.NewCollection(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	x := &diffXDP{coll: coll}
-	t.Cleanup(func() {
-		if x.gen != nil {
-			x.gen.Close()
-		}
-		coll.Close()
-	})
-	return x
-}
-
-// apply publishes p as Apply does, and blocks the blocked classes as
-// Block does.
-func (x *diffXDP) apply(t *testing.T, p *policy.Policy, eph [2]uint16) {
-	t.Helper()
-	g, _ := compile(p, eph)
-	pages, err := g.Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := bpf.NewGenerationMap(pages)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := bpf.Publish(x.coll.Maps[bpf.MapGen], m); err != nil {
-		t.Fatal(err)
-	}
-	if x.gen != nil {
-		x.gen.Close()
-	}
-	x.gen = m
-	until := monotonic() + uint64(time.Hour)
-	for _, c := range diffClasses {
-		if !c.blocked {
-			continue
-		}
-		if err := x.coll.Maps[bpf.MapBlock4].Put(p.Enforcement.SourcePrefix.Source(c.v4).Addr().As4(), until); err != nil {
-			t.Fatal(err)
-		}
-		if err := x.coll.Maps[bpf.MapBlock6].Put(p.Enforcement.SourcePrefix.Source(c.v6).Addr().As16(), until); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := bpf.SetBlockActive(x.coll.Maps[bpf.MapState], true); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func (x *diffXDP) pass(t *testing.T, frame []byte) bool {
-	t.Helper()
-	ret, err := x.coll.Programs[bpf.ProgXDP].Run(&ebpf.RunOptions{Data: frame})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ret == 2 // XDP_PASS
-}
-
-// TestLayersAgree is the differential test of the two kernel layers: one
-// matrix of packets (both families; TCP, UDP, ICMP, another protocol;
-// admitted, management, other and blocked sources; listener, management and
-// other ports; whole packets and fragmented datagrams; both modes) goes
-// through the XDP program with BPF_PROG_TEST_RUN and, on a veth, through
-// the nftables table, whose verdict on each packet is read from nftables'
-// trace. Both layers get the same policy and the same blocked sources. A
-// packet XDP drops must be one nftables drops too; a packet XDP passes and
-// nftables drops is allowed only where the row says why (state XDP cannot
-// have). A fragmented datagram passes XDP only if every fragment does.
+// TestLayersAgree is the differential test of the two kernel layers, in
+// both modes and both families. First a matrix of packets (TCP, UDP, ICMP,
+// another protocol; admitted, management, other and blocked sources, and
+// a management address in a blocked source; listener, management and
+// other ports; whole packets and fragmented datagrams). Then answers to
+// flows the gate itself opened (UDP from a fixed port, GRE), which only
+// conntrack can tell from new flows: the established rule must come before
+// every block. Then one sequence of SYNs with scan detection on, which
+// both layers must count alike. Both layers get the same policy and the
+// same blocked sources.
 func TestLayersAgree(t *testing.T) {
-	wire := netns.New(t, "wire")
-	gate := netns.New(t, "gate")
-	v := netns.Connect(t, wire, nil, gate, []string{diffGate4.String() + "/24", diffGate6.String() + "/64"})
-	fd, err := unix.Open(gate.Path(), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	ne, err := nft.New(nft.Config{NetNS: fd})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ne.Close()
-	// Every packet is traced from prerouting, after reassembly (-400) and
-	// before conntrack (-200); the tracer keeps the verdict of the input
-	// chain of table gatehouse.
-	gate.Exec(t, "nft", "add table inet witness { chain pre { type filter hook prerouting priority -300; policy accept; meta nftrace set 1; }; }")
-	tr, err := newTracer(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	gateMAC := gate.HardwareAddr(t, v.B)
-	var eph [2]uint16
-	if err := gate.Do(func() error { eph = ephemeralPorts(); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	x := newDiffXDP(t)
-
-	marker := uint32(0)
-	mismatches, legit, rows := 0, 0, 0
+	d := newDiffRig(t)
 	for _, mode := range []policy.Mode{policy.ModeListeners, policy.ModeStrict} {
 		p := diffPolicy(mode)
-		if err := ne.Apply(p); err != nil {
-			t.Fatal(err)
-		}
-		for _, c := range diffClasses {
-			if c.blocked {
-				for _, a := range []netip.Addr{c.v4, c.v6} {
-					if err := ne.Block(a, time.Hour); err != nil {
-						t.Fatal(err)
-					}
-				}
-			}
-		}
-		x.apply(t, p, eph)
+		d.applyBoth(t, p)
 		for _, v6 := range []bool{false, true} {
 			for _, c := range diffClasses {
 				for _, k := range diffKinds {
 					if k.v6only && !v6 {
 						continue
 					}
-					marker++
 					pk := netns.Packet{Src: c.v4, Dst: diffGate4, Proto: k.proto, DstPort: k.dport, TCPFlags: k.flags,
-						ICMPType: k.icmp4, SrcPort: uint16(20000 + marker), ID: marker, Fragment: k.frag}
+						ICMPType: k.icmp4, Fragment: k.frag}
 					if v6 {
 						pk.Src, pk.Dst, pk.ICMPType = c.v6, diffGate6, k.icmp6
 						if k.proto == unix.IPPROTO_ICMP {
 							pk.Proto = unix.IPPROTO_ICMPV6
 						}
 					}
-					name := fmt.Sprintf("%s/%s/%s from %s", mode, family(v6), k.name, c.name)
-					frames, err := pk.Frames(gateMAC)
-					if err != nil {
-						t.Fatal(err)
+					why := k.why
+					if c.blocked && why == "" {
+						why = k.blockedWhy
 					}
-					var each []string
-					xdpPass := true
-					for _, f := range frames {
-						ok := x.pass(t, f)
-						xdpPass = xdpPass && ok
-						each = append(each, passDrop(ok))
-					}
-					if err := wire.Send(v.A, frames); err != nil {
-						t.Fatal(err)
-					}
-					nv, err := tr.wait(marker, 5*time.Second)
-					if err != nil {
-						t.Fatalf("%s: %v", name, err)
-					}
-					rows++
-					switch {
-					case xdpPass == nv.accept:
-					case xdpPass && k.why != "":
-						legit++
-						t.Logf("%s: XDP passes, nftables drops (rule handle %d): %s", name, nv.rule, k.why)
-					default:
-						mismatches++
-						t.Errorf("%s: XDP %s (fragments: %s), nftables %s (rule handle %d)",
-							name, passDrop(xdpPass), strings.Join(each, ", "), passDrop(nv.accept), nv.rule)
-					}
+					d.verdictOf(t, fmt.Sprintf("%s/%s/%s from %s", mode, family(v6), k.name, c.name), pk, why, "")
 				}
 			}
 		}
 		if t.Failed() {
-			t.Logf("%s mode table:\n%s", mode, gate.Exec(t, "nft", "-a", "list", "table", "inet", nft.TableName))
+			t.Logf("%s mode table:\n%s", mode, d.gate.Exec(t, "nft", "-a", "list", "table", "inet", nft.TableName))
 		}
 	}
-	t.Logf("%d rows: %d agree, %d differ where XDP cannot have the state, %d disagree", rows, rows-legit-mismatches, legit, mismatches)
+	// The flows the gate opens stay in conntrack: after the whole matrix.
+	for _, mode := range []policy.Mode{policy.ModeListeners, policy.ModeStrict} {
+		d.applyBoth(t, diffPolicy(mode))
+		d.answers(t, mode)
+		d.scan(t, mode)
+	}
+	t.Logf("%d rows: %d agree, %d differ where XDP cannot have the state, %d disagree", d.rows, d.rows-d.legit-d.mismatches, d.legit, d.mismatches)
+}
+
+// answers has the gate open flows to every class, UDP from a fixed port
+// and GRE, and puts each class's answer through both layers. nftables
+// accepts them as established whoever sends them, a blocked source too;
+// XDP must pass them as well (in strict mode it cannot tell them from new
+// flows, and drops them: see whyStrict).
+func (d *diffRig) answers(t *testing.T, mode policy.Mode) {
+	t.Helper()
+	dropWhy := ""
+	if mode == policy.ModeStrict {
+		dropWhy = whyStrict
+	}
+	for _, v6 := range []bool{false, true} {
+		gateAddr := diffGate4
+		if v6 {
+			gateAddr = diffGate6
+		}
+		for _, c := range diffClasses {
+			peer := c.v4
+			if v6 {
+				peer = c.v6
+			}
+			d.open(t, peer)
+			name := fmt.Sprintf("%s/%s/answer from %s", mode, family(v6), c.name)
+			d.verdictOf(t, name+" to the gate's UDP port 123", netns.Packet{Src: peer, Dst: gateAddr, Proto: unix.IPPROTO_UDP,
+				SrcPort: diffFixed, DstPort: diffFixed}, "", dropWhy)
+			d.verdictOf(t, name+" over GRE", netns.Packet{Src: peer, Dst: gateAddr, Proto: 47}, "", dropWhy)
+		}
+	}
+}
+
+// open sends, from the gate, a datagram from UDP port 123 to peer's port
+// 123 and a GRE packet to peer: conntrack then knows both flows.
+func (d *diffRig) open(t *testing.T, peer netip.Addr) {
+	t.Helper()
+	err := d.gate.Do(func() error {
+		network, gre := "udp4", "ip4:gre"
+		if peer.Is6() {
+			network, gre = "udp6", "ip6:gre"
+		}
+		u, err := net.ListenUDP(network, &net.UDPAddr{Port: diffFixed})
+		if err != nil {
+			return err
+		}
+		_, err = u.WriteTo([]byte("ntp"), &net.UDPAddr{IP: peer.AsSlice(), Port: diffFixed})
+		u.Close()
+		if err != nil {
+			return err
+		}
+		g, err := net.ListenPacket(gre, "")
+		if err != nil {
+			return err
+		}
+		defer g.Close()
+		_, err = g.WriteTo([]byte{0, 0, 0x08, 0x00, 0x45, 0, 0, 20}, &net.IPAddr{IP: peer.AsSlice()})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("open flows to %s: %v", peer, err)
+	}
+}
+
+// diffScanners are the scanning sources of the scan phase, one per mode:
+// neither admitted nor management, in /64s of their own.
+var diffScanners = []diffClass{
+	{name: "scanner", v4: netip.MustParseAddr("192.0.2.170"), v6: netip.MustParseAddr("2001:db8:0:e::170")},
+	{name: "scanner", v4: netip.MustParseAddr("192.0.2.171"), v6: netip.MustParseAddr("2001:db8:0:f::171")},
+}
+
+// scan puts one sequence of SYNs through both layers with scan detection
+// on (4 distinct ports within an hour): three new ports and a repeat pass
+// (in listeners mode), the fourth new port is a scan and blocks the
+// source, and after it the source's SYNs to any port but a listener it is
+// not admitted to are dropped as blocked. Both layers must decide every
+// SYN alike: the same algorithm and the same refill in both.
+func (d *diffRig) scan(t *testing.T, mode policy.Mode) {
+	t.Helper()
+	p := diffPolicy(mode)
+	p.Enforcement.ScanBlock = policy.ScanBlock{DistinctPorts: 4, Window: time.Hour, BlockFor: time.Hour}
+	d.applyBoth(t, p)
+	s := diffScanners[0]
+	if mode == policy.ModeStrict {
+		s = diffScanners[1]
+	}
+	for _, v6 := range []bool{false, true} {
+		src, dst := s.v4, diffGate4
+		if v6 {
+			src, dst = s.v6, diffGate6
+		}
+		var got []string
+		for i, port := range []uint16{3001, 3002, 3003, 3001, 3004, 3005, diffOther, diffListener} {
+			name := fmt.Sprintf("%s/%s/scan SYN %d to port %d", mode, family(v6), i+1, port)
+			got = append(got, passDrop(d.verdictOf(t, name, netns.Packet{Src: src, Dst: dst, Proto: unix.IPPROTO_TCP,
+				DstPort: port, TCPFlags: 0x02}, "", "")))
+		}
+		want := "pass pass pass pass drop drop drop drop"
+		if mode == policy.ModeStrict {
+			want = "drop drop drop drop drop drop drop drop"
+		}
+		if strings.Join(got, " ") != want {
+			t.Errorf("%s/%s: scan sequence %v, want %s", mode, family(v6), got, want)
+		}
+	}
+	// The program detected the scans itself.
+	var per []uint64
+	if err := d.x.coll.Maps[bpf.MapCounters].Lookup(bpf.CounterIndex(1, 6), &per); err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, v := range per {
+		n += v
+	}
+	if bpf.Reasons[6] != "scan_detected" || n == 0 {
+		t.Errorf("%s: the program counted %d scans (%s)", mode, n, bpf.Reasons[6])
+	}
 }
 
 func family(v6 bool) string {

@@ -22,12 +22,15 @@
 // IPv6 neighbour discovery, router advertisements and MLD always pass.
 //
 // The program detects port scans itself, in both modes, with the nftables
-// rule's algorithm (see bpf/gatehouse.c), and blocks the scanner in its
-// blocklist; Run reports each new block through Config.OnBlock, which the
-// daemon points at the nftables layer, and Block takes the nftables layer's
-// scanners in. The blocklist drops only packets that open a new flow, and
-// never those to a listener port from an admitted source or to a management
-// port from its range: anyone can forge a scan in a tenant's or an admin's
-// name, and spoofing the address of the appliance's own resolver, feed
-// mirror or backend must not cut the appliance's own traffic.
+// rule's algorithm and refill (see bpf/gatehouse.c), and blocks the scanner
+// in its blocklist; Run reports the new blocks of each poll (one log line,
+// one OnBlock call each, at most mirrorBudget a poll), which the daemon
+// hands to the nftables layer, and Block takes the nftables layer's
+// scanners in. The blocklist drops only bare SYNs and echo requests, and
+// never those to a listener port from an admitted source or to a
+// management port from its range: anyone can forge a scan in a tenant's or
+// an admin's name, and spoofing the address of the appliance's own
+// resolver, NTP server or IPsec peer must not cut the appliance's own
+// traffic (UDP and other protocols go to nftables, which knows the flows).
+// Apply keys the blocklists anew when the source prefix changes.
 package xdp

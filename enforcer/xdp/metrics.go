@@ -18,16 +18,28 @@ var (
 )
 
 type metrics struct {
-	blocked prometheus.Gauge
+	blocked  prometheus.Gauge
+	mirrored *prometheus.CounterVec
 }
 
+// mirrorResults are the results of handing a block to the nftables layer.
+var mirrorResults = []string{"ok", "full", "error"}
+
 func newMetrics() *metrics {
-	return &metrics{
+	m := &metrics{
 		blocked: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "gatehouse_xdp_blocked_sources",
 			Help: "Sources in the XDP blocklists at the last poll (scanners the program caught and those pushed in).",
 		}),
+		mirrored: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatehouse_xdp_blocks_mirrored_total",
+			Help: "Scanners the XDP program blocked, handed to the nftables layer: ok, full (its blocklist holds no more; not retried) or error (retried).",
+		}, []string{"result"}),
 	}
+	for _, r := range mirrorResults {
+		m.mirrored.WithLabelValues(r)
+	}
+	return m
 }
 
 // Describe implements prometheus.Collector.
@@ -35,6 +47,7 @@ func (e *Enforcer) Describe(ch chan<- *prometheus.Desc) {
 	ch <- packetsDesc
 	ch <- attachDesc
 	e.metrics.blocked.Describe(ch)
+	e.metrics.mirrored.Describe(ch)
 }
 
 // Collect implements prometheus.Collector. The counters live in the pinned
@@ -44,7 +57,8 @@ func (e *Enforcer) Describe(ch chan<- *prometheus.Desc) {
 // watches for.
 func (e *Enforcer) Collect(ch chan<- prometheus.Metric) {
 	e.metrics.blocked.Collect(ch)
-	mode := e.attachedMode()
+	e.metrics.mirrored.Collect(ch)
+	mode := e.AttachMode()
 	for _, m := range []string{ModeNative, ModeGeneric} {
 		v := 0.0
 		if m == mode {
@@ -60,17 +74,6 @@ func (e *Enforcer) Collect(ch chan<- prometheus.Metric) {
 	for k, v := range counts {
 		ch <- prometheus.MustNewConstMetric(packetsDesc, prometheus.CounterValue, float64(v), k.Action, k.Reason)
 	}
-}
-
-// attachedMode is the attach mode while the link is attached to our
-// interface, else "".
-func (e *Enforcer) attachedMode() string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closed || e.link == nil || e.sameInterface(e.link) != nil {
-		return ""
-	}
-	return e.mode
 }
 
 // CounterKey names one of the program's counters.

@@ -17,12 +17,15 @@ import (
 
 // traceVerdict is nftables' decision on one packet in one base chain.
 type traceVerdict struct {
+	// accept: accepted, or taken by synproxy (a SYN to a listener port
+	// is answered with a cookie, which is how nftables lets it in).
 	accept bool
 	rule   uint64 // handle of the deciding rule; 0 for the chain policy
 }
 
 // tracer reads nftables trace events of one namespace and hands out the
-// verdict of chain input of table gatehouse per packet marker.
+// verdict of table gatehouse per packet marker: a drop in any of its
+// chains, or the decision of its input chain.
 type tracer struct {
 	nl *netlink.Conn
 	mu sync.Mutex
@@ -102,8 +105,9 @@ type traceEvent struct {
 	verdict   traceVerdict
 }
 
-// parseTrace decodes an event of chain input of table gatehouse; ok is
-// false for every other event.
+// parseTrace decodes a trace event: the verdict of chain input of table
+// gatehouse, or the marker of a packet from any event that dumps its
+// headers; ok is false for events with neither.
 func parseTrace(b []byte) (ev traceEvent, ok bool) {
 	ad, err := netlink.NewAttributeDecoder(b)
 	if err != nil {
@@ -144,18 +148,26 @@ func parseTrace(b []byte) (ev traceEvent, ok bool) {
 			})
 		}
 	}
-	if ad.Err() != nil || table != "gatehouse" || chain != "input" {
+	if ad.Err() != nil {
 		return ev, false
 	}
+	// The packet's headers come with the first event of a hook, which may
+	// be of another chain (the witness, prerouting) than the verdict.
 	switch {
 	case nfproto == unix.NFPROTO_IPV4 && len(hdr) >= 20:
 		ev.marker, ev.hasMarker = uint32(binary.BigEndian.Uint16(hdr[4:])), true
 	case nfproto == unix.NFPROTO_IPV6 && len(hdr) >= 40:
 		ev.marker, ev.hasMarker = binary.BigEndian.Uint32(hdr[0:])&0xfffff, true
 	}
+	if table != "gatehouse" || chain != "input" && code != nfDrop {
+		// Only a drop is the table's last word wherever it is (the raw
+		// prerouting chain, the chain the scan rule jumps to); an
+		// accept is only in input.
+		return ev, ev.hasMarker
+	}
 	if typ == unix.NFT_TRACETYPE_RULE || typ == unix.NFT_TRACETYPE_POLICY {
 		switch code {
-		case nfAccept:
+		case nfAccept, nfStolen:
 			ev.final, ev.verdict.accept = true, true
 		case nfDrop:
 			ev.final = true
@@ -168,6 +180,7 @@ func parseTrace(b []byte) (ev traceEvent, ok bool) {
 const (
 	nfDrop   = 0
 	nfAccept = 1
+	nfStolen = 2
 )
 
 var errNoVerdict = errors.New("no nftables verdict")

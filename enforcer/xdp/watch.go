@@ -131,6 +131,7 @@ func (e *Enforcer) Repair() error {
 			return fmt.Errorf("xdp: unpin detached link: %w", err)
 		}
 		e.link = nil
+		// attachNew pins the maps again too.
 		if err := e.attachNew(); err != nil {
 			e.link, e.ifindex = old, oldIdx
 			return err
@@ -139,9 +140,6 @@ func (e *Enforcer) Repair() error {
 			e.log.Info("interface found under a new index", "was", oldIdx, "ifindex", idx)
 		}
 		old.Close()
-		if err := e.repinMissing(); err != nil {
-			return err
-		}
 	default:
 		return err
 	}
@@ -149,9 +147,7 @@ func (e *Enforcer) Repair() error {
 	return nil
 }
 
-// repinMissing pins again every map whose pin is gone. A map remembers
-// where it is pinned and takes a Pin to the same path for done, so it is
-// unpinned (forgotten) first.
+// repinMissing pins again every map whose pin is gone.
 func (e *Enforcer) repinMissing() error {
 	if err := os.MkdirAll(e.dir, 0o700); err != nil {
 		return fmt.Errorf("xdp: pin directory: %w", err)
@@ -160,16 +156,11 @@ func (e *Enforcer) repinMissing() error {
 		return nil // this run's maps are pinned by the Apply that fills them
 	}
 	for _, name := range pinnedMaps {
-		path := filepath.Join(e.dir, pinName(name))
-		if _, err := os.Stat(path); err == nil {
+		if _, err := os.Stat(filepath.Join(e.dir, pinName(name))); err == nil {
 			continue
 		}
-		m := e.coll.Maps[name]
-		if err := m.Unpin(); err != nil {
-			return fmt.Errorf("xdp: unpin %s: %w", name, err)
-		}
-		if err := m.Pin(path); err != nil {
-			return fmt.Errorf("xdp: pin %s: %w", name, err)
+		if err := e.pinMap(name); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -2,7 +2,6 @@ package xdp
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -17,7 +16,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
@@ -363,9 +361,13 @@ func TestRestartAdoptsAndTeardownRemoves(t *testing.T) {
 	}
 	tp.expect(t, "after teardown", []probe{{cloudOut4, protected, true}, {cloudOut6, protected, true}})
 	// The enforcer still holds its link, now detached: the exported attach
-	// mode must say so (what the XDP-not-attached alert watches).
+	// mode must say so (what the XDP-not-attached alert watches), and so
+	// must AttachMode.
 	if n := attachModeSum(t, e2); n != 0 {
 		t.Errorf("attach mode series sum to %v after teardown, want 0", n)
+	}
+	if m := e2.AttachMode(); m != "" {
+		t.Errorf("AttachMode %q after teardown, want \"\"", m)
 	}
 	if _, err := os.Stat(filepath.Join(tp.pinDir, tp.iface)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pin directory still there: %v", err)
@@ -397,179 +399,6 @@ func pinnedLinkID(t *testing.T, tp *topo, mode string) uint32 {
 	return id
 }
 
-// TestIncompatiblePinnedMapReplaced pins a map of an older layout where the
-// counters belong: New must not fail, and the first Apply replaces it.
-func TestIncompatiblePinnedMapReplaced(t *testing.T) {
-	tp := newTopo(t)
-	dir := filepath.Join(tp.pinDir, tp.iface)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	pinStaleCounters(t, dir)
-	e := tp.newEnforcer(t)
-	t.Cleanup(func() { Teardown(tp.pinDir, tp.iface); e.Close() })
-	if err := e.Apply(testPolicy(policy.ModeListeners)); err != nil {
-		t.Fatal(err)
-	}
-	tp.expect(t, "replaced", listenersProbes)
-	checkCountersReplaced(t, dir)
-}
-
-// pinStaleCounters pins, where the counters belong in dir, a map of a
-// layout this build cannot use (4-byte values), replacing any pin there.
-func pinStaleCounters(t *testing.T, dir string) {
-	t.Helper()
-	path := filepath.Join(dir, bpf.MapCounters)
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		t.Fatal(err)
-	}
-	stale, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 4, MaxEntries: 6})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stale.Close()
-	if err := stale.Pin(path); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// checkCountersReplaced fails unless the counters pinned in dir are of this
-// build's layout.
-func checkCountersReplaced(t *testing.T, dir string) {
-	t.Helper()
-	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, bpf.MapCounters), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if m.ValueSize() != 8 {
-		t.Errorf("pinned counters still of the older layout (value size %d)", m.ValueSize())
-	}
-}
-
-// TestUpgradeReplacesOlderLayout is an upgrade: a filter of an older
-// layout stays attached and pinned after its daemon exits, and a daemon of
-// this layout starts beside it. It must adopt the link without detaching
-// it (the old program keeps enforcing with its own maps until then), and
-// its first Apply moves that same link to the new program and maps.
-func TestUpgradeReplacesOlderLayout(t *testing.T) {
-	tp := newTopo(t)
-	old := tp.newEnforcer(t)
-	if err := old.Apply(testPolicy(policy.ModeListeners)); err != nil {
-		t.Fatal(err)
-	}
-	mode := old.AttachMode()
-	linkID := pinnedLinkID(t, tp, mode)
-	oldProg := linkProgram(t, tp, mode)
-	if err := old.Close(); err != nil {
-		t.Fatal(err)
-	}
-	// What an older layout leaves behind: a pinned map this build cannot
-	// use. The attached program keeps its own references to its maps.
-	dir := filepath.Join(tp.pinDir, tp.iface)
-	pinStaleCounters(t, dir)
-	tp.expect(t, "older filter, no daemon", listenersProbes)
-
-	e := tp.newEnforcer(t)
-	t.Cleanup(func() { Teardown(tp.pinDir, tp.iface); e.Close() })
-	if got := pinnedLinkID(t, tp, mode); got != linkID {
-		t.Errorf("link %d after start, want the adopted link %d", got, linkID)
-	}
-	if got := linkProgram(t, tp, mode); got != oldProg {
-		t.Errorf("program %d on the link before the first Apply, want the older %d", got, oldProg)
-	}
-	tp.expect(t, "adopted, before apply", listenersProbes)
-
-	if err := e.Apply(testPolicy(policy.ModeListeners)); err != nil {
-		t.Fatal(err)
-	}
-	if got := pinnedLinkID(t, tp, mode); got != linkID {
-		t.Errorf("link %d after Apply, want the same link %d (never detached)", got, linkID)
-	}
-	if got := linkProgram(t, tp, mode); got == oldProg {
-		t.Errorf("link still runs the older program %d after Apply", got)
-	}
-	checkCountersReplaced(t, dir)
-	before := counter(t, e, "drop", "not_admitted")
-	tp.expect(t, "after apply", listenersProbes)
-	if got := counter(t, e, "drop", "not_admitted"); got <= before {
-		t.Errorf("drop/not_admitted %d after probing, was %d: the new maps are not the ones counting", got, before)
-	}
-}
-
-// TestOtherLayoutInForceReplacesMaps: a generation in force whose header
-// has another layout's magic is not adopted with its maps (the new program
-// would pass everything on it); the first Apply publishes into fresh maps.
-func TestOtherLayoutInForceReplacesMaps(t *testing.T) {
-	tp := newTopo(t)
-	old := tp.newEnforcer(t)
-	if err := old.Apply(testPolicy(policy.ModeListeners)); err != nil {
-		t.Fatal(err)
-	}
-	if err := old.Close(); err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(tp.pinDir, tp.iface)
-	gen, err := ebpf.LoadPinnedMap(filepath.Join(dir, genPin), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hdr := make([]byte, bpf.PageSize)
-	if err := gen.Lookup(uint32(0), &hdr); err != nil {
-		t.Fatal(err)
-	}
-	binary.LittleEndian.PutUint32(hdr, bpf.Magic+1)
-	if err := gen.Update(uint32(0), hdr, ebpf.UpdateExist); err != nil {
-		t.Fatal(err)
-	}
-	gen.Close()
-	countersID := func() ebpf.MapID {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, bpf.MapCounters), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer m.Close()
-		info, err := m.Info()
-		if err != nil {
-			t.Fatal(err)
-		}
-		id, _ := info.ID()
-		return id
-	}
-	before := countersID()
-
-	e := tp.newEnforcer(t)
-	t.Cleanup(func() { Teardown(tp.pinDir, tp.iface); e.Close() })
-	if !e.pending {
-		t.Fatal("maps holding another layout's generation were adopted")
-	}
-	if err := e.Apply(testPolicy(policy.ModeListeners)); err != nil {
-		t.Fatal(err)
-	}
-	if countersID() == before {
-		t.Error("pinned maps not replaced after the first Apply")
-	}
-	if ok, err := e.currentLayout(e.coll.Maps[bpf.MapGen]); !ok {
-		t.Errorf("layout in force after Apply: %v", err)
-	}
-	tp.expect(t, "after apply", listenersProbes)
-}
-
-// linkProgram returns the ID of the program on the pinned link.
-func linkProgram(t *testing.T, tp *topo, mode string) ebpf.ProgramID {
-	t.Helper()
-	l, err := link.LoadPinnedLink(linkPin(filepath.Join(tp.pinDir, tp.iface), mode), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	info, err := l.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.Program
-}
-
 func TestConfigRejects(t *testing.T) {
 	// Each refusal must come from validation, not from a missing
 	// interface further on.
@@ -586,98 +415,6 @@ func TestConfigRejects(t *testing.T) {
 			t.Errorf("%s: New = %v, want %v", name, err, tc.want)
 		}
 	}
-}
-
-// TestVLAN sends 802.1Q and 802.1ad+802.1Q tagged SYNs onto the wire with
-// a packet socket (the tags are in the frame, as from a trunk port) and
-// reads the filter's verdicts from its counters. The test kernel has no
-// VLAN devices, so nothing answers; the counters are the witness.
-func TestVLAN(t *testing.T) {
-	tp := newTopo(t)
-	e := tp.newEnforcer(t)
-	t.Cleanup(func() { Teardown(tp.pinDir, tp.iface); e.Close() })
-	if err := e.Apply(testPolicy(policy.ModeListeners)); err != nil {
-		t.Fatal(err)
-	}
-	var gateMAC net.HardwareAddr
-	if err := tp.gate.Do(func() error {
-		ifc, err := net.InterfaceByName(tp.iface)
-		if err == nil {
-			gateMAC = ifc.HardwareAddr
-		}
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []struct {
-		name   string
-		tags   []uint16
-		src    string
-		action string
-		reason string
-	}{
-		{"802.1Q admitted", []uint16{0x8100}, cloudIn4, "pass", "admitted"},
-		{"802.1Q not admitted", []uint16{0x8100}, cloudOut4, "drop", "not_admitted"},
-		{"QinQ admitted", []uint16{0x88a8, 0x8100}, cloudIn4, "pass", "admitted"},
-		{"QinQ not admitted", []uint16{0x88a8, 0x8100}, cloudOut4, "drop", "not_admitted"},
-		{"three tags", []uint16{0x88a8, 0x8100, 0x8100}, cloudIn4, "drop", "malformed"},
-	} {
-		before := counter(t, e, c.action, c.reason)
-		frame := taggedSYN(gateMAC, c.tags, netip.MustParseAddr(c.src), netip.MustParseAddr(gate4), protected)
-		if err := tp.cloud.Do(func() error { return sendRaw(tp.peer, frame, 5) }); err != nil {
-			t.Fatal(err)
-		}
-		// The frames are judged on receive, before sendto returns on veth;
-		// allow a moment for a generic-mode backlog all the same.
-		deadline := time.Now().Add(2 * time.Second)
-		for counter(t, e, c.action, c.reason)-before < 5 && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if got := counter(t, e, c.action, c.reason) - before; got != 5 {
-			t.Errorf("%s: %s/%s counted %d of 5 frames", c.name, c.action, c.reason, got)
-		}
-	}
-}
-
-func taggedSYN(dst net.HardwareAddr, tags []uint16, src, to netip.Addr, port uint16) []byte {
-	b := append([]byte{}, dst...)
-	b = append(b, 0x02, 0, 0, 0, 0, 0x99)
-	for i, tp := range tags {
-		b = append(b, byte(tp>>8), byte(tp), 0, byte(10+i))
-	}
-	b = append(b, 0x08, 0x00)
-	ip := make([]byte, 20)
-	ip[0], ip[3], ip[8], ip[9] = 0x45, 40, 64, 6
-	s, d := src.As4(), to.As4()
-	copy(ip[12:], s[:])
-	copy(ip[16:], d[:])
-	tcp := make([]byte, 20)
-	tcp[0], tcp[1] = 0x9c, 0x40
-	tcp[2], tcp[3] = byte(port>>8), byte(port)
-	tcp[12], tcp[13] = 5<<4, 0x02
-	return append(append(b, ip...), tcp...)
-}
-
-// sendRaw writes frame n times to dev through an AF_PACKET socket of the
-// calling thread's namespace.
-func sendRaw(dev string, frame []byte, n int) error {
-	ifc, err := net.InterfaceByName(dev)
-	if err != nil {
-		return err
-	}
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	sa := &unix.SockaddrLinklayer{Ifindex: ifc.Index, Halen: 6}
-	copy(sa.Addr[:], frame[:6])
-	for range n {
-		if err := unix.Sendto(fd, frame, 0, sa); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // gather collects e through a registry of its own, keyed
