@@ -279,7 +279,7 @@ func decode(data []byte, name string, env func(string) (string, bool), validate 
 	var c Config
 	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
 		Result:     &c,
-		DecodeHook: mapstructure.ComposeDecodeHookFunc(mapstructure.StringToTimeDurationHookFunc(), byteSizeHook),
+		DecodeHook: mapstructure.ComposeDecodeHookFunc(durationHook, byteSizeHook),
 	})
 	if err != nil {
 		return nil, err
@@ -363,7 +363,18 @@ func envScalar(val string, t reflect.Type) (any, error) {
 	for t != nil && t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	if t == nil || t == reflect.TypeFor[time.Duration]() || t == reflect.TypeFor[ByteSize]() {
+	switch t {
+	case nil:
+		return val, nil
+	case reflect.TypeFor[time.Duration]():
+		if _, err := time.ParseDuration(strings.TrimSpace(val)); err != nil {
+			return nil, errors.New(errNotDuration)
+		}
+		return val, nil // the decode hook reads it as the file's value
+	case reflect.TypeFor[ByteSize]():
+		if _, err := ParseByteSize(val); err != nil {
+			return nil, errors.New("not a size like 512B, 64KiB or 32MiB (binary units)")
+		}
 		return val, nil
 	}
 	s := strings.TrimSpace(val)
@@ -447,7 +458,8 @@ func join(path, key string) string {
 	return path + "." + key
 }
 
-// decodeProblems turns the decoder's joined errors into key-path problems.
+// decodeProblems turns the decoder's joined errors into key-path problems,
+// every one of them: the decoder wraps its list once more.
 func decodeProblems(err error) Problems {
 	var out Problems
 	var walk func(error)
@@ -458,9 +470,12 @@ func decodeProblems(err error) Problems {
 			}
 			return
 		}
-		var de *mapstructure.DecodeError
-		if errors.As(err, &de) {
+		if de, ok := err.(*mapstructure.DecodeError); ok {
 			out = append(out, Problem{de.Name(), cleanDecodeMsg(de.Unwrap())})
+			return
+		}
+		if inner := errors.Unwrap(err); inner != nil {
+			walk(inner)
 			return
 		}
 		out = append(out, Problem{"", err.Error()})
@@ -482,11 +497,27 @@ func cleanDecodeMsg(err error) string {
 	if err == nil {
 		return "invalid value"
 	}
-	msg := err.Error()
-	if strings.Contains(msg, "time: ") {
-		return "not a duration (use e.g. 30s, 15m, 1h): " + msg
+	return err.Error()
+}
+
+// errNotDuration is how a value that is not a duration is refused.
+const errNotDuration = "not a duration (use e.g. 30s, 15m, 1h)"
+
+// parseDuration reads a duration and says what was wrong with the value.
+func parseDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil {
+		return 0, fmt.Errorf("%s: %q", errNotDuration, s)
 	}
-	return msg
+	return d, nil
+}
+
+// durationHook decodes strings into durations.
+func durationHook(from, to reflect.Type, data any) (any, error) {
+	if to != reflect.TypeFor[time.Duration]() || from.Kind() != reflect.String {
+		return data, nil
+	}
+	return parseDuration(data.(string))
 }
 
 func sortProblems(ps Problems) {

@@ -143,7 +143,7 @@ func TestEnvOverride(t *testing.T) {
 		t.Errorf("static_ranges from env = %v", cfg.StaticRanges)
 	}
 	if _, err := parse(t, goodYAML, map[string]string{"GATEHOUSE_ENFORCEMENT_SCAN_BLOCK_WINDOW": "soon"}); err == nil ||
-		!strings.Contains(err.Error(), "enforcement.scan_block.window: not a duration") {
+		!strings.Contains(err.Error(), `enforcement.scan_block.window: GATEHOUSE_ENFORCEMENT_SCAN_BLOCK_WINDOW="soon": not a duration`) {
 		t.Errorf("bad env duration: %v", err)
 	}
 }

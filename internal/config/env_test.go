@@ -170,7 +170,8 @@ func TestEnvNumbersAndDurations(t *testing.T) {
 	for env, want := range map[string]string{
 		"GATEHOUSE_ENFORCEMENT_NEW_CONN_RATE_BURST": `enforcement.new_conn_rate.burst: GATEHOUSE_ENFORCEMENT_NEW_CONN_RATE_BURST="fifty": not an integer from 0 to 4294967295`,
 		"GATEHOUSE_ENFORCEMENT_FORWARD":             `enforcement.forward: GATEHOUSE_ENFORCEMENT_FORWARD="fifty": not a boolean`,
-		"GATEHOUSE_LIMITS_HTTP_MAX_BODY_SIZE":       `limits.http.max_body_size: "fifty" is not a size`,
+		"GATEHOUSE_LIMITS_HTTP_MAX_BODY_SIZE":       `limits.http.max_body_size: GATEHOUSE_LIMITS_HTTP_MAX_BODY_SIZE="fifty": not a size`,
+		"GATEHOUSE_LIMITS_HTTP_IDLE_TIMEOUT":        `limits.http.idle_timeout: GATEHOUSE_LIMITS_HTTP_IDLE_TIMEOUT="fifty": not a duration`,
 		"GATEHOUSE_LIMITS_CONNECTIONS":              `limits.connections: GATEHOUSE_LIMITS_CONNECTIONS="fifty": not an integer`,
 	} {
 		if _, err := parse(t, goodYAML, map[string]string{env: "fifty"}); err == nil || !strings.Contains(err.Error(), want) {
@@ -180,5 +181,26 @@ func TestEnvNumbersAndDurations(t *testing.T) {
 	if _, err := parse(t, goodYAML, map[string]string{"GATEHOUSE_LIMITS_CONNECTIONS": "0"}); err == nil ||
 		!strings.Contains(err.Error(), "limits.connections: must be at least 1, got 0") {
 		t.Errorf("connections=0 from env: %v", err)
+	}
+}
+
+// TestEveryTypeProblemReported: values of the wrong type are all listed at
+// once, each with its key path and the value; before, the first one hid the
+// others.
+func TestEveryTypeProblemReported(t *testing.T) {
+	y := goodYAML + "shutdown_grace: soon\nlimits:\n  connections: many\n  http: {idle_timeout: later, max_body_size: lots}\n"
+	_, err := parse(t, y, nil)
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{
+		`shutdown_grace: not a duration (use e.g. 30s, 15m, 1h): "soon"`,
+		`limits.connections: expected type 'int', got unconvertible type 'string'`,
+		`limits.http.idle_timeout: not a duration (use e.g. 30s, 15m, 1h): "later"`,
+		`limits.http.max_body_size: "lots" is not a size`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q in:\n%v", want, err)
+		}
 	}
 }
