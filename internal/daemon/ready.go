@@ -52,6 +52,19 @@ func (d *Daemon) feedProblems() map[string]string {
 	return out
 }
 
+// enforcesRanges reports whether a kernel layer admits only p's ranges to
+// the listeners: without one, an empty admitted set stops no one.
+func enforcesRanges(p *policy.Policy) bool {
+	return p.Enforcement.XDP != policy.XDPOff || p.Enforcement.NFTables
+}
+
+// holdsRanges reports whether kernel layers keep a previous run's admitted
+// ranges that could be read back: they admit those, whatever p says.
+func (d *Daemon) holdsRanges() bool {
+	h := d.hold.Load()
+	return h != nil && h.ranges != nil && len(h.ranges.V4)+len(h.ranges.V6) > 0
+}
+
 func (d *Daemon) heldLayers() []string {
 	if h := d.hold.Load(); h != nil {
 		return h.layers
@@ -79,6 +92,9 @@ func (d *Daemon) NotReady() []string {
 		}
 		why = append(why, fmt.Sprintf("kernel layers %s keep the previous run's admitted ranges %s until every feed has a verified release",
 			strings.Join(h.layers, ", "), what))
+	}
+	if p := d.current.Load(); p != nil && enforcesRanges(p) && len(p.Admitted.V4)+len(p.Admitted.V6) == 0 && !d.holdsRanges() {
+		why = append(why, "nothing is admitted: no static_ranges and no feed release admit any source, so every connection to a listener is dropped")
 	}
 	problems := d.feedProblems()
 	names := make([]string, 0, len(problems))

@@ -158,3 +158,45 @@ func TestNewRefusesStateSubdirFile(t *testing.T) {
 		t.Error("CheckStateDir passes a state_dir whose feeds is a file")
 	}
 }
+
+// TestNothingAdmittedIsNotReady: a daemon whose kernel layers enforce the
+// ranges but whose policy admits no source at all (no static_ranges, no
+// feed) drops every connection: it is not ready, and says why. The same
+// configuration with a static range, or with no kernel layer enforcing the
+// ranges, is ready.
+func TestNothingAdmittedIsNotReady(t *testing.T) {
+	for _, tc := range []struct {
+		name, enforcement, static string
+		ready                     bool
+	}{
+		{"nftables-nothing-admitted", `{xdp: "off", nftables: true}`, "", false},
+		{"nftables-static-range", `{xdp: "off", nftables: true}`, "203.0.113.0/24", true},
+		{"no-kernel-layer-nothing-admitted", `{xdp: "off", nftables: false}`, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			metrics := freePort(t)
+			path := writeConfig(t, dir, metrics, tc.static)
+			b, _ := os.ReadFile(path)
+			cfg := strings.Replace(string(b), `enforcement: {xdp: "off", nftables: false}`, "enforcement: "+tc.enforcement, 1)
+			if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			a := &recorder{name: "nftables"}
+			d := runDaemon(t, path, a)
+			waitFor(t, "the first generation", func() bool { return a.last() != 0 })
+			waitFor(t, "/readyz", func() bool { code, _ := readyz(t, metrics); return code != 0 })
+			code, body := readyz(t, metrics)
+			const why = "nothing is admitted"
+			if tc.ready && code != http.StatusOK {
+				t.Errorf("/readyz: %d %q, want 200", code, body)
+			}
+			if !tc.ready && (code != http.StatusServiceUnavailable || !strings.Contains(body, why)) {
+				t.Errorf("/readyz: %d %q, want 503 saying %q", code, body, why)
+			}
+			if st := d.Status(); st.Ready != tc.ready {
+				t.Errorf("status ready = %v, want %v (%v)", st.Ready, tc.ready, st.NotReady)
+			}
+		})
+	}
+}
