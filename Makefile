@@ -12,7 +12,7 @@ DEB_PACKAGES := \
 	clang llvm libbpf-dev linux-libc-dev \
 	nftables iproute2 bpftool \
 	minisign openssl curl ca-certificates s3270 \
-	prometheus strace systemd util-linux
+	prometheus strace systemd util-linux mount
 # Test timeout for the whole suite; CI allows 90 minutes, we aim for 15.
 TEST_TIMEOUT ?= 20m
 
