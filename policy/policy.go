@@ -171,7 +171,7 @@ type Route struct {
 	TerminalTypes    []string // tn3270, tn5250
 	ForceLU          string   // tn3270
 	DevNames         []string // tn5250: allowed DEVNAME patterns
-	RefuseAutoSignOn bool     // tn5250: refuse USER/IBMRSEED/IBMSUBSPW
+	AllowsAutoSignOn bool     // tn5250 (refuse_auto_sign_on: false): USER, IBMRSEED … may reach the host once the terminal type is accepted
 }
 
 // CertKey is a certificate file and its key file.

@@ -236,6 +236,9 @@ func routeExtras(r policy.Route) string {
 	if len(r.DevNames) > 0 {
 		parts = append(parts, "DEVNAME "+strings.Join(r.DevNames, " "))
 	}
+	if r.AllowsAutoSignOn {
+		parts = append(parts, "auto sign-on once the terminal type is accepted")
+	}
 	if len(r.TerminalTypes) > 0 {
 		parts = append(parts, "terminals "+strings.Join(r.TerminalTypes, " "))
 	}

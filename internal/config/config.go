@@ -171,7 +171,7 @@ type Route struct {
 	TerminalTypes    []string      `mapstructure:"terminal_types"`
 	ForceLU          string        `mapstructure:"force_lu"`
 	DevNames         []string      `mapstructure:"devnames"`
-	RefuseAutoSignOn bool          `mapstructure:"refuse_auto_sign_on"`
+	RefuseAutoSignOn *bool         `mapstructure:"refuse_auto_sign_on"` // unset: true on tn5250
 }
 
 // Rules configures the feed guards.

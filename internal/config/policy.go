@@ -110,12 +110,18 @@ func (cfg *Config) Policy() *policy.Policy {
 				TerminalTypes:    r.TerminalTypes,
 				ForceLU:          r.ForceLU,
 				DevNames:         r.DevNames,
-				RefuseAutoSignOn: r.RefuseAutoSignOn,
+				AllowsAutoSignOn: allowAutoSignOn(pl.Protocol, r),
 			})
 		}
 		p.Listeners = append(p.Listeners, pl)
 	}
 	return p
+}
+
+// allowAutoSignOn: a tn5250 route refuses auto sign-on unless it says
+// refuse_auto_sign_on: false.
+func allowAutoSignOn(proto policy.Protocol, r Route) bool {
+	return proto == policy.ProtoTN5250 && r.RefuseAutoSignOn != nil && !*r.RefuseAutoSignOn
 }
 
 // firstBackend is the route's backend, or the first of its backends.

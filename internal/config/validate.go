@@ -381,7 +381,7 @@ func validateRoute(c *checker, rp string, proto policy.Protocol, r Route) {
 	only("force_lu", r.ForceLU != "", policy.ProtoTN3270)
 	only("terminal_types", len(r.TerminalTypes) > 0, policy.ProtoTN3270, policy.ProtoTN5250)
 	only("devnames", len(r.DevNames) > 0, policy.ProtoTN5250)
-	only("refuse_auto_sign_on", r.RefuseAutoSignOn, policy.ProtoTN5250)
+	only("refuse_auto_sign_on", r.RefuseAutoSignOn != nil && *r.RefuseAutoSignOn, policy.ProtoTN5250)
 	if proto == policy.ProtoSOAP && len(r.SOAPActions) == 0 {
 		c.add(rp+".soap_actions", "a soap route needs at least one allowed operation")
 	}

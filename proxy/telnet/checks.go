@@ -3,7 +3,6 @@ package telnet
 import (
 	"bytes"
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
@@ -120,71 +119,6 @@ func (d *direction) deviceTypeIs(v []byte) (bool, error) {
 	s.ttype, s.lu, s.vetType = typ, lu, true
 	s.mu.Unlock()
 	return true, nil
-}
-
-// environ checks a TN5250 NEW-ENVIRON IS or INFO list: DEVNAME against the
-// route and, when the route refuses auto sign-on, drops USER, IBMRSEED and
-// IBMSUBSPW so the host shows its sign-on screen.
-func (d *direction) environ(payload []byte) (bool, error) {
-	s, rt := d.s, d.s.rt
-	vars, err := parseEnviron(payload)
-	if err != nil {
-		return false, err
-	}
-	s.mu.Lock()
-	devKnown := s.vetDev
-	s.mu.Unlock()
-	if !devKnown && !slices.ContainsFunc(vars, func(v envVar) bool { return strings.EqualFold(v.name, envDevName) }) {
-		// The list carries the device's identity: without it, nothing of
-		// it (a USER= above all) may reach the host before the device
-		// was checked.
-		return false, refuse("NEW-ENVIRON names no device and the route restricts devices")
-	}
-	seen := map[string]bool{}
-	drop := false
-	for _, v := range vars {
-		up := strings.ToUpper(v.name)
-		switch up {
-		case envDevName, envUser, envRSeed, envSubPW:
-			if seen[up] {
-				return false, refuse("NEW-ENVIRON names %s twice", up)
-			}
-			seen[up] = true
-		}
-		switch {
-		case up == envDevName:
-			dev := string(v.value)
-			if !validDevName(dev) {
-				return false, refuse("device name %s is malformed", printable(v.value))
-			}
-			if !rt.devAllowed(dev) {
-				return false, refuse("device name %q not allowed", dev)
-			}
-			s.mu.Lock()
-			s.dev, s.vetDev = dev, true
-			s.mu.Unlock()
-		case up == envRSeed && v.hasValue && len(v.value) != rseedLength:
-			return false, refuse("IBMRSEED of %d bytes, not %d", len(v.value), rseedLength)
-		}
-		if rt.refuseAutoSignOn && isAutoSignOn(v.name) {
-			drop = true
-		}
-	}
-	if !drop {
-		return true, nil
-	}
-	p := []byte{payload[0]}
-	var dropped []string
-	for _, v := range vars {
-		if isAutoSignOn(v.name) {
-			dropped = append(dropped, strings.ToUpper(v.name))
-			continue
-		}
-		p = append(p, v.raw...)
-	}
-	s.h.logger.Info("auto sign-on refused", "tenant", s.peer.Tenant, "source", s.peer.Source.String(), "dropped", dropped)
-	d.out = appendSub(d.out, optNewEnviron, p)
-	return false, nil
 }
 
 // environ3270 closes a side door on TN3270 listeners: some hosts (IBM i

@@ -19,9 +19,9 @@
 //   - Client data never reaches the host before the terminal was accepted,
 //     nor do the client's Telnet commands or sub-negotiations, but for the
 //     ones the terminal is checked by (TERMINAL-TYPE IS, DEVICE-TYPE
-//     REQUEST, and on tn5250 the NEW-ENVIRON list naming the device). A
-//     tn3270 NEW-ENVIRON IS sent before is answered to the host as an
-//     empty list.
+//     REQUEST, and on tn5250 the NEW-ENVIRON answer naming the device,
+//     rebuilt of the device variables alone). A tn3270 NEW-ENVIRON IS sent
+//     before is answered to the host as an empty list.
 //   - TERMINAL-TYPE IS: the type must match TerminalTypes; on tn3270 an LU
 //     in the RFC 1646 "type@LU" form must match LUNames, and a route that
 //     restricts LUs refuses a type without one. Refusal ends the session.
@@ -33,12 +33,21 @@
 //     a generic request cannot land outside the route either.
 //   - ForceLU replaces the LU of every request (TERMINAL-TYPE and
 //     DEVICE-TYPE REQUEST) and the host must confirm it.
-//   - TN5250 NEW-ENVIRON IS/INFO (RFC 4777, ESC-escaped binary values):
-//     DEVNAME must match DevNames (and is required when DevNames is set);
-//     IBMRSEED must be eight bytes; a variable the policy reads may appear
-//     once; RefuseAutoSignOn drops USER, IBMRSEED and IBMSUBSPW, so the host
-//     shows its sign-on screen. On LU-restricted tn3270 routes a DEVNAME
-//     must be an allowed LU.
+//   - TN5250 NEW-ENVIRON (RFC 4777, ESC-escaped binary values): an IS
+//     reaches the host only as the one answer to its SEND, an INFO only
+//     after the terminal type was accepted. DEVNAME and IBMASSOCPRT must
+//     match DevNames (DEVNAME is required, and may not be empty, when
+//     DevNames is set); IBMRSEED has zero or eight bytes; a variable the
+//     policy knows appears once. RFC 4777 has the host ask for the list
+//     before the terminal type and wait for it, so before the terminal type
+//     is accepted the host gets a fresh list of the device variables only
+//     (envDevice: device name, keyboard, code page, character set, printer
+//     attributes); the auto sign-on variables (USER, IBMRSEED, IBMSUBSPW,
+//     IBMTICKET, IBMCURLIB, IBMIMENU, IBMPROGRAM) and every other variable
+//     are dropped and the host shows its sign-on screen. Afterwards (a host
+//     that asks again) the list passes, the sign-on variables only where
+//     AllowsAutoSignOn. On LU-restricted tn3270 routes a DEVNAME must be an
+//     allowed LU.
 //   - START_TLS between client and host is declined by the proxy for the
 //     other side: TLS inside the session would blind the policy.
 //

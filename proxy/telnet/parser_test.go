@@ -225,7 +225,7 @@ func FuzzSession(f *testing.F) {
 			LUNames: []string{"ACMELU0*"}, TerminalTypes: []string{"IBM-*"}}}
 		if is5250 {
 			tr.proto = policy.ProtoTN5250
-			tr.route = policy.Route{Tenant: "acme", DevNames: []string{"ACMEDSP*"}, RefuseAutoSignOn: true}
+			tr.route = policy.Route{Tenant: "acme", DevNames: []string{"ACMEDSP*"}}
 		}
 		// Host first, as a host opens the negotiation.
 		tr.steps = []step{{who: "host", data: h}, {who: "client", data: c}}

@@ -18,11 +18,11 @@ type route struct {
 	backend string
 	tls     *tls.Config // nil: plain Telnet to the host
 
-	luNames          []string
-	termTypes        []string
-	forceLU          string
-	devNames         []string
-	refuseAutoSignOn bool
+	luNames         []string
+	termTypes       []string
+	forceLU         string
+	devNames        []string
+	allowAutoSignOn bool
 }
 
 func buildRoutes(listener string, proto policy.Protocol, rs []policy.Route) (map[string]*route, error) {
@@ -36,16 +36,16 @@ func buildRoutes(listener string, proto policy.Protocol, rs []policy.Route) (map
 			return nil, fmt.Errorf("%w: %s: tenant %q has two routes", ErrConfig, where, r.Tenant)
 		}
 		rt := &route{
-			backend:          r.Backend,
-			luNames:          r.LUNames,
-			termTypes:        r.TerminalTypes,
-			forceLU:          r.ForceLU,
-			devNames:         r.DevNames,
-			refuseAutoSignOn: r.RefuseAutoSignOn,
+			backend:         r.Backend,
+			luNames:         r.LUNames,
+			termTypes:       r.TerminalTypes,
+			forceLU:         r.ForceLU,
+			devNames:        r.DevNames,
+			allowAutoSignOn: r.AllowsAutoSignOn,
 		}
 		switch proto {
 		case policy.ProtoTN3270:
-			if len(r.DevNames) > 0 || r.RefuseAutoSignOn {
+			if len(r.DevNames) > 0 || r.AllowsAutoSignOn {
 				return nil, fmt.Errorf("%w: %s: devnames and refuse_auto_sign_on are tn5250 settings", ErrConfig, where)
 			}
 			if r.ForceLU != "" && !validLU(r.ForceLU) {

@@ -45,6 +45,7 @@ type session struct {
 	mu      sync.Mutex // the negotiated state below
 	vetType bool       // terminal type (and LU) accepted
 	vetDev  bool       // tn5250: DEVNAME accepted, or none required
+	sends   int        // tn5250: the host's NEW-ENVIRON SENDs not answered yet
 	lu      string
 	dev     string
 	ttype   string
@@ -330,8 +331,8 @@ func (d *direction) countNego() error {
 // Before the terminal is accepted, a client's sub-negotiation reaches the
 // host only if it is the one the policy checks the terminal by:
 // TERMINAL-TYPE IS, TN3270E DEVICE-TYPE REQUEST, and on tn5250 the
-// NEW-ENVIRON list that names the device (RFC 4777 sends it before the
-// terminal type). On tn3270 a NEW-ENVIRON IS is answered to the host as
+// NEW-ENVIRON answer that names the device (RFC 4777 asks for it before the
+// terminal type), rebuilt of the device variables alone (environ5250). On tn3270 a NEW-ENVIRON IS is answered to the host as
 // an empty list, so a host that asked is not left waiting and learns
 // nothing (a USER= of the client's choice included); every other one is
 // dropped.
@@ -358,11 +359,19 @@ func (d *direction) sub(t Token) (bool, error) {
 				return d.deviceTypeIs(t.Payload[2:])
 			}
 		case optNewEnviron:
-			if !d.fromClient || (t.Payload[0] != envIS && t.Payload[0] != envINFO) {
+			if !d.fromClient {
+				if t.Payload[0] == envSEND && s.h.proto == policy.ProtoTN5250 {
+					s.mu.Lock()
+					s.sends = min(s.sends+1, maxPending)
+					s.mu.Unlock()
+				}
+				break
+			}
+			if t.Payload[0] != envIS && t.Payload[0] != envINFO {
 				break
 			}
 			if s.h.proto == policy.ProtoTN5250 {
-				return d.environ(t.Payload)
+				return d.environ5250(t.Payload)
 			}
 			keep, err := d.environ3270(t.Payload)
 			if err != nil || !held {

@@ -45,6 +45,7 @@ const (
 
 	// NEW-ENVIRON (RFC 1572, RFC 4777).
 	envIS      = 0
+	envSEND    = 1
 	envINFO    = 2
 	envVAR     = 0
 	envVALUE   = 1

@@ -17,7 +17,7 @@ import (
 // side must receive through the proxy. Lines:
 //
 //	protocol tn3270|tn5250
-//	route key=value …         lu_names, terminal_types (comma lists), force_lu, devnames, refuse_auto_sign_on
+//	route key=value …         lu_names, terminal_types (comma lists), force_lu, devnames, refuse_auto_sign_on[=false]
 //	client: TOKENS            the client writes
 //	host: TOKENS              the host writes
 //	client<: TOKENS | EOF     the client must read exactly these bytes, or the end of the stream
@@ -156,7 +156,8 @@ func loadTranscript(t testing.TB, path string) transcript {
 				case "devnames":
 					tr.route.DevNames = strings.Split(v, ",")
 				case "refuse_auto_sign_on":
-					tr.route.RefuseAutoSignOn = true
+					// true is the default; =false allows auto sign-on.
+					tr.route.AllowsAutoSignOn = v == "false"
 				default:
 					fail(fmt.Errorf("unknown route key %q", k))
 				}
