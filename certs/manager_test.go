@@ -12,10 +12,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -569,7 +570,7 @@ func TestStaleCRL(t *testing.T) {
 			now.Store(time.Now().Unix())
 			p := clonePolicy(k.policy)
 			p.TLS.CRLStale = mode
-			var logs syncBuffer
+			var logs testkit.LogBuffer
 			m := newManager(t, Config{Now: clock, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, p)
 			fired := make(chan struct{}, 1)
 			m.OnChange(func() { fired <- struct{}{} })
@@ -847,30 +848,12 @@ func TestSSLv3Refused(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink safe for the watcher's goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestWatchServerCert: touch reloads nothing, a new certificate is picked
 // up, a broken key is refused once (not every poll) and the old pair keeps
 // serving, and fixing the file recovers.
 func TestWatchServerCert(t *testing.T) {
 	k := newPKI(t)
-	var logs syncBuffer
+	var logs testkit.LogBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	m := newManager(t, Config{PollInterval: 10 * time.Millisecond, Logger: logger}, k.policy)
 	srv, _ := m.TLSConfig("web")

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
+
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
@@ -115,7 +117,7 @@ func TestTicketKeyFromTheFuture(t *testing.T) {
 	if err := os.WriteFile(file, []byte(fmt.Sprintf("%d %s\n", future, strings.Repeat("ab", 32))), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs testkit.LogBuffer
 	m := newManager(t, Config{StateDir: dir, Now: clock, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, k.policy)
 	newest := func() string {
 		t.Helper()

@@ -61,7 +61,7 @@ func BenchmarkKeepAlive1KiB(b *testing.B) {
 	be := fixedBackend(b, 1024)
 	h := newHarness(b, testLimits(), listener("web", policy.ProtoHTTPS,
 		policy.Route{Tenant: "acme", Backend: be.URL}))
-	h.access.discard.Store(true)
+	h.access.Discard(true)
 	for _, mode := range []string{"direct", "proxy", "proxy-h2"} {
 		b.Run(mode, func(b *testing.B) {
 			c := &http.Client{Transport: &http.Transport{}}
@@ -99,7 +99,7 @@ func BenchmarkKeepAlive1KiBParallel(b *testing.B) {
 	be := fixedBackend(b, 1024)
 	h := newHarness(b, testLimits(), listener("web", policy.ProtoHTTPS,
 		policy.Route{Tenant: "acme", Backend: be.URL}))
-	h.access.discard.Store(true)
+	h.access.Discard(true)
 	c := h.client(h.pki.acme, false)
 	c.Transport.(*http.Transport).MaxIdleConnsPerHost = 64
 	url := "https://" + h.addr("web") + "/"
@@ -122,7 +122,7 @@ func BenchmarkBulk1MiB(b *testing.B) {
 	be := fixedBackend(b, size)
 	h := newHarness(b, testLimits(), listener("web", policy.ProtoHTTPS,
 		policy.Route{Tenant: "acme", Backend: be.URL}))
-	h.access.discard.Store(true)
+	h.access.Discard(true)
 	for _, mode := range []string{"direct", "proxy"} {
 		b.Run(mode, func(b *testing.B) {
 			c := &http.Client{Transport: &http.Transport{}}

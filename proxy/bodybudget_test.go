@@ -67,7 +67,7 @@ func TestBodyBuffersHaveABudget(t *testing.T) {
 	if code != http.StatusServiceUnavailable || !strings.Contains(answer, "request body buffers full") {
 		t.Errorf("a request past the budget: status %d %q, want 503", code, answer)
 	}
-	if h.access.lines(`"reason":"request body buffers full"`) == nil {
+	if h.access.WaitLines(`"reason":"request body buffers full"`) == nil {
 		t.Error("no access log line with the reason")
 	}
 	// A request without a body needs no buffer.
@@ -92,10 +92,10 @@ func TestBodyBuffersHaveABudget(t *testing.T) {
 	if code, _ := exchange(t, h.rawTLS(h.pki.acme, "web"), "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"); code != 200 {
 		t.Errorf("a request once the buffers are free: status %d, want 200", code)
 	}
-	if n := h.logs.count("request body buffers full"); n != 1 {
+	if n := h.logs.Occurrences("request body buffers full"); n != 1 {
 		t.Errorf("%d log lines for the budget filling up, want 1", n)
 	}
-	if h.logs.lines("request body buffers available again") == nil {
+	if h.logs.WaitLines("request body buffers available again") == nil {
 		t.Error("no log line when the budget had room again")
 	}
 
@@ -183,7 +183,7 @@ func TestBufferedBodyMustArriveInTime(t *testing.T) {
 	if code := trickle("services", fmt.Sprintf("POST /svc HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\nSOAPAction: \"urn:acme:Get\"\r\nContent-Length: %d\r\n\r\n", len(env)), env); code != http.StatusRequestTimeout {
 		t.Errorf("a trickled SOAP envelope: status %d, want 408", code)
 	}
-	if h.access.lines(`"reason":"request body timed out"`) == nil {
+	if h.access.WaitLines(`"reason":"request body timed out"`) == nil {
 		t.Error("no access log line with the reason")
 	}
 

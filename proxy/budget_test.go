@@ -135,10 +135,10 @@ func TestEvictionLinesLeaveRefusalLines(t *testing.T) {
 		c.Read(make([]byte, 1)) // TLS 1.3: the refusal arrives after the client's Finished
 		c.Close()
 	}
-	if h.logs.lines("TLS handshake refused") == nil {
+	if h.logs.WaitLines("TLS handshake refused") == nil {
 		t.Errorf("no refusal line after %d eviction lines", flood)
 	}
-	if n := h.logs.count("unfinished handshake closed"); n > flood/10 {
+	if n := h.logs.Occurrences("unfinished handshake closed"); n > flood/10 {
 		t.Errorf("%d eviction lines for %d evictions: not rate-limited", n, flood)
 	}
 }

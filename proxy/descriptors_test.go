@@ -227,7 +227,7 @@ func TestDescriptorReserveBackends(t *testing.T) {
 	if count[503] == 0 {
 		t.Error("no request was refused: the reserve was never reached")
 	}
-	if h.access.lines(`"reason":"service unavailable: descriptor reserve reached"`) == nil {
+	if h.access.WaitLines(`"reason":"service unavailable: descriptor reserve reached"`) == nil {
 		t.Error("no access log line gives the descriptor reserve as the reason")
 	}
 	if !strings.Contains(h.logs.String(), "descriptor reserve reached") {

@@ -210,7 +210,7 @@ func TestRefusedHandshakeIsLogged(t *testing.T) {
 		c.Read(make([]byte, 1)) // TLS 1.3: the refusal arrives after the client's Finished
 		c.Close()
 	}
-	lines := h.logs.lines("TLS handshake refused")
+	lines := h.logs.WaitLines("TLS handshake refused")
 	var line string
 	for _, l := range lines {
 		if strings.Contains(l, "TLS handshake refused") {

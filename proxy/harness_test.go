@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
+
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/proxy"
 )
@@ -73,56 +75,12 @@ func (b *backend) lastBody() []byte {
 	return b.body
 }
 
-// syncBuffer collects the access log.
-type syncBuffer struct {
-	mu      sync.Mutex
-	b       bytes.Buffer
-	discard atomic.Bool // benchmarks: encode lines, keep none
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	if s.discard.Load() {
-		return len(p), nil
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// lines returns the log lines once one contains want; the log is written
-// after the response, so it may trail the client a little.
-func (s *syncBuffer) lines(want string) []string {
-	for range 500 {
-		s.mu.Lock()
-		text := strings.TrimSpace(s.b.String())
-		s.mu.Unlock()
-		if strings.Contains(text, want) {
-			return strings.Split(text, "\n")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return nil
-}
-
-// count returns how many lines hold want.
-func (s *syncBuffer) count(want string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return strings.Count(s.b.String(), want)
-}
-
 type harness struct {
 	t      testing.TB
 	pki    *pki
 	srv    *proxy.Server
-	access *syncBuffer
-	logs   *syncBuffer // the proxy's own log, as text
+	access *testkit.LogBuffer
+	logs   *testkit.LogBuffer // the proxy's own log, as text
 }
 
 var loopback = netip.MustParseAddr("127.0.0.1")
@@ -131,9 +89,9 @@ var loopback = netip.MustParseAddr("127.0.0.1")
 // limits of every listener that has them (as listener makes them).
 func newHarness(t testing.TB, limits policy.Limits, listeners ...policy.Listener) *harness {
 	t.Helper()
-	h := &harness{t: t, pki: newPKI(t), access: &syncBuffer{}, logs: &syncBuffer{}}
+	h := &harness{t: t, pki: newPKI(t), access: &testkit.LogBuffer{}, logs: &testkit.LogBuffer{}}
 	if _, bench := t.(*testing.B); bench {
-		h.logs.discard.Store(true)
+		h.logs.Discard(true)
 	}
 	srv, err := proxy.New(proxy.Config{
 		Logger:    slog.New(slog.NewTextHandler(h.logs, nil)),

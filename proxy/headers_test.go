@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
+
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/proxy"
 	"github.com/gatehouse-dmz/gatehouse/test/netns"
@@ -57,8 +59,8 @@ func (hr *headerRecorder) all() []http.Header {
 func TestHeaderNamesOutsideTokenDropped(t *testing.T) {
 	curl := netns.RequireTool(t, "curl", "curl")
 	hr := newHeaderRecorder(t)
-	logs := &syncBuffer{}
-	h := &harness{t: t, pki: newPKI(t), access: &syncBuffer{}, logs: logs}
+	logs := &testkit.LogBuffer{}
+	h := &harness{t: t, pki: newPKI(t), access: &testkit.LogBuffer{}, logs: logs}
 	srv, err := proxy.New(proxy.Config{
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		TLS:    h.pki.src,
@@ -139,7 +141,7 @@ func TestHeaderNamesOutsideTokenDropped(t *testing.T) {
 		}
 	}
 	var line string
-	for _, l := range logs.lines("request header fields dropped") {
+	for _, l := range logs.WaitLines("request header fields dropped") {
 		if strings.Contains(l, "request header fields dropped") {
 			line = l
 			break
@@ -214,7 +216,7 @@ func TestOneHeaderOverTheLimit(t *testing.T) {
 	if got := b.hits.Load(); got != 4 {
 		t.Errorf("backend saw %d requests, want only the 4 under the limit", got)
 	}
-	if n := h.access.count(`"status":431,`); n < 8 || n != h.access.count(`"reason":"request header fields too large"`) {
+	if n := h.access.Occurrences(`"status":431,`); n < 8 || n != h.access.Occurrences(`"reason":"request header fields too large"`) {
 		t.Errorf("access log: %d lines with status 431, want 8 or more, each with its reason", n)
 	}
 }

@@ -40,7 +40,7 @@ func TestHeadEndedPastTheLimit(t *testing.T) {
 	if got := b.hits.Load(); got != 0 {
 		t.Errorf("backend saw %d requests", got)
 	}
-	if h.logs.lines("request head over max_header_size") == nil {
+	if h.logs.WaitLines("request head over max_header_size") == nil {
 		t.Error("no log line with the reason")
 	}
 }

@@ -102,7 +102,7 @@ func newBreaker(t testing.TB) *breaker {
 func (h *harness) accessEntries(want string) []map[string]any {
 	h.t.Helper()
 	var out []map[string]any
-	for _, line := range h.access.lines(want) {
+	for _, line := range h.access.WaitLines(want) {
 		m := map[string]any{}
 		if err := json.Unmarshal([]byte(line), &m); err != nil {
 			h.t.Fatalf("access log line %q: %v", line, err)

@@ -172,7 +172,7 @@ func TestBodyBuffering(t *testing.T) {
 			// The access log line comes once the proxy is done with the
 			// request; closing the backend then waits for whatever of it
 			// reached the backend, so the counts below are final.
-			if !waitFor(func() bool { return h.access.count(`"msg":"request"`) == 1 }) {
+			if !waitFor(func() bool { return h.access.Occurrences(`"msg":"request"`) == 1 }) {
 				t.Fatal("no access log line for the request")
 			}
 			b.srv.Close()

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
+
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/proxy"
 )
@@ -85,7 +87,7 @@ func TestRouting(t *testing.T) {
 	// The access log says why each refused request was refused, and gives
 	// no reason for those a backend answered.
 	reasons := map[string]int{}
-	for _, line := range w.access.lines(`"reason":"bad request: path: dot segment"`) {
+	for _, line := range w.access.WaitLines(`"reason":"bad request: path: dot segment"`) {
 		var rec map[string]any
 		if err := json.Unmarshal([]byte(line), &rec); err != nil || rec["status"] == nil {
 			continue
@@ -214,7 +216,7 @@ func TestIdentityHeadersOverwritten(t *testing.T) {
 	}
 	// The access log names tenant and route but never the query string.
 	var found bool
-	for _, line := range w.access.lines(`"route":"/api"`) {
+	for _, line := range w.access.WaitLines(`"route":"/api"`) {
 		var rec map[string]any
 		if err := json.Unmarshal([]byte(line), &rec); err != nil {
 			t.Fatalf("access log line is not JSON: %q", line)
@@ -238,7 +240,7 @@ func TestIdentityHeadersOverwritten(t *testing.T) {
 		}
 	}
 	if !found {
-		t.Errorf("no access log line for the request: %q", w.access.lines(""))
+		t.Errorf("no access log line for the request: %q", w.access.WaitLines(""))
 	}
 }
 
@@ -258,7 +260,7 @@ func TestChainVerifiedInVerifyConnection(t *testing.T) {
 		policy.Route{Tenant: "acme", Backend: b.url()})}}); err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, pki: p, srv: srv, access: &syncBuffer{}}
+	h := &harness{t: t, pki: p, srv: srv, access: &testkit.LogBuffer{}}
 	if r := h.mustDo(h.client(p.acme, true), "web", "GET", "", "/", nil, nil); r.status != 200 {
 		t.Errorf("acme: status %d", r.status)
 	}

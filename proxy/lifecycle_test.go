@@ -356,7 +356,7 @@ func TestMetrics(t *testing.T) {
 	if err := reg.Register(h.srv); err != nil {
 		t.Fatal(err)
 	}
-	h.access.lines(`"tenant":"globex"`) // both requests done and counted
+	h.access.WaitLines(`"tenant":"globex"`) // both requests done and counted
 	want := `
 # HELP gatehouse_http_requests_total HTTP requests answered, by listener, tenant and status code.
 # TYPE gatehouse_http_requests_total counter

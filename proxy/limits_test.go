@@ -71,7 +71,7 @@ func TestFramingRefusalIsLogged(t *testing.T) {
 		t.Fatalf("status %d, want 400", code)
 	}
 	var line string
-	for _, l := range h.logs.lines("HTTP request refused") {
+	for _, l := range h.logs.WaitLines("HTTP request refused") {
 		if strings.Contains(l, "HTTP request refused") {
 			line = l
 		}

@@ -120,7 +120,7 @@ func TestTrickyPaths(t *testing.T) {
 				return
 			}
 			var found bool
-			for _, line := range h.access.lines(tc.reason) {
+			for _, line := range h.access.WaitLines(tc.reason) {
 				var rec map[string]any
 				if json.Unmarshal([]byte(line), &rec) == nil && rec["reason"] == tc.reason && rec["status"] == float64(400) {
 					found = true

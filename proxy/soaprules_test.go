@@ -92,7 +92,7 @@ func TestConnectionCannotStripCheckedHeaders(t *testing.T) {
 	if got := hr.all()[before:]; len(got) != 0 {
 		t.Errorf("the backend saw curl's request: %v", got)
 	}
-	if line := h.access.lines("Connection header names"); line == nil {
+	if line := h.access.WaitLines("Connection header names"); line == nil {
 		t.Error("no access log line with the reason")
 	}
 }

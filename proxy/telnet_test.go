@@ -190,7 +190,7 @@ func TestStartTLSRefusalsRateLimited(t *testing.T) {
 	if !waitFor(func() bool { return h.metric("gatehouse_telnet_sessions_total", "st", "refused", "unknown") == refused }) {
 		t.Errorf("refused START_TLS sessions counted %v, want %d", h.metric("gatehouse_telnet_sessions_total", "st", "refused", "unknown"), refused)
 	}
-	if n := h.logs.count(proxy.ErrConnLimit.Error()); n != 2 {
+	if n := h.logs.Occurrences(proxy.ErrConnLimit.Error()); n != 2 {
 		t.Errorf("%d log lines for %d refusals under a limit of 2 lines:\n%s", n, refused, h.logs)
 	}
 }

@@ -228,7 +228,7 @@ func TestUpgradedConnectionEndsWithItsRoute(t *testing.T) {
 	one.waitEnded(t)
 	for _, g := range []string{"generation=2", "generation=3"} {
 		var line string
-		for _, l := range h.logs.lines(g) {
+		for _, l := range h.logs.WaitLines(g) {
 			if strings.Contains(l, "listeners applied") && strings.Contains(l, g) {
 				line = l
 			}
@@ -237,7 +237,7 @@ func TestUpgradedConnectionEndsWithItsRoute(t *testing.T) {
 			t.Errorf("apply line %q, want sessions_ended=1", line)
 		}
 	}
-	if n := h.logs.count("session closed: its route was removed or changed by a reload"); n != 2 {
+	if n := h.logs.Occurrences("session closed: its route was removed or changed by a reload"); n != 2 {
 		t.Errorf("%d lines for sessions closed by a reload, want 2", n)
 	}
 }
@@ -277,7 +277,7 @@ func TestUpgradeRefusedWhenRouteChangedMeanwhile(t *testing.T) {
 		t.Errorf("client connection: %v", err)
 	}
 	ws.waitEnded(t) // the backend's side is closed
-	if h.access.lines(`"reason":"upgrade refused: route changed by a reload"`) == nil {
+	if h.access.WaitLines(`"reason":"upgrade refused: route changed by a reload"`) == nil {
 		t.Error("no access log line with the reason")
 	}
 }
@@ -328,7 +328,7 @@ func TestUpgradedConnectionLimits(t *testing.T) {
 		"upgraded connection closed: maximum session length",
 	} {
 		var line string
-		for _, l := range h.logs.lines(want) {
+		for _, l := range h.logs.WaitLines(want) {
 			if strings.Contains(l, want) {
 				line = l
 			}
@@ -337,7 +337,7 @@ func TestUpgradedConnectionLimits(t *testing.T) {
 			t.Errorf("log line %q: want %q with tenant and source", line, want)
 		}
 	}
-	if h.access.lines(`"tunnel_end":"idle timeout"`) == nil || h.access.lines(`"tunnel_end":"maximum session length"`) == nil {
+	if h.access.WaitLines(`"tunnel_end":"idle timeout"`) == nil || h.access.WaitLines(`"tunnel_end":"maximum session length"`) == nil {
 		t.Error("access log lines of the tunnels lack tunnel_end")
 	}
 }
@@ -377,7 +377,7 @@ func TestUpgradedConnectionRearmedByReload(t *testing.T) {
 	for tenant, end := range map[string]string{"acme": "idle timeout", "globex": "maximum session length"} {
 		want := `"tenant":"` + tenant + `"`
 		var line string
-		for _, l := range h.access.lines(want) {
+		for _, l := range h.access.WaitLines(want) {
 			if strings.Contains(l, want) && strings.Contains(l, `"tunnel_end"`) {
 				line = l
 			}

@@ -154,7 +154,7 @@ func TestUpgradeOnlyWebSocketWhereAllowed(t *testing.T) {
 			if got := be.requests()[before:]; len(got) != 0 {
 				t.Errorf("the backend saw %q", got)
 			}
-			if h.access.lines(`"reason":"`+tc.reason+`"`) == nil {
+			if h.access.WaitLines(`"reason":"`+tc.reason+`"`) == nil {
 				t.Errorf("no access log line with reason %q", tc.reason)
 			}
 		})

@@ -313,7 +313,7 @@ func TestReloadChangesHTTPServerLimits(t *testing.T) {
 // log, waiting for it a little: it is written after the connection closed.
 func (h *harness) tcpAccessLine() map[string]any {
 	var end map[string]any
-	for _, l := range h.access.lines("tcp session ended") {
+	for _, l := range h.access.WaitLines("tcp session ended") {
 		if strings.Contains(l, "tcp session ended") {
 			json.Unmarshal([]byte(l), &end)
 		}

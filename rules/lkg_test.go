@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
 )
 
 // lkgFixture applies releases 100 and then 101 of feed "test" through a
@@ -47,9 +49,9 @@ func lkgFixtureMirror(t *testing.T) (mcfg ManagerConfig, clk *clock, dir, pub st
 }
 
 // restart builds a manager on mcfg, logging into the returned buffer.
-func restart(t *testing.T, mcfg ManagerConfig) (*Manager, *syncBuffer) {
+func restart(t *testing.T, mcfg ManagerConfig) (*Manager, *testkit.LogBuffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testkit.LogBuffer{}
 	mcfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	m, err := NewManager(mcfg)
 	if err != nil {

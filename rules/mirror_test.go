@@ -1,7 +1,6 @@
 package rules
 
 import (
-	"bytes"
 	"context"
 	"encoding/pem"
 	"log/slog"
@@ -12,25 +11,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
 )
-
-// syncBuffer is a log sink the test reads while the manager writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestMirrorChangedFileUnderSameManifest: a file:// mirror keeps serving
 // the manifest in force while the feed file beside it changes (a corrupted
@@ -44,7 +27,7 @@ func TestMirrorChangedFileUnderSameManifest(t *testing.T) {
 	fc := testFeedConfig(1, k)
 	fc.Source = "file://" + filepath.Join(pub, ManifestName)
 	clk := &clock{t: testNow}
-	var logs syncBuffer
+	var logs testkit.LogBuffer
 	m, err := NewManager(ManagerConfig{Logger: slog.New(slog.NewTextHandler(&logs, nil)), StateDir: t.TempDir(),
 		Feeds: []FeedConfig{fc}, Guards: docGuards, Now: clk.now})
 	if err != nil {
@@ -240,7 +223,7 @@ func TestMirrorPublishInProgress(t *testing.T) {
 	mustWrite(t, caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
 	fc := testFeedConfig(1, k)
 	fc.Source, fc.CAFile = srv.URL+"/feed/"+ManifestName, caFile
-	var logs syncBuffer
+	var logs testkit.LogBuffer
 	m, err := NewManager(ManagerConfig{Logger: slog.New(slog.NewTextHandler(&logs, nil)), StateDir: t.TempDir(),
 		Feeds: []FeedConfig{fc}, Guards: docGuards, Now: func() time.Time { return testNow }})
 	if err != nil {

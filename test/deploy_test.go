@@ -23,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
+
 	"aead.dev/minisign"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -610,7 +612,7 @@ type promServer struct {
 	addr   string
 	client *http.Client // reaches addr (inside the namespace, if any)
 	cmd    *exec.Cmd
-	out    *lockedBuffer
+	out    *testkit.LogBuffer
 	done   chan struct{}
 }
 
@@ -654,7 +656,7 @@ scrape_configs:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := &promServer{addr: freeAddr(t), client: &http.Client{Timeout: 5 * time.Second}, out: &lockedBuffer{}, done: make(chan struct{})}
+	p := &promServer{addr: freeAddr(t), client: &http.Client{Timeout: 5 * time.Second}, out: &testkit.LogBuffer{}, done: make(chan struct{})}
 	args := []string{
 		"--config.file=" + cfgPath,
 		"--storage.tsdb.path=" + filepath.Join(dir, "data"),

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
+
 	"aead.dev/minisign"
 
 	"github.com/gatehouse-dmz/gatehouse/rules"
@@ -93,7 +95,7 @@ func (tp *topology) stopAndTeardown(t *testing.T) {
 // metrics endpoint answers, ready or not.
 func (tp *topology) startUnready(t *testing.T) {
 	t.Helper()
-	d := &daemonProc{cmd: tp.dmz.Command(binary(t), "run", "-c", tp.config), out: &lockedBuffer{}, metrics: "127.0.0.1:9477",
+	d := &daemonProc{cmd: tp.dmz.Command(binary(t), "run", "-c", tp.config), out: &testkit.LogBuffer{}, metrics: "127.0.0.1:9477",
 		exited: make(chan struct{}), http: tp.metricsClient}
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
 	if err := d.cmd.Start(); err != nil {

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
 )
 
 // TestPrivateBPFFSRefused: `ip netns exec` gives the daemon a mount
@@ -36,7 +38,7 @@ func TestPrivateBPFFSRefused(t *testing.T) {
 	}
 
 	run := tp.dmz.Command(binary(t), "run", "-c", tp.config)
-	var buf lockedBuffer
+	var buf testkit.LogBuffer
 	run.Stdout, run.Stderr = &buf, &buf
 	if err := run.Start(); err != nil {
 		t.Fatal(err)

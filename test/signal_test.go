@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
+
 	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
 )
 
@@ -70,28 +72,10 @@ func freeAddr(t *testing.T) string {
 	return ""
 }
 
-// lockedBuffer collects a child's output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 type daemonProc struct {
 	slow    chan struct{} // startDaemon: the backend got a request for /slow
 	cmd     *exec.Cmd
-	out     *lockedBuffer
+	out     *testkit.LogBuffer
 	metrics string
 	listen  string
 	exited  chan struct{} // closed when the process has exited
@@ -104,7 +88,7 @@ type daemonProc struct {
 // launch starts cmd (a gatehouse run) and waits until it is ready.
 func launch(t *testing.T, cmd *exec.Cmd, metrics string, client *http.Client) *daemonProc {
 	t.Helper()
-	d := &daemonProc{cmd: cmd, out: &lockedBuffer{}, metrics: metrics, exited: make(chan struct{}), http: client}
+	d := &daemonProc{cmd: cmd, out: &testkit.LogBuffer{}, metrics: metrics, exited: make(chan struct{}), http: client}
 	cmd.Stdout, cmd.Stderr = d.out, d.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

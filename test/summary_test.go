@@ -10,6 +10,8 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
+
 	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
 )
 
@@ -84,7 +86,7 @@ listeners:
 		t.Fatalf("check --json: %v\n%s", err, raw)
 	}
 
-	d := &daemonProc{cmd: exec.Command(binary(t), "run", "-c", path), out: &lockedBuffer{}, metrics: metrics, exited: make(chan struct{}), http: http.DefaultClient}
+	d := &daemonProc{cmd: exec.Command(binary(t), "run", "-c", path), out: &testkit.LogBuffer{}, metrics: metrics, exited: make(chan struct{}), http: http.DefaultClient}
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)

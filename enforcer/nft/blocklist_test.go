@@ -1,7 +1,6 @@
 package nft
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/prometheus/client_golang/prometheus"
@@ -116,24 +117,6 @@ func TestFullBlocklist(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a log destination several goroutines write to.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestBlockLogSummary: a poll that finds many new blocks says so in one
 // warning (naming a few), with a line per source at debug only: forged
 // scans block at the attacker's rate, and the log must not follow. A
@@ -141,7 +124,7 @@ func (l *lockedBuffer) String() string {
 // and hands each to the XDP layer once more (the XDP layer may have lost
 // them).
 func TestBlockLogSummary(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := &testkit.LogBuffer{}
 	var mu sync.Mutex
 	pushed := map[netip.Addr]int{}
 	cfg := Config{
@@ -176,7 +159,7 @@ func TestBlockLogSummary(t *testing.T) {
 	}
 
 	// The restart: a new Enforcer adopts the table.
-	logs2 := &lockedBuffer{}
+	logs2 := &testkit.LogBuffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs2, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg.NetNS = g.fd
 	e2, err := New(cfg)

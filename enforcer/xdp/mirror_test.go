@@ -1,7 +1,6 @@
 package xdp
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
 
 	"github.com/cilium/ebpf"
 
@@ -24,38 +25,16 @@ import (
 type mirrorRig struct {
 	tp  *topo
 	e   *Enforcer
-	log *syncBuffer
+	log *testkit.LogBuffer
 
 	mu     sync.Mutex
 	calls  map[netip.Addr]int
 	refuse func(netip.Addr) error
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// lines counts the log lines with msg as their message.
-func (s *syncBuffer) lines(msg string) int {
-	return strings.Count(s.String(), "msg=\""+msg+"\"")
-}
-
 func newMirrorRig(t *testing.T, tp *topo) *mirrorRig {
 	t.Helper()
-	r := &mirrorRig{tp: tp, log: &syncBuffer{}, calls: map[netip.Addr]int{}}
+	r := &mirrorRig{tp: tp, log: &testkit.LogBuffer{}, calls: map[netip.Addr]int{}}
 	logger := slog.New(slog.NewTextHandler(r.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if err := tp.gate.Do(func() (err error) {
 		r.e, err = New(Config{Interface: tp.iface, Mode: policy.XDPAuto, PinDir: tp.pinDir, Logger: logger,
@@ -202,13 +181,13 @@ func TestBlockLogSummary(t *testing.T) {
 	if err := r.e.PollBlocked(); err != nil {
 		t.Fatal(err)
 	}
-	if n := r.log.lines("scanners blocked"); n != 1 {
+	if n := r.log.Count("scanners blocked"); n != 1 {
 		t.Errorf("%d summary lines for 200 blocks, want 1:\n%s", n, r.log)
 	}
 	if n := strings.Count(r.log.String(), "level=WARN"); n != 1 {
 		t.Errorf("%d warnings for 200 blocks, want 1", n)
 	}
-	if n := r.log.lines("scanner blocked"); n != 200 {
+	if n := r.log.Count("scanner blocked"); n != 200 {
 		t.Errorf("%d lines at debug, want one per source (200)", n)
 	}
 	if !strings.Contains(r.log.String(), "count=200") || !strings.Contains(r.log.String(), "2001:db8:4000::/64") {
@@ -221,7 +200,7 @@ func TestBlockLogSummary(t *testing.T) {
 	if err := r2.e.PollBlocked(); err != nil {
 		t.Fatal(err)
 	}
-	if n := r2.log.lines("scanners blocked") + r2.log.lines("scanner blocked"); n != 0 {
+	if n := r2.log.Count("scanners blocked") + r2.log.Count("scanner blocked"); n != 0 {
 		t.Errorf("the restarted daemon reported %d adopted blocks as new:\n%s", n, r2.log)
 	}
 	if !strings.Contains(r2.log.String(), "sources still blocked from before the restart") {

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
+
 	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
 	"github.com/gatehouse-dmz/gatehouse/policy"
@@ -64,7 +66,7 @@ func TestReloadAppliesTLSKeys(t *testing.T) {
 // (kernel layers off) with a tenant acme whose CRL revokes one certificate.
 type realTLS struct {
 	d       *Daemon
-	logs    *lockedBuffer
+	logs    *testkit.LogBuffer
 	ca      *certstest.CA
 	good    *certstest.Leaf
 	revoked *certstest.Leaf
@@ -75,26 +77,9 @@ type realTLS struct {
 	crl     string         // acme's CRL file
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func startRealTLS(t *testing.T) *realTLS {
 	t.Helper()
-	r := &realTLS{logs: &lockedBuffer{}, ca: certstest.NewCA(t, "acme")}
+	r := &realTLS{logs: &testkit.LogBuffer{}, ca: certstest.NewCA(t, "acme")}
 	r.good = r.ca.Client(t, "acme cloud")
 	r.revoked = r.ca.Client(t, "acme lost laptop")
 	dir := t.TempDir()

@@ -9,29 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
+
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
-
-func tcpPair(t *testing.T) (client, server net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	ch := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		ch <- c
-	}()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server = <-ch
-	t.Cleanup(func() { client.Close(); server.Close() })
-	return client, server
-}
 
 type counts struct{ in, out atomic.Int64 }
 
@@ -47,8 +28,8 @@ func (c *counts) Count(in bool, n int) {
 // half-closes; the backend answers only after it saw the end of the
 // request, and the answer still reaches the client.
 func TestPipeHalfClose(t *testing.T) {
-	client, front := tcpPair(t)
-	back, backend := tcpPair(t)
+	client, front := testkit.TCPPair(t)
+	back, backend := testkit.TCPPair(t)
 	var cnt counts
 	var closes atomic.Int64
 	fc := relay.NewCountingConn(front, &cnt, func() { closes.Add(1) })

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
+
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
 
@@ -110,8 +112,8 @@ func TestTimerSet(t *testing.T) {
 // TestPipeTimedIdle relays a real TCP session: while bytes flow it stays,
 // once both sides fall silent the timer closes both connections.
 func TestPipeTimedIdle(t *testing.T) {
-	client, front := tcpPair(t)
-	back, backend := tcpPair(t)
+	client, front := testkit.TCPPair(t)
+	back, backend := testkit.TCPPair(t)
 	why := make(chan error, 1)
 	tm := relay.NewTimer(time.Now(), 500*time.Millisecond, 0, func(err error) {
 		why <- err

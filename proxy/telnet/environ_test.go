@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
+
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
@@ -25,14 +27,14 @@ func TestTN5250EnvironAcrossTLSRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer hostLn.Close()
-	logs := &lockedBuffer{}
+	logs := &testkit.LogBuffer{}
 	h, err := New(Config{Listener: "mf", Protocol: policy.ProtoTN5250,
 		Routes: []policy.Route{{Tenant: "acme", Backend: hostLn.Addr().String(), DevNames: []string{"ACMEDSP*"}}},
 		Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cliRaw, srvRaw := tcpPair(t)
+	cliRaw, srvRaw := testkit.TCPPair(t)
 	srv := tls.Server(srvRaw, pki.serverTLS)
 	cli := tls.Client(cliRaw, pki.clientTLS())
 	hs := make(chan error, 1)

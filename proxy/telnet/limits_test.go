@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
+
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
@@ -26,25 +28,7 @@ type rig struct {
 	h      *Handler
 	ss     *Sessions
 	hostLn net.Listener
-	log    *lockedBuffer
-}
-
-// lockedBuffer is a log sink sessions write to while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	log    *testkit.LogBuffer
 }
 
 // Limits is what a test sets on a rig: the session limits the policy
@@ -90,7 +74,7 @@ func newRig(t *testing.T, proto policy.Protocol, r policy.Route, lim Limits) *ri
 	if r.Tenant == "" {
 		r.Tenant = "acme"
 	}
-	rg := &rig{ss: NewSessions(), hostLn: ln, log: &lockedBuffer{}}
+	rg := &rig{ss: NewSessions(), hostLn: ln, log: &testkit.LogBuffer{}}
 	cfg := Config{Listener: "mf", Protocol: proto, Routes: []policy.Route{r},
 		Sessions: rg.ss, SessionLog: slog.New(slog.NewJSONHandler(rg.log, nil))}
 	lim.config(&cfg)
@@ -172,7 +156,7 @@ func TestLimits(t *testing.T) {
 	route := policy.Route{LUNames: []string{"ACMELU0*"}}
 	t.Run("idle", func(t *testing.T) {
 		rg := newRig(t, policy.ProtoTN3270, route, Limits{IdleTimeout: 500 * time.Millisecond})
-		cli, srv := tcpPair(t)
+		cli, srv := testkit.TCPPair(t)
 		ch := rg.serve(t, context.Background(), srv, testPeer())
 		negotiate(t, cli, rg.acceptHost(t))
 		if err := waitErr(t, ch); !errors.Is(err, ErrIdle) {
@@ -184,7 +168,7 @@ func TestLimits(t *testing.T) {
 	})
 	t.Run("session length", func(t *testing.T) {
 		rg := newRig(t, policy.ProtoTN3270, route, Limits{MaxSessionLength: time.Second, IdleTimeout: time.Hour})
-		cli, srv := tcpPair(t)
+		cli, srv := testkit.TCPPair(t)
 		ch := rg.serve(t, context.Background(), srv, testPeer())
 		negotiate(t, cli, rg.acceptHost(t))
 		if err := waitErr(t, ch); !errors.Is(err, ErrSessionLength) {
@@ -193,7 +177,7 @@ func TestLimits(t *testing.T) {
 	})
 	t.Run("negotiation time", func(t *testing.T) {
 		rg := newRig(t, policy.ProtoTN3270, route, Limits{NegotiationTimeout: 100 * time.Millisecond})
-		_, srv := tcpPair(t)
+		_, srv := testkit.TCPPair(t)
 		ch := rg.serve(t, context.Background(), srv, testPeer())
 		rg.acceptHost(t)
 		if err := waitErr(t, ch); !errors.Is(err, ErrNegotiation) {
@@ -202,7 +186,7 @@ func TestLimits(t *testing.T) {
 	})
 	t.Run("negotiation count", func(t *testing.T) {
 		rg := newRig(t, policy.ProtoTN3270, route, Limits{MaxNegotiations: 4})
-		cli, srv := tcpPair(t)
+		cli, srv := testkit.TCPPair(t)
 		ch := rg.serve(t, context.Background(), srv, testPeer())
 		rg.acceptHost(t)
 		cli.Write(bytes.Repeat(mustTokens(t, `IAC WILL BINARY`), 5))
@@ -215,7 +199,7 @@ func TestLimits(t *testing.T) {
 	})
 	t.Run("keepalives after the data phase are not capped", func(t *testing.T) {
 		rg := newRig(t, policy.ProtoTN3270, route, Limits{MaxNegotiations: 4})
-		cli, srv := tcpPair(t)
+		cli, srv := testkit.TCPPair(t)
 		ch := rg.serve(t, context.Background(), srv, testPeer())
 		host := rg.acceptHost(t)
 		negotiate(t, cli, host)
@@ -229,7 +213,7 @@ func TestLimits(t *testing.T) {
 	})
 	t.Run("sub-negotiation length", func(t *testing.T) {
 		rg := newRig(t, policy.ProtoTN3270, route, Limits{MaxSubnegotiation: 32})
-		cli, srv := tcpPair(t)
+		cli, srv := testkit.TCPPair(t)
 		ch := rg.serve(t, context.Background(), srv, testPeer())
 		rg.acceptHost(t)
 		cli.Write(append(mustTokens(t, `IAC SB TTYPE IS`), bytes.Repeat([]byte("A"), 64)...))
@@ -239,10 +223,10 @@ func TestLimits(t *testing.T) {
 	})
 	t.Run("sessions per tenant", func(t *testing.T) {
 		rg := newRig(t, policy.ProtoTN3270, route, Limits{MaxSessionsPerTenant: 1})
-		cli, srv := tcpPair(t)
+		cli, srv := testkit.TCPPair(t)
 		ch := rg.serve(t, context.Background(), srv, testPeer())
 		rg.acceptHost(t)
-		_, srv2 := tcpPair(t)
+		_, srv2 := testkit.TCPPair(t)
 		if err := rg.h.Serve(context.Background(), srv2, testPeer()); !errors.Is(err, ErrSessionLimit) {
 			t.Fatalf("second session: %v", err)
 		}
@@ -254,7 +238,7 @@ func TestLimits(t *testing.T) {
 	})
 	t.Run("no route", func(t *testing.T) {
 		rg := newRig(t, policy.ProtoTN3270, route, Limits{})
-		_, srv := tcpPair(t)
+		_, srv := testkit.TCPPair(t)
 		p := testPeer()
 		p.Tenant = "other"
 		if err := rg.h.Serve(context.Background(), srv, p); !errors.Is(err, ErrNoRoute) {
@@ -266,7 +250,7 @@ func TestLimits(t *testing.T) {
 		addr := ln.Addr().String()
 		ln.Close()
 		rg := newRig(t, policy.ProtoTN3270, policy.Route{Backend: addr}, Limits{})
-		_, srv := tcpPair(t)
+		_, srv := testkit.TCPPair(t)
 		if err := rg.h.Serve(context.Background(), srv, testPeer()); err == nil {
 			t.Fatal("no error")
 		}
@@ -277,7 +261,7 @@ func TestLimits(t *testing.T) {
 	t.Run("shutdown", func(t *testing.T) {
 		rg := newRig(t, policy.ProtoTN3270, route, Limits{})
 		ctx, cancel := context.WithCancel(context.Background())
-		cli, srv := tcpPair(t)
+		cli, srv := testkit.TCPPair(t)
 		ch := rg.serve(t, ctx, srv, testPeer())
 		negotiate(t, cli, rg.acceptHost(t))
 		cancel()
@@ -291,7 +275,7 @@ func TestLimits(t *testing.T) {
 // and none of the screen's contents.
 func TestSessionLog(t *testing.T) {
 	rg := newRig(t, policy.ProtoTN3270, policy.Route{LUNames: []string{"ACMELU0*"}}, Limits{})
-	cli, srv := tcpPair(t)
+	cli, srv := testkit.TCPPair(t)
 	ch := rg.serve(t, context.Background(), srv, testPeer())
 	negotiate(t, cli, rg.acceptHost(t))
 	cli.Close()
@@ -364,7 +348,7 @@ func TestDataPassesUnchanged(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan error, 5*sessions)
 	for i := range sessions {
-		cli, srv := tcpPair(t)
+		cli, srv := testkit.TCPPair(t)
 		ch := rg.serve(t, context.Background(), srv, testPeer())
 		host := rg.acceptHost(t)
 		negotiate(t, cli, host)

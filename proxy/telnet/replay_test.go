@@ -11,37 +11,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
+
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
 const stepTimeout = 5 * time.Second
-
-// tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t testing.TB) (client, server net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	ch := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		ch <- c
-	}()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server = <-ch
-	if server == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { client.Close(); server.Close() })
-	return client, server
-}
 
 func testPeer() Peer {
 	return Peer{Tenant: "acme", Fingerprint: "ab12", Source: netip.MustParseAddrPort("192.0.2.10:40000")}
@@ -70,7 +47,7 @@ func replay(t *testing.T, tr transcript) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cli, srv := tcpPair(t)
+	cli, srv := testkit.TCPPair(t)
 	served := make(chan error, 1)
 	go func() { served <- h.Serve(context.Background(), srv, testPeer()) }()
 	hostLn.(*net.TCPListener).SetDeadline(time.Now().Add(stepTimeout))

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
+
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
@@ -77,7 +79,7 @@ func TestNegotiationStorm(t *testing.T) {
 	route := policy.Route{LUNames: []string{"ACMELU0*"}}
 	t.Run("a terminal's negotiations pass", func(t *testing.T) {
 		rg := newRig(t, policy.ProtoTN3270, route, Limits{})
-		cli, srv := tcpPair(t)
+		cli, srv := testkit.TCPPair(t)
 		ch := rg.serve(t, context.Background(), srv, testPeer())
 		host := rg.acceptHost(t)
 		negotiate(t, cli, host)
@@ -91,7 +93,7 @@ func TestNegotiationStorm(t *testing.T) {
 	})
 	t.Run("a storm ends the session", func(t *testing.T) {
 		rg := newRig(t, policy.ProtoTN3270, route, Limits{})
-		cli, srv := tcpPair(t)
+		cli, srv := testkit.TCPPair(t)
 		ch := rg.serve(t, context.Background(), srv, testPeer())
 		host := rg.acceptHost(t)
 		negotiate(t, cli, host)
@@ -117,7 +119,7 @@ func TestNegotiationStorm(t *testing.T) {
 		for _, cmd := range []string{"AYT", "IP", "AO", "BRK", "DM"} {
 			t.Run(cmd, func(t *testing.T) {
 				rg := newRig(t, policy.ProtoTN3270, route, Limits{})
-				cli, srv := tcpPair(t)
+				cli, srv := testkit.TCPPair(t)
 				ch := rg.serve(t, context.Background(), srv, testPeer())
 				host := rg.acceptHost(t)
 				negotiate(t, cli, host)
@@ -135,7 +137,7 @@ func TestNegotiationStorm(t *testing.T) {
 	})
 	t.Run("record ends and keepalives are not counted", func(t *testing.T) {
 		rg := newRig(t, policy.ProtoTN3270, route, Limits{})
-		cli, srv := tcpPair(t)
+		cli, srv := testkit.TCPPair(t)
 		ch := rg.serve(t, context.Background(), srv, testPeer())
 		host := rg.acceptHost(t)
 		negotiate(t, cli, host)
@@ -149,7 +151,7 @@ func TestNegotiationStorm(t *testing.T) {
 	})
 	t.Run("host keepalives are not counted", func(t *testing.T) {
 		rg := newRig(t, policy.ProtoTN3270, route, Limits{})
-		cli, srv := tcpPair(t)
+		cli, srv := testkit.TCPPair(t)
 		ch := rg.serve(t, context.Background(), srv, testPeer())
 		host := rg.acceptHost(t)
 		negotiate(t, cli, host)

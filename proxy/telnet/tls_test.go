@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
+
 	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
@@ -54,7 +56,7 @@ func TestStartTLS(t *testing.T) {
 
 	t.Run("accepted", func(t *testing.T) {
 		rg := newRig(t, policy.ProtoTN3270, route, Limits{})
-		cli, srv := tcpPair(t)
+		cli, srv := testkit.TCPPair(t)
 		ch := make(chan error, 1)
 		go func() { ch <- rg.h.ServeStartTLS(context.Background(), srv, pki.serverTLS, admitAcme) }()
 		expectRead(t, cli, doStartTLS)
@@ -73,7 +75,7 @@ func TestStartTLS(t *testing.T) {
 	})
 	refused := func(t *testing.T, client func(t *testing.T, cli net.Conn)) error {
 		rg := newRig(t, policy.ProtoTN3270, route, Limits{HandshakeTimeout: 2 * time.Second})
-		cli, srv := tcpPair(t)
+		cli, srv := testkit.TCPPair(t)
 		ch := make(chan error, 1)
 		go func() { ch <- rg.h.ServeStartTLS(context.Background(), srv, pki.serverTLS, admitAcme) }()
 		expectRead(t, cli, doStartTLS)
@@ -139,7 +141,7 @@ func TestBackendTLS(t *testing.T) {
 	rg := newRig(t, policy.ProtoTN3270, policy.Route{Backend: hostLn.Addr().String(), BackendTLS: true,
 		BackendCA: pki.ca.CertFile, LUNames: []string{"ACMELU0*"}}, Limits{})
 	rg.hostLn = hostLn
-	cli, srv := tcpPair(t)
+	cli, srv := testkit.TCPPair(t)
 	ch := rg.serve(t, context.Background(), srv, testPeer())
 	host, err := hostLn.Accept()
 	if err != nil {
@@ -161,7 +163,7 @@ func TestBackendTLS(t *testing.T) {
 			c.Close()
 		}
 	}()
-	_, srv2 := tcpPair(t)
+	_, srv2 := testkit.TCPPair(t)
 	if err := rg2.h.Serve(context.Background(), srv2, testPeer()); err == nil {
 		t.Fatal("untrusted host accepted")
 	}
