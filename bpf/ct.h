@@ -26,11 +26,11 @@ struct nf_conn {
 	int opaque;
 };
 
-// struct bpf_ct_opts as the kernel reads it: the first 12 bytes, the size
-// every kernel with the kfuncs takes (later ones accept 16, with a zone).
-// dir is written by the lookup: the direction of the entry the tuple
-// matched (kernel 6.0 and later; before, it is the first reserved byte,
-// stays 0 and so never reads as a reply).
+// struct bpf_ct_opts as the kernel reads it: 12 bytes, the size the
+// kfuncs came with and this kernel takes. dir is written by the lookup:
+// the direction of the entry the tuple matched. A kernel whose struct has
+// a reserved byte there leaves it 0, which never reads as a reply: no
+// answer passes there, as without the kfuncs.
 struct gh_ct_opts {
 	__s32 netns_id;
 	__s32 error;
