@@ -208,3 +208,71 @@ func BenchmarkApply(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/apply")
 }
+
+// BenchmarkConntrackLookup measures the one path that asks conntrack: a UDP
+// datagram that strict mode would drop as a new flow. In a namespace of its
+// own, where the gate opened 32 flows from port 123: their answers (found:
+// passed as established), forged answers from port 124 (not found:
+// dropped), and the forged ones through the program without the lookup
+// (bpf.WithoutConntrack: the stateless drop, the cost before the lookup),
+// interleaved.
+func BenchmarkConntrackLookup(b *testing.B) {
+	netns.RequirePriv(b)
+	netns.RequireTool(b, "nft", "nftables")
+	gate, peer := netns.New(b, "gate"), netns.New(b, "peer")
+	netns.Connect(b, gate, []string{"192.0.2.1/24"}, peer, []string{"192.0.2.2/24"})
+	gate.Exec(b, "nft", "add table inet track { chain out { type filter hook output priority 0; ct state new accept; }; }")
+	full, without := newRig(b, false), newRig(b, false)
+	spec, err := Spec(false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := WithoutConntrack(spec); err != nil {
+		b.Fatal(err)
+	}
+	without.coll.Close()
+	if without.coll, err = ebpf.NewCollection(spec); err != nil {
+		b.Fatal(err)
+	}
+	without.prog = without.coll.Programs[ProgXDP]
+	g := testGeneration(true)
+	full.apply(b, g)
+	without.apply(b, g)
+	var found, forged [][]byte
+	for i := range 32 {
+		p := netip.AddrFrom4([4]byte{192, 0, 2, byte(100 + i)})
+		if err := gate.Do(func() error { return sendFrom(ctPort, p, ctPort) }); err != nil {
+			b.Fatal(err)
+		}
+		found = append(found, frame{src: p.String(), dst: "192.0.2.1", proto: 17, sport: ctPort, dport: ctPort}.bytes())
+		forged = append(forged, frame{src: p.String(), dst: "192.0.2.1", proto: 17, sport: ctPort + 1, dport: ctPort}.bytes())
+	}
+	in := func(prog *ebpf.Program, pkts [][]byte) (ns float64) {
+		if err := gate.Do(func() error { ns = perPacket(b, prog, pkts, benchRepeat); return nil }); err != nil {
+			b.Fatal(err)
+		}
+		return ns
+	}
+	// Sanity: each path is the one named.
+	for i := range found {
+		for _, c := range []struct {
+			prog  *ebpf.Program
+			frame []byte
+			want  uint32
+		}{{full.prog, found[i], xdpPass}, {full.prog, forged[i], xdpDrop}, {without.prog, found[i], xdpDrop}} {
+			var got uint32
+			if err := gate.Do(func() (err error) { got, err = c.prog.Run(&ebpf.RunOptions{Data: c.frame}); return err }); err != nil || got != c.want {
+				b.Fatalf("packet %d: %d (%v), want %d", i, got, err, c.want)
+			}
+		}
+	}
+	var hit, miss, stateless []float64
+	for b.Loop() {
+		hit = append(hit, in(full.prog, found))
+		miss = append(miss, in(full.prog, forged))
+		stateless = append(stateless, in(without.prog, forged))
+	}
+	b.ReportMetric(median(hit), "found-ns/pkt")
+	b.ReportMetric(median(miss), "not-found-ns/pkt")
+	b.ReportMetric(median(stateless), "stateless-ns/pkt")
+}

@@ -31,7 +31,11 @@
 // traffic of the appliance's own connections (or of a flow XDP already let
 // in), and nftables' conntrack decides. In strict mode a bare SYN, UDP to any
 // other port, an echo request or any other IP protocol is a new flow, dropped
-// unless it is admitted or management. In both modes the blocklist takes only
+// unless it is admitted or management; before it drops such a UDP datagram,
+// the program asks conntrack (ct.h) and passes an answer to a flow the
+// appliance opened (NTP from port 123 to port 123) as "established". The
+// kfuncs look up TCP and UDP only, so GRE, ESP and the like are still
+// dropped there. In both modes the blocklist takes only
 // what can do nothing but open a flow, a bare SYN or an echo request, and
 // neither to a listener port from an admitted source nor to a management port
 // from its range: a scan is easily forged in someone else's name, so a block
@@ -83,6 +87,7 @@ enum gh_reason {
 	GH_MANAGEMENT = 4,
 	GH_PASSTHROUGH = 5,
 	GH_SCAN = 6,
+	GH_ESTABLISHED = 7, // an answer to a flow conntrack knows (ct.h)
 	GH_REASONS = 8,
 };
 
@@ -259,6 +264,12 @@ struct gh_pkt {
 	__u8 later_frag;
 	__u8 pad;
 	struct gh_in6 saddr6;
+	// UDP only, for the conntrack lookup (ct.h); network order. A pointer
+	// to the headers kept until then would give the verifier a state of
+	// its own for every path through the IPv6 extension headers.
+	__be16 sport;
+	__u32 daddr4;
+	struct gh_in6 daddr6;
 };
 
 static __always_inline int count(__u32 action, __u32 reason)
@@ -278,10 +289,17 @@ static __always_inline void *page(void *gen, __u32 idx)
 #include "admitted.h"
 
 #include "classify.h"
+#include "ct.h"
+#include "parse.h"
 #include "scan.h"
 
+// GH_ASK_CT is verdict's answer for a UDP datagram it would drop as a new
+// flow: the caller, which holds the headers, asks conntrack (ct.h).
+#define GH_ASK_CT -1
+
 // verdict is instantiated once per family (v6 is a constant), so that each
-// copy is straight-line code for its own family.
+// copy is straight-line code for its own family. It returns an XDP action,
+// or GH_ASK_CT.
 static __always_inline int verdict(struct gh_pkt *pk, const int v6, const int tcp_seg)
 {
 	__u32 zero = 0;
@@ -309,55 +327,25 @@ static __always_inline int verdict(struct gh_pkt *pk, const int v6, const int tc
 		if ((tcp_seg || pk->l4 == IPPROTO_TCP) && scan(h, pk, v6))
 			return count(GH_ACT_DROP, GH_SCAN);
 	}
-	if (c & GH_DROP)
+	if (c & GH_DROP) {
+		if (!tcp_seg && pk->l4 == IPPROTO_UDP)
+			return GH_ASK_CT;
 		return count(GH_ACT_DROP, c & 0xff);
+	}
 	return count(GH_ACT_PASS, c);
 }
 
-static __always_inline int parse_l4(struct gh_pkt *pk, void *l4, void *end, __u32 avail)
+// answered counts the verdict on a datagram verdict asked conntrack about:
+// an answer to a flow conntrack knows passes, anything else is the new
+// flow verdict took it for.
+static __always_inline int answered(int known)
 {
-	if (pk->l4 == IPPROTO_TCP) {
-		struct tcphdr *t = l4;
-		if ((void *)(t + 1) > end || avail < sizeof(*t))
-			return -1;
-		__u32 doff = t->doff * 4;
-		if (doff < sizeof(*t) || doff > avail)
-			return -1;
-		pk->dport = bpf_ntohs(t->dest);
-		pk->tcp_flags = ((__u8 *)t)[13];
-		return 0;
-	}
-	if (pk->l4 == IPPROTO_UDP) {
-		struct udphdr *u = l4;
-		if ((void *)(u + 1) > end || avail < sizeof(*u))
-			return -1;
-		pk->dport = bpf_ntohs(u->dest);
-		return 0;
-	}
-	if (pk->l4 == IPPROTO_ICMP || pk->l4 == IPPROTO_ICMPV6) {
-		__u8 *ic = l4;
-		if ((void *)(ic + 8) > end || avail < 8)
-			return -1;
-		pk->icmp_type = ic[0];
-		return 0;
-	}
-	return 0;
+	if (known)
+		return count(GH_ACT_PASS, GH_ESTABLISHED);
+	return count(GH_ACT_DROP, GH_NOT_ADMITTED);
 }
 
-// gh_pkt is filled field by field: zeroing the whole struct cost a row of
-// stores on every packet.
-static __always_inline void pkt_init(struct gh_pkt *pk, __u8 v6)
-{
-	pk->lo = 0;
-	pk->v6 = v6;
-	pk->l4 = 0;
-	pk->dport = 0;
-	pk->tcp_flags = 0;
-	pk->icmp_type = 0;
-	pk->later_frag = 0;
-}
-
-static __always_inline int handle_v4(void *cur, void *end)
+static __always_inline int handle_v4(struct xdp_md *ctx, void *cur, void *end)
 {
 	struct gh_pkt pk;
 	pkt_init(&pk, 0);
@@ -381,17 +369,16 @@ static __always_inline int handle_v4(void *cur, void *end)
 		return count(GH_ACT_DROP, GH_MALFORMED);
 	} else if (pk.l4 == IPPROTO_TCP) {
 		return verdict(&pk, 0, 1);
+	} else if (pk.l4 == IPPROTO_UDP) {
+		pk.daddr4 = ip->daddr;
 	}
-	return verdict(&pk, 0, 0);
+	int r = verdict(&pk, 0, 0);
+	if (r == GH_ASK_CT)
+		return answered(ct_answer4(ctx, &pk));
+	return r;
 }
 
-static __always_inline int is_ext(__u8 next)
-{
-	return next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS ||
-	       next == IPPROTO_FRAGMENT || next == IPPROTO_AH;
-}
-
-static __always_inline int handle_v6(void *cur, void *end)
+static __always_inline int handle_v6(struct xdp_md *ctx, void *cur, void *end)
 {
 	struct gh_pkt pk;
 	pkt_init(&pk, 1);
@@ -455,14 +442,21 @@ static __always_inline int handle_v6(void *cur, void *end)
 			__u8 t = pk.icmp_type;
 			if ((t >= 133 && t <= 137) || (t >= 130 && t <= 132) || t == 143)
 				return count(GH_ACT_PASS, GH_PASSTHROUGH);
-		} else if (next == IPPROTO_TCP || next == IPPROTO_UDP) {
+		} else if (next == IPPROTO_TCP) {
 			if (parse_l4(&pk, cur, end, avail) < 0)
 				return count(GH_ACT_DROP, GH_MALFORMED);
+		} else if (next == IPPROTO_UDP) {
+			if (parse_l4(&pk, cur, end, avail) < 0)
+				return count(GH_ACT_DROP, GH_MALFORMED);
+			__builtin_memcpy(pk.daddr6.a, &ip->daddr, 16);
 		} else if (next == IPPROTO_ICMP) {
 			pk.l4 = 255; // ICMPv4 inside IPv6 is not ICMP
 		}
 	}
-	return verdict(&pk, 1, 0);
+	int r = verdict(&pk, 1, 0);
+	if (r == GH_ASK_CT)
+		return answered(ct_answer6(ctx, &pk));
+	return r;
 }
 
 SEC("xdp")
@@ -487,9 +481,9 @@ int gatehouse_xdp(struct xdp_md *ctx)
 		cur = v + 1;
 	}
 	if (proto == bpf_htons(ETH_P_IP))
-		return handle_v4(cur, end);
+		return handle_v4(ctx, cur, end);
 	if (proto == bpf_htons(ETH_P_IPV6))
-		return handle_v6(cur, end);
+		return handle_v6(ctx, cur, end);
 	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD))
 		return count(GH_ACT_DROP, GH_MALFORMED); // more tags than we read
 	// ARP and every other non-IP frame: nothing here reaches a socket.

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 )
 
@@ -40,8 +41,52 @@ const reasonSlots = 8
 // Actions and Reasons name the counters, in the program's numbering.
 var (
 	Actions = []string{"pass", "drop"}
-	Reasons = []string{"admitted", "not_admitted", "blocked", "malformed", "management", "passthrough", "scan_detected"}
+	Reasons = []string{"admitted", "not_admitted", "blocked", "malformed", "management", "passthrough", "scan_detected", "established"}
 )
+
+// Kfuncs the program calls: the conntrack lookup of ct.h, and the release
+// of the entry it found.
+const (
+	KfuncCTLookup  = "bpf_xdp_ct_lookup"
+	KfuncCTRelease = "bpf_ct_release"
+)
+
+// ErrNoKfunc is returned by WithoutConntrack for a program that calls no
+// conntrack kfunc.
+var ErrNoKfunc = errors.New("program calls no conntrack kfunc")
+
+// WithoutConntrack rewrites the program of spec so that it runs where the
+// kernel has no conntrack kfuncs (nf_conntrack neither built in nor
+// loaded, or a kernel before them): each call of one becomes "r0 = 0", so
+// the lookup finds nothing and its datagram is dropped as the new flow the
+// stateless verdict took it for. It fails closed: nothing passes that the
+// full program would drop. The instruction count stays the same, so no
+// jump needs fixing.
+func WithoutConntrack(spec *ebpf.CollectionSpec) error {
+	p := spec.Programs[ProgXDP]
+	if p == nil {
+		return fmt.Errorf("no program %s", ProgXDP)
+	}
+	insns := p.Instructions
+	n := 0
+	for i := range insns {
+		ins := &insns[i]
+		if !ins.IsKfuncCall() {
+			continue
+		}
+		switch name := ins.Reference(); name {
+		case KfuncCTLookup, KfuncCTRelease:
+			*ins = asm.Mov.Imm(asm.R0, 0)
+			n++
+		default:
+			return fmt.Errorf("unknown kfunc %q", name)
+		}
+	}
+	if n == 0 {
+		return ErrNoKfunc
+	}
+	return nil
+}
 
 // CounterIndex returns the gh_counters key of an action and reason index.
 func CounterIndex(action, reason int) uint32 { return uint32(action*reasonSlots + reason) }

@@ -110,7 +110,8 @@ const (
 type frame struct {
 	vlans    []uint16 // TPIDs, outermost first
 	src, dst string
-	proto    uint8 // 6, 17, 1, 58, or anything
+	proto    uint8  // 6, 17, 1, 58, or anything
+	sport    uint16 // TCP and UDP; 0 means 40000
 	dport    uint16
 	flags    uint8 // TCP flags; 0 means SYN
 	icmpType uint8
@@ -134,11 +135,15 @@ func (f frame) bytes() []byte {
 	if proto == 0 {
 		proto = 6
 	}
+	sport := f.sport
+	if sport == 0 {
+		sport = 40000
+	}
 	var l4 []byte
 	switch proto {
 	case 6:
 		l4 = make([]byte, 20)
-		binary.BigEndian.PutUint16(l4[0:], 40000)
+		binary.BigEndian.PutUint16(l4[0:], sport)
 		binary.BigEndian.PutUint16(l4[2:], f.dport)
 		l4[12] = 5 << 4
 		l4[13] = f.flags
@@ -147,7 +152,7 @@ func (f frame) bytes() []byte {
 		}
 	case 17:
 		l4 = make([]byte, 8)
-		binary.BigEndian.PutUint16(l4[0:], 40000)
+		binary.BigEndian.PutUint16(l4[0:], sport)
 		binary.BigEndian.PutUint16(l4[2:], f.dport)
 		binary.BigEndian.PutUint16(l4[4:], 8)
 	case 1, 58:

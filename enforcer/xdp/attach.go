@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -18,6 +21,10 @@ import (
 // pinning.
 
 // load loads the program, reusing the pinned maps when all are compatible.
+// Where the kernel refuses the program with its conntrack lookup (no
+// conntrack kfuncs), it loads it without the lookup (bpf.WithoutConntrack),
+// which drops what the lookup would have passed, and says so loudly: in the
+// log, in gatehouse_xdp_conntrack_lookup and in status.
 func (e *Enforcer) load() error {
 	spec, err := bpf.Spec(false)
 	if err != nil {
@@ -27,19 +34,60 @@ func (e *Enforcer) load() error {
 	if err != nil {
 		return err
 	}
+	defer func() {
+		for _, m := range replace {
+			m.Close() // the collection holds clones
+		}
+	}()
+	loadConntrack(e.log)
 	opts := ebpf.CollectionOptions{MapReplacements: replace}
 	coll, err := ebpf.NewCollectionWithOptions(spec, opts)
-	for _, m := range replace {
-		m.Close() // the collection holds clones
-	}
 	if err != nil {
-		return fmt.Errorf("xdp: load program: %w", err)
+		full := err
+		if spec, err = bpf.Spec(false); err != nil {
+			return fmt.Errorf("xdp: %w", err)
+		}
+		if err := bpf.WithoutConntrack(spec); err != nil {
+			return fmt.Errorf("xdp: load program: %w", errors.Join(full, err))
+		}
+		if coll, err = ebpf.NewCollectionWithOptions(spec, opts); err != nil {
+			return fmt.Errorf("xdp: load program: %w", errors.Join(full, err))
+		}
+		e.noConntrack = full
+		e.log.Error(NoConntrackWarning, "error", full)
 	}
 	e.coll = coll
 	if replace == nil {
 		e.pending = true
 	}
 	return nil
+}
+
+// NoConntrackWarning is logged, and shown by status, when the program runs
+// without its conntrack lookup.
+const NoConntrackWarning = "XDP filter runs without its conntrack lookup (the kernel has no conntrack kfuncs): " +
+	"in strict mode it drops UDP answers to the appliance's own flows on ports outside the ephemeral range " +
+	"(an NTP answer to port 123) unless their source is admitted to a listener port or management"
+
+// loadConntrack loads nf_conntrack where it is a module not loaded yet: the
+// program's lookup needs the kfuncs in its BTF, and the nftables table
+// needs the module anyway. Where modprobe fails, load finds out.
+func loadConntrack(log *slog.Logger) {
+	if _, err := os.Stat("/sys/module/nf_conntrack"); err == nil {
+		return // built in or loaded
+	}
+	out, err := exec.Command("modprobe", "nf_conntrack").CombinedOutput()
+	if err != nil {
+		log.Warn("modprobe nf_conntrack", "error", err, "output", strings.TrimSpace(string(out)))
+		return
+	}
+	log.Info("loaded kernel module nf_conntrack for the conntrack lookup")
+}
+
+// ConntrackLookup reports whether the loaded program asks conntrack about
+// answers its stateless verdict would drop, and if not, why.
+func (e *Enforcer) ConntrackLookup() (bool, error) {
+	return e.noConntrack == nil, e.noConntrack
 }
 
 // pinnedCompatible returns the pinned maps if every one is there and

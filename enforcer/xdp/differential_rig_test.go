@@ -3,6 +3,7 @@ package xdp
 import (
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,13 +18,18 @@ import (
 )
 
 // diffXDP is the program loaded for BPF_PROG_TEST_RUN, outside any
-// interface.
+// interface. It runs in the gate's namespace: BPF_PROG_TEST_RUN gives it
+// that namespace's loopback as the receiving device, so its conntrack
+// lookup sees the flows the gate opened.
 type diffXDP struct {
 	coll *ebpf.Collection
 	gen  *ebpf.Map
+	ns   *netns.NS
 }
 
-func newDiffXDP(t *testing.T) *diffXDP {
+// newDiffXDP loads the program, or with noCT the program as it runs where
+// the kernel has no conntrack kfuncs (bpf.WithoutConntrack).
+func newDiffXDP(t *testing.T, ns *netns.NS, noCT bool) *diffXDP {
 	t.Helper()
 	if err := rlimit.RemoveMemlock(); err != nil {
 		t.Fatal(err)
@@ -32,11 +38,16 @@ func newDiffXDP(t *testing.T) *diffXDP {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if noCT {
+		if err := bpf.WithoutConntrack(spec); err != nil {
+			t.Fatal(err)
+		}
+	}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	x := &diffXDP{coll: coll}
+	x := &diffXDP{coll: coll, ns: ns}
 	t.Cleanup(func() {
 		if x.gen != nil {
 			x.gen.Close()
@@ -88,11 +99,34 @@ func (x *diffXDP) apply(t *testing.T, p *policy.Policy, eph [2]uint16) {
 
 func (x *diffXDP) pass(t *testing.T, frame []byte) bool {
 	t.Helper()
-	ret, err := x.coll.Programs[bpf.ProgXDP].Run(&ebpf.RunOptions{Data: frame})
+	var ret uint32
+	err := x.ns.Do(func() (err error) {
+		ret, err = x.coll.Programs[bpf.ProgXDP].Run(&ebpf.RunOptions{Data: frame})
+		return err
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return ret == 2 // XDP_PASS
+}
+
+// counter returns the program's counter of an action and reason, summed
+// over CPUs.
+func (x *diffXDP) counter(t *testing.T, action, reason string) uint64 {
+	t.Helper()
+	a, r := slices.Index(bpf.Actions, action), slices.Index(bpf.Reasons, reason)
+	if a < 0 || r < 0 {
+		t.Fatalf("no counter %s/%s", action, reason)
+	}
+	var per []uint64
+	if err := x.coll.Maps[bpf.MapCounters].Lookup(bpf.CounterIndex(a, r), &per); err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, v := range per {
+		n += v
+	}
+	return n
 }
 
 // diffRig puts packets through both layers: the program with
@@ -110,6 +144,9 @@ type diffRig struct {
 	marker     uint32
 
 	rows, legit, mismatches int
+	// disagree, when set, collects the rows where the layers disagree
+	// instead of failing the test (the mutation test).
+	disagree *[]string
 }
 
 // verdictOf sends pk through both layers and compares their verdicts. A
@@ -151,6 +188,9 @@ func (d *diffRig) verdictOf(t *testing.T, name string, pk netns.Packet, why, dro
 	case !xdpPass && dropWhy != "":
 		d.legit++
 		t.Logf("%s: XDP drops, nftables accepts (rule handle %d): %s", name, nv.rule, dropWhy)
+	case d.disagree != nil:
+		d.mismatches++
+		*d.disagree = append(*d.disagree, name)
 	default:
 		d.mismatches++
 		t.Errorf("%s: XDP %s (fragments: %s), nftables %s (rule handle %d)",
@@ -178,7 +218,9 @@ func (d *diffRig) applyBoth(t *testing.T, p *policy.Policy) {
 	d.x.apply(t, p, d.eph)
 }
 
-func newDiffRig(t *testing.T) *diffRig {
+// newDiffRig builds the gate and the wire; noCT loads the program without
+// its conntrack lookup (see newDiffXDP).
+func newDiffRig(t *testing.T, noCT bool) *diffRig {
 	wire := netns.New(t, "wire")
 	gate := netns.New(t, "gate")
 	v := netns.Connect(t, wire, nil, gate, []string{diffGate4.String() + "/24", diffGate6.String() + "/64"})
@@ -201,7 +243,7 @@ func newDiffRig(t *testing.T) *diffRig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tr.Close() })
-	d := &diffRig{wire: wire, gate: gate, dev: v.B, wireDev: v.A, gateMAC: gate.HardwareAddr(t, v.B), ne: ne, tr: tr, x: newDiffXDP(t)}
+	d := &diffRig{wire: wire, gate: gate, dev: v.B, wireDev: v.A, gateMAC: gate.HardwareAddr(t, v.B), ne: ne, tr: tr, x: newDiffXDP(t, gate, noCT)}
 	if err := gate.Do(func() error { d.eph = ephemeralPorts(); return nil }); err != nil {
 		t.Fatal(err)
 	}

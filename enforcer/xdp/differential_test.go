@@ -10,7 +10,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/gatehouse-dmz/gatehouse/bpf"
 	"github.com/gatehouse-dmz/gatehouse/enforcer/nft"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/test/netns"
@@ -98,11 +97,11 @@ type diffKind struct {
 const (
 	whyCookie  = "an ACK to a listener port that completes no handshake: XDP cannot know; synproxy finds no cookie in it and drops it"
 	whyACK     = "not a SYN: XDP leaves it to conntrack, which finds no flow (loose pick-up makes it new) and nftables judges it as new"
-	whyEph     = "UDP to the ephemeral range may answer the appliance's own query: XDP cannot know, conntrack finds no query"
-	whyReply   = "an echo reply answers our own echo request: XDP cannot know, conntrack finds none and calls it invalid"
+	whyEph     = "UDP to the ephemeral range may answer the appliance's own query: XDP passes it without asking conntrack (only its drop path asks), and conntrack finds no query"
+	whyReply   = "an echo reply answers our own echo request: XDP cannot ask (the conntrack kfuncs take TCP and UDP only), conntrack finds none and calls it invalid"
 	whyBlocked = "the XDP blocklist takes only bare SYNs and echo requests: this may belong to a flow of the blocked source, which conntrack knows and nftables' blocked rule (after established) judges"
 	// The other way: XDP drops what nftables accepts as established.
-	whyStrict = "strict mode: XDP drops a new flow it cannot tell from an answer (UDP to a fixed port, another protocol); keep such a service on the ephemeral range or list its peer as management"
+	whyNoKfunc = "strict mode: XDP asks conntrack before it drops UDP, but bpf_xdp_ct_lookup takes TCP and UDP only (any other protocol: -EPROTO), so it drops an answer over GRE, ESP or another protocol as a new flow; terminate such tunnels on another interface or use listeners mode"
 )
 
 var diffKinds = []diffKind{
@@ -131,11 +130,14 @@ var diffKinds = []diffKind{
 // other ports; whole packets and fragmented datagrams). Then answers to
 // flows the gate itself opened (UDP from a fixed port, GRE), which only
 // conntrack can tell from new flows: the established rule must come before
-// every block. Then one sequence of SYNs with scan detection on, which
+// every block, and XDP, which asks conntrack before it drops UDP in strict
+// mode, must pass the UDP answers too; beside each a forged one (the wrong
+// source port), which neither may pass in strict mode. Then one sequence
+// of SYNs with scan detection on, which
 // both layers must count alike. Both layers get the same policy and the
 // same blocked sources.
 func TestLayersAgree(t *testing.T) {
-	d := newDiffRig(t)
+	d := newDiffRig(t, false)
 	for _, mode := range []policy.Mode{policy.ModeListeners, policy.ModeStrict} {
 		p := diffPolicy(mode)
 		d.applyBoth(t, p)
@@ -174,17 +176,50 @@ func TestLayersAgree(t *testing.T) {
 	t.Logf("%d rows: %d agree, %d differ where XDP cannot have the state, %d disagree", d.rows, d.rows-d.legit-d.mismatches, d.legit, d.mismatches)
 }
 
+// TestLayersAgreeNeedsTheLookup is TestLayersAgree's mutation test: the
+// program without its conntrack lookup (as it runs where the kernel has no
+// conntrack kfuncs) must disagree with nftables on exactly the UDP answers
+// in strict mode, which it drops, and on nothing else of the answers. If
+// it did not, the test above could not see the lookup go missing.
+func TestLayersAgreeNeedsTheLookup(t *testing.T) {
+	d := newDiffRig(t, true)
+	var got []string
+	d.disagree = &got
+	var want []string
+	for _, mode := range []policy.Mode{policy.ModeListeners, policy.ModeStrict} {
+		d.applyBoth(t, diffPolicy(mode))
+		d.answers(t, mode)
+		if mode != policy.ModeStrict {
+			continue
+		}
+		for _, v6 := range []bool{false, true} {
+			for _, c := range diffClasses {
+				want = append(want, fmt.Sprintf("%s/%s/answer from %s to the gate's UDP port 123", mode, family(v6), c.name))
+			}
+		}
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("without the lookup the layers disagree on:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if n := d.x.counter(t, "pass", "established"); n != 0 {
+		t.Errorf("without the lookup the program counted %d established passes", n)
+	}
+}
+
 // answers has the gate open flows to every class, UDP from a fixed port
 // and GRE, and puts each class's answer through both layers. nftables
 // accepts them as established whoever sends them, a blocked source too;
-// XDP must pass them as well (in strict mode it cannot tell them from new
-// flows, and drops them: see whyStrict).
+// XDP must pass them as well (in strict mode it asks conntrack for the UDP
+// answer, and cannot for GRE: see whyNoKfunc). A forged answer, from
+// another source port, matches no flow: strict mode drops it in both.
 func (d *diffRig) answers(t *testing.T, mode policy.Mode) {
 	t.Helper()
-	dropWhy := ""
+	greWhy := ""
 	if mode == policy.ModeStrict {
-		dropWhy = whyStrict
+		greWhy = whyNoKfunc
 	}
+	before := d.x.counter(t, "pass", "established")
+	answered := 0
 	for _, v6 := range []bool{false, true} {
 		gateAddr := diffGate4
 		if v6 {
@@ -197,10 +232,23 @@ func (d *diffRig) answers(t *testing.T, mode policy.Mode) {
 			}
 			d.open(t, peer)
 			name := fmt.Sprintf("%s/%s/answer from %s", mode, family(v6), c.name)
-			d.verdictOf(t, name+" to the gate's UDP port 123", netns.Packet{Src: peer, Dst: gateAddr, Proto: unix.IPPROTO_UDP,
-				SrcPort: diffFixed, DstPort: diffFixed}, "", dropWhy)
-			d.verdictOf(t, name+" over GRE", netns.Packet{Src: peer, Dst: gateAddr, Proto: 47}, "", dropWhy)
+			if d.verdictOf(t, name+" to the gate's UDP port 123", netns.Packet{Src: peer, Dst: gateAddr, Proto: unix.IPPROTO_UDP,
+				SrcPort: diffFixed, DstPort: diffFixed}, "", "") {
+				answered++
+			}
+			forgedWhy := ""
+			if c.blocked {
+				forgedWhy = whyBlocked // listeners mode: XDP blocks no UDP
+			}
+			d.verdictOf(t, name+" forged from UDP port 124", netns.Packet{Src: peer, Dst: gateAddr, Proto: unix.IPPROTO_UDP,
+				SrcPort: diffFixed + 1, DstPort: diffFixed}, forgedWhy, "")
+			d.verdictOf(t, name+" over GRE", netns.Packet{Src: peer, Dst: gateAddr, Proto: 47}, "", greWhy)
 		}
+	}
+	// In strict mode every UDP answer XDP passed, it passed as established:
+	// it asked conntrack.
+	if n := d.x.counter(t, "pass", "established") - before; mode == policy.ModeStrict && d.disagree == nil && n != uint64(answered) {
+		t.Errorf("%s: %d UDP answers passed, %d counted established", mode, answered, n)
 	}
 }
 
@@ -277,16 +325,8 @@ func (d *diffRig) scan(t *testing.T, mode policy.Mode) {
 		}
 	}
 	// The program detected the scans itself.
-	var per []uint64
-	if err := d.x.coll.Maps[bpf.MapCounters].Lookup(bpf.CounterIndex(1, 6), &per); err != nil {
-		t.Fatal(err)
-	}
-	var n uint64
-	for _, v := range per {
-		n += v
-	}
-	if bpf.Reasons[6] != "scan_detected" || n == 0 {
-		t.Errorf("%s: the program counted %d scans (%s)", mode, n, bpf.Reasons[6])
+	if n := d.x.counter(t, "drop", "scan_detected"); n == 0 {
+		t.Errorf("%s: the program counted no scans", mode)
 	}
 }
 

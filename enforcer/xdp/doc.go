@@ -10,11 +10,16 @@
 // the daemon at all, and LinkHolders (holders.go) which processes hold a
 // pinned filter (a running daemon, for teardown).
 //
-// The filter keeps no connection state. In strict mode it drops a new flow
-// (a bare TCP SYN, UDP to a port outside the local ephemeral range, an ICMP
-// echo request, any other IP protocol) unless it comes from an admitted
-// source to a listener port or from a management range to a management
-// port. TCP segments that are not a bare SYN, UDP to the ephemeral range,
+// The filter keeps no connection state of its own. In strict mode it drops
+// a new flow (a bare TCP SYN, UDP to a port outside the local ephemeral
+// range, an ICMP echo request, any other IP protocol) unless it comes from
+// an admitted source to a listener port or from a management range to a
+// management port; a UDP datagram it would drop it first looks up in the
+// kernel's conntrack (bpf_xdp_ct_lookup), and passes it as "established"
+// when it answers a flow the appliance opened. Where the kernel has no
+// conntrack kfuncs, New loads the program without the lookup, which drops
+// those answers too, and says so (ConntrackLookup, the log,
+// gatehouse_xdp_conntrack_lookup). TCP segments that are not a bare SYN, UDP to the ephemeral range,
 // ICMP errors, echo replies and later fragments pass as "passthrough": they
 // may answer the appliance's own connections, and nftables' conntrack is
 // where that is decided (in strict mode a later fragment, which has no

@@ -15,6 +15,9 @@ var (
 	attachDesc = prometheus.NewDesc("gatehouse_xdp_attach_mode",
 		"1 for the mode the XDP filter is attached in (native or generic), 0 for the other.",
 		[]string{"mode"}, nil)
+	conntrackDesc = prometheus.NewDesc("gatehouse_xdp_conntrack_lookup",
+		"1 when the XDP filter asks conntrack before dropping a UDP datagram as a new flow (strict mode), 0 when it runs without the lookup and drops such answers to the appliance's own flows.",
+		nil, nil)
 )
 
 type metrics struct {
@@ -46,6 +49,7 @@ func newMetrics() *metrics {
 func (e *Enforcer) Describe(ch chan<- *prometheus.Desc) {
 	ch <- packetsDesc
 	ch <- attachDesc
+	ch <- conntrackDesc
 	e.metrics.blocked.Describe(ch)
 	e.metrics.mirrored.Describe(ch)
 }
@@ -66,6 +70,11 @@ func (e *Enforcer) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(attachDesc, prometheus.GaugeValue, v, m)
 	}
+	ct := 0.0
+	if ok, _ := e.ConntrackLookup(); ok {
+		ct = 1
+	}
+	ch <- prometheus.MustNewConstMetric(conntrackDesc, prometheus.GaugeValue, ct)
 	counts, err := e.Counters()
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(packetsDesc, err)
@@ -111,7 +120,7 @@ func (e *Enforcer) Counters() (map[CounterKey]uint64, error) {
 // possible reports whether the program ever counts this pair.
 func possible(action, reason string) bool {
 	switch reason {
-	case "admitted", "management", "passthrough":
+	case "admitted", "management", "passthrough", "established":
 		return action == "pass"
 	default:
 		return action == "drop"

@@ -117,7 +117,10 @@ type Enforcer struct {
 	coll    *ebpf.Collection
 	link    link.Link
 	pending bool // maps are new: repin and move the link at the first Apply
-	lastGC  time.Time
+	// noConntrack is why the program was loaded without its conntrack
+	// lookup (bpf.WithoutConntrack); nil when it has it.
+	noConntrack error
+	lastGC      time.Time
 	// bits are the source prefix lengths of the generation in force: how
 	// Block keys a source. Zero before the first Apply.
 	bits sourceBits

@@ -457,6 +457,13 @@ func checkMetrics(t *testing.T, e *Enforcer) {
 	if got["gatehouse_xdp_attach_mode,mode="+e.AttachMode()] != 1 {
 		t.Errorf("attach mode %s not exported as 1: %v", e.AttachMode(), got)
 	}
+	// This kernel has the conntrack kfuncs: the attached program asks.
+	if ok, err := e.ConntrackLookup(); !ok || got["gatehouse_xdp_conntrack_lookup"] != 1 {
+		t.Errorf("conntrack lookup %v (%v), exported %v", ok, err, got["gatehouse_xdp_conntrack_lookup"])
+	}
+	if _, ok := got["gatehouse_xdp_packets_total,action=pass,reason=established"]; !ok {
+		t.Errorf("no established series exported: %v", got)
+	}
 }
 
 // TestTeardownRefusesPathNames: an interface name that would leave the pin

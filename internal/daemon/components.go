@@ -132,6 +132,9 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 		l := &layer{name: "xdp", apply: xe.Apply, close: xe.Close, run: runBoth(xe.Run, watch.run), notReady: watch.notReady,
 			holds: func() (bool, error) { return xe.HoldsPrevious(), nil }}
 		comps = append(comps, l)
+		if ok, _ := xe.ConntrackLookup(); !ok {
+			l.warnings = append(l.warnings, xdp.NoConntrackWarning) // xdp.New logged why
+		}
 		// Checked once xdp.New has mounted the default bpffs, if it had to,
 		// and before anything is attached.
 		warning, err := CheckPinDir(env.Config, env.AllowPrivateBPFFS)
