@@ -69,13 +69,14 @@ func (s *spec) fromOutside() []expr.Any {
 func (s *spec) buildInput(r *ruleBuilder) {
 	r.chain(s.baseChain(chainInput, nftables.ChainHookInput, chainPriority, s.policy()))
 	r.add(ruleLoopback, verdictAccept, iifname("lo")...)
+	s.strictProtocols(r, "")
 	r.add(ruleEstablished, verdictAccept, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)...)
 	r.synProxy("", nil, s.syn.wscale)
 	r.add(ruleInvalid, verdictDrop, ctState(expr.CtStateBitINVALID)...)
 	// Neighbour discovery, router adverts and MLD queries from anyone,
 	// blocked or not: XDP passes them too, and the link needs them.
 	r.add(ruleICMP, verdictAccept, concat(l4proto(unix.IPPROTO_ICMPV6), icmpType(),
-		r.anonLookup(nftables.TypeICMP6Type, icmpv6Essentials))...)
+		r.anonLookup(nftables.TypeICMP6Type, icmpv6Essentials, false))...)
 	// Management ranges reach their ports over TCP and UDP, as in XDP,
 	// before the blocklist: a forged scan cannot lock the admins out.
 	for _, v6 := range []bool{false, true} {
@@ -182,6 +183,7 @@ func (s *spec) admission(r *ruleBuilder, prefix string, local bool) {
 // and pass.
 func (s *spec) buildForward(r *ruleBuilder) {
 	r.chain(s.baseChain(chainForward, nftables.ChainHookForward, chainPriority, s.policy()))
+	s.strictProtocols(r, fwdPrefix)
 	r.add(fwdPrefix+ruleEstablished, verdictAccept, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)...)
 	r.synProxy(fwdPrefix, s.fromOutside(), s.syn.wscaleFwd)
 	r.add(fwdPrefix+ruleInvalid, verdictDrop, ctState(expr.CtStateBitINVALID)...)
@@ -287,6 +289,43 @@ func (r *ruleBuilder) echoAdmitted(prefix string) {
 		saddr(true), lookup(r.sets[setName(setAdmitted, true)], false))...)
 }
 
+// strictProtocols adds, in strict mode with XDP on, the rules that drop on
+// XDP's interface what the XDP program drops there whatever the flow's
+// state, before the established rule accepts it: an IP protocol other than
+// TCP, UDP and the family's ICMP (XDP asks conntrack about UDP only: its
+// lookup takes TCP and UDP), and ICMP other than errors and echo replies
+// from a source that is not admitted. The two layers so agree on an answer
+// over GRE or ESP to the appliance's own flow: strict mode has none there.
+func (s *spec) strictProtocols(r *ruleBuilder, prefix string) {
+	if !s.strict || s.xdp == "" {
+		return
+	}
+	for _, v6 := range []bool{false, true} {
+		icmp, answers := byte(unix.IPPROTO_ICMP), icmpAnswers
+		if v6 {
+			icmp, answers = unix.IPPROTO_ICMPV6, icmpv6Answers
+		}
+		in := concat(iifname(s.xdp), nfproto(v6))
+		r.add(prefix+ruleStrictProto, verdictDrop, concat(in, l4protoLoad(),
+			r.anonLookup(nftables.TypeInetProto, []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP, icmp}, true))...)
+		key := nftables.TypeICMPType
+		if v6 {
+			key = nftables.TypeICMP6Type
+		}
+		r.add(prefix+ruleStrictProto, verdictDrop, concat(in, l4proto(icmp), icmpType(), r.anonLookup(key, answers, true),
+			saddr(v6), lookup(r.sets[setName(setAdmitted, v6)], true))...)
+	}
+}
+
+// icmpAnswers and icmpv6Answers are the ICMP types the XDP program passes
+// from anyone in strict mode as answers to the appliance's own traffic
+// (errors and echo replies), and, for ICMPv6, the link's own messages
+// (MLD, router and neighbour discovery, redirects) it always passes.
+var (
+	icmpAnswers   = []byte{0, 3, 11, 12}
+	icmpv6Answers = []byte{1, 2, 3, 4, 129, 130, 131, 132, 133, 134, 135, 136, 137, 143}
+)
+
 // icmpv6Essentials are the ICMPv6 types a strict appliance must still
 // receive unsolicited from anyone: MLD queries (so snooping switches keep
 // forwarding solicited-node multicast), router advertisements, and neighbour
@@ -341,7 +380,8 @@ func (b *ruleBuilder) addTail(name string, tail []expr.Any, match ...expr.Any) {
 }
 
 // anonLookup creates a constant anonymous set (nft's inline { a, b }).
-func (b *ruleBuilder) anonLookup(key nftables.SetDatatype, vals []byte) []expr.Any {
+// With invert, it matches a value not in the set.
+func (b *ruleBuilder) anonLookup(key nftables.SetDatatype, vals []byte, invert bool) []expr.Any {
 	*b.nextID++
 	set := &nftables.Set{Table: b.rs.table, ID: *b.nextID, Name: "__set%d", Anonymous: true, Constant: true, KeyType: key}
 	elems := make([]nftables.SetElement, len(vals))
@@ -349,5 +389,5 @@ func (b *ruleBuilder) anonLookup(key nftables.SetDatatype, vals []byte) []expr.A
 		elems[i] = nftables.SetElement{Key: []byte{v}}
 	}
 	b.rs.anon = append(b.rs.anon, anonSet{set, elems})
-	return lookup(set, false)
+	return lookup(set, invert)
 }

@@ -69,7 +69,7 @@ func TestForwardChain(t *testing.T) {
 		{"listeners outside", policy.ModeListeners, "eth1", true, nftables.ChainPolicyAccept, []string{
 			"fwd_established", "fwd_syn_proxy", "fwd_invalid", "fwd_internal", "fwd_not_admitted", "fwd_blocked"}},
 		{"strict outside", policy.ModeStrict, "eth1", true, nftables.ChainPolicyDrop, []string{
-			"fwd_established", "fwd_syn_proxy", "fwd_invalid", "fwd_internal", "fwd_not_admitted", "fwd_blocked",
+			"fwd_strict_protocol", "fwd_established", "fwd_syn_proxy", "fwd_invalid", "fwd_internal", "fwd_not_admitted", "fwd_blocked",
 			"fwd_icmp_allowed", "fwd_strict_drop"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -55,7 +55,12 @@ func iifnameNot(name string) []expr.Any {
 }
 
 func l4proto(p byte) []expr.Any {
-	return concat([]expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}}, cmpEq([]byte{p}))
+	return concat(l4protoLoad(), cmpEq([]byte{p}))
+}
+
+// l4protoLoad loads the transport protocol into register 1.
+func l4protoLoad() []expr.Any {
+	return []expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}}
 }
 
 func nfproto(v6 bool) []expr.Any {

@@ -36,6 +36,7 @@ const (
 	ruleScan        = "scan_detected"
 	ruleFull        = "blocklist_full"
 	ruleStrictDrop  = "strict_drop"
+	ruleStrictProto = "strict_protocol"
 )
 
 // fwdPrefix names the counters of the forward path: fwd_ and the name of
@@ -82,6 +83,10 @@ type spec struct {
 	// forwarded flows it polices ("" means every interface).
 	forward bool
 	outside string
+	// xdp is the interface the XDP layer filters ("" when it is off):
+	// strict mode drops there, whatever conntrack says, what XDP drops
+	// whatever the flow (see strictProtocols).
+	xdp string
 	// syn is what synproxy answers a SYN to a listener port with.
 	syn synOptions
 
@@ -123,11 +128,17 @@ func newSpec(p *policy.Policy, syn synOptions) (*spec, error) {
 		adm4:     toRanges(p.Admitted.V4),
 		adm6:     toRanges(p.Admitted.V6),
 	}
+	if en.XDP != policy.XDPOff {
+		s.xdp = p.Interface
+	}
 	if s.forward {
 		s.outside = p.Interface
 		if len(s.outside) >= unix.IFNAMSIZ || strings.ContainsRune(s.outside, 0) {
 			return nil, fmt.Errorf("%w: interface %q is not an interface name", errBadPolicy, s.outside)
 		}
+	}
+	if len(s.xdp) >= unix.IFNAMSIZ || strings.ContainsRune(s.xdp, 0) {
+		return nil, fmt.Errorf("%w: interface %q is not an interface name", errBadPolicy, s.xdp)
 	}
 	if s.rate.PerSecond == 0 {
 		s.rate = policy.Rate{}
@@ -143,7 +154,7 @@ func newSpec(p *policy.Policy, syn synOptions) (*spec, error) {
 // the newer one can be applied as element changes.
 func (s *spec) sameShape(o *spec) bool {
 	return s.strict == o.strict && s.rate == o.rate && s.maxConns == o.maxConns &&
-		s.scan == o.scan && s.refill == o.refill && s.forward == o.forward && s.outside == o.outside &&
+		s.scan == o.scan && s.refill == o.refill && s.forward == o.forward && s.outside == o.outside && s.xdp == o.xdp &&
 		s.syn == o.syn && s.src4 == o.src4 && s.src6 == o.src6
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -156,6 +157,56 @@ func echo(ns *netns.NS, src, dst string) error {
 		}
 		if m.Type == ipv4.ICMPTypeEchoReply || m.Type == ipv6.ICMPTypeEchoReply {
 			return nil
+		}
+	}
+}
+
+// TestStrictProtocolsMirrorXDP: in strict mode with XDP on, the input and
+// forward chains drop on XDP's interface, before the established rule,
+// what the XDP program drops there whatever the flow (IP protocols other
+// than TCP, UDP and ICMP; ICMP other than answers from a source not
+// admitted), so the layers agree on answers over GRE (TestLayersAgree
+// sends them). Elsewhere, in listeners mode and with XDP off, there is no
+// such rule: established answers pass as before.
+func TestStrictProtocolsMirrorXDP(t *testing.T) {
+	g := newGate(t, Config{})
+	for _, tc := range []struct {
+		name string
+		mode policy.Mode
+		xdp  policy.XDPMode
+		want int // strict_protocol rules: 2 per family and chain
+	}{
+		{"strict, XDP on", policy.ModeStrict, policy.XDPNative, 8},
+		{"strict, XDP off", policy.ModeStrict, policy.XDPOff, 0},
+		{"listeners, XDP on", policy.ModeListeners, policy.XDPNative, 0},
+	} {
+		p := testPolicy(tc.mode)
+		p.Enforcement.XDP, p.Enforcement.Forward, p.Interface = tc.xdp, true, "ghwan0"
+		if err := g.e.Apply(p); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		list := g.list(t)
+		got, onXDP := 0, 0
+		for _, line := range strings.Split(list, "\n") {
+			if strings.Contains(line, `strict_protocol" drop`) {
+				got++
+				if strings.HasPrefix(strings.TrimSpace(line), `iifname "ghwan0" `) {
+					onXDP++
+				}
+			}
+		}
+		if got != tc.want || onXDP != tc.want {
+			t.Errorf("%s: %d strict_protocol rules, %d of them on XDP's interface, want %d:\n%s", tc.name, got, onXDP, tc.want, list)
+		}
+		if tc.want == 0 {
+			continue
+		}
+		// Before the established rule, in both chains.
+		for _, chain := range []string{"chain input {", "chain forward {"} {
+			body := list[strings.Index(list, chain):]
+			if p, e := strings.Index(body, "strict_protocol"), strings.Index(body, `established" accept`); p < 0 || e < 0 || p > e {
+				t.Errorf("%s: %s: strict_protocol does not come before established:\n%s", tc.name, chain, body)
+			}
 		}
 	}
 }

@@ -100,8 +100,6 @@ const (
 	whyEph     = "UDP to the ephemeral range may answer the appliance's own query: XDP passes it without asking conntrack (only its drop path asks), and conntrack finds no query"
 	whyReply   = "an echo reply answers our own echo request: XDP cannot ask (the conntrack kfuncs take TCP and UDP only), conntrack finds none and calls it invalid"
 	whyBlocked = "the XDP blocklist takes only bare SYNs and echo requests: this may belong to a flow of the blocked source, which conntrack knows and nftables' blocked rule (after established) judges"
-	// The other way: XDP drops what nftables accepts as established.
-	whyNoKfunc = "strict mode: XDP asks conntrack before it drops UDP, but bpf_xdp_ct_lookup takes TCP and UDP only (any other protocol: -EPROTO), so it drops an answer over GRE, ESP or another protocol as a new flow; terminate such tunnels on another interface or use listeners mode"
 )
 
 var diffKinds = []diffKind{
@@ -159,7 +157,7 @@ func TestLayersAgree(t *testing.T) {
 					if c.blocked && why == "" {
 						why = k.blockedWhy
 					}
-					d.verdictOf(t, fmt.Sprintf("%s/%s/%s from %s", mode, family(v6), k.name, c.name), pk, why, "")
+					d.verdictOf(t, fmt.Sprintf("%s/%s/%s from %s", mode, family(v6), k.name, c.name), pk, why)
 				}
 			}
 		}
@@ -207,17 +205,15 @@ func TestLayersAgreeNeedsTheLookup(t *testing.T) {
 }
 
 // answers has the gate open flows to every class, UDP from a fixed port
-// and GRE, and puts each class's answer through both layers. nftables
-// accepts them as established whoever sends them, a blocked source too;
-// XDP must pass them as well (in strict mode it asks conntrack for the UDP
-// answer, and cannot for GRE: see whyNoKfunc). A forged answer, from
-// another source port, matches no flow: strict mode drops it in both.
+// and GRE, and puts each class's answer through both layers. In listeners
+// mode both pass them, whoever sends them, a blocked source too. In strict
+// mode XDP asks conntrack for the UDP answer and passes it as nftables
+// does; an answer over GRE, which conntrack's XDP lookup cannot find (it
+// takes TCP and UDP only), both drop (nftables' strict_protocol rule on
+// XDP's interface). A forged answer, from another source port, matches no
+// flow: strict mode drops it in both.
 func (d *diffRig) answers(t *testing.T, mode policy.Mode) {
 	t.Helper()
-	greWhy := ""
-	if mode == policy.ModeStrict {
-		greWhy = whyNoKfunc
-	}
 	before := d.x.counter(t, "pass", "established")
 	answered := 0
 	for _, v6 := range []bool{false, true} {
@@ -233,7 +229,7 @@ func (d *diffRig) answers(t *testing.T, mode policy.Mode) {
 			d.open(t, peer)
 			name := fmt.Sprintf("%s/%s/answer from %s", mode, family(v6), c.name)
 			if d.verdictOf(t, name+" to the gate's UDP port 123", netns.Packet{Src: peer, Dst: gateAddr, Proto: unix.IPPROTO_UDP,
-				SrcPort: diffFixed, DstPort: diffFixed}, "", "") {
+				SrcPort: diffFixed, DstPort: diffFixed}, "") {
 				answered++
 			}
 			forgedWhy := ""
@@ -241,8 +237,8 @@ func (d *diffRig) answers(t *testing.T, mode policy.Mode) {
 				forgedWhy = whyBlocked // listeners mode: XDP blocks no UDP
 			}
 			d.verdictOf(t, name+" forged from UDP port 124", netns.Packet{Src: peer, Dst: gateAddr, Proto: unix.IPPROTO_UDP,
-				SrcPort: diffFixed + 1, DstPort: diffFixed}, forgedWhy, "")
-			d.verdictOf(t, name+" over GRE", netns.Packet{Src: peer, Dst: gateAddr, Proto: 47}, "", greWhy)
+				SrcPort: diffFixed + 1, DstPort: diffFixed}, forgedWhy)
+			d.verdictOf(t, name+" over GRE", netns.Packet{Src: peer, Dst: gateAddr, Proto: 47}, "")
 		}
 	}
 	// In strict mode every UDP answer XDP passed, it passed as established:
@@ -314,7 +310,7 @@ func (d *diffRig) scan(t *testing.T, mode policy.Mode) {
 		for i, port := range []uint16{3001, 3002, 3003, 3001, 3004, 3005, diffOther, diffListener} {
 			name := fmt.Sprintf("%s/%s/scan SYN %d to port %d", mode, family(v6), i+1, port)
 			got = append(got, passDrop(d.verdictOf(t, name, netns.Packet{Src: src, Dst: dst, Proto: unix.IPPROTO_TCP,
-				DstPort: port, TCPFlags: 0x02}, "", "")))
+				DstPort: port, TCPFlags: 0x02}, "")))
 		}
 		want := "pass pass pass pass drop drop drop drop"
 		if mode == policy.ModeStrict {
