@@ -37,11 +37,20 @@ const (
 	ProtoSOAP   Protocol = "soap"
 	ProtoTN3270 Protocol = "tn3270"
 	ProtoTN5250 Protocol = "tn5250"
-	ProtoTCP    Protocol = "tcp"
+	// ProtoTNVIP carries Bull VIP7800-family terminals over Telnet (RFC 1921).
+	ProtoTNVIP Protocol = "tnvip"
+	ProtoTCP   Protocol = "tcp"
 )
 
 // Protocols lists every protocol a listener may have, in a stable order.
-var Protocols = []Protocol{ProtoHTTPS, ProtoSOAP, ProtoTN3270, ProtoTN5250, ProtoTCP}
+var Protocols = []Protocol{ProtoHTTPS, ProtoSOAP, ProtoTN3270, ProtoTN5250, ProtoTNVIP, ProtoTCP}
+
+// Telnet reports whether the protocol is a terminal protocol over Telnet:
+// the listener's sessions go through proxy/telnet, take limits.telnet, and
+// may negotiate START_TLS.
+func (p Protocol) Telnet() bool {
+	return p == ProtoTN3270 || p == ProtoTN5250 || p == ProtoTNVIP
+}
 
 // Rate is a token bucket: PerSecond sustained, Burst at once. Zero PerSecond
 // means no limit.

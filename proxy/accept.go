@@ -138,7 +138,7 @@ func (s *Server) series(p *policy.Policy) {
 		for _, r := range l.Routes {
 			k := [2]string{l.Name, r.Tenant}
 			want[k] = true
-			if l.Protocol == policy.ProtoTN3270 || l.Protocol == policy.ProtoTN5250 {
+			if l.Protocol.Telnet() {
 				terminal[k] = true
 			}
 		}

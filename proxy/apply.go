@@ -155,7 +155,7 @@ func (s *Server) buildState(l policy.Listener) (*listenerState, error) {
 			return nil, err
 		}
 		st.tcp = routes
-	case policy.ProtoTN3270, policy.ProtoTN5250:
+	case policy.ProtoTN3270, policy.ProtoTN5250, policy.ProtoTNVIP:
 		h, err := telnet.New(telnet.Config{
 			Listener:         l.Name,
 			Protocol:         l.Protocol,

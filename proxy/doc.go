@@ -2,7 +2,7 @@
 // TLS with the client certificate the TLSSource demands, learns the tenant
 // from the verified certificate, and hands each connection to its protocol:
 // HTTPS and SOAP (proxy/http), a plain TLS relay for tcp (proxy/relay), and
-// TN3270/TN5250 sessions (proxy/telnet; on a StartTLS listener the telnet
+// TN3270/TN5250/TNVIP sessions (proxy/telnet; on a StartTLS listener the telnet
 // handler runs the handshake inside Telnet START_TLS and calls back here to
 // identify and admit the tenant). It applies whole policy generations
 // atomically (bind new addresses first, then swap), drains what a reload

@@ -10,7 +10,7 @@ import (
 	"testing"
 )
 
-// TestImportDirection keeps proxy/ where DESIGN.md puts it: it may use the
+// TestImportDirection keeps proxy/ where docs/design.md puts it: it may use the
 // standard library, prometheus, policy, certs and its own sub-packages,
 // nothing else of gatehouse (never enforcer, bpf, rules or internal), and
 // proxy/relay stays free of HTTP, policy and tenants.

@@ -1,5 +1,5 @@
 // Command gatehouse is the DMZ gate between a cloud integration platform and
-// the enterprise's internal hosts. See README.md and DESIGN.md.
+// the enterprise's internal hosts. See README.md and docs/design.md.
 package main
 
 import (

@@ -28,7 +28,7 @@ const DefaultPath = "/etc/gatehouse/gatehouse.yaml"
 const EnvPrefix = "GATEHOUSE"
 
 // Config is the configuration file, decoded strictly. Field tags are the
-// YAML keys; DESIGN.md documents the schema.
+// YAML keys; docs/design.md outlines the schema.
 type Config struct {
 	Interface     string        `mapstructure:"interface"`
 	StateDir      string        `mapstructure:"state_dir"`

@@ -146,7 +146,7 @@ func limitGroupApplies(group string, proto policy.Protocol) bool {
 	case "tcp":
 		return httpish || proto == policy.ProtoTCP
 	case "telnet":
-		return proto == policy.ProtoTN3270 || proto == policy.ProtoTN5250
+		return proto.Telnet()
 	}
 	return true
 }

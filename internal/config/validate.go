@@ -270,8 +270,8 @@ func (cfg *Config) validateListeners(c *checker, tenants map[string]bool) {
 			c.file(fmt.Sprintf("%s.extra_certs[%d].key", p, j), ck.Key, true)
 		}
 		proto := policy.Protocol(l.Protocol)
-		if l.StartTLS && proto != policy.ProtoTN3270 && proto != policy.ProtoTN5250 {
-			c.add(p+".starttls", "only tn3270 and tn5250 listeners negotiate START_TLS")
+		if l.StartTLS && !proto.Telnet() {
+			c.add(p+".starttls", "only tn3270, tn5250 and tnvip listeners negotiate START_TLS")
 		}
 		if len(l.Routes) == 0 {
 			c.add(p+".routes", "a listener needs at least one route: without one every tenant is refused")
@@ -379,9 +379,16 @@ func validateRoute(c *checker, rp string, proto policy.Protocol, r Route) {
 	only("websocket", r.WebSocket, policy.ProtoHTTPS) // a tunnel would carry SOAP past its inspection
 	only("lu_names", len(r.LUNames) > 0, policy.ProtoTN3270)
 	only("force_lu", r.ForceLU != "", policy.ProtoTN3270)
-	only("terminal_types", len(r.TerminalTypes) > 0, policy.ProtoTN3270, policy.ProtoTN5250)
+	only("terminal_types", len(r.TerminalTypes) > 0, policy.ProtoTN3270, policy.ProtoTN5250, policy.ProtoTNVIP)
 	only("devnames", len(r.DevNames) > 0, policy.ProtoTN5250)
 	only("refuse_auto_sign_on", r.RefuseAutoSignOn != nil && *r.RefuseAutoSignOn, policy.ProtoTN5250)
+	if proto.Telnet() {
+		for i, tt := range r.TerminalTypes {
+			if err := policy.CheckTerminalType(tt); err != nil {
+				c.add(fmt.Sprintf("%s.terminal_types[%d]", rp, i), "%v", err)
+			}
+		}
+	}
 	if proto == policy.ProtoSOAP && len(r.SOAPActions) == 0 {
 		c.add(rp+".soap_actions", "a soap route needs at least one allowed operation")
 	}

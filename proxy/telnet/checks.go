@@ -18,7 +18,8 @@ func (d *direction) terminalType(v []byte) (bool, error) {
 	if !rt.termAllowed(string(typ)) {
 		return false, refuse("terminal type %q not allowed", string(typ))
 	}
-	if s.h.proto == policy.ProtoTN5250 {
+	if s.h.proto != policy.ProtoTN3270 {
+		// Only TN3270 names an LU in the terminal type (RFC 1646).
 		if hasLU {
 			return false, refuse("terminal type %s names a device", printable(v))
 		}

@@ -1,6 +1,7 @@
-// Package telnet carries TN3270, TN3270E and TN5250 sessions from a
-// TLS-terminated client connection to one tenant's internal host, policing
-// the Telnet negotiation on the way. Everything the policy does not look at
+// Package telnet carries TN3270, TN3270E, TN5250 and TNVIP (RFC 1921, Bull
+// VIP terminals) sessions from a TLS-terminated client connection to one
+// tenant's internal host, policing the Telnet negotiation on the way.
+// Everything the policy does not look at
 // (the data stream, EOR records, NOP and TIMING-MARK keepalives, ATTN and
 // SYSREQ, FUNCTIONS lists, other NEW-ENVIRON variables) passes byte for
 // byte.
@@ -20,9 +21,10 @@
 //     nor do the client's Telnet commands or sub-negotiations, but for the
 //     ones the terminal is checked by (TERMINAL-TYPE IS, DEVICE-TYPE
 //     REQUEST, and on tn5250 the NEW-ENVIRON answer naming the device,
-//     rebuilt of the device variables alone). A tn3270 NEW-ENVIRON IS sent
-//     before is answered to the host as an empty list.
-//   - TERMINAL-TYPE IS: the type must match TerminalTypes; on tn3270 an LU
+//     rebuilt of the device variables alone). A tn3270 or tnvip NEW-ENVIRON
+//     IS sent before is answered to the host as an empty list.
+//   - TERMINAL-TYPE IS: the type must match TerminalTypes (on tnvip without
+//     them, a VIP model: policy.VIPModel); on tn3270 an LU
 //     in the RFC 1646 "type@LU" form must match LUNames, and a route that
 //     restricts LUs refuses a type without one. Refusal ends the session.
 //   - TN3270E DEVICE-TYPE REQUEST: a type or CONNECT/ASSOCIATE name outside

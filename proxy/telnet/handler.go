@@ -61,7 +61,7 @@ var defaultBounds = bounds{
 // Config configures a Handler: one listener of one policy generation.
 type Config struct {
 	Listener string
-	Protocol policy.Protocol // tn3270 or tn5250
+	Protocol policy.Protocol // tn3270, tn5250 or tnvip
 	Routes   []policy.Route
 	// HandshakeTimeout bounds the START_TLS exchange and its TLS handshake
 	// (limits.handshake_timeout). ServeStartTLS refuses to run without it.
@@ -115,7 +115,7 @@ type Handler struct {
 
 // New validates cfg and compiles its routes.
 func New(cfg Config) (*Handler, error) {
-	if cfg.Protocol != policy.ProtoTN3270 && cfg.Protocol != policy.ProtoTN5250 {
+	if !cfg.Protocol.Telnet() {
 		return nil, fmt.Errorf("%w: listener %q: protocol %q", ErrConfig, cfg.Listener, cfg.Protocol)
 	}
 	if cfg.HandshakeTimeout < 0 {

@@ -20,6 +20,7 @@ type route struct {
 
 	luNames         []string
 	termTypes       []string
+	termDefault     func(string) bool // allows a type when termTypes is empty; nil allows any
 	forceLU         string
 	devNames        []string
 	allowAutoSignOn bool
@@ -54,6 +55,10 @@ func buildRoutes(listener string, proto policy.Protocol, rs []policy.Route) (map
 		case policy.ProtoTN5250:
 			if len(r.LUNames) > 0 || r.ForceLU != "" {
 				return nil, fmt.Errorf("%w: %s: lu_names and force_lu are tn3270 settings", ErrConfig, where)
+			}
+		case policy.ProtoTNVIP:
+			if err := vipRoute(rt, r); err != nil {
+				return nil, fmt.Errorf("%w: %s: %w", ErrConfig, where, err)
 			}
 		default:
 			return nil, fmt.Errorf("%w: %s: protocol %q is not telnet", ErrConfig, where, proto)
@@ -97,7 +102,10 @@ func (r *route) luAllowed(lu string) bool {
 }
 
 func (r *route) termAllowed(t string) bool {
-	return len(r.termTypes) == 0 || matchAny(r.termTypes, t)
+	if len(r.termTypes) == 0 {
+		return r.termDefault == nil || r.termDefault(t)
+	}
+	return matchAny(r.termTypes, t)
 }
 
 func (r *route) devAllowed(d string) bool {

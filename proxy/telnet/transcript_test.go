@@ -16,7 +16,7 @@ import (
 // A transcript is a golden negotiation: who writes what, and what the other
 // side must receive through the proxy. Lines:
 //
-//	protocol tn3270|tn5250
+//	protocol tn3270|tn5250|tnvip
 //	route key=value …         lu_names, terminal_types (comma lists), force_lu, devnames, refuse_auto_sign_on[=false]
 //	client: TOKENS            the client writes
 //	host: TOKENS              the host writes
@@ -46,7 +46,7 @@ type step struct {
 var (
 	tokCmds = map[string]byte{"IAC": 255, "SB": 250, "SE": 240, "WILL": 251, "WONT": 252, "DO": 253, "DONT": 254,
 		"NOP": 241, "EOR": 239, "IP": 244, "BRK": 243, "AYT": 246, "GA": 249, "DM": 242, "AO": 245}
-	tokOpts = map[string]byte{"BINARY": 0, "TIMING-MARK": 6, "TTYPE": 24, "EOR": 25, "NEW-ENVIRON": 39,
+	tokOpts = map[string]byte{"BINARY": 0, "SGA": 3, "TIMING-MARK": 6, "TTYPE": 24, "EOR": 25, "NEW-ENVIRON": 39,
 		"TN3270E": 40, "START-TLS": 46, "NAWS": 31}
 	tokSub = map[byte]map[string]byte{
 		optTTYPE: {"IS": 0, "SEND": 1},
