@@ -656,7 +656,7 @@ scrape_configs:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := &promServer{addr: freeAddr(t), client: &http.Client{Timeout: 5 * time.Second}, out: &testkit.LogBuffer{}, done: make(chan struct{})}
+	p := &promServer{addr: testkit.FreeLoopbackAddr(t), client: &http.Client{Timeout: 5 * time.Second}, out: &testkit.LogBuffer{}, done: make(chan struct{})}
 	args := []string{
 		"--config.file=" + cfgPath,
 		"--storage.tsdb.path=" + filepath.Join(dir, "data"),

@@ -81,15 +81,8 @@ func newTopology(t *testing.T) *topology {
 	tp.tenantCA = certstest.NewCA(t, "acme")
 	tp.client = tp.tenantCA.Client(t, "acme-cloud", "spiffe://acme/cloud")
 
-	pinDir := filepath.Join(tp.dir, "bpffs")
+	pinDir := mountBPFFS(t, tp.dir)
 	tp.pinDir = pinDir + "/gatehouse"
-	if err := os.MkdirAll(pinDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "bpf", "bpf", pinDir).CombinedOutput(); err != nil {
-		t.Fatalf("mount bpffs: %v %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", pinDir).Run() })
 
 	cfg := fmt.Sprintf(`
 interface: %[1]s
@@ -516,4 +509,19 @@ func TestRestartUnderTraffic(t *testing.T) {
 	}
 	t.Logf("restart took %s; longest tenant outage %s; %d tenant requests; %d intruder probes, none through",
 		up.Sub(down).Round(time.Millisecond), longest.Round(time.Millisecond), len(tenant), probes)
+}
+
+// mountBPFFS mounts a bpffs of the test's own at dir/bpffs, for the
+// daemon's pin_dir, and lazily unmounts it when the test ends.
+func mountBPFFS(t *testing.T, dir string) string {
+	t.Helper()
+	pinDir := filepath.Join(dir, "bpffs")
+	if err := os.MkdirAll(pinDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "bpf", "bpf", pinDir).CombinedOutput(); err != nil {
+		t.Fatalf("mount bpffs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", pinDir).Run() })
+	return pinDir
 }

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
+
 	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
 )
 
@@ -23,7 +25,7 @@ func startFeedDaemon(t *testing.T, mirror *feedMirror) (*daemonProc, string) {
 	ca := certstest.NewCA(t, "acme")
 	server := ca.Server(t, "localhost")
 	dir := t.TempDir()
-	metrics := freeAddr(t)
+	metrics := testkit.FreeLoopbackAddr(t)
 	cfg := fmt.Sprintf(`
 enforcement: {xdp: "off", nftables: false}
 state_dir: %[1]s/state
@@ -37,7 +39,7 @@ tenants: [{id: acme, client_ca: %[5]s}]
 listeners:
   - {name: web, listen: "%[6]s", protocol: https, server_cert: %[7]s, server_key: %[8]s,
      routes: [{tenant: acme, backend: "http://127.0.0.1:1"}]}
-`, dir, metrics, mirror.dir, mirror.pub.String(), ca.CertFile, freeAddr(t), server.CertFile, server.KeyFile)
+`, dir, metrics, mirror.dir, mirror.pub.String(), ca.CertFile, testkit.FreeLoopbackAddr(t), server.CertFile, server.KeyFile)
 	path := filepath.Join(dir, "gatehouse.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -108,14 +108,7 @@ func newScanNet(t *testing.T, mode string, enforcement ...string) *scanNet {
 	server := sn.serverCA.Server(t, "gate.example")
 	tenantCA := certstest.NewCA(t, "acme")
 	sn.client = tenantCA.Client(t, "acme-cloud", "spiffe://acme/cloud")
-	pinDir := filepath.Join(sn.dir, "bpffs")
-	if err := os.MkdirAll(pinDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "bpf", "bpf", pinDir).CombinedOutput(); err != nil {
-		t.Fatalf("mount bpffs: %v %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", pinDir).Run() })
+	pinDir := mountBPFFS(t, sn.dir)
 	cfg := fmt.Sprintf(`
 interface: %[1]s
 state_dir: %[2]s

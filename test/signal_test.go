@@ -5,11 +5,9 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -49,27 +47,6 @@ func binary(t *testing.T) string {
 		t.Fatal(buildOnce.err)
 	}
 	return buildOnce.path
-}
-
-// freeAddr returns an address for the daemon to listen on: a port the
-// kernel just gave out, on a random address of 127/8. The daemon binds it
-// itself a moment later. On 127.0.0.1 any other test or process on the
-// machine asking for a port could be given the same one meanwhile; on an
-// address of its own only a wildcard bind of that very port could.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	for range 10 {
-		ip := netip.AddrFrom4([4]byte{127, byte(1 + rand.IntN(254)), byte(rand.IntN(256)), byte(1 + rand.IntN(254))})
-		ln, err := net.Listen("tcp", netip.AddrPortFrom(ip, 0).String())
-		if err != nil {
-			continue
-		}
-		addr := ln.Addr().String()
-		ln.Close()
-		return addr
-	}
-	t.Fatal("no loopback address to listen on")
-	return ""
 }
 
 type daemonProc struct {
@@ -150,7 +127,7 @@ func startDaemon(t *testing.T) (*daemonProc, string, *certstest.CA, *certstest.L
 	t.Cleanup(backend.Close)
 
 	dir := t.TempDir()
-	metrics, listen := freeAddr(t), freeAddr(t)
+	metrics, listen := testkit.FreeLoopbackAddr(t), testkit.FreeLoopbackAddr(t)
 	cfg := fmt.Sprintf(`
 enforcement: {xdp: "off", nftables: false}
 state_dir: %s

@@ -27,7 +27,7 @@ func TestStatusMatchesCheck(t *testing.T) {
 	server := ca.Server(t, "localhost")
 	mirror := newFeedMirror(t, filepath.Join(dir, "mirror"))
 	mirror.publish(t, 1, "192.0.2.0/24\n2001:db8:1::/48\n")
-	metrics := freeAddr(t)
+	metrics := testkit.FreeLoopbackAddr(t)
 	cfg := fmt.Sprintf(`
 enforcement: {xdp: "off", nftables: false}
 state_dir: %[1]s/state
@@ -65,7 +65,7 @@ listeners:
     server_key: %[8]s
     routes:
       - {tenant: acme, backend: "127.0.0.1:5", lu_names: ["ACMELU0*"]}
-`, dir, metrics, mirror.dir, mirror.pub.String(), ca.CertFile, freeAddr(t), server.CertFile, server.KeyFile, freeAddr(t), freeAddr(t))
+`, dir, metrics, mirror.dir, mirror.pub.String(), ca.CertFile, testkit.FreeLoopbackAddr(t), server.CertFile, server.KeyFile, testkit.FreeLoopbackAddr(t), testkit.FreeLoopbackAddr(t))
 	path := filepath.Join(dir, "gatehouse.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

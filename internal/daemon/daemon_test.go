@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -18,6 +17,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
@@ -75,23 +76,7 @@ func (r *recorder) last() uint64 {
 // address of its own only a wildcard bind of that very port could.
 func freePort(t *testing.T) string {
 	t.Helper()
-	return loopbackAddr(t)
-}
-
-func loopbackAddr(t *testing.T) string {
-	t.Helper()
-	for range 10 {
-		ip := netip.AddrFrom4([4]byte{127, byte(1 + rand.IntN(254)), byte(rand.IntN(256)), byte(1 + rand.IntN(254))})
-		ln, err := net.Listen("tcp", netip.AddrPortFrom(ip, 0).String())
-		if err != nil {
-			continue
-		}
-		addr := ln.Addr().String()
-		ln.Close()
-		return addr
-	}
-	t.Fatal("no loopback address to listen on")
-	return ""
+	return testkit.FreeLoopbackAddr(t)
 }
 
 // writeConfig writes a minimal valid configuration and returns its path.

@@ -5,7 +5,9 @@ package testkit
 
 import (
 	"bytes"
+	"math/rand/v2"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -72,6 +74,27 @@ func (l *LogBuffer) WaitLines(want string) []string {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// FreeLoopbackAddr returns "ip:port" that was free a moment ago, on a
+// random address of 127/8, for a server the test starts itself a moment
+// later. On 127.0.0.1 any other test or process asking for a port could be
+// given the same one meanwhile; on an address of its own only a wildcard
+// bind of that very port could.
+func FreeLoopbackAddr(t testing.TB) string {
+	t.Helper()
+	for range 10 {
+		ip := netip.AddrFrom4([4]byte{127, byte(1 + rand.IntN(254)), byte(rand.IntN(256)), byte(1 + rand.IntN(254))})
+		ln, err := net.Listen("tcp", netip.AddrPortFrom(ip, 0).String())
+		if err != nil {
+			continue
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		return addr
+	}
+	t.Fatal("no loopback address to listen on")
+	return ""
 }
 
 // TCPPair returns both ends of a loopback TCP connection, closed when the
