@@ -8,8 +8,10 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 STATICCHECK_VERSION := v0.8.2
 # Debian packages the build and the tests need (each named by what uses it).
+# The BPF build needs clang and llvm (llvm-strip) only: its headers are
+# vendored in bpf/include.
 DEB_PACKAGES := \
-	clang llvm libbpf-dev linux-libc-dev \
+	clang llvm \
 	nftables iproute2 bpftool \
 	minisign openssl curl ca-certificates s3270 \
 	prometheus strace systemd util-linux mount

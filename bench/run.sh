@@ -162,7 +162,7 @@ say "building"
 G=$OUT/gatehouse
 (cd "$ROOT" && go build -trimpath -o "$G" ./cmd/gatehouse)
 (cd "$BENCH" && go build -o "$OUT/loadgen" ./loadgen && go build -o "$OUT/flood" ./flood)
-clang -O2 -g -target bpf -I"/usr/include/$(uname -m)-linux-gnu" -c "$BENCH/xdpdrop/xdpdrop.c" -o "$OUT/xdpdrop.o"
+clang -O2 -g -target bpf -nostdinc -I"$ROOT/bpf/include" -c "$BENCH/xdpdrop/xdpdrop.c" -o "$OUT/xdpdrop.o"
 LG=$OUT/loadgen
 if [ "$GOBENCH" = 1 ]; then
 	for p in bpf enforcer/nft certs rules; do

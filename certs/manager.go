@@ -1,6 +1,7 @@
 package certs
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -115,7 +116,11 @@ func (m *Manager) Reload() error {
 // apply builds the generation of p whole, ticket keys included, and only
 // then writes the ticket keys that changed and swaps: a refused policy
 // leaves the keys in force, their files and the listeners' configs alone.
+// A generation the daemon applies (why "apply") is the daemon's to log:
+// it says once whether the whole generation, every layer, took it. Files
+// the manager reloads itself, it logs.
 func (m *Manager) apply(p *policy.Policy, why string) error {
+	own := why != "apply"
 	m.mu.Lock()
 	err := checkTLS(p.TLS)
 	var tickets map[string]*ticketSet
@@ -131,8 +136,10 @@ func (m *Manager) apply(p *policy.Policy, why string) error {
 	}
 	if err != nil {
 		m.mu.Unlock()
-		m.logger.Error("tls state not loaded, previous stays in force", "reason", why, "generation", p.Generation, "err", err)
-		return fmt.Errorf("certs: %w", err)
+		if own {
+			m.logger.Error("tls state not loaded, previous stays in force", "reason", why, "generation", p.Generation, "err", err)
+		}
+		return err
 	}
 	m.tickets = tickets
 	m.state.Store(st)
@@ -140,7 +147,11 @@ func (m *Manager) apply(p *policy.Policy, why string) error {
 	m.failedSig = [32]byte{}
 	fns := append([]func(){}, m.onChange...)
 	m.mu.Unlock()
-	m.logger.Info("tls state loaded", "reason", why, "generation", p.Generation,
+	level := slog.LevelDebug
+	if own {
+		level = slog.LevelInfo
+	}
+	m.logger.Log(context.Background(), level, "tls state loaded", "reason", why, "generation", p.Generation,
 		"listeners", len(st.listeners), "tenants", len(st.tenants), "files", len(st.files))
 	for _, fn := range fns {
 		fn()

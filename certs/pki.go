@@ -14,6 +14,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/big"
 	"net"
 	"net/url"
@@ -24,6 +25,8 @@ import (
 	"time"
 
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
+
+	"github.com/gatehouse-dmz/gatehouse/internal/atomicfile"
 )
 
 // KeyType names a key algorithm for new keys.
@@ -134,20 +137,20 @@ func WriteCertFile(path string, force bool, ders ...[]byte) error {
 	return WriteFile(path, b, 0o644, force)
 }
 
-// WriteFile writes data to path with mode: refused with ErrExists when the
-// file exists unless force, and always through a temporary file renamed
-// over path, so that a reader (a daemon watching a CRL) sees the old file or
-// the new one whole.
+// WriteFile writes data to path with mode, whole (a reader, such as a
+// daemon watching a CRL, sees the old file or the new one). Unless force,
+// anything already at path, a symbolic link included, is refused with
+// ErrExists, in the same step that creates the file; with force it is
+// replaced (a symbolic link itself, never what it points to).
 func WriteFile(path string, data []byte, mode os.FileMode, force bool) error {
-	if !force {
-		if _, err := os.Lstat(path); err == nil {
-			return fmt.Errorf("%s: %w", path, ErrExists)
-		}
+	if force {
+		return atomicfile.Write(path, data, mode)
 	}
-	if err := writeFileAtomic(path, data, mode); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
+	err := atomicfile.Create(path, data, mode)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%s: %w", path, ErrExists)
 	}
-	return nil
+	return err
 }
 
 // ReadCertsFile reads every certificate of a PEM file, or one DER certificate.
@@ -546,7 +549,7 @@ func (ca *CA) Revoke(serial *big.Int, reason int) error {
 	for _, r := range append(list, Revocation{Serial: serial, Time: ca.now(), Reason: reason}) {
 		fmt.Fprintf(&b, "%x %d %d\n", r.Serial, r.Time.Unix(), r.Reason)
 	}
-	if err := writeFileAtomic(filepath.Join(ca.Dir, CAIndexFile), []byte(b.String()), 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(ca.Dir, CAIndexFile), []byte(b.String()), 0o644); err != nil {
 		return fmt.Errorf("revoke: %w", err)
 	}
 	return nil
@@ -583,7 +586,7 @@ func (ca *CA) CRL(validity time.Duration) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("crl: %w", err)
 	}
-	if err := writeFileAtomic(numPath, []byte(fmt.Sprintf("%x\n", num)), 0o644); err != nil {
+	if err := atomicfile.Write(numPath, []byte(fmt.Sprintf("%x\n", num)), 0o644); err != nil {
 		return nil, fmt.Errorf("crl: %w", err)
 	}
 	return der, nil

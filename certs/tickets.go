@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/atomicfile"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
@@ -222,34 +223,7 @@ func writeTicketFile(path string, keys [][32]byte, created []time.Time) error {
 	for i, k := range keys {
 		fmt.Fprintf(&b, "%d %s\n", created[i].Unix(), hex.EncodeToString(k[:]))
 	}
-	return writeFileAtomic(path, []byte(b.String()), 0o600)
-}
-
-// writeFileAtomic writes a temporary file beside path and renames it over
-// path, so that readers see the old or the new content, never a mix.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.Write(path, []byte(b.String()), 0o600)
 }
 
 // safeFileName keeps a listener name usable as a file name.

@@ -286,7 +286,8 @@ func (m *Manager) apply(f *feed, ver *Verified, result string, onUpdate ApplyFun
 		f.lastSuccess = m.now()
 		f.updates[ResultDeferred]++
 		f.mu.Unlock()
-		log.Info("feed release verified; it waits for the kernel layers and is not committed yet", "result", result, "prefixes", len(ver.Prefixes))
+		log.Info("feed release verified; it waits for the kernel layers and is not committed yet", "result", result, "prefixes", len(ver.Prefixes),
+			"why", err)
 		return nil
 	case ReasonOf(err) == ReasonQuarantined:
 		m.quarantine(f, ver)

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/gatehouse-dmz/gatehouse/internal/atomicfile"
 )
 
 // Store keeps verified bundles under state_dir/feeds: the last known good
@@ -165,42 +167,4 @@ func (s *Store) loadBundle(name, suffix string) (Bundle, error) {
 }
 
 // writeAtomic writes a store file (mode 0600).
-func writeAtomic(path string, data []byte) error { return WriteFileAtomic(path, data, 0o600) }
-
-// WriteFileAtomic replaces path with data, with mode, so that a crash leaves
-// either the old or the new file, never a torn one: a temporary file
-// beside it, synced, renamed over it, and the directory synced.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(mode)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("write %s: sync directory: %w", path, err)
-	}
-	return nil
-}
+func writeAtomic(path string, data []byte) error { return atomicfile.Write(path, data, 0o600) }

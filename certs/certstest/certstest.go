@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/internal/atomicfile"
 )
 
 // CA is a certificate authority with its key, kept in memory and on disk.
@@ -314,15 +316,10 @@ func writePEM(t testing.TB, path, typ string, der []byte, mode os.FileMode) {
 	replaceFile(t, path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), mode)
 }
 
-// replaceFile writes atomically (temporary file and rename), so that a
-// watcher never reads half a file.
+// replaceFile writes atomically, so that a watcher never reads half a file.
 func replaceFile(t testing.TB, path string, data []byte, mode os.FileMode) {
 	t.Helper()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, mode); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := atomicfile.Write(path, data, mode); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -80,7 +80,10 @@ func checkCertificates(cfg *config.Config) error {
 		return err
 	}
 	defer m.Close()
-	return m.Apply(p)
+	if err := m.Apply(p); err != nil {
+		return fmt.Errorf("certs: %w", err) // as run names the layer
+	}
+	return nil
 }
 
 // checkFeeds builds every feed's verifier as the daemon will (trusted keys,

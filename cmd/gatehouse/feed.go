@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/atomicfile"
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/internal/daemon"
 	"github.com/gatehouse-dmz/gatehouse/rules"
@@ -79,24 +81,14 @@ goes into the configuration's minisign_keys.`,
 			if err != nil {
 				return err
 			}
-			pubPath, keyPath := out+".pub", out+".key"
-			if !force {
-				for _, p := range []string{pubPath, keyPath} {
-					if _, err := os.Stat(p); err == nil {
-						return fmt.Errorf("%s exists (use --force to replace it)", p)
-					}
-				}
-			}
 			pubFile, secFile, pub, err := rules.GenerateKey(pw)
 			if err != nil {
 				return err
 			}
-			if err := os.WriteFile(keyPath, secFile, 0o600); err != nil {
+			if err := writeKeyPair(out, secFile, pubFile, force); err != nil {
 				return err
 			}
-			if err := os.WriteFile(pubPath, pubFile, 0o644); err != nil {
-				return err
-			}
+			pubPath, keyPath := out+".pub", out+".key"
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "wrote %s (secret key, mode 0600)\nwrote %s\n", keyPath, pubPath)
 			fmt.Fprintf(w, "key id %016X\npublic key (for minisign_keys): %s\n", pub.ID(), pub.String())
@@ -109,6 +101,39 @@ goes into the configuration's minisign_keys.`,
 	f.BoolVar(&unencrypted, "unencrypted", false, "store the secret key without a password (like minisign -W)")
 	f.BoolVar(&force, "force", false, "replace existing key files")
 	return c
+}
+
+// writeKeyPair writes PREFIX.key (mode 0600) and PREFIX.pub. Without
+// force, a name already taken (by a file or a symbolic link) is refused in
+// the same step that would create the file, and a pair is written whole or
+// not at all; with force, both are replaced, a symbolic link itself and
+// never what it points to.
+func writeKeyPair(prefix string, sec, pub []byte, force bool) error {
+	keyPath, pubPath := prefix+".key", prefix+".pub"
+	if force {
+		if err := atomicfile.Write(keyPath, sec, 0o600); err != nil {
+			return err
+		}
+		return atomicfile.Write(pubPath, pub, 0o644)
+	}
+	if err := atomicfile.Create(keyPath, sec, 0o600); err != nil {
+		return existsHint(err)
+	}
+	if err := atomicfile.Create(pubPath, pub, 0o644); err != nil {
+		// The secret key was created just now, by this call: without its
+		// public key it is of no use.
+		os.Remove(keyPath)
+		return existsHint(err)
+	}
+	return nil
+}
+
+// existsHint points at --force when a file is in the way.
+func existsHint(err error) error {
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%w (use --force to replace it)", err)
+	}
+	return err
 }
 
 func feedSignCmd() *cobra.Command {
@@ -196,7 +221,7 @@ DIR: how a second key holder co-signs for a threshold.`,
 						return err
 					}
 				}
-				if err := rules.WriteFileAtomic(mPath, raw, 0o644); err != nil {
+				if err := atomicfile.Write(mPath, raw, 0o644); err != nil {
 					return err
 				}
 				fmt.Fprintf(w, "wrote %s: source %s, serial %d, expires %s\n", mPath, source, serial, m.Expires.Format(time.RFC3339))
@@ -205,7 +230,7 @@ DIR: how a second key holder co-signs for a threshold.`,
 				comment = fmt.Sprintf("timestamp:%d\tfile:%s\thashed", time.Now().Unix(), rules.ManifestName)
 			}
 			sigPath := filepath.Join(dir, rules.SignatureName(index))
-			if err := rules.WriteFileAtomic(sigPath, rules.SignManifest(raw, key, comment), 0o644); err != nil {
+			if err := atomicfile.Write(sigPath, rules.SignManifest(raw, key, comment), 0o644); err != nil {
 				return err
 			}
 			fmt.Fprintf(w, "wrote %s (key id %016X)\n", sigPath, key.ID())

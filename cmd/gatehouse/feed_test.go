@@ -207,3 +207,69 @@ func TestFeedAccept(t *testing.T) {
 		t.Error("consent recorded for an expired release")
 	}
 }
+
+// keygen never writes through a symbolic link planted at a key's name,
+// never overwrites without --force, and leaves a 0600 secret key even when
+// --force replaces a file that was readable by others.
+func TestFeedKeygenRefusesExistingAndLinks(t *testing.T) {
+	dir := t.TempDir()
+	victim := filepath.Join(dir, "victim")
+	if err := os.WriteFile(victim, []byte("keep"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	// A dangling link: a Stat check finds nothing there.
+	planted := filepath.Join(dir, "planted")
+	if err := os.Symlink(planted, filepath.Join(dir, "a.key")); err != nil {
+		t.Fatal(err)
+	}
+	out, err := feedTry("keygen", "--out", filepath.Join(dir, "a"), "--unencrypted")
+	if want := "create " + filepath.Join(dir, "a.key") + ": file exists (use --force to replace it)"; err == nil || err.Error() != want {
+		t.Errorf("keygen over a dangling link: %v, want %q\n%s", err, want, out)
+	}
+	if _, err := os.Lstat(planted); err == nil {
+		t.Error("keygen wrote the secret key through a dangling symbolic link")
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "a.pub")); err == nil {
+		t.Error("keygen wrote a public key after refusing the secret key")
+	}
+
+	// An existing public key: nothing is written, not even the secret key.
+	if err := os.WriteFile(filepath.Join(dir, "b.pub"), []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := feedTry("keygen", "--out", filepath.Join(dir, "b"), "--unencrypted"); err == nil {
+		t.Error("keygen over an existing public key succeeded")
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "b.key")); err == nil {
+		t.Error("keygen left a secret key without its public key")
+	}
+
+	// --force replaces a link itself, not the file it points to.
+	if err := os.Symlink(victim, filepath.Join(dir, "c.key")); err != nil {
+		t.Fatal(err)
+	}
+	feedRun(t, "keygen", "--out", filepath.Join(dir, "c"), "--unencrypted", "--force")
+	if got, _ := os.ReadFile(victim); string(got) != "keep" {
+		t.Errorf("keygen --force wrote through a symbolic link: victim holds %q", got)
+	}
+	if st, err := os.Lstat(filepath.Join(dir, "c.key")); err != nil || !st.Mode().IsRegular() || st.Mode().Perm() != 0o600 {
+		t.Errorf("secret key after --force over a link: %v %v, want a regular file, mode 0600", err, modeOf(st))
+	}
+
+	// --force over a key made readable by others narrows it to 0600.
+	if err := os.WriteFile(filepath.Join(dir, "d.key"), []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	feedRun(t, "keygen", "--out", filepath.Join(dir, "d"), "--unencrypted", "--force")
+	if st, err := os.Stat(filepath.Join(dir, "d.key")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("secret key after --force over a 0644 file: %v %v, want mode 0600", err, modeOf(st))
+	}
+}
+
+func modeOf(st os.FileInfo) os.FileMode {
+	if st == nil {
+		return 0
+	}
+	return st.Mode()
+}

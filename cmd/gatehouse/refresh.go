@@ -112,7 +112,7 @@ func printOutcomes(w io.Writer, out []rules.Outcome, now time.Time) bool {
 		case string(rules.ReasonStore):
 			line = fmt.Sprintf("applied serial %d (%d prefixes) but not saved in state_dir (%s); a restart falls back to the release saved before", o.Serial, o.Prefixes, o.Error)
 		case string(rules.ReasonApply):
-			line = "verified but not applied: " + o.Error + " (the release in force stays)"
+			line = "verified but not applied: " + strings.TrimPrefix(o.Error, "apply_failed: ") + " (the release in force stays)"
 		case string(rules.ReasonMirrorUnsettled):
 			line = "mirror in flux: " + o.Error + " (a publish in progress? checked again at the next refresh)"
 		case "":

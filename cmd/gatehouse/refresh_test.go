@@ -23,7 +23,7 @@ func TestPrintOutcomes(t *testing.T) {
 		{rules.Outcome{Feed: "aws", Result: "store_error", Serial: 7, Prefixes: 12, Error: "store_error: write /var/lib/gatehouse/feeds/aws.lkg.json: no space left on device"},
 			"aws  applied serial 7 (12 prefixes) but not saved in state_dir", "refused", false},
 		{rules.Outcome{Feed: "aws", Result: "deferred", Serial: 8, Prefixes: 12}, "verified serial 8 (12 prefixes); not in force in the kernel layers", "refused", false},
-		{rules.Outcome{Feed: "aws", Result: "apply_failed", Error: "apply_failed: nft: busy"}, "verified but not applied: apply_failed: nft: busy (the release in force stays)", "refused", false},
+		{rules.Outcome{Feed: "aws", Result: "apply_failed", Error: "apply_failed: apply generation 7 to nftables: replace table: device or resource busy"}, "verified but not applied: apply generation 7 to nftables: replace table: device or resource busy (the release in force stays)", "refused", false},
 		{rules.Outcome{Feed: "aws", Result: "mirror_unsettled", Error: "mirror_unsettled: file x"}, "mirror in flux", "refused", false},
 		{rules.Outcome{Feed: "aws", Result: "unchanged", Serial: 8, At: now.Add(-3 * time.Second), Reused: true},
 			"unchanged (serial 8 in force) [outcome of a refresh 3s ago", "", true},

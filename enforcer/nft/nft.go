@@ -139,14 +139,14 @@ func (e *Enforcer) writer() (*nftables.Conn, error) {
 				return socketOptions(c)
 			}))
 		if err != nil {
-			return nil, fmt.Errorf("nftables connection: %w", err)
+			return nil, fmt.Errorf("netlink connection: %w", err)
 		}
 		e.wc, e.wnl = c, nl
 	}
 	if e.wnl != nil {
 		if err := e.wnl.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
 			e.dropWriter()
-			return nil, fmt.Errorf("nftables connection: %w", err)
+			return nil, fmt.Errorf("netlink connection: %w", err)
 		}
 	}
 	return e.wc, nil
@@ -169,7 +169,7 @@ func newConn(netns int, testDial nltest.Func) (*nftables.Conn, error) {
 	}
 	c, err := nftables.New(opts...)
 	if err != nil {
-		return nil, fmt.Errorf("nftables connection: %w", err)
+		return nil, fmt.Errorf("netlink connection: %w", err)
 	}
 	return c, nil
 }
@@ -234,12 +234,12 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 	}
 	if err != nil {
 		e.dropWriter()
-		return fmt.Errorf("apply generation %d: %w", p.Generation, err)
+		return err
 	}
 	// gatehouse_policy_apply_seconds{layer="nftables"} is the daemon's: it
 	// times every layer's Apply alike.
 	d := time.Since(start)
-	e.log.Info("policy applied", "generation", p.Generation, "duration", d,
+	e.log.Debug("policy applied", "generation", p.Generation, "duration", d,
 		"admitted_v4", len(next.adm4), "admitted_v6", len(next.adm6), "strict", next.strict, "forward", next.forward,
 		"syn_proxy_mss", fmt.Sprintf("%d/%d", next.syn.mss4, next.syn.mss6), "syn_proxy_wscale", next.syn.wscale)
 	return nil

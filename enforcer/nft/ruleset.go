@@ -69,7 +69,7 @@ const (
 // or added by hand lacks it, which is how reconcile tells our rules apart.
 const tagType userdata.Type = 0x47
 
-var errBadPolicy = errors.New("invalid policy for nftables")
+var errBadPolicy = errors.New("invalid policy")
 
 // spec is the desired state of one generation, kept in memory so the next
 // generation is applied as a diff without reading sets back.
@@ -111,7 +111,7 @@ func newSpec(p *policy.Policy, syn synOptions) (*spec, error) {
 	}
 	f, err := p.Filter()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errBadPolicy, err)
+		return nil, err // policy.ErrBadFilter says it is invalid
 	}
 	en := p.Enforcement
 	s := &spec{

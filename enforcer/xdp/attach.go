@@ -28,7 +28,7 @@ import (
 func (e *Enforcer) load() error {
 	spec, err := bpf.Spec(false)
 	if err != nil {
-		return fmt.Errorf("xdp: %w", err)
+		return fmt.Errorf("program: %w", err)
 	}
 	replace, err := e.pinnedCompatible(spec)
 	if err != nil {
@@ -45,13 +45,13 @@ func (e *Enforcer) load() error {
 	if err != nil {
 		full := err
 		if spec, err = bpf.Spec(false); err != nil {
-			return fmt.Errorf("xdp: %w", err)
+			return fmt.Errorf("program: %w", err)
 		}
 		if err := bpf.WithoutConntrack(spec); err != nil {
-			return fmt.Errorf("xdp: load program: %w", errors.Join(full, err))
+			return fmt.Errorf("load program: %w", errors.Join(full, err))
 		}
 		if coll, err = ebpf.NewCollectionWithOptions(spec, opts); err != nil {
-			return fmt.Errorf("xdp: load program: %w", errors.Join(full, err))
+			return fmt.Errorf("load program: %w", errors.Join(full, err))
 		}
 		e.noConntrack = full
 		e.log.Error(NoConntrackWarning, "error", full)
@@ -201,7 +201,7 @@ func (e *Enforcer) adopt(want policy.XDPMode) error {
 			// Same maps: the new program takes over in place.
 			if err := l.Update(prog); err != nil {
 				l.Close()
-				return fmt.Errorf("xdp: update pinned link: %w", err)
+				return fmt.Errorf("update pinned link: %w", err)
 			}
 		}
 		e.link, e.mode = l, mode
@@ -252,14 +252,14 @@ func (e *Enforcer) attachNew() error {
 		}
 		if err := l.Pin(linkPin(e.dir, mode)); err != nil {
 			l.Close()
-			return fmt.Errorf("xdp: pin link: %w", err)
+			return fmt.Errorf("pin link: %w", err)
 		}
 		e.pending = false
 		e.link, e.mode = l, mode
 		e.log.Info("attached", "mode", mode, "ifindex", e.ifindex)
 		return nil
 	}
-	return fmt.Errorf("xdp: attach to %s: %w", e.iface, errors.Join(errs...))
+	return fmt.Errorf("attach to %s: %w", e.iface, errors.Join(errs...))
 }
 
 func (e *Enforcer) sameInterface(l link.Link) error {
@@ -293,13 +293,13 @@ func (e *Enforcer) pinMap(name string) error {
 	path := filepath.Join(e.dir, pinName(name))
 	m := e.coll.Maps[name]
 	if err := m.Unpin(); err != nil {
-		return fmt.Errorf("xdp: unpin %s: %w", name, err)
+		return fmt.Errorf("unpin %s: %w", name, err)
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("xdp: unpin old %s: %w", name, err)
+		return fmt.Errorf("unpin old %s: %w", name, err)
 	}
 	if err := m.Pin(path); err != nil {
-		return fmt.Errorf("xdp: pin %s: %w", name, err)
+		return fmt.Errorf("pin %s: %w", name, err)
 	}
 	return nil
 }

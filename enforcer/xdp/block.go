@@ -91,12 +91,12 @@ func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
 	}
 	src := e.bits.source(addr)
 	if err := e.putBlock(src, deadline); err != nil {
-		return fmt.Errorf("xdp: block %s: %w", src, err)
+		return fmt.Errorf("block %s: %w", src, err)
 	}
 	// Came from nftables: never handed back.
 	e.known[src] = blockState{deadline: deadline, mirrored: true}
 	if err := bpf.SetBlockActive(e.coll.Maps[bpf.MapState], true); err != nil {
-		return fmt.Errorf("xdp: activate blocklist: %w", err)
+		return fmt.Errorf("activate blocklist: %w", err)
 	}
 	if time.Since(e.lastGC) > time.Minute {
 		e.lastGC = time.Now()

@@ -71,7 +71,7 @@ func CheckPinDir(dir string) (PinScope, string, error) {
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(probe, &st); err != nil {
-		return PinUnknown, "", fmt.Errorf("xdp: pin directory: %w", err)
+		return PinUnknown, "", fmt.Errorf("pin directory: %w", err)
 	}
 	dev := fmt.Sprintf("%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev))
 	ours, err := bpfMounts("/proc/self/mountinfo", dev)

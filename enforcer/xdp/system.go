@@ -27,7 +27,7 @@ func inNetns(nsfd int, f func() error) error {
 	if err != nil || same {
 		defer runtime.UnlockOSThread()
 		if err != nil {
-			return fmt.Errorf("xdp: network namespace: %w", err)
+			return fmt.Errorf("network namespace: %w", err)
 		}
 		return f()
 	}
@@ -36,7 +36,7 @@ func inNetns(nsfd int, f func() error) error {
 	go func() {
 		runtime.LockOSThread()
 		if err := unix.Setns(nsfd, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("xdp: enter network namespace: %w", err)
+			errc <- fmt.Errorf("enter network namespace: %w", err)
 			return
 		}
 		errc <- f()
@@ -123,7 +123,7 @@ func ensureBPFFS(dir string, isDefault bool, log *slog.Logger) error {
 		return fmt.Errorf("%w: %s", ErrNotBPFFS, dir)
 	}
 	if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
-		return fmt.Errorf("xdp: mount bpffs at %s: %w", root, err)
+		return fmt.Errorf("mount bpffs at %s: %w", root, err)
 	}
 	log.Info("mounted bpffs", "path", root)
 	return nil

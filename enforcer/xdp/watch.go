@@ -18,10 +18,10 @@ var (
 	// ErrDetached: the filter's link no longer attaches the program to the
 	// interface (bpftool link detach, gatehouse teardown --force, the
 	// interface removed).
-	ErrDetached = errors.New("xdp: filter detached from the interface")
+	ErrDetached = errors.New("filter detached from the interface")
 	// ErrUnpinned: the filter is attached but its link pin is gone, so it
 	// would be detached when this process exits.
-	ErrUnpinned = errors.New("xdp: filter attached but its link is no longer pinned")
+	ErrUnpinned = errors.New("filter attached but its link is no longer pinned")
 )
 
 // HoldsPrevious reports, before the first Apply, whether the Enforcer
@@ -55,7 +55,7 @@ func (e *Enforcer) checkLocked() error {
 	}
 	info, err := e.link.Info()
 	if err != nil {
-		return fmt.Errorf("xdp: link info: %w", err)
+		return fmt.Errorf("link info: %w", err)
 	}
 	x := info.XDP()
 	switch {
@@ -103,15 +103,15 @@ func (e *Enforcer) Repair() error {
 		if _, err := os.Stat(path); err != nil {
 			// The link remembers its pin: forget it, then pin again.
 			if err := e.link.Unpin(); err != nil {
-				return fmt.Errorf("xdp: unpin link: %w", err)
+				return fmt.Errorf("unpin link: %w", err)
 			}
 			if err := e.link.Pin(path); err != nil {
-				return fmt.Errorf("xdp: pin link: %w", err)
+				return fmt.Errorf("pin link: %w", err)
 			}
 		}
 	case errors.Is(err, ErrDetached):
 		if e.pending {
-			return fmt.Errorf("xdp: cannot attach again: this run's maps hold no policy yet (the filter of an older layout was adopted); it returns with the next policy applied")
+			return fmt.Errorf("cannot attach again: this run's maps hold no policy yet (the filter of an older layout was adopted); it returns with the next policy applied")
 		}
 		// An interface deleted and created again under its name (a VLAN
 		// or bond rebuilt, a NIC re-probed) has another index: look it up
@@ -122,13 +122,13 @@ func (e *Enforcer) Repair() error {
 			return err
 		}
 		if err := os.MkdirAll(e.dir, 0o700); err != nil {
-			return fmt.Errorf("xdp: pin directory: %w", err)
+			return fmt.Errorf("pin directory: %w", err)
 		}
 		oldIdx := e.ifindex
 		e.ifindex = idx
 		old, oldPin := e.link, linkPin(e.dir, e.mode)
 		if err := os.Remove(oldPin); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("xdp: unpin detached link: %w", err)
+			return fmt.Errorf("unpin detached link: %w", err)
 		}
 		e.link = nil
 		// attachNew pins the maps again too.
@@ -150,7 +150,7 @@ func (e *Enforcer) Repair() error {
 // repinMissing pins again every map whose pin is gone.
 func (e *Enforcer) repinMissing() error {
 	if err := os.MkdirAll(e.dir, 0o700); err != nil {
-		return fmt.Errorf("xdp: pin directory: %w", err)
+		return fmt.Errorf("pin directory: %w", err)
 	}
 	if e.pending {
 		return nil // this run's maps are pinned by the Apply that fills them
@@ -203,7 +203,7 @@ func (e *Enforcer) lookupIndex() (int, error) {
 		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("xdp: interface %s: %w", e.iface, err)
+		return 0, fmt.Errorf("interface %s: %w", e.iface, err)
 	}
 	return idx, nil
 }

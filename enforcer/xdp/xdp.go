@@ -34,12 +34,12 @@ const (
 
 // Errors returned by New, Apply and Block.
 var (
-	ErrNoInterface = errors.New("xdp: no interface configured")
-	ErrOff         = errors.New("xdp: enforcement.xdp is off")
-	ErrBadMode     = errors.New("xdp: unknown attach mode")
-	ErrNotBPFFS    = errors.New("xdp: pin directory is not on a bpf filesystem")
-	ErrClosed      = errors.New("xdp: enforcer closed")
-	ErrBadAddr     = errors.New("xdp: invalid address")
+	ErrNoInterface = errors.New("no interface configured")
+	ErrOff         = errors.New("enforcement.xdp is off")
+	ErrBadMode     = errors.New("unknown attach mode")
+	ErrNotBPFFS    = errors.New("pin directory is not on a bpf filesystem")
+	ErrClosed      = errors.New("enforcer closed")
+	ErrBadAddr     = errors.New("invalid address")
 )
 
 // pinned maps, by their name in the object; each is pinned under its name,
@@ -169,14 +169,14 @@ func New(cfg Config) (*Enforcer, error) {
 	}
 	ifc, err := net.InterfaceByName(cfg.Interface)
 	if err != nil {
-		return nil, fmt.Errorf("xdp: interface %q: %w", cfg.Interface, err)
+		return nil, fmt.Errorf("interface %q: %w", cfg.Interface, err)
 	}
 	e.ifindex = ifc.Index
 	// The index means this interface only in this network namespace; the
 	// first Apply, which attaches, may run on a thread of another.
 	e.netns, err = unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("xdp: network namespace: %w", err)
+		return nil, fmt.Errorf("network namespace: %w", err)
 	}
 	if err := e.init(cfg.Mode); err != nil {
 		unix.Close(e.netns)
@@ -189,10 +189,10 @@ func New(cfg Config) (*Enforcer, error) {
 func (e *Enforcer) init(mode policy.XDPMode) error {
 	e.eph = ephemeralPorts()
 	if err := rlimit.RemoveMemlock(); err != nil {
-		return fmt.Errorf("xdp: memlock: %w", err)
+		return fmt.Errorf("memlock: %w", err)
 	}
 	if err := os.MkdirAll(e.dir, 0o700); err != nil {
-		return fmt.Errorf("xdp: pin directory: %w", err)
+		return fmt.Errorf("pin directory: %w", err)
 	}
 	if err := e.load(); err != nil {
 		return err
@@ -212,18 +212,18 @@ func (e *Enforcer) init(mode policy.XDPMode) error {
 func (e *Enforcer) Apply(p *policy.Policy) error {
 	start := time.Now()
 	if p == nil {
-		return errors.New("xdp: nil policy")
+		return errors.New("nil policy")
 	}
 	if err := p.Validate(); err != nil {
-		return fmt.Errorf("xdp: %w", err)
+		return err
 	}
 	g, err := compile(p, e.eph)
 	if err != nil {
-		return fmt.Errorf("xdp: generation %d: %w", p.Generation, err)
+		return fmt.Errorf("compile: %w", err)
 	}
 	pages, err := g.Encode()
 	if err != nil {
-		return fmt.Errorf("xdp: encode generation %d: %w", p.Generation, err)
+		return fmt.Errorf("encode: %w", err)
 	}
 
 	e.mu.Lock()
@@ -234,7 +234,7 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 	outer := e.coll.Maps[bpf.MapGen]
 	gen, err := bpf.NewGenerationMap(pages)
 	if err != nil {
-		return fmt.Errorf("xdp: generation %d: %w", p.Generation, err)
+		return fmt.Errorf("create generation map: %w", err)
 	}
 	defer gen.Close() // the outer map keeps its own reference
 	bits := sourceBits{g.SourceBits4, g.SourceBits6}
@@ -245,7 +245,7 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 		dropOld = e.rekeyLocked(bits)
 	}
 	if err := bpf.Publish(outer, gen); err != nil {
-		return fmt.Errorf("xdp: generation %d: %w", p.Generation, err)
+		return fmt.Errorf("publish generation map: %w", err)
 	}
 	dropOld()
 	e.bits = bits
@@ -267,7 +267,7 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 		// policy, move the link to the new program and the pins to the
 		// new maps.
 		if err := e.link.Update(e.coll.Programs[bpf.ProgXDP]); err != nil {
-			return fmt.Errorf("xdp: move link to new program: %w", err)
+			return fmt.Errorf("move link to new program: %w", err)
 		}
 		if err := e.pinMaps(); err != nil {
 			return err
@@ -278,7 +278,7 @@ func (e *Enforcer) Apply(p *policy.Policy) error {
 	// gatehouse_policy_apply_seconds{layer="xdp"} is the daemon's: it times
 	// every layer's Apply alike.
 	d := time.Since(start)
-	e.log.Info("applied", "generation", p.Generation, "v4", len(g.V4), "v6", len(g.V6),
+	e.log.Debug("applied", "generation", p.Generation, "v4", len(g.V4), "v6", len(g.V6),
 		"pages", pages.Count, "duration", d)
 	return nil
 }

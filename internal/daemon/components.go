@@ -106,7 +106,7 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 
 	cm, err := certs.New(certs.Config{Logger: env.Logger, StateDir: p.StateDir})
 	if err != nil {
-		return nil, fmt.Errorf("certificates: %w", err)
+		return nil, fmt.Errorf("certs: %w", err)
 	}
 	comps = append(comps, &layer{name: "certs", rangeBlind: true, apply: cm.Apply, close: cm.Close, run: cm.Watch, refusals: cm.Refusals})
 	if err := register(env, "certs", cm); err != nil {
@@ -126,7 +126,7 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 				return ne.Block(a, d)
 			}})
 		if err != nil {
-			return comps, fmt.Errorf("xdp on %s: %w", p.Interface, err)
+			return comps, fmt.Errorf("xdp: %w", err)
 		}
 		watch := newXDPWatch(xe, env.Logger)
 		l := &layer{name: "xdp", apply: xe.Apply, close: xe.Close, run: runBoth(xe.Run, watch.run), notReady: watch.notReady,

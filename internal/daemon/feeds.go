@@ -138,28 +138,22 @@ func (d *Daemon) onFeedUpdate(mgr *rules.Manager, up rules.Update) error {
 		pl, err = d.plan(cfg, p)
 	}
 	if err == nil && pl.release && !up.Accepted {
-		if gerr := d.guardRelease(cfg, p); gerr != nil {
-			d.log.Error("feed release would end the hold with a change beyond the coverage guard; held in quarantine, the kernel keeps the previous run's ranges",
-				"feed", up.Feed, "serial", up.Serial, "err", gerr)
-			return gerr
-		}
+		// A refusal (quarantined, as the coverage guard would) is the feed
+		// manager's to log and count, as are the outcomes below.
+		err = d.guardRelease(cfg, p)
 	}
 	if err == nil {
 		err = d.applyRanges(pl, d.current.Load())
 	}
 	if err != nil {
-		if !errors.Is(err, errSplit) {
-			d.log.Error("feed update not applied; previous admitted set stays in force", "feed", up.Feed, "err", err)
-		}
 		return err
 	}
 	d.feedSets = sets
 	if h := d.hold.Load(); h != nil {
-		d.log.Info("feed release verified; the kernel layers keep the previous run's ranges until every feed has one",
-			"feed", up.Feed, "serial", up.Serial, "layers", h.layers, "missing", missingFeeds(p))
-		return rules.ErrDeferred
+		return fmt.Errorf("%w: kernel layers %s keep the previous run's ranges until feeds %s have a verified release",
+			rules.ErrDeferred, strings.Join(h.layers, ", "), strings.Join(missingFeeds(p), ", "))
 	}
-	d.log.Info("feed update in force", "feed", up.Feed, "serial", up.Serial, "generation", p.Generation,
+	d.log.Debug("policy applied", "feed", up.Feed, "serial", up.Serial, "generation", p.Generation,
 		"admitted_v4", len(p.Admitted.V4), "admitted_v6", len(p.Admitted.V6))
 	return nil
 }
@@ -295,7 +289,9 @@ func (d *Daemon) refreshOne(mgr *rules.Manager, name string) rules.Outcome {
 
 	o, _ := mgr.Refresh(d.runContext(), name, func(up rules.Update) error { return d.onFeedUpdate(mgr, up) })
 	o.At = time.Now()
-	d.log.Info("feed refreshed on request", "feed", name, "result", o.Result, "serial", o.Serial)
+	// The outcome goes back to the admin who asked; the feed manager
+	// logged it.
+	d.log.Debug("feed refreshed on request", "feed", name, "result", o.Result, "serial", o.Serial)
 	r.mu.Lock()
 	r.last[name] = o
 	delete(r.flight, name)
