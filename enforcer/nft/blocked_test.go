@@ -252,21 +252,9 @@ func TestSourcePrefixLimits(t *testing.T) {
 		if err := tp.e.Apply(p); err != nil {
 			t.Fatal(err)
 		}
-		var ok atomic.Int32
-		var wg sync.WaitGroup
-		start := time.Now()
-		for _, a := range one {
-			wg.Go(func() {
-				if tp.reach(a, gateV6, listenPort) {
-					ok.Add(1)
-				}
-			})
-		}
-		wg.Wait()
-		maxOK := burst + int(time.Since(start).Seconds()*rate) + 1
-		if got := int(ok.Load()); got > maxOK || got < burst {
-			t.Errorf("%d of %d addresses of one /64 got through, want %d..%d: the /64 is one bucket", got, len(one), burst, maxOK)
-		}
+		checkBucket(t, "addresses of one /64 (one bucket)", rate, burst, func() (int, int, time.Duration) {
+			return tp.reachAtOnce(one, gateV6)
+		})
 		if !tp.reach(other, gateV6, listenPort) {
 			t.Error("another /64 was limited by the first one's bucket")
 		}

@@ -19,25 +19,13 @@ func TestRateLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	// All attempts at once: the bucket holds burst, refills at rate.
-	var ok atomic.Int32
-	var wg sync.WaitGroup
-	start := time.Now()
-	for range attempts {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if tp.reach(admittedV4, gateV4, listenPort) {
-				ok.Add(1)
-			}
-		}()
+	srcs := make([]string, attempts)
+	for i := range srcs {
+		srcs[i] = admittedV4
 	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	maxOK := burst + int(elapsed.Seconds()*rate) + 1
-	if got := int(ok.Load()); got < burst || got > maxOK {
-		t.Errorf("%d of %d connections got through in %s, want %d..%d (burst %d, %d/s)",
-			got, attempts, elapsed, burst, maxOK, burst, rate)
-	}
+	checkBucket(t, "connections of one source", rate, burst, func() (int, int, time.Duration) {
+		return tp.reachAtOnce(srcs, gateV4)
+	})
 	if c := tp.counters(t); c[ruleRateLimited] == 0 {
 		t.Errorf("rate_limited counter is 0: %v", c)
 	}
@@ -76,5 +64,49 @@ func TestConnCap(t *testing.T) {
 	}
 	for _, c := range held[1:] {
 		c.Close()
+	}
+}
+
+// reachAtOnce connects from every source of srcs (a source may repeat) to
+// dst's listener port at once, and says how many got through, of how many,
+// in what time.
+func (tp *topo) reachAtOnce(srcs []string, dst string) (ok, of int, took time.Duration) {
+	var n atomic.Int32
+	var wg sync.WaitGroup
+	start := time.Now()
+	for _, a := range srcs {
+		wg.Go(func() {
+			if tp.reach(a, dst, listenPort) {
+				n.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	return int(n.Load()), len(srcs), time.Since(start)
+}
+
+// checkBucket checks that a round of connections made at once gets through
+// a per-source token bucket as it should: at least burst, at most burst
+// plus what the bucket refilled during the round. More fails at once: the
+// limiter let too many through. Fewer can happen on a loaded machine (an
+// admitted connection misses dialEcho's bound, kept under the 1 s SYN
+// retransmission so that a limited SYN cannot come back and pass), so the
+// round is made again, up to three times, once the bucket has refilled.
+func checkBucket(t *testing.T, what string, rate, burst int, round func() (ok, of int, took time.Duration)) {
+	t.Helper()
+	for try := 1; ; try++ {
+		got, of, took := round()
+		maxOK := burst + int(took.Seconds()*float64(rate)) + 1
+		if got > maxOK {
+			t.Fatalf("%d of %d %s got through in %s, want at most %d (burst %d, %d/s)", got, of, what, took, maxOK, burst, rate)
+		}
+		if got >= burst {
+			return
+		}
+		if try == 3 {
+			t.Fatalf("%d of %d %s got through in %s, want at least the burst %d, in 3 rounds", got, of, what, took, burst)
+		}
+		t.Logf("round %d: %d of %d %s got through, fewer than the burst %d: again once the bucket refilled", try, got, of, what, burst)
+		time.Sleep(time.Duration(burst/rate+1) * time.Second)
 	}
 }

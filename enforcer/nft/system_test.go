@@ -242,7 +242,7 @@ func (tp *topo) dial(src, dst string, port int) (net.Conn, error) {
 }
 
 func dialEcho(ns *netns.NS, src, dst string, port int) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 900*time.Millisecond) // under the 1 s SYN retransmission
 	defer cancel()
 	c, err := ns.DialContext(ctx, "tcp", net.JoinHostPort(src, "0"), net.JoinHostPort(dst, fmt.Sprint(port)))
 	if err != nil {
