@@ -143,7 +143,10 @@ func TestForgedSYNFloodCostsTenantsNothing(t *testing.T) {
 	}()
 	for len(held) < 20 {
 		time.Sleep(200 * time.Millisecond) // within the rate, not synchronisation
-		c, err := sn.dialTLS(scanTenant6, 3*time.Second)
+		// Generous: a session the rate or the cap refused never
+		// completes (synproxy's SYN to the listener is dropped), however
+		// long it is given; a loaded machine only makes one slow.
+		c, err := sn.dialTLS(scanTenant6, 10*time.Second)
 		if err != nil {
 			t.Fatalf("session %d of 20 under the cap: %v", len(held)+1, err)
 		}
