@@ -32,7 +32,7 @@ type conn struct {
 
 	identified atomic.Bool
 	idMu       sync.Mutex
-	id         Identity
+	peer       certs.Peer
 	// cs is the TLS state of a START_TLS session, whose TLS connection
 	// lives inside the telnet handler (tls is nil then).
 	cs *tls.ConnectionState
@@ -74,10 +74,12 @@ func (c *conn) state() tls.ConnectionState {
 	return c.tls.ConnectionState()
 }
 
-func (c *conn) identity() Identity {
+// identity returns the connection's Peer once it is identified, the zero
+// Peer before.
+func (c *conn) identity() certs.Peer {
 	c.idMu.Lock()
 	defer c.idMu.Unlock()
-	return c.id
+	return c.peer
 }
 
 // Count implements relay.Counter for the handshake phase.
@@ -178,7 +180,7 @@ func (s *Server) handle(c *conn, st *listenerState) {
 	case st.tcp != nil:
 		s.relayTCP(c, st)
 	case st.telnet != nil:
-		st.telnet.Serve(sk.ctx, c.tls, telnetPeer(c, id))
+		st.telnet.Serve(sk.ctx, c.tls, id)
 		c.raw.Close()
 	default:
 		c.raw.Close()
@@ -203,13 +205,18 @@ func (s *Server) handshakeFailed(c *conn, cs tls.ConnectionState, err error) {
 }
 
 // handshakeDone tells the TLS layer that c's handshake completed and
-// returns the tenant it proves; an identity without one is refused.
-func (s *Server) handshakeDone(c *conn, cs tls.ConnectionState) (Identity, error) {
-	id, err := s.tlsSrc.HandshakeDone(c.listener, c.source, cs)
-	if err == nil && id.Tenant == "" {
+// returns the Peer it proves; a Peer without a tenant, or of another
+// listener or source, is refused.
+func (s *Server) handshakeDone(c *conn, cs tls.ConnectionState) (certs.Peer, error) {
+	p, err := s.tlsSrc.HandshakeDone(c.listener, c.source, cs)
+	switch {
+	case err != nil:
+	case p.Tenant == "":
 		err = fmt.Errorf("%w: no tenant", ErrConfig)
+	case p.Listener != c.listener || p.Source != c.source:
+		err = fmt.Errorf("%w: peer of listener %q from %s, not of this connection", ErrConfig, p.Listener, p.Source)
 	}
-	return id, err
+	return p, err
 }
 
 // logRefusal logs at level a refusal any client can cause (a failed
@@ -249,7 +256,7 @@ func (s *Server) logRefusal(c *conn, level slog.Level, msg string, err error, ex
 // read once more under connMu, where c becomes identified: a Revalidate
 // counted after that read lists c in its sweep, one counted before it is
 // caught here (the check runs outside the lock, so the loop goes round).
-func (s *Server) admit(c *conn, id Identity, seen uint64) (*listenerState, error) {
+func (s *Server) admit(c *conn, id certs.Peer, seen uint64) (*listenerState, error) {
 	for {
 		if cur := s.revalidations.Load(); cur != seen {
 			if err := s.stillValid(c, id.Tenant); err != nil {
@@ -277,7 +284,7 @@ func (s *Server) admit(c *conn, id Identity, seen uint64) (*listenerState, error
 	s.perTen[k]++
 	s.active[[2]string{c.listener, id.Tenant}]++
 	c.idMu.Lock()
-	c.id = id
+	c.peer = id
 	c.idMu.Unlock()
 	c.identified.Store(true)
 	tb := s.tenantBytes(c.listener, id.Tenant)
@@ -347,45 +354,41 @@ func (s *Server) forget(c *conn) {
 	close(c.closed)
 }
 
-func telnetPeer(c *conn, id Identity) telnet.Peer {
-	return telnet.Peer{Tenant: id.Tenant, Fingerprint: id.FingerprintSHA256, Subject: id.Subject, Source: c.source}
-}
-
 // serveStartTLS hands the plain connection of a START_TLS listener to the
 // telnet handler, which runs the handshake and calls back to learn the
 // tenant before it connects anywhere. The handler counts the session's
 // end; the refusals decided here are logged here, rate-limited.
 func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 	defer c.abort(nil)
-	admit := func(cs tls.ConnectionState) (telnet.Peer, error) {
+	admit := func(cs tls.ConnectionState) (certs.Peer, error) {
 		if !c.sock.gate.handshaken(c) {
 			c.abort(errEvicted) // not the client's failure: the handler counts nothing
-			return telnet.Peer{}, errEvicted
+			return certs.Peer{}, errEvicted
 		}
 		if len(cs.PeerCertificates) == 0 {
-			return telnet.Peer{}, ErrTLSConfig
+			return certs.Peer{}, ErrTLSConfig
 		}
 		seen := s.revalidations.Load()
 		id, err := s.handshakeDone(c, cs)
 		if err != nil {
 			s.logRefusal(c, slog.LevelInfo, "client certificate not accepted", err)
-			return telnet.Peer{}, err
+			return certs.Peer{}, err
 		}
 		c.idMu.Lock()
 		c.cs = &cs
 		c.idMu.Unlock()
 		if _, err := s.admit(c, id, seen); err != nil {
 			s.logRefusal(c, slog.LevelWarn, "connection refused", err, "tenant", id.Tenant)
-			return telnet.Peer{}, err
+			return certs.Peer{}, err
 		}
 		if c.route != st.routeKey(id.Tenant) {
 			// A reload changed this tenant's route during the handshake;
 			// the handler below still holds the old one.
 			err := fmt.Errorf("%w: route of tenant %q changed by a reload", ErrConfig, id.Tenant)
 			s.logRefusal(c, slog.LevelWarn, "connection refused", err)
-			return telnet.Peer{}, err
+			return certs.Peer{}, err
 		}
-		return telnetPeer(c, id), nil
+		return id, nil
 	}
 	err := st.telnet.ServeStartTLS(c.ctx, c.raw, st.tls, admit)
 	if !c.sock.gate.handshaken(c) {

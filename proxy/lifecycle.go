@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+
+	"github.com/gatehouse-dmz/gatehouse/certs"
 )
 
 // Shutdown stops accepting on every listener, lets open connections finish
@@ -123,7 +125,7 @@ func (s *Server) Revalidate() int {
 
 // identify maps a verified connection state to its tenant; an identity
 // without one is refused, never admitted anonymously.
-func (s *Server) identify(cs tls.ConnectionState) (Identity, error) {
+func (s *Server) identify(cs tls.ConnectionState) (certs.Peer, error) {
 	id, err := s.tlsSrc.Identify(cs)
 	if err == nil && id.Tenant == "" {
 		err = fmt.Errorf("%w: no tenant", ErrConfig)

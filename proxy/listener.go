@@ -109,13 +109,6 @@ func (s *Server) connContext(ctx context.Context, c net.Conn) context.Context {
 		return ctx
 	}
 	cn := v.(*conn)
-	id := cn.identity()
 	ctx = httpproxy.WithUpgradeHook(ctx, func(key string, t *relay.Timer) error { return s.upgraded(cn, key, t) })
-	return httpproxy.WithPeer(ctx, httpproxy.Peer{
-		Tenant:      id.Tenant,
-		Fingerprint: id.FingerprintSHA256,
-		Subject:     id.Subject,
-		Source:      cn.source,
-		SNI:         cn.tls.ConnectionState().ServerName,
-	})
+	return httpproxy.WithPeer(ctx, cn.identity())
 }

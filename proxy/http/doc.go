@@ -4,8 +4,8 @@
 // headers the backend may trust, enforces request limits, and, for SOAP
 // listeners, inspects the XML envelope and its operation before a byte
 // reaches the backend. It never decides who the tenant is: that comes from the
-// verified client certificate, handed in through the request context
-// (WithPeer), and nothing in a request can name another tenant's routes.
+// verified client certificate, the connection's certs.Peer handed in
+// through the request context (WithPeer), and nothing in a request can name another tenant's routes.
 //
 // Limits: the requests of a tenant are bounded by that tenant's limits on
 // the listener (policy.Listener.ForTenant: limits.http with the listener's

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -19,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
@@ -29,26 +29,17 @@ var (
 	ErrRoute    = errors.New("invalid route")
 )
 
-// Peer is the authenticated client of a connection, as the TLS layer proved
-// it. Tenant is the only input routing trusts.
-type Peer struct {
-	Tenant      string
-	Fingerprint string // hex SHA-256 of the client certificate
-	Subject     string
-	Source      netip.AddrPort
-	SNI         string
-}
-
 type peerKey struct{}
 
-// WithPeer returns ctx carrying the connection's peer.
-func WithPeer(ctx context.Context, p Peer) context.Context {
+// WithPeer returns ctx carrying the connection's peer, as the TLS layer
+// proved it; its Tenant is the only input routing trusts.
+func WithPeer(ctx context.Context, p certs.Peer) context.Context {
 	return context.WithValue(ctx, peerKey{}, p)
 }
 
 // PeerFrom returns the peer WithPeer stored.
-func PeerFrom(ctx context.Context) (Peer, bool) {
-	p, ok := ctx.Value(peerKey{}).(Peer)
+func PeerFrom(ctx context.Context) (certs.Peer, bool) {
+	p, ok := ctx.Value(peerKey{}).(certs.Peer)
 	return p, ok && p.Tenant != ""
 }
 
@@ -205,7 +196,7 @@ func (h *Handler) Close() {
 
 // requestState travels with one request through the proxy.
 type requestState struct {
-	peer Peer
+	peer certs.Peer
 	lim  *tenantLimits // the peer's tenant's
 	id   string
 	// inURL is the client's URL, for aiming it at each backend tried.
@@ -284,7 +275,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		slog.String("id", st.id),
 		slog.String("listener", h.listener),
 		slog.String("tenant", tenant),
-		slog.String("fingerprint", peer.Fingerprint),
+		slog.String("fingerprint", peer.FingerprintSHA256),
 		slog.String("source", peer.Source.String()),
 		slog.String("proto", r.Proto),
 		slog.String("method", r.Method),
@@ -332,7 +323,7 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 	}
 	host := normHost(r.Host)
 	if host == "" {
-		host = normHost(st.peer.SNI)
+		host = normHost(st.peer.ServerName)
 	}
 	rt := h.match(st.peer.Tenant, host, p)
 	if rt == nil {

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
@@ -34,7 +35,7 @@ const maxPooledOut = 40 << 10
 type session struct {
 	h      *Handler
 	rt     *route
-	peer   Peer
+	peer   certs.Peer
 	client net.Conn
 	host   net.Conn
 	start  time.Time
@@ -65,7 +66,7 @@ type session struct {
 	result  string
 }
 
-func newSession(h *Handler, rt *route, peer Peer, client, host net.Conn, start time.Time) *session {
+func newSession(h *Handler, rt *route, peer certs.Peer, client, host net.Conn, start time.Time) *session {
 	s := &session{h: h, rt: rt, peer: peer, client: client, host: host, start: start}
 	s.vetDev = h.proto != policy.ProtoTN5250 || len(rt.devNames) == 0
 	return s
