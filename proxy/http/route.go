@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
 
 // route is one tenant's route on the listener.
@@ -128,7 +129,7 @@ func (h *Handler) newRoute(index int, pr policy.Route) (*route, error) {
 		// response without a length (chunked, long-polled) and for
 		// text/event-stream, so streams are not held back.
 		FlushInterval: 0,
-		BufferPool:    copyBuffers,
+		BufferPool:    relay.Buffers, // else ReverseProxy allocates 32 KiB per response
 		ErrorLog:      slog.NewLogLogger(h.logger.Handler(), slog.LevelWarn),
 	}
 	return rt, nil

@@ -20,10 +20,6 @@ import (
 // copies, and keeps an idle session cheap.
 const readSize = 4 << 10
 
-// bulkPool holds the read buffers of directions in a bulk transfer: a full
-// TLS record and then some.
-var bulkPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
 // outPool holds the buffers a direction assembles its output in; they are
 // only held between a read and the write that follows it.
 var outPool = sync.Pool{New: func() any { b := make([]byte, 0, readSize+64); return &b }}
@@ -126,17 +122,18 @@ func (s *session) pump(fromClient bool) {
 	small := make([]byte, readSize)
 	// A read that fills the small buffer means a bulk transfer: borrow a
 	// large one until reads get short again, so bulk moves in few writes
-	// and an idle session keeps only the small one.
-	var large *[]byte
+	// and an idle session keeps only the small one (the large one is the
+	// relay's pooled copy buffer: a full TLS record and then some).
+	var large []byte
 	defer func() {
 		if large != nil {
-			bulkPool.Put(large)
+			relay.Buffers.Put(large)
 		}
 	}()
 	for {
 		buf := small
 		if large != nil {
-			buf = *large
+			buf = large
 		}
 		n, err := src.Read(buf)
 		if n > 0 {
@@ -176,9 +173,9 @@ func (s *session) pump(fromClient bool) {
 		// Only now is buf done with.
 		switch {
 		case large == nil && n == len(small):
-			large = bulkPool.Get().(*[]byte)
+			large = relay.Buffers.Get()
 		case large != nil && n < readSize:
-			bulkPool.Put(large)
+			relay.Buffers.Put(large)
 			large = nil
 		}
 		if err != nil {
