@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
@@ -26,7 +27,7 @@ func buildTCPRoutes(l policy.Listener) (map[string]*tcpRoute, error) {
 		if _, dup := routes[r.Tenant]; dup {
 			return nil, fmt.Errorf("%w: listener %q route %d: tenant %q has two tcp routes", ErrConfig, l.Name, i, r.Tenant)
 		}
-		tc, err := r.StreamBackendTLS()
+		tc, err := certs.StreamBackendTLS(r)
 		if err != nil {
 			return nil, fmt.Errorf("%w: listener %q route %d: %w", ErrConfig, l.Name, i, err)
 		}

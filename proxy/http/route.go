@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
@@ -144,7 +145,7 @@ func backendTLS(urls []*url.URL, pr policy.Route) (*tls.Config, error) {
 		}
 		return nil, nil
 	}
-	tc, err := pr.BackendTLSConfig("") // ServerName per backend, in newTransport
+	tc, err := certs.BackendTLS(pr, "") // ServerName per backend, in newTransport
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrRoute, err)
 	}

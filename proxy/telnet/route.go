@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
@@ -58,7 +59,7 @@ func buildRoutes(listener string, proto policy.Protocol, rs []policy.Route) (map
 		default:
 			return nil, fmt.Errorf("%w: %s: protocol %q is not telnet", ErrConfig, where, proto)
 		}
-		tc, err := r.StreamBackendTLS()
+		tc, err := certs.StreamBackendTLS(r)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s: %w", ErrConfig, where, err)
 		}
