@@ -276,12 +276,11 @@ func (s *Server) admit(c *conn, id certs.Peer, seen uint64) (*listenerState, err
 		return nil, errClosedMeanwhile
 	}
 	st := c.sock.state.Load()
-	if limit := st.l.ForTenant(id.Tenant).MaxConnsPerTenant; s.perTen[k] >= limit {
+	if limit := st.l.ForTenant(id.Tenant).MaxConnsPerTenant; !s.perTen.Acquire(k, limit) {
 		s.refused.WithLabelValues(c.listener, reasonTenantLimit).Inc()
 		return nil, fmt.Errorf("%w (%d)", ErrConnLimit, limit)
 	}
 	c.route = st.routeKey(id.Tenant)
-	s.perTen[k]++
 	s.active[[2]string{c.listener, id.Tenant}]++
 	c.idMu.Lock()
 	c.peer = id
@@ -335,11 +334,7 @@ func (s *Server) forget(c *conn) {
 	delete(s.conns, c)
 	if c.identified.Load() {
 		id := c.identity()
-		if k := (tenantSlot{c.sock, id.Tenant}); s.perTen[k] <= 1 {
-			delete(s.perTen, k)
-		} else {
-			s.perTen[k]--
-		}
+		s.perTen.Release(tenantSlot{c.sock, id.Tenant})
 		if k := [2]string{c.listener, id.Tenant}; s.active[k] <= 1 {
 			delete(s.active, k)
 		} else {

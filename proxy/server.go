@@ -64,7 +64,7 @@ type Server struct {
 	// connections_per_tenant: per socket, not per listener name, so that
 	// renaming a listener does not give its tenants a second share.
 	// active counts them per listener name and tenant, for the gauge.
-	perTen     map[tenantSlot]int
+	perTen     relay.Limiter[tenantSlot]
 	active     map[[2]string]int
 	configured map[[2]string]bool // listener and tenant pairs the generation in force routes
 	byTLS      sync.Map           // *tls.Conn → *conn, for http.Server.ConnContext
@@ -118,7 +118,6 @@ func New(cfg Config) (*Server, error) {
 		access:      access,
 		sockets:     map[string]*socket{},
 		conns:       map[*conn]struct{}{},
-		perTen:      map[tenantSlot]int{},
 		active:      map[[2]string]int{},
 		configured:  map[[2]string]bool{},
 		inFlite:     httpproxy.NewInFlight(),
