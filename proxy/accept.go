@@ -42,12 +42,7 @@ func (s *Server) accept(sk *socket, nc net.Conn) func() {
 		s.evict(e, now)
 	}
 	if !ok {
-		s.refused.WithLabelValues(c.listener, reasonListenerFull).Inc()
-		// A flood is when this happens: through the gate's own limit.
-		if ok, held := s.gateLog.allow(now); ok {
-			s.logger.Warn("connection refused: listener full", "listener", c.listener, "source", c.source.String(),
-				"limit", st.l.Limits.MaxConns, "similar_lines_suppressed", held)
-		}
+		s.listenerFull(c, st, now)
 		return nil
 	}
 	if st.telnet != nil && st.l.StartTLS {
@@ -59,6 +54,17 @@ func (s *Server) accept(sk *socket, nc net.Conn) func() {
 	s.conns[c] = struct{}{}
 	s.connMu.Unlock()
 	return func() { s.handle(c, st) }
+}
+
+// listenerFull counts and logs c, refused because its listener is full of
+// identified connections.
+func (s *Server) listenerFull(c *conn, st *listenerState, now time.Time) {
+	s.refused.WithLabelValues(c.listener, reasonListenerFull).Inc()
+	// A flood is when this happens: through the gate's own limit.
+	if ok, held := s.gateLog.allow(now); ok {
+		s.logger.Warn("connection refused: listener full", "listener", c.listener, "source", c.source.String(),
+			"limit", st.l.Limits.MaxConns, "similar_lines_suppressed", held)
+	}
 }
 
 // evict closes an unfinished handshake the gate pushed out.

@@ -148,6 +148,31 @@ func (g *gate) admit(c *conn, lim policy.Limits, now time.Time) ([]eviction, boo
 	return out, true
 }
 
+// admitVerified counts in c, a connection whose handshake its source
+// already ran (ServeConn): like a newcomer it makes room among the
+// unfinished handshakes while the listener is full, and is refused (and
+// evicts nothing) when the listener is full of identified connections.
+func (g *gate) admitVerified(c *conn, lim policy.Limits, now time.Time) ([]eviction, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.total-g.pending >= lim.MaxConns {
+		return nil, false
+	}
+	g.seq++
+	c.adm.seq, c.adm.since = g.seq, now
+	g.total++
+	c.adm.counted = true
+	var out []eviction
+	for g.total > lim.MaxConns && len(g.nets) > 0 {
+		v := g.nets[0].sub[0].victim(c)
+		if v == nil {
+			break // unreachable: c is no unfinished handshake
+		}
+		out = append(out, eviction{g.evict(v), reasonPreHandshake})
+	}
+	return out, true
+}
+
 // add counts c in as an unfinished handshake. gate.mu is held.
 func (g *gate) add(c *conn) {
 	g.total++

@@ -71,9 +71,17 @@ func (s *Server) drain(ctx context.Context, sk *socket) bool {
 		}
 		wg.Wait()
 	}()
+	// The accept loop and its connections, and those ServeConn handed in.
+	// sk left Server.sockets before drain, so no ServeConn adds to handed.
+	ended := make(chan struct{})
+	go func() {
+		<-sk.done
+		sk.handed.Wait()
+		close(ended)
+	}()
 	clean := true
 	select {
-	case <-sk.done:
+	case <-ended:
 	case <-ctx.Done():
 		clean = false
 		// Connections first, then their requests' context: cancelled
@@ -81,7 +89,7 @@ func (s *Server) drain(ctx context.Context, sk *socket) bool {
 		// connection closed, and look finished to its client.
 		s.closeConns(func(c *conn) bool { return c.sock == sk })
 		sk.cancel()
-		<-sk.done
+		<-ended
 	}
 	sk.cancel()
 	for _, h := range servers {

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,12 +20,15 @@ import (
 // they need it, so a reload reaches keep-alive connections at their next
 // request.
 type socket struct {
-	addr   string
-	ln     net.Listener
-	state  atomic.Pointer[listenerState]
-	http   httpServers
-	gate   gate
-	done   chan struct{} // accept loop and every connection of it ended
+	addr  string
+	ln    net.Listener
+	state atomic.Pointer[listenerState]
+	http  httpServers
+	gate  gate
+	done  chan struct{} // accept loop and every connection of it ended
+	// handed counts the connections ServeConn serves here; Add only
+	// under Server.mu while the socket is in Server.sockets.
+	handed sync.WaitGroup
 	ctx    context.Context
 	cancel context.CancelFunc
 }
@@ -101,14 +105,4 @@ func (sk *socket) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st.http.ServeHTTP(w, r)
-}
-
-func (s *Server) connContext(ctx context.Context, c net.Conn) context.Context {
-	v, ok := s.byTLS.Load(c)
-	if !ok {
-		return ctx
-	}
-	cn := v.(*conn)
-	ctx = httpproxy.WithUpgradeHook(ctx, func(key string, t *relay.Timer) error { return s.upgraded(cn, key, t) })
-	return httpproxy.WithPeer(ctx, cn.identity())
 }

@@ -67,7 +67,6 @@ type Server struct {
 	perTen     relay.Limiter[tenantSlot]
 	active     map[[2]string]int
 	configured map[[2]string]bool // listener and tenant pairs the generation in force routes
-	byTLS      sync.Map           // *tls.Conn → *conn, for http.Server.ConnContext
 	inFlite    *httpproxy.InFlight
 
 	httpMetrics *httpproxy.Metrics
@@ -204,10 +203,8 @@ func addrPort(a net.Addr) netip.AddrPort {
 func (s *Server) Addr(listener string) (net.Addr, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, sk := range s.sockets {
-		if st := sk.state.Load(); st != nil && st.l.Name == listener {
-			return sk.ln.Addr(), true
-		}
+	if sk := s.socketOf(listener); sk != nil {
+		return sk.ln.Addr(), true
 	}
 	return nil, false
 }

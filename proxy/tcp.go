@@ -70,7 +70,7 @@ func (s *Server) relayTCP(c *conn, st *listenerState) {
 	s.connMu.Lock()
 	s.setTimerLocked(c, timer)
 	s.connMu.Unlock()
-	in, out, err := relay.PipeTimed(c.tls, bc, timer)
+	in, out, err := relay.PipeTimed(c.stream, bc, timer)
 	timer.Stop()
 	c.raw.Close()
 	reason := "closed"
