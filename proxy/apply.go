@@ -240,3 +240,28 @@ func demandsClientCert(c *tls.Config) bool {
 	}
 	return false
 }
+
+// rearm gives the open tcp and terminal sessions and upgraded connections
+// of every listener the idle timeout and maximum length of the new
+// generation (per tenant). Other limits apply to open connections as they
+// are read (per-tenant caps at the next admission, HTTP settings per
+// httpServer).
+func (s *Server) rearm(states map[string]*listenerState) {
+	for _, st := range states {
+		if st.telnet != nil {
+			s.sessions.Rearm(st.l.Name, telnetLimits(st.l))
+		}
+	}
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	for c := range s.conns {
+		if c.timer != nil {
+			s.setTimerLocked(c, c.timer)
+		}
+	}
+}
+
+// telnetLimits returns the terminal session limits of l's tenants.
+func telnetLimits(l policy.Listener) func(tenant string) policy.TelnetLimits {
+	return func(tenant string) policy.TelnetLimits { return l.ForTenant(tenant).Telnet }
+}

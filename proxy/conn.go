@@ -9,8 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
@@ -97,24 +95,6 @@ func (c *conn) Count(in bool, n int) {
 		c.preIn.Add(int64(n))
 	} else {
 		c.preOut.Add(int64(n))
-	}
-}
-
-// tenantBytes counts into one listener's and tenant's series.
-type tenantBytes struct{ in, out prometheus.Counter }
-
-func (t tenantBytes) Count(in bool, n int) {
-	if in {
-		t.in.Add(float64(n))
-	} else {
-		t.out.Add(float64(n))
-	}
-}
-
-func (s *Server) tenantBytes(listener, tenant string) tenantBytes {
-	return tenantBytes{
-		in:  s.bytes.WithLabelValues(listener, tenant, "in"),
-		out: s.bytes.WithLabelValues(listener, tenant, "out"),
 	}
 }
 

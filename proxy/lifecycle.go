@@ -153,3 +153,26 @@ func (s *Server) stillValid(c *conn, tenant string) error {
 	}
 	return nil
 }
+
+// closeConns closes the connections pick chooses (pick runs under connMu)
+// and returns them.
+func (s *Server) closeConns(pick func(*conn) bool) []*conn {
+	s.connMu.Lock()
+	var victims []*conn
+	for c := range s.conns {
+		if pick(c) {
+			victims = append(victims, c)
+		}
+	}
+	s.connMu.Unlock()
+	for _, c := range victims {
+		if c.abort != nil && !c.identified.Load() {
+			// A START_TLS negotiation: not the client's failure.
+			c.abort(errClosedByProxy)
+		}
+		// The raw socket, not the TLS layer: a close_notify could block on
+		// a peer that does not read.
+		c.raw.Close()
+	}
+	return victims
+}

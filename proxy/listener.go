@@ -106,3 +106,14 @@ func (sk *socket) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	st.http.ServeHTTP(w, r)
 }
+
+// socketOf returns the socket whose listener is named listener, nil when
+// none is. s.mu is held.
+func (s *Server) socketOf(listener string) *socket {
+	for _, sk := range s.sockets {
+		if st := sk.state.Load(); st != nil && st.l.Name == listener {
+			return sk
+		}
+	}
+	return nil
+}

@@ -132,14 +132,3 @@ func (s *Server) proves(cs tls.ConnectionState, peer certs.Peer) error {
 	}
 	return nil
 }
-
-// socketOf returns the socket whose listener is named listener, nil when
-// none is. s.mu is held.
-func (s *Server) socketOf(listener string) *socket {
-	for _, sk := range s.sockets {
-		if st := sk.state.Load(); st != nil && st.l.Name == listener {
-			return sk
-		}
-	}
-	return nil
-}

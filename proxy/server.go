@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 
@@ -164,38 +163,6 @@ func (s *Server) Collect(ch chan<- prometheus.Metric) {
 	s.bytes.Collect(ch)
 	s.httpMetrics.Collect(ch)
 	s.sessions.Collect(ch)
-}
-
-// closeConns closes the connections pick chooses (pick runs under connMu)
-
-// and returns them.
-func (s *Server) closeConns(pick func(*conn) bool) []*conn {
-	s.connMu.Lock()
-	var victims []*conn
-	for c := range s.conns {
-		if pick(c) {
-			victims = append(victims, c)
-		}
-	}
-	s.connMu.Unlock()
-	for _, c := range victims {
-		if c.abort != nil && !c.identified.Load() {
-			// A START_TLS negotiation: not the client's failure.
-			c.abort(errClosedByProxy)
-		}
-		// The raw socket, not the TLS layer: a close_notify could block on
-		// a peer that does not read.
-		c.raw.Close()
-	}
-	return victims
-}
-
-func addrPort(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.AddrPort()
-	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap
 }
 
 // Addr returns the bound address of the named listener, useful when the
