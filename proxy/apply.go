@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 
@@ -12,8 +13,9 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/proxy/telnet"
 )
 
-// Apply makes p's listeners the running ones. It builds every listener's
-// state and binds every new address first; if anything fails nothing
+// Apply makes p's listeners the running ones. It refuses a policy whose
+// listeners or routes fail policy.CheckListeners, then builds every
+// listener's state and binds every new address; if anything fails nothing
 // changes. Then it swaps all states at once and lets listeners p no longer
 // has drain in the background.
 func (s *Server) Apply(p *policy.Policy) error {
@@ -32,16 +34,17 @@ func (s *Server) Apply(p *policy.Policy) error {
 		}
 		return err
 	}
-	names := map[string]bool{}
+	// The one validation of listeners and routes; the protocol handlers
+	// built below trust what it passed.
+	if errs := p.CheckListeners(); len(errs) > 0 {
+		all := make([]error, len(errs))
+		for i, e := range errs {
+			all[i] = e
+		}
+		return fmt.Errorf("%w: %w", ErrConfig, errors.Join(all...))
+	}
 	for _, l := range p.Listeners {
 		addr := l.ListenAddress()
-		if _, dup := states[addr]; dup {
-			return fail(fmt.Errorf("%w: listener %q: address %s used twice", ErrConfig, l.Name, addr))
-		}
-		if names[l.Name] {
-			return fail(fmt.Errorf("%w: listener name %q used twice", ErrConfig, l.Name))
-		}
-		names[l.Name] = true
 		if err := checkLimits(l); err != nil {
 			return fail(err)
 		}

@@ -225,9 +225,15 @@ func TestApplyBindFailureKeepsOldState(t *testing.T) {
 		"unknown protocol": {Listeners: []policy.Listener{listener("web", policy.Protocol("gopher"), policy.Route{Tenant: "acme", Backend: "127.0.0.1:70"})}},
 		"bad tn3270 route": {Listeners: []policy.Listener{listener("web", policy.ProtoTN3270, policy.Route{Tenant: "acme", Backend: "no port"})}},
 		"duplicate name":   {Listeners: []policy.Listener{listener("web", policy.ProtoHTTPS), {Name: "web", Addr: loopback, Port: 1, Protocol: policy.ProtoHTTPS, Limits: testLimits()}}},
+		"backend twice": {Listeners: []policy.Listener{listener("web", policy.ProtoHTTPS,
+			policy.Route{Tenant: "acme", Backend: next.url(), Backends: []string{next.url(), next.url()}})}},
+		"two terminal routes of a tenant": {Listeners: []policy.Listener{listener("web", policy.ProtoTN3270,
+			policy.Route{Tenant: "acme", Backend: "127.0.0.1:23"}, policy.Route{Tenant: "acme", Backend: "127.0.0.1:24"})}},
 	} {
 		if err := h.srv.Apply(p); err == nil {
 			t.Errorf("%s: Apply succeeded", name)
+		} else if name != "missing ca" && !errors.Is(err, policy.ErrListener) {
+			t.Errorf("%s: %v, want policy.ErrListener (policy.CheckListeners judges routes)", name, err)
 		} else if name == "unknown protocol" && !errors.Is(err, proxy.ErrUnsupported) {
 			t.Errorf("unknown protocol: %v, want ErrUnsupported", err)
 		}

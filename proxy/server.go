@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/gatehouse-dmz/gatehouse/policy"
 	httpproxy "github.com/gatehouse-dmz/gatehouse/proxy/http"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 	"github.com/gatehouse-dmz/gatehouse/proxy/telnet"
@@ -17,7 +18,7 @@ import (
 
 // Errors of Server.
 var (
-	ErrUnsupported = errors.New("protocol not supported yet")
+	ErrUnsupported = policy.ErrProtocol
 	ErrClosed      = errors.New("proxy server closed")
 	ErrConfig      = errors.New("invalid proxy configuration")
 	ErrTLSConfig   = errors.New("tls config does not require a verified client certificate")

@@ -18,15 +18,11 @@ type tcpRoute struct {
 	tls     *tls.Config // nil: plain TCP to the backend
 }
 
+// buildTCPRoutes compiles the routes of a tcp listener that
+// policy.CheckListeners passed: one per tenant.
 func buildTCPRoutes(l policy.Listener) (map[string]*tcpRoute, error) {
 	routes := map[string]*tcpRoute{}
 	for i, r := range l.Routes {
-		if r.Tenant == "" {
-			return nil, fmt.Errorf("%w: listener %q route %d: no tenant", ErrConfig, l.Name, i)
-		}
-		if _, dup := routes[r.Tenant]; dup {
-			return nil, fmt.Errorf("%w: listener %q route %d: tenant %q has two tcp routes", ErrConfig, l.Name, i, r.Tenant)
-		}
 		tc, err := certs.StreamBackendTLS(r)
 		if err != nil {
 			return nil, fmt.Errorf("%w: listener %q route %d: %w", ErrConfig, l.Name, i, err)

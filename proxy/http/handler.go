@@ -86,8 +86,10 @@ type Handler struct {
 	closeOnce sync.Once
 }
 
-// New validates cfg and builds the handler: every backend URL parsed, every
-// backend CA and client certificate loaded. Any error leaves nothing behind.
+// New builds the handler of a listener that policy.CheckListeners passed
+// (it does not judge routes again): every backend URL parsed, every
+// backend CA and client certificate loaded. Any error leaves nothing
+// behind.
 func New(cfg Config) (*Handler, error) {
 	l := cfg.Listener
 	if l.Protocol != policy.ProtoHTTPS && l.Protocol != policy.ProtoSOAP {
@@ -119,7 +121,6 @@ func New(cfg Config) (*Handler, error) {
 	for tenant, tl := range l.TenantLimits {
 		h.tenants[tenant] = resolveLimits(base, tl)
 	}
-	seen := map[string]bool{}
 	for i, pr := range l.Routes {
 		rt, err := h.newRoute(i, pr)
 		if err != nil {
@@ -127,12 +128,6 @@ func New(cfg Config) (*Handler, error) {
 			return nil, fmt.Errorf("listener %q route %d: %w", l.Name, i, err)
 		}
 		rt.key = pr.Key(l.Name, l.Protocol)
-		key := rt.tenant + "\x00" + rt.label
-		if seen[key] {
-			h.Close()
-			return nil, fmt.Errorf("listener %q route %d: %w: tenant %q has two routes for %s", l.Name, i, ErrRoute, rt.tenant, rt.label)
-		}
-		seen[key] = true
 		h.byTenant[rt.tenant] = append(h.byTenant[rt.tenant], rt)
 	}
 	if cfg.Previous != nil {
@@ -321,9 +316,9 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 		refuse(w, http.StatusBadRequest, why)
 		return nil
 	}
-	host := normHost(r.Host)
+	host := policy.NormHost(r.Host)
 	if host == "" {
-		host = normHost(st.peer.ServerName)
+		host = policy.NormHost(st.peer.ServerName)
 	}
 	rt := h.match(st.peer.Tenant, host, p)
 	if rt == nil {

@@ -105,7 +105,8 @@ type Handler struct {
 	slog      *slog.Logger
 }
 
-// New validates cfg and compiles its routes.
+// New validates cfg and compiles its routes, which policy.CheckListeners
+// judged (New does not again).
 func New(cfg Config) (*Handler, error) {
 	if cfg.Protocol != policy.ProtoTN3270 && cfg.Protocol != policy.ProtoTN5250 {
 		return nil, fmt.Errorf("%w: listener %q: protocol %q", ErrConfig, cfg.Listener, cfg.Protocol)
@@ -113,7 +114,7 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.HandshakeTimeout < 0 {
 		return nil, fmt.Errorf("%w: listener %q: negative handshake timeout", ErrConfig, cfg.Listener)
 	}
-	routes, err := buildRoutes(cfg.Listener, cfg.Protocol, cfg.Routes)
+	routes, err := buildRoutes(cfg.Listener, cfg.Routes)
 	if err != nil {
 		return nil, err
 	}
