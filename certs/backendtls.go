@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
+	"strings"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
@@ -54,4 +56,29 @@ func StreamBackendTLS(r policy.Route) (*tls.Config, error) {
 		return nil, r.CheckPlainBackend()
 	}
 	return BackendTLS(r, host)
+}
+
+// CheckBackendTLS builds the backend TLS of every route of p as the
+// proxies will when they apply it, so that `gatehouse check` refuses a
+// backend CA without a certificate, or a client key that does not match
+// its certificate, before run does. Nothing is kept.
+func CheckBackendTLS(p *policy.Policy) error {
+	var errs []error
+	for _, l := range p.Listeners {
+		for i, r := range l.Routes {
+			var err error
+			switch {
+			case l.Protocol == policy.ProtoHTTPS || l.Protocol == policy.ProtoSOAP:
+				if slices.ContainsFunc(append([]string{r.Backend}, r.Backends...), func(b string) bool { return strings.HasPrefix(b, "https://") }) {
+					_, err = BackendTLS(r, "")
+				}
+			default:
+				_, err = StreamBackendTLS(r)
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("listener %q route %d: %w", l.Name, i, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }

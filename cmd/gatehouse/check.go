@@ -70,7 +70,8 @@ service runs to get the service's answer. Nothing is changed.`,
 }
 
 // checkCertificates loads every server certificate and key, tenant CA and
-// CRL exactly as the daemon will, in memory only (no session-ticket keys are
+// CRL, and every route's backend CA and client certificate, exactly as the
+// daemon will, in memory only (no session-ticket keys are
 // written), so that a certificate the daemon would refuse fails check too.
 func checkCertificates(cfg *config.Config) error {
 	p := cfg.Policy()
@@ -80,7 +81,9 @@ func checkCertificates(cfg *config.Config) error {
 		return err
 	}
 	defer m.Close()
-	return m.Apply(p)
+	// The backends' CAs and client certificates are the proxies' to load,
+	// when run applies the policy: load them here too.
+	return errors.Join(m.Apply(p), certs.CheckBackendTLS(p))
 }
 
 // checkFeeds builds every feed's verifier as the daemon will (trusted keys,
