@@ -141,6 +141,9 @@ type testSource struct {
 	broken  map[string]error // listener → TLSConfig error
 	failed  atomic.Int64
 	anyCert bool // verify in VerifyConnection, not in crypto/tls
+	// elsewhere, when set, is the listener HandshakeDone's Peers name
+	// instead of the connection's: a TLS source that is wrong.
+	elsewhere string
 }
 
 var errRevoked = errors.New("certificate revoked")
@@ -211,6 +214,11 @@ func (s *testSource) Identify(cs tls.ConnectionState) (certs.Peer, error) {
 func (s *testSource) HandshakeDone(listener string, source netip.AddrPort, cs tls.ConnectionState) (certs.Peer, error) {
 	p, err := s.Identify(cs)
 	p.Listener, p.Source, p.ServerName = listener, source, cs.ServerName
+	s.mu.Lock()
+	if s.elsewhere != "" {
+		p.Listener = s.elsewhere
+	}
+	s.mu.Unlock()
 	return p, err
 }
 

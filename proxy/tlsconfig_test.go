@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -79,5 +80,28 @@ func TestTLSConfigMustRequireClientCertificates(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Errorf("per-SNI config with a certificate: status %d", resp.StatusCode)
+	}
+}
+
+// TestPeerOfAnotherListenerRefused: a Peer the TLS source made for another
+// listener than the connection's is refused, never served on either.
+func TestPeerOfAnotherListenerRefused(t *testing.T) {
+	echo := lineEcho(t)
+	other := listener("other", policy.ProtoTCP, policy.Route{Tenant: "acme", Backend: echo})
+	other.Port = freePort(t)
+	h := newHarness(t, testLimits(), listener("raw", policy.ProtoTCP, policy.Route{Tenant: "acme", Backend: echo}), other)
+	if s, err := h.dialSession(h.pki.acme, "raw"); err != nil {
+		t.Fatalf("before: %v", err)
+	} else {
+		s.c.Close()
+	}
+	h.pki.src.mu.Lock()
+	h.pki.src.elsewhere = "other"
+	h.pki.src.mu.Unlock()
+	if _, err := h.dialSession(h.pki.acme, "raw"); err == nil {
+		t.Fatal("a Peer of listener other served on raw")
+	}
+	if !strings.Contains(h.logs.String(), `peer of listener \"other\"`) {
+		t.Errorf("no refusal naming the other listener:\n%s", h.logs.String())
 	}
 }
