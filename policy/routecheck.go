@@ -52,7 +52,9 @@ func (e *ListenerError) Unwrap() []error {
 // the proxies would refuse, or serve otherwise than written: the one
 // place routes are validated. The configuration adds key paths to these;
 // the proxy refuses a policy with any (Apply) and trusts the rest. It
-// checks what the policy says, not the files it names.
+// checks what the policy says, not the files it names. A route must name
+// one of p.Tenants, unless p has none at all (a proxy's tests build such
+// policies; the configuration refuses to have none).
 func (p *Policy) CheckListeners() []*ListenerError {
 	var errs []*ListenerError
 	tenants := map[string]bool{}

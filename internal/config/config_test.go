@@ -221,6 +221,7 @@ func TestProblems(t *testing.T) {
 		{"backend url with a query", `backend: "http://192.0.2.6"`, `backend: "http://192.0.2.6/?a=b"`, []string{"listeners[0].routes[1].backend: must be http(s)://host[:port][/path], without user, query or fragment"}},
 		{"force_lu not an LU name", "lu_names:", `force_lu: "LU@1", lu_names:`, []string{`listeners[1].routes[0].force_lu: "LU@1" is not an LU name`}},
 		{"hosts equal but for a trailing dot", "{tenant: globex, backend: \"http://192.0.2.6\"}", "{tenant: acme, host: acme.portal.example., backend: \"http://192.0.2.6\"}", []string{"listeners[0].routes[1]: overlaps route 0: same tenant, host and path"}},
+		{"no tenants", "tenants:\n  - id: acme", "tenants: []\nold_tenants:\n  - id: acme", []string{"tenants: at least one tenant is required"}},
 		{"missing extra cert", "    server_key: ${DIR}/server.key\n    routes:\n      - {tenant: acme, host", "    server_key: ${DIR}/server.key\n    extra_certs: [{cert: ${DIR}/nope.pem, key: ${DIR}/server.key}]\n    routes:\n      - {tenant: acme, host", []string{`listeners[0].extra_certs[0].cert: cannot read`}},
 	}
 	for _, tc := range cases {

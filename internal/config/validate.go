@@ -199,6 +199,10 @@ func (cfg *Config) validate() Problems {
 func (cfg *Config) validateTenants(c *checker) map[string]bool {
 	ids := map[string]string{}
 	known := map[string]bool{}
+	if len(cfg.Tenants) == 0 {
+		// policy.CheckListeners judges routes by the tenants there are.
+		c.add("tenants", "at least one tenant is required: every route names one")
+	}
 	for i, t := range cfg.Tenants {
 		p := fmt.Sprintf("tenants[%d]", i)
 		if c.name(p+".id", ids, t.ID, "tenant") {
