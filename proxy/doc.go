@@ -39,7 +39,9 @@
 // gatehouse_proxy_handshakes_pending{listener},
 // gatehouse_proxy_connections_refused_total{listener,reason},
 // gatehouse_proxy_bytes_total{listener,tenant,direction} (client side, TLS
-// records included), and from proxy/http gatehouse_http_requests_total,
-// gatehouse_http_request_duration_seconds and gatehouse_soap_rejections_total,
-// and from proxy/telnet gatehouse_telnet_sessions_total.
+// records included, of the listeners' own sockets: a connection handed to
+// ServeConn is its source's to count), and from proxy/http
+// gatehouse_http_requests_total, gatehouse_http_request_duration_seconds
+// and gatehouse_soap_rejections_total, and from proxy/telnet
+// gatehouse_telnet_sessions_total.
 package proxy
