@@ -43,9 +43,9 @@ var (
 // and closes it there, out of the proxy's sight).
 //
 // ServeConn returns when the connection ended, having closed nc; the
-// error says why it was refused (nil once it was served). Its bytes count
-// in gatehouse_proxy_bytes_total only as far as the proxy reads the
-// socket under nc itself; a source counts its own transport.
+// error says why it was refused (nil once it was served). Its bytes are
+// not in gatehouse_proxy_bytes_total, which counts the listeners' own
+// sockets: a source counts its own transport.
 func (s *Server) ServeConn(nc net.Conn, peer certs.Peer) error {
 	stater, ok := nc.(connStater)
 	if !ok {
