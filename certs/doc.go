@@ -10,5 +10,7 @@
 // address: proxies ask it for a *tls.Config and for the tenant of a
 // connection, and tell it how each handshake ended (HandshakeDone,
 // HandshakeFailed), since only a completed handshake proves the client
-// holds its certificate's key.
+// holds its certificate's key. HandshakeDone makes the connection's Peer
+// (tenant, certificate, listener, source, server name), the one identity
+// type every proxy passes on as a value.
 package certs

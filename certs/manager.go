@@ -33,12 +33,20 @@ type Config struct {
 	PollInterval time.Duration
 }
 
-// Identity is who a client certificate proves.
-type Identity struct {
+// Peer is the verified identity of one connection: who its client
+// certificate proves (tenant, fingerprint, subject, expiry) and, once
+// HandshakeDone made it, the listener it came in on, the source it came
+// from and the server name it asked for. It is made once, after the
+// handshake, and passed as a value to everything that serves the
+// connection; Tenant is the only field routing trusts.
+type Peer struct {
 	Tenant            string
-	FingerprintSHA256 string
+	FingerprintSHA256 string // hex SHA-256 over the DER certificate
 	Subject           string
 	NotAfter          time.Time
+	Listener          string
+	Source            netip.AddrPort
+	ServerName        string // SNI, "" when the client sent none
 }
 
 // Manager serves TLS configurations for the listeners and maps client
@@ -268,13 +276,13 @@ func (m *Manager) verifyConnection(listener string, cs tls.ConnectionState) erro
 
 // authorizeOn is authorize for a handshake of the listener, which the
 // generation must still have; a refusal carries the client's certificate.
-func (m *Manager) authorizeOn(st *state, listener string, chain []*x509.Certificate) (Identity, *AuthError) {
+func (m *Manager) authorizeOn(st *state, listener string, chain []*x509.Certificate) (Peer, *AuthError) {
 	if _, ok := st.listeners[listener]; !ok {
-		return Identity{}, (&AuthError{Result: ResultOther, Detail: "listener " + listener + " removed"}).withLeaf(chain)
+		return Peer{}, (&AuthError{Result: ResultOther, Detail: "listener " + listener + " removed"}).withLeaf(chain)
 	}
 	id, err := m.authorize(st, chain)
 	if err != nil {
-		return Identity{}, err.withLeaf(chain)
+		return Peer{}, err.withLeaf(chain)
 	}
 	return id, nil
 }
@@ -284,25 +292,27 @@ func (m *Manager) authorizeOn(st *state, listener string, chain []*x509.Certific
 // proves that the client holds its certificate's key, so this is where ok
 // is counted. The certificate is authorised again against the generation
 // in force: one a reload refuses since VerifyConnection is counted and
-// remembered as a refusal, and returned as the error.
-func (m *Manager) HandshakeDone(listener string, source netip.AddrPort, cs tls.ConnectionState) (Identity, error) {
+// remembered as a refusal, and returned as the error. The Peer names the
+// listener, source and server name besides the certificate's identity.
+func (m *Manager) HandshakeDone(listener string, source netip.AddrPort, cs tls.ConnectionState) (Peer, error) {
 	id, err := m.authorizeOn(m.state.Load(), listener, cs.PeerCertificates)
 	if err != nil {
 		m.refused(listener, source, cs, err)
-		return Identity{}, err
+		return Peer{}, err
 	}
 	m.count(listener, id.Tenant, ResultOK)
+	id.Listener, id.Source, id.ServerName = listener, source, cs.ServerName
 	return id, nil
 }
 
 // Identify re-checks the connection's client certificate against the
 // current generation (CAs, CRLs, identities, validity) and returns its
-// tenant. Proxies call it after the handshake and again for live
-// connections after OnChange.
-func (m *Manager) Identify(cs tls.ConnectionState) (Identity, error) {
+// tenant: a Peer of the certificate alone (no listener or source).
+// Proxies call it for live connections after OnChange.
+func (m *Manager) Identify(cs tls.ConnectionState) (Peer, error) {
 	id, err := m.authorize(m.state.Load(), cs.PeerCertificates)
 	if err != nil {
-		return Identity{}, err
+		return Peer{}, err
 	}
 	return id, nil
 }

@@ -176,8 +176,13 @@ func TestKeylessCertificate(t *testing.T) {
 	if ok := counter(t, m, "web", "acme", ResultOK); ok != okBefore {
 		t.Errorf("ok{acme} counted before HandshakeDone: %v → %v", okBefore, ok)
 	}
-	if id, err := m.HandshakeDone("web", testSource, r.server); err != nil || id.Tenant != "acme" {
+	id, err := m.HandshakeDone("web", testSource, r.server)
+	if err != nil || id.Tenant != "acme" {
 		t.Fatalf("HandshakeDone = %+v, %v", id, err)
+	}
+	// The Peer is the connection's, not only the certificate's.
+	if id.Listener != "web" || id.Source != testSource || id.ServerName != r.server.ServerName || id.FingerprintSHA256 == "" {
+		t.Errorf("HandshakeDone Peer = %+v, want listener web, source %v, server name %q and a fingerprint", id, testSource, r.server.ServerName)
 	}
 	if ok := counter(t, m, "web", "acme", ResultOK); ok != okBefore+1 {
 		t.Errorf("ok{acme} %v → %v after HandshakeDone, want +1", okBefore, ok)

@@ -14,21 +14,21 @@ import (
 // authorize verifies the chain against the union of the tenants' roots,
 // checks the CRL of every issuer in it, and maps the certificate to exactly
 // one tenant.
-func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *AuthError) {
+func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Peer, *AuthError) {
 	if len(chain) == 0 {
-		return Identity{}, &AuthError{Result: ResultNoCert, Detail: "no client certificate"}
+		return Peer{}, &AuthError{Result: ResultNoCert, Detail: "no client certificate"}
 	}
 	leaf := chain[0]
 	now := m.now()
 	if now.Before(leaf.NotBefore) {
-		return Identity{}, &AuthError{Result: ResultNotYetValid, Detail: "valid from " + leaf.NotBefore.UTC().Format(time.RFC3339)}
+		return Peer{}, &AuthError{Result: ResultNotYetValid, Detail: "valid from " + leaf.NotBefore.UTC().Format(time.RFC3339)}
 	}
 	if now.After(leaf.NotAfter) {
-		return Identity{}, &AuthError{Result: ResultExpired, Detail: "expired " + leaf.NotAfter.UTC().Format(time.RFC3339)}
+		return Peer{}, &AuthError{Result: ResultExpired, Detail: "expired " + leaf.NotAfter.UTC().Format(time.RFC3339)}
 	}
 	chains, aerr := st.verifyChain(chain, now)
 	if aerr != nil {
-		return Identity{}, aerr
+		return Peer{}, aerr
 	}
 	// Each verified chain ends at a root of client_ca (the only anchors);
 	// it is a tenant's when that tenant owns it. owned[i] lists the chains
@@ -47,7 +47,7 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 		}
 	}
 	if len(cands) == 0 {
-		return Identity{}, &AuthError{Result: ResultUnknownCA,
+		return Peer{}, &AuthError{Result: ResultUnknownCA,
 			Detail: "chains to no tenant: its issuer is none of the intermediates the tenants of its root list (issuer " + leaf.Issuer.String() + ")"}
 	}
 	// Revocation: every certificate of a tenant's chain but the root is
@@ -73,14 +73,14 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 					continue
 				}
 				if crl.revoked[c.SerialNumber.String()] {
-					return Identity{}, &AuthError{Result: ResultRevoked, Tenant: t.id,
+					return Peer{}, &AuthError{Result: ResultRevoked, Tenant: t.id,
 						Detail: fmt.Sprintf("serial %x on CRL %s (%s)", c.SerialNumber, t.crlFile, c.Subject)}
 				}
 				if !crl.stale(now) {
 					continue
 				}
 				if st.policy.TLS.CRLStale != policy.CRLStaleWarn {
-					return Identity{}, &AuthError{Result: ResultCRLStale, Tenant: t.id,
+					return Peer{}, &AuthError{Result: ResultCRLStale, Tenant: t.id,
 						Detail: "CRL " + t.crlFile + " of " + crl.list.Issuer.String() + " past nextUpdate " + crl.list.NextUpdate.UTC().Format(time.RFC3339)}
 				}
 				if _, warned := st.warnedStale.LoadOrStore(t.id, struct{}{}); !warned {
@@ -98,14 +98,14 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 	}
 	switch len(match) {
 	case 0:
-		return Identity{}, &AuthError{Result: ResultNoTenant, Detail: "matches no tenant's identities (" + leaf.Subject.String() + ")"}
+		return Peer{}, &AuthError{Result: ResultNoTenant, Detail: "matches no tenant's identities (" + leaf.Subject.String() + ")"}
 	case 1:
 	default:
 		ids := make([]string, len(match))
 		for k, i := range match {
 			ids[k] = st.tenants[i].id
 		}
-		return Identity{}, &AuthError{Result: ResultAmbiguousTenant, Detail: "certificate matches tenants " + strings.Join(ids, ", ")}
+		return Peer{}, &AuthError{Result: ResultAmbiguousTenant, Detail: "certificate matches tenants " + strings.Join(ids, ", ")}
 	}
 	// A tenant with CRLs has revocation checked for every certificate of
 	// the chains it admits: when one of its issuers has no CRL there, that
@@ -113,9 +113,9 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Identity, *Au
 	// is refused (as openssl verify -crl_check_all does) rather than let
 	// through.
 	if why, ok := uncovered[match[0]]; ok {
-		return Identity{}, &AuthError{Result: ResultNoCRL, Tenant: st.tenants[match[0]].id, Detail: why}
+		return Peer{}, &AuthError{Result: ResultNoCRL, Tenant: st.tenants[match[0]].id, Detail: why}
 	}
-	return Identity{
+	return Peer{
 		Tenant:            st.tenants[match[0]].id,
 		FingerprintSHA256: FingerprintSHA256(leaf),
 		Subject:           leaf.Subject.String(),

@@ -1,63 +1,13 @@
 package policy
 
-import (
-	"crypto/tls"
-	"crypto/x509"
-	"errors"
-	"fmt"
-	"net"
-	"os"
-)
-
-// BackendTLSConfig is the client side of the TLS the route speaks to its
-// backend, the same for every proxy: TLS 1.2 at least, BackendCA instead of
-// the system roots when set, and the client certificate when set.
-// serverName is the name the backend's certificate must carry ("" when the
-// caller sets it per backend). It reads the files each time it is called.
-func (r Route) BackendTLSConfig(serverName string) (*tls.Config, error) {
-	if (r.BackendCert == "") != (r.BackendKey == "") {
-		return nil, errors.New("backend_cert and backend_key go together")
-	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName}
-	if r.BackendCA != "" {
-		pem, err := os.ReadFile(r.BackendCA)
-		if err != nil {
-			return nil, fmt.Errorf("backend ca: %w", err)
-		}
-		tc.RootCAs = x509.NewCertPool()
-		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("backend ca %s holds no PEM certificate", r.BackendCA)
-		}
-	}
-	if r.BackendCert != "" {
-		kp, err := tls.LoadX509KeyPair(r.BackendCert, r.BackendKey)
-		if err != nil {
-			return nil, fmt.Errorf("backend client certificate: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{kp}
-	}
-	return tc, nil
-}
+import "errors"
 
 // CheckPlainBackend refuses TLS settings on a route that speaks plain to
-// its backend: they would be silently ignored.
+// its backend: they would be silently ignored. (certs.BackendTLS builds
+// the TLS of the routes that do speak it.)
 func (r Route) CheckPlainBackend() error {
 	if r.BackendCA != "" || r.BackendCert != "" || r.BackendKey != "" {
 		return errors.New("backend_ca/backend_cert/backend_key need TLS to the backend")
 	}
 	return nil
-}
-
-// StreamBackendTLS is the TLS a tcp or telnet route speaks to its
-// host:port backend: nil for plain TCP (whose route must then carry no TLS
-// settings), else BackendTLSConfig for the backend's host.
-func (r Route) StreamBackendTLS() (*tls.Config, error) {
-	host, _, err := net.SplitHostPort(r.Backend)
-	if err != nil {
-		return nil, fmt.Errorf("backend %q: %w", r.Backend, err)
-	}
-	if !r.BackendTLS {
-		return nil, r.CheckPlainBackend()
-	}
-	return r.BackendTLSConfig(host)
 }

@@ -177,7 +177,7 @@ type Route struct {
 	PathParams       bool     // https, soap: allow ;parameters in path segments
 	WebSocket        bool     // https: let WebSocket upgrades through
 	LUNames          []string // tn3270: allowed LU names (exact or '*' pattern)
-	TerminalTypes    []string // tn3270, tn5250
+	TerminalTypes    []string // tn3270, tn5250, tnvip
 	ForceLU          string   // tn3270
 	DevNames         []string // tn5250: allowed DEVNAME patterns
 	AllowsAutoSignOn bool     // tn5250 (refuse_auto_sign_on: false): USER, IBMRSEED … may reach the host once the terminal type is accepted
@@ -197,7 +197,7 @@ type Listener struct {
 	ServerKey  string
 	// ExtraCerts are further certificates chosen by SNI.
 	ExtraCerts []CertKey
-	StartTLS   bool // tn3270/tn5250: Telnet START_TLS instead of implicit TLS
+	StartTLS   bool // tn3270/tn5250/tnvip: Telnet START_TLS instead of implicit TLS
 	Routes     []Route
 	// Limits apply to every connection of the listener; TenantLimits, to
 	// the connections of the tenants that override some of them (see

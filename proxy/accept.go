@@ -3,17 +3,12 @@ package proxy
 import (
 	"context"
 	"errors"
-	"maps"
 	"net"
-	"slices"
+	"net/netip"
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
-	"github.com/gatehouse-dmz/gatehouse/proxy/telnet"
 )
 
 var errEvicted = errors.New("unfinished handshake evicted for a newer connection")
@@ -42,12 +37,7 @@ func (s *Server) accept(sk *socket, nc net.Conn) func() {
 		s.evict(e, now)
 	}
 	if !ok {
-		s.refused.WithLabelValues(c.listener, reasonListenerFull).Inc()
-		// A flood is when this happens: through the gate's own limit.
-		if ok, held := s.gateLog.allow(now); ok {
-			s.logger.Warn("connection refused: listener full", "listener", c.listener, "source", c.source.String(),
-				"limit", st.l.Limits.MaxConns, "similar_lines_suppressed", held)
-		}
+		s.listenerFull(c, st, now)
 		return nil
 	}
 	if st.telnet != nil && st.l.StartTLS {
@@ -59,6 +49,17 @@ func (s *Server) accept(sk *socket, nc net.Conn) func() {
 	s.conns[c] = struct{}{}
 	s.connMu.Unlock()
 	return func() { s.handle(c, st) }
+}
+
+// listenerFull counts and logs c, refused because its listener is full of
+// identified connections.
+func (s *Server) listenerFull(c *conn, st *listenerState, now time.Time) {
+	s.refused.WithLabelValues(c.listener, reasonListenerFull).Inc()
+	// A flood is when this happens: through the gate's own limit.
+	if ok, held := s.gateLog.allow(now); ok {
+		s.logger.Warn("connection refused: listener full", "listener", c.listener, "source", c.source.String(),
+			"limit", st.l.Limits.MaxConns, "similar_lines_suppressed", held)
+	}
 }
 
 // evict closes an unfinished handshake the gate pushed out.
@@ -99,119 +100,11 @@ func (s *Server) acceptFailed(sk *socket, err error, backoff time.Duration) {
 	}
 }
 
-// rearm gives the open tcp and terminal sessions and upgraded connections
-// of every listener the idle timeout and maximum length of the new
-// generation (per tenant). Other limits apply to open connections as they
-// are read (per-tenant caps at the next admission, HTTP settings per
-// httpServer).
-func (s *Server) rearm(states map[string]*listenerState) {
-	for _, st := range states {
-		if st.telnet != nil {
-			s.sessions.Rearm(st.l.Name, telnetLimits(st.l))
-		}
+// addrPort is a connection's remote address as an AddrPort.
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
 	}
-	s.connMu.Lock()
-	defer s.connMu.Unlock()
-	for c := range s.conns {
-		if c.timer != nil {
-			s.setTimerLocked(c, c.timer)
-		}
-	}
-}
-
-// telnetLimits returns the terminal session limits of l's tenants.
-func telnetLimits(l policy.Listener) func(tenant string) policy.TelnetLimits {
-	return func(tenant string) policy.TelnetLimits { return l.ForTenant(tenant).Telnet }
-}
-
-// series makes the per-listener and per-tenant series the configuration
-// determines exist from the start, and drops those of listeners and
-// tenants it no longer has: connections_active per listener and routed
-// tenant, telnet_sessions_total per terminal listener, routed tenant and
-// result, connections_refused_total per listener and reason.
-func (s *Server) series(p *policy.Policy) {
-	want := map[[2]string]bool{}
-	terminal := map[[2]string]bool{}
-	var names []string
-	for _, l := range p.Listeners {
-		names = append(names, l.Name)
-		for _, r := range l.Routes {
-			k := [2]string{l.Name, r.Tenant}
-			want[k] = true
-			if l.Protocol.Telnet() {
-				terminal[k] = true
-			}
-		}
-		if l.StartTLS {
-			terminal[[2]string{l.Name, telnet.UnknownTenant}] = true
-		}
-	}
-	s.connMu.Lock()
-	s.configured = want
-	s.connMu.Unlock()
-	s.sessions.Series(terminal)
-	for _, n := range s.seriesOf {
-		if !slices.Contains(names, n) {
-			s.refused.DeletePartialMatch(prometheus.Labels{"listener": n})
-		}
-	}
-	for _, n := range names {
-		for _, r := range refusalReasons {
-			s.refused.WithLabelValues(n, r)
-		}
-	}
-	s.seriesOf = names
-	s.byteSeries(want, names)
-}
-
-// byteSeries gives every configured listener and routed tenant, and each
-// listener's connections that never proved a tenant, their byte series at
-// 0, and deletes those of pairs a reload removed once no connection of
-// theirs is open (a draining one still counts into its series).
-func (s *Server) byteSeries(want map[[2]string]bool, listeners []string) {
-	now := maps.Clone(want)
-	for _, n := range listeners {
-		now[[2]string{n, unknownTenant}] = true
-	}
-	s.connMu.Lock()
-	defer s.connMu.Unlock()
-	for k := range s.bytesOf {
-		if !now[k] && s.active[k] == 0 {
-			s.bytes.DeleteLabelValues(k[0], k[1], "in")
-			s.bytes.DeleteLabelValues(k[0], k[1], "out")
-			delete(s.bytesOf, k)
-		}
-	}
-	if s.bytesOf == nil {
-		s.bytesOf = map[[2]string]bool{}
-	}
-	for k := range now {
-		s.bytes.WithLabelValues(k[0], k[1], "in")
-		s.bytes.WithLabelValues(k[0], k[1], "out")
-		s.bytesOf[k] = true
-	}
-}
-
-// collectConns reports the identified connections of every configured
-// listener and tenant (zero included) and of any still open beyond them
-// (draining after a reload), and the unfinished handshakes per listener.
-func (s *Server) collectConns(ch chan<- prometheus.Metric) {
-	s.connMu.Lock()
-	for k := range s.configured {
-		ch <- prometheus.MustNewConstMetric(s.activeDesc, prometheus.GaugeValue, float64(s.active[k]), k[0], k[1])
-	}
-	for k, n := range s.active {
-		if !s.configured[k] {
-			ch <- prometheus.MustNewConstMetric(s.activeDesc, prometheus.GaugeValue, float64(n), k[0], k[1])
-		}
-	}
-	s.connMu.Unlock()
-	s.mu.Lock()
-	for _, sk := range s.sockets {
-		if st := sk.state.Load(); st != nil {
-			_, pending := sk.gate.counts()
-			ch <- prometheus.MustNewConstMetric(s.pendingDesc, prometheus.GaugeValue, float64(pending), st.l.Name)
-		}
-	}
-	s.mu.Unlock()
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
 }

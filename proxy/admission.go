@@ -118,6 +118,18 @@ type eviction struct {
 // reports false (and evicts nothing) when the listener is full of
 // identified connections. The caller closes the evicted connections.
 func (g *gate) admit(c *conn, lim policy.Limits, now time.Time) ([]eviction, bool) {
+	return g.countIn(c, lim, now, true)
+}
+
+// admitVerified is admit for a connection whose handshake its source
+// already ran (ServeConn): it counts in the listener's connections but
+// not among the unfinished handshakes, and like a newcomer makes room
+// among those while the listener is full.
+func (g *gate) admitVerified(c *conn, lim policy.Limits, now time.Time) ([]eviction, bool) {
+	return g.countIn(c, lim, now, false)
+}
+
+func (g *gate) countIn(c *conn, lim policy.Limits, now time.Time, pending bool) ([]eviction, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.total-g.pending >= lim.MaxConns {
@@ -125,18 +137,22 @@ func (g *gate) admit(c *conn, lim policy.Limits, now time.Time) ([]eviction, boo
 	}
 	g.seq++
 	c.adm.seq, c.adm.since = g.seq, now
-	g.add(c)
 	var out []eviction
-	for c.adm.source.conns.Len() > lim.MaxPreHandshakePerSource {
-		v := c.adm.source.victim(c)
-		if v == nil {
-			break // a budget below one: checkLimits refuses it
+	if pending {
+		g.add(c)
+		for c.adm.source.conns.Len() > lim.MaxPreHandshakePerSource {
+			v := c.adm.source.victim(c)
+			if v == nil {
+				break // a budget below one: checkLimits refuses it
+			}
+			out = append(out, eviction{g.evict(v), reasonPreHandshakeSource})
 		}
-		out = append(out, eviction{g.evict(v), reasonPreHandshakeSource})
+	} else {
+		g.total++
+		c.adm.counted = true
 	}
-	for g.pending > lim.MaxPreHandshake || g.total > lim.MaxConns {
-		n := g.nets[0]
-		v := n.sub[0].victim(c)
+	for (g.pending > lim.MaxPreHandshake || g.total > lim.MaxConns) && len(g.nets) > 0 {
+		v := g.nets[0].sub[0].victim(c)
 		if v == nil {
 			// Only the newcomer is left to pay: unreachable, since it is
 			// the newest of every tie, but it must never evict itself.

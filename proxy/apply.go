@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 
@@ -12,8 +13,9 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/proxy/telnet"
 )
 
-// Apply makes p's listeners the running ones. It builds every listener's
-// state and binds every new address first; if anything fails nothing
+// Apply makes p's listeners the running ones. It refuses a policy whose
+// listeners or routes fail policy.CheckListeners, then builds every
+// listener's state and binds every new address; if anything fails nothing
 // changes. Then it swaps all states at once and lets listeners p no longer
 // has drain in the background.
 func (s *Server) Apply(p *policy.Policy) error {
@@ -32,16 +34,17 @@ func (s *Server) Apply(p *policy.Policy) error {
 		}
 		return err
 	}
-	names := map[string]bool{}
+	// The one validation of listeners and routes; the protocol handlers
+	// built below trust what it passed.
+	if errs := p.CheckListeners(); len(errs) > 0 {
+		all := make([]error, len(errs))
+		for i, e := range errs {
+			all[i] = e
+		}
+		return fmt.Errorf("%w: %w", ErrConfig, errors.Join(all...))
+	}
 	for _, l := range p.Listeners {
 		addr := l.ListenAddress()
-		if _, dup := states[addr]; dup {
-			return fail(fmt.Errorf("%w: listener %q: address %s used twice", ErrConfig, l.Name, addr))
-		}
-		if names[l.Name] {
-			return fail(fmt.Errorf("%w: listener name %q used twice", ErrConfig, l.Name))
-		}
-		names[l.Name] = true
 		if err := checkLimits(l); err != nil {
 			return fail(err)
 		}
@@ -239,4 +242,29 @@ func demandsClientCert(c *tls.Config) bool {
 		return c.VerifyConnection != nil
 	}
 	return false
+}
+
+// rearm gives the open tcp and terminal sessions and upgraded connections
+// of every listener the idle timeout and maximum length of the new
+// generation (per tenant). Other limits apply to open connections as they
+// are read (per-tenant caps at the next admission, HTTP settings per
+// httpServer).
+func (s *Server) rearm(states map[string]*listenerState) {
+	for _, st := range states {
+		if st.telnet != nil {
+			s.sessions.Rearm(st.l.Name, telnetLimits(st.l))
+		}
+	}
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	for c := range s.conns {
+		if c.timer != nil {
+			s.setTimerLocked(c, c.timer)
+		}
+	}
+}
+
+// telnetLimits returns the terminal session limits of l's tenants.
+func telnetLimits(l policy.Listener) func(tenant string) policy.TelnetLimits {
+	return func(tenant string) policy.TelnetLimits { return l.ForTenant(tenant).Telnet }
 }

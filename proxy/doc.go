@@ -4,8 +4,17 @@
 // HTTPS and SOAP (proxy/http), a plain TLS relay for tcp (proxy/relay), and
 // TN3270/TN5250/TNVIP sessions (proxy/telnet; on a StartTLS listener the telnet
 // handler runs the handshake inside Telnet START_TLS and calls back here to
-// identify and admit the tenant). It applies whole policy generations
-// atomically (bind new addresses first, then swap), drains what a reload
+// identify and admit the tenant). Connections from other sources (a
+// tunnel stream, a socket another process verified, a test) enter through
+// ServeConn with the certs.Peer their handshake proved: the certificate is
+// identified again, and from there they are admitted, routed, limited,
+// revalidated and drained exactly as the listeners' own. Each connection
+// carries its one Peer from identification to close; an HTTP connection
+// reaches its server through a one-connection listener that carries it, so
+// its requests learn the Peer without a lookup.
+//
+// It applies whole policy generations atomically (bind new addresses
+// first, then swap), drains what a reload
 // removes, ends the tcp and telnet sessions and upgraded (WebSocket) HTTP
 // connections whose route a reload removed or changed, and closes
 // connections whose certificate stops checking out (Revalidate). It never
@@ -30,7 +39,9 @@
 // gatehouse_proxy_handshakes_pending{listener},
 // gatehouse_proxy_connections_refused_total{listener,reason},
 // gatehouse_proxy_bytes_total{listener,tenant,direction} (client side, TLS
-// records included), and from proxy/http gatehouse_http_requests_total,
-// gatehouse_http_request_duration_seconds and gatehouse_soap_rejections_total,
-// and from proxy/telnet gatehouse_telnet_sessions_total.
+// records included, of the listeners' own sockets: a connection handed to
+// ServeConn is its source's to count), and from proxy/http
+// gatehouse_http_requests_total, gatehouse_http_request_duration_seconds
+// and gatehouse_soap_rejections_total, and from proxy/telnet
+// gatehouse_telnet_sessions_total.
 package proxy

@@ -7,8 +7,10 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 
 	httpproxy "github.com/gatehouse-dmz/gatehouse/proxy/http"
+	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
 
 // httpServer is the net/http server of one socket for one set of
@@ -24,30 +26,64 @@ import (
 type httpServer struct {
 	settings httpSettings
 	hs       *http.Server
-	queue    *connQueue
 }
 
 func (s *Server) newHTTPServer(sk *socket, set httpSettings) *httpServer {
-	h := &httpServer{settings: set, queue: newConnQueue(sk.ln.Addr())}
+	h := &httpServer{settings: set}
 	h.hs = &http.Server{
 		Handler:           http.HandlerFunc(sk.serveHTTP),
 		ReadHeaderTimeout: set.readHeaderTimeout,
 		IdleTimeout:       set.idleTimeout,
 		MaxHeaderBytes:    httpproxy.HeaderReadLimit(set.maxHeaderBytes), // the handler answers 431 over the limit
-		ConnContext:       s.connContext,
 		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug),
-		BaseContext:       func(net.Listener) context.Context { return sk.ctx },
+		BaseContext: func(l net.Listener) context.Context {
+			// Every connection comes through its own oneConn, which
+			// carries it: its requests learn its Peer from there.
+			if o, ok := l.(*oneConn); ok {
+				return s.peerContext(sk.ctx, o.c)
+			}
+			return sk.ctx
+		},
 	}
 	h.hs.Protocols = new(http.Protocols)
 	h.hs.Protocols.SetHTTP1(true)
 	h.hs.Protocols.SetHTTP2(true)
-	go func() {
-		// Serve returns when Shutdown closes the queue.
-		if err := h.hs.Serve(h.queue); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.logger.Error("http server ended", "addr", sk.addr, "err", err)
-		}
-	}()
 	return h
+}
+
+// peerContext is the context of c's requests: the socket's, carrying c's
+// Peer and the hook that records an upgrade.
+func (s *Server) peerContext(ctx context.Context, c *conn) context.Context {
+	ctx = httpproxy.WithUpgradeHook(ctx, func(key string, t *relay.Timer) error { return s.upgraded(c, key, t) })
+	return httpproxy.WithPeer(ctx, c.identity())
+}
+
+// serveHTTP hands c, identified and admitted, to the socket's current HTTP
+// server, and closes it when there is none. It returns the refusal of a
+// connection it cannot serve.
+func (s *Server) serveHTTP(c *conn, st *listenerState) error {
+	h2 := c.state().NegotiatedProtocol == "h2"
+	if h2 && c.handed {
+		// net/http speaks HTTP/2 only on the *tls.Conn itself, and closes
+		// it there: the proxy would never see the connection end.
+		s.logRefusal(c, slog.LevelWarn, "connection refused", errHandedH2)
+		c.raw.Close()
+		return errHandedH2
+	}
+	// HTTP/2 frames itself; HTTP/1 goes through the framing guard, which
+	// refuses what a backend could read differently.
+	hc := c.stream
+	if c.handed {
+		// Its socket is not under its stream: close it with the stream.
+		hc = closeWith{hc, c.raw}
+	}
+	if !h2 {
+		hc = httpproxy.NewFramingGuard(hc, st.l.Limits.HTTP.MaxHeaderBytes, func(err error) { s.logRefusal(c, slog.LevelInfo, "HTTP request refused", err) })
+	}
+	if !c.sock.serveHTTPConn(c, hc) {
+		c.raw.Close()
+	}
+	return nil
 }
 
 // httpServers are the HTTP servers of a socket: the one new connections
@@ -91,8 +127,9 @@ func (s *Server) useHTTP(sk *socket, set *httpSettings) {
 	}()
 }
 
-// push hands an identified connection to the current HTTP server.
-func (sk *socket) pushHTTP(c net.Conn) bool {
+// serveHTTPConn hands hc, the stream of the identified connection c, to
+// the current HTTP server, and reports whether one took it.
+func (sk *socket) serveHTTPConn(c *conn, hc net.Conn) bool {
 	for {
 		sk.http.mu.Lock()
 		cur := sk.http.cur
@@ -100,7 +137,11 @@ func (sk *socket) pushHTTP(c net.Conn) bool {
 		if cur == nil {
 			return false
 		}
-		if cur.queue.push(c) {
+		o := &oneConn{c: c, nc: hc, addr: sk.ln.Addr()}
+		// Serve returns once it took hc (its goroutine serves it on), or
+		// at once when the server was shut down.
+		cur.hs.Serve(o)
+		if o.taken.Load() {
 			return true
 		}
 		// Retired meanwhile: try the server that replaced it.
@@ -127,40 +168,43 @@ func (hsv *httpServers) all() []*httpServer {
 	return out
 }
 
-// connQueue is the net.Listener http.Server serves: it yields connections
-// whose handshake and identification already succeeded.
-type connQueue struct {
-	ch   chan net.Conn
-	done chan struct{}
-	once sync.Once
-	addr net.Addr
+// oneConn is the net.Listener an HTTP server accepts one identified
+// connection from, and the way the connection's Peer reaches its requests
+// (the server's BaseContext reads it here). It is the listener, not a
+// wrapper around the connection, that carries the Peer: net/http speaks
+// HTTP/2 only to a connection that is a *tls.Conn itself.
+type oneConn struct {
+	c     *conn
+	nc    net.Conn
+	taken atomic.Bool
+	addr  net.Addr
 }
 
-func newConnQueue(addr net.Addr) *connQueue {
-	return &connQueue{ch: make(chan net.Conn), done: make(chan struct{}), addr: addr}
+// errHandedH2 refuses HTTP/2 on a connection ServeConn was handed.
+var errHandedH2 = errors.New("HTTP/2 on a handed-in connection: the source must offer http/1.1")
+
+// closeWith is a connection whose Close closes the socket under it (and
+// so runs the proxy's bookkeeping) too.
+type closeWith struct {
+	net.Conn
+	raw *relay.CountingConn
 }
 
-func (q *connQueue) Accept() (net.Conn, error) {
-	select {
-	case c := <-q.ch:
-		return c, nil
-	case <-q.done:
-		return nil, net.ErrClosed
+func (c closeWith) Close() error {
+	err := c.Conn.Close()
+	c.raw.Close()
+	return err
+}
+
+// errOneConn ends http.Server.Serve once it has taken the connection.
+var errOneConn = errors.New("connection handed over")
+
+func (o *oneConn) Accept() (net.Conn, error) {
+	if o.taken.CompareAndSwap(false, true) {
+		return o.nc, nil
 	}
+	return nil, errOneConn
 }
 
-func (q *connQueue) push(c net.Conn) bool {
-	select {
-	case q.ch <- c:
-		return true
-	case <-q.done:
-		return false
-	}
-}
-
-func (q *connQueue) Close() error {
-	q.once.Do(func() { close(q.done) })
-	return nil
-}
-
-func (q *connQueue) Addr() net.Addr { return q.addr }
+func (o *oneConn) Close() error   { return nil }
+func (o *oneConn) Addr() net.Addr { return o.addr }

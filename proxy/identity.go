@@ -7,13 +7,6 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/certs"
 )
 
-// Identity is who a verified client certificate proves the peer to be.
-type Identity struct {
-	Tenant            string
-	FingerprintSHA256 string // hex SHA-256 over the DER certificate
-	Subject           string
-}
-
 // TLSSource supplies the TLS side of every listener; the daemon adapts the
 // certificate manager to it. proxy relies on it for every trust decision it
 // makes about a peer.
@@ -23,12 +16,13 @@ type TLSSource interface {
 	// VerifyConnection so resumed sessions are authorised too.
 	TLSConfig(listener string) (*tls.Config, error)
 	// Identify says which tenant the verified peer is, re-checking
-	// revocation.
-	Identify(cs tls.ConnectionState) (Identity, error)
+	// revocation (the Peer of the certificate alone).
+	Identify(cs tls.ConnectionState) (certs.Peer, error)
 	// HandshakeDone tells the TLS layer that a handshake from source
 	// completed (only then has the client proved it holds its
-	// certificate's key) and says who the peer is, as Identify does.
-	HandshakeDone(listener string, source netip.AddrPort, cs tls.ConnectionState) (Identity, error)
+	// certificate's key) and returns the connection's Peer: the
+	// certificate's identity, listener, source and server name.
+	HandshakeDone(listener string, source netip.AddrPort, cs tls.ConnectionState) (certs.Peer, error)
 	// HandshakeFailed lets the TLS layer count and remember a failed
 	// handshake from source; cs is the connection's state after the
 	// failure, with the certificates the client sent. The Refusal it
@@ -36,3 +30,6 @@ type TLSSource interface {
 	// log line.
 	HandshakeFailed(listener string, source netip.AddrPort, cs tls.ConnectionState, err error) certs.Refusal
 }
+
+// The certificate manager is the TLS source the daemon hands in.
+var _ TLSSource = (*certs.Manager)(nil)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+
+	"github.com/gatehouse-dmz/gatehouse/certs"
 )
 
 // Shutdown stops accepting on every listener, lets open connections finish
@@ -69,9 +71,17 @@ func (s *Server) drain(ctx context.Context, sk *socket) bool {
 		}
 		wg.Wait()
 	}()
+	// The accept loop and its connections, and those ServeConn handed in.
+	// sk left Server.sockets before drain, so no ServeConn adds to handed.
+	ended := make(chan struct{})
+	go func() {
+		<-sk.done
+		sk.handed.Wait()
+		close(ended)
+	}()
 	clean := true
 	select {
-	case <-sk.done:
+	case <-ended:
 	case <-ctx.Done():
 		clean = false
 		// Connections first, then their requests' context: cancelled
@@ -79,7 +89,7 @@ func (s *Server) drain(ctx context.Context, sk *socket) bool {
 		// connection closed, and look finished to its client.
 		s.closeConns(func(c *conn) bool { return c.sock == sk })
 		sk.cancel()
-		<-sk.done
+		<-ended
 	}
 	sk.cancel()
 	for _, h := range servers {
@@ -123,7 +133,7 @@ func (s *Server) Revalidate() int {
 
 // identify maps a verified connection state to its tenant; an identity
 // without one is refused, never admitted anonymously.
-func (s *Server) identify(cs tls.ConnectionState) (Identity, error) {
+func (s *Server) identify(cs tls.ConnectionState) (certs.Peer, error) {
 	id, err := s.tlsSrc.Identify(cs)
 	if err == nil && id.Tenant == "" {
 		err = fmt.Errorf("%w: no tenant", ErrConfig)
@@ -142,4 +152,27 @@ func (s *Server) stillValid(c *conn, tenant string) error {
 		return fmt.Errorf("certificate now maps to tenant %q, not %q", id.Tenant, tenant)
 	}
 	return nil
+}
+
+// closeConns closes the connections pick chooses (pick runs under connMu)
+// and returns them.
+func (s *Server) closeConns(pick func(*conn) bool) []*conn {
+	s.connMu.Lock()
+	var victims []*conn
+	for c := range s.conns {
+		if pick(c) {
+			victims = append(victims, c)
+		}
+	}
+	s.connMu.Unlock()
+	for _, c := range victims {
+		if c.abort != nil && !c.identified.Load() {
+			// A START_TLS negotiation: not the client's failure.
+			c.abort(errClosedByProxy)
+		}
+		// The raw socket, not the TLS layer: a close_notify could block on
+		// a peer that does not read.
+		c.raw.Close()
+	}
+	return victims
 }

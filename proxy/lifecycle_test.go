@@ -3,7 +3,6 @@ package proxy_test
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -121,72 +120,6 @@ func TestUpgradePassthrough(t *testing.T) {
 	}
 }
 
-func TestRevalidateClosesRevokedConnections(t *testing.T) {
-	b := newBackend(t, "a")
-	h := newHarness(t, testLimits(), listener("web", policy.ProtoHTTPS,
-		policy.Route{Tenant: "acme", Backend: b.url()},
-		policy.Route{Tenant: "globex", Backend: b.url()}))
-	c := h.rawTLS(h.pki.acme, "web")
-	br := bufio.NewReader(c)
-	get := func() error {
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
-			return err
-		}
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			return err
-		}
-		io.Copy(io.Discard, resp.Body)
-		return nil
-	}
-	if err := get(); err != nil {
-		t.Fatal(err)
-	}
-	gc := h.client(h.pki.globex, false)
-	h.mustDo(gc, "web", "GET", "", "/", nil, nil) // a globex connection that must survive
-	if n := h.srv.Revalidate(); n != 0 {
-		t.Fatalf("nothing revoked yet, Revalidate closed %d", n)
-	}
-	h.pki.src.revoke(fingerprint(h.pki.acme))
-	if n := h.srv.Revalidate(); n != 1 {
-		t.Fatalf("Revalidate closed %d connections, want 1", n)
-	}
-	if err := get(); err == nil {
-		t.Fatal("revoked connection still answers")
-	}
-	if r := h.mustDo(gc, "web", "GET", "", "/", nil, nil); r.status != 200 {
-		t.Errorf("globex after revalidation: status %d", r.status)
-	}
-	if _, err := h.do(h.client(h.pki.acme, false), "web", "GET", "", "/", nil, nil); err == nil {
-		t.Error("revoked certificate accepted on a new connection")
-	}
-}
-
-// TestRevalidateClosesRemappedConnections: a certificate that the TLS
-// state now maps to another tenant loses its connections, whose routes were
-// the old tenant's.
-func TestRevalidateClosesRemappedConnections(t *testing.T) {
-	b := newBackend(t, "a")
-	h := newHarness(t, testLimits(), listener("web", policy.ProtoHTTPS,
-		policy.Route{Tenant: "acme", Backend: b.url()},
-		policy.Route{Tenant: "globex", Backend: b.url()}))
-	c := h.rawTLS(h.pki.acme, "web")
-	if code, _ := rawExchange(t, c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); code != 200 {
-		t.Fatalf("acme before the change: %d", code)
-	}
-	if n := h.srv.Revalidate(); n != 0 {
-		t.Fatalf("nothing changed yet, Revalidate closed %d", n)
-	}
-	h.pki.src.remap(h.pki.acme, "globex")
-	if n := h.srv.Revalidate(); n != 1 {
-		t.Fatalf("Revalidate closed %d connections, want the remapped one", n)
-	}
-	if code, _ := rawExchange(t, c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); code != 0 {
-		t.Errorf("remapped connection still answers: %d", code)
-	}
-}
-
 func TestApplyBindFailureKeepsOldState(t *testing.T) {
 	old := newBackend(t, "old")
 	next := newBackend(t, "next")
@@ -225,9 +158,15 @@ func TestApplyBindFailureKeepsOldState(t *testing.T) {
 		"unknown protocol": {Listeners: []policy.Listener{listener("web", policy.Protocol("gopher"), policy.Route{Tenant: "acme", Backend: "127.0.0.1:70"})}},
 		"bad tn3270 route": {Listeners: []policy.Listener{listener("web", policy.ProtoTN3270, policy.Route{Tenant: "acme", Backend: "no port"})}},
 		"duplicate name":   {Listeners: []policy.Listener{listener("web", policy.ProtoHTTPS), {Name: "web", Addr: loopback, Port: 1, Protocol: policy.ProtoHTTPS, Limits: testLimits()}}},
+		"backend twice": {Listeners: []policy.Listener{listener("web", policy.ProtoHTTPS,
+			policy.Route{Tenant: "acme", Backend: next.url(), Backends: []string{next.url(), next.url()}})}},
+		"two terminal routes of a tenant": {Listeners: []policy.Listener{listener("web", policy.ProtoTN3270,
+			policy.Route{Tenant: "acme", Backend: "127.0.0.1:23"}, policy.Route{Tenant: "acme", Backend: "127.0.0.1:24"})}},
 	} {
 		if err := h.srv.Apply(p); err == nil {
 			t.Errorf("%s: Apply succeeded", name)
+		} else if name != "missing ca" && !errors.Is(err, policy.ErrListener) {
+			t.Errorf("%s: %v, want policy.ErrListener (policy.CheckListeners judges routes)", name, err)
 		} else if name == "unknown protocol" && !errors.Is(err, proxy.ErrUnsupported) {
 			t.Errorf("unknown protocol: %v, want ErrUnsupported", err)
 		}
@@ -403,76 +342,6 @@ func activeGauge(t testing.TB, reg *prometheus.Registry, tenant string) float64 
 		}
 	}
 	return 0
-}
-
-// permissiveSource hands out a config that does not demand client
-// certificates; Apply must refuse it.
-type permissiveSource struct{ *testSource }
-
-func (p permissiveSource) TLSConfig(string) (*tls.Config, error) {
-	return &tls.Config{Certificates: []tls.Certificate{p.server}}, nil
-}
-
-// pickySource selects per SNI, and for one name returns nil (the outer,
-// permissive config would apply).
-type pickySource struct{ *testSource }
-
-func (p pickySource) TLSConfig(l string) (*tls.Config, error) {
-	inner, _ := p.testSource.TLSConfig(l)
-	return &tls.Config{
-		Certificates: []tls.Certificate{p.server},
-		GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
-			if chi.ServerName == "a.example" {
-				return nil, nil
-			}
-			return inner, nil
-		},
-	}, nil
-}
-
-func TestTLSConfigMustRequireClientCertificates(t *testing.T) {
-	p := newPKI(t)
-	b := newBackend(t, "a")
-	pol := &policy.Policy{Listeners: []policy.Listener{listener("web", policy.ProtoHTTPS, policy.Route{Tenant: "acme", Backend: b.url()})}}
-	srv, err := proxy.New(proxy.Config{TLS: permissiveSource{p.src}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	if err := srv.Apply(pol); !errors.Is(err, proxy.ErrTLSConfig) {
-		t.Errorf("permissive TLS config: %v, want ErrTLSConfig", err)
-	}
-
-	srv2, err := proxy.New(proxy.Config{TLS: pickySource{p.src}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv2.Close()
-	if err := srv2.Apply(pol); err != nil {
-		t.Fatal(err)
-	}
-	a, _ := srv2.Addr("web")
-	if c, err := tls.Dial("tcp", a.String(), p.clientTLS(tlsZero, "a.example")); err == nil {
-		// TLS 1.3 clients learn of a failure on their first read.
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		io.WriteString(c, "GET / HTTP/1.1\r\nHost: a.example\r\n\r\n")
-		if n, _ := c.Read(make([]byte, 1)); n > 0 {
-			t.Error("falling back to a config without client certificates answered")
-		}
-		c.Close()
-	}
-	if b.hits.Load() != 0 {
-		t.Error("backend reached without a client certificate")
-	}
-	acme := &http.Client{Transport: &http.Transport{TLSClientConfig: p.clientTLS(p.acme, "localhost")}}
-	resp, err := acme.Get("https://" + a.String() + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Errorf("per-SNI config with a certificate: status %d", resp.StatusCode)
-	}
 }
 
 // TestApplyUnderLoad swaps routes back and forth while a client keeps

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,12 +20,15 @@ import (
 // they need it, so a reload reaches keep-alive connections at their next
 // request.
 type socket struct {
-	addr   string
-	ln     net.Listener
-	state  atomic.Pointer[listenerState]
-	http   httpServers
-	gate   gate
-	done   chan struct{} // accept loop and every connection of it ended
+	addr  string
+	ln    net.Listener
+	state atomic.Pointer[listenerState]
+	http  httpServers
+	gate  gate
+	done  chan struct{} // accept loop and every connection of it ended
+	// handed counts the connections ServeConn serves here; Add only
+	// under Server.mu while the socket is in Server.sockets.
+	handed sync.WaitGroup
 	ctx    context.Context
 	cancel context.CancelFunc
 }
@@ -103,19 +107,13 @@ func (sk *socket) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	st.http.ServeHTTP(w, r)
 }
 
-func (s *Server) connContext(ctx context.Context, c net.Conn) context.Context {
-	v, ok := s.byTLS.Load(c)
-	if !ok {
-		return ctx
+// socketOf returns the socket whose listener is named listener, nil when
+// none is. s.mu is held.
+func (s *Server) socketOf(listener string) *socket {
+	for _, sk := range s.sockets {
+		if st := sk.state.Load(); st != nil && st.l.Name == listener {
+			return sk
+		}
 	}
-	cn := v.(*conn)
-	id := cn.identity()
-	ctx = httpproxy.WithUpgradeHook(ctx, func(key string, t *relay.Timer) error { return s.upgraded(cn, key, t) })
-	return httpproxy.WithPeer(ctx, httpproxy.Peer{
-		Tenant:      id.Tenant,
-		Fingerprint: id.FingerprintSHA256,
-		Subject:     id.Subject,
-		Source:      cn.source,
-		SNI:         cn.tls.ConnectionState().ServerName,
-	})
+	return nil
 }

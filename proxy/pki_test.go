@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/certs"
-	"github.com/gatehouse-dmz/gatehouse/proxy"
 )
 
 // testCA is a throwaway certificate authority.
@@ -142,6 +141,9 @@ type testSource struct {
 	broken  map[string]error // listener → TLSConfig error
 	failed  atomic.Int64
 	anyCert bool // verify in VerifyConnection, not in crypto/tls
+	// elsewhere, when set, is the listener HandshakeDone's Peers name
+	// instead of the connection's: a TLS source that is wrong.
+	elsewhere string
 }
 
 var errRevoked = errors.New("certificate revoked")
@@ -190,27 +192,34 @@ func (s *testSource) TLSConfig(listener string) (*tls.Config, error) {
 	}, nil
 }
 
-func (s *testSource) Identify(cs tls.ConnectionState) (proxy.Identity, error) {
+func (s *testSource) Identify(cs tls.ConnectionState) (certs.Peer, error) {
 	if len(cs.PeerCertificates) == 0 {
-		return proxy.Identity{}, errors.New("no client certificate")
+		return certs.Peer{}, errors.New("no client certificate")
 	}
 	leaf := cs.PeerCertificates[0]
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	tenant, ok := s.tenants[string(leaf.RawIssuer)]
 	if !ok {
-		return proxy.Identity{}, errors.New("unknown issuer")
+		return certs.Peer{}, errors.New("unknown issuer")
 	}
 	sum := sha256.Sum256(leaf.Raw)
 	fp := hex.EncodeToString(sum[:])
 	if s.revoked[fp] {
-		return proxy.Identity{}, errRevoked
+		return certs.Peer{}, errRevoked
 	}
-	return proxy.Identity{Tenant: tenant, FingerprintSHA256: fp, Subject: leaf.Subject.String()}, nil
+	return certs.Peer{Tenant: tenant, FingerprintSHA256: fp, Subject: leaf.Subject.String(), NotAfter: leaf.NotAfter}, nil
 }
 
-func (s *testSource) HandshakeDone(_ string, _ netip.AddrPort, cs tls.ConnectionState) (proxy.Identity, error) {
-	return s.Identify(cs)
+func (s *testSource) HandshakeDone(listener string, source netip.AddrPort, cs tls.ConnectionState) (certs.Peer, error) {
+	p, err := s.Identify(cs)
+	p.Listener, p.Source, p.ServerName = listener, source, cs.ServerName
+	s.mu.Lock()
+	if s.elsewhere != "" {
+		p.Listener = s.elsewhere
+	}
+	s.mu.Unlock()
+	return p, err
 }
 
 func (s *testSource) HandshakeFailed(_ string, _ netip.AddrPort, _ tls.ConnectionState, err error) certs.Refusal {

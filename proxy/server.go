@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/gatehouse-dmz/gatehouse/policy"
 	httpproxy "github.com/gatehouse-dmz/gatehouse/proxy/http"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 	"github.com/gatehouse-dmz/gatehouse/proxy/telnet"
@@ -18,7 +18,7 @@ import (
 
 // Errors of Server.
 var (
-	ErrUnsupported = errors.New("protocol not supported yet")
+	ErrUnsupported = policy.ErrProtocol
 	ErrClosed      = errors.New("proxy server closed")
 	ErrConfig      = errors.New("invalid proxy configuration")
 	ErrTLSConfig   = errors.New("tls config does not require a verified client certificate")
@@ -64,10 +64,9 @@ type Server struct {
 	// connections_per_tenant: per socket, not per listener name, so that
 	// renaming a listener does not give its tenants a second share.
 	// active counts them per listener name and tenant, for the gauge.
-	perTen     map[tenantSlot]int
+	perTen     relay.Limiter[tenantSlot]
 	active     map[[2]string]int
 	configured map[[2]string]bool // listener and tenant pairs the generation in force routes
-	byTLS      sync.Map           // *tls.Conn → *conn, for http.Server.ConnContext
 	inFlite    *httpproxy.InFlight
 
 	httpMetrics *httpproxy.Metrics
@@ -118,7 +117,6 @@ func New(cfg Config) (*Server, error) {
 		access:      access,
 		sockets:     map[string]*socket{},
 		conns:       map[*conn]struct{}{},
-		perTen:      map[tenantSlot]int{},
 		active:      map[[2]string]int{},
 		configured:  map[[2]string]bool{},
 		inFlite:     httpproxy.NewInFlight(),
@@ -168,47 +166,13 @@ func (s *Server) Collect(ch chan<- prometheus.Metric) {
 	s.sessions.Collect(ch)
 }
 
-// closeConns closes the connections pick chooses (pick runs under connMu)
-
-// and returns them.
-func (s *Server) closeConns(pick func(*conn) bool) []*conn {
-	s.connMu.Lock()
-	var victims []*conn
-	for c := range s.conns {
-		if pick(c) {
-			victims = append(victims, c)
-		}
-	}
-	s.connMu.Unlock()
-	for _, c := range victims {
-		if c.abort != nil && !c.identified.Load() {
-			// A START_TLS negotiation: not the client's failure.
-			c.abort(errClosedByProxy)
-		}
-		// The raw socket, not the TLS layer: a close_notify could block on
-		// a peer that does not read.
-		c.raw.Close()
-	}
-	return victims
-}
-
-func addrPort(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.AddrPort()
-	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap
-}
-
 // Addr returns the bound address of the named listener, useful when the
 // policy asked for port 0.
 func (s *Server) Addr(listener string) (net.Addr, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, sk := range s.sockets {
-		if st := sk.state.Load(); st != nil && st.l.Name == listener {
-			return sk.ln.Addr(), true
-		}
+	if sk := s.socketOf(listener); sk != nil {
+		return sk.ln.Addr(), true
 	}
 	return nil, false
 }

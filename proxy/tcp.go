@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
@@ -17,16 +18,12 @@ type tcpRoute struct {
 	tls     *tls.Config // nil: plain TCP to the backend
 }
 
+// buildTCPRoutes compiles the routes of a tcp listener that
+// policy.CheckListeners passed: one per tenant.
 func buildTCPRoutes(l policy.Listener) (map[string]*tcpRoute, error) {
 	routes := map[string]*tcpRoute{}
 	for i, r := range l.Routes {
-		if r.Tenant == "" {
-			return nil, fmt.Errorf("%w: listener %q route %d: no tenant", ErrConfig, l.Name, i)
-		}
-		if _, dup := routes[r.Tenant]; dup {
-			return nil, fmt.Errorf("%w: listener %q route %d: tenant %q has two tcp routes", ErrConfig, l.Name, i, r.Tenant)
-		}
-		tc, err := r.StreamBackendTLS()
+		tc, err := certs.StreamBackendTLS(r)
 		if err != nil {
 			return nil, fmt.Errorf("%w: listener %q route %d: %w", ErrConfig, l.Name, i, err)
 		}
@@ -69,7 +66,7 @@ func (s *Server) relayTCP(c *conn, st *listenerState) {
 	s.connMu.Lock()
 	s.setTimerLocked(c, timer)
 	s.connMu.Unlock()
-	in, out, err := relay.PipeTimed(c.tls, bc, timer)
+	in, out, err := relay.PipeTimed(c.stream, bc, timer)
 	timer.Stop()
 	c.raw.Close()
 	reason := "closed"

@@ -70,7 +70,8 @@ service runs to get the service's answer. Nothing is changed.`,
 }
 
 // checkCertificates loads every server certificate and key, tenant CA and
-// CRL exactly as the daemon will, in memory only (no session-ticket keys are
+// CRL, and every route's backend CA and client certificate, exactly as the
+// daemon will, in memory only (no session-ticket keys are
 // written), so that a certificate the daemon would refuse fails check too.
 func checkCertificates(cfg *config.Config) error {
 	p := cfg.Policy()
@@ -83,7 +84,9 @@ func checkCertificates(cfg *config.Config) error {
 	if err := m.Apply(p); err != nil {
 		return fmt.Errorf("certs: %w", err) // as run names the layer
 	}
-	return nil
+	// The backends' CAs and client certificates are the proxies' to load,
+	// when run applies the policy: load them here too.
+	return certs.CheckBackendTLS(p)
 }
 
 // checkFeeds builds every feed's verifier as the daemon will (trusted keys,

@@ -89,3 +89,48 @@ listeners:
 		}
 	}
 }
+
+// TestCheckRefusesBadBackendTLS: check loads every route's backend CA and
+// client certificate as the proxies do when run applies the policy: a CA
+// file without a certificate, or a client key of another certificate, is
+// refused by check too, not only by run.
+func TestCheckRefusesBadBackendTLS(t *testing.T) {
+	d := t.TempDir()
+	p := func(name string) string { return filepath.Join(d, name) }
+	pkiRun(t, "init-ca", "--dir", p("ca"), "--cn", "test CA")
+	pkiRun(t, "issue", "--ca", p("ca"), "--server", "--dns", "gw.example", "--out", p("server"))
+	pkiRun(t, "issue", "--ca", p("ca"), "--client", "--tenant", "gw", "--uri", "spiffe://gw/backend", "--out", p("client"))
+	pkiRun(t, "issue", "--ca", p("ca"), "--client", "--tenant", "gw", "--uri", "spiffe://gw/other", "--out", p("other"))
+	if err := os.WriteFile(p("junk.pem"), []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	check := func(route string) error {
+		t.Helper()
+		yaml := fmt.Sprintf(`state_dir: /var/lib/gatehouse
+enforcement: {xdp: "off", nftables: false}
+tenants:
+  - {id: a, client_ca: %[1]s/ca/ca.pem, identities: {uri_san: ["spiffe://a/*"]}}
+listeners:
+  - {name: raw, listen: "127.0.0.1:8443", protocol: tcp, server_cert: %[1]s/server.pem, server_key: %[1]s/server.key,
+     routes: [{tenant: a, backend: "192.0.2.5:443", backend_tls: true, %[2]s}]}
+`, d, route)
+		path := p("gatehouse.yaml")
+		if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := runCLI("check", "-c", path)
+		return err
+	}
+	if err := check("backend_ca: " + p("ca/ca.pem") + ", backend_cert: " + p("client.pem") + ", backend_key: " + p("client.key")); err != nil {
+		t.Fatalf("check with good backend TLS: %v", err)
+	}
+	for name, tc := range map[string]struct{ route, want string }{
+		"ca without a certificate": {"backend_ca: " + p("junk.pem"), "holds no PEM certificate"},
+		"key of another cert":      {"backend_cert: " + p("client.pem") + ", backend_key: " + p("other.key"), "backend client certificate"},
+	} {
+		var ee exitError
+		if err := check(tc.route); !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(ee.msg, tc.want) || !strings.Contains(ee.msg, `listener "raw" route 0`) {
+			t.Errorf("%s: want exit 1 naming the route and %q, got %v", name, tc.want, err)
+		}
+	}
+}

@@ -178,7 +178,7 @@ func TestProblems(t *testing.T) {
 		{"unknown tenant", "{tenant: globex,", "{tenant: acme2,", []string{`listeners[0].routes[1].tenant: unknown tenant "acme2"`}},
 		{"two listeners one port", `"192.0.2.1:992"`, `"192.0.2.1:443"`, []string{"listeners[1].listen: port 443 is already used by listeners[0]"}},
 		{"no routes", "routes:\n      - {tenant: acme, backend: \"192.0.2.7:23\", lu_names: [\"ACMELU0*\"], terminal_types: [\"IBM-3278-2-E\"]}", "routes: []", []string{"listeners[1].routes: a listener needs at least one route"}},
-		{"overlapping routes", "{tenant: globex, backend: \"http://192.0.2.6\"}", "{tenant: acme, host: ACME.portal.example, backend: \"http://192.0.2.6\"}", []string{"listeners[0].routes[1]: overlaps listeners[0].routes[0]"}},
+		{"overlapping routes", "{tenant: globex, backend: \"http://192.0.2.6\"}", "{tenant: acme, host: ACME.portal.example, backend: \"http://192.0.2.6\"}", []string{"listeners[0].routes[1]: overlaps route 0: same tenant, host and path"}},
 		{"backends on telnet", `backend: "192.0.2.7:23"`, `backends: ["192.0.2.7:23", "192.0.2.8:23"]`, []string{"listeners[1].routes[0].backends: does not apply to a tn3270 listener"}},
 		{"option of another protocol", "lu_names:", "soap_actions: [x], lu_names:", []string{"listeners[1].routes[0].soap_actions: does not apply to a tn3270 listener"}},
 		{"bad fingerprint", `fingerprints_sha256: ["AA:BB`, `fingerprints_sha256: ["ZZ:BB`, []string{"tenants[0].identities.fingerprints_sha256[0]: "}},
@@ -214,6 +214,14 @@ func TestProblems(t *testing.T) {
 		{"source prefix v6 zero", "mode: strict", "mode: strict\n  source_prefix: {v4: 32, v6: 0}", []string{"enforcement.source_prefix.v6: must be 32..128, got 0"}},
 		{"source prefix v4 too long", "mode: strict", "mode: strict\n  source_prefix: {v4: 33, v6: 64}", []string{"enforcement.source_prefix.v4: must be 16..32, got 33"}},
 		{"source prefix v4 too coarse", "mode: strict", "mode: strict\n  source_prefix: {v4: 8, v6: 64}", []string{"enforcement.source_prefix.v4: must be 16..32, got 8"}},
+		// What the proxies refused at run while check passed it.
+		{"backend listed twice", `backend: "http://192.0.2.6"`, `backends: ["http://192.0.2.6", "http://192.0.2.6"]`, []string{`listeners[0].routes[1].backends[1]: "http://192.0.2.6" is listed twice`}},
+		{"health interval without a path", `backend: "http://192.0.2.6"`, `backend: "http://192.0.2.6", health_interval: 5s`, []string{"listeners[0].routes[1].health_interval: without health_path nothing is checked"}},
+		{"backend url with a user", `backend: "http://192.0.2.6"`, `backend: "http://user@192.0.2.6"`, []string{"listeners[0].routes[1].backend: must be http(s)://host[:port][/path], without user, query or fragment"}},
+		{"backend url with a query", `backend: "http://192.0.2.6"`, `backend: "http://192.0.2.6/?a=b"`, []string{"listeners[0].routes[1].backend: must be http(s)://host[:port][/path], without user, query or fragment"}},
+		{"force_lu not an LU name", "lu_names:", `force_lu: "LU@1", lu_names:`, []string{`listeners[1].routes[0].force_lu: "LU@1" is not an LU name`}},
+		{"hosts equal but for a trailing dot", "{tenant: globex, backend: \"http://192.0.2.6\"}", "{tenant: acme, host: acme.portal.example., backend: \"http://192.0.2.6\"}", []string{"listeners[0].routes[1]: overlaps route 0: same tenant, host and path"}},
+		{"no tenants", "tenants:\n  - id: acme", "tenants: []\nold_tenants:\n  - id: acme", []string{"tenants: at least one tenant is required"}},
 		{"missing extra cert", "    server_key: ${DIR}/server.key\n    routes:\n      - {tenant: acme, host", "    server_key: ${DIR}/server.key\n    extra_certs: [{cert: ${DIR}/nope.pem, key: ${DIR}/server.key}]\n    routes:\n      - {tenant: acme, host", []string{`listeners[0].extra_certs[0].cert: cannot read`}},
 	}
 	for _, tc := range cases {

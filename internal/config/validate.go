@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"net/url"
 	"os"
 	"regexp"
 	"slices"
@@ -180,8 +179,8 @@ func (cfg *Config) validate() Problems {
 		c.add("tls.ticket_rotation", "must be between 1m and %s, got %s", maxTicketRotation, r)
 	}
 	cfg.validateFeeds(c)
-	tenants := cfg.validateTenants(c)
-	cfg.validateListeners(c, tenants)
+	cfg.validateTenants(c)
+	cfg.validateListeners(c)
 	cfg.validateLimits(c)
 	if cfg.Rules.MinPrefix.V4 < 0 || cfg.Rules.MinPrefix.V4 > 32 {
 		c.add("rules.min_prefix.v4", "must be 0..32, got %d", cfg.Rules.MinPrefix.V4)
@@ -200,6 +199,10 @@ func (cfg *Config) validate() Problems {
 func (cfg *Config) validateTenants(c *checker) map[string]bool {
 	ids := map[string]string{}
 	known := map[string]bool{}
+	if len(cfg.Tenants) == 0 {
+		// policy.CheckListeners judges routes by the tenants there are.
+		c.add("tenants", "at least one tenant is required: every route names one")
+	}
 	for i, t := range cfg.Tenants {
 		p := fmt.Sprintf("tenants[%d]", i)
 		if c.name(p+".id", ids, t.ID, "tenant") {
@@ -242,7 +245,7 @@ func normaliseHex(s string) string {
 	return strings.ToLower(strings.ReplaceAll(s, ":", ""))
 }
 
-func (cfg *Config) validateListeners(c *checker, tenants map[string]bool) {
+func (cfg *Config) validateListeners(c *checker) {
 	names := map[string]string{}
 	ports := map[uint16]string{}
 	var protos []string
@@ -255,6 +258,8 @@ func (cfg *Config) validateListeners(c *checker, tenants map[string]bool) {
 		if ap, err := parseListen(l.Listen); err != nil {
 			c.add(p+".listen", "%v", err)
 		} else {
+			// Stricter than the proxy's one address per listener: the
+			// kernel layers police ports, whatever the address.
 			port := ap.Port()
 			if prev, ok := ports[port]; ok {
 				c.add(p+".listen", "port %d is already used by %s", port, prev)
@@ -269,32 +274,25 @@ func (cfg *Config) validateListeners(c *checker, tenants map[string]bool) {
 			c.file(fmt.Sprintf("%s.extra_certs[%d].cert", p, j), ck.Cert, true)
 			c.file(fmt.Sprintf("%s.extra_certs[%d].key", p, j), ck.Key, true)
 		}
-		proto := policy.Protocol(l.Protocol)
-		if l.StartTLS && !proto.Telnet() {
-			c.add(p+".starttls", "only tn3270, tn5250 and tnvip listeners negotiate START_TLS")
-		}
-		if len(l.Routes) == 0 {
-			c.add(p+".routes", "a listener needs at least one route: without one every tenant is refused")
-		}
-		seen := map[string]string{}
 		for j, r := range l.Routes {
-			rp := fmt.Sprintf("%s.routes[%d]", p, j)
-			if r.Tenant == "" {
-				c.add(rp+".tenant", "required")
-			} else if !tenants[r.Tenant] {
-				c.add(rp+".tenant", "unknown tenant %q", r.Tenant)
-			}
-			validateRoute(c, rp, proto, r)
-			key := r.Tenant + "|" + strings.ToLower(r.Host) + "|" + routePath(proto, r.Path)
-			if prev, ok := seen[key]; ok {
-				c.add(rp, "overlaps %s: same tenant, host and path", prev)
-			} else {
-				seen[key] = rp
-			}
+			validateRouteFile(c, fmt.Sprintf("%s.routes[%d]", p, j), policy.Protocol(l.Protocol), r)
 		}
 	}
 	if len(cfg.Listeners) == 0 {
 		c.add("listeners", "at least one listener is required")
+	}
+	// Everything else of listeners and routes is the policy's to judge
+	// (policy.CheckListeners): the proxies refuse the same. Here it only
+	// gains its key path; a path already reported above keeps its problem.
+	for _, e := range cfg.Policy().CheckListeners() {
+		path := fmt.Sprintf("listeners[%d]", e.Listener)
+		if e.Route >= 0 {
+			path += fmt.Sprintf(".routes[%d]", e.Route)
+		}
+		if e.Field != "" {
+			path += "." + e.Field
+		}
+		c.addOnce(path, "%s", e.Msg)
 	}
 }
 
@@ -307,141 +305,24 @@ func routePath(proto policy.Protocol, path string) string {
 	return path
 }
 
-func validateRoute(c *checker, rp string, proto policy.Protocol, r Route) {
-	httpish := proto == policy.ProtoHTTPS || proto == policy.ProtoSOAP
-	backends := map[string]string{rp + ".backend": r.Backend}
-	switch {
-	case r.Backend != "" && len(r.Backends) > 0:
+// validateRouteFile checks what of a route the policy cannot see: how the
+// file writes it (backend or backends, an explicit refuse_auto_sign_on),
+// the files it names, and the configuration's own floor of health checks.
+func validateRouteFile(c *checker, rp string, proto policy.Protocol, r Route) {
+	if r.Backend != "" && len(r.Backends) > 0 {
 		c.add(rp+".backends", "give either backend or backends, not both")
-	case r.Backend == "" && len(r.Backends) == 0:
-		c.add(rp+".backend", "required (or backends)")
-		backends = nil
-	case len(r.Backends) > 0:
-		backends = map[string]string{}
-		for i, b := range r.Backends {
-			backends[fmt.Sprintf("%s.backends[%d]", rp, i)] = b
-		}
 	}
-	if r.HealthPath != "" && (!httpish || !strings.HasPrefix(r.HealthPath, "/")) {
-		c.add(rp+".health_path", "an https or soap route's URL path beginning with '/', got %q", r.HealthPath)
+	if r.RefuseAutoSignOn != nil && *r.RefuseAutoSignOn && proto != policy.ProtoTN5250 {
+		c.add(rp+".refuse_auto_sign_on", "does not apply to a %s listener", proto)
 	}
+	// The proxy takes any positive period; an operator's under a second
+	// only loads the backend.
 	if r.HealthInterval != 0 && r.HealthInterval < time.Second {
 		c.add(rp+".health_interval", "must be at least 1s, got %s", r.HealthInterval)
-	}
-	for key, b := range backends {
-		validateBackend(c, key, httpish, b)
-	}
-	switch {
-	case httpish:
-		if r.Path != "" && policy.CheckRoutePath(r.Path) != nil {
-			c.add(rp+".path", "must be a clean absolute path, written decoded: a leading '/', no empty, '.' or '..' segment, no backslash, ';', '%%' or control character; got %q", r.Path)
-		}
-		if r.BackendTLS {
-			c.add(rp+".backend_tls", "https and soap routes choose TLS by the backend URL scheme")
-		}
-	default:
-		if r.Path != "" {
-			c.add(rp+".path", "only https and soap routes match a path")
-		}
-	}
-	if r.Host != "" && (strings.ContainsAny(r.Host, "/: ") || len(r.Host) > 253) {
-		c.add(rp+".host", "%q is not a host name", r.Host)
 	}
 	c.file(rp+".backend_ca", r.BackendCA, false)
 	c.file(rp+".backend_cert", r.BackendCert, false)
 	c.file(rp+".backend_key", r.BackendKey, r.BackendCert != "")
-	if r.BackendKey != "" && r.BackendCert == "" {
-		c.add(rp+".backend_cert", "required with backend_key")
-	}
-	// The proxies refuse TLS settings towards a backend they speak plain
-	// to (policy.Route.CheckPlainBackend); say so here, with the key.
-	tlsBackend := r.BackendTLS
-	if httpish {
-		tlsBackend = strings.HasPrefix(r.Backend, "https://") || slices.ContainsFunc(r.Backends, func(b string) bool { return strings.HasPrefix(b, "https://") })
-	}
-	if !tlsBackend && (r.BackendCA != "" || r.BackendCert != "" || r.BackendKey != "") {
-		need := "backend_tls: true"
-		if httpish {
-			need = "an https:// backend"
-		}
-		c.add(rp+".backend_ca", "backend_ca/backend_cert/backend_key need %s", need)
-	}
-	only := func(key string, set bool, allowed ...policy.Protocol) {
-		if set && !slices.Contains(allowed, proto) {
-			c.add(rp+"."+key, "does not apply to a %s listener", proto)
-		}
-	}
-	only("backends", len(r.Backends) > 0, policy.ProtoHTTPS, policy.ProtoSOAP)
-	only("host", r.Host != "", policy.ProtoHTTPS, policy.ProtoSOAP) // tcp and telnet route by tenant alone
-	only("soap_actions", len(r.SOAPActions) > 0, policy.ProtoSOAP)
-	only("allow_wsdl", r.AllowWSDL, policy.ProtoSOAP)
-	only("path_params", r.PathParams, policy.ProtoHTTPS, policy.ProtoSOAP)
-	only("websocket", r.WebSocket, policy.ProtoHTTPS) // a tunnel would carry SOAP past its inspection
-	only("lu_names", len(r.LUNames) > 0, policy.ProtoTN3270)
-	only("force_lu", r.ForceLU != "", policy.ProtoTN3270)
-	only("terminal_types", len(r.TerminalTypes) > 0, policy.ProtoTN3270, policy.ProtoTN5250, policy.ProtoTNVIP)
-	only("devnames", len(r.DevNames) > 0, policy.ProtoTN5250)
-	only("refuse_auto_sign_on", r.RefuseAutoSignOn != nil && *r.RefuseAutoSignOn, policy.ProtoTN5250)
-	if proto.Telnet() {
-		for i, tt := range r.TerminalTypes {
-			if err := policy.CheckTerminalType(tt); err != nil {
-				c.add(fmt.Sprintf("%s.terminal_types[%d]", rp, i), "%v", err)
-			}
-		}
-	}
-	if proto == policy.ProtoSOAP && len(r.SOAPActions) == 0 {
-		c.add(rp+".soap_actions", "a soap route needs at least one allowed operation")
-	}
-	if proto == policy.ProtoSOAP {
-		for i, a := range r.SOAPActions {
-			if _, err := policy.ParseSOAPAction(a); err != nil {
-				c.add(fmt.Sprintf("%s.soap_actions[%d]", rp, i), "%v", err)
-			}
-		}
-	}
-}
-
-// validateBackend checks one backend address: a URL for https and soap, else
-// host:port.
-func validateBackend(c *checker, key string, httpish bool, b string) {
-	if !httpish {
-		if _, err := hostPort(b, ""); err != nil {
-			c.add(key, "%v", err)
-		}
-		return
-	}
-	u, err := url.Parse(b)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		c.add(key, "must be an http:// or https:// URL, got %q", b)
-	} else if _, err := hostPort(u.Host, defaultPort(u.Scheme)); err != nil {
-		c.add(key, "%v", err)
-	}
-}
-
-func defaultPort(scheme string) string {
-	if scheme == "https" {
-		return "443"
-	}
-	return "80"
-}
-
-// hostPort checks host:port (the port may default).
-func hostPort(s, defPort string) (string, error) {
-	host, port, err := net.SplitHostPort(s)
-	if err != nil {
-		if defPort == "" || strings.Count(s, ":") > 1 && !strings.HasPrefix(s, "[") {
-			return "", fmt.Errorf("%q is not host:port", s)
-		}
-		host, port = s, defPort
-	}
-	if host == "" {
-		return "", fmt.Errorf("%q has no host", s)
-	}
-	n, err := strconv.Atoi(port)
-	if err != nil || n < 1 || n > 65535 {
-		return "", fmt.Errorf("%q: port must be 1..65535", s)
-	}
-	return net.JoinHostPort(host, port), nil
 }
 
 // parseListen parses ":443" or "addr:port" into an AddrPort whose address is

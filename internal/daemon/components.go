@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -170,7 +169,7 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 	if access == nil {
 		access = slog.New(slog.DiscardHandler)
 	}
-	px, err := proxy.New(proxy.Config{Logger: env.Logger, TLS: tlsSource{cm}, AccessLog: access})
+	px, err := proxy.New(proxy.Config{Logger: env.Logger, TLS: cm, AccessLog: access})
 	if err != nil {
 		return comps, fmt.Errorf("proxy: %w", err)
 	}
@@ -195,28 +194,6 @@ func register(env *Env, name string, c prometheus.Collector) error {
 		return fmt.Errorf("%s metrics: %w", name, err)
 	}
 	return nil
-}
-
-// tlsSource adapts the certificate manager to proxy.TLSSource, turning
-// its certs.Identity into the proxy's own Identity.
-type tlsSource struct{ m *certs.Manager }
-
-func (s tlsSource) TLSConfig(listener string) (*tls.Config, error) { return s.m.TLSConfig(listener) }
-func (s tlsSource) HandshakeFailed(listener string, source netip.AddrPort, cs tls.ConnectionState, err error) certs.Refusal {
-	return s.m.HandshakeFailed(listener, source, cs, err)
-}
-func (s tlsSource) HandshakeDone(listener string, source netip.AddrPort, cs tls.ConnectionState) (proxy.Identity, error) {
-	return proxyIdentity(s.m.HandshakeDone(listener, source, cs))
-}
-func (s tlsSource) Identify(cs tls.ConnectionState) (proxy.Identity, error) {
-	return proxyIdentity(s.m.Identify(cs))
-}
-
-func proxyIdentity(id certs.Identity, err error) (proxy.Identity, error) {
-	if err != nil {
-		return proxy.Identity{}, err
-	}
-	return proxy.Identity{Tenant: id.Tenant, FingerprintSHA256: id.FingerprintSHA256, Subject: id.Subject}, nil
 }
 
 // runBoth runs two loops of one component until both return; the first

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
 
 // countingBody counts what the client sent and remembers why reading it
@@ -51,15 +53,6 @@ func (b *countingBody) Read(p []byte) (int, error) {
 
 func (b *countingBody) Close() error { return b.rc.Close() }
 
-// copyBuffers recycles the 32 KiB buffers of response copies, which
-// ReverseProxy would otherwise allocate per request.
-var copyBuffers = &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
-
-type bufferPool struct{ p sync.Pool }
-
-func (b *bufferPool) Get() []byte  { return *b.p.Get().(*[]byte) }
-func (b *bufferPool) Put(s []byte) { b.p.Put(&s) }
-
 // Errors of reading a body.
 var (
 	// errBodyClosed is a read of a request body after the request ended.
@@ -68,9 +61,9 @@ var (
 	errBodyBudget = errors.New("request body buffers full")
 )
 
-// chunkSize is the size of copyBuffers' buffers, in which request bodies
-// are held.
-const chunkSize = 32 << 10
+// chunkSize is the size of the pooled buffers (relay.Buffers) in which
+// request bodies are held.
+const chunkSize = relay.BufferSize
 
 // bodyBudget is the listener's budget for request bodies held in memory,
 // as one request takes from it, one chunk at a time.
@@ -124,7 +117,7 @@ func readAhead(body io.ReadCloser, limit int64, budget *bodyBudget) (*bufferedBo
 				b.Close()
 				return nil, errBodyBudget
 			}
-			b.chunks = append(b.chunks, copyBuffers.Get()[:0])
+			b.chunks = append(b.chunks, relay.Buffers.Get()[:0])
 		}
 		last := &b.chunks[len(b.chunks)-1]
 		m, err := body.Read((*last)[len(*last):chunkSize])
@@ -157,7 +150,7 @@ func (b *bufferedBody) Write(p []byte) (int, error) {
 				b.full = true
 				return written, errBodyBudget
 			}
-			b.chunks = append(b.chunks, copyBuffers.Get()[:0])
+			b.chunks = append(b.chunks, relay.Buffers.Get()[:0])
 		}
 		last := &b.chunks[len(b.chunks)-1]
 		m := copy((*last)[len(*last):chunkSize], p)
@@ -192,7 +185,7 @@ func (b *bufferedBody) Read(p []byte) (int, error) {
 		b.off += int64(n)
 		if b.forwarding && (b.off%chunkSize == 0 || b.off == b.n) {
 			// Read to its end: nothing reads it again.
-			copyBuffers.Put(c[:chunkSize])
+			relay.Buffers.Put(c[:chunkSize])
 			b.chunks[i] = nil
 			b.budget.release(1)
 		}
@@ -222,7 +215,7 @@ func (b *bufferedBody) Close() error {
 	held := 0
 	for _, c := range b.chunks {
 		if c != nil {
-			copyBuffers.Put(c[:chunkSize])
+			relay.Buffers.Put(c[:chunkSize])
 			held++
 		}
 	}

@@ -3,9 +3,11 @@
 // internal backend by host and longest path prefix, rewrites the identity
 // headers the backend may trust, enforces request limits, and, for SOAP
 // listeners, inspects the XML envelope and its operation before a byte
-// reaches the backend. It never decides who the tenant is: that comes from the
-// verified client certificate, handed in through the request context
-// (WithPeer), and nothing in a request can name another tenant's routes.
+// reaches the backend. It never decides who the tenant is: that comes from
+// the verified client certificate, the connection's certs.Peer handed in
+// through the request context (WithPeer), and nothing in a request can
+// name another tenant's routes. Nor does it judge routes: New builds those
+// policy.CheckListeners passed.
 //
 // Limits: the requests of a tenant are bounded by that tenant's limits on
 // the listener (policy.Listener.ForTenant: limits.http with the listener's

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -19,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
@@ -29,26 +29,17 @@ var (
 	ErrRoute    = errors.New("invalid route")
 )
 
-// Peer is the authenticated client of a connection, as the TLS layer proved
-// it. Tenant is the only input routing trusts.
-type Peer struct {
-	Tenant      string
-	Fingerprint string // hex SHA-256 of the client certificate
-	Subject     string
-	Source      netip.AddrPort
-	SNI         string
-}
-
 type peerKey struct{}
 
-// WithPeer returns ctx carrying the connection's peer.
-func WithPeer(ctx context.Context, p Peer) context.Context {
+// WithPeer returns ctx carrying the connection's peer, as the TLS layer
+// proved it; its Tenant is the only input routing trusts.
+func WithPeer(ctx context.Context, p certs.Peer) context.Context {
 	return context.WithValue(ctx, peerKey{}, p)
 }
 
 // PeerFrom returns the peer WithPeer stored.
-func PeerFrom(ctx context.Context) (Peer, bool) {
-	p, ok := ctx.Value(peerKey{}).(Peer)
+func PeerFrom(ctx context.Context) (certs.Peer, bool) {
+	p, ok := ctx.Value(peerKey{}).(certs.Peer)
 	return p, ok && p.Tenant != ""
 }
 
@@ -95,8 +86,10 @@ type Handler struct {
 	closeOnce sync.Once
 }
 
-// New validates cfg and builds the handler: every backend URL parsed, every
-// backend CA and client certificate loaded. Any error leaves nothing behind.
+// New builds the handler of a listener that policy.CheckListeners passed
+// (it does not judge routes again): every backend URL parsed, every
+// backend CA and client certificate loaded. Any error leaves nothing
+// behind.
 func New(cfg Config) (*Handler, error) {
 	l := cfg.Listener
 	if l.Protocol != policy.ProtoHTTPS && l.Protocol != policy.ProtoSOAP {
@@ -128,7 +121,6 @@ func New(cfg Config) (*Handler, error) {
 	for tenant, tl := range l.TenantLimits {
 		h.tenants[tenant] = resolveLimits(base, tl)
 	}
-	seen := map[string]bool{}
 	for i, pr := range l.Routes {
 		rt, err := h.newRoute(i, pr)
 		if err != nil {
@@ -136,12 +128,6 @@ func New(cfg Config) (*Handler, error) {
 			return nil, fmt.Errorf("listener %q route %d: %w", l.Name, i, err)
 		}
 		rt.key = pr.Key(l.Name, l.Protocol)
-		key := rt.tenant + "\x00" + rt.label
-		if seen[key] {
-			h.Close()
-			return nil, fmt.Errorf("listener %q route %d: %w: tenant %q has two routes for %s", l.Name, i, ErrRoute, rt.tenant, rt.label)
-		}
-		seen[key] = true
 		h.byTenant[rt.tenant] = append(h.byTenant[rt.tenant], rt)
 	}
 	if cfg.Previous != nil {
@@ -205,7 +191,7 @@ func (h *Handler) Close() {
 
 // requestState travels with one request through the proxy.
 type requestState struct {
-	peer Peer
+	peer certs.Peer
 	lim  *tenantLimits // the peer's tenant's
 	id   string
 	// inURL is the client's URL, for aiming it at each backend tried.
@@ -284,7 +270,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		slog.String("id", st.id),
 		slog.String("listener", h.listener),
 		slog.String("tenant", tenant),
-		slog.String("fingerprint", peer.Fingerprint),
+		slog.String("fingerprint", peer.FingerprintSHA256),
 		slog.String("source", peer.Source.String()),
 		slog.String("proto", r.Proto),
 		slog.String("method", r.Method),
@@ -330,9 +316,9 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 		refuse(w, http.StatusBadRequest, why)
 		return nil
 	}
-	host := normHost(r.Host)
+	host := policy.NormHost(r.Host)
 	if host == "" {
-		host = normHost(st.peer.SNI)
+		host = policy.NormHost(st.peer.ServerName)
 	}
 	rt := h.match(st.peer.Tenant, host, p)
 	if rt == nil {

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	httpproxy "github.com/gatehouse-dmz/gatehouse/proxy/http"
 )
@@ -59,7 +60,7 @@ func FuzzTenantIsolation(f *testing.F) {
 		r := &http.Request{Method: method, URL: u, Host: host, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 			Header: http.Header{}, Body: http.NoBody, RemoteAddr: "192.0.2.1:1234"}
 		r.Header[hk] = []string{hv}
-		r = r.WithContext(httpproxy.WithPeer(r.Context(), httpproxy.Peer{Tenant: "globex", Fingerprint: "gg"}))
+		r = r.WithContext(httpproxy.WithPeer(r.Context(), certs.Peer{Tenant: "globex", FingerprintSHA256: "gg"}))
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, r)
 		if acmeHits.Load() != 0 {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
 
 // Defaults of the request limits, for a policy built without a
@@ -207,9 +208,9 @@ func (l XMLLimits) withDefaults() XMLLimits {
 // generation of the listeners (Config.InFlight), so that a reload restarts
 // neither count.
 type InFlight struct {
-	mu     sync.Mutex
-	m      map[[2]string]int
-	bodies map[string]*bodyBytes
+	requests relay.Limiter[[2]string] // per listener and tenant
+	mu       sync.Mutex
+	bodies   map[string]*bodyBytes
 }
 
 // bodyBytes is one listener's share of the body budget.
@@ -220,24 +221,15 @@ type bodyBytes struct {
 
 // NewInFlight returns an empty counter.
 func NewInFlight() *InFlight {
-	return &InFlight{m: map[[2]string]int{}, bodies: map[string]*bodyBytes{}}
+	return &InFlight{bodies: map[string]*bodyBytes{}}
 }
 
 func (f *InFlight) acquire(listener, tenant string, limit int) (release func(), ok bool) {
 	k := [2]string{listener, tenant}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.m[k] >= limit {
+	if !f.requests.Acquire(k, limit) {
 		return nil, false
 	}
-	f.m[k]++
-	return func() {
-		f.mu.Lock()
-		if f.m[k]--; f.m[k] <= 0 {
-			delete(f.m, k)
-		}
-		f.mu.Unlock()
-	}, true
+	return func() { f.requests.Release(k) }, true
 }
 
 // holdBody takes n bytes of listener's body budget of limit, and reports

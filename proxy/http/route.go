@@ -14,7 +14,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
 
 // route is one tenant's route on the listener.
@@ -36,16 +38,12 @@ type route struct {
 	key        string // policy.Route.Key, for the tunnels of upgraded connections
 }
 
+// newRoute compiles one route that policy.CheckListeners passed: it parses
+// what it needs, and leaves the judging to the policy.
 func (h *Handler) newRoute(index int, pr policy.Route) (*route, error) {
-	if pr.Tenant == "" {
-		return nil, fmt.Errorf("%w: no tenant", ErrRoute)
-	}
 	addrs := pr.Backends
-	switch {
-	case len(addrs) == 0:
+	if len(addrs) == 0 {
 		addrs = []string{pr.Backend}
-	case pr.Backend != "" && pr.Backend != addrs[0]:
-		return nil, fmt.Errorf("%w: backend %q is not the first of backends", ErrRoute, pr.Backend)
 	}
 	var urls []*url.URL
 	for _, addr := range addrs {
@@ -53,25 +51,10 @@ func (h *Handler) newRoute(index int, pr policy.Route) (*route, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: backend %q: %w", ErrRoute, addr, err)
 		}
-		if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-			return nil, fmt.Errorf("%w: backend %q must be http(s)://host[:port][/path]", ErrRoute, addr)
-		}
-		if slices.ContainsFunc(urls, func(o *url.URL) bool { return o.String() == u.String() }) {
-			return nil, fmt.Errorf("%w: backend %q listed twice", ErrRoute, addr)
-		}
 		urls = append(urls, u)
 	}
-	if pr.HealthPath == "" && pr.HealthInterval != 0 {
-		return nil, fmt.Errorf("%w: health interval without a health path", ErrRoute)
-	}
-	if pr.HealthPath != "" && pr.HealthInterval <= 0 {
-		return nil, fmt.Errorf("%w: health path %q needs a positive interval", ErrRoute, pr.HealthPath)
-	}
 	prefix := cmp.Or(pr.Path, "/")
-	if err := policy.CheckRoutePath(prefix); err != nil {
-		return nil, fmt.Errorf("%w: path %q: %w", ErrRoute, pr.Path, err)
-	}
-	host := normHost(pr.Host)
+	host := policy.NormHost(pr.Host)
 	rt := &route{
 		index:      index,
 		tenant:     pr.Tenant,
@@ -128,7 +111,7 @@ func (h *Handler) newRoute(index int, pr policy.Route) (*route, error) {
 		// response without a length (chunked, long-polled) and for
 		// text/event-stream, so streams are not held back.
 		FlushInterval: 0,
-		BufferPool:    copyBuffers,
+		BufferPool:    relay.Buffers, // else ReverseProxy allocates 32 KiB per response
 		ErrorLog:      slog.NewLogLogger(h.logger.Handler(), slog.LevelWarn),
 	}
 	return rt, nil
@@ -143,7 +126,7 @@ func backendTLS(urls []*url.URL, pr policy.Route) (*tls.Config, error) {
 		}
 		return nil, nil
 	}
-	tc, err := pr.BackendTLSConfig("") // ServerName per backend, in newTransport
+	tc, err := certs.BackendTLS(pr, "") // ServerName per backend, in newTransport
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrRoute, err)
 	}
@@ -219,11 +202,4 @@ func pathHasPrefix(p, prefix string) bool {
 		return false
 	}
 	return len(p) == len(prefix) || strings.HasSuffix(prefix, "/") || p[len(prefix)] == '/'
-}
-
-func normHost(h string) string {
-	if host, _, err := net.SplitHostPort(h); err == nil {
-		h = host
-	}
-	return strings.TrimSuffix(strings.ToLower(h), ".")
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	httpproxy "github.com/gatehouse-dmz/gatehouse/proxy/http"
 )
@@ -66,7 +67,7 @@ var testXMLLimits = httpproxy.XMLLimits{MaxBytes: 64 << 10, MaxDepth: 32, MaxEle
 // soapFront serves h as tenant would reach it after the TLS layer.
 func soapFront(t *testing.T, h http.Handler, tenant string) *httptest.Server {
 	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.ServeHTTP(w, r.WithContext(httpproxy.WithPeer(r.Context(), httpproxy.Peer{Tenant: tenant, Fingerprint: "ab12"})))
+		h.ServeHTTP(w, r.WithContext(httpproxy.WithPeer(r.Context(), certs.Peer{Tenant: tenant, FingerprintSHA256: "ab12"})))
 	}))
 	t.Cleanup(s.Close)
 	return s

@@ -176,13 +176,6 @@ func (c *CountingConn) CloseWrite() error {
 	return nil
 }
 
-// bufSize is the copy buffer: large enough for a full TLS record plus
-// framing, small enough that ten thousand idle relays stay cheap (buffers are
-// only held while a copy is running).
-const bufSize = 32 << 10
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
-
 // Pipe copies a→b and b→a until both directions end, half-closing the
 // receiving side when a sender finishes so protocols that signal the end of a
 // request with a FIN keep working. It closes both connections before it
@@ -211,13 +204,13 @@ func PipeTimed(a, b net.Conn, t *Timer) (aToB, bToA int64, err error) {
 // closed, or the copy failed, both ends are closed so the other direction
 // ends too.
 func halfCopy(dst, src net.Conn, t *Timer) (int64, error) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
+	buf := Buffers.Get()
+	defer Buffers.Put(buf)
 	var r io.Reader = readerOnly{src}
 	if t != nil {
 		r = touchReader{src, t}
 	}
-	n, err := io.CopyBuffer(writerOnly{dst}, r, *bp)
+	n, err := io.CopyBuffer(writerOnly{dst}, r, buf)
 	if err == nil {
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
 			return n, nil

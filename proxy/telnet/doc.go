@@ -4,7 +4,9 @@
 // Everything the policy does not look at
 // (the data stream, EOR records, NOP and TIMING-MARK keepalives, ATTN and
 // SYSREQ, FUNCTIONS lists, other NEW-ENVIRON variables) passes byte for
-// byte.
+// byte. The routes it is given are those policy.CheckListeners passed
+// (one per tenant, with the settings of the listener's protocol); the
+// client is the certs.Peer its caller identified.
 //
 // A streaming Parser splits either direction into data runs, commands,
 // option negotiations and sub-negotiations without ever assuming that one

@@ -82,8 +82,6 @@ const (
 	envAssocPrt  = "IBMASSOCPRT"
 	envRSeed     = "IBMRSEED"
 	rseedLength  = 8
-	maxDevName   = 10
-	maxLUName    = 8
 	maxTermType  = 40
 	maxEnvValue  = 64 // a device attribute's value; the longest real ones have ten-odd bytes
 	maxPending   = 16 // host SENDs waiting for their answer

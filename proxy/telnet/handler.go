@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
@@ -85,19 +85,11 @@ type Config struct {
 	SessionLog *slog.Logger
 }
 
-// Peer is who the caller proved the client to be.
-type Peer struct {
-	Tenant      string
-	Fingerprint string // hex SHA-256 of the client certificate
-	Subject     string
-	Source      netip.AddrPort
-}
-
 // Admit proves the tenant of a connection that just completed its
 // START_TLS handshake and counts it against the caller's limits; the caller
 // may keep cs to re-check the certificate later. An error closes the
 // connection.
-type Admit func(cs tls.ConnectionState) (Peer, error)
+type Admit func(cs tls.ConnectionState) (certs.Peer, error)
 
 // Handler runs the terminal sessions of one listener generation.
 type Handler struct {
@@ -113,7 +105,8 @@ type Handler struct {
 	slog      *slog.Logger
 }
 
-// New validates cfg and compiles its routes.
+// New validates cfg and compiles its routes, which policy.CheckListeners
+// judged (New does not again).
 func New(cfg Config) (*Handler, error) {
 	if !cfg.Protocol.Telnet() {
 		return nil, fmt.Errorf("%w: listener %q: protocol %q", ErrConfig, cfg.Listener, cfg.Protocol)
@@ -160,7 +153,7 @@ func New(cfg Config) (*Handler, error) {
 // and whose tenant it proved. It returns when the session ended, having
 // closed client; the error says why a session ended other than by a peer
 // closing it.
-func (h *Handler) Serve(ctx context.Context, client net.Conn, peer Peer) error {
+func (h *Handler) Serve(ctx context.Context, client net.Conn, peer certs.Peer) error {
 	defer client.Close()
 	rt := h.routes[peer.Tenant]
 	if rt == nil {
@@ -203,14 +196,14 @@ func (h *Handler) Serve(ctx context.Context, client net.Conn, peer Peer) error {
 	h.sessions.track(s)
 	defer h.sessions.untrack(s)
 	h.slog.Info("telnet session started", "listener", h.listener, "tenant", peer.Tenant,
-		"fingerprint", peer.Fingerprint, "source", peer.Source.String(), "backend", rt.backend)
+		"fingerprint", peer.FingerprintSHA256, "source", peer.Source.String(), "backend", rt.backend)
 	err = s.run(ctx)
 	s.mu.Lock()
 	lu, dev, tt := s.lu, s.dev, s.ttype
 	s.mu.Unlock()
 	h.sessions.count(h.listener, peer.Tenant, s.result)
 	h.slog.Info("telnet session ended", "listener", h.listener, "tenant", peer.Tenant,
-		"fingerprint", peer.Fingerprint, "source", peer.Source.String(),
+		"fingerprint", peer.FingerprintSHA256, "source", peer.Source.String(),
 		"lu", lu, "device", dev, "terminal_type", tt,
 		"bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),
 		"duration", time.Since(start).Round(time.Millisecond).String(),

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -97,7 +98,7 @@ func (rg *rig) acceptHost(t *testing.T) net.Conn {
 	return c
 }
 
-func (rg *rig) serve(t *testing.T, ctx context.Context, c net.Conn, p Peer) chan error {
+func (rg *rig) serve(t *testing.T, ctx context.Context, c net.Conn, p certs.Peer) chan error {
 	ch := make(chan error, 1)
 	go func() { ch <- rg.h.Serve(ctx, c, p) }()
 	return ch

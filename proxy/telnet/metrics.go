@@ -1,11 +1,13 @@
 package telnet
 
 import (
+	"math"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
 
 // Session results, the values of the result label.
@@ -33,8 +35,8 @@ const UnknownTenant = "unknown"
 // outlives reloads: every Handler generation of a listener shares it, so
 // the cap holds across them. The caller registers it.
 type Sessions struct {
+	active relay.Limiter[[2]string] // open sessions per listener and tenant
 	mu     sync.Mutex
-	active map[[2]string]int
 	open   map[*session]struct{}
 	// limits are the session limits of the generation in force per
 	// listener (Rearm); a handler of an older generation starts its
@@ -49,7 +51,6 @@ var _ prometheus.Collector = (*Sessions)(nil)
 // NewSessions returns an empty Sessions.
 func NewSessions() *Sessions {
 	return &Sessions{
-		active: map[[2]string]int{},
 		open:   map[*session]struct{}{},
 		limits: map[string]func(string) policy.TelnetLimits{},
 		series: map[[2]string]bool{},
@@ -68,9 +69,7 @@ func (s *Sessions) Collect(ch chan<- prometheus.Metric) { s.total.Collect(ch) }
 
 // Active returns the open sessions of a tenant on a listener.
 func (s *Sessions) Active(listener, tenant string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.active[[2]string{listener, tenant}]
+	return s.active.Count([2]string{listener, tenant})
 }
 
 // acquire counts a new session of tenant on h's listener against the
@@ -80,11 +79,11 @@ func (s *Sessions) acquire(h *Handler, tenant string) (policy.TelnetLimits, bool
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	lim := s.limitsLocked(h)(tenant)
-	if max := lim.MaxSessionsPerTenant; max > 0 && s.active[k] >= max {
-		return lim, false
+	max := lim.MaxSessionsPerTenant
+	if max <= 0 {
+		max = math.MaxInt // no cap: a handler without Limits
 	}
-	s.active[k]++
-	return lim, true
+	return lim, s.active.Acquire(k, max)
 }
 
 // limitsLocked returns the limits in force on h's listener: the last
@@ -97,12 +96,7 @@ func (s *Sessions) limitsLocked(h *Handler) func(string) policy.TelnetLimits {
 }
 
 func (s *Sessions) release(listener, tenant string) {
-	k := [2]string{listener, tenant}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.active[k]--; s.active[k] <= 0 {
-		delete(s.active, k)
-	}
+	s.active.Release([2]string{listener, tenant})
 }
 
 func (s *Sessions) count(listener, tenant, result string) {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -20,8 +21,8 @@ import (
 
 const stepTimeout = 5 * time.Second
 
-func testPeer() Peer {
-	return Peer{Tenant: "acme", Fingerprint: "ab12", Source: netip.MustParseAddrPort("192.0.2.10:40000")}
+func testPeer() certs.Peer {
+	return certs.Peer{Tenant: "acme", FingerprintSHA256: "ab12", Source: netip.MustParseAddrPort("192.0.2.10:40000")}
 }
 
 // TestTranscripts replays every golden transcript through a Handler between

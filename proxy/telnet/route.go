@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
@@ -26,48 +27,28 @@ type route struct {
 	allowAutoSignOn bool
 }
 
+// buildRoutes compiles the routes of a listener of proto that
+// policy.CheckListeners passed: one per tenant, with the settings of the
+// listener's protocol only.
 func buildRoutes(listener string, proto policy.Protocol, rs []policy.Route) (map[string]*route, error) {
 	routes := map[string]*route{}
 	for i, r := range rs {
-		where := fmt.Sprintf("listener %q route %d", listener, i)
-		if r.Tenant == "" {
-			return nil, fmt.Errorf("%w: %s: no tenant", ErrConfig, where)
-		}
-		if _, dup := routes[r.Tenant]; dup {
-			return nil, fmt.Errorf("%w: %s: tenant %q has two routes", ErrConfig, where, r.Tenant)
+		tc, err := certs.StreamBackendTLS(r)
+		if err != nil {
+			return nil, fmt.Errorf("%w: listener %q route %d: %w", ErrConfig, listener, i, err)
 		}
 		rt := &route{
 			backend:         r.Backend,
+			tls:             tc,
 			luNames:         r.LUNames,
 			termTypes:       r.TerminalTypes,
 			forceLU:         r.ForceLU,
 			devNames:        r.DevNames,
 			allowAutoSignOn: r.AllowsAutoSignOn,
 		}
-		switch proto {
-		case policy.ProtoTN3270:
-			if len(r.DevNames) > 0 || r.AllowsAutoSignOn {
-				return nil, fmt.Errorf("%w: %s: devnames and refuse_auto_sign_on are tn5250 settings", ErrConfig, where)
-			}
-			if r.ForceLU != "" && !validLU(r.ForceLU) {
-				return nil, fmt.Errorf("%w: %s: force_lu %q is not an LU name", ErrConfig, where, r.ForceLU)
-			}
-		case policy.ProtoTN5250:
-			if len(r.LUNames) > 0 || r.ForceLU != "" {
-				return nil, fmt.Errorf("%w: %s: lu_names and force_lu are tn3270 settings", ErrConfig, where)
-			}
-		case policy.ProtoTNVIP:
-			if err := vipRoute(rt, r); err != nil {
-				return nil, fmt.Errorf("%w: %s: %w", ErrConfig, where, err)
-			}
-		default:
-			return nil, fmt.Errorf("%w: %s: protocol %q is not telnet", ErrConfig, where, proto)
+		if proto == policy.ProtoTNVIP {
+			rt.termDefault = vipDefault
 		}
-		tc, err := r.StreamBackendTLS()
-		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %w", ErrConfig, where, err)
-		}
-		rt.tls = tc
 		routes[r.Tenant] = rt
 	}
 	return routes, nil
@@ -112,30 +93,11 @@ func (r *route) devAllowed(d string) bool {
 	return len(r.devNames) == 0 || matchAny(r.devNames, d)
 }
 
-// validLU accepts SNA names: letters, digits and the national characters
-// # and $, one to eight of them. '@' is refused because it separates the
-// LU in "type@LU" and a host could split such a name elsewhere.
-func validLU(s string) bool {
-	return validName(s, maxLUName, "#$")
-}
+// validLU accepts SNA names (policy.IsLUName), as a route's force_lu.
+func validLU(s string) bool { return policy.IsLUName(s) }
 
-// validDevName accepts IBM i device names.
-func validDevName(s string) bool {
-	return validName(s, maxDevName, "#$@_")
-}
-
-func validName(s string, max int, extra string) bool {
-	if len(s) == 0 || len(s) > max {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || strings.IndexByte(extra, c) >= 0) {
-			return false
-		}
-	}
-	return true
-}
+// validDevName accepts IBM i device names (policy.IsDevName).
+func validDevName(s string) bool { return policy.IsDevName(s) }
 
 // validTermType accepts printable ASCII without spaces and without '@'.
 func validTermType(b []byte) bool {

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
@@ -18,10 +19,6 @@ import (
 // served from its decrypted record, so a small buffer costs calls, not
 // copies, and keeps an idle session cheap.
 const readSize = 4 << 10
-
-// bulkPool holds the read buffers of directions in a bulk transfer: a full
-// TLS record and then some.
-var bulkPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // outPool holds the buffers a direction assembles its output in; they are
 // only held between a read and the write that follows it.
@@ -34,7 +31,7 @@ const maxPooledOut = 40 << 10
 type session struct {
 	h      *Handler
 	rt     *route
-	peer   Peer
+	peer   certs.Peer
 	client net.Conn
 	host   net.Conn
 	start  time.Time
@@ -65,7 +62,7 @@ type session struct {
 	result  string
 }
 
-func newSession(h *Handler, rt *route, peer Peer, client, host net.Conn, start time.Time) *session {
+func newSession(h *Handler, rt *route, peer certs.Peer, client, host net.Conn, start time.Time) *session {
 	s := &session{h: h, rt: rt, peer: peer, client: client, host: host, start: start}
 	s.vetDev = h.proto != policy.ProtoTN5250 || len(rt.devNames) == 0
 	return s
@@ -125,17 +122,18 @@ func (s *session) pump(fromClient bool) {
 	small := make([]byte, readSize)
 	// A read that fills the small buffer means a bulk transfer: borrow a
 	// large one until reads get short again, so bulk moves in few writes
-	// and an idle session keeps only the small one.
-	var large *[]byte
+	// and an idle session keeps only the small one (the large one is the
+	// relay's pooled copy buffer: a full TLS record and then some).
+	var large []byte
 	defer func() {
 		if large != nil {
-			bulkPool.Put(large)
+			relay.Buffers.Put(large)
 		}
 	}()
 	for {
 		buf := small
 		if large != nil {
-			buf = *large
+			buf = large
 		}
 		n, err := src.Read(buf)
 		if n > 0 {
@@ -175,9 +173,9 @@ func (s *session) pump(fromClient bool) {
 		// Only now is buf done with.
 		switch {
 		case large == nil && n == len(small):
-			large = bulkPool.Get().(*[]byte)
+			large = relay.Buffers.Get()
 		case large != nil && n < readSize:
-			bulkPool.Put(large)
+			relay.Buffers.Put(large)
 			large = nil
 		}
 		if err != nil {

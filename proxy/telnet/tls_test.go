@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
 
 	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
@@ -40,12 +41,12 @@ func (p *testPKI) clientTLS() *tls.Config {
 	return &tls.Config{RootCAs: p.ca.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{p.client.TLS}}
 }
 
-func admitAcme(cs tls.ConnectionState) (Peer, error) {
+func admitAcme(cs tls.ConnectionState) (certs.Peer, error) {
 	if len(cs.PeerCertificates) == 0 || cs.PeerCertificates[0].Subject.CommonName != "acme-cloud" {
-		return Peer{}, errors.New("not acme")
+		return certs.Peer{}, errors.New("not acme")
 	}
 	sum := sha256.Sum256(cs.PeerCertificates[0].Raw)
-	return Peer{Tenant: "acme", Fingerprint: hex.EncodeToString(sum[:])}, nil
+	return certs.Peer{Tenant: "acme", FingerprintSHA256: hex.EncodeToString(sum[:])}, nil
 }
 
 func TestStartTLS(t *testing.T) {

@@ -1,10 +1,6 @@
 package telnet
 
-import (
-	"errors"
-
-	"github.com/gatehouse-dmz/gatehouse/policy"
-)
+import "github.com/gatehouse-dmz/gatehouse/policy"
 
 // TNVIP (RFC 1921) carries Bull VIP7800-family terminals to GCOS hosts
 // over Telnet. The host asks for the terminal type (DO TERMINAL-TYPE, SB
@@ -20,15 +16,7 @@ import (
 // (policy.VIPModel): a type with anything appended, or another kind of
 // terminal, is refused unless a pattern of the route allows it.
 
-// errVIPRouteKey refuses the settings of the other terminal protocols on
-// a tnvip route.
-var errVIPRouteKey = errors.New("lu_names, force_lu, devnames and refuse_auto_sign_on are not tnvip settings")
-
-// vipRoute completes the compiled route of a tnvip listener.
-func vipRoute(rt *route, r policy.Route) error {
-	if len(r.LUNames) > 0 || r.ForceLU != "" || len(r.DevNames) > 0 || r.AllowsAutoSignOn {
-		return errVIPRouteKey
-	}
-	rt.termDefault = policy.VIPModel
-	return nil
-}
+// vipDefault is what a tnvip route without terminal_types allows: the
+// VIP models alone. (The other protocols' route keys never reach a tnvip
+// route: policy.CheckListeners refuses them.)
+var vipDefault = policy.VIPModel

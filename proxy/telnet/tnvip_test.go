@@ -7,19 +7,34 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
-func TestNewRefusesBadVIPRoutes(t *testing.T) {
+// TestVIPRoutesRefuseOtherProtocolsKeys: the other terminal protocols'
+// route keys are refused on a tnvip route where routes are judged
+// (policy.CheckListeners, which the proxy's Apply and check run); a plain
+// tnvip route passes and compiles with the VIP models as its default.
+func TestVIPRoutesRefuseOtherProtocolsKeys(t *testing.T) {
+	listener := func(r policy.Route) *policy.Policy {
+		return &policy.Policy{Listeners: []policy.Listener{{Name: "l", Port: 2300, Protocol: policy.ProtoTNVIP, Routes: []policy.Route{r}}}}
+	}
 	for name, r := range map[string]policy.Route{
 		"lu_names":     {Tenant: "a", Backend: "h:23", LUNames: []string{"X"}},
 		"force_lu":     {Tenant: "a", Backend: "h:23", ForceLU: "X"},
 		"devnames":     {Tenant: "a", Backend: "h:23", DevNames: []string{"X"}},
 		"auto sign-on": {Tenant: "a", Backend: "h:23", AllowsAutoSignOn: true},
 	} {
-		if _, err := New(Config{Listener: "l", Protocol: policy.ProtoTNVIP, Routes: []policy.Route{r}}); err == nil {
+		if errs := listener(r).CheckListeners(); len(errs) == 0 {
 			t.Errorf("tnvip route with %s accepted", name)
 		}
 	}
-	if _, err := New(Config{Listener: "l", Protocol: policy.ProtoTNVIP, Routes: []policy.Route{{Tenant: "a", Backend: "h:23"}}}); err != nil {
-		t.Errorf("plain tnvip route refused: %v", err)
+	plain := policy.Route{Tenant: "a", Backend: "h:23"}
+	if errs := listener(plain).CheckListeners(); len(errs) != 0 {
+		t.Errorf("plain tnvip route refused: %v", errs[0])
+	}
+	h, err := New(Config{Listener: "l", Protocol: policy.ProtoTNVIP, Routes: []policy.Route{plain}})
+	if err != nil {
+		t.Fatalf("plain tnvip route: %v", err)
+	}
+	if rt := h.routes["a"]; rt == nil || !rt.termAllowed("VIP7801") || rt.termAllowed("VT100") {
+		t.Errorf("a tnvip route without terminal_types must allow the VIP models alone")
 	}
 }
 
