@@ -75,9 +75,9 @@ func TestCheckListeners(t *testing.T) {
 		{"two routes of a tenant", mf(ProtoTN3270, tn, tn), `route 1: overlaps route 0: same tenant, host and path`},
 		{"hosts equal", web(with(http, func(r *Route) { r.Host = "A.example" }), with(http, func(r *Route) { r.Host = "a.example." })), `route 1: overlaps route 0`},
 		{"paths equal", web(http, with(http, func(r *Route) { r.Path = "/" })), `route 1: overlaps route 0`},
-		{"starttls on https", Listener{Name: "web", Protocol: ProtoHTTPS, StartTLS: true, Routes: []Route{http}}, `listener "web" starttls: only tn3270 and tn5250`},
+		{"starttls on https", Listener{Name: "web", Protocol: ProtoHTTPS, StartTLS: true, Routes: []Route{http}}, `listener "web" starttls: only tn3270, tn5250 and tnvip`},
 		{"no routes", web(), `listener "web" routes: a listener needs at least one route`},
-		{"bad protocol", Listener{Name: "x", Protocol: "ftp", Routes: []Route{tn}}, `listener "x" protocol: "ftp" is not one of https, soap, tn3270, tn5250, tcp`},
+		{"bad protocol", Listener{Name: "x", Protocol: "ftp", Routes: []Route{tn}}, `listener "x" protocol: "ftp" is not one of https, soap, tn3270, tn5250, tnvip, tcp`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := &Policy{Tenants: good.Tenants, Listeners: []Listener{tc.l}}
