@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"slices"
-	"strings"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
@@ -69,7 +67,7 @@ func CheckBackendTLS(p *policy.Policy) error {
 			var err error
 			switch {
 			case l.Protocol == policy.ProtoHTTPS || l.Protocol == policy.ProtoSOAP:
-				if slices.ContainsFunc(append([]string{r.Backend}, r.Backends...), func(b string) bool { return strings.HasPrefix(b, "https://") }) {
+				if r.HTTPSBackend() {
 					_, err = BackendTLS(r, "")
 				}
 			default:

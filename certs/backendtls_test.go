@@ -67,3 +67,18 @@ func TestBackendTLSConfig(t *testing.T) {
 		t.Errorf("a TLS stream route: %+v, %v", tc, err)
 	}
 }
+
+// TestCheckBackendTLSSchemeCase: an https backend whose scheme is written
+// in capitals is TLS to the HTTP proxy (URL schemes are case-insensitive),
+// so check loads its CA as run does and refuses a bad one.
+func TestCheckBackendTLSSchemeCase(t *testing.T) {
+	junk := filepath.Join(t.TempDir(), "junk.pem")
+	if err := os.WriteFile(junk, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := &policy.Policy{Listeners: []policy.Listener{{Name: "web", Protocol: policy.ProtoHTTPS,
+		Routes: []policy.Route{{Tenant: "acme", Backend: "HTTPS://192.0.2.8", BackendCA: junk}}}}}
+	if err := CheckBackendTLS(p); err == nil {
+		t.Error("a CA without a certificate passed for an HTTPS:// backend")
+	}
+}

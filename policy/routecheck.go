@@ -185,7 +185,7 @@ func checkRoute(proto Protocol, r Route) [][2]string {
 	}
 	tlsBackend := r.BackendTLS
 	if httpish {
-		tlsBackend = strings.HasPrefix(r.Backend, "https://") || slices.ContainsFunc(r.Backends, func(b string) bool { return strings.HasPrefix(b, "https://") })
+		tlsBackend = r.HTTPSBackend()
 	}
 	if !tlsBackend && r.CheckPlainBackend() != nil {
 		need := "backend_tls: true"
@@ -231,6 +231,16 @@ func checkRoute(proto Protocol, r Route) [][2]string {
 		}
 	}
 	return out
+}
+
+// HTTPSBackend reports whether an https or soap route speaks TLS to any
+// of its backends: a URL whose scheme is https, in any case, as the HTTP
+// proxy parses it.
+func (r Route) HTTPSBackend() bool {
+	return slices.ContainsFunc(append([]string{r.Backend}, r.Backends...), func(b string) bool {
+		u, err := url.Parse(b)
+		return err == nil && u.Scheme == "https"
+	})
 }
 
 // checkBackend checks one backend address: an http:// or https:// URL of

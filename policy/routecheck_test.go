@@ -34,6 +34,8 @@ func TestCheckListeners(t *testing.T) {
 			mf(ProtoTN3270, with(tn, func(r *Route) { r.ForceLU = "ACMELU01"; r.TerminalTypes = []string{"IBM-3278-2-E"} })),
 			{Name: "ibmi", Port: 9920, Protocol: ProtoTN5250, StartTLS: true, Routes: []Route{with(tn, func(r *Route) { r.DevNames = []string{"ACME*"}; r.AllowsAutoSignOn = true })}},
 			{Name: "raw", Port: 7000, Protocol: ProtoTCP, Routes: []Route{with(tn, func(r *Route) { r.BackendTLS = true; r.BackendCA = "ca.pem" })}},
+			// URL schemes compare without case: this backend is https.
+			{Name: "caps", Port: 8443, Protocol: ProtoHTTPS, Routes: []Route{with(http, func(r *Route) { r.Backend = "HTTPS://192.0.2.8"; r.BackendCA = "ca.pem" })}},
 		},
 	}
 	if errs := good.CheckListeners(); len(errs) != 0 {

@@ -36,8 +36,9 @@ var (
 // The proxy trusts certificates, not claims: nc must report its
 // handshake (ConnectionState, as a *tls.Conn does), and its client
 // certificate is identified again; a peer whose tenant or fingerprint the
-// certificate does not prove is refused, so no source can hand a client
-// to another tenant's routes. A START_TLS listener, whose handshake runs
+// certificate does not prove, or whose server name is not the one of the
+// handshake, is refused, so no source can hand a client to another
+// tenant's routes, or to another host's. A START_TLS listener, whose handshake runs
 // inside Telnet, takes no connection handed in; an HTTPS or SOAP listener
 // takes HTTP/1.1 only (net/http serves HTTP/2 on its own *tls.Conn only,
 // and closes it there, out of the proxy's sight).
@@ -119,7 +120,8 @@ func (s *Server) ServeConn(nc net.Conn, peer certs.Peer) error {
 
 // proves checks that the certificate of cs proves peer: the TLS source
 // identifies it now (CAs, CRLs, identities, validity) as peer's tenant,
-// with peer's fingerprint.
+// with peer's fingerprint; and that peer's server name is the one the
+// client sent in that handshake.
 func (s *Server) proves(cs tls.ConnectionState, peer certs.Peer) error {
 	id, err := s.identify(cs)
 	switch {
@@ -129,6 +131,9 @@ func (s *Server) proves(cs tls.ConnectionState, peer certs.Peer) error {
 		return fmt.Errorf("%w: the certificate proves tenant %q, not %q", ErrUnverified, id.Tenant, peer.Tenant)
 	case id.FingerprintSHA256 != peer.FingerprintSHA256:
 		return fmt.Errorf("%w: the certificate is not the peer's (fingerprint)", ErrUnverified)
+	case cs.ServerName != peer.ServerName:
+		// An HTTP request without a Host header is routed by it.
+		return fmt.Errorf("%w: the handshake named server %q, not %q", ErrUnverified, cs.ServerName, peer.ServerName)
 	}
 	return nil
 }

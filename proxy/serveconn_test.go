@@ -142,6 +142,8 @@ func TestServeConnForged(t *testing.T) {
 		"other tenant":      func(p certs.Peer) certs.Peer { p.Tenant = "globex"; return p },
 		"other fingerprint": func(p certs.Peer) certs.Peer { p.FingerprintSHA256 = fingerprint(h.pki.globex); return p },
 		"no tenant":         func(p certs.Peer) certs.Peer { p.Tenant = ""; return p },
+		// A request without a Host is routed by the Peer's server name.
+		"other server name": func(p certs.Peer) certs.Peer { p.ServerName = "other.example"; return p },
 	} {
 		hi := h.handIn(t, h.pki.acme, "web", "http/1.1")
 		done := h.serve(hi, forge(hi.peer))

@@ -296,7 +296,9 @@ func (m *Manager) apply(f *feed, ver *Verified, result string, onUpdate ApplyFun
 		return err
 	case err != nil:
 		m.count(f, string(ReasonApply))
-		log.Warn("feed update not applied; last known good stays in force", "reason", ReasonApply, "err", err)
+		// A layer refused it: what the layers enforce is now staler than
+		// the feed, an error an admin alerts on, as a refused reload is.
+		log.Error("feed update not applied; last known good stays in force", "reason", ReasonApply, "err", err)
 		return &Error{Reason: ReasonApply, Err: err}
 	}
 	err = m.commit(f, ver, result, log)
