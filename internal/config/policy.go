@@ -84,6 +84,7 @@ func (cfg *Config) Policy() *policy.Policy {
 			ServerCert: l.ServerCert,
 			ServerKey:  l.ServerKey,
 			StartTLS:   l.StartTLS,
+			Tunnel:     cfg.Role() == RoleGateway,
 		}
 		pl.Limits, pl.TenantLimits = cfg.compileLimits(l)
 		for _, ck := range l.ExtraCerts {
