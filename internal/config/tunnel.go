@@ -222,3 +222,27 @@ func validateKeepalive(c *checker, p string, k Keepalive) {
 		c.add(p+".timeout", "must be 500ms..1m, got %s", k.Timeout)
 	}
 }
+
+// TunnelListener is the name the tunnel port has in ConnectorTrust.
+const TunnelListener = "tunnel"
+
+// ConnectorTrust compiles gateway.connectors into a policy of their own
+// for a certificate manager apart from the tenants': each entry is a
+// "tenant" whose client certificates are that tenant's connectors, and
+// the one listener is the tunnel port. Session tickets are off: a tunnel
+// lives long, and each handshake is judged in full.
+func (cfg *Config) ConnectorTrust() *policy.Policy {
+	g := cfg.Gateway
+	ap, _ := parseListen(g.Listen)
+	p := &policy.Policy{
+		StateDir: cfg.StateDir,
+		TLS:      policy.TLS{CRLStale: policy.CRLStale(cfg.TLS.CRLStale), SessionTicketsDisabled: true, TicketRotation: cfg.TLS.TicketRotation},
+		Listeners: []policy.Listener{{Name: TunnelListener, Addr: ap.Addr(), Port: ap.Port(), Protocol: policy.ProtoTCP,
+			ServerCert: g.ServerCert, ServerKey: g.ServerKey}},
+	}
+	for _, t := range g.Connectors {
+		p.Tenants = append(p.Tenants, policy.Tenant{ID: t.Tenant, ClientCA: t.ClientCA, Intermediates: t.Intermediates, CRL: t.CRL,
+			Identities: t.Identities.policy()})
+	}
+	return p
+}
