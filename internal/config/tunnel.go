@@ -123,6 +123,9 @@ func (cfg *Config) validateGateway(c *checker, tenants map[string]bool) {
 			}
 		}
 	}
+	if ap, err := parseListen(g.Listen); err == nil && cfg.Enforcement.Mode == string(policy.ModeStrict) && !cfg.managementPort(ap.Port()) {
+		c.add("gateway.listen", "strict mode drops every new inbound connection but the listeners' and management's: list the connectors' egress ranges with port %d in enforcement.management", ap.Port())
+	}
 	c.file("gateway.server_cert", g.ServerCert, true)
 	c.file("gateway.server_key", g.ServerKey, true)
 	seen := map[string]string{}
@@ -245,4 +248,16 @@ func (cfg *Config) ConnectorTrust() *policy.Policy {
 			Identities: t.Identities.policy()})
 	}
 	return p
+}
+
+// managementPort reports whether a management range is open on port.
+func (cfg *Config) managementPort(port uint16) bool {
+	for _, m := range cfg.Enforcement.Management {
+		for _, p := range m.Ports {
+			if p == port {
+				return true
+			}
+		}
+	}
+	return false
 }
