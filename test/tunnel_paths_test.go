@@ -1,0 +1,199 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestConnectorGateway runs the pair end to end in namespaces: a tenant's
+// curl reaches an internal backend through gateway → tunnel → connector
+// although the enterprise's firewall lets nothing in; and each abuse is
+// refused.
+func TestConnectorGateway(t *testing.T) {
+	tt := newTunnelTopo(t)
+
+	t.Run("curl reaches the internal backend down the tunnel", func(t *testing.T) {
+		code, body := tt.curl(t, "acme", "/orders")
+		if code != 200 {
+			t.Fatalf("status %d: %s\ngateway:\n%s\nconnector:\n%s", code, body, tt.gateway.out.String(), tt.connectors["acme"].out.String())
+		}
+		// The connector's proxy names the original client: tenant and
+		// source come from the stream header, proved by the gateway.
+		if want := "backend " + tunAcme + ": tenant acme, client " + tunCloud; body != want {
+			t.Errorf("body %q, want %q", body, want)
+		}
+		if v := tt.gatewayMetric(t, `gatehouse_tunnel_streams_total{result="opened",role="gateway",tenant="acme"}`); v < 1 {
+			t.Errorf("gateway streams opened for acme = %v", v)
+		}
+	})
+
+	t.Run("nothing inside is reachable from the cloud side", func(t *testing.T) {
+		// Control: from inside, the backend answers.
+		c, err := tt.internal.DialContext(context.Background(), "tcp", "", net.JoinHostPort(tunAcme, "8443"))
+		if err != nil {
+			t.Fatalf("control: the backend does not answer inside: %v", err)
+		}
+		c.Close()
+		ports := []int{8443, 18401, 18402, 18403, 9481, 9482}
+		for p := 1; p <= 1024; p++ {
+			ports = append(ports, p)
+		}
+		open := scan(tt, ports, []string{tunAcme, tunGlobex})
+		if len(open) > 0 {
+			t.Fatalf("reachable from the gateway's side of the firewall: %v", open)
+		}
+	})
+
+	t.Run("tenants stay on their own connectors", func(t *testing.T) {
+		for range 5 {
+			for _, tenant := range []string{"acme", "globex"} {
+				if code, body := tt.curl(t, tenant, "/x"); code != 200 || !strings.Contains(body, "tenant "+tenant) {
+					t.Fatalf("%s: %d %q", tenant, code, body)
+				}
+			}
+		}
+		for addr, want := range map[string]string{tunAcme: "acme", tunGlobex: "globex"} {
+			if seen, _ := tt.tenantsSeen.Load(addr); seen != want {
+				t.Errorf("backend %s saw tenants %v, want only %s", addr, seen, want)
+			}
+		}
+		// A connector holding globex's connector certificate that says
+		// it is acme's: its tunnel is bound to globex, never to acme.
+		impostor := tt.startConnector(t, "impostor", "acme", tt.connLeaf["globex"], 1)
+		tt.waitTunnels(t, "globex", 5)
+		if v := tt.gatewayMetric(t, `gatehouse_tunnels_up{peer="acme",role="gateway"}`); v != 4 {
+			t.Fatalf("acme's tunnels: %v, want 4 (the impostor's is globex's)", v)
+		}
+		for range 10 {
+			if code, body := tt.curl(t, "acme", "/x"); code != 200 || !strings.Contains(body, "tenant acme") {
+				t.Fatalf("acme with an impostor up: %d %q", code, body)
+			}
+		}
+		if v := metricOf(t, impostor, `gatehouse_tunnel_streams_total{result="served",role="connector",tenant="acme"}`); v != 0 {
+			t.Fatalf("the impostor served %v of acme's streams", v)
+		}
+		impostor.kill()
+		tt.waitTunnels(t, "globex", 4)
+	})
+
+	t.Run("the allow-list refuses a route outside it", func(t *testing.T) {
+		code, body := tt.curl(t, "acme", "/off/report")
+		if code != 502 {
+			t.Fatalf("route to %s outside the allow-list: %d %q, want 502", tunOff, code, body)
+		}
+		if n := tt.hits[tunOff].Load(); n != 0 {
+			t.Fatalf("the backend outside the allow-list got %d requests", n)
+		}
+		if !strings.Contains(tt.connectors["acme"].out.String(), "not in connector.allow") {
+			t.Errorf("the connector's log does not say why:\n%s", tt.connectors["acme"].out.String())
+		}
+	})
+
+	t.Run("lost tunnels: new sessions recover", func(t *testing.T) {
+		// One tunnel's socket destroyed at the connector: the others carry on.
+		killTunnels(t, tt, 1)
+		start := time.Now()
+		recoverAfter(t, tt, start, "one tunnel lost")
+		// Every tunnel of both connectors at once: sessions come back
+		// once the connectors have dialled again.
+		killTunnels(t, tt, -1)
+		start = time.Now()
+		recoverAfter(t, tt, start, "all tunnels lost")
+		tt.waitTunnels(t, "acme", 4)
+	})
+
+	t.Run("revoking a connector certificate closes its tunnels", func(t *testing.T) {
+		tt.connCA["acme"].CRL(t, tt.crl, time.Now().Add(24*time.Hour), tt.connLeaf["acme"])
+		tt.waitTunnels(t, "acme", 0)
+		code, body := tt.curl(t, "acme", "/x")
+		if code != 503 || !strings.Contains(body, "connector") {
+			t.Fatalf("acme with its connector revoked: %d %q, want 503 naming the connector", code, body)
+		}
+		if !strings.Contains(tt.gateway.out.String(), "no longer checks out") {
+			t.Errorf("the gateway does not log why it closed the tunnels")
+		}
+		// globex is untouched.
+		if code, _ := tt.curl(t, "globex", "/x"); code != 200 {
+			t.Fatalf("globex after acme's revocation: %d", code)
+		}
+	})
+}
+
+// scan connects to every port of every address from the gateway's
+// namespace, 200 at a time, one second each, and returns what connected.
+func scan(tt *tunnelTopo, ports []int, addrs []string) []string {
+	var mu sync.Mutex
+	var open []string
+	sem := make(chan struct{}, 200)
+	var wg sync.WaitGroup
+	for _, a := range addrs {
+		for _, p := range ports {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				c, err := tt.gw.DialContext(ctx, "tcp", "", net.JoinHostPort(a, fmt.Sprint(p)))
+				if err == nil {
+					c.Close()
+					mu.Lock()
+					open = append(open, fmt.Sprintf("%s:%d", a, p))
+					mu.Unlock()
+				} else if !errors.Is(err, context.DeadlineExceeded) && !strings.Contains(err.Error(), "timeout") {
+					mu.Lock()
+					open = append(open, fmt.Sprintf("%s:%d answered (%v)", a, p, err))
+					mu.Unlock()
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	return open
+}
+
+// killTunnels destroys n of the connectors' tunnel sockets in the internal
+// namespace (all of them for n < 0), as a NAT or firewall losing the flow
+// would: the connector sees the loss at once, the gateway by keepalive.
+func killTunnels(t *testing.T, tt *tunnelTopo, n int) {
+	t.Helper()
+	filter := []string{"-K", "dst", tunGwInside, "dport", "=", "443"}
+	if n > 0 {
+		out, err := tt.internal.Command("ss", "-Htn", "dst", tunGwInside, "dport", "=", "443").CombinedOutput()
+		if err != nil {
+			t.Fatalf("ss: %v %s", err, out)
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if len(lines) < n {
+			t.Fatalf("only %d tunnel sockets: %s", len(lines), out)
+		}
+		f := strings.Fields(lines[0])
+		_, sport, _ := net.SplitHostPort(f[3])
+		filter = append(filter, "sport", "=", sport)
+	}
+	if out, err := tt.internal.Command("ss", filter...).CombinedOutput(); err != nil {
+		t.Fatalf("ss %v: %v %s", filter, err, out)
+	}
+}
+
+// recoverAfter asks as acme until a request succeeds and logs how long
+// sessions were lost; it fails after 30 s.
+func recoverAfter(t *testing.T, tt *tunnelTopo, start time.Time, what string) {
+	t.Helper()
+	failed := 0
+	for time.Since(start) < 30*time.Second {
+		if code, _ := tt.curl(t, "acme", "/x"); code == 200 {
+			t.Logf("%s: sessions served again after %s (%d failed meanwhile)", what, time.Since(start).Round(time.Millisecond), failed)
+			return
+		}
+		failed++
+	}
+	t.Fatalf("%s: no session served within 30s\ngateway:\n%s", what, tt.gateway.out.String())
+}
