@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os/exec"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -80,6 +82,26 @@ func TestConnectorGateway(t *testing.T) {
 		}
 		impostor.kill()
 		tt.waitTunnels(t, "globex", 4)
+	})
+
+	t.Run("status shows the tunnels", func(t *testing.T) {
+		for name, want := range map[string][]string{
+			"gateway": {"Tunnels (gateway)", "acme", "globex"},
+			"acme":    {"Tunnels (connector)", tunGwInside + ":443"},
+		} {
+			out, err := exec.Command(binary(t), "status", "-c", tt.configs[name]).CombinedOutput()
+			if err != nil {
+				t.Fatalf("%s status: %v\n%s", name, err, out)
+			}
+			for _, w := range want {
+				if !strings.Contains(string(out), w) {
+					t.Errorf("%s status lacks %q:\n%s", name, w, out)
+				}
+			}
+			if !regexp.MustCompile(`(?m)^\s+(acme|` + regexp.QuoteMeta(tunGwInside) + `:443)\s+4$`).Match(out) {
+				t.Errorf("%s status does not show 4 tunnels up:\n%s", name, out)
+			}
+		}
 	})
 
 	t.Run("the allow-list refuses a route outside it", func(t *testing.T) {

@@ -36,6 +36,7 @@ type tunnelTopo struct {
 	internalCA              *certstest.CA
 	crl                     string // acme's connector CRL, as the gateway reads it
 	gateway                 *daemonProc
+	configs                 map[string]string // "gateway", "acme", "globex": each daemon's configuration
 	connectors              map[string]*daemonProc
 	hits                    map[string]*atomic.Int64 // requests each backend address got
 	tenantsSeen             sync.Map                 // backend address → tenants it saw ("acme,globex")
@@ -58,7 +59,7 @@ func newTunnelTopo(t *testing.T) *tunnelTopo {
 	netns.RequireTool(t, "nft", "nftables")
 	netns.RequireTool(t, "curl", "curl")
 	tt := &tunnelTopo{dir: t.TempDir(), clients: map[string]*certstest.Leaf{}, connLeaf: map[string]*certstest.Leaf{},
-		connCA: map[string]*certstest.CA{}, connectors: map[string]*daemonProc{}, hits: map[string]*atomic.Int64{}}
+		connCA: map[string]*certstest.CA{}, configs: map[string]string{}, connectors: map[string]*daemonProc{}, hits: map[string]*atomic.Int64{}}
 	tt.cloud = netns.New(t, "cloud")
 	tt.gw = netns.New(t, "gw")
 	tt.fw = netns.New(t, "fw")
@@ -181,6 +182,7 @@ gateway:
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	tt.configs["gateway"] = path
 	tt.gateway = launch(t, tt.gw.Command(binary(t), "run", "-c", path), "127.0.0.1:9477", nsClient(tt.gw))
 }
 
@@ -232,6 +234,7 @@ connector:
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	tt.configs[name] = path
 	return launch(t, tt.internal.Command(binary(t), "run", "-c", path), metrics, nsClient(tt.internal))
 }
 
