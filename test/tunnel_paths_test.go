@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -67,7 +69,7 @@ func TestConnectorGateway(t *testing.T) {
 		}
 		// A connector holding globex's connector certificate that says
 		// it is acme's: its tunnel is bound to globex, never to acme.
-		impostor := tt.startConnector(t, "impostor", "acme", tt.connLeaf["globex"], 1)
+		impostor := tt.startConnector(t, "impostor", "acme", tt.connLeaf["globex"], 1, "")
 		tt.waitTunnels(t, "globex", 5)
 		if v := tt.gatewayMetric(t, `gatehouse_tunnels_up{peer="acme",role="gateway"}`); v != 4 {
 			t.Fatalf("acme's tunnels: %v, want 4 (the impostor's is globex's)", v)
@@ -128,6 +130,68 @@ func TestConnectorGateway(t *testing.T) {
 		start = time.Now()
 		recoverAfter(t, tt, start, "all tunnels lost")
 		tt.waitTunnels(t, "acme", 4)
+	})
+
+	t.Run("a tenant without a connector gets an answer in its protocol", func(t *testing.T) {
+		code, body := tt.curl(t, "initech", "/x")
+		if code != 503 || !strings.Contains(body, "no connector of the tenant is connected") {
+			t.Errorf("https: %d %q, want 503 with the reason", code, body)
+		}
+		c := tt.clients["initech"]
+		out, _ := tt.cloud.Command("curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}", "--cacert", tt.serverCA.CertFile,
+			"--cert", c.CertFile, "--key", c.KeyFile, "--resolve", "gate.example:8444:"+tunGateway,
+			"-H", "Content-Type: text/xml; charset=utf-8", "-H", `SOAPAction: "urn:initech:Get"`,
+			"--data", `<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><Get/></soap:Body></soap:Envelope>`,
+			"https://gate.example:8444/svc").CombinedOutput()
+		if s := string(out); !strings.HasSuffix(strings.TrimSpace(s), "503") || !strings.Contains(s, "<soap:Fault>") || !strings.Contains(s, "no connector") {
+			t.Errorf("soap: %s, want 503 with a SOAP Fault", s)
+		}
+		screen := tt.terminal(t, "initech", "9923")
+		if !strings.Contains(screen, "gatehouse: no connector of the tenant is connected") {
+			t.Errorf("tn3270: %q, want the reason as text", screen)
+		}
+		if v := tt.gatewayMetric(t, `gatehouse_tunnel_streams_total{result="no_tunnel",role="gateway",tenant="initech"}`); v != 3 {
+			t.Errorf("no_tunnel streams of initech: %v, want 3", v)
+		}
+		if n := countLines(tt.gateway.out.String(), "session refused: no connector of the tenant is connected", "tenant=initech"); n != 3 {
+			t.Errorf("%d refusal lines, want 3", n)
+		}
+	})
+
+	t.Run("a connector leaves through the site's HTTP proxy with CONNECT", func(t *testing.T) {
+		px := tt.startTinyproxy(t)
+		pw := filepath.Join(tt.dir, "proxy-password")
+		if err := os.WriteFile(pw, []byte("s3cret\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		proxied := tt.startConnector(t, "proxied", "acme", tt.connLeaf["acme"], 1,
+			fmt.Sprintf("  proxy: {address: \"%s:8888\", username: tunnel, password_file: %s}", tunProxy, pw))
+		tt.waitTunnels(t, "acme", 5)
+		if !strings.Contains(px.String(), "CONNECT") {
+			t.Errorf("the proxy saw no CONNECT:\n%s", px.String())
+		}
+		proxied.kill()
+		tt.waitTunnels(t, "acme", 4)
+		// A wrong password: the proxy refuses (tinyproxy answers 401, most
+		// proxies 407), the connector says so, and no tunnel comes up.
+		if err := os.WriteFile(pw, []byte("wrong\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cmd, out := tt.runConnector(t, "badauth", "acme", tt.connLeaf["acme"], 1,
+			fmt.Sprintf("  proxy: {address: \"%s:8888\", username: tunnel, password_file: %s}", tunProxy, pw))
+		deadline := time.Now().Add(15 * time.Second)
+		refused := fmt.Sprintf("CONNECT %s:443: 40", tunGwInside)
+		for !strings.Contains(out.String(), refused) && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+		if !strings.Contains(out.String(), refused) {
+			t.Fatalf("the connector does not say the proxy refused it (%v):\n%s\nproxy:\n%s", cmd.ProcessState, out.String(), px.String())
+		}
+		if v := tt.gatewayMetric(t, `gatehouse_tunnels_up{peer="acme",role="gateway"}`); v != 4 {
+			t.Fatalf("acme tunnels %v after a refused CONNECT, want 4", v)
+		}
 	})
 
 	t.Run("revoking a connector certificate closes its tunnels", func(t *testing.T) {
@@ -218,4 +282,19 @@ func recoverAfter(t *testing.T, tt *tunnelTopo, start time.Time, what string) {
 		failed++
 	}
 	t.Fatalf("%s: no session served within 30s\ngateway:\n%s", what, tt.gateway.out.String())
+}
+
+// countLines counts the lines of s that contain every one of parts.
+func countLines(s string, parts ...string) int {
+	n := 0
+	for _, l := range strings.Split(s, "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(l, p)
+		}
+		if all {
+			n++
+		}
+	}
+	return n
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,6 +18,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
 	"github.com/gatehouse-dmz/gatehouse/test/netns"
 )
 
@@ -51,6 +54,7 @@ const (
 	tunAcme     = "203.0.113.10" // acme's backend and connectors
 	tunGlobex   = "203.0.113.11" // globex's backend
 	tunOff      = "203.0.113.20" // a backend outside acme's allow-list
+	tunProxy    = "203.0.113.30" // the site's HTTP proxy
 )
 
 func newTunnelTopo(t *testing.T) *tunnelTopo {
@@ -66,7 +70,7 @@ func newTunnelTopo(t *testing.T) *tunnelTopo {
 	tt.internal = netns.New(t, "internal")
 	outside := netns.Connect(t, tt.cloud, []string{tunCloud + "/24"}, tt.gw, []string{tunGateway + "/24"})
 	netns.Connect(t, tt.gw, []string{tunGwInside + "/24"}, tt.fw, []string{tunFwOut + "/24"})
-	in := netns.Connect(t, tt.fw, []string{tunFwIn + "/24"}, tt.internal, []string{tunAcme + "/24", tunGlobex + "/24", tunOff + "/24"})
+	in := netns.Connect(t, tt.fw, []string{tunFwIn + "/24"}, tt.internal, []string{tunAcme + "/24", tunGlobex + "/24", tunOff + "/24", tunProxy + "/24"})
 	tt.internal.AddRoute(t, "default", tunFwIn)
 	tt.gw.AddRoute(t, "203.0.113.0/24", tunFwOut)
 	tt.fw.Sysctl(t, "net.ipv4.ip_forward", "1")
@@ -91,7 +95,8 @@ func newTunnelTopo(t *testing.T) *tunnelTopo {
 	tt.serverCA = certstest.NewCA(t, "gatehouse")
 	tt.gwCA = certstest.NewCA(t, "gateway tunnels")
 	tt.internalCA = certstest.NewCA(t, "internal")
-	for _, tenant := range []string{"acme", "globex"} {
+	// initech is a tenant of the listeners without any connector.
+	for _, tenant := range []string{"acme", "globex", "initech"} {
 		ca := certstest.NewCA(t, tenant)
 		tt.clients[tenant] = ca.Client(t, tenant+"-cloud", "spiffe://"+tenant+"/cloud")
 		tt.connCA[tenant] = certstest.NewCA(t, tenant+" connectors")
@@ -123,7 +128,7 @@ func newTunnelTopo(t *testing.T) *tunnelTopo {
 	}
 	tt.startGateway(t, outside.B)
 	for _, tenant := range []string{"acme", "globex"} {
-		tt.connectors[tenant] = tt.startConnector(t, tenant, tenant, tt.connLeaf[tenant], 4)
+		tt.connectors[tenant] = tt.startConnector(t, tenant, tenant, tt.connLeaf[tenant], 4, "")
 	}
 	tt.waitTunnels(t, "acme", 4)
 	tt.waitTunnels(t, "globex", 4)
@@ -166,8 +171,11 @@ static_ranges: [192.0.2.0/25]
 tenants:
   - {id: acme, client_ca: %[4]s/acme-ca.pem}
   - {id: globex, client_ca: %[4]s/globex-ca.pem}
+  - {id: initech, client_ca: %[4]s/initech-ca.pem}
 listeners:
   - {name: web, listen: ":8443", protocol: https, server_cert: %[5]s, server_key: %[6]s}
+  - {name: services, listen: ":8444", protocol: soap, server_cert: %[5]s, server_key: %[6]s}
+  - {name: mainframe, listen: ":9923", protocol: tn3270, server_cert: %[5]s, server_key: %[6]s}
 gateway:
   listen: "%[7]s:443"
   server_cert: %[8]s
@@ -191,7 +199,29 @@ var connectorPort atomic.Int32
 // startConnector runs a connector of tenant in the internal namespace,
 // presenting leaf; it serves acme's routes (one outside its allow-list)
 // or globex's.
-func (tt *tunnelTopo) startConnector(t *testing.T, name, tenant string, leaf *certstest.Leaf, tunnels int) *daemonProc {
+func (tt *tunnelTopo) startConnector(t *testing.T, name, tenant string, leaf *certstest.Leaf, tunnels int, extra string) *daemonProc {
+	t.Helper()
+	path, metrics := tt.connectorConfig(t, name, tenant, leaf, tunnels, extra)
+	return launch(t, tt.internal.Command(binary(t), "run", "-c", path), metrics, nsClient(tt.internal))
+}
+
+// runConnector starts a connector without waiting for it to be ready.
+func (tt *tunnelTopo) runConnector(t *testing.T, name, tenant string, leaf *certstest.Leaf, tunnels int, extra string) (*exec.Cmd, *testkit.LogBuffer) {
+	t.Helper()
+	path, _ := tt.connectorConfig(t, name, tenant, leaf, tunnels, extra)
+	cmd := tt.internal.Command(binary(t), "run", "-c", path)
+	out := &testkit.LogBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd, out
+}
+
+// connectorConfig writes a connector's configuration and returns its path
+// and metrics address.
+func (tt *tunnelTopo) connectorConfig(t *testing.T, name, tenant string, leaf *certstest.Leaf, tunnels int, extra string) (string, string) {
 	t.Helper()
 	n := connectorPort.Add(1)
 	metrics := fmt.Sprintf("127.0.0.1:%d", 9480+n)
@@ -228,14 +258,63 @@ connector:
   tunnels: %[13]d
   allow: ["%[14]s"]
   keepalive: {interval: 1s, timeout: 1s}
+%[15]s
 `, state, metrics, tenant, tt.dir, 18400+n, local.CertFile, local.KeyFile, routes, tunGwInside, tt.gwCA.CertFile,
-		leaf.CertFile, leaf.KeyFile, tunnels, allow)
+		leaf.CertFile, leaf.KeyFile, tunnels, allow, extra)
 	path := filepath.Join(tt.dir, fmt.Sprintf("connector-%s-%d.yaml", name, n))
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	tt.configs[name] = path
-	return launch(t, tt.internal.Command(binary(t), "run", "-c", path), metrics, nsClient(tt.internal))
+	return path, metrics
+}
+
+// startTinyproxy runs the site's HTTP proxy in the internal namespace:
+// CONNECT to port 443 only, with basic authentication.
+func (tt *tunnelTopo) startTinyproxy(t *testing.T) *testkit.LogBuffer {
+	t.Helper()
+	bin := netns.RequireTool(t, "tinyproxy", "tinyproxy")
+	conf := filepath.Join(tt.dir, "tinyproxy.conf")
+	body := fmt.Sprintf("Port 8888\nListen %s\nTimeout 600\nMaxClients 20\nBasicAuth tunnel s3cret\nConnectPort 443\nAllow 203.0.113.0/24\nLogLevel Connect\n", tunProxy)
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := tt.internal.Command(bin, "-d", "-c", conf)
+	out := &testkit.LogBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := tt.internal.DialContext(context.Background(), "tcp", "", tunProxy+":8888")
+		if err == nil {
+			c.Close()
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tinyproxy does not listen: %v\n%s", err, out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// terminal opens a TLS connection to a terminal listener of the gateway as
+// tenant's client and returns what it reads until the gateway closes.
+func (tt *tunnelTopo) terminal(t *testing.T, tenant, port string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, err := tt.cloud.DialContext(ctx, "tcp", "", net.JoinHostPort(tunGateway, port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	tc := tls.Client(nc, &tls.Config{RootCAs: tt.serverCA.Pool(), ServerName: "gate.example", Certificates: []tls.Certificate{tt.clients[tenant].TLS}})
+	_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
+	b, _ := io.ReadAll(tc)
+	return string(b)
 }
 
 // nsClient reaches a daemon's metrics endpoint inside n.
