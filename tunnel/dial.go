@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -44,7 +45,8 @@ func dialVia(ctx context.Context, px *HTTPProxy, addr string) (net.Conn, error) 
 		nc.Close()
 		return nil, fmt.Errorf("proxy %s: %w", px.Address, err)
 	}
-	br := bufio.NewReaderSize(nc, 4096)
+	// The answer is bounded: a proxy sending endless headers gets nowhere.
+	br := bufio.NewReaderSize(io.LimitReader(nc, maxConnectAnswer), 4096)
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
 	if err != nil {
 		nc.Close()
@@ -64,6 +66,9 @@ func dialVia(ctx context.Context, px *HTTPProxy, addr string) (net.Conn, error) 
 	_ = nc.SetDeadline(time.Time{})
 	return nc, nil
 }
+
+// maxConnectAnswer bounds a proxy's answer to CONNECT.
+const maxConnectAnswer = 16 << 10
 
 // ErrNotAllowed is a backend connection the connector's allow-list refuses.
 var ErrNotAllowed = errors.New("destination not in connector.allow")

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -25,8 +26,15 @@ var (
 // tunnel port never mistakes an HTTPS client for a connector or back.
 const ALPN = "gatehouse-tunnel/1"
 
-// maxPendingHandshakes bounds the tunnel handshakes under way at once.
-const maxPendingHandshakes = 64
+// Bounds of the tunnel port: handshakes under way at once, of them from
+// one source address (so that one host cannot keep connectors out by
+// holding every slot), and tunnels of one tenant (so that a stolen
+// connector certificate cannot pile up tunnels).
+const (
+	maxPendingHandshakes = 64
+	maxPendingPerSource  = 8
+	maxTunnelsPerTenant  = 256
+)
 
 // GatewayConfig configures a Gateway.
 type GatewayConfig struct {
@@ -57,11 +65,12 @@ type Gateway struct {
 	m       *metrics
 	pending chan struct{}
 
-	mu     sync.Mutex
-	pools  map[string]*pool
-	closed bool
-	nextID uint64
-	wg     sync.WaitGroup // tunnel goroutines
+	mu      sync.Mutex
+	pendSrc map[netip.Addr]int // unfinished handshakes per source
+	pools   map[string]*pool
+	closed  bool
+	nextID  uint64
+	wg      sync.WaitGroup // tunnel goroutines
 }
 
 // pool is one tenant's tunnels.
@@ -118,7 +127,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		return nil, fmt.Errorf("tunnel port: %w", err)
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger.With("component", "tunnel"), tls: tc, ln: ln,
-		m: newMetrics("gateway", cfg.Tenants), pending: make(chan struct{}, maxPendingHandshakes), pools: map[string]*pool{}}
+		m: newMetrics("gateway", cfg.Tenants), pending: make(chan struct{}, maxPendingHandshakes), pools: map[string]*pool{}, pendSrc: map[netip.Addr]int{}}
 	return g, nil
 }
 
@@ -143,9 +152,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 			continue
 		}
 		delay = 0
-		select {
-		case g.pending <- struct{}{}:
-		default:
+		src := addrOf(nc.RemoteAddr())
+		if !g.admitHandshake(src) {
 			g.m.handshake("busy")
 			nc.Close()
 			continue
@@ -153,7 +161,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		g.wg.Add(1)
 		go func() {
 			defer g.wg.Done()
-			g.serve(nc)
+			g.serve(nc, src)
 		}()
 	}
 }
@@ -164,13 +172,46 @@ func (g *Gateway) isClosed() bool {
 	return g.closed
 }
 
+// admitHandshake takes a slot for a handshake from src, if the port and
+// the source have one free.
+func (g *Gateway) admitHandshake(src netip.Addr) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.pendSrc[src] >= maxPendingPerSource {
+		return false
+	}
+	select {
+	case g.pending <- struct{}{}:
+	default:
+		return false
+	}
+	g.pendSrc[src]++
+	return true
+}
+
+func (g *Gateway) handshakeDone(src netip.Addr) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	<-g.pending
+	if g.pendSrc[src]--; g.pendSrc[src] <= 0 {
+		delete(g.pendSrc, src)
+	}
+}
+
+func addrOf(a net.Addr) netip.Addr {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
 // serve runs one tunnel from handshake to close.
-func (g *Gateway) serve(nc net.Conn) {
+func (g *Gateway) serve(nc net.Conn, src netip.Addr) {
 	remote := nc.RemoteAddr().String()
 	tc := tls.Server(nc, g.tls)
 	_ = nc.SetDeadline(time.Now().Add(g.cfg.HandshakeTimeout))
 	err := tc.Handshake()
-	<-g.pending
+	g.handshakeDone(src)
 	if err != nil {
 		g.m.handshake("tls")
 		g.log.Info("tunnel handshake refused", "remote", remote, "err", err)
@@ -206,6 +247,13 @@ func (g *Gateway) serve(nc net.Conn) {
 	if p == nil {
 		p = &pool{}
 		g.pools[tenant] = p
+	}
+	if len(p.tunnels) >= maxTunnelsPerTenant {
+		g.mu.Unlock()
+		g.m.handshake("limit")
+		g.log.Warn("tunnel refused: the tenant has the most tunnels a gateway keeps", "tenant", tenant, "remote", remote, "max", maxTunnelsPerTenant)
+		sess.Close()
+		return
 	}
 	p.tunnels = append(p.tunnels, t)
 	g.mu.Unlock()

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"errors"
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -239,4 +240,35 @@ func TestBackoff(t *testing.T) {
 			t.Fatalf("backoff(%d) = %s, want %s..%s", n, d, want/2, want)
 		}
 	}
+}
+
+// TestHandshakeSlotsPerSource: one host holding unfinished handshakes
+// cannot keep a connector elsewhere out; its ninth is closed at once.
+func TestHandshakeSlotsPerSource(t *testing.T) {
+	r := newRig(t, func(c *GatewayConfig) { c.HandshakeTimeout = time.Minute })
+	hog := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for range maxPendingPerSource {
+		c, err := hog.Dial("tcp", r.gw.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	extra, err := hog.Dial("tcp", r.gw.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	_ = extra.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := extra.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("a handshake over the source's slots: %v, want the gateway to close it", err)
+	}
+	r.connector("acme", r.connCA["acme"], 1, nil) // from 127.0.0.1
+	r.waitTunnels("acme", 1)
 }

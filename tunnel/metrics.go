@@ -50,7 +50,7 @@ func newMetrics(role string, tenants []string) *metrics {
 		}, []string{"gateway"}),
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatehouse_tunnel_handshakes_total",
-			Help: "Tunnel handshakes on a gateway's tunnel port by result: ok, tls (the TLS handshake failed), refused (no connector entry accepts the certificate), busy (too many handshakes at once).",
+			Help: "Tunnel handshakes on a gateway's tunnel port by result: ok, tls (the TLS handshake failed), refused (no connector entry accepts the certificate), busy (too many handshakes at once, or from one source), limit (the tenant has 256 tunnels).",
 		}, []string{"result"}),
 	}
 	for _, t := range tenants {
@@ -66,7 +66,7 @@ func newMetrics(role string, tenants []string) *metrics {
 		}
 	}
 	if role == "gateway" {
-		for _, r := range []string{"ok", "tls", "refused", "busy"} {
+		for _, r := range []string{"ok", "tls", "refused", "busy", "limit"} {
 			m.handshakes.WithLabelValues(r)
 		}
 	}
