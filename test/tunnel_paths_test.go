@@ -13,6 +13,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/test/netns"
+	"github.com/gatehouse-dmz/gatehouse/test/tn3270host"
 )
 
 // TestConnectorGateway runs the pair end to end in namespaces: a tenant's
@@ -84,6 +87,54 @@ func TestConnectorGateway(t *testing.T) {
 		}
 		impostor.kill()
 		tt.waitTunnels(t, "globex", 4)
+	})
+
+	t.Run("s3270 reads the internal mainframe's screen down the tunnel", func(t *testing.T) {
+		s3270 := netns.RequireTool(t, "s3270", "s3270")
+		c := tt.clients["acme"]
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := tt.cloud.Command(s3270, "-cafile", tt.serverCA.CertFile, "-certfile", c.CertFile, "-keyfile", c.KeyFile, "-connecttimeout", "10")
+		cmd.Stdin = strings.NewReader("Connect(L:gate.example:9923)\nWait(15,InputField)\nAscii()\nDisconnect()\nQuit()\n")
+		done := make(chan struct{})
+		go func() {
+			select {
+			case <-ctx.Done():
+				cmd.Process.Kill()
+			case <-done:
+			}
+		}()
+		out, err := cmd.CombinedOutput()
+		close(done)
+		if err != nil || !strings.Contains(string(out), tn3270host.ScreenTitle) {
+			t.Fatalf("s3270: %v\n%s\nconnector:\n%s", err, out, tt.connectors["acme"].out.String())
+		}
+	})
+
+	t.Run("SOAP is allowed and refused by the connector as by an appliance", func(t *testing.T) {
+		soap := func(op string) string {
+			c := tt.clients["acme"]
+			env := `<?xml version="1.0"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>` +
+				`<` + op + ` xmlns="urn:acme"><id>42</id></` + op + `></soap:Body></soap:Envelope>`
+			out, _ := tt.cloud.Command("curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}", "--cacert", tt.serverCA.CertFile,
+				"--cert", c.CertFile, "--key", c.KeyFile, "--resolve", "gate.example:8444:"+tunGateway,
+				"-H", "Content-Type: text/xml; charset=utf-8", "-H", `SOAPAction: "urn:acme:`+op+`"`,
+				"--data-binary", env, "https://gate.example:8444/orders").CombinedOutput()
+			return string(out)
+		}
+		before := tt.hits[tunAcme].Load()
+		if out := soap("GetOrder"); !strings.HasSuffix(strings.TrimSpace(out), "200") || !strings.Contains(out, "tenant acme") {
+			t.Fatalf("allowed operation: %s", out)
+		}
+		if out := soap("DeleteOrder"); strings.HasSuffix(strings.TrimSpace(out), "200") || !strings.Contains(out, "Fault") {
+			t.Fatalf("operation outside soap_actions: %s", out)
+		}
+		if n := tt.hits[tunAcme].Load() - before; n != 1 {
+			t.Errorf("the service got %d requests, want only the allowed one", n)
+		}
+		if v := metricOf(t, tt.connectors["acme"], `gatehouse_soap_rejections_total{reason="action_not_allowed",tenant="acme"}`); v != 1 {
+			t.Errorf("connector's soap rejections = %v, want 1", v)
+		}
 	})
 
 	t.Run("status shows the tunnels", func(t *testing.T) {

@@ -20,6 +20,7 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
 	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
 	"github.com/gatehouse-dmz/gatehouse/test/netns"
+	"github.com/gatehouse-dmz/gatehouse/test/tn3270host"
 )
 
 // tunnelTopo is a site that opens no inbound port: the "cloud" namespace
@@ -126,6 +127,20 @@ func newTunnelTopo(t *testing.T) *tunnelTopo {
 		go srv.ServeTLS(ln, "", "")
 		t.Cleanup(func() { srv.Close() })
 	}
+	// acme's mainframe, inside.
+	tnLn := tt.internal.Listen(t, "tcp", tunAcme+":23")
+	go tn3270host.Serve(tnLn, io.Discard)
+	// The cloud's clients find the gateway by the name in its certificate,
+	// as s3270 checks it: `ip netns exec` shows /etc/netns/NS/hosts as
+	// /etc/hosts inside NS.
+	etc := filepath.Join("/etc/netns", tt.cloud.Name)
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(etc) })
+	if err := os.WriteFile(filepath.Join(etc, "hosts"), []byte("127.0.0.1 localhost\n"+tunGateway+" gate.example\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	tt.startGateway(t, outside.B)
 	for _, tenant := range []string{"acme", "globex"} {
 		tt.connectors[tenant] = tt.startConnector(t, tenant, tenant, tt.connLeaf[tenant], 4, "")
@@ -229,9 +244,25 @@ func (tt *tunnelTopo) connectorConfig(t *testing.T, name, tenant string, leaf *c
 	local := tt.serverCA.Server(t, "connector.local")
 	routes := fmt.Sprintf(`      - {tenant: %s, path: /, backend: "https://%s:8443", backend_ca: %s}`, tenant, map[string]string{"acme": tunAcme, "globex": tunGlobex}[tenant], tt.internalCA.CertFile)
 	allow := map[string]string{"acme": tunAcme, "globex": tunGlobex}[tenant] + "/32:8443"
+	listeners := ""
 	if tenant == "acme" {
 		// A route the allow-list does not cover: refused at its dial.
 		routes += fmt.Sprintf("\n      - {tenant: acme, path: /off, backend: \"https://%s:8443\", backend_ca: %s}", tunOff, tt.internalCA.CertFile)
+		// The mainframe, as the gateway's tn3270 listener names it.
+		listeners = fmt.Sprintf(`  - name: mainframe
+    listen: "127.0.0.1:%d"
+    protocol: tn3270
+    server_cert: %s
+    server_key: %s
+    routes: [{tenant: acme, backend: "%s:23"}]
+  - name: services
+    listen: "127.0.0.1:%d"
+    protocol: soap
+    server_cert: %s
+    server_key: %s
+    routes: [{tenant: acme, backend: "https://%s:8443", backend_ca: %s, soap_actions: ["urn:acme:GetOrder"]}]
+`, 19400+n, local.CertFile, local.KeyFile, tunAcme, 19500+n, local.CertFile, local.KeyFile, tunAcme, tt.internalCA.CertFile)
+		allow += `", "` + tunAcme + "/32:23"
 	}
 	cfg := fmt.Sprintf(`
 state_dir: %[1]s
@@ -249,6 +280,7 @@ listeners:
     server_key: %[7]s
     routes:
 %[8]s
+%[16]s
 connector:
   tenant: %[3]s
   gateways: ["%[9]s:443"]
@@ -260,7 +292,7 @@ connector:
   keepalive: {interval: 1s, timeout: 1s}
 %[15]s
 `, state, metrics, tenant, tt.dir, 18400+n, local.CertFile, local.KeyFile, routes, tunGwInside, tt.gwCA.CertFile,
-		leaf.CertFile, leaf.KeyFile, tunnels, allow, extra)
+		leaf.CertFile, leaf.KeyFile, tunnels, allow, extra, listeners)
 	path := filepath.Join(tt.dir, fmt.Sprintf("connector-%s-%d.yaml", name, n))
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
