@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -271,4 +272,54 @@ func TestHandshakeSlotsPerSource(t *testing.T) {
 	}
 	r.connector("acme", r.connCA["acme"], 1, nil) // from 127.0.0.1
 	r.waitTunnels("acme", 1)
+}
+
+// TestTunnelsSpreadOverGateways: a connector's tunnels go round its
+// gateways; when one gateway goes away, the other keeps serving, and the
+// connector keeps dialling the lost one (each of its two tunnels there
+// fails a second time: it dialled again).
+func TestTunnelsSpreadOverGateways(t *testing.T) {
+	r1 := newRig(t, nil)
+	// A second gateway of the same trust, its own port.
+	cfg := r1.gw.cfg
+	cfg.Listen = "127.0.0.1:0"
+	gw2, err := NewGateway(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); gw2.Run(ctx) }()
+	defer func() { cancel(); gw2.Close(); <-done }()
+	r2 := &rig{t: t, gwCA: r1.gwCA, connCA: r1.connCA, clientCA: r1.clientCA, gw: gw2, log: r1.log}
+
+	c, _ := r1.connector("acme", r1.connCA["acme"], 4, func(c *ConnectorConfig) {
+		c.Gateways = []string{r1.gw.Addr().String(), gw2.Addr().String()}
+	})
+	r1.waitTunnels("acme", 2)
+	r2.waitTunnels("acme", 2)
+
+	r1.gw.Close() // the first gateway is gone
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Up()[r1.gw.Addr().String()] != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the connector still counts tunnels to a closed gateway: %v", c.Up())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for range 5 {
+		if got, err := r2.roundTrip(r2.header("acme"), "x"); err != nil || got != "X" {
+			t.Fatalf("through the remaining gateway: %q, %v", got, err)
+		}
+	}
+	if up := c.Up()[gw2.Addr().String()]; up != 2 {
+		t.Errorf("tunnels to the remaining gateway: %d, want 2", up)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for testutilCounter(c.m.reconnects.WithLabelValues(r1.gw.Addr().String())) < 4 {
+		if time.Now().After(deadline) {
+			t.Fatal("the connector does not dial the lost gateway again")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
 	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
 )
@@ -154,3 +157,5 @@ func (r *rig) roundTrip(h *Header, msg string) (string, error) {
 	b, err := io.ReadAll(st)
 	return string(b), err
 }
+
+func testutilCounter(c prometheus.Counter) float64 { return testutil.ToFloat64(c) }
