@@ -65,10 +65,19 @@ connector:
 		if err := os.WriteFile(path, []byte(tc.yaml), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		_, _, err := runCLI("check", "-c", path)
+		out, _, err := runCLI("check", "-c", path)
 		if tc.want == "" {
 			if err != nil {
 				t.Errorf("%s: %v", tc.name, err)
+			}
+			// The summary says what the role does.
+			for _, w := range map[string][]string{
+				"gateway":   {"Gateway", "tunnels on 127.0.0.1:9443", "connectors of acme"},
+				"connector": {"Connector", "of tenant acme", "4 tunnels to gw.example:443, directly", "may connect to", "192.0.2.0/24:443 (nothing else)"},
+			}[tc.name] {
+				if !strings.Contains(out, w) {
+					t.Errorf("%s: the summary lacks %q:\n%s", tc.name, w, out)
+				}
 			}
 			continue
 		}
