@@ -24,7 +24,7 @@ import (
 // rig is a gateway and its trust: one connector CA per tenant, a client
 // CA for the tenants' clients, and the gateway's own server certificate.
 type rig struct {
-	t        *testing.T
+	t        testing.TB
 	gwCA     *certstest.CA
 	connCA   map[string]*certstest.CA
 	clientCA *certstest.CA
@@ -33,7 +33,7 @@ type rig struct {
 	log      *testkit.LogBuffer
 }
 
-func newRig(t *testing.T, mod func(*GatewayConfig)) *rig {
+func newRig(t testing.TB, mod func(*GatewayConfig)) *rig {
 	t.Helper()
 	r := &rig{t: t, gwCA: certstest.NewCA(t, "gateway-ca"), clientCA: certstest.NewCA(t, "clients"),
 		connCA: map[string]*certstest.CA{"acme": certstest.NewCA(t, "acme-connectors"), "globex": certstest.NewCA(t, "globex-connectors")},
