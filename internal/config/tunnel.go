@@ -1,7 +1,9 @@
 package config
 
 import (
+	"encoding/pem"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
@@ -145,6 +147,16 @@ func (cfg *Config) validateGateway(c *checker, tenants map[string]bool) {
 		c.file(p+".intermediates", t.Intermediates, false)
 		c.file(p+".crl", t.CRL, false)
 		validateIdentities(c, p, t.Identities)
+		// A root shared with the tenants' would let a tenant's client
+		// certificate open a tunnel and take its tenant's sessions, and a
+		// connector's call a listener, unless identities tell them apart.
+		if t.Identities.empty() {
+			for j, tn := range cfg.Tenants {
+				if sharesCert(t.ClientCA, tn.ClientCA) {
+					c.add(p+".client_ca", "shares a root with tenants[%d].client_ca: issue connectors from a CA of their own, or narrow this entry's identities (e.g. uri_san) to the connectors' certificates", j)
+				}
+			}
+		}
 	}
 	if len(g.Connectors) == 0 {
 		c.add("gateway.connectors", "at least one is required: without one no connector can open a tunnel")
@@ -257,6 +269,40 @@ func (cfg *Config) managementPort(port uint16) bool {
 			if p == port {
 				return true
 			}
+		}
+	}
+	return false
+}
+
+func (id Identities) empty() bool {
+	return len(id.URISAN)+len(id.DNSSAN)+len(id.CN)+len(id.OU)+len(id.FingerprintsSHA256)+len(id.SPKISHA256) == 0
+}
+
+// sharesCert reports whether two PEM bundles hold a certificate in common
+// (false when either cannot be read: that is reported on its own).
+func sharesCert(a, b string) bool {
+	ca, errA := os.ReadFile(a)
+	cb, errB := os.ReadFile(b)
+	if errA != nil || errB != nil {
+		return false
+	}
+	seen := map[string]bool{}
+	for rest := ca; ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		if blk.Type == "CERTIFICATE" {
+			seen[string(blk.Bytes)] = true
+		}
+	}
+	for rest := cb; ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		if blk.Type == "CERTIFICATE" && seen[string(blk.Bytes)] {
+			return true
 		}
 	}
 	return false

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -150,5 +152,27 @@ func TestRoleProblems(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestConnectorCAApartFromTenants: a gateway.connectors entry on a
+// tenant's own root, without identities to tell connectors from clients,
+// is refused: a tenant's client certificate could open a tunnel.
+func TestConnectorCAApartFromTenants(t *testing.T) {
+	dir := fixture(t)
+	pemCert := "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n"
+	for _, f := range []string{"acme-ca.pem", "internal-ca.pem"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte(pemCert), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := parseIn(dir, gatewayYAML, nil)
+	if err == nil || !strings.Contains(err.Error(), "gateway.connectors[0].client_ca: shares a root with tenants[0].client_ca") {
+		t.Fatalf("shared root without identities: %v", err)
+	}
+	narrowed := strings.Replace(gatewayYAML, "{tenant: acme, client_ca: ${DIR}/internal-ca.pem}",
+		`{tenant: acme, client_ca: ${DIR}/internal-ca.pem, identities: {uri_san: ["spiffe://acme/connector"]}}`, 1)
+	if _, err := parseIn(dir, narrowed, nil); err != nil {
+		t.Fatalf("shared root narrowed by identities: %v", err)
 	}
 }
