@@ -197,6 +197,11 @@ func TestConnectorGateway(t *testing.T) {
 		if s := string(out); !strings.HasSuffix(strings.TrimSpace(s), "503") || !strings.Contains(s, "<soap:Fault>") || !strings.Contains(s, "no connector") {
 			t.Errorf("soap: %s, want 503 with a SOAP Fault", s)
 		}
+		// globex's connector has no mainframe: it refuses the stream, and
+		// its reason reaches the terminal.
+		if screen := tt.terminal(t, "globex", "9923"); !strings.Contains(screen, `the tenant's connector refused the session: this connector has no listener "mainframe"`) {
+			t.Errorf("tn3270 of a tenant whose connector has no such listener: %q", screen)
+		}
 		screen := tt.terminal(t, "initech", "9923")
 		if !strings.Contains(screen, "gatehouse: no connector of the tenant is connected") {
 			t.Errorf("tn3270: %q, want the reason as text", screen)

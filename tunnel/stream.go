@@ -71,10 +71,16 @@ func newStream(st *yamux.Stream, tenant string, m *metrics, done func()) *Stream
 	return &Stream{st: st, br: bufio.NewReaderSize(st, 4096), tenant: tenant, m: m, done: done}
 }
 
+// statusTimeout bounds the wait for a connector's answer: it reads the
+// header within headerTimeout or refuses.
+const statusTimeout = headerTimeout + 5*time.Second
+
 // Accepted waits for the connector's answer: nil when it serves the stream.
 func (s *Stream) Accepted() error {
 	s.once.Do(func() {
+		_ = s.st.SetReadDeadline(time.Now().Add(statusTimeout))
 		s.status = readStatus(s.br)
+		_ = s.st.SetReadDeadline(time.Time{})
 		if s.status != nil {
 			if _, ok := s.status.(*RefusedError); ok {
 				s.m.stream(s.tenant, "refused")

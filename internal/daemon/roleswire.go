@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
@@ -71,12 +72,29 @@ func buildConnector(env *Env, px *proxy.Server) (*layer, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The protocol of each listener of the generation in force: a stream
+	// the gateway took on a listener of another protocol is refused, not
+	// fed to the wrong parser.
+	var protos atomic.Pointer[map[string]policy.Protocol]
+	setProtos := func(p *policy.Policy) error {
+		m := map[string]policy.Protocol{}
+		for _, l := range p.Listeners {
+			m[l.Name] = l.Protocol
+		}
+		protos.Store(&m)
+		return nil
+	}
+	_ = setProtos(env.Policy)
 	c, err := tunnel.NewConnector(tunnel.ConnectorConfig{
 		Logger: env.Logger, Tenant: k.Tenant, Gateways: k.Gateways, TLS: tc, Tunnels: k.Tunnels, Proxy: hp,
 		Keepalive: k.Keepalive.Interval, KeepaliveTimeout: k.Keepalive.Timeout,
 		Check: func(h *tunnel.Header) error {
-			if _, ok := px.Addr(h.Listener); !ok {
+			proto, ok := (*protos.Load())[h.Listener]
+			switch {
+			case !ok:
 				return fmt.Errorf("this connector has no listener %q", h.Listener)
+			case string(proto) != h.Protocol:
+				return fmt.Errorf("listener %q is %s here, %s at the gateway", h.Listener, proto, h.Protocol)
 			}
 			return nil
 		},
@@ -86,7 +104,7 @@ func buildConnector(env *Env, px *proxy.Server) (*layer, error) {
 		return nil, err
 	}
 	l := &layer{name: "tunnel", rangeBlind: true,
-		apply:    func(*policy.Policy) error { return nil },
+		apply:    setProtos, // after the proxy's: its listeners are in force
 		close:    c.Close,
 		run:      c.Run,
 		shutdown: c.Shutdown,
