@@ -165,6 +165,9 @@ func TestConnectorGateway(t *testing.T) {
 		if n := tt.hits[tunOff].Load(); n != 0 {
 			t.Fatalf("the backend outside the allow-list got %d requests", n)
 		}
+		if !strings.Contains(tt.connectors["acme"].out.String(), "backend "+tunOff+":8443 is outside connector.allow") {
+			t.Errorf("the connector did not warn of the route at start")
+		}
 		if !strings.Contains(tt.connectors["acme"].out.String(), "not in connector.allow") {
 			t.Errorf("the connector's log does not say why:\n%s", tt.connectors["acme"].out.String())
 		}

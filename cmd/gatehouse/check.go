@@ -57,6 +57,9 @@ service runs to get the service's answer. Nothing is changed.`,
 			if pinWarning != "" {
 				fmt.Fprintf(g.stderr, "gatehouse check: warning: %s\n", pinWarning)
 			}
+			for _, w := range cfg.AllowListWarnings() {
+				fmt.Fprintf(g.stderr, "gatehouse check: warning: %s\n", w)
+			}
 			if asJSON {
 				return summariseJSON(g.stdout, g.configPath, cfg)
 			}

@@ -3,6 +3,9 @@ package config
 import (
 	"encoding/pem"
 	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
 	"os"
 	"time"
 
@@ -306,4 +309,46 @@ func sharesCert(a, b string) bool {
 		}
 	}
 	return false
+}
+
+// AllowListWarnings names the connector's route backends given as an
+// address outside connector.allow: run refuses their every connection at
+// the dial, so check and the start say so beforehand. Backends named by
+// host name are judged on the address they resolve to, at each dial.
+func (cfg *Config) AllowListWarnings() []string {
+	if cfg.Role() != RoleConnector {
+		return nil
+	}
+	allow := cfg.Connector.AllowList()
+	var out []string
+	for i, l := range cfg.Listeners {
+		for j, r := range l.Routes {
+			backends := r.Backends
+			if r.Backend != "" {
+				backends = []string{r.Backend}
+			}
+			for _, b := range backends {
+				hp := b
+				if u, err := url.Parse(b); err == nil && u.Host != "" {
+					port := u.Port()
+					if port == "" {
+						port = map[string]string{"https": "443", "http": "80"}[u.Scheme]
+					}
+					hp = net.JoinHostPort(u.Hostname(), port)
+				}
+				ap, err := netip.ParseAddrPort(hp)
+				if err != nil {
+					continue // a name, or not host:port (validation says so)
+				}
+				allowed := false
+				for _, d := range allow {
+					allowed = allowed || d.Allows(ap)
+				}
+				if !allowed {
+					out = append(out, fmt.Sprintf("listeners[%d].routes[%d]: backend %s is outside connector.allow: its connections will be refused", i, j, ap))
+				}
+			}
+		}
+	}
+	return out
 }

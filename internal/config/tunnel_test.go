@@ -176,3 +176,16 @@ func TestConnectorCAApartFromTenants(t *testing.T) {
 		t.Fatalf("shared root narrowed by identities: %v", err)
 	}
 }
+
+func TestAllowListWarnings(t *testing.T) {
+	yaml := strings.Replace(connectorYAML, `routes: [{tenant: acme, backend: "https://192.0.2.5:8443"}]`,
+		`routes: [{tenant: acme, backend: "https://192.0.2.5:8443"}, {tenant: acme, path: /x, backend: "https://198.51.100.7"}, {tenant: acme, path: /y, backend: "https://inside.example:8443"}]`, 1)
+	cfg, err := parse(t, yaml, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := cfg.AllowListWarnings()
+	if len(got) != 1 || !strings.Contains(got[0], "listeners[0].routes[1]: backend 198.51.100.7:443 is outside connector.allow") {
+		t.Fatalf("warnings %q, want one for routes[1] only", got)
+	}
+}

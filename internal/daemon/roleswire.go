@@ -85,6 +85,9 @@ func buildConnector(env *Env, px *proxy.Server) (*layer, error) {
 		return nil
 	}
 	_ = setProtos(env.Policy)
+	for _, w := range env.Config.AllowListWarnings() {
+		env.Logger.Warn(w, "component", "tunnel")
+	}
 	c, err := tunnel.NewConnector(tunnel.ConnectorConfig{
 		Logger: env.Logger, Tenant: k.Tenant, Gateways: k.Gateways, TLS: tc, Tunnels: k.Tunnels, Proxy: hp,
 		Keepalive: k.Keepalive.Interval, KeepaliveTimeout: k.Keepalive.Timeout,
