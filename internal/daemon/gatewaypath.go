@@ -11,10 +11,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/policy"
+	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 	"github.com/gatehouse-dmz/gatehouse/tunnel"
 )
 
@@ -31,6 +33,12 @@ const (
 type gatewayPath struct {
 	gw  *tunnel.Gateway
 	log *slog.Logger
+
+	// Refusal lines, as the proxy's: 10 a second after a burst of 50,
+	// the held-back ones counted on the next.
+	mu         sync.Mutex
+	lines      relay.Bucket
+	suppressed int
 }
 
 // serve carries nc (peer's, on a listener of protocol proto) to the
@@ -90,7 +98,22 @@ func (p *gatewayPath) refuse(nc net.Conn, peer certs.Peer, proto policy.Protocol
 	default:
 		reason = "the tenant's tunnel failed"
 	}
-	p.log.Warn("session refused: "+reason, "listener", peer.Listener, "tenant", peer.Tenant, "source", peer.Source.String(), "err", err)
+	p.mu.Lock()
+	ok := p.lines.Take(time.Now(), 10, 50)
+	held := p.suppressed
+	if ok {
+		p.suppressed = 0
+	} else {
+		p.suppressed++
+	}
+	p.mu.Unlock()
+	if ok {
+		args := []any{"listener", peer.Listener, "tenant", peer.Tenant, "source", peer.Source.String(), "err", err}
+		if held > 0 {
+			args = append(args, "similar_lines_suppressed", held)
+		}
+		p.log.Warn("session refused: "+reason, args...)
+	}
 	defer nc.Close()
 	_ = nc.SetDeadline(time.Now().Add(refusalReadTimeout))
 	switch proto {
