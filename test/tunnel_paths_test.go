@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -154,6 +155,25 @@ func TestConnectorGateway(t *testing.T) {
 			if !regexp.MustCompile(`(?m)^\s+(acme|` + regexp.QuoteMeta(tunGwInside) + `:443)\s+4$`).Match(out) {
 				t.Errorf("%s status does not show 4 tunnels up:\n%s", name, out)
 			}
+		}
+	})
+
+	t.Run("a reload keeps the tunnels and their sessions", func(t *testing.T) {
+		for _, d := range []*daemonProc{tt.gateway, tt.connectors["acme"]} {
+			if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+				t.Fatal(err)
+			}
+			d.waitFor(t, "the reload", func() bool {
+				return metricOf(t, d, `gatehouse_config_reloads_total{result="ok"}`) >= 1
+			})
+		}
+		if v := tt.gatewayMetric(t, `gatehouse_tunnels_up{peer="acme",role="gateway"}`); v != 4 {
+			t.Errorf("acme's tunnels after the reloads: %v", v)
+		}
+		// The connector checks streams against the listeners of the
+		// generation the reload put in force.
+		if code, body := tt.curl(t, "acme", "/x"); code != 200 {
+			t.Fatalf("after the reloads: %d %q", code, body)
 		}
 	})
 
