@@ -66,7 +66,8 @@ type Gateway struct {
 	pending chan struct{}
 
 	mu      sync.Mutex
-	pendSrc map[netip.Addr]int // unfinished handshakes per source
+	pendSrc map[netip.Addr]int    // unfinished handshakes per source
+	pendC   map[net.Conn]struct{} // and their connections, which Close ends
 	pools   map[string]*pool
 	closed  bool
 	nextID  uint64
@@ -127,7 +128,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		return nil, fmt.Errorf("tunnel port: %w", err)
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger.With("component", "tunnel"), tls: tc, ln: ln,
-		m: newMetrics("gateway", cfg.Tenants), pending: make(chan struct{}, maxPendingHandshakes), pools: map[string]*pool{}, pendSrc: map[netip.Addr]int{}}
+		m: newMetrics("gateway", cfg.Tenants), pending: make(chan struct{}, maxPendingHandshakes), pools: map[string]*pool{}, pendSrc: map[netip.Addr]int{}, pendC: map[net.Conn]struct{}{}}
 	return g, nil
 }
 
@@ -153,7 +154,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		}
 		delay = 0
 		src := addrOf(nc.RemoteAddr())
-		if !g.admitHandshake(src) {
+		if !g.admitHandshake(nc, src) {
 			g.m.handshake("busy")
 			nc.Close()
 			continue
@@ -174,10 +175,10 @@ func (g *Gateway) isClosed() bool {
 
 // admitHandshake takes a slot for a handshake from src, if the port and
 // the source have one free.
-func (g *Gateway) admitHandshake(src netip.Addr) bool {
+func (g *Gateway) admitHandshake(nc net.Conn, src netip.Addr) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.pendSrc[src] >= maxPendingPerSource {
+	if g.closed || g.pendSrc[src] >= maxPendingPerSource {
 		return false
 	}
 	select {
@@ -186,13 +187,15 @@ func (g *Gateway) admitHandshake(src netip.Addr) bool {
 		return false
 	}
 	g.pendSrc[src]++
+	g.pendC[nc] = struct{}{}
 	return true
 }
 
-func (g *Gateway) handshakeDone(src netip.Addr) {
+func (g *Gateway) handshakeDone(nc net.Conn, src netip.Addr) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	<-g.pending
+	delete(g.pendC, nc)
 	if g.pendSrc[src]--; g.pendSrc[src] <= 0 {
 		delete(g.pendSrc, src)
 	}
@@ -211,7 +214,7 @@ func (g *Gateway) serve(nc net.Conn, src netip.Addr) {
 	tc := tls.Server(nc, g.tls)
 	_ = nc.SetDeadline(time.Now().Add(g.cfg.HandshakeTimeout))
 	err := tc.Handshake()
-	g.handshakeDone(src)
+	g.handshakeDone(nc, src)
 	if err != nil {
 		g.m.handshake("tls")
 		g.log.Info("tunnel handshake refused", "remote", remote, "err", err)
@@ -368,11 +371,14 @@ wait:
 	return err
 }
 
-// Close closes the port and every tunnel at once, and waits for their
-// goroutines.
+// Close closes the port, the handshakes under way and every tunnel at
+// once, and waits for their goroutines.
 func (g *Gateway) Close() error {
 	g.mu.Lock()
 	g.closed = true
+	for nc := range g.pendC {
+		nc.Close()
+	}
 	var all []*gwTunnel
 	for _, p := range g.pools {
 		all = append(all, p.tunnels...)

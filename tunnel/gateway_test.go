@@ -323,3 +323,27 @@ func TestTunnelsSpreadOverGateways(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestCloseEndsPendingHandshakes: Close does not wait out the handshake
+// timeout of a connection that never speaks; it closes it.
+func TestCloseEndsPendingHandshakes(t *testing.T) {
+	r := newRig(t, func(c *GatewayConfig) { c.HandshakeTimeout = time.Hour })
+	c, err := net.Dial("tcp", r.gw.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// The accept loop takes connections in turn: once a connector's
+	// tunnel, dialled after it, is up, this one is in its handshake.
+	r.connector("acme", r.connCA["acme"], 1, nil)
+	r.waitTunnels("acme", 1)
+	closed := make(chan error, 1)
+	go func() { closed <- r.gw.Close() }()
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("a silent connection after Close: %v, want closed by the gateway", err)
+	}
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+}
