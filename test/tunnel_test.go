@@ -133,6 +133,9 @@ func newTunnelTopo(t *testing.T) *tunnelTopo {
 	// The cloud's clients find the gateway by the name in its certificate,
 	// as s3270 checks it: `ip netns exec` shows /etc/netns/NS/hosts as
 	// /etc/hosts inside NS.
+	if _, err := os.Stat("/etc/netns"); os.IsNotExist(err) {
+		t.Cleanup(func() { os.Remove("/etc/netns") }) // only if empty: others may have used it since
+	}
 	etc := filepath.Join("/etc/netns", tt.cloud.Name)
 	if err := os.MkdirAll(etc, 0o755); err != nil {
 		t.Fatal(err)
