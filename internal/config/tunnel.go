@@ -152,12 +152,11 @@ func (cfg *Config) validateGateway(c *checker, tenants map[string]bool) {
 		validateIdentities(c, p, t.Identities)
 		// A root shared with the tenants' would let a tenant's client
 		// certificate open a tunnel and take its tenant's sessions, and a
-		// connector's call a listener, unless identities tell them apart.
-		if t.Identities.empty() {
-			for j, tn := range cfg.Tenants {
-				if sharesCert(t.ClientCA, tn.ClientCA) {
-					c.add(p+".client_ca", "shares a root with tenants[%d].client_ca: issue connectors from a CA of their own, or narrow this entry's identities (e.g. uri_san) to the connectors' certificates", j)
-				}
+		// connector's call a listener, unless identities on both sides
+		// tell them apart.
+		for j, tn := range cfg.Tenants {
+			if (t.Identities.empty() || tn.Identities.empty()) && sharesCert(t.ClientCA, tn.ClientCA) {
+				c.add(p+".client_ca", "shares a root with tenants[%d].client_ca: issue connectors from a CA of their own, or narrow both this entry's and the tenant's identities (e.g. uri_san) to tell connectors from clients", j)
 			}
 		}
 	}

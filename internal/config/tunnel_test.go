@@ -172,8 +172,15 @@ func TestConnectorCAApartFromTenants(t *testing.T) {
 	}
 	narrowed := strings.Replace(gatewayYAML, "{tenant: acme, client_ca: ${DIR}/internal-ca.pem}",
 		`{tenant: acme, client_ca: ${DIR}/internal-ca.pem, identities: {uri_san: ["spiffe://acme/connector"]}}`, 1)
-	if _, err := parseIn(dir, narrowed, nil); err != nil {
-		t.Fatalf("shared root narrowed by identities: %v", err)
+	// The connectors narrowed, the tenant not: a connector's certificate
+	// would still call a listener as acme.
+	if _, err := parseIn(dir, narrowed, nil); err == nil {
+		t.Fatal("shared root narrowed on the connectors' side only: accepted")
+	}
+	both := strings.Replace(narrowed, "{id: acme, client_ca: ${DIR}/acme-ca.pem}",
+		`{id: acme, client_ca: ${DIR}/acme-ca.pem, identities: {uri_san: ["spiffe://acme/cloud"]}}`, 1)
+	if _, err := parseIn(dir, both, nil); err != nil {
+		t.Fatalf("shared root narrowed on both sides: %v", err)
 	}
 }
 
