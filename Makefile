@@ -13,7 +13,7 @@ STATICCHECK_VERSION := v0.8.2
 DEB_PACKAGES := \
 	clang llvm \
 	nftables iproute2 bpftool \
-	minisign openssl curl ca-certificates s3270 \
+	minisign openssl curl ca-certificates s3270 tinyproxy \
 	prometheus strace systemd util-linux mount
 # Test timeout for the whole suite; CI allows 90 minutes, we aim for 15.
 TEST_TIMEOUT ?= 20m

@@ -198,7 +198,11 @@ type Listener struct {
 	// ExtraCerts are further certificates chosen by SNI.
 	ExtraCerts []CertKey
 	StartTLS   bool // tn3270/tn5250/tnvip: Telnet START_TLS instead of implicit TLS
-	Routes     []Route
+	// Tunnel marks a gateway's listener: it routes nothing itself, and
+	// every identified connection goes down a tunnel of its tenant's
+	// connectors, which hold the routes.
+	Tunnel bool
+	Routes []Route
 	// Limits apply to every connection of the listener; TenantLimits, to
 	// the connections of the tenants that override some of them (see
 	// ForTenant). Both are resolved completely by the configuration.

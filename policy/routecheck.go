@@ -76,7 +76,12 @@ func (p *Policy) CheckListeners() []*ListenerError {
 		} else {
 			addrs[a] = true
 		}
-		if len(l.Routes) == 0 {
+		switch {
+		case l.Tunnel && len(l.Routes) > 0:
+			add(-1, "routes", "a gateway routes nothing itself: the tenant's connector holds the routes")
+		case l.Tunnel && l.StartTLS:
+			add(-1, "starttls", "a gateway takes implicit TLS only: START_TLS would leave the client's handshake inside Telnet, out of the tunnel's reach")
+		case !l.Tunnel && len(l.Routes) == 0:
 			add(-1, "routes", "a listener needs at least one route: without one every tenant is refused")
 		}
 		if !slices.Contains(Protocols, l.Protocol) {

@@ -79,6 +79,8 @@ func TestCheckListeners(t *testing.T) {
 		{"paths equal", web(http, with(http, func(r *Route) { r.Path = "/" })), `route 1: overlaps route 0`},
 		{"starttls on https", Listener{Name: "web", Protocol: ProtoHTTPS, StartTLS: true, Routes: []Route{http}}, `listener "web" starttls: only tn3270, tn5250 and tnvip`},
 		{"no routes", web(), `listener "web" routes: a listener needs at least one route`},
+		{"routes on a gateway's listener", Listener{Name: "web", Protocol: ProtoHTTPS, Tunnel: true, Routes: []Route{http}}, `listener "web" routes: a gateway routes nothing itself`},
+		{"starttls on a gateway's listener", Listener{Name: "mf", Protocol: ProtoTN3270, Tunnel: true, StartTLS: true}, `listener "mf" starttls: a gateway takes implicit TLS only`},
 		{"bad protocol", Listener{Name: "x", Protocol: "ftp", Routes: []Route{tn}}, `listener "x" protocol: "ftp" is not one of https, soap, tn3270, tn5250, tnvip, tcp`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -110,5 +112,13 @@ func TestCheckListeners(t *testing.T) {
 	bad := &Policy{Listeners: []Listener{{Name: "x", Protocol: "ftp", Routes: []Route{tn}}}}
 	if errs := bad.CheckListeners(); len(errs) != 1 || !errors.Is(errs[0], ErrProtocol) {
 		t.Errorf("unknown protocol: %v, want one ErrProtocol", errs)
+	}
+}
+
+// TestTunnelListenerWithoutRoutes: a gateway's listener needs no route.
+func TestTunnelListenerWithoutRoutes(t *testing.T) {
+	p := &Policy{Listeners: []Listener{{Name: "web", Protocol: ProtoHTTPS, Tunnel: true}}}
+	if errs := p.CheckListeners(); len(errs) != 0 {
+		t.Fatalf("a tunnel listener without routes: %v", errs)
 	}
 }

@@ -130,8 +130,17 @@ func (s *Server) Apply(p *policy.Policy) error {
 func (s *Server) buildState(l policy.Listener) (*listenerState, error) {
 	st := &listenerState{l: l}
 	var alpn []string
-	switch l.Protocol {
-	case policy.ProtoHTTPS, policy.ProtoSOAP:
+	switch {
+	case l.Tunnel:
+		// A gateway's: the connector serves the protocol, over HTTP/1.1
+		// only (net/http serves HTTP/2 on its own *tls.Conn alone).
+		if s.handoff == nil {
+			return nil, fmt.Errorf("listener %q: %w: a tunnel listener without a gateway", l.Name, ErrConfig)
+		}
+		if l.Protocol.HTTP() {
+			alpn = []string{"http/1.1"}
+		}
+	case l.Protocol == policy.ProtoHTTPS, l.Protocol == policy.ProtoSOAP:
 		var prev *httpproxy.Handler
 		if sk, ok := s.sockets[l.ListenAddress()]; ok {
 			if old := sk.state.Load(); old != nil && old.l.Name == l.Name {
@@ -152,13 +161,13 @@ func (s *Server) buildState(l policy.Listener) (*listenerState, error) {
 		}
 		st.http = h
 		alpn = []string{"h2", "http/1.1"}
-	case policy.ProtoTCP:
+	case l.Protocol == policy.ProtoTCP:
 		routes, err := buildTCPRoutes(l)
 		if err != nil {
 			return nil, err
 		}
 		st.tcp = routes
-	case policy.ProtoTN3270, policy.ProtoTN5250, policy.ProtoTNVIP:
+	case l.Protocol.Telnet():
 		h, err := telnet.New(telnet.Config{
 			Listener:         l.Name,
 			Protocol:         l.Protocol,

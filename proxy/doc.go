@@ -8,7 +8,11 @@
 // tunnel stream, a socket another process verified, a test) enter through
 // ServeConn with the certs.Peer their handshake proved: the certificate is
 // identified again, and from there they are admitted, routed, limited,
-// revalidated and drained exactly as the listeners' own. Each connection
+// revalidated and drained exactly as the listeners' own. A gateway's
+// Tunnel listeners serve no protocol: each identified and admitted
+// connection goes to Config.Handoff, which sends it down a tunnel. Every
+// backend connection asks Config.DialControl first, when set (a
+// connector's allow-list). Each connection
 // carries its one Peer from identification to close; an HTTP connection
 // reaches its server through a one-connection listener that carries it, so
 // its requests learn the Peer without a lookup.

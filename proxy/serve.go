@@ -70,6 +70,9 @@ func (s *Server) serve(c *conn, peer certs.Peer, seen uint64) error {
 		return err
 	}
 	switch {
+	case st.l.Tunnel:
+		s.handoff(c.sock.ctx, c.stream, peer, st.l.Protocol)
+		c.raw.Close()
 	case st.http != nil:
 		return s.serveHTTP(c, st)
 	case st.tcp != nil:

@@ -1,15 +1,18 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	httpproxy "github.com/gatehouse-dmz/gatehouse/proxy/http"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
@@ -45,13 +48,22 @@ type Config struct {
 	// AccessLog receives one line per HTTP request; give it a JSON handler.
 	// Nil discards.
 	AccessLog *slog.Logger
+	// DialControl, when not nil, judges every backend connection before
+	// it is made, on the address actually dialled; an error refuses it (a
+	// connector's allow-list).
+	DialControl func(network, address string, c syscall.RawConn) error
+	// Handoff serves the connections of Tunnel listeners (a gateway's):
+	// identified and admitted, they go to it instead of a protocol. It
+	// owns nc and returns when the session ended.
+	Handoff func(ctx context.Context, nc net.Conn, peer certs.Peer, proto policy.Protocol)
 }
 
 // Server owns every listener socket and every client connection.
 type Server struct {
-	logger *slog.Logger
-	tlsSrc TLSSource
-	access *slog.Logger
+	logger  *slog.Logger
+	tlsSrc  TLSSource
+	access  *slog.Logger
+	handoff func(ctx context.Context, nc net.Conn, peer certs.Peer, proto policy.Protocol)
 
 	mu      sync.Mutex // serialises Apply, Shutdown and Close
 	sockets map[string]*socket
@@ -114,6 +126,7 @@ func New(cfg Config) (*Server, error) {
 		acceptLog:   newLogLimiter(0.5, 1),
 		reserveLog:  newLogLimiter(0.1, 1),
 		tlsSrc:      cfg.TLS,
+		handoff:     cfg.Handoff,
 		access:      access,
 		sockets:     map[string]*socket{},
 		conns:       map[*conn]struct{}{},
@@ -143,6 +156,7 @@ func New(cfg Config) (*Server, error) {
 				"and RLIMIT_NOFILE until a count succeeds", "err", err)
 		},
 		Reserve: s.reserveChanged,
+		Control: cfg.DialControl,
 	})
 	return s, nil
 }

@@ -51,11 +51,14 @@ service runs to get the service's answer. Nothing is changed.`,
 				return exitError{code: 1, msg: "gatehouse: " + err.Error()}
 			}
 			pinWarning, pinErr := daemon.CheckPinDir(cfg, allowPrivate)
-			if err := errors.Join(daemon.CheckStateDir(cfg.StateDir), pinErr, checkCertificates(cfg), checkFeeds(cfg)); err != nil {
+			if err := errors.Join(daemon.CheckStateDir(cfg.StateDir), pinErr, checkCertificates(cfg), daemon.CheckRole(cfg), checkFeeds(cfg)); err != nil {
 				return exitError{code: 1, msg: fmt.Sprintf("gatehouse: %s: %v\nconfiguration %s is NOT valid", g.configPath, err, g.configPath)}
 			}
 			if pinWarning != "" {
 				fmt.Fprintf(g.stderr, "gatehouse check: warning: %s\n", pinWarning)
+			}
+			for _, w := range cfg.AllowListWarnings() {
+				fmt.Fprintf(g.stderr, "gatehouse check: warning: %s\n", w)
 			}
 			if asJSON {
 				return summariseJSON(g.stdout, g.configPath, cfg)
@@ -172,7 +175,34 @@ func summarise(w io.Writer, path string, cfg *config.Config) error {
 		routes = append(routes, l.Routes...)
 	}
 	printListeners(tw, daemon.Routes(p), func(i int) string { return routeExtras(routes[i]) })
+	summariseRole(tw, cfg)
 	return tw.Flush()
+}
+
+// summariseRole says what a gateway or connector does beyond the
+// listeners.
+func summariseRole(w io.Writer, cfg *config.Config) {
+	switch cfg.Role() {
+	case config.RoleGateway:
+		g := cfg.Gateway
+		fmt.Fprintf(w, "\nGateway\ttunnels on %s\tkeepalive %s, dead after %s more\n", g.Listen, g.Keepalive.Interval, g.Keepalive.Timeout)
+		for _, l := range cfg.Listeners {
+			fmt.Fprintf(w, "  listener %s\tsends each tenant's sessions down its connectors' tunnels\n", l.Name)
+		}
+		for _, c := range g.Connectors {
+			fmt.Fprintf(w, "  connectors of %s\tcertificates of %s\n", c.Tenant, c.ClientCA)
+		}
+		fmt.Fprintf(w, "  streams\t%d per tunnel, %d per tenant\n", g.StreamsPerTunnel, g.StreamsPerTenant)
+	case config.RoleConnector:
+		k := cfg.Connector
+		via := "directly"
+		if k.Proxy.Address != "" {
+			via = "through the HTTP proxy " + k.Proxy.Address
+		}
+		fmt.Fprintf(w, "\nConnector\tof tenant %s\t%d tunnels to %s, %s\n", k.Tenant, k.Tunnels, strings.Join(k.Gateways, ", "), via)
+		fmt.Fprintf(w, "  gateway CA\t%s (the only root asked)\n", k.GatewayCA)
+		fmt.Fprintf(w, "  may connect to\t%s (nothing else)\n", strings.Join(k.Allow, ", "))
+	}
 }
 
 // checkSummary is check's summary for machines. Listeners, tenants and

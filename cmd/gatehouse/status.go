@@ -154,6 +154,19 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) error {
 			}
 		}
 	}
+	if st.Role != "" && st.Role != "appliance" {
+		peer := "tenant"
+		if st.Role == "connector" {
+			peer = "gateway"
+		}
+		fmt.Fprintf(tw, "\nTunnels (%s)\t%s\tup\n", st.Role, peer)
+		if len(st.Tunnels) == 0 {
+			fmt.Fprintln(tw, "  none up")
+		}
+		for _, tu := range st.Tunnels {
+			fmt.Fprintf(tw, "  \t%s\t%d\n", tu.Peer, tu.Up)
+		}
+	}
 	fmt.Fprintln(tw, "\nTenants\tsessions")
 	for _, t := range st.Tenants {
 		fmt.Fprintf(tw, "  %s\t%d\n", t.ID, t.Sessions)

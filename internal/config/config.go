@@ -43,6 +43,8 @@ type Config struct {
 	Rules         Rules         `mapstructure:"rules"`
 	Limits        Limits        `mapstructure:"limits"`
 	TLS           TLS           `mapstructure:"tls"`
+	Gateway       Gateway       `mapstructure:"gateway"`
+	Connector     Connector     `mapstructure:"connector"`
 }
 
 // TLS configures the listeners' TLS beyond their certificates.

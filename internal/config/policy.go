@@ -58,20 +58,12 @@ func (cfg *Config) Policy() *policy.Policy {
 		p.Enforcement.Management = append(p.Enforcement.Management, policy.Management{Prefix: pr, Ports: append([]uint16(nil), m.Ports...)})
 	}
 	for _, t := range cfg.Tenants {
-		id := t.Identities
 		p.Tenants = append(p.Tenants, policy.Tenant{
 			ID:            t.ID,
 			ClientCA:      t.ClientCA,
 			Intermediates: t.Intermediates,
 			CRL:           t.CRL,
-			Identities: policy.Identities{
-				URISAN:             id.URISAN,
-				DNSSAN:             id.DNSSAN,
-				CommonName:         id.CN,
-				OrganizationalUnit: id.OU,
-				FingerprintSHA256:  normaliseAll(id.FingerprintsSHA256),
-				SPKISHA256:         normaliseAll(id.SPKISHA256),
-			},
+			Identities:    t.Identities.policy(),
 		})
 	}
 	for _, l := range cfg.Listeners {
@@ -84,6 +76,7 @@ func (cfg *Config) Policy() *policy.Policy {
 			ServerCert: l.ServerCert,
 			ServerKey:  l.ServerKey,
 			StartTLS:   l.StartTLS,
+			Tunnel:     cfg.Role() == RoleGateway,
 		}
 		pl.Limits, pl.TenantLimits = cfg.compileLimits(l)
 		for _, ck := range l.ExtraCerts {
@@ -116,6 +109,17 @@ func (cfg *Config) Policy() *policy.Policy {
 		p.Listeners = append(p.Listeners, pl)
 	}
 	return p
+}
+
+func (id Identities) policy() policy.Identities {
+	return policy.Identities{
+		URISAN:             id.URISAN,
+		DNSSAN:             id.DNSSAN,
+		CommonName:         id.CN,
+		OrganizationalUnit: id.OU,
+		FingerprintSHA256:  normaliseAll(id.FingerprintsSHA256),
+		SPKISHA256:         normaliseAll(id.SPKISHA256),
+	}
 }
 
 // allowAutoSignOn: a tn5250 route refuses auto sign-on unless it says

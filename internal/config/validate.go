@@ -179,8 +179,9 @@ func (cfg *Config) validate() Problems {
 		c.add("tls.ticket_rotation", "must be between 1m and %s, got %s", maxTicketRotation, r)
 	}
 	cfg.validateFeeds(c)
-	cfg.validateTenants(c)
+	tenants := cfg.validateTenants(c)
 	cfg.validateListeners(c)
+	cfg.validateRoles(c, tenants)
 	cfg.validateLimits(c)
 	if cfg.Rules.MinPrefix.V4 < 0 || cfg.Rules.MinPrefix.V4 > 32 {
 		c.add("rules.min_prefix.v4", "must be 0..32, got %d", cfg.Rules.MinPrefix.V4)
@@ -211,33 +212,38 @@ func (cfg *Config) validateTenants(c *checker) map[string]bool {
 		c.file(p+".client_ca", t.ClientCA, true)
 		c.file(p+".intermediates", t.Intermediates, false)
 		c.file(p+".crl", t.CRL, false)
-		for j, fp := range t.Identities.FingerprintsSHA256 {
-			if !hexSHA256.MatchString(normaliseHex(fp)) {
-				c.add(fmt.Sprintf("%s.identities.fingerprints_sha256[%d]", p, j), "%q is not a SHA-256 in hex", fp)
-			}
-		}
-		for j, fp := range t.Identities.SPKISHA256 {
-			if !hexSHA256.MatchString(normaliseHex(fp)) {
-				c.add(fmt.Sprintf("%s.identities.spki_sha256[%d]", p, j), "%q is not a SHA-256 in hex", fp)
-			}
-		}
-		for j, u := range t.Identities.URISAN {
-			if u == "" || strings.ContainsAny(u, " \t") {
-				c.add(fmt.Sprintf("%s.identities.uri_san[%d]", p, j), "%q is not a URI pattern", u)
-			}
-		}
-		for key, list := range map[string][]string{"dns_san": t.Identities.DNSSAN, "cn": t.Identities.CN, "ou": t.Identities.OU} {
-			for j, v := range list {
-				if strings.TrimSpace(v) == "" {
-					c.add(fmt.Sprintf("%s.identities.%s[%d]", p, key, j), "empty: it would match every certificate without a %s", key)
-				}
-			}
-		}
+		validateIdentities(c, p, t.Identities)
 	}
 	if len(cfg.Tenants) == 0 {
 		c.add("tenants", "at least one tenant is required: without one no client certificate is accepted")
 	}
 	return known
+}
+
+// validateIdentities checks a tenant's or connector's identity list.
+func validateIdentities(c *checker, p string, ids Identities) {
+	for j, fp := range ids.FingerprintsSHA256 {
+		if !hexSHA256.MatchString(normaliseHex(fp)) {
+			c.add(fmt.Sprintf("%s.identities.fingerprints_sha256[%d]", p, j), "%q is not a SHA-256 in hex", fp)
+		}
+	}
+	for j, fp := range ids.SPKISHA256 {
+		if !hexSHA256.MatchString(normaliseHex(fp)) {
+			c.add(fmt.Sprintf("%s.identities.spki_sha256[%d]", p, j), "%q is not a SHA-256 in hex", fp)
+		}
+	}
+	for j, u := range ids.URISAN {
+		if u == "" || strings.ContainsAny(u, " \t") {
+			c.add(fmt.Sprintf("%s.identities.uri_san[%d]", p, j), "%q is not a URI pattern", u)
+		}
+	}
+	for key, list := range map[string][]string{"dns_san": ids.DNSSAN, "cn": ids.CN, "ou": ids.OU} {
+		for j, v := range list {
+			if strings.TrimSpace(v) == "" {
+				c.add(fmt.Sprintf("%s.identities.%s[%d]", p, key, j), "empty: it would match every certificate without a %s", key)
+			}
+		}
+	}
 }
 
 // normaliseHex accepts fingerprints as openssl prints them (AA:BB:…) too.

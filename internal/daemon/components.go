@@ -14,8 +14,10 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/enforcer/nft"
 	"github.com/gatehouse-dmz/gatehouse/enforcer/xdp"
+	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/proxy"
+	"github.com/gatehouse-dmz/gatehouse/tunnel"
 )
 
 // layer adapts one package's component to the daemon's interfaces; the
@@ -169,14 +171,33 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 	if access == nil {
 		access = slog.New(slog.DiscardHandler)
 	}
-	px, err := proxy.New(proxy.Config{Logger: env.Logger, TLS: cm, AccessLog: access})
+	pc := proxy.Config{Logger: env.Logger, TLS: cm, AccessLog: access}
+	// The role's tunnels drain after the proxy, whose sessions use them.
+	var role *layer
+	switch env.Config.Role() {
+	case config.RoleGateway:
+		var path *gatewayPath
+		if role, path, err = buildGateway(env); err != nil {
+			return appendLayer(comps, role), fmt.Errorf("tunnel gateway: %w", err)
+		}
+		pc.Handoff = path.serve
+	case config.RoleConnector:
+		pc.DialControl = tunnel.AllowList(env.Config.Connector.AllowList()).Control
+	}
+	px, err := proxy.New(pc)
 	if err != nil {
-		return comps, fmt.Errorf("proxy: %w", err)
+		return appendLayer(comps, role), fmt.Errorf("proxy: %w", err)
 	}
 	comps = append(comps, &layer{name: "proxy", rangeBlind: true, apply: px.Apply, close: px.Close, shutdown: px.Shutdown})
 	if err := register(env, "proxy", px); err != nil {
-		return comps, err
+		return appendLayer(comps, role), err
 	}
+	if env.Config.Role() == config.RoleConnector {
+		if role, err = buildConnector(env, px); err != nil {
+			return appendLayer(comps, role), fmt.Errorf("tunnel connector: %w", err)
+		}
+	}
+	comps = appendLayer(comps, role)
 	// A changed CRL, CA or tenant list is checked against every live
 	// session at once: a revoked certificate loses its connections.
 	cm.OnChange(func() {
@@ -185,6 +206,14 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 		}
 	})
 	return comps, nil
+}
+
+// appendLayer adds l when there is one.
+func appendLayer(comps []Component, l *layer) []Component {
+	if l == nil {
+		return comps
+	}
+	return append(comps, l)
 }
 
 // register adds a component's collector; a clash of metric names is a

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -114,6 +115,14 @@ func needsRestart(old, next *config.Config) error {
 	check("state_dir", old.StateDir, next.StateDir)
 	check("metrics.listen", old.Metrics.Listen, next.Metrics.Listen)
 	check("admin_socket", old.AdminSocket, next.AdminSocket)
+	// The role and its tunnels are wired at start; the files they name
+	// (CAs, CRLs, certificates) are watched and reloaded on their own.
+	if !reflect.DeepEqual(old.Gateway, next.Gateway) {
+		changed = append(changed, "gateway")
+	}
+	if !reflect.DeepEqual(old.Connector, next.Connector) {
+		changed = append(changed, "connector")
+	}
 	if len(changed) > 0 {
 		return fmt.Errorf("%w: %s", ErrNeedsRestart, strings.Join(changed, ", "))
 	}

@@ -45,6 +45,17 @@ type Status struct {
 	ReloadError  uint64            `json:"reload_errors"`
 	// Refusals are the last refused TLS handshakes, newest first.
 	Refusals []certs.Refusal `json:"refusals"`
+	// Role is appliance, gateway or connector; Tunnels are a gateway's
+	// tunnels up per tenant, a connector's per gateway.
+	Role    string         `json:"role"`
+	Tunnels []TunnelStatus `json:"tunnels,omitempty"`
+}
+
+// TunnelStatus is how many tunnels are up to one peer: a gateway counts
+// them per tenant, a connector per gateway.
+type TunnelStatus struct {
+	Peer string `json:"peer"`
+	Up   int    `json:"up"`
 }
 
 // RefusalLister is a component that remembers the last refused handshakes.
@@ -109,7 +120,7 @@ type Counter struct {
 
 // Status reports the generation in force.
 func (d *Daemon) Status() Status {
-	st := Status{Version: d.opts.Version, PID: os.Getpid(), Started: d.started}
+	st := Status{Version: d.opts.Version, PID: os.Getpid(), Started: d.started, Role: string(d.cfg.Load().Role())}
 	st.NotReady = d.NotReady()
 	st.Ready = len(st.NotReady) == 0
 	if h := d.hold.Load(); h != nil {
@@ -150,6 +161,8 @@ func (d *Daemon) Status() Status {
 				if v == 1 {
 					st.XDPMode = lbl["mode"]
 				}
+			case "gatehouse_tunnels_up":
+				st.Tunnels = append(st.Tunnels, TunnelStatus{Peer: lbl["peer"], Up: int(v)})
 			case "gatehouse_proxy_connections_active":
 				sessions[lbl["tenant"]] += int(v)
 			case "gatehouse_cert_expiry_timestamp_seconds":
@@ -160,7 +173,8 @@ func (d *Daemon) Status() Status {
 				}
 			case "gatehouse_xdp_packets_total", "gatehouse_nft_packets_total", "gatehouse_tls_handshakes_total",
 				"gatehouse_feed_updates_total", "gatehouse_soap_rejections_total", "gatehouse_telnet_sessions_total",
-				"gatehouse_xdp_blocked_sources", "gatehouse_nft_blocked_sources":
+				"gatehouse_xdp_blocked_sources", "gatehouse_nft_blocked_sources",
+				"gatehouse_tunnel_streams_total", "gatehouse_tunnel_reconnects_total", "gatehouse_tunnel_handshakes_total":
 				if v > 0 {
 					st.Counters = append(st.Counters, Counter{Name: seriesName(mf.GetName(), lbl), Value: v})
 				}
@@ -177,6 +191,7 @@ func (d *Daemon) Status() Status {
 	}
 	sort.Slice(st.Certs, func(i, j int) bool { return st.Certs[i].Expires.Before(st.Certs[j].Expires) })
 	sort.Slice(st.Counters, func(i, j int) bool { return st.Counters[i].Name < st.Counters[j].Name })
+	sort.Slice(st.Tunnels, func(i, j int) bool { return st.Tunnels[i].Peer < st.Tunnels[j].Peer })
 	return st
 }
 

@@ -139,6 +139,9 @@ const MaxIdlePerBackend = 64
 
 func (h *Handler) newTransport(u *url.URL, tc *tls.Config, lim *tenantLimits) *http.Transport {
 	d := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
+	if h.fds != nil {
+		d.Control = h.fds.Control()
+	}
 	dial := d.DialContext
 	if h.fds != nil {
 		// Counted, and refused within the descriptor reserve: HTTP/2

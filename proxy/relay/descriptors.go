@@ -76,6 +76,10 @@ type DescriptorsConfig struct {
 	// Reserve hears when Low's answer changes: the process reached its
 	// reserve (reached true) or left it, with the estimate and limit.
 	Reserve func(reached bool, open, limit int)
+	// Control, when not nil, runs before every backend connect with the
+	// address actually dialled (net.Dialer.Control): an error refuses the
+	// connection before a packet leaves. A connector's allow-list.
+	Control func(network, address string, c syscall.RawConn) error
 }
 
 // fdSample is one count of the open descriptors.
@@ -88,6 +92,11 @@ type fdSample struct {
 // the background until Close.
 func NewDescriptors(cfg DescriptorsConfig) *Descriptors {
 	return newDescriptors(countOpen, cfg)
+}
+
+// Control is DescriptorsConfig.Control, for the dialers of backends.
+func (d *Descriptors) Control() func(network, address string, c syscall.RawConn) error {
+	return d.cfg.Control
 }
 
 func newDescriptors(count func() (int, error), cfg DescriptorsConfig) *Descriptors {

@@ -17,7 +17,11 @@ func DialBackend(ctx context.Context, fds *Descriptors, addr string, tc *tls.Con
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	dial := (&net.Dialer{}).DialContext
+	d := &net.Dialer{}
+	if fds != nil {
+		d.Control = fds.Control()
+	}
+	dial := d.DialContext
 	if fds != nil {
 		dial = fds.Dialer(dial)
 	}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/gatehouse-dmz/gatehouse/test/tn3270host"
+
 	"crypto/tls"
 	"errors"
 	"flag"
@@ -58,7 +60,7 @@ func runBackends(args []string) error {
 	go func() { errc <- httpsSrv.ServeTLS(httpsLn, "", "") }()
 	soapSrv := &http.Server{Handler: http.HandlerFunc(serveSOAP), ReadHeaderTimeout: 10 * time.Second}
 	go func() { errc <- soapSrv.Serve(soapLn) }()
-	go func() { errc <- serveTN3270(tnLn, os.Stderr) }()
+	go func() { errc <- tn3270host.Serve(tnLn, os.Stderr) }()
 
 	fmt.Println("ready")
 	return <-errc

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/gatehouse-dmz/gatehouse/test/tn3270host"
+
 	"context"
 	"errors"
 	"fmt"
@@ -223,7 +225,7 @@ func (d *demo) stepTN3270(ctx context.Context) (string, error) {
 		"-certfile", d.path("pki/acme-cloud.pem"), "-keyfile", d.path("pki/acme-cloud.key"), "-connecttimeout", "10")
 	c.Stdin = strings.NewReader(script)
 	out, err := c.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), screenTitle) {
+	if err != nil || !strings.Contains(string(out), tn3270host.ScreenTitle) {
 		return "", fmt.Errorf("s3270: %v: %s", err, strings.TrimSpace(string(out)))
 	}
 	var screen []string

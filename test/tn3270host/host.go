@@ -1,4 +1,6 @@
-package main
+// Package tn3270host is a tiny scripted TN3270 host for the demo and the
+// end-to-end tests: enough for a real emulator (s3270) to show a screen.
+package tn3270host
 
 import (
 	"bufio"
@@ -58,12 +60,15 @@ var addrCodes = [64]byte{
 	0xF0, 0xF1, 0xF2, 0xF3, 0xF4, 0xF5, 0xF6, 0xF7, 0xF8, 0xF9, 0x7A, 0x7B, 0x7C, 0x7D, 0x7E, 0x7F,
 }
 
-// Marker text of the demo screen; the demo looks for it in what s3270 read.
-const screenTitle = "GATEHOUSE DEMO - INTERNAL TN3270 HOST"
+// ScreenTitle is the marker text of the screen; look for it in what
+// s3270 read.
+const ScreenTitle = "GATEHOUSE DEMO - INTERNAL TN3270 HOST"
 
 var errNegotiation = errors.New("telnet negotiation failed")
 
-func serveTN3270(ln net.Listener, logw io.Writer) error {
+// Serve plays the host on every connection ln accepts until ln is
+// closed; session errors are written to logw.
+func Serve(ln net.Listener, logw io.Writer) error {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -144,7 +149,7 @@ func demoScreen(ttype string) []byte {
 		b = append(b, orderSF, addrCodes[attr])
 		b = append(b, toEBCDIC(text)...)
 	}
-	field(0, 0, attrProtected|attrIntensified, screenTitle)
+	field(0, 0, attrProtected|attrIntensified, ScreenTitle)
 	field(2, 0, attrProtected, "THIS SCREEN CAME THROUGH XDP, NFTABLES, MUTUAL TLS AND THE GATEHOUSE PROXY.")
 	field(4, 0, attrProtected, "TENANT ACME - TERMINAL TYPE "+strings.ToUpper(ttype))
 	field(21, 0, attrProtected, "USERID ===>")

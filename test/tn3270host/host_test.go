@@ -1,4 +1,4 @@
-package main
+package tn3270host
 
 import (
 	"bufio"
@@ -20,7 +20,7 @@ func TestTN3270Host(t *testing.T) {
 	}
 	defer ln.Close()
 	var logs bytes.Buffer
-	go serveTN3270(ln, &logs)
+	go Serve(ln, &logs)
 
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
@@ -77,7 +77,7 @@ func TestTN3270Host(t *testing.T) {
 	if len(record) < 2 || record[0] != cmdEraseWrite {
 		t.Fatalf("record does not start with Erase/Write: % x", record)
 	}
-	for _, want := range []string{screenTitle, "TERMINAL TYPE IBM-3278-2-E", "USERID ===>"} {
+	for _, want := range []string{ScreenTitle, "TERMINAL TYPE IBM-3278-2-E", "USERID ===>"} {
 		if !bytes.Contains(record, toEBCDIC(want)) {
 			t.Errorf("screen lacks %q", want)
 		}
