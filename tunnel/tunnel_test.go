@@ -7,7 +7,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -121,8 +120,6 @@ func (r *rig) connector(tenant string, certCA *certstest.CA, tunnels int, mod fu
 	r.t.Cleanup(func() { cancel(); c.Close(); <-done })
 	return c, s
 }
-
-func port(a net.Addr) string { _, p, _ := net.SplitHostPort(a.String()); return p }
 
 // header is a client of tenant as the gateway's listener proved it.
 func (r *rig) header(tenant string) *Header {
