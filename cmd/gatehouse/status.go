@@ -18,13 +18,17 @@ import (
 )
 
 func newStatusCmd(g *globals) *cobra.Command {
-	var asJSON bool
+	var asJSON, ready bool
 	var socket string
+	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Ask the running daemon what it enforces, on one screen (--json for machines)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if ready {
+				return checkReady(cmd.Context(), g.configPath, socket, timeout)
+			}
 			if socket == "" {
 				cfg, err := config.Peek(g.configPath)
 				if err != nil {
@@ -46,7 +50,44 @@ func newStatusCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
 	cmd.Flags().StringVar(&socket, "socket", "", "admin socket (default: admin_socket of the configuration)")
+	cmd.Flags().BoolVar(&ready, "ready", false, "print nothing; exit 0 if the daemon answers ready, 1 otherwise (for keepalived's track_script)")
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Second, "with --ready: the longest wait for the daemon's answer")
+	cmd.MarkFlagsMutuallyExclusive("ready", "json")
 	return cmd
+}
+
+// checkReady asks the daemon on its admin socket whether it is ready, as
+// /readyz would answer, within timeout. It prints nothing: anything but a
+// ready answer (no configuration, no socket, no daemon, a daemon that
+// hangs, a refusal) is exit 1, so a track_script fails closed.
+func checkReady(ctx context.Context, configPath, socket string, timeout time.Duration) error {
+	notReady := exitError{code: 1}
+	if timeout <= 0 {
+		return notReady
+	}
+	if socket == "" {
+		cfg, err := config.Peek(configPath)
+		if err != nil {
+			return notReady
+		}
+		socket = cfg.AdminSocket
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://gatehouse/ready", nil)
+	if err != nil {
+		return notReady
+	}
+	resp, err := adminClient(socket, 0).Do(req)
+	if err != nil {
+		return notReady
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode != http.StatusOK {
+		return notReady
+	}
+	return nil
 }
 
 // adminClient talks HTTP to the daemon on its admin socket; timeout 0

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,6 +49,17 @@ func (d *Daemon) serveAdmin(ctx context.Context, path string) error {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(d.Status())
+	})
+	// GET /ready: what /readyz answers, for `gatehouse status --ready`
+	// (keepalived's track_script): on this socket only root or the
+	// daemon's user can answer, where any local user could bind the
+	// metrics port of a daemon that died.
+	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
+		if why := d.NotReady(); len(why) > 0 {
+			http.Error(w, "not ready: "+strings.Join(why, "; "), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
 	})
 	// POST /feeds/refresh?feed=NAME…: fetch now, wait, answer the outcome
 	// of each (gatehouse feed refresh).
