@@ -280,14 +280,22 @@ func (c *Connector) Up() map[string]int {
 }
 
 // Shutdown waits, once Run's context ended, for the open streams to end
-// or ctx to be done, then closes the tunnels.
+// (those accepted before the GoAway and not yet answered too) or ctx to
+// be done, then closes the tunnels.
 func (c *Connector) Shutdown(ctx context.Context) error {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	var err error
 	for {
 		c.mu.Lock()
+		// Streams being served, and those the multiplexer took but the
+		// connector has not answered yet (in the accept backlog, or
+		// their header on the way): closing under them would lose a
+		// session the gateway cannot send elsewhere.
 		open := c.streams
+		for s := range c.sessions {
+			open += s.NumStreams()
+		}
 		c.mu.Unlock()
 		if open == 0 {
 			break
