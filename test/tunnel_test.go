@@ -103,6 +103,12 @@ func newTunnelTopo(t *testing.T) *tunnelTopo {
 		tt.connCA[tenant] = certstest.NewCA(t, tenant+" connectors")
 		tt.connLeaf[tenant] = tt.connCA[tenant].Client(t, tenant+"-connector", "spiffe://"+tenant+"/connector")
 		tt.writeFile(t, tenant+"-ca.pem", ca.CertFile)
+		if tenant == "acme" {
+			// A client the gateway admits and acme's connector revokes:
+			// only the connector's tenants carry this CRL.
+			tt.clients["acme-revoked"] = ca.Client(t, "acme-revoked", "spiffe://acme/revoked")
+			ca.CRL(t, filepath.Join(tt.dir, "acme-clients.crl"), time.Now().Add(24*time.Hour), tt.clients["acme-revoked"])
+		}
 	}
 	tt.crl = tt.connCA["acme"].CRL(t, filepath.Join(tt.dir, "acme-connectors.crl"), time.Now().Add(24*time.Hour))
 
@@ -247,8 +253,9 @@ func (tt *tunnelTopo) connectorConfig(t *testing.T, name, tenant string, leaf *c
 	local := tt.serverCA.Server(t, "connector.local")
 	routes := fmt.Sprintf(`      - {tenant: %s, path: /, backend: "https://%s:8443", backend_ca: %s}`, tenant, map[string]string{"acme": tunAcme, "globex": tunGlobex}[tenant], tt.internalCA.CertFile)
 	allow := map[string]string{"acme": tunAcme, "globex": tunGlobex}[tenant] + "/32:8443"
-	listeners := ""
+	listeners, crl := "", ""
 	if tenant == "acme" {
+		crl = ", crl: " + filepath.Join(tt.dir, "acme-clients.crl")
 		// A route the allow-list does not cover: refused at its dial.
 		routes += fmt.Sprintf("\n      - {tenant: acme, path: /off, backend: \"https://%s:8443\", backend_ca: %s}", tunOff, tt.internalCA.CertFile)
 		// The mainframe, as the gateway's tn3270 listener names it.
@@ -274,7 +281,7 @@ admin_socket: %[1]s/admin.sock
 enforcement: {xdp: "off", nftables: false}
 metrics: {listen: "%[2]s"}
 tenants:
-  - {id: %[3]s, client_ca: %[4]s/%[3]s-ca.pem}
+  - {id: %[3]s, client_ca: %[4]s/%[3]s-ca.pem%[17]s}
 listeners:
   - name: web
     listen: "127.0.0.1:%[5]d"
@@ -295,7 +302,7 @@ connector:
   keepalive: {interval: 1s, timeout: 1s}
 %[15]s
 `, state, metrics, tenant, tt.dir, 18400+n, local.CertFile, local.KeyFile, routes, tunGwInside, tt.gwCA.CertFile,
-		leaf.CertFile, leaf.KeyFile, tunnels, allow, extra, listeners)
+		leaf.CertFile, leaf.KeyFile, tunnels, allow, extra, listeners, crl)
 	path := filepath.Join(tt.dir, fmt.Sprintf("connector-%s-%d.yaml", name, n))
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

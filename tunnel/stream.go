@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -239,60 +238,3 @@ func (s *Stream) SetReadDeadline(t time.Time) error  { return s.current().SetRea
 func (s *Stream) SetWriteDeadline(t time.Time) error { return s.current().SetWriteDeadline(t) }
 
 var _ net.Conn = (*Stream)(nil)
-
-// Conn is the connector's end of one session's stream: a net.Conn that
-// reports the original client's handshake (ConnectionState), as the
-// gateway saw it, so the proxy can identify the certificate again.
-type Conn struct {
-	st     *yamux.Stream
-	header *Header
-	certs  []*x509.Certificate
-	tenant string
-	m      *metrics
-	closed sync.Once
-	done   func()
-}
-
-// Header is the stream's header.
-func (c *Conn) Header() *Header { return c.header }
-
-// ConnectionState is the original client's handshake: its certificates,
-// the SNI and ALPN it negotiated with the gateway.
-func (c *Conn) ConnectionState() tls.ConnectionState {
-	return tls.ConnectionState{
-		Version:            tls.VersionTLS13,
-		HandshakeComplete:  true,
-		ServerName:         c.header.ServerName,
-		NegotiatedProtocol: c.header.ALPN,
-		PeerCertificates:   c.certs,
-	}
-}
-
-func (c *Conn) Read(b []byte) (int, error) {
-	n, err := c.st.Read(b)
-	c.m.bytes(c.tenant, "to_backend", n)
-	return n, err
-}
-
-func (c *Conn) Write(b []byte) (int, error) {
-	n, err := c.st.Write(b)
-	c.m.bytes(c.tenant, "to_gateway", n)
-	return n, err
-}
-
-// CloseWrite ends the stream towards the gateway; reads go on.
-func (c *Conn) CloseWrite() error { return c.st.Close() }
-
-func (c *Conn) Close() error {
-	err := c.st.Close()
-	c.closed.Do(c.done)
-	return err
-}
-
-func (c *Conn) LocalAddr() net.Addr                { return c.st.LocalAddr() }
-func (c *Conn) RemoteAddr() net.Addr               { return c.st.RemoteAddr() }
-func (c *Conn) SetDeadline(t time.Time) error      { return c.st.SetDeadline(t) }
-func (c *Conn) SetReadDeadline(t time.Time) error  { return c.st.SetReadDeadline(t) }
-func (c *Conn) SetWriteDeadline(t time.Time) error { return c.st.SetWriteDeadline(t) }
-
-var _ net.Conn = (*Conn)(nil)
