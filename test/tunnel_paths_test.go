@@ -138,6 +138,35 @@ func TestConnectorGateway(t *testing.T) {
 		}
 	})
 
+	t.Run("a client the connector's CRL revokes gets an answer in its protocol", func(t *testing.T) {
+		// The gateway admits the client (its tenants carry no CRL); the
+		// connector's proxy identifies the certificate again, finds it on
+		// its CRL and refuses before a byte: the gateway answers, the
+		// backend never hears of it.
+		before := tt.hits[tunAcme].Load()
+		code, body := tt.curl(t, "acme-revoked", "/x")
+		want := "the tenant's connector refused the session: client certificate refused by the connector (revoked)"
+		if code != 503 || !strings.Contains(body, want) {
+			t.Errorf("https: %d %q, want 503 with %q\nconnector:\n%s", code, body, want, tt.connectors["acme"].out.String())
+		}
+		if screen := tt.terminal(t, "acme-revoked", "9923"); !strings.Contains(screen, "gatehouse: "+want) {
+			t.Errorf("tn3270: %q, want the reason as text", screen)
+		}
+		if n := tt.hits[tunAcme].Load() - before; n != 0 {
+			t.Errorf("the backend got %d requests of a revoked client", n)
+		}
+		if v := metricOf(t, tt.connectors["acme"], `gatehouse_tunnel_streams_total{result="refused",role="connector",tenant="acme"}`); v < 2 {
+			t.Errorf("connector's refused streams = %v, want 2", v)
+		}
+		if !strings.Contains(tt.connectors["acme"].out.String(), "on CRL") {
+			t.Errorf("the connector's log does not name the CRL:\n%s", tt.connectors["acme"].out.String())
+		}
+		// acme's other client is served as before.
+		if code, _ := tt.curl(t, "acme", "/x"); code != 200 {
+			t.Errorf("acme's client in good standing: %d", code)
+		}
+	})
+
 	t.Run("status shows the tunnels", func(t *testing.T) {
 		for name, want := range map[string][]string{
 			"gateway": {"Tunnels (gateway)", "acme", "globex"},

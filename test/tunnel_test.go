@@ -44,12 +44,16 @@ type tunnelTopo struct {
 	connectors              map[string]*daemonProc
 	hits                    map[string]*atomic.Int64 // requests each backend address got
 	tenantsSeen             sync.Map                 // backend address → tenants it saw ("acme,globex")
+	// connectorGateways, when set, are the gateways of the connectors
+	// started afterwards (default: the first gateway only).
+	connectorGateways []string
 }
 
 const (
 	tunCloud    = "192.0.2.10"
 	tunGateway  = "192.0.2.1"
 	tunGwInside = "198.51.100.1"
+	tunGw2      = "198.51.100.3" // a second gateway's tunnel port (startGateway2)
 	tunFwOut    = "198.51.100.2"
 	tunFwIn     = "203.0.113.1"
 	tunAcme     = "203.0.113.10" // acme's backend and connectors
@@ -70,7 +74,7 @@ func newTunnelTopo(t *testing.T) *tunnelTopo {
 	tt.fw = netns.New(t, "fw")
 	tt.internal = netns.New(t, "internal")
 	outside := netns.Connect(t, tt.cloud, []string{tunCloud + "/24"}, tt.gw, []string{tunGateway + "/24"})
-	netns.Connect(t, tt.gw, []string{tunGwInside + "/24"}, tt.fw, []string{tunFwOut + "/24"})
+	netns.Connect(t, tt.gw, []string{tunGwInside + "/24", tunGw2 + "/24"}, tt.fw, []string{tunFwOut + "/24"})
 	in := netns.Connect(t, tt.fw, []string{tunFwIn + "/24"}, tt.internal, []string{tunAcme + "/24", tunGlobex + "/24", tunOff + "/24", tunProxy + "/24"})
 	tt.internal.AddRoute(t, "default", tunFwIn)
 	tt.gw.AddRoute(t, "203.0.113.0/24", tunFwOut)
@@ -103,6 +107,12 @@ func newTunnelTopo(t *testing.T) *tunnelTopo {
 		tt.connCA[tenant] = certstest.NewCA(t, tenant+" connectors")
 		tt.connLeaf[tenant] = tt.connCA[tenant].Client(t, tenant+"-connector", "spiffe://"+tenant+"/connector")
 		tt.writeFile(t, tenant+"-ca.pem", ca.CertFile)
+		if tenant == "acme" {
+			// A client the gateway admits and acme's connector revokes:
+			// only the connector's tenants carry this CRL.
+			tt.clients["acme-revoked"] = ca.Client(t, "acme-revoked", "spiffe://acme/revoked")
+			ca.CRL(t, filepath.Join(tt.dir, "acme-clients.crl"), time.Now().Add(24*time.Hour), tt.clients["acme-revoked"])
+		}
 	}
 	tt.crl = tt.connCA["acme"].CRL(t, filepath.Join(tt.dir, "acme-connectors.crl"), time.Now().Add(24*time.Hour))
 
@@ -247,8 +257,9 @@ func (tt *tunnelTopo) connectorConfig(t *testing.T, name, tenant string, leaf *c
 	local := tt.serverCA.Server(t, "connector.local")
 	routes := fmt.Sprintf(`      - {tenant: %s, path: /, backend: "https://%s:8443", backend_ca: %s}`, tenant, map[string]string{"acme": tunAcme, "globex": tunGlobex}[tenant], tt.internalCA.CertFile)
 	allow := map[string]string{"acme": tunAcme, "globex": tunGlobex}[tenant] + "/32:8443"
-	listeners := ""
+	listeners, crl := "", ""
 	if tenant == "acme" {
+		crl = ", crl: " + filepath.Join(tt.dir, "acme-clients.crl")
 		// A route the allow-list does not cover: refused at its dial.
 		routes += fmt.Sprintf("\n      - {tenant: acme, path: /off, backend: \"https://%s:8443\", backend_ca: %s}", tunOff, tt.internalCA.CertFile)
 		// The mainframe, as the gateway's tn3270 listener names it.
@@ -274,7 +285,7 @@ admin_socket: %[1]s/admin.sock
 enforcement: {xdp: "off", nftables: false}
 metrics: {listen: "%[2]s"}
 tenants:
-  - {id: %[3]s, client_ca: %[4]s/%[3]s-ca.pem}
+  - {id: %[3]s, client_ca: %[4]s/%[3]s-ca.pem%[17]s}
 listeners:
   - name: web
     listen: "127.0.0.1:%[5]d"
@@ -286,7 +297,7 @@ listeners:
 %[16]s
 connector:
   tenant: %[3]s
-  gateways: ["%[9]s:443"]
+  gateways: %[9]s
   gateway_ca: %[10]s
   cert: %[11]s
   key: %[12]s
@@ -294,14 +305,23 @@ connector:
   allow: ["%[14]s"]
   keepalive: {interval: 1s, timeout: 1s}
 %[15]s
-`, state, metrics, tenant, tt.dir, 18400+n, local.CertFile, local.KeyFile, routes, tunGwInside, tt.gwCA.CertFile,
-		leaf.CertFile, leaf.KeyFile, tunnels, allow, extra, listeners)
+`, state, metrics, tenant, tt.dir, 18400+n, local.CertFile, local.KeyFile, routes, tt.gatewaysYAML(), tt.gwCA.CertFile,
+		leaf.CertFile, leaf.KeyFile, tunnels, allow, extra, listeners, crl)
 	path := filepath.Join(tt.dir, fmt.Sprintf("connector-%s-%d.yaml", name, n))
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	tt.configs[name] = path
 	return path, metrics
+}
+
+// gatewaysYAML is the connector.gateways list of the next connector.
+func (tt *tunnelTopo) gatewaysYAML() string {
+	gws := tt.connectorGateways
+	if len(gws) == 0 {
+		gws = []string{tunGwInside + ":443"}
+	}
+	return `["` + strings.Join(gws, `", "`) + `"]`
 }
 
 // startTinyproxy runs the site's HTTP proxy in the internal namespace:
@@ -389,10 +409,16 @@ func (tt *tunnelTopo) waitTunnels(t *testing.T, tenant string, n int) {
 // real curl, and returns the status and body.
 func (tt *tunnelTopo) curl(t *testing.T, tenant, path string) (int, string) {
 	t.Helper()
+	return tt.curlAt(t, tenant, "8443", path)
+}
+
+// curlAt is curl on the gateway listener at port (9443: startGateway2's).
+func (tt *tunnelTopo) curlAt(t *testing.T, tenant, port, path string) (int, string) {
+	t.Helper()
 	c := tt.clients[tenant]
 	out, err := tt.cloud.Command("curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}",
 		"--cacert", tt.serverCA.CertFile, "--cert", c.CertFile, "--key", c.KeyFile,
-		"--resolve", "gate.example:8443:"+tunGateway, "https://gate.example:8443"+path).CombinedOutput()
+		"--resolve", "gate.example:"+port+":"+tunGateway, "https://gate.example:"+port+path).CombinedOutput()
 	s := strings.TrimSpace(string(out))
 	i := strings.LastIndexByte(s, '\n')
 	code, _ := strconv.Atoi(s[i+1:])

@@ -47,7 +47,10 @@ type ConnectorConfig struct {
 	// with the reason the gateway hears. Nil accepts every header of the
 	// connector's tenant.
 	Check func(*Header) error
-	// Serve serves one stream until the session ends; it owns conn.
+	// Serve serves one stream until the session ends; it owns conn. A
+	// Serve that returns before it read or wrote conn refuses the
+	// stream: the gateway hears the Reason of a *RefusedError in its
+	// error, or a generic one.
 	Serve func(conn *Conn) error
 }
 
@@ -246,26 +249,30 @@ func (c *Connector) handle(st *yamux.Stream) {
 			return
 		}
 	}
-	if err := writeStatus(st, StatusOK, ""); err != nil {
-		st.Close()
-		c.m.stream(tenant, "error")
-		return
-	}
 	c.mu.Lock()
 	c.streams++
 	c.mu.Unlock()
-	c.m.stream(tenant, "served")
 	c.m.active(tenant, 1)
-	conn := &Conn{st: st, header: h, certs: certs, tenant: tenant, m: c.m, done: func() {
-		c.mu.Lock()
-		c.streams--
-		c.mu.Unlock()
-		c.m.active(tenant, -1)
-	}}
-	if err := c.cfg.Serve(conn); err != nil {
+	conn := &Conn{st: st, header: h, certs: certs, tenant: tenant, m: c.m,
+		onOK: func() { c.m.stream(tenant, "served") },
+		done: func() {
+			c.mu.Lock()
+			c.streams--
+			c.mu.Unlock()
+			c.m.active(tenant, -1)
+		}}
+	err = c.cfg.Serve(conn)
+	if conn.refuse(refusalReason(err)) {
+		// Serve refused the session before its first byte (its proxy
+		// judged the client's certificate, or its limits): the gateway
+		// answers the client in its protocol.
+		c.m.stream(tenant, "refused")
+		c.log.Warn("stream refused", "reason", refusalReason(err), "listener", h.Listener, "tenant", h.Tenant,
+			"source", h.Source.String(), "err", err)
+	} else if err != nil {
 		c.log.Debug("stream ended", "listener", h.Listener, "source", h.Source.String(), "err", err)
 	}
-	conn.Close()
+	conn.end()
 }
 
 // Up returns how many tunnels are up to each gateway.
@@ -280,14 +287,22 @@ func (c *Connector) Up() map[string]int {
 }
 
 // Shutdown waits, once Run's context ended, for the open streams to end
-// or ctx to be done, then closes the tunnels.
+// (those accepted before the GoAway and not yet answered too) or ctx to
+// be done, then closes the tunnels.
 func (c *Connector) Shutdown(ctx context.Context) error {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	var err error
 	for {
 		c.mu.Lock()
+		// Streams being served, and those the multiplexer took but the
+		// connector has not answered yet (in the accept backlog, or
+		// their header on the way): closing under them would lose a
+		// session the gateway cannot send elsewhere.
 		open := c.streams
+		for s := range c.sessions {
+			open += s.NumStreams()
+		}
 		c.mu.Unlock()
 		if open == 0 {
 			break

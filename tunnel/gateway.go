@@ -287,11 +287,21 @@ func (g *Gateway) Open(h *Header) (*Stream, error) {
 	if err := h.validate(); err != nil {
 		return nil, err
 	}
+	st, t, err := g.open(h)
+	if err != nil {
+		return nil, err
+	}
+	return newStream(g, h, st, t), nil
+}
+
+// open opens a yamux stream for h on a tunnel of h.Tenant, counts it on
+// the tunnel, and writes h on it.
+func (g *Gateway) open(h *Header) (*yamux.Stream, *gwTunnel, error) {
 	for attempt := 0; ; attempt++ {
 		t, err := g.pick(h.Tenant)
 		if err != nil {
 			g.m.stream(h.Tenant, resultOf(err))
-			return nil, err
+			return nil, nil, err
 		}
 		st, err := t.sess.OpenStream()
 		if err != nil {
@@ -311,7 +321,7 @@ func (g *Gateway) Open(h *Header) (*Stream, error) {
 				continue
 			}
 			g.m.stream(h.Tenant, "error")
-			return nil, fmt.Errorf("open stream: %w", err)
+			return nil, nil, fmt.Errorf("open stream: %w", err)
 		}
 		_ = st.SetWriteDeadline(time.Now().Add(g.cfg.KeepaliveTimeout))
 		err = WriteHeader(st, h)
@@ -320,10 +330,10 @@ func (g *Gateway) Open(h *Header) (*Stream, error) {
 			st.Close()
 			g.release(t)
 			g.m.stream(h.Tenant, "error")
-			return nil, fmt.Errorf("write stream header: %w", err)
+			return nil, nil, fmt.Errorf("write stream header: %w", err)
 		}
 		g.m.stream(h.Tenant, "opened")
-		return newStream(st, h.Tenant, g.m, func() { g.release(t) }), nil
+		return st, t, nil
 	}
 }
 

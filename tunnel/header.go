@@ -136,10 +136,22 @@ const (
 	StatusRefused Status = 1
 )
 
-// RefusedError is a stream the connector refused, with its reason.
-type RefusedError struct{ Reason string }
+// RefusedError is a stream the connector refused, with its reason: what
+// the gateway hears. Err, on the connector's side only, is the cause its
+// log names.
+type RefusedError struct {
+	Reason string
+	Err    error
+}
 
-func (e *RefusedError) Error() string { return "connector refused the stream: " + e.Reason }
+func (e *RefusedError) Error() string {
+	if e.Err != nil {
+		return "connector refused the stream: " + e.Reason + ": " + e.Err.Error()
+	}
+	return "connector refused the stream: " + e.Reason
+}
+
+func (e *RefusedError) Unwrap() error { return e.Err }
 
 // writeStatus answers a stream: OK, or refused with a reason of at most 255
 // bytes.

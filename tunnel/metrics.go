@@ -16,7 +16,7 @@ type metrics struct {
 
 // Results of gatehouse_tunnel_streams_total.
 var streamResults = map[string][]string{
-	"gateway":   {"opened", "refused", "no_tunnel", "tenant_limit", "tunnels_full", "closed", "error"},
+	"gateway":   {"opened", "retried", "refused", "no_tunnel", "tenant_limit", "tunnels_full", "closed", "error"},
 	"connector": {"served", "refused", "error"},
 }
 
@@ -34,7 +34,7 @@ func newMetrics(role string, tenants []string) *metrics {
 		}, []string{"role", "peer"}),
 		streams: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatehouse_tunnel_streams_total",
-			Help: "Streams (sessions) through the tunnels by result: on a gateway opened, refused (by the connector), no_tunnel, tenant_limit, tunnels_full, closed, error; on a connector served, refused, error.",
+			Help: "Streams (sessions) through the tunnels by result: on a gateway opened, retried (the connector's multiplexer reset it unread, it went to another tunnel), refused (by the connector), no_tunnel, tenant_limit, tunnels_full, closed, error; on a connector served, refused, error.",
 		}, []string{"role", "tenant", "result"}),
 		activeG: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "gatehouse_tunnel_streams_active",

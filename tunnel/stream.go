@@ -4,14 +4,15 @@ import (
 	"bufio"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
 
 	"log/slog"
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -54,21 +55,45 @@ func fingerprint(cs tls.ConnectionState) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// retryBuffer bounds what the gateway keeps of a client's bytes until the
+// connector answers: enough for a request head and a small body, sent
+// again on another tunnel if the first one's connector took none of it.
+const retryBuffer = 64 << 10
+
 // Stream is the gateway's end of one session's stream. Its first Read
 // waits for the connector's answer: a refusal is a *RefusedError.
+//
+// Until that answer the stream keeps what is written to it (up to
+// retryBuffer). If the connector's multiplexer resets the stream before
+// answering, which it does only to a stream its connector never accepted
+// (it is draining after a GoAway that crossed the stream's opening, or
+// its accept backlog is full), the stream is opened once more on another
+// tunnel of the tenant and the kept bytes are written again: no byte of
+// them reached a backend, so nothing runs twice. A stream whose tunnel is
+// lost before the answer is not sent again: the connector may have taken
+// it, and its answer be lost with the tunnel.
 type Stream struct {
-	st      *yamux.Stream
-	br      *bufio.Reader
-	tenant  string
-	m       *metrics
-	once    sync.Once
-	status  error
-	release sync.Once
-	done    func()
+	g      *Gateway
+	h      *Header
+	m      *metrics
+	tenant string
+	once   sync.Once
+	status error
+
+	mu         sync.Mutex // the fields below, and Write before acceptance
+	st         *yamux.Stream
+	br         *bufio.Reader
+	t          *gwTunnel
+	released   bool // t's slot given back
+	closed     bool
+	closeWrite bool
+	kept       []byte
+	overflow   bool
+	accepted   atomic.Bool
 }
 
-func newStream(st *yamux.Stream, tenant string, m *metrics, done func()) *Stream {
-	return &Stream{st: st, br: bufio.NewReaderSize(st, 4096), tenant: tenant, m: m, done: done}
+func newStream(g *Gateway, h *Header, st *yamux.Stream, t *gwTunnel) *Stream {
+	return &Stream{g: g, h: h, m: g.m, tenant: h.Tenant, st: st, br: bufio.NewReaderSize(st, 4096), t: t}
 }
 
 // statusTimeout bounds the wait for a connector's answer: it reads the
@@ -78,16 +103,63 @@ const statusTimeout = headerTimeout + 5*time.Second
 // Accepted waits for the connector's answer: nil when it serves the stream.
 func (s *Stream) Accepted() error {
 	s.once.Do(func() {
-		_ = s.st.SetReadDeadline(time.Now().Add(statusTimeout))
-		s.status = readStatus(s.br)
-		_ = s.st.SetReadDeadline(time.Time{})
-		if s.status != nil {
-			if _, ok := s.status.(*RefusedError); ok {
-				s.m.stream(s.tenant, "refused")
-			}
+		s.status = s.readStatus()
+		if errors.Is(s.status, yamux.ErrConnectionReset) {
+			s.status = s.retry()
+		}
+		if s.status == nil {
+			s.mu.Lock()
+			s.kept, s.overflow = nil, false
+			s.accepted.Store(true)
+			s.mu.Unlock()
+			return
+		}
+		if _, ok := s.status.(*RefusedError); ok {
+			s.m.stream(s.tenant, "refused")
 		}
 	})
 	return s.status
+}
+
+func (s *Stream) readStatus() error {
+	_ = s.st.SetReadDeadline(time.Now().Add(statusTimeout))
+	err := readStatus(s.br)
+	_ = s.st.SetReadDeadline(time.Time{})
+	return err
+}
+
+// retry opens the stream once more on a tunnel of the tenant, after the
+// connector's multiplexer reset it unread, and writes the kept bytes.
+func (s *Stream) retry() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.overflow {
+		return fmt.Errorf("stream reset before the connector's answer, with more than %d bytes of the client's sent: not sent again: %w", retryBuffer, yamux.ErrConnectionReset)
+	}
+	if s.closed {
+		return fmt.Errorf("stream reset before the connector's answer: %w", yamux.ErrConnectionReset)
+	}
+	s.st.Close()
+	s.releaseLocked()
+	st, t, err := s.g.open(s.h)
+	if err != nil {
+		return fmt.Errorf("stream reset before the connector's answer, and no other tunnel: %w", err)
+	}
+	s.m.stream(s.tenant, "retried")
+	s.g.log.Info("stream reset unread by a draining or full connector tunnel: sent on another", "tenant", s.tenant, "listener", s.h.Listener, "from_tunnel", s.t.id, "to_tunnel", t.id)
+	s.st, s.br, s.t, s.released = st, bufio.NewReaderSize(st, 4096), t, false
+	if len(s.kept) > 0 {
+		_ = st.SetWriteDeadline(time.Now().Add(s.g.cfg.KeepaliveTimeout))
+		_, err = st.Write(s.kept)
+		_ = st.SetWriteDeadline(time.Time{})
+		if err != nil {
+			return fmt.Errorf("stream sent again: %w", err)
+		}
+	}
+	if s.closeWrite {
+		_ = st.Close()
+	}
+	return s.readStatus()
 }
 
 func (s *Stream) Read(b []byte) (int, error) {
@@ -100,82 +172,69 @@ func (s *Stream) Read(b []byte) (int, error) {
 }
 
 func (s *Stream) Write(b []byte) (int, error) {
-	n, err := s.st.Write(b)
+	if s.accepted.Load() {
+		n, err := s.st.Write(b)
+		s.m.bytes(s.tenant, "to_connector", n)
+		return n, err
+	}
+	s.mu.Lock()
+	if len(s.kept)+len(b) <= retryBuffer {
+		s.kept = append(s.kept, b...)
+	} else {
+		s.overflow = true
+	}
+	st := s.st
+	s.mu.Unlock()
+	n, err := st.Write(b)
+	if errors.Is(err, yamux.ErrConnectionReset) && !s.accepted.Load() {
+		s.mu.Lock()
+		kept := !s.overflow
+		s.mu.Unlock()
+		if kept {
+			// Accepted sends it again on the next tunnel, or fails.
+			return len(b), nil
+		}
+	}
 	s.m.bytes(s.tenant, "to_connector", n)
 	return n, err
 }
 
 // CloseWrite ends the stream in the gateway's direction (a FIN); reads go on.
-func (s *Stream) CloseWrite() error { return s.st.Close() }
+func (s *Stream) CloseWrite() error {
+	s.mu.Lock()
+	s.closeWrite = true
+	st := s.st
+	s.mu.Unlock()
+	return st.Close()
+}
 
 // Close ends the stream and gives its slot back.
 func (s *Stream) Close() error {
-	err := s.st.Close()
-	s.release.Do(s.done)
-	return err
+	s.mu.Lock()
+	s.closed = true
+	st := s.st
+	s.releaseLocked()
+	s.mu.Unlock()
+	return st.Close()
 }
 
-func (s *Stream) LocalAddr() net.Addr                { return s.st.LocalAddr() }
-func (s *Stream) RemoteAddr() net.Addr               { return s.st.RemoteAddr() }
-func (s *Stream) SetDeadline(t time.Time) error      { return s.st.SetDeadline(t) }
-func (s *Stream) SetReadDeadline(t time.Time) error  { return s.st.SetReadDeadline(t) }
-func (s *Stream) SetWriteDeadline(t time.Time) error { return s.st.SetWriteDeadline(t) }
-
-var _ net.Conn = (*Stream)(nil)
-
-// Conn is the connector's end of one session's stream: a net.Conn that
-// reports the original client's handshake (ConnectionState), as the
-// gateway saw it, so the proxy can identify the certificate again.
-type Conn struct {
-	st     *yamux.Stream
-	header *Header
-	certs  []*x509.Certificate
-	tenant string
-	m      *metrics
-	closed sync.Once
-	done   func()
-}
-
-// Header is the stream's header.
-func (c *Conn) Header() *Header { return c.header }
-
-// ConnectionState is the original client's handshake: its certificates,
-// the SNI and ALPN it negotiated with the gateway.
-func (c *Conn) ConnectionState() tls.ConnectionState {
-	return tls.ConnectionState{
-		Version:            tls.VersionTLS13,
-		HandshakeComplete:  true,
-		ServerName:         c.header.ServerName,
-		NegotiatedProtocol: c.header.ALPN,
-		PeerCertificates:   c.certs,
+func (s *Stream) releaseLocked() {
+	if !s.released {
+		s.released = true
+		s.g.release(s.t)
 	}
 }
 
-func (c *Conn) Read(b []byte) (int, error) {
-	n, err := c.st.Read(b)
-	c.m.bytes(c.tenant, "to_backend", n)
-	return n, err
+func (s *Stream) current() *yamux.Stream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.st
 }
 
-func (c *Conn) Write(b []byte) (int, error) {
-	n, err := c.st.Write(b)
-	c.m.bytes(c.tenant, "to_gateway", n)
-	return n, err
-}
+func (s *Stream) LocalAddr() net.Addr                { return s.current().LocalAddr() }
+func (s *Stream) RemoteAddr() net.Addr               { return s.current().RemoteAddr() }
+func (s *Stream) SetDeadline(t time.Time) error      { return s.current().SetDeadline(t) }
+func (s *Stream) SetReadDeadline(t time.Time) error  { return s.current().SetReadDeadline(t) }
+func (s *Stream) SetWriteDeadline(t time.Time) error { return s.current().SetWriteDeadline(t) }
 
-// CloseWrite ends the stream towards the gateway; reads go on.
-func (c *Conn) CloseWrite() error { return c.st.Close() }
-
-func (c *Conn) Close() error {
-	err := c.st.Close()
-	c.closed.Do(c.done)
-	return err
-}
-
-func (c *Conn) LocalAddr() net.Addr                { return c.st.LocalAddr() }
-func (c *Conn) RemoteAddr() net.Addr               { return c.st.RemoteAddr() }
-func (c *Conn) SetDeadline(t time.Time) error      { return c.st.SetDeadline(t) }
-func (c *Conn) SetReadDeadline(t time.Time) error  { return c.st.SetReadDeadline(t) }
-func (c *Conn) SetWriteDeadline(t time.Time) error { return c.st.SetWriteDeadline(t) }
-
-var _ net.Conn = (*Conn)(nil)
+var _ net.Conn = (*Stream)(nil)

@@ -10,6 +10,7 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/proxy"
+	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 	"github.com/gatehouse-dmz/gatehouse/tunnel"
 )
 
@@ -101,7 +102,7 @@ func buildConnector(env *Env, px *proxy.Server) (*layer, error) {
 			}
 			return nil
 		},
-		Serve: func(conn *tunnel.Conn) error { return px.ServeConn(conn, streamPeer(conn)) },
+		Serve: func(conn *tunnel.Conn) error { return refusal(px.ServeConn(conn, streamPeer(conn))) },
 	})
 	if err != nil {
 		return nil, err
@@ -122,6 +123,33 @@ func buildConnector(env *Env, px *proxy.Server) (*layer, error) {
 		return l, err
 	}
 	return l, nil
+}
+
+// refusal gives a proxy's refusal of a handed-in stream the reason the
+// gateway tells the client: the certificate check's result or the limit,
+// never the connector's detail (CRL files, serials), which its log has.
+func refusal(err error) error {
+	var reason string
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, proxy.ErrUnverified):
+		reason = "the connector cannot verify the client certificate"
+		if r := certs.ResultOf(err); r != certs.ResultOther {
+			reason = "client certificate refused by the connector (" + string(r) + ")"
+		}
+	case errors.Is(err, proxy.ErrListenerFull):
+		reason = "the connector's listener is full"
+	case errors.Is(err, proxy.ErrNoListener):
+		reason = "the connector has no such listener"
+	case errors.Is(err, proxy.ErrClosed):
+		reason = "the connector is shutting down"
+	case errors.Is(err, relay.ErrDescriptors):
+		reason = "the connector is out of file descriptors"
+	default:
+		return err
+	}
+	return &tunnel.RefusedError{Reason: reason, Err: err}
 }
 
 // streamPeer is the original client as the stream's header names it; the
