@@ -292,7 +292,7 @@ func TestSourcePrefixLimits(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i := range limit {
-			c, err := tp.dial(one[i], gateV6, listenPort)
+			c, err := tp.dialUnderCap(one[i], gateV6)
 			if err != nil {
 				t.Fatalf("connection %d of %d: %v", i+1, limit, err)
 			}
