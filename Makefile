@@ -1,6 +1,7 @@
 # gatehouse — build, test and set-up. Run as root for the privileged tests:
 #   make test        installs what is missing (make deps), then every test
 #   make demo        (see README) the demo topology in network namespaces
+#   make demo-connector  the same for a site with no inbound port (gateway + connector)
 
 GO        ?= go
 BIN       := bin/gatehouse
@@ -20,7 +21,7 @@ TEST_TIMEOUT ?= 20m
 
 CONFIG ?= /etc/gatehouse/gatehouse.yaml
 
-.PHONY: all build run demo install deps bench bench-go test test-unit generate generate-check lint bench clean
+.PHONY: all build run demo demo-connector install deps bench bench-go test test-unit generate generate-check lint bench clean
 
 all: build
 
@@ -38,6 +39,13 @@ run: deps build
 demo: deps build
 	@[ "$$(id -u)" = 0 ] || { echo "make demo: needs root: sudo make demo"; exit 1; }
 	$(GO) run ./test/demo --gatehouse $(BIN) $(DEMO_FLAGS)
+
+# demo-connector is the demo of a site with no inbound port: the gateway on
+# the cloud side, a firewall that lets nothing new in, the connector inside
+# dialling out. DEMO_FLAGS as for demo.
+demo-connector: deps build
+	@[ "$$(id -u)" = 0 ] || { echo "make demo-connector: needs root: sudo make demo-connector"; exit 1; }
+	$(GO) run ./test/demo --connector --gatehouse $(BIN) $(DEMO_FLAGS)
 
 # install puts the binary, the systemd unit and (only if none exists) the
 # example configuration in place. PREFIX and DESTDIR as usual.

@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -126,4 +127,54 @@ func runScan(args []string) error {
 		}
 	}
 	return nil
+}
+
+// runProbe is the hidden sub-command for the scan of the internal network:
+// one TCP connection attempt to each HOST:PORT, all at once, each given
+// timeout. It prints one line per address in the order given ("open",
+// "refused" or "dropped"); at most 100 addresses, so it is bounded in count
+// and time.
+func runProbe(args []string) error {
+	if len(args) < 2 {
+		return fmt.Errorf("%w: %s TIMEOUT HOST:PORT...", errUsage, subProbe)
+	}
+	timeout, err := time.ParseDuration(args[0])
+	if err != nil {
+		return err
+	}
+	addrs := args[1:]
+	if len(addrs) > 100 || timeout <= 0 || timeout > 2*time.Second {
+		return errors.New("probe: want up to 100 addresses and a timeout up to 2s")
+	}
+	results := make([]string, len(addrs))
+	var wg sync.WaitGroup
+	for i, a := range addrs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = probe(a, timeout)
+		}()
+	}
+	wg.Wait()
+	for i, a := range addrs {
+		fmt.Println(a, results[i])
+	}
+	return nil
+}
+
+// probe is one connection attempt: "open", "refused", "dropped" or
+// "error: …".
+func probe(addr string, timeout time.Duration) string {
+	c, err := net.DialTimeout("tcp", addr, timeout)
+	var ne net.Error
+	switch {
+	case err == nil:
+		c.Close()
+		return "open"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.As(err, &ne) && ne.Timeout():
+		return "dropped"
+	}
+	return "error: " + err.Error()
 }

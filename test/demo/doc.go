@@ -16,6 +16,13 @@
 // only through a signed feed: static_ranges is empty. The intruder shares
 // the wire but not the range.
 //
+// With --connector (`make demo-connector`) it builds instead a site with no
+// inbound port (see connector.go): cloud (tenant client) ── gw (gateway:
+// listeners with XDP and nftables, tunnel port 198.51.100.1:443) ── fw
+// (nftables: no new flow towards internal, new flows from it to 443 only)
+// ── internal (connector, HTTPS backend, SOAP service, TN3270 host). The
+// connector dials out; every session goes gateway → tunnel → connector.
+//
 // The program owns everything it creates: namespaces with a random
 // "ghdemo-<id>-" prefix, a bpffs mounted under its temporary directory (the
 // daemon's enforcement.pin_dir), /etc/netns/<namespace>/hosts files for the

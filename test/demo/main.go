@@ -19,6 +19,7 @@ import (
 const (
 	subBackends = "__backends"
 	subScan     = "__scan"
+	subProbe    = "__probe"
 )
 
 // tool is a program the demo runs and the Debian package that provides it.
@@ -51,6 +52,12 @@ func main() {
 				os.Exit(1)
 			}
 			return
+		case subProbe:
+			if err := runProbe(os.Args[2:]); err != nil {
+				fmt.Fprintln(os.Stderr, "demo probe:", err)
+				os.Exit(1)
+			}
+			return
 		}
 	}
 	os.Exit(run())
@@ -63,12 +70,15 @@ func run() int {
 		"run every step once, print the results and exit (0 only if every step passed) instead of waiting for Ctrl-C")
 	bin := fs.String("gatehouse", os.Getenv("GATEHOUSE_BIN"),
 		"gatehouse `PATH` (default: bin/gatehouse, else built with go build into the temporary directory)")
+	connector := fs.Bool("connector", false,
+		"build a site with no inbound port instead: the gateway on the cloud side, a firewall that lets nothing new in, the connector inside dialling out")
 	keep := fs.Bool("keep-on-failure", false, "in --check mode, wait for Ctrl-C after a failed step instead of cleaning up at once")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: demo [--check] [--gatehouse PATH]\n\n"+
+		fmt.Fprintf(fs.Output(), "usage: demo [--check] [--connector] [--gatehouse PATH]\n\n"+
 			"Builds a cloud, an intruder, a DMZ running gatehouse and an internal network in\n"+
 			"network namespaces, shows what gatehouse admits and refuses, and removes it all\n"+
-			"on Ctrl-C. Needs root.\n\n")
+			"on Ctrl-C. With --connector: a cloud with the gateway, a firewall that lets no\n"+
+			"new connection in, and an internal network whose connector dials out. Needs root.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -87,7 +97,7 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	d := &demo{out: os.Stdout, check: *check}
+	d := &demo{out: os.Stdout, check: *check, connector: *connector}
 	defer d.cleanup()
 	defer func() {
 		// A panic must not leave namespaces and mounts behind.
@@ -97,17 +107,21 @@ func run() int {
 		}
 	}()
 
-	if err := d.setup(ctx, *bin); err != nil {
+	setup, steps, status, handsOn := d.setup, d.runSteps, d.printStatus, d.printHandsOn
+	if d.connector {
+		setup, steps, status, handsOn = d.setupConnector, d.runConnectorSteps, d.printConnectorStatus, d.printConnectorHandsOn
+	}
+	if err := setup(ctx, *bin); err != nil {
 		d.fail("setup", err)
 		d.showDaemonLog()
 		return 1
 	}
-	d.runSteps(ctx)
+	steps(ctx)
 	if ctx.Err() != nil {
 		fmt.Fprintln(d.out, "\ninterrupted: cleaning up")
 		return 1
 	}
-	d.printStatus(ctx)
+	status(ctx)
 	if d.failed {
 		d.showDaemonLog()
 	}
@@ -115,7 +129,7 @@ func run() int {
 	if d.check && !(d.failed && *keep) {
 		return d.summary()
 	}
-	d.printHandsOn()
+	handsOn()
 	fmt.Fprintln(d.out, "\ngatehouse demo is running. Press Ctrl-C to stop it and remove everything it created.")
 	<-ctx.Done()
 	fmt.Fprintln(d.out, "\nstopping: cleaning up")

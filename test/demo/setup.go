@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -52,8 +50,9 @@ var roles = []string{"wan", "cloud", "intruder", "dmz", "internal"}
 // demo is one run: what it created (to remove it again) and how the steps
 // went.
 type demo struct {
-	out   io.Writer
-	check bool
+	out       io.Writer
+	check     bool
+	connector bool // --connector: the site with no inbound port
 
 	id       string
 	ns       map[string]string // role → namespace name
@@ -64,6 +63,8 @@ type demo struct {
 	daemon   *exec.Cmd
 	daemonCh chan struct{} // closed when the daemon exited
 	log      string        // daemon log file
+
+	connConfig, connLog string // --connector: the connector's configuration and log
 
 	cleanups []func() // run in reverse order by cleanup
 
@@ -211,150 +212,6 @@ func (d *demo) setup(ctx context.Context, bin string) error {
 	}
 	d.ok("feed %q verified and applied: %s admitted by XDP and nftables, nothing else", feedName, feedV4)
 	return nil
-}
-
-// buildTopology creates the namespaces, the bridge and the veth pairs with
-// their addresses, and waits until every link carries traffic.
-func (d *demo) buildTopology(ctx context.Context) error {
-	b := make([]byte, 2)
-	if _, err := rand.Read(b); err != nil {
-		return err
-	}
-	d.id = hex.EncodeToString(b)
-	d.ns = map[string]string{}
-	for _, role := range roles {
-		name := "ghdemo-" + d.id + "-" + role
-		if _, err := d.cmd(ctx, "", "ip", "netns", "add", name); err != nil {
-			return err
-		}
-		d.ns[role] = name
-		d.onCleanup(func() { d.deleteNamespace(name) })
-		if _, err := d.cmd(ctx, "", "ip", "-n", name, "link", "set", "lo", "up"); err != nil {
-			return err
-		}
-		// IPv6 on, whatever a new namespace inherits from the host's
-		// defaults; the write happens inside the namespace, so it is the
-		// namespace's own setting. Without IPv6 in the kernel only the IPv6
-		// step fails.
-		_, _ = d.cmd(ctx, role, "sh", "-c",
-			"for f in /proc/sys/net/ipv6/conf/all/disable_ipv6 /proc/sys/net/ipv6/conf/default/disable_ipv6; do [ -w $f ] && echo 0 > $f; done; true")
-	}
-
-	// Links: in namespace a, interface ifA, its peer ifB in namespace b.
-	type link struct{ a, ifA, b, ifB string }
-	links := []link{
-		{"cloud", "eth0", "wan", "cloud"},
-		{"intruder", "eth0", "wan", "intruder"},
-		{"dmz", outsideIf, "wan", "dmz"},
-		{"dmz", "inside", "internal", "eth0"},
-	}
-	addrs := map[string][]string{ // role/interface → addresses
-		"cloud/eth0":       {cloudV4 + "/24", cloudV6 + "/64"},
-		"intruder/eth0":    {intruderV4 + "/24", intruderV6 + "/64"},
-		"dmz/" + outsideIf: {gateV4 + "/24", gateV6 + "/64"},
-		"dmz/inside":       {insideV4 + "/24"},
-		"internal/eth0":    {"203.0.113.10/24", "203.0.113.20/24", "203.0.113.30/24"},
-	}
-	ip := func(args ...string) error { _, err := d.cmd(ctx, "", "ip", args...); return err }
-	if err := ip("-n", d.ns["wan"], "link", "add", "br0", "type", "bridge"); err != nil {
-		return err
-	}
-	if err := ip("-n", d.ns["wan"], "link", "set", "br0", "up"); err != nil {
-		return err
-	}
-	for _, l := range links {
-		if err := ip("-n", d.ns[l.a], "link", "add", l.ifA, "type", "veth", "peer", "name", l.ifB, "netns", d.ns[l.b]); err != nil {
-			return err
-		}
-		if l.b == "wan" {
-			if err := ip("-n", d.ns["wan"], "link", "set", l.ifB, "master", "br0"); err != nil {
-				return err
-			}
-		}
-		for _, end := range [][2]string{{l.a, l.ifA}, {l.b, l.ifB}} {
-			for _, a := range addrs[end[0]+"/"+end[1]] {
-				args := []string{"-n", d.ns[end[0]], "addr", "add", a, "dev", end[1]}
-				if strings.Contains(a, ":") {
-					args = append(args, "nodad")
-				}
-				if err := ip(args...); err != nil {
-					return err
-				}
-			}
-			if err := ip("-n", d.ns[end[0]], "link", "set", end[1], "up"); err != nil {
-				return err
-			}
-		}
-	}
-	for _, l := range links {
-		for _, end := range [][2]string{{l.a, l.ifA}, {l.b, l.ifB}} {
-			if err := d.waitLink(ctx, end[0], end[1]); err != nil {
-				return err
-			}
-		}
-	}
-
-	// The clients find the gate by name, as s3270 checks the server
-	// certificate by DNS name: `ip netns exec` shows /etc/netns/NS/hosts as
-	// /etc/hosts inside NS.
-	if _, err := os.Stat("/etc/netns"); errors.Is(err, os.ErrNotExist) {
-		if err := os.Mkdir("/etc/netns", 0o755); err != nil {
-			return err
-		}
-		// Removed again at exit if the demo created it and it is empty.
-		d.onCleanup(func() { _ = os.Remove("/etc/netns") })
-	}
-	for _, role := range []string{"cloud", "intruder"} {
-		etc := filepath.Join("/etc/netns", d.ns[role])
-		if err := os.MkdirAll(etc, 0o755); err != nil {
-			return err
-		}
-		d.onCleanup(func() {
-			if err := os.RemoveAll(etc); err != nil {
-				fmt.Fprintf(d.out, "cleanup: remove %s: %v\n", etc, err)
-			}
-		})
-		hosts := fmt.Sprintf("127.0.0.1 localhost\n::1 localhost\n%s %s\n%s %s\n", gateV4, gateName, gateV6, gateName)
-		if err := os.WriteFile(filepath.Join(etc, "hosts"), []byte(hosts), 0o644); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// waitLink waits until dev in role's namespace is up with a queueing
-// discipline attached (before that the kernel drops what is sent).
-func (d *demo) waitLink(ctx context.Context, role, dev string) error {
-	var last string
-	if waitUntil(ctx, 5*time.Second, func() bool {
-		out, err := d.cmd(ctx, "", "ip", "-n", d.ns[role], "-o", "link", "show", "dev", dev)
-		last = out
-		return err == nil && strings.Contains(out, "LOWER_UP") && !strings.Contains(out, "qdisc noop")
-	}) {
-		return nil
-	}
-	return fmt.Errorf("%s: %s did not come up: %s", d.ns[role], dev, last)
-}
-
-// deleteNamespace stops whatever still runs in the namespace (all of it
-// started by the demo: the namespace is the demo's own) and deletes it.
-func (d *demo) deleteNamespace(name string) {
-	for attempt := 0; attempt < 20; attempt++ {
-		out, err := exec.Command("ip", "netns", "pids", name).Output()
-		if err != nil || strings.TrimSpace(string(out)) == "" {
-			break
-		}
-		for _, f := range strings.Fields(string(out)) {
-			var pid int
-			if _, err := fmt.Sscan(f, &pid); err == nil && pid != os.Getpid() {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
-		fmt.Fprintf(d.out, "cleanup: ip netns delete %s: %v %s\n", name, err, out)
-	}
 }
 
 // makePKI issues the demo's certificates with `gatehouse certs`: the
@@ -565,54 +422,74 @@ listeners:
 	return os.WriteFile(d.config, []byte(cfg), 0o600)
 }
 
-// startDaemon runs `gatehouse run` in the dmz namespace, logging to a file,
-// and waits until /readyz answers 200 (the first policy is in force).
-// Stopping it (SIGTERM by PID, then SIGKILL) and `gatehouse teardown` are
-// registered for cleanup.
+// startDaemon runs `gatehouse run` in the daemon's namespace (the dmz; the
+// gateway's with --connector), logging to a file, and waits until /readyz
+// answers 200 (the first policy is in force). Stopping it (SIGTERM by PID,
+// then SIGKILL) and `gatehouse teardown` are registered for cleanup.
 func (d *demo) startDaemon(ctx context.Context) error {
 	d.log = d.path("gatehouse.log")
-	logf, err := os.OpenFile(d.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	c := d.command(context.Background(), "dmz", d.bin, "run", "-c", d.config)
-	c.Stdout, c.Stderr = logf, logf
 	if d.daemon == nil {
 		// Teardown once, whatever number of starts: it runs after the stop
-		// registered below (cleanups run in reverse).
+		// registered by startGatehouse (cleanups run in reverse).
 		d.onCleanup(d.teardown)
 	}
+	c, exited, err := d.startGatehouse(ctx, d.role(), d.config, d.log, metricsAddr)
+	if c != nil {
+		d.daemon, d.daemonCh = c, exited
+	}
+	return err
+}
+
+// startGatehouse runs `gatehouse run -c config` in role's namespace with its
+// output in logPath, registers its stop (SIGTERM by PID, then SIGKILL) for
+// cleanup and waits until /readyz on metrics answers 200 there. The command
+// is returned once started, even when it then fails to get ready.
+func (d *demo) startGatehouse(ctx context.Context, role, config, logPath, metrics string) (*exec.Cmd, chan struct{}, error) {
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, nil, err
+	}
+	c := d.command(context.Background(), role, d.bin, "run", "-c", config)
+	c.Stdout, c.Stderr = logf, logf
 	if err := c.Start(); err != nil {
 		logf.Close()
-		return err
+		return nil, nil, err
 	}
 	exited := make(chan struct{})
 	go func() { _ = c.Wait(); logf.Close(); close(exited) }()
-	d.daemon, d.daemonCh = c, exited
 	d.onCleanup(func() { stopProcess(c, exited, 10*time.Second) })
 
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
 		case <-exited:
-			return fmt.Errorf("daemon exited before it was ready (%v); log %s", c.ProcessState, d.log)
+			return c, exited, fmt.Errorf("daemon exited before it was ready (%v); log %s", c.ProcessState, logPath)
 		case <-ctx.Done():
-			return ctx.Err()
+			return c, exited, ctx.Err()
 		default:
 		}
-		out, _ := d.cmd(ctx, "dmz", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "1", "http://"+metricsAddr+"/readyz")
+		out, _ := d.cmd(ctx, role, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "1", "http://"+metrics+"/readyz")
 		if strings.TrimSpace(out) == "200" {
-			return nil
+			return c, exited, nil
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return fmt.Errorf("daemon not ready after 30s; log %s", d.log)
+	return c, exited, fmt.Errorf("daemon not ready after 30s; log %s", logPath)
+}
+
+// role is the namespace role of the daemon with the kernel filters: the
+// dmz, or the gateway's with --connector.
+func (d *demo) role() string {
+	if d.connector {
+		return "gw"
+	}
+	return "dmz"
 }
 
 // teardown lifts the daemon's kernel filters: the XDP program pinned in the
 // private bpffs and table inet gatehouse in the dmz namespace.
 func (d *demo) teardown() {
-	out, err := exec.Command("ip", "netns", "exec", d.ns["dmz"], d.bin, "teardown", "--yes", "--pin-dir", filepath.Join(d.bpffs, "gatehouse"), "-c", d.config).CombinedOutput()
+	out, err := exec.Command("ip", "netns", "exec", d.ns[d.role()], d.bin, "teardown", "--yes", "--pin-dir", filepath.Join(d.bpffs, "gatehouse"), "-c", d.config).CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(d.out, "cleanup: gatehouse teardown: %v\n%s", err, out)
 	}
@@ -623,18 +500,22 @@ func (d *demo) logText() string {
 	return string(b)
 }
 
-// showDaemonLog prints the end of the daemon's log after a failure.
+// showDaemonLog prints the end of the daemon's log (and the connector's,
+// with --connector) after a failure.
 func (d *demo) showDaemonLog() {
-	if d.log == "" {
-		return
-	}
-	lines := strings.Split(strings.TrimRight(d.logText(), "\n"), "\n")
-	if len(lines) > 30 {
-		lines = lines[len(lines)-30:]
-	}
-	fmt.Fprintf(d.out, "\nlast lines of the daemon log (%s):\n", d.log)
-	for _, l := range lines {
-		fmt.Fprintln(d.out, "  | "+l)
+	for _, log := range []string{d.log, d.connLog} {
+		if log == "" {
+			continue
+		}
+		b, _ := os.ReadFile(log)
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		if len(lines) > 30 {
+			lines = lines[len(lines)-30:]
+		}
+		fmt.Fprintf(d.out, "\nlast lines of the log %s:\n", log)
+		for _, l := range lines {
+			fmt.Fprintln(d.out, "  | "+l)
+		}
 	}
 }
 

@@ -112,7 +112,11 @@ func (d *demo) stepHTTPS6(ctx context.Context) (string, error) {
 
 func (d *demo) https(ctx context.Context, family, src string) (string, error) {
 	args := append([]string{family, "--max-time", "10"}, d.tenantTLS()...)
-	out, code := d.curl(ctx, "cloud", append(args, "https://"+gateName+"/orders/42")...)
+	url := "https://" + gateName + "/orders/42"
+	if d.connector {
+		url = "https://" + gateName + ":" + gwWebPort + "/orders/42"
+	}
+	out, code := d.curl(ctx, "cloud", append(args, url)...)
 	if code != 0 {
 		return "", fmt.Errorf("curl exit %d: %s", code, strings.TrimSpace(out))
 	}
@@ -120,14 +124,17 @@ func (d *demo) https(ctx context.Context, family, src string) (string, error) {
 	if !strings.Contains(out, want) {
 		return "", fmt.Errorf("backend answer lacks %q: %s", want, out)
 	}
-	return "curl " + family + " --cert acme-cloud.pem https://" + gateName + "/orders/42 → " + out, nil
+	return "curl " + family + " --cert acme-cloud.pem " + url + " → " + out, nil
 }
 
 // Step 3: no client certificate. The handshake fails at once (no
 // timeout: the SYN was admitted, TLS refused), and the daemon counts it.
 func (d *demo) stepNoCert(ctx context.Context) (string, error) {
-	out, code := d.curl(ctx, "cloud", "-4", "--max-time", "10", "--cacert", d.path("pki/gatehouse-ca/ca.pem"),
-		"https://"+gateName+"/orders/42")
+	url := "https://" + gateName + "/orders/42"
+	if d.connector {
+		url = "https://" + gateName + ":" + gwWebPort + "/orders/42"
+	}
+	out, code := d.curl(ctx, "cloud", "-4", "--max-time", "10", "--cacert", d.path("pki/gatehouse-ca/ca.pem"), url)
 	switch code {
 	case 0:
 		return "", fmt.Errorf("request without a client certificate succeeded: %s", out)
@@ -195,7 +202,9 @@ func (d *demo) stepSOAPRefused(ctx context.Context) (string, error) {
 	}
 	status := strings.SplitN(out, "\n", 2)[0]
 	// Every reason has its series from the start: read this refusal's.
-	n, err := d.waitMetric(ctx, `gatehouse_soap_rejections_total\{reason="action_not_allowed",tenant="acme"\}`, 1)
+	// The SOAP inspection runs where the routes are: the connector's, with
+	// --connector.
+	n, err := d.waitMetricAt(ctx, d.proxyRole(), d.proxyMetrics(), `gatehouse_soap_rejections_total\{reason="action_not_allowed",tenant="acme"\}`, 1)
 	if err != nil {
 		return "", err
 	}
@@ -283,7 +292,13 @@ func elements(set string) string {
 // metric reads the daemon's /metrics from inside the dmz and returns the
 // sum of the series matching re (-1 when none does).
 func (d *demo) metric(ctx context.Context, re string) float64 {
-	out, code := d.curl(ctx, "dmz", "--max-time", "3", "http://"+metricsAddr+"/metrics")
+	return d.metricAt(ctx, d.role(), metricsAddr, re)
+}
+
+// metricAt is metric on the daemon whose metrics endpoint is addr in role's
+// namespace.
+func (d *demo) metricAt(ctx context.Context, role, addr, re string) float64 {
+	out, code := d.curl(ctx, role, "--max-time", "3", "http://"+addr+"/metrics")
 	if code != 0 {
 		return -1
 	}
@@ -304,8 +319,14 @@ func (d *demo) metric(ctx context.Context, re string) float64 {
 // waitMetric waits up to 5 s for the series to reach min (counters are
 // read from the kernel on scrape, so this is at most a scrape or two).
 func (d *demo) waitMetric(ctx context.Context, re string, min float64) (float64, error) {
+	return d.waitMetricAt(ctx, d.role(), metricsAddr, re, min)
+}
+
+// waitMetricAt is waitMetric on the daemon whose metrics endpoint is addr
+// in role's namespace.
+func (d *demo) waitMetricAt(ctx context.Context, role, addr, re string, min float64) (float64, error) {
 	var v float64
-	if waitUntil(ctx, 5*time.Second, func() bool { v = d.metric(ctx, re); return v >= min }) {
+	if waitUntil(ctx, 5*time.Second, func() bool { v = d.metricAt(ctx, role, addr, re); return v >= min }) {
 		return v, nil
 	}
 	return v, fmt.Errorf("metric %s = %v, want ≥ %v", strings.ReplaceAll(re, `\`, ""), v, min)
