@@ -136,7 +136,7 @@ func runScan(args []string) error {
 // and time.
 func runProbe(args []string) error {
 	if len(args) < 2 {
-		return fmt.Errorf("%w: %s TIMEOUT HOST:PORT...", errUsage, subProbe)
+		return fmt.Errorf("%w: %s TIMEOUT HOST:PORT [HOST:PORT ...] (at most 100)", errUsage, subProbe)
 	}
 	timeout, err := time.ParseDuration(args[0])
 	if err != nil {

@@ -495,11 +495,6 @@ func (d *demo) teardown() {
 	}
 }
 
-func (d *demo) logText() string {
-	b, _ := os.ReadFile(d.log)
-	return string(b)
-}
-
 // showDaemonLog prints the end of the daemon's log (and the connector's,
 // with --connector) after a failure.
 func (d *demo) showDaemonLog() {
