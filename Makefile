@@ -15,7 +15,7 @@ DEB_PACKAGES := \
 	clang llvm \
 	nftables iproute2 bpftool \
 	minisign openssl curl ca-certificates s3270 tinyproxy \
-	prometheus strace systemd util-linux mount keepalived
+	prometheus strace systemd util-linux mount keepalived bird2
 # Test timeout for the whole suite; CI allows 90 minutes, we aim for 15.
 TEST_TIMEOUT ?= 20m
 

@@ -208,6 +208,7 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) error {
 			fmt.Fprintf(tw, "  \t%s\t%d\n", tu.Peer, tu.Up)
 		}
 	}
+	printBGP(tw, st.BGP)
 	fmt.Fprintln(tw, "\nTenants\tsessions")
 	for _, t := range st.Tenants {
 		fmt.Fprintf(tw, "  %s\t%d\n", t.ID, t.Sessions)

@@ -45,6 +45,7 @@ type Config struct {
 	TLS           TLS           `mapstructure:"tls"`
 	Gateway       Gateway       `mapstructure:"gateway"`
 	Connector     Connector     `mapstructure:"connector"`
+	BGP           BGP           `mapstructure:"bgp"`
 }
 
 // TLS configures the listeners' TLS beyond their certificates.

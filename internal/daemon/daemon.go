@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/gatehouse-dmz/gatehouse/announce"
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/rules"
@@ -156,6 +157,7 @@ type Daemon struct {
 	runCtx  atomic.Pointer[context.Context] // Run's, for work that outlives a request
 	gen     uint64
 	started time.Time
+	bgp     *announce.Speaker // nil: bgp off
 }
 
 // New loads the configuration and compiles the first policy. It starts
@@ -252,6 +254,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	if err == nil {
 		err = d.apply(first, nil)
 	}
+	if err == nil {
+		err = d.startBGP(ctx, cfg.BGP)
+	}
 	if err != nil {
 		ln.Close()
 		return err
@@ -292,6 +297,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		}
 	}
 	g.Go(func() error { return d.runFeeds(gctx) })
+	g.Go(func() error { return d.runBGP(gctx) })
 	if sock := cfg.AdminSocket; sock != "" {
 		g.Go(func() error { return d.serveAdmin(gctx, sock) })
 	}
@@ -329,13 +335,16 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	g.Go(func() error {
 		<-gctx.Done()
-		d.running.Store(false)
 		_ = sd.notify("STOPPING=1")
+		// Withdraw first and keep serving while the routers move flows
+		// away; only then stop being ready and drain.
+		bgpErr := d.stopBGP()
+		d.running.Store(false)
 		grace := d.cfg.Load().ShutdownGrace
 		d.log.Info("stopping: draining sessions", "grace", grace)
 		dctx, cancel := context.WithTimeout(context.Background(), grace)
 		defer cancel()
-		var errs []error
+		errs := []error{bgpErr}
 		for _, c := range d.components {
 			if dr, ok := c.(Drainer); ok {
 				if err := dr.Shutdown(dctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
@@ -357,6 +366,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 
 func (d *Daemon) close() error {
 	var errs []error
+	if d.bgp != nil {
+		errs = append(errs, d.bgp.Close())
+	}
 	for i := len(d.components) - 1; i >= 0; i-- {
 		if err := d.components[i].Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close %s: %w", d.components[i].Name(), err))

@@ -123,6 +123,9 @@ func needsRestart(old, next *config.Config) error {
 	if !reflect.DeepEqual(old.Connector, next.Connector) {
 		changed = append(changed, "connector")
 	}
+	if !reflect.DeepEqual(old.BGP, next.BGP) {
+		changed = append(changed, "bgp")
+	}
 	if len(changed) > 0 {
 		return fmt.Errorf("%w: %s", ErrNeedsRestart, strings.Join(changed, ", "))
 	}

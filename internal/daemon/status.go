@@ -49,6 +49,7 @@ type Status struct {
 	// tunnels up per tenant, a connector's per gateway.
 	Role    string         `json:"role"`
 	Tunnels []TunnelStatus `json:"tunnels,omitempty"`
+	BGP     *BGPStatus     `json:"bgp,omitempty"` // nil: bgp off
 }
 
 // TunnelStatus is how many tunnels are up to one peer: a gateway counts
@@ -120,7 +121,7 @@ type Counter struct {
 
 // Status reports the generation in force.
 func (d *Daemon) Status() Status {
-	st := Status{Version: d.opts.Version, PID: os.Getpid(), Started: d.started, Role: string(d.cfg.Load().Role())}
+	st := Status{Version: d.opts.Version, PID: os.Getpid(), Started: d.started, Role: string(d.cfg.Load().Role()), BGP: d.bgpStatus()}
 	st.NotReady = d.NotReady()
 	st.Ready = len(st.NotReady) == 0
 	if h := d.hold.Load(); h != nil {
