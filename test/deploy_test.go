@@ -487,6 +487,16 @@ func TestDeployExampleConfigContent(t *testing.T) {
 	if cfg.ShutdownGrace >= stop {
 		t.Errorf("example shutdown_grace %v is not below the unit's TimeoutStopSec %v", cfg.ShutdownGrace, stop)
 	}
+	// With bgp on, the withdrawal's wait comes before the drain; even at
+	// its maximum the two must end before systemd kills the daemon, or
+	// say in the unit that it must be raised.
+	if stop <= cfg.ShutdownGrace+cfg.BGP.Drain.WithdrawWait {
+		t.Errorf("example shutdown_grace %v plus bgp.drain.withdraw_wait %v is not below TimeoutStopSec %v",
+			cfg.ShutdownGrace, cfg.BGP.Drain.WithdrawWait, stop)
+	}
+	if !strings.Contains(string(readDeployFile(t, "gatehouse.service")), "withdraw_wait") {
+		t.Error("gatehouse.service does not say that bgp.drain.withdraw_wait counts against TimeoutStopSec")
+	}
 	protocols := map[string]bool{}
 	for _, l := range cfg.Listeners {
 		protocols[l.Protocol] = true
