@@ -202,8 +202,8 @@ func (cfg *Config) validateTenants(c *checker) map[string]bool {
 	ids := map[string]string{}
 	known := map[string]bool{}
 	if len(cfg.Tenants) == 0 {
-		// policy.CheckListeners judges routes by the tenants there are.
-		c.add("tenants", "at least one tenant is required: every route names one")
+		// Also: policy.CheckListeners judges routes by the tenants there are.
+		c.add("tenants", "at least one tenant is required: without one no client certificate is accepted")
 	}
 	for i, t := range cfg.Tenants {
 		p := fmt.Sprintf("tenants[%d]", i)
@@ -214,9 +214,6 @@ func (cfg *Config) validateTenants(c *checker) map[string]bool {
 		c.file(p+".intermediates", t.Intermediates, false)
 		c.file(p+".crl", t.CRL, false)
 		validateIdentities(c, p, t.Identities)
-	}
-	if len(cfg.Tenants) == 0 {
-		c.add("tenants", "at least one tenant is required: without one no client certificate is accepted")
 	}
 	return known
 }
