@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync/atomic"
 	"time"
 
@@ -39,7 +40,7 @@ func (s *Server) relayTCP(c *conn, st *listenerState) {
 	tenant := c.identity().Tenant
 	rt := st.tcp[tenant]
 	if rt == nil {
-		s.logger.Info("tcp connection refused: no route", "listener", c.listener, "tenant", tenant, "source", c.source.String())
+		s.logRefusal(c, slog.LevelInfo, "tcp connection refused: no route", nil)
 		c.raw.Close()
 		return
 	}
@@ -50,7 +51,7 @@ func (s *Server) relayTCP(c *conn, st *listenerState) {
 		return
 	}
 	if err != nil {
-		s.logger.Warn("tcp backend unreachable", "listener", c.listener, "tenant", tenant, "err", err)
+		s.logRefusal(c, slog.LevelWarn, "tcp backend unreachable", err)
 		c.raw.Close()
 		return
 	}
