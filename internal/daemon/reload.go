@@ -99,8 +99,9 @@ func keepsFeeds(old, next *feedState) error {
 }
 
 // needsRestart refuses a reload that changes what is wired at start: where
-// XDP is attached and pinned, whether nftables is used, where state and
-// metrics live. Those keys take a restart, which the kernel layers survive.
+// XDP is attached and pinned, whether nftables is used, where state,
+// metrics and the admin socket live, the gateway or connector role and
+// BGP. Those keys take a restart, which the kernel layers survive.
 func needsRestart(old, next *config.Config) error {
 	var changed []string
 	check := func(key string, a, b any) {
