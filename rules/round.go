@@ -127,7 +127,11 @@ func (m *Manager) fetchAndVerify(ctx context.Context, f *feed) (fetched, error) 
 	if notModified || errors.Is(err, ErrUnchanged) {
 		// The mirror serves the release in force. When that is the
 		// previous release (the last known good was lost), it serves a
-		// rollback below the floor, not an unchanged feed.
+		// rollback below the floor, not an unchanged feed. Both need a
+		// release in force; without one, "unchanged" is a mirror fault.
+		if cur == nil {
+			return fetched{}, fetchErr(ManifestName, errors.New("the mirror answered unchanged, but no release is in force"))
+		}
 		if ferr := checkFloor(floor, cur.Manifest.Serial, cur.Digest, floorPath); ferr != nil {
 			return fetched{}, ferr
 		}
