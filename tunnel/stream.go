@@ -2,12 +2,9 @@ package tunnel
 
 import (
 	"bufio"
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
-
 	"log/slog"
 	"net"
 	"strings"
@@ -15,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/hashicorp/yamux"
 )
 
@@ -51,8 +49,7 @@ func fingerprint(cs tls.ConnectionState) string {
 	if len(cs.PeerCertificates) == 0 {
 		return ""
 	}
-	sum := sha256.Sum256(cs.PeerCertificates[0].Raw)
-	return hex.EncodeToString(sum[:])
+	return certs.FingerprintSHA256(cs.PeerCertificates[0])
 }
 
 // retryBuffer bounds what the gateway keeps of a client's bytes until the
