@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 
 	api "github.com/osrg/gobgp/v3/api"
@@ -231,19 +232,9 @@ func (s *Speaker) Sessions(ctx context.Context) []Session {
 		if st == "" {
 			st = "UNKNOWN"
 		}
-		out = append(out, Session{Neighbor: n.Address.String(), AS: n.AS, State: lower(st), Up: st == api.PeerState_ESTABLISHED.String()})
+		out = append(out, Session{Neighbor: n.Address.String(), AS: n.AS, State: strings.ToLower(st), Up: st == api.PeerState_ESTABLISHED.String()})
 	}
 	return out
-}
-
-func lower(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if c >= 'A' && c <= 'Z' {
-			b[i] = c + 'a' - 'A'
-		}
-	}
-	return string(b)
 }
 
 // Close withdraws what is announced, closes the sessions with a BGP

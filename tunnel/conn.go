@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/yamux"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // answer is where a Conn stands with the connector's answer to the gateway.
@@ -39,8 +40,10 @@ type Conn struct {
 	certs  []*x509.Certificate
 	tenant string
 	m      *metrics
-	closed sync.Once
-	done   func()
+	// toBackend and toGateway count the payload bytes.
+	toBackend, toGateway prometheus.Counter
+	closed               sync.Once
+	done                 func()
 
 	ok    atomic.Bool // answered OK: the fast path of Read and Write
 	amu   sync.Mutex
@@ -113,7 +116,7 @@ func (c *Conn) Read(b []byte) (int, error) {
 		return 0, err
 	}
 	n, err := c.st.Read(b)
-	c.m.bytes(c.tenant, "to_backend", n)
+	c.toBackend.Add(float64(n))
 	return n, err
 }
 
@@ -122,7 +125,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 		return 0, err
 	}
 	n, err := c.st.Write(b)
-	c.m.bytes(c.tenant, "to_gateway", n)
+	c.toGateway.Add(float64(n))
 	return n, err
 }
 

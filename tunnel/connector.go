@@ -254,6 +254,7 @@ func (c *Connector) handle(st *yamux.Stream) {
 	c.mu.Unlock()
 	c.m.active(tenant, 1)
 	conn := &Conn{st: st, header: h, certs: certs, tenant: tenant, m: c.m,
+		toBackend: c.m.byteCounter(tenant, "to_backend"), toGateway: c.m.byteCounter(tenant, "to_gateway"),
 		onOK: func() { c.m.stream(tenant, "served") },
 		done: func() {
 			c.mu.Lock()

@@ -88,10 +88,11 @@ func (m *metrics) stream(tenant, result string) {
 func (m *metrics) active(tenant string, d float64) { m.activeG.WithLabelValues(m.role, tenant).Add(d) }
 func (m *metrics) handshake(result string)         { m.handshakes.WithLabelValues(result).Inc() }
 func (m *metrics) reconnect(gateway string)        { m.reconnects.WithLabelValues(gateway).Inc() }
-func (m *metrics) bytes(tenant, dir string, n int) {
-	if n > 0 {
-		m.byteCount.WithLabelValues(m.role, tenant, dir).Add(float64(n))
-	}
+
+// byteCounter is a stream's counter of one direction, looked up once when
+// the stream opens rather than at each read and write.
+func (m *metrics) byteCounter(tenant, dir string) prometheus.Counter {
+	return m.byteCount.WithLabelValues(m.role, tenant, dir)
 }
 
 // Describe implements prometheus.Collector.

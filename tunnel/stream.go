@@ -2,12 +2,9 @@ package tunnel
 
 import (
 	"bufio"
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
-
 	"log/slog"
 	"net"
 	"strings"
@@ -15,7 +12,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/hashicorp/yamux"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // streamWindow is each stream's receive window: a bulk transfer fills its
@@ -51,8 +50,7 @@ func fingerprint(cs tls.ConnectionState) string {
 	if len(cs.PeerCertificates) == 0 {
 		return ""
 	}
-	sum := sha256.Sum256(cs.PeerCertificates[0].Raw)
-	return hex.EncodeToString(sum[:])
+	return certs.FingerprintSHA256(cs.PeerCertificates[0])
 }
 
 // retryBuffer bounds what the gateway keeps of a client's bytes until the
@@ -77,8 +75,10 @@ type Stream struct {
 	h      *Header
 	m      *metrics
 	tenant string
-	once   sync.Once
-	status error
+	// toConnector and toClient count the payload bytes.
+	toConnector, toClient prometheus.Counter
+	once                  sync.Once
+	status                error
 
 	mu         sync.Mutex // the fields below, and Write before acceptance
 	st         *yamux.Stream
@@ -93,7 +93,8 @@ type Stream struct {
 }
 
 func newStream(g *Gateway, h *Header, st *yamux.Stream, t *gwTunnel) *Stream {
-	return &Stream{g: g, h: h, m: g.m, tenant: h.Tenant, st: st, br: bufio.NewReaderSize(st, 4096), t: t}
+	return &Stream{g: g, h: h, m: g.m, tenant: h.Tenant, st: st, br: bufio.NewReaderSize(st, 4096), t: t,
+		toConnector: g.m.byteCounter(h.Tenant, "to_connector"), toClient: g.m.byteCounter(h.Tenant, "to_client")}
 }
 
 // statusTimeout bounds the wait for a connector's answer: it reads the
@@ -167,14 +168,14 @@ func (s *Stream) Read(b []byte) (int, error) {
 		return 0, err
 	}
 	n, err := s.br.Read(b)
-	s.m.bytes(s.tenant, "to_client", n)
+	s.toClient.Add(float64(n))
 	return n, err
 }
 
 func (s *Stream) Write(b []byte) (int, error) {
 	if s.accepted.Load() {
 		n, err := s.st.Write(b)
-		s.m.bytes(s.tenant, "to_connector", n)
+		s.toConnector.Add(float64(n))
 		return n, err
 	}
 	s.mu.Lock()
@@ -195,7 +196,7 @@ func (s *Stream) Write(b []byte) (int, error) {
 			return len(b), nil
 		}
 	}
-	s.m.bytes(s.tenant, "to_connector", n)
+	s.toConnector.Add(float64(n))
 	return n, err
 }
 

@@ -34,7 +34,7 @@ type BGPDrain struct {
 
 // maxWithdrawWait bounds bgp.drain.withdraw_wait: systemd's stop timeout
 // (90 s by default) must cover it and shutdown_grace.
-const maxWithdrawWait = time.Minute // the problem text says 1m
+const maxWithdrawWait = time.Minute
 
 // Enabled reports whether the node speaks BGP.
 func (b BGP) Enabled() bool { return b.LocalAS != 0 }

@@ -88,7 +88,7 @@ func (cfg *Config) Role() Role {
 	return RoleAppliance
 }
 
-// Allow is the connector's allow-list, parsed (validation refused a bad
+// AllowList is the connector's allow-list, parsed (validation refused a bad
 // entry).
 func (c Connector) AllowList() []policy.Destination {
 	var out []policy.Destination
@@ -127,9 +127,9 @@ func (cfg *Config) validateGateway(c *checker, tenants map[string]bool) {
 				c.add("gateway.listen", "port %d is already used by listeners[%d]", ap.Port(), i)
 			}
 		}
-	}
-	if ap, err := parseListen(g.Listen); err == nil && cfg.Enforcement.Mode == string(policy.ModeStrict) && !cfg.managementPort(ap.Port()) {
-		c.add("gateway.listen", "strict mode drops every new inbound connection but the listeners' and management's: list the connectors' egress ranges with port %d in enforcement.management", ap.Port())
+		if cfg.Enforcement.Mode == string(policy.ModeStrict) && !cfg.managementPort(ap.Port()) {
+			c.add("gateway.listen", "strict mode drops every new inbound connection but the listeners' and management's: list the connectors' egress ranges with port %d in enforcement.management", ap.Port())
+		}
 	}
 	c.file("gateway.server_cert", g.ServerCert, true)
 	c.file("gateway.server_key", g.ServerKey, true)
@@ -289,25 +289,29 @@ func sharesCert(a, b string) bool {
 		return false
 	}
 	seen := map[string]bool{}
-	for rest := ca; ; {
-		var blk *pem.Block
-		if blk, rest = pem.Decode(rest); blk == nil {
-			break
-		}
-		if blk.Type == "CERTIFICATE" {
-			seen[string(blk.Bytes)] = true
-		}
+	for _, der := range certDER(ca) {
+		seen[der] = true
 	}
-	for rest := cb; ; {
-		var blk *pem.Block
-		if blk, rest = pem.Decode(rest); blk == nil {
-			break
-		}
-		if blk.Type == "CERTIFICATE" && seen[string(blk.Bytes)] {
+	for _, der := range certDER(cb) {
+		if seen[der] {
 			return true
 		}
 	}
 	return false
+}
+
+// certDER is the DER of each CERTIFICATE block of a PEM bundle.
+func certDER(bundle []byte) []string {
+	var out []string
+	for rest := bundle; ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			return out
+		}
+		if blk.Type == "CERTIFICATE" {
+			out = append(out, string(blk.Bytes))
+		}
+	}
 }
 
 // AllowListWarnings names the connector's route backends given as an
