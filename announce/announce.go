@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	api "github.com/osrg/gobgp/v3/api"
 	"github.com/osrg/gobgp/v3/pkg/server"
@@ -274,7 +275,11 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	for _, ss := range c.s.Sessions(context.Background()) {
+	// Bounded as the status page bounds it: a speaker that does not
+	// answer reports its sessions down rather than hang the scrape.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for _, ss := range c.s.Sessions(ctx) {
 		ch <- prometheus.MustNewConstMetric(sessionUpDesc, prometheus.GaugeValue, b2f(ss.Up), ss.Neighbor)
 	}
 	on := c.s.Announced()
