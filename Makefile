@@ -15,13 +15,14 @@ DEB_PACKAGES := \
 	clang llvm \
 	nftables iproute2 bpftool \
 	minisign openssl curl ca-certificates s3270 tinyproxy \
-	prometheus strace systemd util-linux mount keepalived bird2
+	prometheus strace systemd util-linux mount keepalived bird2 \
+	lintian help2man
 # Test timeout for the whole suite; CI allows 90 minutes, we aim for 15.
 TEST_TIMEOUT ?= 20m
 
 CONFIG ?= /etc/gatehouse/gatehouse.yaml
 
-.PHONY: all build run demo demo-connector install deps bench bench-go test test-unit generate generate-check lint bench clean
+.PHONY: all build run demo demo-connector install deb deps bench bench-go test test-unit generate generate-check lint bench clean
 
 all: build
 
@@ -59,6 +60,12 @@ install: build
 	install -d -m 0700 $(DESTDIR)/var/lib/gatehouse
 	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "installed; edit /etc/gatehouse/gatehouse.yaml, check it with: gatehouse check, then: systemctl enable --now gatehouse"
+
+# deb builds the Debian package bin/gatehouse_<version>_<arch>.deb with nfpm
+# (fetched through the Go module proxy at the pinned version); the version
+# comes from git describe. deploy/deb/README.md says what it installs.
+deb:
+	OUT=bin GO=$(GO) deploy/deb/build.sh
 
 # deps is idempotent: it installs only what is missing and says so.
 deps:
