@@ -97,6 +97,8 @@ func newBGPTopology(t *testing.T, n int) *bgpTopology {
 		}), ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(ln)
 		t.Cleanup(func() { srv.Close() })
+		// The terminal backend names the node, then echoes.
+		go serveEcho(node.ns.Listen(t, "tcp", "127.0.0.1:7001"), node.name)
 		node.config = filepath.Join(node.dir, "gatehouse.yaml")
 		node.writeConfig(t, bt.nodeConfig(node, ""))
 		bt.nodes = append(bt.nodes, node)
@@ -162,6 +164,8 @@ listeners:
     server_key: %[4]s
     routes:
       - {tenant: acme, backend: "http://127.0.0.1:8080"}
+  - {name: term, listen: ":7000", protocol: tcp, server_cert: %[3]s, server_key: %[4]s,
+     routes: [{tenant: acme, backend: "127.0.0.1:7001"}]}
 bgp:
   local_as: %[5]d
   router_id: %[6]s
