@@ -231,11 +231,11 @@ bgp:
   local_as: %[5]d
   router_id: %[6]s
   neighbors: [%[7]s]
-  announce: [%[10]s]
-  communities: ["%[11]s"]
+  announce: [%[9]s]
+  communities: ["%[10]s"]
   drain: {withdraw_wait: 3s}
 `, n.dir, bt.tenantCA.CertFile, bt.server.CertFile, bt.server.KeyFile, bgpNodeAS, n.addr, neighbors, extra,
-		bgpRouterAS, announce, bgpCommunity)
+		announce, bgpCommunity)
 }
 
 func (n *bgpNode) writeConfig(t *testing.T, cfg string) {
