@@ -146,7 +146,11 @@ type Daemon struct {
 	feedRestart chan struct{}
 	cfg         atomic.Pointer[config.Config]
 	running     atomic.Bool // the first generation is in force, and not stopping
-	split       atomic.Bool // see errSplit
+	// stopping is set at SIGTERM, before the withdrawal: from then on the
+	// node is not ready, so a VRRP peer tracking readiness takes the VIP
+	// while this node still serves for bgp.drain.withdraw_wait.
+	stopping atomic.Bool
+	split    atomic.Bool // see errSplit
 	// hold says which kernel layers keep a previous run's admitted ranges
 	// (see holdPrevious); it changes under mu.
 	hold atomic.Pointer[holdState]
@@ -336,6 +340,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	g.Go(func() error {
 		<-gctx.Done()
 		_ = sd.notify("STOPPING=1")
+		d.stopping.Store(true)
 		// Withdraw first and keep serving while the routers move flows
 		// away; only then stop being ready and drain.
 		bgpErr := d.stopBGP()
