@@ -9,6 +9,9 @@
 #                                                several gatehouse builds
 #   N=20000 MODE=h2 bench/syscalls.sh            more requests; HTTP/2
 #   KEEP=/tmp/sc bench/syscalls.sh               keep strace's tables as /tmp/sc-NAME
+#   PROFILE=/tmp/p bench/syscalls.sh             perf record instead of strace: the
+#                                                cumulative share of each function in
+#                                                /tmp/p-NAME.txt (needs linux-perf)
 #
 # strace slows the server down many times over: the counts are the figure,
 # not the rates. Needs root, strace, nginx.
@@ -102,13 +105,25 @@ count() {
 		-dur 2s -conc 4 >/dev/null # warm-up: connections and pools
 	local args=()
 	for p in "$@"; do args+=(-p "$p"); done
-	strace -f -c -o "$out" "${args[@]}" 2>"$out.err" &
+	if [ -n "${PROFILE:-}" ]; then
+		# perf samples with call chains (Go keeps frame pointers) instead
+		# of counting system calls.
+		perf record -F 1999 -g -o "$out.perf" "${args[@]}" 2>"$out.err" >/dev/null &
+	else
+		strace -f -c -o "$out" "${args[@]}" 2>"$out.err" &
+	fi
 	local sp=$!
 	sleep 1 # strace attaches
 	inns "$W/loadgen" "$MODE" -target "127.0.0.1:$port" -cert "$P/t1.pem" -key "$P/t1.key" -ca "$P/sca/ca.pem" \
 		-dur 600s -max "$N" -conc 4 >"$W/lg-$name" 
 	kill -INT "$sp" 2>/dev/null || { echo "strace on $name ended early: $(cat "$out.err")" >&2; return 1; }
 	wait "$sp" || true
+	if [ -n "${PROFILE:-}" ]; then
+		perf report -i "$out.perf" --children --stdio -g none --percent-limit 0.3 --sort symbol 2>/dev/null |
+			grep -v '^#' | grep . >"$PROFILE-$name.txt" || true
+		echo "$name: perf report (children) in $PROFILE-$name.txt"
+		return 0
+	fi
 	local ok
 	ok=$(tr ' ' '\n' <"$W/lg-$name" | sed -n 's/^ok=//p')
 	awk -v n="$ok" -v name="$name" '
