@@ -42,6 +42,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=$ROOT/bench
 OUT=$BENCH/out
 RESULTS=${RESULTS:-$BENCH/RESULTS.md}
+# bench/RESULTS.md is rewritten by each run, except what follows this line.
+KEEP_MARK='<!-- kept by bench/run.sh: written by hand below -->'
+
 [ -z "$ONLY" ] || RESULTS=${RESULTS_ONLY:-$OUT/RESULTS-only.md}
 W=$(mktemp -d /tmp/gatehouse-bench.XXXXXX)
 LOGS=$W/logs
@@ -853,5 +856,12 @@ awk -F'\t' 'index($1, "fail/feed/")==1{print $1": "$2}' "$RAW" | while read -r l
 	echo "| area | measurement | figure | cost | ratio | note |"
 	echo "|---|---|---|---|---|---|"
 	if [ -n "$ONLY" ]; then grep -E '^\| (mTLS|Server exits)' "$ROWS" || true; else cat "$ROWS"; fi
-} >"$RESULTS"
+	# What follows the marker in the previous file (profiles written by
+	# hand) is kept.
+	if [ -f "$RESULTS" ] && grep -qxF "$KEEP_MARK" "$RESULTS"; then
+		echo
+		awk -v m="$KEEP_MARK" '$0 == m {k = 1} k' "$RESULTS"
+	fi
+} >"$RESULTS.new"
+mv "$RESULTS.new" "$RESULTS"
 say "done: $RESULTS"
