@@ -120,11 +120,12 @@ not keep the XDP filter after exit: run refuses it unless --allow-private-bpffs.
 			if err != nil {
 				return err
 			}
-			// Requests do not wait on stdout: their lines are buffered and
-			// written by the log's own goroutine, and the last ones at exit.
+			// Requests do not wait on stdout: their lines are encoded
+			// without reflection, buffered and written by the log's own
+			// goroutine, and the last ones at exit.
 			aw := accesslog.New(g.stdout, 0)
 			defer aw.Close()
-			access := slog.New(slog.NewJSONHandler(aw, nil)).With("log", "access")
+			access := slog.New(accesslog.NewHandler(aw)).With("log", "access")
 			d, err := daemon.New(daemon.Options{ConfigPath: g.configPath, Logger: log, AccessLog: access, Signals: true, Version: version,
 				NotifySocket: os.Getenv("NOTIFY_SOCKET"), WatchdogUSec: os.Getenv("WATCHDOG_USEC"), WatchdogPID: os.Getenv("WATCHDOG_PID"),
 				AllowPrivateBPFFS: allowPrivate})
