@@ -5,6 +5,11 @@
 #   sudo bench/run.sh                 the full run (about 15 minutes, 20 at most)
 #   sudo ROUNDS=1 DUR=1 FLOOD_COUNT=100000 IDLE_SESSIONS=200 GOBENCH=0 bench/run.sh
 #                                     a quick pass to check the harness
+#   sudo ONLY="ka h2" ROUNDS=3 bench/run.sh
+#                                     only these mTLS rows (hs ka h2 bulk) against the
+#                                     peers, interleaved as in the full run; no floods, Go
+#                                     benchmarks, feeds, stream or idle rows; the table goes
+#                                     to bench/out/RESULTS-only.md unless RESULTS is set
 #
 # What it starts binds loopback or a network namespace it creates (ghb-<pid>-*),
 # uses documentation addresses only, and is stopped by its PID when the run ends,
@@ -24,6 +29,9 @@ FLOOD_COUNT=${FLOOD_COUNT:-2000000}
 FLOOD_SECS=${FLOOD_SECS:-5}
 IDLE_SESSIONS=${IDLE_SESSIONS:-"1000 10000"}
 GOBENCH=${GOBENCH:-1}             # 0: skip the Go benchmarks (harness checks)
+ONLY=${ONLY:-}                    # mTLS rows to run alone, e.g. "ka h2" (see above)
+TLSMODES=${ONLY:-hs ka h2 bulk}
+if [ -n "$ONLY" ]; then GOBENCH=0 IDLE_SESSIONS=""; fi
 BUDGET=${BUDGET:-1200}            # seconds; the run stops itself after this
 MAX_STEAL=${MAX_STEAL:-0.15}      # rounds above this steal share are left out when cleaner ones exist
 SRV_CPU=0                         # the server under test
@@ -34,6 +42,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=$ROOT/bench
 OUT=$BENCH/out
 RESULTS=${RESULTS:-$BENCH/RESULTS.md}
+# bench/RESULTS.md is rewritten by each run, except what follows this line.
+KEEP_MARK='<!-- kept by bench/run.sh: written by hand below -->'
+
+[ -z "$ONLY" ] || RESULTS=${RESULTS_ONLY:-$OUT/RESULTS-only.md}
 W=$(mktemp -d /tmp/gatehouse-bench.XXXXXX)
 LOGS=$W/logs
 RAW=$W/raw.txt
@@ -137,7 +149,9 @@ wait_port() {
 	done
 	return 1
 }
-logtail() { tail -n "${2:-4}" "$1" 2>/dev/null | tr '\n|' '  ' | cut -c1-300; }
+# logtail FILE [N]: its last lines on one line; nothing when there is no file
+# (a server that never started), which must not stop the run.
+logtail() { { tail -n "${2:-4}" "$1" 2>/dev/null || true; } | tr '\n|' '  ' | cut -c1-300; }
 newns() { ip netns add "$1"; NSS+=("$1"); ip -n "$1" link set lo up; }
 delns() { ip netns del "$1" 2>/dev/null || true; }
 
@@ -277,6 +291,7 @@ q "$G" feed keygen --out "$W/feedkey" --unencrypted
 FEEDPUB=$(grep -v '^untrusted' "$W/feedkey.pub" | head -1)
 FEEDLIST=""
 for f in "$FEEDS"/*; do
+	[ -z "$ONLY" ] || break
 	b=$(basename "$f")
 	case $b in
 	aws-*) fmt=aws ;; azure-*) fmt=azure ;; gcp-*) fmt=gcp ;; oracle-*) fmt=oracle ;; cloudflare-*) fmt=cidr ;; *) continue ;;
@@ -399,6 +414,7 @@ flood_run() { # CONTENDER ROUND
 }
 
 FLOODERS="floor xdp nft iptables-nft iptables-legacy"
+[ -z "$ONLY" ] || FLOODERS=""
 say "flood: $FLOODERS × $ROUNDS rounds, $FLOOD_COUNT frames or ${FLOOD_SECS}s each"
 for r in $(seq "$ROUNDS"); do
 	for c in $FLOODERS; do flood_run "$c" "$r"; done
@@ -434,6 +450,9 @@ defaults
 frontend https
     bind 127.0.0.1:8444 ssl crt $P/server-combined.pem ca-file $CA verify required alpn http/1.1
     default_backend be
+frontend h2
+    bind 127.0.0.1:8448 ssl crt $P/server-combined.pem ca-file $CA verify required alpn h2
+    default_backend be
 backend be
     server backend 127.0.0.1:8080
 EOF
@@ -462,6 +481,26 @@ http {
         ssl_session_tickets off;
         keepalive_requests 1000000;
         keepalive_timeout 60s;
+        location / {
+            proxy_pass http://be;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_max_temp_file_size 0;
+        }
+    }
+    # The same server speaking HTTP/2 (the h2 rows).
+    server {
+        listen 127.0.0.1:8447 ssl http2;
+        server_name bench.example;
+        ssl_certificate $P/server.pem;
+        ssl_certificate_key $P/server.key;
+        ssl_client_certificate $CA;
+        ssl_verify_client on;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_tickets off;
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
+        http2_max_requests 1000000;
         location / {
             proxy_pass http://be;
             proxy_http_version 1.1;
@@ -500,6 +539,9 @@ ciphersuites = $SUITES
 EOF
 
 declare -A PORT=([gatehouse]=8443 [haproxy]=8444 [nginx]=8445 [stunnel]=8446)
+# HTTP/2: gatehouse offers h2 on its https listener; stunnel is a blind TCP
+# tunnel to an HTTP/1.1 backend and has no h2 row.
+declare -A H2PORT=([gatehouse]=8443 [haproxy]=8448 [nginx]=8447)
 declare -A SPID=()
 declare -A MODE=([gatehouse]="HTTP" [haproxy]="HTTP" [nginx]="HTTP" [stunnel]="TCP")
 SERVERS="gatehouse haproxy nginx stunnel"
@@ -532,7 +574,11 @@ if [ -n "${SPID[gatehouse]:-}" ]; then wait_port "$NS" 8450 10 "${SPID[gatehouse
 load() {
 	local s=$1 m=$2 port=${3:-${PORT[$1]}} pid=${SPID[$1]:-} conc line key
 	[ -n "$pid" ] || return 0
-	case $m in hs) conc=8 ;; ka) conc=4 ;; *) conc=2 ;; esac
+	if [ "$m" = h2 ]; then
+		[ -n "${H2PORT[$s]:-}" ] || return 0
+		port=${H2PORT[$s]}
+	fi
+	case $m in hs) conc=8 ;; ka | h2) conc=4 ;; *) conc=2 ;; esac
 	key=tls/$m/$s
 	if ! line=$(inns timeout $((DUR + 60)) taskset -c $CLI_CPU "$LG" "$m" -target "127.0.0.1:$port" -cert "$CERT1" -key "$KEY1" \
 		-ca "$SCA" -dur "${DUR}s" -conc "$conc" -pids "$(tree "$pid")" 2>>"$LOGS/loadgen-$s.err"); then
@@ -557,10 +603,10 @@ pick() {
 }
 : >"$W/runs.txt"
 
-say "mTLS termination: $SERVERS × $ROUNDS rounds × (hs ka bulk), ${DUR}s each"
+say "mTLS termination: $SERVERS × $ROUNDS rounds × ($TLSMODES), ${DUR}s each"
 ORDER=($SERVERS)
 for r in $(seq "$ROUNDS"); do
-	for m in hs ka bulk; do
+	for m in $TLSMODES; do
 		for ((i = 0; i < ${#ORDER[@]}; i++)); do
 			load "${ORDER[(i + r - 1) % ${#ORDER[@]}]}" "$m"
 		done
@@ -572,6 +618,7 @@ done
 declare -A STREAMPORT=([gatehouse]=8450 [stunnel]=8451)
 say "TLS stream to a sink: gatehouse tcp listener vs stunnel"
 for r in $(seq "$ROUNDS"); do
+	[ -z "$ONLY" ] || break
 	for s in gatehouse stunnel; do load "$s" stream "${STREAMPORT[$s]}"; done
 done
 # Keys for the stream runs.
@@ -699,10 +746,11 @@ gl=$(med go/BenchmarkHandshakeServer/x25519/handshakes/cpu-s)
 row "Machine limit" "Go crypto/tls server handshake, X25519, 4 clients on core $CLI_CPU" "$(num "$gl") handshakes per core-second" "$(frac "$gl" "$OSSL_HS") of the OpenSSL bound" "" \
 	"certs BenchmarkHandshakeServer (default curves: $(num "$(med go/BenchmarkHandshakeServer/default/handshakes/cpu-s)")/core-s)"
 if [ -n "$(fails go/certs)" ]; then row "Machine limit" "certs benchmarks" "FAILED" "" "" "$(fails go/certs)"; fi
-for m in hs ka bulk; do
+for m in $TLSMODES; do
 	case $m in
 	hs) what="new mTLS handshakes/s (1 KiB, Connection: close, 8 clients)" unit="/s" f=rate lim=$OSSL_HS ;;
 	ka) what="keep-alive GET 1 KiB, 4 connections" unit=" req/s" f=rate lim="" ;;
+	h2) what="HTTP/2 GET 1 KiB, 4 connections, 1 stream each" unit=" req/s" f=rate lim="" ;;
 	bulk) what="bulk GET 1 MiB, 2 connections" unit=" MiB/s" f=mibps lim=$OSSL_AES_MIB ;;
 	esac
 	best="" bestper="" bestp99=""
@@ -718,6 +766,7 @@ for m in hs ka bulk; do
 		fi
 	done
 	for s in $SERVERS; do
+		[ "$m" != h2 ] || [ -n "${H2PORT[$s]:-}" ] || continue
 		if [ -z "$(pick "tls/$m/$s" "$f")" ]; then
 			row "mTLS $m" "$s (${MODE[$s]} mode)" "did not run" "" "" "$(fails "tls/$s")$(fails "tls/$m/$s")"
 			continue
@@ -726,7 +775,7 @@ for m in hs ka bulk; do
 		cpu=$(pick "tls/$m/$s" cpu)
 		per=$(awk -v v="$v" -v c="$cpu" 'BEGIN{if(c>0) print v/c}')
 		lat=""
-		[ "$m" = ka ] && lat=", p50 $(num "$(pick "tls/$m/$s" p50us)") µs, p99 $(num "$(pick "tls/$m/$s" p99us)") µs"
+		[ "$m" = ka ] || [ "$m" = h2 ] && lat=", p50 $(num "$(pick "tls/$m/$s" p50us)") µs, p99 $(num "$(pick "tls/$m/$s" p99us)") µs"
 		note="$(awk -F'\t' -v k="tls/tls/$m/$s/tls" '$1==k{print $2; exit}' "$RAW")"
 		errs=$(awk -F'\t' -v k="errors/tls/$m/$s" '$1==k{s+=$2} END{if(s) print s}' "$RAW")
 		[ -n "$errs" ] && note="$note; $errs failed requests: $(logtail "$LOGS/loadgen-$s.err" 1)"
@@ -734,7 +783,12 @@ for m in hs ka bulk; do
 		[ "$s" = gatehouse ] && vs="$(ratio "$v" "$best") the best peer's rate, $(ratio "$per" "$bestper") its rate per core-s"
 		[ -n "$lim" ] && vs="${vs:+$vs; }$(frac "$per" "$lim") of the machine limit"
 		if [ "$s" = gatehouse ] && [ "$m" = hs ]; then vs="$vs, $(frac "$per" "$gl") of Go's own handshake limit"; fi
-		if [ "$s" = gatehouse ] && [ "$m" = ka ]; then vs="$vs; p99 $(ratio "$(pick "tls/$m/$s" p99us)" "$bestp99") the lowest peer p99"; fi
+		if [ "$s" = gatehouse ] && { [ "$m" = ka ] || [ "$m" = h2 ]; }; then
+			vs="$vs; p99 $(ratio "$(pick "tls/$m/$s" p99us)" "$bestp99") the lowest peer p99"
+			# The goal of issue 21 is against nginx: rate per core-s ≥ 1×, p99 ≤ 1.5×.
+			nper=$(awk -v v="$(pick "tls/$m/nginx" "$f")" -v c="$(pick "tls/$m/nginx" cpu)" 'BEGIN{if(c>0) print v/c}')
+			vs="$vs; ÷ nginx: $(ratio "$per" "$nper") per core-s, p99 $(ratio "$(pick "tls/$m/$s" p99us)" "$(pick "tls/$m/nginx" p99us)")"
+		fi
 		row "mTLS $m" "$s (${MODE[$s]} mode): $what" "$(num "$v")$unit$lat" "CPU $(num "$cpu" 2) cores, $(num "$per")$unit per core-s" "$vs" "$note"
 	done
 done
@@ -801,6 +855,13 @@ awk -F'\t' 'index($1, "fail/feed/")==1{print $1": "$2}' "$RAW" | while read -r l
 	echo
 	echo "| area | measurement | figure | cost | ratio | note |"
 	echo "|---|---|---|---|---|---|"
-	cat "$ROWS"
-} >"$RESULTS"
+	if [ -n "$ONLY" ]; then grep -E '^\| (mTLS|Server exits)' "$ROWS" || true; else cat "$ROWS"; fi
+	# What follows the marker in the previous file (profiles written by
+	# hand) is kept.
+	if [ -f "$RESULTS" ] && grep -qxF "$KEEP_MARK" "$RESULTS"; then
+		echo
+		awk -v m="$KEEP_MARK" '$0 == m {k = 1} k' "$RESULTS"
+	fi
+} >"$RESULTS.new"
+mv "$RESULTS.new" "$RESULTS"
 say "done: $RESULTS"

@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/accesslog"
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/internal/daemon"
 )
@@ -119,12 +120,20 @@ not keep the XDP filter after exit: run refuses it unless --allow-private-bpffs.
 			if err != nil {
 				return err
 			}
-			access := slog.New(slog.NewJSONHandler(g.stdout, nil)).With("log", "access")
+			// Requests do not wait on stdout: their lines are encoded
+			// without reflection, buffered and written by the log's own
+			// goroutine, and the last ones at exit.
+			aw := accesslog.New(g.stdout, 0)
+			defer aw.Close()
+			access := slog.New(accesslog.NewHandler(aw)).With("log", "access")
 			d, err := daemon.New(daemon.Options{ConfigPath: g.configPath, Logger: log, AccessLog: access, Signals: true, Version: version,
 				NotifySocket: os.Getenv("NOTIFY_SOCKET"), WatchdogUSec: os.Getenv("WATCHDOG_USEC"), WatchdogPID: os.Getenv("WATCHDOG_PID"),
 				AllowPrivateBPFFS: allowPrivate})
 			if err != nil {
 				return err
+			}
+			if err := d.Registry().Register(aw); err != nil {
+				return fmt.Errorf("access log metrics: %w", err)
 			}
 			log.Info("gatehouse starting", "version", version, "config", g.configPath, "pid", os.Getpid())
 			if err := d.Run(cmd.Context()); err != nil {

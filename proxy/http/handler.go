@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -76,6 +75,7 @@ type Handler struct {
 	byTenant map[string][]*route
 	inFlight *InFlight
 	metrics  *Metrics
+	series   map[string]*series // by tenant: its routes' tenants and "-"; read-only
 	access   *slog.Logger
 	logger   *slog.Logger
 	fds      *relay.Descriptors
@@ -132,6 +132,12 @@ func New(cfg Config) (*Handler, error) {
 	}
 	if cfg.Previous != nil {
 		h.inherit(cfg.Previous)
+	}
+	if h.metrics != nil {
+		h.series = map[string]*series{"-": h.metrics.series(h.listener, "-")}
+		for tenant := range h.byTenant {
+			h.series[tenant] = h.metrics.series(h.listener, tenant)
+		}
 	}
 	for _, rts := range h.byTenant {
 		// Most specific first: longest prefix, then a named host before "any".
@@ -262,10 +268,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	d := time.Since(start)
 	tenant := cmp.Or(peer.Tenant, "-")
-	if h.metrics != nil {
-		h.metrics.requests.WithLabelValues(h.listener, tenant, strconv.Itoa(status)).Inc()
-		h.metrics.duration.WithLabelValues(h.listener, tenant).Observe(d.Seconds())
-	}
+	h.count(tenant, status, d)
 	attrs := []slog.Attr{
 		slog.String("id", st.id),
 		slog.String("listener", h.listener),

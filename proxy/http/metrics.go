@@ -3,6 +3,7 @@ package httpproxy
 import (
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -158,4 +159,65 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
+}
+
+// series are one listener's request series of one tenant, looked up in the
+// vectors once per handler generation instead of at every request: a
+// vector lookup hashes the label values and formats the code. Each child
+// is looked up at its first request, so no series appears before one.
+type series struct {
+	m        *Metrics
+	listener string
+	tenant   string
+	duration atomic.Pointer[prometheus.Observer]
+	// codes holds the counter of each status 100..599 once it was
+	// answered; other codes (a backend may send up to 999) are looked up.
+	codes [500]atomic.Pointer[prometheus.Counter]
+}
+
+func (m *Metrics) series(listener, tenant string) *series {
+	return &series{m: m, listener: listener, tenant: tenant}
+}
+
+// observe counts one answered request.
+func (s *series) observe(status int, d time.Duration) {
+	o := s.duration.Load()
+	if o == nil {
+		oo := s.m.duration.WithLabelValues(s.listener, s.tenant)
+		s.duration.Store(&oo)
+		o = &oo
+	}
+	(*o).Observe(d.Seconds())
+	if status < 100 || status >= 100+len(s.codes) {
+		s.m.requests.WithLabelValues(s.listener, s.tenant, strconv.Itoa(status)).Inc()
+		return
+	}
+	p := &s.codes[status-100]
+	c := p.Load()
+	if c == nil {
+		cc := s.m.requests.WithLabelValues(s.listener, s.tenant, strconv.Itoa(status))
+		p.Store(&cc)
+		c = &cc
+	}
+	(*c).Inc()
+}
+
+// count records one answered request of tenant's.
+func (h *Handler) count(tenant string, status int, d time.Duration) {
+	if s := h.seriesOf(tenant); s != nil {
+		s.observe(status, d)
+	}
+}
+
+// seriesOf returns the series of tenant's requests on h; nil without
+// metrics. The tenants routed on the listener (and "-", no tenant) were
+// looked up when h was built; another tenant's are looked up now.
+func (h *Handler) seriesOf(tenant string) *series {
+	if h.metrics == nil {
+		return nil
+	}
+	if s := h.series[tenant]; s != nil {
+		return s
+	}
+	return h.metrics.series(h.listener, tenant)
 }
