@@ -29,7 +29,11 @@ func yamuxConfig(keepalive, timeout time.Duration, log *slog.Logger) *yamux.Conf
 	c.KeepAliveInterval = keepalive
 	c.ConnectionWriteTimeout = timeout
 	c.MaxStreamWindowSize = streamWindow
-	c.StreamOpenTimeout = timeout + keepalive
+	// Never close the whole session because one stream's open is not
+	// acknowledged in time: every other stream of the tunnel would go
+	// with it. The gateway bounds each open itself (statusTimeout) and
+	// closes only that stream; a dead tunnel is found by the keepalive.
+	c.StreamOpenTimeout = 0
 	c.StreamCloseTimeout = time.Minute
 	c.LogOutput = nil
 	c.Logger = yamuxLogger{log}
