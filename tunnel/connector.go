@@ -263,12 +263,14 @@ func (c *Connector) handle(st *yamux.Stream) {
 			c.m.active(tenant, -1)
 		}}
 	err = c.cfg.Serve(conn)
-	if conn.refuse(refusalReason(err)) {
+	reason, busy := refusalReason(err)
+	if conn.refuse(reason, busy) {
 		// Serve refused the session before its first byte (its proxy
 		// judged the client's certificate, or its limits): the gateway
-		// answers the client in its protocol.
+		// answers the client in its protocol, or, for lack of room, tries
+		// another connector first.
 		c.m.stream(tenant, "refused")
-		c.log.Warn("stream refused", "reason", refusalReason(err), "listener", h.Listener, "tenant", h.Tenant,
+		c.log.Warn("stream refused", "reason", reason, "busy", busy, "listener", h.Listener, "tenant", h.Tenant,
 			"source", h.Source.String(), "err", err)
 	} else if err != nil {
 		c.log.Debug("stream ended", "listener", h.Listener, "source", h.Source.String(), "err", err)

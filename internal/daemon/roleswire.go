@@ -130,6 +130,7 @@ func buildConnector(env *Env, px *proxy.Server) (*layer, error) {
 // never the connector's detail (CRL files, serials), which its log has.
 func refusal(err error) error {
 	var reason string
+	busy := false // lack of room: the gateway tries another connector
 	switch {
 	case err == nil:
 		return nil
@@ -139,17 +140,17 @@ func refusal(err error) error {
 			reason = "client certificate refused by the connector (" + string(r) + ")"
 		}
 	case errors.Is(err, proxy.ErrListenerFull):
-		reason = "the connector's listener is full"
+		reason, busy = "the connector's listener is full", true
 	case errors.Is(err, proxy.ErrNoListener):
 		reason = "the connector has no such listener"
 	case errors.Is(err, proxy.ErrClosed):
-		reason = "the connector is shutting down"
+		reason, busy = "the connector is shutting down", true
 	case errors.Is(err, relay.ErrDescriptors):
-		reason = "the connector is out of file descriptors"
+		reason, busy = "the connector is out of file descriptors", true
 	default:
 		return err
 	}
-	return &tunnel.RefusedError{Reason: reason, Err: err}
+	return &tunnel.RefusedError{Reason: reason, Err: err, Busy: busy}
 }
 
 // streamPeer is the original client as the stream's header names it; the
