@@ -176,7 +176,7 @@ func (c *Connector) tunnel(ctx context.Context, i int, gw string) error {
 		nc.Close()
 		return fmt.Errorf("%s is no tunnel port (ALPN %q)", gw, p)
 	}
-	sess, err := yamux.Client(tc, yamuxConfig(c.cfg.Keepalive, c.cfg.KeepaliveTimeout, c.log))
+	sess, err := muxClient(tc, yamuxConfig(c.cfg.Keepalive, c.cfg.KeepaliveTimeout, c.log))
 	if err != nil {
 		nc.Close()
 		return err

@@ -234,7 +234,7 @@ func (g *Gateway) serve(nc net.Conn, src netip.Addr) {
 		return
 	}
 	_ = nc.SetDeadline(time.Time{})
-	sess, err := yamux.Server(tc, yamuxConfig(g.cfg.Keepalive, g.cfg.KeepaliveTimeout, g.log))
+	sess, err := muxServer(tc, yamuxConfig(g.cfg.Keepalive, g.cfg.KeepaliveTimeout, g.log))
 	if err != nil {
 		nc.Close()
 		return
