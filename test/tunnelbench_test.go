@@ -149,7 +149,7 @@ connector:
 
 // startInProcess runs a daemon in this process on the configuration and
 // waits until it is ready.
-func startInProcess(b *testing.B, dir, name, cfg string) {
+func startInProcess(b testing.TB, dir, name, cfg string) *daemon.Daemon {
 	b.Helper()
 	path := filepath.Join(dir, name+".yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
@@ -174,4 +174,5 @@ func startInProcess(b *testing.B, dir, name, cfg string) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+	return d
 }
