@@ -107,10 +107,14 @@ func buildConnector(env *Env, px *proxy.Server) (*layer, error) {
 	if err != nil {
 		return nil, err
 	}
+	creds := newConnectorCreds(env.Config, c, env.Logger)
 	l := &layer{name: "tunnel", rangeBlind: true,
-		apply:    setProtos, // after the proxy's: its listeners are in force
+		apply: func(p *policy.Policy) error {
+			creds.reload()      // a bad file keeps the old credentials, and says so
+			return setProtos(p) // after the proxy's: its listeners are in force
+		},
 		close:    c.Close,
-		run:      c.Run,
+		run:      runBoth(c.Run, creds.watch),
 		shutdown: c.Shutdown,
 		notReady: func() string {
 			if len(c.Up()) == 0 {
