@@ -85,6 +85,7 @@ type gwTunnel struct {
 	id       uint64
 	tenant   string
 	remote   string
+	fp       string // the connector certificate's fingerprint: which connector
 	tc       *tls.Conn
 	sess     *yamux.Session
 	streams  int // under Gateway.mu
@@ -233,7 +234,7 @@ func (g *Gateway) serve(nc net.Conn, src netip.Addr) {
 		return
 	}
 	_ = nc.SetDeadline(time.Time{})
-	sess, err := yamux.Server(tc, yamuxConfig(g.cfg.Keepalive, g.cfg.KeepaliveTimeout, g.log))
+	sess, err := muxServer(tc, yamuxConfig(g.cfg.Keepalive, g.cfg.KeepaliveTimeout, g.log))
 	if err != nil {
 		nc.Close()
 		return
@@ -245,7 +246,7 @@ func (g *Gateway) serve(nc net.Conn, src netip.Addr) {
 		return
 	}
 	g.nextID++
-	t := &gwTunnel{id: g.nextID, tenant: tenant, remote: remote, tc: tc, sess: sess}
+	t := &gwTunnel{id: g.nextID, tenant: tenant, remote: remote, fp: fingerprint(cs), tc: tc, sess: sess}
 	p := g.pools[tenant]
 	if p == nil {
 		p = &pool{}
@@ -287,20 +288,23 @@ func (g *Gateway) Open(h *Header) (*Stream, error) {
 	if err := h.validate(); err != nil {
 		return nil, err
 	}
-	st, t, err := g.open(h)
+	st, t, err := g.open(h, nil)
 	if err != nil {
 		return nil, err
 	}
 	return newStream(g, h, st, t), nil
 }
 
-// open opens a yamux stream for h on a tunnel of h.Tenant, counts it on
-// the tunnel, and writes h on it.
-func (g *Gateway) open(h *Header) (*yamux.Stream, *gwTunnel, error) {
+// open opens a yamux stream for h on a tunnel of h.Tenant, not one of
+// the connectors in except (certificate fingerprints), counts it on the
+// tunnel, and writes h on it.
+func (g *Gateway) open(h *Header, except []string) (*yamux.Stream, *gwTunnel, error) {
 	for attempt := 0; ; attempt++ {
-		t, err := g.pick(h.Tenant)
+		t, err := g.pick(h.Tenant, except)
 		if err != nil {
-			g.m.stream(h.Tenant, resultOf(err))
+			if except == nil {
+				g.m.stream(h.Tenant, resultOf(err))
+			}
 			return nil, nil, err
 		}
 		st, err := t.sess.OpenStream()

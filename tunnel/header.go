@@ -134,6 +134,10 @@ type Status byte
 const (
 	StatusOK      Status = 0
 	StatusRefused Status = 1
+	// StatusBusy refuses for lack of room (the connector's listener is
+	// full): nothing of the stream was read, so the gateway may send it
+	// to another of the tenant's connectors.
+	StatusBusy Status = 2
 )
 
 // RefusedError is a stream the connector refused, with its reason: what
@@ -142,6 +146,9 @@ const (
 type RefusedError struct {
 	Reason string
 	Err    error
+	// Busy: refused for lack of room, not for the session itself; the
+	// gateway tries the stream on another connector first.
+	Busy bool
 }
 
 func (e *RefusedError) Error() string {
@@ -177,7 +184,7 @@ func readStatus(r *bufio.Reader) error {
 	switch Status(b) {
 	case StatusOK:
 		return nil
-	case StatusRefused:
+	case StatusRefused, StatusBusy:
 		n, err := r.ReadByte()
 		if err != nil {
 			return err
@@ -186,7 +193,7 @@ func readStatus(r *bufio.Reader) error {
 		if _, err := io.ReadFull(r, reason); err != nil {
 			return err
 		}
-		return &RefusedError{Reason: strings.ToValidUTF8(string(reason), "?")}
+		return &RefusedError{Reason: strings.ToValidUTF8(string(reason), "?"), Busy: Status(b) == StatusBusy}
 	}
 	return fmt.Errorf("%w: unknown status %d", ErrHeader, b)
 }

@@ -202,6 +202,12 @@ func summariseRole(w io.Writer, cfg *config.Config) {
 		fmt.Fprintf(w, "\nConnector\tof tenant %s\t%d tunnels to %s, %s\n", k.Tenant, k.Tunnels, strings.Join(k.Gateways, ", "), via)
 		fmt.Fprintf(w, "  gateway CA\t%s (the only root asked)\n", k.GatewayCA)
 		fmt.Fprintf(w, "  may connect to\t%s (nothing else)\n", strings.Join(k.Allow, ", "))
+		for _, l := range cfg.Listeners {
+			// The listener's socket and certificate are still required:
+			// it is the proxy's listener the tunnels' sessions are handed
+			// to by name, with TLS done at the gateway.
+			fmt.Fprintf(w, "  listener %s\tserves the sessions the gateway's listener %s sends down the tunnels; it binds %s (loopback, for local tests only) and its server_cert is shown to local clients alone\n", l.Name, l.Name, l.Listen)
+		}
 	}
 }
 

@@ -122,9 +122,15 @@ func (cfg *Config) validateGateway(c *checker, tenants map[string]bool) {
 	if ap, err := parseListen(g.Listen); err != nil {
 		c.add("gateway.listen", "%v", err)
 	} else {
+		kernel := cfg.Enforcement.XDP != string(policy.XDPOff) || cfg.Enforcement.NFTables
 		for i, l := range cfg.Listeners {
-			if lp, err := parseListen(l.Listen); err == nil && lp.Port() == ap.Port() {
-				c.add("gateway.listen", "port %d is already used by listeners[%d]", ap.Port(), i)
+			lp, err := parseListen(l.Listen)
+			switch {
+			case err != nil || lp.Port() != ap.Port():
+			case listenOverlap(ap.Addr(), lp.Addr()):
+				c.add("gateway.listen", "%s overlaps listeners[%d] (%s): the same port on the same address, or a wildcard that takes it; use another port or two distinct addresses", g.Listen, i, l.Listen)
+			case kernel:
+				c.add("gateway.listen", "port %d is listeners[%d]'s port (on another address): the kernel layers admit by port, so connectors would be held to the listeners' admitted ranges; use another port, or turn enforcement.xdp and enforcement.nftables off", ap.Port(), i)
 			}
 		}
 		if cfg.Enforcement.Mode == string(policy.ModeStrict) && !cfg.managementPort(ap.Port()) {
@@ -229,6 +235,23 @@ func (cfg *Config) validateConnector(c *checker, tenants map[string]bool) {
 			}
 		}
 	}
+}
+
+// listenOverlap reports whether two listen addresses of one port take
+// the same socket: the same address, or a wildcard that covers the other
+// (the IPv6 wildcard takes IPv4 too; an empty host is both).
+func listenOverlap(a, b netip.Addr) bool {
+	wild := func(x netip.Addr) bool { return !x.IsValid() || x.IsUnspecified() }
+	switch {
+	case wild(a) && wild(b):
+		return true
+	case wild(b):
+		a, b = b, a
+	case !wild(a):
+		return a.Unmap() == b.Unmap()
+	}
+	// a is a wildcard, b an address.
+	return !a.IsValid() || a.Is6() || b.Unmap().Is4()
 }
 
 func validateKeepalive(c *checker, p string, k Keepalive) {

@@ -107,10 +107,14 @@ func buildConnector(env *Env, px *proxy.Server) (*layer, error) {
 	if err != nil {
 		return nil, err
 	}
+	creds := newConnectorCreds(env.Config, c, env.Logger)
 	l := &layer{name: "tunnel", rangeBlind: true,
-		apply:    setProtos, // after the proxy's: its listeners are in force
+		apply: func(p *policy.Policy) error {
+			creds.reload()      // a bad file keeps the old credentials, and says so
+			return setProtos(p) // after the proxy's: its listeners are in force
+		},
 		close:    c.Close,
-		run:      c.Run,
+		run:      runBoth(c.Run, creds.watch),
 		shutdown: c.Shutdown,
 		notReady: func() string {
 			if len(c.Up()) == 0 {
@@ -130,6 +134,7 @@ func buildConnector(env *Env, px *proxy.Server) (*layer, error) {
 // never the connector's detail (CRL files, serials), which its log has.
 func refusal(err error) error {
 	var reason string
+	busy := false // lack of room: the gateway tries another connector
 	switch {
 	case err == nil:
 		return nil
@@ -139,17 +144,17 @@ func refusal(err error) error {
 			reason = "client certificate refused by the connector (" + string(r) + ")"
 		}
 	case errors.Is(err, proxy.ErrListenerFull):
-		reason = "the connector's listener is full"
+		reason, busy = "the connector's listener is full", true
 	case errors.Is(err, proxy.ErrNoListener):
 		reason = "the connector has no such listener"
 	case errors.Is(err, proxy.ErrClosed):
-		reason = "the connector is shutting down"
+		reason, busy = "the connector is shutting down", true
 	case errors.Is(err, relay.ErrDescriptors):
-		reason = "the connector is out of file descriptors"
+		reason, busy = "the connector is out of file descriptors", true
 	default:
 		return err
 	}
-	return &tunnel.RefusedError{Reason: reason, Err: err}
+	return &tunnel.RefusedError{Reason: reason, Err: err, Busy: busy}
 }
 
 // streamPeer is the original client as the stream's header names it; the

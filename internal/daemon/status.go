@@ -193,6 +193,7 @@ func (d *Daemon) Status() Status {
 	sort.Slice(st.Certs, func(i, j int) bool { return st.Certs[i].Expires.Before(st.Certs[j].Expires) })
 	sort.Slice(st.Counters, func(i, j int) bool { return st.Counters[i].Name < st.Counters[j].Name })
 	sort.Slice(st.Tunnels, func(i, j int) bool { return st.Tunnels[i].Peer < st.Tunnels[j].Peer })
+	st.Listeners = append(st.Listeners, tunnelRoutes(p, d.cfg.Load(), st.Tunnels)...)
 	return st
 }
 
