@@ -114,7 +114,7 @@ func (c *conn) Count(in bool, n int) {
 func (s *Server) admit(c *conn, id certs.Peer, seen uint64) (*listenerState, error) {
 	for {
 		if cur := s.revalidations.Load(); cur != seen {
-			if err := s.stillValid(c, id.Tenant); err != nil {
+			if err := s.stillValid(c, id.Env()); err != nil {
 				return nil, err
 			}
 			seen = cur
@@ -135,7 +135,7 @@ func (s *Server) admit(c *conn, id certs.Peer, seen uint64) (*listenerState, err
 		s.refused.WithLabelValues(c.listener, reasonTenantLimit).Inc()
 		return nil, fmt.Errorf("%w (%d)", ErrConnLimit, limit)
 	}
-	c.route = st.routeKey(id.Tenant)
+	c.route = st.routeKey(id.Env())
 	s.active[[2]string{c.listener, id.Tenant}]++
 	c.idMu.Lock()
 	c.peer = id
@@ -159,7 +159,7 @@ func (s *Server) upgraded(c *conn, key string, timer *relay.Timer) error {
 	if _, open := s.conns[c]; !open {
 		return errClosedMeanwhile
 	}
-	if !c.sock.state.Load().hasRoute(c.identity().Tenant, key) {
+	if !c.sock.state.Load().hasRoute(c.identity().Env(), key) {
 		return fmt.Errorf("%w: the route of the upgrade was removed or changed by a reload", ErrConfig)
 	}
 	c.route = key

@@ -72,8 +72,8 @@ type Handler struct {
 	soap     bool
 	limits   requestLimits // the listener's own, resolved over the defaults
 	base     *tenantLimits
-	tenants  map[string]*tenantLimits // tenants whose limits differ from base
-	byTenant map[string][]*route
+	tenants  map[string]*tenantLimits      // tenants whose limits differ from base
+	byTenant map[policy.TenantEnv][]*route // by the (tenant, environment) they serve
 	inFlight *InFlight
 	metrics  *Metrics
 	access   *slog.Logger
@@ -102,7 +102,7 @@ func New(cfg Config) (*Handler, error) {
 		limits:   base.withPolicy(l.Limits.HTTP),
 		base:     resolveLimits(base, l.Limits),
 		tenants:  map[string]*tenantLimits{},
-		byTenant: map[string][]*route{},
+		byTenant: map[policy.TenantEnv][]*route{},
 		inFlight: cfg.InFlight,
 		metrics:  cfg.Metrics,
 		access:   cfg.AccessLog,
@@ -128,7 +128,7 @@ func New(cfg Config) (*Handler, error) {
 			return nil, fmt.Errorf("listener %q route %d: %w", l.Name, i, err)
 		}
 		rt.key = pr.Key(l.Name, l.Protocol)
-		h.byTenant[rt.tenant] = append(h.byTenant[rt.tenant], rt)
+		h.byTenant[pr.Env()] = append(h.byTenant[pr.Env()], rt)
 	}
 	if cfg.Previous != nil {
 		h.inherit(cfg.Previous)
@@ -270,6 +270,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		slog.String("id", st.id),
 		slog.String("listener", h.listener),
 		slog.String("tenant", tenant),
+		slog.String("environment", cmp.Or(peer.Environment, "-")),
 		slog.String("fingerprint", peer.FingerprintSHA256),
 		slog.String("source", peer.Source.String()),
 		slog.String("proto", r.Proto),
@@ -320,7 +321,7 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 	if host == "" {
 		host = policy.NormHost(st.peer.ServerName)
 	}
-	rt := h.match(st.peer.Tenant, host, p)
+	rt := h.match(st.peer.Env(), host, p)
 	if rt == nil {
 		refuse(w, http.StatusForbidden, "forbidden: no route")
 		return nil

@@ -66,7 +66,8 @@ func (m *Metrics) add(h *Handler) {
 	if !h.soap {
 		return
 	}
-	for tenant := range h.byTenant {
+	for te := range h.byTenant {
+		tenant := te.Tenant
 		if m.soapTenants[tenant] {
 			continue
 		}
@@ -98,8 +99,8 @@ func (m *Metrics) Prune() {
 	routed := map[string]bool{}
 	for h := range m.live {
 		if h.soap {
-			for tenant := range h.byTenant {
-				routed[tenant] = true
+			for te := range h.byTenant {
+				routed[te.Tenant] = true
 			}
 		}
 	}

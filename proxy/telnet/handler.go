@@ -95,7 +95,7 @@ type Admit func(cs tls.ConnectionState) (certs.Peer, error)
 type Handler struct {
 	listener  string
 	proto     policy.Protocol
-	routes    map[string]*route
+	routes    map[policy.TenantEnv]*route
 	handshake time.Duration
 	limits    func(tenant string) policy.TelnetLimits
 	bounds    bounds
@@ -155,11 +155,11 @@ func New(cfg Config) (*Handler, error) {
 // closing it.
 func (h *Handler) Serve(ctx context.Context, client net.Conn, peer certs.Peer) error {
 	defer client.Close()
-	rt := h.routes[peer.Tenant]
+	rt := h.routes[peer.Env()]
 	if rt == nil {
 		h.sessions.count(h.listener, peer.Tenant, ResultNoRoute)
-		h.logger.Info("telnet session refused: no route", "tenant", peer.Tenant, "source", peer.Source.String())
-		return fmt.Errorf("tenant %q: %w", peer.Tenant, ErrNoRoute)
+		h.logger.Info("telnet session refused: no route", "tenant", peer.Tenant, "environment", peer.Environment, "source", peer.Source.String())
+		return fmt.Errorf("%s: %w", peer.Env(), ErrNoRoute)
 	}
 	lim, ok := h.sessions.acquire(h, peer.Tenant)
 	if !ok {
@@ -195,14 +195,14 @@ func (h *Handler) Serve(ctx context.Context, client net.Conn, peer certs.Peer) e
 	})
 	h.sessions.track(s)
 	defer h.sessions.untrack(s)
-	h.slog.Info("telnet session started", "listener", h.listener, "tenant", peer.Tenant,
+	h.slog.Info("telnet session started", "listener", h.listener, "tenant", peer.Tenant, "environment", peer.Environment,
 		"fingerprint", peer.FingerprintSHA256, "source", peer.Source.String(), "backend", rt.backend)
 	err = s.run(ctx)
 	s.mu.Lock()
 	lu, dev, tt := s.lu, s.dev, s.ttype
 	s.mu.Unlock()
 	h.sessions.count(h.listener, peer.Tenant, s.result)
-	h.slog.Info("telnet session ended", "listener", h.listener, "tenant", peer.Tenant,
+	h.slog.Info("telnet session ended", "listener", h.listener, "tenant", peer.Tenant, "environment", peer.Environment,
 		"fingerprint", peer.FingerprintSHA256, "source", peer.Source.String(),
 		"lu", lu, "device", dev, "terminal_type", tt,
 		"bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),

@@ -109,7 +109,7 @@ func offline(t testing.TB, tr transcript, cut func(off int) bool) (toClient, toH
 	if herr != nil {
 		t.Fatal(herr)
 	}
-	s := newSession(h, h.routes["acme"], testPeer(), nil, nil, time.Now())
+	s := newSession(h, h.routes[rt.Env()], testPeer(), nil, nil, time.Now())
 	dirs := map[string]*direction{
 		"client": {s: s, fromClient: true},
 		"host":   {s: s},
