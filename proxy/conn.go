@@ -136,7 +136,7 @@ func (s *Server) admit(c *conn, id certs.Peer, seen uint64) (*listenerState, err
 		return nil, fmt.Errorf("%w (%d)", ErrConnLimit, limit)
 	}
 	c.route = st.routeKey(id.Env())
-	s.active[[2]string{c.listener, id.Tenant}]++
+	s.active[activeKey{c.listener, id.Env()}]++
 	c.idMu.Lock()
 	c.peer = id
 	c.idMu.Unlock()
@@ -187,7 +187,7 @@ func (s *Server) forget(c *conn) {
 	if c.identified.Load() {
 		id := c.identity()
 		s.perTen.Release(tenantSlot{c.sock, id.Tenant})
-		if k := [2]string{c.listener, id.Tenant}; s.active[k] <= 1 {
+		if k := (activeKey{c.listener, id.Env()}); s.active[k] <= 1 {
 			delete(s.active, k)
 		} else {
 			s.active[k]--

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
 	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
@@ -246,6 +248,21 @@ func TestEnvironmentRouting(t *testing.T) {
 		t.Fatal("a production certificate never reached the production terminal host")
 	}
 
+	// The metrics tell the environments apart.
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(w.srv); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []map[string]string{
+		{"__name__": "gatehouse_http_requests_total", "listener": "web", "tenant": "acme", "environment": "production", "code": "200"},
+		{"__name__": "gatehouse_http_requests_total", "listener": "svc", "tenant": "acme", "environment": "development", "code": "200"},
+		{"__name__": "gatehouse_telnet_sessions_total", "listener": "mf", "tenant": "acme", "environment": "development", "result": "no_route"},
+	} {
+		if v := gathered(t, reg, want); v != 1 {
+			t.Errorf("%v = %v, want 1", want, v)
+		}
+	}
+
 	// Two environments, or none: refused in the handshake.
 	for name, cert := range map[string]tls.Certificate{"both": w.both, "neither": w.neither} {
 		if code, e, err := w.get("web", cert, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"); err == nil {
@@ -373,4 +390,35 @@ func logged(buf *testkit.LogBuffer, parts ...string) bool {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// gathered returns the value of the one series of reg whose name and
+// labels are want (every label given), or -1.
+func gathered(t *testing.T, reg *prometheus.Registry, want map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != want["__name__"] {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			if len(m.GetLabel()) != len(want)-1 {
+				continue
+			}
+			for _, lp := range m.GetLabel() {
+				if want[lp.GetName()] != lp.GetValue() {
+					continue series
+				}
+			}
+			if c := m.GetCounter(); c != nil {
+				return c.GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return -1
 }

@@ -261,16 +261,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		label = rt.label
 	}
 	d := time.Since(start)
-	tenant := cmp.Or(peer.Tenant, "-")
+	tenant, env := "-", "-"
+	if peer.Tenant != "" {
+		tenant, env = peer.Tenant, peer.Env().Environment
+	}
 	if h.metrics != nil {
-		h.metrics.requests.WithLabelValues(h.listener, tenant, strconv.Itoa(status)).Inc()
+		h.metrics.requests.WithLabelValues(h.listener, tenant, env, strconv.Itoa(status)).Inc()
 		h.metrics.duration.WithLabelValues(h.listener, tenant).Observe(d.Seconds())
 	}
 	attrs := []slog.Attr{
 		slog.String("id", st.id),
 		slog.String("listener", h.listener),
 		slog.String("tenant", tenant),
-		slog.String("environment", cmp.Or(peer.Environment, "-")),
+		slog.String("environment", env),
 		slog.String("fingerprint", peer.FingerprintSHA256),
 		slog.String("source", peer.Source.String()),
 		slog.String("proto", r.Proto),

@@ -31,8 +31,8 @@ func NewMetrics() *Metrics {
 	return &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatehouse_http_requests_total",
-			Help: "HTTP requests answered, by listener, tenant and status code.",
-		}, []string{"listener", "tenant", "code"}),
+			Help: "HTTP requests answered, by listener, tenant, environment and status code.",
+		}, []string{"listener", "tenant", "environment", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "gatehouse_http_request_duration_seconds",
 			Help:    "Time from request headers to the end of the response, by listener and tenant.",

@@ -157,13 +157,13 @@ func (h *Handler) Serve(ctx context.Context, client net.Conn, peer certs.Peer) e
 	defer client.Close()
 	rt := h.routes[peer.Env()]
 	if rt == nil {
-		h.sessions.count(h.listener, peer.Tenant, ResultNoRoute)
+		h.sessions.count(h.listener, peer.Env(), ResultNoRoute)
 		h.logger.Info("telnet session refused: no route", "tenant", peer.Tenant, "environment", peer.Environment, "source", peer.Source.String())
 		return fmt.Errorf("%s: %w", peer.Env(), ErrNoRoute)
 	}
 	lim, ok := h.sessions.acquire(h, peer.Tenant)
 	if !ok {
-		h.sessions.count(h.listener, peer.Tenant, ResultLimit)
+		h.sessions.count(h.listener, peer.Env(), ResultLimit)
 		h.logger.Warn("telnet session refused: tenant at its session limit", "tenant", peer.Tenant,
 			"source", peer.Source.String(), "limit", lim.MaxSessionsPerTenant)
 		return fmt.Errorf("tenant %q: %w", peer.Tenant, ErrSessionLimit)
@@ -173,13 +173,13 @@ func (h *Handler) Serve(ctx context.Context, client net.Conn, peer certs.Peer) e
 	start := time.Now()
 	host, err := relay.DialBackend(ctx, h.fds, rt.backend, rt.tls, h.bounds.dialTimeout)
 	if errors.Is(err, relay.ErrDescriptors) {
-		h.sessions.count(h.listener, peer.Tenant, ResultLimit)
+		h.sessions.count(h.listener, peer.Env(), ResultLimit)
 		h.logger.Warn("telnet session refused: the process is within its descriptor reserve", "tenant", peer.Tenant,
 			"source", peer.Source.String())
 		return err
 	}
 	if err != nil {
-		h.sessions.count(h.listener, peer.Tenant, ResultBackend)
+		h.sessions.count(h.listener, peer.Env(), ResultBackend)
 		h.logger.Warn("telnet host unreachable", "tenant", peer.Tenant, "backend", rt.backend, "err", err)
 		return fmt.Errorf("dial host %s: %w", rt.backend, err)
 	}
@@ -201,7 +201,7 @@ func (h *Handler) Serve(ctx context.Context, client net.Conn, peer certs.Peer) e
 	s.mu.Lock()
 	lu, dev, tt := s.lu, s.dev, s.ttype
 	s.mu.Unlock()
-	h.sessions.count(h.listener, peer.Tenant, s.result)
+	h.sessions.count(h.listener, peer.Env(), s.result)
 	h.slog.Info("telnet session ended", "listener", h.listener, "tenant", peer.Tenant, "environment", peer.Environment,
 		"fingerprint", peer.FingerprintSHA256, "source", peer.Source.String(),
 		"lu", lu, "device", dev, "terminal_type", tt,

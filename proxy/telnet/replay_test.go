@@ -89,7 +89,7 @@ func replay(t *testing.T, tr transcript) {
 	case <-time.After(stepTimeout):
 		t.Fatal("session did not end after the client closed")
 	}
-	if got := testutil.ToFloat64(ss.total.WithLabelValues("mf", "acme", tr.result)); got != 1 {
+	if got := testutil.ToFloat64(ss.total.WithLabelValues("mf", "acme", "default", tr.result)); got != 1 {
 		t.Errorf("sessions_total{result=%q} = %v, want 1", tr.result, got)
 	}
 	if n := ss.Active("mf", "acme"); n != 0 {
