@@ -140,6 +140,17 @@ func TestEnvironmentResumption(t *testing.T) {
 	}
 }
 
+// TestDescribeEnvironments: check says which environment takes which
+// certificates.
+func TestDescribeEnvironments(t *testing.T) {
+	k := newEnvPKI(t)
+	got := DescribeTenant(k.policy.Tenants[0])
+	want := "each in exactly one environment of: production (URI SAN spiffe://acme/prod-*), development (URI SAN spiffe://acme/dev-*; CN shared)"
+	if !strings.Contains(got, want) {
+		t.Fatalf("%q lacks %q", got, want)
+	}
+}
+
 // TestEnvironmentApplyRefusals: what a handshake could never decide is
 // refused at load, and the previous generation stays.
 func TestEnvironmentApplyRefusals(t *testing.T) {
