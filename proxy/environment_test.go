@@ -98,6 +98,9 @@ func newEnvWorld(t *testing.T) *envWorld {
 				policy.Route{Tenant: "acme", Environment: "production", Backend: line("prod")}),
 			lst("mf", policy.ProtoTN3270,
 				policy.Route{Tenant: "acme", Environment: "production", Backend: host}),
+			lst("ws", policy.ProtoHTTPS,
+				policy.Route{Tenant: "acme", Environment: "production", Backend: newWSBackend(t, "prod", false).url, WebSocket: true},
+				policy.Route{Tenant: "acme", Environment: "development", Backend: newWSBackend(t, "dev", false).url, WebSocket: true}),
 		},
 	}
 	if errs := w.pol.CheckListeners(); len(errs) > 0 {
@@ -421,4 +424,80 @@ func gathered(t *testing.T, reg *prometheus.Registry, want map[string]string) fl
 		}
 	}
 	return -1
+}
+
+// upgrade opens a WebSocket tunnel through the ws listener with cert.
+func (w *envWorld) upgrade(cert tls.Certificate) *wsTunnel {
+	w.t.Helper()
+	c, err := w.dial("ws", w.clientTLS(cert))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	key := "dGhlIHNhbXBsZSBub25jZQ=="
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\n\r\n", key)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Sec-WebSocket-Accept") != wsAccept(key) {
+		w.t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	c.SetDeadline(time.Time{})
+	return &wsTunnel{c: c, br: br}
+}
+
+// TestEnvironmentWebSocket: an upgrade goes to the route of the
+// certificate's environment, and the tunnel ends when a reload moves
+// its route to another environment or its certificate to another.
+func TestEnvironmentWebSocket(t *testing.T) {
+	w := newEnvWorld(t)
+	p, d := w.upgrade(w.prod), w.upgrade(w.dev)
+	if got, err := p.say("hi"); got != "prod:acme:hi\n" {
+		t.Fatalf("production tunnel: %q %v", got, err)
+	}
+	if got, err := d.say("hi"); got != "dev:acme:hi\n" {
+		t.Fatalf("development tunnel: %q %v", got, err)
+	}
+	// The production route moves to development (and development's goes):
+	// both tunnels lived on routes this generation no longer has.
+	moved := *w.pol
+	moved.Generation = 2
+	moved.Listeners = append([]policy.Listener(nil), w.pol.Listeners...)
+	ws := &moved.Listeners[5]
+	ws.Routes = []policy.Route{ws.Routes[0]}
+	ws.Routes[0].Environment = "development"
+	if err := w.m.Apply(&moved); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.srv.Apply(&moved); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.waitClosed(); err != nil {
+		t.Fatalf("production tunnel after its route moved to development: %v", err)
+	}
+	if err := d.waitClosed(); err != nil {
+		t.Fatalf("development tunnel after its route went: %v", err)
+	}
+	// The development certificate now reaches the moved route; the
+	// production certificate reaches none.
+	n := w.upgrade(w.dev)
+	if got, err := n.say("hi"); got != "prod:acme:hi\n" {
+		t.Fatalf("development on the moved route: %q %v", got, err)
+	}
+	if code, _, err := w.get("ws", w.prod, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err == nil && code != http.StatusNotFound && code != http.StatusForbidden {
+		t.Fatalf("production without a route on ws: %d", code)
+	}
+	// The development certificate moves to production: its tunnel ends.
+	certMoved := moved
+	certMoved.Generation = 3
+	certMoved.Tenants = append([]policy.Tenant(nil), w.pol.Tenants...)
+	certMoved.Tenants[0].Environments = []policy.Environment{
+		{Name: "production", Identities: policy.Identities{URISAN: []string{"spiffe://acme/dev-*"}}},
+		{Name: "development", Identities: policy.Identities{URISAN: []string{"spiffe://acme/prod-*"}}},
+	}
+	if err := w.m.Apply(&certMoved); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.waitClosed(); err != nil {
+		t.Fatalf("tunnel of a certificate moved to production: %v", err)
+	}
 }
