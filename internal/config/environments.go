@@ -137,3 +137,23 @@ func (g Gateway) ConnectorKeys() []string {
 	}
 	return out
 }
+
+// checkConnectorEnvironments refuses a connector entry (t, at p) that a
+// connector certificate of an earlier entry of the same tenant, in another
+// environment, could also match: the same client_ca's roots with no
+// identities on either to tell them apart, or identities that provably
+// overlap. Such a certificate would be refused at every tunnel handshake.
+func checkConnectorEnvironments(c *checker, p string, t ConnectorTrust, before []ConnectorTrust) {
+	for j, o := range before {
+		if o.Tenant != t.Tenant || o.poolKey() == t.poolKey() || (o.ClientCA != t.ClientCA && !sharesCert(o.ClientCA, t.ClientCA)) {
+			continue
+		}
+		if o.Identities.empty() || t.Identities.empty() {
+			c.add(p+".identities", "connectors of %s and %s (gateway.connectors[%d]) share a root: give both identities (e.g. uri_san) to tell the environments apart, or issue them from CAs of their own", t.poolKey(), o.poolKey(), j)
+			continue
+		}
+		if key, v, ok := overlap(o.Identities, t.Identities); ok {
+			c.add(p+".identities."+key, "%q overlaps the connectors of %s (gateway.connectors[%d]), which share a root: a certificate matching both would be refused", v, o.poolKey(), j)
+		}
+	}
+}

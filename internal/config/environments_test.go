@@ -117,6 +117,8 @@ func TestConnectorEnvironment(t *testing.T) {
 		{"unknown", "{tenant: acme, environment: production,", "{tenant: acme, environment: staging,", "gateway.connectors[0].environment", `unknown environment "staging"`},
 		{"twice", "{tenant: acme, environment: development,", "{tenant: acme, environment: production,", "gateway.connectors[1].tenant", `duplicate tenant "acme/production"`},
 		{"tenant without", "{tenant: globex,", "{tenant: globex, environment: production,", "gateway.connectors[2].environment", "declares no environments"},
+		{"shared root, no identities", ", identities: {ou: [conn-dev]}}", "}", "gateway.connectors[1].identities", "connectors of acme/development and acme/production (gateway.connectors[0]) share a root"},
+		{"shared root, same identity", "identities: {ou: [conn-dev]}", "identities: {ou: [conn-prod]}", "gateway.connectors[1].identities.ou", `"conn-prod" overlaps the connectors of acme/production`},
 	} {
 		_, err := parse(t, strings.Replace(good, tc.from, tc.to, 1), nil)
 		if err == nil || !slices.ContainsFunc(strings.Split(err.Error(), "\n"), func(l string) bool {

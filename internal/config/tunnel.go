@@ -163,6 +163,7 @@ func (cfg *Config) validateGateway(c *checker, tenants map[string]bool) {
 				c.add(p+".client_ca", "shares a root with tenants[%d].client_ca: issue connectors from a CA of their own, or narrow both this entry's and the tenant's identities (e.g. uri_san) to tell connectors from clients", j)
 			}
 		}
+		checkConnectorEnvironments(c, p, t, g.Connectors[:i])
 	}
 	if len(g.Connectors) == 0 {
 		c.add("gateway.connectors", "at least one is required: without one no connector can open a tunnel")
