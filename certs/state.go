@@ -56,6 +56,7 @@ type tenantState struct {
 	inters  []*x509.Certificate // intermediates: each chains to one of roots
 	crls    []*crlState         // one per CA (root or intermediate) that publishes one
 	match   *matcher
+	envs    []envState // none: the implicit policy.DefaultEnvironment
 }
 
 // owns reports whether a verified chain, which ends at one of the

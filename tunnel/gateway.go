@@ -44,7 +44,9 @@ type GatewayConfig struct {
 	// TLS is the tunnel port's server configuration; it must ask for a
 	// client certificate. The gateway requires TLS 1.3 and ALPN on top.
 	TLS *tls.Config
-	// Identify says which tenant a connector's certificate proves; it is
+	// Identify says which tenant a connector's certificate proves, as
+	// Header.Binding names it (tenant/environment for a connector of one
+	// environment of a tenant that has several); it is
 	// called after every handshake and again by Revalidate.
 	Identify func(cs tls.ConnectionState) (tenant string, err error)
 	// Tenants are the tenants that may have connectors (metric labels).
@@ -282,8 +284,9 @@ func (g *Gateway) serve(nc net.Conn, src netip.Addr) {
 	g.log.Info("tunnel down", "tenant", tenant, "tunnel", t.id, "remote", remote)
 }
 
-// Open opens a stream for h.Tenant on the least loaded of its healthy
-// tunnels and writes h on it. It never looks at another tenant's pool.
+// Open opens a stream for h on the least loaded healthy tunnel of its
+// tenant and environment (h.Binding) and writes h on it. It never looks
+// at another tenant's or environment's pool.
 func (g *Gateway) Open(h *Header) (*Stream, error) {
 	if err := h.validate(); err != nil {
 		return nil, err
@@ -295,15 +298,16 @@ func (g *Gateway) Open(h *Header) (*Stream, error) {
 	return newStream(g, h, st, t), nil
 }
 
-// open opens a yamux stream for h on a tunnel of h.Tenant, not one of
-// the connectors in except (certificate fingerprints), counts it on the
-// tunnel, and writes h on it.
+// open opens a yamux stream for h on a tunnel of h's tenant and
+// environment (h.Binding), not one of the connectors in except
+// (certificate fingerprints), counts it on the tunnel, and writes h on it.
 func (g *Gateway) open(h *Header, except []string) (*yamux.Stream, *gwTunnel, error) {
+	key := h.Binding()
 	for attempt := 0; ; attempt++ {
-		t, err := g.pick(h.Tenant, except)
+		t, err := g.pick(key, except)
 		if err != nil {
 			if except == nil {
-				g.m.stream(h.Tenant, resultOf(err))
+				g.m.stream(key, resultOf(err))
 			}
 			return nil, nil, err
 		}
@@ -324,7 +328,7 @@ func (g *Gateway) open(h *Header, except []string) (*yamux.Stream, *gwTunnel, er
 			if attempt < 8 {
 				continue
 			}
-			g.m.stream(h.Tenant, "error")
+			g.m.stream(key, "error")
 			return nil, nil, fmt.Errorf("open stream: %w", err)
 		}
 		_ = st.SetWriteDeadline(time.Now().Add(g.cfg.KeepaliveTimeout))
@@ -333,10 +337,10 @@ func (g *Gateway) open(h *Header, except []string) (*yamux.Stream, *gwTunnel, er
 		if err != nil {
 			st.Close()
 			g.release(t)
-			g.m.stream(h.Tenant, "error")
+			g.m.stream(key, "error")
 			return nil, nil, fmt.Errorf("write stream header: %w", err)
 		}
-		g.m.stream(h.Tenant, "opened")
+		g.m.stream(key, "opened")
 		return st, t, nil
 	}
 }

@@ -25,7 +25,10 @@ const maxChain = 8
 // Header starts every stream: who the original client is, as the gateway's
 // handshake with it proved, and where it came in.
 type Header struct {
-	Tenant            string         `json:"tenant"`
+	Tenant string `json:"tenant"`
+	// Environment is the tenant's environment the client proved; empty
+	// for a tenant without environments (the implicit "default").
+	Environment       string         `json:"environment,omitempty"`
 	FingerprintSHA256 string         `json:"fingerprint_sha256"`
 	Source            netip.AddrPort `json:"source"`
 	Listener          string         `json:"listener"`
@@ -52,12 +55,22 @@ func (h *Header) validate() error {
 	case len(h.Chain) == 0 || len(h.Chain) > maxChain:
 		return fmt.Errorf("%w: %d certificates (1..%d)", ErrHeader, len(h.Chain), maxChain)
 	}
-	for _, s := range []string{h.Tenant, h.Listener, h.Protocol, h.ServerName, h.ALPN, h.FingerprintSHA256} {
+	for _, s := range []string{h.Tenant, h.Environment, h.Listener, h.Protocol, h.ServerName, h.ALPN, h.FingerprintSHA256} {
 		if strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 			return fmt.Errorf("%w: control characters in a name", ErrHeader)
 		}
 	}
 	return nil
+}
+
+// Binding is the (tenant, environment) whose connectors' tunnels may
+// carry the stream, as GatewayConfig.Identify names a connector's: the
+// tenant alone for the implicit environment, tenant/environment else.
+func (h *Header) Binding() string {
+	if h.Environment == "" || h.Environment == "default" {
+		return h.Tenant
+	}
+	return h.Tenant + "/" + h.Environment
 }
 
 // Certificates parses the chain.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/internal/daemon"
+	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
 func newStatusCmd(g *globals) *cobra.Command {
@@ -212,6 +213,11 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) error {
 	fmt.Fprintln(tw, "\nTenants\tsessions")
 	for _, t := range st.Tenants {
 		fmt.Fprintf(tw, "  %s\t%d\n", t.ID, t.Sessions)
+		if len(t.Environments) > 1 || (len(t.Environments) == 1 && t.Environments[0].Name != policy.DefaultEnvironment) {
+			for _, e := range t.Environments {
+				fmt.Fprintf(tw, "    %s/%s\t%d\n", t.ID, e.Name, e.Sessions)
+			}
+		}
 	}
 	fmt.Fprintln(tw, "\nListeners")
 	printListeners(tw, st.Listeners, nil)

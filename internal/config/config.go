@@ -121,7 +121,17 @@ type Tenant struct {
 	Intermediates string     `mapstructure:"intermediates"`
 	CRL           string     `mapstructure:"crl"`
 	Identities    Identities `mapstructure:"identities"`
-	Limits        Limits     `mapstructure:"limits"`
+	// Environments split the tenant's certificates and routes; none is
+	// one implicit environment, "default".
+	Environments []Environment `mapstructure:"environments"`
+	Limits       Limits        `mapstructure:"limits"`
+}
+
+// Environment is one named work area of a tenant, with the identities
+// that put a certificate of the tenant in it.
+type Environment struct {
+	Name       string     `mapstructure:"name"`
+	Identities Identities `mapstructure:"identities"`
 }
 
 // Identities narrow which certificates of the tenant's CA count.
@@ -156,6 +166,7 @@ type CertKey struct {
 // Route carries one tenant's traffic to one backend.
 type Route struct {
 	Tenant           string        `mapstructure:"tenant"`
+	Environment      string        `mapstructure:"environment"`
 	Host             string        `mapstructure:"host"`
 	Path             string        `mapstructure:"path"`
 	Backend          string        `mapstructure:"backend"`

@@ -64,6 +64,7 @@ func (cfg *Config) Policy() *policy.Policy {
 			Intermediates: t.Intermediates,
 			CRL:           t.CRL,
 			Identities:    t.Identities.policy(),
+			Environments:  t.policyEnvironments(),
 		})
 	}
 	for _, l := range cfg.Listeners {
@@ -85,6 +86,7 @@ func (cfg *Config) Policy() *policy.Policy {
 		for _, r := range l.Routes {
 			pl.Routes = append(pl.Routes, policy.Route{
 				Tenant:           r.Tenant,
+				Environment:      r.Environment,
 				Host:             r.Host,
 				Path:             routePath(pl.Protocol, r.Path),
 				Backend:          firstBackend(r),

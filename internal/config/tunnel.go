@@ -29,7 +29,10 @@ type Gateway struct {
 
 // ConnectorTrust is the certificates that prove a connector of one tenant.
 type ConnectorTrust struct {
-	Tenant        string     `mapstructure:"tenant"`
+	Tenant string `mapstructure:"tenant"`
+	// Environment is the tenant's environment whose sessions the
+	// connector's tunnels carry; required when the tenant declares any.
+	Environment   string     `mapstructure:"environment"`
 	ClientCA      string     `mapstructure:"client_ca"`
 	Intermediates string     `mapstructure:"intermediates"`
 	CRL           string     `mapstructure:"crl"`
@@ -147,10 +150,11 @@ func (cfg *Config) validateGateway(c *checker, tenants map[string]bool) {
 			c.add(p+".tenant", "required")
 		case !tenants[t.Tenant]:
 			c.add(p+".tenant", "unknown tenant %q", t.Tenant)
-		case seen[t.Tenant] != "":
-			c.add(p+".tenant", "duplicate tenant %q (also at %s): list its CAs in one client_ca bundle", t.Tenant, seen[t.Tenant])
+		case seen[t.poolKey()] != "":
+			c.add(p+".tenant", "duplicate tenant %q (also at %s): list its CAs in one client_ca bundle", t.poolKey(), seen[t.poolKey()])
 		default:
-			seen[t.Tenant] = p
+			seen[t.poolKey()] = p
+			cfg.checkEnvironmentRef(c, p+".environment", t.Tenant, t.Environment)
 		}
 		c.file(p+".client_ca", t.ClientCA, true)
 		c.file(p+".intermediates", t.Intermediates, false)
@@ -165,6 +169,7 @@ func (cfg *Config) validateGateway(c *checker, tenants map[string]bool) {
 				c.add(p+".client_ca", "shares a root with tenants[%d].client_ca: issue connectors from a CA of their own, or narrow both this entry's and the tenant's identities (e.g. uri_san) to tell connectors from clients", j)
 			}
 		}
+		checkConnectorEnvironments(c, p, t, g.Connectors[:i])
 	}
 	if len(g.Connectors) == 0 {
 		c.add("gateway.connectors", "at least one is required: without one no connector can open a tunnel")
@@ -281,7 +286,7 @@ func (cfg *Config) ConnectorTrust() *policy.Policy {
 			ServerCert: g.ServerCert, ServerKey: g.ServerKey}},
 	}
 	for _, t := range g.Connectors {
-		p.Tenants = append(p.Tenants, policy.Tenant{ID: t.Tenant, ClientCA: t.ClientCA, Intermediates: t.Intermediates, CRL: t.CRL,
+		p.Tenants = append(p.Tenants, policy.Tenant{ID: t.poolKey(), ClientCA: t.ClientCA, Intermediates: t.Intermediates, CRL: t.CRL,
 			Identities: t.Identities.policy()})
 	}
 	return p

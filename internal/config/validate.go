@@ -214,6 +214,7 @@ func (cfg *Config) validateTenants(c *checker) map[string]bool {
 		c.file(p+".intermediates", t.Intermediates, false)
 		c.file(p+".crl", t.CRL, false)
 		validateIdentities(c, p, t.Identities)
+		validateEnvironments(c, p, t)
 	}
 	return known
 }

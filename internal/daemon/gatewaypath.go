@@ -54,7 +54,7 @@ func (p *gatewayPath) serve(ctx context.Context, nc net.Conn, peer certs.Peer, p
 		}
 		alpn = st.NegotiatedProtocol
 	}
-	st, err := p.gw.Open(&tunnel.Header{Tenant: peer.Tenant, FingerprintSHA256: peer.FingerprintSHA256, Source: peer.Source,
+	st, err := p.gw.Open(&tunnel.Header{Tenant: peer.Tenant, Environment: peer.Environment, FingerprintSHA256: peer.FingerprintSHA256, Source: peer.Source,
 		Listener: peer.Listener, Protocol: string(proto), ServerName: peer.ServerName, ALPN: alpn, Chain: chain})
 	if err != nil {
 		p.refuse(nc, peer, proto, err, true)

@@ -30,12 +30,8 @@ func buildGateway(env *Env) (*layer, *gatewayPath, error) {
 		trust.Close()
 		return nil, nil, err
 	}
-	var tenants []string
-	for _, c := range g.Connectors {
-		tenants = append(tenants, c.Tenant)
-	}
 	gw, err := tunnel.NewGateway(tunnel.GatewayConfig{
-		Logger: env.Logger, Listen: g.Listen, TLS: tc, Tenants: tenants,
+		Logger: env.Logger, Listen: g.Listen, TLS: tc, Tenants: g.ConnectorKeys(),
 		Identify: func(cs tls.ConnectionState) (string, error) {
 			id, err := trust.Identify(cs)
 			return id.Tenant, err
@@ -161,7 +157,7 @@ func refusal(err error) error {
 // proxy identifies its certificate again before it serves anything.
 func streamPeer(conn *tunnel.Conn) certs.Peer {
 	h := conn.Header()
-	p := certs.Peer{Tenant: h.Tenant, FingerprintSHA256: h.FingerprintSHA256, Listener: h.Listener, Source: h.Source, ServerName: h.ServerName}
+	p := certs.Peer{Tenant: h.Tenant, Environment: h.Environment, FingerprintSHA256: h.FingerprintSHA256, Listener: h.Listener, Source: h.Source, ServerName: h.ServerName}
 	if cs := conn.ConnectionState(); len(cs.PeerCertificates) > 0 {
 		p.Subject = cs.PeerCertificates[0].Subject.String()
 		p.NotAfter = cs.PeerCertificates[0].NotAfter

@@ -74,6 +74,7 @@ func (rt *route) rewrite(pr *httputil.ProxyRequest) {
 		hdr.Set("X-Forwarded-Host", headerSafe(pr.In.Host))
 	}
 	hdr.Set("X-Gatehouse-Tenant", st.peer.Tenant)
+	hdr.Set("X-Gatehouse-Environment", st.peer.Env().Environment)
 	hdr.Set("X-Client-Cert-Fingerprint", st.peer.FingerprintSHA256)
 	hdr.Set("X-Client-Cert-Subject", headerSafe(st.peer.Subject))
 	// The access log's id, so the backend's logs can be matched with ours.

@@ -19,22 +19,23 @@ func TestCountNoAllocs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	h.count("acme", http.StatusOK, time.Millisecond) // the first request looks the children up
-	if n := testing.AllocsPerRun(100, func() { h.count("acme", http.StatusOK, time.Millisecond) }); n != 0 {
+	acme, globex := policy.MakeTenantEnv("acme", ""), policy.MakeTenantEnv("globex", "")
+	h.count(acme, http.StatusOK, time.Millisecond) // the first request looks the children up
+	if n := testing.AllocsPerRun(100, func() { h.count(acme, http.StatusOK, time.Millisecond) }); n != 0 {
 		t.Errorf("counting a request: %v allocations, want 0", n)
 	}
 	// Still the vectors' series, under the same labels.
-	if got := testutil.ToFloat64(m.requests.WithLabelValues("web", "acme", "200")); got != 102 {
+	if got := testutil.ToFloat64(m.requests.WithLabelValues("web", "acme", "default", "200")); got != 102 {
 		t.Errorf("requests_total{code=200} = %v, want 102", got)
 	}
-	h.count("acme", 404, time.Millisecond)
-	h.count("acme", 999, time.Millisecond)
-	h.count("globex", 200, time.Millisecond) // not routed here: looked up each time
+	h.count(acme, 404, time.Millisecond)
+	h.count(acme, 999, time.Millisecond)
+	h.count(globex, 200, time.Millisecond) // not routed here: looked up each time
 	for _, c := range []struct {
 		tenant, code string
 		want         float64
 	}{{"acme", "404", 1}, {"acme", "999", 1}, {"globex", "200", 1}} {
-		if got := testutil.ToFloat64(m.requests.WithLabelValues("web", c.tenant, c.code)); got != c.want {
+		if got := testutil.ToFloat64(m.requests.WithLabelValues("web", c.tenant, "default", c.code)); got != c.want {
 			t.Errorf("requests_total{tenant=%s,code=%s} = %v, want %v", c.tenant, c.code, got, c.want)
 		}
 	}
