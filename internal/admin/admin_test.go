@@ -36,7 +36,8 @@ func TestAuthorize(t *testing.T) {
 		ok     bool
 	}{
 		{g(policy.RoleViewer, acme), ActStatus, acme, true},
-		{g(policy.RoleViewer, acme), ActStatus, beta, false},
+		{g(policy.RoleViewer, acme), ActStatus, "global", true}, // answered filtered
+		{g(policy.RoleViewer, acmeProd), ActMetrics, "global", true},
 		{g(policy.RoleViewer, acme), ActFeedRefresh, "global", false},
 		{g(policy.RoleViewer, "global"), ActReload, "global", false},
 		{g(policy.RoleViewer, acme), ActDrain, acme, false},

@@ -41,19 +41,22 @@ const (
 
 // need is the role each action takes, and whether only a global grant
 // gives it (feeds and reload are global things).
+// A read (filtered) is allowed with the role at any scope: its answer is
+// cut down to what the principal's grants see.
 var need = map[Action]struct {
-	role   policy.Role
-	global bool
+	role     policy.Role
+	global   bool
+	filtered bool
 }{
-	ActStatus:      {policy.RoleViewer, false},
-	ActMetrics:     {policy.RoleViewer, false},
-	ActCerts:       {policy.RoleViewer, false},
-	ActAccessLog:   {policy.RoleViewer, false},
-	ActFeedAccept:  {policy.RolePublisher, true},
-	ActFeedRefresh: {policy.RolePublisher, true},
-	ActDrain:       {policy.RolePublisher, false},
-	ActKill:        {policy.RoleAdmin, false},
-	ActReload:      {policy.RoleAdmin, true},
+	ActStatus:      {role: policy.RoleViewer, filtered: true},
+	ActMetrics:     {role: policy.RoleViewer, filtered: true},
+	ActCerts:       {role: policy.RoleViewer, filtered: true},
+	ActAccessLog:   {role: policy.RoleViewer, filtered: true},
+	ActFeedAccept:  {role: policy.RolePublisher, global: true},
+	ActFeedRefresh: {role: policy.RolePublisher, global: true},
+	ActDrain:       {role: policy.RolePublisher},
+	ActKill:        {role: policy.RoleAdmin},
+	ActReload:      {role: policy.RoleAdmin, global: true},
 }
 
 // Principal is who asks: a unix peer or an admin certificate, with every
@@ -95,8 +98,11 @@ type Refused struct {
 
 func (r *Refused) Error() string {
 	where := "a scope covering " + r.Scope.String()
-	if need[r.Action].global {
+	switch {
+	case need[r.Action].global:
 		where = "global scope"
+	case need[r.Action].filtered:
+		where = "any scope"
 	}
 	have := "no grant"
 	if len(r.Have) > 0 {
@@ -112,7 +118,8 @@ func (r *Refused) Error() string {
 func (r *Refused) Unwrap() error { return ErrRefused }
 
 // Authorize returns the grant that lets p take action at target, or a
-// *Refused. An action only global grants give is asked at the global scope.
+// *Refused. An action only global grants give is asked at the global
+// scope; a read is allowed at any scope (its answer is filtered).
 func (p Principal) Authorize(action Action, target policy.Scope) (Grant, error) {
 	n, ok := need[action]
 	if !ok {
@@ -123,7 +130,7 @@ func (p Principal) Authorize(action Action, target policy.Scope) (Grant, error) 
 	}
 	best, found := Grant{}, false
 	for _, g := range p.Grants {
-		if g.Role >= n.role && g.Scope.Covers(target) && (!found || g.Role > best.Role || g.Scope.Covers(best.Scope)) {
+		if g.Role >= n.role && (n.filtered || g.Scope.Covers(target)) && (!found || g.Role > best.Role || g.Scope.Covers(best.Scope)) {
 			best, found = g, true
 		}
 	}

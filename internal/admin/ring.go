@@ -83,10 +83,20 @@ type lockedBuf struct {
 
 func (l *lockedBuf) Write(p []byte) (int, error) { return l.b.Write(p) }
 
-func (t *tee) Enabled(ctx context.Context, l slog.Level) bool { return t.next.Enabled(ctx, l) }
+// Enabled: the ring keeps info and above whatever next does (an access
+// log that is discarded still has a tail).
+func (t *tee) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelInfo || t.next.Enabled(ctx, l)
+}
 
 func (t *tee) Handle(ctx context.Context, rec slog.Record) error {
-	err := t.next.Handle(ctx, rec)
+	var err error
+	if t.next.Enabled(ctx, rec.Level) {
+		err = t.next.Handle(ctx, rec)
+	}
+	if rec.Level < slog.LevelInfo {
+		return err
+	}
 	tenant, env := t.tenant, t.env
 	rec.Attrs(func(a slog.Attr) bool {
 		switch a.Key {
