@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -78,6 +79,22 @@ func (d *Daemon) serveAdminHTTPS(ctx context.Context, ln net.Listener) error {
 	}()
 	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("admin endpoint: %w", err)
+	}
+	return nil
+}
+
+// CheckAccess is what run refuses of the access section beyond the
+// configuration's validation: an admin CA file without a certificate, an
+// endpoint certificate and key that do not load. gatehouse check calls it
+// too.
+func CheckAccess(cfg *config.Config) error {
+	if _, err := admin.Compile(cfg.Access, uint32(os.Geteuid())); err != nil {
+		return err
+	}
+	if h := cfg.Access.HTTPS; h.Listen != "" {
+		if _, err := tls.LoadX509KeyPair(h.ServerCert, h.ServerKey); err != nil {
+			return fmt.Errorf("access.https: %w", err)
+		}
 	}
 	return nil
 }
