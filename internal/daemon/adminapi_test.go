@@ -24,7 +24,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
-	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/test/netns"
 )
 
@@ -370,4 +369,42 @@ func TestAdminCertificatesRefused(t *testing.T) {
 	}
 }
 
-var _ = policy.Global
+// TestGrantsFollowReload: a grant removed by a reload no longer allows
+// anything, also on a connection opened before it; a configuration whose
+// grants name an unknown user is refused whole and the grants in force
+// stay.
+func TestGrantsFollowReload(t *testing.T) {
+	l := startAdminLab(t)
+	acme, ops := l.client(l.certs["acme-admin"]), l.client(l.certs["ops-admin"])
+	if code, body, err := l.do(t, acme, "POST", "/sessions/kill?scope=tenant:acme"); err != nil || code != 200 {
+		t.Fatalf("acme-admin before the reload: %d %v %s", code, err, body)
+	}
+	path := filepath.Join(l.dir, "gatehouse.yaml")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := strings.Replace(string(b), "users: [nobody]", "users: [no-such-user-gatehouse]", 1)
+	if err := os.WriteFile(path, []byte(bad), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, body, _ := l.do(t, ops, "POST", "/reload"); code != 409 || !strings.Contains(body, "no-such-user-gatehouse") {
+		t.Errorf("reload naming an unknown user: %d %s", code, body)
+	}
+	if code, _, _ := l.do(t, acme, "POST", "/sessions/kill?scope=tenant:acme"); code != 200 {
+		t.Errorf("acme-admin after a refused reload: %d, want its grant still in force", code)
+	}
+	i := strings.Index(string(b), "    - role: admin\n      scope: \"tenant:acme\"")
+	if i < 0 {
+		t.Fatal("the acme-admin grant is not in the lab's configuration")
+	}
+	if err := os.WriteFile(path, b[:i], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, body, _ := l.do(t, ops, "POST", "/reload"); code != 200 {
+		t.Fatalf("reload without acme-admin's grant: %d %s", code, body)
+	}
+	if code, body, _ := l.do(t, acme, "POST", "/sessions/kill?scope=tenant:acme"); code != 403 || !strings.Contains(body, "has no grant") {
+		t.Errorf("acme-admin after its grant was removed: %d %s", code, body)
+	}
+}

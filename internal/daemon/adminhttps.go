@@ -51,13 +51,13 @@ func (d *Daemon) listenAdminHTTPS(h config.AccessHTTPS) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admin endpoint: %w", err)
 	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"},
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"},
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
 			cas := d.access.Load().ClientCAs()
 			if cas == nil {
 				return nil, errors.New("no admin certificate is granted anything")
 			}
-			return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"},
+			return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"},
 				ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: cas, SessionTicketsDisabled: true}, nil
 		}}
 	ln, err := net.Listen("tcp", h.Listen)
