@@ -54,6 +54,8 @@ type conn struct {
 
 	// adm is the connection's place at its socket's gate.
 	adm admission
+	// sess is what an admin's drain marks (sessions.go).
+	sess sessionState
 
 	// ctx and abort, on a START_TLS listener only, tell the telnet
 	// handler negotiating the handshake that the gate evicted the

@@ -104,6 +104,7 @@ func (sk *socket) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "misdirected request", http.StatusMisdirectedRequest)
 		return
 	}
+	defer requestStarted(w, r)()
 	st.http.ServeHTTP(w, r)
 }
 

@@ -98,7 +98,8 @@ tenant's HTTPS, SOAP and TN3270/TN5250 sessions go to its own internal hosts.`,
 	pf.StringVarP(&g.configPath, "config", "c", config.DefaultPath, "configuration file")
 	pf.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	root.AddCommand(newRunCmd(g), newCheckCmd(g), newVersionCmd(g), newStatusCmd(g), newTeardownCmd(g), newCertsCmd(), newFeedCmd())
+	root.AddCommand(newRunCmd(g), newCheckCmd(g), newVersionCmd(g), newStatusCmd(g), newTeardownCmd(g), newCertsCmd(), newFeedCmd(),
+		newReloadCmd(g), newSessionsCmd(g))
 	return root
 }
 

@@ -46,6 +46,7 @@ type Config struct {
 	Gateway       Gateway       `mapstructure:"gateway"`
 	Connector     Connector     `mapstructure:"connector"`
 	BGP           BGP           `mapstructure:"bgp"`
+	Access        Access        `mapstructure:"access"`
 }
 
 // TLS configures the listeners' TLS beyond their certificates.

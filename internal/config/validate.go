@@ -182,6 +182,7 @@ func (cfg *Config) validate() Problems {
 	tenants := cfg.validateTenants(c)
 	cfg.validateListeners(c)
 	cfg.validateRoles(c, tenants)
+	cfg.validateAccess(c, tenants)
 	cfg.validateBGP(c)
 	cfg.validateLimits(c)
 	if cfg.Rules.MinPrefix.V4 < 0 || cfg.Rules.MinPrefix.V4 > 32 {

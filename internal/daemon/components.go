@@ -34,6 +34,7 @@ type layer struct {
 	heldSet    func() (v4, v6 []netip.Prefix, err error) // see HeldSet
 	notReady   func() string                             // see Health
 	warnings   []string                                  // see Warner
+	sessions   SessionCutter                             // see SessionHolder
 }
 
 var (
@@ -46,7 +47,10 @@ var (
 	_ HeldSet       = (*layer)(nil)
 	_ Health        = (*layer)(nil)
 	_ Warner        = (*layer)(nil)
+	_ SessionHolder = (*layer)(nil)
 )
+
+func (l *layer) Sessions() SessionCutter { return l.sessions }
 
 func (l *layer) RangeBlind() bool             { return l.rangeBlind }
 func (l *layer) Name() string                 { return l.name }
@@ -188,7 +192,7 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 	if err != nil {
 		return appendLayer(comps, role), fmt.Errorf("proxy: %w", err)
 	}
-	comps = append(comps, &layer{name: "proxy", rangeBlind: true, apply: px.Apply, close: px.Close, shutdown: px.Shutdown})
+	comps = append(comps, &layer{name: "proxy", rangeBlind: true, apply: px.Apply, close: px.Close, shutdown: px.Shutdown, sessions: px})
 	if err := register(env, "proxy", px); err != nil {
 		return appendLayer(comps, role), err
 	}

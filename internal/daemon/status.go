@@ -128,6 +128,9 @@ type CertExpiry struct {
 type Counter struct {
 	Name  string  `json:"name"`
 	Value float64 `json:"value"`
+	// The series' tenant and environment, "" for a global one: what the
+	// admin API filters a tenant principal's view by.
+	tenant, env string
 }
 
 // Status reports the generation in force.
@@ -188,7 +191,7 @@ func (d *Daemon) Status() Status {
 				"gatehouse_xdp_blocked_sources", "gatehouse_nft_blocked_sources",
 				"gatehouse_tunnel_streams_total", "gatehouse_tunnel_reconnects_total", "gatehouse_tunnel_handshakes_total":
 				if v > 0 {
-					st.Counters = append(st.Counters, Counter{Name: seriesName(mf.GetName(), lbl), Value: v})
+					st.Counters = append(st.Counters, Counter{Name: seriesName(mf.GetName(), lbl), Value: v, tenant: lbl["tenant"], env: envOf(lbl)})
 				}
 			}
 		}
