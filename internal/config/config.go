@@ -53,6 +53,7 @@ type TLS struct {
 	CRLStale       string        `mapstructure:"crl_stale"`
 	SessionTickets bool          `mapstructure:"session_tickets"`
 	TicketRotation time.Duration `mapstructure:"ticket_rotation"`
+	TicketKeys     string        `mapstructure:"ticket_keys"`
 }
 
 // Enforcement configures the kernel layers.

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -177,6 +178,9 @@ func (cfg *Config) validate() Problems {
 	c.oneOf("tls.crl_stale", cfg.TLS.CRLStale, string(policy.CRLStaleFail), string(policy.CRLStaleWarn))
 	if r := cfg.TLS.TicketRotation; r < time.Minute || r > maxTicketRotation {
 		c.add("tls.ticket_rotation", "must be between 1m and %s, got %s", maxTicketRotation, r)
+	}
+	if k := cfg.TLS.TicketKeys; k != "" && !filepath.IsAbs(k) {
+		c.add("tls.ticket_keys", "must be an absolute path, got %q", k)
 	}
 	cfg.validateFeeds(c)
 	tenants := cfg.validateTenants(c)
