@@ -46,6 +46,8 @@ type Config struct {
 	Gateway       Gateway       `mapstructure:"gateway"`
 	Connector     Connector     `mapstructure:"connector"`
 	BGP           BGP           `mapstructure:"bgp"`
+
+	sources sources // where keys came from besides the file (node.go)
 }
 
 // TLS configures the listeners' TLS beyond their certificates.
@@ -278,9 +280,15 @@ func decode(data []byte, name string, env func(string) (string, bool), validate 
 	if err := v.MergeConfigMap(user.AllSettings()); err != nil {
 		return nil, fmt.Errorf("%s: %w: %v", name, ErrInvalid, err)
 	}
-	problems = append(problems, applyEnv(v, env)...)
+	var src sources
+	problems = append(problems, applyNode(v, env, &src)...)
+	envProblems := applyEnv(v, env)
+	problems = append(problems, envProblems...)
+	src.env = envKeys(v, env)
+	src.merged = v.AllSettings()
 
 	var c Config
+	c.sources = src
 	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
 		Result:     &c,
 		DecodeHook: mapstructure.ComposeDecodeHookFunc(durationHook, byteSizeHook),
