@@ -46,6 +46,7 @@ type Config struct {
 	Gateway       Gateway       `mapstructure:"gateway"`
 	Connector     Connector     `mapstructure:"connector"`
 	BGP           BGP           `mapstructure:"bgp"`
+	Fleet         Fleet         `mapstructure:"fleet"`
 
 	sources sources // where keys came from besides the file (node.go)
 }

@@ -17,7 +17,7 @@ const NodeConfigEnv = EnvPrefix + "_NODE_CONFIG"
 
 // NodeKeys are the only keys a node-local overlay may set: what tells one
 // node of a fleet from another (its interface, its metrics address on the
-// management network, its BGP router id). Everything else (tenants,
+// management network, its BGP router id, its fleet address and certificate). Everything else (tenants,
 // listeners, feeds, enforcement, limits, TLS) is the fleet's policy and
 // must be the same on every node, or one node would admit what another
 // drops; an overlay that sets such a key is refused with the key's path.
@@ -25,6 +25,9 @@ var NodeKeys = []string{
 	"interface",
 	"metrics.listen",
 	"bgp.router_id",
+	"fleet.listen",
+	"fleet.cert",
+	"fleet.key",
 }
 
 // sources records which keys came from the node overlay and which from

@@ -187,6 +187,7 @@ func (cfg *Config) validate() Problems {
 	cfg.validateListeners(c)
 	cfg.validateRoles(c, tenants)
 	cfg.validateBGP(c)
+	cfg.validateFleet(c)
 	cfg.validateLimits(c)
 	if cfg.Rules.MinPrefix.V4 < 0 || cfg.Rules.MinPrefix.V4 > 32 {
 		c.add("rules.min_prefix.v4", "must be 0..32, got %d", cfg.Rules.MinPrefix.V4)
