@@ -95,6 +95,11 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fleet cert: %w", err)
 	}
+	// The node presents it to its peers as server and as client: without
+	// both usages every pull would fail its handshake, so say it now.
+	if !bothUsages(cert.Leaf) {
+		return nil, fmt.Errorf("fleet cert %s: needs the extended key usages serverAuth and clientAuth", cfg.Cert)
+	}
 	pem, err := os.ReadFile(cfg.PeerCA)
 	if err != nil {
 		return nil, fmt.Errorf("fleet peer_ca: %w", err)
@@ -199,4 +204,22 @@ func (n *Node) pullLoop(ctx context.Context, base, peer string) {
 		case <-t.C:
 		}
 	}
+}
+
+func bothUsages(c *x509.Certificate) bool {
+	if len(c.ExtKeyUsage) == 0 {
+		return true // no restriction
+	}
+	var server, client bool
+	for _, u := range c.ExtKeyUsage {
+		switch u {
+		case x509.ExtKeyUsageAny:
+			return true
+		case x509.ExtKeyUsageServerAuth:
+			server = true
+		case x509.ExtKeyUsageClientAuth:
+			client = true
+		}
+	}
+	return server && client
 }

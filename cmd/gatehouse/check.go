@@ -51,7 +51,7 @@ service runs to get the service's answer. Nothing is changed.`,
 				return exitError{code: 1, msg: "gatehouse: " + err.Error()}
 			}
 			pinWarning, pinErr := daemon.CheckPinDir(cfg, allowPrivate)
-			if err := errors.Join(daemon.CheckStateDir(cfg.StateDir), pinErr, checkCertificates(cfg), daemon.CheckRole(cfg), checkFeeds(cfg)); err != nil {
+			if err := errors.Join(daemon.CheckStateDir(cfg.StateDir), pinErr, checkCertificates(cfg), daemon.CheckRole(cfg), checkFeeds(cfg), checkFleet(cfg)); err != nil {
 				return exitError{code: 1, msg: fmt.Sprintf("gatehouse: %s: %v\nconfiguration %s is NOT valid", g.configPath, err, g.configPath)}
 			}
 			if pinWarning != "" {

@@ -3,11 +3,14 @@ package main
 import (
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/gatehouse-dmz/gatehouse/fleet"
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
 )
 
@@ -77,4 +80,20 @@ func markSources(n *yaml.Node, prefix string, from map[string]string) {
 		}
 		markSources(n.Content[i+1], key+".", from)
 	}
+}
+
+// checkFleet loads the fleet's certificate, key and peer CA as run does,
+// so that a file run would refuse fails check too.
+func checkFleet(cfg *config.Config) error {
+	f := cfg.Fleet
+	if !f.Enabled() {
+		return nil
+	}
+	_, err := fleet.New(fleet.Config{Cert: f.Cert, Key: f.Key, PeerCA: f.PeerCA, Peers: f.Peers,
+		PullInterval: f.PullInterval, BlockTTL: f.BlockTTL, MaxBlocks: f.MaxBlocks,
+		Local: func() []fleet.Block { return nil }, Apply: func(netip.Addr, time.Duration) error { return nil }})
+	if err != nil {
+		return fmt.Errorf("fleet: %w", err) // as run names it
+	}
+	return nil
 }
