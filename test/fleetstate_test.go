@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -152,5 +154,53 @@ func TestFleetSessionResumption(t *testing.T) {
 	}
 	if body, resumed, err := fleetGet(cl, a.listen); err != nil || body != "hello acme" || !resumed {
 		t.Fatalf("on A, whose CRL does not list it: %q resumed %v %v", body, resumed, err)
+	}
+}
+
+// TestFleetFeedsConverge: three daemons on the same signed feed enforce
+// the same serial; after a new release, `gatehouse feed refresh` on each
+// brings all of them to it at once, without waiting for the (hourly)
+// refresh, and each exports the refresh interval the disagreement alert
+// reads.
+func TestFleetFeedsConverge(t *testing.T) {
+	mirror := newFeedMirror(t, t.TempDir())
+	mirror.publish(t, 1, "192.0.2.0/24\n198.51.100.0/25\n")
+	type node struct {
+		d      *daemonProc
+		config string
+	}
+	var nodes []node
+	for range 3 {
+		d, config := startFeedDaemon(t, mirror)
+		nodes = append(nodes, node{d, config})
+	}
+	serials := func() []string {
+		var out []string
+		for _, n := range nodes {
+			_, m := n.d.get(t, "/metrics")
+			out = append(out, regexp.MustCompile(`(?m)^gatehouse_feed_serial\{feed="lab"\} (\S+)$`).FindString(m))
+		}
+		return out
+	}
+	for i, s := range serials() {
+		if !strings.HasSuffix(s, " 1") {
+			t.Fatalf("node %d at start: %q, want serial 1", i, s)
+		}
+	}
+	mirror.publish(t, 2, "192.0.2.0/24\n198.51.100.0/25\n198.51.100.128/28\n")
+	for i, n := range nodes {
+		if out, code := refresh(t, n.config, "lab"); code != 0 || !strings.Contains(out, "applied serial 2") {
+			t.Fatalf("refresh on node %d: exit %d\n%s", i, code, out)
+		}
+	}
+	for i, s := range serials() {
+		if !strings.HasSuffix(s, " 2") {
+			t.Errorf("node %d after the refresh: %q, want serial 2", i, s)
+		}
+	}
+	for i, n := range nodes {
+		if _, m := n.d.get(t, "/metrics"); !strings.Contains(m, `gatehouse_feed_refresh_seconds{feed="lab"} 3600`) {
+			t.Errorf("node %d does not export the feed's refresh interval", i)
+		}
 	}
 }
