@@ -183,6 +183,9 @@ func DescribeTLS(t policy.TLS) []string {
 			every = policy.DefaultTicketRotation
 		}
 		tickets = fmt.Sprintf("on, each listener's key replaced every %s: a ticket resumes for at most %s", shortDuration(every), shortDuration(keepTicketKeys*every))
+		if t.TicketKeys != "" {
+			tickets = "on, keys from " + t.TicketKeys + " (shared by the fleet, rotated by the admin): the first encrypts, all decrypt"
+		}
 	}
 	return []string{
 		"handshakes\tTLS 1.2 or 1.3, ECDHE and AEAD suites only, a client certificate required",

@@ -150,6 +150,11 @@ type TLS struct {
 	// TicketRotation is how often each listener gets a new session-ticket
 	// key; the last three decrypt. Zero means DefaultTicketRotation.
 	TicketRotation time.Duration
+	// TicketKeys is a file of session-ticket keys the admin distributes to
+	// every node, the current key first; when set, it replaces the
+	// rotation (the admin rotates) and a session resumes on any node that
+	// holds the key.
+	TicketKeys string
 }
 
 // DefaultTicketRotation is the session-ticket key rotation when none is set.

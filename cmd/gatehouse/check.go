@@ -20,7 +20,7 @@ import (
 )
 
 func newCheckCmd(g *globals) *cobra.Command {
-	var printDefault, allowPrivate, asJSON bool
+	var printDefault, allowPrivate, asJSON, showMerged bool
 	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "Validate the configuration and summarise what it enforces (like nginx -t)",
@@ -36,7 +36,7 @@ service runs to get the service's answer. Nothing is changed.`,
 				_, err := g.stdout.Write(config.Default)
 				return err
 			}
-			cfg, err := config.Load(g.configPath, nil)
+			cfg, err := config.Load(g.configPath, g.lookupEnv)
 			if err != nil {
 				var ps config.Problems
 				if errors.As(err, &ps) {
@@ -51,7 +51,7 @@ service runs to get the service's answer. Nothing is changed.`,
 				return exitError{code: 1, msg: "gatehouse: " + err.Error()}
 			}
 			pinWarning, pinErr := daemon.CheckPinDir(cfg, allowPrivate)
-			if err := errors.Join(daemon.CheckStateDir(cfg.StateDir), pinErr, checkCertificates(cfg), daemon.CheckRole(cfg), checkFeeds(cfg), daemon.CheckAccess(cfg)); err != nil {
+			if err := errors.Join(daemon.CheckStateDir(cfg.StateDir), pinErr, checkCertificates(cfg), daemon.CheckRole(cfg), checkFeeds(cfg), daemon.CheckAccess(cfg), checkFleet(cfg)); err != nil {
 				return exitError{code: 1, msg: fmt.Sprintf("gatehouse: %s: %v\nconfiguration %s is NOT valid", g.configPath, err, g.configPath)}
 			}
 			if pinWarning != "" {
@@ -60,13 +60,18 @@ service runs to get the service's answer. Nothing is changed.`,
 			for _, w := range cfg.AllowListWarnings() {
 				fmt.Fprintf(g.stderr, "gatehouse check: warning: %s\n", w)
 			}
+			if showMerged {
+				return printMerged(g.stdout, g.configPath, cfg)
+			}
 			if asJSON {
 				return summariseJSON(g.stdout, g.configPath, cfg)
 			}
+			printSources(g.stdout, cfg)
 			return summarise(g.stdout, g.configPath, cfg)
 		},
 	}
 	cmd.Flags().BoolVar(&printDefault, "print-default", false, "print the embedded default configuration, every key commented")
+	cmd.Flags().BoolVar(&showMerged, "show-merged", false, "print the configuration as run will use it (file, node overlay, environment merged), each key not from the file marked with where it came from")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the summary as JSON: listeners and routes, tenants and feeds as gatehouse status --json names them")
 	cmd.Flags().BoolVar(&allowPrivate, allowPrivateFlag, false, "as gatehouse run --"+allowPrivateFlag+": accept a pin directory private to this mount namespace")
 	return cmd

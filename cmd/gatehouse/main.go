@@ -52,6 +52,7 @@ func (e exitError) Error() string { return fmt.Sprintf("exit %d: %s", e.code, e.
 // globals are the flags every command shares.
 type globals struct {
 	configPath string
+	nodeConfig string
 	logFormat  string
 	logLevel   string
 	stdout     io.Writer
@@ -96,6 +97,7 @@ tenant's HTTPS, SOAP and TN3270/TN5250 sessions go to its own internal hosts.`,
 	root.SetErr(stderr)
 	pf := root.PersistentFlags()
 	pf.StringVarP(&g.configPath, "config", "c", config.DefaultPath, "configuration file")
+	pf.StringVar(&g.nodeConfig, "node-config", "", "node-local overlay over the shared configuration file (interface, metrics.listen, bgp.router_id); default $"+config.NodeConfigEnv)
 	pf.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.AddCommand(newRunCmd(g), newCheckCmd(g), newVersionCmd(g), newStatusCmd(g), newTeardownCmd(g), newCertsCmd(), newFeedCmd(),
@@ -127,7 +129,7 @@ not keep the XDP filter after exit: run refuses it unless --allow-private-bpffs.
 			aw := accesslog.New(g.stdout, 0)
 			defer aw.Close()
 			access := slog.New(accesslog.NewHandler(aw)).With("log", "access")
-			d, err := daemon.New(daemon.Options{ConfigPath: g.configPath, Logger: log, AccessLog: access, Signals: true, Version: version,
+			d, err := daemon.New(daemon.Options{ConfigPath: g.configPath, Logger: log, AccessLog: access, Signals: true, Version: version, LookupEnv: g.lookupEnv,
 				NotifySocket: os.Getenv("NOTIFY_SOCKET"), WatchdogUSec: os.Getenv("WATCHDOG_USEC"), WatchdogPID: os.Getenv("WATCHDOG_PID"),
 				AllowPrivateBPFFS: allowPrivate})
 			if err != nil {

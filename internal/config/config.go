@@ -47,6 +47,9 @@ type Config struct {
 	Connector     Connector     `mapstructure:"connector"`
 	BGP           BGP           `mapstructure:"bgp"`
 	Access        Access        `mapstructure:"access"`
+	Fleet         Fleet         `mapstructure:"fleet"`
+
+	sources sources // where keys came from besides the file (node.go)
 }
 
 // TLS configures the listeners' TLS beyond their certificates.
@@ -54,6 +57,7 @@ type TLS struct {
 	CRLStale       string        `mapstructure:"crl_stale"`
 	SessionTickets bool          `mapstructure:"session_tickets"`
 	TicketRotation time.Duration `mapstructure:"ticket_rotation"`
+	TicketKeys     string        `mapstructure:"ticket_keys"`
 }
 
 // Enforcement configures the kernel layers.
@@ -289,9 +293,15 @@ func decode(data []byte, name string, env func(string) (string, bool), validate 
 	if err := v.MergeConfigMap(user.AllSettings()); err != nil {
 		return nil, fmt.Errorf("%s: %w: %v", name, ErrInvalid, err)
 	}
-	problems = append(problems, applyEnv(v, env)...)
+	var src sources
+	problems = append(problems, applyNode(v, env, &src)...)
+	envProblems := applyEnv(v, env)
+	problems = append(problems, envProblems...)
+	src.env = envKeys(v, env)
+	src.merged = v.AllSettings()
 
 	var c Config
+	c.sources = src
 	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
 		Result:     &c,
 		DecodeHook: mapstructure.ComposeDecodeHookFunc(durationHook, byteSizeHook),

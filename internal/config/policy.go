@@ -51,6 +51,7 @@ func (cfg *Config) Policy() *policy.Policy {
 			CRLStale:               policy.CRLStale(cfg.TLS.CRLStale),
 			SessionTicketsDisabled: !cfg.TLS.SessionTickets,
 			TicketRotation:         cfg.TLS.TicketRotation,
+			TicketKeys:             cfg.TLS.TicketKeys,
 		},
 	}
 	for _, m := range e.Management {

@@ -169,6 +169,13 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 		if err := register(env, "nftables", ne); err != nil {
 			return comps, err
 		}
+		if env.Config.Fleet.Enabled() {
+			l, err := buildFleet(env, ne)
+			if err != nil {
+				return comps, fmt.Errorf("fleet: %w", err)
+			}
+			comps = append(comps, l)
+		}
 	}
 
 	access := env.AccessLog

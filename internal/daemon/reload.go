@@ -107,8 +107,8 @@ func keepsFeeds(old, next *feedState) error {
 
 // needsRestart refuses a reload that changes what is wired at start: where
 // XDP is attached and pinned, whether nftables is used, where state,
-// metrics and the admin socket live, the gateway or connector role and
-// BGP. Those keys take a restart, which the kernel layers survive.
+// metrics and the admin socket live, the gateway or connector role, BGP
+// and the fleet's block sharing. Those keys take a restart, which the kernel layers survive.
 func needsRestart(old, next *config.Config) error {
 	var changed []string
 	check := func(key string, a, b any) {
@@ -137,6 +137,9 @@ func needsRestart(old, next *config.Config) error {
 	}
 	if !reflect.DeepEqual(old.BGP, next.BGP) {
 		changed = append(changed, "bgp")
+	}
+	if !reflect.DeepEqual(old.Fleet, next.Fleet) {
+		changed = append(changed, "fleet")
 	}
 	if len(changed) > 0 {
 		return fmt.Errorf("%w: %s", ErrNeedsRestart, strings.Join(changed, ", "))
