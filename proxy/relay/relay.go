@@ -189,12 +189,13 @@ func Pipe(a, b net.Conn) (aToB, bToA int64, err error) {
 // timeout sees the traffic; t may be nil. t's end function should close a
 // and b, which ends the copy.
 func PipeTimed(a, b net.Conn, t *Timer) (aToB, bToA int64, err error) {
-	var wg sync.WaitGroup
+	// One direction runs in the caller's goroutine, whose stack exists
+	// anyway: an idle session costs one goroutine fewer.
 	var errAB, errBA error
-	wg.Add(2)
-	go func() { defer wg.Done(); aToB, errAB = halfCopy(b, a, t) }()
-	go func() { defer wg.Done(); bToA, errBA = halfCopy(a, b, t) }()
-	wg.Wait()
+	done := make(chan struct{})
+	go func() { defer close(done); aToB, errAB = halfCopy(b, a, t) }()
+	bToA, errBA = halfCopy(a, b, t)
+	<-done
 	a.Close()
 	b.Close()
 	return aToB, bToA, errors.Join(quiet(errAB), quiet(errBA))
@@ -202,37 +203,46 @@ func PipeTimed(a, b net.Conn, t *Timer) (aToB, bToA int64, err error) {
 
 // halfCopy copies src to dst, then half-closes dst; if dst cannot be half
 // closed, or the copy failed, both ends are closed so the other direction
-// ends too.
+// ends too. It reads into a ReadBuffer, so a direction that waits for
+// its peer holds only a small buffer.
 func halfCopy(dst, src net.Conn, t *Timer) (int64, error) {
-	buf := Buffers.Get()
-	defer Buffers.Put(buf)
-	var r io.Reader = readerOnly{src}
-	if t != nil {
-		r = touchReader{src, t}
+	var rb ReadBuffer
+	defer rb.Release()
+	var written int64
+	var err error
+	for {
+		buf := rb.Next()
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if t != nil {
+				t.Touch()
+			}
+			w, werr := dst.Write(buf[:n])
+			written += int64(w)
+			if werr == nil && w != n {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				err = werr
+				break
+			}
+		}
+		rb.Done(n)
+		if rerr != nil {
+			if rerr != io.EOF {
+				err = rerr
+			}
+			break
+		}
 	}
-	n, err := io.CopyBuffer(writerOnly{dst}, r, buf)
 	if err == nil {
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-			return n, nil
+			return written, nil
 		}
 	}
 	dst.Close()
 	src.Close()
-	return n, err
-}
-
-// touchReader tells a Timer of every read that brought bytes.
-type touchReader struct {
-	r io.Reader
-	t *Timer
-}
-
-func (r touchReader) Read(p []byte) (int, error) {
-	n, err := r.r.Read(p)
-	if n > 0 {
-		r.t.Touch()
-	}
-	return n, err
+	return written, err
 }
 
 // quiet drops the errors every relay ends with.
@@ -242,8 +252,3 @@ func quiet(err error) error {
 	}
 	return err
 }
-
-// readerOnly and writerOnly hide ReadFrom/WriteTo so io.CopyBuffer really
-// uses the pooled buffer instead of allocating its own.
-type readerOnly struct{ io.Reader }
-type writerOnly struct{ io.Writer }
