@@ -11,15 +11,21 @@ import (
 )
 
 // idleRelays starts n relays, each between a client and a backend
-// connection over loopback, moves one short message each way through
+// connection over loopback (the client's over TLS, as a listener's, when
+// tlsFront is set), moves one short message each way through
 // every one (so each direction has read and written), and returns the
 // heap and stack bytes the relays hold, idle, beside the connections
 // themselves, divided by n, and the goroutines they run, divided by n.
-func idleRelays(tb testing.TB, n int) (bytesPer float64, goroutinesPer float64) {
+func idleRelays(tb testing.TB, n int, tlsFront bool) (bytesPer float64, goroutinesPer float64) {
 	type ends struct{ client, front, back, backend net.Conn }
 	all := make([]ends, n)
 	for i := range all {
-		client, front := testkit.TCPPair(tb)
+		var client, front net.Conn
+		if tlsFront {
+			client, front = tlsPair(tb)
+		} else {
+			client, front = testkit.TCPPair(tb)
+		}
 		back, backend := testkit.TCPPair(tb)
 		all[i] = ends{client, front, back, backend}
 	}
@@ -68,28 +74,39 @@ func settled() (goroutines int, inUse uint64) {
 	return runtime.NumGoroutine(), ms.HeapInuse + ms.StackInuse
 }
 
-// TestIdleRelayMemory: a relay that waits for traffic holds small read
-// buffers and one goroutine of its own, not a pooled copy buffer a
-// direction and two: ten thousand idle sessions must stay cheap.
+// TestIdleRelayMemory: a relay that waits for traffic holds no pooled
+// copy buffer and one goroutine of its own beside its caller's: a plain
+// socket is waited on without a buffer, a TLS connection with a small
+// one. Ten thousand idle sessions must stay cheap.
 func TestIdleRelayMemory(t *testing.T) {
 	const n = 200
-	perRelay, goroutines := idleRelays(t, n)
-	t.Logf("%.0f bytes and %.2f goroutines per idle relay", perRelay, goroutines)
-	if limit := 2*relay.SmallBufferSize + 8<<10; perRelay > float64(limit) {
-		t.Errorf("an idle relay holds %.0f bytes, want at most %d (two small read buffers and a goroutine)", perRelay, limit)
-	}
-	// The caller's goroutine and one more.
-	if goroutines > 2.05 {
-		t.Errorf("an idle relay runs %.2f goroutines, want 2", goroutines)
+	for _, tc := range []struct {
+		name     string
+		tlsFront bool
+		limit    int
+	}{
+		{"tcp", false, 12 << 10},                      // two goroutines' stacks
+		{"tls", true, relay.SmallBufferSize + 12<<10}, // and the TLS side's small buffer
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			perRelay, goroutines := idleRelays(t, n, tc.tlsFront)
+			t.Logf("%.0f bytes and %.2f goroutines per idle relay", perRelay, goroutines)
+			if perRelay > float64(tc.limit) {
+				t.Errorf("an idle relay holds %.0f bytes, want at most %d", perRelay, tc.limit)
+			}
+			if goroutines > 2.05 { // the caller's and one more
+				t.Errorf("an idle relay runs %.2f goroutines, want 2", goroutines)
+			}
+		})
 	}
 }
 
 // BenchmarkIdleRelay reports the memory an idle relay holds beside its
-// connections (bytes/idle-session).
+// connections (bytes/idle-session), its client side over TLS.
 func BenchmarkIdleRelay(b *testing.B) {
 	var sum float64
 	for range b.N {
-		per, _ := idleRelays(b, 1000)
+		per, _ := idleRelays(b, 1000, true)
 		sum += per
 	}
 	b.ReportMetric(sum/float64(b.N), "bytes/idle-session")

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -203,46 +205,119 @@ func PipeTimed(a, b net.Conn, t *Timer) (aToB, bToA int64, err error) {
 
 // halfCopy copies src to dst, then half-closes dst; if dst cannot be half
 // closed, or the copy failed, both ends are closed so the other direction
-// ends too. It reads into a ReadBuffer, so a direction that waits for
-// its peer holds only a small buffer.
+// ends too.
 func halfCopy(dst, src net.Conn, t *Timer) (int64, error) {
-	var rb ReadBuffer
-	defer rb.Release()
-	var written int64
+	var n int64
 	var err error
-	for {
-		buf := rb.Next()
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			if t != nil {
-				t.Touch()
-			}
-			w, werr := dst.Write(buf[:n])
-			written += int64(w)
-			if werr == nil && w != n {
-				werr = io.ErrShortWrite
-			}
-			if werr != nil {
-				err = werr
-				break
-			}
-		}
-		rb.Done(n)
-		if rerr != nil {
-			if rerr != io.EOF {
-				err = rerr
-			}
-			break
-		}
+	if rc := socketOf(src); rc != nil {
+		n, err = copySocket(dst, rc, t)
+	} else {
+		n, err = copyConn(dst, src, t)
 	}
 	if err == nil {
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-			return written, nil
+			return n, nil
 		}
 	}
 	dst.Close()
 	src.Close()
-	return written, err
+	return n, err
+}
+
+// copyConn copies from any connection (a TLS one) into a ReadBuffer, so
+// a direction that waits for its peer holds only a small buffer (TLS
+// keeps its own record buffer below it anyway).
+func copyConn(dst, src net.Conn, t *Timer) (written int64, err error) {
+	var rb ReadBuffer
+	defer rb.Release()
+	for {
+		buf := rb.Next()
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if err := write(dst, buf[:n], &written, t); err != nil {
+				return written, err
+			}
+		}
+		rb.Done(n)
+		if rerr == io.EOF {
+			return written, nil
+		}
+		if rerr != nil {
+			return written, rerr
+		}
+	}
+}
+
+// copySocket copies from a plain TCP socket without holding a buffer
+// while it waits: it waits for the socket to be readable, and only then
+// takes a pooled buffer, reads what is there in one system call (as many
+// as a read of the connection would make), writes it on and gives the
+// buffer back. A backend that sends nothing costs its session no buffer.
+func copySocket(dst net.Conn, src syscall.RawConn, t *Timer) (written int64, err error) {
+	for {
+		var buf []byte
+		var n int
+		var rerr error
+		err := src.Read(func(fd uintptr) bool {
+			buf = Buffers.Get()
+			for {
+				n, rerr = syscall.Read(int(fd), buf)
+				if rerr != syscall.EINTR {
+					break
+				}
+			}
+			if rerr == syscall.EAGAIN {
+				Buffers.Put(buf)
+				return false // wait until readable, then call again
+			}
+			return true
+		})
+		if err != nil {
+			return written, err
+		}
+		if rerr != nil {
+			Buffers.Put(buf)
+			return written, os.NewSyscallError("read", rerr)
+		}
+		if n == 0 {
+			Buffers.Put(buf)
+			return written, nil // end of stream
+		}
+		err = write(dst, buf[:n], &written, t)
+		Buffers.Put(buf)
+		if err != nil {
+			return written, err
+		}
+	}
+}
+
+// write writes b to dst after a read that brought it, touching t.
+func write(dst net.Conn, b []byte, written *int64, t *Timer) error {
+	if t != nil {
+		t.Touch()
+	}
+	w, err := dst.Write(b)
+	*written += int64(w)
+	if err == nil && w != len(b) {
+		err = io.ErrShortWrite
+	}
+	return err
+}
+
+// socketOf returns the socket of a plain TCP connection (as Dialer and
+// DialBackend make them), nil for anything else.
+func socketOf(c net.Conn) syscall.RawConn {
+	switch v := c.(type) {
+	case *heldConn:
+		return socketOf(v.Conn)
+	case *net.TCPConn:
+		rc, err := v.SyscallConn()
+		if err != nil {
+			return nil
+		}
+		return rc
+	}
+	return nil
 }
 
 // quiet drops the errors every relay ends with.

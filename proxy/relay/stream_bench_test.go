@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"io"
 	"math/big"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -16,26 +17,35 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
 
-// tlsPair is a client and a server TLS connection over loopback, the
-// handshake done (TLS 1.3, AES-128-GCM, a self-signed P-256 certificate).
-func tlsPair(tb testing.TB) (client, server *tls.Conn) {
+// serverCert is a self-signed P-256 certificate for relay.example.
+var serverCert = sync.OnceValues(func() (tls.Certificate, *x509.CertPool) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		tb.Fatal(err)
+		panic(err)
 	}
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour),
 		NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"relay.example"}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		tb.Fatal(err)
+		panic(err)
 	}
-	leaf, _ := x509.ParseCertificate(der)
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		panic(err)
+	}
 	pool := x509.NewCertPool()
 	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
+})
+
+// tlsPair is a client and a server TLS connection over loopback, the
+// handshake done (TLS 1.3, AES-128-GCM).
+func tlsPair(tb testing.TB) (client, server *tls.Conn) {
+	cert, pool := serverCert()
 	c, s := testkit.TCPPair(tb)
 	client = tls.Client(c, &tls.Config{RootCAs: pool, ServerName: "relay.example",
 		CipherSuites: []uint16{tls.TLS_AES_128_GCM_SHA256}})
-	server = tls.Server(s, &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}})
+	server = tls.Server(s, &tls.Config{Certificates: []tls.Certificate{cert}})
 	errc := make(chan error, 1)
 	go func() { errc <- server.Handshake() }()
 	if err := client.Handshake(); err != nil {
@@ -73,6 +83,33 @@ func BenchmarkStreamTLS(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)*float64(len(chunk))/(1<<20)/(cpuNow()-cpu0).Seconds(), "MiB/cpu-s")
+	client.Close()
+	backend.Close()
+}
+
+// BenchmarkStreamTLSDown is the other direction: a plain backend writes
+// 64 KiB at a time, the relay encrypts it to the TLS client, which reads.
+func BenchmarkStreamTLSDown(b *testing.B) {
+	client, front := tlsPair(b)
+	back, backend := testkit.TCPPair(b)
+	go relay.Pipe(front, back)
+	chunk := make([]byte, 64<<10)
+	total := int64(b.N) * int64(len(chunk))
+	go func() {
+		for range b.N {
+			if _, err := backend.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	b.SetBytes(int64(len(chunk)))
+	cpu0 := cpuNow()
+	b.ResetTimer()
+	if _, err := io.CopyN(io.Discard, client, total); err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(total)/(1<<20)/(cpuNow()-cpu0).Seconds(), "MiB/cpu-s")
 	client.Close()
 	backend.Close()
 }
