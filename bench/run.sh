@@ -213,6 +213,13 @@ gatehouse_config() {
 		echo "    server_key: $P/server.key"
 		echo "    routes:"
 		for t in $TENANTS; do echo "      - {tenant: $t, backend: \"127.0.0.1:8081\"}"; done
+		echo "  - name: echo"
+		echo "    listen: \"127.0.0.1:8452\""
+		echo "    protocol: tcp"
+		echo "    server_cert: $P/server.pem"
+		echo "    server_key: $P/server.key"
+		echo "    routes:"
+		for t in $TENANTS; do echo "      - {tenant: $t, backend: \"127.0.0.1:8082\"}"; done
 	} >"$1"
 	if [ -n "$4" ]; then sed -i 's/127.0.0.1:8443/:443/' "$1"; fi
 }
@@ -438,6 +445,8 @@ BACKEND_PID=$LAST
 bg sink ip netns exec "$NS" taskset -c $CLI_CPU "$LG" sink -addr 127.0.0.1:8081
 wait_port "$NS" 8080 10 "$BACKEND_PID" || { echo "backend did not start: $(logtail "$LOGS/backend.err")" >&2; exit 1; }
 wait_port "$NS" 8081 10 "$LAST" || { echo "sink did not start: $(logtail "$LOGS/sink.err")" >&2; exit 1; }
+bg echoserve ip netns exec "$NS" taskset -c $CLI_CPU "$LG" echoserve -addr 127.0.0.1:8082
+wait_port "$NS" 8082 10 "$LAST" || { echo "echo backend did not start: $(logtail "$LOGS/echoserve.err")" >&2; exit 1; }
 
 SUITES=TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
 mkdir -p "$W/nginx/tmp" "$W/haproxy" "$W/stunnel"
@@ -463,6 +472,7 @@ backend be
     server backend 127.0.0.1:8080
 EOF
 cat >"$W/nginx/nginx.conf" <<EOF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 worker_processes 1;
 worker_rlimit_nofile $NOFILE;
 error_log $W/nginx/error.log warn;
@@ -495,6 +505,18 @@ http {
         }
     }
 }
+stream {
+    server {
+        listen 127.0.0.1:8453 ssl;
+        ssl_certificate $P/server.pem;
+        ssl_certificate_key $P/server.key;
+        ssl_client_certificate $CA;
+        ssl_verify_client on;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_tickets off;
+        proxy_pass 127.0.0.1:8082;
+    }
+}
 EOF
 # stunnel has no HTTP mode: it is compared in TCP mode (a blind TLS tunnel).
 cat >"$W/stunnel/stunnel.conf" <<EOF
@@ -515,6 +537,16 @@ ciphersuites = $SUITES
 [stream]
 accept = 127.0.0.1:8451
 connect = 127.0.0.1:8081
+cert = $P/server.pem
+key = $P/server.key
+CAfile = $CA
+requireCert = yes
+verifyChain = yes
+sslVersionMin = TLSv1.2
+ciphersuites = $SUITES
+[echo]
+accept = 127.0.0.1:8454
+connect = 127.0.0.1:8082
 cert = $P/server.pem
 key = $P/server.key
 CAfile = $CA
@@ -557,7 +589,7 @@ if [ -n "${SPID[gatehouse]:-}" ]; then wait_port "$NS" 8450 10 "${SPID[gatehouse
 load() {
 	local s=$1 m=$2 port=${3:-${PORT[$1]}} pid=${SPID[$1]:-} conc line key
 	[ -n "$pid" ] || return 0
-	case $m in hs) conc=8 ;; ka) conc=4 ;; *) conc=2 ;; esac
+	case $m in hs) conc=8 ;; ka | echo) conc=4 ;; *) conc=2 ;; esac
 	key=tls/$m/$s
 	if ! line=$(inns timeout $((DUR + 60)) taskset -c $CLI_CPU "$LG" "$m" -target "127.0.0.1:$port" -cert "$CERT1" -key "$KEY1" \
 		-ca "$SCA" -dur "${DUR}s" -conc "$conc" -pids "$(tree "$pid")" 2>>"$LOGS/loadgen-$s.err"); then
@@ -601,6 +633,30 @@ for r in $(seq "$ROUNDS"); do
 done
 # Keys for the stream runs.
 sed -i 's#^tls/stream/#stream/#' "$W/runs.txt"
+
+# ---------------------------------------------------------------- terminal echo
+# The terminal pattern: 256 bytes over TLS, echoed by the backend, the
+# next only after the echo. gatehouse's tcp listener against nginx's
+# stream module and stunnel, then the system calls each makes per round
+# trip (bench/syscalls.sh, strace -c on every thread, a fixed count).
+declare -A ECHOPORT=([gatehouse]=8452 [nginx]=8453 [stunnel]=8454)
+ECHO_SERVERS="gatehouse nginx stunnel"
+ECHO_COUNT=${ECHO_COUNT:-20000}
+say "TLS echo round trips: $ECHO_SERVERS × $ROUNDS rounds"
+for r in $(seq "$ROUNDS"); do
+	for s in $ECHO_SERVERS; do load "$s" echo "${ECHOPORT[$s]}"; done
+done
+for s in $ECHO_SERVERS; do
+	pid=${SPID[$s]:-}
+	[ -n "$pid" ] || continue
+	if sc=$("$BENCH/syscalls.sh" "$ECHO_COUNT" "$(tree "$pid")" -- ip netns exec "$NS" taskset -c $CLI_CPU "$LG" echo \
+		-target "127.0.0.1:${ECHOPORT[$s]}" -cert "$CERT1" -key "$KEY1" -ca "$SCA" -dur 120s -warm 0 -conc 1 -max "$ECHO_COUNT" 2>>"$LOGS/syscalls-$s.err"); then
+		raw "syscalls/$s" "$sc"
+		say "syscalls $s: $sc"
+	else
+		raw "fail/syscalls/$s" "$(logtail "$LOGS/syscalls-$s.err" 2)"
+	fi
+done
 
 for want in $IDLE_SESSIONS; do
 	n=$(( want < MAXCONN ? want : MAXCONN ))
@@ -771,10 +827,31 @@ for s in gatehouse stunnel; do
 	fi
 	cpu=$(pick "stream/$s" cpu)
 	vs=""
-	[ "$s" = gatehouse ] && vs="$(ratio "$v" "$(pick stream/stunnel mibps)") stunnel"
+	[ "$s" = gatehouse ] && vs="$(ratio "$(awk -v v="$v" -v c="$cpu" 'BEGIN{if(c>0) print v/c}')" "$(awk -v v="$(pick stream/stunnel mibps)" -v c="$(pick stream/stunnel cpu)" 'BEGIN{if(c>0) print v/c}')") stunnel per core-s (goal ≥ 1×)"
 	row "TLS stream" "$s: TLS-terminated TCP stream to a sink (64 KiB writes)" "$(num "$v") MiB/s" \
 		"CPU $(num "$cpu" 2) cores, $(num "$(awk -v v="$v" -v c="$cpu" 'BEGIN{if(c>0) print v/c}')") MiB/s per core-s" "$vs" \
 		"gatehouse: listener protocol tcp (a blind tunnel, as stunnel does; the tn3270/tn5250 listeners add Telnet parsing, see proxy/telnet benchmarks); stunnel: same blind tunnel"
+done
+for s in nginx stunnel; do
+	v=$(pick "tls/echo/$s" rate)
+	c=$(pick "tls/echo/$s" cpu)
+	[ -n "$v" ] && declare "echoper_$s=$(awk -v v="$v" -v c="$c" 'BEGIN{if(c>0) print v/c}')"
+done
+for s in $ECHO_SERVERS; do
+	v=$(pick "tls/echo/$s" rate)
+	if [ -z "$v" ]; then
+		row "TLS echo" "$s" "did not run" "" "" "$(fails "tls/$s")$(fails "tls/echo/$s")"
+		continue
+	fi
+	cpu=$(pick "tls/echo/$s" cpu)
+	per=$(awk -v v="$v" -v c="$cpu" 'BEGIN{if(c>0) print v/c}')
+	vs=""
+	[ "$s" = gatehouse ] && vs="$(ratio "$per" "${echoper_nginx:-}") nginx stream per core-s (goal ≥ 1×), $(ratio "$per" "${echoper_stunnel:-}") stunnel"
+	sc=$(awk -F'\t' -v k="syscalls/$s" '$1==k{print $2; exit}' "$RAW")
+	note="listener protocol tcp (gatehouse), stream module (nginx), a service (stunnel), 4 connections"
+	[ -n "$sc" ] && note="$note; system calls per round trip ($ECHO_COUNT on one connection, strace -c): $(kv "$sc" per) ($(cut -d' ' -f3- <<<"$sc"))"
+	row "TLS echo" "$s: 256-byte echo round trips over TLS" "$(num "$v")/s, p50 $(num "$(pick "tls/echo/$s" p50us)") µs, p99 $(num "$(pick "tls/echo/$s" p99us)") µs" \
+		"CPU $(num "$cpu" 2) cores, $(num "$per") per core-s" "$vs" "$note"
 done
 for n in $IDLE_SESSIONS; do
 	for s in gatehouse stunnel; do
