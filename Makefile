@@ -114,7 +114,7 @@ lint:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
 # Debian packages only the benchmarks need: the peers gatehouse is measured against.
-BENCH_PACKAGES := haproxy nginx libnginx-mod-stream stunnel4 iptables strace linux-perf
+BENCH_PACKAGES := haproxy nginx libnginx-mod-stream stunnel4 iptables strace linux-perf ethtool
 
 # bench (root): bench/run.sh measures gatehouse beside XDP/nftables/iptables,
 # HAProxy, nginx and stunnel in one run (about 8 minutes, 20 at most), bounded

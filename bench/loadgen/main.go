@@ -44,7 +44,7 @@ const (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: loadgen serve|sink|hs|ka|h2|bulk|stream|idle [flags]")
+		fmt.Fprintln(os.Stderr, "usage: loadgen serve|sink|echoserve|hs|ka|h2|bulk|stream|echo|idle [flags]")
 		os.Exit(2)
 	}
 	mode := os.Args[1]
@@ -57,6 +57,7 @@ func main() {
 	fs.StringVar(&o.key, "key", "", "client key (PEM)")
 	fs.StringVar(&o.ca, "ca", "", "CA of the server certificate (PEM)")
 	fs.DurationVar(&o.dur, "dur", 4*time.Second, "measured duration")
+	fs.DurationVar(&o.warm, "warm", 300*time.Millisecond, "unmeasured warm-up before it (0: none, for exact counts)")
 	fs.IntVar(&o.max, "max", 0, "stop after this many requests (0: -dur only)")
 	fs.IntVar(&o.conc, "conc", 4, "concurrent connections")
 	fs.IntVar(&o.streams, "streams", 1, "h2: concurrent streams per connection")
@@ -70,7 +71,9 @@ func main() {
 		err = serve(o.addr)
 	case "sink":
 		err = sink(o.addr)
-	case "hs", "ka", "h2", "bulk", "stream":
+	case "echoserve":
+		err = echoServe(o.addr)
+	case "hs", "ka", "h2", "bulk", "stream", "echo":
 		err = client(mode, o)
 	case "idle":
 		err = idle(o)
@@ -85,7 +88,7 @@ func main() {
 
 type opts struct {
 	addr, target, sni, cert, key, ca, pids string
-	dur                                    time.Duration
+	dur, warm                              time.Duration
 	max, conc, n, streams                  int
 }
 
@@ -284,9 +287,11 @@ func client(mode string, o opts) error {
 	// A short warm-up outside the measurement: the server's first
 	// connection, its backend pool, page faults.
 	warm := &result{}
-	warmCtx, cancelWarm := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	runWorkers(warmCtx, mode, o, cfg, conc, warm, 0)
-	cancelWarm()
+	if o.warm > 0 {
+		warmCtx, cancelWarm := context.WithTimeout(context.Background(), o.warm)
+		runWorkers(warmCtx, mode, o, cfg, conc, warm, 0)
+		cancelWarm()
+	}
 	if warm.ok.Load() == 0 && warm.firstErr != nil {
 		return fmt.Errorf("warm-up: %w", warm.firstErr)
 	}
@@ -363,6 +368,8 @@ func runWorkers(ctx context.Context, mode string, o opts, cfg *tls.Config, conc 
 				lat = keepAlive(ctx, o, cfg, res, path, size, more)
 			case "stream":
 				stream(ctx, o, cfg, res)
+			case "echo":
+				lat = echo(ctx, o, cfg, res, more)
 			}
 			res.mu.Lock()
 			res.lat = append(res.lat, lat...)
@@ -495,6 +502,64 @@ func stream(ctx context.Context, o opts, cfg *tls.Config, res *result) {
 			return
 		}
 		res.ok.Add(1)
+	}
+}
+
+// echoSize is the message of the terminal pattern: a screen update or a
+// keystroke's answer, echoed by the backend.
+const echoSize = 256
+
+// echo is one connection's round trips: 256 bytes written, the same 256
+// read back, the next only then.
+func echo(ctx context.Context, o opts, cfg *tls.Config, res *result, more func() bool) []time.Duration {
+	c, err := dial(ctx, o, cfg, res)
+	if err != nil {
+		res.fail(err)
+		return nil
+	}
+	defer c.Close()
+	msg := make([]byte, echoSize)
+	got := make([]byte, echoSize)
+	var lat []time.Duration
+	for more() {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		t0 := time.Now()
+		if _, err := c.Write(msg); err != nil {
+			res.fail(err)
+			return lat
+		}
+		if _, err := io.ReadFull(c, got); err != nil {
+			res.fail(err)
+			return lat
+		}
+		lat = append(lat, time.Since(t0))
+		res.bytes.Add(echoSize)
+		res.ok.Add(1)
+	}
+	return lat
+}
+
+// echoServe is the backend of the round trips: it sends back what it reads.
+func echoServe(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := untilSignal()
+	defer cancel()
+	go func() { <-ctx.Done(); ln.Close() }()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		go func() {
+			io.Copy(c, c)
+			c.Close()
+		}()
 	}
 }
 
