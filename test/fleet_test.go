@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
+	"github.com/gatehouse-dmz/gatehouse/fleet"
 	"github.com/gatehouse-dmz/gatehouse/test/netns"
 )
 
@@ -50,6 +52,7 @@ type fleetNS struct {
 	addr string
 	dev  string // its link to the router
 	d    *daemonProc
+	cfg  string // its configuration file
 }
 
 func newFleetNet(t *testing.T) *fleetNet {
@@ -139,6 +142,7 @@ fleet:
 			return n.ns.DialContext(ctx, network, "", a)
 		},
 	}}
+	n.cfg = path
 	n.d = launch(t, n.ns.Command(binary(t), "run", "-c", path), "127.0.0.1:9477", metrics)
 }
 
@@ -321,4 +325,63 @@ func TestFleetSharesScanBlocks(t *testing.T) {
 	if body, err := fn.peerGet(fleetA4, fleetB4, rogue.TLS); err == nil {
 		t.Errorf("B served a peer with a certificate of another CA: %s", body)
 	}
+
+	// gatehouse status shows the fleet: B's peer A up, the two blocks
+	// received from it and held; A's blocks served; then A gone, down.
+	peerA := fmt.Sprintf("%s:%d", fleetA4, fleetPort)
+	st := b.fleetStatus(t)
+	if len(st.Peers) != 1 || st.Peers[0].Peer != peerA || !st.Peers[0].Up || st.Peers[0].Result != "ok" ||
+		st.Peers[0].Received < 2 || st.Peers[0].Holding < 2 || st.Peers[0].LastPull.IsZero() {
+		t.Errorf("B's status of the fleet: %+v", st)
+	}
+	if st := a.fleetStatus(t); st.Served < 2 || st.LastServed.IsZero() {
+		t.Errorf("A's status: served %d at %v, want its 2 blocks served to B", st.Served, st.LastServed)
+	}
+	text := b.status(t)
+	for _, want := range []string{"Fleet peer last pull received (holding)", peerA + " up"} {
+		if !hasLine(text, want) {
+			t.Errorf("B's status lacks %q:\n%s", want, text)
+		}
+	}
+	a.d.kill()
+	b.d.waitFor(t, "A down in B's status", func() bool {
+		st := b.fleetStatus(t)
+		return len(st.Peers) == 1 && !st.Peers[0].Up && st.Peers[0].Result == "unreachable"
+	})
+	if text := b.status(t); !strings.Contains(text, peerA+" down") || !strings.Contains(text, "unreachable") {
+		t.Errorf("B's status with A gone:\n%s", text)
+	}
+}
+
+// status is `gatehouse status` on the node.
+func (n *fleetNS) status(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := n.ns.Command(binary(t), append([]string{"status", "-c", n.cfg}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("status on %s: %v\n%s", n.addr, err, out)
+	}
+	return string(out)
+}
+
+// fleetStatus is the fleet part of `gatehouse status --json` on the node.
+func (n *fleetNS) fleetStatus(t *testing.T) fleet.Status {
+	t.Helper()
+	var st struct {
+		Fleet *fleet.Status `json:"fleet"`
+	}
+	if err := json.Unmarshal([]byte(n.status(t, "--json")), &st); err != nil || st.Fleet == nil {
+		t.Fatalf("status --json on %s: %v, fleet %v", n.addr, err, st.Fleet)
+	}
+	return *st.Fleet
+}
+
+// hasLine says whether out has a line starting with the words of line, whatever
+// the column spacing.
+func hasLine(out, line string) bool {
+	for l := range strings.Lines(out) {
+		if strings.HasPrefix(strings.Join(strings.Fields(l), " "), line) {
+			return true
+		}
+	}
+	return false
 }
