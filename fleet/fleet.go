@@ -189,6 +189,7 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	n.m.served.Set(float64(len(list.Blocks)))
+	n.m.noteServed(len(list.Blocks))
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(list)
 }

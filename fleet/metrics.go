@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -15,8 +16,11 @@ type metrics struct {
 	received *prometheus.CounterVec
 	served   prometheus.Gauge
 
-	mu   sync.Mutex
-	last map[string]string
+	mu       sync.Mutex
+	last     map[string]string
+	state    map[string]peerState // for Status
+	servedN  int
+	servedAt time.Time
 }
 
 func newMetrics(peers []string) *metrics {
@@ -30,7 +34,8 @@ func newMetrics(peers []string) *metrics {
 			Help: "Sources a peer blocked that this node blocked in turn."}, []string{"peer"}),
 		served: prometheus.NewGauge(prometheus.GaugeOpts{Name: "gatehouse_fleet_blocks_served",
 			Help: "Blocks this node learned itself and served at the last pull by a peer."}),
-		last: map[string]string{},
+		last:  map[string]string{},
+		state: map[string]peerState{},
 	}
 	for _, p := range peers {
 		m.up.WithLabelValues(p)

@@ -46,8 +46,9 @@ func refuse(result string, format string, a ...any) error {
 // is counted and logged (once per change of result).
 func (n *Node) pull(ctx context.Context, base, peer string) {
 	blocks, err := n.fetch(ctx, base)
+	fresh := 0
 	if err == nil {
-		err = n.apply(peer, blocks)
+		fresh, err = n.apply(peer, blocks)
 	}
 	result := ResultOK
 	var pe *pullError
@@ -62,6 +63,7 @@ func (n *Node) pull(ctx context.Context, base, peer string) {
 		up = 1
 	}
 	n.m.up.WithLabelValues(peer).Set(up)
+	n.m.note(peer, result, err, fresh)
 	if !n.m.noteResult(peer, result) {
 		return // said already
 	}
@@ -137,9 +139,10 @@ func (n *Node) parse(body []byte) ([]Block, error) {
 	return out, nil
 }
 
-// apply puts a checked list into the blocklist. A block the peer sent
-// before and that still holds here is not counted again.
-func (n *Node) apply(peer string, blocks []Block) error {
+// apply puts a checked list into the blocklist and returns how many of
+// its blocks are new. A block the peer sent before and that still holds
+// here is not counted again.
+func (n *Node) apply(peer string, blocks []Block) (int, error) {
 	now := time.Now()
 	n.mu.Lock()
 	seen := n.seen[peer]
@@ -172,5 +175,5 @@ func (n *Node) apply(peer string, blocks []Block) error {
 		n.mu.Unlock()
 	}
 	n.m.received.WithLabelValues(peer).Add(float64(fresh))
-	return errors.Join(errs...)
+	return fresh, errors.Join(errs...)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
+	"github.com/gatehouse-dmz/gatehouse/fleet"
 	"github.com/gatehouse-dmz/gatehouse/test/netns"
 )
 
@@ -48,7 +50,9 @@ type fleetNet struct {
 type fleetNS struct {
 	ns   *netns.NS
 	addr string
+	dev  string // its link to the router
 	d    *daemonProc
+	cfg  string // its configuration file
 }
 
 func newFleetNet(t *testing.T) *fleetNet {
@@ -66,9 +70,9 @@ func newFleetNet(t *testing.T) *fleetNet {
 	fn.attacker.AddRoute(t, "default", "203.0.113.65")
 	for _, n := range []struct{ addr, gw, role string }{{fleetA4, "198.51.100.14", "fleeta"}, {fleetB4, "198.51.100.30", "fleetb"}} {
 		ns := netns.New(t, n.role)
-		netns.Connect(t, ns, []string{n.addr + "/28"}, fn.router, []string{n.gw + "/28"})
+		v := netns.Connect(t, ns, []string{n.addr + "/28"}, fn.router, []string{n.gw + "/28"})
 		ns.AddRoute(t, "default", n.gw)
-		fn.nodes[n.addr] = &fleetNS{ns: ns, addr: n.addr}
+		fn.nodes[n.addr] = &fleetNS{ns: ns, addr: n.addr, dev: v.A}
 	}
 	fn.serverCA = certstest.NewCA(t, "gatehouse")
 	fn.fleetCA = certstest.NewCA(t, "fleet")
@@ -87,8 +91,18 @@ func newFleetNet(t *testing.T) *fleetNet {
 // blocks are nftables' to share), its peer the other node.
 func (fn *fleetNet) start(t *testing.T, addr, peer string) {
 	t.Helper()
+	fn.startXDP(t, addr, peer, false)
+}
+
+// startXDP is start with XDP attached to the node's link when xdp is set.
+func (fn *fleetNet) startXDP(t *testing.T, addr, peer string, xdp bool) {
+	t.Helper()
 	n := fn.nodes[addr]
 	dir := t.TempDir()
+	iface, xdpMode := "", `"off"`
+	if xdp {
+		iface, xdpMode = "interface: "+n.dev, "auto\n  pin_dir: "+mountBPFFS(t, dir)+"/gatehouse"
+	}
 	server := fn.serverCA.Server(t, "gate.example")
 	caFile := fn.tenantCA.CertFile
 	echoServer(t, n.ns.Listen(t, "tcp", "127.0.0.1:7000"))
@@ -97,8 +111,9 @@ func (fn *fleetNet) start(t *testing.T, addr, peer string) {
 state_dir: %[1]s
 shutdown_grace: 2s
 admin_socket: %[1]s/admin.sock
+%[11]s
 enforcement:
-  xdp: "off"
+  xdp: %[12]s
   nftables: true
   mode: listeners
   management: [{cidr: %[2]s/32, ports: [%[3]d]}]
@@ -117,7 +132,7 @@ fleet:
   peers: ["https://%[2]s:%[3]d"]
   pull_interval: 1s
   block_ttl: 5m
-`, dir, peer, fleetPort, caFile, server.CertFile, server.KeyFile, addr, fn.certs[addr].CertFile, fn.certs[addr].KeyFile, fn.fleetCA.CertFile)
+`, dir, peer, fleetPort, caFile, server.CertFile, server.KeyFile, addr, fn.certs[addr].CertFile, fn.certs[addr].KeyFile, fn.fleetCA.CertFile, iface, xdpMode)
 	path := filepath.Join(dir, "gatehouse.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -127,6 +142,7 @@ fleet:
 			return n.ns.DialContext(ctx, network, "", a)
 		},
 	}}
+	n.cfg = path
 	n.d = launch(t, n.ns.Command(binary(t), "run", "-c", path), "127.0.0.1:9477", metrics)
 }
 
@@ -204,18 +220,22 @@ func (fn *fleetNet) peerGet(src string, dst string, cert tls.Certificate) (strin
 	return string(b), err
 }
 
-// TestFleetSharesScanBlocks: a real scan against node A gets the scanner
-// blocked on node B within seconds (it loses B's open port), while the
-// tenant's session on B goes on. A scan forged in the tenant's name on A
-// reaches B's blocklist too, and cuts the tenant on B no more than on A:
-// its established session and new sessions to the listener work. B does
-// not serve back what it took from A, and refuses a peer whose certificate
-// is not of the fleet CA.
+// TestFleetSharesScanBlocks: a real scan against node A (nftables only)
+// gets the scanner blocked on node B within seconds (it loses B's open
+// port), in both of B's layers: B's XDP program drops it as blocked, as it
+// would a scanner B caught itself. The tenant's session on B goes on. A
+// scan forged in the tenant's name on A reaches B's blocklists too, and
+// cuts the tenant on B no more than on A: its established session and new
+// sessions to the listener work through B's XDP program and nftables. B
+// does not serve back what it took from A, and refuses a peer whose
+// certificate is not of the fleet CA.
 func TestFleetSharesScanBlocks(t *testing.T) {
 	fn := newFleetNet(t)
 	fn.start(t, fleetA4, fleetB4)
-	fn.start(t, fleetB4, fleetA4)
+	fn.startXDP(t, fleetB4, fleetA4, true)
 	a, b := fn.nodes[fleetA4], fn.nodes[fleetB4]
+	tb := &topology{d: b.d}
+	xdpBlocked := `gatehouse_xdp_packets_total\{action="drop",reason="blocked"\}`
 
 	sess, br, err := fn.session(fleetB4)
 	if err != nil {
@@ -250,7 +270,18 @@ func TestFleetSharesScanBlocks(t *testing.T) {
 	} else if !errors.As(err, &ne) || !ne.Timeout() {
 		t.Errorf("the scanner's SYN to B was answered (%v), want it dropped", err)
 	}
-	tp := &topology{d: b.d}
+	// B's XDP program has the peer's block: a SYN to B's open port (not a
+	// listener) at a time, until the driver drops one as blocked.
+	b.d.waitFor(t, "the scanner in B's XDP blocklist", func() bool { return tb.metric(t, "gatehouse_xdp_blocked_sources") >= 1 })
+	before := tb.metric(t, xdpBlocked)
+	b.d.waitFor(t, "B's XDP program dropping the scanner as blocked", func() bool {
+		fn.forge(t, fleetAttacker4, fleetB4, fleetOpenPort, 1)
+		return tb.metric(t, xdpBlocked) > before
+	})
+	if v := tb.metric(t, `gatehouse_xdp_packets_total\{action="drop",reason="scan_detected"\}`); v > 0 {
+		t.Errorf("B's XDP program detected a scan itself (%v drops): the block must be A's", v)
+	}
+	tp := tb
 	if v := tp.metric(t, fmt.Sprintf(`gatehouse_fleet_blocks_received_total\{peer="%s:%d"\}`, fleetA4, fleetPort)); v < 1 {
 		t.Errorf("B's gatehouse_fleet_blocks_received_total from A = %v", v)
 	}
@@ -262,6 +293,7 @@ func TestFleetSharesScanBlocks(t *testing.T) {
 	fn.forge(t, fleetTenant4, fleetA4, 3000, 30)
 	a.d.waitFor(t, "the tenant's address in A's blocklist", func() bool { return strings.Contains(a.blocked(t), fleetTenant4) })
 	b.d.waitFor(t, "the tenant's address in B's blocklist", func() bool { return strings.Contains(b.blocked(t), fleetTenant4) })
+	b.d.waitFor(t, "the tenant's address in B's XDP blocklist", func() bool { return tb.metric(t, "gatehouse_xdp_blocked_sources") >= 2 })
 	if err := sessionEchoes(sess, br); err != nil {
 		t.Errorf("the tenant's established session on B was cut by a block shared from A: %v", err)
 	}
@@ -293,4 +325,63 @@ func TestFleetSharesScanBlocks(t *testing.T) {
 	if body, err := fn.peerGet(fleetA4, fleetB4, rogue.TLS); err == nil {
 		t.Errorf("B served a peer with a certificate of another CA: %s", body)
 	}
+
+	// gatehouse status shows the fleet: B's peer A up, the two blocks
+	// received from it and held; A's blocks served; then A gone, down.
+	peerA := fmt.Sprintf("%s:%d", fleetA4, fleetPort)
+	st := b.fleetStatus(t)
+	if len(st.Peers) != 1 || st.Peers[0].Peer != peerA || !st.Peers[0].Up || st.Peers[0].Result != "ok" ||
+		st.Peers[0].Received < 2 || st.Peers[0].Holding < 2 || st.Peers[0].LastPull.IsZero() {
+		t.Errorf("B's status of the fleet: %+v", st)
+	}
+	if st := a.fleetStatus(t); st.Served < 2 || st.LastServed.IsZero() {
+		t.Errorf("A's status: served %d at %v, want its 2 blocks served to B", st.Served, st.LastServed)
+	}
+	text := b.status(t)
+	for _, want := range []string{"Fleet peer last pull received (holding)", peerA + " up"} {
+		if !hasLine(text, want) {
+			t.Errorf("B's status lacks %q:\n%s", want, text)
+		}
+	}
+	a.d.kill()
+	b.d.waitFor(t, "A down in B's status", func() bool {
+		st := b.fleetStatus(t)
+		return len(st.Peers) == 1 && !st.Peers[0].Up && st.Peers[0].Result == "unreachable"
+	})
+	if text := b.status(t); !strings.Contains(text, peerA+" down") || !strings.Contains(text, "unreachable") {
+		t.Errorf("B's status with A gone:\n%s", text)
+	}
+}
+
+// status is `gatehouse status` on the node.
+func (n *fleetNS) status(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := n.ns.Command(binary(t), append([]string{"status", "-c", n.cfg}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("status on %s: %v\n%s", n.addr, err, out)
+	}
+	return string(out)
+}
+
+// fleetStatus is the fleet part of `gatehouse status --json` on the node.
+func (n *fleetNS) fleetStatus(t *testing.T) fleet.Status {
+	t.Helper()
+	var st struct {
+		Fleet *fleet.Status `json:"fleet"`
+	}
+	if err := json.Unmarshal([]byte(n.status(t, "--json")), &st); err != nil || st.Fleet == nil {
+		t.Fatalf("status --json on %s: %v, fleet %v", n.addr, err, st.Fleet)
+	}
+	return *st.Fleet
+}
+
+// hasLine says whether out has a line starting with the words of line, whatever
+// the column spacing.
+func hasLine(out, line string) bool {
+	for l := range strings.Lines(out) {
+		if strings.HasPrefix(strings.Join(strings.Fields(l), " "), line) {
+			return true
+		}
+	}
+	return false
 }

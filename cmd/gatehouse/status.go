@@ -201,6 +201,7 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) error {
 		}
 	}
 	printBGP(tw, st.BGP)
+	printFleet(tw, st.Fleet, time.Now())
 	fmt.Fprintln(tw, "\nTenants\tsessions")
 	for _, t := range st.Tenants {
 		fmt.Fprintf(tw, "  %s\t%d\n", t.ID, t.Sessions)

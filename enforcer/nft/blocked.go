@@ -99,7 +99,9 @@ func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
 // BlockFromPeer is Block for a source another node of the fleet blocked:
 // the same set, so the same rules (established flows, management ports
 // and admitted sources on listener ports are decided before it), but it
-// is not listed by LocalBlocks. A source blocked already is left as it is.
+// is not listed by LocalBlocks. Like a block of the scan rule, the next
+// poll hands it to OnBlock (the XDP layer). A source blocked already is
+// left as it is.
 func (e *Enforcer) BlockFromPeer(addr netip.Addr, d time.Duration) error {
 	return e.block(addr, d, true)
 }
@@ -131,6 +133,9 @@ func (e *Enforcer) LocalBlocks() []LocalBlock {
 }
 
 func (e *Enforcer) block(addr netip.Addr, d time.Duration, peer bool) error {
+	// A peer's block is handed to the XDP layer by the next poll, as one
+	// the scan rule made; a block from the XDP layer is not handed back.
+	fromPeer := peer
 	if !addr.IsValid() || d < time.Millisecond {
 		return fmt.Errorf("%w: block %s for %s", errBadPolicy, addr, d)
 	}
@@ -171,8 +176,9 @@ func (e *Enforcer) block(addr netip.Addr, d time.Duration, peer bool) error {
 		}
 		return fmt.Errorf("block %s: %w", src, err)
 	}
-	// Known: the poll must not hand it back to the layer it came from.
-	e.blocked[src] = blockState{until: until, mirrored: true, peer: peer}
+	// From the XDP layer: the poll must not hand it back. From a peer:
+	// the poll hands it over, so that the driver drops it too.
+	e.blocked[src] = blockState{until: until, mirrored: !fromPeer, peer: peer}
 	e.count[b2i(v6)]++
 	return nil
 }

@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -17,10 +18,13 @@ const NodeConfigEnv = EnvPrefix + "_NODE_CONFIG"
 
 // NodeKeys are the only keys a node-local overlay may set: what tells one
 // node of a fleet from another (its interface, its metrics address on the
-// management network, its BGP router id, its fleet address and certificate). Everything else (tenants,
-// listeners, feeds, enforcement, limits, TLS) is the fleet's policy and
-// must be the same on every node, or one node would admit what another
-// drops; an overlay that sets such a key is refused with the key's path.
+// management network, its BGP router id, its fleet address and
+// certificate, its admin endpoint's address and certificate, its gateway
+// tunnel address). Everything else (tenants, listeners, feeds,
+// enforcement, limits, TLS, the announced service addresses) is the
+// fleet's policy and must be the same on every node, or one node would
+// admit what another drops; an overlay that sets such a key is refused
+// with the key's path.
 var NodeKeys = []string{
 	"interface",
 	"metrics.listen",
@@ -28,7 +32,19 @@ var NodeKeys = []string{
 	"fleet.listen",
 	"fleet.cert",
 	"fleet.key",
+	"access.https.listen",
+	"access.https.server_cert",
+	"access.https.server_key",
+	"gateway.listen",
 }
+
+// hostOnlyKeys are node keys whose port is the fleet's: it is in
+// enforcement.management (the admin endpoint) or in the connectors'
+// configuration and the management ranges (the gateway's tunnel port),
+// and setting the key turns a role or an endpoint on. The overlay may
+// only bind them to the node's own address: the shared file must set
+// the key, and the overlay must keep its port.
+var hostOnlyKeys = []string{"access.https.listen", "gateway.listen"}
 
 // sources records which keys came from the node overlay and which from
 // the environment, for gatehouse check.
@@ -80,10 +96,37 @@ func applyNode(v *viper.Viper, env func(string) (string, bool), src *sources) Pr
 				path, strings.Join(NodeKeys, ", "))})
 			continue
 		}
+		if slices.Contains(hostOnlyKeys, key) {
+			if msg := hostOnly(v.GetString(key), node.GetString(key)); msg != "" {
+				problems = append(problems, Problem{key, fmt.Sprintf("set in node config %s: %s", path, msg)})
+				continue
+			}
+		}
 		v.Set(key, node.Get(key))
 		src.node = append(src.node, key)
 	}
 	return problems
+}
+
+// hostOnly says what is wrong with an overlay's address for a host-only
+// key, "" if nothing: the shared file must set the key and the overlay
+// keep its port.
+func hostOnly(shared, overlay string) string {
+	if shared == "" {
+		return "the shared file does not set it: a node may give it its own address, not turn it on alone"
+	}
+	_, sport, err := net.SplitHostPort(shared)
+	if err != nil {
+		return "" // the shared file's own problem, said by validation
+	}
+	_, oport, err := net.SplitHostPort(overlay)
+	if err != nil {
+		return fmt.Sprintf("%q: want host:port", overlay)
+	}
+	if oport != sport {
+		return fmt.Sprintf("port %s differs from the shared file's %s: the port is the fleet's (management ranges, clients), a node sets only its address", oport, sport)
+	}
+	return ""
 }
 
 // envKeys lists the keys for which a GATEHOUSE_… variable is set.

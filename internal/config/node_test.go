@@ -84,3 +84,51 @@ func TestNodeOverlayRefusesFleetKeys(t *testing.T) {
 		t.Fatalf("missing overlay: %v, want an error", err)
 	}
 }
+
+// TestNodeOverlayEndpoints: the admin endpoint's address and certificate
+// and the gateway's tunnel address are a node's own, but only its address:
+// the port stays the fleet's, and an overlay cannot turn either on alone.
+func TestNodeOverlayEndpoints(t *testing.T) {
+	dir := fixture(t)
+	node := writeNode(t, "access:\n  https: {listen: \"198.51.100.7:9443\", server_cert: "+dir+"/internal-ca.pem, server_key: "+dir+"/server.key}\n")
+	cfg, err := parseIn(dir, accessYAML, map[string]string{NodeConfigEnv: node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := cfg.Access.HTTPS; h.Listen != "198.51.100.7:9443" || h.ServerCert != dir+"/internal-ca.pem" {
+		t.Errorf("admin endpoint not taken from the overlay: %+v", h)
+	}
+	if got, want := cfg.FromNode(), []string{"access.https.listen", "access.https.server_cert", "access.https.server_key"}; !slices.Equal(got, want) {
+		t.Errorf("FromNode %v, want %v", got, want)
+	}
+	node = writeNode(t, "gateway: {listen: \"198.51.100.7:8443\"}\n")
+	cfg, err = parseIn(dir, gatewayYAML, map[string]string{NodeConfigEnv: node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Gateway.Listen != "198.51.100.7:8443" {
+		t.Errorf("gateway.listen %q, want the overlay's", cfg.Gateway.Listen)
+	}
+
+	for _, tc := range []struct{ name, shared, overlay, want string }{
+		{"admin endpoint on another port", accessYAML, "access: {https: {listen: \"198.51.100.7:9444\"}}\n",
+			"access.https.listen: set in node config"},
+		{"admin endpoint turned on by one node", goodYAML, "access: {https: {listen: \"198.51.100.7:9443\"}}\n",
+			"does not set it"},
+		{"gateway role turned on by one node", goodYAML, "gateway: {listen: \"198.51.100.7:8443\"}\n",
+			"gateway.listen: set in node config"},
+		{"gateway on another port", gatewayYAML, "gateway: {listen: \"198.51.100.7:443\"}\n", "port 443 differs"},
+		{"gateway address without a port", gatewayYAML, "gateway: {listen: \"198.51.100.7\"}\n", "want host:port"},
+		{"the gateway's connectors", gatewayYAML, "gateway: {connectors: []}\n", "gateway.connectors: set in node config"},
+		{"the admin grants", accessYAML, "access: {grants: []}\n", "access.grants: set in node config"},
+		{"the announced prefixes", nodeShared, "bgp: {announce: [192.0.2.99/32]}\n", "bgp.announce: set in node config"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			node := writeNode(t, tc.overlay)
+			_, err := parseIn(dir, tc.shared, map[string]string{NodeConfigEnv: node})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want a refusal with %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -23,6 +23,11 @@ func (d *Daemon) openAudit(cfg *config.Config) error {
 	if path == "" {
 		path = filepath.Join(cfg.StateDir, "audit.log")
 	}
+	// A fresh state_dir (or the audit log's own directory) is created
+	// here, as the rest of the state is: nothing else may need it first.
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("audit log: %w", err)
+	}
 	a, err := admin.OpenAudit(path)
 	if err != nil {
 		return err

@@ -9,7 +9,7 @@ import (
 // buildFleet shares the nftables blocklist with the fleet's peers: the
 // blocks this node learned are served, the peers' go in through
 // BlockFromPeer, so that they keep the rules of a local block.
-func buildFleet(env *Env, ne *nft.Enforcer) (*layer, error) {
+func buildFleet(env *Env, ne *nft.Enforcer) (*fleetLayer, error) {
 	f := env.Config.Fleet
 	node, err := fleet.New(fleet.Config{
 		Logger: env.Logger, Listen: f.Listen, Cert: f.Cert, Key: f.Key, PeerCA: f.PeerCA, Peers: f.Peers,
@@ -30,12 +30,27 @@ func buildFleet(env *Env, ne *nft.Enforcer) (*layer, error) {
 	if err := register(env, "fleet", node); err != nil {
 		return nil, err
 	}
-	return &layer{name: "fleet", rangeBlind: true,
+	return &fleetLayer{node: node, layer: &layer{name: "fleet", rangeBlind: true,
 		apply: func(p *policy.Policy) error {
 			node.SetSourceBits(p.Enforcement.SourcePrefix.V4, p.Enforcement.SourcePrefix.V6)
 			return nil
 		},
 		close: func() error { return nil },
 		run:   node.Run,
-	}, nil
+	}}, nil
 }
+
+// fleetLayer is the fleet's layer, which status asks for the peers.
+type fleetLayer struct {
+	*layer
+	node *fleet.Node
+}
+
+// FleetReporter is a component that reports the fleet for status.
+type FleetReporter interface {
+	FleetStatus() fleet.Status
+}
+
+var _ FleetReporter = (*fleetLayer)(nil)
+
+func (f *fleetLayer) FleetStatus() fleet.Status { return f.node.Status() }

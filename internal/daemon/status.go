@@ -10,6 +10,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/gatehouse-dmz/gatehouse/certs"
+	"github.com/gatehouse-dmz/gatehouse/fleet"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/rules"
 )
@@ -50,6 +51,9 @@ type Status struct {
 	Role    string         `json:"role"`
 	Tunnels []TunnelStatus `json:"tunnels,omitempty"`
 	BGP     *BGPStatus     `json:"bgp,omitempty"` // nil: bgp off
+	// Fleet is this node's peers and the blocks shared with them, nil
+	// when fleet is off.
+	Fleet *fleet.Status `json:"fleet,omitempty"`
 }
 
 // TunnelStatus is how many tunnels are up to one peer: a gateway counts
@@ -147,6 +151,10 @@ func (d *Daemon) Status() Status {
 	for _, c := range d.components {
 		if w, ok := c.(Warner); ok {
 			st.Warnings = append(st.Warnings, w.Warnings()...)
+		}
+		if f, ok := c.(FleetReporter); ok {
+			fs := f.FleetStatus()
+			st.Fleet = &fs
 		}
 	}
 	if fs := d.feeds.Load(); fs != nil && fs.mgr != nil {

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -83,24 +84,22 @@ func (d *demo) setupHA(ctx context.Context, bin string) error {
 	}
 	d.ok("router: BIRD 2 in %s, AS %d, passive BGP sessions to the nodes, ECMP into its kernel table", d.ns["router"], haRouterAS)
 
+	// The three nodes start at once, each awaiting its own readiness.
 	for i, name := range []string{"n1", "n2", "n3"} {
 		n := &haNode{name: name, addr: fmt.Sprintf("198.51.100.%d", i+2)}
 		n.config, n.log = d.path(name+"/gatehouse.yaml"), d.path(name+"/gatehouse.log")
-		if err := d.startHABackend(ctx, n); err != nil {
-			return fmt.Errorf("%s backend: %w", name, err)
-		}
-		if err := d.writeHAConfig(n, pub); err != nil {
-			return err
-		}
-		if out, err := d.cmd(ctx, "", d.bin, "check", "-c", n.config); err != nil {
-			return fmt.Errorf("gatehouse check %s: %w\n%s", name, err, out)
-		}
-		d.onCleanup(func() { d.teardownNode(n) })
-		n.cmd, n.exited, err = d.startGatehouse(ctx, name, n.config, n.log, haMetrics)
 		d.haNodes = append(d.haNodes, n)
+	}
+	errs := make([]error, len(d.haNodes))
+	var wg sync.WaitGroup
+	for i, n := range d.haNodes {
+		wg.Go(func() { errs[i] = d.startHANode(ctx, n, pub) })
+	}
+	wg.Wait()
+	for i, err := range errs {
 		if err != nil {
-			d.log = n.log
-			return fmt.Errorf("gatehouse run %s: %w", name, err)
+			d.log = d.haNodes[i].log
+			return err
 		}
 	}
 	d.ok("gatehouse check and run on n1, n2, n3: ready, each serving the tenant on its own address (same configuration, own router_id; logs %s/n*/gatehouse.log)", dir)
@@ -233,6 +232,26 @@ func (d *demo) birdc(ctx context.Context, args ...string) (string, error) {
 
 // startHABackend runs this program's backends in the node's namespace, on
 // 127.0.0.1, answering with the node's name.
+// startHANode starts one node's backend and, once its configuration
+// passes gatehouse check, its gatehouse, and waits until it is ready.
+func (d *demo) startHANode(ctx context.Context, n *haNode, pub string) error {
+	if err := d.startHABackend(ctx, n); err != nil {
+		return fmt.Errorf("%s backend: %w", n.name, err)
+	}
+	if err := d.writeHAConfig(n, pub); err != nil {
+		return err
+	}
+	if out, err := d.cmd(ctx, "", d.bin, "check", "-c", n.config); err != nil {
+		return fmt.Errorf("gatehouse check %s: %w\n%s", n.name, err, out)
+	}
+	d.onCleanup(func() { d.teardownNode(n) })
+	var err error
+	if n.cmd, n.exited, err = d.startGatehouse(ctx, n.name, n.config, n.log, haMetrics); err != nil {
+		return fmt.Errorf("gatehouse run %s: %w", n.name, err)
+	}
+	return nil
+}
+
 func (d *demo) startHABackend(ctx context.Context, n *haNode) error {
 	if err := os.MkdirAll(d.path(n.name), 0o700); err != nil {
 		return err

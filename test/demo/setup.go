@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -69,6 +70,8 @@ type demo struct {
 	birdSock string    // --ha: BIRD's control socket
 
 	cleanups []func() // run in reverse order by cleanup
+	// cleanupMu guards cleanups while nodes start in parallel (--ha).
+	cleanupMu sync.Mutex
 
 	passed, failedN int
 	failed          bool
@@ -95,7 +98,11 @@ func (d *demo) fail(what string, err error) {
 func (d *demo) section(title string) { fmt.Fprintf(d.out, "\n%s\n", title) }
 
 // onCleanup registers fn to run at exit, after everything registered later.
-func (d *demo) onCleanup(fn func()) { d.cleanups = append(d.cleanups, fn) }
+func (d *demo) onCleanup(fn func()) {
+	d.cleanupMu.Lock()
+	defer d.cleanupMu.Unlock()
+	d.cleanups = append(d.cleanups, fn)
+}
 
 // cleanup undoes everything in reverse order. Each undo stands alone: one
 // that fails does not stop the others.
