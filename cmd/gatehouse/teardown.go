@@ -3,10 +3,12 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"net/http"
 	"os"
 	"strings"
 	"syscall"
@@ -21,8 +23,9 @@ import (
 )
 
 func newTeardownCmd(g *globals) *cobra.Command {
-	var yes, force bool
-	var pinDir, iface, socket string
+	var yes, force, viaDaemon bool
+	var pinDir, iface string
+	var target adminTarget
 	cmd := &cobra.Command{
 		Use:   "teardown",
 		Short: "Remove the pinned XDP filter and the nftables table: the only way to lift gatehouse's kernel filters",
@@ -37,12 +40,23 @@ the table within its reconcile interval (10 seconds), also while it keeps a
 previous run's ranges; so --force against a running daemon only opens that
 window. Without --yes it asks for confirmation.
 
+With --daemon (over the admin socket) or --admin-url (the HTTPS admin
+endpoint) it asks the running daemon instead: the daemon stops its
+enforcement loops and proxies (draining sessions within shutdown_grace),
+detaches and unpins its XDP filter, deletes table inet gatehouse, writes the
+outcome to its audit log, answers what it removed, and exits 0. This takes
+the admin role at global scope, and --yes: it opens the gate.
+
 The pin directory comes from --pin-dir, else from the configuration's
 enforcement.pin_dir (read even when a file it names is missing), else
 /sys/fs/bpf/gatehouse, said on stderr; a configuration that does not load
 does not stop a teardown.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if viaDaemon || target.url != "" {
+				return teardownViaDaemon(cmd.Context(), g, &target, yes)
+			}
+			socket := target.socket
 			cfg, cfgErr := config.Peek(g.configPath)
 			if pinDir == "" {
 				pinDir = xdp.DefaultPinDir
@@ -109,7 +123,8 @@ does not stop a teardown.`,
 	}
 	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
 	cmd.Flags().BoolVar(&force, "force", false, "tear down even while a daemon runs, or when that cannot be told (a running daemon puts the filters back)")
-	cmd.Flags().StringVar(&socket, "socket", "", "admin socket a running daemon answers on (default: admin_socket of the configuration)")
+	cmd.Flags().BoolVar(&viaDaemon, "daemon", false, "ask the running daemon (admin socket, or --admin-url) to lift its filters and stop")
+	target.flags(cmd.Flags())
 	cmd.Flags().StringVar(&pinDir, "pin-dir", "", "bpffs directory the XDP state is pinned under")
 	cmd.Flags().StringVar(&iface, "interface", "", "only this interface's XDP filter")
 	return cmd
@@ -151,7 +166,7 @@ func refuseWhileRunning(ctx context.Context, stderr io.Writer, socket, pinDir st
 	case running != "" && !force:
 		return "", exitError{code: 1, msg: "gatehouse teardown: " + running + " would put the filters back " +
 			"(XDP within a second, the nftables table within its reconcile interval): stop it first (systemctl stop gatehouse); " +
-			"--force tears down anyway. Nothing removed."}
+			"--force tears down anyway; --daemon asks the daemon to lift them and stop. Nothing removed."}
 	case running != "":
 		fmt.Fprintf(stderr, "gatehouse teardown: --force: %s will put the filters back\n", running)
 	case unsure != "" && !force:
@@ -210,4 +225,29 @@ func confirm(in io.Reader, out io.Writer, question string) (bool, error) {
 		return true, nil
 	}
 	return false, nil
+}
+
+// teardownViaDaemon asks the running daemon to lift its kernel filters and
+// stop (POST /teardown), and says what it removed.
+func teardownViaDaemon(ctx context.Context, g *globals, target *adminTarget, yes bool) error {
+	if !yes {
+		return exitError{code: 2, msg: "gatehouse teardown: asking the daemon needs --yes: it lifts the XDP filter and the nftables table and stops, so traffic is no longer filtered. Nothing removed."}
+	}
+	if err := target.resolve(g.configPath, "teardown", g.stderr); err != nil {
+		return err
+	}
+	// The daemon drains its sessions (shutdown_grace) before it answers.
+	ans, err := target.call(ctx, 10*time.Minute, http.MethodPost, "/teardown?confirm=yes", 1<<20)
+	if err != nil {
+		return exitError{code: 3, msg: fmt.Sprintf("gatehouse teardown: %v", err)}
+	}
+	if ans.code != http.StatusOK {
+		return ans.refusal("teardown")
+	}
+	var res daemon.TeardownResult
+	if err := json.Unmarshal(ans.body, &res); err != nil {
+		return fmt.Errorf("bad answer: %w", err)
+	}
+	fmt.Fprintf(g.stdout, "the daemon %s removed %s and stopped; traffic is no longer filtered by gatehouse\n", target.where(), listOr(res.Removed, "nothing"))
+	return nil
 }

@@ -56,6 +56,9 @@ func TestAuthorize(t *testing.T) {
 		{g(policy.RoleAdmin, acmeProd), ActKill, acme, false}, // the whole tenant is more than one environment
 		{g(policy.RoleAdmin, acmeProd), ActKill, "tenant:acme/dev", false},
 		{g(policy.RoleAdmin, "global"), ActReload, "global", true},
+		{g(policy.RoleAdmin, "global"), ActTeardown, "global", true},
+		{g(policy.RoleAdmin, acme), ActTeardown, acme, false}, // teardown is global only
+		{g(policy.RolePublisher, "global"), ActTeardown, "global", false},
 		{g(policy.RoleAdmin, "global"), ActKill, beta, true},
 		{Principal{Transport: "https", Subject: "CN=x"}, ActStatus, "global", false},
 	} {

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -30,10 +31,20 @@ type Entry struct {
 // written with one write(2) on a file opened O_APPEND, so lines of
 // concurrent requests never interleave and nothing already written is
 // rewritten.
+//
+// Granted reads (status, metrics, certificates, access log) are sampled:
+// one line per principal and read each ReadAuditPeriod, carrying how many
+// were answered since and not written (see ReadSampler). Refused and
+// failed requests, and every action, are always written.
 type Audit struct {
-	mu sync.Mutex
-	f  *os.File
+	mu    sync.Mutex
+	f     *os.File
+	reads *ReadSampler
 }
+
+// ReadAuditPeriod is how often a principal's granted reads of one kind
+// are written to the audit log.
+const ReadAuditPeriod = 5 * time.Minute
 
 // OpenAudit opens (or creates, mode 0600) the audit log at path for
 // appending. A file that others may read or write is made 0600.
@@ -51,11 +62,19 @@ func OpenAudit(path string) (*Audit, error) {
 			return nil, fmt.Errorf("audit log: %w", err)
 		}
 	}
-	return &Audit{f: f}, nil
+	return &Audit{f: f, reads: NewReadSampler(ReadAuditPeriod)}, nil
 }
 
-// Record appends e.
+// Record appends e, unless it is a granted read the sampler counts for a
+// later line.
 func (a *Audit) Record(e Entry) error {
+	if e.Result == "ok" && e.Action.Read() && !a.reads.Admit(&e) {
+		return nil
+	}
+	return a.write(e)
+}
+
+func (a *Audit) write(e Entry) error {
 	b, err := json.Marshal(e)
 	if err != nil {
 		return err
@@ -69,8 +88,14 @@ func (a *Audit) Record(e Entry) error {
 	return nil
 }
 
-// Close closes the file.
-func (a *Audit) Close() error { return a.f.Close() }
+// Close writes the reads not yet written and closes the file.
+func (a *Audit) Close() error {
+	var errs []error
+	for _, e := range a.reads.Flush() {
+		errs = append(errs, a.write(e))
+	}
+	return errors.Join(append(errs, a.f.Close())...)
+}
 
 // NewEntry starts the audit entry of p asking for action at target.
 func NewEntry(p Principal, action Action, target string, args map[string]any) Entry {

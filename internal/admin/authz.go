@@ -37,10 +37,11 @@ const (
 	ActDrain       Action = "sessions_drain"
 	ActKill        Action = "sessions_kill"
 	ActReload      Action = "reload"
+	ActTeardown    Action = "teardown"
 )
 
 // need is the role each action takes, and whether only a global grant
-// gives it (feeds and reload are global things).
+// gives it (feeds, reload and teardown are global things).
 // A read (filtered) is allowed with the role at any scope: its answer is
 // cut down to what the principal's grants see.
 var need = map[Action]struct {
@@ -57,6 +58,7 @@ var need = map[Action]struct {
 	ActDrain:       {role: policy.RolePublisher},
 	ActKill:        {role: policy.RoleAdmin},
 	ActReload:      {role: policy.RoleAdmin, global: true},
+	ActTeardown:    {role: policy.RoleAdmin, global: true},
 }
 
 // Principal is who asks: a unix peer or an admin certificate, with every

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"log/slog"
 	"sync"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
 // Ring keeps the last lines of the access log in memory, with the tenant
@@ -107,7 +109,7 @@ func (t *tee) Handle(ctx context.Context, rec slog.Record) error {
 		}
 		return true
 	})
-	if tenant == "-" || tenant == "unknown" {
+	if _, ok := policy.ReservedTenantIDs[tenant]; ok { // no tenant proved
 		tenant = ""
 	}
 	t.buf.mu.Lock()

@@ -213,7 +213,10 @@ func (cfg *Config) validateTenants(c *checker) map[string]bool {
 	}
 	for i, t := range cfg.Tenants {
 		p := fmt.Sprintf("tenants[%d]", i)
-		if c.name(p+".id", ids, t.ID, "tenant") {
+		if why, ok := policy.ReservedTenantIDs[t.ID]; ok {
+			c.add(p+".id", "%q is reserved: it is %s", t.ID, why)
+			known[t.ID] = true // its routes are not reported as well
+		} else if c.name(p+".id", ids, t.ID, "tenant") {
 			known[t.ID] = true
 		}
 		c.file(p+".client_ca", t.ClientCA, true)

@@ -22,3 +22,19 @@ static_ranges:`, 1)
 		}
 	}
 }
+
+// TestReservedTenantIDs: a tenant named like the label of traffic that
+// proved no tenant is refused with the reason, at its key path, beside the
+// other problems; its routes are not reported as naming an unknown tenant.
+func TestReservedTenantIDs(t *testing.T) {
+	for _, id := range []string{"unknown", "none", "-"} {
+		yaml := strings.Replace(goodYAML, "id: globex", "id: \""+id+"\"", 1)
+		yaml = strings.Replace(yaml, "{tenant: globex,", "{tenant: \""+id+"\",", -1)
+		yaml = strings.Replace(yaml, "mode: strict", "mode: paranoid", 1)
+		_, err := parse(t, yaml, nil)
+		var ps Problems
+		if !errors.As(err, &ps) || len(ps) != 2 || !strings.Contains(err.Error(), `tenants[1].id: "`+id+`" is reserved: it is the tenant label of`) {
+			t.Errorf("tenant %q: %v, want two problems, one naming tenants[1].id as reserved", id, err)
+		}
+	}
+}

@@ -53,7 +53,7 @@ func (d *Daemon) serveAdmin(ctx context.Context, path string, open bool) error {
 		}}
 	go func() {
 		<-ctx.Done()
-		srv.Close()
+		d.stopAdminServer(srv)
 	}()
 	err = srv.Serve(&peerListener{UnixListener: ln, log: d.log})
 	os.Remove(path)

@@ -171,6 +171,7 @@ func (d *Daemon) adminMux() *http.ServeMux {
 		}
 		c.done(err)
 	})
+	mux.HandleFunc("POST /teardown", d.serveTeardown)
 	return mux
 }
 

@@ -238,6 +238,7 @@ func TestTenantViewerSeesOnlyItsTenant(t *testing.T) {
 			{"POST", "/feeds/refresh", 403, "refused: feed_refresh on global needs role publisher at global scope"},
 			{"POST", "/feeds/accept?feed=lab", 403, "refused: feed_accept on global needs role publisher at global scope"},
 			{"POST", "/reload", 403, "refused: reload on global needs role admin at global scope"},
+			{"POST", "/teardown?confirm=yes", 403, "refused: teardown on global needs role admin at global scope"},
 			{"POST", "/sessions/drain?scope=tenant:acme", 403, "needs role publisher at a scope covering tenant:acme"},
 			{"POST", "/sessions/kill?scope=tenant:acme", 403, "needs role admin at a scope covering tenant:acme"},
 			{"POST", "/sessions/kill?scope=tenant:globex", 403, "needs role admin at a scope covering tenant:globex"},
@@ -301,6 +302,8 @@ func TestAdminRoles(t *testing.T) {
 		{"acme-admin", "POST", "/sessions/kill?scope=global", 400, "per tenant or environment"},
 		{"acme-admin", "POST", "/feeds/refresh", 403, "needs role publisher at global scope"},
 		{"acme-admin", "POST", "/reload", 403, "needs role admin at global scope"},
+		{"acme-admin", "POST", "/teardown?confirm=yes", 403, "refused: teardown on global needs role admin at global scope; certificate \"CN=acme-admin\""},
+		{"feed-bot", "POST", "/teardown?confirm=yes", 403, "refused: teardown on global needs role admin at global scope; certificate \"CN=feed-bot\""},
 		{"ops-admin", "POST", "/sessions/kill?scope=tenant:initech", 404, "no such tenant"},
 		{"stranger", "GET", "/status", 403, "refused: status on global needs role viewer"},
 	} {

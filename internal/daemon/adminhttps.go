@@ -38,7 +38,12 @@ func (d *Daemon) openAudit(cfg *config.Config) error {
 	return nil
 }
 
+// closeAudit closes the audit log when Run ends; after a teardown,
+// finishTeardown does, once it has written the outcome.
 func (d *Daemon) closeAudit() {
+	if d.tearingDown() {
+		return
+	}
 	if a := d.audit.Swap(nil); a != nil {
 		a.Close()
 	}
@@ -80,7 +85,7 @@ func (d *Daemon) serveAdminHTTPS(ctx context.Context, ln net.Listener) error {
 		ErrorLog: slog.NewLogLogger(d.log.With("endpoint", "admin").Handler(), slog.LevelInfo)}
 	go func() {
 		<-ctx.Done()
-		srv.Close()
+		d.stopAdminServer(srv)
 	}()
 	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("admin endpoint: %w", err)

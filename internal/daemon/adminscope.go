@@ -23,7 +23,7 @@ func scopedStatus(st Status, p admin.Principal) Status {
 		Mode: st.Mode, XDPMode: st.XDPMode, NFTables: st.NFTables}
 	for _, t := range st.Tenants {
 		if p.SeesTenant(t.ID) {
-			out.Tenants = append(out.Tenants, t)
+			out.Tenants = append(out.Tenants, scopedTenant(t, p))
 		}
 	}
 	for _, l := range st.Listeners {
@@ -37,8 +37,11 @@ func scopedStatus(st Status, p admin.Principal) Status {
 			out.Counters = append(out.Counters, c)
 		}
 	}
+	// A refusal names a tenant, not an environment (the certificate
+	// proved none, or was refused before): only a grant of the whole
+	// tenant sees it.
 	for _, r := range st.Refusals {
-		if r.Tenant != "" && p.SeesTenant(r.Tenant) {
+		if r.Tenant != "" && p.Sees(r.Tenant, "") {
 			out.Refusals = append(out.Refusals, r)
 		}
 	}
@@ -47,6 +50,23 @@ func scopedStatus(st Status, p admin.Principal) Status {
 			if p.SeesTenant(tu.Peer) {
 				out.Tunnels = append(out.Tunnels, tu)
 			}
+		}
+	}
+	return out
+}
+
+// scopedTenant is what p sees of t: all of it with a grant of the whole
+// tenant; with grants of some of its environments only those, and only
+// their sessions counted.
+func scopedTenant(t TenantStatus, p admin.Principal) TenantStatus {
+	if p.Sees(t.ID, "") {
+		return t
+	}
+	out := TenantStatus{ID: t.ID, Environments: []EnvironmentStatus{}}
+	for _, e := range t.Environments {
+		if p.Sees(t.ID, e.Name) {
+			out.Environments = append(out.Environments, e)
+			out.Sessions += e.Sessions
 		}
 	}
 	return out

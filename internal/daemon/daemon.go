@@ -168,6 +168,7 @@ type Daemon struct {
 	access atomic.Pointer[admin.Rules]
 	audit  atomic.Pointer[admin.Audit]
 	ring   *admin.Ring
+	td     teardownState // see POST /teardown
 }
 
 // New loads the configuration and compiles the first policy. It starts
@@ -261,7 +262,8 @@ func (d *Daemon) build(cfg *config.Config, feedSets map[string][]netip.Prefix) (
 // it drains the proxies for shutdown_grace and closes every component; the
 // kernel layers stay in force.
 func (d *Daemon) Run(ctx context.Context) (err error) {
-	defer func() { err = errors.Join(err, d.close()) }()
+	defer func() { err = d.finishTeardown(errors.Join(err, d.close())) }()
+	ctx = d.teardownContext(ctx) // POST /teardown cancels it
 	cfg := d.cfg.Load()
 	ln, err := net.Listen("tcp", cfg.Metrics.Listen)
 	if err != nil {
