@@ -15,7 +15,7 @@ STATICCHECK_VERSION := v0.8.2
 DEB_PACKAGES := \
 	clang llvm \
 	nftables iproute2 bpftool \
-	minisign openssl curl ca-certificates s3270 tinyproxy \
+	minisign openssl curl ca-certificates s3270 tinyproxy chromium \
 	prometheus strace systemd util-linux mount keepalived bird2 \
 	lintian help2man
 # Test timeout for the whole suite; CI allows 90 minutes, we aim for 15.

@@ -30,6 +30,7 @@ func TestDemoCheck(t *testing.T) {
 		"urn:acme:DeleteOrder is refused by gatehouse with a SOAP Fault",
 		"a TN3270 screen is read through the proxy with s3270",
 		"the intruder's port scan gets it blocked",
+		"a tenant viewer's `gatehouse status` over the admin endpoint shows tenant acme only",
 	})
 }
 

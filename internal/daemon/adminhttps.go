@@ -81,7 +81,7 @@ func (d *Daemon) listenAdminHTTPS(h config.AccessHTTPS) (net.Listener, error) {
 func (d *Daemon) serveAdminHTTPS(ctx context.Context, ln net.Listener) error {
 	// Refused handshakes (no, forged or expired certificates) are logged
 	// by net/http through this.
-	srv := &http.Server{Handler: d.adminMux(), ReadHeaderTimeout: 5 * time.Second,
+	srv := &http.Server{Handler: d.httpsHandler(d.adminMux()), ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog: slog.NewLogLogger(d.log.With("endpoint", "admin").Handler(), slog.LevelInfo)}
 	go func() {
 		<-ctx.Done()

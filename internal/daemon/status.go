@@ -5,6 +5,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strconv"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
@@ -103,6 +104,9 @@ type ListenerRoute struct {
 	Host        string   `json:"host,omitempty"`
 	Path        string   `json:"path,omitempty"`
 	Backends    []string `json:"backends"` // every backend, in order
+	// Health is each backend's state, "up" or "down" (gatehouse_backend_up),
+	// in the order of Backends; empty where the listener does not track it.
+	Health []string `json:"backend_health,omitempty"`
 }
 
 // Routes lists every route of every listener of p, in order.
@@ -175,6 +179,7 @@ func (d *Daemon) Status() Status {
 
 	mfs, _ := d.reg.Gather()               // partial results are still worth showing
 	sessions := map[policy.TenantEnv]int{} // live connections per tenant and environment
+	up := map[[3]string]bool{}             // listener, route and backend index
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {
 			lbl := labels(m)
@@ -186,6 +191,8 @@ func (d *Daemon) Status() Status {
 				}
 			case "gatehouse_tunnels_up":
 				st.Tunnels = append(st.Tunnels, TunnelStatus{Peer: lbl["peer"], Up: int(v)})
+			case "gatehouse_backend_up":
+				up[[3]string{lbl["listener"], lbl["route_index"], lbl["backend_index"]}] = v == 1
 			case "gatehouse_proxy_connections_active":
 				sessions[policy.MakeTenantEnv(lbl["tenant"], lbl["environment"])] += int(v)
 			case "gatehouse_cert_expiry_timestamp_seconds":
@@ -204,6 +211,7 @@ func (d *Daemon) Status() Status {
 			}
 		}
 	}
+	backendHealth(st.Listeners, up)
 	for _, t := range p.Tenants {
 		ts := TenantStatus{ID: t.ID}
 		for _, e := range t.EnvironmentNames() {
@@ -223,6 +231,26 @@ func (d *Daemon) Status() Status {
 	sort.Slice(st.Tunnels, func(i, j int) bool { return st.Tunnels[i].Peer < st.Tunnels[j].Peer })
 	st.Listeners = append(st.Listeners, tunnelRoutes(p, d.cfg.Load(), st.Tunnels)...)
 	return st
+}
+
+// backendHealth fills in each route's Health from gatehouse_backend_up
+// (keyed by listener, the route's and the backend's position), for the
+// routes whose listener reports it.
+func backendHealth(routes []ListenerRoute, up map[[3]string]bool) {
+	idx := map[string]int{}
+	for i := range routes {
+		r := &routes[i]
+		ri := idx[r.Listener]
+		idx[r.Listener]++
+		for bi := range r.Backends {
+			v, ok := up[[3]string{r.Listener, strconv.Itoa(ri), strconv.Itoa(bi)}]
+			if !ok {
+				r.Health = nil
+				break
+			}
+			r.Health = append(r.Health, map[bool]string{true: "up", false: "down"}[v])
+		}
+	}
 }
 
 func labels(m *dto.Metric) map[string]string {

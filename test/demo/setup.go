@@ -34,6 +34,7 @@ const (
 	soapAddr    = "203.0.113.20:8080" // the tenant's SOAP service (plain HTTP inside)
 	tn3270Addr  = "203.0.113.30:23"   // the tenant's TN3270 host (plain Telnet inside)
 	metricsAddr = "127.0.0.1:9477"    // the daemon's metrics endpoint, inside the dmz
+	adminAddr   = "127.0.0.1:9443"    // its HTTPS admin endpoint, inside the dmz
 
 	outsideIf = "outside" // the dmz's outside veth: XDP attaches here
 	tenant    = "acme"
@@ -236,6 +237,12 @@ func (d *demo) makePKI(ctx context.Context) error {
 		{"certs", "issue", "--ca", p + "/acme-ca", "--client", "--tenant", tenant, "--uri", tenantURI, "--out", p + "/acme-cloud"},
 		{"certs", "init-ca", "--dir", p + "/internal-ca", "--cn", "internal demo CA"},
 		{"certs", "issue", "--ca", p + "/internal-ca", "--server", "--dns", "orders.internal.example", "--ip", strings.Split(httpsAddr, ":")[0], "--out", p + "/backend"},
+		// The admin endpoint's certificate, and the admins' own CA with a
+		// global admin and a viewer of tenant acme.
+		{"certs", "issue", "--ca", p + "/gatehouse-ca", "--server", "--dns", "localhost", "--ip", "127.0.0.1", "--out", p + "/admin-server"},
+		{"certs", "init-ca", "--dir", p + "/admin-ca", "--cn", "demo admins CA"},
+		{"certs", "issue", "--ca", p + "/admin-ca", "--client", "--cn", "ops-admin", "--out", p + "/ops-admin"},
+		{"certs", "issue", "--ca", p + "/admin-ca", "--client", "--cn", "acme-viewer", "--out", p + "/acme-viewer"},
 	}
 	for _, args := range steps {
 		if _, err := d.cmd(ctx, "", d.bin, args...); err != nil {
@@ -368,11 +375,16 @@ listeners:
     server_key: %[8]s/server.key
     routes:
       - {tenant: %[7]s, backend: "http://%[11]s", soap_actions: ["urn:acme:GetOrder"]}
-%[12]srules:
+%[12]saccess:
+  https: {listen: "%[13]s", server_cert: %[8]s/admin-server.pem, server_key: %[8]s/admin-server.key}
+  grants:
+    - {role: admin, scope: global, certificates: [{client_ca: %[8]s/admin-ca/ca.pem, identities: {cn: [ops-admin]}}]}
+    - {role: viewer, scope: "tenant:%[7]s", certificates: [{client_ca: %[8]s/admin-ca/ca.pem, identities: {cn: [acme-viewer]}}]}
+rules:
   # The demo runs on documentation addresses, which the bogon guard refuses
   # in feeds unless exempted here. Empty in production.
   reserved_exempt: [192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, "2001:db8::/32"]
-`, outsideIf, d.dir, d.bpffs, metricsAddr, feedName, pub, tenant, p, tenantURI, httpsAddr, soapAddr, mainframe)
+`, outsideIf, d.dir, d.bpffs, metricsAddr, feedName, pub, tenant, p, tenantURI, httpsAddr, soapAddr, mainframe, adminAddr)
 	d.config = d.path("gatehouse.yaml")
 	return os.WriteFile(d.config, []byte(cfg), 0o600)
 }

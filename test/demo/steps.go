@@ -32,6 +32,7 @@ func (d *demo) runSteps(ctx context.Context) {
 		{"SOAP call urn:acme:DeleteOrder is refused by gatehouse with a SOAP Fault", d.stepSOAPRefused},
 		{"a TN3270 screen is read through the proxy with s3270", d.stepTN3270},
 		{"the intruder's port scan gets it blocked", d.stepScan},
+		{"a tenant viewer's `gatehouse status` over the admin endpoint shows tenant acme only, next to the global admin's", d.stepViewerStatus},
 		{"what `gatehouse check --json` promises is what `gatehouse status --json` reports: listeners, routes, tenants, feeds", d.stepSummary},
 	}
 	for _, s := range steps {

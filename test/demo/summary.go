@@ -54,6 +54,10 @@ func (d *demo) stepSummary(ctx context.Context) (string, error) {
 	for _, f := range check.Feeds {
 		c.Feeds = append(c.Feeds, f.Name)
 	}
+	// Backend health is the daemon's live state, not configuration.
+	for _, l := range status.Listeners {
+		delete(l, "backend_health")
+	}
 	s := summary{Listeners: status.Listeners}
 	for _, t := range status.Tenants {
 		s.Tenants = append(s.Tenants, t.ID)
