@@ -10,6 +10,9 @@
 #                                     peers, interleaved as in the full run; no floods, Go
 #                                     benchmarks, feeds, stream or idle rows; the table goes
 #                                     to bench/out/RESULTS-only.md unless RESULTS is set
+#   sudo ONLY=flood FLOOD_SECS=2 bench/run.sh
+#                                     only the flood rows ("flood" mixes with the mTLS
+#                                     rows above); FLOODERS="floor xdp" narrows them
 #
 # What it starts binds loopback or a network namespace it creates (ghb-<pid>-*),
 # uses documentation addresses only, and is stopped by its PID when the run ends,
@@ -31,6 +34,8 @@ IDLE_SESSIONS=${IDLE_SESSIONS:-"1000 10000"}
 GOBENCH=${GOBENCH:-1}             # 0: skip the Go benchmarks (harness checks)
 ONLY=${ONLY:-}                    # mTLS rows to run alone, e.g. "ka h2" (see above)
 TLSMODES=${ONLY:-hs ka h2 bulk}
+TLSMODES=$(tr ' ' '\n' <<<"$TLSMODES" | grep -vx 'flood' | paste -sd' ' -) || true
+FLOODERS=${FLOODERS:-floor xdp nft iptables-nft iptables-legacy}
 if [ -n "$ONLY" ]; then GOBENCH=0 IDLE_SESSIONS=""; fi
 BUDGET=${BUDGET:-1200}            # seconds; the run stops itself after this
 MAX_STEAL=${MAX_STEAL:-0.15}      # rounds above this steal share are left out when cleaner ones exist
@@ -445,8 +450,7 @@ flood_run() { # CONTENDER ROUND
 	rm -rf "${BPFFS:?}/$c-$r"
 }
 
-FLOODERS="floor xdp nft iptables-nft iptables-legacy"
-[ -z "$ONLY" ] || FLOODERS=""
+[ -z "$ONLY" ] || grep -qw flood <<<"$ONLY" || FLOODERS=""
 say "flood: $FLOODERS × $ROUNDS rounds, $FLOOD_COUNT frames or ${FLOOD_SECS}s each"
 for r in $(seq "$ROUNDS"); do
 	for c in $FLOODERS; do flood_run "$c" "$r"; done
@@ -602,6 +606,7 @@ declare -A H2PORT=([gatehouse]=8443 [haproxy]=8448 [nginx]=8447)
 declare -A SPID=()
 declare -A MODE=([gatehouse]="HTTP" [haproxy]="HTTP" [nginx]="HTTP" [stunnel]="TCP")
 SERVERS="gatehouse haproxy nginx stunnel"
+[ -z "$ONLY" ] || [ -n "$TLSMODES" ] || SERVERS="" # ONLY=flood: no TLS rows
 start_server() {
 	local s=$1
 	case $s in
@@ -688,6 +693,7 @@ sed -i 's#^tls/stream/#stream/#' "$W/runs.txt"
 # trip (bench/strace-count.sh, strace -c on every thread, a fixed count).
 declare -A ECHOPORT=([gatehouse]=8452 [nginx]=8453 [stunnel]=8454)
 ECHO_SERVERS="gatehouse nginx stunnel"
+[ -n "$SERVERS" ] || ECHO_SERVERS=""
 ECHO_COUNT=${ECHO_COUNT:-20000}
 say "TLS echo round trips: $ECHO_SERVERS × $ROUNDS rounds"
 for r in $(seq "$ROUNDS"); do
@@ -955,7 +961,7 @@ awk -F'\t' 'index($1, "fail/feed/")==1{print $1": "$2}' "$RAW" | while read -r l
 	echo
 	echo "| area | measurement | figure | cost | ratio | note |"
 	echo "|---|---|---|---|---|---|"
-	if [ -n "$ONLY" ]; then grep -E '^\| (mTLS|Server exits)' "$ROWS" || true; else cat "$ROWS"; fi
+	if [ -n "$ONLY" ]; then grep -E '^\| (Drop under flood|mTLS|Server exits)' "$ROWS" || true; else cat "$ROWS"; fi
 	# What follows the marker in the previous file (profiles written by
 	# hand) is kept.
 	if [ -f "$RESULTS" ] && grep -qxF "$KEEP_MARK" "$RESULTS"; then

@@ -122,6 +122,15 @@ type CountingConn struct {
 	counter atomic.Pointer[counterBox]
 	closed  sync.Once
 	onClose func()
+
+	// Gathering (gather.go): while holds is above zero, writes are
+	// gathered in pend (a pooled buffer, only held then) under wmu; werr
+	// is the first error of a gathered send.
+	holds  atomic.Int32
+	broken atomic.Bool // werr is set
+	wmu    sync.Mutex
+	pend   []byte
+	werr   error
 }
 
 type counterBox struct{ c Counter }
@@ -141,22 +150,34 @@ func (c *CountingConn) SetCounter(counter Counter) {
 
 func (c *CountingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	if n > 0 {
-		if b := c.counter.Load(); b.c != nil {
-			b.c.Count(true, n)
-		}
-	}
+	c.count(true, n)
 	return n, err
 }
 
+// Write writes p, or gathers it while a WriteGathered runs above (any
+// write then, whichever goroutine's: crypto/tls orders them).
 func (c *CountingConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	if n > 0 {
-		if b := c.counter.Load(); b.c != nil {
-			b.c.Count(false, n)
+	if c.holds.Load() > 0 || c.broken.Load() {
+		c.wmu.Lock()
+		defer c.wmu.Unlock()
+		if c.holds.Load() > 0 {
+			return c.gatherLocked(p)
+		}
+		if c.werr != nil {
+			return 0, c.werr
 		}
 	}
+	n, err := c.Conn.Write(p)
+	c.count(false, n)
 	return n, err
+}
+
+func (c *CountingConn) count(in bool, n int) {
+	if n > 0 {
+		if b := c.counter.Load(); b.c != nil {
+			b.c.Count(in, n)
+		}
+	}
 }
 
 // Close closes the connection and runs the close hook once.
@@ -296,7 +317,7 @@ func write(dst net.Conn, b []byte, written *int64, t *Timer) error {
 	if t != nil {
 		t.Touch()
 	}
-	w, err := dst.Write(b)
+	w, err := WriteGathered(dst, b)
 	*written += int64(w)
 	if err == nil && w != len(b) {
 		err = io.ErrShortWrite

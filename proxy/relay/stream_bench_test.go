@@ -39,13 +39,14 @@ var serverCert = sync.OnceValues(func() (tls.Certificate, *x509.CertPool) {
 })
 
 // tlsPair is a client and a server TLS connection over loopback, the
-// handshake done (TLS 1.3, AES-128-GCM).
+// handshake done (TLS 1.3, AES-128-GCM), the server over a CountingConn as
+// the proxy's are.
 func tlsPair(tb testing.TB) (client, server *tls.Conn) {
 	cert, pool := serverCert()
 	c, s := testkit.TCPPair(tb)
 	client = tls.Client(c, &tls.Config{RootCAs: pool, ServerName: "relay.example",
 		CipherSuites: []uint16{tls.TLS_AES_128_GCM_SHA256}})
-	server = tls.Server(s, &tls.Config{Certificates: []tls.Certificate{cert}})
+	server = tls.Server(relay.NewCountingConn(s, nil, nil), &tls.Config{Certificates: []tls.Certificate{cert}})
 	errc := make(chan error, 1)
 	go func() { errc <- server.Handshake() }()
 	if err := client.Handshake(); err != nil {
