@@ -1,0 +1,127 @@
+package test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
+	"github.com/gatehouse-dmz/gatehouse/internal/daemon"
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
+	"github.com/gatehouse-dmz/gatehouse/test/netns"
+)
+
+// The workers of these tests run as nobody/nogroup.
+const privsepUser = "nobody"
+
+// readableByWorkers lets the workers' user reach files the tests made for
+// root: each file world-readable, each directory above it searchable.
+func readableByWorkers(t *testing.T, files ...string) {
+	t.Helper()
+	for _, f := range files {
+		if err := os.Chmod(f, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for d := filepath.Dir(f); d != "/" && d != "."; d = filepath.Dir(d) {
+			fi, err := os.Stat(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(d, fi.Mode().Perm()|0o111); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+type privsepDaemon struct {
+	*daemonProc
+	cfg    string
+	ca     *certstest.CA
+	client *certstest.Leaf
+}
+
+// startPrivsep runs the real binary as root with enforcement.privsep on
+// and n workers; xdp and nftables off unless extra says otherwise (extra
+// is more YAML at the top level, or run inside ns when not nil).
+func startPrivsep(t *testing.T, workers int, extra string, ns *netns.NS, listen string) *privsepDaemon {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		netns.SkipOrFail(t, "privilege separation needs root to start workers as another user")
+	}
+	ca := certstest.NewCA(t, "acme")
+	server := ca.Server(t, "localhost")
+	client := ca.Client(t, "acme-cloud", "spiffe://acme/cloud")
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello %s", r.Header.Get("X-Gatehouse-Tenant"))
+	}))
+	t.Cleanup(backend.Close)
+	readableByWorkers(t, ca.CertFile, server.CertFile, server.KeyFile)
+
+	dir := t.TempDir()
+	metrics := testkit.FreeLoopbackAddr(t)
+	if listen == "" {
+		listen = testkit.FreeLoopbackAddr(t)
+	}
+	if extra == "" {
+		extra = `enforcement: {xdp: "off", nftables: false, privsep: true, workers: %d, worker_user: ` + privsepUser + `}`
+	}
+	cfg := fmt.Sprintf(fmt.Sprintf(extra, workers)+`
+state_dir: %s
+shutdown_grace: 2s
+admin_socket: %[1]s/admin.sock
+metrics: {listen: "%s"}
+tenants: [{id: acme, client_ca: %s, identities: {uri_san: ["spiffe://acme/*"]}}]
+listeners:
+  - {name: web, listen: "%s", protocol: https, server_cert: %s, server_key: %s,
+     routes: [{tenant: acme, backend: "%s"}]}
+`, dir, metrics, ca.CertFile, listen, server.CertFile, server.KeyFile, backend.URL)
+	path := filepath.Join(dir, "gatehouse.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary(t), "run", "-c", path)
+	client2 := http.DefaultClient
+	if ns != nil {
+		cmd = ns.Command(binary(t), "run", "-c", path)
+	}
+	d := launch(t, cmd, metrics, client2)
+	d.listen = listen
+	return &privsepDaemon{daemonProc: d, cfg: path, ca: ca, client: client}
+}
+
+// status asks the daemon's admin socket.
+func (d *privsepDaemon) status(t *testing.T) daemon.Status {
+	t.Helper()
+	out, err := exec.Command(binary(t), "status", "--json", "-c", d.cfg).Output()
+	if err != nil {
+		t.Fatalf("gatehouse status: %v\n%s", err, d.out.String())
+	}
+	var st daemon.Status
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func TestPrivsepServesFromConfinedWorkers(t *testing.T) {
+	d := startPrivsep(t, 2, "", nil, "")
+	body, err := tlsGet(t, d.listen, d.ca, d.client)
+	if err != nil || body != "hello acme" {
+		t.Fatalf("GET through a worker: %q, %v\n%s", body, err, d.out.String())
+	}
+	st := d.status(t)
+	if st.Privsep == nil || !st.Privsep.On || len(st.Privsep.Workers) != 2 {
+		t.Fatalf("status privsep: %+v", st.Privsep)
+	}
+	t.Log(d.out.String())
+	if !strings.Contains(d.out.String(), "worker confined") {
+		t.Fatalf("no worker start line:\n%s", d.out.String())
+	}
+}
