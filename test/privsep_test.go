@@ -48,8 +48,8 @@ type privsepDaemon struct {
 }
 
 // startPrivsep runs the real binary as root with enforcement.privsep on
-// and n workers; xdp and nftables off unless extra says otherwise (extra
-// is more YAML at the top level, or run inside ns when not nil).
+// and n workers (0: privsep off); xdp and nftables off unless extra (the
+// enforcement line) says otherwise; run inside ns when not nil.
 func startPrivsep(t *testing.T, workers int, extra string, ns *netns.NS, listen string) *privsepDaemon {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -59,6 +59,10 @@ func startPrivsep(t *testing.T, workers int, extra string, ns *netns.NS, listen 
 	server := ca.Server(t, "localhost")
 	client := ca.Client(t, "acme-cloud", "spiffe://acme/cloud")
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/bulk" { // the benchmark's bulk transfer
+			w.Write(bulkBody)
+			return
+		}
 		fmt.Fprintf(w, "hello %s", r.Header.Get("X-Gatehouse-Tenant"))
 	}))
 	t.Cleanup(backend.Close)
@@ -69,10 +73,14 @@ func startPrivsep(t *testing.T, workers int, extra string, ns *netns.NS, listen 
 	if listen == "" {
 		listen = testkit.FreeLoopbackAddr(t)
 	}
-	if extra == "" {
-		extra = `enforcement: {xdp: "off", nftables: false, privsep: true, workers: %d, worker_user: ` + privsepUser + `}`
+	enf := fmt.Sprintf(`enforcement: {xdp: "off", nftables: false, privsep: true, workers: %d, worker_user: `+privsepUser+`}`, workers)
+	if workers == 0 {
+		enf = `enforcement: {xdp: "off", nftables: false, privsep: false}`
 	}
-	cfg := fmt.Sprintf(fmt.Sprintf(extra, workers)+`
+	if extra != "" {
+		enf = extra
+	}
+	cfg := fmt.Sprintf(enf+`
 state_dir: %s
 shutdown_grace: 2s
 admin_socket: %[1]s/admin.sock
