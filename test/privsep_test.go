@@ -133,3 +133,34 @@ func TestPrivsepServesFromConfinedWorkers(t *testing.T) {
 		t.Fatalf("no worker start line:\n%s", d.out.String())
 	}
 }
+
+// TestPrivsepCheckRefusesWorkerUser: check refuses, as run would, a
+// worker user that does not exist or is root.
+func TestPrivsepCheckRefusesWorkerUser(t *testing.T) {
+	ca := certstest.NewCA(t, "acme")
+	server := ca.Server(t, "localhost")
+	dir := t.TempDir()
+	for user, want := range map[string]string{
+		"gatehouse-no-such-user": `enforcement.worker_user "gatehouse-no-such-user"`,
+		"root":                   "enforcement.worker_user",
+	} {
+		cfg := fmt.Sprintf(`
+enforcement: {xdp: "off", nftables: false, privsep: true, worker_user: %s}
+state_dir: %s
+tenants: [{id: acme, client_ca: %s}]
+listeners:
+  - {name: web, listen: "127.0.0.1:8443", protocol: https, server_cert: %s, server_key: %s,
+     routes: [{tenant: acme, backend: "http://127.0.0.1:1"}]}
+`, user, dir, ca.CertFile, server.CertFile, server.KeyFile)
+		path := filepath.Join(dir, user+".yaml")
+		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, cmd := range [][]string{{"check", "-c", path}, {"run", "-c", path}} {
+			out, err := exec.Command(binary(t), cmd...).CombinedOutput()
+			if err == nil || !strings.Contains(string(out), want) {
+				t.Errorf("%s with worker_user %s: %v, want a refusal naming %s:\n%s", cmd[0], user, err, want, out)
+			}
+		}
+	}
+}
