@@ -2,6 +2,7 @@
 #   make test        installs what is missing (make deps), then every test
 #   make demo        (see README) the demo topology in network namespaces
 #   make demo-connector  the same for a site with no inbound port (gateway + connector)
+#   make demo-ha     three nodes behind a BGP ECMP router: one killed, one drained, clients go on
 
 GO        ?= go
 BIN       := bin/gatehouse
@@ -22,7 +23,7 @@ TEST_TIMEOUT ?= 20m
 
 CONFIG ?= /etc/gatehouse/gatehouse.yaml
 
-.PHONY: all build run demo demo-connector install deb deps bench bench-go test test-unit generate generate-check lint bench clean
+.PHONY: all build run demo demo-connector demo-ha install deb deps bench bench-go test test-unit generate generate-check lint bench clean
 
 all: build
 
@@ -47,6 +48,14 @@ demo: deps build
 demo-connector: deps build
 	@[ "$$(id -u)" = 0 ] || { echo "make demo-connector: needs root: sudo make demo-connector"; exit 1; }
 	$(GO) run ./test/demo --connector --gatehouse $(BIN) $(DEMO_FLAGS)
+
+# demo-ha is the demo of a fleet: three gatehouse nodes announce one service
+# address over BGP to a BIRD router that spreads clients over them (ECMP);
+# one node is killed, another drained, while a client keeps requesting.
+# DEMO_FLAGS as for demo.
+demo-ha: deps build
+	@[ "$$(id -u)" = 0 ] || { echo "make demo-ha: needs root: sudo make demo-ha"; exit 1; }
+	$(GO) run ./test/demo --ha --gatehouse $(BIN) $(DEMO_FLAGS)
 
 # install puts the binary, the systemd unit and (only if none exists) the
 # example configuration in place. PREFIX and DESTDIR as usual.
@@ -105,7 +114,7 @@ lint:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
 # Debian packages only the benchmarks need: the peers gatehouse is measured against.
-BENCH_PACKAGES := haproxy nginx libnginx-mod-stream stunnel4 iptables
+BENCH_PACKAGES := haproxy nginx libnginx-mod-stream stunnel4 iptables strace linux-perf ethtool
 
 # bench (root): bench/run.sh measures gatehouse beside XDP/nftables/iptables,
 # HAProxy, nginx and stunnel in one run (about 8 minutes, 20 at most), bounded

@@ -3,8 +3,13 @@
 # in one run, and written as one markdown table to bench/RESULTS.md.
 #
 #   sudo bench/run.sh                 the full run (about 15 minutes, 20 at most)
-#   sudo ROUNDS=1 DUR=1 FLOOD_COUNT=100000 IDLE_SESSIONS=200 GOBENCH=0 bench/run.sh
+#   sudo ROUNDS=1 DUR=1 FLOOD_SECS=2 IDLE_SESSIONS=1000 GOBENCH=0 bench/run.sh
 #                                     a quick pass to check the harness
+#   sudo ONLY="ka h2" ROUNDS=3 bench/run.sh
+#                                     only these mTLS rows (hs ka h2 bulk) against the
+#                                     peers, interleaved as in the full run; no floods, Go
+#                                     benchmarks, feeds, stream or idle rows; the table goes
+#                                     to bench/out/RESULTS-only.md unless RESULTS is set
 #
 # What it starts binds loopback or a network namespace it creates (ghb-<pid>-*),
 # uses documentation addresses only, and is stopped by its PID when the run ends,
@@ -13,17 +18,20 @@
 # routes and firewall are never touched.
 #
 # Needs root, Go, and the Debian packages haproxy, nginx, libnginx-mod-stream,
-# stunnel4, iptables (and what make deps installs). The Go helpers are in
+# stunnel4, iptables, ethtool (and what make deps installs). The Go helpers are in
 # bench/loadgen (TLS load generator with client certificates, and the
-# backends) and bench/flood (AF_PACKET SYN sender).
+# backends) and bench/flood (SYN flood generated in the kernel).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}               # interleaved rounds: medians over them
 DUR=${DUR:-4}                     # seconds per load-generator run
-FLOOD_COUNT=${FLOOD_COUNT:-2000000}
+FLOOD_COUNT=${FLOOD_COUNT:-50000000}
 FLOOD_SECS=${FLOOD_SECS:-5}
 IDLE_SESSIONS=${IDLE_SESSIONS:-"1000 10000"}
 GOBENCH=${GOBENCH:-1}             # 0: skip the Go benchmarks (harness checks)
+ONLY=${ONLY:-}                    # mTLS rows to run alone, e.g. "ka h2" (see above)
+TLSMODES=${ONLY:-hs ka h2 bulk}
+if [ -n "$ONLY" ]; then GOBENCH=0 IDLE_SESSIONS=""; fi
 BUDGET=${BUDGET:-1200}            # seconds; the run stops itself after this
 MAX_STEAL=${MAX_STEAL:-0.15}      # rounds above this steal share are left out when cleaner ones exist
 SRV_CPU=0                         # the server under test
@@ -34,6 +42,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=$ROOT/bench
 OUT=$BENCH/out
 RESULTS=${RESULTS:-$BENCH/RESULTS.md}
+# bench/RESULTS.md is rewritten by each run, except what follows this line.
+KEEP_MARK='<!-- kept by bench/run.sh: written by hand below -->'
+
+[ -z "$ONLY" ] || RESULTS=${RESULTS_ONLY:-$OUT/RESULTS-only.md}
 W=$(mktemp -d /tmp/gatehouse-bench.XXXXXX)
 LOGS=$W/logs
 RAW=$W/raw.txt
@@ -107,15 +119,6 @@ num() { [ -n "${1:-}" ] && awk -v x="$1" -v d="${2:-0}" 'BEGIN{printf "%.*f", d,
 ratio() { [ -n "${1:-}" ] && [ -n "${2:-}" ] && awk -v a="$1" -v b="$2" -v d="${3:-2}" 'BEGIN{if(b+0==0) print "n/a"; else printf "%.*f×", d, a/b}' || echo "n/a"; }
 frac() { [ -n "${1:-}" ] && [ -n "${2:-}" ] && awk -v a="$1" -v b="$2" 'BEGIN{if(b+0==0) print "n/a"; else printf "%.0f %%", 100*a/b}' || echo "n/a"; }
 
-# ticks PID…: summed utime+stime in USER_HZ ticks.
-ticks() {
-	local p s=0 t
-	for p in "$@"; do
-		t=$(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$p/stat" 2>/dev/null || echo 0)
-		s=$((s + t))
-	done
-	echo "$s"
-}
 # stealnow: "total steal" jiffies from /proc/stat.
 stealnow() { awk '/^cpu /{t=0; for(i=2;i<=9;i++) t+=$i; print t, $9; exit}' /proc/stat; }
 # steal_sample: the steal share over one second, in per cent.
@@ -137,7 +140,9 @@ wait_port() {
 	done
 	return 1
 }
-logtail() { tail -n "${2:-4}" "$1" 2>/dev/null | tr '\n|' '  ' | cut -c1-300; }
+# logtail FILE [N]: its last lines on one line; nothing when there is no file
+# (a server that never started), which must not stop the run.
+logtail() { { tail -n "${2:-4}" "$1" 2>/dev/null || true; } | tr '\n|' '  ' | cut -c1-300; }
 newns() { ip netns add "$1"; NSS+=("$1"); ip -n "$1" link set lo up; }
 delns() { ip netns del "$1" 2>/dev/null || true; }
 
@@ -222,6 +227,13 @@ gatehouse_config() {
 		echo "    server_key: $P/server.key"
 		echo "    routes:"
 		for t in $TENANTS; do echo "      - {tenant: $t, backend: \"127.0.0.1:8081\"}"; done
+		echo "  - name: echo"
+		echo "    listen: \"127.0.0.1:8452\""
+		echo "    protocol: tcp"
+		echo "    server_cert: $P/server.pem"
+		echo "    server_key: $P/server.key"
+		echo "    routes:"
+		for t in $TENANTS; do echo "      - {tenant: $t, backend: \"127.0.0.1:8082\"}"; done
 	} >"$1"
 	if [ -n "$4" ]; then sed -i 's/127.0.0.1:8443/:443/' "$1"; fi
 }
@@ -277,6 +289,7 @@ q "$G" feed keygen --out "$W/feedkey" --unencrypted
 FEEDPUB=$(grep -v '^untrusted' "$W/feedkey.pub" | head -1)
 FEEDLIST=""
 for f in "$FEEDS"/*; do
+	[ -z "$ONLY" ] || break
 	b=$(basename "$f")
 	case $b in
 	aws-*) fmt=aws ;; azure-*) fmt=azure ;; gcp-*) fmt=gcp ;; oracle-*) fmt=oracle ;; cloudflare-*) fmt=cidr ;; *) continue ;;
@@ -301,12 +314,22 @@ done
 
 # ---------------------------------------------------------------- flood
 # One fresh pair of namespaces per run, so no contender leaves hooks behind
-# for the next: "flood" sends across a veth into "appliance".
+# for the next: "flood" sends across a veth into "appliance". The sender
+# generates the frames inside the kernel (bench/flood -mode live: an XDP
+# program run with BPF_PROG_RUN in live-frames mode, XDP_TX out of its
+# veth), pinned to core $CLI_CPU. The receiving veth runs its NAPI poll in
+# a kernel thread (threaded NAPI; GRO on gives the veth NAPI without an XDP
+# program), pinned to core $SRV_CPU and raised to SCHED_FIFO so the load
+# of the machine does not decide when it runs: everything the receiver
+# does with a frame (XDP, or skb, conntrack, nftables or iptables) is that
+# thread's CPU time, read from its schedstat. What it cannot take in time
+# overflows the veth's ring and is counted there, never by the filter.
+FLOOD_MODE=${FLOOD_MODE:-live}    # live (in-kernel sender) or packet (AF_PACKET, the old sender)
+FLOOD_RT=${FLOOD_RT:-1}           # 0: leave the receiver's NAPI thread at normal priority
 BPFFS=$W/bpffs
 mkdir -p "$BPFFS"
 mount -t bpf bpf "$BPFFS"
 MOUNTS+=("$BPFFS")
-KSOFT=$(pgrep -x 'ksoftirqd/[0-9]+' | paste -sd' ' -)
 
 metric() { # NS NAME-AND-LABELS…: a counter from the daemon's /metrics
 	local ns=$1
@@ -320,24 +343,51 @@ ipt_count() {
 	out=$(ip netns exec "$1" "$2" -t raw -L PREROUTING -n -v -x) || true
 	awk 'NR==3{v=$1} END{print v+0}' <<<"$out"
 }
+# vstat NS DEV NAME: one of the veth's ethtool counters (0 when absent).
+vstat() { ip netns exec "$1" ethtool -S "$2" 2>/dev/null | awk -v k="$3:" '$1==k{v=$2} END{print v+0}'; }
+# oncpu TID: nanoseconds the thread ran, from its schedstat.
+oncpu() { awk '{print $1}' "/proc/$1/schedstat" 2>/dev/null || echo 0; }
+
+# dropcount C NS DEV LINE: what contender C counted as dropped so far.
+dropcount() {
+	case $1 in
+	xdp) metric "$2" gatehouse_xdp_packets_total 'action="drop"' 'reason="not_admitted"' ;;
+	nft) metric "$2" gatehouse_nft_packets_total 'rule="not_admitted"' ;;
+	floor) vstat "$2" "$3" rx_queue_0_xdp_drops ;; # it drops every frame it sees
+	*) ipt_count "$2" "$1" ;;
+	esac
+}
 
 flood_run() { # CONTENDER ROUND
-	local c=$1 r=$2 fl=ghb-$$-flood ap=ghb-$$-appliance mac cfg gpid="" before after k0 k1 line sent secs cpu ok=1
+	local c=$1 r=$2 fl=ghb-$$-flood ap=ghb-$$-appliance rv=gh$$r mac cfg gpid="" before after line sent secs ok=1 tid ns0 ns1 ov0 ov1 d cpu
 	newns "$fl"
 	newns "$ap"
-	ip -n "$fl" link add name vf type veth peer name va netns "$ap"
-	ip -n "$ap" addr add 192.0.2.1/24 dev va
+	ip -n "$fl" link add name vf type veth peer name "$rv" netns "$ap"
+	ip -n "$ap" addr add 192.0.2.1/24 dev "$rv"
 	ip netns exec "$ap" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
-	ip netns exec "$ap" ip link set dev va up
-	ip -n "$ap" route add 198.51.100.0/24 dev va
+	ip netns exec "$ap" ethtool -K "$rv" gro on >/dev/null
+	ip netns exec "$ap" ip link set dev "$rv" up
+	ip -n "$ap" route add 198.51.100.0/24 dev "$rv"
 	ip netns exec "$fl" ip link set dev vf up
-	mac=$(ip netns exec "$ap" cat /sys/class/net/va/address)
+	mac=$(ip netns exec "$ap" cat "/sys/class/net/$rv/address")
+	# The receiver's NAPI thread, named napi/<dev>-<id>.
+	tid=""
+	if ip netns exec "$ap" sh -c "echo 1 >/sys/class/net/$rv/threaded" 2>>"$LOGS/flood-$c-$r.err"; then
+		tid=$(ps -eLo tid=,comm= | awk -v n="napi/$rv-" 'index($2, n)==1{print $1; exit}')
+	fi
+	if [ -z "$tid" ]; then
+		ok=0
+		echo "no NAPI thread for $rv (threaded NAPI on a veth needs Linux 5.12 or later)" >>"$LOGS/flood-$c-$r.err"
+	else
+		taskset -p -c $SRV_CPU "$tid" >/dev/null
+		[ "$FLOOD_RT" = 1 ] && chrt -f -p 50 "$tid"
+	fi
 	cfg=$W/flood-$c.yaml
-	case $c in
-	xdp | nft)
+	case $ok:$c in
+	1:xdp | 1:nft)
 		rm -rf "${BPFFS:?}/$c-$r"
-		if [ "$c" = xdp ]; then gatehouse_config "$cfg" native false va "$BPFFS/$c-$r"; else gatehouse_config "$cfg" off true va "$BPFFS/$c-$r"; fi
-		bg "flood-$c-$r-gatehouse" ip netns exec "$ap" taskset -c $SRV_CPU "$G" run -c "$cfg"
+		if [ "$c" = xdp ]; then gatehouse_config "$cfg" native false "$rv" "$BPFFS/$c-$r"; else gatehouse_config "$cfg" off true "$rv" "$BPFFS/$c-$r"; fi
+		bg "flood-$c-$r-gatehouse" ip netns exec "$ap" taskset -c $CLI_CPU "$G" run -c "$cfg"
 		gpid=$LAST
 		for _ in $(seq 100); do
 			ip netns exec "$ap" curl -sf --max-time 1 http://127.0.0.1:9477/readyz >/dev/null 2>&1 && break
@@ -346,47 +396,44 @@ flood_run() { # CONTENDER ROUND
 		done
 		ip netns exec "$ap" curl -sf --max-time 1 http://127.0.0.1:9477/readyz >/dev/null 2>&1 || ok=0
 		;;
-	floor)
-		ip netns exec "$ap" ip link set dev va xdp obj "$OUT/xdpdrop.o" sec xdp >"$LOGS/flood-$c-$r.err" 2>&1 || ok=0
+	1:floor)
+		ip netns exec "$ap" ip link set dev "$rv" xdp obj "$OUT/xdpdrop.o" sec xdp >>"$LOGS/flood-$c-$r.err" 2>&1 || ok=0
 		;;
-	iptables-nft | iptables-legacy)
+	1:iptables-nft | 1:iptables-legacy)
 		ip netns exec "$ap" "$c" -t raw -A PREROUTING -p tcp --dport 443 ! -s 203.0.113.0/24 -j DROP \
-			>"$LOGS/flood-$c-$r.err" 2>&1 || ok=0
+			>>"$LOGS/flood-$c-$r.err" 2>&1 || ok=0
 		;;
 	esac
 	if [ "$ok" = 0 ]; then
 		say "flood $c round $r: the filter did not start"
 		raw "fail/flood/$c" "$(logtail "$LOGS/flood-$c-$r-gatehouse.err" 4)$(logtail "$LOGS/flood-$c-$r.err" 4)"
 	else
-		case $c in
-		xdp) before=$(metric "$ap" gatehouse_xdp_packets_total 'action="drop"' 'reason="not_admitted"') ;;
-		nft) before=$(metric "$ap" gatehouse_nft_packets_total 'rule="not_admitted"') ;;
-		floor) before=0 ;;
-		*) before=$(ipt_count "$ap" "$c") ;;
-		esac
-		k0=$(ticks $KSOFT)
-		line=$(ip netns exec "$fl" timeout $((FLOOD_SECS + 30)) taskset -c $CLI_CPU "$OUT/flood" -if vf -dstmac "$mac" \
+		before=$(dropcount "$c" "$ap" "$rv")
+		ov0=$(vstat "$fl" vf tx_queue_0_xdp_xmit_errors)
+		ns0=$(oncpu "$tid")
+		line=$(ip netns exec "$fl" timeout $((FLOOD_SECS + 30)) taskset -c $CLI_CPU "$OUT/flood" -mode "$FLOOD_MODE" -if vf -dstmac "$mac" \
 			-count "$FLOOD_COUNT" -dur "${FLOOD_SECS}s" 2>"$LOGS/flood-$c-$r.sender.err") || true
-		k1=$(ticks $KSOFT)
-		sleep 0.5
-		case $c in
-		xdp) after=$(metric "$ap" gatehouse_xdp_packets_total 'action="drop"' 'reason="not_admitted"') ;;
-		nft) after=$(metric "$ap" gatehouse_nft_packets_total 'rule="not_admitted"') ;;
-		floor) after=$(kv "$line" sent) ;; # it drops every frame it sees
-		*) after=$(ipt_count "$ap" "$c") ;;
-		esac
+		ns1=$(oncpu "$tid")
+		ov1=$(vstat "$fl" vf tx_queue_0_xdp_xmit_errors)
+		sleep 0.5 # the daemon's counters are read from the kernel on scrape
+		after=$(dropcount "$c" "$ap" "$rv")
 		sent=$(kv "$line" sent)
 		secs=$(kv "$line" secs)
+		d=$((after - before))
+		cpu=$((ns1 - ns0))
 		if [ -z "$sent" ] || [ "$sent" = 0 ]; then
 			raw "fail/flood/$c" "sender: $(logtail "$LOGS/flood-$c-$r.sender.err" 3)"
+		elif [ "$d" -le 0 ] || [ "$cpu" -le 0 ]; then
+			raw "fail/flood/$c" "nothing dropped ($d) or no receiver CPU ($cpu ns) of $sent frames sent"
 		else
-			cpu=$(awk -v u="$(kv "$line" utime)" -v s="$(kv "$line" stime)" -v k=$((k1 - k0)) 'BEGIN{print u+s+k/100}')
 			raw "flood/$c/sent-pps" "$(kv "$line" pps)"
-			raw "flood/$c/drop-pps" "$(awk -v d=$((after - before)) -v t="$secs" 'BEGIN{print d/t}')"
-			raw "flood/$c/dropped-share" "$(awk -v d=$((after - before)) -v s="$sent" 'BEGIN{print d/s}')"
-			raw "flood/$c/cpu-ns-pkt" "$(awk -v c="$cpu" -v s="$sent" 'BEGIN{print c*1e9/s}')"
-			raw "flood/$c/cpu" "$(awk -v c="$cpu" -v t="$secs" 'BEGIN{print c/t}')"
-			say "flood $c round $r: $line dropped=$((after - before))"
+			raw "flood/$c/drop-pps" "$(awk -v d="$d" -v t="$secs" 'BEGIN{print d/t}')"
+			raw "flood/$c/dropped-share" "$(awk -v d="$d" -v s="$sent" 'BEGIN{print d/s}')"
+			raw "flood/$c/ring-share" "$(awk -v o=$((ov1 - ov0)) -v s="$sent" 'BEGIN{print o/s}')"
+			raw "flood/$c/cpu-ns-pkt" "$(awk -v c="$cpu" -v d="$d" 'BEGIN{print c/d}')"
+			raw "flood/$c/drops-per-core-s" "$(awk -v c="$cpu" -v d="$d" 'BEGIN{print d*1e9/c}')"
+			raw "flood/$c/cpu" "$(awk -v c="$cpu" -v t="$secs" 'BEGIN{print c/1e9/t}')"
+			say "flood $c round $r: $line dropped=$d receiver-cpu=${cpu}ns ring-overflow=$((ov1 - ov0))"
 		fi
 	fi
 	if [ -n "$gpid" ]; then
@@ -399,6 +446,7 @@ flood_run() { # CONTENDER ROUND
 }
 
 FLOODERS="floor xdp nft iptables-nft iptables-legacy"
+[ -z "$ONLY" ] || FLOODERS=""
 say "flood: $FLOODERS × $ROUNDS rounds, $FLOOD_COUNT frames or ${FLOOD_SECS}s each"
 for r in $(seq "$ROUNDS"); do
 	for c in $FLOODERS; do flood_run "$c" "$r"; done
@@ -413,6 +461,8 @@ BACKEND_PID=$LAST
 bg sink ip netns exec "$NS" taskset -c $CLI_CPU "$LG" sink -addr 127.0.0.1:8081
 wait_port "$NS" 8080 10 "$BACKEND_PID" || { echo "backend did not start: $(logtail "$LOGS/backend.err")" >&2; exit 1; }
 wait_port "$NS" 8081 10 "$LAST" || { echo "sink did not start: $(logtail "$LOGS/sink.err")" >&2; exit 1; }
+bg echoserve ip netns exec "$NS" taskset -c $CLI_CPU "$LG" echoserve -addr 127.0.0.1:8082
+wait_port "$NS" 8082 10 "$LAST" || { echo "echo backend did not start: $(logtail "$LOGS/echoserve.err")" >&2; exit 1; }
 
 SUITES=TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
 mkdir -p "$W/nginx/tmp" "$W/haproxy" "$W/stunnel"
@@ -434,10 +484,14 @@ defaults
 frontend https
     bind 127.0.0.1:8444 ssl crt $P/server-combined.pem ca-file $CA verify required alpn http/1.1
     default_backend be
+frontend h2
+    bind 127.0.0.1:8448 ssl crt $P/server-combined.pem ca-file $CA verify required alpn h2
+    default_backend be
 backend be
     server backend 127.0.0.1:8080
 EOF
 cat >"$W/nginx/nginx.conf" <<EOF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 worker_processes 1;
 worker_rlimit_nofile $NOFILE;
 error_log $W/nginx/error.log warn;
@@ -469,6 +523,38 @@ http {
             proxy_max_temp_file_size 0;
         }
     }
+    # The same server speaking HTTP/2 (the h2 rows).
+    server {
+        listen 127.0.0.1:8447 ssl http2;
+        server_name bench.example;
+        ssl_certificate $P/server.pem;
+        ssl_certificate_key $P/server.key;
+        ssl_client_certificate $CA;
+        ssl_verify_client on;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_tickets off;
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
+        http2_max_requests 1000000;
+        location / {
+            proxy_pass http://be;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_max_temp_file_size 0;
+        }
+    }
+}
+stream {
+    server {
+        listen 127.0.0.1:8453 ssl;
+        ssl_certificate $P/server.pem;
+        ssl_certificate_key $P/server.key;
+        ssl_client_certificate $CA;
+        ssl_verify_client on;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_tickets off;
+        proxy_pass 127.0.0.1:8082;
+    }
 }
 EOF
 # stunnel has no HTTP mode: it is compared in TCP mode (a blind TLS tunnel).
@@ -497,9 +583,22 @@ requireCert = yes
 verifyChain = yes
 sslVersionMin = TLSv1.2
 ciphersuites = $SUITES
+[echo]
+accept = 127.0.0.1:8454
+connect = 127.0.0.1:8082
+cert = $P/server.pem
+key = $P/server.key
+CAfile = $CA
+requireCert = yes
+verifyChain = yes
+sslVersionMin = TLSv1.2
+ciphersuites = $SUITES
 EOF
 
 declare -A PORT=([gatehouse]=8443 [haproxy]=8444 [nginx]=8445 [stunnel]=8446)
+# HTTP/2: gatehouse offers h2 on its https listener; stunnel is a blind TCP
+# tunnel to an HTTP/1.1 backend and has no h2 row.
+declare -A H2PORT=([gatehouse]=8443 [haproxy]=8448 [nginx]=8447)
 declare -A SPID=()
 declare -A MODE=([gatehouse]="HTTP" [haproxy]="HTTP" [nginx]="HTTP" [stunnel]="TCP")
 SERVERS="gatehouse haproxy nginx stunnel"
@@ -532,7 +631,11 @@ if [ -n "${SPID[gatehouse]:-}" ]; then wait_port "$NS" 8450 10 "${SPID[gatehouse
 load() {
 	local s=$1 m=$2 port=${3:-${PORT[$1]}} pid=${SPID[$1]:-} conc line key
 	[ -n "$pid" ] || return 0
-	case $m in hs) conc=8 ;; ka) conc=4 ;; *) conc=2 ;; esac
+	if [ "$m" = h2 ]; then
+		[ -n "${H2PORT[$s]:-}" ] || return 0
+		port=${H2PORT[$s]}
+	fi
+	case $m in hs) conc=8 ;; ka | h2 | echo) conc=4 ;; *) conc=2 ;; esac
 	key=tls/$m/$s
 	if ! line=$(inns timeout $((DUR + 60)) taskset -c $CLI_CPU "$LG" "$m" -target "127.0.0.1:$port" -cert "$CERT1" -key "$KEY1" \
 		-ca "$SCA" -dur "${DUR}s" -conc "$conc" -pids "$(tree "$pid")" 2>>"$LOGS/loadgen-$s.err"); then
@@ -557,10 +660,10 @@ pick() {
 }
 : >"$W/runs.txt"
 
-say "mTLS termination: $SERVERS × $ROUNDS rounds × (hs ka bulk), ${DUR}s each"
+say "mTLS termination: $SERVERS × $ROUNDS rounds × ($TLSMODES), ${DUR}s each"
 ORDER=($SERVERS)
 for r in $(seq "$ROUNDS"); do
-	for m in hs ka bulk; do
+	for m in $TLSMODES; do
 		for ((i = 0; i < ${#ORDER[@]}; i++)); do
 			load "${ORDER[(i + r - 1) % ${#ORDER[@]}]}" "$m"
 		done
@@ -572,10 +675,35 @@ done
 declare -A STREAMPORT=([gatehouse]=8450 [stunnel]=8451)
 say "TLS stream to a sink: gatehouse tcp listener vs stunnel"
 for r in $(seq "$ROUNDS"); do
+	[ -z "$ONLY" ] || break
 	for s in gatehouse stunnel; do load "$s" stream "${STREAMPORT[$s]}"; done
 done
 # Keys for the stream runs.
 sed -i 's#^tls/stream/#stream/#' "$W/runs.txt"
+
+# ---------------------------------------------------------------- terminal echo
+# The terminal pattern: 256 bytes over TLS, echoed by the backend, the
+# next only after the echo. gatehouse's tcp listener against nginx's
+# stream module and stunnel, then the system calls each makes per round
+# trip (bench/strace-count.sh, strace -c on every thread, a fixed count).
+declare -A ECHOPORT=([gatehouse]=8452 [nginx]=8453 [stunnel]=8454)
+ECHO_SERVERS="gatehouse nginx stunnel"
+ECHO_COUNT=${ECHO_COUNT:-20000}
+say "TLS echo round trips: $ECHO_SERVERS × $ROUNDS rounds"
+for r in $(seq "$ROUNDS"); do
+	for s in $ECHO_SERVERS; do load "$s" echo "${ECHOPORT[$s]}"; done
+done
+for s in $ECHO_SERVERS; do
+	pid=${SPID[$s]:-}
+	[ -n "$pid" ] || continue
+	if sc=$("$BENCH/strace-count.sh" "$ECHO_COUNT" "$(tree "$pid")" -- ip netns exec "$NS" taskset -c $CLI_CPU "$LG" echo \
+		-target "127.0.0.1:${ECHOPORT[$s]}" -cert "$CERT1" -key "$KEY1" -ca "$SCA" -dur 120s -warm 0 -conc 1 -max "$ECHO_COUNT" 2>>"$LOGS/syscalls-$s.err"); then
+		raw "syscalls/$s" "$sc"
+		say "syscalls $s: $sc"
+	else
+		raw "fail/syscalls/$s" "$(logtail "$LOGS/syscalls-$s.err" 2)"
+	fi
+done
 
 for want in $IDLE_SESSIONS; do
 	n=$(( want < MAXCONN ? want : MAXCONN ))
@@ -653,16 +781,14 @@ row "XDP per packet" "limit: empty XDP program (return XDP_PASS)" "$(num "$e" 1)
 if [ -n "$(fails go/bpf)" ]; then row "XDP per packet" "bpf benchmarks" "FAILED" "" "" "$(fails go/bpf)"; fi
 
 # 2. flood
-xd=$(med flood/xdp/drop-pps)
-xns=$(med flood/xdp/cpu-ns-pkt)
-floorns=$(med flood/floor/cpu-ns-pkt)
+xper=$(med flood/xdp/drops-per-core-s)
 for c in $FLOODERS; do
 	d=$(med "flood/$c/drop-pps")
 	if [ -z "$d" ]; then
 		row "Drop under flood" "$c" "did not run" "" "" "$(fails "flood/$c")"
 		continue
 	fi
-	ns=$(med "flood/$c/cpu-ns-pkt")
+	per=$(med "flood/$c/drops-per-core-s")
 	case $c in
 	floor) label="floor: a bare XDP_DROP program (bench/xdpdrop), native on the veth" ;;
 	xdp) label="gatehouse XDP filter (gatehouse run, nftables off, native on the veth)" ;;
@@ -670,16 +796,16 @@ for c in $FLOODERS; do
 	iptables-nft) label="iptables raw PREROUTING DROP ($(iptables-nft -V | awk '{print $2, $3}'))" ;;
 	iptables-legacy) label="iptables raw PREROUTING DROP ($(iptables-legacy -V | awk '{print $2, $3}'))" ;;
 	esac
-	cost="$(num "$ns" 0) CPU-ns/pkt, sender included"
 	vs=""
 	case $c in
-	floor) vs="the sender's own cost (skb, copy, veth) is in every row" ;;
-	xdp) cost="$cost; $(awk -v a="$ns" -v f="$floorns" 'BEGIN{printf "%.0f", a-f}') ns above the bare XDP_DROP" ;;
-	*) vs="XDP drops $(ratio "$xd" "$d" 2) this rate at $(ratio "$xns" "$ns" 2) its CPU per packet" ;;
+	floor) vs="the veth's own receive cost (ring, frame return) is in every row" ;;
+	xdp) vs="$(frac "$xper" "$(med flood/floor/drops-per-core-s)") of the bare XDP_DROP per core-s (goal ≥ 80 %)" ;;
+	*) vs="XDP drops $(ratio "$xper" "$per" 2) this per core-s (goal ≥ 5× nftables)" ;;
 	esac
-	row "Drop under flood" "$label" "$(num "$(awk -v x="$d" 'BEGIN{print x/1e6}')" 3) Mpps dropped ($(num "$(awk -v x="$(med "flood/$c/dropped-share")" 'BEGIN{print 100*x}')" 0) % of sent)" \
-		"$cost" "$vs" \
-		"SYNs to :443 from 64 non-admitted sources, AF_PACKET sender on core $CLI_CPU across a veth (the receive path runs in its softirq; CPU = sender + ksoftirqd); ≤ $FLOOD_COUNT frames or ${FLOOD_SECS}s; goal: XDP ≥ 5× the nftables rate"
+	row "Drop under flood" "$label" \
+		"$(num "$(awk -v x="$d" 'BEGIN{print x/1e6}')" 2) Mpps dropped of $(num "$(awk -v x="$(med "flood/$c/sent-pps")" 'BEGIN{print x/1e6}')" 2) Mpps sent ($(num "$(awk -v x="$(med "flood/$c/ring-share")" 'BEGIN{print 100*x}')" 0) % overflowed the veth ring)" \
+		"$(num "$(med "flood/$c/cpu-ns-pkt")" 0) CPU-ns/pkt on the receiver's core, $(num "$(awk -v x="$per" 'BEGIN{print x/1e6}')" 2) M drops per core-s (receiver $(num "$(med "flood/$c/cpu")" 2) cores)" "$vs" \
+		"SYNs to :443 from 64 non-admitted sources; sender: bench/flood -mode $FLOOD_MODE (BPF_PROG_RUN live frames, XDP_TX) on core $CLI_CPU; receiver: the veth's threaded NAPI poll on core $SRV_CPU$([ "$FLOOD_RT" = 1 ] && echo ", SCHED_FIFO"), its CPU from schedstat; ≤ $FLOOD_COUNT frames or ${FLOOD_SECS}s"
 done
 
 # 3. policy apply
@@ -699,10 +825,11 @@ gl=$(med go/BenchmarkHandshakeServer/x25519/handshakes/cpu-s)
 row "Machine limit" "Go crypto/tls server handshake, X25519, 4 clients on core $CLI_CPU" "$(num "$gl") handshakes per core-second" "$(frac "$gl" "$OSSL_HS") of the OpenSSL bound" "" \
 	"certs BenchmarkHandshakeServer (default curves: $(num "$(med go/BenchmarkHandshakeServer/default/handshakes/cpu-s)")/core-s)"
 if [ -n "$(fails go/certs)" ]; then row "Machine limit" "certs benchmarks" "FAILED" "" "" "$(fails go/certs)"; fi
-for m in hs ka bulk; do
+for m in $TLSMODES; do
 	case $m in
 	hs) what="new mTLS handshakes/s (1 KiB, Connection: close, 8 clients)" unit="/s" f=rate lim=$OSSL_HS ;;
 	ka) what="keep-alive GET 1 KiB, 4 connections" unit=" req/s" f=rate lim="" ;;
+	h2) what="HTTP/2 GET 1 KiB, 4 connections, 1 stream each" unit=" req/s" f=rate lim="" ;;
 	bulk) what="bulk GET 1 MiB, 2 connections" unit=" MiB/s" f=mibps lim=$OSSL_AES_MIB ;;
 	esac
 	best="" bestper="" bestp99=""
@@ -718,6 +845,7 @@ for m in hs ka bulk; do
 		fi
 	done
 	for s in $SERVERS; do
+		[ "$m" != h2 ] || [ -n "${H2PORT[$s]:-}" ] || continue
 		if [ -z "$(pick "tls/$m/$s" "$f")" ]; then
 			row "mTLS $m" "$s (${MODE[$s]} mode)" "did not run" "" "" "$(fails "tls/$s")$(fails "tls/$m/$s")"
 			continue
@@ -726,7 +854,7 @@ for m in hs ka bulk; do
 		cpu=$(pick "tls/$m/$s" cpu)
 		per=$(awk -v v="$v" -v c="$cpu" 'BEGIN{if(c>0) print v/c}')
 		lat=""
-		[ "$m" = ka ] && lat=", p50 $(num "$(pick "tls/$m/$s" p50us)") µs, p99 $(num "$(pick "tls/$m/$s" p99us)") µs"
+		[ "$m" = ka ] || [ "$m" = h2 ] && lat=", p50 $(num "$(pick "tls/$m/$s" p50us)") µs, p99 $(num "$(pick "tls/$m/$s" p99us)") µs"
 		note="$(awk -F'\t' -v k="tls/tls/$m/$s/tls" '$1==k{print $2; exit}' "$RAW")"
 		errs=$(awk -F'\t' -v k="errors/tls/$m/$s" '$1==k{s+=$2} END{if(s) print s}' "$RAW")
 		[ -n "$errs" ] && note="$note; $errs failed requests: $(logtail "$LOGS/loadgen-$s.err" 1)"
@@ -734,7 +862,12 @@ for m in hs ka bulk; do
 		[ "$s" = gatehouse ] && vs="$(ratio "$v" "$best") the best peer's rate, $(ratio "$per" "$bestper") its rate per core-s"
 		[ -n "$lim" ] && vs="${vs:+$vs; }$(frac "$per" "$lim") of the machine limit"
 		if [ "$s" = gatehouse ] && [ "$m" = hs ]; then vs="$vs, $(frac "$per" "$gl") of Go's own handshake limit"; fi
-		if [ "$s" = gatehouse ] && [ "$m" = ka ]; then vs="$vs; p99 $(ratio "$(pick "tls/$m/$s" p99us)" "$bestp99") the lowest peer p99"; fi
+		if [ "$s" = gatehouse ] && { [ "$m" = ka ] || [ "$m" = h2 ]; }; then
+			vs="$vs; p99 $(ratio "$(pick "tls/$m/$s" p99us)" "$bestp99") the lowest peer p99"
+			# The goal of issue 21 is against nginx: rate per core-s ≥ 1×, p99 ≤ 1.5×.
+			nper=$(awk -v v="$(pick "tls/$m/nginx" "$f")" -v c="$(pick "tls/$m/nginx" cpu)" 'BEGIN{if(c>0) print v/c}')
+			vs="$vs; ÷ nginx: $(ratio "$per" "$nper") per core-s, p99 $(ratio "$(pick "tls/$m/$s" p99us)" "$(pick "tls/$m/nginx" p99us)")"
+		fi
 		row "mTLS $m" "$s (${MODE[$s]} mode): $what" "$(num "$v")$unit$lat" "CPU $(num "$cpu" 2) cores, $(num "$per")$unit per core-s" "$vs" "$note"
 	done
 done
@@ -748,10 +881,31 @@ for s in gatehouse stunnel; do
 	fi
 	cpu=$(pick "stream/$s" cpu)
 	vs=""
-	[ "$s" = gatehouse ] && vs="$(ratio "$v" "$(pick stream/stunnel mibps)") stunnel"
+	[ "$s" = gatehouse ] && vs="$(ratio "$(awk -v v="$v" -v c="$cpu" 'BEGIN{if(c>0) print v/c}')" "$(awk -v v="$(pick stream/stunnel mibps)" -v c="$(pick stream/stunnel cpu)" 'BEGIN{if(c>0) print v/c}')") stunnel per core-s (goal ≥ 1×)"
 	row "TLS stream" "$s: TLS-terminated TCP stream to a sink (64 KiB writes)" "$(num "$v") MiB/s" \
 		"CPU $(num "$cpu" 2) cores, $(num "$(awk -v v="$v" -v c="$cpu" 'BEGIN{if(c>0) print v/c}')") MiB/s per core-s" "$vs" \
 		"gatehouse: listener protocol tcp (a blind tunnel, as stunnel does; the tn3270/tn5250 listeners add Telnet parsing, see proxy/telnet benchmarks); stunnel: same blind tunnel"
+done
+for s in nginx stunnel; do
+	v=$(pick "tls/echo/$s" rate)
+	c=$(pick "tls/echo/$s" cpu)
+	[ -n "$v" ] && declare "echoper_$s=$(awk -v v="$v" -v c="$c" 'BEGIN{if(c>0) print v/c}')"
+done
+for s in $ECHO_SERVERS; do
+	v=$(pick "tls/echo/$s" rate)
+	if [ -z "$v" ]; then
+		row "TLS echo" "$s" "did not run" "" "" "$(fails "tls/$s")$(fails "tls/echo/$s")"
+		continue
+	fi
+	cpu=$(pick "tls/echo/$s" cpu)
+	per=$(awk -v v="$v" -v c="$cpu" 'BEGIN{if(c>0) print v/c}')
+	vs=""
+	[ "$s" = gatehouse ] && vs="$(ratio "$per" "${echoper_nginx:-}") nginx stream per core-s (goal ≥ 1×), $(ratio "$per" "${echoper_stunnel:-}") stunnel"
+	sc=$(awk -F'\t' -v k="syscalls/$s" '$1==k{print $2; exit}' "$RAW")
+	note="listener protocol tcp (gatehouse), stream module (nginx), a service (stunnel), 4 connections"
+	[ -n "$sc" ] && note="$note; system calls per round trip ($ECHO_COUNT on one connection, strace -c): $(kv "$sc" per) ($(cut -d' ' -f3- <<<"$sc"))"
+	row "TLS echo" "$s: 256-byte echo round trips over TLS" "$(num "$v")/s, p50 $(num "$(pick "tls/echo/$s" p50us)") µs, p99 $(num "$(pick "tls/echo/$s" p99us)") µs" \
+		"CPU $(num "$cpu" 2) cores, $(num "$per") per core-s" "$vs" "$note"
 done
 for n in $IDLE_SESSIONS; do
 	for s in gatehouse stunnel; do
@@ -801,6 +955,13 @@ awk -F'\t' 'index($1, "fail/feed/")==1{print $1": "$2}' "$RAW" | while read -r l
 	echo
 	echo "| area | measurement | figure | cost | ratio | note |"
 	echo "|---|---|---|---|---|---|"
-	cat "$ROWS"
-} >"$RESULTS"
+	if [ -n "$ONLY" ]; then grep -E '^\| (mTLS|Server exits)' "$ROWS" || true; else cat "$ROWS"; fi
+	# What follows the marker in the previous file (profiles written by
+	# hand) is kept.
+	if [ -f "$RESULTS" ] && grep -qxF "$KEEP_MARK" "$RESULTS"; then
+		echo
+		awk -v m="$KEEP_MARK" '$0 == m {k = 1} k' "$RESULTS"
+	fi
+} >"$RESULTS.new"
+mv "$RESULTS.new" "$RESULTS"
 say "done: $RESULTS"

@@ -25,7 +25,15 @@ var (
 	ErrBadFingerprint       = errors.New("not a hex SHA-256 digest")
 	ErrBadCRLStale          = errors.New(`tls.crl_stale must be "fail" or "warn"`)
 	ErrBadTicketRotation    = errors.New("tls.ticket_rotation must not be negative")
+	ErrTicketKeysOpen       = errors.New("readable by other users or writable by the group: want 0600 or 0640")
+	ErrTicketKeysNotFile    = errors.New("not a regular file")
+	ErrTicketKeyBad         = errors.New("bad ticket key")
+	ErrTicketKeyDuplicate   = errors.New("ticket key given twice")
+	ErrTicketKeysTooMany    = errors.New("too many ticket keys")
+	ErrTicketKeysEmpty      = errors.New("no ticket key in the file")
 	ErrDuplicate            = errors.New("duplicate name")
+	ErrEnvironmentName      = errors.New("an environment's name is 1 to 32 lowercase letters, digits or '-'")
+	ErrEnvironmentCatchAll  = errors.New("an environment needs at least one identity rule, or it would take every certificate of its tenant")
 	ErrSNIConflict          = errors.New("two certificates of one listener claim the same name")
 	ErrNoDNSNames           = errors.New("certificate has no DNS name in its subjectAltName, so no SNI can choose it")
 )
@@ -46,8 +54,13 @@ const (
 	ResultNoCRL           Result = "no_crl" // the tenant has CRLs, none from the certificate's issuer
 	ResultNoTenant        Result = "no_tenant"
 	ResultAmbiguousTenant Result = "ambiguous_tenant"
-	ResultProtocolVersion Result = "protocol_version"
-	ResultOther           Result = "other"
+	// ResultNoEnvironment and ResultAmbiguousEnvironment refuse a
+	// certificate of a tenant with environments that matches none of
+	// them, or more than one.
+	ResultNoEnvironment        Result = "no_environment"
+	ResultAmbiguousEnvironment Result = "ambiguous_environment"
+	ResultProtocolVersion      Result = "protocol_version"
+	ResultOther                Result = "other"
 	// ResultClientClosed is a client that closed the connection (or reset
 	// it) during the handshake before it sent a certificate: health
 	// checkers and load generators do. It is counted, but no refusal. A

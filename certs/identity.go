@@ -137,9 +137,23 @@ func DescribeTenant(t policy.Tenant) string {
 	if t.Intermediates != "" {
 		from = "issued by an intermediate in " + t.Intermediates + " under a root in " + t.ClientCA
 	}
-	if id.Empty() {
-		return fmt.Sprintf("tenant %s: ANY certificate %s (no identities narrow it); %s", t.ID, from, crl)
+	envs := ""
+	if len(t.Environments) > 0 {
+		var list []string
+		for _, e := range t.Environments {
+			list = append(list, e.Name+" ("+describeIdentities(e.Identities)+")")
+		}
+		envs = "; each in exactly one environment of: " + strings.Join(list, ", ")
 	}
+	if id.Empty() {
+		return fmt.Sprintf("tenant %s: ANY certificate %s (no identities narrow it); %s%s", t.ID, from, crl, envs)
+	}
+	return fmt.Sprintf("tenant %s: certificates %s matching any of: %s; %s%s",
+		t.ID, from, describeIdentities(id), crl, envs)
+}
+
+// describeIdentities lists the identity rules, "; " between kinds.
+func describeIdentities(id policy.Identities) string {
 	var parts []string
 	add := func(kind string, list []string) {
 		if len(list) > 0 {
@@ -152,8 +166,7 @@ func DescribeTenant(t policy.Tenant) string {
 	add("OU", id.OrganizationalUnit)
 	add("certificate SHA-256", id.FingerprintSHA256)
 	add("SPKI SHA-256", id.SPKISHA256)
-	return fmt.Sprintf("tenant %s: certificates %s matching any of: %s; %s",
-		t.ID, from, strings.Join(parts, "; "), crl)
+	return strings.Join(parts, "; ")
 }
 
 // DescribeTLS says what the tls: settings do, one "key\tmeaning" line each,
@@ -170,6 +183,9 @@ func DescribeTLS(t policy.TLS) []string {
 			every = policy.DefaultTicketRotation
 		}
 		tickets = fmt.Sprintf("on, each listener's key replaced every %s: a ticket resumes for at most %s", shortDuration(every), shortDuration(keepTicketKeys*every))
+		if t.TicketKeys != "" {
+			tickets = "on, keys from " + t.TicketKeys + " (shared by the fleet, rotated by the admin): the first encrypts, all decrypt"
+		}
 	}
 	return []string{
 		"handshakes\tTLS 1.2 or 1.3, ECDHE and AEAD suites only, a client certificate required",

@@ -34,13 +34,16 @@ type Config struct {
 }
 
 // Peer is the verified identity of one connection: who its client
-// certificate proves (tenant, fingerprint, subject, expiry) and, once
+// certificate proves (tenant, environment, fingerprint, subject, expiry) and, once
 // HandshakeDone made it, the listener it came in on, the source it came
 // from and the server name it asked for. It is made once, after the
 // handshake, and passed as a value to everything that serves the
-// connection; Tenant is the only field routing trusts.
+// connection; Tenant and Environment are the only fields routing trusts.
 type Peer struct {
-	Tenant            string
+	Tenant string
+	// Environment is the tenant's environment the certificate proves:
+	// policy.DefaultEnvironment for a tenant without environments.
+	Environment       string
 	FingerprintSHA256 string // hex SHA-256 over the DER certificate
 	Subject           string
 	NotAfter          time.Time

@@ -18,19 +18,27 @@ var untenanted = []Result{ResultNoCert, ResultUnknownCA, ResultExpired, ResultNo
 // crlResults are the refusals counted with the tenant whose CRL made them.
 var crlResults = []Result{ResultRevoked, ResultCRLStale, ResultNoCRL}
 
+// envResults are the refusals counted with the tenant whose environments
+// made them.
+var envResults = []Result{ResultNoEnvironment, ResultAmbiguousEnvironment}
+
 // initSeries gives every series of gatehouse_tls_handshakes_total that the
 // policy determines a value from the start, so that rates and alerts see
 // them before the first event: per listener each untenanted result, and
-// for each tenant routed on it ok and, with a CRL, the CRL refusals. It
-// deletes the series of listeners and tenants the policy no longer has.
-// At most listeners × (9 + routed tenants × 4) series. Called with m.mu held.
+// for each tenant routed on it ok, with a CRL the CRL refusals, and with
+// environments the environment refusals. It deletes the series of
+// listeners and tenants the policy no longer has, and the environment
+// refusals of a tenant that has no environments any more. At most
+// listeners × (9 + routed tenants × 6) series. Called with m.mu held.
 func (m *Manager) initSeries(p *policy.Policy) {
 	listeners := map[string]bool{}
 	tenants := map[string]bool{noTenant: true}
 	hasCRL := map[string]bool{}
+	hasEnv := map[string]bool{}
 	for _, t := range p.Tenants {
 		tenants[t.ID] = true
 		hasCRL[t.ID] = t.CRL != ""
+		hasEnv[t.ID] = len(t.Environments) > 0
 	}
 	for _, l := range p.Listeners {
 		listeners[l.Name] = true
@@ -44,6 +52,11 @@ func (m *Manager) initSeries(p *policy.Policy) {
 			m.handshakes.WithLabelValues(l.Name, rt.Tenant, string(ResultOK))
 			if hasCRL[rt.Tenant] {
 				for _, r := range crlResults {
+					m.handshakes.WithLabelValues(l.Name, rt.Tenant, string(r))
+				}
+			}
+			if hasEnv[rt.Tenant] {
+				for _, r := range envResults {
 					m.handshakes.WithLabelValues(l.Name, rt.Tenant, string(r))
 				}
 			}
@@ -71,7 +84,8 @@ func (m *Manager) initSeries(p *policy.Policy) {
 				l[2] = lp.GetValue()
 			}
 		}
-		if !listeners[l[0]] || !tenants[l[1]] {
+		envGone := !hasEnv[l[1]] && (l[2] == string(ResultNoEnvironment) || l[2] == string(ResultAmbiguousEnvironment))
+		if !listeners[l[0]] || !tenants[l[1]] || envGone {
 			stale = append(stale, l)
 		}
 	}

@@ -56,6 +56,7 @@ type tenantState struct {
 	inters  []*x509.Certificate // intermediates: each chains to one of roots
 	crls    []*crlState         // one per CA (root or intermediate) that publishes one
 	match   *matcher
+	envs    []envState // none: the implicit policy.DefaultEnvironment
 }
 
 // owns reports whether a verified chain, which ends at one of the
@@ -205,11 +206,25 @@ func (m *Manager) build(p *policy.Policy, tickets map[string]*ticketSet) (*state
 	if err := checkSharedRoots(st.tenants); err != nil {
 		return nil, err
 	}
+	var shared [][]byte
+	if p.TLS.TicketKeys != "" && !p.TLS.SessionTicketsDisabled {
+		var err error
+		if shared, err = loadTicketFile(ld, p.TLS.TicketKeys); err != nil {
+			return nil, err
+		}
+	}
 	for _, l := range p.Listeners {
 		if _, dup := st.listeners[l.Name]; dup {
 			return nil, fmt.Errorf("listener %q: %w", l.Name, ErrDuplicate)
 		}
-		ls, err := m.loadListener(ld, l, p.TLS, tickets[l.Name])
+		ts := tickets[l.Name]
+		if shared != nil {
+			var err error
+			if ts, err = ticketSetFromFile(shared, l.Name); err != nil {
+				return nil, fmt.Errorf("listener %q: session ticket keys: %w", l.Name, err)
+			}
+		}
+		ls, err := m.loadListener(ld, l, p.TLS, ts)
 		if err != nil {
 			return nil, fmt.Errorf("listener %q: %w", l.Name, err)
 		}

@@ -34,6 +34,9 @@ func loadTenant(ld *loader, t policy.Tenant) (*tenantState, error) {
 	if ts.match, err = compileIdentities(t.Identities); err != nil {
 		return nil, fmt.Errorf("identities: %w", err)
 	}
+	if ts.envs, err = compileEnvironments(t.Environments); err != nil {
+		return nil, err
+	}
 	if t.CRL == "" {
 		return ts, nil
 	}

@@ -46,7 +46,9 @@ func (m *Manager) planTickets(p *policy.Policy) (map[string]*ticketSet, error) {
 	plan := map[string]*ticketSet{}
 	for _, l := range p.Listeners {
 		ts, ok := m.tickets[l.Name]
-		if p.TLS.SessionTicketsDisabled {
+		// Keys from tls.ticket_keys are build's to read; the rotated ones
+		// are kept aside, for when the file is dropped again.
+		if p.TLS.SessionTicketsDisabled || p.TLS.TicketKeys != "" {
 			if ok {
 				plan[l.Name] = ts
 			}
@@ -92,7 +94,7 @@ func (m *Manager) rotateTickets() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	st := m.state.Load()
-	if st.policy == nil || st.policy.TLS.SessionTicketsDisabled {
+	if st.policy == nil || st.policy.TLS.SessionTicketsDisabled || st.policy.TLS.TicketKeys != "" {
 		return
 	}
 	now := m.now()

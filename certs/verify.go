@@ -115,8 +115,14 @@ func (m *Manager) authorize(st *state, chain []*x509.Certificate) (Peer, *AuthEr
 	if why, ok := uncovered[match[0]]; ok {
 		return Peer{}, &AuthError{Result: ResultNoCRL, Tenant: st.tenants[match[0]].id, Detail: why}
 	}
+	t := st.tenants[match[0]]
+	env, aerr := t.environment(leaf)
+	if aerr != nil {
+		return Peer{}, aerr
+	}
 	return Peer{
-		Tenant:            st.tenants[match[0]].id,
+		Tenant:            t.id,
+		Environment:       env,
 		FingerprintSHA256: FingerprintSHA256(leaf),
 		Subject:           leaf.Subject.String(),
 		NotAfter:          leaf.NotAfter,

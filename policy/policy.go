@@ -128,6 +128,10 @@ type Tenant struct {
 	Intermediates string
 	CRL           string // optional CRL file (PEM or DER), one CRL per issuing CA of the chain
 	Identities    Identities
+	// Environments, when set, split the tenant's certificates: each one
+	// the tenant's Identities accept must match the identities of exactly
+	// one environment. None means the one implicit DefaultEnvironment.
+	Environments []Environment
 }
 
 // CRLStale says what a CRL past its nextUpdate does.
@@ -146,6 +150,11 @@ type TLS struct {
 	// TicketRotation is how often each listener gets a new session-ticket
 	// key; the last three decrypt. Zero means DefaultTicketRotation.
 	TicketRotation time.Duration
+	// TicketKeys is a file of session-ticket keys the admin distributes to
+	// every node, the current key first; when set, it replaces the
+	// rotation (the admin rotates) and a session resumes on any node that
+	// holds the key.
+	TicketKeys string
 }
 
 // DefaultTicketRotation is the session-ticket key rotation when none is set.
@@ -154,6 +163,9 @@ const DefaultTicketRotation = 6 * time.Hour
 // Route carries one tenant's traffic on a listener to one internal backend.
 type Route struct {
 	Tenant string
+	// Environment is the tenant's environment the route serves; empty is
+	// the implicit DefaultEnvironment of a tenant without environments.
+	Environment string
 	// Host matches SNI or the HTTP Host header; empty matches any.
 	Host string
 	// Path is a URL path prefix for https and soap; empty means "/".

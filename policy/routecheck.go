@@ -106,11 +106,15 @@ func (p *Policy) CheckListeners() []*ListenerError {
 				add(j, "tenant", "required")
 			case len(p.Tenants) > 0 && !tenants[r.Tenant]:
 				add(j, "tenant", "unknown tenant %q", r.Tenant)
+			case len(p.Tenants) > 0:
+				if msg := checkRouteEnvironment(p.Tenants, r); msg != "" {
+					add(j, "environment", "%s", msg)
+				}
 			}
-			// What the proxies route on: the tenant alone for tcp and
-			// terminal listeners, with the host (as Host and SNI compare)
-			// and path prefix for https and soap.
-			key := r.Tenant + "|" + NormHost(r.Host) + "|" + r.Path
+			// What the proxies route on: the (tenant, environment) alone
+			// for tcp and terminal listeners, with the host (as Host and
+			// SNI compare) and path prefix for https and soap.
+			key := r.Env().String() + "|" + NormHost(r.Host) + "|" + r.Path
 			if l.Protocol.HTTP() && r.Path == "" {
 				key += "/"
 			}
@@ -310,4 +314,25 @@ func isName(s string, max int, extra string) bool {
 		}
 	}
 	return true
+}
+
+// checkRouteEnvironment says what is wrong with the environment r names
+// for its tenant (one of tenants), or "".
+func checkRouteEnvironment(tenants []Tenant, r Route) string {
+	i := slices.IndexFunc(tenants, func(t Tenant) bool { return t.ID == r.Tenant })
+	if i < 0 {
+		return ""
+	}
+	t := tenants[i]
+	switch {
+	case len(t.Environments) == 0 && r.Environment != "" && r.Environment != DefaultEnvironment:
+		return fmt.Sprintf("tenant %q declares no environments: leave environment out (or %q)", t.ID, DefaultEnvironment)
+	case len(t.Environments) == 0:
+		return ""
+	case r.Environment == "":
+		return fmt.Sprintf("required: tenant %q declares environments (%s); a route serves exactly one", t.ID, strings.Join(t.EnvironmentNames(), ", "))
+	case !slices.Contains(t.EnvironmentNames(), r.Environment):
+		return fmt.Sprintf("unknown environment %q of tenant %q (it has %s)", r.Environment, t.ID, strings.Join(t.EnvironmentNames(), ", "))
+	}
+	return ""
 }

@@ -96,11 +96,11 @@ func (s *Server) Apply(p *policy.Policy) error {
 	// route it was admitted on: end those whose route this generation
 	// removed or changed.
 	ended := s.closeConns(func(c *conn) bool {
-		return c.route != "" && !c.sock.state.Load().hasRoute(c.identity().Tenant, c.route)
+		return c.route != "" && !c.sock.state.Load().hasRoute(c.identity().Env(), c.route)
 	})
 	for _, c := range ended {
 		s.logger.Info("session closed: its route was removed or changed by a reload", "listener", c.listener,
-			"tenant", c.identity().Tenant, "source", c.source.String(), "generation", p.Generation)
+			"tenant", c.identity().Tenant, "environment", c.identity().Environment, "source", c.source.String(), "generation", p.Generation)
 	}
 	for addr, sk := range s.sockets {
 		if _, keep := states[addr]; keep {
@@ -198,9 +198,9 @@ func (s *Server) buildState(l policy.Listener) (*listenerState, error) {
 	}
 	st.tls = withALPN(tc, alpn)
 	if st.http == nil {
-		st.routes = map[string]string{}
+		st.routes = map[policy.TenantEnv]string{}
 		for _, r := range l.Routes {
-			st.routes[r.Tenant] = r.Key(l.Name, l.Protocol)
+			st.routes[r.Env()] = r.Key(l.Name, l.Protocol)
 		}
 	}
 	return st, nil

@@ -54,6 +54,8 @@ type conn struct {
 
 	// adm is the connection's place at its socket's gate.
 	adm admission
+	// sess is what an admin's drain marks (sessions.go).
+	sess sessionState
 
 	// ctx and abort, on a START_TLS listener only, tell the telnet
 	// handler negotiating the handshake that the gate evicted the
@@ -114,7 +116,7 @@ func (c *conn) Count(in bool, n int) {
 func (s *Server) admit(c *conn, id certs.Peer, seen uint64) (*listenerState, error) {
 	for {
 		if cur := s.revalidations.Load(); cur != seen {
-			if err := s.stillValid(c, id.Tenant); err != nil {
+			if err := s.stillValid(c, id.Env()); err != nil {
 				return nil, err
 			}
 			seen = cur
@@ -135,8 +137,8 @@ func (s *Server) admit(c *conn, id certs.Peer, seen uint64) (*listenerState, err
 		s.refused.WithLabelValues(c.listener, reasonTenantLimit).Inc()
 		return nil, fmt.Errorf("%w (%d)", ErrConnLimit, limit)
 	}
-	c.route = st.routeKey(id.Tenant)
-	s.active[[2]string{c.listener, id.Tenant}]++
+	c.route = st.routeKey(id.Env())
+	s.active[activeKey{c.listener, id.Env()}]++
 	c.idMu.Lock()
 	c.peer = id
 	c.idMu.Unlock()
@@ -159,7 +161,7 @@ func (s *Server) upgraded(c *conn, key string, timer *relay.Timer) error {
 	if _, open := s.conns[c]; !open {
 		return errClosedMeanwhile
 	}
-	if !c.sock.state.Load().hasRoute(c.identity().Tenant, key) {
+	if !c.sock.state.Load().hasRoute(c.identity().Env(), key) {
 		return fmt.Errorf("%w: the route of the upgrade was removed or changed by a reload", ErrConfig)
 	}
 	c.route = key
@@ -187,7 +189,7 @@ func (s *Server) forget(c *conn) {
 	if c.identified.Load() {
 		id := c.identity()
 		s.perTen.Release(tenantSlot{c.sock, id.Tenant})
-		if k := [2]string{c.listener, id.Tenant}; s.active[k] <= 1 {
+		if k := (activeKey{c.listener, id.Env()}); s.active[k] <= 1 {
 			delete(s.active, k)
 		} else {
 			s.active[k]--

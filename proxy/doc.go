@@ -39,7 +39,7 @@
 // closed at once, and backend connections refused, while the process is
 // within DescriptorReserve of RLIMIT_NOFILE (relay.Descriptors).
 //
-// Metrics: gatehouse_proxy_connections_active{listener,tenant},
+// Metrics: gatehouse_proxy_connections_active{listener,tenant,environment},
 // gatehouse_proxy_handshakes_pending{listener},
 // gatehouse_proxy_connections_refused_total{listener,reason},
 // gatehouse_proxy_bytes_total{listener,tenant,direction} (client side, TLS

@@ -55,7 +55,7 @@ func (s *Server) newHTTPServer(sk *socket, set httpSettings) *httpServer {
 // Peer and the hook that records an upgrade.
 func (s *Server) peerContext(ctx context.Context, c *conn) context.Context {
 	ctx = httpproxy.WithUpgradeHook(ctx, func(key string, t *relay.Timer) error { return s.upgraded(c, key, t) })
-	return httpproxy.WithPeer(ctx, c.identity())
+	return httpproxy.WithPeer(withConn(ctx, c), c.identity())
 }
 
 // serveHTTP hands c, identified and admitted, to the socket's current HTTP

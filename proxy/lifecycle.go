@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 
 	"github.com/gatehouse-dmz/gatehouse/certs"
+	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
 // Shutdown stops accepting on every listener, lets open connections finish
@@ -121,9 +122,9 @@ func (s *Server) Revalidate() int {
 	s.connMu.Unlock()
 	closed := 0
 	for _, c := range live {
-		if err := s.stillValid(c, c.identity().Tenant); err != nil {
+		if err := s.stillValid(c, c.identity().Env()); err != nil {
 			s.logger.Info("connection closed: identity no longer valid", "listener", c.listener,
-				"tenant", c.identity().Tenant, "source", c.source.String(), "err", err)
+				"tenant", c.identity().Tenant, "environment", c.identity().Environment, "source", c.source.String(), "err", err)
 			c.raw.Close()
 			closed++
 		}
@@ -142,14 +143,15 @@ func (s *Server) identify(cs tls.ConnectionState) (certs.Peer, error) {
 }
 
 // stillValid identifies c's certificate again and checks it still maps to
-// tenant.
-func (s *Server) stillValid(c *conn, tenant string) error {
+// the same (tenant, environment): a reload that moves the certificate to
+// another environment ends the connection, as one to another tenant does.
+func (s *Server) stillValid(c *conn, want policy.TenantEnv) error {
 	id, err := s.identify(c.state())
 	if err != nil {
 		return err
 	}
-	if id.Tenant != tenant {
-		return fmt.Errorf("certificate now maps to tenant %q, not %q", id.Tenant, tenant)
+	if got := id.Env(); got != want {
+		return fmt.Errorf("certificate now maps to %s, not %s", got, want)
 	}
 	return nil
 }

@@ -297,10 +297,10 @@ func TestMetrics(t *testing.T) {
 	}
 	h.access.WaitLines(`"tenant":"globex"`) // both requests done and counted
 	want := `
-# HELP gatehouse_http_requests_total HTTP requests answered, by listener, tenant and status code.
+# HELP gatehouse_http_requests_total HTTP requests answered, by listener, tenant, environment and status code.
 # TYPE gatehouse_http_requests_total counter
-gatehouse_http_requests_total{code="200",listener="web",tenant="acme"} 1
-gatehouse_http_requests_total{code="403",listener="web",tenant="globex"} 1
+gatehouse_http_requests_total{code="200",environment="default",listener="web",tenant="acme"} 1
+gatehouse_http_requests_total{code="403",environment="default",listener="web",tenant="globex"} 1
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "gatehouse_http_requests_total"); err != nil {
 		t.Error(err)

@@ -39,9 +39,9 @@ type listenerState struct {
 	source policy.SourcePrefix // how per-source limits count a source
 	tls    *tls.Config
 	http   *httpproxy.Handler
-	tcp    map[string]*tcpRoute
+	tcp    map[policy.TenantEnv]*tcpRoute
 	telnet *telnet.Handler
-	routes map[string]string // tcp and telnet: tenant → policy.Route.Key, built once
+	routes map[policy.TenantEnv]string // tcp and telnet: (tenant, environment) → policy.Route.Key, built once
 }
 
 func (st *listenerState) start() {
@@ -58,21 +58,21 @@ func (st *listenerState) close() {
 
 // hasRoute reports whether tenant still has the route of key here: the
 // route of a tcp or telnet session, or of an upgraded HTTP connection.
-func (st *listenerState) hasRoute(tenant, key string) bool {
+func (st *listenerState) hasRoute(te policy.TenantEnv, key string) bool {
 	if st != nil && st.http != nil {
-		return st.http.HasRoute(tenant, key)
+		return st.http.HasRoute(te, key)
 	}
-	return st.routeKey(tenant) == key
+	return st.routeKey(te) == key
 }
 
 // routeKey identifies the route a tcp or telnet session of tenant runs on:
 // everything of it the session depends on. It is "" for HTTP listeners
 // (routed per request) and "-" when the tenant has no route here.
-func (st *listenerState) routeKey(tenant string) string {
+func (st *listenerState) routeKey(te policy.TenantEnv) string {
 	if st == nil || st.http != nil {
 		return ""
 	}
-	if k, ok := st.routes[tenant]; ok {
+	if k, ok := st.routes[te]; ok {
 		return k
 	}
 	return "-"
@@ -104,6 +104,7 @@ func (sk *socket) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "misdirected request", http.StatusMisdirectedRequest)
 		return
 	}
+	defer requestStarted(w, r)()
 	st.http.ServeHTTP(w, r)
 }
 

@@ -35,23 +35,25 @@ func (s *Server) tenantBytes(listener, tenant string) tenantBytes {
 // result, connections_refused_total per listener and reason.
 func (s *Server) series(p *policy.Policy) {
 	want := map[[2]string]bool{}
-	terminal := map[[2]string]bool{}
+	terminal := map[telnet.SeriesKey]bool{}
+	configured := map[activeKey]bool{}
 	var names []string
 	for _, l := range p.Listeners {
 		names = append(names, l.Name)
 		for _, r := range l.Routes {
 			k := [2]string{l.Name, r.Tenant}
 			want[k] = true
+			configured[activeKey{l.Name, r.Env()}] = true
 			if l.Protocol.Telnet() {
-				terminal[k] = true
+				terminal[telnet.SeriesKey{Listener: l.Name, Env: r.Env()}] = true
 			}
 		}
 		if l.StartTLS {
-			terminal[[2]string{l.Name, telnet.UnknownTenant}] = true
+			terminal[telnet.UnknownSeries(l.Name)] = true
 		}
 	}
 	s.connMu.Lock()
-	s.configured = want
+	s.configured = configured
 	s.connMu.Unlock()
 	s.sessions.Series(terminal)
 	for _, n := range s.seriesOf {
@@ -80,7 +82,7 @@ func (s *Server) byteSeries(want map[[2]string]bool, listeners []string) {
 	s.connMu.Lock()
 	defer s.connMu.Unlock()
 	for k := range s.bytesOf {
-		if !now[k] && s.active[k] == 0 {
+		if !now[k] && s.activeOf(k) == 0 {
 			s.bytes.DeleteLabelValues(k[0], k[1], "in")
 			s.bytes.DeleteLabelValues(k[0], k[1], "out")
 			delete(s.bytesOf, k)
@@ -102,11 +104,11 @@ func (s *Server) byteSeries(want map[[2]string]bool, listeners []string) {
 func (s *Server) collectConns(ch chan<- prometheus.Metric) {
 	s.connMu.Lock()
 	for k := range s.configured {
-		ch <- prometheus.MustNewConstMetric(s.activeDesc, prometheus.GaugeValue, float64(s.active[k]), k[0], k[1])
+		ch <- prometheus.MustNewConstMetric(s.activeDesc, prometheus.GaugeValue, float64(s.active[k]), k.listener, k.env.Tenant, k.env.Environment)
 	}
 	for k, n := range s.active {
 		if !s.configured[k] {
-			ch <- prometheus.MustNewConstMetric(s.activeDesc, prometheus.GaugeValue, float64(n), k[0], k[1])
+			ch <- prometheus.MustNewConstMetric(s.activeDesc, prometheus.GaugeValue, float64(n), k.listener, k.env.Tenant, k.env.Environment)
 		}
 	}
 	s.connMu.Unlock()
@@ -118,4 +120,24 @@ func (s *Server) collectConns(ch chan<- prometheus.Metric) {
 		}
 	}
 	s.mu.Unlock()
+}
+
+// activeKey is a series of gatehouse_proxy_connections_active: a listener
+// and the (tenant, environment) of its connections. Environments are
+// bounded by the configuration, as tenants are.
+type activeKey struct {
+	listener string
+	env      policy.TenantEnv
+}
+
+// activeOf counts the open connections of a listener and tenant (k), in
+// every environment. connMu is held.
+func (s *Server) activeOf(k [2]string) int {
+	n := 0
+	for a, c := range s.active {
+		if a.listener == k[0] && a.env.Tenant == k[1] {
+			n += c
+		}
+	}
+	return n
 }

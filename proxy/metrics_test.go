@@ -60,9 +60,9 @@ func TestSeriesAtApply(t *testing.T) {
 	got := h.scrape()
 	results := []string{"ok", "refused", "no_route", "limit", "timeout", "protocol", "backend", "shutdown"}
 	want := []string{
-		"gatehouse_proxy_connections_active{web,acme}", "gatehouse_proxy_connections_active{web,globex}",
-		"gatehouse_proxy_connections_active{mf,acme}", "gatehouse_proxy_connections_active{mf,globex}",
-		"gatehouse_proxy_connections_active{raw,acme}",
+		"gatehouse_proxy_connections_active{default,web,acme}", "gatehouse_proxy_connections_active{default,web,globex}",
+		"gatehouse_proxy_connections_active{default,mf,acme}", "gatehouse_proxy_connections_active{default,mf,globex}",
+		"gatehouse_proxy_connections_active{default,raw,acme}",
 		"gatehouse_proxy_handshakes_pending{web}", "gatehouse_proxy_handshakes_pending{raw}",
 		"gatehouse_proxy_connections_refused_total{raw,pre_handshake}",
 		"gatehouse_proxy_bytes_total{in,web,acme}", "gatehouse_proxy_bytes_total{out,web,globex}",
@@ -71,7 +71,7 @@ func TestSeriesAtApply(t *testing.T) {
 	}
 	for _, tenant := range []string{"acme", "globex"} {
 		for _, r := range results {
-			want = append(want, "gatehouse_telnet_sessions_total{mf,"+r+","+tenant+"}")
+			want = append(want, "gatehouse_telnet_sessions_total{default,mf,"+r+","+tenant+"}")
 		}
 	}
 	for _, k := range want {
@@ -80,7 +80,7 @@ func TestSeriesAtApply(t *testing.T) {
 		}
 	}
 	for k := range got {
-		if strings.HasPrefix(k, "gatehouse_telnet_sessions_total{web") || strings.HasPrefix(k, "gatehouse_telnet_sessions_total{raw") {
+		if strings.HasPrefix(k, "gatehouse_telnet_sessions_total{default,web") || strings.HasPrefix(k, "gatehouse_telnet_sessions_total{default,raw") {
 			t.Errorf("%s: a terminal series for a listener that is not one", k)
 		}
 	}
@@ -101,7 +101,7 @@ func TestSeriesAtApply(t *testing.T) {
 	if len(left) > 0 {
 		t.Errorf("series of removed tenants and listeners left after the reload: %v", left)
 	}
-	if _, ok := got["gatehouse_telnet_sessions_total{mf,ok,acme}"]; !ok {
+	if _, ok := got["gatehouse_telnet_sessions_total{default,mf,ok,acme}"]; !ok {
 		t.Error("acme's terminal series lost by the reload")
 	}
 }

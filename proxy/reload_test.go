@@ -151,7 +151,7 @@ func TestTelnetReloadDuringSetup(t *testing.T) {
 		t.Error("START_TLS session negotiating during the reload still open 10s past the new idle_timeout")
 	}
 	for _, l := range []string{"mf", "st"} {
-		if !waitFor(func() bool { return h.metric("gatehouse_telnet_sessions_total", l, "timeout", "acme") == 1 }) {
+		if !waitFor(func() bool { return h.metric("gatehouse_telnet_sessions_total", "default", l, "timeout", "acme") == 1 }) {
 			t.Errorf("listener %s: the idle end was not counted as a timeout", l)
 		}
 	}

@@ -134,7 +134,7 @@ func (s *Server) logRefusal(c *conn, level slog.Level, msg string, err error, ex
 	}
 	args = append(args, extra...)
 	if id := c.identity(); id.Tenant != "" {
-		args = append(args, "tenant", id.Tenant)
+		args = append(args, "tenant", id.Tenant, "environment", id.Environment)
 	}
 	if held > 0 {
 		args = append(args, "similar_lines_suppressed", held)

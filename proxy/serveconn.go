@@ -127,8 +127,8 @@ func (s *Server) proves(cs tls.ConnectionState, peer certs.Peer) error {
 	switch {
 	case err != nil:
 		return fmt.Errorf("%w: %w", ErrUnverified, err)
-	case id.Tenant != peer.Tenant:
-		return fmt.Errorf("%w: the certificate proves tenant %q, not %q", ErrUnverified, id.Tenant, peer.Tenant)
+	case id.Env() != peer.Env():
+		return fmt.Errorf("%w: the certificate proves %s, not %s", ErrUnverified, id.Env(), peer.Env())
 	case id.FingerprintSHA256 != peer.FingerprintSHA256:
 		return fmt.Errorf("%w: the certificate is not the peer's (fingerprint)", ErrUnverified)
 	case cs.ServerName != peer.ServerName:

@@ -230,7 +230,7 @@ func TestServeConnLimits(t *testing.T) {
 	} else {
 		s.c.Close()
 	}
-	if v := h.metric("gatehouse_proxy_connections_active", "raw", "acme"); v != 1 {
+	if v := h.metric("gatehouse_proxy_connections_active", "default", "raw", "acme"); v != 1 {
 		t.Errorf("active acme connections %v, want 1", v)
 	}
 	// A revoked certificate ends the handed-in session as any other.

@@ -80,10 +80,11 @@ type Server struct {
 	// perTen counts identified connections per socket and tenant for
 	// connections_per_tenant: per socket, not per listener name, so that
 	// renaming a listener does not give its tenants a second share.
-	// active counts them per listener name and tenant, for the gauge.
+	// active counts them per listener name, tenant and environment, for
+	// the gauge.
 	perTen     relay.Limiter[tenantSlot]
-	active     map[[2]string]int
-	configured map[[2]string]bool // listener and tenant pairs the generation in force routes
+	active     map[activeKey]int
+	configured map[activeKey]bool // what the generation in force routes
 	inFlite    *httpproxy.InFlight
 
 	httpMetrics *httpproxy.Metrics
@@ -136,13 +137,13 @@ func New(cfg Config) (*Server, error) {
 		access:      access,
 		sockets:     map[string]*socket{},
 		conns:       map[*conn]struct{}{},
-		active:      map[[2]string]int{},
-		configured:  map[[2]string]bool{},
+		active:      map[activeKey]int{},
+		configured:  map[activeKey]bool{},
 		inFlite:     httpproxy.NewInFlight(),
 		httpMetrics: httpproxy.NewMetrics(),
 		sessions:    telnet.NewSessions(),
 		activeDesc: prometheus.NewDesc("gatehouse_proxy_connections_active",
-			"Client connections open after a tenant was identified.", []string{"listener", "tenant"}, nil),
+			"Client connections open after a tenant was identified, by listener, tenant and environment.", []string{"listener", "tenant", "environment"}, nil),
 		pendingDesc: prometheus.NewDesc("gatehouse_proxy_handshakes_pending",
 			"Connections of a listener that have not finished their TLS handshake (limits.pre_handshake caps them).",
 			[]string{"listener"}, nil),

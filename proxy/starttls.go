@@ -37,7 +37,7 @@ func (s *Server) serveStartTLS(c *conn, st *listenerState) {
 			s.logRefusal(c, slog.LevelWarn, "connection refused", err, "tenant", id.Tenant)
 			return certs.Peer{}, err
 		}
-		if c.route != st.routeKey(id.Tenant) {
+		if c.route != st.routeKey(id.Env()) {
 			// A reload changed this tenant's route during the handshake;
 			// the handler below still holds the old one.
 			err := fmt.Errorf("%w: route of tenant %q changed by a reload", ErrConfig, id.Tenant)

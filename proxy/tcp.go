@@ -20,15 +20,15 @@ type tcpRoute struct {
 }
 
 // buildTCPRoutes compiles the routes of a tcp listener that
-// policy.CheckListeners passed: one per tenant.
-func buildTCPRoutes(l policy.Listener) (map[string]*tcpRoute, error) {
-	routes := map[string]*tcpRoute{}
+// policy.CheckListeners passed: one per (tenant, environment).
+func buildTCPRoutes(l policy.Listener) (map[policy.TenantEnv]*tcpRoute, error) {
+	routes := map[policy.TenantEnv]*tcpRoute{}
 	for i, r := range l.Routes {
 		tc, err := certs.StreamBackendTLS(r)
 		if err != nil {
 			return nil, fmt.Errorf("%w: listener %q route %d: %w", ErrConfig, l.Name, i, err)
 		}
-		routes[r.Tenant] = &tcpRoute{backend: r.Backend, tls: tc}
+		routes[r.Env()] = &tcpRoute{backend: r.Backend, tls: tc}
 	}
 	return routes, nil
 }
@@ -37,8 +37,7 @@ func buildTCPRoutes(l policy.Listener) (map[string]*tcpRoute, error) {
 // within the tenant's limits.tcp of the generation in force (which a
 // reload re-arms, see rearm).
 func (s *Server) relayTCP(c *conn, st *listenerState) {
-	tenant := c.identity().Tenant
-	rt := st.tcp[tenant]
+	rt := st.tcp[c.identity().Env()]
 	if rt == nil {
 		s.logRefusal(c, slog.LevelInfo, "tcp connection refused: no route", nil)
 		c.raw.Close()
@@ -76,7 +75,7 @@ func (s *Server) relayTCP(c *conn, st *listenerState) {
 	}
 	// The session's line in the access log, as HTTP requests and terminal
 	// sessions have theirs.
-	args := []any{"listener", c.listener, "tenant", tenant, "fingerprint", c.identity().FingerprintSHA256,
+	args := []any{"listener", c.listener, "tenant", c.identity().Tenant, "environment", c.identity().Environment, "fingerprint", c.identity().FingerprintSHA256,
 		"source", c.source.String(), "backend", rt.backend, "bytes_in", in, "bytes_out", out,
 		"duration", time.Since(start).Round(time.Millisecond).String(), "reason", reason}
 	if err != nil {

@@ -156,7 +156,7 @@ func TestStartTLSEvictionNotCounted(t *testing.T) {
 	}
 	h.srv.Close() // waits for every handler, the evicted one's included
 	for _, r := range []string{"protocol", "refused"} {
-		if v := h.metric("gatehouse_telnet_sessions_total", "st", r, "unknown"); v != 0 {
+		if v := h.metric("gatehouse_telnet_sessions_total", "unknown", "st", r, "unknown"); v != 0 {
 			t.Errorf("telnet_sessions_total{result=%q,tenant=unknown} = %v after one eviction and a shutdown, want 0", r, v)
 		}
 	}
@@ -187,8 +187,10 @@ func TestStartTLSRefusalsRateLimited(t *testing.T) {
 			t.Fatalf("START_TLS session %d over connections_per_tenant 1 was served", i+2)
 		}
 	}
-	if !waitFor(func() bool { return h.metric("gatehouse_telnet_sessions_total", "st", "refused", "unknown") == refused }) {
-		t.Errorf("refused START_TLS sessions counted %v, want %d", h.metric("gatehouse_telnet_sessions_total", "st", "refused", "unknown"), refused)
+	if !waitFor(func() bool {
+		return h.metric("gatehouse_telnet_sessions_total", "unknown", "st", "refused", "unknown") == refused
+	}) {
+		t.Errorf("refused START_TLS sessions counted %v, want %d", h.metric("gatehouse_telnet_sessions_total", "unknown", "st", "refused", "unknown"), refused)
 	}
 	if n := h.logs.Occurrences(proxy.ErrConnLimit.Error()); n != 2 {
 		t.Errorf("%d log lines for %d refusals under a limit of 2 lines:\n%s", n, refused, h.logs)

@@ -56,7 +56,7 @@ func TestTNVIPListeners(t *testing.T) {
 	h := newHarness(t, testLimits(), implicit, starttls)
 	for _, l := range []string{"gcos", "gcos-st"} {
 		for _, r := range []string{"ok", "refused", "limit"} {
-			if v := h.metric("gatehouse_telnet_sessions_total", l, r, "acme"); v != 0 {
+			if v := h.metric("gatehouse_telnet_sessions_total", "default", l, r, "acme"); v != 0 {
 				t.Errorf("telnet_sessions_total{%s,%s,acme} = %v right after Apply, want 0", l, r, v)
 			}
 		}
@@ -88,7 +88,9 @@ func TestTNVIPListeners(t *testing.T) {
 			t.Fatalf("%s: client read % x (%v), want % x", tc.listener, got, err, record)
 		}
 		c.Close()
-		if !waitFor(func() bool { return h.metric("gatehouse_telnet_sessions_total", tc.listener, "ok", "acme") == 1 }) {
+		if !waitFor(func() bool {
+			return h.metric("gatehouse_telnet_sessions_total", "default", tc.listener, "ok", "acme") == 1
+		}) {
 			t.Errorf("%s: the VIP7801 session was not counted ok", tc.listener)
 		}
 
@@ -101,7 +103,9 @@ func TestTNVIPListeners(t *testing.T) {
 		if rest, _ := io.ReadAll(hc); len(rest) > 0 {
 			t.Errorf("%s: the host received % x of a refused terminal", tc.listener, rest)
 		}
-		if !waitFor(func() bool { return h.metric("gatehouse_telnet_sessions_total", tc.listener, "refused", "acme") == 1 }) {
+		if !waitFor(func() bool {
+			return h.metric("gatehouse_telnet_sessions_total", "default", tc.listener, "refused", "acme") == 1
+		}) {
 			t.Errorf("%s: the VT100 session was not counted refused", tc.listener)
 		}
 	}

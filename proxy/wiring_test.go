@@ -241,7 +241,7 @@ func TestTelnetLimitsFromPolicy(t *testing.T) {
 		t.Fatal("acme's first session never reached the host")
 	}
 	open(h.pki.acme)
-	if !waitFor(func() bool { return h.metric("gatehouse_telnet_sessions_total", "mf", "limit", "acme") == 1 }) {
+	if !waitFor(func() bool { return h.metric("gatehouse_telnet_sessions_total", "default", "mf", "limit", "acme") == 1 }) {
 		t.Error("acme's second session was not refused at its override of 1")
 	}
 	select {
@@ -265,7 +265,9 @@ func TestTelnetLimitsFromPolicy(t *testing.T) {
 	if errors.As(err, &ne) && ne.Timeout() {
 		t.Fatal("open terminal session kept after a reload lowered its idle timeout")
 	}
-	if !waitFor(func() bool { return h.metric("gatehouse_telnet_sessions_total", "mf", "timeout", "acme") == 1 }) {
+	if !waitFor(func() bool {
+		return h.metric("gatehouse_telnet_sessions_total", "default", "mf", "timeout", "acme") == 1
+	}) {
 		t.Error("the idle end was not counted as a timeout")
 	}
 }

@@ -72,7 +72,7 @@ type Manager struct {
 
 	applyMu sync.Mutex // one onUpdate at a time
 
-	descSerial, descSuccess, descUpdates, descExpired, descPrevious *prometheus.Desc
+	descSerial, descSuccess, descUpdates, descExpired, descPrevious, descRefresh *prometheus.Desc
 }
 
 // feed is one feed's state; mu guards the fields below it.
@@ -132,6 +132,8 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 			"1 when the feed release in force has expired (it stays enforced).", []string{"feed"}, nil),
 		descPrevious: prometheus.NewDesc("gatehouse_feed_previous_release",
 			"1 when the feed release in force is the previous one: its last known good file was lost or unusable.", []string{"feed"}, nil),
+		descRefresh: prometheus.NewDesc("gatehouse_feed_refresh_seconds",
+			"The feed's configured refresh interval: nodes on the same feed agree on its serial within one.", []string{"feed"}, nil),
 	}
 	seen := map[string]bool{}
 	for _, fc := range cfg.Feeds {
@@ -230,10 +232,7 @@ func (m *Manager) loop(ctx context.Context, f *feed, onUpdate ApplyFunc) {
 // nextDelay is the refresh interval with ±10 % jitter after success, and
 // exponential backoff from 30 s up to the refresh interval after failures.
 func (m *Manager) nextDelay(f *feed, ok bool) time.Duration {
-	refresh := f.cfg.Refresh
-	if refresh <= 0 {
-		refresh = DefaultRefresh
-	}
+	refresh := f.refresh()
 	f.mu.Lock()
 	if ok {
 		f.failures = 0
@@ -345,4 +344,12 @@ func (m *Manager) commit(f *feed, ver *Verified, result string, log *slog.Logger
 		log.Warn("cannot clear quarantine", "err", err)
 	}
 	return nil
+}
+
+// refresh is the feed's refresh interval.
+func (f *feed) refresh() time.Duration {
+	if f.cfg.Refresh > 0 {
+		return f.cfg.Refresh
+	}
+	return DefaultRefresh
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -217,12 +218,16 @@ func TestManagerLifecycle(t *testing.T) {
 # HELP gatehouse_feed_expired 1 when the feed release in force has expired (it stays enforced).
 # TYPE gatehouse_feed_expired gauge
 gatehouse_feed_expired{feed="test"} 1
+# HELP gatehouse_feed_refresh_seconds The feed's configured refresh interval: nodes on the same feed agree on its serial within one.
+# TYPE gatehouse_feed_refresh_seconds gauge
+gatehouse_feed_refresh_seconds{feed="test"} %v
 # HELP gatehouse_feed_serial Serial of the feed release in force.
 # TYPE gatehouse_feed_serial gauge
 gatehouse_feed_serial{feed="test"} 102
 `
+	want = fmt.Sprintf(want, refreshOf(mcfg, "test").Seconds())
 	if err := testutil.CollectAndCompare(m2, strings.NewReader(want),
-		"gatehouse_feed_expired", "gatehouse_feed_serial"); err != nil {
+		"gatehouse_feed_expired", "gatehouse_feed_serial", "gatehouse_feed_refresh_seconds"); err != nil {
 		t.Error(err)
 	}
 	for _, r := range UpdateResults() {
@@ -490,4 +495,14 @@ func TestManagerHTTPS(t *testing.T) {
 	if err := m.Cycle(ctx, "test", u.apply); err != nil || sawINM != 2 {
 		t.Errorf("after the retry: %v, %d conditional hits", err, sawINM)
 	}
+}
+
+// refreshOf is the refresh interval a feed of cfg runs on.
+func refreshOf(cfg ManagerConfig, name string) time.Duration {
+	for _, fc := range cfg.Feeds {
+		if fc.Name == name && fc.Refresh > 0 {
+			return fc.Refresh
+		}
+	}
+	return DefaultRefresh
 }

@@ -9,6 +9,7 @@ func (m *Manager) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.descUpdates
 	ch <- m.descExpired
 	ch <- m.descPrevious
+	ch <- m.descRefresh
 }
 
 // Collect implements prometheus.Collector.
@@ -32,6 +33,9 @@ func (m *Manager) Collect(ch chan<- prometheus.Metric) {
 			prev = 1
 		}
 		ch <- prometheus.MustNewConstMetric(m.descPrevious, prometheus.GaugeValue, prev, name)
+		// The fleet's alert on nodes disagreeing about a serial waits two
+		// of these: it need not be told the interval separately.
+		ch <- prometheus.MustNewConstMetric(m.descRefresh, prometheus.GaugeValue, f.refresh().Seconds(), name)
 		// Every result of every configured feed, at 0 until it happens: a
 		// dashboard sees 0 refusals, not "no data". A feed a reload removed
 		// goes with the manager it belonged to.

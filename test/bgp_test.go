@@ -89,6 +89,11 @@ func TestBGPAnnouncesWhileReady(t *testing.T) {
 	if err != nil || node != n1.name {
 		t.Errorf("n1 withdrawn but no longer serving during withdraw_wait: %q, %v", node, err)
 	}
+	// Not ready from the signal on, so a VRRP peer tracking /readyz (or
+	// `gatehouse status --ready`) takes the VIP while n1 still serves.
+	if code, body := n1.d.get(t, "/readyz"); code != 503 || !strings.Contains(body, "stopping") {
+		t.Errorf("n1 /readyz during withdraw_wait = %d %q, want 503 stopping", code, body)
+	}
 	select {
 	case <-n1.d.exited:
 		t.Fatal("n1 exited before withdraw_wait was over")

@@ -32,10 +32,22 @@ const (
 	bgpClient    = "192.0.2.10"
 	bgpClientGW  = "192.0.2.1"
 	bgpCommunity = "64512:100"
+	// IPv6 (bgpOpts.v6): the router's network and the service address.
+	bgpRouter6 = "2001:db8:100::1"
+	bgpVIP6    = "2001:db8:ff::100"
 )
+
+// bgpOpts varies the topology: an MD5 password on BIRD's side of every
+// session, and an IPv6 session beside the IPv4 one.
+type bgpOpts struct {
+	password string
+	v6       bool
+}
 
 type bgpNode struct {
 	name, addr  string
+	addr6       string // with bgpOpts.v6
+	password    string // the node's side of the MD5 key
 	ns          *netns.NS
 	dir, config string
 	d           *daemonProc
@@ -47,6 +59,7 @@ type bgpTopology struct {
 	birdc, sock    string
 	bird           *daemonProc
 	nodes          []*bgpNode
+	opts           bgpOpts
 	serverCA       *certstest.CA
 	tenant         *certstest.Leaf
 	tenantCA       *certstest.CA
@@ -57,9 +70,14 @@ type bgpTopology struct {
 // into the kernel table) and prepares n nodes; start starts one.
 func newBGPTopology(t *testing.T, n int) *bgpTopology {
 	t.Helper()
+	return newBGPTopologyWith(t, n, bgpOpts{})
+}
+
+func newBGPTopologyWith(t *testing.T, n int, opts bgpOpts) *bgpTopology {
+	t.Helper()
 	netns.RequirePriv(t)
 	bird := netns.RequireTool(t, "bird", "bird2")
-	bt := &bgpTopology{birdc: netns.RequireTool(t, "birdc", "bird2")}
+	bt := &bgpTopology{birdc: netns.RequireTool(t, "birdc", "bird2"), opts: opts}
 	bt.router = netns.New(t, "router")
 	bt.client = netns.New(t, "client")
 	bt.router.Sysctl(t, "net.ipv4.ip_forward", "1")
@@ -67,6 +85,10 @@ func newBGPTopology(t *testing.T, n int) *bgpTopology {
 	bt.router.Sysctl(t, "net.ipv4.fib_multipath_hash_policy", "1")
 	bt.router.Exec(t, "ip", "link", "add", "br0", "type", "bridge")
 	bt.router.Exec(t, "ip", "addr", "add", bgpRouter+"/24", "dev", "br0")
+	if opts.v6 {
+		bt.router.Sysctl(t, "net.ipv6.conf.all.forwarding", "1")
+		bt.router.Exec(t, "ip", "addr", "add", bgpRouter6+"/64", "dev", "br0", "nodad")
+	}
 	bt.router.Exec(t, "ip", "link", "set", "br0", "up")
 	cv := netns.Connect(t, bt.router, []string{bgpClientGW + "/24"}, bt.client, []string{bgpClient + "/24"})
 	bt.client.Exec(t, "ip", "route", "add", "default", "via", bgpClientGW, "dev", cv.B)
@@ -79,12 +101,21 @@ func newBGPTopology(t *testing.T, n int) *bgpTopology {
 	dir := t.TempDir()
 	var protos strings.Builder
 	for i := range n {
-		node := &bgpNode{name: fmt.Sprintf("n%d", i+1), addr: fmt.Sprintf("198.51.100.%d", i+2), dir: t.TempDir()}
+		node := &bgpNode{name: fmt.Sprintf("n%d", i+1), addr: fmt.Sprintf("198.51.100.%d", i+2), dir: t.TempDir(), password: opts.password}
 		node.ns = netns.New(t, "node"+node.name)
-		v := netns.Connect(t, bt.router, nil, node.ns, []string{node.addr + "/24"})
+		addrs := []string{node.addr + "/24"}
+		if opts.v6 {
+			node.addr6 = fmt.Sprintf("2001:db8:100::%d", i+2)
+			addrs = append(addrs, node.addr6+"/64")
+		}
+		v := netns.Connect(t, bt.router, nil, node.ns, addrs)
 		bt.router.Exec(t, "ip", "link", "set", v.A, "master", "br0")
 		node.ns.Exec(t, "ip", "route", "add", "default", "via", bgpRouter, "dev", v.B)
 		node.ns.Exec(t, "ip", "addr", "add", bgpVIP+"/32", "dev", "lo")
+		if opts.v6 {
+			node.ns.Exec(t, "ip", "-6", "route", "add", "default", "via", bgpRouter6, "dev", v.B)
+			node.ns.Exec(t, "ip", "addr", "add", bgpVIP6+"/128", "dev", "lo")
+		}
 		node.metrics = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 				return node.ns.DialContext(ctx, network, "", addr)
@@ -97,17 +128,43 @@ func newBGPTopology(t *testing.T, n int) *bgpTopology {
 		}), ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(ln)
 		t.Cleanup(func() { srv.Close() })
+		// The terminal backend names the node, then echoes.
+		go serveEcho(node.ns.Listen(t, "tcp", "127.0.0.1:7001"), node.name)
 		node.config = filepath.Join(node.dir, "gatehouse.yaml")
 		node.writeConfig(t, bt.nodeConfig(node, ""))
 		bt.nodes = append(bt.nodes, node)
+		password := ""
+		if opts.password != "" {
+			password = fmt.Sprintf("password %q;", opts.password)
+		}
 		fmt.Fprintf(&protos, `
 protocol bgp %[1]s {
   local %[2]s as %[3]d;
   neighbor %[4]s as %[5]d;
   passive on;
+  %[6]s
   ipv4 { import all; export none; };
 }
-`, node.name, bgpRouter, bgpRouterAS, node.addr, bgpNodeAS)
+`, node.name, bgpRouter, bgpRouterAS, node.addr, bgpNodeAS, password)
+		if opts.v6 {
+			fmt.Fprintf(&protos, `
+protocol bgp %[1]sv6 {
+  local %[2]s as %[3]d;
+  neighbor %[4]s as %[5]d;
+  passive on;
+  %[6]s
+  ipv6 { import all; export none; };
+}
+`, node.name, bgpRouter6, bgpRouterAS, node.addr6, bgpNodeAS, password)
+		}
+	}
+	if opts.v6 {
+		protos.WriteString(`
+protocol kernel {
+  ipv6 { import none; export all; };
+  merge paths on;
+}
+`)
 	}
 	conf := filepath.Join(dir, "bird.conf")
 	bt.sock = filepath.Join(dir, "bird.ctl")
@@ -144,6 +201,12 @@ protocol kernel {
 }
 
 func (bt *bgpTopology) nodeConfig(n *bgpNode, extra string) string {
+	neighbors := fmt.Sprintf("{address: %s, as: %d, password: %q}", bgpRouter, bgpRouterAS, n.password)
+	announce := bgpVIP + "/32"
+	if bt.opts.v6 {
+		neighbors += fmt.Sprintf(", {address: %q, as: %d, password: %q}", bgpRouter6, bgpRouterAS, n.password)
+		announce += ", \"" + bgpVIP6 + "/128\""
+	}
 	return fmt.Sprintf(`
 state_dir: %[1]s/state
 shutdown_grace: 1s
@@ -162,15 +225,17 @@ listeners:
     server_key: %[4]s
     routes:
       - {tenant: acme, backend: "http://127.0.0.1:8080"}
+  - {name: term, listen: ":7000", protocol: tcp, server_cert: %[3]s, server_key: %[4]s,
+     routes: [{tenant: acme, backend: "127.0.0.1:7001"}]}
 bgp:
   local_as: %[5]d
   router_id: %[6]s
-  neighbors: [{address: %[7]s, as: %[9]d}]
-  announce: [%[10]s/32]
-  communities: ["%[11]s"]
+  neighbors: [%[7]s]
+  announce: [%[9]s]
+  communities: ["%[10]s"]
   drain: {withdraw_wait: 3s}
-`, n.dir, bt.tenantCA.CertFile, bt.server.CertFile, bt.server.KeyFile, bgpNodeAS, n.addr, bgpRouter, extra,
-		bgpRouterAS, bgpVIP, bgpCommunity)
+`, n.dir, bt.tenantCA.CertFile, bt.server.CertFile, bt.server.KeyFile, bgpNodeAS, n.addr, neighbors, extra,
+		announce, bgpCommunity)
 }
 
 func (n *bgpNode) writeConfig(t *testing.T, cfg string) {

@@ -66,7 +66,10 @@ type daemonProc struct {
 func launch(t *testing.T, cmd *exec.Cmd, metrics string, client *http.Client) *daemonProc {
 	t.Helper()
 	d := &daemonProc{cmd: cmd, out: &testkit.LogBuffer{}, metrics: metrics, exited: make(chan struct{}), http: client}
-	cmd.Stdout, cmd.Stderr = d.out, d.out
+	if cmd.Stdout == nil { // else the caller reads the access log
+		cmd.Stdout = d.out
+	}
+	cmd.Stderr = d.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -113,6 +116,13 @@ func (d *daemonProc) waitFor(t *testing.T, what string, ok func() bool) {
 // their own privileged tests), a real HTTPS listener and a real backend.
 func startDaemon(t *testing.T) (*daemonProc, string, *certstest.CA, *certstest.Leaf) {
 	t.Helper()
+	return startDaemonOut(t, nil)
+}
+
+// startDaemonOut is startDaemon with the daemon's stdout (its access log)
+// going to stdout; nil: to the daemon's output buffer.
+func startDaemonOut(t *testing.T, stdout io.Writer) (*daemonProc, string, *certstest.CA, *certstest.Leaf) {
+	t.Helper()
 	ca := certstest.NewCA(t, "acme")
 	server := ca.Server(t, "localhost")
 	client := ca.Client(t, "acme-cloud", "spiffe://acme/cloud")
@@ -143,7 +153,9 @@ listeners:
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d := launch(t, exec.Command(binary(t), "run", "-c", path), metrics, http.DefaultClient)
+	cmd := exec.Command(binary(t), "run", "-c", path)
+	cmd.Stdout = stdout
+	d := launch(t, cmd, metrics, http.DefaultClient)
 	d.listen, d.slow = listen, slow
 	return d, path, ca, client
 }

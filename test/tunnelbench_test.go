@@ -74,7 +74,7 @@ limits: {connections: 2000, http: {in_flight_per_tenant: 2000}}
 	appCert := serverCA.Server(b, "gate.example", ah)
 	startInProcess(b, dir, "appliance", common("appliance")+fmt.Sprintf(`listeners:
   - {name: web, listen: %q, protocol: https, server_cert: %s, server_key: %s, routes: %s}
-`, applianceAddr, appCert.CertFile, appCert.KeyFile, route))
+`, applianceAddr, appCert.CertFile, appCert.KeyFile, route), nil)
 
 	gatewayAddr, tunnelAddr, connAddr := testkit.FreeLoopbackAddr(b), testkit.FreeLoopbackAddr(b), testkit.FreeLoopbackAddr(b)
 	gh, _, _ := net.SplitHostPort(gatewayAddr)
@@ -88,7 +88,7 @@ gateway:
   server_cert: %s
   server_key: %s
   connectors: [{tenant: acme, client_ca: %s}]
-`, gatewayAddr, gwCert.CertFile, gwCert.KeyFile, tunnelAddr, tunCert.CertFile, tunCert.KeyFile, connCA.CertFile))
+`, gatewayAddr, gwCert.CertFile, gwCert.KeyFile, tunnelAddr, tunCert.CertFile, tunCert.KeyFile, connCA.CertFile), nil)
 	startInProcess(b, dir, "connector", common("connector")+fmt.Sprintf(`listeners:
   - {name: web, listen: %q, protocol: https, server_cert: %s, server_key: %s, routes: %s}
 connector:
@@ -99,7 +99,7 @@ connector:
   key: %s
   allow: ["%s/32:%s"]
 `, connAddr, gwCert.CertFile, gwCert.KeyFile, route, tunnelAddr, gwCA.CertFile, connLeaf.CertFile, connLeaf.KeyFile,
-		backendHost, backendAddr[len(backendHost)+1:]))
+		backendHost, backendAddr[len(backendHost)+1:]), nil)
 
 	for _, path := range []struct{ name, addr string }{{"appliance", applianceAddr}, {"tunnel", gatewayAddr}} {
 		c := &http.Client{Transport: &http.Transport{
@@ -149,13 +149,17 @@ connector:
 
 // startInProcess runs a daemon in this process on the configuration and
 // waits until it is ready.
-func startInProcess(b *testing.B, dir, name, cfg string) {
+func startInProcess(b testing.TB, dir, name, cfg string, logs io.Writer) *daemon.Daemon {
 	b.Helper()
 	path := filepath.Join(dir, name+".yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	d, err := daemon.New(daemon.Options{ConfigPath: path, Logger: slog.New(slog.DiscardHandler)})
+	logger := slog.New(slog.DiscardHandler)
+	if logs != nil {
+		logger = slog.New(slog.NewTextHandler(logs, nil))
+	}
+	d, err := daemon.New(daemon.Options{ConfigPath: path, Logger: logger})
 	if err != nil {
 		b.Fatalf("%s: %v", name, err)
 	}
@@ -174,4 +178,5 @@ func startInProcess(b *testing.B, dir, name, cfg string) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+	return d
 }

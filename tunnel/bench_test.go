@@ -137,7 +137,9 @@ func BenchmarkIdleStreamMemory(b *testing.B) {
 	hold := make(chan struct{})
 	r := newRig(b, func(c *GatewayConfig) { c.StreamsPerTunnel = n; c.StreamsPerTenant = n })
 	r.connector("acme", r.connCA["acme"], 1, func(c *ConnectorConfig) {
-		c.Serve = func(conn *Conn) error { <-hold; return nil }
+		// The connector answers the gateway at Serve's first read or
+		// write: answer, then hold the session idle.
+		c.Serve = func(conn *Conn) error { conn.Write(nil); <-hold; return nil }
 	})
 	r.waitTunnels("acme", 1)
 	defer close(hold)

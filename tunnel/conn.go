@@ -99,15 +99,19 @@ func (c *Conn) accept() error {
 }
 
 // refuse answers the refusal if Serve neither read nor wrote; it reports
-// whether it did.
-func (c *Conn) refuse(reason string) bool {
+// whether it did. busy: for lack of room (StatusBusy).
+func (c *Conn) refuse(reason string, busy bool) bool {
 	c.amu.Lock()
 	defer c.amu.Unlock()
 	if c.state != answerPending && c.state != answerClosed {
 		return false
 	}
 	c.state = answerDone
-	_ = writeStatus(c.st, StatusRefused, reason)
+	status := StatusRefused
+	if busy {
+		status = StatusBusy
+	}
+	_ = writeStatus(c.st, status, reason)
 	return true
 }
 
@@ -159,13 +163,14 @@ func (c *Conn) end() error {
 	return err
 }
 
-// refusalReason is what the gateway hears of Serve's error.
-func refusalReason(err error) string {
+// refusalReason is what the gateway hears of Serve's error, and whether
+// the refusal is for lack of room.
+func refusalReason(err error) (string, bool) {
 	var re *RefusedError
 	if errors.As(err, &re) && re.Reason != "" {
-		return re.Reason
+		return re.Reason, re.Busy
 	}
-	return "the connector ended the session before serving it"
+	return "the connector ended the session before serving it", false
 }
 
 func (c *Conn) LocalAddr() net.Addr                { return c.st.LocalAddr() }

@@ -3,12 +3,14 @@ package tunnel
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -62,21 +64,27 @@ type Connector struct {
 	stop chan struct{} // closed when the tunnels may close
 	once sync.Once
 
+	tls atomic.Pointer[tls.Config] // the credentials new tunnels present and pin
+
 	mu       sync.Mutex
-	sessions map[*yamux.Session]string
+	sessions map[*yamux.Session]connTunnel
 	streams  int
 	loops    sync.WaitGroup
+}
+
+// connTunnel is one of the connector's tunnels up.
+type connTunnel struct {
+	gw string
+	tc *tls.Conn
 }
 
 // NewConnector checks cfg.
 func NewConnector(cfg ConnectorConfig) (*Connector, error) {
 	switch {
-	case cfg.TLS == nil || cfg.Serve == nil:
-		return nil, errors.New("tunnel connector: TLS and Serve are required")
-	case cfg.TLS.RootCAs == nil:
-		return nil, errors.New("tunnel connector: the gateway CA must be pinned (RootCAs)")
-	case len(cfg.TLS.Certificates) == 0 && cfg.TLS.GetClientCertificate == nil:
-		return nil, errors.New("tunnel connector: no certificate to present")
+	case cfg.Serve == nil:
+		return nil, errors.New("tunnel connector: Serve is required")
+	case checkTLS(cfg.TLS) != nil:
+		return nil, checkTLS(cfg.TLS)
 	case len(cfg.Gateways) == 0 || cfg.Tunnels < 1:
 		return nil, errors.New("tunnel connector: gateways and at least one tunnel are required")
 	case cfg.Tenant == "":
@@ -89,7 +97,8 @@ func NewConnector(cfg ConnectorConfig) (*Connector, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	c := &Connector{cfg: cfg, log: cfg.Logger.With("component", "tunnel"), m: newMetrics("connector", []string{cfg.Tenant}),
-		stop: make(chan struct{}), sessions: map[*yamux.Session]string{}}
+		stop: make(chan struct{}), sessions: map[*yamux.Session]connTunnel{}}
+	c.tls.Store(cfg.TLS)
 	for _, gw := range cfg.Gateways {
 		c.m.up.WithLabelValues("connector", gw)
 		c.m.reconnects.WithLabelValues(gw)
@@ -163,7 +172,7 @@ func (c *Connector) tunnel(ctx context.Context, i int, gw string) error {
 	if err != nil {
 		return err
 	}
-	tcfg := c.cfg.TLS.Clone()
+	tcfg := c.tls.Load().Clone()
 	tcfg.MinVersion = tls.VersionTLS13
 	tcfg.NextProtos = []string{ALPN}
 	tcfg.ServerName = host
@@ -176,13 +185,13 @@ func (c *Connector) tunnel(ctx context.Context, i int, gw string) error {
 		nc.Close()
 		return fmt.Errorf("%s is no tunnel port (ALPN %q)", gw, p)
 	}
-	sess, err := yamux.Client(tc, yamuxConfig(c.cfg.Keepalive, c.cfg.KeepaliveTimeout, c.log))
+	sess, err := muxClient(tc, yamuxConfig(c.cfg.Keepalive, c.cfg.KeepaliveTimeout, c.log))
 	if err != nil {
 		nc.Close()
 		return err
 	}
 	c.mu.Lock()
-	c.sessions[sess] = gw
+	c.sessions[sess] = connTunnel{gw: gw, tc: tc}
 	c.mu.Unlock()
 	c.m.tunnelUp(gw, 1)
 	c.log.Info("tunnel up", "gateway", gw, "tunnel", i, "remote", nc.RemoteAddr().String())
@@ -263,12 +272,14 @@ func (c *Connector) handle(st *yamux.Stream) {
 			c.m.active(tenant, -1)
 		}}
 	err = c.cfg.Serve(conn)
-	if conn.refuse(refusalReason(err)) {
+	reason, busy := refusalReason(err)
+	if conn.refuse(reason, busy) {
 		// Serve refused the session before its first byte (its proxy
 		// judged the client's certificate, or its limits): the gateway
-		// answers the client in its protocol.
+		// answers the client in its protocol, or, for lack of room, tries
+		// another connector first.
 		c.m.stream(tenant, "refused")
-		c.log.Warn("stream refused", "reason", refusalReason(err), "listener", h.Listener, "tenant", h.Tenant,
+		c.log.Warn("stream refused", "reason", reason, "busy", busy, "listener", h.Listener, "tenant", h.Tenant,
 			"source", h.Source.String(), "err", err)
 	} else if err != nil {
 		c.log.Debug("stream ended", "listener", h.Listener, "source", h.Source.String(), "err", err)
@@ -281,10 +292,63 @@ func (c *Connector) Up() map[string]int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := map[string]int{}
-	for _, gw := range c.sessions {
-		out[gw]++
+	for _, t := range c.sessions {
+		out[t.gw]++
 	}
 	return out
+}
+
+func checkTLS(t *tls.Config) error {
+	switch {
+	case t == nil:
+		return errors.New("tunnel connector: TLS is required")
+	case t.RootCAs == nil:
+		return errors.New("tunnel connector: the gateway CA must be pinned (RootCAs)")
+	case len(t.Certificates) == 0 && t.GetClientCertificate == nil:
+		return errors.New("tunnel connector: no certificate to present")
+	}
+	return nil
+}
+
+// SetTLS replaces the connector's credentials (its certificate, the
+// pinned gateway CA): the tunnels dialled from now on present and pin
+// the new ones. A tunnel up whose gateway certificate the new CA no
+// longer verifies is closed, and dialled again under the new trust; the
+// others stay, with their streams. It returns how many it closed.
+func (c *Connector) SetTLS(t *tls.Config) (int, error) {
+	if err := checkTLS(t); err != nil {
+		return 0, err
+	}
+	c.tls.Store(t)
+	c.mu.Lock()
+	var drop []*yamux.Session
+	for s, tu := range c.sessions {
+		if err := verifyGateway(tu, t.RootCAs); err != nil {
+			c.log.Warn("tunnel closed: the gateway's certificate does not verify under the new gateway CA", "gateway", tu.gw, "err", err)
+			drop = append(drop, s)
+		}
+	}
+	c.mu.Unlock()
+	for _, s := range drop {
+		s.Close()
+	}
+	return len(drop), nil
+}
+
+// verifyGateway checks a tunnel's gateway certificate against roots, as
+// the handshake did.
+func verifyGateway(tu connTunnel, roots *x509.CertPool) error {
+	cs := tu.tc.ConnectionState()
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("no gateway certificate")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range cs.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	host, _, _ := net.SplitHostPort(tu.gw)
+	_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, DNSName: host})
+	return err
 }
 
 // Shutdown waits, once Run's context ended, for the open streams to end

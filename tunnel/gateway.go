@@ -44,7 +44,9 @@ type GatewayConfig struct {
 	// TLS is the tunnel port's server configuration; it must ask for a
 	// client certificate. The gateway requires TLS 1.3 and ALPN on top.
 	TLS *tls.Config
-	// Identify says which tenant a connector's certificate proves; it is
+	// Identify says which tenant a connector's certificate proves, as
+	// Header.Binding names it (tenant/environment for a connector of one
+	// environment of a tenant that has several); it is
 	// called after every handshake and again by Revalidate.
 	Identify func(cs tls.ConnectionState) (tenant string, err error)
 	// Tenants are the tenants that may have connectors (metric labels).
@@ -85,6 +87,7 @@ type gwTunnel struct {
 	id       uint64
 	tenant   string
 	remote   string
+	fp       string // the connector certificate's fingerprint: which connector
 	tc       *tls.Conn
 	sess     *yamux.Session
 	streams  int // under Gateway.mu
@@ -233,7 +236,7 @@ func (g *Gateway) serve(nc net.Conn, src netip.Addr) {
 		return
 	}
 	_ = nc.SetDeadline(time.Time{})
-	sess, err := yamux.Server(tc, yamuxConfig(g.cfg.Keepalive, g.cfg.KeepaliveTimeout, g.log))
+	sess, err := muxServer(tc, yamuxConfig(g.cfg.Keepalive, g.cfg.KeepaliveTimeout, g.log))
 	if err != nil {
 		nc.Close()
 		return
@@ -245,7 +248,7 @@ func (g *Gateway) serve(nc net.Conn, src netip.Addr) {
 		return
 	}
 	g.nextID++
-	t := &gwTunnel{id: g.nextID, tenant: tenant, remote: remote, tc: tc, sess: sess}
+	t := &gwTunnel{id: g.nextID, tenant: tenant, remote: remote, fp: fingerprint(cs), tc: tc, sess: sess}
 	p := g.pools[tenant]
 	if p == nil {
 		p = &pool{}
@@ -281,26 +284,31 @@ func (g *Gateway) serve(nc net.Conn, src netip.Addr) {
 	g.log.Info("tunnel down", "tenant", tenant, "tunnel", t.id, "remote", remote)
 }
 
-// Open opens a stream for h.Tenant on the least loaded of its healthy
-// tunnels and writes h on it. It never looks at another tenant's pool.
+// Open opens a stream for h on the least loaded healthy tunnel of its
+// tenant and environment (h.Binding) and writes h on it. It never looks
+// at another tenant's or environment's pool.
 func (g *Gateway) Open(h *Header) (*Stream, error) {
 	if err := h.validate(); err != nil {
 		return nil, err
 	}
-	st, t, err := g.open(h)
+	st, t, err := g.open(h, nil)
 	if err != nil {
 		return nil, err
 	}
 	return newStream(g, h, st, t), nil
 }
 
-// open opens a yamux stream for h on a tunnel of h.Tenant, counts it on
-// the tunnel, and writes h on it.
-func (g *Gateway) open(h *Header) (*yamux.Stream, *gwTunnel, error) {
+// open opens a yamux stream for h on a tunnel of h's tenant and
+// environment (h.Binding), not one of the connectors in except
+// (certificate fingerprints), counts it on the tunnel, and writes h on it.
+func (g *Gateway) open(h *Header, except []string) (*yamux.Stream, *gwTunnel, error) {
+	key := h.Binding()
 	for attempt := 0; ; attempt++ {
-		t, err := g.pick(h.Tenant)
+		t, err := g.pick(key, except)
 		if err != nil {
-			g.m.stream(h.Tenant, resultOf(err))
+			if except == nil {
+				g.m.stream(key, resultOf(err))
+			}
 			return nil, nil, err
 		}
 		st, err := t.sess.OpenStream()
@@ -320,7 +328,7 @@ func (g *Gateway) open(h *Header) (*yamux.Stream, *gwTunnel, error) {
 			if attempt < 8 {
 				continue
 			}
-			g.m.stream(h.Tenant, "error")
+			g.m.stream(key, "error")
 			return nil, nil, fmt.Errorf("open stream: %w", err)
 		}
 		_ = st.SetWriteDeadline(time.Now().Add(g.cfg.KeepaliveTimeout))
@@ -329,10 +337,10 @@ func (g *Gateway) open(h *Header) (*yamux.Stream, *gwTunnel, error) {
 		if err != nil {
 			st.Close()
 			g.release(t)
-			g.m.stream(h.Tenant, "error")
+			g.m.stream(key, "error")
 			return nil, nil, fmt.Errorf("write stream header: %w", err)
 		}
-		g.m.stream(h.Tenant, "opened")
+		g.m.stream(key, "opened")
 		return st, t, nil
 	}
 }

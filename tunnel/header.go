@@ -25,7 +25,10 @@ const maxChain = 8
 // Header starts every stream: who the original client is, as the gateway's
 // handshake with it proved, and where it came in.
 type Header struct {
-	Tenant            string         `json:"tenant"`
+	Tenant string `json:"tenant"`
+	// Environment is the tenant's environment the client proved; empty
+	// for a tenant without environments (the implicit "default").
+	Environment       string         `json:"environment,omitempty"`
 	FingerprintSHA256 string         `json:"fingerprint_sha256"`
 	Source            netip.AddrPort `json:"source"`
 	Listener          string         `json:"listener"`
@@ -52,12 +55,22 @@ func (h *Header) validate() error {
 	case len(h.Chain) == 0 || len(h.Chain) > maxChain:
 		return fmt.Errorf("%w: %d certificates (1..%d)", ErrHeader, len(h.Chain), maxChain)
 	}
-	for _, s := range []string{h.Tenant, h.Listener, h.Protocol, h.ServerName, h.ALPN, h.FingerprintSHA256} {
+	for _, s := range []string{h.Tenant, h.Environment, h.Listener, h.Protocol, h.ServerName, h.ALPN, h.FingerprintSHA256} {
 		if strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 			return fmt.Errorf("%w: control characters in a name", ErrHeader)
 		}
 	}
 	return nil
+}
+
+// Binding is the (tenant, environment) whose connectors' tunnels may
+// carry the stream, as GatewayConfig.Identify names a connector's: the
+// tenant alone for the implicit environment, tenant/environment else.
+func (h *Header) Binding() string {
+	if h.Environment == "" || h.Environment == "default" {
+		return h.Tenant
+	}
+	return h.Tenant + "/" + h.Environment
 }
 
 // Certificates parses the chain.
@@ -134,6 +147,10 @@ type Status byte
 const (
 	StatusOK      Status = 0
 	StatusRefused Status = 1
+	// StatusBusy refuses for lack of room (the connector's listener is
+	// full): nothing of the stream was read, so the gateway may send it
+	// to another of the tenant's connectors.
+	StatusBusy Status = 2
 )
 
 // RefusedError is a stream the connector refused, with its reason: what
@@ -142,6 +159,9 @@ const (
 type RefusedError struct {
 	Reason string
 	Err    error
+	// Busy: refused for lack of room, not for the session itself; the
+	// gateway tries the stream on another connector first.
+	Busy bool
 }
 
 func (e *RefusedError) Error() string {
@@ -177,7 +197,7 @@ func readStatus(r *bufio.Reader) error {
 	switch Status(b) {
 	case StatusOK:
 		return nil
-	case StatusRefused:
+	case StatusRefused, StatusBusy:
 		n, err := r.ReadByte()
 		if err != nil {
 			return err
@@ -186,7 +206,7 @@ func readStatus(r *bufio.Reader) error {
 		if _, err := io.ReadFull(r, reason); err != nil {
 			return err
 		}
-		return &RefusedError{Reason: strings.ToValidUTF8(string(reason), "?")}
+		return &RefusedError{Reason: strings.ToValidUTF8(string(reason), "?"), Busy: Status(b) == StatusBusy}
 	}
 	return fmt.Errorf("%w: unknown status %d", ErrHeader, b)
 }

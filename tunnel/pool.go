@@ -1,6 +1,9 @@
 package tunnel
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+)
 
 // remove takes t out of its tenant's pool.
 func (g *Gateway) remove(t *gwTunnel) {
@@ -18,8 +21,9 @@ func (g *Gateway) remove(t *gwTunnel) {
 	}
 }
 
-// pick chooses a tunnel and counts the stream on it and its tenant.
-func (g *Gateway) pick(tenant string) (*gwTunnel, error) {
+// pick chooses a tunnel, not one of the connectors in except, and counts
+// the stream on it and its tenant.
+func (g *Gateway) pick(tenant string, except []string) (*gwTunnel, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.closed {
@@ -35,7 +39,7 @@ func (g *Gateway) pick(tenant string) (*gwTunnel, error) {
 	var best *gwTunnel
 	healthy := 0
 	for _, t := range p.tunnels {
-		if t.draining || t.sess.IsClosed() {
+		if t.draining || t.sess.IsClosed() || slices.Contains(except, t.fp) {
 			continue
 		}
 		healthy++

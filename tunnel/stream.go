@@ -29,7 +29,11 @@ func yamuxConfig(keepalive, timeout time.Duration, log *slog.Logger) *yamux.Conf
 	c.KeepAliveInterval = keepalive
 	c.ConnectionWriteTimeout = timeout
 	c.MaxStreamWindowSize = streamWindow
-	c.StreamOpenTimeout = timeout + keepalive
+	// Never close the whole session because one stream's open is not
+	// acknowledged in time: every other stream of the tunnel would go
+	// with it. The gateway bounds each open itself (statusTimeout) and
+	// closes only that stream; a dead tunnel is found by the keepalive.
+	c.StreamOpenTimeout = 0
 	c.StreamCloseTimeout = time.Minute
 	c.LogOutput = nil
 	c.Logger = yamuxLogger{log}
@@ -106,7 +110,24 @@ func (s *Stream) Accepted() error {
 	s.once.Do(func() {
 		s.status = s.readStatus()
 		if errors.Is(s.status, yamux.ErrConnectionReset) {
-			s.status = s.retry()
+			s.status = s.retry(nil)
+		}
+		// A connector refused for lack of room, before reading a byte:
+		// try the tenant's other connectors, each once, within bounds.
+		var busy []string
+		for re := (*RefusedError)(nil); errors.As(s.status, &re) && re.Busy && len(busy) < maxBusyTries; {
+			s.mu.Lock()
+			gone := s.overflow || s.closed // too much to send again, or no client
+			s.mu.Unlock()
+			if gone {
+				break
+			}
+			busy = append(busy, s.t.fp)
+			err := s.retry(busy)
+			if errors.Is(err, ErrNoTunnel) || errors.Is(err, ErrTunnelsFull) || errors.Is(err, ErrTenantLimit) {
+				break // no other connector: the client hears the refusal
+			}
+			s.status = err
 		}
 		if s.status == nil {
 			s.mu.Lock()
@@ -129,9 +150,15 @@ func (s *Stream) readStatus() error {
 	return err
 }
 
-// retry opens the stream once more on a tunnel of the tenant, after the
-// connector's multiplexer reset it unread, and writes the kept bytes.
-func (s *Stream) retry() error {
+// maxBusyTries bounds the connectors a stream is offered to after the
+// first one answered that it has no room.
+const maxBusyTries = 4
+
+// retry opens the stream once more on a tunnel of the tenant, not one of
+// the connectors in except, after the connector's multiplexer reset it
+// unread or its connector refused it for lack of room before reading a
+// byte, and writes the kept bytes.
+func (s *Stream) retry(except []string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.overflow {
@@ -142,12 +169,19 @@ func (s *Stream) retry() error {
 	}
 	s.st.Close()
 	s.releaseLocked()
-	st, t, err := s.g.open(s.h)
+	st, t, err := s.g.open(s.h, except)
 	if err != nil {
+		if except != nil {
+			return err
+		}
 		return fmt.Errorf("stream reset before the connector's answer, and no other tunnel: %w", err)
 	}
 	s.m.stream(s.tenant, "retried")
-	s.g.log.Info("stream reset unread by a draining or full connector tunnel: sent on another", "tenant", s.tenant, "listener", s.h.Listener, "from_tunnel", s.t.id, "to_tunnel", t.id)
+	why := "stream reset unread by a draining or full connector tunnel: sent on another"
+	if except != nil {
+		why = "stream refused by a connector with no room: sent to another connector"
+	}
+	s.g.log.Info(why, "tenant", s.tenant, "listener", s.h.Listener, "from_tunnel", s.t.id, "to_tunnel", t.id)
 	s.st, s.br, s.t, s.released = st, bufio.NewReaderSize(st, 4096), t, false
 	if len(s.kept) > 0 {
 		_ = st.SetWriteDeadline(time.Now().Add(s.g.cfg.KeepaliveTimeout))
@@ -187,12 +221,14 @@ func (s *Stream) Write(b []byte) (int, error) {
 	st := s.st
 	s.mu.Unlock()
 	n, err := st.Write(b)
-	if errors.Is(err, yamux.ErrConnectionReset) && !s.accepted.Load() {
+	if err != nil && !s.accepted.Load() {
+		// Reset unread, or closed by a connector that refused it for lack
+		// of room: Accepted sends the kept bytes again on the next tunnel,
+		// or fails.
 		s.mu.Lock()
 		kept := !s.overflow
 		s.mu.Unlock()
 		if kept {
-			// Accepted sends it again on the next tunnel, or fails.
 			return len(b), nil
 		}
 	}

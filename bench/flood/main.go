@@ -1,7 +1,11 @@
 // Command flood sends a bounded flood of TCP SYN frames out of one
-// interface with an AF_PACKET socket (qdisc bypassed, sendmmsg batches), for
-// the drop-rate comparison of bench/run.sh. It stops after -count frames or
-// -dur, whichever comes first, and prints what it sent and the CPU it used.
+// interface, for the drop-rate comparison of bench/run.sh. By default it
+// generates them inside the kernel (-mode live: an XDP program run with
+// BPF_PROG_RUN in live-frames mode, transmitting out of the interface), so
+// the flood is not bound by its sender; -mode packet sends from user space
+// with an AF_PACKET socket, the old sender, for comparison. It stops after
+// -count frames or -dur, whichever comes first, and prints what it sent
+// and the CPU it used.
 //
 // It refuses addresses outside the documentation ranges: run.sh points it
 // at a veth into a throwaway namespace, never at a real network.
@@ -17,14 +21,11 @@ import (
 	"os"
 	"syscall"
 	"time"
-	"unsafe"
 )
 
 const (
-	sysSendmmsg       = 307 // x86-64
-	packetQdiscBypass = 20
-	ethPIP            = 0x0800
-	frames            = 64 // distinct sources rotated through
+	ethPIP = 0x0800
+	frames = 64 // distinct sources rotated through
 )
 
 func main() {
@@ -35,9 +36,10 @@ func main() {
 	port := flag.Int("port", 443, "destination TCP port")
 	count := flag.Int64("count", 2_000_000, "frames to send at most")
 	dur := flag.Duration("dur", 10*time.Second, "time to send at most")
-	batch := flag.Int("batch", 64, "frames per sendmmsg call")
+	mode := flag.String("mode", "live", "live (in-kernel XDP sender) or packet (AF_PACKET)")
+	batch := flag.Int("batch", 64, "frames per sendmmsg call (packet) or per kernel batch (live)")
 	flag.Parse()
-	if err := run(*ifname, *dstMAC, *src, *dst, *port, *count, *dur, *batch); err != nil {
+	if err := run(*mode, *ifname, *dstMAC, *src, *dst, *port, *count, *dur, *batch); err != nil {
 		fmt.Fprintln(os.Stderr, "flood:", err)
 		os.Exit(1)
 	}
@@ -52,7 +54,16 @@ func documentation(a netip.Addr) bool {
 	return false
 }
 
-func run(ifname, dstMAC, srcS, dstS string, port int, count int64, dur time.Duration, batch int) error {
+func run(mode, ifname, dstMAC, srcS, dstS string, port int, count int64, dur time.Duration, batch int) error {
+	send := map[string]func(*net.Interface, [][]byte, int64, time.Duration, int) (int64, error){
+		"live": sendLive, "packet": sendPacket,
+	}[mode]
+	if send == nil {
+		return fmt.Errorf("bad -mode %q: live or packet", mode)
+	}
+	if count <= 0 || dur <= 0 || batch <= 0 || batch > 256 {
+		return fmt.Errorf("-count and -dur must be positive, -batch within 1…256")
+	}
 	ifi, err := net.InterfaceByName(ifname)
 	if err != nil {
 		return err
@@ -78,60 +89,17 @@ func run(ifname, dstMAC, srcS, dstS string, port int, count int64, dur time.Dura
 		}
 		pkts = append(pkts, syn(mac, ifi.HardwareAddr, a, dstA, uint16(20000+i), uint16(port), uint32(i)*7919))
 	}
-
-	fd, err := syscall.Socket(syscall.AF_PACKET, syscall.SOCK_RAW, 0) // protocol 0: send only
-	if err != nil {
-		return fmt.Errorf("packet socket: %w", err)
-	}
-	defer syscall.Close(fd)
-	if err := syscall.Bind(fd, &syscall.SockaddrLinklayer{Protocol: htons(ethPIP), Ifindex: ifi.Index}); err != nil {
-		return fmt.Errorf("bind %s: %w", ifname, err)
-	}
-	if err := syscall.SetsockoptInt(fd, syscall.SOL_PACKET, packetQdiscBypass, 1); err != nil {
-		return fmt.Errorf("PACKET_QDISC_BYPASS: %w", err)
-	}
-
-	type mmsghdr struct {
-		hdr syscall.Msghdr
-		n   uint32
-		_   [4]byte
-	}
-	iov := make([]syscall.Iovec, frames)
-	for i, p := range pkts {
-		iov[i].Base = &p[0]
-		iov[i].SetLen(len(p))
-	}
-	// The batch walks the 64 frames in order, wrapping around.
-	msgs := make([]mmsghdr, batch)
-	var sent, retries int64
 	start := time.Now()
-	deadline := start.Add(dur)
-	next := 0
-	for calls := 0; sent < count; calls++ {
-		if calls%64 == 0 && time.Now().After(deadline) {
-			break
-		}
-		n := min(int64(batch), count-sent)
-		for i := range n {
-			msgs[i].hdr = syscall.Msghdr{Iov: &iov[(next+int(i))%frames], Iovlen: 1}
-		}
-		r, _, e := syscall.Syscall6(sysSendmmsg, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(n), 0, 0, 0)
-		if e != 0 {
-			if e == syscall.ENOBUFS || e == syscall.EAGAIN || e == syscall.EINTR {
-				retries++
-				continue
-			}
-			return fmt.Errorf("sendmmsg: %w", e)
-		}
-		sent += int64(r)
-		next = (next + int(r)) % frames
-	}
+	sent, err := send(ifi, pkts, count, dur, batch)
 	elapsed := time.Since(start).Seconds()
+	if err != nil && sent == 0 {
+		return err
+	}
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	fmt.Printf("sent=%d secs=%.3f pps=%.0f utime=%.3f stime=%.3f retries=%d\n", sent, elapsed, float64(sent)/elapsed,
-		float64(ru.Utime.Nano())/1e9, float64(ru.Stime.Nano())/1e9, retries)
-	return nil
+	fmt.Printf("mode=%s sent=%d secs=%.3f pps=%.0f utime=%.3f stime=%.3f\n", mode, sent, elapsed, float64(sent)/elapsed,
+		float64(ru.Utime.Nano())/1e9, float64(ru.Stime.Nano())/1e9)
+	return err
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }

@@ -5,6 +5,7 @@
 //	loadgen sink   -addr A          TCP sink: reads and discards
 //	loadgen hs     -target A …      new TLS handshake per request (Connection: close)
 //	loadgen ka     -target A …      keep-alive GET /1k, p50/p99 latency
+//	loadgen h2     -target A …      GET /1k over HTTP/2: -conc connections, -streams each
 //	loadgen bulk   -target A …      keep-alive GET /1m, MiB/s
 //	loadgen stream -target A …      one TLS stream written to a sink, MiB/s
 //	loadgen idle   -target A -n N   hold N TLS sessions open until signalled
@@ -43,7 +44,7 @@ const (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: loadgen serve|sink|hs|ka|bulk|stream|idle [flags]")
+		fmt.Fprintln(os.Stderr, "usage: loadgen serve|sink|echoserve|hs|ka|h2|bulk|stream|echo|idle [flags]")
 		os.Exit(2)
 	}
 	mode := os.Args[1]
@@ -56,8 +57,10 @@ func main() {
 	fs.StringVar(&o.key, "key", "", "client key (PEM)")
 	fs.StringVar(&o.ca, "ca", "", "CA of the server certificate (PEM)")
 	fs.DurationVar(&o.dur, "dur", 4*time.Second, "measured duration")
+	fs.DurationVar(&o.warm, "warm", 300*time.Millisecond, "unmeasured warm-up before it (0: none, for exact counts)")
 	fs.IntVar(&o.max, "max", 0, "stop after this many requests (0: -dur only)")
 	fs.IntVar(&o.conc, "conc", 4, "concurrent connections")
+	fs.IntVar(&o.streams, "streams", 1, "h2: concurrent streams per connection")
 	fs.IntVar(&o.n, "n", 1000, "idle: sessions to hold")
 	fs.StringVar(&o.pids, "pids", "", "comma-separated PIDs whose CPU time to report")
 	fs.Parse(os.Args[2:])
@@ -68,7 +71,9 @@ func main() {
 		err = serve(o.addr)
 	case "sink":
 		err = sink(o.addr)
-	case "hs", "ka", "bulk", "stream":
+	case "echoserve":
+		err = echoServe(o.addr)
+	case "hs", "ka", "h2", "bulk", "stream", "echo":
 		err = client(mode, o)
 	case "idle":
 		err = idle(o)
@@ -83,8 +88,8 @@ func main() {
 
 type opts struct {
 	addr, target, sni, cert, key, ca, pids string
-	dur                                    time.Duration
-	max, conc, n                           int
+	dur, warm                              time.Duration
+	max, conc, n, streams                  int
 }
 
 // untilSignal returns a context cancelled by SIGTERM or SIGINT.
@@ -282,9 +287,11 @@ func client(mode string, o opts) error {
 	// A short warm-up outside the measurement: the server's first
 	// connection, its backend pool, page faults.
 	warm := &result{}
-	warmCtx, cancelWarm := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	runWorkers(warmCtx, mode, o, cfg, conc, warm, 0)
-	cancelWarm()
+	if o.warm > 0 {
+		warmCtx, cancelWarm := context.WithTimeout(context.Background(), o.warm)
+		runWorkers(warmCtx, mode, o, cfg, conc, warm, 0)
+		cancelWarm()
+	}
 	if warm.ok.Load() == 0 && warm.firstErr != nil {
 		return fmt.Errorf("warm-up: %w", warm.firstErr)
 	}
@@ -339,6 +346,10 @@ func runWorkers(ctx context.Context, mode string, o opts, cfg *tls.Config, conc 
 		return !done(ctx) && (max == 0 || issued.Add(1) <= max)
 	}
 	var wg sync.WaitGroup
+	if mode == "h2" {
+		h2Workers(ctx, o, cfg, conc, res, more)
+		return
+	}
 	for range conc {
 		wg.Go(func() {
 			var lat []time.Duration
@@ -357,6 +368,8 @@ func runWorkers(ctx context.Context, mode string, o opts, cfg *tls.Config, conc 
 				lat = keepAlive(ctx, o, cfg, res, path, size, more)
 			case "stream":
 				stream(ctx, o, cfg, res)
+			case "echo":
+				lat = echo(ctx, o, cfg, res, more)
 			}
 			res.mu.Lock()
 			res.lat = append(res.lat, lat...)
@@ -492,6 +505,64 @@ func stream(ctx context.Context, o opts, cfg *tls.Config, res *result) {
 	}
 }
 
+// echoSize is the message of the terminal pattern: a screen update or a
+// keystroke's answer, echoed by the backend.
+const echoSize = 256
+
+// echo is one connection's round trips: 256 bytes written, the same 256
+// read back, the next only then.
+func echo(ctx context.Context, o opts, cfg *tls.Config, res *result, more func() bool) []time.Duration {
+	c, err := dial(ctx, o, cfg, res)
+	if err != nil {
+		res.fail(err)
+		return nil
+	}
+	defer c.Close()
+	msg := make([]byte, echoSize)
+	got := make([]byte, echoSize)
+	var lat []time.Duration
+	for more() {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		t0 := time.Now()
+		if _, err := c.Write(msg); err != nil {
+			res.fail(err)
+			return lat
+		}
+		if _, err := io.ReadFull(c, got); err != nil {
+			res.fail(err)
+			return lat
+		}
+		lat = append(lat, time.Since(t0))
+		res.bytes.Add(echoSize)
+		res.ok.Add(1)
+	}
+	return lat
+}
+
+// echoServe is the backend of the round trips: it sends back what it reads.
+func echoServe(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := untilSignal()
+	defer cancel()
+	go func() { <-ctx.Done(); ln.Close() }()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		go func() {
+			io.Copy(c, c)
+			c.Close()
+		}()
+	}
+}
+
 // idle opens n sessions, sends one byte on each (so that the proxy has
 // dialled its backend), prints "ready N" and holds them until a signal
 // comes or two minutes pass.
@@ -539,4 +610,70 @@ func idle(o opts) error {
 		c.Close()
 	}
 	return nil
+}
+
+// h2Workers runs conc HTTP/2 connections with o.streams requests in flight
+// on each, all GET /1k, until more says stop; the latencies go to res. Go's
+// own HTTP/2 client: h2load cannot present a client certificate.
+func h2Workers(ctx context.Context, o opts, cfg *tls.Config, conc int, res *result, more func() bool) {
+	var wg sync.WaitGroup
+	for range conc {
+		tc := cfg.Clone()
+		tc.NextProtos = []string{"h2"}
+		tr := &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true, MaxConnsPerHost: 1,
+			DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext, ResponseHeaderTimeout: 10 * time.Second}
+		// HTTP/2 only: a server that does not negotiate it fails the run
+		// rather than being measured on HTTP/1.1.
+		tr.Protocols = new(http.Protocols)
+		tr.Protocols.SetHTTP2(true)
+		c := &http.Client{Transport: tr}
+		url := "https://" + o.target + "/1k"
+		for range max(o.streams, 1) {
+			wg.Go(func() {
+				var lat []time.Duration
+				for more() {
+					t := time.Now()
+					n, err := h2Get(ctx, c, url, o.sni, res)
+					if err != nil {
+						if !done(ctx) {
+							res.fail(err)
+						}
+						continue
+					}
+					lat = append(lat, time.Since(t))
+					res.ok.Add(1)
+					res.bytes.Add(n)
+				}
+				res.mu.Lock()
+				res.lat = append(res.lat, lat...)
+				res.mu.Unlock()
+			})
+		}
+		defer tr.CloseIdleConnections()
+	}
+	wg.Wait()
+}
+
+func h2Get(ctx context.Context, c *http.Client, url, host string, res *result) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Host = host
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.TLS != nil {
+		res.state(*resp.TLS)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err != nil {
+		return n, err
+	}
+	if resp.ProtoMajor != 2 || resp.StatusCode != 200 || n != small {
+		return n, fmt.Errorf("%s status %d, %d bytes (want HTTP/2.0 200, %d)", resp.Proto, resp.StatusCode, n, small)
+	}
+	return n, nil
 }

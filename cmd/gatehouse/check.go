@@ -20,7 +20,7 @@ import (
 )
 
 func newCheckCmd(g *globals) *cobra.Command {
-	var printDefault, allowPrivate, asJSON bool
+	var printDefault, allowPrivate, asJSON, showMerged bool
 	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "Validate the configuration and summarise what it enforces (like nginx -t)",
@@ -36,7 +36,7 @@ service runs to get the service's answer. Nothing is changed.`,
 				_, err := g.stdout.Write(config.Default)
 				return err
 			}
-			cfg, err := config.Load(g.configPath, nil)
+			cfg, err := config.Load(g.configPath, g.lookupEnv)
 			if err != nil {
 				var ps config.Problems
 				if errors.As(err, &ps) {
@@ -51,7 +51,7 @@ service runs to get the service's answer. Nothing is changed.`,
 				return exitError{code: 1, msg: "gatehouse: " + err.Error()}
 			}
 			pinWarning, pinErr := daemon.CheckPinDir(cfg, allowPrivate)
-			if err := errors.Join(daemon.CheckStateDir(cfg.StateDir), pinErr, checkCertificates(cfg), daemon.CheckRole(cfg), checkFeeds(cfg)); err != nil {
+			if err := errors.Join(daemon.CheckStateDir(cfg.StateDir), pinErr, checkCertificates(cfg), daemon.CheckRole(cfg), checkFeeds(cfg), daemon.CheckAccess(cfg), checkFleet(cfg)); err != nil {
 				return exitError{code: 1, msg: fmt.Sprintf("gatehouse: %s: %v\nconfiguration %s is NOT valid", g.configPath, err, g.configPath)}
 			}
 			if pinWarning != "" {
@@ -60,13 +60,18 @@ service runs to get the service's answer. Nothing is changed.`,
 			for _, w := range cfg.AllowListWarnings() {
 				fmt.Fprintf(g.stderr, "gatehouse check: warning: %s\n", w)
 			}
+			if showMerged {
+				return printMerged(g.stdout, g.configPath, cfg)
+			}
 			if asJSON {
 				return summariseJSON(g.stdout, g.configPath, cfg)
 			}
+			printSources(g.stdout, cfg)
 			return summarise(g.stdout, g.configPath, cfg)
 		},
 	}
 	cmd.Flags().BoolVar(&printDefault, "print-default", false, "print the embedded default configuration, every key commented")
+	cmd.Flags().BoolVar(&showMerged, "show-merged", false, "print the configuration as run will use it (file, node overlay, environment merged), each key not from the file marked with where it came from")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the summary as JSON: listeners and routes, tenants and feeds as gatehouse status --json names them")
 	cmd.Flags().BoolVar(&allowPrivate, allowPrivateFlag, false, "as gatehouse run --"+allowPrivateFlag+": accept a pin directory private to this mount namespace")
 	return cmd
@@ -202,6 +207,12 @@ func summariseRole(w io.Writer, cfg *config.Config) {
 		fmt.Fprintf(w, "\nConnector\tof tenant %s\t%d tunnels to %s, %s\n", k.Tenant, k.Tunnels, strings.Join(k.Gateways, ", "), via)
 		fmt.Fprintf(w, "  gateway CA\t%s (the only root asked)\n", k.GatewayCA)
 		fmt.Fprintf(w, "  may connect to\t%s (nothing else)\n", strings.Join(k.Allow, ", "))
+		for _, l := range cfg.Listeners {
+			// The listener's socket and certificate are still required:
+			// it is the proxy's listener the tunnels' sessions are handed
+			// to by name, with TLS done at the gateway.
+			fmt.Fprintf(w, "  listener %s\tserves the sessions the gateway's listener %s sends down the tunnels; it binds %s (loopback, for local tests only) and its server_cert is shown to local clients alone\n", l.Name, l.Name, l.Listen)
+		}
 	}
 }
 

@@ -134,3 +134,58 @@ listeners:
 		}
 	}
 }
+
+// TestCheckTicketKeys: check reads tls.ticket_keys as run does: a file
+// others may read, or with a short key, is refused with its reason and
+// path; a good one is named in the TLS summary.
+func TestCheckTicketKeys(t *testing.T) {
+	d := t.TempDir()
+	p := func(name string) string { return filepath.Join(d, name) }
+	pkiRun(t, "init-ca", "--dir", p("ca"), "--cn", "acme CA")
+	pkiRun(t, "init-ca", "--dir", p("server-ca"), "--cn", "gateway CA")
+	pkiRun(t, "issue", "--ca", p("server-ca"), "--server", "--dns", "gw.example", "--out", p("server"))
+	keys := p("ticket.keys")
+	yaml := fmt.Sprintf(`state_dir: /var/lib/gatehouse
+enforcement: {xdp: "off", nftables: false}
+tls: {ticket_keys: %[2]s}
+tenants: [{id: acme, client_ca: %[1]s/ca/ca.pem}]
+listeners:
+  - {name: web, listen: "127.0.0.1:8443", protocol: tcp, server_cert: %[1]s/server.pem, server_key: %[1]s/server.key,
+     routes: [{tenant: acme, backend: "192.0.2.5:443"}]}
+`, d, keys)
+	path := p("gatehouse.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	good := "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s=\n" // 32 bytes
+	for _, tc := range []struct {
+		name, content string
+		mode          os.FileMode
+		want          string
+	}{
+		{"world readable", good, 0o644, "readable by other users"},
+		{"short key", "c2hvcnQ=\n", 0o600, "bad ticket key: 5 bytes, want 32 or 48"},
+		{"duplicate", good + good, 0o600, "ticket key given twice"},
+	} {
+		if err := os.WriteFile(keys, []byte(tc.content), tc.mode); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(keys, tc.mode)
+		_, _, err := runCLI("check", "-c", path)
+		var ee exitError
+		if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(ee.msg, tc.want) || !strings.Contains(ee.msg, keys) {
+			t.Errorf("%s: want exit 1 with %q and the path, got %v", tc.name, tc.want, err)
+		}
+	}
+	if err := os.WriteFile(keys, []byte(good), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(keys, 0o600)
+	out, _, err := runCLI("check", "-c", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "session_tickets  on, keys from "+keys) {
+		t.Errorf("summary does not name the ticket key file:\n%s", out)
+	}
+}

@@ -72,8 +72,9 @@ connector:
 			}
 			// The summary says what the role does.
 			for _, w := range map[string][]string{
-				"gateway":   {"Gateway", "tunnels on 127.0.0.1:9443", "connectors of acme"},
-				"connector": {"Connector", "of tenant acme", "4 tunnels to gw.example:443, directly", "may connect to", "192.0.2.0/24:443 (nothing else)"},
+				"gateway": {"Gateway", "tunnels on 127.0.0.1:9443", "connectors of acme"},
+				"connector": {"Connector", "of tenant acme", "4 tunnels to gw.example:443, directly", "may connect to", "192.0.2.0/24:443 (nothing else)",
+					"serves the sessions the gateway's listener", "(loopback, for local tests only)"},
 			}[tc.name] {
 				if !strings.Contains(out, w) {
 					t.Errorf("%s: the summary lacks %q:\n%s", tc.name, w, out)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/accesslog"
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/internal/daemon"
 )
@@ -51,6 +52,7 @@ func (e exitError) Error() string { return fmt.Sprintf("exit %d: %s", e.code, e.
 // globals are the flags every command shares.
 type globals struct {
 	configPath string
+	nodeConfig string
 	logFormat  string
 	logLevel   string
 	stdout     io.Writer
@@ -95,9 +97,11 @@ tenant's HTTPS, SOAP and TN3270/TN5250 sessions go to its own internal hosts.`,
 	root.SetErr(stderr)
 	pf := root.PersistentFlags()
 	pf.StringVarP(&g.configPath, "config", "c", config.DefaultPath, "configuration file")
+	pf.StringVar(&g.nodeConfig, "node-config", "", "node-local overlay over the shared configuration file (interface, metrics.listen, bgp.router_id); default $"+config.NodeConfigEnv)
 	pf.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	root.AddCommand(newRunCmd(g), newCheckCmd(g), newVersionCmd(g), newStatusCmd(g), newTeardownCmd(g), newCertsCmd(), newFeedCmd(), newWorkerCmd(g))
+	root.AddCommand(newRunCmd(g), newCheckCmd(g), newVersionCmd(g), newStatusCmd(g), newTeardownCmd(g), newCertsCmd(), newFeedCmd(),
+		newReloadCmd(g), newSessionsCmd(g), newWorkerCmd(g))
 	return root
 }
 
@@ -119,12 +123,20 @@ not keep the XDP filter after exit: run refuses it unless --allow-private-bpffs.
 			if err != nil {
 				return err
 			}
-			access := slog.New(slog.NewJSONHandler(g.stdout, nil)).With("log", "access")
-			d, err := daemon.New(daemon.Options{ConfigPath: g.configPath, Logger: log, AccessLog: access, Signals: true, Version: version,
+			// Requests do not wait on stdout: their lines are encoded
+			// without reflection, buffered and written by the log's own
+			// goroutine, and the last ones at exit.
+			aw := accesslog.New(g.stdout, 0)
+			defer aw.Close()
+			access := slog.New(accesslog.NewHandler(aw)).With("log", "access")
+			d, err := daemon.New(daemon.Options{ConfigPath: g.configPath, Logger: log, AccessLog: access, Signals: true, Version: version, LookupEnv: g.lookupEnv,
 				NotifySocket: os.Getenv("NOTIFY_SOCKET"), WatchdogUSec: os.Getenv("WATCHDOG_USEC"), WatchdogPID: os.Getenv("WATCHDOG_PID"),
-				AllowPrivateBPFFS: allowPrivate, Worker: daemon.WorkerOptions{LogFormat: g.logFormat, LogLevel: g.logLevel, Stdout: g.stdout, Stderr: g.stderr}})
+				AllowPrivateBPFFS: allowPrivate, Worker: daemon.WorkerOptions{LogFormat: g.logFormat, LogLevel: g.logLevel, Stderr: g.stderr}})
 			if err != nil {
 				return err
+			}
+			if err := d.Registry().Register(aw); err != nil {
+				return fmt.Errorf("access log metrics: %w", err)
 			}
 			log.Info("gatehouse starting", "version", version, "config", g.configPath, "pid", os.Getpid())
 			if err := d.Run(cmd.Context()); err != nil {

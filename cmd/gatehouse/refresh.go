@@ -13,7 +13,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/rules"
 )
 
@@ -23,7 +22,7 @@ import (
 const refreshWait = 5 * time.Minute
 
 func feedRefreshCmd() *cobra.Command {
-	var socket string
+	var target adminTarget
 	c := &cobra.Command{
 		Use:   "refresh [NAME...]",
 		Short: "Make the running daemon fetch feeds now (all, or those named) and print what came of each",
@@ -37,25 +36,22 @@ not writable), or verified but deferred (kernel layers keep a previous run's
 ranges until every feed has a release). The round is the daemon's: Ctrl-C
 stops the waiting, not the fetch. A feed named twice is fetched once, and a
 feed fetched on request less than 5 s ago is not fetched again (its last
-outcome is printed, marked so). The exit status is 0 only when every feed was
-applied or unchanged, 1 otherwise, and 3 when no daemon answers.`,
+outcome is printed, marked so). It takes the publisher role at global scope
+(access.grants; root always has it). The exit status is 0 only when every feed
+was applied or unchanged, 1 otherwise (a refusal too, which says why), and 3
+when no daemon answers.`,
 		RunE: func(cmd *cobra.Command, names []string) error {
-			if socket == "" {
-				cfg, err := config.Peek(feedConfigPath(cmd))
-				if err != nil {
-					fmt.Fprintf(cmd.ErrOrStderr(), "gatehouse feed refresh: configuration not read (%v); trying the default socket\n", err)
-					cfg = config.Defaults()
-				}
-				socket = cfg.AdminSocket
+			if err := target.resolve(feedConfigPath(cmd), "feed refresh", cmd.ErrOrStderr()); err != nil {
+				return err
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), refreshWait)
 			defer cancel()
-			out, status, err := postRefresh(ctx, socket, names)
+			out, refused, err := postRefresh(ctx, &target, names)
 			switch {
 			case err != nil:
-				return exitError{code: 3, msg: fmt.Sprintf("gatehouse feed refresh: no answer from the daemon on %s: %v", socket, err)}
-			case status != "":
-				return exitError{code: 1, msg: "gatehouse feed refresh: " + status}
+				return exitError{code: 3, msg: "gatehouse feed refresh: " + err.Error()}
+			case refused != nil:
+				return refused
 			}
 			if !printOutcomes(cmd.OutOrStdout(), out, time.Now()) {
 				return exitError{code: 1}
@@ -63,35 +59,28 @@ applied or unchanged, 1 otherwise, and 3 when no daemon answers.`,
 			return nil
 		},
 	}
-	c.Flags().StringVar(&socket, "socket", "", "admin socket (default: admin_socket of the configuration)")
+	target.flags(c.Flags())
 	return c
 }
 
-// postRefresh asks the daemon; status is the daemon's refusal of the
-// request itself (an unknown feed), err a failure to ask.
-func postRefresh(ctx context.Context, socket string, names []string) (out []rules.Outcome, status string, err error) {
-	client := adminClient(socket, 0)
+// postRefresh asks the daemon; refused is the daemon's refusal of the
+// request itself (an unknown feed, a missing role), err a failure to ask.
+func postRefresh(ctx context.Context, target *adminTarget, names []string) (out []rules.Outcome, refused error, err error) {
 	q := url.Values{"feed": names}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://gatehouse/feeds/refresh?"+q.Encode(), nil)
+	ans, err := target.call(ctx, 0, http.MethodPost, "/feeds/refresh?"+q.Encode(), 1<<20)
 	if err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, "", err
+	if ans.code != http.StatusOK {
+		if ans.code == http.StatusForbidden {
+			return nil, ans.refusal("feed refresh"), nil
+		}
+		return nil, exitError{code: 1, msg: "gatehouse feed refresh: " + strings.TrimSpace(string(ans.body))}, nil
 	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return nil, "", err
+	if err := json.Unmarshal(ans.body, &out); err != nil {
+		return nil, nil, fmt.Errorf("bad answer: %w", err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, strings.TrimSpace(string(raw)), nil
-	}
-	if err := json.Unmarshal(raw, &out); err != nil {
-		return nil, "", fmt.Errorf("bad answer: %w", err)
-	}
-	return out, "", nil
+	return out, nil, nil
 }
 
 // printOutcomes prints one line per feed and reports whether all are OK.

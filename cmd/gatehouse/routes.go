@@ -24,6 +24,9 @@ func printListeners(w io.Writer, routes []daemon.ListenerRoute, extra func(i int
 			last = r.Listener
 		}
 		match := r.Tenant
+		if r.Environment != "" {
+			match += "/" + r.Environment
+		}
 		if r.Host != "" {
 			match += " host " + r.Host
 		}

@@ -3,9 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"text/tabwriter"
@@ -15,31 +15,39 @@ import (
 
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/internal/daemon"
+	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
 func newStatusCmd(g *globals) *cobra.Command {
 	var asJSON, ready bool
-	var socket string
+	var target adminTarget
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Ask the running daemon what it enforces, on one screen (--json for machines)",
-		Args:  cobra.NoArgs,
+		Long: `status asks the running daemon over its admin socket (or, with --admin-url,
+its HTTPS admin endpoint) what it enforces. What it shows is cut down to the
+caller's grants (access.grants): a tenant viewer sees its own tenant's sessions,
+routes, counters and certificates only. A refusal says what was refused and why
+and exits 1; no answer exits 3.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if ready {
-				return checkReady(cmd.Context(), g.configPath, socket, timeout)
+				return checkReady(cmd.Context(), g.configPath, &target, timeout)
 			}
-			if socket == "" {
-				cfg, err := config.Peek(g.configPath)
-				if err != nil {
-					fmt.Fprintf(g.stderr, "gatehouse status: configuration not read (%v); trying the default socket\n", err)
-					cfg = config.Defaults()
-				}
-				socket = cfg.AdminSocket
+			if err := target.resolve(g.configPath, "status", g.stderr); err != nil {
+				return err
 			}
-			raw, st, err := fetchStatus(cmd.Context(), socket)
+			raw, st, err := fetchStatusFrom(cmd.Context(), &target)
 			if err != nil {
-				return exitError{code: 3, msg: fmt.Sprintf("gatehouse status: no answer from the daemon on %s: %v", socket, err)}
+				var ee exitError
+				if errors.As(err, &ee) {
+					return ee
+				}
+				if errors.Is(err, errNoAnswer) {
+					return exitError{code: 3, msg: "gatehouse status: " + err.Error()}
+				}
+				return exitError{code: 3, msg: fmt.Sprintf("gatehouse status: no answer from the daemon %s: %v", target.where(), err)}
 			}
 			if asJSON {
 				_, err := g.stdout.Write(raw)
@@ -49,7 +57,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
-	cmd.Flags().StringVar(&socket, "socket", "", "admin socket (default: admin_socket of the configuration)")
+	target.flags(cmd.Flags())
 	cmd.Flags().BoolVar(&ready, "ready", false, "print nothing; exit 0 if the daemon answers ready, 1 otherwise (for keepalived's track_script)")
 	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Second, "with --ready: the longest wait for the daemon's answer")
 	cmd.MarkFlagsMutuallyExclusive("ready", "json")
@@ -60,68 +68,52 @@ func newStatusCmd(g *globals) *cobra.Command {
 // /readyz would answer, within timeout. It prints nothing: anything but a
 // ready answer (no configuration, no socket, no daemon, a daemon that
 // hangs, a refusal) is exit 1, so a track_script fails closed.
-func checkReady(ctx context.Context, configPath, socket string, timeout time.Duration) error {
+func checkReady(ctx context.Context, configPath string, target *adminTarget, timeout time.Duration) error {
 	notReady := exitError{code: 1}
 	if timeout <= 0 {
 		return notReady
 	}
-	if socket == "" {
+	if target.socket == "" && target.url == "" {
 		cfg, err := config.Peek(configPath)
 		if err != nil {
 			return notReady
 		}
-		socket = cfg.AdminSocket
+		target.socket = cfg.AdminSocket
+	}
+	if err := target.resolve(configPath, "status", io.Discard); err != nil {
+		return notReady
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "GET", "http://gatehouse/ready", nil)
-	if err != nil {
-		return notReady
-	}
-	resp, err := adminClient(socket, 0).Do(req)
-	if err != nil {
-		return notReady
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode != http.StatusOK {
+	ans, err := target.call(ctx, 0, "GET", "/ready", 64<<10)
+	if err != nil || ans.code != http.StatusOK {
 		return notReady
 	}
 	return nil
 }
 
-// adminClient talks HTTP to the daemon on its admin socket; timeout 0
-// leaves the bound to the request's context.
-func adminClient(socket string, timeout time.Duration) *http.Client {
-	return &http.Client{Timeout: timeout, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
-		},
-	}}
+// fetchStatus asks the daemon on socket for its status.
+func fetchStatus(ctx context.Context, socket string) ([]byte, *daemon.Status, error) {
+	return fetchStatusFrom(ctx, &adminTarget{socket: socket})
 }
 
-func fetchStatus(ctx context.Context, socket string) ([]byte, *daemon.Status, error) {
-	req, err := http.NewRequestWithContext(ctx, "GET", "http://gatehouse/status", nil)
+// fetchStatusFrom asks target for the status; a refusal is an exitError.
+func fetchStatusFrom(ctx context.Context, target *adminTarget) ([]byte, *daemon.Status, error) {
+	ans, err := target.call(ctx, 5*time.Second, "GET", "/status", 4<<20)
 	if err != nil {
 		return nil, nil, err
 	}
-	resp, err := adminClient(socket, 5*time.Second).Do(req)
-	if err != nil {
-		return nil, nil, err
+	if ans.code == http.StatusForbidden {
+		return nil, nil, ans.refusal("status")
 	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return nil, nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, nil, fmt.Errorf("%s", resp.Status)
+	if ans.code != http.StatusOK {
+		return nil, nil, fmt.Errorf("%d %s", ans.code, strings.TrimSpace(string(ans.body)))
 	}
 	var st daemon.Status
-	if err := json.Unmarshal(raw, &st); err != nil {
+	if err := json.Unmarshal(ans.body, &st); err != nil {
 		return nil, nil, fmt.Errorf("bad status: %w", err)
 	}
-	return raw, &st, nil
+	return ans.body, &st, nil
 }
 
 func printStatus(w io.Writer, st *daemon.Status, now time.Time) error {
@@ -212,6 +204,11 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) error {
 	fmt.Fprintln(tw, "\nTenants\tsessions")
 	for _, t := range st.Tenants {
 		fmt.Fprintf(tw, "  %s\t%d\n", t.ID, t.Sessions)
+		if len(t.Environments) > 1 || (len(t.Environments) == 1 && t.Environments[0].Name != policy.DefaultEnvironment) {
+			for _, e := range t.Environments {
+				fmt.Fprintf(tw, "    %s/%s\t%d\n", t.ID, e.Name, e.Sessions)
+			}
+		}
 	}
 	fmt.Fprintln(tw, "\nListeners")
 	printListeners(tw, st.Listeners, nil)

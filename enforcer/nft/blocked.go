@@ -26,6 +26,9 @@ type blockState struct {
 	// mirrored: OnBlock took it, or it came in through Block; it is not
 	// handed over again.
 	mirrored bool
+	// peer: another node of the fleet learned it (BlockFromPeer); it is
+	// not served to the fleet again (LocalBlocks), so blocks never loop.
+	peer bool
 }
 
 // readBlocked reads the blocked sets of an existing table, to carry their
@@ -90,6 +93,44 @@ func (e *Enforcer) remember(carried map[bool][]nftables.SetElement, first bool) 
 // source blocked already is left as it is, without a netlink message. A
 // full set gives an error wrapping policy.ErrBlocklistFull.
 func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
+	return e.block(addr, d, false)
+}
+
+// BlockFromPeer is Block for a source another node of the fleet blocked:
+// the same set, so the same rules (established flows, management ports
+// and admitted sources on listener ports are decided before it), but it
+// is not listed by LocalBlocks. A source blocked already is left as it is.
+func (e *Enforcer) BlockFromPeer(addr netip.Addr, d time.Duration) error {
+	return e.block(addr, d, true)
+}
+
+// LocalBlock is a source this node's scan detection blocked, and how long
+// it stays blocked.
+type LocalBlock struct {
+	Source netip.Prefix
+	Left   time.Duration
+}
+
+// LocalBlocks lists the sources this node blocked itself (its scan rule or
+// its XDP layer) at the last poll, without those from peers.
+func (e *Enforcer) LocalBlocks() []LocalBlock {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.cur == nil {
+		return nil
+	}
+	now := time.Now()
+	var out []LocalBlock
+	for src, st := range e.blocked {
+		if st.peer || !st.until.After(now) {
+			continue
+		}
+		out = append(out, LocalBlock{Source: netip.PrefixFrom(src, e.cur.srcBits(src.Is6())), Left: st.until.Sub(now)})
+	}
+	return out
+}
+
+func (e *Enforcer) block(addr netip.Addr, d time.Duration, peer bool) error {
 	if !addr.IsValid() || d < time.Millisecond {
 		return fmt.Errorf("%w: block %s for %s", errBadPolicy, addr, d)
 	}
@@ -100,9 +141,12 @@ func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
 	}
 	src := e.cur.sourceOf(addr)
 	until := time.Now().Add(d)
-	if st, ok := e.blocked[src]; ok && !st.until.Before(until.Add(-time.Second)) {
+	st, known := e.blocked[src]
+	if known && !st.until.Before(until.Add(-time.Second)) {
 		return nil
 	}
+	// A block this node learned stays its own when a peer extends it.
+	peer = peer && (!known || st.peer)
 	v6 := src.Is6()
 	if e.count[b2i(v6)] >= dynamicSetSize {
 		return fmt.Errorf("block %s: %s: %w", src, setName(setBlocked, v6), policy.ErrBlocklistFull)
@@ -128,7 +172,7 @@ func (e *Enforcer) Block(addr netip.Addr, d time.Duration) error {
 		return fmt.Errorf("block %s: %w", src, err)
 	}
 	// Known: the poll must not hand it back to the layer it came from.
-	e.blocked[src] = blockState{until: until, mirrored: true}
+	e.blocked[src] = blockState{until: until, mirrored: true, peer: peer}
 	e.count[b2i(v6)]++
 	return nil
 }

@@ -46,6 +46,10 @@ type Config struct {
 	Gateway       Gateway       `mapstructure:"gateway"`
 	Connector     Connector     `mapstructure:"connector"`
 	BGP           BGP           `mapstructure:"bgp"`
+	Access        Access        `mapstructure:"access"`
+	Fleet         Fleet         `mapstructure:"fleet"`
+
+	sources sources // where keys came from besides the file (node.go)
 }
 
 // TLS configures the listeners' TLS beyond their certificates.
@@ -53,6 +57,7 @@ type TLS struct {
 	CRLStale       string        `mapstructure:"crl_stale"`
 	SessionTickets bool          `mapstructure:"session_tickets"`
 	TicketRotation time.Duration `mapstructure:"ticket_rotation"`
+	TicketKeys     string        `mapstructure:"ticket_keys"`
 }
 
 // Enforcement configures the kernel layers.
@@ -137,7 +142,17 @@ type Tenant struct {
 	Intermediates string     `mapstructure:"intermediates"`
 	CRL           string     `mapstructure:"crl"`
 	Identities    Identities `mapstructure:"identities"`
-	Limits        Limits     `mapstructure:"limits"`
+	// Environments split the tenant's certificates and routes; none is
+	// one implicit environment, "default".
+	Environments []Environment `mapstructure:"environments"`
+	Limits       Limits        `mapstructure:"limits"`
+}
+
+// Environment is one named work area of a tenant, with the identities
+// that put a certificate of the tenant in it.
+type Environment struct {
+	Name       string     `mapstructure:"name"`
+	Identities Identities `mapstructure:"identities"`
 }
 
 // Identities narrow which certificates of the tenant's CA count.
@@ -172,6 +187,7 @@ type CertKey struct {
 // Route carries one tenant's traffic to one backend.
 type Route struct {
 	Tenant           string        `mapstructure:"tenant"`
+	Environment      string        `mapstructure:"environment"`
 	Host             string        `mapstructure:"host"`
 	Path             string        `mapstructure:"path"`
 	Backend          string        `mapstructure:"backend"`
@@ -293,9 +309,15 @@ func decode(data []byte, name string, env func(string) (string, bool), validate 
 	if err := v.MergeConfigMap(user.AllSettings()); err != nil {
 		return nil, fmt.Errorf("%s: %w: %v", name, ErrInvalid, err)
 	}
-	problems = append(problems, applyEnv(v, env)...)
+	var src sources
+	problems = append(problems, applyNode(v, env, &src)...)
+	envProblems := applyEnv(v, env)
+	problems = append(problems, envProblems...)
+	src.env = envKeys(v, env)
+	src.merged = v.AllSettings()
 
 	var c Config
+	c.sources = src
 	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
 		Result:     &c,
 		DecodeHook: mapstructure.ComposeDecodeHookFunc(durationHook, byteSizeHook),

@@ -172,6 +172,7 @@ func TestProblems(t *testing.T) {
 		{"bad crl_stale", "static_ranges:", "tls: {crl_stale: ignore}\nstatic_ranges:", []string{`tls.crl_stale: "ignore" is not one of fail, warn`}},
 		{"ticket rotation too short", "static_ranges:", "tls: {ticket_rotation: 10s}\nstatic_ranges:", []string{"tls.ticket_rotation: must be between 1m and 24h0m0s, got 10s"}},
 		{"ticket rotation too long", "static_ranges:", "tls: {ticket_rotation: 48h}\nstatic_ranges:", []string{"tls.ticket_rotation: must be between 1m and 24h0m0s, got 48h0m0s"}},
+		{"ticket keys relative", "static_ranges:", "tls: {ticket_keys: ticket.keys}\nstatic_ranges:", []string{`tls.ticket_keys: must be an absolute path, got "ticket.keys"`}},
 		{"unknown tls key", "static_ranges:", "tls: {crl_stale: warn, tickets: false}\nstatic_ranges:", []string{"tls.tickets: unknown key"}},
 		{"duplicate tenant", "id: globex", "id: acme", []string{`tenants[1].id: duplicate tenant "acme" (also at tenants[0].id)`}},
 		{"duplicate listener", "name: mainframe", "name: web", []string{`listeners[1].name: duplicate listener "web"`}},

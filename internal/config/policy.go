@@ -51,6 +51,7 @@ func (cfg *Config) Policy() *policy.Policy {
 			CRLStale:               policy.CRLStale(cfg.TLS.CRLStale),
 			SessionTicketsDisabled: !cfg.TLS.SessionTickets,
 			TicketRotation:         cfg.TLS.TicketRotation,
+			TicketKeys:             cfg.TLS.TicketKeys,
 		},
 	}
 	for _, m := range e.Management {
@@ -64,6 +65,7 @@ func (cfg *Config) Policy() *policy.Policy {
 			Intermediates: t.Intermediates,
 			CRL:           t.CRL,
 			Identities:    t.Identities.policy(),
+			Environments:  t.policyEnvironments(),
 		})
 	}
 	for _, l := range cfg.Listeners {
@@ -85,6 +87,7 @@ func (cfg *Config) Policy() *policy.Policy {
 		for _, r := range l.Routes {
 			pl.Routes = append(pl.Routes, policy.Route{
 				Tenant:           r.Tenant,
+				Environment:      r.Environment,
 				Host:             r.Host,
 				Path:             routePath(pl.Protocol, r.Path),
 				Backend:          firstBackend(r),

@@ -29,7 +29,10 @@ type Gateway struct {
 
 // ConnectorTrust is the certificates that prove a connector of one tenant.
 type ConnectorTrust struct {
-	Tenant        string     `mapstructure:"tenant"`
+	Tenant string `mapstructure:"tenant"`
+	// Environment is the tenant's environment whose sessions the
+	// connector's tunnels carry; required when the tenant declares any.
+	Environment   string     `mapstructure:"environment"`
 	ClientCA      string     `mapstructure:"client_ca"`
 	Intermediates string     `mapstructure:"intermediates"`
 	CRL           string     `mapstructure:"crl"`
@@ -122,9 +125,15 @@ func (cfg *Config) validateGateway(c *checker, tenants map[string]bool) {
 	if ap, err := parseListen(g.Listen); err != nil {
 		c.add("gateway.listen", "%v", err)
 	} else {
+		kernel := cfg.Enforcement.XDP != string(policy.XDPOff) || cfg.Enforcement.NFTables
 		for i, l := range cfg.Listeners {
-			if lp, err := parseListen(l.Listen); err == nil && lp.Port() == ap.Port() {
-				c.add("gateway.listen", "port %d is already used by listeners[%d]", ap.Port(), i)
+			lp, err := parseListen(l.Listen)
+			switch {
+			case err != nil || lp.Port() != ap.Port():
+			case listenOverlap(ap.Addr(), lp.Addr()):
+				c.add("gateway.listen", "%s overlaps listeners[%d] (%s): the same port on the same address, or a wildcard that takes it; use another port or two distinct addresses", g.Listen, i, l.Listen)
+			case kernel:
+				c.add("gateway.listen", "port %d is listeners[%d]'s port (on another address): the kernel layers admit by port, so connectors would be held to the listeners' admitted ranges; use another port, or turn enforcement.xdp and enforcement.nftables off", ap.Port(), i)
 			}
 		}
 		if cfg.Enforcement.Mode == string(policy.ModeStrict) && !cfg.managementPort(ap.Port()) {
@@ -141,10 +150,11 @@ func (cfg *Config) validateGateway(c *checker, tenants map[string]bool) {
 			c.add(p+".tenant", "required")
 		case !tenants[t.Tenant]:
 			c.add(p+".tenant", "unknown tenant %q", t.Tenant)
-		case seen[t.Tenant] != "":
-			c.add(p+".tenant", "duplicate tenant %q (also at %s): list its CAs in one client_ca bundle", t.Tenant, seen[t.Tenant])
+		case seen[t.poolKey()] != "":
+			c.add(p+".tenant", "duplicate tenant %q (also at %s): list its CAs in one client_ca bundle", t.poolKey(), seen[t.poolKey()])
 		default:
-			seen[t.Tenant] = p
+			seen[t.poolKey()] = p
+			cfg.checkEnvironmentRef(c, p+".environment", t.Tenant, t.Environment)
 		}
 		c.file(p+".client_ca", t.ClientCA, true)
 		c.file(p+".intermediates", t.Intermediates, false)
@@ -159,6 +169,7 @@ func (cfg *Config) validateGateway(c *checker, tenants map[string]bool) {
 				c.add(p+".client_ca", "shares a root with tenants[%d].client_ca: issue connectors from a CA of their own, or narrow both this entry's and the tenant's identities (e.g. uri_san) to tell connectors from clients", j)
 			}
 		}
+		checkConnectorEnvironments(c, p, t, g.Connectors[:i])
 	}
 	if len(g.Connectors) == 0 {
 		c.add("gateway.connectors", "at least one is required: without one no connector can open a tunnel")
@@ -231,6 +242,23 @@ func (cfg *Config) validateConnector(c *checker, tenants map[string]bool) {
 	}
 }
 
+// listenOverlap reports whether two listen addresses of one port take
+// the same socket: the same address, or a wildcard that covers the other
+// (the IPv6 wildcard takes IPv4 too; an empty host is both).
+func listenOverlap(a, b netip.Addr) bool {
+	wild := func(x netip.Addr) bool { return !x.IsValid() || x.IsUnspecified() }
+	switch {
+	case wild(a) && wild(b):
+		return true
+	case wild(b):
+		a, b = b, a
+	case !wild(a):
+		return a.Unmap() == b.Unmap()
+	}
+	// a is a wildcard, b an address.
+	return !a.IsValid() || a.Is6() || b.Unmap().Is4()
+}
+
 func validateKeepalive(c *checker, p string, k Keepalive) {
 	if k.Interval < 500*time.Millisecond || k.Interval > time.Minute {
 		c.add(p+".interval", "must be 500ms..1m, got %s", k.Interval)
@@ -258,7 +286,7 @@ func (cfg *Config) ConnectorTrust() *policy.Policy {
 			ServerCert: g.ServerCert, ServerKey: g.ServerKey}},
 	}
 	for _, t := range g.Connectors {
-		p.Tenants = append(p.Tenants, policy.Tenant{ID: t.Tenant, ClientCA: t.ClientCA, Intermediates: t.Intermediates, CRL: t.CRL,
+		p.Tenants = append(p.Tenants, policy.Tenant{ID: t.poolKey(), ClientCA: t.ClientCA, Intermediates: t.Intermediates, CRL: t.CRL,
 			Identities: t.Identities.policy()})
 	}
 	return p

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -184,11 +185,16 @@ func (cfg *Config) validate() Problems {
 	if r := cfg.TLS.TicketRotation; r < time.Minute || r > maxTicketRotation {
 		c.add("tls.ticket_rotation", "must be between 1m and %s, got %s", maxTicketRotation, r)
 	}
+	if k := cfg.TLS.TicketKeys; k != "" && !filepath.IsAbs(k) {
+		c.add("tls.ticket_keys", "must be an absolute path, got %q", k)
+	}
 	cfg.validateFeeds(c)
 	tenants := cfg.validateTenants(c)
 	cfg.validateListeners(c)
 	cfg.validateRoles(c, tenants)
+	cfg.validateAccess(c, tenants)
 	cfg.validateBGP(c)
+	cfg.validateFleet(c)
 	cfg.validateLimits(c)
 	if cfg.Rules.MinPrefix.V4 < 0 || cfg.Rules.MinPrefix.V4 > 32 {
 		c.add("rules.min_prefix.v4", "must be 0..32, got %d", cfg.Rules.MinPrefix.V4)
@@ -220,6 +226,7 @@ func (cfg *Config) validateTenants(c *checker) map[string]bool {
 		c.file(p+".intermediates", t.Intermediates, false)
 		c.file(p+".crl", t.CRL, false)
 		validateIdentities(c, p, t.Identities)
+		validateEnvironments(c, p, t)
 	}
 	return known
 }

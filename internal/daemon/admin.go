@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,24 +9,26 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/gatehouse-dmz/gatehouse/rules"
 )
 
-// serveAdmin answers `gatehouse status` and `gatehouse feed refresh` on a
-// unix socket only root (or the daemon's own user) can use, until ctx ends.
-// The socket is bound in a directory of its own (0700) and chmod 0600
+// serveAdmin serves the admin API (adminMux) on a unix socket until ctx
+// ends. The socket is bound in a directory of its own (0700) and chmod
 // there before it is renamed into place, so it is never reachable with
-// wider permissions, whatever the umask and the parent directory; and every
-// connection's peer is checked (SO_PEERCRED), so loosened permissions do
-// not open it either.
-func (d *Daemon) serveAdmin(ctx context.Context, path string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+// wider permissions than meant, whatever the umask: 0600 (root and the
+// daemon's user only) unless a grant of access names a user other than
+// root or a group, then 0666. Either way every request is authorised by
+// its peer's credentials (SO_PEERCRED), so loosened permissions open
+// nothing.
+func (d *Daemon) serveAdmin(ctx context.Context, path string, open bool) error {
+	dirMode, mode := os.FileMode(0o700), os.FileMode(0o600)
+	if open {
+		dirMode, mode = 0o755, 0o666
+	}
+	if err := os.MkdirAll(filepath.Dir(path), dirMode); err != nil {
 		return fmt.Errorf("admin socket: %w", err)
 	}
 	// A socket left by a killed daemon would make Listen fail, so a stale
@@ -39,46 +40,17 @@ func (d *Daemon) serveAdmin(ctx context.Context, path string) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("admin socket: %w", err)
 	}
-	ln, err := listenPrivate(path)
+	ln, err := listenPrivate(path, mode)
 	if err != nil {
 		return fmt.Errorf("admin socket: %w", err)
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(d.Status())
-	})
-	// GET /ready: what /readyz answers, for `gatehouse status --ready`
-	// (keepalived's track_script): on this socket only root or the
-	// daemon's user can answer, where any local user could bind the
-	// metrics port of a daemon that died.
-	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
-		if why := d.NotReady(); len(why) > 0 {
-			http.Error(w, "not ready: "+strings.Join(why, "; "), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ready")
-	})
-	// POST /feeds/refresh?feed=NAME…: fetch now, wait, answer the outcome
-	// of each (gatehouse feed refresh).
-	mux.HandleFunc("POST /feeds/refresh", func(w http.ResponseWriter, r *http.Request) {
-		out, err := d.RefreshFeeds(r.Context(), r.URL.Query()["feed"])
-		switch {
-		case errors.Is(err, rules.ErrUnknownFeed), errors.Is(err, ErrNoFeeds):
-			http.Error(w, err.Error(), http.StatusNotFound)
-			return
-		case err != nil && r.Context().Err() != nil:
-			return // the client went away; the rounds complete without it
-		case err != nil:
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(out)
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: d.adminMux(), ReadHeaderTimeout: 5 * time.Second,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if pc, ok := c.(*credConn); ok {
+				return withCred(ctx, pc.cred)
+			}
+			return ctx
+		}}
 	go func() {
 		<-ctx.Done()
 		srv.Close()
@@ -91,10 +63,10 @@ func (d *Daemon) serveAdmin(ctx context.Context, path string) error {
 	return nil
 }
 
-// listenPrivate binds a unix socket at path with mode 0600 without a moment
-// of wider permissions: bound in a fresh 0700 directory beside path,
+// listenPrivate binds a unix socket at path with mode without a moment of
+// wider permissions: bound in a fresh 0700 directory beside path,
 // chmod, then renamed into place.
-func listenPrivate(path string) (*net.UnixListener, error) {
+func listenPrivate(path string, mode os.FileMode) (*net.UnixListener, error) {
 	dir, err := os.MkdirTemp(filepath.Dir(path), ".admin-")
 	if err != nil {
 		return nil, err
@@ -107,7 +79,7 @@ func listenPrivate(path string) (*net.UnixListener, error) {
 	}
 	// The name changes below; serveAdmin removes the socket itself.
 	ln.SetUnlinkOnClose(false)
-	if err := os.Chmod(tmp, 0o600); err != nil {
+	if err := os.Chmod(tmp, mode); err != nil {
 		ln.Close()
 		return nil, err
 	}
@@ -118,9 +90,9 @@ func listenPrivate(path string) (*net.UnixListener, error) {
 	return ln, nil
 }
 
-// peerListener accepts connections from root and from the daemon's own
-// user only, by the peer's credentials; others are closed and logged (at
-// most once a minute).
+// peerListener accepts connections with the peer's credentials, which
+// authorise each request; a connection whose credentials cannot be read
+// is closed and logged (at most once a minute).
 type peerListener struct {
 	*net.UnixListener
 	log *slog.Logger
@@ -129,15 +101,21 @@ type peerListener struct {
 	logged time.Time
 }
 
+// credConn is a unix connection and its peer's credentials.
+type credConn struct {
+	*net.UnixConn
+	cred peerCred
+}
+
 func (l *peerListener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.AcceptUnix()
 		if err != nil {
 			return nil, err
 		}
-		uid, pid, err := peerOf(c)
-		if err == nil && (uid == 0 || uid == uint32(os.Geteuid())) {
-			return c, nil
+		cred, err := peerOf(c)
+		if err == nil {
+			return &credConn{UnixConn: c, cred: cred}, nil
 		}
 		c.Close()
 		l.mu.Lock()
@@ -147,23 +125,23 @@ func (l *peerListener) Accept() (net.Conn, error) {
 		}
 		l.mu.Unlock()
 		if !quiet {
-			l.log.Warn("admin socket: connection refused: only root may use it", "uid", uid, "pid", pid, "err", err)
+			l.log.Warn("admin socket: connection refused: peer credentials unreadable", "err", err)
 		}
 	}
 }
 
-func peerOf(c *net.UnixConn) (uid uint32, pid int32, err error) {
+func peerOf(c *net.UnixConn) (peerCred, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
-		return 0, 0, err
+		return peerCred{}, err
 	}
 	var cred *unix.Ucred
 	var cerr error
 	if err := raw.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil {
-		return 0, 0, err
+		return peerCred{}, err
 	}
 	if cerr != nil {
-		return 0, 0, cerr
+		return peerCred{}, cerr
 	}
-	return cred.Uid, cred.Pid, nil
+	return peerCred{uid: cred.Uid, gid: cred.Gid, pid: cred.Pid}, nil
 }

@@ -36,6 +36,7 @@ type layer struct {
 	notReady   func() string                             // see Health
 	warnings   []string                                  // see Warner
 	pool       *worker.Pool                              // the proxy workers (enforcement.privsep)
+	sessions   SessionCutter                             // see SessionHolder
 }
 
 var (
@@ -48,7 +49,10 @@ var (
 	_ HeldSet       = (*layer)(nil)
 	_ Health        = (*layer)(nil)
 	_ Warner        = (*layer)(nil)
+	_ SessionHolder = (*layer)(nil)
 )
+
+func (l *layer) Sessions() SessionCutter { return l.sessions }
 
 func (l *layer) RangeBlind() bool             { return l.rangeBlind }
 func (l *layer) Name() string                 { return l.name }
@@ -181,6 +185,13 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 		if err := register(env, "nftables", ne); err != nil {
 			return comps, err
 		}
+		if env.Config.Fleet.Enabled() {
+			l, err := buildFleet(env, ne)
+			if err != nil {
+				return comps, fmt.Errorf("fleet: %w", err)
+			}
+			comps = append(comps, l)
+		}
 	}
 
 	if privsep {
@@ -213,7 +224,7 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 	if err != nil {
 		return appendLayer(comps, role), fmt.Errorf("proxy: %w", err)
 	}
-	comps = append(comps, &layer{name: "proxy", rangeBlind: true, apply: px.Apply, close: px.Close, shutdown: px.Shutdown})
+	comps = append(comps, &layer{name: "proxy", rangeBlind: true, apply: px.Apply, close: px.Close, shutdown: px.Shutdown, sessions: px})
 	if err := register(env, "proxy", px); err != nil {
 		return appendLayer(comps, role), err
 	}

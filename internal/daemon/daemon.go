@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/gatehouse-dmz/gatehouse/announce"
+	"github.com/gatehouse-dmz/gatehouse/internal/admin"
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/rules"
@@ -150,7 +151,11 @@ type Daemon struct {
 	feedRestart chan struct{}
 	cfg         atomic.Pointer[config.Config]
 	running     atomic.Bool // the first generation is in force, and not stopping
-	split       atomic.Bool // see errSplit
+	// stopping is set at SIGTERM, before the withdrawal: from then on the
+	// node is not ready, so a VRRP peer tracking readiness takes the VIP
+	// while this node still serves for bgp.drain.withdraw_wait.
+	stopping atomic.Bool
+	split    atomic.Bool // see errSplit
 	// hold says which kernel layers keep a previous run's admitted ranges
 	// (see holdPrevious); it changes under mu.
 	hold atomic.Pointer[holdState]
@@ -162,6 +167,11 @@ type Daemon struct {
 	gen     uint64
 	started time.Time
 	bgp     *announce.Speaker // nil: bgp off
+	// The admin API's grants (swapped by reload), audit log (open while
+	// Run runs) and the access log's recent lines.
+	access atomic.Pointer[admin.Rules]
+	audit  atomic.Pointer[admin.Audit]
+	ring   *admin.Ring
 }
 
 // New loads the configuration and compiles the first policy. It starts
@@ -195,7 +205,18 @@ func New(opts Options) (*Daemon, error) {
 	}
 	d.useFeeds(fs, sets)
 	d.cfg.Store(cfg)
-	comps, err := opts.Build(&Env{Config: cfg, Policy: p, Logger: opts.Logger, Registry: d.reg, AccessLog: opts.AccessLog,
+	rules, err := admin.Compile(cfg.Access, uint32(os.Geteuid()))
+	if err != nil {
+		return nil, err
+	}
+	d.access.Store(rules)
+	// The access log is teed into memory for the admin API's tail.
+	d.ring = admin.NewRing(accessRingLines)
+	access := slog.New(d.ring.Tee(slog.DiscardHandler))
+	if opts.AccessLog != nil {
+		access = slog.New(d.ring.Tee(opts.AccessLog.Handler()))
+	}
+	comps, err := opts.Build(&Env{Config: cfg, Policy: p, Logger: opts.Logger, Registry: d.reg, AccessLog: access,
 		AllowPrivateBPFFS: opts.AllowPrivateBPFFS, Worker: opts.Worker})
 	if err != nil {
 		return nil, fmt.Errorf("build components: %w", err)
@@ -251,6 +272,17 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("metrics listener: %w", err)
 	}
 	srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 5 * time.Second}
+	// The admin API is audited or not served.
+	if err := d.openAudit(cfg); err != nil {
+		ln.Close()
+		return err
+	}
+	defer d.closeAudit()
+	adminLn, err := d.listenAdminHTTPS(cfg.Access.HTTPS)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 
 	d.holdPrevious(d.current.Load())
 	d.m.observeHold(d.hold.Load(), d.kernelLayers())
@@ -263,6 +295,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	if err != nil {
 		ln.Close()
+		if adminLn != nil {
+			adminLn.Close()
+		}
 		return err
 	}
 	d.running.Store(true)
@@ -303,7 +338,10 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	g.Go(func() error { return d.runFeeds(gctx) })
 	g.Go(func() error { return d.runBGP(gctx) })
 	if sock := cfg.AdminSocket; sock != "" {
-		g.Go(func() error { return d.serveAdmin(gctx, sock) })
+		g.Go(func() error { return d.serveAdmin(gctx, sock, cfg.Access.UnixGrantsNonRoot()) })
+	}
+	if adminLn != nil {
+		g.Go(func() error { return d.serveAdminHTTPS(gctx, adminLn) })
 	}
 	if every := watchdogInterval(d.opts.WatchdogUSec, d.opts.WatchdogPID, os.Getpid()); every > 0 {
 		g.Go(func() error {
@@ -340,6 +378,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	g.Go(func() error {
 		<-gctx.Done()
 		_ = sd.notify("STOPPING=1")
+		d.stopping.Store(true)
 		// Withdraw first and keep serving while the routers move flows
 		// away; only then stop being ready and drain.
 		bgpErr := d.stopBGP()

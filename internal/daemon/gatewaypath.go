@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/certs"
+	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 	"github.com/gatehouse-dmz/gatehouse/tunnel"
@@ -53,7 +54,7 @@ func (p *gatewayPath) serve(ctx context.Context, nc net.Conn, peer certs.Peer, p
 		}
 		alpn = st.NegotiatedProtocol
 	}
-	st, err := p.gw.Open(&tunnel.Header{Tenant: peer.Tenant, FingerprintSHA256: peer.FingerprintSHA256, Source: peer.Source,
+	st, err := p.gw.Open(&tunnel.Header{Tenant: peer.Tenant, Environment: peer.Environment, FingerprintSHA256: peer.FingerprintSHA256, Source: peer.Source,
 		Listener: peer.Listener, Protocol: string(proto), ServerName: peer.ServerName, ALPN: alpn, Chain: chain})
 	if err != nil {
 		p.refuse(nc, peer, proto, err, true)
@@ -141,4 +142,28 @@ func (p *gatewayPath) refuse(nc net.Conn, peer certs.Peer, proto policy.Protocol
 	if cw, ok := nc.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}
+}
+
+// tunnelRoutes are a gateway's listeners as status shows them: a
+// listener routes nothing itself, so each tenant with connectors is a
+// route down its tunnels, with how many are up (up, by tenant).
+func tunnelRoutes(p *policy.Policy, cfg *config.Config, up []TunnelStatus) []ListenerRoute {
+	if cfg.Role() != config.RoleGateway {
+		return nil
+	}
+	n := map[string]int{}
+	for _, t := range up {
+		n[t.Peer] = t.Up
+	}
+	var out []ListenerRoute
+	for _, l := range p.Listeners {
+		if !l.Tunnel {
+			continue
+		}
+		for _, c := range cfg.Gateway.Connectors {
+			out = append(out, ListenerRoute{Listener: l.Name, Listen: l.ListenAddress(), Protocol: string(l.Protocol), Tenant: c.Tenant,
+				Backends: []string{fmt.Sprintf("tunnel: %s's connectors (%d up)", c.Tenant, n[c.Tenant])}})
+		}
+	}
+	return out
 }

@@ -15,6 +15,9 @@ type metrics struct {
 	generation   prometheus.Gauge
 	layerHeld    *prometheus.GaugeVec
 	heldPrefixes *prometheus.GaugeVec
+	// The admin API: requests by action and result, audit lines lost.
+	adminRequests *prometheus.CounterVec
+	auditErrors   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -50,7 +53,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	m.heldPrefixes.WithLabelValues("ipv4")
 	m.heldPrefixes.WithLabelValues("ipv6")
-	reg.MustRegister(m.reloads, m.applySeconds, m.admitted, m.generation, m.layerHeld, m.heldPrefixes)
+	m.adminRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gatehouse_admin_requests_total",
+		Help: "Admin API requests by action and result (ok, refused, error).",
+	}, []string{"action", "result"})
+	m.auditErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "gatehouse_admin_audit_errors_total",
+		Help: "Admin requests whose audit log line could not be written (the log says why).",
+	})
+	reg.MustRegister(m.reloads, m.applySeconds, m.admitted, m.generation, m.layerHeld, m.heldPrefixes, m.adminRequests, m.auditErrors)
 	return m
 }
 

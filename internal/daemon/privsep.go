@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -24,9 +25,9 @@ type WorkerOptions struct {
 	Exe string
 	// LogFormat and LogLevel are the workers' (text or json; debug … error).
 	LogFormat, LogLevel string
-	// Stdout receives the workers' access log, Stderr their log; nil
-	// means the enforcer's own standard output and error.
-	Stdout, Stderr io.Writer
+	// Stderr receives the workers' log; nil means the enforcer's own
+	// standard error. Their access log is relayed to Env.AccessLog.
+	Stderr io.Writer
 	// Env is the workers' environment (nil: empty).
 	Env []string
 }
@@ -98,8 +99,9 @@ func buildWorkers(env *Env) (*layer, *worker.Pool, error) {
 	if o.Exe == "" {
 		o.Exe = "/proc/self/exe"
 	}
-	if o.Stdout == nil {
-		o.Stdout = os.Stdout
+	access := env.AccessLog
+	if access == nil {
+		access = slog.New(slog.DiscardHandler)
 	}
 	if o.Stderr == nil {
 		o.Stderr = os.Stderr
@@ -107,13 +109,13 @@ func buildWorkers(env *Env) (*layer, *worker.Pool, error) {
 	n := cfg.Enforcement.WorkerCount(runtime.NumCPU())
 	pool, err := worker.NewPool(worker.PoolConfig{Exe: o.Exe, Args: []string{"worker"}, Env: o.Env, Workers: n, UID: uid, GID: gid,
 		ReadOnly: ro, ReadWrite: []string{tickets}, LogFormat: o.LogFormat, LogLevel: o.LogLevel, Logger: env.Logger,
-		Stdout: o.Stdout, Stderr: o.Stderr})
+		Stdout: worker.NewAccessRelay(access, env.Logger), Stderr: o.Stderr})
 	if err != nil {
 		return nil, nil, err
 	}
 	env.Logger.Info("privilege separation: the proxies run in worker processes without capabilities",
 		"component", "workers", "workers", n, "user", cfg.Enforcement.WorkerUser, "uid", uid, "gid", gid)
-	return &layer{name: "proxy", rangeBlind: true, apply: pool.Apply, close: pool.Close, shutdown: pool.Shutdown}, pool, nil
+	return &layer{name: "proxy", rangeBlind: true, apply: pool.Apply, close: pool.Close, shutdown: pool.Shutdown, sessions: pool}, pool, nil
 }
 
 // ownedDir makes dir (and its parents) exist and gives dir and the files

@@ -77,6 +77,9 @@ func (d *Daemon) heldLayers() []string {
 // backed by a verified release, and every layer is fit (an XDP filter
 // detached behind the daemon's back and not put back is not).
 func (d *Daemon) NotReady() []string {
+	if d.stopping.Load() {
+		return []string{"stopping: a stop was asked for (SIGTERM); withdrawn from BGP, draining"}
+	}
 	if !d.running.Load() {
 		return []string{"no policy in force (starting or stopping)"}
 	}

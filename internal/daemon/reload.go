@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/admin"
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/rules"
@@ -20,6 +22,10 @@ func (d *Daemon) Reload() error {
 	defer d.mu.Unlock()
 	cfg, fs, sets, p, err := d.prepareReload()
 	var pl plan
+	var access *admin.Rules
+	if err == nil {
+		access, err = admin.Compile(cfg.Access, uint32(os.Geteuid()))
+	}
 	if err == nil {
 		err = d.refuseWhileHeldAsIs(p)
 	}
@@ -37,6 +43,7 @@ func (d *Daemon) Reload() error {
 		return err
 	}
 	d.cfg.Store(cfg)
+	d.access.Store(access)
 	if fs != nil {
 		d.useFeeds(fs, sets)
 		d.restartFeeds()
@@ -100,8 +107,8 @@ func keepsFeeds(old, next *feedState) error {
 
 // needsRestart refuses a reload that changes what is wired at start: where
 // XDP is attached and pinned, whether nftables is used, where state,
-// metrics and the admin socket live, the gateway or connector role and
-// BGP. Those keys take a restart, which the kernel layers survive.
+// metrics and the admin socket live, the gateway or connector role, BGP
+// and the fleet's block sharing. Those keys take a restart, which the kernel layers survive.
 func needsRestart(old, next *config.Config) error {
 	var changed []string
 	check := func(key string, a, b any) {
@@ -116,6 +123,10 @@ func needsRestart(old, next *config.Config) error {
 	check("state_dir", old.StateDir, next.StateDir)
 	check("metrics.listen", old.Metrics.Listen, next.Metrics.Listen)
 	check("admin_socket", old.AdminSocket, next.AdminSocket)
+	check("access.audit_log", old.Access.AuditLog, next.Access.AuditLog)
+	check("access.https", old.Access.HTTPS, next.Access.HTTPS)
+	// The socket's mode follows the grants at start.
+	check("access.grants (whether a non-root user or a group is granted)", old.Access.UnixGrantsNonRoot(), next.Access.UnixGrantsNonRoot())
 	// The role and its tunnels are wired at start; the files they name
 	// (CAs, CRLs, certificates) are watched and reloaded on their own.
 	if !reflect.DeepEqual(old.Gateway, next.Gateway) {
@@ -126,6 +137,9 @@ func needsRestart(old, next *config.Config) error {
 	}
 	if !reflect.DeepEqual(old.BGP, next.BGP) {
 		changed = append(changed, "bgp")
+	}
+	if !reflect.DeepEqual(old.Fleet, next.Fleet) {
+		changed = append(changed, "fleet")
 	}
 	if len(changed) > 0 {
 		return fmt.Errorf("%w: %s", ErrNeedsRestart, strings.Join(changed, ", "))

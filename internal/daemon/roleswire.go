@@ -30,12 +30,8 @@ func buildGateway(env *Env) (*layer, *gatewayPath, error) {
 		trust.Close()
 		return nil, nil, err
 	}
-	var tenants []string
-	for _, c := range g.Connectors {
-		tenants = append(tenants, c.Tenant)
-	}
 	gw, err := tunnel.NewGateway(tunnel.GatewayConfig{
-		Logger: env.Logger, Listen: g.Listen, TLS: tc, Tenants: tenants,
+		Logger: env.Logger, Listen: g.Listen, TLS: tc, Tenants: g.ConnectorKeys(),
 		Identify: func(cs tls.ConnectionState) (string, error) {
 			id, err := trust.Identify(cs)
 			return id.Tenant, err
@@ -107,10 +103,14 @@ func buildConnector(env *Env, px *proxy.Server) (*layer, error) {
 	if err != nil {
 		return nil, err
 	}
+	creds := newConnectorCreds(env.Config, c, env.Logger)
 	l := &layer{name: "tunnel", rangeBlind: true,
-		apply:    setProtos, // after the proxy's: its listeners are in force
+		apply: func(p *policy.Policy) error {
+			creds.reload()      // a bad file keeps the old credentials, and says so
+			return setProtos(p) // after the proxy's: its listeners are in force
+		},
 		close:    c.Close,
-		run:      c.Run,
+		run:      runBoth(c.Run, creds.watch),
 		shutdown: c.Shutdown,
 		notReady: func() string {
 			if len(c.Up()) == 0 {
@@ -130,6 +130,7 @@ func buildConnector(env *Env, px *proxy.Server) (*layer, error) {
 // never the connector's detail (CRL files, serials), which its log has.
 func refusal(err error) error {
 	var reason string
+	busy := false // lack of room: the gateway tries another connector
 	switch {
 	case err == nil:
 		return nil
@@ -139,24 +140,24 @@ func refusal(err error) error {
 			reason = "client certificate refused by the connector (" + string(r) + ")"
 		}
 	case errors.Is(err, proxy.ErrListenerFull):
-		reason = "the connector's listener is full"
+		reason, busy = "the connector's listener is full", true
 	case errors.Is(err, proxy.ErrNoListener):
 		reason = "the connector has no such listener"
 	case errors.Is(err, proxy.ErrClosed):
-		reason = "the connector is shutting down"
+		reason, busy = "the connector is shutting down", true
 	case errors.Is(err, relay.ErrDescriptors):
-		reason = "the connector is out of file descriptors"
+		reason, busy = "the connector is out of file descriptors", true
 	default:
 		return err
 	}
-	return &tunnel.RefusedError{Reason: reason, Err: err}
+	return &tunnel.RefusedError{Reason: reason, Err: err, Busy: busy}
 }
 
 // streamPeer is the original client as the stream's header names it; the
 // proxy identifies its certificate again before it serves anything.
 func streamPeer(conn *tunnel.Conn) certs.Peer {
 	h := conn.Header()
-	p := certs.Peer{Tenant: h.Tenant, FingerprintSHA256: h.FingerprintSHA256, Listener: h.Listener, Source: h.Source, ServerName: h.ServerName}
+	p := certs.Peer{Tenant: h.Tenant, Environment: h.Environment, FingerprintSHA256: h.FingerprintSHA256, Listener: h.Listener, Source: h.Source, ServerName: h.ServerName}
 	if cs := conn.ConnectionState(); len(cs.PeerCertificates) > 0 {
 		p.Subject = cs.PeerCertificates[0].Subject.String()
 		p.NotAfter = cs.PeerCertificates[0].NotAfter

@@ -74,23 +74,34 @@ type AdmittedCount struct {
 	V6     int    `json:"v6"`
 }
 
-// TenantStatus is one tenant and its live sessions.
+// TenantStatus is one tenant and its live sessions, in all and per
+// environment (the one implicit "default" of a tenant without any).
 type TenantStatus struct {
-	ID       string `json:"id"`
+	ID           string              `json:"id"`
+	Sessions     int                 `json:"sessions"`
+	Environments []EnvironmentStatus `json:"environments"`
+}
+
+// EnvironmentStatus is one environment of a tenant and its live sessions.
+type EnvironmentStatus struct {
+	Name     string `json:"name"`
 	Sessions int    `json:"sessions"`
 }
 
 // ListenerRoute is one route of one listener, as status shows the
 // generation in force and check the configuration (Routes).
 type ListenerRoute struct {
-	Listener string   `json:"listener"`
-	Listen   string   `json:"listen"`
-	Protocol string   `json:"protocol"`
-	StartTLS bool     `json:"start_tls,omitempty"`
-	Tenant   string   `json:"tenant"`
-	Host     string   `json:"host,omitempty"`
-	Path     string   `json:"path,omitempty"`
-	Backends []string `json:"backends"` // every backend, in order
+	Listener string `json:"listener"`
+	Listen   string `json:"listen"`
+	Protocol string `json:"protocol"`
+	StartTLS bool   `json:"start_tls,omitempty"`
+	Tenant   string `json:"tenant"`
+	// Environment is the tenant's environment the route serves, empty
+	// for a tenant without environments.
+	Environment string   `json:"environment,omitempty"`
+	Host        string   `json:"host,omitempty"`
+	Path        string   `json:"path,omitempty"`
+	Backends    []string `json:"backends"` // every backend, in order
 }
 
 // Routes lists every route of every listener of p, in order.
@@ -103,7 +114,7 @@ func Routes(p *policy.Policy) []ListenerRoute {
 				backends = []string{r.Backend}
 			}
 			out = append(out, ListenerRoute{Listener: l.Name, Listen: l.ListenAddress(), Protocol: string(l.Protocol),
-				StartTLS: l.StartTLS, Tenant: r.Tenant, Host: r.Host, Path: r.Path, Backends: slices.Clone(backends)})
+				StartTLS: l.StartTLS, Tenant: r.Tenant, Environment: r.Environment, Host: r.Host, Path: r.Path, Backends: slices.Clone(backends)})
 		}
 	}
 	return out
@@ -120,6 +131,9 @@ type CertExpiry struct {
 type Counter struct {
 	Name  string  `json:"name"`
 	Value float64 `json:"value"`
+	// The series' tenant and environment, "" for a global one: what the
+	// admin API filters a tenant principal's view by.
+	tenant, env string
 }
 
 // Status reports the generation in force.
@@ -155,8 +169,8 @@ func (d *Daemon) Status() Status {
 	st.Admitted = append(st.Admitted, AdmittedCount{Source: "in force (aggregated)", V4: len(p.Admitted.V4), V6: len(p.Admitted.V6)})
 	st.Listeners = Routes(p)
 
-	mfs, _ := d.gatherer().Gather() // partial results are still worth showing
-	sessions := map[string]int{}
+	mfs, _ := d.gatherer().Gather()        // partial results are still worth showing
+	sessions := map[policy.TenantEnv]int{} // live connections per tenant and environment
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {
 			lbl := labels(m)
@@ -169,7 +183,7 @@ func (d *Daemon) Status() Status {
 			case "gatehouse_tunnels_up":
 				st.Tunnels = append(st.Tunnels, TunnelStatus{Peer: lbl["peer"], Up: int(v)})
 			case "gatehouse_proxy_connections_active":
-				sessions[lbl["tenant"]] += int(v)
+				sessions[policy.MakeTenantEnv(lbl["tenant"], lbl["environment"])] += int(v)
 			case "gatehouse_cert_expiry_timestamp_seconds":
 				st.Certs = append(st.Certs, CertExpiry{Kind: lbl["kind"], Name: lbl["name"], Expires: time.Unix(int64(v), 0)})
 			case "gatehouse_config_reloads_total":
@@ -181,13 +195,19 @@ func (d *Daemon) Status() Status {
 				"gatehouse_xdp_blocked_sources", "gatehouse_nft_blocked_sources",
 				"gatehouse_tunnel_streams_total", "gatehouse_tunnel_reconnects_total", "gatehouse_tunnel_handshakes_total":
 				if v > 0 {
-					st.Counters = append(st.Counters, Counter{Name: seriesName(mf.GetName(), lbl), Value: v})
+					st.Counters = append(st.Counters, Counter{Name: seriesName(mf.GetName(), lbl), Value: v, tenant: lbl["tenant"], env: envOf(lbl)})
 				}
 			}
 		}
 	}
 	for _, t := range p.Tenants {
-		st.Tenants = append(st.Tenants, TenantStatus{ID: t.ID, Sessions: sessions[t.ID]})
+		ts := TenantStatus{ID: t.ID}
+		for _, e := range t.EnvironmentNames() {
+			n := sessions[policy.MakeTenantEnv(t.ID, e)]
+			ts.Sessions += n
+			ts.Environments = append(ts.Environments, EnvironmentStatus{Name: e, Sessions: n})
+		}
+		st.Tenants = append(st.Tenants, ts)
 	}
 	for _, c := range d.components {
 		if rl, ok := c.(RefusalLister); ok {
@@ -197,6 +217,7 @@ func (d *Daemon) Status() Status {
 	sort.Slice(st.Certs, func(i, j int) bool { return st.Certs[i].Expires.Before(st.Certs[j].Expires) })
 	sort.Slice(st.Counters, func(i, j int) bool { return st.Counters[i].Name < st.Counters[j].Name })
 	sort.Slice(st.Tunnels, func(i, j int) bool { return st.Tunnels[i].Peer < st.Tunnels[j].Peer })
+	st.Listeners = append(st.Listeners, tunnelRoutes(p, d.cfg.Load(), st.Tunnels)...)
 	return st
 }
 

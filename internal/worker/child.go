@@ -143,6 +143,16 @@ func (w *child) serve() error {
 		case MsgRevalidate:
 			closeFDs(fds)
 			reply = Result{Closed: w.px.Revalidate()}
+		case MsgCut:
+			closeFDs(fds)
+			var cut Cut
+			if err := decode(f, &cut); err != nil {
+				reply = Result{Error: err.Error()}
+			} else if cut.Drain {
+				reply = Result{Closed: w.px.Drain(cut.Tenant, cut.Env, time.Duration(cut.GraceMS)*time.Millisecond)}
+			} else {
+				reply = Result{Closed: w.px.Kill(cut.Tenant, cut.Env)}
+			}
 		case MsgDrain:
 			closeFDs(fds)
 			var d Drain

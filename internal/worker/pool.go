@@ -255,7 +255,7 @@ func under(path string, roots []string) bool {
 }
 
 // Files lists every file a policy makes the proxies read: certificates,
-// keys, CAs, intermediates and CRLs.
+// keys, CAs, intermediates, CRLs and the fleet's session-ticket keys.
 func Files(p *policy.Policy) []string {
 	var out []string
 	add := func(fs ...string) {
@@ -265,6 +265,7 @@ func Files(p *policy.Policy) []string {
 			}
 		}
 	}
+	add(p.TLS.TicketKeys)
 	for _, t := range p.Tenants {
 		add(t.ClientCA, t.Intermediates, t.CRL)
 	}

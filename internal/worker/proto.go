@@ -34,6 +34,7 @@ const (
 	MsgPolicy     = "policy"     // enforcer → worker: Policy, with new listener sockets as SCM_RIGHTS
 	MsgDrain      = "drain"      // enforcer → worker: Drain
 	MsgRevalidate = "revalidate" // enforcer → worker: re-check every live session (a revocation cut)
+	MsgCut        = "cut"        // enforcer → worker: Cut, kill or drain one tenant's (and environment's) sessions
 	MsgStatus     = "status"     // both ways: request empty, answer Status
 	MsgMetrics    = "metrics"    // both ways: request empty, answer Metrics
 	MsgResult     = "result"     // worker → enforcer: Result of policy, drain, revalidate
@@ -78,10 +79,19 @@ type Drain struct {
 	GraceMS int64 `json:"grace_ms"`
 }
 
-// Result answers policy, drain and revalidate.
+// Cut ends the sessions of a tenant (all of them: "") and environment
+// (all: ""): at once, or by drain within GraceMS.
+type Cut struct {
+	Tenant  string `json:"tenant"`
+	Env     string `json:"environment"`
+	Drain   bool   `json:"drain,omitempty"`
+	GraceMS int64  `json:"grace_ms,omitempty"`
+}
+
+// Result answers policy, drain, revalidate and cut.
 type Result struct {
 	Error  string `json:"error,omitempty"`
-	Closed int    `json:"closed,omitempty"` // revalidate: sessions ended
+	Closed int    `json:"closed,omitempty"` // revalidate and cut: sessions ended or draining
 }
 
 // Status is a worker's own account.

@@ -158,6 +158,42 @@ func (pl *Pool) Revalidate() (int, error) {
 	return n, errors.Join(errs...)
 }
 
+// Kill ends at once every session of tenant and env ("": all) in every
+// worker, and returns how many.
+func (pl *Pool) Kill(tenant, env string) int {
+	return pl.cut(Cut{Tenant: tenant, Env: env})
+}
+
+// Drain lets the sessions of tenant and env finish within grace in every
+// worker, and returns how many there were.
+func (pl *Pool) Drain(tenant, env string, grace time.Duration) int {
+	return pl.cut(Cut{Tenant: tenant, Env: env, Drain: true, GraceMS: grace.Milliseconds()})
+}
+
+func (pl *Pool) cut(c Cut) int {
+	prs, _ := pl.procs()
+	n := 0
+	for i, pr := range prs {
+		if pr == nil {
+			continue
+		}
+		f, err := pr.request(MsgCut, c, pl.cfg.Timeout)
+		var r Result
+		if err == nil {
+			err = decode(f, &r)
+		}
+		if err == nil && r.Error != "" {
+			err = errors.New(r.Error)
+		}
+		if err != nil {
+			pl.log.Error("worker could not cut sessions", "worker", i, "tenant", c.Tenant, "environment", c.Env, "err", err)
+			continue
+		}
+		n += r.Closed
+	}
+	return n
+}
+
 // Shutdown drains every worker until ctx ends.
 func (pl *Pool) Shutdown(ctx context.Context) error {
 	prs, _ := pl.procs()

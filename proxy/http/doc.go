@@ -82,8 +82,9 @@
 // access log names the backend (index, -1 none) and the attempts.
 //
 // To the backend: X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host,
-// X-Gatehouse-Tenant, X-Client-Cert-Fingerprint, X-Client-Cert-Subject and
-// X-Gatehouse-Request-Id are always set by the proxy; whatever the client
+// X-Gatehouse-Tenant, X-Gatehouse-Environment, X-Client-Cert-Fingerprint,
+// X-Client-Cert-Subject and X-Gatehouse-Request-Id are always set by the
+// proxy; whatever the client
 // sent under those names, or as Forwarded / X-Real-IP, is dropped. A header
 // name with anything but letters, digits and '-' ("X_Gatehouse_Tenant",
 // "X.Tenant") is dropped too, as nginx does, since CGI-style backends fold

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -72,10 +71,11 @@ type Handler struct {
 	soap     bool
 	limits   requestLimits // the listener's own, resolved over the defaults
 	base     *tenantLimits
-	tenants  map[string]*tenantLimits // tenants whose limits differ from base
-	byTenant map[string][]*route
+	tenants  map[string]*tenantLimits      // tenants whose limits differ from base
+	byTenant map[policy.TenantEnv][]*route // by the (tenant, environment) they serve
 	inFlight *InFlight
 	metrics  *Metrics
+	series   map[policy.TenantEnv]*series // its routes' (tenant, environment)s and "-"; read-only
 	access   *slog.Logger
 	logger   *slog.Logger
 	fds      *relay.Descriptors
@@ -102,7 +102,7 @@ func New(cfg Config) (*Handler, error) {
 		limits:   base.withPolicy(l.Limits.HTTP),
 		base:     resolveLimits(base, l.Limits),
 		tenants:  map[string]*tenantLimits{},
-		byTenant: map[string][]*route{},
+		byTenant: map[policy.TenantEnv][]*route{},
 		inFlight: cfg.InFlight,
 		metrics:  cfg.Metrics,
 		access:   cfg.AccessLog,
@@ -128,10 +128,17 @@ func New(cfg Config) (*Handler, error) {
 			return nil, fmt.Errorf("listener %q route %d: %w", l.Name, i, err)
 		}
 		rt.key = pr.Key(l.Name, l.Protocol)
-		h.byTenant[rt.tenant] = append(h.byTenant[rt.tenant], rt)
+		h.byTenant[pr.Env()] = append(h.byTenant[pr.Env()], rt)
 	}
 	if cfg.Previous != nil {
 		h.inherit(cfg.Previous)
+	}
+	if h.metrics != nil {
+		none := policy.TenantEnv{Tenant: "-", Environment: "-"}
+		h.series = map[policy.TenantEnv]*series{none: h.metrics.series(h.listener, none)}
+		for who := range h.byTenant {
+			h.series[who] = h.metrics.series(h.listener, who)
+		}
 	}
 	for _, rts := range h.byTenant {
 		// Most specific first: longest prefix, then a named host before "any".
@@ -261,15 +268,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		label = rt.label
 	}
 	d := time.Since(start)
-	tenant := cmp.Or(peer.Tenant, "-")
-	if h.metrics != nil {
-		h.metrics.requests.WithLabelValues(h.listener, tenant, strconv.Itoa(status)).Inc()
-		h.metrics.duration.WithLabelValues(h.listener, tenant).Observe(d.Seconds())
+	who := policy.TenantEnv{Tenant: "-", Environment: "-"}
+	if peer.Tenant != "" {
+		who = peer.Env()
 	}
+	h.count(who, status, d)
 	attrs := []slog.Attr{
 		slog.String("id", st.id),
 		slog.String("listener", h.listener),
-		slog.String("tenant", tenant),
+		slog.String("tenant", who.Tenant),
+		slog.String("environment", who.Environment),
 		slog.String("fingerprint", peer.FingerprintSHA256),
 		slog.String("source", peer.Source.String()),
 		slog.String("proto", r.Proto),
@@ -320,7 +328,7 @@ func (h *Handler) serve(w *statusWriter, r *http.Request, st *requestState, auth
 	if host == "" {
 		host = policy.NormHost(st.peer.ServerName)
 	}
-	rt := h.match(st.peer.Tenant, host, p)
+	rt := h.match(st.peer.Env(), host, p)
 	if rt == nil {
 		refuse(w, http.StatusForbidden, "forbidden: no route")
 		return nil

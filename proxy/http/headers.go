@@ -16,10 +16,33 @@ var identityHeaders = []string{
 	"x-original-forwarded-for", "x-original-url", "x-rewrite-url",
 }
 
+// isIdentityHeader runs on every header field of every request, so it
+// compares in place (any case, '_' as '-') rather than building a folded
+// copy of the name.
 func isIdentityHeader(name string) bool {
-	n := strings.ToLower(strings.ReplaceAll(name, "_", "-"))
-	return slices.Contains(identityHeaders, n) || strings.HasPrefix(n, "x-forwarded-") ||
-		strings.HasPrefix(n, "x-gatehouse-") || strings.HasPrefix(n, "x-client-cert")
+	return slices.ContainsFunc(identityHeaders, func(id string) bool { return len(name) == len(id) && foldedPrefix(name, id) }) ||
+		foldedPrefix(name, "x-forwarded-") || foldedPrefix(name, "x-gatehouse-") || foldedPrefix(name, "x-client-cert")
+}
+
+// foldedPrefix reports whether name starts with prefix, a lower-case name
+// with '-', when name is read in lower case with '_' as '-'.
+func foldedPrefix(name, prefix string) bool {
+	if len(name) < len(prefix) {
+		return false
+	}
+	for i := range len(prefix) {
+		c := name[i]
+		switch {
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		case c == '_':
+			c = '-'
+		}
+		if c != prefix[i] {
+			return false
+		}
+	}
+	return true
 }
 
 func (rt *route) rewrite(pr *httputil.ProxyRequest) {
@@ -51,6 +74,7 @@ func (rt *route) rewrite(pr *httputil.ProxyRequest) {
 		hdr.Set("X-Forwarded-Host", headerSafe(pr.In.Host))
 	}
 	hdr.Set("X-Gatehouse-Tenant", st.peer.Tenant)
+	hdr.Set("X-Gatehouse-Environment", st.peer.Env().Environment)
 	hdr.Set("X-Client-Cert-Fingerprint", st.peer.FingerprintSHA256)
 	hdr.Set("X-Client-Cert-Subject", headerSafe(st.peer.Subject))
 	// The access log's id, so the backend's logs can be matched with ours.

@@ -31,8 +31,11 @@ func FuzzTenantIsolation(f *testing.F) {
 		if got := r.Header.Values("X-Client-Cert-Fingerprint"); len(got) != 1 || got[0] != "gg" {
 			bad.Store("fingerprint header " + strings.Join(got, ","))
 		}
+		if got := r.Header.Values("X-Gatehouse-Environment"); len(got) != 1 || got[0] != "default" {
+			bad.Store("environment header " + strings.Join(got, ","))
+		}
 		for k := range r.Header {
-			if n := strings.ToLower(strings.ReplaceAll(k, "_", "-")); strings.HasPrefix(n, "x-gatehouse-") && k != "X-Gatehouse-Tenant" && k != "X-Gatehouse-Request-Id" {
+			if n := strings.ToLower(strings.ReplaceAll(k, "_", "-")); strings.HasPrefix(n, "x-gatehouse-") && k != "X-Gatehouse-Tenant" && k != "X-Gatehouse-Environment" && k != "X-Gatehouse-Request-Id" {
 				bad.Store("extra identity header " + k)
 			}
 		}
@@ -51,6 +54,7 @@ func FuzzTenantIsolation(f *testing.F) {
 	f.Add("POST", "", "/g/../admin", "X_Gatehouse_Tenant", "acme")
 	f.Add("GET", "ACME.example.", "/g%2f..%2fadmin", "Forwarded", "host=acme.example")
 	f.Add("GET", "x", "/g/x", "x-client-cert-fingerprint", "aa")
+	f.Add("GET", "x", "/g/x", "X-Gatehouse-Environment", "production")
 	f.Add("CONNECT", "acme.example:443", "/admin", "Host", "acme.example")
 	f.Fuzz(func(t *testing.T, method, host, path, hk, hv string) {
 		u, err := url.Parse(path)

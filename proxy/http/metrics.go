@@ -3,9 +3,12 @@ package httpproxy
 import (
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
 // Metrics are the HTTP and SOAP series of every listener. One Metrics is
@@ -31,8 +34,8 @@ func NewMetrics() *Metrics {
 	return &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatehouse_http_requests_total",
-			Help: "HTTP requests answered, by listener, tenant and status code.",
-		}, []string{"listener", "tenant", "code"}),
+			Help: "HTTP requests answered, by listener, tenant, environment and status code.",
+		}, []string{"listener", "tenant", "environment", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "gatehouse_http_request_duration_seconds",
 			Help:    "Time from request headers to the end of the response, by listener and tenant.",
@@ -66,7 +69,8 @@ func (m *Metrics) add(h *Handler) {
 	if !h.soap {
 		return
 	}
-	for tenant := range h.byTenant {
+	for te := range h.byTenant {
+		tenant := te.Tenant
 		if m.soapTenants[tenant] {
 			continue
 		}
@@ -98,8 +102,8 @@ func (m *Metrics) Prune() {
 	routed := map[string]bool{}
 	for h := range m.live {
 		if h.soap {
-			for tenant := range h.byTenant {
-				routed[tenant] = true
+			for te := range h.byTenant {
+				routed[te.Tenant] = true
 			}
 		}
 	}
@@ -158,4 +162,66 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
+}
+
+// series are one listener's request series of one tenant's environment, looked up in the
+// vectors once per handler generation instead of at every request: a
+// vector lookup hashes the label values and formats the code. Each child
+// is looked up at its first request, so no series appears before one.
+type series struct {
+	m        *Metrics
+	listener string
+	tenant   string
+	env      string
+	duration atomic.Pointer[prometheus.Observer]
+	// codes holds the counter of each status 100..599 once it was
+	// answered; other codes (a backend may send up to 999) are looked up.
+	codes [500]atomic.Pointer[prometheus.Counter]
+}
+
+func (m *Metrics) series(listener string, who policy.TenantEnv) *series {
+	return &series{m: m, listener: listener, tenant: who.Tenant, env: who.Environment}
+}
+
+// observe counts one answered request.
+func (s *series) observe(status int, d time.Duration) {
+	o := s.duration.Load()
+	if o == nil {
+		oo := s.m.duration.WithLabelValues(s.listener, s.tenant)
+		s.duration.Store(&oo)
+		o = &oo
+	}
+	(*o).Observe(d.Seconds())
+	if status < 100 || status >= 100+len(s.codes) {
+		s.m.requests.WithLabelValues(s.listener, s.tenant, s.env, strconv.Itoa(status)).Inc()
+		return
+	}
+	p := &s.codes[status-100]
+	c := p.Load()
+	if c == nil {
+		cc := s.m.requests.WithLabelValues(s.listener, s.tenant, s.env, strconv.Itoa(status))
+		p.Store(&cc)
+		c = &cc
+	}
+	(*c).Inc()
+}
+
+// count records one answered request of who's.
+func (h *Handler) count(who policy.TenantEnv, status int, d time.Duration) {
+	if s := h.seriesOf(who); s != nil {
+		s.observe(status, d)
+	}
+}
+
+// seriesOf returns the series of who's requests on h; nil without
+// metrics. The (tenant, environment)s routed on the listener (and "-", no
+// tenant) were looked up when h was built; another's are looked up now.
+func (h *Handler) seriesOf(who policy.TenantEnv) *series {
+	if h.metrics == nil {
+		return nil
+	}
+	if s := h.series[who]; s != nil {
+		return s
+	}
+	return h.metrics.series(h.listener, who)
 }

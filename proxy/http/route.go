@@ -185,11 +185,11 @@ func (h *Handler) inherit(prev *Handler) {
 	}
 }
 
-// match returns the tenant's most specific route for host and path. The
-// tenant comes from the certificate; nothing in the request can select
-// another tenant's routes.
-func (h *Handler) match(tenant, host, p string) *route {
-	for _, rt := range h.byTenant[tenant] {
+// match returns the most specific route of the (tenant, environment) for
+// host and path. Both come from the certificate; nothing in the request
+// can select another tenant's or environment's routes.
+func (h *Handler) match(te policy.TenantEnv, host, p string) *route {
+	for _, rt := range h.byTenant[te] {
 		if rt.host != "" && rt.host != host {
 			continue
 		}

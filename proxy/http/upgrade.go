@@ -39,9 +39,10 @@ func WithUpgradeHook(ctx context.Context, hook UpgradeHook) context.Context {
 	return context.WithValue(ctx, upgradeHookKey{}, hook)
 }
 
-// HasRoute reports whether tenant has the route of key on this generation.
-func (h *Handler) HasRoute(tenant, key string) bool {
-	for _, rt := range h.byTenant[tenant] {
+// HasRoute reports whether the (tenant, environment) has the route of
+// key on this generation.
+func (h *Handler) HasRoute(te policy.TenantEnv, key string) bool {
+	for _, rt := range h.byTenant[te] {
 		if rt.key == key {
 			return true
 		}

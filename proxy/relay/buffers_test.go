@@ -25,3 +25,30 @@ func TestBuffers(t *testing.T) {
 		}
 	}
 }
+
+// TestReadBuffer: a direction reads into its small buffer, borrows a
+// pooled one while reads fill what it has, and gives it back at the first
+// short read.
+func TestReadBuffer(t *testing.T) {
+	var b ReadBuffer
+	defer b.Release()
+	if n := len(b.Next()); n != SmallBufferSize {
+		t.Fatalf("first read into %d bytes, want the small %d", n, SmallBufferSize)
+	}
+	b.Done(100)
+	if n := len(b.Next()); n != SmallBufferSize {
+		t.Fatalf("after a short read: %d bytes, want the small %d", n, SmallBufferSize)
+	}
+	b.Done(SmallBufferSize)
+	if n := len(b.Next()); n != BufferSize {
+		t.Fatalf("after a full small read: %d bytes, want the pooled %d", n, BufferSize)
+	}
+	b.Done(BufferSize / 2) // a full TLS record: bulk goes on
+	if n := len(b.Next()); n != BufferSize {
+		t.Fatalf("during bulk: %d bytes, want the pooled %d", n, BufferSize)
+	}
+	b.Done(10)
+	if b.large != nil || len(b.Next()) != SmallBufferSize {
+		t.Fatal("a short read did not give the pooled buffer back")
+	}
+}

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -189,12 +191,13 @@ func Pipe(a, b net.Conn) (aToB, bToA int64, err error) {
 // timeout sees the traffic; t may be nil. t's end function should close a
 // and b, which ends the copy.
 func PipeTimed(a, b net.Conn, t *Timer) (aToB, bToA int64, err error) {
-	var wg sync.WaitGroup
+	// One direction runs in the caller's goroutine, whose stack exists
+	// anyway: an idle session costs one goroutine fewer.
 	var errAB, errBA error
-	wg.Add(2)
-	go func() { defer wg.Done(); aToB, errAB = halfCopy(b, a, t) }()
-	go func() { defer wg.Done(); bToA, errBA = halfCopy(a, b, t) }()
-	wg.Wait()
+	done := make(chan struct{})
+	go func() { defer close(done); aToB, errAB = halfCopy(b, a, t) }()
+	bToA, errBA = halfCopy(a, b, t)
+	<-done
 	a.Close()
 	b.Close()
 	return aToB, bToA, errors.Join(quiet(errAB), quiet(errBA))
@@ -204,13 +207,13 @@ func PipeTimed(a, b net.Conn, t *Timer) (aToB, bToA int64, err error) {
 // closed, or the copy failed, both ends are closed so the other direction
 // ends too.
 func halfCopy(dst, src net.Conn, t *Timer) (int64, error) {
-	buf := Buffers.Get()
-	defer Buffers.Put(buf)
-	var r io.Reader = readerOnly{src}
-	if t != nil {
-		r = touchReader{src, t}
+	var n int64
+	var err error
+	if rc := socketOf(src); rc != nil {
+		n, err = copySocket(dst, rc, t)
+	} else {
+		n, err = copyConn(dst, src, t)
 	}
-	n, err := io.CopyBuffer(writerOnly{dst}, r, buf)
 	if err == nil {
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
 			return n, nil
@@ -221,18 +224,100 @@ func halfCopy(dst, src net.Conn, t *Timer) (int64, error) {
 	return n, err
 }
 
-// touchReader tells a Timer of every read that brought bytes.
-type touchReader struct {
-	r io.Reader
-	t *Timer
+// copyConn copies from any connection (a TLS one) into a ReadBuffer, so
+// a direction that waits for its peer holds only a small buffer (TLS
+// keeps its own record buffer below it anyway).
+func copyConn(dst, src net.Conn, t *Timer) (written int64, err error) {
+	var rb ReadBuffer
+	defer rb.Release()
+	for {
+		buf := rb.Next()
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if err := write(dst, buf[:n], &written, t); err != nil {
+				return written, err
+			}
+		}
+		rb.Done(n)
+		if rerr == io.EOF {
+			return written, nil
+		}
+		if rerr != nil {
+			return written, rerr
+		}
+	}
 }
 
-func (r touchReader) Read(p []byte) (int, error) {
-	n, err := r.r.Read(p)
-	if n > 0 {
-		r.t.Touch()
+// copySocket copies from a plain TCP socket without holding a buffer
+// while it waits: it waits for the socket to be readable, and only then
+// takes a pooled buffer, reads what is there in one system call (as many
+// as a read of the connection would make), writes it on and gives the
+// buffer back. A backend that sends nothing costs its session no buffer.
+func copySocket(dst net.Conn, src syscall.RawConn, t *Timer) (written int64, err error) {
+	for {
+		var buf []byte
+		var n int
+		var rerr error
+		err := src.Read(func(fd uintptr) bool {
+			buf = Buffers.Get()
+			for {
+				n, rerr = syscall.Read(int(fd), buf)
+				if rerr != syscall.EINTR {
+					break
+				}
+			}
+			if rerr == syscall.EAGAIN {
+				Buffers.Put(buf)
+				return false // wait until readable, then call again
+			}
+			return true
+		})
+		if err != nil {
+			return written, err
+		}
+		if rerr != nil {
+			Buffers.Put(buf)
+			return written, os.NewSyscallError("read", rerr)
+		}
+		if n == 0 {
+			Buffers.Put(buf)
+			return written, nil // end of stream
+		}
+		err = write(dst, buf[:n], &written, t)
+		Buffers.Put(buf)
+		if err != nil {
+			return written, err
+		}
 	}
-	return n, err
+}
+
+// write writes b to dst after a read that brought it, touching t.
+func write(dst net.Conn, b []byte, written *int64, t *Timer) error {
+	if t != nil {
+		t.Touch()
+	}
+	w, err := dst.Write(b)
+	*written += int64(w)
+	if err == nil && w != len(b) {
+		err = io.ErrShortWrite
+	}
+	return err
+}
+
+// socketOf returns the socket of a plain TCP connection (as Dialer and
+// DialBackend make them), nil for anything else.
+func socketOf(c net.Conn) syscall.RawConn {
+	switch v := c.(type) {
+	case *heldConn:
+		return socketOf(v.Conn)
+	case *net.TCPConn:
+		rc, err := v.SyscallConn()
+		if err != nil {
+			return nil
+		}
+		return rc
+	}
+	return nil
 }
 
 // quiet drops the errors every relay ends with.
@@ -242,8 +327,3 @@ func quiet(err error) error {
 	}
 	return err
 }
-
-// readerOnly and writerOnly hide ReadFrom/WriteTo so io.CopyBuffer really
-// uses the pooled buffer instead of allocating its own.
-type readerOnly struct{ io.Reader }
-type writerOnly struct{ io.Writer }

@@ -95,7 +95,7 @@ type Admit func(cs tls.ConnectionState) (certs.Peer, error)
 type Handler struct {
 	listener  string
 	proto     policy.Protocol
-	routes    map[string]*route
+	routes    map[policy.TenantEnv]*route
 	handshake time.Duration
 	limits    func(tenant string) policy.TelnetLimits
 	bounds    bounds
@@ -155,15 +155,15 @@ func New(cfg Config) (*Handler, error) {
 // closing it.
 func (h *Handler) Serve(ctx context.Context, client net.Conn, peer certs.Peer) error {
 	defer client.Close()
-	rt := h.routes[peer.Tenant]
+	rt := h.routes[peer.Env()]
 	if rt == nil {
-		h.sessions.count(h.listener, peer.Tenant, ResultNoRoute)
-		h.logger.Info("telnet session refused: no route", "tenant", peer.Tenant, "source", peer.Source.String())
-		return fmt.Errorf("tenant %q: %w", peer.Tenant, ErrNoRoute)
+		h.sessions.count(h.listener, peer.Env(), ResultNoRoute)
+		h.logger.Info("telnet session refused: no route", "tenant", peer.Tenant, "environment", peer.Environment, "source", peer.Source.String())
+		return fmt.Errorf("%s: %w", peer.Env(), ErrNoRoute)
 	}
 	lim, ok := h.sessions.acquire(h, peer.Tenant)
 	if !ok {
-		h.sessions.count(h.listener, peer.Tenant, ResultLimit)
+		h.sessions.count(h.listener, peer.Env(), ResultLimit)
 		h.logger.Warn("telnet session refused: tenant at its session limit", "tenant", peer.Tenant,
 			"source", peer.Source.String(), "limit", lim.MaxSessionsPerTenant)
 		return fmt.Errorf("tenant %q: %w", peer.Tenant, ErrSessionLimit)
@@ -173,13 +173,13 @@ func (h *Handler) Serve(ctx context.Context, client net.Conn, peer certs.Peer) e
 	start := time.Now()
 	host, err := relay.DialBackend(ctx, h.fds, rt.backend, rt.tls, h.bounds.dialTimeout)
 	if errors.Is(err, relay.ErrDescriptors) {
-		h.sessions.count(h.listener, peer.Tenant, ResultLimit)
+		h.sessions.count(h.listener, peer.Env(), ResultLimit)
 		h.logger.Warn("telnet session refused: the process is within its descriptor reserve", "tenant", peer.Tenant,
 			"source", peer.Source.String())
 		return err
 	}
 	if err != nil {
-		h.sessions.count(h.listener, peer.Tenant, ResultBackend)
+		h.sessions.count(h.listener, peer.Env(), ResultBackend)
 		h.logger.Warn("telnet host unreachable", "tenant", peer.Tenant, "backend", rt.backend, "err", err)
 		return fmt.Errorf("dial host %s: %w", rt.backend, err)
 	}
@@ -195,14 +195,14 @@ func (h *Handler) Serve(ctx context.Context, client net.Conn, peer certs.Peer) e
 	})
 	h.sessions.track(s)
 	defer h.sessions.untrack(s)
-	h.slog.Info("telnet session started", "listener", h.listener, "tenant", peer.Tenant,
+	h.slog.Info("telnet session started", "listener", h.listener, "tenant", peer.Tenant, "environment", peer.Environment,
 		"fingerprint", peer.FingerprintSHA256, "source", peer.Source.String(), "backend", rt.backend)
 	err = s.run(ctx)
 	s.mu.Lock()
 	lu, dev, tt := s.lu, s.dev, s.ttype
 	s.mu.Unlock()
-	h.sessions.count(h.listener, peer.Tenant, s.result)
-	h.slog.Info("telnet session ended", "listener", h.listener, "tenant", peer.Tenant,
+	h.sessions.count(h.listener, peer.Env(), s.result)
+	h.slog.Info("telnet session ended", "listener", h.listener, "tenant", peer.Tenant, "environment", peer.Environment,
 		"fingerprint", peer.FingerprintSHA256, "source", peer.Source.String(),
 		"lu", lu, "device", dev, "terminal_type", tt,
 		"bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),

@@ -163,7 +163,7 @@ func TestLimits(t *testing.T) {
 		if err := waitErr(t, ch); !errors.Is(err, ErrIdle) {
 			t.Fatalf("err %v, want idle", err)
 		}
-		if v := testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", ResultTimeout)); v != 1 {
+		if v := testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", "default", ResultTimeout)); v != 1 {
 			t.Fatalf("timeout count %v", v)
 		}
 	})
@@ -194,7 +194,7 @@ func TestLimits(t *testing.T) {
 		if err := waitErr(t, ch); !errors.Is(err, ErrTooManyNego) {
 			t.Fatalf("err %v", err)
 		}
-		if v := testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", ResultLimit)); v != 1 {
+		if v := testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", "default", ResultLimit)); v != 1 {
 			t.Fatalf("limit count %v", v)
 		}
 	})
@@ -255,7 +255,7 @@ func TestLimits(t *testing.T) {
 		if err := rg.h.Serve(context.Background(), srv, testPeer()); err == nil {
 			t.Fatal("no error")
 		}
-		if v := testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", ResultBackend)); v != 1 {
+		if v := testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", "default", ResultBackend)); v != 1 {
 			t.Fatalf("backend count %v", v)
 		}
 	})

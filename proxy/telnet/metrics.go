@@ -29,6 +29,21 @@ var Results = []string{ResultOK, ResultRefused, ResultNoRoute, ResultLimit, Resu
 // proved (results protocol and refused).
 const UnknownTenant = "unknown"
 
+// unknownEnv labels them in gatehouse_telnet_sessions_total, tenant and
+// environment alike.
+var unknownEnv = policy.TenantEnv{Tenant: UnknownTenant, Environment: UnknownTenant}
+
+// SeriesKey is a listener and a (tenant, environment) with series of
+// gatehouse_telnet_sessions_total.
+type SeriesKey struct {
+	Listener string
+	Env      policy.TenantEnv
+}
+
+// UnknownSeries is the key of a START_TLS listener's sessions that ended
+// before a tenant was proved.
+func UnknownSeries(listener string) SeriesKey { return SeriesKey{listener, unknownEnv} }
+
 // Sessions counts terminal sessions per listener and tenant, enforces the
 // per-tenant session cap, knows the open sessions (to give them new limits
 // on a reload) and exports gatehouse_telnet_sessions_total. One Sessions
@@ -42,7 +57,7 @@ type Sessions struct {
 	// listener (Rearm); a handler of an older generation starts its
 	// sessions with them, not with its own.
 	limits map[string]func(tenant string) policy.TelnetLimits
-	series map[[2]string]bool // listener and tenant pairs with series
+	series map[SeriesKey]bool // listener and (tenant, environment) pairs with series
 	total  *prometheus.CounterVec
 }
 
@@ -53,11 +68,11 @@ func NewSessions() *Sessions {
 	return &Sessions{
 		open:   map[*session]struct{}{},
 		limits: map[string]func(string) policy.TelnetLimits{},
-		series: map[[2]string]bool{},
+		series: map[SeriesKey]bool{},
 		total: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatehouse_telnet_sessions_total",
 			Help: "Terminal sessions by how they ended (ok, refused, no_route, limit, timeout, protocol, backend, shutdown).",
-		}, []string{"listener", "tenant", "result"}),
+		}, []string{"listener", "tenant", "environment", "result"}),
 	}
 }
 
@@ -99,11 +114,11 @@ func (s *Sessions) release(listener, tenant string) {
 	s.active.Release([2]string{listener, tenant})
 }
 
-func (s *Sessions) count(listener, tenant, result string) {
+func (s *Sessions) count(listener string, te policy.TenantEnv, result string) {
 	s.mu.Lock()
-	s.series[[2]string{listener, tenant}] = true
+	s.series[SeriesKey{listener, te}] = true
 	s.mu.Unlock()
-	s.total.WithLabelValues(listener, tenant, result).Inc()
+	s.total.WithLabelValues(listener, te.Tenant, te.Environment, result).Inc()
 }
 
 // track registers a started session for Rearm and gives its timer the
@@ -148,22 +163,22 @@ func (s *Sessions) Rearm(listener string, limits func(tenant string) policy.Teln
 // those of pairs no longer wanted. A pair not wanted appears again if a
 // session of it (one of a route a reload removed, say) ends later; the
 // next Series call removes it.
-func (s *Sessions) Series(want map[[2]string]bool) {
+func (s *Sessions) Series(want map[SeriesKey]bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for k := range s.series {
 		if !want[k] {
-			s.total.DeletePartialMatch(prometheus.Labels{"listener": k[0], "tenant": k[1]})
+			s.total.DeletePartialMatch(prometheus.Labels{"listener": k.Listener, "tenant": k.Env.Tenant, "environment": k.Env.Environment})
 			delete(s.series, k)
 		}
 	}
 	for k := range want {
 		results := Results
-		if k[1] == UnknownTenant {
+		if k.Env == unknownEnv {
 			results = []string{ResultProtocol, ResultRefused}
 		}
 		for _, r := range results {
-			s.total.WithLabelValues(k[0], k[1], r)
+			s.total.WithLabelValues(k.Listener, k.Env.Tenant, k.Env.Environment, r)
 		}
 		s.series[k] = true
 	}

@@ -89,7 +89,7 @@ func replay(t *testing.T, tr transcript) {
 	case <-time.After(stepTimeout):
 		t.Fatal("session did not end after the client closed")
 	}
-	if got := testutil.ToFloat64(ss.total.WithLabelValues("mf", "acme", tr.result)); got != 1 {
+	if got := testutil.ToFloat64(ss.total.WithLabelValues("mf", "acme", "default", tr.result)); got != 1 {
 		t.Errorf("sessions_total{result=%q} = %v, want 1", tr.result, got)
 	}
 	if n := ss.Active("mf", "acme"); n != 0 {
@@ -109,7 +109,7 @@ func offline(t testing.TB, tr transcript, cut func(off int) bool) (toClient, toH
 	if herr != nil {
 		t.Fatal(herr)
 	}
-	s := newSession(h, h.routes["acme"], testPeer(), nil, nil, time.Now())
+	s := newSession(h, h.routes[rt.Env()], testPeer(), nil, nil, time.Now())
 	dirs := map[string]*direction{
 		"client": {s: s, fromClient: true},
 		"host":   {s: s},

@@ -28,10 +28,10 @@ type route struct {
 }
 
 // buildRoutes compiles the routes of a listener of proto that
-// policy.CheckListeners passed: one per tenant, with the settings of the
+// policy.CheckListeners passed: one per (tenant, environment), with the settings of the
 // listener's protocol only.
-func buildRoutes(listener string, proto policy.Protocol, rs []policy.Route) (map[string]*route, error) {
-	routes := map[string]*route{}
+func buildRoutes(listener string, proto policy.Protocol, rs []policy.Route) (map[policy.TenantEnv]*route, error) {
+	routes := map[policy.TenantEnv]*route{}
 	for i, r := range rs {
 		tc, err := certs.StreamBackendTLS(r)
 		if err != nil {
@@ -49,7 +49,7 @@ func buildRoutes(listener string, proto policy.Protocol, rs []policy.Route) (map
 		if proto == policy.ProtoTNVIP {
 			rt.termDefault = vipDefault
 		}
-		routes[r.Tenant] = rt
+		routes[r.Env()] = rt
 	}
 	return routes, nil
 }

@@ -170,8 +170,8 @@ func TestS3270(t *testing.T) {
 	em.do(t, fmt.Sprintf("Connect(L:OTHERLU1@localhost:%d)", port))
 	em.do(t, "Wait(3,3270Mode)")
 	deadline := time.Now().Add(stepTimeout)
-	for testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", ResultRefused)) != 1 ||
-		testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", ResultOK)) != 1 {
+	for testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", "default", ResultRefused)) != 1 ||
+		testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", "default", ResultOK)) != 1 {
 		if time.Now().After(deadline) {
 			t.Fatal("want one session ended ok and the foreign LU refused")
 		}
@@ -364,7 +364,7 @@ func TestS3270TN3270E(t *testing.T) {
 		t.Fatal("a foreign LU got the host's screen")
 	}
 	deadline := time.Now().Add(stepTimeout)
-	for testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", ResultRefused)) < 1 {
+	for testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", "default", ResultRefused)) < 1 {
 		if time.Now().After(deadline) {
 			t.Fatalf("foreign LU was not refused; session log:\n%s", rg.log)
 		}

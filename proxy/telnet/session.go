@@ -15,10 +15,11 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/proxy/relay"
 )
 
-// readSize is each direction's read buffer. Reads of a TLS connection are
-// served from its decrypted record, so a small buffer costs calls, not
-// copies, and keeps an idle session cheap.
-const readSize = 4 << 10
+// readSize is each direction's own read buffer (relay.ReadBuffer's small
+// one). Reads of a TLS connection are served from its decrypted record,
+// so a small buffer costs calls, not copies, and keeps an idle session
+// cheap.
+const readSize = relay.SmallBufferSize
 
 // outPool holds the buffers a direction assembles its output in; they are
 // only held between a read and the write that follows it.
@@ -119,22 +120,14 @@ func (s *session) pump(fromClient bool) {
 		srcMu, dstMu = &s.clientMu, &s.hostMu
 	}
 	d := &direction{s: s, fromClient: fromClient, p: Parser{MaxSub: s.h.bounds.maxSub}}
-	small := make([]byte, readSize)
-	// A read that fills the small buffer means a bulk transfer: borrow a
-	// large one until reads get short again, so bulk moves in few writes
-	// and an idle session keeps only the small one (the large one is the
-	// relay's pooled copy buffer: a full TLS record and then some).
-	var large []byte
-	defer func() {
-		if large != nil {
-			relay.Buffers.Put(large)
-		}
-	}()
+	// A read that fills the small buffer means a bulk transfer: the
+	// ReadBuffer borrows the relay's pooled one until reads get short
+	// again, so bulk moves in few writes and an idle session keeps only
+	// the small one.
+	var rb relay.ReadBuffer
+	defer rb.Release()
 	for {
-		buf := small
-		if large != nil {
-			buf = large
-		}
+		buf := rb.Next()
 		n, err := src.Read(buf)
 		if n > 0 {
 			if s.timer != nil {
@@ -170,14 +163,7 @@ func (s *session) pump(fromClient bool) {
 				return
 			}
 		}
-		// Only now is buf done with.
-		switch {
-		case large == nil && n == len(small):
-			large = relay.Buffers.Get()
-		case large != nil && n < readSize:
-			relay.Buffers.Put(large)
-			large = nil
-		}
+		rb.Done(n) // only now is buf done with
 		if err != nil {
 			s.closed(fromClient, err)
 			return

@@ -28,13 +28,13 @@ func (h *Handler) ServeStartTLS(ctx context.Context, raw net.Conn, tc *tls.Confi
 		if ctx.Err() != nil {
 			return fmt.Errorf("start_tls ended by the caller: %w", context.Cause(ctx))
 		}
-		h.sessions.count(h.listener, UnknownTenant, ResultProtocol)
+		h.sessions.count(h.listener, unknownEnv, ResultProtocol)
 		return err
 	}
 	peer, err := admit(tconn.ConnectionState())
 	if err != nil {
 		if ctx.Err() == nil {
-			h.sessions.count(h.listener, UnknownTenant, ResultRefused)
+			h.sessions.count(h.listener, unknownEnv, ResultRefused)
 		}
 		return fmt.Errorf("%w: %w", ErrNotAdmitted, err)
 	}

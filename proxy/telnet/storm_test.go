@@ -105,7 +105,7 @@ func TestNegotiationStorm(t *testing.T) {
 		if n := <-seen; n > StormBurst+StormRate*20 {
 			t.Errorf("the host saw %d negotiations of the storm", n)
 		}
-		if v := testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", ResultLimit)); v != 1 {
+		if v := testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", "default", ResultLimit)); v != 1 {
 			t.Errorf("limit count %v", v)
 		}
 		lines := strings.Split(strings.TrimSpace(rg.log.String()), "\n")
@@ -257,13 +257,13 @@ func TestS3270EnvironAndKeepalives(t *testing.T) {
 	}
 	em.do(t, "Disconnect()")
 	deadline := time.Now().Add(stepTimeout)
-	for testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", ResultOK)) != 1 {
+	for testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", "default", ResultOK)) != 1 {
 		if time.Now().After(deadline) {
 			t.Fatalf("session did not end ok; log:\n%s", rg.log)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if v := testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", ResultLimit)); v != 0 {
+	if v := testutil.ToFloat64(rg.ss.total.WithLabelValues("mf", "acme", "default", ResultLimit)); v != 0 {
 		t.Errorf("a real terminal hit a limit (%v)", v)
 	}
 }

@@ -33,7 +33,7 @@ func TestVIPRoutesRefuseOtherProtocolsKeys(t *testing.T) {
 	if err != nil {
 		t.Fatalf("plain tnvip route: %v", err)
 	}
-	if rt := h.routes["a"]; rt == nil || !rt.termAllowed("VIP7801") || rt.termAllowed("VT100") {
+	if rt := h.routes[plain.Env()]; rt == nil || !rt.termAllowed("VIP7801") || rt.termAllowed("VT100") {
 		t.Errorf("a tnvip route without terminal_types must allow the VIP models alone")
 	}
 }

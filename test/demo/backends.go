@@ -3,6 +3,8 @@ package main
 import (
 	"github.com/gatehouse-dmz/gatehouse/test/tn3270host"
 
+	"bufio"
+	"context"
 	"crypto/tls"
 	"errors"
 	"flag"
@@ -11,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,6 +32,7 @@ func runBackends(args []string) error {
 	tnAddr := fs.String("tn3270", "", "TN3270 host address (plain Telnet)")
 	certFile := fs.String("cert", "", "HTTPS backend certificate")
 	keyFile := fs.String("key", "", "HTTPS backend key")
+	name := fs.String("name", "", "the node's name, added to each HTTPS answer (--ha)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -63,6 +67,7 @@ func runBackends(args []string) error {
 	go func() { errc <- soapSrv.Serve(soapLn) }()
 	go func() { errc <- tn3270host.Serve(tnLn, os.Stderr) }()
 
+	nodeName = *name
 	fmt.Println("ready")
 	return <-errc
 }
@@ -72,9 +77,17 @@ func runBackends(args []string) error {
 // from the certificate and the client address is the cloud's.
 func serveOrders(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	fmt.Fprintf(w, "internal HTTPS backend: order service for tenant=%s client=%s path=%s\n",
-		r.Header.Get("X-Gatehouse-Tenant"), r.Header.Get("X-Forwarded-For"), r.URL.Path)
+	node := ""
+	if nodeName != "" {
+		node = " node=" + nodeName
+	}
+	fmt.Fprintf(w, "internal HTTPS backend: order service for tenant=%s client=%s path=%s%s\n",
+		r.Header.Get("X-Gatehouse-Tenant"), r.Header.Get("X-Forwarded-For"), r.URL.Path, node)
 }
+
+// nodeName is the --name of the backends: the gatehouse node in front of
+// them (--ha), or empty.
+var nodeName string
 
 // serveSOAP is the tenant's internal SOAP 1.1 service: it answers GetOrder.
 // gatehouse lets only allowed operations reach it.
@@ -177,4 +190,64 @@ func probe(addr string, timeout time.Duration) string {
 		return "dropped"
 	}
 	return "error: " + err.Error()
+}
+
+// startBackends runs this program's backends sub-command in the internal
+// namespace and waits for its "ready" line.
+func (d *demo) startBackends(ctx context.Context) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	c := d.command(context.Background(), "internal", self, subBackends,
+		"--https", httpsAddr, "--soap", soapAddr, "--tn3270", tn3270Addr,
+		"--cert", d.path("pki/backend.pem"), "--key", d.path("pki/backend.key"))
+	return d.startReadyLine(ctx, c, d.path("backends.log"))
+}
+
+// startReadyLine starts the backends command c with its standard error in
+// logPath, registers its stop, and waits for its "ready" line.
+func (d *demo) startReadyLine(ctx context.Context, c *exec.Cmd, logPath string) error {
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	defer logf.Close() // the child holds its own copy
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	c.Stdout, c.Stderr = pw, logf
+	err = c.Start()
+	pw.Close()
+	if err != nil {
+		pr.Close()
+		return err
+	}
+	exited := make(chan struct{})
+	go func() { _ = c.Wait(); close(exited) }()
+	d.onCleanup(func() { stopProcess(c, exited, 3*time.Second) })
+
+	// The child prints "ready" once all three listeners are bound, then
+	// nothing more on standard output.
+	ready := make(chan bool, 1)
+	go func() {
+		defer pr.Close()
+		line, _ := bufio.NewReader(pr).ReadString('\n')
+		ready <- strings.TrimSpace(line) == "ready"
+		_, _ = io.Copy(io.Discard, pr)
+	}()
+	select {
+	case ok := <-ready:
+		if ok {
+			return nil
+		}
+		<-exited
+		b, _ := os.ReadFile(logPath)
+		return fmt.Errorf("backends exited: %s", strings.TrimSpace(string(b)))
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(10 * time.Second):
+		return errors.New("backends not ready after 10s")
+	}
 }

@@ -23,6 +23,11 @@
 // ── internal (connector, HTTPS backend, SOAP service, TN3270 host). The
 // connector dials out; every session goes gateway → tunnel → connector.
 //
+// With --ha (`make demo-ha`) it builds a fleet instead (see ha.go): cloud
+// and intruder ── router (BIRD 2, ECMP) ── three gatehouse nodes that
+// announce the service address 203.0.113.100 over BGP while ready; one node
+// is killed and another drained while a curl loop goes on.
+//
 // The program owns everything it creates: namespaces with a random
 // "ghdemo-<id>-" prefix, a bpffs mounted under its temporary directory (the
 // daemon's enforcement.pin_dir), /etc/netns/<namespace>/hosts files for the

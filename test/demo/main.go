@@ -72,13 +72,16 @@ func run() int {
 		"gatehouse `PATH` (default: bin/gatehouse, else built with go build into the temporary directory)")
 	connector := fs.Bool("connector", false,
 		"build a site with no inbound port instead: the gateway on the cloud side, a firewall that lets nothing new in, the connector inside dialling out")
+	ha := fs.Bool("ha", false,
+		"build a fleet instead: three active gatehouse nodes announcing one service address over BGP to a BIRD router (ECMP); kill one, drain another, with a client in a loop")
 	keep := fs.Bool("keep-on-failure", false, "in --check mode, wait for Ctrl-C after a failed step instead of cleaning up at once")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: demo [--check] [--connector] [--gatehouse PATH]\n\n"+
+		fmt.Fprintf(fs.Output(), "usage: demo [--check] [--connector | --ha] [--gatehouse PATH]\n\n"+
 			"Builds a cloud, an intruder, a DMZ running gatehouse and an internal network in\n"+
 			"network namespaces, shows what gatehouse admits and refuses, and removes it all\n"+
 			"on Ctrl-C. With --connector: a cloud with the gateway, a firewall that lets no\n"+
-			"new connection in, and an internal network whose connector dials out. Needs root.\n\n")
+			"new connection in, and an internal network whose connector dials out. With --ha:\n"+
+			"three nodes behind a BGP ECMP router; one is killed, one drained. Needs root.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -88,7 +91,11 @@ func run() int {
 		return 2
 	}
 
-	if err := preflight(); err != nil {
+	if *connector && *ha {
+		fmt.Fprintln(os.Stderr, "demo: --connector and --ha are separate demos; choose one")
+		return 2
+	}
+	if err := preflight(*ha); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		return 1
 	}
@@ -97,7 +104,7 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	d := &demo{out: os.Stdout, check: *check, connector: *connector}
+	d := &demo{out: os.Stdout, check: *check, connector: *connector, ha: *ha}
 	defer d.cleanup()
 	defer func() {
 		// A panic must not leave namespaces and mounts behind.
@@ -110,6 +117,9 @@ func run() int {
 	setup, steps, status, handsOn := d.setup, d.runSteps, d.printStatus, d.printHandsOn
 	if d.connector {
 		setup, steps, status, handsOn = d.setupConnector, d.runConnectorSteps, d.printConnectorStatus, d.printConnectorHandsOn
+	}
+	if d.ha {
+		setup, steps, status, handsOn = d.setupHA, d.runHASteps, d.printHAStatus, d.printHAHandsOn
 	}
 	if err := setup(ctx, *bin); err != nil {
 		d.fail("setup", err)
@@ -138,14 +148,18 @@ func run() int {
 
 // preflight refuses to start without root or without a tool, naming the
 // Debian package to install, before anything is created.
-func preflight() error {
+func preflight(ha bool) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces, XDP, nftables, bpffs): run `sudo make demo`")
 	}
 	var missing []string
 	pkgs := map[string]bool{}
 	var install []string
-	for _, t := range tools {
+	need := tools
+	if ha {
+		need = append(need, tool{"bird", "bird2"}, tool{"birdc", "bird2"})
+	}
+	for _, t := range need {
 		if _, err := exec.LookPath(t.name); err != nil {
 			missing = append(missing, fmt.Sprintf("%s (Debian package %s)", t.name, t.pkg))
 			if !pkgs[t.pkg] {

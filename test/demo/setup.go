@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -65,6 +63,10 @@ type demo struct {
 	log      string        // daemon log file
 
 	connConfig, connLog string // --connector: the connector's configuration and log
+
+	ha       bool      // --ha: three nodes behind a BGP ECMP router
+	haNodes  []*haNode // --ha: the nodes, n1..n3
+	birdSock string    // --ha: BIRD's control socket
 
 	cleanups []func() // run in reverse order by cleanup
 
@@ -284,60 +286,6 @@ func (d *demo) mountBPFFS(ctx context.Context) error {
 		}
 	})
 	return nil
-}
-
-// startBackends runs this program's backends sub-command in the internal
-// namespace and waits for its "ready" line.
-func (d *demo) startBackends(ctx context.Context) error {
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	c := d.command(context.Background(), "internal", self, subBackends,
-		"--https", httpsAddr, "--soap", soapAddr, "--tn3270", tn3270Addr,
-		"--cert", d.path("pki/backend.pem"), "--key", d.path("pki/backend.key"))
-	logf, err := os.Create(d.path("backends.log"))
-	if err != nil {
-		return err
-	}
-	defer logf.Close() // the child holds its own copy
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return err
-	}
-	c.Stdout, c.Stderr = pw, logf
-	err = c.Start()
-	pw.Close()
-	if err != nil {
-		pr.Close()
-		return err
-	}
-	exited := make(chan struct{})
-	go func() { _ = c.Wait(); close(exited) }()
-	d.onCleanup(func() { stopProcess(c, exited, 3*time.Second) })
-
-	// The child prints "ready" once all three listeners are bound, then
-	// nothing more on standard output.
-	ready := make(chan bool, 1)
-	go func() {
-		defer pr.Close()
-		line, _ := bufio.NewReader(pr).ReadString('\n')
-		ready <- strings.TrimSpace(line) == "ready"
-		_, _ = io.Copy(io.Discard, pr)
-	}()
-	select {
-	case ok := <-ready:
-		if ok {
-			return nil
-		}
-		<-exited
-		b, _ := os.ReadFile(d.path("backends.log"))
-		return fmt.Errorf("backends exited: %s", strings.TrimSpace(string(b)))
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(10 * time.Second):
-		return errors.New("backends not ready after 10s")
-	}
 }
 
 // stopProcess sends SIGTERM to c's process (by PID), then SIGKILL after
