@@ -1,8 +1,13 @@
 package test
 
 import (
+	"bufio"
+	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -10,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
 	"github.com/gatehouse-dmz/gatehouse/internal/daemon"
@@ -162,5 +168,48 @@ listeners:
 				t.Errorf("%s with worker_user %s: %v, want a refusal naming %s:\n%s", cmd[0], user, err, want, out)
 			}
 		}
+	}
+}
+
+// TestPrivsepSessionCutsAndAccessTail: the admin API's session kill
+// reaches the sessions the workers hold, and the workers' access log lines
+// are in the daemon's access log tail.
+func TestPrivsepSessionCutsAndAccessTail(t *testing.T) {
+	d := startPrivsep(t, 2, "", nil, "")
+	c, err := tls.Dial("tcp", d.listen, &tls.Config{RootCAs: d.ca.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{d.client.TLS}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	fmt.Fprintf(c, "GET /live HTTP/1.1\r\nHost: localhost\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+
+	out, err := exec.Command(binary(t), "sessions", "kill", "tenant:acme", "-c", d.cfg).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "1 sessions closed") {
+		t.Fatalf("sessions kill: %v: %s\n%s", err, out, d.out.String())
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := br.ReadByte(); err == nil {
+		t.Fatal("the killed session is still open")
+	}
+
+	admin := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(filepath.Dir(d.cfg), "admin.sock"))
+		}}}
+	r, err := admin.Get("http://gatehouse/access-log?n=10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tail, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	if r.StatusCode != 200 || !strings.Contains(string(tail), `"tenant":"acme"`) || !strings.Contains(string(tail), `"status":200`) {
+		t.Fatalf("access log tail (%d) lacks the worker's line:\n%s", r.StatusCode, tail)
 	}
 }
