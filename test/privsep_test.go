@@ -13,7 +13,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -211,5 +213,55 @@ func TestPrivsepSessionCutsAndAccessTail(t *testing.T) {
 	r.Body.Close()
 	if r.StatusCode != 200 || !strings.Contains(string(tail), `"tenant":"acme"`) || !strings.Contains(string(tail), `"status":200`) {
 		t.Fatalf("access log tail (%d) lacks the worker's line:\n%s", r.StatusCode, tail)
+	}
+}
+
+// TestPrivsepReloadAddsListener: SIGHUP with a second listener binds its
+// sockets in the enforcer and passes them to every worker (SCM_RIGHTS),
+// which serve it; a reload naming a key outside the directories the
+// workers could read at start is refused and the old policy stays.
+func TestPrivsepReloadAddsListener(t *testing.T) {
+	d := startPrivsep(t, 2, "", nil, "")
+	cfg, err := os.ReadFile(d.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := testkit.FreeLoopbackAddr(t)
+	web := regexp.MustCompile(`(?s)  - \{name: web, listen: "[^"]*"(.*)`).FindStringSubmatch(string(cfg))
+	if web == nil {
+		t.Fatalf("no web listener in\n%s", cfg)
+	}
+	more := string(cfg) + `  - {name: web2, listen: "` + second + `"` + strings.TrimSuffix(web[1], "\n") + "\n"
+	if err := os.WriteFile(d.cfg, []byte(more), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor(t, "the reload", func() bool { return strings.Contains(d.out.String(), "configuration reloaded") })
+	for range 6 { // both workers' sockets, most likely
+		if body, err := tlsGet(t, second, d.ca, d.client); err != nil || body != "hello acme" {
+			t.Fatalf("GET on the added listener: %q, %v\n%s", body, err, d.out.String())
+		}
+	}
+	if body, err := tlsGet(t, d.listen, d.ca, d.client); err != nil || body != "hello acme" {
+		t.Fatalf("GET on the first listener: %q, %v", body, err)
+	}
+
+	// A key in a directory the workers were not given at start.
+	elsewhere := certstest.NewCA(t, "other").Server(t, "localhost")
+	readableByWorkers(t, elsewhere.CertFile, elsewhere.KeyFile)
+	moved := strings.Replace(more, "name: web2", "name: web3", 1)
+	moved = regexp.MustCompile(`(name: web3.*?server_cert: )\S+, server_key: \S+,`).
+		ReplaceAllString(moved, "${1}"+elsewhere.CertFile+", server_key: "+elsewhere.KeyFile+",")
+	if err := os.WriteFile(d.cfg, []byte(moved), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor(t, "the refusal", func() bool { return strings.Contains(d.out.String(), "the workers may only read below") })
+	if body, err := tlsGet(t, second, d.ca, d.client); err != nil || body != "hello acme" {
+		t.Fatalf("after the refused reload: %q, %v", body, err)
 	}
 }
