@@ -136,7 +136,10 @@ func TestPrivsepServesFromConfinedWorkers(t *testing.T) {
 	if st.Privsep == nil || !st.Privsep.On || len(st.Privsep.Workers) != 2 {
 		t.Fatalf("status privsep: %+v", st.Privsep)
 	}
-	t.Log(d.out.String())
+	out, err := exec.Command(binary(t), "status", "-c", d.cfg).Output()
+	if err != nil || !regexp.MustCompile(`privsep +on: 2 workers as nobody`).MatchString(string(out)) || !strings.Contains(string(out), `tls_handshakes_total{listener="web",result="ok",tenant="acme"}`) {
+		t.Errorf("gatehouse status: %v\n%s", err, out)
+	}
 	if !strings.Contains(d.out.String(), "worker confined") {
 		t.Fatalf("no worker start line:\n%s", d.out.String())
 	}
