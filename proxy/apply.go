@@ -60,7 +60,7 @@ func (s *Server) Apply(p *policy.Policy) error {
 		if _, ok := s.sockets[addr]; ok {
 			continue
 		}
-		ln, err := net.Listen("tcp", addr)
+		ln, err := s.bind(addr)
 		if err != nil {
 			for _, sk := range opened {
 				sk.ln.Close()
@@ -276,4 +276,12 @@ func (s *Server) rearm(states map[string]*listenerState) {
 // telnetLimits returns the terminal session limits of l's tenants.
 func telnetLimits(l policy.Listener) func(tenant string) policy.TelnetLimits {
 	return func(tenant string) policy.TelnetLimits { return l.ForTenant(tenant).Telnet }
+}
+
+// bind opens the listening socket of addr (see Config.Listen).
+func (s *Server) bind(addr string) (net.Listener, error) {
+	if s.listen != nil {
+		return s.listen(addr)
+	}
+	return net.Listen("tcp", addr)
 }

@@ -56,6 +56,10 @@ type Config struct {
 	// identified and admitted, they go to it instead of a protocol. It
 	// owns nc and returns when the session ended.
 	Handoff func(ctx context.Context, nc net.Conn, peer certs.Peer, proto policy.Protocol)
+	// Listen opens the listening socket of a listen address; nil binds it
+	// with net.Listen. A privilege-separated worker takes the sockets the
+	// enforcer bound for it.
+	Listen func(addr string) (net.Listener, error)
 }
 
 // Server owns every listener socket and every client connection.
@@ -64,6 +68,7 @@ type Server struct {
 	tlsSrc  TLSSource
 	access  *slog.Logger
 	handoff func(ctx context.Context, nc net.Conn, peer certs.Peer, proto policy.Protocol)
+	listen  func(addr string) (net.Listener, error)
 
 	mu      sync.Mutex // serialises Apply, Shutdown and Close
 	sockets map[string]*socket
@@ -128,6 +133,7 @@ func New(cfg Config) (*Server, error) {
 		reserveLog:  newLogLimiter(0.1, 1),
 		tlsSrc:      cfg.TLS,
 		handoff:     cfg.Handoff,
+		listen:      cfg.Listen,
 		access:      access,
 		sockets:     map[string]*socket{},
 		conns:       map[*conn]struct{}{},

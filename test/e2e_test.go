@@ -37,6 +37,17 @@ type topology struct {
 	dir, config, pinDir  string
 	metricsClient        *http.Client
 	d                    *daemonProc
+	bin                  string // the gatehouse binary; empty: binary(t)
+}
+
+// topologyOptions vary newTopology for one test.
+type topologyOptions struct {
+	// enforcement is added to the enforcement section (YAML lines
+	// indented by two spaces).
+	enforcement string
+	bin         string // see topology.bin
+	// workerReadable makes the certificates readable by the workers' user.
+	workerReadable bool
 }
 
 const (
@@ -52,8 +63,13 @@ const (
 
 func newTopology(t *testing.T) *topology {
 	t.Helper()
+	return newTopologyWith(t, topologyOptions{})
+}
+
+func newTopologyWith(t *testing.T, o topologyOptions) *topology {
+	t.Helper()
 	netns.RequirePriv(t)
-	tp := &topology{dir: t.TempDir()}
+	tp := &topology{dir: t.TempDir(), bin: o.bin}
 	tp.cloud = netns.New(t, "cloud")
 	tp.dmz = netns.New(t, "dmz")
 	tp.internal = netns.New(t, "internal")
@@ -95,7 +111,7 @@ enforcement:
   nftables: true
   mode: listeners
   scan_block: {distinct_ports: 0}
-metrics: {listen: "127.0.0.1:9477"}
+%[9]smetrics: {listen: "127.0.0.1:9477"}
 static_ranges: [192.0.2.0/25, "2001:db8:1::/112"]
 tenants:
   - {id: acme, client_ca: %[4]s, identities: {uri_san: ["spiffe://acme/*"]}}
@@ -107,7 +123,10 @@ listeners:
     server_key: %[6]s
     routes:
       - {tenant: acme, backend: "https://%[7]s:8443", backend_ca: %[8]s}
-`, tp.outside.B, tp.dir, pinDir, tp.tenantCA.CertFile, server.CertFile, server.KeyFile, backendAddr, internalCA.CertFile)
+`, tp.outside.B, tp.dir, pinDir, tp.tenantCA.CertFile, server.CertFile, server.KeyFile, backendAddr, internalCA.CertFile, o.enforcement)
+	if o.workerReadable {
+		readableByWorkers(t, tp.tenantCA.CertFile, server.CertFile, server.KeyFile, internalCA.CertFile)
+	}
 	path := filepath.Join(tp.dir, "gatehouse.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -125,7 +144,11 @@ listeners:
 // start runs the daemon in the dmz namespace and waits until it is ready.
 func (tp *topology) start(t *testing.T) {
 	t.Helper()
-	tp.d = launch(t, tp.dmz.Command(binary(t), "run", "-c", tp.config), "127.0.0.1:9477", tp.metricsClient)
+	bin := tp.bin
+	if bin == "" {
+		bin = binary(t)
+	}
+	tp.d = launch(t, tp.dmz.Command(bin, "run", "-c", tp.config), "127.0.0.1:9477", tp.metricsClient)
 }
 
 // probe opens a TCP connection from src to dst:443 in the cloud namespace

@@ -101,7 +101,7 @@ tenant's HTTPS, SOAP and TN3270/TN5250 sessions go to its own internal hosts.`,
 	pf.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.AddCommand(newRunCmd(g), newCheckCmd(g), newVersionCmd(g), newStatusCmd(g), newTeardownCmd(g), newCertsCmd(), newFeedCmd(),
-		newReloadCmd(g), newSessionsCmd(g))
+		newReloadCmd(g), newSessionsCmd(g), newWorkerCmd(g))
 	return root
 }
 
@@ -131,7 +131,7 @@ not keep the XDP filter after exit: run refuses it unless --allow-private-bpffs.
 			access := slog.New(accesslog.NewHandler(aw)).With("log", "access")
 			d, err := daemon.New(daemon.Options{ConfigPath: g.configPath, Logger: log, AccessLog: access, Signals: true, Version: version, LookupEnv: g.lookupEnv,
 				NotifySocket: os.Getenv("NOTIFY_SOCKET"), WatchdogUSec: os.Getenv("WATCHDOG_USEC"), WatchdogPID: os.Getenv("WATCHDOG_PID"),
-				AllowPrivateBPFFS: allowPrivate})
+				AllowPrivateBPFFS: allowPrivate, Worker: daemon.WorkerOptions{LogFormat: g.logFormat, LogLevel: g.logLevel, Stderr: g.stderr}})
 			if err != nil {
 				return err
 			}

@@ -137,6 +137,7 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) error {
 		xdpMode += " on " + st.Interface
 	}
 	fmt.Fprintf(tw, "xdp\t%s\tnftables %s\tmode %s\n", xdpMode, onOff(st.NFTables), st.Mode)
+	printPrivsep(tw, st.Privsep, now)
 	if st.ReloadError > 0 {
 		fmt.Fprintf(tw, "reloads refused\t%d (see the log)\n", st.ReloadError)
 	}
@@ -248,4 +249,25 @@ func onOff(b bool) string {
 		return "on"
 	}
 	return "off"
+}
+
+// printPrivsep says whether the proxies run in unprivileged workers, and
+// lists them.
+func printPrivsep(w io.Writer, ps *daemon.PrivsepStatus, now time.Time) {
+	if ps == nil {
+		return
+	}
+	if !ps.On {
+		fmt.Fprintln(w, "privsep\tOFF: the proxies run in this privileged process (development only)")
+		return
+	}
+	fmt.Fprintf(w, "privsep\ton: %d workers as %s\n", len(ps.Workers), ps.User)
+	fmt.Fprintln(w, "  worker\tpid\tup\trestarts\tsessions")
+	for _, wk := range ps.Workers {
+		if wk.PID == 0 || wk.Problem != "" {
+			fmt.Fprintf(w, "  %d\t%d\t-\t%d\t-\t%s\n", wk.Index, wk.PID, wk.Restarts, wk.Problem)
+			continue
+		}
+		fmt.Fprintf(w, "  %d\t%d\t%s\t%d\t%d\n", wk.Index, wk.PID, now.Sub(wk.Started).Round(time.Second), wk.Restarts, wk.Sessions)
+	}
 }

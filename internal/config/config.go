@@ -72,6 +72,22 @@ type Enforcement struct {
 	MaxConnsPerSource uint32       `mapstructure:"max_conns_per_source"`
 	SourcePrefix      SourcePrefix `mapstructure:"source_prefix"`
 	Forward           bool         `mapstructure:"forward"`
+	Privsep           bool         `mapstructure:"privsep"`
+	Workers           int          `mapstructure:"workers"`
+	WorkerUser        string       `mapstructure:"worker_user"`
+}
+
+// MaxWorkers caps enforcement.workers.
+const MaxWorkers = 64
+
+// WorkerCount is how many proxy workers run: enforcement.workers, or with
+// 0 the number of CPUs, at most MaxWorkers.
+func (e Enforcement) WorkerCount(cpus int) int {
+	n := e.Workers
+	if n == 0 {
+		n = cpus
+	}
+	return max(1, min(n, MaxWorkers))
 }
 
 // SourcePrefix is how many leading bits of a source address count as one

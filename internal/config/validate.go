@@ -119,6 +119,12 @@ func (cfg *Config) validate() Problems {
 	if e.Forward && e.Mode == string(policy.ModeStrict) && cfg.Interface == "" {
 		c.add("enforcement.forward", "in strict mode the forward chain needs interface (the outside): without it internal hosts could not open connections through the appliance")
 	}
+	if e.Workers < 0 || e.Workers > MaxWorkers {
+		c.add("enforcement.workers", "want 0 (one per CPU) to %d, got %d", MaxWorkers, e.Workers)
+	}
+	if e.Privsep && (e.WorkerUser == "" || e.WorkerUser == "root" || e.WorkerUser == "0") {
+		c.add("enforcement.worker_user", "the proxy workers need a user of their own, not %q", e.WorkerUser)
+	}
 	if e.XDP != string(policy.XDPOff) && !strings.HasPrefix(e.PinDir, "/") {
 		c.add("enforcement.pin_dir", "must be an absolute path on a bpffs mount, got %q", e.PinDir)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/enforcer/nft"
 	"github.com/gatehouse-dmz/gatehouse/enforcer/xdp"
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
+	"github.com/gatehouse-dmz/gatehouse/internal/worker"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 	"github.com/gatehouse-dmz/gatehouse/proxy"
 	"github.com/gatehouse-dmz/gatehouse/tunnel"
@@ -34,6 +35,7 @@ type layer struct {
 	heldSet    func() (v4, v6 []netip.Prefix, err error) // see HeldSet
 	notReady   func() string                             // see Health
 	warnings   []string                                  // see Warner
+	pool       *worker.Pool                              // the proxy workers (enforcement.privsep)
 	sessions   SessionCutter                             // see SessionHolder
 }
 
@@ -109,13 +111,27 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 		}
 	}()
 
-	cm, err := certs.New(certs.Config{Logger: env.Logger, StateDir: p.StateDir})
-	if err != nil {
-		return nil, fmt.Errorf("certs: %w", err)
+	privsep := privsepOn(env.Config)
+	switch {
+	case privsep:
+	case env.Config.Enforcement.Privsep:
+		env.Logger.Warn("privilege separation is not available for this role: the proxy and its tunnels run in the daemon, with its capabilities",
+			"component", "workers", "role", env.Config.Role())
+	default:
+		env.Logger.Warn("PRIVILEGE SEPARATION IS OFF (enforcement.privsep: false): the process that parses the network holds the capabilities "+
+			"to change the firewall; for development only", "component", "workers")
 	}
-	comps = append(comps, &layer{name: "certs", rangeBlind: true, apply: cm.Apply, close: cm.Close, run: cm.Watch, refusals: cm.Refusals})
-	if err := register(env, "certs", cm); err != nil {
-		return comps, err
+	var cm *certs.Manager
+	if !privsep {
+		// Under privsep the workers load the certificates themselves.
+		cm, err = certs.New(certs.Config{Logger: env.Logger, StateDir: p.StateDir})
+		if err != nil {
+			return nil, fmt.Errorf("certs: %w", err)
+		}
+		comps = append(comps, &layer{name: "certs", rangeBlind: true, apply: cm.Apply, close: cm.Close, run: cm.Watch, refusals: cm.Refusals})
+		if err := register(env, "certs", cm); err != nil {
+			return comps, err
+		}
 	}
 
 	var onBlock func(netip.Addr, time.Duration) error
@@ -178,6 +194,15 @@ func BuildComponents(env *Env) (comps []Component, err error) {
 		}
 	}
 
+	if privsep {
+		l, pool, err := buildWorkers(env)
+		if err != nil {
+			return comps, fmt.Errorf("workers: %w", err)
+		}
+		l.pool = pool
+		comps = append(comps, l)
+		return comps, register(env, "workers", pool)
+	}
 	access := env.AccessLog
 	if access == nil {
 		access = slog.New(slog.DiscardHandler)

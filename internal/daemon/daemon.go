@@ -107,6 +107,8 @@ type Env struct {
 	// AllowPrivateBPFFS accepts a pin directory private to the daemon's
 	// mount namespace (see CheckPinDir).
 	AllowPrivateBPFFS bool
+	// Worker says how proxy workers start (enforcement.privsep).
+	Worker WorkerOptions
 }
 
 // Options configure a Daemon.
@@ -128,6 +130,8 @@ type Options struct {
 	Signals bool
 	// AllowPrivateBPFFS: see Env.
 	AllowPrivateBPFFS bool
+	// Worker: see Env.
+	Worker WorkerOptions
 }
 
 // Daemon is the running gatehouse: one policy generation in force at a time.
@@ -214,7 +218,7 @@ func New(opts Options) (*Daemon, error) {
 		access = slog.New(d.ring.Tee(opts.AccessLog.Handler()))
 	}
 	comps, err := opts.Build(&Env{Config: cfg, Policy: p, Logger: opts.Logger, Registry: d.reg, AccessLog: access,
-		AllowPrivateBPFFS: opts.AllowPrivateBPFFS})
+		AllowPrivateBPFFS: opts.AllowPrivateBPFFS, Worker: opts.Worker})
 	if err != nil {
 		return nil, fmt.Errorf("build components: %w", err)
 	}
@@ -421,7 +425,7 @@ func (d *Daemon) close() error {
 
 func (d *Daemon) handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Registry: d.reg, ErrorHandling: promhttp.ContinueOnError}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.gatherer(), promhttp.HandlerOpts{Registry: d.reg, ErrorHandling: promhttp.ContinueOnError}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})

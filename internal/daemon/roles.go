@@ -69,8 +69,13 @@ func ConnectorTLS(cfg *config.Config) (*tls.Config, *tunnel.HTTPProxy, error) {
 }
 
 // CheckRole loads what the role needs beyond the listeners' files, as run
-// does, so that check refuses what run would.
+// does, so that check refuses what run would; the workers' user too.
 func CheckRole(cfg *config.Config) error {
+	if privsepOn(cfg) {
+		if _, _, err := WorkerUser(cfg); err != nil {
+			return err
+		}
+	}
 	switch cfg.Role() {
 	case config.RoleGateway:
 		m, err := GatewayTrust(cfg, nil)

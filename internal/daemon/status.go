@@ -55,6 +55,9 @@ type Status struct {
 	// Fleet is this node's peers and the blocks shared with them, nil
 	// when fleet is off.
 	Fleet *fleet.Status `json:"fleet,omitempty"`
+	// Privsep says whether the proxies run in unprivileged workers, and
+	// lists them.
+	Privsep *PrivsepStatus `json:"privsep,omitempty"`
 }
 
 // TunnelStatus is how many tunnels are up to one peer: a gateway counts
@@ -143,7 +146,8 @@ type Counter struct {
 
 // Status reports the generation in force.
 func (d *Daemon) Status() Status {
-	st := Status{Version: d.opts.Version, PID: os.Getpid(), Started: d.started, Role: string(d.cfg.Load().Role()), BGP: d.bgpStatus()}
+	st := Status{Version: d.opts.Version, PID: os.Getpid(), Started: d.started, Role: string(d.cfg.Load().Role()), BGP: d.bgpStatus(),
+		Privsep: d.privsepStatus()}
 	st.NotReady = d.NotReady()
 	st.Ready = len(st.NotReady) == 0
 	if h := d.hold.Load(); h != nil {
@@ -177,7 +181,7 @@ func (d *Daemon) Status() Status {
 	st.Admitted = append(st.Admitted, AdmittedCount{Source: "in force (aggregated)", V4: len(p.Admitted.V4), V6: len(p.Admitted.V6)})
 	st.Listeners = Routes(p)
 
-	mfs, _ := d.reg.Gather()               // partial results are still worth showing
+	mfs, _ := d.gatherer().Gather()        // partial results are still worth showing
 	sessions := map[policy.TenantEnv]int{} // live connections per tenant and environment
 	up := map[[3]string]bool{}             // listener, route and backend index
 	for _, mf := range mfs {

@@ -1,0 +1,199 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/user"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gatehouse-dmz/gatehouse/internal/config"
+	"github.com/gatehouse-dmz/gatehouse/internal/worker"
+)
+
+// WorkerOptions say how the enforcer starts its proxy workers
+// (enforcement.privsep).
+type WorkerOptions struct {
+	// Exe is the gatehouse binary; empty means /proc/self/exe.
+	Exe string
+	// LogFormat and LogLevel are the workers' (text or json; debug … error).
+	LogFormat, LogLevel string
+	// Stderr receives the workers' log; nil means the enforcer's own
+	// standard error. Their access log is relayed to Env.AccessLog.
+	Stderr io.Writer
+	// Env is the workers' environment (nil: empty).
+	Env []string
+}
+
+// systemReadOnly are the files a worker reads besides the policy's: name
+// resolution for backends, the system roots for backends without a
+// backend_ca, time zones. Those missing are left out.
+var systemReadOnly = []string{"/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/host.conf", "/etc/gai.conf",
+	"/etc/services", "/etc/ssl/certs", "/etc/pki/tls/certs", "/usr/share/ca-certificates", "/etc/localtime", "/usr/share/zoneinfo"}
+
+// wideDirs are never granted whole: a file directly in one is granted alone.
+var wideDirs = []string{"/", "/etc", "/usr", "/var", "/root", "/home", "/tmp", "/run"}
+
+// WorkerUser resolves enforcement.worker_user to its uid and primary gid.
+// Run and check both call it.
+func WorkerUser(cfg *config.Config) (uid, gid int, err error) {
+	name := cfg.Enforcement.WorkerUser
+	u, err := user.Lookup(name)
+	if err != nil {
+		return 0, 0, fmt.Errorf("enforcement.worker_user %q: %w (the package creates the user gatehouse; or set enforcement.privsep: false for development)", name, err)
+	}
+	uid, err1 := strconv.Atoi(u.Uid)
+	gid, err2 := strconv.Atoi(u.Gid)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, 0, fmt.Errorf("enforcement.worker_user %q: %w", name, err)
+	}
+	if uid == 0 || gid == 0 {
+		return 0, 0, fmt.Errorf("enforcement.worker_user %q: is root (uid %d gid %d); the workers need a user of their own", name, uid, gid)
+	}
+	return uid, gid, nil
+}
+
+// privsepOn says whether this configuration runs proxy workers: the
+// gateway and connector roles keep their proxies in the enforcer (their
+// tunnels are wired into it).
+func privsepOn(cfg *config.Config) bool {
+	return cfg.Enforcement.Privsep && cfg.Role() == config.RoleAppliance
+}
+
+// buildWorkers makes the worker pool that replaces the in-process
+// certificates and proxy under enforcement.privsep.
+func buildWorkers(env *Env) (*layer, *worker.Pool, error) {
+	cfg, p := env.Config, env.Policy
+	uid, gid, err := WorkerUser(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	var ro []string
+	for _, f := range worker.Files(p) {
+		dir := filepath.Dir(f)
+		if slices.Contains(wideDirs, dir) {
+			ro = append(ro, f)
+		} else {
+			ro = append(ro, dir)
+		}
+	}
+	for _, f := range systemReadOnly {
+		if _, err := os.Stat(f); err == nil {
+			ro = append(ro, f)
+		}
+	}
+	slices.Sort(ro)
+	ro = slices.Compact(ro)
+	tickets := filepath.Join(p.StateDir, "tls-tickets")
+	if err := ownedDir(tickets, uid, gid); err != nil {
+		return nil, nil, err
+	}
+	o := env.Worker
+	if o.Exe == "" {
+		o.Exe = "/proc/self/exe"
+	}
+	access := env.AccessLog
+	if access == nil {
+		access = slog.New(slog.DiscardHandler)
+	}
+	if o.Stderr == nil {
+		o.Stderr = os.Stderr
+	}
+	n := cfg.Enforcement.WorkerCount(runtime.NumCPU())
+	pool, err := worker.NewPool(worker.PoolConfig{Exe: o.Exe, Args: []string{"worker"}, Env: o.Env, Workers: n, UID: uid, GID: gid,
+		ReadOnly: ro, ReadWrite: []string{tickets}, LogFormat: o.LogFormat, LogLevel: o.LogLevel, Logger: env.Logger,
+		Stdout: worker.NewAccessRelay(access, env.Logger), Stderr: o.Stderr})
+	if err != nil {
+		return nil, nil, err
+	}
+	env.Logger.Info("privilege separation: the proxies run in worker processes without capabilities",
+		"component", "workers", "workers", n, "user", cfg.Enforcement.WorkerUser, "uid", uid, "gid", gid)
+	return &layer{name: "proxy", rangeBlind: true, apply: pool.Apply, close: pool.Close, shutdown: pool.Shutdown, sessions: pool}, pool, nil
+}
+
+// ownedDir makes dir (and its parents) exist and gives dir and the files
+// in it to uid:gid, mode 0700: the workers keep their ticket keys there.
+// Its parent (state_dir, root's, 0700 under the unit) gets the workers'
+// group with search permission only, so that they reach dir and nothing
+// else there (the feeds stay root's).
+func ownedDir(dir string, uid, gid int) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("state_dir: %w", err)
+	}
+	parent := filepath.Dir(dir)
+	fi, err := os.Stat(parent)
+	if err != nil {
+		return fmt.Errorf("state_dir: %w", err)
+	}
+	if fi.Mode().Perm()&0o001 == 0 {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Gid) != gid {
+			if err := os.Chown(parent, -1, gid); err != nil {
+				return fmt.Errorf("state_dir: %w", err)
+			}
+		}
+		if err := os.Chmod(parent, fi.Mode().Perm()&^0o060|0o010); err != nil {
+			return fmt.Errorf("state_dir: %w", err)
+		}
+	}
+	if err := os.Chown(dir, uid, gid); err != nil {
+		return fmt.Errorf("state_dir: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("state_dir: %w", err)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("state_dir: %w", err)
+	}
+	for _, e := range ents {
+		if e.Type().IsRegular() {
+			if err := os.Chown(filepath.Join(dir, e.Name()), uid, gid); err != nil {
+				return fmt.Errorf("state_dir: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// pool is the worker pool, nil without privsep.
+func (d *Daemon) pool() *worker.Pool {
+	for _, c := range d.components {
+		if l, ok := c.(*layer); ok && l.pool != nil {
+			return l.pool
+		}
+	}
+	return nil
+}
+
+// gatherer is the daemon's registry and, under privsep, the workers'
+// registries merged (worker.Pool.Gather): one set of series, named as
+// without privsep.
+func (d *Daemon) gatherer() prometheus.Gatherer {
+	if p := d.pool(); p != nil {
+		return prometheus.Gatherers{d.reg, p}
+	}
+	return d.reg
+}
+
+// PrivsepStatus is the privilege split as status shows it.
+type PrivsepStatus struct {
+	On      bool                  `json:"on"`
+	User    string                `json:"user,omitempty"`
+	Workers []worker.WorkerStatus `json:"workers,omitempty"`
+}
+
+func (d *Daemon) privsepStatus() *PrivsepStatus {
+	p := d.pool()
+	if p == nil {
+		return &PrivsepStatus{}
+	}
+	return &PrivsepStatus{On: true, User: d.cfg.Load().Enforcement.WorkerUser, Workers: p.Status()}
+}

@@ -1,0 +1,270 @@
+package test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dmz/gatehouse/certs/certstest"
+	"github.com/gatehouse-dmz/gatehouse/internal/daemon"
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
+	"github.com/gatehouse-dmz/gatehouse/test/netns"
+)
+
+// The workers of these tests run as nobody/nogroup.
+const privsepUser = "nobody"
+
+// readableByWorkers lets the workers' user reach files the tests made for
+// root: each file world-readable, each directory above it searchable.
+func readableByWorkers(t *testing.T, files ...string) {
+	t.Helper()
+	for _, f := range files {
+		if err := os.Chmod(f, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for d := filepath.Dir(f); d != "/" && d != "."; d = filepath.Dir(d) {
+			fi, err := os.Stat(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(d, fi.Mode().Perm()|0o111); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+type privsepDaemon struct {
+	*daemonProc
+	cfg    string
+	ca     *certstest.CA
+	client *certstest.Leaf
+}
+
+// startPrivsep runs the real binary as root with enforcement.privsep on
+// and n workers (0: privsep off); xdp and nftables off unless extra (the
+// enforcement line) says otherwise; run inside ns when not nil.
+func startPrivsep(t *testing.T, workers int, extra string, ns *netns.NS, listen string) *privsepDaemon {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		netns.SkipOrFail(t, "privilege separation needs root to start workers as another user")
+	}
+	ca := certstest.NewCA(t, "acme")
+	server := ca.Server(t, "localhost")
+	client := ca.Client(t, "acme-cloud", "spiffe://acme/cloud")
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/bulk" { // the benchmark's bulk transfer
+			w.Write(bulkBody)
+			return
+		}
+		fmt.Fprintf(w, "hello %s", r.Header.Get("X-Gatehouse-Tenant"))
+	}))
+	t.Cleanup(backend.Close)
+	readableByWorkers(t, ca.CertFile, server.CertFile, server.KeyFile)
+
+	dir := t.TempDir()
+	metrics := testkit.FreeLoopbackAddr(t)
+	if listen == "" {
+		listen = testkit.FreeLoopbackAddr(t)
+	}
+	enf := fmt.Sprintf(`enforcement: {xdp: "off", nftables: false, privsep: true, workers: %d, worker_user: `+privsepUser+`}`, workers)
+	if workers == 0 {
+		enf = `enforcement: {xdp: "off", nftables: false, privsep: false}`
+	}
+	if extra != "" {
+		enf = extra
+	}
+	cfg := fmt.Sprintf(enf+`
+state_dir: %s
+shutdown_grace: 2s
+admin_socket: %[1]s/admin.sock
+metrics: {listen: "%s"}
+tenants: [{id: acme, client_ca: %s, identities: {uri_san: ["spiffe://acme/*"]}}]
+listeners:
+  - {name: web, listen: "%s", protocol: https, server_cert: %s, server_key: %s,
+     routes: [{tenant: acme, backend: "%s"}]}
+`, dir, metrics, ca.CertFile, listen, server.CertFile, server.KeyFile, backend.URL)
+	path := filepath.Join(dir, "gatehouse.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary(t), "run", "-c", path)
+	client2 := http.DefaultClient
+	if ns != nil {
+		cmd = ns.Command(binary(t), "run", "-c", path)
+	}
+	d := launch(t, cmd, metrics, client2)
+	d.listen = listen
+	return &privsepDaemon{daemonProc: d, cfg: path, ca: ca, client: client}
+}
+
+// status asks the daemon's admin socket.
+func (d *privsepDaemon) status(t *testing.T) daemon.Status {
+	t.Helper()
+	out, err := exec.Command(binary(t), "status", "--json", "-c", d.cfg).Output()
+	if err != nil {
+		t.Fatalf("gatehouse status: %v\n%s", err, d.out.String())
+	}
+	var st daemon.Status
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func TestPrivsepServesFromConfinedWorkers(t *testing.T) {
+	d := startPrivsep(t, 2, "", nil, "")
+	body, err := tlsGet(t, d.listen, d.ca, d.client)
+	if err != nil || body != "hello acme" {
+		t.Fatalf("GET through a worker: %q, %v\n%s", body, err, d.out.String())
+	}
+	st := d.status(t)
+	if st.Privsep == nil || !st.Privsep.On || len(st.Privsep.Workers) != 2 {
+		t.Fatalf("status privsep: %+v", st.Privsep)
+	}
+	out, err := exec.Command(binary(t), "status", "-c", d.cfg).Output()
+	if err != nil || !regexp.MustCompile(`privsep +on: 2 workers as nobody`).MatchString(string(out)) || !strings.Contains(string(out), `tls_handshakes_total{listener="web",result="ok",tenant="acme"}`) {
+		t.Errorf("gatehouse status: %v\n%s", err, out)
+	}
+	if !strings.Contains(d.out.String(), "worker confined") {
+		t.Fatalf("no worker start line:\n%s", d.out.String())
+	}
+}
+
+// TestPrivsepCheckRefusesWorkerUser: check refuses, as run would, a
+// worker user that does not exist or is root.
+func TestPrivsepCheckRefusesWorkerUser(t *testing.T) {
+	ca := certstest.NewCA(t, "acme")
+	server := ca.Server(t, "localhost")
+	dir := t.TempDir()
+	for user, want := range map[string]string{
+		"gatehouse-no-such-user": `enforcement.worker_user "gatehouse-no-such-user"`,
+		"root":                   "enforcement.worker_user",
+	} {
+		cfg := fmt.Sprintf(`
+enforcement: {xdp: "off", nftables: false, privsep: true, worker_user: %s}
+state_dir: %s
+tenants: [{id: acme, client_ca: %s}]
+listeners:
+  - {name: web, listen: "127.0.0.1:8443", protocol: https, server_cert: %s, server_key: %s,
+     routes: [{tenant: acme, backend: "http://127.0.0.1:1"}]}
+`, user, dir, ca.CertFile, server.CertFile, server.KeyFile)
+		path := filepath.Join(dir, user+".yaml")
+		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, cmd := range [][]string{{"check", "-c", path}, {"run", "-c", path}} {
+			out, err := exec.Command(binary(t), cmd...).CombinedOutput()
+			if err == nil || !strings.Contains(string(out), want) {
+				t.Errorf("%s with worker_user %s: %v, want a refusal naming %s:\n%s", cmd[0], user, err, want, out)
+			}
+		}
+	}
+}
+
+// TestPrivsepSessionCutsAndAccessTail: the admin API's session kill
+// reaches the sessions the workers hold, and the workers' access log lines
+// are in the daemon's access log tail.
+func TestPrivsepSessionCutsAndAccessTail(t *testing.T) {
+	d := startPrivsep(t, 2, "", nil, "")
+	c, err := tls.Dial("tcp", d.listen, &tls.Config{RootCAs: d.ca.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{d.client.TLS}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	fmt.Fprintf(c, "GET /live HTTP/1.1\r\nHost: localhost\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+
+	out, err := exec.Command(binary(t), "sessions", "kill", "tenant:acme", "-c", d.cfg).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "1 sessions closed") {
+		t.Fatalf("sessions kill: %v: %s\n%s", err, out, d.out.String())
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := br.ReadByte(); err == nil {
+		t.Fatal("the killed session is still open")
+	}
+
+	admin := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(filepath.Dir(d.cfg), "admin.sock"))
+		}}}
+	r, err := admin.Get("http://gatehouse/access-log?n=10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tail, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	if r.StatusCode != 200 || !strings.Contains(string(tail), `"tenant":"acme"`) || !strings.Contains(string(tail), `"status":200`) {
+		t.Fatalf("access log tail (%d) lacks the worker's line:\n%s", r.StatusCode, tail)
+	}
+}
+
+// TestPrivsepReloadAddsListener: SIGHUP with a second listener binds its
+// sockets in the enforcer and passes them to every worker (SCM_RIGHTS),
+// which serve it; a reload naming a key outside the directories the
+// workers could read at start is refused and the old policy stays.
+func TestPrivsepReloadAddsListener(t *testing.T) {
+	d := startPrivsep(t, 2, "", nil, "")
+	cfg, err := os.ReadFile(d.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := testkit.FreeLoopbackAddr(t)
+	web := regexp.MustCompile(`(?s)  - \{name: web, listen: "[^"]*"(.*)`).FindStringSubmatch(string(cfg))
+	if web == nil {
+		t.Fatalf("no web listener in\n%s", cfg)
+	}
+	more := string(cfg) + `  - {name: web2, listen: "` + second + `"` + strings.TrimSuffix(web[1], "\n") + "\n"
+	if err := os.WriteFile(d.cfg, []byte(more), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor(t, "the reload", func() bool { return strings.Contains(d.out.String(), "configuration reloaded") })
+	for range 6 { // both workers' sockets, most likely
+		if body, err := tlsGet(t, second, d.ca, d.client); err != nil || body != "hello acme" {
+			t.Fatalf("GET on the added listener: %q, %v\n%s", body, err, d.out.String())
+		}
+	}
+	if body, err := tlsGet(t, d.listen, d.ca, d.client); err != nil || body != "hello acme" {
+		t.Fatalf("GET on the first listener: %q, %v", body, err)
+	}
+
+	// A key in a directory the workers were not given at start.
+	elsewhere := certstest.NewCA(t, "other").Server(t, "localhost")
+	readableByWorkers(t, elsewhere.CertFile, elsewhere.KeyFile)
+	moved := strings.Replace(more, "name: web2", "name: web3", 1)
+	moved = regexp.MustCompile(`(name: web3.*?server_cert: )\S+, server_key: \S+,`).
+		ReplaceAllString(moved, "${1}"+elsewhere.CertFile+", server_key: "+elsewhere.KeyFile+",")
+	if err := os.WriteFile(d.cfg, []byte(moved), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor(t, "the refusal", func() bool { return strings.Contains(d.out.String(), "the workers may only read below") })
+	if body, err := tlsGet(t, second, d.ca, d.client); err != nil || body != "hello acme" {
+		t.Fatalf("after the refused reload: %q, %v", body, err)
+	}
+}
