@@ -29,19 +29,26 @@ import (
 const privsepUser = "nobody"
 
 // readableByWorkers lets the workers' user reach files the tests made for
-// root: each file world-readable, each directory above it searchable.
+// root: each file world-readable, each directory above it searchable, up
+// to the system's temporary directory, which is left as it is (a chmod of
+// /tmp would drop its sticky bit, and keepalived then refuses every
+// script below it as unsafe).
 func readableByWorkers(t *testing.T, files ...string) {
 	t.Helper()
+	top := filepath.Clean(os.TempDir())
 	for _, f := range files {
+		if !strings.HasPrefix(f, top+string(filepath.Separator)) {
+			t.Fatalf("readableByWorkers: %s is not below %s", f, top)
+		}
 		if err := os.Chmod(f, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		for d := filepath.Dir(f); d != "/" && d != "."; d = filepath.Dir(d) {
+		for d := filepath.Dir(f); d != top; d = filepath.Dir(d) {
 			fi, err := os.Stat(d)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := os.Chmod(d, fi.Mode().Perm()|0o111); err != nil {
+			if err := os.Chmod(d, fi.Mode()&(os.ModePerm|os.ModeSticky|os.ModeSetgid)|0o111); err != nil {
 				t.Fatal(err)
 			}
 		}
