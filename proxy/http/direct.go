@@ -50,12 +50,16 @@ type directTransport struct {
 	mu     sync.Mutex
 	idle   []*backendConn // most recently used last
 	closed bool
+	sweep  *time.Timer // closes connections idle past directIdleTimeout; nil when none are idle
 }
 
 // Bounds of the direct transport's pool and of the exchanges it writes
 // synchronously.
+// directIdleTimeout closes a backend connection idle this long, as the
+// Transport's IdleConnTimeout (a variable for the tests).
+var directIdleTimeout = 90 * time.Second
+
 const (
-	directIdleTimeout = 90 * time.Second // as the Transport's IdleConnTimeout
 	// syncBodyMax: a request body of known length up to this is written
 	// before the response is read, on the same goroutine; a larger one, or
 	// one of unknown length, is written by a goroutine of its own while the
@@ -84,6 +88,9 @@ func (t *directTransport) CloseIdleConnections() {
 	t.mu.Lock()
 	idle := t.idle
 	t.idle, t.closed = nil, true
+	if t.sweep != nil {
+		t.sweep.Stop()
+	}
 	t.mu.Unlock()
 	for _, bc := range idle {
 		bc.c.Close()
@@ -116,11 +123,42 @@ func (t *directTransport) put(bc *backendConn) {
 	t.mu.Lock()
 	if !t.closed && len(t.idle) < MaxIdlePerBackend {
 		t.idle = append(t.idle, bc)
+		if t.sweep == nil {
+			// One timer per backend, not per request.
+			t.sweep = time.AfterFunc(directIdleTimeout, t.closeExpired)
+		}
 		t.mu.Unlock()
 		return
 	}
 	t.mu.Unlock()
 	bc.c.Close()
+}
+
+// closeExpired closes the connections idle for directIdleTimeout, as the
+// Transport does, so an idle backend does not keep descriptors for ever,
+// and runs again while some are idle.
+func (t *directTransport) closeExpired() {
+	now := time.Now()
+	t.mu.Lock()
+	var expired []*backendConn
+	keep := t.idle[:0]
+	for _, bc := range t.idle {
+		if now.Sub(bc.used) >= directIdleTimeout {
+			expired = append(expired, bc)
+		} else {
+			keep = append(keep, bc)
+		}
+	}
+	clear(t.idle[len(keep):])
+	t.idle = keep
+	t.sweep = nil
+	if len(keep) > 0 && !t.closed {
+		t.sweep = time.AfterFunc(directIdleTimeout-now.Sub(keep[0].used), t.closeExpired)
+	}
+	t.mu.Unlock()
+	for _, bc := range expired {
+		bc.c.Close()
+	}
 }
 
 // alive peeks at the idle socket without blocking: a backend that closed
