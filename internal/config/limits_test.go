@@ -20,7 +20,7 @@ func TestLimitsDefaults(t *testing.T) {
 		HTTP: policy.HTTPLimits{
 			MaxInFlight: 256, MaxHeaderBytes: 64 << 10, MaxBodyBytes: 32 << 20, BodyBufferBytes: 1 << 20,
 			BodyBufferTotal: 256 << 20, BodyBufferTimeout: 60 * time.Second, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
-			BodyReadTimeout: 30 * time.Second, BackendTimeout: 60 * time.Second, Engine: "std",
+			BodyReadTimeout: 30 * time.Second, BackendTimeout: 60 * time.Second, Engine: "fast",
 		},
 		TCP: policy.StreamLimits{IdleTimeout: time.Hour, MaxSession: 24 * time.Hour},
 		Telnet: policy.TelnetLimits{
