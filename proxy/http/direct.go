@@ -46,6 +46,7 @@ type directTransport struct {
 	tls           *tls.Config
 	dial          func(ctx context.Context, network, addr string) (net.Conn, error)
 	headerTimeout time.Duration
+	idleTimeout   time.Duration // directIdleTimeout when it was made
 
 	mu     sync.Mutex
 	idle   []*backendConn // most recently used last
@@ -79,7 +80,7 @@ type backendConn struct {
 }
 
 func newDirectTransport(addr string, tc *tls.Config, dial func(context.Context, string, string) (net.Conn, error), headerTimeout time.Duration) *directTransport {
-	return &directTransport{addr: addr, tls: tc, dial: dial, headerTimeout: headerTimeout}
+	return &directTransport{addr: addr, tls: tc, dial: dial, headerTimeout: headerTimeout, idleTimeout: directIdleTimeout}
 }
 
 // CloseIdleConnections closes the idle connections; connections in use
@@ -110,7 +111,7 @@ func (t *directTransport) get(now time.Time) *backendConn {
 		t.idle[n-1] = nil
 		t.idle = t.idle[:n-1]
 		t.mu.Unlock()
-		if now.Sub(bc.used) < directIdleTimeout && bc.alive() {
+		if now.Sub(bc.used) < t.idleTimeout && bc.alive() {
 			return bc
 		}
 		bc.c.Close()
@@ -125,7 +126,7 @@ func (t *directTransport) put(bc *backendConn) {
 		t.idle = append(t.idle, bc)
 		if t.sweep == nil {
 			// One timer per backend, not per request.
-			t.sweep = time.AfterFunc(directIdleTimeout, t.closeExpired)
+			t.sweep = time.AfterFunc(t.idleTimeout, t.closeExpired)
 		}
 		t.mu.Unlock()
 		return
@@ -143,7 +144,7 @@ func (t *directTransport) closeExpired() {
 	var expired []*backendConn
 	keep := t.idle[:0]
 	for _, bc := range t.idle {
-		if now.Sub(bc.used) >= directIdleTimeout {
+		if now.Sub(bc.used) >= t.idleTimeout {
 			expired = append(expired, bc)
 		} else {
 			keep = append(keep, bc)
@@ -153,7 +154,7 @@ func (t *directTransport) closeExpired() {
 	t.idle = keep
 	t.sweep = nil
 	if len(keep) > 0 && !t.closed {
-		t.sweep = time.AfterFunc(directIdleTimeout-now.Sub(keep[0].used), t.closeExpired)
+		t.sweep = time.AfterFunc(t.idleTimeout-now.Sub(keep[0].used), t.closeExpired)
 	}
 	t.mu.Unlock()
 	for _, bc := range expired {
@@ -317,8 +318,13 @@ func (bc *backendConn) exchange(req *http.Request, trace *httptrace.ClientTrace)
 		}
 	} else {
 		wrote = make(chan error, 1)
+		// The writer gets a header of its own: RoundTrip takes back the
+		// Accept-Encoding it added once the answer is in, which may be
+		// before this goroutine is done.
+		wreq := req.WithContext(ctx)
+		wreq.Header = req.Header.Clone()
 		go func() {
-			err := req.Write(bc.bw)
+			err := wreq.Write(bc.bw)
 			if err == nil {
 				err = bc.bw.Flush()
 			}
