@@ -30,6 +30,100 @@ import (
 //
 //	go test ./test -run XXX -bench ConnectorPath -benchtime 2000x
 func BenchmarkConnectorPath(b *testing.B) {
+	p := startBenchPaths(b)
+	bulk := p.bulk
+	for _, path := range []struct{ name, addr string }{{"appliance", p.appliance}, {"tunnel", p.gateway}} {
+		c := &http.Client{Transport: &http.Transport{TLSClientConfig: p.tls, MaxIdleConnsPerHost: 4}}
+		base := "https://" + path.addr
+		b.Run(path.name+"/1KiB", func(b *testing.B) {
+			msg := bytes.Repeat([]byte("r"), 1<<10)
+			lat := make([]time.Duration, 0, b.N)
+			b.SetBytes(2 << 10)
+			b.ResetTimer()
+			for range b.N {
+				start := time.Now()
+				resp, err := c.Post(base+"/echo", "application/octet-stream", bytes.NewReader(msg))
+				if err != nil {
+					b.Fatal(err)
+				}
+				n, _ := io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || n != int64(len(msg)) {
+					b.Fatalf("status %d, %d bytes", resp.StatusCode, n)
+				}
+				lat = append(lat, time.Since(start))
+			}
+			b.StopTimer()
+			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+		})
+		b.Run(path.name+"/bulk", func(b *testing.B) {
+			b.SetBytes(int64(bulk))
+			for range b.N {
+				resp, err := c.Get(base + "/bulk")
+				if err != nil {
+					b.Fatal(err)
+				}
+				n, _ := io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if n != int64(bulk) {
+					b.Fatalf("%d bytes", n)
+				}
+			}
+		})
+	}
+}
+
+// startInProcess runs a daemon in this process on the configuration and
+// waits until it is ready.
+func startInProcess(b testing.TB, dir, name, cfg string, logs io.Writer) *daemon.Daemon {
+	b.Helper()
+	// Its state_dir, dir/name, exists as the package's would.
+	if err := os.MkdirAll(filepath.Join(dir, name), 0o700); err != nil {
+		b.Fatal(err)
+	}
+	path := filepath.Join(dir, name+".yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	logger := slog.New(slog.DiscardHandler)
+	if logs != nil {
+		logger = slog.New(slog.NewTextHandler(logs, nil))
+	}
+	d, err := daemon.New(daemon.Options{ConfigPath: path, Logger: logger})
+	if err != nil {
+		b.Fatalf("%s: %v", name, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	b.Cleanup(func() { cancel(); <-done })
+	deadline := time.Now().Add(20 * time.Second)
+	for len(d.NotReady()) > 0 {
+		if time.Now().After(deadline) {
+			b.Fatalf("%s not ready: %v", name, d.NotReady())
+		}
+		select {
+		case err := <-done:
+			b.Fatalf("%s: %v", name, err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return d
+}
+
+// benchPaths are an appliance and a gateway + connector pair in this
+// process, on loopback, in front of one HTTPS backend; bulk is the size of
+// the backend's /bulk answer, tls a tenant client's configuration.
+type benchPaths struct {
+	appliance, gateway string
+	bulk               int
+	tls                *tls.Config
+}
+
+func startBenchPaths(b testing.TB) *benchPaths {
+	b.Helper()
 	dir := b.TempDir()
 	backendCA := certstest.NewCA(b, "internal")
 	backendAddr := testkit.FreeLoopbackAddr(b)
@@ -100,83 +194,7 @@ connector:
   allow: ["%s/32:%s"]
 `, connAddr, gwCert.CertFile, gwCert.KeyFile, route, tunnelAddr, gwCA.CertFile, connLeaf.CertFile, connLeaf.KeyFile,
 		backendHost, backendAddr[len(backendHost)+1:]), nil)
+	return &benchPaths{appliance: applianceAddr, gateway: gatewayAddr, bulk: len(bulk),
+		tls: &tls.Config{RootCAs: serverCA.Pool(), Certificates: []tls.Certificate{client.TLS}}}
 
-	for _, path := range []struct{ name, addr string }{{"appliance", applianceAddr}, {"tunnel", gatewayAddr}} {
-		c := &http.Client{Transport: &http.Transport{
-			TLSClientConfig:     &tls.Config{RootCAs: serverCA.Pool(), Certificates: []tls.Certificate{client.TLS}},
-			MaxIdleConnsPerHost: 4,
-		}}
-		base := "https://" + path.addr
-		b.Run(path.name+"/1KiB", func(b *testing.B) {
-			msg := bytes.Repeat([]byte("r"), 1<<10)
-			lat := make([]time.Duration, 0, b.N)
-			b.SetBytes(2 << 10)
-			b.ResetTimer()
-			for range b.N {
-				start := time.Now()
-				resp, err := c.Post(base+"/echo", "application/octet-stream", bytes.NewReader(msg))
-				if err != nil {
-					b.Fatal(err)
-				}
-				n, _ := io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 || n != int64(len(msg)) {
-					b.Fatalf("status %d, %d bytes", resp.StatusCode, n)
-				}
-				lat = append(lat, time.Since(start))
-			}
-			b.StopTimer()
-			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
-			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
-		})
-		b.Run(path.name+"/bulk", func(b *testing.B) {
-			b.SetBytes(int64(len(bulk)))
-			for range b.N {
-				resp, err := c.Get(base + "/bulk")
-				if err != nil {
-					b.Fatal(err)
-				}
-				n, _ := io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if n != int64(len(bulk)) {
-					b.Fatalf("%d bytes", n)
-				}
-			}
-		})
-	}
-}
-
-// startInProcess runs a daemon in this process on the configuration and
-// waits until it is ready.
-func startInProcess(b testing.TB, dir, name, cfg string, logs io.Writer) *daemon.Daemon {
-	b.Helper()
-	path := filepath.Join(dir, name+".yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	logger := slog.New(slog.DiscardHandler)
-	if logs != nil {
-		logger = slog.New(slog.NewTextHandler(logs, nil))
-	}
-	d, err := daemon.New(daemon.Options{ConfigPath: path, Logger: logger})
-	if err != nil {
-		b.Fatalf("%s: %v", name, err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	b.Cleanup(func() { cancel(); <-done })
-	deadline := time.Now().Add(20 * time.Second)
-	for len(d.NotReady()) > 0 {
-		if time.Now().After(deadline) {
-			b.Fatalf("%s not ready: %v", name, d.NotReady())
-		}
-		select {
-		case err := <-done:
-			b.Fatalf("%s: %v", name, err)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return d
 }
