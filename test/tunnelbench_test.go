@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,7 +31,7 @@ import (
 //
 //	go test ./test -run XXX -bench ConnectorPath -benchtime 2000x
 func BenchmarkConnectorPath(b *testing.B) {
-	p := startBenchPaths(b)
+	p := startBenchPaths(b, nil)
 	bulk := p.bulk
 	for _, path := range []struct{ name, addr string }{{"appliance", p.appliance}, {"tunnel", p.gateway}} {
 		c := &http.Client{Transport: &http.Transport{TLSClientConfig: p.tls, MaxIdleConnsPerHost: 4}}
@@ -122,7 +123,10 @@ type benchPaths struct {
 	tls                *tls.Config
 }
 
-func startBenchPaths(b testing.TB) *benchPaths {
+// startBenchPaths starts them; connector, when not nil, runs the
+// connector's configuration (written to a file) in a process of its own
+// and returns once it is started.
+func startBenchPaths(b testing.TB, connector func(cfgPath string)) *benchPaths {
 	b.Helper()
 	dir := b.TempDir()
 	backendCA := certstest.NewCA(b, "internal")
@@ -175,7 +179,7 @@ limits: {connections: 2000, http: {in_flight_per_tenant: 2000}}
 	th, _, _ := net.SplitHostPort(tunnelAddr)
 	gwCert := serverCA.Server(b, "gate.example", gh)
 	tunCert := gwCA.Server(b, th)
-	startInProcess(b, dir, "gateway", common("gateway")+fmt.Sprintf(`listeners:
+	gw := startInProcess(b, dir, "gateway", common("gateway")+fmt.Sprintf(`listeners:
   - {name: web, listen: %q, protocol: https, server_cert: %s, server_key: %s}
 gateway:
   listen: %q
@@ -183,7 +187,7 @@ gateway:
   server_key: %s
   connectors: [{tenant: acme, client_ca: %s}]
 `, gatewayAddr, gwCert.CertFile, gwCert.KeyFile, tunnelAddr, tunCert.CertFile, tunCert.KeyFile, connCA.CertFile), nil)
-	startInProcess(b, dir, "connector", common("connector")+fmt.Sprintf(`listeners:
+	connCfg := common("connector") + fmt.Sprintf(`listeners:
   - {name: web, listen: %q, protocol: https, server_cert: %s, server_key: %s, routes: %s}
 connector:
   tenant: acme
@@ -193,8 +197,26 @@ connector:
   key: %s
   allow: ["%s/32:%s"]
 `, connAddr, gwCert.CertFile, gwCert.KeyFile, route, tunnelAddr, gwCA.CertFile, connLeaf.CertFile, connLeaf.KeyFile,
-		backendHost, backendAddr[len(backendHost)+1:]), nil)
+		backendHost, backendAddr[len(backendHost)+1:])
+	if connector == nil {
+		startInProcess(b, dir, "connector", connCfg, nil)
+	} else {
+		path := filepath.Join(dir, "connector.yaml")
+		if err := os.MkdirAll(filepath.Join(dir, "connector"), 0o700); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(connCfg), 0o600); err != nil {
+			b.Fatal(err)
+		}
+		connector(path)
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(fmt.Sprint(gw.Status().Tunnels), "{acme 4}") {
+			if time.Now().After(deadline) {
+				b.Fatalf("gateway tunnels: %v, want acme 4", gw.Status().Tunnels)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	return &benchPaths{appliance: applianceAddr, gateway: gatewayAddr, bulk: len(bulk),
 		tls: &tls.Config{RootCAs: serverCA.Pool(), Certificates: []tls.Certificate{client.TLS}}}
-
 }
