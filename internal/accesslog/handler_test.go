@@ -18,7 +18,7 @@ func FuzzHandlerMatchesJSON(f *testing.F) {
 	f.Add("", "k", "", int64(math.MaxInt64), 1e21, false, int64(0), "p", "", int64(2))
 	f.Add("m", "k", "v", int64(math.MinInt64), math.NaN(), true, int64(1), "p", "v", int64(3))
 	f.Add("m", "k", "v", int64(0), 123456789.0001, true, int64(1), "p", "v", int64(4))
-	f.Add("m", "k", "v", int64(0), -0.0, true, int64(1), "p", "v", int64(5))
+	f.Add("m", "k", "v", int64(0), math.Copysign(0, -1), true, int64(1), "p", "v", int64(5))
 	f.Fuzz(func(t *testing.T, msg, key, s string, i int64, fl float64, bo bool, d int64, preKey, preVal string, variant int64) {
 		ts := time.Date(2026, 12, 7, 17, 0, 0, int(d&0x3fffffff)%1e9, time.UTC)
 		if variant%3 == 1 {

@@ -54,7 +54,9 @@ func scopedStatus(st Status, p admin.Principal) Status {
 
 // routeEnvironment is the environment a route serves ("default" for a
 // tenant without environments).
-func routeEnvironment(r ListenerRoute) string { return cmp.Or(r.Environment, policy.DefaultEnvironment) }
+func routeEnvironment(r ListenerRoute) string {
+	return cmp.Or(r.Environment, policy.DefaultEnvironment)
+}
 
 // scopedCerts keeps the tenants' CA and CRL expiries a principal sees
 // (their name is the tenant's id); listeners' and other global
