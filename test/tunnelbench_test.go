@@ -97,8 +97,12 @@ func startInProcess(b testing.TB, dir, name, cfg string, logs io.Writer) *daemon
 		b.Fatalf("%s: %v", name, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
+	// done is closed when Run has returned, with its error in runErr: a
+	// Run that ends early fails the test, and the cleanup does not wait
+	// for a second value.
+	done := make(chan struct{})
+	var runErr error
+	go func() { runErr = d.Run(ctx); close(done) }()
 	b.Cleanup(func() { cancel(); <-done })
 	deadline := time.Now().Add(20 * time.Second)
 	for len(d.NotReady()) > 0 {
@@ -106,8 +110,8 @@ func startInProcess(b testing.TB, dir, name, cfg string, logs io.Writer) *daemon
 			b.Fatalf("%s not ready: %v", name, d.NotReady())
 		}
 		select {
-		case err := <-done:
-			b.Fatalf("%s: %v", name, err)
+		case <-done:
+			b.Fatalf("%s: %v", name, runErr)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
