@@ -32,13 +32,21 @@ type Entry struct {
 // concurrent requests never interleave and nothing already written is
 // rewritten.
 //
+// Before each line the path is looked at again (one stat): when it no
+// longer names the open file (logrotate renamed or removed it), the file
+// at the path is opened, or created, and the line goes there. A path that
+// cannot be opened then fails the write: the line is not put in the
+// renamed file, where nobody looks for it.
+//
 // Granted reads (status, metrics, certificates, access log) are sampled:
 // one line per principal and read each ReadAuditPeriod, carrying how many
 // were answered since and not written (see ReadSampler). Refused and
 // failed requests, and every action, are always written.
 type Audit struct {
 	mu    sync.Mutex
+	path  string
 	f     *os.File
+	fi    os.FileInfo // of f, to tell when path names another file
 	reads *ReadSampler
 }
 
@@ -49,20 +57,45 @@ const ReadAuditPeriod = 5 * time.Minute
 // OpenAudit opens (or creates, mode 0600) the audit log at path for
 // appending. A file that others may read or write is made 0600.
 func OpenAudit(path string) (*Audit, error) {
+	f, fi, err := openAuditFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return &Audit{path: path, f: f, fi: fi, reads: NewReadSampler(ReadAuditPeriod)}, nil
+}
+
+func openAuditFile(path string) (*os.File, os.FileInfo, error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("audit log: %w", err)
+		return nil, nil, fmt.Errorf("audit log: %w", err)
 	}
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
 		f.Close()
-		return nil, fmt.Errorf("audit log %s: not a regular file", path)
-	} else if fi.Mode().Perm()&0o077 != 0 {
+		return nil, nil, fmt.Errorf("audit log %s: not a regular file", path)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
 		if err := f.Chmod(0o600); err != nil {
 			f.Close()
-			return nil, fmt.Errorf("audit log: %w", err)
+			return nil, nil, fmt.Errorf("audit log: %w", err)
 		}
 	}
-	return &Audit{f: f, reads: NewReadSampler(ReadAuditPeriod)}, nil
+	return f, fi, nil
+}
+
+// follow reopens the path when it no longer names the open file (a.mu
+// held).
+func (a *Audit) follow() error {
+	if fi, err := os.Stat(a.path); err == nil && os.SameFile(fi, a.fi) {
+		return nil
+	}
+	f, fi, err := openAuditFile(a.path)
+	if err != nil {
+		return fmt.Errorf("reopening after rotation: %w", err)
+	}
+	a.f.Close()
+	a.f, a.fi = f, fi
+	return nil
 }
 
 // Record appends e, unless it is a granted read the sampler counts for a
@@ -82,6 +115,9 @@ func (a *Audit) write(e Entry) error {
 	b = append(b, '\n')
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if err := a.follow(); err != nil {
+		return err
+	}
 	if _, err := a.f.Write(b); err != nil {
 		return fmt.Errorf("audit log: %w", err)
 	}
