@@ -23,7 +23,7 @@ type Entry struct {
 	Action      Action         `json:"action"`
 	Target      string         `json:"target"` // the scope the action was asked for
 	Args        map[string]any `json:"args,omitempty"`
-	Result      string         `json:"result"` // ok, refused or error
+	Result      string         `json:"result"` // intent (an action about to run), ok, refused or error
 	Reason      string         `json:"reason,omitempty"`
 }
 
@@ -107,7 +107,15 @@ func (a *Audit) Record(e Entry) error {
 	return a.write(e)
 }
 
-func (a *Audit) write(e Entry) error {
+// Commit writes e and syncs it to disk before returning: the intent line
+// of an action, which must be on disk before the action runs.
+func (a *Audit) Commit(e Entry) error {
+	return a.writeSync(e, true)
+}
+
+func (a *Audit) write(e Entry) error { return a.writeSync(e, false) }
+
+func (a *Audit) writeSync(e Entry, sync bool) error {
 	b, err := json.Marshal(e)
 	if err != nil {
 		return err
@@ -118,8 +126,20 @@ func (a *Audit) write(e Entry) error {
 	if err := a.follow(); err != nil {
 		return err
 	}
-	if _, err := a.f.Write(b); err != nil {
+	fi, err := a.f.Stat()
+	if err != nil {
 		return fmt.Errorf("audit log: %w", err)
+	}
+	if _, err := a.f.Write(b); err != nil {
+		// A full disk may take part of the line: cut it off, so that the
+		// log stays whole lines (this process is its only writer).
+		_ = a.f.Truncate(fi.Size())
+		return fmt.Errorf("audit log: %w", err)
+	}
+	if sync {
+		if err := a.f.Sync(); err != nil {
+			return fmt.Errorf("audit log: %w", err)
+		}
 	}
 	return nil
 }

@@ -65,7 +65,11 @@ type adminLab struct {
 	cut      *cutter
 }
 
-func startAdminLab(t *testing.T) *adminLab {
+func startAdminLab(t *testing.T) *adminLab { t.Helper(); return startAdminLabWith(t, "") }
+
+// startAdminLabWith starts the lab with extra keys in its access section
+// (indented two spaces), such as an audit_log.
+func startAdminLabWith(t *testing.T, accessExtra string) *adminLab {
 	t.Helper()
 	path, _, _ := feedConfig(t)
 	dir := filepath.Dir(path)
@@ -86,7 +90,7 @@ func startAdminLab(t *testing.T) *adminLab {
 		`routes: [{tenant: acme, backend: "http://127.0.0.1:1"}, {tenant: globex, host: globex.example, backend: "http://127.0.0.1:2"}]}`, 1)
 	cfg += fmt.Sprintf(`
 access:
-  https: {listen: "%s", server_cert: %s, server_key: %s}
+%[5]s  https: {listen: "%[1]s", server_cert: %[2]s, server_key: %[3]s}
   grants:
     - {role: viewer, scope: "tenant:acme", users: [nobody]}
     - role: admin
@@ -101,7 +105,7 @@ access:
     - role: admin
       scope: "tenant:acme"
       certificates: [{client_ca: %[4]s, identities: {cn: [acme-admin]}}]
-`, addr, srv.CertFile, srv.KeyFile, l.adminCA.CertFile)
+`, addr, srv.CertFile, srv.KeyFile, l.adminCA.CertFile, accessExtra)
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
