@@ -61,6 +61,7 @@ type adminLab struct {
 	url      string
 	serverCA *certstest.CA
 	adminCA  *certstest.CA
+	crl      string                     // the admin CA's CRL file
 	certs    map[string]*certstest.Leaf // by common name
 	cut      *cutter
 }
@@ -78,6 +79,7 @@ func startAdminLabWith(t *testing.T, accessExtra string) *adminLab {
 	for _, cn := range []string{"ops-admin", "feed-bot", "acme-viewer", "acme-admin", "stranger"} {
 		l.certs[cn] = l.adminCA.Client(t, cn)
 	}
+	l.crl = l.adminCA.CRL(t, filepath.Join(dir, "admin-ca.crl"), time.Now().Add(time.Hour))
 	srv := l.serverCA.Server(t, "localhost", "127.0.0.1")
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -95,17 +97,17 @@ access:
     - {role: viewer, scope: "tenant:acme", users: [nobody]}
     - role: admin
       scope: global
-      certificates: [{client_ca: %[4]s, identities: {cn: [ops-admin]}}]
+      certificates: [{client_ca: %[4]s, crl: %[6]s, identities: {cn: [ops-admin]}}]
     - role: publisher
       scope: global
-      certificates: [{client_ca: %[4]s, identities: {cn: [feed-bot]}}]
+      certificates: [{client_ca: %[4]s, crl: %[6]s, identities: {cn: [feed-bot]}}]
     - role: viewer
       scope: "tenant:acme"
-      certificates: [{client_ca: %[4]s, identities: {cn: [acme-viewer]}}]
+      certificates: [{client_ca: %[4]s, crl: %[6]s, identities: {cn: [acme-viewer]}}]
     - role: admin
       scope: "tenant:acme"
-      certificates: [{client_ca: %[4]s, identities: {cn: [acme-admin]}}]
-`, addr, srv.CertFile, srv.KeyFile, l.adminCA.CertFile, accessExtra)
+      certificates: [{client_ca: %[4]s, crl: %[6]s, identities: {cn: [acme-admin]}}]
+`, addr, srv.CertFile, srv.KeyFile, l.adminCA.CertFile, accessExtra, l.crl)
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
