@@ -67,13 +67,47 @@ const (
 	// response is read, so a backend that answers early (413) without
 	// reading it cannot stall the exchange.
 	syncBodyMax = 16 << 10
+	// maxResponseHead bounds one response head from a backend (each 1xx
+	// head, and the final one), as the Transport's default
+	// MaxResponseHeaderBytes does under the std engine: a backend whose
+	// head does not end gets a 502, not the proxy's memory.
+	maxResponseHead = 10 << 20
 )
+
+// errResponseHead is a backend's response head over maxResponseHead.
+var errResponseHead = errors.New("backend response head over 10 MiB")
+
+// headLimit is the reader under a backend connection's bufio.Reader: while
+// armed, it hands out at most left bytes, then errResponseHead.
+type headLimit struct {
+	r     io.Reader
+	armed bool
+	left  int64
+}
+
+func (l *headLimit) Read(p []byte) (int, error) {
+	if !l.armed {
+		return l.r.Read(p)
+	}
+	if l.left <= 0 {
+		return 0, errResponseHead
+	}
+	if int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	return n, err
+}
+
+func (l *headLimit) arm(n int64) { l.armed, l.left = true, n }
 
 // backendConn is one kept-alive connection to a backend.
 type backendConn struct {
 	t    *directTransport
 	c    net.Conn
 	tcp  syscall.Conn // the socket under c, for the liveness probe
+	lim  *headLimit   // under br
 	br   *bufio.Reader
 	bw   *bufio.Writer
 	used time.Time // when it went idle
@@ -212,7 +246,8 @@ func (t *directTransport) dialConn(ctx context.Context) (*backendConn, error) {
 		}
 		c = tc
 	}
-	return &backendConn{t: t, c: c, tcp: sock, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}, nil
+	lim := &headLimit{r: c}
+	return &backendConn{t: t, c: c, tcp: sock, lim: lim, br: bufio.NewReaderSize(lim, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}, nil
 }
 
 // sockKey carries, in the context of a dial, where the dialer puts the
@@ -335,6 +370,7 @@ func (bc *backendConn) exchange(req *http.Request, trace *httptrace.ClientTrace)
 		bc.c.SetReadDeadline(time.Now().Add(bc.t.headerTimeout))
 	}
 	var resp *http.Response
+	bc.lim.arm(maxResponseHead)
 	for {
 		if _, err := bc.br.Peek(1); err != nil {
 			if wrote != nil {
@@ -357,12 +393,14 @@ func (bc *backendConn) exchange(req *http.Request, trace *httptrace.ClientTrace)
 				if err := trace.Got1xxResponse(r.StatusCode, textproto.MIMEHeader(r.Header)); err != nil {
 					return fail(err)
 				}
+				bc.lim.arm(maxResponseHead) // as the Transport: each head passed on is bounded alone
 			}
 			continue
 		}
 		resp = r
 		break
 	}
+	bc.lim.armed = false // the body is bounded by its own limits
 	bc.c.SetReadDeadline(time.Time{})
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// The connection is the backend's side of the tunnel now.

@@ -1,9 +1,12 @@
 package httpproxy_test
 
 import (
+	"bufio"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,5 +61,53 @@ func TestFastEngineClosesIdleBackendConnections(t *testing.T) {
 		if seen[i] != want[i] {
 			t.Fatalf("backend connection states %v, want %v", seen, want)
 		}
+	}
+}
+
+// TestEnginesRefuseOversizeResponseHead: a backend whose response head
+// never ends within net/http's response header limit (10 MiB) gets a 502
+// on both engines; the fast engine used to read any head whole, so one
+// backend could make the proxy hold as much memory as it sent.
+func TestEnginesRefuseOversizeResponseHead(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	line := "X-Pad: " + strings.Repeat("a", 1000) + "\r\n"
+	head := "HTTP/1.1 200 OK\r\n" + strings.Repeat(line, (11<<20)/len(line)) + "Content-Length: 2\r\n\r\nok"
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				io.WriteString(c, head) // ends early when the proxy gives up
+			}()
+		}
+	}()
+	for _, engine := range []string{httpproxy.EngineStd, httpproxy.EngineFast} {
+		t.Run(engine, func(t *testing.T) {
+			h, err := httpproxy.New(httpproxy.Config{Listener: policy.Listener{Name: "web", Protocol: policy.ProtoHTTPS,
+				Routes: []policy.Route{{Tenant: "acme", Path: "/", Backend: "http://" + ln.Addr().String()}},
+				Limits: policy.Limits{HTTP: policy.HTTPLimits{Engine: engine, BackendTimeout: time.Minute}}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(h.Close)
+			r := httptest.NewRequest("GET", "https://localhost/", nil)
+			r = r.WithContext(httpproxy.WithPeer(r.Context(), certs.Peer{Tenant: "acme", Environment: "default"}))
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			if w.Code != http.StatusBadGateway {
+				t.Fatalf("status %d with %d header fields, want 502", w.Code, len(w.Header()["X-Pad"]))
+			}
+		})
 	}
 }
