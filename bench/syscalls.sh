@@ -8,7 +8,7 @@
 #   sudo GATEHOUSE="main=/tmp/gh-main this=/tmp/gh" bench/syscalls.sh
 #                                                several gatehouse builds
 #   N=20000 MODE=h2 bench/syscalls.sh            more requests; HTTP/2
-#   ENGINES="std fast" bench/syscalls.sh         each gatehouse under each HTTP engine
+#   ENGINES="std fast direct" bench/syscalls.sh  each gatehouse under each HTTP engine
 #                                                (limits.http.engine); default: its default
 #   KEEP=/tmp/sc bench/syscalls.sh               keep strace's tables as /tmp/sc-NAME
 #   PROFILE=/tmp/p bench/syscalls.sh             perf record instead of strace: the

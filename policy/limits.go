@@ -66,8 +66,9 @@ type HTTPLimits struct {
 	// BackendTimeout bounds the wait for a backend's response headers.
 	BackendTimeout time.Duration
 	// Engine is how HTTP/1.1 requests reach their backends: "std"
-	// (net/http's Transport) or "fast" (on the request's own goroutine);
-	// "" is std. Listener-wide.
+	// (net/http's Transport), "fast" (on the request's own goroutine) or
+	// "direct" (fast, and HTTP/1.1 clients served by the proxy's own
+	// server loop instead of net/http's); "" is std. Listener-wide.
 	Engine string
 }
 

@@ -15,12 +15,14 @@ import (
 )
 
 // TestFastEngineExchangeOnRequestGoroutine holds a backend's answer and
-// looks at every goroutine meanwhile: under the fast engine no backend
-// connection has a read or write loop of its own (net/http's Transport
-// runs two per connection, which std still shows), and the answer and the
-// next request on the kept-alive backend connection arrive as before.
+// looks at every goroutine meanwhile: under the fast and direct engines no
+// backend connection has a read or write loop of its own (net/http's
+// Transport runs two per connection, which std still shows), under direct
+// no net/http server goroutine serves the client either, and the answer
+// and the next request on the kept-alive backend connection arrive as
+// before.
 func TestFastEngineExchangeOnRequestGoroutine(t *testing.T) {
-	for _, engine := range []string{httpproxy.EngineStd, httpproxy.EngineFast} {
+	for _, engine := range []string{httpproxy.EngineStd, httpproxy.EngineFast, httpproxy.EngineDirect} {
 		t.Run(engine, func(t *testing.T) {
 			held, release := make(chan struct{}), make(chan struct{})
 			be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -55,6 +57,20 @@ func TestFastEngineExchangeOnRequestGoroutine(t *testing.T) {
 				bytes.Contains(dump.Bytes(), []byte("net/http.(*persistConn).writeLoop"))
 			if want := engine == httpproxy.EngineStd; loops != want {
 				t.Errorf("Transport loops running during the exchange: %v, want %v", loops, want)
+			}
+			// The direct engine serves the client on the connection's own
+			// goroutine, not on one of net/http's server (the backend, in
+			// this process too, has its own).
+			var handler []byte
+			for g := range bytes.SplitSeq(dump.Bytes(), []byte("\n\n")) {
+				if bytes.Contains(g, []byte("proxy/http.(*Handler).ServeHTTP")) {
+					handler = g
+				}
+			}
+			direct := bytes.Contains(handler, []byte("proxy/http.(*ConnServer).ServeConn")) &&
+				!bytes.Contains(handler, []byte("net/http.(*conn).serve"))
+			if want := engine == httpproxy.EngineDirect; direct != want {
+				t.Errorf("request served by the direct server half: %v, want %v:\n%s", direct, want, handler)
 			}
 			if r := <-done; !strings.HasPrefix(r, "200 ") {
 				t.Errorf("held request: %q", r)

@@ -26,10 +26,16 @@ import (
 type httpServer struct {
 	settings httpSettings
 	hs       *http.Server
+	// Connections the direct engine serves (limits.http.engine direct)
+	// instead of hs: stop ends them once idle, as Shutdown does hs's.
+	stop   context.Context
+	retire context.CancelFunc
+	direct sync.WaitGroup
 }
 
 func (s *Server) newHTTPServer(sk *socket, set httpSettings) *httpServer {
 	h := &httpServer{settings: set}
+	h.stop, h.retire = context.WithCancel(context.Background())
 	h.hs = &http.Server{
 		Handler:           http.HandlerFunc(sk.serveHTTP),
 		ReadHeaderTimeout: set.readHeaderTimeout,
@@ -80,10 +86,33 @@ func (s *Server) serveHTTP(c *conn, st *listenerState) error {
 	if !h2 {
 		hc = httpproxy.NewFramingGuard(hc, st.l.Limits.HTTP.MaxHeaderBytes, func(err error) { s.logRefusal(c, slog.LevelInfo, "HTTP request refused", err) })
 	}
-	if !c.sock.serveHTTPConn(c, hc) {
+	if !c.sock.serveHTTPConn(s, c, hc, h2) {
 		c.raw.Close()
 	}
 	return nil
+}
+
+// serveDirect serves the HTTP/1.1 connection hc on this goroutine with
+// the direct engine's server half, under the settings of cur, and reports
+// whether cur took it (it did not once retired).
+func (sk *socket) serveDirect(s *Server, c *conn, hc net.Conn, cur *httpServer) bool {
+	sk.http.mu.Lock()
+	if sk.http.cur != cur {
+		sk.http.mu.Unlock()
+		return false
+	}
+	cur.direct.Add(1)
+	sk.http.mu.Unlock()
+	defer cur.direct.Done()
+	cs := &httpproxy.ConnServer{
+		Handler:           cur.hs.Handler,
+		MaxHeaderBytes:    cur.hs.MaxHeaderBytes,
+		ReadHeaderTimeout: cur.settings.readHeaderTimeout,
+		IdleTimeout:       cur.settings.idleTimeout,
+		Logger:            s.logger,
+	}
+	cs.ServeConn(s.peerContext(sk.ctx, c), hc, cur.stop)
+	return true
 }
 
 // httpServers are the HTTP servers of a socket: the one new connections
@@ -120,7 +149,7 @@ func (s *Server) useHTTP(sk *socket, set *httpSettings) {
 	go func() {
 		defer hsv.wg.Done()
 		// Returns once its connections are gone, or the socket drains.
-		old.hs.Shutdown(sk.ctx)
+		old.shutdown(sk.ctx)
 		hsv.mu.Lock()
 		delete(hsv.retired, old)
 		hsv.mu.Unlock()
@@ -128,8 +157,9 @@ func (s *Server) useHTTP(sk *socket, set *httpSettings) {
 }
 
 // serveHTTPConn hands hc, the stream of the identified connection c, to
-// the current HTTP server, and reports whether one took it.
-func (sk *socket) serveHTTPConn(c *conn, hc net.Conn) bool {
+// the current HTTP server, and reports whether one took it. Under the
+// direct engine an HTTP/1.1 connection is served on this goroutine.
+func (sk *socket) serveHTTPConn(s *Server, c *conn, hc net.Conn, h2 bool) bool {
 	for {
 		sk.http.mu.Lock()
 		cur := sk.http.cur
@@ -137,12 +167,18 @@ func (sk *socket) serveHTTPConn(c *conn, hc net.Conn) bool {
 		if cur == nil {
 			return false
 		}
-		o := &oneConn{c: c, nc: hc, addr: sk.ln.Addr()}
-		// Serve returns once it took hc (its goroutine serves it on), or
-		// at once when the server was shut down.
-		cur.hs.Serve(o)
-		if o.taken.Load() {
-			return true
+		if cur.settings.direct && !h2 {
+			if sk.serveDirect(s, c, hc, cur) {
+				return true
+			}
+		} else {
+			o := &oneConn{c: c, nc: hc, addr: sk.ln.Addr()}
+			// Serve returns once it took hc (its goroutine serves it on),
+			// or at once when the server was shut down.
+			cur.hs.Serve(o)
+			if o.taken.Load() {
+				return true
+			}
 		}
 		// Retired meanwhile: try the server that replaced it.
 		sk.http.mu.Lock()
@@ -151,6 +187,19 @@ func (sk *socket) serveHTTPConn(c *conn, hc net.Conn) bool {
 		if same {
 			return false
 		}
+	}
+}
+
+// shutdown ends the server's connections as they go idle, net/http's and
+// the direct engine's, and returns once they are gone or ctx is done.
+func (h *httpServer) shutdown(ctx context.Context) {
+	h.retire()
+	h.hs.Shutdown(ctx)
+	direct := make(chan struct{})
+	go func() { h.direct.Wait(); close(direct) }()
+	select {
+	case <-direct:
+	case <-ctx.Done():
 	}
 }
 

@@ -18,7 +18,7 @@ func TestImportDirection(t *testing.T) {
 	const mod = "github.com/gatehouse-dmz/gatehouse/"
 	allowed := map[string][]string{
 		".":     {mod + "policy", mod + "certs", mod + "proxy/", "github.com/prometheus/client_golang/"},
-		"http":  {mod + "policy", mod + "certs", mod + "proxy/relay", "github.com/prometheus/client_golang/", "golang.org/x/text/unicode/norm"},
+		"http":  {mod + "policy", mod + "certs", mod + "proxy/relay", "github.com/prometheus/client_golang/", "golang.org/x/text/unicode/norm", "golang.org/x/net/http/httpguts"},
 		"relay": {},
 	}
 	for dir, ok := range allowed {

@@ -68,7 +68,7 @@ func (s *Server) drain(ctx context.Context, sk *socket) bool {
 		defer close(shut)
 		var wg sync.WaitGroup
 		for _, h := range servers {
-			wg.Go(func() { h.hs.Shutdown(ctx) }) // closes idle keep-alive connections as they go idle
+			wg.Go(func() { h.shutdown(ctx) }) // closes idle keep-alive connections as they go idle
 		}
 		wg.Wait()
 	}()

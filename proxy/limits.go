@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
+	httpproxy "github.com/gatehouse-dmz/gatehouse/proxy/http"
 )
 
 // Every limit the proxy applies comes from the policy generation it runs
@@ -68,6 +69,9 @@ type httpSettings struct {
 	maxHeaderBytes    int
 	readHeaderTimeout time.Duration
 	idleTimeout       time.Duration
+	// direct: HTTP/1.1 connections are served by the direct engine's
+	// server half (limits.http.engine direct), not by net/http's.
+	direct bool
 }
 
 func httpSettingsOf(l policy.Limits) httpSettings {
@@ -75,5 +79,6 @@ func httpSettingsOf(l policy.Limits) httpSettings {
 		maxHeaderBytes:    l.HTTP.MaxHeaderBytes,
 		readHeaderTimeout: l.HTTP.ReadHeaderTimeout,
 		idleTimeout:       l.HTTP.IdleTimeout,
+		direct:            l.HTTP.Engine == httpproxy.EngineDirect,
 	}
 }

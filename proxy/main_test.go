@@ -25,7 +25,7 @@ func TestMain(m *testing.M) {
 	// Every test of the package runs under each HTTP engine in turn:
 	// testLimits, which every listener's limits start from, names it.
 	// GATEHOUSE_TEST_HTTP_ENGINE picks one.
-	for _, e := range []string{httpproxy.EngineStd, httpproxy.EngineFast} {
+	for _, e := range []string{httpproxy.EngineStd, httpproxy.EngineFast, httpproxy.EngineDirect} {
 		if only := os.Getenv("GATEHOUSE_TEST_HTTP_ENGINE"); only != "" && only != e {
 			continue
 		}

@@ -244,8 +244,8 @@ func checkLimits(c *checker, p string, l Limits, scope []string, where string) {
 	if h := *l.HTTP.MaxHeaderSize; h < 4<<10 || h > 1<<20 {
 		add([]string{"http.max_header_size"}, "must be between 4KiB and 1MiB, got %s", h)
 	}
-	if e := *l.HTTP.Engine; e != "std" && e != "fast" {
-		add([]string{"http.engine"}, "must be std or fast, got %q", e)
+	if e := *l.HTTP.Engine; e != "std" && e != "fast" && e != "direct" {
+		add([]string{"http.engine"}, "must be std, fast or direct, got %q", e)
 	}
 	if b := *l.HTTP.MaxBodySize; b < 1 {
 		add([]string{"http.max_body_size"}, "must be at least 1B, got %s", b)

@@ -120,7 +120,7 @@ func TestLimitsProblems(t *testing.T) {
 		{"an unknown HTTP engine",
 			"    protocol: https\n",
 			"    protocol: https\n    limits: {http: {engine: turbo}}\n",
-			[]string{"listeners[0].limits.http.engine: must be std or fast, got \"turbo\""}},
+			[]string{"listeners[0].limits.http.engine: must be std, fast or direct, got \"turbo\""}},
 		{"body buffer budget and timeout",
 			"    protocol: https\n",
 			"    protocol: https\n    limits: {http: {body_buffer_total: 4MiB, body_buffer_timeout: 0s}}\n",

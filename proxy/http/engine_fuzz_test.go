@@ -35,7 +35,7 @@ import (
 // fingerprint of the exchange it came from.
 type engineRig struct {
 	q   *connQueue
-	srv *http.Server
+	srv *http.Server // nil under the direct engine: ConnServer serves
 	h   *httpproxy.Handler
 }
 
@@ -242,15 +242,42 @@ func newEngineRig(t testing.TB, engine, backend string) *engineRig {
 			return httpproxy.WithPeer(ctx, p)
 		},
 	}
-	go srv.Serve(q)
-	t.Cleanup(func() { close(q.done); srv.Close(); h.Close() })
-	return &engineRig{q: q, srv: srv, h: h}
+	if engine != httpproxy.EngineDirect {
+		go srv.Serve(q)
+		t.Cleanup(func() { close(q.done); srv.Close(); h.Close() })
+		return &engineRig{q: q, srv: srv, h: h}
+	}
+	// The direct engine's server half, as proxy/httpserver.go runs it.
+	cs := &httpproxy.ConnServer{Handler: h, MaxHeaderBytes: srv.MaxHeaderBytes,
+		ReadHeaderTimeout: srv.ReadHeaderTimeout, IdleTimeout: srv.IdleTimeout}
+	go func() {
+		for {
+			c, err := q.Accept()
+			if err != nil {
+				return
+			}
+			go cs.ServeConn(srv.ConnContext(context.Background(), c), c, nil)
+		}
+	}()
+	t.Cleanup(func() { close(q.done); h.Close() })
+	return &engineRig{q: q, h: h}
 }
 
 // exchange sends raw on a new connection and returns every answer the
 // client got (status, whether the connection closes, body; the headers
 // hold the date).
 func (r *engineRig) exchange(t testing.TB, raw []byte) (answers, fp string) {
+	answers, _, fp = r.exchangeWire(t, raw)
+	return answers, fp
+}
+
+// dateLine is the Date header of an answer: the one difference allowed
+// between the bytes two servers send.
+var dateLine = regexp.MustCompile(`(?m)^Date: .*\r\n`)
+
+// exchangeWire is exchange, and the bytes the client received, without
+// their Date headers.
+func (r *engineRig) exchangeWire(t testing.TB, raw []byte) (answers, wire, fp string) {
 	c := newScriptConn(raw)
 	r.q.conns <- c
 	select {
@@ -277,16 +304,20 @@ func (r *engineRig) exchange(t testing.TB, raw []byte) (answers, fp string) {
 		body, err := io.ReadAll(resp.Body)
 		fmt.Fprintf(&out, "%d close=%v %q err=%v\n", resp.StatusCode, resp.Close, body, err != nil)
 	}
-	return out.String(), c.fp
+	return out.String(), dateLine.ReplaceAllString(string(written), ""), c.fp
 }
 
 // FuzzEnginesDecideAlike: the std and the fast engine, given the same bytes
 // from a client, answer with the same statuses and bodies, and send the
-// same requests (parsed and written back out) to the backend.
+// same requests (parsed and written back out) to the backend; the direct
+// engine's server half sends the client the same bytes as net/http's
+// server does under the fast engine (status lines, headers but Date,
+// bodies and their framing), and the backend the same requests.
 func FuzzEnginesDecideAlike(f *testing.F) {
 	be := newDiffBackend(f)
 	std := newEngineRig(f, httpproxy.EngineStd, be.srv.URL)
 	fast := newEngineRig(f, httpproxy.EngineFast, be.srv.URL)
+	direct := newEngineRig(f, httpproxy.EngineDirect, be.srv.URL)
 	for _, s := range engineSeeds {
 		f.Add([]byte(s))
 	}
@@ -296,22 +327,32 @@ func FuzzEnginesDecideAlike(f *testing.F) {
 		}
 		a, afp := std.exchange(t, raw)
 		aSeen := be.take(afp)
-		b, bfp := fast.exchange(t, raw)
+		b, bwire, bfp := fast.exchangeWire(t, raw)
 		bSeen := be.take(bfp)
+		c, cwire, cfp := direct.exchangeWire(t, raw)
+		cSeen := be.take(cfp)
 		// A request is cancelled (499) when the connection's next bytes,
 		// read ahead by net/http's background read, are refused by the
 		// framing guard: whether that happens before or after the backend
 		// answered is timing, under either engine. Such an answer matches
-		// the backend's, and what the backend saw is not compared.
+		// the backend's, and what the backend saw is not compared. The
+		// direct engine has no background read: it answers such a
+		// request, and refuses the next bytes when it reads them.
 		cancelled := strings.Contains(a, "499 ") || strings.Contains(b, "499 ")
 		if cancelled {
-			a, b = raceless(a), raceless(b)
+			a, b, c = raceless(a), raceless(b), raceless(c)
 		}
 		if a != b {
 			t.Fatalf("answers differ for %s:\nstd:  %s\nfast: %s", clip(string(raw)), clip(a), clip(b))
 		}
-		if !cancelled && aSeen != bSeen {
-			t.Fatalf("backend saw different requests for %s (answers %s):\nstd:\n%s\nfast:\n%s", clip(string(raw)), clip(a), clip(aSeen), clip(bSeen))
+		if b != c {
+			t.Fatalf("answers differ for %s:\nfast:   %s\ndirect: %s", clip(string(raw)), clip(b), clip(c))
+		}
+		if !cancelled && bwire != cwire {
+			t.Fatalf("bytes to the client differ for %s:\nfast:   %s\ndirect: %s", clip(string(raw)), clip(bwire), clip(cwire))
+		}
+		if !cancelled && (aSeen != bSeen || bSeen != cSeen) {
+			t.Fatalf("backend saw different requests for %s (answers %s):\nstd:\n%s\nfast:\n%s\ndirect:\n%s", clip(string(raw)), clip(a), clip(aSeen), clip(bSeen), clip(cSeen))
 		}
 	})
 }

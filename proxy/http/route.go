@@ -167,7 +167,7 @@ func (h *Handler) newTransport(u *url.URL, tc *tls.Config, lim *tenantLimits) (*
 		tc.ServerName = u.Hostname()
 		tr.TLSClientConfig = tc
 	}
-	if h.engine != EngineFast {
+	if h.engine != EngineFast && h.engine != EngineDirect {
 		return tr, nil
 	}
 	return tr, newDirectTransport(hostPort(u), tr.TLSClientConfig, dial, lim.BackendTimeout)

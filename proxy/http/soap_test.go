@@ -97,7 +97,7 @@ const (
 )
 
 // engines are the HTTP engines every proxying test runs under.
-var engines = []string{httpproxy.EngineStd, httpproxy.EngineFast}
+var engines = []string{httpproxy.EngineStd, httpproxy.EngineFast, httpproxy.EngineDirect}
 
 func TestSOAP(t *testing.T) {
 	for _, e := range engines {
