@@ -31,6 +31,9 @@ type Config struct {
 	Now func() time.Time
 	// PollInterval is how often Watch looks at the files; zero means 1s.
 	PollInterval time.Duration
+	// Files is where the policy's files are read; nil means the process's
+	// (SetFileSource; the operating system unless a worker set it).
+	Files FileSource
 }
 
 // Peer is the verified identity of one connection: who its client
@@ -59,6 +62,7 @@ type Manager struct {
 	now      func() time.Time
 	stateDir string
 	poll     time.Duration
+	files    FileSource
 
 	state atomic.Pointer[state]
 
@@ -87,7 +91,11 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = time.Second
 	}
+	if cfg.Files == nil {
+		cfg.Files = defaultFiles()
+	}
 	m := &Manager{
+		files:    cfg.Files,
 		logger:   cfg.Logger.With("component", "certs"),
 		now:      cfg.Now,
 		stateDir: cfg.StateDir,

@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
-	"os"
 	"strings"
 )
 
@@ -29,7 +28,7 @@ const (
 // write, a key that is not base64 of 32 or 48 bytes, a key given twice,
 // more than maxTicketFileKeys keys and a file without any.
 func loadTicketFile(ld *loader, path string) ([][]byte, error) {
-	fi, err := os.Stat(path)
+	fi, err := ld.src.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("tls.ticket_keys: %w", err)
 	}

@@ -28,24 +28,18 @@ import (
 // The workers of these tests run as nobody/nogroup.
 const privsepUser = "nobody"
 
-// readableByWorkers lets the workers' user reach files the tests made for
-// root: each file world-readable, each directory above it searchable.
-func readableByWorkers(t *testing.T, files ...string) {
+// workerStateDir makes a state_dir the workers' user can reach, as it
+// reaches /var/lib/gatehouse: its parent is searchable by all (/tmp),
+// where t.TempDir's parent is root's and 0700. The workers keep their
+// session-ticket keys below it; the certificates need nothing of the kind.
+func workerStateDir(t *testing.T) string {
 	t.Helper()
-	for _, f := range files {
-		if err := os.Chmod(f, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		for d := filepath.Dir(f); d != "/" && d != "."; d = filepath.Dir(d) {
-			fi, err := os.Stat(d)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Chmod(d, fi.Mode().Perm()|0o111); err != nil {
-				t.Fatal(err)
-			}
-		}
+	dir, err := os.MkdirTemp("", "gatehouse-state-")
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 type privsepDaemon struct {
@@ -74,9 +68,10 @@ func startPrivsep(t *testing.T, workers int, extra string, ns *netns.NS, listen 
 		fmt.Fprintf(w, "hello %s", r.Header.Get("X-Gatehouse-Tenant"))
 	}))
 	t.Cleanup(backend.Close)
-	readableByWorkers(t, ca.CertFile, server.CertFile, server.KeyFile)
+	// The fixtures' keys stay 0600 in 0700 directories: the workers read
+	// nothing, the enforcer hands them the content.
 
-	dir := t.TempDir()
+	dir := workerStateDir(t)
 	metrics := testkit.FreeLoopbackAddr(t)
 	if listen == "" {
 		listen = testkit.FreeLoopbackAddr(t)
@@ -221,8 +216,9 @@ func TestPrivsepSessionCutsAndAccessTail(t *testing.T) {
 
 // TestPrivsepReloadAddsListener: SIGHUP with a second listener binds its
 // sockets in the enforcer and passes them to every worker (SCM_RIGHTS),
-// which serve it; a reload naming a key outside the directories the
-// workers could read at start is refused and the old policy stays.
+// which serve it; a reload naming a certificate and key in a directory
+// nobody but root may read, new since the start, just works: the enforcer
+// reads them and hands them over.
 func TestPrivsepReloadAddsListener(t *testing.T) {
 	d := startPrivsep(t, 2, "", nil, "")
 	cfg, err := os.ReadFile(d.cfg)
@@ -251,20 +247,50 @@ func TestPrivsepReloadAddsListener(t *testing.T) {
 		t.Fatalf("GET on the first listener: %q, %v", body, err)
 	}
 
-	// A key in a directory the workers were not given at start.
-	elsewhere := certstest.NewCA(t, "other").Server(t, "localhost")
-	readableByWorkers(t, elsewhere.CertFile, elsewhere.KeyFile)
+	// A certificate and key in a directory the workers were never given,
+	// root's and 0700, the key 0600.
+	fresh := d.ca.Server(t, "localhost")
+	dir, err := os.MkdirTemp("", "gatehouse-newcerts-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	newCert, newKey := filepath.Join(dir, "web3.crt"), filepath.Join(dir, "web3.key")
+	for src, dst := range map[string]string{fresh.CertFile: newCert, fresh.KeyFile: newKey} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	moved := strings.Replace(more, "name: web2", "name: web3", 1)
 	moved = regexp.MustCompile(`(name: web3.*?server_cert: )\S+, server_key: \S+,`).
-		ReplaceAllString(moved, "${1}"+elsewhere.CertFile+", server_key: "+elsewhere.KeyFile+",")
+		ReplaceAllString(moved, "${1}"+newCert+", server_key: "+newKey+",")
 	if err := os.WriteFile(d.cfg, []byte(moved), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	d.waitFor(t, "the refusal", func() bool { return strings.Contains(d.out.String(), "the workers may only read below") })
+	d.waitFor(t, "the second reload", func() bool { return strings.Count(d.out.String(), "configuration reloaded") >= 2 })
+	if strings.Contains(d.out.String(), "reload refused") {
+		t.Fatalf("the reload was refused:\n%s", d.out.String())
+	}
+	want := fresh.Cert.SerialNumber
+	for range 6 {
+		conn, err := tls.Dial("tcp", second, &tls.Config{RootCAs: d.ca.Pool(), Certificates: []tls.Certificate{d.client.TLS}, ServerName: "localhost"})
+		if err != nil {
+			t.Fatalf("handshake on web3: %v\n%s", err, d.out.String())
+		}
+		got := conn.ConnectionState().PeerCertificates[0].SerialNumber
+		conn.Close()
+		if got.Cmp(want) != 0 {
+			t.Fatalf("web3 serves serial %v, want the moved certificate's %v", got, want)
+		}
+	}
 	if body, err := tlsGet(t, second, d.ca, d.client); err != nil || body != "hello acme" {
-		t.Fatalf("after the refused reload: %q, %v", body, err)
+		t.Fatalf("after the reload: %q, %v", body, err)
 	}
 }

@@ -39,9 +39,6 @@ type WorkerOptions struct {
 var systemReadOnly = []string{"/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/host.conf", "/etc/gai.conf",
 	"/etc/services", "/etc/ssl/certs", "/etc/pki/tls/certs", "/usr/share/ca-certificates", "/etc/localtime", "/usr/share/zoneinfo"}
 
-// wideDirs are never granted whole: a file directly in one is granted alone.
-var wideDirs = []string{"/", "/etc", "/usr", "/var", "/root", "/home", "/tmp", "/run"}
-
 // WorkerUser resolves enforcement.worker_user to its uid and primary gid.
 // Run and check both call it.
 func WorkerUser(cfg *config.Config) (uid, gid int, err error) {
@@ -76,15 +73,9 @@ func buildWorkers(env *Env) (*layer, *worker.Pool, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	// The certificates, keys, CAs and CRLs are not here: the pool reads
+	// them and hands their content over; the workers cannot open them.
 	var ro []string
-	for _, f := range worker.Files(p) {
-		dir := filepath.Dir(f)
-		if slices.Contains(wideDirs, dir) {
-			ro = append(ro, f)
-		} else {
-			ro = append(ro, dir)
-		}
-	}
 	for _, f := range systemReadOnly {
 		if _, err := os.Stat(f); err == nil {
 			ro = append(ro, f)

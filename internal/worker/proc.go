@@ -179,7 +179,7 @@ func (pr *proc) request(typ string, body any, timeout time.Duration, fds ...int)
 	select {
 	case f := <-ch:
 		want := typ
-		if typ == MsgPolicy || typ == MsgDrain || typ == MsgRevalidate || typ == MsgCut {
+		if typ == MsgPolicy || typ == MsgFiles || typ == MsgDrain || typ == MsgRevalidate || typ == MsgCut {
 			want = MsgResult
 		}
 		if f.Type != want {

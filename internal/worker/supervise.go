@@ -75,7 +75,11 @@ func (pl *Pool) restart(s *slot) (*proc, error) {
 	}
 	s.proc = pr
 	if pl.policy != nil {
-		if err := pl.sendPolicy(s, pl.policy); err != nil {
+		err := pl.sendMaterial(pr, pl.material)
+		if err == nil {
+			err = pl.sendPolicy(s, pl.policy)
+		}
+		if err != nil {
 			s.proc = nil
 			pr.kill()
 			<-pr.exited
