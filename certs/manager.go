@@ -27,6 +27,10 @@ type Config struct {
 	// falls back to the policy's StateDir; when both are empty the keys live
 	// in memory only and resumption does not survive a restart.
 	StateDir string
+	// TicketDir, when set, holds the session-ticket keys instead of
+	// StateDir/tls-tickets (a worker's is the directory the enforcer
+	// opened for it, as /proc/self/fd/N).
+	TicketDir string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// PollInterval is how often Watch looks at the files; zero means 1s.
@@ -58,11 +62,12 @@ type Peer struct {
 // Manager serves TLS configurations for the listeners and maps client
 // certificates to tenants. All methods are safe for concurrent use.
 type Manager struct {
-	logger   *slog.Logger
-	now      func() time.Time
-	stateDir string
-	poll     time.Duration
-	files    FileSource
+	logger    *slog.Logger
+	now       func() time.Time
+	stateDir  string
+	ticketDir string
+	poll      time.Duration
+	files     FileSource
 
 	state atomic.Pointer[state]
 
@@ -95,12 +100,13 @@ func New(cfg Config) (*Manager, error) {
 		cfg.Files = defaultFiles()
 	}
 	m := &Manager{
-		files:    cfg.Files,
-		logger:   cfg.Logger.With("component", "certs"),
-		now:      cfg.Now,
-		stateDir: cfg.StateDir,
-		poll:     cfg.PollInterval,
-		tickets:  map[string]*ticketSet{},
+		files:     cfg.Files,
+		logger:    cfg.Logger.With("component", "certs"),
+		now:       cfg.Now,
+		stateDir:  cfg.StateDir,
+		ticketDir: cfg.TicketDir,
+		poll:      cfg.PollInterval,
+		tickets:   map[string]*ticketSet{},
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatehouse_tls_handshakes_total",
 			Help: "TLS handshakes on the listeners by tenant and result.",

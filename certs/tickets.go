@@ -43,6 +43,12 @@ func (m *Manager) planTickets(p *policy.Policy) (map[string]*ticketSet, error) {
 	if dir == "" {
 		dir = p.StateDir
 	}
+	if dir != "" {
+		dir = filepath.Join(dir, "tls-tickets")
+	}
+	if m.ticketDir != "" {
+		dir = m.ticketDir
+	}
 	plan := map[string]*ticketSet{}
 	for _, l := range p.Listeners {
 		ts, ok := m.tickets[l.Name]
@@ -57,7 +63,7 @@ func (m *Manager) planTickets(p *policy.Policy) (map[string]*ticketSet, error) {
 		if !ok {
 			ts = &ticketSet{}
 			if dir != "" {
-				ts.path = filepath.Join(dir, "tls-tickets", safeFileName(l.Name))
+				ts.path = filepath.Join(dir, safeFileName(l.Name))
 				if err := ts.load(); err != nil && !os.IsNotExist(err) {
 					m.logger.Warn("session ticket keys unreadable, starting new ones", "listener", l.Name, "file", ts.path, "err", err)
 					ts.keys, ts.created = nil, nil

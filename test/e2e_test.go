@@ -68,7 +68,7 @@ func newTopology(t *testing.T) *topology {
 func newTopologyWith(t *testing.T, o topologyOptions) *topology {
 	t.Helper()
 	netns.RequirePriv(t)
-	tp := &topology{dir: workerStateDir(t), bin: o.bin}
+	tp := &topology{dir: t.TempDir(), bin: o.bin}
 	tp.cloud = netns.New(t, "cloud")
 	tp.dmz = netns.New(t, "dmz")
 	tp.internal = netns.New(t, "internal")

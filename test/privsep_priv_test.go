@@ -103,13 +103,14 @@ func TestPrivsepWorkerConfined(t *testing.T) {
 	if len(pids) != 2 {
 		t.Fatalf("workers %v, want 2", pids)
 	}
+	uid, gid := workerIDs(t)
 	for _, pid := range pids {
 		threads, err := sandbox.ReadThreads(pid)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, th := range threads {
-			for _, p := range th.Problems(65534, 65534) {
+			for _, p := range th.Problems(uid, gid) {
 				t.Errorf("worker %d: %s", pid, p)
 			}
 			if th.Seccomp != 2 {

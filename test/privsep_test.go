@@ -12,8 +12,10 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,21 +27,20 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/test/netns"
 )
 
-// The workers of these tests run as nobody/nogroup.
-const privsepUser = "nobody"
+// The workers of these tests run as the system user gatehouse, as in
+// production: make deps creates it (CI runs make deps first).
+const privsepUser = "gatehouse"
 
-// workerStateDir makes a state_dir the workers' user can reach, as it
-// reaches /var/lib/gatehouse: its parent is searchable by all (/tmp),
-// where t.TempDir's parent is root's and 0700. The workers keep their
-// session-ticket keys below it; the certificates need nothing of the kind.
-func workerStateDir(t *testing.T) string {
+// workerIDs is the uid and gid of privsepUser.
+func workerIDs(t *testing.T) (uid, gid int) {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "gatehouse-state-")
+	u, err := user.Lookup(privsepUser)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("the workers' user: %v (make deps creates it)", err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
+	uid, _ = strconv.Atoi(u.Uid)
+	gid, _ = strconv.Atoi(u.Gid)
+	return uid, gid
 }
 
 type privsepDaemon struct {
@@ -71,7 +72,7 @@ func startPrivsep(t *testing.T, workers int, extra string, ns *netns.NS, listen 
 	// The fixtures' keys stay 0600 in 0700 directories: the workers read
 	// nothing, the enforcer hands them the content.
 
-	dir := workerStateDir(t)
+	dir := t.TempDir()
 	metrics := testkit.FreeLoopbackAddr(t)
 	if listen == "" {
 		listen = testkit.FreeLoopbackAddr(t)
@@ -131,8 +132,19 @@ func TestPrivsepServesFromConfinedWorkers(t *testing.T) {
 	if st.Privsep == nil || !st.Privsep.On || len(st.Privsep.Workers) != 2 {
 		t.Fatalf("status privsep: %+v", st.Privsep)
 	}
+	// The workers keep their session-ticket keys below state_dir (a
+	// t.TempDir: root's directories, 0700, all the way up), reached
+	// through the directory the enforcer passed them.
+	uid, _ := workerIDs(t)
+	fi, err := os.Stat(filepath.Join(filepath.Dir(d.cfg), "tls-tickets", "web"))
+	if err != nil {
+		t.Fatalf("the workers' ticket keys: %v\n%s", err, d.out.String())
+	}
+	if owner := fi.Sys().(*syscall.Stat_t).Uid; int(owner) != uid || fi.Mode().Perm() != 0o600 {
+		t.Errorf("ticket keys %v owned by %d, want 0600 owned by the workers' uid %d", fi.Mode(), owner, uid)
+	}
 	out, err := exec.Command(binary(t), "status", "-c", d.cfg).Output()
-	if err != nil || !regexp.MustCompile(`privsep +on: 2 workers as nobody`).MatchString(string(out)) || !strings.Contains(string(out), `tls_handshakes_total{listener="web",result="ok",tenant="acme"}`) {
+	if err != nil || !regexp.MustCompile(`privsep +on: 2 workers as gatehouse`).MatchString(string(out)) || !strings.Contains(string(out), `tls_handshakes_total{listener="web",result="ok",tenant="acme"}`) {
 		t.Errorf("gatehouse status: %v\n%s", err, out)
 	}
 	if !strings.Contains(d.out.String(), "worker confined") {

@@ -11,7 +11,6 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
-	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -100,7 +99,7 @@ func buildWorkers(env *Env) (*layer, *worker.Pool, error) {
 	}
 	n := cfg.Enforcement.WorkerCount(runtime.NumCPU())
 	pool, err := worker.NewPool(worker.PoolConfig{Exe: o.Exe, Args: []string{"worker"}, Env: o.Env, Workers: n, UID: uid, GID: gid,
-		ReadOnly: ro, ReadWrite: []string{tickets}, LogFormat: o.LogFormat, LogLevel: o.LogLevel, Logger: env.Logger,
+		ReadOnly: ro, TicketDir: tickets, LogFormat: o.LogFormat, LogLevel: o.LogLevel, Logger: env.Logger,
 		Stdout: worker.NewAccessRelay(access, env.Logger), Stderr: o.Stderr})
 	if err != nil {
 		return nil, nil, err
@@ -112,27 +111,12 @@ func buildWorkers(env *Env) (*layer, *worker.Pool, error) {
 
 // ownedDir makes dir (and its parents) exist and gives dir and the files
 // in it to uid:gid, mode 0700: the workers keep their ticket keys there.
-// Its parent (state_dir, root's, 0700 under the unit) gets the workers'
-// group with search permission only, so that they reach dir and nothing
-// else there (the feeds stay root's).
+// The directories above it stay as they are (state_dir root's and 0700
+// under the unit): the pool opens dir and passes it to the workers, which
+// reach it through that descriptor only.
 func ownedDir(dir string, uid, gid int) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("state_dir: %w", err)
-	}
-	parent := filepath.Dir(dir)
-	fi, err := os.Stat(parent)
-	if err != nil {
-		return fmt.Errorf("state_dir: %w", err)
-	}
-	if fi.Mode().Perm()&0o001 == 0 {
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Gid) != gid {
-			if err := os.Chown(parent, -1, gid); err != nil {
-				return fmt.Errorf("state_dir: %w", err)
-			}
-		}
-		if err := os.Chmod(parent, fi.Mode().Perm()&^0o060|0o010); err != nil {
-			return fmt.Errorf("state_dir: %w", err)
-		}
 	}
 	if err := os.Chown(dir, uid, gid); err != nil {
 		return fmt.Errorf("state_dir: %w", err)

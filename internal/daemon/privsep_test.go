@@ -7,9 +7,10 @@ import (
 	"testing"
 )
 
-// TestOwnedDirLetsWorkersReachTickets: a state_dir that is root's and 0700
-// (as the unit makes it) gets the workers' group with search permission
-// only; the ticket directory becomes theirs; the feeds stay out of reach.
+// TestOwnedDirLetsWorkersReachTickets: the ticket directory becomes the
+// workers'; a state_dir that is root's and 0700 (as the unit makes it)
+// stays so: the workers reach their directory through the descriptor the
+// pool passes, and the feeds stay out of reach.
 func TestOwnedDirLetsWorkersReachTickets(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("chown needs root")
@@ -27,8 +28,8 @@ func TestOwnedDirLetsWorkersReachTickets(t *testing.T) {
 	}
 	fi, _ := os.Stat(state)
 	st := fi.Sys().(*syscall.Stat_t)
-	if fi.Mode().Perm() != 0o710 || st.Gid != 65534 || st.Uid != 0 {
-		t.Errorf("state_dir %v uid %d gid %d, want drwx--x--- root:65534", fi.Mode(), st.Uid, st.Gid)
+	if fi.Mode().Perm() != 0o700 || st.Gid != 0 || st.Uid != 0 {
+		t.Errorf("state_dir %v uid %d gid %d, want drwx------ root:root", fi.Mode(), st.Uid, st.Gid)
 	}
 	fi, _ = os.Stat(tickets)
 	st = fi.Sys().(*syscall.Stat_t)

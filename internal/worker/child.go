@@ -26,6 +26,10 @@ import (
 // ControlFD is the worker's control socket: the first of exec's ExtraFiles.
 const ControlFD = 3
 
+// TicketFD is the worker's session-ticket directory, opened by the
+// enforcer: the second of exec's ExtraFiles, when PoolConfig.TicketDir is set.
+const TicketFD = 4
+
 // Main runs a worker: it reads the enforcer's hello on the control socket,
 // confines itself (sandbox.Apply) before anything from the network is
 // read, answers hello, and then serves the policies it is given on the
@@ -70,7 +74,7 @@ func Main(ctrl *os.File, stdout, stderr io.Writer) error {
 	certs.SetFileSource(files)
 	w := &child{c: c, log: logger, socks: map[string]net.Listener{}, reg: prometheus.NewRegistry(), files: files}
 	w.reg.MustRegister(collectors.NewGoCollector())
-	if w.cm, err = certs.New(certs.Config{Logger: logger, Files: files}); err != nil {
+	if w.cm, err = certs.New(certs.Config{Logger: logger, Files: files, TicketDir: h.TicketDir}); err != nil {
 		return err
 	}
 	defer w.cm.Close()

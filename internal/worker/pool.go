@@ -35,6 +35,11 @@ type PoolConfig struct {
 	// certificate material the policy names is not among them: the pool
 	// reads it and hands it over (MsgFiles).
 	ReadOnly, ReadWrite []string
+	// TicketDir is the directory the workers keep their session-ticket
+	// keys in. The pool opens it and passes it (TicketFD): the workers
+	// reach it through /proc/self/fd, without search permission on the
+	// directories above it, and Landlock lets them write there only.
+	TicketDir           string
 	LogFormat, LogLevel string
 	Logger              *slog.Logger
 	// Stdout (the access log) and Stderr (the log) of the workers.

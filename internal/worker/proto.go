@@ -69,6 +69,10 @@ type Hello struct {
 	ReadWrite []string `json:"read_write,omitempty"`
 	LogFormat string   `json:"log_format,omitempty"`
 	LogLevel  string   `json:"log_level,omitempty"`
+	// TicketDir is where the worker keeps its session-ticket keys: the
+	// directory the enforcer opened and passed as TicketFD, so that the
+	// worker reaches it without search permission on state_dir.
+	TicketDir string `json:"ticket_dir,omitempty"`
 	// Worker → enforcer.
 	PID         int `json:"pid,omitempty"`
 	LandlockABI int `json:"landlock_abi,omitempty"`
