@@ -106,7 +106,7 @@ func buildWorkers(env *Env) (*layer, *worker.Pool, error) {
 	}
 	env.Logger.Info("privilege separation: the proxies run in worker processes without capabilities",
 		"component", "workers", "workers", n, "user", cfg.Enforcement.WorkerUser, "uid", uid, "gid", gid)
-	return &layer{name: "proxy", rangeBlind: true, apply: pool.Apply, close: pool.Close, shutdown: pool.Shutdown, sessions: pool}, pool, nil
+	return &layer{name: "proxy", rangeBlind: true, refusals: pool.Refusals, apply: pool.Apply, close: pool.Close, shutdown: pool.Shutdown, sessions: pool}, pool, nil
 }
 
 // ownedDir makes dir (and its parents) exist and gives dir and the files

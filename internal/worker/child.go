@@ -253,10 +253,12 @@ func (w *child) apply(f Frame, fds []int) Result {
 }
 
 func (w *child) status() Status {
-	st := Status{}
+	st := Status{Refusals: w.cm.Refusals()}
+	w.mu.Lock()
 	if w.prev != nil {
 		st.Generation = w.prev.Generation
 	}
+	w.mu.Unlock()
 	mfs, _ := w.reg.Gather()
 	for _, mf := range mfs {
 		if mf.GetName() != "gatehouse_proxy_connections_active" {

@@ -118,6 +118,8 @@ type Result struct {
 type Status struct {
 	Generation uint64 `json:"generation"`
 	Sessions   int    `json:"sessions"`
+	// Refusals are the worker's last refused handshakes, newest first.
+	Refusals []certs.Refusal `json:"refusals,omitempty"`
 }
 
 // Metrics carries the worker's registry in the Prometheus

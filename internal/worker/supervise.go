@@ -13,6 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
+
+	"github.com/gatehouse-dmz/gatehouse/certs"
 )
 
 // supervise waits for pr to end and starts its successor, with
@@ -136,6 +138,29 @@ func (pl *Pool) Status() []WorkerStatus {
 		out[i].Generation, out[i].Sessions = st.Generation, st.Sessions
 	}
 	return out
+}
+
+// Refusals are the last refused handshakes of every worker, newest first,
+// at most certs.RefusalsKept: status shows them as a single process's.
+func (pl *Pool) Refusals() []certs.Refusal {
+	prs, _ := pl.procs()
+	var all []certs.Refusal
+	for _, pr := range prs {
+		if pr == nil {
+			continue
+		}
+		f, err := pr.request(MsgStatus, nil, 5*time.Second)
+		var st Status
+		if err == nil {
+			err = decode(f, &st)
+		}
+		if err != nil {
+			continue // Status says which worker does not answer
+		}
+		all = append(all, st.Refusals...)
+	}
+	sort.SliceStable(all, func(i, j int) bool { return all[i].Time.After(all[j].Time) })
+	return all[:min(len(all), certs.RefusalsKept)]
 }
 
 // Revalidate makes every worker re-check its live sessions against the
