@@ -82,14 +82,10 @@ type Snapshot struct {
 // NewSnapshot returns an empty snapshot.
 func NewSnapshot() *Snapshot { return &Snapshot{files: map[string]File{}} }
 
-// Put records files, replacing those of the same path; reset first
-// forgets every file it held.
-func (s *Snapshot) Put(reset bool, files ...File) {
+// Put records files, replacing those of the same path.
+func (s *Snapshot) Put(files ...File) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if reset {
-		s.files = map[string]File{}
-	}
 	for _, f := range files {
 		s.files[filepath.Clean(f.Path)] = f
 	}

@@ -48,6 +48,7 @@ type privsepDaemon struct {
 	cfg    string
 	ca     *certstest.CA
 	client *certstest.Leaf
+	server *certstest.Leaf // the listener's certificate and key files
 }
 
 // startPrivsep runs the real binary as root with enforcement.privsep on
@@ -105,7 +106,7 @@ listeners:
 	}
 	d := launch(t, cmd, metrics, client2)
 	d.listen = listen
-	return &privsepDaemon{daemonProc: d, cfg: path, ca: ca, client: client}
+	return &privsepDaemon{daemonProc: d, cfg: path, ca: ca, client: client, server: server}
 }
 
 // status asks the daemon's admin socket.
@@ -304,5 +305,47 @@ func TestPrivsepReloadAddsListener(t *testing.T) {
 	}
 	if body, err := tlsGet(t, second, d.ca, d.client); err != nil || body != "hello acme" {
 		t.Fatalf("after the reload: %q, %v", body, err)
+	}
+}
+
+// serverSerial is the serial of the certificate the listener presents.
+func (d *privsepDaemon) serverSerial(t *testing.T) string {
+	t.Helper()
+	conn, err := tls.Dial("tcp", d.listen, &tls.Config{RootCAs: d.ca.Pool(), Certificates: []tls.Certificate{d.client.TLS}, ServerName: "localhost"})
+	if err != nil {
+		t.Fatalf("handshake: %v\n%s", err, d.out.String())
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
+}
+
+// TestPrivsepCertificateFileChange: the server certificate and key are
+// rewritten in place (root's, 0600): the enforcer sees the change, hands
+// the workers the new content, and every worker presents the new
+// certificate without a reload; no worker ever opened the files.
+func TestPrivsepCertificateFileChange(t *testing.T) {
+	d := startPrivsep(t, 2, "", nil, "")
+	old := d.serverSerial(t)
+	next := d.ca.Server(t, "localhost")
+	for src, dst := range map[string]string{next.KeyFile: d.server.KeyFile, next.CertFile: d.server.CertFile} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := next.Cert.SerialNumber.String()
+	d.waitFor(t, "the new certificate from every worker", func() bool {
+		for range 8 { // both workers' sockets, most likely
+			if d.serverSerial(t) != want {
+				return false
+			}
+		}
+		return true
+	})
+	if old == want {
+		t.Fatal("the test's two certificates share a serial")
 	}
 }

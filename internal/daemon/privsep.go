@@ -83,7 +83,7 @@ func buildWorkers(env *Env) (*layer, *worker.Pool, error) {
 	slices.Sort(ro)
 	ro = slices.Compact(ro)
 	tickets := filepath.Join(p.StateDir, "tls-tickets")
-	if err := ownedDir(tickets, uid, gid); err != nil {
+	if err := ticketDir(tickets); err != nil {
 		return nil, nil, err
 	}
 	o := env.Worker
@@ -109,31 +109,30 @@ func buildWorkers(env *Env) (*layer, *worker.Pool, error) {
 	return &layer{name: "proxy", rangeBlind: true, refusals: pool.Refusals, apply: pool.Apply, close: pool.Close, shutdown: pool.Shutdown, sessions: pool}, pool, nil
 }
 
-// ownedDir makes dir (and its parents) exist and gives dir and the files
-// in it to uid:gid, mode 0700: the workers keep their ticket keys there.
-// The directories above it stay as they are (state_dir root's and 0700
-// under the unit): the pool opens dir and passes it to the workers, which
-// reach it through that descriptor only.
-func ownedDir(dir string, uid, gid int) error {
+// ticketDir makes dir, the workers' session-ticket directory, exist as
+// root's with mode 0707: the workers (another user, "others" here) create,
+// replace and sync their key files there (syncing opens the directory for
+// reading). No chown: the unit grants
+// no CAP_CHOWN. Its parent, state_dir, loses any access for others, so
+// that only root and the workers, through the descriptor the pool passes
+// them, reach dir; a worker also refuses a key file it does not own
+// (certs), so nothing planted there is ever used.
+func ticketDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("state_dir: %w", err)
 	}
-	if err := os.Chown(dir, uid, gid); err != nil {
-		return fmt.Errorf("state_dir: %w", err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return fmt.Errorf("state_dir: %w", err)
-	}
-	ents, err := os.ReadDir(dir)
+	parent := filepath.Dir(dir)
+	fi, err := os.Stat(parent)
 	if err != nil {
 		return fmt.Errorf("state_dir: %w", err)
 	}
-	for _, e := range ents {
-		if e.Type().IsRegular() {
-			if err := os.Chown(filepath.Join(dir, e.Name()), uid, gid); err != nil {
-				return fmt.Errorf("state_dir: %w", err)
-			}
+	if perm := fi.Mode().Perm(); perm&0o007 != 0 {
+		if err := os.Chmod(parent, perm&^0o007); err != nil {
+			return fmt.Errorf("state_dir: %w", err)
 		}
+	}
+	if err := os.Chmod(dir, 0o707); err != nil {
+		return fmt.Errorf("state_dir: %w", err)
 	}
 	return nil
 }

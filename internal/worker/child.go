@@ -156,7 +156,7 @@ func (w *child) serve() error {
 			if err := decode(f, &m); err != nil {
 				reply = Result{Error: err.Error()}
 			} else {
-				w.files.Put(false, m.Files...)
+				w.files.Put(m.Files...)
 				reply = Result{}
 			}
 		case MsgRevalidate:

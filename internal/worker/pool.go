@@ -74,6 +74,8 @@ type Pool struct {
 	// as last read and handed to the workers.
 	material map[string]certs.File
 	closed   bool
+	// stopping: Shutdown began; sockets closed, no restart, no Apply.
+	stopping bool
 	ctx      context.Context
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
@@ -130,8 +132,8 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 func (pl *Pool) Apply(p *policy.Policy) error {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
-	if pl.closed {
-		return errors.New("workers: closed")
+	if pl.closed || pl.stopping {
+		return errors.New("workers: shutting down")
 	}
 	mat, err := readMaterial(Files(p))
 	if err != nil {

@@ -35,7 +35,8 @@ func (pl *Pool) supervise(s *slot, pr *proc) {
 			}
 			pr.c.Close()
 			pl.mu.Lock()
-			if pl.closed {
+			if pl.closed || pl.stopping {
+				s.proc = nil
 				pl.mu.Unlock()
 				return
 			}
@@ -225,6 +226,19 @@ func (pl *Pool) cut(c Cut) int {
 
 // Shutdown drains every worker until ctx ends.
 func (pl *Pool) Shutdown(ctx context.Context) error {
+	// The enforcer's copies of the listening sockets close first: with
+	// the workers' closed by their drain, the kernel refuses new
+	// connections at once instead of queueing them for no one. No worker
+	// is restarted from now on.
+	pl.mu.Lock()
+	pl.stopping = true
+	for _, s := range pl.slots {
+		for a, f := range s.socks {
+			f.Close()
+			delete(s.socks, a)
+		}
+	}
+	pl.mu.Unlock()
 	prs, _ := pl.procs()
 	grace := time.Second
 	if dl, ok := ctx.Deadline(); ok {
