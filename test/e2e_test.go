@@ -279,7 +279,10 @@ func TestEndToEndHTTPS(t *testing.T) {
 		if err != nil {
 			t.Fatalf("status: %v\n%s", err, out)
 		}
-		for _, want := range []string{"generation 1", "xdp  native on " + tp.outside.B, "nftables on", "static", "acme",
+		if !regexp.MustCompile(`xdp +native on ` + regexp.QuoteMeta(tp.outside.B)).Match(out) {
+			t.Errorf("status lacks xdp native on %s:\n%s", tp.outside.B, out)
+		}
+		for _, want := range []string{"generation 1", "nftables on", "static", "acme",
 			`xdp_packets_total{action="drop",reason="not_admitted"}`, "→ acme path /"} {
 			if !strings.Contains(string(out), want) {
 				t.Errorf("status lacks %q:\n%s", want, out)
