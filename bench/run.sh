@@ -33,6 +33,7 @@ FLOOD_SECS=${FLOOD_SECS:-5}
 IDLE_SESSIONS=${IDLE_SESSIONS:-"1000 10000"}
 GOBENCH=${GOBENCH:-1}             # 0: skip the Go benchmarks (harness checks)
 ONLY=${ONLY:-}                    # mTLS rows to run alone, e.g. "ka h2" (see above)
+HTTP_ENGINE=${HTTP_ENGINE:-}      # gatehouse's limits.http.engine (std, fast); "" its default
 TLSMODES=${ONLY:-hs ka h2 bulk}
 TLSMODES=$(tr ' ' '\n' <<<"$TLSMODES" | grep -vx 'flood' | paste -sd' ' -) || true
 FLOODERS=${FLOODERS:-floor xdp nft iptables-nft iptables-legacy}
@@ -223,6 +224,7 @@ gatehouse_config() {
 		echo "    protocol: https"
 		echo "    server_cert: $P/server.pem"
 		echo "    server_key: $P/server.key"
+		[ -z "$HTTP_ENGINE" ] || echo "    limits: {http: {engine: $HTTP_ENGINE}}"
 		echo "    routes:"
 		for t in $TENANTS; do echo "      - {tenant: $t, backend: \"http://127.0.0.1:8080\"}"; done
 		echo "  - name: stream"

@@ -8,6 +8,8 @@
 #   sudo GATEHOUSE="main=/tmp/gh-main this=/tmp/gh" bench/syscalls.sh
 #                                                several gatehouse builds
 #   N=20000 MODE=h2 bench/syscalls.sh            more requests; HTTP/2
+#   ENGINES="std fast" bench/syscalls.sh         each gatehouse under each HTTP engine
+#                                                (limits.http.engine); default: its default
 #   KEEP=/tmp/sc bench/syscalls.sh               keep strace's tables as /tmp/sc-NAME
 #   PROFILE=/tmp/p bench/syscalls.sh             perf record instead of strace: the
 #                                                cumulative share of each function in
@@ -137,9 +139,15 @@ count() {
 	[ -z "${KEEP:-}" ] || cp "$out" "$KEEP-$name"
 }
 
-for spec in $GATEHOUSE; do
+for spec in $(for g in $GATEHOUSE; do for e in ${ENGINES:--}; do echo "$e/$g"; done; done); do
+	engine=${spec%%/*} spec=${spec#*/}
 	name=${spec%%=*} bin=${spec#*=}
-	ip netns exec "$NS" "$bin" run -c "$W/gatehouse.yaml" >/dev/null 2>"$W/$name.err" &
+	cp "$W/gatehouse.yaml" "$W/gatehouse-run.yaml"
+	if [ "$engine" != - ]; then
+		name=$name-$engine
+		sed -i "s/protocol: https,/protocol: https, limits: {http: {engine: $engine}},/" "$W/gatehouse-run.yaml"
+	fi
+	ip netns exec "$NS" "$bin" run -c "$W/gatehouse-run.yaml" >/dev/null 2>"$W/$name.err" &
 	gp=$!
 	PIDS+=("$gp")
 	wait_port 8443

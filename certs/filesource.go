@@ -1,11 +1,13 @@
 package certs
 
 import (
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -18,6 +20,9 @@ import (
 type FileSource interface {
 	Stat(path string) (fs.FileInfo, error)
 	ReadFile(path string) ([]byte, error)
+	// ReadFileInfo returns a file's information and, for a regular file,
+	// its content, both of the same file (one descriptor).
+	ReadFileInfo(path string) (fs.FileInfo, []byte, error)
 }
 
 // OSFiles reads files from the operating system.
@@ -25,6 +30,26 @@ type OSFiles struct{}
 
 func (OSFiles) Stat(path string) (fs.FileInfo, error) { return os.Stat(path) }
 func (OSFiles) ReadFile(path string) ([]byte, error)  { return os.ReadFile(path) }
+
+// ReadFileInfo opens path without blocking (a FIFO is not waited on),
+// takes its information from the descriptor, and reads it if it is a
+// regular file.
+func (OSFiles) ReadFileInfo(path string) (fs.FileInfo, []byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return fi, nil, err
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return nil, nil, err
+	}
+	return fi, data, nil
+}
 
 var processFiles atomic.Pointer[FileSource]
 
@@ -55,11 +80,7 @@ type File struct {
 // a failure is recorded in the File, not returned.
 func ReadFileForSnapshot(path string) File {
 	f := File{Path: filepath.Clean(path)}
-	fi, err := os.Stat(path)
-	var data []byte
-	if err == nil {
-		data, err = os.ReadFile(path)
-	}
+	fi, data, err := OSFiles{}.ReadFileInfo(path)
 	if err != nil {
 		f.Err, f.Missing = err.Error(), os.IsNotExist(err)
 		if pe, ok := err.(*fs.PathError); ok {
@@ -150,6 +171,14 @@ func (s *Snapshot) Stat(path string) (fs.FileInfo, error) {
 		return nil, err
 	}
 	return snapInfo{f}, nil
+}
+
+func (s *Snapshot) ReadFileInfo(path string) (fs.FileInfo, []byte, error) {
+	f, err := s.get("open", path)
+	if err != nil {
+		return nil, nil, err
+	}
+	return snapInfo{f}, f.Data, nil
 }
 
 func (s *Snapshot) ReadFile(path string) ([]byte, error) {

@@ -28,7 +28,11 @@ const (
 // write, a key that is not base64 of 32 or 48 bytes, a key given twice,
 // more than maxTicketFileKeys keys and a file without any.
 func loadTicketFile(ld *loader, path string) ([][]byte, error) {
-	fi, err := ld.src.Stat(path)
+	// One descriptor for the check and the read (FileSource.ReadFileInfo):
+	// the mode checked is the mode of the file whose keys are read,
+	// whatever a path or symlink points to meanwhile; a FIFO is refused,
+	// not waited on.
+	fi, data, err := ld.src.ReadFileInfo(path)
 	if err != nil {
 		return nil, fmt.Errorf("tls.ticket_keys: %w", err)
 	}
@@ -38,10 +42,7 @@ func loadTicketFile(ld *loader, path string) ([][]byte, error) {
 	if perm := fi.Mode().Perm(); perm&0o027 != 0 {
 		return nil, fmt.Errorf("tls.ticket_keys %s: mode %04o: %w", path, perm, ErrTicketKeysOpen)
 	}
-	data, err := ld.read(path)
-	if err != nil {
-		return nil, fmt.Errorf("tls.ticket_keys: %w", err)
-	}
+	ld.files[path] = fileSig{sum: sha256.Sum256(data), size: fi.Size(), mtime: fi.ModTime()}
 	keys, err := parseTicketKeys(data)
 	if err != nil {
 		return nil, fmt.Errorf("tls.ticket_keys %s: %w", path, err)

@@ -245,3 +245,50 @@ func TestTicketKeysRefused(t *testing.T) {
 		}
 	})
 }
+
+// TestTicketFileModeIsTheReadFiles: the mode checked is that of the file
+// whose keys are read. A symlink swapped between a 0600 file and a
+// world-readable one while the daemon loads must never give it the
+// world-readable file's keys (checking one path, then reading it again,
+// let the swap land in between).
+func TestTicketFileModeIsTheReadFiles(t *testing.T) {
+	dir := t.TempDir()
+	private, open := filepath.Join(dir, "private"), filepath.Join(dir, "open")
+	writeTicketKeys(t, private, 0o600, newTicketKey(t, 48))
+	openKey := newTicketKey(t, 48)
+	writeTicketKeys(t, open, 0o644, openKey)
+	os.Chmod(open, 0o644) // whatever the umask
+	link := filepath.Join(dir, "ticket.keys")
+	if err := os.Symlink(private, link); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	swapped := make(chan struct{})
+	go func() {
+		defer close(swapped)
+		tmp := filepath.Join(dir, "next")
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			target := private
+			if i%2 == 1 {
+				target = open
+			}
+			os.Remove(tmp)
+			if os.Symlink(target, tmp) == nil {
+				os.Rename(tmp, link) // atomic: the link always exists
+			}
+		}
+	}()
+	defer func() { close(stop); <-swapped }()
+	want, _ := base64.StdEncoding.DecodeString(openKey)
+	for range 20000 {
+		keys, err := loadTicketFile(&loader{src: OSFiles{}, files: map[string]fileSig{}}, link)
+		if err == nil && len(keys) == 1 && string(keys[0]) == string(want) {
+			t.Fatal("the keys of a world-readable file were taken")
+		}
+	}
+}

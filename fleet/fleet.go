@@ -121,11 +121,15 @@ func New(cfg Config) (*Node, error) {
 		log: cfg.Logger.With("component", "fleet"),
 		server: &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert},
 			ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool},
-		client: &http.Client{Timeout: pullTimeout(cfg.PullInterval), Transport: &http.Transport{
-			TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool, Certificates: []tls.Certificate{cert}},
-			// The peers are on the management network: no proxy.
-			Proxy: nil, MaxIdleConnsPerHost: 1,
-		}},
+		client: &http.Client{Timeout: pullTimeout(cfg.PullInterval),
+			// A redirect is not followed: only the peer whose certificate
+			// the handshake verified answers (a 3xx counts unreachable).
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+			Transport: &http.Transport{
+				TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool, Certificates: []tls.Certificate{cert}},
+				// The peers are on the management network: no proxy.
+				Proxy: nil, MaxIdleConnsPerHost: 1,
+			}},
 		m:    newMetrics(peers),
 		seen: map[string]map[netip.Prefix]time.Time{},
 	}

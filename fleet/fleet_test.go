@@ -198,3 +198,29 @@ func TestServeRequiresPeerCertificate(t *testing.T) {
 		t.Fatalf("a client of another CA was served: %q", body)
 	}
 }
+
+// TestPullFollowsNoRedirect: a peer answering with a redirect, here to a
+// plain-HTTP server no certificate proves, is counted unreachable and
+// nothing of the list behind the redirect is applied: a pull takes only
+// what the peer whose certificate was verified answers itself.
+func TestPullFollowsNoRedirect(t *testing.T) {
+	k := newFleetPKI(t)
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `{"blocks":[{"source":"203.0.113.5/32","ttl_seconds":60}]}`)
+	}))
+	t.Cleanup(plain.Close)
+	srv := httptest.NewUnstartedServer(http.RedirectHandler(plain.URL+Path, http.StatusFound))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{k.node.TLS}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: k.ca.Pool()}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	bl := &blocklist{added: map[netip.Addr]time.Duration{}}
+	n := k.newNode(t, []string{srv.URL}, bl, nil)
+	peer := strings.TrimPrefix(srv.URL, "https://")
+	n.pull(context.Background(), srv.URL, peer)
+	if bl.len() != 0 {
+		t.Errorf("applied %v from behind a redirect", bl.added)
+	}
+	if got := testutil.ToFloat64(n.m.pulls.WithLabelValues(peer, ResultUnreachable)); got != 1 {
+		t.Errorf("pulls_total{result=unreachable} = %v, want 1", got)
+	}
+}

@@ -65,6 +65,10 @@ type HTTPLimits struct {
 	BodyReadTimeout time.Duration
 	// BackendTimeout bounds the wait for a backend's response headers.
 	BackendTimeout time.Duration
+	// Engine is how HTTP/1.1 requests reach their backends: "std"
+	// (net/http's Transport) or "fast" (on the request's own goroutine);
+	// "" is std. Listener-wide.
+	Engine string
 }
 
 // StreamLimits bound a relayed session. Zero means no limit.

@@ -241,6 +241,7 @@ func testLimits() policy.Limits {
 			IdleTimeout:       120 * time.Second,
 			BodyReadTimeout:   30 * time.Second,
 			BackendTimeout:    60 * time.Second,
+			Engine:            testEngine,
 		},
 		TCP: policy.StreamLimits{IdleTimeout: time.Hour, MaxSession: 24 * time.Hour},
 		Telnet: policy.TelnetLimits{

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"testing"
+
+	httpproxy "github.com/gatehouse-dmz/gatehouse/proxy/http"
 )
 
 // holdEnv makes the test binary a holding backend (see holdingBackend)
@@ -20,8 +22,24 @@ func TestMain(m *testing.M) {
 		holdingBackend()
 		return
 	}
-	os.Exit(m.Run())
+	// Every test of the package runs under each HTTP engine in turn:
+	// testLimits, which every listener's limits start from, names it.
+	// GATEHOUSE_TEST_HTTP_ENGINE picks one.
+	for _, e := range []string{httpproxy.EngineStd, httpproxy.EngineFast} {
+		if only := os.Getenv("GATEHOUSE_TEST_HTTP_ENGINE"); only != "" && only != e {
+			continue
+		}
+		testEngine = e
+		fmt.Printf("=== HTTP engine %s\n", e)
+		if code := m.Run(); code != 0 {
+			fmt.Printf("--- FAIL under HTTP engine %s\n", e)
+			os.Exit(code)
+		}
+	}
 }
+
+// testEngine is the HTTP engine the tests run under now.
+var testEngine = httpproxy.EngineStd
 
 // holdingBackend is an internal HTTP host in a process of its own, so
 // that its descriptors are not the proxy's: it prints its address, then

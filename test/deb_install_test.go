@@ -33,6 +33,12 @@ touch "$R/dev/null"; mount --bind /dev/null "$R/dev/null"
 mount -t proc proc "$R/proc"
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 
+# A fresh install: a gatehouse user this machine already has (make deps
+# creates one for the privilege-separation tests) is removed from the
+# copy-on-write /etc of the throwaway root only, so postinst creates its own.
+if chroot "$R" getent passwd gatehouse >/dev/null; then chroot "$R" userdel gatehouse; fi
+if chroot "$R" getent group gatehouse >/dev/null; then chroot "$R" groupdel gatehouse; fi
+
 dpkg --root="$R" --no-triggers --install "$DEB"
 G="chroot $R /usr/bin/gatehouse"
 

@@ -279,8 +279,8 @@ func TestEndToEndHTTPS(t *testing.T) {
 		if err != nil {
 			t.Fatalf("status: %v\n%s", err, out)
 		}
-		if !regexp.MustCompile(`xdp +native on ` + regexp.QuoteMeta(tp.outside.B)).Match(out) {
-			t.Errorf("status lacks xdp native on %s:\n%s", tp.outside.B, out)
+		if !regexp.MustCompile(`(?m)^xdp +native on ` + regexp.QuoteMeta(tp.outside.B) + ` `).Match(out) {
+			t.Errorf("status lacks the XDP line for %s:\n%s", tp.outside.B, out)
 		}
 		for _, want := range []string{"generation 1", "nftables on", "static", "acme",
 			`xdp_packets_total{action="drop",reason="not_admitted"}`, "→ acme path /"} {

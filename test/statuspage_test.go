@@ -70,8 +70,8 @@ access:
   audit_log: %[10]s
   https: {listen: "%[8]s", server_cert: %[5]s, server_key: %[6]s}
   grants:
-    - {role: admin, scope: global, certificates: [{client_ca: %[9]s, identities: {cn: [ops-admin]}}]}
-    - {role: viewer, scope: "tenant:acme", certificates: [{client_ca: %[9]s, identities: {cn: [acme-viewer]}}]}
+    - {role: admin, scope: global, certificates: [{client_ca: %[9]s, crl: none, identities: {cn: [ops-admin]}}]}
+    - {role: viewer, scope: "tenant:acme", certificates: [{client_ca: %[9]s, crl: none, identities: {cn: [acme-viewer]}}]}
 `, dir, metrics, tenantCA.CertFile, listen, server.CertFile, server.KeyFile, backend.URL, adminAddr, adminCA.CertFile, audit)
 	path := filepath.Join(dir, "gatehouse.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {

@@ -111,7 +111,8 @@ access:
 	}
 
 	// The audit log: both refusals with who and why, the unconfirmed
-	// request, and the teardown with what it removed.
+	// request, and the teardown with what it removed, each action's
+	// intent line before its result.
 	f, err := os.Open(filepath.Join(tp.dir, "audit.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +132,9 @@ access:
 	want := []string{
 		"nobody admin tenant:acme refused <nil>",
 		"daemon publisher global refused <nil>",
+		"root admin global intent <nil>",
 		"root admin global error <nil>",
+		"root admin global intent <nil>",
 		"root admin global ok map[removed:[the XDP filter on " + tp.outside.B + " (pinned under " + tp.pinDir + ") table inet gatehouse]]",
 	}
 	if strings.Join(lines, "\n") != strings.Join(want, "\n") {

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,6 +31,107 @@ import (
 //
 //	go test ./test -run XXX -bench ConnectorPath -benchtime 2000x
 func BenchmarkConnectorPath(b *testing.B) {
+	p := startBenchPaths(b, nil)
+	bulk := p.bulk
+	for _, path := range []struct{ name, addr string }{{"appliance", p.appliance}, {"tunnel", p.gateway}} {
+		c := &http.Client{Transport: &http.Transport{TLSClientConfig: p.tls, MaxIdleConnsPerHost: 4}}
+		base := "https://" + path.addr
+		b.Run(path.name+"/1KiB", func(b *testing.B) {
+			msg := bytes.Repeat([]byte("r"), 1<<10)
+			lat := make([]time.Duration, 0, b.N)
+			b.SetBytes(2 << 10)
+			b.ResetTimer()
+			for range b.N {
+				start := time.Now()
+				resp, err := c.Post(base+"/echo", "application/octet-stream", bytes.NewReader(msg))
+				if err != nil {
+					b.Fatal(err)
+				}
+				n, _ := io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || n != int64(len(msg)) {
+					b.Fatalf("status %d, %d bytes", resp.StatusCode, n)
+				}
+				lat = append(lat, time.Since(start))
+			}
+			b.StopTimer()
+			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+		})
+		b.Run(path.name+"/bulk", func(b *testing.B) {
+			b.SetBytes(int64(bulk))
+			for range b.N {
+				resp, err := c.Get(base + "/bulk")
+				if err != nil {
+					b.Fatal(err)
+				}
+				n, _ := io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if n != int64(bulk) {
+					b.Fatalf("%d bytes", n)
+				}
+			}
+		})
+	}
+}
+
+// startInProcess runs a daemon in this process on the configuration and
+// waits until it is ready.
+func startInProcess(b testing.TB, dir, name, cfg string, logs io.Writer) *daemon.Daemon {
+	b.Helper()
+	// Its state_dir, dir/name, exists as the package's would.
+	if err := os.MkdirAll(filepath.Join(dir, name), 0o700); err != nil {
+		b.Fatal(err)
+	}
+	path := filepath.Join(dir, name+".yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	logger := slog.New(slog.DiscardHandler)
+	if logs != nil {
+		logger = slog.New(slog.NewTextHandler(logs, nil))
+	}
+	d, err := daemon.New(daemon.Options{ConfigPath: path, Logger: logger})
+	if err != nil {
+		b.Fatalf("%s: %v", name, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	// done is closed when Run has returned, with its error in runErr: a
+	// Run that ends early fails the test, and the cleanup does not wait
+	// for a second value.
+	done := make(chan struct{})
+	var runErr error
+	go func() { runErr = d.Run(ctx); close(done) }()
+	b.Cleanup(func() { cancel(); <-done })
+	deadline := time.Now().Add(20 * time.Second)
+	for len(d.NotReady()) > 0 {
+		if time.Now().After(deadline) {
+			b.Fatalf("%s not ready: %v", name, d.NotReady())
+		}
+		select {
+		case <-done:
+			b.Fatalf("%s: %v", name, runErr)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return d
+}
+
+// benchPaths are an appliance and a gateway + connector pair in this
+// process, on loopback, in front of one HTTPS backend; bulk is the size of
+// the backend's /bulk answer, tls a tenant client's configuration.
+type benchPaths struct {
+	appliance, gateway string
+	bulk               int
+	tls                *tls.Config
+}
+
+// startBenchPaths starts them; connector, when not nil, runs the
+// connector's configuration (written to a file) in a process of its own
+// and returns once it is started.
+func startBenchPaths(b testing.TB, connector func(cfgPath string)) *benchPaths {
+	b.Helper()
 	dir := b.TempDir()
 	backendCA := certstest.NewCA(b, "internal")
 	backendAddr := testkit.FreeLoopbackAddr(b)
@@ -81,7 +183,7 @@ limits: {connections: 2000, http: {in_flight_per_tenant: 2000}}
 	th, _, _ := net.SplitHostPort(tunnelAddr)
 	gwCert := serverCA.Server(b, "gate.example", gh)
 	tunCert := gwCA.Server(b, th)
-	startInProcess(b, dir, "gateway", common("gateway")+fmt.Sprintf(`listeners:
+	gw := startInProcess(b, dir, "gateway", common("gateway")+fmt.Sprintf(`listeners:
   - {name: web, listen: %q, protocol: https, server_cert: %s, server_key: %s}
 gateway:
   listen: %q
@@ -89,7 +191,7 @@ gateway:
   server_key: %s
   connectors: [{tenant: acme, client_ca: %s}]
 `, gatewayAddr, gwCert.CertFile, gwCert.KeyFile, tunnelAddr, tunCert.CertFile, tunCert.KeyFile, connCA.CertFile), nil)
-	startInProcess(b, dir, "connector", common("connector")+fmt.Sprintf(`listeners:
+	connCfg := common("connector") + fmt.Sprintf(`listeners:
   - {name: web, listen: %q, protocol: https, server_cert: %s, server_key: %s, routes: %s}
 connector:
   tenant: acme
@@ -99,84 +201,26 @@ connector:
   key: %s
   allow: ["%s/32:%s"]
 `, connAddr, gwCert.CertFile, gwCert.KeyFile, route, tunnelAddr, gwCA.CertFile, connLeaf.CertFile, connLeaf.KeyFile,
-		backendHost, backendAddr[len(backendHost)+1:]), nil)
-
-	for _, path := range []struct{ name, addr string }{{"appliance", applianceAddr}, {"tunnel", gatewayAddr}} {
-		c := &http.Client{Transport: &http.Transport{
-			TLSClientConfig:     &tls.Config{RootCAs: serverCA.Pool(), Certificates: []tls.Certificate{client.TLS}},
-			MaxIdleConnsPerHost: 4,
-		}}
-		base := "https://" + path.addr
-		b.Run(path.name+"/1KiB", func(b *testing.B) {
-			msg := bytes.Repeat([]byte("r"), 1<<10)
-			lat := make([]time.Duration, 0, b.N)
-			b.SetBytes(2 << 10)
-			b.ResetTimer()
-			for range b.N {
-				start := time.Now()
-				resp, err := c.Post(base+"/echo", "application/octet-stream", bytes.NewReader(msg))
-				if err != nil {
-					b.Fatal(err)
-				}
-				n, _ := io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 || n != int64(len(msg)) {
-					b.Fatalf("status %d, %d bytes", resp.StatusCode, n)
-				}
-				lat = append(lat, time.Since(start))
-			}
-			b.StopTimer()
-			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
-			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
-		})
-		b.Run(path.name+"/bulk", func(b *testing.B) {
-			b.SetBytes(int64(len(bulk)))
-			for range b.N {
-				resp, err := c.Get(base + "/bulk")
-				if err != nil {
-					b.Fatal(err)
-				}
-				n, _ := io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if n != int64(len(bulk)) {
-					b.Fatalf("%d bytes", n)
-				}
-			}
-		})
-	}
-}
-
-// startInProcess runs a daemon in this process on the configuration and
-// waits until it is ready.
-func startInProcess(b testing.TB, dir, name, cfg string, logs io.Writer) *daemon.Daemon {
-	b.Helper()
-	path := filepath.Join(dir, name+".yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	logger := slog.New(slog.DiscardHandler)
-	if logs != nil {
-		logger = slog.New(slog.NewTextHandler(logs, nil))
-	}
-	d, err := daemon.New(daemon.Options{ConfigPath: path, Logger: logger})
-	if err != nil {
-		b.Fatalf("%s: %v", name, err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	b.Cleanup(func() { cancel(); <-done })
-	deadline := time.Now().Add(20 * time.Second)
-	for len(d.NotReady()) > 0 {
-		if time.Now().After(deadline) {
-			b.Fatalf("%s not ready: %v", name, d.NotReady())
+		backendHost, backendAddr[len(backendHost)+1:])
+	if connector == nil {
+		startInProcess(b, dir, "connector", connCfg, nil)
+	} else {
+		path := filepath.Join(dir, "connector.yaml")
+		if err := os.MkdirAll(filepath.Join(dir, "connector"), 0o700); err != nil {
+			b.Fatal(err)
 		}
-		select {
-		case err := <-done:
-			b.Fatalf("%s: %v", name, err)
-		case <-time.After(20 * time.Millisecond):
+		if err := os.WriteFile(path, []byte(connCfg), 0o600); err != nil {
+			b.Fatal(err)
+		}
+		connector(path)
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(fmt.Sprint(gw.Status().Tunnels), "{acme 4}") {
+			if time.Now().After(deadline) {
+				b.Fatalf("gateway tunnels: %v, want acme 4", gw.Status().Tunnels)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	return d
+	return &benchPaths{appliance: applianceAddr, gateway: gatewayAddr, bulk: len(bulk),
+		tls: &tls.Config{RootCAs: serverCA.Pool(), Certificates: []tls.Certificate{client.TLS}}}
 }

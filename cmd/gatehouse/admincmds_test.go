@@ -51,8 +51,8 @@ listeners:
 access:
   https: {listen: "%[4]s", server_cert: %[5]s, server_key: %[6]s}
   grants:
-    - {role: admin, scope: global, certificates: [{client_ca: %[7]s, identities: {cn: [ops-admin]}}]}
-    - {role: viewer, scope: "tenant:acme", certificates: [{client_ca: %[7]s, identities: {cn: [acme-viewer]}}]}
+    - {role: admin, scope: global, certificates: [{client_ca: %[7]s, crl: none, identities: {cn: [ops-admin]}}]}
+    - {role: viewer, scope: "tenant:acme", certificates: [{client_ca: %[7]s, crl: none, identities: {cn: [acme-viewer]}}]}
 `, dir, metrics, sock, httpsAddr, srv.CertFile, srv.KeyFile, adminCA.CertFile)
 	path := filepath.Join(dir, "gatehouse.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {

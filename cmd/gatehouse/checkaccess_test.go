@@ -21,7 +21,7 @@ func TestCheckRefusesWhatRunRefusesOfAccess(t *testing.T) {
 access:
   https: {listen: "127.0.0.1:9443", server_cert: testdata/check/server.pem, server_key: testdata/check/server.key}
   grants:
-    - {role: admin, scope: global, certificates: [{client_ca: testdata/check/acme-ca.pem, identities: {cn: [ops]}}]}
+    - {role: admin, scope: global, certificates: [{client_ca: testdata/check/acme-ca.pem, crl: none, identities: {cn: [ops]}}]}
 `
 	for name, tc := range map[string]struct{ access, want string }{
 		"good":          {good, ""},

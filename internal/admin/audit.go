@@ -23,7 +23,7 @@ type Entry struct {
 	Action      Action         `json:"action"`
 	Target      string         `json:"target"` // the scope the action was asked for
 	Args        map[string]any `json:"args,omitempty"`
-	Result      string         `json:"result"` // ok, refused or error
+	Result      string         `json:"result"` // intent (an action about to run), ok, refused or error
 	Reason      string         `json:"reason,omitempty"`
 }
 
@@ -32,13 +32,21 @@ type Entry struct {
 // concurrent requests never interleave and nothing already written is
 // rewritten.
 //
+// Before each line the path is looked at again (one stat): when it no
+// longer names the open file (logrotate renamed or removed it), the file
+// at the path is opened, or created, and the line goes there. A path that
+// cannot be opened then fails the write: the line is not put in the
+// renamed file, where nobody looks for it.
+//
 // Granted reads (status, metrics, certificates, access log) are sampled:
 // one line per principal and read each ReadAuditPeriod, carrying how many
 // were answered since and not written (see ReadSampler). Refused and
 // failed requests, and every action, are always written.
 type Audit struct {
 	mu    sync.Mutex
+	path  string
 	f     *os.File
+	fi    os.FileInfo // of f, to tell when path names another file
 	reads *ReadSampler
 }
 
@@ -49,20 +57,45 @@ const ReadAuditPeriod = 5 * time.Minute
 // OpenAudit opens (or creates, mode 0600) the audit log at path for
 // appending. A file that others may read or write is made 0600.
 func OpenAudit(path string) (*Audit, error) {
+	f, fi, err := openAuditFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return &Audit{path: path, f: f, fi: fi, reads: NewReadSampler(ReadAuditPeriod)}, nil
+}
+
+func openAuditFile(path string) (*os.File, os.FileInfo, error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("audit log: %w", err)
+		return nil, nil, fmt.Errorf("audit log: %w", err)
 	}
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
 		f.Close()
-		return nil, fmt.Errorf("audit log %s: not a regular file", path)
-	} else if fi.Mode().Perm()&0o077 != 0 {
+		return nil, nil, fmt.Errorf("audit log %s: not a regular file", path)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
 		if err := f.Chmod(0o600); err != nil {
 			f.Close()
-			return nil, fmt.Errorf("audit log: %w", err)
+			return nil, nil, fmt.Errorf("audit log: %w", err)
 		}
 	}
-	return &Audit{f: f, reads: NewReadSampler(ReadAuditPeriod)}, nil
+	return f, fi, nil
+}
+
+// follow reopens the path when it no longer names the open file (a.mu
+// held).
+func (a *Audit) follow() error {
+	if fi, err := os.Stat(a.path); err == nil && os.SameFile(fi, a.fi) {
+		return nil
+	}
+	f, fi, err := openAuditFile(a.path)
+	if err != nil {
+		return fmt.Errorf("reopening after rotation: %w", err)
+	}
+	a.f.Close()
+	a.f, a.fi = f, fi
+	return nil
 }
 
 // Record appends e, unless it is a granted read the sampler counts for a
@@ -74,7 +107,15 @@ func (a *Audit) Record(e Entry) error {
 	return a.write(e)
 }
 
-func (a *Audit) write(e Entry) error {
+// Commit writes e and syncs it to disk before returning: the intent line
+// of an action, which must be on disk before the action runs.
+func (a *Audit) Commit(e Entry) error {
+	return a.writeSync(e, true)
+}
+
+func (a *Audit) write(e Entry) error { return a.writeSync(e, false) }
+
+func (a *Audit) writeSync(e Entry, sync bool) error {
 	b, err := json.Marshal(e)
 	if err != nil {
 		return err
@@ -82,8 +123,23 @@ func (a *Audit) write(e Entry) error {
 	b = append(b, '\n')
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if _, err := a.f.Write(b); err != nil {
+	if err := a.follow(); err != nil {
+		return err
+	}
+	fi, err := a.f.Stat()
+	if err != nil {
 		return fmt.Errorf("audit log: %w", err)
+	}
+	if _, err := a.f.Write(b); err != nil {
+		// A full disk may take part of the line: cut it off, so that the
+		// log stays whole lines (this process is its only writer).
+		_ = a.f.Truncate(fi.Size())
+		return fmt.Errorf("audit log: %w", err)
+	}
+	if sync {
+		if err := a.f.Sync(); err != nil {
+			return fmt.Errorf("audit log: %w", err)
+		}
 	}
 	return nil
 }

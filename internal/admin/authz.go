@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/internal/config"
@@ -38,6 +39,9 @@ const (
 	ActKill        Action = "sessions_kill"
 	ActReload      Action = "reload"
 	ActTeardown    Action = "teardown"
+	// ActHandshake is not asked for: it audits an admin certificate the
+	// HTTPS endpoint refused in the handshake (revoked, CRL stale).
+	ActHandshake Action = "handshake"
 )
 
 // need is the role each action takes, and whether only a global grant
@@ -73,6 +77,9 @@ type Principal struct {
 	Fingerprint string `json:"fingerprint_sha256,omitempty"`
 
 	Grants []Grant `json:"-"`
+	// Revoked says why the certificate is refused whatever its grants
+	// (revoked, its CRL stale, no CRL from its issuer); nil otherwise.
+	Revoked error `json:"-"`
 }
 
 // Name says who the principal is, for refusals and logs.
@@ -126,6 +133,9 @@ func (p Principal) Authorize(action Action, target policy.Scope) (Grant, error) 
 	n, ok := need[action]
 	if !ok {
 		return Grant{}, fmt.Errorf("unknown action %q", action)
+	}
+	if p.Revoked != nil {
+		return Grant{}, fmt.Errorf("%w: %v", ErrRefused, p.Revoked)
 	}
 	if n.global {
 		target = policy.Global
@@ -195,10 +205,15 @@ type Rules struct {
 	certs  []certRule
 	cas    *x509.CertPool
 	self   uint32
+	crls   crlFiles // the CRL files read, to notice when one changes
+	// StaleOK accepts certificates whose CRL is past its nextUpdate
+	// (tls.crl_stale: warn); by default they are refused.
+	StaleOK bool
 }
 
 type certRule struct {
 	roots *x509.CertPool
+	crl   *certs.CRLSet // nil: crl none
 	match *certs.IdentityMatcher
 	grant Grant
 }
@@ -207,7 +222,7 @@ type certRule struct {
 // group is an error) and reads the admin CAs. Root and the daemon's own
 // user (self) are global admins whatever the section says.
 func Compile(a config.Access, self uint32) (*Rules, error) {
-	r := &Rules{users: map[uint32][]Grant{}, groups: map[uint32][]Grant{}, self: self}
+	r := &Rules{users: map[uint32][]Grant{}, groups: map[uint32][]Grant{}, self: self, crls: crlFiles{}}
 	var errs []error
 	for i, g := range a.Grants {
 		role, err := policy.ParseRole(g.Role)
@@ -262,7 +277,12 @@ func Compile(a config.Access, self uint32) (*Rules, error) {
 				errs = append(errs, fmt.Errorf("access.grants[%d].certificates[%d].identities: %w", i, j, err))
 				continue
 			}
-			r.certs = append(r.certs, certRule{roots: pool, match: m, grant: gr})
+			crl, err := r.loadCRL(c, pem)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("access.grants[%d].certificates[%d].crl: %w", i, j, err))
+				continue
+			}
+			r.certs = append(r.certs, certRule{roots: pool, crl: crl, match: m, grant: gr})
 		}
 	}
 	if len(errs) > 0 {
@@ -318,10 +338,21 @@ func (r *Rules) Cert(peer []*x509.Certificate) Principal {
 		inter.AddCert(c)
 	}
 	p := Principal{Transport: "https", Subject: leaf.Subject.String(), Fingerprint: certs.FingerprintSHA256(leaf)}
+	now := time.Now()
 	for _, c := range r.certs {
-		opts := x509.VerifyOptions{Roots: c.roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-		if _, err := leaf.Verify(opts); err != nil {
+		opts := x509.VerifyOptions{Roots: c.roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, CurrentTime: now}
+		chains, err := leaf.Verify(opts)
+		if err != nil {
 			continue
+		}
+		// A certificate the CRL of a CA that issued it revokes is refused
+		// whole, whatever other grants would name it.
+		if c.crl != nil {
+			for _, ch := range chains {
+				if err := c.crl.Check(ch, now, r.StaleOK); err != nil {
+					return Principal{Transport: p.Transport, Subject: p.Subject, Fingerprint: p.Fingerprint, Revoked: err}
+				}
+			}
 		}
 		if c.match.Match(leaf) {
 			p.Grants = append(p.Grants, c.grant)

@@ -40,10 +40,16 @@ type AccessRule struct {
 // AdminCertificate names admin certificates: issued by ClientCA and
 // matching one of Identities (the tenants' rules). Identities may not be
 // empty: a CA alone would make every certificate it ever signed an admin.
+// CRL is required: the CRL file (PEM or DER) of every CA in ClientCA, or
+// CRLNone to say, explicitly, that no certificate of it can be revoked.
 type AdminCertificate struct {
 	ClientCA   string     `mapstructure:"client_ca"`
+	CRL        string     `mapstructure:"crl"`
 	Identities Identities `mapstructure:"identities"`
 }
+
+// CRLNone is the crl of an admin CA that publishes no CRL.
+const CRLNone = "none"
 
 // UnixGrantsNonRoot reports whether a grant names a unix user other than
 // root, or any group: then the admin socket must be reachable by others
@@ -120,6 +126,13 @@ func (cfg *Config) validateAccess(c *checker, tenants map[string]bool) {
 			cp := fmt.Sprintf("%s.certificates[%d]", p, j)
 			certGrants = true
 			c.file(cp+".client_ca", ac.ClientCA, true)
+			switch ac.CRL {
+			case "":
+				c.add(cp+".crl", "required: the CRL file of client_ca, or none (then no certificate of it can ever be revoked)")
+			case CRLNone:
+			default:
+				c.file(cp+".crl", ac.CRL, true)
+			}
 			if ac.Identities.empty() {
 				c.add(cp+".identities", "at least one identity rule is required: a CA alone would make every certificate it signed an admin")
 			}

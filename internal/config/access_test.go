@@ -28,7 +28,7 @@ access:
     - {role: publisher, scope: "tenant:globex/prod", groups: [nogroup]}
     - role: admin
       scope: global
-      certificates: [{client_ca: ${DIR}/internal-ca.pem, identities: {cn: [ops]}}]
+      certificates: [{client_ca: ${DIR}/internal-ca.pem, crl: none, identities: {cn: [ops]}}]
 `
 
 func TestAccessConfig(t *testing.T) {
@@ -75,6 +75,8 @@ func TestAccessProblems(t *testing.T) {
 			[]string{"access.https.server_cert: required"}},
 		{"strict without management", "interface: veth-dmz", "interface: veth-dmz\nenforcement: {mode: strict}\n", nil}, // loopback: fine
 		{"public endpoint in listeners mode", `listen: "127.0.0.1:9443"`, `listen: "198.51.100.2:9443"`, nil},
+		{"cert without crl", "crl: none, ", "", []string{"access.grants[3].certificates[0].crl: required: the CRL file of client_ca, or none"}},
+		{"cert crl missing", "crl: none", "crl: ${DIR}/nope.crl", []string{"access.grants[3].certificates[0].crl: cannot read"}},
 		{"audit log relative", "access:\n", "access:\n  audit_log: audit.log\n", []string{"access.audit_log: must be an absolute path"}},
 	}
 	for _, tc := range cases {

@@ -37,6 +37,7 @@ type HTTPLimits struct {
 	IdleTimeout       *time.Duration `mapstructure:"idle_timeout"`
 	BodyReadTimeout   *time.Duration `mapstructure:"body_read_timeout"`
 	BackendTimeout    *time.Duration `mapstructure:"backend_timeout"`
+	Engine            *string        `mapstructure:"engine"`
 }
 
 // StreamLimits are the limits of relayed sessions.
@@ -58,6 +59,7 @@ type TelnetLimits struct {
 var listenerWide = []string{
 	"connections", "pre_handshake", "pre_handshake_per_source", "handshake_timeout", "drain_timeout",
 	"http.max_header_size", "http.read_header_timeout", "http.idle_timeout", "http.body_buffer_total",
+	"http.engine",
 }
 
 // merge returns base with every key that over sets replaced.
@@ -242,6 +244,9 @@ func checkLimits(c *checker, p string, l Limits, scope []string, where string) {
 	if h := *l.HTTP.MaxHeaderSize; h < 4<<10 || h > 1<<20 {
 		add([]string{"http.max_header_size"}, "must be between 4KiB and 1MiB, got %s", h)
 	}
+	if e := *l.HTTP.Engine; e != "std" && e != "fast" {
+		add([]string{"http.engine"}, "must be std or fast, got %q", e)
+	}
 	if b := *l.HTTP.MaxBodySize; b < 1 {
 		add([]string{"http.max_body_size"}, "must be at least 1B, got %s", b)
 	}
@@ -296,6 +301,7 @@ func (l Limits) policy() policy.Limits {
 			IdleTimeout:       *l.HTTP.IdleTimeout,
 			BodyReadTimeout:   *l.HTTP.BodyReadTimeout,
 			BackendTimeout:    *l.HTTP.BackendTimeout,
+			Engine:            *l.HTTP.Engine,
 		},
 		TCP: policy.StreamLimits{IdleTimeout: *l.TCP.IdleTimeout, MaxSession: *l.TCP.MaxSession},
 		Telnet: policy.TelnetLimits{

@@ -20,7 +20,7 @@ func TestLimitsDefaults(t *testing.T) {
 		HTTP: policy.HTTPLimits{
 			MaxInFlight: 256, MaxHeaderBytes: 64 << 10, MaxBodyBytes: 32 << 20, BodyBufferBytes: 1 << 20,
 			BodyBufferTotal: 256 << 20, BodyBufferTimeout: 60 * time.Second, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
-			BodyReadTimeout: 30 * time.Second, BackendTimeout: 60 * time.Second,
+			BodyReadTimeout: 30 * time.Second, BackendTimeout: 60 * time.Second, Engine: "fast",
 		},
 		TCP: policy.StreamLimits{IdleTimeout: time.Hour, MaxSession: 24 * time.Hour},
 		Telnet: policy.TelnetLimits{
@@ -113,6 +113,14 @@ func TestLimitsProblems(t *testing.T) {
 				"listeners[0].limits.http.read_header_timeout: must be at least 1s",
 				"listeners[0].limits.tcp.max_session: must be 0 (no limit) or at least 1s",
 				"listeners[0].limits.drain_timeout: must not be negative"}},
+		{"an HTTP engine chosen per tenant",
+			"    client_ca: ${DIR}/globex-ca.pem",
+			"    client_ca: ${DIR}/globex-ca.pem\n    limits: {http: {engine: fast}}",
+			[]string{"tenants[1].limits.http.engine: is decided before a client proves its tenant"}},
+		{"an unknown HTTP engine",
+			"    protocol: https\n",
+			"    protocol: https\n    limits: {http: {engine: turbo}}\n",
+			[]string{"listeners[0].limits.http.engine: must be std or fast, got \"turbo\""}},
 		{"body buffer budget and timeout",
 			"    protocol: https\n",
 			"    protocol: https\n    limits: {http: {body_buffer_total: 4MiB, body_buffer_timeout: 0s}}\n",

@@ -268,7 +268,30 @@ func (d *Daemon) begin(w http.ResponseWriter, r *http.Request, action admin.Acti
 	}
 	e := admin.NewEntry(p, action, target.String(), args)
 	e.Role, e.Scope = g.Role.String(), g.Scope.String()
+	if !action.Read() {
+		// An action that cannot be audited is not taken: its intent line
+		// is on disk before it runs, the result line follows.
+		in := e
+		in.Result = "intent"
+		if err := d.commit(in); err != nil {
+			d.m.adminRequests.WithLabelValues(string(action), "unaudited").Inc()
+			d.m.auditErrors.Inc()
+			d.log.Error("admin action refused: audit log not writable", "principal", p.Name(), "transport", p.Transport,
+				"action", action, "target", target.String(), "err", err)
+			http.Error(w, fmt.Sprintf("%s refused, nothing was done: audit log not writable: %v", action, err), http.StatusServiceUnavailable)
+			return nil, false
+		}
+	}
 	return &call{d: d, p: p, e: e}, true
+}
+
+// commit writes the intent line of an action and syncs it.
+func (d *Daemon) commit(e admin.Entry) error {
+	a := d.audit.Load()
+	if a == nil {
+		return errors.New("no audit log open")
+	}
+	return a.Commit(e)
 }
 
 func (d *Daemon) refuse(w http.ResponseWriter, p admin.Principal, action admin.Action, target string, args map[string]any, err error) {

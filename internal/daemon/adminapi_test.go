@@ -61,11 +61,16 @@ type adminLab struct {
 	url      string
 	serverCA *certstest.CA
 	adminCA  *certstest.CA
+	crl      string                     // the admin CA's CRL file
 	certs    map[string]*certstest.Leaf // by common name
 	cut      *cutter
 }
 
-func startAdminLab(t *testing.T) *adminLab {
+func startAdminLab(t *testing.T) *adminLab { t.Helper(); return startAdminLabWith(t, "") }
+
+// startAdminLabWith starts the lab with extra keys in its access section
+// (indented two spaces), such as an audit_log.
+func startAdminLabWith(t *testing.T, accessExtra string) *adminLab {
 	t.Helper()
 	path, _, _ := feedConfig(t)
 	dir := filepath.Dir(path)
@@ -74,6 +79,7 @@ func startAdminLab(t *testing.T) *adminLab {
 	for _, cn := range []string{"ops-admin", "feed-bot", "acme-viewer", "acme-admin", "stranger"} {
 		l.certs[cn] = l.adminCA.Client(t, cn)
 	}
+	l.crl = l.adminCA.CRL(t, filepath.Join(dir, "admin-ca.crl"), time.Now().Add(time.Hour))
 	srv := l.serverCA.Server(t, "localhost", "127.0.0.1")
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -86,22 +92,22 @@ func startAdminLab(t *testing.T) *adminLab {
 		`routes: [{tenant: acme, backend: "http://127.0.0.1:1"}, {tenant: globex, host: globex.example, backend: "http://127.0.0.1:2"}]}`, 1)
 	cfg += fmt.Sprintf(`
 access:
-  https: {listen: "%s", server_cert: %s, server_key: %s}
+%[5]s  https: {listen: "%[1]s", server_cert: %[2]s, server_key: %[3]s}
   grants:
     - {role: viewer, scope: "tenant:acme", users: [nobody]}
     - role: admin
       scope: global
-      certificates: [{client_ca: %[4]s, identities: {cn: [ops-admin]}}]
+      certificates: [{client_ca: %[4]s, crl: %[6]s, identities: {cn: [ops-admin]}}]
     - role: publisher
       scope: global
-      certificates: [{client_ca: %[4]s, identities: {cn: [feed-bot]}}]
+      certificates: [{client_ca: %[4]s, crl: %[6]s, identities: {cn: [feed-bot]}}]
     - role: viewer
       scope: "tenant:acme"
-      certificates: [{client_ca: %[4]s, identities: {cn: [acme-viewer]}}]
+      certificates: [{client_ca: %[4]s, crl: %[6]s, identities: {cn: [acme-viewer]}}]
     - role: admin
       scope: "tenant:acme"
-      certificates: [{client_ca: %[4]s, identities: {cn: [acme-admin]}}]
-`, addr, srv.CertFile, srv.KeyFile, l.adminCA.CertFile)
+      certificates: [{client_ca: %[4]s, crl: %[6]s, identities: {cn: [acme-admin]}}]
+`, addr, srv.CertFile, srv.KeyFile, l.adminCA.CertFile, accessExtra, l.crl)
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

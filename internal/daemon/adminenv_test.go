@@ -116,7 +116,7 @@ access:
   grants:
     - role: admin
       scope: "tenant:acme/dev"
-      certificates: [{client_ca: %[10]s, identities: {cn: [acme-dev-admin]}}]
+      certificates: [{client_ca: %[10]s, crl: none, identities: {cn: [acme-dev-admin]}}]
 `, dir, freePort(t), ca.CertFile, raw, srv.CertFile, srv.KeyFile, prodBackend, devBackend, adminAddr, adminCA.CertFile)
 	path := filepath.Join(dir, "gatehouse.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {

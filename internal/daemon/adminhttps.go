@@ -68,7 +68,8 @@ func (d *Daemon) listenAdminHTTPS(h config.AccessHTTPS) (net.Listener, error) {
 				return nil, errors.New("no admin certificate is granted anything")
 			}
 			return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"},
-				ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: cas, SessionTicketsDisabled: true}, nil
+				ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: cas, SessionTicketsDisabled: true,
+				VerifyConnection: d.verifyAdminConnection}, nil
 		}}
 	ln, err := net.Listen("tcp", h.Listen)
 	if err != nil {
@@ -77,8 +78,61 @@ func (d *Daemon) listenAdminHTTPS(h config.AccessHTTPS) (net.Listener, error) {
 	return tls.NewListener(ln, tc), nil
 }
 
+// verifyAdminConnection refuses, in every handshake (resumed ones too),
+// a certificate the admin CRLs in force revoke, or whose CRL is stale or
+// missing; the refusal is logged and audited. Requests on connections
+// already open are judged again by the principal (admin.Rules.Cert).
+func (d *Daemon) verifyAdminConnection(cs tls.ConnectionState) error {
+	p := d.access.Load().Cert(cs.PeerCertificates)
+	if p.Revoked == nil {
+		return nil
+	}
+	e := admin.NewEntry(p, admin.ActHandshake, "", nil)
+	e.Result, e.Reason = "refused", p.Revoked.Error()
+	d.record(e)
+	d.log.Warn("admin certificate refused", "principal", p.Name(), "transport", p.Transport, "reason", p.Revoked)
+	return p.Revoked
+}
+
+// watchAdminCRLs re-reads the admin CRL files every second and, when one
+// changed, compiles the access section in force again with it: a
+// certificate revoked there is refused from its next handshake or
+// request on. A change that does not load is logged once; the rules in
+// force stay.
+func (d *Daemon) watchAdminCRLs(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	failed := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !d.access.Load().CRLsChanged() {
+			failed = false
+			continue
+		}
+		d.mu.Lock()
+		r, err := admin.CompileConfig(d.cfg.Load(), uint32(os.Geteuid()))
+		if err == nil {
+			d.access.Store(r)
+		}
+		d.mu.Unlock()
+		switch {
+		case err == nil:
+			failed = false
+			d.log.Info("admin CRLs re-read after a file change")
+		case !failed:
+			failed = true
+			d.log.Error("admin CRL change not loaded; the CRLs in force stay", "err", err)
+		}
+	}
+}
+
 // serveAdminHTTPS serves the admin API on ln until ctx ends.
 func (d *Daemon) serveAdminHTTPS(ctx context.Context, ln net.Listener) error {
+	go d.watchAdminCRLs(ctx)
 	// Refused handshakes (no, forged or expired certificates) are logged
 	// by net/http through this.
 	srv := &http.Server{Handler: d.httpsHandler(d.adminMux()), ReadHeaderTimeout: 5 * time.Second,
@@ -98,7 +152,7 @@ func (d *Daemon) serveAdminHTTPS(ctx context.Context, ln net.Listener) error {
 // endpoint certificate and key that do not load. gatehouse check calls it
 // too.
 func CheckAccess(cfg *config.Config) error {
-	if _, err := admin.Compile(cfg.Access, uint32(os.Geteuid())); err != nil {
+	if _, err := admin.CompileConfig(cfg, uint32(os.Geteuid())); err != nil {
 		return err
 	}
 	if h := cfg.Access.HTTPS; h.Listen != "" {

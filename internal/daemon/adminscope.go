@@ -130,11 +130,9 @@ func writeScopedMetrics(w io.Writer, mfs []*dto.MetricFamily, p admin.Principal)
 	return nil
 }
 
-// envOf is a series' environment: its environment label, or the implicit
-// one.
+// envOf is a series' environment: its environment label, or "" for a
+// series of the tenant as a whole (every environment's), which only a
+// grant of the whole tenant sees, whatever the environments are named.
 func envOf(lbl map[string]string) string {
-	if e, ok := lbl["environment"]; ok {
-		return e
-	}
-	return "default"
+	return lbl["environment"]
 }

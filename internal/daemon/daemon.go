@@ -206,7 +206,7 @@ func New(opts Options) (*Daemon, error) {
 	}
 	d.useFeeds(fs, sets)
 	d.cfg.Store(cfg)
-	rules, err := admin.Compile(cfg.Access, uint32(os.Geteuid()))
+	rules, err := admin.CompileConfig(cfg, uint32(os.Geteuid()))
 	if err != nil {
 		return nil, err
 	}

@@ -74,10 +74,33 @@ func (r *recorder) last() uint64 {
 // itself a moment later. On 127.0.0.1 any other test or process on the
 // machine asking for a port could be given the same one meanwhile; on an
 // address of its own only a wildcard bind of that very port could.
+//
+// No port is handed out twice in one test binary: the configuration refuses
+// two listeners on one port whatever their addresses, and two random
+// addresses of 127/8 may well be given the same port by the kernel.
 func freePort(t *testing.T) string {
 	t.Helper()
-	return testkit.FreeLoopbackAddr(t)
+	givenPorts.Lock()
+	defer givenPorts.Unlock()
+	for range 20 {
+		addr := testkit.FreeLoopbackAddr(t)
+		ap, err := netip.ParseAddrPort(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !givenPorts.m[ap.Port()] {
+			givenPorts.m[ap.Port()] = true
+			return addr
+		}
+	}
+	t.Fatal("no loopback port not handed out before")
+	return ""
 }
+
+var givenPorts = struct {
+	sync.Mutex
+	m map[uint16]bool
+}{m: map[uint16]bool{}}
 
 // writeConfig writes a minimal valid configuration and returns its path.
 func writeConfig(t *testing.T, dir, metrics, static string) string {

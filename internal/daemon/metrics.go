@@ -55,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.heldPrefixes.WithLabelValues("ipv6")
 	m.adminRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gatehouse_admin_requests_total",
-		Help: "Admin API requests by action and result (ok, refused, error).",
+		Help: "Admin API requests by action and result (ok, refused, error, unaudited: an action refused because its audit line could not be written).",
 	}, []string{"action", "result"})
 	m.auditErrors = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "gatehouse_admin_audit_errors_total",

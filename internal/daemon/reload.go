@@ -24,7 +24,7 @@ func (d *Daemon) Reload() error {
 	var pl plan
 	var access *admin.Rules
 	if err == nil {
-		access, err = admin.Compile(cfg.Access, uint32(os.Geteuid()))
+		access, err = admin.CompileConfig(cfg, uint32(os.Geteuid()))
 	}
 	if err == nil {
 		err = d.refuseWhileHeldAsIs(p)

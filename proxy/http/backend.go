@@ -29,8 +29,9 @@ type backend struct {
 	index     int
 	url       *url.URL
 	transport *http.Transport
-	health    *url.URL     // nil: no active check
-	client    *http.Client // for the active check
+	direct    *directTransport // the fast engine's; nil under std
+	health    *url.URL         // nil: no active check
+	client    *http.Client     // for the active check
 
 	// downUntil is the end of the passive back-off in Unix nanoseconds;
 	// zero when the last request succeeded.
@@ -107,7 +108,7 @@ func (p *pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		// state for the backend_up series only.
 		b := p.backends[0]
 		st.backend, st.attempts = 0, 1
-		resp, err := b.transport.RoundTrip(req)
+		resp, err := b.roundTrip(req)
 		p.observe(b, req, st, err, true, false)
 		return resp, err
 	}
@@ -136,7 +137,7 @@ func (p *pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		st.backend = b.index
 		st.attempts++
-		resp, err := b.transport.RoundTrip(out)
+		resp, err := b.roundTrip(out)
 		if err == nil {
 			p.observe(b, req, st, nil, true, false)
 			return resp, nil
@@ -153,6 +154,14 @@ func (p *pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, lastErr
 	}
 	return nil, errAllDown
+}
+
+// roundTrip sends req to b with the listener's engine.
+func (b *backend) roundTrip(req *http.Request) (*http.Response, error) {
+	if b.direct != nil && req.ProtoMajor == 1 {
+		return b.direct.RoundTrip(req)
+	}
+	return b.transport.RoundTrip(req)
 }
 
 // observe updates b's passive state after a round trip. It reports whether

@@ -69,6 +69,7 @@ type Config struct {
 type Handler struct {
 	listener string
 	soap     bool
+	engine   string        // EngineStd or EngineFast
 	limits   requestLimits // the listener's own, resolved over the defaults
 	base     *tenantLimits
 	tenants  map[string]*tenantLimits      // tenants whose limits differ from base
@@ -99,6 +100,7 @@ func New(cfg Config) (*Handler, error) {
 	h := &Handler{
 		listener: l.Name,
 		soap:     l.Protocol == policy.ProtoSOAP,
+		engine:   l.Limits.HTTP.Engine,
 		limits:   base.withPolicy(l.Limits.HTTP),
 		base:     resolveLimits(base, l.Limits),
 		tenants:  map[string]*tenantLimits{},
@@ -190,6 +192,9 @@ func (h *Handler) Close() {
 			for _, rt := range rts {
 				for _, b := range rt.backends {
 					b.transport.CloseIdleConnections()
+					if b.direct != nil {
+						b.direct.CloseIdleConnections()
+					}
 				}
 			}
 		}

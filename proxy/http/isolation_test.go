@@ -41,14 +41,20 @@ func FuzzTenantIsolation(f *testing.F) {
 		}
 	}))
 	f.Cleanup(globex.Close)
-	h, err := httpproxy.New(httpproxy.Config{Listener: policy.Listener{Name: "web", Protocol: policy.ProtoHTTPS, Routes: []policy.Route{
-		{Tenant: "acme", Path: "/", Backend: acme.URL},
-		{Tenant: "acme", Host: "acme.example", Path: "/", Backend: acme.URL},
-		{Tenant: "acme", Path: "/admin", Backend: acme.URL},
-		{Tenant: "globex", Path: "/g", Backend: globex.URL},
-	}}})
-	if err != nil {
-		f.Fatal(err)
+	// One handler per engine; every input goes through each.
+	var handlers []*httpproxy.Handler
+	for _, e := range engines {
+		h, err := httpproxy.New(httpproxy.Config{Listener: policy.Listener{Name: "web", Protocol: policy.ProtoHTTPS, Routes: []policy.Route{
+			{Tenant: "acme", Path: "/", Backend: acme.URL},
+			{Tenant: "acme", Host: "acme.example", Path: "/", Backend: acme.URL},
+			{Tenant: "acme", Path: "/admin", Backend: acme.URL},
+			{Tenant: "globex", Path: "/g", Backend: globex.URL},
+		}, Limits: policy.Limits{HTTP: policy.HTTPLimits{Engine: e}}}})
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Cleanup(h.Close)
+		handlers = append(handlers, h)
 	}
 	f.Add("GET", "acme.example", "/", "X-Gatehouse-Tenant", "acme")
 	f.Add("POST", "", "/g/../admin", "X_Gatehouse_Tenant", "acme")
@@ -61,17 +67,19 @@ func FuzzTenantIsolation(f *testing.F) {
 		if err != nil || method == "" || strings.ContainsAny(method, " \t\r\n") {
 			return
 		}
-		r := &http.Request{Method: method, URL: u, Host: host, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-			Header: http.Header{}, Body: http.NoBody, RemoteAddr: "192.0.2.1:1234"}
-		r.Header[hk] = []string{hv}
-		r = r.WithContext(httpproxy.WithPeer(r.Context(), certs.Peer{Tenant: "globex", FingerprintSHA256: "gg"}))
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, r)
-		if acmeHits.Load() != 0 {
-			t.Fatalf("globex reached acme's backend: %s %q %q %q=%q", method, host, path, hk, hv)
-		}
-		if v := bad.Load(); v != nil {
-			t.Fatalf("globex's backend saw %v", v)
+		for i, h := range handlers {
+			r := &http.Request{Method: method, URL: u, Host: host, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+				Header: http.Header{}, Body: http.NoBody, RemoteAddr: "192.0.2.1:1234"}
+			r.Header[hk] = []string{hv}
+			r = r.WithContext(httpproxy.WithPeer(r.Context(), certs.Peer{Tenant: "globex", FingerprintSHA256: "gg"}))
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, r)
+			if acmeHits.Load() != 0 {
+				t.Fatalf("%s engine: globex reached acme's backend: %s %q %q %q=%q", engines[i], method, host, path, hk, hv)
+			}
+			if v := bad.Load(); v != nil {
+				t.Fatalf("%s engine: globex's backend saw %v", engines[i], v)
+			}
 		}
 	})
 }

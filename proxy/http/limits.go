@@ -131,6 +131,10 @@ func defaultLimits() requestLimits {
 // configuration resolves every one of them; a zero HTTPLimits is a policy
 // built without a configuration (library use, tests), and leaves l as it is.
 func (l requestLimits) withPolicy(p policy.HTTPLimits) requestLimits {
+	if q := p; q.Engine != "" {
+		q.Engine = "" // not a limit: a policy may name the engine only
+		p = q
+	}
 	if p == (policy.HTTPLimits{}) {
 		return l
 	}

@@ -89,7 +89,8 @@ func (h *Handler) newRoute(index int, pr policy.Route) (*route, error) {
 		return nil, err
 	}
 	for i, u := range urls {
-		b := &backend{index: i, url: u, transport: h.newTransport(u, tc, h.limitsOf(pr.Tenant))}
+		b := &backend{index: i, url: u}
+		b.transport, b.direct = h.newTransport(u, tc, h.limitsOf(pr.Tenant))
 		if pr.HealthPath != "" {
 			if b.health, err = healthURL(u, pr.HealthPath); err != nil {
 				return nil, err
@@ -137,12 +138,15 @@ func backendTLS(urls []*url.URL, pr policy.Route) (*tls.Config, error) {
 // listener generation keeps for reuse.
 const MaxIdlePerBackend = 64
 
-func (h *Handler) newTransport(u *url.URL, tc *tls.Config, lim *tenantLimits) *http.Transport {
+// newTransport returns the transport of a backend, and under the fast
+// engine the direct transport its HTTP/1.1 requests take (the Transport
+// stays for its health checks and HTTP/2 clients' requests).
+func (h *Handler) newTransport(u *url.URL, tc *tls.Config, lim *tenantLimits) (*http.Transport, *directTransport) {
 	d := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
 	if h.fds != nil {
 		d.Control = h.fds.Control()
 	}
-	dial := d.DialContext
+	dial := socketDial(d.DialContext)
 	if h.fds != nil {
 		// Counted, and refused within the descriptor reserve: HTTP/2
 		// opens one per stream.
@@ -163,7 +167,21 @@ func (h *Handler) newTransport(u *url.URL, tc *tls.Config, lim *tenantLimits) *h
 		tc.ServerName = u.Hostname()
 		tr.TLSClientConfig = tc
 	}
-	return tr
+	if h.engine != EngineFast {
+		return tr, nil
+	}
+	return tr, newDirectTransport(hostPort(u), tr.TLSClientConfig, dial, lim.BackendTimeout)
+}
+
+// hostPort is u's host with its port, the scheme's when it names none.
+func hostPort(u *url.URL) string {
+	if port := u.Port(); port != "" {
+		return net.JoinHostPort(u.Hostname(), port)
+	}
+	if u.Scheme == "https" {
+		return net.JoinHostPort(u.Hostname(), "443")
+	}
+	return net.JoinHostPort(u.Hostname(), "80")
 }
 
 // inherit copies the health of prev's backends into h's matching ones.

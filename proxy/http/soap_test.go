@@ -96,7 +96,16 @@ const (
 	ct12 = "application/soap+xml; charset=utf-8"
 )
 
+// engines are the HTTP engines every proxying test runs under.
+var engines = []string{httpproxy.EngineStd, httpproxy.EngineFast}
+
 func TestSOAP(t *testing.T) {
+	for _, e := range engines {
+		t.Run(e, func(t *testing.T) { testSOAP(t, e) })
+	}
+}
+
+func testSOAP(t *testing.T, engine string) {
 	be := newRecorder(t)
 	metrics := httpproxy.NewMetrics()
 	logs := &logBuf{}
@@ -105,7 +114,7 @@ func TestSOAP(t *testing.T) {
 			{Tenant: "acme", Path: "/", Backend: be.srv.URL, SOAPActions: []string{"urn:acme:GetOrder", "urn:acme:PutOrder"}},
 			{Tenant: "acme", Path: "/meta", Backend: be.srv.URL, AllowWSDL: true},
 			{Tenant: "globex", Path: "/empty", Backend: be.srv.URL},
-		}},
+		}, Limits: policy.Limits{HTTP: policy.HTTPLimits{Engine: engine}}},
 		Metrics: metrics,
 		Logger:  slog.New(slog.NewJSONHandler(logs, nil)),
 	})

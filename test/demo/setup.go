@@ -378,8 +378,8 @@ listeners:
 %[12]saccess:
   https: {listen: "%[13]s", server_cert: %[8]s/admin-server.pem, server_key: %[8]s/admin-server.key}
   grants:
-    - {role: admin, scope: global, certificates: [{client_ca: %[8]s/admin-ca/ca.pem, identities: {cn: [ops-admin]}}]}
-    - {role: viewer, scope: "tenant:%[7]s", certificates: [{client_ca: %[8]s/admin-ca/ca.pem, identities: {cn: [acme-viewer]}}]}
+    - {role: admin, scope: global, certificates: [{client_ca: %[8]s/admin-ca/ca.pem, crl: none, identities: {cn: [ops-admin]}}]}
+    - {role: viewer, scope: "tenant:%[7]s", certificates: [{client_ca: %[8]s/admin-ca/ca.pem, crl: none, identities: {cn: [acme-viewer]}}]}
 rules:
   # The demo runs on documentation addresses, which the bogon guard refuses
   # in feeds unless exempted here. Empty in production.
