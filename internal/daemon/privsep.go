@@ -83,7 +83,7 @@ func buildWorkers(env *Env) (*layer, *worker.Pool, error) {
 	slices.Sort(ro)
 	ro = slices.Compact(ro)
 	tickets := filepath.Join(p.StateDir, "tls-tickets")
-	if err := ticketDir(tickets); err != nil {
+	if err := ticketDir(tickets, env.Logger); err != nil {
 		return nil, nil, err
 	}
 	o := env.Worker
@@ -112,12 +112,13 @@ func buildWorkers(env *Env) (*layer, *worker.Pool, error) {
 // ticketDir makes dir, the workers' session-ticket directory, exist as
 // root's with mode 0707: the workers (another user, "others" here) create,
 // replace and sync their key files there (syncing opens the directory for
-// reading). No chown: the unit grants
-// no CAP_CHOWN. Its parent, state_dir, loses any access for others, so
-// that only root and the workers, through the descriptor the pool passes
-// them, reach dir; a worker also refuses a key file it does not own
-// (certs), so nothing planted there is ever used.
-func ticketDir(dir string) error {
+// reading). No chown: the unit grants no CAP_CHOWN. Its parent, state_dir,
+// is root's and 0700 under the unit, so that only root and the workers,
+// through the descriptor the pool passes them, reach dir; state_dir is
+// left as it is (an admin socket in it may be meant for other users), a
+// state_dir others can enter is warned about, and a worker refuses a key
+// file it does not own (certs), so nothing planted there is ever used.
+func ticketDir(dir string, log *slog.Logger) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("state_dir: %w", err)
 	}
@@ -126,10 +127,9 @@ func ticketDir(dir string) error {
 	if err != nil {
 		return fmt.Errorf("state_dir: %w", err)
 	}
-	if perm := fi.Mode().Perm(); perm&0o007 != 0 {
-		if err := os.Chmod(parent, perm&^0o007); err != nil {
-			return fmt.Errorf("state_dir: %w", err)
-		}
+	if fi.Mode().Perm()&0o001 != 0 {
+		log.Warn("state_dir can be entered by every user: they can reach the workers' ticket directory (keys they plant there are refused, but they can remove the workers'); make it 0700 or 0710",
+			"component", "workers", "state_dir", parent, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
 	}
 	if err := os.Chmod(dir, 0o707); err != nil {
 		return fmt.Errorf("state_dir: %w", err)

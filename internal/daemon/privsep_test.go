@@ -1,17 +1,22 @@
 package daemon
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
 )
 
-// TestTicketDirReachableOnlyThroughState: the ticket directory is root's,
-// mode 0707 (the workers, as others, create and sync their files); a state_dir
-// others could enter loses that access, so only root and the workers,
-// through their descriptor, reach it. No chown: the unit has no CAP_CHOWN.
-func TestTicketDirReachableOnlyThroughState(t *testing.T) {
+// TestTicketDirWithoutChown: the ticket directory is root's, mode 0707
+// (the workers, as others, create and sync their files; no chown: the unit
+// has no CAP_CHOWN), state_dir is left as it is and still passes
+// CheckStateDir as root, and a state_dir every user can enter is warned
+// about.
+func TestTicketDirWithoutChown(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the daemon runs as root")
 	}
@@ -20,12 +25,16 @@ func TestTicketDirReachableOnlyThroughState(t *testing.T) {
 		t.Fatal(err)
 	}
 	tickets := filepath.Join(state, "tls-tickets")
-	if err := ticketDir(tickets); err != nil {
+	var logs testkit.LogBuffer
+	if err := ticketDir(tickets, slog.New(slog.NewTextHandler(&logs, nil))); err != nil {
 		t.Fatal(err)
 	}
 	fi, _ := os.Stat(state)
-	if fi.Mode().Perm() != 0o750 {
-		t.Errorf("state_dir %v, want drwxr-x--- (nothing for others)", fi.Mode())
+	if fi.Mode().Perm() != 0o755 {
+		t.Errorf("state_dir %v, want it left drwxr-xr-x", fi.Mode())
+	}
+	if !strings.Contains(logs.String(), "state_dir can be entered by every user") {
+		t.Errorf("no warning for a state_dir open to all:\n%s", logs.String())
 	}
 	fi, _ = os.Stat(tickets)
 	st := fi.Sys().(*syscall.Stat_t)
