@@ -87,6 +87,14 @@ deps:
 		if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root to install:$$missing"; exit 1; fi; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "make deps: Debian packages present"; fi
+	@# The proxy workers' user, as the package's postinst creates it.
+	@if getent passwd gatehouse >/dev/null; then echo "make deps: system user gatehouse present"; \
+	elif [ "$$(id -u)" != 0 ]; then echo "make deps: run as root to create the system user gatehouse (the proxy workers' user)"; exit 1; \
+	elif command -v adduser >/dev/null 2>&1; then \
+		adduser --system --group --quiet --no-create-home --home /var/lib/gatehouse --gecos "gatehouse proxy workers" gatehouse && echo "make deps: created the system user gatehouse"; \
+	else \
+		useradd --system --user-group --no-create-home --home-dir /var/lib/gatehouse --comment "gatehouse proxy workers" --shell /usr/sbin/nologin gatehouse && echo "make deps: created the system user gatehouse"; \
+	fi
 	@$(GO) mod download
 	@echo "make deps: Go modules present"
 

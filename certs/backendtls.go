@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
@@ -21,9 +20,10 @@ func BackendTLS(r policy.Route, serverName string) (*tls.Config, error) {
 	if (r.BackendCert == "") != (r.BackendKey == "") {
 		return nil, errors.New("backend_cert and backend_key go together")
 	}
+	files := defaultFiles()
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName}
 	if r.BackendCA != "" {
-		pem, err := os.ReadFile(r.BackendCA)
+		pem, err := files.ReadFile(r.BackendCA)
 		if err != nil {
 			return nil, fmt.Errorf("backend ca: %w", err)
 		}
@@ -33,7 +33,15 @@ func BackendTLS(r policy.Route, serverName string) (*tls.Config, error) {
 		}
 	}
 	if r.BackendCert != "" {
-		kp, err := tls.LoadX509KeyPair(r.BackendCert, r.BackendKey)
+		certPEM, err := files.ReadFile(r.BackendCert)
+		var keyPEM []byte
+		if err == nil {
+			keyPEM, err = files.ReadFile(r.BackendKey)
+		}
+		var kp tls.Certificate
+		if err == nil {
+			kp, err = tls.X509KeyPair(certPEM, keyPEM)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("backend client certificate: %w", err)
 		}

@@ -27,10 +27,17 @@ type Config struct {
 	// falls back to the policy's StateDir; when both are empty the keys live
 	// in memory only and resumption does not survive a restart.
 	StateDir string
+	// TicketDir, when set, holds the session-ticket keys instead of
+	// StateDir/tls-tickets (a worker's is the directory the enforcer
+	// opened for it, as /proc/self/fd/N).
+	TicketDir string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// PollInterval is how often Watch looks at the files; zero means 1s.
 	PollInterval time.Duration
+	// Files is where the policy's files are read; nil means the process's
+	// (SetFileSource; the operating system unless a worker set it).
+	Files FileSource
 }
 
 // Peer is the verified identity of one connection: who its client
@@ -55,10 +62,12 @@ type Peer struct {
 // Manager serves TLS configurations for the listeners and maps client
 // certificates to tenants. All methods are safe for concurrent use.
 type Manager struct {
-	logger   *slog.Logger
-	now      func() time.Time
-	stateDir string
-	poll     time.Duration
+	logger    *slog.Logger
+	now       func() time.Time
+	stateDir  string
+	ticketDir string
+	poll      time.Duration
+	files     FileSource
 
 	state atomic.Pointer[state]
 
@@ -87,12 +96,17 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = time.Second
 	}
+	if cfg.Files == nil {
+		cfg.Files = defaultFiles()
+	}
 	m := &Manager{
-		logger:   cfg.Logger.With("component", "certs"),
-		now:      cfg.Now,
-		stateDir: cfg.StateDir,
-		poll:     cfg.PollInterval,
-		tickets:  map[string]*ticketSet{},
+		files:     cfg.Files,
+		logger:    cfg.Logger.With("component", "certs"),
+		now:       cfg.Now,
+		stateDir:  cfg.StateDir,
+		ticketDir: cfg.TicketDir,
+		poll:      cfg.PollInterval,
+		tickets:   map[string]*ticketSet{},
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatehouse_tls_handshakes_total",
 			Help: "TLS handshakes on the listeners by tenant and result.",

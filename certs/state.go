@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -140,6 +139,7 @@ func (c *crlState) stale(now time.Time) bool {
 // loader reads the files of one generation and remembers their digests, so
 // that the watcher can tell when any of them changed.
 type loader struct {
+	src   FileSource
 	files map[string]fileSig
 	now   time.Time // the manager's clock when the generation is built
 }
@@ -156,11 +156,11 @@ type fileSig struct {
 func (ld *loader) read(path string) ([]byte, error) {
 	// Stat before reading: if the file changes in between, the next poll
 	// sees a new mtime and compares content again.
-	fi, err := os.Stat(path)
+	fi, err := ld.src.Stat(path)
 	if err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(path)
+	b, err := ld.src.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -172,7 +172,7 @@ func (ld *loader) read(path string) ([]byte, error) {
 // session-ticket keys. It touches nothing shared: on any error the caller
 // keeps the old state.
 func (m *Manager) build(p *policy.Policy, tickets map[string]*ticketSet) (*state, error) {
-	ld := &loader{files: map[string]fileSig{}, now: m.now()}
+	ld := &loader{src: m.files, files: map[string]fileSig{}, now: m.now()}
 	st := &state{
 		policy:    p,
 		listeners: map[string]*listenerState{},

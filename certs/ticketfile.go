@@ -7,10 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
-	"io"
-	"os"
 	"strings"
-	"syscall"
 )
 
 // The ticket key file (tls.ticket_keys) is what lets a session made on one
@@ -31,15 +28,11 @@ const (
 // write, a key that is not base64 of 32 or 48 bytes, a key given twice,
 // more than maxTicketFileKeys keys and a file without any.
 func loadTicketFile(ld *loader, path string) ([][]byte, error) {
-	// One descriptor for the check and the read: the mode checked is the
-	// mode of the file whose keys are read, whatever a path or symlink
-	// points to meanwhile (non-blocking: a FIFO is refused, not waited on).
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, fmt.Errorf("tls.ticket_keys: %w", err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
+	// One descriptor for the check and the read (FileSource.ReadFileInfo):
+	// the mode checked is the mode of the file whose keys are read,
+	// whatever a path or symlink points to meanwhile; a FIFO is refused,
+	// not waited on.
+	fi, data, err := ld.src.ReadFileInfo(path)
 	if err != nil {
 		return nil, fmt.Errorf("tls.ticket_keys: %w", err)
 	}
@@ -48,10 +41,6 @@ func loadTicketFile(ld *loader, path string) ([][]byte, error) {
 	}
 	if perm := fi.Mode().Perm(); perm&0o027 != 0 {
 		return nil, fmt.Errorf("tls.ticket_keys %s: mode %04o: %w", path, perm, ErrTicketKeysOpen)
-	}
-	data, err := io.ReadAll(f)
-	if err != nil {
-		return nil, fmt.Errorf("tls.ticket_keys: %w", err)
 	}
 	ld.files[path] = fileSig{sum: sha256.Sum256(data), size: fi.Size(), mtime: fi.ModTime()}
 	keys, err := parseTicketKeys(data)

@@ -286,7 +286,7 @@ func TestTicketFileModeIsTheReadFiles(t *testing.T) {
 	defer func() { close(stop); <-swapped }()
 	want, _ := base64.StdEncoding.DecodeString(openKey)
 	for range 20000 {
-		keys, err := loadTicketFile(&loader{files: map[string]fileSig{}}, link)
+		keys, err := loadTicketFile(&loader{src: OSFiles{}, files: map[string]fileSig{}}, link)
 		if err == nil && len(keys) == 1 && string(keys[0]) == string(want) {
 			t.Fatal("the keys of a world-readable file were taken")
 		}

@@ -6,10 +6,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/gatehouse-dmz/gatehouse/internal/atomicfile"
@@ -43,6 +45,12 @@ func (m *Manager) planTickets(p *policy.Policy) (map[string]*ticketSet, error) {
 	if dir == "" {
 		dir = p.StateDir
 	}
+	if dir != "" {
+		dir = filepath.Join(dir, "tls-tickets")
+	}
+	if m.ticketDir != "" {
+		dir = m.ticketDir
+	}
 	plan := map[string]*ticketSet{}
 	for _, l := range p.Listeners {
 		ts, ok := m.tickets[l.Name]
@@ -57,7 +65,7 @@ func (m *Manager) planTickets(p *policy.Policy) (map[string]*ticketSet, error) {
 		if !ok {
 			ts = &ticketSet{}
 			if dir != "" {
-				ts.path = filepath.Join(dir, "tls-tickets", safeFileName(l.Name))
+				ts.path = filepath.Join(dir, safeFileName(l.Name))
 				if err := ts.load(); err != nil && !os.IsNotExist(err) {
 					m.logger.Warn("session ticket keys unreadable, starting new ones", "listener", l.Name, "file", ts.path, "err", err)
 					ts.keys, ts.created = nil, nil
@@ -185,9 +193,23 @@ func (ts *ticketSet) save() error {
 	return nil
 }
 
-// The file has one key a line: unix seconds of creation, space, 64 hex digits.
+// The file has one key a line: unix seconds of creation, space, 64 hex
+// digits. A file another user owns is refused: keys planted by anyone else
+// would let them forge tickets.
 func (ts *ticketSet) load() error {
-	data, err := os.ReadFile(ts.path)
+	f, err := os.Open(ts.path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("owned by uid %d, not by this process's %d", st.Uid, os.Geteuid())
+	}
+	data, err := io.ReadAll(io.LimitReader(f, 1<<20))
 	if err != nil {
 		return err
 	}

@@ -3,7 +3,6 @@ package certs
 import (
 	"context"
 	"crypto/sha256"
-	"os"
 	"sort"
 	"time"
 )
@@ -47,9 +46,9 @@ func (m *Manager) checkFiles() {
 	for _, p := range paths {
 		was := st.files[p]
 		var sum [32]byte
-		if fi, err := os.Stat(p); err == nil && fi.Size() == was.size && fi.ModTime().Equal(was.mtime) {
+		if fi, err := m.files.Stat(p); err == nil && fi.Size() == was.size && fi.ModTime().Equal(was.mtime) {
 			sum = was.sum
-		} else if b, err := os.ReadFile(p); err == nil {
+		} else if b, err := m.files.ReadFile(p); err == nil {
 			sum = sha256.Sum256(b)
 		}
 		if sum != was.sum {

@@ -601,7 +601,7 @@ func TestDeploySystemdUnitSecurity(t *testing.T) {
 	// unit is noticed even if the overall figure stays.
 	for _, want := range []string{
 		"Type=notify", "WatchdogSec=", "NoNewPrivileges=yes", "ProtectSystem=strict",
-		"CapabilityBoundingSet=CAP_NET_ADMIN CAP_BPF CAP_PERFMON CAP_NET_BIND_SERVICE\n",
+		"CapabilityBoundingSet=CAP_NET_ADMIN CAP_BPF CAP_PERFMON CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID CAP_SETPCAP\n",
 		"ReadWritePaths=/sys/fs/bpf", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n",
 		"MemoryDenyWriteExecute=yes", "SystemCallArchitectures=native",
 	} {
@@ -981,6 +981,9 @@ func unitCapabilities(t *testing.T, unit string) []string {
 // capabilityBits maps the capabilities the unit may name to their numbers
 // (linux/capability.h).
 var capabilityBits = map[string]uint{
+	"CAP_SETGID":           6,
+	"CAP_SETUID":           7,
+	"CAP_SETPCAP":          8,
 	"CAP_NET_BIND_SERVICE": 10,
 	"CAP_NET_ADMIN":        12,
 	"CAP_SYS_ADMIN":        21,
@@ -1077,6 +1080,11 @@ func TestDeployUnitCapabilitiesSuffice(t *testing.T) {
 	}
 	if got := tp.probe(t, intruderAddr, gateV4Alt); got != "dropped" {
 		t.Errorf("intruder with the restricted daemon: %s, want dropped", got)
+	}
+	// The tenant's request went through a worker (enforcement.privsep is
+	// the default): the unit's capabilities let the enforcer start them.
+	if !strings.Contains(tp.d.out.String(), `msg="worker started"`) {
+		t.Errorf("the restricted daemon started no proxy worker:\n%s", tp.d.out.String())
 	}
 }
 

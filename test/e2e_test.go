@@ -37,7 +37,8 @@ type topology struct {
 	dir, config, pinDir  string
 	metricsClient        *http.Client
 	d                    *daemonProc
-	bin                  string // the gatehouse binary; empty: binary(t)
+	bin                  string   // the gatehouse binary; empty: binary(t)
+	policyFiles          []string // the certificates and keys the configuration names
 }
 
 // topologyOptions vary newTopology for one test.
@@ -46,8 +47,6 @@ type topologyOptions struct {
 	// indented by two spaces).
 	enforcement string
 	bin         string // see topology.bin
-	// workerReadable makes the certificates readable by the workers' user.
-	workerReadable bool
 }
 
 const (
@@ -124,9 +123,7 @@ listeners:
     routes:
       - {tenant: acme, backend: "https://%[7]s:8443", backend_ca: %[8]s}
 `, tp.outside.B, tp.dir, pinDir, tp.tenantCA.CertFile, server.CertFile, server.KeyFile, backendAddr, internalCA.CertFile, o.enforcement)
-	if o.workerReadable {
-		readableByWorkers(t, tp.tenantCA.CertFile, server.CertFile, server.KeyFile, internalCA.CertFile)
-	}
+	tp.policyFiles = []string{tp.tenantCA.CertFile, server.CertFile, server.KeyFile, internalCA.CertFile}
 	path := filepath.Join(tp.dir, "gatehouse.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

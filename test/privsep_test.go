@@ -12,8 +12,10 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,34 +27,20 @@ import (
 	"github.com/gatehouse-dmz/gatehouse/test/netns"
 )
 
-// The workers of these tests run as nobody/nogroup.
-const privsepUser = "nobody"
+// The workers of these tests run as the system user gatehouse, as in
+// production: make deps creates it (CI runs make deps first).
+const privsepUser = "gatehouse"
 
-// readableByWorkers lets the workers' user reach files the tests made for
-// root: each file world-readable, each directory above it searchable, up
-// to the system's temporary directory, which is left as it is (a chmod of
-// /tmp would drop its sticky bit, and keepalived then refuses every
-// script below it as unsafe).
-func readableByWorkers(t *testing.T, files ...string) {
+// workerIDs is the uid and gid of privsepUser.
+func workerIDs(t *testing.T) (uid, gid int) {
 	t.Helper()
-	top := filepath.Clean(os.TempDir())
-	for _, f := range files {
-		if !strings.HasPrefix(f, top+string(filepath.Separator)) {
-			t.Fatalf("readableByWorkers: %s is not below %s", f, top)
-		}
-		if err := os.Chmod(f, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		for d := filepath.Dir(f); d != top; d = filepath.Dir(d) {
-			fi, err := os.Stat(d)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Chmod(d, fi.Mode()&(os.ModePerm|os.ModeSticky|os.ModeSetgid)|0o111); err != nil {
-				t.Fatal(err)
-			}
-		}
+	u, err := user.Lookup(privsepUser)
+	if err != nil {
+		t.Fatalf("the workers' user: %v (make deps creates it)", err)
 	}
+	uid, _ = strconv.Atoi(u.Uid)
+	gid, _ = strconv.Atoi(u.Gid)
+	return uid, gid
 }
 
 type privsepDaemon struct {
@@ -60,6 +48,7 @@ type privsepDaemon struct {
 	cfg    string
 	ca     *certstest.CA
 	client *certstest.Leaf
+	server *certstest.Leaf // the listener's certificate and key files
 }
 
 // startPrivsep runs the real binary as root with enforcement.privsep on
@@ -81,7 +70,8 @@ func startPrivsep(t *testing.T, workers int, extra string, ns *netns.NS, listen 
 		fmt.Fprintf(w, "hello %s", r.Header.Get("X-Gatehouse-Tenant"))
 	}))
 	t.Cleanup(backend.Close)
-	readableByWorkers(t, ca.CertFile, server.CertFile, server.KeyFile)
+	// The fixtures' keys stay 0600 in 0700 directories: the workers read
+	// nothing, the enforcer hands them the content.
 
 	dir := t.TempDir()
 	metrics := testkit.FreeLoopbackAddr(t)
@@ -116,7 +106,7 @@ listeners:
 	}
 	d := launch(t, cmd, metrics, client2)
 	d.listen = listen
-	return &privsepDaemon{daemonProc: d, cfg: path, ca: ca, client: client}
+	return &privsepDaemon{daemonProc: d, cfg: path, ca: ca, client: client, server: server}
 }
 
 // status asks the daemon's admin socket.
@@ -143,8 +133,19 @@ func TestPrivsepServesFromConfinedWorkers(t *testing.T) {
 	if st.Privsep == nil || !st.Privsep.On || len(st.Privsep.Workers) != 2 {
 		t.Fatalf("status privsep: %+v", st.Privsep)
 	}
+	// The workers keep their session-ticket keys below state_dir (a
+	// t.TempDir: root's directories, 0700, all the way up), reached
+	// through the directory the enforcer passed them.
+	uid, _ := workerIDs(t)
+	fi, err := os.Stat(filepath.Join(filepath.Dir(d.cfg), "tls-tickets", "web"))
+	if err != nil {
+		t.Fatalf("the workers' ticket keys: %v\n%s", err, d.out.String())
+	}
+	if owner := fi.Sys().(*syscall.Stat_t).Uid; int(owner) != uid || fi.Mode().Perm() != 0o600 {
+		t.Errorf("ticket keys %v owned by %d, want 0600 owned by the workers' uid %d", fi.Mode(), owner, uid)
+	}
 	out, err := exec.Command(binary(t), "status", "-c", d.cfg).Output()
-	if err != nil || !regexp.MustCompile(`privsep +on: 2 workers as nobody`).MatchString(string(out)) || !strings.Contains(string(out), `tls_handshakes_total{listener="web",result="ok",tenant="acme"}`) {
+	if err != nil || !regexp.MustCompile(`privsep +on: 2 workers as gatehouse`).MatchString(string(out)) || !strings.Contains(string(out), `tls_handshakes_total{listener="web",result="ok",tenant="acme"}`) {
 		t.Errorf("gatehouse status: %v\n%s", err, out)
 	}
 	if !strings.Contains(d.out.String(), "worker confined") {
@@ -228,8 +229,9 @@ func TestPrivsepSessionCutsAndAccessTail(t *testing.T) {
 
 // TestPrivsepReloadAddsListener: SIGHUP with a second listener binds its
 // sockets in the enforcer and passes them to every worker (SCM_RIGHTS),
-// which serve it; a reload naming a key outside the directories the
-// workers could read at start is refused and the old policy stays.
+// which serve it; a reload naming a certificate and key in a directory
+// nobody but root may read, new since the start, just works: the enforcer
+// reads them and hands them over.
 func TestPrivsepReloadAddsListener(t *testing.T) {
 	d := startPrivsep(t, 2, "", nil, "")
 	cfg, err := os.ReadFile(d.cfg)
@@ -258,20 +260,92 @@ func TestPrivsepReloadAddsListener(t *testing.T) {
 		t.Fatalf("GET on the first listener: %q, %v", body, err)
 	}
 
-	// A key in a directory the workers were not given at start.
-	elsewhere := certstest.NewCA(t, "other").Server(t, "localhost")
-	readableByWorkers(t, elsewhere.CertFile, elsewhere.KeyFile)
+	// A certificate and key in a directory the workers were never given,
+	// root's and 0700, the key 0600.
+	fresh := d.ca.Server(t, "localhost")
+	dir, err := os.MkdirTemp("", "gatehouse-newcerts-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	newCert, newKey := filepath.Join(dir, "web3.crt"), filepath.Join(dir, "web3.key")
+	for src, dst := range map[string]string{fresh.CertFile: newCert, fresh.KeyFile: newKey} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	moved := strings.Replace(more, "name: web2", "name: web3", 1)
 	moved = regexp.MustCompile(`(name: web3.*?server_cert: )\S+, server_key: \S+,`).
-		ReplaceAllString(moved, "${1}"+elsewhere.CertFile+", server_key: "+elsewhere.KeyFile+",")
+		ReplaceAllString(moved, "${1}"+newCert+", server_key: "+newKey+",")
 	if err := os.WriteFile(d.cfg, []byte(moved), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	d.waitFor(t, "the refusal", func() bool { return strings.Contains(d.out.String(), "the workers may only read below") })
+	d.waitFor(t, "the second reload", func() bool { return strings.Count(d.out.String(), "configuration reloaded") >= 2 })
+	if strings.Contains(d.out.String(), "reload refused") {
+		t.Fatalf("the reload was refused:\n%s", d.out.String())
+	}
+	want := fresh.Cert.SerialNumber
+	for range 6 {
+		conn, err := tls.Dial("tcp", second, &tls.Config{RootCAs: d.ca.Pool(), Certificates: []tls.Certificate{d.client.TLS}, ServerName: "localhost"})
+		if err != nil {
+			t.Fatalf("handshake on web3: %v\n%s", err, d.out.String())
+		}
+		got := conn.ConnectionState().PeerCertificates[0].SerialNumber
+		conn.Close()
+		if got.Cmp(want) != 0 {
+			t.Fatalf("web3 serves serial %v, want the moved certificate's %v", got, want)
+		}
+	}
 	if body, err := tlsGet(t, second, d.ca, d.client); err != nil || body != "hello acme" {
-		t.Fatalf("after the refused reload: %q, %v", body, err)
+		t.Fatalf("after the reload: %q, %v", body, err)
+	}
+}
+
+// serverSerial is the serial of the certificate the listener presents.
+func (d *privsepDaemon) serverSerial(t *testing.T) string {
+	t.Helper()
+	conn, err := tls.Dial("tcp", d.listen, &tls.Config{RootCAs: d.ca.Pool(), Certificates: []tls.Certificate{d.client.TLS}, ServerName: "localhost"})
+	if err != nil {
+		t.Fatalf("handshake: %v\n%s", err, d.out.String())
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
+}
+
+// TestPrivsepCertificateFileChange: the server certificate and key are
+// rewritten in place (root's, 0600): the enforcer sees the change, hands
+// the workers the new content, and every worker presents the new
+// certificate without a reload; no worker ever opened the files.
+func TestPrivsepCertificateFileChange(t *testing.T) {
+	d := startPrivsep(t, 2, "", nil, "")
+	old := d.serverSerial(t)
+	next := d.ca.Server(t, "localhost")
+	for src, dst := range map[string]string{next.KeyFile: d.server.KeyFile, next.CertFile: d.server.CertFile} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := next.Cert.SerialNumber.String()
+	d.waitFor(t, "the new certificate from every worker", func() bool {
+		for range 8 { // both workers' sockets, most likely
+			if d.serverSerial(t) != want {
+				return false
+			}
+		}
+		return true
+	})
+	if old == want {
+		t.Fatal("the test's two certificates share a serial")
 	}
 }

@@ -78,7 +78,7 @@ func (d *Daemon) adminMux() *http.ServeMux {
 		if !ok {
 			return
 		}
-		mfs, _ := d.reg.Gather()
+		mfs, _ := d.gatherer().Gather()
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		c.done(writeScopedMetrics(w, mfs, c.p))
 	})

@@ -230,6 +230,10 @@ func New(opts Options) (*Daemon, error) {
 // Registry is the daemon's own Prometheus registry.
 func (d *Daemon) Registry() *prometheus.Registry { return d.reg }
 
+// Gatherer is what the metrics endpoint serves: the registry and, under
+// enforcement.privsep, the workers' series merged into it.
+func (d *Daemon) Gatherer() prometheus.Gatherer { return d.gatherer() }
+
 // Policy is the generation in force (nil before the first Apply). Whether
 // the daemon is ready is another matter: see NotReady.
 func (d *Daemon) Policy() *policy.Policy {

@@ -370,7 +370,7 @@ listeners:
 	if err := d.apply(plan{p: d.current.Load()}, nil); err != nil {
 		t.Fatal(err)
 	}
-	mfs, err := d.Registry().Gather()
+	mfs, err := d.Gatherer().Gather()
 	if err != nil {
 		t.Fatalf("gather: %v", err)
 	}

@@ -11,7 +11,6 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
-	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -38,9 +37,6 @@ type WorkerOptions struct {
 // backend_ca, time zones. Those missing are left out.
 var systemReadOnly = []string{"/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/host.conf", "/etc/gai.conf",
 	"/etc/services", "/etc/ssl/certs", "/etc/pki/tls/certs", "/usr/share/ca-certificates", "/etc/localtime", "/usr/share/zoneinfo"}
-
-// wideDirs are never granted whole: a file directly in one is granted alone.
-var wideDirs = []string{"/", "/etc", "/usr", "/var", "/root", "/home", "/tmp", "/run"}
 
 // WorkerUser resolves enforcement.worker_user to its uid and primary gid.
 // Run and check both call it.
@@ -76,15 +72,9 @@ func buildWorkers(env *Env) (*layer, *worker.Pool, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	// The certificates, keys, CAs and CRLs are not here: the pool reads
+	// them and hands their content over; the workers cannot open them.
 	var ro []string
-	for _, f := range worker.Files(p) {
-		dir := filepath.Dir(f)
-		if slices.Contains(wideDirs, dir) {
-			ro = append(ro, f)
-		} else {
-			ro = append(ro, dir)
-		}
-	}
 	for _, f := range systemReadOnly {
 		if _, err := os.Stat(f); err == nil {
 			ro = append(ro, f)
@@ -93,7 +83,7 @@ func buildWorkers(env *Env) (*layer, *worker.Pool, error) {
 	slices.Sort(ro)
 	ro = slices.Compact(ro)
 	tickets := filepath.Join(p.StateDir, "tls-tickets")
-	if err := ownedDir(tickets, uid, gid); err != nil {
+	if err := ticketDir(tickets, env.Logger); err != nil {
 		return nil, nil, err
 	}
 	o := env.Worker
@@ -109,22 +99,26 @@ func buildWorkers(env *Env) (*layer, *worker.Pool, error) {
 	}
 	n := cfg.Enforcement.WorkerCount(runtime.NumCPU())
 	pool, err := worker.NewPool(worker.PoolConfig{Exe: o.Exe, Args: []string{"worker"}, Env: o.Env, Workers: n, UID: uid, GID: gid,
-		ReadOnly: ro, ReadWrite: []string{tickets}, LogFormat: o.LogFormat, LogLevel: o.LogLevel, Logger: env.Logger,
+		ReadOnly: ro, TicketDir: tickets, LogFormat: o.LogFormat, LogLevel: o.LogLevel, Logger: env.Logger,
 		Stdout: worker.NewAccessRelay(access, env.Logger), Stderr: o.Stderr})
 	if err != nil {
 		return nil, nil, err
 	}
 	env.Logger.Info("privilege separation: the proxies run in worker processes without capabilities",
 		"component", "workers", "workers", n, "user", cfg.Enforcement.WorkerUser, "uid", uid, "gid", gid)
-	return &layer{name: "proxy", rangeBlind: true, apply: pool.Apply, close: pool.Close, shutdown: pool.Shutdown, sessions: pool}, pool, nil
+	return &layer{name: "proxy", rangeBlind: true, refusals: pool.Refusals, apply: pool.Apply, close: pool.Close, shutdown: pool.Shutdown, sessions: pool}, pool, nil
 }
 
-// ownedDir makes dir (and its parents) exist and gives dir and the files
-// in it to uid:gid, mode 0700: the workers keep their ticket keys there.
-// Its parent (state_dir, root's, 0700 under the unit) gets the workers'
-// group with search permission only, so that they reach dir and nothing
-// else there (the feeds stay root's).
-func ownedDir(dir string, uid, gid int) error {
+// ticketDir makes dir, the workers' session-ticket directory, exist as
+// root's with mode 0707: the workers (another user, "others" here) create,
+// replace and sync their key files there (syncing opens the directory for
+// reading). No chown: the unit grants no CAP_CHOWN. Its parent, state_dir,
+// is root's and 0700 under the unit, so that only root and the workers,
+// through the descriptor the pool passes them, reach dir; state_dir is
+// left as it is (an admin socket in it may be meant for other users), a
+// state_dir others can enter is warned about, and a worker refuses a key
+// file it does not own (certs), so nothing planted there is ever used.
+func ticketDir(dir string, log *slog.Logger) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("state_dir: %w", err)
 	}
@@ -133,32 +127,12 @@ func ownedDir(dir string, uid, gid int) error {
 	if err != nil {
 		return fmt.Errorf("state_dir: %w", err)
 	}
-	if fi.Mode().Perm()&0o001 == 0 {
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Gid) != gid {
-			if err := os.Chown(parent, -1, gid); err != nil {
-				return fmt.Errorf("state_dir: %w", err)
-			}
-		}
-		if err := os.Chmod(parent, fi.Mode().Perm()&^0o060|0o010); err != nil {
-			return fmt.Errorf("state_dir: %w", err)
-		}
+	if fi.Mode().Perm()&0o001 != 0 {
+		log.Warn("state_dir can be entered by every user: they can reach the workers' ticket directory (keys they plant there are refused, but they can remove the workers'); make it 0700 or 0710",
+			"component", "workers", "state_dir", parent, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
 	}
-	if err := os.Chown(dir, uid, gid); err != nil {
+	if err := os.Chmod(dir, 0o707); err != nil {
 		return fmt.Errorf("state_dir: %w", err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return fmt.Errorf("state_dir: %w", err)
-	}
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return fmt.Errorf("state_dir: %w", err)
-	}
-	for _, e := range ents {
-		if e.Type().IsRegular() {
-			if err := os.Chown(filepath.Join(dir, e.Name()), uid, gid); err != nil {
-				return fmt.Errorf("state_dir: %w", err)
-			}
-		}
 	}
 	return nil
 }

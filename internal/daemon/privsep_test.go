@@ -1,38 +1,47 @@
 package daemon
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
 )
 
-// TestOwnedDirLetsWorkersReachTickets: a state_dir that is root's and 0700
-// (as the unit makes it) gets the workers' group with search permission
-// only; the ticket directory becomes theirs; the feeds stay out of reach.
-func TestOwnedDirLetsWorkersReachTickets(t *testing.T) {
+// TestTicketDirWithoutChown: the ticket directory is root's, mode 0707
+// (the workers, as others, create and sync their files; no chown: the unit
+// has no CAP_CHOWN), state_dir is left as it is and still passes
+// CheckStateDir as root, and a state_dir every user can enter is warned
+// about.
+func TestTicketDirWithoutChown(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("chown needs root")
+		t.Skip("the daemon runs as root")
 	}
 	state := filepath.Join(t.TempDir(), "state")
-	if err := os.Mkdir(state, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Mkdir(filepath.Join(state, "feeds"), 0o700); err != nil {
+	if err := os.Mkdir(state, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	tickets := filepath.Join(state, "tls-tickets")
-	if err := ownedDir(tickets, 65534, 65534); err != nil {
+	var logs testkit.LogBuffer
+	if err := ticketDir(tickets, slog.New(slog.NewTextHandler(&logs, nil))); err != nil {
 		t.Fatal(err)
 	}
 	fi, _ := os.Stat(state)
-	st := fi.Sys().(*syscall.Stat_t)
-	if fi.Mode().Perm() != 0o710 || st.Gid != 65534 || st.Uid != 0 {
-		t.Errorf("state_dir %v uid %d gid %d, want drwx--x--- root:65534", fi.Mode(), st.Uid, st.Gid)
+	if fi.Mode().Perm() != 0o755 {
+		t.Errorf("state_dir %v, want it left drwxr-xr-x", fi.Mode())
+	}
+	if !strings.Contains(logs.String(), "state_dir can be entered by every user") {
+		t.Errorf("no warning for a state_dir open to all:\n%s", logs.String())
 	}
 	fi, _ = os.Stat(tickets)
-	st = fi.Sys().(*syscall.Stat_t)
-	if fi.Mode().Perm() != 0o700 || st.Uid != 65534 {
-		t.Errorf("tls-tickets %v uid %d, want drwx------ 65534", fi.Mode(), st.Uid)
+	st := fi.Sys().(*syscall.Stat_t)
+	if fi.Mode().Perm() != 0o707 || st.Uid != 0 {
+		t.Errorf("tls-tickets %v uid %d, want drwx---rwx root", fi.Mode(), st.Uid)
+	}
+	if err := CheckStateDir(state); err != nil {
+		t.Errorf("state_dir refused after ticketDir: %v", err)
 	}
 }

@@ -230,6 +230,8 @@ func (d *Daemon) Status() Status {
 			st.Refusals = append(st.Refusals, rl.Refusals()...)
 		}
 	}
+	sort.SliceStable(st.Refusals, func(i, j int) bool { return st.Refusals[i].Time.After(st.Refusals[j].Time) })
+	st.Refusals = st.Refusals[:min(len(st.Refusals), certs.RefusalsKept)]
 	sort.Slice(st.Certs, func(i, j int) bool { return st.Certs[i].Expires.Before(st.Certs[j].Expires) })
 	sort.Slice(st.Counters, func(i, j int) bool { return st.Counters[i].Name < st.Counters[j].Name })
 	sort.Slice(st.Tunnels, func(i, j int) bool { return st.Tunnels[i].Peer < st.Tunnels[j].Peer })

@@ -26,6 +26,10 @@ import (
 // ControlFD is the worker's control socket: the first of exec's ExtraFiles.
 const ControlFD = 3
 
+// TicketFD is the worker's session-ticket directory, opened by the
+// enforcer: the second of exec's ExtraFiles, when PoolConfig.TicketDir is set.
+const TicketFD = 4
+
 // Main runs a worker: it reads the enforcer's hello on the control socket,
 // confines itself (sandbox.Apply) before anything from the network is
 // read, answers hello, and then serves the policies it is given on the
@@ -64,9 +68,13 @@ func Main(ctrl *os.File, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("worker %d: %w", h.Index, err)
 	}
-	w := &child{c: c, log: logger, socks: map[string]net.Listener{}, reg: prometheus.NewRegistry()}
+	// Every certificate, key, CA and CRL comes from the enforcer (MsgFiles):
+	// Landlock leaves this process no read access to them.
+	files := certs.NewSnapshot()
+	certs.SetFileSource(files)
+	w := &child{c: c, log: logger, socks: map[string]net.Listener{}, reg: prometheus.NewRegistry(), files: files}
 	w.reg.MustRegister(collectors.NewGoCollector())
-	if w.cm, err = certs.New(certs.Config{Logger: logger}); err != nil {
+	if w.cm, err = certs.New(certs.Config{Logger: logger, Files: files, TicketDir: h.TicketDir}); err != nil {
 		return err
 	}
 	defer w.cm.Close()
@@ -104,6 +112,8 @@ type child struct {
 	cm  *certs.Manager
 	px  *proxy.Server
 	reg *prometheus.Registry
+	// files is the certificate material the enforcer handed over.
+	files *certs.Snapshot
 
 	mu    sync.Mutex
 	socks map[string]net.Listener // passed, not yet taken by the proxy
@@ -140,6 +150,15 @@ func (w *child) serve() error {
 		switch f.Type {
 		case MsgPolicy:
 			reply = w.apply(f, fds)
+		case MsgFiles:
+			closeFDs(fds)
+			var m Material
+			if err := decode(f, &m); err != nil {
+				reply = Result{Error: err.Error()}
+			} else {
+				w.files.Put(m.Files...)
+				reply = Result{}
+			}
 		case MsgRevalidate:
 			closeFDs(fds)
 			reply = Result{Closed: w.px.Revalidate()}
@@ -226,15 +245,20 @@ func (w *child) apply(f Frame, fds []int) Result {
 		}
 		return Result{Error: fmt.Sprintf("proxy: %v", err)}
 	}
+	w.mu.Lock()
 	w.prev = p
+	w.mu.Unlock()
+	w.files.Keep(Files(p))
 	return Result{}
 }
 
 func (w *child) status() Status {
-	st := Status{}
+	st := Status{Refusals: w.cm.Refusals()}
+	w.mu.Lock()
 	if w.prev != nil {
 		st.Generation = w.prev.Generation
 	}
+	w.mu.Unlock()
 	mfs, _ := w.reg.Gather()
 	for _, mf := range mfs {
 		if mf.GetName() != "gatehouse_proxy_connections_active" {

@@ -10,13 +10,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/gatehouse-dmz/gatehouse/certs"
 	"github.com/gatehouse-dmz/gatehouse/policy"
 )
 
@@ -31,16 +31,24 @@ type PoolConfig struct {
 	Workers int
 	// UID and GID are the workers' user and group (never 0).
 	UID, GID int
-	// ReadOnly and ReadWrite are what Landlock leaves the workers. They are
-	// fixed when a worker starts: a policy naming a file outside ReadOnly
-	// is refused (see Apply).
+	// ReadOnly and ReadWrite are what Landlock leaves the workers. The
+	// certificate material the policy names is not among them: the pool
+	// reads it and hands it over (MsgFiles).
 	ReadOnly, ReadWrite []string
+	// TicketDir is the directory the workers keep their session-ticket
+	// keys in. The pool opens it and passes it (TicketFD): the workers
+	// reach it through /proc/self/fd, without search permission on the
+	// directories above it, and Landlock lets them write there only.
+	TicketDir           string
 	LogFormat, LogLevel string
 	Logger              *slog.Logger
 	// Stdout (the access log) and Stderr (the log) of the workers.
 	Stdout, Stderr io.Writer
 	// Timeout bounds each answer a worker owes; zero means 30 s.
 	Timeout time.Duration
+	// Poll is how often the pool looks at the material's files for
+	// changes to hand over; zero means 1 s.
+	Poll time.Duration
 }
 
 // Restart backoff of a dead worker: doubled per quick death, capped.
@@ -58,15 +66,20 @@ type Pool struct {
 	cfg PoolConfig
 	log *slog.Logger
 
-	mu      sync.Mutex // serialises Apply, Shutdown, Close and restarts' first policy
-	slots   []*slot
-	policy  json.RawMessage // the snapshot in force, for restarted workers
-	gen     uint64
-	closed  bool
-	ctx     context.Context
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	metrics *poolMetrics
+	mu     sync.Mutex // serialises Apply, Shutdown, Close and restarts' first policy
+	slots  []*slot
+	policy json.RawMessage // the snapshot in force, for restarted workers
+	gen    uint64
+	// material is the content of every file the policy in force names,
+	// as last read and handed to the workers.
+	material map[string]certs.File
+	closed   bool
+	// stopping: Shutdown began; sockets closed, no restart, no Apply.
+	stopping bool
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	metrics  *poolMetrics
 }
 
 // slot is one worker position: its sockets and its current process.
@@ -91,6 +104,9 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 30 * time.Second
 	}
+	if cfg.Poll <= 0 {
+		cfg.Poll = time.Second
+	}
 	if cfg.Stdout == nil {
 		cfg.Stdout = io.Discard
 	}
@@ -102,21 +118,25 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	for i := range cfg.Workers {
 		p.slots = append(p.slots, &slot{idx: i, socks: map[string]*os.File{}})
 	}
+	p.wg.Add(1)
+	go p.watchMaterial()
 	return p, nil
 }
 
 // Apply hands p to every worker, with the sockets of listen addresses it
 // has not had yet: all workers take it, or the ones that did are given the
 // previous snapshot back and the error says which refused. Workers are
-// started at the first Apply. A file of p outside the workers' read-only
-// paths is refused: Landlock cannot be widened in a running worker.
+// started at the first Apply. The files p names are read here, as root,
+// and handed to the workers with it: they read no certificate or key
+// themselves.
 func (pl *Pool) Apply(p *policy.Policy) error {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
-	if pl.closed {
-		return errors.New("workers: closed")
+	if pl.closed || pl.stopping {
+		return errors.New("workers: shutting down")
 	}
-	if err := pl.readable(p); err != nil {
+	mat, err := readMaterial(Files(p))
+	if err != nil {
 		return err
 	}
 	snap := *p
@@ -162,13 +182,17 @@ func (pl *Pool) Apply(p *policy.Policy) error {
 		if s.proc == nil {
 			continue // restarting: it gets the snapshot when it is up
 		}
-		if err := pl.sendPolicy(s, body); err != nil {
+		err := pl.sendMaterial(s.proc, mat)
+		if err == nil {
+			err = pl.sendPolicy(s, body)
+		}
+		if err != nil {
 			pl.giveBack(done, bound)
 			return fmt.Errorf("worker %d (pid %d) refused generation %d: %w", s.idx, s.proc.pid, p.Generation, err)
 		}
 		done = append(done, s)
 	}
-	pl.policy, pl.gen = body, p.Generation
+	pl.policy, pl.gen, pl.material = body, p.Generation, mat
 	for _, s := range pl.slots {
 		for a, f := range s.socks {
 			if !addrs[a] {
@@ -190,7 +214,11 @@ func (pl *Pool) giveBack(done []*slot, bound []func()) {
 		if pl.policy == nil {
 			continue
 		}
-		if err := pl.sendPolicy(s, pl.policy); err != nil {
+		err := pl.sendMaterial(s.proc, pl.material)
+		if err == nil {
+			err = pl.sendPolicy(s, pl.policy)
+		}
+		if err != nil {
 			pl.log.Error("worker could not be given its previous policy back: restarting it", "worker", s.idx, "err", err)
 			s.proc.kill()
 		}
@@ -228,30 +256,6 @@ func (pl *Pool) sendPolicy(s *slot, body json.RawMessage) error {
 		return errors.New(r.Error)
 	}
 	return nil
-}
-
-// readable refuses a policy naming a file the workers cannot read.
-func (pl *Pool) readable(p *policy.Policy) error {
-	var outside []string
-	for _, f := range Files(p) {
-		if !under(f, pl.cfg.ReadOnly) {
-			outside = append(outside, f)
-		}
-	}
-	if len(outside) > 0 {
-		return fmt.Errorf("the workers may only read below %s (fixed when they started): %s; restart gatehouse to let them read it",
-			strings.Join(pl.cfg.ReadOnly, ", "), strings.Join(outside, ", "))
-	}
-	return nil
-}
-
-func under(path string, roots []string) bool {
-	for _, r := range roots {
-		if path == r || strings.HasPrefix(path, strings.TrimSuffix(r, "/")+"/") {
-			return true
-		}
-	}
-	return false
 }
 
 // Files lists every file a policy makes the proxies read: certificates,

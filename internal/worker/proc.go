@@ -47,6 +47,19 @@ func (pl *Pool) spawn(s *slot) (*proc, error) {
 	}
 	cmd.Stdout, cmd.Stderr = pl.cfg.Stdout, pl.cfg.Stderr
 	cmd.ExtraFiles = []*os.File{child}
+	readWrite, ticketDir := pl.cfg.ReadWrite, ""
+	if pl.cfg.TicketDir != "" {
+		dir, err := os.OpenFile(pl.cfg.TicketDir, os.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			parent.Close()
+			child.Close()
+			return nil, fmt.Errorf("ticket directory: %w", err)
+		}
+		defer dir.Close()
+		cmd.ExtraFiles = append(cmd.ExtraFiles, dir)
+		ticketDir = fmt.Sprintf("/proc/self/fd/%d", TicketFD)
+		readWrite = append(readWrite[:len(readWrite):len(readWrite)], ticketDir)
+	}
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Credential:  &syscall.Credential{Uid: uint32(pl.cfg.UID), Gid: uint32(pl.cfg.GID), Groups: []uint32{}},
@@ -81,7 +94,7 @@ func (pl *Pool) spawn(s *slot) (*proc, error) {
 		return nil, fmt.Errorf("%w (worker exit: %v)", err, pr.state)
 	}
 	h := Hello{Version: Version, Index: s.idx, UID: pl.cfg.UID, GID: pl.cfg.GID, ReadOnly: pl.cfg.ReadOnly,
-		ReadWrite: pl.cfg.ReadWrite, LogFormat: pl.cfg.LogFormat, LogLevel: pl.cfg.LogLevel}
+		ReadWrite: readWrite, TicketDir: ticketDir, LogFormat: pl.cfg.LogFormat, LogLevel: pl.cfg.LogLevel}
 	if err := c.send(MsgHello, 0, h); err != nil {
 		return fail(fmt.Errorf("hello: %w", err))
 	}
@@ -179,7 +192,7 @@ func (pr *proc) request(typ string, body any, timeout time.Duration, fds ...int)
 	select {
 	case f := <-ch:
 		want := typ
-		if typ == MsgPolicy || typ == MsgDrain || typ == MsgRevalidate || typ == MsgCut {
+		if typ == MsgPolicy || typ == MsgFiles || typ == MsgDrain || typ == MsgRevalidate || typ == MsgCut {
 			want = MsgResult
 		}
 		if f.Type != want {

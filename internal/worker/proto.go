@@ -12,6 +12,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gatehouse-dmz/gatehouse/certs"
 )
 
 // Version is the control protocol's version. Both sides send it in their
@@ -19,8 +21,14 @@ import (
 const Version = 1
 
 // MaxFrame bounds one control message: a frame announcing more is refused
-// and the peer is treated as broken.
-const MaxFrame = 8 << 20
+// and the peer is treated as broken. It is sized for certificate material
+// (MsgFiles): one file of up to MaxMaterialFile rides in one frame, base64
+// in JSON (4/3 of it) plus its name.
+const MaxFrame = 24 << 20
+
+// MaxMaterialFile bounds one file the enforcer hands the workers: server
+// certificates and keys are kilobytes, the largest public CRLs a few MiB.
+const MaxMaterialFile = 16 << 20
 
 // maxFDs bounds the descriptors one message may carry.
 const maxFDs = 256
@@ -31,6 +39,7 @@ const maxFDs = 256
 // answer repeats.
 const (
 	MsgHello      = "hello"      // both ways, first: Hello
+	MsgFiles      = "files"      // enforcer → worker: Material, the certificate material the policy names
 	MsgPolicy     = "policy"     // enforcer → worker: Policy, with new listener sockets as SCM_RIGHTS
 	MsgDrain      = "drain"      // enforcer → worker: Drain
 	MsgRevalidate = "revalidate" // enforcer → worker: re-check every live session (a revocation cut)
@@ -60,6 +69,10 @@ type Hello struct {
 	ReadWrite []string `json:"read_write,omitempty"`
 	LogFormat string   `json:"log_format,omitempty"`
 	LogLevel  string   `json:"log_level,omitempty"`
+	// TicketDir is where the worker keeps its session-ticket keys: the
+	// directory the enforcer opened and passed as TicketFD, so that the
+	// worker reaches it without search permission on state_dir.
+	TicketDir string `json:"ticket_dir,omitempty"`
 	// Worker → enforcer.
 	PID         int `json:"pid,omitempty"`
 	LandlockABI int `json:"landlock_abi,omitempty"`
@@ -71,6 +84,13 @@ type Hello struct {
 type Policy struct {
 	Policy  json.RawMessage `json:"policy"`
 	Sockets []string        `json:"sockets,omitempty"`
+}
+
+// Material hands a worker the content of files the policy names (the worker
+// reads none itself). They add to or replace what it holds; after a policy
+// is applied the worker forgets the files it does not name.
+type Material struct {
+	Files []certs.File `json:"files"`
 }
 
 // Drain asks the worker to stop accepting and let sessions end within
@@ -98,6 +118,8 @@ type Result struct {
 type Status struct {
 	Generation uint64 `json:"generation"`
 	Sessions   int    `json:"sessions"`
+	// Refusals are the worker's last refused handshakes, newest first.
+	Refusals []certs.Refusal `json:"refusals,omitempty"`
 }
 
 // Metrics carries the worker's registry in the Prometheus
@@ -182,6 +204,9 @@ func (c *conn) fill(n int) error {
 	for len(c.buf) < n {
 		b := make([]byte, 64<<10)
 		k, oobn, flags, _, err := c.uc.ReadMsgUnix(b, oob)
+		// On a failed read the counts can be -1 (a socket closed under
+		// the reader): nothing was read.
+		k, oobn = max(k, 0), max(oobn, 0)
 		if oobn > 0 {
 			if flags&unix.MSG_CTRUNC != 0 {
 				return errors.New("control message: descriptors truncated")

@@ -13,6 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
+
+	"github.com/gatehouse-dmz/gatehouse/certs"
 )
 
 // supervise waits for pr to end and starts its successor, with
@@ -33,7 +35,8 @@ func (pl *Pool) supervise(s *slot, pr *proc) {
 			}
 			pr.c.Close()
 			pl.mu.Lock()
-			if pl.closed {
+			if pl.closed || pl.stopping {
+				s.proc = nil
 				pl.mu.Unlock()
 				return
 			}
@@ -75,7 +78,11 @@ func (pl *Pool) restart(s *slot) (*proc, error) {
 	}
 	s.proc = pr
 	if pl.policy != nil {
-		if err := pl.sendPolicy(s, pl.policy); err != nil {
+		err := pl.sendMaterial(pr, pl.material)
+		if err == nil {
+			err = pl.sendPolicy(s, pl.policy)
+		}
+		if err != nil {
 			s.proc = nil
 			pr.kill()
 			<-pr.exited
@@ -132,6 +139,29 @@ func (pl *Pool) Status() []WorkerStatus {
 		out[i].Generation, out[i].Sessions = st.Generation, st.Sessions
 	}
 	return out
+}
+
+// Refusals are the last refused handshakes of every worker, newest first,
+// at most certs.RefusalsKept: status shows them as a single process's.
+func (pl *Pool) Refusals() []certs.Refusal {
+	prs, _ := pl.procs()
+	var all []certs.Refusal
+	for _, pr := range prs {
+		if pr == nil {
+			continue
+		}
+		f, err := pr.request(MsgStatus, nil, 5*time.Second)
+		var st Status
+		if err == nil {
+			err = decode(f, &st)
+		}
+		if err != nil {
+			continue // Status says which worker does not answer
+		}
+		all = append(all, st.Refusals...)
+	}
+	sort.SliceStable(all, func(i, j int) bool { return all[i].Time.After(all[j].Time) })
+	return all[:min(len(all), certs.RefusalsKept)]
 }
 
 // Revalidate makes every worker re-check its live sessions against the
@@ -196,6 +226,19 @@ func (pl *Pool) cut(c Cut) int {
 
 // Shutdown drains every worker until ctx ends.
 func (pl *Pool) Shutdown(ctx context.Context) error {
+	// The enforcer's copies of the listening sockets close first: with
+	// the workers' closed by their drain, the kernel refuses new
+	// connections at once instead of queueing them for no one. No worker
+	// is restarted from now on.
+	pl.mu.Lock()
+	pl.stopping = true
+	for _, s := range pl.slots {
+		for a, f := range s.socks {
+			f.Close()
+			delete(s.socks, a)
+		}
+	}
+	pl.mu.Unlock()
 	prs, _ := pl.procs()
 	grace := time.Second
 	if dl, ok := ctx.Deadline(); ok {

@@ -24,7 +24,22 @@ func init() {
 			for s := range ch {
 				switch s {
 				case syscall.SIGUSR1:
-					b, _ := json.Marshal(probes())
+					r := probes()
+					// The files the policy names: the enforcer hands their
+					// content over; opening them must fail.
+					w.mu.Lock()
+					p := w.prev
+					w.mu.Unlock()
+					if p != nil {
+						for _, f := range Files(p) {
+							file, err := os.Open(f)
+							if err == nil {
+								file.Close()
+							}
+							r["open "+f] = probeResult(err)
+						}
+					}
+					b, _ := json.Marshal(r)
 					w.log.Info("test hook: probes", "pid", os.Getpid(), "results", string(b))
 				case syscall.SIGUSR2:
 					w.log.Info("test hook: sending a forged message", "pid", os.Getpid())

@@ -1,0 +1,15 @@
+package daemon
+
+import (
+	"os"
+	"testing"
+
+	"github.com/gatehouse-dmz/gatehouse/internal/worker"
+)
+
+// TestMain lets this test binary be its daemons' proxy workers: with
+// enforcement.privsep on, the enforcer starts them from /proc/self/exe.
+func TestMain(m *testing.M) {
+	worker.RunIfWorker()
+	os.Exit(m.Run())
+}
