@@ -120,6 +120,9 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 			if err != nil || c == nil {
 				return c, err
 			}
+			if c.ClientAuth < tls.RequireAnyClientCert {
+				return nil, errors.New("tunnel gateway: the TLS config for this client does not require a client certificate")
+			}
 			c = c.Clone()
 			c.MinVersion = tls.VersionTLS13
 			c.NextProtos = []string{ALPN}
