@@ -298,7 +298,8 @@ var globalAdmin = Grant{Role: policy.RoleAdmin, Scope: policy.Global}
 // the uid.
 func (r *Rules) Unix(uid, gid uint32) Principal {
 	p := Principal{Transport: "unix", UID: &uid}
-	if u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10)); err == nil {
+	u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10))
+	if err == nil {
 		p.User = u.Username
 	}
 	if uid == 0 || uid == r.self {
@@ -307,13 +308,11 @@ func (r *Rules) Unix(uid, gid uint32) Principal {
 	}
 	p.Grants = append(p.Grants, r.users[uid]...)
 	gids := map[uint32]bool{gid: true}
-	if p.User != "" {
-		if u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10)); err == nil {
-			if ids, err := u.GroupIds(); err == nil {
-				for _, s := range ids {
-					if g, err := strconv.ParseUint(s, 10, 32); err == nil {
-						gids[uint32(g)] = true
-					}
+	if err == nil {
+		if ids, err := u.GroupIds(); err == nil {
+			for _, s := range ids {
+				if g, err := strconv.ParseUint(s, 10, 32); err == nil {
+					gids[uint32(g)] = true
 				}
 			}
 		}

@@ -63,7 +63,7 @@ func (d *Daemon) adminMux() *http.ServeMux {
 	// every few seconds.
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, r *http.Request) {
 		p := d.principal(r)
-		if _, err := p.Authorize(admin.ActStatus, policy.Global); err != nil && len(p.Grants) == 0 {
+		if _, err := p.Authorize(admin.ActStatus, policy.Global); err != nil {
 			http.Error(w, err.Error(), http.StatusForbidden)
 			return
 		}
@@ -311,7 +311,7 @@ func (c *call) done(err error) {
 	if err != nil {
 		c.e.Result, c.e.Reason = "error", err.Error()
 	}
-	if c.e.Action != admin.ActStatus && c.e.Action != admin.ActMetrics && c.e.Action != admin.ActCerts && c.e.Action != admin.ActAccessLog {
+	if !c.e.Action.Read() {
 		c.d.log.Info("admin request", "principal", c.p.Name(), "transport", c.p.Transport, "action", c.e.Action,
 			"target", c.e.Target, "result", c.e.Result, "reason", c.e.Reason)
 	}

@@ -196,6 +196,8 @@ func postAction(path string) admin.Action {
 		return admin.ActKill
 	case "/reload":
 		return admin.ActReload
+	case "/teardown":
+		return admin.ActTeardown
 	}
 	return "unknown"
 }
