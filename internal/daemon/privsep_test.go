@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/gatehouse-dmz/gatehouse/internal/config"
 	"github.com/gatehouse-dmz/gatehouse/internal/testkit"
 )
 
@@ -43,5 +45,24 @@ func TestTicketDirWithoutChown(t *testing.T) {
 	}
 	if err := CheckStateDir(state); err != nil {
 		t.Errorf("state_dir refused after ticketDir: %v", err)
+	}
+}
+
+// TestPrivsepKeysNeedRestart: the worker pool is built at start, so a
+// reload that changes privsep, the worker count or the worker user is
+// refused instead of being taken and ignored (status would name a user
+// the workers do not run as).
+func TestPrivsepKeysNeedRestart(t *testing.T) {
+	old := config.Defaults()
+	for name, edit := range map[string]func(*config.Config){
+		"enforcement.privsep":     func(c *config.Config) { c.Enforcement.Privsep = !c.Enforcement.Privsep },
+		"enforcement.workers":     func(c *config.Config) { c.Enforcement.Workers = c.Enforcement.Workers + 2 },
+		"enforcement.worker_user": func(c *config.Config) { c.Enforcement.WorkerUser = "nobody" },
+	} {
+		next := config.Defaults()
+		edit(next)
+		if err := needsRestart(old, next); !errors.Is(err, ErrNeedsRestart) || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s changed: needsRestart = %v, want ErrNeedsRestart naming it", name, err)
+		}
 	}
 }

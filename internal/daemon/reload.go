@@ -123,6 +123,10 @@ func needsRestart(old, next *config.Config) error {
 	check("state_dir", old.StateDir, next.StateDir)
 	check("metrics.listen", old.Metrics.Listen, next.Metrics.Listen)
 	check("admin_socket", old.AdminSocket, next.AdminSocket)
+	// The worker pool is built at start: its size and user stay.
+	check("enforcement.privsep", old.Enforcement.Privsep, next.Enforcement.Privsep)
+	check("enforcement.workers", old.Enforcement.Workers, next.Enforcement.Workers)
+	check("enforcement.worker_user", old.Enforcement.WorkerUser, next.Enforcement.WorkerUser)
 	check("access.audit_log", old.Access.AuditLog, next.Access.AuditLog)
 	check("access.https", old.Access.HTTPS, next.Access.HTTPS)
 	// The socket's mode follows the grants at start.

@@ -191,23 +191,36 @@ func (pr *proc) request(typ string, body any, timeout time.Duration, fds ...int)
 	defer t.Stop()
 	select {
 	case f := <-ch:
-		want := typ
-		if typ == MsgPolicy || typ == MsgFiles || typ == MsgDrain || typ == MsgRevalidate || typ == MsgCut {
-			want = MsgResult
-		}
-		if f.Type != want {
-			err := fmt.Errorf("%w: %q answers %q", ErrUnexpected, f.Type, typ)
-			pr.broken(err)
-			return Frame{}, err
-		}
-		return f, nil
+		return pr.answer(typ, f)
 	case <-pr.gone:
+		// The reader hands the answer over before it ends: a worker that
+		// answered and then exited (drain) has answered. select picks
+		// at random when both are ready, so look again.
+		select {
+		case f := <-ch:
+			return pr.answer(typ, f)
+		default:
+		}
 		return Frame{}, fmt.Errorf("%s: worker gone (%v)", typ, pr.exitState())
 	case <-t.C:
 		err := fmt.Errorf("%s: no answer within %s", typ, timeout)
 		pr.broken(err)
 		return Frame{}, err
 	}
+}
+
+// answer checks that f is the kind of frame that answers typ.
+func (pr *proc) answer(typ string, f Frame) (Frame, error) {
+	want := typ
+	if typ == MsgPolicy || typ == MsgFiles || typ == MsgDrain || typ == MsgRevalidate || typ == MsgCut {
+		want = MsgResult
+	}
+	if f.Type != want {
+		err := fmt.Errorf("%w: %q answers %q", ErrUnexpected, f.Type, typ)
+		pr.broken(err)
+		return Frame{}, err
+	}
+	return f, nil
 }
 
 func (pr *proc) exitState() any {
