@@ -206,22 +206,19 @@ func (s *series) observe(status int, d time.Duration) {
 	(*c).Inc()
 }
 
-// count records one answered request of who's.
+// count records one answered request of who's. The (tenant,
+// environment)s routed on the listener (and "-", no tenant) have their
+// series, looked up when h was built; another's (a tenant refused here
+// for want of a route) is counted through the vectors, without building
+// a series (its 500 code slots) for one request.
 func (h *Handler) count(who policy.TenantEnv, status int, d time.Duration) {
-	if s := h.seriesOf(who); s != nil {
-		s.observe(status, d)
-	}
-}
-
-// seriesOf returns the series of who's requests on h; nil without
-// metrics. The (tenant, environment)s routed on the listener (and "-", no
-// tenant) were looked up when h was built; another's are looked up now.
-func (h *Handler) seriesOf(who policy.TenantEnv) *series {
 	if h.metrics == nil {
-		return nil
+		return
 	}
 	if s := h.series[who]; s != nil {
-		return s
+		s.observe(status, d)
+		return
 	}
-	return h.metrics.series(h.listener, who)
+	h.metrics.duration.WithLabelValues(h.listener, who.Tenant).Observe(d.Seconds())
+	h.metrics.requests.WithLabelValues(h.listener, who.Tenant, who.Environment, strconv.Itoa(status)).Inc()
 }
