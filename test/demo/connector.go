@@ -37,20 +37,9 @@ var connectorRoles = []string{"cloud", "gw", "fw", "internal"}
 // and waits until the connector's tunnels are up at the gateway.
 func (d *demo) setupConnector(ctx context.Context, bin string) error {
 	fmt.Fprintln(d.out, "gatehouse demo (--connector): setting up a site with no inbound port")
-	dir, err := os.MkdirTemp("", "gatehouse-demo-")
-	if err != nil {
+	if err := d.prepareWorkDir(ctx, bin); err != nil {
 		return err
 	}
-	d.dir = dir
-	d.onCleanup(func() {
-		if err := os.RemoveAll(dir); err != nil {
-			fmt.Fprintf(d.out, "cleanup: remove %s: %v\n", dir, err)
-		}
-	})
-	if d.bin, err = findGatehouse(ctx, bin, dir); err != nil {
-		return err
-	}
-	d.ok("gatehouse binary %s, work directory %s", d.bin, dir)
 
 	if err := d.buildConnectorTopology(ctx); err != nil {
 		return fmt.Errorf("topology: %w", err)

@@ -46,20 +46,9 @@ type haNode struct {
 // three nodes.
 func (d *demo) setupHA(ctx context.Context, bin string) error {
 	fmt.Fprintln(d.out, "gatehouse demo (--ha): setting up three active nodes behind a BGP ECMP router")
-	dir, err := os.MkdirTemp("", "gatehouse-demo-")
-	if err != nil {
+	if err := d.prepareWorkDir(ctx, bin); err != nil {
 		return err
 	}
-	d.dir = dir
-	d.onCleanup(func() {
-		if err := os.RemoveAll(dir); err != nil {
-			fmt.Fprintf(d.out, "cleanup: remove %s: %v\n", dir, err)
-		}
-	})
-	if d.bin, err = findGatehouse(ctx, bin, dir); err != nil {
-		return err
-	}
-	d.ok("gatehouse binary %s, work directory %s", d.bin, dir)
 
 	if err := d.buildHATopology(ctx); err != nil {
 		return fmt.Errorf("topology: %w", err)
@@ -102,7 +91,7 @@ func (d *demo) setupHA(ctx context.Context, bin string) error {
 			return err
 		}
 	}
-	d.ok("gatehouse check and run on n1, n2, n3: ready, each serving the tenant on its own address (same configuration, own router_id; logs %s/n*/gatehouse.log)", dir)
+	d.ok("gatehouse check and run on n1, n2, n3: ready, each serving the tenant on its own address (same configuration, own router_id; logs %s/n*/gatehouse.log)", d.dir)
 
 	// Each node serves the tenant on its own address before the fleet is
 	// shown (the first connection through a fresh path may wait for

@@ -151,11 +151,9 @@ func (d *demo) command(ctx context.Context, role, name string, args ...string) *
 	return c
 }
 
-// setup builds the topology, the PKI, the signed feed and the
-// configuration, starts the internal hosts and the daemon, and waits until
-// the daemon says it is ready. Each part prints one progress line.
-func (d *demo) setup(ctx context.Context, bin string) error {
-	fmt.Fprintln(d.out, "gatehouse demo: setting up")
+// prepareWorkDir makes the demo's work directory (removed at cleanup) and
+// finds the gatehouse binary to run; every mode starts with it.
+func (d *demo) prepareWorkDir(ctx context.Context, bin string) error {
 	dir, err := os.MkdirTemp("", "gatehouse-demo-")
 	if err != nil {
 		return err
@@ -170,6 +168,17 @@ func (d *demo) setup(ctx context.Context, bin string) error {
 		return err
 	}
 	d.ok("gatehouse binary %s, work directory %s", d.bin, dir)
+	return nil
+}
+
+// setup builds the topology, the PKI, the signed feed and the
+// configuration, starts the internal hosts and the daemon, and waits until
+// the daemon says it is ready. Each part prints one progress line.
+func (d *demo) setup(ctx context.Context, bin string) error {
+	fmt.Fprintln(d.out, "gatehouse demo: setting up")
+	if err := d.prepareWorkDir(ctx, bin); err != nil {
+		return err
+	}
 
 	if err := d.buildTopology(ctx); err != nil {
 		return fmt.Errorf("topology: %w", err)
