@@ -359,3 +359,48 @@ func TestScanRefill(t *testing.T) {
 		}
 	}
 }
+
+// TestBlockFromPeer: a fleet peer's block goes into the same set, is
+// handed to the XDP layer by the next poll, and is not listed by
+// LocalBlocks, so that blocks never loop between nodes; a local block a
+// peer extends stays local, and its longer time reaches the XDP layer.
+func TestBlockFromPeer(t *testing.T) {
+	var pushed []netip.Addr
+	var mu sync.Mutex
+	tp := newTopo(t, Config{OnBlock: func(a netip.Addr, _ time.Duration) error {
+		mu.Lock()
+		defer mu.Unlock()
+		pushed = append(pushed, a)
+		return nil
+	}})
+	if err := tp.e.Apply(testPolicy(policy.ModeListeners)); err != nil {
+		t.Fatal(err)
+	}
+	local, peer := netip.MustParseAddr(scannerV4), netip.MustParseAddr(admittedV4)
+	if err := tp.e.Block(local, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.e.BlockFromPeer(peer, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.e.BlockFromPeer(local, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.e.PollBlocked(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	// The peer's block, and the local one its peer extended: the XDP
+	// layer takes the longer time too.
+	if !slices.Contains(pushed, peer) || !slices.Contains(pushed, local) || len(pushed) != 2 {
+		t.Errorf("handed to the XDP layer: %v, want %s and %s", pushed, peer, local)
+	}
+	mu.Unlock()
+	lb := tp.e.LocalBlocks()
+	if len(lb) != 1 || lb[0].Source.Addr() != local {
+		t.Errorf("LocalBlocks: %v, want only %s: a peer's block must not be served again", lb, local)
+	}
+	if set := tp.ns.Exec(t, "nft", "list", "set", "inet", TableName, "blocked_v4"); !strings.Contains(set, admittedV4) {
+		t.Errorf("the peer's block is not in blocked_v4:\n%s", set)
+	}
+}
