@@ -60,7 +60,10 @@ func (d *demo) haGet(ctx context.Context, extra ...string) (string, error) {
 func (d *demo) stepHASpread(ctx context.Context) (string, error) {
 	seen := map[string]int{}
 	for range 24 {
-		node, err := d.haGet(ctx)
+		// The first connections follow a route the router has just
+		// installed; a SYN lost to its first neighbour resolution is sent
+		// again after 1 s and 3 s, so these wait 6 s rather than 2.
+		node, err := d.haGet(ctx, "--max-time", "6")
 		if err != nil {
 			return "", err
 		}
